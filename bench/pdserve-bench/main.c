@@ -1,0 +1,15 @@
+/* pdserve-bench - placeholder main until the load generator lands. */
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("pdserve-bench %s (%s)\n", PD_VERSION, PD_GIT_REV);
+            return 0;
+        }
+    }
+    printf("usage: pdserve-bench [options]\n");
+    return 0;
+}

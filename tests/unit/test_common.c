@@ -1,0 +1,125 @@
+/* test_common.c - status strings, logging levels, buffers, arenas, checked arithmetic. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_log.h"
+#include "pd_test.h"
+#include "pd_util.h"
+
+PD_TEST(test_status_strings)
+{
+    PD_CHECK_EQ_STR(pd_status_str(PD_OK), "ok");
+    PD_CHECK_EQ_STR(pd_status_str(PD_ERR_UNSUPPORTED), "not supported yet");
+    PD_CHECK_EQ_STR(pd_status_name(PD_ERR_INVAL), "PD_ERR_INVAL");
+    PD_CHECK_EQ_STR(pd_status_str((pd_status_t)12345), "unknown status");
+    PD_CHECK(PD_IS_ERR(PD_ERR_NOMEM));
+    PD_CHECK(!PD_IS_ERR(PD_INPROGRESS));
+}
+
+PD_TEST(test_log_levels)
+{
+    pd_log_level_t lv = PD_LOG_LEVEL_OFF;
+    PD_CHECK_STATUS(pd_log_level_parse("trace", &lv), PD_OK);
+    PD_CHECK_EQ_INT(lv, PD_LOG_LEVEL_TRACE);
+    PD_CHECK_STATUS(pd_log_level_parse("WARNING", &lv), PD_OK);
+    PD_CHECK_EQ_INT(lv, PD_LOG_LEVEL_WARN);
+    PD_CHECK_STATUS(pd_log_level_parse("critical", &lv), PD_OK);
+    PD_CHECK_EQ_INT(lv, PD_LOG_LEVEL_CRIT);
+    PD_CHECK_STATUS(pd_log_level_parse("loud", &lv), PD_ERR_INVAL);
+    PD_CHECK_EQ_INT(lv, PD_LOG_LEVEL_CRIT); /* untouched on failure */
+    PD_CHECK_STATUS(pd_log_level_parse(NULL, &lv), PD_ERR_INVAL);
+    pd_log_set_level(PD_LOG_LEVEL_ERR);
+    PD_LOG_INFO("this line is dropped");
+    PD_LOG_REQ(ERR, "req-1", "a request line (expected in test output)");
+    pd_log_set_level(PD_LOG_LEVEL_INFO);
+}
+
+PD_TEST(test_checked_arith)
+{
+    size_t r = 7;
+    PD_CHECK_STATUS(pd_add_size(SIZE_MAX, 1, &r), PD_ERR_OVERFLOW);
+    PD_CHECK_EQ_INT(r, 7);
+    PD_CHECK_STATUS(pd_mul_size(SIZE_MAX / 2 + 1, 2, &r), PD_ERR_OVERFLOW);
+    PD_CHECK_STATUS(pd_mul_size(1000, 1000, &r), PD_OK);
+    PD_CHECK_EQ_INT(r, 1000000);
+    uint64_t u;
+    PD_CHECK_STATUS(pd_mul_u64(UINT64_MAX, 3, &u), PD_ERR_OVERFLOW);
+    PD_CHECK_STATUS(pd_add_u64(1, 2, &u), PD_OK);
+    PD_CHECK_EQ_INT(u, 3);
+}
+
+PD_TEST(test_buf)
+{
+    pd_buf_t b;
+    pd_buf_init(&b);
+    for (int i = 0; i < 1000; i++)
+        PD_CHECK_STATUS(pd_buf_printf(&b, "%d,", i), PD_OK);
+    PD_CHECK(strncmp(b.data, "0,1,2,", 6) == 0);
+    PD_CHECK_EQ_INT(strlen(b.data), b.len);
+    pd_buf_reset(&b);
+    PD_CHECK_EQ_INT(b.len, 0);
+    PD_CHECK_STATUS(pd_buf_append(&b, "ab\0c", 4), PD_OK);
+    PD_CHECK_EQ_INT(b.len, 4);
+    char *s = pd_buf_steal(&b);
+    PD_CHECK(s != NULL && memcmp(s, "ab\0c", 5) == 0);
+    PD_CHECK(b.data == NULL && b.len == 0);
+    free(s);
+    pd_buf_cleanup(&b);
+}
+
+static int cleanup_order[4], n_cleanups;
+static void record_cleanup(void *arg) { cleanup_order[n_cleanups++] = (int)(intptr_t)arg; }
+
+PD_TEST(test_arena)
+{
+    pd_arena_t *a = pd_arena_create(64);
+    PD_CHECK(a != NULL);
+    for (int i = 0; i < 100; i++) {
+        char *p = pd_arena_alloc(a, (size_t)i + 1);
+        PD_CHECK(p != NULL && ((uintptr_t)p & 15) == 0);
+        memset(p, 0xab, (size_t)i + 1);
+    }
+    PD_CHECK(pd_arena_alloc(a, SIZE_MAX) == NULL);
+    PD_CHECK(pd_arena_calloc(a, SIZE_MAX / 2, 4) == NULL);
+    int *z = pd_arena_calloc(a, 10, sizeof(int));
+    PD_CHECK(z != NULL && z[9] == 0);
+    PD_CHECK_EQ_STR(pd_arena_strdup(a, "hello"), "hello");
+    PD_CHECK_EQ_STR(pd_arena_strndup(a, "hello", 3), "hel");
+    n_cleanups = 0;
+    PD_CHECK_STATUS(pd_arena_add_cleanup(a, record_cleanup, (void *)1), PD_OK);
+    PD_CHECK_STATUS(pd_arena_add_cleanup(a, record_cleanup, (void *)2), PD_OK);
+    pd_arena_destroy(a);
+    PD_CHECK_EQ_INT(n_cleanups, 2);
+    PD_CHECK_EQ_INT(cleanup_order[0], 2);
+    PD_CHECK_EQ_INT(cleanup_order[1], 1);
+}
+
+PD_TEST(test_misc)
+{
+    PD_CHECK(pd_ct_equal("secret", 6, "secret", 6));
+    PD_CHECK(!pd_ct_equal("secret", 6, "secreT", 6));
+    PD_CHECK(!pd_ct_equal("secret", 6, "secret2", 7));
+    char id1[33], id2[33];
+    pd_random_hex_id(id1);
+    pd_random_hex_id(id2);
+    PD_CHECK_EQ_INT(strlen(id1), 32);
+    PD_CHECK(strcmp(id1, id2) != 0);
+    char *data;
+    size_t len;
+    PD_CHECK_STATUS(pd_read_file("/nonexistent/file", &data, &len), PD_ERR_NOT_FOUND);
+    PD_CHECK_STATUS(pd_read_file("CMakeLists.txt", &data, &len), PD_OK);
+    PD_CHECK(len > 0 && strstr(data, "pdserve") != NULL);
+    free(data);
+    PD_CHECK(pd_now_ns() > 0);
+}
+
+int main(void)
+{
+    PD_RUN(test_status_strings);
+    PD_RUN(test_log_levels);
+    PD_RUN(test_checked_arith);
+    PD_RUN(test_buf);
+    PD_RUN(test_arena);
+    PD_RUN(test_misc);
+    return PD_TEST_REPORT();
+}
