@@ -1,15 +1,34 @@
-/* pdserve-prefill - placeholder main until the command-line parser lands. */
+/*
+ * pdserve-prefill - the prefill node binary: parses the `vllm serve` command line and runs
+ * the node (engine + OpenAI-compatible HTTP server) in the prefill role.
+ */
 #include <stdio.h>
-#include <string.h>
+#include <stdlib.h>
+
+#include "pd_log.h"
+#include "pd_serve_args.h"
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--version") == 0) {
-            printf("pdserve-prefill %s (%s)\n", PD_VERSION, PD_GIT_REV);
-            return 0;
-        }
+    pd_serve_args_t args;
+    pd_cli_action_t action;
+    pd_log_level_t level;
+    char err[512];
+    int rc;
+
+    pd_log_set_tag("prefill");
+    if (pd_serve_args_parse(PD_ROLE_PREFILL, argc, argv, &args, &action, err, sizeof(err)) != PD_OK) {
+        pd_serve_args_free(PD_ROLE_PREFILL, &args);
+        return 2;
     }
-    printf("usage: pdserve-prefill [options]\n");
-    return 0;
+    if (action == PD_CLI_EXIT_OK) {
+        pd_serve_args_free(PD_ROLE_PREFILL, &args);
+        return 0;
+    }
+    if (pd_log_level_parse(args.uvicorn_log_level, &level) == PD_OK)
+        pd_log_set_level(level);
+    fprintf(stderr, "pdserve-prefill: error: the engine is not built yet (see the open issues)\n");
+    rc = 3;
+    pd_serve_args_free(PD_ROLE_PREFILL, &args);
+    return rc;
 }

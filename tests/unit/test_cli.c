@@ -1,0 +1,413 @@
+/*
+ * test_cli.c - the command-line parser: every seed option accepted with a valid value,
+ * defaults, aliases, negation, lists, JSON and dotted JSON, --config (YAML and JSON,
+ * command line wins), every kind of error, "not supported yet", and docs/options.md
+ * being exactly what the table generates.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pd_serve_args.h"
+#include "pd_test.h"
+#include "pd_util.h"
+
+static const pd_cli_spec_t *spec(void) { return pd_serve_cli_spec(PD_ROLE_DECODE); }
+
+/* parse a NULL-terminated word list (argv[0] added) */
+static pd_status_t parse_words(pd_serve_args_t *a, char *err, size_t errlen, const char *const *words)
+{
+    char *argv[64];
+    int argc = 0;
+    pd_cli_action_t action;
+    argv[argc++] = "pdserve-decode";
+    for (; *words; words++)
+        argv[argc++] = (char *)*words;
+    argv[argc] = NULL;
+    return pd_cli_parse(spec(), argc, argv, a, "test", &action, err, errlen);
+}
+
+#define PARSE(a, err, ...) parse_words((a), (err), sizeof(err), (const char *const[]){__VA_ARGS__, NULL})
+
+/* a valid non-default-ish value for an option, from its table row */
+static const char *valid_value(const pd_opt_t *o, char *buf, size_t n)
+{
+    switch (o->kind) {
+    case PD_OPT_BOOL:
+        return NULL;
+    case PD_OPT_INT:
+        if (o->choices) {
+            const char *c = strchr(o->choices, ',');
+            snprintf(buf, n, "%.*s", c ? (int)(c - o->choices) : (int)strlen(o->choices), o->choices);
+            return buf;
+        }
+        return "2";
+    case PD_OPT_FLOAT:
+        return "0.5";
+    case PD_OPT_STR:
+        return "x";
+    case PD_OPT_CHOICE: {
+        const char *c = strchr(o->choices, ',');
+        snprintf(buf, n, "%.*s", c ? (int)(c - o->choices) : (int)strlen(o->choices), o->choices);
+        return buf;
+    }
+    case PD_OPT_JSON:
+        return (o->flags & PD_OPTF_JSON_STRARR) ? "[\"a\"]" : "{\"k\": 1}";
+    case PD_OPT_LIST:
+        return "item";
+    }
+    return "x";
+}
+
+PD_TEST(test_every_seed_option_accepted)
+{
+    char path[1024], line[256], err[512], buf[256];
+    const char *src = getenv("PD_SOURCE_DIR");
+    FILE *f;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "%s/tests/data/seed_options.txt", src ? src : ".");
+    f = fopen(path, "r");
+    PD_CHECK(f != NULL);
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '\0')
+            continue;
+        const pd_opt_t *o = pd_cli_find(spec(), line);
+        if (o == NULL && strncmp(line, "--no-", 5) == 0) {
+            char pos[256];
+            pd_serve_args_t a;
+            snprintf(pos, sizeof(pos), "--%s", line + 5);
+            o = pd_cli_find(spec(), pos);
+            PD_CHECK(o != NULL && (o->flags & PD_OPTF_NEGATABLE));
+            PD_CHECK_STATUS(PARSE(&a, err, line), PD_OK);
+            PD_CHECK(pd_cli_is_set(spec(), &a, pos));
+            pd_cli_free(spec(), &a);
+            n++;
+            continue;
+        }
+        if (o == NULL) {
+            fprintf(stderr, "  seed option %s missing from the table\n", line);
+            PD_CHECK(o != NULL);
+            continue;
+        }
+        /* --no-enable-prefix-caching is the negated form of its option */
+        pd_serve_args_t a;
+        const char *v = valid_value(o, buf, sizeof(buf));
+        pd_status_t st = v ? PARSE(&a, err, line, v) : PARSE(&a, err, line);
+        if (st != PD_OK)
+            fprintf(stderr, "  %s %s: %s\n", line, v ? v : "", err);
+        PD_CHECK_STATUS(st, PD_OK);
+        PD_CHECK(pd_cli_is_set(spec(), &a, line));
+        pd_cli_free(spec(), &a);
+        n++;
+    }
+    fclose(f);
+    PD_CHECK(n == 131);
+    /* the help text names every seed option */
+    char *help = NULL;
+    size_t help_len = 0;
+    FILE *mem = open_memstream(&help, &help_len);
+    pd_cli_print_help(spec(), mem);
+    fclose(mem);
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] && strncmp(line, "--no-", 5) != 0)
+            PD_CHECK(strstr(help, line) != NULL);
+    }
+    if (f)
+        fclose(f);
+    PD_CHECK(strstr(help, "--no-enable-prefix-caching") != NULL);
+    PD_CHECK(strstr(help, "\nCORS:\n") && strstr(help, "\nSpeculative decoding:\n") && strstr(help, "\nLoRA and adapters:\n"));
+    free(help);
+}
+
+PD_TEST(test_defaults)
+{
+    pd_serve_args_t a;
+    char err[256];
+    PD_CHECK_STATUS(pd_cli_defaults(spec(), &a, err, sizeof(err)), PD_OK);
+    PD_CHECK_EQ_INT(a.port, 8000);
+    PD_CHECK_EQ_STR(a.dtype, "auto");
+    PD_CHECK_EQ_STR(a.uvicorn_log_level, "info");
+    PD_CHECK(a.gpu_memory_utilization == 0.9);
+    PD_CHECK(a.swap_space == 4.0);
+    PD_CHECK_EQ_INT(a.max_logprobs, 20);
+    PD_CHECK_EQ_INT(a.max_seq_len_to_capture, 8192);
+    PD_CHECK_EQ_INT(a.seed, 0);
+    PD_CHECK(a.enable_prefix_caching == true);
+    PD_CHECK(a.enable_lora == false);
+    PD_CHECK(a.host == NULL && a.max_model_len == 0 && !a.set[PD_SERVE_OPT_max_model_len]);
+    PD_CHECK(cJSON_IsArray(a.allowed_origins) && cJSON_GetArraySize(a.allowed_origins) == 1);
+    PD_CHECK_EQ_STR(a.scheduling_policy, "fcfs");
+    PD_CHECK(a.kv_transfer_config == NULL);
+    PD_CHECK(a.served_model_name.n == 0);
+    pd_cli_free(spec(), &a);
+}
+
+PD_TEST(test_forms)
+{
+    pd_serve_args_t a;
+    char err[512];
+
+    PD_CHECK_STATUS(PARSE(&a, err, "--port=9001", "--max-num-seqs", "7", "-tp", "1", "-pp=1", "-q", "gguf",
+                          "--dtype", "bfloat16", "-spec-draft-tp", "1"), PD_OK);
+    PD_CHECK_EQ_INT(a.port, 9001);
+    PD_CHECK_EQ_INT(a.max_num_seqs, 7);
+    PD_CHECK_EQ_INT(a.tensor_parallel_size, 1);
+    PD_CHECK_EQ_STR(a.quantization, "gguf");
+    PD_CHECK_EQ_STR(a.dtype, "bfloat16");
+    pd_cli_free(spec(), &a);
+
+    /* -O3, -O 3, -O '{"level": 2}' */
+    PD_CHECK_STATUS(PARSE(&a, err, "-O3"), PD_OK);
+    PD_CHECK(cJSON_GetObjectItem(a.compilation_config, "level")->valuedouble == 3);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "-O", "0"), PD_OK);
+    PD_CHECK(cJSON_GetObjectItem(a.compilation_config, "level")->valuedouble == 0);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--compilation-config", "{\"level\": 2}"), PD_OK);
+    PD_CHECK(cJSON_GetObjectItem(a.compilation_config, "level")->valuedouble == 2);
+    pd_cli_free(spec(), &a);
+
+    /* negation and optional boolean values */
+    PD_CHECK_STATUS(PARSE(&a, err, "--no-enable-prefix-caching", "--enable-chunked-prefill", "false"), PD_OK);
+    PD_CHECK(!a.enable_prefix_caching);
+    PD_CHECK(!a.enable_chunked_prefill && a.set[PD_SERVE_OPT_enable_chunked_prefill]);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--enable-chunked-prefill", "--enforce-eager"), PD_OK);
+    PD_CHECK(a.enable_chunked_prefill && a.enforce_eager);
+    pd_cli_free(spec(), &a);
+
+    /* underscores mean dashes, like vLLM */
+    PD_CHECK_STATUS(PARSE(&a, err, "--max_num_seqs", "3"), PD_OK);
+    PD_CHECK_EQ_INT(a.max_num_seqs, 3);
+    pd_cli_free(spec(), &a);
+
+    /* lists: nargs='+' and repeatable; positional model */
+    PD_CHECK_STATUS(PARSE(&a, err, "some/model", "--served-model-name", "a", "b", "--middleware", "x.so:f",
+                          "--middleware", "y.so:g"), PD_OK);
+    PD_CHECK_EQ_STR(a.model, "some/model");
+    PD_CHECK_EQ_INT(a.served_model_name.n, 2);
+    PD_CHECK_EQ_STR(a.served_model_name.v[1], "b");
+    PD_CHECK_EQ_INT(a.middleware.n, 2);
+    PD_CHECK_EQ_STR(a.middleware.v[1], "y.so:g");
+    pd_cli_free(spec(), &a);
+
+    /* JSON and the dotted form */
+    PD_CHECK_STATUS(PARSE(&a, err, "--kv-transfer-config", "{\"kv_connector\":\"UcxConnector\"}",
+                          "--kv-transfer-config.kv_role", "kv_both", "--kv-transfer-config.kv_port", "14600",
+                          "--kv-transfer-config.kv_connector_extra_config.auth_secret", "s3"), PD_OK);
+    PD_CHECK_EQ_STR(cJSON_GetObjectItem(a.kv_transfer_config, "kv_connector")->valuestring, "UcxConnector");
+    PD_CHECK_EQ_STR(cJSON_GetObjectItem(a.kv_transfer_config, "kv_role")->valuestring, "kv_both");
+    PD_CHECK(cJSON_GetObjectItem(a.kv_transfer_config, "kv_port")->valuedouble == 14600);
+    PD_CHECK_EQ_STR(cJSON_GetObjectItem(cJSON_GetObjectItem(a.kv_transfer_config, "kv_connector_extra_config"),
+                                        "auth_secret")->valuestring, "s3");
+    pd_cli_free(spec(), &a);
+    /* dotted form alone creates the object */
+    PD_CHECK_STATUS(PARSE(&a, err, "--kv-transfer-config.kv_role=kv_producer"), PD_OK);
+    PD_CHECK_EQ_STR(cJSON_GetObjectItem(a.kv_transfer_config, "kv_role")->valuestring, "kv_producer");
+    pd_cli_free(spec(), &a);
+}
+
+PD_TEST(test_errors)
+{
+    pd_serve_args_t a;
+    char err[512];
+
+    PD_CHECK_STATUS(PARSE(&a, err, "--dtype", "float17"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--dtype: 'float17' is not one of auto, half, float16, bfloat16, float, float32");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--port", "eighty"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--port: 'eighty' is not an integer");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--block-size", "24"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--block-size: '24' is not one of 8, 16, 32, 64, 128");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--gpu-memory-utilization", "nan"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--gpu-memory-utilization: 'nan' is not a number");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--frobnicate"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "unknown option '--frobnicate' (see --help)");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--max-num-seqs"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--max-num-seqs: expected a value");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--hf-overrides", "{bad"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "--hf-overrides: '{bad' is not valid JSON") == err);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--hf-overrides", "[1]"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "expected a JSON object") != NULL);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--allowed-origins", "[1]"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "list of strings") != NULL);
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--enforce-eager=maybe"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--enforce-eager: 'maybe' is not a boolean (true or false)");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "model-a", "model-b"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "unexpected argument 'model-b'");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--no-enforce-eager"), PD_ERR_INVAL); /* not negatable */
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--port.x", "1"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "only for JSON-valued options") != NULL);
+    pd_cli_free(spec(), &a);
+}
+
+/* full parse: ranges, combinations and "not supported yet" */
+static pd_status_t full_parse(pd_serve_args_t *a, char *err, size_t errlen, const char *const *words)
+{
+    char *argv[64];
+    int argc = 0;
+    pd_cli_action_t action;
+    argv[argc++] = "pdserve-decode";
+    for (; *words; words++)
+        argv[argc++] = (char *)*words;
+    return pd_serve_args_parse(PD_ROLE_DECODE, argc, argv, a, &action, err, errlen);
+}
+#define FULL(a, err, ...) full_parse((a), (err), sizeof(err), (const char *const[]){__VA_ARGS__, NULL})
+
+PD_TEST(test_semantic_checks)
+{
+    pd_serve_args_t a;
+    char err[512];
+    int n_not_yet = 0;
+
+    PD_CHECK_STATUS(FULL(&a, err, "--port", "70000"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--port: 70000 is out of range (0 to 65535)");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--gpu-memory-utilization", "1.5"), PD_ERR_INVAL);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--load-format", "pt"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "not supported yet") != NULL);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--ssl-keyfile", "k.pem"), PD_ERR_INVAL);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "-O", "7"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--compilation-config: level must be 0, 1, 2 or 3");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--tensor-parallel-size", "1", "--enable-prefix-caching", "--dtype", "half"), PD_OK);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    /* a "not supported yet" option with its default value is fine; any other value is refused */
+    PD_CHECK_STATUS(FULL(&a, err, "--max-loras", "1", "--enable-lora=false"), PD_OK);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    for (size_t i = 0; i < spec()->n_opts; i++) {
+        const pd_opt_t *o = &spec()->opts[i];
+        char buf[64];
+        const char *v;
+        pd_status_t st;
+        if (o->status != PD_OPT_NOT_YET)
+            continue;
+        v = valid_value(o, buf, sizeof(buf));
+        if (v && o->def && strcmp(v, o->def) == 0)
+            v = o->kind == PD_OPT_INT ? "3" : "other";
+        st = v ? FULL(&a, err, o->name, v) : FULL(&a, err, o->name);
+        if (st != PD_ERR_UNSUPPORTED)
+            fprintf(stderr, "  %s %s -> %s (%s)\n", o->name, v ? v : "", pd_status_name(st), err);
+        PD_CHECK(st == PD_ERR_UNSUPPORTED || st == PD_ERR_INVAL);
+        PD_CHECK(strstr(err, "not supported yet") != NULL || strstr(err, "needs") != NULL);
+        pd_serve_args_free(PD_ROLE_DECODE, &a);
+        n_not_yet++;
+    }
+    PD_CHECK(n_not_yet > 10);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+PD_TEST(test_config_file)
+{
+    pd_serve_args_t a;
+    char err[512];
+    char yml[] = "/tmp/pd_cli_test_XXXXXX";
+    int fd = mkstemp(yml);
+    close(fd);
+    write_file(yml,
+               "# a vLLM-style config\n"
+               "port: 9100\n"
+               "max_num_seqs: 12\n"
+               "dtype: \"float32\"\n"
+               "enable-prefix-caching: false\n"
+               "served-model-name: [one, two]\n"
+               "kv-transfer-config:\n  kv_connector: UcxConnector\n  kv_role: kv_both\n");
+    PD_CHECK_STATUS(PARSE(&a, err, "--config", yml, "--port", "9200", "--served-model-name", "three"), PD_OK);
+    PD_CHECK_EQ_INT(a.port, 9200);          /* command line wins */
+    PD_CHECK_EQ_INT(a.max_num_seqs, 12);    /* from the file */
+    PD_CHECK_EQ_STR(a.dtype, "float32");
+    PD_CHECK(!a.enable_prefix_caching);
+    PD_CHECK_EQ_INT(a.served_model_name.n, 1); /* command-line list replaces the file's */
+    PD_CHECK_EQ_STR(a.served_model_name.v[0], "three");
+    PD_CHECK_EQ_STR(cJSON_GetObjectItem(a.kv_transfer_config, "kv_role")->valuestring, "kv_both");
+    pd_cli_free(spec(), &a);
+
+    write_file(yml, "{\"port\": 9300, \"block_size\": 32, \"served_model_name\": \"solo\"}");
+    PD_CHECK_STATUS(PARSE(&a, err, "--config=" /* joined form */ "", "x"), PD_ERR_INVAL);
+    pd_cli_free(spec(), &a);
+    char opt[128];
+    snprintf(opt, sizeof(opt), "--config=%s", yml);
+    PD_CHECK_STATUS(PARSE(&a, err, opt), PD_OK);
+    PD_CHECK_EQ_INT(a.port, 9300);
+    PD_CHECK_EQ_INT(a.block_size, 32);
+    PD_CHECK_EQ_STR(a.served_model_name.v[0], "solo");
+    pd_cli_free(spec(), &a);
+
+    write_file(yml, "port: [1, 2\n");
+    PD_CHECK_STATUS(PARSE(&a, err, "--config", yml), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "neither JSON nor valid YAML") != NULL);
+    pd_cli_free(spec(), &a);
+    write_file(yml, "no_such_option: 1\n");
+    PD_CHECK_STATUS(PARSE(&a, err, "--config", yml), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "unknown option 'no_such_option'") != NULL);
+    pd_cli_free(spec(), &a);
+    write_file(yml, "block-size: 24\n");
+    PD_CHECK_STATUS(PARSE(&a, err, "--config", yml), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--block-size: '24' is not one of 8, 16, 32, 64, 128");
+    pd_cli_free(spec(), &a);
+    PD_CHECK_STATUS(PARSE(&a, err, "--config", "/nonexistent.yaml"), PD_ERR_INVAL);
+    pd_cli_free(spec(), &a);
+    unlink(yml);
+}
+
+/* docs/options.md holds exactly what --help-markdown generates (so it cannot drift) */
+PD_TEST(test_docs_in_sync)
+{
+    char path[1024];
+    const char *src = getenv("PD_SOURCE_DIR");
+    char *doc = NULL, *gen = NULL;
+    size_t doc_len, gen_len;
+    FILE *mem;
+
+    snprintf(path, sizeof(path), "%s/docs/options.md", src ? src : ".");
+    PD_CHECK_STATUS(pd_read_file(path, &doc, &doc_len), PD_OK);
+    if (doc == NULL)
+        return;
+    mem = open_memstream(&gen, &gen_len);
+    pd_cli_print_markdown(spec(), mem);
+    fclose(mem);
+    PD_CHECK(strstr(doc, gen) != NULL);
+    if (strstr(doc, gen) == NULL)
+        fprintf(stderr, "  docs/options.md is stale: run scripts/gen_options_md.sh\n");
+    free(doc);
+    free(gen);
+}
+
+int main(void)
+{
+    PD_RUN(test_every_seed_option_accepted);
+    PD_RUN(test_defaults);
+    PD_RUN(test_forms);
+    PD_RUN(test_errors);
+    PD_RUN(test_semantic_checks);
+    PD_RUN(test_config_file);
+    PD_RUN(test_docs_in_sync);
+    return PD_TEST_REPORT();
+}
