@@ -304,8 +304,12 @@ PD_TEST(test_semantic_checks)
         if (o->status != PD_OPT_NOT_YET)
             continue;
         v = valid_value(o, buf, sizeof(buf));
-        if (v && o->def && strcmp(v, o->def) == 0)
-            v = o->kind == PD_OPT_INT ? "3" : "other";
+        if (v && o->def && strcmp(v, o->def) == 0) {
+            if (o->kind == PD_OPT_CHOICE)
+                v = strrchr(o->choices, ',') + 1; /* another valid choice */
+            else
+                v = o->kind == PD_OPT_INT ? "3" : "other";
+        }
         st = v ? FULL(&a, err, o->name, v) : FULL(&a, err, o->name);
         if (st != PD_ERR_UNSUPPORTED)
             fprintf(stderr, "  %s %s -> %s (%s)\n", o->name, v ? v : "", pd_status_name(st), err);
