@@ -1,0 +1,132 @@
+/*
+ * eng_backend.h - the compute backend interface of the engine: one ops table per
+ * backend ("cpu" always, "cuda" when built), chosen once at start-up with
+ * eng_backend_get() and then called through eng_backend_ops_t for every buffer, copy and
+ * op of the model forward.
+ *
+ * Memory: every pointer an op takes (activations, weights, bias, KV cache, and the
+ * integer metadata arrays: ids, positions, slot mappings, block tables, ...) is a
+ * BACKEND pointer, i.e. memory from ops->buf_alloc (plain host memory for "cpu", device
+ * memory for "cuda").  Host memory reaches the backend only through memcpy_h2d.
+ * Scalars (shapes, eps, scale) are passed by value.  Parameter structs are host memory.
+ *
+ * Ordering: ops on one backend instance run in call order (CPU: synchronously, CUDA:
+ * on the instance's stream); memcpy_d2h returns after the data is on the host.
+ * synchronize() waits for everything queued.  One instance is used by one engine thread.
+ *
+ * Types: dtypes use ggml numbering (kcpu_dtype_t == eng_dtype_t values); the KV layout,
+ * RoPE scaling and attention parameter structs are kcpu.h's so that every backend shares
+ * one definition (and the CPU kernels stay the oracle of the CUDA ones).
+ * Every op returns pd_status_t: shape errors are PD_ERR_INVAL / PD_ERR_RANGE (logged),
+ * device failures PD_ERR_CUDA.
+ */
+#ifndef ENG_BACKEND_H
+#define ENG_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kcpu.h"
+#include "pd_status.h"
+
+typedef struct eng_backend eng_backend_t; /* one backend instance (opaque) */
+
+typedef struct {
+    int n_threads;           /* CPU: worker threads, <= 0 = one per online CPU */
+    int device;              /* CUDA: device ordinal */
+    kcpu_mm_mode_t mm_mode;  /* quantized matmul: KCPU_MM_FAST (serving) or EXACT (tests) */
+} eng_backend_opts_t;
+
+typedef struct eng_backend_ops {
+    const char *name; /* "cpu", "cuda" */
+
+    /* ---- lifetime ---- */
+    /* Create an instance.  opts may be NULL (defaults).  PD_ERR_NOMEM, PD_ERR_CUDA. */
+    pd_status_t (*init)(const eng_backend_opts_t *opts, eng_backend_t **be_p);
+    /* Wait for outstanding work and free the instance (not buffers still allocated:
+     * free them first).  NULL is a no-op. */
+    void (*shutdown)(eng_backend_t *be);
+
+    /* ---- memory ---- */
+    /* Allocate `bytes` (>0) of backend memory aligned to at least 64 bytes. */
+    pd_status_t (*buf_alloc)(eng_backend_t *be, size_t bytes, void **ptr_p);
+    void (*buf_free)(eng_backend_t *be, void *ptr); /* NULL is a no-op */
+    pd_status_t (*memcpy_h2d)(eng_backend_t *be, void *dst, const void *src, size_t n);
+    pd_status_t (*memcpy_d2h)(eng_backend_t *be, void *dst, const void *src, size_t n);
+    pd_status_t (*memcpy_d2d)(eng_backend_t *be, void *dst, const void *src, size_t n);
+    pd_status_t (*memset)(eng_backend_t *be, void *dst, int value, size_t n);
+    pd_status_t (*synchronize)(eng_backend_t *be);
+
+    /* ---- ops: meanings, shapes and preconditions as the kcpu_* function of the same
+     * name in kcpu.h (the pool argument is replaced by the backend instance) ---- */
+    pd_status_t (*matmul)(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
+                          const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias,
+                          float *y, int64_t ldy);
+    pd_status_t (*rmsnorm)(eng_backend_t *be, const float *x, const float *w, float *out,
+                           int64_t T, int64_t D, float eps);
+    pd_status_t (*add_rmsnorm)(eng_backend_t *be, float *residual, const float *x,
+                               const float *w, float *out, int64_t T, int64_t D, float eps);
+    pd_status_t (*layernorm)(eng_backend_t *be, const float *x, const float *w, const float *b,
+                             float *out, int64_t T, int64_t D, float eps);
+    pd_status_t (*add_layernorm)(eng_backend_t *be, float *residual, const float *x,
+                                 const float *w, const float *b, float *out, int64_t T,
+                                 int64_t D, float eps);
+    /* pos and inv_freq are backend pointers (inv_freq from kcpu_rope_inv_freq on the host,
+     * copied once with memcpy_h2d). */
+    pd_status_t (*rope)(eng_backend_t *be, float *q, int64_t q_stride, float *k,
+                        int64_t k_stride, const int32_t *pos, int64_t T, int n_heads,
+                        int n_kv_heads, int head_dim, int rotary_dim, const float *inv_freq,
+                        float attn_factor, kcpu_rope_style_t style);
+    pd_status_t (*silu_and_mul)(eng_backend_t *be, const float *gate, int64_t gate_stride,
+                                const float *up, int64_t up_stride, float *out, int64_t T,
+                                int64_t I);
+    pd_status_t (*gelu_and_mul)(eng_backend_t *be, const float *gate, int64_t gate_stride,
+                                const float *up, int64_t up_stride, float *out, int64_t T,
+                                int64_t I, bool approx_tanh);
+    pd_status_t (*gelu)(eng_backend_t *be, const float *x, float *out, int64_t n,
+                        bool approx_tanh);
+    pd_status_t (*silu)(eng_backend_t *be, const float *x, float *out, int64_t n);
+    pd_status_t (*relu)(eng_backend_t *be, const float *x, float *out, int64_t n);
+    pd_status_t (*add)(eng_backend_t *be, const float *a, const float *b, float *out, int64_t n);
+    pd_status_t (*scale)(eng_backend_t *be, const float *x, float s, float *out, int64_t n);
+    pd_status_t (*add_bias)(eng_backend_t *be, float *out, const float *bias, int64_t T,
+                            int64_t N);
+    /* ids is a backend pointer; out-of-range ids: PD_ERR_RANGE (CPU) or clamped and
+     * reported at the next synchronize (CUDA). */
+    pd_status_t (*embedding)(eng_backend_t *be, const void *table, kcpu_dtype_t type,
+                             int64_t vocab, int64_t D, const int32_t *ids, int64_t T,
+                             float *out);
+    pd_status_t (*softmax)(eng_backend_t *be, const float *x, float *out, int64_t T, int64_t n);
+    pd_status_t (*log_softmax)(eng_backend_t *be, const float *x, float *out, int64_t T,
+                               int64_t n);
+    /* idx: backend pointer to T int32. */
+    pd_status_t (*argmax)(eng_backend_t *be, const float *x, int64_t T, int64_t n, int32_t *idx);
+
+    /* ---- KV cache (layout from kcpu_kv_layout_init; cache_base is a backend pointer) ---- */
+    pd_status_t (*kv_write)(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
+                            int layer, const int64_t *slot_mapping, int64_t T, const float *k,
+                            int64_t k_stride, const float *v, int64_t v_stride);
+    /* src/dst: backend pointers to n block ids. */
+    pd_status_t (*kv_copy_blocks)(eng_backend_t *be, const kcpu_kv_layout_t *layout,
+                                  void *cache_base, const int32_t *src, const int32_t *dst,
+                                  int64_t n);
+    /* p is host memory; the arrays it points to are backend pointers. */
+    pd_status_t (*paged_attention)(eng_backend_t *be, const kcpu_attn_params_t *p);
+} eng_backend_ops_t;
+
+/* The ops table of the backend called `name` ("cpu"; "cuda" when built with CUDA), or
+ * NULL when there is none by that name.  The table is static: never freed. */
+const eng_backend_ops_t *eng_backend_get(const char *name);
+
+/* The CPU backend's table (always present). */
+const eng_backend_ops_t *eng_backend_cpu_ops(void);
+/* The CUDA backend's table: defined by the CUDA backend's source when it is built
+ * (PD_HAVE_CUDA); eng_backend_get("cuda") returns it. */
+const eng_backend_ops_t *eng_backend_cuda_ops(void);
+
+/* The kcpu thread pool of a CPU backend instance (for engine code that runs its own
+ * kcpu_* calls on the host, e.g. sampling); NULL for other backends. */
+kcpu_pool_t *eng_backend_cpu_pool(eng_backend_t *be);
+
+#endif /* ENG_BACKEND_H */
