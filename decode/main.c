@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "eng_server.h"
 #include "pd_log.h"
 #include "pd_serve_args.h"
 
@@ -27,8 +28,7 @@ int main(int argc, char **argv)
     }
     if (pd_log_level_parse(args.uvicorn_log_level, &level) == PD_OK)
         pd_log_set_level(level);
-    fprintf(stderr, "pdserve-decode: error: the engine is not built yet (see the open issues)\n");
-    rc = 3;
+    rc = eng_node_main(PD_ROLE_DECODE, &args);
     pd_serve_args_free(PD_ROLE_DECODE, &args);
     return rc;
 }

@@ -1,0 +1,874 @@
+/*
+ * eng_engine.c - the engine thread and its thread-safe front: model, tokenizer and
+ * template loading, KV sizing, and the loop
+ *     commands (new requests, aborts) -> schedule -> copies -> forward -> sample ->
+ *     scheduler update -> detokenize + stop strings -> output callbacks.
+ *
+ * Invariants: only the engine thread touches the scheduler, the forward, the sampler
+ * and the requests after submission; other threads only append to the command queue
+ * (under mu) and read the stats snapshot (under mu).  Every submitted request gets
+ * exactly one event with request_done, after which it is destroyed.
+ */
+#include "eng_engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_backend.h"
+#include "eng_forward.h"
+#include "eng_sampler.h"
+#include "eng_sched.h"
+#include "eng_stop.h"
+#include "eng_template.h"
+#include "eng_tokenizer.h"
+#include "pd_log.h"
+#include "pd_util.h"
+
+/* ---- per-request engine state ---- */
+
+typedef struct seq_state {
+    eng_detok_t *detok;
+    eng_stop_matcher_t *stop;
+    bool done;
+    /* logprobs of the token sampled this step */
+    eng_logprob_t tok_lp;
+    eng_logprob_t *tops;      /* params.logprobs entries */
+    int n_top;
+    bool has_new;             /* sampled this step, not yet emitted */
+} seq_state_t;
+
+typedef struct ereq {
+    struct ereq *next;        /* command queue link */
+    eng_request_t *req;       /* group root (sequence 0) */
+    eng_output_cb_t cb;
+    void *user;
+    int n_seqs;
+    int n_live;               /* sequences not yet reported finished */
+    seq_state_t *seqs;
+} ereq_t;
+
+typedef struct abort_cmd {
+    struct abort_cmd *next;
+    char id[];
+} abort_cmd_t;
+
+struct eng_engine {
+    eng_engine_cfg_t cfg;
+    eng_model_t *model;
+    const eng_model_config_t *mc;
+    eng_tok_t *tok;
+    eng_template_t *tpl;
+    char *bos_str, *eos_str;
+    const eng_backend_ops_t *ops;
+    eng_backend_t *be;
+    eng_forward_t *fw;
+    eng_sched_t *sched;
+    eng_sampler_t *sampler;
+    eng_sampling_defaults_t defaults;
+    eng_rng_t rng;
+    int32_t eos_ids[ENG_MAX_EOS + 1];
+    int n_eos;
+    int64_t max_model_len;
+    int max_blocks_per_seq;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ereq_t *q_head, *q_tail;  /* new requests */
+    abort_cmd_t *aborts;
+    bool stopping;
+    eng_engine_stats_t stats; /* snapshot, under mu */
+    uint64_t finished_by_reason[4];
+    uint64_t prompt_tokens_total, generation_tokens_total;
+
+    /* forward scratch (engine thread) */
+    int32_t *b_tokens, *b_pos, *b_seq, *b_tables, *b_ctx, *b_logit_rows, *sampled;
+    int cap_sampled;
+    int64_t *b_slots;
+    int *seq_logit;           /* batch seq -> logits row or -1 */
+    float *logits, *row;      /* [max_seqs * V], [V] */
+    pd_buf_t delta, text;
+};
+
+void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    eng_load_opts_init(&cfg->load);
+    cfg->backend = "cpu";
+    cfg->block_size = 16;
+    cfg->kv_cache_bytes = 4ull << 30;
+    cfg->max_num_seqs = 256;
+    cfg->max_num_batched_tokens = 8192;
+    cfg->enable_chunked_prefill = true;
+    cfg->enable_prefix_caching = true;
+    cfg->max_logprobs = 20;
+}
+
+/* ---- output ---- */
+
+static const char *const reason_names[4] = {"stop", "length", "abort", "error"};
+
+static int reason_index(eng_req_state_t st)
+{
+    switch (st) {
+    case ENG_REQ_FINISHED_STOPPED: return 0;
+    case ENG_REQ_FINISHED_LENGTH: return 1;
+    case ENG_REQ_FINISHED_ABORTED: return 2;
+    default: return 3;
+    }
+}
+
+static double since(uint64_t t0, uint64_t t1) { return t0 && t1 >= t0 ? (double)(t1 - t0) * 1e-9 : 0.0; }
+
+/* Emit one event for sequence i of er: its newest token (if has_new) and text, and the
+ * finish when the sequence is done. */
+static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_state_t fstate,
+                 const char *stop_str)
+{
+    seq_state_t *ss = &er->seqs[i];
+    eng_request_t *sreq = eng_request_seq(er->req, i);
+    eng_output_t out;
+    int32_t tok = -1;
+
+    memset(&out, 0, sizeof(out));
+    out.request_id = er->req->id;
+    out.seq_index = i;
+    if (ss->has_new && eng_request_n_output(sreq) > 0) {
+        tok = eng_request_output(sreq)[eng_request_n_output(sreq) - 1];
+        out.token_ids = &tok;
+        out.n_token_ids = 1;
+        if (sreq->params.logprobs >= 0) {
+            out.token_logprobs = &ss->tok_lp;
+            out.tops = ss->tops;
+            out.n_top = ss->n_top;
+        }
+    }
+    out.text = e->text.data ? e->text.data : "";
+    out.text_len = e->text.len;
+    out.n_prompt_tokens = er->req->n_prompt;
+    out.n_cached_tokens = er->req->num_cached_tokens;
+    out.n_output_tokens = eng_request_n_output(sreq);
+    out.t_queue = since(er->req->t_arrival, er->req->t_scheduled);
+    out.t_first_token = since(er->req->t_arrival, sreq->t_first_token ? sreq->t_first_token : er->req->t_first_token);
+    if (finished && !ss->done) {
+        ss->done = true;
+        er->n_live--;
+        out.finished = true;
+        out.finish_reason = reason_names[reason_index(fstate)];
+        out.stop_token = sreq->stop_token;
+        out.stop_str = stop_str;
+        out.request_done = er->n_live == 0;
+        pthread_mutex_lock(&e->mu);
+        e->finished_by_reason[reason_index(fstate)]++;
+        pthread_mutex_unlock(&e->mu);
+    }
+    ss->has_new = false;
+    er->cb(er->user, &out);
+}
+
+static void ereq_free(eng_engine_t *e, ereq_t *er)
+{
+    for (int i = 0; i < er->n_seqs; i++) {
+        eng_detok_destroy(er->seqs[i].detok);
+        eng_stop_matcher_destroy(er->seqs[i].stop);
+        free(er->seqs[i].tops);
+    }
+    free(er->seqs);
+    if (er->req)
+        eng_request_destroy(er->req);
+    free(er);
+    (void)e;
+}
+
+/* Finish every live sequence of er with state st (abort/error), emitting each. */
+static void finish_all(eng_engine_t *e, ereq_t *er, eng_req_state_t st)
+{
+    for (int i = 0; i < er->n_seqs && er->n_live > 0; i++) {
+        if (er->seqs[i].done)
+            continue;
+        pd_buf_reset(&e->text);
+        emit(e, er, i, true, st, NULL);
+    }
+}
+
+/* Detokenize sequence i's newest token, run the stop strings, emit.  Returns true when
+ * a stop string ended the sequence. */
+static void process_seq(eng_engine_t *e, ereq_t *er, int i)
+{
+    seq_state_t *ss = &er->seqs[i];
+    eng_request_t *sreq = eng_request_seq(er->req, i);
+    bool finished = ENG_REQ_IS_FINISHED(sreq->state);
+    int matched = -1;
+    const char *stop_str = NULL;
+
+    if (ss->done)
+        return;
+    pd_buf_reset(&e->text);
+    if (ss->detok && ss->has_new && eng_request_n_output(sreq) > 0) {
+        int32_t tok = eng_request_output(sreq)[eng_request_n_output(sreq) - 1];
+        /* an eos or stop token that ends the sequence is not part of the text (vLLM) */
+        bool hidden_stop = finished && sreq->stop_token == tok && sreq->state == ENG_REQ_FINISHED_STOPPED;
+        pd_buf_reset(&e->delta);
+        if (!hidden_stop)
+            eng_detok_step(ss->detok, tok, &e->delta);
+        if (finished)
+            eng_detok_finish(ss->detok, &e->delta);
+        if (ss->stop) {
+            eng_stop_matcher_feed(ss->stop, e->delta.data ? e->delta.data : "", e->delta.len, &e->text, &matched);
+            if (matched >= 0) {
+                stop_str = sreq->params.stop[matched];
+                sreq->stop_str_index = matched;
+                if (!finished) {
+                    eng_sched_finish(e->sched, sreq, ENG_REQ_FINISHED_STOPPED);
+                    finished = true;
+                }
+            } else if (finished) {
+                eng_stop_matcher_flush(ss->stop, &e->text);
+            }
+        } else {
+            pd_buf_append(&e->text, e->delta.data ? e->delta.data : "", e->delta.len);
+        }
+    }
+    emit(e, er, i, finished, sreq->state, stop_str);
+}
+
+/* ---- commands ---- */
+
+static void take_commands(eng_engine_t *e, ereq_t **new_p, abort_cmd_t **aborts_p)
+{
+    *new_p = e->q_head;
+    *aborts_p = e->aborts;
+    e->q_head = e->q_tail = NULL;
+    e->aborts = NULL;
+}
+
+static void apply_abort(eng_engine_t *e, const char *id)
+{
+    eng_request_t *req = eng_sched_find(e->sched, id);
+    ereq_t *er;
+    if (req == NULL)
+        return;
+    while (req->parent)
+        req = req->parent;
+    er = req->user;
+    if (er == NULL)
+        return;
+    eng_sched_finish(e->sched, req, ENG_REQ_FINISHED_ABORTED);
+    finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+    ereq_free(e, er);
+}
+
+static void admit(eng_engine_t *e, ereq_t *er)
+{
+    pd_status_t st = eng_sched_add(e->sched, er->req);
+    if (st != PD_OK) {
+        PD_LOG_REQ(WARN, er->req->id, "cannot schedule: %s", pd_status_str(st));
+        finish_all(e, er, ENG_REQ_FINISHED_ERROR);
+        ereq_free(e, er);
+    }
+}
+
+/* ---- one step ---- */
+
+static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
+{
+    const int64_t V = e->mc->vocab_size;
+    const int bs = e->cfg.block_size, MB = e->max_blocks_per_seq;
+    eng_fwd_batch_t fb;
+    int T = 0, n_logits = 0;
+    pd_status_t st;
+
+    if (b->n_copies > 0) {
+        for (int i = 0; i < b->n_copies; i++) {
+            int32_t s = b->copies[i].src, d = b->copies[i].dst;
+            if ((st = eng_forward_copy_blocks(e->fw, &s, &d, 1)) != PD_OK)
+                return st;
+        }
+    }
+    if (b->n_swap_out > 0 || b->n_swap_in > 0) {
+        PD_LOG_ERR("engine: swap requested but no swap space is configured");
+        return PD_ERR_INTERNAL;
+    }
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        for (int j = 0; j < bq->n_tokens; j++, T++) {
+            int pos = bq->start_pos + j;
+            e->b_tokens[T] = bq->tokens[j];
+            e->b_pos[T] = pos;
+            e->b_seq[T] = s;
+            e->b_slots[T] = (int64_t)bq->block_table[pos / bs] * bs + pos % bs;
+        }
+        memset(e->b_tables + (size_t)s * MB, 0, (size_t)MB * sizeof(int32_t));
+        memcpy(e->b_tables + (size_t)s * MB, bq->block_table, (size_t)PD_MIN(bq->n_blocks, MB) * sizeof(int32_t));
+        e->b_ctx[s] = bq->start_pos + bq->n_tokens;
+        e->seq_logit[s] = -1;
+        if (bq->want_logits && bq->n_samples > 0) {
+            e->seq_logit[s] = n_logits;
+            e->b_logit_rows[n_logits++] = T - 1;
+        }
+    }
+    fb.n_tokens = T;
+    fb.tokens = e->b_tokens;
+    fb.positions = e->b_pos;
+    fb.tok_seq = e->b_seq;
+    fb.slots = e->b_slots;
+    fb.n_seqs = b->n_seqs;
+    fb.block_tables = e->b_tables;
+    fb.context_lens = e->b_ctx;
+    fb.n_logits = n_logits;
+    fb.logit_rows = e->b_logit_rows;
+    if ((st = eng_forward_run(e->fw, &fb, e->logits)) != PD_OK)
+        return st;
+    if (b->n_samples > e->cap_sampled) {
+        int32_t *ns = realloc(e->sampled, (size_t)b->n_samples * sizeof(int32_t));
+        if (ns == NULL)
+            return PD_ERR_NOMEM;
+        e->sampled = ns;
+        e->cap_sampled = b->n_samples;
+    }
+
+    /* sample */
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        ereq_t *er = bq->req->user;
+        if (e->seq_logit[s] < 0)
+            continue;
+        for (int j = 0; j < bq->n_samples; j++) {
+            eng_request_t *sreq = eng_request_seq(bq->req, j);
+            seq_state_t *ss = &er->seqs[j];
+            eng_sample_ctx_t ctx;
+            eng_sample_result_t res;
+            memcpy(e->row, e->logits + (size_t)e->seq_logit[s] * V, (size_t)V * sizeof(float));
+            memset(&ctx, 0, sizeof(ctx));
+            ctx.params = &sreq->params;
+            ctx.prompt = sreq->tokens;
+            ctx.n_prompt = sreq->n_prompt;
+            ctx.output = eng_request_output(sreq);
+            ctx.n_output = eng_request_n_output(sreq);
+            ctx.rng = &sreq->rng;
+            ctx.eos_ids = e->eos_ids;
+            ctx.n_eos = e->n_eos;
+            memset(&res, 0, sizeof(res));
+            res.top = sreq->params.logprobs > 0 ? ss->tops : NULL;
+            st = eng_sampler_sample(e->sampler, e->row, &ctx, &res);
+            if (st != PD_OK) {
+                /* every token masked (e.g. allowed_token_ids all banned): end this sequence */
+                PD_LOG_REQ(WARN, sreq->id, "nothing can be sampled; finishing with an error");
+                res.token = e->n_eos ? e->eos_ids[0] : 0;
+            }
+            e->sampled[bq->sample_offset + j] = res.token;
+            ss->tok_lp.token = res.token;
+            ss->tok_lp.logprob = res.logprob;
+            ss->tok_lp.rank = res.rank;
+            ss->n_top = res.n_top;
+            ss->has_new = true;
+            sreq->cumulative_logprob += res.logprob;
+        }
+    }
+    return eng_sched_update(e->sched, b, e->sampled);
+}
+
+static void update_stats(eng_engine_t *e, const eng_batch_t *b)
+{
+    eng_sched_stats_t ss;
+    uint64_t prompt = 0, gen = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        if (bq->is_prefill)
+            prompt += (uint64_t)bq->n_tokens;
+        gen += (uint64_t)bq->n_samples;
+    }
+    eng_sched_get_stats(e->sched, &ss);
+    pthread_mutex_lock(&e->mu);
+    e->prompt_tokens_total += prompt;
+    e->generation_tokens_total += gen;
+    e->stats.n_running = ss.n_running;
+    e->stats.n_waiting = ss.n_waiting + ss.n_remote_waiting;
+    e->stats.n_swapped = ss.n_swapped;
+    e->stats.kv_usage = ss.blocks.usage;
+    e->stats.n_blocks = ss.blocks.n_blocks;
+    e->stats.n_free_blocks = ss.blocks.n_free;
+    e->stats.prefix_queries = ss.blocks.prefix_queries;
+    e->stats.prefix_hits = ss.blocks.prefix_hits;
+    e->stats.n_preemptions = ss.n_preemptions;
+    e->stats.n_steps = ss.n_steps;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void *engine_main(void *arg)
+{
+    eng_engine_t *e = arg;
+    for (;;) {
+        ereq_t *news;
+        abort_cmd_t *aborts;
+        eng_batch_t *b;
+        pd_status_t st;
+
+        pthread_mutex_lock(&e->mu);
+        while (!e->stopping && e->q_head == NULL && e->aborts == NULL && eng_sched_idle(e->sched))
+            pthread_cond_wait(&e->cv, &e->mu);
+        bool stopping = e->stopping;
+        take_commands(e, &news, &aborts);
+        pthread_mutex_unlock(&e->mu);
+
+        for (abort_cmd_t *a = aborts, *n; a; a = n) {
+            n = a->next;
+            apply_abort(e, a->id);
+            free(a);
+        }
+        for (ereq_t *er = news, *n; er; er = n) {
+            n = er->next;
+            if (stopping) {
+                finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+                ereq_free(e, er);
+            } else {
+                admit(e, er);
+            }
+        }
+        if (stopping)
+            break;
+        b = eng_sched_step(e->sched);
+        if (b->n_seqs == 0) {
+            update_stats(e, b);
+            continue;
+        }
+        st = run_step(e, b);
+        if (st != PD_OK) {
+            /* a failed forward leaves the KV of this batch undefined: fail its requests,
+             * keep serving the others */
+            PD_LOG_ERR("engine: step failed (%s); failing the %d requests of the batch", pd_status_str(st), b->n_seqs);
+            for (int s = 0; s < b->n_seqs; s++) {
+                eng_request_t *root = b->seqs[s].req;
+                while (root->parent)
+                    root = root->parent;
+                ereq_t *er = root->user;
+                if (er == NULL || er->n_live == 0)
+                    continue;
+                eng_sched_finish(e->sched, root, ENG_REQ_FINISHED_ERROR);
+                finish_all(e, er, ENG_REQ_FINISHED_ERROR);
+                root->user = NULL;
+                ereq_free(e, er);
+            }
+            continue;
+        }
+        /* outputs: every sequence that sampled, then requests finished by the update */
+        for (int s = 0; s < b->n_seqs; s++) {
+            const eng_batch_seq_t *bq = &b->seqs[s];
+            ereq_t *er = bq->req->user;
+            if (er == NULL)
+                continue;
+            for (int j = 0; j < bq->n_samples; j++)
+                process_seq(e, er, j);
+        }
+        for (int f = 0; f < b->n_finished; f++) {
+            eng_request_t *r = b->finished[f];
+            eng_request_t *root = r;
+            while (root->parent)
+                root = root->parent;
+            ereq_t *er = root->user;
+            if (er && !er->seqs[r->seq_index].done)
+                process_seq(e, er, r->seq_index);
+        }
+        /* destroy the requests whose every sequence is done */
+        for (int s = 0; s < b->n_seqs; s++) {
+            eng_request_t *root = b->seqs[s].req;
+            while (root->parent)
+                root = root->parent;
+            ereq_t *er = root->user;
+            if (er && er->n_live == 0 && eng_request_group_finished(root)) {
+                root->user = NULL;
+                ereq_free(e, er);
+            }
+        }
+        update_stats(e, b);
+    }
+    return NULL;
+}
+
+/* ---- submit / abort ---- */
+
+pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *err, size_t errlen)
+{
+    ereq_t *er;
+    eng_request_t *req;
+    eng_sampling_params_t p;
+    int64_t V = e->mc->vocab_size;
+    pd_status_t st;
+
+    if (sub->n_prompt < 1) {
+        snprintf(err, errlen, "the prompt is empty");
+        return PD_ERR_INVAL;
+    }
+    if (sub->n_prompt >= e->max_model_len) {
+        snprintf(err, errlen,
+                 "This model's maximum context length is %lld tokens. However, your prompt has %d tokens.",
+                 (long long)e->max_model_len, sub->n_prompt);
+        return PD_ERR_RANGE;
+    }
+    for (int i = 0; i < sub->n_prompt; i++) {
+        if (sub->prompt[i] < 0 || sub->prompt[i] >= V) {
+            snprintf(err, errlen, "token id %d is out of vocabulary (0 to %lld)", sub->prompt[i], (long long)V - 1);
+            return PD_ERR_RANGE;
+        }
+    }
+    if ((st = eng_sampling_params_copy(&p, sub->params)) != PD_OK)
+        return st;
+    eng_sampling_defaults_apply(&p, &e->defaults);
+    st = eng_sampling_params_validate(&p, (int)V, e->cfg.max_logprobs, err, errlen);
+    if (st == PD_OK && p.prompt_logprobs >= 0) {
+        snprintf(err, errlen, "prompt_logprobs is not supported yet");
+        st = PD_ERR_UNSUPPORTED;
+    }
+    if (st != PD_OK) {
+        eng_sampling_params_cleanup(&p);
+        return st;
+    }
+    pthread_mutex_lock(&e->mu);
+    st = eng_request_create(sub->id, sub->prompt, sub->n_prompt, &p, sub->priority, sub->cache_salt, 0, &e->rng, &req);
+    pthread_mutex_unlock(&e->mu);
+    eng_sampling_params_cleanup(&p);
+    if (st != PD_OK) {
+        snprintf(err, errlen, "invalid request (%s)", pd_status_str(st));
+        return st;
+    }
+    er = calloc(1, sizeof(*er));
+    if (er == NULL) {
+        eng_request_destroy(req);
+        return PD_ERR_NOMEM;
+    }
+    er->req = req;
+    er->cb = sub->cb;
+    er->user = sub->user;
+    er->n_seqs = req->group_size > 0 ? req->group_size : 1;
+    er->n_live = er->n_seqs;
+    er->seqs = calloc((size_t)er->n_seqs, sizeof(*er->seqs));
+    if (er->seqs == NULL) {
+        ereq_free(e, er);
+        return PD_ERR_NOMEM;
+    }
+    for (int i = 0; i < er->n_seqs; i++) {
+        seq_state_t *ss = &er->seqs[i];
+        eng_request_t *sreq = eng_request_seq(req, i);
+        sreq->user = er;
+        if (e->tok && (st = eng_detok_create(e->tok, req->tokens, (size_t)req->n_prompt, req->params.skip_special_tokens,
+                                             req->params.spaces_between_special_tokens, &ss->detok)) != PD_OK)
+            break;
+        if (req->params.n_stop > 0 &&
+            (st = eng_stop_matcher_create((const char *const *)req->params.stop, req->params.n_stop,
+                                          req->params.include_stop_str_in_output, &ss->stop)) != PD_OK)
+            break;
+        if (req->params.logprobs > 0 &&
+            (ss->tops = calloc((size_t)req->params.logprobs, sizeof(*ss->tops))) == NULL) {
+            st = PD_ERR_NOMEM;
+            break;
+        }
+    }
+    if (st != PD_OK) {
+        ereq_free(e, er);
+        return st;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping || e->stats.dead) {
+        pthread_mutex_unlock(&e->mu);
+        ereq_free(e, er);
+        snprintf(err, errlen, "the engine is shutting down");
+        return PD_ERR_CLOSED;
+    }
+    if (e->q_tail)
+        e->q_tail->next = er;
+    else
+        e->q_head = er;
+    e->q_tail = er;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return PD_OK;
+}
+
+void eng_engine_abort(eng_engine_t *e, const char *id)
+{
+    size_t n = strlen(id);
+    abort_cmd_t *a = malloc(sizeof(*a) + n + 1);
+    if (a == NULL)
+        return;
+    memcpy(a->id, id, n + 1);
+    pthread_mutex_lock(&e->mu);
+    /* still queued?  then it never reached the scheduler: drop it here */
+    for (ereq_t **pp = &e->q_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (strcmp((*pp)->req->id, id) == 0) {
+            ereq_t *er = *pp;
+            *pp = er->next;
+            if (e->q_tail == er)
+                e->q_tail = prev;
+            pthread_mutex_unlock(&e->mu);
+            free(a);
+            finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+            ereq_free(e, er);
+            return;
+        }
+    }
+    a->next = e->aborts;
+    e->aborts = a;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- create / destroy ---- */
+
+static void load_defaults(eng_engine_t *e)
+{
+    const eng_gen_config_t *g = eng_model_gen_config(e->model);
+    memset(&e->defaults, 0, sizeof(e->defaults));
+    if (g == NULL)
+        return;
+#define D(field, cast)                              \
+    if (g->has_##field) {                           \
+        e->defaults.has_##field = true;             \
+        e->defaults.field = (cast)g->field;         \
+    }
+    D(temperature, float)
+    D(top_p, float)
+    D(top_k, int)
+    D(min_p, float)
+    D(repetition_penalty, float)
+#undef D
+    if (g->has_max_new_tokens) {
+        e->defaults.has_max_tokens = true;
+        e->defaults.max_tokens = (int)g->max_new_tokens;
+    }
+}
+
+static char *token_str(eng_engine_t *e, const char *which, int32_t id)
+{
+    const char *s = eng_model_special_token(e->model, which);
+    size_t len;
+    if (s)
+        return strdup(s);
+    if (e->tok && id >= 0 && (s = eng_tok_token_to_piece(e->tok, id, &len)) != NULL) {
+        char *c = malloc(len + 1);
+        if (c) {
+            memcpy(c, s, len);
+            c[len] = '\0';
+        }
+        return c;
+    }
+    return strdup("");
+}
+
+pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine_p)
+{
+    eng_engine_t *e = calloc(1, sizeof(*e));
+    eng_backend_opts_t bo = {0};
+    eng_sched_cfg_t sc;
+    eng_forward_opts_t fo;
+    size_t block_bytes;
+    int64_t n_blocks, V;
+    pd_status_t st;
+    char err[512];
+
+    if (e == NULL)
+        return PD_ERR_NOMEM;
+    e->cfg = *cfg;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    eng_rng_seed(&e->rng, cfg->seed);
+
+#define TRY(expr)        \
+    do {                 \
+        st = (expr);     \
+        if (st != PD_OK) \
+            goto err;    \
+    } while (0)
+    TRY(eng_model_load(&cfg->load, &e->model));
+    e->mc = eng_model_config(e->model);
+    V = e->mc->vocab_size;
+    e->max_model_len = e->mc->max_model_len;
+    if (!cfg->skip_tokenizer_init)
+        TRY(eng_tokenizer_for_model(e->model, cfg->tokenizer_override, &e->tok));
+    {
+        const char *src = cfg->chat_template ? cfg->chat_template : eng_model_chat_template(e->model);
+        if (src && eng_template_compile(src, &e->tpl, err, sizeof(err)) != PD_OK) {
+            PD_LOG_WARN("chat template does not compile (%s); chat requests will be refused", err);
+            e->tpl = NULL;
+        }
+    }
+    e->bos_str = token_str(e, "bos_token", e->mc->bos_token_id);
+    e->eos_str = token_str(e, "eos_token", e->mc->n_eos ? e->mc->eos_token_ids[0] : -1);
+    for (int i = 0; i < e->mc->n_eos; i++)
+        e->eos_ids[e->n_eos++] = e->mc->eos_token_ids[i];
+    if (e->n_eos == 0 && e->tok && eng_tok_eos_id(e->tok) >= 0)
+        e->eos_ids[e->n_eos++] = eng_tok_eos_id(e->tok);
+    load_defaults(e);
+
+    e->ops = eng_backend_get(cfg->backend ? cfg->backend : "cpu");
+    if (e->ops == NULL) {
+        PD_LOG_ERR("engine: backend '%s' is not built into this binary", cfg->backend);
+        st = PD_ERR_UNSUPPORTED;
+        goto err;
+    }
+    bo.n_threads = cfg->n_threads;
+    bo.mm_mode = cfg->exact_matmul ? KCPU_MM_EXACT : KCPU_MM_FAST;
+    TRY(e->ops->init(&bo, &e->be));
+
+    block_bytes = eng_forward_block_bytes(e->mc, cfg->block_size);
+    n_blocks = cfg->num_blocks > 0 ? cfg->num_blocks : (int64_t)(cfg->kv_cache_bytes / block_bytes);
+    e->max_blocks_per_seq = (int)((e->max_model_len + cfg->block_size - 1) / cfg->block_size);
+    if (n_blocks < e->max_blocks_per_seq) {
+        /* vLLM refuses to start when one full-length sequence cannot fit; so do we */
+        PD_LOG_ERR("engine: the KV cache holds %lld blocks of %d tokens (%lld tokens) but max_model_len %lld "
+                   "needs %d; raise the KV budget or lower --max-model-len",
+                   (long long)n_blocks, cfg->block_size, (long long)n_blocks * cfg->block_size,
+                   (long long)e->max_model_len, e->max_blocks_per_seq);
+        st = PD_ERR_NOMEM;
+        goto err;
+    }
+    if (n_blocks > INT32_MAX / 2)
+        n_blocks = INT32_MAX / 2;
+
+    eng_sched_cfg_init(&sc);
+    sc.max_num_batched_tokens = cfg->max_num_batched_tokens;
+    sc.max_num_seqs = cfg->max_num_seqs;
+    sc.max_model_len = (int)e->max_model_len;
+    sc.enable_chunked_prefill = cfg->enable_chunked_prefill;
+    sc.policy = cfg->priority_policy ? ENG_SCHED_PRIORITY : ENG_SCHED_FCFS;
+    sc.preemption_mode = ENG_PREEMPT_RECOMPUTE; /* swap needs host KV blocks: not on CPU */
+    sc.delay_factor = cfg->scheduler_delay_factor;
+    sc.blocks.n_blocks = (int)n_blocks;
+    sc.blocks.block_size = cfg->block_size;
+    sc.blocks.enable_prefix_caching = cfg->enable_prefix_caching;
+    sc.blocks.n_host_blocks = 0;
+    sc.eos_ids = e->eos_ids;
+    sc.n_eos = e->n_eos;
+    if (!cfg->enable_chunked_prefill && sc.max_num_batched_tokens < sc.max_model_len)
+        sc.max_num_batched_tokens = sc.max_model_len;
+    TRY(eng_sched_create(&sc, &e->sched));
+
+    fo.block_size = cfg->block_size;
+    fo.n_blocks = n_blocks;
+    fo.max_tokens = sc.max_num_batched_tokens;
+    fo.max_seqs = sc.max_num_seqs;
+    fo.max_blocks_per_seq = e->max_blocks_per_seq;
+    TRY(eng_forward_create(e->model, e->ops, e->be, &fo, &e->fw));
+    TRY(eng_sampler_create((int)V, &e->sampler));
+
+    {
+        size_t T = (size_t)fo.max_tokens, S = (size_t)fo.max_seqs;
+        e->b_tokens = malloc(T * sizeof(int32_t));
+        e->b_pos = malloc(T * sizeof(int32_t));
+        e->b_seq = malloc(T * sizeof(int32_t));
+        e->b_slots = malloc(T * sizeof(int64_t));
+        e->b_tables = malloc(S * (size_t)e->max_blocks_per_seq * sizeof(int32_t));
+        e->b_ctx = malloc(S * sizeof(int32_t));
+        e->b_logit_rows = malloc(S * sizeof(int32_t));
+        e->seq_logit = malloc(S * sizeof(int));
+        /* samples: n > 1 groups sample several tokens from one row */
+        e->cap_sampled = (int)S;
+        e->sampled = malloc(S * sizeof(int32_t));
+        e->logits = malloc(S * (size_t)V * sizeof(float));
+        e->row = malloc((size_t)V * sizeof(float));
+        if (!e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
+            !e->b_logit_rows || !e->seq_logit || !e->sampled || !e->logits || !e->row) {
+            st = PD_ERR_NOMEM;
+            goto err;
+        }
+    }
+#undef TRY
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        st = PD_ERR_INTERNAL;
+        goto err;
+    }
+    e->thread_started = true;
+    PD_LOG_INFO("engine: %s, vocab %lld, max_model_len %lld, %lld KV blocks of %d tokens, %d threads",
+                e->mc->name, (long long)V, (long long)e->max_model_len, (long long)n_blocks, cfg->block_size,
+                e->be ? cfg->n_threads : 0);
+    *engine_p = e;
+    return PD_OK;
+err:
+    eng_engine_destroy(e);
+    return st;
+}
+
+void eng_engine_destroy(eng_engine_t *e)
+{
+    if (e == NULL)
+        return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->mu);
+        e->stopping = true;
+        pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+    }
+    /* requests still in the scheduler: abort them (their callbacks fire) */
+    if (e->sched) {
+        for (;;) {
+            eng_batch_t *b = eng_sched_step(e->sched);
+            if (b->n_seqs == 0 && eng_sched_idle(e->sched))
+                break;
+            for (int s = 0; s < b->n_seqs; s++) {
+                eng_request_t *root = b->seqs[s].req;
+                while (root->parent)
+                    root = root->parent;
+                ereq_t *er = root->user;
+                eng_sched_finish(e->sched, root, ENG_REQ_FINISHED_ABORTED);
+                if (er) {
+                    finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+                    root->user = NULL;
+                    ereq_free(e, er);
+                }
+            }
+            if (b->n_seqs == 0)
+                break;
+        }
+    }
+    eng_sampler_destroy(e->sampler);
+    eng_forward_destroy(e->fw);
+    eng_sched_destroy(e->sched);
+    if (e->be)
+        e->ops->shutdown(e->be);
+    eng_template_destroy(e->tpl);
+    eng_tok_destroy(e->tok);
+    eng_model_destroy(e->model);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_slots);
+    free(e->b_tables);
+    free(e->b_ctx);
+    free(e->b_logit_rows);
+    free(e->seq_logit);
+    free(e->sampled);
+    free(e->logits);
+    free(e->row);
+    free(e->bos_str);
+    free(e->eos_str);
+    pd_buf_cleanup(&e->delta);
+    pd_buf_cleanup(&e->text);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+/* ---- accessors ---- */
+
+const eng_model_t *eng_engine_model(const eng_engine_t *e) { return e->model; }
+const eng_model_config_t *eng_engine_model_config(const eng_engine_t *e) { return e->mc; }
+const eng_tok_t *eng_engine_tokenizer(const eng_engine_t *e) { return e->tok; }
+const eng_template_t *eng_engine_template(const eng_engine_t *e) { return e->tpl; }
+int64_t eng_engine_max_model_len(const eng_engine_t *e) { return e->max_model_len; }
+const eng_sampling_defaults_t *eng_engine_sampling_defaults(const eng_engine_t *e) { return &e->defaults; }
+const char *eng_engine_bos_str(const eng_engine_t *e) { return e->bos_str ? e->bos_str : ""; }
+const char *eng_engine_eos_str(const eng_engine_t *e) { return e->eos_str ? e->eos_str : ""; }
+
+void eng_engine_get_stats(eng_engine_t *e, eng_engine_stats_t *s)
+{
+    pthread_mutex_lock(&e->mu);
+    *s = e->stats;
+    s->prompt_tokens_total = e->prompt_tokens_total;
+    s->generation_tokens_total = e->generation_tokens_total;
+    memcpy(s->requests_finished, e->finished_by_reason, sizeof(s->requests_finished));
+    pthread_mutex_unlock(&e->mu);
+}

@@ -1,0 +1,138 @@
+/*
+ * eng_engine.h - the engine as the servers see it: load a model, then submit requests,
+ * receive their outputs as they are produced, abort them.
+ *
+ * One engine thread runs  schedule -> forward -> sample -> update -> emit  in a loop.
+ * eng_engine_submit / eng_engine_abort may be called from any thread: they queue a
+ * command and wake the engine thread.  A request's output callback is called on the
+ * engine thread, in order, once per step in which that sequence produced something,
+ * and exactly once with out->finished for each sequence; the last call of a request has
+ * out->request_done set (after it the engine never touches the request's user pointer).
+ * Callbacks must be quick and must not call back into the engine except
+ * eng_engine_abort (which is then applied at the next step).
+ */
+#ifndef ENG_ENGINE_H
+#define ENG_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "eng_model.h"
+#include "eng_request.h"
+#include "eng_sampler.h"
+#include "pd_status.h"
+
+struct eng_tok;
+struct eng_template;
+
+typedef struct eng_engine eng_engine_t;
+
+typedef struct eng_engine_cfg {
+    eng_load_opts_t load;          /* the model */
+    const char *backend;           /* "cpu" (default) or "cuda" */
+    int n_threads;                 /* CPU threads, 0 = all cores */
+    bool exact_matmul;             /* quantized weights: exact f32 dot (tests) vs fast int8 */
+    int block_size;                /* 16 */
+    int64_t num_blocks;            /* 0 = from kv_cache_bytes */
+    uint64_t kv_cache_bytes;       /* KV budget when num_blocks is 0 (CPU: 4 GiB default) */
+    int max_num_seqs;              /* 256 */
+    int max_num_batched_tokens;    /* 8192 */
+    bool enable_chunked_prefill;   /* true */
+    bool enable_prefix_caching;    /* true */
+    bool priority_policy;          /* --scheduling-policy priority */
+    bool preempt_swap;             /* --preemption-mode swap */
+    double swap_space_gib;         /* host swap space (used by swap preemption) */
+    double scheduler_delay_factor;
+    uint64_t seed;                 /* --seed: RNG of requests without their own seed */
+    int max_logprobs;              /* --max-logprobs */
+    bool skip_tokenizer_init;
+    const char *chat_template;     /* override of the model's template (text), or NULL */
+    const char *tokenizer_override;/* --tokenizer: directory with tokenizer.json, or NULL */
+} eng_engine_cfg_t;
+
+void eng_engine_cfg_init(eng_engine_cfg_t *cfg);
+
+/* One output event of one sequence. */
+typedef struct eng_output {
+    const char *request_id;
+    int seq_index;                 /* 0 .. n-1 */
+    const int32_t *token_ids;      /* new tokens of this event */
+    int n_token_ids;
+    const char *text;              /* new text (stop strings held back and cut) */
+    size_t text_len;
+    /* logprobs of the new tokens (when the request asked for them): for token i,
+     * token_logprobs[i] and tops[i * n_top .. +n_top) */
+    const eng_logprob_t *token_logprobs;
+    const eng_logprob_t *tops;
+    int n_top;
+    bool finished;                 /* this sequence is done */
+    const char *finish_reason;     /* "stop", "length", "abort", "error" when finished */
+    int32_t stop_token;            /* the eos/stop token that ended it, or -1 */
+    const char *stop_str;          /* the stop string that ended it, or NULL */
+    bool request_done;             /* every sequence of the request is done: last event */
+    /* usage (totals so far) */
+    int n_prompt_tokens;
+    int n_cached_tokens;
+    int n_output_tokens;           /* of this sequence */
+    /* timing, seconds since arrival */
+    double t_queue, t_first_token;
+} eng_output_t;
+
+typedef void (*eng_output_cb_t)(void *user, const eng_output_t *out);
+
+typedef struct eng_submit {
+    const char *id;                /* unique among live requests */
+    const int32_t *prompt;
+    int n_prompt;
+    const eng_sampling_params_t *params; /* copied */
+    int priority;
+    const char *cache_salt;        /* may be NULL */
+    eng_output_cb_t cb;
+    void *user;
+} eng_submit_t;
+
+/* Load the model, tokenizer, template; allocate the KV cache; start the engine thread.
+ * Statuses from the loaders (logged) and PD_ERR_NOMEM. */
+pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine_p);
+/* Abort every request (their callbacks fire with "abort"), stop the thread, free all. */
+void eng_engine_destroy(eng_engine_t *engine);
+
+/* Validate and queue a request.  PD_ERR_INVAL / PD_ERR_RANGE with a message for the
+ * client in err (bad params, prompt too long for max_model_len, token ids outside the
+ * vocabulary); PD_ERR_CLOSED when the engine is stopping or dead.  On error the
+ * callback is never called. */
+pd_status_t eng_engine_submit(eng_engine_t *engine, const eng_submit_t *sub, char *err, size_t errlen);
+/* Abort a request by id from any state (no-op if unknown or already finished). */
+void eng_engine_abort(eng_engine_t *engine, const char *id);
+
+/* Borrowed views, valid for the engine's life. */
+const eng_model_t *eng_engine_model(const eng_engine_t *engine);
+const eng_model_config_t *eng_engine_model_config(const eng_engine_t *engine);
+const struct eng_tok *eng_engine_tokenizer(const eng_engine_t *engine); /* NULL with skip_tokenizer_init */
+const struct eng_template *eng_engine_template(const eng_engine_t *engine); /* NULL when none */
+int64_t eng_engine_max_model_len(const eng_engine_t *engine);
+const eng_sampling_defaults_t *eng_engine_sampling_defaults(const eng_engine_t *engine);
+/* BOS/EOS strings for templates (may be ""). */
+const char *eng_engine_bos_str(const eng_engine_t *engine);
+const char *eng_engine_eos_str(const eng_engine_t *engine);
+
+typedef struct eng_engine_stats {
+    int n_running, n_waiting, n_swapped;
+    double kv_usage;               /* 0..1 */
+    int n_blocks, n_free_blocks;
+    uint64_t prefix_queries, prefix_hits;   /* tokens */
+    uint64_t n_preemptions;
+    uint64_t prompt_tokens_total, generation_tokens_total;
+    uint64_t n_steps;
+    uint64_t requests_finished[4];  /* stop, length, abort, error */
+    bool dead;                      /* the engine thread hit a fatal error */
+} eng_engine_stats_t;
+
+void eng_engine_get_stats(eng_engine_t *engine, eng_engine_stats_t *stats_p);
+
+/* Load the tokenizer that goes with a model (tokenizer.json next to it, a --tokenizer
+ * directory, or the GGUF tokenizer.ggml.* metadata). */
+pd_status_t eng_tokenizer_for_model(const eng_model_t *model, const char *tokenizer_override,
+                                    struct eng_tok **tok_p);
+
+#endif /* ENG_ENGINE_H */

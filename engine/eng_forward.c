@@ -1,0 +1,575 @@
+/*
+ * eng_forward.c - model forward over a mixed prefill/decode batch through the backend
+ * ops table.
+ *
+ * Two graph shapes cover every supported architecture:
+ *   llama family (Llama 2/3.x, Mistral, Qwen2 with qkv bias, Qwen3 with q/k norm, SmolLM2):
+ *     x = embed(ids); per layer: h = rmsnorm(x); q,k,v = h W^T (+b); [q/k head norms];
+ *     rope(q, k); kv_write; a = paged_attention(q); x += a Wo^T; h = rmsnorm(x);
+ *     x += (silu(h Wg^T) * h Wu^T) Wd^T; final rmsnorm; logits = h Wout^T
+ *   OPT (pre-LN): x = embed(ids) + pos_embed(pos + 2); layernorms with bias; biases on
+ *     every linear; relu MLP (fc1, fc2); final layernorm; tied lm_head.
+ * Residual adds are fused into the next norm (add_rmsnorm / add_layernorm), and the
+ * final norm and lm_head run only on the rows whose logits are wanted.
+ */
+#include "eng_forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_log.h"
+#include "pd_util.h"
+
+typedef struct mat {
+    const void *w;        /* backend pointer */
+    kcpu_dtype_t type;
+    int64_t in, out;
+} mat_t;
+
+typedef struct layer_w {
+    mat_t q, k, v, o, gate, up, down;
+    const float *bq, *bk, *bv, *bo, *bup, *bdown;
+    const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
+    const float *q_norm, *k_norm;
+} layer_w_t;
+
+typedef struct owned {
+    void *host;     /* malloc'd host memory, or NULL */
+    void *dev;      /* backend buffer, or NULL */
+} owned_t;
+
+struct eng_forward {
+    const eng_model_t *model;
+    const eng_model_config_t *cfg;
+    const eng_backend_ops_t *ops;
+    eng_backend_t *be;
+    bool zero_copy;           /* CPU backend: host pointers are backend pointers */
+    eng_forward_opts_t opts;
+
+    layer_w_t *layers;
+    const void *embed;        /* token_embd */
+    kcpu_dtype_t embed_type;
+    const void *pos_embed;    /* OPT */
+    kcpu_dtype_t pos_embed_type;
+    int64_t pos_embed_rows;
+    mat_t lm_head;
+    const float *out_norm, *out_norm_b;
+    float *inv_freq;          /* backend, rotary_dim / 2 */
+    float attn_factor;
+
+    owned_t *owned;
+    size_t n_owned, cap_owned;
+
+    /* KV cache */
+    kcpu_kv_layout_t kv;
+    void *kv_base;
+
+    /* activations (backend) */
+    float *x, *h, *q, *k, *v, *attn, *o, *gate, *up, *act, *ffn, *g, *gn, *logits;
+    /* metadata (backend) */
+    int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
+    int64_t *d_slots;
+    int32_t *h_pos2;          /* host scratch for OPT position ids */
+};
+
+#define CK(expr)                                  \
+    do {                                          \
+        pd_status_t st_ = (expr);                 \
+        if (st_ != PD_OK)                         \
+            return st_;                           \
+    } while (0)
+
+static pd_status_t track(eng_forward_t *fw, void *host, void *dev)
+{
+    if (fw->n_owned == fw->cap_owned) {
+        size_t cap = fw->cap_owned ? fw->cap_owned * 2 : 64;
+        owned_t *n = realloc(fw->owned, cap * sizeof(*n));
+        if (n == NULL)
+            return PD_ERR_NOMEM;
+        fw->owned = n;
+        fw->cap_owned = cap;
+    }
+    fw->owned[fw->n_owned++] = (owned_t){host, dev};
+    return PD_OK;
+}
+
+static pd_status_t dev_alloc(eng_forward_t *fw, size_t bytes, void **p)
+{
+    void *ptr = NULL;
+    pd_status_t st = fw->ops->buf_alloc(fw->be, bytes ? bytes : 64, &ptr);
+    if (st != PD_OK) {
+        PD_LOG_ERR("forward: cannot allocate %zu bytes of %s memory", bytes, fw->ops->name);
+        return st;
+    }
+    st = track(fw, NULL, ptr);
+    if (st != PD_OK) {
+        fw->ops->buf_free(fw->be, ptr);
+        return st;
+    }
+    *p = ptr;
+    return PD_OK;
+}
+
+/* Make host bytes available to the backend: the same pointer on the CPU backend
+ * (borrowed), an uploaded copy elsewhere. */
+static pd_status_t to_backend(eng_forward_t *fw, const void *host, size_t bytes, const void **dev_p)
+{
+    void *dev;
+    if (fw->zero_copy) {
+        *dev_p = host;
+        return PD_OK;
+    }
+    CK(dev_alloc(fw, bytes, &dev));
+    CK(fw->ops->memcpy_h2d(fw->be, dev, host, bytes));
+    *dev_p = dev;
+    return PD_OK;
+}
+
+static pd_status_t host_owned(eng_forward_t *fw, size_t bytes, void **p)
+{
+    void *ptr = malloc(bytes ? bytes : 1);
+    if (ptr == NULL)
+        return PD_ERR_NOMEM;
+    if (track(fw, ptr, NULL) != PD_OK) {
+        free(ptr);
+        return PD_ERR_NOMEM;
+    }
+    *p = ptr;
+    return PD_OK;
+}
+
+static const eng_tensor_t *get_tensor(eng_forward_t *fw, const char *name, bool required)
+{
+    const eng_tensor_t *t = eng_model_tensor(fw->model, name);
+    if (t == NULL && required)
+        PD_LOG_ERR("forward: the model has no tensor '%s'", name);
+    if (t != NULL && t->data == NULL) {
+        PD_LOG_ERR("forward: tensor '%s' has no data (loaded without weights)", name);
+        return NULL;
+    }
+    return t;
+}
+
+/* A weight matrix [out, in] in a type the kernels take (converted to f32 otherwise). */
+static pd_status_t prep_mat(eng_forward_t *fw, const char *name, int64_t in, int64_t out, mat_t *m)
+{
+    const eng_tensor_t *t = get_tensor(fw, name, true);
+    if (t == NULL)
+        return PD_ERR_FORMAT;
+    if (t->ne[0] != in || t->ne[1] != out || t->ne[2] != 1 || t->ne[3] != 1) {
+        PD_LOG_ERR("forward: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
+                   (long long)t->ne[1], (long long)t->ne[0], (long long)out, (long long)in);
+        return PD_ERR_FORMAT;
+    }
+    m->in = in;
+    m->out = out;
+    if (kcpu_dtype_supported((kcpu_dtype_t)t->type) && in % kcpu_dtype_block_size((kcpu_dtype_t)t->type) == 0) {
+        m->type = (kcpu_dtype_t)t->type;
+        return to_backend(fw, t->data, t->nbytes, &m->w);
+    }
+    /* a type the kernels lack (K-quants, ...): dequantize once to f32 */
+    size_t bytes;
+    float *f;
+    CK(pd_mul_size((size_t)in * sizeof(float), (size_t)out, &bytes));
+    CK(host_owned(fw, bytes, (void **)&f));
+    CK(eng_tensor_dequant_rows(t, 0, out, f));
+    m->type = KCPU_DTYPE_F32;
+    PD_LOG_DEBUG("forward: %s converted from %s to f32", name, eng_dtype_name(t->type));
+    return to_backend(fw, f, bytes, &m->w);
+}
+
+/* A 1-D parameter (norm weight, bias) as f32 of n elements; NULL when absent and optional. */
+static pd_status_t prep_vec(eng_forward_t *fw, const char *name, int64_t n, bool required, const float **p)
+{
+    const eng_tensor_t *t = get_tensor(fw, name, required);
+    float *f;
+    *p = NULL;
+    if (t == NULL)
+        return required ? PD_ERR_FORMAT : PD_OK;
+    if (eng_tensor_nelements(t) != n) {
+        PD_LOG_ERR("forward: tensor '%s' has %lld elements, expected %lld", name,
+                   (long long)eng_tensor_nelements(t), (long long)n);
+        return PD_ERR_FORMAT;
+    }
+    if (t->type == ENG_DTYPE_F32)
+        return to_backend(fw, t->data, (size_t)n * sizeof(float), (const void **)p);
+    CK(host_owned(fw, (size_t)n * sizeof(float), (void **)&f));
+    {
+        eng_tensor_t row = *t; /* view as one row so dequant_rows converts it whole */
+        row.n_dims = 1;
+        row.ne[0] = n;
+        row.ne[1] = row.ne[2] = row.ne[3] = 1;
+        CK(eng_tensor_dequant_rows(&row, 0, 1, f));
+    }
+    return to_backend(fw, f, (size_t)n * sizeof(float), (const void **)p);
+}
+
+static pd_status_t prep_table(eng_forward_t *fw, const char *name, int64_t D, int64_t rows,
+                              const void **p, kcpu_dtype_t *type)
+{
+    const eng_tensor_t *t = get_tensor(fw, name, true);
+    if (t == NULL)
+        return PD_ERR_FORMAT;
+    if (t->ne[0] != D || t->ne[1] != rows) {
+        PD_LOG_ERR("forward: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", name,
+                   (long long)t->ne[1], (long long)t->ne[0], (long long)rows, (long long)D);
+        return PD_ERR_FORMAT;
+    }
+    if (kcpu_dtype_supported((kcpu_dtype_t)t->type)) {
+        *type = (kcpu_dtype_t)t->type;
+        return to_backend(fw, t->data, t->nbytes, p);
+    }
+    size_t bytes;
+    float *f;
+    CK(pd_mul_size((size_t)D * sizeof(float), (size_t)rows, &bytes));
+    CK(host_owned(fw, bytes, (void **)&f));
+    CK(eng_tensor_dequant_rows(t, 0, rows, f));
+    *type = KCPU_DTYPE_F32;
+    return to_backend(fw, f, bytes, p);
+}
+
+static pd_status_t prep_weights(eng_forward_t *fw)
+{
+    const eng_model_config_t *c = fw->cfg;
+    const int64_t D = c->hidden, QW = (int64_t)c->n_heads * c->head_dim,
+                  KW = (int64_t)c->n_kv_heads * c->head_dim, I = c->intermediate;
+    const bool opt = c->arch == ENG_ARCH_OPT;
+    char name[ENG_TENSOR_NAME_MAX];
+
+    fw->layers = calloc((size_t)c->n_layers, sizeof(*fw->layers));
+    if (fw->layers == NULL)
+        return PD_ERR_NOMEM;
+    CK(prep_table(fw, "token_embd.weight", D, c->vocab_size, &fw->embed, &fw->embed_type));
+    if (opt) {
+        const eng_tensor_t *pe = get_tensor(fw, "position_embd.weight", true);
+        if (pe == NULL)
+            return PD_ERR_FORMAT;
+        fw->pos_embed_rows = pe->ne[1];
+        CK(prep_table(fw, "position_embd.weight", D, pe->ne[1], &fw->pos_embed, &fw->pos_embed_type));
+    }
+    CK(prep_vec(fw, "output_norm.weight", D, true, &fw->out_norm));
+    CK(prep_vec(fw, "output_norm.bias", D, false, &fw->out_norm_b));
+    if (!c->tie_embeddings && eng_model_tensor(fw->model, "output.weight") != NULL)
+        CK(prep_mat(fw, "output.weight", D, c->vocab_size, &fw->lm_head));
+    else
+        CK(prep_mat(fw, "token_embd.weight", D, c->vocab_size, &fw->lm_head));
+
+#define LNAME(suffix) (snprintf(name, sizeof(name), "blk.%d." suffix, l), name)
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w_t *L = &fw->layers[l];
+        CK(prep_mat(fw, LNAME("attn_q.weight"), D, QW, &L->q));
+        CK(prep_mat(fw, LNAME("attn_k.weight"), D, KW, &L->k));
+        CK(prep_mat(fw, LNAME("attn_v.weight"), D, KW, &L->v));
+        CK(prep_mat(fw, LNAME("attn_output.weight"), QW, D, &L->o));
+        CK(prep_vec(fw, LNAME("attn_q.bias"), QW, false, &L->bq));
+        CK(prep_vec(fw, LNAME("attn_k.bias"), KW, false, &L->bk));
+        CK(prep_vec(fw, LNAME("attn_v.bias"), KW, false, &L->bv));
+        CK(prep_vec(fw, LNAME("attn_output.bias"), D, false, &L->bo));
+        CK(prep_vec(fw, LNAME("attn_norm.weight"), D, true, &L->attn_norm));
+        CK(prep_vec(fw, LNAME("attn_norm.bias"), D, false, &L->attn_norm_b));
+        CK(prep_vec(fw, LNAME("ffn_norm.weight"), D, true, &L->ffn_norm));
+        CK(prep_vec(fw, LNAME("ffn_norm.bias"), D, false, &L->ffn_norm_b));
+        if (c->qk_norm) {
+            CK(prep_vec(fw, LNAME("attn_q_norm.weight"), c->head_dim, true, &L->q_norm));
+            CK(prep_vec(fw, LNAME("attn_k_norm.weight"), c->head_dim, true, &L->k_norm));
+        }
+        if (c->gated_ffn)
+            CK(prep_mat(fw, LNAME("ffn_gate.weight"), D, I, &L->gate));
+        CK(prep_mat(fw, LNAME("ffn_up.weight"), D, I, &L->up));
+        CK(prep_mat(fw, LNAME("ffn_down.weight"), I, D, &L->down));
+        CK(prep_vec(fw, LNAME("ffn_up.bias"), I, false, &L->bup));
+        CK(prep_vec(fw, LNAME("ffn_down.bias"), D, false, &L->bdown));
+    }
+#undef LNAME
+    return PD_OK;
+}
+
+static pd_status_t prep_rope(eng_forward_t *fw)
+{
+    const eng_model_config_t *c = fw->cfg;
+    kcpu_rope_scaling_t sc = {0};
+    float *host;
+    const void *dev;
+    int half = c->rotary_dim / 2;
+
+    if (c->rope_style == ENG_ROPE_NONE)
+        return PD_OK;
+    switch (c->rope_scaling.type) {
+    case ENG_ROPE_SCALING_NONE: sc.type = KCPU_ROPE_SCALING_NONE; break;
+    case ENG_ROPE_SCALING_LINEAR: sc.type = KCPU_ROPE_SCALING_LINEAR; break;
+    case ENG_ROPE_SCALING_DYNAMIC: sc.type = KCPU_ROPE_SCALING_DYNAMIC; break;
+    case ENG_ROPE_SCALING_LLAMA3: sc.type = KCPU_ROPE_SCALING_LLAMA3; break;
+    case ENG_ROPE_SCALING_YARN: sc.type = KCPU_ROPE_SCALING_YARN; break;
+    }
+    sc.factor = (float)c->rope_scaling.factor;
+    sc.low_freq_factor = (float)c->rope_scaling.low_freq_factor;
+    sc.high_freq_factor = (float)c->rope_scaling.high_freq_factor;
+    sc.original_max_position = c->rope_scaling.original_max_position;
+    sc.beta_fast = (float)c->rope_scaling.beta_fast;
+    sc.beta_slow = (float)c->rope_scaling.beta_slow;
+    CK(host_owned(fw, (size_t)half * sizeof(float), (void **)&host));
+    /* dynamic NTK: HF rescales once the sequence outgrows the original length; we size
+     * for the configured max model length, which is what HF converges to there */
+    CK(kcpu_rope_inv_freq((float)c->rope_theta, c->rotary_dim, &sc, c->max_model_len, host,
+                          &fw->attn_factor));
+    CK(to_backend(fw, host, (size_t)half * sizeof(float), &dev));
+    fw->inv_freq = (float *)dev;
+    return PD_OK;
+}
+
+static pd_status_t alloc_f32(eng_forward_t *fw, int64_t rows, int64_t cols, float **p)
+{
+    size_t bytes;
+    CK(pd_mul_size((size_t)rows, (size_t)cols * sizeof(float), &bytes));
+    return dev_alloc(fw, bytes, (void **)p);
+}
+
+size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size)
+{
+    return (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
+           (size_t)cfg->head_dim * sizeof(float);
+}
+
+pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t *ops,
+                               eng_backend_t *be, const eng_forward_opts_t *opts,
+                               eng_forward_t **fw_p)
+{
+    eng_forward_t *fw = calloc(1, sizeof(*fw));
+    const eng_model_config_t *c = eng_model_config(model);
+    int64_t T = opts->max_tokens, S = opts->max_seqs;
+    int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
+    size_t kv_bytes;
+    pd_status_t st;
+
+    if (fw == NULL)
+        return PD_ERR_NOMEM;
+    if (T < 1 || S < 1 || opts->n_blocks < 1 || opts->block_size < 1 || opts->max_blocks_per_seq < 1) {
+        free(fw);
+        return PD_ERR_INVAL;
+    }
+    fw->model = model;
+    fw->cfg = c;
+    fw->ops = ops;
+    fw->be = be;
+    fw->opts = *opts;
+    fw->zero_copy = strcmp(ops->name, "cpu") == 0;
+    fw->attn_factor = 1.0f;
+
+#define TRY(expr)            \
+    do {                     \
+        st = (expr);         \
+        if (st != PD_OK)     \
+            goto err;        \
+    } while (0)
+    TRY(prep_weights(fw));
+    TRY(prep_rope(fw));
+    TRY(kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, opts->block_size, c->n_kv_heads,
+                            c->head_dim, opts->n_blocks));
+    TRY(pd_mul_size(fw->kv.block_bytes, (size_t)opts->n_blocks, &kv_bytes));
+    TRY(dev_alloc(fw, kv_bytes, &fw->kv_base));
+    TRY(alloc_f32(fw, T, c->hidden, &fw->x));
+    TRY(alloc_f32(fw, T, c->hidden, &fw->h));
+    TRY(alloc_f32(fw, T, QW, &fw->q));
+    TRY(alloc_f32(fw, T, KW, &fw->k));
+    TRY(alloc_f32(fw, T, KW, &fw->v));
+    TRY(alloc_f32(fw, T, QW, &fw->attn));
+    TRY(alloc_f32(fw, T, c->hidden, &fw->o));
+    TRY(alloc_f32(fw, T, c->intermediate, &fw->gate));
+    TRY(alloc_f32(fw, T, c->intermediate, &fw->up));
+    TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
+    TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
+    TRY(alloc_f32(fw, S, c->hidden, &fw->g));
+    TRY(alloc_f32(fw, S, c->hidden, &fw->gn));
+    TRY(alloc_f32(fw, S, c->vocab_size, &fw->logits));
+    TRY(dev_alloc(fw, (size_t)T * sizeof(int32_t), (void **)&fw->d_tokens));
+    TRY(dev_alloc(fw, (size_t)T * sizeof(int32_t), (void **)&fw->d_pos));
+    TRY(dev_alloc(fw, (size_t)T * sizeof(int32_t), (void **)&fw->d_pos2));
+    TRY(dev_alloc(fw, (size_t)T * sizeof(int32_t), (void **)&fw->d_seq));
+    TRY(dev_alloc(fw, (size_t)T * sizeof(int64_t), (void **)&fw->d_slots));
+    TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
+    TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
+    TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
+#undef TRY
+    PD_LOG_INFO("forward: %s on %s, %d layers, KV cache %lld blocks x %d tokens (%.1f MiB), workspace for %lld tokens",
+                eng_arch_name(c->arch), ops->name, c->n_layers, (long long)opts->n_blocks, opts->block_size,
+                (double)kv_bytes / (1 << 20), (long long)T);
+    *fw_p = fw;
+    return PD_OK;
+err:
+    eng_forward_destroy(fw);
+    return st;
+}
+
+void eng_forward_destroy(eng_forward_t *fw)
+{
+    if (fw == NULL)
+        return;
+    for (size_t i = 0; i < fw->n_owned; i++) {
+        free(fw->owned[i].host);
+        if (fw->owned[i].dev)
+            fw->ops->buf_free(fw->be, fw->owned[i].dev);
+    }
+    free(fw->owned);
+    free(fw->layers);
+    free(fw);
+}
+
+static pd_status_t matmul(eng_forward_t *fw, const float *x, int64_t M, const mat_t *m,
+                          const float *bias, float *y)
+{
+    return fw->ops->matmul(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out);
+}
+
+/* norm of the residual stream: llama rmsnorm, OPT layernorm; with a fused residual add
+ * when add != NULL (residual += add first) */
+static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, const float *w,
+                        const float *b, float *out, int64_t T)
+{
+    const eng_model_config_t *c = fw->cfg;
+    float eps = (float)c->norm_eps;
+    if (c->norm == ENG_NORM_LAYER) {
+        if (add)
+            return fw->ops->add_layernorm(fw->be, residual, add, w, b, out, T, c->hidden, eps);
+        return fw->ops->layernorm(fw->be, residual, w, b, out, T, c->hidden, eps);
+    }
+    if (add)
+        return fw->ops->add_rmsnorm(fw->be, residual, add, w, out, T, c->hidden, eps);
+    return fw->ops->rmsnorm(fw->be, residual, w, out, T, c->hidden, eps);
+}
+
+pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
+{
+    const eng_model_config_t *c = fw->cfg;
+    const eng_backend_ops_t *ops = fw->ops;
+    eng_backend_t *be = fw->be;
+    const int64_t T = b->n_tokens, D = c->hidden, I = c->intermediate, V = c->vocab_size;
+    const int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
+    const int MB = fw->opts.max_blocks_per_seq;
+    kcpu_attn_params_t ap;
+
+    if (T < 1 || T > fw->opts.max_tokens || b->n_seqs < 1 || b->n_seqs > fw->opts.max_seqs ||
+        b->n_logits < 0 || b->n_logits > fw->opts.max_seqs) {
+        PD_LOG_ERR("forward: batch of %lld tokens / %d seqs / %d logits exceeds %d / %d", (long long)T,
+                   b->n_seqs, b->n_logits, fw->opts.max_tokens, fw->opts.max_seqs);
+        return PD_ERR_INVAL;
+    }
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T)
+            return PD_ERR_INVAL;
+
+    CK(ops->memcpy_h2d(be, fw->d_tokens, b->tokens, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_pos, b->positions, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_seq, b->tok_seq, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_slots, b->slots, (size_t)T * sizeof(int64_t)));
+    CK(ops->memcpy_h2d(be, fw->d_tables, b->block_tables, (size_t)b->n_seqs * MB * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_ctx, b->context_lens, (size_t)b->n_seqs * sizeof(int32_t)));
+
+    /* embeddings */
+    CK(ops->embedding(be, fw->embed, fw->embed_type, V, D, fw->d_tokens, T, fw->x));
+    if (c->arch == ENG_ARCH_OPT) {
+        for (int64_t t = 0; t < T; t++)
+            fw->h_pos2[t] = b->positions[t] + c->pos_embd_offset;
+        CK(ops->memcpy_h2d(be, fw->d_pos2, fw->h_pos2, (size_t)T * sizeof(int32_t)));
+        CK(ops->embedding(be, fw->pos_embed, fw->pos_embed_type, fw->pos_embed_rows, D, fw->d_pos2, T, fw->h));
+        CK(ops->add(be, fw->x, fw->h, fw->x, T * D));
+    }
+
+    memset(&ap, 0, sizeof(ap));
+    ap.n_tokens = T;
+    ap.q = fw->q;
+    ap.q_stride = QW;
+    ap.out = fw->attn;
+    ap.out_stride = QW;
+    ap.tok_seq = fw->d_seq;
+    ap.tok_pos = fw->d_pos;
+    ap.n_seqs = b->n_seqs;
+    ap.block_tables = fw->d_tables;
+    ap.max_blocks_per_seq = MB;
+    ap.context_lens = fw->d_ctx;
+    ap.n_heads = c->n_heads;
+    ap.n_kv_heads = c->n_kv_heads;
+    ap.head_dim = c->head_dim;
+    ap.scale = 1.0f / sqrtf((float)c->head_dim);
+    ap.causal = true;
+    ap.sliding_window = c->sliding_window;
+    ap.cache_base = fw->kv_base;
+    ap.layout = &fw->kv;
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_w_t *L = &fw->layers[l];
+        /* h = norm(x [+ previous MLP output]) */
+        CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
+        CK(matmul(fw, fw->h, T, &L->q, L->bq, fw->q));
+        CK(matmul(fw, fw->h, T, &L->k, L->bk, fw->k));
+        CK(matmul(fw, fw->h, T, &L->v, L->bv, fw->v));
+        if (c->qk_norm) {
+            float eps = (float)c->norm_eps;
+            CK(ops->rmsnorm(be, fw->q, L->q_norm, fw->q, T * c->n_heads, c->head_dim, eps));
+            CK(ops->rmsnorm(be, fw->k, L->k_norm, fw->k, T * c->n_kv_heads, c->head_dim, eps));
+        }
+        if (c->rope_style != ENG_ROPE_NONE)
+            CK(ops->rope(be, fw->q, QW, fw->k, KW, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                         c->rotary_dim, fw->inv_freq, fw->attn_factor,
+                         c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX));
+        CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, fw->k, KW, fw->v, KW));
+        ap.layer = l;
+        CK(ops->paged_attention(be, &ap));
+        CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
+        /* x += o; h = norm(x) */
+        CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
+        if (c->gated_ffn) {
+            CK(matmul(fw, fw->h, T, &L->gate, NULL, fw->gate));
+            CK(matmul(fw, fw->h, T, &L->up, NULL, fw->up));
+            if (c->act == ENG_ACT_SILU)
+                CK(ops->silu_and_mul(be, fw->gate, I, fw->up, I, fw->act, T, I));
+            else
+                CK(ops->gelu_and_mul(be, fw->gate, I, fw->up, I, fw->act, T, I, c->act == ENG_ACT_GELU_TANH));
+        } else {
+            CK(matmul(fw, fw->h, T, &L->up, L->bup, fw->up));
+            if (c->act == ENG_ACT_RELU)
+                CK(ops->relu(be, fw->up, fw->act, T * I));
+            else if (c->act == ENG_ACT_SILU)
+                CK(ops->silu(be, fw->up, fw->act, T * I));
+            else
+                CK(ops->gelu(be, fw->up, fw->act, T * I, c->act == ENG_ACT_GELU_TANH));
+        }
+        CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
+    }
+    if (b->n_logits == 0)
+        return PD_OK;
+    /* x += last MLP output, then final norm + lm_head on the wanted rows only */
+    CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
+    for (int i = 0; i < b->n_logits; i++)
+        CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)b->logit_rows[i] * D, (size_t)D * sizeof(float)));
+    CK(norm(fw, fw->g, NULL, fw->out_norm, fw->out_norm_b, fw->gn, b->n_logits));
+    CK(matmul(fw, fw->gn, b->n_logits, &fw->lm_head, NULL, fw->logits));
+    return ops->memcpy_d2h(be, logits, fw->logits, (size_t)b->n_logits * V * sizeof(float));
+}
+
+pd_status_t eng_forward_copy_blocks(eng_forward_t *fw, const int32_t *src, const int32_t *dst, int n)
+{
+    int32_t *d;
+    pd_status_t st;
+    if (n <= 0)
+        return PD_OK;
+    /* block copies are rare (CoW of a shared partial block); a temporary buffer is fine */
+    st = fw->ops->buf_alloc(fw->be, (size_t)n * 2 * sizeof(int32_t), (void **)&d);
+    if (st != PD_OK)
+        return st;
+    st = fw->ops->memcpy_h2d(fw->be, d, src, (size_t)n * sizeof(int32_t));
+    if (st == PD_OK)
+        st = fw->ops->memcpy_h2d(fw->be, d + n, dst, (size_t)n * sizeof(int32_t));
+    if (st == PD_OK)
+        st = fw->ops->kv_copy_blocks(fw->be, &fw->kv, fw->kv_base, d, d + n, n);
+    if (st == PD_OK)
+        st = fw->ops->synchronize(fw->be);
+    fw->ops->buf_free(fw->be, d);
+    return st;
+}
+
+void *eng_forward_kv_base(const eng_forward_t *fw) { return fw->kv_base; }
+size_t eng_forward_kv_block_bytes(const eng_forward_t *fw) { return fw->kv.block_bytes; }
+int64_t eng_forward_kv_n_blocks(const eng_forward_t *fw) { return fw->kv.n_blocks; }
+const kcpu_kv_layout_t *eng_forward_kv_layout(const eng_forward_t *fw) { return &fw->kv; }

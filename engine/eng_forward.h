@@ -1,0 +1,73 @@
+/*
+ * eng_forward.h - the model forward: one graph of backend op calls per architecture
+ * family (Llama / Mistral / Qwen2 / Qwen3 / SmolLM2, and OPT), over a batch that mixes
+ * prefill chunks and decode tokens of many sequences, reading and writing the paged
+ * KV cache.
+ *
+ * The forward owns the backend copies of the weights (zero-copy on the CPU backend:
+ * the tensors are used where the loader mapped them), the KV cache and the activation
+ * workspace sized for max_tokens tokens and max_seqs sequences.  Not thread-safe: one
+ * engine thread drives it.
+ */
+#ifndef ENG_FORWARD_H
+#define ENG_FORWARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "eng_backend.h"
+#include "eng_model.h"
+#include "pd_status.h"
+
+typedef struct eng_forward eng_forward_t;
+
+typedef struct eng_forward_opts {
+    int block_size;        /* tokens per KV block */
+    int64_t n_blocks;      /* KV blocks to allocate */
+    int max_tokens;        /* tokens per forward at most (the scheduler's budget) */
+    int max_seqs;          /* sequences per forward at most */
+    int max_blocks_per_seq;/* ceil(max_model_len / block_size) */
+} eng_forward_opts_t;
+
+/* One forward.  All arrays are host memory; the forward copies them to the backend. */
+typedef struct eng_fwd_batch {
+    int n_tokens;
+    const int32_t *tokens;      /* [n_tokens] */
+    const int32_t *positions;   /* [n_tokens] absolute positions */
+    const int32_t *tok_seq;     /* [n_tokens] index of the token's sequence */
+    const int64_t *slots;       /* [n_tokens] KV slot = block_id * block_size + offset */
+    int n_seqs;
+    const int32_t *block_tables;/* [n_seqs * max_blocks_per_seq] */
+    const int32_t *context_lens;/* [n_seqs] tokens in the cache after this step */
+    int n_logits;
+    const int32_t *logit_rows;  /* [n_logits] token indices whose logits are wanted */
+} eng_fwd_batch_t;
+
+/* Build the forward for a loaded model on a backend instance.  The model must outlive it.
+ * PD_ERR_NOMEM (workspace or KV cache do not fit), PD_ERR_UNSUPPORTED (a tensor type
+ * the backend cannot use and cannot be converted), PD_ERR_FORMAT (a tensor missing or
+ * of the wrong shape; logged with its name). */
+pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t *ops,
+                               eng_backend_t *be, const eng_forward_opts_t *opts,
+                               eng_forward_t **fw_p);
+void eng_forward_destroy(eng_forward_t *fw);
+
+/* Run one forward.  logits: host buffer of n_logits * vocab floats, filled on success.
+ * PD_ERR_INVAL when the batch exceeds max_tokens/max_seqs or refers to bad rows;
+ * PD_ERR_RANGE for token ids outside the vocabulary or slots outside the cache. */
+pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *batch, float *logits);
+
+/* Copy KV blocks src[i] -> dst[i] inside the cache (copy-on-write). */
+pd_status_t eng_forward_copy_blocks(eng_forward_t *fw, const int32_t *src, const int32_t *dst, int n);
+
+/* The KV cache: base pointer (backend memory), bytes per block, block count, layout.
+ * kvxfer registers this region for transfers. */
+void *eng_forward_kv_base(const eng_forward_t *fw);
+size_t eng_forward_kv_block_bytes(const eng_forward_t *fw);
+int64_t eng_forward_kv_n_blocks(const eng_forward_t *fw);
+const kcpu_kv_layout_t *eng_forward_kv_layout(const eng_forward_t *fw);
+
+/* Bytes of KV one block takes for this model (F32 cache), for sizing before create. */
+size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size);
+
+#endif /* ENG_FORWARD_H */

@@ -1,0 +1,80 @@
+/*
+ * eng_openai.h - the OpenAI-compatible request surface, turned into native structs at
+ * the edge: parse and validate /v1/completions and /v1/chat/completions bodies (vLLM's
+ * parameters, limits and error messages), and the response/chunk JSON shapes.
+ *
+ * Parsing happens on HTTP worker threads; nothing here touches the engine.
+ */
+#ifndef ENG_OPENAI_H
+#define ENG_OPENAI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "eng_request.h"
+#include "pd_status.h"
+
+typedef enum { ENG_OAI_COMPLETION = 0, ENG_OAI_CHAT } eng_oai_kind_t;
+
+/* A completion prompt: text, or token ids. */
+typedef struct eng_oai_prompt {
+    const char *text;      /* borrowed from the request JSON, or NULL */
+    int32_t *ids;          /* owned, or NULL */
+    int n_ids;
+} eng_oai_prompt_t;
+
+typedef struct eng_oai_limits {
+    int max_logprobs;      /* --max-logprobs (-1: no limit) */
+    int max_n;             /* n / best_of bound (256) */
+    int max_stop;          /* stop strings (64) */
+    int max_stop_len;      /* bytes per stop string (1024) */
+    int max_prompts;       /* prompts in one completions request (1024) */
+    int64_t vocab_size;    /* token ids bound */
+    bool priority_enabled; /* --scheduling-policy priority */
+    bool return_tokens_as_token_ids; /* server default */
+} eng_oai_limits_t;
+
+typedef struct eng_oai_req {
+    eng_oai_kind_t kind;
+    cJSON *root;                  /* the parsed body (owned); strings below borrow from it */
+    const char *model;            /* NULL when absent */
+    /* completions */
+    eng_oai_prompt_t *prompts;
+    int n_prompts;
+    bool echo;
+    int logprobs;                 /* completions: top-N (-1 none); chat: top_logprobs when logprobs */
+    /* chat */
+    const cJSON *messages, *tools, *documents, *chat_template_kwargs;
+    const char *chat_template;    /* request-supplied template (refused unless allowed) */
+    bool add_generation_prompt;   /* true */
+    bool continue_final_message;
+    bool add_special_tokens;      /* completions true, chat false */
+    /* both */
+    eng_sampling_params_t params; /* owned */
+    bool has_max_tokens;
+    bool stream, include_usage, continuous_usage_stats;
+    int priority;
+    const char *request_id;       /* client-supplied request_id field */
+    const char *cache_salt;
+    const cJSON *kv_transfer_params;
+    bool return_tokens_as_token_ids;
+    bool want_logprobs;           /* chat logprobs: true / completions logprobs set */
+} eng_oai_req_t;
+
+typedef struct eng_oai_err {
+    int status;                   /* HTTP status (400, 404, 501, ...) */
+    char message[512];
+    char param[128];
+} eng_oai_err_t;
+
+void eng_oai_limits_init(eng_oai_limits_t *lim);
+
+/* Parse and validate a request body.  On failure err holds the status and message and
+ * *req is released; on success release it with eng_oai_req_cleanup. */
+pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len,
+                          const eng_oai_limits_t *lim, eng_oai_req_t *req, eng_oai_err_t *err);
+void eng_oai_req_cleanup(eng_oai_req_t *req);
+
+#endif /* ENG_OPENAI_H */

@@ -1,0 +1,805 @@
+/*
+ * eng_server_oai.c - POST /v1/completions and POST /v1/chat/completions.
+ *
+ * A handler (HTTP worker thread) parses and validates the body, renders the chat
+ * template, tokenizes, checks the context length and submits one engine request per
+ * prompt.  The engine thread then calls on_output() for every step of every sequence:
+ * streamed requests get an SSE chunk per event, others accumulate until the last event
+ * and get one JSON response.  A client disconnect aborts every engine request of the
+ * HTTP request.
+ *
+ * Lifetime: an oreq_t is referenced once by the HTTP side (dropped when the response is
+ * posted, the stream closes or the client leaves) and once per submitted engine request
+ * (dropped at its request_done event); the last reference frees it.  Both sides decide
+ * under o->mu, and the engine is never called with o->mu held.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_server_int.h"
+#include "eng_template.h"
+#include "eng_tokenizer.h"
+#include "pd_log.h"
+#include "pd_util.h"
+
+typedef struct choice {
+    pd_buf_t text;            /* non-stream: accumulated text */
+    cJSON *lp;                /* non-stream logprobs (chat: content array; completions: object) */
+    const char *finish_reason;
+    cJSON *stop_reason;       /* owned; NULL = null */
+    bool started;             /* stream: first chunk (role / echo) sent */
+    int text_offset;          /* completions logprobs text_offset */
+    int n_tokens;
+    uint64_t t_last;          /* for inter-token latency */
+} choice_t;
+
+struct oreq;
+typedef struct sub {
+    struct oreq *o;
+    int index;
+    char id[128];
+    int n_prompt;
+    int n_cached;
+    char *echo;               /* completions echo: the prompt text (owned) */
+    bool done;
+} sub_t;
+
+typedef struct oreq {
+    pthread_mutex_t mu;
+    int refs;
+    bool http_done;
+    bool failed;              /* an error response was sent: ignore later events */
+    eng_server_t *srv;
+    pd_http_req_t *req;
+    pd_http_stream_t *stream;
+    eng_oai_req_t r;
+    bool chat;
+    char id[80];
+    int64_t created;
+    int n_subs, n_submitted, n_done, n_per;
+    sub_t *subs;
+    choice_t *choices;
+    int prompt_tokens, cached_tokens, completion_tokens;
+    uint64_t t_start;
+} oreq_t;
+
+static void oreq_free(oreq_t *o)
+{
+    for (int i = 0; i < o->n_subs * o->n_per && o->choices; i++) {
+        pd_buf_cleanup(&o->choices[i].text);
+        cJSON_Delete(o->choices[i].lp);
+        cJSON_Delete(o->choices[i].stop_reason);
+    }
+    for (int i = 0; i < o->n_subs && o->subs; i++)
+        free(o->subs[i].echo);
+    free(o->subs);
+    free(o->choices);
+    eng_oai_req_cleanup(&o->r);
+    pthread_mutex_destroy(&o->mu);
+    free(o);
+}
+
+static void oreq_unref(oreq_t *o)
+{
+    int left;
+    pthread_mutex_lock(&o->mu);
+    left = --o->refs;
+    pthread_mutex_unlock(&o->mu);
+    if (left == 0) {
+        __atomic_sub_fetch(&o->srv->inflight, 1, __ATOMIC_RELAXED);
+        oreq_free(o);
+    }
+}
+
+void eng_server_send_error(pd_http_req_t *req, const eng_oai_err_t *err)
+{
+    pd_http_respond_error(req, (unsigned)(err->status ? err->status : 400), NULL, err->message,
+                          err->param[0] ? err->param : NULL, NULL);
+}
+
+/* ---- token strings for logprobs ---- */
+
+static void token_text(eng_server_t *srv, const oreq_t *o, int32_t id, char *buf, size_t buflen)
+{
+    const eng_tok_t *tok = eng_engine_tokenizer(srv->engine);
+    pd_buf_t b;
+    if (o->r.return_tokens_as_token_ids || tok == NULL) {
+        snprintf(buf, buflen, "token_id:%d", id);
+        return;
+    }
+    pd_buf_init(&b);
+    eng_tok_decode(tok, &id, 1, false, false, &b);
+    snprintf(buf, buflen, "%s", b.data ? b.data : "");
+    pd_buf_cleanup(&b);
+}
+
+static cJSON *bytes_array(const char *s)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (const unsigned char *p = (const unsigned char *)s; a && *p; p++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(*p));
+    return a;
+}
+
+static double lp_value(float v) { return isfinite(v) ? (double)v : -9999.0; }
+
+/* chat logprobs entry {"token","logprob","bytes","top_logprobs":[...]} */
+static cJSON *chat_lp_entry(eng_server_t *srv, const oreq_t *o, const eng_output_t *out, int i)
+{
+    char t[256];
+    cJSON *e = cJSON_CreateObject(), *tops;
+    token_text(srv, o, out->token_logprobs[i].token, t, sizeof(t));
+    cJSON_AddStringToObject(e, "token", t);
+    cJSON_AddNumberToObject(e, "logprob", lp_value(out->token_logprobs[i].logprob));
+    cJSON_AddItemToObject(e, "bytes", bytes_array(t));
+    tops = cJSON_AddArrayToObject(e, "top_logprobs");
+    for (int k = 0; k < out->n_top; k++) {
+        const eng_logprob_t *lp = &out->tops[(size_t)i * (size_t)out->n_top + (size_t)k];
+        cJSON *te = cJSON_CreateObject();
+        token_text(srv, o, lp->token, t, sizeof(t));
+        cJSON_AddStringToObject(te, "token", t);
+        cJSON_AddNumberToObject(te, "logprob", lp_value(lp->logprob));
+        cJSON_AddItemToObject(te, "bytes", bytes_array(t));
+        cJSON_AddItemToArray(tops, te);
+    }
+    return e;
+}
+
+/* completions logprobs: append to {"text_offset","token_logprobs","tokens","top_logprobs"} */
+static void comp_lp_append(eng_server_t *srv, const oreq_t *o, cJSON *obj, const eng_output_t *out,
+                           choice_t *c)
+{
+    char t[256];
+    cJSON *offs = cJSON_GetObjectItem(obj, "text_offset"), *tlp = cJSON_GetObjectItem(obj, "token_logprobs"),
+          *toks = cJSON_GetObjectItem(obj, "tokens"), *tops = cJSON_GetObjectItem(obj, "top_logprobs");
+    for (int i = 0; i < out->n_token_ids && out->token_logprobs; i++) {
+        token_text(srv, o, out->token_logprobs[i].token, t, sizeof(t));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber(c->text_offset));
+        c->text_offset += (int)strlen(t);
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp_value(out->token_logprobs[i].logprob)));
+        cJSON_AddItemToArray(toks, cJSON_CreateString(t));
+        cJSON *m = cJSON_CreateObject();
+        for (int k = 0; k < out->n_top; k++) {
+            const eng_logprob_t *lp = &out->tops[(size_t)i * (size_t)out->n_top + (size_t)k];
+            token_text(srv, o, lp->token, t, sizeof(t));
+            if (!cJSON_HasObjectItem(m, t))
+                cJSON_AddNumberToObject(m, t, lp_value(lp->logprob));
+        }
+        cJSON_AddItemToArray(tops, m);
+    }
+}
+
+static cJSON *comp_lp_new(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddArrayToObject(o, "text_offset");
+    cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON_AddArrayToObject(o, "tokens");
+    cJSON_AddArrayToObject(o, "top_logprobs");
+    return o;
+}
+
+static cJSON *usage_json(const oreq_t *o)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", o->prompt_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", o->prompt_tokens + o->completion_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", o->completion_tokens);
+    if (o->srv->args->enable_prompt_tokens_details) {
+        cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+        cJSON_AddNumberToObject(d, "cached_tokens", o->cached_tokens);
+    } else {
+        cJSON_AddNullToObject(u, "prompt_tokens_details");
+    }
+    return u;
+}
+
+static cJSON *stop_reason_json(const eng_output_t *out)
+{
+    if (out->stop_str)
+        return cJSON_CreateString(out->stop_str);
+    if (out->stop_token >= 0 && strcmp(out->finish_reason, "stop") == 0)
+        return cJSON_CreateNumber(out->stop_token);
+    return NULL;
+}
+
+static cJSON *chunk_base(const oreq_t *o)
+{
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddStringToObject(ch, "id", o->id);
+    cJSON_AddStringToObject(ch, "object", o->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(ch, "created", (double)o->created);
+    cJSON_AddStringToObject(ch, "model", o->srv->names[0]);
+    return ch;
+}
+
+static void send_chunk(oreq_t *o, cJSON *ch)
+{
+    char *s = cJSON_PrintUnformatted(ch);
+    if (s) {
+        pd_http_sse_send(o->stream, s);
+        cJSON_free(s);
+    }
+    cJSON_Delete(ch);
+}
+
+/* continuous usage for one chunk: this choice's tokens so far */
+static void add_chunk_usage(const oreq_t *o, cJSON *ch, int prompt, int completion)
+{
+    cJSON *u = cJSON_AddObjectToObject(ch, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
+    cJSON_AddNumberToObject(u, "total_tokens", prompt + completion);
+    cJSON_AddNumberToObject(u, "completion_tokens", completion);
+}
+
+static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
+{
+    eng_server_t *srv = o->srv;
+    cJSON *ch, *choices, *cj;
+
+    if (!c->started) {
+        c->started = true;
+        if (o->chat) {
+            ch = chunk_base(o);
+            choices = cJSON_AddArrayToObject(ch, "choices");
+            cj = cJSON_CreateObject();
+            cJSON_AddNumberToObject(cj, "index", index);
+            cJSON *delta = cJSON_AddObjectToObject(cj, "delta");
+            cJSON_AddStringToObject(delta, "role", "assistant");
+            cJSON_AddStringToObject(delta, "content", "");
+            cJSON_AddNullToObject(cj, "logprobs");
+            cJSON_AddNullToObject(cj, "finish_reason");
+            cJSON_AddItemToArray(choices, cj);
+            if (o->r.continuous_usage_stats)
+                add_chunk_usage(o, ch, s->n_prompt, 0);
+            send_chunk(o, ch);
+        } else if (s->echo) {
+            ch = chunk_base(o);
+            choices = cJSON_AddArrayToObject(ch, "choices");
+            cj = cJSON_CreateObject();
+            cJSON_AddNumberToObject(cj, "index", index);
+            cJSON_AddStringToObject(cj, "text", s->echo);
+            cJSON_AddNullToObject(cj, "logprobs");
+            cJSON_AddNullToObject(cj, "finish_reason");
+            cJSON_AddNullToObject(cj, "stop_reason");
+            cJSON_AddItemToArray(choices, cj);
+            send_chunk(o, ch);
+        }
+    }
+    if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
+        return;
+    if (out->text_len == 0 && !out->finished && !o->r.want_logprobs)
+        return; /* a token whose text is held back (partial UTF-8, possible stop string) */
+    ch = chunk_base(o);
+    choices = cJSON_AddArrayToObject(ch, "choices");
+    cj = cJSON_CreateObject();
+    cJSON_AddNumberToObject(cj, "index", index);
+    if (o->chat) {
+        cJSON *delta = cJSON_AddObjectToObject(cj, "delta");
+        if (out->text_len > 0)
+            cJSON_AddItemToObject(delta, "content", cJSON_CreateString(out->text));
+        if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
+            cJSON *lp = cJSON_AddObjectToObject(cj, "logprobs");
+            cJSON *content = cJSON_AddArrayToObject(lp, "content");
+            for (int i = 0; i < out->n_token_ids; i++)
+                cJSON_AddItemToArray(content, chat_lp_entry(srv, o, out, i));
+        } else {
+            cJSON_AddNullToObject(cj, "logprobs");
+        }
+    } else {
+        cJSON_AddItemToObject(cj, "text", cJSON_CreateString(out->text_len ? out->text : ""));
+        if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
+            cJSON *lp = comp_lp_new();
+            comp_lp_append(srv, o, lp, out, c);
+            cJSON_AddItemToObject(cj, "logprobs", lp);
+        } else {
+            cJSON_AddNullToObject(cj, "logprobs");
+        }
+    }
+    if (out->finished) {
+        cJSON_AddStringToObject(cj, "finish_reason", out->finish_reason);
+        cJSON *sr = stop_reason_json(out);
+        cJSON_AddItemToObject(cj, "stop_reason", sr ? sr : cJSON_CreateNull());
+    } else {
+        cJSON_AddNullToObject(cj, "finish_reason");
+        if (!o->chat)
+            cJSON_AddNullToObject(cj, "stop_reason");
+    }
+    cJSON_AddItemToArray(choices, cj);
+    if (o->r.continuous_usage_stats)
+        add_chunk_usage(o, ch, s->n_prompt, out->n_output_tokens);
+    send_chunk(o, ch);
+}
+
+static void accumulate(oreq_t *o, sub_t *s, choice_t *c, const eng_output_t *out)
+{
+    eng_server_t *srv = o->srv;
+    if (!c->started) {
+        c->started = true;
+        if (s->echo)
+            pd_buf_puts(&c->text, s->echo);
+    }
+    if (out->text_len)
+        pd_buf_append(&c->text, out->text, out->text_len);
+    if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
+        if (o->chat) {
+            if (c->lp == NULL)
+                c->lp = cJSON_CreateArray();
+            for (int i = 0; i < out->n_token_ids; i++)
+                cJSON_AddItemToArray(c->lp, chat_lp_entry(srv, o, out, i));
+        } else {
+            if (c->lp == NULL)
+                c->lp = comp_lp_new();
+            comp_lp_append(srv, o, c->lp, out, c);
+        }
+    }
+}
+
+static char *final_response(oreq_t *o)
+{
+    cJSON *resp = cJSON_CreateObject(), *choices;
+    char *s;
+    cJSON_AddStringToObject(resp, "id", o->id);
+    cJSON_AddStringToObject(resp, "object", o->chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(resp, "created", (double)o->created);
+    cJSON_AddStringToObject(resp, "model", o->srv->names[0]);
+    choices = cJSON_AddArrayToObject(resp, "choices");
+    for (int i = 0; i < o->n_subs * o->n_per; i++) {
+        choice_t *c = &o->choices[i];
+        cJSON *cj = cJSON_CreateObject();
+        cJSON_AddNumberToObject(cj, "index", i);
+        if (o->chat) {
+            cJSON *msg = cJSON_AddObjectToObject(cj, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            cJSON_AddNullToObject(msg, "reasoning_content");
+            cJSON_AddItemToObject(msg, "content", cJSON_CreateString(c->text.data ? c->text.data : ""));
+            cJSON_AddArrayToObject(msg, "tool_calls");
+            if (c->lp) {
+                cJSON *lp = cJSON_AddObjectToObject(cj, "logprobs");
+                cJSON_AddItemToObject(lp, "content", c->lp);
+                c->lp = NULL;
+            } else {
+                cJSON_AddNullToObject(cj, "logprobs");
+            }
+        } else {
+            cJSON_AddItemToObject(cj, "text", cJSON_CreateString(c->text.data ? c->text.data : ""));
+            if (c->lp) {
+                cJSON_AddItemToObject(cj, "logprobs", c->lp);
+                c->lp = NULL;
+            } else {
+                cJSON_AddNullToObject(cj, "logprobs");
+            }
+        }
+        cJSON_AddStringToObject(cj, "finish_reason", c->finish_reason ? c->finish_reason : "abort");
+        cJSON_AddItemToObject(cj, "stop_reason", c->stop_reason ? c->stop_reason : cJSON_CreateNull());
+        c->stop_reason = NULL;
+        if (!o->chat)
+            cJSON_AddNullToObject(cj, "prompt_logprobs");
+        cJSON_AddItemToArray(choices, cj);
+    }
+    cJSON_AddItemToObject(resp, "usage", usage_json(o));
+    if (o->chat)
+        cJSON_AddNullToObject(resp, "prompt_logprobs");
+    cJSON_AddNullToObject(resp, "kv_transfer_params");
+    s = cJSON_PrintUnformatted(resp);
+    cJSON_Delete(resp);
+    return s;
+}
+
+static void observe_metrics(eng_server_t *srv, const eng_output_t *out, choice_t *c, uint64_t now)
+{
+    if (out->n_token_ids > 0) {
+        if (c->n_tokens == 0) {
+            pd_metric_observe(srv->m_ttft, out->t_first_token);
+        } else if (c->t_last) {
+            double gap = (double)(now - c->t_last) * 1e-9;
+            pd_metric_observe(srv->m_itl, gap);
+            pd_metric_observe(srv->m_tpot, gap);
+        }
+        c->n_tokens += out->n_token_ids;
+        c->t_last = now;
+    }
+}
+
+static void on_output(void *user, const eng_output_t *out)
+{
+    sub_t *s = user;
+    oreq_t *o = s->o;
+    eng_server_t *srv = o->srv;
+    int index = s->index * o->n_per + out->seq_index;
+    choice_t *c = &o->choices[index];
+    uint64_t now = pd_now_ns();
+    char *final = NULL;
+    bool finish_http = false, stream_end = false;
+
+    pthread_mutex_lock(&o->mu);
+    observe_metrics(srv, out, c, now);
+    if (out->finished) {
+        c->finish_reason = out->finish_reason;
+        cJSON_Delete(c->stop_reason);
+        c->stop_reason = stop_reason_json(out);
+        o->completion_tokens += out->n_output_tokens;
+        pd_metric_observe(srv->m_req_gen, out->n_output_tokens);
+        double e2e = (double)(now - o->t_start) * 1e-9;
+        pd_metric_observe(srv->m_e2e, e2e);
+        pd_metric_observe(srv->m_queue, out->t_queue);
+        pd_metric_observe(srv->m_prefill, out->t_first_token > out->t_queue ? out->t_first_token - out->t_queue : 0);
+        pd_metric_observe(srv->m_decode, e2e > out->t_first_token ? e2e - out->t_first_token : 0);
+        for (int k = 0; k < 4; k++)
+            if (strcmp(out->finish_reason, (const char *[]){"stop", "length", "abort", "error"}[k]) == 0)
+                pd_metric_inc(srv->m_success[k]);
+    }
+    if (!o->http_done && !o->failed) {
+        if (o->stream)
+            stream_event(o, s, c, index, out);
+        else
+            accumulate(o, s, c, out);
+    }
+    if (out->request_done) {
+        s->done = true;
+        o->n_done++;
+        o->prompt_tokens += s->n_prompt;
+        o->cached_tokens += s->n_cached;
+        pd_metric_observe(srv->m_req_prompt, s->n_prompt);
+        if (o->n_done == o->n_submitted && o->n_submitted == o->n_subs && !o->http_done && !o->failed) {
+            if (o->stream) {
+                if (o->r.include_usage) {
+                    cJSON *ch = chunk_base(o);
+                    cJSON_AddArrayToObject(ch, "choices");
+                    cJSON_AddItemToObject(ch, "usage", usage_json(o));
+                    send_chunk(o, ch);
+                }
+                pd_http_sse_done(o->stream);
+                stream_end = true; /* the close callback drops the HTTP reference */
+            } else {
+                final = final_response(o);
+                o->http_done = true;
+                finish_http = true;
+            }
+        }
+    }
+    pthread_mutex_unlock(&o->mu);
+    if (stream_end)
+        pd_http_stream_end(o->stream);
+    if (finish_http) {
+        if (final)
+            pd_http_respond_json(o->req, 200, NULL, final);
+        else
+            pd_http_respond_error(o->req, 500, NULL, "cannot build the response", NULL, NULL);
+        cJSON_free(final);
+        oreq_unref(o); /* HTTP side */
+    }
+    if (out->request_done)
+        oreq_unref(o); /* this engine request */
+}
+
+/* The client left (or the stream closed): abort whatever is still running. */
+static void abort_subs(oreq_t *o)
+{
+    char ids[16][128];
+    int n = 0;
+    bool mine = false;
+
+    pthread_mutex_lock(&o->mu);
+    if (!o->http_done) {
+        o->http_done = true;
+        mine = true;
+    }
+    pthread_mutex_unlock(&o->mu);
+    if (!mine)
+        return;
+    /* ids are immutable after submission; done flags may race harmlessly (aborting a
+     * finished request is a no-op) */
+    for (int i = 0; i < o->n_submitted; i++) {
+        if (!o->subs[i].done) {
+            if (n == 16) {
+                for (int k = 0; k < n; k++)
+                    eng_engine_abort(o->srv->engine, ids[k]);
+                n = 0;
+            }
+            snprintf(ids[n++], sizeof(ids[0]), "%s", o->subs[i].id);
+        }
+    }
+    for (int k = 0; k < n; k++)
+        eng_engine_abort(o->srv->engine, ids[k]);
+    oreq_unref(o); /* HTTP side */
+}
+
+static void on_req_close(pd_http_req_t *req, void *user)
+{
+    oreq_t *o = user;
+    PD_LOG_REQ(INFO, pd_http_req_id(req), "client disconnected; aborting");
+    abort_subs(o);
+}
+
+static void on_stream_close(pd_http_stream_t *stream, pd_status_t status, void *user)
+{
+    oreq_t *o = user;
+    if (status != PD_OK)
+        PD_LOG_REQ(INFO, pd_http_stream_req_id(stream), "stream closed by the client; aborting");
+    pd_http_stream_release(stream);
+    abort_subs(o);
+}
+
+/* ---- shared helpers ---- */
+
+bool eng_server_model_ok(const eng_server_t *srv, const char *name)
+{
+    if (name == NULL)
+        return true;
+    for (int i = 0; i < srv->n_names; i++)
+        if (strcmp(srv->names[i], name) == 0)
+            return true;
+    return false;
+}
+
+pd_status_t eng_server_tokenize(eng_server_t *srv, const char *text, bool add_special, int32_t **ids_p,
+                                int *n_p, eng_oai_err_t *err)
+{
+    const eng_tok_t *tok = eng_engine_tokenizer(srv->engine);
+    eng_tok_ids_t ids;
+    if (tok == NULL) {
+        err->status = 400;
+        snprintf(err->message, sizeof(err->message), "text prompts need a tokenizer, but the server runs "
+                 "with --skip-tokenizer-init: send token ids");
+        snprintf(err->param, sizeof(err->param), "prompt");
+        return PD_ERR_INVAL;
+    }
+    eng_tok_ids_init(&ids);
+    if (eng_tok_encode(tok, text, strlen(text), add_special, &ids) != PD_OK) {
+        eng_tok_ids_cleanup(&ids);
+        err->status = 400;
+        snprintf(err->message, sizeof(err->message), "the prompt cannot be tokenized");
+        return PD_ERR_INVAL;
+    }
+    *ids_p = ids.ids;
+    *n_p = (int)ids.n;
+    return PD_OK;
+}
+
+pd_status_t eng_server_chat_prompt(eng_server_t *srv, const eng_oai_req_t *r, int32_t **ids_p, int *n_p,
+                                   eng_oai_err_t *err)
+{
+    const eng_template_t *tpl = eng_engine_template(srv->engine);
+    pd_buf_t text;
+    char msg[400];
+    pd_status_t st;
+
+    if (r->chat_template) {
+        err->status = 400;
+        snprintf(err->message, sizeof(err->message), "request-supplied chat templates are not executed "
+                 "(a security risk); configure the template on the server");
+        snprintf(err->param, sizeof(err->param), "chat_template");
+        return PD_ERR_INVAL;
+    }
+    if (tpl == NULL) {
+        err->status = 400;
+        snprintf(err->message, sizeof(err->message), "the model has no chat template; use /v1/completions");
+        return PD_ERR_INVAL;
+    }
+    pd_buf_init(&text);
+    st = eng_chat_apply(tpl, r->messages, r->tools, r->documents, r->add_generation_prompt,
+                        r->continue_final_message, r->chat_template_kwargs, eng_engine_bos_str(srv->engine),
+                        eng_engine_eos_str(srv->engine), &text, msg, sizeof(msg));
+    if (st != PD_OK) {
+        pd_buf_cleanup(&text);
+        err->status = 400;
+        snprintf(err->message, sizeof(err->message), "chat template error: %s", msg);
+        return PD_ERR_INVAL;
+    }
+    st = eng_server_tokenize(srv, text.data ? text.data : "", r->add_special_tokens, ids_p, n_p, err);
+    pd_buf_cleanup(&text);
+    return st;
+}
+
+static pd_status_t ctx_error(eng_oai_err_t *err, int64_t max_len, int prompt, int max_tokens, bool chat)
+{
+    err->status = 400;
+    if (max_tokens > 0)
+        snprintf(err->message, sizeof(err->message),
+                 "This model's maximum context length is %lld tokens. However, you requested %lld tokens "
+                 "(%d in the %s, %d in the completion). Please reduce the length of the %s or completion.",
+                 (long long)max_len, (long long)prompt + max_tokens, prompt, chat ? "messages" : "prompt",
+                 max_tokens, chat ? "messages" : "prompt");
+    else
+        snprintf(err->message, sizeof(err->message),
+                 "This model's maximum context length is %lld tokens. However, your %s has %d tokens. "
+                 "Please reduce the length of the %s.", (long long)max_len, chat ? "messages" : "prompt",
+                 prompt, chat ? "messages" : "prompt");
+    return PD_ERR_RANGE;
+}
+
+/* ---- the handler ---- */
+
+static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
+{
+    size_t len;
+    const char *body = pd_http_req_body(req, &len);
+    eng_oai_err_t err;
+    oreq_t *o = calloc(1, sizeof(*o));
+    int32_t **ids = NULL;
+    int *n_ids = NULL;
+    int64_t max_len = eng_engine_max_model_len(srv->engine);
+    char rid[33];
+
+    if (o == NULL) {
+        pd_http_respond_error(req, 500, NULL, "out of memory", NULL, NULL);
+        return;
+    }
+    pthread_mutex_init(&o->mu, NULL);
+    o->srv = srv;
+    o->req = req;
+    o->chat = kind == ENG_OAI_CHAT;
+    o->created = pd_unix_time();
+    o->t_start = pd_now_ns();
+    __atomic_add_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+    if (eng_oai_parse(kind, body, len, &srv->limits, &o->r, &err) != PD_OK)
+        goto fail;
+    if (!eng_server_model_ok(srv, o->r.model)) {
+        err.status = 404;
+        snprintf(err.message, sizeof(err.message), "The model `%.200s` does not exist.", o->r.model);
+        snprintf(err.param, sizeof(err.param), "model");
+        goto fail;
+    }
+    pd_random_hex_id(rid);
+    snprintf(o->id, sizeof(o->id), "%s-%s", o->chat ? "chatcmpl" : "cmpl", rid);
+    o->n_subs = o->chat ? 1 : o->r.n_prompts;
+    o->n_per = o->r.params.n > 0 ? o->r.params.n : 1;
+    o->subs = calloc((size_t)o->n_subs, sizeof(*o->subs));
+    o->choices = calloc((size_t)o->n_subs * (size_t)o->n_per, sizeof(*o->choices));
+    ids = calloc((size_t)o->n_subs, sizeof(*ids));
+    n_ids = calloc((size_t)o->n_subs, sizeof(*n_ids));
+    if (!o->subs || !o->choices || !ids || !n_ids) {
+        err.status = 500;
+        snprintf(err.message, sizeof(err.message), "out of memory");
+        goto fail;
+    }
+    /* prompts -> token ids; every length checked before anything is submitted */
+    for (int i = 0; i < o->n_subs; i++) {
+        sub_t *s = &o->subs[i];
+        s->o = o;
+        s->index = i;
+        if (o->chat) {
+            if (eng_server_chat_prompt(srv, &o->r, &ids[i], &n_ids[i], &err) != PD_OK)
+                goto fail;
+        } else if (o->r.prompts[i].text) {
+            if (eng_server_tokenize(srv, o->r.prompts[i].text, o->r.add_special_tokens, &ids[i], &n_ids[i], &err) != PD_OK)
+                goto fail;
+            if (o->r.echo && (s->echo = strdup(o->r.prompts[i].text)) == NULL)
+                goto fail;
+        } else {
+            n_ids[i] = o->r.prompts[i].n_ids;
+            ids[i] = malloc((size_t)n_ids[i] * sizeof(int32_t) + 1);
+            if (ids[i] == NULL)
+                goto fail;
+            memcpy(ids[i], o->r.prompts[i].ids, (size_t)n_ids[i] * sizeof(int32_t));
+            if (o->r.echo) {
+                const eng_tok_t *tok = eng_engine_tokenizer(srv->engine);
+                pd_buf_t b;
+                pd_buf_init(&b);
+                if (tok)
+                    eng_tok_decode(tok, ids[i], (size_t)n_ids[i], false, true, &b);
+                s->echo = pd_buf_steal(&b);
+            }
+        }
+        if (o->r.params.truncate_prompt_tokens > 0 && n_ids[i] > o->r.params.truncate_prompt_tokens) {
+            int keep = o->r.params.truncate_prompt_tokens;
+            memmove(ids[i], ids[i] + n_ids[i] - keep, (size_t)keep * sizeof(int32_t));
+            n_ids[i] = keep;
+        }
+        if (n_ids[i] == 0) {
+            err.status = 400;
+            snprintf(err.message, sizeof(err.message), "the prompt is empty after tokenization");
+            snprintf(err.param, sizeof(err.param), o->chat ? "messages" : "prompt");
+            goto fail;
+        }
+        if (n_ids[i] >= max_len) {
+            ctx_error(&err, max_len, n_ids[i], 0, o->chat);
+            goto fail;
+        }
+        if (o->r.has_max_tokens && (int64_t)n_ids[i] + o->r.params.max_tokens > max_len) {
+            ctx_error(&err, max_len, n_ids[i], o->r.params.max_tokens, o->chat);
+            goto fail;
+        }
+        s->n_prompt = n_ids[i];
+    }
+    if (srv->log_requests)
+        PD_LOG_REQ(INFO, pd_http_req_id(req), "%s: %d prompt(s), %d prompt tokens, n=%d, max_tokens=%d, stream=%d",
+                   o->chat ? "chat" : "completion", o->n_subs, n_ids[0], o->n_per, o->r.params.max_tokens, o->r.stream);
+    o->refs = 1; /* the HTTP side */
+    if (o->r.stream) {
+        if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
+            err.status = 500;
+            snprintf(err.message, sizeof(err.message), "cannot start the stream");
+            o->refs = 0;
+            goto fail;
+        }
+    } else {
+        pd_http_req_set_on_close(req, on_req_close, o);
+    }
+    for (int i = 0; i < o->n_subs; i++) {
+        sub_t *s = &o->subs[i];
+        eng_submit_t sub = {0};
+        char msg[512];
+        pd_status_t st;
+        if (o->n_subs == 1)
+            snprintf(s->id, sizeof(s->id), "%s", o->id);
+        else
+            snprintf(s->id, sizeof(s->id), "%s-%d", o->id, i);
+        sub.id = s->id;
+        sub.prompt = ids[i];
+        sub.n_prompt = n_ids[i];
+        sub.params = &o->r.params;
+        sub.priority = o->r.priority;
+        sub.cache_salt = o->r.cache_salt;
+        sub.cb = on_output;
+        sub.user = s;
+        pthread_mutex_lock(&o->mu);
+        o->refs++;
+        o->n_submitted++;
+        pthread_mutex_unlock(&o->mu);
+        st = eng_engine_submit(srv->engine, &sub, msg, sizeof(msg));
+        if (st != PD_OK) {
+            bool mine;
+            pthread_mutex_lock(&o->mu);
+            o->refs--;
+            o->n_submitted--;
+            mine = !o->http_done && !o->failed;
+            o->failed = true;
+            if (!o->stream)
+                o->http_done = true; /* a stream's HTTP reference goes in its close callback */
+            pthread_mutex_unlock(&o->mu);
+            if (mine) {
+                unsigned code = st == PD_ERR_CLOSED ? 503 : st == PD_ERR_NOMEM ? 500 : 400;
+                if (o->stream) {
+                    char *ej = pd_http_error_json(code, NULL, msg, NULL, NULL);
+                    pd_http_sse_send(o->stream, ej);
+                    pd_http_sse_done(o->stream);
+                    pd_http_stream_end(o->stream);
+                    free(ej);
+                } else {
+                    pd_http_respond_error(req, code, NULL, msg, NULL, NULL);
+                }
+                for (int k = 0; k < o->n_submitted; k++)
+                    eng_engine_abort(srv->engine, o->subs[k].id);
+                if (!o->stream)
+                    oreq_unref(o);
+            }
+            break;
+        }
+    }
+    for (int i = 0; i < o->n_subs; i++)
+        free(ids[i]);
+    free(ids);
+    free(n_ids);
+    return;
+fail:
+    if (err.status == 0) {
+        err.status = 500;
+        snprintf(err.message, sizeof(err.message), "out of memory");
+    }
+    if (srv->log_requests)
+        PD_LOG_REQ(INFO, pd_http_req_id(req), "rejected (%d): %s", err.status, err.message);
+    eng_server_send_error(req, &err);
+    for (int i = 0; ids && i < o->n_subs; i++)
+        free(ids[i]);
+    free(ids);
+    free(n_ids);
+    __atomic_sub_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+    oreq_free(o);
+}
+
+static void handle_completions(pd_http_req_t *req, void *user) { handle(req, user, ENG_OAI_COMPLETION); }
+static void handle_chat(pd_http_req_t *req, void *user) { handle(req, user, ENG_OAI_CHAT); }
+
+pd_status_t eng_server_add_oai_routes(eng_server_t *srv)
+{
+    pd_status_t st = pd_http_route(srv->http, "POST", "/v1/completions", handle_completions, srv);
+    if (st == PD_OK)
+        st = pd_http_route(srv->http, "POST", "/v1/chat/completions", handle_chat, srv);
+    return st;
+}
