@@ -63,7 +63,19 @@ struct eng_block_mgr {
     int32_t *host_free;      /* (n_host) stack */
     int n_host_free;
     uint64_t prefix_queries, prefix_hits, evictions, cow_copies;
+    uint64_t hash_mask;      /* ~0; tests narrow it to force collisions */
 };
+
+static inline uint64_t mhash(const eng_block_mgr_t *m, uint64_t parent, uint64_t salt, int32_t lora,
+                             const int32_t *tokens)
+{
+    return eng_block_hash(parent, salt, lora, tokens, m->bs) & m->hash_mask;
+}
+
+void eng_block_debug_hash_bits(eng_block_mgr_t *m, int bits)
+{
+    m->hash_mask = bits >= 64 ? ~0ull : ((1ull << bits) - 1);
+}
 
 // ---- hashing: SipHash-1-3 over 64-bit words, fixed key ----
 
@@ -281,7 +293,7 @@ static int walk(const eng_block_mgr_t *m, const int32_t *tokens, int max_blocks,
 
     while (n < max_blocks) {
         const int32_t *t = tokens + (size_t)n * m->bs;
-        uint64_t hn = eng_block_hash(h, salt, lora, t, m->bs);
+        uint64_t hn = mhash(m, h, salt, lora, t);
         int32_t b = ht_find(m, hn);
         if (b < 0 || !key_matches(m, b, parent, pgen, salt, lora, t))
             break;
@@ -385,6 +397,7 @@ pd_status_t eng_block_mgr_create(const eng_block_cfg_t *cfg, eng_block_mgr_t **m
     m->n_blocks = cfg->n_blocks;
     m->bs = cfg->block_size;
     m->prefix_caching = cfg->enable_prefix_caching;
+    m->hash_mask = ~0ull;
     m->blk = calloc((size_t)m->n_blocks, sizeof(blk_t));
     m->tok = malloc(ntok * sizeof(int32_t));
     m->ht = malloc(ht_cap * sizeof(ht_entry_t));
@@ -616,14 +629,14 @@ void eng_block_commit(eng_block_mgr_t *m, eng_block_table_t *t, const int32_t *t
             t->hash_broken = true;
             return;
         }
-        uint64_t h = eng_block_hash(t->last_hash, salt_hash, lora_id, tk, m->bs);
+        uint64_t h = mhash(m, t->last_hash, salt_hash, lora_id, tk);
         int32_t e = ht_find(m, h);
         if (e >= 0 && key_matches(m, e, parent, pgen, salt_hash, lora_id, tk)) {
             canon = e; /* same content already cached (maybe this very block) */
         } else if (e >= 0 && !stale(m, e)) {
             /* A genuine 64-bit collision with different live content: keep the
              * existing entry, stop caching this sequence. */
-            PD_LOG_WARN("prefix cache: hash collision on %016llx; not caching", (unsigned long long)h);
+            PD_LOG_DEBUG("prefix cache: hash collision on %016llx; not caching", (unsigned long long)h);
             t->hash_broken = true;
             return;
         } else {
