@@ -145,6 +145,13 @@ typedef void (*pd_http_handler_cb_t)(pd_http_req_t *req, void *user);
 pd_status_t pd_http_route(pd_http_server_t *srv, const char *method, const char *path,
                           pd_http_handler_cb_t handler, void *user);
 
+/* Route flags for pd_http_route_ex(). */
+#define PD_HTTP_ROUTE_DURING_DRAIN 0x1 /* still served while draining (/health, /metrics) */
+#define PD_HTTP_ROUTE_NO_AUTH 0x2      /* never needs the api key, even under a prefix */
+
+pd_status_t pd_http_route_ex(pd_http_server_t *srv, const char *method, const char *path,
+                             pd_http_handler_cb_t handler, void *user, unsigned flags);
+
 /* ---- middleware ---- */
 
 /* Called for each request before routing (after CORS preflight, auth and body read).
