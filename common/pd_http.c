@@ -777,6 +777,24 @@ pd_status_t pd_http_add_middleware(pd_http_server_t *srv, pd_http_middleware_cb_
     return PD_OK;
 }
 
+static const pd_http_mw_api_t mw_api = {
+    .version = PD_HTTP_MW_API_VERSION,
+    .req_method = pd_http_req_method,
+    .req_path = pd_http_req_path,
+    .req_header = pd_http_req_header,
+    .req_query = pd_http_req_query,
+    .req_body = pd_http_req_body,
+    .req_id = pd_http_req_id,
+    .req_client_addr = pd_http_req_client_addr,
+    .req_add_header = pd_http_req_add_header,
+    .respond_error = pd_http_respond_error,
+};
+
+const pd_http_mw_api_t *pd_http_mw_api(void)
+{
+    return &mw_api;
+}
+
 pd_status_t pd_http_load_middleware(pd_http_server_t *srv, const char *spec)
 {
     if (srv == NULL || spec == NULL)
@@ -808,7 +826,7 @@ pd_status_t pd_http_load_middleware(pd_http_server_t *srv, const char *spec)
     free(path);
     pd_http_middleware_cb_t fn;
     memcpy(&fn, &sym, sizeof(fn)); /* object->function pointer without a pedantic warning */
-    pd_status_t st = pd_http_add_middleware(srv, fn, NULL);
+    pd_status_t st = pd_http_add_middleware(srv, fn, (void *)&mw_api);
     if (st != PD_OK) {
         dlclose(dl);
         return st;
@@ -1619,7 +1637,6 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, srv};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)notify_connection, srv};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_logger, srv};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, srv->max_conn, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)pool, NULL};
@@ -1638,7 +1655,8 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, srv, MHD_OPTION_ARRAY, opts,
+    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, srv,
+                                   MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv, MHD_OPTION_ARRAY, opts,
                                    MHD_OPTION_END);
     freeaddrinfo(ai);
     if (srv->daemon == NULL) {

@@ -164,7 +164,28 @@ typedef int (*pd_http_middleware_cb_t)(pd_http_req_t *req, void *user);
 pd_status_t pd_http_add_middleware(pd_http_server_t *srv, pd_http_middleware_cb_t fn,
                                    void *user);
 
-/* Load "path/to/lib.so:symbol" with dlopen/dlsym and add it (user = NULL).  A missing
+/* What a middleware loaded from a shared object receives as `user`: the request API as
+ * function pointers, so the library needs no symbols from the executable (which is
+ * usually not linked with -rdynamic).  Check version first; fields are only added. */
+#define PD_HTTP_MW_API_VERSION 1
+typedef struct pd_http_mw_api {
+    unsigned version;
+    const char *(*req_method)(const pd_http_req_t *req);
+    const char *(*req_path)(const pd_http_req_t *req);
+    const char *(*req_header)(const pd_http_req_t *req, const char *name);
+    const char *(*req_query)(const pd_http_req_t *req, const char *name);
+    const char *(*req_body)(const pd_http_req_t *req, size_t *len_p);
+    const char *(*req_id)(const pd_http_req_t *req);
+    const char *(*req_client_addr)(const pd_http_req_t *req);
+    pd_status_t (*req_add_header)(pd_http_req_t *req, const char *name, const char *value);
+    pd_status_t (*respond_error)(pd_http_req_t *req, unsigned status, const char *type,
+                                 const char *message, const char *param, const char *code);
+} pd_http_mw_api_t;
+
+/* The table above (also handy for in-process middleware). */
+const pd_http_mw_api_t *pd_http_mw_api(void);
+
+/* Load "path/to/lib.so:symbol" with dlopen/dlsym and add it (user = pd_http_mw_api()).  A missing
  * file or symbol is logged with dlerror() and returns PD_ERR_NOT_FOUND; a spec without
  * ':' returns PD_ERR_INVAL.  The library stays loaded until the server is destroyed. */
 pd_status_t pd_http_load_middleware(pd_http_server_t *srv, const char *spec);
