@@ -422,14 +422,24 @@ void pd_metrics_format_double(double v, char *buf, size_t size)
         snprintf(buf, size, v > 0 ? "+Inf" : "-Inf");
         return;
     }
-    /* Shortest precision that round-trips, like Python's repr() which the reference
-     * client uses; integers keep a ".0" so "1.0" matches prometheus_client output. */
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, size, "%.*g", prec, v);
+    /* Shortest text that round-trips, laid out like Python's repr() (which the reference
+     * client uses): fixed notation for 1e-4 <= |v| < 1e16 with at least one decimal
+     * ("10.0", "0.005"), exponent notation outside ("1e+21", "1.5e-05"). */
+    double a = fabs(v);
+    if (a != 0 && (a >= 1e16 || a < 1e-4)) {
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(buf, size, "%.*g", prec, v);
+            if (strtod(buf, NULL) == v)
+                break;
+        }
+        return;
+    }
+    for (int dec = 0; dec <= 20; dec++) {
+        snprintf(buf, size, "%.*f", dec, v);
         if (strtod(buf, NULL) == v)
             break;
     }
-    if (strpbrk(buf, ".eE") == NULL && strlen(buf) + 3 <= size)
+    if (strchr(buf, '.') == NULL && strlen(buf) + 3 <= size)
         strcat(buf, ".0");
 }
 

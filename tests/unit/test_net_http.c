@@ -486,7 +486,8 @@ PD_TEST(test_tls)
         uint16_t port = pd_http_server_port(srv);
         opts_t none = {.https = 1, .cafile = ca};
         do_req(port, "/ping", &none, &r);
-        PD_CHECK(r.status != 200); /* rejected: 403 or a failed handshake */
+        PD_CHECK_EQ_INT(r.status, 403); /* rejected at the HTTP layer, see docs/http.md */
+        PD_CHECK_EQ_STR(error_type(&r, NULL), "PermissionDeniedError");
         resp_free(&r);
         opts_t good = {.https = 1, .cafile = ca, .certfile = ccert, .keyfile = ckey};
         do_req(port, "/ping", &good, &r);
@@ -495,7 +496,7 @@ PD_TEST(test_tls)
         resp_free(&r);
         opts_t rogue = {.https = 1, .cafile = ca, .certfile = rcert, .keyfile = rkey};
         do_req(port, "/ping", &rogue, &r);
-        PD_CHECK(r.status != 200);
+        PD_CHECK_EQ_INT(r.status, 403);
         resp_free(&r);
         pd_http_server_destroy(srv);
     }
@@ -512,7 +513,7 @@ PD_TEST(test_tls)
         resp_free(&r);
         opts_t rogue = {.https = 1, .cafile = ca, .certfile = rcert, .keyfile = rkey};
         do_req(port, "/ping", &rogue, &r);
-        PD_CHECK(r.status != 200);
+        PD_CHECK_EQ_INT(r.status, 403);
         resp_free(&r);
         pd_http_server_destroy(srv);
     }
