@@ -135,6 +135,9 @@ pd_status_t eng_block_swap_in(eng_block_mgr_t *mgr, eng_block_table_t *t,
 
 /* Reference count of a block (tests, debugging). */
 int eng_block_ref(const eng_block_mgr_t *mgr, int32_t block);
+/* Test hook: keep only the low `bits` bits of every key (64 = all), so tests can
+ * force hash collisions and check they never serve wrong KV. */
+void eng_block_debug_hash_bits(eng_block_mgr_t *mgr, int bits);
 /* Full consistency check (lists, counts, hash table); PD_ERR_INTERNAL with a
  * logged cause when broken.  O(n_blocks) - tests only. */
 pd_status_t eng_block_check(const eng_block_mgr_t *mgr);

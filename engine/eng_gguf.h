@@ -63,6 +63,9 @@ pd_status_t eng_gguf_open_mem(const void *data, size_t size, eng_gguf_t **gguf_p
 
 void eng_gguf_close(eng_gguf_t *gguf);
 
+/* "u32", "string", "array", ...; "?" for unknown values. */
+const char *eng_gguf_type_name(eng_gguf_type_t type);
+
 uint32_t eng_gguf_version(const eng_gguf_t *gguf);
 size_t eng_gguf_alignment(const eng_gguf_t *gguf);
 const char *eng_gguf_path(const eng_gguf_t *gguf); /* "" for memory buffers */

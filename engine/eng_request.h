@@ -166,6 +166,9 @@ typedef struct eng_block_table {
     int cap;
     int n_hashed;        /* leading full blocks registered in the prefix cache */
     uint64_t last_hash;  /* chain hash of block n_hashed - 1 (0 when none) */
+    int32_t canon_id;    /* the cached block holding block n_hashed - 1's key (-1) */
+    uint32_t canon_gen;  /* its generation when chained (detects eviction) */
+    bool hash_broken;    /* a true hash collision stopped caching this sequence */
     bool on_host;        /* swapped out: ids are host block ids */
 } eng_block_table_t;
 
@@ -207,9 +210,10 @@ struct eng_request {
     bool forked;                 /* siblings have been forked off */
     /* scheduler bookkeeping (private to eng_sched.c) */
     eng_request_t *q_prev, *q_next;
-    int q_which;
-    bool remote_admitted;
-    bool finish_reported;
+    int q_which;                 /* which queue holds it (0 = none) */
+    int batch_slot;              /* index in the current batch's seqs */
+    int cow_slot;                /* index in the current batch's copies, -1 */
+    uint64_t batch_step;         /* step the two above belong to */
     void *user;                  /* the engine's pointer */
 };
 

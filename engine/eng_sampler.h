@@ -46,8 +46,8 @@ typedef struct eng_sample_ctx {
 
 typedef struct eng_sample_result {
     int32_t token;
-    float logprob;               /* raw logprob of token (always filled) */
-    int rank;                    /* its rank (always filled) */
+    float logprob;               /* raw logprob of token (params->logprobs >= 0; else NAN) */
+    int rank;                    /* its rank (params->logprobs >= 0; else 0) */
     eng_logprob_t *top;          /* caller's array of params->logprobs entries, or NULL */
     int n_top;                   /* filled entries, best first */
 } eng_sample_result_t;

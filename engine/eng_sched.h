@@ -8,7 +8,7 @@
  *
  * The engine loop is:
  *     batch = eng_sched_step(s);                  (no request may be aborted from
- *     do swaps_out, swaps_in, copies;              here until eng_sched_update)
+ *     do swap_out, then swap_in, then copies;      here until eng_sched_update)
  *     forward over batch->seqs; sample n_samples tokens for every seq with logits;
  *     eng_sched_update(s, batch, sampled);
  *     emit outputs; destroy requests in batch->finished whose group finished.
@@ -63,6 +63,9 @@ typedef struct eng_batch_seq {
     int start_pos;               /* position of tokens[0] (= computed tokens before) */
     bool is_prefill;             /* any prompt (or recomputed) token besides a decode */
     bool want_logits;            /* logits of the last token are needed */
+    bool want_prompt_logits;     /* prompt_logprobs requested and this chunk holds prompt
+                                    positions: logits of every token are needed (such
+                                    requests bypass prefix-cache hits, like vLLM) */
     int n_samples;               /* tokens to sample from those logits: 0, 1, or group
                                     size when the prompt of an n > 1 group finishes
                                     (sample j goes to eng_request_seq(req, j)) */

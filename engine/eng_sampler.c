@@ -1,0 +1,515 @@
+/*
+ * eng_sampler.c - logits processing and sampling for one sequence.
+ *
+ * Everything works in place on the caller's float row plus scratch owned by the
+ * sampler (allocated once per vocabulary size: no allocation per token).  exp is
+ * a branch-free polynomial so GCC vectorizes the softmax loops; a masked (-inf)
+ * logit gives exactly 0.  Candidate sets are found by partial selection: a
+ * bounded min-heap for top_k, and a growing one (64, 512, 4096, ... entries)
+ * for top_p until the kept mass reaches p, so typical requests never sort the
+ * vocabulary.  Token choice is an inverse-CDF walk with one uniform draw.
+ */
+#include "eng_sampler.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_log.h"
+
+struct eng_sampler {
+    int V;
+    float *raw;              /* (V) copy of the raw row when logprobs are wanted */
+    float *e;                /* (V) exp values */
+    int32_t *idx;            /* (V) candidate indices */
+    uint32_t *stamp;         /* (V) membership marks (allowed / seen) */
+    uint32_t *cstamp;        /* (V) marks for counts */
+    int32_t *cnt;            /* (V) output token counts (valid where cstamp == cur) */
+    int32_t *touched;        /* (V) tokens with counts this call */
+    uint32_t cur;
+};
+
+// ---- math helpers ----
+
+/* exp(x) for x <= 0-ish ranges used here; relative error ~2e-7; exact 0 below -87. */
+static inline float fast_exp(float x)
+{
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = __builtin_roundf(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    float res = p * scale;
+    return x < -87.0f ? 0.0f : res;
+}
+
+static float row_max(const float *x, int n)
+{
+    float m[16];
+    int i = 0;
+    for (int j = 0; j < 16; j++)
+        m[j] = -INFINITY;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    float best = -INFINITY;
+    for (int j = 0; j < 16; j++)
+        best = m[j] > best ? m[j] : best;
+    for (; i < n; i++)
+        best = x[i] > best ? x[i] : best;
+    return best;
+}
+
+/* e[i] = exp(x[i] - mx); returns the sum (16 lanes so it vectorizes). */
+static double exp_sum(const float *x, float mx, float *e, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) {
+            float v = fast_exp(x[i + j] - mx);
+            e[i + j] = v;
+            acc[j] += v;
+        }
+    double s = 0;
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    for (; i < n; i++) {
+        e[i] = fast_exp(x[i] - mx);
+        s += e[i];
+    }
+    return s;
+}
+
+/* Same without storing. */
+static double exp_sum_only(const float *x, float mx, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] += fast_exp(x[i + j] - mx);
+    double s = 0;
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    for (; i < n; i++)
+        s += fast_exp(x[i] - mx);
+    return s;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+// ---- partial selection ----
+
+/* Min-heap on x[idx[]] (ties: larger index is "smaller" so lower ids win). */
+static inline bool heap_less(const float *x, int32_t a, int32_t b)
+{
+    return x[a] < x[b] || (x[a] == x[b] && a > b);
+}
+
+static void sift_down(const float *x, int32_t *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, s = i;
+        if (l < n && heap_less(x, h[l], h[s]))
+            s = l;
+        if (r < n && heap_less(x, h[r], h[s]))
+            s = r;
+        if (s == i)
+            return;
+        int32_t t = h[i];
+        h[i] = h[s];
+        h[s] = t;
+        i = s;
+    }
+}
+
+int eng_topk_select(const float *x, int n, int k, int32_t *idx)
+{
+    if (k > n)
+        k = n;
+    if (k <= 0)
+        return 0;
+    for (int i = 0; i < k; i++)
+        idx[i] = i;
+    for (int i = k / 2 - 1; i >= 0; i--)
+        sift_down(x, idx, k, i);
+    for (int i = k; i < n; i++) {
+        if (heap_less(x, idx[0], i)) {
+            idx[0] = i;
+            sift_down(x, idx, k, 0);
+        }
+    }
+    return k;
+}
+
+/* Sort idx[0..k) by x descending (ties: lower index first): heap-sort the min-heap
+ * eng_topk_select left behind. */
+static void sort_desc(const float *x, int32_t *idx, int k)
+{
+    for (int i = k / 2 - 1; i >= 0; i--)
+        sift_down(x, idx, k, i);
+    for (int end = k - 1; end > 0; end--) {
+        int32_t t = idx[0];
+        idx[0] = idx[end];
+        idx[end] = t;
+        sift_down(x, idx, end, 0);
+    }
+    /* a min-heap sort leaves them descending */
+}
+
+// ---- create ----
+
+pd_status_t eng_sampler_create(int vocab_size, eng_sampler_t **sampler_p)
+{
+    if (vocab_size < 1) {
+        PD_LOG_ERR("sampler: vocab size %d", vocab_size);
+        return PD_ERR_INVAL;
+    }
+    eng_sampler_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return PD_ERR_NOMEM;
+    size_t V = (size_t)vocab_size;
+    s->V = vocab_size;
+    s->raw = malloc(V * sizeof(float));
+    s->e = malloc(V * sizeof(float));
+    s->idx = malloc(V * sizeof(int32_t));
+    s->stamp = calloc(V, sizeof(uint32_t));
+    s->cstamp = calloc(V, sizeof(uint32_t));
+    s->cnt = malloc(V * sizeof(int32_t));
+    s->touched = malloc(V * sizeof(int32_t));
+    if (!s->raw || !s->e || !s->idx || !s->stamp || !s->cstamp || !s->cnt || !s->touched) {
+        eng_sampler_destroy(s);
+        return PD_ERR_NOMEM;
+    }
+    *sampler_p = s;
+    return PD_OK;
+}
+
+void eng_sampler_destroy(eng_sampler_t *s)
+{
+    if (s == NULL)
+        return;
+    free(s->raw);
+    free(s->e);
+    free(s->idx);
+    free(s->stamp);
+    free(s->cstamp);
+    free(s->cnt);
+    free(s->touched);
+    free(s);
+}
+
+int eng_sampler_vocab(const eng_sampler_t *s) { return s->V; }
+
+static uint32_t next_stamp(eng_sampler_t *s)
+{
+    if (++s->cur == 0) { /* wrapped: old marks could collide */
+        memset(s->stamp, 0, (size_t)s->V * sizeof(uint32_t));
+        memset(s->cstamp, 0, (size_t)s->V * sizeof(uint32_t));
+        s->cur = 1;
+    }
+    return s->cur;
+}
+
+// ---- logprobs ----
+
+/* top/target from a raw row given its max and log-sum-exp. */
+static void fill_logprobs(eng_sampler_t *s, const float *x, float mx, float lse, int32_t target, int n_top,
+                          eng_logprob_t *top, eng_logprob_t *target_p)
+{
+    int V = s->V;
+    if (n_top > 0 && top != NULL) {
+        int k = eng_topk_select(x, V, n_top, s->idx);
+        sort_desc(x, s->idx, k);
+        for (int i = 0; i < k; i++) {
+            top[i].token = s->idx[i];
+            top[i].logprob = x[s->idx[i]] - mx - lse;
+            top[i].rank = i + 1;
+        }
+    }
+    if (target >= 0 && target < V && target_p != NULL) {
+        float v = x[target];
+        int rank = 0;
+        for (int i = 0; i < V; i++)
+            rank += x[i] >= v;
+        target_p->token = target;
+        target_p->logprob = v - mx - lse;
+        target_p->rank = rank;
+    }
+}
+
+pd_status_t eng_sampler_logprobs(eng_sampler_t *s, const float *logits, int32_t target, int n_top,
+                                 eng_logprob_t *top, eng_logprob_t *target_p)
+{
+    if (n_top < 0 || n_top > s->V || target >= s->V)
+        return PD_ERR_INVAL;
+    float mx = row_max(logits, s->V);
+    if (!isfinite(mx))
+        return PD_ERR_INVAL;
+    float lse = (float)log(exp_sum_only(logits, mx, s->V));
+    fill_logprobs(s, logits, mx, lse, target, n_top, top, target_p);
+    return PD_OK;
+}
+
+// ---- transforms ----
+
+void eng_sampler_apply_penalties(eng_sampler_t *s, float *logits, const eng_sample_ctx_t *ctx)
+{
+    const eng_sampling_params_t *p = ctx->params;
+    int V = s->V;
+
+    if (p->repetition_penalty != 1.0f) {
+        uint32_t cur = next_stamp(s);
+        float rp = p->repetition_penalty;
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *t = pass == 0 ? ctx->prompt : ctx->output;
+            int n = pass == 0 ? ctx->n_prompt : ctx->n_output;
+            for (int i = 0; i < n; i++) {
+                int32_t v = t[i];
+                if (v < 0 || v >= V || s->stamp[v] == cur)
+                    continue;
+                s->stamp[v] = cur;
+                logits[v] = logits[v] > 0 ? logits[v] / rp : logits[v] * rp;
+            }
+        }
+    }
+    if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
+        uint32_t cur = next_stamp(s);
+        int nt = 0;
+        for (int i = 0; i < ctx->n_output; i++) {
+            int32_t v = ctx->output[i];
+            if (v < 0 || v >= V)
+                continue;
+            if (s->cstamp[v] != cur) {
+                s->cstamp[v] = cur;
+                s->cnt[v] = 0;
+                s->touched[nt++] = v;
+            }
+            s->cnt[v]++;
+        }
+        for (int i = 0; i < nt; i++) {
+            int32_t v = s->touched[i];
+            logits[v] -= p->frequency_penalty * (float)s->cnt[v] + p->presence_penalty;
+        }
+    }
+}
+
+static void apply_processors(eng_sampler_t *s, float *logits, const eng_sample_ctx_t *ctx)
+{
+    const eng_sampling_params_t *p = ctx->params;
+    int V = s->V;
+
+    if (p->n_allowed_token_ids > 0) {
+        uint32_t cur = next_stamp(s);
+        for (int i = 0; i < p->n_allowed_token_ids; i++) {
+            int32_t v = p->allowed_token_ids[i];
+            if (v >= 0 && v < V)
+                s->stamp[v] = cur;
+        }
+        for (int i = 0; i < V; i++)
+            if (s->stamp[i] != cur)
+                logits[i] = -INFINITY;
+    }
+    for (int w = 0; w < p->n_bad_words; w++) {
+        const int32_t *bw = p->bad_words_tokens + p->bad_words_off[w];
+        int L = p->bad_words_off[w + 1] - p->bad_words_off[w];
+        int32_t last = bw[L - 1];
+        if (last < 0 || last >= V || L - 1 > ctx->n_output)
+            continue;
+        if (L == 1 || memcmp(ctx->output + ctx->n_output - (L - 1), bw, (size_t)(L - 1) * sizeof(int32_t)) == 0)
+            logits[last] = -INFINITY;
+    }
+    if (ctx->n_output < p->min_tokens) {
+        for (int i = 0; i < p->n_stop_token_ids; i++)
+            if (p->stop_token_ids[i] >= 0 && p->stop_token_ids[i] < V)
+                logits[p->stop_token_ids[i]] = -INFINITY;
+        if (!p->ignore_eos)
+            for (int i = 0; i < ctx->n_eos; i++)
+                if (ctx->eos_ids[i] >= 0 && ctx->eos_ids[i] < V)
+                    logits[ctx->eos_ids[i]] = -INFINITY;
+    }
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        int32_t v = p->logit_bias[i].token;
+        if (v >= 0 && v < V)
+            logits[v] += p->logit_bias[i].bias;
+    }
+    eng_sampler_apply_penalties(s, logits, ctx);
+}
+
+/* Pick from candidates cand[0..n) with weights w[cand[i]] summing to total. */
+static int32_t draw(const float *w, const int32_t *cand, int n, double total, eng_rng_t *rng)
+{
+    double u = eng_rng_uniform(rng) * total, acc = 0;
+    int32_t last = -1;
+    for (int i = 0; i < n; i++) {
+        float wi = w[cand[i]];
+        if (wi <= 0)
+            continue;
+        acc += wi;
+        last = cand[i];
+        if (u < acc)
+            return cand[i];
+    }
+    return last;
+}
+
+static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
+{
+    double u = eng_rng_uniform(rng) * total, acc = 0;
+    int32_t last = -1;
+    for (int i = 0; i < n; i++) {
+        if (w[i] <= 0)
+            continue;
+        acc += w[i];
+        last = i;
+        if (u < acc)
+            return i;
+    }
+    return last;
+}
+
+/* Sample from the processed logits (temperature already applied). */
+static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_params_t *p, eng_rng_t *rng)
+{
+    int V = s->V;
+    int k = (p->top_k > 0 && p->top_k < V) ? p->top_k : 0;
+    float mx = row_max(x, V);
+    float thr = -INFINITY;
+
+    if (!isfinite(mx))
+        return -1;
+    if (p->min_p > 0.0f)
+        thr = mx + logf(p->min_p); /* prob >= min_p * max_prob */
+
+    if (k > 0) {
+        int n = eng_topk_select(x, V, k, s->idx);
+        sort_desc(x, s->idx, n);
+        double total = 0;
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            int32_t t = s->idx[i];
+            if (x[t] < thr)
+                break;
+            s->e[t] = fast_exp(x[t] - mx);
+            total += s->e[t];
+            kept++;
+        }
+        if (p->top_p < 1.0f) {
+            double acc = 0;
+            int keep = 0;
+            while (keep < kept && acc < (double)p->top_p * total)
+                acc += s->e[s->idx[keep++]];
+            if (keep == 0)
+                keep = 1;
+            kept = keep;
+            total = acc > 0 ? acc : s->e[s->idx[0]];
+        }
+        return draw(s->e, s->idx, kept, total, rng);
+    }
+
+    /* No top_k: weights over the whole vocabulary (min_p zeroes the low ones). */
+    double total = exp_sum(x, mx, s->e, V);
+    if (p->min_p > 0.0f) {
+        float cut = p->min_p; /* e is relative to the max, which is 1 */
+        float acc[16] = {0};
+        int i = 0;
+        for (; i + 16 <= V; i += 16)
+            for (int j = 0; j < 16; j++) {
+                float v = s->e[i + j] >= cut ? s->e[i + j] : 0.0f;
+                s->e[i + j] = v;
+                acc[j] += v;
+            }
+        total = 0;
+        for (int j = 0; j < 16; j++)
+            total += acc[j];
+        for (; i < V; i++) {
+            if (s->e[i] < cut)
+                s->e[i] = 0;
+            total += s->e[i];
+        }
+    }
+    if (p->top_p >= 1.0f)
+        return draw_all(s->e, V, total, rng);
+
+    /* top_p: grow a sorted candidate prefix until it holds p of the mass. */
+    double want = (double)p->top_p * total;
+    for (int m = 64;; m *= 8) {
+        if (m > V)
+            m = V;
+        int n = eng_topk_select(s->e, V, m, s->idx);
+        sort_desc(s->e, s->idx, n);
+        double acc = 0;
+        int keep = 0;
+        while (keep < n && acc < want && s->e[s->idx[keep]] > 0)
+            acc += s->e[s->idx[keep++]];
+        if (acc >= want || n == V || (keep < n && s->e[s->idx[keep]] <= 0)) {
+            if (keep == 0)
+                keep = 1;
+            return draw(s->e, s->idx, keep, acc > 0 ? acc : 1.0, rng);
+        }
+    }
+}
+
+pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample_ctx_t *ctx,
+                               eng_sample_result_t *res)
+{
+    const eng_sampling_params_t *p = ctx->params;
+    int V = s->V;
+    bool want_lp = p->logprobs >= 0;
+    float raw_mx = 0, raw_lse = 0;
+    int32_t tok;
+
+    if (want_lp) {
+        memcpy(s->raw, logits, (size_t)V * sizeof(float));
+        raw_mx = row_max(s->raw, V);
+        raw_lse = (float)log(exp_sum_only(s->raw, raw_mx, V));
+    }
+    apply_processors(s, logits, ctx);
+    if (eng_sampling_params_greedy(p)) {
+        tok = argmax(logits, V);
+        if (logits[tok] == -INFINITY)
+            tok = -1;
+    } else {
+        if (p->temperature != 1.0f) {
+            float inv = 1.0f / p->temperature;
+            for (int i = 0; i < V; i++)
+                logits[i] *= inv;
+        }
+        tok = sample_filtered(s, logits, p, ctx->rng);
+    }
+    if (tok < 0) {
+        PD_LOG_WARN("sampler: every token is masked");
+        return PD_ERR_INVAL;
+    }
+    res->token = tok;
+    res->n_top = 0;
+    res->logprob = NAN;
+    res->rank = 0;
+    if (want_lp) {
+        eng_logprob_t t;
+        int n_top = p->logprobs < V ? p->logprobs : V;
+        fill_logprobs(s, s->raw, raw_mx, raw_lse, tok, res->top != NULL ? n_top : 0, res->top, &t);
+        res->logprob = t.logprob;
+        res->rank = t.rank;
+        res->n_top = res->top != NULL ? n_top : 0;
+    }
+    return PD_OK;
+}

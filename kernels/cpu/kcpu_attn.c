@@ -1,0 +1,290 @@
+/*
+ * kcpu_attn.c - the paged KV cache on the host: layout, writes, block copies, and paged
+ * attention over block tables for batches mixing prefill chunks and decode tokens.
+ *
+ * Attention runs one work item per (token, KV head): the item loads each key/value row
+ * once and applies it to every query head of the GQA group.  Keys are visited one cache
+ * block at a time: scores of the block, then one online-softmax rescale (flash style),
+ * then the weighted V sum, all in f32.  The visiting order of keys is fixed by position,
+ * so results do not depend on threads.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kcpu.h"
+#include "kcpu_internal.h"
+#include "pd_log.h"
+#include "pd_util.h"
+
+pd_status_t kcpu_kv_layout_init(kcpu_kv_layout_t *L, kcpu_dtype_t dtype, int n_layers,
+                                int block_size, int n_kv_heads, int head_dim, int64_t n_blocks)
+{
+    size_t elems, bytes;
+
+    if (dtype != KCPU_DTYPE_F32 && dtype != KCPU_DTYPE_F16) {
+        PD_LOG_ERR("kcpu kv cache: dtype %s not supported (f32, f16)", kcpu_dtype_name(dtype));
+        return PD_ERR_UNSUPPORTED;
+    }
+    if (n_layers <= 0 || block_size <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_blocks < 0) {
+        PD_LOG_ERR("kcpu kv cache: bad layout layers=%d block=%d kv_heads=%d head_dim=%d",
+                   n_layers, block_size, n_kv_heads, head_dim);
+        return PD_ERR_INVAL;
+    }
+    if (pd_mul_size((size_t)n_kv_heads, (size_t)head_dim, &elems) != PD_OK ||
+        pd_mul_size(elems, (size_t)block_size, &elems) != PD_OK ||
+        pd_mul_size(elems, 2 * (size_t)n_layers, &elems) != PD_OK ||
+        pd_mul_size(elems, dtype == KCPU_DTYPE_F32 ? 4 : 2, &bytes) != PD_OK ||
+        bytes > (size_t)INT64_MAX)
+        return PD_ERR_OVERFLOW;
+    memset(L, 0, sizeof(*L));
+    L->dtype = dtype;
+    L->n_layers = n_layers;
+    L->block_size = block_size;
+    L->n_kv_heads = n_kv_heads;
+    L->head_dim = head_dim;
+    L->n_blocks = n_blocks;
+    L->elem_bytes = dtype == KCPU_DTYPE_F32 ? 4 : 2;
+    L->head_stride = head_dim;
+    L->token_stride = (int64_t)n_kv_heads * head_dim;
+    L->kv_stride = (int64_t)block_size * L->token_stride;
+    L->layer_stride = 2 * L->kv_stride;
+    L->block_bytes = bytes;
+    return PD_OK;
+}
+
+/* element offset (within the whole cache) of token slot `slot`, layer, K (kv=0) or V */
+static inline size_t kv_elem(const kcpu_kv_layout_t *L, int layer, int kv, int64_t block, int64_t off)
+{
+    return (size_t)block * (L->block_bytes / L->elem_bytes) + (size_t)layer * (size_t)L->layer_stride +
+           (size_t)kv * (size_t)L->kv_stride + (size_t)off * (size_t)L->token_stride;
+}
+
+static void store_row(const kcpu_kv_layout_t *L, void *base, size_t elem, const float *src, int64_t n)
+{
+    if (L->dtype == KCPU_DTYPE_F32) {
+        memcpy((float *)base + elem, src, (size_t)n * 4);
+    } else {
+        uint16_t *d = (uint16_t *)base + elem;
+        for (int64_t i = 0; i < n; i++)
+            d[i] = kcpu_f32_to_f16(src[i]);
+    }
+}
+
+pd_status_t kcpu_kv_write(const kcpu_kv_layout_t *L, void *cache_base, int layer,
+                          const int64_t *slot_mapping, int64_t T, const float *k,
+                          int64_t k_stride, const float *v, int64_t v_stride)
+{
+    const int64_t row = L->token_stride;
+
+    if (layer < 0 || layer >= L->n_layers || T < 0 || k_stride < row || v_stride < row ||
+        (T > 0 && (cache_base == NULL || slot_mapping == NULL || k == NULL || v == NULL))) {
+        PD_LOG_ERR("kcpu_kv_write: bad arguments (layer %d of %d, T=%lld)", layer, L->n_layers,
+                   (long long)T);
+        return layer < 0 || layer >= L->n_layers ? PD_ERR_RANGE : PD_ERR_INVAL;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int64_t slot = slot_mapping[t];
+        if (slot < 0)
+            continue;
+        int64_t block = slot / L->block_size, off = slot % L->block_size;
+        if (block >= L->n_blocks) {
+            PD_LOG_ERR("kcpu_kv_write: slot %lld outside the cache (%lld blocks)", (long long)slot,
+                       (long long)L->n_blocks);
+            return PD_ERR_RANGE;
+        }
+        store_row(L, cache_base, kv_elem(L, layer, 0, block, off), k + t * k_stride, row);
+        store_row(L, cache_base, kv_elem(L, layer, 1, block, off), v + t * v_stride, row);
+    }
+    return PD_OK;
+}
+
+pd_status_t kcpu_kv_copy_blocks(const kcpu_kv_layout_t *L, void *cache_base, const int32_t *src,
+                                const int32_t *dst, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (src[i] < 0 || src[i] >= L->n_blocks || dst[i] < 0 || dst[i] >= L->n_blocks) {
+            PD_LOG_ERR("kcpu_kv_copy_blocks: block %d -> %d outside the cache", src[i], dst[i]);
+            return PD_ERR_RANGE;
+        }
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (src[i] != dst[i])
+            memmove((uint8_t *)cache_base + (size_t)dst[i] * L->block_bytes,
+                    (const uint8_t *)cache_base + (size_t)src[i] * L->block_bytes, L->block_bytes);
+    return PD_OK;
+}
+
+/* ---- paged attention ---- */
+
+#define ATTN_MAX_GROUP 64
+
+typedef struct {
+    const kcpu_attn_params_t *p;
+    bool simd;
+    int err; /* set (atomically) when an item found bad metadata */
+} attn_args_t;
+
+static inline float dot_f(const float *a, const float *b, int64_t n, bool simd)
+{
+#if KCPU_HAVE_X86
+    if (simd)
+        return kcpu_vec_dot_f32_avx2(a, b, n);
+#endif
+    return kcpu_vec_dot_f32_scalar(a, b, n);
+}
+
+static inline void axpy_scale(float *acc, float alpha, const float *v, float beta, int64_t n, bool simd)
+{
+#if KCPU_HAVE_X86
+    if (simd) {
+        kcpu_axpy_scale_avx2(acc, alpha, v, beta, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        acc[i] = fmaf(alpha, v[i], beta * acc[i]);
+}
+
+/* a row of head_dim elements of the cache as f32 (converted into tmp for f16) */
+static inline const float *cache_row(const kcpu_kv_layout_t *L, const void *base, size_t elem,
+                                     float *tmp)
+{
+    if (L->dtype == KCPU_DTYPE_F32)
+        return (const float *)base + elem;
+    kcpu_dequant_row(KCPU_DTYPE_F16, (const uint16_t *)base + elem, tmp, L->head_dim);
+    return tmp;
+}
+
+static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, float *tmp)
+{
+    const kcpu_attn_params_t *p = a->p;
+    const kcpu_kv_layout_t *L = p->layout;
+    const int hd = p->head_dim;
+    const int group = p->n_heads / p->n_kv_heads;
+    const int64_t t = item / p->n_kv_heads;
+    const int kvh = (int)(item % p->n_kv_heads);
+    const int bs = L->block_size;
+    const int32_t s = p->tok_seq[t];
+    const int32_t pos = p->tok_pos[t];
+    float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+
+    if (s < 0 || s >= p->n_seqs || pos < 0) {
+        __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const int32_t ctx = p->context_lens[s];
+    int64_t hi = p->causal ? pos : (int64_t)ctx - 1;
+    int64_t lo = p->sliding_window > 0 ? (int64_t)pos - p->sliding_window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    if (hi >= ctx || ctx > p->max_blocks_per_seq * bs) {
+        __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    const int32_t *bt = p->block_tables + (int64_t)s * p->max_blocks_per_seq;
+    const float *q0 = p->q + t * p->q_stride + (int64_t)kvh * group * hd;
+
+    for (int g = 0; g < group; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+        memset(acc + (int64_t)g * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int64_t start = lo; start <= hi;) {
+        int64_t blk = start / bs;
+        int64_t end = (blk + 1) * bs - 1;
+        if (end > hi)
+            end = hi;
+        int32_t b = bt[blk];
+        if (b < 0 || b >= L->n_blocks) {
+            __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        int n = (int)(end - start + 1);
+        size_t kbase = kv_elem(L, p->layer, 0, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
+        size_t vbase = kv_elem(L, p->layer, 1, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
+        /* scores[g * bs + j] for the block's keys */
+        for (int j = 0; j < n; j++) {
+            const float *kr = cache_row(L, p->cache_base, kbase + (size_t)j * (size_t)L->token_stride, tmp);
+            for (int g = 0; g < group; g++)
+                scores[g * bs + j] = dot_f(q0 + (int64_t)g * hd, kr, hd, a->simd) * p->scale;
+        }
+        for (int g = 0; g < group; g++) {
+            float *sc = scores + g * bs;
+            float mx = m[g];
+            for (int j = 0; j < n; j++)
+                mx = sc[j] > mx ? sc[j] : mx;
+            float corr = expf(m[g] - mx); /* 0 on the first block (m = -inf) */
+            float sum = 0.0f;
+            for (int j = 0; j < n; j++) {
+                sc[j] = expf(sc[j] - mx);
+                sum += sc[j];
+            }
+            l[g] = l[g] * corr + sum;
+            m[g] = mx;
+            /* fold the rescale of the running sum into the block's first V row */
+            float *ac = acc + (int64_t)g * hd;
+            const float *vr0 = cache_row(L, p->cache_base, vbase, tmp);
+            axpy_scale(ac, sc[0], vr0, corr, hd, a->simd);
+        }
+        for (int j = 1; j < n; j++) {
+            const float *vr = cache_row(L, p->cache_base, vbase + (size_t)j * (size_t)L->token_stride, tmp);
+            for (int g = 0; g < group; g++)
+                axpy_scale(acc + (int64_t)g * hd, scores[g * bs + j], vr, 1.0f, hd, a->simd);
+        }
+        start = end + 1;
+    }
+    for (int g = 0; g < group; g++) {
+        float *o = p->out + t * p->out_stride + ((int64_t)kvh * group + g) * hd;
+        const float *ac = acc + (int64_t)g * hd;
+        float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+        for (int i = 0; i < hd; i++)
+            o[i] = ac[i] * inv;
+    }
+}
+
+static void attn_task(void *arg, int64_t begin, int64_t end, int tid)
+{
+    attn_args_t *a = arg;
+    const kcpu_attn_params_t *p = a->p;
+    const int group = p->n_heads / p->n_kv_heads;
+    size_t n_scores = (size_t)group * (size_t)p->layout->block_size;
+    size_t n_acc = (size_t)group * (size_t)p->head_dim;
+    float *buf = malloc(sizeof(float) * (n_scores + n_acc + (size_t)p->head_dim));
+
+    if (buf == NULL) {
+        __atomic_store_n(&a->err, 2, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t it = begin; it < end; it++)
+        attn_item(a, it, buf, buf + n_scores, buf + n_scores + n_acc);
+    free(buf);
+}
+
+pd_status_t kcpu_paged_attention(kcpu_pool_t *pool, const kcpu_attn_params_t *p)
+{
+    const kcpu_kv_layout_t *L = p ? p->layout : NULL;
+
+    if (p == NULL || L == NULL || p->n_tokens < 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 ||
+        p->n_heads % p->n_kv_heads != 0 || p->n_heads / p->n_kv_heads > ATTN_MAX_GROUP ||
+        p->n_kv_heads != L->n_kv_heads || p->head_dim != L->head_dim ||
+        p->layer < 0 || p->layer >= L->n_layers || p->sliding_window < 0 ||
+        p->q_stride < (int64_t)p->n_heads * p->head_dim ||
+        p->out_stride < (int64_t)p->n_heads * p->head_dim || p->max_blocks_per_seq <= 0 ||
+        p->n_seqs <= 0 ||
+        (p->n_tokens > 0 && (p->q == NULL || p->out == NULL || p->tok_seq == NULL ||
+                             p->tok_pos == NULL || p->block_tables == NULL ||
+                             p->context_lens == NULL || p->cache_base == NULL))) {
+        PD_LOG_ERR("kcpu_paged_attention: bad parameters");
+        return PD_ERR_INVAL;
+    }
+    attn_args_t a = { p, kcpu_simd_enabled(), 0 };
+    kcpu_pool_run(pool, p->n_tokens * p->n_kv_heads, 1, attn_task, &a);
+    if (a.err == 2)
+        return PD_ERR_NOMEM;
+    if (a.err) {
+        PD_LOG_ERR("kcpu_paged_attention: a token's sequence, position or block is out of range");
+        return PD_ERR_RANGE;
+    }
+    return PD_OK;
+}

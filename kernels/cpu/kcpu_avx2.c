@@ -1,0 +1,317 @@
+/*
+ * kcpu_avx2.c - AVX2/FMA/F16C inner loops of the CPU kernels.  Compiled with
+ * -mavx2 -mfma -mf16c -ffp-contract=off (see kernels/CMakeLists.txt) and only called
+ * after kcpu_simd_enabled() checked the CPU.  Contraction is off so the f32 dot keeps
+ * exactly the lane order of kcpu_vec_dot_f32_scalar (tests compare them bit for bit).
+ *
+ * Tile functions compute an mr x nr block of dot products with one 8-lane accumulator
+ * per output element; tails use masked loads, so an element's value does not depend on
+ * the tile shape it was computed in.
+ */
+#include "kcpu_internal.h"
+
+#if KCPU_HAVE_X86
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float hsum8(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    __m128 s = _mm_add_ps(lo, hi);            /* a0+a4, a1+a5, a2+a6, a3+a7 */
+    __m128 h = _mm_movehl_ps(s, s);           /* a2+a6, a3+a7 */
+    s = _mm_add_ps(s, h);                     /* (a0+a4)+(a2+a6), (a1+a5)+(a3+a7) */
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE __m256i tail_mask(int64_t r)
+{
+    static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(m + 8 - r));
+}
+
+float kcpu_vec_dot_f32_avx2(const float *a, const float *b, int64_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    if (i < n) {
+        __m256i mk = tail_mask(n - i);
+        acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, mk), _mm256_maskload_ps(b + i, mk), acc);
+    }
+    return hsum8(acc);
+}
+
+INLINE void f32_tile(const float *x, int64_t ldx, const float *w, int64_t ldw, int64_t K,
+                     float *out, int64_t ldo, const int MRc, const int NRc)
+{
+    __m256 acc[4][4];
+    for (int i = 0; i < MRc; i++)
+        for (int j = 0; j < NRc; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[4];
+        for (int j = 0; j < NRc; j++)
+            wv[j] = _mm256_loadu_ps(w + j * ldw + k);
+        for (int i = 0; i < MRc; i++) {
+            __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+            for (int j = 0; j < NRc; j++)
+                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __m256i mk = tail_mask(K - k);
+        __m256 wv[4];
+        for (int j = 0; j < NRc; j++)
+            wv[j] = _mm256_maskload_ps(w + j * ldw + k, mk);
+        for (int i = 0; i < MRc; i++) {
+            __m256 xv = _mm256_maskload_ps(x + i * ldx + k, mk);
+            for (int j = 0; j < NRc; j++)
+                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MRc; i++)
+        for (int j = 0; j < NRc; j++)
+            out[i * ldo + j] = hsum8(acc[i][j]);
+}
+
+void kcpu_gemm_f32_tile_avx2(const float *x, int64_t ldx, int mr, const float *w, int64_t ldw,
+                             int nr, int64_t K, float *out, int64_t ldo)
+{
+#define F32_CASE(a, b) \
+    case (a) * 8 + (b): f32_tile(x, ldx, w, ldw, K, out, ldo, a, b); return;
+    switch (mr * 8 + nr) {
+    F32_CASE(1, 1) F32_CASE(1, 2) F32_CASE(1, 3) F32_CASE(1, 4)
+    F32_CASE(2, 1) F32_CASE(2, 2)
+    F32_CASE(3, 1) F32_CASE(3, 2)
+    F32_CASE(4, 1) F32_CASE(4, 2)
+    default:
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++)
+                out[i * ldo + j] = kcpu_vec_dot_f32_avx2(x + i * ldx, w + j * ldw, K);
+    }
+#undef F32_CASE
+}
+
+/* ---- dequantization ---- */
+
+bool kcpu_dequant_row_avx2(kcpu_dtype_t type, const void *src, float *dst, int64_t n)
+{
+    int64_t i = 0;
+    switch (type) {
+    case KCPU_DTYPE_F16: {
+        const uint16_t *s = src;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+        for (; i < n; i++)
+            dst[i] = _cvtsh_ss(s[i]);
+        return true;
+    }
+    case KCPU_DTYPE_BF16: {
+        const uint16_t *s = src;
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < n; i++)
+            dst[i] = kcpu_bf16_to_f32(s[i]);
+        return true;
+    }
+    case KCPU_DTYPE_Q8_0: {
+        const kcpu_block_q8_0_t *b = src;
+        for (int64_t k = 0; k < n / KCPU_QK; k++) {
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(b[k].d));
+            for (int j = 0; j < 4; j++) {
+                __m128i q;
+                memcpy(&q, b[k].qs + 8 * j, 8);
+                __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(dst + k * KCPU_QK + 8 * j, _mm256_mul_ps(v, d));
+            }
+        }
+        return true;
+    }
+    case KCPU_DTYPE_Q4_0:
+    case KCPU_DTYPE_Q4_1: {
+        size_t bb = type == KCPU_DTYPE_Q4_0 ? sizeof(kcpu_block_q4_0_t) : sizeof(kcpu_block_q4_1_t);
+        const uint8_t *p = src;
+        for (int64_t k = 0; k < n / KCPU_QK; k++, p += bb) {
+            uint16_t dh, mh = 0;
+            const uint8_t *qs;
+            memcpy(&dh, p, 2);
+            if (type == KCPU_DTYPE_Q4_1) {
+                memcpy(&mh, p + 2, 2);
+                qs = p + 4;
+            } else {
+                qs = p + 2;
+            }
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(dh));
+            __m256 m = _mm256_set1_ps(_cvtsh_ss(mh));
+            __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(15));
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15));
+            __m128i parts[4] = { lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8) };
+            for (int j = 0; j < 4; j++) {
+                __m256i q = _mm256_cvtepu8_epi32(parts[j]);
+                if (type == KCPU_DTYPE_Q4_0)
+                    q = _mm256_sub_epi32(q, _mm256_set1_epi32(8));
+                __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+                if (type == KCPU_DTYPE_Q4_1)
+                    v = _mm256_add_ps(v, m);
+                _mm256_storeu_ps(dst + k * KCPU_QK + 8 * j, v);
+            }
+        }
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
+/* ---- activation quantization (same rounding as kcpu_quant_q8x_scalar) ---- */
+
+void kcpu_quant_q8x_avx2(const float *x, kcpu_block_q8x_t *y, int64_t n)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / KCPU_QK; b++) {
+        const float *xb = x + b * KCPU_QK;
+        __m256 v[4], amax;
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+        amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float am = _mm_cvtss_f32(m4);
+        float d = am / 127.0f;
+        float id = d != 0.0f ? 127.0f / am : 0.0f;
+        __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], idv),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_srli_si128(s4, 8));
+        s4 = _mm_add_epi32(s4, _mm_srli_si128(s4, 4));
+        int isum = _mm_cvtsi128_si32(s4);
+        /* pack 32 int32 -> 32 int8 in order: packs work per 128-bit lane, fix with a permute */
+        __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+        __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, p);
+        y[b].d = d;
+        y[b].s = d * (float)isum;
+    }
+}
+
+/* ---- quantized tiles ---- */
+
+/* 32 weight values of block k of a row as bytes (u8 0..15 for Q4, i8 for Q8_0), their
+ * scale and, for Q4, the per-block offset coefficient (Q4_0: -8d, Q4_1: m). */
+INLINE __m256i load_wblock(kcpu_dtype_t type, const uint8_t *row, int64_t k, float *d_p, float *m_p)
+{
+    if (type == KCPU_DTYPE_Q8_0) {
+        const kcpu_block_q8_0_t *b = (const kcpu_block_q8_0_t *)row + k;
+        *d_p = _cvtsh_ss(b->d);
+        *m_p = 0.0f;
+        return _mm256_loadu_si256((const __m256i *)b->qs);
+    }
+    const uint8_t *qs;
+    if (type == KCPU_DTYPE_Q4_0) {
+        const kcpu_block_q4_0_t *b = (const kcpu_block_q4_0_t *)row + k;
+        *d_p = _cvtsh_ss(b->d);
+        *m_p = -8.0f * *d_p;
+        qs = b->qs;
+    } else {
+        const kcpu_block_q4_1_t *b = (const kcpu_block_q4_1_t *)row + k;
+        *d_p = _cvtsh_ss(b->d);
+        *m_p = _cvtsh_ss(b->m);
+        qs = b->qs;
+    }
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_insertf128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(15));
+}
+
+INLINE void q8x_tile(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx, const uint8_t *w,
+                     size_t rbw, int64_t nb, float *out, int64_t ldo, const int MRc, const int NRc)
+{
+    __m256 acc[4][4];
+    float off[4][4];
+    const __m256i ones = _mm256_set1_epi16(1);
+    const bool q8 = type == KCPU_DTYPE_Q8_0;
+
+    for (int i = 0; i < MRc; i++)
+        for (int j = 0; j < NRc; j++) {
+            acc[i][j] = _mm256_setzero_ps();
+            off[i][j] = 0.0f;
+        }
+    for (int64_t k = 0; k < nb; k++) {
+        __m256i wq[4], wraw[4];
+        float wd[4], wm[4];
+        for (int j = 0; j < NRc; j++) {
+            wraw[j] = load_wblock(type, w + (size_t)j * rbw, k, &wd[j], &wm[j]);
+            /* maddubs wants u8 x i8: use |w| and move w's sign onto x */
+            wq[j] = q8 ? _mm256_sign_epi8(wraw[j], wraw[j]) : wraw[j];
+        }
+        for (int i = 0; i < MRc; i++) {
+            const kcpu_block_q8x_t *xb = x + i * ldx + k;
+            __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+            for (int j = 0; j < NRc; j++) {
+                __m256i xs = q8 ? _mm256_sign_epi8(xq, wraw[j]) : xq;
+                __m256i p16 = _mm256_maddubs_epi16(wq[j], xs);
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(wd[j] * xb->d), p, acc[i][j]);
+                if (!q8)
+                    off[i][j] += wm[j] * xb->s;
+            }
+        }
+    }
+    for (int i = 0; i < MRc; i++)
+        for (int j = 0; j < NRc; j++)
+            out[i * ldo + j] = hsum8(acc[i][j]) + off[i][j];
+}
+
+void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx_blocks,
+                             int mr, const uint8_t *w, size_t rbw, int nr, int64_t nb,
+                             float *out, int64_t ldo)
+{
+#define Q_CASE(a, b) \
+    case (a) * 8 + (b): q8x_tile(type, x, ldx_blocks, w, rbw, nb, out, ldo, a, b); return;
+    switch (mr * 8 + nr) {
+    Q_CASE(1, 1) Q_CASE(1, 2) Q_CASE(1, 3) Q_CASE(1, 4)
+    Q_CASE(2, 1) Q_CASE(2, 2)
+    Q_CASE(3, 1) Q_CASE(3, 2)
+    Q_CASE(4, 1) Q_CASE(4, 2)
+    default:
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++)
+                q8x_tile(type, x + i * ldx_blocks, ldx_blocks, w + (size_t)j * rbw, rbw, nb,
+                         out + i * ldo + j, ldo, 1, 1);
+    }
+#undef Q_CASE
+}
+
+/* acc = acc * beta + alpha * v over n floats (the online-softmax update). */
+void kcpu_axpy_scale_avx2(float *acc, float alpha, const float *v, float beta, int64_t n)
+{
+    __m256 a = _mm256_set1_ps(alpha), b = _mm256_set1_ps(beta);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(v + i),
+                                                  _mm256_mul_ps(b, _mm256_loadu_ps(acc + i))));
+    for (; i < n; i++)
+        acc[i] = fmaf(alpha, v[i], beta * acc[i]);
+}
+
+#else
+typedef int kcpu_avx2_unused_t;
+#endif
