@@ -335,11 +335,11 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     for (int s = 0; s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
         ereq_t *er = bq->req->user;
-        if (e->seq_logit[s] < 0)
+        if (e->seq_logit[s] < 0 || er == NULL)
             continue;
         for (int j = 0; j < bq->n_samples; j++) {
             eng_request_t *sreq = eng_request_seq(bq->req, j);
-            seq_state_t *ss = &er->seqs[j];
+            seq_state_t *ss = &er->seqs[sreq->seq_index];
             eng_sample_ctx_t ctx;
             eng_sample_result_t res;
             memcpy(e->row, e->logits + (size_t)e->seq_logit[s] * V, (size_t)V * sizeof(float));
@@ -462,7 +462,7 @@ static void *engine_main(void *arg)
             if (er == NULL)
                 continue;
             for (int j = 0; j < bq->n_samples; j++)
-                process_seq(e, er, j);
+                process_seq(e, er, eng_request_seq(bq->req, j)->seq_index);
         }
         for (int f = 0; f < b->n_finished; f++) {
             eng_request_t *r = b->finished[f];
