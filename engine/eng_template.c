@@ -1885,10 +1885,12 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
         }
         char align = '>';
         long width = 0;
-        int prec = -1;
+        int prec = -1, zero = 0;
         while (i < fmt.n && strchr("-+ #0", fmt.s[i])) {
             if (fmt.s[i] == '-')
                 align = '<';
+            if (fmt.s[i] == '0')
+                zero = 1;
             i++;
         }
         while (i < fmt.n && fmt.s[i] >= '0' && fmt.s[i] <= '9')
@@ -1921,7 +1923,16 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
                 RERR(R, "%%%c format: a real number is required, not %s", t, type_name(arg.t));
             piece = fmt_number(R, arg, t, prec);
         }
-        pad_to(R, out, piece, width, align, ' ');
+        if (zero && align == '>' && t != 's' && t != 'r' && piece.n > 0 && (long)piece.n < width) {
+            /* zero padding goes after the sign */
+            size_t sign = piece.s[0] == '-' || piece.s[0] == '+';
+            bput(R, out, piece.s, sign);
+            for (long k = (long)piece.n; k < width; k++)
+                bput(R, out, "0", 1);
+            bput(R, out, piece.s + sign, piece.n - sign);
+        } else {
+            pad_to(R, out, piece, width, align, ' ');
+        }
     }
     if (args.t != JV_DICT && used < n && !(n == 1 && args.t != JV_LIST))
         RERR(R, "not all arguments converted during string formatting");

@@ -33,7 +33,7 @@ def run_driver(template_path, cases):
     r = subprocess.run([driver_path(), template_path], input=inp.encode(), capture_output=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
-    lines = r.stdout.decode().splitlines()
+    lines = r.stdout.decode().split("\n")[:-1]
     assert len(lines) == len(cases)
     return [json.loads(x) for x in lines]
 

@@ -10,7 +10,8 @@
  * (eng_chat_apply), optionally with "limits": {"steps", "output", "memory", "depth"}.
  * Each output line is {"ok": true, "text": "..."} or {"ok": false, "status": "...",
  * "error": "..."}.  A template that fails to compile gives one {"ok": false, "compile": true}
- * line per input line.  "--bench N" renders every case N times and prints timings.
+ * line per input line.  With TEMPLATE_FILE "-" every case carries its own "template"
+ * source.  "--bench N" renders every case N times and prints timings.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,18 +87,28 @@ int main(int argc, char **argv)
     }
     if (argc >= 4 && strcmp(argv[2], "--bench") == 0)
         bench = atol(argv[3]);
-    if (pd_read_file(argv[1], &src, &len) != PD_OK) {
-        fprintf(stderr, "cannot read %s\n", argv[1]);
-        return 2;
+    int inline_tpl = strcmp(argv[1], "-") == 0;
+    pd_status_t cst = PD_OK;
+    if (!inline_tpl) {
+        if (pd_read_file(argv[1], &src, &len) != PD_OK) {
+            fprintf(stderr, "cannot read %s\n", argv[1]);
+            return 2;
+        }
+        cst = eng_template_compile(src, &tpl, err, sizeof(err));
+        free(src);
     }
-    pd_status_t cst = eng_template_compile(src, &tpl, err, sizeof(err));
-    free(src);
     char *line;
     pd_buf_t out = {0};
     while ((line = read_line(stdin)) != NULL) {
         cJSON *c = cJSON_Parse(line);
         cJSON *res = cJSON_CreateObject();
         free(line);
+        if (inline_tpl) {
+            const char *ts = c ? jstr(c, "template") : NULL;
+            eng_template_destroy(tpl);
+            tpl = NULL;
+            cst = eng_template_compile(ts ? ts : "", &tpl, err, sizeof(err));
+        }
         if (cst != PD_OK) {
             cJSON_AddFalseToObject(res, "ok");
             cJSON_AddTrueToObject(res, "compile");
