@@ -206,6 +206,93 @@ PD_TEST(test_default_gguf)
     }
 }
 
+/* Rotate pairs of one head in place: neox pairs (i, i + d/2), gptj pairs (2i, 2i + 1). */
+static void rope_head(float *x, int d, int pos, double base, bool neox)
+{
+    for (int i = 0; i < d / 2; i++) {
+        double th = pos * pow(base, -2.0 * i / d);
+        int a = neox ? i : 2 * i, b = neox ? i + d / 2 : 2 * i + 1;
+        double x0 = x[a], x1 = x[b];
+        x[a] = (float)(x0 * cos(th) - x1 * sin(th));
+        x[b] = (float)(x0 * sin(th) + x1 * cos(th));
+    }
+}
+
+/* q.k of head (hq, hk) at positions (pq, pk) for weights wq/wk [rows][576] and input x. */
+static double qk_score(const float *wq, const float *wk, const float *x, int hq, int hk, int pq,
+                       int pk, bool neox)
+{
+    float q[64], k[64];
+    double dot = 0;
+    for (int r = 0; r < 64; r++) {
+        double sq = 0, sk = 0;
+        for (int c = 0; c < 576; c++) {
+            sq += (double)wq[(size_t)(hq * 64 + r) * 576 + c] * x[c];
+            sk += (double)wk[(size_t)(hk * 64 + r) * 576 + c] * x[(c + 7) % 576];
+        }
+        q[r] = (float)sq;
+        k[r] = (float)sk;
+    }
+    rope_head(q, 64, pq, 100000.0, neox);
+    rope_head(k, 64, pk, 100000.0, neox);
+    for (int r = 0; r < 64; r++)
+        dot += (double)q[r] * k[r];
+    return dot;
+}
+
+/* The un-permuted Q/K with neox RoPE give the same attention scores as the file's rows
+ * with ggml's interleaved (gptj) RoPE: the un-permutation matches llama.cpp's converter. */
+PD_TEST(test_default_gguf_rope_equivalence)
+{
+    const char *path = default_model();
+    eng_load_opts_t o;
+    eng_model_t *m = NULL;
+
+    if (access(path, R_OK) != 0) {
+        printf("  SKIP: default model %s absent\n", path);
+        return;
+    }
+    eng_load_opts_init(&o);
+    o.model = path;
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+    if (m == NULL)
+        return;
+    const eng_tensor_t *tq = eng_model_tensor(m, "blk.0.attn_q.weight");
+    const eng_tensor_t *tk = eng_model_tensor(m, "blk.0.attn_k.weight");
+    const eng_gguf_tensor_info_t *gq = eng_gguf_find_tensor(eng_model_gguf(m), tq->name);
+    const eng_gguf_tensor_info_t *gk = eng_gguf_find_tensor(eng_model_gguf(m), tk->name);
+    float *hq = malloc(576 * 576 * 4), *hk = malloc(192 * 576 * 4);
+    float *fq = malloc(576 * 576 * 4), *fk = malloc(192 * 576 * 4), x[576];
+    eng_tensor_dequant_rows(tq, 0, 576, hq);
+    eng_tensor_dequant_rows(tk, 0, 192, hk);
+    size_t rb;
+    eng_dtype_row_bytes(gq->type, 576, &rb);
+    for (int r = 0; r < 576; r++)
+        eng_dequant_row(gq->type, (const uint8_t *)gq->data + r * rb, fq + r * 576, 576);
+    for (int r = 0; r < 192; r++)
+        eng_dequant_row(gk->type, (const uint8_t *)gk->data + r * rb, fk + r * 576, 576);
+    for (int c = 0; c < 576; c++)
+        x[c] = (float)sin(c * 0.37) * 0.5f;
+    double max_rel = 0;
+    for (int h = 0; h < 9; h++) {
+        int pq = 5 + h * 11, pk = 3 + h;
+        double a = qk_score(hq, hk, x, h, h / 3, pq, pk, true);
+        double b = qk_score(fq, fk, x, h, h / 3, pq, pk, false);
+        double rel = fabs(a - b) / (fabs(b) + 1e-6);
+        max_rel = rel > max_rel ? rel : max_rel;
+        /* a wrong permutation would not match; and neox on the file's rows must differ */
+        double wrong = qk_score(fq, fk, x, h, h / 3, pq, pk, true);
+        if (h == 0)
+            PD_CHECK(fabs(wrong - b) / (fabs(b) + 1e-6) > 1e-3);
+    }
+    PD_CHECK(max_rel < 1e-4);
+    free(hq);
+    free(hk);
+    free(fq);
+    free(fk);
+    eng_model_destroy(m);
+}
+
 /* ---- tiny Hugging Face directories ---- */
 
 static void check_against_expect(eng_model_t *m, const char *dir)
@@ -740,6 +827,7 @@ int main(void)
 {
     pd_log_set_level(PD_LOG_LEVEL_CRIT);
     PD_RUN(test_default_gguf);
+    PD_RUN(test_default_gguf_rope_equivalence);
     PD_RUN(test_tiny_llama_sharded);
     PD_RUN(test_tiny_mistral_qwen_opt);
     PD_RUN(test_options_and_errors);
