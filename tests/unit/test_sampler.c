@@ -527,7 +527,11 @@ PD_TEST(test_speed_128k)
     printf("  vocab %d, us per sample: greedy %.1f | t=0.7 k=50 p=0.9 %.1f | t=0.7 plain %.1f | "
            "t=0.7 p=0.95 %.1f | min_p %.1f | plain+logprobs5+rep %.1f | one scalar pass over the row %.1f\n",
            V, greedy, topk, plain, topp, minp, lp, pass);
-    PD_CHECK(topk < 1000.0 && plain < 1000.0 && greedy < 1000.0);
+    /* Relative to one pass over the row so the check holds on a loaded machine or
+     * under sanitizers; a full sort of the vocabulary would be far above these. */
+    PD_CHECK(greedy < 4 * pass + 20);
+    PD_CHECK(topk < 6 * pass + 20);
+    PD_CHECK(plain < 15 * pass + 20);
     eng_sampling_params_cleanup(&p);
     eng_sampler_destroy(s);
     free(base);

@@ -16,6 +16,7 @@
 
 #include "eng_sched.h"
 #include "pd_test.h"
+#include "pd_util.h"
 
 #define VOCAB 1000
 #define EOS 1
@@ -628,6 +629,48 @@ PD_TEST(test_create_limits)
     PD_CHECK(s == NULL);
 }
 
+/* Cost of one schedule + update for 256 decoding sequences (printed, loosely bounded). */
+PD_TEST(test_step_cost)
+{
+    enum { NR = 256 };
+    eng_sched_t *s = mk_sched(8192, 16, 8192, NR, 2048, true, 0);
+    eng_request_t *r[NR];
+    int32_t *smp = malloc(NR * sizeof(int32_t));
+    for (int i = 0; i < NR; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "p%d", i);
+        r[i] = mk_req(id, 200, i, 1000, 1, 0);
+        eng_sched_add(s, r[i]);
+    }
+    for (int i = 0; i < 10; i++) { /* prefill everyone */
+        eng_batch_t *b = eng_sched_step(s);
+        for (int j = 0; j < b->n_samples; j++)
+            smp[j] = 7 + j;
+        eng_sched_update(s, b, smp);
+    }
+    uint64_t t0 = pd_now_ns();
+    int steps = 200, seqs = 0;
+    for (int i = 0; i < steps; i++) {
+        eng_batch_t *b = eng_sched_step(s);
+        seqs += b->n_seqs;
+        for (int j = 0; j < b->n_samples; j++)
+            smp[j] = 7 + (i + j) % 500;
+        eng_sched_update(s, b, smp);
+    }
+    double us = (double)(pd_now_ns() - t0) / steps / 1000.0;
+    printf("  step+update with %d decoding sequences: %.1f us (%.2f us per sequence)\n", seqs / steps, us,
+           us / (seqs / steps));
+    PD_CHECK_EQ_INT(seqs, steps * NR);
+    PD_CHECK(us < 20000);
+    for (int i = 0; i < NR; i++) {
+        eng_sched_abort(s, r[i]);
+        eng_request_destroy(r[i]);
+    }
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 8192);
+    free(smp);
+    eng_sched_destroy(s);
+}
+
 int main(void)
 {
     PD_RUN(test_chunked_prefill);
@@ -641,5 +684,6 @@ int main(void)
     PD_RUN(test_eos);
     PD_RUN(test_delay_factor);
     PD_RUN(test_create_limits);
+    PD_RUN(test_step_cost);
     return PD_TEST_REPORT();
 }
