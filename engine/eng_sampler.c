@@ -159,14 +159,41 @@ static void scale_row(float *x, int n, float f)
         x[i] *= f;
 }
 
-/* First index of the maximum (torch.argmax's tie rule): a vectorized max, then a scan. */
+/* First index of the maximum (torch.argmax's tie rule) in one vector pass: each lane
+ * keeps its best value and the first index holding it (strict > keeps the first). */
 static int argmax(const float *x, int n)
 {
-    float mx = row_max(x, n);
-    for (int i = 0; i < n; i++)
-        if (x[i] == mx)
-            return i;
-    return 0;
+    v4f b0 = vsplat(-INFINITY), b1 = b0;
+    v4i i0 = {0, 1, 2, 3}, i1 = {4, 5, 6, 7}, c0 = i0, c1 = i1;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v4f x0 = vload(x + i), x1 = vload(x + i + 4);
+        v4i m0 = x0 > b0, m1 = x1 > b1;
+        b0 = vsel(m0, x0, b0);
+        b1 = vsel(m1, x1, b1);
+        i0 = (c0 & m0) | (i0 & ~m0);
+        i1 = (c1 & m1) | (i1 & ~m1);
+        c0 += 8;
+        c1 += 8;
+    }
+    float best = -INFINITY;
+    int bi = 0;
+    for (int l = 0; l < 4; l++) {
+        if (b0[l] > best || (b0[l] == best && i0[l] < bi)) {
+            best = b0[l];
+            bi = i0[l];
+        }
+        if (b1[l] > best || (b1[l] == best && i1[l] < bi)) {
+            best = b1[l];
+            bi = i1[l];
+        }
+    }
+    for (; i < n; i++)
+        if (x[i] > best) {
+            best = x[i];
+            bi = i;
+        }
+    return bi;
 }
 
 // ---- partial selection ----
@@ -448,8 +475,6 @@ static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
         if (acc + cs > u)
             break;
         acc += cs;
-        if (cs > 0)
-            last = i; /* some nonzero weight lies in this chunk */
     }
     for (; i < n; i++) {
         if (w[i] <= 0)
@@ -459,13 +484,13 @@ static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
         if (u < acc)
             return i;
     }
-    if (last >= 0 && w[last] <= 0) /* rounding ran past the end: take the last nonzero */
-        while (last < n - 1 && w[last] <= 0)
-            last++;
-    for (int j = n - 1; j >= 0 && (last < 0 || w[last] <= 0); j--)
+    if (last >= 0)
+        return last;
+    /* Rounding ran past every chunk: take the last token with weight. */
+    for (int j = n - 1; j >= 0; j--)
         if (w[j] > 0)
-            last = j;
-    return last;
+            return j;
+    return -1;
 }
 
 /* Sample from the processed logits (temperature already applied). */
