@@ -87,7 +87,11 @@ static float row_max(const float *x, int n)
     return best;
 }
 
-/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum. */
+/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  Cloned for AVX2+FMA
+ * (picked at load time) where the fused multiply-adds shorten the polynomial. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2,fma", "default")))
+#endif
 static double exp_sum(const float *x, float mx, float *e, int n)
 {
     v4f a0 = vsplat(0), a1 = a0, m = vsplat(mx);
