@@ -32,88 +32,172 @@ struct eng_sampler {
 
 // ---- math helpers ----
 
-/* exp(x) for x <= 0-ish ranges used here; relative error ~2e-7; exact 0 below -87. */
-static inline float fast_exp(float x)
+/* Row loops use GCC vector extensions (4 floats, the x86-64/SSE2 and NEON baseline)
+ * so they are SIMD at -O2 without target flags. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+static inline v4f vload(const float *p) { v4f v; memcpy(&v, p, sizeof(v)); return v; }
+static inline void vstore(float *p, v4f v) { memcpy(p, &v, sizeof(v)); }
+static inline v4f vsplat(float a) { return (v4f){a, a, a, a}; }
+static inline v4f vsel(v4i m, v4f a, v4f b) { return (v4f)(((v4i)a & m) | ((v4i)b & ~m)); }
+static inline v4f vmax(v4f a, v4f b) { return vsel(a > b, a, b); }
+static inline float hmax(v4f v) { float m = v[0]; for (int i = 1; i < 4; i++) m = v[i] > m ? v[i] : m; return m; }
+static inline double hsum(v4f v) { return (double)v[0] + v[1] + v[2] + v[3]; }
+
+/* exp(x), relative error ~2e-7 for x in [-87, 88]; exactly 0 below -87 (so a masked
+ * -inf logit has zero probability). */
+static inline v4f vexp(v4f x)
 {
-    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = __builtin_roundf(xc * 1.44269504088896341f);
-    float r = xc - n * 0.693359375f;
+    v4f lo = vsplat(-87.0f), hi = vsplat(88.0f);
+    v4f xc = vsel(x < lo, lo, x);
+    xc = vsel(xc > hi, hi, xc);
+    v4f n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    v4f r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
+    v4f p = vsplat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    float res = p * scale;
-    return x < -87.0f ? 0.0f : res;
+    v4i bits = (__builtin_convertvector(n, v4i) + 127) << 23;
+    return vsel(x < lo, vsplat(0.0f), p * (v4f)bits);
+}
+
+static inline float fast_exp(float x)
+{
+    return vexp(vsplat(x))[0];
 }
 
 static float row_max(const float *x, int n)
 {
-    float m[16];
+    v4f m0 = vsplat(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
     int i = 0;
-    for (int j = 0; j < 16; j++)
-        m[j] = -INFINITY;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++)
-            m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
-    float best = -INFINITY;
-    for (int j = 0; j < 16; j++)
-        best = m[j] > best ? m[j] : best;
+    for (; i + 16 <= n; i += 16) {
+        m0 = vmax(m0, vload(x + i));
+        m1 = vmax(m1, vload(x + i + 4));
+        m2 = vmax(m2, vload(x + i + 8));
+        m3 = vmax(m3, vload(x + i + 12));
+    }
+    float best = hmax(vmax(vmax(m0, m1), vmax(m2, m3)));
     for (; i < n; i++)
         best = x[i] > best ? x[i] : best;
     return best;
 }
 
-/* e[i] = exp(x[i] - mx); returns the sum (16 lanes so it vectorizes). */
+/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  Cloned for AVX2+FMA
+ * (picked at load time) where the fused multiply-adds shorten the polynomial. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2,fma", "default")))
+#endif
 static double exp_sum(const float *x, float mx, float *e, int n)
 {
-    float acc[16] = {0};
+    v4f a0 = vsplat(0), a1 = a0, m = vsplat(mx);
     int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) {
-            float v = fast_exp(x[i + j] - mx);
-            e[i + j] = v;
-            acc[j] += v;
+    for (; i + 8 <= n; i += 8) {
+        v4f v0 = vexp(vload(x + i) - m), v1 = vexp(vload(x + i + 4) - m);
+        if (e != NULL) {
+            vstore(e + i, v0);
+            vstore(e + i + 4, v1);
         }
-    double s = 0;
-    for (int j = 0; j < 16; j++)
-        s += acc[j];
+        a0 += v0;
+        a1 += v1;
+    }
+    double s = hsum(a0) + hsum(a1);
     for (; i < n; i++) {
-        e[i] = fast_exp(x[i] - mx);
-        s += e[i];
+        float v = fast_exp(x[i] - mx);
+        if (e != NULL)
+            e[i] = v;
+        s += v;
     }
     return s;
 }
 
-/* Same without storing. */
-static double exp_sum_only(const float *x, float mx, int n)
+static double exp_sum_only(const float *x, float mx, int n) { return exp_sum(x, mx, NULL, n); }
+
+/* Sum of w[0..n) (n a multiple of 16). */
+static double chunk_sum(const float *w, int n)
 {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++)
-            acc[j] += fast_exp(x[i + j] - mx);
-    double s = 0;
-    for (int j = 0; j < 16; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += fast_exp(x[i] - mx);
-    return s;
+    v4f a0 = vsplat(0), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < n; i += 16) {
+        a0 += vload(w + i);
+        a1 += vload(w + i + 4);
+        a2 += vload(w + i + 8);
+        a3 += vload(w + i + 12);
+    }
+    return hsum(a0 + a1) + hsum(a2 + a3);
 }
 
+static float chunk_max(const float *x, int n)
+{
+    v4f m0 = vload(x), m1 = vload(x + 4);
+    for (int i = 8; i < n; i += 8) {
+        m0 = vmax(m0, vload(x + i));
+        m1 = vmax(m1, vload(x + i + 4));
+    }
+    return hmax(vmax(m0, m1));
+}
+
+/* Number of x[i] >= v (vLLM's rank). */
+static int count_ge(const float *x, int n, float v)
+{
+    v4i c = {0, 0, 0, 0};
+    v4f vv = vsplat(v);
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        c -= (v4i)(vload(x + i) >= vv); /* true lanes are -1 */
+    int r = c[0] + c[1] + c[2] + c[3];
+    for (; i < n; i++)
+        r += x[i] >= v;
+    return r;
+}
+
+static void scale_row(float *x, int n, float f)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        vstore(x + i, vload(x + i) * f);
+    for (; i < n; i++)
+        x[i] *= f;
+}
+
+/* First index of the maximum (torch.argmax's tie rule) in one vector pass: each lane
+ * keeps its best value and the first index holding it (strict > keeps the first). */
 static int argmax(const float *x, int n)
 {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
+    v4f b0 = vsplat(-INFINITY), b1 = b0;
+    v4i i0 = {0, 1, 2, 3}, i1 = {4, 5, 6, 7}, c0 = i0, c1 = i1;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v4f x0 = vload(x + i), x1 = vload(x + i + 4);
+        v4i m0 = x0 > b0, m1 = x1 > b1;
+        b0 = vsel(m0, x0, b0);
+        b1 = vsel(m1, x1, b1);
+        i0 = (c0 & m0) | (i0 & ~m0);
+        i1 = (c1 & m1) | (i1 & ~m1);
+        c0 += 8;
+        c1 += 8;
+    }
+    float best = -INFINITY;
+    int bi = 0;
+    for (int l = 0; l < 4; l++) {
+        if (b0[l] > best || (b0[l] == best && i0[l] < bi)) {
+            best = b0[l];
+            bi = i0[l];
+        }
+        if (b1[l] > best || (b1[l] == best && i1[l] < bi)) {
+            best = b1[l];
+            bi = i1[l];
+        }
+    }
+    for (; i < n; i++)
+        if (x[i] > best) {
+            best = x[i];
+            bi = i;
+        }
+    return bi;
 }
 
 // ---- partial selection ----
@@ -143,6 +227,7 @@ static void sift_down(const float *x, int32_t *h, int n, int i)
 
 int eng_topk_select(const float *x, int n, int k, int32_t *idx)
 {
+    enum { CHUNK = 64 };
     if (k > n)
         k = n;
     if (k <= 0)
@@ -151,11 +236,23 @@ int eng_topk_select(const float *x, int n, int k, int32_t *idx)
         idx[i] = i;
     for (int i = k / 2 - 1; i >= 0; i--)
         sift_down(x, idx, k, i);
-    for (int i = k; i < n; i++) {
-        if (heap_less(x, idx[0], i)) {
+    /* Later indices only replace the root when strictly larger (an equal value at a
+     * lower index wins).  Whole chunks whose max is not above the root are skipped. */
+    float thr = x[idx[0]];
+    int i = k;
+    while (i < n) {
+        if ((i & (CHUNK - 1)) == 0 && i + CHUNK <= n) {
+            if (!(chunk_max(x + i, CHUNK) > thr)) {
+                i += CHUNK;
+                continue;
+            }
+        }
+        if (x[i] > thr) {
             idx[0] = i;
             sift_down(x, idx, k, 0);
+            thr = x[idx[0]];
         }
+        i++;
     }
     return k;
 }
@@ -247,9 +344,7 @@ static void fill_logprobs(eng_sampler_t *s, const float *x, float mx, float lse,
     }
     if (target >= 0 && target < V && target_p != NULL) {
         float v = x[target];
-        int rank = 0;
-        for (int i = 0; i < V; i++)
-            rank += x[i] >= v;
+        int rank = count_ge(x, V, v);
         target_p->token = target;
         target_p->logprob = v - mx - lse;
         target_p->rank = rank;
@@ -371,11 +466,21 @@ static int32_t draw(const float *w, const int32_t *cand, int n, double total, en
     return last;
 }
 
+/* Inverse CDF over the whole row: chunk sums (vectorized) find the chunk, then a
+ * scan inside it. */
 static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
 {
+    enum { CHUNK = 512 };
     double u = eng_rng_uniform(rng) * total, acc = 0;
     int32_t last = -1;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    for (; i + CHUNK <= n; i += CHUNK) {
+        double cs = chunk_sum(w + i, CHUNK);
+        if (acc + cs > u)
+            break;
+        acc += cs;
+    }
+    for (; i < n; i++) {
         if (w[i] <= 0)
             continue;
         acc += w[i];
@@ -383,7 +488,13 @@ static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
         if (u < acc)
             return i;
     }
-    return last;
+    if (last >= 0)
+        return last;
+    /* Rounding ran past every chunk: take the last token with weight. */
+    for (int j = n - 1; j >= 0; j--)
+        if (w[j] > 0)
+            return j;
+    return -1;
 }
 
 /* Sample from the processed logits (temperature already applied). */
@@ -429,17 +540,15 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_pa
     double total = exp_sum(x, mx, s->e, V);
     if (p->min_p > 0.0f) {
         float cut = p->min_p; /* e is relative to the max, which is 1 */
-        float acc[16] = {0};
+        v4f acc = vsplat(0), vc = vsplat(cut);
         int i = 0;
-        for (; i + 16 <= V; i += 16)
-            for (int j = 0; j < 16; j++) {
-                float v = s->e[i + j] >= cut ? s->e[i + j] : 0.0f;
-                s->e[i + j] = v;
-                acc[j] += v;
-            }
-        total = 0;
-        for (int j = 0; j < 16; j++)
-            total += acc[j];
+        for (; i + 4 <= V; i += 4) {
+            v4f v = vload(s->e + i);
+            v = vsel(v >= vc, v, vsplat(0));
+            vstore(s->e + i, v);
+            acc += v;
+        }
+        total = hsum(acc);
         for (; i < V; i++) {
             if (s->e[i] < cut)
                 s->e[i] = 0;
@@ -489,9 +598,7 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
             tok = -1;
     } else {
         if (p->temperature != 1.0f) {
-            float inv = 1.0f / p->temperature;
-            for (int i = 0; i < V; i++)
-                logits[i] *= inv;
+            scale_row(logits, V, 1.0f / p->temperature);
         }
         tok = sample_filtered(s, logits, p, ctx->rng);
     }

@@ -118,22 +118,27 @@ pd_status_t eng_stop_matcher_feed(eng_stop_matcher_t *m, const char *delta, size
     }
     if (m->n == 0)
         return emit_to(m, m->buf.len, out);
+    /* The stop that completes first wins (ties: the longer one, i.e. the earlier
+     * start, then the one listed first), which makes the result independent of how
+     * the text was split into deltas. */
+    size_t best_end = SIZE_MAX;
     for (int i = 0; i < m->n; i++) {
         size_t ls = m->lens[i];
         if (ls > m->buf.len)
             continue;
         /* A new match must end inside the delta, so it starts at or after old_len - (ls - 1). */
         size_t from = old_len + 1 > ls ? old_len + 1 - ls : 0;
-        for (size_t p = from; p + ls <= m->buf.len && p < best_pos; p++) {
+        for (size_t p = from; p + ls <= m->buf.len; p++) {
             const char *hit = memchr(m->buf.data + p, m->stops[i][0], m->buf.len - ls + 1 - p);
             if (hit == NULL)
                 break;
             p = (size_t)(hit - m->buf.data);
-            if (p >= best_pos)
-                break;
             if (memcmp(hit, m->stops[i], ls) == 0) {
-                best_pos = p;
-                best = i;
+                if (p + ls < best_end || (p + ls == best_end && p < best_pos)) {
+                    best_end = p + ls;
+                    best_pos = p;
+                    best = i;
+                }
                 break;
             }
         }

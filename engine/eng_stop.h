@@ -6,8 +6,9 @@
  * of everything seen that is a proper prefix of some stop string) is held back
  * until the next delta decides it.  When a stop string appears (possibly spanning
  * several deltas) the output ends just before it, or just after it when
- * include_stop_str_in_output; anything after it is dropped.  The earliest match
- * wins (ties: the stop listed first).  Byte-wise: a stop string is matched on its
+ * include_stop_str_in_output; anything after it is dropped.  The stop string that
+ * completes first wins (ties: the longer, then the one listed first), so the
+ * result does not depend on how the text was cut into deltas.  Byte-wise: a stop string is matched on its
  * UTF-8 bytes.
  */
 #ifndef ENG_STOP_H

@@ -16,6 +16,7 @@
 
 #include "eng_sched.h"
 #include "pd_test.h"
+#include "pd_util.h"
 
 #define VOCAB 1000
 #define EOS 1
@@ -628,8 +629,132 @@ PD_TEST(test_create_limits)
     PD_CHECK(s == NULL);
 }
 
+/* Under the priority policy the victim is the lowest priority (then latest) running
+ * sequence, even one already scheduled earlier in the same step. */
+PD_TEST(test_priority_preemption)
+{
+    eng_sched_cfg_t cfg;
+    eng_sched_t *s;
+    eng_sched_cfg_init(&cfg);
+    cfg.blocks.n_blocks = 8;
+    cfg.blocks.block_size = 4;
+    cfg.max_num_batched_tokens = 64;
+    cfg.max_model_len = 32;
+    cfg.policy = ENG_SCHED_PRIORITY;
+    g_bs = 4;
+    g_kv_errors = 0;
+    PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
+    eng_request_t *lo = mk_req("lo", 10, 1, 12, 1, 5), *hi = mk_req("hi", 14, 2, 12, 1, 0);
+    run_stats_t rs = {0};
+    PD_CHECK_STATUS(eng_sched_add(s, lo), PD_OK);
+    one_step(s, &rs, 64);
+    PD_CHECK_STATUS(eng_sched_add(s, hi), PD_OK);
+    bool seen = false;
+    for (int i = 0; i < 40 && !eng_sched_idle(s); i++) {
+        eng_batch_t *b = one_step(s, &rs, 64);
+        if (b->n_preempted > 0 && !seen) {
+            seen = true;
+            PD_CHECK(b->preempted[0] == lo);
+            for (int j = 0; j < b->n_seqs; j++)
+                PD_CHECK(b->seqs[j].req != lo);
+            PD_CHECK(hi->state == ENG_REQ_RUNNING);
+        }
+    }
+    PD_CHECK(seen);
+    PD_CHECK(eng_sched_idle(s));
+    PD_CHECK(hi->t_last_token < lo->t_last_token || lo->t_last_token == hi->t_last_token);
+    check_stream(lo);
+    check_stream(hi);
+    PD_CHECK_EQ_INT(eng_request_n_output(lo), 12);
+    PD_CHECK_EQ_INT(eng_request_n_output(hi), 12);
+    PD_CHECK_EQ_INT(g_kv_errors, 0);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 8);
+    eng_request_destroy(lo);
+    eng_request_destroy(hi);
+    eng_sched_destroy(s);
+}
+
+PD_TEST(test_request_basics)
+{
+    eng_sampling_params_t p;
+    eng_request_t *r = NULL;
+    eng_rng_t engine_rng;
+    int32_t prompt[3] = {5, 6, 7};
+
+    eng_sampling_params_init(&p);
+    p.n = 2;
+    p.best_of = 3;
+    eng_rng_seed(&engine_rng, 1);
+    PD_CHECK_STATUS(eng_request_create("grp", prompt, 0, &p, 0, NULL, 0, &engine_rng, &r), PD_ERR_INVAL);
+    PD_CHECK_STATUS(eng_request_create("grp", prompt, 3, &p, 0, "salt", 0, &engine_rng, &r), PD_OK);
+    PD_CHECK_EQ_INT(r->group_size, 3);
+    PD_CHECK_EQ_STR(eng_request_seq(r, 2)->id, "grp-2");
+    PD_CHECK(eng_request_seq(r, 2)->parent == r);
+    PD_CHECK(eng_request_seq(r, 3) == NULL);
+    PD_CHECK(r->salt_hash != 0 && eng_request_seq(r, 1)->salt_hash == r->salt_hash);
+    PD_CHECK(eng_rng_next(&r->rng) != eng_rng_next(&eng_request_seq(r, 1)->rng));
+    PD_CHECK_STATUS(eng_request_set_remote_kv(r, 3), PD_ERR_INVAL); /* must leave one token */
+    for (int i = 0; i < 1000; i++)
+        PD_CHECK_STATUS(eng_request_append_token(r, i), PD_OK);
+    PD_CHECK_EQ_INT(eng_request_n_output(r), 1000);
+    PD_CHECK_EQ_INT(eng_request_output(r)[999], 999);
+    PD_CHECK_EQ_INT(r->tokens[2], 7);
+    PD_CHECK(!eng_request_group_finished(r));
+    for (int i = 0; i < 3; i++)
+        eng_request_seq(r, i)->state = ENG_REQ_FINISHED_STOPPED;
+    PD_CHECK(eng_request_group_finished(eng_request_seq(r, 1)));
+    PD_CHECK_EQ_STR(eng_req_finish_reason(ENG_REQ_FINISHED_LENGTH), "length");
+    PD_CHECK(eng_req_finish_reason(ENG_REQ_RUNNING) == NULL);
+    eng_request_destroy(r);
+    eng_sampling_params_cleanup(&p);
+}
+
+/* Cost of one schedule + update for 256 decoding sequences (printed, loosely bounded). */
+PD_TEST(test_step_cost)
+{
+    enum { NR = 256 };
+    eng_sched_t *s = mk_sched(8192, 16, 8192, NR, 2048, true, 0);
+    eng_request_t *r[NR];
+    int32_t *smp = malloc(NR * sizeof(int32_t));
+    for (int i = 0; i < NR; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "p%d", i);
+        r[i] = mk_req(id, 200, i, 1000, 1, 0);
+        eng_sched_add(s, r[i]);
+    }
+    for (int i = 0; i < 10; i++) { /* prefill everyone */
+        eng_batch_t *b = eng_sched_step(s);
+        for (int j = 0; j < b->n_samples; j++)
+            smp[j] = 7 + j;
+        eng_sched_update(s, b, smp);
+    }
+    uint64_t t0 = pd_now_ns();
+    int steps = 200, seqs = 0;
+    for (int i = 0; i < steps; i++) {
+        eng_batch_t *b = eng_sched_step(s);
+        seqs += b->n_seqs;
+        for (int j = 0; j < b->n_samples; j++)
+            smp[j] = 7 + (i + j) % 500;
+        eng_sched_update(s, b, smp);
+    }
+    double us = (double)(pd_now_ns() - t0) / steps / 1000.0;
+    printf("  step+update with %d decoding sequences: %.1f us (%.2f us per sequence)\n", seqs / steps, us,
+           us / (seqs / steps));
+    PD_CHECK_EQ_INT(seqs, steps * NR);
+    PD_CHECK(us < 20000);
+    for (int i = 0; i < NR; i++) {
+        eng_sched_abort(s, r[i]);
+        eng_request_destroy(r[i]);
+    }
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 8192);
+    free(smp);
+    eng_sched_destroy(s);
+}
+
 int main(void)
 {
+    PD_RUN(test_request_basics);
+    PD_RUN(test_priority_preemption);
     PD_RUN(test_chunked_prefill);
     PD_RUN(test_no_chunking_and_limits);
     PD_RUN(test_priority);
@@ -641,5 +766,6 @@ int main(void)
     PD_RUN(test_eos);
     PD_RUN(test_delay_factor);
     PD_RUN(test_create_limits);
+    PD_RUN(test_step_cost);
     return PD_TEST_REPORT();
 }
