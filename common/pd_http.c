@@ -1181,10 +1181,15 @@ static enum MHD_Result finish_call(pd_http_req_t *req, struct MHD_Connection *co
     int take_owner_ref = 0;
     pthread_mutex_lock(&req->lock);
     if (req->pending) {
+        /* Queue outside req->lock: MHD holds the response's mutex while it calls
+         * stream_reader(), which takes req->lock, so the order must stay one way. */
         struct MHD_Response *resp = req->pending;
+        unsigned status = req->pending_status;
         req->pending = NULL;
-        ret = MHD_queue_response(conn, req->pending_status, resp);
+        pthread_mutex_unlock(&req->lock);
+        ret = MHD_queue_response(conn, status, resp);
         MHD_destroy_response(resp);
+        return ret;
     } else if (req->gone || atomic_load(&req->srv->stopping)) {
         req->gone = 1;
         ret = MHD_NO;
