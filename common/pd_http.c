@@ -227,6 +227,11 @@ static char *strv_join(char **v, const char *sep)
     return pd_buf_steal(&b);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static int has_crlf(const char *s)
 {
     return strpbrk(s, "\r\n") != NULL;
@@ -1555,6 +1560,8 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
         srv->cors_all_headers = 0;
         for (size_t i = 0; i < n; i++)
             srv->cors_all_headers |= strcmp(hdrs[i], "*") == 0;
+        /* Starlette lists them sorted (Python's code-point order). */
+        qsort(merged, k, sizeof(char *), cmp_str);
         srv->cors_headers = strv_dup(merged, NULL);
         free(merged);
     }
@@ -1629,7 +1636,7 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
+        flags |= MHD_USE_DUAL_STACK; /* "::" also takes IPv4, like uvicorn */
     if (srv->tls_key)
         flags |= MHD_USE_TLS;
     /* Memory pool per connection: headers must fit (plus read/write buffers). */

@@ -621,7 +621,7 @@ PD_TEST(test_cors)
         PD_CHECK(resp_header(&r, "Access-Control-Allow-Origin", v, sizeof(v)) &&
                  strcmp(v, "https://app.example") == 0);
         PD_CHECK(resp_header(&r, "Access-Control-Allow-Headers", v, sizeof(v)) &&
-                 strcmp(v, "Accept, Accept-Language, Content-Language, Content-Type, Authorization, X-Custom") == 0);
+                 strcmp(v, "Accept, Accept-Language, Authorization, Content-Language, Content-Type, X-Custom") == 0);
         PD_CHECK(resp_header(&r, "Access-Control-Allow-Methods", v, sizeof(v)) && strcmp(v, "GET, POST") == 0);
         resp_free(&r);
 
