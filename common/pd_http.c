@@ -227,6 +227,11 @@ static char *strv_join(char **v, const char *sep)
     return pd_buf_steal(&b);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static int has_crlf(const char *s)
 {
     return strpbrk(s, "\r\n") != NULL;
@@ -1181,10 +1186,15 @@ static enum MHD_Result finish_call(pd_http_req_t *req, struct MHD_Connection *co
     int take_owner_ref = 0;
     pthread_mutex_lock(&req->lock);
     if (req->pending) {
+        /* Queue outside req->lock: MHD holds the response's mutex while it calls
+         * stream_reader(), which takes req->lock, so the order must stay one way. */
         struct MHD_Response *resp = req->pending;
+        unsigned status = req->pending_status;
         req->pending = NULL;
-        ret = MHD_queue_response(conn, req->pending_status, resp);
+        pthread_mutex_unlock(&req->lock);
+        ret = MHD_queue_response(conn, status, resp);
         MHD_destroy_response(resp);
+        return ret;
     } else if (req->gone || atomic_load(&req->srv->stopping)) {
         req->gone = 1;
         ret = MHD_NO;
@@ -1550,6 +1560,8 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
         srv->cors_all_headers = 0;
         for (size_t i = 0; i < n; i++)
             srv->cors_all_headers |= strcmp(hdrs[i], "*") == 0;
+        /* Starlette lists them sorted (Python's code-point order). */
+        qsort(merged, k, sizeof(char *), cmp_str);
         srv->cors_headers = strv_dup(merged, NULL);
         free(merged);
     }
@@ -1624,7 +1636,7 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
+        flags |= MHD_USE_DUAL_STACK; /* "::" also takes IPv4, like uvicorn */
     if (srv->tls_key)
         flags |= MHD_USE_TLS;
     /* Memory pool per connection: headers must fit (plus read/write buffers). */
