@@ -140,11 +140,16 @@ def test_stop_strings(decode_node):
 
 def test_chat(decode_node):
     c = client(decode_node)
-    r = c.chat.completions.create(model="smol", messages=[{"role": "system", "content": "You are brief."},
-                                                          {"role": "user", "content": "What is the capital of France?"}],
+    r = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}],
                                   max_tokens=20, temperature=0)
     assert r.choices[0].message.role == "assistant"
     assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"  # ended by <|im_end|>, which is not in the text
+    assert "<|im_end|>" not in r.choices[0].message.content
+    r = c.chat.completions.create(model="smol", messages=[{"role": "system", "content": "You are brief."},
+                                                          {"role": "user", "content": "Hi!"}],
+                                  max_tokens=20, temperature=0)
+    assert r.choices[0].message.content
     chunks = list(c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}],
                                             max_tokens=20, temperature=0, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
