@@ -29,32 +29,45 @@ static inline uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* Uniform in [-1e-3, 1e-3) from 24 random bits. */
-static inline float to_uniform(uint32_t bits24)
+/* Uniform in (-1e-3, 1e-3) from 16 random bits (the midpoints of 65536 bins: more
+ * resolution than bf16/f16 keep near 1e-3, and symmetric around 0). */
+static inline float to_uniform(uint32_t bits16)
 {
-    return ((float)bits24 * (1.0f / 16777216.0f) * 2.0f - 1.0f) * 1e-3f;
+    return (((float)bits16 + 0.5f) * (1.0f / 32768.0f) - 1.0f) * 1e-3f;
 }
+
+/* The bf16 conversion inlined (values here are never NaN). */
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+/* Element idx uses 16 bits of hash(key, idx / 4): the same values whatever the range
+ * bounds.  One loop per type keeps the conversion out of a per-element switch. */
+#define FILL_LOOP(STORE)                                                      \
+    for (size_t i = begin; i < end;) {                                        \
+        uint64_t idx = (uint64_t)(first_index + i);                           \
+        uint64_t h = mix64(key + (idx >> 2) * 0x9e3779b97f4a7c15ull);         \
+        for (unsigned k = (unsigned)(idx & 3); k < 4 && i < end; k++, i++) {  \
+            float v = to_uniform((uint32_t)(h >> (16 * k)) & 0xffff);         \
+            STORE;                                                            \
+        }                                                                     \
+    }
 
 static void fill_range(eng_dtype_t type, void *dst, size_t begin, size_t end, uint64_t key,
                        size_t first_index)
 {
-    for (size_t i = begin; i < end; i++) {
-        /* one 64-bit hash per pair of elements: the same pair whatever the range bounds */
-        uint64_t idx = (uint64_t)(first_index + i);
-        uint64_t h = mix64(key + (idx >> 1) * 0x9e3779b97f4a7c15ull);
-        uint32_t bits = (idx & 1) ? (uint32_t)(h >> 40) : (uint32_t)(h >> 8) & 0xffffff;
-        float v = to_uniform(bits);
-        switch (type) {
-        case ENG_DTYPE_F32:
-            ((float *)dst)[i] = v;
-            break;
-        case ENG_DTYPE_F16:
-            ((uint16_t *)dst)[i] = eng_f32_to_f16(v);
-            break;
-        default:
-            ((uint16_t *)dst)[i] = eng_f32_to_bf16(v);
-            break;
-        }
+    if (type == ENG_DTYPE_F32) {
+        float *d = dst;
+        FILL_LOOP(d[i] = v)
+    } else if (type == ENG_DTYPE_BF16) {
+        uint16_t *d = dst;
+        FILL_LOOP(d[i] = to_bf16(v))
+    } else {
+        uint16_t *d = dst;
+        FILL_LOOP(d[i] = eng_f32_to_f16(v))
     }
 }
 
