@@ -328,8 +328,8 @@ static pd_status_t load_tokenizer_dir(eng_model_t *m, const char *dir)
 
     if ((p = path_join(dir, "tokenizer.json")) == NULL)
         return PD_ERR_NOMEM;
-    if (is_file(p))
-        m->tokenizer_json = p;
+    if (m->tokenizer_json == NULL && is_file(p))
+        m->tokenizer_json = p; /* unless --tokenizer named a tokenizer.json file */
     else
         free(p);
     if ((p = path_join(dir, "tokenizer_config.json")) == NULL)
@@ -409,6 +409,10 @@ static pd_status_t load_tokenizer(eng_model_t *m, const eng_load_opts_t *o, cons
             char *slash = strrchr(dir, '/');
             if (ends_with(dir, "tokenizer.json")) {
                 m->tokenizer_json = strdup(dir);
+                if (m->tokenizer_json == NULL) {
+                    free(dir);
+                    return PD_ERR_NOMEM;
+                }
                 if (slash != NULL) {
                     *slash = '\0';
                 } else {

@@ -212,8 +212,8 @@ const eng_tensor_t *eng_model_tensor_at(const eng_model_t *model, size_t i);
 /* Total bytes of all tensors. */
 size_t eng_model_nbytes(const eng_model_t *model);
 
-/* Where the model was found (the directory, the .gguf file, or "" for dummy from a
- * configs/ folder: then the config's folder). */
+/* Where the model was found: the directory (also for a model id: its snapshot
+ * directory), the .gguf file, or the config.json file given for dummy weights. */
 const char *eng_model_path(const eng_model_t *model);
 
 /* ---- tokenizer sources ---- */

@@ -529,6 +529,20 @@ PD_TEST(test_options_and_errors)
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
     o.download_dir = NULL;
 
+    /* --tokenizer naming a tokenizer.json file: that file, the rest from its folder */
+    char *tok_file = NULL;
+    if (asprintf(&tok_file, "%s/tokenizer.json", llama) > 0) {
+        o.model = mistral;
+        o.tokenizer = tok_file;
+        PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+        if (m != NULL) {
+            PD_CHECK_EQ_STR(eng_model_tokenizer_json(m), tok_file);
+            PD_CHECK(eng_model_tokenizer_config(m) != NULL);
+            eng_model_destroy(m);
+        }
+        free(tok_file);
+        o.tokenizer = NULL;
+    }
     /* --tokenizer pointing at another directory */
     o.model = mistral;
     o.tokenizer = llama;
