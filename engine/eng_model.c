@@ -473,7 +473,8 @@ static pd_status_t check_one(void *arg, const char *name, int n_dims, const int6
         }
     if (t->data != NULL && !eng_dtype_can_dequant(t->type)) {
         PD_LOG_ERR("model: tensor '%s' has type %s, not supported yet (F32, F16, BF16, Q8_0, "
-                   "Q4_0, Q4_1, Q4_K, Q6_K are)", name, eng_dtype_name(t->type));
+                   "Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K are)", name,
+                   eng_dtype_name(t->type));
         return PD_ERR_UNSUPPORTED;
     }
     return PD_OK;
