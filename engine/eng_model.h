@@ -242,6 +242,14 @@ const struct cJSON *eng_model_hf_config_json(const eng_model_t *model);
 /* ---- helpers ---- */
 const char *eng_arch_name(eng_arch_t arch); /* "llama", "mistral", ... */
 
+/* RoPE inverse frequencies for a config, as Hugging Face computes them
+ * (ROPE_INIT_FUNCTIONS): inv_freq[i] for i < rotary_dim / 2, with linear, llama3 and yarn
+ * scaling applied (dynamic NTK: the unscaled base; it only changes past max_position).
+ * *attn_scale_p (may be NULL) is the factor cos/sin are multiplied by: 1, or yarn's
+ * attention factor.  PD_ERR_INVAL when the config has no rotary embedding (OPT). */
+pd_status_t eng_model_rope_inv_freq(const eng_model_config_t *cfg, float *inv_freq,
+                                    float *attn_scale_p);
+
 /* Resolve --model / --tokenizer to a local path without loading: a directory, a file,
  * or the snapshot directory of a model id in the HF cache layout (download_dir, or
  * $HF_HUB_CACHE, or $HF_HOME/hub, or $XDG_CACHE_HOME/huggingface/hub, or

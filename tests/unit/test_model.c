@@ -842,6 +842,51 @@ PD_TEST(test_dummy_8b_one_layer_timing)
     free(buf);
 }
 
+/* RoPE frequencies against transformers' formulas (values from a numpy transcription of
+ * modeling_rope_utils: llama3 with the Llama-3.1-8B numbers, yarn on tiny-mistral). */
+PD_TEST(test_rope_inv_freq)
+{
+    eng_load_opts_t o;
+    eng_model_config_t cfg;
+    float inv[64], scale = 0;
+    char *path = src_path("configs/models/llama-3.1-8b");
+
+    eng_load_opts_init(&o);
+    o.model = path;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_OK);
+    const int idx[] = {0, 20, 40, 45, 50, 63};
+    const double want[] = {1.0, 0.016560440883040428, 3.428102354519069e-05,
+                           1.2297638932068367e-05, 4.411534519022098e-06,
+                           3.068925877869333e-07};
+    for (int i = 0; i < 6; i++)
+        PD_CHECK(fabs(inv[idx[i]] - want[i]) <= 1e-6 * want[i]);
+    PD_CHECK(scale == 1.0f);
+    free(path);
+
+    path = src_path("tests/data/models/tiny-mistral");
+    o.model = path;
+    o.rope_scaling = "{\"rope_type\": \"yarn\", \"factor\": 4, "
+                     "\"original_max_position_embeddings\": 256}";
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_OK);
+    const double want_yarn[] = {1.0, 0.13337095081806183, 0.015811387449502945,
+                                0.0014058533124625683, 0.0002500000118743628,
+                                4.4456985051510856e-05, 7.905694474175107e-06,
+                                1.405853367941745e-06};
+    for (int i = 0; i < 8; i++)
+        PD_CHECK(fabs(inv[i] - want_yarn[i]) <= 1e-6 * want_yarn[i]);
+    PD_CHECK(fabsf(scale - 1.1386294f) < 1e-6f);
+    /* OPT has no rotary embedding */
+    free(path);
+    path = src_path("configs/models/opt-125m");
+    o.model = path;
+    o.rope_scaling = NULL;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_ERR_INVAL);
+    free(path);
+}
+
 int main(void)
 {
     pd_log_set_level(PD_LOG_LEVEL_CRIT);
@@ -855,5 +900,6 @@ int main(void)
     PD_RUN(test_dummy_configs);
     PD_RUN(test_dummy_values);
     PD_RUN(test_dummy_8b_one_layer_timing);
+    PD_RUN(test_rope_inv_freq);
     return PD_TEST_REPORT();
 }
