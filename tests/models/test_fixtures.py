@@ -55,3 +55,23 @@ def test_default_model_hashes(tmp_path):
     out = tmp_path / "hashes.txt"
     mod.model_hashes(model, str(out))
     assert out.read_text() == (DATA / "smollm2_dequant_hashes.txt").read_text()
+
+
+def test_tiny_gguf_reproducible(tmp_path):
+    mod = load("make_tiny_gguf")
+    for src, arch, perm in [("tiny-llama", "llama", True), ("tiny-qwen3", "qwen3", False)]:
+        out = tmp_path / f"{src}.gguf"
+        mod.build(src, str(out), arch, perm)
+        assert out.read_bytes() == (DATA / f"{src}.gguf").read_bytes()
+
+
+def test_permute_roundtrip():
+    """The C loader's un-permutation (HF row h*hd + i*hd/2 + j = GGUF row h*hd + 2j + i)
+    inverts the converter's permute."""
+    mod = load("make_tiny_gguf")
+    n_head, hd = 3, 8
+    w = np.arange(n_head * hd * 2).reshape(n_head * hd, 2)
+    g = mod.permute(w, n_head)
+    for r in range(n_head * hd):
+        h, i, j = r // hd, (r % hd) // (hd // 2), r % (hd // 2)
+        assert (w[r] == g[h * hd + 2 * j + i]).all()

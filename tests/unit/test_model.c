@@ -294,6 +294,57 @@ PD_TEST(test_default_gguf_rope_equivalence)
     eng_model_destroy(m);
 }
 
+/* GGUF files made from the tiny HF fixtures the way llama.cpp's converter makes them
+ * (tests/models/make_tiny_gguf.py: Q/K permuted for llama, not for qwen3) load back to
+ * exactly the Hugging Face tensors. */
+PD_TEST(test_gguf_matches_hf)
+{
+    const char *pairs[2][2] = {{"tiny-llama.gguf", "tiny-llama"}, {"tiny-qwen3.gguf", "tiny-qwen3"}};
+    for (int p = 0; p < 2; p++) {
+        char *gpath = NULL, *hpath = NULL;
+        char *base = src_path("tests/data/models");
+        eng_load_opts_t o;
+        eng_model_t *g = NULL, *h = NULL;
+        asprintf(&gpath, "%s/%s", base, pairs[p][0]);
+        asprintf(&hpath, "%s/%s", base, pairs[p][1]);
+        free(base);
+        eng_load_opts_init(&o);
+        o.model = gpath;
+        PD_CHECK_STATUS(eng_model_load(&o, &g), PD_OK);
+        o.model = hpath;
+        PD_CHECK_STATUS(eng_model_load(&o, &h), PD_OK);
+        if (g != NULL && h != NULL) {
+            const eng_model_config_t *a = eng_model_config(g), *b = eng_model_config(h);
+            PD_CHECK(a->arch == b->arch && a->n_layers == b->n_layers && a->hidden == b->hidden &&
+                     a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads &&
+                     a->head_dim == b->head_dim && a->intermediate == b->intermediate &&
+                     a->vocab_size == b->vocab_size && a->qk_norm == b->qk_norm &&
+                     a->tie_embeddings == b->tie_embeddings && a->rope_theta == b->rope_theta);
+            PD_CHECK(a->torch_dtype == ENG_DTYPE_BF16);
+            PD_CHECK_EQ_INT(eng_model_n_tensors(g), eng_model_n_tensors(h));
+            size_t bad = 0;
+            for (size_t i = 0; i < eng_model_n_tensors(h); i++) {
+                const eng_tensor_t *th = eng_model_tensor_at(h, i);
+                const eng_tensor_t *tg = eng_model_tensor(g, th->name);
+                if (tg == NULL || tg->type != th->type || tg->nbytes != th->nbytes ||
+                    memcmp(tg->ne, th->ne, sizeof(tg->ne)) != 0 ||
+                    memcmp(tg->data, th->data, th->nbytes) != 0) {
+                    if (bad++ < 3)
+                        fprintf(stderr, "  %s: %s differs between GGUF and HF\n", pairs[p][0],
+                                th->name);
+                }
+            }
+            PD_CHECK_EQ_INT(bad, 0);
+            PD_CHECK_EQ_STR(eng_model_chat_template(g), "{{ messages[0]['content'] }}");
+            PD_CHECK_EQ_STR(eng_model_special_token(g, "bos_token"), "<t1>");
+        }
+        eng_model_destroy(g);
+        eng_model_destroy(h);
+        free(gpath);
+        free(hpath);
+    }
+}
+
 /* ---- tiny Hugging Face directories ---- */
 
 static void check_against_expect(eng_model_t *m, const char *dir)
@@ -892,6 +943,7 @@ int main(void)
     pd_log_set_level(PD_LOG_LEVEL_CRIT);
     PD_RUN(test_default_gguf);
     PD_RUN(test_default_gguf_rope_equivalence);
+    PD_RUN(test_gguf_matches_hf);
     PD_RUN(test_tiny_llama_sharded);
     PD_RUN(test_tiny_mistral_qwen_opt);
     PD_RUN(test_options_and_errors);
