@@ -156,7 +156,7 @@ typedef struct eng_load_opts {
     const char *tokenizer;      /* dir or id for tokenizer files; NULL = the model's */
     const char *revision;       /* HF cache revision (branch/tag in refs/, or a commit) */
     const char *tokenizer_revision;
-    const char *download_dir;   /* HF hub cache dir to search instead of $HF_HOME/hub */
+    const char *download_dir;   /* HF hub cache dir searched first (then $HF_HUB_CACHE, ...) */
     const char *load_format;    /* auto (NULL), safetensors, gguf, dummy */
     const char *config_format;  /* auto (NULL), hf */
     const char *dtype;          /* auto (NULL), half, float16, bfloat16, float, float32 */
