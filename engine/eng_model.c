@@ -898,6 +898,14 @@ static pd_status_t classify(char **path_p, src_kind_t *kind_p)
         return PD_OK;
     }
     free_list(names, n);
+    char *params = path_join(path, "params.json");
+    bool mistral = params != NULL && is_file(params);
+    free(params);
+    if (mistral && n == 0) {
+        PD_LOG_ERR("model: %s is a Mistral-format checkpoint (params.json, no config.json): "
+                   "--config-format mistral is not supported yet", path);
+        return PD_ERR_UNSUPPORTED;
+    }
     PD_LOG_ERR("model: %s has no config.json and %s", path,
                n == 0 ? "no .gguf file" : "several .gguf files (name one)");
     return PD_ERR_NOT_FOUND;

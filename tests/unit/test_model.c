@@ -624,6 +624,14 @@ PD_TEST(test_broken_directories)
     o.model = dir;
     /* no config.json and no gguf */
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
+    /* a Mistral-format checkpoint */
+    asprintf(&p, "%s/params.json", dir);
+    FILE *pf = fopen(p, "w");
+    fputs("{\"dim\": 64}", pf);
+    fclose(pf);
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_UNSUPPORTED);
+    remove(p);
+    free(p);
     const char *files[] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
         char *from = NULL;
