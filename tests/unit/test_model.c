@@ -171,6 +171,27 @@ PD_TEST(test_default_gguf)
         PD_CHECK_EQ_INT(nq, 0);
         eng_model_destroy(mf);
     }
+    /* dequantized to bf16: the f32 values rounded */
+    o.dequant_dtype = ENG_DTYPE_BF16;
+    mf = NULL;
+    PD_CHECK_STATUS(eng_model_load(&o, &mf), PD_OK);
+    if (mf != NULL) {
+        const eng_tensor_t *a = eng_model_tensor(m, "blk.2.attn_q.weight");
+        const eng_tensor_t *b = eng_model_tensor(mf, "blk.2.attn_q.weight");
+        PD_CHECK(b != NULL && b->type == ENG_DTYPE_BF16 && b->nbytes == 576 * 576 * 2);
+        if (a != NULL && b != NULL) {
+            float row[576];
+            eng_tensor_dequant_rows(a, 33, 1, row);
+            int bad = 0;
+            for (int i = 0; i < 576; i++)
+                bad += ((const uint16_t *)b->data)[33 * 576 + i] != eng_f32_to_bf16(row[i]);
+            PD_CHECK_EQ_INT(bad, 0);
+        }
+        eng_model_destroy(mf);
+    }
+    o.dequant_dtype = ENG_DTYPE_Q8_0;
+    PD_CHECK_STATUS(eng_model_load(&o, &mf), PD_ERR_INVAL);
+    o.dequant_dtype = ENG_DTYPE_F32;
     printf("  default model: load %.1f ms (kept quantized, mmap), %.0f ms dequantized to F32\n",
            t_load * 1e3, t_deq * 1e3);
     eng_model_destroy(m);
