@@ -29,32 +29,59 @@ static inline uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* Uniform in [-1e-3, 1e-3) from 24 random bits. */
-static inline float to_uniform(uint32_t bits24)
+/* Uniform in (-1e-3, 1e-3) from 16 random bits (the midpoints of 65536 bins: more
+ * resolution than bf16/f16 keep near 1e-3, and symmetric around 0). */
+static inline float to_uniform(uint32_t bits16)
 {
-    return ((float)bits24 * (1.0f / 16777216.0f) * 2.0f - 1.0f) * 1e-3f;
+    return (((float)bits16 + 0.5f) * (1.0f / 32768.0f) - 1.0f) * 1e-3f;
 }
+
+/* 16 random bits -> value tables, one per type: the fill is then a hash per four
+ * elements plus a lookup each (no float conversion in the loop).  Built once. */
+static float tab_f32[65536];
+static uint16_t tab_f16[65536], tab_bf16[65536];
+static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
+
+static void tab_init(void)
+{
+    for (uint32_t b = 0; b < 65536; b++) {
+        tab_f32[b] = to_uniform(b);
+        tab_f16[b] = eng_f32_to_f16(tab_f32[b]);
+        tab_bf16[b] = eng_f32_to_bf16(tab_f32[b]);
+    }
+}
+
+/* Element idx uses 16 bits of hash(key, idx / 4): the same values whatever the range
+ * bounds. */
+#define FILL_LOOP(TAB)                                                        \
+    for (size_t i = begin; i < end;) {                                        \
+        uint64_t idx = (uint64_t)(first_index + i);                           \
+        uint64_t h = mix64(key + (idx >> 2) * 0x9e3779b97f4a7c15ull);         \
+        if ((idx & 3) == 0 && end - i >= 4) {                                 \
+            d[i] = TAB[h & 0xffff];                                           \
+            d[i + 1] = TAB[(h >> 16) & 0xffff];                               \
+            d[i + 2] = TAB[(h >> 32) & 0xffff];                               \
+            d[i + 3] = TAB[h >> 48];                                          \
+            i += 4;                                                           \
+            continue;                                                         \
+        }                                                                     \
+        for (unsigned k = (unsigned)(idx & 3); k < 4 && i < end; k++, i++)    \
+            d[i] = TAB[(h >> (16 * k)) & 0xffff];                             \
+    }
 
 static void fill_range(eng_dtype_t type, void *dst, size_t begin, size_t end, uint64_t key,
                        size_t first_index)
 {
-    for (size_t i = begin; i < end; i++) {
-        /* one 64-bit hash per pair of elements: the same pair whatever the range bounds */
-        uint64_t idx = (uint64_t)(first_index + i);
-        uint64_t h = mix64(key + (idx >> 1) * 0x9e3779b97f4a7c15ull);
-        uint32_t bits = (idx & 1) ? (uint32_t)(h >> 40) : (uint32_t)(h >> 8) & 0xffffff;
-        float v = to_uniform(bits);
-        switch (type) {
-        case ENG_DTYPE_F32:
-            ((float *)dst)[i] = v;
-            break;
-        case ENG_DTYPE_F16:
-            ((uint16_t *)dst)[i] = eng_f32_to_f16(v);
-            break;
-        default:
-            ((uint16_t *)dst)[i] = eng_f32_to_bf16(v);
-            break;
-        }
+    pthread_once(&tab_once, tab_init);
+    if (type == ENG_DTYPE_F32) {
+        float *d = dst;
+        FILL_LOOP(tab_f32)
+    } else if (type == ENG_DTYPE_BF16) {
+        uint16_t *d = dst;
+        FILL_LOOP(tab_bf16)
+    } else {
+        uint16_t *d = dst;
+        FILL_LOOP(tab_f16)
     }
 }
 

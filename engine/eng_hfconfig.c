@@ -945,3 +945,65 @@ pd_status_t eng_hfconfig_for_each_tensor(const eng_model_config_t *c, eng_tensor
         SPEC(0, 2, h, c->vocab_size, "output.weight");
     return PD_OK;
 }
+
+/* ---- RoPE frequencies (transformers' modeling_rope_utils, in double) ---- */
+
+static double yarn_corr_dim(double rot, int dim, double base, double max_pos)
+{
+    return (dim * log(max_pos / (rot * 2 * M_PI))) / (2 * log(base));
+}
+
+pd_status_t eng_model_rope_inv_freq(const eng_model_config_t *cfg, float *inv_freq,
+                                    float *attn_scale_p)
+{
+    const eng_rope_scaling_t *rs = &cfg->rope_scaling;
+    const int dim = cfg->rotary_dim, half = dim / 2;
+    const double base = cfg->rope_theta;
+    double attn = 1.0;
+
+    if (cfg->rope_style == ENG_ROPE_NONE || dim < 2 || !(base > 0))
+        return PD_ERR_INVAL;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow(base, (double)(2 * i) / dim);
+        switch (rs->type) {
+        case ENG_ROPE_SCALING_LINEAR:
+            f /= rs->factor;
+            break;
+        case ENG_ROPE_SCALING_LLAMA3: {
+            double old = (double)rs->original_max_position;
+            double low_wavelen = old / rs->low_freq_factor;
+            double high_wavelen = old / rs->high_freq_factor;
+            double wavelen = 2 * M_PI / f;
+            if (wavelen > low_wavelen) {
+                f /= rs->factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (old / wavelen - rs->low_freq_factor) /
+                                (rs->high_freq_factor - rs->low_freq_factor);
+                f = (1 - smooth) * f / rs->factor + smooth * f;
+            }
+            break;
+        }
+        case ENG_ROPE_SCALING_YARN: {
+            double orig = (double)rs->original_max_position;
+            double lo = floor(yarn_corr_dim(rs->beta_fast, dim, base, orig));
+            double hi = ceil(yarn_corr_dim(rs->beta_slow, dim, base, orig));
+            lo = lo < 0 ? 0 : lo;
+            hi = hi > dim - 1 ? dim - 1 : hi;
+            if (lo == hi)
+                hi += 0.001;
+            double ramp = (i - lo) / (hi - lo);
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            double extrap = 1 - ramp; /* 1: keep the original frequency */
+            f = (f / rs->factor) * (1 - extrap) + f * extrap;
+            attn = rs->attn_factor;
+            break;
+        }
+        default:
+            break;
+        }
+        inv_freq[i] = (float)f;
+    }
+    if (attn_scale_p != NULL)
+        *attn_scale_p = (float)attn;
+    return PD_OK;
+}

@@ -9,11 +9,13 @@
  * owns (owned / dummy_block); names are unique (the index is a hash of them).
  */
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "eng_model_int.h"
 #include "pd_log.h"
@@ -328,8 +330,8 @@ static pd_status_t load_tokenizer_dir(eng_model_t *m, const char *dir)
 
     if ((p = path_join(dir, "tokenizer.json")) == NULL)
         return PD_ERR_NOMEM;
-    if (is_file(p))
-        m->tokenizer_json = p;
+    if (m->tokenizer_json == NULL && is_file(p))
+        m->tokenizer_json = p; /* unless --tokenizer named a tokenizer.json file */
     else
         free(p);
     if ((p = path_join(dir, "tokenizer_config.json")) == NULL)
@@ -409,6 +411,10 @@ static pd_status_t load_tokenizer(eng_model_t *m, const eng_load_opts_t *o, cons
             char *slash = strrchr(dir, '/');
             if (ends_with(dir, "tokenizer.json")) {
                 m->tokenizer_json = strdup(dir);
+                if (m->tokenizer_json == NULL) {
+                    free(dir);
+                    return PD_ERR_NOMEM;
+                }
                 if (slash != NULL) {
                     *slash = '\0';
                 } else {
@@ -469,7 +475,8 @@ static pd_status_t check_one(void *arg, const char *name, int n_dims, const int6
         }
     if (t->data != NULL && !eng_dtype_can_dequant(t->type)) {
         PD_LOG_ERR("model: tensor '%s' has type %s, not supported yet (F32, F16, BF16, Q8_0, "
-                   "Q4_0, Q4_1, Q4_K, Q6_K are)", name, eng_dtype_name(t->type));
+                   "Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K are)", name,
+                   eng_dtype_name(t->type));
         return PD_ERR_UNSUPPORTED;
     }
     return PD_OK;
@@ -488,6 +495,48 @@ static void unpermute_rows(const uint8_t *src, uint8_t *dst, size_t row_bytes, i
             for (int64_t j = 0; j < half; j++)
                 memcpy(dst + (size_t)(h * hd + i * half + j) * row_bytes,
                        src + (size_t)(h * hd + 2 * j + i) * row_bytes, row_bytes);
+}
+
+typedef struct {
+    eng_dtype_t from, to;
+    const uint8_t *src;
+    uint8_t *dst;
+    size_t in_row, out_row;
+    int64_t r0, r1, n;
+} convert_job_t;
+
+static void *convert_thread(void *arg)
+{
+    convert_job_t *j = arg;
+    for (int64_t r = j->r0; r < j->r1; r++)
+        eng_convert_row(j->from, j->src + (size_t)r * j->in_row, j->to,
+                        j->dst + (size_t)r * j->out_row, j->n);
+    return NULL;
+}
+
+/* Dequantize rows on up to 16 threads (large tensors only; the result does not depend on
+ * the split). */
+static void convert_rows(eng_dtype_t from, const uint8_t *src, size_t in_row, eng_dtype_t to,
+                         void *dst, size_t out_row, int64_t rows, int64_t n)
+{
+    enum { MAX_THREADS = 16 };
+    pthread_t th[MAX_THREADS];
+    convert_job_t jobs[MAX_THREADS];
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = (int)PD_MAX(1, PD_MIN(ncpu, (long)MAX_THREADS)), started = 0;
+
+    if ((double)rows * (double)n < (double)(1 << 20))
+        nt = 1;
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = (convert_job_t){from, to, src, dst, in_row, out_row, rows * t / nt,
+                                  rows * (t + 1) / nt, n};
+        if (nt == 1 || pthread_create(&th[started], NULL, convert_thread, &jobs[t]) != 0)
+            convert_thread(&jobs[t]);
+        else
+            started++;
+    }
+    for (int t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
 }
 
 static pd_status_t add_gguf_tensor(eng_model_t *m, const eng_gguf_tensor_info_t *gt,
@@ -546,9 +595,7 @@ static pd_status_t add_gguf_tensor(eng_model_t *m, const eng_gguf_tensor_info_t 
             free(permuted);
             return PD_ERR_NOMEM;
         }
-        for (int64_t r = 0; r < rows; r++)
-            eng_convert_row(type, src + (size_t)r * in_row, to, (uint8_t *)out + (size_t)r * out_row,
-                            gt->ne[0]);
+        convert_rows(type, src, in_row, to, out, out_row, rows, gt->ne[0]);
         free(permuted);
         permuted = NULL;
         if ((st = own(m, out)) != PD_OK) {
@@ -851,6 +898,14 @@ static pd_status_t classify(char **path_p, src_kind_t *kind_p)
         return PD_OK;
     }
     free_list(names, n);
+    char *params = path_join(path, "params.json");
+    bool mistral = params != NULL && is_file(params);
+    free(params);
+    if (mistral && n == 0) {
+        PD_LOG_ERR("model: %s is a Mistral-format checkpoint (params.json, no config.json): "
+                   "--config-format mistral is not supported yet", path);
+        return PD_ERR_UNSUPPORTED;
+    }
     PD_LOG_ERR("model: %s has no config.json and %s", path,
                n == 0 ? "no .gguf file" : "several .gguf files (name one)");
     return PD_ERR_NOT_FOUND;

@@ -156,7 +156,7 @@ typedef struct eng_load_opts {
     const char *tokenizer;      /* dir or id for tokenizer files; NULL = the model's */
     const char *revision;       /* HF cache revision (branch/tag in refs/, or a commit) */
     const char *tokenizer_revision;
-    const char *download_dir;   /* HF hub cache dir to search instead of $HF_HOME/hub */
+    const char *download_dir;   /* HF hub cache dir searched first (then $HF_HUB_CACHE, ...) */
     const char *load_format;    /* auto (NULL), safetensors, gguf, dummy */
     const char *config_format;  /* auto (NULL), hf */
     const char *dtype;          /* auto (NULL), half, float16, bfloat16, float, float32 */
@@ -212,8 +212,8 @@ const eng_tensor_t *eng_model_tensor_at(const eng_model_t *model, size_t i);
 /* Total bytes of all tensors. */
 size_t eng_model_nbytes(const eng_model_t *model);
 
-/* Where the model was found (the directory, the .gguf file, or "" for dummy from a
- * configs/ folder: then the config's folder). */
+/* Where the model was found: the directory (also for a model id: its snapshot
+ * directory), the .gguf file, or the config.json file given for dummy weights. */
 const char *eng_model_path(const eng_model_t *model);
 
 /* ---- tokenizer sources ---- */
@@ -241,6 +241,14 @@ const struct cJSON *eng_model_hf_config_json(const eng_model_t *model);
 
 /* ---- helpers ---- */
 const char *eng_arch_name(eng_arch_t arch); /* "llama", "mistral", ... */
+
+/* RoPE inverse frequencies for a config, as Hugging Face computes them
+ * (ROPE_INIT_FUNCTIONS): inv_freq[i] for i < rotary_dim / 2, with linear, llama3 and yarn
+ * scaling applied (dynamic NTK: the unscaled base; it only changes past max_position).
+ * *attn_scale_p (may be NULL) is the factor cos/sin are multiplied by: 1, or yarn's
+ * attention factor.  PD_ERR_INVAL when the config has no rotary embedding (OPT). */
+pd_status_t eng_model_rope_inv_freq(const eng_model_config_t *cfg, float *inv_freq,
+                                    float *attn_scale_p);
 
 /* Resolve --model / --tokenizer to a local path without loading: a directory, a file,
  * or the snapshot directory of a model id in the HF cache layout (download_dir, or

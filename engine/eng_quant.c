@@ -104,6 +104,11 @@ bool eng_dtype_can_dequant(eng_dtype_t type)
     case ENG_DTYPE_Q4_1:
     case ENG_DTYPE_Q4_K:
     case ENG_DTYPE_Q6_K:
+    case ENG_DTYPE_Q5_0:
+    case ENG_DTYPE_Q5_1:
+    case ENG_DTYPE_Q2_K:
+    case ENG_DTYPE_Q3_K:
+    case ENG_DTYPE_Q5_K:
         return true;
     default:
         return false;
@@ -335,6 +340,129 @@ static void dequant_q6_k(const uint8_t *src, float *y, int64_t nb)
     }
 }
 
+static void dequant_q5_0(const uint8_t *src, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, src += 22, y += 32) {
+        const float d = eng_f16_to_f32(rd16(src));
+        uint32_t qh;
+        memcpy(&qh, src + 2, 4);
+        const uint8_t *qs = src + 6;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t xh0 = (uint8_t)(((qh >> j) << 4) & 0x10);
+            const uint8_t xh1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+            const int x0 = ((qs[j] & 0x0f) | xh0) - 16;
+            const int x1 = ((qs[j] >> 4) | xh1) - 16;
+            y[j] = (float)x0 * d;
+            y[j + 16] = (float)x1 * d;
+        }
+    }
+}
+
+static void dequant_q5_1(const uint8_t *src, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, src += 24, y += 32) {
+        const float d = eng_f16_to_f32(rd16(src));
+        const float m = eng_f16_to_f32(rd16(src + 2));
+        uint32_t qh;
+        memcpy(&qh, src + 4, 4);
+        const uint8_t *qs = src + 8;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t xh0 = (uint8_t)(((qh >> j) << 4) & 0x10);
+            const uint8_t xh1 = (uint8_t)((qh >> (j + 12)) & 0x10);
+            const int x0 = (qs[j] & 0x0f) | xh0;
+            const int x1 = (qs[j] >> 4) | xh1;
+            y[j] = (float)x0 * d + m;
+            y[j + 16] = (float)x1 * d + m;
+        }
+    }
+}
+
+/* Q2_K: 16 scale bytes (4-bit scale, 4-bit min), 64 bytes of 2-bit quants, d, dmin. */
+static void dequant_q2_k(const uint8_t *src, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, src += 84) {
+        const uint8_t *scales = src;
+        const uint8_t *q = src + 16;
+        const float d = eng_f16_to_f32(rd16(src + 80));
+        const float dmin = eng_f16_to_f32(rd16(src + 82));
+        int is = 0;
+        for (int n = 0; n < ENG_QK_K; n += 128, q += 32) {
+            int shift = 0;
+            for (int j = 0; j < 4; j++, shift += 2) {
+                uint8_t sc = scales[is++];
+                float dl = d * (float)(sc & 0xf), ml = dmin * (float)(sc >> 4);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)(int8_t)((q[l] >> shift) & 3) - ml;
+                sc = scales[is++];
+                dl = d * (float)(sc & 0xf);
+                ml = dmin * (float)(sc >> 4);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)(int8_t)((q[l + 16] >> shift) & 3) - ml;
+            }
+        }
+    }
+}
+
+/* Q3_K: 32 bytes of high bits, 64 of 2-bit quants, 12 bytes of 6-bit scales, d. */
+static void dequant_q3_k(const uint8_t *src, float *y, int64_t nb)
+{
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    for (int64_t i = 0; i < nb; i++, src += 110) {
+        const uint8_t *hm = src;
+        const uint8_t *q = src + 32;
+        const float d_all = eng_f16_to_f32(rd16(src + 108));
+        uint32_t aux[4];
+        int8_t scales[16];
+        memcpy(aux, src + 96, 12);
+        const uint32_t tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        memcpy(scales, aux, 16);
+        int is = 0;
+        uint8_t m = 1;
+        for (int n = 0; n < ENG_QK_K; n += 128, q += 32) {
+            int shift = 0;
+            for (int j = 0; j < 4; j++, shift += 2, m = (uint8_t)(m << 1)) {
+                float dl = d_all * (float)(scales[is++] - 32);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)((int8_t)((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+                dl = d_all * (float)(scales[is++] - 32);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)((int8_t)((q[l + 16] >> shift) & 3) -
+                                        ((hm[l + 16] & m) ? 0 : 4));
+            }
+        }
+    }
+}
+
+static void dequant_q5_k(const uint8_t *src, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, src += 176) {
+        const float d = eng_f16_to_f32(rd16(src));
+        const float dmin = eng_f16_to_f32(rd16(src + 2));
+        const uint8_t *scales = src + 4;
+        const uint8_t *qh = src + 16;
+        const uint8_t *ql = src + 48;
+        int is = 0;
+        uint8_t u1 = 1, u2 = 2;
+        for (int j = 0; j < ENG_QK_K; j += 64, ql += 32, is += 2) {
+            uint8_t sc, m;
+            k4_scale_min(is, scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            k4_scale_min(is + 1, scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((ql[l] & 0xf) + (qh[l] & u1 ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+            u1 = (uint8_t)(u1 << 2);
+            u2 = (uint8_t)(u2 << 2);
+        }
+    }
+}
+
 pd_status_t eng_dequant_row(eng_dtype_t type, const void *src, float *dst, int64_t n)
 {
     const uint8_t *s = src;
@@ -371,6 +499,21 @@ pd_status_t eng_dequant_row(eng_dtype_t type, const void *src, float *dst, int64
         break;
     case ENG_DTYPE_Q6_K:
         dequant_q6_k(s, dst, n / bs);
+        break;
+    case ENG_DTYPE_Q5_0:
+        dequant_q5_0(s, dst, n / bs);
+        break;
+    case ENG_DTYPE_Q5_1:
+        dequant_q5_1(s, dst, n / bs);
+        break;
+    case ENG_DTYPE_Q2_K:
+        dequant_q2_k(s, dst, n / bs);
+        break;
+    case ENG_DTYPE_Q3_K:
+        dequant_q3_k(s, dst, n / bs);
+        break;
+    case ENG_DTYPE_Q5_K:
+        dequant_q5_k(s, dst, n / bs);
         break;
     default:
         return PD_ERR_UNSUPPORTED;

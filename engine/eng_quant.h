@@ -77,8 +77,8 @@ eng_dtype_t eng_dtype_from_name(const char *name);
 /* True for values this project knows the layout of (block size and bytes are defined). */
 bool eng_dtype_valid(int type);
 
-/* True for types eng_dequant_row() supports: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
- * Q6_K (and F64/I8..I32 are not "float" weights: false). */
+/* True for types eng_dequant_row() supports: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (F64/I8..I64 are not weights: false). */
 bool eng_dtype_can_dequant(eng_dtype_t type);
 
 /* True for block-quantized types (Q*). */

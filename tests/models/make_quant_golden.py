@@ -3,7 +3,7 @@
 (gguf.quants.dequantize, the reference the C dequantizers must match bit for bit).
 
 1. tests/data/models/quant_golden.bin: for each type (F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K,
-   Q6_K) a record
+   Q6_K, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K) a record
        u32 ggml type, u32 n_blocks, u32 block_size, u32 block_bytes,
        n_blocks * block_bytes raw bytes, n_blocks * block_size float32 expected values
    Blocks are random bytes (fixed seed) whose f16 scale fields are replaced by finite
@@ -28,7 +28,8 @@ DEFAULT_MODEL = os.path.expanduser("~/.cache/pdserve/models/SmolLM2-135M-Instruc
 K = np.uint64(0x9E3779B97F4A7C15)
 
 # byte offsets of f16 scale fields within a block
-SCALES = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q8_0: [0], T.Q4_K: [0, 2], T.Q6_K: [208]}
+SCALES = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q8_0: [0], T.Q4_K: [0, 2], T.Q6_K: [208],
+          T.Q5_0: [0], T.Q5_1: [0, 2], T.Q2_K: [80, 82], T.Q3_K: [108], T.Q5_K: [0, 2]}
 
 
 def finite_f16(rng, n, lo=-8, hi=0):
@@ -58,7 +59,8 @@ def golden(path):
     rng = np.random.default_rng(20261128)
     with open(path, "wb") as f:
         for qtype, n_blocks in [(T.F16, 512), (T.BF16, 512), (T.Q4_0, 64), (T.Q4_1, 64),
-                                (T.Q8_0, 64), (T.Q4_K, 24), (T.Q6_K, 24)]:
+                                (T.Q8_0, 64), (T.Q4_K, 24), (T.Q6_K, 24), (T.Q5_0, 64),
+                                (T.Q5_1, 64), (T.Q2_K, 24), (T.Q3_K, 24), (T.Q5_K, 24)]:
             bs, bb = GGML_QUANT_SIZES[qtype]
             raw = make_blocks(rng, qtype, n_blocks)
             vals = dequantize(raw.reshape(-1), qtype).astype(np.float32).reshape(-1)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "eng_gguf.h"
@@ -170,6 +171,27 @@ PD_TEST(test_default_gguf)
         PD_CHECK_EQ_INT(nq, 0);
         eng_model_destroy(mf);
     }
+    /* dequantized to bf16: the f32 values rounded */
+    o.dequant_dtype = ENG_DTYPE_BF16;
+    mf = NULL;
+    PD_CHECK_STATUS(eng_model_load(&o, &mf), PD_OK);
+    if (mf != NULL) {
+        const eng_tensor_t *a = eng_model_tensor(m, "blk.2.attn_q.weight");
+        const eng_tensor_t *b = eng_model_tensor(mf, "blk.2.attn_q.weight");
+        PD_CHECK(b != NULL && b->type == ENG_DTYPE_BF16 && b->nbytes == 576 * 576 * 2);
+        if (a != NULL && b != NULL) {
+            float row[576];
+            eng_tensor_dequant_rows(a, 33, 1, row);
+            int bad = 0;
+            for (int i = 0; i < 576; i++)
+                bad += ((const uint16_t *)b->data)[33 * 576 + i] != eng_f32_to_bf16(row[i]);
+            PD_CHECK_EQ_INT(bad, 0);
+        }
+        eng_model_destroy(mf);
+    }
+    o.dequant_dtype = ENG_DTYPE_Q8_0;
+    PD_CHECK_STATUS(eng_model_load(&o, &mf), PD_ERR_INVAL);
+    o.dequant_dtype = ENG_DTYPE_F32;
     printf("  default model: load %.1f ms (kept quantized, mmap), %.0f ms dequantized to F32\n",
            t_load * 1e3, t_deq * 1e3);
     eng_model_destroy(m);
@@ -291,6 +313,57 @@ PD_TEST(test_default_gguf_rope_equivalence)
     free(fq);
     free(fk);
     eng_model_destroy(m);
+}
+
+/* GGUF files made from the tiny HF fixtures the way llama.cpp's converter makes them
+ * (tests/models/make_tiny_gguf.py: Q/K permuted for llama, not for qwen3) load back to
+ * exactly the Hugging Face tensors. */
+PD_TEST(test_gguf_matches_hf)
+{
+    const char *pairs[2][2] = {{"tiny-llama.gguf", "tiny-llama"}, {"tiny-qwen3.gguf", "tiny-qwen3"}};
+    for (int p = 0; p < 2; p++) {
+        char *gpath = NULL, *hpath = NULL;
+        char *base = src_path("tests/data/models");
+        eng_load_opts_t o;
+        eng_model_t *g = NULL, *h = NULL;
+        asprintf(&gpath, "%s/%s", base, pairs[p][0]);
+        asprintf(&hpath, "%s/%s", base, pairs[p][1]);
+        free(base);
+        eng_load_opts_init(&o);
+        o.model = gpath;
+        PD_CHECK_STATUS(eng_model_load(&o, &g), PD_OK);
+        o.model = hpath;
+        PD_CHECK_STATUS(eng_model_load(&o, &h), PD_OK);
+        if (g != NULL && h != NULL) {
+            const eng_model_config_t *a = eng_model_config(g), *b = eng_model_config(h);
+            PD_CHECK(a->arch == b->arch && a->n_layers == b->n_layers && a->hidden == b->hidden &&
+                     a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads &&
+                     a->head_dim == b->head_dim && a->intermediate == b->intermediate &&
+                     a->vocab_size == b->vocab_size && a->qk_norm == b->qk_norm &&
+                     a->tie_embeddings == b->tie_embeddings && a->rope_theta == b->rope_theta);
+            PD_CHECK(a->torch_dtype == ENG_DTYPE_BF16);
+            PD_CHECK_EQ_INT(eng_model_n_tensors(g), eng_model_n_tensors(h));
+            size_t bad = 0;
+            for (size_t i = 0; i < eng_model_n_tensors(h); i++) {
+                const eng_tensor_t *th = eng_model_tensor_at(h, i);
+                const eng_tensor_t *tg = eng_model_tensor(g, th->name);
+                if (tg == NULL || tg->type != th->type || tg->nbytes != th->nbytes ||
+                    memcmp(tg->ne, th->ne, sizeof(tg->ne)) != 0 ||
+                    memcmp(tg->data, th->data, th->nbytes) != 0) {
+                    if (bad++ < 3)
+                        fprintf(stderr, "  %s: %s differs between GGUF and HF\n", pairs[p][0],
+                                th->name);
+                }
+            }
+            PD_CHECK_EQ_INT(bad, 0);
+            PD_CHECK_EQ_STR(eng_model_chat_template(g), "{{ messages[0]['content'] }}");
+            PD_CHECK_EQ_STR(eng_model_special_token(g, "bos_token"), "<t1>");
+        }
+        eng_model_destroy(g);
+        eng_model_destroy(h);
+        free(gpath);
+        free(hpath);
+    }
 }
 
 /* ---- tiny Hugging Face directories ---- */
@@ -528,6 +601,20 @@ PD_TEST(test_options_and_errors)
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
     o.download_dir = NULL;
 
+    /* --tokenizer naming a tokenizer.json file: that file, the rest from its folder */
+    char *tok_file = NULL;
+    if (asprintf(&tok_file, "%s/tokenizer.json", llama) > 0) {
+        o.model = mistral;
+        o.tokenizer = tok_file;
+        PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+        if (m != NULL) {
+            PD_CHECK_EQ_STR(eng_model_tokenizer_json(m), tok_file);
+            PD_CHECK(eng_model_tokenizer_config(m) != NULL);
+            eng_model_destroy(m);
+        }
+        free(tok_file);
+        o.tokenizer = NULL;
+    }
     /* --tokenizer pointing at another directory */
     o.model = mistral;
     o.tokenizer = llama;
@@ -558,6 +645,14 @@ PD_TEST(test_broken_directories)
     o.model = dir;
     /* no config.json and no gguf */
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
+    /* a Mistral-format checkpoint */
+    asprintf(&p, "%s/params.json", dir);
+    FILE *pf = fopen(p, "w");
+    fputs("{\"dim\": 64}", pf);
+    fclose(pf);
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_UNSUPPORTED);
+    remove(p);
+    free(p);
     const char *files[] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
         char *from = NULL;
@@ -813,14 +908,63 @@ PD_TEST(test_dummy_8b_one_layer_timing)
     const int64_t h = 4096, ff = 14336, kv = 1024;
     size_t n = (size_t)(h * h * 2 + h * kv * 2 + h * ff * 3); /* q, o, k, v, gate/up/down */
     uint16_t *buf = malloc(n * 2);
+    memset(buf, 0, n * 2); /* fault the pages in first: time the generator alone */
     double t0 = pd_now_s();
+    clock_t c0 = clock();
     PD_CHECK_STATUS(eng_dummy_fill(ENG_DTYPE_BF16, buf, n, 0, 1, 0), PD_OK);
+    double cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
     double dt = pd_now_s() - t0;
     PD_CHECK(buf[n - 1] != 0 || buf[n - 2] != 0);
-    printf("  8B one layer (%.0f MiB bf16): %.0f ms on one thread; 32 layers + embeddings "
-           "~ %.1f s single-threaded (threads split tensors over 1M elements)\n",
-           (double)n * 2 / 1048576.0, dt * 1e3, dt * (8030261248.0 / (double)n));
+    printf("  8B one layer (%.0f MiB bf16, one thread): %.0f ms wall, %.0f ms cpu = %.2f ns per "
+           "element; the whole 8B ~ %.1f cpu-s, split over the fill threads\n",
+           (double)n * 2 / 1048576.0, dt * 1e3, cpu * 1e3, cpu / (double)n * 1e9,
+           cpu * (8030261248.0 / (double)n));
     free(buf);
+}
+
+/* RoPE frequencies against transformers' formulas (values from a numpy transcription of
+ * modeling_rope_utils: llama3 with the Llama-3.1-8B numbers, yarn on tiny-mistral). */
+PD_TEST(test_rope_inv_freq)
+{
+    eng_load_opts_t o;
+    eng_model_config_t cfg;
+    float inv[64], scale = 0;
+    char *path = src_path("configs/models/llama-3.1-8b");
+
+    eng_load_opts_init(&o);
+    o.model = path;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_OK);
+    const int idx[] = {0, 20, 40, 45, 50, 63};
+    const double want[] = {1.0, 0.016560440883040428, 3.428102354519069e-05,
+                           1.2297638932068367e-05, 4.411534519022098e-06,
+                           3.068925877869333e-07};
+    for (int i = 0; i < 6; i++)
+        PD_CHECK(fabs(inv[idx[i]] - want[i]) <= 1e-6 * want[i]);
+    PD_CHECK(scale == 1.0f);
+    free(path);
+
+    path = src_path("tests/data/models/tiny-mistral");
+    o.model = path;
+    o.rope_scaling = "{\"rope_type\": \"yarn\", \"factor\": 4, "
+                     "\"original_max_position_embeddings\": 256}";
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_OK);
+    const double want_yarn[] = {1.0, 0.13337095081806183, 0.015811387449502945,
+                                0.0014058533124625683, 0.0002500000118743628,
+                                4.4456985051510856e-05, 7.905694474175107e-06,
+                                1.405853367941745e-06};
+    for (int i = 0; i < 8; i++)
+        PD_CHECK(fabs(inv[i] - want_yarn[i]) <= 1e-6 * want_yarn[i]);
+    PD_CHECK(fabsf(scale - 1.1386294f) < 1e-6f);
+    /* OPT has no rotary embedding */
+    free(path);
+    path = src_path("configs/models/opt-125m");
+    o.model = path;
+    o.rope_scaling = NULL;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_STATUS(eng_model_rope_inv_freq(&cfg, inv, &scale), PD_ERR_INVAL);
+    free(path);
 }
 
 int main(void)
@@ -828,6 +972,7 @@ int main(void)
     pd_log_set_level(PD_LOG_LEVEL_CRIT);
     PD_RUN(test_default_gguf);
     PD_RUN(test_default_gguf_rope_equivalence);
+    PD_RUN(test_gguf_matches_hf);
     PD_RUN(test_tiny_llama_sharded);
     PD_RUN(test_tiny_mistral_qwen_opt);
     PD_RUN(test_options_and_errors);
@@ -836,5 +981,6 @@ int main(void)
     PD_RUN(test_dummy_configs);
     PD_RUN(test_dummy_values);
     PD_RUN(test_dummy_8b_one_layer_timing);
+    PD_RUN(test_rope_inv_freq);
     return PD_TEST_REPORT();
 }
