@@ -185,6 +185,14 @@ pd_status_t eng_sched_create(const eng_sched_cfg_t *cfg, eng_sched_t **sched_p)
                    cfg->max_model_len, (long long)cfg->blocks.n_blocks * cfg->blocks.block_size);
         return PD_ERR_INVAL;
     }
+    if (!cfg->enable_chunked_prefill && cfg->max_num_batched_tokens < cfg->max_model_len) {
+        /* Without chunking a recomputed sequence must fit one step whole. */
+        PD_LOG_ERR("max_num_batched_tokens (%d) is smaller than max_model_len (%d). This effectively limits the "
+                   "maximum sequence length to max_num_batched_tokens and makes the engine reject longer "
+                   "sequences. Please increase max_num_batched_tokens or decrease max_model_len.",
+                   cfg->max_num_batched_tokens, cfg->max_model_len);
+        return PD_ERR_INVAL;
+    }
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return PD_ERR_NOMEM;

@@ -227,9 +227,12 @@ PD_TEST(test_no_chunking_and_limits)
     cfg.max_num_seqs = 2;
     cfg.enable_chunked_prefill = false;
     g_bs = 16;
+    s = NULL;
+    PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_ERR_INVAL); /* budget < max-model-len */
+    cfg.max_model_len = 64;
     PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
     eng_request_t *big = mk_req("big", 100, 1, 4, 1, 0), *toolong = mk_req("long", 300, 1, 4, 1, 0);
-    PD_CHECK_STATUS(eng_sched_add(s, big), PD_ERR_LIMIT);
+    PD_CHECK_STATUS(eng_sched_add(s, big), PD_ERR_RANGE);
     PD_CHECK_STATUS(eng_sched_add(s, toolong), PD_ERR_RANGE);
     eng_request_t *r[3] = {mk_req("r0", 50, 1, 3, 1, 0), mk_req("r1", 50, 2, 3, 1, 0), mk_req("r2", 10, 3, 3, 1, 0)};
     for (int i = 0; i < 3; i++)
