@@ -712,6 +712,133 @@ PD_TEST(test_request_basics)
     eng_sampling_params_cleanup(&p);
 }
 
+/* Every sequence's tokens follow the fake model (sibling j's first token offset). */
+static int stream_errors(eng_request_t *root)
+{
+    int bad = 0;
+    for (int j = 0; j < root->group_size; j++) {
+        eng_request_t *c = eng_request_seq(root, j);
+        for (int k = c->n_prompt; k < c->n_tokens; k++) {
+            int32_t want = model_next(k, c->tokens[k - 1]);
+            if (k == c->n_prompt)
+                want = sibling_token(want, j);
+            if (c->tokens[k] != want) {
+                bad++;
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+/* Random arrivals, aborts, n > 1, priorities, remote KV (some transfers fail), a
+ * tiny cache and budget so chunking and preemption happen all the time. */
+static void random_stress(unsigned seed, eng_sched_policy_t policy, eng_preempt_mode_t mode, bool cache)
+{
+    enum { MAXLIVE = 64, NBLK = 24, HOST = 16 };
+    eng_sched_cfg_t cfg;
+    eng_sched_t *s;
+    eng_request_t *live[MAXLIVE];
+    int due[MAXLIVE]; /* step at which a remote transfer completes, -1 = none */
+    int n_live = 0, made = 0, bad_streams = 0, finished = 0, aborted = 0;
+    run_stats_t rs = {0};
+
+    eng_sched_cfg_init(&cfg);
+    cfg.blocks.n_blocks = NBLK;
+    cfg.blocks.block_size = 4;
+    cfg.blocks.enable_prefix_caching = cache;
+    cfg.blocks.n_host_blocks = HOST;
+    cfg.max_num_batched_tokens = 16;
+    cfg.max_num_seqs = 6;
+    cfg.max_model_len = 64;
+    cfg.policy = policy;
+    cfg.preemption_mode = mode;
+    g_bs = 4;
+    g_kv_errors = 0;
+    PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
+    srand(seed);
+    for (int step = 0; step < 4000; step++) {
+        if (step < 3000 && n_live < MAXLIVE && rand() % 3 == 0) {
+            char id[32];
+            snprintf(id, sizeof(id), "s%d", made++);
+            int n = rand() % 6 == 0 ? 2 + rand() % 2 : 1;
+            eng_request_t *r = mk_req(id, 1 + rand() % 30, rand() % 4, 1 + rand() % 20, n, rand() % 3);
+            due[n_live] = -1;
+            if (n == 1 && r->n_prompt > 1 && rand() % 5 == 0)
+                eng_request_set_remote_kv(r, r->n_prompt - 1);
+            PD_CHECK_STATUS(eng_sched_add(s, r), PD_OK);
+            live[n_live++] = r;
+        }
+        if (n_live > 0 && rand() % 40 == 0) {
+            int i = rand() % n_live;
+            if (!ENG_REQ_IS_FINISHED(live[i]->state)) {
+                PD_CHECK_STATUS(eng_sched_abort(s, live[i]), PD_OK);
+                aborted++;
+            }
+        }
+        /* remote transfers that are due */
+        for (int i = 0; i < n_live; i++) {
+            eng_request_t *r = live[i];
+            if (due[i] >= 0 && step >= due[i]) {
+                due[i] = -1;
+                if (r->state != ENG_REQ_WAITING_FOR_REMOTE_KV)
+                    continue; /* aborted meanwhile */
+                bool ok = rand() % 5 != 0;
+                if (ok)
+                    remote_write(r, r->num_cached_tokens, r->n_remote_tokens);
+                PD_CHECK_STATUS(eng_sched_remote_kv_ready(s, r, ok), PD_OK);
+            }
+        }
+        eng_batch_t *b = one_step(s, &rs, 16);
+        for (int i = 0; i < b->n_remote_admitted; i++)
+            for (int j = 0; j < n_live; j++)
+                if (live[j] == b->remote_admitted[i])
+                    due[j] = step + 1 + rand() % 5;
+        /* retire finished groups */
+        for (int i = 0; i < n_live;) {
+            if (eng_request_group_finished(live[i])) {
+                bad_streams += stream_errors(live[i]);
+                finished++;
+                eng_request_destroy(live[i]);
+                live[i] = live[n_live - 1];
+                due[i] = due[n_live - 1];
+                n_live--;
+            } else {
+                i++;
+            }
+        }
+        if (step % 50 == 0)
+            PD_CHECK_STATUS(eng_block_check(eng_sched_blocks(s)), PD_OK);
+        if (step >= 3000 && n_live == 0)
+            break;
+    }
+    printf("  seed %u policy %d mode %d cache %d: %d requests, %d aborted, %d preemptions, %d copies, "
+           "%d swapped blocks, %d left\n",
+           seed, policy, mode, cache, made, aborted, rs.n_preempted, rs.n_copies, rs.n_swap_out, n_live);
+    PD_CHECK_EQ_INT(n_live, 0);
+    PD_CHECK_EQ_INT(bad_streams, 0);
+    PD_CHECK_EQ_INT(g_kv_errors, 0);
+    PD_CHECK(rs.n_preempted > 0);
+    for (int i = 0; i < n_live; i++) {
+        eng_sched_abort(s, live[i]);
+        eng_request_destroy(live[i]);
+    }
+    PD_CHECK(eng_sched_idle(s));
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), NBLK);
+    PD_CHECK_EQ_INT(eng_block_num_host_free(eng_sched_blocks(s)), HOST);
+    PD_CHECK_STATUS(eng_block_check(eng_sched_blocks(s)), PD_OK);
+    eng_sched_destroy(s);
+}
+
+PD_TEST(test_random_stress)
+{
+    random_stress(1, ENG_SCHED_FCFS, ENG_PREEMPT_RECOMPUTE, true);
+    random_stress(2, ENG_SCHED_PRIORITY, ENG_PREEMPT_RECOMPUTE, true);
+    random_stress(3, ENG_SCHED_FCFS, ENG_PREEMPT_SWAP, true);
+    random_stress(4, ENG_SCHED_PRIORITY, ENG_PREEMPT_SWAP, false);
+    random_stress(5, ENG_SCHED_FCFS, ENG_PREEMPT_SWAP, false);
+}
+
 /* Cost of one schedule + update for 256 decoding sequences (printed, loosely bounded). */
 PD_TEST(test_step_cost)
 {
@@ -769,6 +896,7 @@ int main(void)
     PD_RUN(test_eos);
     PD_RUN(test_delay_factor);
     PD_RUN(test_create_limits);
+    PD_RUN(test_random_stress);
     PD_RUN(test_step_cost);
     return PD_TEST_REPORT();
 }
