@@ -202,6 +202,11 @@ struct eng_request {
     /* remote KV (disaggregated decode): prompt tokens whose KV arrives by transfer */
     bool remote_kv;
     int n_remote_tokens;
+    /* KV producer (prefill node): when it finishes normally its blocks stay held
+     * (state FINISHED_*, table intact) until eng_sched_release_blocks, so a peer can
+     * read them.  Aborts and errors release at once. */
+    bool keep_blocks;
+    bool blocks_held;
     /* parallel sampling group */
     eng_request_t *parent;       /* NULL for sequence 0 */
     int seq_index;               /* 0 .. group_size-1 */

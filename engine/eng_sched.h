@@ -111,7 +111,8 @@ void eng_sched_destroy(eng_sched_t *sched);
 
 eng_block_mgr_t *eng_sched_blocks(eng_sched_t *sched);
 void eng_sched_get_stats(const eng_sched_t *sched, eng_sched_stats_t *stats_p);
-/* True when no request is waiting, running or waiting for remote KV. */
+/* True when no request is waiting, running or waiting for remote KV (finished
+ * requests holding blocks for a peer do not count). */
 bool eng_sched_idle(const eng_sched_t *sched);
 
 /* Queue a new request (state WAITING, or WAITING_FOR_REMOTE_KV when req->remote_kv).
@@ -127,10 +128,14 @@ eng_batch_t *eng_sched_step(eng_sched_t *sched);
 
 /* Apply the sampled tokens of the last step: sampled[seq.sample_offset + j] is
  * sample j of each seq with n_samples > 0 (batch->n_samples entries in all).
- * Advances computed tokens, commits prefix-cache blocks, forks n > 1 groups,
- * appends tokens, checks max_tokens / max-model-len / eos (unless ignore_eos) /
- * stop_token_ids (all suppressed below min_tokens except the length limits) and
- * moves finished requests to batch->finished with their blocks freed. */
+ * Advances computed tokens, commits the newly full blocks to the prefix cache,
+ * forks n > 1 groups (the siblings join the running queue, so a group may briefly
+ * exceed max_num_seqs), appends tokens and checks, in this order: eos (unless
+ * ignore_eos) and stop_token_ids, both only once min_tokens are generated, then
+ * max_tokens and max-model-len - so an eos at the last allowed position finishes
+ * "stop".  Finished requests go to batch->finished with their blocks freed (or
+ * held, for keep_blocks requests).  Stop strings are the engine's: it runs
+ * eng_stop_matcher on the detokenized text and calls eng_sched_finish. */
 pd_status_t eng_sched_update(eng_sched_t *sched, eng_batch_t *batch, const int32_t *sampled);
 
 /* Finish a request from outside (stop string matched, error, abort): frees its
@@ -148,7 +153,14 @@ static inline pd_status_t eng_sched_abort(eng_sched_t *sched, eng_request_t *req
  * computing its prompt locally).  Either way it becomes schedulable. */
 pd_status_t eng_sched_remote_kv_ready(eng_sched_t *sched, eng_request_t *req, bool ok);
 
-/* Find a queued/running request by id (linear; for abort by id). */
+/* A KV producer request (req->keep_blocks) finished and still holds its blocks:
+ * release them once its peer has read them (or the transfer was given up).
+ * PD_ERR_INVAL when req holds none. */
+pd_status_t eng_sched_release_blocks(eng_sched_t *sched, eng_request_t *req);
+/* Finished requests still holding blocks. */
+int eng_sched_num_held(const eng_sched_t *sched);
+
+/* Find a queued/running/held request by id (linear; for abort by id). */
 eng_request_t *eng_sched_find(eng_sched_t *sched, const char *id);
 
 /* Test hook: the clock used for arrival/delay decisions (NULL = pd_now_ns). */

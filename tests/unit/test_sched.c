@@ -677,6 +677,39 @@ PD_TEST(test_priority_preemption)
     eng_sched_destroy(s);
 }
 
+/* A prefill node's request keeps its blocks after finishing until released. */
+PD_TEST(test_keep_blocks)
+{
+    eng_sched_t *s = mk_sched(32, 4, 64, 8, 64, true, 0);
+    eng_request_t *p = mk_req("p", 10, 1, 1, 1, 0), *q = mk_req("q", 10, 2, 1, 1, 0);
+    run_stats_t rs = {0};
+
+    p->keep_blocks = true;
+    PD_CHECK_STATUS(eng_sched_add(s, p), PD_OK);
+    eng_batch_t *b = one_step(s, &rs, 64);
+    PD_CHECK_EQ_INT(b->n_finished, 1);
+    PD_CHECK_EQ_INT(p->state, ENG_REQ_FINISHED_LENGTH);
+    PD_CHECK(p->blocks_held);
+    PD_CHECK_EQ_INT(p->table.n, 3);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 29);
+    PD_CHECK(eng_sched_idle(s));
+    PD_CHECK_EQ_INT(eng_sched_num_held(s), 1);
+    PD_CHECK(eng_sched_find(s, "p") == p);
+    PD_CHECK_STATUS(eng_sched_abort(s, p), PD_ERR_INVAL); /* already finished */
+    PD_CHECK_STATUS(eng_sched_release_blocks(s, p), PD_OK);
+    PD_CHECK_STATUS(eng_sched_release_blocks(s, p), PD_ERR_INVAL);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 32);
+    /* destroy releases held blocks too */
+    q->keep_blocks = true;
+    PD_CHECK_STATUS(eng_sched_add(s, q), PD_OK);
+    one_step(s, &rs, 64);
+    PD_CHECK(q->blocks_held);
+    eng_sched_destroy(s);
+    PD_CHECK(!q->blocks_held);
+    eng_request_destroy(p);
+    eng_request_destroy(q);
+}
+
 PD_TEST(test_request_basics)
 {
     eng_sampling_params_t p;
@@ -884,6 +917,7 @@ PD_TEST(test_step_cost)
 int main(void)
 {
     PD_RUN(test_request_basics);
+    PD_RUN(test_keep_blocks);
     PD_RUN(test_priority_preemption);
     PD_RUN(test_chunked_prefill);
     PD_RUN(test_no_chunking_and_limits);
