@@ -173,6 +173,28 @@ void eng_sched_cfg_init(eng_sched_cfg_t *cfg)
     cfg->blocks.enable_prefix_caching = true;
 }
 
+pd_status_t eng_sched_policy_parse(const char *str, eng_sched_policy_t *policy_p)
+{
+    if (str == NULL || strcmp(str, "fcfs") == 0)
+        *policy_p = ENG_SCHED_FCFS;
+    else if (strcmp(str, "priority") == 0)
+        *policy_p = ENG_SCHED_PRIORITY;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
+pd_status_t eng_preempt_mode_parse(const char *str, eng_preempt_mode_t *mode_p)
+{
+    if (str == NULL || strcmp(str, "recompute") == 0)
+        *mode_p = ENG_PREEMPT_RECOMPUTE;
+    else if (strcmp(str, "swap") == 0)
+        *mode_p = ENG_PREEMPT_SWAP;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
 pd_status_t eng_sched_create(const eng_sched_cfg_t *cfg, eng_sched_t **sched_p)
 {
     eng_sched_t *s;

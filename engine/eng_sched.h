@@ -54,6 +54,10 @@ typedef struct eng_sched_cfg {
 
 /* Defaults like vLLM v1 for a given block geometry. */
 void eng_sched_cfg_init(eng_sched_cfg_t *cfg);
+/* --scheduling-policy ("fcfs", "priority") and --preemption-mode ("recompute",
+ * "swap"; NULL = recompute).  PD_ERR_INVAL for anything else. */
+pd_status_t eng_sched_policy_parse(const char *s, eng_sched_policy_t *policy_p);
+pd_status_t eng_preempt_mode_parse(const char *s, eng_preempt_mode_t *mode_p);
 
 /* One sequence of a batch. */
 typedef struct eng_batch_seq {

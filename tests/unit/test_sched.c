@@ -622,6 +622,16 @@ PD_TEST(test_delay_factor)
 
 PD_TEST(test_create_limits)
 {
+    eng_sched_policy_t pol;
+    eng_preempt_mode_t mode;
+    PD_CHECK_STATUS(eng_sched_policy_parse("priority", &pol), PD_OK);
+    PD_CHECK_EQ_INT(pol, ENG_SCHED_PRIORITY);
+    PD_CHECK_STATUS(eng_sched_policy_parse("lifo", &pol), PD_ERR_INVAL);
+    PD_CHECK_STATUS(eng_preempt_mode_parse("swap", &mode), PD_OK);
+    PD_CHECK_EQ_INT(mode, ENG_PREEMPT_SWAP);
+    PD_CHECK_STATUS(eng_preempt_mode_parse(NULL, &mode), PD_OK);
+    PD_CHECK_EQ_INT(mode, ENG_PREEMPT_RECOMPUTE);
+
     eng_sched_cfg_t cfg;
     eng_sched_t *s = NULL;
     eng_sched_cfg_init(&cfg);
