@@ -513,6 +513,16 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_pa
     if (k > 0) {
         int n = eng_topk_select(x, V, k, s->idx);
         sort_desc(x, s->idx, n);
+        /* vLLM keeps every token tied with the k-th value: add the ties left out. */
+        float kth = x[s->idx[n - 1]];
+        if (count_ge(x, V, kth) > n) {
+            uint32_t cur = next_stamp(s);
+            for (int i = 0; i < n; i++)
+                s->stamp[s->idx[i]] = cur;
+            for (int i = 0; i < V; i++)
+                if (x[i] == kth && s->stamp[i] != cur)
+                    s->idx[n++] = i;
+        }
         double total = 0;
         int kept = 0;
         for (int i = 0; i < n; i++) {

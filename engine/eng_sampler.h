@@ -13,8 +13,10 @@
  * model logits before any of the transforms above.  Ranks are vLLM's: the number
  * of vocabulary entries whose logprob is >= the token's (1 = the best).
  *
- * top_k uses partial selection (a bounded heap) and top_p a growing partial
- * selection, so the common cases never sort the vocabulary.
+ * top_k keeps every token whose value ties the k-th largest (as vLLM does).
+ * top_k uses partial selection (a bounded heap that skips 64-entry chunks below
+ * its root) and top_p a growing partial selection (64, 512, 4096, ... entries),
+ * so the common cases never sort the vocabulary.
  */
 #ifndef ENG_SAMPLER_H
 #define ENG_SAMPLER_H

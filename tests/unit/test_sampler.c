@@ -195,6 +195,33 @@ PD_TEST(test_greedy_and_masks)
     eng_sampler_destroy(s);
 }
 
+/* top_k keeps every token tied with the k-th largest value, like vLLM. */
+PD_TEST(test_topk_ties)
+{
+    enum { V = 8 };
+    eng_sampler_t *s;
+    eng_sampling_params_t p;
+    eng_rng_t rng;
+    float base[V] = {3, 1, 2, 2, 0, 2, -1, 1}, x[V];
+    int count[V] = {0};
+    eng_sample_result_t res;
+
+    eng_sampler_create(V, &s);
+    eng_sampling_params_init(&p);
+    p.top_k = 2; /* 3 and the three 2s */
+    eng_rng_seed(&rng, 3);
+    eng_sample_ctx_t c = ctx_for(&p, &rng);
+    for (int n = 0; n < 20000; n++) {
+        memcpy(x, base, sizeof(x));
+        eng_sampler_sample(s, x, &c, &res);
+        count[res.token]++;
+    }
+    PD_CHECK(count[2] > 0 && count[3] > 0 && count[5] > 0 && count[0] > 0);
+    PD_CHECK(count[1] == 0 && count[4] == 0 && count[6] == 0 && count[7] == 0);
+    eng_sampling_params_cleanup(&p);
+    eng_sampler_destroy(s);
+}
+
 PD_TEST(test_penalties)
 {
     enum { V = 10 };
@@ -551,6 +578,7 @@ int main(void)
 {
     PD_RUN(test_params_defaults_and_validate);
     PD_RUN(test_greedy_and_masks);
+    PD_RUN(test_topk_ties);
     PD_RUN(test_penalties);
     PD_RUN(test_distribution);
     PD_RUN(test_seeded_reproducible);
