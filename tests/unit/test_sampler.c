@@ -37,11 +37,14 @@ PD_TEST(test_params_defaults_and_validate)
 
     p.temperature = -1;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
-    PD_CHECK_EQ_STR(err, "temperature must be non-negative, got -1.");
+    PD_CHECK_EQ_STR(err, "temperature must be non-negative, got -1.0.");
     p.temperature = 1;
     p.top_p = 0;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
-    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 0.");
+    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 0.0.");
+    p.top_p = 1.1f;
+    PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 1.1.");
     p.top_p = 1;
     p.top_k = -2;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
