@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_sched.h"
 #include "pd_log.h"
 
 struct eng_sampler {
     int V;
     float *raw;              /* (V) copy of the raw row when logprobs are wanted */
+    float *row;              /* (V) per-sample copy of a shared row (n > 1) */
     float *e;                /* (V) exp values */
     int32_t *idx;            /* (V) candidate indices */
     uint32_t *stamp;         /* (V) membership marks (allowed / seen) */
@@ -286,13 +288,14 @@ pd_status_t eng_sampler_create(int vocab_size, eng_sampler_t **sampler_p)
     size_t V = (size_t)vocab_size;
     s->V = vocab_size;
     s->raw = malloc(V * sizeof(float));
+    s->row = malloc(V * sizeof(float));
     s->e = malloc(V * sizeof(float));
     s->idx = malloc(V * sizeof(int32_t));
     s->stamp = calloc(V, sizeof(uint32_t));
     s->cstamp = calloc(V, sizeof(uint32_t));
     s->cnt = malloc(V * sizeof(int32_t));
     s->touched = malloc(V * sizeof(int32_t));
-    if (!s->raw || !s->e || !s->idx || !s->stamp || !s->cstamp || !s->cnt || !s->touched) {
+    if (!s->raw || !s->row || !s->e || !s->idx || !s->stamp || !s->cstamp || !s->cnt || !s->touched) {
         eng_sampler_destroy(s);
         return PD_ERR_NOMEM;
     }
@@ -305,6 +308,7 @@ void eng_sampler_destroy(eng_sampler_t *s)
     if (s == NULL)
         return;
     free(s->raw);
+    free(s->row);
     free(s->e);
     free(s->idx);
     free(s->stamp);
@@ -629,4 +633,47 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
         res->n_top = res->top != NULL ? n_top : 0;
     }
     return PD_OK;
+}
+
+pd_status_t eng_sampler_sample_batch(eng_sampler_t *s, const eng_batch_t *b, float *logits, size_t row_stride,
+                                     const int32_t *eos_ids, int n_eos, int32_t *sampled,
+                                     eng_sample_result_t *results)
+{
+    pd_status_t ret = PD_OK;
+    size_t row = 0;
+
+    for (int i = 0; i < b->n_seqs; i++) {
+        const eng_batch_seq_t *q = &b->seqs[i];
+        if (!q->want_logits)
+            continue;
+        float *x = logits + row * row_stride;
+        row++;
+        for (int j = 0; j < q->n_samples; j++) {
+            eng_request_t *r = eng_request_seq(q->req, j);
+            eng_sample_result_t local = {0}, *res = results != NULL ? &results[q->sample_offset + j] : &local;
+            float *work = x;
+            if (q->n_samples > 1) { /* every sample starts from the untouched row */
+                memcpy(s->row, x, (size_t)s->V * sizeof(float));
+                work = s->row;
+            }
+            eng_sample_ctx_t ctx = {
+                .params = &r->params,
+                .prompt = r->tokens,
+                .n_prompt = r->n_prompt,
+                .output = eng_request_output(r),
+                .n_output = eng_request_n_output(r),
+                .rng = &r->rng,
+                .eos_ids = eos_ids,
+                .n_eos = n_eos,
+            };
+            if (eng_sampler_sample(s, work, &ctx, res) != PD_OK) {
+                PD_LOG_REQ(WARN, r->id, "nothing can be sampled: every token is masked");
+                sampled[q->sample_offset + j] = -1;
+                ret = PD_ERR_INVAL;
+                continue;
+            }
+            sampled[q->sample_offset + j] = res->token;
+        }
+    }
+    return ret;
 }

@@ -7,8 +7,10 @@
  * or the end of a recompute after preemption.
  *
  * The engine loop is:
- *     batch = eng_sched_step(s);                  (no request may be aborted from
- *     do swap_out, then swap_in, then copies;      here until eng_sched_update)
+ *     batch = eng_sched_step(s);
+ *     do swap_out, then swap_in, then copies;
+ * (between step and update a request of the batch may be finished - it is then
+ *  skipped by the update - but not destroyed)
  *     forward over batch->seqs; sample n_samples tokens for every seq with logits;
  *     eng_sched_update(s, batch, sampled);
  *     emit outputs; destroy requests in batch->finished whose group finished.
@@ -146,7 +148,7 @@ pd_status_t eng_sched_update(eng_sched_t *sched, eng_batch_t *batch, const int32
  * blocks, removes it from every queue, sets state (a FINISHED_* value).  Exactly
  * once: a second call on a finished request is a no-op returning PD_ERR_INVAL.
  * For a group, finishing sequence 0 with ABORTED/ERROR finishes the whole group.
- * Not between eng_sched_step and eng_sched_update for a request in that batch. */
+ * Allowed between eng_sched_step and eng_sched_update (the update skips it). */
 pd_status_t eng_sched_finish(eng_sched_t *sched, eng_request_t *req, eng_req_state_t state);
 static inline pd_status_t eng_sched_abort(eng_sched_t *sched, eng_request_t *req)
 {

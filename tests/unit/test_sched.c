@@ -11,9 +11,11 @@
  * bad swap shows up as a KV mismatch, and preempted runs must reproduce the
  * token streams of unpreempted ones exactly.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_sampler.h"
 #include "eng_sched.h"
 #include "pd_test.h"
 #include "pd_util.h"
@@ -720,6 +722,57 @@ PD_TEST(test_keep_blocks)
     eng_request_destroy(q);
 }
 
+/* eng_sampler_sample_batch over a real batch: rows in want_logits order, n > 1
+ * samples from one row through each sibling's RNG, a failed sample finished
+ * between step and update. */
+PD_TEST(test_sample_batch)
+{
+    enum { V = 64 };
+    eng_sched_t *s = mk_sched(64, 4, 64, 8, 64, true, 0);
+    eng_sampler_t *smp;
+    eng_request_t *g = mk_req("g", 6, 1, 4, 3, 0), *a = mk_req("a", 5, 2, 4, 1, 0), *z = mk_req("z", 5, 3, 4, 1, 0);
+    float rows[3 * V];
+    int32_t out[8];
+
+    PD_CHECK_STATUS(eng_sampler_create(V, &smp), PD_OK);
+    g->params.temperature = 1.0f; /* siblings sample from their own RNGs */
+    a->params.temperature = 0.0f;
+    z->params.temperature = 0.0f;
+    PD_CHECK_STATUS(eng_sampling_params_add_allowed(&z->params, 3), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, g), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, a), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, z), PD_OK);
+    eng_batch_t *b = eng_sched_step(s);
+    PD_CHECK_EQ_INT(b->n_seqs, 3);
+    PD_CHECK_EQ_INT(b->n_samples, 5);
+    for (int i = 0; i < V; i++) {
+        rows[i] = 0.0f;          /* g: uniform */
+        rows[V + i] = (float)(i == 17); /* a: argmax 17 */
+        rows[2 * V + i] = 0.0f;
+    }
+    rows[2 * V + 3] = -INFINITY; /* z: its only allowed token is masked */
+    PD_CHECK_STATUS(eng_sampler_sample_batch(smp, b, rows, V, NULL, 0, out, NULL), PD_ERR_INVAL);
+    PD_CHECK_EQ_INT(out[b->seqs[1].sample_offset], 17);
+    PD_CHECK_EQ_INT(out[b->seqs[2].sample_offset], -1);
+    int o = b->seqs[0].sample_offset;
+    PD_CHECK(out[o] >= 0 && out[o + 1] >= 0 && out[o + 2] >= 0);
+    PD_CHECK(!(out[o] == out[o + 1] && out[o + 1] == out[o + 2])); /* three RNGs: 1/4096 chance */
+    PD_CHECK_STATUS(eng_sched_finish(s, z, ENG_REQ_FINISHED_ERROR), PD_OK);
+    PD_CHECK_STATUS(eng_sched_update(s, b, out), PD_OK);
+    PD_CHECK_EQ_INT(eng_request_n_output(z), 0);
+    PD_CHECK_EQ_INT(eng_request_output(a)[0], 17);
+    for (int j = 0; j < 3; j++)
+        PD_CHECK_EQ_INT(eng_request_output(eng_request_seq(g, j))[0], out[o + j]);
+    eng_sched_abort(s, g);
+    eng_sched_abort(s, a);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 64);
+    eng_request_destroy(g);
+    eng_request_destroy(a);
+    eng_request_destroy(z);
+    eng_sampler_destroy(smp);
+    eng_sched_destroy(s);
+}
+
 PD_TEST(test_request_basics)
 {
     eng_sampling_params_t p;
@@ -927,6 +980,7 @@ PD_TEST(test_step_cost)
 int main(void)
 {
     PD_RUN(test_request_basics);
+    PD_RUN(test_sample_batch);
     PD_RUN(test_keep_blocks);
     PD_RUN(test_priority_preemption);
     PD_RUN(test_chunked_prefill);
