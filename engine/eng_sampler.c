@@ -89,12 +89,9 @@ static float row_max(const float *x, int n)
     return best;
 }
 
-/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  Cloned for AVX2+FMA
- * (picked at load time) where the fused multiply-adds shorten the polynomial. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2,fma", "default")))
-#endif
-static double exp_sum(const float *x, float mx, float *e, int n)
+/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  4-wide baseline here;
+ * an 8-wide AVX2+FMA version below is chosen at run time where the CPU has it. */
+static double exp_sum_sse(const float *x, float mx, float *e, int n)
 {
     v4f a0 = vsplat(0), a1 = a0, m = vsplat(mx);
     int i = 0;
@@ -115,6 +112,72 @@ static double exp_sum(const float *x, float mx, float *e, int n)
         s += v;
     }
     return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HAVE_AVX2_PATH 1
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Same polynomial as vexp, 8 lanes; no helpers so no 32-byte vector crosses a
+ * function boundary compiled without AVX. */
+__attribute__((target("avx2,fma"))) static double exp_sum_avx2(const float *x, float mx, float *e, int n)
+{
+    v8f acc0 = {0}, acc1 = {0};
+    const v8f lo = (v8f){0} - 87.0f, hi = (v8f){0} + 88.0f, zero = {0};
+    int i = 0;
+#define EXP8(out, xin)                                                                  \
+    do {                                                                                \
+        v8f xv = (xin), xc;                                                             \
+        v8i mlo = xv < lo, mhi;                                                         \
+        xc = (v8f)(((v8i)lo & mlo) | ((v8i)xv & ~mlo));                                 \
+        mhi = xc > hi;                                                                  \
+        xc = (v8f)(((v8i)hi & mhi) | ((v8i)xc & ~mhi));                                 \
+        v8f nn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;               \
+        v8f r = xc - nn * 0.693359375f;                                                 \
+        r = r - nn * -2.12194440e-4f;                                                   \
+        v8f p = (v8f){0} + 1.9875691500e-4f;                                            \
+        p = p * r + 1.3981999507e-3f;                                                   \
+        p = p * r + 8.3334519073e-3f;                                                   \
+        p = p * r + 4.1665795894e-2f;                                                   \
+        p = p * r + 1.6666665459e-1f;                                                   \
+        p = p * r + 5.0000001201e-1f;                                                   \
+        p = p * r * r + r + 1.0f;                                                       \
+        v8i bits = (__builtin_convertvector(nn, v8i) + 127) << 23;                       \
+        v8f res = p * (v8f)bits;                                                        \
+        (out) = (v8f)(((v8i)zero & mlo) | ((v8i)res & ~mlo));                           \
+    } while (0)
+    for (; i + 16 <= n; i += 16) {
+        v8f a, b, x0, x1;
+        memcpy(&x0, x + i, sizeof(x0));
+        memcpy(&x1, x + i + 8, sizeof(x1));
+        EXP8(a, x0 - mx);
+        EXP8(b, x1 - mx);
+        if (e != NULL) {
+            memcpy(e + i, &a, sizeof(a));
+            memcpy(e + i + 8, &b, sizeof(b));
+        }
+        acc0 += a;
+        acc1 += b;
+    }
+#undef EXP8
+    v8f acc = acc0 + acc1;
+    double sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += acc[l];
+    return sum + exp_sum_sse(x + i, mx, e != NULL ? e + i : NULL, n - i);
+}
+#endif
+
+static int use_avx2 = -1; /* decided once, at the first eng_sampler_create */
+
+static double exp_sum(const float *x, float mx, float *e, int n)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2 > 0)
+        return exp_sum_avx2(x, mx, e, n);
+#endif
+    return exp_sum_sse(x, mx, e, n);
 }
 
 static double exp_sum_only(const float *x, float mx, int n) { return exp_sum(x, mx, NULL, n); }
@@ -281,6 +344,14 @@ pd_status_t eng_sampler_create(int vocab_size, eng_sampler_t **sampler_p)
     if (vocab_size < 1) {
         PD_LOG_ERR("sampler: vocab size %d", vocab_size);
         return PD_ERR_INVAL;
+    }
+    if (use_avx2 < 0) {
+#ifdef HAVE_AVX2_PATH
+        __builtin_cpu_init();
+        use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        use_avx2 = 0;
+#endif
     }
     eng_sampler_t *s = calloc(1, sizeof(*s));
     if (s == NULL)

@@ -310,16 +310,20 @@ static void reference_probs(const float *logits, int V, float temp, int top_k, f
     }
 }
 
-static void check_distribution(float temp, int top_k, float top_p, float min_p)
+static void check_distribution_v(int V, float temp, int top_k, float top_p, float min_p)
 {
-    enum { V = 12, N = 100000 };
+    enum { N = 100000 };
     eng_sampler_t *s;
     eng_sampling_params_t p;
     eng_rng_t rng;
-    float base[V] = {2.0f, 1.5f, 1.4f, 0.3f, -0.2f, 1.0f, -1.0f, 0.9f, 0.0f, -3.0f, 1.2f, 0.5f}, x[V];
-    double want[V];
-    int count[V] = {0};
+    static const float b12[12] = {2.0f, 1.5f, 1.4f, 0.3f, -0.2f, 1.0f, -1.0f, 0.9f, 0.0f, -3.0f, 1.2f, 0.5f};
+    float base[64], x[64];
+    double want[64];
+    int count[64] = {0};
     eng_sample_result_t res;
+
+    for (int i = 0; i < V; i++) /* V > 12 runs the 8/16-wide row loops too */
+        base[i] = b12[i % 12] - 0.71f * (float)(i / 12); /* no near ties */
 
     eng_sampler_create(V, &s);
     eng_sampling_params_init(&p);
@@ -331,7 +335,7 @@ static void check_distribution(float temp, int top_k, float top_p, float min_p)
     eng_sample_ctx_t c = ctx_for(&p, &rng);
     reference_probs(base, V, temp, top_k, top_p, min_p, want);
     for (int n = 0; n < N; n++) {
-        memcpy(x, base, sizeof(x));
+        memcpy(x, base, (size_t)V * sizeof(float));
         if (eng_sampler_sample(s, x, &c, &res) != PD_OK)
             break;
         count[res.token]++;
@@ -349,6 +353,12 @@ static void check_distribution(float temp, int top_k, float top_p, float min_p)
     PD_CHECK_EQ_INT(bad, 0);
     eng_sampling_params_cleanup(&p);
     eng_sampler_destroy(s);
+}
+
+static void check_distribution(float temp, int top_k, float top_p, float min_p)
+{
+    check_distribution_v(12, temp, top_k, top_p, min_p);
+    check_distribution_v(60, temp, top_k, top_p, min_p);
 }
 
 PD_TEST(test_distribution)
