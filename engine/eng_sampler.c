@@ -290,36 +290,57 @@ static void sift_down(const float *x, int32_t *h, int n, int i)
     }
 }
 
-int eng_topk_select(const float *x, int n, int k, int32_t *idx)
+/* Top-k selection; *ties_p tells whether some value outside the selection equals
+ * the smallest selected one (then vLLM's top_k keeps it too). */
+static int topk_select(const float *x, int n, int k, int32_t *idx, bool *ties_p)
 {
     enum { CHUNK = 64 };
+    bool ties = false;
     if (k > n)
         k = n;
-    if (k <= 0)
+    if (k <= 0) {
+        *ties_p = false;
         return 0;
+    }
     for (int i = 0; i < k; i++)
         idx[i] = i;
     for (int i = k / 2 - 1; i >= 0; i--)
         sift_down(x, idx, k, i);
     /* Later indices only replace the root when strictly larger (an equal value at a
-     * lower index wins).  Whole chunks whose max is not above the root are skipped. */
+     * lower index wins).  Whole chunks whose max is not above the root are skipped.
+     * The root only grows, so "an equal value was left out" resets when it does. */
     float thr = x[idx[0]];
     int i = k;
     while (i < n) {
         if ((i & (CHUNK - 1)) == 0 && i + CHUNK <= n) {
-            if (!(chunk_max(x + i, CHUNK) > thr)) {
+            float cm = chunk_max(x + i, CHUNK);
+            if (!(cm > thr)) {
+                ties |= cm == thr;
                 i += CHUNK;
                 continue;
             }
         }
         if (x[i] > thr) {
+            float out = thr;
             idx[0] = i;
             sift_down(x, idx, k, 0);
+            if (x[idx[0]] != thr)
+                ties = false;
             thr = x[idx[0]];
+            ties |= out == thr; /* the evicted one ties the new root */
+        } else if (x[i] == thr) {
+            ties = true;
         }
         i++;
     }
+    *ties_p = ties;
     return k;
+}
+
+int eng_topk_select(const float *x, int n, int k, int32_t *idx)
+{
+    bool ties;
+    return topk_select(x, n, k, idx, &ties);
 }
 
 /* Sort idx[0..k) by x descending (ties: lower index first): heap-sort the min-heap
@@ -572,25 +593,25 @@ static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
     return -1;
 }
 
-/* Sample from the processed logits (temperature already applied). */
-static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_params_t *p, eng_rng_t *rng)
+/* Sample from the processed logits x (temperature temp not applied yet). */
+static int32_t sample_filtered(eng_sampler_t *s, float *x, float temp, const eng_sampling_params_t *p,
+                               eng_rng_t *rng)
 {
     int V = s->V;
     int k = (p->top_k > 0 && p->top_k < V) ? p->top_k : 0;
-    float mx = row_max(x, V);
-    float thr = -INFINITY;
-
-    if (!isfinite(mx))
-        return -1;
-    if (p->min_p > 0.0f)
-        thr = mx + logf(p->min_p); /* prob >= min_p * max_prob */
+    float mx, thr = -INFINITY;
 
     if (k > 0) {
-        int n = eng_topk_select(x, V, k, s->idx);
+        /* Selection and min_p are invariant under the positive temperature scale, so
+         * they run on the unscaled row and only the candidates are scaled. */
+        bool ties;
+        int n = topk_select(x, V, k, s->idx, &ties);
         sort_desc(x, s->idx, n);
-        /* vLLM keeps every token tied with the k-th value: add the ties left out. */
-        float kth = x[s->idx[n - 1]];
-        if (count_ge(x, V, kth) > n) {
+        mx = x[s->idx[0]];
+        if (!isfinite(mx))
+            return -1;
+        if (ties) { /* vLLM keeps every token tied with the k-th value */
+            float kth = x[s->idx[n - 1]];
             uint32_t cur = next_stamp(s);
             for (int i = 0; i < n; i++)
                 s->stamp[s->idx[i]] = cur;
@@ -598,13 +619,16 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_pa
                 if (x[i] == kth && s->stamp[i] != cur)
                     s->idx[n++] = i;
         }
+        if (p->min_p > 0.0f)
+            thr = mx + temp * logf(p->min_p); /* prob >= min_p * max_prob after scaling */
+        float inv = 1.0f / temp;
         double total = 0;
         int kept = 0;
         for (int i = 0; i < n; i++) {
             int32_t t = s->idx[i];
             if (x[t] < thr)
                 break;
-            s->e[t] = fast_exp(x[t] - mx);
+            s->e[t] = fast_exp((x[t] - mx) * inv);
             total += s->e[t];
             kept++;
         }
@@ -621,6 +645,11 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_pa
         return draw(s->e, s->idx, kept, total, rng);
     }
 
+    if (temp != 1.0f)
+        scale_row(x, V, 1.0f / temp);
+    mx = row_max(x, V);
+    if (!isfinite(mx))
+        return -1;
     /* No top_k: weights over the whole vocabulary (min_p zeroes the low ones). */
     double total = exp_sum(x, mx, s->e, V);
     if (p->min_p > 0.0f) {
@@ -682,10 +711,7 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
         if (logits[tok] == -INFINITY)
             tok = -1;
     } else {
-        if (p->temperature != 1.0f) {
-            scale_row(logits, V, 1.0f / p->temperature);
-        }
-        tok = sample_filtered(s, logits, p, ctx->rng);
+        tok = sample_filtered(s, logits, p->temperature, p, ctx->rng);
     }
     if (tok < 0) {
         PD_LOG_WARN("sampler: every token is masked");

@@ -221,6 +221,61 @@ PD_TEST(test_topk_ties)
     }
     PD_CHECK(count[2] > 0 && count[3] > 0 && count[5] > 0 && count[0] > 0);
     PD_CHECK(count[1] == 0 && count[4] == 0 && count[6] == 0 && count[7] == 0);
+    /* a tie that leaves the heap when a larger value comes in: {1, 1, 2}, k = 2 */
+    float b3[V] = {1, 1, 2, -5, -5, -5, -5, -5};
+    memset(count, 0, sizeof(count));
+    for (int n = 0; n < 20000; n++) {
+        memcpy(x, b3, sizeof(x));
+        eng_sampler_sample(s, x, &c, &res);
+        count[res.token]++;
+    }
+    PD_CHECK(count[0] > 0 && count[1] > 0 && count[2] > 0 && count[3] == 0);
+    eng_sampling_params_cleanup(&p);
+    eng_sampler_destroy(s);
+}
+
+/* The kept support with ties, on rows long enough for the chunk skipping: exactly
+ * the tokens whose value is >= the k-th largest. */
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+PD_TEST(test_topk_ties_support)
+{
+    enum { V = 640 };
+    eng_sampler_t *s;
+    eng_sampling_params_t p;
+    eng_rng_t rng;
+    static float base[V], x[V], sorted[V];
+    static int count[V];
+    eng_sample_result_t res;
+
+    eng_sampler_create(V, &s);
+    eng_sampling_params_init(&p);
+    eng_rng_seed(&rng, 8);
+    srand(12);
+    int bad = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        for (int i = 0; i < V; i++)
+            base[i] = (float)(rand() % 4) + (trial % 2 ? 0.0f : (float)(i / 160)); /* runs of equal values */
+        p.top_k = 1 + rand() % 120;
+        memcpy(sorted, base, sizeof(sorted));
+        qsort(sorted, V, sizeof(float), cmp_desc);
+        float kth = sorted[p.top_k - 1];
+        memset(count, 0, sizeof(count));
+        eng_sample_ctx_t c = ctx_for(&p, &rng);
+        for (int n = 0; n < 40000; n++) {
+            memcpy(x, base, sizeof(x));
+            eng_sampler_sample(s, x, &c, &res);
+            count[res.token]++;
+        }
+        for (int i = 0; i < V; i++)
+            if ((base[i] >= kth) != (count[i] > 0))
+                bad++;
+    }
+    PD_CHECK_EQ_INT(bad, 0);
     eng_sampling_params_cleanup(&p);
     eng_sampler_destroy(s);
 }
@@ -592,6 +647,7 @@ int main(void)
     PD_RUN(test_params_defaults_and_validate);
     PD_RUN(test_greedy_and_masks);
     PD_RUN(test_topk_ties);
+    PD_RUN(test_topk_ties_support);
     PD_RUN(test_penalties);
     PD_RUN(test_distribution);
     PD_RUN(test_seeded_reproducible);
