@@ -9,11 +9,12 @@
  * The engine loop is:
  *     batch = eng_sched_step(s);
  *     do swap_out, then swap_in, then copies;
- * (between step and update a request of the batch may be finished - it is then
- *  skipped by the update - but not destroyed)
- *     forward over batch->seqs; sample n_samples tokens for every seq with logits;
+ *     forward over batch->seqs; sample n_samples tokens for every seq with logits
+ *         (eng_sampler_sample_batch);
  *     eng_sched_update(s, batch, sampled);
  *     emit outputs; destroy requests in batch->finished whose group finished.
+ * Between step and update a request of the batch may be finished (the update then
+ * skips it) but not destroyed.  One thread drives a scheduler; nothing here locks.
  *
  * The scheduler never frees requests: finished (and aborted) ones are handed back
  * and the engine destroys them (group parents only, see eng_request.h).
@@ -54,7 +55,9 @@ typedef struct eng_sched_cfg {
     int n_eos;
 } eng_sched_cfg_t;
 
-/* Defaults like vLLM v1 for a given block geometry. */
+/* vLLM v1 defaults: 8192 batched tokens, 256 sequences, chunked prefill, fcfs,
+ * recompute, 8192 max-model-len, 1024 blocks of 16 with prefix caching.  Set the
+ * block count and max_model_len for the deployment. */
 void eng_sched_cfg_init(eng_sched_cfg_t *cfg);
 /* --scheduling-policy ("fcfs", "priority") and --preemption-mode ("recompute",
  * "swap"; NULL = recompute).  PD_ERR_INVAL for anything else. */
