@@ -696,7 +696,8 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
 {
     const eng_sampling_params_t *p = ctx->params;
     int V = s->V;
-    bool want_lp = p->logprobs >= 0;
+    /* best_of ranks sequences by cumulative logprob, so it needs them too */
+    bool want_lp = p->logprobs >= 0 || p->best_of > p->n;
     float raw_mx = 0, raw_lse = 0;
     int32_t tok;
 
@@ -723,7 +724,7 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
     res->rank = 0;
     if (want_lp) {
         eng_logprob_t t;
-        int n_top = p->logprobs < V ? p->logprobs : V;
+        int n_top = p->logprobs < 0 ? 0 : p->logprobs < V ? p->logprobs : V;
         fill_logprobs(s, s->raw, raw_mx, raw_lse, tok, res->top != NULL ? n_top : 0, res->top, &t);
         res->logprob = t.logprob;
         res->rank = t.rank;

@@ -48,8 +48,9 @@ typedef struct eng_sample_ctx {
 
 typedef struct eng_sample_result {
     int32_t token;
-    float logprob;               /* raw logprob of token (params->logprobs >= 0; else NAN) */
-    int rank;                    /* its rank (params->logprobs >= 0; else 0) */
+    float logprob;               /* raw logprob of token when params->logprobs >= 0 or
+                                    best_of > n (for the ranking); else NAN */
+    int rank;                    /* its rank (same condition; else 0) */
     eng_logprob_t *top;          /* caller's array of params->logprobs entries, or NULL */
     int n_top;                   /* filled entries, best first */
 } eng_sample_result_t;
