@@ -462,11 +462,13 @@ pd_status_t eng_request_create(const char *id, const int32_t *prompt, int n_prom
     eng_request_t *req = NULL;
     pd_status_t st;
 
-    if (prompt == NULL || n_prompt <= 0) {
-        PD_LOG_REQ(WARN, id, "request has an empty prompt");
+    if (prompt == NULL || n_prompt <= 0 || n_prompt > INT32_MAX / 2) {
+        PD_LOG_REQ(WARN, id, "request has an empty or absurdly long prompt (%d tokens)", n_prompt);
         return PD_ERR_INVAL;
     }
-    if (params->n < 1 || (params->best_of != 0 && params->best_of < params->n)) {
+    /* The group size bound is a resource guard (each sequence copies the prompt). */
+    if (params->n < 1 || params->n > 4096 || params->best_of > 4096 ||
+        (params->best_of != 0 && params->best_of < params->n)) {
         PD_LOG_REQ(WARN, id, "bad n=%d best_of=%d", params->n, params->best_of);
         return PD_ERR_INVAL;
     }

@@ -225,7 +225,8 @@ struct eng_request {
 /* Create a request.  Copies id, prompt and params (deep).  arrival_ns 0 = now.
  * When params->has_seed the RNG is seeded from it (sequence i of a group uses
  * seed + i); otherwise from engine_rng (may be NULL: then seed 0 - tests only).
- * Returns PD_ERR_INVAL for an empty prompt or a bad n/best_of. */
+ * Returns PD_ERR_INVAL for an empty prompt or a bad n/best_of (a group holds at
+ * most 4096 sequences). */
 pd_status_t eng_request_create(const char *id, const int32_t *prompt, int n_prompt,
                                const eng_sampling_params_t *params, int priority,
                                const char *cache_salt, uint64_t arrival_ns,
