@@ -736,6 +736,16 @@ eng_batch_t *eng_sched_step(eng_sched_t *s)
     bool preempted_any = false, any_prompt = false;
 
     batch_reset(s);
+    /* Reserve the batch lists up front so adding a sequence (after its blocks, and
+     * maybe a copy-on-write, were taken) cannot fail half way. */
+    int max_seqs = s->running.count + s->waiting.count;
+    int copy_cap = s->cap_copies;
+    if (!vec_reserve((void **)&s->batch.seqs, &s->cap_seqs, max_seqs, sizeof(eng_batch_seq_t)) ||
+        !vec_reserve((void **)&s->batch.copies, &s->cap_copies, s->running.count, sizeof(eng_block_copy_t)) ||
+        !vec_reserve((void **)&s->copy_owner, &copy_cap, s->cap_copies, sizeof(eng_request_t *))) {
+        PD_LOG_ERR("scheduler: out of memory for the batch; skipping this step");
+        return &s->batch;
+    }
     if (s->prev_had_prompt)
         s->last_prompt_latency_ns = now - s->prev_step_ns;
     s->prev_step_ns = now;
