@@ -114,7 +114,7 @@ static double exp_sum_sse(const float *x, float mx, float *e, int n)
     return s;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_PATH 1
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
