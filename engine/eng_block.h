@@ -91,7 +91,10 @@ int eng_block_cached_prefix(const eng_block_mgr_t *mgr, const int32_t *tokens, i
  * blocks so the table covers n_slots tokens (n_slots >= cached tokens; pass
  * n_tokens to allocate the whole prompt or less for a prefill chunk).  All or
  * nothing: PD_ERR_AGAIN when the free blocks do not suffice (the table unchanged).
- * *n_cached_p gets the cached token count.  Counts a prefix query. */
+ * *n_cached_p gets the cached token count.  Counts a prefix query.
+ * External (remote KV) blocks use the same call: it reserves blocks for the whole
+ * prompt, the transfer writes tokens [*n_cached_p, n_remote) into them, and
+ * eng_block_commit(.., n_remote, ..) registers their keys once it has arrived. */
 pd_status_t eng_block_alloc_prompt(eng_block_mgr_t *mgr, eng_block_table_t *t,
                                    const int32_t *tokens, int n_tokens, int n_slots,
                                    uint64_t salt_hash, int32_t lora_id, int *n_cached_p);

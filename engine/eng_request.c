@@ -241,7 +241,35 @@ static pd_status_t fail(char *err, size_t errlen, const char *fmt, ...)
     return PD_ERR_INVAL;
 }
 
-/* Python's repr of a float is what vLLM prints; %g is close enough for messages. */
+/* A float the way Python's repr prints it (vLLM's messages are f-strings): the
+ * shortest digits that read back to the same float, ".0" added to integers. */
+typedef struct pyf {
+    char s[40];
+} pyf_t;
+
+static pyf_t pyfloat(float v)
+{
+    pyf_t out;
+    if (isnan(v)) {
+        snprintf(out.s, sizeof(out.s), "nan");
+        return out;
+    }
+    if (isinf(v)) {
+        snprintf(out.s, sizeof(out.s), v < 0 ? "-inf" : "inf");
+        return out;
+    }
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(out.s, sizeof(out.s), "%.*g", prec, (double)v);
+        if (strtof(out.s, NULL) == v)
+            break;
+    }
+    if (strpbrk(out.s, ".e") == NULL) {
+        size_t n = strlen(out.s);
+        snprintf(out.s + n, sizeof(out.s) - n, ".0");
+    }
+    return out;
+}
+
 pd_status_t eng_sampling_params_validate(const eng_sampling_params_t *p, int vocab_size,
                                          int max_logprobs, char *err, size_t errlen)
 {
@@ -251,20 +279,20 @@ pd_status_t eng_sampling_params_validate(const eng_sampling_params_t *p, int voc
         return fail(err, errlen, "best_of must be greater than or equal to n, got n=%d and best_of=%d.",
                     p->n, p->best_of);
     if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
-        return fail(err, errlen, "presence_penalty must be in [-2, 2], got %g.", p->presence_penalty);
+        return fail(err, errlen, "presence_penalty must be in [-2, 2], got %s.", pyfloat(p->presence_penalty).s);
     if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
-        return fail(err, errlen, "frequency_penalty must be in [-2, 2], got %g.", p->frequency_penalty);
+        return fail(err, errlen, "frequency_penalty must be in [-2, 2], got %s.", pyfloat(p->frequency_penalty).s);
     if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
-        return fail(err, errlen, "repetition_penalty must be greater than zero, got %g.",
-                    p->repetition_penalty);
+        return fail(err, errlen, "repetition_penalty must be greater than zero, got %s.",
+                    pyfloat(p->repetition_penalty).s);
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
-        return fail(err, errlen, "temperature must be non-negative, got %g.", p->temperature);
+        return fail(err, errlen, "temperature must be non-negative, got %s.", pyfloat(p->temperature).s);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-        return fail(err, errlen, "top_p must be in (0, 1], got %g.", p->top_p);
+        return fail(err, errlen, "top_p must be in (0, 1], got %s.", pyfloat(p->top_p).s);
     if (p->top_k < -1)
         return fail(err, errlen, "top_k must be 0 (disable), or at least 1, got %d.", p->top_k);
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return fail(err, errlen, "min_p must be in [0, 1], got %g.", p->min_p);
+        return fail(err, errlen, "min_p must be in [0, 1], got %s.", pyfloat(p->min_p).s);
     if (p->max_tokens != -1 && p->max_tokens < 1)
         return fail(err, errlen, "max_tokens must be at least 1, got %d.", p->max_tokens);
     if (p->min_tokens < 0)
@@ -298,8 +326,8 @@ pd_status_t eng_sampling_params_validate(const eng_sampling_params_t *p, int voc
                         "token_id(s) [%d] in logit_bias contain out-of-vocab token ids. Vocabulary size: %d",
                         t, vocab_size);
         if (!isfinite(p->logit_bias[i].bias))
-            return fail(err, errlen, "logit_bias values must be finite, got %g for token %d",
-                        p->logit_bias[i].bias, t);
+            return fail(err, errlen, "logit_bias values must be finite, got %s for token %d",
+                        pyfloat(p->logit_bias[i].bias).s, t);
     }
     if (p->allowed_token_ids != NULL && p->n_allowed_token_ids == 0)
         return fail(err, errlen, "allowed_token_ids is not None and empty!");
@@ -434,11 +462,13 @@ pd_status_t eng_request_create(const char *id, const int32_t *prompt, int n_prom
     eng_request_t *req = NULL;
     pd_status_t st;
 
-    if (prompt == NULL || n_prompt <= 0) {
-        PD_LOG_REQ(WARN, id, "request has an empty prompt");
+    if (prompt == NULL || n_prompt <= 0 || n_prompt > INT32_MAX / 2) {
+        PD_LOG_REQ(WARN, id, "request has an empty or absurdly long prompt (%d tokens)", n_prompt);
         return PD_ERR_INVAL;
     }
-    if (params->n < 1 || (params->best_of != 0 && params->best_of < params->n)) {
+    /* The group size bound is a resource guard (each sequence copies the prompt). */
+    if (params->n < 1 || params->n > 4096 || params->best_of > 4096 ||
+        (params->best_of != 0 && params->best_of < params->n)) {
         PD_LOG_REQ(WARN, id, "bad n=%d best_of=%d", params->n, params->best_of);
         return PD_ERR_INVAL;
     }

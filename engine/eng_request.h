@@ -202,6 +202,11 @@ struct eng_request {
     /* remote KV (disaggregated decode): prompt tokens whose KV arrives by transfer */
     bool remote_kv;
     int n_remote_tokens;
+    /* KV producer (prefill node): when it finishes normally its blocks stay held
+     * (state FINISHED_*, table intact) until eng_sched_release_blocks, so a peer can
+     * read them.  Aborts and errors release at once. */
+    bool keep_blocks;
+    bool blocks_held;
     /* parallel sampling group */
     eng_request_t *parent;       /* NULL for sequence 0 */
     int seq_index;               /* 0 .. group_size-1 */
@@ -220,7 +225,8 @@ struct eng_request {
 /* Create a request.  Copies id, prompt and params (deep).  arrival_ns 0 = now.
  * When params->has_seed the RNG is seeded from it (sequence i of a group uses
  * seed + i); otherwise from engine_rng (may be NULL: then seed 0 - tests only).
- * Returns PD_ERR_INVAL for an empty prompt or a bad n/best_of. */
+ * Returns PD_ERR_INVAL for an empty prompt or a bad n/best_of (a group holds at
+ * most 4096 sequences). */
 pd_status_t eng_request_create(const char *id, const int32_t *prompt, int n_prompt,
                                const eng_sampling_params_t *params, int priority,
                                const char *cache_salt, uint64_t arrival_ns,

@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_sched.h"
 #include "pd_log.h"
 
 struct eng_sampler {
     int V;
     float *raw;              /* (V) copy of the raw row when logprobs are wanted */
+    float *row;              /* (V) per-sample copy of a shared row (n > 1) */
     float *e;                /* (V) exp values */
     int32_t *idx;            /* (V) candidate indices */
     uint32_t *stamp;         /* (V) membership marks (allowed / seen) */
@@ -87,12 +89,9 @@ static float row_max(const float *x, int n)
     return best;
 }
 
-/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  Cloned for AVX2+FMA
- * (picked at load time) where the fused multiply-adds shorten the polynomial. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2,fma", "default")))
-#endif
-static double exp_sum(const float *x, float mx, float *e, int n)
+/* e[i] = exp(x[i] - mx) (e may be NULL); returns the sum.  4-wide baseline here;
+ * an 8-wide AVX2+FMA version below is chosen at run time where the CPU has it. */
+static double exp_sum_sse(const float *x, float mx, float *e, int n)
 {
     v4f a0 = vsplat(0), a1 = a0, m = vsplat(mx);
     int i = 0;
@@ -113,6 +112,72 @@ static double exp_sum(const float *x, float mx, float *e, int n)
         s += v;
     }
     return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_PATH 1
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Same polynomial as vexp, 8 lanes; no helpers so no 32-byte vector crosses a
+ * function boundary compiled without AVX. */
+__attribute__((target("avx2,fma"))) static double exp_sum_avx2(const float *x, float mx, float *e, int n)
+{
+    v8f acc0 = {0}, acc1 = {0};
+    const v8f lo = (v8f){0} - 87.0f, hi = (v8f){0} + 88.0f, zero = {0};
+    int i = 0;
+#define EXP8(out, xin)                                                                  \
+    do {                                                                                \
+        v8f xv = (xin), xc;                                                             \
+        v8i mlo = xv < lo, mhi;                                                         \
+        xc = (v8f)(((v8i)lo & mlo) | ((v8i)xv & ~mlo));                                 \
+        mhi = xc > hi;                                                                  \
+        xc = (v8f)(((v8i)hi & mhi) | ((v8i)xc & ~mhi));                                 \
+        v8f nn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;               \
+        v8f r = xc - nn * 0.693359375f;                                                 \
+        r = r - nn * -2.12194440e-4f;                                                   \
+        v8f p = (v8f){0} + 1.9875691500e-4f;                                            \
+        p = p * r + 1.3981999507e-3f;                                                   \
+        p = p * r + 8.3334519073e-3f;                                                   \
+        p = p * r + 4.1665795894e-2f;                                                   \
+        p = p * r + 1.6666665459e-1f;                                                   \
+        p = p * r + 5.0000001201e-1f;                                                   \
+        p = p * r * r + r + 1.0f;                                                       \
+        v8i bits = (__builtin_convertvector(nn, v8i) + 127) << 23;                       \
+        v8f res = p * (v8f)bits;                                                        \
+        (out) = (v8f)(((v8i)zero & mlo) | ((v8i)res & ~mlo));                           \
+    } while (0)
+    for (; i + 16 <= n; i += 16) {
+        v8f a, b, x0, x1;
+        memcpy(&x0, x + i, sizeof(x0));
+        memcpy(&x1, x + i + 8, sizeof(x1));
+        EXP8(a, x0 - mx);
+        EXP8(b, x1 - mx);
+        if (e != NULL) {
+            memcpy(e + i, &a, sizeof(a));
+            memcpy(e + i + 8, &b, sizeof(b));
+        }
+        acc0 += a;
+        acc1 += b;
+    }
+#undef EXP8
+    v8f acc = acc0 + acc1;
+    double sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += acc[l];
+    return sum + exp_sum_sse(x + i, mx, e != NULL ? e + i : NULL, n - i);
+}
+#endif
+
+static int use_avx2 = -1; /* decided once, at the first eng_sampler_create */
+
+static double exp_sum(const float *x, float mx, float *e, int n)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2 > 0)
+        return exp_sum_avx2(x, mx, e, n);
+#endif
+    return exp_sum_sse(x, mx, e, n);
 }
 
 static double exp_sum_only(const float *x, float mx, int n) { return exp_sum(x, mx, NULL, n); }
@@ -225,36 +290,57 @@ static void sift_down(const float *x, int32_t *h, int n, int i)
     }
 }
 
-int eng_topk_select(const float *x, int n, int k, int32_t *idx)
+/* Top-k selection; *ties_p tells whether some value outside the selection equals
+ * the smallest selected one (then vLLM's top_k keeps it too). */
+static int topk_select(const float *x, int n, int k, int32_t *idx, bool *ties_p)
 {
     enum { CHUNK = 64 };
+    bool ties = false;
     if (k > n)
         k = n;
-    if (k <= 0)
+    if (k <= 0) {
+        *ties_p = false;
         return 0;
+    }
     for (int i = 0; i < k; i++)
         idx[i] = i;
     for (int i = k / 2 - 1; i >= 0; i--)
         sift_down(x, idx, k, i);
     /* Later indices only replace the root when strictly larger (an equal value at a
-     * lower index wins).  Whole chunks whose max is not above the root are skipped. */
+     * lower index wins).  Whole chunks whose max is not above the root are skipped.
+     * The root only grows, so "an equal value was left out" resets when it does. */
     float thr = x[idx[0]];
     int i = k;
     while (i < n) {
         if ((i & (CHUNK - 1)) == 0 && i + CHUNK <= n) {
-            if (!(chunk_max(x + i, CHUNK) > thr)) {
+            float cm = chunk_max(x + i, CHUNK);
+            if (!(cm > thr)) {
+                ties |= cm == thr;
                 i += CHUNK;
                 continue;
             }
         }
         if (x[i] > thr) {
+            float out = thr;
             idx[0] = i;
             sift_down(x, idx, k, 0);
+            if (x[idx[0]] != thr)
+                ties = false;
             thr = x[idx[0]];
+            ties |= out == thr; /* the evicted one ties the new root */
+        } else if (x[i] == thr) {
+            ties = true;
         }
         i++;
     }
+    *ties_p = ties;
     return k;
+}
+
+int eng_topk_select(const float *x, int n, int k, int32_t *idx)
+{
+    bool ties;
+    return topk_select(x, n, k, idx, &ties);
 }
 
 /* Sort idx[0..k) by x descending (ties: lower index first): heap-sort the min-heap
@@ -280,19 +366,28 @@ pd_status_t eng_sampler_create(int vocab_size, eng_sampler_t **sampler_p)
         PD_LOG_ERR("sampler: vocab size %d", vocab_size);
         return PD_ERR_INVAL;
     }
+    if (use_avx2 < 0) {
+#ifdef HAVE_AVX2_PATH
+        __builtin_cpu_init();
+        use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        use_avx2 = 0;
+#endif
+    }
     eng_sampler_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return PD_ERR_NOMEM;
     size_t V = (size_t)vocab_size;
     s->V = vocab_size;
     s->raw = malloc(V * sizeof(float));
+    s->row = malloc(V * sizeof(float));
     s->e = malloc(V * sizeof(float));
     s->idx = malloc(V * sizeof(int32_t));
     s->stamp = calloc(V, sizeof(uint32_t));
     s->cstamp = calloc(V, sizeof(uint32_t));
     s->cnt = malloc(V * sizeof(int32_t));
     s->touched = malloc(V * sizeof(int32_t));
-    if (!s->raw || !s->e || !s->idx || !s->stamp || !s->cstamp || !s->cnt || !s->touched) {
+    if (!s->raw || !s->row || !s->e || !s->idx || !s->stamp || !s->cstamp || !s->cnt || !s->touched) {
         eng_sampler_destroy(s);
         return PD_ERR_NOMEM;
     }
@@ -305,6 +400,7 @@ void eng_sampler_destroy(eng_sampler_t *s)
     if (s == NULL)
         return;
     free(s->raw);
+    free(s->row);
     free(s->e);
     free(s->idx);
     free(s->stamp);
@@ -497,29 +593,42 @@ static int32_t draw_all(const float *w, int n, double total, eng_rng_t *rng)
     return -1;
 }
 
-/* Sample from the processed logits (temperature already applied). */
-static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_params_t *p, eng_rng_t *rng)
+/* Sample from the processed logits x (temperature temp not applied yet). */
+static int32_t sample_filtered(eng_sampler_t *s, float *x, float temp, const eng_sampling_params_t *p,
+                               eng_rng_t *rng)
 {
     int V = s->V;
     int k = (p->top_k > 0 && p->top_k < V) ? p->top_k : 0;
-    float mx = row_max(x, V);
-    float thr = -INFINITY;
-
-    if (!isfinite(mx))
-        return -1;
-    if (p->min_p > 0.0f)
-        thr = mx + logf(p->min_p); /* prob >= min_p * max_prob */
+    float mx, thr = -INFINITY;
 
     if (k > 0) {
-        int n = eng_topk_select(x, V, k, s->idx);
+        /* Selection and min_p are invariant under the positive temperature scale, so
+         * they run on the unscaled row and only the candidates are scaled. */
+        bool ties;
+        int n = topk_select(x, V, k, s->idx, &ties);
         sort_desc(x, s->idx, n);
+        mx = x[s->idx[0]];
+        if (!isfinite(mx))
+            return -1;
+        if (ties) { /* vLLM keeps every token tied with the k-th value */
+            float kth = x[s->idx[n - 1]];
+            uint32_t cur = next_stamp(s);
+            for (int i = 0; i < n; i++)
+                s->stamp[s->idx[i]] = cur;
+            for (int i = 0; i < V; i++)
+                if (x[i] == kth && s->stamp[i] != cur)
+                    s->idx[n++] = i;
+        }
+        if (p->min_p > 0.0f)
+            thr = mx + temp * logf(p->min_p); /* prob >= min_p * max_prob after scaling */
+        float inv = 1.0f / temp;
         double total = 0;
         int kept = 0;
         for (int i = 0; i < n; i++) {
             int32_t t = s->idx[i];
             if (x[t] < thr)
                 break;
-            s->e[t] = fast_exp(x[t] - mx);
+            s->e[t] = fast_exp((x[t] - mx) * inv);
             total += s->e[t];
             kept++;
         }
@@ -536,6 +645,11 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, const eng_sampling_pa
         return draw(s->e, s->idx, kept, total, rng);
     }
 
+    if (temp != 1.0f)
+        scale_row(x, V, 1.0f / temp);
+    mx = row_max(x, V);
+    if (!isfinite(mx))
+        return -1;
     /* No top_k: weights over the whole vocabulary (min_p zeroes the low ones). */
     double total = exp_sum(x, mx, s->e, V);
     if (p->min_p > 0.0f) {
@@ -582,7 +696,8 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
 {
     const eng_sampling_params_t *p = ctx->params;
     int V = s->V;
-    bool want_lp = p->logprobs >= 0;
+    /* best_of ranks sequences by cumulative logprob, so it needs them too */
+    bool want_lp = p->logprobs >= 0 || p->best_of > p->n;
     float raw_mx = 0, raw_lse = 0;
     int32_t tok;
 
@@ -597,10 +712,7 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
         if (logits[tok] == -INFINITY)
             tok = -1;
     } else {
-        if (p->temperature != 1.0f) {
-            scale_row(logits, V, 1.0f / p->temperature);
-        }
-        tok = sample_filtered(s, logits, p, ctx->rng);
+        tok = sample_filtered(s, logits, p->temperature, p, ctx->rng);
     }
     if (tok < 0) {
         PD_LOG_WARN("sampler: every token is masked");
@@ -612,11 +724,54 @@ pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample
     res->rank = 0;
     if (want_lp) {
         eng_logprob_t t;
-        int n_top = p->logprobs < V ? p->logprobs : V;
+        int n_top = p->logprobs < 0 ? 0 : p->logprobs < V ? p->logprobs : V;
         fill_logprobs(s, s->raw, raw_mx, raw_lse, tok, res->top != NULL ? n_top : 0, res->top, &t);
         res->logprob = t.logprob;
         res->rank = t.rank;
         res->n_top = res->top != NULL ? n_top : 0;
     }
     return PD_OK;
+}
+
+pd_status_t eng_sampler_sample_batch(eng_sampler_t *s, const eng_batch_t *b, float *logits, size_t row_stride,
+                                     const int32_t *eos_ids, int n_eos, int32_t *sampled,
+                                     eng_sample_result_t *results)
+{
+    pd_status_t ret = PD_OK;
+    size_t row = 0;
+
+    for (int i = 0; i < b->n_seqs; i++) {
+        const eng_batch_seq_t *q = &b->seqs[i];
+        if (!q->want_logits)
+            continue;
+        float *x = logits + row * row_stride;
+        row++;
+        for (int j = 0; j < q->n_samples; j++) {
+            eng_request_t *r = eng_request_seq(q->req, j);
+            eng_sample_result_t local = {0}, *res = results != NULL ? &results[q->sample_offset + j] : &local;
+            float *work = x;
+            if (q->n_samples > 1) { /* every sample starts from the untouched row */
+                memcpy(s->row, x, (size_t)s->V * sizeof(float));
+                work = s->row;
+            }
+            eng_sample_ctx_t ctx = {
+                .params = &r->params,
+                .prompt = r->tokens,
+                .n_prompt = r->n_prompt,
+                .output = eng_request_output(r),
+                .n_output = eng_request_n_output(r),
+                .rng = &r->rng,
+                .eos_ids = eos_ids,
+                .n_eos = n_eos,
+            };
+            if (eng_sampler_sample(s, work, &ctx, res) != PD_OK) {
+                PD_LOG_REQ(WARN, r->id, "nothing can be sampled: every token is masked");
+                sampled[q->sample_offset + j] = -1;
+                ret = PD_ERR_INVAL;
+                continue;
+            }
+            sampled[q->sample_offset + j] = res->token;
+        }
+    }
+    return ret;
 }

@@ -13,8 +13,10 @@
  * model logits before any of the transforms above.  Ranks are vLLM's: the number
  * of vocabulary entries whose logprob is >= the token's (1 = the best).
  *
- * top_k uses partial selection (a bounded heap) and top_p a growing partial
- * selection, so the common cases never sort the vocabulary.
+ * top_k keeps every token whose value ties the k-th largest (as vLLM does).
+ * top_k uses partial selection (a bounded heap that skips 64-entry chunks below
+ * its root) and top_p a growing partial selection (64, 512, 4096, ... entries),
+ * so the common cases never sort the vocabulary.
  */
 #ifndef ENG_SAMPLER_H
 #define ENG_SAMPLER_H
@@ -46,8 +48,9 @@ typedef struct eng_sample_ctx {
 
 typedef struct eng_sample_result {
     int32_t token;
-    float logprob;               /* raw logprob of token (params->logprobs >= 0; else NAN) */
-    int rank;                    /* its rank (params->logprobs >= 0; else 0) */
+    float logprob;               /* raw logprob of token when params->logprobs >= 0 or
+                                    best_of > n (for the ranking); else NAN */
+    int rank;                    /* its rank (same condition; else 0) */
     eng_logprob_t *top;          /* caller's array of params->logprobs entries, or NULL */
     int n_top;                   /* filled entries, best first */
 } eng_sample_result_t;
@@ -68,6 +71,21 @@ pd_status_t eng_sampler_sample(eng_sampler_t *sampler, float *logits, const eng_
  * (sorted best first) into top (may be NULL when n_top is 0).  logits unchanged. */
 pd_status_t eng_sampler_logprobs(eng_sampler_t *sampler, const float *logits, int32_t target,
                                  int n_top, eng_logprob_t *top, eng_logprob_t *target_p);
+
+struct eng_batch;
+
+/* Sample every token a scheduler batch asks for.  logits holds one row per seq
+ * with want_logits, in seq order (the r-th such seq uses row r), rows row_stride
+ * floats apart; rows are modified.  Sample j of a seq uses sequence j of its group
+ * (its params, tokens and RNG); when n_samples > 1 each sample starts from a copy
+ * of the untouched row.  sampled gets batch->n_samples tokens; results (NULL or
+ * batch->n_samples entries; set each .top to an array of params.logprobs entries
+ * or NULL first) gets the logprobs.  A sample that fails (every token masked)
+ * gets token -1 and the call returns PD_ERR_INVAL after sampling the rest: finish
+ * that request (eng_sched_finish with FINISHED_ERROR) before eng_sched_update. */
+pd_status_t eng_sampler_sample_batch(eng_sampler_t *sampler, const struct eng_batch *batch, float *logits,
+                                     size_t row_stride, const int32_t *eos_ids, int n_eos, int32_t *sampled,
+                                     eng_sample_result_t *results);
 
 /* Individual transforms, exported for tests and for a backend that fuses some. */
 void eng_sampler_apply_penalties(eng_sampler_t *sampler, float *logits, const eng_sample_ctx_t *ctx);

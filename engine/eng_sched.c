@@ -29,7 +29,7 @@
 #include "pd_log.h"
 #include "pd_util.h"
 
-enum { Q_NONE = 0, Q_WAITING = 1, Q_RUNNING = 2, Q_REMOTE = 3 };
+enum { Q_NONE = 0, Q_WAITING = 1, Q_RUNNING = 2, Q_REMOTE = 3, Q_HELD = 4 };
 
 typedef struct rq {
     eng_request_t *head, *tail;
@@ -40,7 +40,7 @@ struct eng_sched {
     eng_sched_cfg_t cfg;
     int32_t *eos;
     eng_block_mgr_t *blocks;
-    rq_t waiting, running, remote;
+    rq_t waiting, running, remote, held;
     eng_batch_t batch;
     int cap_seqs, cap_copies, cap_swap_out, cap_swap_in, cap_preempted, cap_finished, cap_remote;
     eng_request_t **copy_owner;
@@ -56,7 +56,12 @@ struct eng_sched {
 
 static rq_t *queue_of(eng_sched_t *s, int which)
 {
-    return which == Q_WAITING ? &s->waiting : which == Q_RUNNING ? &s->running : &s->remote;
+    switch (which) {
+    case Q_WAITING: return &s->waiting;
+    case Q_RUNNING: return &s->running;
+    case Q_REMOTE: return &s->remote;
+    default: return &s->held;
+    }
 }
 
 static void q_unlink(eng_sched_t *s, eng_request_t *r)
@@ -168,6 +173,28 @@ void eng_sched_cfg_init(eng_sched_cfg_t *cfg)
     cfg->blocks.enable_prefix_caching = true;
 }
 
+pd_status_t eng_sched_policy_parse(const char *str, eng_sched_policy_t *policy_p)
+{
+    if (str == NULL || strcmp(str, "fcfs") == 0)
+        *policy_p = ENG_SCHED_FCFS;
+    else if (strcmp(str, "priority") == 0)
+        *policy_p = ENG_SCHED_PRIORITY;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
+pd_status_t eng_preempt_mode_parse(const char *str, eng_preempt_mode_t *mode_p)
+{
+    if (str == NULL || strcmp(str, "recompute") == 0)
+        *mode_p = ENG_PREEMPT_RECOMPUTE;
+    else if (strcmp(str, "swap") == 0)
+        *mode_p = ENG_PREEMPT_SWAP;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
 pd_status_t eng_sched_create(const eng_sched_cfg_t *cfg, eng_sched_t **sched_p)
 {
     eng_sched_t *s;
@@ -183,6 +210,14 @@ pd_status_t eng_sched_create(const eng_sched_cfg_t *cfg, eng_sched_t **sched_p)
         PD_LOG_ERR("scheduler: the model's max seq len (%d) is larger than the maximum number of tokens that can "
                    "be stored in KV cache (%lld); raise the KV memory or lower --max-model-len",
                    cfg->max_model_len, (long long)cfg->blocks.n_blocks * cfg->blocks.block_size);
+        return PD_ERR_INVAL;
+    }
+    if (!cfg->enable_chunked_prefill && cfg->max_num_batched_tokens < cfg->max_model_len) {
+        /* Without chunking a recomputed sequence must fit one step whole. */
+        PD_LOG_ERR("max_num_batched_tokens (%d) is smaller than max_model_len (%d). This effectively limits the "
+                   "maximum sequence length to max_num_batched_tokens and makes the engine reject longer "
+                   "sequences. Please increase max_num_batched_tokens or decrease max_model_len.",
+                   cfg->max_num_batched_tokens, cfg->max_model_len);
         return PD_ERR_INVAL;
     }
     s = calloc(1, sizeof(*s));
@@ -219,13 +254,14 @@ void eng_sched_destroy(eng_sched_t *s)
 {
     if (s == NULL)
         return;
-    int qs[3] = {Q_WAITING, Q_RUNNING, Q_REMOTE};
-    for (int i = 0; i < 3; i++) {
+    int qs[4] = {Q_WAITING, Q_RUNNING, Q_REMOTE, Q_HELD};
+    for (int i = 0; i < 4; i++) {
         rq_t *q = queue_of(s, qs[i]);
         while (q->head) {
             eng_request_t *r = q->head;
             q_unlink(s, r);
             release_blocks(s, r);
+            r->blocks_held = false;
         }
     }
     eng_block_mgr_destroy(s->blocks);
@@ -266,10 +302,12 @@ bool eng_sched_idle(const eng_sched_t *s)
     return s->waiting.count == 0 && s->running.count == 0 && s->remote.count == 0;
 }
 
+int eng_sched_num_held(const eng_sched_t *s) { return s->held.count; }
+
 eng_request_t *eng_sched_find(eng_sched_t *s, const char *id)
 {
-    int qs[3] = {Q_WAITING, Q_RUNNING, Q_REMOTE};
-    for (int i = 0; i < 3; i++)
+    int qs[4] = {Q_WAITING, Q_RUNNING, Q_REMOTE, Q_HELD};
+    for (int i = 0; i < 4; i++)
         for (eng_request_t *r = queue_of(s, qs[i])->head; r; r = r->q_next)
             if (strcmp(r->id, id) == 0)
                 return r;
@@ -336,6 +374,14 @@ pd_status_t eng_sched_finish(eng_sched_t *s, eng_request_t *r, eng_req_state_t s
     }
     if (ENG_REQ_IS_FINISHED(r->state))
         return PD_ERR_INVAL;
+    if (r->keep_blocks && r->q_which == Q_RUNNING &&
+        (state == ENG_REQ_FINISHED_STOPPED || state == ENG_REQ_FINISHED_LENGTH)) {
+        q_unlink(s, r);
+        r->state = state;
+        r->blocks_held = true;
+        q_push_tail(s, Q_HELD, r);
+        return PD_OK;
+    }
     finish_one(s, r, state);
     if (r->parent == NULL && r->group_size > 1 &&
         (state == ENG_REQ_FINISHED_ABORTED || state == ENG_REQ_FINISHED_ERROR)) {
@@ -690,6 +736,16 @@ eng_batch_t *eng_sched_step(eng_sched_t *s)
     bool preempted_any = false, any_prompt = false;
 
     batch_reset(s);
+    /* Reserve the batch lists up front so adding a sequence (after its blocks, and
+     * maybe a copy-on-write, were taken) cannot fail half way. */
+    int max_seqs = s->running.count + s->waiting.count;
+    int copy_cap = s->cap_copies;
+    if (!vec_reserve((void **)&s->batch.seqs, &s->cap_seqs, max_seqs, sizeof(eng_batch_seq_t)) ||
+        !vec_reserve((void **)&s->batch.copies, &s->cap_copies, s->running.count, sizeof(eng_block_copy_t)) ||
+        !vec_reserve((void **)&s->copy_owner, &copy_cap, s->cap_copies, sizeof(eng_request_t *))) {
+        PD_LOG_ERR("scheduler: out of memory for the batch; skipping this step");
+        return &s->batch;
+    }
     if (s->prev_had_prompt)
         s->last_prompt_latency_ns = now - s->prev_step_ns;
     s->prev_step_ns = now;
@@ -706,8 +762,28 @@ eng_batch_t *eng_sched_step(eng_sched_t *s)
 
 static void finish_in_update(eng_sched_t *s, eng_request_t *r, eng_req_state_t state)
 {
-    finish_one(s, r, state);
+    if (r->keep_blocks && state != ENG_REQ_FINISHED_ERROR) {
+        /* KV producer: the table stays until the peer has read it. */
+        q_unlink(s, r);
+        r->state = state;
+        r->blocks_held = true;
+        q_push_tail(s, Q_HELD, r);
+    } else {
+        finish_one(s, r, state);
+    }
     push_req(&s->batch.finished, &s->batch.n_finished, &s->cap_finished, r);
+}
+
+pd_status_t eng_sched_release_blocks(eng_sched_t *s, eng_request_t *r)
+{
+    if (!r->blocks_held || r->q_which != Q_HELD) {
+        PD_LOG_REQ(ERR, r->id, "release of blocks that are not held");
+        return PD_ERR_INVAL;
+    }
+    q_unlink(s, r);
+    release_blocks(s, r);
+    r->blocks_held = false;
+    return PD_OK;
 }
 
 static bool in_list(const int32_t *ids, int n, int32_t t)

@@ -7,11 +7,14 @@
  * or the end of a recompute after preemption.
  *
  * The engine loop is:
- *     batch = eng_sched_step(s);                  (no request may be aborted from
- *     do swap_out, then swap_in, then copies;      here until eng_sched_update)
- *     forward over batch->seqs; sample n_samples tokens for every seq with logits;
+ *     batch = eng_sched_step(s);
+ *     do swap_out, then swap_in, then copies;
+ *     forward over batch->seqs; sample n_samples tokens for every seq with logits
+ *         (eng_sampler_sample_batch);
  *     eng_sched_update(s, batch, sampled);
  *     emit outputs; destroy requests in batch->finished whose group finished.
+ * Between step and update a request of the batch may be finished (the update then
+ * skips it) but not destroyed.  One thread drives a scheduler; nothing here locks.
  *
  * The scheduler never frees requests: finished (and aborted) ones are handed back
  * and the engine destroys them (group parents only, see eng_request.h).
@@ -52,8 +55,14 @@ typedef struct eng_sched_cfg {
     int n_eos;
 } eng_sched_cfg_t;
 
-/* Defaults like vLLM v1 for a given block geometry. */
+/* vLLM v1 defaults: 8192 batched tokens, 256 sequences, chunked prefill, fcfs,
+ * recompute, 8192 max-model-len, 1024 blocks of 16 with prefix caching.  Set the
+ * block count and max_model_len for the deployment. */
 void eng_sched_cfg_init(eng_sched_cfg_t *cfg);
+/* --scheduling-policy ("fcfs", "priority") and --preemption-mode ("recompute",
+ * "swap"; NULL = recompute).  PD_ERR_INVAL for anything else. */
+pd_status_t eng_sched_policy_parse(const char *s, eng_sched_policy_t *policy_p);
+pd_status_t eng_preempt_mode_parse(const char *s, eng_preempt_mode_t *mode_p);
 
 /* One sequence of a batch. */
 typedef struct eng_batch_seq {
@@ -111,7 +120,8 @@ void eng_sched_destroy(eng_sched_t *sched);
 
 eng_block_mgr_t *eng_sched_blocks(eng_sched_t *sched);
 void eng_sched_get_stats(const eng_sched_t *sched, eng_sched_stats_t *stats_p);
-/* True when no request is waiting, running or waiting for remote KV. */
+/* True when no request is waiting, running or waiting for remote KV (finished
+ * requests holding blocks for a peer do not count). */
 bool eng_sched_idle(const eng_sched_t *sched);
 
 /* Queue a new request (state WAITING, or WAITING_FOR_REMOTE_KV when req->remote_kv).
@@ -127,17 +137,21 @@ eng_batch_t *eng_sched_step(eng_sched_t *sched);
 
 /* Apply the sampled tokens of the last step: sampled[seq.sample_offset + j] is
  * sample j of each seq with n_samples > 0 (batch->n_samples entries in all).
- * Advances computed tokens, commits prefix-cache blocks, forks n > 1 groups,
- * appends tokens, checks max_tokens / max-model-len / eos (unless ignore_eos) /
- * stop_token_ids (all suppressed below min_tokens except the length limits) and
- * moves finished requests to batch->finished with their blocks freed. */
+ * Advances computed tokens, commits the newly full blocks to the prefix cache,
+ * forks n > 1 groups (the siblings join the running queue, so a group may briefly
+ * exceed max_num_seqs), appends tokens and checks, in this order: eos (unless
+ * ignore_eos) and stop_token_ids, both only once min_tokens are generated, then
+ * max_tokens and max-model-len - so an eos at the last allowed position finishes
+ * "stop".  Finished requests go to batch->finished with their blocks freed (or
+ * held, for keep_blocks requests).  Stop strings are the engine's: it runs
+ * eng_stop_matcher on the detokenized text and calls eng_sched_finish. */
 pd_status_t eng_sched_update(eng_sched_t *sched, eng_batch_t *batch, const int32_t *sampled);
 
 /* Finish a request from outside (stop string matched, error, abort): frees its
  * blocks, removes it from every queue, sets state (a FINISHED_* value).  Exactly
  * once: a second call on a finished request is a no-op returning PD_ERR_INVAL.
  * For a group, finishing sequence 0 with ABORTED/ERROR finishes the whole group.
- * Not between eng_sched_step and eng_sched_update for a request in that batch. */
+ * Allowed between eng_sched_step and eng_sched_update (the update skips it). */
 pd_status_t eng_sched_finish(eng_sched_t *sched, eng_request_t *req, eng_req_state_t state);
 static inline pd_status_t eng_sched_abort(eng_sched_t *sched, eng_request_t *req)
 {
@@ -148,7 +162,14 @@ static inline pd_status_t eng_sched_abort(eng_sched_t *sched, eng_request_t *req
  * computing its prompt locally).  Either way it becomes schedulable. */
 pd_status_t eng_sched_remote_kv_ready(eng_sched_t *sched, eng_request_t *req, bool ok);
 
-/* Find a queued/running request by id (linear; for abort by id). */
+/* A KV producer request (req->keep_blocks) finished and still holds its blocks:
+ * release them once its peer has read them (or the transfer was given up).
+ * PD_ERR_INVAL when req holds none. */
+pd_status_t eng_sched_release_blocks(eng_sched_t *sched, eng_request_t *req);
+/* Finished requests still holding blocks. */
+int eng_sched_num_held(const eng_sched_t *sched);
+
+/* Find a queued/running/held request by id (linear; for abort by id). */
 eng_request_t *eng_sched_find(eng_sched_t *sched, const char *id);
 
 /* Test hook: the clock used for arrival/delay decisions (NULL = pd_now_ns). */

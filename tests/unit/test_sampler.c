@@ -37,11 +37,14 @@ PD_TEST(test_params_defaults_and_validate)
 
     p.temperature = -1;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
-    PD_CHECK_EQ_STR(err, "temperature must be non-negative, got -1.");
+    PD_CHECK_EQ_STR(err, "temperature must be non-negative, got -1.0.");
     p.temperature = 1;
     p.top_p = 0;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
-    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 0.");
+    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 0.0.");
+    p.top_p = 1.1f;
+    PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "top_p must be in (0, 1], got 1.1.");
     p.top_p = 1;
     p.top_k = -2;
     PD_CHECK_STATUS(eng_sampling_params_validate(&p, 100, 20, err, sizeof(err)), PD_ERR_INVAL);
@@ -195,6 +198,88 @@ PD_TEST(test_greedy_and_masks)
     eng_sampler_destroy(s);
 }
 
+/* top_k keeps every token tied with the k-th largest value, like vLLM. */
+PD_TEST(test_topk_ties)
+{
+    enum { V = 8 };
+    eng_sampler_t *s;
+    eng_sampling_params_t p;
+    eng_rng_t rng;
+    float base[V] = {3, 1, 2, 2, 0, 2, -1, 1}, x[V];
+    int count[V] = {0};
+    eng_sample_result_t res;
+
+    eng_sampler_create(V, &s);
+    eng_sampling_params_init(&p);
+    p.top_k = 2; /* 3 and the three 2s */
+    eng_rng_seed(&rng, 3);
+    eng_sample_ctx_t c = ctx_for(&p, &rng);
+    for (int n = 0; n < 20000; n++) {
+        memcpy(x, base, sizeof(x));
+        eng_sampler_sample(s, x, &c, &res);
+        count[res.token]++;
+    }
+    PD_CHECK(count[2] > 0 && count[3] > 0 && count[5] > 0 && count[0] > 0);
+    PD_CHECK(count[1] == 0 && count[4] == 0 && count[6] == 0 && count[7] == 0);
+    /* a tie that leaves the heap when a larger value comes in: {1, 1, 2}, k = 2 */
+    float b3[V] = {1, 1, 2, -5, -5, -5, -5, -5};
+    memset(count, 0, sizeof(count));
+    for (int n = 0; n < 20000; n++) {
+        memcpy(x, b3, sizeof(x));
+        eng_sampler_sample(s, x, &c, &res);
+        count[res.token]++;
+    }
+    PD_CHECK(count[0] > 0 && count[1] > 0 && count[2] > 0 && count[3] == 0);
+    eng_sampling_params_cleanup(&p);
+    eng_sampler_destroy(s);
+}
+
+/* The kept support with ties, on rows long enough for the chunk skipping: exactly
+ * the tokens whose value is >= the k-th largest. */
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+PD_TEST(test_topk_ties_support)
+{
+    enum { V = 640 };
+    eng_sampler_t *s;
+    eng_sampling_params_t p;
+    eng_rng_t rng;
+    static float base[V], x[V], sorted[V];
+    static int count[V];
+    eng_sample_result_t res;
+
+    eng_sampler_create(V, &s);
+    eng_sampling_params_init(&p);
+    eng_rng_seed(&rng, 8);
+    srand(12);
+    int bad = 0;
+    for (int trial = 0; trial < 12; trial++) {
+        for (int i = 0; i < V; i++)
+            base[i] = (float)(rand() % 4) + (trial % 2 ? 0.0f : (float)(i / 160)); /* runs of equal values */
+        p.top_k = 1 + rand() % 120;
+        memcpy(sorted, base, sizeof(sorted));
+        qsort(sorted, V, sizeof(float), cmp_desc);
+        float kth = sorted[p.top_k - 1];
+        memset(count, 0, sizeof(count));
+        eng_sample_ctx_t c = ctx_for(&p, &rng);
+        for (int n = 0; n < 40000; n++) {
+            memcpy(x, base, sizeof(x));
+            eng_sampler_sample(s, x, &c, &res);
+            count[res.token]++;
+        }
+        for (int i = 0; i < V; i++)
+            if ((base[i] >= kth) != (count[i] > 0))
+                bad++;
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+    eng_sampling_params_cleanup(&p);
+    eng_sampler_destroy(s);
+}
+
 PD_TEST(test_penalties)
 {
     enum { V = 10 };
@@ -280,16 +365,20 @@ static void reference_probs(const float *logits, int V, float temp, int top_k, f
     }
 }
 
-static void check_distribution(float temp, int top_k, float top_p, float min_p)
+static void check_distribution_v(int V, float temp, int top_k, float top_p, float min_p)
 {
-    enum { V = 12, N = 100000 };
+    enum { N = 100000 };
     eng_sampler_t *s;
     eng_sampling_params_t p;
     eng_rng_t rng;
-    float base[V] = {2.0f, 1.5f, 1.4f, 0.3f, -0.2f, 1.0f, -1.0f, 0.9f, 0.0f, -3.0f, 1.2f, 0.5f}, x[V];
-    double want[V];
-    int count[V] = {0};
+    static const float b12[12] = {2.0f, 1.5f, 1.4f, 0.3f, -0.2f, 1.0f, -1.0f, 0.9f, 0.0f, -3.0f, 1.2f, 0.5f};
+    float base[64], x[64];
+    double want[64];
+    int count[64] = {0};
     eng_sample_result_t res;
+
+    for (int i = 0; i < V; i++) /* V > 12 runs the 8/16-wide row loops too */
+        base[i] = b12[i % 12] - 0.71f * (float)(i / 12); /* no near ties */
 
     eng_sampler_create(V, &s);
     eng_sampling_params_init(&p);
@@ -301,7 +390,7 @@ static void check_distribution(float temp, int top_k, float top_p, float min_p)
     eng_sample_ctx_t c = ctx_for(&p, &rng);
     reference_probs(base, V, temp, top_k, top_p, min_p, want);
     for (int n = 0; n < N; n++) {
-        memcpy(x, base, sizeof(x));
+        memcpy(x, base, (size_t)V * sizeof(float));
         if (eng_sampler_sample(s, x, &c, &res) != PD_OK)
             break;
         count[res.token]++;
@@ -319,6 +408,12 @@ static void check_distribution(float temp, int top_k, float top_p, float min_p)
     PD_CHECK_EQ_INT(bad, 0);
     eng_sampling_params_cleanup(&p);
     eng_sampler_destroy(s);
+}
+
+static void check_distribution(float temp, int top_k, float top_p, float min_p)
+{
+    check_distribution_v(12, temp, top_k, top_p, min_p);
+    check_distribution_v(60, temp, top_k, top_p, min_p);
 }
 
 PD_TEST(test_distribution)
@@ -551,6 +646,8 @@ int main(void)
 {
     PD_RUN(test_params_defaults_and_validate);
     PD_RUN(test_greedy_and_masks);
+    PD_RUN(test_topk_ties);
+    PD_RUN(test_topk_ties_support);
     PD_RUN(test_penalties);
     PD_RUN(test_distribution);
     PD_RUN(test_seeded_reproducible);

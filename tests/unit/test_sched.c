@@ -11,9 +11,11 @@
  * bad swap shows up as a KV mismatch, and preempted runs must reproduce the
  * token streams of unpreempted ones exactly.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_sampler.h"
 #include "eng_sched.h"
 #include "pd_test.h"
 #include "pd_util.h"
@@ -227,9 +229,12 @@ PD_TEST(test_no_chunking_and_limits)
     cfg.max_num_seqs = 2;
     cfg.enable_chunked_prefill = false;
     g_bs = 16;
+    s = NULL;
+    PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_ERR_INVAL); /* budget < max-model-len */
+    cfg.max_model_len = 64;
     PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
     eng_request_t *big = mk_req("big", 100, 1, 4, 1, 0), *toolong = mk_req("long", 300, 1, 4, 1, 0);
-    PD_CHECK_STATUS(eng_sched_add(s, big), PD_ERR_LIMIT);
+    PD_CHECK_STATUS(eng_sched_add(s, big), PD_ERR_RANGE);
     PD_CHECK_STATUS(eng_sched_add(s, toolong), PD_ERR_RANGE);
     eng_request_t *r[3] = {mk_req("r0", 50, 1, 3, 1, 0), mk_req("r1", 50, 2, 3, 1, 0), mk_req("r2", 10, 3, 3, 1, 0)};
     for (int i = 0; i < 3; i++)
@@ -619,6 +624,16 @@ PD_TEST(test_delay_factor)
 
 PD_TEST(test_create_limits)
 {
+    eng_sched_policy_t pol;
+    eng_preempt_mode_t mode;
+    PD_CHECK_STATUS(eng_sched_policy_parse("priority", &pol), PD_OK);
+    PD_CHECK_EQ_INT(pol, ENG_SCHED_PRIORITY);
+    PD_CHECK_STATUS(eng_sched_policy_parse("lifo", &pol), PD_ERR_INVAL);
+    PD_CHECK_STATUS(eng_preempt_mode_parse("swap", &mode), PD_OK);
+    PD_CHECK_EQ_INT(mode, ENG_PREEMPT_SWAP);
+    PD_CHECK_STATUS(eng_preempt_mode_parse(NULL, &mode), PD_OK);
+    PD_CHECK_EQ_INT(mode, ENG_PREEMPT_RECOMPUTE);
+
     eng_sched_cfg_t cfg;
     eng_sched_t *s = NULL;
     eng_sched_cfg_init(&cfg);
@@ -674,6 +689,90 @@ PD_TEST(test_priority_preemption)
     eng_sched_destroy(s);
 }
 
+/* A prefill node's request keeps its blocks after finishing until released. */
+PD_TEST(test_keep_blocks)
+{
+    eng_sched_t *s = mk_sched(32, 4, 64, 8, 64, true, 0);
+    eng_request_t *p = mk_req("p", 10, 1, 1, 1, 0), *q = mk_req("q", 10, 2, 1, 1, 0);
+    run_stats_t rs = {0};
+
+    p->keep_blocks = true;
+    PD_CHECK_STATUS(eng_sched_add(s, p), PD_OK);
+    eng_batch_t *b = one_step(s, &rs, 64);
+    PD_CHECK_EQ_INT(b->n_finished, 1);
+    PD_CHECK_EQ_INT(p->state, ENG_REQ_FINISHED_LENGTH);
+    PD_CHECK(p->blocks_held);
+    PD_CHECK_EQ_INT(p->table.n, 3);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 29);
+    PD_CHECK(eng_sched_idle(s));
+    PD_CHECK_EQ_INT(eng_sched_num_held(s), 1);
+    PD_CHECK(eng_sched_find(s, "p") == p);
+    PD_CHECK_STATUS(eng_sched_abort(s, p), PD_ERR_INVAL); /* already finished */
+    PD_CHECK_STATUS(eng_sched_release_blocks(s, p), PD_OK);
+    PD_CHECK_STATUS(eng_sched_release_blocks(s, p), PD_ERR_INVAL);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 32);
+    /* destroy releases held blocks too */
+    q->keep_blocks = true;
+    PD_CHECK_STATUS(eng_sched_add(s, q), PD_OK);
+    one_step(s, &rs, 64);
+    PD_CHECK(q->blocks_held);
+    eng_sched_destroy(s);
+    PD_CHECK(!q->blocks_held);
+    eng_request_destroy(p);
+    eng_request_destroy(q);
+}
+
+/* eng_sampler_sample_batch over a real batch: rows in want_logits order, n > 1
+ * samples from one row through each sibling's RNG, a failed sample finished
+ * between step and update. */
+PD_TEST(test_sample_batch)
+{
+    enum { V = 64 };
+    eng_sched_t *s = mk_sched(64, 4, 64, 8, 64, true, 0);
+    eng_sampler_t *smp;
+    eng_request_t *g = mk_req("g", 6, 1, 4, 3, 0), *a = mk_req("a", 5, 2, 4, 1, 0), *z = mk_req("z", 5, 3, 4, 1, 0);
+    float rows[3 * V];
+    int32_t out[8];
+
+    PD_CHECK_STATUS(eng_sampler_create(V, &smp), PD_OK);
+    g->params.temperature = 1.0f; /* siblings sample from their own RNGs */
+    a->params.temperature = 0.0f;
+    z->params.temperature = 0.0f;
+    PD_CHECK_STATUS(eng_sampling_params_add_allowed(&z->params, 3), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, g), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, a), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, z), PD_OK);
+    eng_batch_t *b = eng_sched_step(s);
+    PD_CHECK_EQ_INT(b->n_seqs, 3);
+    PD_CHECK_EQ_INT(b->n_samples, 5);
+    for (int i = 0; i < V; i++) {
+        rows[i] = 0.0f;          /* g: uniform */
+        rows[V + i] = (float)(i == 17); /* a: argmax 17 */
+        rows[2 * V + i] = 0.0f;
+    }
+    rows[2 * V + 3] = -INFINITY; /* z: its only allowed token is masked */
+    PD_CHECK_STATUS(eng_sampler_sample_batch(smp, b, rows, V, NULL, 0, out, NULL), PD_ERR_INVAL);
+    PD_CHECK_EQ_INT(out[b->seqs[1].sample_offset], 17);
+    PD_CHECK_EQ_INT(out[b->seqs[2].sample_offset], -1);
+    int o = b->seqs[0].sample_offset;
+    PD_CHECK(out[o] >= 0 && out[o + 1] >= 0 && out[o + 2] >= 0);
+    PD_CHECK(!(out[o] == out[o + 1] && out[o + 1] == out[o + 2])); /* three RNGs: 1/4096 chance */
+    PD_CHECK_STATUS(eng_sched_finish(s, z, ENG_REQ_FINISHED_ERROR), PD_OK);
+    PD_CHECK_STATUS(eng_sched_update(s, b, out), PD_OK);
+    PD_CHECK_EQ_INT(eng_request_n_output(z), 0);
+    PD_CHECK_EQ_INT(eng_request_output(a)[0], 17);
+    for (int j = 0; j < 3; j++)
+        PD_CHECK_EQ_INT(eng_request_output(eng_request_seq(g, j))[0], out[o + j]);
+    eng_sched_abort(s, g);
+    eng_sched_abort(s, a);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 64);
+    eng_request_destroy(g);
+    eng_request_destroy(a);
+    eng_request_destroy(z);
+    eng_sampler_destroy(smp);
+    eng_sched_destroy(s);
+}
+
 PD_TEST(test_request_basics)
 {
     eng_sampling_params_t p;
@@ -707,6 +806,133 @@ PD_TEST(test_request_basics)
     PD_CHECK(eng_req_finish_reason(ENG_REQ_RUNNING) == NULL);
     eng_request_destroy(r);
     eng_sampling_params_cleanup(&p);
+}
+
+/* Every sequence's tokens follow the fake model (sibling j's first token offset). */
+static int stream_errors(eng_request_t *root)
+{
+    int bad = 0;
+    for (int j = 0; j < root->group_size; j++) {
+        eng_request_t *c = eng_request_seq(root, j);
+        for (int k = c->n_prompt; k < c->n_tokens; k++) {
+            int32_t want = model_next(k, c->tokens[k - 1]);
+            if (k == c->n_prompt)
+                want = sibling_token(want, j);
+            if (c->tokens[k] != want) {
+                bad++;
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+/* Random arrivals, aborts, n > 1, priorities, remote KV (some transfers fail), a
+ * tiny cache and budget so chunking and preemption happen all the time. */
+static void random_stress(unsigned seed, eng_sched_policy_t policy, eng_preempt_mode_t mode, bool cache)
+{
+    enum { MAXLIVE = 64, NBLK = 24, HOST = 16 };
+    eng_sched_cfg_t cfg;
+    eng_sched_t *s;
+    eng_request_t *live[MAXLIVE];
+    int due[MAXLIVE]; /* step at which a remote transfer completes, -1 = none */
+    int n_live = 0, made = 0, bad_streams = 0, finished = 0, aborted = 0;
+    run_stats_t rs = {0};
+
+    eng_sched_cfg_init(&cfg);
+    cfg.blocks.n_blocks = NBLK;
+    cfg.blocks.block_size = 4;
+    cfg.blocks.enable_prefix_caching = cache;
+    cfg.blocks.n_host_blocks = HOST;
+    cfg.max_num_batched_tokens = 16;
+    cfg.max_num_seqs = 6;
+    cfg.max_model_len = 64;
+    cfg.policy = policy;
+    cfg.preemption_mode = mode;
+    g_bs = 4;
+    g_kv_errors = 0;
+    PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
+    srand(seed);
+    for (int step = 0; step < 4000; step++) {
+        if (step < 3000 && n_live < MAXLIVE && rand() % 3 == 0) {
+            char id[32];
+            snprintf(id, sizeof(id), "s%d", made++);
+            int n = rand() % 6 == 0 ? 2 + rand() % 2 : 1;
+            eng_request_t *r = mk_req(id, 1 + rand() % 30, rand() % 4, 1 + rand() % 20, n, rand() % 3);
+            due[n_live] = -1;
+            if (n == 1 && r->n_prompt > 1 && rand() % 5 == 0)
+                eng_request_set_remote_kv(r, r->n_prompt - 1);
+            PD_CHECK_STATUS(eng_sched_add(s, r), PD_OK);
+            live[n_live++] = r;
+        }
+        if (n_live > 0 && rand() % 40 == 0) {
+            int i = rand() % n_live;
+            if (!ENG_REQ_IS_FINISHED(live[i]->state)) {
+                PD_CHECK_STATUS(eng_sched_abort(s, live[i]), PD_OK);
+                aborted++;
+            }
+        }
+        /* remote transfers that are due */
+        for (int i = 0; i < n_live; i++) {
+            eng_request_t *r = live[i];
+            if (due[i] >= 0 && step >= due[i]) {
+                due[i] = -1;
+                if (r->state != ENG_REQ_WAITING_FOR_REMOTE_KV)
+                    continue; /* aborted meanwhile */
+                bool ok = rand() % 5 != 0;
+                if (ok)
+                    remote_write(r, r->num_cached_tokens, r->n_remote_tokens);
+                PD_CHECK_STATUS(eng_sched_remote_kv_ready(s, r, ok), PD_OK);
+            }
+        }
+        eng_batch_t *b = one_step(s, &rs, 16);
+        for (int i = 0; i < b->n_remote_admitted; i++)
+            for (int j = 0; j < n_live; j++)
+                if (live[j] == b->remote_admitted[i])
+                    due[j] = step + 1 + rand() % 5;
+        /* retire finished groups */
+        for (int i = 0; i < n_live;) {
+            if (eng_request_group_finished(live[i])) {
+                bad_streams += stream_errors(live[i]);
+                finished++;
+                eng_request_destroy(live[i]);
+                live[i] = live[n_live - 1];
+                due[i] = due[n_live - 1];
+                n_live--;
+            } else {
+                i++;
+            }
+        }
+        if (step % 50 == 0)
+            PD_CHECK_STATUS(eng_block_check(eng_sched_blocks(s)), PD_OK);
+        if (step >= 3000 && n_live == 0)
+            break;
+    }
+    printf("  seed %u policy %d mode %d cache %d: %d requests, %d aborted, %d preemptions, %d copies, "
+           "%d swapped blocks, %d left\n",
+           seed, policy, mode, cache, made, aborted, rs.n_preempted, rs.n_copies, rs.n_swap_out, n_live);
+    PD_CHECK_EQ_INT(n_live, 0);
+    PD_CHECK_EQ_INT(bad_streams, 0);
+    PD_CHECK_EQ_INT(g_kv_errors, 0);
+    PD_CHECK(rs.n_preempted > 0);
+    for (int i = 0; i < n_live; i++) {
+        eng_sched_abort(s, live[i]);
+        eng_request_destroy(live[i]);
+    }
+    PD_CHECK(eng_sched_idle(s));
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), NBLK);
+    PD_CHECK_EQ_INT(eng_block_num_host_free(eng_sched_blocks(s)), HOST);
+    PD_CHECK_STATUS(eng_block_check(eng_sched_blocks(s)), PD_OK);
+    eng_sched_destroy(s);
+}
+
+PD_TEST(test_random_stress)
+{
+    random_stress(1, ENG_SCHED_FCFS, ENG_PREEMPT_RECOMPUTE, true);
+    random_stress(2, ENG_SCHED_PRIORITY, ENG_PREEMPT_RECOMPUTE, true);
+    random_stress(3, ENG_SCHED_FCFS, ENG_PREEMPT_SWAP, true);
+    random_stress(4, ENG_SCHED_PRIORITY, ENG_PREEMPT_SWAP, false);
+    random_stress(5, ENG_SCHED_FCFS, ENG_PREEMPT_SWAP, false);
 }
 
 /* Cost of one schedule + update for 256 decoding sequences (printed, loosely bounded). */
@@ -754,6 +980,8 @@ PD_TEST(test_step_cost)
 int main(void)
 {
     PD_RUN(test_request_basics);
+    PD_RUN(test_sample_batch);
+    PD_RUN(test_keep_blocks);
     PD_RUN(test_priority_preemption);
     PD_RUN(test_chunked_prefill);
     PD_RUN(test_no_chunking_and_limits);
@@ -766,6 +994,7 @@ int main(void)
     PD_RUN(test_eos);
     PD_RUN(test_delay_factor);
     PD_RUN(test_create_limits);
+    PD_RUN(test_random_stress);
     PD_RUN(test_step_cost);
     return PD_TEST_REPORT();
 }
