@@ -857,6 +857,8 @@ typedef struct many {
 } many_t;
 
 static many_t many_g;
+static pd_http_server_t *many_srv_g;
+static unsigned many_port_g;
 
 static void many_close(pd_http_stream_t *s, pd_status_t st, void *user)
 {
@@ -894,6 +896,14 @@ static void *many_producer(void *arg)
     pthread_mutex_lock(&m->lock);
     int n = m->n;
     pthread_mutex_unlock(&m->lock);
+    if (n != N_MANY) {
+        fprintf(stderr, "  only %d of %d streams reached the handler, inflight %u\n", n, N_MANY,
+                pd_http_server_inflight(many_srv_g));
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "ss -tn state established '( sport = :%u )' | tail -n +2 | wc -l; "
+                 "ss -tn '( sport = :%u )' | awk 'NR>1{print $1, ($2>0)?\"recvq\":\"empty\"}' | sort | uniq -c", many_port_g, many_port_g);
+        if (system(cmd)) {}
+    }
     char ev[64];
     for (int e = 0; e < EVENTS_MANY; e++) {
         for (int i = 0; i < n; i++) {
@@ -947,6 +957,8 @@ PD_TEST(test_many_streams)
     pd_http_route(srv, "POST", "/v1/many", h_many, &many_g);
     PD_CHECK(srv && pd_http_server_start(srv) == PD_OK);
     uint16_t port = pd_http_server_port(srv);
+    many_srv_g = srv;
+    many_port_g = port;
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/many", port);
 
@@ -1298,6 +1310,17 @@ int main(void)
     if (getenv("PD_HTTP_TEST_VERBOSE") == NULL)
         pd_log_set_level(PD_LOG_LEVEL_ERR);
     curl_global_init(CURL_GLOBAL_ALL);
+    const char *only = getenv("PD_HTTP_TEST_ONLY");
+    if (only) {
+        if (strcmp(only, "many") == 0)
+            PD_RUN(test_many_streams);
+        if (strcmp(only, "stream") == 0)
+            PD_RUN(test_stream);
+        if (strcmp(only, "drain") == 0)
+            PD_RUN(test_async_and_drain);
+        curl_global_cleanup();
+        return PD_TEST_REPORT();
+    }
     PD_RUN(test_error_json);
     PD_RUN(test_routing);
     PD_RUN(test_limits);
