@@ -1,13 +1,16 @@
 /*
  * pd_http.c - the HTTP server layer over libmicrohttpd (see pd_http.h for the contract).
  *
- * Thread model: MHD with an epoll loop per worker thread (MHD_USE_EPOLL_INTERNAL_THREAD
- * + MHD_OPTION_THREAD_POOL_SIZE) and MHD_ALLOW_SUSPEND_RESUME.  A connection waiting
- * for an asynchronous answer or for the next stream chunk is *suspended*: it costs no
- * thread and no polling, only its memory pool.  Any thread that produces data resumes
- * it (MHD_resume_connection is thread-safe and wakes the worker through its ITC).
- * Thread-per-connection could not hold 1,000 streams on 2 cores, and a plain poll loop
- * that keeps idle streams in the event set would spin calling content readers.
+ * Thread model: n_threads worker threads, each driving its own MHD daemon in epoll
+ * mode (MHD_USE_EPOLL + MHD_ALLOW_SUSPEND_RESUME) with MHD_run_wait(), all daemons on
+ * one listening socket (dup'ed).  A connection waiting for an asynchronous answer or
+ * for the next stream chunk is *suspended*: it costs no thread and no polling, only its
+ * memory pool.  Any thread that produces data resumes it (MHD_resume_connection is
+ * thread-safe and wakes the worker through its ITC).  Thread-per-connection could not
+ * hold 1,000 streams on 2 cores, and a poll loop that keeps idle streams in the event
+ * set would spin calling content readers.  We run the loops ourselves instead of using
+ * MHD's internal thread pool because 0.9.75's internal epoll loop can stall ready
+ * connections after a full 128-event batch (see worker_main()).
  *
  * MHD does not notice a client leaving while its connection is suspended, so a watcher
  * thread polls the sockets of suspended connections for POLLRDHUP every 50 ms and
@@ -51,7 +54,7 @@
 #define DEFAULT_MAX_BODY (16u << 20)
 #define DEFAULT_MAX_HEADER (64u << 10)
 #define DEFAULT_MAX_CONN 4096u
-#define DEFAULT_TIMEOUT_S 300u
+#define DEFAULT_TIMEOUT_S 60u
 #define STREAM_MAX_QUEUED ((size_t)64 << 20)
 #define STREAM_BLOCK 32768
 #define WATCH_PERIOD_MS 50

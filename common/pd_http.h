@@ -1,7 +1,7 @@
 /*
  * pd_http.h - the HTTP server layer shared by the node servers and the proxy.
  *
- * Built on libmicrohttpd (epoll, internal thread pool, suspend/resume) and cJSON.
+ * Built on libmicrohttpd (epoll loops on our worker threads, suspend/resume) and cJSON.
  * The layer knows nothing about models or engines: the user registers handlers by
  * method + exact path and the layer does everything around them: TLS (optionally
  * mutual), CORS (Starlette's CORSMiddleware semantics), api-key checks on protected
@@ -83,9 +83,11 @@ typedef struct pd_http_config {
     size_t max_body_bytes;       /* 16 MiB; larger bodies get 413 */
     size_t max_header_bytes;     /* 64 KiB of request line + headers; larger get 431 */
     unsigned max_connections;    /* 4096 */
-    unsigned connection_timeout_s; /* 300: idle timeout (also keep-alive idle time) */
+    unsigned connection_timeout_s; /* 60: idle socket timeout (keep-alive idle time, slow
+                                    * senders, stalled readers); parked requests and idle
+                                    * streams are suspended and never time out here */
     int disable_keep_alive;      /* 1 = "Connection: close" on every response */
-    unsigned n_threads;          /* worker threads (each an epoll loop); 0 = min(cores, 4) */
+    unsigned n_threads;          /* worker threads (each its own epoll loop); 0 = min(cores, 4) */
 
     int disable_access_log; /* 1 = no per-request log line */
     /* Optional registry: the server registers http_requests_total and
