@@ -603,6 +603,15 @@ pd_status_t pd_http_stream_end(pd_http_stream_t *stream)
     return st;
 }
 
+size_t pd_http_stream_queued(const pd_http_stream_t *stream)
+{
+    pd_http_req_t *req = (pd_http_req_t *)stream;
+    pthread_mutex_lock(&req->lock);
+    size_t n = req->sbuf.len - req->srd;
+    pthread_mutex_unlock(&req->lock);
+    return n;
+}
+
 int pd_http_stream_closed(const pd_http_stream_t *stream)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;

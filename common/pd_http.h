@@ -287,6 +287,10 @@ pd_status_t pd_http_sse_done(pd_http_stream_t *stream);
  * client already left. */
 pd_status_t pd_http_stream_end(pd_http_stream_t *stream);
 
+/* Bytes queued and not yet handed to the socket (for backpressure: a relay can stop
+ * reading upstream while this is large).  Any thread. */
+size_t pd_http_stream_queued(const pd_http_stream_t *stream);
+
 /* 1 when the client is known to have gone away. */
 int pd_http_stream_closed(const pd_http_stream_t *stream);
 

@@ -291,6 +291,61 @@ PD_TEST(test_routing)
     pd_http_server_destroy(srv);
 }
 
+PD_TEST(test_ipv6_and_keep_alive)
+{
+    resp_t r;
+    char v[64];
+    pd_http_config_t cfg;
+    pd_http_config_init(&cfg);
+    cfg.disable_access_log = 1;
+    cfg.disable_keep_alive = 1;
+    pd_http_server_t *srv = start(&cfg);
+    PD_CHECK(srv && pd_http_server_start(srv) == PD_OK);
+    if (srv) {
+        get(pd_http_server_port(srv), "/ping", &r);
+        PD_CHECK_EQ_INT(r.status, 200);
+        PD_CHECK(resp_header(&r, "Connection", v, sizeof(v)) && strcmp(v, "close") == 0);
+        resp_free(&r);
+        pd_http_server_destroy(srv);
+    }
+    /* IPv6 loopback, when the machine has it. */
+    pd_http_config_init(&cfg);
+    cfg.disable_access_log = 1;
+    cfg.port = 0;
+    cfg.host = "::1";
+    srv = NULL;
+    if (pd_http_server_create(&cfg, &srv) != PD_OK) {
+        PD_CHECK(!"create");
+        return;
+    }
+    pd_http_route(srv, "GET", "/ping", h_ping, NULL);
+    pd_log_level_t saved = pd_log_level_g;
+    pd_log_set_level(PD_LOG_LEVEL_OFF);
+    pd_status_t st = pd_http_server_start(srv);
+    pd_log_set_level(saved);
+    if (st != PD_OK) {
+        printf("     skip IPv6 part: cannot listen on ::1\n");
+        pd_http_server_destroy(srv);
+        return;
+    }
+    char url[128];
+    snprintf(url, sizeof(url), "http://[::1]:%u/ping", pd_http_server_port(srv));
+    CURL *c = curl_easy_init();
+    memset(&r, 0, sizeof(r));
+    pd_buf_init(&r.body);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    PD_CHECK_EQ_INT(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    PD_CHECK_EQ_INT(r.status, 200);
+    PD_CHECK_EQ_STR(r.body.data, "pong");
+    curl_easy_cleanup(c);
+    pd_buf_cleanup(&r.body);
+    pd_http_server_destroy(srv);
+}
+
 PD_TEST(test_limits)
 {
     pd_http_config_t cfg;
@@ -1327,6 +1382,7 @@ int main(void)
     }
     PD_RUN(test_error_json);
     PD_RUN(test_routing);
+    PD_RUN(test_ipv6_and_keep_alive);
     PD_RUN(test_limits);
     PD_RUN(test_api_key);
     PD_RUN(test_tls);
