@@ -1229,6 +1229,29 @@ PD_TEST(test_async_and_drain)
     curl_multi_cleanup(multi);
     wait_producer(&job_g);
     pd_http_server_destroy(srv);
+
+    /* Drain timing out on a request still waiting for its async answer: the client
+     * gets 503, the owner's late answer gets PD_ERR_EXISTS (and frees the request). */
+    srv = start(&cfg);
+    pd_http_route(srv, "GET", "/v1/async", h_async, &job);
+    PD_CHECK(srv && pd_http_server_start(srv) == PD_OK);
+    port = pd_http_server_port(srv);
+    memset(&job, 0, sizeof(job));
+    job.delay_ms = 700;
+    bg_req_t abg = {.port = port, .path = "/v1/async"};
+    pthread_create(&t, NULL, bg_get, &abg);
+    for (int i = 0; i < 200 && pd_http_server_inflight(srv) == 0; i++)
+        sleep_ms(2);
+    st = pd_http_server_drain(srv, 100);
+    PD_CHECK_STATUS(st, PD_ERR_TIMEOUT);
+    pthread_join(t, NULL);
+    PD_CHECK_EQ_INT(abg.r.status, 503);
+    PD_CHECK_EQ_STR(error_type(&abg.r, NULL), "ServiceUnavailableError");
+    resp_free(&abg.r);
+    for (int i = 0; i < 300 && !atomic_load(&job.done); i++)
+        sleep_ms(5);
+    PD_CHECK_EQ_INT(atomic_load(&job.answer_status), PD_ERR_EXISTS);
+    pd_http_server_destroy(srv);
 }
 
 /* ---- middleware ---- */
