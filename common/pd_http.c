@@ -68,6 +68,9 @@ typedef struct route {
     pd_http_handler_cb_t handler;
     void *user;
     unsigned flags;
+    /* metric series for this route's own method, looked up once (hot path lock-free) */
+    _Atomic(pd_metric_series_t *) m_count[5]; /* by status class 1xx..5xx */
+    _Atomic(pd_metric_series_t *) m_dur;
 } route_t;
 
 typedef struct middleware {
@@ -738,6 +741,9 @@ pd_status_t pd_http_route_ex(pd_http_server_t *srv, const char *method, const ch
     r->handler = handler;
     r->user = user;
     r->flags = flags;
+    for (int k = 0; k < 5; k++)
+        atomic_init(&r->m_count[k], NULL);
+    atomic_init(&r->m_dur, NULL);
     srv->n_routes++;
     return PD_OK;
 }
@@ -1354,12 +1360,22 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (srv->m_requests) {
         const char *handler = req->route ? req->route->path : "none";
         const char *method = norm_method(req->method);
-        pd_metric_series_t *s;
-        if (pd_metric_series(srv->m_requests, (const char *[]){method, handler, status_class(status)},
-                             &s) == PD_OK)
-            pd_metric_inc(s);
-        if (pd_metric_series(srv->m_duration, (const char *[]){method, handler}, &s) == PD_OK)
-            pd_metric_observe(s, secs);
+        unsigned scls = status / 100 - 1;
+        /* Routes cache their series (routes are never freed while the server lives);
+         * unknown paths and HEAD-on-GET take the registry lock. */
+        route_t *rt = (route_t *)req->route;
+        int cache = rt != NULL && scls < 5 && strcmp(rt->method, req->method) == 0;
+        pd_metric_series_t *s = cache ? atomic_load(&rt->m_count[scls]) : NULL;
+        if (s == NULL &&
+            pd_metric_series(srv->m_requests, (const char *[]){method, handler, status_class(status)},
+                             &s) == PD_OK && cache)
+            atomic_store(&rt->m_count[scls], s);
+        pd_metric_inc(s);
+        s = cache ? atomic_load(&rt->m_dur) : NULL;
+        if (s == NULL && pd_metric_series(srv->m_duration, (const char *[]){method, handler}, &s) == PD_OK &&
+            cache)
+            atomic_store(&rt->m_dur, s);
+        pd_metric_observe(s, secs);
     }
     atomic_fetch_sub(&srv->inflight, 1);
     req_unref(req);
