@@ -197,9 +197,12 @@ pd_status_t pd_http_load_middleware(pd_http_server_t *srv, const char *spec);
 const char *pd_http_req_method(const pd_http_req_t *req);
 /* Path with root_path stripped and without the query string. */
 const char *pd_http_req_path(const pd_http_req_t *req);
-/* Header value (case-insensitive name) or NULL. */
+/* Header value (case-insensitive name) or NULL.  Header and query values live in the
+ * connection's memory: call these from the handler or middleware (the worker thread)
+ * and copy what another thread needs; method, path, body, id and client address are
+ * owned by the request and stay valid as long as it does. */
 const char *pd_http_req_header(const pd_http_req_t *req, const char *name);
-/* Decoded query-string argument or NULL. */
+/* Decoded query-string argument or NULL (same validity as pd_http_req_header). */
 const char *pd_http_req_query(const pd_http_req_t *req, const char *name);
 /* The whole body, NUL-terminated (the NUL is not counted in len); "" when none. */
 const char *pd_http_req_body(const pd_http_req_t *req, size_t *len_p);
