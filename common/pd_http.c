@@ -1,13 +1,16 @@
 /*
  * pd_http.c - the HTTP server layer over libmicrohttpd (see pd_http.h for the contract).
  *
- * Thread model: MHD with an epoll loop per worker thread (MHD_USE_EPOLL_INTERNAL_THREAD
- * + MHD_OPTION_THREAD_POOL_SIZE) and MHD_ALLOW_SUSPEND_RESUME.  A connection waiting
- * for an asynchronous answer or for the next stream chunk is *suspended*: it costs no
- * thread and no polling, only its memory pool.  Any thread that produces data resumes
- * it (MHD_resume_connection is thread-safe and wakes the worker through its ITC).
- * Thread-per-connection could not hold 1,000 streams on 2 cores, and a plain poll loop
- * that keeps idle streams in the event set would spin calling content readers.
+ * Thread model: n_threads worker threads, each driving its own MHD daemon in epoll
+ * mode (MHD_USE_EPOLL + MHD_ALLOW_SUSPEND_RESUME) with MHD_run_wait(), all daemons on
+ * one listening socket (dup'ed).  A connection waiting for an asynchronous answer or
+ * for the next stream chunk is *suspended*: it costs no thread and no polling, only its
+ * memory pool.  Any thread that produces data resumes it (MHD_resume_connection is
+ * thread-safe and wakes the worker through its ITC).  Thread-per-connection could not
+ * hold 1,000 streams on 2 cores, and a poll loop that keeps idle streams in the event
+ * set would spin calling content readers.  We run the loops ourselves instead of using
+ * MHD's internal thread pool because 0.9.75's internal epoll loop can stall ready
+ * connections after a full 128-event batch (see worker_main()).
  *
  * MHD does not notice a client leaving while its connection is suspended, so a watcher
  * thread polls the sockets of suspended connections for POLLRDHUP every 50 ms and
@@ -51,7 +54,7 @@
 #define DEFAULT_MAX_BODY (16u << 20)
 #define DEFAULT_MAX_HEADER (64u << 10)
 #define DEFAULT_MAX_CONN 4096u
-#define DEFAULT_TIMEOUT_S 300u
+#define DEFAULT_TIMEOUT_S 60u
 #define STREAM_MAX_QUEUED ((size_t)64 << 20)
 #define STREAM_BLOCK 32768
 #define WATCH_PERIOD_MS 50
@@ -65,6 +68,9 @@ typedef struct route {
     pd_http_handler_cb_t handler;
     void *user;
     unsigned flags;
+    /* metric series for this route's own method, looked up once (hot path lock-free) */
+    _Atomic(pd_metric_series_t *) m_count[5]; /* by status class 1xx..5xx */
+    _Atomic(pd_metric_series_t *) m_dur;
 } route_t;
 
 typedef struct middleware {
@@ -153,7 +159,11 @@ struct pd_http_server {
     middleware_t *mws;
     size_t n_mws;
 
-    struct MHD_Daemon *daemon;
+    struct MHD_Daemon **daemons; /* one per worker, all on one listening socket */
+    pthread_t *workers;
+    unsigned n_workers;
+    _Atomic int workers_run;
+    int listen_fd;
     uint16_t bound_port;
     int started;
     _Atomic int draining;
@@ -596,6 +606,15 @@ pd_status_t pd_http_stream_end(pd_http_stream_t *stream)
     return st;
 }
 
+size_t pd_http_stream_queued(const pd_http_stream_t *stream)
+{
+    pd_http_req_t *req = (pd_http_req_t *)stream;
+    pthread_mutex_lock(&req->lock);
+    size_t n = req->sbuf.len - req->srd;
+    pthread_mutex_unlock(&req->lock);
+    return n;
+}
+
 int pd_http_stream_closed(const pd_http_stream_t *stream)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;
@@ -722,6 +741,9 @@ pd_status_t pd_http_route_ex(pd_http_server_t *srv, const char *method, const ch
     r->handler = handler;
     r->user = user;
     r->flags = flags;
+    for (int k = 0; k < 5; k++)
+        atomic_init(&r->m_count[k], NULL);
+    atomic_init(&r->m_dur, NULL);
     srv->n_routes++;
     return PD_OK;
 }
@@ -1338,12 +1360,22 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (srv->m_requests) {
         const char *handler = req->route ? req->route->path : "none";
         const char *method = norm_method(req->method);
-        pd_metric_series_t *s;
-        if (pd_metric_series(srv->m_requests, (const char *[]){method, handler, status_class(status)},
-                             &s) == PD_OK)
-            pd_metric_inc(s);
-        if (pd_metric_series(srv->m_duration, (const char *[]){method, handler}, &s) == PD_OK)
-            pd_metric_observe(s, secs);
+        unsigned scls = status / 100 - 1;
+        /* Routes cache their series (routes are never freed while the server lives);
+         * unknown paths and HEAD-on-GET take the registry lock. */
+        route_t *rt = (route_t *)req->route;
+        int cache = rt != NULL && scls < 5 && strcmp(rt->method, req->method) == 0;
+        pd_metric_series_t *s = cache ? atomic_load(&rt->m_count[scls]) : NULL;
+        if (s == NULL &&
+            pd_metric_series(srv->m_requests, (const char *[]){method, handler, status_class(status)},
+                             &s) == PD_OK && cache)
+            atomic_store(&rt->m_count[scls], s);
+        pd_metric_inc(s);
+        s = cache ? atomic_load(&rt->m_dur) : NULL;
+        if (s == NULL && pd_metric_series(srv->m_duration, (const char *[]){method, handler}, &s) == PD_OK &&
+            cache)
+            atomic_store(&rt->m_dur, s);
+        pd_metric_observe(s, secs);
     }
     atomic_fetch_sub(&srv->inflight, 1);
     req_unref(req);
@@ -1510,6 +1542,7 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
         return PD_ERR_NOMEM;
     pthread_mutex_init(&srv->lock, NULL);
     pthread_cond_init(&srv->cond, NULL);
+    srv->listen_fd = -1;
     srv->host = xstrdup(cfg->host && cfg->host[0] ? cfg->host : "0.0.0.0");
     srv->port = cfg->port;
     if (cfg->root_path && cfg->root_path[0]) {
@@ -1618,12 +1651,32 @@ err_free:
     return st;
 }
 
-pd_status_t pd_http_server_start(pd_http_server_t *srv)
+/* A worker drives one MHD daemon.  The wait is bounded because libmicrohttpd 0.9.75's
+ * epoll loop, after an epoll_wait() that returns exactly its 128-event batch, waits
+ * again with the timeout computed before the batch: connections already marked ready
+ * then stall until the next socket event.  With internal threads that stall lasted
+ * until a client timed out (seen with 1,000 simultaneous streams); here it is at most
+ * WORKER_WAIT_MS. */
+#define WORKER_WAIT_MS 20
+
+typedef struct worker_arg {
+    pd_http_server_t *srv;
+    struct MHD_Daemon *daemon;
+} worker_arg_t;
+
+static void *worker_main(void *arg)
 {
-    if (srv == NULL)
-        return PD_ERR_INVAL;
-    if (srv->started)
-        return PD_ERR_BUSY;
+    pd_http_server_t *srv = ((worker_arg_t *)arg)->srv;
+    struct MHD_Daemon *d = ((worker_arg_t *)arg)->daemon;
+    free(arg);
+    while (atomic_load_explicit(&srv->workers_run, memory_order_relaxed))
+        MHD_run_wait(d, WORKER_WAIT_MS);
+    return NULL;
+}
+
+/* Bind the listening socket ourselves so several daemons can share it. */
+static pd_status_t listen_socket(pd_http_server_t *srv, int *ipv6_p)
+{
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
@@ -1634,63 +1687,155 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
         PD_LOG_ERR("http: cannot resolve host '%s': %s", srv->host, gai_strerror(rc));
         return PD_ERR_INVAL;
     }
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_DUAL_STACK; /* "::" also takes IPv4, like uvicorn */
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1, zero = 0;
+    if (fd < 0)
+        goto err_sys;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6) /* "::" also takes IPv4, like uvicorn */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0)
+        goto err_sys;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        goto err_sys;
+    srv->bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                     : ((struct sockaddr_in *)&ss)->sin_port);
+    *ipv6_p = ai->ai_family == AF_INET6;
+    srv->listen_fd = fd;
+    freeaddrinfo(ai);
+    return PD_OK;
+
+err_sys:
+    PD_LOG_ERR("http: cannot listen on %s:%u: %s", srv->host, (unsigned)srv->port, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return PD_ERR_IO;
+}
+
+static void stop_workers(pd_http_server_t *srv)
+{
+    atomic_store(&srv->workers_run, 0);
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        pthread_join(srv->workers[i], NULL);
+    srv->n_workers = 0;
+}
+
+static void stop_daemons(pd_http_server_t *srv)
+{
+    for (unsigned i = 0; srv->daemons && i < srv->n_threads; i++) {
+        if (srv->daemons[i])
+            MHD_stop_daemon(srv->daemons[i]); /* closes its dup of the listening socket */
+        srv->daemons[i] = NULL;
+    }
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    srv->listen_fd = -1;
+}
+
+pd_status_t pd_http_server_start(pd_http_server_t *srv)
+{
+    if (srv == NULL)
+        return PD_ERR_INVAL;
+    if (srv->started)
+        return PD_ERR_BUSY;
+    int ipv6 = 0;
+    pd_status_t st = listen_socket(srv, &ipv6);
+    if (st != PD_OK)
+        return st;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ipv6)
+        flags |= MHD_USE_IPv6;
     if (srv->tls_key)
         flags |= MHD_USE_TLS;
     /* Memory pool per connection: headers must fit (plus read/write buffers). */
     size_t pool = srv->max_header + 32768;
     if (pool < 65536)
         pool = 65536;
+    unsigned per_daemon = (srv->max_conn + srv->n_threads - 1) / srv->n_threads;
 
-    struct MHD_OptionItem opts[24];
-    size_t n = 0;
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, srv};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)notify_connection, srv};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, srv->max_conn, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)pool, NULL};
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL};
-    if (srv->n_threads > 1)
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, srv->n_threads, NULL};
-    if (srv->tls_key) {
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, srv->tls_key};
-        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, srv->tls_cert};
-        if (srv->tls_pass)
-            opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_KEY_PASSWORD, 0, srv->tls_pass};
-        if (srv->tls_ca && srv->cert_reqs != PD_HTTP_CERT_NONE)
-            opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->tls_ca};
-        if (srv->tls_prio)
-            opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, srv->tls_prio};
+    srv->daemons = calloc(srv->n_threads, sizeof(*srv->daemons));
+    srv->workers = calloc(srv->n_threads, sizeof(*srv->workers));
+    if (srv->daemons == NULL || srv->workers == NULL) {
+        st = PD_ERR_NOMEM;
+        goto err_daemons;
     }
-    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-
-    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, srv,
-                                   MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv, MHD_OPTION_ARRAY, opts,
-                                   MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (srv->daemon == NULL) {
-        PD_LOG_ERR("http: cannot listen on %s:%u (address in use, bad TLS files or no permission)",
-                   srv->host, (unsigned)srv->port);
-        return PD_ERR_IO;
+    for (unsigned i = 0; i < srv->n_threads; i++) {
+        int fd = dup(srv->listen_fd);
+        if (fd < 0) {
+            PD_LOG_ERR("http: dup of the listening socket failed: %s", strerror(errno));
+            st = PD_ERR_IO;
+            goto err_daemons;
+        }
+        struct MHD_OptionItem opts[24];
+        size_t n = 0;
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, srv};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)notify_connection, srv};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, per_daemon, NULL};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, srv->timeout_s, NULL};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)pool, NULL};
+        if (srv->tls_key) {
+            opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, srv->tls_key};
+            opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, srv->tls_cert};
+            if (srv->tls_pass)
+                opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_KEY_PASSWORD, 0, srv->tls_pass};
+            if (srv->tls_ca && srv->cert_reqs != PD_HTTP_CERT_NONE)
+                opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->tls_ca};
+            if (srv->tls_prio)
+                opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, srv->tls_prio};
+        }
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+        srv->daemons[i] = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, srv,
+                                           MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,
+                                           MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+        if (srv->daemons[i] == NULL) {
+            close(fd);
+            PD_LOG_ERR("http: cannot start libmicrohttpd on %s:%u (bad TLS key/certificate?)",
+                       srv->host, (unsigned)srv->bound_port);
+            st = PD_ERR_IO;
+            goto err_daemons;
+        }
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    srv->bound_port = di ? di->port : srv->port;
+    atomic_store(&srv->workers_run, 1);
+    for (unsigned i = 0; i < srv->n_threads; i++) {
+        worker_arg_t *wa = malloc(sizeof(*wa));
+        if (wa != NULL) {
+            wa->srv = srv;
+            wa->daemon = srv->daemons[i];
+        }
+        if (wa == NULL || pthread_create(&srv->workers[i], NULL, worker_main, wa) != 0) {
+            free(wa);
+            PD_LOG_ERR("http: cannot start worker threads");
+            st = PD_ERR_NOMEM;
+            goto err_workers;
+        }
+        srv->n_workers++;
+    }
     srv->watcher_run = 1;
     if (pthread_create(&srv->watcher, NULL, watcher_main, srv) != 0) {
         srv->watcher_run = 0;
-        MHD_stop_daemon(srv->daemon);
-        srv->daemon = NULL;
         PD_LOG_ERR("http: cannot start the watcher thread");
-        return PD_ERR_NOMEM;
+        st = PD_ERR_NOMEM;
+        goto err_workers;
     }
     srv->started = 1;
     PD_LOG_INFO("http: listening on %s://%s:%u%s (%u threads)", srv->tls_key ? "https" : "http",
                 srv->host, (unsigned)srv->bound_port, srv->root_path ? srv->root_path : "",
                 srv->n_threads);
     return PD_OK;
+
+err_workers:
+    stop_workers(srv);
+err_daemons:
+    stop_daemons(srv);
+    free(srv->daemons);
+    free(srv->workers);
+    srv->daemons = NULL;
+    srv->workers = NULL;
+    return st;
 }
 
 uint16_t pd_http_server_port(const pd_http_server_t *srv)
@@ -1789,14 +1934,21 @@ void pd_http_server_stop(pd_http_server_t *srv)
             break;
         sleep_ms(2);
     } while (pd_now_ns() < deadline);
-    sleep_ms(5); /* let workers process the resumes before the daemon goes away */
     pthread_mutex_lock(&srv->lock);
     srv->watcher_run = 0;
     pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->lock);
     pthread_join(srv->watcher, NULL);
-    MHD_stop_daemon(srv->daemon);
-    srv->daemon = NULL;
+    /* Let the workers finish the connections just cut before the loops end. */
+    deadline = pd_now_ns() + 1000000000ull;
+    while (pd_http_server_inflight(srv) > 0 && pd_now_ns() < deadline)
+        sleep_ms(2);
+    stop_workers(srv);
+    stop_daemons(srv);
+    free(srv->daemons);
+    free(srv->workers);
+    srv->daemons = NULL;
+    srv->workers = NULL;
     srv->started = 0;
 }
 

@@ -1,7 +1,7 @@
 /*
  * pd_http.h - the HTTP server layer shared by the node servers and the proxy.
  *
- * Built on libmicrohttpd (epoll, internal thread pool, suspend/resume) and cJSON.
+ * Built on libmicrohttpd (epoll loops on our worker threads, suspend/resume) and cJSON.
  * The layer knows nothing about models or engines: the user registers handlers by
  * method + exact path and the layer does everything around them: TLS (optionally
  * mutual), CORS (Starlette's CORSMiddleware semantics), api-key checks on protected
@@ -83,9 +83,11 @@ typedef struct pd_http_config {
     size_t max_body_bytes;       /* 16 MiB; larger bodies get 413 */
     size_t max_header_bytes;     /* 64 KiB of request line + headers; larger get 431 */
     unsigned max_connections;    /* 4096 */
-    unsigned connection_timeout_s; /* 300: idle timeout (also keep-alive idle time) */
+    unsigned connection_timeout_s; /* 60: idle socket timeout (keep-alive idle time, slow
+                                    * senders, stalled readers); parked requests and idle
+                                    * streams are suspended and never time out here */
     int disable_keep_alive;      /* 1 = "Connection: close" on every response */
-    unsigned n_threads;          /* worker threads (each an epoll loop); 0 = min(cores, 4) */
+    unsigned n_threads;          /* worker threads (each its own epoll loop); 0 = min(cores, 4) */
 
     int disable_access_log; /* 1 = no per-request log line */
     /* Optional registry: the server registers http_requests_total and
@@ -195,9 +197,12 @@ pd_status_t pd_http_load_middleware(pd_http_server_t *srv, const char *spec);
 const char *pd_http_req_method(const pd_http_req_t *req);
 /* Path with root_path stripped and without the query string. */
 const char *pd_http_req_path(const pd_http_req_t *req);
-/* Header value (case-insensitive name) or NULL. */
+/* Header value (case-insensitive name) or NULL.  Header and query values live in the
+ * connection's memory: call these from the handler or middleware (the worker thread)
+ * and copy what another thread needs; method, path, body, id and client address are
+ * owned by the request and stay valid as long as it does. */
 const char *pd_http_req_header(const pd_http_req_t *req, const char *name);
-/* Decoded query-string argument or NULL. */
+/* Decoded query-string argument or NULL (same validity as pd_http_req_header). */
 const char *pd_http_req_query(const pd_http_req_t *req, const char *name);
 /* The whole body, NUL-terminated (the NUL is not counted in len); "" when none. */
 const char *pd_http_req_body(const pd_http_req_t *req, size_t *len_p);
@@ -284,6 +289,10 @@ pd_status_t pd_http_sse_done(pd_http_stream_t *stream);
 /* Finish the response once queued data is sent.  Any thread.  PD_ERR_CLOSED when the
  * client already left. */
 pd_status_t pd_http_stream_end(pd_http_stream_t *stream);
+
+/* Bytes queued and not yet handed to the socket (for backpressure: a relay can stop
+ * reading upstream while this is large).  Any thread. */
+size_t pd_http_stream_queued(const pd_http_stream_t *stream);
 
 /* 1 when the client is known to have gone away. */
 int pd_http_stream_closed(const pd_http_stream_t *stream);
