@@ -39,7 +39,6 @@
 #include <stdint.h>
 
 #include "pd_status.h"
-#include "pd_util.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -177,9 +176,10 @@ typedef struct kvx_conn_ops {
     pd_status_t (*create)(const kvx_config_t *cfg, void **state_p);
     /* Closes every peer (their reads complete with PD_ERR_CANCELED) then frees. */
     void (*destroy)(void *state);
-    /* Register the local region (once); append the descriptor peers need
-     * (keys, worker address) to desc. */
-    pd_status_t (*reg)(void *state, const kvx_region_t *region, pd_buf_t *desc);
+    /* Register the local region (once); write the descriptor peers need (keys,
+     * worker address; at most desc_cap bytes) to desc and its length to *desc_len_p. */
+    pd_status_t (*reg)(void *state, const kvx_region_t *region, void *desc, size_t desc_cap,
+                       size_t *desc_len_p);
     /* Connect to a producer described by info; *peer_p is opaque. */
     pd_status_t (*peer_connect)(void *state, const kvx_peer_info_t *info, void **peer_p);
     /* Cancel outstanding reads on the peer (callbacks fire with PD_ERR_CANCELED or
