@@ -271,6 +271,10 @@ typedef struct kvx_pull_desc {
 typedef struct kvx_pull_result {
     pd_status_t status;
     const char *message;
+    /* true only when a transport could not cancel its reads in time (a frozen peer
+     * on a provider without RMA cancel): the local blocks may still be written
+     * later, so the engine must not reuse them before kvx_ctx_destroy. */
+    bool local_blocks_unsafe;
     uint64_t bytes;
     double seconds;
 } kvx_pull_result_t;

@@ -1089,7 +1089,7 @@ static void notify_abort(worker_t *w, const job_t *job)
     }
 }
 
-static pd_status_t run_pull(worker_t *w, const job_t *job, char *msg, size_t msg_len)
+static pd_status_t run_pull(worker_t *w, const job_t *job, char *msg, size_t msg_len, bool *unsafe_p)
 {
     kvx_ctx_t *ctx = w->ctx;
     kvx_msg_t req, rep;
@@ -1218,9 +1218,11 @@ out_cancel:
     peer_kill(ctx, peer);
     peer_unref(ctx, peer);
     peer = NULL;
-    if (!rdone_wait(d, 10ull * 1000000000ull)) {
-        PD_LOG_CRIT("kvx: connector read did not complete after cancel; leaking its state");
-        d = NULL;
+    if (!rdone_wait(d, 5ull * 1000000000ull)) {
+        PD_LOG_CRIT("kvx: connector read did not complete after cancel; its local blocks are "
+                    "unsafe to reuse");
+        *unsafe_p = true;
+        d = NULL; /* leaked on purpose: the connector may still complete into it */
     }
     if (d != NULL)
         rdone_free(d);
@@ -1247,7 +1249,9 @@ static void job_run(worker_t *w, job_t *job)
     kvx_pull_result_t res;
     uint64_t t0 = pd_now_ns();
 
-    res.status = atomic_load(&ctx->stop) ? PD_ERR_CANCELED : run_pull(w, job, msg, sizeof(msg));
+    res.local_blocks_unsafe = false;
+    res.status = atomic_load(&ctx->stop) ? PD_ERR_CANCELED
+                                         : run_pull(w, job, msg, sizeof(msg), &res.local_blocks_unsafe);
     if (res.status == PD_ERR_CANCELED && msg[0] == '\0')
         snprintf(msg, sizeof(msg), "kvxfer is shutting down");
     res.seconds = (double)(pd_now_ns() - t0) / 1e9;

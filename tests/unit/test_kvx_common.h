@@ -131,6 +131,7 @@ typedef struct tk_pull {
     int done;
     int fired;            /* callback count: must end at exactly 1 */
     pd_status_t status;
+    int unsafe;
     char msg[256];
 } tk_pull_t;
 
@@ -141,6 +142,7 @@ static inline void tk_pull_cb(void *arg, const kvx_pull_result_t *res)
     p->fired++;
     p->done = 1;
     p->status = res->status;
+    p->unsafe = res->local_blocks_unsafe;
     snprintf(p->msg, sizeof(p->msg), "%s", res->message);
     pthread_mutex_unlock(&p->mu);
 }

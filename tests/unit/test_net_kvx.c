@@ -454,9 +454,10 @@ static void killed_mid_transfer(int sig)
      * (a frozen producer never answers the final RELEASE, so that case must fail) */
     usleep(30000);
     kill(pid, sig);
-    PD_CHECK(tk_pull_wait(&res, 20));
-    printf("  %s: pull ended with %s after %.2fs: %s\n", sig == SIGSTOP ? "frozen" : "killed",
-           pd_status_name(res.status), (double)(pd_now_ns() - t0) / 1e9, res.msg);
+    PD_CHECK(tk_pull_wait(&res, 40));
+    printf("  %s: pull ended with %s after %.2fs%s: %s\n", sig == SIGSTOP ? "frozen" : "killed",
+           pd_status_name(res.status), (double)(pd_now_ns() - t0) / 1e9,
+           res.unsafe ? " (local blocks unsafe)" : "", res.msg);
     if (sig == SIGSTOP)
         PD_CHECK(res.status != PD_OK);
     PD_CHECK(res.status == PD_OK || res.status == PD_ERR_TRANSPORT || res.status == PD_ERR_TIMEOUT ||
