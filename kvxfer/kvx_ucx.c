@@ -172,23 +172,29 @@ static void deliver_done(ucx_state_t *st)
 static void *progress_main(void *arg)
 {
     ucx_state_t *st = arg;
+    uint64_t busy_until = 0;
 
     while (!atomic_load(&st->stop)) {
         struct pollfd pfd = {st->efd, POLLIN, 0};
         unsigned n = 0;
+        uint64_t now;
 
         while (ucp_worker_progress(st->worker) != 0)
             n++;
         deliver_done(st);
-        if (n > 0 || atomic_load(&st->inflight) > 0) {
-            /* gets in flight: keep driving them, but let the other core's work in */
+        now = pd_now_ns();
+        if (n > 0 || atomic_load(&st->inflight) > 0)
+            busy_until = now + 100000000u;
+        if (now < busy_until) {
+            /* a transfer is running, here or (emulated gets, shared-memory transports
+             * without wakeup) served by us: keep driving it for a while */
             if (n == 0)
                 sched_yield();
             continue;
         }
         if (ucp_worker_arm(st->worker) == UCS_ERR_BUSY)
             continue;
-        (void)poll(&pfd, 1, 10);
+        (void)poll(&pfd, 1, 5);
     }
     deliver_done(st);
     return NULL;
@@ -451,6 +457,14 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     ep.err_handler.cb = ep_err_cb;
     ep.err_handler.arg = p;
     s = ucp_ep_create(st->worker, &ep, &p->ep);
+    if (s == UCS_ERR_UNREACHABLE) {
+        /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
+         * control plane's heartbeats and the transfer timeout cover it instead */
+        PD_LOG_INFO("kvx ucx: transports to %s have no peer failure detection; relying on "
+                    "heartbeats", info->host);
+        ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
+        s = ucp_ep_create(st->worker, &ep, &p->ep);
+    }
     if (s != UCS_OK) {
         PD_LOG_ERR("kvx ucx: ucp_ep_create to %s: %s", info->host, ucs_status_string(s));
         free(p);
