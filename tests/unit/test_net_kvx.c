@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "pd_log.h"
 #include "test_kvx_common.h"
 
 #define NB  64
@@ -478,13 +479,94 @@ out_kill:
 PD_TEST(producer_killed_mid_transfer) { killed_mid_transfer(SIGKILL); }
 PD_TEST(producer_frozen_mid_transfer) { killed_mid_transfer(SIGSTOP); }
 
+/* ---- peer modes for tests/kvxfer/netns_test.sh (two network namespaces) ----
+ *   test_net_kvx --producer IP PORT N_BLOCKS BLOCK_BYTES N_LEASES
+ *       leases "netns-0".."netns-<N_LEASES-1>" over every block, prints READY, and
+ *       serves until killed.
+ *   test_net_kvx --consumer IP PORT N_BLOCKS BLOCK_BYTES LEASE [CONTROL_S TRANSFER_S]
+ *       pulls every block of LEASE, checks the data, prints one RESULT line;
+ *       exit 0 only when the pull succeeded. */
+static int peer_main(int argc, char **argv)
+{
+    char json[512], msg[256];
+    kvx_compat_t compat = tk_compat();
+    kvx_ctx_t *ctx;
+    uint32_t nb, *ids;
+    size_t bb;
+    uint8_t *base;
+    int producer = strcmp(argv[1], "--producer") == 0;
+
+    if (argc < 7)
+        return 2;
+    nb = (uint32_t)atol(argv[4]);
+    bb = (size_t)atol(argv[5]);
+    if (nb == 0 || bb == 0)
+        return 2;
+    pd_log_set_level(PD_LOG_LEVEL_WARN);
+    if (producer)
+        snprintf(json, sizeof(json), "{\"kv_connector\":\"UcxConnector\",\"kv_role\":\"kv_producer\","
+                 "\"kv_ip\":\"%s\",\"kv_port\":%s,\"engine_id\":\"netns-producer\","
+                 "\"kv_connector_extra_config\":{\"lease_ttl_s\":120}}", argv[2], argv[3]);
+    else
+        snprintf(json, sizeof(json), "{\"kv_connector\":\"UcxConnector\",\"kv_role\":\"kv_consumer\","
+                 "\"kv_port\":0,\"kv_connector_extra_config\":{\"control_timeout_s\":%s,"
+                 "\"transfer_timeout_s\":%s}}", argc > 7 ? argv[7] : "2", argc > 8 ? argv[8] : "20");
+    ctx = tk_ctx(json, &compat);
+    base = malloc((size_t)nb * bb);
+    ids = malloc(nb * sizeof(uint32_t));
+    if (ctx == NULL || base == NULL || ids == NULL)
+        return 3;
+    for (uint32_t i = 0; i < nb; i++)
+        ids[i] = i;
+    if (producer) {
+        tk_leases_t leases = {.mu = PTHREAD_MUTEX_INITIALIZER};
+        int n_leases = atoi(argv[6]);
+        tk_fill(base, nb, bb, 9);
+        if (kvx_ctx_register_region(ctx, &(kvx_region_t){base, nb, bb, KVX_MEM_HOST}) != PD_OK)
+            return 3;
+        for (int k = 0; k < n_leases; k++) {
+            char rid[32];
+            snprintf(rid, sizeof(rid), "netns-%d", k);
+            if (kvx_lease_create(ctx, rid, ids, nb, 0, tk_lease_cb, &leases) != PD_OK)
+                return 3;
+        }
+        printf("READY %d\n", kvx_ctx_port(ctx));
+        fflush(stdout);
+        for (;;)
+            pause();
+    } else {
+        uint64_t t0 = pd_now_ns();
+        pd_status_t st;
+        int good = 1;
+        kvx_pull_desc_t d = {.remote_host = argv[2], .remote_port = atoi(argv[3]),
+                             .remote_req_id = argv[6], .n = nb, .remote_ids = ids, .local_ids = ids};
+
+        memset(base, 0, (size_t)nb * bb);
+        if (kvx_ctx_register_region(ctx, &(kvx_region_t){base, nb, bb, KVX_MEM_HOST}) != PD_OK)
+            return 3;
+        st = kvx_pull_sync(ctx, &d, msg, sizeof(msg));
+        if (st == PD_OK)
+            for (uint32_t i = 0; i < nb && good; i += 1 + nb / 16)
+                good = tk_block_is(base, bb, i, i, 9);
+        printf("RESULT %s %.2fs %.3fGB/s data=%s: %s\n", pd_status_name(st),
+               (double)(pd_now_ns() - t0) / 1e9,
+               st == PD_OK ? (double)nb * bb / ((double)(pd_now_ns() - t0)) : 0.0,
+               st == PD_OK ? (good ? "ok" : "BAD") : "-", msg);
+        kvx_ctx_destroy(ctx);
+        free(base);
+        free(ids);
+        return st == PD_OK && good ? 0 : 1;
+    }
+    return 0;
+}
+
 static int connector_wanted(const char *name)
 {
     const char *only = getenv("KVX_TEST_CONNECTORS");
     return only == NULL || strstr(only, name) != NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     static const struct { const char *name; kvx_conn_kind_t kind; } conns[] = {
         {"SharedStorageConnector", KVX_CONN_SHARED_STORAGE},
@@ -494,6 +576,8 @@ int main(void)
     char dir[] = "/tmp/kvx_storage_XXXXXX";
 
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && (strcmp(argv[1], "--producer") == 0 || strcmp(argv[1], "--consumer") == 0))
+        return peer_main(argc, argv);
     if (mkdtemp(dir) == NULL)
         return 1;
     for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
