@@ -4,6 +4,7 @@
  * authentication), the compatibility hash, and connector plugins from a .so built
  * by the test.
  */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,6 +378,44 @@ out:
     }
 }
 
+/* every example config under configs/kv parses */
+PD_TEST(example_configs_parse)
+{
+    const char *src_dir = getenv("PD_SOURCE_DIR");
+    char dir[512], path[1024];
+    DIR *d;
+    struct dirent *e;
+    int n = 0;
+
+    snprintf(dir, sizeof(dir), "%s/configs/kv", src_dir ? src_dir : ".");
+    d = opendir(dir);
+    PD_CHECK(d != NULL);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        char *text = NULL, err[256];
+        size_t len;
+        kvx_config_t cfg;
+
+        if (strstr(e->d_name, ".json") == NULL)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        PD_CHECK_STATUS(pd_read_file(path, &text, &len), PD_OK);
+        if (text == NULL)
+            continue;
+        if (kvx_config_parse(text, &cfg, err, sizeof(err)) != PD_OK) {
+            fprintf(stderr, "  %s: %s\n", e->d_name, err);
+            pd_test_failed_checks_g++;
+        }
+        PD_CHECK(cfg.connector != KVX_CONN_NONE && cfg.role != KVX_ROLE_NONE);
+        kvx_config_cleanup(&cfg);
+        free(text);
+        n++;
+    }
+    closedir(d);
+    PD_CHECK(n >= 5);
+}
+
 int main(void)
 {
     PD_RUN(config_defaults);
@@ -388,5 +427,6 @@ int main(void)
     PD_RUN(msg_auth);
     PD_RUN(compat_hash_changes);
     PD_RUN(plugin_module);
+    PD_RUN(example_configs_parse);
     return PD_TEST_REPORT();
 }
