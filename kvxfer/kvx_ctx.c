@@ -199,6 +199,16 @@ static void endpoint_of(const char *host, int port, char *out, size_t len)
         snprintf(out, len, "tcp://%s:%d", host, port);
 }
 
+static void *graveyard_g[1024];
+static atomic_size_t graveyard_n_g;
+
+void kvx_graveyard_add(void *p)
+{
+    size_t i = atomic_fetch_add(&graveyard_n_g, 1);
+    if (i < PD_ARRAY_SIZE(graveyard_g))
+        graveyard_g[i] = p;
+}
+
 void kvx_hex_encode(const char *s, char *out, size_t out_len)
 {
     static const char hx[] = "0123456789abcdef";
@@ -1222,7 +1232,8 @@ out_cancel:
         PD_LOG_CRIT("kvx: connector read did not complete after cancel; its local blocks are "
                     "unsafe to reuse");
         *unsafe_p = true;
-        d = NULL; /* leaked on purpose: the connector may still complete into it */
+        kvx_graveyard_add(d); /* the connector may still complete into it */
+        d = NULL;
     }
     if (d != NULL)
         rdone_free(d);

@@ -364,6 +364,7 @@ static void fab_peer_close(void *state, void *peer)
         usleep(500);
     if (atomic_load(&p->batches) > 0) {
         PD_LOG_CRIT("kvx fabric: reads still outstanding at peer close; leaking the peer");
+        kvx_graveyard_add(p);
         return;
     }
     free(p);

@@ -12,6 +12,10 @@ extern const kvx_conn_ops_t kvx_fabric_ops;     /* KVX_HAVE_LIBFABRIC */
 extern const kvx_conn_ops_t kvx_nccl_ops;       /* KVX_HAVE_NCCL */
 extern const kvx_conn_ops_t kvx_storage_ops;    /* always */
 
+/* Keep memory that a stuck transport may still write (a read that could not be
+ * cancelled) reachable for the life of the process instead of freeing it. */
+void kvx_graveyard_add(void *p);
+
 /* Hex-encode s into out (2*strlen+1 bytes): file names built from wire strings. */
 void kvx_hex_encode(const char *s, char *out, size_t out_len);
 

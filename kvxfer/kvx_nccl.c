@@ -241,6 +241,7 @@ static void nc_peer_close(void *state, void *peer)
         usleep(500);
     if (atomic_load(&p->inflight) > 0) {
         PD_LOG_CRIT("kvx nccl: copies still running at peer close; leaking the peer");
+        kvx_graveyard_add(p);
         return;
     }
     cudaIpcCloseMemHandle(p->remote_base);

@@ -266,6 +266,7 @@ static void st_peer_close(void *state, void *peer)
         usleep(1000);
     if (atomic_load(&p->inflight) > 0) {
         PD_LOG_CRIT("kvx storage: reads still running at peer close; leaking the peer");
+        kvx_graveyard_add(p);
         return;
     }
     free(p);

@@ -515,6 +515,7 @@ static void ucx_peer_close(void *state, void *peer)
     if (atomic_load(&p->batches) > 0) {
         /* a completion can still arrive: leaking beats a use after free */
         PD_LOG_CRIT("kvx ucx: reads still outstanding after closing the endpoint");
+        kvx_graveyard_add(p);
         return;
     }
     ucp_rkey_destroy(p->rkey);
