@@ -16,7 +16,7 @@
 
 #include "kvx.h"
 
-typedef struct { kvx_region_t region; atomic_int inflight; } loop_t;
+typedef struct { kvx_region_t region; atomic_int inflight; int delay_ms; } loop_t;
 typedef struct { loop_t *st; char *remote_base; uint64_t block_bytes; } loop_peer_t;
 typedef struct {
     loop_peer_t *peer; size_t n; uint32_t *lids, *rids; kvx_read_cb_t cb; void *arg;
@@ -28,6 +28,9 @@ static pd_status_t loop_create(const kvx_config_t *cfg, void **state_p)
     loop_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return PD_ERR_NOMEM;
+    /* KVX_LOOP_DELAY_MS slows every read (tests of what happens during a read) */
+    if (getenv("KVX_LOOP_DELAY_MS") != NULL)
+        s->delay_ms = atoi(getenv("KVX_LOOP_DELAY_MS"));
     *state_p = s;
     return PD_OK;
 }
@@ -78,6 +81,8 @@ static void *loop_run(void *arg)
 {
     loop_job_t *j = arg;
     loop_t *s = j->peer->st;
+    if (s->delay_ms > 0)
+        usleep((useconds_t)s->delay_ms * 1000u);
     for (size_t i = 0; i < j->n; i++)
         memcpy((char *)s->region.base + (size_t)j->lids[i] * s->region.block_bytes,
                j->peer->remote_base + (size_t)j->rids[i] * j->peer->block_bytes,

@@ -354,6 +354,33 @@ PD_TEST(plugin_module)
         PD_CHECK(tk_block_is(cbase, 256, lids[i], ids[i], 3));
     PD_CHECK(tk_wait_ended(&leases, KVX_LEASE_RELEASED, 1, 5));
     PD_CHECK_EQ_INT(kvx_lease_count(prod), 0);
+
+    /* the producer drops the lease while the consumer is reading: the read finishes,
+     * but RELEASE reports the lease gone, so the pull fails instead of handing out
+     * blocks that may have been reused meanwhile */
+    {
+        tk_pull_t res;
+        memset(&res, 0, sizeof(res));
+        pthread_mutex_init(&res.mu, NULL);
+        setenv("KVX_LOOP_DELAY_MS", "300", 1);
+        kvx_ctx_destroy(cons);
+        snprintf(json, sizeof(json), "{\"kv_connector\":\"LoopConnector\",\"kv_role\":"
+                 "\"kv_consumer\",\"kv_connector_module_path\":\"%s\"}", so);
+        cons = tk_ctx(json, &compat);
+        unsetenv("KVX_LOOP_DELAY_MS");
+        PD_CHECK(cons != NULL);
+        if (cons != NULL) {
+            PD_CHECK_STATUS(kvx_ctx_register_region(cons, &(kvx_region_t){cbase, 16, 256, KVX_MEM_HOST}), PD_OK);
+            PD_CHECK_STATUS(kvx_lease_create(prod, "req-race", ids, 3, 0, tk_lease_cb, &leases), PD_OK);
+            desc.remote_req_id = "req-race";
+            PD_CHECK_STATUS(kvx_pull(cons, &desc, tk_pull_cb, &res), PD_OK);
+            usleep(100000); /* acquired, reading */
+            PD_CHECK_STATUS(kvx_lease_abort(prod, "req-race"), PD_OK);
+            PD_CHECK(tk_pull_wait(&res, 10));
+            PD_CHECK_STATUS(res.status, PD_ERR_EXPIRED);
+            PD_CHECK(strstr(res.msg, "aborted") != NULL);
+        }
+    }
     kvx_ctx_destroy(cons);
     kvx_ctx_destroy(prod);
     cons = prod = NULL;
