@@ -1463,7 +1463,8 @@ static pd_status_t load_module(kvx_ctx_t *ctx)
     const kvx_conn_ops_t *(*fn)(void);
     const kvx_conn_ops_t *ops;
 
-    ctx->dl = dlopen(ctx->cfg.module_path, RTLD_NOW | RTLD_LOCAL);
+    /* NODELETE: a plugin's own threads may still be returning into its code */
+    ctx->dl = dlopen(ctx->cfg.module_path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (ctx->dl == NULL) {
         PD_LOG_ERR("kvx: kv_connector_module_path: %s", dlerror());
         return PD_ERR_NOT_FOUND;
