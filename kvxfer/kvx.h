@@ -39,6 +39,7 @@
 #include <stdint.h>
 
 #include "pd_status.h"
+#include "pd_util.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -109,6 +110,15 @@ typedef struct kvx_config {
  * names map to ours (NixlConnector -> UcxConnector, P2pNcclConnector ->
  * NcclConnector), logged once at info level. */
 pd_status_t kvx_config_parse(const char *json, kvx_config_t *cfg, char *err, size_t err_len);
+
+/* vLLM's dotted form (`--kv-transfer-config.kv_role kv_both`,
+ * `--kv-transfer-config.kv_connector_extra_config.auth_secret s`): set one field of the
+ * JSON object text *json_p (NULL or "" = "{}"; replaced by a new malloc'd string).
+ * key is the part after "--kv-transfer-config."; value is taken as JSON when it
+ * parses as a number, true/false/null, an object or an array, else as a string.
+ * PD_ERR_INVAL for an empty key or a non-object document.  Validation happens later
+ * in kvx_config_parse. */
+pd_status_t kvx_config_json_set(char **json_p, const char *key, const char *value);
 
 /* Defaults for every field (role NONE, connector NONE, random engine id). */
 void kvx_config_init(kvx_config_t *cfg);
@@ -317,6 +327,11 @@ typedef struct kvx_stats {
 } kvx_stats_t;
 
 void kvx_ctx_stats(kvx_ctx_t *ctx, kvx_stats_t *stats_p);
+
+/* Append the counters in Prometheus text format to out, with vLLM's
+ * NixL metric names where the meaning matches (vllm:nixl_bytes_transferred, ...)
+ * and pdserve:kv_* for the rest; model_name becomes the model_name label. */
+pd_status_t kvx_stats_prometheus(const kvx_stats_t *stats, const char *model_name, pd_buf_t *out);
 
 #ifdef __cplusplus
 }

@@ -494,3 +494,67 @@ out_free_root:
     cJSON_Delete(root);
     return st;
 }
+
+/* ---- dotted form ---- */
+pd_status_t kvx_config_json_set(char **json_p, const char *key, const char *value)
+{
+    cJSON *root, *obj, *val;
+    char part[KVX_NAME_MAX];
+    const char *p = key, *dot;
+    char *text;
+
+    if (json_p == NULL || key == NULL || key[0] == '\0' || value == NULL)
+        return PD_ERR_INVAL;
+    root = (*json_p != NULL && (*json_p)[0] != '\0') ? cJSON_Parse(*json_p) : cJSON_CreateObject();
+    if (root == NULL || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        PD_LOG_ERR("kv-transfer-config: not a JSON object before setting %s", key);
+        return PD_ERR_INVAL;
+    }
+    obj = root;
+    /* walk/create the intermediate objects */
+    while ((dot = strchr(p, '.')) != NULL) {
+        cJSON *child;
+        size_t n = (size_t)(dot - p);
+        if (n == 0 || n >= sizeof(part)) {
+            cJSON_Delete(root);
+            return PD_ERR_INVAL;
+        }
+        memcpy(part, p, n);
+        part[n] = '\0';
+        child = cJSON_GetObjectItemCaseSensitive(obj, part);
+        if (child == NULL) {
+            child = cJSON_AddObjectToObject(obj, part);
+        } else if (!cJSON_IsObject(child)) {
+            cJSON_Delete(root);
+            PD_LOG_ERR("kv-transfer-config: %s is not an object", part);
+            return PD_ERR_INVAL;
+        }
+        if (child == NULL) {
+            cJSON_Delete(root);
+            return PD_ERR_NOMEM;
+        }
+        obj = child;
+        p = dot + 1;
+    }
+    if (*p == '\0' || strlen(p) >= sizeof(part)) {
+        cJSON_Delete(root);
+        return PD_ERR_INVAL;
+    }
+    val = cJSON_Parse(value);
+    if (val == NULL || cJSON_IsString(val))
+        val = (cJSON_Delete(val), cJSON_CreateString(value));
+    if (val == NULL) {
+        cJSON_Delete(root);
+        return PD_ERR_NOMEM;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(obj, p);
+    cJSON_AddItemToObject(obj, p, val);
+    text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (text == NULL)
+        return PD_ERR_NOMEM;
+    free(*json_p);
+    *json_p = text;
+    return PD_OK;
+}

@@ -1679,3 +1679,49 @@ void kvx_ctx_stats(kvx_ctx_t *ctx, kvx_stats_t *stats_p)
     *stats_p = ctx->stats;
     pthread_mutex_unlock(&ctx->mu);
 }
+
+pd_status_t kvx_stats_prometheus(const kvx_stats_t *s, const char *model_name, pd_buf_t *out)
+{
+    const char *m = model_name ? model_name : "";
+    pd_status_t st = PD_OK;
+
+    /* model names are validated upstream; quotes and backslashes would still break
+     * the label, so they are refused here */
+    if (strpbrk(m, "\"\\\n") != NULL)
+        return PD_ERR_INVAL;
+#define METRIC(name, type, help, fmt, v)                                                  \
+    if (st == PD_OK)                                                                     \
+        st = pd_buf_printf(out, "# HELP " name " " help "\n# TYPE " name " " type "\n"    \
+                           name "{model_name=\"%s\"} " fmt "\n", m, v);
+    METRIC("vllm:nixl_bytes_transferred", "counter", "Bytes pulled from remote engines.",
+           "%llu", (unsigned long long)s->bytes)
+    METRIC("vllm:nixl_xfer_time_seconds", "counter", "Seconds spent in successful pulls.",
+           "%.6f", s->xfer_seconds)
+    METRIC("vllm:nixl_num_failed_transfers", "counter", "Pulls that failed.", "%llu",
+           (unsigned long long)s->failures)
+    METRIC("vllm:nixl_num_failed_notifications", "counter",
+           "Release/abort notifications the producer did not acknowledge.", "%llu",
+           (unsigned long long)s->notifications_failed)
+    METRIC("pdserve:kv_transfers_total", "counter", "Successful pulls.", "%llu",
+           (unsigned long long)s->transfers)
+    METRIC("pdserve:kv_blocks_transferred_total", "counter", "Blocks pulled.", "%llu",
+           (unsigned long long)s->blocks)
+    METRIC("pdserve:kv_leases_created_total", "counter", "Leases created (producer).", "%llu",
+           (unsigned long long)s->leases_created)
+    METRIC("pdserve:kv_leases_released_total", "counter", "Leases released by consumers.",
+           "%llu", (unsigned long long)s->leases_released)
+    METRIC("pdserve:kv_lease_expiries_total", "counter", "Leases that expired unread.", "%llu",
+           (unsigned long long)s->lease_expiries)
+    METRIC("pdserve:kv_leases_aborted_total", "counter", "Leases aborted.", "%llu",
+           (unsigned long long)s->leases_aborted)
+    METRIC("pdserve:kv_blocks_held", "gauge", "Blocks held under live leases.", "%llu",
+           (unsigned long long)s->blocks_held)
+    METRIC("pdserve:kv_reads_refused_total", "counter", "Reads refused (no live lease).",
+           "%llu", (unsigned long long)s->reads_refused)
+    METRIC("pdserve:kv_auth_failures_total", "counter", "Control messages failing auth.",
+           "%llu", (unsigned long long)s->auth_failures)
+    METRIC("pdserve:kv_handshakes_refused_total", "counter", "Incompatible peers refused.",
+           "%llu", (unsigned long long)s->handshakes_refused)
+#undef METRIC
+    return st;
+}

@@ -141,6 +141,47 @@ PD_TEST(config_errors)
     expect_bad("{\"kv_connector_module_path\":\"/x.so\"}", PD_ERR_INVAL, "kv_connector");
 }
 
+PD_TEST(config_dotted_form)
+{
+    char *json = NULL;
+    kvx_config_t cfg;
+
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_connector", "NixlConnector"), PD_OK);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_role", "kv_both"), PD_OK);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_port", "20002"), PD_OK);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_connector_extra_config.auth_secret", "x y"), PD_OK);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_connector_extra_config.lease_ttl_s", "7"), PD_OK);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_role", "kv_consumer"), PD_OK); /* last wins */
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "", "x"), PD_ERR_INVAL);
+    PD_CHECK_STATUS(kvx_config_json_set(&json, "kv_role.x", "1"), PD_ERR_INVAL);
+    PD_CHECK_STATUS(kvx_config_parse(json, &cfg, NULL, 0), PD_OK);
+    PD_CHECK_EQ_INT(cfg.connector, KVX_CONN_UCX);
+    PD_CHECK_EQ_INT(cfg.role, KVX_ROLE_CONSUMER);
+    PD_CHECK_EQ_INT(cfg.kv_port, 20002);
+    PD_CHECK_EQ_STR(cfg.auth_secret, "x y");
+    PD_CHECK(cfg.lease_ttl_s == 7);
+    kvx_config_cleanup(&cfg);
+    free(json);
+}
+
+PD_TEST(stats_prometheus)
+{
+    kvx_stats_t s;
+    pd_buf_t out = {0};
+
+    memset(&s, 0, sizeof(s));
+    s.bytes = 12345;
+    s.lease_expiries = 2;
+    s.blocks_held = 9;
+    PD_CHECK_STATUS(kvx_stats_prometheus(&s, "m1", &out), PD_OK);
+    PD_CHECK(out.data != NULL && strstr(out.data, "vllm:nixl_bytes_transferred{model_name=\"m1\"} 12345\n"));
+    PD_CHECK(strstr(out.data, "pdserve:kv_lease_expiries_total{model_name=\"m1\"} 2\n") != NULL);
+    PD_CHECK(strstr(out.data, "# TYPE pdserve:kv_blocks_held gauge\npdserve:kv_blocks_held{model_name=\"m1\"} 9\n") != NULL);
+    pd_buf_reset(&out);
+    PD_CHECK_STATUS(kvx_stats_prometheus(&s, "bad\"name", &out), PD_ERR_INVAL);
+    pd_buf_cleanup(&out);
+}
+
 /* ---- wire format ---- */
 static pd_status_t roundtrip(const kvx_msg_t *in, const char *enc_secret, const char *dec_secret,
                              kvx_msg_t *out, pd_buf_t *buf)
@@ -449,6 +490,8 @@ int main(void)
     PD_RUN(config_full);
     PD_RUN(config_secret_from_env);
     PD_RUN(config_errors);
+    PD_RUN(config_dotted_form);
+    PD_RUN(stats_prometheus);
     PD_RUN(msg_roundtrip);
     PD_RUN(msg_rejects_bad_frames);
     PD_RUN(msg_auth);
