@@ -1381,14 +1381,30 @@ pd_status_t kvx_pull(kvx_ctx_t *ctx, const kvx_pull_desc_t *desc, kvx_pull_cb_t 
     return PD_OK;
 }
 
+/* Heap state shared by kvx_pull_sync and its callback: whichever lets go last frees
+ * it, so a caller that gave up waiting never leaves the callback a dangling pointer. */
 typedef struct sync_wait {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done;
+    int refs;
     pd_status_t status;
-    char *msg;
-    size_t msg_len;
+    char msg[KVX_MSG_MSG_MAX];
 } sync_wait_t;
+
+static void sync_unref(sync_wait_t *s)
+{
+    int last;
+
+    pthread_mutex_lock(&s->mu);
+    last = --s->refs == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (last) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+        free(s);
+    }
+}
 
 static void sync_cb(void *arg, const kvx_pull_result_t *res)
 {
@@ -1396,33 +1412,56 @@ static void sync_cb(void *arg, const kvx_pull_result_t *res)
 
     pthread_mutex_lock(&s->mu);
     s->status = res->status;
-    if (s->msg != NULL && s->msg_len)
-        snprintf(s->msg, s->msg_len, "%s", res->message);
+    snprintf(s->msg, sizeof(s->msg), "%s", res->message);
     s->done = 1;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    sync_unref(s);
 }
 
 pd_status_t kvx_pull_sync(kvx_ctx_t *ctx, const kvx_pull_desc_t *desc, char *msg, size_t msg_len)
 {
-    sync_wait_t s = {.msg = msg, .msg_len = msg_len};
+    sync_wait_t *s = calloc(1, sizeof(*s));
+    pthread_condattr_t ca;
+    struct timespec ts;
     pd_status_t st;
 
-    pthread_mutex_init(&s.mu, NULL);
-    pthread_cond_init(&s.cv, NULL);
-    st = kvx_pull(ctx, desc, sync_cb, &s);
-    if (st == PD_OK) {
-        /* the pull itself is bounded by the control and transfer timeouts */
-        pthread_mutex_lock(&s.mu);
-        while (!s.done)
-            pthread_cond_wait(&s.cv, &s.mu);
-        pthread_mutex_unlock(&s.mu);
-        st = s.status;
-    } else if (msg != NULL && msg_len) {
-        snprintf(msg, msg_len, "%s", pd_status_str(st));
+    if (s == NULL)
+        return PD_ERR_NOMEM;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    s->refs = 2;
+    st = kvx_pull(ctx, desc, sync_cb, s);
+    if (st != PD_OK) {
+        if (msg != NULL && msg_len)
+            snprintf(msg, msg_len, "%s", pd_status_str(st));
+        s->refs = 1;
+        sync_unref(s);
+        return st;
     }
-    pthread_mutex_destroy(&s.mu);
-    pthread_cond_destroy(&s.cv);
+    /* the pull is bounded by its own timeouts (queue wait aside); this bound only
+     * guards against a bug leaving the caller stuck forever */
+    abs_deadline(&ts, (uint64_t)((ctx->cfg.transfer_timeout_s + 8 * ctx->cfg.control_timeout_s +
+                                  60.0) * 1e9 * (1 + (double)ctx->cfg.pull_queue / ctx->cfg.pull_workers)));
+    pthread_mutex_lock(&s->mu);
+    while (!s->done)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT)
+            break;
+    if (s->done) {
+        st = s->status;
+        if (msg != NULL && msg_len)
+            snprintf(msg, msg_len, "%s", s->msg);
+    } else {
+        st = PD_ERR_TIMEOUT;
+        if (msg != NULL && msg_len)
+            snprintf(msg, msg_len, "pull did not finish in time (kvxfer bug?)");
+        PD_LOG_CRIT("kvx: pull_sync gave up waiting for a pull");
+    }
+    pthread_mutex_unlock(&s->mu);
+    sync_unref(s);
     return st;
 }
 
