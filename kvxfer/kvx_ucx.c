@@ -18,7 +18,7 @@
  *
  * CUDA memory: used directly when the UCX context reports CUDA memory support;
  * otherwise (Debian's UCX) it is staged through pinned host mirrors, compiled only
- * with PD_HAVE_CUDA (see stage_* below; untested on a GPU yet).
+ * with PD_HAVE_CUDA (see ucx_chunk_t and stage_read; untested on a GPU yet).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -61,10 +61,23 @@ typedef struct ucx_batch {
     kvx_read_cb_t cb;
     void *arg;
 #ifdef PD_HAVE_CUDA
-    size_t n;                  /* staging: blocks to copy host -> device at the end */
+    size_t n;                  /* staging: blocks to copy host -> device */
     uint32_t *local_ids;
+    struct ucx_chunk *chunks;  /* staging: gets grouped per staging_chunk_bytes */
 #endif
 } ucx_batch_t;
+
+#ifdef PD_HAVE_CUDA
+/* Staging pipeline: when a chunk's gets have landed in the host mirror its
+ * host-to-device copies are queued at once (from the progress thread, without
+ * waiting), so they overlap the gets of later chunks; the batch completes after a
+ * final stream synchronisation. */
+typedef struct ucx_chunk {
+    ucx_batch_t *b;
+    atomic_long pending;
+    size_t first, count;
+} ucx_chunk_t;
+#endif
 
 struct ucx_state {
     ucp_context_h ctx;
@@ -84,6 +97,7 @@ struct ucx_state {
 #ifdef PD_HAVE_CUDA
     void *mirror;              /* pinned host mirror when staging */
     cudaStream_t stream;
+    size_t chunk_bytes;        /* staging_chunk_bytes */
 #endif
 };
 
@@ -134,6 +148,43 @@ static void get_cb(void *request, ucs_status_t status, void *user_data)
     batch_dec(b, 1, status);
 }
 
+#ifdef PD_HAVE_CUDA
+static void chunk_dec(ucx_chunk_t *c, long k, ucs_status_t s)
+{
+    ucx_batch_t *b = c->b;
+    ucx_state_t *st = b->peer->st;
+
+    if (s != UCS_OK) {
+        int expect = PD_OK;
+        atomic_compare_exchange_strong(&b->status, &expect, (int)ucs_to_pd(s));
+    }
+    if (atomic_fetch_sub(&c->pending, k) != k)
+        return;
+    if (atomic_load(&b->status) == PD_OK) {
+        for (size_t i = c->first; i < c->first + c->count; i++) {
+            size_t off = (size_t)b->local_ids[i] * st->region.block_bytes;
+            if (cudaMemcpyAsync((char *)st->region.base + off, (char *)st->mirror + off,
+                                st->region.block_bytes, cudaMemcpyHostToDevice,
+                                st->stream) != cudaSuccess) {
+                int expect = PD_OK;
+                atomic_compare_exchange_strong(&b->status, &expect, (int)PD_ERR_CUDA);
+                break;
+            }
+        }
+    }
+    batch_dec(b, 1, UCS_OK);
+}
+
+static void get_chunk_cb(void *request, ucs_status_t status, void *user_data)
+{
+    ucx_chunk_t *c = user_data;
+
+    atomic_fetch_sub(&c->b->peer->st->inflight, 1);
+    ucp_request_free(request);
+    chunk_dec(c, 1, status);
+}
+#endif
+
 static void deliver_done(ucx_state_t *st)
 {
     ucx_batch_t *list;
@@ -149,19 +200,11 @@ static void deliver_done(ucx_state_t *st)
 
         list = b->next;
 #ifdef PD_HAVE_CUDA
-        if (s == PD_OK && b->n > 0) {
-            /* staging: the blocks landed in the host mirror; move them to the GPU */
-            for (size_t i = 0; i < b->n && s == PD_OK; i++) {
-                size_t off = (size_t)b->local_ids[i] * st->region.block_bytes;
-                if (cudaMemcpyAsync((char *)st->region.base + off, (char *)st->mirror + off,
-                                    st->region.block_bytes, cudaMemcpyHostToDevice,
-                                    st->stream) != cudaSuccess)
-                    s = PD_ERR_CUDA;
-            }
-            if (s == PD_OK && cudaStreamSynchronize(st->stream) != cudaSuccess)
-                s = PD_ERR_CUDA;
-        }
+        /* staging: the chunks' copies were queued as they landed; wait for the tail */
+        if (b->n > 0 && cudaStreamSynchronize(st->stream) != cudaSuccess && s == PD_OK)
+            s = PD_ERR_CUDA;
         free(b->local_ids);
+        free(b->chunks);
 #endif
         b->cb(b->arg, s);
         free(b);
@@ -210,7 +253,11 @@ static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
     ucp_context_attr_t cattr;
     ucs_status_t s;
 
+#ifdef PD_HAVE_CUDA
+    size_t chunk_bytes = cfg->staging_chunk_bytes;
+#else
     (void)cfg;
+#endif
     /* UCX's malloc hooks make memory grow in long-running servers (vLLM sets the
      * same); the user's own setting wins */
     /* (libucm reads it when it is loaded; for a binary linked against UCX that is
@@ -221,6 +268,9 @@ static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
     if (st == NULL)
         return PD_ERR_NOMEM;
     pthread_mutex_init(&st->mu, NULL);
+#ifdef PD_HAVE_CUDA
+    st->chunk_bytes = chunk_bytes;
+#endif
     s = ucp_config_read(NULL, NULL, &ucfg);
     if (s != UCS_OK) {
         PD_LOG_ERR("kvx ucx: ucp_config_read: %s", ucs_status_string(s));
@@ -522,6 +572,70 @@ static void ucx_peer_close(void *state, void *peer)
     free(p);
 }
 
+#ifdef PD_HAVE_CUDA
+/* Reads into the host mirror in chunks of staging_chunk_bytes; see ucx_chunk_t. */
+static pd_status_t stage_read(ucx_state_t *st, ucx_peer_t *p, ucx_batch_t *b, const kvx_read_t *rd)
+{
+    size_t bytes = st->region.block_bytes;
+    size_t per = PD_MAX((size_t)1, st->chunk_bytes / bytes);
+    size_t n_chunks = (rd->n + per - 1) / per;
+    ucp_request_param_t param;
+
+    b->local_ids = malloc(rd->n * sizeof(uint32_t));
+    b->chunks = calloc(n_chunks, sizeof(ucx_chunk_t));
+    if (b->local_ids == NULL || b->chunks == NULL) {
+        free(b->local_ids);
+        free(b->chunks);
+        free(b);
+        return PD_ERR_NOMEM;
+    }
+    memcpy(b->local_ids, rd->local_ids, rd->n * sizeof(uint32_t));
+    b->n = rd->n;
+    atomic_store(&b->pending, (long)n_chunks + 1);
+    atomic_fetch_add(&p->batches, 1);
+    memset(&param, 0, sizeof(param));
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = get_chunk_cb;
+    for (size_t c = 0; c < n_chunks; c++) {
+        ucx_chunk_t *ch = &b->chunks[c];
+        int failed = 0;
+
+        ch->b = b;
+        ch->first = c * per;
+        ch->count = PD_MIN(per, rd->n - ch->first);
+        atomic_store(&ch->pending, (long)ch->count + 1);
+        param.user_data = ch;
+        for (size_t i = ch->first; i < ch->first + ch->count; i++) {
+            void *local = kvx_region_block(&st->exposed, rd->local_ids[i]);
+            uint64_t raddr = p->remote_base + (uint64_t)rd->remote_ids[i] * p->block_bytes;
+            ucs_status_ptr_t r;
+
+            atomic_fetch_add(&st->inflight, 1);
+            r = ucp_get_nbx(p->ep, local, bytes, raddr, p->rkey, &param);
+            if (UCS_PTR_IS_PTR(r))
+                continue;
+            atomic_fetch_sub(&st->inflight, 1);
+            if (UCS_PTR_STATUS(r) != UCS_OK) {
+                PD_LOG_ERR("kvx ucx: ucp_get_nbx: %s", ucs_status_string(UCS_PTR_STATUS(r)));
+                chunk_dec(ch, (long)(ch->first + ch->count - i), UCS_PTR_STATUS(r));
+                failed = 1;
+                break;
+            }
+            chunk_dec(ch, 1, UCS_OK);
+        }
+        chunk_dec(ch, 1, UCS_OK);
+        if (failed) {
+            /* chunks never started count as done (the batch status holds the error) */
+            for (size_t rest = c + 1; rest < n_chunks; rest++)
+                batch_dec(b, 1, UCS_OK);
+            break;
+        }
+    }
+    batch_dec(b, 1, UCS_OK);
+    return PD_OK;
+}
+#endif
+
 static pd_status_t ucx_read(void *state, void *peer, const kvx_read_t *rd, kvx_read_cb_t cb, void *arg)
 {
     ucx_state_t *st = state;
@@ -541,15 +655,8 @@ static pd_status_t ucx_read(void *state, void *peer, const kvx_read_t *rd, kvx_r
     b->cb = cb;
     b->arg = arg;
 #ifdef PD_HAVE_CUDA
-    if (st->mirror != NULL && rd->n > 0) {
-        b->local_ids = malloc(rd->n * sizeof(uint32_t));
-        if (b->local_ids == NULL) {
-            free(b);
-            return PD_ERR_NOMEM;
-        }
-        memcpy(b->local_ids, rd->local_ids, rd->n * sizeof(uint32_t));
-        b->n = rd->n;
-    }
+    if (st->mirror != NULL && rd->n > 0)
+        return stage_read(st, p, b, rd);
 #endif
     atomic_store(&b->pending, (long)rd->n + 1);
     atomic_fetch_add(&p->batches, 1);
