@@ -204,6 +204,16 @@ typedef struct kvx_conn_ops {
     pd_status_t (*lease_export)(void *state, const char *req_id, const uint32_t *ids,
                                 size_t n);
     void (*lease_unexport)(void *state, const char *req_id);
+    /* Optional (NULL), for two-sided transports (NCCL send/recv): on the consumer,
+     * before read, write a blob (at most cap bytes; 0 = none needed) that the core
+     * sends to the producer in a SERVE message after read started. */
+    pd_status_t (*read_prepare)(void *state, void *peer, const kvx_read_t *rd, void *blob,
+                                size_t cap, size_t *len_p);
+    /* Optional (NULL), producer side: a consumer holding a live lease asked for ids
+     * (checked against the lease and the region) with blob; start sending them
+     * (asynchronously: this runs on the control thread). */
+    pd_status_t (*serve)(void *state, const void *blob, size_t blob_len, const uint32_t *ids,
+                         size_t n);
 } kvx_conn_ops_t;
 
 /* Built-in connectors (NULL when not compiled in). */

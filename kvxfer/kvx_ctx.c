@@ -548,6 +548,12 @@ static void handle_msg(kvx_ctx_t *ctx, const kvx_msg_t *req, kvx_msg_t *rep)
         PD_LOG_DEBUG("kvx: handshake with engine %s accepted", req->engine_id);
         return;
     }
+    case KVX_MSG_SERVE:
+        if (ctx->ops->serve == NULL) {
+            reply_err(rep, PD_ERR_UNSUPPORTED, "%s does not serve sends", ctx->ops->name);
+            return;
+        }
+        break;
     case KVX_MSG_ACQUIRE:
     case KVX_MSG_HEARTBEAT:
     case KVX_MSG_RELEASE:
@@ -562,7 +568,7 @@ static void handle_msg(kvx_ctx_t *ctx, const kvx_msg_t *req, kvx_msg_t *rep)
     pp = lease_slot(ctx, req->req_id);
     if (*pp == NULL) {
         const tomb_t *t = tomb_find(ctx, req->req_id);
-        if (req->type == KVX_MSG_ACQUIRE)
+        if (req->type == KVX_MSG_ACQUIRE || req->type == KVX_MSG_SERVE)
             ctx->stats.reads_refused++;
         pthread_mutex_unlock(&ctx->mu);
         if (t != NULL)
@@ -576,6 +582,7 @@ static void handle_msg(kvx_ctx_t *ctx, const kvx_msg_t *req, kvx_msg_t *rep)
     }
     switch (req->type) {
     case KVX_MSG_ACQUIRE:
+    case KVX_MSG_SERVE:
         for (uint32_t i = 0; i < req->n_ids; i++) {
             if (bsearch(&req->ids[i], (*pp)->sorted, (*pp)->n, sizeof(uint32_t), cmp_u32) == NULL) {
                 ctx->stats.reads_refused++;
@@ -592,6 +599,18 @@ static void handle_msg(kvx_ctx_t *ctx, const kvx_msg_t *req, kvx_msg_t *rep)
         (*pp)->deadline_ns = pd_now_ns() + (*pp)->ttl_ns;
         rep->type = KVX_MSG_OK;
         rep->value = (*pp)->ttl_ns / 1000000u;
+        if (req->type == KVX_MSG_SERVE) {
+            /* ids were checked against the lease (hence the region) above; the send
+             * itself runs outside the lock.  A lease that ends meanwhile is caught by
+             * RELEASE, as for one-sided reads. */
+            pd_status_t sst;
+            pthread_mutex_unlock(&ctx->mu);
+            sst = ctx->ops->serve(ctx->conn, req->desc, req->desc_len, req->ids, req->n_ids);
+            if (sst != PD_OK)
+                reply_err(rep, sst, "%s could not start sending (%s)", ctx->ops->name,
+                          pd_status_str(sst));
+            return;
+        }
         break;
     case KVX_MSG_RELEASE:
         ended = lease_end_locked(ctx, pp, KVX_LEASE_RELEASED);
@@ -1108,6 +1127,8 @@ static pd_status_t run_pull(worker_t *w, const job_t *job, char *msg, size_t msg
     pd_status_t st;
     uint64_t hb_ns, deadline, next_hb;
     kvx_read_t rd;
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
 
     st = peer_get(w, job, &peer, msg, msg_len);
     if (st != PD_OK)
@@ -1142,15 +1163,49 @@ static pd_status_t run_pull(worker_t *w, const job_t *job, char *msg, size_t msg
         rd.n = job->n;
         rd.local_ids = job->local_ids;
         rd.remote_ids = job->remote_ids;
+        blob_len = 0;
+        if (ctx->ops->read_prepare != NULL) {
+            blob = malloc(KVX_MSG_MAX_DESC);
+            st = blob == NULL ? PD_ERR_NOMEM
+                              : ctx->ops->read_prepare(ctx->conn, peer->conn_peer, &rd, blob,
+                                                       KVX_MSG_MAX_DESC, &blob_len);
+            if (st != PD_OK) {
+                snprintf(msg, msg_len, "%s could not prepare the read (%s)", ctx->ops->name,
+                         pd_status_str(st));
+                free(blob);
+                rdone_free(d);
+                notify_abort(w, job);
+                goto out_peer;
+            }
+        }
         st = ctx->ops->read(ctx->conn, peer->conn_peer, &rd, read_done, d);
         if (st != PD_OK) {
             snprintf(msg, msg_len, "%s read could not start (%s)", ctx->ops->name, pd_status_str(st));
+            free(blob);
             rdone_free(d);
             d = NULL;
             notify_abort(w, job);
             peer_kill(ctx, peer);
             goto out_peer;
         }
+        if (blob_len > 0) {
+            /* two-sided transport: ask the producer to send what we now wait for */
+            memset(&req, 0, sizeof(req));
+            req.type = KVX_MSG_SERVE;
+            snprintf(req.req_id, sizeof(req.req_id), "%s", job->remote_req_id);
+            req.n_ids = (uint32_t)job->n;
+            req.ids = job->remote_ids;
+            req.desc = blob;
+            req.desc_len = (uint32_t)blob_len;
+            st = ctl_call(w, job->host, job->port, &req, &rep, msg, msg_len);
+            kvx_msg_cleanup(&rep);
+            free(blob);
+            blob = NULL;
+            if (st != PD_OK)
+                goto out_cancel;
+        }
+        free(blob);
+        blob = NULL;
         deadline = pd_now_ns() + (uint64_t)(ctx->cfg.transfer_timeout_s * 1e9);
         next_hb = pd_now_ns() + hb_ns;
         for (;;) {

@@ -8,6 +8,7 @@
  *   HELLO_OK   str engine_id, str connector, u32 n_blocks, u64 block_bytes,
  *              u32 mem_type, bytes desc
  *   ACQUIRE    str req_id, ids
+ *   SERVE      str req_id, ids, bytes blob
  *   HEARTBEAT  str req_id
  *   RELEASE    str req_id, u32 n_consumers
  *   ABORT      str req_id
@@ -139,7 +140,7 @@ static int hmac(const char *secret, const void *data, size_t len, uint8_t out[32
 const char *kvx_msg_type_name(unsigned type)
 {
     static const char *const names[] = {"?", "HELLO", "HELLO_OK", "ACQUIRE", "HEARTBEAT",
-                                        "RELEASE", "ABORT", "OK", "ERROR"};
+                                        "RELEASE", "ABORT", "OK", "ERROR", "SERVE"};
     return type <= KVX_MSG_TYPE_MAX ? names[type] : "?";
 }
 
@@ -175,12 +176,18 @@ static pd_status_t encode_payload(const kvx_msg_t *m, pd_buf_t *b)
             TRY(put_bytes(b, m->desc, m->desc_len));
         break;
     case KVX_MSG_ACQUIRE:
-        if (m->n_ids > KVX_MAX_BLOCKS_PER_REQ)
+    case KVX_MSG_SERVE:
+        if (m->n_ids > KVX_MAX_BLOCKS_PER_REQ || m->desc_len > KVX_MSG_MAX_DESC)
             return PD_ERR_INVAL;
         TRY(put_str(b, m->req_id, KVX_ID_MAX));
         TRY(put_u32(b, m->n_ids));
         for (uint32_t i = 0; i < m->n_ids; i++)
             TRY(put_u32(b, m->ids[i]));
+        if (m->type == KVX_MSG_SERVE) {
+            TRY(put_u32(b, m->desc_len));
+            if (m->desc_len)
+                TRY(put_bytes(b, m->desc, m->desc_len));
+        }
         break;
     case KVX_MSG_HEARTBEAT:
     case KVX_MSG_ABORT:
@@ -271,6 +278,7 @@ static pd_status_t decode_payload(rd_t *r, kvx_msg_t *m)
         r->left -= m->desc_len;
         return PD_OK;
     case KVX_MSG_ACQUIRE:
+    case KVX_MSG_SERVE:
         if (!get_str(r, m->req_id, sizeof(m->req_id)) || !get_u32(r, &m->n_ids))
             return PD_ERR_FORMAT;
         /* the count must fit in what is left before anything is allocated */
@@ -282,6 +290,13 @@ static pd_status_t decode_payload(rd_t *r, kvx_msg_t *m)
                 return PD_ERR_NOMEM;
             for (uint32_t i = 0; i < m->n_ids; i++)
                 (void)get_u32(r, &m->ids[i]);
+        }
+        if (m->type == KVX_MSG_SERVE) {
+            if (!get_u32(r, &m->desc_len) || m->desc_len > KVX_MSG_MAX_DESC || m->desc_len > r->left)
+                return PD_ERR_FORMAT;
+            m->desc = r->p;
+            r->p += m->desc_len;
+            r->left -= m->desc_len;
         }
         return PD_OK;
     case KVX_MSG_HEARTBEAT:

@@ -39,7 +39,9 @@ typedef enum {
     KVX_MSG_ABORT = 6,     /* consumer: drop req_id without reading */
     KVX_MSG_OK = 7,        /* reply */
     KVX_MSG_ERROR = 8,     /* reply: status + one line */
-    KVX_MSG_TYPE_MAX = 8
+    KVX_MSG_SERVE = 9,     /* consumer: send me these ids of req_id (two-sided
+                            * transports), with the connector's blob */
+    KVX_MSG_TYPE_MAX = 9
 } kvx_msg_type_t;
 
 typedef struct kvx_msg {
@@ -59,11 +61,11 @@ typedef struct kvx_msg {
     uint32_t n_blocks;
     uint64_t block_bytes;
     uint32_t mem_type;
-    const uint8_t *desc;              /* borrowed from the decoded frame */
+    const uint8_t *desc;              /* borrowed from the decoded frame; SERVE's blob too */
     uint32_t desc_len;
-    /* ACQUIRE / HEARTBEAT / RELEASE / ABORT */
+    /* ACQUIRE / HEARTBEAT / RELEASE / ABORT / SERVE */
     char req_id[KVX_ID_MAX];
-    uint32_t n_ids;                   /* ACQUIRE */
+    uint32_t n_ids;                   /* ACQUIRE, SERVE */
     uint32_t *ids;                    /* malloc'd by the decoder; kvx_msg_cleanup */
     uint32_t n_consumers;             /* RELEASE */
     /* OK / ERROR */

@@ -16,8 +16,14 @@
 
 #include "kvx.h"
 
-typedef struct { kvx_region_t region; atomic_int inflight; int delay_ms; } loop_t;
-typedef struct { loop_t *st; char *remote_base; uint64_t block_bytes; } loop_peer_t;
+typedef struct { kvx_region_t region; atomic_int inflight; int delay_ms; int push; } loop_t;
+/* push mode (KVX_LOOP_PUSH=1): the two-sided protocol.  read_prepare hands the
+ * producer (through the core's SERVE message) a mailbox in this process; serve copies
+ * into it and marks it done; the consumer's read thread waits for that. */
+typedef struct {
+    char *dst_base; uint64_t block_bytes; size_t n; uint32_t *lids; atomic_int done;
+} mailbox_t;
+typedef struct { loop_t *st; char *remote_base; uint64_t block_bytes; mailbox_t *mb; } loop_peer_t;
 typedef struct {
     loop_peer_t *peer; size_t n; uint32_t *lids, *rids; kvx_read_cb_t cb; void *arg;
 } loop_job_t;
@@ -31,6 +37,7 @@ static pd_status_t loop_create(const kvx_config_t *cfg, void **state_p)
     /* KVX_LOOP_DELAY_MS slows every read (tests of what happens during a read) */
     if (getenv("KVX_LOOP_DELAY_MS") != NULL)
         s->delay_ms = atoi(getenv("KVX_LOOP_DELAY_MS"));
+    s->push = getenv("KVX_LOOP_PUSH") != NULL;
     *state_p = s;
     return PD_OK;
 }
@@ -83,6 +90,24 @@ static void *loop_run(void *arg)
     loop_t *s = j->peer->st;
     if (s->delay_ms > 0)
         usleep((useconds_t)s->delay_ms * 1000u);
+    if (s->push) {
+        mailbox_t *mb = j->peer->mb;
+        pd_status_t st = PD_OK;
+        int waited = 0;
+        while (!atomic_load(&mb->done) && waited++ < 5000)
+            usleep(1000);
+        if (!atomic_load(&mb->done))
+            st = PD_ERR_TIMEOUT;
+        j->cb(j->arg, st);
+        free(mb->lids);
+        free(mb);
+        j->peer->mb = NULL;
+        free(j->lids);
+        free(j->rids);
+        free(j);
+        atomic_fetch_sub(&s->inflight, 1);
+        return NULL;
+    }
     for (size_t i = 0; i < j->n; i++)
         memcpy((char *)s->region.base + (size_t)j->lids[i] * s->region.block_bytes,
                j->peer->remote_base + (size_t)j->rids[i] * j->peer->block_bytes,
@@ -129,6 +154,56 @@ static pd_status_t loop_read(void *state, void *peer, const kvx_read_t *rd, kvx_
     return PD_OK;
 }
 
+static pd_status_t loop_prepare(void *state, void *peer, const kvx_read_t *rd, void *blob,
+                                size_t cap, size_t *len_p)
+{
+    loop_t *s = state;
+    loop_peer_t *p = peer;
+    uint64_t v[2];
+    mailbox_t *mb;
+    if (!s->push) {
+        *len_p = 0;
+        return PD_OK;
+    }
+    if (cap < sizeof(v) || (mb = calloc(1, sizeof(*mb))) == NULL)
+        return PD_ERR_NOMEM;
+    mb->dst_base = s->region.base;
+    mb->block_bytes = s->region.block_bytes;
+    mb->n = rd->n;
+    mb->lids = malloc(rd->n * 4 + 4);
+    if (mb->lids == NULL) {
+        free(mb);
+        return PD_ERR_NOMEM;
+    }
+    memcpy(mb->lids, rd->local_ids, rd->n * 4);
+    p->mb = mb;
+    v[0] = (uint64_t)getpid();
+    v[1] = (uint64_t)(uintptr_t)mb;
+    memcpy(blob, v, sizeof(v));
+    *len_p = sizeof(v);
+    return PD_OK;
+}
+
+static pd_status_t loop_serve(void *state, const void *blob, size_t len, const uint32_t *ids, size_t n)
+{
+    loop_t *s = state;
+    uint64_t v[2];
+    mailbox_t *mb;
+    if (len != sizeof(v))
+        return PD_ERR_FORMAT;
+    memcpy(v, blob, sizeof(v));
+    if (v[0] != (uint64_t)getpid())
+        return PD_ERR_UNSUPPORTED;
+    mb = (mailbox_t *)(uintptr_t)v[1];
+    if (n != mb->n || mb->block_bytes != s->region.block_bytes)
+        return PD_ERR_INVAL;
+    for (size_t i = 0; i < n; i++)
+        memcpy(mb->dst_base + (size_t)mb->lids[i] * mb->block_bytes,
+               (char *)s->region.base + (size_t)ids[i] * s->region.block_bytes, mb->block_bytes);
+    atomic_store(&mb->done, 1);
+    return PD_OK;
+}
+
 static const kvx_conn_ops_t loop_ops = {
     .abi_version = KVX_CONN_ABI_VERSION,
     .name = "LoopConnector",
@@ -138,6 +213,8 @@ static const kvx_conn_ops_t loop_ops = {
     .peer_connect = loop_connect,
     .peer_close = loop_close,
     .read = loop_read,
+    .read_prepare = loop_prepare,
+    .serve = loop_serve,
 };
 
 const kvx_conn_ops_t *kvx_connector_ops(void) { return &loop_ops; }

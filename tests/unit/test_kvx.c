@@ -422,6 +422,42 @@ PD_TEST(plugin_module)
             PD_CHECK(strstr(res.msg, "aborted") != NULL);
         }
     }
+    /* the two-sided path: the consumer's SERVE makes the producer push the blocks */
+    {
+        uint32_t lids2[3] = {10, 11, 12};
+        memset(cbase, 0, 16 * 256);
+        setenv("KVX_LOOP_PUSH", "1", 1);
+        kvx_ctx_destroy(cons);
+        kvx_ctx_destroy(prod);
+        snprintf(json, sizeof(json), "{\"kv_connector\":\"LoopConnector\",\"kv_role\":"
+                 "\"kv_producer\",\"kv_port\":0,\"kv_connector_module_path\":\"%s\"}", so);
+        prod = tk_ctx(json, &compat);
+        snprintf(json, sizeof(json), "{\"kv_connector\":\"LoopConnector\",\"kv_role\":"
+                 "\"kv_consumer\",\"kv_connector_module_path\":\"%s\"}", so);
+        cons = tk_ctx(json, &compat);
+        unsetenv("KVX_LOOP_PUSH");
+        PD_CHECK(prod != NULL && cons != NULL);
+        if (prod != NULL && cons != NULL) {
+            PD_CHECK_STATUS(kvx_ctx_register_region(prod, &(kvx_region_t){pbase, 16, 256, KVX_MEM_HOST}), PD_OK);
+            PD_CHECK_STATUS(kvx_ctx_register_region(cons, &(kvx_region_t){cbase, 16, 256, KVX_MEM_HOST}), PD_OK);
+            PD_CHECK_STATUS(kvx_lease_create(prod, "req-push", ids, 3, 0, tk_lease_cb, &leases), PD_OK);
+            desc = (kvx_pull_desc_t){.remote_host = "127.0.0.1", .remote_port = kvx_ctx_port(prod),
+                                     .remote_req_id = "req-push", .n = 3, .remote_ids = ids,
+                                     .local_ids = lids2};
+            PD_CHECK_STATUS(kvx_pull_sync(cons, &desc, msg, sizeof(msg)), PD_OK);
+            for (int i = 0; i < 3; i++)
+                PD_CHECK(tk_block_is(cbase, 256, lids2[i], ids[i], 3));
+            PD_CHECK_EQ_INT(kvx_lease_count(prod), 0);
+            /* a SERVE for ids outside the lease is refused like an ACQUIRE */
+            uint32_t bad[1] = {2};
+            PD_CHECK_STATUS(kvx_lease_create(prod, "req-push2", ids, 3, 0, tk_lease_cb, &leases), PD_OK);
+            desc.remote_req_id = "req-push2";
+            desc.n = 1;
+            desc.remote_ids = bad;
+            PD_CHECK_STATUS(kvx_pull_sync(cons, &desc, msg, sizeof(msg)), PD_ERR_RANGE);
+            PD_CHECK_STATUS(kvx_lease_abort(prod, "req-push2"), PD_OK);
+        }
+    }
     kvx_ctx_destroy(cons);
     kvx_ctx_destroy(prod);
     cons = prod = NULL;
