@@ -1,25 +1,31 @@
 /*
- * kvx_nccl.c - NcclConnector: GPU-to-GPU block reads.  UNTESTED ON A GPU YET
- * (compiled only with PD_HAVE_CUDA; the development machine has no GPU).
+ * kvx_nccl.c - NcclConnector: GPU-to-GPU block transfers.  UNTESTED ON A GPU YET
+ * (compiled only with PD_HAVE_CUDA and NCCL; the development machine has no GPU).
  *
- * What it does today: the same-host path.  The producer exports its region with
- * cudaIpcGetMemHandle (the region base must be the start of a cudaMalloc
- * allocation) and publishes the handle, the device and the host's boot id; a
- * consumer on the same host opens it (cudaIpcOpenMemHandle) and copies each block
- * device-to-device with cudaMemcpyAsync on its own stream and thread, so callbacks
- * never fire inside read.  Block ids are checked by the core; the source address is
- * the opened base + id * block_bytes.
- *
- * Not yet: the cross-host path over NCCL send/recv.  It needs the producer to post
- * sends when a consumer asks (a producer-side "serve" hook and a READ_REQ control
- * message carrying the ncclUniqueId of a per-pair communicator); peers on another
- * host are refused with PD_ERR_UNSUPPORTED and a clear log line.
+ * Two paths, chosen per peer at connect time by comparing the hosts' boot ids:
+ *   - same host: CUDA IPC.  The producer exports its region with
+ *     cudaIpcGetMemHandle (the region base must be the start of a cudaMalloc
+ *     allocation); the consumer opens it and copies each block device-to-device with
+ *     cudaMemcpyAsync.  One-sided, like UCX.
+ *   - other hosts: NCCL send/recv, one communicator per (consumer, producer) pair.
+ *     The consumer makes an ncclUniqueId on its first read from a producer and sends
+ *     it (read_prepare -> the core's SERVE message, after the lease was acquired);
+ *     both sides join a 2-rank communicator (producer rank 0, consumer rank 1) on
+ *     their connector threads; then, per read, the producer ncclSends the requested
+ *     blocks and the consumer ncclRecvs them into its blocks, in the same order, in
+ *     one group.  Later reads reuse the communicator.  NCCL pairs sends and receives
+ *     by order, so a pair carries one read at a time (read_prepare waits for the
+ *     previous one), which keeps the producer's SERVE order equal to ours.
+ * Block ids are checked by the core against both regions before they arrive here.
+ * Peer close aborts the communicator (ncclCommAbort), which fails stuck transfers.
+ * Callbacks fire from the connector's thread, never inside read.
  */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cuda_runtime_api.h>
@@ -33,15 +39,33 @@
 #define BOOT_ID_LEN 36
 
 typedef struct nc_peer {
+    int ipc;                    /* same host: CUDA IPC; else NCCL send/recv */
     void *remote_base;          /* opened IPC mapping */
     uint64_t block_bytes;
     atomic_int inflight;
     atomic_int canceled;
+    ncclUniqueId id;            /* network path: the pair's communicator */
+    ncclComm_t comm;            /* created on the connector thread */
+    /* NCCL matches sends and receives in order, so one network read per pair is in
+     * flight at a time: read_prepare takes the pair, the read's completion frees it. */
+    pthread_mutex_t busy_mu;
+    pthread_cond_t busy_cv;
+    int busy;
 } nc_peer_t;
+
+/* Producer side: communicators consumers asked for, by their unique id. */
+typedef struct nc_serve_comm {
+    struct nc_serve_comm *next;
+    ncclUniqueId id;
+    ncclComm_t comm;
+} nc_serve_comm_t;
+
+#define BLOB_MAGIC 0x31564553u /* "SEV1" */
 
 typedef struct nc_batch {
     struct nc_batch *next;
-    nc_peer_t *peer;
+    nc_peer_t *peer;            /* NULL for a producer-side send batch */
+    ncclUniqueId send_id;       /* producer: which communicator to send on */
     size_t n;
     uint32_t *local_ids, *remote_ids;
     kvx_read_cb_t cb;
@@ -59,6 +83,7 @@ typedef struct nc_state {
     pthread_cond_t cv;
     nc_batch_t *head, *tail;
     int stop;
+    nc_serve_comm_t *serve_comms; /* only touched on the connector thread */
 } nc_state_t;
 
 static void read_boot_id(char out[BOOT_ID_LEN + 1])
@@ -73,27 +98,91 @@ static void read_boot_id(char out[BOOT_ID_LEN + 1])
     }
 }
 
+static ncclComm_t serve_comm(nc_state_t *st, const ncclUniqueId *id)
+{
+    nc_serve_comm_t *c;
+
+    for (c = st->serve_comms; c != NULL; c = c->next)
+        if (memcmp(&c->id, id, sizeof(*id)) == 0)
+            return c->comm;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->id = *id;
+    /* joins the consumer, which waits as rank 1 on its own connector thread */
+    if (ncclCommInitRank(&c->comm, 2, *id, 0) != ncclSuccess) {
+        PD_LOG_ERR("kvx nccl: ncclCommInitRank (producer) failed");
+        free(c);
+        return NULL;
+    }
+    c->next = st->serve_comms;
+    st->serve_comms = c;
+    return c->comm;
+}
+
 static void run_batch(nc_state_t *st, nc_batch_t *b)
 {
     pd_status_t s = PD_OK;
     size_t bytes = st->region.block_bytes;
+    nc_peer_t *p = b->peer;
 
     cudaSetDevice(st->device);
-    for (size_t i = 0; i < b->n && s == PD_OK; i++) {
-        if (atomic_load(&b->peer->canceled)) {
-            s = PD_ERR_CANCELED;
-            break;
+    if (p == NULL) {
+        /* producer: send the blocks a consumer asked for (SERVE) */
+        ncclComm_t comm = serve_comm(st, &b->send_id);
+        if (comm == NULL) {
+            s = PD_ERR_TRANSPORT;
+        } else {
+            ncclGroupStart();
+            for (size_t i = 0; i < b->n; i++)
+                ncclSend(kvx_region_block(&st->region, b->remote_ids[i]), bytes, ncclChar, 1, comm,
+                         st->stream);
+            if (ncclGroupEnd() != ncclSuccess)
+                s = PD_ERR_TRANSPORT;
         }
-        if (cudaMemcpyAsync(kvx_region_block(&st->region, b->local_ids[i]),
-                            (char *)b->peer->remote_base + (size_t)b->remote_ids[i] * bytes, bytes,
-                            cudaMemcpyDeviceToDevice, st->stream) != cudaSuccess)
-            s = PD_ERR_CUDA;
+    } else if (p->ipc) {
+        for (size_t i = 0; i < b->n && s == PD_OK; i++) {
+            if (atomic_load(&p->canceled)) {
+                s = PD_ERR_CANCELED;
+                break;
+            }
+            if (cudaMemcpyAsync(kvx_region_block(&st->region, b->local_ids[i]),
+                                (char *)p->remote_base + (size_t)b->remote_ids[i] * bytes, bytes,
+                                cudaMemcpyDeviceToDevice, st->stream) != cudaSuccess)
+                s = PD_ERR_CUDA;
+        }
+    } else {
+        /* consumer over the network: join the pair's communicator once, then receive
+         * in the order the producer sends */
+        if (p->comm == NULL && ncclCommInitRank(&p->comm, 2, p->id, 1) != ncclSuccess) {
+            PD_LOG_ERR("kvx nccl: ncclCommInitRank (consumer) failed");
+            p->comm = NULL;
+            s = PD_ERR_TRANSPORT;
+        }
+        if (s == PD_OK) {
+            ncclGroupStart();
+            for (size_t i = 0; i < b->n; i++)
+                ncclRecv(kvx_region_block(&st->region, b->local_ids[i]), bytes, ncclChar, 0,
+                         p->comm, st->stream);
+            if (ncclGroupEnd() != ncclSuccess)
+                s = PD_ERR_TRANSPORT;
+        }
     }
-    /* the copies already queued must finish before anyone hears about the batch */
+    /* the work already queued must finish before anyone hears about the batch */
     if (cudaStreamSynchronize(st->stream) != cudaSuccess && s == PD_OK)
         s = PD_ERR_CUDA;
-    b->cb(b->arg, s);
-    atomic_fetch_sub(&b->peer->inflight, 1);
+    if (p != NULL && !p->ipc) {
+        pthread_mutex_lock(&p->busy_mu);
+        p->busy = 0;
+        pthread_cond_signal(&p->busy_cv);
+        pthread_mutex_unlock(&p->busy_mu);
+    }
+    if (b->cb != NULL)
+        b->cb(b->arg, s);
+    else if (s != PD_OK)
+        PD_LOG_WARN("kvx nccl: sending %zu blocks failed: %s", b->n, pd_status_str(s));
+    if (p != NULL)
+        atomic_fetch_sub(&p->inflight, 1);
     free(b->local_ids);
     free(b->remote_ids);
     free(b);
@@ -160,6 +249,12 @@ static void nc_destroy(void *state)
     pthread_cond_signal(&st->cv);
     pthread_mutex_unlock(&st->mu);
     pthread_join(st->thread, NULL);
+    while (st->serve_comms != NULL) {
+        nc_serve_comm_t *c = st->serve_comms;
+        st->serve_comms = c->next;
+        ncclCommDestroy(c->comm);
+        free(c);
+    }
     cudaStreamDestroy(st->stream);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
@@ -207,21 +302,31 @@ static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, voi
     memcpy(&magic, d, 4);
     if (magic != DESC_MAGIC)
         goto err_desc;
-    if (st->boot_id[0] == '\0' || memcmp(d + 8, st->boot_id, BOOT_ID_LEN) != 0) {
-        PD_LOG_ERR("kvx nccl: peer %s is on another host; the NCCL network path is not "
-                   "implemented yet (use UcxConnector)", info->engine_id);
-        return PD_ERR_UNSUPPORTED;
-    }
-    memcpy(&h, d + 8 + BOOT_ID_LEN, sizeof(h));
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return PD_ERR_NOMEM;
+    p->block_bytes = info->block_bytes;
+    pthread_mutex_init(&p->busy_mu, NULL);
+    pthread_cond_init(&p->busy_cv, NULL);
+    if (st->boot_id[0] == '\0' || memcmp(d + 8, st->boot_id, BOOT_ID_LEN) != 0) {
+        /* another host: NCCL send/recv; the communicator is set up on first read */
+        if (ncclGetUniqueId(&p->id) != ncclSuccess) {
+            PD_LOG_ERR("kvx nccl: ncclGetUniqueId failed");
+            pthread_mutex_destroy(&p->busy_mu);
+            pthread_cond_destroy(&p->busy_cv);
+            free(p);
+            return PD_ERR_TRANSPORT;
+        }
+        *peer_p = p;
+        return PD_OK;
+    }
+    p->ipc = 1;
+    memcpy(&h, d + 8 + BOOT_ID_LEN, sizeof(h));
     if (cudaIpcOpenMemHandle(&p->remote_base, h, cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
         PD_LOG_ERR("kvx nccl: cudaIpcOpenMemHandle for %s failed", info->engine_id);
         free(p);
         return PD_ERR_CUDA;
     }
-    p->block_bytes = info->block_bytes;
     *peer_p = p;
     return PD_OK;
 
@@ -237,6 +342,8 @@ static void nc_peer_close(void *state, void *peer)
 
     (void)state;
     atomic_store(&p->canceled, 1);
+    if (p->comm != NULL)
+        ncclCommAbort(p->comm); /* fails transfers stuck on a dead or frozen producer */
     while (atomic_load(&p->inflight) > 0 && pd_now_ns() < end)
         usleep(500);
     if (atomic_load(&p->inflight) > 0) {
@@ -244,8 +351,25 @@ static void nc_peer_close(void *state, void *peer)
         kvx_graveyard_add(p);
         return;
     }
-    cudaIpcCloseMemHandle(p->remote_base);
+    if (p->ipc)
+        cudaIpcCloseMemHandle(p->remote_base);
+    if (p->comm != NULL)
+        ncclCommDestroy(p->comm);
+    pthread_mutex_destroy(&p->busy_mu);
+    pthread_cond_destroy(&p->busy_cv);
     free(p);
+}
+
+static void enqueue(nc_state_t *st, nc_batch_t *b)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->tail)
+        st->tail->next = b;
+    else
+        st->head = b;
+    st->tail = b;
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
 }
 
 static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_read_cb_t cb, void *arg)
@@ -274,14 +398,71 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     b->cb = cb;
     b->arg = arg;
     atomic_fetch_add(&p->inflight, 1);
-    pthread_mutex_lock(&st->mu);
-    if (st->tail)
-        st->tail->next = b;
-    else
-        st->head = b;
-    st->tail = b;
-    pthread_cond_signal(&st->cv);
-    pthread_mutex_unlock(&st->mu);
+    enqueue(st, b);
+    return PD_OK;
+}
+
+/* Consumer, network path: the blob tells the producer which communicator to send on. */
+static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd, void *blob,
+                                   size_t cap, size_t *len_p)
+{
+    nc_peer_t *p = peer;
+    uint32_t magic = BLOB_MAGIC;
+
+    (void)state;
+    (void)rd;
+    if (p->ipc) {
+        *len_p = 0; /* one-sided: nothing for the producer to do */
+        return PD_OK;
+    }
+    if (cap < 4 + sizeof(p->id))
+        return PD_ERR_LIMIT;
+    {
+        struct timespec ts;
+        int rc = 0;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 120; /* bounded: the previous read has its own transfer timeout */
+        pthread_mutex_lock(&p->busy_mu);
+        while (p->busy && rc == 0 && !atomic_load(&p->canceled))
+            rc = pthread_cond_timedwait(&p->busy_cv, &p->busy_mu, &ts);
+        if (p->busy || atomic_load(&p->canceled)) {
+            pthread_mutex_unlock(&p->busy_mu);
+            return PD_ERR_BUSY;
+        }
+        p->busy = 1;
+        pthread_mutex_unlock(&p->busy_mu);
+    }
+    memcpy(blob, &magic, 4);
+    memcpy((uint8_t *)blob + 4, &p->id, sizeof(p->id));
+    *len_p = 4 + sizeof(p->id);
+    return PD_OK;
+}
+
+/* Producer: queue the sends on the connector thread (the control thread must not
+ * block in ncclCommInitRank). */
+static pd_status_t nc_serve(void *state, const void *blob, size_t len, const uint32_t *ids, size_t n)
+{
+    nc_state_t *st = state;
+    nc_batch_t *b;
+    uint32_t magic;
+
+    if (len != 4 + sizeof(ncclUniqueId))
+        return PD_ERR_FORMAT;
+    memcpy(&magic, blob, 4);
+    if (magic != BLOB_MAGIC || !st->have_region)
+        return PD_ERR_FORMAT;
+    b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return PD_ERR_NOMEM;
+    b->remote_ids = malloc(n * sizeof(uint32_t) + 1);
+    if (b->remote_ids == NULL) {
+        free(b);
+        return PD_ERR_NOMEM;
+    }
+    memcpy(b->remote_ids, ids, n * sizeof(uint32_t));
+    memcpy(&b->send_id, (const uint8_t *)blob + 4, sizeof(b->send_id));
+    b->n = n;
+    enqueue(st, b);
     return PD_OK;
 }
 
@@ -294,4 +475,6 @@ const kvx_conn_ops_t kvx_nccl_ops = {
     .peer_connect = nc_peer_connect,
     .peer_close = nc_peer_close,
     .read = nc_read,
+    .read_prepare = nc_read_prepare,
+    .serve = nc_serve,
 };
