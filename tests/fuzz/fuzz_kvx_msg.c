@@ -10,7 +10,7 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Ikvxfer \
  *     tests/fuzz/fuzz_kvx_msg.c kvxfer/kvx_msg.c common/pd_util.c common/pd_log.c \
  *     common/pd_status.c $(pkg-config --cflags --libs gnutls) -o fuzz_kvx_msg
- *   ./fuzz_kvx_msg -max_len=70000 -max_total_time=60
+ *   ./fuzz_kvx_msg -dict=tests/fuzz/kvx_msg.dict -max_len=70000 -max_total_time=60
  */
 #include <stdint.h>
 #include <stdlib.h>
