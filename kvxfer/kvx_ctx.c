@@ -54,6 +54,7 @@ typedef struct lease {
     kvx_lease_cb_t cb;
     void *arg;
     kvx_lease_end_t why;  /* set when it ends */
+    int ready;            /* 0 while kvx_lease_create exports it */
 } lease_t;
 
 typedef struct tomb {
@@ -366,28 +367,35 @@ pd_status_t kvx_lease_create(kvx_ctx_t *ctx, const char *req_id, const uint32_t 
     l->ttl_ns = (uint64_t)((ttl_s > 0 ? ttl_s : ctx->cfg.lease_ttl_s) * 1e9);
     l->cb = cb;
     l->arg = arg;
-    if (ctx->ops->lease_export != NULL &&
-        (st = ctx->ops->lease_export(ctx->conn, req_id, block_ids, n_blocks)) != PD_OK)
-        goto err_free;
-
+    /* claim the id first (not yet ready: invisible to consumers and the reaper) so a
+     * duplicate can never overwrite a live lease's exported blocks */
     pthread_mutex_lock(&ctx->mu);
     pp = lease_slot(ctx, req_id);
     if (*pp != NULL) {
         pthread_mutex_unlock(&ctx->mu);
         PD_LOG_REQ(ERR, req_id, "kvx: a lease with this request id is already live");
         st = PD_ERR_EXISTS;
-        goto err_unexport;
+        goto err_free;
+    }
+    *pp = l;
+    pthread_mutex_unlock(&ctx->mu);
+    st = ctx->ops->lease_export != NULL
+             ? ctx->ops->lease_export(ctx->conn, req_id, block_ids, n_blocks) : PD_OK;
+    pthread_mutex_lock(&ctx->mu);
+    pp = lease_slot(ctx, req_id);
+    if (st != PD_OK) {
+        *pp = l->next; /* only we touch an unready lease */
+        pthread_mutex_unlock(&ctx->mu);
+        goto err_free;
     }
     l->deadline_ns = pd_now_ns() + l->ttl_ns;
-    *pp = l;
+    l->ready = 1;
     ctx->n_leases++;
     ctx->stats.leases_created++;
     ctx->stats.blocks_held += n_blocks;
     pthread_mutex_unlock(&ctx->mu);
     return PD_OK;
 
-err_unexport:
-    /* the live lease of the same id keeps its export: only drop ours when it was new */
 err_free:
     free(l->ids);
     free(l->sorted);
@@ -403,7 +411,7 @@ pd_status_t kvx_lease_abort(kvx_ctx_t *ctx, const char *req_id)
         return PD_ERR_INVAL;
     pthread_mutex_lock(&ctx->mu);
     pp = lease_slot(ctx, req_id);
-    if (*pp != NULL)
+    if (*pp != NULL && (*pp)->ready)
         l = lease_end_locked(ctx, pp, KVX_LEASE_ABORTED);
     pthread_mutex_unlock(&ctx->mu);
     if (l == NULL)
@@ -432,7 +440,7 @@ static void reap_expired(kvx_ctx_t *ctx)
         for (size_t b = 0; b < LEASE_BUCKETS; b++) {
             lease_t **pp = &ctx->buckets[b];
             while (*pp != NULL) {
-                if ((*pp)->deadline_ns <= now) {
+                if ((*pp)->ready && (*pp)->deadline_ns <= now) {
                     lease_t *l = lease_end_locked(ctx, pp, KVX_LEASE_EXPIRED);
                     l->next = ended;
                     ended = l;
@@ -566,7 +574,7 @@ static void handle_msg(kvx_ctx_t *ctx, const kvx_msg_t *req, kvx_msg_t *rep)
 
     pthread_mutex_lock(&ctx->mu);
     pp = lease_slot(ctx, req->req_id);
-    if (*pp == NULL) {
+    if (*pp == NULL || !(*pp)->ready) {
         const tomb_t *t = tomb_find(ctx, req->req_id);
         if (req->type == KVX_MSG_ACQUIRE || req->type == KVX_MSG_SERVE)
             ctx->stats.reads_refused++;

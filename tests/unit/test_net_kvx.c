@@ -183,12 +183,21 @@ PD_TEST(partial_and_empty)
     PD_CHECK_STATUS(kvx_lease_create(p.prod, "empty", r, 10, 0, tk_lease_cb, &p.leases), PD_OK);
     d = mkdesc(&p, "empty", 0, NULL, NULL);
     PD_CHECK_STATUS(kvx_pull_sync(p.cons, &d, msg, sizeof(msg)), PD_OK);
+    /* a second lease under a live id is refused and does not disturb the first */
+    {
+        uint32_t one[1] = {30}, other[1] = {31}, dst[1] = {50};
+        PD_CHECK_STATUS(kvx_lease_create(p.prod, "dup", one, 1, 0, tk_lease_cb, &p.leases), PD_OK);
+        PD_CHECK_STATUS(kvx_lease_create(p.prod, "dup", other, 1, 0, tk_lease_cb, &p.leases), PD_ERR_EXISTS);
+        d = mkdesc(&p, "dup", 1, one, dst);
+        PD_CHECK_STATUS(kvx_pull_sync(p.cons, &d, msg, sizeof(msg)), PD_OK);
+        PD_CHECK(tk_block_is(p.cbase, BB, 50, 30, 1));
+    }
     /* a lease of zero blocks */
     PD_CHECK_STATUS(kvx_lease_create(p.prod, "zero", NULL, 0, 0, tk_lease_cb, &p.leases), PD_OK);
     d = mkdesc(&p, "zero", 0, NULL, NULL);
     PD_CHECK_STATUS(kvx_pull_sync(p.cons, &d, msg, sizeof(msg)), PD_OK);
-    PD_CHECK(tk_wait_ended(&p.leases, KVX_LEASE_RELEASED, 3, 5));
-    PD_CHECK_EQ_INT(p.leases.blocks_freed, 20);
+    PD_CHECK(tk_wait_ended(&p.leases, KVX_LEASE_RELEASED, 4, 5));
+    PD_CHECK_EQ_INT(p.leases.blocks_freed, 21);
 out:
     pair_close(&p);
 }
