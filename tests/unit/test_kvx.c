@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kvx_msg.h"
 #include "test_kvx_common.h"
@@ -420,6 +421,12 @@ PD_TEST(plugin_module)
             PD_CHECK(tk_pull_wait(&res, 10));
             PD_CHECK_STATUS(res.status, PD_ERR_EXPIRED);
             PD_CHECK(strstr(res.msg, "aborted") != NULL);
+
+            /* heartbeats keep a 0.1 s lease alive through a 0.3 s read */
+            PD_CHECK_STATUS(kvx_lease_create(prod, "req-hb", ids, 3, 0.1, tk_lease_cb, &leases), PD_OK);
+            desc.remote_req_id = "req-hb";
+            PD_CHECK_STATUS(kvx_pull_sync(cons, &desc, msg, sizeof(msg)), PD_OK);
+            PD_CHECK_EQ_INT(tk_ended(&leases, KVX_LEASE_EXPIRED), 0);
         }
     }
     /* the two-sided path: the consumer's SERVE makes the producer push the blocks */
@@ -520,6 +527,56 @@ PD_TEST(example_configs_parse)
     PD_CHECK(n >= 5);
 }
 
+/* A bounded queue: BUSY when full; destroy fails queued and running pulls, each
+ * callback exactly once. */
+PD_TEST(pull_queue_bounded)
+{
+    kvx_compat_t compat = tk_compat();
+    kvx_ctx_t *cons;
+    uint8_t *base = calloc(8, 64);
+    uint32_t ids[1] = {0};
+    tk_pull_t res[4];
+    int accepted = 0, busy = 0;
+
+    cons = tk_ctx("{\"kv_connector\":\"SharedStorageConnector\",\"kv_role\":\"kv_consumer\","
+                  "\"kv_connector_extra_config\":{\"pull_workers\":1,\"pull_queue\":2,"
+                  "\"control_timeout_s\":2,\"shared_storage_path\":\"/tmp/kvx_q_test\"}}", &compat);
+    PD_CHECK(cons != NULL);
+    if (cons == NULL) {
+        free(base);
+        return;
+    }
+    PD_CHECK_STATUS(kvx_ctx_register_region(cons, &(kvx_region_t){base, 8, 64, KVX_MEM_HOST}), PD_OK);
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < 4; i++) {
+        /* nobody listens on port 1: the one worker is stuck for control_timeout_s */
+        kvx_pull_desc_t d = {.remote_host = "127.0.0.1", .remote_port = 1, .remote_req_id = "q",
+                             .n = 1, .remote_ids = ids, .local_ids = ids};
+        pthread_mutex_init(&res[i].mu, NULL);
+        pd_status_t st = kvx_pull(cons, &d, tk_pull_cb, &res[i]);
+        if (st == PD_OK)
+            accepted++;
+        else if (st == PD_ERR_BUSY)
+            busy++;
+        if (i == 0)
+            usleep(100000); /* let the worker take the first one */
+    }
+    PD_CHECK_EQ_INT(accepted, 3);
+    PD_CHECK_EQ_INT(busy, 1);
+    {
+        uint64_t t0 = pd_now_ns();
+        kvx_ctx_destroy(cons);
+        PD_CHECK(pd_now_ns() - t0 < 3000000000ull); /* destroy does not wait out timeouts */
+    }
+    for (int i = 0; i < 3; i++) {
+        PD_CHECK_EQ_INT(res[i].fired, 1);
+        PD_CHECK(res[i].status == PD_ERR_CANCELED || res[i].status == PD_ERR_TIMEOUT);
+    }
+    PD_CHECK_EQ_INT(res[3].fired, 0);
+    rmdir("/tmp/kvx_q_test");
+    free(base);
+}
+
 int main(void)
 {
     PD_RUN(config_defaults);
@@ -534,5 +591,6 @@ int main(void)
     PD_RUN(compat_hash_changes);
     PD_RUN(plugin_module);
     PD_RUN(example_configs_parse);
+    PD_RUN(pull_queue_bounded);
     return PD_TEST_REPORT();
 }
