@@ -1157,6 +1157,8 @@ static pd_status_t run_pull(worker_t *w, const job_t *job, char *msg, size_t msg
         req.ids = job->remote_ids;
         st = ctl_call(w, job->host, job->port, &req, &rep, msg, msg_len);
         kvx_msg_cleanup(&rep);
+        if (st == PD_ERR_TIMEOUT || st == PD_ERR_IO || st == PD_ERR_TRANSPORT)
+            peer_kill(ctx, peer); /* handshake again next time: it may have restarted */
         if (st != PD_OK)
             goto out_peer;
         /* heartbeat well inside the lease so one lost heartbeat is not fatal */
