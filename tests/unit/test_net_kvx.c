@@ -87,6 +87,19 @@ static kvx_pull_desc_t mkdesc(pair_t *p, const char *rid, size_t n, const uint32
                              .req_id = rid, .n = n, .remote_ids = r, .local_ids = l};
 }
 
+static int count_fds(void)
+{
+    char path[64];
+    int n = 0;
+
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        if (access(path, F_OK) == 0)
+            n++;
+    }
+    return n;
+}
+
 /* ---- scenarios ---- */
 PD_TEST(random_blocks_equal)
 {
@@ -336,6 +349,30 @@ PD_TEST(lease_expiry_then_late_read)
     PD_CHECK_STATUS(kvx_pull_sync(p.cons, &d, msg, sizeof(msg)), PD_OK);
 out:
     pair_close(&p);
+}
+
+/* Opening and closing a producer/consumer pair with a transfer leaves no file
+ * descriptors behind (the first round warms up transport-global state). */
+PD_TEST(no_leaked_handles)
+{
+    int before = 0;
+
+    for (int round = 0; round < 3; round++) {
+        pair_t p;
+        uint32_t r[2] = {1, 2}, l[2] = {3, 4};
+        char msg[256];
+
+        if (round == 1)
+            before = count_fds();
+        PD_CHECK(pair_open(&p, "", "", NULL));
+        if (p.prod != NULL && p.cons != NULL) {
+            PD_CHECK_STATUS(kvx_lease_create(p.prod, "fd", r, 2, 0, tk_lease_cb, &p.leases), PD_OK);
+            kvx_pull_desc_t d = mkdesc(&p, "fd", 2, r, l);
+            PD_CHECK_STATUS(kvx_pull_sync(p.cons, &d, msg, sizeof(msg)), PD_OK);
+        }
+        pair_close(&p);
+    }
+    PD_CHECK_EQ_INT(count_fds(), before);
 }
 
 PD_TEST(abort_remote)
@@ -608,6 +645,7 @@ int main(int argc, char **argv)
         PD_RUN(incompatible_peer);
         PD_RUN(lease_expiry_then_late_read);
         PD_RUN(abort_remote);
+        PD_RUN(no_leaked_handles);
         PD_RUN(producer_gone);
         if (conns[i].kind != KVX_CONN_SHARED_STORAGE) {
             PD_RUN(producer_killed_mid_transfer);
