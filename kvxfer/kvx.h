@@ -21,15 +21,20 @@
  *
  * Consumer (decode) flow: kvx_pull(ctx, &pull_desc, cb, arg): handshake with the
  * remote engine (cached), ACQUIRE the lease (the producer refuses block ids that are
- * not under a live lease), read the blocks one-sided, heartbeat while waiting,
+ * not under a live lease), read the blocks one-sided (two-sided transports such as
+ * NCCL send a SERVE request and the producer sends), heartbeat while waiting,
  * RELEASE (the producer answers whether the lease stayed valid for the whole read,
  * so a read that raced an expiry is reported EXPIRED, never as good data).  The
  * callback fires exactly once, never from inside kvx_pull, on a kvxfer thread.
- * When it reports failure, no transfer is still writing into the local blocks.
+ * When it reports failure, no transfer is still writing into the local blocks
+ * (unless result->local_blocks_unsafe says a transport could not cancel in time).
  *
  * Thread safety: every kvx_ctx_* / kvx_lease_* / kvx_pull function may be called
- * from any thread.  Callbacks run on kvxfer threads and must not call
- * kvx_ctx_destroy.
+ * from any thread, after kvx_ctx_register_region returned.  Callbacks run on kvxfer
+ * threads (lease callbacks on the control thread, pull callbacks on a pull worker),
+ * must not block for long and must not call kvx_ctx_destroy.
+ *
+ * Wire protocol and connector details: docs/kvxfer.md.
  */
 #ifndef KVX_H
 #define KVX_H
