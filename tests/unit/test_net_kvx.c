@@ -375,6 +375,46 @@ PD_TEST(no_leaked_handles)
     PD_CHECK_EQ_INT(count_fds(), before);
 }
 
+/* The control plane on an IPv6 address (skipped when ::1 is not configured). */
+PD_TEST(ipv6_control_plane)
+{
+    char json[1024], msg[256];
+    kvx_compat_t compat = tk_compat();
+    kvx_ctx_t *prod, *cons;
+    uint8_t *pb = malloc((size_t)NB * BB), *cb = calloc(NB, BB);
+    uint32_t r[2] = {5, 6}, l[2] = {7, 8};
+    tk_leases_t leases = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+    snprintf(json, sizeof(json), "{\"kv_connector\":\"%s\",\"kv_role\":\"kv_producer\","
+             "\"kv_ip\":\"::1\",\"kv_port\":0,\"kv_connector_extra_config\":{%s}}", conn_g, extra_g);
+    prod = tk_ctx(json, &compat);
+    if (prod == NULL) {
+        printf("  skip: no IPv6 loopback here\n");
+        free(pb);
+        free(cb);
+        return;
+    }
+    /* the consumer's kv_ip picks its own address family (libfabric binds to it) */
+    snprintf(json, sizeof(json), "{\"kv_connector\":\"%s\",\"kv_role\":\"kv_consumer\","
+             "\"kv_ip\":\"::1\",\"kv_connector_extra_config\":{%s}}", conn_g, extra_g);
+    cons = tk_ctx(json, &compat);
+    PD_CHECK(cons != NULL);
+    tk_fill(pb, NB, BB, 1);
+    if (cons != NULL &&
+        kvx_ctx_register_region(prod, &(kvx_region_t){pb, NB, BB, KVX_MEM_HOST}) == PD_OK &&
+        kvx_ctx_register_region(cons, &(kvx_region_t){cb, NB, BB, KVX_MEM_HOST}) == PD_OK) {
+        PD_CHECK_STATUS(kvx_lease_create(prod, "v6", r, 2, 0, tk_lease_cb, &leases), PD_OK);
+        kvx_pull_desc_t d = {.remote_host = "::1", .remote_port = kvx_ctx_port(prod),
+                             .remote_req_id = "v6", .n = 2, .remote_ids = r, .local_ids = l};
+        PD_CHECK_STATUS(kvx_pull_sync(cons, &d, msg, sizeof(msg)), PD_OK);
+        PD_CHECK(tk_block_is(cb, BB, 7, 5, 1) && tk_block_is(cb, BB, 8, 6, 1));
+    }
+    kvx_ctx_destroy(cons);
+    kvx_ctx_destroy(prod);
+    free(pb);
+    free(cb);
+}
+
 PD_TEST(abort_remote)
 {
     pair_t p;
@@ -646,6 +686,7 @@ int main(int argc, char **argv)
         PD_RUN(lease_expiry_then_late_read);
         PD_RUN(abort_remote);
         PD_RUN(no_leaked_handles);
+        PD_RUN(ipv6_control_plane);
         PD_RUN(producer_gone);
         if (conns[i].kind != KVX_CONN_SHARED_STORAGE) {
             PD_RUN(producer_killed_mid_transfer);
