@@ -415,6 +415,78 @@ PD_TEST(ipv6_control_plane)
     free(cb);
 }
 
+/* A random mix of pulls, consumer aborts, producer aborts and expiries, many at
+ * once: every lease ends exactly once and nothing stays held. */
+PD_TEST(soak_random_aborts)
+{
+    enum { N = 120 };
+    pair_t p;
+    tk_pull_t res[N];
+    int pulled[N];
+    unsigned seed = 777;
+    char json_unused[1];
+
+    (void)json_unused;
+    PD_CHECK(pair_open(&p, "", "\"pull_workers\":4", NULL));
+    if (p.prod == NULL || p.cons == NULL)
+        goto out;
+    memset(res, 0, sizeof(res));
+    memset(pulled, 0, sizeof(pulled));
+    for (int i = 0; i < N; i++) {
+        uint32_t r[4], l[4];
+        char rid[32];
+        int action = (int)(rand_r(&seed) % 5);
+        double ttl = action == 4 ? 0.05 : 5.0;
+
+        pthread_mutex_init(&res[i].mu, NULL);
+        snprintf(rid, sizeof(rid), "soak-%d", i);
+        tk_random_ids(r, 4, NB, &seed);
+        for (int k = 0; k < 4; k++)
+            l[k] = (uint32_t)((i % 16) * 4 + k);
+        PD_CHECK_STATUS(kvx_lease_create(p.prod, rid, r, 4, ttl, tk_lease_cb, &p.leases), PD_OK);
+        switch (action) {
+        case 0:
+        case 1: {
+            kvx_pull_desc_t d = mkdesc(&p, rid, 4, r, l);
+            pulled[i] = kvx_pull(p.cons, &d, tk_pull_cb, &res[i]) == PD_OK;
+            break;
+        }
+        case 2:
+            (void)kvx_abort_remote(p.cons, "127.0.0.1", p.port, rid);
+            break;
+        case 3:
+            (void)kvx_lease_abort(p.prod, rid);
+            break;
+        default: /* left to expire; a late pull sometimes */
+            if (rand_r(&seed) % 2) {
+                kvx_pull_desc_t d = mkdesc(&p, rid, 4, r, l);
+                pulled[i] = kvx_pull(p.cons, &d, tk_pull_cb, &res[i]) == PD_OK;
+            }
+            break;
+        }
+    }
+    for (int i = 0; i < N; i++)
+        if (pulled[i]) {
+            PD_CHECK(tk_pull_wait(&res[i], 60));
+            PD_CHECK(res[i].status == PD_OK || res[i].status == PD_ERR_EXPIRED);
+        }
+    {
+        /* every lease ends: the short ones expire, the rest were pulled or aborted */
+        uint64_t end = pd_now_ns() + 10000000000ull;
+        while (kvx_lease_count(p.prod) > 0 && pd_now_ns() < end)
+            usleep(10000);
+    }
+    usleep(50000);
+    for (int i = 0; i < N; i++)
+        if (pulled[i])
+            PD_CHECK_EQ_INT(res[i].fired, 1);
+    PD_CHECK_EQ_INT(tk_ended(&p.leases, KVX_LEASE_RELEASED) + tk_ended(&p.leases, KVX_LEASE_EXPIRED) +
+                    tk_ended(&p.leases, KVX_LEASE_ABORTED), N);
+    PD_CHECK_EQ_INT(p.leases.blocks_freed, 4 * N);
+out:
+    pair_close(&p);
+}
+
 PD_TEST(abort_remote)
 {
     pair_t p;
@@ -664,6 +736,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && (strcmp(argv[1], "--producer") == 0 || strcmp(argv[1], "--consumer") == 0))
         return peer_main(argc, argv);
+    if (getenv("KVX_TEST_VERBOSE") == NULL)
+        pd_log_set_level(PD_LOG_LEVEL_WARN);
     if (mkdtemp(dir) == NULL)
         return 1;
     for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
@@ -687,6 +761,7 @@ int main(int argc, char **argv)
         PD_RUN(abort_remote);
         PD_RUN(no_leaked_handles);
         PD_RUN(ipv6_control_plane);
+        PD_RUN(soak_random_aborts);
         PD_RUN(producer_gone);
         if (conns[i].kind != KVX_CONN_SHARED_STORAGE) {
             PD_RUN(producer_killed_mid_transfer);
