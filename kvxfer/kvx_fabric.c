@@ -47,6 +47,7 @@ typedef struct fab_peer {
     uint64_t block_bytes;
     atomic_long batches;
     atomic_int canceled;
+    struct fab_batch *active;   /* under st->mu: for the graveyard if they get stuck */
 } fab_peer_t;
 
 typedef struct fab_op {
@@ -64,6 +65,7 @@ struct fab_batch {
     size_t n;
     fab_op_t *ops;
     struct fab_batch *next_done;
+    struct fab_batch *next_active, *prev_active;
 };
 
 struct fab_state {
@@ -115,6 +117,14 @@ static void deliver_done(fab_state_t *st)
         fab_peer_t *p = b->peer;
 
         list = b->next_done;
+        pthread_mutex_lock(&st->mu);
+        if (b->prev_active)
+            b->prev_active->next_active = b->next_active;
+        else
+            p->active = b->next_active;
+        if (b->next_active)
+            b->next_active->prev_active = b->prev_active;
+        pthread_mutex_unlock(&st->mu);
         b->cb(b->arg, (pd_status_t)atomic_load(&b->status));
         free(b->ops);
         free(b);
@@ -364,6 +374,10 @@ static void fab_peer_close(void *state, void *peer)
         usleep(500);
     if (atomic_load(&p->batches) > 0) {
         PD_LOG_CRIT("kvx fabric: reads still outstanding at peer close; leaking the peer");
+        pthread_mutex_lock(&st->mu);
+        for (fab_batch_t *b = p->active; b != NULL; b = b->next_active)
+            kvx_graveyard_add(b); /* the provider may still complete into them */
+        pthread_mutex_unlock(&st->mu);
         kvx_graveyard_add(p);
         return;
     }
@@ -395,6 +409,12 @@ static pd_status_t fab_read(void *state, void *peer, const kvx_read_t *rd, kvx_r
     b->n = rd->n;
     atomic_store(&b->pending, (long)rd->n + 1);
     atomic_fetch_add(&p->batches, 1);
+    pthread_mutex_lock(&st->mu);
+    b->next_active = p->active;
+    if (p->active)
+        p->active->prev_active = b;
+    p->active = b;
+    pthread_mutex_unlock(&st->mu);
     for (size_t i = 0; i < rd->n; i++) {
         fab_op_t *op = &b->ops[i];
         void *local = kvx_region_block(&st->region, rd->local_ids[i]);
