@@ -260,6 +260,7 @@ struct eng_tok {
     size_t n_prefix, n_suffix;
 
     int32_t bos_id, eos_id, pad_id, unk_id;
+    int32_t model_unk_id;  /* the BPE model's unk_token (tokenizer_config may name another) */
     pd_arena_t *arena;
     /* GPT-2's byte <-> printable character table */
     uint32_t bl_byte_to_cp[256];
@@ -364,12 +365,28 @@ static size_t match_contraction(const uint8_t *s, size_t n, size_t i, bool icase
     return 0;
 }
 
-/* Whitespace tail shared by all patterns: \s+(?!\S)|\s+ starting at i (a space). */
-static inline size_t match_ws_tail(size_t i, size_t j, size_t n)
+/*
+ * Whitespace tail shared by all patterns: \s+(?!\S)|\s+ over the run [i, j) whose last
+ * character starts at `last`: the whole run at the end of the text, else the run minus
+ * its last character (which then leads the next piece), else the single character.
+ */
+static inline size_t match_ws_tail(size_t i, size_t last, size_t j, size_t n)
 {
-    if (j == n || j - i < 2)
+    if (j == n || last == i)
         return j;
-    return j - 1;
+    return last;
+}
+
+/* Scan the whitespace run at i; returns its end, *last_p = start of its last character. */
+static inline size_t scan_ws(const uint8_t *s, size_t n, size_t i, size_t *last_p)
+{
+    size_t l, last = i;
+    while (i < n && (char_at(s, n, i, &l) & C_WS)) {
+        last = i;
+        i += l;
+    }
+    *last_p = last;
+    return i;
 }
 
 /*
@@ -399,8 +416,9 @@ static size_t match_gpt2(const uint8_t *s, size_t n, size_t i)
         return scan_class(s, n, i, C_N);
     if (is_p(c))
         return scan_p(s, n, i);
-    e = scan_class(s, n, i, C_WS);
-    return match_ws_tail(i, e, n);
+    size_t last;
+    e = scan_ws(s, n, i, &last);
+    return match_ws_tail(i, last, e, n);
 }
 
 /*
@@ -438,7 +456,7 @@ static size_t match_llama3(const uint8_t *s, size_t n, size_t i, int max_digits)
         return e;
     }
     /* whitespace: \s*[\r\n]+ ends after the run's last CR/LF */
-    size_t j = i, last_nl = 0;
+    size_t j = i, last = i, last_nl = 0;
     bool has_nl = false;
     while (j < n) {
         unsigned cj = char_at(s, n, j, &l2);
@@ -448,11 +466,12 @@ static size_t match_llama3(const uint8_t *s, size_t n, size_t i, int max_digits)
             has_nl = true;
             last_nl = j + 1;
         }
+        last = j;
         j += l2;
     }
     if (has_nl)
         return last_nl;
-    return match_ws_tail(i, j, n);
+    return match_ws_tail(i, last, j, n);
 }
 
 /* ---- encoding ---- */
@@ -612,8 +631,8 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
             int32_t id = tok->byte_ids[w[i]];
             if (id >= 0)
                 sym_add(syms, &ns, id, 1);
-            else if (tok->unk_id >= 0)
-                sym_add(syms, &ns, tok->unk_id, 1);
+            else if (tok->model_unk_id >= 0)
+                sym_add(syms, &ns, tok->model_unk_id, 1);
         }
         return ns;
     }
@@ -649,13 +668,13 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
                 continue;
             }
         }
-        if (tok->unk_id >= 0) {
+        if (tok->model_unk_id >= 0) {
             if (unk_pending >= 0 && tok->fuse_unk) {
                 unk_len += (uint32_t)l;
             } else {
                 if (unk_pending >= 0)
                     sym_add(syms, &ns, unk_pending, unk_len);
-                unk_pending = tok->unk_id;
+                unk_pending = tok->model_unk_id;
                 unk_len = (uint32_t)l;
             }
         }
@@ -1160,7 +1179,7 @@ static pd_status_t tok_alloc(model_kind_t model, eng_tok_t **tok_p)
         return PD_ERR_NOMEM;
     }
     tok->model = model;
-    tok->bos_id = tok->eos_id = tok->pad_id = tok->unk_id = -1;
+    tok->bos_id = tok->eos_id = tok->pad_id = tok->unk_id = tok->model_unk_id = -1;
     for (int b = 0; b < 256; b++)
         tok->byte_ids[b] = tok->spm_byte_ids[b] = -1;
     bytelevel_tables(tok);
@@ -1808,7 +1827,7 @@ pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *c
 
     const char *unk = json_str(model, "unk_token");
     if (unk != NULL)
-        tok->unk_id = strmap_get(&tok->piece_map, (const uint8_t *)unk, strlen(unk));
+        tok->unk_id = tok->model_unk_id = strmap_get(&tok->piece_map, (const uint8_t *)unk, strlen(unk));
 
     cJSON_ArrayForEach(it, added) {
         const char *content = json_str(it, "content");
@@ -2043,10 +2062,10 @@ pd_status_t eng_tok_create_from_vocab(const eng_tok_vocab_t *v, eng_tok_t **tok_
     }
     for (size_t i = 0; v->token_types != NULL && i < v->n_tokens; i++) {
         int32_t ty = v->token_types[i];
-        if (ty != ENG_TOK_TYPE_CONTROL && ty != ENG_TOK_TYPE_USER_DEFINED)
+        if (ty != ENG_TOK_TYPE_CONTROL && ty != ENG_TOK_TYPE_USER_DEFINED && ty != ENG_TOK_TYPE_UNKNOWN)
             continue;
         status = tok_add_added(tok, (int32_t)i, tok->toks[i].piece, tok->toks[i].piece_len,
-                               ty == ENG_TOK_TYPE_CONTROL, false, false, false);
+                               ty != ENG_TOK_TYPE_USER_DEFINED, false, false, false);
         if (status != PD_OK)
             goto err_tok;
     }
@@ -2064,6 +2083,9 @@ pd_status_t eng_tok_create_from_vocab(const eng_tok_vocab_t *v, eng_tok_t **tok_
     tok->eos_id = v->eos_id;
     tok->unk_id = v->unk_id;
     tok->pad_id = v->pad_id;
+    /* GGUF names unk for both; byte-level vocabularies cover every byte anyway, and
+     * transformers' converter gives the gpt2 model no unk_token. */
+    tok->model_unk_id = kind == MODEL_SPM ? v->unk_id : -1;
     bool add_bos = v->add_bos >= 0 ? v->add_bos != 0 : kind == MODEL_SPM;
     if (add_bos && tok->bos_id >= 0 && (status = eng_tok_ids_push(&pre, tok->bos_id)) != PD_OK)
         goto err_tok;
@@ -2166,14 +2188,21 @@ pd_status_t eng_detok_step(eng_detok_t *d, int32_t id, pd_buf_t *delta)
     if ((status = detok_decode(d, d->prefix_off, d->read_off, &d->a)) != PD_OK ||
         (status = detok_decode(d, d->prefix_off, d->ids.n, &d->b)) != PD_OK)
         return status;
-    /* Release text only when it grew, ends on a whole character and extends what was
-     * there before (decoding is not always prefix-stable, e.g. around specials). */
-    if (d->b.len <= d->a.len || ends_with_fffd(&d->b) || memcmp(d->a.data, d->b.data, d->a.len) != 0 ||
-        (d->b.data[d->a.len] & 0xC0) == 0x80)
+    /* Release text only when it grew and ends on a whole character (vLLM's rule). */
+    if (d->b.len <= d->a.len || ends_with_fffd(&d->b))
         return PD_OK;
-    size_t n_new = d->b.len - d->a.len;
-    if ((status = pd_buf_append(delta, d->b.data + d->a.len, n_new)) != PD_OK ||
-        (status = pd_buf_append(&d->emitted, d->b.data + d->a.len, n_new)) != PD_OK)
+    /* Normally the window's text extends what was released before.  SentencePiece's
+     * ByteFallback can rewrite earlier text (a stray byte turns a byte run into
+     * U+FFFDs); text already sent cannot be taken back, so continue after the same
+     * number of bytes, at the next character boundary. */
+    size_t from = d->a.len;
+    while (from < d->b.len && (d->b.data[from] & 0xC0) == 0x80)
+        from++;
+    if (from >= d->b.len)
+        return PD_OK;
+    size_t n_new = d->b.len - from;
+    if ((status = pd_buf_append(delta, d->b.data + from, n_new)) != PD_OK ||
+        (status = pd_buf_append(&d->emitted, d->b.data + from, n_new)) != PD_OK)
         return status;
     d->prefix_off = d->read_off;
     d->read_off = d->ids.n;
@@ -2192,13 +2221,18 @@ pd_status_t eng_detok_finish(eng_detok_t *d, pd_buf_t *delta)
         skip = d->a.len;
     const char *exp = d->b.data + skip;
     size_t exp_len = d->b.len - skip;
-    if (exp_len < d->emitted.len || memcmp(exp, d->emitted.data, d->emitted.len) != 0) {
-        /* Text already sent cannot be taken back; report it and send nothing more. */
-        PD_LOG_WARN("tokenizer: streamed text diverged from the full decode");
-        return PD_OK;
+    size_t from = d->emitted.len;
+    if (exp_len < from || memcmp(exp, d->emitted.data, from) != 0) {
+        /* Text already sent cannot be taken back (see eng_detok_step): send the rest
+         * from the next character boundary. */
+        PD_LOG_DEBUG("tokenizer: streamed text diverged from the full decode");
+        while (from < exp_len && (exp[from] & 0xC0) == 0x80)
+            from++;
+        if (from >= exp_len)
+            return PD_OK;
     }
-    status = pd_buf_append(delta, exp + d->emitted.len, exp_len - d->emitted.len);
+    status = pd_buf_append(delta, exp + from, exp_len - from);
     if (status == PD_OK)
-        status = pd_buf_append(&d->emitted, exp + d->emitted.len, exp_len - d->emitted.len);
+        status = pd_buf_append(&d->emitted, exp + from, exp_len - from);
     return status;
 }

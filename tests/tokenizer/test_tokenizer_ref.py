@@ -1,0 +1,176 @@
+"""Compare pdserve's C tokenizer (through tests/tokenizer/tok_driver) with Hugging Face
+`tokenizers` on the generated corpus, for Llama 2, Llama 3, Qwen3 and SmolLM2.
+
+Checks per string: ids without and with special tokens, decode with and without
+skip_special_tokens, and that the incremental detokenizer's deltas add up to the decode.
+The driver comes from PD_TOK_DRIVER, $PD_BINARY_DIR/tests/tokenizer/tok_driver or
+build/tests/tokenizer/tok_driver; the test skips when it is not built.
+"""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import corpus  # noqa: E402
+
+tokenizers = pytest.importorskip("tokenizers")
+NAMES = ["llama2", "llama3", "qwen3", "smollm2"]
+
+
+def driver_path():
+    cands = [os.environ.get("PD_TOK_DRIVER"),
+             os.path.join(os.environ.get("PD_BINARY_DIR", ""), "tests", "tokenizer", "tok_driver"),
+             os.path.join(ROOT, "build", "tests", "tokenizer", "tok_driver")]
+    for c in cands:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    pytest.skip("tok_driver is not built (cmake --build build --target tok_driver)")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    return driver_path()
+
+
+def unpack(name, tmp_path_factory):
+    d = tmp_path_factory.mktemp(name)
+    with tarfile.open(os.path.join(ROOT, "tests", "data", "tokenizers", name + ".tar.xz")) as tar:
+        tar.extractall(d, filter="data")
+    return str(d)
+
+
+def run_driver(args, texts):
+    inp = "".join(json.dumps(t) + "\n" for t in texts).encode()
+    r = subprocess.run(args, input=inp, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    out = [json.loads(line) for line in r.stdout.decode().split("\n") if line]
+    assert len(out) == len(texts)
+    for o in out:
+        for k in ("decode", "decode_skip", "stream"):
+            o[k] = bytes.fromhex(o[k]).decode("utf-8")
+    return out
+
+
+def check(tk, texts, outs, name, limit=10, lossy_stream_ok=False):
+    bad = []
+    for t, o in zip(texts, outs):
+        if isinstance(t, dict):
+            ids_sp = t["decode"]
+        else:
+            ids = tk.encode(t, add_special_tokens=False).ids
+            ids_sp = tk.encode(t, add_special_tokens=True).ids
+            if o["ids"] != ids or o["ids_special"] != ids_sp:
+                bad.append(("ids", t, ids[:40], o["ids"][:40], ids_sp[:4], o["ids_special"][:4]))
+                continue
+        dec = tk.decode(ids_sp, skip_special_tokens=False)
+        dec_skip = tk.decode(ids_sp, skip_special_tokens=True)
+        if o["decode"] != dec or o["decode_skip"] != dec_skip:
+            bad.append(("decode", t, dec[:80], o["decode"][:80], dec_skip[:80], o["decode_skip"][:80]))
+        elif o["stream"] != dec_skip and not (lossy_stream_ok and "\ufffd" in dec_skip):
+            bad.append(("stream", t, dec_skip[:80], o["stream"][:80]))
+    msg = "\n".join(repr(b)[:600] for b in bad[:limit])
+    assert not bad, f"{name}: {len(bad)} of {len(texts)} differ:\n{msg}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_corpus_matches_reference(name, driver, tmp_path_factory):
+    d = unpack(name, tmp_path_factory)
+    tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    texts = corpus.generate(name=name)
+    assert len(texts) >= 2000
+    outs = run_driver([driver, os.path.join(d, "tokenizer.json"), os.path.join(d, "tokenizer_config.json")],
+                      texts)
+    check(tk, texts, outs, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_random_ids(name, driver, tmp_path_factory):
+    """Decoding arbitrary id sequences (partial UTF-8, specials anywhere) matches too."""
+    import random
+    d = unpack(name, tmp_path_factory)
+    tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    n = tk.get_vocab_size(with_added_tokens=True)
+    rng = random.Random(7)
+    specials = list(tk.get_added_tokens_decoder().keys())
+    reqs = []
+    for _ in range(400):
+        k = rng.randint(0, 30)
+        ids = [rng.randrange(n) if rng.random() < 0.7 else rng.choice(specials + list(range(256)))
+               for _ in range(k)]
+        reqs.append({"decode": ids})
+    outs = run_driver([driver, os.path.join(d, "tokenizer.json")], reqs)
+    # SentencePiece's ByteFallback decodes a run of byte tokens as a whole, so a later
+    # byte can turn already-streamed text into U+FFFDs; streaming cannot take text back.
+    check(tk, reqs, outs, name, lossy_stream_ok=(name == "llama2"))
+
+
+def gguf_path():
+    p = os.environ.get("PD_MODEL_GGUF",
+                       os.path.expanduser("~/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return p if os.path.isfile(p) else None
+
+
+def test_gguf_vocab_smollm2(driver, tmp_path_factory):
+    """The vocabulary constructor fed from GGUF metadata equals the tokenizer.json path."""
+    gguf = pytest.importorskip("gguf")
+    p = gguf_path()
+    if p is None:
+        pytest.skip("default model GGUF not found (PD_MODEL_GGUF)")
+    r = gguf.GGUFReader(p)
+
+    def arr(key):
+        f = r.fields[key]
+        if f.types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+        return [f.parts[i][0].item() for i in f.data]
+
+    def scalar(key, default=None):
+        if key not in r.fields:
+            return default
+        f = r.fields[key]
+        v = f.parts[f.data[0]]
+        return bytes(v).decode() if f.types[0] == gguf.GGUFValueType.STRING else v[0].item()
+
+    vocab = {"model": scalar("tokenizer.ggml.model"), "pre": scalar("tokenizer.ggml.pre"),
+             "tokens": arr("tokenizer.ggml.tokens"), "token_types": arr("tokenizer.ggml.token_type"),
+             "merges": arr("tokenizer.ggml.merges"),
+             "bos_id": scalar("tokenizer.ggml.bos_token_id", -1), "eos_id": scalar("tokenizer.ggml.eos_token_id", -1),
+             "unk_id": scalar("tokenizer.ggml.unknown_token_id", -1),
+             "pad_id": scalar("tokenizer.ggml.padding_token_id", -1),
+             "add_bos": int(bool(scalar("tokenizer.ggml.add_bos_token", False)))}
+    d = tmp_path_factory.mktemp("gguf")
+    vp = os.path.join(d, "vocab.json")
+    json.dump(vocab, open(vp, "w"))
+    ref = unpack("smollm2", tmp_path_factory)
+    tk = tokenizers.Tokenizer.from_file(os.path.join(ref, "tokenizer.json"))
+    texts = corpus.generate(name="smollm2")
+    outs = run_driver([driver, "--gguf-vocab", vp], texts)
+    check(tk, texts, outs, "smollm2-gguf")
+
+
+def test_vocab_constructor_llama2(driver, tmp_path_factory):
+    """SentencePiece path of the vocabulary constructor (tokens, types, merges as GGUF has them)."""
+    ref = unpack("llama2", tmp_path_factory)
+    j = json.load(open(os.path.join(ref, "tokenizer.json"), encoding="utf-8"))
+    v = j["model"]["vocab"]
+    toks = [None] * len(v)
+    for k, i in v.items():
+        toks[i] = k
+    types = [6 if (len(t) == 6 and t.startswith("<0x")) else 1 for t in toks]
+    types[0], types[1], types[2] = 2, 3, 3
+    merges = [m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]]
+    vocab = {"model": "llama", "tokens": toks, "token_types": types, "merges": merges,
+             "bos_id": 1, "eos_id": 2, "unk_id": 0, "add_bos": 1}
+    d = tmp_path_factory.mktemp("llama2v")
+    vp = os.path.join(d, "vocab.json")
+    json.dump(vocab, open(vp, "w"))
+    tk = tokenizers.Tokenizer.from_file(os.path.join(ref, "tokenizer.json"))
+    texts = corpus.generate(name="llama2")
+    outs = run_driver([driver, "--gguf-vocab", vp], texts)
+    check(tk, texts, outs, "llama2-vocab")
