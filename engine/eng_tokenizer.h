@@ -34,7 +34,7 @@ typedef struct eng_tok eng_tok_t;
  * Load a tokenizer from a Hugging Face tokenizer.json.  config_path (may be NULL)
  * names a tokenizer_config.json: it supplies the bos/eos/pad token strings and, for
  * Llama-class tokenizers, add_bos_token/add_eos_token (as transformers does).
- * Returns PD_ERR_IO (unreadable file), PD_ERR_FORMAT (malformed JSON or fields),
+ * Returns PD_ERR_NOT_FOUND/PD_ERR_IO (missing/unreadable file), PD_ERR_FORMAT (malformed JSON or fields),
  * PD_ERR_UNSUPPORTED (a model, normaliser, pre-tokenizer, regex or decoder we do not
  * implement), PD_ERR_NOMEM.  *tok_p is set only on success.
  */
