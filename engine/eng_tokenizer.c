@@ -238,6 +238,7 @@ struct eng_tok {
     bool ignore_merges;
     bool byte_fallback;
     bool fuse_unk;
+    bool spm_split_ok;     /* no merge result has "▁" after another character (see below) */
     int spm_strip;         /* decoder Strip(" ", start=N) */
     int n_stages;
     stage_t stages[MAX_STAGES];
@@ -795,6 +796,28 @@ static pd_status_t pretok_run(enc_ctx_t *ctx, int stage, const uint8_t *s, size_
     return PD_OK;
 }
 
+/*
+ * SentencePiece models have no pre-tokenizer: the whole segment is one BPE word.  When
+ * no merge can produce a piece with "▁" after some other character (checked at load,
+ * true for Llama 2 and Mistral), no merge can cross a point where "▁" follows another
+ * character, and BPE of the whole equals BPE of the parts cut at those points (merges
+ * in different parts never interact).  Cutting keeps BPE words short.
+ */
+static pd_status_t spm_split_words(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+{
+    pd_status_t status;
+    size_t start = 0;
+    for (size_t i = 3; i + 3 <= n; i++) {
+        if (s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81 &&
+            !(s[i - 3] == 0xE2 && s[i - 2] == 0x96 && s[i - 1] == 0x81) && i > start) {
+            if ((status = bpe_word(ctx, s + start, i - start)) != PD_OK)
+                return status;
+            start = i;
+        }
+    }
+    return bpe_word(ctx, s + start, n - start);
+}
+
 /* Normalise and model one segment of text that holds no added token. */
 static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
 {
@@ -827,8 +850,10 @@ static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
                 status = pd_buf_append(&tmp, meta, 3);
             i = j + 1;
         }
-        if (status == PD_OK)
+        if (status == PD_OK && !tok->spm_split_ok)
             status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
+        else if (status == PD_OK)
+            status = spm_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
         pd_buf_cleanup(&tmp);
         return status;
     }
@@ -1322,6 +1347,27 @@ static pd_status_t tok_add_merge(eng_tok_t *tok, const char *l, size_t ll, const
     }
     pairmap_put(&tok->merges, a, b, rank, m);
     return PD_OK;
+}
+
+/* See spm_split_words: true when every merge result is "▁"* followed by no "▁". */
+static void spm_check_split(eng_tok_t *tok)
+{
+    tok->spm_split_ok = false;
+    if (tok->model != MODEL_SPM || (tok->model_unk_id >= 0 && !tok->byte_fallback))
+        return; /* fused unknowns could span a cut */
+    for (size_t i = 0; i <= tok->merges.mask; i++) {
+        const pairmap_ent_t *e = &tok->merges.ents[i];
+        if (e->key == UINT64_MAX)
+            continue;
+        const tok_entry_t *t = &tok->toks[e->id];
+        const uint8_t *p = (const uint8_t *)t->piece;
+        size_t k = 0, n = t->piece_len;
+        while (k + 3 <= n && p[k] == 0xE2 && p[k + 1] == 0x96 && p[k + 2] == 0x81)
+            k += 3;
+        if (memmem(p + k, n - k, "\xE2\x96\x81", 3) != NULL)
+            return;
+    }
+    tok->spm_split_ok = true;
 }
 
 static int cmp_added_len(const void *pa, const void *pb, void *arg)
@@ -1828,6 +1874,7 @@ pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *c
     const char *unk = json_str(model, "unk_token");
     if (unk != NULL)
         tok->unk_id = tok->model_unk_id = strmap_get(&tok->piece_map, (const uint8_t *)unk, strlen(unk));
+    spm_check_split(tok);
 
     cJSON_ArrayForEach(it, added) {
         const char *content = json_str(it, "content");
@@ -2086,6 +2133,7 @@ pd_status_t eng_tok_create_from_vocab(const eng_tok_vocab_t *v, eng_tok_t **tok_
     /* GGUF names unk for both; byte-level vocabularies cover every byte anyway, and
      * transformers' converter gives the gpt2 model no unk_token. */
     tok->model_unk_id = kind == MODEL_SPM ? v->unk_id : -1;
+    spm_check_split(tok);
     bool add_bos = v->add_bos >= 0 ? v->add_bos != 0 : kind == MODEL_SPM;
     if (add_bos && tok->bos_id >= 0 && (status = eng_tok_ids_push(&pre, tok->bos_id)) != PD_OK)
         goto err_tok;
