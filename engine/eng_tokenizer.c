@@ -16,7 +16,9 @@
  * Byte-level models keep, beside each vocabulary string ("Ġhello"), its raw bytes
  * (" hello"): encoding looks bytes up directly and decoding concatenates them.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* qsort_r, memmem */
+#endif
 #include "eng_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -2170,6 +2172,8 @@ struct eng_detok {
 static pd_status_t detok_decode(eng_detok_t *d, size_t from, size_t to, pd_buf_t *out)
 {
     pd_buf_reset(out);
+    if (from == to) /* ids.ids may still be NULL */
+        return pd_buf_append(out, "", 0);
     return eng_tok_decode(d->tok, d->ids.ids + from, to - from, d->skip_special, d->spaces_between, out);
 }
 
@@ -2265,12 +2269,12 @@ pd_status_t eng_detok_finish(eng_detok_t *d, pd_buf_t *delta)
         (status = detok_decode(d, 0, d->ids.n, &d->b)) != PD_OK)
         return status;
     size_t skip = 0;
-    if (d->b.len >= d->a.len && memcmp(d->a.data, d->b.data, d->a.len) == 0)
+    if (d->b.len >= d->a.len && (d->a.len == 0 || memcmp(d->a.data, d->b.data, d->a.len) == 0))
         skip = d->a.len;
     const char *exp = d->b.data + skip;
     size_t exp_len = d->b.len - skip;
     size_t from = d->emitted.len;
-    if (exp_len < from || memcmp(exp, d->emitted.data, from) != 0) {
+    if (exp_len < from || (from > 0 && memcmp(exp, d->emitted.data, from) != 0)) {
         /* Text already sent cannot be taken back (see eng_detok_step): send the rest
          * from the next character boundary. */
         PD_LOG_DEBUG("tokenizer: streamed text diverged from the full decode");
