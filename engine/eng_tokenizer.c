@@ -236,6 +236,9 @@ struct eng_tok {
     model_kind_t model;
     bool nfc;              /* NFC normaliser */
     bool spm_prepend;      /* Prepend("▁") */
+    bool metaspace;        /* Metaspace pre-tokenizer (replaces " ", prepends below) */
+    int meta_prepend;      /* 0 never, 1 always, 2 first (only at the start of the input) */
+    bool meta_split;       /* split before every "▁" (MergedWithNext) */
     bool spm_replace;      /* Replace(" ", "▁") */
     bool ignore_merges;
     bool byte_fallback;
@@ -820,8 +823,26 @@ static pd_status_t spm_split_words(enc_ctx_t *ctx, const uint8_t *s, size_t n)
     return bpe_word(ctx, s + start, n - start);
 }
 
-/* Normalise and model one segment of text that holds no added token. */
-static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+/* Metaspace with split: every "▁" starts a new word. */
+static pd_status_t meta_split_words(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+{
+    pd_status_t status;
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81 && i > start) {
+            if ((status = bpe_word(ctx, s + start, i - start)) != PD_OK)
+                return status;
+            start = i;
+        }
+    }
+    return bpe_word(ctx, s + start, n - start);
+}
+
+/*
+ * Normalise and model one segment of text that holds no added token; at_start tells
+ * whether it begins the input (Metaspace's prepend_scheme "first").
+ */
+static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n, bool at_start)
 {
     const eng_tok_t *tok = ctx->tok;
     pd_status_t status;
@@ -836,23 +857,29 @@ static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
         s = (const uint8_t *)ctx->norm.data;
         n = ctx->norm.len;
     }
-    if (tok->spm_prepend || tok->spm_replace) {
+    if (tok->spm_prepend || tok->spm_replace || tok->metaspace) {
         static const uint8_t meta[3] = {0xE2, 0x96, 0x81}; /* U+2581 "▁" */
+        bool replace = tok->spm_replace || tok->metaspace;
+        bool prepend = tok->spm_prepend;
+        if (tok->metaspace && (tok->meta_prepend == 1 || (tok->meta_prepend == 2 && at_start)))
+            prepend = s[0] != ' ' && !(n >= 3 && memcmp(s, meta, 3) == 0);
         pd_buf_t tmp;
         pd_buf_init(&tmp);
         status = pd_buf_reserve(&tmp, n * 3 + 3);
-        if (status == PD_OK && tok->spm_prepend)
+        if (status == PD_OK && prepend)
             status = pd_buf_append(&tmp, meta, 3);
         for (size_t i = 0; i < n && status == PD_OK;) {
             size_t j = i;
-            while (j < n && !(s[j] == ' ' && tok->spm_replace))
+            while (j < n && !(s[j] == ' ' && replace))
                 j++;
             status = pd_buf_append(&tmp, s + i, j - i);
             if (j < n && status == PD_OK)
                 status = pd_buf_append(&tmp, meta, 3);
             i = j + 1;
         }
-        if (status == PD_OK && !tok->spm_split_ok)
+        if (status == PD_OK && tok->meta_split)
+            status = meta_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
+        else if (status == PD_OK && !tok->spm_split_ok)
             status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
         else if (status == PD_OK)
             status = spm_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
@@ -948,14 +975,14 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
             while (stop < len && is_ws_at(s, len, stop, &l))
                 stop += l;
         }
-        status = encode_segment(&ctx, s + seg, start - seg);
+        status = encode_segment(&ctx, s + seg, start - seg, seg == 0);
         if (status == PD_OK)
             status = eng_tok_ids_push(out, a->id);
         if (status != PD_OK)
             goto cleanup;
         seg = pos = stop;
     }
-    status = encode_segment(&ctx, s + seg, len - seg);
+    status = encode_segment(&ctx, s + seg, len - seg, seg == 0);
     if (status != PD_OK)
         goto cleanup;
     if (add_special_tokens && tok->n_suffix > 0) {
@@ -1524,6 +1551,25 @@ static pd_status_t parse_pretok(eng_tok_t *tok, const cJSON *pt)
             return unsupported("ByteLevel pre-tokenizer without a ByteLevel decoder", NULL);
         return json_bool(pt, "use_regex", true) ? add_stage(tok, STAGE_GPT2) : PD_OK;
     }
+    if (type_is(pt, "Metaspace")) {
+        const char *rep = json_str(pt, "replacement");
+        const char *scheme = json_str(pt, "prepend_scheme");
+        if (tok->model != MODEL_SPM || rep == NULL || strcmp(rep, "\xE2\x96\x81") != 0)
+            return unsupported("Metaspace pre-tokenizer (only \"\xE2\x96\x81\" with a SentencePiece decoder)", NULL);
+        tok->metaspace = true;
+        if (scheme == NULL) /* older files: add_prefix_space */
+            tok->meta_prepend = json_bool(pt, "add_prefix_space", true) ? 1 : 0;
+        else if (strcmp(scheme, "always") == 0)
+            tok->meta_prepend = 1;
+        else if (strcmp(scheme, "first") == 0)
+            tok->meta_prepend = 2;
+        else if (strcmp(scheme, "never") == 0)
+            tok->meta_prepend = 0;
+        else
+            return unsupported("Metaspace prepend_scheme", NULL);
+        tok->meta_split = json_bool(pt, "split", true);
+        return PD_OK;
+    }
     if (type_is(pt, "Digits"))
         return add_stage(tok, json_bool(pt, "individual_digits", false) ? STAGE_DIGITS1 : STAGE_DIGITS);
     if (type_is(pt, "Split")) {
@@ -1881,6 +1927,7 @@ pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *c
     cJSON_ArrayForEach(it, added) {
         const char *content = json_str(it, "content");
         if (json_bool(it, "normalized", false) && (tok->nfc || tok->spm_prepend || tok->spm_replace)) {
+            /* would need matching on normalised text; no supported model has it */
             status = unsupported("added token with normalized=true under a normaliser", NULL);
             goto err_tok;
         }

@@ -174,3 +174,21 @@ def test_vocab_constructor_llama2(driver, tmp_path_factory):
     texts = corpus.generate(name="llama2")
     outs = run_driver([driver, "--gguf-vocab", vp], texts)
     check(tk, texts, outs, "llama2-vocab")
+
+
+@pytest.mark.parametrize("scheme,split", [("first", False), ("always", True), ("never", False), ("first", True)])
+def test_metaspace_variants(scheme, split, driver, tmp_path_factory):
+    """Llama 2's vocabulary with a Metaspace pre-tokenizer instead of the normaliser, the
+    way newer SentencePiece conversions (Mistral v0.3, ...) write tokenizer.json."""
+    ref = unpack("llama2", tmp_path_factory)
+    j = json.load(open(os.path.join(ref, "tokenizer.json"), encoding="utf-8"))
+    j["normalizer"] = None
+    j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": split}
+    d = tmp_path_factory.mktemp("meta")
+    p = os.path.join(d, "tokenizer.json")
+    with open(p, "w", encoding="utf-8") as f:
+        json.dump(j, f, ensure_ascii=False)
+    tk = tokenizers.Tokenizer.from_file(p)
+    texts = corpus.generate(n=800, name="llama2")
+    outs = run_driver([driver, p], texts)
+    check(tk, texts, outs, f"metaspace-{scheme}-{split}")
