@@ -295,20 +295,18 @@ static void bytelevel_tables(eng_tok_t *tok)
 #define C_WS ENG_UNI_WS
 #define C_CRLF 16u
 
-static uint8_t ascii_class[128];
-static bool ascii_class_ready;
-
-static void ascii_class_init(void)
-{
-    /* Idempotent and written with the same values by every caller, so a benign race. */
-    for (uint32_t c = 0; c < 128; c++) {
-        unsigned f = eng_uni_flags(c) & (C_L | C_N | C_WS);
-        if (c == '\r' || c == '\n')
-            f |= C_CRLF;
-        ascii_class[c] = (uint8_t)f;
-    }
-    __atomic_store_n(&ascii_class_ready, true, __ATOMIC_RELEASE);
-}
+/* Classes of ASCII characters (C_L, C_N, C_WS, C_CRLF), constant so that concurrent
+ * encodes share nothing writable; tok_alloc checks it against eng_uni_flags. */
+static const uint8_t ascii_class[128] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 20, 4, 4, 20, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+};
 
 /* Class and length of the character at s[i] (i < n). */
 static inline unsigned char_at(const uint8_t *s, size_t n, size_t i, size_t *len_p)
@@ -945,8 +943,6 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
     pd_status_t status = PD_OK;
     size_t seg = 0, pos = 0;
 
-    if (!__atomic_load_n(&ascii_class_ready, __ATOMIC_ACQUIRE))
-        ascii_class_init();
     if (add_special_tokens && tok->n_prefix > 0) {
         status = ids_reserve(out, tok->n_prefix);
         if (status != PD_OK)
@@ -1237,8 +1233,14 @@ static pd_status_t tok_alloc(model_kind_t model, eng_tok_t **tok_p)
     for (int b = 0; b < 256; b++)
         tok->byte_ids[b] = tok->spm_byte_ids[b] = -1;
     bytelevel_tables(tok);
-    if (!__atomic_load_n(&ascii_class_ready, __ATOMIC_ACQUIRE))
-        ascii_class_init();
+    for (uint32_t c = 0; c < 128; c++) {
+        unsigned want = (eng_uni_flags(c) & (C_L | C_N | C_WS)) | ((c == '\r' || c == '\n') ? C_CRLF : 0);
+        if (ascii_class[c] != want) {
+            PD_LOG_ERR("tokenizer: ASCII class table disagrees with the Unicode tables at %u", c);
+            eng_tok_destroy(tok);
+            return PD_ERR_INTERNAL;
+        }
+    }
     *tok_p = tok;
     return PD_OK;
 }
