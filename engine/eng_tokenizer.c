@@ -258,9 +258,8 @@ struct eng_tok {
 
     added_tok_t *added;
     size_t n_added;
-    uint16_t added_first[256]; /* count of added tokens starting with this byte */
     uint32_t *added_by_byte;   /* indices, grouped by first byte, longest first */
-    uint32_t added_off[257];
+    uint32_t added_off[257];   /* added_by_byte[added_off[b] .. added_off[b + 1]) start with b */
 
     int32_t *prefix_ids, *suffix_ids;
     size_t n_prefix, n_suffix;
@@ -273,7 +272,7 @@ struct eng_tok {
     int16_t bl_cp_to_byte[512];
 };
 
-
+/* GPT-2's table: printable Latin-1 bytes map to themselves, the others to U+0100.. in order. */
 static void bytelevel_tables(eng_tok_t *tok)
 {
     int n = 0;
@@ -922,7 +921,7 @@ static const added_tok_t *find_added(const eng_tok_t *tok, const uint8_t *s, siz
 {
     for (size_t i = from; i < n; i++) {
         uint8_t b = s[i];
-        if (tok->added_first[b] == 0)
+        if (tok->added_off[b] == tok->added_off[b + 1])
             continue;
         for (uint32_t k = tok->added_off[b]; k < tok->added_off[b + 1]; k++) {
             const added_tok_t *a = &tok->added[tok->added_by_byte[k]];
@@ -1449,13 +1448,6 @@ static pd_status_t tok_index_added(eng_tok_t *tok)
     for (size_t i = 0; i < tok->n_added; i++)
         tok->added_by_byte[i] = (uint32_t)i;
     qsort_r(tok->added_by_byte, tok->n_added, sizeof(uint32_t), cmp_added_len, tok->added);
-    memset(tok->added_first, 0, sizeof(tok->added_first));
-    for (size_t i = 0; i < tok->n_added; i++) {
-        uint8_t b = tok->added[i].content[0];
-        if (tok->added_first[b] < UINT16_MAX)
-            tok->added_first[b]++;
-    }
-    /* offsets from full counts (added_first saturates only for presence tests) */
     size_t counts[256] = {0};
     for (size_t i = 0; i < tok->n_added; i++)
         counts[tok->added[i].content[0]]++;
