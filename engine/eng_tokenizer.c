@@ -240,6 +240,7 @@ struct eng_tok {
     int meta_prepend;      /* 0 never, 1 always, 2 first (only at the start of the input) */
     bool meta_split;       /* split before every "▁" (MergedWithNext) */
     bool spm_replace;      /* Replace(" ", "▁") */
+    bool bl_prefix_space;  /* ByteLevel add_prefix_space: " " before a segment lacking one */
     bool ignore_merges;
     bool byte_fallback;
     bool fuse_unk;
@@ -880,6 +881,17 @@ static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n, bo
             status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
         else if (status == PD_OK)
             status = spm_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
+        pd_buf_cleanup(&tmp);
+        return status;
+    }
+    if (tok->bl_prefix_space && s[0] != ' ') {
+        pd_buf_t tmp;
+        pd_buf_init(&tmp);
+        status = pd_buf_append(&tmp, " ", 1);
+        if (status == PD_OK)
+            status = pd_buf_append(&tmp, s, n);
+        if (status == PD_OK)
+            status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
         pd_buf_cleanup(&tmp);
         return status;
     }
@@ -1539,8 +1551,12 @@ static pd_status_t parse_pretok(eng_tok_t *tok, const cJSON *pt)
         return PD_OK;
     }
     if (type_is(pt, "ByteLevel")) {
-        if (json_bool(pt, "add_prefix_space", false))
-            return unsupported("pre-tokenizer ByteLevel with add_prefix_space", NULL);
+        if (json_bool(pt, "add_prefix_space", false)) {
+            /* it prepends to every piece that reaches it: fine first, not after a Split */
+            if (tok->n_stages > 0)
+                return unsupported("ByteLevel add_prefix_space after another pre-tokenizer", NULL);
+            tok->bl_prefix_space = true;
+        }
         if (tok->model != MODEL_BYTELEVEL)
             return unsupported("ByteLevel pre-tokenizer without a ByteLevel decoder", NULL);
         return json_bool(pt, "use_regex", true) ? add_stage(tok, STAGE_GPT2) : PD_OK;
@@ -1979,6 +1995,143 @@ pd_status_t eng_tok_create_from_files(const char *tokenizer_json_path, const cha
     status = eng_tok_create_from_json(json, len, cfg, tok_p);
     free(json);
     free(cfg);
+    return status;
+}
+
+/* ---- GPT-2 style vocab.json + merges.txt ---- */
+
+/* Add an added-token entry for a config token (string or {"content": ...}) found in vocab. */
+static void gpt2_add_config_special(cJSON *added, const cJSON *vocab, const cJSON *cfg, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    const char *content = cJSON_IsString(v) ? v->valuestring : json_str(v, "content");
+    const cJSON *id = content ? cJSON_GetObjectItemCaseSensitive(vocab, content) : NULL, *it;
+    if (!cJSON_IsNumber(id))
+        return;
+    cJSON_ArrayForEach(it, added) {
+        if (strcmp(json_str(it, "content"), content) == 0)
+            return;
+    }
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "id", id->valuedouble);
+    cJSON_AddStringToObject(t, "content", content);
+    cJSON_AddBoolToObject(t, "special", 1);
+    cJSON_AddItemToArray(added, t);
+}
+
+/*
+ * Build the tokenizer.json that transformers' GPT2Converter makes from the slow files
+ * (OPT, GPT-2): BPE over vocab/merges, ByteLevel pre-tokenizer and decoder, BOS template
+ * when add_bos_token, special tokens from tokenizer_config.json.
+ */
+static pd_status_t gpt2_files_json(const char *vocab_json, size_t vocab_len, const char *merges_txt,
+                                   const char *config_json, char **json_p)
+{
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
+    cJSON *vocab = cJSON_ParseWithLength(vocab_json, vocab_len);
+    cJSON *cfg = config_json ? cJSON_Parse(config_json) : cJSON_CreateObject();
+    cJSON *merges = cJSON_CreateArray(), *added = cJSON_AddArrayToObject(root, "added_tokens");
+    pd_status_t status = PD_OK;
+
+    if (!cJSON_IsObject(vocab) || cfg == NULL) {
+        PD_LOG_ERR("tokenizer: vocab.json or tokenizer_config.json is not valid JSON");
+        status = PD_ERR_FORMAT;
+        goto cleanup;
+    }
+    for (const char *line = merges_txt; line != NULL && *line;) {
+        const char *eol = strchr(line, '\n');
+        size_t l = eol ? (size_t)(eol - line) : strlen(line);
+        size_t tl = l;
+        while (tl > 0 && line[tl - 1] == '\r')
+            tl--;
+        if (tl > 0 && strncmp(line, "#version", 8) != 0) {
+            char *m = strndup(line, tl);
+            if (m == NULL) {
+                status = PD_ERR_NOMEM;
+                goto cleanup;
+            }
+            cJSON_AddItemToArray(merges, cJSON_CreateString(m));
+            free(m);
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddItemReferenceToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    merges = NULL;
+    /* added_tokens_decoder first (with their flags), then the named special tokens */
+    const cJSON *atd = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder"), *it;
+    cJSON_ArrayForEach(it, atd) {
+        cJSON *t = cJSON_Duplicate(it, 1);
+        cJSON_AddNumberToObject(t, "id", strtod(it->string, NULL));
+        cJSON_AddItemToArray(added, t);
+    }
+    gpt2_add_config_special(added, vocab, cfg, "bos_token");
+    gpt2_add_config_special(added, vocab, cfg, "eos_token");
+    gpt2_add_config_special(added, vocab, cfg, "unk_token");
+    gpt2_add_config_special(added, vocab, cfg, "pad_token");
+    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
+    cJSON_AddStringToObject(pre, "type", "ByteLevel");
+    cJSON_AddBoolToObject(pre, "add_prefix_space", json_bool(cfg, "add_prefix_space", false));
+    cJSON_AddBoolToObject(pre, "use_regex", 1);
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "decoder"), "type", "ByteLevel");
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(cfg, "bos_token");
+    const char *bos_s = cJSON_IsString(bos) ? bos->valuestring : json_str(bos, "content");
+    const cJSON *bos_id = bos_s ? cJSON_GetObjectItemCaseSensitive(vocab, bos_s) : NULL;
+    if (json_bool(cfg, "add_bos_token", false) && cJSON_IsNumber(bos_id)) {
+        /* {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos}}, {"Sequence": {"id": "A"}}],
+         *  "special_tokens": {bos: {"id": bos, "ids": [id], "tokens": [bos]}}} */
+        cJSON *pp = cJSON_AddObjectToObject(root, "post_processor");
+        cJSON_AddStringToObject(pp, "type", "TemplateProcessing");
+        cJSON *single = cJSON_AddArrayToObject(pp, "single");
+        cJSON *sp = cJSON_CreateObject();
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(sp, "SpecialToken"), "id", bos_s);
+        cJSON_AddItemToArray(single, sp);
+        cJSON *seq = cJSON_CreateObject();
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(seq, "Sequence"), "id", "A");
+        cJSON_AddItemToArray(single, seq);
+        cJSON *def = cJSON_AddObjectToObject(cJSON_AddObjectToObject(pp, "special_tokens"), bos_s);
+        cJSON_AddStringToObject(def, "id", bos_s);
+        cJSON_AddItemToObject(def, "ids", cJSON_CreateIntArray((const int[]){(int)bos_id->valuedouble}, 1));
+    }
+    *json_p = cJSON_PrintUnformatted(root);
+    if (*json_p == NULL)
+        status = PD_ERR_NOMEM;
+cleanup:
+    cJSON_Delete(merges);
+    cJSON_Delete(root);
+    cJSON_Delete(vocab);
+    cJSON_Delete(cfg);
+    return status;
+}
+
+pd_status_t eng_tok_create_from_bpe_files(const char *vocab_path, const char *merges_path,
+                                          const char *config_path, eng_tok_t **tok_p)
+{
+    char *vocab = NULL, *merges = NULL, *cfg = NULL, *json = NULL;
+    size_t vlen, mlen, clen;
+    pd_status_t status;
+
+    if ((status = pd_read_file(vocab_path, &vocab, &vlen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", vocab_path);
+        return status;
+    }
+    if ((status = pd_read_file(merges_path, &merges, &mlen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", merges_path);
+        goto cleanup;
+    }
+    if (config_path != NULL && (status = pd_read_file(config_path, &cfg, &clen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", config_path);
+        goto cleanup;
+    }
+    if ((status = gpt2_files_json(vocab, vlen, merges, cfg, &json)) != PD_OK)
+        goto cleanup;
+    status = eng_tok_create_from_json(json, strlen(json), cfg, tok_p);
+cleanup:
+    free(json);
+    free(cfg);
+    free(merges);
+    free(vocab);
     return status;
 }
 

@@ -45,6 +45,16 @@ pd_status_t eng_tok_create_from_files(const char *tokenizer_json_path, const cha
 pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *config_json,
                                      eng_tok_t **tok_p);
 
+/*
+ * Load a GPT-2 style tokenizer from the "slow" files vocab.json + merges.txt (OPT,
+ * GPT-2 checkpoints without tokenizer.json), as transformers converts them: byte-level
+ * BPE, GPT-2 pre-tokenizer (add_prefix_space from the config), BOS prepended when the
+ * config says add_bos_token (OPT), bos/eos/unk/pad and added_tokens_decoder entries as
+ * added tokens.  config_path may be NULL.  Statuses as eng_tok_create_from_files.
+ */
+pd_status_t eng_tok_create_from_bpe_files(const char *vocab_path, const char *merges_path,
+                                          const char *config_path, eng_tok_t **tok_p);
+
 /* Token types as GGUF numbers them (tokenizer.ggml.token_type). */
 typedef enum {
     ENG_TOK_TYPE_UNDEFINED = 0,

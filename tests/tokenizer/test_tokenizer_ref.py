@@ -192,3 +192,33 @@ def test_metaspace_variants(scheme, split, driver, tmp_path_factory):
     texts = corpus.generate(n=800, name="llama2")
     outs = run_driver([driver, p], texts)
     check(tk, texts, outs, f"metaspace-{scheme}-{split}")
+
+
+@pytest.mark.parametrize("prefix_space", [False, True])
+def test_gpt2_slow_files(prefix_space, driver, tmp_path_factory):
+    """vocab.json + merges.txt + tokenizer_config.json (OPT/GPT-2 style checkpoints),
+    against the tokenizer transformers' GPT2Converter would build from them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    ref = unpack("smollm2", tmp_path_factory)
+    j = json.load(open(os.path.join(ref, "tokenizer.json"), encoding="utf-8"))
+    d = tmp_path_factory.mktemp("gpt2files")
+    vp, mp, cp = (os.path.join(d, n) for n in ("vocab.json", "merges.txt", "tokenizer_config.json"))
+    with open(vp, "w", encoding="utf-8") as f:
+        json.dump(j["model"]["vocab"], f, ensure_ascii=False)
+    with open(mp, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for m in j["model"]["merges"]:
+            f.write((m if isinstance(m, str) else " ".join(m)) + "\n")
+    cfg = {"add_bos_token": True, "add_prefix_space": prefix_space, "bos_token": "<|im_start|>",
+           "eos_token": {"content": "<|im_end|>"}, "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>",
+           "tokenizer_class": "GPT2Tokenizer"}
+    with open(cp, "w") as f:
+        json.dump(cfg, f)
+    tk = Tokenizer(models.BPE.from_file(vp, mp))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    tk.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
+    texts = corpus.generate(n=800, name="smollm2")
+    outs = run_driver([driver, "--bpe-files", vp, mp, cp], texts)
+    check(tk, texts, outs, f"gpt2-files-{prefix_space}")

@@ -2,6 +2,7 @@
  * tok_driver.c - test helper: loads a tokenizer and answers JSON lines on stdin.
  *
  *   tok_driver <tokenizer.json> [tokenizer_config.json]        (JSON files)
+ *   tok_driver --bpe-files <vocab.json> <merges.txt> [tokenizer_config.json]
  *   tok_driver --gguf-vocab <vocab.json>                        (eng_tok_vocab_t as JSON:
  *        {"model","pre","tokens","token_types","scores","merges","bos_id",...})
  *
@@ -136,6 +137,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "--gguf-vocab") == 0 && argc >= 3)
         status = load_vocab(argv[2], &tok);
+    else if (strcmp(argv[1], "--bpe-files") == 0 && argc >= 4)
+        status = eng_tok_create_from_bpe_files(argv[2], argv[3], argc > 4 ? argv[4] : NULL, &tok);
     else
         status = eng_tok_create_from_files(argv[1], argc > 2 ? argv[2] : NULL, &tok);
     if (status != PD_OK) {
