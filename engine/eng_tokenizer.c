@@ -501,7 +501,24 @@ typedef struct enc_ctx {
     size_t syms_cap;
     merge_cand_t *heap;
     size_t heap_n, heap_cap;
+    struct word_cache_ent *cache; /* NULL for short inputs */
 } enc_ctx_t;
+
+/*
+ * Per-call cache of BPE results for short words: running prose repeats words, and a
+ * lookup is cheaper than merging.  Direct-mapped, overwritten on collision; private to
+ * one call, so nothing is shared between threads.
+ */
+#define WC_SLOTS 2048
+#define WC_KEY 22
+#define WC_IDS 6
+typedef struct word_cache_ent {
+    uint8_t key_len; /* 0 = empty */
+    uint8_t n_ids;
+    uint8_t key[WC_KEY];
+    int32_t ids[WC_IDS];
+} word_cache_ent_t;
+#define WC_MIN_TEXT 1024 /* inputs shorter than this do not set up a cache */
 
 void eng_tok_ids_init(eng_tok_ids_t *ids)
 {
@@ -690,13 +707,41 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
 }
 
 /* BPE one pre-tokenized word and append its ids. */
+static pd_status_t bpe_merge_word(enc_ctx_t *ctx, const uint8_t *w, size_t n);
+
 static pd_status_t bpe_word(enc_ctx_t *ctx, const uint8_t *w, size_t n)
 {
-    const eng_tok_t *tok = ctx->tok;
+    word_cache_ent_t *e = NULL;
     pd_status_t status;
 
     if (n == 0)
         return PD_OK;
+    if (ctx->cache != NULL && n <= WC_KEY) {
+        e = &ctx->cache[hash_bytes(w, n) & (WC_SLOTS - 1)];
+        if (e->key_len == n && memcmp(e->key, w, n) == 0) {
+            if ((status = ids_reserve(ctx->out, e->n_ids)) != PD_OK)
+                return status;
+            memcpy(ctx->out->ids + ctx->out->n, e->ids, e->n_ids * sizeof(int32_t));
+            ctx->out->n += e->n_ids;
+            return PD_OK;
+        }
+    }
+    size_t before = ctx->out->n;
+    status = bpe_merge_word(ctx, w, n);
+    if (status == PD_OK && e != NULL && ctx->out->n - before <= WC_IDS) {
+        e->key_len = (uint8_t)n;
+        e->n_ids = (uint8_t)(ctx->out->n - before);
+        memcpy(e->key, w, n);
+        memcpy(e->ids, ctx->out->ids + before, e->n_ids * sizeof(int32_t));
+    }
+    return status;
+}
+
+static pd_status_t bpe_merge_word(enc_ctx_t *ctx, const uint8_t *w, size_t n)
+{
+    const eng_tok_t *tok = ctx->tok;
+    pd_status_t status;
+
     if (tok->ignore_merges) {
         int32_t id = tok->model == MODEL_BYTELEVEL ? strmap_get(&tok->bytes_map, w, n)
                                                    : strmap_get(&tok->piece_map, w, n);
@@ -962,6 +1007,10 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
         out->n += tok->n_prefix;
     }
     pd_buf_init(&ctx.norm);
+    if (len >= WC_MIN_TEXT && (ctx.cache = calloc(WC_SLOTS, sizeof(word_cache_ent_t))) == NULL) {
+        status = PD_ERR_NOMEM;
+        goto cleanup;
+    }
     while (tok->n_added > 0 && pos < len) {
         size_t start, stop, l;
         const added_tok_t *a = find_added(tok, s, len, pos, &start);
@@ -1003,6 +1052,7 @@ cleanup:
     pd_buf_cleanup(&ctx.norm);
     free(ctx.syms);
     free(ctx.heap);
+    free(ctx.cache);
     return status;
 }
 
