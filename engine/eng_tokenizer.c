@@ -261,6 +261,8 @@ struct eng_tok {
     size_t n_added;
     uint32_t *added_by_byte;   /* indices, grouped by first byte, longest first */
     uint32_t added_off[257];   /* added_by_byte[added_off[b] .. added_off[b + 1]) start with b */
+    uint8_t added_pair[8192];  /* bit (b0 << 8 | b1): some added token starts with b0 b1 */
+    bool added_single[256];    /* some added token is the single byte b */
 
     int32_t *prefix_ids, *suffix_ids;
     size_t n_prefix, n_suffix;
@@ -980,6 +982,11 @@ static const added_tok_t *find_added(const eng_tok_t *tok, const uint8_t *s, siz
         uint8_t b = s[i];
         if (tok->added_off[b] == tok->added_off[b + 1])
             continue;
+        if (!tok->added_single[b]) {
+            unsigned pair = i + 1 < n ? (unsigned)b << 8 | s[i + 1] : 0;
+            if (i + 1 >= n || !(tok->added_pair[pair >> 3] & (1u << (pair & 7))))
+                continue;
+        }
         for (uint32_t k = tok->added_off[b]; k < tok->added_off[b + 1]; k++) {
             const added_tok_t *a = &tok->added[tok->added_by_byte[k]];
             if (a->len <= n - i && memcmp(s + i, a->content, a->len) == 0) {
@@ -1511,8 +1518,16 @@ static pd_status_t tok_index_added(eng_tok_t *tok)
         tok->added_by_byte[i] = (uint32_t)i;
     qsort_r(tok->added_by_byte, tok->n_added, sizeof(uint32_t), cmp_added_len, tok->added);
     size_t counts[256] = {0};
-    for (size_t i = 0; i < tok->n_added; i++)
-        counts[tok->added[i].content[0]]++;
+    for (size_t i = 0; i < tok->n_added; i++) {
+        const added_tok_t *a = &tok->added[i];
+        counts[a->content[0]]++;
+        if (a->len == 1) {
+            tok->added_single[a->content[0]] = true;
+        } else {
+            unsigned pair = (unsigned)a->content[0] << 8 | a->content[1];
+            tok->added_pair[pair >> 3] |= (uint8_t)(1u << (pair & 7));
+        }
+    }
     tok->added_off[0] = 0;
     for (int b = 0; b < 256; b++)
         tok->added_off[b + 1] = tok->added_off[b] + (uint32_t)counts[b];

@@ -222,3 +222,19 @@ def test_gpt2_slow_files(prefix_space, driver, tmp_path_factory):
     texts = corpus.generate(n=800, name="smollm2")
     outs = run_driver([driver, "--bpe-files", vp, mp, cp], texts)
     check(tk, texts, outs, f"gpt2-files-{prefix_space}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_long_texts(name, driver, tmp_path_factory):
+    """Long inputs (several KB: the per-call word cache and long SentencePiece words)."""
+    import random
+    d = unpack(name, tmp_path_factory)
+    tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    base = corpus.generate(name=name)
+    rng = random.Random(11)
+    texts = []
+    for _ in range(60):
+        parts = rng.sample(base, rng.randint(20, 200))
+        texts.append(rng.choice(["", " ", "\n", "\n\n"]).join(parts))
+    outs = run_driver([driver, os.path.join(d, "tokenizer.json"), os.path.join(d, "tokenizer_config.json")], texts)
+    check(tk, texts, outs, name + "-long")
