@@ -950,28 +950,35 @@ static inline bool is_ws_at(const uint8_t *s, size_t n, size_t i, size_t *len_p)
     return (char_at(s, n, i, len_p) & C_WS) != 0;
 }
 
-/* Length of the whitespace character ending at s[i-1], 0 if none. */
+/* Length of the whitespace character that ends at s[i-1], 0 if there is none. */
 static size_t ws_before(const uint8_t *s, size_t i)
 {
-    size_t l;
-    for (size_t k = 1; k <= 4 && k <= i; k++) {
-        if ((s[i - k] & 0xC0) == 0x80 && k < 4)
-            continue;
-        if (is_ws_at(s, i, i - k, &l) && l == k)
-            return k;
+    size_t k = 1, l;
+    if (i == 0)
         return 0;
-    }
+    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
+        k++; /* back to the lead byte of the last character */
+    if (is_ws_at(s, i, i - k, &l) && l == k)
+        return k;
     return 0;
+}
+
+/* single_word's "word character": alphanumeric or '_' (tokenizers' rule; we take
+ * alphanumeric as \p{L} or \p{N}, close to Rust's Alphabetic || Numeric). */
+static bool word_char_at(const uint8_t *s, size_t n, size_t i)
+{
+    size_t l;
+    return s[i] == '_' || (char_at(s, n, i, &l) & (C_L | C_N)) != 0;
 }
 
 static bool word_char_before(const uint8_t *s, size_t i)
 {
-    size_t k = 1, l;
-    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
-        k++;
+    size_t k = 1;
     if (i == 0)
         return false;
-    return (char_at(s, i, i - k, &l) & (C_L | C_N)) != 0;
+    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
+        k++;
+    return word_char_at(s, i, i - k);
 }
 
 /* Find the next added token at or after `from`: leftmost, then longest. */
@@ -1024,8 +1031,7 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
         if (a == NULL)
             break;
         stop = start + a->len;
-        if (a->single_word && (word_char_before(s, start) ||
-                               (stop < len && (char_at(s, len, stop, &l) & (C_L | C_N))))) {
+        if (a->single_word && (word_char_before(s, start) || (stop < len && word_char_at(s, len, stop)))) {
             pos = stop; /* tokenizers moves past a rejected match, too */
             continue;
         }

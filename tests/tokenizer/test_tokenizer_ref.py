@@ -238,3 +238,25 @@ def test_long_texts(name, driver, tmp_path_factory):
         texts.append(rng.choice(["", " ", "\n", "\n\n"]).join(parts))
     outs = run_driver([driver, os.path.join(d, "tokenizer.json"), os.path.join(d, "tokenizer_config.json")], texts)
     check(tk, texts, outs, name + "-long")
+
+
+def test_added_token_flags(driver, tmp_path_factory):
+    """lstrip / rstrip / single_word on added tokens (none of the shipped files sets them,
+    but converted models do, e.g. "<mask>" with lstrip)."""
+    ref = unpack("qwen3", tmp_path_factory)
+    j = json.load(open(os.path.join(ref, "tokenizer.json"), encoding="utf-8"))
+    flags = {"<|im_start|>": {"lstrip": True}, "<|im_end|>": {"rstrip": True},
+             "<think>": {"single_word": True}, "</think>": {"lstrip": True, "rstrip": True},
+             "<tool_call>": {"single_word": True, "lstrip": True}}
+    for a in j["added_tokens"]:
+        a.update(flags.get(a["content"], {}))
+    d = tmp_path_factory.mktemp("flags")
+    p = os.path.join(d, "tokenizer.json")
+    with open(p, "w", encoding="utf-8") as f:
+        json.dump(j, f, ensure_ascii=False)
+    tk = tokenizers.Tokenizer.from_file(p)
+    texts = corpus.generate(n=1200, name="qwen3")
+    texts += ["a <think> b", "a<think>b", "<think>x", "x <think>", " \t<|im_start|>  hi  <|im_end|> \n x",
+              "w </think>  z", "é<tool_call>", "1<think>2", "_<think>_", " <tool_call> ", "\u3000<|im_start|>"]
+    outs = run_driver([driver, p], texts)
+    check(tk, texts, outs, "added-flags")
