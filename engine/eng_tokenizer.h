@@ -67,8 +67,16 @@ typedef enum {
 } eng_tok_type_t;
 
 /*
- * A vocabulary as GGUF describes it (tokenizer.ggml.*).  All pointers are borrowed for
- * the duration of eng_tok_create_from_vocab only.
+ * A vocabulary as GGUF describes it.  All pointers are borrowed for the duration of
+ * eng_tok_create_from_vocab only.  GGUF keys -> fields:
+ *   tokenizer.ggml.model -> model, .pre -> pre, .tokens -> tokens (+ token_lens: GGUF
+ *   strings are not NUL-terminated), .scores -> scores, .token_type -> token_types,
+ *   .merges -> merges, .bos_token_id / .eos_token_id / .unknown_token_id /
+ *   .padding_token_id -> *_id, .add_bos_token / .add_eos_token -> add_bos / add_eos,
+ *   .add_space_prefix -> add_space_prefix.
+ * Tokens of type CONTROL and UNKNOWN become special added tokens, USER_DEFINED plain
+ * added tokens (matched in text before BPE, as transformers' GGUF converter does).
+ * "qwen2" turns on NFC and "llama-bpe" ignore_merges, as the models' tokenizer.json do.
  */
 typedef struct eng_tok_vocab {
     const char *model;      /* "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE) */
