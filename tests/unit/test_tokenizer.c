@@ -293,7 +293,7 @@ PD_TEST(test_vocab_spm_scores)
 {
     /* SentencePiece vocabulary without merges: ranks come from the pieces' scores. */
     const char *toks[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>",
-                          "\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81" "ab", "c", "bc"};
+                          "\xE2\x96\x81", "a", "b", "ab", "\xE2\x96\x81\x61\x62" /* "▁ab" */, "c", "bc"};
     float scores[] = {0, 0, 0, 0, 0, 0, -5, -6, -6, -1, -0.5f, -6, -2};
     int32_t types[] = {2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1};
     eng_tok_vocab_t v;
