@@ -149,8 +149,7 @@ def main():
         if cp in WHITE_SPACE:
             f |= F_WS
         ccc = 0 if cp in ref_unknown_marks else ud.combining(ch)
-        if cp in decomp or ccc != 0 or cp in seconds or not ud.is_normalized('NFC', ch) \
-                or is_hangul_syllable(cp):
+        if cp in decomp or ccc != 0 or cp in seconds or not ud.is_normalized("NFC", ch):
             f |= F_NFC
         if classes is not None:
             f &= ~(F_L | F_N | F_WS)

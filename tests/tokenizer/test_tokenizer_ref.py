@@ -260,3 +260,27 @@ def test_added_token_flags(driver, tmp_path_factory):
               "w </think>  z", "é<tool_call>", "1<think>2", "_<think>_", " <tool_call> ", "\u3000<|im_start|>"]
     outs = run_driver([driver, p], texts)
     check(tk, texts, outs, "added-flags")
+
+
+def test_nfc_stress(driver, tmp_path_factory):
+    """Qwen3 normalises with NFC: random runs of bases, combining marks (old and new),
+    Hangul jamo and syllables, singletons and exclusions."""
+    import random
+    import unicodedata
+    rng = random.Random(5)
+    marks = [chr(c) for c in range(0x300, 0x370)] + ["\u0591", "\u05b0", "\u0654", "\u093c", "\u0e38",
+                                                      "\u1ab0", "\u1dc0", "\u20d0", "\u302a", "\u089e",
+                                                      "\u1ac2", "\U0001d165", "\U00011930", "\u0f71"]
+    bases = list("aeiouAEIOUnNcCsSzZ") + ["\u1100", "\u1161", "\u11a8", "\uac00", "\uac01", "\u1112",
+                                          "\u1175", "\u11c2", "\u0391", "\u03c9", "\u0415", "\u0626",
+                                          "\u0b47", "\u0b3e", "\u0cc6", "\u0cd5", "\U00011935",
+                                          "\u212b", "\u2126", "\uf900", "\u0958", "\u2adc", " ", "x"]
+    texts = []
+    for _ in range(1500):
+        texts.append("".join(rng.choice(marks if rng.random() < 0.5 else bases) for _ in range(rng.randint(1, 12))))
+        if rng.random() < 0.3:
+            texts[-1] = unicodedata.normalize(rng.choice(["NFD", "NFKD", "NFC"]), texts[-1])
+    d = unpack("qwen3", tmp_path_factory)
+    tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    outs = run_driver([driver, os.path.join(d, "tokenizer.json")], texts)
+    check(tk, texts, outs, "nfc")
