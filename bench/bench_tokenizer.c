@@ -1,7 +1,7 @@
 /*
  * bench_tokenizer.c - encoding and decoding speed of the tokenizers on English text.
  *
- *   bench_tokenizer [--mb N] [--doc-bytes B] [--threads T] [tokenizer.json ...]
+ *   bench_tokenizer [--mb N] [--doc-bytes B] [--threads T] [--dump text.txt] [tokenizer.json ...]
  *
  * The text is generated (fixed seed): English words with a Zipf-like frequency, with
  * capitals, punctuation, numbers and paragraph breaks, cut into documents of B bytes
@@ -134,6 +134,7 @@ int main(int argc, char **argv)
     int n_files = 0;
     char defaults[4][1024];
     const char *names[] = {"llama2", "llama3", "qwen3", "smollm2"};
+    const char *dump = NULL;
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--mb") && i + 1 < argc)
@@ -142,6 +143,8 @@ int main(int argc, char **argv)
             doc = (size_t)atol(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--dump") && i + 1 < argc)
+            dump = argv[++i];
         else if (n_files < 16)
             files[n_files++] = argv[i];
     }
@@ -159,6 +162,15 @@ int main(int argc, char **argv)
     }
     size_t len = (size_t)(mb * 1e6);
     char *text = make_text(len);
+    if (dump != NULL) {
+        /* the same text for other tokenizers (e.g. Hugging Face's, as the reference) */
+        FILE *f = fopen(dump, "wb");
+        if (f == NULL || fwrite(text, 1, len, f) != len) {
+            fprintf(stderr, "cannot write %s\n", dump);
+            return 1;
+        }
+        fclose(f);
+    }
     printf("%-10s %8s %14s %14s %12s %14s %10s\n", "tokenizer", "MB", "enc MB/s wall", "enc MB/s core",
            "tokens/s", "dec MB/s core", "bytes/tok");
     for (int f = 0; f < n_files; f++) {
