@@ -284,3 +284,31 @@ def test_nfc_stress(driver, tmp_path_factory):
     tk = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     outs = run_driver([driver, os.path.join(d, "tokenizer.json")], texts)
     check(tk, texts, outs, "nfc")
+
+
+def test_vocab_constructor_llama2_scores(driver, tmp_path_factory):
+    """SentencePiece GGUF files carry scores, not merges: merges are derived from the
+    scores.  Scores here are minus the rank of the first merge making each piece (the
+    order SentencePiece BPE scores follow), and the result must equal the merges file."""
+    ref = unpack("llama2", tmp_path_factory)
+    j = json.load(open(os.path.join(ref, "tokenizer.json"), encoding="utf-8"))
+    v = j["model"]["vocab"]
+    toks = [None] * len(v)
+    for k, i in v.items():
+        toks[i] = k
+    types = [6 if (len(t) == 6 and t.startswith("<0x")) else 1 for t in toks]
+    types[0], types[1], types[2] = 2, 3, 3
+    rank = {}
+    for r, m in enumerate(j["model"]["merges"]):
+        a, b = m.split(" ") if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    scores = [float(-rank.get(t, 10 ** 6)) if types[i] == 1 else 0.0 for i, t in enumerate(toks)]
+    vocab = {"model": "llama", "tokens": toks, "token_types": types, "scores": scores,
+             "bos_id": 1, "eos_id": 2, "unk_id": 0, "add_bos": 1}
+    d = tmp_path_factory.mktemp("llama2s")
+    vp = os.path.join(d, "vocab.json")
+    json.dump(vocab, open(vp, "w"))
+    tk = tokenizers.Tokenizer.from_file(os.path.join(ref, "tokenizer.json"))
+    texts = corpus.generate(name="llama2")
+    outs = run_driver([driver, "--gguf-vocab", vp], texts)
+    check(tk, texts, outs, "llama2-scores")
