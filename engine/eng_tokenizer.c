@@ -1218,6 +1218,16 @@ int32_t eng_tok_unk_id(const eng_tok_t *tok)
     return tok->unk_id;
 }
 
+bool eng_tok_adds_bos(const eng_tok_t *tok)
+{
+    return tok->n_prefix > 0 && tok->bos_id >= 0 && tok->prefix_ids[0] == tok->bos_id;
+}
+
+bool eng_tok_adds_eos(const eng_tok_t *tok)
+{
+    return tok->n_suffix > 0 && tok->eos_id >= 0 && tok->suffix_ids[tok->n_suffix - 1] == tok->eos_id;
+}
+
 bool eng_tok_is_special(const eng_tok_t *tok, int32_t id)
 {
     const tok_entry_t *t = entry(tok, id);

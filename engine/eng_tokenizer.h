@@ -151,6 +151,10 @@ int32_t eng_tok_bos_id(const eng_tok_t *tok);         /* -1 when none */
 int32_t eng_tok_eos_id(const eng_tok_t *tok);
 int32_t eng_tok_pad_id(const eng_tok_t *tok);
 int32_t eng_tok_unk_id(const eng_tok_t *tok);
+/* Whether encode(add_special_tokens=true) puts BOS first / EOS last (chat templates
+ * that write BOS themselves are encoded without special tokens to avoid a double BOS). */
+bool eng_tok_adds_bos(const eng_tok_t *tok);
+bool eng_tok_adds_eos(const eng_tok_t *tok);
 bool eng_tok_is_special(const eng_tok_t *tok, int32_t id);  /* skipped by skip_special */
 bool eng_tok_is_added(const eng_tok_t *tok, int32_t id);    /* an added token (special or not) */
 

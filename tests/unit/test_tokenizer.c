@@ -381,6 +381,10 @@ PD_TEST(test_detok_prompt_context)
     }
     if (d != NULL)
         PD_CHECK_STATUS(eng_detok_finish(d, &all), PD_OK);
+    PD_CHECK(eng_tok_adds_bos(tok));
+    PD_CHECK(!eng_tok_adds_eos(tok));
+    PD_CHECK_EQ_INT(eng_tok_bos_id(tok), 1);
+    PD_CHECK_EQ_INT(eng_tok_eos_id(tok), 2);
     /* after a prompt the first "▁Hello" keeps its space, as vLLM streams it */
     PD_CHECK_EQ_STR(all.data, g);
     eng_detok_destroy(d);
@@ -420,6 +424,10 @@ PD_TEST(test_concurrent_encode)
                        "e\xCC\x81 <|im_start|>user\nhi<|im_end|>\n";
     eng_tok_ids_t ref;
     eng_tok_ids_init(&ref);
+    PD_CHECK(!eng_tok_adds_bos(tok));
+    PD_CHECK_EQ_INT(eng_tok_bos_id(tok), -1);
+    PD_CHECK_EQ_INT(eng_tok_eos_id(tok), 151645); /* <|im_end|> */
+    PD_CHECK_EQ_INT(eng_tok_pad_id(tok), 151643); /* <|endoftext|> */
     PD_CHECK_STATUS(eng_tok_encode(tok, text, strlen(text), true, &ref), PD_OK);
     thr_arg_t args[4];
     pthread_t th[4];
