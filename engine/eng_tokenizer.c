@@ -16,7 +16,9 @@
  * Byte-level models keep, beside each vocabulary string ("Ġhello"), its raw bytes
  * (" hello"): encoding looks bytes up directly and decoding concatenates them.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* qsort_r, memmem */
+#endif
 #include "eng_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -234,10 +236,15 @@ struct eng_tok {
     model_kind_t model;
     bool nfc;              /* NFC normaliser */
     bool spm_prepend;      /* Prepend("▁") */
+    bool metaspace;        /* Metaspace pre-tokenizer (replaces " ", prepends below) */
+    int meta_prepend;      /* 0 never, 1 always, 2 first (only at the start of the input) */
+    bool meta_split;       /* split before every "▁" (MergedWithNext) */
     bool spm_replace;      /* Replace(" ", "▁") */
+    bool bl_prefix_space;  /* ByteLevel add_prefix_space: " " before a segment lacking one */
     bool ignore_merges;
     bool byte_fallback;
     bool fuse_unk;
+    bool spm_split_ok;     /* no merge result has "▁" after another character (see below) */
     int spm_strip;         /* decoder Strip(" ", start=N) */
     int n_stages;
     stage_t stages[MAX_STAGES];
@@ -252,21 +259,23 @@ struct eng_tok {
 
     added_tok_t *added;
     size_t n_added;
-    uint16_t added_first[256]; /* count of added tokens starting with this byte */
     uint32_t *added_by_byte;   /* indices, grouped by first byte, longest first */
-    uint32_t added_off[257];
+    uint32_t added_off[257];   /* added_by_byte[added_off[b] .. added_off[b + 1]) start with b */
+    uint8_t added_pair[8192];  /* bit (b0 << 8 | b1): some added token starts with b0 b1 */
+    bool added_single[256];    /* some added token is the single byte b */
 
     int32_t *prefix_ids, *suffix_ids;
     size_t n_prefix, n_suffix;
 
     int32_t bos_id, eos_id, pad_id, unk_id;
+    int32_t model_unk_id;  /* the BPE model's unk_token (tokenizer_config may name another) */
     pd_arena_t *arena;
     /* GPT-2's byte <-> printable character table */
     uint32_t bl_byte_to_cp[256];
     int16_t bl_cp_to_byte[512];
 };
 
-
+/* GPT-2's table: printable Latin-1 bytes map to themselves, the others to U+0100.. in order. */
 static void bytelevel_tables(eng_tok_t *tok)
 {
     int n = 0;
@@ -288,20 +297,18 @@ static void bytelevel_tables(eng_tok_t *tok)
 #define C_WS ENG_UNI_WS
 #define C_CRLF 16u
 
-static uint8_t ascii_class[128];
-static bool ascii_class_ready;
-
-static void ascii_class_init(void)
-{
-    /* Idempotent and written with the same values by every caller, so a benign race. */
-    for (uint32_t c = 0; c < 128; c++) {
-        unsigned f = eng_uni_flags(c) & (C_L | C_N | C_WS);
-        if (c == '\r' || c == '\n')
-            f |= C_CRLF;
-        ascii_class[c] = (uint8_t)f;
-    }
-    __atomic_store_n(&ascii_class_ready, true, __ATOMIC_RELEASE);
-}
+/* Classes of ASCII characters (C_L, C_N, C_WS, C_CRLF), constant so that concurrent
+ * encodes share nothing writable; tok_alloc checks it against eng_uni_flags. */
+static const uint8_t ascii_class[128] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 20, 4, 4, 20, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+};
 
 /* Class and length of the character at s[i] (i < n). */
 static inline unsigned char_at(const uint8_t *s, size_t n, size_t i, size_t *len_p)
@@ -364,12 +371,28 @@ static size_t match_contraction(const uint8_t *s, size_t n, size_t i, bool icase
     return 0;
 }
 
-/* Whitespace tail shared by all patterns: \s+(?!\S)|\s+ starting at i (a space). */
-static inline size_t match_ws_tail(size_t i, size_t j, size_t n)
+/*
+ * Whitespace tail shared by all patterns: \s+(?!\S)|\s+ over the run [i, j) whose last
+ * character starts at `last`: the whole run at the end of the text, else the run minus
+ * its last character (which then leads the next piece), else the single character.
+ */
+static inline size_t match_ws_tail(size_t i, size_t last, size_t j, size_t n)
 {
-    if (j == n || j - i < 2)
+    if (j == n || last == i)
         return j;
-    return j - 1;
+    return last;
+}
+
+/* Scan the whitespace run at i; returns its end, *last_p = start of its last character. */
+static inline size_t scan_ws(const uint8_t *s, size_t n, size_t i, size_t *last_p)
+{
+    size_t l, last = i;
+    while (i < n && (char_at(s, n, i, &l) & C_WS)) {
+        last = i;
+        i += l;
+    }
+    *last_p = last;
+    return i;
 }
 
 /*
@@ -399,8 +422,9 @@ static size_t match_gpt2(const uint8_t *s, size_t n, size_t i)
         return scan_class(s, n, i, C_N);
     if (is_p(c))
         return scan_p(s, n, i);
-    e = scan_class(s, n, i, C_WS);
-    return match_ws_tail(i, e, n);
+    size_t last;
+    e = scan_ws(s, n, i, &last);
+    return match_ws_tail(i, last, e, n);
 }
 
 /*
@@ -438,7 +462,7 @@ static size_t match_llama3(const uint8_t *s, size_t n, size_t i, int max_digits)
         return e;
     }
     /* whitespace: \s*[\r\n]+ ends after the run's last CR/LF */
-    size_t j = i, last_nl = 0;
+    size_t j = i, last = i, last_nl = 0;
     bool has_nl = false;
     while (j < n) {
         unsigned cj = char_at(s, n, j, &l2);
@@ -448,11 +472,12 @@ static size_t match_llama3(const uint8_t *s, size_t n, size_t i, int max_digits)
             has_nl = true;
             last_nl = j + 1;
         }
+        last = j;
         j += l2;
     }
     if (has_nl)
         return last_nl;
-    return match_ws_tail(i, j, n);
+    return match_ws_tail(i, last, j, n);
 }
 
 /* ---- encoding ---- */
@@ -478,7 +503,24 @@ typedef struct enc_ctx {
     size_t syms_cap;
     merge_cand_t *heap;
     size_t heap_n, heap_cap;
+    struct word_cache_ent *cache; /* NULL for short inputs */
 } enc_ctx_t;
+
+/*
+ * Per-call cache of BPE results for short words: running prose repeats words, and a
+ * lookup is cheaper than merging.  Direct-mapped, overwritten on collision; private to
+ * one call, so nothing is shared between threads.
+ */
+#define WC_SLOTS 2048
+#define WC_KEY 22
+#define WC_IDS 6
+typedef struct word_cache_ent {
+    uint8_t key_len; /* 0 = empty */
+    uint8_t n_ids;
+    uint8_t key[WC_KEY];
+    int32_t ids[WC_IDS];
+} word_cache_ent_t;
+#define WC_MIN_TEXT 1024 /* inputs shorter than this do not set up a cache */
 
 void eng_tok_ids_init(eng_tok_ids_t *ids)
 {
@@ -612,8 +654,8 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
             int32_t id = tok->byte_ids[w[i]];
             if (id >= 0)
                 sym_add(syms, &ns, id, 1);
-            else if (tok->unk_id >= 0)
-                sym_add(syms, &ns, tok->unk_id, 1);
+            else if (tok->model_unk_id >= 0)
+                sym_add(syms, &ns, tok->model_unk_id, 1);
         }
         return ns;
     }
@@ -649,13 +691,13 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
                 continue;
             }
         }
-        if (tok->unk_id >= 0) {
+        if (tok->model_unk_id >= 0) {
             if (unk_pending >= 0 && tok->fuse_unk) {
                 unk_len += (uint32_t)l;
             } else {
                 if (unk_pending >= 0)
                     sym_add(syms, &ns, unk_pending, unk_len);
-                unk_pending = tok->unk_id;
+                unk_pending = tok->model_unk_id;
                 unk_len = (uint32_t)l;
             }
         }
@@ -667,13 +709,41 @@ static size_t bpe_init_symbols(enc_ctx_t *ctx, const uint8_t *w, size_t n)
 }
 
 /* BPE one pre-tokenized word and append its ids. */
+static pd_status_t bpe_merge_word(enc_ctx_t *ctx, const uint8_t *w, size_t n);
+
 static pd_status_t bpe_word(enc_ctx_t *ctx, const uint8_t *w, size_t n)
 {
-    const eng_tok_t *tok = ctx->tok;
+    word_cache_ent_t *e = NULL;
     pd_status_t status;
 
     if (n == 0)
         return PD_OK;
+    if (ctx->cache != NULL && n <= WC_KEY) {
+        e = &ctx->cache[hash_bytes(w, n) & (WC_SLOTS - 1)];
+        if (e->key_len == n && memcmp(e->key, w, n) == 0) {
+            if ((status = ids_reserve(ctx->out, e->n_ids)) != PD_OK)
+                return status;
+            memcpy(ctx->out->ids + ctx->out->n, e->ids, e->n_ids * sizeof(int32_t));
+            ctx->out->n += e->n_ids;
+            return PD_OK;
+        }
+    }
+    size_t before = ctx->out->n;
+    status = bpe_merge_word(ctx, w, n);
+    if (status == PD_OK && e != NULL && ctx->out->n - before <= WC_IDS) {
+        e->key_len = (uint8_t)n;
+        e->n_ids = (uint8_t)(ctx->out->n - before);
+        memcpy(e->key, w, n);
+        memcpy(e->ids, ctx->out->ids + before, e->n_ids * sizeof(int32_t));
+    }
+    return status;
+}
+
+static pd_status_t bpe_merge_word(enc_ctx_t *ctx, const uint8_t *w, size_t n)
+{
+    const eng_tok_t *tok = ctx->tok;
+    pd_status_t status;
+
     if (tok->ignore_merges) {
         int32_t id = tok->model == MODEL_BYTELEVEL ? strmap_get(&tok->bytes_map, w, n)
                                                    : strmap_get(&tok->piece_map, w, n);
@@ -776,8 +846,48 @@ static pd_status_t pretok_run(enc_ctx_t *ctx, int stage, const uint8_t *s, size_
     return PD_OK;
 }
 
-/* Normalise and model one segment of text that holds no added token. */
-static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+/*
+ * SentencePiece models have no pre-tokenizer: the whole segment is one BPE word.  When
+ * no merge can produce a piece with "▁" after some other character (checked at load,
+ * true for Llama 2 and Mistral), no merge can cross a point where "▁" follows another
+ * character, and BPE of the whole equals BPE of the parts cut at those points (merges
+ * in different parts never interact).  Cutting keeps BPE words short.
+ */
+static pd_status_t spm_split_words(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+{
+    pd_status_t status;
+    size_t start = 0;
+    for (size_t i = 3; i + 3 <= n; i++) {
+        if (s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81 &&
+            !(s[i - 3] == 0xE2 && s[i - 2] == 0x96 && s[i - 1] == 0x81) && i > start) {
+            if ((status = bpe_word(ctx, s + start, i - start)) != PD_OK)
+                return status;
+            start = i;
+        }
+    }
+    return bpe_word(ctx, s + start, n - start);
+}
+
+/* Metaspace with split: every "▁" starts a new word. */
+static pd_status_t meta_split_words(enc_ctx_t *ctx, const uint8_t *s, size_t n)
+{
+    pd_status_t status;
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81 && i > start) {
+            if ((status = bpe_word(ctx, s + start, i - start)) != PD_OK)
+                return status;
+            start = i;
+        }
+    }
+    return bpe_word(ctx, s + start, n - start);
+}
+
+/*
+ * Normalise and model one segment of text that holds no added token; at_start tells
+ * whether it begins the input (Metaspace's prepend_scheme "first").
+ */
+static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n, bool at_start)
 {
     const eng_tok_t *tok = ctx->tok;
     pd_status_t status;
@@ -792,22 +902,41 @@ static pd_status_t encode_segment(enc_ctx_t *ctx, const uint8_t *s, size_t n)
         s = (const uint8_t *)ctx->norm.data;
         n = ctx->norm.len;
     }
-    if (tok->spm_prepend || tok->spm_replace) {
+    if (tok->spm_prepend || tok->spm_replace || tok->metaspace) {
         static const uint8_t meta[3] = {0xE2, 0x96, 0x81}; /* U+2581 "▁" */
+        bool replace = tok->spm_replace || tok->metaspace;
+        bool prepend = tok->spm_prepend;
+        if (tok->metaspace && (tok->meta_prepend == 1 || (tok->meta_prepend == 2 && at_start)))
+            prepend = s[0] != ' ' && !(n >= 3 && memcmp(s, meta, 3) == 0);
         pd_buf_t tmp;
         pd_buf_init(&tmp);
         status = pd_buf_reserve(&tmp, n * 3 + 3);
-        if (status == PD_OK && tok->spm_prepend)
+        if (status == PD_OK && prepend)
             status = pd_buf_append(&tmp, meta, 3);
         for (size_t i = 0; i < n && status == PD_OK;) {
             size_t j = i;
-            while (j < n && !(s[j] == ' ' && tok->spm_replace))
+            while (j < n && !(s[j] == ' ' && replace))
                 j++;
             status = pd_buf_append(&tmp, s + i, j - i);
             if (j < n && status == PD_OK)
                 status = pd_buf_append(&tmp, meta, 3);
             i = j + 1;
         }
+        if (status == PD_OK && tok->meta_split)
+            status = meta_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
+        else if (status == PD_OK && !tok->spm_split_ok)
+            status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
+        else if (status == PD_OK)
+            status = spm_split_words(ctx, (const uint8_t *)tmp.data, tmp.len);
+        pd_buf_cleanup(&tmp);
+        return status;
+    }
+    if (tok->bl_prefix_space && s[0] != ' ') {
+        pd_buf_t tmp;
+        pd_buf_init(&tmp);
+        status = pd_buf_append(&tmp, " ", 1);
+        if (status == PD_OK)
+            status = pd_buf_append(&tmp, s, n);
         if (status == PD_OK)
             status = pretok_run(ctx, 0, (const uint8_t *)tmp.data, tmp.len);
         pd_buf_cleanup(&tmp);
@@ -821,28 +950,35 @@ static inline bool is_ws_at(const uint8_t *s, size_t n, size_t i, size_t *len_p)
     return (char_at(s, n, i, len_p) & C_WS) != 0;
 }
 
-/* Length of the whitespace character ending at s[i-1], 0 if none. */
+/* Length of the whitespace character that ends at s[i-1], 0 if there is none. */
 static size_t ws_before(const uint8_t *s, size_t i)
 {
-    size_t l;
-    for (size_t k = 1; k <= 4 && k <= i; k++) {
-        if ((s[i - k] & 0xC0) == 0x80 && k < 4)
-            continue;
-        if (is_ws_at(s, i, i - k, &l) && l == k)
-            return k;
+    size_t k = 1, l;
+    if (i == 0)
         return 0;
-    }
+    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
+        k++; /* back to the lead byte of the last character */
+    if (is_ws_at(s, i, i - k, &l) && l == k)
+        return k;
     return 0;
+}
+
+/* single_word's "word character": alphanumeric or '_' (tokenizers' rule; we take
+ * alphanumeric as \p{L} or \p{N}, close to Rust's Alphabetic || Numeric). */
+static bool word_char_at(const uint8_t *s, size_t n, size_t i)
+{
+    size_t l;
+    return s[i] == '_' || (char_at(s, n, i, &l) & (C_L | C_N)) != 0;
 }
 
 static bool word_char_before(const uint8_t *s, size_t i)
 {
-    size_t k = 1, l;
-    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
-        k++;
+    size_t k = 1;
     if (i == 0)
         return false;
-    return (char_at(s, i, i - k, &l) & (C_L | C_N)) != 0;
+    while (k < 4 && k < i && (s[i - k] & 0xC0) == 0x80)
+        k++;
+    return word_char_at(s, i, i - k);
 }
 
 /* Find the next added token at or after `from`: leftmost, then longest. */
@@ -851,8 +987,13 @@ static const added_tok_t *find_added(const eng_tok_t *tok, const uint8_t *s, siz
 {
     for (size_t i = from; i < n; i++) {
         uint8_t b = s[i];
-        if (tok->added_first[b] == 0)
+        if (tok->added_off[b] == tok->added_off[b + 1])
             continue;
+        if (!tok->added_single[b]) {
+            unsigned pair = i + 1 < n ? (unsigned)b << 8 | s[i + 1] : 0;
+            if (i + 1 >= n || !(tok->added_pair[pair >> 3] & (1u << (pair & 7))))
+                continue;
+        }
         for (uint32_t k = tok->added_off[b]; k < tok->added_off[b + 1]; k++) {
             const added_tok_t *a = &tok->added[tok->added_by_byte[k]];
             if (a->len <= n - i && memcmp(s + i, a->content, a->len) == 0) {
@@ -872,8 +1013,6 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
     pd_status_t status = PD_OK;
     size_t seg = 0, pos = 0;
 
-    if (!__atomic_load_n(&ascii_class_ready, __ATOMIC_ACQUIRE))
-        ascii_class_init();
     if (add_special_tokens && tok->n_prefix > 0) {
         status = ids_reserve(out, tok->n_prefix);
         if (status != PD_OK)
@@ -882,14 +1021,17 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
         out->n += tok->n_prefix;
     }
     pd_buf_init(&ctx.norm);
+    if (len >= WC_MIN_TEXT && (ctx.cache = calloc(WC_SLOTS, sizeof(word_cache_ent_t))) == NULL) {
+        status = PD_ERR_NOMEM;
+        goto cleanup;
+    }
     while (tok->n_added > 0 && pos < len) {
         size_t start, stop, l;
         const added_tok_t *a = find_added(tok, s, len, pos, &start);
         if (a == NULL)
             break;
         stop = start + a->len;
-        if (a->single_word && (word_char_before(s, start) ||
-                               (stop < len && (char_at(s, len, stop, &l) & (C_L | C_N))))) {
+        if (a->single_word && (word_char_before(s, start) || (stop < len && word_char_at(s, len, stop)))) {
             pos = stop; /* tokenizers moves past a rejected match, too */
             continue;
         }
@@ -902,14 +1044,14 @@ pd_status_t eng_tok_encode(const eng_tok_t *tok, const char *text, size_t len,
             while (stop < len && is_ws_at(s, len, stop, &l))
                 stop += l;
         }
-        status = encode_segment(&ctx, s + seg, start - seg);
+        status = encode_segment(&ctx, s + seg, start - seg, seg == 0);
         if (status == PD_OK)
             status = eng_tok_ids_push(out, a->id);
         if (status != PD_OK)
             goto cleanup;
         seg = pos = stop;
     }
-    status = encode_segment(&ctx, s + seg, len - seg);
+    status = encode_segment(&ctx, s + seg, len - seg, seg == 0);
     if (status != PD_OK)
         goto cleanup;
     if (add_special_tokens && tok->n_suffix > 0) {
@@ -923,6 +1065,7 @@ cleanup:
     pd_buf_cleanup(&ctx.norm);
     free(ctx.syms);
     free(ctx.heap);
+    free(ctx.cache);
     return status;
 }
 
@@ -1075,6 +1218,16 @@ int32_t eng_tok_unk_id(const eng_tok_t *tok)
     return tok->unk_id;
 }
 
+bool eng_tok_adds_bos(const eng_tok_t *tok)
+{
+    return tok->n_prefix > 0 && tok->bos_id >= 0 && tok->prefix_ids[0] == tok->bos_id;
+}
+
+bool eng_tok_adds_eos(const eng_tok_t *tok)
+{
+    return tok->n_suffix > 0 && tok->eos_id >= 0 && tok->suffix_ids[tok->n_suffix - 1] == tok->eos_id;
+}
+
 bool eng_tok_is_special(const eng_tok_t *tok, int32_t id)
 {
     const tok_entry_t *t = entry(tok, id);
@@ -1160,12 +1313,18 @@ static pd_status_t tok_alloc(model_kind_t model, eng_tok_t **tok_p)
         return PD_ERR_NOMEM;
     }
     tok->model = model;
-    tok->bos_id = tok->eos_id = tok->pad_id = tok->unk_id = -1;
+    tok->bos_id = tok->eos_id = tok->pad_id = tok->unk_id = tok->model_unk_id = -1;
     for (int b = 0; b < 256; b++)
         tok->byte_ids[b] = tok->spm_byte_ids[b] = -1;
     bytelevel_tables(tok);
-    if (!__atomic_load_n(&ascii_class_ready, __ATOMIC_ACQUIRE))
-        ascii_class_init();
+    for (uint32_t c = 0; c < 128; c++) {
+        unsigned want = (eng_uni_flags(c) & (C_L | C_N | C_WS)) | ((c == '\r' || c == '\n') ? C_CRLF : 0);
+        if (ascii_class[c] != want) {
+            PD_LOG_ERR("tokenizer: ASCII class table disagrees with the Unicode tables at %u", c);
+            eng_tok_destroy(tok);
+            return PD_ERR_INTERNAL;
+        }
+    }
     *tok_p = tok;
     return PD_OK;
 }
@@ -1305,6 +1464,27 @@ static pd_status_t tok_add_merge(eng_tok_t *tok, const char *l, size_t ll, const
     return PD_OK;
 }
 
+/* See spm_split_words: true when every merge result is "▁"* followed by no "▁". */
+static void spm_check_split(eng_tok_t *tok)
+{
+    tok->spm_split_ok = false;
+    if (tok->model != MODEL_SPM || (tok->model_unk_id >= 0 && !tok->byte_fallback))
+        return; /* fused unknowns could span a cut */
+    for (size_t i = 0; i <= tok->merges.mask; i++) {
+        const pairmap_ent_t *e = &tok->merges.ents[i];
+        if (e->key == UINT64_MAX)
+            continue;
+        const tok_entry_t *t = &tok->toks[e->id];
+        const uint8_t *p = (const uint8_t *)t->piece;
+        size_t k = 0, n = t->piece_len;
+        while (k + 3 <= n && p[k] == 0xE2 && p[k + 1] == 0x96 && p[k + 2] == 0x81)
+            k += 3;
+        if (memmem(p + k, n - k, "\xE2\x96\x81", 3) != NULL)
+            return;
+    }
+    tok->spm_split_ok = true;
+}
+
 static int cmp_added_len(const void *pa, const void *pb, void *arg)
 {
     const added_tok_t *added = arg;
@@ -1353,16 +1533,17 @@ static pd_status_t tok_index_added(eng_tok_t *tok)
     for (size_t i = 0; i < tok->n_added; i++)
         tok->added_by_byte[i] = (uint32_t)i;
     qsort_r(tok->added_by_byte, tok->n_added, sizeof(uint32_t), cmp_added_len, tok->added);
-    memset(tok->added_first, 0, sizeof(tok->added_first));
-    for (size_t i = 0; i < tok->n_added; i++) {
-        uint8_t b = tok->added[i].content[0];
-        if (tok->added_first[b] < UINT16_MAX)
-            tok->added_first[b]++;
-    }
-    /* offsets from full counts (added_first saturates only for presence tests) */
     size_t counts[256] = {0};
-    for (size_t i = 0; i < tok->n_added; i++)
-        counts[tok->added[i].content[0]]++;
+    for (size_t i = 0; i < tok->n_added; i++) {
+        const added_tok_t *a = &tok->added[i];
+        counts[a->content[0]]++;
+        if (a->len == 1) {
+            tok->added_single[a->content[0]] = true;
+        } else {
+            unsigned pair = (unsigned)a->content[0] << 8 | a->content[1];
+            tok->added_pair[pair >> 3] |= (uint8_t)(1u << (pair & 7));
+        }
+    }
     tok->added_off[0] = 0;
     for (int b = 0; b < 256; b++)
         tok->added_off[b + 1] = tok->added_off[b] + (uint32_t)counts[b];
@@ -1451,11 +1632,34 @@ static pd_status_t parse_pretok(eng_tok_t *tok, const cJSON *pt)
         return PD_OK;
     }
     if (type_is(pt, "ByteLevel")) {
-        if (json_bool(pt, "add_prefix_space", false))
-            return unsupported("pre-tokenizer ByteLevel with add_prefix_space", NULL);
+        if (json_bool(pt, "add_prefix_space", false)) {
+            /* it prepends to every piece that reaches it: fine first, not after a Split */
+            if (tok->n_stages > 0)
+                return unsupported("ByteLevel add_prefix_space after another pre-tokenizer", NULL);
+            tok->bl_prefix_space = true;
+        }
         if (tok->model != MODEL_BYTELEVEL)
             return unsupported("ByteLevel pre-tokenizer without a ByteLevel decoder", NULL);
         return json_bool(pt, "use_regex", true) ? add_stage(tok, STAGE_GPT2) : PD_OK;
+    }
+    if (type_is(pt, "Metaspace")) {
+        const char *rep = json_str(pt, "replacement");
+        const char *scheme = json_str(pt, "prepend_scheme");
+        if (tok->model != MODEL_SPM || rep == NULL || strcmp(rep, "\xE2\x96\x81") != 0)
+            return unsupported("Metaspace pre-tokenizer (only \"\xE2\x96\x81\" with a SentencePiece decoder)", NULL);
+        tok->metaspace = true;
+        if (scheme == NULL) /* older files: add_prefix_space */
+            tok->meta_prepend = json_bool(pt, "add_prefix_space", true) ? 1 : 0;
+        else if (strcmp(scheme, "always") == 0)
+            tok->meta_prepend = 1;
+        else if (strcmp(scheme, "first") == 0)
+            tok->meta_prepend = 2;
+        else if (strcmp(scheme, "never") == 0)
+            tok->meta_prepend = 0;
+        else
+            return unsupported("Metaspace prepend_scheme", NULL);
+        tok->meta_split = json_bool(pt, "split", true);
+        return PD_OK;
     }
     if (type_is(pt, "Digits"))
         return add_stage(tok, json_bool(pt, "individual_digits", false) ? STAGE_DIGITS1 : STAGE_DIGITS);
@@ -1808,11 +2012,13 @@ pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *c
 
     const char *unk = json_str(model, "unk_token");
     if (unk != NULL)
-        tok->unk_id = strmap_get(&tok->piece_map, (const uint8_t *)unk, strlen(unk));
+        tok->unk_id = tok->model_unk_id = strmap_get(&tok->piece_map, (const uint8_t *)unk, strlen(unk));
+    spm_check_split(tok);
 
     cJSON_ArrayForEach(it, added) {
         const char *content = json_str(it, "content");
         if (json_bool(it, "normalized", false) && (tok->nfc || tok->spm_prepend || tok->spm_replace)) {
+            /* would need matching on normalised text; no supported model has it */
             status = unsupported("added token with normalized=true under a normaliser", NULL);
             goto err_tok;
         }
@@ -1870,6 +2076,143 @@ pd_status_t eng_tok_create_from_files(const char *tokenizer_json_path, const cha
     status = eng_tok_create_from_json(json, len, cfg, tok_p);
     free(json);
     free(cfg);
+    return status;
+}
+
+/* ---- GPT-2 style vocab.json + merges.txt ---- */
+
+/* Add an added-token entry for a config token (string or {"content": ...}) found in vocab. */
+static void gpt2_add_config_special(cJSON *added, const cJSON *vocab, const cJSON *cfg, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    const char *content = cJSON_IsString(v) ? v->valuestring : json_str(v, "content");
+    const cJSON *id = content ? cJSON_GetObjectItemCaseSensitive(vocab, content) : NULL, *it;
+    if (!cJSON_IsNumber(id))
+        return;
+    cJSON_ArrayForEach(it, added) {
+        if (strcmp(json_str(it, "content"), content) == 0)
+            return;
+    }
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "id", id->valuedouble);
+    cJSON_AddStringToObject(t, "content", content);
+    cJSON_AddBoolToObject(t, "special", 1);
+    cJSON_AddItemToArray(added, t);
+}
+
+/*
+ * Build the tokenizer.json that transformers' GPT2Converter makes from the slow files
+ * (OPT, GPT-2): BPE over vocab/merges, ByteLevel pre-tokenizer and decoder, BOS template
+ * when add_bos_token, special tokens from tokenizer_config.json.
+ */
+static pd_status_t gpt2_files_json(const char *vocab_json, size_t vocab_len, const char *merges_txt,
+                                   const char *config_json, char **json_p)
+{
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
+    cJSON *vocab = cJSON_ParseWithLength(vocab_json, vocab_len);
+    cJSON *cfg = config_json ? cJSON_Parse(config_json) : cJSON_CreateObject();
+    cJSON *merges = cJSON_CreateArray(), *added = cJSON_AddArrayToObject(root, "added_tokens");
+    pd_status_t status = PD_OK;
+
+    if (!cJSON_IsObject(vocab) || cfg == NULL) {
+        PD_LOG_ERR("tokenizer: vocab.json or tokenizer_config.json is not valid JSON");
+        status = PD_ERR_FORMAT;
+        goto cleanup;
+    }
+    for (const char *line = merges_txt; line != NULL && *line;) {
+        const char *eol = strchr(line, '\n');
+        size_t l = eol ? (size_t)(eol - line) : strlen(line);
+        size_t tl = l;
+        while (tl > 0 && line[tl - 1] == '\r')
+            tl--;
+        if (tl > 0 && strncmp(line, "#version", 8) != 0) {
+            char *m = strndup(line, tl);
+            if (m == NULL) {
+                status = PD_ERR_NOMEM;
+                goto cleanup;
+            }
+            cJSON_AddItemToArray(merges, cJSON_CreateString(m));
+            free(m);
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddItemReferenceToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    merges = NULL;
+    /* added_tokens_decoder first (with their flags), then the named special tokens */
+    const cJSON *atd = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder"), *it;
+    cJSON_ArrayForEach(it, atd) {
+        cJSON *t = cJSON_Duplicate(it, 1);
+        cJSON_AddNumberToObject(t, "id", strtod(it->string, NULL));
+        cJSON_AddItemToArray(added, t);
+    }
+    gpt2_add_config_special(added, vocab, cfg, "bos_token");
+    gpt2_add_config_special(added, vocab, cfg, "eos_token");
+    gpt2_add_config_special(added, vocab, cfg, "unk_token");
+    gpt2_add_config_special(added, vocab, cfg, "pad_token");
+    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
+    cJSON_AddStringToObject(pre, "type", "ByteLevel");
+    cJSON_AddBoolToObject(pre, "add_prefix_space", json_bool(cfg, "add_prefix_space", false));
+    cJSON_AddBoolToObject(pre, "use_regex", 1);
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "decoder"), "type", "ByteLevel");
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(cfg, "bos_token");
+    const char *bos_s = cJSON_IsString(bos) ? bos->valuestring : json_str(bos, "content");
+    const cJSON *bos_id = bos_s ? cJSON_GetObjectItemCaseSensitive(vocab, bos_s) : NULL;
+    if (json_bool(cfg, "add_bos_token", false) && cJSON_IsNumber(bos_id)) {
+        /* {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos}}, {"Sequence": {"id": "A"}}],
+         *  "special_tokens": {bos: {"id": bos, "ids": [id], "tokens": [bos]}}} */
+        cJSON *pp = cJSON_AddObjectToObject(root, "post_processor");
+        cJSON_AddStringToObject(pp, "type", "TemplateProcessing");
+        cJSON *single = cJSON_AddArrayToObject(pp, "single");
+        cJSON *sp = cJSON_CreateObject();
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(sp, "SpecialToken"), "id", bos_s);
+        cJSON_AddItemToArray(single, sp);
+        cJSON *seq = cJSON_CreateObject();
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(seq, "Sequence"), "id", "A");
+        cJSON_AddItemToArray(single, seq);
+        cJSON *def = cJSON_AddObjectToObject(cJSON_AddObjectToObject(pp, "special_tokens"), bos_s);
+        cJSON_AddStringToObject(def, "id", bos_s);
+        cJSON_AddItemToObject(def, "ids", cJSON_CreateIntArray((const int[]){(int)bos_id->valuedouble}, 1));
+    }
+    *json_p = cJSON_PrintUnformatted(root);
+    if (*json_p == NULL)
+        status = PD_ERR_NOMEM;
+cleanup:
+    cJSON_Delete(merges);
+    cJSON_Delete(root);
+    cJSON_Delete(vocab);
+    cJSON_Delete(cfg);
+    return status;
+}
+
+pd_status_t eng_tok_create_from_bpe_files(const char *vocab_path, const char *merges_path,
+                                          const char *config_path, eng_tok_t **tok_p)
+{
+    char *vocab = NULL, *merges = NULL, *cfg = NULL, *json = NULL;
+    size_t vlen, mlen, clen;
+    pd_status_t status;
+
+    if ((status = pd_read_file(vocab_path, &vocab, &vlen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", vocab_path);
+        return status;
+    }
+    if ((status = pd_read_file(merges_path, &merges, &mlen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", merges_path);
+        goto cleanup;
+    }
+    if (config_path != NULL && (status = pd_read_file(config_path, &cfg, &clen)) != PD_OK) {
+        PD_LOG_ERR("tokenizer: cannot read %s", config_path);
+        goto cleanup;
+    }
+    if ((status = gpt2_files_json(vocab, vlen, merges, cfg, &json)) != PD_OK)
+        goto cleanup;
+    status = eng_tok_create_from_json(json, strlen(json), cfg, tok_p);
+cleanup:
+    free(json);
+    free(cfg);
+    free(merges);
+    free(vocab);
     return status;
 }
 
@@ -2043,10 +2386,10 @@ pd_status_t eng_tok_create_from_vocab(const eng_tok_vocab_t *v, eng_tok_t **tok_
     }
     for (size_t i = 0; v->token_types != NULL && i < v->n_tokens; i++) {
         int32_t ty = v->token_types[i];
-        if (ty != ENG_TOK_TYPE_CONTROL && ty != ENG_TOK_TYPE_USER_DEFINED)
+        if (ty != ENG_TOK_TYPE_CONTROL && ty != ENG_TOK_TYPE_USER_DEFINED && ty != ENG_TOK_TYPE_UNKNOWN)
             continue;
         status = tok_add_added(tok, (int32_t)i, tok->toks[i].piece, tok->toks[i].piece_len,
-                               ty == ENG_TOK_TYPE_CONTROL, false, false, false);
+                               ty != ENG_TOK_TYPE_USER_DEFINED, false, false, false);
         if (status != PD_OK)
             goto err_tok;
     }
@@ -2064,6 +2407,10 @@ pd_status_t eng_tok_create_from_vocab(const eng_tok_vocab_t *v, eng_tok_t **tok_
     tok->eos_id = v->eos_id;
     tok->unk_id = v->unk_id;
     tok->pad_id = v->pad_id;
+    /* GGUF names unk for both; byte-level vocabularies cover every byte anyway, and
+     * transformers' converter gives the gpt2 model no unk_token. */
+    tok->model_unk_id = kind == MODEL_SPM ? v->unk_id : -1;
+    spm_check_split(tok);
     bool add_bos = v->add_bos >= 0 ? v->add_bos != 0 : kind == MODEL_SPM;
     if (add_bos && tok->bos_id >= 0 && (status = eng_tok_ids_push(&pre, tok->bos_id)) != PD_OK)
         goto err_tok;
@@ -2100,6 +2447,8 @@ struct eng_detok {
 static pd_status_t detok_decode(eng_detok_t *d, size_t from, size_t to, pd_buf_t *out)
 {
     pd_buf_reset(out);
+    if (from == to) /* ids.ids may still be NULL */
+        return pd_buf_append(out, "", 0);
     return eng_tok_decode(d->tok, d->ids.ids + from, to - from, d->skip_special, d->spaces_between, out);
 }
 
@@ -2166,14 +2515,21 @@ pd_status_t eng_detok_step(eng_detok_t *d, int32_t id, pd_buf_t *delta)
     if ((status = detok_decode(d, d->prefix_off, d->read_off, &d->a)) != PD_OK ||
         (status = detok_decode(d, d->prefix_off, d->ids.n, &d->b)) != PD_OK)
         return status;
-    /* Release text only when it grew, ends on a whole character and extends what was
-     * there before (decoding is not always prefix-stable, e.g. around specials). */
-    if (d->b.len <= d->a.len || ends_with_fffd(&d->b) || memcmp(d->a.data, d->b.data, d->a.len) != 0 ||
-        (d->b.data[d->a.len] & 0xC0) == 0x80)
+    /* Release text only when it grew and ends on a whole character (vLLM's rule). */
+    if (d->b.len <= d->a.len || ends_with_fffd(&d->b))
         return PD_OK;
-    size_t n_new = d->b.len - d->a.len;
-    if ((status = pd_buf_append(delta, d->b.data + d->a.len, n_new)) != PD_OK ||
-        (status = pd_buf_append(&d->emitted, d->b.data + d->a.len, n_new)) != PD_OK)
+    /* Normally the window's text extends what was released before.  SentencePiece's
+     * ByteFallback can rewrite earlier text (a stray byte turns a byte run into
+     * U+FFFDs); text already sent cannot be taken back, so continue after the same
+     * number of bytes, at the next character boundary. */
+    size_t from = d->a.len;
+    while (from < d->b.len && (d->b.data[from] & 0xC0) == 0x80)
+        from++;
+    if (from >= d->b.len)
+        return PD_OK;
+    size_t n_new = d->b.len - from;
+    if ((status = pd_buf_append(delta, d->b.data + from, n_new)) != PD_OK ||
+        (status = pd_buf_append(&d->emitted, d->b.data + from, n_new)) != PD_OK)
         return status;
     d->prefix_off = d->read_off;
     d->read_off = d->ids.n;
@@ -2188,17 +2544,22 @@ pd_status_t eng_detok_finish(eng_detok_t *d, pd_buf_t *delta)
         (status = detok_decode(d, 0, d->ids.n, &d->b)) != PD_OK)
         return status;
     size_t skip = 0;
-    if (d->b.len >= d->a.len && memcmp(d->a.data, d->b.data, d->a.len) == 0)
+    if (d->b.len >= d->a.len && (d->a.len == 0 || memcmp(d->a.data, d->b.data, d->a.len) == 0))
         skip = d->a.len;
     const char *exp = d->b.data + skip;
     size_t exp_len = d->b.len - skip;
-    if (exp_len < d->emitted.len || memcmp(exp, d->emitted.data, d->emitted.len) != 0) {
-        /* Text already sent cannot be taken back; report it and send nothing more. */
-        PD_LOG_WARN("tokenizer: streamed text diverged from the full decode");
-        return PD_OK;
+    size_t from = d->emitted.len;
+    if (exp_len < from || (from > 0 && memcmp(exp, d->emitted.data, from) != 0)) {
+        /* Text already sent cannot be taken back (see eng_detok_step): send the rest
+         * from the next character boundary. */
+        PD_LOG_DEBUG("tokenizer: streamed text diverged from the full decode");
+        while (from < exp_len && (exp[from] & 0xC0) == 0x80)
+            from++;
+        if (from >= exp_len)
+            return PD_OK;
     }
-    status = pd_buf_append(delta, exp + d->emitted.len, exp_len - d->emitted.len);
+    status = pd_buf_append(delta, exp + from, exp_len - from);
     if (status == PD_OK)
-        status = pd_buf_append(&d->emitted, exp + d->emitted.len, exp_len - d->emitted.len);
+        status = pd_buf_append(&d->emitted, exp + from, exp_len - from);
     return status;
 }

@@ -34,7 +34,7 @@ typedef struct eng_tok eng_tok_t;
  * Load a tokenizer from a Hugging Face tokenizer.json.  config_path (may be NULL)
  * names a tokenizer_config.json: it supplies the bos/eos/pad token strings and, for
  * Llama-class tokenizers, add_bos_token/add_eos_token (as transformers does).
- * Returns PD_ERR_IO (unreadable file), PD_ERR_FORMAT (malformed JSON or fields),
+ * Returns PD_ERR_NOT_FOUND/PD_ERR_IO (missing/unreadable file), PD_ERR_FORMAT (malformed JSON or fields),
  * PD_ERR_UNSUPPORTED (a model, normaliser, pre-tokenizer, regex or decoder we do not
  * implement), PD_ERR_NOMEM.  *tok_p is set only on success.
  */
@@ -44,6 +44,16 @@ pd_status_t eng_tok_create_from_files(const char *tokenizer_json_path, const cha
 /* The same from JSON text in memory (json[0..len)); config_json may be NULL. */
 pd_status_t eng_tok_create_from_json(const char *json, size_t len, const char *config_json,
                                      eng_tok_t **tok_p);
+
+/*
+ * Load a GPT-2 style tokenizer from the "slow" files vocab.json + merges.txt (OPT,
+ * GPT-2 checkpoints without tokenizer.json), as transformers converts them: byte-level
+ * BPE, GPT-2 pre-tokenizer (add_prefix_space from the config), BOS prepended when the
+ * config says add_bos_token (OPT), bos/eos/unk/pad and added_tokens_decoder entries as
+ * added tokens.  config_path may be NULL.  Statuses as eng_tok_create_from_files.
+ */
+pd_status_t eng_tok_create_from_bpe_files(const char *vocab_path, const char *merges_path,
+                                          const char *config_path, eng_tok_t **tok_p);
 
 /* Token types as GGUF numbers them (tokenizer.ggml.token_type). */
 typedef enum {
@@ -57,8 +67,16 @@ typedef enum {
 } eng_tok_type_t;
 
 /*
- * A vocabulary as GGUF describes it (tokenizer.ggml.*).  All pointers are borrowed for
- * the duration of eng_tok_create_from_vocab only.
+ * A vocabulary as GGUF describes it.  All pointers are borrowed for the duration of
+ * eng_tok_create_from_vocab only.  GGUF keys -> fields:
+ *   tokenizer.ggml.model -> model, .pre -> pre, .tokens -> tokens (+ token_lens: GGUF
+ *   strings are not NUL-terminated), .scores -> scores, .token_type -> token_types,
+ *   .merges -> merges, .bos_token_id / .eos_token_id / .unknown_token_id /
+ *   .padding_token_id -> *_id, .add_bos_token / .add_eos_token -> add_bos / add_eos,
+ *   .add_space_prefix -> add_space_prefix.
+ * Tokens of type CONTROL and UNKNOWN become special added tokens, USER_DEFINED plain
+ * added tokens (matched in text before BPE, as transformers' GGUF converter does).
+ * "qwen2" turns on NFC and "llama-bpe" ignore_merges, as the models' tokenizer.json do.
  */
 typedef struct eng_tok_vocab {
     const char *model;      /* "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE) */
@@ -133,6 +151,10 @@ int32_t eng_tok_bos_id(const eng_tok_t *tok);         /* -1 when none */
 int32_t eng_tok_eos_id(const eng_tok_t *tok);
 int32_t eng_tok_pad_id(const eng_tok_t *tok);
 int32_t eng_tok_unk_id(const eng_tok_t *tok);
+/* Whether encode(add_special_tokens=true) puts BOS first / EOS last (chat templates
+ * that write BOS themselves are encoded without special tokens to avoid a double BOS). */
+bool eng_tok_adds_bos(const eng_tok_t *tok);
+bool eng_tok_adds_eos(const eng_tok_t *tok);
 bool eng_tok_is_special(const eng_tok_t *tok, int32_t id);  /* skipped by skip_special */
 bool eng_tok_is_added(const eng_tok_t *tok, int32_t id);    /* an added token (special or not) */
 

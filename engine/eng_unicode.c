@@ -165,6 +165,8 @@ pd_status_t eng_utf8_append_lossy(pd_buf_t *out, const uint8_t *s, size_t n)
     pd_status_t status;
     uint32_t cp;
 
+    if (n == 0)
+        return pd_buf_append(out, "", 0);
     status = pd_buf_reserve(out, n);
     if (status != PD_OK)
         return status;

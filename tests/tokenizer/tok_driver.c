@@ -2,14 +2,15 @@
  * tok_driver.c - test helper: loads a tokenizer and answers JSON lines on stdin.
  *
  *   tok_driver <tokenizer.json> [tokenizer_config.json]        (JSON files)
+ *   tok_driver --bpe-files <vocab.json> <merges.txt> [tokenizer_config.json]
  *   tok_driver --gguf-vocab <vocab.json>                        (eng_tok_vocab_t as JSON:
  *        {"model","pre","tokens","token_types","scores","merges","bos_id",...})
  *
  * Each input line is a JSON string (text to encode) and gets one output line:
- *   {"ids": [...], "ids_special": [...], "decode": "...", "decode_skip": "...",
- *    "stream": "..."}          stream = concatenated eng_detok deltas (skip specials)
- * A line {"decode": [ids]} decodes ids instead: {"decode": "...", "decode_skip": "...",
- *    "stream": "...", "stream_ok": true}
+ *   {"ids": [...], "ids_special": [...], "decode": hex, "decode_skip": hex, "stream": hex}
+ * where the texts are the UTF-8 bytes in hex and stream is the concatenation of the
+ * eng_detok deltas (skip specials).  A line {"decode": [ids]} decodes those ids instead
+ * of encoding text.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "eng_tokenizer.h"
+#include "eng_unicode.h"
 #include "pd_util.h"
 
 static cJSON *ids_json(const eng_tok_ids_t *ids)
@@ -27,6 +29,21 @@ static cJSON *ids_json(const eng_tok_ids_t *ids)
     return arr;
 }
 
+/* Decoded text as hex: it may hold NUL, which JSON strings from cJSON cannot. */
+static cJSON *hex_json(const pd_buf_t *b)
+{
+    static const char hx[] = "0123456789abcdef";
+    char *h = malloc(b->len * 2 + 1);
+    for (size_t i = 0; i < b->len; i++) {
+        h[2 * i] = hx[(uint8_t)b->data[i] >> 4];
+        h[2 * i + 1] = hx[(uint8_t)b->data[i] & 15];
+    }
+    h[b->len * 2] = '\0';
+    cJSON *j = cJSON_CreateString(h);
+    free(h);
+    return j;
+}
+
 static int stream_decode(const eng_tok_t *tok, const int32_t *ids, size_t n, bool skip, pd_buf_t *out)
 {
     eng_detok_t *d;
@@ -34,13 +51,17 @@ static int stream_decode(const eng_tok_t *tok, const int32_t *ids, size_t n, boo
         return -1;
     pd_buf_append(out, "", 0);
     for (size_t i = 0; i < n; i++) {
-        size_t before = out->len;
-        if (eng_detok_step(d, ids[i], out) != PD_OK)
+        pd_buf_t delta;
+        pd_buf_init(&delta);
+        if (eng_detok_step(d, ids[i], &delta) != PD_OK)
             return -1;
-        /* every delta must be valid UTF-8 on its own */
-        for (size_t k = before; k < out->len; k++) {
-            (void)k;
+        /* every delta must be whole characters */
+        if (!eng_utf8_valid((const uint8_t *)delta.data, delta.len)) {
+            fprintf(stderr, "delta is not valid UTF-8\n");
+            return -1;
         }
+        pd_buf_append(out, delta.data, delta.len);
+        pd_buf_cleanup(&delta);
     }
     if (eng_detok_finish(d, out) != PD_OK)
         return -1;
@@ -116,6 +137,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "--gguf-vocab") == 0 && argc >= 3)
         status = load_vocab(argv[2], &tok);
+    else if (strcmp(argv[1], "--bpe-files") == 0 && argc >= 4)
+        status = eng_tok_create_from_bpe_files(argv[2], argv[3], argc > 4 ? argv[4] : NULL, &tok);
     else
         status = eng_tok_create_from_files(argv[1], argc > 2 ? argv[2] : NULL, &tok);
     if (status != PD_OK) {
@@ -156,9 +179,9 @@ int main(int argc, char **argv)
             eng_tok_decode(tok, ids_sp.ids, ids_sp.n, true, false, &b) != PD_OK ||
             stream_decode(tok, ids_sp.ids, ids_sp.n, true, &c) != 0)
             return 1;
-        cJSON_AddItemToObject(out, "decode", cJSON_CreateString(a.data));
-        cJSON_AddItemToObject(out, "decode_skip", cJSON_CreateString(b.data));
-        cJSON_AddItemToObject(out, "stream", cJSON_CreateString(c.data));
+        cJSON_AddItemToObject(out, "decode", hex_json(&a));
+        cJSON_AddItemToObject(out, "decode_skip", hex_json(&b));
+        cJSON_AddItemToObject(out, "stream", hex_json(&c));
         char *txt = cJSON_PrintUnformatted(out);
         fputs(txt, stdout);
         fputc('\n', stdout);
