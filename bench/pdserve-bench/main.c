@@ -200,9 +200,9 @@ int main(int argc, char **argv)
         bench_sweep_print(&o, rows, n_rows);
         if (o.save_result) {
             char *json = bench_sweep_json(&o, model, rows, n_rows);
-            char *stem = bench_plot_stem(&o, model, "sweep");
+            char *stem = bench_plot_stem(&o, model, "");
             char *path = NULL;
-            if (json && stem && asprintf(&path, "%s.json", stem) > 0) {
+            if (json && stem && asprintf(&path, "%s-sweep.json", stem) > 0) {
                 FILE *f = fopen(path, "w");
                 if (f) {
                     fputs(json, f);
@@ -216,7 +216,7 @@ int main(int argc, char **argv)
             free(json);
         }
         if (o.plot) {
-            char *stem = bench_plot_stem(&o, model, "sweep");
+            char *stem = bench_plot_stem(&o, model, "");
             if (stem)
                 bench_plot_sweep(&o, rows, n_rows, stem);
             free(stem);

@@ -304,7 +304,9 @@ static char *result_path(const bench_opts_t *o, const char *model, const char *w
                      conc, base, date) < 0)
             return NULL;
     } else {
-        if (asprintf(&name, "%s-%s%s-%s", o->label ? o->label : o->backend, what, conc, base) < 0)
+        /* plot / sweep stems: {label}[-{what}][-concurrencyN]-{model} */
+        if (asprintf(&name, "%s%s%s%s-%s", o->label ? o->label : o->backend, what[0] ? "-" : "",
+                     what, conc, base) < 0)
             return NULL;
     }
     if (!name)
@@ -480,6 +482,8 @@ static void write_cdf(FILE *f, double *v, int n)
     qsort(v, (size_t)n, sizeof(double), cmp_d);
     /* At most ~2000 points per curve keeps the file small; the steps stay exact. */
     int step = n > 2000 ? n / 2000 : 1;
+    if (n > 0)
+        fprintf(f, "%.6f 0.0\n", v[0] * 1000.0);
     for (int i = 0; i < n; i += step)
         fprintf(f, "%.6f %.6f\n", v[i] * 1000.0, (double)(i + 1) / n);
     if (n > 0)

@@ -14,6 +14,7 @@ script:
 Script keys (JSON object, all optional):
     model            served model id ("fake-model")
     ttft_ms, itl_ms  number or list cycled by request index (defaults 20, 5)
+    ttft_per_active_ms  extra TTFT per request already in flight (a crude load model)
     output_tokens    null = the request's max_tokens; number or list cycled by index
     tokens_per_chunk tokens per streamed chunk (1); usage still counts tokens
     usage            false = never send usage (the client must count chunks)
@@ -193,6 +194,7 @@ class Server:
         fail = self.failure_for(i)
         kind = fail["kind"] if fail else None
         rec = {"index": i, "t_recv": t_recv - self.t0, "prompt_tokens": len(self.tok.encode(prompt)),
+               "prompt_head": prompt[:40], "active_at_arrival": self.active,
                "max_tokens": max_tokens, "chat": chat, "failure": kind,
                "auth": headers.get("authorization")}
         for k in ("temperature", "top_p", "top_k", "min_p", "ignore_eos", "stream",
@@ -217,6 +219,8 @@ class Server:
             await asyncio.sleep(60)
             return False
         ttft = cyc(self.s.get("ttft_ms"), i, 20) / 1000.0
+        # a crude load model for sweep tests: each request already in flight adds delay
+        ttft += float(self.s.get("ttft_per_active_ms", 0)) * rec["active_at_arrival"] / 1000.0
         itl = cyc(self.s.get("itl_ms"), i, 5) / 1000.0
         n_out = int(cyc(self.s.get("output_tokens"), i, max_tokens))
         per = int(self.s.get("tokens_per_chunk", 1))
