@@ -94,6 +94,18 @@ def cyc(v, i, default):
     return v
 
 
+def text_of(content):
+    """Message content or prompt as text: a string, a list of parts, or token ids."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else
+                       (p if isinstance(p, str) else "") for p in content)
+    return str(content)
+
+
 class Server:
     def __init__(self, script):
         self.s = script
@@ -124,7 +136,15 @@ class Server:
                 n = int(headers.get("content-length", "0") or 0)
                 if n:
                     body = await reader.readexactly(n)
-                keep = await self.route(method, path, headers, body, writer)
+                try:
+                    keep = await self.route(method, path, headers, body, writer)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    raise
+                except Exception as e:  # a bug or odd input: say so, keep serving
+                    print("fake server: %s %s: %r" % (method, path, e), file=sys.stderr,
+                          flush=True)
+                    keep = await self.send_json(writer, 400, {"error": {
+                        "message": repr(e), "type": "BadRequestError", "code": 400}})
                 if not keep:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -149,6 +169,12 @@ class Server:
         if path == "/v1/models":
             return await self.send_json(writer, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "owned_by": "fake"}]})
+        if path in ("/health", "/ping"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            return True
+        if path == "/version":
+            return await self.send_json(writer, 200, {"version": "fake-0"})
         if path == "/stats":
             return await self.send_json(writer, 200, {"peak": self.peak, "count": self.counter,
                                                       "records": self.records})
@@ -186,10 +212,10 @@ class Server:
         self.counter += 1
         chat = path.endswith("chat/completions")
         if chat:
-            prompt = "".join(m.get("content", "") for m in req.get("messages", []))
+            prompt = "".join(text_of(m.get("content")) for m in req.get("messages", []))
             max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 16
         else:
-            prompt = req.get("prompt", "")
+            prompt = text_of(req.get("prompt", ""))
             max_tokens = req.get("max_tokens") or 16
         fail = self.failure_for(i)
         kind = fail["kind"] if fail else None
