@@ -220,7 +220,8 @@ void bench_metrics_compute(const bench_opts_t *o, const bench_run_t *run, bench_
         ttfts[n_ok] = r->ttft_s;
         e2els[n_ok] = r->e2el_s;
         n_ok++;
-        memcpy(itls + n_itl, r->itl, sizeof(double) * (size_t)r->n_itl);
+        if (r->n_itl > 0)
+            memcpy(itls + n_itl, r->itl, sizeof(double) * (size_t)r->n_itl);
         n_itl += (size_t)r->n_itl;
 
         if (o->have_goodput) {
