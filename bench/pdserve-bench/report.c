@@ -96,6 +96,22 @@ void bench_report_print(const bench_opts_t *o, const bench_run_t *run, const ben
         snprintf(key, sizeof(key), "Errors (%s):", bench_err_kind_name((bench_err_kind_t)k));
         row_i(key, m->err_counts[k]);
     }
+    for (int i = 0; i < run->n; i++) {
+        /* one line per distinct HTTP error status, first occurrence order */
+        long st = run->results[i].http_status;
+        int seen = 0, count = 0;
+        if (run->results[i].err != BENCH_ERR_HTTP)
+            continue;
+        for (int j = 0; j < i && !seen; j++)
+            seen = run->results[j].err == BENCH_ERR_HTTP && run->results[j].http_status == st;
+        if (seen)
+            continue;
+        for (int j = i; j < run->n; j++)
+            count += run->results[j].err == BENCH_ERR_HTTP && run->results[j].http_status == st;
+        char key[64];
+        snprintf(key, sizeof(key), "  HTTP %ld:", st);
+        row_i(key, count);
+    }
     printf("%-40s %s\n", "Output token counts from:",
            m->n_counted == 0 ? "server usage"
            : m->n_usage == 0 ? "streamed chunks (no usage sent)"
@@ -197,6 +213,18 @@ char *bench_report_json(const bench_opts_t *o, const char *model, const bench_ru
     cJSON *ek = cJSON_AddObjectToObject(root, "errors_by_kind");
     for (int k = 1; k < BENCH_ERR_COUNT_; k++)
         cJSON_AddNumberToObject(ek, bench_err_kind_name((bench_err_kind_t)k), m->err_counts[k]);
+    cJSON *hs = cJSON_AddObjectToObject(root, "http_error_statuses");
+    for (int i = 0; i < run->n; i++) {
+        char code[24];
+        if (run->results[i].err != BENCH_ERR_HTTP)
+            continue;
+        snprintf(code, sizeof(code), "%ld", run->results[i].http_status);
+        cJSON *c = cJSON_GetObjectItemCaseSensitive(hs, code);
+        if (c)
+            cJSON_SetNumberValue(c, c->valuedouble + 1);
+        else
+            cJSON_AddNumberToObject(hs, code, 1);
+    }
     cJSON_AddStringToObject(root, "output_token_source",
                             m->n_counted == 0 ? "usage" : m->n_usage == 0 ? "chunks" : "mixed");
     if (o->have_goodput) {
@@ -616,9 +644,9 @@ pd_status_t bench_plot_sweep(const bench_opts_t *o, const bench_sweep_row_t *row
             "'' using 1:5 with linespoints lw 2 title 'goodput', x with lines dt 2 title 'offered'\n"
             "set title 'output token throughput'\nset ylabel 'tok/s'\n"
             "plot '%s' using 1:4 with linespoints lw 2 title 'output tok/s'\n"
-            "set title 'requests meeting all SLOs'\nset ylabel '%%'\nset yrange [0:105]\n"
+            "set title 'requests meeting all SLOs'\nset ylabel '%%'\nset yrange [0:105]\nset key bottom left\n"
             "plot '%s' using 1:6 with linespoints lw 2 title 'attained', %g with lines dt 2 title 'target'\n"
-            "set autoscale y\nset title 'mean latency'\nset ylabel 'ms'\n"
+            "set autoscale y\nset key top left\nset title 'mean latency'\nset ylabel 'ms'\n"
             "plot '%s' using 1:7 with linespoints lw 2 title 'TTFT', '' using 1:8 with linespoints lw 2 title 'TPOT'\n"
             "unset multiplot\n",
             png, dat, dat, dat, 100.0 * o->goodput_attainment, dat);

@@ -165,7 +165,8 @@ def test_errors_by_kind(fake, run_bench):
     assert d["total_output_tokens"] == 12 * 6
     assert d["total_input_tokens"] == 12 * 16
     assert sum(1 for t in d["ttfts"] if t > 0) == 12
-    assert "Errors (stream_error):" in r.stdout
+    assert d["http_error_statuses"] == {"500": 3, "429": 3}
+    assert "Errors (stream_error):" in r.stdout and "HTTP 429:" in r.stdout
 
 
 def test_timeout_and_connection_errors(fake, run_bench):
