@@ -21,6 +21,7 @@ Script keys (JSON object, all optional):
     tokenize         false = no /tokenize, /detokenize (404)
     tokenizer_info   false = no /tokenizer_info (the client must find the vocab size)
     vocab_size       size of the toy vocabulary (5000)
+    ignore_stream    true = answer with one JSON body even when asked to stream
     failures         list of {"every": N, "offset": K, "kind": KIND, "after_tokens": T}:
                      request i with i % N == K fails with KIND: http500, http429,
                      disconnect (socket closed mid-stream after T chunks), error_event (an
@@ -258,7 +259,7 @@ class Server:
         cid = "cmpl-%d" % i
         created = int(time.time())
 
-        if not req.get("stream"):
+        if not req.get("stream") or self.s.get("ignore_stream"):
             await asyncio.sleep(ttft + max(0, n_out - 1) * itl)
             text = "".join(self.tok.vocab[100 + (k % 500)] for k in range(n_out))
             choice = ({"index": 0, "message": {"role": "assistant", "content": text},

@@ -182,6 +182,15 @@ def test_timeout_and_connection_errors(fake, run_bench):
     assert r.data["errors_by_kind"]["connection"] == 3
 
 
+def test_non_streaming_answer_is_an_error(fake, run_bench):
+    srv = fake({"ttft_ms": 5, "itl_ms": 1, "ignore_stream": True})
+    r = run_bench(srv.url, "--num-prompts", 3, "--random-input-len", 8,
+                  "--random-output-len", 2)
+    assert r.rc == 3
+    assert r.data["errors_by_kind"]["stream_error"] == 3
+    assert "not an SSE stream" in r.data["errors"][0]
+
+
 def test_goodput(fake, run_bench):
     srv = fake({"ttft_ms": [20, 200], "itl_ms": 5})
     r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 16,
