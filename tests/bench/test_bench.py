@@ -464,3 +464,35 @@ def test_flag_equals_form_and_underscores(fake, run_bench):
                   "--model=fake-model")
     assert r.rc == 0, r.stderr
     assert r.data["completed"] == 3 and r.data["total_input_tokens"] == 36
+
+
+def test_progress_bar_only_on_a_terminal(fake, bench_bin):
+    import os
+    import pty
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    base = [str(bench_bin), "--base-url", srv.url, "--num-prompts", "5",
+            "--random-input-len", "8", "--random-output-len", "2",
+            "--ready-check-timeout-sec", "0"]
+
+    def stderr_of(extra, tty):
+        if not tty:
+            return subprocess.run(base + extra, capture_output=True, text=True).stderr
+        master, slave = pty.openpty()
+        p = subprocess.Popen(base + extra, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        p.wait(timeout=60)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        return out.decode(errors="replace")
+
+    assert "] 5/5" in stderr_of([], True)
+    assert "] 5/5" not in stderr_of(["--disable-tqdm"], True)
+    assert "] 5/5" not in stderr_of([], False)
