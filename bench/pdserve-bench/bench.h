@@ -91,6 +91,8 @@ typedef struct bench_opts {
     char *result_dir, *result_filename, *label;
     char *metadata[BENCH_MAX_META]; /* "KEY=VALUE" */
     int n_metadata;
+    char *headers[BENCH_MAX_META];  /* "Key: value" lines for every request */
+    int n_headers;
     int disable_tqdm;
     int plot;
     int quiet;

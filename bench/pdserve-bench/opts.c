@@ -7,6 +7,7 @@
  * several space-separated values.  An unknown flag or a bad value prints one line
  * naming the flag, the value and what is accepted; the caller exits non-zero.
  */
+#define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -256,6 +257,19 @@ static int set_metadata(bench_opts_t *o, const char *flag, const char *val)
     return 0;
 }
 
+static int set_header(bench_opts_t *o, const char *flag, const char *val)
+{
+    const char *eq = strchr(val, '=');
+    if (!eq || eq == val || strpbrk(val, "\r\n"))
+        return bad(flag, val, "KEY=VALUE pairs, e.g. --header x-tenant=blue");
+    if (o->n_headers >= BENCH_MAX_META)
+        return bad(flag, val, "at most 64 headers");
+    if (asprintf(&o->headers[o->n_headers], "%.*s: %s", (int)(eq - val), val, eq + 1) < 0)
+        return -1;
+    o->n_headers++;
+    return 0;
+}
+
 static int set_lens(bench_opts_t *o, const char *flag, const char *val)
 {
     const char *p = val;
@@ -340,6 +354,8 @@ static const opt_def_t OPTS[] = {
      "/tokenize and /detokenize", NULL},
     {"api-key", OT_STR, F(api_key), 0, 0, NULL, 0, G_TARGET, "KEY",
      "bearer token (default: env OPENAI_API_KEY)", NULL},
+    {"header", OT_FUNC, 0, 0, 0, set_header, 1, G_TARGET, "KEY=VALUE ...",
+     "extra HTTP headers for every request", NULL},
     {"extra-body", OT_STR, F(extra_body), 0, 0, NULL, 0, G_TARGET, "JSON",
      "JSON object merged into every request body", NULL},
     {"request-timeout", OT_DBL, F(request_timeout_s), 0, 1e7, NULL, 0, G_TARGET, "S",
@@ -658,6 +674,8 @@ void bench_opts_cleanup(bench_opts_t *o)
         free(o->base_urls[i]);
     for (int i = 0; i < o->n_metadata; i++)
         free(o->metadata[i]);
+    for (int i = 0; i < o->n_headers; i++)
+        free(o->headers[i]);
     free(o->host);
     free(o->endpoint);
     free(o->backend);

@@ -501,6 +501,8 @@ static pd_status_t loop_init(loop_t *lp, const bench_opts_t *o)
     lp->headers = curl_slist_append(lp->headers, "Accept: text/event-stream");
     /* No "Expect: 100-continue" round trip for big prompts. */
     lp->headers = curl_slist_append(lp->headers, "Expect:");
+    for (int i = 0; i < o->n_headers; i++)
+        lp->headers = curl_slist_append(lp->headers, o->headers[i]);
     if (o->api_key) {
         char *h = NULL;
         if (asprintf(&h, "Authorization: Bearer %s", o->api_key) > 0) {

@@ -223,7 +223,7 @@ class Server:
         rec = {"index": i, "t_recv": t_recv - self.t0, "prompt_tokens": len(self.tok.encode(prompt)),
                "prompt_head": prompt[:40], "active_at_arrival": self.active,
                "max_tokens": max_tokens, "chat": chat, "failure": kind,
-               "auth": headers.get("authorization")}
+               "auth": headers.get("authorization"), "x_tenant": headers.get("x-tenant")}
         for k in ("temperature", "top_p", "top_k", "min_p", "ignore_eos", "stream",
                   "stream_options", "model"):
             if k in req:

@@ -385,7 +385,8 @@ def test_round_robin_and_api_key(fake, run_bench):
     assert len(sa) == 5 and len(sb) == 5
     assert sa[0]["auth"] == "Bearer sk-test"
     r = run_bench(a.url, "--base-url", b.url, "--api-key", "k2", "--num-prompts", 4,
-                  "--random-input-len", 8, "--random-output-len", 2)
+                  "--random-input-len", 8, "--random-output-len", 2, "--header", "x-tenant=blue")
+    assert b.stats()["records"][-1]["x_tenant"] == "blue"
     assert len(a.stats()["records"]) == 7 and b.stats()["records"][-1]["auth"] == "Bearer k2"
 
 
