@@ -65,17 +65,35 @@ def check_stats(d, name, values_ms, percentiles=(99, 90)):
 
 
 # ---------------------------------------------------------------------------
+def timing_problems(d, exp_ttft, exp_e2el, exp_tpot, exp_itls):
+    """Measured vs scripted latencies; returns a list of problems (empty = fine)."""
+    bad = []
+    meas_ttft = sorted(t * 1000 for t in d["ttfts"])
+    pairs = list(zip(meas_ttft, sorted(exp_ttft)))
+    if not all(m >= e - 1.0 for m, e in pairs):            # never earlier than scripted
+        bad.append(("early", pairs))
+    late = [(m, e) for m, e in pairs if m > e + TOL_MS]
+    if len(late) > 2:                                      # jitter outliers allowed
+        bad.append(("late", late))
+    checks = [("mean_ttft_ms", mean(exp_ttft), TOL_MS),
+              ("mean_e2el_ms", mean(exp_e2el), TOL_MS),
+              ("median_e2el_ms", pct(exp_e2el, 50), TOL_MS),
+              ("mean_tpot_ms", mean(exp_tpot), TOL_ITL_MS),
+              ("median_tpot_ms", pct(exp_tpot, 50), TOL_ITL_MS),
+              ("mean_itl_ms", mean(exp_itls), TOL_ITL_MS),
+              ("median_itl_ms", pct(exp_itls, 50), TOL_ITL_MS),
+              ("p25_itl_ms", pct(exp_itls, 25), TOL_ITL_MS)]
+    for key, want, tol in checks:
+        if abs(d[key] - want) >= tol:
+            bad.append((key, d[key], want))
+    return bad
+
+
 def test_metrics_match_script(fake, run_bench):
     ttft = [40, 60, 80, 100, 120]
     itl = [5, 10, 15]
     outn = [1, 8, 12, 20]
-    srv = fake({"ttft_ms": ttft, "itl_ms": itl, "output_tokens": outn})
     n = 24
-    r = run_bench(srv.url, "--num-prompts", n, "--random-input-len", 64, "--request-rate", 40,
-                  "--random-output-len", 32, "--percentile-metrics", "ttft,tpot,itl,e2el",
-                  "--metric-percentiles", "25,50,99")
-    assert r.rc == 0, r.stderr
-    d = r.data
     # expected per request index (the server's arrival order)
     exp_ttft = [ttft[i % 5] for i in range(n)]
     exp_n = [outn[i % 4] for i in range(n)]
@@ -84,37 +102,36 @@ def test_metrics_match_script(fake, run_bench):
     exp_tpot = [exp_itl[i] for i in range(n) if exp_n[i] > 1]
     exp_itls = [exp_itl[i] for i in range(n) for _ in range(exp_n[i] - 1)]
 
-    assert d["completed"] == n and d["failed"] == 0
-    assert d["total_output_tokens"] == sum(exp_n)
-    assert d["output_token_source"] == "usage"
-    assert close(d["request_throughput"], n / d["duration"])
-    assert close(d["output_throughput"], sum(exp_n) / d["duration"])
-    assert close(d["total_token_throughput"],
-                 (d["total_input_tokens"] + d["total_output_tokens"]) / d["duration"])
-    assert d["total_input_tokens"] == sum(d["input_lens"]) == 64 * n
+    # A stall of the shared machine can delay a whole run; the timing comparison gets
+    # one more attempt on a fresh server.  The arithmetic checks run on every attempt.
+    for attempt in range(2):
+        srv = fake({"ttft_ms": ttft, "itl_ms": itl, "output_tokens": outn})
+        r = run_bench(srv.url, "--num-prompts", n, "--random-input-len", 64,
+                      "--request-rate", 40, "--random-output-len", 32,
+                      "--percentile-metrics", "ttft,tpot,itl,e2el",
+                      "--metric-percentiles", "25,50,99")
+        assert r.rc == 0, r.stderr
+        d = r.data
+        assert d["completed"] == n and d["failed"] == 0
+        assert d["total_output_tokens"] == sum(exp_n)
+        assert d["output_token_source"] == "usage"
+        assert close(d["request_throughput"], n / d["duration"])
+        assert close(d["output_throughput"], sum(exp_n) / d["duration"])
+        assert close(d["total_token_throughput"],
+                     (d["total_input_tokens"] + d["total_output_tokens"]) / d["duration"])
+        assert d["total_input_tokens"] == sum(d["input_lens"]) == 64 * n
+        # requests with one output token are out of TPOT; pooled ITL has sum(n-1) gaps
+        assert sum(len(x) for x in d["itls"]) == len(exp_itls)
+        assert sorted(d["output_lens"]) == sorted(exp_n)
+        # exact arithmetic over the saved per-request arrays
+        vals, outs = recompute(d)
+        check_stats(d, "ttft", vals["ttft"], (25, 50, 99, 90))
+        check_stats(d, "itl", vals["itl"], (25, 50, 99, 90))
+        problems = timing_problems(d, exp_ttft, exp_e2el, exp_tpot, exp_itls)
+        if not problems:
+            break
+    assert not problems, problems
 
-    # measured vs script, as multisets (arrival order may differ from send order)
-    meas_ttft = sorted(t * 1000 for t in d["ttfts"])
-    pairs = list(zip(meas_ttft, sorted(exp_ttft)))
-    assert all(m >= e - 1.0 for m, e in pairs), pairs          # never earlier than scripted
-    late = [(m, e) for m, e in pairs if m > e + TOL_MS]
-    assert len(late) <= 2, late                                 # jitter outliers allowed
-    assert abs(d["mean_ttft_ms"] - mean(exp_ttft)) < TOL_MS
-    assert abs(d["mean_e2el_ms"] - mean(exp_e2el)) < TOL_MS
-    assert abs(d["median_e2el_ms"] - pct(exp_e2el, 50)) < TOL_MS
-    assert abs(d["mean_tpot_ms"] - mean(exp_tpot)) < TOL_ITL_MS
-    assert abs(d["median_tpot_ms"] - pct(exp_tpot, 50)) < TOL_ITL_MS
-    assert abs(d["mean_itl_ms"] - mean(exp_itls)) < TOL_ITL_MS
-    assert abs(d["median_itl_ms"] - pct(exp_itls, 50)) < TOL_ITL_MS
-    assert abs(d["p25_itl_ms"] - pct(exp_itls, 25)) < TOL_ITL_MS
-    # requests with one output token are out of TPOT; pooled ITL has sum(n-1) gaps
-    assert sum(len(x) for x in d["itls"]) == len(exp_itls)
-    assert sorted(d["output_lens"]) == sorted(exp_n)
-
-    # exact arithmetic over the saved per-request arrays
-    vals, outs = recompute(d)
-    check_stats(d, "ttft", vals["ttft"], (25, 50, 99, 90))
-    check_stats(d, "itl", vals["itl"], (25, 50, 99, 90))
     # text table shows the asked percentiles with vLLM's labels
     assert "============ Serving Benchmark Result ============" in r.stdout
     assert "P25 TTFT (ms):" in r.stdout and "P99 E2EL (ms):" in r.stdout
