@@ -251,6 +251,7 @@ char *bench_report_json(const bench_opts_t *o, const char *model, const bench_ru
         cJSON *er = cJSON_AddArrayToObject(root, "errors");
         cJSON *sk = cJSON_AddArrayToObject(root, "error_kinds");
         cJSON *st = cJSON_AddArrayToObject(root, "start_times");
+        cJSON *el = cJSON_AddArrayToObject(root, "e2els");
         for (int i = 0; i < run->n; i++) {
             const bench_result_t *r = &run->results[i];
             cJSON_AddItemToArray(il, cJSON_CreateNumber(r->prompt_len));
@@ -263,6 +264,7 @@ char *bench_report_json(const bench_opts_t *o, const char *model, const bench_ru
             cJSON_AddItemToArray(er, cJSON_CreateString(r->error ? r->error : ""));
             cJSON_AddItemToArray(sk, cJSON_CreateString(bench_err_kind_name(r->err)));
             cJSON_AddItemToArray(st, cJSON_CreateNumber(r->start_s));
+            cJSON_AddItemToArray(el, cJSON_CreateNumber(r->success ? r->e2el_s : 0));
         }
     }
     out = cJSON_PrintUnformatted(root);

@@ -49,9 +49,10 @@ def recompute(d, percentiles=(99, 90)):
     ttfts = [t for t, g in zip(d["ttfts"], ok) if g]
     outs = [o for o, g in zip(d["output_lens"], ok) if g]
     itls = [x for l, g in zip(d["itls"], ok) if g for x in l]
-    # E2EL is not in the arrays; vLLM keeps it internal too.  TPOT from e2el is checked
-    # against the script instead.
-    res = {"ttft": [t * 1000 for t in ttfts], "itl": [x * 1000 for x in itls]}
+    e2els = [e for e, g in zip(d["e2els"], ok) if g]   # pdserve extra array
+    tpots = [(e - t) / (o - 1) for e, t, o in zip(e2els, ttfts, outs) if o > 1]
+    res = {"ttft": [t * 1000 for t in ttfts], "itl": [x * 1000 for x in itls],
+           "e2el": [e * 1000 for e in e2els], "tpot": [x * 1000 for x in tpots]}
     return res, outs
 
 
@@ -127,6 +128,9 @@ def test_metrics_match_script(fake, run_bench):
         vals, outs = recompute(d)
         check_stats(d, "ttft", vals["ttft"], (25, 50, 99, 90))
         check_stats(d, "itl", vals["itl"], (25, 50, 99, 90))
+        check_stats(d, "e2el", vals["e2el"], (25, 50, 99, 90))
+        check_stats(d, "tpot", vals["tpot"], (25, 50, 99, 90))
+        assert len(vals["tpot"]) == sum(1 for x in exp_n if x > 1)
         problems = timing_problems(d, exp_ttft, exp_e2el, exp_tpot, exp_itls)
         if not problems:
             break
@@ -161,6 +165,9 @@ def test_usage_beats_chunk_count(fake, run_bench):
     # TPOT = (e2el - ttft) / (12 - 1) = 3 * 8 / 11
     assert abs(d["mean_tpot_ms"] - 24.0 / 11) < TOL_ITL_MS
     assert abs(d["mean_itl_ms"] - 8.0) < TOL_ITL_MS
+    # exact: TPOT divides by usage's 12 - 1, not by the 4 chunks
+    vals, _ = recompute(d)
+    check_stats(d, "tpot", vals["tpot"])
 
 
 def test_errors_by_kind(fake, run_bench):
