@@ -65,6 +65,8 @@ typedef struct bench_opts {
     int max_concurrency; /* 0 = unlimited */
     uint64_t seed;
     int num_warmups;
+    int ramp_strategy;   /* 0 none, 1 linear, 2 exponential (vLLM --ramp-up-strategy) */
+    int ramp_start_rps, ramp_end_rps;
     int ignore_eos;      /* -1 unset (random datasets turn it on like vLLM) */
     /* dataset */
     bench_ds_kind_t ds_kind;
@@ -179,6 +181,10 @@ void bench_run_cleanup(bench_run_t *run);
  * with shape = burstiness and mean gap 1/rate, rescaled so the last one lands at n/rate
  * as vLLM does.  rate INFINITY: all zero. */
 void bench_arrivals(double rate, double burstiness, uint64_t seed, int n, double *out);
+/* Arrivals whose rate ramps from start to end rps over the n requests (linear or
+ * exponential, vLLM's ramp-up; strategy 1 or 2); no rescaling. */
+void bench_arrivals_ramp(int strategy, double start, double end, double burstiness,
+                         uint64_t seed, int n, double *out);
 
 /* ---- random numbers (splitmix64 seeded xoshiro256**) ---- */
 typedef struct { uint64_t s[4]; } bench_rng_t;

@@ -144,9 +144,16 @@ int main(int argc, char **argv)
             if (!o.quiet) {
                 if (in_len > 0)
                     printf("Input length: %d tokens\n", in_len);
-                printf("Traffic request rate: %g\nBurstiness factor: %g (%s)\n"
+                if (o.ramp_strategy)
+                    printf("Traffic ramp-up strategy: %s.\nWill increase RPS from %d to %d RPS "
+                           "over the duration of the benchmark.\n",
+                           o.ramp_strategy == 2 ? "exponential" : "linear", o.ramp_start_rps,
+                           o.ramp_end_rps);
+                else
+                    printf("Traffic request rate: %g\n", rate);
+                printf("Burstiness factor: %g (%s)\n"
                        "Maximum request concurrency: %s%.0d\n",
-                       rate, o.burstiness, o.burstiness == 1.0 ? "Poisson process" : "Gamma distribution",
+                       o.burstiness, o.burstiness == 1.0 ? "Poisson process" : "Gamma distribution",
                        o.max_concurrency ? "" : "None", o.max_concurrency);
                 fflush(stdout);
             }

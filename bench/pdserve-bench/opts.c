@@ -270,6 +270,17 @@ static int set_header(bench_opts_t *o, const char *flag, const char *val)
     return 0;
 }
 
+static int set_ramp(bench_opts_t *o, const char *flag, const char *val)
+{
+    if (strcmp(val, "linear") == 0)
+        o->ramp_strategy = 1;
+    else if (strcmp(val, "exponential") == 0)
+        o->ramp_strategy = 2;
+    else
+        return bad(flag, val, "linear, exponential");
+    return 0;
+}
+
 static int set_lens(bench_opts_t *o, const char *flag, const char *val)
 {
     const char *p = val;
@@ -381,6 +392,13 @@ static const opt_def_t OPTS[] = {
      "random seed for datasets and arrivals (default 0)", "an integer >= 0"},
     {"num-warmups", OT_INT, F(num_warmups), 0, 1e7, NULL, 0, G_TRAFFIC, "N",
      "warm-up requests before the measured run, not counted (default 0)", "an integer >= 0"},
+    {"ramp-up-strategy", OT_FUNC, 0, 0, 0, set_ramp, 0, G_TRAFFIC, "NAME",
+     "linear or exponential: the rate ramps from --ramp-up-start-rps to --ramp-up-end-rps "
+     "over the run (instead of --request-rate)", NULL},
+    {"ramp-up-start-rps", OT_INT, F(ramp_start_rps), 0, 1e7, NULL, 0, G_TRAFFIC, "N",
+     "ramp-up: starting requests/s", "an integer >= 0"},
+    {"ramp-up-end-rps", OT_INT, F(ramp_end_rps), 0, 1e7, NULL, 0, G_TRAFFIC, "N",
+     "ramp-up: final requests/s", "an integer >= 0"},
     {"ignore-eos", OT_FUNC, 0, 0, 0, set_ignore_eos, 0, G_TRAFFIC, NULL,
      "send ignore_eos (always on for the random datasets, like vLLM)", NULL},
 
@@ -639,6 +657,27 @@ int bench_opts_parse(bench_opts_t *o, int argc, char **argv)
     }
     if (o->ds_kind == BENCH_DS_SHAREGPT && !o->dataset_path) {
         fprintf(stderr, "pdserve-bench: --dataset-name sharegpt needs --dataset-path FILE\n");
+        return -1;
+    }
+    if (o->ramp_strategy) {
+        if (o->n_rates != 1 || !isinf(o->rates[0])) {
+            fprintf(stderr, "pdserve-bench: --ramp-up-strategy: do not give --request-rate; the "
+                            "ramp sets the rate\n");
+            return -1;
+        }
+        if (o->ramp_end_rps <= 0 || o->ramp_start_rps > o->ramp_end_rps) {
+            fprintf(stderr, "pdserve-bench: --ramp-up-strategy needs --ramp-up-start-rps <= "
+                            "--ramp-up-end-rps, and an end rate > 0\n");
+            return -1;
+        }
+        if (o->ramp_strategy == 2 && o->ramp_start_rps == 0) {
+            fprintf(stderr, "pdserve-bench: --ramp-up-start-rps: bad value '0' for exponential "
+                            "ramp-up (accepted: an integer >= 1)\n");
+            return -1;
+        }
+    } else if (o->ramp_start_rps || o->ramp_end_rps) {
+        fprintf(stderr, "pdserve-bench: --ramp-up-start-rps/--ramp-up-end-rps need "
+                        "--ramp-up-strategy\n");
         return -1;
     }
     if (o->ignore_eos < 0)

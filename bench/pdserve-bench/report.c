@@ -190,6 +190,11 @@ char *bench_report_json(const bench_opts_t *o, const char *model, const bench_ru
         cJSON_AddStringToObject(root, "request_rate", "inf");
     else
         cJSON_AddNumberToObject(root, "request_rate", run->rate);
+    if (o->ramp_strategy) {
+        cJSON_AddStringToObject(root, "ramp_up_strategy", o->ramp_strategy == 2 ? "exponential" : "linear");
+        cJSON_AddNumberToObject(root, "ramp_up_start_rps", o->ramp_start_rps);
+        cJSON_AddNumberToObject(root, "ramp_up_end_rps", o->ramp_end_rps);
+    }
     cJSON_AddNumberToObject(root, "duration", m->duration_s);
     cJSON_AddNumberToObject(root, "completed", m->completed);
     cJSON_AddNumberToObject(root, "failed", m->failed);
@@ -329,6 +334,11 @@ static char *result_path(const bench_opts_t *o, const char *model, const char *w
         } else {
             name = strdup(o->result_filename);
         }
+    } else if (strcmp(what, "result") == 0 && o->ramp_strategy) {
+        if (asprintf(&name, "%s-ramp-up-%s-%dqps-%dqps%s-%s-%s.json", o->label ? o->label : o->backend,
+                     o->ramp_strategy == 2 ? "exponential" : "linear", o->ramp_start_rps,
+                     o->ramp_end_rps, conc, base, date) < 0)
+            return NULL;
     } else if (strcmp(what, "result") == 0) {
         if (asprintf(&name, "%s-%sqps%s%s-%s-%s.json", o->label ? o->label : o->backend, rw, len,
                      conc, base, date) < 0)

@@ -676,7 +676,11 @@ pd_status_t bench_run_execute(const bench_opts_t *o, const char *model, const be
             printf("Warmup run completed.\n");
     }
 
-    bench_arrivals(rate, o->burstiness, o->seed, n, at);
+    if (o->ramp_strategy)
+        bench_arrivals_ramp(o->ramp_strategy, o->ramp_start_rps, o->ramp_end_rps, o->burstiness,
+                            o->seed, n, at);
+    else
+        bench_arrivals(rate, o->burstiness, o->seed, n, at);
     lp.bytes_rx = 0;
     cpu0 = cpu_seconds();
     status = drive(&lp, o, bodies, n, at, results, show, &t0, &t_end, &peak);

@@ -129,6 +129,25 @@ void bench_arrivals(double rate, double burstiness, uint64_t seed, int n, double
     }
 }
 
+void bench_arrivals_ramp(int strategy, double start, double end, double burstiness,
+                         uint64_t seed, int n, double *out)
+{
+    bench_rng_t rng;
+    double t = 0;
+    bench_rng_seed(&rng, seed ^ 0xa5a5a5a5ULL);
+    for (int i = 0; i < n; i++) {
+        double progress = n > 1 ? (double)i / (n - 1) : 0;
+        double rate = strategy == 2 ? start * pow(end / start, progress)
+                                    : start + (end - start) * progress;
+        double gap = 0;
+        if (rate > 0)
+            gap = isinf(burstiness) ? 1.0 / rate
+                                    : bench_rng_gamma(&rng, burstiness, 1.0 / (rate * burstiness));
+        t += gap;
+        out[i] = t;
+    }
+}
+
 /* ---- statistics ---- */
 static int cmp_double(const void *a, const void *b)
 {

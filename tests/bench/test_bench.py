@@ -344,6 +344,25 @@ def test_poisson_arrivals(fake, run_bench):
     assert 0.3 < cv < 0.7, cv            # gamma shape 4: CV 1/sqrt(4) = 0.5
 
 
+def test_ramp_up(fake, run_bench):
+    srv = fake({"ttft_ms": 1, "itl_ms": 1})
+    r = run_bench(srv.url, "--num-prompts", 200, "--ramp-up-strategy", "linear",
+                  "--ramp-up-start-rps", 20, "--ramp-up-end-rps", 200,
+                  "--random-input-len", 8, "--random-output-len", 2)
+    assert r.rc == 0, r.stderr
+    assert r.data["ramp_up_strategy"] == "linear" and r.data["ramp_up_end_rps"] == 200
+    t = sorted(x["t_recv"] for x in srv.stats()["records"])
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    early, late = mean(gaps[:50]), mean(gaps[-50:])
+    assert early > 2.5 * late, (early, late)   # rates ~36 vs ~180 req/s: ratio ~5
+    assert "Traffic ramp-up strategy: linear." in r.stdout
+    for bad in (["--ramp-up-strategy", "linear", "--ramp-up-end-rps", "5", "--request-rate", "3"],
+                ["--ramp-up-strategy", "exponential", "--ramp-up-end-rps", "5"],
+                ["--ramp-up-start-rps", "5"], ["--ramp-up-strategy", "cubic"]):
+        rr = run_bench(srv.url, *bad, save=False)
+        assert rr.rc == 2 and rr.stderr.count("\n") == 1, (bad, rr.stderr)
+
+
 def test_save_result_keys(fake, run_bench):
     srv = fake({"ttft_ms": 10, "itl_ms": 2})
     r = run_bench(srv.url, "--num-prompts", 4, "--random-input-len", 8,
