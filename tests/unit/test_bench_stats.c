@@ -104,6 +104,14 @@ PD_TEST(arrivals)
     PD_CHECK(near(at[0], 0.1, 1e-12) && near(at[1] - at[0], 0.1, 1e-12));
     bench_arrivals(INFINITY, 1.0, 1, n, at);
     PD_CHECK(at[0] == 0 && at[n - 1] == 0);
+
+    /* ramp-up: constant gaps with burstiness inf follow the rate's ramp exactly */
+    bench_arrivals_ramp(1, 10.0, 100.0, INFINITY, 1, 11, at);
+    PD_CHECK(near(at[0], 0.1, 1e-12));                  /* first at 10 req/s */
+    PD_CHECK(near(at[10] - at[9], 0.01, 1e-12));        /* last at 100 req/s */
+    PD_CHECK(near(at[5] - at[4], 1.0 / 55.0, 1e-12));   /* halfway: 55 req/s */
+    bench_arrivals_ramp(2, 10.0, 1000.0, INFINITY, 1, 3, at);
+    PD_CHECK(near(at[1] - at[0], 0.01, 1e-12));         /* geometric middle: 100 req/s */
     free(at);
     free(at2);
 }
