@@ -109,10 +109,10 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill "$p" 2>/dev/null || true
+        if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi
     done
     for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && wait "$p" 2>/dev/null || true
+        if [ -n "$p" ]; then wait "$p" 2>/dev/null || true; fi
     done
     PIDS=()
 }
@@ -122,7 +122,7 @@ GPU_NEXT=0
 start_node() { # start_node LOGNAME CMD...
     local log="$OUT/$1.log"; shift
     local envs=()
-    if [ "$DEVICE" = gpu ]; then envs=(env CUDA_VISIBLE_DEVICES=$GPU_NEXT); GPU_NEXT=$((GPU_NEXT + 1)); fi
+    if [ "$DEVICE" = gpu ]; then envs=(env "CUDA_VISIBLE_DEVICES=$GPU_NEXT"); GPU_NEXT=$((GPU_NEXT + 1)); fi
     echo "+ ${envs[*]} $*" | tee -a "$OUT/commands.txt"
     if [ "$DRY" = 0 ]; then
         "${envs[@]}" "$@" > "$log" 2>&1 &
@@ -189,10 +189,10 @@ for shape in $SHAPES; do
     fi
 
     base_urls="$(IFS=,; echo "${targets[*]}")"
-    # shellcheck disable=SC2086
+    read -r -a slos <<< "$GOODPUT"
     cmd=("$BENCH" --base-url "$base_urls" --dataset-name random --random-input-len "$INPUT_LEN"
          --random-output-len "$OUTPUT_LEN" --num-prompts "$NUM_PROMPTS" --request-rate "$RATES"
-         --goodput $GOODPUT --goodput-attainment "$ATTAIN" --label "$shape"
+         --goodput "${slos[@]}" --goodput-attainment "$ATTAIN" --label "$shape"
          --save-result --result-dir "$OUT/$shape" --plot --disable-tqdm --metadata "shape=$shape" "device=$DEVICE")
     echo "+ ${cmd[*]}" | tee -a "$OUT/commands.txt"
     if [ "$DRY" = 0 ]; then
