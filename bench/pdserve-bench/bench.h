@@ -140,6 +140,7 @@ typedef enum {
     BENCH_ERR_DISCONNECT,  /* stream cut after the response began (no [DONE]) */
     BENCH_ERR_STREAM,      /* an SSE error event or an unparsable event */
     BENCH_ERR_EMPTY,       /* finished without any generated text */
+    BENCH_ERR_CANCELED,    /* still in flight when the run was interrupted (Ctrl-C) */
     BENCH_ERR_COUNT_
 } bench_err_kind_t;
 
@@ -169,7 +170,12 @@ typedef struct bench_run {
     int peak_inflight;
     double cpu_s;            /* this process's user+sys CPU during the run */
     uint64_t bytes_rx;
+    int interrupted;         /* Ctrl-C: results hold only the requests sent before it */
+    int n_planned;           /* requests the run would have sent */
 } bench_run_t;
+
+/* Set from the SIGINT handler: runs stop sending, cancel what is in flight, report. */
+extern volatile int bench_interrupted_g;
 
 /* Run the dataset at one rate (INFINITY = all at once).  Warm-ups (opts->num_warmups
  * copies of the first sample) run first and are not part of the result. */

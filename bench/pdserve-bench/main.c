@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <curl/curl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,23 @@
 #include "pd_log.h"
 
 char *bench_plot_stem(const bench_opts_t *o, const char *model, const char *what);
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    bench_interrupted_g = 1;
+}
+
+/* First Ctrl-C: stop the run and report what finished; a second one kills at once. */
+static void catch_sigint(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
 
 static void raise_fd_limit(void)
 {
@@ -157,6 +175,7 @@ int main(int argc, char **argv)
                        o.max_concurrency ? "" : "None", o.max_concurrency);
                 fflush(stdout);
             }
+            catch_sigint();
             if (bench_run_execute(&o, api_model, &ds, rate, &run) != PD_OK) {
                 bench_dataset_cleanup(&ds);
                 rc = 1;
@@ -168,6 +187,9 @@ int main(int argc, char **argv)
                 fprintf(stderr, "pdserve-bench: all requests failed (first error: %s)\n",
                         run.results[0].error ? run.results[0].error : "?");
             bench_report_print(&o, &run, &m);
+            if (run.interrupted)
+                printf("Interrupted: %d of %d requests were sent; the figures cover those "
+                       "(requests in flight count as canceled).\n", run.n, run.n_planned);
             if (!ds.exact && !o.quiet)
                 printf("Note: the target has no /tokenize; input lengths are estimates.\n");
             if (o.save_result) {
@@ -199,8 +221,12 @@ int main(int argc, char **argv)
             rows[n_rows].m = m;
             n_rows++;
             bench_run_cleanup(&run);
+            if (bench_interrupted_g)
+                break;
         }
         bench_dataset_cleanup(&ds);
+        if (bench_interrupted_g)
+            break;
     }
 
     if (n_rows > 1) {
@@ -231,6 +257,8 @@ int main(int argc, char **argv)
     }
     if (!any_ok)
         rc = 3;
+    if (bench_interrupted_g)
+        rc = 130;
 out:
     free(rows);
     free(model);

@@ -41,6 +41,7 @@ const char *bench_err_kind_name(bench_err_kind_t kind)
     case BENCH_ERR_DISCONNECT: return "disconnect";
     case BENCH_ERR_STREAM: return "stream_error";
     case BENCH_ERR_EMPTY: return "empty_output";
+    case BENCH_ERR_CANCELED: return "canceled";
     default: return "unknown";
     }
 }
@@ -115,6 +116,7 @@ typedef struct stream {
     const bench_opts_t *opts;
     struct loop *loop;
     struct shard *shard;
+    struct stream *prev, *next; /* the loop's list of streams in flight */
 } stream_t;
 
 /* libcurl 7.x walks every connection of a multi handle on each curl_multi_remove_handle
@@ -143,7 +145,10 @@ typedef struct loop {
     int finished;
     uint64_t bytes_rx;
     struct curl_slist *headers;
+    stream_t *streams;     /* in flight */
 } loop_t;
+
+volatile int bench_interrupted_g;
 
 static void set_error(bench_result_t *r, bench_err_kind_t kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -379,6 +384,10 @@ static pd_status_t stream_start(loop_t *lp, const bench_opts_t *o, const char *u
     }
     lp->inflight++;
     st->shard->inflight++;
+    st->next = lp->streams;
+    if (lp->streams)
+        lp->streams->prev = st;
+    lp->streams = st;
     return PD_OK;
 }
 
@@ -432,6 +441,12 @@ static void stream_finish(loop_t *lp, stream_t *st, CURLcode code)
         free(r->error);
     }
     st->shard->inflight--;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        lp->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
     free(st);
     lp->inflight--;
     lp->finished++;
@@ -525,7 +540,7 @@ static void loop_cleanup(loop_t *lp)
  * NULL (warm-ups).  *t0_p is the run start, *t_end_p the last completion. */
 static pd_status_t drive(loop_t *lp, const bench_opts_t *o, char **bodies, int n,
                          const double *at, bench_result_t *results, int show_progress,
-                         double *t0_p, double *t_end_p, int *peak_p)
+                         double *t0_p, double *t_end_p, int *peak_p, int *n_sent_p)
 {
     char **urls = calloc((size_t)o->n_base_urls, sizeof(char *));
     struct epoll_event evs[512];
@@ -545,6 +560,16 @@ static pd_status_t drive(loop_t *lp, const bench_opts_t *o, char **bodies, int n
     t0 = pd_now_s();
     while (lp->finished < n) {
         double now = pd_now_s();
+        if (bench_interrupted_g) {
+            /* Ctrl-C: send nothing more, cancel what is in flight, report the rest. */
+            while (lp->streams) {
+                stream_t *st = lp->streams;
+                set_error(st->res, BENCH_ERR_CANCELED, "interrupted");
+                stream_finish(lp, st, CURLE_ABORTED_BY_CALLBACK);
+            }
+            n = next;
+            break;
+        }
         while (next < n && t0 + at[next] <= now &&
                (o->max_concurrency == 0 || lp->inflight < o->max_concurrency)) {
             bench_result_t *r = results ? &results[next] : NULL;
@@ -606,6 +631,7 @@ static pd_status_t drive(loop_t *lp, const bench_opts_t *o, char **bodies, int n
     *t0_p = t0;
     *t_end_p = pd_now_s();
     *peak_p = peak;
+    *n_sent_p = n;
     if (show_progress)
         progress(lp->finished, n, *t_end_p - t0, 1);
 out_free_urls:
@@ -668,7 +694,8 @@ pd_status_t bench_run_execute(const bench_opts_t *o, const char *model, const be
             wb[i] = bodies[0];
         if (!o->quiet)
             printf("Warming up with %d requests...\n", o->num_warmups);
-        status = drive(&lp, o, wb, o->num_warmups, at, NULL, show, &t0, &t_end, &peak);
+        int n_sent = 0;
+        status = drive(&lp, o, wb, o->num_warmups, at, NULL, show, &t0, &t_end, &peak, &n_sent);
         free(wb);
         if (status != PD_OK)
             goto out;
@@ -683,13 +710,16 @@ pd_status_t bench_run_execute(const bench_opts_t *o, const char *model, const be
         bench_arrivals(rate, o->burstiness, o->seed, n, at);
     lp.bytes_rx = 0;
     cpu0 = cpu_seconds();
-    status = drive(&lp, o, bodies, n, at, results, show, &t0, &t_end, &peak);
+    int n_sent = n;
+    status = drive(&lp, o, bodies, n, at, results, show, &t0, &t_end, &peak, &n_sent);
     if (status != PD_OK)
         goto out;
     run_p->rate = rate;
     run_p->duration_s = t_end - t0;
     run_p->results = results;
-    run_p->n = n;
+    run_p->n = n_sent;
+    run_p->n_planned = n;
+    run_p->interrupted = n_sent < n || bench_interrupted_g;
     run_p->peak_inflight = peak;
     run_p->cpu_s = cpu_seconds() - cpu0;
     run_p->bytes_rx = lp.bytes_rx;

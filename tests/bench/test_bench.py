@@ -184,7 +184,7 @@ def test_errors_by_kind(fake, run_bench):
     d = r.data
     assert d["completed"] == 12 and d["failed"] == 18
     assert d["errors_by_kind"] == {"http": 6, "timeout": 0, "connection": 0, "disconnect": 6,
-                                   "stream_error": 3, "empty_output": 3}
+                                   "stream_error": 3, "empty_output": 3, "canceled": 0}
     # failed requests contribute nothing to the totals or the latency sets
     assert d["total_output_tokens"] == 12 * 6
     assert d["total_input_tokens"] == 12 * 16
@@ -361,6 +361,28 @@ def test_ramp_up(fake, run_bench):
                 ["--ramp-up-start-rps", "5"], ["--ramp-up-strategy", "cubic"]):
         rr = run_bench(srv.url, *bad, save=False)
         assert rr.rc == 2 and rr.stderr.count("\n") == 1, (bad, rr.stderr)
+
+
+def test_ctrl_c_reports_what_finished(fake, bench_bin, tmp_path):
+    import signal
+    import time
+    srv = fake({"ttft_ms": 20, "itl_ms": 20})
+    out = tmp_path / "int"
+    p = subprocess.Popen([str(bench_bin), "--base-url", srv.url, "--num-prompts", "400",
+                          "--request-rate", "20", "--random-input-len", "8",
+                          "--random-output-len", "10", "--ready-check-timeout-sec", "0",
+                          "--save-result", "--result-dir", str(out), "--result-filename",
+                          "r.json", "--disable-tqdm"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130, stderr
+    assert "Interrupted:" in stdout and "Serving Benchmark Result" in stdout
+    d = json.loads((out / "r.json").read_text())
+    sent = d["completed"] + d["failed"]
+    assert 10 < sent < 400
+    assert d["failed"] == d["errors_by_kind"]["canceled"]
 
 
 def test_save_result_keys(fake, run_bench):
