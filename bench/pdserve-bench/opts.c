@@ -495,6 +495,8 @@ static void print_help(void)
     }
     printf("\nother:\n  %-30s %s\n  %-30s %s\n", "--help", "this text", "--version",
            "print the version");
+    printf("\nexit status: 0 done, 1 set-up failed (dataset, ready check), 2 bad option,\n"
+           "3 every request failed, 130 interrupted (Ctrl-C; the partial result is reported)\n");
 }
 
 static void set_defaults(bench_opts_t *o)
