@@ -237,6 +237,9 @@ char *bench_report_json(const bench_opts_t *opts, const char *model,
                         const bench_run_t *run, const bench_metrics_t *m, int input_len);
 pd_status_t bench_report_save(const bench_opts_t *opts, const char *model, double rate,
                               int input_len, const char *json, char **path_p);
+/* Path stem (no extension) for plots and the sweep JSON: {label}[-what][-concurrencyN]-
+ * {model} inside --result-dir (created).  NULL on failure.  Caller frees. */
+char *bench_plot_stem(const bench_opts_t *opts, const char *model, const char *what);
 pd_status_t bench_plot_cdfs(const bench_opts_t *opts, const bench_run_t *run,
                             const char *stem);
 

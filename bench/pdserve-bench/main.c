@@ -21,8 +21,6 @@
 #include "bench.h"
 #include "pd_log.h"
 
-char *bench_plot_stem(const bench_opts_t *o, const char *model, const char *what);
-
 static void on_sigint(int sig)
 {
     (void)sig;

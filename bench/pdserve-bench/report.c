@@ -673,8 +673,6 @@ out:
     return st;
 }
 
-/* Path stem (without extension) for plots of this run. */
-char *bench_plot_stem(const bench_opts_t *o, const char *model, const char *what);
 char *bench_plot_stem(const bench_opts_t *o, const char *model, const char *what)
 {
     if (o->result_dir && mkdir_p(o->result_dir) != PD_OK)
