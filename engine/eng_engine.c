@@ -90,6 +90,7 @@ struct eng_engine {
     int cap_sampled;
     int64_t *b_slots;
     int *seq_logit;           /* batch seq -> logits row or -1 */
+    ereq_t **dead;            /* requests to free after a step */
     float *logits, *row;      /* [max_seqs * V], [V] */
     pd_buf_t delta, text;
 };
@@ -473,7 +474,9 @@ static void *engine_main(void *arg)
             if (er && !er->seqs[r->seq_index].done)
                 process_seq(e, er, r->seq_index);
         }
-        /* destroy the requests whose every sequence is done */
+        /* destroy the requests whose every sequence is done; a group can have several
+         * sequences in the batch, so collect first and free after the walk */
+        int n_dead = 0;
         for (int s = 0; s < b->n_seqs; s++) {
             eng_request_t *root = b->seqs[s].req;
             while (root->parent)
@@ -481,9 +484,11 @@ static void *engine_main(void *arg)
             ereq_t *er = root->user;
             if (er && er->n_live == 0 && eng_request_group_finished(root)) {
                 root->user = NULL;
-                ereq_free(e, er);
+                e->dead[n_dead++] = er;
             }
         }
+        for (int i = 0; i < n_dead; i++)
+            ereq_free(e, e->dead[i]);
         update_stats(e, b);
     }
     return NULL;
@@ -764,13 +769,14 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->b_ctx = malloc(S * sizeof(int32_t));
         e->b_logit_rows = malloc(S * sizeof(int32_t));
         e->seq_logit = malloc(S * sizeof(int));
+        e->dead = malloc(S * sizeof(*e->dead));
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
         e->sampled = malloc(S * sizeof(int32_t));
         e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
         if (!e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
-            !e->b_logit_rows || !e->seq_logit || !e->sampled || !e->logits || !e->row) {
+            !e->b_logit_rows || !e->seq_logit || !e->dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
         }
@@ -840,6 +846,7 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->b_ctx);
     free(e->b_logit_rows);
     free(e->seq_logit);
+    free(e->dead);
     free(e->sampled);
     free(e->logits);
     free(e->row);
