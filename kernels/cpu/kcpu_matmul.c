@@ -9,9 +9,10 @@
  * same code whatever tile it falls in, so results do not depend on the thread count.
  *
  * EXACT mode converts weight tiles to f32 (into per-thread scratch) and runs the f32
- * kernel.  FAST mode (quantized weights) first quantizes the activations to Q8 blocks
- * (kcpu_block_q8x_t: f32 scale and the scaled sum for the Q4_1 offset term) and uses
- * integer dot products per block.
+ * kernel.  FAST mode with quantized weights and few activation rows (decode) first
+ * quantizes the activations to Q8 blocks (kcpu_block_q8x_t: f32 scale and the scaled
+ * sum for the Q4_1 offset term) and uses integer dot products per block; with many
+ * rows (prefill) it is the EXACT path, which is then faster.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -25,6 +26,12 @@
 #define MR 4 /* activation rows per tile */
 #define NR 2 /* weight rows per tile when M > 1 */
 #define NR1 4 /* weight rows per tile when M == 1 */
+/* FAST mode with M >= this many rows converts weight tiles to f32 and uses the FMA
+ * kernel instead of integer dots: the conversion is amortised over M rows and the f32
+ * tile runs at a higher fraction of peak (and is more accurate). */
+#define MM_DEQUANT_MIN_M 8
+/* weight rows per work item when M > 1 (a block that stays in L2 as f32) */
+#define NB 32
 
 /* ---- scalar reference pieces ---- */
 
@@ -160,24 +167,53 @@ static void q8x_tile(const mm_args_t *a, const uint8_t *w, int nr, int64_t n0)
     }
 }
 
+/* M > 1 on f32 weights: for a block of weight rows (in L2), walk the activations MR
+ * rows at a time (in L1) across all tiles of the block, so the operand that streams from
+ * L2 is the one loaded least often per FMA. */
+static void f32_block(const mm_args_t *a, const float *wf, int64_t ldw, int64_t nrows, int64_t n0)
+{
+    for (int64_t m0 = 0; m0 < a->M; m0 += MR) {
+        int mr = a->M - m0 < MR ? (int)(a->M - m0) : MR;
+        for (int64_t j0 = 0; j0 < nrows; j0 += NR) {
+            int nr = nrows - j0 < NR ? (int)(nrows - j0) : NR;
+            float *out = a->y + m0 * a->ldy + n0 + j0;
+            const float *w = wf + j0 * ldw;
+#if KCPU_HAVE_X86
+            if (a->simd) {
+                kcpu_gemm_f32_tile_avx2(a->x + m0 * a->ldx, a->ldx, mr, w, ldw, nr, a->K, out, a->ldy);
+                continue;
+            }
+#endif
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < nr; j++)
+                    out[i * a->ldy + j] = kcpu_vec_dot_f32_scalar(a->x + (m0 + i) * a->ldx, w + j * ldw, a->K);
+        }
+    }
+}
+
 static void mm_task(void *arg, int64_t begin, int64_t end, int tid)
 {
     const mm_args_t *a = arg;
-    /* begin/end count tiles of nr weight rows */
+    /* begin/end count items of a->nr weight rows */
     for (int64_t t = begin; t < end; t++) {
         int64_t n0 = t * a->nr;
         int nr = a->N - n0 < a->nr ? (int)(a->N - n0) : a->nr;
         const uint8_t *w = a->w + (size_t)n0 * a->row_bytes;
 
-        if (a->wtype == KCPU_DTYPE_F32) {
-            f32_tile(a, (const float *)w, a->K, nr, n0);
-        } else if (a->xq != NULL) {
+        if (a->xq != NULL) {
             q8x_tile(a, w, nr, n0);
         } else {
-            float *wf = a->scratch + (size_t)tid * (size_t)a->nr * (size_t)a->K;
-            for (int j = 0; j < nr; j++)
-                kcpu_dequant_row(a->wtype, w + (size_t)j * a->row_bytes, wf + j * a->K, a->K);
-            f32_tile(a, wf, a->K, nr, n0);
+            const float *wf = (const float *)w;
+            if (a->wtype != KCPU_DTYPE_F32) {
+                float *buf = a->scratch + (size_t)tid * (size_t)a->nr * (size_t)a->K;
+                for (int j = 0; j < nr; j++)
+                    kcpu_dequant_row(a->wtype, w + (size_t)j * a->row_bytes, buf + j * a->K, a->K);
+                wf = buf;
+            }
+            if (a->M == 1)
+                f32_tile(a, wf, a->K, nr, n0);
+            else
+                f32_block(a, wf, a->K, nr, n0);
         }
         if (a->bias)
             for (int64_t m = 0; m < a->M; m++)
@@ -242,10 +278,10 @@ pd_status_t kcpu_matmul(kcpu_pool_t *pool, const float *x, int64_t M, int64_t K,
     a.w = w; a.wtype = wtype; a.row_bytes = row_bytes; a.N = N;
     a.bias = bias; a.y = y; a.ldy = ldy; a.mode = mode;
     a.simd = kcpu_simd_enabled();
-    a.nr = M == 1 ? NR1 : NR;
+    a.nr = M == 1 ? NR1 : (M < MM_DEQUANT_MIN_M && wtype != KCPU_DTYPE_F32 ? NR : NB);
 
     bool quantized = wtype == KCPU_DTYPE_Q8_0 || wtype == KCPU_DTYPE_Q4_0 || wtype == KCPU_DTYPE_Q4_1;
-    if (quantized && mode == KCPU_MM_FAST) {
+    if (quantized && mode == KCPU_MM_FAST && M < MM_DEQUANT_MIN_M) {
         size_t bytes;
         if (pd_mul_size((size_t)M * (size_t)(K / KCPU_QK), sizeof(kcpu_block_q8x_t), &bytes) != PD_OK)
             return PD_ERR_OVERFLOW;
