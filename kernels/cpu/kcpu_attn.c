@@ -125,38 +125,71 @@ typedef struct {
     int err; /* set (atomically) when an item found bad metadata */
 } attn_args_t;
 
-static inline float dot_f(const float *a, const float *b, int64_t n, bool simd)
+/* n rows of head_dim elements of the cache starting at element `elem` (rows token_stride
+ * apart) as f32: a pointer into the cache (f32) or converted into buf (f16, rows hd apart).
+ * *ld_p receives the row stride of the result. */
+static inline const float *cache_rows(const kcpu_kv_layout_t *L, const void *base, size_t elem,
+                                      int n, float *buf, int64_t *ld_p)
 {
-#if KCPU_HAVE_X86
-    if (simd)
-        return kcpu_vec_dot_f32_avx2(a, b, n);
-#endif
-    return kcpu_vec_dot_f32_scalar(a, b, n);
+    if (L->dtype == KCPU_DTYPE_F32) {
+        *ld_p = L->token_stride;
+        return (const float *)base + elem;
+    }
+    for (int j = 0; j < n; j++)
+        kcpu_dequant_row(KCPU_DTYPE_F16, (const uint16_t *)base + elem + (size_t)j * (size_t)L->token_stride,
+                         buf + (int64_t)j * L->head_dim, L->head_dim);
+    *ld_p = L->head_dim;
+    return buf;
 }
 
-static inline void axpy_scale(float *acc, float alpha, const float *v, float beta, int64_t n, bool simd)
+/* scores[g * ldsc + j] = scale * q_g . k_j */
+static void block_scores(const float *q, int G, int hd, const float *k, int64_t ldk, int n,
+                         float scale, float *scores, int64_t ldsc, bool simd)
 {
 #if KCPU_HAVE_X86
     if (simd) {
-        kcpu_axpy_scale_avx2(acc, alpha, v, beta, n);
+        for (int g0 = 0; g0 < G; g0 += 4) {
+            int mr = G - g0 < 4 ? G - g0 : 4;
+            for (int j0 = 0; j0 < n; j0 += 2) {
+                int nr = n - j0 < 2 ? n - j0 : 2;
+                kcpu_gemm_f32_tile_avx2(q + (int64_t)g0 * hd, hd, mr, k + j0 * ldk, ldk, nr, hd,
+                                        scores + g0 * ldsc + j0, ldsc);
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < n; j++)
+                scores[g * ldsc + j] *= scale;
         return;
     }
 #endif
-    for (int64_t i = 0; i < n; i++)
-        acc[i] = fmaf(alpha, v[i], beta * acc[i]);
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < n; j++)
+            scores[g * ldsc + j] = kcpu_vec_dot_f32_scalar(q + (int64_t)g * hd, k + j * ldk, hd) * scale;
 }
 
-/* a row of head_dim elements of the cache as f32 (converted into tmp for f16) */
-static inline const float *cache_row(const kcpu_kv_layout_t *L, const void *base, size_t elem,
-                                     float *tmp)
+/* acc[g] += sum_j p[g][j] * v_j */
+static void block_pv(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
+                     int64_t ldv, int n, bool simd)
 {
-    if (L->dtype == KCPU_DTYPE_F32)
-        return (const float *)base + elem;
-    kcpu_dequant_row(KCPU_DTYPE_F16, (const uint16_t *)base + elem, tmp, L->head_dim);
-    return tmp;
+#if KCPU_HAVE_X86
+    if (simd) {
+        kcpu_attn_pv_avx2(acc, G, hd, p, ldp, v, ldv, n);
+        return;
+    }
+#endif
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < n; j++) {
+            float w = p[g * ldp + j];
+            const float *vr = v + j * ldv;
+            float *a = acc + (int64_t)g * hd;
+            for (int i = 0; i < hd; i++)
+                a[i] = fmaf(w, vr[i], a[i]);
+        }
 }
 
-static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, float *tmp)
+/* scratch per thread: scores [group][block_size], acc [group][hd], k/v f16 buffers
+ * [block_size][hd] each */
+static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, float *kbuf, float *vbuf)
 {
     const kcpu_attn_params_t *p = a->p;
     const kcpu_kv_layout_t *L = p->layout;
@@ -188,8 +221,8 @@ static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, f
     for (int g = 0; g < group; g++) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
-        memset(acc + (int64_t)g * hd, 0, sizeof(float) * (size_t)hd);
     }
+    memset(acc, 0, sizeof(float) * (size_t)group * (size_t)hd);
     for (int64_t start = lo; start <= hi;) {
         int64_t blk = start / bs;
         int64_t end = (blk + 1) * bs - 1;
@@ -203,12 +236,9 @@ static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, f
         int n = (int)(end - start + 1);
         size_t kbase = kv_elem(L, p->layer, 0, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
         size_t vbase = kv_elem(L, p->layer, 1, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
-        /* scores[g * bs + j] for the block's keys */
-        for (int j = 0; j < n; j++) {
-            const float *kr = cache_row(L, p->cache_base, kbase + (size_t)j * (size_t)L->token_stride, tmp);
-            for (int g = 0; g < group; g++)
-                scores[g * bs + j] = dot_f(q0 + (int64_t)g * hd, kr, hd, a->simd) * p->scale;
-        }
+        int64_t ldk, ldv;
+        const float *kr = cache_rows(L, p->cache_base, kbase, n, kbuf, &ldk);
+        block_scores(q0, group, hd, kr, ldk, n, p->scale, scores, bs, a->simd);
         for (int g = 0; g < group; g++) {
             float *sc = scores + g * bs;
             float mx = m[g];
@@ -222,16 +252,14 @@ static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, f
             }
             l[g] = l[g] * corr + sum;
             m[g] = mx;
-            /* fold the rescale of the running sum into the block's first V row */
-            float *ac = acc + (int64_t)g * hd;
-            const float *vr0 = cache_row(L, p->cache_base, vbase, tmp);
-            axpy_scale(ac, sc[0], vr0, corr, hd, a->simd);
+            if (corr != 1.0f) {
+                float *ac = acc + (int64_t)g * hd;
+                for (int i = 0; i < hd; i++)
+                    ac[i] *= corr;
+            }
         }
-        for (int j = 1; j < n; j++) {
-            const float *vr = cache_row(L, p->cache_base, vbase + (size_t)j * (size_t)L->token_stride, tmp);
-            for (int g = 0; g < group; g++)
-                axpy_scale(acc + (int64_t)g * hd, scores[g * bs + j], vr, 1.0f, hd, a->simd);
-        }
+        const float *vr = cache_rows(L, p->cache_base, vbase, n, vbuf, &ldv);
+        block_pv(acc, group, hd, scores, bs, vr, ldv, n, a->simd);
         start = end + 1;
     }
     for (int g = 0; g < group; g++) {
@@ -250,14 +278,15 @@ static void attn_task(void *arg, int64_t begin, int64_t end, int tid)
     const int group = p->n_heads / p->n_kv_heads;
     size_t n_scores = (size_t)group * (size_t)p->layout->block_size;
     size_t n_acc = (size_t)group * (size_t)p->head_dim;
-    float *buf = malloc(sizeof(float) * (n_scores + n_acc + (size_t)p->head_dim));
+    size_t n_kv = p->layout->dtype == KCPU_DTYPE_F32 ? 0 : (size_t)p->layout->block_size * (size_t)p->head_dim;
+    float *buf = malloc(sizeof(float) * (n_scores + n_acc + 2 * n_kv));
 
     if (buf == NULL) {
         __atomic_store_n(&a->err, 2, __ATOMIC_RELAXED);
         return;
     }
     for (int64_t it = begin; it < end; it++)
-        attn_item(a, it, buf, buf + n_scores, buf + n_scores + n_acc);
+        attn_item(a, it, buf, buf + n_scores, buf + n_scores + n_acc, buf + n_scores + n_acc + n_kv);
     free(buf);
 }
 

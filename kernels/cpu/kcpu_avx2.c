@@ -300,6 +300,50 @@ void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64
 #undef Q_CASE
 }
 
+/* acc[g][0..hd) += sum_j p[g * ldp + j] * v[j * ldv + 0..hd) for g < G, j < n: the
+ * probability-weighted V sum of one key block, 4 heads of the group at a time so each
+ * V vector load feeds 4 FMA chains. */
+void kcpu_attn_pv_avx2(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
+                       int64_t ldv, int n)
+{
+    for (int d0 = 0; d0 < hd; d0 += 8) {
+        bool tail = hd - d0 < 8;
+        __m256i mk = tail_mask(tail ? hd - d0 : 8);
+        int g = 0;
+        for (; g + 4 <= G; g += 4) {
+            float *a = acc + (int64_t)g * hd + d0;
+            __m256 a0 = _mm256_maskload_ps(a, mk), a1 = _mm256_maskload_ps(a + hd, mk);
+            __m256 a2 = _mm256_maskload_ps(a + 2 * hd, mk), a3 = _mm256_maskload_ps(a + 3 * hd, mk);
+            const float *pg = p + (int64_t)g * ldp;
+            for (int j = 0; j < n; j++) {
+                __m256 vv = _mm256_maskload_ps(v + j * ldv + d0, mk);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), vv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + ldp + j), vv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 2 * ldp + j), vv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 3 * ldp + j), vv, a3);
+            }
+            _mm256_maskstore_ps(a, mk, a0);
+            _mm256_maskstore_ps(a + hd, mk, a1);
+            _mm256_maskstore_ps(a + 2 * hd, mk, a2);
+            _mm256_maskstore_ps(a + 3 * hd, mk, a3);
+        }
+        for (; g < G; g++) {
+            float *a = acc + (int64_t)g * hd + d0;
+            __m256 a0 = _mm256_maskload_ps(a, mk), a1 = _mm256_setzero_ps();
+            const float *pg = p + (int64_t)g * ldp;
+            int j = 0;
+            for (; j + 2 <= n; j += 2) { /* two chains, summed at the end */
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), _mm256_maskload_ps(v + j * ldv + d0, mk), a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j + 1),
+                                     _mm256_maskload_ps(v + (j + 1) * ldv + d0, mk), a1);
+            }
+            if (j < n)
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), _mm256_maskload_ps(v + j * ldv + d0, mk), a0);
+            _mm256_maskstore_ps(a, mk, _mm256_add_ps(a0, a1));
+        }
+    }
+}
+
 /* acc = acc * beta + alpha * v over n floats (the online-softmax update). */
 void kcpu_axpy_scale_avx2(float *acc, float alpha, const float *v, float beta, int64_t n)
 {
