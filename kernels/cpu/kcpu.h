@@ -39,8 +39,8 @@ typedef enum {
     KCPU_DTYPE_Q4_0 = 2,  /* blocks of 32: {f16 d; u8 qs[16]}, x = (q - 8) * d        */
     KCPU_DTYPE_Q4_1 = 3,  /* blocks of 32: {f16 d; f16 m; u8 qs[16]}, x = q * d + m    */
     KCPU_DTYPE_Q8_0 = 8,  /* blocks of 32: {f16 d; i8 qs[32]}, x = q * d               */
-    KCPU_DTYPE_Q4_K = 12, /* super-blocks of 256 (ggml layout), not supported yet      */
-    KCPU_DTYPE_Q6_K = 14, /* super-blocks of 256 (ggml layout), not supported yet      */
+    KCPU_DTYPE_Q4_K = 12, /* super-blocks of 256 (ggml layout, 144 bytes)              */
+    KCPU_DTYPE_Q6_K = 14, /* super-blocks of 256 (ggml layout, 210 bytes)              */
     KCPU_DTYPE_BF16 = 30,
 } kcpu_dtype_t;
 
@@ -66,7 +66,8 @@ typedef struct {
 
 /* Human-readable name ("q4_1"); "unknown" for values outside the enum. */
 const char *kcpu_dtype_name(kcpu_dtype_t type);
-/* True for the types the kernels below accept as weights (F32, F16, BF16, Q8_0, Q4_0, Q4_1). */
+/* True for the types the kernels below accept as weights (F32, F16, BF16, Q8_0, Q4_0,
+ * Q4_1, Q4_K, Q6_K).  K-quants are dequantized per tile (no integer-dot fast path). */
 bool kcpu_dtype_supported(kcpu_dtype_t type);
 /* Elements per block (1 for F32/F16/BF16, 32 for Q8_0/Q4_0/Q4_1, 256 for K-quants);
  * 0 for unknown types. */
@@ -89,7 +90,8 @@ uint16_t kcpu_f32_to_bf16(float f);
  * is supported and n is a multiple of its block size. */
 void kcpu_dequant_row(kcpu_dtype_t type, const void *src, float *dst, int64_t n);
 /* Quantize n floats (a multiple of 32) into Q8_0/Q4_0/Q4_1 blocks with ggml's reference
- * rounding, or convert to F16/BF16/F32.  For tests, dummy weights and the fast matmul. */
+ * rounding, or convert to F16/BF16/F32.  For tests and dummy weights.
+ * PD_ERR_UNSUPPORTED for K-quants, PD_ERR_INVAL for a bad n. */
 pd_status_t kcpu_quant_row(kcpu_dtype_t type, const float *src, void *dst, int64_t n);
 
 /* ---- thread pool ---- */

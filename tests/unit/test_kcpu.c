@@ -207,7 +207,8 @@ PD_TEST(test_dtype_sizes)
     PD_CHECK_STATUS(kcpu_dtype_row_bytes(KCPU_DTYPE_F32, INT64_MAX, &b), PD_ERR_OVERFLOW);
     PD_CHECK_STATUS(kcpu_dtype_row_bytes(KCPU_DTYPE_F32, -1, &b), PD_ERR_INVAL);
     PD_CHECK_EQ_STR(kcpu_dtype_name(KCPU_DTYPE_Q4_1), "q4_1");
-    PD_CHECK(!kcpu_dtype_supported(KCPU_DTYPE_Q6_K));
+    PD_CHECK(kcpu_dtype_supported(KCPU_DTYPE_Q6_K));
+    PD_CHECK(!kcpu_dtype_supported((kcpu_dtype_t)6)); /* Q5_0 */
 }
 
 PD_TEST(test_quant_dequant)
@@ -264,6 +265,57 @@ PD_TEST(test_quant_dequant)
         free(x); free(q); free(a); free(b);
     }
     PD_CHECK_STATUS(kcpu_quant_row(KCPU_DTYPE_Q8_0, NULL, NULL, 31), PD_ERR_INVAL);
+}
+
+/* K-quants against golden blocks dequantized by the gguf Python package
+ * (tests/data/kcpu/make_kquant_golden.py), then a matmul on them in both modes. */
+PD_TEST(test_kquants_golden)
+{
+    const char *root = getenv("PD_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/data/kcpu/kquant_golden.bin", root ? root : ".");
+    FILE *f = fopen(path, "rb");
+    PD_CHECK(f != NULL);
+    if (f == NULL)
+        return;
+    for (int rep = 0; rep < 2; rep++) {
+        uint32_t hdr[2];
+        PD_CHECK(fread(hdr, 4, 2, f) == 2);
+        kcpu_dtype_t t = (kcpu_dtype_t)hdr[0];
+        int64_t nb = hdr[1], n = nb * 256;
+        size_t bb = kcpu_dtype_block_bytes(t), rb;
+        PD_CHECK(t == (rep ? KCPU_DTYPE_Q6_K : KCPU_DTYPE_Q4_K) && nb > 0 && nb < 100);
+        if (bb == 0 || nb <= 0 || nb >= 100)
+            break;
+        uint8_t *blocks = malloc(bb * (size_t)nb);
+        float *want = malloc(sizeof(float) * (size_t)n), *got = poisoned(n);
+        PD_CHECK(fread(blocks, bb, (size_t)nb, f) == (size_t)nb);
+        PD_CHECK(fread(want, 4, (size_t)n, f) == (size_t)n);
+        kcpu_dequant_row(t, blocks, got, n);
+        PD_CHECK(memcmp(got, want, sizeof(float) * (size_t)n) == 0); /* bit-exact */
+        /* matmul: W = the blocks as N = nb/2 rows of K = 512 */
+        const int64_t K = 512, N = nb / 2, M = 3;
+        PD_CHECK_STATUS(kcpu_dtype_row_bytes(t, K, &rb), PD_OK);
+        float *x = rnd_vec(M * K, -1, 1), *y = poisoned(M * N), *y2 = poisoned(M * N);
+        double *ref = malloc(sizeof(double) * (size_t)(M * N));
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t j = 0; j < N; j++) {
+                double acc = 0;
+                for (int64_t k = 0; k < K; k++)
+                    acc += (double)x[m * K + k] * want[j * K + k];
+                ref[m * N + j] = acc;
+            }
+        for (int mode = 0; mode < 2; mode++) {
+            poison(y, M * N);
+            PD_CHECK_STATUS(kcpu_matmul(pool2_g, x, M, K, K, blocks, t, N, NULL, y, N, (kcpu_mm_mode_t)mode), PD_OK);
+            PD_CHECK_STATUS(kcpu_matmul(pool1_g, x, M, K, K, blocks, t, N, NULL, y2, N, (kcpu_mm_mode_t)mode), PD_OK);
+            PD_CHECK(memcmp(y, y2, sizeof(float) * (size_t)(M * N)) == 0);
+            PD_CHECK(close_enough(kcpu_dtype_name(t), y, ref, M * N, 1e-4, 1e-5));
+        }
+        PD_CHECK_STATUS(kcpu_quant_row(t, x, blocks, 256), PD_ERR_UNSUPPORTED);
+        free(blocks); free(want); free(got); free(x); free(y); free(y2); free(ref);
+    }
+    fclose(f);
 }
 
 /* ---- matmul ---- */
@@ -392,7 +444,8 @@ PD_TEST(test_matmul_errors)
     uint8_t w[256] = {0};
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 33, 33, w, KCPU_DTYPE_Q8_0, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 31, w, KCPU_DTYPE_F32, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
-    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, KCPU_DTYPE_Q6_K, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_UNSUPPORTED);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, (kcpu_dtype_t)6, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_UNSUPPORTED);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, KCPU_DTYPE_Q6_K, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 0, 32, 32, w, KCPU_DTYPE_F32, 1, NULL, y, 1, KCPU_MM_EXACT), PD_OK);
 }
 
@@ -991,6 +1044,7 @@ int main(void)
     PD_RUN(test_f16_conversions);
     PD_RUN(test_dtype_sizes);
     PD_RUN(test_quant_dequant);
+    PD_RUN(test_kquants_golden);
     PD_RUN(test_matmul);
     PD_RUN(test_matmul_errors);
     PD_RUN(test_pool);
