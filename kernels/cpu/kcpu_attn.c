@@ -117,12 +117,14 @@ pd_status_t kcpu_kv_copy_blocks(const kcpu_kv_layout_t *L, void *cache_base, con
 
 /* ---- paged attention ---- */
 
-#define ATTN_MAX_GROUP 64
+#define ATTN_MAX_GROUP 256
 
 typedef struct {
     const kcpu_attn_params_t *p;
     bool simd;
-    int err; /* set (atomically) when an item found bad metadata */
+    int err;            /* set (atomically) when an item found bad metadata */
+    int max_r;          /* tokens per run */
+    const int64_t *run_start; /* [n_runs + 1] first token of each run */
 } attn_args_t;
 
 /* n rows of head_dim elements of the cache starting at element `elem` (rows token_stride
@@ -148,17 +150,7 @@ static void block_scores(const float *q, int G, int hd, const float *k, int64_t 
 {
 #if KCPU_HAVE_X86
     if (simd) {
-        for (int g0 = 0; g0 < G; g0 += 4) {
-            int mr = G - g0 < 4 ? G - g0 : 4;
-            for (int j0 = 0; j0 < n; j0 += 2) {
-                int nr = n - j0 < 2 ? n - j0 : 2;
-                kcpu_gemm_f32_tile_avx2(q + (int64_t)g0 * hd, hd, mr, k + j0 * ldk, ldk, nr, hd,
-                                        scores + g0 * ldsc + j0, ldsc);
-            }
-        }
-        for (int g = 0; g < G; g++)
-            for (int j = 0; j < n; j++)
-                scores[g * ldsc + j] *= scale;
+        kcpu_attn_scores_avx2(q, G, hd, k, ldk, n, scale, scores, ldsc);
         return;
     }
 #endif
@@ -187,42 +179,60 @@ static void block_pv(float *acc, int G, int hd, const float *p, int64_t ldp, con
         }
 }
 
-/* scratch per thread: scores [group][block_size], acc [group][hd], k/v f16 buffers
- * [block_size][hd] each */
-static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, float *kbuf, float *vbuf)
+/*
+ * One work item: a run of R consecutive tokens of one sequence (consecutive positions,
+ * R <= runs->max_r) and one KV head, i.e. R * group query rows sharing every K/V load.
+ * Row r = (token i, head g) is row i * group + g.  Keys a row may not see (beyond its
+ * position, or outside its window) get a -inf score: they add exact zeros, so a
+ * token's result does not depend on the run it was batched in.
+ */
+typedef struct {
+    float *q;      /* [rows][hd] gathered queries */
+    float *scores; /* [rows][bs] */
+    float *acc;    /* [rows][hd] */
+    float *kbuf, *vbuf; /* [bs][hd] f16 -> f32 staging */
+    float *m, *l;  /* [rows] */
+} attn_scratch_t;
+
+static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
 {
     const kcpu_attn_params_t *p = a->p;
     const kcpu_kv_layout_t *L = p->layout;
     const int hd = p->head_dim;
     const int group = p->n_heads / p->n_kv_heads;
-    const int64_t t = item / p->n_kv_heads;
+    const int64_t run = item / p->n_kv_heads;
     const int kvh = (int)(item % p->n_kv_heads);
     const int bs = L->block_size;
-    const int32_t s = p->tok_seq[t];
-    const int32_t pos = p->tok_pos[t];
-    float m[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+    const int64_t t0 = a->run_start[run];
+    const int R = (int)(a->run_start[run + 1] - t0);
+    const int rows = R * group;
+    const int32_t s = p->tok_seq[t0];
+    const int32_t pos0 = p->tok_pos[t0];
+    const int32_t posR = pos0 + R - 1;
 
-    if (s < 0 || s >= p->n_seqs || pos < 0) {
+    if (s < 0 || s >= p->n_seqs || pos0 < 0) {
         __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
         return;
     }
     const int32_t ctx = p->context_lens[s];
-    int64_t hi = p->causal ? pos : (int64_t)ctx - 1;
-    int64_t lo = p->sliding_window > 0 ? (int64_t)pos - p->sliding_window + 1 : 0;
+    int64_t hi = p->causal ? posR : (int64_t)ctx - 1;
+    int64_t lo = p->sliding_window > 0 ? (int64_t)pos0 - p->sliding_window + 1 : 0;
     if (lo < 0)
         lo = 0;
-    if (hi >= ctx || ctx > p->max_blocks_per_seq * bs) {
+    if ((int64_t)posR >= ctx || ctx > p->max_blocks_per_seq * bs) {
         __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
         return;
     }
     const int32_t *bt = p->block_tables + (int64_t)s * p->max_blocks_per_seq;
-    const float *q0 = p->q + t * p->q_stride + (int64_t)kvh * group * hd;
 
-    for (int g = 0; g < group; g++) {
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
+    for (int i = 0; i < R; i++)
+        memcpy(S->q + (int64_t)i * group * hd, p->q + (t0 + i) * p->q_stride + (int64_t)kvh * group * hd,
+               sizeof(float) * (size_t)group * (size_t)hd);
+    for (int r = 0; r < rows; r++) {
+        S->m[r] = -INFINITY;
+        S->l[r] = 0.0f;
     }
-    memset(acc, 0, sizeof(float) * (size_t)group * (size_t)hd);
+    memset(S->acc, 0, sizeof(float) * (size_t)rows * (size_t)hd);
     for (int64_t start = lo; start <= hi;) {
         int64_t blk = start / bs;
         int64_t end = (blk + 1) * bs - 1;
@@ -237,37 +247,57 @@ static void attn_item(attn_args_t *a, int64_t item, float *scores, float *acc, f
         size_t kbase = kv_elem(L, p->layer, 0, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
         size_t vbase = kv_elem(L, p->layer, 1, b, start % bs) + (size_t)kvh * (size_t)L->head_stride;
         int64_t ldk, ldv;
-        const float *kr = cache_rows(L, p->cache_base, kbase, n, kbuf, &ldk);
-        block_scores(q0, group, hd, kr, ldk, n, p->scale, scores, bs, a->simd);
-        for (int g = 0; g < group; g++) {
-            float *sc = scores + g * bs;
-            float mx = m[g];
+        const float *kr = cache_rows(L, p->cache_base, kbase, n, S->kbuf, &ldk);
+        block_scores(S->q, rows, hd, kr, ldk, n, p->scale, S->scores, bs, a->simd);
+        for (int r = 0; r < rows; r++) {
+            float *sc = S->scores + (int64_t)r * bs;
+            const int64_t pos = pos0 + r / group;
+            /* visible keys of this row within [start, end] */
+            int64_t vlo = p->sliding_window > 0 ? pos - p->sliding_window + 1 : 0;
+            int64_t vhi = p->causal ? pos : hi;
+            for (int j = 0; j < n; j++)
+                if (start + j < vlo || start + j > vhi)
+                    sc[j] = -INFINITY;
+            float mx = S->m[r];
             for (int j = 0; j < n; j++)
                 mx = sc[j] > mx ? sc[j] : mx;
-            float corr = expf(m[g] - mx); /* 0 on the first block (m = -inf) */
-            float sum = 0.0f;
-            for (int j = 0; j < n; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
+            if (mx == -INFINITY) { /* nothing visible yet: all weights 0 */
+                for (int j = 0; j < n; j++)
+                    sc[j] = 0.0f;
+                continue;
             }
-            l[g] = l[g] * corr + sum;
-            m[g] = mx;
+            float corr = expf(S->m[r] - mx); /* 0 on the first visible block */
+            float sum = 0.0f;
+#if KCPU_HAVE_X86
+            if (a->simd) {
+                sum = kcpu_exp_sub_sum_avx2(sc, n, mx);
+            } else
+#endif
+            {
+                for (int j = 0; j < n; j++) {
+                    sc[j] = expf(sc[j] - mx);
+                    sum += sc[j];
+                }
+            }
+            S->l[r] = S->l[r] * corr + sum;
+            S->m[r] = mx;
             if (corr != 1.0f) {
-                float *ac = acc + (int64_t)g * hd;
+                float *ac = S->acc + (int64_t)r * hd;
                 for (int i = 0; i < hd; i++)
                     ac[i] *= corr;
             }
         }
-        const float *vr = cache_rows(L, p->cache_base, vbase, n, vbuf, &ldv);
-        block_pv(acc, group, hd, scores, bs, vr, ldv, n, a->simd);
+        const float *vr = cache_rows(L, p->cache_base, vbase, n, S->vbuf, &ldv);
+        block_pv(S->acc, rows, hd, S->scores, bs, vr, ldv, n, a->simd);
         start = end + 1;
     }
-    for (int g = 0; g < group; g++) {
-        float *o = p->out + t * p->out_stride + ((int64_t)kvh * group + g) * hd;
-        const float *ac = acc + (int64_t)g * hd;
-        float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-        for (int i = 0; i < hd; i++)
-            o[i] = ac[i] * inv;
+    for (int r = 0; r < rows; r++) {
+        int i = r / group, g = r % group;
+        float *o = p->out + (t0 + i) * p->out_stride + ((int64_t)kvh * group + g) * hd;
+        const float *ac = S->acc + (int64_t)r * hd;
+        float inv = S->l[r] > 0.0f ? 1.0f / S->l[r] : 0.0f;
+        for (int d = 0; d < hd; d++)
+            o[d] = ac[d] * inv;
     }
 }
 
@@ -276,17 +306,25 @@ static void attn_task(void *arg, int64_t begin, int64_t end, int tid)
     attn_args_t *a = arg;
     const kcpu_attn_params_t *p = a->p;
     const int group = p->n_heads / p->n_kv_heads;
-    size_t n_scores = (size_t)group * (size_t)p->layout->block_size;
-    size_t n_acc = (size_t)group * (size_t)p->head_dim;
-    size_t n_kv = p->layout->dtype == KCPU_DTYPE_F32 ? 0 : (size_t)p->layout->block_size * (size_t)p->head_dim;
-    float *buf = malloc(sizeof(float) * (n_scores + n_acc + 2 * n_kv));
+    const size_t rows = (size_t)group * (size_t)a->max_r, hd = (size_t)p->head_dim;
+    const size_t bs = (size_t)p->layout->block_size;
+    const size_t n_kv = p->layout->dtype == KCPU_DTYPE_F32 ? 0 : bs * hd;
+    float *buf = malloc(sizeof(float) * (rows * hd * 2 + rows * bs + 2 * n_kv + 2 * rows));
+    attn_scratch_t S;
 
     if (buf == NULL) {
         __atomic_store_n(&a->err, 2, __ATOMIC_RELAXED);
         return;
     }
+    S.q = buf;
+    S.acc = S.q + rows * hd;
+    S.scores = S.acc + rows * hd;
+    S.kbuf = S.scores + rows * bs;
+    S.vbuf = S.kbuf + n_kv;
+    S.m = S.vbuf + n_kv;
+    S.l = S.m + rows;
     for (int64_t it = begin; it < end; it++)
-        attn_item(a, it, buf, buf + n_scores, buf + n_scores + n_acc, buf + n_scores + n_acc + n_kv);
+        attn_item(a, it, &S);
     free(buf);
 }
 
@@ -307,8 +345,26 @@ pd_status_t kcpu_paged_attention(kcpu_pool_t *pool, const kcpu_attn_params_t *p)
         PD_LOG_ERR("kcpu_paged_attention: bad parameters");
         return PD_ERR_INVAL;
     }
-    attn_args_t a = { p, kcpu_simd_enabled(), 0 };
-    kcpu_pool_run(pool, p->n_tokens * p->n_kv_heads, 1, attn_task, &a);
+    if (p->n_tokens == 0)
+        return PD_OK;
+    /* runs: consecutive tokens of one sequence at consecutive positions, up to ~16 query
+     * rows per item (GQA group x tokens) */
+    const int group = p->n_heads / p->n_kv_heads;
+    attn_args_t a = { p, kcpu_simd_enabled(), 0, group >= 16 ? 1 : 16 / group, NULL };
+    if (a.max_r > 8)
+        a.max_r = 8;
+    int64_t *runs = malloc(sizeof(int64_t) * (size_t)(p->n_tokens + 1)), n_runs = 0;
+    if (runs == NULL)
+        return PD_ERR_NOMEM;
+    for (int64_t t = 0; t < p->n_tokens; t++) {
+        if (t == 0 || p->tok_seq[t] != p->tok_seq[t - 1] || p->tok_pos[t] != p->tok_pos[t - 1] + 1 ||
+            t - runs[n_runs - 1] >= a.max_r)
+            runs[n_runs++] = t;
+    }
+    runs[n_runs] = p->n_tokens;
+    a.run_start = runs;
+    kcpu_pool_run(pool, n_runs * p->n_kv_heads, 1, attn_task, &a);
+    free(runs);
     if (a.err == 2)
         return PD_ERR_NOMEM;
     if (a.err) {

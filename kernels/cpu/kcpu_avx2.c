@@ -303,45 +303,158 @@ void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64
 /* acc[g][0..hd) += sum_j p[g * ldp + j] * v[j * ldv + 0..hd) for g < G, j < n: the
  * probability-weighted V sum of one key block, 4 heads of the group at a time so each
  * V vector load feeds 4 FMA chains. */
-void kcpu_attn_pv_avx2(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
-                       int64_t ldv, int n)
+INLINE void pv_rows(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
+                    int64_t ldv, int n, int d0, bool tail, __m256i mk)
 {
-    for (int d0 = 0; d0 < hd; d0 += 8) {
-        bool tail = hd - d0 < 8;
-        __m256i mk = tail_mask(tail ? hd - d0 : 8);
-        int g = 0;
-        for (; g + 4 <= G; g += 4) {
-            float *a = acc + (int64_t)g * hd + d0;
-            __m256 a0 = _mm256_maskload_ps(a, mk), a1 = _mm256_maskload_ps(a + hd, mk);
-            __m256 a2 = _mm256_maskload_ps(a + 2 * hd, mk), a3 = _mm256_maskload_ps(a + 3 * hd, mk);
-            const float *pg = p + (int64_t)g * ldp;
-            for (int j = 0; j < n; j++) {
-                __m256 vv = _mm256_maskload_ps(v + j * ldv + d0, mk);
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), vv, a0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + ldp + j), vv, a1);
-                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 2 * ldp + j), vv, a2);
-                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 3 * ldp + j), vv, a3);
-            }
+#define LD(ptr) (tail ? _mm256_maskload_ps((ptr), mk) : _mm256_loadu_ps(ptr))
+    int g = 0;
+    for (; g + 4 <= G; g += 4) {
+        float *a = acc + (int64_t)g * hd + d0;
+        __m256 a0 = LD(a), a1 = LD(a + hd), a2 = LD(a + 2 * hd), a3 = LD(a + 3 * hd);
+        const float *pg = p + (int64_t)g * ldp;
+        for (int j = 0; j < n; j++) {
+            __m256 vv = LD(v + j * ldv + d0);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), vv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + ldp + j), vv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 2 * ldp + j), vv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + 3 * ldp + j), vv, a3);
+        }
+        if (tail) {
             _mm256_maskstore_ps(a, mk, a0);
             _mm256_maskstore_ps(a + hd, mk, a1);
             _mm256_maskstore_ps(a + 2 * hd, mk, a2);
             _mm256_maskstore_ps(a + 3 * hd, mk, a3);
-        }
-        for (; g < G; g++) {
-            float *a = acc + (int64_t)g * hd + d0;
-            __m256 a0 = _mm256_maskload_ps(a, mk), a1 = _mm256_setzero_ps();
-            const float *pg = p + (int64_t)g * ldp;
-            int j = 0;
-            for (; j + 2 <= n; j += 2) { /* two chains, summed at the end */
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), _mm256_maskload_ps(v + j * ldv + d0, mk), a0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j + 1),
-                                     _mm256_maskload_ps(v + (j + 1) * ldv + d0, mk), a1);
-            }
-            if (j < n)
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), _mm256_maskload_ps(v + j * ldv + d0, mk), a0);
-            _mm256_maskstore_ps(a, mk, _mm256_add_ps(a0, a1));
+        } else {
+            _mm256_storeu_ps(a, a0);
+            _mm256_storeu_ps(a + hd, a1);
+            _mm256_storeu_ps(a + 2 * hd, a2);
+            _mm256_storeu_ps(a + 3 * hd, a3);
         }
     }
+    for (; g < G; g++) { /* one chain, the same arithmetic as the 4-row path */
+        float *a = acc + (int64_t)g * hd + d0;
+        __m256 a0 = LD(a);
+        const float *pg = p + (int64_t)g * ldp;
+        for (int j = 0; j < n; j++)
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(pg + j), LD(v + j * ldv + d0), a0);
+        if (tail)
+            _mm256_maskstore_ps(a, mk, a0);
+        else
+            _mm256_storeu_ps(a, a0);
+    }
+#undef LD
+}
+
+/* acc[g][0..hd) += sum_j p[g * ldp + j] * v[j * ldv + 0..hd) for g < G, j < n: the
+ * probability-weighted V sum of one key block, 4 rows at a time so each V vector load
+ * feeds 4 FMA chains. */
+void kcpu_attn_pv_avx2(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
+                       int64_t ldv, int n)
+{
+    int d0 = 0;
+    for (; d0 + 8 <= hd; d0 += 8)
+        pv_rows(acc, G, hd, p, ldp, v, ldv, n, d0, false, _mm256_setzero_si256());
+    if (d0 < hd)
+        pv_rows(acc, G, hd, p, ldp, v, ldv, n, d0, true, tail_mask(hd - d0));
+}
+
+/* Sums of 8 accumulators at once: out[i] = ((a_i0 + a_i1) + (a_i2 + a_i3)) +
+ * ((a_i4 + a_i5) + (a_i6 + a_i7)) for every i (the same tree for each). */
+INLINE __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5,
+                      __m256 a6, __m256 a7)
+{
+    __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
+    __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
+    t0 = _mm256_hadd_ps(t0, t1); /* a0..a3: low-lane and high-lane halves */
+    t2 = _mm256_hadd_ps(t2, t3); /* a4..a7 */
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+}
+
+/* scores[r * ldsc + j] = scale * dot(q_r, k_j) for r < R, j < n (hd-long rows).  Two query
+ * rows x four keys per step (8 accumulators, 6 loads per 8 FMAs); every score goes
+ * through the same accumulation and reduction tree whatever its position. */
+void kcpu_attn_scores_avx2(const float *q, int R, int hd, const float *k, int64_t ldk, int n,
+                           float scale, float *scores, int64_t ldsc)
+{
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int r0 = 0; r0 < R; r0 += 2) {
+        const float *qa = q + (int64_t)r0 * hd;
+        const float *qb = r0 + 1 < R ? qa + hd : qa; /* odd row count: duplicate, drop */
+        for (int j0 = 0; j0 < n; j0 += 4) {
+            const float *kp[4];
+            for (int c = 0; c < 4; c++)
+                kp[c] = k + (j0 + c < n ? j0 + c : n - 1) * ldk;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            int d = 0;
+            for (; d + 8 <= hd; d += 8) {
+                __m256 x = _mm256_loadu_ps(qa + d), y = _mm256_loadu_ps(qb + d);
+                __m256 k0 = _mm256_loadu_ps(kp[0] + d), k1 = _mm256_loadu_ps(kp[1] + d);
+                __m256 k2 = _mm256_loadu_ps(kp[2] + d), k3 = _mm256_loadu_ps(kp[3] + d);
+                a0 = _mm256_fmadd_ps(x, k0, a0); a1 = _mm256_fmadd_ps(x, k1, a1);
+                a2 = _mm256_fmadd_ps(x, k2, a2); a3 = _mm256_fmadd_ps(x, k3, a3);
+                b0 = _mm256_fmadd_ps(y, k0, b0); b1 = _mm256_fmadd_ps(y, k1, b1);
+                b2 = _mm256_fmadd_ps(y, k2, b2); b3 = _mm256_fmadd_ps(y, k3, b3);
+            }
+            if (d < hd) {
+                __m256i mk = tail_mask(hd - d);
+                __m256 x = _mm256_maskload_ps(qa + d, mk), y = _mm256_maskload_ps(qb + d, mk);
+                __m256 k0 = _mm256_maskload_ps(kp[0] + d, mk), k1 = _mm256_maskload_ps(kp[1] + d, mk);
+                __m256 k2 = _mm256_maskload_ps(kp[2] + d, mk), k3 = _mm256_maskload_ps(kp[3] + d, mk);
+                a0 = _mm256_fmadd_ps(x, k0, a0); a1 = _mm256_fmadd_ps(x, k1, a1);
+                a2 = _mm256_fmadd_ps(x, k2, a2); a3 = _mm256_fmadd_ps(x, k3, a3);
+                b0 = _mm256_fmadd_ps(y, k0, b0); b1 = _mm256_fmadd_ps(y, k1, b1);
+                b2 = _mm256_fmadd_ps(y, k2, b2); b3 = _mm256_fmadd_ps(y, k3, b3);
+            }
+            float o[8];
+            _mm256_storeu_ps(o, _mm256_mul_ps(hsum8x8(a0, a1, a2, a3, b0, b1, b2, b3), sv));
+            int nc = n - j0 < 4 ? n - j0 : 4;
+            for (int c = 0; c < nc; c++) {
+                scores[(int64_t)r0 * ldsc + j0 + c] = o[c];
+                if (r0 + 1 < R)
+                    scores[(int64_t)(r0 + 1) * ldsc + j0 + c] = o[4 + c];
+            }
+        }
+    }
+}
+
+/* out[i] = exp(x[i] - mx) for n floats, returns their sum (vectorised exp: Cody-Waite
+ * range reduction and a degree-6 polynomial, ~2 ulp; -inf gives 0). */
+float kcpu_exp_sub_sum_avx2(float *x, int n, float mx)
+{
+    const __m256 m = _mm256_set1_ps(mx);
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+    const __m256 lo_lim = _mm256_set1_ps(-87.3f);
+    __m256 sum = _mm256_setzero_ps();
+    int i = 0;
+    for (; i < n; i += 8) {
+        bool tail = n - i < 8;
+        __m256i mk = tail_mask(tail ? n - i : 8);
+        __m256 v = _mm256_sub_ps(tail ? _mm256_maskload_ps(x + i, mk) : _mm256_loadu_ps(x + i), m);
+        __m256 under = _mm256_cmp_ps(v, lo_lim, _CMP_LT_OQ); /* also -inf; NaN stays */
+        v = _mm256_max_ps(v, lo_lim);
+        __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(fx, ln2_hi, v);
+        r = _mm256_fnmadd_ps(fx, ln2_lo, r);
+        __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        y = _mm256_andnot_ps(under, y);
+        if (tail) {
+            y = _mm256_and_ps(y, _mm256_castsi256_ps(mk));
+            _mm256_maskstore_ps(x + i, mk, y);
+        } else {
+            _mm256_storeu_ps(x + i, y);
+        }
+        sum = _mm256_add_ps(sum, y);
+    }
+    return hsum8(sum);
 }
 
 /* acc = acc * beta + alpha * v over n floats (the online-softmax update). */

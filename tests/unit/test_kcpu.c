@@ -948,6 +948,26 @@ static void run_attention_case(int block_size, int n_kv, int group, int hd, kcpu
         free(dense);
     }
     kcpu_set_simd(true);
+    /* batching independence: each token alone gives bitwise the same output as in the
+     * batch (runs of tokens share K/V loads but must not change the arithmetic) */
+    P.out = out;
+    poison(out, T * qs);
+    PD_CHECK_STATUS(kcpu_paged_attention(pool2_g, &P), PD_OK);
+    for (int t = 0; t < T; t++) {
+        kcpu_attn_params_t P1 = P;
+        P1.n_tokens = 1;
+        P1.q = q + (int64_t)t * qs;
+        P1.out = out2;
+        P1.tok_seq = tok_seq + t;
+        P1.tok_pos = tok_pos + t;
+        poison(out2, qs);
+        PD_CHECK_STATUS(kcpu_paged_attention(NULL, &P1), PD_OK);
+        if (memcmp(out2, out + (int64_t)t * qs, sizeof(float) * (size_t)(nh * hd)) != 0) {
+            fprintf(stderr, "  attention: token %d alone differs from the batch\n", t);
+            PD_CHECK(0);
+            break;
+        }
+    }
     /* a position beyond the sequence's context is refused */
     if (causal) {
         int32_t save = tok_pos[0];
