@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kcpu.h"
 #include "pd_log.h"
@@ -74,13 +75,18 @@ static void peak_task(void *arg, int64_t b, int64_t e, int tid)
 #endif
 }
 
-/* FMA peak in GFLOP/s over the pool (10 independent 8-wide FMA chains per thread) */
+/* FMA peak of one thread in GFLOP/s (10 independent 8-wide FMA chains), times the
+ * thread count: the pool hands chunks to whichever thread is running, so on a shared
+ * machine a pool-wide loop would measure the cores we got rather than the peak. */
 static double measure_peak(kcpu_pool_t *pool)
 {
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
         return 0;
     int nth = kcpu_pool_n_threads(pool);
+    int threads = nth;
+    nth = 1;
+    pool = NULL;
     peak_args_t a = { 1000000, 0 };
     double best = 0;
     for (int r = 0; r < 20; r++) {
@@ -90,7 +96,7 @@ static double measure_peak(kcpu_pool_t *pool)
         double gf = (double)nth * (double)a.iters * 10 * 8 * 2 / dt / 1e9;
         best = gf > best ? gf : best;
     }
-    return best;
+    return best * threads;
 #else
     return 0;
 #endif
@@ -126,11 +132,25 @@ static void read_task(void *arg, int64_t b, int64_t e, int tid)
 
 typedef pd_status_t (*case_fn_t)(void *arg);
 
+static int nth_g = 1;
+static double share_g; /* CPU share of the last case: process CPU time / (wall * threads) */
+
+static double cpu_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Best wall time of repeated runs.  On a shared machine the threads may not get their
+ * cores: share_g says how much CPU they really had (1.0 = all of nth_g cores; spinning
+ * workers count as busy). */
 static double time_case(case_fn_t fn, void *arg)
 {
     int reps = 0;
     double best = INFINITY, t_total = 0;
     fn(arg); /* warm-up */
+    double c0 = cpu_now_s();
     while (t_total < min_time_g || reps < 3) {
         double t0 = pd_now_s();
         fn(arg);
@@ -139,6 +159,7 @@ static double time_case(case_fn_t fn, void *arg)
         t_total += dt;
         reps++;
     }
+    share_g = (cpu_now_s() - c0) / (t_total * nth_g);
     return best;
 }
 
@@ -220,6 +241,7 @@ int main(int argc, char **argv)
     if (kcpu_pool_create(nth, &pool) != PD_OK)
         return 1;
     nth = kcpu_pool_n_threads(pool);
+    nth_g = nth;
     pd_buf_init(&json);
 
     /* memory ceilings: memcpy (one thread) and parallel read over 256 MiB */
@@ -250,13 +272,14 @@ int main(int argc, char **argv)
 
     printf("kcpu bench: %d threads, simd %s\n", nth, kcpu_simd_enabled() ? "avx2+fma" : "off");
     printf("ceilings: memcpy %.1f GB/s (1 thread, read+write), read %.1f GB/s (%d threads), "
-           "FMA peak %.1f GFLOP/s (%d threads)\n\n", memcpy_gbs, read_gbs, nth, peak, nth);
+           "FMA peak %.1f GFLOP/s (1-thread peak x %d)\n\n", memcpy_gbs, read_gbs, nth, peak, nth);
     pd_buf_printf(&json, "{\"bench\":\"kcpu\",\"threads\":%d,\"simd\":%s,\"memcpy_gbs\":%.2f,"
                   "\"read_gbs\":%.2f,\"peak_gflops\":%.1f,\"matmul\":[", nth,
                   kcpu_simd_enabled() ? "true" : "false", memcpy_gbs, read_gbs, peak);
 
-    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s\n", "dtype", "mode", "M", "K", "N", "time_us",
-           "GFLOP/s", "%peak", "weight_GB/s", "%read");
+    printf("(cpu = share of the %d threads' cores this process really got during the case)\n", nth);
+    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s\n", "dtype", "mode", "M", "K", "N", "time_us",
+           "GFLOP/s", "%peak", "weight_GB/s", "%read", "cpu");
     static const kcpu_dtype_t types[] = { KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_1,
                                           KCPU_DTYPE_Q4_0 };
     static const int64_t Ns[] = { 576, 1536, 49152 };
@@ -288,21 +311,21 @@ int main(int argc, char **argv)
                     double dt = time_case(mm_fn, &c);
                     double gf = 2.0 * (double)M * (double)N * (double)K / dt / 1e9;
                     double wgbs = (double)rb * (double)N / dt / 1e9;
-                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%%\n",
+                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f\n",
                            kcpu_dtype_name(t), mode ? "fast" : "exact", (long long)M, (long long)K,
                            (long long)N, dt * 1e6, gf, peak > 0 ? 100 * gf / peak : 0, wgbs,
-                           100 * wgbs / read_gbs);
+                           100 * wgbs / read_gbs, share_g);
                     pd_buf_printf(&json, "%s{\"dtype\":\"%s\",\"mode\":\"%s\",\"M\":%lld,\"K\":%lld,"
-                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f}",
+                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f}",
                                   first ? "" : ",", kcpu_dtype_name(t), mode ? "fast" : "exact",
-                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs);
+                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g);
                     first = false;
                 }
                 free(w); free(row); free(x); free(y);
             }
 
     printf("\npaged attention (9 heads, 3 kv heads, head_dim 64, block 16, f32 cache, one layer)\n");
-    printf("%-28s %12s %10s\n", "case", "tokens/s", "KV GB/s");
+    printf("%-28s %12s %10s %9s %5s\n", "case", "tokens/s", "KV GB/s", "GFLOP/s", "cpu");
     pd_buf_puts(&json, "],\"attention\":[");
     struct { const char *name; int seqs, ctx; bool prefill; } ac[] = {
         { "decode 1 seq x ctx 512", 1, 512, false },
@@ -312,9 +335,12 @@ int main(int argc, char **argv)
     };
     for (size_t i = 0; i < PD_ARRAY_SIZE(ac); i++) {
         double tok_s = 0, gbs = bench_attention(pool, ac[i].seqs, ac[i].ctx, ac[i].prefill, &tok_s);
-        printf("%-28s %12.0f %10.2f\n", ac[i].name, tok_s, gbs);
-        pd_buf_printf(&json, "%s{\"case\":\"%s\",\"tok_s\":%.0f,\"kv_gbs\":%.2f}", i ? "," : "",
-                      ac[i].name, tok_s, gbs);
+        /* flops: QK^T and PV, 2 * 2 * head_dim per (query head, key); prefill is causal */
+        double keys = ac[i].prefill ? (ac[i].ctx + 1) / 2.0 : ac[i].ctx;
+        double gf = tok_s * keys * 9 * 64 * 4 / 1e9;
+        printf("%-28s %12.0f %10.2f %9.1f %5.2f\n", ac[i].name, tok_s, gbs, gf, share_g);
+        pd_buf_printf(&json, "%s{\"case\":\"%s\",\"tok_s\":%.0f,\"kv_gbs\":%.2f,\"gflops\":%.2f,"
+                      "\"cpu_share\":%.2f}", i ? "," : "", ac[i].name, tok_s, gbs, gf, share_g);
     }
     pd_buf_puts(&json, "]}");
     printf("\n%s\n", json.data);
