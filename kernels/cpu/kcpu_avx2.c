@@ -215,25 +215,29 @@ void kcpu_quant_q8x_avx2(const float *x, kcpu_block_q8x_t *y, int64_t n)
 /* ---- quantized tiles ---- */
 
 /* 32 weight values of block k of a row as bytes (u8 0..15 for Q4, i8 for Q8_0), their
- * scale and, for Q4, the per-block offset coefficient (Q4_0: -8d, Q4_1: m). */
+ * scale and, for Q4, the per-block offset coefficient (Q4_0: -8d, Q4_1: m).  The f16
+ * fields are loaded with a zero-extending movd (no merge into a stale register). */
 INLINE __m256i load_wblock(kcpu_dtype_t type, const uint8_t *row, int64_t k, float *d_p, float *m_p)
 {
     if (type == KCPU_DTYPE_Q8_0) {
         const kcpu_block_q8_0_t *b = (const kcpu_block_q8_0_t *)row + k;
-        *d_p = _cvtsh_ss(b->d);
+        *d_p = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b->d)));
         *m_p = 0.0f;
         return _mm256_loadu_si256((const __m256i *)b->qs);
     }
     const uint8_t *qs;
     if (type == KCPU_DTYPE_Q4_0) {
         const kcpu_block_q4_0_t *b = (const kcpu_block_q4_0_t *)row + k;
-        *d_p = _cvtsh_ss(b->d);
+        *d_p = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b->d)));
         *m_p = -8.0f * *d_p;
         qs = b->qs;
     } else {
         const kcpu_block_q4_1_t *b = (const kcpu_block_q4_1_t *)row + k;
-        *d_p = _cvtsh_ss(b->d);
-        *m_p = _cvtsh_ss(b->m);
+        int32_t dm;
+        memcpy(&dm, b, 4); /* d and m side by side */
+        __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
+        *d_p = _mm_cvtss_f32(f);
+        *m_p = _mm_cvtss_f32(_mm_movehdup_ps(f));
         qs = b->qs;
     }
     __m128i raw = _mm_loadu_si128((const __m128i *)qs);
@@ -280,10 +284,60 @@ INLINE void q8x_tile(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx, 
             out[i * ldo + j] = hsum8(acc[i][j]) + off[i][j];
 }
 
+/* The decode case (one activation row, four weight rows) with every accumulator in a
+ * named register (the generic tile spills them).  Same arithmetic per element as
+ * q8x_tile: acc = fma(d_w * d_x, cvt(isum8), acc); off += m_w * s_x. */
+INLINE void q8x_gemv4(kcpu_dtype_t type, const kcpu_block_q8x_t *x, const uint8_t *w, size_t rbw,
+                      int64_t nb, float *out)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const bool q8 = type == KCPU_DTYPE_Q8_0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    float o0 = 0, o1 = 0, o2 = 0, o3 = 0;
+    const uint8_t *w0 = w, *w1 = w + rbw, *w2 = w + 2 * rbw, *w3 = w + 3 * rbw;
+
+#define GEMV_ROW(wr, acc, off)                                                        \
+    do {                                                                              \
+        float wd_, wm_;                                                               \
+        __m256i wq_ = load_wblock(type, (wr), k, &wd_, &wm_);                          \
+        __m256i p16_;                                                                 \
+        if (q8)                                                                       \
+            p16_ = _mm256_maddubs_epi16(_mm256_sign_epi8(wq_, wq_), _mm256_sign_epi8(xq, wq_)); \
+        else                                                                          \
+            p16_ = _mm256_maddubs_epi16(wq_, xq);                                     \
+        __m256 p_ = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16_, ones));                \
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * xd), p_, acc);                     \
+        if (!q8)                                                                      \
+            off += wm_ * xs;                                                          \
+    } while (0)
+
+    for (int64_t k = 0; k < nb; k++) {
+        const __m256i xq = _mm256_loadu_si256((const __m256i *)x[k].qs);
+        const float xd = x[k].d, xs = x[k].s;
+        GEMV_ROW(w0, a0, o0);
+        GEMV_ROW(w1, a1, o1);
+        GEMV_ROW(w2, a2, o2);
+        GEMV_ROW(w3, a3, o3);
+    }
+#undef GEMV_ROW
+    out[0] = hsum8(a0) + o0;
+    out[1] = hsum8(a1) + o1;
+    out[2] = hsum8(a2) + o2;
+    out[3] = hsum8(a3) + o3;
+}
+
 void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx_blocks,
                              int mr, const uint8_t *w, size_t rbw, int nr, int64_t nb,
                              float *out, int64_t ldo)
 {
+    if (mr == 1 && nr == 4) {
+        switch (type) { /* constant type: the loads and branches fold */
+        case KCPU_DTYPE_Q4_1: q8x_gemv4(KCPU_DTYPE_Q4_1, x, w, rbw, nb, out); return;
+        case KCPU_DTYPE_Q4_0: q8x_gemv4(KCPU_DTYPE_Q4_0, x, w, rbw, nb, out); return;
+        case KCPU_DTYPE_Q8_0: q8x_gemv4(KCPU_DTYPE_Q8_0, x, w, rbw, nb, out); return;
+        default: break;
+        }
+    }
 #define Q_CASE(a, b) \
     case (a) * 8 + (b): q8x_tile(type, x, ldx_blocks, w, rbw, nb, out, ldo, a, b); return;
     switch (mr * 8 + nr) {
