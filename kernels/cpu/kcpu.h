@@ -121,10 +121,10 @@ typedef enum {
     /* Dequantize/convert each weight row to f32 and dot it with the f32 activation
      * (f32 accumulation).  The golden/test path. */
     KCPU_MM_EXACT = 0,
-    /* Quantized weights with M < 8: quantize each activation row to Q8 blocks once per
-     * call and use integer dot products (like llama.cpp); the error vs EXACT is at most
-     * sum over blocks of (max|x_block| / 254) * sum|w_block|.  M >= 8, and F16/BF16/F32
-     * weights: same as EXACT (faster there). */
+    /* Q8_0/Q4_0/Q4_1 weights: quantize each activation row to Q8 blocks once per call
+     * and use integer dot products (like llama.cpp); the error vs EXACT is at most
+     * sum over blocks of (max|x_block| / 254) * sum|w_block|.  Other weight types: the
+     * same as EXACT. */
     KCPU_MM_FAST = 1,
 } kcpu_mm_mode_t;
 

@@ -326,10 +326,66 @@ INLINE void q8x_gemv4(kcpu_dtype_t type, const kcpu_block_q8x_t *x, const uint8_
     out[3] = hsum8(a3) + o3;
 }
 
+/* Small batches (4 activation rows x 2 weight rows), accumulators in named registers;
+ * the same per-element arithmetic as q8x_tile and q8x_gemv4. */
+INLINE void q8x_4x2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx, const uint8_t *w,
+                    size_t rbw, int64_t nb, float *out, int64_t ldo)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const bool q8 = type == KCPU_DTYPE_Q8_0;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+           a30 = a00, a31 = a00;
+    float o00 = 0, o01 = 0, o10 = 0, o11 = 0, o20 = 0, o21 = 0, o30 = 0, o31 = 0;
+
+    for (int64_t k = 0; k < nb; k++) {
+        float wd0, wm0, wd1, wm1;
+        __m256i w0 = load_wblock(type, w, k, &wd0, &wm0);
+        __m256i w1 = load_wblock(type, w + rbw, k, &wd1, &wm1);
+        __m256i u0 = q8 ? _mm256_sign_epi8(w0, w0) : w0;
+        __m256i u1 = q8 ? _mm256_sign_epi8(w1, w1) : w1;
+#define Q4X2_ROW(i, acc0, acc1, off0, off1)                                              \
+        do {                                                                             \
+            const kcpu_block_q8x_t *xb_ = x + (i) * ldx + k;                             \
+            __m256i xq_ = _mm256_loadu_si256((const __m256i *)xb_->qs);                  \
+            __m256i x0_ = q8 ? _mm256_sign_epi8(xq_, w0) : xq_;                          \
+            __m256i x1_ = q8 ? _mm256_sign_epi8(xq_, w1) : xq_;                          \
+            __m256 p0_ = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u0, x0_), ones)); \
+            __m256 p1_ = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u1, x1_), ones)); \
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(wd0 * xb_->d), p0_, acc0);             \
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(wd1 * xb_->d), p1_, acc1);             \
+            if (!q8) {                                                                   \
+                off0 += wm0 * xb_->s;                                                    \
+                off1 += wm1 * xb_->s;                                                    \
+            }                                                                            \
+        } while (0)
+        Q4X2_ROW(0, a00, a01, o00, o01);
+        Q4X2_ROW(1, a10, a11, o10, o11);
+        Q4X2_ROW(2, a20, a21, o20, o21);
+        Q4X2_ROW(3, a30, a31, o30, o31);
+#undef Q4X2_ROW
+    }
+    out[0] = hsum8(a00) + o00;
+    out[1] = hsum8(a01) + o01;
+    out[ldo] = hsum8(a10) + o10;
+    out[ldo + 1] = hsum8(a11) + o11;
+    out[2 * ldo] = hsum8(a20) + o20;
+    out[2 * ldo + 1] = hsum8(a21) + o21;
+    out[3 * ldo] = hsum8(a30) + o30;
+    out[3 * ldo + 1] = hsum8(a31) + o31;
+}
+
 void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64_t ldx_blocks,
                              int mr, const uint8_t *w, size_t rbw, int nr, int64_t nb,
                              float *out, int64_t ldo)
 {
+    if (mr == 4 && nr == 2) {
+        switch (type) {
+        case KCPU_DTYPE_Q4_1: q8x_4x2(KCPU_DTYPE_Q4_1, x, ldx_blocks, w, rbw, nb, out, ldo); return;
+        case KCPU_DTYPE_Q4_0: q8x_4x2(KCPU_DTYPE_Q4_0, x, ldx_blocks, w, rbw, nb, out, ldo); return;
+        case KCPU_DTYPE_Q8_0: q8x_4x2(KCPU_DTYPE_Q8_0, x, ldx_blocks, w, rbw, nb, out, ldo); return;
+        default: break;
+        }
+    }
     if (mr == 1 && nr == 4) {
         switch (type) { /* constant type: the loads and branches fold */
         case KCPU_DTYPE_Q4_1: q8x_gemv4(KCPU_DTYPE_Q4_1, x, w, rbw, nb, out); return;
