@@ -88,9 +88,9 @@ void kcpu_gemm_f32_tile_avx2(const float *x, int64_t ldx, int mr, const float *w
     case (a) * 8 + (b): f32_tile(x, ldx, w, ldw, K, out, ldo, a, b); return;
     switch (mr * 8 + nr) {
     F32_CASE(1, 1) F32_CASE(1, 2) F32_CASE(1, 3) F32_CASE(1, 4)
-    F32_CASE(2, 1) F32_CASE(2, 2)
-    F32_CASE(3, 1) F32_CASE(3, 2)
-    F32_CASE(4, 1) F32_CASE(4, 2)
+    F32_CASE(2, 1) F32_CASE(2, 2) F32_CASE(2, 3)
+    F32_CASE(3, 1) F32_CASE(3, 2) F32_CASE(3, 3)
+    F32_CASE(4, 1) F32_CASE(4, 2) F32_CASE(4, 3)
     default:
         for (int i = 0; i < mr; i++)
             for (int j = 0; j < nr; j++)

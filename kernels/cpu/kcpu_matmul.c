@@ -11,8 +11,8 @@
  * EXACT mode converts weight tiles to f32 (into per-thread scratch) and runs the f32
  * kernel.  FAST mode with Q8_0/Q4_0/Q4_1 weights first quantizes the activations to Q8
  * blocks (kcpu_block_q8x_t: f32 scale and the scaled sum for the Q4 offset term) and
- * uses integer dot products per block (measured faster than convert + f32 FMA at every
- * M on AVX2: ~58-63 vs ~45-49 GFLOP/s per thread at K=576).
+ * uses integer dot products per block when M < 16 (decode and small batches); with more
+ * rows it takes the EXACT path, which is then faster (the conversion is amortised).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -24,10 +24,17 @@
 #include "pd_util.h"
 
 #define MR 4 /* activation rows per tile */
-#define NR 2 /* weight rows per tile when M > 1 */
+#define NR 2 /* weight rows per integer-dot tile when M > 1 */
+/* weight rows per f32 tile when M > 1: 4 x 3 = 12 accumulators cover the FMA latency
+ * (5 cycles x 2 pipes) with 7 loads per 12 FMAs */
+#define NRF 3
+/* FAST mode uses integer dots below this many activation rows; from here on converting
+ * weight blocks to f32 (amortised over M) and the 4x3 FMA tile is faster and exact
+ * (measured per thread at K=576, N=1536: M=16: 64 vs 59 GFLOP/s, M=128: 83 vs 57). */
+#define MM_INT_DOT_MAX_M 16
 #define NR1 4 /* weight rows per tile when M == 1 */
 /* weight rows per work item for the f32 tiles when M > 1 (a block that stays in L2) */
-#define NB 32
+#define NB 30
 
 /* ---- scalar reference pieces ---- */
 
@@ -170,8 +177,8 @@ static void f32_block(const mm_args_t *a, const float *wf, int64_t ldw, int64_t 
 {
     for (int64_t m0 = 0; m0 < a->M; m0 += MR) {
         int mr = a->M - m0 < MR ? (int)(a->M - m0) : MR;
-        for (int64_t j0 = 0; j0 < nrows; j0 += NR) {
-            int nr = nrows - j0 < NR ? (int)(nrows - j0) : NR;
+        for (int64_t j0 = 0; j0 < nrows; j0 += NRF) {
+            int nr = nrows - j0 < NRF ? (int)(nrows - j0) : NRF;
             float *out = a->y + m0 * a->ldy + n0 + j0;
             const float *w = wf + j0 * ldw;
 #if KCPU_HAVE_X86
@@ -275,7 +282,7 @@ pd_status_t kcpu_matmul(kcpu_pool_t *pool, const float *x, int64_t M, int64_t K,
     a.bias = bias; a.y = y; a.ldy = ldy; a.mode = mode;
     a.simd = kcpu_simd_enabled();
     bool quantized = wtype == KCPU_DTYPE_Q8_0 || wtype == KCPU_DTYPE_Q4_0 || wtype == KCPU_DTYPE_Q4_1;
-    bool int_dots = quantized && mode == KCPU_MM_FAST;
+    bool int_dots = quantized && mode == KCPU_MM_FAST && M < MM_INT_DOT_MAX_M;
     a.nr = M == 1 ? NR1 : (int_dots ? NR : NB);
 
     if (int_dots) {
