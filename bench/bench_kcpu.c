@@ -134,6 +134,7 @@ typedef pd_status_t (*case_fn_t)(void *arg);
 
 static int nth_g = 1;
 static double share_g; /* CPU share of the last case: process CPU time / (wall * threads) */
+static double cpu_per_call_g; /* process CPU seconds per call of the last case */
 
 static double cpu_now_s(void)
 {
@@ -159,7 +160,9 @@ static double time_case(case_fn_t fn, void *arg)
         t_total += dt;
         reps++;
     }
-    share_g = (cpu_now_s() - c0) / (t_total * nth_g);
+    double cpu = cpu_now_s() - c0;
+    share_g = cpu / (t_total * nth_g);
+    cpu_per_call_g = cpu / reps;
     return best;
 }
 
@@ -277,9 +280,11 @@ int main(int argc, char **argv)
                   "\"read_gbs\":%.2f,\"peak_gflops\":%.1f,\"matmul\":[", nth,
                   kcpu_simd_enabled() ? "true" : "false", memcpy_gbs, read_gbs, peak);
 
-    printf("(cpu = share of the %d threads' cores this process really got during the case)\n", nth);
-    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s\n", "dtype", "mode", "M", "K", "N", "time_us",
-           "GFLOP/s", "%peak", "weight_GB/s", "%read", "cpu");
+    printf("(cpu = share of the %d threads' cores this process really got during the case;\n"
+           " GF/cpu-s = GFLOP per CPU-second used, spinning included: the rate an idle machine\n"
+           " would show per thread)\n", nth);
+    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s %9s\n", "dtype", "mode", "M", "K", "N", "time_us",
+           "GFLOP/s", "%peak", "weight_GB/s", "%read", "cpu", "GF/cpu-s");
     static const kcpu_dtype_t types[] = { KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_1,
                                           KCPU_DTYPE_Q4_0 };
     static const int64_t Ns[] = { 576, 1536, 49152 };
@@ -311,21 +316,24 @@ int main(int argc, char **argv)
                     double dt = time_case(mm_fn, &c);
                     double gf = 2.0 * (double)M * (double)N * (double)K / dt / 1e9;
                     double wgbs = (double)rb * (double)N / dt / 1e9;
-                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f\n",
+                    double gf_cpu = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
+                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f %9.1f\n",
                            kcpu_dtype_name(t), mode ? "fast" : "exact", (long long)M, (long long)K,
                            (long long)N, dt * 1e6, gf, peak > 0 ? 100 * gf / peak : 0, wgbs,
-                           100 * wgbs / read_gbs, share_g);
+                           100 * wgbs / read_gbs, share_g, gf_cpu);
                     pd_buf_printf(&json, "%s{\"dtype\":\"%s\",\"mode\":\"%s\",\"M\":%lld,\"K\":%lld,"
-                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f}",
+                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f,"
+                                  "\"gflops_per_cpu_s\":%.2f}",
                                   first ? "" : ",", kcpu_dtype_name(t), mode ? "fast" : "exact",
-                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g);
+                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g,
+                                  gf_cpu);
                     first = false;
                 }
                 free(w); free(row); free(x); free(y);
             }
 
     printf("\npaged attention (9 heads, 3 kv heads, head_dim 64, block 16, f32 cache, one layer)\n");
-    printf("%-28s %12s %10s %9s %5s\n", "case", "tokens/s", "KV GB/s", "GFLOP/s", "cpu");
+    printf("%-28s %12s %10s %9s %5s %9s\n", "case", "tokens/s", "KV GB/s", "GFLOP/s", "cpu", "GF/cpu-s");
     pd_buf_puts(&json, "],\"attention\":[");
     struct { const char *name; int seqs, ctx; bool prefill; } ac[] = {
         { "decode 1 seq x ctx 512", 1, 512, false },
@@ -338,9 +346,11 @@ int main(int argc, char **argv)
         /* flops: QK^T and PV, 2 * 2 * head_dim per (query head, key); prefill is causal */
         double keys = ac[i].prefill ? (ac[i].ctx + 1) / 2.0 : ac[i].ctx;
         double gf = tok_s * keys * 9 * 64 * 4 / 1e9;
-        printf("%-28s %12.0f %10.2f %9.1f %5.2f\n", ac[i].name, tok_s, gbs, gf, share_g);
+        double gf_cpu = gf / tok_s * (ac[i].prefill ? ac[i].ctx : ac[i].seqs) / cpu_per_call_g;
+        printf("%-28s %12.0f %10.2f %9.1f %5.2f %9.1f\n", ac[i].name, tok_s, gbs, gf, share_g, gf_cpu);
         pd_buf_printf(&json, "%s{\"case\":\"%s\",\"tok_s\":%.0f,\"kv_gbs\":%.2f,\"gflops\":%.2f,"
-                      "\"cpu_share\":%.2f}", i ? "," : "", ac[i].name, tok_s, gbs, gf, share_g);
+                      "\"cpu_share\":%.2f,\"gflops_per_cpu_s\":%.2f}", i ? "," : "", ac[i].name, tok_s,
+                      gbs, gf, share_g, gf_cpu);
     }
     pd_buf_puts(&json, "]}");
     printf("\n%s\n", json.data);

@@ -208,7 +208,7 @@ static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
     const int rows = R * group;
     const int32_t s = p->tok_seq[t0];
     const int32_t pos0 = p->tok_pos[t0];
-    const int32_t posR = pos0 + R - 1;
+    const int64_t posR = (int64_t)pos0 + R - 1;
 
     if (s < 0 || s >= p->n_seqs || pos0 < 0) {
         __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
@@ -219,7 +219,7 @@ static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
     int64_t lo = p->sliding_window > 0 ? (int64_t)pos0 - p->sliding_window + 1 : 0;
     if (lo < 0)
         lo = 0;
-    if ((int64_t)posR >= ctx || ctx > p->max_blocks_per_seq * bs) {
+    if (posR >= ctx || ctx > p->max_blocks_per_seq * bs) {
         __atomic_store_n(&a->err, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -357,7 +357,8 @@ pd_status_t kcpu_paged_attention(kcpu_pool_t *pool, const kcpu_attn_params_t *p)
     if (runs == NULL)
         return PD_ERR_NOMEM;
     for (int64_t t = 0; t < p->n_tokens; t++) {
-        if (t == 0 || p->tok_seq[t] != p->tok_seq[t - 1] || p->tok_pos[t] != p->tok_pos[t - 1] + 1 ||
+        if (t == 0 || p->tok_seq[t] != p->tok_seq[t - 1] ||
+            (int64_t)p->tok_pos[t] != (int64_t)p->tok_pos[t - 1] + 1 ||
             t - runs[n_runs - 1] >= a.max_r)
             runs[n_runs++] = t;
     }
