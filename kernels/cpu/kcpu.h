@@ -102,17 +102,20 @@ typedef struct kcpu_pool kcpu_pool_t;
 typedef void (*kcpu_task_fn_t)(void *arg, int64_t begin, int64_t end, int tid);
 
 /* Create a pool of n_threads workers (n_threads <= 0: one per online CPU; the calling
- * thread counts as worker 0, so n_threads - 1 threads are started).  Workers spin
+ * thread counts as worker 0, so n_threads - 1 threads are started).  Idle workers spin
  * briefly after each job, then sleep on a futex.  PD_ERR_NOMEM / PD_ERR_INTERNAL. */
 pd_status_t kcpu_pool_create(int n_threads, kcpu_pool_t **pool_p);
 /* Stop and join the workers.  NULL is a no-op.  Must not be called from a task. */
 void kcpu_pool_destroy(kcpu_pool_t *pool);
 /* Number of workers including the caller (1 for a NULL pool). */
 int kcpu_pool_n_threads(const kcpu_pool_t *pool);
-/* Run fn over [0, n) split into contiguous chunks of at least `grain` items (grain <= 0
- * means 1), one chunk sequence per worker; returns when all are done.  The split depends
- * only on n, grain and the thread count.  One job at a time per pool: callers from
- * several threads must serialise.  A NULL pool runs fn(arg, 0, n, 0) inline. */
+/* Run fn over [0, n) and return when all of it is done.  [0, n) is cut into contiguous
+ * chunks of at least `grain` items (grain <= 0 means 1; about 4 chunks per worker) that
+ * the workers, the caller included, claim dynamically, so a worker the OS has not
+ * scheduled delays nothing.  fn may run several chunks on one worker; tid (the worker
+ * index) is unique among chunks running at the same time (per-thread scratch).  One
+ * job at a time per pool: callers from several threads must serialise, and fn must not
+ * call kcpu_pool_run on the same pool.  A NULL pool runs fn(arg, 0, n, 0) inline. */
 void kcpu_pool_run(kcpu_pool_t *pool, int64_t n, int64_t grain, kcpu_task_fn_t fn, void *arg);
 
 /* ---- matmul ---- */
