@@ -6,6 +6,11 @@
  * beside the FMA peak of the pool's threads, decode (M = 1) weight streaming GB/s
  * beside the memory read bandwidth and memcpy bandwidth.  Prints a table, then one
  * JSON line.  Usage: bench_kcpu [n_threads] [seconds_per_case]
+ *
+ * Peer: when built with -DPD_KCPU_GGML_DIR=<a ggml source tree> (ggml is llama.cpp's
+ * tensor library), every matmul case also runs ggml's CPU mul_mat on the same weight
+ * bytes (the block layouts are the same) with a ggml thread pool of as many threads, and
+ * the table shows both.
  */
 #include <math.h>
 #include <stdint.h>
@@ -17,6 +22,11 @@
 #include "kcpu.h"
 #include "pd_log.h"
 #include "pd_util.h"
+
+#ifdef PD_KCPU_HAVE_GGML
+#include "ggml-cpu.h"
+#include "ggml.h"
+#endif
 
 static double min_time_g = 0.3;
 
@@ -232,6 +242,47 @@ static double bench_attention(kcpu_pool_t *pool, int n_seqs, int ctx, bool prefi
     return prefill ? 0 : bytes / dt / 1e9;
 }
 
+#ifdef PD_KCPU_HAVE_GGML
+typedef struct {
+    struct ggml_cgraph *gf;
+    struct ggml_cplan plan;
+} peer_case_t;
+
+static pd_status_t peer_fn(void *arg)
+{
+    peer_case_t *c = arg;
+    return ggml_graph_compute(c->gf, &c->plan) == GGML_STATUS_SUCCESS ? PD_OK : PD_ERR_INTERNAL;
+}
+
+/* ggml mul_mat(W[N,K], x[M,K]) on the same weight bytes; returns the best wall time and
+ * sets the GFLOP per CPU-second; 0 when ggml cannot run the case. */
+static double peer_matmul(struct ggml_threadpool *tp, int nth, kcpu_dtype_t t, const void *w,
+                          size_t row_bytes, const float *x, int64_t M, int64_t K, int64_t N,
+                          double *gf_cpu_p)
+{
+    struct ggml_init_params ip = { row_bytes * (size_t)N + sizeof(float) * (size_t)(M * K + M * N) + (16u << 20),
+                                   NULL, false };
+    struct ggml_context *ctx = ggml_init(ip);
+    if (ctx == NULL)
+        return 0;
+    struct ggml_tensor *wt = ggml_new_tensor_2d(ctx, (enum ggml_type)t, K, N);
+    struct ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, M);
+    memcpy(wt->data, w, row_bytes * (size_t)N);
+    memcpy(xt->data, x, sizeof(float) * (size_t)(M * K));
+    peer_case_t c;
+    c.gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(c.gf, ggml_mul_mat(ctx, wt, xt));
+    c.plan = ggml_graph_plan(c.gf, nth, tp);
+    void *work = c.plan.work_size ? malloc(c.plan.work_size) : NULL;
+    c.plan.work_data = work;
+    double dt = time_case(peer_fn, &c);
+    *gf_cpu_p = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
+    free(work);
+    ggml_free(ctx);
+    return dt;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     int nth = argc > 1 ? atoi(argv[1]) : 0;
@@ -246,6 +297,14 @@ int main(int argc, char **argv)
     nth = kcpu_pool_n_threads(pool);
     nth_g = nth;
     pd_buf_init(&json);
+#ifdef PD_KCPU_HAVE_GGML
+    ggml_cpu_init();
+    struct ggml_threadpool_params tpp = ggml_threadpool_params_default(nth);
+    struct ggml_threadpool *tp = ggml_threadpool_new(&tpp);
+    const bool peer = tp != NULL;
+#else
+    const bool peer = false;
+#endif
 
     /* memory ceilings: memcpy (one thread) and parallel read over 256 MiB */
     size_t big = 256u << 20;
@@ -283,8 +342,11 @@ int main(int argc, char **argv)
     printf("(cpu = share of the %d threads' cores this process really got during the case;\n"
            " GF/cpu-s = GFLOP per CPU-second used, spinning included: the rate an idle machine\n"
            " would show per thread)\n", nth);
-    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s %9s\n", "dtype", "mode", "M", "K", "N", "time_us",
+    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s %9s", "dtype", "mode", "M", "K", "N", "time_us",
            "GFLOP/s", "%peak", "weight_GB/s", "%read", "cpu", "GF/cpu-s");
+    if (peer)
+        printf(" %11s %12s %6s", "ggml_us", "ggml_GF/cpu-s", "ratio");
+    printf("\n");
     static const kcpu_dtype_t types[] = { KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_1,
                                           KCPU_DTYPE_Q4_0 };
     static const int64_t Ns[] = { 576, 1536, 49152 };
@@ -317,16 +379,24 @@ int main(int argc, char **argv)
                     double gf = 2.0 * (double)M * (double)N * (double)K / dt / 1e9;
                     double wgbs = (double)rb * (double)N / dt / 1e9;
                     double gf_cpu = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
-                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f %9.1f\n",
+                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f %9.1f",
                            kcpu_dtype_name(t), mode ? "fast" : "exact", (long long)M, (long long)K,
                            (long long)N, dt * 1e6, gf, peak > 0 ? 100 * gf / peak : 0, wgbs,
                            100 * wgbs / read_gbs, share_g, gf_cpu);
+                    double peer_us = 0, peer_gf_cpu = 0;
+#ifdef PD_KCPU_HAVE_GGML
+                    if (peer && mode == KCPU_MM_FAST)
+                        peer_us = 1e6 * peer_matmul(tp, nth, t, w, rb, x, M, K, N, &peer_gf_cpu);
+#endif
+                    if (peer_us > 0)
+                        printf(" %11.1f %12.1f %6.2f", peer_us, peer_gf_cpu, gf_cpu / peer_gf_cpu);
+                    printf("\n");
                     pd_buf_printf(&json, "%s{\"dtype\":\"%s\",\"mode\":\"%s\",\"M\":%lld,\"K\":%lld,"
                                   "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f,"
-                                  "\"gflops_per_cpu_s\":%.2f}",
+                                  "\"gflops_per_cpu_s\":%.2f,\"ggml_us\":%.1f,\"ggml_gflops_per_cpu_s\":%.2f}",
                                   first ? "" : ",", kcpu_dtype_name(t), mode ? "fast" : "exact",
                                   (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g,
-                                  gf_cpu);
+                                  gf_cpu, peer_us, peer_gf_cpu);
                     first = false;
                 }
                 free(w); free(row); free(x); free(y);
@@ -355,6 +425,10 @@ int main(int argc, char **argv)
     pd_buf_puts(&json, "]}");
     printf("\n%s\n", json.data);
     pd_buf_cleanup(&json);
+#ifdef PD_KCPU_HAVE_GGML
+    if (tp)
+        ggml_threadpool_free(tp);
+#endif
     kcpu_pool_destroy(pool);
     return 0;
 }
