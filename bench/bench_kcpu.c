@@ -370,17 +370,18 @@ int main(int argc, char **argv)
                 float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = malloc(sizeof(float) * (size_t)(M * N));
                 for (int64_t i = 0; i < M * K; i++)
                     x[i] = (float)(i % 23) / 23.0f - 0.5f;
-                for (int mode = 1; mode >= 0; mode--) {
+                for (int mi2 = 0; mi2 < 2; mi2++) {
+                    kcpu_mm_mode_t mode = mi2 == 0 ? KCPU_MM_FAST : KCPU_MM_EXACT;
                     bool quant = t == KCPU_DTYPE_Q8_0 || t == KCPU_DTYPE_Q4_1 || t == KCPU_DTYPE_Q4_0;
-                    if (mode == 0 && (!quant || M > 1 || N > 1536))
+                    if (mode == KCPU_MM_EXACT && (!quant || M > 1 || N > 1536))
                         continue; /* exact mode: one small decode case per quantized type */
-                    mm_case_t c = { pool, x, M, K, N, w, t, y, (kcpu_mm_mode_t)mode };
+                    mm_case_t c = { pool, x, M, K, N, w, t, y, mode };
                     double dt = time_case(mm_fn, &c);
                     double gf = 2.0 * (double)M * (double)N * (double)K / dt / 1e9;
                     double wgbs = (double)rb * (double)N / dt / 1e9;
                     double gf_cpu = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
                     printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f %9.1f",
-                           kcpu_dtype_name(t), mode ? "fast" : "exact", (long long)M, (long long)K,
+                           kcpu_dtype_name(t), mode == KCPU_MM_FAST ? "fast" : "exact", (long long)M, (long long)K,
                            (long long)N, dt * 1e6, gf, peak > 0 ? 100 * gf / peak : 0, wgbs,
                            100 * wgbs / read_gbs, share_g, gf_cpu);
                     double peer_us = 0, peer_gf_cpu = 0;
@@ -394,7 +395,7 @@ int main(int argc, char **argv)
                     pd_buf_printf(&json, "%s{\"dtype\":\"%s\",\"mode\":\"%s\",\"M\":%lld,\"K\":%lld,"
                                   "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f,"
                                   "\"gflops_per_cpu_s\":%.2f,\"ggml_us\":%.1f,\"ggml_gflops_per_cpu_s\":%.2f}",
-                                  first ? "" : ",", kcpu_dtype_name(t), mode ? "fast" : "exact",
+                                  first ? "" : ",", kcpu_dtype_name(t), mode == KCPU_MM_FAST ? "fast" : "exact",
                                   (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g,
                                   gf_cpu, peer_us, peer_gf_cpu);
                     first = false;
