@@ -121,11 +121,10 @@ void kcpu_pool_run(kcpu_pool_t *pool, int64_t n, int64_t grain, kcpu_task_fn_t f
 /* ---- matmul ---- */
 
 typedef enum {
-    /* Q8_0/Q4_0/Q4_1 weights and M < 16: quantize each activation row to Q8 blocks
-     * once per call and use integer dot products (like llama.cpp); the error vs EXACT is
-     * at most sum over blocks of (max|x_block| / 254) * sum|w_block|.  M >= 16 and
-     * other weight types: the same as EXACT (which is then the faster path).  The
-     * serving default (value 0, so zero-initialised options get it). */
+    /* Q8_0/Q4_0/Q4_1 weights: quantize each activation row to Q8 blocks once per call
+     * and use integer dot products (like llama.cpp); the error vs EXACT is at most
+     * sum over blocks of (max|x_block| / 254) * sum|w_block|.  Other weight types: the
+     * same as EXACT.  The serving default (value 0, so zero-initialised options get it). */
     KCPU_MM_FAST = 0,
     /* Dequantize/convert each weight row to f32 and dot it with the f32 activation
      * (f32 accumulation).  The golden/test path. */

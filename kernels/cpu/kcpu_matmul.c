@@ -11,8 +11,11 @@
  * EXACT mode converts weight tiles to f32 (into per-thread scratch) and runs the f32
  * kernel.  FAST mode with Q8_0/Q4_0/Q4_1 weights first quantizes the activations to Q8
  * blocks (kcpu_block_q8x_t: f32 scale and the scaled sum for the Q4 offset term) and
- * uses integer dot products per block when M < 16 (decode and small batches); with more
- * rows it takes the EXACT path, which is then faster (the conversion is amortised).
+ * uses integer dot products per block, at every M.
+ *
+ * Batch invariance: a row of y depends only on its row of x, the weights, the mode and
+ * the SIMD switch, never on M, the strides or the thread count (all tiles share the
+ * per-element arithmetic).  Tested bit for bit.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -28,10 +31,10 @@
 /* weight rows per f32 tile when M > 1: 4 x 3 = 12 accumulators cover the FMA latency
  * (5 cycles x 2 pipes) with 7 loads per 12 FMAs */
 #define NRF 3
-/* FAST mode uses integer dots below this many activation rows; from here on converting
- * weight blocks to f32 (amortised over M) and the 4x3 FMA tile is faster and exact
- * (measured per thread at K=576, N=1536: M=16: 64 vs 59 GFLOP/s, M=128: 83 vs 57). */
-#define MM_INT_DOT_MAX_M 16
+/* FAST mode uses integer dots at every M, although from M ~ 16 converting weight blocks
+ * to f32 and the 4x3 FMA tile is faster (per thread at K=576, N=1536, M=128: 83 vs 57
+ * GFLOP/s): switching paths by M would make a token's result depend on how many tokens
+ * share its batch, and the engine promises batch-invariant outputs. */
 #define NR1 4 /* weight rows per tile when M == 1 */
 /* weight rows per work item for the f32 tiles when M > 1 (a block that stays in L2) */
 #define NB 30
@@ -282,7 +285,7 @@ pd_status_t kcpu_matmul(kcpu_pool_t *pool, const float *x, int64_t M, int64_t K,
     a.bias = bias; a.y = y; a.ldy = ldy; a.mode = mode;
     a.simd = kcpu_simd_enabled();
     bool quantized = wtype == KCPU_DTYPE_Q8_0 || wtype == KCPU_DTYPE_Q4_0 || wtype == KCPU_DTYPE_Q4_1;
-    bool int_dots = quantized && mode == KCPU_MM_FAST && M < MM_INT_DOT_MAX_M;
+    bool int_dots = quantized && mode == KCPU_MM_FAST;
     a.nr = M == 1 ? NR1 : (int_dots ? NR : NB);
 
     if (int_dots) {

@@ -383,6 +383,18 @@ static void run_matmul_case(kcpu_dtype_t t, int64_t M, int64_t N, int64_t K, boo
                     PD_CHECK(isnan(y[m * ldy + j]));
                 memcpy(yd + m * N, y + m * ldy, sizeof(float) * (size_t)N);
             }
+            /* batch invariance: each row alone gives bitwise the same output */
+            for (int64_t m = 0; m < M; m += (M > 4 ? 5 : 1)) {
+                float *y1 = poisoned(N);
+                PD_CHECK_STATUS(kcpu_matmul(pool2_g, x + m * ldx, 1, K, K, w, t, N, bias, y1, N,
+                                            (kcpu_mm_mode_t)mode), PD_OK);
+                if (memcmp(y1, y + m * ldy, sizeof(float) * (size_t)N) != 0) {
+                    fprintf(stderr, "  matmul %s mode %d: row %lld alone differs from M=%lld\n",
+                            kcpu_dtype_name(t), mode, (long long)m, (long long)M);
+                    PD_CHECK(0);
+                }
+                free(y1);
+            }
             snprintf(what, sizeof(what), "matmul %s M=%lld N=%lld K=%lld simd=%d mode=%d",
                      kcpu_dtype_name(t), (long long)M, (long long)N, (long long)K, simd, mode);
             if (mode == KCPU_MM_FAST && is_quant(t)) {
@@ -436,6 +448,7 @@ PD_TEST(test_matmul)
     run_matmul_case(KCPU_DTYPE_Q4_1, 5, 130, 576, true, 0);
     run_matmul_case(KCPU_DTYPE_Q8_0, 1, 257, 576, false, 0);
     run_matmul_case(KCPU_DTYPE_F32, 9, 67, 203, true, 1);
+    run_matmul_case(KCPU_DTYPE_Q4_1, 33, 70, 128, true, 0); /* M past every tile/path size */
 }
 
 PD_TEST(test_matmul_errors)
