@@ -124,6 +124,7 @@ typedef struct {
     bool simd;
     int err;            /* set (atomically) when an item found bad metadata */
     int max_r;          /* tokens per run */
+    int heads_per_item; /* query heads per item: the GQA group, or 1 when items are few */
     const int64_t *run_start; /* [n_runs + 1] first token of each run */
 } attn_args_t;
 
@@ -181,8 +182,9 @@ static void block_pv(float *acc, int G, int hd, const float *p, int64_t ldp, con
 
 /*
  * One work item: a run of R consecutive tokens of one sequence (consecutive positions,
- * R <= runs->max_r) and one KV head, i.e. R * group query rows sharing every K/V load.
- * Row r = (token i, head g) is row i * group + g.  Keys a row may not see (beyond its
+ * R <= max_r) and `heads_per_item` query heads of one KV head (the whole GQA group, or
+ * one head when items are few), i.e. R * heads query rows sharing every K/V load.
+ * Row r = (token i, head g) is row i * heads + g.  Keys a row may not see (beyond its
  * position, or outside its window) get a -inf score: they add exact zeros, so a
  * token's result does not depend on the run it was batched in.
  */
@@ -199,9 +201,13 @@ static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
     const kcpu_attn_params_t *p = a->p;
     const kcpu_kv_layout_t *L = p->layout;
     const int hd = p->head_dim;
-    const int group = p->n_heads / p->n_kv_heads;
-    const int64_t run = item / p->n_kv_heads;
-    const int kvh = (int)(item % p->n_kv_heads);
+    const int hpi = a->heads_per_item;         /* query heads of this item */
+    const int n_sub = p->n_heads / p->n_kv_heads / hpi;
+    const int64_t run = item / ((int64_t)p->n_kv_heads * n_sub);
+    const int rem = (int)(item % ((int64_t)p->n_kv_heads * n_sub));
+    const int kvh = rem / n_sub;
+    const int h0 = kvh * (p->n_heads / p->n_kv_heads) + (rem % n_sub) * hpi; /* first q head */
+    const int group = hpi; /* rows per token below */
     const int bs = L->block_size;
     const int64_t t0 = a->run_start[run];
     const int R = (int)(a->run_start[run + 1] - t0);
@@ -226,7 +232,7 @@ static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
     const int32_t *bt = p->block_tables + (int64_t)s * p->max_blocks_per_seq;
 
     for (int i = 0; i < R; i++)
-        memcpy(S->q + (int64_t)i * group * hd, p->q + (t0 + i) * p->q_stride + (int64_t)kvh * group * hd,
+        memcpy(S->q + (int64_t)i * group * hd, p->q + (t0 + i) * p->q_stride + (int64_t)h0 * hd,
                sizeof(float) * (size_t)group * (size_t)hd);
     for (int r = 0; r < rows; r++) {
         S->m[r] = -INFINITY;
@@ -293,7 +299,7 @@ static void attn_item(attn_args_t *a, int64_t item, attn_scratch_t *S)
     }
     for (int r = 0; r < rows; r++) {
         int i = r / group, g = r % group;
-        float *o = p->out + (t0 + i) * p->out_stride + ((int64_t)kvh * group + g) * hd;
+        float *o = p->out + (t0 + i) * p->out_stride + ((int64_t)h0 + g) * hd;
         const float *ac = S->acc + (int64_t)r * hd;
         float inv = S->l[r] > 0.0f ? 1.0f / S->l[r] : 0.0f;
         for (int d = 0; d < hd; d++)
@@ -305,8 +311,7 @@ static void attn_task(void *arg, int64_t begin, int64_t end, int tid)
 {
     attn_args_t *a = arg;
     const kcpu_attn_params_t *p = a->p;
-    const int group = p->n_heads / p->n_kv_heads;
-    const size_t rows = (size_t)group * (size_t)a->max_r, hd = (size_t)p->head_dim;
+    const size_t rows = (size_t)a->heads_per_item * (size_t)a->max_r, hd = (size_t)p->head_dim;
     const size_t bs = (size_t)p->layout->block_size;
     const size_t n_kv = p->layout->dtype == KCPU_DTYPE_F32 ? 0 : bs * hd;
     float *buf = malloc(sizeof(float) * (rows * hd * 2 + rows * bs + 2 * n_kv + 2 * rows));
@@ -350,7 +355,7 @@ pd_status_t kcpu_paged_attention(kcpu_pool_t *pool, const kcpu_attn_params_t *p)
     /* runs: consecutive tokens of one sequence at consecutive positions, up to ~16 query
      * rows per item (GQA group x tokens) */
     const int group = p->n_heads / p->n_kv_heads;
-    attn_args_t a = { p, kcpu_simd_enabled(), 0, group >= 16 ? 1 : 16 / group, NULL };
+    attn_args_t a = { p, kcpu_simd_enabled(), 0, group >= 16 ? 1 : 16 / group, group, NULL };
     if (a.max_r > 8)
         a.max_r = 8;
     int64_t *runs = malloc(sizeof(int64_t) * (size_t)(p->n_tokens + 1)), n_runs = 0;
@@ -364,7 +369,14 @@ pd_status_t kcpu_paged_attention(kcpu_pool_t *pool, const kcpu_attn_params_t *p)
     }
     runs[n_runs] = p->n_tokens;
     a.run_start = runs;
-    kcpu_pool_run(pool, n_runs * p->n_kv_heads, 1, attn_task, &a);
+    /* Fewer (run, KV head) items than threads (a decode step of one sequence on many
+     * cores): one item per query head so every thread has work, at the price of reading
+     * K/V once per head instead of once per group.  The per-row arithmetic is the same
+     * either way (score pairs, PV rows and exp are per row): outputs do not change. */
+    int nth = kcpu_pool_n_threads(pool);
+    if (group > 1 && n_runs * p->n_kv_heads < (int64_t)nth)
+        a.heads_per_item = 1;
+    kcpu_pool_run(pool, n_runs * (p->n_heads / a.heads_per_item), 1, attn_task, &a);
     free(runs);
     if (a.err == 2)
         return PD_ERR_NOMEM;

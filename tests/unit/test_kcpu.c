@@ -144,7 +144,7 @@ static bool is_quant(kcpu_dtype_t t)
     return t == KCPU_DTYPE_Q8_0 || t == KCPU_DTYPE_Q4_0 || t == KCPU_DTYPE_Q4_1;
 }
 
-static kcpu_pool_t *pool1_g, *pool2_g;
+static kcpu_pool_t *pool1_g, *pool2_g, *pool4_g;
 
 /* ---- dtypes ---- */
 
@@ -974,7 +974,9 @@ static void run_attention_case(int block_size, int n_kv, int group, int hd, kcpu
         P1.tok_seq = tok_seq + t;
         P1.tok_pos = tok_pos + t;
         poison(out2, qs);
-        PD_CHECK_STATUS(kcpu_paged_attention(NULL, &P1), PD_OK);
+        /* odd tokens on 4 threads: fewer (token, KV head) items than threads, so the
+         * kernel splits the GQA group into one item per query head */
+        PD_CHECK_STATUS(kcpu_paged_attention(t % 2 ? pool4_g : NULL, &P1), PD_OK);
         if (memcmp(out2, out + (int64_t)t * qs, sizeof(float) * (size_t)(nh * hd)) != 0) {
             fprintf(stderr, "  attention: token %d alone differs from the batch\n", t);
             PD_CHECK(0);
@@ -1072,7 +1074,8 @@ int main(void)
     rng_g = seed * 0x9e3779b97f4a7c15ull + 1;
     printf("test_kcpu: seed %llu (PD_TEST_SEED to replay), simd %s\n", (unsigned long long)seed,
            kcpu_simd_enabled() ? "available" : "off");
-    if (kcpu_pool_create(1, &pool1_g) != PD_OK || kcpu_pool_create(2, &pool2_g) != PD_OK)
+    if (kcpu_pool_create(1, &pool1_g) != PD_OK || kcpu_pool_create(2, &pool2_g) != PD_OK ||
+        kcpu_pool_create(4, &pool4_g) != PD_OK)
         return 1;
     PD_RUN(test_f16_conversions);
     PD_RUN(test_dtype_sizes);
@@ -1093,5 +1096,6 @@ int main(void)
     PD_RUN(test_backend_cpu);
     kcpu_pool_destroy(pool1_g);
     kcpu_pool_destroy(pool2_g);
+    kcpu_pool_destroy(pool4_g);
     return PD_TEST_REPORT();
 }
