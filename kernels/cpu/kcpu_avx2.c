@@ -318,7 +318,7 @@ INLINE void q8x_gemv4(kcpu_dtype_t type, const kcpu_block_q8x_t *x, const uint8_
     for (int64_t k = 0; k < nb; k++) {
         const __m256i xq = _mm256_loadu_si256((const __m256i *)x[k].qs);
         const float xd = x[k].d, xs = x[k].s;
-        if ((k & 1) == 0) {
+        if ((k & 1) == 0 || bb > 32) { /* about one new cache line per row per prefetch */
             size_t pf = (size_t)k * bb + 2048;
             _mm_prefetch((const char *)w0 + pf, _MM_HINT_T0);
             _mm_prefetch((const char *)w1 + pf, _MM_HINT_T0);
