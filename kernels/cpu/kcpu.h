@@ -241,7 +241,8 @@ pd_status_t kcpu_embedding(const void *table, kcpu_dtype_t type, int64_t vocab, 
                            const int32_t *ids, int64_t T, float *out);
 
 /* Row-wise over T rows of n (n > 0): softmax / log-softmax, max-subtracted, in f32;
- * in-place allowed.  -inf entries give 0 (softmax) / -inf (log-softmax). */
+ * in-place allowed.  -inf entries give 0 (softmax) / -inf (log-softmax); a row that is
+ * all -inf gives all 0 / all -inf. */
 void kcpu_softmax(const float *x, float *out, int64_t T, int64_t n);
 void kcpu_log_softmax(const float *x, float *out, int64_t T, int64_t n);
 /* idx[t] = index of the first maximum of row t (NaN is ignored unless all are NaN: 0). */

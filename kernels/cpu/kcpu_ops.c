@@ -449,6 +449,11 @@ void kcpu_log_softmax(const float *x, float *out, int64_t T, int64_t n)
         float *o = out + t * n;
         float m = row_max(r, n);
         double sum = 0.0;
+        if (m == -INFINITY) { /* all masked: every log-probability is -inf */
+            for (int64_t i = 0; i < n; i++)
+                o[i] = -INFINITY;
+            continue;
+        }
         for (int64_t i = 0; i < n; i++)
             sum += expf(r[i] - m);
         float lse = m + (float)log(sum);

@@ -778,6 +778,11 @@ PD_TEST(test_softmax_argmax)
             o[5] = 0;
         PD_CHECK(close_enough(lg ? "log_softmax" : "softmax", o, ref, T * n, 1e-6, 1e-5));
     }
+    float allm[3] = {-INFINITY, -INFINITY, -INFINITY}, allo[3];
+    kcpu_softmax(allm, allo, 1, 3);
+    PD_CHECK(allo[0] == 0.0f && allo[1] == 0.0f && allo[2] == 0.0f);
+    kcpu_log_softmax(allm, allo, 1, 3);
+    PD_CHECK(isinf(allo[0]) && allo[0] < 0 && isinf(allo[2]));
     float a[8] = {1, 3, NAN, 3, -INFINITY, 2, 0, 3};
     int32_t idx[2] = {-1, -1};
     kcpu_argmax(a, 1, 8, idx);
