@@ -187,6 +187,7 @@ typedef struct {
     int64_t original_max_position;  /* llama3/dynamic/yarn */
     float beta_fast, beta_slow;     /* yarn (HF defaults 32, 1 when 0) */
     float mscale, mscale_all_dim;   /* yarn (optional, 0 = unset) */
+    float attention_factor;         /* yarn: explicit factor (HF "attention_factor"), 0 = derive */
 } kcpu_rope_scaling_t;
 
 /*

@@ -195,7 +195,9 @@ pd_status_t kcpu_rope_inv_freq(float theta, int rotary_dim, const kcpu_rope_scal
             inv_freq[i] = interp * (1.0f - extrap_factor) + extrap * extrap_factor;
         }
 #define YARN_MSCALE(s, m) ((s) <= 1.0 ? 1.0 : 0.1 * (m) * log(s) + 1.0)
-        if (sc->mscale > 0 && sc->mscale_all_dim > 0)
+        if (sc->attention_factor > 0)
+            attn_factor = sc->attention_factor;
+        else if (sc->mscale > 0 && sc->mscale_all_dim > 0)
             attn_factor = (float)(YARN_MSCALE(sc->factor, sc->mscale) /
                                   YARN_MSCALE(sc->factor, sc->mscale_all_dim));
         else

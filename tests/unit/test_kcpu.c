@@ -601,6 +601,27 @@ PD_TEST(test_rope_inv_freq)
     PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &dyn, 4096, f, NULL), PD_OK);
     double nb = 10000.0 * pow(2.0 * 4096 / 2048 - 1, 64.0 / 62);
     PD_CHECK(fabs(f[5] - pow(nb, -10.0 / 64)) < 1e-6 * pow(nb, -10.0 / 64));
+    /* YaRN (HF _compute_yarn_parameters): factor 4, original 4096, beta 32/1 */
+    kcpu_rope_scaling_t yarn = { .type = KCPU_ROPE_SCALING_YARN, .factor = 4.0f, .original_max_position = 4096 };
+    PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &yarn, 0, f, &af), PD_OK);
+    PD_CHECK(fabs(af - (0.1 * log(4.0) + 1.0)) < 1e-6);
+    {
+        double lo = floor(64 * log(4096 / (32 * 2 * M_PI)) / (2 * log(10000.0)));
+        double hi = ceil(64 * log(4096 / (1 * 2 * M_PI)) / (2 * log(10000.0)));
+        lo = fmax(lo, 0);
+        hi = fmin(hi, 63);
+        for (int i = 0; i < 32; i++) {
+            double pf = pow(10000.0, 2.0 * i / 64), ramp = fmin(fmax((i - lo) / (hi - lo), 0), 1);
+            double want = 1 / (4 * pf) * ramp + 1 / pf * (1 - ramp);
+            if (fabs(f[i] - want) > 2e-6 * want) {
+                fprintf(stderr, "  yarn inv_freq[%d] %g want %g\n", i, (double)f[i], want);
+                PD_CHECK(0);
+            }
+        }
+    }
+    yarn.attention_factor = 0.5f;
+    PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &yarn, 0, f, &af), PD_OK);
+    PD_CHECK(af == 0.5f);
     PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 63, NULL, 0, f, NULL), PD_ERR_INVAL);
 }
 
