@@ -6,16 +6,27 @@
  * beside the FMA peak of the pool's threads, decode (M = 1) weight streaming GB/s
  * beside the memory read bandwidth and memcpy bandwidth.  Prints a table, then one
  * JSON line.  Usage: bench_kcpu [n_threads] [seconds_per_case]
+ *
+ * Peer: when built with -DPD_KCPU_GGML_DIR=<a ggml source tree> (ggml is llama.cpp's
+ * tensor library), every matmul case also runs ggml's CPU mul_mat on the same weight
+ * bytes (the block layouts are the same) with a ggml thread pool of as many threads, and
+ * the table shows both.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kcpu.h"
 #include "pd_log.h"
 #include "pd_util.h"
+
+#ifdef PD_KCPU_HAVE_GGML
+#include "ggml-cpu.h"
+#include "ggml.h"
+#endif
 
 static double min_time_g = 0.3;
 
@@ -74,13 +85,18 @@ static void peak_task(void *arg, int64_t b, int64_t e, int tid)
 #endif
 }
 
-/* FMA peak in GFLOP/s over the pool (10 independent 8-wide FMA chains per thread) */
+/* FMA peak of one thread in GFLOP/s (10 independent 8-wide FMA chains), times the
+ * thread count: the pool hands chunks to whichever thread is running, so on a shared
+ * machine a pool-wide loop would measure the cores we got rather than the peak. */
 static double measure_peak(kcpu_pool_t *pool)
 {
 #if defined(__x86_64__)
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
         return 0;
     int nth = kcpu_pool_n_threads(pool);
+    int threads = nth;
+    nth = 1;
+    pool = NULL;
     peak_args_t a = { 1000000, 0 };
     double best = 0;
     for (int r = 0; r < 20; r++) {
@@ -90,7 +106,7 @@ static double measure_peak(kcpu_pool_t *pool)
         double gf = (double)nth * (double)a.iters * 10 * 8 * 2 / dt / 1e9;
         best = gf > best ? gf : best;
     }
-    return best;
+    return best * threads;
 #else
     return 0;
 #endif
@@ -126,11 +142,26 @@ static void read_task(void *arg, int64_t b, int64_t e, int tid)
 
 typedef pd_status_t (*case_fn_t)(void *arg);
 
+static int nth_g = 1;
+static double share_g; /* CPU share of the last case: process CPU time / (wall * threads) */
+static double cpu_per_call_g; /* process CPU seconds per call of the last case */
+
+static double cpu_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Best wall time of repeated runs.  On a shared machine the threads may not get their
+ * cores: share_g says how much CPU they really had (1.0 = all of nth_g cores; spinning
+ * workers count as busy). */
 static double time_case(case_fn_t fn, void *arg)
 {
     int reps = 0;
     double best = INFINITY, t_total = 0;
     fn(arg); /* warm-up */
+    double c0 = cpu_now_s();
     while (t_total < min_time_g || reps < 3) {
         double t0 = pd_now_s();
         fn(arg);
@@ -139,6 +170,9 @@ static double time_case(case_fn_t fn, void *arg)
         t_total += dt;
         reps++;
     }
+    double cpu = cpu_now_s() - c0;
+    share_g = cpu / (t_total * nth_g);
+    cpu_per_call_g = cpu / reps;
     return best;
 }
 
@@ -208,6 +242,47 @@ static double bench_attention(kcpu_pool_t *pool, int n_seqs, int ctx, bool prefi
     return prefill ? 0 : bytes / dt / 1e9;
 }
 
+#ifdef PD_KCPU_HAVE_GGML
+typedef struct {
+    struct ggml_cgraph *gf;
+    struct ggml_cplan plan;
+} peer_case_t;
+
+static pd_status_t peer_fn(void *arg)
+{
+    peer_case_t *c = arg;
+    return ggml_graph_compute(c->gf, &c->plan) == GGML_STATUS_SUCCESS ? PD_OK : PD_ERR_INTERNAL;
+}
+
+/* ggml mul_mat(W[N,K], x[M,K]) on the same weight bytes; returns the best wall time and
+ * sets the GFLOP per CPU-second; 0 when ggml cannot run the case. */
+static double peer_matmul(struct ggml_threadpool *tp, int nth, kcpu_dtype_t t, const void *w,
+                          size_t row_bytes, const float *x, int64_t M, int64_t K, int64_t N,
+                          double *gf_cpu_p)
+{
+    struct ggml_init_params ip = { row_bytes * (size_t)N + sizeof(float) * (size_t)(M * K + M * N) + (16u << 20),
+                                   NULL, false };
+    struct ggml_context *ctx = ggml_init(ip);
+    if (ctx == NULL)
+        return 0;
+    struct ggml_tensor *wt = ggml_new_tensor_2d(ctx, (enum ggml_type)t, K, N);
+    struct ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, M);
+    memcpy(wt->data, w, row_bytes * (size_t)N);
+    memcpy(xt->data, x, sizeof(float) * (size_t)(M * K));
+    peer_case_t c;
+    c.gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(c.gf, ggml_mul_mat(ctx, wt, xt));
+    c.plan = ggml_graph_plan(c.gf, nth, tp);
+    void *work = c.plan.work_size ? malloc(c.plan.work_size) : NULL;
+    c.plan.work_data = work;
+    double dt = time_case(peer_fn, &c);
+    *gf_cpu_p = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
+    free(work);
+    ggml_free(ctx);
+    return dt;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     int nth = argc > 1 ? atoi(argv[1]) : 0;
@@ -220,7 +295,16 @@ int main(int argc, char **argv)
     if (kcpu_pool_create(nth, &pool) != PD_OK)
         return 1;
     nth = kcpu_pool_n_threads(pool);
+    nth_g = nth;
     pd_buf_init(&json);
+#ifdef PD_KCPU_HAVE_GGML
+    ggml_cpu_init();
+    struct ggml_threadpool_params tpp = ggml_threadpool_params_default(nth);
+    struct ggml_threadpool *tp = ggml_threadpool_new(&tpp);
+    const bool peer = tp != NULL;
+#else
+    const bool peer = false;
+#endif
 
     /* memory ceilings: memcpy (one thread) and parallel read over 256 MiB */
     size_t big = 256u << 20;
@@ -250,13 +334,19 @@ int main(int argc, char **argv)
 
     printf("kcpu bench: %d threads, simd %s\n", nth, kcpu_simd_enabled() ? "avx2+fma" : "off");
     printf("ceilings: memcpy %.1f GB/s (1 thread, read+write), read %.1f GB/s (%d threads), "
-           "FMA peak %.1f GFLOP/s (%d threads)\n\n", memcpy_gbs, read_gbs, nth, peak, nth);
+           "FMA peak %.1f GFLOP/s (1-thread peak x %d)\n\n", memcpy_gbs, read_gbs, nth, peak, nth);
     pd_buf_printf(&json, "{\"bench\":\"kcpu\",\"threads\":%d,\"simd\":%s,\"memcpy_gbs\":%.2f,"
                   "\"read_gbs\":%.2f,\"peak_gflops\":%.1f,\"matmul\":[", nth,
                   kcpu_simd_enabled() ? "true" : "false", memcpy_gbs, read_gbs, peak);
 
-    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s\n", "dtype", "mode", "M", "K", "N", "time_us",
-           "GFLOP/s", "%peak", "weight_GB/s", "%read");
+    printf("(cpu = share of the %d threads' cores this process really got during the case;\n"
+           " GF/cpu-s = GFLOP per CPU-second used, spinning included: the rate an idle machine\n"
+           " would show per thread)\n", nth);
+    printf("%-6s %-5s %5s %6s %6s %10s %9s %8s %9s %7s %5s %9s", "dtype", "mode", "M", "K", "N", "time_us",
+           "GFLOP/s", "%peak", "weight_GB/s", "%read", "cpu", "GF/cpu-s");
+    if (peer)
+        printf(" %11s %12s %6s", "ggml_us", "ggml_GF/cpu-s", "ratio");
+    printf("\n");
     static const kcpu_dtype_t types[] = { KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_1,
                                           KCPU_DTYPE_Q4_0 };
     static const int64_t Ns[] = { 576, 1536, 49152 };
@@ -280,29 +370,41 @@ int main(int argc, char **argv)
                 float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = malloc(sizeof(float) * (size_t)(M * N));
                 for (int64_t i = 0; i < M * K; i++)
                     x[i] = (float)(i % 23) / 23.0f - 0.5f;
-                for (int mode = 1; mode >= 0; mode--) {
+                for (int mi2 = 0; mi2 < 2; mi2++) {
+                    kcpu_mm_mode_t mode = mi2 == 0 ? KCPU_MM_FAST : KCPU_MM_EXACT;
                     bool quant = t == KCPU_DTYPE_Q8_0 || t == KCPU_DTYPE_Q4_1 || t == KCPU_DTYPE_Q4_0;
-                    if (mode == 0 && (!quant || M > 1 || N > 1536))
+                    if (mode == KCPU_MM_EXACT && (!quant || M > 1 || N > 1536))
                         continue; /* exact mode: one small decode case per quantized type */
-                    mm_case_t c = { pool, x, M, K, N, w, t, y, (kcpu_mm_mode_t)mode };
+                    mm_case_t c = { pool, x, M, K, N, w, t, y, mode };
                     double dt = time_case(mm_fn, &c);
                     double gf = 2.0 * (double)M * (double)N * (double)K / dt / 1e9;
                     double wgbs = (double)rb * (double)N / dt / 1e9;
-                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%%\n",
-                           kcpu_dtype_name(t), mode ? "fast" : "exact", (long long)M, (long long)K,
+                    double gf_cpu = 2.0 * (double)M * (double)N * (double)K / cpu_per_call_g / 1e9;
+                    printf("%-6s %-5s %5lld %6lld %6lld %10.1f %9.1f %7.1f%% %9.2f %6.1f%% %5.2f %9.1f",
+                           kcpu_dtype_name(t), mode == KCPU_MM_FAST ? "fast" : "exact", (long long)M, (long long)K,
                            (long long)N, dt * 1e6, gf, peak > 0 ? 100 * gf / peak : 0, wgbs,
-                           100 * wgbs / read_gbs);
+                           100 * wgbs / read_gbs, share_g, gf_cpu);
+                    double peer_us = 0, peer_gf_cpu = 0;
+#ifdef PD_KCPU_HAVE_GGML
+                    if (peer && mode == KCPU_MM_FAST)
+                        peer_us = 1e6 * peer_matmul(tp, nth, t, w, rb, x, M, K, N, &peer_gf_cpu);
+#endif
+                    if (peer_us > 0)
+                        printf(" %11.1f %12.1f %6.2f", peer_us, peer_gf_cpu, gf_cpu / peer_gf_cpu);
+                    printf("\n");
                     pd_buf_printf(&json, "%s{\"dtype\":\"%s\",\"mode\":\"%s\",\"M\":%lld,\"K\":%lld,"
-                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f}",
-                                  first ? "" : ",", kcpu_dtype_name(t), mode ? "fast" : "exact",
-                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs);
+                                  "\"N\":%lld,\"us\":%.1f,\"gflops\":%.2f,\"weight_gbs\":%.2f,\"cpu_share\":%.2f,"
+                                  "\"gflops_per_cpu_s\":%.2f,\"ggml_us\":%.1f,\"ggml_gflops_per_cpu_s\":%.2f}",
+                                  first ? "" : ",", kcpu_dtype_name(t), mode == KCPU_MM_FAST ? "fast" : "exact",
+                                  (long long)M, (long long)K, (long long)N, dt * 1e6, gf, wgbs, share_g,
+                                  gf_cpu, peer_us, peer_gf_cpu);
                     first = false;
                 }
                 free(w); free(row); free(x); free(y);
             }
 
     printf("\npaged attention (9 heads, 3 kv heads, head_dim 64, block 16, f32 cache, one layer)\n");
-    printf("%-28s %12s %10s\n", "case", "tokens/s", "KV GB/s");
+    printf("%-28s %12s %10s %9s %5s %9s\n", "case", "tokens/s", "KV GB/s", "GFLOP/s", "cpu", "GF/cpu-s");
     pd_buf_puts(&json, "],\"attention\":[");
     struct { const char *name; int seqs, ctx; bool prefill; } ac[] = {
         { "decode 1 seq x ctx 512", 1, 512, false },
@@ -312,13 +414,22 @@ int main(int argc, char **argv)
     };
     for (size_t i = 0; i < PD_ARRAY_SIZE(ac); i++) {
         double tok_s = 0, gbs = bench_attention(pool, ac[i].seqs, ac[i].ctx, ac[i].prefill, &tok_s);
-        printf("%-28s %12.0f %10.2f\n", ac[i].name, tok_s, gbs);
-        pd_buf_printf(&json, "%s{\"case\":\"%s\",\"tok_s\":%.0f,\"kv_gbs\":%.2f}", i ? "," : "",
-                      ac[i].name, tok_s, gbs);
+        /* flops: QK^T and PV, 2 * 2 * head_dim per (query head, key); prefill is causal */
+        double keys = ac[i].prefill ? (ac[i].ctx + 1) / 2.0 : ac[i].ctx;
+        double gf = tok_s * keys * 9 * 64 * 4 / 1e9;
+        double gf_cpu = gf / tok_s * (ac[i].prefill ? ac[i].ctx : ac[i].seqs) / cpu_per_call_g;
+        printf("%-28s %12.0f %10.2f %9.1f %5.2f %9.1f\n", ac[i].name, tok_s, gbs, gf, share_g, gf_cpu);
+        pd_buf_printf(&json, "%s{\"case\":\"%s\",\"tok_s\":%.0f,\"kv_gbs\":%.2f,\"gflops\":%.2f,"
+                      "\"cpu_share\":%.2f,\"gflops_per_cpu_s\":%.2f}", i ? "," : "", ac[i].name, tok_s,
+                      gbs, gf, share_g, gf_cpu);
     }
     pd_buf_puts(&json, "]}");
     printf("\n%s\n", json.data);
     pd_buf_cleanup(&json);
+#ifdef PD_KCPU_HAVE_GGML
+    if (tp)
+        ggml_threadpool_free(tp);
+#endif
     kcpu_pool_destroy(pool);
     return 0;
 }

@@ -35,7 +35,7 @@ typedef struct eng_backend eng_backend_t; /* one backend instance (opaque) */
 typedef struct {
     int n_threads;           /* CPU: worker threads, <= 0 = one per online CPU */
     int device;              /* CUDA: device ordinal */
-    kcpu_mm_mode_t mm_mode;  /* quantized matmul: KCPU_MM_FAST (serving) or EXACT (tests) */
+    kcpu_mm_mode_t mm_mode;  /* quantized matmul: KCPU_MM_FAST (0, serving) or EXACT (tests) */
 } eng_backend_opts_t;
 
 typedef struct eng_backend_ops {

@@ -39,8 +39,8 @@ typedef enum {
     KCPU_DTYPE_Q4_0 = 2,  /* blocks of 32: {f16 d; u8 qs[16]}, x = (q - 8) * d        */
     KCPU_DTYPE_Q4_1 = 3,  /* blocks of 32: {f16 d; f16 m; u8 qs[16]}, x = q * d + m    */
     KCPU_DTYPE_Q8_0 = 8,  /* blocks of 32: {f16 d; i8 qs[32]}, x = q * d               */
-    KCPU_DTYPE_Q4_K = 12, /* super-blocks of 256 (ggml layout), not supported yet      */
-    KCPU_DTYPE_Q6_K = 14, /* super-blocks of 256 (ggml layout), not supported yet      */
+    KCPU_DTYPE_Q4_K = 12, /* super-blocks of 256 (ggml layout, 144 bytes)              */
+    KCPU_DTYPE_Q6_K = 14, /* super-blocks of 256 (ggml layout, 210 bytes)              */
     KCPU_DTYPE_BF16 = 30,
 } kcpu_dtype_t;
 
@@ -66,7 +66,8 @@ typedef struct {
 
 /* Human-readable name ("q4_1"); "unknown" for values outside the enum. */
 const char *kcpu_dtype_name(kcpu_dtype_t type);
-/* True for the types the kernels below accept as weights (F32, F16, BF16, Q8_0, Q4_0, Q4_1). */
+/* True for the types the kernels below accept as weights (F32, F16, BF16, Q8_0, Q4_0,
+ * Q4_1, Q4_K, Q6_K).  K-quants are dequantized per tile (no integer-dot fast path). */
 bool kcpu_dtype_supported(kcpu_dtype_t type);
 /* Elements per block (1 for F32/F16/BF16, 32 for Q8_0/Q4_0/Q4_1, 256 for K-quants);
  * 0 for unknown types. */
@@ -89,7 +90,8 @@ uint16_t kcpu_f32_to_bf16(float f);
  * is supported and n is a multiple of its block size. */
 void kcpu_dequant_row(kcpu_dtype_t type, const void *src, float *dst, int64_t n);
 /* Quantize n floats (a multiple of 32) into Q8_0/Q4_0/Q4_1 blocks with ggml's reference
- * rounding, or convert to F16/BF16/F32.  For tests, dummy weights and the fast matmul. */
+ * rounding, or convert to F16/BF16/F32.  For tests and dummy weights.
+ * PD_ERR_UNSUPPORTED for K-quants, PD_ERR_INVAL for a bad n. */
 pd_status_t kcpu_quant_row(kcpu_dtype_t type, const float *src, void *dst, int64_t n);
 
 /* ---- thread pool ---- */
@@ -100,29 +102,33 @@ typedef struct kcpu_pool kcpu_pool_t;
 typedef void (*kcpu_task_fn_t)(void *arg, int64_t begin, int64_t end, int tid);
 
 /* Create a pool of n_threads workers (n_threads <= 0: one per online CPU; the calling
- * thread counts as worker 0, so n_threads - 1 threads are started).  Workers spin
+ * thread counts as worker 0, so n_threads - 1 threads are started).  Idle workers spin
  * briefly after each job, then sleep on a futex.  PD_ERR_NOMEM / PD_ERR_INTERNAL. */
 pd_status_t kcpu_pool_create(int n_threads, kcpu_pool_t **pool_p);
 /* Stop and join the workers.  NULL is a no-op.  Must not be called from a task. */
 void kcpu_pool_destroy(kcpu_pool_t *pool);
 /* Number of workers including the caller (1 for a NULL pool). */
 int kcpu_pool_n_threads(const kcpu_pool_t *pool);
-/* Run fn over [0, n) split into contiguous chunks of at least `grain` items (grain <= 0
- * means 1), one chunk sequence per worker; returns when all are done.  The split depends
- * only on n, grain and the thread count.  One job at a time per pool: callers from
- * several threads must serialise.  A NULL pool runs fn(arg, 0, n, 0) inline. */
+/* Run fn over [0, n) and return when all of it is done.  [0, n) is cut into contiguous
+ * chunks of at least `grain` items (grain <= 0 means 1; about 4 chunks per worker) that
+ * the workers, the caller included, claim dynamically, so a worker the OS has not
+ * scheduled delays nothing.  fn may run several chunks on one worker; tid (the worker
+ * index) is unique among chunks running at the same time (per-thread scratch).  One
+ * job at a time per pool: callers from several threads must serialise, and fn must not
+ * call kcpu_pool_run on the same pool.  A NULL pool runs fn(arg, 0, n, 0) inline. */
 void kcpu_pool_run(kcpu_pool_t *pool, int64_t n, int64_t grain, kcpu_task_fn_t fn, void *arg);
 
 /* ---- matmul ---- */
 
 typedef enum {
+    /* Q8_0/Q4_0/Q4_1 weights: quantize each activation row to Q8 blocks once per call
+     * and use integer dot products (like llama.cpp); the error vs EXACT is at most
+     * sum over blocks of (max|x_block| / 254) * sum|w_block|.  Other weight types: the
+     * same as EXACT.  The serving default (value 0, so zero-initialised options get it). */
+    KCPU_MM_FAST = 0,
     /* Dequantize/convert each weight row to f32 and dot it with the f32 activation
      * (f32 accumulation).  The golden/test path. */
-    KCPU_MM_EXACT = 0,
-    /* Quantized weights: quantize each activation row to Q8_0 blocks once per call and
-     * use integer dot products (like llama.cpp); F16/BF16/F32 weights: same as EXACT.
-     * Relative error vs EXACT is ~1e-2 of the row norm product (Q8 activation rounding). */
-    KCPU_MM_FAST = 1,
+    KCPU_MM_EXACT = 1,
 } kcpu_mm_mode_t;
 
 /*
@@ -181,6 +187,7 @@ typedef struct {
     int64_t original_max_position;  /* llama3/dynamic/yarn */
     float beta_fast, beta_slow;     /* yarn (HF defaults 32, 1 when 0) */
     float mscale, mscale_all_dim;   /* yarn (optional, 0 = unset) */
+    float attention_factor;         /* yarn: explicit factor (HF "attention_factor"), 0 = derive */
 } kcpu_rope_scaling_t;
 
 /*
@@ -235,7 +242,8 @@ pd_status_t kcpu_embedding(const void *table, kcpu_dtype_t type, int64_t vocab, 
                            const int32_t *ids, int64_t T, float *out);
 
 /* Row-wise over T rows of n (n > 0): softmax / log-softmax, max-subtracted, in f32;
- * in-place allowed.  -inf entries give 0 (softmax) / -inf (log-softmax). */
+ * in-place allowed.  -inf entries give 0 (softmax) / -inf (log-softmax); a row that is
+ * all -inf gives all 0 / all -inf. */
 void kcpu_softmax(const float *x, float *out, int64_t T, int64_t n);
 void kcpu_log_softmax(const float *x, float *out, int64_t T, int64_t n);
 /* idx[t] = index of the first maximum of row t (NaN is ignored unless all are NaN: 0). */

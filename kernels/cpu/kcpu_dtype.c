@@ -36,6 +36,7 @@ bool kcpu_dtype_supported(kcpu_dtype_t type)
     switch (type) {
     case KCPU_DTYPE_F32: case KCPU_DTYPE_F16: case KCPU_DTYPE_BF16:
     case KCPU_DTYPE_Q8_0: case KCPU_DTYPE_Q4_0: case KCPU_DTYPE_Q4_1:
+    case KCPU_DTYPE_Q4_K: case KCPU_DTYPE_Q6_K:
         return true;
     default:
         return false;
@@ -203,6 +204,61 @@ void kcpu_dequant_row_scalar(kcpu_dtype_t type, const void *src, float *dst, int
         }
         break;
     }
+    case KCPU_DTYPE_Q4_K: {
+        /* 256 = 4 x 64; each 64 uses two 6-bit (scale, min) pairs packed in 12 bytes */
+        const uint8_t *b = src;
+        for (int64_t i = 0; i < n / 256; i++, b += 144) {
+            uint16_t dh, mh;
+            memcpy(&dh, b, 2);
+            memcpy(&mh, b + 2, 2);
+            const float d = kcpu_f16_to_f32(dh), dmin = kcpu_f16_to_f32(mh);
+            const uint8_t *sc = b + 4, *q = b + 16;
+            float *y = dst + i * 256;
+            for (int j = 0; j < 8; j++) {
+                int s6, m6;
+                if (j < 4) {
+                    s6 = sc[j] & 63;
+                    m6 = sc[j + 4] & 63;
+                } else {
+                    s6 = (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4);
+                    m6 = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+                }
+                const float d1 = d * (float)s6, m1 = dmin * (float)m6;
+                const uint8_t *qq = q + (j / 2) * 32;
+                for (int l = 0; l < 32; l++)
+                    y[j * 32 + l] = d1 * (float)((j & 1) ? (qq[l] >> 4) : (qq[l] & 15)) - m1;
+            }
+        }
+        break;
+    }
+    case KCPU_DTYPE_Q6_K: {
+        /* ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16] (one per 16), f16 d */
+        const uint8_t *b = src;
+        for (int64_t i = 0; i < n / 256; i++, b += 210) {
+            uint16_t dh;
+            memcpy(&dh, b + 208, 2);
+            const float d = kcpu_f16_to_f32(dh);
+            const int8_t *sc = (const int8_t *)(b + 192);
+            float *y = dst + i * 256;
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+                const int8_t *s = sc + 8 * h;
+                float *yy = y + 128 * h;
+                for (int l = 0; l < 32; l++) {
+                    int is = l / 16;
+                    int q1 = ((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                    int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    yy[l] = d * (float)s[is] * (float)q1;
+                    yy[l + 32] = d * (float)s[is + 2] * (float)q2;
+                    yy[l + 64] = d * (float)s[is + 4] * (float)q3;
+                    yy[l + 96] = d * (float)s[is + 6] * (float)q4;
+                }
+            }
+        }
+        break;
+    }
     default:
         /* precondition violated: make it visible rather than silently wrong */
         for (int64_t i = 0; i < n; i++)
@@ -222,6 +278,8 @@ void kcpu_dequant_row(kcpu_dtype_t type, const void *src, float *dst, int64_t n)
 
 pd_status_t kcpu_quant_row(kcpu_dtype_t type, const float *src, void *dst, int64_t n)
 {
+    if (type == KCPU_DTYPE_Q4_K || type == KCPU_DTYPE_Q6_K)
+        return PD_ERR_UNSUPPORTED; /* read-only types (GGUF files) */
     if (n < 0 || (kcpu_dtype_block_size(type) > 1 && n % KCPU_QK != 0) || !kcpu_dtype_supported(type))
         return n < 0 ? PD_ERR_INVAL : (kcpu_dtype_supported(type) ? PD_ERR_INVAL : PD_ERR_UNSUPPORTED);
     switch (type) {

@@ -44,6 +44,11 @@ void kcpu_gemm_q8x_tile_avx2(kcpu_dtype_t type, const kcpu_block_q8x_t *x, int64
                              int mr, const uint8_t *w, size_t rbw, int nr, int64_t nb,
                              float *out, int64_t ldo);
 float kcpu_vec_dot_f32_avx2(const float *a, const float *b, int64_t n);
+void kcpu_attn_pv_avx2(float *acc, int G, int hd, const float *p, int64_t ldp, const float *v,
+                       int64_t ldv, int n);
+void kcpu_attn_scores_avx2(const float *q, int R, int hd, const float *k, int64_t ldk, int n,
+                           float scale, float *scores, int64_t ldsc);
+float kcpu_exp_sub_sum_avx2(float *x, int n, float mx);
 /* Attention helpers: dot and axpy over head_dim floats. */
 void kcpu_axpy_scale_avx2(float *acc, float alpha, const float *v, float beta, int64_t n);
 #endif

@@ -195,7 +195,9 @@ pd_status_t kcpu_rope_inv_freq(float theta, int rotary_dim, const kcpu_rope_scal
             inv_freq[i] = interp * (1.0f - extrap_factor) + extrap * extrap_factor;
         }
 #define YARN_MSCALE(s, m) ((s) <= 1.0 ? 1.0 : 0.1 * (m) * log(s) + 1.0)
-        if (sc->mscale > 0 && sc->mscale_all_dim > 0)
+        if (sc->attention_factor > 0)
+            attn_factor = sc->attention_factor;
+        else if (sc->mscale > 0 && sc->mscale_all_dim > 0)
             attn_factor = (float)(YARN_MSCALE(sc->factor, sc->mscale) /
                                   YARN_MSCALE(sc->factor, sc->mscale_all_dim));
         else
@@ -449,6 +451,11 @@ void kcpu_log_softmax(const float *x, float *out, int64_t T, int64_t n)
         float *o = out + t * n;
         float m = row_max(r, n);
         double sum = 0.0;
+        if (m == -INFINITY) { /* all masked: every log-probability is -inf */
+            for (int64_t i = 0; i < n; i++)
+                o[i] = -INFINITY;
+            continue;
+        }
         for (int64_t i = 0; i < n; i++)
             sum += expf(r[i] - m);
         float lse = m + (float)log(sum);

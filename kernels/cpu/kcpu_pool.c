@@ -1,10 +1,17 @@
 /*
  * kcpu_pool.c - the kernels' thread pool: a fixed set of workers that run one
- * parallel-for at a time.  The calling thread is worker 0.  A job is published by
- * bumping a generation counter; workers spin on it for a short while (cheap hand-off
- * between the many small ops of a forward pass), then sleep on a futex.  The split of
- * [0, n) is static (depends only on n, grain and the worker count) so results are
- * reproducible.
+ * parallel-for at a time.  The calling thread is worker 0.
+ *
+ * A job is split into up to 4 chunks per thread that every thread (caller included)
+ * claims dynamically, so a worker that the OS has not scheduled yet (the machine is
+ * shared) delays nothing: the others take its chunks.  The claim state lives in one
+ * 64-bit word {generation:24, n_chunks:20, next:20} updated by CAS, so a late worker
+ * can never claim a chunk of a job other than the one it read, and after a successful
+ * claim the job's fields stay valid until that chunk is reported done.  Idle workers
+ * spin briefly on a generation counter, then sleep on it (futex).
+ *
+ * Chunking never changes results: every op computes each output from its own inputs
+ * in a fixed order, whatever thread runs it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +27,11 @@
 #include "pd_log.h"
 
 #define SPIN_ITERS 20000
+#define CHUNKS_PER_THREAD 4
+#define GEN_BITS 24
+#define FIELD_BITS 20
+#define FIELD_MASK ((1ull << FIELD_BITS) - 1)
+#define GEN_MASK ((1ull << GEN_BITS) - 1)
 
 struct kcpu_pool;
 
@@ -32,15 +44,16 @@ typedef struct {
 struct kcpu_pool {
     int n_threads;
     worker_t *workers;          /* n_threads - 1 entries (tid 1..) */
-    /* current job */
+    /* current job (written by the caller before the job word is published) */
     kcpu_task_fn_t fn;
     void *arg;
     int64_t n, chunk;
+    uint64_t job;               /* {gen, n_chunks, next} */
+    uint32_t done;              /* chunks finished */
     uint32_t gen;               /* futex word: bumped per job (and on stop) */
-    uint32_t pending;           /* workers still running the current job */
-    uint32_t done_word;         /* futex word the caller sleeps on */
     uint32_t sleepers;          /* workers inside (or entering) FUTEX_WAIT on gen */
-    uint32_t caller_sleeping;   /* the caller is inside (or entering) FUTEX_WAIT */
+    uint32_t caller_sleeping;   /* the caller is inside (or entering) FUTEX_WAIT on done */
+    uint32_t job_gen;           /* generation counter for the job word */
     int stop;
 };
 
@@ -56,15 +69,30 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void run_chunk(struct kcpu_pool *pool, int tid)
+/* Claim and run chunks of the job generation `gen` until none is left. */
+static void run_chunks(struct kcpu_pool *pool, uint64_t gen, int tid)
 {
-    int64_t begin = (int64_t)tid * pool->chunk;
-    int64_t end = begin + pool->chunk;
+    uint64_t w = __atomic_load_n(&pool->job, __ATOMIC_ACQUIRE);
 
-    if (end > pool->n)
-        end = pool->n;
-    if (begin < end)
+    for (;;) {
+        uint64_t wgen = w >> (2 * FIELD_BITS);
+        uint64_t n_chunks = (w >> FIELD_BITS) & FIELD_MASK;
+        uint64_t next = w & FIELD_MASK;
+        if (wgen != gen || next >= n_chunks)
+            return;
+        if (!__atomic_compare_exchange_n(&pool->job, &w, w + 1, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue; /* w was reloaded */
+        /* chunk `next` is ours: the job cannot complete (nor its fields change) before
+         * we report it done */
+        int64_t begin = (int64_t)next * pool->chunk;
+        int64_t end = begin + pool->chunk < pool->n ? begin + pool->chunk : pool->n;
         pool->fn(pool->arg, begin, end, tid);
+        if (__atomic_add_fetch(&pool->done, 1, __ATOMIC_SEQ_CST) == (uint32_t)n_chunks &&
+            __atomic_load_n(&pool->caller_sleeping, __ATOMIC_SEQ_CST))
+            futex(&pool->done, FUTEX_WAKE_PRIVATE, 1);
+        w = __atomic_load_n(&pool->job, __ATOMIC_ACQUIRE);
+    }
 }
 
 static void *worker_main(void *p)
@@ -86,17 +114,14 @@ static void *worker_main(void *p)
                 __atomic_add_fetch(&pool->sleepers, 1, __ATOMIC_SEQ_CST);
                 futex(&pool->gen, FUTEX_WAIT_PRIVATE, seen);
                 __atomic_sub_fetch(&pool->sleepers, 1, __ATOMIC_SEQ_CST);
+                spins = 0;
             }
         }
         seen = g;
         if (__atomic_load_n(&pool->stop, __ATOMIC_ACQUIRE))
             break;
-        run_chunk(pool, w->tid);
-        if (__atomic_sub_fetch(&pool->pending, 1, __ATOMIC_SEQ_CST) == 0) {
-            __atomic_store_n(&pool->done_word, 1, __ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&pool->caller_sleeping, __ATOMIC_SEQ_CST))
-                futex(&pool->done_word, FUTEX_WAKE_PRIVATE, 1);
-        }
+        uint64_t job = __atomic_load_n(&pool->job, __ATOMIC_ACQUIRE);
+        run_chunks(pool, job >> (2 * FIELD_BITS), w->tid);
     }
     return NULL;
 }
@@ -144,8 +169,8 @@ void kcpu_pool_destroy(kcpu_pool_t *pool)
     if (pool == NULL)
         return;
     if (pool->n_threads > 1) {
-        __atomic_store_n(&pool->stop, 1, __ATOMIC_RELEASE);
-        __atomic_add_fetch(&pool->gen, 1, __ATOMIC_ACQ_REL);
+        __atomic_store_n(&pool->stop, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&pool->gen, 1, __ATOMIC_SEQ_CST);
         futex(&pool->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
         for (int i = 1; i < pool->n_threads; i++)
             pthread_join(pool->workers[i - 1].thread, NULL);
@@ -161,8 +186,7 @@ int kcpu_pool_n_threads(const kcpu_pool_t *pool)
 
 void kcpu_pool_run(kcpu_pool_t *pool, int64_t n, int64_t grain, kcpu_task_fn_t fn, void *arg)
 {
-    int64_t chunk;
-    int nth;
+    int64_t chunk, n_chunks;
 
     if (n <= 0)
         return;
@@ -172,30 +196,40 @@ void kcpu_pool_run(kcpu_pool_t *pool, int64_t n, int64_t grain, kcpu_task_fn_t f
         fn(arg, 0, n, 0);
         return;
     }
-    nth = pool->n_threads;
-    chunk = (n + nth - 1) / nth;
-    chunk = (chunk + grain - 1) / grain * grain;
+    int64_t target = (int64_t)pool->n_threads * CHUNKS_PER_THREAD;
+    chunk = (n + target - 1) / target;
+    if (chunk < grain)
+        chunk = grain;
+    n_chunks = (n + chunk - 1) / chunk;
+    if (n_chunks > (int64_t)FIELD_MASK) { /* keep the count in its field */
+        chunk = (n + (int64_t)FIELD_MASK - 1) / (int64_t)FIELD_MASK;
+        n_chunks = (n + chunk - 1) / chunk;
+    }
 
     pool->fn = fn;
     pool->arg = arg;
     pool->n = n;
     pool->chunk = chunk;
-    __atomic_store_n(&pool->done_word, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&pool->pending, (uint32_t)(nth - 1), __ATOMIC_RELAXED);
+    __atomic_store_n(&pool->done, 0, __ATOMIC_RELAXED);
+    uint64_t gen = (++pool->job_gen) & GEN_MASK;
+    __atomic_store_n(&pool->job, (gen << (2 * FIELD_BITS)) | ((uint64_t)n_chunks << FIELD_BITS),
+                     __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&pool->gen, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&pool->sleepers, __ATOMIC_SEQ_CST) != 0)
         futex(&pool->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
 
-    run_chunk(pool, 0);
+    run_chunks(pool, gen, 0);
 
     int spins = 0;
-    while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) != 0) {
+    uint32_t d;
+    while ((d = __atomic_load_n(&pool->done, __ATOMIC_SEQ_CST)) != (uint32_t)n_chunks) {
         if (spins < SPIN_ITERS) {
             spins++;
             cpu_relax();
         } else {
             __atomic_store_n(&pool->caller_sleeping, 1, __ATOMIC_SEQ_CST);
-            futex(&pool->done_word, FUTEX_WAIT_PRIVATE, 0);
+            if (__atomic_load_n(&pool->done, __ATOMIC_SEQ_CST) != (uint32_t)n_chunks)
+                futex(&pool->done, FUTEX_WAIT_PRIVATE, d);
             __atomic_store_n(&pool->caller_sleeping, 0, __ATOMIC_SEQ_CST);
         }
     }

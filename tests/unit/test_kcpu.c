@@ -144,7 +144,7 @@ static bool is_quant(kcpu_dtype_t t)
     return t == KCPU_DTYPE_Q8_0 || t == KCPU_DTYPE_Q4_0 || t == KCPU_DTYPE_Q4_1;
 }
 
-static kcpu_pool_t *pool1_g, *pool2_g;
+static kcpu_pool_t *pool1_g, *pool2_g, *pool4_g;
 
 /* ---- dtypes ---- */
 
@@ -207,7 +207,8 @@ PD_TEST(test_dtype_sizes)
     PD_CHECK_STATUS(kcpu_dtype_row_bytes(KCPU_DTYPE_F32, INT64_MAX, &b), PD_ERR_OVERFLOW);
     PD_CHECK_STATUS(kcpu_dtype_row_bytes(KCPU_DTYPE_F32, -1, &b), PD_ERR_INVAL);
     PD_CHECK_EQ_STR(kcpu_dtype_name(KCPU_DTYPE_Q4_1), "q4_1");
-    PD_CHECK(!kcpu_dtype_supported(KCPU_DTYPE_Q6_K));
+    PD_CHECK(kcpu_dtype_supported(KCPU_DTYPE_Q6_K));
+    PD_CHECK(!kcpu_dtype_supported((kcpu_dtype_t)6)); /* Q5_0 */
 }
 
 PD_TEST(test_quant_dequant)
@@ -264,6 +265,57 @@ PD_TEST(test_quant_dequant)
         free(x); free(q); free(a); free(b);
     }
     PD_CHECK_STATUS(kcpu_quant_row(KCPU_DTYPE_Q8_0, NULL, NULL, 31), PD_ERR_INVAL);
+}
+
+/* K-quants against golden blocks dequantized by the gguf Python package
+ * (tests/data/kcpu/make_kquant_golden.py), then a matmul on them in both modes. */
+PD_TEST(test_kquants_golden)
+{
+    const char *root = getenv("PD_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/data/kcpu/kquant_golden.bin", root ? root : ".");
+    FILE *f = fopen(path, "rb");
+    PD_CHECK(f != NULL);
+    if (f == NULL)
+        return;
+    for (int rep = 0; rep < 2; rep++) {
+        uint32_t hdr[2];
+        PD_CHECK(fread(hdr, 4, 2, f) == 2);
+        kcpu_dtype_t t = (kcpu_dtype_t)hdr[0];
+        int64_t nb = hdr[1], n = nb * 256;
+        size_t bb = kcpu_dtype_block_bytes(t), rb;
+        PD_CHECK(t == (rep ? KCPU_DTYPE_Q6_K : KCPU_DTYPE_Q4_K) && nb > 0 && nb < 100);
+        if (bb == 0 || nb <= 0 || nb >= 100)
+            break;
+        uint8_t *blocks = malloc(bb * (size_t)nb);
+        float *want = malloc(sizeof(float) * (size_t)n), *got = poisoned(n);
+        PD_CHECK(fread(blocks, bb, (size_t)nb, f) == (size_t)nb);
+        PD_CHECK(fread(want, 4, (size_t)n, f) == (size_t)n);
+        kcpu_dequant_row(t, blocks, got, n);
+        PD_CHECK(memcmp(got, want, sizeof(float) * (size_t)n) == 0); /* bit-exact */
+        /* matmul: W = the blocks as N = nb/2 rows of K = 512 */
+        const int64_t K = 512, N = nb / 2, M = 3;
+        PD_CHECK_STATUS(kcpu_dtype_row_bytes(t, K, &rb), PD_OK);
+        float *x = rnd_vec(M * K, -1, 1), *y = poisoned(M * N), *y2 = poisoned(M * N);
+        double *ref = malloc(sizeof(double) * (size_t)(M * N));
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t j = 0; j < N; j++) {
+                double acc = 0;
+                for (int64_t k = 0; k < K; k++)
+                    acc += (double)x[m * K + k] * want[j * K + k];
+                ref[m * N + j] = acc;
+            }
+        for (int mode = 0; mode < 2; mode++) {
+            poison(y, M * N);
+            PD_CHECK_STATUS(kcpu_matmul(pool2_g, x, M, K, K, blocks, t, N, NULL, y, N, (kcpu_mm_mode_t)mode), PD_OK);
+            PD_CHECK_STATUS(kcpu_matmul(pool1_g, x, M, K, K, blocks, t, N, NULL, y2, N, (kcpu_mm_mode_t)mode), PD_OK);
+            PD_CHECK(memcmp(y, y2, sizeof(float) * (size_t)(M * N)) == 0);
+            PD_CHECK(close_enough(kcpu_dtype_name(t), y, ref, M * N, 1e-4, 1e-5));
+        }
+        PD_CHECK_STATUS(kcpu_quant_row(t, x, blocks, 256), PD_ERR_UNSUPPORTED);
+        free(blocks); free(want); free(got); free(x); free(y); free(y2); free(ref);
+    }
+    fclose(f);
 }
 
 /* ---- matmul ---- */
@@ -331,6 +383,18 @@ static void run_matmul_case(kcpu_dtype_t t, int64_t M, int64_t N, int64_t K, boo
                     PD_CHECK(isnan(y[m * ldy + j]));
                 memcpy(yd + m * N, y + m * ldy, sizeof(float) * (size_t)N);
             }
+            /* batch invariance: each row alone gives bitwise the same output */
+            for (int64_t m = 0; m < M; m += (M > 4 ? 5 : 1)) {
+                float *y1 = poisoned(N);
+                PD_CHECK_STATUS(kcpu_matmul(pool2_g, x + m * ldx, 1, K, K, w, t, N, bias, y1, N,
+                                            (kcpu_mm_mode_t)mode), PD_OK);
+                if (memcmp(y1, y + m * ldy, sizeof(float) * (size_t)N) != 0) {
+                    fprintf(stderr, "  matmul %s mode %d: row %lld alone differs from M=%lld\n",
+                            kcpu_dtype_name(t), mode, (long long)m, (long long)M);
+                    PD_CHECK(0);
+                }
+                free(y1);
+            }
             snprintf(what, sizeof(what), "matmul %s M=%lld N=%lld K=%lld simd=%d mode=%d",
                      kcpu_dtype_name(t), (long long)M, (long long)N, (long long)K, simd, mode);
             if (mode == KCPU_MM_FAST && is_quant(t)) {
@@ -384,6 +448,7 @@ PD_TEST(test_matmul)
     run_matmul_case(KCPU_DTYPE_Q4_1, 5, 130, 576, true, 0);
     run_matmul_case(KCPU_DTYPE_Q8_0, 1, 257, 576, false, 0);
     run_matmul_case(KCPU_DTYPE_F32, 9, 67, 203, true, 1);
+    run_matmul_case(KCPU_DTYPE_Q4_1, 33, 70, 128, true, 0); /* M past every tile/path size */
 }
 
 PD_TEST(test_matmul_errors)
@@ -392,7 +457,8 @@ PD_TEST(test_matmul_errors)
     uint8_t w[256] = {0};
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 33, 33, w, KCPU_DTYPE_Q8_0, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 31, w, KCPU_DTYPE_F32, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
-    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, KCPU_DTYPE_Q6_K, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_UNSUPPORTED);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, (kcpu_dtype_t)6, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_UNSUPPORTED);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, 1, 32, 32, w, KCPU_DTYPE_Q6_K, 1, NULL, y, 1, KCPU_MM_EXACT), PD_ERR_INVAL);
     PD_CHECK_STATUS(kcpu_matmul(NULL, x, 0, 32, 32, w, KCPU_DTYPE_F32, 1, NULL, y, 1, KCPU_MM_EXACT), PD_OK);
 }
 
@@ -535,6 +601,27 @@ PD_TEST(test_rope_inv_freq)
     PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &dyn, 4096, f, NULL), PD_OK);
     double nb = 10000.0 * pow(2.0 * 4096 / 2048 - 1, 64.0 / 62);
     PD_CHECK(fabs(f[5] - pow(nb, -10.0 / 64)) < 1e-6 * pow(nb, -10.0 / 64));
+    /* YaRN (HF _compute_yarn_parameters): factor 4, original 4096, beta 32/1 */
+    kcpu_rope_scaling_t yarn = { .type = KCPU_ROPE_SCALING_YARN, .factor = 4.0f, .original_max_position = 4096 };
+    PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &yarn, 0, f, &af), PD_OK);
+    PD_CHECK(fabs(af - (0.1 * log(4.0) + 1.0)) < 1e-6);
+    {
+        double lo = floor(64 * log(4096 / (32 * 2 * M_PI)) / (2 * log(10000.0)));
+        double hi = ceil(64 * log(4096 / (1 * 2 * M_PI)) / (2 * log(10000.0)));
+        lo = fmax(lo, 0);
+        hi = fmin(hi, 63);
+        for (int i = 0; i < 32; i++) {
+            double pf = pow(10000.0, 2.0 * i / 64), ramp = fmin(fmax((i - lo) / (hi - lo), 0), 1);
+            double want = 1 / (4 * pf) * ramp + 1 / pf * (1 - ramp);
+            if (fabs(f[i] - want) > 2e-6 * want) {
+                fprintf(stderr, "  yarn inv_freq[%d] %g want %g\n", i, (double)f[i], want);
+                PD_CHECK(0);
+            }
+        }
+    }
+    yarn.attention_factor = 0.5f;
+    PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 64, &yarn, 0, f, &af), PD_OK);
+    PD_CHECK(af == 0.5f);
     PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, 63, NULL, 0, f, NULL), PD_ERR_INVAL);
 }
 
@@ -712,6 +799,11 @@ PD_TEST(test_softmax_argmax)
             o[5] = 0;
         PD_CHECK(close_enough(lg ? "log_softmax" : "softmax", o, ref, T * n, 1e-6, 1e-5));
     }
+    float allm[3] = {-INFINITY, -INFINITY, -INFINITY}, allo[3];
+    kcpu_softmax(allm, allo, 1, 3);
+    PD_CHECK(allo[0] == 0.0f && allo[1] == 0.0f && allo[2] == 0.0f);
+    kcpu_log_softmax(allm, allo, 1, 3);
+    PD_CHECK(isinf(allo[0]) && allo[0] < 0 && isinf(allo[2]));
     float a[8] = {1, 3, NAN, 3, -INFINITY, 2, 0, 3};
     int32_t idx[2] = {-1, -1};
     kcpu_argmax(a, 1, 8, idx);
@@ -895,6 +987,28 @@ static void run_attention_case(int block_size, int n_kv, int group, int hd, kcpu
         free(dense);
     }
     kcpu_set_simd(true);
+    /* batching independence: each token alone gives bitwise the same output as in the
+     * batch (runs of tokens share K/V loads but must not change the arithmetic) */
+    P.out = out;
+    poison(out, T * qs);
+    PD_CHECK_STATUS(kcpu_paged_attention(pool2_g, &P), PD_OK);
+    for (int t = 0; t < T; t++) {
+        kcpu_attn_params_t P1 = P;
+        P1.n_tokens = 1;
+        P1.q = q + (int64_t)t * qs;
+        P1.out = out2;
+        P1.tok_seq = tok_seq + t;
+        P1.tok_pos = tok_pos + t;
+        poison(out2, qs);
+        /* odd tokens on 4 threads: fewer (token, KV head) items than threads, so the
+         * kernel splits the GQA group into one item per query head */
+        PD_CHECK_STATUS(kcpu_paged_attention(t % 2 ? pool4_g : NULL, &P1), PD_OK);
+        if (memcmp(out2, out + (int64_t)t * qs, sizeof(float) * (size_t)(nh * hd)) != 0) {
+            fprintf(stderr, "  attention: token %d alone differs from the batch\n", t);
+            PD_CHECK(0);
+            break;
+        }
+    }
     /* a position beyond the sequence's context is refused */
     if (causal) {
         int32_t save = tok_pos[0];
@@ -986,11 +1100,13 @@ int main(void)
     rng_g = seed * 0x9e3779b97f4a7c15ull + 1;
     printf("test_kcpu: seed %llu (PD_TEST_SEED to replay), simd %s\n", (unsigned long long)seed,
            kcpu_simd_enabled() ? "available" : "off");
-    if (kcpu_pool_create(1, &pool1_g) != PD_OK || kcpu_pool_create(2, &pool2_g) != PD_OK)
+    if (kcpu_pool_create(1, &pool1_g) != PD_OK || kcpu_pool_create(2, &pool2_g) != PD_OK ||
+        kcpu_pool_create(4, &pool4_g) != PD_OK)
         return 1;
     PD_RUN(test_f16_conversions);
     PD_RUN(test_dtype_sizes);
     PD_RUN(test_quant_dequant);
+    PD_RUN(test_kquants_golden);
     PD_RUN(test_matmul);
     PD_RUN(test_matmul_errors);
     PD_RUN(test_pool);
@@ -1006,5 +1122,6 @@ int main(void)
     PD_RUN(test_backend_cpu);
     kcpu_pool_destroy(pool1_g);
     kcpu_pool_destroy(pool2_g);
+    kcpu_pool_destroy(pool4_g);
     return PD_TEST_REPORT();
 }
