@@ -371,6 +371,13 @@ pd_status_t kcpu_quant_row(kcpu_dtype_t type, const float *src, void *dst, int64
 static int simd_state_g = -1; /* -1 unknown, 0 off, 1 on */
 
 bool kcpu_simd_enabled(void)
+/* clang 14 does not know "f16c" in __builtin_cpu_supports; every x86 CPU with AVX2 has F16C */
+#if defined(__clang__)
+#define HAS_F16C() 1
+#else
+#define HAS_F16C() __builtin_cpu_supports("f16c")
+#endif
+
 {
     int s = __atomic_load_n(&simd_state_g, __ATOMIC_RELAXED);
     if (s < 0) {
@@ -378,7 +385,7 @@ bool kcpu_simd_enabled(void)
 #if KCPU_HAVE_X86
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c") && getenv("PD_KCPU_NO_SIMD") == NULL)
+            HAS_F16C() && getenv("PD_KCPU_NO_SIMD") == NULL)
             s = 1;
 #endif
         __atomic_store_n(&simd_state_g, s, __ATOMIC_RELAXED);
@@ -392,7 +399,7 @@ void kcpu_set_simd(bool on)
 #if KCPU_HAVE_X86
     __builtin_cpu_init();
     if (on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        HAS_F16C())
         s = 1;
 #endif
     __atomic_store_n(&simd_state_g, s, __ATOMIC_RELAXED);
