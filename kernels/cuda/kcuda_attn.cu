@@ -1,0 +1,359 @@
+/*
+ * kcuda_attn.cu - paged attention over the block tables for a batch mixing prefill chunks
+ * and decode tokens (causal, GQA, sliding window, chunked prefill reading earlier blocks).
+ *
+ * One CTA = (a run of up to QT consecutive tokens, one KV head, one key split).  Its
+ * "rows" are (token, query head of the KV head's group): R = tokens x group.  Keys are
+ * streamed in tiles of KT through shared memory (K padded by one float per row so the
+ * score loop is free of bank conflicts), each row keeps an online softmax (m, l) and an
+ * f32 accumulator in shared memory.  Tokens of one CTA that belong to different
+ * sequences are handled as consecutive segments (a decode batch uses QT = 1).
+ * With n_splits > 1 (few CTAs for the GPU, long contexts: flash-decoding) each split
+ * covers a contiguous slice of every row's key range and writes (m, l, acc) to the
+ * workspace; a second kernel merges the splits.
+ * Range errors (bad sequence, position, context length or block id) set a bit in *err;
+ * the affected rows are skipped (no output written) or read zeros.
+ * Arithmetic is f32 SIMT for now (no tensor cores yet): see docs/cuda.md.
+ */
+#include "kcuda_internal.cuh"
+
+#define KT 32          /* keys per tile */
+#define QT_MAX 16      /* tokens per CTA (prefill) */
+#define ROWS_ELEMS 8192 /* R * head_dim bound for the shared accumulators */
+#define MAX_SPLITS 32
+
+template <typename CT> __device__ __forceinline__ float kc_load(const CT *p);
+template <> __device__ __forceinline__ float kc_load<float>(const float *p) { return *p; }
+template <> __device__ __forceinline__ float kc_load<__half>(const __half *p) { return __half2float(*p); }
+
+typedef struct {
+    const float *q;
+    int64_t q_stride;
+    float *out;
+    int64_t out_stride;
+    const int32_t *tok_seq, *tok_pos, *bt, *ctx;
+    int64_t n_seqs, mbps;
+    int n_tokens, n_heads, group, hd, qt, n_splits;
+    float scale;
+    bool causal;
+    int window;
+    const void *cache;
+    int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
+    int bs;
+    float *ws;     /* [T][n_heads][n_splits][hd] accumulators, then [T][n_heads][n_splits][2] (m, l) */
+    int *err;
+} attn_args_t;
+
+template <typename CT>
+__global__ void __launch_bounds__(256) attn_kernel(attn_args_t a)
+{
+    extern __shared__ float smem[];
+    const int G = a.group, D = a.hd, Dp = D + 1, R = a.qt * G;
+    float *q_s = smem;                  /* R * D */
+    float *acc_s = q_s + R * D;         /* R * D */
+    float *s_s = acc_s + R * D;         /* R * KT */
+    float *k_s = s_s + R * KT;          /* KT * Dp */
+    float *v_s = k_s + KT * Dp;         /* KT * D */
+    float *m_s = v_s + KT * D;          /* R */
+    float *l_s = m_s + R;               /* R */
+    float *al_s = l_s + R;              /* R */
+    int *lo_s = (int *)(al_s + R);      /* R */
+    int *hi_s = lo_s + R;               /* R */
+    int64_t *blk_s = (int64_t *)(((uintptr_t)(hi_s + R) + 7) & ~(uintptr_t)7); /* KT */
+    __shared__ int range_s[2];
+
+    const CT *cache = (const CT *)a.cache;
+    const int kvh = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
+    const int t0 = blockIdx.x * a.qt;
+    const int tend = min(t0 + a.qt, a.n_tokens);
+
+    for (int t = t0; t < tend;) {
+        const int seq = a.tok_seq[t];
+        int te = t + 1;
+        while (te < tend && a.tok_seq[te] == seq)
+            te++;
+        const int nrow = (te - t) * G;
+        const bool seq_ok = seq >= 0 && seq < a.n_seqs;
+        int ctx = seq_ok ? a.ctx[seq] : 0;
+        if (ctx > a.mbps * a.bs || ctx < 0) {
+            if (tid == 0 && a.err)
+                atomicOr(a.err, KCUDA_ERR_SEQ);
+            ctx = ctx < 0 ? 0 : (int)(a.mbps * a.bs);
+        }
+        for (int r = tid; r < nrow; r += nth) {
+            const int tt = t + r / G, h = kvh * G + r % G;
+            const int pos = a.tok_pos[tt];
+            int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+            if (lo < 0)
+                lo = 0;
+            if (!seq_ok || pos < 0 || hi >= ctx) {
+                if (a.err)
+                    atomicOr(a.err, KCUDA_ERR_SEQ);
+                lo = -2;
+                hi = -3; /* marks a bad row: empty, output left alone */
+            }
+            lo_s[r] = lo;
+            hi_s[r] = hi;
+            m_s[r] = -INFINITY;
+            l_s[r] = 0.0f;
+            const float *qr = a.q + (int64_t)tt * a.q_stride + (int64_t)h * D;
+            for (int d = 0; d < D; d++)
+                q_s[r * D + d] = qr[d];
+        }
+        for (int o = tid; o < nrow * D; o += nth)
+            acc_s[o] = 0.0f;
+        __syncthreads();
+        if (tid == 0) {
+            int ulo = INT_MAX, uhi = -1;
+            for (int r = 0; r < nrow; r++)
+                if (lo_s[r] <= hi_s[r]) {
+                    ulo = min(ulo, lo_s[r]);
+                    uhi = max(uhi, hi_s[r]);
+                }
+            if (uhi < 0) {
+                range_s[0] = 0;
+                range_s[1] = 0;
+            } else {
+                int len = uhi - ulo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+                int s0 = ulo + split * chunk, s1 = min(s0 + chunk, uhi + 1);
+                range_s[0] = s0;
+                range_s[1] = s1 > s0 ? s1 : s0;
+            }
+        }
+        __syncthreads();
+        const int s0 = range_s[0], s1 = range_s[1];
+        const int32_t *bt = a.bt + (int64_t)(seq_ok ? seq : 0) * a.mbps;
+
+        for (int k0 = s0; k0 < s1; k0 += KT) {
+            const int nk = min(KT, s1 - k0);
+            if (tid < nk) {
+                int p = k0 + tid;
+                int32_t b = bt[p / a.bs];
+                if (b < 0 || b >= a.n_blocks) {
+                    if (a.err)
+                        atomicOr(a.err, KCUDA_ERR_BLOCK);
+                    blk_s[tid] = -1;
+                } else {
+                    blk_s[tid] = (int64_t)b * a.block_elems + a.layer_off + (int64_t)(p % a.bs) * a.token_stride +
+                                 (int64_t)kvh * D;
+                }
+            }
+            __syncthreads();
+            for (int i = tid; i < nk * D; i += nth) {
+                int j = i / D, d = i % D;
+                int64_t e = blk_s[j];
+                k_s[j * Dp + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + d);
+                v_s[j * D + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + a.kv_stride + d);
+            }
+            __syncthreads();
+            for (int p = tid; p < nrow * KT; p += nth) {
+                int r = p / KT, j = p % KT, kp = k0 + j;
+                float s = -INFINITY;
+                if (j < nk && kp >= lo_s[r] && kp <= hi_s[r]) {
+                    const float *qr = q_s + r * D, *kr = k_s + j * Dp;
+                    float acc = 0.0f;
+                    for (int d = 0; d < D; d++)
+                        acc = fmaf(qr[d], kr[d], acc);
+                    s = acc * a.scale;
+                }
+                s_s[p] = s;
+            }
+            __syncthreads();
+            for (int r = tid; r < nrow; r += nth) {
+                float *sr = s_s + r * KT;
+                float mx = m_s[r];
+                for (int j = 0; j < nk; j++)
+                    mx = fmaxf(mx, sr[j]);
+                if (mx == -INFINITY) { /* no visible key yet */
+                    al_s[r] = 1.0f;
+                    for (int j = 0; j < KT; j++)
+                        sr[j] = 0.0f;
+                    continue;
+                }
+                float alpha = expf(m_s[r] - mx), sum = 0.0f;
+                for (int j = 0; j < KT; j++) {
+                    float e = j < nk ? expf(sr[j] - mx) : 0.0f;
+                    sr[j] = e;
+                    sum += e;
+                }
+                l_s[r] = l_s[r] * alpha + sum;
+                m_s[r] = mx;
+                al_s[r] = alpha;
+            }
+            __syncthreads();
+            for (int o = tid; o < nrow * D; o += nth) {
+                int r = o / D, d = o % D;
+                const float *pr = s_s + r * KT;
+                float acc = acc_s[o] * al_s[r];
+                for (int j = 0; j < nk; j++)
+                    acc = fmaf(pr[j], v_s[j * D + d], acc);
+                acc_s[o] = acc;
+            }
+            __syncthreads();
+        }
+        /* epilogue */
+        for (int o = tid; o < nrow * D; o += nth) {
+            int r = o / D, d = o % D;
+            int tt = t + r / G, h = kvh * G + r % G;
+            if (lo_s[r] == -2 && a.n_splits == 1)
+                continue; /* bad row: leave the output alone */
+            if (a.n_splits == 1) {
+                float l = l_s[r];
+                a.out[(int64_t)tt * a.out_stride + (int64_t)h * D + d] = l > 0.0f ? acc_s[o] / l : 0.0f;
+            } else {
+                int64_t row = ((int64_t)tt * a.n_heads + h) * a.n_splits + split;
+                a.ws[row * D + d] = acc_s[o];
+                if (d == 0) {
+                    float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
+                    ml[row * 2] = m_s[r];
+                    ml[row * 2 + 1] = l_s[r];
+                }
+            }
+        }
+        __syncthreads();
+        t = te;
+    }
+}
+
+/* out[t, h, :] = merge of the splits' (m, l, acc). */
+__global__ void attn_combine_kernel(attn_args_t a)
+{
+    const int t = blockIdx.x, h = blockIdx.y, S = a.n_splits, D = a.hd;
+    const int64_t row0 = ((int64_t)t * a.n_heads + h) * S;
+    const float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * S * D;
+    float M = -INFINITY;
+    for (int s = 0; s < S; s++)
+        M = fmaxf(M, ml[(row0 + s) * 2]);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float L = 0.0f, acc = 0.0f;
+        if (M != -INFINITY) {
+            for (int s = 0; s < S; s++) {
+                float m = ml[(row0 + s) * 2];
+                if (m == -INFINITY)
+                    continue;
+                float w = expf(m - M);
+                L += w * ml[(row0 + s) * 2 + 1];
+                acc += w * a.ws[(row0 + s) * D + d];
+            }
+        }
+        a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? acc / L : 0.0f;
+    }
+}
+
+/* The launch plan: tokens per CTA, splits, threads, shared bytes. */
+typedef struct {
+    int qt, n_splits, threads;
+    size_t smem;
+} attn_plan_t;
+
+static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count)
+{
+    attn_plan_t pl;
+    const int G = p->n_heads / p->n_kv_heads, D = p->head_dim;
+    int qt = ROWS_ELEMS / (G * D);
+    if (qt > QT_MAX)
+        qt = QT_MAX;
+    if (qt < 1)
+        qt = 1;
+    if (p->n_tokens <= p->n_seqs) /* one token per sequence: decode */
+        qt = 1;
+    pl.qt = qt;
+    int64_t ctas = ((p->n_tokens + qt - 1) / qt) * p->n_kv_heads;
+    int64_t bound = p->max_blocks_per_seq * p->layout->block_size; /* keys per row at most */
+    int64_t want = (2 * (int64_t)(sm_count > 0 ? sm_count : 132) + ctas - 1) / (ctas > 0 ? ctas : 1);
+    int64_t by_len = (bound + 255) / 256;
+    int64_t s = want < by_len ? want : by_len;
+    pl.n_splits = (int)(s < 1 ? 1 : s > MAX_SPLITS ? MAX_SPLITS : s);
+    const int R = qt * G;
+    pl.threads = qt > 1 ? 256 : 128;
+    pl.smem = sizeof(float) * ((size_t)2 * R * D + (size_t)R * KT + (size_t)KT * (D + 1) + (size_t)KT * D + 3 * R) +
+              sizeof(int) * 2 * R + 8 + sizeof(int64_t) * KT;
+    return pl;
+}
+
+extern "C" size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count)
+{
+    if (p == NULL || p->layout == NULL || p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0)
+        return 0;
+    attn_plan_t pl = attn_plan(p, sm_count);
+    if (pl.n_splits == 1)
+        return 0;
+    return sizeof(float) * (size_t)p->n_tokens * (size_t)p->n_heads * (size_t)pl.n_splits * ((size_t)p->head_dim + 2);
+}
+
+extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
+                                             int sm_count, int *err, kcuda_stream_t stream)
+{
+    const kcpu_kv_layout_t *L = p ? p->layout : NULL;
+    if (p == NULL || L == NULL || p->n_tokens < 0 || p->n_tokens > INT32_MAX || p->n_heads <= 0 ||
+        p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0 || p->n_kv_heads != L->n_kv_heads ||
+        p->head_dim != L->head_dim || p->head_dim > 1024 || p->layer < 0 || p->layer >= L->n_layers ||
+        p->sliding_window < 0 || p->q_stride < (int64_t)p->n_heads * p->head_dim ||
+        p->out_stride < (int64_t)p->n_heads * p->head_dim || p->max_blocks_per_seq <= 0 || p->n_seqs <= 0 ||
+        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16)) {
+        PD_LOG_ERR("kcuda_paged_attention: bad parameters");
+        return PD_ERR_INVAL;
+    }
+    if (p->n_tokens == 0)
+        return PD_OK;
+    attn_plan_t pl = attn_plan(p, sm_count);
+    size_t need = kcuda_attn_workspace_bytes(p, sm_count);
+    if (need > 0 && (workspace == NULL || ws_bytes < need)) {
+        PD_LOG_ERR("kcuda_paged_attention: workspace of %zu bytes needed, %zu given", need, ws_bytes);
+        return PD_ERR_INVAL;
+    }
+    if (pl.smem > 227 * 1024) {
+        PD_LOG_ERR("kcuda_paged_attention: group %d x head_dim %d needs too much shared memory",
+                   p->n_heads / p->n_kv_heads, p->head_dim);
+        return PD_ERR_UNSUPPORTED;
+    }
+    attn_args_t a;
+    a.q = p->q;
+    a.q_stride = p->q_stride;
+    a.out = p->out;
+    a.out_stride = p->out_stride;
+    a.tok_seq = p->tok_seq;
+    a.tok_pos = p->tok_pos;
+    a.bt = p->block_tables;
+    a.ctx = p->context_lens;
+    a.n_seqs = p->n_seqs;
+    a.mbps = p->max_blocks_per_seq;
+    a.n_tokens = (int)p->n_tokens;
+    a.n_heads = p->n_heads;
+    a.group = p->n_heads / p->n_kv_heads;
+    a.hd = p->head_dim;
+    a.qt = pl.qt;
+    a.n_splits = pl.n_splits;
+    a.scale = p->scale;
+    a.causal = p->causal;
+    a.window = p->sliding_window;
+    a.cache = p->cache_base;
+    a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);
+    a.layer_off = (int64_t)p->layer * L->layer_stride;
+    a.kv_stride = L->kv_stride;
+    a.token_stride = L->token_stride;
+    a.n_blocks = L->n_blocks;
+    a.bs = L->block_size;
+    a.ws = (float *)workspace;
+    a.err = err;
+    dim3 grid((unsigned)((p->n_tokens + pl.qt - 1) / pl.qt), (unsigned)p->n_kv_heads, (unsigned)pl.n_splits);
+    if (L->dtype == KCPU_DTYPE_F32) {
+        cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_kernel<float><<<grid, pl.threads, pl.smem, stream>>>(a);
+    } else {
+        cudaFuncSetAttribute(attn_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_kernel<__half><<<grid, pl.threads, pl.smem, stream>>>(a);
+    }
+    {
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) {
+            PD_LOG_ERR("kcuda_paged_attention: launch failed: %s", cudaGetErrorString(e));
+            return PD_ERR_CUDA;
+        }
+    }
+    if (pl.n_splits > 1) {
+        attn_combine_kernel<<<dim3((unsigned)p->n_tokens, (unsigned)p->n_heads), 128, 0, stream>>>(a);
+        KCUDA_LAUNCHED("kcuda_paged_attention (combine)");
+    }
+    return PD_OK;
+}

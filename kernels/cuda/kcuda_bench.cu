@@ -1,0 +1,91 @@
+/*
+ * kcuda_bench.cu - the two ceilings the benchmarks are measured against, taken in the
+ * same process: device-to-device copy bandwidth (cudaMemcpy d2d, bytes read + written)
+ * and the cuBLAS bf16 GEMM rate on random data (f32 accumulation).
+ */
+#include "kcuda_internal.cuh"
+
+#include <cublas_v2.h>
+
+__global__ void fill_random_bf16(__nv_bfloat16 *x, size_t n, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        x[i] = __float2bfloat16((float)(h & 0xffff) / 65536.0f - 0.5f);
+    }
+}
+
+extern "C" pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p)
+{
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0, e1;
+    float ms = 0;
+    pd_status_t st = PD_ERR_CUDA;
+    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess)
+        goto out;
+    cudaMemset(a, 1, bytes);
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); /* warm-up */
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < iters; i++)
+        cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice, 0);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+        *gbps_p = 2.0 * (double)bytes * iters / (ms * 1e-3) / 1e9;
+        st = PD_OK;
+    }
+out:
+    cudaGetLastError();
+    cudaFree(a);
+    cudaFree(b);
+    return st;
+}
+
+extern "C" pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p)
+{
+    __nv_bfloat16 *A = NULL, *B = NULL;
+    float *C = NULL;
+    cublasHandle_t h = NULL;
+    cudaEvent_t e0, e1;
+    float ms = 0, one = 1.0f, zero = 0.0f;
+    pd_status_t st = PD_ERR_CUDA;
+    if (cudaMalloc(&A, sizeof(*A) * M * K) != cudaSuccess || cudaMalloc(&B, sizeof(*B) * K * N) != cudaSuccess ||
+        cudaMalloc(&C, sizeof(*C) * M * N) != cudaSuccess || cublasCreate(&h) != CUBLAS_STATUS_SUCCESS)
+        goto out;
+    fill_random_bf16<<<1024, 256>>>(A, (size_t)M * K, 1);
+    fill_random_bf16<<<1024, 256>>>(B, (size_t)K * N, 2);
+    for (int i = 0; i < 3; i++)
+        cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, B, CUDA_R_16BF, (int)K, A,
+                     CUDA_R_16BF, (int)K, &zero, C, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < iters; i++)
+        cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, B, CUDA_R_16BF, (int)K, A,
+                     CUDA_R_16BF, (int)K, &zero, C, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+        *tflops_p = 2.0 * (double)M * N * K * iters / (ms * 1e-3) / 1e12;
+        st = PD_OK;
+    }
+out:
+    cudaGetLastError();
+    if (h)
+        cublasDestroy(h);
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(C);
+    return st;
+}
