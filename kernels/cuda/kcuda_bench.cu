@@ -89,3 +89,29 @@ out:
     cudaFree(C);
     return st;
 }
+
+template <typename T>
+__global__ void fill_random_kernel(T *x, size_t n, uint32_t seed, float scale)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        x[i] = (T)(((float)(h & 0xffffff) / 8388608.0f - 1.0f) * scale);
+    }
+}
+
+extern "C" pd_status_t kcuda_fill_random(void *x, size_t n, kcpu_dtype_t type, uint32_t seed, float scale,
+                                         kcuda_stream_t stream)
+{
+    if (n == 0)
+        return PD_OK;
+    if (type == KCPU_DTYPE_F32)
+        fill_random_kernel<float><<<4096, 256, 0, stream>>>((float *)x, n, seed, scale);
+    else if (type == KCPU_DTYPE_F16)
+        fill_random_kernel<__half><<<4096, 256, 0, stream>>>((__half *)x, n, seed, scale);
+    else
+        return PD_ERR_UNSUPPORTED;
+    KCUDA_LAUNCHED("kcuda_fill_random");
+}
