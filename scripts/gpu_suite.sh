@@ -52,14 +52,14 @@ run() {
     local names=() rcs=() secs=()
     for t in test_cuda_ops test_cuda_golden; do
         local t0=$SECONDS
-        (cd "$dir/src" && timeout 300 "$dir/bin/$t") > "$out/$t.log" 2>&1
+        (cd "$dir/src" && timeout 150 "$dir/bin/$t") > "$out/$t.log" 2>&1
         rcs+=($?)
         names+=("$t")
         secs+=($((SECONDS - t0)))
         tail -5 "$out/$t.log"
     done
     local t0=$SECONDS
-    (cd "$dir/src" && timeout 420 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick) > "$out/bench_cuda.log" 2>&1
+    (cd "$dir/src" && timeout 280 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick) > "$out/bench_cuda.log" 2>&1
     rcs+=($?)
     names+=(bench_cuda)
     secs+=($((SECONDS - t0)))
