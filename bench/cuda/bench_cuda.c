@@ -50,9 +50,11 @@ typedef struct {
 } batch_t;
 
 /* B sequences of context `ctx` (already in the cache) each computing `n_new` tokens;
- * sequence s owns blocks [s * mbps, (s + 1) * mbps). */
+ * sequence s owns the ceil((ctx + n_new) / BS) blocks from s times that (table entries
+ * past them point at block 0 and are never read). */
 static void make_batch(batch_t *b, int B, int ctx, int n_new, int mbps, int vocab)
 {
+    const int per = (ctx + n_new + BS - 1) / BS;
     int T = B * n_new;
     b->n_tokens = T;
     b->n_seqs = B;
@@ -65,7 +67,7 @@ static void make_batch(batch_t *b, int B, int ctx, int n_new, int mbps, int voca
     b->rows = malloc(sizeof(int32_t) * B);
     for (int s = 0; s < B; s++) {
         for (int i = 0; i < mbps; i++)
-            b->tables[s * mbps + i] = s * mbps + i;
+            b->tables[s * mbps + i] = i < per ? s * per + i : 0;
         b->ctx[s] = ctx + n_new;
         b->rows[s] = s * n_new + n_new - 1;
         for (int i = 0; i < n_new; i++) {
@@ -134,8 +136,9 @@ int main(int argc, char **argv)
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
 
     const int B_max = quick ? 64 : 256, ctx = 1024, prefill = 2048;
-    const int mbps = (prefill + ctx) / BS + 2;
-    eng_forward_opts_t fo = {.block_size = BS, .n_blocks = (int64_t)B_max * mbps, .max_tokens = prefill,
+    const int mbps = (prefill > ctx ? prefill : ctx) / BS + 2;
+    const int64_t need_dec = (int64_t)B_max * ((ctx + 1 + BS - 1) / BS), need_pf = prefill / BS + 1;
+    eng_forward_opts_t fo = {.block_size = BS, .n_blocks = need_dec > need_pf ? need_dec : need_pf, .max_tokens = prefill,
                              .max_seqs = B_max, .max_blocks_per_seq = mbps};
     eng_forward_t *fw = NULL;
     t0 = now_s();
