@@ -7,8 +7,10 @@
  * Activations stay f32.  GEMM weights are converted once, at their first matmul, to the
  * instance's weight dtype (bf16 by default, f16 or f32) and cached by the weight's device
  * pointer; buf_free drops the converted copy with its source.  For bf16/f16 weights each
- * matmul rounds its f32 input to that type in a scratch buffer and runs a tensor-core
- * GEMM with f32 accumulation and f32 output; f32 weights run an exact SGEMM (no TF32).
+ * matmul with more than 8 rows rounds its f32 input to that type in a scratch buffer and
+ * runs a tensor-core GEMM with f32 accumulation and f32 output; with 1..8 rows (decode)
+ * a GEMV kernel reads the weights once and the f32 input as it is.  f32 weights run an
+ * exact SGEMM (no TF32).
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
  * memcpy_d2h or synchronize.
@@ -40,6 +42,7 @@ struct eng_backend {
     int *d_err;        /* device error word (KCUDA_ERR_* bits) */
     int *h_err;        /* pinned host copy */
     kcpu_dtype_t wdtype;
+    bool no_gemv;      /* PD_CUDA_NO_GEMV=1: small-M GEMMs through cuBLAS too (A/B runs) */
     wconv_t *conv;
     size_t n_conv, cap_conv;
     size_t conv_bytes;
@@ -92,6 +95,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
         return PD_ERR_NOMEM;
     be->device = opts ? opts->device : 0;
     be->wdtype = KCPU_DTYPE_BF16;
+    be->no_gemv = getenv("PD_CUDA_NO_GEMV") != NULL && strcmp(getenv("PD_CUDA_NO_GEMV"), "0") != 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -276,6 +280,9 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
         return st;
     if (tg == KCPU_DTYPE_F32) {
         st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
+    } else if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg)) {
+        /* decode: stream the weights once, f32 activations as they are */
+        st = kcuda_gemv(x, M, K, ldx, wg, tg, N, y, ldy, be->stream);
     } else {
         st = grow(be, &be->act, &be->act_bytes, (size_t)M * (size_t)K * 2);
         if (st == PD_OK)

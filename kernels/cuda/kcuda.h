@@ -80,6 +80,14 @@ void kcuda_blas_destroy(kcuda_blas_t *blas);
 pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
                        const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
 
+/* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
+ * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.
+ * kcuda_gemv_ok says whether the shape qualifies (1 <= M <= 8, K % 8 == 0, ldx % 4 == 0,
+ * x and w 16-byte aligned, wtype BF16 or F16). */
+bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype);
+pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
+                       int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
+
 /* ---- conversions (kcuda_convert.cu) ---- */
 
 /* Convert/dequantize a weight of `rows` rows of K elements of `src_type` (F32, F16, BF16,

@@ -26,6 +26,24 @@ template <typename CT> __device__ __forceinline__ float kc_load(const CT *p);
 template <> __device__ __forceinline__ float kc_load<float>(const float *p) { return *p; }
 template <> __device__ __forceinline__ float kc_load<__half>(const __half *p) { return __half2float(*p); }
 
+/* 4 consecutive elements at cache[e + d] as f32 (zeros when e < 0, a bad block) */
+template <typename CT> __device__ __forceinline__ void kc_load4(const CT *cache, int64_t e, int d, float *f);
+template <> __device__ __forceinline__ void kc_load4<float>(const float *cache, int64_t e, int d, float *f)
+{
+    float4 v = e < 0 ? make_float4(0.f, 0.f, 0.f, 0.f) : *(const float4 *)(cache + e + d);
+    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+template <> __device__ __forceinline__ void kc_load4<__half>(const __half *cache, int64_t e, int d, float *f)
+{
+    if (e < 0) {
+        f[0] = f[1] = f[2] = f[3] = 0.0f;
+        return;
+    }
+    uint2 u = *(const uint2 *)(cache + e + d);
+    float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+}
+
 typedef struct {
     const float *q;
     int64_t q_stride;
@@ -139,11 +157,26 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args_t a)
                 }
             }
             __syncthreads();
-            for (int i = tid; i < nk * D; i += nth) {
-                int j = i / D, d = i % D;
-                int64_t e = blk_s[j];
-                k_s[j * Dp + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + d);
-                v_s[j * D + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + a.kv_stride + d);
+            if ((D & 3) == 0) { /* 4 elements per load (every offset is a multiple of 4) */
+                const int D4 = D >> 2;
+                for (int i = tid; i < nk * D4; i += nth) {
+                    int j = i / D4, d = (i % D4) * 4;
+                    int64_t e = blk_s[j];
+                    float kf[4], vf[4];
+                    kc_load4<CT>(cache, e, d, kf);
+                    kc_load4<CT>(cache, e < 0 ? e : e + a.kv_stride, d, vf);
+                    for (int u = 0; u < 4; u++) {
+                        k_s[j * Dp + d + u] = kf[u];
+                        v_s[j * D + d + u] = vf[u];
+                    }
+                }
+            } else {
+                for (int i = tid; i < nk * D; i += nth) {
+                    int j = i / D, d = i % D;
+                    int64_t e = blk_s[j];
+                    k_s[j * Dp + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + d);
+                    v_s[j * D + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + a.kv_stride + d);
+                }
             }
             __syncthreads();
             for (int p = tid; p < nrow * KT; p += nth) {
@@ -260,8 +293,10 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count)
     pl.qt = qt;
     int64_t ctas = ((p->n_tokens + qt - 1) / qt) * p->n_kv_heads;
     int64_t bound = p->max_blocks_per_seq * p->layout->block_size; /* keys per row at most */
-    int64_t want = (2 * (int64_t)(sm_count > 0 ? sm_count : 132) + ctas - 1) / (ctas > 0 ? ctas : 1);
-    int64_t by_len = (bound + 255) / 256;
+    /* enough CTAs in flight to hide the latency of the paged loads (16 per SM), but no
+     * split shorter than 128 keys */
+    int64_t want = (16 * (int64_t)(sm_count > 0 ? sm_count : 132) + ctas - 1) / (ctas > 0 ? ctas : 1);
+    int64_t by_len = (bound + 127) / 128;
     int64_t s = want < by_len ? want : by_len;
     pl.n_splits = (int)(s < 1 ? 1 : s > MAX_SPLITS ? MAX_SPLITS : s);
     const int R = qt * G;

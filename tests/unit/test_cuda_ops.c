@@ -105,7 +105,8 @@ static void matmul_case(kcpu_dtype_t wtype, kcpu_dtype_t gemm_dtype, int64_t M, 
                         double tol)
 {
     size_t rb;
-    int64_t ldx = K + 3, ldy = N + 1;
+    /* padded rows (cuBLAS path) on odd shapes, dense rows (the M <= 8 GEMV path) otherwise */
+    int64_t ldx = (N & 1) ? K + 3 : K, ldy = N + 1;
     PD_CHECK_STATUS(kcpu_dtype_row_bytes(wtype, K, &rb), PD_OK);
     float *x = rand_vec((size_t)M * ldx, 1.0f), *wf = rand_vec((size_t)N * K, 0.1f);
     float *b = bias ? rand_vec((size_t)N, 0.5f) : NULL;
@@ -135,7 +136,8 @@ PD_TEST(test_matmul)
 {
     static const kcpu_dtype_t types[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_BF16,
                                          KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_0, KCPU_DTYPE_Q4_1};
-    static const int64_t shapes[][3] = {{1, 64, 33}, {7, 96, 65}, {33, 256, 130}, {130, 576, 193}};
+    static const int64_t shapes[][3] = {{1, 64, 33}, {7, 96, 65}, {33, 256, 130}, {130, 576, 193},
+                                        {1, 4096, 1000}, {3, 576, 1536}, {8, 1024, 258}, {5, 96, 64}};
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
             matmul_case(types[t], KCPU_DTYPE_F32, shapes[s][0], shapes[s][1], shapes[s][2], s & 1, 1e-4);
