@@ -10,7 +10,8 @@
  * matmul with more than 8 rows rounds its f32 input to that type in a scratch buffer and
  * runs a tensor-core GEMM with f32 accumulation and f32 output; with 1..8 rows (decode)
  * a GEMV kernel reads the weights once and the f32 input as it is.  f32 weights run an
- * exact SGEMM (no TF32).
+ * exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
+ * when the weight dtype is bf16/f16, the f32 kernel when it is f32.
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
  * memcpy_d2h or synchronize.
@@ -43,6 +44,7 @@ struct eng_backend {
     int *h_err;        /* pinned host copy */
     kcpu_dtype_t wdtype;
     bool no_gemv;      /* PD_CUDA_NO_GEMV=1: small-M GEMMs through cuBLAS too (A/B runs) */
+    bool exact_attn;   /* PD_CUDA_EXACT_ATTN=1: f32 attention even with bf16/f16 GEMMs */
     wconv_t *conv;
     size_t n_conv, cap_conv;
     size_t conv_bytes;
@@ -96,6 +98,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->device = opts ? opts->device : 0;
     be->wdtype = KCPU_DTYPE_BF16;
     be->no_gemv = getenv("PD_CUDA_NO_GEMV") != NULL && strcmp(getenv("PD_CUDA_NO_GEMV"), "0") != 0;
+    be->exact_attn = getenv("PD_CUDA_EXACT_ATTN") != NULL && strcmp(getenv("PD_CUDA_EXACT_ATTN"), "0") != 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -408,11 +411,13 @@ static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t
 
 static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_params_t *p)
 {
-    size_t need = kcuda_attn_workspace_bytes(p, be->sm_count);
+    /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    size_t need = kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
     pd_status_t st = grow(be, &be->ws, &be->ws_bytes, need);
     if (st != PD_OK)
         return st;
-    return kcuda_paged_attention(p, be->ws, be->ws_bytes, be->sm_count, be->d_err, be->stream);
+    return kcuda_paged_attention(p, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err, be->stream);
 }
 
 static const eng_backend_ops_t cuda_ops = {

@@ -153,17 +153,21 @@ pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *layout, void *cache_bas
 /* ---- paged attention (kcuda_attn.cu) ---- */
 
 /* Device scratch the split-K path needs for n_tokens tokens (bytes; 0 when none). */
-size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count);
+size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced);
 /*
  * kcpu_paged_attention on the GPU: prefill chunks and decode tokens mixed.  One CTA
  * handles a run of up to 16 consecutive tokens of one sequence (prefill) or one token
  * (decode) for one KV head and all its query heads (GQA), streaming K/V tiles of the
  * paged cache through shared memory with an online softmax in f32; decode batches split
  * the keys over several CTAs (flash-decoding) and merge the partial results.
- * workspace: device memory of kcuda_attn_workspace_bytes(p, sm_count) (NULL when 0).
+ * allow_reduced: prefill tiles may use the tensor-core kernel (q, K, V and the softmax
+ * weights rounded to bf16, f32 accumulation; relative error ~1e-2 instead of ~1e-6);
+ * false keeps everything f32 (the exact path).
+ * workspace: device memory of kcuda_attn_workspace_bytes(p, sm_count, allow_reduced)
+ * (NULL when 0).
  */
 pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
-                                  int sm_count, int *err, kcuda_stream_t stream);
+                                  int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream);
 
 /* ---- micro-benchmark helpers (kcuda_bench.cu) ---- */
 /* Device-to-device copy bandwidth, counting bytes read + written (GB/s), over `bytes`. */

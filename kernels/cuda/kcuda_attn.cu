@@ -17,6 +17,8 @@
  */
 #include "kcuda_internal.cuh"
 
+#include <mma.h>
+
 #define KT 32          /* keys per tile */
 #define QT_MAX 16      /* tokens per CTA (prefill) */
 #define ROWS_ELEMS 8192 /* R * head_dim bound for the shared accumulators */
@@ -248,6 +250,266 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args_t a)
     }
 }
 
+/*
+ * Tensor-core variant for prefill tiles (bf16 operands, f32 accumulation), used when the
+ * caller allows reduced precision (the backend does when its GEMMs are bf16/f16): the
+ * same CTA decomposition with QT = 16 tokens, R = 16 * group rows, key tiles of 64.
+ * S = Q K^T and O += P V run on WMMA 16x16x16 fragments; the online softmax runs one warp
+ * per row in f32.  Tokens of other sequences in the CTA are masked out and handled in
+ * their own pass (one pass per sequence present).
+ */
+#define TC_KT 64
+#define TC_QT 16
+
+template <typename CT>
+__global__ void __launch_bounds__(256) attn_tc_kernel(attn_args_t a)
+{
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char tc_smem[];
+    const int G = a.group, D = a.hd, R = TC_QT * G;
+    const int ldq = D + 8, lds = TC_KT + 4, ldp = TC_KT + 8, ldo = D + 4;
+    size_t off = 0;
+#define TC_CARVE(type, name, count)                                        \
+    type *name = (type *)(tc_smem + off);                                  \
+    off += ((sizeof(type) * (size_t)(count)) + 127) & ~(size_t)127
+    TC_CARVE(__nv_bfloat16, q_s, R * ldq);
+    TC_CARVE(__nv_bfloat16, k_s, TC_KT * ldq);
+    TC_CARVE(__nv_bfloat16, v_s, TC_KT * ldq);
+    TC_CARVE(float, s_s, R * lds);
+    TC_CARVE(__nv_bfloat16, p_s, R * ldp);
+    TC_CARVE(float, o_s, R * ldo);
+    TC_CARVE(float, m_s, R);
+    TC_CARVE(float, l_s, R);
+    TC_CARVE(float, al_s, R);
+    TC_CARVE(int, lo_s, R);
+    TC_CARVE(int, hi_s, R);
+    TC_CARVE(int, act_s, R);
+    TC_CARVE(int64_t, blk_s, TC_KT);
+#undef TC_CARVE
+    __shared__ int range_s[2];
+
+    const CT *cache = (const CT *)a.cache;
+    const int kvh = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
+    const int warp = tid >> 5, lane = tid & 31, nwarp = nth >> 5;
+    const int t0 = blockIdx.x * TC_QT;
+    const int tend = min(t0 + TC_QT, a.n_tokens);
+    const int nrow = (tend - t0) * G;
+
+    /* rows: q (bf16), state, per-row key range; rows past the last token stay inactive */
+    for (int i = tid; i < R * D; i += nth) {
+        int r = i / D, d = i % D;
+        float v = 0.0f;
+        if (r < nrow) {
+            int tt = t0 + r / G, h = kvh * G + r % G;
+            v = a.q[(int64_t)tt * a.q_stride + (int64_t)h * D + d];
+        }
+        q_s[r * ldq + d] = __float2bfloat16_rn(v);
+    }
+    for (int i = tid; i < R * D; i += nth)
+        o_s[(i / D) * ldo + i % D] = 0.0f;
+    for (int r = tid; r < R; r += nth) {
+        m_s[r] = -INFINITY;
+        l_s[r] = 0.0f;
+        lo_s[r] = -2;
+        hi_s[r] = -3;
+        if (r < nrow) {
+            const int tt = t0 + r / G, seq = a.tok_seq[tt], pos = a.tok_pos[tt];
+            const bool seq_ok = seq >= 0 && seq < a.n_seqs;
+            int ctx = seq_ok ? a.ctx[seq] : 0;
+            if (ctx > a.mbps * a.bs || ctx < 0) {
+                if (a.err)
+                    atomicOr(a.err, KCUDA_ERR_SEQ);
+                ctx = ctx < 0 ? 0 : (int)(a.mbps * a.bs);
+            }
+            int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+            if (lo < 0)
+                lo = 0;
+            if (!seq_ok || pos < 0 || hi >= ctx) {
+                if (a.err)
+                    atomicOr(a.err, KCUDA_ERR_SEQ);
+                lo = -2;
+                hi = -3;
+            }
+            lo_s[r] = lo;
+            hi_s[r] = hi;
+        }
+    }
+    __syncthreads();
+
+    for (int t = t0; t < tend;) {
+        const int seq = a.tok_seq[t];
+        int te = t + 1;
+        while (te < tend && a.tok_seq[te] == seq)
+            te++;
+        const bool seq_ok = seq >= 0 && seq < a.n_seqs;
+        for (int r = tid; r < R; r += nth) {
+            int tt = t0 + r / G;
+            act_s[r] = r < nrow && tt >= t && tt < te && lo_s[r] <= hi_s[r];
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int ulo = INT_MAX, uhi = -1;
+            for (int r = 0; r < R; r++)
+                if (act_s[r]) {
+                    ulo = min(ulo, lo_s[r]);
+                    uhi = max(uhi, hi_s[r]);
+                }
+            if (uhi < 0 || !seq_ok) {
+                range_s[0] = range_s[1] = 0;
+            } else {
+                int len = uhi - ulo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+                int s0 = ulo + split * chunk, s1 = min(s0 + chunk, uhi + 1);
+                range_s[0] = s0;
+                range_s[1] = s1 > s0 ? s1 : s0;
+            }
+        }
+        __syncthreads();
+        const int s0 = range_s[0], s1 = range_s[1];
+        const int32_t *bt = a.bt + (int64_t)(seq_ok ? seq : 0) * a.mbps;
+
+        for (int k0 = s0; k0 < s1; k0 += TC_KT) {
+            const int nk = min(TC_KT, s1 - k0);
+            if (tid < TC_KT) {
+                int64_t e = -1;
+                if (tid < nk) {
+                    int p = k0 + tid;
+                    int32_t b = bt[p / a.bs];
+                    if (b < 0 || b >= a.n_blocks) {
+                        if (a.err)
+                            atomicOr(a.err, KCUDA_ERR_BLOCK);
+                    } else {
+                        e = (int64_t)b * a.block_elems + a.layer_off + (int64_t)(p % a.bs) * a.token_stride +
+                            (int64_t)kvh * D;
+                    }
+                }
+                blk_s[tid] = e;
+            }
+            __syncthreads();
+            {
+                const int D4 = D >> 2;
+                for (int i = tid; i < TC_KT * D4; i += nth) {
+                    int j = i / D4, d = (i % D4) * 4;
+                    int64_t e = blk_s[j];
+                    float kf[4], vf[4];
+                    kc_load4<CT>(cache, e, d, kf);
+                    kc_load4<CT>(cache, e < 0 ? e : e + a.kv_stride, d, vf);
+                    for (int u = 0; u < 4; u++) {
+                        k_s[j * ldq + d + u] = __float2bfloat16_rn(kf[u]);
+                        v_s[j * ldq + d + u] = __float2bfloat16_rn(vf[u]);
+                    }
+                }
+            }
+            __syncthreads();
+            /* S = Q K^T */
+            for (int tile = warp; tile < (R / 16) * (TC_KT / 16); tile += nwarp) {
+                int i = tile / (TC_KT / 16), j = tile % (TC_KT / 16);
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+                wmma::fill_fragment(c, 0.0f);
+                for (int k = 0; k < D; k += 16) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+                    wmma::load_matrix_sync(fa, q_s + i * 16 * ldq + k, ldq);
+                    wmma::load_matrix_sync(fb, k_s + j * 16 * ldq + k, ldq);
+                    wmma::mma_sync(c, fa, fb, c);
+                }
+                wmma::store_matrix_sync(s_s + i * 16 * lds + j * 16, c, lds, wmma::mem_row_major);
+            }
+            __syncthreads();
+            /* online softmax, one warp per row, lanes over keys lane and lane + 32 */
+            for (int r = warp; r < R; r += nwarp) {
+                float sv[2];
+                const bool act = act_s[r];
+                const int lo = lo_s[r], hi = hi_s[r];
+                float mx = m_s[r];
+                for (int u = 0; u < 2; u++) {
+                    int j = lane + 32 * u, kp = k0 + j;
+                    bool ok = act && j < nk && kp >= lo && kp <= hi;
+                    sv[u] = ok ? s_s[r * lds + j] * a.scale : -INFINITY;
+                    mx = fmaxf(mx, sv[u]);
+                }
+                mx = kc_warp_max(mx);
+                float alpha, sum = 0.0f;
+                if (mx == -INFINITY) {
+                    alpha = 1.0f;
+                    sv[0] = sv[1] = 0.0f;
+                } else {
+                    alpha = expf(m_s[r] - mx);
+                    for (int u = 0; u < 2; u++) {
+                        sv[u] = sv[u] == -INFINITY ? 0.0f : expf(sv[u] - mx);
+                        sum += sv[u];
+                    }
+                }
+                sum = kc_warp_sum(sum);
+                p_s[r * ldp + lane] = __float2bfloat16_rn(sv[0]);
+                p_s[r * ldp + lane + 32] = __float2bfloat16_rn(sv[1]);
+                if (lane == 0) {
+                    al_s[r] = alpha;
+                    if (mx != -INFINITY) {
+                        l_s[r] = l_s[r] * alpha + sum;
+                        m_s[r] = mx;
+                    }
+                }
+            }
+            __syncthreads();
+            for (int i = tid; i < R * D; i += nth) {
+                int r = i / D;
+                o_s[r * ldo + i % D] *= al_s[r];
+            }
+            __syncthreads();
+            /* O += P V */
+            for (int tile = warp; tile < (R / 16) * (D / 16); tile += nwarp) {
+                int i = tile / (D / 16), n = tile % (D / 16);
+                wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+                wmma::load_matrix_sync(c, o_s + i * 16 * ldo + n * 16, ldo, wmma::mem_row_major);
+                for (int k = 0; k < TC_KT; k += 16) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+                    wmma::load_matrix_sync(fa, p_s + i * 16 * ldp + k, ldp);
+                    wmma::load_matrix_sync(fb, v_s + k * ldq + n * 16, ldq);
+                    wmma::mma_sync(c, fa, fb, c);
+                }
+                wmma::store_matrix_sync(o_s + i * 16 * ldo + n * 16, c, ldo, wmma::mem_row_major);
+            }
+            __syncthreads();
+        }
+        t = te;
+    }
+    /* epilogue */
+    for (int o = tid; o < nrow * D; o += nth) {
+        int r = o / D, d = o % D;
+        int tt = t0 + r / G, h = kvh * G + r % G;
+        if (lo_s[r] == -2 && a.n_splits == 1)
+            continue;
+        float acc = o_s[r * ldo + d];
+        if (a.n_splits == 1) {
+            float l = l_s[r];
+            a.out[(int64_t)tt * a.out_stride + (int64_t)h * D + d] = l > 0.0f ? acc / l : 0.0f;
+        } else {
+            int64_t row = ((int64_t)tt * a.n_heads + h) * a.n_splits + split;
+            a.ws[row * D + d] = acc;
+            if (d == 0) {
+                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
+                ml[row * 2] = m_s[r];
+                ml[row * 2 + 1] = l_s[r];
+            }
+        }
+    }
+}
+
+static size_t tc_smem_bytes(int G, int D)
+{
+    const size_t R = (size_t)TC_QT * G, a = 127;
+    size_t b = 0;
+    b += (R * (D + 8) * 2 + a) & ~a;
+    b += 2 * (((size_t)TC_KT * (D + 8) * 2 + a) & ~a);
+    b += (R * (TC_KT + 4) * 4 + a) & ~a;
+    b += (R * (TC_KT + 8) * 2 + a) & ~a;
+    b += (R * (D + 4) * 4 + a) & ~a;
+    b += 6 * ((R * 4 + a) & ~a);
+    b += (TC_KT * 8 + a) & ~a;
+    return b;
+}
+
 /* out[t, h, :] = merge of the splits' (m, l, acc). */
 __global__ void attn_combine_kernel(attn_args_t a)
 {
@@ -276,10 +538,11 @@ __global__ void attn_combine_kernel(attn_args_t a)
 /* The launch plan: tokens per CTA, splits, threads, shared bytes. */
 typedef struct {
     int qt, n_splits, threads;
+    bool tc; /* tensor-core prefill kernel */
     size_t smem;
 } attn_plan_t;
 
-static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count)
+static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced)
 {
     attn_plan_t pl;
     const int G = p->n_heads / p->n_kv_heads, D = p->head_dim;
@@ -288,8 +551,12 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count)
         qt = QT_MAX;
     if (qt < 1)
         qt = 1;
-    if (p->n_tokens <= p->n_seqs) /* one token per sequence: decode */
+    const bool decode = p->n_tokens <= p->n_seqs; /* one token per sequence */
+    if (decode)
         qt = 1;
+    pl.tc = allow_reduced && !decode && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
+    if (pl.tc)
+        qt = TC_QT;
     pl.qt = qt;
     int64_t ctas = ((p->n_tokens + qt - 1) / qt) * p->n_kv_heads;
     int64_t bound = p->max_blocks_per_seq * p->layout->block_size; /* keys per row at most */
@@ -301,23 +568,27 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count)
     pl.n_splits = (int)(s < 1 ? 1 : s > MAX_SPLITS ? MAX_SPLITS : s);
     const int R = qt * G;
     pl.threads = qt > 1 ? 256 : 128;
+    if (pl.tc) {
+        pl.smem = tc_smem_bytes(G, D);
+        return pl;
+    }
     pl.smem = sizeof(float) * ((size_t)2 * R * D + (size_t)R * KT + (size_t)KT * (D + 1) + (size_t)KT * D + 3 * R) +
               sizeof(int) * 2 * R + 8 + sizeof(int64_t) * KT;
     return pl;
 }
 
-extern "C" size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count)
+extern "C" size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced)
 {
     if (p == NULL || p->layout == NULL || p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0)
         return 0;
-    attn_plan_t pl = attn_plan(p, sm_count);
+    attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
     if (pl.n_splits == 1)
         return 0;
     return sizeof(float) * (size_t)p->n_tokens * (size_t)p->n_heads * (size_t)pl.n_splits * ((size_t)p->head_dim + 2);
 }
 
 extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
-                                             int sm_count, int *err, kcuda_stream_t stream)
+                                             int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream)
 {
     const kcpu_kv_layout_t *L = p ? p->layout : NULL;
     if (p == NULL || L == NULL || p->n_tokens < 0 || p->n_tokens > INT32_MAX || p->n_heads <= 0 ||
@@ -331,8 +602,8 @@ extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *
     }
     if (p->n_tokens == 0)
         return PD_OK;
-    attn_plan_t pl = attn_plan(p, sm_count);
-    size_t need = kcuda_attn_workspace_bytes(p, sm_count);
+    attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
+    size_t need = kcuda_attn_workspace_bytes(p, sm_count, allow_reduced);
     if (need > 0 && (workspace == NULL || ws_bytes < need)) {
         PD_LOG_ERR("kcuda_paged_attention: workspace of %zu bytes needed, %zu given", need, ws_bytes);
         return PD_ERR_INVAL;
@@ -372,7 +643,13 @@ extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *
     a.ws = (float *)workspace;
     a.err = err;
     dim3 grid((unsigned)((p->n_tokens + pl.qt - 1) / pl.qt), (unsigned)p->n_kv_heads, (unsigned)pl.n_splits);
-    if (L->dtype == KCPU_DTYPE_F32) {
+    if (pl.tc && L->dtype == KCPU_DTYPE_F32) {
+        cudaFuncSetAttribute(attn_tc_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_tc_kernel<float><<<grid, pl.threads, pl.smem, stream>>>(a);
+    } else if (pl.tc) {
+        cudaFuncSetAttribute(attn_tc_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_tc_kernel<__half><<<grid, pl.threads, pl.smem, stream>>>(a);
+    } else if (L->dtype == KCPU_DTYPE_F32) {
         cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
         attn_kernel<float><<<grid, pl.threads, pl.smem, stream>>>(a);
     } else {

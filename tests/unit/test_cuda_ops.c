@@ -375,8 +375,11 @@ typedef struct {
     int n_seqs;
 } attn_case_t;
 
-static void attn_case(const attn_case_t *c)
+static void attn_case(const attn_case_t *c, kcpu_dtype_t gemm_dtype, double tol)
 {
+    /* the backend's GEMM dtype picks the attention precision: f32 -> f32 SIMT kernel,
+     * bf16 -> tensor-core kernel for prefill tiles */
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, gemm_dtype), PD_OK);
     const int L = 2, layer = 1, S = c->n_seqs;
     const int max_ctx = c->decode_only ? 1500 : 300;
     const int mbps = (max_ctx + c->bs - 1) / c->bs + 1;
@@ -450,9 +453,10 @@ static void attn_case(const attn_case_t *c)
     PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
     float *got = down(dout, (size_t)T * QW * 4);
     char what[128];
-    snprintf(what, sizeof(what), "attention h%d/%d d%d bs%d win%d %s %s T%lld", c->n_heads, c->n_kv, c->hd, c->bs,
-             c->window, kcpu_dtype_name(c->cache), c->decode_only ? "decode" : "mixed", (long long)T);
-    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
+    snprintf(what, sizeof(what), "attention h%d/%d d%d bs%d win%d %s %s T%lld %s", c->n_heads, c->n_kv, c->hd, c->bs,
+             c->window, kcpu_dtype_name(c->cache), c->decode_only ? "decode" : "mixed", (long long)T,
+             kcpu_dtype_name(gemm_dtype));
+    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), tol), 0);
     free(got);
 
     /* copy-on-write block copies */
@@ -485,10 +489,13 @@ PD_TEST(test_paged_attention)
                                      .window = (n % 5 == 4) ? 37 : 0,
                                      .cache = (n % 3 == 2) ? KCPU_DTYPE_F16 : KCPU_DTYPE_F32,
                                      .decode_only = mode == 1, .n_seqs = mode == 1 ? 1 + irand(24) : 1 + irand(5)};
-                    attn_case(&c);
+                    attn_case(&c, KCPU_DTYPE_F32, 1e-4);
+                    /* prefill tiles on tensor cores (bf16 q/K/V/P, f32 accumulation) */
+                    attn_case(&c, KCPU_DTYPE_BF16, 2e-2);
                     n++;
                 }
-    printf("  %d attention cases\n", n);
+    printf("  %d attention cases, each exact and reduced\n", n);
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
 int main(void)
