@@ -115,6 +115,11 @@ int main(int argc, char **argv)
     DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
     DIE_IF(kcuda_bench_gemm_tflops(8192, 8192, 8192, 10, &gemm_sq) != PD_OK, "gemm failed");
     DIE_IF(kcuda_bench_gemm_tflops(2048, 14336, 4096, 20, &gemm_pf) != PD_OK, "gemm failed");
+    /* the decode GEMV alone at the model's shapes (N x K), M = 1 */
+    static const int64_t gv_shape[5][2] = {{4096, 4096}, {1024, 4096}, {14336, 4096}, {4096, 14336}, {128256, 4096}};
+    double gv[5] = {0};
+    for (int i = 0; i < 5; i++)
+        DIE_IF(kcuda_bench_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv[i]) != PD_OK, "gemv failed");
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -247,6 +252,11 @@ int main(int argc, char **argv)
     printf("%-44s %9.0f GB/s %14s %8s\n", "d2d copy bandwidth (read+write)", copy_gbps, "-", "-");
     printf("%-44s %7.0f TFLOP/s %14s %8s\n", "cuBLAS bf16 GEMM 8192^3", gemm_sq, "-", "-");
     printf("%-44s %7.0f TFLOP/s %14s %8s\n", "cuBLAS bf16 GEMM 2048x14336x4096", gemm_pf, "-", "-");
+    for (int i = 0; i < 5; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld", (long long)gv_shape[i][0], (long long)gv_shape[i][1]);
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, gv[i], copy_gbps / 2, 100 * gv[i] / (copy_gbps / 2));
+    }
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -267,10 +277,10 @@ int main(int argc, char **argv)
     printf("JSON {\"copy_gbps\":%.1f,\"gemm_bf16_8192_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
            "\"weight_bytes\":%.0f,\"decode_b1_ms\":%.3f,\"decode_b1_floor_ms\":%.3f,\"decode_b64_ms\":%.3f,"
            "\"decode_b256_ms\":%.3f,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
-           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f]}\n",
+           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
            pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
-           att_gbps[1][1], att_gbps[1][2]);
+           att_gbps[1][1], att_gbps[1][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

@@ -174,6 +174,8 @@ pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, 
 pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p);
 /* cuBLAS bf16 GEMM rate (TFLOP/s) of [M,K] x [K,N] on random data, f32 accumulation. */
 pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
+/* kcuda_gemv with M rows over a bf16 [N,K] weight: weight bytes read per second (GB/s). */
+pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
 /* Fill n elements (F32 or F16) with uniform values in [-scale, scale) (a hash of the
  * index and seed): benchmarks never time on zeros. */
 pd_status_t kcuda_fill_random(void *x, size_t n, kcpu_dtype_t type, uint32_t seed, float scale,

@@ -115,3 +115,41 @@ extern "C" pd_status_t kcuda_fill_random(void *x, size_t n, kcpu_dtype_t type, u
         return PD_ERR_UNSUPPORTED;
     KCUDA_LAUNCHED("kcuda_fill_random");
 }
+
+extern "C" pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p)
+{
+    /* several copies of the weight, cycled, so that the 60 MB L2 never holds the one read */
+    const size_t wbytes = sizeof(__nv_bfloat16) * (size_t)N * K;
+    const int copies = (int)((((size_t)256 << 20) + wbytes - 1) / wbytes);
+    __nv_bfloat16 *W = NULL;
+    float *x = NULL, *y = NULL, ms = 0;
+    cudaEvent_t e0, e1;
+    pd_status_t st = PD_ERR_CUDA;
+    if (cudaMalloc(&W, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sizeof(float) * M * K) != cudaSuccess ||
+        cudaMalloc(&y, sizeof(float) * M * N) != cudaSuccess)
+        goto out;
+    fill_random_bf16<<<1024, 256>>>(W, (size_t)N * K * copies, 5);
+    fill_random_kernel<float><<<256, 256>>>(x, (size_t)M * K, 6, 1.0f);
+    for (int i = 0; i < 3; i++)
+        kcuda_gemv(x, M, K, K, W, KCPU_DTYPE_BF16, N, y, N, 0);
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < iters; i++)
+        kcuda_gemv(x, M, K, K, W + (size_t)(i % copies) * N * K, KCPU_DTYPE_BF16, N, y, N, 0);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+        *gbps_p = (double)wbytes * iters / (ms * 1e-3) / 1e9;
+        st = PD_OK;
+    }
+out:
+    cudaGetLastError();
+    cudaFree(W);
+    cudaFree(x);
+    cudaFree(y);
+    return st;
+}
