@@ -1,8 +1,10 @@
 /*
  * kcuda_gemv.cu - y[M,N] = x[M,K] . W[N,K]^T for small M (decode, M <= 8) with bf16/f16
  * weights and f32 activations read as they are (no rounding of x, no scratch): one warp
- * per output column n streams its weight row with 16-byte loads and keeps M partial
- * sums; the weights are read exactly once, which is the whole cost of a decode GEMM.
+ * per output column n (or 4 warps, each a quarter of the row, when there are few
+ * columns) streams its weight row with 16-byte loads and keeps M partial sums; the
+ * weights are read exactly once, which is the whole cost of a decode GEMM.  (Two or four
+ * columns per warp were measured slower: docs/cuda.md.)
  * cuBLAS's GEMV-shaped calls reach well under the copy bandwidth (see docs/cuda.md).
  */
 #include "kcuda_internal.cuh"
@@ -29,48 +31,54 @@ template <> __device__ __forceinline__ void kc_unpack8<__half>(uint4 u, float *f
     }
 }
 
-/* One warp computes NR consecutive output columns (NR weight rows streamed side by side,
- * so each x chunk read serves NR rows); 8 warps per CTA. */
-template <typename WT, int MT, int NR>
+/* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
+ * used when there are too few columns to fill the GPU), 8 warps per CTA. */
+template <typename WT, int MT, int KS>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
                                                    int64_t N, float *y, int64_t ldy)
 {
-    const int lane = threadIdx.x & 31;
-    const int64_t n0 = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * NR;
-    if (n0 >= N)
-        return;
+    __shared__ float part[8][MT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t n = (int64_t)blockIdx.x * (8 / KS) + warp / KS;
+    const int ks = warp % KS;
     const int64_t chunks = K / 8;
-    const uint4 *wr[NR];
-    for (int r = 0; r < NR; r++)
-        wr[r] = (const uint4 *)(w + (n0 + r < N ? n0 + r : n0) * K);
-    float acc[NR][MT];
-    for (int r = 0; r < NR; r++)
-        for (int m = 0; m < MT; m++)
-            acc[r][m] = 0.0f;
-#pragma unroll 2
-    for (int64_t c = lane; c < chunks; c += 32) {
-        uint4 u[NR];
-        for (int r = 0; r < NR; r++)
-            u[r] = __ldg(wr[r] + c);
-        for (int m = 0; m < MT; m++) {
-            if (m < M) {
-                const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                float4 a = __ldg(xr), b = __ldg(xr + 1);
-                for (int r = 0; r < NR; r++) {
-                    float wf[8];
-                    kc_unpack8<WT>(u[r], wf);
-                    acc[r][m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x +
-                                 wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+    const uint4 *wr = (const uint4 *)(w + (n < N ? n : 0) * K);
+    float acc[MT];
+    for (int m = 0; m < MT; m++)
+        acc[m] = 0.0f;
+    if (n < N) {
+#pragma unroll 4
+        for (int64_t c = (int64_t)ks * 32 + lane; c < chunks; c += 32 * KS) {
+            float wf[8];
+            kc_unpack8<WT>(__ldg(wr + c), wf);
+            for (int m = 0; m < MT; m++) {
+                if (m < M) {
+                    const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
+                    float4 a = __ldg(xr), b = __ldg(xr + 1);
+                    acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                              wf[6] * b.z + wf[7] * b.w;
                 }
             }
         }
     }
-    for (int r = 0; r < NR; r++)
-        for (int m = 0; m < MT; m++) {
-            float s = kc_warp_sum(acc[r][m]);
-            if (lane == 0 && m < M && n0 + r < N)
-                y[m * ldy + n0 + r] = s;
+    for (int m = 0; m < MT; m++) {
+        float sum = kc_warp_sum(acc[m]);
+        if (KS == 1) {
+            if (lane == 0 && m < M && n < N)
+                y[m * ldy + n] = sum;
+        } else if (lane == 0) {
+            part[warp][m] = sum;
         }
+    }
+    if (KS > 1) {
+        __syncthreads();
+        if (ks == 0 && lane < MT && lane < M && n < N) {
+            float sum = 0.0f;
+            for (int i = 0; i < KS; i++)
+                sum += part[warp + i][lane];
+            y[lane * ldy + n] = sum;
+        }
+    }
 }
 
 extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype)
@@ -79,45 +87,43 @@ extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, 
            (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
 }
 
-template <typename WT, int NR>
-static void gemv_launch_nr(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
+template <typename WT, int KS>
+static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
                            int64_t ldy, cudaStream_t s)
 {
-    unsigned g = (unsigned)((N + 8 * NR - 1) / (8 * NR));
+    const int per = 8 / KS;
+    unsigned g = (unsigned)((N + per - 1) / per);
     const WT *wt = (const WT *)w;
     if (M == 1)
-        gemv_kernel<WT, 1, NR><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_kernel<WT, 1, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
     else if (M == 2)
-        gemv_kernel<WT, 2, NR><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_kernel<WT, 2, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
     else if (M <= 4)
-        gemv_kernel<WT, 4, NR><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_kernel<WT, 4, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
     else
-        gemv_kernel<WT, 8, NR><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_kernel<WT, 8, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
 }
 
-/* Rows per warp: 2 by default (PD_CUDA_GEMV_ROWS=1|2|4 for A/B runs). */
-static int gemv_rows(void)
-{
-    static int rows = 0;
-    if (rows == 0) {
-        const char *e = getenv("PD_CUDA_GEMV_ROWS");
-        int v = e ? atoi(e) : 2;
-        rows = (v == 1 || v == 4) ? v : 2;
-    }
-    return rows;
-}
-
+/* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
+ * too few warps to cover the memory latency), else 1.  PD_CUDA_GEMV_KSPLIT=1|2|4 forces it
+ * (A/B runs). */
 template <typename WT>
 static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
                         int64_t ldy, cudaStream_t s)
 {
-    int nr = gemv_rows();
-    if (nr == 1)
-        gemv_launch_nr<WT, 1>(x, M, K, ldx, w, N, y, ldy, s);
-    else if (nr == 4)
-        gemv_launch_nr<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_KSPLIT");
+        int v = e ? atoi(e) : 0;
+        forced = (v == 1 || v == 2 || v == 4) ? v : 0;
+    }
+    int ks = forced ? forced : (N <= 2048 && K >= 1024 ? 4 : 1);
+    if (ks == 4)
+        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
+    else if (ks == 2)
+        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, N, y, ldy, s);
     else
-        gemv_launch_nr<WT, 2>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, N, y, ldy, s);
 }
 
 extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
