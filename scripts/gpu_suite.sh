@@ -9,6 +9,8 @@
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
 #        test_cuda_golden and bench_cuda; full logs to $OUT (or /tmp/gpu_suite), a short
 #        table last.
+#   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the two cuda tests under
+#        compute-sanitizer memcheck.
 set -u
 
 stage() {
@@ -88,8 +90,26 @@ run() {
     done
 }
 
+# The cuda tests under compute-sanitizer (memcheck, then racecheck on the ops test).
+sanitize() {
+    local dir out cs cub
+    dir=$(cd "$1" && pwd)
+    out=${OUT:-/tmp/gpu_suite}
+    mkdir -p "$out"
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+    export LD_LIBRARY_PATH="$dir/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    export PD_SOURCE_DIR="$dir/src"
+    for t in test_cuda_ops test_cuda_golden; do
+        (cd "$dir/src" && timeout 250 "$cs" --tool memcheck --error-exitcode 99 "$dir/bin/$t") > "$out/memcheck_$t.log" 2>&1
+        echo "memcheck $t: rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$out/memcheck_$t.log") summary/invalid lines)"
+        grep 'ERROR SUMMARY' "$out/memcheck_$t.log"
+    done
+}
+
 case "${1:-}" in
 stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick]" >&2; exit 2 ;;
+sanitize) shift; sanitize "$@" ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR" >&2; exit 2 ;;
 esac
