@@ -1,0 +1,483 @@
+/*
+ * eng_backend_cuda.c - the "cuda" backend: eng_backend_ops_t over the kcuda kernels
+ * (kernels/cuda/kcuda.h).  Plain C: every CUDA runtime call sits behind kcuda.h.
+ *
+ * One instance = one device, one non-blocking stream, one cuBLAS handle.  Every op is
+ * queued on the stream in call order; memcpy_d2h and synchronize wait for the stream.
+ * Activations stay f32.  GEMM weights are converted once, at their first matmul, to the
+ * instance's weight dtype (bf16 by default, f16 or f32) and cached by the weight's device
+ * pointer; buf_free drops the converted copy with its source.  For bf16/f16 weights each
+ * matmul with more than 8 rows rounds its f32 input to that type in a scratch buffer and
+ * runs a tensor-core GEMM with f32 accumulation and f32 output; with 1..8 rows (decode)
+ * a GEMV kernel reads the weights once and the f32 input as it is.  f32 weights run an
+ * exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
+ * when the weight dtype is bf16/f16, the f32 kernel when it is f32.
+ * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
+ * collected in a device error word and returned as PD_ERR_RANGE by the next
+ * memcpy_d2h or synchronize.
+ */
+#ifdef PD_HAVE_CUDA
+
+#include "eng_backend_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_backend.h"
+#include "kcuda.h"
+#include "pd_log.h"
+
+typedef struct wconv {
+    const void *src;   /* the weight as the forward passed it (device) */
+    void *dst;         /* converted copy (device) */
+    kcpu_dtype_t type; /* type of dst */
+    size_t bytes;
+} wconv_t;
+
+struct eng_backend {
+    int device;
+    int sm_count;
+    char name[128];
+    kcuda_stream_t stream;
+    kcuda_blas_t *blas;
+    int *d_err;        /* device error word (KCUDA_ERR_* bits) */
+    int *h_err;        /* pinned host copy */
+    kcpu_dtype_t wdtype;
+    bool no_gemv;      /* PD_CUDA_NO_GEMV=1: small-M GEMMs through cuBLAS too (A/B runs) */
+    bool exact_attn;   /* PD_CUDA_EXACT_ATTN=1: f32 attention even with bf16/f16 GEMMs */
+    wconv_t *conv;
+    size_t n_conv, cap_conv;
+    size_t conv_bytes;
+    void *act;         /* scratch for bf16/f16 activations */
+    size_t act_bytes;
+    void *ws;          /* attention split-K workspace */
+    size_t ws_bytes;
+};
+
+static pd_status_t cuda_synchronize(eng_backend_t *be);
+
+static pd_status_t parse_wdtype(const char *s, kcpu_dtype_t *t)
+{
+    if (strcmp(s, "bf16") == 0 || strcmp(s, "bfloat16") == 0)
+        *t = KCPU_DTYPE_BF16;
+    else if (strcmp(s, "f16") == 0 || strcmp(s, "float16") == 0 || strcmp(s, "half") == 0)
+        *t = KCPU_DTYPE_F16;
+    else if (strcmp(s, "f32") == 0 || strcmp(s, "float32") == 0 || strcmp(s, "float") == 0)
+        *t = KCPU_DTYPE_F32;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
+static void cuda_shutdown(eng_backend_t *be)
+{
+    if (be == NULL)
+        return;
+    if (be->stream)
+        kcuda_stream_sync(be->stream);
+    for (size_t i = 0; i < be->n_conv; i++)
+        kcuda_free(be->conv[i].dst);
+    free(be->conv);
+    kcuda_free(be->act);
+    kcuda_free(be->ws);
+    kcuda_free(be->d_err);
+    kcuda_host_free(be->h_err);
+    kcuda_blas_destroy(be->blas);
+    kcuda_stream_destroy(be->stream);
+    free(be);
+}
+
+static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_p)
+{
+    eng_backend_t *be = calloc(1, sizeof(*be));
+    const char *env = getenv("PD_CUDA_WEIGHT_DTYPE");
+    pd_status_t st;
+
+    if (be == NULL)
+        return PD_ERR_NOMEM;
+    be->device = opts ? opts->device : 0;
+    be->wdtype = KCPU_DTYPE_BF16;
+    be->no_gemv = getenv("PD_CUDA_NO_GEMV") != NULL && strcmp(getenv("PD_CUDA_NO_GEMV"), "0") != 0;
+    be->exact_attn = getenv("PD_CUDA_EXACT_ATTN") != NULL && strcmp(getenv("PD_CUDA_EXACT_ATTN"), "0") != 0;
+    if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
+        PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
+#define TRY(expr)        \
+    do {                 \
+        st = (expr);     \
+        if (st != PD_OK) \
+            goto fail;   \
+    } while (0)
+    TRY(kcuda_device_open(be->device, be->name, sizeof(be->name), &be->sm_count));
+    TRY(kcuda_stream_create(&be->stream));
+    TRY(kcuda_blas_create(be->stream, 32u << 20, &be->blas));
+    TRY(kcuda_malloc(sizeof(int), (void **)&be->d_err));
+    TRY(kcuda_host_alloc(sizeof(int), (void **)&be->h_err));
+    TRY(kcuda_memset_async(be->d_err, 0, sizeof(int), be->stream));
+    TRY(kcuda_stream_sync(be->stream));
+#undef TRY
+    PD_LOG_INFO("cuda backend: device %d (%s, %d SMs), weights %s, f32 activations", be->device, be->name,
+                be->sm_count, kcpu_dtype_name(be->wdtype));
+    *be_p = be;
+    return PD_OK;
+fail:
+    PD_LOG_ERR("cuda backend: cannot start on device %d: %s", be->device, pd_status_str(st));
+    cuda_shutdown(be);
+    return st;
+}
+
+static pd_status_t cuda_buf_alloc(eng_backend_t *be, size_t bytes, void **ptr_p)
+{
+    if (bytes == 0)
+        return PD_ERR_INVAL;
+    return kcuda_malloc(bytes, ptr_p); /* cudaMalloc aligns to 256 bytes */
+}
+
+static void cuda_buf_free(eng_backend_t *be, void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    for (size_t i = 0; i < be->n_conv;) {
+        if (be->conv[i].src == ptr) {
+            kcuda_free(be->conv[i].dst);
+            be->conv_bytes -= be->conv[i].bytes;
+            be->conv[i] = be->conv[--be->n_conv];
+        } else {
+            i++;
+        }
+    }
+    kcuda_free(ptr);
+}
+
+static pd_status_t cuda_memcpy_h2d(eng_backend_t *be, void *dst, const void *src, size_t n)
+{
+    return kcuda_memcpy_async(dst, src, n, be->stream);
+}
+
+static pd_status_t cuda_memcpy_d2d(eng_backend_t *be, void *dst, const void *src, size_t n)
+{
+    return kcuda_memcpy_async(dst, src, n, be->stream);
+}
+
+/* Reads the error word with the same stream wait; PD_ERR_RANGE (and reset) if set. */
+static pd_status_t check_err(eng_backend_t *be)
+{
+    if (*be->h_err == 0)
+        return PD_OK;
+    PD_LOG_ERR("cuda backend: kernels reported out-of-range input (bits 0x%x: token id / slot / block / sequence)",
+               *be->h_err);
+    *be->h_err = 0;
+    if (kcuda_memset_async(be->d_err, 0, sizeof(int), be->stream) != PD_OK)
+        return PD_ERR_CUDA;
+    return PD_ERR_RANGE;
+}
+
+static pd_status_t cuda_memcpy_d2h(eng_backend_t *be, void *dst, const void *src, size_t n)
+{
+    pd_status_t st = kcuda_memcpy_async(dst, src, n, be->stream);
+    if (st == PD_OK)
+        st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
+    if (st == PD_OK)
+        st = kcuda_stream_sync(be->stream);
+    return st == PD_OK ? check_err(be) : st;
+}
+
+static pd_status_t cuda_memset(eng_backend_t *be, void *dst, int value, size_t n)
+{
+    return kcuda_memset_async(dst, value, n, be->stream);
+}
+
+static pd_status_t cuda_synchronize(eng_backend_t *be)
+{
+    pd_status_t st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
+    if (st == PD_OK)
+        st = kcuda_stream_sync(be->stream);
+    return st == PD_OK ? check_err(be) : st;
+}
+
+/* ---- GEMM ---- */
+
+static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need)
+{
+    void *p;
+    pd_status_t st;
+    if (need <= *have)
+        return PD_OK;
+    need += need / 4; /* some headroom: shapes grow a little at a time */
+    st = kcuda_stream_sync(be->stream); /* the old buffer may still be in use */
+    if (st != PD_OK)
+        return st;
+    st = kcuda_malloc(need, &p);
+    if (st != PD_OK)
+        return st;
+    kcuda_free(*buf);
+    *buf = p;
+    *have = need;
+    return PD_OK;
+}
+
+/* The weight in the GEMM type: itself, or its converted copy (made on first use). */
+static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wtype, int64_t N, int64_t K,
+                               const void **wg_p, kcpu_dtype_t *tg_p)
+{
+    size_t bytes;
+    void *dst;
+    pd_status_t st;
+
+    if (wtype == be->wdtype) {
+        *wg_p = w;
+        *tg_p = wtype;
+        return PD_OK;
+    }
+    for (size_t i = 0; i < be->n_conv; i++)
+        if (be->conv[i].src == w && be->conv[i].type == be->wdtype) {
+            *wg_p = be->conv[i].dst;
+            *tg_p = be->conv[i].type;
+            return PD_OK;
+        }
+    if (be->n_conv == be->cap_conv) {
+        size_t cap = be->cap_conv ? be->cap_conv * 2 : 256;
+        wconv_t *n = realloc(be->conv, cap * sizeof(*n));
+        if (n == NULL)
+            return PD_ERR_NOMEM;
+        be->conv = n;
+        be->cap_conv = cap;
+    }
+    bytes = (size_t)N * (size_t)K * (be->wdtype == KCPU_DTYPE_F32 ? 4 : 2);
+    st = kcuda_malloc(bytes, &dst);
+    if (st != PD_OK)
+        return st;
+    st = kcuda_convert_weight(w, wtype, N, K, dst, be->wdtype, be->stream);
+    if (st != PD_OK) {
+        kcuda_free(dst);
+        return st;
+    }
+    be->conv[be->n_conv++] = (wconv_t){w, dst, be->wdtype, bytes};
+    be->conv_bytes += bytes;
+    *wg_p = dst;
+    *tg_p = be->wdtype;
+    return PD_OK;
+}
+
+static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
+                               const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                               int64_t ldy)
+{
+    const void *wg;
+    kcpu_dtype_t tg;
+    pd_status_t st;
+
+    if (M < 0 || K <= 0 || N <= 0 || ldx < K || ldy < N || x == NULL || w == NULL || y == NULL) {
+        PD_LOG_ERR("cuda matmul: bad shape M=%lld K=%lld N=%lld", (long long)M, (long long)K, (long long)N);
+        return PD_ERR_INVAL;
+    }
+    if (!kcpu_dtype_supported(wtype)) {
+        PD_LOG_ERR("cuda matmul: weight type %s not supported", kcpu_dtype_name(wtype));
+        return PD_ERR_UNSUPPORTED;
+    }
+    if (K % kcpu_dtype_block_size(wtype) != 0)
+        return PD_ERR_INVAL;
+    if (M == 0)
+        return PD_OK;
+    st = gemm_weight(be, w, wtype, N, K, &wg, &tg);
+    if (st != PD_OK)
+        return st;
+    if (tg == KCPU_DTYPE_F32) {
+        st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
+    } else if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg)) {
+        /* decode: stream the weights once, f32 activations as they are */
+        st = kcuda_gemv(x, M, K, ldx, wg, tg, N, y, ldy, be->stream);
+    } else {
+        st = grow(be, &be->act, &be->act_bytes, (size_t)M * (size_t)K * 2);
+        if (st == PD_OK)
+            st = kcuda_f32_to_half(x, M, K, ldx, be->act, tg, be->stream);
+        if (st == PD_OK)
+            st = kcuda_gemm(be->blas, be->act, M, K, K, wg, tg, N, y, ldy);
+    }
+    if (st == PD_OK && bias)
+        st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
+    return st;
+}
+
+/* ---- the other ops: straight to the kernels on the instance's stream ---- */
+
+static pd_status_t cuda_rmsnorm(eng_backend_t *be, const float *x, const float *w, float *out, int64_t T,
+                                int64_t D, float eps)
+{
+    return kcuda_rmsnorm(x, w, out, T, D, eps, be->stream);
+}
+
+static pd_status_t cuda_add_rmsnorm(eng_backend_t *be, float *residual, const float *x, const float *w,
+                                    float *out, int64_t T, int64_t D, float eps)
+{
+    return kcuda_add_rmsnorm(residual, x, w, out, T, D, eps, be->stream);
+}
+
+static pd_status_t cuda_layernorm(eng_backend_t *be, const float *x, const float *w, const float *b, float *out,
+                                  int64_t T, int64_t D, float eps)
+{
+    return kcuda_layernorm(x, w, b, out, T, D, eps, be->stream);
+}
+
+static pd_status_t cuda_add_layernorm(eng_backend_t *be, float *residual, const float *x, const float *w,
+                                      const float *b, float *out, int64_t T, int64_t D, float eps)
+{
+    return kcuda_add_layernorm(residual, x, w, b, out, T, D, eps, be->stream);
+}
+
+static pd_status_t cuda_rope(eng_backend_t *be, float *q, int64_t q_stride, float *k, int64_t k_stride,
+                             const int32_t *pos, int64_t T, int n_heads, int n_kv_heads, int head_dim,
+                             int rotary_dim, const float *inv_freq, float attn_factor, kcpu_rope_style_t style)
+{
+    return kcuda_rope(q, q_stride, k, k_stride, pos, T, n_heads, n_kv_heads, head_dim, rotary_dim, inv_freq,
+                      attn_factor, style, be->stream);
+}
+
+static pd_status_t cuda_silu_and_mul(eng_backend_t *be, const float *gate, int64_t gate_stride, const float *up,
+                                     int64_t up_stride, float *out, int64_t T, int64_t I)
+{
+    return kcuda_silu_and_mul(gate, gate_stride, up, up_stride, out, T, I, be->stream);
+}
+
+static pd_status_t cuda_gelu_and_mul(eng_backend_t *be, const float *gate, int64_t gate_stride, const float *up,
+                                     int64_t up_stride, float *out, int64_t T, int64_t I, bool approx_tanh)
+{
+    return kcuda_gelu_and_mul(gate, gate_stride, up, up_stride, out, T, I, approx_tanh, be->stream);
+}
+
+static pd_status_t cuda_gelu(eng_backend_t *be, const float *x, float *out, int64_t n, bool approx)
+{
+    return kcuda_gelu(x, out, n, approx, be->stream);
+}
+
+static pd_status_t cuda_silu(eng_backend_t *be, const float *x, float *out, int64_t n)
+{
+    return kcuda_silu(x, out, n, be->stream);
+}
+
+static pd_status_t cuda_relu(eng_backend_t *be, const float *x, float *out, int64_t n)
+{
+    return kcuda_relu(x, out, n, be->stream);
+}
+
+static pd_status_t cuda_add(eng_backend_t *be, const float *a, const float *b, float *out, int64_t n)
+{
+    return kcuda_add(a, b, out, n, be->stream);
+}
+
+static pd_status_t cuda_scale(eng_backend_t *be, const float *x, float s, float *out, int64_t n)
+{
+    return kcuda_scale(x, s, out, n, be->stream);
+}
+
+static pd_status_t cuda_add_bias(eng_backend_t *be, float *out, const float *bias, int64_t T, int64_t N)
+{
+    return kcuda_add_bias(out, N, bias, T, N, be->stream);
+}
+
+static pd_status_t cuda_embedding(eng_backend_t *be, const void *table, kcpu_dtype_t type, int64_t vocab,
+                                  int64_t D, const int32_t *ids, int64_t T, float *out)
+{
+    return kcuda_embedding(table, type, vocab, D, ids, T, out, be->d_err, be->stream);
+}
+
+static pd_status_t cuda_softmax(eng_backend_t *be, const float *x, float *out, int64_t T, int64_t n)
+{
+    return kcuda_softmax(x, out, T, n, be->stream);
+}
+
+static pd_status_t cuda_log_softmax(eng_backend_t *be, const float *x, float *out, int64_t T, int64_t n)
+{
+    return kcuda_log_softmax(x, out, T, n, be->stream);
+}
+
+static pd_status_t cuda_argmax(eng_backend_t *be, const float *x, int64_t T, int64_t n, int32_t *idx)
+{
+    return kcuda_argmax(x, T, n, idx, be->stream);
+}
+
+static pd_status_t cuda_kv_write(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base, int layer,
+                                 const int64_t *slot_mapping, int64_t T, const float *k, int64_t k_stride,
+                                 const float *v, int64_t v_stride)
+{
+    return kcuda_kv_write(layout, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, be->d_err,
+                          be->stream);
+}
+
+static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
+                                       const int32_t *src, const int32_t *dst, int64_t n)
+{
+    return kcuda_kv_copy_blocks(layout, cache_base, src, dst, n, be->d_err, be->stream);
+}
+
+static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_params_t *p)
+{
+    /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    size_t need = kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
+    pd_status_t st = grow(be, &be->ws, &be->ws_bytes, need);
+    if (st != PD_OK)
+        return st;
+    return kcuda_paged_attention(p, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err, be->stream);
+}
+
+static const eng_backend_ops_t cuda_ops = {
+    .name = "cuda",
+    .init = cuda_init,
+    .shutdown = cuda_shutdown,
+    .buf_alloc = cuda_buf_alloc,
+    .buf_free = cuda_buf_free,
+    .memcpy_h2d = cuda_memcpy_h2d,
+    .memcpy_d2h = cuda_memcpy_d2h,
+    .memcpy_d2d = cuda_memcpy_d2d,
+    .memset = cuda_memset,
+    .synchronize = cuda_synchronize,
+    .matmul = cuda_matmul,
+    .rmsnorm = cuda_rmsnorm,
+    .add_rmsnorm = cuda_add_rmsnorm,
+    .layernorm = cuda_layernorm,
+    .add_layernorm = cuda_add_layernorm,
+    .rope = cuda_rope,
+    .silu_and_mul = cuda_silu_and_mul,
+    .gelu_and_mul = cuda_gelu_and_mul,
+    .gelu = cuda_gelu,
+    .silu = cuda_silu,
+    .relu = cuda_relu,
+    .add = cuda_add,
+    .scale = cuda_scale,
+    .add_bias = cuda_add_bias,
+    .embedding = cuda_embedding,
+    .softmax = cuda_softmax,
+    .log_softmax = cuda_log_softmax,
+    .argmax = cuda_argmax,
+    .kv_write = cuda_kv_write,
+    .kv_copy_blocks = cuda_kv_copy_blocks,
+    .paged_attention = cuda_paged_attention,
+};
+
+const eng_backend_ops_t *eng_backend_cuda_ops(void)
+{
+    return &cuda_ops;
+}
+
+pd_status_t eng_backend_cuda_mem_info(eng_backend_t *be, size_t *free_p, size_t *total_p)
+{
+    return kcuda_mem_info(free_p, total_p);
+}
+
+pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dtype)
+{
+    if (dtype != KCPU_DTYPE_BF16 && dtype != KCPU_DTYPE_F16 && dtype != KCPU_DTYPE_F32)
+        return PD_ERR_INVAL;
+    be->wdtype = dtype;
+    return PD_OK;
+}
+
+size_t eng_backend_cuda_private_bytes(eng_backend_t *be)
+{
+    return be->conv_bytes + be->act_bytes + be->ws_bytes;
+}
+
+#else
+/* CUDA not built: nothing here (ISO C wants at least one declaration). */
+typedef int eng_backend_cuda_unused_t;
+#endif /* PD_HAVE_CUDA */

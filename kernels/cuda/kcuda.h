@@ -1,0 +1,188 @@
+/*
+ * kcuda.h - CUDA kernels of pdserve, callable from plain C (the engine's CUDA backend,
+ * engine/eng_backend_cuda.c, is C and keeps every CUDA runtime call behind this header).
+ *
+ * Conventions (the same meanings, shapes and preconditions as the kcpu_* op of the same
+ * name in kernels/cpu/kcpu.h, which is the numeric oracle of every op here):
+ *  - Every pointer to data is DEVICE memory; scalars and parameter structs are host memory.
+ *  - Launchers take a stream, never allocate and never synchronise; they check the launch
+ *    with cudaGetLastError and return PD_ERR_CUDA (logged) on a launch failure,
+ *    PD_ERR_INVAL / PD_ERR_UNSUPPORTED (logged) on bad shapes.
+ *  - Data-dependent range errors (token ids outside the vocabulary, slots or block ids
+ *    outside the cache, bad sequence indices) cannot be seen on the host: kernels skip
+ *    or clamp the offending item and OR a KCUDA_ERR_* bit into *err (a device int, may
+ *    be NULL), which the backend reads at its next synchronize.
+ *  - Activations are float32.  Weights for the GEMMs are bf16/f16/f32 (quantized GGUF
+ *    weights are converted once with kcuda_convert_weight).
+ */
+#ifndef KCUDA_H
+#define KCUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kcpu.h"
+#include "pd_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The same type as cudaStream_t (struct CUstream_st *), without CUDA headers in C. */
+typedef struct CUstream_st *kcuda_stream_t;
+
+/* Bits of the device error word. */
+#define KCUDA_ERR_TOKEN 1  /* embedding id outside [0, vocab) */
+#define KCUDA_ERR_SLOT 2   /* kv_write slot outside the cache */
+#define KCUDA_ERR_BLOCK 4  /* block id outside the cache (copy or attention) */
+#define KCUDA_ERR_SEQ 8    /* attention: bad sequence index / position / context length */
+
+/* ---- runtime (kcuda_rt.cu) ---- */
+
+/* Select device `device`; name (may be NULL) receives its name, *sm_count_p its SM count. */
+pd_status_t kcuda_device_open(int device, char *name, size_t name_len, int *sm_count_p);
+/* Free and total device memory in bytes (cudaMemGetInfo) of the current device. */
+pd_status_t kcuda_mem_info(size_t *free_p, size_t *total_p);
+pd_status_t kcuda_malloc(size_t bytes, void **ptr_p);
+void kcuda_free(void *ptr);
+pd_status_t kcuda_host_alloc(size_t bytes, void **ptr_p); /* pinned host memory */
+void kcuda_host_free(void *ptr);
+pd_status_t kcuda_stream_create(kcuda_stream_t *stream_p);
+void kcuda_stream_destroy(kcuda_stream_t stream);
+pd_status_t kcuda_stream_sync(kcuda_stream_t stream);
+/* Asynchronous copies on `stream` (kind inferred: cudaMemcpyDefault). */
+pd_status_t kcuda_memcpy_async(void *dst, const void *src, size_t n, kcuda_stream_t stream);
+pd_status_t kcuda_memset_async(void *dst, int value, size_t n, kcuda_stream_t stream);
+/* A one-line description of the last CUDA error ("no error" when none). */
+const char *kcuda_last_error(void);
+
+/* Events for timing (bench): a float of milliseconds between two recorded events. */
+typedef struct CUevent_st *kcuda_event_t;
+pd_status_t kcuda_event_create(kcuda_event_t *ev_p);
+void kcuda_event_destroy(kcuda_event_t ev);
+pd_status_t kcuda_event_record(kcuda_event_t ev, kcuda_stream_t stream);
+pd_status_t kcuda_event_elapsed_ms(kcuda_event_t start, kcuda_event_t end, float *ms_p);
+
+/* ---- GEMM through cuBLAS (kcuda_gemm.cu) ---- */
+
+typedef struct kcuda_blas kcuda_blas_t;
+/* A cuBLAS handle bound to `stream` with a workspace of `workspace_bytes` device memory. */
+pd_status_t kcuda_blas_create(kcuda_stream_t stream, size_t workspace_bytes, kcuda_blas_t **blas_p);
+void kcuda_blas_destroy(kcuda_blas_t *blas);
+/*
+ * y[M,N] (row stride ldy, f32) = a[M,K] (row stride lda) . W[N,K]^T, f32 accumulation.
+ *   wtype F32: a is f32, plain f32 SGEMM (no TF32), the exact path.
+ *   wtype BF16 / F16: a is bf16 / f16 (the caller converts activations with
+ *   kcuda_f32_to_half), tensor-core GEMM with f32 output.
+ * W rows are contiguous (ld K).  bias: handled by the caller (kcuda_add_bias).
+ */
+pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                       const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
+
+/* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
+ * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.
+ * kcuda_gemv_ok says whether the shape qualifies (1 <= M <= 8, K % 8 == 0, ldx % 4 == 0,
+ * x and w 16-byte aligned, wtype BF16 or F16). */
+bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype);
+pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
+                       int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
+
+/* ---- conversions (kcuda_convert.cu) ---- */
+
+/* Convert/dequantize a weight of `rows` rows of K elements of `src_type` (F32, F16, BF16,
+ * Q8_0, Q4_0, Q4_1; rows contiguous) into dst of `dst_type` (F32, F16 or BF16),
+ * element for element as kcpu_dequant_row then rounding to nearest even. */
+pd_status_t kcuda_convert_weight(const void *src, kcpu_dtype_t src_type, int64_t rows, int64_t K,
+                                 void *dst, kcpu_dtype_t dst_type, kcuda_stream_t stream);
+/* dst[M,K] contiguous (bf16 or f16 by dst_type) = src[M,K] (row stride lds) rounded. */
+pd_status_t kcuda_f32_to_half(const float *src, int64_t M, int64_t K, int64_t lds, void *dst,
+                              kcpu_dtype_t dst_type, kcuda_stream_t stream);
+
+/* ---- embedding (kcuda_embedding.cu) ---- */
+pd_status_t kcuda_embedding(const void *table, kcpu_dtype_t type, int64_t vocab, int64_t D,
+                            const int32_t *ids, int64_t T, float *out, int *err,
+                            kcuda_stream_t stream);
+
+/* ---- normalisation (kcuda_norm.cu) ---- */
+pd_status_t kcuda_rmsnorm(const float *x, const float *w, float *out, int64_t T, int64_t D,
+                          float eps, kcuda_stream_t stream);
+pd_status_t kcuda_add_rmsnorm(float *residual, const float *x, const float *w, float *out,
+                              int64_t T, int64_t D, float eps, kcuda_stream_t stream);
+pd_status_t kcuda_layernorm(const float *x, const float *w, const float *b, float *out,
+                            int64_t T, int64_t D, float eps, kcuda_stream_t stream);
+pd_status_t kcuda_add_layernorm(float *residual, const float *x, const float *w, const float *b,
+                                float *out, int64_t T, int64_t D, float eps, kcuda_stream_t stream);
+
+/* ---- RoPE (kcuda_rope.cu) ---- */
+pd_status_t kcuda_rope(float *q, int64_t q_stride, float *k, int64_t k_stride, const int32_t *pos,
+                       int64_t T, int n_heads, int n_kv_heads, int head_dim, int rotary_dim,
+                       const float *inv_freq, float attn_factor, kcpu_rope_style_t style,
+                       kcuda_stream_t stream);
+
+/* ---- activations (kcuda_act.cu) and element-wise ops (kcuda_elementwise.cu) ---- */
+pd_status_t kcuda_silu_and_mul(const float *gate, int64_t gate_stride, const float *up,
+                               int64_t up_stride, float *out, int64_t T, int64_t I,
+                               kcuda_stream_t stream);
+pd_status_t kcuda_gelu_and_mul(const float *gate, int64_t gate_stride, const float *up,
+                               int64_t up_stride, float *out, int64_t T, int64_t I,
+                               bool approx_tanh, kcuda_stream_t stream);
+pd_status_t kcuda_gelu(const float *x, float *out, int64_t n, bool approx_tanh, kcuda_stream_t stream);
+pd_status_t kcuda_silu(const float *x, float *out, int64_t n, kcuda_stream_t stream);
+pd_status_t kcuda_relu(const float *x, float *out, int64_t n, kcuda_stream_t stream);
+pd_status_t kcuda_add(const float *a, const float *b, float *out, int64_t n, kcuda_stream_t stream);
+pd_status_t kcuda_scale(const float *x, float s, float *out, int64_t n, kcuda_stream_t stream);
+/* out[t, :] += bias for T rows of N (row stride ld >= N). */
+pd_status_t kcuda_add_bias(float *out, int64_t ld, const float *bias, int64_t T, int64_t N,
+                           kcuda_stream_t stream);
+
+/* ---- softmax / argmax (kcuda_softmax.cu) ---- */
+pd_status_t kcuda_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);
+pd_status_t kcuda_log_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);
+pd_status_t kcuda_argmax(const float *x, int64_t T, int64_t n, int32_t *idx, kcuda_stream_t stream);
+
+/* ---- paged KV cache (kcuda_kv.cu): layouts from kcpu_kv_layout_init (F32 or F16) ---- */
+pd_status_t kcuda_kv_write(const kcpu_kv_layout_t *layout, void *cache_base, int layer,
+                           const int64_t *slot_mapping, int64_t T, const float *k,
+                           int64_t k_stride, const float *v, int64_t v_stride, int *err,
+                           kcuda_stream_t stream);
+pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *layout, void *cache_base,
+                                 const int32_t *src, const int32_t *dst, int64_t n, int *err,
+                                 kcuda_stream_t stream);
+
+/* ---- paged attention (kcuda_attn.cu) ---- */
+
+/* Device scratch the split-K path needs for n_tokens tokens (bytes; 0 when none). */
+size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced);
+/*
+ * kcpu_paged_attention on the GPU: prefill chunks and decode tokens mixed.  One CTA
+ * handles a run of up to 16 consecutive tokens of one sequence (prefill) or one token
+ * (decode) for one KV head and all its query heads (GQA), streaming K/V tiles of the
+ * paged cache through shared memory with an online softmax in f32; decode batches split
+ * the keys over several CTAs (flash-decoding) and merge the partial results.
+ * allow_reduced: prefill tiles may use the tensor-core kernel (q, K, V and the softmax
+ * weights rounded to bf16, f32 accumulation; relative error ~1e-2 instead of ~1e-6);
+ * false keeps everything f32 (the exact path).
+ * workspace: device memory of kcuda_attn_workspace_bytes(p, sm_count, allow_reduced)
+ * (NULL when 0).
+ */
+pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
+                                  int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream);
+
+/* ---- micro-benchmark helpers (kcuda_bench.cu) ---- */
+/* Device-to-device copy bandwidth, counting bytes read + written (GB/s), over `bytes`. */
+pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p);
+/* cuBLAS bf16 GEMM rate (TFLOP/s) of [M,K] x [K,N] on random data, f32 accumulation. */
+pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
+/* kcuda_gemv with M rows over a bf16 [N,K] weight: weight bytes read per second (GB/s). */
+pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
+/* Fill n elements (F32 or F16) with uniform values in [-scale, scale) (a hash of the
+ * index and seed): benchmarks never time on zeros. */
+pd_status_t kcuda_fill_random(void *x, size_t n, kcpu_dtype_t type, uint32_t seed, float scale,
+                              kcuda_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KCUDA_H */

@@ -1,0 +1,142 @@
+/*
+ * kcuda_gemv.cu - y[M,N] = x[M,K] . W[N,K]^T for small M (decode, M <= 8) with bf16/f16
+ * weights and f32 activations read as they are (no rounding of x, no scratch): one warp
+ * per output column n (or 4 warps, each a quarter of the row, when there are few
+ * columns) streams its weight row with 16-byte loads and keeps M partial sums; the
+ * weights are read exactly once, which is the whole cost of a decode GEMM.  (Two or four
+ * columns per warp were measured slower: docs/cuda.md.)
+ * cuBLAS's GEMV-shaped calls reach well under the copy bandwidth (see docs/cuda.md).
+ */
+#include "kcuda_internal.cuh"
+
+#include <stdlib.h>
+
+template <typename WT> __device__ __forceinline__ void kc_unpack8(uint4 u, float *f);
+template <> __device__ __forceinline__ void kc_unpack8<__nv_bfloat16>(uint4 u, float *f)
+{
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+template <> __device__ __forceinline__ void kc_unpack8<__half>(uint4 u, float *f)
+{
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int i = 0; i < 4; i++) {
+        __half2 h = *(const __half2 *)&w[i];
+        float2 v = __half22float2(h);
+        f[2 * i] = v.x;
+        f[2 * i + 1] = v.y;
+    }
+}
+
+/* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
+ * used when there are too few columns to fill the GPU), 8 warps per CTA. */
+template <typename WT, int MT, int KS>
+__global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
+                                                   int64_t N, float *y, int64_t ldy)
+{
+    __shared__ float part[8][MT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t n = (int64_t)blockIdx.x * (8 / KS) + warp / KS;
+    const int ks = warp % KS;
+    const int64_t chunks = K / 8;
+    const uint4 *wr = (const uint4 *)(w + (n < N ? n : 0) * K);
+    float acc[MT];
+    for (int m = 0; m < MT; m++)
+        acc[m] = 0.0f;
+    if (n < N) {
+#pragma unroll 4
+        for (int64_t c = (int64_t)ks * 32 + lane; c < chunks; c += 32 * KS) {
+            float wf[8];
+            kc_unpack8<WT>(__ldg(wr + c), wf);
+            for (int m = 0; m < MT; m++) {
+                if (m < M) {
+                    const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
+                    float4 a = __ldg(xr), b = __ldg(xr + 1);
+                    acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                              wf[6] * b.z + wf[7] * b.w;
+                }
+            }
+        }
+    }
+    for (int m = 0; m < MT; m++) {
+        float sum = kc_warp_sum(acc[m]);
+        if (KS == 1) {
+            if (lane == 0 && m < M && n < N)
+                y[m * ldy + n] = sum;
+        } else if (lane == 0) {
+            part[warp][m] = sum;
+        }
+    }
+    if (KS > 1) {
+        __syncthreads();
+        if (ks == 0 && lane < MT && lane < M && n < N) {
+            float sum = 0.0f;
+            for (int i = 0; i < KS; i++)
+                sum += part[warp + i][lane];
+            y[lane * ldy + n] = sum;
+        }
+    }
+}
+
+extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype)
+{
+    return M >= 1 && M <= 8 && K % 8 == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
+           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
+}
+
+template <typename WT, int KS>
+static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
+                           int64_t ldy, cudaStream_t s)
+{
+    const int per = 8 / KS;
+    unsigned g = (unsigned)((N + per - 1) / per);
+    const WT *wt = (const WT *)w;
+    if (M == 1)
+        gemv_kernel<WT, 1, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+    else if (M == 2)
+        gemv_kernel<WT, 2, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+    else if (M <= 4)
+        gemv_kernel<WT, 4, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+    else
+        gemv_kernel<WT, 8, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+}
+
+/* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
+ * too few warps to cover the memory latency), else 1.  PD_CUDA_GEMV_KSPLIT=1|2|4 forces it
+ * (A/B runs). */
+template <typename WT>
+static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
+                        int64_t ldy, cudaStream_t s)
+{
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_KSPLIT");
+        int v = e ? atoi(e) : 0;
+        forced = (v == 1 || v == 2 || v == 4) ? v : 0;
+    }
+    int ks = forced ? forced : (N <= 2048 && K >= 1024 ? 4 : 1);
+    if (ks == 4)
+        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
+    else if (ks == 2)
+        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, N, y, ldy, s);
+    else
+        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, N, y, ldy, s);
+}
+
+extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                  kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream)
+{
+    if (!kcuda_gemv_ok(M, K, ldx, x, w, wtype) || N <= 0 || ldy < N || N > (int64_t)INT32_MAX * 8) {
+        PD_LOG_ERR("kcuda_gemv: shape not supported (M=%lld K=%lld ldx=%lld %s)", (long long)M, (long long)K,
+                   (long long)ldx, kcpu_dtype_name(wtype));
+        return PD_ERR_INVAL;
+    }
+    if (wtype == KCPU_DTYPE_BF16)
+        gemv_launch<__nv_bfloat16>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+    else
+        gemv_launch<__half>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+    KCUDA_LAUNCHED("kcuda_gemv");
+}

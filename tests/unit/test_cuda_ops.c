@@ -1,0 +1,522 @@
+/*
+ * test_cuda_ops.c - every op of the "cuda" backend against the kcpu op of the same name
+ * (the numeric oracle), through the backend's ops table: fresh random inputs per case,
+ * outputs poisoned (NaN bytes) before each run, odd shapes, KV block sizes 16/32/128,
+ * GQA ratios 1/4/8, f32 and f16 caches, decode batches long enough for split-K, chunked
+ * prefill reading earlier blocks, sliding windows, and the range-error report.
+ * Tolerances: |gpu - cpu| <= tol * max(1, max|cpu|) per output array, with tol 1e-5 for
+ * f32 element-wise ops, 1e-4 for f32 GEMM/attention, 4e-3 f16 / 2e-2 bf16 GEMMs.
+ * Needs a GPU: exits 77 (skipped) when the backend cannot start.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_backend.h"
+#include "eng_backend_cuda.h"
+#include "kcpu.h"
+#include "pd_test.h"
+
+static const eng_backend_ops_t *ops;
+static eng_backend_t *be;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static int irand(int n)
+{
+    frand();
+    return (int)((rng >> 20) % (uint64_t)n);
+}
+
+static float *rand_vec(size_t n, float scale)
+{
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static void *up(const void *host, size_t bytes)
+{
+    void *d = NULL;
+    if (ops->buf_alloc(be, bytes ? bytes : 4, &d) != PD_OK)
+        return NULL;
+    if (bytes)
+        ops->memcpy_h2d(be, d, host, bytes);
+    return d;
+}
+
+static void *poisoned(size_t bytes)
+{
+    void *d = NULL;
+    if (ops->buf_alloc(be, bytes ? bytes : 4, &d) != PD_OK)
+        return NULL;
+    ops->memset(be, d, 0xff, bytes); /* NaN as f32 */
+    return d;
+}
+
+static void *down(const void *dev, size_t bytes)
+{
+    void *h = malloc(bytes ? bytes : 4);
+    pd_status_t st = ops->memcpy_d2h(be, h, dev, bytes);
+    PD_CHECK_STATUS(st, PD_OK);
+    return h;
+}
+
+static double worst_g;
+
+/* |a - b| <= tol * max(1, max|b|), NaN fails.  Returns the number of bad elements. */
+static int cmp(const char *what, const float *got, const float *want, size_t n, double tol)
+{
+    double mx = 1.0, worst = 0.0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(want[i]) > mx && isfinite(want[i]))
+            mx = fabs(want[i]);
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - (double)want[i]);
+        if (isinf(want[i]) && got[i] == want[i])
+            e = 0;
+        if (!(e <= tol * mx)) {
+            if (bad++ < 3)
+                fprintf(stderr, "  %s[%zu]: gpu %.7g cpu %.7g\n", what, i, got[i], want[i]);
+        }
+        if (e / mx > worst)
+            worst = e / mx;
+    }
+    if (worst > worst_g)
+        worst_g = worst;
+    if (bad)
+        fprintf(stderr, "  %s: %d/%zu outside tolerance %.1e (worst %.2e)\n", what, bad, n, tol, worst);
+    return bad;
+}
+
+/* ---- matmul ---- */
+
+static void matmul_case(kcpu_dtype_t wtype, kcpu_dtype_t gemm_dtype, int64_t M, int64_t K, int64_t N, bool bias,
+                        double tol)
+{
+    size_t rb;
+    /* padded rows (cuBLAS path) on odd shapes, dense rows (the M <= 8 GEMV path) otherwise */
+    int64_t ldx = (N & 1) ? K + 3 : K, ldy = N + 1;
+    PD_CHECK_STATUS(kcpu_dtype_row_bytes(wtype, K, &rb), PD_OK);
+    float *x = rand_vec((size_t)M * ldx, 1.0f), *wf = rand_vec((size_t)N * K, 0.1f);
+    float *b = bias ? rand_vec((size_t)N, 0.5f) : NULL;
+    uint8_t *w = malloc(rb * (size_t)N);
+    for (int64_t r = 0; r < N; r++)
+        kcpu_quant_row(wtype, wf + r * K, w + (size_t)r * rb, K);
+    float *ref = calloc((size_t)M * ldy, sizeof(float));
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, M, K, ldx, w, wtype, N, b, ref, ldy, KCPU_MM_EXACT), PD_OK);
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, gemm_dtype), PD_OK);
+    void *dx = up(x, sizeof(float) * M * ldx), *dw = up(w, rb * N), *db = b ? up(b, sizeof(float) * N) : NULL;
+    float *dy = poisoned(sizeof(float) * M * ldy);
+    PD_CHECK_STATUS(ops->matmul(be, dx, M, K, ldx, dw, wtype, N, db, dy, ldy), PD_OK);
+    float *got = down(dy, sizeof(float) * M * ldy);
+    char what[96];
+    snprintf(what, sizeof(what), "matmul %s->%s M%lld K%lld N%lld", kcpu_dtype_name(wtype),
+             kcpu_dtype_name(gemm_dtype), (long long)M, (long long)K, (long long)N);
+    for (int64_t m = 0; m < M; m++)
+        PD_CHECK_EQ_INT(cmp(what, got + m * ldy, ref + m * ldy, (size_t)N, tol), 0);
+    ops->buf_free(be, dx);
+    ops->buf_free(be, dw);
+    ops->buf_free(be, db);
+    ops->buf_free(be, dy);
+    free(x), free(wf), free(b), free(w), free(ref), free(got);
+}
+
+PD_TEST(test_matmul)
+{
+    static const kcpu_dtype_t types[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_BF16,
+                                         KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_0, KCPU_DTYPE_Q4_1};
+    static const int64_t shapes[][3] = {{1, 64, 33}, {7, 96, 65}, {33, 256, 130}, {130, 576, 193},
+                                        {1, 4096, 1000}, {3, 576, 1536}, {8, 1024, 258}, {5, 96, 64}};
+    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            matmul_case(types[t], KCPU_DTYPE_F32, shapes[s][0], shapes[s][1], shapes[s][2], s & 1, 1e-4);
+            matmul_case(types[t], KCPU_DTYPE_BF16, shapes[s][0], shapes[s][1], shapes[s][2], s & 1, 2e-2);
+            matmul_case(types[t], KCPU_DTYPE_F16, shapes[s][0], shapes[s][1], shapes[s][2], !(s & 1), 4e-3);
+        }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
+/* ---- norms ---- */
+
+PD_TEST(test_norms)
+{
+    static const int64_t Ds[] = {67, 576, 4096};
+    for (size_t i = 0; i < 3; i++) {
+        int64_t T = 5, D = Ds[i];
+        size_t n = (size_t)T * D, bytes = n * sizeof(float);
+        float *x = rand_vec(n, 2.0f), *res = rand_vec(n, 2.0f), *w = rand_vec((size_t)D, 1.0f),
+              *b = rand_vec((size_t)D, 1.0f);
+        float *ref = malloc(bytes), *rres = malloc(bytes);
+        void *dx = up(x, bytes), *dw = up(w, D * 4), *db = up(b, D * 4), *dres;
+        float *dout = poisoned(bytes), *got, *gres;
+        for (int kind = 0; kind < 4; kind++) {
+            memcpy(rres, res, bytes);
+            dres = up(res, bytes);
+            ops->memset(be, dout, 0xff, bytes);
+            switch (kind) {
+            case 0:
+                kcpu_rmsnorm(NULL, x, w, ref, T, D, 1e-5f);
+                PD_CHECK_STATUS(ops->rmsnorm(be, dx, dw, dout, T, D, 1e-5f), PD_OK);
+                break;
+            case 1:
+                kcpu_add_rmsnorm(NULL, rres, x, w, ref, T, D, 1e-6f);
+                PD_CHECK_STATUS(ops->add_rmsnorm(be, dres, dx, dw, dout, T, D, 1e-6f), PD_OK);
+                break;
+            case 2:
+                kcpu_layernorm(NULL, x, w, b, ref, T, D, 1e-5f);
+                PD_CHECK_STATUS(ops->layernorm(be, dx, dw, db, dout, T, D, 1e-5f), PD_OK);
+                break;
+            default:
+                kcpu_add_layernorm(NULL, rres, x, w, NULL, ref, T, D, 1e-5f);
+                PD_CHECK_STATUS(ops->add_layernorm(be, dres, dx, dw, NULL, dout, T, D, 1e-5f), PD_OK);
+                break;
+            }
+            got = down(dout, bytes);
+            gres = down(dres, bytes);
+            PD_CHECK_EQ_INT(cmp("norm", got, ref, n, 1e-5), 0);
+            PD_CHECK_EQ_INT(cmp("norm residual", gres, rres, n, 1e-6), 0);
+            free(got), free(gres);
+            ops->buf_free(be, dres);
+        }
+        ops->buf_free(be, dx), ops->buf_free(be, dw), ops->buf_free(be, db), ops->buf_free(be, dout);
+        free(x), free(res), free(w), free(b), free(ref), free(rres);
+    }
+}
+
+/* ---- rope ---- */
+
+PD_TEST(test_rope)
+{
+    static const int cfg[][4] = {{9, 3, 64, 64}, {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80}};
+    for (size_t c = 0; c < 4; c++)
+        for (int style = 0; style < 2; style++) {
+            int nh = cfg[c][0], nkv = cfg[c][1], hd = cfg[c][2], rot = cfg[c][3];
+            int64_t T = 13, qs = (int64_t)nh * hd + 5, ks = (int64_t)nkv * hd;
+            kcpu_rope_scaling_t sc = {.type = c == 1 ? KCPU_ROPE_SCALING_LLAMA3 : KCPU_ROPE_SCALING_NONE,
+                                      .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
+                                      .original_max_position = 8192};
+            float inv[128], af = 1.0f;
+            int32_t pos[13];
+            PD_CHECK_STATUS(kcpu_rope_inv_freq(c == 1 ? 500000.0f : 10000.0f, rot, &sc, 0, inv, &af), PD_OK);
+            for (int t = 0; t < T; t++)
+                pos[t] = t < 4 ? t : irand(130000);
+            float *q = rand_vec((size_t)T * qs, 1.0f), *k = rand_vec((size_t)T * ks, 1.0f);
+            void *dq = up(q, T * qs * 4), *dk = up(k, T * ks * 4), *dp = up(pos, sizeof(pos)),
+                 *di = up(inv, sizeof(float) * (size_t)rot / 2);
+            PD_CHECK_STATUS(kcpu_rope(NULL, q, qs, k, ks, pos, T, nh, nkv, hd, rot, inv, af, (kcpu_rope_style_t)style),
+                            PD_OK);
+            PD_CHECK_STATUS(ops->rope(be, dq, qs, dk, ks, dp, T, nh, nkv, hd, rot, di, af, (kcpu_rope_style_t)style),
+                            PD_OK);
+            float *gq = down(dq, T * qs * 4), *gk = down(dk, T * ks * 4);
+            PD_CHECK_EQ_INT(cmp("rope q", gq, q, (size_t)(T * qs), 2e-5), 0);
+            PD_CHECK_EQ_INT(cmp("rope k", gk, k, (size_t)(T * ks), 2e-5), 0);
+            free(q), free(k), free(gq), free(gk);
+            ops->buf_free(be, dq), ops->buf_free(be, dk), ops->buf_free(be, dp), ops->buf_free(be, di);
+        }
+}
+
+/* ---- element-wise ---- */
+
+PD_TEST(test_elementwise)
+{
+    const int64_t T = 7, I = 1003, n = T * I;
+    const size_t bytes = (size_t)n * 4;
+    float *gu = rand_vec((size_t)T * 2 * I, 6.0f), *a = rand_vec((size_t)n, 6.0f), *b = rand_vec((size_t)n, 3.0f),
+          *bias = rand_vec((size_t)I, 1.0f);
+    float *ref = malloc(bytes);
+    void *dgu = up(gu, (size_t)T * 2 * I * 4), *da = up(a, bytes), *db = up(b, bytes), *dbias = up(bias, I * 4);
+    float *dout = poisoned(bytes);
+    for (int op = 0; op < 10; op++) {
+        pd_status_t st;
+        ops->memset(be, dout, 0xff, bytes);
+        switch (op) {
+        case 0:
+            kcpu_silu_and_mul(NULL, gu, 2 * I, gu + I, 2 * I, ref, T, I);
+            st = ops->silu_and_mul(be, dgu, 2 * I, (float *)dgu + I, 2 * I, dout, T, I);
+            break;
+        case 1:
+        case 2:
+            kcpu_gelu_and_mul(NULL, gu, 2 * I, gu + I, 2 * I, ref, T, I, op == 2);
+            st = ops->gelu_and_mul(be, dgu, 2 * I, (float *)dgu + I, 2 * I, dout, T, I, op == 2);
+            break;
+        case 3:
+        case 4:
+            kcpu_gelu(a, ref, n, op == 4);
+            st = ops->gelu(be, da, dout, n, op == 4);
+            break;
+        case 5:
+            kcpu_silu(a, ref, n);
+            st = ops->silu(be, da, dout, n);
+            break;
+        case 6:
+            kcpu_relu(a, ref, n);
+            st = ops->relu(be, da, dout, n);
+            break;
+        case 7:
+            kcpu_add(a, b, ref, n);
+            st = ops->add(be, da, db, dout, n);
+            break;
+        case 8:
+            kcpu_scale(a, 0.37f, ref, n);
+            st = ops->scale(be, da, 0.37f, dout, n);
+            break;
+        default:
+            memcpy(ref, a, bytes);
+            kcpu_add_bias(ref, bias, T, I);
+            ops->memcpy_d2d(be, dout, da, bytes);
+            st = ops->add_bias(be, dout, dbias, T, I);
+            break;
+        }
+        PD_CHECK_STATUS(st, PD_OK);
+        float *got = down(dout, bytes);
+        char what[32];
+        snprintf(what, sizeof(what), "elementwise op %d", op);
+        PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)n, 1e-5), 0);
+        free(got);
+    }
+    ops->buf_free(be, dgu), ops->buf_free(be, da), ops->buf_free(be, db), ops->buf_free(be, dbias);
+    ops->buf_free(be, dout);
+    free(gu), free(a), free(b), free(bias), free(ref);
+}
+
+/* ---- embedding ---- */
+
+PD_TEST(test_embedding)
+{
+    static const kcpu_dtype_t types[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCPU_DTYPE_BF16,
+                                         KCPU_DTYPE_Q8_0, KCPU_DTYPE_Q4_0, KCPU_DTYPE_Q4_1};
+    const int64_t V = 301, D = 576, T = 9;
+    for (size_t t = 0; t < 6; t++) {
+        size_t rb;
+        kcpu_dtype_row_bytes(types[t], D, &rb);
+        float *tf = rand_vec((size_t)V * D, 1.0f);
+        uint8_t *tab = malloc(rb * V);
+        for (int64_t r = 0; r < V; r++)
+            kcpu_quant_row(types[t], tf + r * D, tab + r * rb, D);
+        int32_t ids[9];
+        for (int i = 0; i < T; i++)
+            ids[i] = i == 0 ? 0 : i == 1 ? (int32_t)V - 1 : irand((int)V);
+        float *ref = malloc((size_t)T * D * 4);
+        PD_CHECK_STATUS(kcpu_embedding(tab, types[t], V, D, ids, T, ref), PD_OK);
+        void *dt = up(tab, rb * V), *di = up(ids, sizeof(ids));
+        float *dout = poisoned((size_t)T * D * 4);
+        PD_CHECK_STATUS(ops->embedding(be, dt, types[t], V, D, di, T, dout), PD_OK);
+        float *got = down(dout, (size_t)T * D * 4);
+        PD_CHECK_EQ_INT(cmp("embedding", got, ref, (size_t)(T * D), 1e-6), 0);
+        /* an id outside the vocabulary is reported at the next synchronize */
+        ids[3] = (int32_t)V;
+        ops->memcpy_h2d(be, di, ids, sizeof(ids));
+        PD_CHECK_STATUS(ops->embedding(be, dt, types[t], V, D, di, T, dout), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK); /* reported once */
+        ops->buf_free(be, dt), ops->buf_free(be, di), ops->buf_free(be, dout);
+        free(tf), free(tab), free(ref), free(got);
+    }
+}
+
+/* ---- softmax / argmax ---- */
+
+PD_TEST(test_softmax_argmax)
+{
+    static const int64_t ns[] = {1, 1000, 49152};
+    for (size_t c = 0; c < 3; c++) {
+        const int64_t T = 4, n = ns[c];
+        const size_t bytes = (size_t)(T * n) * 4;
+        float *x = rand_vec((size_t)(T * n), 20.0f), *ref = malloc(bytes);
+        if (n > 10) {
+            x[3] = -INFINITY;         /* masked entry */
+            x[n + 5] = NAN;           /* argmax ignores NaN */
+            x[2 * n + 7] = x[2 * n + 9] = 1000.0f; /* tie: the first wins */
+        }
+        void *dx = up(x, bytes);
+        float *dout = poisoned(bytes);
+        int32_t *didx = poisoned((size_t)T * 4), ridx[4];
+        kcpu_softmax(x, ref, T, n);
+        PD_CHECK_STATUS(ops->softmax(be, dx, dout, T, n), PD_OK);
+        float *got = down(dout, bytes);
+        /* row 1 holds a NaN: compare the clean rows only */
+        PD_CHECK_EQ_INT(cmp("softmax", got, ref, (size_t)n, 1e-5), 0);
+        PD_CHECK_EQ_INT(cmp("softmax", got + 2 * n, ref + 2 * n, (size_t)(2 * n), 1e-5), 0);
+        free(got);
+        kcpu_log_softmax(x, ref, T, n);
+        PD_CHECK_STATUS(ops->log_softmax(be, dx, dout, T, n), PD_OK);
+        got = down(dout, bytes);
+        PD_CHECK_EQ_INT(cmp("log_softmax", got, ref, (size_t)n, 1e-5), 0);
+        PD_CHECK_EQ_INT(cmp("log_softmax", got + 2 * n, ref + 2 * n, (size_t)(2 * n), 1e-5), 0);
+        free(got);
+        kcpu_argmax(x, T, n, ridx);
+        PD_CHECK_STATUS(ops->argmax(be, dx, T, n, didx), PD_OK);
+        int32_t *gidx = down(didx, (size_t)T * 4);
+        for (int t = 0; t < T; t++)
+            PD_CHECK_EQ_INT(gidx[t], ridx[t]);
+        free(gidx);
+        ops->buf_free(be, dx), ops->buf_free(be, dout), ops->buf_free(be, didx);
+        free(x), free(ref);
+    }
+}
+
+/* ---- KV cache and paged attention ---- */
+
+typedef struct {
+    int n_heads, n_kv, hd, bs, window;
+    kcpu_dtype_t cache;
+    bool decode_only;
+    int n_seqs;
+} attn_case_t;
+
+static void attn_case(const attn_case_t *c, kcpu_dtype_t gemm_dtype, double tol)
+{
+    /* the backend's GEMM dtype picks the attention precision: f32 -> f32 SIMT kernel,
+     * bf16 -> tensor-core kernel for prefill tiles */
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, gemm_dtype), PD_OK);
+    const int L = 2, layer = 1, S = c->n_seqs;
+    const int max_ctx = c->decode_only ? 1500 : 300;
+    const int mbps = (max_ctx + c->bs - 1) / c->bs + 1;
+    const int64_t n_blocks = (int64_t)S * mbps + 3;
+    kcpu_kv_layout_t lay;
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay, c->cache, L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
+    const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
+    const int64_t W = (int64_t)c->n_kv * c->hd, QW = (int64_t)c->n_heads * c->hd;
+
+    /* block tables: a random permutation of the blocks */
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
+    for (int64_t i = 0; i < n_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n_blocks - 1; i > 0; i--) {
+        int j = irand((int)i + 1);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int i = 0; i < S * mbps; i++)
+        bt[i] = perm[i];
+    /* contexts, and this step's tokens per sequence (the rest is already cached) */
+    int32_t *ctx = malloc(sizeof(int32_t) * S), *nnew = malloc(sizeof(int32_t) * S);
+    int64_t total = 0, T = 0;
+    for (int s = 0; s < S; s++) {
+        ctx[s] = c->decode_only ? 1 + irand(max_ctx) : 1 + irand(max_ctx - 1);
+        nnew[s] = c->decode_only ? 1 : (s % 3 == 0 ? 1 : 1 + irand(ctx[s] < 40 ? ctx[s] : 40));
+        if (nnew[s] > ctx[s])
+            nnew[s] = ctx[s];
+        total += ctx[s];
+        T += nnew[s];
+    }
+    /* write every sequence's K/V (all positions) with kv_write, on both sides */
+    int64_t *slots = malloc(sizeof(int64_t) * total);
+    float *k = rand_vec((size_t)total * W, 1.0f), *v = rand_vec((size_t)total * W, 1.0f);
+    int64_t r = 0;
+    for (int s = 0; s < S; s++)
+        for (int p = 0; p < ctx[s]; p++)
+            slots[r++] = (int64_t)bt[s * mbps + p / c->bs] * c->bs + p % c->bs;
+    slots[0] = -1; /* a padding token: skipped */
+    void *hcache = calloc(1, cache_bytes);
+    void *dcache = up(hcache, cache_bytes);
+    void *dslots = up(slots, sizeof(int64_t) * total), *dk = up(k, (size_t)total * W * 4), *dv = up(v, (size_t)total * W * 4);
+    PD_CHECK_STATUS(kcpu_kv_write(&lay, hcache, layer, slots, total, k, W, v, W), PD_OK);
+    PD_CHECK_STATUS(ops->kv_write(be, &lay, dcache, layer, dslots, total, dk, W, dv, W), PD_OK);
+    uint8_t *gcache = down(dcache, cache_bytes);
+    PD_CHECK(memcmp(gcache, hcache, cache_bytes) == 0);
+    free(gcache);
+
+    /* the query batch: for sequence s the last nnew[s] positions */
+    int32_t *tseq = malloc(sizeof(int32_t) * T), *tpos = malloc(sizeof(int32_t) * T);
+    int64_t t = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < nnew[s]; i++, t++) {
+            tseq[t] = s;
+            tpos[t] = ctx[s] - nnew[s] + i;
+        }
+    float *q = rand_vec((size_t)T * QW, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    void *dq = up(q, (size_t)T * QW * 4), *dseq = up(tseq, T * 4), *dpos = up(tpos, T * 4), *dbt = up(bt, (size_t)S * mbps * 4),
+         *dctx = up(ctx, S * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QW, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = S, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = c->n_heads, .n_kv_heads = c->n_kv, .head_dim = c->hd,
+                            .scale = 1.0f / sqrtf((float)c->hd), .causal = true, .sliding_window = c->window,
+                            .layer = layer, .cache_base = hcache, .layout = &lay};
+    PD_CHECK_STATUS(kcpu_paged_attention(NULL, &p), PD_OK);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache;
+    PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+    float *got = down(dout, (size_t)T * QW * 4);
+    char what[128];
+    snprintf(what, sizeof(what), "attention h%d/%d d%d bs%d win%d %s %s T%lld %s", c->n_heads, c->n_kv, c->hd, c->bs,
+             c->window, kcpu_dtype_name(c->cache), c->decode_only ? "decode" : "mixed", (long long)T,
+             kcpu_dtype_name(gemm_dtype));
+    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), tol), 0);
+    free(got);
+
+    /* copy-on-write block copies */
+    int32_t src[3] = {bt[0], bt[1], perm[n_blocks - 1]}, dst[3] = {perm[n_blocks - 2], perm[n_blocks - 3], bt[2]};
+    void *dsrc = up(src, sizeof(src)), *ddst = up(dst, sizeof(dst));
+    PD_CHECK_STATUS(kcpu_kv_copy_blocks(&lay, hcache, src, dst, 3), PD_OK);
+    PD_CHECK_STATUS(ops->kv_copy_blocks(be, &lay, dcache, dsrc, ddst, 3), PD_OK);
+    gcache = down(dcache, cache_bytes);
+    PD_CHECK(memcmp(gcache, hcache, cache_bytes) == 0);
+    free(gcache);
+
+    ops->buf_free(be, dcache), ops->buf_free(be, dslots), ops->buf_free(be, dk), ops->buf_free(be, dv);
+    ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos), ops->buf_free(be, dbt);
+    ops->buf_free(be, dctx), ops->buf_free(be, dout), ops->buf_free(be, dsrc), ops->buf_free(be, ddst);
+    free(perm), free(bt), free(ctx), free(nnew), free(slots), free(k), free(v), free(hcache), free(tseq), free(tpos);
+    free(q), free(ref);
+}
+
+PD_TEST(test_paged_attention)
+{
+    static const int bss[] = {16, 32, 128};
+    static const int heads[][2] = {{4, 4}, {8, 2}, {16, 2}, {9, 3}};
+    static const int hds[] = {64, 128};
+    int n = 0;
+    for (int b = 0; b < 3; b++)
+        for (int h = 0; h < 4; h++)
+            for (int d = 0; d < 2; d++)
+                for (int mode = 0; mode < 2; mode++) {
+                    attn_case_t c = {.n_heads = heads[h][0], .n_kv = heads[h][1], .hd = hds[d], .bs = bss[b],
+                                     .window = (n % 5 == 4) ? 37 : 0,
+                                     .cache = (n % 3 == 2) ? KCPU_DTYPE_F16 : KCPU_DTYPE_F32,
+                                     .decode_only = mode == 1, .n_seqs = mode == 1 ? 1 + irand(24) : 1 + irand(5)};
+                    attn_case(&c, KCPU_DTYPE_F32, 1e-4);
+                    /* prefill tiles on tensor cores (bf16 q/K/V/P, f32 accumulation) */
+                    attn_case(&c, KCPU_DTYPE_BF16, 2e-2);
+                    n++;
+                }
+    printf("  %d attention cases, each exact and reduced\n", n);
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
+int main(void)
+{
+    ops = eng_backend_get("cuda");
+    PD_CHECK(ops != NULL);
+    if (ops == NULL)
+        return PD_TEST_REPORT();
+    if (ops->init(NULL, &be) != PD_OK) {
+        printf("SKIP: no usable CUDA device\n");
+        return 77;
+    }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+    PD_RUN(test_matmul);
+    PD_RUN(test_norms);
+    PD_RUN(test_rope);
+    PD_RUN(test_elementwise);
+    PD_RUN(test_embedding);
+    PD_RUN(test_softmax_argmax);
+    PD_RUN(test_paged_attention);
+    printf("  worst relative error over all ops: %.2e\n", worst_g);
+    ops->shutdown(be);
+    return PD_TEST_REPORT();
+}
