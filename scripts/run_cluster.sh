@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Sets up pdserve on this machine (packages, default model, build) and runs a local
+# disaggregated cluster: one prefill node, one decode node and the proxy in front.
+#
+#   scripts/run_cluster.sh                 # CPU backend (GPUs when built with CUDA and present)
+#   PROXY_PORT=8000 PREFILL_PORT=8100 DECODE_PORT=8200 KV_CONNECTOR=UcxConnector scripts/run_cluster.sh
+#   scripts/run_cluster.sh --single        # one decode node only (no proxy, no transfer)
+#
+# Point any OpenAI client at http://127.0.0.1:$PROXY_PORT/v1 .  Ctrl-C stops everything.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+export PATH=/usr/local/cuda/bin:$PATH
+build=${BUILD_DIR:-$top/build}
+PROXY_PORT=${PROXY_PORT:-8000}
+PREFILL_PORT=${PREFILL_PORT:-8100}
+DECODE_PORT=${DECODE_PORT:-8200}
+KV_CONNECTOR=${KV_CONNECTOR:-UcxConnector}
+MODEL=${MODEL:-SmolLM2-135M-Instruct}
+NODE_ARGS=${NODE_ARGS:---max-model-len 4096 --cpu-kvcache-space 1}
+# UCX reads this when the library loads: it must be in the environment before the nodes start
+export UCX_MEM_MMAP_HOOK_MODE=${UCX_MEM_MMAP_HOOK_MODE:-none}
+
+bash scripts/setup.sh
+if [ ! -x "$build/decode/pdserve-decode" ] || [ ! -x "$build/proxy/pdserve-proxy" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target pdserve-decode pdserve-prefill pdserve-proxy
+fi
+device=cpu
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && grep -q "PD_HAVE_CUDA:INTERNAL=ON\|PD_CUDA.*ON" "$build/CMakeCache.txt" 2>/dev/null; then
+  device=cuda
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+wait_health() {
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0
+    sleep 0.2
+  done
+  echo "node on port $1 did not become healthy" >&2
+  return 1
+}
+
+if [ "${1:-}" = "--single" ]; then
+  "$build/decode/pdserve-decode" --model "$MODEL" --port "$DECODE_PORT" --device "$device" $NODE_ARGS &
+  pids+=($!)
+  wait_health "$DECODE_PORT"
+  echo "single decode node: http://127.0.0.1:$DECODE_PORT/v1  (Ctrl-C to stop)"
+  wait
+  exit 0
+fi
+
+"$build/prefill/pdserve-prefill" --model "$MODEL" --port "$PREFILL_PORT" --device "$device" $NODE_ARGS \
+  --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":14579}" &
+pids+=($!)
+"$build/decode/pdserve-decode" --model "$MODEL" --port "$DECODE_PORT" --device "$device" $NODE_ARGS \
+  --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\",\"kv_port\":14580}" &
+pids+=($!)
+wait_health "$PREFILL_PORT"
+wait_health "$DECODE_PORT"
+"$build/proxy/pdserve-proxy" --port "$PROXY_PORT" --prefill "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" &
+pids+=($!)
+wait_health "$PROXY_PORT"
+cat <<MSG
+pdserve cluster is up ($device): proxy http://127.0.0.1:$PROXY_PORT/v1
+  prefill http://127.0.0.1:$PREFILL_PORT   decode http://127.0.0.1:$DECODE_PORT   KV over $KV_CONNECTOR
+try:  curl http://127.0.0.1:$PROXY_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model":"$MODEL","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+Ctrl-C stops the cluster.
+MSG
+wait
