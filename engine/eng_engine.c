@@ -18,6 +18,9 @@
 #include <string.h>
 
 #include "eng_backend.h"
+#ifdef PD_HAVE_CUDA
+#include "eng_backend_cuda.h"
+#endif
 #include "eng_forward.h"
 #include "eng_sampler.h"
 #include "eng_sched.h"
@@ -99,7 +102,8 @@ void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     eng_load_opts_init(&cfg->load);
-    cfg->backend = "cpu";
+    cfg->backend = "auto";
+    cfg->gpu_memory_utilization = 0.9;
     cfg->block_size = 16;
     cfg->kv_cache_bytes = 4ull << 30;
     cfg->max_num_seqs = 256;
@@ -663,6 +667,79 @@ static char *token_str(eng_engine_t *e, const char *which, int32_t id)
     return strdup("");
 }
 
+/* "auto" takes the CUDA backend when it is built and a GPU opens, else the CPU one. */
+static pd_status_t init_backend(eng_engine_t *e, const eng_backend_opts_t *bo)
+{
+    const char *want = e->cfg.backend ? e->cfg.backend : "auto";
+    pd_status_t st;
+
+    if (strcmp(want, "auto") == 0) {
+        e->ops = eng_backend_get("cuda");
+        if (e->ops) {
+            /* a probe: a machine without a usable GPU is not an error here */
+            pd_log_level_t saved = pd_log_level_g;
+            pd_log_set_level(PD_LOG_LEVEL_OFF);
+            st = e->ops->init(bo, &e->be);
+            pd_log_set_level(saved);
+            if (st == PD_OK)
+                goto opened;
+            PD_LOG_INFO("engine: no usable GPU (%s); using the CPU backend", pd_status_str(st));
+        }
+        e->ops = eng_backend_get("cpu");
+        want = "cpu";
+    } else {
+        e->ops = eng_backend_get(want);
+    }
+    if (e->ops == NULL) {
+        PD_LOG_ERR("engine: backend '%s' is not built into this binary", want);
+        return PD_ERR_UNSUPPORTED;
+    }
+    if ((st = e->ops->init(bo, &e->be)) != PD_OK)
+        return st;
+opened:
+#ifdef PD_HAVE_CUDA
+    if (strcmp(e->ops->name, "cuda") == 0) {
+        kcpu_dtype_t wt = e->mc->dtype == ENG_DTYPE_F32 ? KCPU_DTYPE_F32
+                          : e->mc->dtype == ENG_DTYPE_F16 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16;
+        eng_backend_cuda_set_weight_dtype(e->be, wt);
+    }
+#endif
+    PD_LOG_INFO("engine: %s backend", e->ops->name);
+    return PD_OK;
+}
+
+/* KV blocks from the budget: --cpu-kvcache-space on the CPU backend; on CUDA the free
+ * memory under --gpu-memory-utilization less the weights (converted to the compute
+ * dtype at first use) and the activation workspace. */
+static int64_t kv_blocks_for_budget(eng_engine_t *e, size_t block_bytes)
+{
+    uint64_t budget = e->cfg.kv_cache_bytes;
+#ifdef PD_HAVE_CUDA
+    if (strcmp(e->ops->name, "cuda") == 0) {
+        size_t free_b = 0, total_b = 0;
+        if (eng_backend_cuda_mem_info(e->be, &free_b, &total_b) == PD_OK) {
+            const eng_model_config_t *c = e->mc;
+            double util = e->cfg.gpu_memory_utilization > 0 ? e->cfg.gpu_memory_utilization : 0.9;
+            double used = (double)(total_b - free_b);
+            double elem = c->dtype == ENG_DTYPE_F32 ? 4.0 : 2.0;
+            double weights = 0;
+            for (size_t i = 0; i < eng_model_n_tensors(e->model); i++)
+                weights += (double)eng_tensor_nelements(eng_model_tensor_at(e->model, i)) * elem;
+            double T = (double)e->cfg.max_num_batched_tokens;
+            double work = T * 4.0 * (4.0 * c->hidden + 3.0 * c->intermediate + 2.0 * c->n_heads * c->head_dim) +
+                          (double)e->cfg.max_num_seqs * 4.0 * (double)c->vocab_size * 2.0;
+            double avail = util * (double)total_b - used - weights - work - (double)(512u << 20);
+            budget = avail > 0 ? (uint64_t)avail : 0;
+            PD_LOG_INFO("engine: GPU %.1f GiB total, %.1f GiB used, weights %.1f GiB, workspace %.1f GiB: "
+                        "%.1f GiB for the KV cache at --gpu-memory-utilization %.2f",
+                        (double)total_b / (1 << 30), used / (1 << 30), weights / (1 << 30), work / (1 << 30),
+                        (double)budget / (1 << 30), util);
+        }
+    }
+#endif
+    return (int64_t)(budget / block_bytes);
+}
+
 pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine_p)
 {
     eng_engine_t *e = calloc(1, sizeof(*e));
@@ -708,18 +785,12 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->eos_ids[e->n_eos++] = eng_tok_eos_id(e->tok);
     load_defaults(e);
 
-    e->ops = eng_backend_get(cfg->backend ? cfg->backend : "cpu");
-    if (e->ops == NULL) {
-        PD_LOG_ERR("engine: backend '%s' is not built into this binary", cfg->backend);
-        st = PD_ERR_UNSUPPORTED;
-        goto err;
-    }
     bo.n_threads = cfg->n_threads;
     bo.mm_mode = cfg->exact_matmul ? KCPU_MM_EXACT : KCPU_MM_FAST;
-    TRY(e->ops->init(&bo, &e->be));
+    TRY(init_backend(e, &bo));
 
     block_bytes = eng_forward_block_bytes(e->mc, cfg->block_size);
-    n_blocks = cfg->num_blocks > 0 ? cfg->num_blocks : (int64_t)(cfg->kv_cache_bytes / block_bytes);
+    n_blocks = cfg->num_blocks > 0 ? cfg->num_blocks : kv_blocks_for_budget(e, block_bytes);
     e->max_blocks_per_seq = (int)((e->max_model_len + cfg->block_size - 1) / cfg->block_size);
     if (n_blocks < e->max_blocks_per_seq) {
         /* vLLM refuses to start when one full-length sequence cannot fit; so do we */

@@ -29,7 +29,8 @@ typedef struct eng_engine eng_engine_t;
 
 typedef struct eng_engine_cfg {
     eng_load_opts_t load;          /* the model */
-    const char *backend;           /* "cpu" (default) or "cuda" */
+    const char *backend;           /* "auto" (default: cuda when built and a GPU opens), "cpu", "cuda" */
+    double gpu_memory_utilization; /* CUDA: fraction of GPU memory for weights + workspace + KV */
     int n_threads;                 /* CPU threads, 0 = all cores */
     bool exact_matmul;             /* quantized weights: exact f32 dot (tests) vs fast int8 */
     int block_size;                /* 16 */

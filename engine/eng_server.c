@@ -85,9 +85,8 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->exact_matmul = !c->load.keep_quantized;
     c->tokenizer_override = a->tokenizer;
     c->skip_tokenizer_init = a->skip_tokenizer_init;
-    c->backend = "cpu";
-    if (strcmp(a->device, "cuda") == 0)
-        c->backend = "cuda";
+    c->backend = strcmp(a->device, "auto") == 0 ? "auto" : a->device;
+    c->gpu_memory_utilization = a->gpu_memory_utilization;
     c->n_threads = (int)a->cpu_threads;
     c->block_size = a->set[PD_SERVE_OPT_block_size] ? (int)a->block_size : 16;
     c->num_blocks = a->set[PD_SERVE_OPT_num_gpu_blocks_override] ? a->num_gpu_blocks_override : 0;
@@ -110,12 +109,13 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->scheduler_delay_factor = a->scheduler_delay_factor;
     c->seed = (uint64_t)a->seed;
     c->max_logprobs = (int)a->max_logprobs;
-    if (strcmp(a->kv_cache_dtype, "auto") != 0 && strcmp(c->backend, "cpu") == 0) {
-        PD_LOG_ERR("--kv-cache-dtype %s is not supported yet on the CPU backend (auto works)", a->kv_cache_dtype);
+    if (strcmp(a->kv_cache_dtype, "auto") != 0) {
+        PD_LOG_ERR("--kv-cache-dtype %s is not supported yet (auto works: f32 on the CPU backend, f32 on CUDA)",
+                   a->kv_cache_dtype);
         return PD_ERR_UNSUPPORTED;
     }
-    if (c->preempt_swap && strcmp(c->backend, "cpu") == 0)
-        PD_LOG_WARN("--preemption-mode swap: the CPU backend's KV cache already lives in host memory; "
+    if (c->preempt_swap)
+        PD_LOG_WARN("--preemption-mode swap: swap space is not wired into the engine yet; "
                     "preempted requests are recomputed");
     return PD_OK;
 }
