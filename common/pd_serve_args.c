@@ -123,6 +123,8 @@ static pd_status_t check_args(const pd_serve_args_t *a, char *err, size_t errlen
                    lv->valuedouble != (double)(int)lv->valuedouble))
             return refuse(err, errlen, "--compilation-config: level must be 0, 1, 2 or 3");
     }
+    if (strcmp(a->task, "auto") != 0 && strcmp(a->task, "generate") != 0)
+        return refuse(err, errlen, "--task: '%s' is not supported yet (auto and generate work)", a->task);
     if (a->enable_auto_tool_choice && a->tool_call_parser == NULL)
         return refuse(err, errlen, "--enable-auto-tool-choice needs --tool-call-parser");
     if (a->enable_reasoning && a->reasoning_parser == NULL)

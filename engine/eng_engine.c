@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "eng_backend.h"
 #ifdef PD_HAVE_CUDA
 #include "eng_backend_cuda.h"
@@ -627,27 +629,67 @@ void eng_engine_abort(eng_engine_t *e, const char *id)
 
 /* ---- create / destroy ---- */
 
-static void load_defaults(eng_engine_t *e)
+/* Generation-config defaults: none (vLLM's defaults) unless --generation-config is "auto"
+ * (the model's generation_config.json) or a folder holding one; then
+ * --override-generation-config on top. */
+static void apply_gen_json(eng_sampling_defaults_t *d, const cJSON *j)
 {
-    const eng_gen_config_t *g = eng_model_gen_config(e->model);
+    const cJSON *v;
+#define F(key, field)                                                  \
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, key)) && cJSON_IsNumber(v)) { \
+        d->has_##field = true;                                         \
+        d->field = (float)v->valuedouble;                              \
+    }
+    F("temperature", temperature)
+    F("top_p", top_p)
+    F("min_p", min_p)
+    F("repetition_penalty", repetition_penalty)
+    F("presence_penalty", presence_penalty)
+    F("frequency_penalty", frequency_penalty)
+#undef F
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "top_k")) && cJSON_IsNumber(v)) {
+        d->has_top_k = true;
+        d->top_k = v->valueint;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(j, "max_new_tokens")) && cJSON_IsNumber(v) && v->valuedouble >= 1) {
+        d->has_max_tokens = true;
+        d->max_tokens = v->valueint;
+    }
+}
+
+static pd_status_t load_defaults(eng_engine_t *e)
+{
+    const char *gc = e->cfg.generation_config;
     memset(&e->defaults, 0, sizeof(e->defaults));
-    if (g == NULL)
-        return;
-#define D(field, cast)                              \
-    if (g->has_##field) {                           \
-        e->defaults.has_##field = true;             \
-        e->defaults.field = (cast)g->field;         \
+    if (gc && strcmp(gc, "auto") == 0) {
+        const cJSON *j = eng_model_gen_config_json(e->model);
+        if (j)
+            apply_gen_json(&e->defaults, j);
+    } else if (gc && strcmp(gc, "vllm") != 0) {
+        char path[4096], *text = NULL;
+        cJSON *j;
+        snprintf(path, sizeof(path), "%s/generation_config.json", gc);
+        if (pd_read_file(path, &text, NULL) != PD_OK) {
+            PD_LOG_ERR("--generation-config: cannot read %s", path);
+            return PD_ERR_NOT_FOUND;
+        }
+        j = cJSON_Parse(text);
+        free(text);
+        if (j == NULL) {
+            PD_LOG_ERR("--generation-config: %s is not valid JSON", path);
+            return PD_ERR_FORMAT;
+        }
+        apply_gen_json(&e->defaults, j);
+        cJSON_Delete(j);
     }
-    D(temperature, float)
-    D(top_p, float)
-    D(top_k, int)
-    D(min_p, float)
-    D(repetition_penalty, float)
-#undef D
-    if (g->has_max_new_tokens) {
-        e->defaults.has_max_tokens = true;
-        e->defaults.max_tokens = (int)g->max_new_tokens;
+    if (e->cfg.override_generation_config) {
+        cJSON *j = cJSON_Parse(e->cfg.override_generation_config);
+        if (j == NULL)
+            return PD_ERR_FORMAT;
+        apply_gen_json(&e->defaults, j);
+        cJSON_Delete(j);
     }
+    return PD_OK;
 }
 
 static char *token_str(eng_engine_t *e, const char *which, int32_t id)
@@ -783,7 +825,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->eos_ids[e->n_eos++] = e->mc->eos_token_ids[i];
     if (e->n_eos == 0 && e->tok && eng_tok_eos_id(e->tok) >= 0)
         e->eos_ids[e->n_eos++] = eng_tok_eos_id(e->tok);
-    load_defaults(e);
+    TRY(load_defaults(e));
 
     bo.n_threads = cfg->n_threads;
     bo.mm_mode = cfg->exact_matmul ? KCPU_MM_EXACT : KCPU_MM_FAST;

@@ -49,6 +49,8 @@ typedef struct eng_engine_cfg {
     bool skip_tokenizer_init;
     const char *chat_template;     /* override of the model's template (text), or NULL */
     const char *tokenizer_override;/* --tokenizer: directory with tokenizer.json, or NULL */
+    const char *generation_config; /* NULL/"vllm": none; "auto": the model's; or a folder */
+    const char *override_generation_config; /* JSON text applied over it, or NULL */
 } eng_engine_cfg_t;
 
 void eng_engine_cfg_init(eng_engine_cfg_t *cfg);

@@ -55,7 +55,7 @@ static double env_gib(const char *name)
 }
 
 typedef struct owned_strs {
-    char *model, *hf_overrides, *rope_scaling;
+    char *model, *hf_overrides, *rope_scaling, *gen_override;
 } owned_strs_t;
 
 static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a, eng_engine_cfg_t *c,
@@ -84,6 +84,9 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->load.keep_quantized = !(strcmp(a->dtype, "float32") == 0 || strcmp(a->dtype, "float") == 0);
     c->exact_matmul = !c->load.keep_quantized;
     c->tokenizer_override = a->tokenizer;
+    c->generation_config = a->generation_config;
+    if (a->override_generation_config)
+        c->override_generation_config = own->gen_override = cJSON_PrintUnformatted(a->override_generation_config);
     c->skip_tokenizer_init = a->skip_tokenizer_init;
     c->backend = strcmp(a->device, "auto") == 0 ? "auto" : a->device;
     c->gpu_memory_utilization = a->gpu_memory_utilization;
@@ -691,5 +694,6 @@ out:
     free(own.model);
     cJSON_free(own.hf_overrides);
     cJSON_free(own.rope_scaling);
+    cJSON_free(own.gen_override);
     return rc;
 }
