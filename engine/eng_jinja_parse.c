@@ -974,8 +974,22 @@ static jnode_t *parse_subscript(parser_t *p, jnode_t *obj)
         if (parts[k])
             perr(p, cur(p)->line, "expected ']'");
         parts[k] = parse_expression(p, 1);
-        if (is_op(cur(p), K_COMMA))
-            perr(p, cur(p)->line, "tuple subscripts are not supported");
+        if (is_op(cur(p), K_COMMA) && !is_slice) {
+            /* a[x, y]: the key is the tuple (x, y) */
+            nlist_t items = {0};
+            nl_push(p, &items, parts[0], NULL);
+            while (is_op(cur(p), K_COMMA)) {
+                advance(p);
+                if (is_op(cur(p), K_RBRACKET))
+                    break;
+                nl_push(p, &items, parse_expression(p, 1), NULL);
+            }
+            jnode_t *tup = mk(p, N_TUPLE, line);
+            tup->kids = items.v;
+            tup->n_kids = items.n;
+            parts[0] = tup;
+            break;
+        }
     }
     expect_op(p, K_RBRACKET, "]");
     if (!is_slice) {

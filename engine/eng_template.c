@@ -82,6 +82,7 @@ typedef struct rstate {
     pd_status_t status;
     char *err;
     size_t errlen;
+    char ebuf[256]; /* used when the caller passes no error buffer */
     int line;
 } rstate_t;
 
@@ -178,6 +179,8 @@ static jv_t v_list(rstate_t *R, size_t n)
     if (pd_mul_size(n, sizeof(jv_t), &bytes) != PD_OK)
         rfail(R, PD_ERR_LIMIT, R->line, "list too large");
     l->n = n;
+    l->pos = 0;
+    l->err = NULL;
     l->items = n ? ralloc(R, bytes) : NULL;
     jv_t v = {.t = JV_LIST};
     v.p = l;
@@ -185,6 +188,12 @@ static jv_t v_list(rstate_t *R, size_t n)
 }
 
 static jlist_t *LST(jv_t v) { return (jlist_t *)v.p; }
+static int is_gen(jv_t v) { return v.t == JV_LIST && (v.aux & JV_AUX_GEN); }
+static jv_t as_gen(jv_t v)
+{
+    v.aux = JV_AUX_GEN;
+    return v;
+}
 static jdict_t *DCT(jv_t v) { return (jdict_t *)v.p; }
 
 /* a growable list being built (copied into a jv list at the end) */
@@ -210,6 +219,8 @@ static jv_t lb_finish(lbuild_t *b, rstate_t *R, int tuple)
 {
     jlist_t *l = ralloc(R, sizeof(*l));
     l->n = b->n;
+    l->pos = 0;
+    l->err = NULL;
     l->items = b->v;
     jv_t v = {.t = JV_LIST};
     v.p = l;
@@ -445,6 +456,23 @@ static jv_t str_case(rstate_t *R, jv_t s, int mode)
             continue;
         }
         m = up ? cp_upper(c) : cp_lower(c);
+        if (c == 0x3A3 && !up && k > 0) {
+            /* Python's final sigma: after a cased letter and not before one */
+            size_t q = i;
+            int next_cased = 0;
+            if (q < s.n)
+                next_cased = cp_cased(u8_next(s.s, s.n, &q));
+            size_t pb = k;
+            while (pb > 0 && ((unsigned char)o[pb - 1] & 0xC0) == 0x80)
+                pb--;
+            size_t pq = pb - (pb > 0);
+            while (pq > 0 && ((unsigned char)o[pq] & 0xC0) == 0x80)
+                pq--;
+            size_t pi = pq;
+            int prev_c = cp_cased(u8_next(o, k, &pi));
+            if (prev_c && !next_cased)
+                m = 0x3C2;
+        }
         if (mode == 3)
             prev_cased = cp_cased(c);
         first = 0;
@@ -640,10 +668,27 @@ static void write_repr(rstate_t *R, pd_buf_t *b, jv_t v, int depth)
         RERR(R, "value nested too deeply");
     switch (v.t) {
     case JV_UNDEF: bputs(R, b, "Undefined"); return;
-    case JV_STR: repr_str(R, b, v.s, v.n); return;
+    case JV_STR:
+        if (v.aux & JV_AUX_MARKUP) {
+            bputs(R, b, "Markup(");
+            repr_str(R, b, v.s, v.n);
+            bputs(R, b, ")");
+            return;
+        }
+        repr_str(R, b, v.s, v.n);
+        return;
     case JV_LIST: {
         jlist_t *l = LST(v);
         int tup = v.aux & JV_AUX_TUPLE;
+        if (is_gen(v)) {
+            bputs(R, b, "<generator object>");
+            return;
+        }
+        const char *view = (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_KEYS ? "dict_keys("
+                           : (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_VALUES ? "dict_values("
+                           : (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_ITEMS ? "dict_items(" : NULL;
+        if (view)
+            bputs(R, b, view);
         bput(R, b, tup ? "(" : "[", 1);
         for (size_t k = 0; k < l->n; k++) {
             if (k)
@@ -653,6 +698,8 @@ static void write_repr(rstate_t *R, pd_buf_t *b, jv_t v, int depth)
         if (tup && l->n == 1)
             bput(R, b, ",", 1);
         bput(R, b, tup ? ")" : "]", 1);
+        if (view)
+            bput(R, b, ")", 1);
         return;
     }
     case JV_DICT:
@@ -774,6 +821,8 @@ static void write_json(rstate_t *R, pd_buf_t *b, jv_t v, const json_opts_t *o, i
     case JV_STR: json_str(R, b, v.s, v.n, o->ensure_ascii); return;
     case JV_LIST: {
         jlist_t *l = LST(v);
+        if (is_gen(v))
+            RERR(R, "Object of type generator is not JSON serializable");
         if (l->n == 0) {
             bput(R, b, "[]", 2);
             return;
@@ -848,7 +897,7 @@ static int truthy(jv_t v)
     case JV_BOOL: case JV_INT: return v.i != 0;
     case JV_FLOAT: return v.f != 0;
     case JV_STR: return v.n != 0;
-    case JV_LIST: return LST(v)->n != 0;
+    case JV_LIST: return is_gen(v) || LST(v)->n != 0;
     case JV_DICT: return DCT(v)->n != 0;
     default: return 1;
     }
@@ -887,6 +936,8 @@ static int jv_eq(rstate_t *R, jv_t a, jv_t b, int depth)
     case JV_STR: return a.n == b.n && memcmp(a.s, b.s, a.n) == 0;
     case JV_LIST: {
         jlist_t *x = LST(a), *y = LST(b);
+        if (is_gen(a) || is_gen(b))
+            return a.p == b.p;
         if ((a.aux & JV_AUX_TUPLE) != (b.aux & JV_AUX_TUPLE) || x->n != y->n)
             return 0;
         for (size_t k = 0; k < x->n; k++)
@@ -927,7 +978,7 @@ static int jv_cmp(rstate_t *R, jv_t a, jv_t b, const char *opname)
             return c < 0 ? -1 : 1;
         return a.n < b.n ? -1 : a.n > b.n;
     }
-    if (a.t == JV_LIST && b.t == JV_LIST) {
+    if (a.t == JV_LIST && b.t == JV_LIST && !is_gen(a) && !is_gen(b)) {
         jlist_t *x = LST(a), *y = LST(b);
         for (size_t k = 0; k < x->n && k < y->n; k++) {
             if (jv_eq(R, x->items[k], y->items[k], 0))
@@ -1149,6 +1200,8 @@ static jv_t get_item(rstate_t *R, jv_t obj, jv_t key)
     }
     case JV_LIST:
     case JV_STR:
+        if (obj.t == JV_LIST && (obj.aux & (JV_AUX_GEN | JV_AUX_VIEW_MASK)))
+            return v_undef_attr("item", JV_LIST); /* generators and dict views are not subscriptable */
         if (key.t == JV_INT || key.t == JV_BOOL) {
             int64_t i = key.i;
             if (obj.t == JV_LIST) {
@@ -1218,6 +1271,8 @@ static jv_t do_slice(rstate_t *R, jv_t obj, jv_t a, jv_t b, jv_t c)
         RERR(R, "slice step cannot be zero");
     if (obj.t == JV_UNDEF)
         undef_fail(R, obj);
+    if (is_gen(obj))
+        return v_undef_attr("item", JV_LIST);
     if (obj.t == JV_LIST) {
         jlist_t *l = LST(obj);
         slice_bounds((int64_t)l->n, &start, &stop, stp);
@@ -1261,6 +1316,15 @@ static void iter_items(rstate_t *R, jv_t v, jv_t **items_p, size_t *n_p)
         *n_p = 0;
         return;
     case JV_LIST:
+        if (is_gen(v)) {
+            jlist_t *l = LST(v);
+            if (l->err)
+                rfail(R, PD_ERR_INVAL, 0, "%s", l->err);
+            *items_p = l->items + l->pos;
+            *n_p = l->n - l->pos;
+            l->pos = l->n;
+            return;
+        }
         *items_p = LST(v)->items;
         *n_p = LST(v)->n;
         return;
@@ -1302,13 +1366,28 @@ static int contains(rstate_t *R, jv_t container, jv_t item)
         if (item.n == 0)
             return 1;
         return memmem(container.s, container.n, item.s, item.n) != NULL;
-    case JV_LIST:
-        for (size_t k = 0; k < LST(container)->n; k++)
-            if (jv_eq(R, LST(container)->items[k], item, 0))
+    case JV_LIST: {
+        jlist_t *l = LST(container);
+        size_t start = is_gen(container) ? l->pos : 0;
+        if ((container.aux & JV_AUX_VIEW_MASK) != 0 && (container.aux & JV_AUX_VIEW_MASK) != JV_AUX_VALUES &&
+            ((item.t == JV_LIST && !(item.aux & JV_AUX_TUPLE)) || item.t == JV_DICT || item.t == JV_NS))
+            RERR(R, "unhashable type: '%s'", type_name(item.t));
+        if (l->err)
+            rfail(R, PD_ERR_INVAL, 0, "%s", l->err);
+        for (size_t k = start; k < l->n; k++)
+            if (jv_eq(R, l->items[k], item, 0)) {
+                if (is_gen(container))
+                    l->pos = k + 1;
                 return 1;
+            }
+        if (is_gen(container))
+            l->pos = l->n;
         return 0;
+    }
     case JV_DICT:
     case JV_NS:
+        if ((item.t == JV_LIST && !(item.aux & JV_AUX_TUPLE)) || item.t == JV_DICT || item.t == JV_NS)
+            RERR(R, "unhashable type: '%s'", is_gen(item) ? "generator" : type_name(item.t));
         return dict_find(R, DCT(container), item) >= 0;
     case JV_UNDEF:
         return 0;
@@ -1339,11 +1418,12 @@ static jv_t repeat(rstate_t *R, jv_t seq, int64_t times)
     for (int64_t k = 0; k < times; k++)
         if (l->n)
             memcpy(LST(out)->items + (size_t)k * l->n, l->items, l->n * sizeof(jv_t));
-    out.aux = seq.aux;
+    out.aux = seq.aux & JV_AUX_TUPLE;
     return out;
 }
 
 static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args);
+static jv_t html_escape(rstate_t *R, jv_t s);
 
 static const char *op_sym(int op)
 {
@@ -1365,6 +1445,10 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
         undef_fail(R, a);
     if (b.t == JV_UNDEF)
         undef_fail(R, b);
+    if (is_gen(a) || is_gen(b) || (a.t == JV_LIST && (a.aux & JV_AUX_VIEW_MASK)) ||
+        (b.t == JV_LIST && (b.aux & JV_AUX_VIEW_MASK)))
+        RERR(R, "unsupported operand type(s) for %s: '%s' and '%s'", op_sym(op), is_gen(a) ? "generator" : type_name(a.t),
+             is_gen(b) ? "generator" : type_name(b.t));
     if (is_num(a) && is_num(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
             int64_t x = a.i, y = b.i, r;
@@ -1437,20 +1521,34 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
                     fl += 1;
                 return v_float(fl);
             }
-            case OP_POW: return v_float(pow(x, y));
+            case OP_POW: {
+                double pr = pow(x, y);
+                if (isinf(pr) && isfinite(x) && isfinite(y))
+                    RERR(R, "(34, 'Numerical result out of range')");
+                return v_float(pr);
+            }
             default: break;
             }
         }
     }
     if (op == OP_ADD && a.t == JV_STR && b.t == JV_STR) {
         size_t total;
+        if ((a.aux ^ b.aux) & JV_AUX_MARKUP) {
+            /* Markup + str escapes the str; the result is Markup */
+            if (!(a.aux & JV_AUX_MARKUP))
+                a = html_escape(R, a);
+            else
+                b = html_escape(R, b);
+        }
         if (pd_add_size(a.n, b.n, &total) != PD_OK)
             RERR(R, "string too long");
         char *o = ralloc(R, total + 1);
         memcpy(o, a.s, a.n);
         memcpy(o + a.n, b.s, b.n);
         o[total] = '\0';
-        return v_str(o, total);
+        jv_t r = v_str(o, total);
+        r.aux = (a.aux | b.aux) & JV_AUX_MARKUP;
+        return r;
     }
     if (op == OP_ADD && a.t == JV_LIST && b.t == JV_LIST && (a.aux & JV_AUX_TUPLE) == (b.aux & JV_AUX_TUPLE)) {
         jlist_t *x = LST(a), *y = LST(b);
@@ -1459,7 +1557,7 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
             memcpy(LST(out)->items, x->items, x->n * sizeof(jv_t));
         if (y->n)
             memcpy(LST(out)->items + x->n, y->items, y->n * sizeof(jv_t));
-        out.aux = a.aux;
+        out.aux = a.aux & JV_AUX_TUPLE;
         return out;
     }
     if (op == OP_MUL && (a.t == JV_STR || a.t == JV_LIST) && (b.t == JV_INT || b.t == JV_BOOL))
@@ -1934,7 +2032,8 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
             pad_to(R, out, piece, width, align, ' ');
         }
     }
-    if (args.t != JV_DICT && used < n && !(n == 1 && args.t != JV_LIST))
+    /* like CPython, a list or dict argument (a "mapping") is never "left over" */
+    if (args.t != JV_DICT && used < n && !(args.t == JV_LIST && !(args.aux & JV_AUX_TUPLE)))
         RERR(R, "not all arguments converted during string formatting");
     return scratch_pop(R);
 }
@@ -2101,9 +2200,27 @@ int jinja_test_id(const char *name, size_t len) { return find_name(TEST_NAMES, T
 
 static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a);
 
+static int test_arity(int id)
+{
+    switch (id) {
+    case T_DIVISIBLEBY: case T_EQ: case T_EQUALTO: case T_EQOP: case T_NE: case T_NEOP: case T_LT:
+    case T_LESSTHAN: case T_LTOP: case T_LE: case T_LEOP: case T_GT: case T_GREATERTHAN: case T_GTOP:
+    case T_GE: case T_GEOP: case T_IN: case T_SAMEAS:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
 {
     jv_t x;
+    int arity = test_arity(id);
+    if (a->npos + a->nkw > arity)
+        RERR(R, "test_%s() takes %d positional argument%s but %d were given", TEST_NAMES[id], arity + 1,
+             arity ? "s" : "", a->npos + a->nkw + 1);
+    if (arity && a->npos + a->nkw < arity)
+        RERR(R, "test_%s() missing 1 required positional argument", TEST_NAMES[id]);
     switch (id) {
     case T_BOOLEAN: return v.t == JV_BOOL;
     case T_CALLABLE: return v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_UNDEF;
@@ -2126,9 +2243,10 @@ static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
     case T_EVEN: case T_ODD: {
         if (v.t == JV_UNDEF)
             undef_fail(R, v);
+        /* jinja2: value % 2 == 1 (odd), value % 2 == 0 (even) */
         jv_t m = binop(R, OP_MOD, v, v_int(2));
-        int odd = m.t == JV_FLOAT ? m.f != 0 : m.i != 0;
-        return id == T_ODD ? odd : !odd;
+        double mv = m.t == JV_FLOAT ? m.f : (double)m.i;
+        return id == T_ODD ? mv == 1 : mv == 0;
     }
     case T_FALSE: return v.t == JV_BOOL && !v.i;
     case T_TRUE: return v.t == JV_BOOL && v.i;
@@ -2138,14 +2256,16 @@ static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
     case T_INTEGER: return v.t == JV_INT;
     case T_NUMBER: return is_num(v);
     case T_IN: return contains(R, arg_or(a, 0, "seq", V_UNDEFINED), v);
-    case T_ITERABLE: case T_SEQUENCE:
+    case T_ITERABLE:
         return v.t == JV_STR || v.t == JV_LIST || v.t == JV_DICT || v.t == JV_UNDEF;
+    case T_SEQUENCE:
+        return v.t == JV_STR || (v.t == JV_LIST && !(v.aux & (JV_AUX_GEN | JV_AUX_VIEW_MASK))) || v.t == JV_DICT ||
+               v.t == JV_UNDEF;
     case T_MAPPING: return v.t == JV_DICT;
     case T_NONE: return v.t == JV_NONE;
     case T_STRING: return v.t == JV_STR;
     case T_LOWER: case T_UPPER: {
-        if (v.t != JV_STR)
-            RERR(R, "'%s' object has no attribute '%s'", type_name(v.t), id == T_LOWER ? "islower" : "isupper");
+        v = to_str(R, v);
         int cased = 0;
         size_t i = 0;
         while (i < v.n) {
@@ -2320,7 +2440,10 @@ static int64_t py_len(rstate_t *R, jv_t v)
     switch (v.t) {
     case JV_UNDEF: return 0;
     case JV_STR: return (int64_t)u8_len(v.s, v.n);
-    case JV_LIST: return (int64_t)LST(v)->n;
+    case JV_LIST:
+        if (is_gen(v))
+            RERR(R, "object of type 'generator' has no len()");
+        return (int64_t)LST(v)->n;
     case JV_DICT: return (int64_t)DCT(v)->n;
     default: RERR(R, "object of type '%s' has no len()", type_name(v.t));
     }
@@ -2360,7 +2483,7 @@ static jv_t select_common(rstate_t *R, int id, jv_t seq, const cargs_t *a)
             lb_push(R, &lb, items[k]);
         step(R);
     }
-    return lb_finish(&lb, R, 0);
+    return as_gen(lb_finish(&lb, R, 0));
 }
 
 static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
@@ -2378,7 +2501,7 @@ static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
                 x = def;
             lb_push(R, &lb, x);
         }
-        return lb_finish(&lb, R, 0);
+        return as_gen(lb_finish(&lb, R, 0));
     }
     jv_t fname;
     if (!arg_get(a, 0, NULL, &fname))
@@ -2394,7 +2517,7 @@ static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
         lb_push(R, &lb, apply_filter(R, fid, items[k], &fa));
         step(R);
     }
-    return lb_finish(&lb, R, 0);
+    return as_gen(lb_finish(&lb, R, 0));
 }
 
 static jv_t py_round(rstate_t *R, jv_t v, int64_t prec, jv_t method)
@@ -2466,7 +2589,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             }
             lb_push(R, &outer, lb_finish(&inner, R, 0));
         }
-        return lb_finish(&outer, R, 0);
+        return as_gen(lb_finish(&outer, R, 0));
     }
     case F_CAPITALIZE: return str_case(R, to_str(R, v), 2);
     case F_CENTER: {
@@ -2524,11 +2647,25 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
     }
     case F_E:
     case F_ESCAPE:
-    case F_FORCEESCAPE: return html_escape(R, to_str(R, v));
+    case F_FORCEESCAPE: {
+        jv_t r = (v.t == JV_STR && (v.aux & JV_AUX_MARKUP) && id != F_FORCEESCAPE) ? v : html_escape(R, to_str(R, v));
+        r.aux = JV_AUX_MARKUP;
+        return r;
+    }
     case F_FIRST:
     case F_LAST: {
         jv_t *items;
         size_t n;
+        if (is_gen(v)) {
+            jlist_t *gl = LST(v);
+            if (gl->err)
+                rfail(R, PD_ERR_INVAL, 0, "%s", gl->err);
+            if (id == F_LAST)
+                RERR(R, "'generator' object is not reversible");
+            if (gl->pos >= gl->n)
+                return v_undef_name("No first item, sequence was empty.");
+            return gl->items[gl->pos++];
+        }
         iter_items(R, v, &items, &n);
         if (n == 0)
             return v_undef_name(id == F_FIRST ? "No first item, sequence was empty." : "No last item, sequence was empty.");
@@ -2560,7 +2697,11 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
         return py_format_percent(R, s, tup);
     }
     case F_INDENT: {
-        jv_t s = to_str(R, v);
+        if (v.t == JV_UNDEF)
+            undef_fail(R, v);
+        if (v.t != JV_STR)
+            RERR(R, "unsupported operand type(s) for +=: '%s' and 'str'", type_name(v.t));
+        jv_t s = v;
         jv_t w = arg_or(a, 0, "width", v_int(4));
         int first = truthy(arg_or(a, 1, "first", v_bool(0)));
         int blank = truthy(arg_or(a, 2, "blank", v_bool(0)));
@@ -2617,7 +2758,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
     }
     case F_ITEMS: {
         if (v.t == JV_UNDEF)
-            return v_list(R, 0);
+            return as_gen(v_list(R, 0));
         if (v.t != JV_DICT)
             RERR(R, "items filter requires a mapping, not %s", type_name(v.t));
         jdict_t *d = DCT(v);
@@ -2629,7 +2770,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             pair.aux = JV_AUX_TUPLE;
             LST(out)->items[k] = pair;
         }
-        return out;
+        return as_gen(out);
     }
     case F_JOIN: {
         jv_t sep = arg_or(a, 0, "d", v_str("", 0));
@@ -2670,11 +2811,25 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
                 at_start = 1;
                 continue;
             }
+            /* item[0].upper() + item[1:].lower(), the rest lowered as one string so the
+             * final-sigma rule sees the same context as Python */
             char o[4];
-            int w = u8_put(o, at_start ? cp_upper(c) : cp_lower(c));
+            int w = u8_put(o, cp_upper(c));
             bput(R, b, o, (size_t)w);
+            size_t e = i;
+            while (e < s.n) {
+                size_t q = e;
+                uint32_t c2 = u8_next(s.s, s.n, &q);
+                if (c2 == '-' || c2 == '(' || c2 == '{' || c2 == '[' || c2 == '<' || py_space(c2))
+                    break;
+                e = q;
+            }
+            jv_t rest = str_case(R, v_str(s.s + i, e - i), 0);
+            bput(R, b, rest.s, rest.n);
+            i = e;
             at_start = 0;
         }
+        (void)at_start;
         return scratch_pop(R);
     }
     case F_MAP: return filter_map(R, v, a);
@@ -2712,16 +2867,22 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             return do_slice(R, v, V_NONE_, V_NONE_, v_int(-1));
         jv_t *items;
         size_t n;
+        int was_gen = is_gen(v);
         iter_items(R, v, &items, &n);
         jv_t out = v_list(R, n);
         for (size_t k = 0; k < n; k++)
             LST(out)->items[k] = items[n - 1 - k];
-        return out;
+        /* reversed(list) is an iterator; a generator is listed and reversed */
+        return (v.t == JV_LIST && !was_gen) || v.t == JV_DICT ? as_gen(out) : out;
     }
     case F_ROUND:
         return py_round(R, v, need_int(R, arg_or(a, 0, "precision", v_int(0)), "precision"),
                         arg_or(a, 1, "method", v_str("common", 6)));
-    case F_SAFE: return v.t == JV_STR ? v : to_str(R, v);
+    case F_SAFE: {
+        jv_t r = v.t == JV_STR ? v : to_str(R, v);
+        r.aux = JV_AUX_MARKUP;
+        return r;
+    }
     case F_SORT: {
         int rev = truthy(arg_or(a, 0, "reverse", v_bool(0)));
         int cs = truthy(arg_or(a, 1, "case_sensitive", v_bool(0)));
@@ -2772,7 +2933,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             }
             step(R);
         }
-        return lb_finish(&out, R, 0);
+        return as_gen(lb_finish(&out, R, 0));
     }
     case F_WORDCOUNT: {
         jv_t s = to_str(R, v);
@@ -3041,9 +3202,21 @@ static jv_t call_builtin(rstate_t *R, jv_t fv, const cargs_t *a)
     case FN_S_ISSPACE: return v_bool(str_all(self, 3));
     case FN_S_ISLOWER: return v_bool(str_all(self, 4));
     case FN_S_ISUPPER: return v_bool(str_all(self, 5));
-    case FN_D_ITEMS: return apply_filter(R, F_ITEMS, self, &(cargs_t){0});
-    case FN_D_KEYS: return list_of(R, DCT(self)->keys, DCT(self)->n);
-    case FN_D_VALUES: return list_of(R, DCT(self)->vals, DCT(self)->n);
+    case FN_D_ITEMS: {
+        jv_t r = apply_filter(R, F_ITEMS, self, &(cargs_t){0});
+        r.aux = JV_AUX_ITEMS;
+        return r;
+    }
+    case FN_D_KEYS: {
+        jv_t r = list_of(R, DCT(self)->keys, DCT(self)->n);
+        r.aux |= JV_AUX_KEYS;
+        return r;
+    }
+    case FN_D_VALUES: {
+        jv_t r = list_of(R, DCT(self)->vals, DCT(self)->n);
+        r.aux |= JV_AUX_VALUES;
+        return r;
+    }
     case FN_D_GET: {
         if (!arg_get(a, 0, NULL, &x))
             RERR(R, "get expected at least 1 argument, got 0");
@@ -3141,11 +3314,51 @@ static jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
     return v_str(o, total);
 }
 
+/* jinja2's map/select/reject/selectattr/rejectattr/items/unique/batch are generator
+ * functions: nothing runs until the result is iterated.  The C engine computes the list
+ * at once but keeps an error for the first iteration, so a generator that is never
+ * iterated (or only tested for truth) never fails, as in jinja2. */
+static int is_lazy_filter(int id)
+{
+    return id == F_MAP || id == F_SELECT || id == F_REJECT || id == F_SELECTATTR || id == F_REJECTATTR ||
+           id == F_ITEMS || id == F_UNIQUE || id == F_BATCH;
+}
+
+static jv_t apply_filter_deferred(rstate_t *R, int id, jv_t operand, const cargs_t *a)
+{
+    jmp_buf saved;
+    int eval_depth = R->eval_depth, call_depth = R->call_depth, n_scratch = R->n_scratch, line = R->line;
+    jv_t r;
+
+    memcpy(saved, R->jb, sizeof(saved));
+    if (setjmp(R->jb) == 0) {
+        r = apply_filter(R, id, operand, a);
+        memcpy(R->jb, saved, sizeof(saved));
+        return r;
+    }
+    memcpy(R->jb, saved, sizeof(saved));
+    if (R->status != PD_ERR_INVAL || R->errlen == 0)
+        longjmp(R->jb, 1); /* limits and out-of-memory are never deferred */
+    R->eval_depth = eval_depth;
+    R->call_depth = call_depth;
+    R->n_scratch = n_scratch;
+    R->line = line;
+    r = as_gen(v_list(R, 0));
+    LST(r)->err = pd_arena_strdup(R->arena, R->err);
+    if (LST(r)->err == NULL)
+        rfail(R, PD_ERR_NOMEM, line, "out of memory");
+    R->status = PD_OK;
+    R->err[0] = '\0';
+    return r;
+}
+
 static jv_t apply_filter_node(rstate_t *R, const jnode_t *nd, jv_t operand, scope_t *sc)
 {
     cargs_t a;
     eval_args(R, nd, sc, &a, 0);
     R->line = nd->line;
+    if (is_lazy_filter(nd->op))
+        return apply_filter_deferred(R, nd->op, operand, &a);
     return apply_filter(R, nd->op, operand, &a);
 }
 
@@ -3361,6 +3574,9 @@ static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
     loop->n = n;
     jv_t lv = {.t = JV_LOOP};
     lv.p = loop;
+    /* jinja2 runs the else block unless some iteration reached the end of the body
+     * (an iteration left by break or continue does not count) */
+    int completed = 0;
     for (size_t k = 0; k < n; k++) {
         step(R);
         loop->idx = k;
@@ -3368,9 +3584,13 @@ static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
         scope_set(R, is, G_LOOP, lv);
         assign(R, nd->a, items[k], is);
         int fl = exec(R, nd->c, is);
+        if (fl == FL_NORMAL)
+            completed = 1;
         if (fl == FL_BREAK)
             break;
     }
+    if (!completed && nd->d)
+        exec(R, nd->d, scope_new(R, sc));
     return FL_NORMAL;
 }
 
@@ -3704,8 +3924,8 @@ static pd_status_t render_internal(const eng_template_t *tpl, const cJSON *ctx, 
     if (R == NULL)
         return PD_ERR_NOMEM;
     R->tpl = tpl;
-    R->err = err;
-    R->errlen = err ? errlen : 0;
+    R->err = err && errlen ? err : R->ebuf;
+    R->errlen = err && errlen ? errlen : sizeof(R->ebuf);
     R->out = out;
     R->out_base = out->len;
     R->max_steps = limits && limits->max_steps ? limits->max_steps : ENG_TEMPLATE_DEFAULT_STEPS;
@@ -3733,7 +3953,7 @@ static pd_status_t render_internal(const eng_template_t *tpl, const cJSON *ctx, 
         if (out->data)
             out->data[out->len] = '\0';
         if (st == PD_ERR_NOMEM || st == PD_ERR_INTERNAL)
-            PD_LOG_ERR("chat template render failed: %s", err && errlen ? err : pd_status_str(st));
+            PD_LOG_ERR("chat template render failed: %s", R->err);
     }
     pd_buf_cleanup(&R->tmp);
     for (size_t k = 0; k < PD_ARRAY_SIZE(R->scratch); k++)
