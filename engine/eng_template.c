@@ -1046,31 +1046,32 @@ enum {
 
 static const struct {
     const char *name;
+    size_t len;
     int fn;
 } STR_METHODS[] = {
-    {"strip", FN_S_STRIP}, {"lstrip", FN_S_LSTRIP}, {"rstrip", FN_S_RSTRIP}, {"split", FN_S_SPLIT},
-    {"rsplit", FN_S_RSPLIT}, {"startswith", FN_S_STARTSWITH}, {"endswith", FN_S_ENDSWITH},
-    {"upper", FN_S_UPPER}, {"lower", FN_S_LOWER}, {"replace", FN_S_REPLACE}, {"title", FN_S_TITLE},
-    {"capitalize", FN_S_CAPITALIZE}, {"format", FN_S_FORMAT}, {"join", FN_S_JOIN}, {"find", FN_S_FIND},
-    {"rfind", FN_S_RFIND}, {"count", FN_S_COUNT}, {"splitlines", FN_S_SPLITLINES},
-    {"isdigit", FN_S_ISDIGIT}, {"isalpha", FN_S_ISALPHA}, {"isalnum", FN_S_ISALNUM},
-    {"isspace", FN_S_ISSPACE}, {"islower", FN_S_ISLOWER}, {"isupper", FN_S_ISUPPER},
-    {"casefold", FN_S_CASEFOLD}, {"index", FN_S_INDEX}, {"rindex", FN_S_RINDEX},
+    {"strip", 5, FN_S_STRIP}, {"lstrip", 6, FN_S_LSTRIP}, {"rstrip", 6, FN_S_RSTRIP}, {"split", 5, FN_S_SPLIT},
+    {"rsplit", 6, FN_S_RSPLIT}, {"startswith", 10, FN_S_STARTSWITH}, {"endswith", 8, FN_S_ENDSWITH},
+    {"upper", 5, FN_S_UPPER}, {"lower", 5, FN_S_LOWER}, {"replace", 7, FN_S_REPLACE}, {"title", 5, FN_S_TITLE},
+    {"capitalize", 10, FN_S_CAPITALIZE}, {"format", 6, FN_S_FORMAT}, {"join", 4, FN_S_JOIN}, {"find", 4, FN_S_FIND},
+    {"rfind", 5, FN_S_RFIND}, {"count", 5, FN_S_COUNT}, {"splitlines", 10, FN_S_SPLITLINES},
+    {"isdigit", 7, FN_S_ISDIGIT}, {"isalpha", 7, FN_S_ISALPHA}, {"isalnum", 7, FN_S_ISALNUM},
+    {"isspace", 7, FN_S_ISSPACE}, {"islower", 7, FN_S_ISLOWER}, {"isupper", 7, FN_S_ISUPPER},
+    {"casefold", 8, FN_S_CASEFOLD}, {"index", 5, FN_S_INDEX}, {"rindex", 6, FN_S_RINDEX},
 }, DICT_METHODS[] = {
-    {"items", FN_D_ITEMS}, {"keys", FN_D_KEYS}, {"values", FN_D_VALUES}, {"get", FN_D_GET},
-    {"copy", FN_D_COPY}, {"pop", FN_UNSAFE}, {"popitem", FN_UNSAFE}, {"setdefault", FN_UNSAFE},
-    {"update", FN_UNSAFE}, {"clear", FN_UNSAFE},
+    {"items", 5, FN_D_ITEMS}, {"keys", 4, FN_D_KEYS}, {"values", 6, FN_D_VALUES}, {"get", 3, FN_D_GET},
+    {"copy", 4, FN_D_COPY}, {"pop", 3, FN_UNSAFE}, {"popitem", 7, FN_UNSAFE}, {"setdefault", 10, FN_UNSAFE},
+    {"update", 6, FN_UNSAFE}, {"clear", 5, FN_UNSAFE},
 }, LIST_METHODS[] = {
-    {"index", FN_L_INDEX}, {"count", FN_L_COUNT}, {"append", FN_UNSAFE}, {"extend", FN_UNSAFE},
-    {"insert", FN_UNSAFE}, {"pop", FN_UNSAFE}, {"remove", FN_UNSAFE}, {"reverse", FN_UNSAFE},
-    {"sort", FN_UNSAFE}, {"clear", FN_UNSAFE},
+    {"index", 5, FN_L_INDEX}, {"count", 5, FN_L_COUNT}, {"append", 6, FN_UNSAFE}, {"extend", 6, FN_UNSAFE},
+    {"insert", 6, FN_UNSAFE}, {"pop", 3, FN_UNSAFE}, {"remove", 6, FN_UNSAFE}, {"reverse", 7, FN_UNSAFE},
+    {"sort", 4, FN_UNSAFE}, {"clear", 5, FN_UNSAFE},
 };
 
 #define FIND_METHOD(table, name, len, out)                                             \
     do {                                                                               \
         out = 0;                                                                       \
         for (size_t k_ = 0; k_ < PD_ARRAY_SIZE(table); k_++)                           \
-            if (strlen(table[k_].name) == (len) && memcmp(table[k_].name, name, len) == 0) { \
+            if (table[k_].len == (len) && memcmp(table[k_].name, name, len) == 0) {         \
                 out = table[k_].fn;                                                    \
                 break;                                                                 \
             }                                                                          \
@@ -1483,8 +1484,11 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
                 return v_int(op == OP_MOD ? m : q);
             }
             case OP_POW: {
-                if (y < 0)
+                if (y < 0) {
+                    if (x == 0)
+                        RERR(R, "0.0 cannot be raised to a negative power");
                     return v_float(pow((double)x, (double)y));
+                }
                 int64_t acc = 1, base = x;
                 for (int64_t e = y; e > 0; e >>= 1) {
                     if (e & 1)
