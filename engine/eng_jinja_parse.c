@@ -399,6 +399,33 @@ static size_t lex_code(parser_t *p, size_t i, int *line, int is_block, int *line
             i = j;
             continue;
         }
+        if (c == '0' && i + 2 < n && strchr("xXoObB", s[i + 1]) && (hexval(s[i + 2]) >= 0 || s[i + 2] == '_')) {
+            /* 0x.., 0o.., 0b.. integer literals (underscores allowed between digits) */
+            int base = (s[i + 1] | 0x20) == 'x' ? 16 : (s[i + 1] | 0x20) == 'o' ? 8 : 2;
+            size_t j = i + 2;
+            uint64_t v = 0;
+            int digits = 0;
+            while (j < n) {
+                if (s[j] == '_' && j + 1 < n && hexval(s[j + 1]) >= 0 && hexval(s[j + 1]) < base) {
+                    j++;
+                    continue;
+                }
+                int h = hexval(s[j]);
+                if (h < 0 || h >= base)
+                    break;
+                if (v > (uint64_t)INT64_MAX / (uint64_t)base)
+                    perr(p, *line, "integer literal too large");
+                v = v * (uint64_t)base + (uint64_t)h;
+                digits++;
+                j++;
+            }
+            if (digits) {
+                tok_t *t = push_tok(p, T_INT, *line);
+                t->i = (int64_t)v;
+                i = j;
+                continue;
+            }
+        }
         if (is_digit(c)) {
             size_t j = scan_digits(s, i, n);
             int is_float = 0;

@@ -2553,9 +2553,67 @@ static jv_t py_round(rstate_t *R, jv_t v, int64_t prec, jv_t method)
     return v_float(strtod(buf, NULL));
 }
 
+/* Parameter names of each filter after its operand; "*" takes anything (jinja2 checks
+ * the call against the Python signature and raises TypeError). */
+static const char *filter_params(int id)
+{
+    switch (id) {
+    case F_ATTR: return "name";
+    case F_BATCH: return "linecount,fill_with";
+    case F_CENTER: return "width";
+    case F_D: case F_DEFAULT: return "default_value,boolean";
+    case F_DICTSORT: return "case_sensitive,by,reverse";
+    case F_FLOAT: return "default";
+    case F_INDENT: return "width,first,blank";
+    case F_INT: return "default,base";
+    case F_JOIN: return "d,attribute";
+    case F_MAX: case F_MIN: return "case_sensitive,attribute";
+    case F_REPLACE: return "old,new,count";
+    case F_ROUND: return "precision,method";
+    case F_SORT: return "reverse,case_sensitive,attribute";
+    case F_SUM: return "attribute,start";
+    case F_TOJSON: return "ensure_ascii,indent,separators,sort_keys";
+    case F_TRIM: return "chars";
+    case F_UNIQUE: return "case_sensitive,attribute";
+    case F_FORMAT: case F_MAP: case F_SELECT: case F_REJECT: case F_SELECTATTR: case F_REJECTATTR: return "*";
+    default: return "";
+    }
+}
+
+static void check_filter_args(rstate_t *R, int id, const cargs_t *a)
+{
+    const char *params = filter_params(id);
+    if (params[0] == '*')
+        return;
+    int n = 0;
+    for (const char *p = params; *p; p++)
+        n += *p == ',';
+    n += params[0] != '\0';
+    if (a->npos > n)
+        RERR(R, "filter %s() takes at most %d argument%s (%d given)", FILTER_NAMES[id], n, n == 1 ? "" : "s", a->npos);
+    for (int k = 0; k < a->nkw; k++) {
+        const char *kw = a->kwn[k];
+        size_t kl = strlen(kw);
+        int idx = 0, found = -1;
+        for (const char *p = params; *p;) {
+            const char *e = strchr(p, ',');
+            size_t l = e ? (size_t)(e - p) : strlen(p);
+            if (l == kl && memcmp(p, kw, l) == 0)
+                found = idx;
+            idx++;
+            p += l + (e != NULL);
+        }
+        if (found < 0)
+            RERR(R, "filter %s() got an unexpected keyword argument '%s'", FILTER_NAMES[id], kw);
+        if (found < a->npos)
+            RERR(R, "filter %s() got multiple values for argument '%s'", FILTER_NAMES[id], kw);
+    }
+}
+
 static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
 {
     jv_t x, y;
+    check_filter_args(R, id, a);
     switch (id) {
     case F_ABS:
         if (v.t == JV_INT || v.t == JV_BOOL) {

@@ -99,6 +99,18 @@ CASES = [
     "{{ raise_exception('custom failure: ' ~ n) }}", "{{ undefined_thing.attr }}", "{{ 1 + 'a' }}", "{{ 'a' + 1 }}",
     "{{ 1 / 0 }}", "{{ n | tojson }}{{ undefined_thing | tojson }}", "{{ none | length }}", "{{ l.append(4) }}", "{{ d.update({}) }}",
     "{% for x in none %}{% endfor %}", "{{ range(100001) | length }}", "{% set a, b = [1] %}", "{{ 'x'.nope() }}",
+    "{{ s | upper(1) }}", "{{ s | trim(chars='H', z=1) }}", "{{ l | join(',', d='x') }}", "{{ n is odd(1) }}",
+    "{{ n is divisibleby }}",
+    # lexer corner cases
+    "a\t\t{% if t %}\tb{% endif %}\t\nc", "  {{ n }}  {% if t %}x{% endif %}", "x\n\t  {# c -#}\n\n  y",
+    "{%- raw -%}  {{ x }}  {%- endraw -%}  after", "a  {%- raw %} r {% endraw +%}\nb", "{%+ if t %}a{% endif %}",
+    "line\n   {%- if t -%}   \n\n  in  \n  {%- endif -%}\n  out", "{% if t %}{% if t %}\n\n{% endif %}\n{% endif %}\nz",
+    "{{ '{{' }} {{ '}}' }} {{ {'a': {'b': 1}} }} {{ '%}' }}", "{{\n n\n }}", "{%\nif t\n%}y{%\nendif\n%}",
+    "a{#\nmultiline\ncomment\n#}b", "{{ 'a' ~ 'b' ~ 1 + 2 }}", "{{ 1 if t }}", "{{ [1,2,3,][0] }} {{ {'a':1,}['a'] }}",
+    "\n\n\n", "", "   ", "{% for x in l %}\n  {{ x }}\n{% endfor %}\n", "{%- for x in l -%}\n  {{ x }}\n{%- endfor -%}\n",
+    "{{ 1_000 + 0.5e1 + 1E2 }} {{ 0x10 if false else 7 }}",
+    "{% set x %}\n  block\n{% endset %}[{{ x }}]", "{% macro m() -%}\n  body\n{%- endmacro %}[{{ m() }}]",
+    "{{ '\\n' }}|{{ 'tab\\there' }}|{{ '\\x41\\101' }}|{{ 'q\\'q' }}|{{ \"d\\\"d\" }}",
     # syntax / compile errors
     "{{ 1 +  }}", "{% if x %}no end", "{% for x in %}{% endfor %}", "{{ x | nosuchfilter }}", "{{ x is nosuchtest }}",
     "{% endif %}", "{{ 'unterminated }}", "{% unknowntag %}", "{{ (1 }}", "{% if t %}{% else %}{% else %}{% endif %}",
