@@ -1321,7 +1321,7 @@ static void iter_items(rstate_t *R, jv_t v, jv_t **items_p, size_t *n_p)
             jlist_t *l = LST(v);
             if (l->err)
                 rfail(R, PD_ERR_INVAL, 0, "%s", l->err);
-            *items_p = l->items + l->pos;
+            *items_p = l->items ? l->items + l->pos : NULL;
             *n_p = l->n - l->pos;
             l->pos = l->n;
             return;
