@@ -978,7 +978,8 @@ static int jv_cmp(rstate_t *R, jv_t a, jv_t b, const char *opname)
             return c < 0 ? -1 : 1;
         return a.n < b.n ? -1 : a.n > b.n;
     }
-    if (a.t == JV_LIST && b.t == JV_LIST && !is_gen(a) && !is_gen(b)) {
+    if (a.t == JV_LIST && b.t == JV_LIST && !is_gen(a) && !is_gen(b) &&
+        (a.aux & JV_AUX_TUPLE) == (b.aux & JV_AUX_TUPLE)) {
         jlist_t *x = LST(a), *y = LST(b);
         for (size_t k = 0; k < x->n && k < y->n; k++) {
             if (jv_eq(R, x->items[k], y->items[k], 0))
@@ -987,7 +988,9 @@ static int jv_cmp(rstate_t *R, jv_t a, jv_t b, const char *opname)
         }
         return x->n < y->n ? -1 : x->n > y->n;
     }
-    RERR(R, "'%s' not supported between instances of '%s' and '%s'", opname, type_name(a.t), type_name(b.t));
+    RERR(R, "'%s' not supported between instances of '%s' and '%s'", opname,
+         (a.t == JV_LIST && (a.aux & JV_AUX_TUPLE)) ? "tuple" : type_name(a.t),
+         (b.t == JV_LIST && (b.aux & JV_AUX_TUPLE)) ? "tuple" : type_name(b.t));
 }
 
 static int jv_lt(rstate_t *R, jv_t a, jv_t b) { return jv_cmp(R, a, b, "<") < 0; }
@@ -1442,6 +1445,9 @@ static const char *op_sym(int op)
 
 static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
 {
+    /* str % Undefined: Undefined looks like a mapping to Python's % formatting */
+    if (op == OP_MOD && a.t == JV_STR && b.t == JV_UNDEF)
+        return py_format_percent(R, a, b);
     if (a.t == JV_UNDEF)
         undef_fail(R, a);
     if (b.t == JV_UNDEF)
@@ -2037,7 +2043,7 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
         }
     }
     /* like CPython, a list or dict argument (a "mapping") is never "left over" */
-    if (args.t != JV_DICT && used < n && !(args.t == JV_LIST && !(args.aux & JV_AUX_TUPLE)))
+    if (args.t != JV_DICT && args.t != JV_UNDEF && used < n && !(args.t == JV_LIST && !(args.aux & JV_AUX_TUPLE)))
         RERR(R, "not all arguments converted during string formatting");
     return scratch_pop(R);
 }
@@ -2935,7 +2941,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
         for (size_t k = 0; k < n; k++)
             LST(out)->items[k] = items[n - 1 - k];
         /* reversed(list) is an iterator; a generator is listed and reversed */
-        return (v.t == JV_LIST && !was_gen) || v.t == JV_DICT ? as_gen(out) : out;
+        return (v.t == JV_LIST && !was_gen) || v.t == JV_DICT || v.t == JV_UNDEF ? as_gen(out) : out;
     }
     case F_ROUND:
         return py_round(R, v, need_int(R, arg_or(a, 0, "precision", v_int(0)), "precision"),

@@ -27,7 +27,7 @@ FILTERS = ["length", "count", "trim", "upper", "lower", "capitalize", "title", "
            "list", "sort", "sort(reverse=true)", "unique", "reverse", "items", "dictsort", "round",
            "round(1)", "sum", "max", "min", "safe", "tojson(indent=2)", "wordcount",
            "map(attribute='role')", "selectattr('role', 'equalto', 'user')", "select", "reject",
-           "rejectattr('content')", "replace('a', 'b')", "center(9)", "indent(2)", "batch(2)",
+           "rejectattr('content')", "replace('a', 'b')", "center(9)", "indent(2)", "batch(2) | list",
            "map('string')", "select('string')", "format(1)"]
 TESTS = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping",
          "iterable", "sequence", "boolean", "true", "false", "even", "odd", "callable",
