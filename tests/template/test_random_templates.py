@@ -87,6 +87,47 @@ def stmt(r, depth=0):
     return "{# c #}%s" % pad()
 
 
+def tag(r, inner):
+    """a block tag with random whitespace control"""
+    return "{%" + r.choice(["", "", "-", "+"]) + " " + inner + " " + r.choice(["", "", "-", "+"]) + "%}"
+
+
+def stmt2(r, depth=0):
+    k = r.randrange(10 if depth < 2 else 2)
+    nl = lambda: r.choice(["", "\n", "\n  ", "  \n", "\t", " "])  # noqa: E731
+    if k == 0:
+        return nl() + "{{" + r.choice(["", "-"]) + " " + expr(r) + " " + r.choice(["", "-"]) + "}}" + nl()
+    if k == 1:
+        return r.choice(["A", "\n", " b ", "\n  c\n"])
+    if k == 2:
+        return (tag(r, "for k, v in " + r.choice(["d.items()", "d | items", "d | dictsort", "[(1, 2), (3, 4)]", "msgs[0] | items"]))
+                + nl() + "{{ k }}={{ v }}" + r.choice(["", "{% if loop.first %}F{% endif %}", "{{ loop.cycle('a', 'b') }}"])
+                + nl() + tag(r, "endfor") + nl())
+    if k == 3:
+        return (tag(r, "for m in msgs if m.role " + r.choice(["== 'user'", "!= 'user'", "is defined"]))
+                + nl() + "{{ m.content }}{{ loop.index }}/{{ loop.length }}{{ loop.previtem.role if loop.previtem is defined }}"
+                + body2(r, depth + 1) + tag(r, "else") + "none" + tag(r, "endfor"))
+    if k == 4:
+        return (tag(r, "if " + expr(r)) + body2(r, depth + 1) + tag(r, "elif " + expr(r)) + body2(r, depth + 1)
+                + tag(r, "endif") + nl())
+    if k == 5:
+        return (tag(r, "set blk") + body2(r, depth + 1) + tag(r, "endset") + "[{{ blk }}]" + nl())
+    if k == 6:
+        return (tag(r, "macro w(x=" + expr(r) + ")") + "<{{ x }}|{{ caller() }}>" + tag(r, "endmacro")
+                + tag(r, "call w()") + body2(r, depth + 1) + tag(r, "endcall"))
+    if k == 7:
+        return tag(r, "with a = " + expr(r)) + "{{ a }}" + body2(r, depth + 1) + tag(r, "endwith")
+    if k == 8:
+        return (tag(r, "set ns = namespace(c=0, s='')") + tag(r, "for i in range(4)")
+                + tag(r, "if i == " + str(r.randrange(4))) + tag(r, r.choice(["break", "continue"])) + tag(r, "endif")
+                + tag(r, "set ns.c = ns.c + i") + tag(r, "set ns.s = ns.s ~ i") + tag(r, "endfor") + "{{ ns.c }}{{ ns.s }}" + nl())
+    return tag(r, "filter " + r.choice(["upper", "trim", "title", "replace('a', 'b')"])) + body2(r, depth + 1) + tag(r, "endfilter")
+
+
+def body2(r, depth):
+    return "".join(stmt2(r, depth) for _ in range(r.randrange(1, 3)))
+
+
 def body(r, depth):
     return "".join(stmt(r, depth) for _ in range(r.randrange(1, 3)))
 
@@ -96,6 +137,8 @@ SEED = int(os.environ.get("PD_TPL_SEED", "0"))
 
 def gen(seed):
     r = random.Random(seed + SEED * 1000003)
+    if seed % 2:
+        return "".join(stmt2(r) for _ in range(r.randrange(1, 4)))
     return "".join(stmt(r) for _ in range(r.randrange(1, 4)))
 
 
