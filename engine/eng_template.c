@@ -18,13 +18,16 @@
 #define _GNU_SOURCE /* memmem */
 #include "eng_template.h"
 
+#include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wctype.h>
 
 #include "eng_jinja.h"
 #include "pd_log.h"
@@ -366,8 +369,46 @@ static int py_space(uint32_t c)
            c == 0x3000;
 }
 
-/* Simple case mapping for the scripts chat content commonly uses. */
+/* Case mapping: the C library's Unicode tables through a C.UTF-8 locale object (never the
+ * process locale), falling back to built-in tables for Latin, Greek and Cyrillic when
+ * that locale is missing.  Python's one-to-many mappings other than sharp s are not
+ * reproduced. */
+static locale_t utf8_locale_g;
+static pthread_once_t utf8_once_g = PTHREAD_ONCE_INIT;
+
+static void utf8_locale_init(void)
+{
+    utf8_locale_g = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+    if (utf8_locale_g == (locale_t)0)
+        utf8_locale_g = newlocale(LC_CTYPE_MASK, "C.utf8", (locale_t)0);
+}
+
+static locale_t utf8_locale(void)
+{
+    pthread_once(&utf8_once_g, utf8_locale_init);
+    return utf8_locale_g;
+}
+
+static uint32_t tbl_upper(uint32_t c);
+static uint32_t tbl_lower(uint32_t c);
+
 static uint32_t cp_upper(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'a' && c <= 'z') ? c - 32 : c;
+    locale_t l = utf8_locale();
+    return l ? (uint32_t)towupper_l((wint_t)c, l) : tbl_upper(c);
+}
+
+static uint32_t cp_lower(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+    locale_t l = utf8_locale();
+    return l ? (uint32_t)towlower_l((wint_t)c, l) : tbl_lower(c);
+}
+
+static uint32_t tbl_upper(uint32_t c)
 {
     if (c < 0x80)
         return (c >= 'a' && c <= 'z') ? c - 32 : c;
@@ -401,7 +442,7 @@ static uint32_t cp_upper(uint32_t c)
     return c;
 }
 
-static uint32_t cp_lower(uint32_t c)
+static uint32_t tbl_lower(uint32_t c)
 {
     if (c < 0x80)
         return (c >= 'A' && c <= 'Z') ? c + 32 : c;
@@ -431,7 +472,15 @@ static uint32_t cp_lower(uint32_t c)
     return c;
 }
 
-static int cp_cased(uint32_t c) { return cp_upper(c) != c || cp_lower(c) != c || c == 0xDF; }
+static int cp_cased(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    locale_t l = utf8_locale();
+    if (l && (iswlower_l((wint_t)c, l) || iswupper_l((wint_t)c, l)))
+        return 1;
+    return cp_upper(c) != c || cp_lower(c) != c || c == 0xDF;
+}
 
 /* mode: 0 lower, 1 upper, 2 capitalize, 3 python title, 4 swap-less jinja word title */
 static jv_t str_case(rstate_t *R, jv_t s, int mode)
