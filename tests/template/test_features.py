@@ -111,6 +111,8 @@ CASES = [
     "{{ 1_000 + 0.5e1 + 1E2 }} {{ 0x10 if false else 7 }}",
     "{% set x %}\n  block\n{% endset %}[{{ x }}]", "{% macro m() -%}\n  body\n{%- endmacro %}[{{ m() }}]",
     "{{ '\\n' }}|{{ 'tab\\there' }}|{{ '\\x41\\101' }}|{{ 'q\\'q' }}|{{ \"d\\\"d\" }}",
+    "a\u00a0{% if t %}x{% endif %}", "line\n\u3000 {% if t %}x{% endif %}", "a \u2028 {%- if t -%} \u00a0\u2003 b{% endif %}",
+    "{{ 1 -}}\u00a0\u0085\n z", "x\u00a0\n{#- c -#}\u1680y", "\u00a0{%+ if t %}k{% endif %}",
     # scoping
     "{% macro m() %}{{ x }}{% endmacro %}{% set x = 5 %}{{ m() }}",
     "{% set x = 1 %}{% macro m() %}{{ x }}{% endmacro %}{% set x = 2 %}{{ m() }}",
