@@ -1978,6 +1978,8 @@ static int parse_py_float(const char *s, size_t n, double *out)
 }
 
 // ---- Python formatting: str % args and str.format ----
+#define FMT_MAX_WIDTH (1L << 20)
+#define FMT_MAX_PREC 300
 static void pad_to(rstate_t *R, pd_buf_t *b, jv_t s, long width, char align, uint32_t fill)
 {
     long len = (long)u8_len(s.s, s.n);
@@ -1997,7 +1999,11 @@ static jv_t fmt_number(rstate_t *R, jv_t v, char type, int prec)
 {
     char buf[512];
     if (type == 'd' || type == 'i') {
-        if (v.t == JV_FLOAT)
+        if (v.t == JV_FLOAT && !isfinite(v.f))
+            RERR(R, "cannot convert float %s to integer", isnan(v.f) ? "NaN" : "infinity");
+        if (v.t == JV_FLOAT && fabs(v.f) >= 9.2e18)
+            snprintf(buf, sizeof(buf), "%.0f", trunc(v.f)); /* the exact integer value, as int() gives */
+        else if (v.t == JV_FLOAT)
             snprintf(buf, sizeof(buf), "%lld", (long long)v.f);
         else
             snprintf(buf, sizeof(buf), "%lld", (long long)v.i);
@@ -2051,12 +2057,14 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
             i++;
         }
         while (i < fmt.n && fmt.s[i] >= '0' && fmt.s[i] <= '9')
-            width = width * 10 + (fmt.s[i++] - '0');
+            if ((width = width * 10 + (fmt.s[i++] - '0')) > FMT_MAX_WIDTH)
+                RERR(R, "format width too large");
         if (i < fmt.n && fmt.s[i] == '.') {
             prec = 0;
             i++;
             while (i < fmt.n && fmt.s[i] >= '0' && fmt.s[i] <= '9')
-                prec = prec * 10 + (fmt.s[i++] - '0');
+                if ((prec = prec * 10 + (fmt.s[i++] - '0')) > FMT_MAX_PREC)
+                    RERR(R, "format precision too large");
         }
         if (i >= fmt.n)
             RERR(R, "incomplete format");
@@ -2138,7 +2146,8 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
                 RERR(R, "Replacement index %d out of range for positional args tuple", auto_idx - 1);
             }
         } else if (f[0] >= '0' && f[0] <= '9') {
-            int idx = atoi(f);
+            long idx_l = strtol(f, NULL, 10);
+            int idx = idx_l > 1000000 ? 1000000 : (int)idx_l;
             if (!arg_get(a, idx, NULL, &arg)) {
                 RERR(R, "Replacement index %d out of range for positional args tuple", idx);
             }
@@ -2178,12 +2187,14 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
             long width = 0;
             int prec = -1;
             while (k < sl && sp[k] >= '0' && sp[k] <= '9')
-                width = width * 10 + (sp[k++] - '0');
+                if ((width = width * 10 + (sp[k++] - '0')) > FMT_MAX_WIDTH)
+                    RERR(R, "format width too large");
             if (k < sl && sp[k] == '.') {
                 prec = 0;
                 k++;
                 while (k < sl && sp[k] >= '0' && sp[k] <= '9')
-                    prec = prec * 10 + (sp[k++] - '0');
+                    if ((prec = prec * 10 + (sp[k++] - '0')) > FMT_MAX_PREC)
+                        RERR(R, "format precision too large");
             }
             char type = k < sl ? sp[k] : 0;
             if (type && type != 's' && is_num(piece))
