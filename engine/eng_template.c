@@ -32,7 +32,7 @@
 #include "eng_jinja.h"
 #include "pd_log.h"
 
-#define MAX_EVAL_DEPTH 3000
+#define MAX_EVAL_DEPTH 1000 /* eval/exec frames: bounds the C stack a render can use */
 #define MAX_VALUE_DEPTH 512
 #define MAX_RANGE 100000
 
@@ -3410,7 +3410,7 @@ static jv_t call_value(rstate_t *R, jv_t f, const cargs_t *a, jv_t caller)
     }
 }
 
-static jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
+static __attribute__((noinline)) jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
 {
     jv_t f = eval(R, nd->a, sc);
     cargs_t a;
@@ -3423,7 +3423,7 @@ static jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
     return call_value(R, f, &a, caller);
 }
 
-static jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
+static __attribute__((noinline)) jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
 {
     jv_t parts[16];
     jv_t *pv = nd->n_kids <= 16 ? parts : ralloc(R, sizeof(jv_t) * (size_t)nd->n_kids);
@@ -3480,7 +3480,7 @@ static jv_t apply_filter_deferred(rstate_t *R, int id, jv_t operand, const cargs
     return r;
 }
 
-static jv_t apply_filter_node(rstate_t *R, const jnode_t *nd, jv_t operand, scope_t *sc)
+static __attribute__((noinline)) jv_t apply_filter_node(rstate_t *R, const jnode_t *nd, jv_t operand, scope_t *sc)
 {
     cargs_t a;
     eval_args(R, nd, sc, &a, 0);
@@ -3495,6 +3495,82 @@ static jv_t apply_chain(rstate_t *R, const jnode_t *chain, jv_t base, scope_t *s
 {
     jv_t operand = chain->a ? apply_chain(R, chain->a, base, sc) : base;
     return apply_filter_node(R, chain, operand, sc);
+}
+
+static __attribute__((noinline)) jv_t eval_slice(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    jv_t x = nd->b ? eval(R, nd->b, sc) : V_NONE_;
+    jv_t y = nd->c ? eval(R, nd->c, sc) : V_NONE_;
+    jv_t z = nd->d ? eval(R, nd->d, sc) : V_NONE_;
+    R->line = nd->line;
+    return do_slice(R, a, x, y, z);
+}
+
+static __attribute__((noinline)) jv_t eval_test(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    cargs_t ca;
+    eval_args(R, nd, sc, &ca, 0);
+    R->line = nd->line;
+    int t = apply_test(R, nd->op, a, &ca);
+    return v_bool(nd->flag ? !t : t);
+}
+
+static __attribute__((noinline)) jv_t eval_compare(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc), b;
+    for (int k = 0; k < nd->n_kids; k++) {
+        b = eval(R, nd->kids[k], sc);
+        R->line = nd->line;
+        int ok;
+        switch (nd->ops[k]) {
+        case OP_EQ: ok = jv_eq(R, a, b, 0); break;
+        case OP_NE: ok = !jv_eq(R, a, b, 0); break;
+        case OP_LT: ok = jv_cmp(R, a, b, "<") < 0; break;
+        case OP_LE: ok = jv_cmp(R, a, b, "<=") <= 0; break;
+        case OP_GT: ok = jv_cmp(R, a, b, ">") > 0; break;
+        case OP_GE: ok = jv_cmp(R, a, b, ">=") >= 0; break;
+        case OP_IN: ok = contains(R, b, a); break;
+        default: ok = !contains(R, b, a); break;
+        }
+        if (!ok)
+            return v_bool(0);
+        a = b;
+    }
+    return v_bool(1);
+}
+
+static __attribute__((noinline)) jv_t eval_unary(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    R->line = nd->line;
+    if (a.t == JV_UNDEF)
+        undef_fail(R, a);
+    if (!is_num(a))
+        RERR(R, "bad operand type for unary %c: '%s'", nd->kind == N_NEG ? '-' : '+', type_name(a.t));
+    if (nd->kind == N_POS)
+        return a.t == JV_BOOL ? v_int(a.i) : a;
+    if (a.t == JV_FLOAT)
+        return v_float(-a.f);
+    if (a.i == INT64_MIN)
+        RERR(R, "integer overflow");
+    return v_int(-a.i);
+}
+
+static __attribute__((noinline)) jv_t eval_dict(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t r = v_dict(R, (size_t)nd->n_kids);
+    for (int k = 0; k < nd->n_kids; k++) {
+        jv_t key = eval(R, nd->kids[k], sc);
+        jv_t val = eval(R, nd->kids2[k], sc);
+        if (key.t == JV_LIST && !(key.aux & JV_AUX_TUPLE))
+            RERR(R, "unhashable type: 'list'");
+        if (key.t == JV_DICT || key.t == JV_NS)
+            RERR(R, "unhashable type: '%s'", type_name(key.t));
+        dict_set(R, DCT(r), key, val);
+    }
+    return r;
 }
 
 static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
@@ -3519,29 +3595,13 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         R->line = nd->line;
         r = get_item(R, a, b);
         break;
-    case N_SLICE: {
-        a = eval(R, nd->a, sc);
-        jv_t x = nd->b ? eval(R, nd->b, sc) : V_NONE_;
-        jv_t y = nd->c ? eval(R, nd->c, sc) : V_NONE_;
-        jv_t z = nd->d ? eval(R, nd->d, sc) : V_NONE_;
-        R->line = nd->line;
-        r = do_slice(R, a, x, y, z);
-        break;
-    }
+    case N_SLICE: r = eval_slice(R, nd, sc); break;
     case N_CALL: r = eval_call(R, nd, sc, V_UNDEFINED); break;
     case N_FILTER:
         a = eval(R, nd->a, sc);
         r = apply_filter_node(R, nd, a, sc);
         break;
-    case N_TEST: {
-        a = eval(R, nd->a, sc);
-        cargs_t ca;
-        eval_args(R, nd, sc, &ca, 0);
-        R->line = nd->line;
-        int t = apply_test(R, nd->op, a, &ca);
-        r = v_bool(nd->flag ? !t : t);
-        break;
-    }
+    case N_TEST: r = eval_test(R, nd, sc); break;
     case N_BINOP:
         a = eval(R, nd->a, sc);
         b = eval(R, nd->b, sc);
@@ -3549,23 +3609,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         r = binop(R, nd->op, a, b);
         break;
     case N_NEG:
-    case N_POS:
-        a = eval(R, nd->a, sc);
-        R->line = nd->line;
-        if (a.t == JV_UNDEF)
-            undef_fail(R, a);
-        if (!is_num(a))
-            RERR(R, "bad operand type for unary %c: '%s'", nd->kind == N_NEG ? '-' : '+', type_name(a.t));
-        if (nd->kind == N_POS)
-            r = a.t == JV_BOOL ? v_int(a.i) : a;
-        else if (a.t == JV_FLOAT)
-            r = v_float(-a.f);
-        else {
-            if (a.i == INT64_MIN)
-                RERR(R, "integer overflow");
-            r = v_int(-a.i);
-        }
-        break;
+    case N_POS: r = eval_unary(R, nd, sc); break;
     case N_NOT: r = v_bool(!truthy(eval(R, nd->a, sc))); break;
     case N_AND:
         a = eval(R, nd->a, sc);
@@ -3575,31 +3619,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         a = eval(R, nd->a, sc);
         r = truthy(a) ? a : eval(R, nd->b, sc);
         break;
-    case N_COMPARE: {
-        a = eval(R, nd->a, sc);
-        r = v_bool(1);
-        for (int k = 0; k < nd->n_kids; k++) {
-            b = eval(R, nd->kids[k], sc);
-            R->line = nd->line;
-            int ok;
-            switch (nd->ops[k]) {
-            case OP_EQ: ok = jv_eq(R, a, b, 0); break;
-            case OP_NE: ok = !jv_eq(R, a, b, 0); break;
-            case OP_LT: ok = jv_cmp(R, a, b, "<") < 0; break;
-            case OP_LE: ok = jv_cmp(R, a, b, "<=") <= 0; break;
-            case OP_GT: ok = jv_cmp(R, a, b, ">") > 0; break;
-            case OP_GE: ok = jv_cmp(R, a, b, ">=") >= 0; break;
-            case OP_IN: ok = contains(R, b, a); break;
-            default: ok = !contains(R, b, a); break;
-            }
-            if (!ok) {
-                r = v_bool(0);
-                break;
-            }
-            a = b;
-        }
-        break;
-    }
+    case N_COMPARE: r = eval_compare(R, nd, sc); break;
     case N_CONCAT: r = concat_values(R, nd, sc); break;
     case N_COND:
         if (truthy(eval(R, nd->a, sc)))
@@ -3616,19 +3636,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
             r.aux = JV_AUX_TUPLE;
         break;
     }
-    case N_DICT: {
-        r = v_dict(R, (size_t)nd->n_kids);
-        for (int k = 0; k < nd->n_kids; k++) {
-            jv_t key = eval(R, nd->kids[k], sc);
-            jv_t val = eval(R, nd->kids2[k], sc);
-            if (key.t == JV_LIST && !(key.aux & JV_AUX_TUPLE))
-                RERR(R, "unhashable type: 'list'");
-            if (key.t == JV_DICT || key.t == JV_NS)
-                RERR(R, "unhashable type: '%s'", type_name(key.t));
-            dict_set(R, DCT(r), key, val);
-        }
-        break;
-    }
+    case N_DICT: r = eval_dict(R, nd, sc); break;
     default:
         rfail(R, PD_ERR_INTERNAL, nd->line, "bad expression node %d", nd->kind);
     }
