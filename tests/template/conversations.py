@@ -172,8 +172,11 @@ def gen_cases(name, n, seed=1234):
             kw["unused_flag"] = True
         if kw:
             case["kwargs"] = kw
-        if r.random() < 0.05:
-            case["documents"] = [{"title": "Doc", "text": "Some text"}]
+        if r.random() < 0.1:
+            case["documents"] = [{"title": r.choice(["Doc", "Ünï"]), "text": _content(r)}
+                                 for _ in range(r.randrange(1, 3))]
+            if r.random() < 0.3:
+                del case["documents"][0]["title"]
         if r.random() < 0.02:
             case["add_generation_prompt"] = True
             case["continue_final_message"] = True
