@@ -18,6 +18,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "eng_template.h"
 
+#include <errno.h>
 #include <locale.h>
 #include <math.h>
 #include <pthread.h>
@@ -3833,7 +3834,27 @@ static jv_t from_json(rstate_t *R, const cJSON *j)
             return v_int((int64_t)d);
         return v_float(d);
     }
-    if (cJSON_IsString(j) || cJSON_IsRaw(j))
+    if (cJSON_IsRaw(j) && j->valuestring) {
+        /* a raw item holding a JSON number keeps Python's int/float distinction
+         * ("1.0" is a float, "1" an int), which cJSON's parsed numbers lose */
+        const char *t = j->valuestring;
+        char *end;
+        size_t tl = strlen(t);
+        int is_float = strpbrk(t, ".eE") != NULL;
+        if (tl > 0 && (t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
+            if (!is_float) {
+                errno = 0;
+                long long iv = strtoll(t, &end, 10);
+                if (*end == '\0' && errno == 0)
+                    return v_int(iv);
+            }
+            double dv = strtod(t, &end);
+            if (*end == '\0')
+                return v_float(dv);
+        }
+        return v_str(t, tl);
+    }
+    if (cJSON_IsString(j))
         return j->valuestring ? v_str(j->valuestring, strlen(j->valuestring)) : v_str("", 0);
     if (cJSON_IsArray(j)) {
         size_t n = (size_t)cJSON_GetArraySize(j), k = 0;

@@ -16,7 +16,9 @@
  * dict (insertion ordered), namespace, macro; undefined follows jinja2's default
  * Undefined (prints as "", is falsy, iterates as empty, errors on attribute access).
  * JSON numbers from the context become int when they are integral and fit in 53 bits,
- * float otherwise (cJSON keeps no source text, so "1.0" arrives as int 1).
+ * float otherwise (cJSON keeps no source text, so "1.0" arrives as int 1).  A caller that
+ * needs the exact distinction can pass a number as a raw item (cJSON_CreateRaw("1.0")):
+ * raw text that is a JSON number becomes a float when it has '.', 'e' or 'E', else an int.
  *
  * Supported: {{ }}, {% %}, {# #}, whitespace control, raw, if/elif/else, for (tuple
  * targets, loop filter, else, loop.* incl. previtem/nextitem/cycle/changed, break/continue),

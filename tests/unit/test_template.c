@@ -222,6 +222,24 @@ PD_TEST(test_limits)
                        NULL, NULL, PD_ERR_INVAL, "nested too deeply");
 }
 
+PD_TEST(test_raw_numbers)
+{
+    eng_template_t *tpl = NULL;
+    char err[256];
+    pd_buf_t out = {0};
+    PD_CHECK_STATUS(eng_template_compile("{{ a }} {{ b }} {{ c }} {{ [a, b, c, d] | tojson }}", &tpl, err, sizeof(err)), PD_OK);
+    cJSON *ctx = cJSON_CreateObject();
+    cJSON_AddItemToObject(ctx, "a", cJSON_CreateRaw("1.0"));
+    cJSON_AddItemToObject(ctx, "b", cJSON_CreateRaw("7"));
+    cJSON_AddItemToObject(ctx, "c", cJSON_CreateNumber(1.0));
+    cJSON_AddItemToObject(ctx, "d", cJSON_CreateRaw("2e3"));
+    PD_CHECK_STATUS(eng_template_render(tpl, ctx, NULL, &out, err, sizeof(err)), PD_OK);
+    PD_CHECK_EQ_STR(out.data, "1.0 7 1 [1.0, 7, 1, 2000.0]");
+    cJSON_Delete(ctx);
+    pd_buf_cleanup(&out);
+    eng_template_destroy(tpl);
+}
+
 PD_TEST(test_output_appends)
 {
     eng_template_t *tpl = NULL;
@@ -347,6 +365,7 @@ int main(void)
     PD_RUN(test_syntax_errors);
     PD_RUN(test_runtime_errors);
     PD_RUN(test_limits);
+    PD_RUN(test_raw_numbers);
     PD_RUN(test_output_appends);
     PD_RUN(test_chat_apply);
     PD_RUN(test_concurrent_and_speed);
