@@ -113,6 +113,7 @@ CASES = [
     "{{ '\\n' }}|{{ 'tab\\there' }}|{{ '\\x41\\101' }}|{{ 'q\\'q' }}|{{ \"d\\\"d\" }}",
     "a\u00a0{% if t %}x{% endif %}", "line\n\u3000 {% if t %}x{% endif %}", "a \u2028 {%- if t -%} \u00a0\u2003 b{% endif %}",
     "{{ 1 -}}\u00a0\u0085\n z", "x\u00a0\n{#- c -#}\u1680y", "\u00a0{%+ if t %}k{% endif %}",
+    "{{ 'straße ﬁne ǆemal İstanbul ŉ' | upper }}|{{ 'ﬁx ǆa' | title }}|{{ 'ǆa ﬁx'.title() }}|{{ 'ǆa'.capitalize() }}|{{ 'İ' | lower }}",
     # scoping
     "{% macro m() %}{{ x }}{% endmacro %}{% set x = 5 %}{{ m() }}",
     "{% set x = 1 %}{% macro m() %}{{ x }}{% endmacro %}{% set x = 2 %}{{ m() }}",
