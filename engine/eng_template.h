@@ -29,8 +29,9 @@
  * (map/select/reject/selectattr/rejectattr/items/unique/batch, reverse) behave like
  * jinja2's: single use, always true, no len(), errors deferred until iterated.
  * Known differences: ints are 64-bit (Python's are unbounded: overflow is an error here);
- * a printed generator reads "<generator object>" (no address); str.upper() and friends use
- * one-to-one Unicode case mappings (no "ŉ" -> "ʼN" expansions except sharp s); recursive
+ * a printed generator reads "<generator object>" (no address); case mappings come from the
+ * C library's Unicode tables plus Python's one-to-many mappings (a few Unicode-version
+ * differences remain possible); recursive
  * for loops, include/import/extends and the rarely used filters (groupby, slice, truncate,
  * wordwrap, urlize, xmlattr, filesizeformat, pprint, random) are not implemented.
  */
