@@ -43,6 +43,8 @@ typedef enum {
 /* strings: markupsafe.Markup (from safe/escape): repr is Markup('...'), "+" escapes the
  * other operand */
 #define JV_AUX_MARKUP 16u
+/* tuples made by groupby: (grouper, list) with those two attributes */
+#define JV_AUX_GROUP 32u
 
 typedef struct jv {
     uint32_t t;

@@ -1340,6 +1340,12 @@ static jv_t get_attr(rstate_t *R, jv_t obj, const char *name, size_t len)
             return v_func(R, fn, &obj);
         return v_undef_attr(name, JV_STR);
     case JV_LIST:
+        if (obj.aux & JV_AUX_GROUP) {
+            if (len == 7 && memcmp(name, "grouper", 7) == 0)
+                return LST(obj)->items[0];
+            if (len == 4 && memcmp(name, "list", 4) == 0)
+                return LST(obj)->items[1];
+        }
         FIND_METHOD(LIST_METHODS, name, len, fn);
         if (fn && fn != FN_UNSAFE)
             return v_func(R, fn, &obj);
@@ -2346,7 +2352,8 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
     X(F_ROUND, "round") X(F_SAFE, "safe") X(F_SELECT, "select")                         \
     X(F_SELECTATTR, "selectattr") X(F_SORT, "sort") X(F_STRING, "string") X(F_SUM, "sum") \
     X(F_TITLE, "title") X(F_TOJSON, "tojson") X(F_TRIM, "trim") X(F_UNIQUE, "unique")   \
-    X(F_UPPER, "upper") X(F_WORDCOUNT, "wordcount")
+    X(F_UPPER, "upper") X(F_WORDCOUNT, "wordcount") X(F_GROUPBY, "groupby") X(F_SLICE, "slice")   \
+    X(F_TRUNCATE, "truncate")
 
 #define JINJA_TESTS(X)                                                                  \
     X(T_BOOLEAN, "boolean") X(T_CALLABLE, "callable") X(T_DEFINED, "defined")           \
@@ -2761,6 +2768,9 @@ static const char *filter_params(int id)
     case F_TOJSON: return "ensure_ascii,indent,separators,sort_keys";
     case F_TRIM: return "chars";
     case F_UNIQUE: return "case_sensitive,attribute";
+    case F_GROUPBY: return "attribute,default,case_sensitive";
+    case F_SLICE: return "slices,fill_with";
+    case F_TRUNCATE: return "length,killwords,end,leeway";
     case F_FORMAT: case F_MAP: case F_SELECT: case F_REJECT: case F_SELECTATTR: case F_REJECTATTR: return "*";
     default: return "";
     }
@@ -3182,6 +3192,92 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
         }
         return as_gen(lb_finish(&out, R, 0));
     }
+    case F_GROUPBY: {
+        jv_t attr;
+        if (!arg_get(a, 0, "attribute", &attr))
+            RERR(R, "groupby() missing required argument 'attribute'");
+        jv_t def = arg_or(a, 1, "default", V_NONE_);
+        int cs = truthy(arg_or(a, 2, "case_sensitive", v_bool(0)));
+        jv_t *items;
+        size_t n;
+        iter_items(R, v, &items, &n);
+        sort_key_t *keys = ralloc(R, (n ? n : 1) * sizeof(*keys));
+        for (size_t k = 0; k < n; k++) {
+            jv_t kv = get_path(R, items[k], attr);
+            if (kv.t == JV_UNDEF && def.t != JV_NONE)
+                kv = def;
+            keys[k].item = items[k];
+            keys[k].key[0] = cs ? kv : ignore_case(R, kv);
+            keys[k].key[1] = kv; /* the real key of the group's first item */
+            keys[k].n_keys = 1;
+        }
+        merge_sort(R, keys, n, 0);
+        lbuild_t groups = {0};
+        for (size_t k = 0; k < n;) {
+            size_t e = k + 1;
+            while (e < n && jv_eq(R, keys[e].key[0], keys[k].key[0], 0))
+                e++;
+            lbuild_t members = {0};
+            for (size_t q = k; q < e; q++)
+                lb_push(R, &members, keys[q].item);
+            jv_t g = v_list(R, 2);
+            LST(g)->items[0] = keys[k].key[1];
+            LST(g)->items[1] = lb_finish(&members, R, 0);
+            g.aux = JV_AUX_TUPLE | JV_AUX_GROUP;
+            lb_push(R, &groups, g);
+            k = e;
+        }
+        return lb_finish(&groups, R, 0);
+    }
+    case F_SLICE: {
+        int64_t slices = need_int(R, arg_or(a, 0, "slices", V_UNDEFINED), "slices");
+        jv_t fill = arg_or(a, 1, "fill_with", V_NONE_);
+        jv_t *items;
+        size_t n;
+        iter_items(R, v, &items, &n);
+        if (slices <= 0)
+            RERR(R, "slices must be positive");
+        if (slices > 1 << 20)
+            RERR(R, "too many slices");
+        int64_t per = (int64_t)n / slices, extra = (int64_t)n % slices, offset = 0;
+        lbuild_t out = {0};
+        for (int64_t sn = 0; sn < slices; sn++) {
+            int64_t start = offset + sn * per;
+            if (sn < extra)
+                offset++;
+            int64_t end = offset + (sn + 1) * per;
+            lbuild_t part = {0};
+            for (int64_t q = start; q < end; q++)
+                lb_push(R, &part, items[q]);
+            if (fill.t != JV_NONE && sn >= extra)
+                lb_push(R, &part, fill);
+            lb_push(R, &out, lb_finish(&part, R, 0));
+        }
+        return as_gen(lb_finish(&out, R, 0));
+    }
+    case F_TRUNCATE: {
+        jv_t str = v;
+        int64_t length = need_int(R, arg_or(a, 0, "length", v_int(255)), "length");
+        int killwords = truthy(arg_or(a, 1, "killwords", v_bool(0)));
+        jv_t end = need_str(R, arg_or(a, 2, "end", v_str("...", 3)), "end");
+        jv_t lw = arg_or(a, 3, "leeway", V_NONE_);
+        int64_t leeway = lw.t == JV_NONE ? 5 : need_int(R, lw, "leeway");
+        int64_t endlen = (int64_t)u8_len(end.s, end.n);
+        if (length < endlen)
+            RERR(R, "expected length >= %lld, got %lld", (long long)endlen, (long long)length);
+        if (leeway < 0)
+            RERR(R, "expected leeway >= 0, got %lld", (long long)leeway);
+        if (py_len(R, str) <= length + leeway)
+            return str;
+        if (str.t != JV_STR)
+            RERR(R, "truncate needs a string, not %s", type_name(str.t));
+        jv_t head = do_slice(R, str, V_NONE_, v_int(length - endlen), V_NONE_);
+        if (!killwords) {
+            jv_t parts = str_rsplit(R, head, v_str(" ", 1), 1);
+            head = LST(parts)->items[0];
+        }
+        return binop(R, OP_ADD, head, end);
+    }
     case F_WORDCOUNT: {
         jv_t s = to_str(R, v);
         int64_t words = 0;
@@ -3568,7 +3664,7 @@ static __attribute__((noinline)) jv_t concat_values(rstate_t *R, const jnode_t *
 static int is_lazy_filter(int id)
 {
     return id == F_MAP || id == F_SELECT || id == F_REJECT || id == F_SELECTATTR || id == F_REJECTATTR ||
-           id == F_ITEMS || id == F_UNIQUE || id == F_BATCH;
+           id == F_ITEMS || id == F_UNIQUE || id == F_BATCH || id == F_SLICE;
 }
 
 static jv_t apply_filter_deferred(rstate_t *R, int id, jv_t operand, const cargs_t *a)

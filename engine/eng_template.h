@@ -32,8 +32,8 @@
  * a printed generator reads "<generator object>" (no address); case mappings come from the
  * C library's Unicode tables plus Python's one-to-many mappings (a few Unicode-version
  * differences remain possible); recursive
- * for loops, include/import/extends and the rarely used filters (groupby, slice, truncate,
- * wordwrap, urlize, xmlattr, filesizeformat, pprint, random) are not implemented.
+ * for loops, include/import/extends and the rarely used filters (wordwrap, urlize,
+ * urlencode, striptags, xmlattr, filesizeformat, pprint, random) are not implemented.
  */
 #ifndef ENG_TEMPLATE_H
 #define ENG_TEMPLATE_H

@@ -114,6 +114,10 @@ CASES = [
     "a\u00a0{% if t %}x{% endif %}", "line\n\u3000 {% if t %}x{% endif %}", "a \u2028 {%- if t -%} \u00a0\u2003 b{% endif %}",
     "{{ 1 -}}\u00a0\u0085\n z", "x\u00a0\n{#- c -#}\u1680y", "\u00a0{%+ if t %}k{% endif %}",
     "{{ 'straße ﬁne ǆemal İstanbul ŉ' | upper }}|{{ 'ﬁx ǆa' | title }}|{{ 'ǆa ﬁx'.title() }}|{{ 'ǆa'.capitalize() }}|{{ 'İ' | lower }}",
+    "{% for g in msgs | groupby('role') %}{{ g.grouper }}:{{ g.list | map(attribute='content') | join(',') }};{% endfor %}",
+    "{% for k, items in words | groupby('0') %}{{ k }}={{ items }};{% endfor %}{{ msgs | groupby('role') | length }}",
+    "{{ l | slice(2) | list }} {{ words | slice(3, 'X') | list }} {{ range(7) | slice(3) | list }}",
+    "{{ 'a long sentence that goes on and on' | truncate(15) }}|{{ 'short' | truncate(9) }}|{{ 'abcdefghijklmnop' | truncate(10, true) }}|{{ 'a b c d e f g h i' | truncate(10, false, '!', 0) }}",
     # scoping
     "{% macro m() %}{{ x }}{% endmacro %}{% set x = 5 %}{{ m() }}",
     "{% set x = 1 %}{% macro m() %}{{ x }}{% endmacro %}{% set x = 2 %}{{ m() }}",

@@ -28,7 +28,8 @@ FILTERS = ["length", "count", "trim", "upper", "lower", "capitalize", "title", "
            "round(1)", "sum", "max", "min", "safe", "tojson(indent=2)", "wordcount",
            "map(attribute='role')", "selectattr('role', 'equalto', 'user')", "select", "reject",
            "rejectattr('content')", "replace('a', 'b')", "center(9)", "indent(2)", "batch(2) | list",
-           "map('string')", "select('string')", "format(1)"]
+           "map('string')", "select('string')", "format(1)", "groupby('role') | list",
+           "slice(2) | list", "truncate(5)", "truncate(3, true, '')"]
 TESTS = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping",
          "iterable", "sequence", "boolean", "true", "false", "even", "odd", "callable",
          "eq 1", "equalto 'abc'", "in [1, 'abc']", "lower", "upper", "divisibleby 2", "gt 1", "ne none"]
