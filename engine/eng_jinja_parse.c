@@ -1559,8 +1559,10 @@ static jnode_t *parse_statement(parser_t *p)
             advance(p);
             nd->e = parse_expression(p, 1);
         }
-        if (is_name(cur(p), "recursive"))
-            perr(p, cur(p)->line, "recursive loops are not supported");
+        if (is_name(cur(p), "recursive")) {
+            nd->flag = 1; /* the body may call loop(children) */
+            advance(p);
+        }
         expect_block_end(p);
         nd->c = subparse(p, END_FOR_ELSE);
         if (at_block_name(p, "else")) {

@@ -62,6 +62,9 @@ typedef struct jloop {
     size_t idx;
     jv_t last_changed;
     int changed_init;
+    int depth;                /* 1 for the outermost level of a recursive loop */
+    const struct jnode *node; /* the for node (recursive loops call it again) */
+    struct scope *outer;      /* the scope the loop runs in */
 } jloop_t;
 
 typedef struct jbound {
@@ -1299,9 +1302,9 @@ static jv_t loop_attr(rstate_t *R, jv_t v, const char *name, size_t len)
     if (IS("length"))
         return v_int((int64_t)l->n);
     if (IS("depth"))
-        return v_int(1);
+        return v_int(l->depth);
     if (IS("depth0"))
-        return v_int(0);
+        return v_int(l->depth - 1);
     if (IS("previtem"))
         return l->idx > 0 ? l->items[l->idx - 1] : v_undef_name("there is no previous item");
     if (IS("nextitem"))
@@ -3615,11 +3618,14 @@ static void eval_args(rstate_t *R, const jnode_t *nd, scope_t *sc, cargs_t *a, i
     }
 }
 
+static jv_t call_loop(rstate_t *R, jv_t lv, const cargs_t *a);
+
 static jv_t call_value(rstate_t *R, jv_t f, const cargs_t *a, jv_t caller)
 {
     switch (f.t) {
     case JV_MACRO: return call_macro(R, f.p, a, caller);
     case JV_FUNC: return call_builtin(R, f, a);
+    case JV_LOOP: return call_loop(R, f, a);
     case JV_UNDEF: undef_fail(R, f);
     default: RERR(R, "'%s' object is not callable", type_name(f.t));
     }
@@ -3892,9 +3898,35 @@ static void assign(rstate_t *R, const jnode_t *target, jv_t v, scope_t *sc)
         scope_set(R, sc, target->kids[k]->sym, items[k]);
 }
 
+static int exec_for_seq(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t seq, int depth);
+
 static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
 {
-    jv_t seq = eval(R, nd->b, sc);
+    return exec_for_seq(R, nd, sc, eval(R, nd->b, sc), 1);
+}
+
+/* loop(children) inside a recursive for: the loop body over children, one level deeper */
+static jv_t call_loop(rstate_t *R, jv_t lv, const cargs_t *a)
+{
+    jloop_t *l = lv.p;
+    if (l->node == NULL || !l->node->flag)
+        RERR(R, "Tried to call non recursive loop.  Maybe you forgot the 'recursive' modifier.");
+    if (a->npos != 1 || a->nkw)
+        RERR(R, "loop() takes exactly one argument");
+    if (R->call_depth >= R->max_call_depth)
+        rfail(R, PD_ERR_LIMIT, R->line, "recursive loop nested deeper than %d", R->max_call_depth);
+    R->call_depth++;
+    size_t mark = R->out->len;
+    exec_for_seq(R, l->node, l->outer, a->pos[0], l->depth + 1);
+    jv_t s = v_strdup(R, R->out->data + mark, R->out->len - mark);
+    R->out->len = mark;
+    R->out->data[mark] = '\0';
+    R->call_depth--;
+    return s;
+}
+
+static int exec_for_seq(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t seq, int depth)
+{
     jv_t *items;
     size_t n;
     R->line = nd->line;
@@ -3923,6 +3955,9 @@ static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
     memset(loop, 0, sizeof(*loop));
     loop->items = items;
     loop->n = n;
+    loop->depth = depth;
+    loop->node = nd;
+    loop->outer = sc;
     jv_t lv = {.t = JV_LOOP};
     lv.p = loop;
     /* jinja2 runs the else block unless some iteration reached the end of the body

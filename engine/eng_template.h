@@ -28,11 +28,11 @@
  * dict and list methods; range, namespace, dict, raise_exception, strftime_now.  Generators
  * (map/select/reject/selectattr/rejectattr/items/unique/batch, reverse) behave like
  * jinja2's: single use, always true, no len(), errors deferred until iterated.
+ * Recursive for loops (loop(children), loop.depth) are supported too.
  * Known differences: ints are 64-bit (Python's are unbounded: overflow is an error here);
  * a printed generator reads "<generator object>" (no address); case mappings come from the
  * C library's Unicode tables plus Python's one-to-many mappings (a few Unicode-version
- * differences remain possible); recursive
- * for loops, include/import/extends and the rarely used filters (wordwrap, urlize,
+ * differences remain possible); include/import/extends and the rarely used filters (wordwrap, urlize,
  * urlencode, striptags, xmlattr, filesizeformat, pprint, random) are not implemented.
  */
 #ifndef ENG_TEMPLATE_H

@@ -20,6 +20,8 @@ CTX = {
              {"role": "user", "content": "bye", "extra": [1, 2]}],
     "nested": {"x": {"y": {"z": "deep"}}}, "ws": "  \n padded \t ", "fl": [1.25, 2, 0.1],
     "q": "it's \"quoted\"", "mixed": [1, "a", None, True, 2.5, {"k": [1]}],
+    "tree": [{"name": "a", "kids": [{"name": "b", "kids": []}, {"name": "c", "kids": [{"name": "d"}]}]},
+             {"name": "e"}],
 }
 
 CASES = [
@@ -118,6 +120,9 @@ CASES = [
     "{% for k, items in words | groupby('0') %}{{ k }}={{ items }};{% endfor %}{{ msgs | groupby('role') | length }}",
     "{{ l | slice(2) | list }} {{ words | slice(3, 'X') | list }} {{ range(7) | slice(3) | list }}",
     "{{ 'a long sentence that goes on and on' | truncate(15) }}|{{ 'short' | truncate(9) }}|{{ 'abcdefghijklmnop' | truncate(10, true) }}|{{ 'a b c d e f g h i' | truncate(10, false, '!', 0) }}",
+    "{% for x in tree recursive %}[{{ x.name }}{{ loop.depth }}{% if x.kids %}({{ loop(x.kids) }}){% endif %}]{% endfor %}",
+    "{% for x in tree recursive %}{{ loop.depth0 }}{{ loop.index }}{% if x.kids %}{{ loop(x.kids) | upper }}{% endif %}{% else %}none{% endfor %}",
+    "{% for x in l %}{{ loop(l) }}{% endfor %}",
     # scoping
     "{% macro m() %}{{ x }}{% endmacro %}{% set x = 5 %}{{ m() }}",
     "{% set x = 1 %}{% macro m() %}{{ x }}{% endmacro %}{% set x = 2 %}{{ m() }}",
