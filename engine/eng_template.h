@@ -32,8 +32,9 @@
  * Known differences: ints are 64-bit (Python's are unbounded: overflow is an error here);
  * a printed generator reads "<generator object>" (no address); case mappings come from the
  * C library's Unicode tables plus Python's one-to-many mappings (a few Unicode-version
- * differences remain possible); include/import/extends and the rarely used filters (wordwrap, urlize,
- * urlencode, striptags, xmlattr, filesizeformat, pprint, random) are not implemented.
+ * differences remain possible); include/import/extends and the rarely used filters
+ * (wordwrap, urlize, urlencode, striptags, xmlattr, filesizeformat, pprint, random) are
+ * not implemented.
  */
 #ifndef ENG_TEMPLATE_H
 #define ENG_TEMPLATE_H
