@@ -78,6 +78,8 @@ PD_TEST(test_basics)
     check_render("{{ {'b': 'é', 'a': [1, 2.5, none, true]} | tojson }}", NULL,
                  "{\"b\": \"é\", \"a\": [1, 2.5, null, true]}");
     check_render("{{ x.y is defined }}|{{ x }}|{{ x | default('d') }}", "{\"x\": {}}", "False|{}|{}");
+    check_render("{% for x in t recursive %}{{ x.n }}{% if x.k %}({{ loop(x.k) }}){% endif %}{% endfor %}",
+                 "{\"t\": [{\"n\": 1, \"k\": [{\"n\": 2}, {\"n\": 3, \"k\": [{\"n\": 4}]}]}]}", "1(23(4))");
     check_render("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
                  NULL, "6");
 }
@@ -153,7 +155,8 @@ PD_TEST(test_syntax_errors)
     check_compile_error("{{ 'abc }}", "unexpected end of string");
     check_compile_error("{# open", "missing end of comment");
     check_compile_error("{{ (1 }}", "line 1");
-    check_compile_error("{% for x in y recursive %}{% endfor %}", "not supported");
+    check_compile_error("{% include 'other.jinja' %}", "unknown tag 'include'");
+    check_compile_error("{{ x | groupby }}{{ x | wordwrap }}", "no filter named 'wordwrap'");
     /* deep nesting is refused, not a stack overflow */
     char deep[8192];
     size_t k = 0;
