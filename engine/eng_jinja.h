@@ -31,6 +31,20 @@ typedef enum {
 } jv_type_t;
 
 #define JV_AUX_TUPLE 1u
+/* lists made by dict.keys()/values()/items(): they print as dict_keys([...]) etc. */
+#define JV_AUX_KEYS 2u
+#define JV_AUX_VALUES 4u
+#define JV_AUX_ITEMS 6u
+#define JV_AUX_VIEW_MASK 6u
+/* a generator (what jinja2's map/select/reject/selectattr/rejectattr/items/unique/batch
+ * filters and reverse on lists return): iterating consumes it, it is always true, it has
+ * no len() and subscripting it gives undefined */
+#define JV_AUX_GEN 8u
+/* strings: markupsafe.Markup (from safe/escape): repr is Markup('...'), "+" escapes the
+ * other operand */
+#define JV_AUX_MARKUP 16u
+/* tuples made by groupby: (grouper, list) with those two attributes */
+#define JV_AUX_GROUP 32u
 
 typedef struct jv {
     uint32_t t;
@@ -47,6 +61,8 @@ typedef struct jv {
 typedef struct jlist {
     size_t n;
     jv_t *items;
+    size_t pos;      /* generators: items before pos were consumed */
+    const char *err; /* generators: the error to raise when first iterated */
 } jlist_t;
 
 typedef struct jdict {

@@ -179,6 +179,61 @@ static tok_t *push_tok(parser_t *p, int type, int line)
 
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
+/* Python's str.isspace() for a code point (what \s matches in jinja2's lexer) */
+static int cp_space(uint32_t c)
+{
+    return (c >= 9 && c <= 13) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
+}
+
+static uint32_t dec_at(const char *s, size_t i, size_t n, size_t *len_p)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    unsigned char c = u[i];
+    int len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    if (i + (size_t)len > n)
+        len = 1;
+    uint32_t cp = len == 1 ? c : (uint32_t)(c & (0x7F >> len));
+    for (int k = 1; k < len; k++)
+        cp = (cp << 6) | (u[i + (size_t)k] & 0x3F);
+    *len_p = (size_t)len;
+    return cp;
+}
+
+/* bytes of the whitespace code point starting at i (0 if none) */
+static size_t ws_len_at(const char *s, size_t i, size_t n)
+{
+    size_t l;
+    if (i >= n)
+        return 0;
+    if ((unsigned char)s[i] < 0x80)
+        return cp_space((unsigned char)s[i]) ? 1 : 0;
+    uint32_t cp = dec_at(s, i, n, &l);
+    return cp_space(cp) ? l : 0;
+}
+
+/* bytes of the whitespace code point ending at n (0 if none) */
+static size_t ws_len_before(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    size_t st = n - 1;
+    while (st > 0 && n - st < 4 && ((unsigned char)s[st] & 0xC0) == 0x80)
+        st--;
+    size_t l = ws_len_at(s, st, n);
+    return st + l == n ? l : 0;
+}
+
+/* skip all whitespace from i */
+static size_t skip_ws(const char *s, size_t i, size_t n)
+{
+    size_t l;
+    while ((l = ws_len_at(s, i, n)) > 0)
+        i += l;
+    return i;
+}
+
 static int count_nl(const char *s, size_t n)
 {
     int k = 0;
@@ -192,17 +247,15 @@ static void emit_text(parser_t *p, const char *s, size_t n, int line, int sign, 
                       int line_starting)
 {
     if (sign == '-') {
-        while (n > 0 && is_ws(s[n - 1]))
-            n--;
+        size_t l;
+        while ((l = ws_len_before(s, n)) > 0)
+            n -= l;
     } else if (sign != '+' && lstrip_ok) {
         size_t l = n;
         while (l > 0 && s[l - 1] != '\n')
             l--;
         if (l > 0 || line_starting) {
-            size_t k = l;
-            while (k < n && (s[k] == ' ' || s[k] == '\t'))
-                k++;
-            if (k == n && n > l)
+            if (skip_ws(s, l, n) == n && n > l)
                 n = l;
         }
     }
@@ -346,9 +399,7 @@ static size_t lex_code(parser_t *p, size_t i, int *line, int is_block, int *line
                 if (s[i] == '-' && i + 2 < n && s[i + 1] == '%' && s[i + 2] == '}') {
                     push_tok(p, T_BEND, *line);
                     i += 3;
-                    size_t j = i;
-                    while (j < n && is_ws(s[j]))
-                        j++;
+                    size_t j = skip_ws(s, i, n);
                     *line += count_nl(s + i, j - i);
                     *line_starting = j > i && s[j - 1] == '\n';
                     return j;
@@ -368,9 +419,7 @@ static size_t lex_code(parser_t *p, size_t i, int *line, int is_block, int *line
                 if (s[i] == '-' && i + 2 < n && s[i + 1] == '}' && s[i + 2] == '}') {
                     push_tok(p, T_VEND, *line);
                     i += 3;
-                    size_t j = i;
-                    while (j < n && is_ws(s[j]))
-                        j++;
+                    size_t j = skip_ws(s, i, n);
                     *line += count_nl(s + i, j - i);
                     *line_starting = j > i && s[j - 1] == '\n';
                     return j;
@@ -398,6 +447,33 @@ static size_t lex_code(parser_t *p, size_t i, int *line, int is_block, int *line
             t->n = j - i;
             i = j;
             continue;
+        }
+        if (c == '0' && i + 2 < n && strchr("xXoObB", s[i + 1]) && (hexval(s[i + 2]) >= 0 || s[i + 2] == '_')) {
+            /* 0x.., 0o.., 0b.. integer literals (underscores allowed between digits) */
+            int base = (s[i + 1] | 0x20) == 'x' ? 16 : (s[i + 1] | 0x20) == 'o' ? 8 : 2;
+            size_t j = i + 2;
+            uint64_t v = 0;
+            int digits = 0;
+            while (j < n) {
+                if (s[j] == '_' && j + 1 < n && hexval(s[j + 1]) >= 0 && hexval(s[j + 1]) < base) {
+                    j++;
+                    continue;
+                }
+                int h = hexval(s[j]);
+                if (h < 0 || h >= base)
+                    break;
+                if (v > (uint64_t)INT64_MAX / (uint64_t)base)
+                    perr(p, *line, "integer literal too large");
+                v = v * (uint64_t)base + (uint64_t)h;
+                digits++;
+                j++;
+            }
+            if (digits) {
+                tok_t *t = push_tok(p, T_INT, *line);
+                t->i = (int64_t)v;
+                i = j;
+                continue;
+            }
         }
         if (is_digit(c)) {
             size_t j = scan_digits(s, i, n);
@@ -550,8 +626,7 @@ static void lex(parser_t *p)
         if (raw_end) {
             size_t j = raw_end;
             if (raw_strip)
-                while (j < n && is_ws(s[j]))
-                    j++;
+                j = skip_ws(s, j, n);
             line += count_nl(s + k, j - k);
             int raw_line_starting = j > k && s[j - 1] == '\n';
             /* find {%[-+]? endraw [-+]?%} */
@@ -581,8 +656,7 @@ static void lex(parser_t *p)
                         line_starting = 0;
                         if (tail == '-') {
                             size_t r0 = r;
-                            while (r < n && is_ws(s[r]))
-                                r++;
+                            r = skip_ws(s, r, n);
                             line_starting = r > r0 && s[r - 1] == '\n';
                         } else if (tail == 0 && r < n && s[r] == '\n') {
                             r++;
@@ -610,8 +684,7 @@ static void lex(parser_t *p)
             line_starting = 0;
             if (csign == '-') {
                 size_t r0 = i;
-                while (i < n && is_ws(s[i]))
-                    i++;
+                i = skip_ws(s, i, n);
                 line += count_nl(s + r0, i - r0);
                 line_starting = i > r0 && s[i - 1] == '\n';
             } else if (csign != '+' && i < n && s[i] == '\n') {
@@ -974,8 +1047,22 @@ static jnode_t *parse_subscript(parser_t *p, jnode_t *obj)
         if (parts[k])
             perr(p, cur(p)->line, "expected ']'");
         parts[k] = parse_expression(p, 1);
-        if (is_op(cur(p), K_COMMA))
-            perr(p, cur(p)->line, "tuple subscripts are not supported");
+        if (is_op(cur(p), K_COMMA) && !is_slice) {
+            /* a[x, y]: the key is the tuple (x, y) */
+            nlist_t items = {0};
+            nl_push(p, &items, parts[0], NULL);
+            while (is_op(cur(p), K_COMMA)) {
+                advance(p);
+                if (is_op(cur(p), K_RBRACKET))
+                    break;
+                nl_push(p, &items, parse_expression(p, 1), NULL);
+            }
+            jnode_t *tup = mk(p, N_TUPLE, line);
+            tup->kids = items.v;
+            tup->n_kids = items.n;
+            parts[0] = tup;
+            break;
+        }
     }
     expect_op(p, K_RBRACKET, "]");
     if (!is_slice) {
@@ -1472,8 +1559,10 @@ static jnode_t *parse_statement(parser_t *p)
             advance(p);
             nd->e = parse_expression(p, 1);
         }
-        if (is_name(cur(p), "recursive"))
-            perr(p, cur(p)->line, "recursive loops are not supported");
+        if (is_name(cur(p), "recursive")) {
+            nd->flag = 1; /* the body may call loop(children) */
+            advance(p);
+        }
         expect_block_end(p);
         nd->c = subparse(p, END_FOR_ELSE);
         if (at_block_name(p, "else")) {

@@ -18,18 +18,22 @@
 #define _GNU_SOURCE /* memmem */
 #include "eng_template.h"
 
+#include <errno.h>
+#include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wctype.h>
 
 #include "eng_jinja.h"
 #include "pd_log.h"
 
-#define MAX_EVAL_DEPTH 3000
+#define MAX_EVAL_DEPTH 1000 /* eval/exec frames: bounds the C stack a render can use */
 #define MAX_VALUE_DEPTH 512
 #define MAX_RANGE 100000
 
@@ -58,6 +62,9 @@ typedef struct jloop {
     size_t idx;
     jv_t last_changed;
     int changed_init;
+    int depth;                /* 1 for the outermost level of a recursive loop */
+    const struct jnode *node; /* the for node (recursive loops call it again) */
+    struct scope *outer;      /* the scope the loop runs in */
 } jloop_t;
 
 typedef struct jbound {
@@ -82,6 +89,7 @@ typedef struct rstate {
     pd_status_t status;
     char *err;
     size_t errlen;
+    char ebuf[256]; /* used when the caller passes no error buffer */
     int line;
 } rstate_t;
 
@@ -178,6 +186,8 @@ static jv_t v_list(rstate_t *R, size_t n)
     if (pd_mul_size(n, sizeof(jv_t), &bytes) != PD_OK)
         rfail(R, PD_ERR_LIMIT, R->line, "list too large");
     l->n = n;
+    l->pos = 0;
+    l->err = NULL;
     l->items = n ? ralloc(R, bytes) : NULL;
     jv_t v = {.t = JV_LIST};
     v.p = l;
@@ -185,6 +195,12 @@ static jv_t v_list(rstate_t *R, size_t n)
 }
 
 static jlist_t *LST(jv_t v) { return (jlist_t *)v.p; }
+static int is_gen(jv_t v) { return v.t == JV_LIST && (v.aux & JV_AUX_GEN); }
+static jv_t as_gen(jv_t v)
+{
+    v.aux = JV_AUX_GEN;
+    return v;
+}
 static jdict_t *DCT(jv_t v) { return (jdict_t *)v.p; }
 
 /* a growable list being built (copied into a jv list at the end) */
@@ -210,6 +226,8 @@ static jv_t lb_finish(lbuild_t *b, rstate_t *R, int tuple)
 {
     jlist_t *l = ralloc(R, sizeof(*l));
     l->n = b->n;
+    l->pos = 0;
+    l->err = NULL;
     l->items = b->v;
     jv_t v = {.t = JV_LIST};
     v.p = l;
@@ -355,8 +373,46 @@ static int py_space(uint32_t c)
            c == 0x3000;
 }
 
-/* Simple case mapping for the scripts chat content commonly uses. */
+/* Case mapping: the C library's Unicode tables through a C.UTF-8 locale object (never the
+ * process locale), falling back to built-in tables for Latin, Greek and Cyrillic when
+ * that locale is missing.  Python's one-to-many mappings other than sharp s are not
+ * reproduced. */
+static locale_t utf8_locale_g;
+static pthread_once_t utf8_once_g = PTHREAD_ONCE_INIT;
+
+static void utf8_locale_init(void)
+{
+    utf8_locale_g = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+    if (utf8_locale_g == (locale_t)0)
+        utf8_locale_g = newlocale(LC_CTYPE_MASK, "C.utf8", (locale_t)0);
+}
+
+static locale_t utf8_locale(void)
+{
+    pthread_once(&utf8_once_g, utf8_locale_init);
+    return utf8_locale_g;
+}
+
+static uint32_t tbl_upper(uint32_t c);
+static uint32_t tbl_lower(uint32_t c);
+
 static uint32_t cp_upper(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'a' && c <= 'z') ? c - 32 : c;
+    locale_t l = utf8_locale();
+    return l ? (uint32_t)towupper_l((wint_t)c, l) : tbl_upper(c);
+}
+
+static uint32_t cp_lower(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+    locale_t l = utf8_locale();
+    return l ? (uint32_t)towlower_l((wint_t)c, l) : tbl_lower(c);
+}
+
+static uint32_t tbl_upper(uint32_t c)
 {
     if (c < 0x80)
         return (c >= 'a' && c <= 'z') ? c - 32 : c;
@@ -390,7 +446,7 @@ static uint32_t cp_upper(uint32_t c)
     return c;
 }
 
-static uint32_t cp_lower(uint32_t c)
+static uint32_t tbl_lower(uint32_t c)
 {
     if (c < 0x80)
         return (c >= 'A' && c <= 'Z') ? c + 32 : c;
@@ -420,12 +476,125 @@ static uint32_t cp_lower(uint32_t c)
     return c;
 }
 
-static int cp_cased(uint32_t c) { return cp_upper(c) != c || cp_lower(c) != c || c == 0xDF; }
+static int cp_cased(uint32_t c)
+{
+    if (c < 0x80)
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    locale_t l = utf8_locale();
+    if (l && (iswlower_l((wint_t)c, l) || iswupper_l((wint_t)c, l)))
+        return 1;
+    return cp_upper(c) != c || cp_lower(c) != c || c == 0xDF;
+}
+
+/* Generated from Python 3.11's str.upper()/str.title(): code points whose upper case is
+ * several code points, and those whose title case differs from the upper case. */
+static const struct { uint32_t cp; uint32_t to[3]; } SPECIAL_UPPER[] = {
+    {0xDF, {0x53, 0x53, 0x0}}, {0x149, {0x2BC, 0x4E, 0x0}}, {0x1F0, {0x4A, 0x30C, 0x0}},
+    {0x390, {0x399, 0x308, 0x301}}, {0x3B0, {0x3A5, 0x308, 0x301}}, {0x587, {0x535, 0x552, 0x0}},
+    {0x1E96, {0x48, 0x331, 0x0}}, {0x1E97, {0x54, 0x308, 0x0}}, {0x1E98, {0x57, 0x30A, 0x0}},
+    {0x1E99, {0x59, 0x30A, 0x0}}, {0x1E9A, {0x41, 0x2BE, 0x0}}, {0x1F50, {0x3A5, 0x313, 0x0}},
+    {0x1F52, {0x3A5, 0x313, 0x300}}, {0x1F54, {0x3A5, 0x313, 0x301}},
+    {0x1F56, {0x3A5, 0x313, 0x342}}, {0x1F80, {0x1F08, 0x399, 0x0}}, {0x1F81, {0x1F09, 0x399, 0x0}},
+    {0x1F82, {0x1F0A, 0x399, 0x0}}, {0x1F83, {0x1F0B, 0x399, 0x0}}, {0x1F84, {0x1F0C, 0x399, 0x0}},
+    {0x1F85, {0x1F0D, 0x399, 0x0}}, {0x1F86, {0x1F0E, 0x399, 0x0}}, {0x1F87, {0x1F0F, 0x399, 0x0}},
+    {0x1F88, {0x1F08, 0x399, 0x0}}, {0x1F89, {0x1F09, 0x399, 0x0}}, {0x1F8A, {0x1F0A, 0x399, 0x0}},
+    {0x1F8B, {0x1F0B, 0x399, 0x0}}, {0x1F8C, {0x1F0C, 0x399, 0x0}}, {0x1F8D, {0x1F0D, 0x399, 0x0}},
+    {0x1F8E, {0x1F0E, 0x399, 0x0}}, {0x1F8F, {0x1F0F, 0x399, 0x0}}, {0x1F90, {0x1F28, 0x399, 0x0}},
+    {0x1F91, {0x1F29, 0x399, 0x0}}, {0x1F92, {0x1F2A, 0x399, 0x0}}, {0x1F93, {0x1F2B, 0x399, 0x0}},
+    {0x1F94, {0x1F2C, 0x399, 0x0}}, {0x1F95, {0x1F2D, 0x399, 0x0}}, {0x1F96, {0x1F2E, 0x399, 0x0}},
+    {0x1F97, {0x1F2F, 0x399, 0x0}}, {0x1F98, {0x1F28, 0x399, 0x0}}, {0x1F99, {0x1F29, 0x399, 0x0}},
+    {0x1F9A, {0x1F2A, 0x399, 0x0}}, {0x1F9B, {0x1F2B, 0x399, 0x0}}, {0x1F9C, {0x1F2C, 0x399, 0x0}},
+    {0x1F9D, {0x1F2D, 0x399, 0x0}}, {0x1F9E, {0x1F2E, 0x399, 0x0}}, {0x1F9F, {0x1F2F, 0x399, 0x0}},
+    {0x1FA0, {0x1F68, 0x399, 0x0}}, {0x1FA1, {0x1F69, 0x399, 0x0}}, {0x1FA2, {0x1F6A, 0x399, 0x0}},
+    {0x1FA3, {0x1F6B, 0x399, 0x0}}, {0x1FA4, {0x1F6C, 0x399, 0x0}}, {0x1FA5, {0x1F6D, 0x399, 0x0}},
+    {0x1FA6, {0x1F6E, 0x399, 0x0}}, {0x1FA7, {0x1F6F, 0x399, 0x0}}, {0x1FA8, {0x1F68, 0x399, 0x0}},
+    {0x1FA9, {0x1F69, 0x399, 0x0}}, {0x1FAA, {0x1F6A, 0x399, 0x0}}, {0x1FAB, {0x1F6B, 0x399, 0x0}},
+    {0x1FAC, {0x1F6C, 0x399, 0x0}}, {0x1FAD, {0x1F6D, 0x399, 0x0}}, {0x1FAE, {0x1F6E, 0x399, 0x0}},
+    {0x1FAF, {0x1F6F, 0x399, 0x0}}, {0x1FB2, {0x1FBA, 0x399, 0x0}}, {0x1FB3, {0x391, 0x399, 0x0}},
+    {0x1FB4, {0x386, 0x399, 0x0}}, {0x1FB6, {0x391, 0x342, 0x0}}, {0x1FB7, {0x391, 0x342, 0x399}},
+    {0x1FBC, {0x391, 0x399, 0x0}}, {0x1FC2, {0x1FCA, 0x399, 0x0}}, {0x1FC3, {0x397, 0x399, 0x0}},
+    {0x1FC4, {0x389, 0x399, 0x0}}, {0x1FC6, {0x397, 0x342, 0x0}}, {0x1FC7, {0x397, 0x342, 0x399}},
+    {0x1FCC, {0x397, 0x399, 0x0}}, {0x1FD2, {0x399, 0x308, 0x300}}, {0x1FD3, {0x399, 0x308, 0x301}},
+    {0x1FD6, {0x399, 0x342, 0x0}}, {0x1FD7, {0x399, 0x308, 0x342}}, {0x1FE2, {0x3A5, 0x308, 0x300}},
+    {0x1FE3, {0x3A5, 0x308, 0x301}}, {0x1FE4, {0x3A1, 0x313, 0x0}}, {0x1FE6, {0x3A5, 0x342, 0x0}},
+    {0x1FE7, {0x3A5, 0x308, 0x342}}, {0x1FF2, {0x1FFA, 0x399, 0x0}}, {0x1FF3, {0x3A9, 0x399, 0x0}},
+    {0x1FF4, {0x38F, 0x399, 0x0}}, {0x1FF6, {0x3A9, 0x342, 0x0}}, {0x1FF7, {0x3A9, 0x342, 0x399}},
+    {0x1FFC, {0x3A9, 0x399, 0x0}}, {0xFB00, {0x46, 0x46, 0x0}}, {0xFB01, {0x46, 0x49, 0x0}},
+    {0xFB02, {0x46, 0x4C, 0x0}}, {0xFB03, {0x46, 0x46, 0x49}}, {0xFB04, {0x46, 0x46, 0x4C}},
+    {0xFB05, {0x53, 0x54, 0x0}}, {0xFB06, {0x53, 0x54, 0x0}}, {0xFB13, {0x544, 0x546, 0x0}},
+    {0xFB14, {0x544, 0x535, 0x0}}, {0xFB15, {0x544, 0x53B, 0x0}}, {0xFB16, {0x54E, 0x546, 0x0}},
+    {0xFB17, {0x544, 0x53D, 0x0}},
+};
+static const struct { uint32_t cp; uint32_t to[3]; } SPECIAL_TITLE[] = {
+    {0xDF, {0x53, 0x73, 0x0}}, {0x1C4, {0x1C5, 0x0, 0x0}}, {0x1C5, {0x1C5, 0x0, 0x0}},
+    {0x1C6, {0x1C5, 0x0, 0x0}}, {0x1C7, {0x1C8, 0x0, 0x0}}, {0x1C8, {0x1C8, 0x0, 0x0}},
+    {0x1C9, {0x1C8, 0x0, 0x0}}, {0x1CA, {0x1CB, 0x0, 0x0}}, {0x1CB, {0x1CB, 0x0, 0x0}},
+    {0x1CC, {0x1CB, 0x0, 0x0}}, {0x1F1, {0x1F2, 0x0, 0x0}}, {0x1F2, {0x1F2, 0x0, 0x0}},
+    {0x1F3, {0x1F2, 0x0, 0x0}}, {0x587, {0x535, 0x582, 0x0}}, {0x10D0, {0x10D0, 0x0, 0x0}},
+    {0x10D1, {0x10D1, 0x0, 0x0}}, {0x10D2, {0x10D2, 0x0, 0x0}}, {0x10D3, {0x10D3, 0x0, 0x0}},
+    {0x10D4, {0x10D4, 0x0, 0x0}}, {0x10D5, {0x10D5, 0x0, 0x0}}, {0x10D6, {0x10D6, 0x0, 0x0}},
+    {0x10D7, {0x10D7, 0x0, 0x0}}, {0x10D8, {0x10D8, 0x0, 0x0}}, {0x10D9, {0x10D9, 0x0, 0x0}},
+    {0x10DA, {0x10DA, 0x0, 0x0}}, {0x10DB, {0x10DB, 0x0, 0x0}}, {0x10DC, {0x10DC, 0x0, 0x0}},
+    {0x10DD, {0x10DD, 0x0, 0x0}}, {0x10DE, {0x10DE, 0x0, 0x0}}, {0x10DF, {0x10DF, 0x0, 0x0}},
+    {0x10E0, {0x10E0, 0x0, 0x0}}, {0x10E1, {0x10E1, 0x0, 0x0}}, {0x10E2, {0x10E2, 0x0, 0x0}},
+    {0x10E3, {0x10E3, 0x0, 0x0}}, {0x10E4, {0x10E4, 0x0, 0x0}}, {0x10E5, {0x10E5, 0x0, 0x0}},
+    {0x10E6, {0x10E6, 0x0, 0x0}}, {0x10E7, {0x10E7, 0x0, 0x0}}, {0x10E8, {0x10E8, 0x0, 0x0}},
+    {0x10E9, {0x10E9, 0x0, 0x0}}, {0x10EA, {0x10EA, 0x0, 0x0}}, {0x10EB, {0x10EB, 0x0, 0x0}},
+    {0x10EC, {0x10EC, 0x0, 0x0}}, {0x10ED, {0x10ED, 0x0, 0x0}}, {0x10EE, {0x10EE, 0x0, 0x0}},
+    {0x10EF, {0x10EF, 0x0, 0x0}}, {0x10F0, {0x10F0, 0x0, 0x0}}, {0x10F1, {0x10F1, 0x0, 0x0}},
+    {0x10F2, {0x10F2, 0x0, 0x0}}, {0x10F3, {0x10F3, 0x0, 0x0}}, {0x10F4, {0x10F4, 0x0, 0x0}},
+    {0x10F5, {0x10F5, 0x0, 0x0}}, {0x10F6, {0x10F6, 0x0, 0x0}}, {0x10F7, {0x10F7, 0x0, 0x0}},
+    {0x10F8, {0x10F8, 0x0, 0x0}}, {0x10F9, {0x10F9, 0x0, 0x0}}, {0x10FA, {0x10FA, 0x0, 0x0}},
+    {0x10FD, {0x10FD, 0x0, 0x0}}, {0x10FE, {0x10FE, 0x0, 0x0}}, {0x10FF, {0x10FF, 0x0, 0x0}},
+    {0x1F80, {0x1F88, 0x0, 0x0}}, {0x1F81, {0x1F89, 0x0, 0x0}}, {0x1F82, {0x1F8A, 0x0, 0x0}},
+    {0x1F83, {0x1F8B, 0x0, 0x0}}, {0x1F84, {0x1F8C, 0x0, 0x0}}, {0x1F85, {0x1F8D, 0x0, 0x0}},
+    {0x1F86, {0x1F8E, 0x0, 0x0}}, {0x1F87, {0x1F8F, 0x0, 0x0}}, {0x1F88, {0x1F88, 0x0, 0x0}},
+    {0x1F89, {0x1F89, 0x0, 0x0}}, {0x1F8A, {0x1F8A, 0x0, 0x0}}, {0x1F8B, {0x1F8B, 0x0, 0x0}},
+    {0x1F8C, {0x1F8C, 0x0, 0x0}}, {0x1F8D, {0x1F8D, 0x0, 0x0}}, {0x1F8E, {0x1F8E, 0x0, 0x0}},
+    {0x1F8F, {0x1F8F, 0x0, 0x0}}, {0x1F90, {0x1F98, 0x0, 0x0}}, {0x1F91, {0x1F99, 0x0, 0x0}},
+    {0x1F92, {0x1F9A, 0x0, 0x0}}, {0x1F93, {0x1F9B, 0x0, 0x0}}, {0x1F94, {0x1F9C, 0x0, 0x0}},
+    {0x1F95, {0x1F9D, 0x0, 0x0}}, {0x1F96, {0x1F9E, 0x0, 0x0}}, {0x1F97, {0x1F9F, 0x0, 0x0}},
+    {0x1F98, {0x1F98, 0x0, 0x0}}, {0x1F99, {0x1F99, 0x0, 0x0}}, {0x1F9A, {0x1F9A, 0x0, 0x0}},
+    {0x1F9B, {0x1F9B, 0x0, 0x0}}, {0x1F9C, {0x1F9C, 0x0, 0x0}}, {0x1F9D, {0x1F9D, 0x0, 0x0}},
+    {0x1F9E, {0x1F9E, 0x0, 0x0}}, {0x1F9F, {0x1F9F, 0x0, 0x0}}, {0x1FA0, {0x1FA8, 0x0, 0x0}},
+    {0x1FA1, {0x1FA9, 0x0, 0x0}}, {0x1FA2, {0x1FAA, 0x0, 0x0}}, {0x1FA3, {0x1FAB, 0x0, 0x0}},
+    {0x1FA4, {0x1FAC, 0x0, 0x0}}, {0x1FA5, {0x1FAD, 0x0, 0x0}}, {0x1FA6, {0x1FAE, 0x0, 0x0}},
+    {0x1FA7, {0x1FAF, 0x0, 0x0}}, {0x1FA8, {0x1FA8, 0x0, 0x0}}, {0x1FA9, {0x1FA9, 0x0, 0x0}},
+    {0x1FAA, {0x1FAA, 0x0, 0x0}}, {0x1FAB, {0x1FAB, 0x0, 0x0}}, {0x1FAC, {0x1FAC, 0x0, 0x0}},
+    {0x1FAD, {0x1FAD, 0x0, 0x0}}, {0x1FAE, {0x1FAE, 0x0, 0x0}}, {0x1FAF, {0x1FAF, 0x0, 0x0}},
+    {0x1FB2, {0x1FBA, 0x345, 0x0}}, {0x1FB3, {0x1FBC, 0x0, 0x0}}, {0x1FB4, {0x386, 0x345, 0x0}},
+    {0x1FB7, {0x391, 0x342, 0x345}}, {0x1FBC, {0x1FBC, 0x0, 0x0}}, {0x1FC2, {0x1FCA, 0x345, 0x0}},
+    {0x1FC3, {0x1FCC, 0x0, 0x0}}, {0x1FC4, {0x389, 0x345, 0x0}}, {0x1FC7, {0x397, 0x342, 0x345}},
+    {0x1FCC, {0x1FCC, 0x0, 0x0}}, {0x1FF2, {0x1FFA, 0x345, 0x0}}, {0x1FF3, {0x1FFC, 0x0, 0x0}},
+    {0x1FF4, {0x38F, 0x345, 0x0}}, {0x1FF7, {0x3A9, 0x342, 0x345}}, {0x1FFC, {0x1FFC, 0x0, 0x0}},
+    {0xFB00, {0x46, 0x66, 0x0}}, {0xFB01, {0x46, 0x69, 0x0}}, {0xFB02, {0x46, 0x6C, 0x0}},
+    {0xFB03, {0x46, 0x66, 0x69}}, {0xFB04, {0x46, 0x66, 0x6C}}, {0xFB05, {0x53, 0x74, 0x0}},
+    {0xFB06, {0x53, 0x74, 0x0}}, {0xFB13, {0x544, 0x576, 0x0}}, {0xFB14, {0x544, 0x565, 0x0}},
+    {0xFB15, {0x544, 0x56B, 0x0}}, {0xFB16, {0x54E, 0x576, 0x0}}, {0xFB17, {0x544, 0x56D, 0x0}},
+};
+
+/* the special mapping of c in tbl (sorted by cp), or NULL */
+static const uint32_t *special_case(const void *tbl, size_t n, uint32_t c)
+{
+    const struct { uint32_t cp; uint32_t to[3]; } *t = tbl;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (t[mid].cp == c)
+            return t[mid].to;
+        if (t[mid].cp < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
 
 /* mode: 0 lower, 1 upper, 2 capitalize, 3 python title, 4 swap-less jinja word title */
 static jv_t str_case(rstate_t *R, jv_t s, int mode)
 {
-    char *o = ralloc(R, s.n * 2 + 4);
+    /* a code point maps to at most 3 (each at most 4 bytes) */
+    char *o = ralloc(R, s.n * 3 + 16);
     size_t k = 0, i = 0;
     int prev_cased = 0, first = 1;
     while (i < s.n) {
@@ -437,14 +606,45 @@ static jv_t str_case(rstate_t *R, jv_t s, int mode)
         case 2: up = first; break;
         default: up = !prev_cased; break;
         }
-        if (up && c == 0xDF) {
-            o[k++] = 'S';
-            o[k++] = mode == 1 ? 'S' : 's';
-            prev_cased = 1;
-            first = 0;
-            continue;
+        if (c >= 0xDF) {
+            /* one-to-many mappings (sharp s, ligatures, ...) and title case */
+            const uint32_t *sp = NULL;
+            if (up && mode == 1)
+                sp = special_case(SPECIAL_UPPER, PD_ARRAY_SIZE(SPECIAL_UPPER), c);
+            else if (up)
+                sp = special_case(SPECIAL_TITLE, PD_ARRAY_SIZE(SPECIAL_TITLE), c);
+            if (sp == NULL && up && mode != 1 && special_case(SPECIAL_UPPER, PD_ARRAY_SIZE(SPECIAL_UPPER), c))
+                sp = special_case(SPECIAL_UPPER, PD_ARRAY_SIZE(SPECIAL_UPPER), c);
+            static const uint32_t DOTTED_I[3] = {0x69, 0x307, 0};
+            if (!up && c == 0x130)
+                sp = DOTTED_I;
+            if (sp) {
+                for (int q = 0; q < 3 && sp[q]; q++)
+                    k += (size_t)u8_put(o + k, sp[q]);
+                if (mode == 3)
+                    prev_cased = cp_cased(c);
+                first = 0;
+                continue;
+            }
         }
         m = up ? cp_upper(c) : cp_lower(c);
+        if (c == 0x3A3 && !up && k > 0) {
+            /* Python's final sigma: after a cased letter and not before one */
+            size_t q = i;
+            int next_cased = 0;
+            if (q < s.n)
+                next_cased = cp_cased(u8_next(s.s, s.n, &q));
+            size_t pb = k;
+            while (pb > 0 && ((unsigned char)o[pb - 1] & 0xC0) == 0x80)
+                pb--;
+            size_t pq = pb - (pb > 0);
+            while (pq > 0 && ((unsigned char)o[pq] & 0xC0) == 0x80)
+                pq--;
+            size_t pi = pq;
+            int prev_c = cp_cased(u8_next(o, k, &pi));
+            if (prev_c && !next_cased)
+                m = 0x3C2;
+        }
         if (mode == 3)
             prev_cased = cp_cased(c);
         first = 0;
@@ -640,10 +840,27 @@ static void write_repr(rstate_t *R, pd_buf_t *b, jv_t v, int depth)
         RERR(R, "value nested too deeply");
     switch (v.t) {
     case JV_UNDEF: bputs(R, b, "Undefined"); return;
-    case JV_STR: repr_str(R, b, v.s, v.n); return;
+    case JV_STR:
+        if (v.aux & JV_AUX_MARKUP) {
+            bputs(R, b, "Markup(");
+            repr_str(R, b, v.s, v.n);
+            bputs(R, b, ")");
+            return;
+        }
+        repr_str(R, b, v.s, v.n);
+        return;
     case JV_LIST: {
         jlist_t *l = LST(v);
         int tup = v.aux & JV_AUX_TUPLE;
+        if (is_gen(v)) {
+            bputs(R, b, "<generator object>");
+            return;
+        }
+        const char *view = (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_KEYS ? "dict_keys("
+                           : (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_VALUES ? "dict_values("
+                           : (v.aux & JV_AUX_VIEW_MASK) == JV_AUX_ITEMS ? "dict_items(" : NULL;
+        if (view)
+            bputs(R, b, view);
         bput(R, b, tup ? "(" : "[", 1);
         for (size_t k = 0; k < l->n; k++) {
             if (k)
@@ -653,6 +870,8 @@ static void write_repr(rstate_t *R, pd_buf_t *b, jv_t v, int depth)
         if (tup && l->n == 1)
             bput(R, b, ",", 1);
         bput(R, b, tup ? ")" : "]", 1);
+        if (view)
+            bput(R, b, ")", 1);
         return;
     }
     case JV_DICT:
@@ -774,6 +993,8 @@ static void write_json(rstate_t *R, pd_buf_t *b, jv_t v, const json_opts_t *o, i
     case JV_STR: json_str(R, b, v.s, v.n, o->ensure_ascii); return;
     case JV_LIST: {
         jlist_t *l = LST(v);
+        if (is_gen(v))
+            RERR(R, "Object of type generator is not JSON serializable");
         if (l->n == 0) {
             bput(R, b, "[]", 2);
             return;
@@ -848,7 +1069,7 @@ static int truthy(jv_t v)
     case JV_BOOL: case JV_INT: return v.i != 0;
     case JV_FLOAT: return v.f != 0;
     case JV_STR: return v.n != 0;
-    case JV_LIST: return LST(v)->n != 0;
+    case JV_LIST: return is_gen(v) || LST(v)->n != 0;
     case JV_DICT: return DCT(v)->n != 0;
     default: return 1;
     }
@@ -887,6 +1108,8 @@ static int jv_eq(rstate_t *R, jv_t a, jv_t b, int depth)
     case JV_STR: return a.n == b.n && memcmp(a.s, b.s, a.n) == 0;
     case JV_LIST: {
         jlist_t *x = LST(a), *y = LST(b);
+        if (is_gen(a) || is_gen(b))
+            return a.p == b.p;
         if ((a.aux & JV_AUX_TUPLE) != (b.aux & JV_AUX_TUPLE) || x->n != y->n)
             return 0;
         for (size_t k = 0; k < x->n; k++)
@@ -927,7 +1150,8 @@ static int jv_cmp(rstate_t *R, jv_t a, jv_t b, const char *opname)
             return c < 0 ? -1 : 1;
         return a.n < b.n ? -1 : a.n > b.n;
     }
-    if (a.t == JV_LIST && b.t == JV_LIST) {
+    if (a.t == JV_LIST && b.t == JV_LIST && !is_gen(a) && !is_gen(b) &&
+        (a.aux & JV_AUX_TUPLE) == (b.aux & JV_AUX_TUPLE)) {
         jlist_t *x = LST(a), *y = LST(b);
         for (size_t k = 0; k < x->n && k < y->n; k++) {
             if (jv_eq(R, x->items[k], y->items[k], 0))
@@ -936,7 +1160,9 @@ static int jv_cmp(rstate_t *R, jv_t a, jv_t b, const char *opname)
         }
         return x->n < y->n ? -1 : x->n > y->n;
     }
-    RERR(R, "'%s' not supported between instances of '%s' and '%s'", opname, type_name(a.t), type_name(b.t));
+    RERR(R, "'%s' not supported between instances of '%s' and '%s'", opname,
+         (a.t == JV_LIST && (a.aux & JV_AUX_TUPLE)) ? "tuple" : type_name(a.t),
+         (b.t == JV_LIST && (b.aux & JV_AUX_TUPLE)) ? "tuple" : type_name(b.t));
 }
 
 static int jv_lt(rstate_t *R, jv_t a, jv_t b) { return jv_cmp(R, a, b, "<") < 0; }
@@ -995,31 +1221,32 @@ enum {
 
 static const struct {
     const char *name;
+    size_t len;
     int fn;
 } STR_METHODS[] = {
-    {"strip", FN_S_STRIP}, {"lstrip", FN_S_LSTRIP}, {"rstrip", FN_S_RSTRIP}, {"split", FN_S_SPLIT},
-    {"rsplit", FN_S_RSPLIT}, {"startswith", FN_S_STARTSWITH}, {"endswith", FN_S_ENDSWITH},
-    {"upper", FN_S_UPPER}, {"lower", FN_S_LOWER}, {"replace", FN_S_REPLACE}, {"title", FN_S_TITLE},
-    {"capitalize", FN_S_CAPITALIZE}, {"format", FN_S_FORMAT}, {"join", FN_S_JOIN}, {"find", FN_S_FIND},
-    {"rfind", FN_S_RFIND}, {"count", FN_S_COUNT}, {"splitlines", FN_S_SPLITLINES},
-    {"isdigit", FN_S_ISDIGIT}, {"isalpha", FN_S_ISALPHA}, {"isalnum", FN_S_ISALNUM},
-    {"isspace", FN_S_ISSPACE}, {"islower", FN_S_ISLOWER}, {"isupper", FN_S_ISUPPER},
-    {"casefold", FN_S_CASEFOLD}, {"index", FN_S_INDEX}, {"rindex", FN_S_RINDEX},
+    {"strip", 5, FN_S_STRIP}, {"lstrip", 6, FN_S_LSTRIP}, {"rstrip", 6, FN_S_RSTRIP}, {"split", 5, FN_S_SPLIT},
+    {"rsplit", 6, FN_S_RSPLIT}, {"startswith", 10, FN_S_STARTSWITH}, {"endswith", 8, FN_S_ENDSWITH},
+    {"upper", 5, FN_S_UPPER}, {"lower", 5, FN_S_LOWER}, {"replace", 7, FN_S_REPLACE}, {"title", 5, FN_S_TITLE},
+    {"capitalize", 10, FN_S_CAPITALIZE}, {"format", 6, FN_S_FORMAT}, {"join", 4, FN_S_JOIN}, {"find", 4, FN_S_FIND},
+    {"rfind", 5, FN_S_RFIND}, {"count", 5, FN_S_COUNT}, {"splitlines", 10, FN_S_SPLITLINES},
+    {"isdigit", 7, FN_S_ISDIGIT}, {"isalpha", 7, FN_S_ISALPHA}, {"isalnum", 7, FN_S_ISALNUM},
+    {"isspace", 7, FN_S_ISSPACE}, {"islower", 7, FN_S_ISLOWER}, {"isupper", 7, FN_S_ISUPPER},
+    {"casefold", 8, FN_S_CASEFOLD}, {"index", 5, FN_S_INDEX}, {"rindex", 6, FN_S_RINDEX},
 }, DICT_METHODS[] = {
-    {"items", FN_D_ITEMS}, {"keys", FN_D_KEYS}, {"values", FN_D_VALUES}, {"get", FN_D_GET},
-    {"copy", FN_D_COPY}, {"pop", FN_UNSAFE}, {"popitem", FN_UNSAFE}, {"setdefault", FN_UNSAFE},
-    {"update", FN_UNSAFE}, {"clear", FN_UNSAFE},
+    {"items", 5, FN_D_ITEMS}, {"keys", 4, FN_D_KEYS}, {"values", 6, FN_D_VALUES}, {"get", 3, FN_D_GET},
+    {"copy", 4, FN_D_COPY}, {"pop", 3, FN_UNSAFE}, {"popitem", 7, FN_UNSAFE}, {"setdefault", 10, FN_UNSAFE},
+    {"update", 6, FN_UNSAFE}, {"clear", 5, FN_UNSAFE},
 }, LIST_METHODS[] = {
-    {"index", FN_L_INDEX}, {"count", FN_L_COUNT}, {"append", FN_UNSAFE}, {"extend", FN_UNSAFE},
-    {"insert", FN_UNSAFE}, {"pop", FN_UNSAFE}, {"remove", FN_UNSAFE}, {"reverse", FN_UNSAFE},
-    {"sort", FN_UNSAFE}, {"clear", FN_UNSAFE},
+    {"index", 5, FN_L_INDEX}, {"count", 5, FN_L_COUNT}, {"append", 6, FN_UNSAFE}, {"extend", 6, FN_UNSAFE},
+    {"insert", 6, FN_UNSAFE}, {"pop", 3, FN_UNSAFE}, {"remove", 6, FN_UNSAFE}, {"reverse", 7, FN_UNSAFE},
+    {"sort", 4, FN_UNSAFE}, {"clear", 5, FN_UNSAFE},
 };
 
 #define FIND_METHOD(table, name, len, out)                                             \
     do {                                                                               \
         out = 0;                                                                       \
         for (size_t k_ = 0; k_ < PD_ARRAY_SIZE(table); k_++)                           \
-            if (strlen(table[k_].name) == (len) && memcmp(table[k_].name, name, len) == 0) { \
+            if (table[k_].len == (len) && memcmp(table[k_].name, name, len) == 0) {         \
                 out = table[k_].fn;                                                    \
                 break;                                                                 \
             }                                                                          \
@@ -1075,9 +1302,9 @@ static jv_t loop_attr(rstate_t *R, jv_t v, const char *name, size_t len)
     if (IS("length"))
         return v_int((int64_t)l->n);
     if (IS("depth"))
-        return v_int(1);
+        return v_int(l->depth);
     if (IS("depth0"))
-        return v_int(0);
+        return v_int(l->depth - 1);
     if (IS("previtem"))
         return l->idx > 0 ? l->items[l->idx - 1] : v_undef_name("there is no previous item");
     if (IS("nextitem"))
@@ -1116,6 +1343,12 @@ static jv_t get_attr(rstate_t *R, jv_t obj, const char *name, size_t len)
             return v_func(R, fn, &obj);
         return v_undef_attr(name, JV_STR);
     case JV_LIST:
+        if (obj.aux & JV_AUX_GROUP) {
+            if (len == 7 && memcmp(name, "grouper", 7) == 0)
+                return LST(obj)->items[0];
+            if (len == 4 && memcmp(name, "list", 4) == 0)
+                return LST(obj)->items[1];
+        }
         FIND_METHOD(LIST_METHODS, name, len, fn);
         if (fn && fn != FN_UNSAFE)
             return v_func(R, fn, &obj);
@@ -1149,6 +1382,8 @@ static jv_t get_item(rstate_t *R, jv_t obj, jv_t key)
     }
     case JV_LIST:
     case JV_STR:
+        if (obj.t == JV_LIST && (obj.aux & (JV_AUX_GEN | JV_AUX_VIEW_MASK)))
+            return v_undef_attr("item", JV_LIST); /* generators and dict views are not subscriptable */
         if (key.t == JV_INT || key.t == JV_BOOL) {
             int64_t i = key.i;
             if (obj.t == JV_LIST) {
@@ -1218,6 +1453,8 @@ static jv_t do_slice(rstate_t *R, jv_t obj, jv_t a, jv_t b, jv_t c)
         RERR(R, "slice step cannot be zero");
     if (obj.t == JV_UNDEF)
         undef_fail(R, obj);
+    if (is_gen(obj))
+        return v_undef_attr("item", JV_LIST);
     if (obj.t == JV_LIST) {
         jlist_t *l = LST(obj);
         slice_bounds((int64_t)l->n, &start, &stop, stp);
@@ -1261,6 +1498,15 @@ static void iter_items(rstate_t *R, jv_t v, jv_t **items_p, size_t *n_p)
         *n_p = 0;
         return;
     case JV_LIST:
+        if (is_gen(v)) {
+            jlist_t *l = LST(v);
+            if (l->err)
+                rfail(R, PD_ERR_INVAL, 0, "%s", l->err);
+            *items_p = l->items ? l->items + l->pos : NULL;
+            *n_p = l->n - l->pos;
+            l->pos = l->n;
+            return;
+        }
         *items_p = LST(v)->items;
         *n_p = LST(v)->n;
         return;
@@ -1302,13 +1548,28 @@ static int contains(rstate_t *R, jv_t container, jv_t item)
         if (item.n == 0)
             return 1;
         return memmem(container.s, container.n, item.s, item.n) != NULL;
-    case JV_LIST:
-        for (size_t k = 0; k < LST(container)->n; k++)
-            if (jv_eq(R, LST(container)->items[k], item, 0))
+    case JV_LIST: {
+        jlist_t *l = LST(container);
+        size_t start = is_gen(container) ? l->pos : 0;
+        if ((container.aux & JV_AUX_VIEW_MASK) != 0 && (container.aux & JV_AUX_VIEW_MASK) != JV_AUX_VALUES &&
+            ((item.t == JV_LIST && !(item.aux & JV_AUX_TUPLE)) || item.t == JV_DICT || item.t == JV_NS))
+            RERR(R, "unhashable type: '%s'", type_name(item.t));
+        if (l->err)
+            rfail(R, PD_ERR_INVAL, 0, "%s", l->err);
+        for (size_t k = start; k < l->n; k++)
+            if (jv_eq(R, l->items[k], item, 0)) {
+                if (is_gen(container))
+                    l->pos = k + 1;
                 return 1;
+            }
+        if (is_gen(container))
+            l->pos = l->n;
         return 0;
+    }
     case JV_DICT:
     case JV_NS:
+        if ((item.t == JV_LIST && !(item.aux & JV_AUX_TUPLE)) || item.t == JV_DICT || item.t == JV_NS)
+            RERR(R, "unhashable type: '%s'", is_gen(item) ? "generator" : type_name(item.t));
         return dict_find(R, DCT(container), item) >= 0;
     case JV_UNDEF:
         return 0;
@@ -1339,11 +1600,12 @@ static jv_t repeat(rstate_t *R, jv_t seq, int64_t times)
     for (int64_t k = 0; k < times; k++)
         if (l->n)
             memcpy(LST(out)->items + (size_t)k * l->n, l->items, l->n * sizeof(jv_t));
-    out.aux = seq.aux;
+    out.aux = seq.aux & JV_AUX_TUPLE;
     return out;
 }
 
 static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args);
+static jv_t html_escape(rstate_t *R, jv_t s);
 
 static const char *op_sym(int op)
 {
@@ -1361,10 +1623,17 @@ static const char *op_sym(int op)
 
 static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
 {
+    /* str % Undefined: Undefined looks like a mapping to Python's % formatting */
+    if (op == OP_MOD && a.t == JV_STR && b.t == JV_UNDEF)
+        return py_format_percent(R, a, b);
     if (a.t == JV_UNDEF)
         undef_fail(R, a);
     if (b.t == JV_UNDEF)
         undef_fail(R, b);
+    if (is_gen(a) || is_gen(b) || (a.t == JV_LIST && (a.aux & JV_AUX_VIEW_MASK)) ||
+        (b.t == JV_LIST && (b.aux & JV_AUX_VIEW_MASK)))
+        RERR(R, "unsupported operand type(s) for %s: '%s' and '%s'", op_sym(op), is_gen(a) ? "generator" : type_name(a.t),
+             is_gen(b) ? "generator" : type_name(b.t));
     if (is_num(a) && is_num(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) {
             int64_t x = a.i, y = b.i, r;
@@ -1399,8 +1668,11 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
                 return v_int(op == OP_MOD ? m : q);
             }
             case OP_POW: {
-                if (y < 0)
+                if (y < 0) {
+                    if (x == 0)
+                        RERR(R, "0.0 cannot be raised to a negative power");
                     return v_float(pow((double)x, (double)y));
+                }
                 int64_t acc = 1, base = x;
                 for (int64_t e = y; e > 0; e >>= 1) {
                     if (e & 1)
@@ -1437,20 +1709,34 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
                     fl += 1;
                 return v_float(fl);
             }
-            case OP_POW: return v_float(pow(x, y));
+            case OP_POW: {
+                double pr = pow(x, y);
+                if (isinf(pr) && isfinite(x) && isfinite(y))
+                    RERR(R, "(34, 'Numerical result out of range')");
+                return v_float(pr);
+            }
             default: break;
             }
         }
     }
     if (op == OP_ADD && a.t == JV_STR && b.t == JV_STR) {
         size_t total;
+        if ((a.aux ^ b.aux) & JV_AUX_MARKUP) {
+            /* Markup + str escapes the str; the result is Markup */
+            if (!(a.aux & JV_AUX_MARKUP))
+                a = html_escape(R, a);
+            else
+                b = html_escape(R, b);
+        }
         if (pd_add_size(a.n, b.n, &total) != PD_OK)
             RERR(R, "string too long");
         char *o = ralloc(R, total + 1);
         memcpy(o, a.s, a.n);
         memcpy(o + a.n, b.s, b.n);
         o[total] = '\0';
-        return v_str(o, total);
+        jv_t r = v_str(o, total);
+        r.aux = (a.aux | b.aux) & JV_AUX_MARKUP;
+        return r;
     }
     if (op == OP_ADD && a.t == JV_LIST && b.t == JV_LIST && (a.aux & JV_AUX_TUPLE) == (b.aux & JV_AUX_TUPLE)) {
         jlist_t *x = LST(a), *y = LST(b);
@@ -1459,7 +1745,7 @@ static jv_t binop(rstate_t *R, int op, jv_t a, jv_t b)
             memcpy(LST(out)->items, x->items, x->n * sizeof(jv_t));
         if (y->n)
             memcpy(LST(out)->items + x->n, y->items, y->n * sizeof(jv_t));
-        out.aux = a.aux;
+        out.aux = a.aux & JV_AUX_TUPLE;
         return out;
     }
     if (op == OP_MUL && (a.t == JV_STR || a.t == JV_LIST) && (b.t == JV_INT || b.t == JV_BOOL))
@@ -1821,6 +2107,8 @@ static int parse_py_float(const char *s, size_t n, double *out)
 }
 
 // ---- Python formatting: str % args and str.format ----
+#define FMT_MAX_WIDTH (1L << 20)
+#define FMT_MAX_PREC 300
 static void pad_to(rstate_t *R, pd_buf_t *b, jv_t s, long width, char align, uint32_t fill)
 {
     long len = (long)u8_len(s.s, s.n);
@@ -1840,7 +2128,11 @@ static jv_t fmt_number(rstate_t *R, jv_t v, char type, int prec)
 {
     char buf[512];
     if (type == 'd' || type == 'i') {
-        if (v.t == JV_FLOAT)
+        if (v.t == JV_FLOAT && !isfinite(v.f))
+            RERR(R, "cannot convert float %s to integer", isnan(v.f) ? "NaN" : "infinity");
+        if (v.t == JV_FLOAT && fabs(v.f) >= 9.2e18)
+            snprintf(buf, sizeof(buf), "%.0f", trunc(v.f)); /* the exact integer value, as int() gives */
+        else if (v.t == JV_FLOAT)
             snprintf(buf, sizeof(buf), "%lld", (long long)v.f);
         else
             snprintf(buf, sizeof(buf), "%lld", (long long)v.i);
@@ -1894,12 +2186,14 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
             i++;
         }
         while (i < fmt.n && fmt.s[i] >= '0' && fmt.s[i] <= '9')
-            width = width * 10 + (fmt.s[i++] - '0');
+            if ((width = width * 10 + (fmt.s[i++] - '0')) > FMT_MAX_WIDTH)
+                RERR(R, "format width too large");
         if (i < fmt.n && fmt.s[i] == '.') {
             prec = 0;
             i++;
             while (i < fmt.n && fmt.s[i] >= '0' && fmt.s[i] <= '9')
-                prec = prec * 10 + (fmt.s[i++] - '0');
+                if ((prec = prec * 10 + (fmt.s[i++] - '0')) > FMT_MAX_PREC)
+                    RERR(R, "format precision too large");
         }
         if (i >= fmt.n)
             RERR(R, "incomplete format");
@@ -1934,7 +2228,8 @@ static jv_t py_format_percent(rstate_t *R, jv_t fmt, jv_t args)
             pad_to(R, out, piece, width, align, ' ');
         }
     }
-    if (args.t != JV_DICT && used < n && !(n == 1 && args.t != JV_LIST))
+    /* like CPython, a list or dict argument (a "mapping") is never "left over" */
+    if (args.t != JV_DICT && args.t != JV_UNDEF && used < n && !(args.t == JV_LIST && !(args.aux & JV_AUX_TUPLE)))
         RERR(R, "not all arguments converted during string formatting");
     return scratch_pop(R);
 }
@@ -1980,7 +2275,8 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
                 RERR(R, "Replacement index %d out of range for positional args tuple", auto_idx - 1);
             }
         } else if (f[0] >= '0' && f[0] <= '9') {
-            int idx = atoi(f);
+            long idx_l = strtol(f, NULL, 10);
+            int idx = idx_l > 1000000 ? 1000000 : (int)idx_l;
             if (!arg_get(a, idx, NULL, &arg)) {
                 RERR(R, "Replacement index %d out of range for positional args tuple", idx);
             }
@@ -2020,12 +2316,14 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
             long width = 0;
             int prec = -1;
             while (k < sl && sp[k] >= '0' && sp[k] <= '9')
-                width = width * 10 + (sp[k++] - '0');
+                if ((width = width * 10 + (sp[k++] - '0')) > FMT_MAX_WIDTH)
+                    RERR(R, "format width too large");
             if (k < sl && sp[k] == '.') {
                 prec = 0;
                 k++;
                 while (k < sl && sp[k] >= '0' && sp[k] <= '9')
-                    prec = prec * 10 + (sp[k++] - '0');
+                    if ((prec = prec * 10 + (sp[k++] - '0')) > FMT_MAX_PREC)
+                        RERR(R, "format precision too large");
             }
             char type = k < sl ? sp[k] : 0;
             if (type && type != 's' && is_num(piece))
@@ -2057,7 +2355,8 @@ static jv_t py_str_format(rstate_t *R, jv_t fmt, const cargs_t *a)
     X(F_ROUND, "round") X(F_SAFE, "safe") X(F_SELECT, "select")                         \
     X(F_SELECTATTR, "selectattr") X(F_SORT, "sort") X(F_STRING, "string") X(F_SUM, "sum") \
     X(F_TITLE, "title") X(F_TOJSON, "tojson") X(F_TRIM, "trim") X(F_UNIQUE, "unique")   \
-    X(F_UPPER, "upper") X(F_WORDCOUNT, "wordcount")
+    X(F_UPPER, "upper") X(F_WORDCOUNT, "wordcount") X(F_GROUPBY, "groupby") X(F_SLICE, "slice")   \
+    X(F_TRUNCATE, "truncate")
 
 #define JINJA_TESTS(X)                                                                  \
     X(T_BOOLEAN, "boolean") X(T_CALLABLE, "callable") X(T_DEFINED, "defined")           \
@@ -2101,9 +2400,27 @@ int jinja_test_id(const char *name, size_t len) { return find_name(TEST_NAMES, T
 
 static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a);
 
+static int test_arity(int id)
+{
+    switch (id) {
+    case T_DIVISIBLEBY: case T_EQ: case T_EQUALTO: case T_EQOP: case T_NE: case T_NEOP: case T_LT:
+    case T_LESSTHAN: case T_LTOP: case T_LE: case T_LEOP: case T_GT: case T_GREATERTHAN: case T_GTOP:
+    case T_GE: case T_GEOP: case T_IN: case T_SAMEAS:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
 {
     jv_t x;
+    int arity = test_arity(id);
+    if (a->npos + a->nkw > arity)
+        RERR(R, "test_%s() takes %d positional argument%s but %d were given", TEST_NAMES[id], arity + 1,
+             arity ? "s" : "", a->npos + a->nkw + 1);
+    if (arity && a->npos + a->nkw < arity)
+        RERR(R, "test_%s() missing 1 required positional argument", TEST_NAMES[id]);
     switch (id) {
     case T_BOOLEAN: return v.t == JV_BOOL;
     case T_CALLABLE: return v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_UNDEF;
@@ -2126,9 +2443,10 @@ static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
     case T_EVEN: case T_ODD: {
         if (v.t == JV_UNDEF)
             undef_fail(R, v);
+        /* jinja2: value % 2 == 1 (odd), value % 2 == 0 (even) */
         jv_t m = binop(R, OP_MOD, v, v_int(2));
-        int odd = m.t == JV_FLOAT ? m.f != 0 : m.i != 0;
-        return id == T_ODD ? odd : !odd;
+        double mv = m.t == JV_FLOAT ? m.f : (double)m.i;
+        return id == T_ODD ? mv == 1 : mv == 0;
     }
     case T_FALSE: return v.t == JV_BOOL && !v.i;
     case T_TRUE: return v.t == JV_BOOL && v.i;
@@ -2138,14 +2456,16 @@ static int apply_test(rstate_t *R, int id, jv_t v, const cargs_t *a)
     case T_INTEGER: return v.t == JV_INT;
     case T_NUMBER: return is_num(v);
     case T_IN: return contains(R, arg_or(a, 0, "seq", V_UNDEFINED), v);
-    case T_ITERABLE: case T_SEQUENCE:
+    case T_ITERABLE:
         return v.t == JV_STR || v.t == JV_LIST || v.t == JV_DICT || v.t == JV_UNDEF;
+    case T_SEQUENCE:
+        return v.t == JV_STR || (v.t == JV_LIST && !(v.aux & (JV_AUX_GEN | JV_AUX_VIEW_MASK))) || v.t == JV_DICT ||
+               v.t == JV_UNDEF;
     case T_MAPPING: return v.t == JV_DICT;
     case T_NONE: return v.t == JV_NONE;
     case T_STRING: return v.t == JV_STR;
     case T_LOWER: case T_UPPER: {
-        if (v.t != JV_STR)
-            RERR(R, "'%s' object has no attribute '%s'", type_name(v.t), id == T_LOWER ? "islower" : "isupper");
+        v = to_str(R, v);
         int cased = 0;
         size_t i = 0;
         while (i < v.n) {
@@ -2320,7 +2640,10 @@ static int64_t py_len(rstate_t *R, jv_t v)
     switch (v.t) {
     case JV_UNDEF: return 0;
     case JV_STR: return (int64_t)u8_len(v.s, v.n);
-    case JV_LIST: return (int64_t)LST(v)->n;
+    case JV_LIST:
+        if (is_gen(v))
+            RERR(R, "object of type 'generator' has no len()");
+        return (int64_t)LST(v)->n;
     case JV_DICT: return (int64_t)DCT(v)->n;
     default: RERR(R, "object of type '%s' has no len()", type_name(v.t));
     }
@@ -2360,7 +2683,7 @@ static jv_t select_common(rstate_t *R, int id, jv_t seq, const cargs_t *a)
             lb_push(R, &lb, items[k]);
         step(R);
     }
-    return lb_finish(&lb, R, 0);
+    return as_gen(lb_finish(&lb, R, 0));
 }
 
 static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
@@ -2378,7 +2701,7 @@ static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
                 x = def;
             lb_push(R, &lb, x);
         }
-        return lb_finish(&lb, R, 0);
+        return as_gen(lb_finish(&lb, R, 0));
     }
     jv_t fname;
     if (!arg_get(a, 0, NULL, &fname))
@@ -2394,7 +2717,7 @@ static jv_t filter_map(rstate_t *R, jv_t seq, const cargs_t *a)
         lb_push(R, &lb, apply_filter(R, fid, items[k], &fa));
         step(R);
     }
-    return lb_finish(&lb, R, 0);
+    return as_gen(lb_finish(&lb, R, 0));
 }
 
 static jv_t py_round(rstate_t *R, jv_t v, int64_t prec, jv_t method)
@@ -2426,9 +2749,70 @@ static jv_t py_round(rstate_t *R, jv_t v, int64_t prec, jv_t method)
     return v_float(strtod(buf, NULL));
 }
 
+/* Parameter names of each filter after its operand; "*" takes anything (jinja2 checks
+ * the call against the Python signature and raises TypeError). */
+static const char *filter_params(int id)
+{
+    switch (id) {
+    case F_ATTR: return "name";
+    case F_BATCH: return "linecount,fill_with";
+    case F_CENTER: return "width";
+    case F_D: case F_DEFAULT: return "default_value,boolean";
+    case F_DICTSORT: return "case_sensitive,by,reverse";
+    case F_FLOAT: return "default";
+    case F_INDENT: return "width,first,blank";
+    case F_INT: return "default,base";
+    case F_JOIN: return "d,attribute";
+    case F_MAX: case F_MIN: return "case_sensitive,attribute";
+    case F_REPLACE: return "old,new,count";
+    case F_ROUND: return "precision,method";
+    case F_SORT: return "reverse,case_sensitive,attribute";
+    case F_SUM: return "attribute,start";
+    case F_TOJSON: return "ensure_ascii,indent,separators,sort_keys";
+    case F_TRIM: return "chars";
+    case F_UNIQUE: return "case_sensitive,attribute";
+    case F_GROUPBY: return "attribute,default,case_sensitive";
+    case F_SLICE: return "slices,fill_with";
+    case F_TRUNCATE: return "length,killwords,end,leeway";
+    case F_FORMAT: case F_MAP: case F_SELECT: case F_REJECT: case F_SELECTATTR: case F_REJECTATTR: return "*";
+    default: return "";
+    }
+}
+
+static void check_filter_args(rstate_t *R, int id, const cargs_t *a)
+{
+    const char *params = filter_params(id);
+    if (params[0] == '*')
+        return;
+    int n = 0;
+    for (const char *p = params; *p; p++)
+        n += *p == ',';
+    n += params[0] != '\0';
+    if (a->npos > n)
+        RERR(R, "filter %s() takes at most %d argument%s (%d given)", FILTER_NAMES[id], n, n == 1 ? "" : "s", a->npos);
+    for (int k = 0; k < a->nkw; k++) {
+        const char *kw = a->kwn[k];
+        size_t kl = strlen(kw);
+        int idx = 0, found = -1;
+        for (const char *p = params; *p;) {
+            const char *e = strchr(p, ',');
+            size_t l = e ? (size_t)(e - p) : strlen(p);
+            if (l == kl && memcmp(p, kw, l) == 0)
+                found = idx;
+            idx++;
+            p += l + (e != NULL);
+        }
+        if (found < 0)
+            RERR(R, "filter %s() got an unexpected keyword argument '%s'", FILTER_NAMES[id], kw);
+        if (found < a->npos)
+            RERR(R, "filter %s() got multiple values for argument '%s'", FILTER_NAMES[id], kw);
+    }
+}
+
 static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
 {
     jv_t x, y;
+    check_filter_args(R, id, a);
     switch (id) {
     case F_ABS:
         if (v.t == JV_INT || v.t == JV_BOOL) {
@@ -2466,7 +2850,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             }
             lb_push(R, &outer, lb_finish(&inner, R, 0));
         }
-        return lb_finish(&outer, R, 0);
+        return as_gen(lb_finish(&outer, R, 0));
     }
     case F_CAPITALIZE: return str_case(R, to_str(R, v), 2);
     case F_CENTER: {
@@ -2524,11 +2908,25 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
     }
     case F_E:
     case F_ESCAPE:
-    case F_FORCEESCAPE: return html_escape(R, to_str(R, v));
+    case F_FORCEESCAPE: {
+        jv_t r = (v.t == JV_STR && (v.aux & JV_AUX_MARKUP) && id != F_FORCEESCAPE) ? v : html_escape(R, to_str(R, v));
+        r.aux = JV_AUX_MARKUP;
+        return r;
+    }
     case F_FIRST:
     case F_LAST: {
         jv_t *items;
         size_t n;
+        if (is_gen(v)) {
+            jlist_t *gl = LST(v);
+            if (gl->err)
+                rfail(R, PD_ERR_INVAL, 0, "%s", gl->err);
+            if (id == F_LAST)
+                RERR(R, "'generator' object is not reversible");
+            if (gl->pos >= gl->n)
+                return v_undef_name("No first item, sequence was empty.");
+            return gl->items[gl->pos++];
+        }
         iter_items(R, v, &items, &n);
         if (n == 0)
             return v_undef_name(id == F_FIRST ? "No first item, sequence was empty." : "No last item, sequence was empty.");
@@ -2560,7 +2958,11 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
         return py_format_percent(R, s, tup);
     }
     case F_INDENT: {
-        jv_t s = to_str(R, v);
+        if (v.t == JV_UNDEF)
+            undef_fail(R, v);
+        if (v.t != JV_STR)
+            RERR(R, "unsupported operand type(s) for +=: '%s' and 'str'", type_name(v.t));
+        jv_t s = v;
         jv_t w = arg_or(a, 0, "width", v_int(4));
         int first = truthy(arg_or(a, 1, "first", v_bool(0)));
         int blank = truthy(arg_or(a, 2, "blank", v_bool(0)));
@@ -2617,7 +3019,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
     }
     case F_ITEMS: {
         if (v.t == JV_UNDEF)
-            return v_list(R, 0);
+            return as_gen(v_list(R, 0));
         if (v.t != JV_DICT)
             RERR(R, "items filter requires a mapping, not %s", type_name(v.t));
         jdict_t *d = DCT(v);
@@ -2629,7 +3031,7 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             pair.aux = JV_AUX_TUPLE;
             LST(out)->items[k] = pair;
         }
-        return out;
+        return as_gen(out);
     }
     case F_JOIN: {
         jv_t sep = arg_or(a, 0, "d", v_str("", 0));
@@ -2670,11 +3072,24 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
                 at_start = 1;
                 continue;
             }
-            char o[4];
-            int w = u8_put(o, at_start ? cp_upper(c) : cp_lower(c));
-            bput(R, b, o, (size_t)w);
+            /* item[0].upper() + item[1:].lower(), the rest lowered as one string so the
+             * final-sigma rule sees the same context as Python */
+            jv_t first_up = str_case(R, v_str(s.s + st, i - st), 1);
+            bput(R, b, first_up.s, first_up.n);
+            size_t e = i;
+            while (e < s.n) {
+                size_t q = e;
+                uint32_t c2 = u8_next(s.s, s.n, &q);
+                if (c2 == '-' || c2 == '(' || c2 == '{' || c2 == '[' || c2 == '<' || py_space(c2))
+                    break;
+                e = q;
+            }
+            jv_t rest = str_case(R, v_str(s.s + i, e - i), 0);
+            bput(R, b, rest.s, rest.n);
+            i = e;
             at_start = 0;
         }
+        (void)at_start;
         return scratch_pop(R);
     }
     case F_MAP: return filter_map(R, v, a);
@@ -2712,16 +3127,22 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             return do_slice(R, v, V_NONE_, V_NONE_, v_int(-1));
         jv_t *items;
         size_t n;
+        int was_gen = is_gen(v);
         iter_items(R, v, &items, &n);
         jv_t out = v_list(R, n);
         for (size_t k = 0; k < n; k++)
             LST(out)->items[k] = items[n - 1 - k];
-        return out;
+        /* reversed(list) is an iterator; a generator is listed and reversed */
+        return (v.t == JV_LIST && !was_gen) || v.t == JV_DICT || v.t == JV_UNDEF ? as_gen(out) : out;
     }
     case F_ROUND:
         return py_round(R, v, need_int(R, arg_or(a, 0, "precision", v_int(0)), "precision"),
                         arg_or(a, 1, "method", v_str("common", 6)));
-    case F_SAFE: return v.t == JV_STR ? v : to_str(R, v);
+    case F_SAFE: {
+        jv_t r = v.t == JV_STR ? v : to_str(R, v);
+        r.aux = JV_AUX_MARKUP;
+        return r;
+    }
     case F_SORT: {
         int rev = truthy(arg_or(a, 0, "reverse", v_bool(0)));
         int cs = truthy(arg_or(a, 1, "case_sensitive", v_bool(0)));
@@ -2772,7 +3193,93 @@ static jv_t apply_filter(rstate_t *R, int id, jv_t v, const cargs_t *a)
             }
             step(R);
         }
-        return lb_finish(&out, R, 0);
+        return as_gen(lb_finish(&out, R, 0));
+    }
+    case F_GROUPBY: {
+        jv_t attr;
+        if (!arg_get(a, 0, "attribute", &attr))
+            RERR(R, "groupby() missing required argument 'attribute'");
+        jv_t def = arg_or(a, 1, "default", V_NONE_);
+        int cs = truthy(arg_or(a, 2, "case_sensitive", v_bool(0)));
+        jv_t *items;
+        size_t n;
+        iter_items(R, v, &items, &n);
+        sort_key_t *keys = ralloc(R, (n ? n : 1) * sizeof(*keys));
+        for (size_t k = 0; k < n; k++) {
+            jv_t kv = get_path(R, items[k], attr);
+            if (kv.t == JV_UNDEF && def.t != JV_NONE)
+                kv = def;
+            keys[k].item = items[k];
+            keys[k].key[0] = cs ? kv : ignore_case(R, kv);
+            keys[k].key[1] = kv; /* the real key of the group's first item */
+            keys[k].n_keys = 1;
+        }
+        merge_sort(R, keys, n, 0);
+        lbuild_t groups = {0};
+        for (size_t k = 0; k < n;) {
+            size_t e = k + 1;
+            while (e < n && jv_eq(R, keys[e].key[0], keys[k].key[0], 0))
+                e++;
+            lbuild_t members = {0};
+            for (size_t q = k; q < e; q++)
+                lb_push(R, &members, keys[q].item);
+            jv_t g = v_list(R, 2);
+            LST(g)->items[0] = keys[k].key[1];
+            LST(g)->items[1] = lb_finish(&members, R, 0);
+            g.aux = JV_AUX_TUPLE | JV_AUX_GROUP;
+            lb_push(R, &groups, g);
+            k = e;
+        }
+        return lb_finish(&groups, R, 0);
+    }
+    case F_SLICE: {
+        int64_t slices = need_int(R, arg_or(a, 0, "slices", V_UNDEFINED), "slices");
+        jv_t fill = arg_or(a, 1, "fill_with", V_NONE_);
+        jv_t *items;
+        size_t n;
+        iter_items(R, v, &items, &n);
+        if (slices <= 0)
+            RERR(R, "slices must be positive");
+        if (slices > 1 << 20)
+            RERR(R, "too many slices");
+        int64_t per = (int64_t)n / slices, extra = (int64_t)n % slices, offset = 0;
+        lbuild_t out = {0};
+        for (int64_t sn = 0; sn < slices; sn++) {
+            int64_t start = offset + sn * per;
+            if (sn < extra)
+                offset++;
+            int64_t end = offset + (sn + 1) * per;
+            lbuild_t part = {0};
+            for (int64_t q = start; q < end; q++)
+                lb_push(R, &part, items[q]);
+            if (fill.t != JV_NONE && sn >= extra)
+                lb_push(R, &part, fill);
+            lb_push(R, &out, lb_finish(&part, R, 0));
+        }
+        return as_gen(lb_finish(&out, R, 0));
+    }
+    case F_TRUNCATE: {
+        jv_t str = v;
+        int64_t length = need_int(R, arg_or(a, 0, "length", v_int(255)), "length");
+        int killwords = truthy(arg_or(a, 1, "killwords", v_bool(0)));
+        jv_t end = need_str(R, arg_or(a, 2, "end", v_str("...", 3)), "end");
+        jv_t lw = arg_or(a, 3, "leeway", V_NONE_);
+        int64_t leeway = lw.t == JV_NONE ? 5 : need_int(R, lw, "leeway");
+        int64_t endlen = (int64_t)u8_len(end.s, end.n);
+        if (length < endlen)
+            RERR(R, "expected length >= %lld, got %lld", (long long)endlen, (long long)length);
+        if (leeway < 0)
+            RERR(R, "expected leeway >= 0, got %lld", (long long)leeway);
+        if (py_len(R, str) <= length + leeway)
+            return str;
+        if (str.t != JV_STR)
+            RERR(R, "truncate needs a string, not %s", type_name(str.t));
+        jv_t head = do_slice(R, str, V_NONE_, v_int(length - endlen), V_NONE_);
+        if (!killwords) {
+            jv_t parts = str_rsplit(R, head, v_str(" ", 1), 1);
+            head = LST(parts)->items[0];
+        }
+        return binop(R, OP_ADD, head, end);
     }
     case F_WORDCOUNT: {
         jv_t s = to_str(R, v);
@@ -3041,9 +3548,21 @@ static jv_t call_builtin(rstate_t *R, jv_t fv, const cargs_t *a)
     case FN_S_ISSPACE: return v_bool(str_all(self, 3));
     case FN_S_ISLOWER: return v_bool(str_all(self, 4));
     case FN_S_ISUPPER: return v_bool(str_all(self, 5));
-    case FN_D_ITEMS: return apply_filter(R, F_ITEMS, self, &(cargs_t){0});
-    case FN_D_KEYS: return list_of(R, DCT(self)->keys, DCT(self)->n);
-    case FN_D_VALUES: return list_of(R, DCT(self)->vals, DCT(self)->n);
+    case FN_D_ITEMS: {
+        jv_t r = apply_filter(R, F_ITEMS, self, &(cargs_t){0});
+        r.aux = JV_AUX_ITEMS;
+        return r;
+    }
+    case FN_D_KEYS: {
+        jv_t r = list_of(R, DCT(self)->keys, DCT(self)->n);
+        r.aux |= JV_AUX_KEYS;
+        return r;
+    }
+    case FN_D_VALUES: {
+        jv_t r = list_of(R, DCT(self)->vals, DCT(self)->n);
+        r.aux |= JV_AUX_VALUES;
+        return r;
+    }
     case FN_D_GET: {
         if (!arg_get(a, 0, NULL, &x))
             RERR(R, "get expected at least 1 argument, got 0");
@@ -3099,17 +3618,20 @@ static void eval_args(rstate_t *R, const jnode_t *nd, scope_t *sc, cargs_t *a, i
     }
 }
 
+static jv_t call_loop(rstate_t *R, jv_t lv, const cargs_t *a);
+
 static jv_t call_value(rstate_t *R, jv_t f, const cargs_t *a, jv_t caller)
 {
     switch (f.t) {
     case JV_MACRO: return call_macro(R, f.p, a, caller);
     case JV_FUNC: return call_builtin(R, f, a);
+    case JV_LOOP: return call_loop(R, f, a);
     case JV_UNDEF: undef_fail(R, f);
     default: RERR(R, "'%s' object is not callable", type_name(f.t));
     }
 }
 
-static jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
+static __attribute__((noinline)) jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
 {
     jv_t f = eval(R, nd->a, sc);
     cargs_t a;
@@ -3122,7 +3644,7 @@ static jv_t eval_call(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t caller)
     return call_value(R, f, &a, caller);
 }
 
-static jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
+static __attribute__((noinline)) jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
 {
     jv_t parts[16];
     jv_t *pv = nd->n_kids <= 16 ? parts : ralloc(R, sizeof(jv_t) * (size_t)nd->n_kids);
@@ -3141,11 +3663,51 @@ static jv_t concat_values(rstate_t *R, const jnode_t *nd, scope_t *sc)
     return v_str(o, total);
 }
 
-static jv_t apply_filter_node(rstate_t *R, const jnode_t *nd, jv_t operand, scope_t *sc)
+/* jinja2's map/select/reject/selectattr/rejectattr/items/unique/batch are generator
+ * functions: nothing runs until the result is iterated.  The C engine computes the list
+ * at once but keeps an error for the first iteration, so a generator that is never
+ * iterated (or only tested for truth) never fails, as in jinja2. */
+static int is_lazy_filter(int id)
+{
+    return id == F_MAP || id == F_SELECT || id == F_REJECT || id == F_SELECTATTR || id == F_REJECTATTR ||
+           id == F_ITEMS || id == F_UNIQUE || id == F_BATCH || id == F_SLICE;
+}
+
+static jv_t apply_filter_deferred(rstate_t *R, int id, jv_t operand, const cargs_t *a)
+{
+    jmp_buf saved;
+    int eval_depth = R->eval_depth, call_depth = R->call_depth, n_scratch = R->n_scratch, line = R->line;
+    jv_t r;
+
+    memcpy(saved, R->jb, sizeof(saved));
+    if (setjmp(R->jb) == 0) {
+        r = apply_filter(R, id, operand, a);
+        memcpy(R->jb, saved, sizeof(saved));
+        return r;
+    }
+    memcpy(R->jb, saved, sizeof(saved));
+    if (R->status != PD_ERR_INVAL || R->errlen == 0)
+        longjmp(R->jb, 1); /* limits and out-of-memory are never deferred */
+    R->eval_depth = eval_depth;
+    R->call_depth = call_depth;
+    R->n_scratch = n_scratch;
+    R->line = line;
+    r = as_gen(v_list(R, 0));
+    LST(r)->err = pd_arena_strdup(R->arena, R->err);
+    if (LST(r)->err == NULL)
+        rfail(R, PD_ERR_NOMEM, line, "out of memory");
+    R->status = PD_OK;
+    R->err[0] = '\0';
+    return r;
+}
+
+static __attribute__((noinline)) jv_t apply_filter_node(rstate_t *R, const jnode_t *nd, jv_t operand, scope_t *sc)
 {
     cargs_t a;
     eval_args(R, nd, sc, &a, 0);
     R->line = nd->line;
+    if (is_lazy_filter(nd->op))
+        return apply_filter_deferred(R, nd->op, operand, &a);
     return apply_filter(R, nd->op, operand, &a);
 }
 
@@ -3154,6 +3716,82 @@ static jv_t apply_chain(rstate_t *R, const jnode_t *chain, jv_t base, scope_t *s
 {
     jv_t operand = chain->a ? apply_chain(R, chain->a, base, sc) : base;
     return apply_filter_node(R, chain, operand, sc);
+}
+
+static __attribute__((noinline)) jv_t eval_slice(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    jv_t x = nd->b ? eval(R, nd->b, sc) : V_NONE_;
+    jv_t y = nd->c ? eval(R, nd->c, sc) : V_NONE_;
+    jv_t z = nd->d ? eval(R, nd->d, sc) : V_NONE_;
+    R->line = nd->line;
+    return do_slice(R, a, x, y, z);
+}
+
+static __attribute__((noinline)) jv_t eval_test(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    cargs_t ca;
+    eval_args(R, nd, sc, &ca, 0);
+    R->line = nd->line;
+    int t = apply_test(R, nd->op, a, &ca);
+    return v_bool(nd->flag ? !t : t);
+}
+
+static __attribute__((noinline)) jv_t eval_compare(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc), b;
+    for (int k = 0; k < nd->n_kids; k++) {
+        b = eval(R, nd->kids[k], sc);
+        R->line = nd->line;
+        int ok;
+        switch (nd->ops[k]) {
+        case OP_EQ: ok = jv_eq(R, a, b, 0); break;
+        case OP_NE: ok = !jv_eq(R, a, b, 0); break;
+        case OP_LT: ok = jv_cmp(R, a, b, "<") < 0; break;
+        case OP_LE: ok = jv_cmp(R, a, b, "<=") <= 0; break;
+        case OP_GT: ok = jv_cmp(R, a, b, ">") > 0; break;
+        case OP_GE: ok = jv_cmp(R, a, b, ">=") >= 0; break;
+        case OP_IN: ok = contains(R, b, a); break;
+        default: ok = !contains(R, b, a); break;
+        }
+        if (!ok)
+            return v_bool(0);
+        a = b;
+    }
+    return v_bool(1);
+}
+
+static __attribute__((noinline)) jv_t eval_unary(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t a = eval(R, nd->a, sc);
+    R->line = nd->line;
+    if (a.t == JV_UNDEF)
+        undef_fail(R, a);
+    if (!is_num(a))
+        RERR(R, "bad operand type for unary %c: '%s'", nd->kind == N_NEG ? '-' : '+', type_name(a.t));
+    if (nd->kind == N_POS)
+        return a.t == JV_BOOL ? v_int(a.i) : a;
+    if (a.t == JV_FLOAT)
+        return v_float(-a.f);
+    if (a.i == INT64_MIN)
+        RERR(R, "integer overflow");
+    return v_int(-a.i);
+}
+
+static __attribute__((noinline)) jv_t eval_dict(rstate_t *R, const jnode_t *nd, scope_t *sc)
+{
+    jv_t r = v_dict(R, (size_t)nd->n_kids);
+    for (int k = 0; k < nd->n_kids; k++) {
+        jv_t key = eval(R, nd->kids[k], sc);
+        jv_t val = eval(R, nd->kids2[k], sc);
+        if (key.t == JV_LIST && !(key.aux & JV_AUX_TUPLE))
+            RERR(R, "unhashable type: 'list'");
+        if (key.t == JV_DICT || key.t == JV_NS)
+            RERR(R, "unhashable type: '%s'", type_name(key.t));
+        dict_set(R, DCT(r), key, val);
+    }
+    return r;
 }
 
 static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
@@ -3178,29 +3816,13 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         R->line = nd->line;
         r = get_item(R, a, b);
         break;
-    case N_SLICE: {
-        a = eval(R, nd->a, sc);
-        jv_t x = nd->b ? eval(R, nd->b, sc) : V_NONE_;
-        jv_t y = nd->c ? eval(R, nd->c, sc) : V_NONE_;
-        jv_t z = nd->d ? eval(R, nd->d, sc) : V_NONE_;
-        R->line = nd->line;
-        r = do_slice(R, a, x, y, z);
-        break;
-    }
+    case N_SLICE: r = eval_slice(R, nd, sc); break;
     case N_CALL: r = eval_call(R, nd, sc, V_UNDEFINED); break;
     case N_FILTER:
         a = eval(R, nd->a, sc);
         r = apply_filter_node(R, nd, a, sc);
         break;
-    case N_TEST: {
-        a = eval(R, nd->a, sc);
-        cargs_t ca;
-        eval_args(R, nd, sc, &ca, 0);
-        R->line = nd->line;
-        int t = apply_test(R, nd->op, a, &ca);
-        r = v_bool(nd->flag ? !t : t);
-        break;
-    }
+    case N_TEST: r = eval_test(R, nd, sc); break;
     case N_BINOP:
         a = eval(R, nd->a, sc);
         b = eval(R, nd->b, sc);
@@ -3208,23 +3830,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         r = binop(R, nd->op, a, b);
         break;
     case N_NEG:
-    case N_POS:
-        a = eval(R, nd->a, sc);
-        R->line = nd->line;
-        if (a.t == JV_UNDEF)
-            undef_fail(R, a);
-        if (!is_num(a))
-            RERR(R, "bad operand type for unary %c: '%s'", nd->kind == N_NEG ? '-' : '+', type_name(a.t));
-        if (nd->kind == N_POS)
-            r = a.t == JV_BOOL ? v_int(a.i) : a;
-        else if (a.t == JV_FLOAT)
-            r = v_float(-a.f);
-        else {
-            if (a.i == INT64_MIN)
-                RERR(R, "integer overflow");
-            r = v_int(-a.i);
-        }
-        break;
+    case N_POS: r = eval_unary(R, nd, sc); break;
     case N_NOT: r = v_bool(!truthy(eval(R, nd->a, sc))); break;
     case N_AND:
         a = eval(R, nd->a, sc);
@@ -3234,31 +3840,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
         a = eval(R, nd->a, sc);
         r = truthy(a) ? a : eval(R, nd->b, sc);
         break;
-    case N_COMPARE: {
-        a = eval(R, nd->a, sc);
-        r = v_bool(1);
-        for (int k = 0; k < nd->n_kids; k++) {
-            b = eval(R, nd->kids[k], sc);
-            R->line = nd->line;
-            int ok;
-            switch (nd->ops[k]) {
-            case OP_EQ: ok = jv_eq(R, a, b, 0); break;
-            case OP_NE: ok = !jv_eq(R, a, b, 0); break;
-            case OP_LT: ok = jv_cmp(R, a, b, "<") < 0; break;
-            case OP_LE: ok = jv_cmp(R, a, b, "<=") <= 0; break;
-            case OP_GT: ok = jv_cmp(R, a, b, ">") > 0; break;
-            case OP_GE: ok = jv_cmp(R, a, b, ">=") >= 0; break;
-            case OP_IN: ok = contains(R, b, a); break;
-            default: ok = !contains(R, b, a); break;
-            }
-            if (!ok) {
-                r = v_bool(0);
-                break;
-            }
-            a = b;
-        }
-        break;
-    }
+    case N_COMPARE: r = eval_compare(R, nd, sc); break;
     case N_CONCAT: r = concat_values(R, nd, sc); break;
     case N_COND:
         if (truthy(eval(R, nd->a, sc)))
@@ -3275,19 +3857,7 @@ static jv_t eval(rstate_t *R, const jnode_t *nd, scope_t *sc)
             r.aux = JV_AUX_TUPLE;
         break;
     }
-    case N_DICT: {
-        r = v_dict(R, (size_t)nd->n_kids);
-        for (int k = 0; k < nd->n_kids; k++) {
-            jv_t key = eval(R, nd->kids[k], sc);
-            jv_t val = eval(R, nd->kids2[k], sc);
-            if (key.t == JV_LIST && !(key.aux & JV_AUX_TUPLE))
-                RERR(R, "unhashable type: 'list'");
-            if (key.t == JV_DICT || key.t == JV_NS)
-                RERR(R, "unhashable type: '%s'", type_name(key.t));
-            dict_set(R, DCT(r), key, val);
-        }
-        break;
-    }
+    case N_DICT: r = eval_dict(R, nd, sc); break;
     default:
         rfail(R, PD_ERR_INTERNAL, nd->line, "bad expression node %d", nd->kind);
     }
@@ -3328,9 +3898,35 @@ static void assign(rstate_t *R, const jnode_t *target, jv_t v, scope_t *sc)
         scope_set(R, sc, target->kids[k]->sym, items[k]);
 }
 
+static int exec_for_seq(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t seq, int depth);
+
 static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
 {
-    jv_t seq = eval(R, nd->b, sc);
+    return exec_for_seq(R, nd, sc, eval(R, nd->b, sc), 1);
+}
+
+/* loop(children) inside a recursive for: the loop body over children, one level deeper */
+static jv_t call_loop(rstate_t *R, jv_t lv, const cargs_t *a)
+{
+    jloop_t *l = lv.p;
+    if (l->node == NULL || !l->node->flag)
+        RERR(R, "Tried to call non recursive loop.  Maybe you forgot the 'recursive' modifier.");
+    if (a->npos != 1 || a->nkw)
+        RERR(R, "loop() takes exactly one argument");
+    if (R->call_depth >= R->max_call_depth)
+        rfail(R, PD_ERR_LIMIT, R->line, "recursive loop nested deeper than %d", R->max_call_depth);
+    R->call_depth++;
+    size_t mark = R->out->len;
+    exec_for_seq(R, l->node, l->outer, a->pos[0], l->depth + 1);
+    jv_t s = v_strdup(R, R->out->data + mark, R->out->len - mark);
+    R->out->len = mark;
+    R->out->data[mark] = '\0';
+    R->call_depth--;
+    return s;
+}
+
+static int exec_for_seq(rstate_t *R, const jnode_t *nd, scope_t *sc, jv_t seq, int depth)
+{
     jv_t *items;
     size_t n;
     R->line = nd->line;
@@ -3359,8 +3955,14 @@ static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
     memset(loop, 0, sizeof(*loop));
     loop->items = items;
     loop->n = n;
+    loop->depth = depth;
+    loop->node = nd;
+    loop->outer = sc;
     jv_t lv = {.t = JV_LOOP};
     lv.p = loop;
+    /* jinja2 runs the else block unless some iteration reached the end of the body
+     * (an iteration left by break or continue does not count) */
+    int completed = 0;
     for (size_t k = 0; k < n; k++) {
         step(R);
         loop->idx = k;
@@ -3368,9 +3970,13 @@ static int exec_for(rstate_t *R, const jnode_t *nd, scope_t *sc)
         scope_set(R, is, G_LOOP, lv);
         assign(R, nd->a, items[k], is);
         int fl = exec(R, nd->c, is);
+        if (fl == FL_NORMAL)
+            completed = 1;
         if (fl == FL_BREAK)
             break;
     }
+    if (!completed && nd->d)
+        exec(R, nd->d, scope_new(R, sc));
     return FL_NORMAL;
 }
 
@@ -3477,7 +4083,27 @@ static jv_t from_json(rstate_t *R, const cJSON *j)
             return v_int((int64_t)d);
         return v_float(d);
     }
-    if (cJSON_IsString(j) || cJSON_IsRaw(j))
+    if (cJSON_IsRaw(j) && j->valuestring) {
+        /* a raw item holding a JSON number keeps Python's int/float distinction
+         * ("1.0" is a float, "1" an int), which cJSON's parsed numbers lose */
+        const char *t = j->valuestring;
+        char *end;
+        size_t tl = strlen(t);
+        int is_float = strpbrk(t, ".eE") != NULL;
+        if (tl > 0 && (t[0] == '-' || (t[0] >= '0' && t[0] <= '9'))) {
+            if (!is_float) {
+                errno = 0;
+                long long iv = strtoll(t, &end, 10);
+                if (*end == '\0' && errno == 0)
+                    return v_int(iv);
+            }
+            double dv = strtod(t, &end);
+            if (*end == '\0')
+                return v_float(dv);
+        }
+        return v_str(t, tl);
+    }
+    if (cJSON_IsString(j))
         return j->valuestring ? v_str(j->valuestring, strlen(j->valuestring)) : v_str("", 0);
     if (cJSON_IsArray(j)) {
         size_t n = (size_t)cJSON_GetArraySize(j), k = 0;
@@ -3704,8 +4330,8 @@ static pd_status_t render_internal(const eng_template_t *tpl, const cJSON *ctx, 
     if (R == NULL)
         return PD_ERR_NOMEM;
     R->tpl = tpl;
-    R->err = err;
-    R->errlen = err ? errlen : 0;
+    R->err = err && errlen ? err : R->ebuf;
+    R->errlen = err && errlen ? errlen : sizeof(R->ebuf);
     R->out = out;
     R->out_base = out->len;
     R->max_steps = limits && limits->max_steps ? limits->max_steps : ENG_TEMPLATE_DEFAULT_STEPS;
@@ -3733,7 +4359,7 @@ static pd_status_t render_internal(const eng_template_t *tpl, const cJSON *ctx, 
         if (out->data)
             out->data[out->len] = '\0';
         if (st == PD_ERR_NOMEM || st == PD_ERR_INTERNAL)
-            PD_LOG_ERR("chat template render failed: %s", err && errlen ? err : pd_status_str(st));
+            PD_LOG_ERR("chat template render failed: %s", R->err);
     }
     pd_buf_cleanup(&R->tmp);
     for (size_t k = 0; k < PD_ARRAY_SIZE(R->scratch); k++)

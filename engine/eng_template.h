@@ -16,7 +16,25 @@
  * dict (insertion ordered), namespace, macro; undefined follows jinja2's default
  * Undefined (prints as "", is falsy, iterates as empty, errors on attribute access).
  * JSON numbers from the context become int when they are integral and fit in 53 bits,
- * float otherwise (cJSON keeps no source text, so "1.0" arrives as int 1).
+ * float otherwise (cJSON keeps no source text, so "1.0" arrives as int 1).  A caller that
+ * needs the exact distinction can pass a number as a raw item (cJSON_CreateRaw("1.0")):
+ * raw text that is a JSON number becomes a float when it has '.', 'e' or 'E', else an int.
+ *
+ * Supported: {{ }}, {% %}, {# #}, whitespace control, raw, if/elif/else, for (tuple
+ * targets, loop filter, else, loop.* incl. previtem/nextitem/cycle/changed, break/continue),
+ * set (names, tuples, ns.attr, block set with filters), macro (defaults, varargs, kwargs,
+ * caller), call blocks, filter blocks, with, {% generation %}; the filters and tests of
+ * jinja2 chat templates use (unknown ones fail at compile time, like jinja2); Python str,
+ * dict and list methods; range, namespace, dict, raise_exception, strftime_now.  Generators
+ * (map/select/reject/selectattr/rejectattr/items/unique/batch, reverse) behave like
+ * jinja2's: single use, always true, no len(), errors deferred until iterated.
+ * Recursive for loops (loop(children), loop.depth) are supported too.
+ * Known differences: ints are 64-bit (Python's are unbounded: overflow is an error here);
+ * a printed generator reads "<generator object>" (no address); case mappings come from the
+ * C library's Unicode tables plus Python's one-to-many mappings (a few Unicode-version
+ * differences remain possible); include/import/extends and the rarely used filters
+ * (wordwrap, urlize, urlencode, striptags, xmlattr, filesizeformat, pprint, random) are
+ * not implemented.
  */
 #ifndef ENG_TEMPLATE_H
 #define ENG_TEMPLATE_H

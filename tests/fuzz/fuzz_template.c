@@ -7,7 +7,7 @@
  * Build (from the source root, with clang):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon -Iengine \
  *     tests/fuzz/fuzz_template.c engine/eng_template.c engine/eng_jinja_parse.c \
- *     common/pd_util.c common/pd_log.c common/pd_status.c -lcjson -lm -o fuzz_template
+ *     common/pd_util.c common/pd_log.c common/pd_status.c -lcjson -lm -lpthread -o fuzz_template
  *   ./fuzz_template -max_total_time=60 -max_len=4096
  */
 #include <stdint.h>

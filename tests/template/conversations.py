@@ -43,8 +43,17 @@ def _rand_value(r, depth=0):
 def _tool(r, name):
     props = {}
     for p in r.sample(["location", "unit", "query", "limit", "verbose"], r.randrange(1, 4)):
-        props[p] = {"type": r.choice(["string", "integer", "boolean"]),
+        props[p] = {"type": r.choice(["string", "integer", "boolean", "number"]),
                     "description": r.choice(TEXTS[:12])}
+        k = r.random()
+        if k < 0.15:
+            props[p] = {"type": "array", "items": r.choice([{"type": "string"}, {"type": "array", "items": {}}])}
+        elif k < 0.25:
+            props[p] = {"type": ["string", "null"]}
+        elif k < 0.32:
+            props[p] = {"type": "object", "additionalProperties": {"type": "integer"}}
+        elif k < 0.36:
+            props[p] = {"description": "untyped"}
         if r.random() < 0.3:
             props[p]["enum"] = ["a", "b", "ç"]
     fn = {"name": name, "description": r.choice(["Get things.", "Search the web for ünïcode",
@@ -93,7 +102,7 @@ def gen_conversation(r, style):
             for n in names:
                 calls.append(_tool_call(r, n, call_idx))
                 call_idx += 1
-            m = {"role": "assistant", "content": r.choice(["", _content(r)]) if not style.get("no_content_with_calls") else "",
+            m = {"role": "assistant", "content": r.choice(["", _content(r), None]) if not style.get("no_content_with_calls") else "",
                  "tool_calls": calls}
             msgs.append(m)
             for c in calls:
@@ -122,6 +131,7 @@ STYLES = {
     "qwen3": {"tools": True, "reasoning": True},
     "mistral": {"tools": True},
     "llama2": {},
+    "hermes_tools": {"tools": True},
 }
 
 SPECIAL = {
@@ -132,6 +142,7 @@ SPECIAL = {
     "qwen3": (None, "<|im_end|>"),
     "mistral": ("<s>", "</s>"),
     "llama2": ("<s>", "</s>"),
+    "hermes_tools": ("<|begin_of_text|>", "<|im_end|>"),
 }
 
 
@@ -161,8 +172,11 @@ def gen_cases(name, n, seed=1234):
             kw["unused_flag"] = True
         if kw:
             case["kwargs"] = kw
-        if r.random() < 0.05:
-            case["documents"] = [{"title": "Doc", "text": "Some text"}]
+        if r.random() < 0.1:
+            case["documents"] = [{"title": r.choice(["Doc", "Ünï"]), "text": _content(r)}
+                                 for _ in range(r.randrange(1, 3))]
+            if r.random() < 0.3:
+                del case["documents"][0]["title"]
         if r.random() < 0.02:
             case["add_generation_prompt"] = True
             case["continue_final_message"] = True

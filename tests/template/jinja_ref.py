@@ -8,6 +8,7 @@ eng_chat_apply implements (reasoning field aliasing, continue_final_message tagg
 cutting, the add_generation_prompt/continue_final_message conflict).  Written for these
 tests from the behaviour transformers documents; only jinja2 is needed.
 """
+import copy
 import json
 from datetime import datetime
 
@@ -78,7 +79,8 @@ def compile_template(source):
 
 
 def render_ctx(source, ctx):
-    return compile_template(source).render(**ctx)
+    # a deep copy: some jinja2 filters (indent on a list) mutate their input in place
+    return compile_template(source).render(**copy.deepcopy(ctx))
 
 
 def _alias(msg):

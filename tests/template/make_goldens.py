@@ -19,7 +19,8 @@ PER_TEMPLATE = 6
 
 def main():
     out = []
-    for name in ["smollm2", "llama3", "qwen3", "llama31_tools", "qwen25_tools", "mistral", "llama2"]:
+    for name in ["smollm2", "llama3", "qwen3", "llama31_tools", "qwen25_tools", "mistral", "llama2",
+                 "hermes_tools"]:
         source = open(os.path.join(TEMPLATES, name + ".jinja"), encoding="utf-8").read()
         kept = 0
         for case in gen_cases(name, 200, seed=99):

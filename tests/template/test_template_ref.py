@@ -73,7 +73,7 @@ def check_all(name, cases):
 
 
 @pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen3", "llama31_tools", "qwen25_tools",
-                                  "mistral", "llama2"])
+                                  "mistral", "llama2", "hermes_tools"])
 def test_template_matches_jinja2(name):
     cases = gen_cases(name, N_CASES)
     n_ok = check_all(name, cases)

@@ -78,6 +78,8 @@ PD_TEST(test_basics)
     check_render("{{ {'b': 'é', 'a': [1, 2.5, none, true]} | tojson }}", NULL,
                  "{\"b\": \"é\", \"a\": [1, 2.5, null, true]}");
     check_render("{{ x.y is defined }}|{{ x }}|{{ x | default('d') }}", "{\"x\": {}}", "False|{}|{}");
+    check_render("{% for x in t recursive %}{{ x.n }}{% if x.k %}({{ loop(x.k) }}){% endif %}{% endfor %}",
+                 "{\"t\": [{\"n\": 1, \"k\": [{\"n\": 2}, {\"n\": 3, \"k\": [{\"n\": 4}]}]}]}", "1(23(4))");
     check_render("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
                  NULL, "6");
 }
@@ -153,7 +155,8 @@ PD_TEST(test_syntax_errors)
     check_compile_error("{{ 'abc }}", "unexpected end of string");
     check_compile_error("{# open", "missing end of comment");
     check_compile_error("{{ (1 }}", "line 1");
-    check_compile_error("{% for x in y recursive %}{% endfor %}", "not supported");
+    check_compile_error("{% include 'other.jinja' %}", "unknown tag 'include'");
+    check_compile_error("{{ x | groupby }}{{ x | wordwrap }}", "no filter named 'wordwrap'");
     /* deep nesting is refused, not a stack overflow */
     char deep[8192];
     size_t k = 0;
@@ -220,6 +223,24 @@ PD_TEST(test_limits)
     /* a value nested deeper than printing allows is an error, not a crash */
     check_render_error("{% set ns = namespace(v=1) %}{% for i in range(5000) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}",
                        NULL, NULL, PD_ERR_INVAL, "nested too deeply");
+}
+
+PD_TEST(test_raw_numbers)
+{
+    eng_template_t *tpl = NULL;
+    char err[256];
+    pd_buf_t out = {0};
+    PD_CHECK_STATUS(eng_template_compile("{{ a }} {{ b }} {{ c }} {{ [a, b, c, d] | tojson }}", &tpl, err, sizeof(err)), PD_OK);
+    cJSON *ctx = cJSON_CreateObject();
+    cJSON_AddItemToObject(ctx, "a", cJSON_CreateRaw("1.0"));
+    cJSON_AddItemToObject(ctx, "b", cJSON_CreateRaw("7"));
+    cJSON_AddItemToObject(ctx, "c", cJSON_CreateNumber(1.0));
+    cJSON_AddItemToObject(ctx, "d", cJSON_CreateRaw("2e3"));
+    PD_CHECK_STATUS(eng_template_render(tpl, ctx, NULL, &out, err, sizeof(err)), PD_OK);
+    PD_CHECK_EQ_STR(out.data, "1.0 7 1 [1.0, 7, 1, 2000.0]");
+    cJSON_Delete(ctx);
+    pd_buf_cleanup(&out);
+    eng_template_destroy(tpl);
 }
 
 PD_TEST(test_output_appends)
@@ -347,6 +368,7 @@ int main(void)
     PD_RUN(test_syntax_errors);
     PD_RUN(test_runtime_errors);
     PD_RUN(test_limits);
+    PD_RUN(test_raw_numbers);
     PD_RUN(test_output_appends);
     PD_RUN(test_chat_apply);
     PD_RUN(test_concurrent_and_speed);
