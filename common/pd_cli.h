@@ -62,6 +62,16 @@ typedef struct pd_strlist {
     size_t n;
 } pd_strlist_t;
 
+/* The C type of each kind, for X-macro option tables that generate their args struct
+ * (PD_OPT_T_##kind). */
+#define PD_OPT_T_BOOL bool
+#define PD_OPT_T_INT int64_t
+#define PD_OPT_T_FLOAT double
+#define PD_OPT_T_STR char *
+#define PD_OPT_T_CHOICE char *
+#define PD_OPT_T_JSON cJSON *
+#define PD_OPT_T_LIST pd_strlist_t
+
 typedef struct pd_opt {
     const char *group;     /* help group title */
     const char *name;      /* "--max-num-seqs" */

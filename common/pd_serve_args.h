@@ -155,14 +155,6 @@
   X("pdserve", chat, "--chat", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "with --generate: apply the chat template to the prompt")
 /* clang-format on */
 
-#define PD_OPT_T_BOOL bool
-#define PD_OPT_T_INT int64_t
-#define PD_OPT_T_FLOAT double
-#define PD_OPT_T_STR char *
-#define PD_OPT_T_CHOICE char *
-#define PD_OPT_T_JSON cJSON *
-#define PD_OPT_T_LIST pd_strlist_t
-
 enum {
 #define PD_OPT_ENUM(g, field, name, alias, kind, def, ch, st, note, fl, help) PD_SERVE_OPT_##field,
     PD_SERVE_OPTIONS(PD_OPT_ENUM)

@@ -1,34 +1,8 @@
 /*
- * pdserve-decode - the decode node binary: parses the `vllm serve` command line and runs
- * the node (engine + OpenAI-compatible HTTP server) in the decode role.
+ * pdserve-decode - the decode node binary: the `vllm serve` command line and the node
+ * (engine + OpenAI-compatible HTTP server) in the decode role.  Everything lives in the
+ * engine library (engine/eng_server.c); the binaries differ only in their role.
  */
-#include <stdio.h>
-#include <stdlib.h>
-
 #include "eng_server.h"
-#include "pd_log.h"
-#include "pd_serve_args.h"
 
-int main(int argc, char **argv)
-{
-    pd_serve_args_t args;
-    pd_cli_action_t action;
-    pd_log_level_t level;
-    char err[512];
-    int rc;
-
-    pd_log_set_tag("decode");
-    if (pd_serve_args_parse(PD_ROLE_DECODE, argc, argv, &args, &action, err, sizeof(err)) != PD_OK) {
-        pd_serve_args_free(PD_ROLE_DECODE, &args);
-        return 2;
-    }
-    if (action == PD_CLI_EXIT_OK) {
-        pd_serve_args_free(PD_ROLE_DECODE, &args);
-        return 0;
-    }
-    if (pd_log_level_parse(args.uvicorn_log_level, &level) == PD_OK)
-        pd_log_set_level(level);
-    rc = eng_node_main(PD_ROLE_DECODE, &args);
-    pd_serve_args_free(PD_ROLE_DECODE, &args);
-    return rc;
-}
+int main(int argc, char **argv) { return eng_node_cli_main(PD_ROLE_DECODE, argc, argv); }

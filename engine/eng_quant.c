@@ -8,6 +8,8 @@
  */
 #include "eng_quant.h"
 
+#include "kcpu.h"
+
 #include <ctype.h>
 #include <string.h>
 #include <strings.h>
@@ -147,79 +149,11 @@ pd_status_t eng_dtype_row_bytes(eng_dtype_t type, int64_t n, size_t *bytes_p)
 
 /* ---- scalar conversions ---- */
 
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-float eng_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ff;
-
-    if (exp == 0x1f) /* inf / nan: keep the payload */
-        return f32_from_bits(sign | 0x7f800000 | (mant << 13));
-    if (exp != 0)
-        return f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
-    if (mant == 0)
-        return f32_from_bits(sign);
-    /* subnormal: mant * 2^-24, exact in float */
-    return f32_from_bits(sign | f32_bits((float)mant * 5.9604644775390625e-08f));
-}
-
-uint16_t eng_f32_to_f16(float f)
-{
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-
-    x &= 0x7fffffff;
-    if (x > 0x7f800000)
-        return sign | 0x7e00; /* NaN (quiet) */
-    if (x >= 0x477ff000)
-        return sign | 0x7c00; /* >= 65520 rounds to inf */
-    if (x >= 0x38800000) {
-        /* normal half: round the 13 dropped mantissa bits to nearest even, rebias */
-        uint32_t r = x + 0xfff + ((x >> 13) & 1);
-        return sign | (uint16_t)((r - 0x38000000) >> 13);
-    }
-    if (x <= 0x33000000)
-        return sign; /* <= 2^-25 rounds to zero (the tie goes to even 0) */
-    {
-        uint32_t e = x >> 23;
-        uint32_t m = (x & 0x7fffff) | 0x800000;
-        uint32_t shift = 126 - e; /* value in units of 2^-24 is m >> shift */
-        uint32_t r = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1);
-        uint32_t half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1)))
-            r++;
-        return sign | (uint16_t)r;
-    }
-}
-
-float eng_bf16_to_f32(uint16_t h)
-{
-    return f32_from_bits((uint32_t)h << 16);
-}
-
-uint16_t eng_f32_to_bf16(float f)
-{
-    uint32_t u = f32_bits(f);
-
-    if ((u & 0x7fffffff) > 0x7f800000)
-        return (uint16_t)((u >> 16) | 64); /* quiet NaN */
-    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
-}
+/* The scalar conversions are the kernels' (one implementation, round to nearest even). */
+float eng_f16_to_f32(uint16_t h) { return kcpu_f16_to_f32(h); }
+uint16_t eng_f32_to_f16(float f) { return kcpu_f32_to_f16(f); }
+float eng_bf16_to_f32(uint16_t h) { return kcpu_bf16_to_f32(h); }
+uint16_t eng_f32_to_bf16(float f) { return kcpu_f32_to_bf16(f); }
 
 void eng_f32_to_f16_row(const float *src, uint16_t *dst, size_t n)
 {

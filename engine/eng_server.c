@@ -697,3 +697,27 @@ out:
     cJSON_free(own.gen_override);
     return rc;
 }
+
+int eng_node_cli_main(pd_node_role_t role, int argc, char **argv)
+{
+    pd_serve_args_t args;
+    pd_cli_action_t action;
+    pd_log_level_t level;
+    char err[512];
+    int rc;
+
+    pd_log_set_tag(role == PD_ROLE_PREFILL ? "prefill" : "decode");
+    if (pd_serve_args_parse(role, argc, argv, &args, &action, err, sizeof(err)) != PD_OK) {
+        pd_serve_args_free(role, &args);
+        return 2;
+    }
+    if (action == PD_CLI_EXIT_OK) {
+        pd_serve_args_free(role, &args);
+        return 0;
+    }
+    if (pd_log_level_parse(args.uvicorn_log_level, &level) == PD_OK)
+        pd_log_set_level(level);
+    rc = eng_node_main(role, &args);
+    pd_serve_args_free(role, &args);
+    return rc;
+}

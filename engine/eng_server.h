@@ -13,4 +13,8 @@
  * with --generate, generate once and return.  Returns the process exit code. */
 int eng_node_main(pd_node_role_t role, pd_serve_args_t *args);
 
+/* The whole main() of a node binary: parse the `vllm serve` command line for the role,
+ * set the log level, run the node.  Returns the process exit code (2 for bad options). */
+int eng_node_cli_main(pd_node_role_t role, int argc, char **argv);
+
 #endif /* ENG_SERVER_H */

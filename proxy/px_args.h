@@ -44,14 +44,6 @@
   X("pdserve", config, "--config", NULL, STR, NULL, NULL, WORKS, NULL, 0, "read options from a YAML or JSON file (the command line wins)")
 /* clang-format on */
 
-#define PD_OPT_T_BOOL bool
-#define PD_OPT_T_INT int64_t
-#define PD_OPT_T_FLOAT double
-#define PD_OPT_T_STR char *
-#define PD_OPT_T_CHOICE char *
-#define PD_OPT_T_JSON cJSON *
-#define PD_OPT_T_LIST pd_strlist_t
-
 enum {
 #define PX_OPT_ENUM(g, field, name, alias, kind, def, ch, st, note, fl, help) PX_OPT_##field,
     PX_OPTIONS(PX_OPT_ENUM)
