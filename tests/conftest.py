@@ -110,3 +110,12 @@ def decode_node(tmp_path_factory, model_path):
     node = start_node(tmp_path_factory, model_path, ["--served-model-name", "smol", "other-name"])
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def node_factory(tmp_path_factory, model_path):
+    """start_node bound to the session's temp dirs and the default model:
+    node_factory(extra_args, name="pdserve-decode") -> Node (stop it yourself)."""
+    def make(extra=(), name="pdserve-decode", **kw):
+        return start_node(tmp_path_factory, model_path, extra, name=name, **kw)
+    return make

@@ -11,6 +11,7 @@ Two kinds of checks:
 """
 import json
 import math
+import os
 import statistics
 import subprocess
 
@@ -22,6 +23,14 @@ TOL_ITL_MS = 3.0     # mean ITL / TPOT tolerance (averaged, so tighter)
 
 
 # ---- numpy-compatible helpers (no numpy needed) ----
+
+def _require_quiet_machine():
+    """Latency figures measured against scripted delays need a machine that is not
+    overloaded: skip (saying so) when the load average is far above the core count."""
+    load = os.getloadavg()[0]
+    if load > 3.0 * (os.cpu_count() or 1):
+        pytest.skip(f"load average {load:.1f} on {os.cpu_count()} cores: too loaded for a timing check")
+
 def pct(values, p):
     a = sorted(values)
     if not a:
@@ -91,6 +100,7 @@ def timing_problems(d, exp_ttft, exp_e2el, exp_tpot, exp_itls):
 
 
 def test_metrics_match_script(fake, run_bench):
+    _require_quiet_machine()
     ttft = [40, 60, 80, 100, 120]
     itl = [5, 10, 15]
     outn = [1, 8, 12, 20]
@@ -324,6 +334,7 @@ def test_max_concurrency(fake, run_bench):
 
 
 def test_poisson_arrivals(fake, run_bench):
+    _require_quiet_machine()
     srv = fake({"ttft_ms": 1, "itl_ms": 1})
     rate, n = 100.0, 300
     r = run_bench(srv.url, "--num-prompts", n, "--request-rate", rate, "--seed", 3,

@@ -222,10 +222,8 @@ def test_client_disconnect_frees_blocks(decode_node):
     assert post(decode_node, "/v1/completions", {"prompt": "ok", "max_tokens": 2})[0] == 200
 
 
-def test_generation_config_override(tmp_path_factory, model_path):
-    from conftest import start_node
-    node = start_node(tmp_path_factory, model_path,
-                      ["--override-generation-config", '{"temperature": 0, "max_new_tokens": 6}'])
+def test_generation_config_override(node_factory):
+    node = node_factory(["--override-generation-config", '{"temperature": 0, "max_new_tokens": 6}'])
     try:
         c = client(node)
         # no temperature and no max_tokens in the request: the server defaults apply (greedy, 6 tokens)
@@ -245,11 +243,10 @@ def node_model(node):
     return client(node).models.list().data[0].id
 
 
-def test_chat_answer_with_exact_numerics(tmp_path_factory, model_path):
+def test_chat_answer_with_exact_numerics(node_factory):
     """--dtype float32 dequantizes the GGUF and runs exact matmuls (the numerics the
     Hugging Face goldens check): the model answers and stops at its end-of-turn token."""
-    from conftest import start_node
-    node = start_node(tmp_path_factory, model_path, ["--dtype", "float32"])
+    node = node_factory(["--dtype", "float32"])
     try:
         r = client(node).chat.completions.create(model=node_model(node), max_tokens=20, temperature=0,
                                                  messages=[{"role": "user", "content": "What is the capital of France?"}])
