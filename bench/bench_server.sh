@@ -5,7 +5,7 @@
 #   2. POST /v1/completions, max_tokens=1, with wrk: requests/s, server CPU per request.
 #   3. streamed completions (16 at a time, 64 tokens each, ignore_eos): server CPU per
 #      streamed token.
-#   4. 1,000 concurrent streams (8 tokens each): all held and finished with [DONE]?
+#   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
 # "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
 # and samples in the engine's compute (kcpu_*, eng_forward*, eng_backend*, eng_model*,
 # eng_quant*, eng_sampler*, eng_sched*, eng_block*, libgomp) are subtracted; what remains
@@ -36,7 +36,7 @@ perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 cpu_ticks() { awk '{print $14+$15}' /proc/$PID/stat; }
 HZ=$(getconf CLK_TCK)
 
-# run "$@" while measuring the server: prints "<process cpu s> <server-only cpu s>"
+# run "$@" while measuring the server: writes "<process cpu s> <server-only cpu s>" to $TMP/meas
 measure() {
     local t0 t1 perf_pid=""
     if [ $HAVE_PERF = 1 ]; then
@@ -49,7 +49,7 @@ measure() {
     t1=$(cpu_ticks)
     if [ -n "$perf_pid" ]; then
         kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
-        perf script -F sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
+        perf script -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
 import sys, re
 eng = re.compile(r"^(kcpu_|eng_forward|eng_backend|eng_model|eng_quant|eng_sampler|eng_sched|eng_block|kcuda_)")
 tot = srv = 0
@@ -57,7 +57,7 @@ for line in sys.stdin:
     f = line.split()
     if not f: continue
     tot += 1
-    sym = f[0]; dso = line
+    sym = f[1] if len(f) > 1 else "?"; dso = line
     if eng.match(sym) or "libgomp" in dso: continue
     srv += 1
 print(tot, srv)' > "$TMP/split"
@@ -67,15 +67,14 @@ print(tot, srv)' > "$TMP/split"
     read -r tot srv < "$TMP/split"
     python3 -c "
 cpu=($t1-$t0)/$HZ; tot=$tot; srv=$srv
-print(cpu, cpu*srv/tot if tot else -1)"
+print(cpu, cpu*srv/tot if tot else -1)" > "$TMP/meas"
 }
 
 echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ)"
 
 # 1. /v1/models
-wrk -t1 -c16 -d5s --latency "$URL/v1/models" >"$TMP/wrk1" 2>&1 &
-WP=$!
-read -r CPU1 SRV1 < <(measure wait $WP)
+measure wrk -t1 -c16 -d5s --latency "$URL/v1/models" >"$TMP/wrk1" 2>&1
+read -r CPU1 SRV1 < "$TMP/meas"
 N1=$(awk '/requests in/ {print $1}' "$TMP/wrk1")
 RPS1=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk1")
 echo "GET /v1/models: $RPS1 req/s, server CPU $(python3 -c "print(round($CPU1/$N1*1e6,1))") us/req"
@@ -86,9 +85,8 @@ wrk.method = "POST"
 wrk.body = '{"model":"smol","prompt":"The capital of France is","max_tokens":1,"temperature":0}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-wrk -t1 -c8 -d8s -s "$TMP/post.lua" "$URL/v1/completions" >"$TMP/wrk2" 2>&1 &
-WP=$!
-read -r CPU2 SRV2 < <(measure wait $WP)
+measure wrk -t1 -c8 -d8s -s "$TMP/post.lua" "$URL/v1/completions" >"$TMP/wrk2" 2>&1
+read -r CPU2 SRV2 < "$TMP/meas"
 N2=$(awk '/requests in/ {print $1}' "$TMP/wrk2")
 RPS2=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk2")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$TMP/wrk2"); NON2XX=${NON2XX:-0}
@@ -113,7 +111,8 @@ for t in ts: t.join()
 ok = sum(1 for s, _, d in got if s == 200 and d)
 print(ok, sum(e for _, e, _ in got))
 PY
-read -r CPU3 SRV3 < <(measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3")
+measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3"
+read -r CPU3 SRV3 < "$TMP/meas"
 read -r OK3 EV3 < "$TMP/s3"
 TOK3=$((16 * 64))
 echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
@@ -121,10 +120,10 @@ echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c 
 
 # 4. 1,000 concurrent streams
 T0=$(date +%s.%N)
-python3 "$TMP/streams.py" "$PORT" 1000 8 > "$TMP/s4"
+python3 "$TMP/streams.py" "$PORT" 1000 4 > "$TMP/s4"
 read -r OK4 EV4 < "$TMP/s4"
 T4=$(python3 -c "import time; print(round(time.time()-$T0,1))")
-echo "1000 concurrent streams x 8 tokens: $OK4/1000 finished with [DONE] in $T4 s"
+echo "1000 concurrent streams x 4 tokens: $OK4/1000 finished with [DONE] in $T4 s"
 kill -0 $PID && echo "server alive after the run"
 
 if [ -n "$JSON_OUT" ]; then
