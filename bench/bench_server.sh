@@ -7,8 +7,9 @@
 #      streamed token.
 #   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
 # "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
-# and samples in the engine's compute (kcpu_*, eng_forward*, eng_backend*, eng_model*,
-# eng_quant*, eng_sampler*, eng_sched*, eng_block*, libgomp) are subtracted; what remains
+# and samples in the engine's compute (every function of libpd_kernels_cpu.a and of
+# eng_forward/backend_cpu/model/quant/sampler/sched/block, found with nm; libm) are
+# subtracted; what remains
 # is HTTP, JSON parse/validate, template, tokenize, detokenize, stop strings, response
 # and chunk formatting, sends, libc and kernel time of those.  Without perf, only the
 # whole-process CPU (model included) is printed.
@@ -33,6 +34,14 @@ URL=http://127.0.0.1:$PORT
 HAVE_PERF=0
 perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 
+# every function (static ones too) of the model's compute: the CPU kernels and the
+# engine's forward, model, quantization, sampling, scheduling and block code; libm (exp)
+# counts there too.  libc and kernel time stay on the server side (an upper bound).
+{ nm "$BUILD/kernels/libpd_kernels_cpu.a" 2>/dev/null
+  for o in eng_forward eng_backend_cpu eng_model eng_quant eng_sampler eng_sched eng_block; do
+      nm "$BUILD/engine/CMakeFiles/pd_engine.dir/$o.c.o" 2>/dev/null; done
+} | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$TMP/engine_syms"
+
 cpu_ticks() { awk '{print $14+$15}' /proc/$PID/stat; }
 HZ=$(getconf CLK_TCK)
 
@@ -50,17 +59,17 @@ measure() {
     if [ -n "$perf_pid" ]; then
         kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
         perf script -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
-import sys, re
-eng = re.compile(r"^(kcpu_|eng_forward|eng_backend|eng_model|eng_quant|eng_sampler|eng_sched|eng_block|kcuda_)")
+import sys
+eng = set(open(sys.argv[1]).read().split())
 tot = srv = 0
 for line in sys.stdin:
     f = line.split()
     if not f: continue
     tot += 1
-    sym = f[1] if len(f) > 1 else "?"; dso = line
-    if eng.match(sym) or "libgomp" in dso: continue
+    sym = f[1] if len(f) > 1 else "?"
+    if sym in eng or "libm.so" in line or "libgomp" in line: continue
     srv += 1
-print(tot, srv)' > "$TMP/split"
+print(tot, srv)' "$TMP/engine_syms" > "$TMP/split"
     else
         echo "0 0" > "$TMP/split"
     fi
