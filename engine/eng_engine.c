@@ -224,7 +224,8 @@ static void process_seq(eng_engine_t *e, ereq_t *er, int i)
             eng_detok_step(ss->detok, tok, &e->delta);
         if (finished)
             eng_detok_finish(ss->detok, &e->delta);
-        if (ss->stop) {
+        /* stop strings count only past min_tokens (vLLM) */
+        if (ss->stop && eng_request_n_output(sreq) > sreq->params.min_tokens) {
             eng_stop_matcher_feed(ss->stop, e->delta.data ? e->delta.data : "", e->delta.len, &e->text, &matched);
             if (matched >= 0) {
                 stop_str = sreq->params.stop[matched];

@@ -415,7 +415,7 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
     if (kind == ENG_OAI_COMPLETION) {
         TRY(parse_prompt(r->root, lim, r, err));
         if (pd_json_present(r->root, "suffix")) {
-            st = fail(err, 400, "suffix", "suffix is not currently supported");
+            st = fail(err, 400, "suffix", "suffix is not supported yet.");
             goto fail;
         }
         if (pd_json_present(r->root, "echo")) {
@@ -556,6 +556,13 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
     if (pd_json_present(r->root, "user")) {
         J(pd_json_get_string(r->root, "user", 4096, &s, &je));
     }
+    if (pd_json_present(r->root, "bad_words")) {
+        /* strings here; the server tokenizes them (it has the tokenizer) */
+        size_t nb = 0;
+        J(pd_json_get_string_list(r->root, "bad_words", (size_t)lim->max_stop, (size_t)lim->max_stop_len,
+                                  &r->bad_words, &nb, &je));
+        r->n_bad_words = (int)nb;
+    }
     return PD_OK;
 fail:
     if (st == PD_ERR_NOMEM && err->status == 0)
@@ -571,6 +578,7 @@ void eng_oai_req_cleanup(eng_oai_req_t *r)
     for (int i = 0; i < r->n_prompts; i++)
         free(r->prompts[i].ids);
     free(r->prompts);
+    free(r->bad_words);
     eng_sampling_params_cleanup(&r->params);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof(*r));

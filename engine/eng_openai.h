@@ -61,6 +61,8 @@ typedef struct eng_oai_req {
     const cJSON *kv_transfer_params;
     bool return_tokens_as_token_ids;
     bool want_logprobs;           /* chat logprobs: true / completions logprobs set */
+    const char **bad_words;       /* bad_words strings (array owned, strings borrowed) */
+    int n_bad_words;
 } eng_oai_req_t;
 
 typedef struct eng_oai_err {

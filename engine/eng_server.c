@@ -385,6 +385,18 @@ static void h_docs(pd_http_req_t *req, void *user)
     pd_http_respond_data(req, 200, "text/html; charset=utf-8", page, sizeof(page) - 1);
 }
 
+/* vLLM's pooling endpoints (/v1/embeddings, /pooling, /classify, /score, /rerank) exist
+ * for pooling models only; pdserve serves generation models, so they answer a clear 400
+ * (vLLM's answer for a model without that task) instead of a bare 404. */
+static void h_pooling(pd_http_req_t *req, void *user)
+{
+    char msg[200];
+    (void)user;
+    snprintf(msg, sizeof(msg), "The model does not support the %s API: --task embed/score/classify (pooling "
+             "models) is not supported yet.", pd_http_req_path(req));
+    pd_http_respond_error(req, 400, NULL, msg, NULL, NULL);
+}
+
 /* ---- metrics registration ---- */
 
 static pd_status_t reg_metrics(eng_server_t *srv)
@@ -646,6 +658,12 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     if (!a->disable_fastapi_docs) {
         pd_http_route(srv.http, "GET", "/openapi.json", h_openapi, &srv);
         pd_http_route(srv.http, "GET", "/docs", h_docs, &srv);
+    }
+    {
+        static const char *const pooling[] = {"/v1/embeddings", "/pooling", "/classify", "/v1/score", "/score",
+                                              "/v1/rerank", "/rerank", "/v2/rerank"};
+        for (size_t i = 0; i < PD_ARRAY_SIZE(pooling); i++)
+            pd_http_route(srv.http, "POST", pooling[i], h_pooling, &srv);
     }
     if (eng_server_add_oai_routes(&srv) != PD_OK)
         goto out;

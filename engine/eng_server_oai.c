@@ -163,6 +163,8 @@ static void comp_lp_append(eng_server_t *srv, const oreq_t *o, cJSON *obj, const
         cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp_value(out->token_logprobs[i].logprob)));
         cJSON_AddItemToArray(toks, cJSON_CreateString(t));
         cJSON *m = cJSON_CreateObject();
+        /* the sampled token is always among them, as in vLLM (top-N plus the chosen one) */
+        cJSON_AddNumberToObject(m, t, lp_value(out->token_logprobs[i].logprob));
         for (int k = 0; k < out->n_top; k++) {
             const eng_logprob_t *lp = &out->tops[(size_t)i * (size_t)out->n_top + (size_t)k];
             token_text(srv, o, lp->token, t, sizeof(t));
@@ -596,6 +598,62 @@ pd_status_t eng_server_chat_prompt(eng_server_t *srv, const eng_oai_req_t *r, in
     return st;
 }
 
+/* bad_words -> token sequences, as vLLM does: each word as written (leading spaces
+ * stripped) and with one leading space when that gives a different first token and the
+ * same length. */
+static pd_status_t add_bad_words(eng_server_t *srv, eng_oai_req_t *r, eng_oai_err_t *err)
+{
+    const eng_tok_t *tok = eng_engine_tokenizer(srv->engine);
+    for (int w = 0; w < r->n_bad_words; w++) {
+        const char *word = r->bad_words[w];
+        int32_t first = -1;
+        int len0 = -1;
+        char buf[1100];
+        while (*word == ' ')
+            word++;
+        if (tok == NULL) {
+            err->status = 400;
+            snprintf(err->message, sizeof(err->message), "bad_words need a tokenizer (--skip-tokenizer-init)");
+            snprintf(err->param, sizeof(err->param), "bad_words");
+            return PD_ERR_INVAL;
+        }
+        for (int space = 0; space < 2; space++) {
+            eng_tok_ids_t ids;
+            pd_status_t st;
+            snprintf(buf, sizeof(buf), "%s%s", space ? " " : "", word);
+            eng_tok_ids_init(&ids);
+            st = eng_tok_encode(tok, buf, strlen(buf), false, &ids);
+            if (st == PD_OK && ids.n > 0 && (!space || (ids.ids[0] != first && (int)ids.n == len0))) {
+                for (size_t i = 0; i < ids.n; i++) {
+                    if (ids.ids[i] < 0 || ids.ids[i] >= srv->limits.vocab_size) {
+                        err->status = 400;
+                        snprintf(err->message, sizeof(err->message), "bad word '%.64s' has token %d outside the "
+                                 "model's vocabulary (%lld)", word, ids.ids[i], (long long)srv->limits.vocab_size);
+                        snprintf(err->param, sizeof(err->param), "bad_words");
+                        st = PD_ERR_INVAL;
+                        break;
+                    }
+                }
+                if (st == PD_OK)
+                    st = eng_sampling_params_add_bad_word(&r->params, ids.ids, (int)ids.n);
+            }
+            if (st == PD_OK && !space && ids.n > 0) {
+                first = ids.ids[0];
+                len0 = (int)ids.n;
+            }
+            eng_tok_ids_cleanup(&ids);
+            if (st != PD_OK) {
+                if (err->status == 0) {
+                    err->status = 500;
+                    snprintf(err->message, sizeof(err->message), "cannot tokenize bad_words");
+                }
+                return st;
+            }
+        }
+    }
+    return PD_OK;
+}
+
 static pd_status_t ctx_error(eng_oai_err_t *err, int64_t max_len, int prompt, int max_tokens, bool chat)
 {
     err->status = 400;
@@ -611,6 +669,36 @@ static pd_status_t ctx_error(eng_oai_err_t *err, int64_t max_len, int prompt, in
                  "Please reduce the length of the %s.", (long long)max_len, chat ? "messages" : "prompt",
                  prompt, chat ? "messages" : "prompt");
     return PD_ERR_RANGE;
+}
+
+/* The request line of the log (unless --disable-log-requests): the first prompt's text
+ * (completions) or last message (chat) and its token ids, each cut at --max-log-len
+ * characters / ids (vLLM's meaning; unset: 1024 / 256, a log line is at most 4 KiB). */
+static void log_request(eng_server_t *srv, pd_http_req_t *req, const oreq_t *o, const int32_t *ids, int n_ids)
+{
+    const pd_serve_args_t *a = srv->args;
+    int lim_chars = a->set[PD_SERVE_OPT_max_log_len] ? (int)a->max_log_len : 1024;
+    int lim_ids = a->set[PD_SERVE_OPT_max_log_len] ? (int)a->max_log_len : 256;
+    const char *text = NULL;
+    char idbuf[2048];
+    size_t w = 0;
+
+    if (!o->chat) {
+        text = o->r.prompts[0].text;
+    } else {
+        const cJSON *last = cJSON_GetArrayItem(o->r.messages, cJSON_GetArraySize(o->r.messages) - 1);
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(last, "content");
+        text = cJSON_IsString(c) ? c->valuestring : NULL;
+    }
+    if (lim_chars > 1024)
+        lim_chars = 1024;
+    idbuf[0] = '\0';
+    for (int i = 0; i < n_ids && i < lim_ids && w + 16 < sizeof(idbuf); i++)
+        w += (size_t)snprintf(idbuf + w, sizeof(idbuf) - w, "%s%d", i ? ", " : "", ids[i]);
+    PD_LOG_REQ(INFO, pd_http_req_id(req), "%s: prompt: '%.*s'%s, prompt_token_ids: [%s%s], %d prompt(s), "
+               "%d prompt tokens, n=%d, max_tokens=%d, stream=%d", o->chat ? "chat" : "completion", lim_chars,
+               text ? text : "", text && (int)strlen(text) > lim_chars ? "..." : "", idbuf,
+               n_ids > lim_ids ? ", ..." : "", o->n_subs, n_ids, o->n_per, o->r.params.max_tokens, o->r.stream);
 }
 
 /* ---- the handler ---- */
@@ -645,6 +733,8 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         snprintf(err.param, sizeof(err.param), "model");
         goto fail;
     }
+    if (add_bad_words(srv, &o->r, &err) != PD_OK)
+        goto fail;
     pd_random_hex_id(rid);
     snprintf(o->id, sizeof(o->id), "%s-%s", o->chat ? "chatcmpl" : "cmpl", rid);
     o->n_subs = o->chat ? 1 : o->r.n_prompts;
@@ -708,8 +798,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         s->n_prompt = n_ids[i];
     }
     if (srv->log_requests)
-        PD_LOG_REQ(INFO, pd_http_req_id(req), "%s: %d prompt(s), %d prompt tokens, n=%d, max_tokens=%d, stream=%d",
-                   o->chat ? "chat" : "completion", o->n_subs, n_ids[0], o->n_per, o->r.params.max_tokens, o->r.stream);
+        log_request(srv, req, o, ids[0], n_ids[0]);
     o->refs = 1; /* the HTTP side */
     if (o->r.stream) {
         if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {

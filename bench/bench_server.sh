@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# bench_server.sh - the node server's own CPU cost, on a real pdserve-decode with the
+# default model (SmolLM2-135M Q4_1, CPU backend):
+#   1. GET /v1/models with wrk: requests/s and server CPU per request.
+#   2. POST /v1/completions, max_tokens=1, with wrk: requests/s, server CPU per request.
+#   3. streamed completions (16 at a time, 64 tokens each, ignore_eos): server CPU per
+#      streamed token.
+#   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
+# "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
+# and samples in the engine's compute (every function of libpd_kernels_cpu.a and of
+# eng_forward/backend_cpu/model/quant/sampler/sched/block, found with nm; libm) are
+# subtracted; what remains
+# is HTTP, JSON parse/validate, template, tokenize, detokenize, stop strings, response
+# and chunk formatting, sends, libc and kernel time of those.  Without perf, only the
+# whole-process CPU (model included) is printed.
+#   bench/bench_server.sh [build-dir] [--json out.json]
+set -euo pipefail
+# the whole script is one function, parsed before it runs
+main() {
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${1:-$ROOT/build}
+JSON_OUT=${3:-}
+MODEL=${PD_MODEL_GGUF:-${PDSERVE_CACHE:-$HOME/.cache/pdserve}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+BIN=$BUILD/decode/pdserve-decode
+[ -x "$BIN" ] || { echo "build pdserve-decode first ($BIN)"; exit 1; }
+[ -f "$MODEL" ] || { echo "SKIP: no model at $MODEL"; exit 0; }
+command -v wrk >/dev/null || { echo "SKIP: wrk not installed"; exit 0; }
+TMP=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" --model "$MODEL" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
+    --max-model-len 1024 --disable-log-requests --disable-log-stats >"$TMP/node.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT
+for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+URL=http://127.0.0.1:$PORT
+HAVE_PERF=0
+perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
+
+# every function (static ones too) of the model's compute: the CPU kernels and the
+# engine's forward, model, quantization, sampling, scheduling and block code; libm (exp)
+# counts there too.  libc and kernel time stay on the server side (an upper bound).
+{ nm "$BUILD/kernels/libpd_kernels_cpu.a" 2>/dev/null
+  for o in eng_forward eng_backend_cpu eng_model eng_quant eng_sampler eng_sched eng_block; do
+      nm "$BUILD/engine/CMakeFiles/pd_engine.dir/$o.c.o" 2>/dev/null; done
+} | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$TMP/engine_syms"
+# the server's own code: the common library (HTTP, JSON, metrics, log) and the engine's
+# request-side files (API, tokenizer, detokenizer, stop strings, templates, output
+# dispatch); with libmicrohttpd, cJSON, GnuTLS and the kernel's network paths this is
+# the lower bound; the upper bound is everything outside the model's compute
+{ nm "$BUILD/common/libpd_common.a" 2>/dev/null
+  for o in eng_server eng_server_oai eng_openai eng_tokenizer eng_tok_model eng_unicode eng_stop eng_template \
+           eng_jinja_parse eng_engine eng_request; do
+      nm "$BUILD/engine/CMakeFiles/pd_engine.dir/$o.c.o" 2>/dev/null; done
+} | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$TMP/server_syms"
+
+cpu_ticks() { awk '{print $14+$15}' /proc/$PID/stat; }
+HZ=$(getconf CLK_TCK)
+
+# run "$@" while measuring the server: writes "<process cpu s> <server-only cpu s>" to $TMP/meas
+measure() {
+    local t0 t1 perf_pid=""
+    if [ $HAVE_PERF = 1 ]; then
+        perf record -q -e cpu-clock -F 4000 -p $PID -o "$TMP/perf.data" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.3
+    fi
+    t0=$(cpu_ticks)
+    "$@"
+    t1=$(cpu_ticks)
+    if [ -n "$perf_pid" ]; then
+        kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
+        perf script -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
+import sys, re
+eng = set(open(sys.argv[1]).read().split())
+own = set(open(sys.argv[2]).read().split())
+net = re.compile(r"(tcp|ip_|ipv4|sock|epoll|skb|inet|net_|__dev_queue|loopback|__sys_|do_sys_poll|__x64_sys)")
+tot = hi = lo = 0
+for line in sys.stdin:
+    f = line.split()
+    if not f: continue
+    tot += 1
+    sym = f[1] if len(f) > 1 else "?"
+    if sym in eng or "libm.so" in line or "libgomp" in line: continue
+    hi += 1
+    if sym in own or "libmicrohttpd" in line or "libcjson" in line or "libgnutls" in line or \
+       ("kernel.kallsyms" in line and net.search(sym)):
+        lo += 1
+print(tot, hi, lo)' "$TMP/engine_syms" "$TMP/server_syms" > "$TMP/split"
+    else
+        echo "0 0 0" > "$TMP/split"
+    fi
+    read -r tot hi lo < "$TMP/split"
+    python3 -c "
+cpu=($t1-$t0)/$HZ; tot=$tot
+print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1)" > "$TMP/meas"
+}
+
+echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ)"
+
+# 1. /v1/models
+measure wrk -t1 -c16 -d5s --latency "$URL/v1/models" >"$TMP/wrk1" 2>&1
+read -r CPU1 SRV1 LO1 < "$TMP/meas"
+N1=$(awk '/requests in/ {print $1}' "$TMP/wrk1")
+RPS1=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk1")
+echo "GET /v1/models: $RPS1 req/s, server CPU $(python3 -c "print(round($CPU1/$N1*1e6,1))") us/req"
+
+# 2. max_tokens=1 completions
+cat >"$TMP/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"smol","prompt":"The capital of France is","max_tokens":1,"temperature":0}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+measure wrk -t1 -c8 -d8s -s "$TMP/post.lua" "$URL/v1/completions" >"$TMP/wrk2" 2>&1
+read -r CPU2 SRV2 LO2 < "$TMP/meas"
+N2=$(awk '/requests in/ {print $1}' "$TMP/wrk2")
+RPS2=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk2")
+NON2XX=$(awk '/Non-2xx/ {print $NF}' "$TMP/wrk2"); NON2XX=${NON2XX:-0}
+echo "POST /v1/completions max_tokens=1: $RPS2 req/s ($NON2XX non-2xx), process CPU $(python3 -c "print(round($CPU2/$N2*1e6,1))") us/req," \
+     "server-only $(python3 -c "print(round($LO2/$N2*1e6,1))")..$(python3 -c "print(round($SRV2/$N2*1e6,1))") us/req"
+
+# 3. streamed tokens
+cat >"$TMP/streams.py" <<'PY'
+import http.client, json, sys, threading
+port, n, tokens = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+got = []
+def one(i):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": f"Story {i}:", "max_tokens": tokens,
+              "ignore_eos": True, "stream": True, "temperature": 0}), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    body = r.read().decode()
+    got.append((r.status, body.count("data: ") - 1, body.rstrip().endswith("data: [DONE]")))
+ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in ts: t.start()
+for t in ts: t.join()
+ok = sum(1 for s, _, d in got if s == 200 and d)
+print(ok, sum(e for _, e, _ in got))
+PY
+measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3"
+read -r CPU3 SRV3 LO3 < "$TMP/meas"
+read -r OK3 EV3 < "$TMP/s3"
+TOK3=$((16 * 64))
+echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
+     "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token"
+
+# 4. 1,000 concurrent streams
+T0=$(date +%s.%N)
+python3 "$TMP/streams.py" "$PORT" 1000 4 > "$TMP/s4"
+read -r OK4 EV4 < "$TMP/s4"
+T4=$(python3 -c "import time; print(round(time.time()-$T0,1))")
+echo "1000 concurrent streams x 4 tokens: $OK4/1000 finished with [DONE] in $T4 s"
+kill -0 $PID && echo "server alive after the run"
+
+if [ -n "$JSON_OUT" ]; then
+python3 - "$JSON_OUT" <<PY
+import json, sys
+json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RPS2, "comp1_cpu_us": $CPU2/$N2*1e6,
+           "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
+           "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "streams_1000_ok": $OK4, "streams_1000_s": $T4},
+          open(sys.argv[1], "w"), indent=1)
+PY
+fi
+}
+main "$@"
