@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "eng_disagg.h"
 #include "eng_server.h"
 #include "pd_log.h"
 #include "pd_serve_args.h"
@@ -17,6 +18,8 @@ int main(int argc, char **argv)
     char err[512];
     int rc;
 
+    /* before anything initialises UCX (needs a fresh image: docs/disagg.md) */
+    eng_disagg_early_env(argc, argv);
     pd_log_set_tag("prefill");
     if (pd_serve_args_parse(PD_ROLE_PREFILL, argc, argv, &args, &action, err, sizeof(err)) != PD_OK) {
         pd_serve_args_free(PD_ROLE_PREFILL, &args);
