@@ -370,6 +370,23 @@ static const char *const unsupported_fields[] = {
 /* kv_transfer_params: exactly the NixlConnector fields, with their types; null
  * counts as absent.  do_remote_decode (proxy -> prefill) carries no remote_* values;
  * do_remote_prefill (proxy -> decode) needs all of them.  Anything else is a 400. */
+/* a pd_json error inside kv_transfer_params, named as such */
+static pd_status_t kv_jfail(eng_oai_err_t *err, const pd_json_err_t *je)
+{
+    char m[sizeof(err->message)];
+    jfail(err, je);
+    snprintf(m, sizeof(m), "%s", err->message);
+    snprintf(err->message, sizeof(err->message), "kv_transfer_params: %.400s", m);
+    snprintf(err->param, sizeof(err->param), "kv_transfer_params");
+    return PD_ERR_INVAL;
+}
+
+#define KJ(expr)                         \
+    do {                                 \
+        if ((expr) != PD_OK)             \
+            return kv_jfail(err, &je);   \
+    } while (0)
+
 static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_err_t *err)
 {
     static const char *const known[] = {"do_remote_decode", "do_remote_prefill", "remote_engine_id",
@@ -390,16 +407,16 @@ static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_e
             return fail(err, 400, "kv_transfer_params", "kv_transfer_params: unknown field '%.64s'", it->string);
     }
     bv = 0;
-    J(pd_json_get_bool(kv, "do_remote_decode", &bv, &je));
+    KJ(pd_json_get_bool(kv, "do_remote_decode", &bv, &je));
     out->do_remote_decode = bv;
     bv = 0;
-    J(pd_json_get_bool(kv, "do_remote_prefill", &bv, &je));
+    KJ(pd_json_get_bool(kv, "do_remote_prefill", &bv, &je));
     out->do_remote_prefill = bv;
     if (out->do_remote_decode && out->do_remote_prefill)
         return fail(err, 400, "kv_transfer_params", "kv_transfer_params: do_remote_decode and do_remote_prefill "
                     "cannot both be true");
     if (pd_json_present(kv, "tp_size")) {
-        J(pd_json_get_int(kv, "tp_size", 1, 1024, &iv, &je));
+        KJ(pd_json_get_int(kv, "tp_size", 1, 1024, &iv, &je));
         if (iv != 1)
             return fail(err, 400, "kv_transfer_params", "kv_transfer_params: tp_size %lld is not supported "
                         "(pdserve nodes run tp_size 1)", (long long)iv);
@@ -413,11 +430,11 @@ static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_e
                             "do_remote_decode", remote[k]);
         return PD_OK;
     }
-    J(pd_json_get_string(kv, "remote_engine_id", KVX_ID_MAX - 1, &out->remote_engine_id, &je));
-    J(pd_json_get_string(kv, "remote_host", KVX_HOST_MAX - 1, &out->remote_host, &je));
-    J(pd_json_get_string(kv, "remote_request_id", KVX_ID_MAX - 1, &out->remote_request_id, &je));
+    KJ(pd_json_get_string(kv, "remote_engine_id", KVX_ID_MAX - 1, &out->remote_engine_id, &je));
+    KJ(pd_json_get_string(kv, "remote_host", KVX_HOST_MAX - 1, &out->remote_host, &je));
+    KJ(pd_json_get_string(kv, "remote_request_id", KVX_ID_MAX - 1, &out->remote_request_id, &je));
     iv = 0;
-    J(pd_json_get_int(kv, "remote_port", 1, 65535, &iv, &je));
+    KJ(pd_json_get_int(kv, "remote_port", 1, 65535, &iv, &je));
     out->remote_port = (int)iv;
     if (!out->remote_engine_id || !out->remote_host || !out->remote_request_id || iv == 0 ||
         !pd_json_present(kv, "remote_block_ids"))
@@ -426,7 +443,7 @@ static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_e
     if (!out->remote_host[0] || !out->remote_request_id[0] || !out->remote_engine_id[0])
         return fail(err, 400, "kv_transfer_params", "kv_transfer_params: empty remote_host, remote_engine_id or "
                     "remote_request_id");
-    J(pd_json_get_int_array(kv, "remote_block_ids", KVX_MAX_BLOCKS_PER_REQ, 0, INT32_MAX, &ids, &n_ids, &je));
+    KJ(pd_json_get_int_array(kv, "remote_block_ids", KVX_MAX_BLOCKS_PER_REQ, 0, INT32_MAX, &ids, &n_ids, &je));
     out->remote_block_ids = malloc((n_ids ? n_ids : 1) * sizeof(uint32_t));
     if (out->remote_block_ids == NULL) {
         free(ids);
@@ -438,6 +455,7 @@ static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_e
     free(ids);
     return PD_OK;
 }
+#undef KJ
 
 pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, const eng_oai_limits_t *lim,
                           eng_oai_req_t *r, eng_oai_err_t *err)
