@@ -396,3 +396,38 @@ def test_ucx_env_exported_for_the_node(pair):
     with open(f"/proc/{p.proc.pid}/environ", "rb") as f:
         env = f.read().split(b"\0")
     assert b"UCX_MEM_MMAP_HOOK_MODE=none" in env or os.environ.get("UCX_MEM_MMAP_HOOK_MODE")
+
+
+def test_client_leaves_while_pulling(tmp_path_factory, model_path, pair):
+    """A decode request aborted while its pull is in flight answers at once but keeps its
+    blocks until the pull reports; nothing leaks on either node."""
+    _, d = pair
+    start = free_blocks(d)
+    p = start_kv_node(tmp_path_factory, model_path, "pdserve-prefill", "kv_producer", free_port(), lease_ttl_s=3)
+    try:
+        p_start = free_blocks(p)
+        body = {"model": "smol", "prompt": "Frozen prefill: " + PROMPTS[2], "max_tokens": 8, "temperature": 0}
+        kv = prefill_leg(p, body)
+        failed = metric(d, "vllm:nixl_num_failed_transfers")
+        loads = metric(d, "pdserve:kv_load_failures_total")
+        p.proc.send_signal(signal.SIGSTOP)  # the pull's handshake now waits (control_timeout_s 2)
+        try:
+            with pytest.raises(Exception):
+                post(d, "/v1/completions", dict(body, kv_transfer_params=kv), timeout=0.7)
+            wait_free(d, start, timeout=15)
+            # the pull reported its failure after the abort: counted as a failed transfer,
+            # not as a load failure (nobody recomputed)
+            deadline = time.time() + 10
+            while metric(d, "vllm:nixl_num_failed_transfers") == failed and time.time() < deadline:
+                time.sleep(0.1)
+            assert metric(d, "vllm:nixl_num_failed_transfers") == failed + 1
+            assert metric(d, "pdserve:kv_load_failures_total") == loads
+            assert "client disconnected" in d.logtext()
+        finally:
+            p.proc.send_signal(signal.SIGCONT)
+        wait_free(p, p_start, timeout=15)
+        # the decode node still serves
+        s, r = post(d, "/v1/completions", {"model": "smol", "prompt": "hello", "max_tokens": 2})
+        assert s == 200
+    finally:
+        assert p.stop() == 0
