@@ -134,6 +134,12 @@ static pd_status_t hook_pull(void *arg, const char *req_id, const eng_remote_kv_
     return st;
 }
 
+void eng_disagg_release_remote(eng_disagg_t *d, const eng_remote_kv_t *remote)
+{
+    if (d != NULL && eng_disagg_is_consumer(d))
+        (void)hook_pull(d, remote->request_id, remote, NULL, NULL, 0, true);
+}
+
 static void compat_model_name(const eng_model_config_t *mc, char *out, size_t cap)
 {
     /* the file name, not the path: two nodes may keep the same weights in different

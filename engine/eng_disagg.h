@@ -50,6 +50,10 @@ const char *eng_disagg_host(const eng_disagg_t *d);   /* remote_host for peers *
 int eng_disagg_port(const eng_disagg_t *d);           /* remote_port for peers */
 const char *eng_disagg_policy_name(const eng_disagg_t *d); /* "recompute" / "fail" */
 
+/* A consumer request that will never pull (refused before it reached the engine):
+ * tell the producer to let its lease go now (a zero-block pull), not at expiry. */
+void eng_disagg_release_remote(eng_disagg_t *d, const eng_remote_kv_t *remote);
+
 /* Append the kvxfer counters and the node's disaggregation metrics (Prometheus text). */
 pd_status_t eng_disagg_metrics(eng_disagg_t *d, const char *model_name, const eng_engine_stats_t *st,
                                pd_buf_t *out);

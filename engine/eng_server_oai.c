@@ -670,6 +670,21 @@ static pd_status_t ctx_error(eng_oai_err_t *err, int64_t max_len, int prompt, in
 
 /* ---- the handler ---- */
 
+/* The request will not reach the engine: free the prefill node's lease now. */
+static void release_remote(eng_server_t *srv, const eng_oai_req_t *r)
+{
+    eng_remote_kv_t remote;
+    if (!r->kv.do_remote_prefill || srv->disagg == NULL)
+        return;
+    remote.engine_id = r->kv.remote_engine_id;
+    remote.host = r->kv.remote_host;
+    remote.port = r->kv.remote_port;
+    remote.request_id = r->kv.remote_request_id;
+    remote.block_ids = r->kv.remote_block_ids;
+    remote.n_block_ids = r->kv.n_remote_block_ids;
+    eng_disagg_release_remote(srv->disagg, &remote);
+}
+
 static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
 {
     size_t len;
@@ -844,6 +859,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         st = eng_engine_submit(srv->engine, &sub, msg, sizeof(msg));
         if (st != PD_OK) {
             bool mine;
+            release_remote(srv, &o->r);
             pthread_mutex_lock(&o->mu);
             o->refs--;
             o->n_submitted--;
@@ -883,6 +899,7 @@ fail:
     }
     if (srv->log_requests)
         PD_LOG_REQ(INFO, pd_http_req_id(req), "rejected (%d): %s", err.status, err.message);
+    release_remote(srv, &o->r);
     eng_server_send_error(req, &err);
     for (int i = 0; ids && i < o->n_subs; i++)
         free(ids[i]);

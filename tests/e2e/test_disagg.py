@@ -431,3 +431,17 @@ def test_client_leaves_while_pulling(tmp_path_factory, model_path, pair):
         assert s == 200
     finally:
         assert p.stop() == 0
+
+
+def test_refused_decode_request_releases_the_lease(balanced):
+    """A decode request refused before it reaches the engine lets the prefill's lease go
+    at once (the pair's lease_ttl_s is 30 s; this waits 5)."""
+    p, d = balanced
+    start = free_blocks(p)
+    for bad in ({"model": "no-such-model"}, {"max_tokens": 5000}):
+        body = {"model": "smol", "prompt": PROMPTS[1], "max_tokens": 4, "temperature": 0}
+        kv = prefill_leg(p, body)
+        assert free_blocks(p) < start
+        s, r = decode_leg(d, dict(body, **bad), kv)
+        assert s in (400, 404), r
+        wait_free(p, start, timeout=5)
