@@ -445,3 +445,31 @@ def test_refused_decode_request_releases_the_lease(balanced):
         s, r = decode_leg(d, dict(body, **bad), kv)
         assert s in (400, 404), r
         wait_free(p, start, timeout=5)
+
+
+def test_shared_storage_connector(tmp_path_factory, model_path, ref, tmp_path):
+    """The same protocol over SharedStorageConnector (files): same output, no files left."""
+    store = tmp_path / "kv"
+    store.mkdir()
+
+    def cfg(role):
+        return json.dumps({"kv_connector": "SharedStorageConnector", "kv_role": role, "kv_ip": "127.0.0.1",
+                           "kv_port": free_port(), "kv_buffer_device": "cpu",
+                           "kv_connector_extra_config": {"shared_storage_path": str(store)}})
+    p = start_node(tmp_path_factory, model_path, ["--served-model-name", "smol", "--kv-transfer-config",
+                                                  cfg("kv_producer")], name="pdserve-prefill")
+    d = start_node(tmp_path_factory, model_path, ["--served-model-name", "smol", "--kv-transfer-config",
+                                                  cfg("kv_consumer")], name="pdserve-decode")
+    try:
+        starts = free_blocks(p), free_blocks(d)
+        body = {"model": "smol", "prompt": "Files: " + PROMPTS[0], "max_tokens": 12, "temperature": 0}
+        kv = prefill_leg(p, body)
+        s, r = decode_leg(d, body, kv)
+        assert s == 200 and r["kv_transfer_params"] is None
+        assert text_of(r, False) == text_of(post(ref, "/v1/completions", body)[1], False)
+        assert metric(d, "vllm:nixl_bytes_transferred") > 0
+        wait_free(p, starts[0])
+        wait_free(d, starts[1])
+        assert not any(f.is_file() for f in store.rglob("*"))
+    finally:
+        assert d.stop() == 0 and p.stop() == 0
