@@ -234,10 +234,10 @@ void eng_disagg_close(eng_disagg_t *d)
 {
     if (d == NULL)
         return;
-    if (d->engine)
-        eng_engine_set_kv_hooks(d->engine, NULL);
     pthread_mutex_lock(&d->mu);
     if (!d->closed) {
+        /* the engine is alive until the first close returns (eng_disagg.h) */
+        eng_engine_set_kv_hooks(d->engine, NULL);
         d->closed = true;
         kvx_ctx_destroy(d->kvx); /* callbacks post to the engine; they never take d->mu */
         d->kvx = NULL;
