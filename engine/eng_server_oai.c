@@ -532,8 +532,9 @@ static void on_output(void *user, const eng_output_t *out)
         oreq_unref(o); /* this engine request */
 }
 
-/* The client left (or the stream closed): abort whatever is still running. */
-static void abort_subs(oreq_t *o)
+/* The client left (or the stream closed): abort whatever is still running.  Returns
+ * whether this call took the HTTP side over (nobody else will answer). */
+static bool abort_subs(oreq_t *o)
 {
     char ids[16][128];
     int n = 0;
@@ -546,7 +547,7 @@ static void abort_subs(oreq_t *o)
     }
     pthread_mutex_unlock(&o->mu);
     if (!mine)
-        return;
+        return false;
     /* ids are immutable after submission; done flags may race harmlessly (aborting a
      * finished request is a no-op) */
     for (int i = 0; i < o->n_submitted; i++) {
@@ -562,13 +563,17 @@ static void abort_subs(oreq_t *o)
     for (int k = 0; k < n; k++)
         eng_engine_abort(o->srv->engine, ids[k]);
     oreq_unref(o); /* HTTP side */
+    return true;
 }
 
 static void on_req_close(pd_http_req_t *req, void *user)
 {
     oreq_t *o = user;
     PD_LOG_REQ(INFO, pd_http_req_id(req), "client disconnected; aborting");
-    abort_subs(o);
+    /* the request stays valid until answered: an answer to the gone client frees it
+     * (pd_http.h); without one the layer's request leaked */
+    if (abort_subs(o))
+        pd_http_respond_error(req, 499, NULL, "client disconnected", NULL, NULL);
 }
 
 static void on_stream_close(pd_http_stream_t *stream, pd_status_t status, void *user)
