@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -53,7 +54,31 @@ typedef struct ereq {
     int n_seqs;
     int n_live;               /* sequences not yet reported finished */
     seq_state_t *seqs;
+    /* disaggregation */
+    bool kv_produce;          /* keep the prompt blocks under a lease at finish */
+    bool has_remote;          /* consumer: remote (owned copies) is set */
+    eng_remote_kv_t remote;
+    bool kv_pending;          /* on kv_list waiting for its KV (admitted or not) */
+    bool pulling;             /* a pull is in flight: its blocks must not be freed */
+    bool abort_pending;       /* aborted while pulling: finish when the pull reports */
+    bool held;                /* lease live: on kv_list until eng_engine_kv_release */
+    uint32_t *lease_ids;      /* the leased block ids (for the response) */
+    int n_lease_ids;
+    const char *kv_load_failure;
+    char *kv_error;
+    struct ereq *kv_next;     /* kv_list link */
 } ereq_t;
+
+/* A kvxfer event for the engine thread. */
+typedef struct kv_cmd {
+    struct kv_cmd *next;
+    int type;                 /* KV_CMD_RELEASE / KV_CMD_PULLED */
+    bool ok, unsafe;
+    char msg[256];
+    char id[];
+} kv_cmd_t;
+
+enum { KV_CMD_RELEASE = 1, KV_CMD_PULLED = 2 };
 
 typedef struct abort_cmd {
     struct abort_cmd *next;
@@ -85,6 +110,12 @@ struct eng_engine {
     pthread_cond_t cv;
     ereq_t *q_head, *q_tail;  /* new requests */
     abort_cmd_t *aborts;
+    kv_cmd_t *kv_cmds, *kv_cmds_tail;
+    eng_kv_hooks_t hooks;     /* under mu; copied by the engine thread per use */
+    bool has_hooks;
+    ereq_t *kv_list;          /* engine thread: held producers, consumers awaiting KV */
+    bool last_empty;          /* the last step had nothing to run */
+    uint64_t kv_load_failures[2];
     bool stopping;
     eng_engine_stats_t stats; /* snapshot, under mu */
     uint64_t finished_by_reason[4];
@@ -114,6 +145,8 @@ void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
     cfg->enable_prefix_caching = true;
     cfg->max_logprobs = 20;
 }
+
+static void kv_lease(eng_engine_t *e, ereq_t *er);
 
 /* ---- output ---- */
 
@@ -161,6 +194,9 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
     out.n_output_tokens = eng_request_n_output(sreq);
     out.t_queue = since(er->req->t_arrival, er->req->t_scheduled);
     out.t_first_token = since(er->req->t_arrival, sreq->t_first_token ? sreq->t_first_token : er->req->t_first_token);
+    if (finished && !ss->done && er->n_live == 1 && er->kv_produce && !er->held && er->req->blocks_held &&
+        er->kv_error == NULL)
+        kv_lease(e, er);
     if (finished && !ss->done) {
         ss->done = true;
         er->n_live--;
@@ -169,6 +205,13 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
         out.stop_token = sreq->stop_token;
         out.stop_str = stop_str;
         out.request_done = er->n_live == 0;
+        if (out.request_done) {
+            out.kv_leased = er->held;
+            out.kv_block_ids = er->held ? er->lease_ids : NULL;
+            out.n_kv_block_ids = er->held ? er->n_lease_ids : 0;
+            out.kv_load_failure = er->kv_load_failure;
+            out.kv_error = er->kv_error;
+        }
         pthread_mutex_lock(&e->mu);
         e->finished_by_reason[reason_index(fstate)]++;
         pthread_mutex_unlock(&e->mu);
@@ -187,8 +230,137 @@ static void ereq_free(eng_engine_t *e, ereq_t *er)
     free(er->seqs);
     if (er->req)
         eng_request_destroy(er->req);
+    free((char *)er->remote.engine_id);
+    free((char *)er->remote.host);
+    free((char *)er->remote.request_id);
+    free((uint32_t *)er->remote.block_ids);
+    free(er->lease_ids);
+    free(er->kv_error);
     free(er);
     (void)e;
+}
+
+/* ---- disaggregation helpers (engine thread) ---- */
+
+static void kv_list_remove(eng_engine_t *e, ereq_t *er)
+{
+    for (ereq_t **pp = &e->kv_list; *pp; pp = &(*pp)->kv_next) {
+        if (*pp == er) {
+            *pp = er->kv_next;
+            er->kv_next = NULL;
+            return;
+        }
+    }
+}
+
+static void kv_list_push(eng_engine_t *e, ereq_t *er)
+{
+    er->kv_next = e->kv_list;
+    e->kv_list = er;
+}
+
+static ereq_t *kv_list_find(eng_engine_t *e, const char *id)
+{
+    for (ereq_t *er = e->kv_list; er; er = er->kv_next)
+        if (er->req && strcmp(er->req->id, id) == 0)
+            return er;
+    return NULL;
+}
+
+static bool get_hooks(eng_engine_t *e, eng_kv_hooks_t *h)
+{
+    bool ok;
+    pthread_mutex_lock(&e->mu);
+    ok = e->has_hooks;
+    if (ok)
+        *h = e->hooks;
+    pthread_mutex_unlock(&e->mu);
+    return ok;
+}
+
+/* A consumer request that will not read its remote KV: tell the producer to let the
+ * lease go now (a zero-block pull = acquire + release) instead of at expiry. */
+static void kv_drop_remote(eng_engine_t *e, ereq_t *er)
+{
+    eng_kv_hooks_t h;
+    if (!er->has_remote)
+        return;
+    er->has_remote = false;
+    if (get_hooks(e, &h) && h.pull)
+        (void)h.pull(h.arg, er->req ? er->req->id : NULL, &er->remote, NULL, NULL, 0, true);
+}
+
+static void post_kv_cmd(eng_engine_t *e, int type, const char *id, bool ok, bool unsafe, const char *msg)
+{
+    size_t n = strlen(id);
+    kv_cmd_t *c = calloc(1, sizeof(*c) + n + 1);
+    if (c == NULL) {
+        PD_LOG_ERR("engine: out of memory queueing a KV event for %s; its blocks stay held", id);
+        return;
+    }
+    c->type = type;
+    c->ok = ok;
+    c->unsafe = unsafe;
+    snprintf(c->msg, sizeof(c->msg), "%s", msg ? msg : "");
+    memcpy(c->id, id, n + 1);
+    pthread_mutex_lock(&e->mu);
+    if (e->kv_cmds_tail)
+        e->kv_cmds_tail->next = c;
+    else
+        e->kv_cmds = c;
+    e->kv_cmds_tail = c;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void eng_engine_kv_release(eng_engine_t *e, const char *req_id) { post_kv_cmd(e, KV_CMD_RELEASE, req_id, true, false, NULL); }
+
+void eng_engine_kv_pulled(eng_engine_t *e, const char *req_id, bool ok, bool unsafe, const char *msg)
+{
+    post_kv_cmd(e, KV_CMD_PULLED, req_id, ok, unsafe, msg);
+}
+
+void eng_engine_set_kv_hooks(eng_engine_t *e, const eng_kv_hooks_t *hooks)
+{
+    pthread_mutex_lock(&e->mu);
+    e->has_hooks = hooks != NULL;
+    if (hooks)
+        e->hooks = *hooks;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* A producer request finished with its blocks held: lease the prompt's blocks. */
+static void kv_lease(eng_engine_t *e, ereq_t *er)
+{
+    eng_request_t *req = er->req;
+    eng_kv_hooks_t h;
+    int bs = e->cfg.block_size;
+    int n = (req->n_prompt + bs - 1) / bs;
+    pd_status_t st = PD_ERR_UNSUPPORTED;
+
+    if (n > req->table.n)
+        n = req->table.n;
+    er->lease_ids = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint32_t));
+    if (er->lease_ids == NULL) {
+        st = PD_ERR_NOMEM;
+    } else {
+        for (int i = 0; i < n; i++)
+            er->lease_ids[i] = (uint32_t)req->table.ids[i];
+        er->n_lease_ids = n;
+        if (get_hooks(e, &h) && h.lease)
+            st = h.lease(h.arg, req->id, er->lease_ids, (size_t)n);
+    }
+    if (st == PD_OK) {
+        er->held = true;
+        kv_list_push(e, er);
+        PD_LOG_REQ(DEBUG, req->id, "holding %d KV blocks for a remote decode", n);
+        return;
+    }
+    PD_LOG_REQ(WARN, req->id, "cannot hold the KV blocks for a remote decode (%s); freeing them", pd_status_str(st));
+    char msg[160];
+    snprintf(msg, sizeof(msg), "cannot hold the KV blocks for a remote decode (%s)", pd_status_str(st));
+    er->kv_error = strdup(msg);
+    eng_sched_release_blocks(e->sched, req);
 }
 
 /* Finish every live sequence of er with state st (abort/error), emitting each. */
@@ -246,12 +418,141 @@ static void process_seq(eng_engine_t *e, ereq_t *er, int i)
 
 /* ---- commands ---- */
 
-static void take_commands(eng_engine_t *e, ereq_t **new_p, abort_cmd_t **aborts_p)
+static void take_commands(eng_engine_t *e, ereq_t **new_p, abort_cmd_t **aborts_p, kv_cmd_t **kv_p)
 {
     *new_p = e->q_head;
     *aborts_p = e->aborts;
+    *kv_p = e->kv_cmds;
     e->q_head = e->q_tail = NULL;
     e->aborts = NULL;
+    e->kv_cmds = e->kv_cmds_tail = NULL;
+}
+
+/* A retired request (every sequence reported): free it, unless its blocks are held
+ * for a peer (then it stays on kv_list without its per-sequence state). */
+static void ereq_retire(eng_engine_t *e, ereq_t *er)
+{
+    if (!er->held && !er->abort_pending) {
+        ereq_free(e, er);
+        return;
+    }
+    for (int i = 0; i < er->n_seqs; i++) {
+        eng_detok_destroy(er->seqs[i].detok);
+        eng_stop_matcher_destroy(er->seqs[i].stop);
+        free(er->seqs[i].tops);
+    }
+    free(er->seqs);
+    er->seqs = NULL;
+    er->n_seqs = 0;
+}
+
+static void apply_kv_cmd(eng_engine_t *e, const kv_cmd_t *c)
+{
+    ereq_t *er = kv_list_find(e, c->id);
+    if (c->type == KV_CMD_RELEASE) {
+        if (er == NULL || !er->held) {
+            PD_LOG_REQ(WARN, c->id, "lease ended for a request that holds no blocks");
+            return;
+        }
+        kv_list_remove(e, er);
+        er->held = false;
+        eng_sched_release_blocks(e->sched, er->req);
+        PD_LOG_REQ(DEBUG, c->id, "lease over; %d KV blocks freed", er->n_lease_ids);
+        ereq_free(e, er);
+        return;
+    }
+    if (er == NULL || !er->pulling) {
+        PD_LOG_REQ(DEBUG, c->id, "KV pull result for a request that no longer waits for it");
+        return;
+    }
+    er->pulling = false;
+    er->kv_pending = false;
+    kv_list_remove(e, er);
+    if (c->unsafe)
+        PD_LOG_REQ(ERR, c->id, "the transport could not cancel its writes into the local KV blocks; they are "
+                   "reused anyway (known limit)");
+    if (er->abort_pending) {
+        er->abort_pending = false;
+        eng_sched_finish(e->sched, er->req, ENG_REQ_FINISHED_ABORTED);
+        ereq_free(e, er);
+        return;
+    }
+    if (c->ok) {
+        PD_LOG_REQ(DEBUG, c->id, "remote KV arrived (%d prompt tokens)", er->req->n_remote_tokens);
+        eng_sched_remote_kv_ready(e->sched, er->req, true);
+        return;
+    }
+    eng_kv_hooks_t h;
+    bool recompute = !get_hooks(e, &h) || h.recompute_on_failure;
+    pthread_mutex_lock(&e->mu);
+    e->kv_load_failures[recompute ? 0 : 1]++;
+    pthread_mutex_unlock(&e->mu);
+    if (recompute) {
+        PD_LOG_REQ(WARN, c->id, "KV load failed (%s); kv_load_failure_policy recompute: computing the prompt here",
+                   c->msg);
+        er->kv_load_failure = "recomputed";
+        eng_sched_remote_kv_ready(e->sched, er->req, false);
+        return;
+    }
+    PD_LOG_REQ(WARN, c->id, "KV load failed (%s); kv_load_failure_policy fail: the request fails", c->msg);
+    char msg[400];
+    snprintf(msg, sizeof(msg), "KV transfer from the prefill node failed: %s", c->msg[0] ? c->msg : "unknown error");
+    free(er->kv_error);
+    er->kv_error = strdup(msg);
+    eng_sched_finish(e->sched, er->req, ENG_REQ_FINISHED_ERROR);
+    finish_all(e, er, ENG_REQ_FINISHED_ERROR);
+    ereq_free(e, er);
+}
+
+/* The scheduler reserved blocks for a WAITING_FOR_REMOTE_KV request: start its pull
+ * of the whole blocks the local prefix cache does not hold.  Remote block i holds
+ * prompt tokens [i * bs, (i + 1) * bs), like local block i. */
+static void start_pull(eng_engine_t *e, eng_request_t *req)
+{
+    ereq_t *er = req->user;
+    eng_kv_hooks_t h;
+    int bs = e->cfg.block_size;
+    int from = req->num_cached_tokens / bs, to = req->n_remote_tokens / bs;
+    char msg[200];
+    pd_status_t st;
+
+    if (er == NULL)
+        return;
+    er->pulling = true;
+    if (!get_hooks(e, &h) || h.pull == NULL) {
+        post_kv_cmd(e, KV_CMD_PULLED, req->id, false, false, "KV transfer is not configured");
+        return;
+    }
+    if (from >= to) {
+        /* the prefix cache holds every remote block: only release the lease */
+        er->has_remote = false;
+        (void)h.pull(h.arg, req->id, &er->remote, NULL, NULL, 0, true);
+        post_kv_cmd(e, KV_CMD_PULLED, req->id, true, false, NULL);
+        return;
+    }
+    if (to > er->remote.n_block_ids || to > req->table.n) {
+        snprintf(msg, sizeof(msg), "the prefill node sent %d block ids, the prompt needs %d", er->remote.n_block_ids, to);
+        kv_drop_remote(e, er);
+        post_kv_cmd(e, KV_CMD_PULLED, req->id, false, false, msg);
+        return;
+    }
+    uint32_t *ids = malloc((size_t)(to - from) * 2 * sizeof(uint32_t));
+    if (ids == NULL) {
+        kv_drop_remote(e, er);
+        post_kv_cmd(e, KV_CMD_PULLED, req->id, false, false, "out of memory");
+        return;
+    }
+    for (int i = from; i < to; i++) {
+        ids[i - from] = er->remote.block_ids[i];
+        ids[(to - from) + (i - from)] = (uint32_t)req->table.ids[i];
+    }
+    st = h.pull(h.arg, req->id, &er->remote, ids, ids + (to - from), (size_t)(to - from), false);
+    free(ids);
+    er->has_remote = false; /* the pull releases (or aborts) the remote lease */
+    if (st != PD_OK) {
+        snprintf(msg, sizeof(msg), "cannot start the KV pull (%s)", pd_status_str(st));
+        post_kv_cmd(e, KV_CMD_PULLED, req->id, false, false, msg);
+    }
 }
 
 static void apply_abort(eng_engine_t *e, const char *id)
@@ -265,6 +566,18 @@ static void apply_abort(eng_engine_t *e, const char *id)
     er = req->user;
     if (er == NULL)
         return;
+    if (er->pulling) {
+        /* the transfer may still write into the blocks: answer the client now, free
+         * the blocks when the pull reports */
+        finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+        er->abort_pending = true;
+        return;
+    }
+    if (er->kv_pending) {
+        kv_list_remove(e, er);
+        er->kv_pending = false;
+    }
+    kv_drop_remote(e, er);
     eng_sched_finish(e->sched, req, ENG_REQ_FINISHED_ABORTED);
     finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
     ereq_free(e, er);
@@ -272,9 +585,28 @@ static void apply_abort(eng_engine_t *e, const char *id)
 
 static void admit(eng_engine_t *e, ereq_t *er)
 {
-    pd_status_t st = eng_sched_add(e->sched, er->req);
+    pd_status_t st;
+    if (er->has_remote) {
+        /* Pull whole blocks only: the partial last block (fewer than block_size tokens,
+         * always including the last prompt token, whose logits we need) is computed
+         * here.  Short prompts (under one block + 1 token) are computed whole. */
+        int bs = e->cfg.block_size;
+        int n_full = ((er->req->n_prompt - 1) / bs) * bs;
+        if (n_full > 0 && eng_request_set_remote_kv(er->req, n_full) == PD_OK) {
+            er->kv_pending = true;
+            kv_list_push(e, er);
+        } else {
+            kv_drop_remote(e, er);
+        }
+    }
+    st = eng_sched_add(e->sched, er->req);
     if (st != PD_OK) {
         PD_LOG_REQ(WARN, er->req->id, "cannot schedule: %s", pd_status_str(st));
+        if (er->kv_pending) {
+            kv_list_remove(e, er);
+            er->kv_pending = false;
+        }
+        kv_drop_remote(e, er);
         finish_all(e, er, ENG_REQ_FINISHED_ERROR);
         ereq_free(e, er);
     }
@@ -384,7 +716,7 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
 {
     eng_sched_stats_t ss;
     uint64_t prompt = 0, gen = 0;
-    for (int s = 0; s < b->n_seqs; s++) {
+    for (int s = 0; b && s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
         if (bq->is_prefill)
             prompt += (uint64_t)bq->n_tokens;
@@ -404,24 +736,52 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
     e->stats.prefix_hits = ss.blocks.prefix_hits;
     e->stats.n_preemptions = ss.n_preemptions;
     e->stats.n_steps = ss.n_steps;
+    e->stats.n_kv_held = eng_sched_num_held(e->sched);
     pthread_mutex_unlock(&e->mu);
 }
 
 static void *engine_main(void *arg)
 {
     eng_engine_t *e = arg;
+    update_stats(e, NULL); /* free blocks etc. are right before the first request */
     for (;;) {
         ereq_t *news;
         abort_cmd_t *aborts;
+        kv_cmd_t *kvc;
         eng_batch_t *b;
         pd_status_t st;
 
         pthread_mutex_lock(&e->mu);
-        while (!e->stopping && e->q_head == NULL && e->aborts == NULL && eng_sched_idle(e->sched))
-            pthread_cond_wait(&e->cv, &e->mu);
+        while (!e->stopping && e->q_head == NULL && e->aborts == NULL && e->kv_cmds == NULL) {
+            if (eng_sched_idle(e->sched)) {
+                pthread_cond_wait(&e->cv, &e->mu);
+                continue;
+            }
+            if (!e->last_empty)
+                break;
+            /* only requests that wait for something outside the loop (remote KV, free
+             * blocks): sleep until a command comes or a short while passed */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 20 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            e->last_empty = false;
+        }
         bool stopping = e->stopping;
-        take_commands(e, &news, &aborts);
+        take_commands(e, &news, &aborts, &kvc);
         pthread_mutex_unlock(&e->mu);
+
+        for (kv_cmd_t *c = kvc, *n; c; c = n) {
+            n = c->next;
+            apply_kv_cmd(e, c);
+            free(c);
+        }
+        if (kvc)
+            update_stats(e, NULL);
 
         for (abort_cmd_t *a = aborts, *n; a; a = n) {
             n = a->next;
@@ -431,6 +791,7 @@ static void *engine_main(void *arg)
         for (ereq_t *er = news, *n; er; er = n) {
             n = er->next;
             if (stopping) {
+                kv_drop_remote(e, er);
                 finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
                 ereq_free(e, er);
             } else {
@@ -440,6 +801,9 @@ static void *engine_main(void *arg)
         if (stopping)
             break;
         b = eng_sched_step(e->sched);
+        for (int i = 0; i < b->n_remote_admitted; i++)
+            start_pull(e, b->remote_admitted[i]);
+        e->last_empty = b->n_seqs == 0 && b->n_remote_admitted == 0;
         if (b->n_seqs == 0) {
             update_stats(e, b);
             continue;
@@ -495,7 +859,7 @@ static void *engine_main(void *arg)
             }
         }
         for (int i = 0; i < n_dead; i++)
-            ereq_free(e, e->dead[i]);
+            ereq_retire(e, e->dead[i]);
         update_stats(e, b);
     }
     return NULL;
@@ -555,6 +919,33 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
     er->req = req;
     er->cb = sub->cb;
     er->user = sub->user;
+    if (sub->kv_produce) {
+        if (req->group_size > 1) {
+            snprintf(err, errlen, "a disaggregated prefill request samples one sequence (n and best_of must be 1)");
+            ereq_free(e, er);
+            return PD_ERR_INVAL;
+        }
+        er->kv_produce = true;
+        req->keep_blocks = true;
+    }
+    if (sub->kv_remote) {
+        const eng_remote_kv_t *r = sub->kv_remote;
+        er->has_remote = true;
+        er->remote.port = r->port;
+        er->remote.n_block_ids = r->n_block_ids;
+        er->remote.engine_id = r->engine_id ? strdup(r->engine_id) : NULL;
+        er->remote.host = strdup(r->host ? r->host : "");
+        er->remote.request_id = strdup(r->request_id ? r->request_id : "");
+        uint32_t *ids = malloc((size_t)(r->n_block_ids > 0 ? r->n_block_ids : 1) * sizeof(uint32_t));
+        if (ids && r->n_block_ids > 0)
+            memcpy(ids, r->block_ids, (size_t)r->n_block_ids * sizeof(uint32_t));
+        er->remote.block_ids = ids;
+        if (!er->remote.host || !er->remote.request_id || !ids || (r->engine_id && !er->remote.engine_id)) {
+            er->has_remote = false;
+            ereq_free(e, er);
+            return PD_ERR_NOMEM;
+        }
+    }
     er->n_seqs = req->group_size > 0 ? req->group_size : 1;
     er->n_live = er->n_seqs;
     er->seqs = calloc((size_t)er->n_seqs, sizeof(*er->seqs));
@@ -586,6 +977,7 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
     pthread_mutex_lock(&e->mu);
     if (e->stopping || e->stats.dead) {
         pthread_mutex_unlock(&e->mu);
+        kv_drop_remote(e, er);
         ereq_free(e, er);
         snprintf(err, errlen, "the engine is shutting down");
         return PD_ERR_CLOSED;
@@ -617,6 +1009,7 @@ void eng_engine_abort(eng_engine_t *e, const char *id)
                 e->q_tail = prev;
             pthread_mutex_unlock(&e->mu);
             free(a);
+            kv_drop_remote(e, er);
             finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
             ereq_free(e, er);
             return;
@@ -922,6 +1315,25 @@ void eng_engine_destroy(eng_engine_t *e)
         pthread_mutex_unlock(&e->mu);
         pthread_join(e->thread, NULL);
     }
+    /* kvxfer is gone by now (the server closes it first): KV events still queued are
+     * dropped; held producers free their blocks, consumers waiting for KV abort */
+    for (kv_cmd_t *c = e->kv_cmds, *n; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    e->kv_cmds = e->kv_cmds_tail = NULL;
+    while (e->kv_list) {
+        ereq_t *er = e->kv_list;
+        e->kv_list = er->kv_next;
+        if (er->held)
+            eng_sched_release_blocks(e->sched, er->req);
+        else
+            eng_sched_finish(e->sched, er->req, ENG_REQ_FINISHED_ABORTED);
+        if (er->n_live > 0)
+            finish_all(e, er, ENG_REQ_FINISHED_ABORTED);
+        er->req->user = NULL;
+        ereq_free(e, er);
+    }
     /* requests still in the scheduler: abort them (their callbacks fire) */
     if (e->sched) {
         for (;;) {
@@ -991,5 +1403,22 @@ void eng_engine_get_stats(eng_engine_t *e, eng_engine_stats_t *s)
     s->prompt_tokens_total = e->prompt_tokens_total;
     s->generation_tokens_total = e->generation_tokens_total;
     memcpy(s->requests_finished, e->finished_by_reason, sizeof(s->requests_finished));
+    memcpy(s->kv_load_failures, e->kv_load_failures, sizeof(s->kv_load_failures));
     pthread_mutex_unlock(&e->mu);
+}
+
+void eng_engine_kv_region(const eng_engine_t *e, eng_kv_region_t *r)
+{
+    const kcpu_kv_layout_t *l = eng_forward_kv_layout(e->fw);
+    memset(r, 0, sizeof(*r));
+    r->base = eng_forward_kv_base(e->fw);
+    r->n_blocks = eng_forward_kv_n_blocks(e->fw);
+    r->block_bytes = eng_forward_kv_block_bytes(e->fw);
+    r->device = strcmp(e->cfg.backend ? e->cfg.backend : "cpu", "cpu") != 0;
+    r->dtype = l && l->dtype == KCPU_DTYPE_F16 ? "f16" : "f32";
+    r->block_size = e->cfg.block_size;
+    r->n_layers = e->mc->n_layers;
+    r->n_kv_heads = e->mc->n_kv_heads;
+    r->head_dim = e->mc->head_dim;
+    r->layout_id = 1;
 }

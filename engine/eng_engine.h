@@ -79,9 +79,30 @@ typedef struct eng_output {
     int n_output_tokens;           /* of this sequence */
     /* timing, seconds since arrival */
     double t_queue, t_first_token;
+    /* disaggregation, set on the request_done event only:
+     * producer (eng_submit_t.kv_produce): the prompt's blocks, now held under a lease
+     * (kv_leased) - or not (kv_leased false, kv_error says why; the blocks are free);
+     * consumer (eng_submit_t.kv_remote): kv_load_failure is "recomputed" when the pull
+     * failed and the prompt was computed here; kv_error is set when the request failed
+     * because of the transfer (policy fail). */
+    bool kv_leased;
+    const uint32_t *kv_block_ids;
+    int n_kv_block_ids;
+    const char *kv_load_failure;
+    const char *kv_error;
 } eng_output_t;
 
 typedef void (*eng_output_cb_t)(void *user, const eng_output_t *out);
+
+/* Where a consumer request's prompt KV lives (the producer's kv_transfer_params). */
+typedef struct eng_remote_kv {
+    const char *engine_id;         /* remote_engine_id */
+    const char *host;              /* remote_host */
+    int port;                      /* remote_port (the producer's kv_port) */
+    const char *request_id;        /* remote_request_id (the producer's lease id) */
+    const uint32_t *block_ids;     /* remote_block_ids: block i holds prompt tokens [i*bs, (i+1)*bs) */
+    int n_block_ids;
+} eng_remote_kv_t;
 
 typedef struct eng_submit {
     const char *id;                /* unique among live requests */
@@ -92,7 +113,50 @@ typedef struct eng_submit {
     const char *cache_salt;        /* may be NULL */
     eng_output_cb_t cb;
     void *user;
+    /* disaggregation (needs eng_engine_set_kv_hooks): */
+    bool kv_produce;               /* keep the prompt's blocks under a lease at finish */
+    const eng_remote_kv_t *kv_remote; /* pull the prompt's KV from a producer (copied) */
 } eng_submit_t;
+
+/* KV transfer hooks (eng_disagg.c implements them over kvxfer).  Called on the engine
+ * thread; they must not block. */
+typedef struct eng_kv_hooks {
+    void *arg;
+    /* A kv_produce request finished with its prompt blocks held: put them under a
+     * lease named req_id.  PD_OK: the engine keeps them until eng_engine_kv_release
+     * (req_id).  An error: the blocks are freed now. */
+    pd_status_t (*lease)(void *arg, const char *req_id, const uint32_t *block_ids, size_t n);
+    /* Start reading n remote blocks into local ones (n may be 0: only release the
+     * remote lease).  notify_only: nobody waits for the result.  Otherwise PD_OK means
+     * eng_engine_kv_pulled(req_id, ...) will be called exactly once; an error means
+     * it will not (the engine treats the pull as failed). */
+    pd_status_t (*pull)(void *arg, const char *req_id, const eng_remote_kv_t *remote,
+                        const uint32_t *remote_ids, const uint32_t *local_ids, size_t n,
+                        bool notify_only);
+    /* The load-failure policy: true = recompute locally, false = fail the request. */
+    bool recompute_on_failure;
+} eng_kv_hooks_t;
+
+/* Install the hooks (before the first disaggregated request; NULL removes them). */
+void eng_engine_set_kv_hooks(eng_engine_t *engine, const eng_kv_hooks_t *hooks);
+/* Any thread: the lease req_id ended (released, expired, aborted): free its blocks. */
+void eng_engine_kv_release(eng_engine_t *engine, const char *req_id);
+/* Any thread: the pull of req_id finished.  unsafe: the transport could not cancel
+ * its writes (the local blocks are not reused). msg: one line (copied), may be NULL. */
+void eng_engine_kv_pulled(eng_engine_t *engine, const char *req_id, bool ok, bool unsafe,
+                          const char *msg);
+
+/* The KV cache as kvxfer registers it. */
+typedef struct eng_kv_region {
+    void *base;
+    int64_t n_blocks;
+    size_t block_bytes;
+    bool device;                   /* backend memory is not host memory (CUDA) */
+    const char *dtype;             /* "f32" / "f16" */
+    int block_size, n_layers, n_kv_heads, head_dim;
+    uint32_t layout_id;            /* 1 = [n_layers][2][block_size][n_kv_heads][head_dim] */
+} eng_kv_region_t;
+void eng_engine_kv_region(const eng_engine_t *engine, eng_kv_region_t *region_p);
 
 /* Load the model, tokenizer, template; allocate the KV cache; start the engine thread.
  * Statuses from the loaders (logged) and PD_ERR_NOMEM. */
@@ -128,6 +192,8 @@ typedef struct eng_engine_stats {
     uint64_t prompt_tokens_total, generation_tokens_total;
     uint64_t n_steps;
     uint64_t requests_finished[4];  /* stop, length, abort, error */
+    uint64_t kv_load_failures[2];   /* failed pulls handled by policy: recompute, fail */
+    int n_kv_held;                  /* finished producer requests holding blocks */
     bool dead;                      /* the engine thread hit a fatal error */
 } eng_engine_stats_t;
 

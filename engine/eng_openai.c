@@ -5,6 +5,8 @@
  */
 #include "eng_openai.h"
 
+#include "kvx.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -365,6 +367,96 @@ static const char *const unsupported_fields[] = {
     "guided_whitespace_pattern", "structured_outputs", "logits_processors", "lora_request",
     "mm_processor_kwargs", NULL};
 
+/* kv_transfer_params: exactly the NixlConnector fields, with their types; null
+ * counts as absent.  do_remote_decode (proxy -> prefill) carries no remote_* values;
+ * do_remote_prefill (proxy -> decode) needs all of them.  Anything else is a 400. */
+/* a pd_json error inside kv_transfer_params, named as such */
+static pd_status_t kv_jfail(eng_oai_err_t *err, const pd_json_err_t *je)
+{
+    char m[sizeof(err->message)];
+    jfail(err, je);
+    snprintf(m, sizeof(m), "%s", err->message);
+    snprintf(err->message, sizeof(err->message), "kv_transfer_params: %.400s", m);
+    snprintf(err->param, sizeof(err->param), "kv_transfer_params");
+    return PD_ERR_INVAL;
+}
+
+#define KJ(expr)                         \
+    do {                                 \
+        if ((expr) != PD_OK)             \
+            return kv_jfail(err, &je);   \
+    } while (0)
+
+static pd_status_t parse_kv_params(const cJSON *kv, eng_oai_kv_t *out, eng_oai_err_t *err)
+{
+    static const char *const known[] = {"do_remote_decode", "do_remote_prefill", "remote_engine_id",
+                                        "remote_block_ids", "remote_host", "remote_port",
+                                        "remote_request_id", "tp_size", NULL};
+    const cJSON *it;
+    pd_json_err_t je;
+    int bv;
+    int64_t iv, *ids = NULL;
+    size_t n_ids = 0;
+
+    memset(&je, 0, sizeof(je));
+    cJSON_ArrayForEach(it, kv) {
+        int k = 0;
+        while (known[k] && strcmp(known[k], it->string) != 0)
+            k++;
+        if (known[k] == NULL)
+            return fail(err, 400, "kv_transfer_params", "kv_transfer_params: unknown field '%.64s'", it->string);
+    }
+    bv = 0;
+    KJ(pd_json_get_bool(kv, "do_remote_decode", &bv, &je));
+    out->do_remote_decode = bv;
+    bv = 0;
+    KJ(pd_json_get_bool(kv, "do_remote_prefill", &bv, &je));
+    out->do_remote_prefill = bv;
+    if (out->do_remote_decode && out->do_remote_prefill)
+        return fail(err, 400, "kv_transfer_params", "kv_transfer_params: do_remote_decode and do_remote_prefill "
+                    "cannot both be true");
+    if (pd_json_present(kv, "tp_size")) {
+        KJ(pd_json_get_int(kv, "tp_size", 1, 1024, &iv, &je));
+        if (iv != 1)
+            return fail(err, 400, "kv_transfer_params", "kv_transfer_params: tp_size %lld is not supported "
+                        "(pdserve nodes run tp_size 1)", (long long)iv);
+    }
+    if (!out->do_remote_prefill) {
+        static const char *const remote[] = {"remote_engine_id", "remote_block_ids", "remote_host",
+                                             "remote_port", "remote_request_id", NULL};
+        for (int k = 0; remote[k]; k++)
+            if (out->do_remote_decode && pd_json_present(kv, remote[k]))
+                return fail(err, 400, "kv_transfer_params", "kv_transfer_params: %s must be null with "
+                            "do_remote_decode", remote[k]);
+        return PD_OK;
+    }
+    KJ(pd_json_get_string(kv, "remote_engine_id", KVX_ID_MAX - 1, &out->remote_engine_id, &je));
+    KJ(pd_json_get_string(kv, "remote_host", KVX_HOST_MAX - 1, &out->remote_host, &je));
+    KJ(pd_json_get_string(kv, "remote_request_id", KVX_ID_MAX - 1, &out->remote_request_id, &je));
+    iv = 0;
+    KJ(pd_json_get_int(kv, "remote_port", 1, 65535, &iv, &je));
+    out->remote_port = (int)iv;
+    if (!out->remote_engine_id || !out->remote_host || !out->remote_request_id || iv == 0 ||
+        !pd_json_present(kv, "remote_block_ids"))
+        return fail(err, 400, "kv_transfer_params", "kv_transfer_params: do_remote_prefill needs remote_engine_id, "
+                    "remote_host, remote_port, remote_block_ids and remote_request_id");
+    if (!out->remote_host[0] || !out->remote_request_id[0] || !out->remote_engine_id[0])
+        return fail(err, 400, "kv_transfer_params", "kv_transfer_params: empty remote_host, remote_engine_id or "
+                    "remote_request_id");
+    KJ(pd_json_get_int_array(kv, "remote_block_ids", KVX_MAX_BLOCKS_PER_REQ, 0, INT32_MAX, &ids, &n_ids, &je));
+    out->remote_block_ids = malloc((n_ids ? n_ids : 1) * sizeof(uint32_t));
+    if (out->remote_block_ids == NULL) {
+        free(ids);
+        return fail(err, 500, NULL, "out of memory");
+    }
+    for (size_t i = 0; i < n_ids; i++)
+        out->remote_block_ids[i] = (uint32_t)ids[i];
+    out->n_remote_block_ids = (int)n_ids;
+    free(ids);
+    return PD_OK;
+}
+#undef KJ
+
 pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, const eng_oai_limits_t *lim,
                           eng_oai_req_t *r, eng_oai_err_t *err)
 {
@@ -548,6 +640,8 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
     }
     if (pd_json_present(r->root, "kv_transfer_params")) {
         J(pd_json_get_object(r->root, "kv_transfer_params", &r->kv_transfer_params, &je));
+        if ((st = parse_kv_params(r->kv_transfer_params, &r->kv, err)) != PD_OK)
+            goto fail;
     }
     if (pd_json_present(r->root, "return_tokens_as_token_ids")) {
         J(pd_json_get_bool(r->root, "return_tokens_as_token_ids", &bv, &je));
@@ -580,6 +674,7 @@ void eng_oai_req_cleanup(eng_oai_req_t *r)
     free(r->prompts);
     free(r->bad_words);
     eng_sampling_params_cleanup(&r->params);
+    free(r->kv.remote_block_ids);
     cJSON_Delete(r->root);
     memset(r, 0, sizeof(*r));
 }

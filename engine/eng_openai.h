@@ -36,6 +36,18 @@ typedef struct eng_oai_limits {
     bool return_tokens_as_token_ids; /* server default */
 } eng_oai_limits_t;
 
+/* kv_transfer_params as vLLM's NixlConnector protocol defines them (validated). */
+typedef struct eng_oai_kv {
+    bool do_remote_decode;        /* proxy -> prefill: keep the KV for a decode node */
+    bool do_remote_prefill;       /* proxy -> decode: the KV is on a prefill node */
+    const char *remote_engine_id; /* borrowed from the request JSON */
+    const char *remote_host;
+    const char *remote_request_id;
+    int remote_port;
+    uint32_t *remote_block_ids;   /* owned */
+    int n_remote_block_ids;
+} eng_oai_kv_t;
+
 typedef struct eng_oai_req {
     eng_oai_kind_t kind;
     cJSON *root;                  /* the parsed body (owned); strings below borrow from it */
@@ -59,6 +71,7 @@ typedef struct eng_oai_req {
     const char *request_id;       /* client-supplied request_id field */
     const char *cache_salt;
     const cJSON *kv_transfer_params;
+    eng_oai_kv_t kv;              /* parsed kv_transfer_params (all false when absent) */
     bool return_tokens_as_token_ids;
     bool want_logprobs;           /* chat logprobs: true / completions logprobs set */
     const char **bad_words;       /* bad_words strings (array owned, strings borrowed) */

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "eng_disagg.h"
 #include "eng_server_int.h"
 #include "eng_template.h"
 #include "eng_tokenizer.h"
@@ -338,6 +339,11 @@ static void h_metrics(pd_http_req_t *req, void *user)
     pthread_mutex_lock(&metrics_mu); /* collectors update "last" totals */
     pd_metrics_render(srv->metrics, &b);
     pthread_mutex_unlock(&metrics_mu);
+    if (srv->disagg) {
+        eng_engine_stats_t st;
+        eng_engine_get_stats(srv->engine, &st);
+        eng_disagg_metrics(srv->disagg, srv->names[0], &st, &b);
+    }
     pd_http_respond_data(req, 200, PD_METRICS_CONTENT_TYPE, b.data ? b.data : "", b.len);
     pd_buf_cleanup(&b);
 }
@@ -582,6 +588,8 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     owned_strs_t own = {0};
     pd_http_config_t hc;
     const char **origins = NULL, **methods = NULL, **headers = NULL;
+    kvx_config_t kvcfg;
+    bool have_kv = false;
     int rc = 1;
 
     memset(&srv, 0, sizeof(srv));
@@ -589,9 +597,19 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     srv.args = a;
     srv.created = pd_unix_time();
     srv.log_requests = !a->disable_log_requests;
+    kvx_config_init(&kvcfg);
     if (a->kv_transfer_config) {
-        PD_LOG_ERR("--kv-transfer-config: disaggregated serving is not wired into the node yet");
-        return 2;
+        char *json = cJSON_PrintUnformatted(a->kv_transfer_config);
+        char err[512];
+        pd_status_t st = json ? eng_disagg_parse_config(role, json, &kvcfg, err, sizeof(err)) : PD_ERR_NOMEM;
+        cJSON_free(json);
+        if (st != PD_OK) {
+            fprintf(stderr, "pdserve-%s: error: %s\n", role == PD_ROLE_PREFILL ? "prefill" : "decode",
+                    st == PD_ERR_NOMEM ? "out of memory" : err);
+            kvx_config_cleanup(&kvcfg);
+            return 2;
+        }
+        have_kv = true;
     }
     if (make_engine_cfg(role, a, &ec, &own) != PD_OK)
         goto out;
@@ -609,6 +627,11 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     srv.limits.return_tokens_as_token_ids = a->return_tokens_as_token_ids;
     if (a->generate) {
         rc = run_generate(&srv, a);
+        goto out;
+    }
+    if (have_kv && eng_disagg_create(&kvcfg, srv.engine, a->advertise_host, &srv.disagg) != PD_OK) {
+        fprintf(stderr, "pdserve-%s: error: cannot start KV transfer (see the log above)\n",
+                role == PD_ROLE_PREFILL ? "prefill" : "decode");
         goto out;
     }
     if (pd_metrics_registry_create(&srv.metrics) != PD_OK || reg_metrics(&srv) != PD_OK)
@@ -700,7 +723,11 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
 out:
     if (srv.http)
         pd_http_server_stop(srv.http);
+    /* kvxfer first: its callbacks post to the engine, which must still exist */
+    eng_disagg_close(srv.disagg);
     eng_engine_destroy(srv.engine); /* aborts what is left; callbacks see closed streams */
+    eng_disagg_destroy(srv.disagg);
+    kvx_config_cleanup(&kvcfg);
     pd_http_server_destroy(srv.http);
     pd_metrics_registry_destroy(srv.metrics);
     for (int i = 0; i < srv.n_names; i++)
@@ -724,6 +751,8 @@ int eng_node_cli_main(pd_node_role_t role, int argc, char **argv)
     char err[512];
     int rc;
 
+    /* before anything initialises UCX (it needs a fresh image: docs/disagg.md) */
+    eng_disagg_early_env(argc, argv);
     pd_log_set_tag(role == PD_ROLE_PREFILL ? "prefill" : "decode");
     if (pd_serve_args_parse(role, argc, argv, &args, &action, err, sizeof(err)) != PD_OK) {
         pd_serve_args_free(role, &args);

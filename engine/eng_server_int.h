@@ -28,6 +28,7 @@ typedef struct eng_server {
     bool log_requests;
     int64_t max_log_len;
     volatile int inflight;        /* requests submitted and not finished */
+    struct eng_disagg *disagg;    /* --kv-transfer-config, or NULL */
     /* vLLM metrics (label model_name) */
     pd_metric_series_t *m_running, *m_waiting, *m_kv_usage, *m_kv_usage_old, *m_prefix_queries,
         *m_prefix_hits, *m_preemptions, *m_prompt_tokens, *m_gen_tokens, *m_ttft, *m_itl, *m_tpot,

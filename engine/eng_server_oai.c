@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_disagg.h"
 #include "eng_server_int.h"
 #include "eng_template.h"
 #include "eng_tokenizer.h"
@@ -65,6 +66,8 @@ typedef struct oreq {
     choice_t *choices;
     int prompt_tokens, cached_tokens, completion_tokens;
     uint64_t t_start;
+    cJSON *kv_params;         /* kv_transfer_params of the response (owned), or NULL */
+    char *kv_error;           /* the KV transfer failed the request (policy fail) */
 } oreq_t;
 
 static void oreq_free(oreq_t *o)
@@ -78,6 +81,8 @@ static void oreq_free(oreq_t *o)
         free(o->subs[i].echo);
     free(o->subs);
     free(o->choices);
+    cJSON_Delete(o->kv_params);
+    free(o->kv_error);
     eng_oai_req_cleanup(&o->r);
     pthread_mutex_destroy(&o->mu);
     free(o);
@@ -386,7 +391,12 @@ static char *final_response(oreq_t *o)
     cJSON_AddItemToObject(resp, "usage", usage_json(o));
     if (o->chat)
         cJSON_AddNullToObject(resp, "prompt_logprobs");
-    cJSON_AddNullToObject(resp, "kv_transfer_params");
+    if (o->kv_params) {
+        cJSON_AddItemToObject(resp, "kv_transfer_params", o->kv_params);
+        o->kv_params = NULL;
+    } else {
+        cJSON_AddNullToObject(resp, "kv_transfer_params");
+    }
     s = cJSON_PrintUnformatted(resp);
     cJSON_Delete(resp);
     return s;
@@ -407,6 +417,33 @@ static void observe_metrics(eng_server_t *srv, const eng_output_t *out, choice_t
     }
 }
 
+/* The response's kv_transfer_params: the producer's lease (vLLM's NixlConnector
+ * shape) or the consumer's load-failure note. */
+static cJSON *kv_params_json(eng_server_t *srv, const eng_output_t *out)
+{
+    cJSON *kv;
+    if (out->kv_leased && srv->disagg) {
+        kv = cJSON_CreateObject();
+        cJSON_AddBoolToObject(kv, "do_remote_prefill", 1);
+        cJSON_AddBoolToObject(kv, "do_remote_decode", 0);
+        cJSON *ids = cJSON_AddArrayToObject(kv, "remote_block_ids");
+        for (int i = 0; i < out->n_kv_block_ids; i++)
+            cJSON_AddItemToArray(ids, cJSON_CreateNumber(out->kv_block_ids[i]));
+        cJSON_AddStringToObject(kv, "remote_engine_id", eng_disagg_engine_id(srv->disagg));
+        cJSON_AddStringToObject(kv, "remote_request_id", out->request_id);
+        cJSON_AddStringToObject(kv, "remote_host", eng_disagg_host(srv->disagg));
+        cJSON_AddNumberToObject(kv, "remote_port", eng_disagg_port(srv->disagg));
+        cJSON_AddNumberToObject(kv, "tp_size", 1);
+        return kv;
+    }
+    if (out->kv_load_failure) {
+        kv = cJSON_CreateObject();
+        cJSON_AddStringToObject(kv, "kv_load_failure", out->kv_load_failure);
+        return kv;
+    }
+    return NULL;
+}
+
 static void on_output(void *user, const eng_output_t *out)
 {
     sub_t *s = user;
@@ -419,6 +456,15 @@ static void on_output(void *user, const eng_output_t *out)
     bool finish_http = false, stream_end = false;
 
     pthread_mutex_lock(&o->mu);
+    if (out->request_done) {
+        cJSON *kv = kv_params_json(srv, out);
+        if (kv) {
+            cJSON_Delete(o->kv_params);
+            o->kv_params = kv;
+        }
+        if (out->kv_error && !out->kv_leased && o->kv_error == NULL && !o->r.kv.do_remote_decode)
+            o->kv_error = strdup(out->kv_error);
+    }
     observe_metrics(srv, out, c, now);
     if (out->finished) {
         c->finish_reason = out->finish_reason;
@@ -448,7 +494,14 @@ static void on_output(void *user, const eng_output_t *out)
         o->cached_tokens += s->n_cached;
         pd_metric_observe(srv->m_req_prompt, s->n_prompt);
         if (o->n_done == o->n_submitted && o->n_submitted == o->n_subs && !o->http_done && !o->failed) {
-            if (o->stream) {
+            if (o->stream && o->kv_error) {
+                char *ej = pd_http_error_json(503, NULL, o->kv_error, NULL, NULL);
+                if (ej)
+                    pd_http_sse_send(o->stream, ej);
+                free(ej);
+                pd_http_sse_done(o->stream);
+                stream_end = true;
+            } else if (o->stream) {
                 if (o->r.include_usage) {
                     cJSON *ch = chunk_base(o);
                     cJSON_AddArrayToObject(ch, "choices");
@@ -458,7 +511,7 @@ static void on_output(void *user, const eng_output_t *out)
                 pd_http_sse_done(o->stream);
                 stream_end = true; /* the close callback drops the HTTP reference */
             } else {
-                final = final_response(o);
+                final = o->kv_error ? NULL : final_response(o);
                 o->http_done = true;
                 finish_http = true;
             }
@@ -470,6 +523,8 @@ static void on_output(void *user, const eng_output_t *out)
     if (finish_http) {
         if (final)
             pd_http_respond_json(o->req, 200, NULL, final);
+        else if (o->kv_error)
+            pd_http_respond_error(o->req, 503, NULL, o->kv_error, NULL, NULL);
         else
             pd_http_respond_error(o->req, 500, NULL, "cannot build the response", NULL, NULL);
         cJSON_free(final);
@@ -479,8 +534,9 @@ static void on_output(void *user, const eng_output_t *out)
         oreq_unref(o); /* this engine request */
 }
 
-/* The client left (or the stream closed): abort whatever is still running. */
-static void abort_subs(oreq_t *o)
+/* The client left (or the stream closed): abort whatever is still running.  Returns
+ * whether this call took the HTTP side over (nobody else will answer). */
+static bool abort_subs(oreq_t *o)
 {
     char ids[16][128];
     int n = 0;
@@ -493,7 +549,7 @@ static void abort_subs(oreq_t *o)
     }
     pthread_mutex_unlock(&o->mu);
     if (!mine)
-        return;
+        return false;
     /* ids are immutable after submission; done flags may race harmlessly (aborting a
      * finished request is a no-op) */
     for (int i = 0; i < o->n_submitted; i++) {
@@ -509,13 +565,17 @@ static void abort_subs(oreq_t *o)
     for (int k = 0; k < n; k++)
         eng_engine_abort(o->srv->engine, ids[k]);
     oreq_unref(o); /* HTTP side */
+    return true;
 }
 
 static void on_req_close(pd_http_req_t *req, void *user)
 {
     oreq_t *o = user;
     PD_LOG_REQ(INFO, pd_http_req_id(req), "client disconnected; aborting");
-    abort_subs(o);
+    /* the request stays valid until answered: an answer to the gone client frees it
+     * (pd_http.h); without one the layer's request leaked */
+    if (abort_subs(o))
+        pd_http_respond_error(req, 499, NULL, "client disconnected", NULL, NULL);
 }
 
 static void on_stream_close(pd_http_stream_t *stream, pd_status_t status, void *user)
@@ -703,6 +763,21 @@ static void log_request(eng_server_t *srv, pd_http_req_t *req, const oreq_t *o, 
 
 /* ---- the handler ---- */
 
+/* The request will not reach the engine: free the prefill node's lease now. */
+static void release_remote(eng_server_t *srv, const eng_oai_req_t *r)
+{
+    eng_remote_kv_t remote;
+    if (!r->kv.do_remote_prefill || srv->disagg == NULL)
+        return;
+    remote.engine_id = r->kv.remote_engine_id;
+    remote.host = r->kv.remote_host;
+    remote.port = r->kv.remote_port;
+    remote.request_id = r->kv.remote_request_id;
+    remote.block_ids = r->kv.remote_block_ids;
+    remote.n_block_ids = r->kv.n_remote_block_ids;
+    eng_disagg_release_remote(srv->disagg, &remote);
+}
+
 static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
 {
     size_t len;
@@ -735,6 +810,39 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     }
     if (add_bad_words(srv, &o->r, &err) != PD_OK)
         goto fail;
+    if (o->r.kv.do_remote_decode) {
+        if (!eng_disagg_is_producer(srv->disagg)) {
+            err.status = 400;
+            snprintf(err.message, sizeof(err.message), "kv_transfer_params: do_remote_decode needs a KV producer "
+                     "(start the node with --kv-transfer-config and kv_role kv_producer)");
+            snprintf(err.param, sizeof(err.param), "kv_transfer_params");
+            goto fail;
+        }
+        if (!o->chat && o->r.n_prompts != 1) {
+            err.status = 400;
+            snprintf(err.message, sizeof(err.message), "kv_transfer_params: a disaggregated request carries one prompt");
+            snprintf(err.param, sizeof(err.param), "prompt");
+            goto fail;
+        }
+        /* the prefill leg samples one sequence: n only matters on the decode node */
+        o->r.params.n = 1;
+        o->r.params.best_of = 0;
+    }
+    if (o->r.kv.do_remote_prefill) {
+        if (!eng_disagg_is_consumer(srv->disagg)) {
+            err.status = 400;
+            snprintf(err.message, sizeof(err.message), "kv_transfer_params: do_remote_prefill needs a KV consumer "
+                     "(start the node with --kv-transfer-config and kv_role kv_consumer or kv_both)");
+            snprintf(err.param, sizeof(err.param), "kv_transfer_params");
+            goto fail;
+        }
+        if (!o->chat && o->r.n_prompts != 1) {
+            err.status = 400;
+            snprintf(err.message, sizeof(err.message), "kv_transfer_params: a disaggregated request carries one prompt");
+            snprintf(err.param, sizeof(err.param), "prompt");
+            goto fail;
+        }
+    }
     pd_random_hex_id(rid);
     snprintf(o->id, sizeof(o->id), "%s-%s", o->chat ? "chatcmpl" : "cmpl", rid);
     o->n_subs = o->chat ? 1 : o->r.n_prompts;
@@ -827,6 +935,17 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         sub.cache_salt = o->r.cache_salt;
         sub.cb = on_output;
         sub.user = s;
+        eng_remote_kv_t remote;
+        sub.kv_produce = o->r.kv.do_remote_decode;
+        if (o->r.kv.do_remote_prefill) {
+            remote.engine_id = o->r.kv.remote_engine_id;
+            remote.host = o->r.kv.remote_host;
+            remote.port = o->r.kv.remote_port;
+            remote.request_id = o->r.kv.remote_request_id;
+            remote.block_ids = o->r.kv.remote_block_ids;
+            remote.n_block_ids = o->r.kv.n_remote_block_ids;
+            sub.kv_remote = &remote;
+        }
         pthread_mutex_lock(&o->mu);
         o->refs++;
         o->n_submitted++;
@@ -834,6 +953,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         st = eng_engine_submit(srv->engine, &sub, msg, sizeof(msg));
         if (st != PD_OK) {
             bool mine;
+            release_remote(srv, &o->r);
             pthread_mutex_lock(&o->mu);
             o->refs--;
             o->n_submitted--;
@@ -873,6 +993,7 @@ fail:
     }
     if (srv->log_requests)
         PD_LOG_REQ(INFO, pd_http_req_id(req), "rejected (%d): %s", err.status, err.message);
+    release_remote(srv, &o->r);
     eng_server_send_error(req, &err);
     for (int i = 0; ids && i < o->n_subs; i++)
         free(ids[i]);
