@@ -1,0 +1,376 @@
+"""pdserve-proxy as users see it: real proxy and decode processes (the default model),
+a fake prefill node (tests/proxy/fake_prefill.py) that records what the proxy sends, the
+official openai client and raw HTTP."""
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import ROOT, Node, free_port, start_node, wait_http
+
+FAKE = os.path.join(ROOT, "tests", "proxy", "fake_prefill.py")
+FAKE_KV = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [1, 2, 3],
+           "remote_engine_id": "fake-prefill-engine", "remote_request_id": "fake-req",
+           "remote_host": "127.0.0.1", "remote_port": 14579, "tp_size": 1}
+PREFILL_KV = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+              "remote_block_ids": None, "remote_host": None, "remote_port": None}
+
+
+class Fake:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.addr = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, FAKE, str(self.port)])
+        wait_http(self.url + "/health", proc=self.proc)
+
+    def received(self):
+        with urllib.request.urlopen(self.url + "/_received") as r:
+            return json.loads(r.read())
+
+    def set_status(self, status):
+        req = urllib.request.Request(self.url + "/_mode", data=json.dumps({"status": status}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req).read()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_proxy(tmp_path_factory, args, wait="/health"):
+    port = free_port()
+    log = str(tmp_path_factory.mktemp("proxy") / "proxy.log")
+    px = Node("pdserve-proxy", list(args), port, log)
+    try:
+        wait_http(px.url + wait, proc=px.proc, timeout=30)
+    except Exception:
+        px.stop()
+        raise RuntimeError("proxy did not start:\n" + px.logtext()[-4000:])
+    return px
+
+
+def client(node, **kw):
+    return openai.OpenAI(base_url=node.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
+
+
+def post(node, path, body, headers=None, timeout=60):
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    conn.request("POST", path, body=json.dumps(body), headers=h)
+    r = conn.getresponse()
+    payload = r.read()
+    conn.close()
+    return r.status, payload
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def metric(node, name, label=None):
+    with urllib.request.urlopen(node.url + "/metrics") as r:
+        text = r.read().decode()
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and (label is None or label in line):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"{name} not in /metrics"
+    return total
+
+
+@pytest.fixture(scope="module")
+def proxy1(tmp_path_factory, decode_node):
+    """Single-node mode: no prefill pool."""
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}"])
+    yield px
+    px.stop()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = Fake()
+    yield f
+    f.stop()
+
+
+def test_completions_and_chat_match_the_node(proxy1, decode_node):
+    for path in ("completions", "chat"):
+        direct, via = client(decode_node), client(proxy1)
+        if path == "completions":
+            kw = dict(model="smol", prompt="The capital of France is", max_tokens=12, temperature=0)
+            a = direct.completions.create(**kw)
+            b = via.completions.create(**kw)
+            s = "".join(c.choices[0].text for c in via.completions.create(stream=True, **kw) if c.choices)
+            assert b.choices[0].text == a.choices[0].text == s
+        else:
+            kw = dict(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=10, temperature=0)
+            a = direct.chat.completions.create(**kw)
+            b = via.chat.completions.create(**kw)
+            s = "".join(c.choices[0].delta.content or "" for c in via.chat.completions.create(stream=True, **kw)
+                        if c.choices)
+            assert b.choices[0].message.content == a.choices[0].message.content == s
+        assert b.usage.completion_tokens == a.usage.completion_tokens
+
+
+def test_stream_usage_passes_through(proxy1):
+    chunks = list(client(proxy1).completions.create(model="smol", prompt="Hello", max_tokens=5, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+
+
+def test_models_tokenize_detokenize_forwarded(proxy1, decode_node):
+    assert [m.id for m in client(proxy1).models.list().data] == ["smol", "other-name"]
+    st, body = post(proxy1, "/tokenize", {"prompt": "Hello world"})
+    assert st == 200
+    tok = json.loads(body)
+    assert tok == json.loads(post(decode_node, "/tokenize", {"prompt": "Hello world"})[1])
+    st, body = post(proxy1, "/detokenize", {"tokens": tok["tokens"]})
+    assert st == 200 and json.loads(body)["prompt"] == "Hello world"
+
+
+def test_upstream_400_is_forwarded(proxy1, decode_node):
+    bad = {"model": "smol", "prompt": "x", "max_tokens": -3}
+    st_direct, body_direct = post(decode_node, "/v1/completions", bad)
+    st, body = post(proxy1, "/v1/completions", bad)
+    assert st_direct == 400 and st == 400
+    assert json.loads(body) == json.loads(body_direct)
+    with pytest.raises(openai.BadRequestError):
+        client(proxy1).completions.create(model="smol", prompt="x", max_tokens=-3, stream=True)
+    with pytest.raises(openai.NotFoundError):
+        client(proxy1).completions.create(model="nope", prompt="x", max_tokens=3)
+    # malformed JSON is refused by the proxy itself
+    conn = http.client.HTTPConnection("127.0.0.1", proxy1.port, timeout=10)
+    conn.request("POST", "/v1/completions", body="{nope", headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 400 and "error" in json.loads(r.read())
+
+
+def test_prefill_leg_shape_and_client_params_stripped(tmp_path_factory, fake):
+    """Fake prefill and fake 'decode' (the same recorder) check both legs exactly."""
+    dec = Fake()
+    px = start_proxy(tmp_path_factory, ["--prefill", fake.addr, "--decode", dec.addr])
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 7,
+                "min_tokens": 2, "temperature": 0, "stream": False, "stream_options": {"include_usage": True},
+                "kv_transfer_params": {"do_remote_prefill": True, "remote_host": "10.6.6.6"},
+                "request_id": "client-chosen"}
+        st, ans = post(px, "/v1/chat/completions", body, headers={"X-Request-Id": "client-id"})
+        assert st == 200, ans
+        pre = fake.received()[-1]
+        assert pre["path"] == "/v1/chat/completions"
+        pb = pre["body"]
+        assert pb["max_tokens"] == 1 and pb["max_completion_tokens"] == 1 and pb["stream"] is False
+        assert "stream_options" not in pb and "min_tokens" not in pb and "request_id" not in pb
+        assert pb["kv_transfer_params"] == PREFILL_KV
+        assert pb["messages"] == body["messages"] and pb["temperature"] == 0
+        rid = pre["headers"]["x-request-id"]
+        assert rid.startswith("px-") and rid != "client-id"
+        d = dec.received()[-1]
+        db = d["body"]
+        assert db["kv_transfer_params"] == FAKE_KV  # the prefill's params, not the client's
+        assert db["max_tokens"] == 7 and db["min_tokens"] == 2 and db["stream_options"] == {"include_usage": True}
+        assert "request_id" not in db and d["headers"]["x-request-id"] == rid
+        # completions: max_tokens 1, no max_completion_tokens added
+        st, _ = post(px, "/v1/completions", {"model": "m", "prompt": "abc", "max_tokens": 9, "stream": True})
+        pb = fake.received()[-1]["body"]
+        assert pb["max_tokens"] == 1 and pb["stream"] is False and "max_completion_tokens" not in pb
+        assert dec.received()[-1]["body"]["stream"] is True
+    finally:
+        px.stop()
+        dec.stop()
+
+
+def test_split_with_real_decode_and_conditional_disagg(tmp_path_factory, fake, decode_node):
+    px = start_proxy(tmp_path_factory, ["--prefill", fake.addr, "--decode", f"127.0.0.1:{decode_node.port}",
+                                        "--disagg-min-prompt-tokens", "50"])
+    try:
+        n0 = len(fake.received())
+        c = client(px)
+        short = c.completions.create(model="smol", prompt="The capital of France is", max_tokens=4, temperature=0)
+        assert short.choices[0].text and len(fake.received()) == n0  # straight to decode
+        long_prompt = "Once upon a time " * 20  # 340 bytes: ~85 estimated tokens
+        text = "".join(ch.choices[0].text for ch in c.completions.create(
+            model="smol", prompt=long_prompt, max_tokens=4, temperature=0, stream=True) if ch.choices)
+        assert text and len(fake.received()) == n0 + 1
+        assert metric(px, "pdserve_proxy_routed_total", 'path="split"') == 1
+        assert metric(px, "pdserve_proxy_routed_total", 'path="decode_only"') == 1
+        # a prefill node answering 400 -> the client gets that 400 and its error JSON
+        fake.set_status(400)
+        st, body = post(px, "/v1/completions", {"model": "smol", "prompt": long_prompt, "max_tokens": 2})
+        assert st == 400 and json.loads(body)["error"]["message"] == "fake prefill failure"
+    finally:
+        fake.set_status(200)
+        px.stop()
+
+
+def test_dead_decode_node_is_retried_on_the_other(tmp_path_factory, decode_node):
+    dead = free_port()
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{dead}", "--decode", f"127.0.0.1:{decode_node.port}"],
+                     wait="/status")
+    try:
+        c = client(px)
+        for i in range(4):
+            r = c.completions.create(model="smol", prompt="Hi", max_tokens=2, stream=(i % 2 == 1))
+            if i % 2 == 0:
+                assert r.choices[0].text is not None
+            else:
+                assert len([ch for ch in r if ch.choices]) >= 1
+        st = get_json(px.url + "/status")
+        nodes = {n["url"]: n for n in st["decode"]["nodes"]}
+        assert nodes[f"http://127.0.0.1:{dead}"]["healthy"] is False
+    finally:
+        px.stop()
+
+
+def test_all_decode_nodes_dead_gives_503(tmp_path_factory):
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{free_port()}", "--decode",
+                                        f"127.0.0.1:{free_port()}"], wait="/status")
+    try:
+        for stream in (False, True):
+            st, body = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2, "stream": stream})
+            assert st == 503, body
+            err = json.loads(body)["error"]
+            assert err["code"] == 503 and err["message"]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(px.url + "/health")
+        assert e.value.code == 503
+    finally:
+        px.stop()
+
+
+def test_api_key(tmp_path_factory, decode_node):
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}", "--api-key", "sekrit"])
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client(px, api_key="wrong").models.list()
+        r = client(px, api_key="sekrit").completions.create(model="smol", prompt="Hi", max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        st, _ = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
+        assert st == 401
+    finally:
+        px.stop()
+
+
+def wait_node_idle(node, start, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metric(node, "vllm:num_requests_running") == 0 and metric(node, "pdserve:kv_free_blocks") == start:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_client_disconnect_aborts_upstream(proxy1, decode_node):
+    post(decode_node, "/v1/completions", {"model": "smol", "prompt": "warm", "max_tokens": 1})
+    start = metric(decode_node, "pdserve:kv_free_blocks")
+    conn = http.client.HTTPConnection("127.0.0.1", proxy1.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "Tell me a long story.",
+                                                             "max_tokens": 1500, "ignore_eos": True,
+                                                             "stream": True}),
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200
+    r.fp.readline()
+    assert metric(decode_node, "vllm:num_requests_running") == 1
+    conn.sock.close()
+    conn.close()
+    assert wait_node_idle(decode_node, start), "decode node still running the request after the client left"
+    assert metric(proxy1, "pdserve_proxy_errors_total", 'kind="client_disconnect"') >= 1
+    assert post(proxy1, "/v1/completions", {"model": "smol", "prompt": "ok", "max_tokens": 2})[0] == 200
+
+
+def test_max_concurrent_requests_429(tmp_path_factory, decode_node):
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}",
+                                        "--max-concurrent-requests", "1"])
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "Story:",
+                                                                 "max_tokens": 1000, "ignore_eos": True,
+                                                                 "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.fp.readline()
+        with pytest.raises(openai.RateLimitError):
+            client(px).completions.create(model="smol", prompt="Hi", max_tokens=2)
+        conn.sock.close()
+        conn.close()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            st, _ = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
+            if st == 200:
+                break
+            time.sleep(0.1)
+        assert st == 200
+    finally:
+        px.stop()
+
+
+def test_registration_over_zeromq(tmp_path_factory, decode_node):
+    zmq = pytest.importorskip("zmq")
+    reg = f"tcp://127.0.0.1:{free_port()}"
+    px = start_proxy(tmp_path_factory, ["--register-bind", reg, "--heartbeat-timeout", "1"], wait="/status")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(reg)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            sock.send_string(json.dumps({"type": "D", "http_address": f"127.0.0.1:{decode_node.port}",
+                                         "zmq_address": "tcp://127.0.0.1:1", "load": 0, "queue": 2,
+                                         "kv_usage": 0.25, "prefix_hashes": ["00ff"]}))
+            stop.wait(0.2)
+
+    t = threading.Thread(target=beat)
+    t.start()
+    try:
+        sock.send(b"\xff not json")  # dropped, the receiver keeps going
+        wait_http(px.url + "/health", timeout=10)
+        node = get_json(px.url + "/status")["decode"]["nodes"][0]
+        assert node["source"] == "registered" and node["healthy"] and node["kv_usage"] == 0.25
+        assert node["queue"] == 2
+        r = client(px).completions.create(model="smol", prompt="Hi", max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        stop.set()
+        t.join()
+        time.sleep(1.6)
+        assert get_json(px.url + "/status")["decode"]["nodes"][0]["healthy"] is False
+        st, body = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
+        assert st == 503 and json.loads(body)["error"]["code"] == 503
+        # it comes back, then says goodbye and leaves at once
+        sock.send_string(json.dumps({"type": "D", "http_address": f"127.0.0.1:{decode_node.port}"}))
+        wait_http(px.url + "/health", timeout=5)
+        sock.send_string(json.dumps({"type": "D", "http_address": f"127.0.0.1:{decode_node.port}", "bye": True}))
+        time.sleep(0.5)
+        assert get_json(px.url + "/status")["decode"]["nodes"][0]["healthy"] is False
+    finally:
+        stop.set()
+        t.join()
+        sock.close()
+        ctx.term()
+        px.stop()
+
+
+def test_status_page_and_metrics(proxy1):
+    st = get_json(proxy1.url + "/status")
+    assert st["decode"]["policy"] == "round_robin" and st["decode"]["nodes"][0]["healthy"]
+    assert st["prefill"]["nodes"] == []
+    req = urllib.request.Request(proxy1.url + "/status", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(req) as r:
+        assert "<table" in r.read().decode()
+    assert metric(proxy1, "pdserve_proxy_requests_total", 'endpoint="completions"') >= 1
+    assert metric(proxy1, "pdserve_proxy_upstream_latency_seconds_count", 'leg="decode"') >= 1
+    assert metric(proxy1, "pdserve_proxy_pool_nodes", 'role="decode",state="healthy"') == 1
