@@ -62,6 +62,16 @@ struct px_req {
     pd_buf_t sse;
     long status;
     int started, saw_done;
+    /* decode failover mid-stream (see try_failover) */
+    int fo_ok;                 /* the request can be resumed elsewhere */
+    int finished;              /* a finish_reason went out */
+    int resumed;               /* legs started by failover so far */
+    int64_t orig_max;          /* the client's max_tokens (-1: absent) */
+    unsigned orig_msgs;        /* chat: number of client messages */
+    char *orig_prompt;         /* completions: the client's prompt string */
+    pd_buf_t gen;              /* text streamed to the client so far */
+    int64_t gen_events;        /* content events streamed (about one per token) */
+    pd_buf_t out;              /* events kept from one read, written at once */
     atomic_int client_gone;
     uint64_t t_start;
     px_req_t *next, *prev;     /* relay's active list / submit queue */
@@ -100,7 +110,7 @@ struct px_proxy {
     pthread_cond_t hcond;
     int health_run;
 
-    pd_metric_series_t *m_req[4], *m_err[E_N], *m_retries, *m_lat[3], *m_split[2], *m_inflight;
+    pd_metric_series_t *m_req[4], *m_err[E_N], *m_retries, *m_lat[3], *m_split[2], *m_inflight, *m_failover;
     pd_metric_t *m_pool;
 };
 
@@ -115,6 +125,9 @@ static void req_unref(px_req_t *r)
     free(r->send_body);
     pd_buf_cleanup(&r->resp);
     pd_buf_cleanup(&r->sse);
+    pd_buf_cleanup(&r->gen);
+    pd_buf_cleanup(&r->out);
+    free(r->orig_prompt);
     free(r);
 }
 
@@ -230,6 +243,8 @@ static void easy_cleanup(px_req_t *r)
 
 /* ---- SSE relay ---- */
 
+static void leg_start(px_req_t *r);
+
 static int stream_out(px_req_t *r, const char *data, size_t len)
 {
     if (!r->started) {
@@ -249,6 +264,40 @@ static int stream_out(px_req_t *r, const char *data, size_t len)
     return 0;
 }
 
+/* Look at one event (for failover): note its text and finish_reason; return 0 to drop
+ * it (a resumed chat leg's role-only opening chunk). */
+static int inspect_event(px_req_t *r, const char *ev, size_t len)
+{
+    if (len < 6 || strncmp(ev, "data: ", 6) != 0)
+        return 1;
+    if (len >= 12 && strncmp(ev, "data: [DONE]", 12) == 0) {
+        r->saw_done = 1;
+        return 1;
+    }
+    cJSON *j = cJSON_ParseWithLength(ev + 6, len - 6);
+    if (j == NULL)
+        return 1;
+    int keep = 1;
+    const cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0);
+    if (c0) {
+        const cJSON *t = r->is_chat ? cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c0, "delta"),
+                                                                      "content")
+                                    : cJSON_GetObjectItemCaseSensitive(c0, "text");
+        const cJSON *fr = cJSON_GetObjectItemCaseSensitive(c0, "finish_reason");
+        int has_text = cJSON_IsString(t) && t->valuestring[0];
+        if (has_text) {
+            pd_buf_puts(&r->gen, t->valuestring);
+            r->gen_events++;
+        }
+        if (cJSON_IsString(fr))
+            r->finished = 1;
+        if (r->resumed && r->is_chat && !has_text && !cJSON_IsString(fr))
+            keep = 0;
+    }
+    cJSON_Delete(j);
+    return keep;
+}
+
 /* Append bytes; send every complete event ("...\n\n") now, keep the tail. */
 static int relay_sse(px_req_t *r, const char *p, size_t n)
 {
@@ -262,14 +311,86 @@ static int relay_sse(px_req_t *r, const char *p, size_t n)
         }
     if (end == 0)
         return r->sse.len > PX_MAX_RESP ? -1 : 0;
-    if (memmem(r->sse.data, end, "data: [DONE]", 12))
-        r->saw_done = 1;
-    if (stream_out(r, r->sse.data, end) != 0)
+    int rc;
+    if (r->fo_ok) {
+        pd_buf_reset(&r->out);
+        for (size_t at = 0; at < end;) {
+            const char *ev = r->sse.data + at;
+            const char *stop = memmem(ev, end - at, "\n\n", 2);
+            size_t evlen = (size_t)(stop - ev) + 2;
+            if (inspect_event(r, ev, evlen - 2))
+                pd_buf_append(&r->out, ev, evlen);
+            at += evlen;
+        }
+        rc = r->out.len || !r->started ? stream_out(r, r->out.data ? r->out.data : "", r->out.len) : 0;
+    } else {
+        if (memmem(r->sse.data, end, "data: [DONE]", 12))
+            r->saw_done = 1;
+        rc = stream_out(r, r->sse.data, end);
+    }
+    if (rc != 0)
         return -1;
     memmove(r->sse.data, r->sse.data + end, r->sse.len - end);
     r->sse.len -= end;
     r->sse.data[r->sse.len] = '\0';
     return 0;
+}
+
+/* The decode node died mid-stream: resume on another decode node from what the client
+ * already has.  Completions: prompt = the client's prompt + the text streamed so far;
+ * chat: the messages + an assistant message with that text, continue_final_message
+ * true and add_generation_prompt false.  max_tokens (and max_completion_tokens) shrink
+ * by the content events already sent (about one per token).  1 when a leg started. */
+static int try_failover(px_req_t *r)
+{
+    px_proxy_t *px = r->px;
+    if (!r->fo_ok || r->finished || r->saw_done || r->retries >= px->max_retries ||
+        atomic_load(&r->client_gone))
+        return 0;
+    px_node_t *probe = px_pools_pick(&px->pools, PX_ROLE_DECODE, NULL, r->tried, r->n_tried);
+    if (probe == NULL)
+        return 0;
+    px_node_done(probe);
+    atomic_fetch_sub(&probe->requests, 1);
+    cJSON *root = r->root;
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "kv_transfer_params");
+    if (r->orig_max > 0) {
+        int64_t left = r->orig_max - r->gen_events;
+        if (left < 1)
+            return 0;
+        if (cJSON_HasObjectItem(root, "max_tokens"))
+            cJSON_ReplaceItemInObjectCaseSensitive(root, "max_tokens", cJSON_CreateNumber((double)left));
+        if (cJSON_HasObjectItem(root, "max_completion_tokens"))
+            cJSON_ReplaceItemInObjectCaseSensitive(root, "max_completion_tokens", cJSON_CreateNumber((double)left));
+    }
+    const char *gen = r->gen.data ? r->gen.data : "";
+    if (r->is_chat) {
+        cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        while (cJSON_GetArraySize(msgs) > (int)r->orig_msgs)
+            cJSON_DeleteItemFromArray(msgs, cJSON_GetArraySize(msgs) - 1);
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", "assistant");
+        cJSON_AddStringToObject(m, "content", gen);
+        cJSON_AddItemToArray(msgs, m);
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "continue_final_message");
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "add_generation_prompt");
+        cJSON_AddTrueToObject(root, "continue_final_message");
+        cJSON_AddFalseToObject(root, "add_generation_prompt");
+    } else {
+        pd_buf_t p = {0};
+        pd_buf_puts(&p, r->orig_prompt);
+        pd_buf_puts(&p, gen);
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "prompt", cJSON_CreateString(p.data ? p.data : ""));
+        pd_buf_cleanup(&p);
+    }
+    r->retries++;
+    r->resumed++;
+    pd_metric_inc(px->m_failover);
+    PD_LOG_REQ(WARN, r->id, "proxy: resuming the stream on another decode node after %lld content events",
+               (long long)r->gen_events);
+    r->leg = LEG_DECODE;
+    leg_start(r);
+    return 1;
 }
 
 static size_t on_data(char *p, size_t sz, size_t nm, void *user)
@@ -289,7 +410,6 @@ static size_t on_data(char *p, size_t sz, size_t nm, void *user)
 
 /* ---- legs ---- */
 
-static void leg_start(px_req_t *r);
 
 static char *prefill_body(const px_req_t *r)
 {
@@ -452,7 +572,10 @@ static void leg_done(px_req_t *r, CURLcode rc)
         return;
     }
     if (r->started) {
-        /* output already went out: finish the stream or end it with an error event */
+        /* output already went out: finish the stream, resume it elsewhere, or end it
+         * with an error event */
+        if (!(rc == CURLE_OK && r->saw_done) && try_failover(r))
+            return;
         if (rc == CURLE_OK && r->saw_done) {
             if (r->sse.len)
                 stream_out(r, r->sse.data, r->sse.len);
@@ -774,6 +897,25 @@ static void h_generate(pd_http_req_t *hreq, void *user)
     px_prefix_compute(text.data ? text.data : "", text.len, &r->prefix);
     int64_t est_tokens = (int64_t)(text.len / 4);
     pd_buf_cleanup(&text);
+    if (r->is_stream) {
+        const cJSON *nn = cJSON_GetObjectItemCaseSensitive(root, "n");
+        const cJSON *mx = cJSON_GetObjectItemCaseSensitive(root, is_chat ? "max_completion_tokens" : "max_tokens");
+        if (!cJSON_IsNumber(mx))
+            mx = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+        r->orig_max = cJSON_IsNumber(mx) ? (int64_t)mx->valuedouble : (is_chat ? -1 : 16);
+        const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+        const cJSON *ms = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        int single = !cJSON_IsNumber(nn) || nn->valuedouble == 1;
+        int no_echo = !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "echo")) &&
+                      !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "continue_final_message"));
+        if (single && no_echo && !is_chat && cJSON_IsString(pr)) {
+            r->orig_prompt = strdup(pr->valuestring);
+            r->fo_ok = r->orig_prompt != NULL;
+        } else if (single && no_echo && is_chat && cJSON_IsArray(ms)) {
+            r->orig_msgs = (unsigned)cJSON_GetArraySize(ms);
+            r->fo_ok = 1;
+        }
+    }
     r->split = px_pools_eligible(&px->pools, PX_ROLE_PREFILL) > 0 && est_tokens >= px->min_prompt_tokens;
     r->leg = r->split ? LEG_PREFILL : LEG_DECODE;
     pd_metric_inc(px->m_split[r->split]);
@@ -953,6 +1095,11 @@ static pd_status_t metrics_init(px_proxy_t *px)
                                 "Legs retried on another node before any output.", 0, NULL, &m);
     if (st == PD_OK)
         px->m_retries = pd_metric_default(m);
+    if (st == PD_OK)
+        st = pd_metrics_counter(px->metrics, "pdserve_proxy_failovers_total",
+                                "Streams resumed on another decode node after output began.", 0, NULL, &m);
+    if (st == PD_OK)
+        px->m_failover = pd_metric_default(m);
     static const double lb[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
     if (st == PD_OK)
         st = pd_metrics_histogram(px->metrics, "pdserve_proxy_upstream_latency_seconds",
@@ -1060,6 +1207,7 @@ pd_status_t px_proxy_create(const px_args_t *a, px_proxy_t **px_p)
         pd_http_route(px->srv, "GET", "/v1/models", h_forward, px);
         pd_http_route(px->srv, "POST", "/tokenize", h_forward, px);
         pd_http_route(px->srv, "POST", "/detokenize", h_forward, px);
+        pd_http_route(px->srv, "GET", "/tokenizer_info", h_forward, px);
         pd_http_route_ex(px->srv, "GET", "/health", h_health, px, PD_HTTP_ROUTE_DURING_DRAIN);
         pd_http_route_ex(px->srv, "GET", "/metrics", h_metrics, px, PD_HTTP_ROUTE_DURING_DRAIN);
         pd_http_route_ex(px->srv, "GET", "/status", h_status, px, PD_HTTP_ROUTE_DURING_DRAIN);

@@ -374,3 +374,49 @@ def test_status_page_and_metrics(proxy1):
     assert metric(proxy1, "pdserve_proxy_requests_total", 'endpoint="completions"') >= 1
     assert metric(proxy1, "pdserve_proxy_upstream_latency_seconds_count", 'leg="decode"') >= 1
     assert metric(proxy1, "pdserve_proxy_pool_nodes", 'role="decode",state="healthy"') == 1
+
+
+def running(node):
+    try:
+        return metric(node, "vllm:num_requests_running")
+    except Exception:
+        return 0
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_decode_failover_mid_stream(tmp_path_factory, model_path, chat):
+    """A decode node killed mid-stream: the proxy resumes on the other node from the text
+    already sent, and the client sees one stream that ends normally."""
+    nodes = [start_node(tmp_path_factory, model_path, ["--served-model-name", "smol"]) for _ in range(2)]
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{nodes[0].port}", "--decode",
+                                        f"127.0.0.1:{nodes[1].port}"])
+    try:
+        c = client(px, timeout=60)
+        if chat:
+            stream = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Count to fifty."}],
+                                               max_tokens=120, temperature=0, stream=True,
+                                               extra_body={"ignore_eos": True})
+        else:
+            stream = c.completions.create(model="smol", prompt="Once upon a time", max_tokens=120, temperature=0,
+                                          stream=True, extra_body={"ignore_eos": True})
+        texts, finish, killed = [], None, None
+        for ch in stream:
+            if not ch.choices:
+                continue
+            t = ch.choices[0].delta.content if chat else ch.choices[0].text
+            if t:
+                texts.append(t)
+            finish = ch.choices[0].finish_reason or finish
+            if len(texts) == 10 and killed is None:
+                killed = next(n for n in nodes if running(n) == 1)
+                killed.proc.kill()
+        assert killed is not None
+        assert finish == "length"
+        assert 110 <= len(texts) <= 125  # one stream, about max_tokens content events
+        assert metric(px, "pdserve_proxy_failovers_total") == 1
+        survivor = next(n for n in nodes if n is not killed)
+        assert running(survivor) == 0
+    finally:
+        px.stop()
+        for n in nodes:
+            n.stop()
