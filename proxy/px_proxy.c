@@ -93,6 +93,7 @@ struct px_proxy {
     int max_retries;
     int64_t min_prompt_tokens;
     int64_t max_concurrent;
+    int stream_first;
     atomic_int inflight;
 
     CURLM *multi;
@@ -336,28 +337,15 @@ static int relay_sse(px_req_t *r, const char *p, size_t n)
     return 0;
 }
 
-/* The decode node died mid-stream: resume on another decode node from what the client
- * already has.  Completions: prompt = the client's prompt + the text streamed so far;
- * chat: the messages + an assistant message with that text, continue_final_message
- * true and add_generation_prompt false.  max_tokens (and max_completion_tokens) shrink
- * by the content events already sent (about one per token).  1 when a leg started. */
-static int try_failover(px_req_t *r)
+/* Rewrite r->root to continue after the text already sent (r->gen, r->gen_events
+ * content events): see try_failover.  -1 when no tokens are left to generate. */
+static int resume_body(px_req_t *r)
 {
-    px_proxy_t *px = r->px;
-    if (!r->fo_ok || r->finished || r->saw_done || r->retries >= px->max_retries ||
-        atomic_load(&r->client_gone))
-        return 0;
-    px_node_t *probe = px_pools_pick(&px->pools, PX_ROLE_DECODE, NULL, r->tried, r->n_tried);
-    if (probe == NULL)
-        return 0;
-    px_node_done(probe);
-    atomic_fetch_sub(&probe->requests, 1);
     cJSON *root = r->root;
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "kv_transfer_params");
     if (r->orig_max > 0) {
         int64_t left = r->orig_max - r->gen_events;
         if (left < 1)
-            return 0;
+            return -1;
         if (cJSON_HasObjectItem(root, "max_tokens"))
             cJSON_ReplaceItemInObjectCaseSensitive(root, "max_tokens", cJSON_CreateNumber((double)left));
         if (cJSON_HasObjectItem(root, "max_completion_tokens"))
@@ -383,6 +371,28 @@ static int try_failover(px_req_t *r)
         cJSON_ReplaceItemInObjectCaseSensitive(root, "prompt", cJSON_CreateString(p.data ? p.data : ""));
         pd_buf_cleanup(&p);
     }
+    return 0;
+}
+
+/* The decode node died mid-stream: resume on another decode node from what the client
+ * already has.  Completions: prompt = the client's prompt + the text streamed so far;
+ * chat: the messages + an assistant message with that text, continue_final_message
+ * true and add_generation_prompt false.  max_tokens (and max_completion_tokens) shrink
+ * by the content events already sent (about one per token).  1 when a leg started. */
+static int try_failover(px_req_t *r)
+{
+    px_proxy_t *px = r->px;
+    if (!r->fo_ok || r->finished || r->saw_done || r->retries >= px->max_retries ||
+        atomic_load(&r->client_gone))
+        return 0;
+    px_node_t *probe = px_pools_pick(&px->pools, PX_ROLE_DECODE, NULL, r->tried, r->n_tried);
+    if (probe == NULL)
+        return 0;
+    px_node_done(probe);
+    atomic_fetch_sub(&probe->requests, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(r->root, "kv_transfer_params");
+    if (resume_body(r) != 0)
+        return 0;
     r->retries++;
     r->resumed++;
     pd_metric_inc(px->m_failover);
@@ -539,6 +549,84 @@ static int leg_retry(px_req_t *r)
     return 1;
 }
 
+/* --stream-first-token: send the prefill node's token to the client now (built as the
+ * decode node would: a role chunk for chat, then the token), then run the decode leg as
+ * a continuation after that token (resume_body: prompt + token, or an assistant message
+ * with continue_final_message), keeping the prefill's kv_transfer_params, so the text
+ * stays consistent whatever the sampling.  If the token ended the request (EOS, or
+ * max_tokens 1) the stream ends here.  1 when it took over the request. */
+static int first_token_out(px_req_t *r, const cJSON *ans)
+{
+    const cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ans, "choices"), 0);
+    const cJSON *t = r->is_chat ? cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c0, "message"),
+                                                                  "content")
+                                : cJSON_GetObjectItemCaseSensitive(c0, "text");
+    const cJSON *fr = cJSON_GetObjectItemCaseSensitive(c0, "finish_reason");
+    if (!cJSON_IsString(t))
+        return 0;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(ans, "model");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(ans, "id");
+    int last = (cJSON_IsString(fr) && strcmp(fr->valuestring, "length") != 0) || r->orig_max == 1;
+    pd_buf_t out = {0};
+    for (int k = r->is_chat ? 0 : 1; k < 3; k++) {
+        if (k == 2 && !last)
+            break;
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddStringToObject(ch, "id", cJSON_IsString(id) ? id->valuestring : r->id);
+        cJSON_AddStringToObject(ch, "object", r->is_chat ? "chat.completion.chunk" : "text_completion");
+        cJSON_AddNumberToObject(ch, "created", (double)pd_unix_time());
+        cJSON_AddStringToObject(ch, "model", cJSON_IsString(model) ? model->valuestring : "");
+        cJSON *arr = cJSON_AddArrayToObject(ch, "choices");
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", 0);
+        const char *txt = k == 1 ? t->valuestring : "";
+        if (r->is_chat) {
+            cJSON *d = cJSON_AddObjectToObject(c, "delta");
+            if (k == 0)
+                cJSON_AddStringToObject(d, "role", "assistant");
+            cJSON_AddStringToObject(d, "content", txt);
+        } else {
+            cJSON_AddStringToObject(c, "text", txt);
+        }
+        cJSON_AddNullToObject(c, "logprobs");
+        if (k == 2)
+            cJSON_AddStringToObject(c, "finish_reason", cJSON_IsString(fr) ? fr->valuestring : "length");
+        else
+            cJSON_AddNullToObject(c, "finish_reason");
+        cJSON_AddItemToArray(arr, c);
+        char *js = cJSON_PrintUnformatted(ch);
+        cJSON_Delete(ch);
+        if (js)
+            pd_buf_printf(&out, "data: %s\n\n", js);
+        free(js);
+    }
+    if (last)
+        pd_buf_puts(&out, "data: [DONE]\n\n");
+    int rc = stream_out(r, out.data ? out.data : "", out.len);
+    pd_buf_cleanup(&out);
+    if (rc != 0) { /* the client left */
+        req_finish(r);
+        return 1;
+    }
+    pd_buf_puts(&r->gen, t->valuestring);
+    r->gen_events = 1;
+    r->resumed = 1; /* drop the decode leg's role-only chunk */
+    if (last) {
+        r->saw_done = 1;
+        pd_http_stream_end(r->stream);
+        req_finish(r);
+        return 1;
+    }
+    if (resume_body(r) != 0) {
+        pd_http_sse_done(r->stream);
+        pd_http_stream_end(r->stream);
+        req_finish(r);
+        return 1;
+    }
+    leg_start(r);
+    return 1;
+}
+
 static void leg_done(px_req_t *r, CURLcode rc)
 {
     px_proxy_t *px = r->px;
@@ -629,10 +717,14 @@ static void leg_done(px_req_t *r, CURLcode rc)
             PD_LOG_REQ(WARN, r->id, "proxy: prefill node %s gave no kv_transfer_params; decode recomputes",
                        node_url);
         }
-        cJSON_Delete(ans);
         r->leg = LEG_DECODE;
         r->retries = 0;
         r->n_tried = 0;
+        if (px->stream_first && r->is_stream && r->fo_ok && first_token_out(r, ans)) {
+            cJSON_Delete(ans);
+            return;
+        }
+        cJSON_Delete(ans);
         leg_start(r);
         return;
     }
@@ -1148,6 +1240,7 @@ pd_status_t px_proxy_create(const px_args_t *a, px_proxy_t **px_p)
     px->max_retries = (int)a->max_retries;
     px->min_prompt_tokens = a->disagg_min_prompt_tokens;
     px->max_concurrent = a->max_concurrent_requests;
+    px->stream_first = a->stream_first_token;
     pd_status_t st = PD_OK;
     for (size_t i = 0; i < a->prefill.n && st == PD_OK; i++)
         st = px_pools_add_static(&px->pools, PX_ROLE_PREFILL, a->prefill.v[i]);

@@ -420,3 +420,39 @@ def test_decode_failover_mid_stream(tmp_path_factory, model_path, chat):
         px.stop()
         for n in nodes:
             n.stop()
+
+
+def test_stream_first_token(tmp_path_factory, fake, decode_node):
+    """--stream-first-token: the prefill's token ('X' from the fake) is the first content
+    chunk; the decode leg continues after it, so the stream equals 'X' + a direct
+    continuation of prompt + 'X'."""
+    px = start_proxy(tmp_path_factory, ["--prefill", fake.addr, "--decode", f"127.0.0.1:{decode_node.port}",
+                                        "--stream-first-token"])
+    try:
+        c, d = client(px), client(decode_node)
+        prompt = "The capital of France is"
+        chunks = [ch.choices[0].text for ch in c.completions.create(model="smol", prompt=prompt, max_tokens=8,
+                                                                   temperature=0, stream=True) if ch.choices]
+        assert chunks[0] == "X"
+        want = d.completions.create(model="smol", prompt=prompt + "X", max_tokens=7, temperature=0).choices[0].text
+        assert "".join(chunks) == "X" + want
+        # chat: role chunk, then 'X', then the continuation of an assistant message 'X'
+        msgs = [{"role": "user", "content": "Name a colour."}]
+        ev = list(c.chat.completions.create(model="smol", messages=msgs, max_tokens=6, temperature=0, stream=True))
+        roles = [e.choices[0].delta.role for e in ev if e.choices and e.choices[0].delta.role]
+        assert roles == ["assistant"]
+        content = [e.choices[0].delta.content for e in ev if e.choices and e.choices[0].delta.content]
+        assert content[0] == "X"
+        want = d.chat.completions.create(model="smol", messages=msgs + [{"role": "assistant", "content": "X"}],
+                                         max_tokens=5, temperature=0,
+                                         extra_body={"continue_final_message": True, "add_generation_prompt": False})
+        assert "".join(content) == "X" + want.choices[0].message.content
+        assert ev[-1].choices[0].finish_reason == "length"
+        # max_tokens 1: the prefill's token is the whole answer
+        one = list(c.completions.create(model="smol", prompt=prompt, max_tokens=1, stream=True))
+        assert [x.choices[0].text for x in one] == ["X", ""] and one[-1].choices[0].finish_reason == "length"
+        # the decode leg kept the prefill's kv_transfer_params: checked by the fake in
+        # test_prefill_leg_shape; here every prefill leg was the protocol's
+        assert all(r["body"]["kv_transfer_params"] == PREFILL_KV for r in fake.received())
+    finally:
+        px.stop()
