@@ -51,7 +51,7 @@ def cpu_seconds(pid):
 
 def run_bench(bench, url, conc, args, outdir, tag):
     cmd = [bench, "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
-           "--num-prompts", str(args.num_prompts), "--random-input-len", "32",
+           "--num-prompts", str(args.num_prompts or max(64, 4 * conc)), "--random-input-len", "32",
            "--random-output-len", str(args.output_len), "--random-range-ratio", "0",
            "--max-concurrency", str(conc), "--request-rate", "inf",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
@@ -67,11 +67,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--concurrency", default="1,64,256")
-    ap.add_argument("--num-prompts", type=int, default=512)
+    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(64, 4 x concurrency)")
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--ttft-ms", type=float, default=20)
     ap.add_argument("--itl-ms", type=float, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--label", default="", help="free text recorded with the results")
     args = ap.parse_args()
     bench = os.path.join(args.build, "bench", "pdserve-bench")
     proxy_bin = os.path.join(args.build, "proxy", "pdserve-proxy")
@@ -87,6 +88,7 @@ def main():
                            "--port", str(up_port), "--script", script], stdout=subprocess.DEVNULL)
     px = subprocess.Popen([proxy_bin, "--decode", f"127.0.0.1:{up_port}", "--port", str(px_port),
                            "--disable-log-requests", "--uvicorn-log-level", "warning"])
+    px_port_url = f"http://127.0.0.1:{px_port}"
     rows = []
     try:
         wait_http(f"http://127.0.0.1:{up_port}/v1/models")
@@ -114,7 +116,7 @@ def main():
         up.wait()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
             "cpus": os.cpu_count(), "upstream": f"fake_openai ttft {args.ttft_ms} ms itl {args.itl_ms} ms",
-            "num_prompts": args.num_prompts, "output_len": args.output_len, "rows": rows}
+            "num_prompts": args.num_prompts or "max(64, 4 x concurrency)", "label": args.label, "output_len": args.output_len, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} CPUs); upstream {info['upstream']}")
     print("| conc | req/s direct | req/s proxy | TTFT mean direct / proxy / added (ms) | TTFT p99 added |"
           " ITL mean direct / proxy / added (ms) | ITL p99 added | proxy CPU us/req | us/token |")
