@@ -498,8 +498,8 @@ def test_real_1p1d_through_the_proxy(tmp_path_factory, one_p_one_d, decode_node,
         prompt = "The history of the Roman Empire is long and complicated. " * 4
         pulled0 = metric(dec, "pdserve:kv_blocks_transferred_total")
         want = ref.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
-        got = c.completions.create(model="smol", prompt=prompt + " ", max_tokens=12, temperature=0)
-        assert got.usage.completion_tokens == 12
+        got = c.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0)
+        assert got.usage.completion_tokens == 12 and got.choices[0].text == want
         streamed = "".join(ch.choices[0].text for ch in c.completions.create(
             model="smol", prompt=prompt, max_tokens=12, temperature=0, stream=True) if ch.choices)
         if not first_token:
