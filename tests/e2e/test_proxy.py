@@ -479,10 +479,13 @@ def one_p_one_d(tmp_path_factory, model_path):
         pytest.skip(f"nodes without disaggregation in this build: {str(e)[-300:]}")
     st, body = post(nodes[0], "/v1/completions", {"model": "smol", "prompt": "probe", "max_tokens": 1,
                                                   "kv_transfer_params": PREFILL_KV})
-    if st != 200 or not isinstance(json.loads(body).get("kv_transfer_params"), dict):
+    kvp = json.loads(body).get("kv_transfer_params") if st == 200 else None
+    if not isinstance(kvp, dict):
         for n in nodes:
             n.stop()
         pytest.skip("the prefill node does not answer with kv_transfer_params")
+    # finish the probe's protocol so the prefill node's lease is released
+    post(nodes[1], "/v1/completions", {"model": "smol", "prompt": "probe", "max_tokens": 1, "kv_transfer_params": kvp})
     yield nodes
     for n in nodes:
         n.stop()
@@ -495,7 +498,9 @@ def test_real_1p1d_through_the_proxy(tmp_path_factory, one_p_one_d, decode_node,
     px = start_proxy(tmp_path_factory, args + (["--stream-first-token"] if first_token else []))
     try:
         c, ref = client(px), client(decode_node)
-        prompt = "The history of the Roman Empire is long and complicated. " * 4
+        # a prompt per case: the decode node's prefix cache would otherwise hold it already
+        prompt = ("The history of Carthage is long. " if first_token else
+                  "The history of the Roman Empire is long and complicated. ") * 4
         pulled0 = metric(dec, "pdserve:kv_blocks_transferred_total")
         want = ref.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
         got = c.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0)
@@ -506,7 +511,7 @@ def test_real_1p1d_through_the_proxy(tmp_path_factory, one_p_one_d, decode_node,
             assert streamed == want  # greedy: equal to a single node
         else:
             assert streamed  # continuation after the prefill's token (text-level)
-        msgs = [{"role": "user", "content": "Tell me about Rome in two sentences."}]
+        msgs = [{"role": "user", "content": f"Tell me about {'Carthage' if first_token else 'Rome'} in two sentences."}]
         a = ref.chat.completions.create(model="smol", messages=msgs, max_tokens=10, temperature=0)
         b = c.chat.completions.create(model="smol", messages=msgs, max_tokens=10, temperature=0)
         assert b.choices[0].message.content == a.choices[0].message.content
