@@ -651,10 +651,12 @@ static void leg_done(px_req_t *r, CURLcode rc)
         if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST)
             atomic_store(&node->healthy, 0); /* the health checker revives it */
     }
+    if (client_gone)
+        count_err(px, E_CLIENT_GONE); /* before the connection closes: the node sees that */
+    long up_status = r->status;
     easy_cleanup(r);
 
     if (client_gone) {
-        count_err(px, E_CLIENT_GONE);
         PD_LOG_REQ(INFO, r->id, "proxy: client left; upstream request to %s closed", node_url);
         req_finish(r);
         return;
@@ -671,8 +673,14 @@ static void leg_done(px_req_t *r, CURLcode rc)
         } else {
             char msg[600];
             count_err(px, E_MIDSTREAM);
-            snprintf(msg, sizeof(msg), "decode node %s failed mid-stream: %s", node_url,
-                     transport ? curl_easy_strerror(rc) : "the stream ended without [DONE]");
+            if (transport)
+                snprintf(msg, sizeof(msg), "decode node %s failed mid-stream: %s", node_url, curl_easy_strerror(rc));
+            else if (up_status != 200)
+                snprintf(msg, sizeof(msg), "decode node %s answered %ld mid-stream: %.300s", node_url, up_status,
+                         r->resp.data ? r->resp.data : "");
+            else
+                snprintf(msg, sizeof(msg), "decode node %s failed mid-stream: the stream ended without [DONE]",
+                         node_url);
             PD_LOG_REQ(WARN, r->id, "proxy: %s", msg);
             char *ej = pd_http_error_json(502, NULL, msg, NULL, NULL);
             if (ej)

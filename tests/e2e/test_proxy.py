@@ -36,8 +36,8 @@ class Fake:
         with urllib.request.urlopen(self.url + "/_received") as r:
             return json.loads(r.read())
 
-    def set_status(self, status):
-        req = urllib.request.Request(self.url + "/_mode", data=json.dumps({"status": status}).encode(),
+    def set_status(self, status, kv=True):
+        req = urllib.request.Request(self.url + "/_mode", data=json.dumps({"status": status, "kv": kv}).encode(),
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req).read()
 
@@ -193,6 +193,8 @@ def test_prefill_leg_shape_and_client_params_stripped(tmp_path_factory, fake):
 
 
 def test_split_with_real_decode_and_conditional_disagg(tmp_path_factory, fake, decode_node):
+    # the plain decode node has no KV connector: the fake gives null params (decode recomputes)
+    fake.set_status(200, kv=False)
     px = start_proxy(tmp_path_factory, ["--prefill", fake.addr, "--decode", f"127.0.0.1:{decode_node.port}",
                                         "--disagg-min-prompt-tokens", "50"])
     try:
@@ -426,6 +428,7 @@ def test_stream_first_token(tmp_path_factory, fake, decode_node):
     """--stream-first-token: the prefill's token ('X' from the fake) is the first content
     chunk; the decode leg continues after it, so the stream equals 'X' + a direct
     continuation of prompt + 'X'."""
+    fake.set_status(200, kv=False)  # the plain decode node has no KV connector
     px = start_proxy(tmp_path_factory, ["--prefill", fake.addr, "--decode", f"127.0.0.1:{decode_node.port}",
                                         "--stream-first-token"])
     try:
@@ -451,10 +454,9 @@ def test_stream_first_token(tmp_path_factory, fake, decode_node):
         # max_tokens 1: the prefill's token is the whole answer
         one = list(c.completions.create(model="smol", prompt=prompt, max_tokens=1, stream=True))
         assert [x.choices[0].text for x in one] == ["X", ""] and one[-1].choices[0].finish_reason == "length"
-        # the decode leg kept the prefill's kv_transfer_params: checked by the fake in
-        # test_prefill_leg_shape; here every prefill leg was the protocol's
         assert all(r["body"]["kv_transfer_params"] == PREFILL_KV for r in fake.received())
     finally:
+        fake.set_status(200)
         px.stop()
 
 

@@ -4,7 +4,8 @@ It answers POST /v1/completions and /v1/chat/completions like a prefill node in 
 disaggregated protocol: a one-token completion with fixed kv_transfer_params, and
 records every request it received (headers and JSON body) for GET /_received.
 GET /health answers 200 unless the node was told to fail (POST /_mode {"status": N}
-makes every generation answer N with an error JSON).
+makes every generation answer N with an error JSON; {"kv": false} answers with
+"kv_transfer_params": null, for decode nodes without a KV connector).
 
 Run: python3 fake_prefill.py PORT
 """
@@ -18,7 +19,7 @@ KV_PARAMS = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block
              "remote_host": "127.0.0.1", "remote_port": 14579, "tp_size": 1}
 
 received = []
-mode = {"status": 200}
+mode = {"status": 200, "kv": True}
 lock = threading.Lock()
 
 
@@ -67,7 +68,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"id": "fake", "object": "chat.completion" if chat else "text_completion",
                              "model": body.get("model"), "choices": [choice],
                              "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-                             "kv_transfer_params": KV_PARAMS})
+                             "kv_transfer_params": KV_PARAMS if mode["kv"] else None})
 
 
 if __name__ == "__main__":
