@@ -310,7 +310,7 @@ static int relay_sse(px_req_t *r, const char *p, size_t n)
             end = i;
             break;
         }
-    if (end == 0)
+    if (end == 0 || r->sse.data == NULL)
         return r->sse.len > PX_MAX_RESP ? -1 : 0;
     int rc;
     if (r->fo_ok) {
@@ -318,6 +318,8 @@ static int relay_sse(px_req_t *r, const char *p, size_t n)
         for (size_t at = 0; at < end;) {
             const char *ev = r->sse.data + at;
             const char *stop = memmem(ev, end - at, "\n\n", 2);
+            if (stop == NULL)
+                break; /* cannot happen: end is just past a blank line */
             size_t evlen = (size_t)(stop - ev) + 2;
             if (inspect_event(r, ev, evlen - 2))
                 pd_buf_append(&r->out, ev, evlen);
