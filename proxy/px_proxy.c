@@ -78,9 +78,10 @@ struct px_req {
 };
 
 enum { E_BAD_REQUEST, E_OVERLOAD, E_NO_NODE, E_CONNECT, E_TIMEOUT, E_UP4XX, E_UP5XX, E_MIDSTREAM,
-       E_CLIENT_GONE, E_N };
+       E_CLIENT_GONE, E_PREFILL_FALLBACK, E_N };
 static const char *err_kind[E_N] = {"bad_request", "overload", "no_node", "connect", "timeout",
-                                    "upstream_4xx", "upstream_5xx", "midstream", "client_disconnect"};
+                                    "upstream_4xx", "upstream_5xx", "midstream", "client_disconnect",
+                                    "prefill_fallback"};
 
 struct px_proxy {
     const px_args_t *args;
@@ -697,6 +698,19 @@ static void leg_done(px_req_t *r, CURLcode rc)
     if (transport || status >= 500) {
         if (leg_retry(r))
             return;
+        if (r->leg == LEG_PREFILL) {
+            /* no prefill node could do it: the decode node prefills locally (counted,
+             * logged; the answer is the same, only slower) */
+            count_err(px, E_PREFILL_FALLBACK);
+            PD_LOG_REQ(WARN, r->id, "proxy: prefill failed on every node tried (last %s: %s); decode prefills",
+                       node_url, transport ? curl_easy_strerror(rc) : "5xx");
+            cJSON_DeleteItemFromObjectCaseSensitive(r->root, "kv_transfer_params");
+            r->leg = LEG_DECODE;
+            r->retries = 0;
+            r->n_tried = 0;
+            leg_start(r);
+            return;
+        }
         if (!transport) {
             count_err(px, E_UP5XX);
             answer_upstream(r, status, ctype);

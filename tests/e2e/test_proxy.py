@@ -212,6 +212,11 @@ def test_split_with_real_decode_and_conditional_disagg(tmp_path_factory, fake, d
         fake.set_status(400)
         st, body = post(px, "/v1/completions", {"model": "smol", "prompt": long_prompt, "max_tokens": 2})
         assert st == 400 and json.loads(body)["error"]["message"] == "fake prefill failure"
+        # a prefill node failing with 5xx (after the retries) -> decode prefills itself
+        fake.set_status(500, kv=False)
+        r = c.completions.create(model="smol", prompt=long_prompt, max_tokens=3, temperature=0)
+        assert r.usage.completion_tokens == 3
+        assert metric(px, "pdserve_proxy_errors_total", 'kind="prefill_fallback"') == 1
     finally:
         fake.set_status(200)
         px.stop()
