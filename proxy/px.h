@@ -27,7 +27,7 @@ typedef enum { PX_RR = 0, PX_LEAST, PX_P2C, PX_PREFIX } px_policy_t;
 
 typedef struct px_node {
     char url[PX_ADDR_MAX + 8];   /* "http://host:port" without a trailing slash */
-    char zmq_address[PX_ADDR_MAX]; /* registered nodes only ("" otherwise) */
+    char zmq_address[PX_ADDR_MAX]; /* registered nodes only ("" otherwise); under the pool lock */
     px_role_t role;
     int is_static;
     atomic_int healthy;    /* static: last health check / request; registered: alive */
@@ -35,10 +35,11 @@ typedef struct px_node {
     atomic_int inflight;   /* legs this proxy has open to the node */
     atomic_ullong requests;/* legs sent */
     atomic_ullong failures;/* legs that failed at the transport or with 5xx */
-    /* reported over ZeroMQ (registered nodes) */
-    double load, queue, kv_usage;
-    unsigned n_prefix_hashes;
-    uint64_t last_seen_ns;
+    /* reported over ZeroMQ (registered nodes); atomics: written by the registration
+     * thread, read by /status and the policies without the pool lock */
+    _Atomic double load, queue, kv_usage;
+    atomic_uint n_prefix_hashes;
+    _Atomic uint64_t last_seen_ns;
 } px_node_t;
 
 typedef struct px_pool {

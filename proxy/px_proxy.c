@@ -1105,7 +1105,11 @@ static cJSON *status_json(px_proxy_t *px)
             cJSON_AddNumberToObject(o, "requests", (double)atomic_load(&nd->requests));
             cJSON_AddNumberToObject(o, "failures", (double)atomic_load(&nd->failures));
             if (!nd->is_static) {
-                cJSON_AddStringToObject(o, "zmq_address", nd->zmq_address);
+                char zaddr[PX_ADDR_MAX];
+                pthread_mutex_lock(&px->pools.lock);
+                snprintf(zaddr, sizeof(zaddr), "%s", nd->zmq_address);
+                pthread_mutex_unlock(&px->pools.lock);
+                cJSON_AddStringToObject(o, "zmq_address", zaddr);
                 cJSON_AddNumberToObject(o, "load", nd->load);
                 cJSON_AddNumberToObject(o, "queue", nd->queue);
                 cJSON_AddNumberToObject(o, "kv_usage", nd->kv_usage);
