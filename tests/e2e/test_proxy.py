@@ -372,6 +372,7 @@ def test_registration_over_zeromq(tmp_path_factory, decode_node):
 
 
 def test_status_page_and_metrics(proxy1):
+    client(proxy1).completions.create(model="smol", prompt="Hi", max_tokens=2)
     st = get_json(proxy1.url + "/status")
     assert st["decode"]["policy"] == "round_robin" and st["decode"]["nodes"][0]["healthy"]
     assert st["prefill"]["nodes"] == []
