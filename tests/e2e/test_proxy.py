@@ -532,3 +532,31 @@ def test_real_1p1d_through_the_proxy(tmp_path_factory, one_p_one_d, decode_node,
         assert metric(pre, "pdserve:kv_blocks_held") == 0 and running(dec) == 0
     finally:
         px.stop()
+
+
+def test_tls_root_path_and_request_ids(tmp_path_factory, decode_node):
+    import shutil
+    import ssl
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI")
+    d = tmp_path_factory.mktemp("tls")
+    key, cert = str(d / "k.pem"), str(d / "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    port = free_port()
+    px = Node("pdserve-proxy", ["--decode", f"127.0.0.1:{decode_node.port}", "--ssl-keyfile", key,
+                                "--ssl-certfile", cert, "--root-path", "/api", "--enable-request-id-headers"],
+              port, str(d / "proxy.log"), scheme="https")
+    try:
+        wait_http(px.url + "/api/health", proc=px.proc, ctx=ctx)
+        req = urllib.request.Request(px.url + "/api/v1/completions",
+                                     data=json.dumps({"model": "smol", "prompt": "Hi", "max_tokens": 2}).encode(),
+                                     headers={"Content-Type": "application/json", "X-Request-Id": "my-id-1"})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            assert r.status == 200 and r.headers["X-Request-Id"] == "my-id-1"
+            assert json.loads(r.read())["usage"]["completion_tokens"] == 2
+    finally:
+        px.stop()
