@@ -560,3 +560,29 @@ def test_tls_root_path_and_request_ids(tmp_path_factory, decode_node):
             assert json.loads(r.read())["usage"]["completion_tokens"] == 2
     finally:
         px.stop()
+
+
+def test_sigterm_drains(tmp_path_factory, decode_node):
+    """SIGTERM: /health 503 and new requests 503 at once, the stream in flight finishes,
+    then the proxy exits 0."""
+    import signal as sig
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}", "--drain-timeout", "20"])
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "Story:", "max_tokens": 60,
+                                                                 "ignore_eos": True, "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.readline().startswith(b"data: ")
+        px.proc.send_signal(sig.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(px.url + "/health")
+        assert e.value.code == 503
+        st, _ = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
+        assert st == 503
+        rest = r.read().decode()
+        assert rest.rstrip().endswith("data: [DONE]") and '"finish_reason":"length"' in rest.replace(" ", "")
+        assert px.proc.wait(timeout=20) == 0
+    finally:
+        px.stop()
