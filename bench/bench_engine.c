@@ -23,6 +23,7 @@
  *
  * Usage: bench_engine [-m model.gguf] [-t threads] [-p 128,512] [-n 128] [-b 1,8,32]
  *                     [-r reps] [--decode-prompt 16] [--exact]
+ *        bench_engine --print-prompt SEED N   (the first N <= 64 prompt ids of SEED)
  * Prints a table, then one line "JSON {...}".
  */
 #define _GNU_SOURCE
@@ -271,6 +272,18 @@ int main(int argc, char **argv)
         if (strcmp(a, "--exact") == 0) {
             exact = true;
             continue;
+        }
+        if (strcmp(a, "--print-prompt") == 0 && i + 2 < argc) {
+            /* --print-prompt SEED N: the prompt ids (tests check the Python copy) */
+            int n = atoi(argv[i + 2]);
+            int32_t ids[64];
+            if (n < 1 || n > 64)
+                return 2;
+            make_prompt(strtoull(argv[i + 1], NULL, 10), ids, n);
+            for (int k = 0; k < n; k++)
+                printf("%s%d", k ? " " : "", ids[k]);
+            printf("\n");
+            return 0;
         }
         if (v == NULL) {
             usage();
