@@ -333,7 +333,8 @@ int main(int argc, char **argv)
     eng_engine_t *e = NULL;
     eng_engine_cfg_init(&c);
     c.load.model = model;
-    c.load.max_model_len = PD_MAX(max_prefill + 2, decode_prompt + n_decode + 2) + 16;
+    /* room for the largest case and the 64-token warm-up */
+    c.load.max_model_len = PD_MAX(PD_MAX(max_prefill + 2, decode_prompt + n_decode + 2) + 16, 96);
     c.load.keep_quantized = true;
     c.exact_matmul = exact;
     c.n_threads = threads;
