@@ -33,6 +33,11 @@ typedef struct layer_w {
     const float *bq, *bk, *bv, *bo, *bup, *bdown;
     const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
     const float *q_norm, *k_norm;
+    /* CPU backend: q|k|v and gate|up rows concatenated into one matrix each (one matmul,
+     * one activation quantization and one pool job instead of three / two); NULL w when
+     * not fused.  Every output element is computed as in the separate matmuls. */
+    mat_t qkv, gate_up;
+    const float *bqkv;
 } layer_w_t;
 
 typedef struct owned {
@@ -46,6 +51,7 @@ struct eng_forward {
     const eng_backend_ops_t *ops;
     eng_backend_t *be;
     bool zero_copy;           /* CPU backend: host pointers are backend pointers */
+    bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
     eng_forward_opts_t opts;
 
     layer_w_t *layers;
@@ -230,6 +236,69 @@ static pd_status_t prep_table(eng_forward_t *fw, const char *name, int64_t D, in
     return to_backend(fw, f, bytes, p);
 }
 
+/* Concatenate the rows of n matrices of the same type and input size into one (host
+ * memory: CPU backend only).  Leaves out->w NULL when they cannot be fused. */
+static pd_status_t fuse_mats(eng_forward_t *fw, const mat_t *const *ms, int n, mat_t *out)
+{
+    size_t row_bytes, total = 0, off = 0;
+    uint8_t *buf;
+
+    out->w = NULL;
+    if (!fw->zero_copy)
+        return PD_OK;
+    for (int i = 0; i < n; i++)
+        if (ms[i]->type != ms[0]->type || ms[i]->in != ms[0]->in)
+            return PD_OK;
+    CK(kcpu_dtype_row_bytes(ms[0]->type, ms[0]->in, &row_bytes));
+    for (int i = 0; i < n; i++) {
+        size_t b;
+        CK(pd_mul_size(row_bytes, (size_t)ms[i]->out, &b));
+        CK(pd_add_size(total, b, &total));
+    }
+    CK(host_owned(fw, total, (void **)&buf));
+    out->in = ms[0]->in;
+    out->out = 0;
+    out->type = ms[0]->type;
+    for (int i = 0; i < n; i++) {
+        memcpy(buf + off, ms[i]->w, row_bytes * (size_t)ms[i]->out);
+        off += row_bytes * (size_t)ms[i]->out;
+        out->out += ms[i]->out;
+    }
+    out->w = buf;
+    return PD_OK;
+}
+
+/* Fused q|k|v (with a concatenated bias when any has one) and gate|up of one layer. */
+static pd_status_t fuse_layer(eng_forward_t *fw, layer_w_t *L)
+{
+    const eng_model_config_t *c = fw->cfg;
+    /* q/k head norms run on contiguous q and k rows, and a bias on only some of q/k/v
+     * would need zeros added to the others: keep those unfused */
+    bool some_bias = L->bq || L->bk || L->bv, all_bias = L->bq && L->bk && L->bv;
+    if (!c->qk_norm && some_bias == all_bias) {
+        const mat_t *qkv[3] = {&L->q, &L->k, &L->v};
+        CK(fuse_mats(fw, qkv, 3, &L->qkv));
+        if (L->qkv.w != NULL && all_bias) {
+            const float *bs[3] = {L->bq, L->bk, L->bv};
+            float *bias;
+            int64_t o = 0;
+            CK(host_owned(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
+            for (int i = 0; i < 3; i++) {
+                memcpy(bias + o, bs[i], (size_t)qkv[i]->out * sizeof(float));
+                o += qkv[i]->out;
+            }
+            L->bqkv = bias;
+        }
+        fw->any_qkv |= L->qkv.w != NULL;
+    }
+    if (c->gated_ffn) {
+        const mat_t *gu[2] = {&L->gate, &L->up};
+        CK(fuse_mats(fw, gu, 2, &L->gate_up));
+        fw->any_gu |= L->gate_up.w != NULL;
+    }
+    return PD_OK;
+}
+
 static pd_status_t prep_weights(eng_forward_t *fw)
 {
     const eng_model_config_t *c = fw->cfg;
@@ -281,6 +350,8 @@ static pd_status_t prep_weights(eng_forward_t *fw)
         CK(prep_mat(fw, LNAME("ffn_down.weight"), I, D, &L->down));
         CK(prep_vec(fw, LNAME("ffn_up.bias"), I, false, &L->bup));
         CK(prep_vec(fw, LNAME("ffn_down.bias"), D, false, &L->bdown));
+        if (getenv("PD_FORWARD_NO_FUSE") == NULL) /* A/B switch for benchmarks */
+            CK(fuse_layer(fw, L));
     }
 #undef LNAME
     return PD_OK;
@@ -371,12 +442,13 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, kv_bytes, &fw->kv_base));
     TRY(alloc_f32(fw, T, c->hidden, &fw->x));
     TRY(alloc_f32(fw, T, c->hidden, &fw->h));
-    TRY(alloc_f32(fw, T, QW, &fw->q));
+    /* fused q|k|v and gate|up outputs land in q and gate: size them for that */
+    TRY(alloc_f32(fw, T, fw->any_qkv ? QW + 2 * KW : QW, &fw->q));
     TRY(alloc_f32(fw, T, KW, &fw->k));
     TRY(alloc_f32(fw, T, KW, &fw->v));
     TRY(alloc_f32(fw, T, QW, &fw->attn));
     TRY(alloc_f32(fw, T, c->hidden, &fw->o));
-    TRY(alloc_f32(fw, T, c->intermediate, &fw->gate));
+    TRY(alloc_f32(fw, T, fw->any_gu ? 2 * c->intermediate : c->intermediate, &fw->gate));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->up));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
     TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
@@ -501,31 +573,50 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
         const layer_w_t *L = &fw->layers[l];
         /* h = norm(x [+ previous MLP output]) */
         CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
-        CK(matmul(fw, fw->h, T, &L->q, L->bq, fw->q));
-        CK(matmul(fw, fw->h, T, &L->k, L->bk, fw->k));
-        CK(matmul(fw, fw->h, T, &L->v, L->bv, fw->v));
+        float *q = fw->q, *k = fw->k, *v = fw->v;
+        int64_t qs = QW, ks = KW, vs = KW;
+        if (L->qkv.w != NULL) { /* one [T, QW + 2 KW] output: q, k, v are column ranges */
+            CK(matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
+            qs = ks = vs = QW + 2 * KW;
+            k = q + QW;
+            v = k + KW;
+        } else {
+            CK(matmul(fw, fw->h, T, &L->q, L->bq, fw->q));
+            CK(matmul(fw, fw->h, T, &L->k, L->bk, fw->k));
+            CK(matmul(fw, fw->h, T, &L->v, L->bv, fw->v));
+        }
         if (c->qk_norm) {
             float eps = (float)c->norm_eps;
             CK(ops->rmsnorm(be, fw->q, L->q_norm, fw->q, T * c->n_heads, c->head_dim, eps));
             CK(ops->rmsnorm(be, fw->k, L->k_norm, fw->k, T * c->n_kv_heads, c->head_dim, eps));
         }
         if (c->rope_style != ENG_ROPE_NONE)
-            CK(ops->rope(be, fw->q, QW, fw->k, KW, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
+            CK(ops->rope(be, q, qs, k, ks, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
                          c->rotary_dim, fw->inv_freq, fw->attn_factor,
                          c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX));
-        CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, fw->k, KW, fw->v, KW));
+        CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, k, ks, v, vs));
         ap.layer = l;
+        ap.q = q;
+        ap.q_stride = qs;
         CK(ops->paged_attention(be, &ap));
         CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
         /* x += o; h = norm(x) */
         CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
         if (c->gated_ffn) {
-            CK(matmul(fw, fw->h, T, &L->gate, NULL, fw->gate));
-            CK(matmul(fw, fw->h, T, &L->up, NULL, fw->up));
+            float *gate = fw->gate, *up = fw->up;
+            int64_t gs = I;
+            if (L->gate_up.w != NULL) { /* one [T, 2I] output: gate | up */
+                CK(matmul(fw, fw->h, T, &L->gate_up, NULL, fw->gate));
+                up = gate + I;
+                gs = 2 * I;
+            } else {
+                CK(matmul(fw, fw->h, T, &L->gate, NULL, fw->gate));
+                CK(matmul(fw, fw->h, T, &L->up, NULL, fw->up));
+            }
             if (c->act == ENG_ACT_SILU)
-                CK(ops->silu_and_mul(be, fw->gate, I, fw->up, I, fw->act, T, I));
+                CK(ops->silu_and_mul(be, gate, gs, up, gs, fw->act, T, I));
             else
-                CK(ops->gelu_and_mul(be, fw->gate, I, fw->up, I, fw->act, T, I, c->act == ENG_ACT_GELU_TANH));
+                CK(ops->gelu_and_mul(be, gate, gs, up, gs, fw->act, T, I, c->act == ENG_ACT_GELU_TANH));
         } else {
             CK(matmul(fw, fw->h, T, &L->up, L->bup, fw->up));
             if (c->act == ENG_ACT_RELU)

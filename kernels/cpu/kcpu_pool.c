@@ -26,7 +26,13 @@
 #include "kcpu.h"
 #include "pd_log.h"
 
-#define SPIN_ITERS 20000
+/* Pause iterations a waiting thread spins before it sleeps on the futex (a few us here).
+ * Short on purpose: on a machine shared with other jobs a spinning thread burns the time
+ * slice its sibling (or the caller) needs.  Measured with bench_engine, 2 threads on the
+ * 2-vCPU EPYC at load ~8: 20000 -> 300 took batch-1 decode from 55 to 84 tokens per
+ * CPU-second (the 1-thread figure) and its wall tokens/s from ~40 to ~85; the ops of one
+ * forward follow each other within the spin window, so workers rarely sleep mid-forward. */
+#define SPIN_ITERS 300
 #define CHUNKS_PER_THREAD 4
 #define GEN_BITS 24
 #define FIELD_BITS 20
