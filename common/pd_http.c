@@ -38,6 +38,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +161,7 @@ struct pd_http_server {
     size_t n_mws;
 
     struct MHD_Daemon **daemons; /* one per worker, all on one listening socket */
+    int *wake_fds;               /* one eventfd per worker: written after a resume */
     pthread_t *workers;
     unsigned n_workers;
     _Atomic int workers_run;
@@ -337,6 +339,26 @@ static void req_unref(pd_http_req_t *req)
         req_free(req);
 }
 
+/* libmicrohttpd 0.9.75 in external-epoll mode does not wake a waiting MHD_run for a
+ * connection resumed from another thread; each worker also polls its own eventfd, which
+ * the resuming thread writes, so queued stream data goes out at once instead of at the
+ * next timeout tick. */
+static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    uint64_t one = 1;
+    if (ci == NULL || srv->wake_fds == NULL)
+        return;
+    for (unsigned i = 0; i < srv->n_threads; i++) {
+        if (srv->daemons[i] == ci->daemon) {
+            if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
+                /* EAGAIN: a wake-up is already pending */
+            }
+            return;
+        }
+    }
+}
+
 /* Suspend/resume bookkeeping, called with req->lock held. */
 static void req_suspend_locked(pd_http_req_t *req)
 {
@@ -358,6 +380,7 @@ static void req_resume_locked(pd_http_req_t *req)
     pthread_mutex_unlock(&srv->lock);
     req->suspended = 0;
     MHD_resume_connection(req->conn);
+    wake_worker(srv, req->conn);
 }
 
 /* ---- response building ---- */
@@ -1662,15 +1685,35 @@ err_free:
 typedef struct worker_arg {
     pd_http_server_t *srv;
     struct MHD_Daemon *daemon;
+    int wake_fd;
 } worker_arg_t;
 
 static void *worker_main(void *arg)
 {
     pd_http_server_t *srv = ((worker_arg_t *)arg)->srv;
     struct MHD_Daemon *d = ((worker_arg_t *)arg)->daemon;
+    int wake_fd = ((worker_arg_t *)arg)->wake_fd;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+    int ep = di ? di->epoll_fd : -1;
     free(arg);
-    while (atomic_load_explicit(&srv->workers_run, memory_order_relaxed))
-        MHD_run_wait(d, WORKER_WAIT_MS);
+    while (atomic_load_explicit(&srv->workers_run, memory_order_relaxed)) {
+        struct pollfd pfd[2] = {{ep, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+        MHD_UNSIGNED_LONG_LONG to = WORKER_WAIT_MS;
+        int timeout = WORKER_WAIT_MS;
+        if (ep < 0 || wake_fd < 0) {
+            MHD_run_wait(d, WORKER_WAIT_MS);
+            continue;
+        }
+        if (MHD_get_timeout(d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)timeout)
+            timeout = (int)to;
+        if (poll(pfd, 2, timeout) > 0 && (pfd[1].revents & POLLIN)) {
+            uint64_t v;
+            if (read(wake_fd, &v, sizeof(v)) < 0) {
+                /* EAGAIN: another reader took it */
+            }
+        }
+        MHD_run(d);
+    }
     return NULL;
 }
 
@@ -1721,6 +1764,12 @@ static void stop_workers(pd_http_server_t *srv)
     for (unsigned i = 0; i < srv->n_workers; i++)
         pthread_join(srv->workers[i], NULL);
     srv->n_workers = 0;
+    int *fds = srv->wake_fds;
+    srv->wake_fds = NULL; /* late resumes (after the workers stopped) skip the wake-up */
+    for (unsigned i = 0; fds && i < srv->n_threads; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(fds);
 }
 
 static void stop_daemons(pd_http_server_t *srv)
@@ -1799,12 +1848,16 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
             goto err_daemons;
         }
     }
+    srv->wake_fds = malloc(srv->n_threads * sizeof(int));
+    for (unsigned i = 0; srv->wake_fds && i < srv->n_threads; i++)
+        srv->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     atomic_store(&srv->workers_run, 1);
     for (unsigned i = 0; i < srv->n_threads; i++) {
         worker_arg_t *wa = malloc(sizeof(*wa));
         if (wa != NULL) {
             wa->srv = srv;
             wa->daemon = srv->daemons[i];
+            wa->wake_fd = srv->wake_fds ? srv->wake_fds[i] : -1;
         }
         if (wa == NULL || pthread_create(&srv->workers[i], NULL, worker_main, wa) != 0) {
             free(wa);
