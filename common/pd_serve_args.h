@@ -28,7 +28,7 @@
   X("Server", disable_frontend_multiprocessing, "--disable-frontend-multiprocessing", NULL, BOOL, NULL, NULL, NOOP, "the HTTP front end always runs in the engine's process, on its own threads", 0, "run the OpenAI front end in the engine's process") \
   X("Server", enable_request_id_headers, "--enable-request-id-headers", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "add an X-Request-Id header to responses") \
   X("Server", disable_log_requests, "--disable-log-requests", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not log each request") \
-  X("Server", max_log_len, "--max-log-len", NULL, INT, NULL, NULL, NOOP, "prompts are never logged, only their token counts", 0, "max prompt characters or ids printed in logs (default: unlimited)") \
+  X("Server", max_log_len, "--max-log-len", NULL, INT, NULL, NULL, DIFFERS, "unset, a logged prompt is cut at 1024 characters / 256 ids (one log line is at most 4 KiB)", 0, "max prompt characters or ids printed in logs") \
   X("Server", disable_log_stats, "--disable-log-stats", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not print periodic engine statistics") \
   X("Server", return_tokens_as_token_ids, "--return-tokens-as-token-ids", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "with logprobs, represent tokens as 'token_id:{id}' strings") \
   X("Server", enable_prompt_tokens_details, "--enable-prompt-tokens-details", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "report prompt_tokens_details (cached tokens) in usage") \

@@ -23,6 +23,7 @@
 #include "eng_tokenizer.h"
 #include "pd_json.h"
 #include "pd_log.h"
+#include "pd_register.h"
 #include "pd_util.h"
 
 /* ---- options -> engine configuration ---- */
@@ -569,6 +570,18 @@ static int run_generate(eng_server_t *srv, const pd_serve_args_t *a)
     return 0;
 }
 
+/* ---- registration with a proxy (--register) ---- */
+
+static void register_stats(pd_register_stats_t *out, void *user)
+{
+    eng_server_t *srv = user;
+    eng_engine_stats_t st;
+    eng_engine_get_stats(srv->engine, &st);
+    out->load = st.n_running;
+    out->queue = st.n_waiting;
+    out->kv_usage = st.kv_usage;
+}
+
 /* ---- main ---- */
 
 static char **split_names(const pd_serve_args_t *a, int *n_p)
@@ -590,6 +603,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     const char **origins = NULL, **methods = NULL, **headers = NULL;
     kvx_config_t kvcfg;
     bool have_kv = false;
+    pd_register_t *reg = NULL;
     int rc = 1;
 
     memset(&srv, 0, sizeof(srv));
@@ -692,6 +706,21 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
         goto out;
     if (pd_http_server_start(srv.http) != PD_OK)
         goto out;
+    if (a->register_addr) {
+        char http_addr[300];
+        pd_register_info_t ri = {0};
+        snprintf(http_addr, sizeof(http_addr), "%s:%u",
+                 a->advertise_host ? a->advertise_host : (a->host && strcmp(a->host, "0.0.0.0") != 0 ? a->host : "127.0.0.1"),
+                 pd_http_server_port(srv.http));
+        ri.type = role == PD_ROLE_PREFILL ? "P" : "D";
+        ri.http_address = http_addr;
+        ri.interval_s = 1.0;
+        if (pd_register_start(a->register_addr, &ri, register_stats, &srv, &reg) != PD_OK) {
+            PD_LOG_ERR("--register %s: cannot start heartbeats to the proxy", a->register_addr);
+            goto out;
+        }
+        PD_LOG_INFO("registered with the proxy at %s as %s (%s)", a->register_addr, http_addr, ri.type);
+    }
     PD_LOG_INFO("serving %s as '%s' on http%s://%s:%u (%s role)", srv.model_path, srv.names[0],
                 a->ssl_certfile ? "s" : "", hc.host, pd_http_server_port(srv.http),
                 role == PD_ROLE_PREFILL ? "prefill" : "decode");
@@ -717,10 +746,13 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
         }
     }
     PD_LOG_INFO("signal %d: draining for up to %.0f s", (int)stop_signal, a->drain_timeout);
+    pd_register_stop(reg); /* the proxy stops routing here before the drain */
+    reg = NULL;
     if (pd_http_server_drain(srv.http, (uint64_t)(a->drain_timeout * 1000.0)) != PD_OK)
         PD_LOG_WARN("drain timed out; aborting the remaining requests");
     rc = 0;
 out:
+    pd_register_stop(reg);
     if (srv.http)
         pd_http_server_stop(srv.http);
     /* kvxfer first: its callbacks post to the engine, which must still exist */

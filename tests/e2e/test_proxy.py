@@ -599,3 +599,30 @@ def test_sigterm_drains(tmp_path_factory, decode_node):
         assert px.proc.wait(timeout=20) == 0
     finally:
         px.stop()
+
+
+def test_node_registers_itself_with_the_proxy(tmp_path_factory, node_factory):
+    """A real decode node started with --register joins the proxy's pool by its own
+    heartbeats (no static --decode), serves through it, and leaves when it stops."""
+    reg = f"tcp://127.0.0.1:{free_port()}"
+    px = start_proxy(tmp_path_factory, ["--register-bind", reg, "--heartbeat-timeout", "2"], wait="/status")
+    node = node_factory(["--register", reg, "--served-model-name", "smol"])
+    try:
+        deadline = time.time() + 10
+        nodes = []
+        while time.time() < deadline:
+            nodes = get_json(px.url + "/status")["decode"]["nodes"]
+            if nodes and nodes[0]["healthy"]:
+                break
+            time.sleep(0.2)
+        assert nodes and nodes[0]["source"] == "registered" and nodes[0]["healthy"]
+        assert nodes[0]["url"].endswith(f":{node.port}") or str(node.port) in json.dumps(nodes[0])
+        r = client(px).completions.create(model="smol", prompt="Hi", max_tokens=3)
+        assert r.usage.completion_tokens == 3
+        assert node.stop() == 0  # the goodbye removes it at once
+        time.sleep(0.5)
+        st, body = post(px, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
+        assert st == 503
+    finally:
+        node.stop()
+        px.stop()
