@@ -1414,7 +1414,7 @@ void eng_engine_kv_region(const eng_engine_t *e, eng_kv_region_t *r)
     r->base = eng_forward_kv_base(e->fw);
     r->n_blocks = eng_forward_kv_n_blocks(e->fw);
     r->block_bytes = eng_forward_kv_block_bytes(e->fw);
-    r->device = strcmp(e->cfg.backend ? e->cfg.backend : "cpu", "cpu") != 0;
+    r->device = strcmp(e->ops->name, "cpu") != 0;
     r->dtype = l && l->dtype == KCPU_DTYPE_F16 ? "f16" : "f32";
     r->block_size = e->cfg.block_size;
     r->n_layers = e->mc->n_layers;

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import start_node
+from pdtest import start_node
 
 MAX_LEN = 512
 MAX_LOGPROBS = 5

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import binary, free_port, start_node
+from pdtest import binary, free_port, start_node
 
 PROMPTS = [
     "Once upon a time in a land far away there lived a wise old king who had three daughters. "

@@ -15,19 +15,7 @@ import openai
 import pytest
 
 
-def _shared():
-    # tests/conftest.py's helpers, loaded by path under their own name: a plain
-    # "from conftest import" can pick up another directory's conftest (tests/bench/).
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py")
-    spec = importlib.util.spec_from_file_location("pdserve_tests_shared", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_c = _shared()
-ROOT, Node, free_port, start_node, wait_http = _c.ROOT, _c.Node, _c.free_port, _c.start_node, _c.wait_http
+from pdtest import ROOT, Node, free_port, start_node, wait_http  # noqa: E402
 
 FAKE = os.path.join(ROOT, "tests", "proxy", "fake_prefill.py")
 FAKE_KV = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [1, 2, 3],

@@ -6,7 +6,7 @@ import json
 import openai
 import pytest
 
-from conftest import start_node
+from pdtest import start_node
 
 
 @pytest.fixture(scope="module")

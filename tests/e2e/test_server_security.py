@@ -21,7 +21,7 @@ except ImportError:
     import httpx
 import pytest
 
-from conftest import ROOT, start_node, wait_http
+from pdtest import ROOT, start_node, wait_http
 
 KEY = "sekret-key-123"
 MW_C = r'''
