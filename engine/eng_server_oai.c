@@ -36,6 +36,7 @@ typedef struct choice {
     int text_offset;          /* completions logprobs text_offset */
     int n_tokens;
     uint64_t t_last;          /* for inter-token latency */
+    cJSON *ids;               /* --skip-tokenizer-init: the generated ids (non-stream) */
 } choice_t;
 
 struct oreq;
@@ -76,6 +77,7 @@ static void oreq_free(oreq_t *o)
         pd_buf_cleanup(&o->choices[i].text);
         cJSON_Delete(o->choices[i].lp);
         cJSON_Delete(o->choices[i].stop_reason);
+        cJSON_Delete(o->choices[i].ids);
     }
     for (int i = 0; i < o->n_subs && o->subs; i++)
         free(o->subs[i].echo);
@@ -279,7 +281,7 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
         return;
-    if (out->text_len == 0 && !out->finished && !o->r.want_logprobs)
+    if (out->text_len == 0 && !out->finished && !o->r.want_logprobs && eng_engine_tokenizer(srv->engine) != NULL)
         return; /* a token whose text is held back (partial UTF-8, possible stop string) */
     ch = chunk_base(o);
     choices = cJSON_AddArrayToObject(ch, "choices");
@@ -307,6 +309,11 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
             cJSON_AddNullToObject(cj, "logprobs");
         }
     }
+    if (eng_engine_tokenizer(srv->engine) == NULL && out->n_token_ids > 0) {
+        cJSON *ids = cJSON_AddArrayToObject(cj, "token_ids");
+        for (int i = 0; i < out->n_token_ids; i++)
+            cJSON_AddItemToArray(ids, cJSON_CreateNumber(out->token_ids[i]));
+    }
     if (out->finished) {
         cJSON_AddStringToObject(cj, "finish_reason", out->finish_reason);
         cJSON *sr = stop_reason_json(out);
@@ -332,6 +339,13 @@ static void accumulate(oreq_t *o, sub_t *s, choice_t *c, const eng_output_t *out
     }
     if (out->text_len)
         pd_buf_append(&c->text, out->text, out->text_len);
+    if (eng_engine_tokenizer(srv->engine) == NULL) {
+        /* no tokenizer: the output is its token ids */
+        if (c->ids == NULL)
+            c->ids = cJSON_CreateArray();
+        for (int i = 0; c->ids && i < out->n_token_ids; i++)
+            cJSON_AddItemToArray(c->ids, cJSON_CreateNumber(out->token_ids[i]));
+    }
     if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
         if (o->chat) {
             if (c->lp == NULL)
@@ -380,6 +394,10 @@ static char *final_response(oreq_t *o)
             } else {
                 cJSON_AddNullToObject(cj, "logprobs");
             }
+        }
+        if (c->ids) {
+            cJSON_AddItemToObject(cj, "token_ids", c->ids);
+            c->ids = NULL;
         }
         cJSON_AddStringToObject(cj, "finish_reason", c->finish_reason ? c->finish_reason : "abort");
         cJSON_AddItemToObject(cj, "stop_reason", c->stop_reason ? c->stop_reason : cJSON_CreateNull());

@@ -254,3 +254,17 @@ def test_chat_answer_with_exact_numerics(node_factory):
         assert r.choices[0].finish_reason == "stop"
     finally:
         assert node.stop() == 0
+
+
+def test_skip_tokenizer_init(node_factory):
+    """No tokenizer: token-id prompts only, and the output is token ids."""
+    node = node_factory(["--skip-tokenizer-init"])
+    try:
+        body = {"prompt": [504, 3575, 282, 4649, 314], "max_tokens": 4, "temperature": 0}
+        st, payload, _ = post(node, "/v1/completions", body)
+        choice = json.loads(payload)["choices"][0]
+        assert st == 200 and choice["text"] == "" and len(choice["token_ids"]) == 4
+        st, payload, _ = post(node, "/v1/completions", {"prompt": "text", "max_tokens": 2})
+        assert st == 400 and "--skip-tokenizer-init" in json.loads(payload)["error"]["message"]
+    finally:
+        assert node.stop() == 0
