@@ -6,208 +6,32 @@
  * matmuls, run each prompt through the paged forward in one batch with logits at every
  * position, and require the top-32 and the 32 probe logits within 1e-3 relative error
  * (|a - b| <= 1e-3 * max(1, |b|)) and the same argmax; then decode greedily 64 tokens
- * through the KV cache one step at a time and require the same ids.
+ * through the KV cache one step at a time and require the same ids (golden_common.h).
  * Exits 77 (skipped) when the default model is not in the cache.
  */
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
+#include "golden_common.h"
 
-#include <cjson/cJSON.h>
-
-#include "eng_backend.h"
-#include "eng_forward.h"
-#include "eng_model.h"
-#include "pd_test.h"
-#include "pd_util.h"
-
-#define MAX_T 256
-
-static const char *default_gguf(char *buf, size_t n)
-{
-    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
-    if (env && access(env, R_OK) == 0)
-        return env;
-    if (cache && *cache)
-        snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(buf, n, "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
-static double worst_rel;
-
-static int check_logits(const float *row, const cJSON *pos, int p_index, int t)
-{
-    const cJSON *lists[2] = {cJSON_GetObjectItem(pos, "top"), cJSON_GetObjectItem(pos, "probe")};
-    int bad = 0;
-    for (int l = 0; l < 2; l++) {
-        const cJSON *pair;
-        cJSON_ArrayForEach(pair, lists[l]) {
-            int tok = cJSON_GetArrayItem(pair, 0)->valueint;
-            double want = cJSON_GetArrayItem(pair, 1)->valuedouble, got = row[tok];
-            double rel = fabs(got - want) / fmax(1.0, fabs(want));
-            if (rel > worst_rel)
-                worst_rel = rel;
-            if (!(rel <= 1e-3)) {
-                if (bad++ < 3)
-                    fprintf(stderr, "  prompt %d pos %d token %d: %.6f vs HF %.6f\n", p_index, t, tok, got, want);
-            }
-        }
-    }
-    /* argmax: the first "top" entry */
-    int hf_best = cJSON_GetArrayItem(cJSON_GetArrayItem(lists[0], 0), 0)->valueint;
-    double hf_second = cJSON_GetArrayItem(cJSON_GetArrayItem(lists[0], 1), 1)->valuedouble;
-    double hf_first = cJSON_GetArrayItem(cJSON_GetArrayItem(lists[0], 0), 1)->valuedouble;
-    int64_t best = 0;
-    (void)best;
-    if (hf_first - hf_second > 1e-3) { /* a clear winner must be ours too */
-        const cJSON *pair;
-        cJSON_ArrayForEach(pair, lists[0]) {
-            int tok = cJSON_GetArrayItem(pair, 0)->valueint;
-            if (row[tok] > row[hf_best]) {
-                fprintf(stderr, "  prompt %d pos %d: argmax differs (%d vs HF %d)\n", p_index, t, tok, hf_best);
-                bad++;
-                break;
-            }
-        }
-    }
-    return bad;
-}
-
-static void run_golden(const char *golden_path, const char *model_path)
-{
-    char *text = NULL;
-    size_t len;
-    cJSON *doc;
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    const eng_backend_ops_t *ops = eng_backend_cpu_ops();
-    eng_backend_opts_t bo = {.n_threads = 2, .mm_mode = KCPU_MM_EXACT};
-    eng_backend_t *be = NULL;
-    eng_forward_t *fw = NULL;
-    eng_forward_opts_t fo = {.block_size = 16, .n_blocks = 64, .max_tokens = MAX_T, .max_seqs = MAX_T,
-                             .max_blocks_per_seq = 32};
-    const cJSON *prompt;
-    int pi = 0;
-
-    PD_CHECK_STATUS(pd_read_file(golden_path, &text, &len), PD_OK);
-    doc = cJSON_Parse(text);
-    free(text);
-    PD_CHECK(doc != NULL);
-    if (doc == NULL)
-        return;
-    eng_load_opts_init(&lo);
-    lo.model = model_path;
-    lo.keep_quantized = false;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = 512;
-    PD_CHECK_STATUS(eng_model_load(&lo, &model), PD_OK);
-    PD_CHECK_STATUS(ops->init(&bo, &be), PD_OK);
-    if (model == NULL || be == NULL)
-        goto out;
-    PD_CHECK_STATUS(eng_forward_create(model, ops, be, &fo, &fw), PD_OK);
-    if (fw == NULL)
-        goto out;
-    const int64_t V = eng_model_config(model)->vocab_size;
-    float *logits = malloc((size_t)MAX_T * (size_t)V * sizeof(float));
-    int32_t tokens[MAX_T], pos[MAX_T], seq[MAX_T], rows[MAX_T], table[32], ctx;
-    int64_t slots[MAX_T];
-    for (int b = 0; b < 32; b++)
-        table[b] = b;
-    worst_rel = 0;
-    cJSON_ArrayForEach(prompt, cJSON_GetObjectItem(doc, "prompts")) {
-        const cJSON *ids = cJSON_GetObjectItem(prompt, "ids"), *id;
-        int T = 0, bad = 0;
-        cJSON_ArrayForEach(id, ids) {
-            tokens[T] = id->valueint;
-            pos[T] = T;
-            seq[T] = 0;
-            slots[T] = T; /* block b = b: slot = position */
-            rows[T] = T;
-            T++;
-        }
-        ctx = T;
-        eng_fwd_batch_t fb = {T, tokens, pos, seq, slots, 1, table, &ctx, T, rows};
-        PD_CHECK_STATUS(eng_forward_run(fw, &fb, logits), PD_OK);
-        for (int t = 0; t < T; t++)
-            bad += check_logits(logits + (size_t)t * V, cJSON_GetArrayItem(cJSON_GetObjectItem(prompt, "positions"), t), pi, t);
-        PD_CHECK_EQ_INT(bad, 0);
-        /* greedy decoding through the cache, one token per forward */
-        const cJSON *greedy = cJSON_GetObjectItem(prompt, "greedy");
-        int n_greedy = cJSON_GetArraySize(greedy), mismatch = -1;
-        int32_t next = 0;
-        {
-            const float *last = logits + (size_t)(T - 1) * V;
-            for (int64_t v = 1; v < V; v++)
-                if (last[v] > last[next])
-                    next = (int32_t)v;
-        }
-        for (int g = 0; g < n_greedy; g++) {
-            if (next != cJSON_GetArrayItem(greedy, g)->valueint) {
-                mismatch = g;
-                break;
-            }
-            int32_t tk = next, ps = T + g, sq = 0, row0 = 0;
-            int64_t sl = T + g;
-            ctx = T + g + 1;
-            eng_fwd_batch_t db = {1, &tk, &ps, &sq, &sl, 1, table, &ctx, 1, &row0};
-            if (eng_forward_run(fw, &db, logits) != PD_OK) {
-                mismatch = g;
-                break;
-            }
-            next = 0;
-            for (int64_t v = 1; v < V; v++)
-                if (logits[v] > logits[next])
-                    next = (int32_t)v;
-        }
-        if (mismatch >= 0)
-            fprintf(stderr, "  prompt %d: greedy token %d differs from HF\n", pi, mismatch);
-        PD_CHECK_EQ_INT(mismatch, -1);
-        pi++;
-    }
-    printf("  %s: %d prompts, worst relative logit error %.2e\n", golden_path, pi, worst_rel);
-    free(logits);
-out:
-    eng_forward_destroy(fw);
-    if (be)
-        ops->shutdown(be);
-    eng_model_destroy(model);
-    cJSON_Delete(doc);
-}
-
+static golden_cfg_t cpu_cfg;
 static char gguf_buf[4096];
 static const char *gguf_path;
 
 PD_TEST(test_default_model_vs_transformers)
 {
     char g[4096];
-    snprintf(g, sizeof(g), "%s/tests/data/goldens/smollm2-135m-q4_1.json", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".");
-    run_golden(g, gguf_path);
+    golden_default_file(g, sizeof(g));
+    golden_run(g, gguf_path, &cpu_cfg);
 }
 
-PD_TEST(test_small_models_vs_transformers)
-{
-    static const char *const names[] = {"llama", "qwen2", "qwen3", "mistral", "opt", NULL};
-    const char *src = getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".";
-    int found = 0;
-    for (int i = 0; names[i]; i++) {
-        char g[4096], m[4096];
-        snprintf(g, sizeof(g), "%s/tests/data/goldens/tiny-%s.json", src, names[i]);
-        snprintf(m, sizeof(m), "%s/tests/data/models/tiny-%s", src, names[i]);
-        if (access(g, R_OK) != 0 || access(m, R_OK) != 0)
-            continue;
-        run_golden(g, m);
-        found++;
-    }
-    printf("  %d small safetensors models checked\n", found);
-}
+PD_TEST(test_small_models_vs_transformers) { golden_run_small_models(&cpu_cfg); }
 
 int main(void)
 {
-    gguf_path = default_gguf(gguf_buf, sizeof(gguf_buf));
+    cpu_cfg.ops = eng_backend_cpu_ops();
+    cpu_cfg.bo = (eng_backend_opts_t){.n_threads = 2, .mm_mode = KCPU_MM_EXACT};
+    cpu_cfg.tol = 1e-3;
+    cpu_cfg.argmax_margin_rel = false;
+    cpu_cfg.greedy_need = 1 << 30;
+    gguf_path = golden_default_gguf(gguf_buf, sizeof(gguf_buf));
     PD_RUN(test_small_models_vs_transformers);
     if (gguf_path == NULL) {
         printf("SKIP: the default model is not in the cache (run scripts/setup.sh)\n");
