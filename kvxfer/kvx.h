@@ -79,6 +79,13 @@ typedef enum { KVX_FAIL_RECOMPUTE = 0, KVX_FAIL_FAIL } kvx_fail_policy_t;
 
 typedef enum { KVX_MEM_HOST = 0, KVX_MEM_CUDA = 1 } kvx_mem_type_t;
 
+/* How the NCCL connector's same-host CUDA IPC path copies a pull's blocks. */
+typedef enum {
+    KVX_IPC_COPY_KERNEL = 0, /* one gather kernel reading the peer's memory (default) */
+    KVX_IPC_COPY_BATCH,      /* one cudaMemcpyBatchAsync (copy engines) */
+    KVX_IPC_COPY_MEMCPY      /* one cudaMemcpyAsync per block (for comparison) */
+} kvx_ipc_copy_t;
+
 typedef struct kvx_config {
     kvx_conn_kind_t connector;
     char connector_name[KVX_NAME_MAX]; /* as given by the user ("NixlConnector") */
@@ -105,6 +112,10 @@ typedef struct kvx_config {
     size_t staging_chunk_bytes;        /* "staging_chunk_bytes", default 8 MiB (CUDA staging) */
     int staging_chunks;                /* "staging_chunks", default 4 */
     char fabric_provider[64];          /* "fabric_provider", default "tcp" */
+    /* NcclConnector (docs/kvxfer.md) */
+    bool nccl_force_network;           /* "nccl_force_network": NCCL send/recv even on one host */
+    kvx_ipc_copy_t nccl_ipc_copy;      /* "nccl_ipc_copy": "kernel" (default), "batch", "memcpy" */
+    size_t nccl_chunk_bytes;           /* "nccl_chunk_bytes", default 64 MiB (NCCL staging) */
 } kvx_config_t;
 
 /* Parse a --kv-transfer-config JSON text into *cfg (caller-owned storage; call

@@ -71,7 +71,8 @@ static const char *const known_fields[] = {
 static const char *const known_extra[] = {
     "auth_secret", "shared_storage_path", "lease_ttl_s", "transfer_timeout_s",
     "control_timeout_s", "pull_workers", "pull_queue", "staging_chunk_bytes",
-    "staging_chunks", "fabric_provider",
+    "staging_chunks", "fabric_provider", "nccl_force_network", "nccl_ipc_copy",
+    "nccl_chunk_bytes",
 };
 
 static atomic_int alias_logged_g;
@@ -162,6 +163,9 @@ void kvx_config_init(kvx_config_t *cfg)
     cfg->staging_chunk_bytes = (size_t)8 << 20;
     cfg->staging_chunks = 4;
     snprintf(cfg->fabric_provider, sizeof(cfg->fabric_provider), "tcp");
+    cfg->nccl_force_network = false;
+    cfg->nccl_ipc_copy = KVX_IPC_COPY_KERNEL;
+    cfg->nccl_chunk_bytes = (size_t)64 << 20;
 }
 
 void kvx_config_cleanup(kvx_config_t *cfg)
@@ -260,6 +264,26 @@ static pd_status_t parse_extra(kvx_config_t *cfg, const cJSON *extra, char *err,
                 return fail(err, err_len, PD_ERR_INVAL,
                             "kv_connector_extra_config.staging_chunks must be an integer in [1, 64]");
             cfg->staging_chunks = (int)n;
+        } else if (strcmp(key, "nccl_force_network") == 0) {
+            if (!cJSON_IsBool(v))
+                return fail(err, err_len, PD_ERR_INVAL,
+                            "kv_connector_extra_config.nccl_force_network must be true or false");
+            cfg->nccl_force_network = cJSON_IsTrue(v);
+        } else if (strcmp(key, "nccl_ipc_copy") == 0) {
+            static const char *const modes[] = {"kernel", "batch", "memcpy"};
+            int found = -1;
+            for (i = 0; cJSON_IsString(v) && i < PD_ARRAY_SIZE(modes); i++)
+                if (strcmp(v->valuestring, modes[i]) == 0)
+                    found = (int)i;
+            if (found < 0)
+                return fail(err, err_len, PD_ERR_INVAL,
+                            "kv_connector_extra_config.nccl_ipc_copy must be \"kernel\", "
+                            "\"batch\" or \"memcpy\"");
+            cfg->nccl_ipc_copy = (kvx_ipc_copy_t)found;
+        } else if (strcmp(key, "nccl_chunk_bytes") == 0) {
+            if ((st = parse_positive(v, key, 65536, 1024.0 * 1024 * 1024, &d, err, err_len)))
+                return st;
+            cfg->nccl_chunk_bytes = (size_t)d;
         }
     }
     return PD_OK;

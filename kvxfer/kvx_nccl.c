@@ -1,24 +1,35 @@
 /*
- * kvx_nccl.c - NcclConnector: GPU-to-GPU block transfers.  UNTESTED ON A GPU YET
- * (compiled only with PD_HAVE_CUDA and NCCL; the development machine has no GPU).
+ * kvx_nccl.c - NcclConnector: GPU-to-GPU block transfers (compiled only with PD_HAVE_CUDA
+ * and NCCL).  First run on a GPU: scripts/gpu_kvx.sh (figures in docs/kvxfer.md).
  *
- * Two paths, chosen per peer at connect time by comparing the hosts' boot ids:
- *   - same host: CUDA IPC.  The producer exports its region with
- *     cudaIpcGetMemHandle (the region base must be the start of a cudaMalloc
- *     allocation); the consumer opens it and copies each block device-to-device with
- *     cudaMemcpyAsync.  One-sided, like UCX.
- *   - other hosts: NCCL send/recv, one communicator per (consumer, producer) pair.
- *     The consumer makes an ncclUniqueId on its first read from a producer and sends
- *     it (read_prepare -> the core's SERVE message, after the lease was acquired);
- *     both sides join a 2-rank communicator (producer rank 0, consumer rank 1) on
- *     their connector threads; then, per read, the producer ncclSends the requested
- *     blocks and the consumer ncclRecvs them into its blocks, in the same order, in
- *     one group.  Later reads reuse the communicator.  NCCL pairs sends and receives
- *     by order, so a pair carries one read at a time (read_prepare waits for the
- *     previous one), which keeps the producer's SERVE order equal to ours.
- * Block ids are checked by the core against both regions before they arrive here.
- * Peer close aborts the communicator (ncclCommAbort), which fails stuck transfers.
- * Callbacks fire from the connector's thread, never inside read.
+ * Two paths, chosen per peer at connect time by comparing the hosts' boot ids (and
+ * "nccl_force_network", on either side, which takes the network path on one host):
+ *   - same host: CUDA IPC.  The producer exports its region with cudaIpcGetMemHandle
+ *     (the region base must be the start of a cudaMalloc allocation); the consumer opens
+ *     it (peer access enabled lazily) and moves a whole pull with ONE launch of
+ *     kcuda_block_copy, a gather kernel reading the producer's blocks by index list over
+ *     NVLink ("nccl_ipc_copy": "kernel", the default), or one cudaMemcpyBatchAsync
+ *     ("batch"), or one cudaMemcpyAsync per block ("memcpy", for comparison).  Without
+ *     peer access between the two devices the kernel is replaced by the batch copy (the
+ *     copy engines stage through the host).  One-sided, like UCX.
+ *   - other hosts: NCCL send/recv, one communicator per (consumer, producer) pair.  The
+ *     consumer makes an ncclUniqueId on connect and sends it with the staging chunk size
+ *     in the read's blob (read_prepare -> the core's SERVE message, after the lease was
+ *     acquired); both sides join a 2-rank communicator (producer rank 0, consumer rank 1,
+ *     non-blocking init) on their connector threads.  Per read, in chunks of
+ *     chunk_blocks: the producer gathers the requested blocks into a contiguous staging
+ *     buffer with one kernel and ncclSends it once; the consumer ncclRecvs into its
+ *     staging buffer and scatters with one kernel.  Later reads reuse the communicator.
+ *     NCCL pairs sends and receives by order, so a pair carries one read at a time
+ *     (read_prepare waits for the previous one), which keeps the producer's SERVE order
+ *     equal to ours.
+ * Every wait polls the stream (cudaStreamQuery) and the communicator's async error with
+ * a deadline of transfer_timeout_s and the peer's cancel flag, so a dead or frozen peer
+ * ends in ncclCommAbort and an error instead of a hung thread.
+ * Block ids are checked by the core against both regions before they arrive here; the
+ * kernels check them again (a device-side error bit).
+ * All CUDA and NCCL work runs on the connector's thread (one stream); callbacks fire
+ * from it, never inside read.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -31,21 +42,29 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include "kcuda_xfer.h"
 #include "kvx_internal.h"
 #include "pd_log.h"
 #include "pd_util.h"
 
-#define DESC_MAGIC 0x314c434eu /* "NCL1" */
+#define DESC_MAGIC 0x324c434eu /* "NCL2" */
 #define BOOT_ID_LEN 36
+#define DESC_LEN (12 + BOOT_ID_LEN + sizeof(cudaIpcMemHandle_t))
+#define DESC_FLAG_FORCE_NET 1u
+#define BLOB_MAGIC 0x32564553u /* "SEV2" */
+#define BLOB_LEN (8 + sizeof(ncclUniqueId))
+#define STAGING_MAX ((size_t)1 << 30)
 
 typedef struct nc_peer {
     int ipc;                    /* same host: CUDA IPC; else NCCL send/recv */
+    kvx_ipc_copy_t copy;        /* IPC: how blocks are copied */
     void *remote_base;          /* opened IPC mapping */
+    uint64_t remote_n;          /* blocks in the producer's region */
     uint64_t block_bytes;
     atomic_int inflight;
     atomic_int canceled;
     ncclUniqueId id;            /* network path: the pair's communicator */
-    ncclComm_t comm;            /* created on the connector thread */
+    ncclComm_t comm;            /* created and used on the connector thread only */
     /* NCCL matches sends and receives in order, so one network read per pair is in
      * flight at a time: read_prepare takes the pair, the read's completion frees it. */
     pthread_mutex_t busy_mu;
@@ -60,12 +79,11 @@ typedef struct nc_serve_comm {
     ncclComm_t comm;
 } nc_serve_comm_t;
 
-#define BLOB_MAGIC 0x31564553u /* "SEV1" */
-
 typedef struct nc_batch {
     struct nc_batch *next;
     nc_peer_t *peer;            /* NULL for a producer-side send batch */
     ncclUniqueId send_id;       /* producer: which communicator to send on */
+    uint32_t chunk_blocks;      /* network path: blocks per NCCL message */
     size_t n;
     uint32_t *local_ids, *remote_ids;
     kvx_read_cb_t cb;
@@ -77,7 +95,17 @@ typedef struct nc_state {
     cudaStream_t stream;
     kvx_region_t region;
     int have_region;
+    int force_network;
+    kvx_ipc_copy_t ipc_copy;
+    size_t chunk_bytes;
+    double timeout_s;
     char boot_id[BOOT_ID_LEN + 1];
+    /* connector thread only: id lists on the device (+ pinned host copies), the error
+     * word of the kernels, the NCCL staging buffer */
+    uint32_t *d_ids, *h_ids;    /* 2 * KVX_MAX_BLOCKS_PER_REQ */
+    int *d_err, *h_err;
+    void *staging;
+    size_t staging_bytes;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -98,79 +126,304 @@ static void read_boot_id(char out[BOOT_ID_LEN + 1])
     }
 }
 
-static ncclComm_t serve_comm(nc_state_t *st, const ncclUniqueId *id)
+static pd_status_t cuda_ok(cudaError_t e, const char *what)
 {
-    nc_serve_comm_t *c;
+    if (e == cudaSuccess)
+        return PD_OK;
+    PD_LOG_ERR("kvx nccl: %s: %s", what, cudaGetErrorString(e));
+    return PD_ERR_CUDA;
+}
+
+/* Wait until the communicator's pending operation (non-blocking init, a group end)
+ * finished.  Bounded by the deadline and the cancel flag; PD_ERR_TRANSPORT on an NCCL
+ * error. */
+static pd_status_t comm_wait(ncclComm_t comm, uint64_t deadline, atomic_int *canceled)
+{
+    for (;;) {
+        ncclResult_t r = ncclSuccess;
+        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess)
+            return PD_ERR_TRANSPORT;
+        if (r == ncclSuccess)
+            return PD_OK;
+        if (r != ncclInProgress) {
+            PD_LOG_ERR("kvx nccl: communicator error: %s", ncclGetErrorString(r));
+            return PD_ERR_TRANSPORT;
+        }
+        if (canceled != NULL && atomic_load(canceled))
+            return PD_ERR_CANCELED;
+        if (pd_now_ns() > deadline) {
+            PD_LOG_ERR("kvx nccl: communicator still busy at the transfer deadline");
+            return PD_ERR_TIMEOUT;
+        }
+        usleep(100);
+    }
+}
+
+/* Wait for everything queued on the stream.  With a communicator, its async errors end
+ * the wait too (a dead peer).  Polls so a cancel or the deadline can end it. */
+static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadline,
+                               atomic_int *canceled)
+{
+    uint64_t spin_end = pd_now_ns() + 200000; /* spin briefly: short copies end fast */
+
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(st->stream);
+        if (e == cudaSuccess)
+            return PD_OK;
+        if (e != cudaErrorNotReady)
+            return cuda_ok(e, "stream");
+        if (comm != NULL) {
+            ncclResult_t r = ncclSuccess;
+            if (ncclCommGetAsyncError(comm, &r) != ncclSuccess ||
+                (r != ncclSuccess && r != ncclInProgress)) {
+                PD_LOG_ERR("kvx nccl: transfer failed: %s", ncclGetErrorString(r));
+                return PD_ERR_TRANSPORT;
+            }
+        }
+        if (canceled != NULL && atomic_load(canceled))
+            return PD_ERR_CANCELED;
+        if (pd_now_ns() > deadline) {
+            PD_LOG_ERR("kvx nccl: transfer did not finish within %.1fs", st->timeout_s);
+            return PD_ERR_TIMEOUT;
+        }
+        if (pd_now_ns() > spin_end)
+            usleep(20);
+    }
+}
+
+/* After a failed NCCL transfer: abort the communicator (its kernels exit), then drain
+ * the stream so nothing queued touches our memory any more. */
+static void comm_kill(nc_state_t *st, ncclComm_t *comm)
+{
+    if (*comm != NULL) {
+        ncclCommAbort(*comm);
+        *comm = NULL;
+    }
+    if (cudaStreamSynchronize(st->stream) != cudaSuccess)
+        PD_LOG_ERR("kvx nccl: stream failed after abort: %s", cudaGetErrorString(cudaGetLastError()));
+}
+
+static pd_status_t comm_init(nc_state_t *st, ncclComm_t *comm_p, const ncclUniqueId *id, int rank,
+                             uint64_t deadline, atomic_int *canceled)
+{
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    ncclComm_t comm = NULL;
+    ncclResult_t r;
+    pd_status_t s;
+
+    cfg.blocking = 0; /* returns at once; we poll, so a missing peer cannot hang us */
+    r = ncclCommInitRankConfig(&comm, 2, *id, rank, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        PD_LOG_ERR("kvx nccl: ncclCommInitRankConfig (rank %d): %s", rank, ncclGetErrorString(r));
+        if (comm != NULL)
+            ncclCommAbort(comm);
+        return PD_ERR_TRANSPORT;
+    }
+    s = comm_wait(comm, deadline, canceled);
+    if (s != PD_OK) {
+        PD_LOG_ERR("kvx nccl: joining the pair's communicator (rank %d) failed: %s", rank,
+                   pd_status_str(s));
+        comm_kill(st, &comm);
+        return s;
+    }
+    *comm_p = comm;
+    return PD_OK;
+}
+
+static pd_status_t staging_get(nc_state_t *st, size_t bytes)
+{
+    if (st->staging_bytes >= bytes)
+        return PD_OK;
+    if (st->staging != NULL)
+        cudaFree(st->staging);
+    st->staging = NULL;
+    st->staging_bytes = 0;
+    if (cuda_ok(cudaMalloc(&st->staging, bytes), "staging cudaMalloc") != PD_OK)
+        return PD_ERR_NOMEM;
+    st->staging_bytes = bytes;
+    return PD_OK;
+}
+
+/* Copy n ids (host) to the device id buffer at slot (0 or 1), on the stream. */
+static pd_status_t ids_upload(nc_state_t *st, int slot, const uint32_t *ids, size_t n)
+{
+    uint32_t *h = st->h_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
+    uint32_t *d = st->d_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
+
+    if (n > KVX_MAX_BLOCKS_PER_REQ)
+        return PD_ERR_LIMIT;
+    memcpy(h, ids, n * sizeof(uint32_t));
+    return cuda_ok(cudaMemcpyAsync(d, h, n * sizeof(uint32_t), cudaMemcpyHostToDevice, st->stream),
+                   "id upload");
+}
+
+/* After a stream wait: the kernels' range error word. */
+static pd_status_t check_err_word(nc_state_t *st)
+{
+    if (cudaMemcpy(st->h_err, st->d_err, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess)
+        return PD_ERR_CUDA;
+    if (*st->h_err != 0) {
+        PD_LOG_ERR("kvx nccl: a block id outside a region reached the copy kernel");
+        return PD_ERR_RANGE;
+    }
+    return PD_OK;
+}
+
+static pd_status_t reset_err_word(nc_state_t *st)
+{
+    return cuda_ok(cudaMemsetAsync(st->d_err, 0, sizeof(int), st->stream), "error word reset");
+}
+
+/* Producer: gather and send the blocks a consumer asked for (SERVE). */
+static pd_status_t run_send(nc_state_t *st, nc_batch_t *b, uint64_t deadline)
+{
+    size_t bb = st->region.block_bytes;
+    nc_serve_comm_t *c, **pp;
+    pd_status_t s;
 
     for (c = st->serve_comms; c != NULL; c = c->next)
-        if (memcmp(&c->id, id, sizeof(*id)) == 0)
-            return c->comm;
-    c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
-    c->id = *id;
-    /* joins the consumer, which waits as rank 1 on its own connector thread */
-    if (ncclCommInitRank(&c->comm, 2, *id, 0) != ncclSuccess) {
-        PD_LOG_ERR("kvx nccl: ncclCommInitRank (producer) failed");
-        free(c);
-        return NULL;
+        if (memcmp(&c->id, &b->send_id, sizeof(b->send_id)) == 0)
+            break;
+    if (c == NULL) {
+        c = calloc(1, sizeof(*c));
+        if (c == NULL)
+            return PD_ERR_NOMEM;
+        c->id = b->send_id;
+        /* joins the consumer, which waits as rank 1 on its own connector thread */
+        if ((s = comm_init(st, &c->comm, &c->id, 0, deadline, NULL)) != PD_OK) {
+            free(c);
+            return s;
+        }
+        c->next = st->serve_comms;
+        st->serve_comms = c;
     }
-    c->next = st->serve_comms;
-    st->serve_comms = c;
-    return c->comm;
+    if ((s = staging_get(st, (size_t)b->chunk_blocks * bb)) != PD_OK ||
+        (s = ids_upload(st, 0, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+        goto fail;
+    for (size_t off = 0; off < b->n && s == PD_OK; off += b->chunk_blocks) {
+        size_t k = PD_MIN((size_t)b->chunk_blocks, b->n - off);
+        ncclResult_t r;
+        /* stream order: the gather of chunk i+1 waits for the send of chunk i */
+        s = kcuda_block_copy(st->staging, NULL, k, st->region.base, st->d_ids + off,
+                             st->region.n_blocks, k, bb, st->d_err, st->stream);
+        if (s != PD_OK)
+            break;
+        r = ncclSend(st->staging, k * bb, ncclChar, 1, c->comm, st->stream);
+        if (r == ncclInProgress)
+            s = comm_wait(c->comm, deadline, NULL);
+        else if (r != ncclSuccess) {
+            PD_LOG_ERR("kvx nccl: ncclSend: %s", ncclGetErrorString(r));
+            s = PD_ERR_TRANSPORT;
+        }
+    }
+    if (s == PD_OK)
+        s = stream_wait(st, c->comm, deadline, NULL);
+    if (s == PD_OK)
+        return check_err_word(st);
+fail:
+    /* a broken pair: drop its communicator (the consumer makes a new one on reconnect) */
+    for (pp = &st->serve_comms; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    comm_kill(st, &c->comm);
+    free(c);
+    return s;
+}
+
+/* Consumer, network path: receive chunk by chunk into staging, scatter each. */
+static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
+{
+    size_t bb = st->region.block_bytes;
+    pd_status_t s = PD_OK;
+
+    if (p->comm == NULL && (s = comm_init(st, &p->comm, &p->id, 1, deadline, &p->canceled)) != PD_OK)
+        return s;
+    if ((s = staging_get(st, (size_t)b->chunk_blocks * bb)) != PD_OK ||
+        (s = ids_upload(st, 0, b->local_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+        goto fail;
+    for (size_t off = 0; off < b->n && s == PD_OK; off += b->chunk_blocks) {
+        size_t k = PD_MIN((size_t)b->chunk_blocks, b->n - off);
+        ncclResult_t r = ncclRecv(st->staging, k * bb, ncclChar, 0, p->comm, st->stream);
+        if (r == ncclInProgress)
+            s = comm_wait(p->comm, deadline, &p->canceled);
+        else if (r != ncclSuccess) {
+            PD_LOG_ERR("kvx nccl: ncclRecv: %s", ncclGetErrorString(r));
+            s = PD_ERR_TRANSPORT;
+        }
+        if (s == PD_OK)
+            s = kcuda_block_copy(st->region.base, st->d_ids + off, st->region.n_blocks, st->staging,
+                                 NULL, k, k, bb, st->d_err, st->stream);
+    }
+    if (s == PD_OK)
+        s = stream_wait(st, p->comm, deadline, &p->canceled);
+    if (s == PD_OK)
+        return check_err_word(st);
+fail:
+    comm_kill(st, &p->comm); /* the pair is broken; peer close sees comm NULL */
+    return s;
+}
+
+/* Consumer, same host: one launch (or one batch call) for the whole read. */
+static pd_status_t run_ipc(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
+{
+    size_t bb = st->region.block_bytes;
+    pd_status_t s = PD_OK;
+
+    if (p->copy == KVX_IPC_COPY_KERNEL) {
+        if ((s = ids_upload(st, 0, b->local_ids, b->n)) != PD_OK ||
+            (s = ids_upload(st, 1, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+            goto drain;
+        s = kcuda_block_copy(st->region.base, st->d_ids, st->region.n_blocks, p->remote_base,
+                             st->d_ids + KVX_MAX_BLOCKS_PER_REQ, p->remote_n, b->n, bb, st->d_err,
+                             st->stream);
+    } else if (p->copy == KVX_IPC_COPY_BATCH) {
+        void **dsts = malloc(b->n * sizeof(void *) + 1);
+        const void **srcs = malloc(b->n * sizeof(void *) + 1);
+        size_t *sizes = malloc(b->n * sizeof(size_t) + 1);
+        s = dsts == NULL || srcs == NULL || sizes == NULL
+                ? PD_ERR_NOMEM
+                : kcuda_block_copy_batch(st->region.base, b->local_ids, p->remote_base, b->remote_ids,
+                                         b->n, bb, dsts, srcs, sizes, st->stream);
+        free(dsts);
+        free(srcs);
+        free(sizes);
+    } else {
+        for (size_t i = 0; i < b->n && s == PD_OK; i++)
+            s = cuda_ok(cudaMemcpyAsync(kvx_region_block(&st->region, b->local_ids[i]),
+                                        (char *)p->remote_base + (size_t)b->remote_ids[i] * bb, bb,
+                                        cudaMemcpyDeviceToDevice, st->stream),
+                        "cudaMemcpyAsync");
+    }
+drain:
+    {
+        /* whatever was queued must finish before anyone hears about the batch */
+        pd_status_t w = stream_wait(st, NULL, deadline, &p->canceled);
+        if (w != PD_OK && cudaStreamSynchronize(st->stream) != cudaSuccess)
+            w = PD_ERR_CUDA;
+        if (s == PD_OK)
+            s = w;
+    }
+    if (s == PD_OK && p->copy == KVX_IPC_COPY_KERNEL)
+        s = check_err_word(st);
+    return s;
 }
 
 static void run_batch(nc_state_t *st, nc_batch_t *b)
 {
-    pd_status_t s = PD_OK;
-    size_t bytes = st->region.block_bytes;
     nc_peer_t *p = b->peer;
+    uint64_t deadline = pd_now_ns() + (uint64_t)(st->timeout_s * 1e9);
+    pd_status_t s;
 
-    cudaSetDevice(st->device);
-    if (p == NULL) {
-        /* producer: send the blocks a consumer asked for (SERVE) */
-        ncclComm_t comm = serve_comm(st, &b->send_id);
-        if (comm == NULL) {
-            s = PD_ERR_TRANSPORT;
-        } else {
-            ncclGroupStart();
-            for (size_t i = 0; i < b->n; i++)
-                ncclSend(kvx_region_block(&st->region, b->remote_ids[i]), bytes, ncclChar, 1, comm,
-                         st->stream);
-            if (ncclGroupEnd() != ncclSuccess)
-                s = PD_ERR_TRANSPORT;
-        }
-    } else if (p->ipc) {
-        for (size_t i = 0; i < b->n && s == PD_OK; i++) {
-            if (atomic_load(&p->canceled)) {
-                s = PD_ERR_CANCELED;
-                break;
-            }
-            if (cudaMemcpyAsync(kvx_region_block(&st->region, b->local_ids[i]),
-                                (char *)p->remote_base + (size_t)b->remote_ids[i] * bytes, bytes,
-                                cudaMemcpyDeviceToDevice, st->stream) != cudaSuccess)
-                s = PD_ERR_CUDA;
-        }
-    } else {
-        /* consumer over the network: join the pair's communicator once, then receive
-         * in the order the producer sends */
-        if (p->comm == NULL && ncclCommInitRank(&p->comm, 2, p->id, 1) != ncclSuccess) {
-            PD_LOG_ERR("kvx nccl: ncclCommInitRank (consumer) failed");
-            p->comm = NULL;
-            s = PD_ERR_TRANSPORT;
-        }
-        if (s == PD_OK) {
-            ncclGroupStart();
-            for (size_t i = 0; i < b->n; i++)
-                ncclRecv(kvx_region_block(&st->region, b->local_ids[i]), bytes, ncclChar, 0,
-                         p->comm, st->stream);
-            if (ncclGroupEnd() != ncclSuccess)
-                s = PD_ERR_TRANSPORT;
-        }
-    }
-    /* the work already queued must finish before anyone hears about the batch */
-    if (cudaStreamSynchronize(st->stream) != cudaSuccess && s == PD_OK)
-        s = PD_ERR_CUDA;
+    if (p == NULL)
+        s = run_send(st, b, deadline);
+    else if (atomic_load(&p->canceled))
+        s = PD_ERR_CANCELED;
+    else if (p->ipc)
+        s = run_ipc(st, p, b, deadline);
+    else
+        s = run_recv(st, p, b, deadline);
     if (p != NULL && !p->ipc) {
         pthread_mutex_lock(&p->busy_mu);
         p->busy = 0;
@@ -192,6 +445,8 @@ static void *nc_main(void *arg)
 {
     nc_state_t *st = arg;
 
+    if (cudaSetDevice(st->device) != cudaSuccess)
+        PD_LOG_ERR("kvx nccl: cudaSetDevice(%d) failed on the connector thread", st->device);
     pthread_mutex_lock(&st->mu);
     for (;;) {
         nc_batch_t *b;
@@ -211,17 +466,42 @@ static void *nc_main(void *arg)
     return NULL;
 }
 
+static void free_cuda_bufs(nc_state_t *st)
+{
+    if (st->d_ids != NULL)
+        cudaFree(st->d_ids);
+    if (st->h_ids != NULL)
+        cudaFreeHost(st->h_ids);
+    if (st->d_err != NULL)
+        cudaFree(st->d_err);
+    if (st->h_err != NULL)
+        cudaFreeHost(st->h_err);
+    if (st->staging != NULL)
+        cudaFree(st->staging);
+    if (st->stream != NULL)
+        cudaStreamDestroy(st->stream);
+}
+
 static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
 {
     nc_state_t *st = calloc(1, sizeof(*st));
+    size_t id_bytes = 2 * (size_t)KVX_MAX_BLOCKS_PER_REQ * sizeof(uint32_t);
     int nccl_version = 0;
 
-    (void)cfg;
     if (st == NULL)
         return PD_ERR_NOMEM;
+    st->force_network = cfg->nccl_force_network;
+    st->ipc_copy = cfg->nccl_ipc_copy;
+    st->chunk_bytes = cfg->nccl_chunk_bytes;
+    st->timeout_s = cfg->transfer_timeout_s + 1.0; /* the core gives up first */
     if (cudaGetDevice(&st->device) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess) {
-        PD_LOG_ERR("kvx nccl: no usable CUDA device");
+        cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaMalloc((void **)&st->d_ids, id_bytes) != cudaSuccess ||
+        cudaHostAlloc((void **)&st->h_ids, id_bytes, cudaHostAllocDefault) != cudaSuccess ||
+        cudaMalloc((void **)&st->d_err, sizeof(int)) != cudaSuccess ||
+        cudaHostAlloc((void **)&st->h_err, sizeof(int), cudaHostAllocDefault) != cudaSuccess) {
+        PD_LOG_ERR("kvx nccl: no usable CUDA device (%s)", cudaGetErrorString(cudaGetLastError()));
+        free_cuda_bufs(st);
         free(st);
         return PD_ERR_CUDA;
     }
@@ -229,13 +509,18 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     if (pthread_create(&st->thread, NULL, nc_main, st) != 0) {
-        cudaStreamDestroy(st->stream);
+        free_cuda_bufs(st);
+        pthread_mutex_destroy(&st->mu);
+        pthread_cond_destroy(&st->cv);
         free(st);
         return PD_ERR_INTERNAL;
     }
     (void)ncclGetVersion(&nccl_version);
-    PD_LOG_INFO("kvx nccl: device %d, NCCL %d (same-host CUDA IPC path; untested on GPU)",
-                st->device, nccl_version);
+    PD_LOG_INFO("kvx nccl: device %d, NCCL %d, ipc copy %s%s", st->device, nccl_version,
+                st->ipc_copy == KVX_IPC_COPY_KERNEL  ? "kernel"
+                : st->ipc_copy == KVX_IPC_COPY_BATCH ? "batch"
+                                                     : "memcpy",
+                st->force_network ? ", network path forced" : "");
     *state_p = st;
     return PD_OK;
 }
@@ -252,10 +537,11 @@ static void nc_destroy(void *state)
     while (st->serve_comms != NULL) {
         nc_serve_comm_t *c = st->serve_comms;
         st->serve_comms = c->next;
-        ncclCommDestroy(c->comm);
+        /* abort, not destroy: destroy waits for the peer, which may be gone */
+        ncclCommAbort(c->comm);
         free(c);
     }
-    cudaStreamDestroy(st->stream);
+    free_cuda_bufs(st);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
     free(st);
@@ -268,25 +554,36 @@ static pd_status_t nc_reg(void *state, const kvx_region_t *region, void *desc, s
     cudaIpcMemHandle_t h;
     uint8_t *o = desc;
     uint32_t magic = DESC_MAGIC, dev = (uint32_t)st->device;
+    uint32_t flags = st->force_network ? DESC_FLAG_FORCE_NET : 0;
 
     if (region->mem_type != KVX_MEM_CUDA) {
         PD_LOG_ERR("kvx nccl: the region must be CUDA memory");
         return PD_ERR_UNSUPPORTED;
     }
-    if (cudaIpcGetMemHandle(&h, region->base) != cudaSuccess) {
-        PD_LOG_ERR("kvx nccl: cudaIpcGetMemHandle failed (is the base a cudaMalloc start?)");
+    if (cap < DESC_LEN)
+        return PD_ERR_LIMIT;
+    if (cudaSetDevice(st->device) != cudaSuccess ||
+        cudaIpcGetMemHandle(&h, region->base) != cudaSuccess) {
+        PD_LOG_ERR("kvx nccl: cudaIpcGetMemHandle failed (is the base a cudaMalloc start?): %s",
+                   cudaGetErrorString(cudaGetLastError()));
         return PD_ERR_CUDA;
     }
-    if (cap < 8 + BOOT_ID_LEN + sizeof(h))
-        return PD_ERR_LIMIT;
     memcpy(o, &magic, 4);
     memcpy(o + 4, &dev, 4);
-    memcpy(o + 8, st->boot_id, BOOT_ID_LEN);
-    memcpy(o + 8 + BOOT_ID_LEN, &h, sizeof(h));
-    *len_p = 8 + BOOT_ID_LEN + sizeof(h);
+    memcpy(o + 8, &flags, 4);
+    memcpy(o + 12, st->boot_id, BOOT_ID_LEN);
+    memcpy(o + 12 + BOOT_ID_LEN, &h, sizeof(h));
+    *len_p = DESC_LEN;
     st->region = *region;
     st->have_region = 1;
     return PD_OK;
+}
+
+static void peer_free(nc_peer_t *p)
+{
+    pthread_mutex_destroy(&p->busy_mu);
+    pthread_cond_destroy(&p->busy_cv);
+    free(p);
 }
 
 static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, void **peer_p)
@@ -294,39 +591,64 @@ static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, voi
     nc_state_t *st = state;
     const uint8_t *d = info->desc;
     cudaIpcMemHandle_t h;
-    uint32_t magic;
+    struct cudaPointerAttributes attr;
+    uint32_t magic, flags;
+    int can = 0;
     nc_peer_t *p;
 
-    if (info->desc_len != 8 + BOOT_ID_LEN + sizeof(h))
+    if (info->desc_len != DESC_LEN)
         goto err_desc;
     memcpy(&magic, d, 4);
     if (magic != DESC_MAGIC)
         goto err_desc;
+    memcpy(&flags, d + 8, 4);
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return PD_ERR_NOMEM;
     p->block_bytes = info->block_bytes;
+    p->remote_n = info->n_blocks;
     pthread_mutex_init(&p->busy_mu, NULL);
     pthread_cond_init(&p->busy_cv, NULL);
-    if (st->boot_id[0] == '\0' || memcmp(d + 8, st->boot_id, BOOT_ID_LEN) != 0) {
-        /* another host: NCCL send/recv; the communicator is set up on first read */
-        if (ncclGetUniqueId(&p->id) != ncclSuccess) {
-            PD_LOG_ERR("kvx nccl: ncclGetUniqueId failed");
-            pthread_mutex_destroy(&p->busy_mu);
-            pthread_cond_destroy(&p->busy_cv);
-            free(p);
+    /* this runs on a pull worker: the IPC mapping and peer access belong to our device */
+    if (cudaSetDevice(st->device) != cudaSuccess) {
+        peer_free(p);
+        return PD_ERR_CUDA;
+    }
+    if (st->force_network || (flags & DESC_FLAG_FORCE_NET) || st->boot_id[0] == '\0' ||
+        memcmp(d + 12, st->boot_id, BOOT_ID_LEN) != 0) {
+        /* another host (or forced): NCCL send/recv; the communicator is set up on first read */
+        ncclResult_t r = ncclGetUniqueId(&p->id);
+        if (r != ncclSuccess) {
+            PD_LOG_ERR("kvx nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+            peer_free(p);
             return PD_ERR_TRANSPORT;
         }
+        PD_LOG_INFO("kvx nccl: peer %s over NCCL send/recv (%s)", info->engine_id,
+                    st->force_network || (flags & DESC_FLAG_FORCE_NET) ? "forced" : "another host");
         *peer_p = p;
         return PD_OK;
     }
     p->ipc = 1;
-    memcpy(&h, d + 8 + BOOT_ID_LEN, sizeof(h));
+    p->copy = st->ipc_copy;
+    memcpy(&h, d + 12 + BOOT_ID_LEN, sizeof(h));
     if (cudaIpcOpenMemHandle(&p->remote_base, h, cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
-        PD_LOG_ERR("kvx nccl: cudaIpcOpenMemHandle for %s failed", info->engine_id);
-        free(p);
+        PD_LOG_ERR("kvx nccl: cudaIpcOpenMemHandle for %s failed: %s", info->engine_id,
+                   cudaGetErrorString(cudaGetLastError()));
+        peer_free(p);
         return PD_ERR_CUDA;
     }
+    /* the kernel dereferences the peer's memory: that needs peer access between the two
+     * devices (same device: trivially); otherwise the copy engines do it */
+    if (cudaPointerGetAttributes(&attr, p->remote_base) == cudaSuccess && attr.device != st->device &&
+        (cudaDeviceCanAccessPeer(&can, st->device, attr.device) != cudaSuccess || !can) &&
+        p->copy == KVX_IPC_COPY_KERNEL) {
+        PD_LOG_WARN("kvx nccl: no peer access from device %d to %d: batch copies instead of the "
+                    "kernel", st->device, attr.device);
+        p->copy = KVX_IPC_COPY_BATCH;
+    }
+    (void)cudaGetLastError();
+    PD_LOG_INFO("kvx nccl: peer %s over CUDA IPC (device %d -> %d)", info->engine_id,
+                (int)attr.device, st->device);
     *peer_p = p;
     return PD_OK;
 
@@ -337,13 +659,16 @@ err_desc:
 
 static void nc_peer_close(void *state, void *peer)
 {
+    nc_state_t *st = state;
     nc_peer_t *p = peer;
-    uint64_t end = pd_now_ns() + 10000000000ull;
+    uint64_t end = pd_now_ns() + (uint64_t)((st->timeout_s + 10.0) * 1e9);
 
-    (void)state;
+    /* the connector thread sees the flag in its waits, aborts the communicator and
+     * completes the read; only then is the peer ours to free */
     atomic_store(&p->canceled, 1);
-    if (p->comm != NULL)
-        ncclCommAbort(p->comm); /* fails transfers stuck on a dead or frozen producer */
+    pthread_mutex_lock(&p->busy_mu);
+    pthread_cond_broadcast(&p->busy_cv);
+    pthread_mutex_unlock(&p->busy_mu);
     while (atomic_load(&p->inflight) > 0 && pd_now_ns() < end)
         usleep(500);
     if (atomic_load(&p->inflight) > 0) {
@@ -351,13 +676,15 @@ static void nc_peer_close(void *state, void *peer)
         kvx_graveyard_add(p);
         return;
     }
-    if (p->ipc)
-        cudaIpcCloseMemHandle(p->remote_base);
+    /* the connector thread is done with p (inflight 0); comm was only used there */
+    if (p->ipc) {
+        cudaSetDevice(st->device);
+        if (cudaIpcCloseMemHandle(p->remote_base) != cudaSuccess)
+            PD_LOG_WARN("kvx nccl: cudaIpcCloseMemHandle failed");
+    }
     if (p->comm != NULL)
-        ncclCommDestroy(p->comm);
-    pthread_mutex_destroy(&p->busy_mu);
-    pthread_cond_destroy(&p->busy_cv);
-    free(p);
+        ncclCommAbort(p->comm); /* destroy would wait for a peer that may be gone */
+    peer_free(p);
 }
 
 static void enqueue(nc_state_t *st, nc_batch_t *b)
@@ -372,13 +699,19 @@ static void enqueue(nc_state_t *st, nc_batch_t *b)
     pthread_mutex_unlock(&st->mu);
 }
 
+static uint32_t chunk_blocks(const nc_state_t *st)
+{
+    size_t k = st->chunk_bytes / st->region.block_bytes;
+    return (uint32_t)PD_MAX((size_t)1, PD_MIN(k, (size_t)KVX_MAX_BLOCKS_PER_REQ));
+}
+
 static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_read_cb_t cb, void *arg)
 {
     nc_state_t *st = state;
     nc_peer_t *p = peer;
     nc_batch_t *b;
 
-    if (!st->have_region || p->block_bytes != st->region.block_bytes)
+    if (!st->have_region || p->block_bytes != st->region.block_bytes || rd->n > KVX_MAX_BLOCKS_PER_REQ)
         return PD_ERR_INVAL;
     b = calloc(1, sizeof(*b));
     if (b == NULL)
@@ -395,6 +728,7 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     memcpy(b->remote_ids, rd->remote_ids, rd->n * sizeof(uint32_t));
     b->n = rd->n;
     b->peer = p;
+    b->chunk_blocks = chunk_blocks(st);
     b->cb = cb;
     b->arg = arg;
     atomic_fetch_add(&p->inflight, 1);
@@ -402,26 +736,27 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     return PD_OK;
 }
 
-/* Consumer, network path: the blob tells the producer which communicator to send on. */
+/* Consumer, network path: the blob tells the producer which communicator to send on and
+ * how many blocks go in one message (both sides must cut the same chunks). */
 static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd, void *blob,
                                    size_t cap, size_t *len_p)
 {
+    nc_state_t *st = state;
     nc_peer_t *p = peer;
-    uint32_t magic = BLOB_MAGIC;
+    uint32_t magic = BLOB_MAGIC, cb;
 
-    (void)state;
     (void)rd;
     if (p->ipc) {
         *len_p = 0; /* one-sided: nothing for the producer to do */
         return PD_OK;
     }
-    if (cap < 4 + sizeof(p->id))
+    if (cap < BLOB_LEN || !st->have_region)
         return PD_ERR_LIMIT;
     {
         struct timespec ts;
         int rc = 0;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 120; /* bounded: the previous read has its own transfer timeout */
+        ts.tv_sec += (time_t)st->timeout_s + 1; /* the previous read has its own deadline */
         pthread_mutex_lock(&p->busy_mu);
         while (p->busy && rc == 0 && !atomic_load(&p->canceled))
             rc = pthread_cond_timedwait(&p->busy_cv, &p->busy_mu, &ts);
@@ -432,25 +767,32 @@ static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd
         p->busy = 1;
         pthread_mutex_unlock(&p->busy_mu);
     }
+    cb = chunk_blocks(st);
     memcpy(blob, &magic, 4);
-    memcpy((uint8_t *)blob + 4, &p->id, sizeof(p->id));
-    *len_p = 4 + sizeof(p->id);
+    memcpy((uint8_t *)blob + 4, &cb, 4);
+    memcpy((uint8_t *)blob + 8, &p->id, sizeof(p->id));
+    *len_p = BLOB_LEN;
     return PD_OK;
 }
 
 /* Producer: queue the sends on the connector thread (the control thread must not
- * block in ncclCommInitRank). */
+ * block on NCCL). */
 static pd_status_t nc_serve(void *state, const void *blob, size_t len, const uint32_t *ids, size_t n)
 {
     nc_state_t *st = state;
     nc_batch_t *b;
-    uint32_t magic;
+    uint32_t magic, cb;
 
-    if (len != 4 + sizeof(ncclUniqueId))
+    if (len != BLOB_LEN || !st->have_region || n > KVX_MAX_BLOCKS_PER_REQ)
         return PD_ERR_FORMAT;
     memcpy(&magic, blob, 4);
-    if (magic != BLOB_MAGIC || !st->have_region)
+    memcpy(&cb, (const uint8_t *)blob + 4, 4);
+    /* the consumer's chunk size decides our staging size: bound it */
+    if (magic != BLOB_MAGIC || cb == 0 || cb > KVX_MAX_BLOCKS_PER_REQ ||
+        (uint64_t)cb * st->region.block_bytes > STAGING_MAX) {
+        PD_LOG_WARN("kvx nccl: SERVE blob refused (chunk of %u blocks)", cb);
         return PD_ERR_FORMAT;
+    }
     b = calloc(1, sizeof(*b));
     if (b == NULL)
         return PD_ERR_NOMEM;
@@ -460,7 +802,8 @@ static pd_status_t nc_serve(void *state, const void *blob, size_t len, const uin
         return PD_ERR_NOMEM;
     }
     memcpy(b->remote_ids, ids, n * sizeof(uint32_t));
-    memcpy(&b->send_id, (const uint8_t *)blob + 4, sizeof(b->send_id));
+    memcpy(&b->send_id, (const uint8_t *)blob + 8, sizeof(b->send_id));
+    b->chunk_blocks = cb;
     b->n = n;
     enqueue(st, b);
     return PD_OK;
