@@ -18,7 +18,10 @@
  *
  * CUDA memory: used directly when the UCX context reports CUDA memory support;
  * otherwise (Debian's UCX) it is staged through pinned host mirrors, compiled only
- * with PD_HAVE_CUDA (see ucx_chunk_t and stage_read; untested on a GPU yet).
+ * with PD_HAVE_CUDA (see ucx_chunk_t and stage_read; tested on a GPU by
+ * tests/unit/test_cuda_kvx.c).  Each staged chunk (and a producer's lease export) is
+ * one cudaMemcpyBatchAsync, not one copy per block, and every thread that touches
+ * CUDA selects the region's device first (the progress thread included).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -33,6 +36,8 @@
 
 #ifdef PD_HAVE_CUDA
 #include <cuda_runtime_api.h>
+
+#include "kcuda_xfer.h"
 #endif
 
 #include "kvx_internal.h"
@@ -97,6 +102,7 @@ struct ucx_state {
 #ifdef PD_HAVE_CUDA
     void *mirror;              /* pinned host mirror when staging */
     cudaStream_t stream;
+    int device;                /* the region's device (ucx_reg's current device) */
     size_t chunk_bytes;        /* staging_chunk_bytes */
 #endif
 };
@@ -149,6 +155,42 @@ static void get_cb(void *request, ucs_status_t status, void *user_data)
 }
 
 #ifdef PD_HAVE_CUDA
+/* The calling thread's current device must be the region's: the progress thread's
+ * would otherwise be device 0 (a context there, and copies on the wrong device). */
+static int use_device(ucx_state_t *st)
+{
+    static __thread int dev_set = -1;
+
+    if (dev_set == st->device)
+        return 1;
+    if (cudaSetDevice(st->device) != cudaSuccess) {
+        PD_LOG_ERR("kvx ucx: cudaSetDevice(%d) failed", st->device);
+        return 0;
+    }
+    dev_set = st->device;
+    return 1;
+}
+
+/* Queue copies of blocks ids[0..n) between the region and its mirror (same offsets),
+ * as one batch call. */
+static pd_status_t mirror_copy(ucx_state_t *st, const uint32_t *ids, size_t n, int to_device)
+{
+    void **dsts = malloc(n * sizeof(void *) + 1);
+    const void **srcs = malloc(n * sizeof(void *) + 1);
+    size_t *sizes = malloc(n * sizeof(size_t) + 1);
+    pd_status_t ret = PD_ERR_NOMEM;
+
+    if (dsts != NULL && srcs != NULL && sizes != NULL && use_device(st))
+        ret = to_device ? kcuda_block_copy_batch(st->region.base, ids, st->mirror, ids, n,
+                                                 st->region.block_bytes, dsts, srcs, sizes, st->stream)
+                        : kcuda_block_copy_batch(st->mirror, ids, st->region.base, ids, n,
+                                                 st->region.block_bytes, dsts, srcs, sizes, st->stream);
+    free(dsts);
+    free(srcs);
+    free(sizes);
+    return ret;
+}
+
 static void chunk_dec(ucx_chunk_t *c, long k, ucs_status_t s)
 {
     ucx_batch_t *b = c->b;
@@ -160,17 +202,10 @@ static void chunk_dec(ucx_chunk_t *c, long k, ucs_status_t s)
     }
     if (atomic_fetch_sub(&c->pending, k) != k)
         return;
-    if (atomic_load(&b->status) == PD_OK) {
-        for (size_t i = c->first; i < c->first + c->count; i++) {
-            size_t off = (size_t)b->local_ids[i] * st->region.block_bytes;
-            if (cudaMemcpyAsync((char *)st->region.base + off, (char *)st->mirror + off,
-                                st->region.block_bytes, cudaMemcpyHostToDevice,
-                                st->stream) != cudaSuccess) {
-                int expect = PD_OK;
-                atomic_compare_exchange_strong(&b->status, &expect, (int)PD_ERR_CUDA);
-                break;
-            }
-        }
+    if (atomic_load(&b->status) == PD_OK &&
+        mirror_copy(st, b->local_ids + c->first, c->count, 1) != PD_OK) {
+        int expect = PD_OK;
+        atomic_compare_exchange_strong(&b->status, &expect, (int)PD_ERR_CUDA);
     }
     batch_dec(b, 1, UCS_OK);
 }
@@ -201,7 +236,8 @@ static void deliver_done(ucx_state_t *st)
         list = b->next;
 #ifdef PD_HAVE_CUDA
         /* staging: the chunks' copies were queued as they landed; wait for the tail */
-        if (b->n > 0 && cudaStreamSynchronize(st->stream) != cudaSuccess && s == PD_OK)
+        if (b->n > 0 && (!use_device(st) || cudaStreamSynchronize(st->stream) != cudaSuccess) &&
+            s == PD_OK)
             s = PD_ERR_CUDA;
         free(b->local_ids);
         free(b->chunks);
@@ -372,7 +408,8 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
          * lease's blocks to it at lease start, the consumer copies from it after
          * its gets (documented limit: host memory of the region's size) */
         size_t bytes = (size_t)region->n_blocks * region->block_bytes;
-        if (cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess ||
+        if (cudaGetDevice(&st->device) != cudaSuccess ||
+            cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess ||
             cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess) {
             PD_LOG_ERR("kvx ucx: cannot allocate a %zu-byte pinned staging mirror", bytes);
             return PD_ERR_CUDA;
@@ -447,14 +484,10 @@ static pd_status_t ucx_lease_export(void *state, const char *req_id, const uint3
     ucx_state_t *st = state;
 
     (void)req_id;
-    if (st->mirror == NULL)
+    if (st->mirror == NULL || n == 0)
         return PD_OK;
-    for (size_t i = 0; i < n; i++) {
-        size_t off = (size_t)ids[i] * st->region.block_bytes;
-        if (cudaMemcpyAsync((char *)st->mirror + off, (char *)st->region.base + off,
-                            st->region.block_bytes, cudaMemcpyDeviceToHost, st->stream) != cudaSuccess)
-            return PD_ERR_CUDA;
-    }
+    if (mirror_copy(st, ids, n, 0) != PD_OK)
+        return PD_ERR_CUDA;
     return cudaStreamSynchronize(st->stream) == cudaSuccess ? PD_OK : PD_ERR_CUDA;
 }
 #endif

@@ -10,8 +10,10 @@
  *
  *   bench_kvxfer [--total-mib 256] [--iters 5] [--block-kib 2048,16]
  *                [--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only]
+ *                [--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,ucx]]
  *
- * Prints a table and one JSON line ("bench_kvxfer {...}").
+ * Prints a table and one JSON line ("bench_kvxfer {...}").  --gpu (CUDA builds): GPU
+ * memory between two GPUs instead (bench_kvxfer_gpu.c; "bench_kvxfer_gpu {...}").
  */
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifdef PD_HAVE_CUDA
+#include "bench_kvxfer_gpu.h"
+#endif
 #include "kvx.h"
 #include "pd_log.h"
 #include "pd_util.h"
@@ -221,7 +226,8 @@ out:
 int main(int argc, char **argv)
 {
     size_t total_mib = 256;
-    int iters = 5, use_ucx = 1, use_fabric = 1, json_only = 0;
+    int iters = 5, use_ucx = 1, use_fabric = 1, json_only = 0, gpu = 0;
+    char gpu_modes[128] = "";
     char block_list[128] = "2048,16", tls_list[256] = "tcp,sm,posix,cma";
     run_t runs[64];
     int n_runs = 0;
@@ -242,9 +248,14 @@ int main(int argc, char **argv)
             use_fabric = 0;
         else if (strcmp(argv[i], "--json-only") == 0)
             json_only = 1;
+        else if (strcmp(argv[i], "--gpu") == 0)
+            gpu = 1;
+        else if (strcmp(argv[i], "--gpu-modes") == 0 && i + 1 < argc)
+            snprintf(gpu_modes, sizeof(gpu_modes), "%s", argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--total-mib N] [--iters N] [--block-kib a,b] "
-                    "[--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only]\n", argv[0]);
+                    "[--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only] "
+                    "[--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,ucx]]\n", argv[0]);
             return 2;
         }
     }
@@ -252,6 +263,14 @@ int main(int argc, char **argv)
         return 2;
     pd_log_set_level(PD_LOG_LEVEL_WARN);
     signal(SIGPIPE, SIG_IGN);
+    if (gpu) {
+#ifdef PD_HAVE_CUDA
+        return bench_kvxfer_gpu(total_mib << 20, iters, block_list, gpu_modes, json_only);
+#else
+        fprintf(stderr, "bench_kvxfer: --gpu needs a CUDA build\n");
+        return 2;
+#endif
+    }
     memset(&compat_g, 0, sizeof(compat_g));
     snprintf(compat_g.model, sizeof(compat_g.model), "bench");
     snprintf(compat_g.dtype, sizeof(compat_g.dtype), "f16");
