@@ -241,7 +241,7 @@ static kvx_ctx_t *make_ctx(const gmode_t *m, const char *role, const char *more)
     compat.layout_id = 1;
     snprintf(json, sizeof(json),
              "{\"kv_connector\":\"%s\",\"kv_role\":\"%s\",\"kv_port\":0,"
-             "\"kv_connector_extra_config\":{\"transfer_timeout_s\":60,\"lease_ttl_s\":300%s%s%s%s}}",
+             "\"kv_connector_extra_config\":{\"transfer_timeout_s\":30,\"lease_ttl_s\":300%s%s%s%s}}",
              m->conn, role, m->extra[0] ? "," : "", m->extra, more[0] ? "," : "", more);
     if (kvx_config_parse(json, &cfg, err, sizeof(err)) == PD_OK) {
         if (kvx_ctx_create(&cfg, &compat, &ctx) != PD_OK)
@@ -379,7 +379,7 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     }
     close(up[1]);
     close(down[0]);
-    if (!read_bounded(up[0], &port, sizeof(port), 120000) || port == 0) {
+    if (!read_bounded(up[0], &port, sizeof(port), 60000) || port == 0) {
         snprintf(res->err, sizeof(res->err), "producer did not start");
         goto out;
     }
@@ -391,7 +391,7 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     }
     close(cres[1]);
     cres[1] = -1;
-    if (!read_bounded(cres[0], res, sizeof(*res), 180000)) {
+    if (!read_bounded(cres[0], res, sizeof(*res), 90000)) {
         memset(res, 0, sizeof(*res));
         snprintf(res->err, sizeof(res->err), "consumer gave no result (crashed or hung)");
     }
