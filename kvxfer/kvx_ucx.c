@@ -44,7 +44,11 @@
 #include "pd_log.h"
 #include "pd_util.h"
 
-#define DESC_MAGIC 0x31584355u /* "UCX1" */
+/* The descriptor's magic also says what the producer exposes: host memory (its region
+ * or, when staging, its pinned mirror) or CUDA memory registered directly.  The core's
+ * handshake reports the region's type, which is CUDA in both CUDA cases. */
+#define DESC_MAGIC 0x31584355u      /* "UCX1": host memory exposed */
+#define DESC_MAGIC_CUDA 0x43584355u /* "UCXC": CUDA memory exposed directly */
 
 typedef struct ucx_state ucx_state_t;
 
@@ -454,7 +458,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         ret = PD_ERR_LIMIT;
         goto err_addr;
     }
-    put32(o, DESC_MAGIC);
+    put32(o, st->exposed.mem_type == KVX_MEM_CUDA ? DESC_MAGIC_CUDA : DESC_MAGIC);
     put64(o + 4, (uint64_t)(uintptr_t)st->exposed.base);
     put32(o + 12, (uint32_t)addr_len);
     memcpy(o + 16, addr, addr_len);
@@ -515,12 +519,13 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         goto err_desc;
     memcpy(&magic, d, 4);
     memcpy(&addr_len, d + 12, 4);
-    if (magic != DESC_MAGIC || addr_len == 0 || (size_t)addr_len > info->desc_len - 20)
+    if ((magic != DESC_MAGIC && magic != DESC_MAGIC_CUDA) || addr_len == 0 ||
+        (size_t)addr_len > info->desc_len - 20)
         goto err_desc;
     memcpy(&rkey_len, d + 16 + addr_len, 4);
     if ((size_t)rkey_len != info->desc_len - 20 - addr_len || rkey_len == 0)
         goto err_desc;
-    if (info->mem_type == KVX_MEM_CUDA && !st->cuda_direct) {
+    if (magic == DESC_MAGIC_CUDA && !st->cuda_direct) {
         /* the producer exposes CUDA memory directly, which our UCX cannot read */
         PD_LOG_ERR("kvx ucx: peer %s exposes CUDA memory; this UCX has no CUDA transport",
                    info->engine_id);
