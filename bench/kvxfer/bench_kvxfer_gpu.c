@@ -50,6 +50,7 @@ static const gmode_t gmodes[] = {
 typedef struct gres {
     int ok;
     double best, median;
+    double ctl_us;                   /* median zero-length pull: the protocol alone */
     char err[160];
 } gres_t;
 
@@ -286,6 +287,9 @@ static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size
         snprintf(rid, sizeof(rid), "bench-%d", k);
         if (kvx_lease_create(ctx, rid, ids, nb, 0, lease_cb, NULL) != PD_OK)
             goto report;
+        snprintf(rid, sizeof(rid), "zero-%d", k);
+        if (kvx_lease_create(ctx, rid, ids, 0, 0, lease_cb, NULL) != PD_OK)
+            goto report;
     }
     port = kvx_ctx_port(ctx);
 report:
@@ -304,12 +308,14 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
     uint8_t *h = NULL;
     uint32_t *rids = malloc(nb * sizeof(uint32_t)), *lids = malloc(nb * sizeof(uint32_t));
     double *g = calloc((size_t)iters + 1, sizeof(double));
+    double *zero = calloc((size_t)iters + 1, sizeof(double));
     size_t total = (size_t)nb * bb;
     int n_ok = 0;
 
     if (cudaSetDevice(dev) != cudaSuccess || cudaMalloc(&d, total) != cudaSuccess ||
         cudaMemset(d, 0, total) != cudaSuccess ||
-        cudaHostAlloc((void **)&h, total, cudaHostAllocDefault) != cudaSuccess || !rids || !lids || !g) {
+        cudaHostAlloc((void **)&h, total, cudaHostAllocDefault) != cudaSuccess || !rids || !lids || !g ||
+        !zero) {
         snprintf(res.err, sizeof(res.err), "consumer: %s", cudaGetErrorString(cudaGetLastError()));
         goto out;
     }
@@ -337,6 +343,21 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
         if (k > 0)
             g[n_ok++] = (double)total / ((double)(pd_now_ns() - t0) / 1e9) / 1e9;
     }
+    /* the protocol alone (acquire + release, no blocks): what a pull costs beyond data */
+    n_ok = 0;
+    for (int k = 0; k < iters; k++) {
+        char rid[32];
+        kvx_pull_desc_t desc = {.remote_host = "127.0.0.1", .remote_port = port, .remote_req_id = rid,
+                                .n = 0, .remote_ids = rids, .local_ids = lids};
+        uint64_t t0 = pd_now_ns();
+        snprintf(rid, sizeof(rid), "zero-%d", k);
+        if (kvx_pull_sync(ctx, &desc, res.err, sizeof(res.err)) != PD_OK)
+            goto out;
+        zero[n_ok++] = (double)(pd_now_ns() - t0) / 1e3;
+    }
+    qsort(zero, (size_t)n_ok, sizeof(double), cmp_d);
+    res.ctl_us = n_ok > 0 ? zero[n_ok / 2] : 0;
+    n_ok = iters;
     if (cudaMemcpy(h, d, total, cudaMemcpyDeviceToHost) != cudaSuccess) {
         snprintf(res.err, sizeof(res.err), "copy back failed");
         goto out;
@@ -356,6 +377,8 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
 out:
     if (write(wfd, &res, sizeof(res)) != sizeof(res))
         _exit(1);
+    free(zero);
+    free(g);
     kvx_ctx_destroy(ctx);
     _exit(0);
 }
@@ -403,6 +426,13 @@ out:
     close(cres[0]);
     if (cres[1] >= 0)
         close(cres[1]);
+}
+
+/* Throughput of the data phase alone: the best pull's time less the protocol's. */
+static double data_gbs(size_t total, double best_gbs, double ctl_us)
+{
+    double t = best_gbs > 0 ? (double)total / (best_gbs * 1e9) - ctl_us / 1e6 : 0;
+    return t > 0 ? (double)total / t / 1e9 : 0;
 }
 
 static int gpu_count(void)
@@ -462,8 +492,8 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
                    cl.peer, cl.h2d, cl.d2h, cl.kern_2m, cl.kern_16k, cl.percopy_2m);
         else
             printf("ceilings failed: %s\n", cl.err);
-        printf("%-12s %9s %9s %10s %11s %8s\n", "mode", "block", "GB/s best", "GB/s median",
-               "ceiling", "% ceil");
+        printf("%-12s %9s %9s %10s %11s %8s %8s %10s\n", "mode", "block", "GB/s best", "GB/s median",
+               "ceiling", "% ceil", "ctl us", "data GB/s");
         fflush(stdout);
     }
     pd_buf_printf(&json, "{\"gpus\":%d,\"total_mib\":%zu,\"iters\":%d,\"peer_gbs\":%.3f,\"h2d_gbs\":%.3f,"
@@ -498,16 +528,17 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
                 run_mode(m, n_gpus, total, bb, iters, &r);
                 if (!json_only) {
                     if (r.ok)
-                        printf("%-12s %6zuKiB %9.1f %10.1f %11.1f %7.1f%%\n", m->name, bb >> 10, r.best,
-                               r.median, ceiling, ceiling > 0 ? 100.0 * r.best / ceiling : 0);
+                        printf("%-12s %6zuKiB %9.1f %10.1f %11.1f %7.1f%% %8.0f %10.1f\n", m->name, bb >> 10,
+                               r.best, r.median, ceiling, ceiling > 0 ? 100.0 * r.best / ceiling : 0,
+                               r.ctl_us, data_gbs(total, r.best, r.ctl_us));
                     else
                         printf("%-12s %6zuKiB failed: %s\n", m->name, bb >> 10, r.err);
                     fflush(stdout);
                 }
                 pd_buf_printf(&json, "%s{\"mode\":\"%s\",\"block_bytes\":%zu,\"ok\":%s,\"best_gbs\":%.3f,"
-                              "\"median_gbs\":%.3f,\"ceiling_gbs\":%.3f}",
+                              "\"median_gbs\":%.3f,\"ceiling_gbs\":%.3f,\"ctl_us\":%.1f,\"data_gbs\":%.3f}",
                               first ? "" : ",", m->name, bb, r.ok ? "true" : "false", r.best, r.median,
-                              ceiling);
+                              ceiling, r.ctl_us, data_gbs(total, r.best, r.ctl_us));
                 first = 0;
             }
         }
