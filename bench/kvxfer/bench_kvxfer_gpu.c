@@ -385,12 +385,12 @@ out:
 
 static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int iters, gres_t *res)
 {
-    int up[2], down[2], cres[2], port = 0;
+    int up[2], down[2], cres[2] = {-1, -1}, port = 0;
     uint32_t nb = (uint32_t)(total / bb);
     pid_t prod, cons;
 
     memset(res, 0, sizeof(*res));
-    if (pipe(up) != 0 || pipe(down) != 0 || pipe(cres) != 0) {
+    if (pipe(up) != 0 || pipe(down) != 0) {
         snprintf(res->err, sizeof(res->err), "pipe failed");
         return;
     }
@@ -404,6 +404,11 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     close(down[0]);
     if (!read_bounded(up[0], &port, sizeof(port), 60000) || port == 0) {
         snprintf(res->err, sizeof(res->err), "producer did not start");
+        goto out;
+    }
+    /* after the producer's fork: a consumer that dies closes the only write end */
+    if (pipe(cres) != 0) {
+        snprintf(res->err, sizeof(res->err), "pipe failed");
         goto out;
     }
     cons = fork();
@@ -423,7 +428,8 @@ out:
     close(down[1]);
     wait_bounded(prod, 30);
     close(up[0]);
-    close(cres[0]);
+    if (cres[0] >= 0)
+        close(cres[0]);
     if (cres[1] >= 0)
         close(cres[1]);
 }

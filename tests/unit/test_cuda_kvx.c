@@ -394,12 +394,12 @@ typedef enum { SC_DATA, SC_KILL } scenario_t;
 
 static void run_scenario(scenario_t sc, size_t bb)
 {
-    int port_p[2], ctl_p[2], started_p[2], port = 0, prc, crc;
+    int port_p[2], ctl_p[2], started_p[2] = {-1, -1}, port = 0, prc, crc;
     int pdev = 0, cdev = n_gpus_g > 1 ? 1 : 0;
     uint32_t nb = sc == SC_KILL ? NBIG : NB;
     pid_t prod, cons;
 
-    if (pipe(port_p) != 0 || pipe(ctl_p) != 0 || pipe(started_p) != 0)
+    if (pipe(port_p) != 0 || pipe(ctl_p) != 0)
         return;
     prod = fork();
     if (prod == 0) {
@@ -412,6 +412,14 @@ static void run_scenario(scenario_t sc, size_t bb)
     close(ctl_p[0]);
     if (!read_bounded(port_p[0], &port, sizeof(port), 120000) || port == 0) {
         fprintf(stderr, "  producer did not start\n");
+        pd_test_failed_checks_g++;
+        close(ctl_p[1]);
+        wait_bounded(prod, 30);
+        goto out;
+    }
+    /* made after the producer's fork: only the consumer may hold its write end, so
+     * a consumer that dies early is seen at once */
+    if (pipe(started_p) != 0) {
         pd_test_failed_checks_g++;
         close(ctl_p[1]);
         wait_bounded(prod, 30);
@@ -447,7 +455,8 @@ static void run_scenario(scenario_t sc, size_t bb)
         PD_CHECK_EQ_INT(prc, 0);
 out:
     close(port_p[0]);
-    close(started_p[0]);
+    if (started_p[0] >= 0)
+        close(started_p[0]);
     if (started_p[1] >= 0)
         close(started_p[1]);
 }
