@@ -59,6 +59,7 @@ typedef struct ceil {
     double peer, h2d, d2h;           /* GB/s */
     double kern_2m, kern_16k;        /* in-process gather kernel GPU0 -> GPU1 */
     double percopy_2m;               /* in-process, one cudaMemcpyPeerAsync per 2 MiB block */
+    double memcpy_gbs;               /* host memcpy (UCX's shared-memory gets are bound by it) */
     char err[160];
 } ceil_t;
 
@@ -220,6 +221,25 @@ static void ceilings_child(int wfd, size_t total, int iters, int n_gpus)
             if (k > 0 && gbs(total, ms) > c->percopy_2m)
                 c->percopy_2m = gbs(total, ms);
         }
+    }
+    /* host memcpy between two pageable buffers of the same size */
+    {
+        char *x = malloc(total), *y = malloc(total);
+        if (x != NULL && y != NULL) {
+            memset(x, 3, total);
+            memset(y, 4, total);
+            for (int k = 0; k < iters + 1; k++) {
+                uint64_t t0 = pd_now_ns();
+                memcpy(y, x, total);
+                double g = (double)total / ((double)(pd_now_ns() - t0) / 1e9) / 1e9;
+                if (y[total / 2] != 3)
+                    abort();
+                if (k > 0 && g > c->memcpy_gbs)
+                    c->memcpy_gbs = g;
+            }
+        }
+        free(x);
+        free(y);
     }
     c->ok = 1;
 out:
@@ -494,8 +514,9 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
                n_gpus, n_gpus > 1 ? 1 : 0, total >> 20, iters);
         if (cl.ok)
             printf("ceilings: peer copy %.1f GB/s, pinned H2D %.1f GB/s, D2H %.1f GB/s; in-process "
-                   "gather kernel 2MiB %.1f / 16KiB %.1f GB/s; one peer copy per 2MiB block %.1f GB/s\n",
-                   cl.peer, cl.h2d, cl.d2h, cl.kern_2m, cl.kern_16k, cl.percopy_2m);
+                   "gather kernel 2MiB %.1f / 16KiB %.1f GB/s; one peer copy per 2MiB block %.1f GB/s; "
+                   "host memcpy %.1f GB/s\n",
+                   cl.peer, cl.h2d, cl.d2h, cl.kern_2m, cl.kern_16k, cl.percopy_2m, cl.memcpy_gbs);
         else
             printf("ceilings failed: %s\n", cl.err);
         printf("%-12s %9s %9s %10s %11s %8s %8s %10s\n", "mode", "block", "GB/s best", "GB/s median",
@@ -504,9 +525,9 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
     }
     pd_buf_printf(&json, "{\"gpus\":%d,\"total_mib\":%zu,\"iters\":%d,\"peer_gbs\":%.3f,\"h2d_gbs\":%.3f,"
                   "\"d2h_gbs\":%.3f,\"kernel_2m_gbs\":%.3f,\"kernel_16k_gbs\":%.3f,"
-                  "\"percopy_2m_gbs\":%.3f,\"runs\":[",
+                  "\"percopy_2m_gbs\":%.3f,\"memcpy_gbs\":%.3f,\"runs\":[",
                   n_gpus, total >> 20, iters, cl.peer, cl.h2d, cl.d2h, cl.kern_2m, cl.kern_16k,
-                  cl.percopy_2m);
+                  cl.percopy_2m, cl.memcpy_gbs);
     snprintf(blist, sizeof(blist), "%s", block_kib);
     {
         char *save = NULL, *tok;
