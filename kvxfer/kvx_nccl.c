@@ -262,12 +262,18 @@ static pd_status_t ids_upload(nc_state_t *st, int slot, const uint32_t *ids, siz
                    "id upload");
 }
 
-/* After a stream wait: the kernels' range error word. */
+/* Queued last on the stream: the kernels' range error word comes back with the data,
+ * so no extra synchronous copy (which would also wait for the engine's streams). */
+static pd_status_t queue_err_read(nc_state_t *st)
+{
+    return cuda_ok(cudaMemcpyAsync(st->h_err, st->d_err, sizeof(int), cudaMemcpyDeviceToHost, st->stream),
+                   "error word read");
+}
+
+/* After the stream wait: the error word read by queue_err_read. */
 static pd_status_t check_err_word(nc_state_t *st)
 {
-    if (cudaMemcpy(st->h_err, st->d_err, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess)
-        return PD_ERR_CUDA;
-    if (*st->h_err != 0) {
+    if (*(volatile int *)st->h_err != 0) {
         PD_LOG_ERR("kvx nccl: a block id outside a region reached the copy kernel");
         return PD_ERR_RANGE;
     }
@@ -322,6 +328,8 @@ static pd_status_t run_send(nc_state_t *st, nc_batch_t *b, uint64_t deadline)
         }
     }
     if (s == PD_OK)
+        s = queue_err_read(st);
+    if (s == PD_OK)
         s = stream_wait(st, c->comm, deadline, NULL);
     if (s == PD_OK)
         return check_err_word(st);
@@ -362,6 +370,8 @@ static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_
                                  NULL, k, k, bb, st->d_err, st->stream);
     }
     if (s == PD_OK)
+        s = queue_err_read(st);
+    if (s == PD_OK)
         s = stream_wait(st, p->comm, deadline, &p->canceled);
     if (s == PD_OK)
         return check_err_word(st);
@@ -383,6 +393,8 @@ static pd_status_t run_ipc(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t
         s = kcuda_block_copy(st->region.base, st->d_ids, st->region.n_blocks, p->remote_base,
                              st->d_ids + KVX_MAX_BLOCKS_PER_REQ, p->remote_n, b->n, bb, st->d_err,
                              st->stream);
+        if (s == PD_OK)
+            s = queue_err_read(st);
     } else if (p->copy == KVX_IPC_COPY_BATCH) {
         void **dsts = malloc(b->n * sizeof(void *) + 1);
         const void **srcs = malloc(b->n * sizeof(void *) + 1);
