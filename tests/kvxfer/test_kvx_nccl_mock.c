@@ -8,7 +8,9 @@
  * nccl_chunk_bytes with ONE message per chunk, data equality over random block lists
  * for every path, zero-length pulls, out-of-range ids, concurrent pulls on one pair, and
  * a frozen producer (sends vanish) ending in a bounded error after which the pair is
- * rebuilt and pulls work again.  Built by kvxfer/CMakeLists.txt (label unit).
+ * rebuilt and pulls work again.  With UCX, also the UcxConnector's staging of CUDA
+ * regions through pinned host mirrors (kvx_ucx.c built with the mock CUDA runtime).
+ * Built by kvxfer/CMakeLists.txt (label unit).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@ typedef struct pair {
 } pair_t;
 
 static int tid_g;
+static const char *conn_g = "NcclConnector";
 
 static kvx_ctx_t *ctx_for(const char *role, const char *extra)
 {
@@ -36,9 +39,9 @@ static kvx_ctx_t *ctx_for(const char *role, const char *extra)
     kvx_compat_t compat = tk_compat();
 
     snprintf(json, sizeof(json),
-             "{\"kv_connector\":\"NcclConnector\",\"kv_role\":\"%s\",\"kv_port\":0,"
+             "{\"kv_connector\":\"%s\",\"kv_role\":\"%s\",\"kv_port\":0,"
              "\"engine_id\":\"%s-%d\",\"kv_connector_extra_config\":{%s}}",
-             role, role, tid_g++, extra);
+             conn_g, role, role, tid_g++, extra);
     return tk_ctx(json, &compat);
 }
 
@@ -238,6 +241,17 @@ out:
     pair_close(&p);
 }
 
+#ifdef KVX_HAVE_UCX
+/* UcxConnector with CUDA regions and a UCX without CUDA transports (Debian's): staged
+ * through pinned host mirrors, 4 blocks per chunk so a pull is several chunks. */
+PD_TEST(ucx_cuda_staging)
+{
+    conn_g = "UcxConnector";
+    random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+    conn_g = "NcclConnector";
+}
+#endif
+
 int main(void)
 {
     if (getenv("KVX_TEST_VERBOSE") == NULL)
@@ -249,6 +263,9 @@ int main(void)
     PD_RUN(network_forced_by_producer);
     PD_RUN(network_concurrent_pulls);
     PD_RUN(network_frozen_producer);
+#ifdef KVX_HAVE_UCX
+    PD_RUN(ucx_cuda_staging);
+#endif
     PD_CHECK_EQ_INT(mock_cuda_bytes_live(), 0);
     return PD_TEST_REPORT();
 }

@@ -41,6 +41,7 @@ enum cudaMemcpyKind {
 
 #define cudaStreamNonBlocking 0x01
 #define cudaHostAllocDefault 0x00
+#define cudaHostAllocPortable 0x01
 #define cudaIpcMemLazyEnablePeerAccess 0x01
 
 cudaError_t cudaGetDevice(int *device);
