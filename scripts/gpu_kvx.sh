@@ -57,6 +57,12 @@ run() {
     mkdir -p "$out"
     names=() rcs=() secs=()
     export LD_LIBRARY_PATH="$dir/lib:/usr/local/cuda/lib64:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+    # NCCL is the machine's own; look further when it is not on the usual paths
+    if ldd "$dir/bin/bench_kvxfer" | grep -q 'libnccl.*not found'; then
+        local n
+        n=$(timeout 30 find /usr /opt -name 'libnccl.so.2*' 2>/dev/null | head -1)
+        [ -n "$n" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$n")"
+    fi
     export UCX_MODULE_DIR="$dir/lib/ucx" UCX_MEM_MMAP_HOOK_MODE=none
     export NCCL_NVLS_ENABLE=0 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
     {
