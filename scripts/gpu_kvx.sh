@@ -50,6 +50,18 @@ step() {
     secs+=($((SECONDS - t0)))
 }
 
+# After a failed (not timed out) test step, and while time is left: once more with
+# kvxfer's info logs and NCCL's, into NAME.verbose.log.
+verbose_rerun() {
+    local name=$1 rc=${rcs[${#rcs[@]}-1]}
+    shift
+    if [ "$rc" = 0 ] || [ "$rc" = 77 ] || [ "$rc" = 124 ] || [ "$rc" = 137 ] || [ "$SECONDS" -gt 400 ]; then
+        return
+    fi
+    echo "   (rerun with logs: $name.verbose.log)"
+    KVX_TEST_VERBOSE=1 NCCL_DEBUG=INFO timeout -k 5 45 "$@" > "$out/$name.verbose.log" 2>&1
+}
+
 run() {
     local dir
     dir=$(cd "$1" && pwd)
@@ -77,14 +89,15 @@ run() {
     cat "$out/env.txt"
     cd "$dir" || return 1
     # the figures first: each block size is its own run, so one hang costs one half
-    step bench_2MiB 150 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 2048
-    step bench_16KiB 150 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 16
+    step bench_2MiB 120 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 2048
+    step bench_16KiB 120 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 16
     # correctness, one connector path per step
     for m in ipc ipc-batch nccl ucx; do
-        step "test_$m" 90 env KVX_TEST_MODES=$m "$dir/bin/test_cuda_kvx"
+        step "test_$m" 75 env KVX_TEST_MODES=$m "$dir/bin/test_cuda_kvx"
+        verbose_rerun "test_$m" env KVX_TEST_MODES=$m "$dir/bin/test_cuda_kvx"
     done
     # NCCL over its socket transport (what crosses hosts), on one host
-    step test_nccl_socket 120 env KVX_TEST_MODES=nccl NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
+    step test_nccl_socket 90 env KVX_TEST_MODES=nccl NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
         NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo "$dir/bin/test_cuda_kvx"
     echo
     echo "== gpu_kvx: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null)"
