@@ -197,15 +197,24 @@ static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadlin
 }
 
 /* After a failed NCCL transfer: abort the communicator (its kernels exit), then drain
- * the stream so nothing queued touches our memory any more. */
+ * the stream so nothing queued touches our memory any more.  The drain is bounded (a
+ * transport that ignores the abort must not hang the connector thread, and with it
+ * ctx destroy); what is still queued then stays ordered behind the stuck receive. */
 static void comm_kill(nc_state_t *st, ncclComm_t *comm)
 {
+    uint64_t end = pd_now_ns() + 10000000000ull;
+    cudaError_t e;
+
     if (*comm != NULL) {
         ncclCommAbort(*comm);
         *comm = NULL;
     }
-    if (cudaStreamSynchronize(st->stream) != cudaSuccess)
-        PD_LOG_ERR("kvx nccl: stream failed after abort: %s", cudaGetErrorString(cudaGetLastError()));
+    while ((e = cudaStreamQuery(st->stream)) == cudaErrorNotReady && pd_now_ns() < end)
+        usleep(200);
+    if (e == cudaErrorNotReady)
+        PD_LOG_CRIT("kvx nccl: the transfer stream did not drain 10 s after ncclCommAbort");
+    else if (e != cudaSuccess)
+        PD_LOG_ERR("kvx nccl: stream failed after abort: %s", cudaGetErrorString(e));
 }
 
 static pd_status_t comm_init(nc_state_t *st, ncclComm_t *comm_p, const ncclUniqueId *id, int rank,
