@@ -102,7 +102,7 @@ run() {
     echo
     echo "== gpu_kvx: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null)"
     grep -h '^ceilings' "$out"/bench_*.log
-    grep -h -E '^(ipc|ipc-batch|ipc-memcpy|nccl|ucx) ' "$out"/bench_*.log
+    grep -h -E '^(ipc|ipc-batch|ipc-memcpy|nccl|nccl-1msg|ucx) ' "$out"/bench_*.log
     printf '%-18s %-9s %7s  %s\n' step result seconds "last line"
     for i in "${!names[@]}"; do
         local r=${rcs[$i]} s=PASS

@@ -10,7 +10,7 @@
  *
  *   bench_kvxfer [--total-mib 256] [--iters 5] [--block-kib 2048,16]
  *                [--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only]
- *                [--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,ucx]]
+ *                [--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx]]
  *
  * Prints a table and one JSON line ("bench_kvxfer {...}").  --gpu (CUDA builds): GPU
  * memory between two GPUs instead (bench_kvxfer_gpu.c; "bench_kvxfer_gpu {...}").
@@ -255,7 +255,7 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: %s [--total-mib N] [--iters N] [--block-kib a,b] "
                     "[--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only] "
-                    "[--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,ucx]]\n", argv[0]);
+                    "[--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx]]\n", argv[0]);
             return 2;
         }
     }

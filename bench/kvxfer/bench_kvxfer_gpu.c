@@ -8,7 +8,8 @@
  *   - pinned host -> GPU and GPU -> host copies of the whole size, the ceiling of the
  *     UCX host-staged path.
  * Modes: ipc (gather kernel), ipc-batch (cudaMemcpyBatchAsync), ipc-memcpy (one copy per
- * block, the old way), nccl (nccl_force_network: gather, one send per chunk, scatter),
+ * block, the old way), nccl (nccl_force_network: gather, one send per 64 MiB chunk,
+ * scatter), nccl-1msg (the same with one 256 MiB message per pull),
  * ucx (host staging; the producer's device-to-host copy happens at lease time and is
  * not in the figure, the consumer's host-to-device copy is).
  * Every pull moves all blocks of a --total-mib region, remote ids in order to local ids
@@ -44,6 +45,8 @@ static const gmode_t gmodes[] = {
     {"ipc-batch", "NcclConnector", "\"nccl_ipc_copy\":\"batch\"", 0},
     {"ipc-memcpy", "NcclConnector", "\"nccl_ipc_copy\":\"memcpy\"", 0},
     {"nccl", "NcclConnector", "\"nccl_force_network\":true", 1},
+    /* the whole 256 MiB pull as one message (staging of the pull's size on both sides) */
+    {"nccl-1msg", "NcclConnector", "\"nccl_force_network\":true,\"nccl_chunk_bytes\":268435456", 1},
     {"ucx", "UcxConnector", "", 0},
 };
 
