@@ -22,7 +22,10 @@
  *     staging buffer and scatters with one kernel.  Later reads reuse the communicator.
  *     NCCL pairs sends and receives by order, so a pair carries one read at a time
  *     (read_prepare waits for the previous one), which keeps the producer's SERVE order
- *     equal to ours.
+ *     equal to ours.  There is one pair (nc_link_t) per producer however many peer
+ *     objects the core makes for it (concurrent handshakes, host aliases): two pairs
+ *     between the same two connector threads could wait on each other.  A failed pair
+ *     is aborted and the next read starts a new one under a new unique id.
  * Every wait polls the stream (cudaStreamQuery) and the communicator's async error with
  * a deadline of transfer_timeout_s and the peer's cancel flag, so a dead or frozen peer
  * ends in ncclCommAbort and an error instead of a hung thread.
@@ -56,21 +59,33 @@
 #define BLOB_LEN (8 + sizeof(ncclUniqueId))
 #define STAGING_MAX ((size_t)1 << 30)
 
+/* Network path, consumer side: the one NCCL pair to a producer (found by its
+ * descriptor).  Every peer object the core makes for that producer shares it: with
+ * one connector thread per side, two pairs between the same two engines could each
+ * wait on the other's (init or receive) and deadlock until the deadline. */
+typedef struct nc_link {
+    struct nc_link *next;
+    uint8_t key[DESC_LEN];      /* the producer's descriptor */
+    int refs;                   /* peers using it (nc_state.mu) */
+    ncclUniqueId id;
+    int id_used;                /* a communicator was started with id: make a new one next */
+    ncclComm_t comm;            /* connector thread only (or its owner under busy) */
+    /* NCCL matches sends and receives in order, so one read per link is in flight at a
+     * time: read_prepare takes the link, the read's completion frees it. */
+    pthread_mutex_t busy_mu;
+    pthread_cond_t busy_cv;
+    int busy;
+} nc_link_t;
+
 typedef struct nc_peer {
-    int ipc;                    /* same host: CUDA IPC; else NCCL send/recv */
+    int ipc;                    /* same host: CUDA IPC; else NCCL send/recv over link */
     kvx_ipc_copy_t copy;        /* IPC: how blocks are copied */
     void *remote_base;          /* opened IPC mapping */
     uint64_t remote_n;          /* blocks in the producer's region */
     uint64_t block_bytes;
     atomic_int inflight;
     atomic_int canceled;
-    ncclUniqueId id;            /* network path: the pair's communicator */
-    ncclComm_t comm;            /* created and used on the connector thread only */
-    /* NCCL matches sends and receives in order, so one network read per pair is in
-     * flight at a time: read_prepare takes the pair, the read's completion frees it. */
-    pthread_mutex_t busy_mu;
-    pthread_cond_t busy_cv;
-    int busy;
+    nc_link_t *link;            /* network path */
 } nc_peer_t;
 
 /* Producer side: communicators consumers asked for, by their unique id. */
@@ -113,6 +128,7 @@ typedef struct nc_state {
     nc_batch_t *head, *tail;
     int stop;
     nc_serve_comm_t *serve_comms; /* only touched on the connector thread */
+    nc_link_t *links;           /* consumer's network links (mu) */
 } nc_state_t;
 
 static void read_boot_id(char out[BOOT_ID_LEN + 1])
@@ -354,22 +370,35 @@ fail:
     return s;
 }
 
+/* Free the link for the next read (after a read, or a read that could not start). */
+static void link_release(nc_link_t *l)
+{
+    pthread_mutex_lock(&l->busy_mu);
+    l->busy = 0;
+    pthread_cond_broadcast(&l->busy_cv);
+    pthread_mutex_unlock(&l->busy_mu);
+}
+
 /* Consumer, network path: receive chunk by chunk into staging, scatter each. */
 static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
 {
     size_t bb = st->region.block_bytes;
+    nc_link_t *l = p->link;
     pd_status_t s = PD_OK;
 
-    if (p->comm == NULL && (s = comm_init(st, &p->comm, &p->id, 1, deadline, &p->canceled)) != PD_OK)
-        return s;
+    if (l->comm == NULL) {
+        l->id_used = 1; /* an id serves one communicator: read_prepare makes a new one */
+        if ((s = comm_init(st, &l->comm, &l->id, 1, deadline, &p->canceled)) != PD_OK)
+            return s;
+    }
     if ((s = staging_get(st, (size_t)b->chunk_blocks * bb)) != PD_OK ||
         (s = ids_upload(st, 0, b->local_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
         goto fail;
     for (size_t off = 0; off < b->n && s == PD_OK; off += b->chunk_blocks) {
         size_t k = PD_MIN((size_t)b->chunk_blocks, b->n - off);
-        ncclResult_t r = ncclRecv(st->staging, k * bb, ncclChar, 0, p->comm, st->stream);
+        ncclResult_t r = ncclRecv(st->staging, k * bb, ncclChar, 0, l->comm, st->stream);
         if (r == ncclInProgress)
-            s = comm_wait(p->comm, deadline, &p->canceled);
+            s = comm_wait(l->comm, deadline, &p->canceled);
         else if (r != ncclSuccess) {
             PD_LOG_ERR("kvx nccl: ncclRecv: %s", ncclGetErrorString(r));
             s = PD_ERR_TRANSPORT;
@@ -381,11 +410,11 @@ static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_
     if (s == PD_OK)
         s = queue_err_read(st);
     if (s == PD_OK)
-        s = stream_wait(st, p->comm, deadline, &p->canceled);
+        s = stream_wait(st, l->comm, deadline, &p->canceled);
     if (s == PD_OK)
         return check_err_word(st);
 fail:
-    comm_kill(st, &p->comm); /* the pair is broken; peer close sees comm NULL */
+    comm_kill(st, &l->comm); /* the pair is broken: the next read makes a new one */
     return s;
 }
 
@@ -450,12 +479,8 @@ static void run_batch(nc_state_t *st, nc_batch_t *b)
         s = run_ipc(st, p, b, deadline);
     else
         s = run_recv(st, p, b, deadline);
-    if (p != NULL && !p->ipc) {
-        pthread_mutex_lock(&p->busy_mu);
-        p->busy = 0;
-        pthread_cond_signal(&p->busy_cv);
-        pthread_mutex_unlock(&p->busy_mu);
-    }
+    if (p != NULL && !p->ipc)
+        link_release(p->link);
     if (b->cb != NULL)
         b->cb(b->arg, s);
     else if (s != PD_OK)
@@ -490,6 +515,15 @@ static void *nc_main(void *arg)
     }
     pthread_mutex_unlock(&st->mu);
     return NULL;
+}
+
+static void link_free(nc_link_t *l)
+{
+    if (l->comm != NULL)
+        ncclCommAbort(l->comm); /* destroy would wait for a producer that may be gone */
+    pthread_mutex_destroy(&l->busy_mu);
+    pthread_cond_destroy(&l->busy_cv);
+    free(l);
 }
 
 static void free_cuda_bufs(nc_state_t *st)
@@ -567,6 +601,11 @@ static void nc_destroy(void *state)
         ncclCommAbort(c->comm);
         free(c);
     }
+    while (st->links != NULL) { /* the core closed every peer first; defensive */
+        nc_link_t *l = st->links;
+        st->links = l->next;
+        link_free(l);
+    }
     free_cuda_bufs(st);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
@@ -605,10 +644,75 @@ static pd_status_t nc_reg(void *state, const kvx_region_t *region, void *desc, s
     return PD_OK;
 }
 
+/* The link to the producer described by desc, made on first use (with its unique id). */
+static pd_status_t link_get(nc_state_t *st, const uint8_t *desc, nc_link_t **link_p)
+{
+    nc_link_t *l;
+    ncclResult_t r;
+
+    pthread_mutex_lock(&st->mu);
+    for (l = st->links; l != NULL; l = l->next)
+        if (memcmp(l->key, desc, DESC_LEN) == 0) {
+            l->refs++;
+            pthread_mutex_unlock(&st->mu);
+            *link_p = l;
+            return PD_OK;
+        }
+    pthread_mutex_unlock(&st->mu);
+    l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return PD_ERR_NOMEM;
+    memcpy(l->key, desc, DESC_LEN);
+    l->refs = 1;
+    pthread_mutex_init(&l->busy_mu, NULL);
+    pthread_cond_init(&l->busy_cv, NULL);
+    if ((r = ncclGetUniqueId(&l->id)) != ncclSuccess) {
+        PD_LOG_ERR("kvx nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+        link_free(l);
+        return PD_ERR_TRANSPORT;
+    }
+    pthread_mutex_lock(&st->mu);
+    {
+        /* another pull worker may have made one meanwhile: use the first */
+        nc_link_t *o;
+        for (o = st->links; o != NULL; o = o->next)
+            if (memcmp(o->key, desc, DESC_LEN) == 0)
+                break;
+        if (o != NULL) {
+            o->refs++;
+            pthread_mutex_unlock(&st->mu);
+            link_free(l);
+            *link_p = o;
+            return PD_OK;
+        }
+    }
+    l->next = st->links;
+    st->links = l;
+    pthread_mutex_unlock(&st->mu);
+    *link_p = l;
+    return PD_OK;
+}
+
+static void link_put(nc_state_t *st, nc_link_t *l)
+{
+    nc_link_t **pp;
+    int last;
+
+    pthread_mutex_lock(&st->mu);
+    last = --l->refs == 0;
+    if (last)
+        for (pp = &st->links; *pp != NULL; pp = &(*pp)->next)
+            if (*pp == l) {
+                *pp = l->next;
+                break;
+            }
+    pthread_mutex_unlock(&st->mu);
+    if (last)
+        link_free(l); /* no peer left, so no read of it is queued or running */
+}
+
 static void peer_free(nc_peer_t *p)
 {
-    pthread_mutex_destroy(&p->busy_mu);
-    pthread_cond_destroy(&p->busy_cv);
     free(p);
 }
 
@@ -633,8 +737,6 @@ static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, voi
         return PD_ERR_NOMEM;
     p->block_bytes = info->block_bytes;
     p->remote_n = info->n_blocks;
-    pthread_mutex_init(&p->busy_mu, NULL);
-    pthread_cond_init(&p->busy_cv, NULL);
     /* this runs on a pull worker: the IPC mapping and peer access belong to our device */
     if (cudaSetDevice(st->device) != cudaSuccess) {
         peer_free(p);
@@ -642,12 +744,12 @@ static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, voi
     }
     if (st->force_network || (flags & DESC_FLAG_FORCE_NET) || st->boot_id[0] == '\0' ||
         memcmp(d + 12, st->boot_id, BOOT_ID_LEN) != 0) {
-        /* another host (or forced): NCCL send/recv; the communicator is set up on first read */
-        ncclResult_t r = ncclGetUniqueId(&p->id);
-        if (r != ncclSuccess) {
-            PD_LOG_ERR("kvx nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+        /* another host (or forced): NCCL send/recv over the producer's one link; the
+         * communicator is set up on the first read */
+        pd_status_t ls = link_get(st, d, &p->link);
+        if (ls != PD_OK) {
             peer_free(p);
-            return PD_ERR_TRANSPORT;
+            return ls;
         }
         PD_LOG_INFO("kvx nccl: peer %s over NCCL send/recv (%s)", info->engine_id,
                     st->force_network || (flags & DESC_FLAG_FORCE_NET) ? "forced" : "another host");
@@ -692,9 +794,12 @@ static void nc_peer_close(void *state, void *peer)
     /* the connector thread sees the flag in its waits, aborts the communicator and
      * completes the read; only then is the peer ours to free */
     atomic_store(&p->canceled, 1);
-    pthread_mutex_lock(&p->busy_mu);
-    pthread_cond_broadcast(&p->busy_cv);
-    pthread_mutex_unlock(&p->busy_mu);
+    if (p->link != NULL) {
+        /* wake our reads waiting for the link in read_prepare */
+        pthread_mutex_lock(&p->link->busy_mu);
+        pthread_cond_broadcast(&p->link->busy_cv);
+        pthread_mutex_unlock(&p->link->busy_mu);
+    }
     while (atomic_load(&p->inflight) > 0 && pd_now_ns() < end)
         usleep(500);
     if (atomic_load(&p->inflight) > 0) {
@@ -708,8 +813,8 @@ static void nc_peer_close(void *state, void *peer)
         if (cudaIpcCloseMemHandle(p->remote_base) != cudaSuccess)
             PD_LOG_WARN("kvx nccl: cudaIpcCloseMemHandle failed");
     }
-    if (p->comm != NULL)
-        ncclCommAbort(p->comm); /* destroy would wait for a peer that may be gone */
+    if (p->link != NULL)
+        link_put(st, p->link);
     peer_free(p);
 }
 
@@ -736,19 +841,22 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     nc_state_t *st = state;
     nc_peer_t *p = peer;
     nc_batch_t *b;
+    pd_status_t s = PD_ERR_NOMEM;
 
-    if (!st->have_region || p->block_bytes != st->region.block_bytes || rd->n > KVX_MAX_BLOCKS_PER_REQ)
-        return PD_ERR_INVAL;
+    if (!st->have_region || p->block_bytes != st->region.block_bytes || rd->n > KVX_MAX_BLOCKS_PER_REQ) {
+        s = PD_ERR_INVAL;
+        goto err;
+    }
     b = calloc(1, sizeof(*b));
     if (b == NULL)
-        return PD_ERR_NOMEM;
+        goto err;
     b->local_ids = malloc(rd->n * sizeof(uint32_t) + 1);
     b->remote_ids = malloc(rd->n * sizeof(uint32_t) + 1);
     if (b->local_ids == NULL || b->remote_ids == NULL) {
         free(b->local_ids);
         free(b->remote_ids);
         free(b);
-        return PD_ERR_NOMEM;
+        goto err;
     }
     memcpy(b->local_ids, rd->local_ids, rd->n * sizeof(uint32_t));
     memcpy(b->remote_ids, rd->remote_ids, rd->n * sizeof(uint32_t));
@@ -760,6 +868,12 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     atomic_fetch_add(&p->inflight, 1);
     enqueue(st, b);
     return PD_OK;
+
+err:
+    /* a read that does not start gives back the link read_prepare took */
+    if (!p->ipc)
+        link_release(p->link);
+    return s;
 }
 
 /* Consumer, network path: the blob tells the producer which communicator to send on and
@@ -779,24 +893,36 @@ static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd
     if (cap < BLOB_LEN || !st->have_region)
         return PD_ERR_LIMIT;
     {
+        nc_link_t *l = p->link;
         struct timespec ts;
         int rc = 0;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += (time_t)st->timeout_s + 1; /* the previous read has its own deadline */
-        pthread_mutex_lock(&p->busy_mu);
-        while (p->busy && rc == 0 && !atomic_load(&p->canceled))
-            rc = pthread_cond_timedwait(&p->busy_cv, &p->busy_mu, &ts);
-        if (p->busy || atomic_load(&p->canceled)) {
-            pthread_mutex_unlock(&p->busy_mu);
+        pthread_mutex_lock(&l->busy_mu);
+        while (l->busy && rc == 0 && !atomic_load(&p->canceled))
+            rc = pthread_cond_timedwait(&l->busy_cv, &l->busy_mu, &ts);
+        if (l->busy || atomic_load(&p->canceled)) {
+            pthread_mutex_unlock(&l->busy_mu);
             return PD_ERR_BUSY;
         }
-        p->busy = 1;
-        pthread_mutex_unlock(&p->busy_mu);
+        l->busy = 1;
+        pthread_mutex_unlock(&l->busy_mu);
+        /* ours alone now (the connector thread finished the link's last read): a
+         * communicator that failed is replaced by a new one under a new id */
+        if (l->comm == NULL && l->id_used) {
+            ncclResult_t r = ncclGetUniqueId(&l->id);
+            if (r != ncclSuccess) {
+                PD_LOG_ERR("kvx nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+                link_release(l);
+                return PD_ERR_TRANSPORT;
+            }
+            l->id_used = 0;
+        }
+        memcpy((uint8_t *)blob + 8, &l->id, sizeof(l->id));
     }
     cb = chunk_blocks(st);
     memcpy(blob, &magic, 4);
     memcpy((uint8_t *)blob + 4, &cb, 4);
-    memcpy((uint8_t *)blob + 8, &p->id, sizeof(p->id));
     *len_p = BLOB_LEN;
     return PD_OK;
 }
