@@ -32,6 +32,7 @@ typedef struct pair {
     ncclUniqueId id;
     int joined[2];
     msg_t *inbox[2];            /* by receiving rank, FIFO */
+    uint64_t pushed[2], taken[2]; /* messages queued for / received by each rank */
 } pair_t;
 
 struct ncclComm {
@@ -190,22 +191,32 @@ static int exec_op(op_t *o)
         }
         return 1;
     case OP_SEND: {
+        /* like NCCL's (rendezvous) sends of large messages: the send completes only
+         * once the peer received it, so a sender waits for its receiver */
         msg_t *m, **pp;
+        int dst = 1 - o->comm->rank, done;
         if (atomic_load(&o->comm->aborted) || atomic_load(&g_drop_sends))
             return 1;
-        m = malloc(sizeof(*m) + o->n);
-        if (m == NULL)
-            abort();
-        m->next = NULL;
-        m->n = o->n;
-        memcpy(m->data, o->src, o->n);
+        if (o->val == 0) {
+            m = malloc(sizeof(*m) + o->n);
+            if (m == NULL)
+                abort();
+            m->next = NULL;
+            m->n = o->n;
+            memcpy(m->data, o->src, o->n);
+            pthread_mutex_lock(&g_mu);
+            for (pp = &o->comm->pair->inbox[dst]; *pp; pp = &(*pp)->next)
+                ;
+            *pp = m;
+            o->dst_n = ++o->comm->pair->pushed[dst]; /* this message's number */
+            pthread_mutex_unlock(&g_mu);
+            o->val = 1;
+            atomic_fetch_add(&g_sent, 1);
+        }
         pthread_mutex_lock(&g_mu);
-        for (pp = &o->comm->pair->inbox[1 - o->comm->rank]; *pp; pp = &(*pp)->next)
-            ;
-        *pp = m;
+        done = o->comm->pair->taken[dst] >= o->dst_n;
         pthread_mutex_unlock(&g_mu);
-        atomic_fetch_add(&g_sent, 1);
-        return 1;
+        return done;
     }
     case OP_RECV: {
         msg_t *m;
@@ -213,8 +224,10 @@ static int exec_op(op_t *o)
             return 1; /* dropped */
         pthread_mutex_lock(&g_mu);
         m = o->comm->pair->inbox[o->comm->rank];
-        if (m != NULL)
+        if (m != NULL) {
             o->comm->pair->inbox[o->comm->rank] = m->next;
+            o->comm->pair->taken[o->comm->rank]++;
+        }
         pthread_mutex_unlock(&g_mu);
         if (m == NULL)
             return 0;
