@@ -23,16 +23,19 @@
  *     NCCL pairs sends and receives by order, so a pair carries one read at a time
  *     (read_prepare waits for the previous one), which keeps the producer's SERVE order
  *     equal to ours.  There is one pair (nc_link_t) per producer however many peer
- *     objects the core makes for it (concurrent handshakes, host aliases): two pairs
- *     between the same two connector threads could wait on each other.  A failed pair
- *     is aborted and the next read starts a new one under a new unique id.
+ *     objects the core makes for it (concurrent handshakes, host aliases), so reads of
+ *     one producer stay in one order.  A failed pair is aborted and the next read
+ *     starts a new one under a new unique id.
  * Every wait polls the stream (cudaStreamQuery) and the communicator's async error with
  * a deadline of transfer_timeout_s and the peer's cancel flag, so a dead or frozen peer
  * ends in ncclCommAbort and an error instead of a hung thread.
  * Block ids are checked by the core against both regions before they arrive here; the
  * kernels check them again (a device-side error bit).
- * All CUDA and NCCL work runs on the connector's thread (one stream); callbacks fire
- * from it, never inside read.
+ * All CUDA and NCCL work runs on lanes (nc_lane_t: a thread with its own stream and
+ * buffers): the main lane runs the IPC reads, and every NCCL pair has a lane on each
+ * side, so a transfer only ever waits for its own pair's counterpart.  With one worker
+ * per connector, P1 sending to X while X receives from P2 while P2 sends to Y while Y
+ * receives from P1 would be a cycle.  Callbacks fire from lanes, never inside read.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -59,6 +62,28 @@
 #define BLOB_LEN (8 + sizeof(ncclUniqueId))
 #define STAGING_MAX ((size_t)1 << 30)
 
+struct nc_state;
+struct nc_batch;
+
+/* A worker: a thread with its own stream and device buffers, running its batches in
+ * order.  The connector's main lane runs the IPC reads; each NCCL pair has one lane
+ * on each side (see the file comment). */
+typedef struct nc_lane {
+    struct nc_state *st;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct nc_batch *head, *tail;
+    int stop;
+    int running;                /* a batch is being run (mu) */
+    cudaStream_t stream;
+    uint32_t *d_ids, *h_ids;    /* id lists on the device (+ pinned host copy), 2 slots */
+    int *d_err, *h_err;         /* the copy kernels' error word */
+    void *staging;              /* NCCL staging buffer */
+    size_t staging_bytes;
+} nc_lane_t;
+
 /* Network path, consumer side: the one NCCL pair to a producer (found by its
  * descriptor).  Every peer object the core makes for that producer shares it: with
  * one connector thread per side, two pairs between the same two engines could each
@@ -69,7 +94,8 @@ typedef struct nc_link {
     int refs;                   /* peers using it (nc_state.mu) */
     ncclUniqueId id;
     int id_used;                /* a communicator was started with id: make a new one next */
-    ncclComm_t comm;            /* connector thread only (or its owner under busy) */
+    ncclComm_t comm;            /* the link's lane only (or read_prepare under busy) */
+    nc_lane_t lane;
     /* NCCL matches sends and receives in order, so one read per link is in flight at a
      * time: read_prepare takes the link, the read's completion frees it. */
     pthread_mutex_t busy_mu;
@@ -88,17 +114,21 @@ typedef struct nc_peer {
     nc_link_t *link;            /* network path */
 } nc_peer_t;
 
-/* Producer side: communicators consumers asked for, by their unique id. */
+/* Producer side: communicators consumers asked for, by their unique id, each with its
+ * lane.  A pair that failed is dead: its later requests fail at once, and it is reaped
+ * when idle (the consumer starts a new pair under a new id). */
 typedef struct nc_serve_comm {
     struct nc_serve_comm *next;
     ncclUniqueId id;
-    ncclComm_t comm;
+    ncclComm_t comm;            /* its lane only */
+    atomic_int dead;
+    nc_lane_t lane;
 } nc_serve_comm_t;
 
 typedef struct nc_batch {
     struct nc_batch *next;
     nc_peer_t *peer;            /* NULL for a producer-side send batch */
-    ncclUniqueId send_id;       /* producer: which communicator to send on */
+    nc_serve_comm_t *serve;     /* producer: the pair to send on */
     uint32_t chunk_blocks;      /* network path: blocks per NCCL message */
     size_t n;
     uint32_t *local_ids, *remote_ids;
@@ -108,7 +138,6 @@ typedef struct nc_batch {
 
 typedef struct nc_state {
     int device;
-    cudaStream_t stream;
     kvx_region_t region;
     int have_region;
     int force_network;
@@ -116,19 +145,10 @@ typedef struct nc_state {
     size_t chunk_bytes;
     double timeout_s;
     char boot_id[BOOT_ID_LEN + 1];
-    /* connector thread only: id lists on the device (+ pinned host copies), the error
-     * word of the kernels, the NCCL staging buffer */
-    uint32_t *d_ids, *h_ids;    /* 2 * KVX_MAX_BLOCKS_PER_REQ */
-    int *d_err, *h_err;
-    void *staging;
-    size_t staging_bytes;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    nc_batch_t *head, *tail;
-    int stop;
-    nc_serve_comm_t *serve_comms; /* only touched on the connector thread */
-    nc_link_t *links;           /* consumer's network links (mu) */
+    nc_lane_t main;             /* IPC reads */
+    pthread_mutex_t mu;         /* the two lists */
+    nc_serve_comm_t *serve_comms;
+    nc_link_t *links;           /* consumer's network links */
 } nc_state_t;
 
 static void read_boot_id(char out[BOOT_ID_LEN + 1])
@@ -178,7 +198,7 @@ static pd_status_t comm_wait(ncclComm_t comm, uint64_t deadline, atomic_int *can
 
 /* Wait for everything queued on the stream.  With a communicator, its async errors end
  * the wait too (a dead peer).  Polls so a cancel or the deadline can end it. */
-static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadline,
+static pd_status_t stream_wait(nc_lane_t *ln, ncclComm_t comm, uint64_t deadline,
                                atomic_int *canceled)
 {
     /* spin (yielding) for the first milliseconds: a 256 MiB pull over NVLink takes
@@ -186,7 +206,7 @@ static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadlin
     uint64_t spin_end = pd_now_ns() + 5000000;
 
     for (;;) {
-        cudaError_t e = cudaStreamQuery(st->stream);
+        cudaError_t e = cudaStreamQuery(ln->stream);
         if (e == cudaSuccess)
             return PD_OK;
         if (e != cudaErrorNotReady)
@@ -202,7 +222,7 @@ static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadlin
         if (canceled != NULL && atomic_load(canceled))
             return PD_ERR_CANCELED;
         if (pd_now_ns() > deadline) {
-            PD_LOG_ERR("kvx nccl: transfer did not finish within %.1fs", st->timeout_s);
+            PD_LOG_ERR("kvx nccl: transfer did not finish within %.1fs", ln->st->timeout_s);
             return PD_ERR_TIMEOUT;
         }
         if (pd_now_ns() > spin_end)
@@ -216,7 +236,7 @@ static pd_status_t stream_wait(nc_state_t *st, ncclComm_t comm, uint64_t deadlin
  * the stream so nothing queued touches our memory any more.  The drain is bounded (a
  * transport that ignores the abort must not hang the connector thread, and with it
  * ctx destroy); what is still queued then stays ordered behind the stuck receive. */
-static void comm_kill(nc_state_t *st, ncclComm_t *comm)
+static void comm_kill(nc_lane_t *ln, ncclComm_t *comm)
 {
     uint64_t end = pd_now_ns() + 10000000000ull;
     cudaError_t e;
@@ -225,7 +245,7 @@ static void comm_kill(nc_state_t *st, ncclComm_t *comm)
         ncclCommAbort(*comm);
         *comm = NULL;
     }
-    while ((e = cudaStreamQuery(st->stream)) == cudaErrorNotReady && pd_now_ns() < end)
+    while ((e = cudaStreamQuery(ln->stream)) == cudaErrorNotReady && pd_now_ns() < end)
         usleep(200);
     if (e == cudaErrorNotReady)
         PD_LOG_CRIT("kvx nccl: the transfer stream did not drain 10 s after ncclCommAbort");
@@ -233,7 +253,7 @@ static void comm_kill(nc_state_t *st, ncclComm_t *comm)
         PD_LOG_ERR("kvx nccl: stream failed after abort: %s", cudaGetErrorString(e));
 }
 
-static pd_status_t comm_init(nc_state_t *st, ncclComm_t *comm_p, const ncclUniqueId *id, int rank,
+static pd_status_t comm_init(nc_lane_t *ln, ncclComm_t *comm_p, const ncclUniqueId *id, int rank,
                              uint64_t deadline, atomic_int *canceled)
 {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
@@ -253,98 +273,88 @@ static pd_status_t comm_init(nc_state_t *st, ncclComm_t *comm_p, const ncclUniqu
     if (s != PD_OK) {
         PD_LOG_ERR("kvx nccl: joining the pair's communicator (rank %d) failed: %s", rank,
                    pd_status_str(s));
-        comm_kill(st, &comm);
+        comm_kill(ln, &comm);
         return s;
     }
     *comm_p = comm;
     return PD_OK;
 }
 
-static pd_status_t staging_get(nc_state_t *st, size_t bytes)
+static pd_status_t staging_get(nc_lane_t *ln, size_t bytes)
 {
-    if (st->staging_bytes >= bytes)
+    if (ln->staging_bytes >= bytes)
         return PD_OK;
-    if (st->staging != NULL)
-        cudaFree(st->staging);
-    st->staging = NULL;
-    st->staging_bytes = 0;
-    if (cuda_ok(cudaMalloc(&st->staging, bytes), "staging cudaMalloc") != PD_OK)
+    if (ln->staging != NULL)
+        cudaFree(ln->staging);
+    ln->staging = NULL;
+    ln->staging_bytes = 0;
+    if (cuda_ok(cudaMalloc(&ln->staging, bytes), "staging cudaMalloc") != PD_OK)
         return PD_ERR_NOMEM;
-    st->staging_bytes = bytes;
+    ln->staging_bytes = bytes;
     return PD_OK;
 }
 
 /* Copy n ids (host) to the device id buffer at slot (0 or 1), on the stream. */
-static pd_status_t ids_upload(nc_state_t *st, int slot, const uint32_t *ids, size_t n)
+static pd_status_t ids_upload(nc_lane_t *ln, int slot, const uint32_t *ids, size_t n)
 {
-    uint32_t *h = st->h_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
-    uint32_t *d = st->d_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
+    uint32_t *h = ln->h_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
+    uint32_t *d = ln->d_ids + (size_t)slot * KVX_MAX_BLOCKS_PER_REQ;
 
     if (n > KVX_MAX_BLOCKS_PER_REQ)
         return PD_ERR_LIMIT;
     memcpy(h, ids, n * sizeof(uint32_t));
-    return cuda_ok(cudaMemcpyAsync(d, h, n * sizeof(uint32_t), cudaMemcpyHostToDevice, st->stream),
+    return cuda_ok(cudaMemcpyAsync(d, h, n * sizeof(uint32_t), cudaMemcpyHostToDevice, ln->stream),
                    "id upload");
 }
 
 /* Queued last on the stream: the kernels' range error word comes back with the data,
  * so no extra synchronous copy (which would also wait for the engine's streams). */
-static pd_status_t queue_err_read(nc_state_t *st)
+static pd_status_t queue_err_read(nc_lane_t *ln)
 {
-    return cuda_ok(cudaMemcpyAsync(st->h_err, st->d_err, sizeof(int), cudaMemcpyDeviceToHost, st->stream),
+    return cuda_ok(cudaMemcpyAsync(ln->h_err, ln->d_err, sizeof(int), cudaMemcpyDeviceToHost, ln->stream),
                    "error word read");
 }
 
 /* After the stream wait: the error word read by queue_err_read. */
-static pd_status_t check_err_word(nc_state_t *st)
+static pd_status_t check_err_word(nc_lane_t *ln)
 {
-    if (*(volatile int *)st->h_err != 0) {
+    if (*(volatile int *)ln->h_err != 0) {
         PD_LOG_ERR("kvx nccl: a block id outside a region reached the copy kernel");
         return PD_ERR_RANGE;
     }
     return PD_OK;
 }
 
-static pd_status_t reset_err_word(nc_state_t *st)
+static pd_status_t reset_err_word(nc_lane_t *ln)
 {
-    return cuda_ok(cudaMemsetAsync(st->d_err, 0, sizeof(int), st->stream), "error word reset");
+    return cuda_ok(cudaMemsetAsync(ln->d_err, 0, sizeof(int), ln->stream), "error word reset");
 }
 
-/* Producer: gather and send the blocks a consumer asked for (SERVE). */
-static pd_status_t run_send(nc_state_t *st, nc_batch_t *b, uint64_t deadline)
+/* Producer: gather and send the blocks a consumer asked for (SERVE), on the pair's lane. */
+static pd_status_t run_send(nc_lane_t *ln, nc_batch_t *b, uint64_t deadline)
 {
+    nc_state_t *st = ln->st;
+    nc_serve_comm_t *c = b->serve;
     size_t bb = st->region.block_bytes;
-    nc_serve_comm_t *c, **pp;
     pd_status_t s;
 
-    for (c = st->serve_comms; c != NULL; c = c->next)
-        if (memcmp(&c->id, &b->send_id, sizeof(b->send_id)) == 0)
-            break;
-    if (c == NULL) {
-        c = calloc(1, sizeof(*c));
-        if (c == NULL)
-            return PD_ERR_NOMEM;
-        c->id = b->send_id;
-        /* joins the consumer, which waits as rank 1 on its own connector thread */
-        if ((s = comm_init(st, &c->comm, &c->id, 0, deadline, NULL)) != PD_OK) {
-            free(c);
-            return s;
-        }
-        c->next = st->serve_comms;
-        st->serve_comms = c;
-    }
-    if ((s = staging_get(st, (size_t)b->chunk_blocks * bb)) != PD_OK ||
-        (s = ids_upload(st, 0, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+    if (atomic_load(&c->dead))
+        return PD_ERR_TRANSPORT; /* the pair failed before: the consumer makes a new one */
+    /* joins the consumer, which waits as rank 1 on its link's lane */
+    if (c->comm == NULL && (s = comm_init(ln, &c->comm, &c->id, 0, deadline, NULL)) != PD_OK)
+        goto fail;
+    if ((s = staging_get(ln, (size_t)b->chunk_blocks * bb)) != PD_OK ||
+        (s = ids_upload(ln, 0, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(ln)) != PD_OK)
         goto fail;
     for (size_t off = 0; off < b->n && s == PD_OK; off += b->chunk_blocks) {
         size_t k = PD_MIN((size_t)b->chunk_blocks, b->n - off);
         ncclResult_t r;
         /* stream order: the gather of chunk i+1 waits for the send of chunk i */
-        s = kcuda_block_copy(st->staging, NULL, k, st->region.base, st->d_ids + off,
-                             st->region.n_blocks, k, bb, st->d_err, st->stream);
+        s = kcuda_block_copy(ln->staging, NULL, k, st->region.base, ln->d_ids + off,
+                             st->region.n_blocks, k, bb, ln->d_err, ln->stream);
         if (s != PD_OK)
             break;
-        r = ncclSend(st->staging, k * bb, ncclChar, 1, c->comm, st->stream);
+        r = ncclSend(ln->staging, k * bb, ncclChar, 1, c->comm, ln->stream);
         if (r == ncclInProgress)
             s = comm_wait(c->comm, deadline, NULL);
         else if (r != ncclSuccess) {
@@ -353,20 +363,15 @@ static pd_status_t run_send(nc_state_t *st, nc_batch_t *b, uint64_t deadline)
         }
     }
     if (s == PD_OK)
-        s = queue_err_read(st);
+        s = queue_err_read(ln);
     if (s == PD_OK)
-        s = stream_wait(st, c->comm, deadline, NULL);
+        s = stream_wait(ln, c->comm, deadline, NULL);
     if (s == PD_OK)
-        return check_err_word(st);
+        return check_err_word(ln);
 fail:
-    /* a broken pair: drop its communicator (the consumer makes a new one on reconnect) */
-    for (pp = &st->serve_comms; *pp != NULL; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            break;
-        }
-    comm_kill(st, &c->comm);
-    free(c);
+    /* a broken pair: never used again (the consumer makes a new one on its next read) */
+    comm_kill(ln, &c->comm);
+    atomic_store(&c->dead, 1);
     return s;
 }
 
@@ -380,23 +385,24 @@ static void link_release(nc_link_t *l)
 }
 
 /* Consumer, network path: receive chunk by chunk into staging, scatter each. */
-static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
+static pd_status_t run_recv(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
 {
+    nc_state_t *st = ln->st;
     size_t bb = st->region.block_bytes;
     nc_link_t *l = p->link;
     pd_status_t s = PD_OK;
 
     if (l->comm == NULL) {
         l->id_used = 1; /* an id serves one communicator: read_prepare makes a new one */
-        if ((s = comm_init(st, &l->comm, &l->id, 1, deadline, &p->canceled)) != PD_OK)
+        if ((s = comm_init(ln, &l->comm, &l->id, 1, deadline, &p->canceled)) != PD_OK)
             return s;
     }
-    if ((s = staging_get(st, (size_t)b->chunk_blocks * bb)) != PD_OK ||
-        (s = ids_upload(st, 0, b->local_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+    if ((s = staging_get(ln, (size_t)b->chunk_blocks * bb)) != PD_OK ||
+        (s = ids_upload(ln, 0, b->local_ids, b->n)) != PD_OK || (s = reset_err_word(ln)) != PD_OK)
         goto fail;
     for (size_t off = 0; off < b->n && s == PD_OK; off += b->chunk_blocks) {
         size_t k = PD_MIN((size_t)b->chunk_blocks, b->n - off);
-        ncclResult_t r = ncclRecv(st->staging, k * bb, ncclChar, 0, l->comm, st->stream);
+        ncclResult_t r = ncclRecv(ln->staging, k * bb, ncclChar, 0, l->comm, ln->stream);
         if (r == ncclInProgress)
             s = comm_wait(l->comm, deadline, &p->canceled);
         else if (r != ncclSuccess) {
@@ -404,35 +410,36 @@ static pd_status_t run_recv(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_
             s = PD_ERR_TRANSPORT;
         }
         if (s == PD_OK)
-            s = kcuda_block_copy(st->region.base, st->d_ids + off, st->region.n_blocks, st->staging,
-                                 NULL, k, k, bb, st->d_err, st->stream);
+            s = kcuda_block_copy(st->region.base, ln->d_ids + off, st->region.n_blocks, ln->staging,
+                                 NULL, k, k, bb, ln->d_err, ln->stream);
     }
     if (s == PD_OK)
-        s = queue_err_read(st);
+        s = queue_err_read(ln);
     if (s == PD_OK)
-        s = stream_wait(st, l->comm, deadline, &p->canceled);
+        s = stream_wait(ln, l->comm, deadline, &p->canceled);
     if (s == PD_OK)
-        return check_err_word(st);
+        return check_err_word(ln);
 fail:
-    comm_kill(st, &l->comm); /* the pair is broken: the next read makes a new one */
+    comm_kill(ln, &l->comm); /* the pair is broken: the next read makes a new one */
     return s;
 }
 
 /* Consumer, same host: one launch (or one batch call) for the whole read. */
-static pd_status_t run_ipc(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
+static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t deadline)
 {
+    nc_state_t *st = ln->st;
     size_t bb = st->region.block_bytes;
     pd_status_t s = PD_OK;
 
     if (p->copy == KVX_IPC_COPY_KERNEL) {
-        if ((s = ids_upload(st, 0, b->local_ids, b->n)) != PD_OK ||
-            (s = ids_upload(st, 1, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(st)) != PD_OK)
+        if ((s = ids_upload(ln, 0, b->local_ids, b->n)) != PD_OK ||
+            (s = ids_upload(ln, 1, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(ln)) != PD_OK)
             goto drain;
-        s = kcuda_block_copy(st->region.base, st->d_ids, st->region.n_blocks, p->remote_base,
-                             st->d_ids + KVX_MAX_BLOCKS_PER_REQ, p->remote_n, b->n, bb, st->d_err,
-                             st->stream);
+        s = kcuda_block_copy(st->region.base, ln->d_ids, st->region.n_blocks, p->remote_base,
+                             ln->d_ids + KVX_MAX_BLOCKS_PER_REQ, p->remote_n, b->n, bb, ln->d_err,
+                             ln->stream);
         if (s == PD_OK)
-            s = queue_err_read(st);
+            s = queue_err_read(ln);
     } else if (p->copy == KVX_IPC_COPY_BATCH) {
         void **dsts = malloc(b->n * sizeof(void *) + 1);
         const void **srcs = malloc(b->n * sizeof(void *) + 1);
@@ -440,7 +447,7 @@ static pd_status_t run_ipc(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t
         s = dsts == NULL || srcs == NULL || sizes == NULL
                 ? PD_ERR_NOMEM
                 : kcuda_block_copy_batch(st->region.base, b->local_ids, p->remote_base, b->remote_ids,
-                                         b->n, bb, dsts, srcs, sizes, st->stream);
+                                         b->n, bb, dsts, srcs, sizes, ln->stream);
         free(dsts);
         free(srcs);
         free(sizes);
@@ -448,37 +455,39 @@ static pd_status_t run_ipc(nc_state_t *st, nc_peer_t *p, nc_batch_t *b, uint64_t
         for (size_t i = 0; i < b->n && s == PD_OK; i++)
             s = cuda_ok(cudaMemcpyAsync(kvx_region_block(&st->region, b->local_ids[i]),
                                         (char *)p->remote_base + (size_t)b->remote_ids[i] * bb, bb,
-                                        cudaMemcpyDeviceToDevice, st->stream),
+                                        cudaMemcpyDeviceToDevice, ln->stream),
                         "cudaMemcpyAsync");
     }
 drain:
     {
         /* whatever was queued must finish before anyone hears about the batch */
-        pd_status_t w = stream_wait(st, NULL, deadline, &p->canceled);
-        if (w != PD_OK && cudaStreamSynchronize(st->stream) != cudaSuccess)
+        pd_status_t w = stream_wait(ln, NULL, deadline, &p->canceled);
+        if (w != PD_OK && cudaStreamSynchronize(ln->stream) != cudaSuccess)
             w = PD_ERR_CUDA;
         if (s == PD_OK)
             s = w;
     }
     if (s == PD_OK && p->copy == KVX_IPC_COPY_KERNEL)
-        s = check_err_word(st);
+        s = check_err_word(ln);
     return s;
 }
 
-static void run_batch(nc_state_t *st, nc_batch_t *b)
+static void run_batch(nc_lane_t *ln, nc_batch_t *b)
 {
     nc_peer_t *p = b->peer;
-    uint64_t deadline = pd_now_ns() + (uint64_t)(st->timeout_s * 1e9);
+    uint64_t deadline = pd_now_ns() + (uint64_t)(ln->st->timeout_s * 1e9);
     pd_status_t s;
 
-    if (p == NULL)
-        s = run_send(st, b, deadline);
+    if (ln->stream == NULL)
+        s = PD_ERR_CUDA; /* the lane's buffers could not be made (logged) */
+    else if (p == NULL)
+        s = run_send(ln, b, deadline);
     else if (atomic_load(&p->canceled))
         s = PD_ERR_CANCELED;
     else if (p->ipc)
-        s = run_ipc(st, p, b, deadline);
+        s = run_ipc(ln, p, b, deadline);
     else
-        s = run_recv(st, p, b, deadline);
+        s = run_recv(ln, p, b, deadline);
     if (p != NULL && !p->ipc)
         link_release(p->link);
     if (b->cb != NULL)
@@ -492,33 +501,126 @@ static void run_batch(nc_state_t *st, nc_batch_t *b)
     free(b);
 }
 
-static void *nc_main(void *arg)
+static void lane_free_bufs(nc_lane_t *ln)
 {
-    nc_state_t *st = arg;
+    if (ln->d_ids != NULL)
+        cudaFree(ln->d_ids);
+    if (ln->h_ids != NULL)
+        cudaFreeHost(ln->h_ids);
+    if (ln->d_err != NULL)
+        cudaFree(ln->d_err);
+    if (ln->h_err != NULL)
+        cudaFreeHost(ln->h_err);
+    if (ln->staging != NULL)
+        cudaFree(ln->staging);
+    if (ln->stream != NULL)
+        cudaStreamDestroy(ln->stream);
+    ln->d_ids = ln->h_ids = NULL;
+    ln->d_err = ln->h_err = NULL;
+    ln->staging = NULL;
+    ln->stream = NULL;
+}
 
-    if (cudaSetDevice(st->device) != cudaSuccess)
-        PD_LOG_ERR("kvx nccl: cudaSetDevice(%d) failed on the connector thread", st->device);
-    pthread_mutex_lock(&st->mu);
+static void *lane_main(void *arg)
+{
+    nc_lane_t *ln = arg;
+
+    if (cudaSetDevice(ln->st->device) != cudaSuccess)
+        PD_LOG_ERR("kvx nccl: cudaSetDevice(%d) failed on a lane", ln->st->device);
+    pthread_mutex_lock(&ln->mu);
     for (;;) {
         nc_batch_t *b;
-        while (st->head == NULL && !st->stop)
-            pthread_cond_wait(&st->cv, &st->mu);
-        if (st->head == NULL)
+        while (ln->head == NULL && !ln->stop)
+            pthread_cond_wait(&ln->cv, &ln->mu);
+        if (ln->head == NULL)
             break;
-        b = st->head;
-        st->head = b->next;
-        if (st->head == NULL)
-            st->tail = NULL;
-        pthread_mutex_unlock(&st->mu);
-        run_batch(st, b);
-        pthread_mutex_lock(&st->mu);
+        b = ln->head;
+        ln->head = b->next;
+        if (ln->head == NULL)
+            ln->tail = NULL;
+        ln->running = 1;
+        pthread_mutex_unlock(&ln->mu);
+        run_batch(ln, b);
+        pthread_mutex_lock(&ln->mu);
+        ln->running = 0;
     }
-    pthread_mutex_unlock(&st->mu);
+    pthread_mutex_unlock(&ln->mu);
     return NULL;
+}
+
+/* Make the lane's stream and buffers (on the region's device) and start its thread. */
+static pd_status_t lane_start(nc_state_t *st, nc_lane_t *ln)
+{
+    size_t id_bytes = 2 * (size_t)KVX_MAX_BLOCKS_PER_REQ * sizeof(uint32_t);
+
+    ln->st = st;
+    pthread_mutex_init(&ln->mu, NULL);
+    pthread_cond_init(&ln->cv, NULL);
+    if (cudaSetDevice(st->device) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&ln->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaMalloc((void **)&ln->d_ids, id_bytes) != cudaSuccess ||
+        cudaHostAlloc((void **)&ln->h_ids, id_bytes, cudaHostAllocDefault) != cudaSuccess ||
+        cudaMalloc((void **)&ln->d_err, sizeof(int)) != cudaSuccess ||
+        cudaHostAlloc((void **)&ln->h_err, sizeof(int), cudaHostAllocDefault) != cudaSuccess) {
+        PD_LOG_ERR("kvx nccl: no usable CUDA device for a transfer lane (%s)",
+                   cudaGetErrorString(cudaGetLastError()));
+        goto err;
+    }
+    if (pthread_create(&ln->thread, NULL, lane_main, ln) != 0) {
+        PD_LOG_ERR("kvx nccl: cannot start a transfer thread");
+        goto err;
+    }
+    ln->started = 1;
+    return PD_OK;
+err:
+    lane_free_bufs(ln);
+    pthread_mutex_destroy(&ln->mu);
+    pthread_cond_destroy(&ln->cv);
+    return PD_ERR_CUDA;
+}
+
+/* Run what is queued, stop the thread, free the buffers.  Only for a started lane. */
+static void lane_stop(nc_lane_t *ln)
+{
+    pthread_mutex_lock(&ln->mu);
+    ln->stop = 1;
+    pthread_cond_signal(&ln->cv);
+    pthread_mutex_unlock(&ln->mu);
+    pthread_join(ln->thread, NULL);
+    cudaSetDevice(ln->st->device);
+    lane_free_bufs(ln);
+    pthread_mutex_destroy(&ln->mu);
+    pthread_cond_destroy(&ln->cv);
+    ln->started = 0;
+}
+
+static void lane_push(nc_lane_t *ln, nc_batch_t *b)
+{
+    pthread_mutex_lock(&ln->mu);
+    if (ln->tail)
+        ln->tail->next = b;
+    else
+        ln->head = b;
+    ln->tail = b;
+    pthread_cond_signal(&ln->cv);
+    pthread_mutex_unlock(&ln->mu);
+}
+
+/* A lane with nothing queued and nothing running. */
+static int lane_idle(nc_lane_t *ln)
+{
+    int idle;
+
+    pthread_mutex_lock(&ln->mu);
+    idle = ln->head == NULL && !ln->running;
+    pthread_mutex_unlock(&ln->mu);
+    return idle;
 }
 
 static void link_free(nc_link_t *l)
 {
+    if (l->lane.started)
+        lane_stop(&l->lane); /* no peer left: nothing queued or running on it */
     if (l->comm != NULL)
         ncclCommAbort(l->comm); /* destroy would wait for a producer that may be gone */
     pthread_mutex_destroy(&l->busy_mu);
@@ -526,27 +628,20 @@ static void link_free(nc_link_t *l)
     free(l);
 }
 
-static void free_cuda_bufs(nc_state_t *st)
+static void serve_comm_free(nc_serve_comm_t *c)
 {
-    if (st->d_ids != NULL)
-        cudaFree(st->d_ids);
-    if (st->h_ids != NULL)
-        cudaFreeHost(st->h_ids);
-    if (st->d_err != NULL)
-        cudaFree(st->d_err);
-    if (st->h_err != NULL)
-        cudaFreeHost(st->h_err);
-    if (st->staging != NULL)
-        cudaFree(st->staging);
-    if (st->stream != NULL)
-        cudaStreamDestroy(st->stream);
+    if (c->lane.started)
+        lane_stop(&c->lane);
+    if (c->comm != NULL)
+        ncclCommAbort(c->comm); /* abort, not destroy: destroy waits for the consumer */
+    free(c);
 }
 
 static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
 {
     nc_state_t *st = calloc(1, sizeof(*st));
-    size_t id_bytes = 2 * (size_t)KVX_MAX_BLOCKS_PER_REQ * sizeof(uint32_t);
     int nccl_version = 0;
+    pd_status_t s;
 
     if (st == NULL)
         return PD_ERR_NOMEM;
@@ -554,27 +649,17 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
     st->ipc_copy = cfg->nccl_ipc_copy;
     st->chunk_bytes = cfg->nccl_chunk_bytes;
     st->timeout_s = cfg->transfer_timeout_s + 1.0; /* the core gives up first */
-    if (cudaGetDevice(&st->device) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaMalloc((void **)&st->d_ids, id_bytes) != cudaSuccess ||
-        cudaHostAlloc((void **)&st->h_ids, id_bytes, cudaHostAllocDefault) != cudaSuccess ||
-        cudaMalloc((void **)&st->d_err, sizeof(int)) != cudaSuccess ||
-        cudaHostAlloc((void **)&st->h_err, sizeof(int), cudaHostAllocDefault) != cudaSuccess) {
+    if (cudaGetDevice(&st->device) != cudaSuccess) {
         PD_LOG_ERR("kvx nccl: no usable CUDA device (%s)", cudaGetErrorString(cudaGetLastError()));
-        free_cuda_bufs(st);
         free(st);
         return PD_ERR_CUDA;
     }
+    if ((s = lane_start(st, &st->main)) != PD_OK) {
+        free(st);
+        return s;
+    }
     read_boot_id(st->boot_id);
     pthread_mutex_init(&st->mu, NULL);
-    pthread_cond_init(&st->cv, NULL);
-    if (pthread_create(&st->thread, NULL, nc_main, st) != 0) {
-        free_cuda_bufs(st);
-        pthread_mutex_destroy(&st->mu);
-        pthread_cond_destroy(&st->cv);
-        free(st);
-        return PD_ERR_INTERNAL;
-    }
     (void)ncclGetVersion(&nccl_version);
     PD_LOG_INFO("kvx nccl: device %d, NCCL %d, ipc copy %s%s", st->device, nccl_version,
                 st->ipc_copy == KVX_IPC_COPY_KERNEL  ? "kernel"
@@ -589,26 +674,18 @@ static void nc_destroy(void *state)
 {
     nc_state_t *st = state;
 
-    pthread_mutex_lock(&st->mu);
-    st->stop = 1;
-    pthread_cond_signal(&st->cv);
-    pthread_mutex_unlock(&st->mu);
-    pthread_join(st->thread, NULL);
+    lane_stop(&st->main);
     while (st->serve_comms != NULL) {
         nc_serve_comm_t *c = st->serve_comms;
         st->serve_comms = c->next;
-        /* abort, not destroy: destroy waits for the peer, which may be gone */
-        ncclCommAbort(c->comm);
-        free(c);
+        serve_comm_free(c);
     }
     while (st->links != NULL) { /* the core closed every peer first; defensive */
         nc_link_t *l = st->links;
         st->links = l->next;
         link_free(l);
     }
-    free_cuda_bufs(st);
     pthread_mutex_destroy(&st->mu);
-    pthread_cond_destroy(&st->cv);
     free(st);
 }
 
@@ -670,6 +747,10 @@ static pd_status_t link_get(nc_state_t *st, const uint8_t *desc, nc_link_t **lin
         PD_LOG_ERR("kvx nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
         link_free(l);
         return PD_ERR_TRANSPORT;
+    }
+    if (lane_start(st, &l->lane) != PD_OK) {
+        link_free(l);
+        return PD_ERR_CUDA;
     }
     pthread_mutex_lock(&st->mu);
     {
@@ -818,18 +899,6 @@ static void nc_peer_close(void *state, void *peer)
     peer_free(p);
 }
 
-static void enqueue(nc_state_t *st, nc_batch_t *b)
-{
-    pthread_mutex_lock(&st->mu);
-    if (st->tail)
-        st->tail->next = b;
-    else
-        st->head = b;
-    st->tail = b;
-    pthread_cond_signal(&st->cv);
-    pthread_mutex_unlock(&st->mu);
-}
-
 static uint32_t chunk_blocks(const nc_state_t *st)
 {
     size_t k = st->chunk_bytes / st->region.block_bytes;
@@ -866,7 +935,7 @@ static pd_status_t nc_read(void *state, void *peer, const kvx_read_t *rd, kvx_re
     b->cb = cb;
     b->arg = arg;
     atomic_fetch_add(&p->inflight, 1);
-    enqueue(st, b);
+    lane_push(p->ipc ? &st->main : &p->link->lane, b);
     return PD_OK;
 
 err:
@@ -927,18 +996,21 @@ static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd
     return PD_OK;
 }
 
-/* Producer: queue the sends on the connector thread (the control thread must not
- * block on NCCL). */
+/* Producer: queue the sends on the pair's lane (the control thread must not block on
+ * NCCL); the pair and its lane are made on the consumer's first request. */
 static pd_status_t nc_serve(void *state, const void *blob, size_t len, const uint32_t *ids, size_t n)
 {
     nc_state_t *st = state;
+    nc_serve_comm_t *c, **pp, *reap = NULL;
     nc_batch_t *b;
+    ncclUniqueId id;
     uint32_t magic, cb;
 
     if (len != BLOB_LEN || !st->have_region || n > KVX_MAX_BLOCKS_PER_REQ)
         return PD_ERR_FORMAT;
     memcpy(&magic, blob, 4);
     memcpy(&cb, (const uint8_t *)blob + 4, 4);
+    memcpy(&id, (const uint8_t *)blob + 8, sizeof(id));
     /* the consumer's chunk size decides our staging size: bound it */
     if (magic != BLOB_MAGIC || cb == 0 || cb > KVX_MAX_BLOCKS_PER_REQ ||
         (uint64_t)cb * st->region.block_bytes > STAGING_MAX) {
@@ -954,11 +1026,46 @@ static pd_status_t nc_serve(void *state, const void *blob, size_t len, const uin
         return PD_ERR_NOMEM;
     }
     memcpy(b->remote_ids, ids, n * sizeof(uint32_t));
-    memcpy(&b->send_id, (const uint8_t *)blob + 8, sizeof(b->send_id));
     b->chunk_blocks = cb;
     b->n = n;
-    enqueue(st, b);
-    return PD_OK;
+    pthread_mutex_lock(&st->mu);
+    c = NULL;
+    for (pp = &st->serve_comms; *pp != NULL;) {
+        nc_serve_comm_t *x = *pp;
+        if (memcmp(&x->id, &id, sizeof(id)) == 0)
+            c = x;
+        if (x != c && atomic_load(&x->dead) && lane_idle(&x->lane)) {
+            *pp = x->next; /* a failed pair nobody uses: stop its lane below */
+            x->next = reap;
+            reap = x;
+            continue;
+        }
+        pp = &x->next;
+    }
+    if (c == NULL) {
+        c = calloc(1, sizeof(*c));
+        if (c == NULL || lane_start(st, &c->lane) != PD_OK) {
+            pthread_mutex_unlock(&st->mu);
+            free(c);
+            free(b->remote_ids);
+            free(b);
+            c = NULL;
+            goto out;
+        }
+        c->id = id;
+        c->next = st->serve_comms;
+        st->serve_comms = c;
+    }
+    b->serve = c;
+    lane_push(&c->lane, b);
+    pthread_mutex_unlock(&st->mu);
+out:
+    while (reap != NULL) {
+        nc_serve_comm_t *x = reap;
+        reap = x->next;
+        serve_comm_free(x);
+    }
+    return c != NULL ? PD_OK : PD_ERR_NOMEM;
 }
 
 const kvx_conn_ops_t kvx_nccl_ops = {
