@@ -16,7 +16,7 @@
  *     consumer makes an ncclUniqueId on connect and sends it with the staging chunk size
  *     in the read's blob (read_prepare -> the core's SERVE message, after the lease was
  *     acquired); both sides join a 2-rank communicator (producer rank 0, consumer rank 1,
- *     non-blocking init) on their connector threads.  Per read, in chunks of
+ *     non-blocking init) on the pair's lanes.  Per read, in chunks of
  *     chunk_blocks: the producer gathers the requested blocks into a contiguous staging
  *     buffer with one kernel and ncclSends it once; the consumer ncclRecvs into its
  *     staging buffer and scatters with one kernel.  Later reads reuse the communicator.
@@ -85,9 +85,8 @@ typedef struct nc_lane {
 } nc_lane_t;
 
 /* Network path, consumer side: the one NCCL pair to a producer (found by its
- * descriptor).  Every peer object the core makes for that producer shares it: with
- * one connector thread per side, two pairs between the same two engines could each
- * wait on the other's (init or receive) and deadlock until the deadline. */
+ * descriptor), with its lane.  Every peer object the core makes for that producer
+ * shares it, so that producer's reads stay in one order (one at a time). */
 typedef struct nc_link {
     struct nc_link *next;
     uint8_t key[DESC_LEN];      /* the producer's descriptor */
@@ -234,7 +233,7 @@ static pd_status_t stream_wait(nc_lane_t *ln, ncclComm_t comm, uint64_t deadline
 
 /* After a failed NCCL transfer: abort the communicator (its kernels exit), then drain
  * the stream so nothing queued touches our memory any more.  The drain is bounded (a
- * transport that ignores the abort must not hang the connector thread, and with it
+ * transport that ignores the abort must not hang a lane, and with it
  * ctx destroy); what is still queued then stays ordered behind the stuck receive. */
 static void comm_kill(nc_lane_t *ln, ncclComm_t *comm)
 {
@@ -872,7 +871,7 @@ static void nc_peer_close(void *state, void *peer)
     nc_peer_t *p = peer;
     uint64_t end = pd_now_ns() + (uint64_t)((st->timeout_s + 10.0) * 1e9);
 
-    /* the connector thread sees the flag in its waits, aborts the communicator and
+    /* the lane sees the flag in its waits, aborts the communicator and
      * completes the read; only then is the peer ours to free */
     atomic_store(&p->canceled, 1);
     if (p->link != NULL) {
@@ -888,7 +887,7 @@ static void nc_peer_close(void *state, void *peer)
         kvx_graveyard_add(p);
         return;
     }
-    /* the connector thread is done with p (inflight 0); comm was only used there */
+    /* the lanes are done with p (inflight 0) */
     if (p->ipc) {
         cudaSetDevice(st->device);
         if (cudaIpcCloseMemHandle(p->remote_base) != cudaSuccess)
@@ -976,7 +975,7 @@ static pd_status_t nc_read_prepare(void *state, void *peer, const kvx_read_t *rd
         }
         l->busy = 1;
         pthread_mutex_unlock(&l->busy_mu);
-        /* ours alone now (the connector thread finished the link's last read): a
+        /* ours alone now (the link's lane finished the link's last read): a
          * communicator that failed is replaced by a new one under a new id */
         if (l->comm == NULL && l->id_used) {
             ncclResult_t r = ncclGetUniqueId(&l->id);
