@@ -15,6 +15,10 @@
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
  * memcpy_d2h or synchronize.
+ * CUDA graphs: eng_forward records a decode step between capture_begin/capture_end and
+ * replays it.  Invariants for that: no op synchronises or allocates while capturing
+ * (they refuse with PD_ERR_BUSY instead), and scratch buffers that a live graph may
+ * point into are retired (freed at shutdown), never freed, when they grow.
  */
 #ifdef PD_HAVE_CUDA
 
@@ -52,7 +56,31 @@ struct eng_backend {
     size_t act_bytes;
     void *ws;          /* attention split-K workspace */
     size_t ws_bytes;
+    /* CUDA graphs */
+    bool capturing;    /* between capture_begin and capture_end */
+    bool capture_bad;  /* an op refused inside this capture: capture_end fails */
+    int n_graphs;      /* live graphs: scratch is retired instead of freed */
+    void **retired;    /* scratch replaced while graphs were live */
+    size_t n_retired, retired_bytes;
 };
+
+struct eng_cuda_graph {
+    kcuda_graph_t exec;
+};
+
+/* Inside a capture an op that would synchronise or allocate must not run: the capture
+ * would be invalidated (or the graph would hold a stale pointer).  Logged once per
+ * capture; capture_end then fails and the caller runs eagerly. */
+static pd_status_t refuse_in_capture(eng_backend_t *be, const char *what)
+{
+    if (!be->capturing)
+        return PD_OK;
+    if (!be->capture_bad)
+        PD_LOG_WARN("cuda backend: %s inside a CUDA graph capture (not warmed up?); the capture will be dropped",
+                    what);
+    be->capture_bad = true;
+    return PD_ERR_BUSY;
+}
 
 static pd_status_t cuda_synchronize(eng_backend_t *be);
 
@@ -78,6 +106,9 @@ static void cuda_shutdown(eng_backend_t *be)
     for (size_t i = 0; i < be->n_conv; i++)
         kcuda_free(be->conv[i].dst);
     free(be->conv);
+    for (size_t i = 0; i < be->n_retired; i++)
+        kcuda_free(be->retired[i]);
+    free(be->retired);
     kcuda_free(be->act);
     kcuda_free(be->ws);
     kcuda_free(be->d_err);
@@ -129,6 +160,8 @@ static pd_status_t cuda_buf_alloc(eng_backend_t *be, size_t bytes, void **ptr_p)
 {
     if (bytes == 0)
         return PD_ERR_INVAL;
+    if (refuse_in_capture(be, "buf_alloc") != PD_OK)
+        return PD_ERR_BUSY;
     return kcuda_malloc(bytes, ptr_p); /* cudaMalloc aligns to 256 bytes */
 }
 
@@ -150,6 +183,10 @@ static void cuda_buf_free(eng_backend_t *be, void *ptr)
 
 static pd_status_t cuda_memcpy_h2d(eng_backend_t *be, void *dst, const void *src, size_t n)
 {
+    /* pageable host memory cannot be part of a graph: inputs are copied before launch */
+    pd_status_t st = refuse_in_capture(be, "memcpy_h2d");
+    if (st != PD_OK)
+        return st;
     return kcuda_memcpy_async(dst, src, n, be->stream);
 }
 
@@ -173,7 +210,10 @@ static pd_status_t check_err(eng_backend_t *be)
 
 static pd_status_t cuda_memcpy_d2h(eng_backend_t *be, void *dst, const void *src, size_t n)
 {
-    pd_status_t st = kcuda_memcpy_async(dst, src, n, be->stream);
+    pd_status_t st = refuse_in_capture(be, "memcpy_d2h");
+    if (st != PD_OK)
+        return st;
+    st = kcuda_memcpy_async(dst, src, n, be->stream);
     if (st == PD_OK)
         st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
     if (st == PD_OK)
@@ -188,7 +228,10 @@ static pd_status_t cuda_memset(eng_backend_t *be, void *dst, int value, size_t n
 
 static pd_status_t cuda_synchronize(eng_backend_t *be)
 {
-    pd_status_t st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
+    pd_status_t st = refuse_in_capture(be, "synchronize");
+    if (st != PD_OK)
+        return st;
+    st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
     if (st == PD_OK)
         st = kcuda_stream_sync(be->stream);
     return st == PD_OK ? check_err(be) : st;
@@ -202,6 +245,8 @@ static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need
     pd_status_t st;
     if (need <= *have)
         return PD_OK;
+    if ((st = refuse_in_capture(be, "growing a scratch buffer")) != PD_OK)
+        return st;
     need += need / 4; /* some headroom: shapes grow a little at a time */
     st = kcuda_stream_sync(be->stream); /* the old buffer may still be in use */
     if (st != PD_OK)
@@ -209,6 +254,18 @@ static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need
     st = kcuda_malloc(need, &p);
     if (st != PD_OK)
         return st;
+    if (*buf != NULL && be->n_graphs > 0) {
+        /* a live graph may point into the old buffer: keep it until shutdown */
+        void **r = realloc(be->retired, (be->n_retired + 1) * sizeof(*r));
+        if (r == NULL) {
+            kcuda_free(p);
+            return PD_ERR_NOMEM;
+        }
+        be->retired = r;
+        be->retired[be->n_retired++] = *buf;
+        be->retired_bytes += *have;
+        *buf = NULL;
+    }
     kcuda_free(*buf);
     *buf = p;
     *have = need;
@@ -242,6 +299,8 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
         be->conv = n;
         be->cap_conv = cap;
     }
+    if ((st = refuse_in_capture(be, "a weight's first conversion")) != PD_OK)
+        return st;
     bytes = (size_t)N * (size_t)K * (be->wdtype == KCPU_DTYPE_F32 ? 4 : 2);
     st = kcuda_malloc(bytes, &dst);
     if (st != PD_OK)
@@ -474,7 +533,93 @@ pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dt
 
 size_t eng_backend_cuda_private_bytes(eng_backend_t *be)
 {
-    return be->conv_bytes + be->act_bytes + be->ws_bytes;
+    return be->conv_bytes + be->act_bytes + be->ws_bytes + be->retired_bytes;
+}
+
+/* ---- CUDA graphs ---- */
+
+pd_status_t eng_backend_cuda_capture_begin(eng_backend_t *be)
+{
+    pd_status_t st;
+    if (be->capturing) {
+        PD_LOG_ERR("cuda backend: capture_begin inside a capture");
+        return PD_ERR_INVAL;
+    }
+    st = kcuda_capture_begin(be->stream);
+    if (st != PD_OK)
+        return st;
+    be->capturing = true;
+    be->capture_bad = false;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_capture_end(eng_backend_t *be, eng_cuda_graph_t **graph_p)
+{
+    kcuda_graph_t exec = NULL;
+    eng_cuda_graph_t *g;
+    pd_status_t st;
+
+    if (!be->capturing) {
+        PD_LOG_ERR("cuda backend: capture_end without capture_begin");
+        return PD_ERR_INVAL;
+    }
+    be->capturing = false;
+    st = kcuda_capture_end(be->stream, &exec); /* always leaves capture mode */
+    if (st == PD_OK && be->capture_bad) {
+        kcuda_graph_destroy(exec);
+        st = PD_ERR_BUSY;
+    }
+    be->capture_bad = false;
+    if (st != PD_OK)
+        return st;
+    g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        kcuda_graph_destroy(exec);
+        return PD_ERR_NOMEM;
+    }
+    g->exec = exec;
+    be->n_graphs++;
+    *graph_p = g;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_graph_launch(eng_backend_t *be, eng_cuda_graph_t *graph)
+{
+    if (graph == NULL || be->capturing)
+        return PD_ERR_INVAL;
+    return kcuda_graph_launch(graph->exec, be->stream);
+}
+
+void eng_backend_cuda_graph_destroy(eng_backend_t *be, eng_cuda_graph_t *graph)
+{
+    if (graph == NULL)
+        return;
+    kcuda_stream_sync(be->stream); /* a replay may still be running */
+    kcuda_graph_destroy(graph->exec);
+    free(graph);
+    if (be->n_graphs > 0)
+        be->n_graphs--;
+}
+
+pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t attn_ws_bytes)
+{
+    pd_status_t st = PD_OK;
+    if (act_bytes > be->act_bytes)
+        st = grow(be, &be->act, &be->act_bytes, act_bytes);
+    if (st == PD_OK && attn_ws_bytes > be->ws_bytes)
+        st = grow(be, &be->ws, &be->ws_bytes, attn_ws_bytes);
+    return st;
+}
+
+size_t eng_backend_cuda_attn_ws_bytes(eng_backend_t *be, const kcpu_attn_params_t *p)
+{
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    return kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
+}
+
+size_t eng_backend_cuda_retired_bytes(eng_backend_t *be)
+{
+    return be->retired_bytes;
 }
 
 #else

@@ -144,6 +144,8 @@ void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
     cfg->enable_chunked_prefill = true;
     cfg->enable_prefix_caching = true;
     cfg->max_logprobs = 20;
+    cfg->cuda_graph_max_bs = 512;
+    cfg->max_seq_len_to_capture = 8192;
 }
 
 static void kv_lease(eng_engine_t *e, ereq_t *er);
@@ -1164,6 +1166,10 @@ static int64_t kv_blocks_for_budget(eng_engine_t *e, size_t block_bytes)
             double T = (double)e->cfg.max_num_batched_tokens;
             double work = T * 4.0 * (4.0 * c->hidden + 3.0 * c->intermediate + 2.0 * c->n_heads * c->head_dim) +
                           (double)e->cfg.max_num_seqs * 4.0 * (double)c->vocab_size * 2.0;
+            /* decode CUDA graphs: their objects and the scratch of the largest capture size */
+            work += (double)eng_forward_graph_reserve_bytes(c, e->cfg.cuda_graph_max_bs < e->cfg.max_num_seqs
+                                                                   ? e->cfg.cuda_graph_max_bs
+                                                                   : e->cfg.max_num_seqs);
             double avail = util * (double)total_b - used - weights - work - (double)(512u << 20);
             budget = avail > 0 ? (uint64_t)avail : 0;
             PD_LOG_INFO("engine: GPU %.1f GiB total, %.1f GiB used, weights %.1f GiB, workspace %.1f GiB: "
@@ -1263,6 +1269,8 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     fo.max_tokens = sc.max_num_batched_tokens;
     fo.max_seqs = sc.max_num_seqs;
     fo.max_blocks_per_seq = e->max_blocks_per_seq;
+    fo.graph_max_bs = cfg->cuda_graph_max_bs;
+    fo.graph_max_ctx = cfg->max_seq_len_to_capture;
     TRY(eng_forward_create(e->model, e->ops, e->be, &fo, &e->fw));
     TRY(eng_sampler_create((int)V, &e->sampler));
 

@@ -46,6 +46,9 @@ typedef struct eng_engine_cfg {
     double scheduler_delay_factor;
     uint64_t seed;                 /* --seed: RNG of requests without their own seed */
     int max_logprobs;              /* --max-logprobs */
+    int cuda_graph_max_bs;         /* CUDA graphs for decode batches up to this size (512); 0 = eager
+                                    * (--enforce-eager, -O0) */
+    int max_seq_len_to_capture;    /* longer contexts run eagerly (8192) */
     bool skip_tokenizer_init;
     const char *chat_template;     /* override of the model's template (text), or NULL */
     const char *tokenizer_override;/* --tokenizer: directory with tokenizer.json, or NULL */

@@ -5,7 +5,9 @@
  *   ceilings: device-to-device copy bandwidth (cudaMemcpy, read + write bytes) and the
  *             cuBLAS bf16 GEMM rate (8192^3 and the prefill shape 2048 x 14336 x 4096);
  *   decode step at batch 1, ctx 1024 vs the weight-streaming floor (GEMM weight bytes /
- *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s);
+ *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s); the same
+ *             three decode steps replayed from CUDA graphs (a second forward with
+ *             graph_max_bs = the batch limit) beside the eager ones;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone, batch 64, ctx 1k..4k, f32 and f16 caches, vs copy
  *             bandwidth (bytes of K and V read).
@@ -182,6 +184,28 @@ int main(int argc, char **argv)
     const double pf_flops = 2.0 * gemm_params * prefill + attn_flops;
     const double floor_pf = pf_flops / (gemm_pf * 1e12);
     eng_forward_destroy(fw);
+
+    /* ---- the same decode steps replayed from CUDA graphs ---- */
+    double decg[3] = {0, 0, 0};
+    eng_forward_graph_stats_t gst = {0};
+    fo.graph_max_bs = B_max;
+    fo.graph_max_ctx = 8192;
+    fw = NULL;
+    DIE_IF(eng_forward_create(model, ops, be, &fo, &fw) != PD_OK, "forward create (graphs) failed");
+    {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
+    for (int i = 0; i < 3; i++) {
+        if (Bs[i] > B_max)
+            continue;
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decg[i] = time_forward(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
+    eng_forward_graph_stats(fw, &gst);
+    eng_forward_destroy(fw);
     size_t priv = eng_backend_cuda_private_bytes(be);
 
     /* ---- paged decode attention alone: batch 64, ctx 1k..4k ---- */
@@ -263,6 +287,16 @@ int main(int argc, char **argv)
         printf("%-44s %9.2f ms %8.0f tok/s\n", "decode step batch 64 ctx 1024", dec[1] * 1e3, 64 / dec[1]);
     if (dec[2] > 0)
         printf("%-44s %9.2f ms %8.0f tok/s\n", "decode step batch 256 ctx 1024", dec[2] * 1e3, 256 / dec[2]);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decg[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d ctx 1024, CUDA graph", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decg[i] * 1e3, dec[i] * 1e3, dec[i] / decg[i]);
+    }
+    printf("(graph rows: ceiling column = the eager step, ratio = speed-up; %d graphs captured, %d failed, "
+           "%llu replays)\n",
+           gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
     printf("%-44s %9.1f ms %11.1f ms %7.1f%%\n", "prefill 2048 tokens (floor: FLOPs/GEMM rate)", pf * 1e3,
            floor_pf * 1e3, 100 * floor_pf / pf);
     for (int ct = 0; ct < 2; ct++)
@@ -276,10 +310,10 @@ int main(int argc, char **argv)
     printf("(GEMV / attention GB/s = weight / K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
     printf("JSON {\"copy_gbps\":%.1f,\"gemm_bf16_8192_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
            "\"weight_bytes\":%.0f,\"decode_b1_ms\":%.3f,\"decode_b1_floor_ms\":%.3f,\"decode_b64_ms\":%.3f,"
-           "\"decode_b256_ms\":%.3f,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
+           "\"decode_b256_ms\":%.3f,\"graph_decode_ms\":[%.3f,%.3f,%.3f],\"graphs_failed\":%d,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
            "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
-           pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
+           decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
            att_gbps[1][1], att_gbps[1][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     free(logits);
     ops->shutdown(be);

@@ -57,6 +57,20 @@ pd_status_t kcuda_memset_async(void *dst, int value, size_t n, kcuda_stream_t st
 /* A one-line description of the last CUDA error ("no error" when none). */
 const char *kcuda_last_error(void);
 
+/* CUDA graphs (kcuda_rt.cu): capture the work queued on `stream` between begin and end
+ * (thread-local capture mode: other threads' CUDA calls are unaffected) and instantiate
+ * it.  While capturing, nothing queued runs; synchronising, allocating or copying from
+ * pageable host memory on the stream invalidates the capture.  kcuda_capture_end always
+ * leaves the stream out of capture mode and the sticky launch error cleared; on failure
+ * (logged) *graph_p is untouched.  kcuda_graph_launch replays the graph on `stream`. */
+typedef struct CUgraphExec_st *kcuda_graph_t;
+pd_status_t kcuda_capture_begin(kcuda_stream_t stream);
+pd_status_t kcuda_capture_end(kcuda_stream_t stream, kcuda_graph_t *graph_p);
+/* Whether `stream` is capturing now (false when the query fails). */
+bool kcuda_capturing(kcuda_stream_t stream);
+pd_status_t kcuda_graph_launch(kcuda_graph_t graph, kcuda_stream_t stream);
+void kcuda_graph_destroy(kcuda_graph_t graph);
+
 /* Events for timing (bench): a float of milliseconds between two recorded events. */
 typedef struct CUevent_st *kcuda_event_t;
 pd_status_t kcuda_event_create(kcuda_event_t *ev_p);
