@@ -15,6 +15,11 @@
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
  * memcpy_d2h or synchronize.
+ * fp8 KV caches (layouts from eng_backend_cuda_kv_layout_init) use per-layer scales kept
+ * here as host floats: kv_write stores x / scale, attention multiplies by it.  They are
+ * 1.0 unless calculated (--calculate-kv-scales) from the first batch that writes each
+ * layer, as vLLM does: k_scale = max|k| / 200, v_scale = max|v| / 100; fixed after that
+ * (a graph records them as launch parameters, and it is captured after its eager warm-up).
  * CUDA graphs: eng_forward records a decode step between capture_begin/capture_end and
  * replays it.  Invariants for that: no op synchronises or allocates while capturing
  * (they refuse with PD_ERR_BUSY instead), and scratch buffers that a live graph may
@@ -62,6 +67,12 @@ struct eng_backend {
     int n_graphs;      /* live graphs: scratch is retired instead of freed */
     void **retired;    /* scratch replaced while graphs were live */
     size_t n_retired, retired_bytes;
+    /* fp8 KV cache scales, [n_kv_layers] each (NULL: no fp8 cache configured) */
+    int n_kv_layers;
+    float *k_scale, *v_scale;
+    bool *scale_done;  /* calculated for this layer (or not to be calculated) */
+    float *d_absmax;   /* device [2]: max |k|, max |v| of a batch */
+    float *h_absmax;   /* pinned copy */
 };
 
 struct eng_cuda_graph {
@@ -109,6 +120,11 @@ static void cuda_shutdown(eng_backend_t *be)
     for (size_t i = 0; i < be->n_retired; i++)
         kcuda_free(be->retired[i]);
     free(be->retired);
+    free(be->k_scale);
+    free(be->v_scale);
+    free(be->scale_done);
+    kcuda_free(be->d_absmax);
+    kcuda_host_free(be->h_absmax);
     kcuda_free(be->act);
     kcuda_free(be->ws);
     kcuda_free(be->d_err);
@@ -454,12 +470,63 @@ static pd_status_t cuda_argmax(eng_backend_t *be, const float *x, int64_t T, int
     return kcuda_argmax(x, T, n, idx, be->stream);
 }
 
+static bool layout_fp8(const kcpu_kv_layout_t *l)
+{
+    return l->dtype == KCUDA_KV_FP8_E4M3 || l->dtype == KCUDA_KV_FP8_E5M2;
+}
+
+/* --calculate-kv-scales: the scales of `layer` from this batch's K and V (one sync). */
+static pd_status_t calc_scales(eng_backend_t *be, int layer, const int64_t *slots, int64_t T, const float *k,
+                               int64_t k_stride, const float *v, int64_t v_stride, int64_t W)
+{
+    pd_status_t st = refuse_in_capture(be, "calculating fp8 KV scales");
+    if (st == PD_OK)
+        st = kcuda_memset_async(be->d_absmax, 0, 2 * sizeof(float), be->stream);
+    if (st == PD_OK)
+        st = kcuda_absmax_rows(k, T, W, k_stride, slots, be->d_absmax, be->stream);
+    if (st == PD_OK)
+        st = kcuda_absmax_rows(v, T, W, v_stride, slots, be->d_absmax + 1, be->stream);
+    if (st == PD_OK)
+        st = kcuda_memcpy_async(be->h_absmax, be->d_absmax, 2 * sizeof(float), be->stream);
+    if (st == PD_OK)
+        st = kcuda_stream_sync(be->stream);
+    if (st != PD_OK)
+        return st;
+    if (be->h_absmax[0] <= 0.0f || be->h_absmax[1] <= 0.0f)
+        return PD_OK; /* nothing written (padding only) or all zeros: try the next batch */
+    be->k_scale[layer] = be->h_absmax[0] / 200.0f;
+    be->v_scale[layer] = be->h_absmax[1] / 100.0f;
+    be->scale_done[layer] = true;
+    PD_LOG_DEBUG("cuda backend: fp8 KV scales of layer %d: k %.4g, v %.4g", layer, be->k_scale[layer],
+                 be->v_scale[layer]);
+    if (layer == be->n_kv_layers - 1)
+        PD_LOG_INFO("cuda backend: fp8 KV scales calculated from the first batch (last layer: k %.4g, v %.4g)",
+                    be->k_scale[layer], be->v_scale[layer]);
+    return PD_OK;
+}
+
 static pd_status_t cuda_kv_write(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base, int layer,
                                  const int64_t *slot_mapping, int64_t T, const float *k, int64_t k_stride,
                                  const float *v, int64_t v_stride)
 {
-    return kcuda_kv_write(layout, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, be->d_err,
-                          be->stream);
+    float ks = 1.0f, vs = 1.0f;
+    if (layout != NULL && layout_fp8(layout)) {
+        if (be->k_scale == NULL || layer < 0 || layer >= be->n_kv_layers) {
+            PD_LOG_ERR("cuda kv_write: fp8 KV cache without scales for layer %d (eng_backend_cuda_set_kv_scales)",
+                       layer);
+            return PD_ERR_INVAL;
+        }
+        if (!be->scale_done[layer] && T > 0) {
+            pd_status_t st = calc_scales(be, layer, slot_mapping, T, k, k_stride, v, v_stride,
+                                         (int64_t)layout->n_kv_heads * layout->head_dim);
+            if (st != PD_OK)
+                return st;
+        }
+        ks = be->k_scale[layer];
+        vs = be->v_scale[layer];
+    }
+    return kcuda_kv_write_scaled(layout, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, ks, vs,
+                                 be->d_err, be->stream);
 }
 
 static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
@@ -473,10 +540,20 @@ static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_param
     /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
     bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
     size_t need = kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
+    float ks = 1.0f, vs = 1.0f;
     pd_status_t st = grow(be, &be->ws, &be->ws_bytes, need);
     if (st != PD_OK)
         return st;
-    return kcuda_paged_attention(p, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err, be->stream);
+    if (p->layout != NULL && layout_fp8(p->layout)) {
+        if (be->k_scale == NULL || p->layer < 0 || p->layer >= be->n_kv_layers) {
+            PD_LOG_ERR("cuda paged_attention: fp8 KV cache without scales for layer %d", p->layer);
+            return PD_ERR_INVAL;
+        }
+        ks = be->k_scale[p->layer];
+        vs = be->v_scale[p->layer];
+    }
+    return kcuda_paged_attention_scaled(p, ks, vs, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err,
+                                        be->stream);
 }
 
 static const eng_backend_ops_t cuda_ops = {
@@ -620,6 +697,78 @@ size_t eng_backend_cuda_attn_ws_bytes(eng_backend_t *be, const kcpu_attn_params_
 size_t eng_backend_cuda_retired_bytes(eng_backend_t *be)
 {
     return be->retired_bytes;
+}
+
+/* ---- fp8 KV cache ---- */
+
+pd_status_t eng_backend_cuda_kv_layout_init(kcpu_kv_layout_t *layout, eng_cuda_kv_t kind, int n_layers,
+                                            int block_size, int n_kv_heads, int head_dim, int64_t n_blocks)
+{
+    kcpu_dtype_t t = kind == ENG_CUDA_KV_FP8_E4M3   ? KCUDA_KV_FP8_E4M3
+                     : kind == ENG_CUDA_KV_FP8_E5M2 ? KCUDA_KV_FP8_E5M2
+                     : kind == ENG_CUDA_KV_F16      ? KCPU_DTYPE_F16
+                                                    : KCPU_DTYPE_F32;
+    return kcuda_kv_layout_init(layout, t, n_layers, block_size, n_kv_heads, head_dim, n_blocks);
+}
+
+bool eng_backend_cuda_kv_is_fp8(const kcpu_kv_layout_t *layout)
+{
+    return layout != NULL && layout_fp8(layout);
+}
+
+pd_status_t eng_backend_cuda_set_kv_scales(eng_backend_t *be, int n_layers, const float *k_scales,
+                                           const float *v_scales, bool calculate)
+{
+    float *k, *v;
+    bool *done;
+    if (n_layers <= 0)
+        return PD_ERR_INVAL;
+    for (int l = 0; l < n_layers; l++)
+        if ((k_scales && !(k_scales[l] > 0.0f && k_scales[l] < 1e30f)) ||
+            (v_scales && !(v_scales[l] > 0.0f && v_scales[l] < 1e30f))) {
+            PD_LOG_ERR("cuda backend: fp8 KV scale of layer %d is not a positive finite number", l);
+            return PD_ERR_INVAL;
+        }
+    if (be->d_absmax == NULL) {
+        pd_status_t st = kcuda_malloc(2 * sizeof(float), (void **)&be->d_absmax);
+        if (st == PD_OK && (st = kcuda_host_alloc(2 * sizeof(float), (void **)&be->h_absmax)) != PD_OK) {
+            kcuda_free(be->d_absmax);
+            be->d_absmax = NULL;
+        }
+        if (st != PD_OK)
+            return st;
+    }
+    k = malloc((size_t)n_layers * sizeof(float));
+    v = malloc((size_t)n_layers * sizeof(float));
+    done = malloc((size_t)n_layers * sizeof(bool));
+    if (k == NULL || v == NULL || done == NULL) {
+        free(k);
+        free(v);
+        free(done);
+        return PD_ERR_NOMEM;
+    }
+    for (int l = 0; l < n_layers; l++) {
+        k[l] = k_scales ? k_scales[l] : 1.0f;
+        v[l] = v_scales ? v_scales[l] : 1.0f;
+        done[l] = !calculate;
+    }
+    free(be->k_scale);
+    free(be->v_scale);
+    free(be->scale_done);
+    be->k_scale = k;
+    be->v_scale = v;
+    be->scale_done = done;
+    be->n_kv_layers = n_layers;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_get_kv_scale(eng_backend_t *be, int layer, float *k_p, float *v_p)
+{
+    if (be->k_scale == NULL || layer < 0 || layer >= be->n_kv_layers)
+        return PD_ERR_INVAL;
+    *k_p = be->k_scale[layer];
+    *v_p = be->v_scale[layer];
+    return PD_OK;
 }
 
 #else

@@ -13,6 +13,7 @@
 #ifndef ENG_BACKEND_CUDA_H
 #define ENG_BACKEND_CUDA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "eng_backend.h"
@@ -61,5 +62,29 @@ pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t
 size_t eng_backend_cuda_attn_ws_bytes(eng_backend_t *be, const kcpu_attn_params_t *p);
 /* Device memory held by retired scratch buffers (kept alive for graphs). */
 size_t eng_backend_cuda_retired_bytes(eng_backend_t *be);
+
+/* ---- KV cache element types (fp8 with per-layer scales) ----
+ *
+ * An fp8 cache stores K / k_scale and V / v_scale per layer (saturated); kv_write and
+ * paged_attention take the scales from the instance, so set them before the first
+ * forward.  The CPU backend has no fp8 cache. */
+typedef enum eng_cuda_kv {
+    ENG_CUDA_KV_F32 = 0,
+    ENG_CUDA_KV_F16,
+    ENG_CUDA_KV_FP8_E4M3,
+    ENG_CUDA_KV_FP8_E5M2,
+} eng_cuda_kv_t;
+
+/* kcpu_kv_layout_init for the kinds above (fp8: one byte an element, same strides). */
+pd_status_t eng_backend_cuda_kv_layout_init(kcpu_kv_layout_t *layout, eng_cuda_kv_t kind, int n_layers,
+                                            int block_size, int n_kv_heads, int head_dim, int64_t n_blocks);
+bool eng_backend_cuda_kv_is_fp8(const kcpu_kv_layout_t *layout);
+/* Scales of the n_layers layers: k_scales / v_scales (NULL: 1.0 each); calculate: replace
+ * each layer's pair from the first batch that writes it (max|k| / 200, max|v| / 100,
+ * vLLM's --calculate-kv-scales), fixed after that.  PD_ERR_INVAL for non-positive ones. */
+pd_status_t eng_backend_cuda_set_kv_scales(eng_backend_t *be, int n_layers, const float *k_scales,
+                                           const float *v_scales, bool calculate);
+/* The current scales of one layer. */
+pd_status_t eng_backend_cuda_get_kv_scale(eng_backend_t *be, int layer, float *k_p, float *v_p);
 
 #endif /* ENG_BACKEND_CUDA_H */

@@ -482,6 +482,58 @@ static pd_status_t graph_setup(eng_forward_t *fw)
     return PD_OK;
 }
 
+pd_status_t eng_kv_dtype_parse(const char *s, eng_kv_dtype_t *dt_p)
+{
+    if (s == NULL || strcmp(s, "auto") == 0)
+        *dt_p = ENG_KV_AUTO;
+    else if (strcmp(s, "fp8") == 0 || strcmp(s, "fp8_e4m3") == 0)
+        *dt_p = ENG_KV_FP8_E4M3;
+    else if (strcmp(s, "fp8_e5m2") == 0)
+        *dt_p = ENG_KV_FP8_E5M2;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
+size_t eng_forward_block_bytes_dtype(const eng_model_config_t *cfg, int block_size, eng_kv_dtype_t kv_dtype)
+{
+    size_t b = eng_forward_block_bytes(cfg, block_size);
+    return kv_dtype == ENG_KV_AUTO ? b : b / sizeof(float);
+}
+
+const char *eng_forward_kv_dtype_name(const eng_forward_t *fw)
+{
+    switch (fw->opts.kv_dtype) {
+    case ENG_KV_FP8_E4M3: return "fp8_e4m3";
+    case ENG_KV_FP8_E5M2: return "fp8_e5m2";
+    default: return fw->kv.dtype == KCPU_DTYPE_F16 ? "f16" : "f32";
+    }
+}
+
+/* The KV layout: f32 (kcpu), or fp8 with per-layer scales on the CUDA backend. */
+static pd_status_t kv_layout(eng_forward_t *fw)
+{
+    const eng_model_config_t *c = fw->cfg;
+    const eng_forward_opts_t *o = &fw->opts;
+    if (o->kv_dtype == ENG_KV_AUTO)
+        return kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, o->block_size, c->n_kv_heads, c->head_dim,
+                                   o->n_blocks);
+#ifdef PD_HAVE_CUDA
+    if (strcmp(fw->ops->name, "cuda") == 0) {
+        CK(eng_backend_cuda_kv_layout_init(&fw->kv,
+                                           o->kv_dtype == ENG_KV_FP8_E5M2 ? ENG_CUDA_KV_FP8_E5M2 : ENG_CUDA_KV_FP8_E4M3,
+                                           c->n_layers, o->block_size, c->n_kv_heads, c->head_dim, o->n_blocks));
+        CK(eng_backend_cuda_set_kv_scales(fw->be, c->n_layers, NULL, NULL, o->calculate_kv_scales));
+        PD_LOG_INFO("forward: fp8 (%s) KV cache, per-layer scales %s",
+                    o->kv_dtype == ENG_KV_FP8_E5M2 ? "e5m2" : "e4m3",
+                    o->calculate_kv_scales ? "from the first batch" : "1.0");
+        return PD_OK;
+    }
+#endif
+    PD_LOG_ERR("forward: --kv-cache-dtype fp8 is not supported yet on the %s backend (CUDA only)", fw->ops->name);
+    return PD_ERR_UNSUPPORTED;
+}
+
 size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size)
 {
     return (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
@@ -519,10 +571,9 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
         if (st != PD_OK)     \
             goto err;        \
     } while (0)
+    TRY(kv_layout(fw)); /* first: an fp8 cache on the CPU backend fails before the upload */
     TRY(prep_weights(fw));
     TRY(prep_rope(fw));
-    TRY(kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, opts->block_size, c->n_kv_heads,
-                            c->head_dim, opts->n_blocks));
     TRY(pd_mul_size(fw->kv.block_bytes, (size_t)opts->n_blocks, &kv_bytes));
     TRY(dev_alloc(fw, kv_bytes, &fw->kv_base));
     TRY(alloc_f32(fw, T, c->hidden, &fw->x));

@@ -21,6 +21,17 @@
 
 typedef struct eng_forward eng_forward_t;
 
+/* Element type of the KV cache (--kv-cache-dtype).  fp8 only on the CUDA backend (per-
+ * layer scales, docs/cuda.md); eng_forward_create refuses it elsewhere. */
+typedef enum eng_kv_dtype {
+    ENG_KV_AUTO = 0,   /* f32 */
+    ENG_KV_FP8_E4M3,   /* "fp8", "fp8_e4m3" */
+    ENG_KV_FP8_E5M2,   /* "fp8_e5m2" */
+} eng_kv_dtype_t;
+
+/* "auto", "fp8", "fp8_e4m3", "fp8_e5m2" (NULL = auto); PD_ERR_INVAL otherwise. */
+pd_status_t eng_kv_dtype_parse(const char *s, eng_kv_dtype_t *dt_p);
+
 typedef struct eng_forward_opts {
     int block_size;        /* tokens per KV block */
     int64_t n_blocks;      /* KV blocks to allocate */
@@ -36,6 +47,8 @@ typedef struct eng_forward_opts {
      * graph_max_ctx <= 0 means max_blocks_per_seq * block_size. */
     int graph_max_bs;      /* 0: every step eager (--enforce-eager, -O0) */
     int graph_max_ctx;     /* --max-seq-len-to-capture */
+    eng_kv_dtype_t kv_dtype;  /* ENG_KV_AUTO (0): f32 */
+    bool calculate_kv_scales; /* fp8: scales from the first batch (else 1.0) */
 } eng_forward_opts_t;
 
 /* One forward.  All arrays are host memory; the forward copies them to the backend. */
@@ -94,5 +107,10 @@ size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_
 
 /* Bytes of KV one block takes for this model (F32 cache), for sizing before create. */
 size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size);
+/* The same for a cache of kv_dtype (fp8: a quarter). */
+size_t eng_forward_block_bytes_dtype(const eng_model_config_t *cfg, int block_size, eng_kv_dtype_t kv_dtype);
+/* "f32", "f16", "fp8_e4m3" or "fp8_e5m2": the cache's element type (KV transfer peers
+ * must agree on it). */
+const char *eng_forward_kv_dtype_name(const eng_forward_t *fw);
 
 #endif /* ENG_FORWARD_H */

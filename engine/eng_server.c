@@ -130,11 +130,9 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
         if (cJSON_IsNumber(mcs) && mcs->valuedouble >= 0 && mcs->valuedouble < 1e6 && c->cuda_graph_max_bs > 0)
             c->cuda_graph_max_bs = (int)mcs->valuedouble;
     }
-    if (strcmp(a->kv_cache_dtype, "auto") != 0) {
-        PD_LOG_ERR("--kv-cache-dtype %s is not supported yet (auto works: f32 on the CPU backend, f32 on CUDA)",
-                   a->kv_cache_dtype);
-        return PD_ERR_UNSUPPORTED;
-    }
+    /* fp8 caches: the engine refuses them on the CPU backend once it knows the backend */
+    c->kv_cache_dtype = a->kv_cache_dtype;
+    c->calculate_kv_scales = a->calculate_kv_scales;
     if (c->preempt_swap)
         PD_LOG_WARN("--preemption-mode swap: swap space is not wired into the engine yet; "
                     "preempted requests are recomputed");
