@@ -79,7 +79,7 @@ run() {
     secs+=($((SECONDS - t0)))
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt") =="
-    grep -A30 '^== bench_cuda' "$out/bench_cuda.log" | grep -v '^JSON'
+    grep -A45 '^== bench_cuda' "$out/bench_cuda.log" | grep -v '^JSON'
     grep '^JSON' "$out/bench_cuda.log"
     printf '%-20s %-8s %6s\n' step result seconds
     for i in "${!names[@]}"; do

@@ -9,8 +9,9 @@
  *             three decode steps replayed from CUDA graphs (a second forward with
  *             graph_max_bs = the batch limit) beside the eager ones;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
- *   paged decode attention alone, batch 64, ctx 1k..4k, f32 and f16 caches, vs copy
- *             bandwidth (bytes of K and V read).
+ *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
+ *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
+ *             step beside the f32 cache's.
  * Prints a table and one JSON line (prefixed "JSON ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  */
@@ -210,16 +211,24 @@ int main(int argc, char **argv)
 
     /* ---- paged decode attention alone: batch 64, ctx 1k..4k ---- */
     const int AB = 64, actx[3] = {1024, 2048, 4096};
-    double att_us[2][3], att_gbps[2][3];
-    for (int ct = 0; ct < 2; ct++) {
+    double att_us[3][3], att_gbps[3][3];
+    static const char *const cache_names[3] = {"f32", "f16", "fp8"};
+    DIE_IF(eng_backend_cuda_set_kv_scales(be, 1, NULL, NULL, false) != PD_OK, "fp8 scales");
+    for (int ct = 0; ct < 3; ct++) {
         kcpu_kv_layout_t lay;
         const int amb = 4096 / BS + 1;
-        kcpu_dtype_t cdt = ct == 0 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16;
-        DIE_IF(kcpu_kv_layout_init(&lay, cdt, 1, BS, c->n_kv_heads, c->head_dim, (int64_t)AB * amb) != PD_OK, "layout");
+        static const eng_cuda_kv_t kinds[3] = {ENG_CUDA_KV_F32, ENG_CUDA_KV_F16, ENG_CUDA_KV_FP8_E4M3};
+        DIE_IF(eng_backend_cuda_kv_layout_init(&lay, kinds[ct], 1, BS, c->n_kv_heads, c->head_dim,
+                                               (int64_t)AB * amb) != PD_OK,
+               "layout");
         void *cache, *dq, *dout, *dseq, *dpos, *dbt, *dctx;
         size_t cb = lay.block_bytes * (size_t)AB * amb;
         DIE_IF(ops->buf_alloc(be, cb, &cache) != PD_OK, "alloc");
-        kcuda_fill_random(cache, cb / lay.elem_bytes, cdt, 11, 1.0f, NULL);
+        /* fp8: random f16 bit patterns read as bytes (timing only; any NaN costs the same) */
+        if (ct == 0)
+            kcuda_fill_random(cache, cb / 4, KCPU_DTYPE_F32, 11, 1.0f, NULL);
+        else
+            kcuda_fill_random(cache, cb / 2, KCPU_DTYPE_F16, 11, 1.0f, NULL);
         DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dq) != PD_OK, "alloc");
         DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dout) != PD_OK, "alloc");
         kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, NULL);
@@ -299,22 +308,24 @@ int main(int argc, char **argv)
            gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
     printf("%-44s %9.1f ms %11.1f ms %7.1f%%\n", "prefill 2048 tokens (floor: FLOPs/GEMM rate)", pf * 1e3,
            floor_pf * 1e3, 100 * floor_pf / pf);
-    for (int ct = 0; ct < 2; ct++)
+    for (int ct = 0; ct < 3; ct++)
         for (int ci = 0; ci < 3; ci++) {
             char what[80];
-            snprintf(what, sizeof(what), "paged decode attn b64 ctx %d %s (%.0f us)", actx[ci], ct ? "f16" : "f32",
+            snprintf(what, sizeof(what), "paged decode attn b64 ctx %d %s (%.0f us)", actx[ci], cache_names[ct],
                      att_us[ct][ci]);
             printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, att_gbps[ct][ci], copy_gbps,
                    100 * att_gbps[ct][ci] / copy_gbps);
         }
     printf("(GEMV / attention GB/s = weight / K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
+    printf("attention time per step vs the f32 cache: f16 %.2fx, fp8 %.2fx at ctx 4096 (bytes 1/2, 1/4)\n",
+           att_us[0][2] / att_us[1][2], att_us[0][2] / att_us[2][2]);
     printf("JSON {\"copy_gbps\":%.1f,\"gemm_bf16_8192_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
            "\"weight_bytes\":%.0f,\"decode_b1_ms\":%.3f,\"decode_b1_floor_ms\":%.3f,\"decode_b64_ms\":%.3f,"
            "\"decode_b256_ms\":%.3f,\"graph_decode_ms\":[%.3f,%.3f,%.3f],\"graphs_failed\":%d,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
-           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
+           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_fp8_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
            decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
-           att_gbps[1][1], att_gbps[1][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
+           att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);
