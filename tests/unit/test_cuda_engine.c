@@ -9,8 +9,8 @@
  * (b) graph forward, all in one batch (13 sequences padded to the capture size 16);
  * (c) graph forward, each sequence alone (batch size 1).  With f32 GEMMs the tokens must
  * be identical in all three and the logits of (a) and (b) within 1e-3 relative; with
- * bf16 GEMMs (the serving default) logits within 5e-2 and at least 90% of the tokens of
- * (a) and (b) equal.  The graph forwards must have replayed graphs, captured without
+ * bf16 GEMMs (the serving default; (b) then fed (a)'s tokens) logits within 5e-2 and at
+ * least 90% of the argmaxes of (a) and (b) equal.  The graph forwards must have replayed graphs, captured without
  * failure, and run the steps whose context exceeds graph_max_ctx eagerly.
  * fp8 KV caches (e4m3, e5m2, calculated scales) are compared with the f32 cache,
  * teacher-forced (the same tokens in): the logit error relative to the largest logit
@@ -203,7 +203,9 @@ static void check_model(const char *path, const char *label)
     PD_CHECK(a.logits && b.logits);
     if (a.logits && b.logits) {
         run(&s, 0, false, NULL, &a);
-        run(&s, 512, false, NULL, &b);
+        /* bf16: (b) is fed (a)'s tokens, so a near-tie flipped by the padded GEMM shape
+         * does not send the rest of the sequence elsewhere */
+        run(&s, 512, false, exact ? NULL : &a, &b);
         run(&s, 512, true, NULL, &c);
         PD_CHECK_EQ_INT(a.st.n_sizes, 0);
         PD_CHECK_EQ_INT(a.st.graph_steps, 0);
@@ -223,10 +225,9 @@ static void check_model(const char *path, const char *label)
                     double e = fabs((double)x[v] - (double)y[v]) / mx;
                     worst = e > worst ? e : worst;
                 }
-                /* once a token differs the sequences diverge: compare up to there */
                 total++;
-                agree_ab += a.tok[i][d] == b.tok[i][d];
-                agree += a.tok[i][d] == b.tok[i][d] && a.tok[i][d] == c.tok[i][d];
+                agree_ab += a.pred[i][d + 1] == b.pred[i][d + 1];
+                agree += a.pred[i][d + 1] == b.pred[i][d + 1] && a.pred[i][d + 1] == c.pred[i][d + 1];
             }
         printf("  %s [%s]: graphs %d sizes, %d captured, %llu graph / %llu eager steps; "
                "tokens: graphs = eager %d/%d, also = alone %d/%d; worst logit diff %.2e\n",
@@ -238,7 +239,7 @@ static void check_model(const char *path, const char *label)
         } else {
             /* decode GEMMs of 1..8 rows read f32 activations, larger ones bf16-rounded
              * ones: "alone" differs numerically, graphs vs eager (same sizes) hardly */
-            PD_CHECK(worst <= 5e-2 || agree_ab < total); /* after a divergence logits differ */
+            PD_CHECK(worst <= 5e-2);
             PD_CHECK(agree_ab * 10 >= total * 9);
         }
     }
