@@ -599,8 +599,11 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
     TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
-    if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0)
-        TRY(graph_setup(fw));
+    if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0 && graph_setup(fw) != PD_OK) {
+        /* graphs are an optimisation: without their scratch every step runs eagerly */
+        PD_LOG_WARN("forward: cannot set up CUDA graphs (scratch allocation failed); every step runs eagerly");
+        fw->n_sizes = 0;
+    }
 #undef TRY
     PD_LOG_INFO("forward: %s on %s, %d layers, KV cache %lld blocks x %d tokens (%.1f MiB), workspace for %lld tokens",
                 eng_arch_name(c->arch), ops->name, c->n_layers, (long long)opts->n_blocks, opts->block_size,
@@ -617,6 +620,13 @@ void eng_forward_destroy(eng_forward_t *fw)
     if (fw == NULL)
         return;
 #ifdef PD_HAVE_CUDA
+    if (fw->n_sizes > 0) {
+        eng_forward_graph_stats_t gs;
+        eng_forward_graph_stats(fw, &gs);
+        PD_LOG_INFO("forward: %llu steps replayed from CUDA graphs, %llu eager; %d of %d sizes captured, %d failed",
+                    (unsigned long long)gs.graph_steps, (unsigned long long)gs.eager_steps, gs.n_captured, gs.n_sizes,
+                    gs.n_failed);
+    }
     for (int i = 0; i < fw->n_sizes; i++) /* before the buffers they point into */
         eng_backend_cuda_graph_destroy(fw->be, fw->graphs[i]);
 #endif
