@@ -847,6 +847,45 @@ static pd_status_t upload_padded(eng_forward_t *fw, const eng_fwd_batch_t *b, in
     return upload(fw, fw->p_tokens, fw->p_pos, fw->p_seq, fw->p_slots, bs, fw->p_tables, fw->p_ctx, bs);
 }
 
+/* A new graph replays the step its warm-up just ran (the same inputs, and its KV writes
+ * put the same values in the same slots), so its logits must equal the warm-up's: a
+ * graph that recorded a stale pointer or parameter is caught here, once per size, and
+ * that size stays eager.  PD_OK when they agree within 1e-3 of the largest logit. */
+static pd_status_t graph_selfcheck(eng_forward_t *fw, eng_cuda_graph_t *g, const float *want, size_t out_bytes,
+                                   int bs)
+{
+    float *got = malloc(out_bytes);
+    size_t n = out_bytes / sizeof(float), bad_i = 0;
+    double mx = 1.0, worst = 0.0;
+    pd_status_t st;
+
+    if (got == NULL)
+        return PD_ERR_NOMEM;
+    st = eng_backend_cuda_graph_launch(fw->be, g);
+    if (st == PD_OK)
+        st = fw->ops->memcpy_d2h(fw->be, got, fw->logits, out_bytes);
+    if (st == PD_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (fabsf(want[i]) > mx)
+                mx = fabsf(want[i]);
+        for (size_t i = 0; i < n; i++) {
+            double e = fabs((double)got[i] - (double)want[i]);
+            if (!(e <= worst)) { /* NaN in got lands here too */
+                worst = isnan(e) ? INFINITY : e;
+                bad_i = i;
+            }
+        }
+        if (!(worst <= 1e-3 * mx)) {
+            PD_LOG_ERR("forward: the CUDA graph of decode batch size %d gives other logits than the eager step "
+                       "(element %zu: %g against %g); that size runs eagerly",
+                       bs, bad_i, got[bad_i], want[bad_i]);
+            st = PD_ERR_INTERNAL;
+        }
+    }
+    free(got);
+    return st;
+}
+
 static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, float *logits)
 {
     const int bs = fw->sizes[idx];
@@ -869,10 +908,13 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
     if (st == PD_OK) {
         pd_status_t body_st = body(fw, bs, bs, bs, NULL);
         st = eng_backend_cuda_capture_end(fw->be, (eng_cuda_graph_t **)&fw->graphs[idx]);
-        if (st == PD_OK && body_st != PD_OK) {
+        if (st == PD_OK && body_st != PD_OK)
+            st = body_st;
+        if (st == PD_OK && fw->graphs[idx] != NULL)
+            st = graph_selfcheck(fw, fw->graphs[idx], logits, out_bytes, bs);
+        if (st != PD_OK && fw->graphs[idx] != NULL) {
             eng_backend_cuda_graph_destroy(fw->be, fw->graphs[idx]);
             fw->graphs[idx] = NULL;
-            st = body_st;
         }
     }
     if (st != PD_OK) {
