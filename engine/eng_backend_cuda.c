@@ -15,6 +15,15 @@
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
  * memcpy_d2h or synchronize.
+ * fp8 KV caches (layouts from eng_backend_cuda_kv_layout_init) use per-layer scales kept
+ * here as host floats: kv_write stores x / scale, attention multiplies by it.  They are
+ * 1.0 unless calculated (--calculate-kv-scales) from the first batch that writes each
+ * layer, as vLLM does: k_scale = max|k| / 200, v_scale = max|v| / 100; fixed after that
+ * (a graph records them as launch parameters, and it is captured after its eager warm-up).
+ * CUDA graphs: eng_forward records a decode step between capture_begin/capture_end and
+ * replays it.  Invariants for that: no op synchronises or allocates while capturing
+ * (they refuse with PD_ERR_BUSY instead), and scratch buffers that a live graph may
+ * point into are retired (freed at shutdown), never freed, when they grow.
  */
 #ifdef PD_HAVE_CUDA
 
@@ -52,7 +61,37 @@ struct eng_backend {
     size_t act_bytes;
     void *ws;          /* attention split-K workspace */
     size_t ws_bytes;
+    /* CUDA graphs */
+    bool capturing;    /* between capture_begin and capture_end */
+    bool capture_bad;  /* an op refused inside this capture: capture_end fails */
+    int n_graphs;      /* live graphs: scratch is retired instead of freed */
+    void **retired;    /* scratch replaced while graphs were live */
+    size_t n_retired, retired_bytes;
+    /* fp8 KV cache scales, [n_kv_layers] each (NULL: no fp8 cache configured) */
+    int n_kv_layers;
+    float *k_scale, *v_scale;
+    bool *scale_done;  /* calculated for this layer (or not to be calculated) */
+    float *d_absmax;   /* device [2]: max |k|, max |v| of a batch */
+    float *h_absmax;   /* pinned copy */
 };
+
+struct eng_cuda_graph {
+    kcuda_graph_t exec;
+};
+
+/* Inside a capture an op that would synchronise or allocate must not run: the capture
+ * would be invalidated (or the graph would hold a stale pointer).  Logged once per
+ * capture; capture_end then fails and the caller runs eagerly. */
+static pd_status_t refuse_in_capture(eng_backend_t *be, const char *what)
+{
+    if (!be->capturing)
+        return PD_OK;
+    if (!be->capture_bad)
+        PD_LOG_WARN("cuda backend: %s inside a CUDA graph capture (not warmed up?); the capture will be dropped",
+                    what);
+    be->capture_bad = true;
+    return PD_ERR_BUSY;
+}
 
 static pd_status_t cuda_synchronize(eng_backend_t *be);
 
@@ -78,6 +117,14 @@ static void cuda_shutdown(eng_backend_t *be)
     for (size_t i = 0; i < be->n_conv; i++)
         kcuda_free(be->conv[i].dst);
     free(be->conv);
+    for (size_t i = 0; i < be->n_retired; i++)
+        kcuda_free(be->retired[i]);
+    free(be->retired);
+    free(be->k_scale);
+    free(be->v_scale);
+    free(be->scale_done);
+    kcuda_free(be->d_absmax);
+    kcuda_host_free(be->h_absmax);
     kcuda_free(be->act);
     kcuda_free(be->ws);
     kcuda_free(be->d_err);
@@ -129,6 +176,8 @@ static pd_status_t cuda_buf_alloc(eng_backend_t *be, size_t bytes, void **ptr_p)
 {
     if (bytes == 0)
         return PD_ERR_INVAL;
+    if (refuse_in_capture(be, "buf_alloc") != PD_OK)
+        return PD_ERR_BUSY;
     return kcuda_malloc(bytes, ptr_p); /* cudaMalloc aligns to 256 bytes */
 }
 
@@ -150,6 +199,10 @@ static void cuda_buf_free(eng_backend_t *be, void *ptr)
 
 static pd_status_t cuda_memcpy_h2d(eng_backend_t *be, void *dst, const void *src, size_t n)
 {
+    /* pageable host memory cannot be part of a graph: inputs are copied before launch */
+    pd_status_t st = refuse_in_capture(be, "memcpy_h2d");
+    if (st != PD_OK)
+        return st;
     return kcuda_memcpy_async(dst, src, n, be->stream);
 }
 
@@ -173,7 +226,10 @@ static pd_status_t check_err(eng_backend_t *be)
 
 static pd_status_t cuda_memcpy_d2h(eng_backend_t *be, void *dst, const void *src, size_t n)
 {
-    pd_status_t st = kcuda_memcpy_async(dst, src, n, be->stream);
+    pd_status_t st = refuse_in_capture(be, "memcpy_d2h");
+    if (st != PD_OK)
+        return st;
+    st = kcuda_memcpy_async(dst, src, n, be->stream);
     if (st == PD_OK)
         st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
     if (st == PD_OK)
@@ -188,7 +244,10 @@ static pd_status_t cuda_memset(eng_backend_t *be, void *dst, int value, size_t n
 
 static pd_status_t cuda_synchronize(eng_backend_t *be)
 {
-    pd_status_t st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
+    pd_status_t st = refuse_in_capture(be, "synchronize");
+    if (st != PD_OK)
+        return st;
+    st = kcuda_memcpy_async(be->h_err, be->d_err, sizeof(int), be->stream);
     if (st == PD_OK)
         st = kcuda_stream_sync(be->stream);
     return st == PD_OK ? check_err(be) : st;
@@ -202,6 +261,8 @@ static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need
     pd_status_t st;
     if (need <= *have)
         return PD_OK;
+    if ((st = refuse_in_capture(be, "growing a scratch buffer")) != PD_OK)
+        return st;
     need += need / 4; /* some headroom: shapes grow a little at a time */
     st = kcuda_stream_sync(be->stream); /* the old buffer may still be in use */
     if (st != PD_OK)
@@ -209,6 +270,18 @@ static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need
     st = kcuda_malloc(need, &p);
     if (st != PD_OK)
         return st;
+    if (*buf != NULL && be->n_graphs > 0) {
+        /* a live graph may point into the old buffer: keep it until shutdown */
+        void **r = realloc(be->retired, (be->n_retired + 1) * sizeof(*r));
+        if (r == NULL) {
+            kcuda_free(p);
+            return PD_ERR_NOMEM;
+        }
+        be->retired = r;
+        be->retired[be->n_retired++] = *buf;
+        be->retired_bytes += *have;
+        *buf = NULL;
+    }
     kcuda_free(*buf);
     *buf = p;
     *have = need;
@@ -242,6 +315,8 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
         be->conv = n;
         be->cap_conv = cap;
     }
+    if ((st = refuse_in_capture(be, "a weight's first conversion")) != PD_OK)
+        return st;
     bytes = (size_t)N * (size_t)K * (be->wdtype == KCPU_DTYPE_F32 ? 4 : 2);
     st = kcuda_malloc(bytes, &dst);
     if (st != PD_OK)
@@ -395,12 +470,63 @@ static pd_status_t cuda_argmax(eng_backend_t *be, const float *x, int64_t T, int
     return kcuda_argmax(x, T, n, idx, be->stream);
 }
 
+static bool layout_fp8(const kcpu_kv_layout_t *l)
+{
+    return l->dtype == KCUDA_KV_FP8_E4M3 || l->dtype == KCUDA_KV_FP8_E5M2;
+}
+
+/* --calculate-kv-scales: the scales of `layer` from this batch's K and V (one sync). */
+static pd_status_t calc_scales(eng_backend_t *be, int layer, const int64_t *slots, int64_t T, const float *k,
+                               int64_t k_stride, const float *v, int64_t v_stride, int64_t W)
+{
+    pd_status_t st = refuse_in_capture(be, "calculating fp8 KV scales");
+    if (st == PD_OK)
+        st = kcuda_memset_async(be->d_absmax, 0, 2 * sizeof(float), be->stream);
+    if (st == PD_OK)
+        st = kcuda_absmax_rows(k, T, W, k_stride, slots, be->d_absmax, be->stream);
+    if (st == PD_OK)
+        st = kcuda_absmax_rows(v, T, W, v_stride, slots, be->d_absmax + 1, be->stream);
+    if (st == PD_OK)
+        st = kcuda_memcpy_async(be->h_absmax, be->d_absmax, 2 * sizeof(float), be->stream);
+    if (st == PD_OK)
+        st = kcuda_stream_sync(be->stream);
+    if (st != PD_OK)
+        return st;
+    if (be->h_absmax[0] <= 0.0f || be->h_absmax[1] <= 0.0f)
+        return PD_OK; /* nothing written (padding only) or all zeros: try the next batch */
+    be->k_scale[layer] = be->h_absmax[0] / 200.0f;
+    be->v_scale[layer] = be->h_absmax[1] / 100.0f;
+    be->scale_done[layer] = true;
+    PD_LOG_DEBUG("cuda backend: fp8 KV scales of layer %d: k %.4g, v %.4g", layer, be->k_scale[layer],
+                 be->v_scale[layer]);
+    if (layer == be->n_kv_layers - 1)
+        PD_LOG_INFO("cuda backend: fp8 KV scales calculated from the first batch (last layer: k %.4g, v %.4g)",
+                    be->k_scale[layer], be->v_scale[layer]);
+    return PD_OK;
+}
+
 static pd_status_t cuda_kv_write(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base, int layer,
                                  const int64_t *slot_mapping, int64_t T, const float *k, int64_t k_stride,
                                  const float *v, int64_t v_stride)
 {
-    return kcuda_kv_write(layout, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, be->d_err,
-                          be->stream);
+    float ks = 1.0f, vs = 1.0f;
+    if (layout != NULL && layout_fp8(layout)) {
+        if (be->k_scale == NULL || layer < 0 || layer >= be->n_kv_layers) {
+            PD_LOG_ERR("cuda kv_write: fp8 KV cache without scales for layer %d (eng_backend_cuda_set_kv_scales)",
+                       layer);
+            return PD_ERR_INVAL;
+        }
+        if (!be->scale_done[layer] && T > 0) {
+            pd_status_t st = calc_scales(be, layer, slot_mapping, T, k, k_stride, v, v_stride,
+                                         (int64_t)layout->n_kv_heads * layout->head_dim);
+            if (st != PD_OK)
+                return st;
+        }
+        ks = be->k_scale[layer];
+        vs = be->v_scale[layer];
+    }
+    return kcuda_kv_write_scaled(layout, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, ks, vs,
+                                 be->d_err, be->stream);
 }
 
 static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
@@ -414,10 +540,20 @@ static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_param
     /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
     bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
     size_t need = kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
+    float ks = 1.0f, vs = 1.0f;
     pd_status_t st = grow(be, &be->ws, &be->ws_bytes, need);
     if (st != PD_OK)
         return st;
-    return kcuda_paged_attention(p, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err, be->stream);
+    if (p->layout != NULL && layout_fp8(p->layout)) {
+        if (be->k_scale == NULL || p->layer < 0 || p->layer >= be->n_kv_layers) {
+            PD_LOG_ERR("cuda paged_attention: fp8 KV cache without scales for layer %d", p->layer);
+            return PD_ERR_INVAL;
+        }
+        ks = be->k_scale[p->layer];
+        vs = be->v_scale[p->layer];
+    }
+    return kcuda_paged_attention_scaled(p, ks, vs, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err,
+                                        be->stream);
 }
 
 static const eng_backend_ops_t cuda_ops = {
@@ -474,7 +610,165 @@ pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dt
 
 size_t eng_backend_cuda_private_bytes(eng_backend_t *be)
 {
-    return be->conv_bytes + be->act_bytes + be->ws_bytes;
+    return be->conv_bytes + be->act_bytes + be->ws_bytes + be->retired_bytes;
+}
+
+/* ---- CUDA graphs ---- */
+
+pd_status_t eng_backend_cuda_capture_begin(eng_backend_t *be)
+{
+    pd_status_t st;
+    if (be->capturing) {
+        PD_LOG_ERR("cuda backend: capture_begin inside a capture");
+        return PD_ERR_INVAL;
+    }
+    st = kcuda_capture_begin(be->stream);
+    if (st != PD_OK)
+        return st;
+    be->capturing = true;
+    be->capture_bad = false;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_capture_end(eng_backend_t *be, eng_cuda_graph_t **graph_p)
+{
+    kcuda_graph_t exec = NULL;
+    eng_cuda_graph_t *g;
+    pd_status_t st;
+
+    if (!be->capturing) {
+        PD_LOG_ERR("cuda backend: capture_end without capture_begin");
+        return PD_ERR_INVAL;
+    }
+    be->capturing = false;
+    st = kcuda_capture_end(be->stream, &exec); /* always leaves capture mode */
+    if (st == PD_OK && be->capture_bad) {
+        kcuda_graph_destroy(exec);
+        st = PD_ERR_BUSY;
+    }
+    be->capture_bad = false;
+    if (st != PD_OK)
+        return st;
+    g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        kcuda_graph_destroy(exec);
+        return PD_ERR_NOMEM;
+    }
+    g->exec = exec;
+    be->n_graphs++;
+    *graph_p = g;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_graph_launch(eng_backend_t *be, eng_cuda_graph_t *graph)
+{
+    if (graph == NULL || be->capturing)
+        return PD_ERR_INVAL;
+    return kcuda_graph_launch(graph->exec, be->stream);
+}
+
+void eng_backend_cuda_graph_destroy(eng_backend_t *be, eng_cuda_graph_t *graph)
+{
+    if (graph == NULL)
+        return;
+    kcuda_stream_sync(be->stream); /* a replay may still be running */
+    kcuda_graph_destroy(graph->exec);
+    free(graph);
+    if (be->n_graphs > 0)
+        be->n_graphs--;
+}
+
+pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t attn_ws_bytes)
+{
+    pd_status_t st = PD_OK;
+    if (act_bytes > be->act_bytes)
+        st = grow(be, &be->act, &be->act_bytes, act_bytes);
+    if (st == PD_OK && attn_ws_bytes > be->ws_bytes)
+        st = grow(be, &be->ws, &be->ws_bytes, attn_ws_bytes);
+    return st;
+}
+
+size_t eng_backend_cuda_attn_ws_bytes(eng_backend_t *be, const kcpu_attn_params_t *p)
+{
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    return kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
+}
+
+size_t eng_backend_cuda_retired_bytes(eng_backend_t *be)
+{
+    return be->retired_bytes;
+}
+
+/* ---- fp8 KV cache ---- */
+
+pd_status_t eng_backend_cuda_kv_layout_init(kcpu_kv_layout_t *layout, eng_cuda_kv_t kind, int n_layers,
+                                            int block_size, int n_kv_heads, int head_dim, int64_t n_blocks)
+{
+    kcpu_dtype_t t = kind == ENG_CUDA_KV_FP8_E4M3   ? KCUDA_KV_FP8_E4M3
+                     : kind == ENG_CUDA_KV_FP8_E5M2 ? KCUDA_KV_FP8_E5M2
+                     : kind == ENG_CUDA_KV_F16      ? KCPU_DTYPE_F16
+                                                    : KCPU_DTYPE_F32;
+    return kcuda_kv_layout_init(layout, t, n_layers, block_size, n_kv_heads, head_dim, n_blocks);
+}
+
+bool eng_backend_cuda_kv_is_fp8(const kcpu_kv_layout_t *layout)
+{
+    return layout != NULL && layout_fp8(layout);
+}
+
+pd_status_t eng_backend_cuda_set_kv_scales(eng_backend_t *be, int n_layers, const float *k_scales,
+                                           const float *v_scales, bool calculate)
+{
+    float *k, *v;
+    bool *done;
+    if (n_layers <= 0)
+        return PD_ERR_INVAL;
+    for (int l = 0; l < n_layers; l++)
+        if ((k_scales && !(k_scales[l] > 0.0f && k_scales[l] < 1e30f)) ||
+            (v_scales && !(v_scales[l] > 0.0f && v_scales[l] < 1e30f))) {
+            PD_LOG_ERR("cuda backend: fp8 KV scale of layer %d is not a positive finite number", l);
+            return PD_ERR_INVAL;
+        }
+    if (be->d_absmax == NULL) {
+        pd_status_t st = kcuda_malloc(2 * sizeof(float), (void **)&be->d_absmax);
+        if (st == PD_OK && (st = kcuda_host_alloc(2 * sizeof(float), (void **)&be->h_absmax)) != PD_OK) {
+            kcuda_free(be->d_absmax);
+            be->d_absmax = NULL;
+        }
+        if (st != PD_OK)
+            return st;
+    }
+    k = malloc((size_t)n_layers * sizeof(float));
+    v = malloc((size_t)n_layers * sizeof(float));
+    done = malloc((size_t)n_layers * sizeof(bool));
+    if (k == NULL || v == NULL || done == NULL) {
+        free(k);
+        free(v);
+        free(done);
+        return PD_ERR_NOMEM;
+    }
+    for (int l = 0; l < n_layers; l++) {
+        k[l] = k_scales ? k_scales[l] : 1.0f;
+        v[l] = v_scales ? v_scales[l] : 1.0f;
+        done[l] = !calculate;
+    }
+    free(be->k_scale);
+    free(be->v_scale);
+    free(be->scale_done);
+    be->k_scale = k;
+    be->v_scale = v;
+    be->scale_done = done;
+    be->n_kv_layers = n_layers;
+    return PD_OK;
+}
+
+pd_status_t eng_backend_cuda_get_kv_scale(eng_backend_t *be, int layer, float *k_p, float *v_p)
+{
+    if (be->k_scale == NULL || layer < 0 || layer >= be->n_kv_layers)
+        return PD_ERR_INVAL;
+    *k_p = be->k_scale[layer];
+    *v_p = be->v_scale[layer];
+    return PD_OK;
 }
 
 #else

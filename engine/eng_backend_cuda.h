@@ -13,6 +13,7 @@
 #ifndef ENG_BACKEND_CUDA_H
 #define ENG_BACKEND_CUDA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "eng_backend.h"
@@ -29,5 +30,61 @@ pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dt
 
 /* Bytes of device memory the backend holds itself (converted weights, scratch). */
 size_t eng_backend_cuda_private_bytes(eng_backend_t *be);
+
+/* ---- CUDA graphs (decode steps; driven by eng_forward) ----
+ *
+ * Between capture_begin and capture_end the ops called on the instance are recorded,
+ * not run; capture_end turns them into a graph that graph_launch replays on the
+ * instance's stream (in order with the other ops).  A graph holds the device pointers
+ * and scalars of the ops it recorded, so:
+ *  - the caller re-uses the same buffers for every replay (static inputs, refreshed with
+ *    memcpy_h2d before the launch, outside the graph);
+ *  - the backend never frees scratch a live graph points into: while graphs exist, a
+ *    scratch buffer that has to grow is retired (kept until shutdown), not freed;
+ *  - inside a capture, ops that would synchronise or allocate (memcpy_h2d/d2h,
+ *    synchronize, growing scratch, a weight's first conversion) fail with PD_ERR_BUSY
+ *    (logged once), which ends in capture_end failing: the caller runs one eager step
+ *    first (the warm-up) so that nothing is first-time inside the capture.
+ * capture_end always leaves capture mode; on failure (logged) the caller goes on eagerly. */
+typedef struct eng_cuda_graph eng_cuda_graph_t;
+
+pd_status_t eng_backend_cuda_capture_begin(eng_backend_t *be);
+pd_status_t eng_backend_cuda_capture_end(eng_backend_t *be, eng_cuda_graph_t **graph_p);
+pd_status_t eng_backend_cuda_graph_launch(eng_backend_t *be, eng_cuda_graph_t *graph);
+/* Waits for the stream, then frees the graph.  NULL is a no-op. */
+void eng_backend_cuda_graph_destroy(eng_backend_t *be, eng_cuda_graph_t *graph);
+
+/* Grow the scratch buffers now to at least `act_bytes` (bf16/f16 copy of GEMM inputs)
+ * and `attn_ws_bytes` (attention split-K workspace), so that captured graphs and later
+ * steps share them instead of retiring smaller ones. */
+pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t attn_ws_bytes);
+/* The attention workspace a call with these parameters needs on this instance. */
+size_t eng_backend_cuda_attn_ws_bytes(eng_backend_t *be, const kcpu_attn_params_t *p);
+/* Device memory held by retired scratch buffers (kept alive for graphs). */
+size_t eng_backend_cuda_retired_bytes(eng_backend_t *be);
+
+/* ---- KV cache element types (fp8 with per-layer scales) ----
+ *
+ * An fp8 cache stores K / k_scale and V / v_scale per layer (saturated); kv_write and
+ * paged_attention take the scales from the instance, so set them before the first
+ * forward.  The CPU backend has no fp8 cache. */
+typedef enum eng_cuda_kv {
+    ENG_CUDA_KV_F32 = 0,
+    ENG_CUDA_KV_F16,
+    ENG_CUDA_KV_FP8_E4M3,
+    ENG_CUDA_KV_FP8_E5M2,
+} eng_cuda_kv_t;
+
+/* kcpu_kv_layout_init for the kinds above (fp8: one byte an element, same strides). */
+pd_status_t eng_backend_cuda_kv_layout_init(kcpu_kv_layout_t *layout, eng_cuda_kv_t kind, int n_layers,
+                                            int block_size, int n_kv_heads, int head_dim, int64_t n_blocks);
+bool eng_backend_cuda_kv_is_fp8(const kcpu_kv_layout_t *layout);
+/* Scales of the n_layers layers: k_scales / v_scales (NULL: 1.0 each); calculate: replace
+ * each layer's pair from the first batch that writes it (max|k| / 200, max|v| / 100,
+ * vLLM's --calculate-kv-scales), fixed after that.  PD_ERR_INVAL for non-positive ones. */
+pd_status_t eng_backend_cuda_set_kv_scales(eng_backend_t *be, int n_layers, const float *k_scales,
+                                           const float *v_scales, bool calculate);
+/* The current scales of one layer. */
+pd_status_t eng_backend_cuda_get_kv_scale(eng_backend_t *be, int layer, float *k_p, float *v_p);
 
 #endif /* ENG_BACKEND_CUDA_H */

@@ -144,6 +144,8 @@ void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
     cfg->enable_chunked_prefill = true;
     cfg->enable_prefix_caching = true;
     cfg->max_logprobs = 20;
+    cfg->cuda_graph_max_bs = 512;
+    cfg->max_seq_len_to_capture = 8192;
 }
 
 static void kv_lease(eng_engine_t *e, ereq_t *er);
@@ -1164,6 +1166,10 @@ static int64_t kv_blocks_for_budget(eng_engine_t *e, size_t block_bytes)
             double T = (double)e->cfg.max_num_batched_tokens;
             double work = T * 4.0 * (4.0 * c->hidden + 3.0 * c->intermediate + 2.0 * c->n_heads * c->head_dim) +
                           (double)e->cfg.max_num_seqs * 4.0 * (double)c->vocab_size * 2.0;
+            /* decode CUDA graphs: their objects and the scratch of the largest capture size */
+            work += (double)eng_forward_graph_reserve_bytes(c, e->cfg.cuda_graph_max_bs < e->cfg.max_num_seqs
+                                                                   ? e->cfg.cuda_graph_max_bs
+                                                                   : e->cfg.max_num_seqs);
             double avail = util * (double)total_b - used - weights - work - (double)(512u << 20);
             budget = avail > 0 ? (uint64_t)avail : 0;
             PD_LOG_INFO("engine: GPU %.1f GiB total, %.1f GiB used, weights %.1f GiB, workspace %.1f GiB: "
@@ -1181,7 +1187,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     eng_engine_t *e = calloc(1, sizeof(*e));
     eng_backend_opts_t bo = {0};
     eng_sched_cfg_t sc;
-    eng_forward_opts_t fo;
+    eng_forward_opts_t fo = {0};
     size_t block_bytes;
     int64_t n_blocks, V;
     pd_status_t st;
@@ -1225,7 +1231,19 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     bo.mm_mode = cfg->exact_matmul ? KCPU_MM_EXACT : KCPU_MM_FAST;
     TRY(init_backend(e, &bo));
 
-    block_bytes = eng_forward_block_bytes(e->mc, cfg->block_size);
+    if (eng_kv_dtype_parse(cfg->kv_cache_dtype, &fo.kv_dtype) != PD_OK) {
+        PD_LOG_ERR("engine: --kv-cache-dtype %s is not one of auto, fp8, fp8_e4m3, fp8_e5m2", cfg->kv_cache_dtype);
+        st = PD_ERR_INVAL;
+        goto err;
+    }
+    if (fo.kv_dtype != ENG_KV_AUTO && strcmp(e->ops->name, "cuda") != 0) {
+        PD_LOG_ERR("engine: --kv-cache-dtype %s is not supported yet on the %s backend (CUDA only)",
+                   cfg->kv_cache_dtype, e->ops->name);
+        st = PD_ERR_UNSUPPORTED;
+        goto err;
+    }
+    fo.calculate_kv_scales = cfg->calculate_kv_scales;
+    block_bytes = eng_forward_block_bytes_dtype(e->mc, cfg->block_size, fo.kv_dtype);
     n_blocks = cfg->num_blocks > 0 ? cfg->num_blocks : kv_blocks_for_budget(e, block_bytes);
     e->max_blocks_per_seq = (int)((e->max_model_len + cfg->block_size - 1) / cfg->block_size);
     if (n_blocks < e->max_blocks_per_seq) {
@@ -1263,6 +1281,8 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     fo.max_tokens = sc.max_num_batched_tokens;
     fo.max_seqs = sc.max_num_seqs;
     fo.max_blocks_per_seq = e->max_blocks_per_seq;
+    fo.graph_max_bs = cfg->cuda_graph_max_bs;
+    fo.graph_max_ctx = cfg->max_seq_len_to_capture;
     TRY(eng_forward_create(e->model, e->ops, e->be, &fo, &e->fw));
     TRY(eng_sampler_create((int)V, &e->sampler));
 
@@ -1415,7 +1435,7 @@ void eng_engine_kv_region(const eng_engine_t *e, eng_kv_region_t *r)
     r->n_blocks = eng_forward_kv_n_blocks(e->fw);
     r->block_bytes = eng_forward_kv_block_bytes(e->fw);
     r->device = strcmp(e->ops->name, "cpu") != 0;
-    r->dtype = l && l->dtype == KCPU_DTYPE_F16 ? "f16" : "f32";
+    r->dtype = l ? eng_forward_kv_dtype_name(e->fw) : "f32";
     r->block_size = e->cfg.block_size;
     r->n_layers = e->mc->n_layers;
     r->n_kv_heads = e->mc->n_kv_heads;

@@ -46,6 +46,11 @@ typedef struct eng_engine_cfg {
     double scheduler_delay_factor;
     uint64_t seed;                 /* --seed: RNG of requests without their own seed */
     int max_logprobs;              /* --max-logprobs */
+    int cuda_graph_max_bs;         /* CUDA graphs for decode batches up to this size (512); 0 = eager
+                                    * (--enforce-eager, -O0) */
+    int max_seq_len_to_capture;    /* longer contexts run eagerly (8192) */
+    const char *kv_cache_dtype;    /* NULL/"auto" (f32), "fp8", "fp8_e4m3", "fp8_e5m2" (CUDA only) */
+    bool calculate_kv_scales;      /* fp8: per-layer scales from the first batch */
     bool skip_tokenizer_init;
     const char *chat_template;     /* override of the model's template (text), or NULL */
     const char *tokenizer_override;/* --tokenizer: directory with tokenizer.json, or NULL */

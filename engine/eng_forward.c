@@ -11,6 +11,15 @@
  *     every linear; relu MLP (fc1, fc2); final layernorm; tied lm_head.
  * Residual adds are fused into the next norm (add_rmsnorm / add_layernorm), and the
  * final norm and lm_head run only on the rows whose logits are wanted.
+ *
+ * A step is three phases: upload (host metadata -> the fixed backend buffers d_*),
+ * body (every op from the embedding to the logits, reading only fixed buffers), and the
+ * logits copy-back.  On the CUDA backend the body of a decode step is what a CUDA graph
+ * records: it depends on the batch only through its size (scalars T, n_seqs), never
+ * through host data, so one graph per padded batch size replays any decode step of that
+ * size after the upload refreshed the fixed buffers.  Padding rows are sequences of
+ * their own (token 0, position 0, context 1, block table of zeros) whose KV write is
+ * skipped (slot -1) and whose logits are never copied back.
  */
 #include "eng_forward.h"
 
@@ -21,6 +30,12 @@
 
 #include "pd_log.h"
 #include "pd_util.h"
+#ifdef PD_HAVE_CUDA
+#include "eng_backend_cuda.h"
+#endif
+
+#define GRAPH_MAX_SIZES 70 /* 1, 2, 4, then 8..512 by 8 */
+#define GRAPH_BS_LIMIT 512
 
 typedef struct mat {
     const void *w;        /* backend pointer */
@@ -78,6 +93,16 @@ struct eng_forward {
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
     int64_t *d_slots;
     int32_t *h_pos2;          /* host scratch for OPT position ids */
+
+    /* CUDA graphs of decode steps, one per capture size (graph_max_bs > 0 on CUDA) */
+    int graph_max_bs, graph_max_ctx;
+    int n_sizes;
+    int sizes[GRAPH_MAX_SIZES];
+    void *graphs[GRAPH_MAX_SIZES];  /* eng_cuda_graph_t *, NULL until captured */
+    bool failed[GRAPH_MAX_SIZES];   /* capture failed: that size stays eager */
+    int32_t *p_tokens, *p_pos, *p_seq, *p_tables, *p_ctx; /* host: padded batch */
+    int64_t *p_slots;
+    uint64_t graph_steps, eager_steps;
 };
 
 #define CK(expr)                                  \
@@ -397,6 +422,118 @@ static pd_status_t alloc_f32(eng_forward_t *fw, int64_t rows, int64_t cols, floa
     return dev_alloc(fw, bytes, (void **)p);
 }
 
+/* Capture sizes, padded-batch host scratch and backend scratch for the decode graphs. */
+static pd_status_t graph_setup(eng_forward_t *fw)
+{
+    const eng_model_config_t *c = fw->cfg;
+    const eng_forward_opts_t *o = &fw->opts;
+    int cap = o->graph_max_bs;
+    size_t maxk, ws = 0;
+
+    if (cap > o->max_seqs)
+        cap = o->max_seqs;
+    if (cap > o->max_tokens)
+        cap = o->max_tokens;
+    if (cap > GRAPH_BS_LIMIT)
+        cap = GRAPH_BS_LIMIT;
+    for (int s = 1; s <= cap && fw->n_sizes < GRAPH_MAX_SIZES; s = s < 8 ? s * 2 : s + 8)
+        fw->sizes[fw->n_sizes++] = s;
+    if (fw->sizes[fw->n_sizes - 1] < cap)
+        fw->sizes[fw->n_sizes++] = cap;
+    fw->graph_max_bs = cap;
+    fw->graph_max_ctx = o->graph_max_ctx > 0 ? o->graph_max_ctx : o->max_blocks_per_seq * o->block_size;
+    CK(host_owned(fw, (size_t)cap * sizeof(int32_t), (void **)&fw->p_tokens));
+    CK(host_owned(fw, (size_t)cap * sizeof(int32_t), (void **)&fw->p_pos));
+    CK(host_owned(fw, (size_t)cap * sizeof(int32_t), (void **)&fw->p_seq));
+    CK(host_owned(fw, (size_t)cap * sizeof(int32_t), (void **)&fw->p_ctx));
+    CK(host_owned(fw, (size_t)cap * sizeof(int64_t), (void **)&fw->p_slots));
+    CK(host_owned(fw, (size_t)cap * (size_t)o->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->p_tables));
+#ifdef PD_HAVE_CUDA
+    /* scratch for the largest size now, so graphs and later steps share it */
+    maxk = (size_t)c->hidden;
+    if ((size_t)c->intermediate > maxk)
+        maxk = (size_t)c->intermediate;
+    if ((size_t)c->n_heads * (size_t)c->head_dim > maxk)
+        maxk = (size_t)c->n_heads * (size_t)c->head_dim;
+    for (int i = 0; i < fw->n_sizes; i++) {
+        kcpu_attn_params_t ap;
+        size_t need;
+        memset(&ap, 0, sizeof(ap));
+        ap.n_tokens = fw->sizes[i];
+        ap.n_seqs = fw->sizes[i];
+        ap.n_heads = c->n_heads;
+        ap.n_kv_heads = c->n_kv_heads;
+        ap.head_dim = c->head_dim;
+        ap.max_blocks_per_seq = o->max_blocks_per_seq;
+        ap.layout = &fw->kv;
+        need = eng_backend_cuda_attn_ws_bytes(fw->be, &ap);
+        if (need > ws)
+            ws = need;
+    }
+    CK(eng_backend_cuda_reserve(fw->be, (size_t)cap * maxk * 2, ws));
+#else
+    (void)c;
+    (void)maxk;
+    (void)ws;
+#endif
+    PD_LOG_INFO("forward: CUDA graphs for decode batches of up to %d sequences (%d capture sizes, captured at first "
+                "use), contexts up to %d tokens",
+                cap, fw->n_sizes, fw->graph_max_ctx);
+    return PD_OK;
+}
+
+pd_status_t eng_kv_dtype_parse(const char *s, eng_kv_dtype_t *dt_p)
+{
+    if (s == NULL || strcmp(s, "auto") == 0)
+        *dt_p = ENG_KV_AUTO;
+    else if (strcmp(s, "fp8") == 0 || strcmp(s, "fp8_e4m3") == 0)
+        *dt_p = ENG_KV_FP8_E4M3;
+    else if (strcmp(s, "fp8_e5m2") == 0)
+        *dt_p = ENG_KV_FP8_E5M2;
+    else
+        return PD_ERR_INVAL;
+    return PD_OK;
+}
+
+size_t eng_forward_block_bytes_dtype(const eng_model_config_t *cfg, int block_size, eng_kv_dtype_t kv_dtype)
+{
+    size_t b = eng_forward_block_bytes(cfg, block_size);
+    return kv_dtype == ENG_KV_AUTO ? b : b / sizeof(float);
+}
+
+const char *eng_forward_kv_dtype_name(const eng_forward_t *fw)
+{
+    switch (fw->opts.kv_dtype) {
+    case ENG_KV_FP8_E4M3: return "fp8_e4m3";
+    case ENG_KV_FP8_E5M2: return "fp8_e5m2";
+    default: return fw->kv.dtype == KCPU_DTYPE_F16 ? "f16" : "f32";
+    }
+}
+
+/* The KV layout: f32 (kcpu), or fp8 with per-layer scales on the CUDA backend. */
+static pd_status_t kv_layout(eng_forward_t *fw)
+{
+    const eng_model_config_t *c = fw->cfg;
+    const eng_forward_opts_t *o = &fw->opts;
+    if (o->kv_dtype == ENG_KV_AUTO)
+        return kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, o->block_size, c->n_kv_heads, c->head_dim,
+                                   o->n_blocks);
+#ifdef PD_HAVE_CUDA
+    if (strcmp(fw->ops->name, "cuda") == 0) {
+        CK(eng_backend_cuda_kv_layout_init(&fw->kv,
+                                           o->kv_dtype == ENG_KV_FP8_E5M2 ? ENG_CUDA_KV_FP8_E5M2 : ENG_CUDA_KV_FP8_E4M3,
+                                           c->n_layers, o->block_size, c->n_kv_heads, c->head_dim, o->n_blocks));
+        CK(eng_backend_cuda_set_kv_scales(fw->be, c->n_layers, NULL, NULL, o->calculate_kv_scales));
+        PD_LOG_INFO("forward: fp8 (%s) KV cache, per-layer scales %s",
+                    o->kv_dtype == ENG_KV_FP8_E5M2 ? "e5m2" : "e4m3",
+                    o->calculate_kv_scales ? "from the first batch" : "1.0");
+        return PD_OK;
+    }
+#endif
+    PD_LOG_ERR("forward: --kv-cache-dtype fp8 is not supported yet on the %s backend (CUDA only)", fw->ops->name);
+    return PD_ERR_UNSUPPORTED;
+}
+
 size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size)
 {
     return (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
@@ -434,10 +571,9 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
         if (st != PD_OK)     \
             goto err;        \
     } while (0)
+    TRY(kv_layout(fw)); /* first: an fp8 cache on the CPU backend fails before the upload */
     TRY(prep_weights(fw));
     TRY(prep_rope(fw));
-    TRY(kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, opts->block_size, c->n_kv_heads,
-                            c->head_dim, opts->n_blocks));
     TRY(pd_mul_size(fw->kv.block_bytes, (size_t)opts->n_blocks, &kv_bytes));
     TRY(dev_alloc(fw, kv_bytes, &fw->kv_base));
     TRY(alloc_f32(fw, T, c->hidden, &fw->x));
@@ -463,6 +599,11 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
     TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
+    if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0 && graph_setup(fw) != PD_OK) {
+        /* graphs are an optimisation: without their scratch every step runs eagerly */
+        PD_LOG_WARN("forward: cannot set up CUDA graphs (scratch allocation failed); every step runs eagerly");
+        fw->n_sizes = 0;
+    }
 #undef TRY
     PD_LOG_INFO("forward: %s on %s, %d layers, KV cache %lld blocks x %d tokens (%.1f MiB), workspace for %lld tokens",
                 eng_arch_name(c->arch), ops->name, c->n_layers, (long long)opts->n_blocks, opts->block_size,
@@ -478,6 +619,17 @@ void eng_forward_destroy(eng_forward_t *fw)
 {
     if (fw == NULL)
         return;
+#ifdef PD_HAVE_CUDA
+    if (fw->n_sizes > 0) {
+        eng_forward_graph_stats_t gs;
+        eng_forward_graph_stats(fw, &gs);
+        PD_LOG_INFO("forward: %llu steps replayed from CUDA graphs, %llu eager; %d of %d sizes captured, %d failed",
+                    (unsigned long long)gs.graph_steps, (unsigned long long)gs.eager_steps, gs.n_captured, gs.n_sizes,
+                    gs.n_failed);
+    }
+    for (int i = 0; i < fw->n_sizes; i++) /* before the buffers they point into */
+        eng_backend_cuda_graph_destroy(fw->be, fw->graphs[i]);
+#endif
     for (size_t i = 0; i < fw->n_owned; i++) {
         free(fw->owned[i].host);
         if (fw->owned[i].dev)
@@ -511,39 +663,45 @@ static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, co
     return fw->ops->rmsnorm(fw->be, residual, w, out, T, c->hidden, eps);
 }
 
-pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
+/* Host metadata -> the fixed backend buffers (never inside a graph). */
+static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_t *positions, const int32_t *tok_seq,
+                          const int64_t *slots, int64_t T, const int32_t *tables, const int32_t *ctx, int n_seqs)
+{
+    const eng_backend_ops_t *ops = fw->ops;
+    eng_backend_t *be = fw->be;
+    const int MB = fw->opts.max_blocks_per_seq;
+
+    CK(ops->memcpy_h2d(be, fw->d_tokens, tokens, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_pos, positions, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_seq, tok_seq, (size_t)T * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_slots, slots, (size_t)T * sizeof(int64_t)));
+    CK(ops->memcpy_h2d(be, fw->d_tables, tables, (size_t)n_seqs * MB * sizeof(int32_t)));
+    CK(ops->memcpy_h2d(be, fw->d_ctx, ctx, (size_t)n_seqs * sizeof(int32_t)));
+    if (fw->cfg->arch == ENG_ARCH_OPT) {
+        for (int64_t t = 0; t < T; t++)
+            fw->h_pos2[t] = positions[t] + fw->cfg->pos_embd_offset;
+        CK(ops->memcpy_h2d(be, fw->d_pos2, fw->h_pos2, (size_t)T * sizeof(int32_t)));
+    }
+    return PD_OK;
+}
+
+/* Every op from the embedding to fw->logits, reading only the fixed buffers.
+ * logit_rows (host) NULL means rows 0 .. n_logits-1 of x, in order (decode): the
+ * final norm then reads x directly and the body depends on nothing but T, n_seqs and
+ * n_logits (what a CUDA graph needs). */
+static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows)
 {
     const eng_model_config_t *c = fw->cfg;
     const eng_backend_ops_t *ops = fw->ops;
     eng_backend_t *be = fw->be;
-    const int64_t T = b->n_tokens, D = c->hidden, I = c->intermediate, V = c->vocab_size;
+    const int64_t D = c->hidden, I = c->intermediate, V = c->vocab_size;
     const int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
     const int MB = fw->opts.max_blocks_per_seq;
     kcpu_attn_params_t ap;
 
-    if (T < 1 || T > fw->opts.max_tokens || b->n_seqs < 1 || b->n_seqs > fw->opts.max_seqs ||
-        b->n_logits < 0 || b->n_logits > fw->opts.max_seqs) {
-        PD_LOG_ERR("forward: batch of %lld tokens / %d seqs / %d logits exceeds %d / %d", (long long)T,
-                   b->n_seqs, b->n_logits, fw->opts.max_tokens, fw->opts.max_seqs);
-        return PD_ERR_INVAL;
-    }
-    for (int i = 0; i < b->n_logits; i++)
-        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T)
-            return PD_ERR_INVAL;
-
-    CK(ops->memcpy_h2d(be, fw->d_tokens, b->tokens, (size_t)T * sizeof(int32_t)));
-    CK(ops->memcpy_h2d(be, fw->d_pos, b->positions, (size_t)T * sizeof(int32_t)));
-    CK(ops->memcpy_h2d(be, fw->d_seq, b->tok_seq, (size_t)T * sizeof(int32_t)));
-    CK(ops->memcpy_h2d(be, fw->d_slots, b->slots, (size_t)T * sizeof(int64_t)));
-    CK(ops->memcpy_h2d(be, fw->d_tables, b->block_tables, (size_t)b->n_seqs * MB * sizeof(int32_t)));
-    CK(ops->memcpy_h2d(be, fw->d_ctx, b->context_lens, (size_t)b->n_seqs * sizeof(int32_t)));
-
     /* embeddings */
     CK(ops->embedding(be, fw->embed, fw->embed_type, V, D, fw->d_tokens, T, fw->x));
     if (c->arch == ENG_ARCH_OPT) {
-        for (int64_t t = 0; t < T; t++)
-            fw->h_pos2[t] = b->positions[t] + c->pos_embd_offset;
-        CK(ops->memcpy_h2d(be, fw->d_pos2, fw->h_pos2, (size_t)T * sizeof(int32_t)));
         CK(ops->embedding(be, fw->pos_embed, fw->pos_embed_type, fw->pos_embed_rows, D, fw->d_pos2, T, fw->h));
         CK(ops->add(be, fw->x, fw->h, fw->x, T * D));
     }
@@ -556,7 +714,7 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     ap.out_stride = QW;
     ap.tok_seq = fw->d_seq;
     ap.tok_pos = fw->d_pos;
-    ap.n_seqs = b->n_seqs;
+    ap.n_seqs = n_seqs;
     ap.block_tables = fw->d_tables;
     ap.max_blocks_per_seq = MB;
     ap.context_lens = fw->d_ctx;
@@ -628,15 +786,211 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
         }
         CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
     }
-    if (b->n_logits == 0)
+    if (n_logits == 0)
         return PD_OK;
     /* x += last MLP output, then final norm + lm_head on the wanted rows only */
     CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
-    for (int i = 0; i < b->n_logits; i++)
-        CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)b->logit_rows[i] * D, (size_t)D * sizeof(float)));
-    CK(norm(fw, fw->g, NULL, fw->out_norm, fw->out_norm_b, fw->gn, b->n_logits));
-    CK(matmul(fw, fw->gn, b->n_logits, &fw->lm_head, NULL, fw->logits));
-    return ops->memcpy_d2h(be, logits, fw->logits, (size_t)b->n_logits * V * sizeof(float));
+    float *src = fw->x; /* identity rows: the norm reads x itself (it leaves x as it is) */
+    if (logit_rows != NULL) {
+        src = fw->g;
+        for (int i = 0; i < n_logits; i++)
+            CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)logit_rows[i] * D, (size_t)D * sizeof(float)));
+    }
+    CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
+    (void)V;
+    return matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits);
+}
+
+
+/* ---- CUDA graphs of decode steps ---- */
+
+/* Index of the capture size for this batch, or -1 when it runs eagerly. */
+static int graph_size_index(const eng_forward_t *fw, const eng_fwd_batch_t *b)
+{
+    const int n = b->n_seqs;
+    int lo = 0, hi;
+    if (fw->n_sizes == 0 || n > fw->graph_max_bs || b->n_tokens != n || b->n_logits != n)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (b->tok_seq[i] != i || b->logit_rows[i] != i || b->context_lens[i] > fw->graph_max_ctx)
+            return -1;
+    hi = fw->n_sizes - 1; /* the smallest size >= n (sizes ascend; the last is graph_max_bs) */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (fw->sizes[mid] >= n)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return fw->failed[lo] ? -1 : lo;
+}
+
+#ifdef PD_HAVE_CUDA
+/* The decode batch padded to `bs` rows into the host scratch, then uploaded. */
+static pd_status_t upload_padded(eng_forward_t *fw, const eng_fwd_batch_t *b, int bs)
+{
+    const int n = b->n_seqs, MB = fw->opts.max_blocks_per_seq;
+    memcpy(fw->p_tokens, b->tokens, (size_t)n * sizeof(int32_t));
+    memcpy(fw->p_pos, b->positions, (size_t)n * sizeof(int32_t));
+    memcpy(fw->p_slots, b->slots, (size_t)n * sizeof(int64_t));
+    memcpy(fw->p_tables, b->block_tables, (size_t)n * MB * sizeof(int32_t));
+    memcpy(fw->p_ctx, b->context_lens, (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < bs; i++)
+        fw->p_seq[i] = i;
+    for (int i = n; i < bs; i++) { /* a one-token sequence of its own, writing nothing */
+        fw->p_tokens[i] = 0;
+        fw->p_pos[i] = 0;
+        fw->p_slots[i] = -1;
+        fw->p_ctx[i] = 1;
+    }
+    memset(fw->p_tables + (size_t)n * MB, 0, (size_t)(bs - n) * MB * sizeof(int32_t));
+    return upload(fw, fw->p_tokens, fw->p_pos, fw->p_seq, fw->p_slots, bs, fw->p_tables, fw->p_ctx, bs);
+}
+
+/* A new graph replays the step its warm-up just ran (the same inputs, and its KV writes
+ * put the same values in the same slots), so its logits must equal the warm-up's: a
+ * graph that recorded a stale pointer or parameter is caught here, once per size, and
+ * that size stays eager.  PD_OK when they agree within 1e-3 of the largest logit. */
+static pd_status_t graph_selfcheck(eng_forward_t *fw, eng_cuda_graph_t *g, const float *want, size_t out_bytes,
+                                   int bs)
+{
+    float *got = malloc(out_bytes);
+    size_t n = out_bytes / sizeof(float), bad_i = 0;
+    double mx = 1.0, worst = 0.0;
+    pd_status_t st;
+
+    if (got == NULL)
+        return PD_ERR_NOMEM;
+    st = eng_backend_cuda_graph_launch(fw->be, g);
+    if (st == PD_OK)
+        st = fw->ops->memcpy_d2h(fw->be, got, fw->logits, out_bytes);
+    if (st == PD_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (fabsf(want[i]) > mx)
+                mx = fabsf(want[i]);
+        for (size_t i = 0; i < n; i++) {
+            double e = fabs((double)got[i] - (double)want[i]);
+            if (!(e <= worst)) { /* NaN in got lands here too */
+                worst = isnan(e) ? INFINITY : e;
+                bad_i = i;
+            }
+        }
+        if (!(worst <= 1e-3 * mx)) {
+            PD_LOG_ERR("forward: the CUDA graph of decode batch size %d gives other logits than the eager step "
+                       "(element %zu: %g against %g); that size runs eagerly",
+                       bs, bad_i, got[bad_i], want[bad_i]);
+            st = PD_ERR_INTERNAL;
+        }
+    }
+    free(got);
+    return st;
+}
+
+static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, float *logits)
+{
+    const int bs = fw->sizes[idx];
+    const size_t out_bytes = (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float);
+    eng_cuda_graph_t *g = fw->graphs[idx];
+    pd_status_t st;
+
+    CK(upload_padded(fw, b, bs));
+    if (g != NULL) {
+        CK(eng_backend_cuda_graph_launch(fw->be, g));
+        fw->graph_steps++;
+        return fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes);
+    }
+    /* first step of this size: run it eagerly (the warm-up: scratch grown, weights
+     * converted, kernels loaded), then record the same body; recording runs nothing */
+    CK(body(fw, bs, bs, bs, NULL));
+    CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes));
+    fw->eager_steps++;
+    st = eng_backend_cuda_capture_begin(fw->be);
+    if (st == PD_OK) {
+        pd_status_t body_st = body(fw, bs, bs, bs, NULL);
+        st = eng_backend_cuda_capture_end(fw->be, (eng_cuda_graph_t **)&fw->graphs[idx]);
+        if (st == PD_OK && body_st != PD_OK)
+            st = body_st;
+        if (st == PD_OK && fw->graphs[idx] != NULL)
+            st = graph_selfcheck(fw, fw->graphs[idx], logits, out_bytes, bs);
+        if (st != PD_OK && fw->graphs[idx] != NULL) {
+            eng_backend_cuda_graph_destroy(fw->be, fw->graphs[idx]);
+            fw->graphs[idx] = NULL;
+        }
+    }
+    if (st != PD_OK) {
+        /* the step itself is done (eagerly); only the graph is lost */
+        PD_LOG_WARN("forward: CUDA graph capture for decode batch size %d failed (%s); that size runs eagerly", bs,
+                    pd_status_str(st));
+        fw->failed[idx] = true;
+        return PD_OK;
+    }
+    PD_LOG_DEBUG("forward: captured the CUDA graph of decode batch size %d", bs);
+    return PD_OK;
+}
+#endif
+
+pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
+{
+    const int64_t T = b->n_tokens;
+    bool identity;
+    int idx;
+
+    if (T < 1 || T > fw->opts.max_tokens || b->n_seqs < 1 || b->n_seqs > fw->opts.max_seqs ||
+        b->n_logits < 0 || b->n_logits > fw->opts.max_seqs) {
+        PD_LOG_ERR("forward: batch of %lld tokens / %d seqs / %d logits exceeds %d / %d", (long long)T,
+                   b->n_seqs, b->n_logits, fw->opts.max_tokens, fw->opts.max_seqs);
+        return PD_ERR_INVAL;
+    }
+    identity = true;
+    for (int i = 0; i < b->n_logits; i++) {
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T)
+            return PD_ERR_INVAL;
+        identity &= b->logit_rows[i] == i;
+    }
+    idx = graph_size_index(fw, b);
+#ifdef PD_HAVE_CUDA
+    if (idx >= 0)
+        return run_graph(fw, b, idx, logits);
+#else
+    (void)idx;
+#endif
+    CK(upload(fw, b->tokens, b->positions, b->tok_seq, b->slots, T, b->block_tables, b->context_lens, b->n_seqs));
+    CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows));
+    fw->eager_steps++;
+    if (b->n_logits == 0)
+        return PD_OK;
+    return fw->ops->memcpy_d2h(fw->be, logits, fw->logits,
+                               (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float));
+}
+
+void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p)
+{
+    eng_forward_graph_stats_t s = {0};
+    s.n_sizes = fw->n_sizes;
+    for (int i = 0; i < fw->n_sizes; i++) {
+        s.n_captured += fw->graphs[i] != NULL;
+        s.n_failed += fw->failed[i];
+    }
+    s.graph_steps = fw->graph_steps;
+    s.eager_steps = fw->eager_steps;
+    *stats_p = s;
+}
+
+size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_max_bs)
+{
+    size_t n_sizes, per_graph, scratch, maxk;
+    if (graph_max_bs <= 0)
+        return 0;
+    if (graph_max_bs > GRAPH_BS_LIMIT)
+        graph_max_bs = GRAPH_BS_LIMIT;
+    n_sizes = graph_max_bs <= 4 ? 3 : 3 + (size_t)graph_max_bs / 8;
+    /* about 20 nodes a layer, a few KiB of parameters and bookkeeping each */
+    per_graph = ((size_t)cfg->n_layers * 20 + 16) * 4096;
+    maxk = (size_t)cfg->intermediate;
+    if ((size_t)cfg->hidden > maxk)
+        maxk = (size_t)cfg->hidden;
+    scratch = (size_t)graph_max_bs * maxk * 2 * 2; /* bf16 GEMM input, and one retired copy */
+    return n_sizes * per_graph + scratch + ((size_t)32 << 20);
 }
 
 pd_status_t eng_forward_copy_blocks(eng_forward_t *fw, const int32_t *src, const int32_t *dst, int n)

@@ -21,12 +21,34 @@
 
 typedef struct eng_forward eng_forward_t;
 
+/* Element type of the KV cache (--kv-cache-dtype).  fp8 only on the CUDA backend (per-
+ * layer scales, docs/cuda.md); eng_forward_create refuses it elsewhere. */
+typedef enum eng_kv_dtype {
+    ENG_KV_AUTO = 0,   /* f32 */
+    ENG_KV_FP8_E4M3,   /* "fp8", "fp8_e4m3" */
+    ENG_KV_FP8_E5M2,   /* "fp8_e5m2" */
+} eng_kv_dtype_t;
+
+/* "auto", "fp8", "fp8_e4m3", "fp8_e5m2" (NULL = auto); PD_ERR_INVAL otherwise. */
+pd_status_t eng_kv_dtype_parse(const char *s, eng_kv_dtype_t *dt_p);
+
 typedef struct eng_forward_opts {
     int block_size;        /* tokens per KV block */
     int64_t n_blocks;      /* KV blocks to allocate */
     int max_tokens;        /* tokens per forward at most (the scheduler's budget) */
     int max_seqs;          /* sequences per forward at most */
     int max_blocks_per_seq;/* ceil(max_model_len / block_size) */
+    /* CUDA graphs for decode steps (CUDA backend only, ignored elsewhere; zero = off):
+     * a batch of n <= graph_max_bs sequences with one token each (logits for each, in
+     * order) whose contexts are all <= graph_max_ctx is padded to the next capture size
+     * (1, 2, 4, 8, 16, 24, ... multiples of 8, capped by max_seqs and max_tokens) and
+     * replayed from a graph captured at its first occurrence (after one eager warm-up
+     * step of that size).  graph_max_bs is clamped to min(max_seqs, max_tokens, 512);
+     * graph_max_ctx <= 0 means max_blocks_per_seq * block_size. */
+    int graph_max_bs;      /* 0: every step eager (--enforce-eager, -O0) */
+    int graph_max_ctx;     /* --max-seq-len-to-capture */
+    eng_kv_dtype_t kv_dtype;  /* ENG_KV_AUTO (0): f32 */
+    bool calculate_kv_scales; /* fp8: scales from the first batch (else 1.0) */
 } eng_forward_opts_t;
 
 /* One forward.  All arrays are host memory; the forward copies them to the backend. */
@@ -67,7 +89,28 @@ size_t eng_forward_kv_block_bytes(const eng_forward_t *fw);
 int64_t eng_forward_kv_n_blocks(const eng_forward_t *fw);
 const kcpu_kv_layout_t *eng_forward_kv_layout(const eng_forward_t *fw);
 
+/* What the decode graphs did so far (all zero on the CPU backend or with graphs off). */
+typedef struct eng_forward_graph_stats {
+    int n_sizes;             /* capture sizes in use (0 when graphs are off) */
+    int n_captured;          /* graphs captured and live */
+    int n_failed;            /* capture sizes whose capture failed (they run eagerly) */
+    uint64_t graph_steps;    /* forwards replayed from a graph */
+    uint64_t eager_steps;    /* forwards run op by op (prefill, long contexts, warm-ups) */
+} eng_forward_graph_stats_t;
+
+void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p);
+
+/* Device memory the decode graphs of a model may need beyond the forward's workspace
+ * (graph objects and their kernel parameters, scratch for the largest capture size),
+ * for the KV sizing: an estimate, 0 when graph_max_bs is 0. */
+size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_max_bs);
+
 /* Bytes of KV one block takes for this model (F32 cache), for sizing before create. */
 size_t eng_forward_block_bytes(const eng_model_config_t *cfg, int block_size);
+/* The same for a cache of kv_dtype (fp8: a quarter). */
+size_t eng_forward_block_bytes_dtype(const eng_model_config_t *cfg, int block_size, eng_kv_dtype_t kv_dtype);
+/* "f32", "f16", "fp8_e4m3" or "fp8_e5m2": the cache's element type (KV transfer peers
+ * must agree on it). */
+const char *eng_forward_kv_dtype_name(const eng_forward_t *fw);
 
 #endif /* ENG_FORWARD_H */

@@ -114,11 +114,25 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->scheduler_delay_factor = a->scheduler_delay_factor;
     c->seed = (uint64_t)a->seed;
     c->max_logprobs = (int)a->max_logprobs;
-    if (strcmp(a->kv_cache_dtype, "auto") != 0) {
-        PD_LOG_ERR("--kv-cache-dtype %s is not supported yet (auto works: f32 on the CPU backend, f32 on CUDA)",
-                   a->kv_cache_dtype);
-        return PD_ERR_UNSUPPORTED;
+    /* CUDA graphs (docs/cuda.md): on unless --enforce-eager, -O0 / {"level": 0} or
+     * {"cudagraph_mode": "NONE"}; {"max_capture_size": n} caps the captured batch size */
+    c->max_seq_len_to_capture = (int)a->max_seq_len_to_capture;
+    if (a->enforce_eager)
+        c->cuda_graph_max_bs = 0;
+    if (a->compilation_config) {
+        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(a->compilation_config, "level");
+        const cJSON *mode = cJSON_GetObjectItemCaseSensitive(a->compilation_config, "cudagraph_mode");
+        const cJSON *mcs = cJSON_GetObjectItemCaseSensitive(a->compilation_config, "max_capture_size");
+        if (cJSON_IsNumber(lv) && lv->valuedouble == 0)
+            c->cuda_graph_max_bs = 0;
+        if (cJSON_IsString(mode) && strcmp(mode->valuestring, "NONE") == 0)
+            c->cuda_graph_max_bs = 0;
+        if (cJSON_IsNumber(mcs) && mcs->valuedouble >= 0 && mcs->valuedouble < 1e6 && c->cuda_graph_max_bs > 0)
+            c->cuda_graph_max_bs = (int)mcs->valuedouble;
     }
+    /* fp8 caches: the engine refuses them on the CPU backend once it knows the backend */
+    c->kv_cache_dtype = a->kv_cache_dtype;
+    c->calculate_kv_scales = a->calculate_kv_scales;
     if (c->preempt_swap)
         PD_LOG_WARN("--preemption-mode swap: swap space is not wired into the engine yet; "
                     "preempted requests are recomputed");

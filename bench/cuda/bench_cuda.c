@@ -5,10 +5,14 @@
  *   ceilings: device-to-device copy bandwidth (cudaMemcpy, read + write bytes) and the
  *             cuBLAS bf16 GEMM rate (8192^3 and the prefill shape 2048 x 14336 x 4096);
  *   decode step at batch 1, ctx 1024 vs the weight-streaming floor (GEMM weight bytes /
- *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s);
+ *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s); the same
+ *             three decode steps replayed from CUDA graphs (a second forward with
+ *             graph_max_bs = the batch limit) beside the eager ones, and with an fp8
+ *             (e4m3) KV cache beside the f32 one;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
- *   paged decode attention alone, batch 64, ctx 1k..4k, f32 and f16 caches, vs copy
- *             bandwidth (bytes of K and V read).
+ *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
+ *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
+ *             step beside the f32 cache's.
  * Prints a table and one JSON line (prefixed "JSON ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  */
@@ -98,6 +102,22 @@ static double time_forward(eng_forward_t *fw, const batch_t *b, float *logits, i
     return (now_s() - t0) / iters;
 }
 
+/* time_forward for the optional sections (graphs, fp8 KV): 0 on a failed forward, so
+ * the rest of the table still prints. */
+static double time_forward_soft(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
+{
+    eng_fwd_batch_t fb = {b->n_tokens, b->tokens, b->pos, b->seq, b->slots, b->n_seqs, b->tables, b->ctx,
+                          b->n_seqs, b->rows};
+    for (int i = 0; i < warm; i++)
+        if (eng_forward_run(fw, &fb, logits) != PD_OK)
+            return 0;
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+        if (eng_forward_run(fw, &fb, logits) != PD_OK)
+            return 0;
+    return (now_s() - t0) / iters;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
@@ -182,20 +202,75 @@ int main(int argc, char **argv)
     const double pf_flops = 2.0 * gemm_params * prefill + attn_flops;
     const double floor_pf = pf_flops / (gemm_pf * 1e12);
     eng_forward_destroy(fw);
+
+    /* ---- the same decode steps replayed from CUDA graphs ---- */
+    double decg[3] = {0, 0, 0};
+    eng_forward_graph_stats_t gst = {0};
+    fo.graph_max_bs = B_max;
+    fo.graph_max_ctx = 8192;
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (graphs) failed; no graph rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
+    for (int i = 0; fw && i < 3; i++) {
+        if (Bs[i] > B_max)
+            continue;
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decg[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
+    if (fw)
+        eng_forward_graph_stats(fw, &gst);
+    eng_forward_destroy(fw);
+
+    /* ---- the graph decode steps again with an fp8 (e4m3) KV cache ---- */
+    double decf8[3] = {0, 0, 0};
+    fo.kv_dtype = ENG_KV_FP8_E4M3;
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (fp8 KV) failed; no fp8 rows\n");
+        fw = NULL;
+    } else {
+        /* every byte 0x30: e4m3 0.5 (no NaN patterns; scales are 1) */
+        DIE_IF(ops->memset(be, eng_forward_kv_base(fw), 0x30,
+                           eng_forward_kv_block_bytes(fw) * (size_t)eng_forward_kv_n_blocks(fw)) != PD_OK,
+               "fill failed");
+    }
+    for (int i = 0; fw && i < 3; i++) {
+        if (Bs[i] > B_max)
+            continue;
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decf8[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
+    eng_forward_destroy(fw);
     size_t priv = eng_backend_cuda_private_bytes(be);
 
     /* ---- paged decode attention alone: batch 64, ctx 1k..4k ---- */
     const int AB = 64, actx[3] = {1024, 2048, 4096};
-    double att_us[2][3], att_gbps[2][3];
-    for (int ct = 0; ct < 2; ct++) {
+    double att_us[3][3], att_gbps[3][3];
+    static const char *const cache_names[3] = {"f32", "f16", "fp8"};
+    DIE_IF(eng_backend_cuda_set_kv_scales(be, 1, NULL, NULL, false) != PD_OK, "fp8 scales");
+    for (int ct = 0; ct < 3; ct++) {
         kcpu_kv_layout_t lay;
         const int amb = 4096 / BS + 1;
-        kcpu_dtype_t cdt = ct == 0 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16;
-        DIE_IF(kcpu_kv_layout_init(&lay, cdt, 1, BS, c->n_kv_heads, c->head_dim, (int64_t)AB * amb) != PD_OK, "layout");
+        static const eng_cuda_kv_t kinds[3] = {ENG_CUDA_KV_F32, ENG_CUDA_KV_F16, ENG_CUDA_KV_FP8_E4M3};
+        DIE_IF(eng_backend_cuda_kv_layout_init(&lay, kinds[ct], 1, BS, c->n_kv_heads, c->head_dim,
+                                               (int64_t)AB * amb) != PD_OK,
+               "layout");
         void *cache, *dq, *dout, *dseq, *dpos, *dbt, *dctx;
         size_t cb = lay.block_bytes * (size_t)AB * amb;
         DIE_IF(ops->buf_alloc(be, cb, &cache) != PD_OK, "alloc");
-        kcuda_fill_random(cache, cb / lay.elem_bytes, cdt, 11, 1.0f, NULL);
+        /* fp8: random f16 bit patterns read as bytes (timing only; any NaN costs the same) */
+        if (ct == 0)
+            kcuda_fill_random(cache, cb / 4, KCPU_DTYPE_F32, 11, 1.0f, NULL);
+        else
+            kcuda_fill_random(cache, cb / 2, KCPU_DTYPE_F16, 11, 1.0f, NULL);
         DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dq) != PD_OK, "alloc");
         DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dout) != PD_OK, "alloc");
         kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, NULL);
@@ -226,9 +301,16 @@ int main(int argc, char **argv)
                                     .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
                                     .scale = 1.0f / sqrtf((float)c->head_dim), .causal = true, .layer = 0,
                                     .cache_base = cache, .layout = &lay};
+            bool ok = true;
             for (int w = 0; w < 3; w++)
-                DIE_IF(ops->paged_attention(be, &p) != PD_OK, "attention failed");
-            DIE_IF(ops->synchronize(be) != PD_OK, "attention failed");
+                ok &= ops->paged_attention(be, &p) == PD_OK;
+            ok &= ops->synchronize(be) == PD_OK;
+            if (!ok && ct == 2) { /* the fp8 rows are optional: keep the rest of the table */
+                fprintf(stderr, "bench_cuda: fp8 attention failed; no fp8 attention rows\n");
+                att_us[ct][ci] = att_gbps[ct][ci] = 0;
+                continue;
+            }
+            DIE_IF(!ok, "attention failed");
             const int it = 50;
             double ts = now_s();
             for (int w = 0; w < it; w++)
@@ -263,24 +345,45 @@ int main(int argc, char **argv)
         printf("%-44s %9.2f ms %8.0f tok/s\n", "decode step batch 64 ctx 1024", dec[1] * 1e3, 64 / dec[1]);
     if (dec[2] > 0)
         printf("%-44s %9.2f ms %8.0f tok/s\n", "decode step batch 256 ctx 1024", dec[2] * 1e3, 256 / dec[2]);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decg[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d ctx 1024, CUDA graph", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decg[i] * 1e3, dec[i] * 1e3, dec[i] / decg[i]);
+    }
+    printf("(graph rows: ceiling column = the eager step, ratio = speed-up; %d graphs captured, %d failed, "
+           "%llu replays)\n",
+           gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decf8[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d ctx 1024, graph, fp8 KV", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decf8[i] * 1e3, decg[i] * 1e3,
+               decg[i] > 0 ? decg[i] / decf8[i] : 0.0);
+    }
+    printf("(fp8 rows: ceiling column = the graph step with the f32 KV cache, ratio = speed-up)\n");
     printf("%-44s %9.1f ms %11.1f ms %7.1f%%\n", "prefill 2048 tokens (floor: FLOPs/GEMM rate)", pf * 1e3,
            floor_pf * 1e3, 100 * floor_pf / pf);
-    for (int ct = 0; ct < 2; ct++)
+    for (int ct = 0; ct < 3; ct++)
         for (int ci = 0; ci < 3; ci++) {
             char what[80];
-            snprintf(what, sizeof(what), "paged decode attn b64 ctx %d %s (%.0f us)", actx[ci], ct ? "f16" : "f32",
+            snprintf(what, sizeof(what), "paged decode attn b64 ctx %d %s (%.0f us)", actx[ci], cache_names[ct],
                      att_us[ct][ci]);
             printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, att_gbps[ct][ci], copy_gbps,
                    100 * att_gbps[ct][ci] / copy_gbps);
         }
     printf("(GEMV / attention GB/s = weight / K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
+    printf("attention time per step vs the f32 cache: f16 %.2fx, fp8 %.2fx at ctx 4096 (bytes 1/2, 1/4)\n",
+           att_us[1][2] > 0 ? att_us[0][2] / att_us[1][2] : 0.0, att_us[2][2] > 0 ? att_us[0][2] / att_us[2][2] : 0.0);
     printf("JSON {\"copy_gbps\":%.1f,\"gemm_bf16_8192_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
            "\"weight_bytes\":%.0f,\"decode_b1_ms\":%.3f,\"decode_b1_floor_ms\":%.3f,\"decode_b64_ms\":%.3f,"
-           "\"decode_b256_ms\":%.3f,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
-           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
+           "\"decode_b256_ms\":%.3f,\"graph_decode_ms\":[%.3f,%.3f,%.3f],\"graph_fp8kv_decode_ms\":[%.3f,%.3f,%.3f],\"graphs_failed\":%d,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
+           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_fp8_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
-           pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
-           att_gbps[1][1], att_gbps[1][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
+           decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, decf8[0] * 1e3, decf8[1] * 1e3, decf8[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
+           att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

@@ -57,6 +57,20 @@ pd_status_t kcuda_memset_async(void *dst, int value, size_t n, kcuda_stream_t st
 /* A one-line description of the last CUDA error ("no error" when none). */
 const char *kcuda_last_error(void);
 
+/* CUDA graphs (kcuda_rt.cu): capture the work queued on `stream` between begin and end
+ * (thread-local capture mode: other threads' CUDA calls are unaffected) and instantiate
+ * it.  While capturing, nothing queued runs; synchronising, allocating or copying from
+ * pageable host memory on the stream invalidates the capture.  kcuda_capture_end always
+ * leaves the stream out of capture mode and the sticky launch error cleared; on failure
+ * (logged) *graph_p is untouched.  kcuda_graph_launch replays the graph on `stream`. */
+typedef struct CUgraphExec_st *kcuda_graph_t;
+pd_status_t kcuda_capture_begin(kcuda_stream_t stream);
+pd_status_t kcuda_capture_end(kcuda_stream_t stream, kcuda_graph_t *graph_p);
+/* Whether `stream` is capturing now (false when the query fails). */
+bool kcuda_capturing(kcuda_stream_t stream);
+pd_status_t kcuda_graph_launch(kcuda_graph_t graph, kcuda_stream_t stream);
+void kcuda_graph_destroy(kcuda_graph_t graph);
+
 /* Events for timing (bench): a float of milliseconds between two recorded events. */
 typedef struct CUevent_st *kcuda_event_t;
 pd_status_t kcuda_event_create(kcuda_event_t *ev_p);
@@ -141,7 +155,29 @@ pd_status_t kcuda_softmax(const float *x, float *out, int64_t T, int64_t n, kcud
 pd_status_t kcuda_log_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);
 pd_status_t kcuda_argmax(const float *x, int64_t T, int64_t n, int32_t *idx, kcuda_stream_t stream);
 
-/* ---- paged KV cache (kcuda_kv.cu): layouts from kcpu_kv_layout_init (F32 or F16) ---- */
+/* ---- paged KV cache (kcuda_kv.cu): layouts from kcpu_kv_layout_init (F32 or F16) or
+ * kcuda_kv_layout_init (also fp8) ---- */
+
+/* fp8 KV cache element types (not ggml types: values ggml does not use; the CPU kernels
+ * refuse them).  An fp8 cache stores K / k_scale and V / v_scale with per-layer scales
+ * (saturated to the format's finite range), as vLLM does. */
+#define KCUDA_KV_FP8_E4M3 ((kcpu_dtype_t)200)
+#define KCUDA_KV_FP8_E5M2 ((kcpu_dtype_t)201)
+/* kcpu_kv_layout_init for F32, F16, KCUDA_KV_FP8_E4M3 and KCUDA_KV_FP8_E5M2 (one byte an
+ * element, the same element strides). */
+pd_status_t kcuda_kv_layout_init(kcpu_kv_layout_t *layout, kcpu_dtype_t dtype, int n_layers, int block_size,
+                                 int n_kv_heads, int head_dim, int64_t n_blocks);
+/* kcuda_kv_write storing k / k_scale and v / v_scale (scales > 0; 1 for F32/F16 caches
+ * leaves the values as they are). */
+pd_status_t kcuda_kv_write_scaled(const kcpu_kv_layout_t *layout, void *cache_base, int layer,
+                                  const int64_t *slot_mapping, int64_t T, const float *k, int64_t k_stride,
+                                  const float *v, int64_t v_stride, float k_scale, float v_scale, int *err,
+                                  kcuda_stream_t stream);
+/* out[0] = max |x[t, i]| over T rows of W (row stride ld), rows whose slot is negative
+ * skipped (slots may be NULL: every row).  out is device memory; the caller zeroes it
+ * first (the kernel only raises it). */
+pd_status_t kcuda_absmax_rows(const float *x, int64_t T, int64_t W, int64_t ld, const int64_t *slots, float *out,
+                              kcuda_stream_t stream);
 pd_status_t kcuda_kv_write(const kcpu_kv_layout_t *layout, void *cache_base, int layer,
                            const int64_t *slot_mapping, int64_t T, const float *k,
                            int64_t k_stride, const float *v, int64_t v_stride, int *err,
@@ -168,6 +204,11 @@ size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm_count, boo
  */
 pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
                                   int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream);
+/* The same with the per-layer dequantization scales of an fp8 cache (K = stored *
+ * k_scale, V = stored * v_scale; 1 and 1 is kcuda_paged_attention). */
+pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
+                                         void *workspace, size_t ws_bytes, int sm_count, bool allow_reduced,
+                                         int *err, kcuda_stream_t stream);
 
 /* ---- micro-benchmark helpers (kcuda_bench.cu) ---- */
 /* Device-to-device copy bandwidth, counting bytes read + written (GB/s), over `bytes`. */

@@ -14,9 +14,14 @@
  * Range errors (bad sequence, position, context length or block id) set a bit in *err;
  * the affected rows are skipped (no output written) or read zeros.
  * Arithmetic is f32 SIMT for now (no tensor cores yet): see docs/cuda.md.
+ * fp8 caches (KCUDA_KV_FP8_E4M3 / E5M2) hold K / k_scale and V / v_scale (per-layer
+ * scales, host scalars of the call): the SIMT kernel dequantizes each element to f32 and
+ * multiplies by the scale as it loads the tile, so everything after the load is the f32
+ * path; the tensor-core prefill kernel is not used with them.
  */
 #include "kcuda_internal.cuh"
 
+#include <cuda_fp8.h>
 #include <mma.h>
 
 #define KT 32          /* keys per tile */
@@ -27,6 +32,8 @@
 template <typename CT> __device__ __forceinline__ float kc_load(const CT *p);
 template <> __device__ __forceinline__ float kc_load<float>(const float *p) { return *p; }
 template <> __device__ __forceinline__ float kc_load<__half>(const __half *p) { return __half2float(*p); }
+template <> __device__ __forceinline__ float kc_load<__nv_fp8_e4m3>(const __nv_fp8_e4m3 *p) { return float(*p); }
+template <> __device__ __forceinline__ float kc_load<__nv_fp8_e5m2>(const __nv_fp8_e5m2 *p) { return float(*p); }
 
 /* 4 consecutive elements at cache[e + d] as f32 (zeros when e < 0, a bad block) */
 template <typename CT> __device__ __forceinline__ void kc_load4(const CT *cache, int64_t e, int d, float *f);
@@ -45,6 +52,24 @@ template <> __device__ __forceinline__ void kc_load4<__half>(const __half *cache
     float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
     f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
+template <> __device__ __forceinline__ void kc_load4<__nv_fp8_e4m3>(const __nv_fp8_e4m3 *cache, int64_t e, int d, float *f)
+{
+    if (e < 0) {
+        f[0] = f[1] = f[2] = f[3] = 0.0f;
+        return;
+    }
+    float4 v = float4(*(const __nv_fp8x4_e4m3 *)(cache + e + d));
+    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+template <> __device__ __forceinline__ void kc_load4<__nv_fp8_e5m2>(const __nv_fp8_e5m2 *cache, int64_t e, int d, float *f)
+{
+    if (e < 0) {
+        f[0] = f[1] = f[2] = f[3] = 0.0f;
+        return;
+    }
+    float4 v = float4(*(const __nv_fp8x4_e5m2 *)(cache + e + d));
+    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
 
 typedef struct {
     const float *q;
@@ -55,6 +80,7 @@ typedef struct {
     int64_t n_seqs, mbps;
     int n_tokens, n_heads, group, hd, qt, n_splits;
     float scale;
+    float k_scale, v_scale; /* fp8 caches: dequantization scales (1 otherwise) */
     bool causal;
     int window;
     const void *cache;
@@ -168,16 +194,16 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args_t a)
                     kc_load4<CT>(cache, e, d, kf);
                     kc_load4<CT>(cache, e < 0 ? e : e + a.kv_stride, d, vf);
                     for (int u = 0; u < 4; u++) {
-                        k_s[j * Dp + d + u] = kf[u];
-                        v_s[j * D + d + u] = vf[u];
+                        k_s[j * Dp + d + u] = kf[u] * a.k_scale;
+                        v_s[j * D + d + u] = vf[u] * a.v_scale;
                     }
                 }
             } else {
                 for (int i = tid; i < nk * D; i += nth) {
                     int j = i / D, d = i % D;
                     int64_t e = blk_s[j];
-                    k_s[j * Dp + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + d);
-                    v_s[j * D + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + a.kv_stride + d);
+                    k_s[j * Dp + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + d) * a.k_scale;
+                    v_s[j * D + d] = e < 0 ? 0.0f : kc_load<CT>(cache + e + a.kv_stride + d) * a.v_scale;
                 }
             }
             __syncthreads();
@@ -554,7 +580,8 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool all
     const bool decode = p->n_tokens <= p->n_seqs; /* one token per sequence */
     if (decode)
         qt = 1;
-    pl.tc = allow_reduced && !decode && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
+    const bool fp8 = p->layout->dtype == KCUDA_KV_FP8_E4M3 || p->layout->dtype == KCUDA_KV_FP8_E5M2;
+    pl.tc = allow_reduced && !decode && !fp8 && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
     if (pl.tc)
         qt = TC_QT;
     pl.qt = qt;
@@ -590,13 +617,22 @@ extern "C" size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm
 extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
                                              int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream)
 {
+    return kcuda_paged_attention_scaled(p, 1.0f, 1.0f, workspace, ws_bytes, sm_count, allow_reduced, err, stream);
+}
+
+extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
+                                                    void *workspace, size_t ws_bytes, int sm_count,
+                                                    bool allow_reduced, int *err, kcuda_stream_t stream)
+{
     const kcpu_kv_layout_t *L = p ? p->layout : NULL;
     if (p == NULL || L == NULL || p->n_tokens < 0 || p->n_tokens > INT32_MAX || p->n_heads <= 0 ||
         p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0 || p->n_kv_heads != L->n_kv_heads ||
         p->head_dim != L->head_dim || p->head_dim > 1024 || p->layer < 0 || p->layer >= L->n_layers ||
         p->sliding_window < 0 || p->q_stride < (int64_t)p->n_heads * p->head_dim ||
         p->out_stride < (int64_t)p->n_heads * p->head_dim || p->max_blocks_per_seq <= 0 || p->n_seqs <= 0 ||
-        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16)) {
+        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16 && L->dtype != KCUDA_KV_FP8_E4M3 &&
+         L->dtype != KCUDA_KV_FP8_E5M2) ||
+        !(k_scale > 0.0f) || !(v_scale > 0.0f) || !isfinite(k_scale) || !isfinite(v_scale)) {
         PD_LOG_ERR("kcuda_paged_attention: bad parameters");
         return PD_ERR_INVAL;
     }
@@ -631,6 +667,8 @@ extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *
     a.qt = pl.qt;
     a.n_splits = pl.n_splits;
     a.scale = p->scale;
+    a.k_scale = k_scale;
+    a.v_scale = v_scale;
     a.causal = p->causal;
     a.window = p->sliding_window;
     a.cache = p->cache_base;
@@ -649,6 +687,12 @@ extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *
     } else if (pl.tc) {
         cudaFuncSetAttribute(attn_tc_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
         attn_tc_kernel<__half><<<grid, pl.threads, pl.smem, stream>>>(a);
+    } else if (L->dtype == KCUDA_KV_FP8_E4M3) {
+        cudaFuncSetAttribute(attn_kernel<__nv_fp8_e4m3>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_kernel<__nv_fp8_e4m3><<<grid, pl.threads, pl.smem, stream>>>(a);
+    } else if (L->dtype == KCUDA_KV_FP8_E5M2) {
+        cudaFuncSetAttribute(attn_kernel<__nv_fp8_e5m2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
+        attn_kernel<__nv_fp8_e5m2><<<grid, pl.threads, pl.smem, stream>>>(a);
     } else if (L->dtype == KCPU_DTYPE_F32) {
         cudaFuncSetAttribute(attn_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem);
         attn_kernel<float><<<grid, pl.threads, pl.smem, stream>>>(a);

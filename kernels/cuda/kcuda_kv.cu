@@ -1,18 +1,48 @@
 /*
  * kcuda_kv.cu - the paged KV cache: write K/V rows of T tokens into their slots, and
- * copy whole blocks (copy-on-write).  Layout and strides from kcpu_kv_layout_t (F32 or
- * F16 cache).  A slot or block id outside the cache skips the item and sets an error bit.
+ * copy whole blocks (copy-on-write).  Layout and strides from kcpu_kv_layout_t (F32, F16,
+ * or fp8 e4m3 / e5m2 with per-layer scales: stored = saturate(x / scale)).  A slot or
+ * block id outside the cache skips the item and sets an error bit.
  */
 #include "kcuda_internal.cuh"
+
+#include <cuda_fp8.h>
 
 template <typename CT> __device__ __forceinline__ CT kc_store(float v);
 template <> __device__ __forceinline__ float kc_store<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half kc_store<__half>(float v) { return __float2half_rn(v); }
+/* the fp8 constructors round to nearest even and saturate to the finite range */
+template <> __device__ __forceinline__ __nv_fp8_e4m3 kc_store<__nv_fp8_e4m3>(float v) { return __nv_fp8_e4m3(v); }
+template <> __device__ __forceinline__ __nv_fp8_e5m2 kc_store<__nv_fp8_e5m2>(float v) { return __nv_fp8_e5m2(v); }
+
+static bool is_fp8(kcpu_dtype_t t)
+{
+    return t == KCUDA_KV_FP8_E4M3 || t == KCUDA_KV_FP8_E5M2;
+}
+
+extern "C" pd_status_t kcuda_kv_layout_init(kcpu_kv_layout_t *L, kcpu_dtype_t dtype, int n_layers, int block_size,
+                                            int n_kv_heads, int head_dim, int64_t n_blocks)
+{
+    kcpu_kv_layout_t l;
+    pd_status_t st;
+    if (!is_fp8(dtype))
+        return kcpu_kv_layout_init(L, dtype, n_layers, block_size, n_kv_heads, head_dim, n_blocks);
+    /* the F16 layout with one byte an element: strides (in elements) stay the same */
+    st = kcpu_kv_layout_init(&l, KCPU_DTYPE_F16, n_layers, block_size, n_kv_heads, head_dim, n_blocks);
+    if (st != PD_OK)
+        return st;
+    l.dtype = dtype;
+    l.elem_bytes = 1;
+    l.block_bytes /= 2;
+    *L = l;
+    return PD_OK;
+}
 
 template <typename CT>
 __global__ void kv_write_kernel(CT *base, int64_t block_elems, int64_t layer_off, int64_t kv_stride,
                                 int64_t token_stride, int bs, int64_t n_blocks, const int64_t *slots,
-                                const float *k, int64_t ks, const float *v, int64_t vs, int W, int *err)
+                                const float *k, int64_t ks, const float *v, int64_t vs, int W, float kinv,
+                                float vinv, int *err)
 {
     const int64_t t = blockIdx.x;
     const int64_t slot = slots[t];
@@ -26,8 +56,8 @@ __global__ void kv_write_kernel(CT *base, int64_t block_elems, int64_t layer_off
     }
     CT *dst = base + b * block_elems + layer_off + (slot % bs) * token_stride;
     for (int i = threadIdx.x; i < W; i += blockDim.x) {
-        dst[i] = kc_store<CT>(k[t * ks + i]);
-        dst[kv_stride + i] = kc_store<CT>(v[t * vs + i]);
+        dst[i] = kc_store<CT>(k[t * ks + i] * kinv);
+        dst[kv_stride + i] = kc_store<CT>(v[t * vs + i] * vinv);
     }
 }
 
@@ -35,9 +65,24 @@ extern "C" pd_status_t kcuda_kv_write(const kcpu_kv_layout_t *L, void *cache_bas
                                       const int64_t *slot_mapping, int64_t T, const float *k, int64_t k_stride,
                                       const float *v, int64_t v_stride, int *err, kcuda_stream_t stream)
 {
+    return kcuda_kv_write_scaled(L, cache_base, layer, slot_mapping, T, k, k_stride, v, v_stride, 1.0f, 1.0f, err,
+                                 stream);
+}
+
+#define KV_WRITE_LAUNCH(CT)                                                                                       \
+    kv_write_kernel<CT><<<(unsigned)T, th, 0, stream>>>((CT *)cache_base, be, lo, L->kv_stride, L->token_stride,   \
+                                                        L->block_size, L->n_blocks, slot_mapping, k, k_stride, v, \
+                                                        v_stride, W, kinv, vinv, err)
+
+extern "C" pd_status_t kcuda_kv_write_scaled(const kcpu_kv_layout_t *L, void *cache_base, int layer,
+                                             const int64_t *slot_mapping, int64_t T, const float *k,
+                                             int64_t k_stride, const float *v, int64_t v_stride, float k_scale,
+                                             float v_scale, int *err, kcuda_stream_t stream)
+{
     const int W = L ? L->n_kv_heads * L->head_dim : 0;
     if (L == NULL || T < 0 || T > INT32_MAX || k_stride < W || v_stride < W ||
-        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16)) {
+        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16 && !is_fp8(L->dtype)) || !(k_scale > 0.0f) ||
+        !(v_scale > 0.0f) || !isfinite(k_scale) || !isfinite(v_scale)) {
         PD_LOG_ERR("kcuda_kv_write: bad parameters");
         return PD_ERR_INVAL;
     }
@@ -49,15 +94,43 @@ extern "C" pd_status_t kcuda_kv_write(const kcpu_kv_layout_t *L, void *cache_bas
         return PD_OK;
     int64_t be = (int64_t)(L->block_bytes / L->elem_bytes), lo = (int64_t)layer * L->layer_stride;
     int th = W >= 256 ? 256 : 128;
+    const float kinv = k_scale == 1.0f ? 1.0f : 1.0f / k_scale, vinv = v_scale == 1.0f ? 1.0f : 1.0f / v_scale;
     if (L->dtype == KCPU_DTYPE_F32)
-        kv_write_kernel<float><<<(unsigned)T, th, 0, stream>>>((float *)cache_base, be, lo, L->kv_stride,
-                                                               L->token_stride, L->block_size, L->n_blocks,
-                                                               slot_mapping, k, k_stride, v, v_stride, W, err);
+        KV_WRITE_LAUNCH(float);
+    else if (L->dtype == KCPU_DTYPE_F16)
+        KV_WRITE_LAUNCH(__half);
+    else if (L->dtype == KCUDA_KV_FP8_E4M3)
+        KV_WRITE_LAUNCH(__nv_fp8_e4m3);
     else
-        kv_write_kernel<__half><<<(unsigned)T, th, 0, stream>>>((__half *)cache_base, be, lo, L->kv_stride,
-                                                                L->token_stride, L->block_size, L->n_blocks,
-                                                                slot_mapping, k, k_stride, v, v_stride, W, err);
+        KV_WRITE_LAUNCH(__nv_fp8_e5m2);
     KCUDA_LAUNCHED("kcuda_kv_write");
+}
+
+/* max |x| of the rows with a non-negative slot; non-negative floats order like their bits */
+__global__ void absmax_kernel(const float *x, int64_t T, int64_t W, int64_t ld, const int64_t *slots, float *out)
+{
+    float m = 0.0f;
+    for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+        if (slots && slots[t] < 0)
+            continue;
+        for (int64_t i = threadIdx.x; i < W; i += blockDim.x)
+            m = fmaxf(m, fabsf(x[t * ld + i]));
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0 && m > 0.0f && isfinite(m))
+        atomicMax((int *)out, __float_as_int(m));
+}
+
+extern "C" pd_status_t kcuda_absmax_rows(const float *x, int64_t T, int64_t W, int64_t ld, const int64_t *slots,
+                                         float *out, kcuda_stream_t stream)
+{
+    if (x == NULL || out == NULL || T < 0 || W <= 0 || ld < W)
+        return PD_ERR_INVAL;
+    if (T == 0)
+        return PD_OK;
+    absmax_kernel<<<kcuda_grid(T, 1) > 1024 ? 1024 : kcuda_grid(T, 1), 256, 0, stream>>>(x, T, W, ld, slots, out);
+    KCUDA_LAUNCHED("kcuda_absmax_rows");
 }
 
 template <typename WT>

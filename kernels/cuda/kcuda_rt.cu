@@ -137,3 +137,56 @@ extern "C" pd_status_t kcuda_event_elapsed_ms(kcuda_event_t start, kcuda_event_t
     KCUDA_CALL(cudaEventElapsedTime(ms_p, start, end), "cudaEventElapsedTime");
     return PD_OK;
 }
+
+/* ---- CUDA graphs ---- */
+
+extern "C" pd_status_t kcuda_capture_begin(kcuda_stream_t stream)
+{
+    KCUDA_CALL(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    return PD_OK;
+}
+
+extern "C" pd_status_t kcuda_capture_end(kcuda_stream_t stream, kcuda_graph_t *graph_p)
+{
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t x = NULL;
+    cudaError_t e = cudaStreamEndCapture(stream, &g);
+    if (e != cudaSuccess || g == NULL) {
+        PD_LOG_ERR("cudaStreamEndCapture: %s", cudaGetErrorString(e));
+        if (g)
+            cudaGraphDestroy(g);
+        cudaGetLastError(); /* an invalidated capture leaves a launch error behind */
+        return PD_ERR_CUDA;
+    }
+    e = cudaGraphInstantiateWithFlags(&x, g, 0);
+    cudaGraphDestroy(g); /* the executable graph keeps what it needs */
+    if (e != cudaSuccess) {
+        PD_LOG_ERR("cudaGraphInstantiate: %s", cudaGetErrorString(e));
+        cudaGetLastError();
+        return PD_ERR_CUDA;
+    }
+    *graph_p = x;
+    return PD_OK;
+}
+
+extern "C" bool kcuda_capturing(kcuda_stream_t stream)
+{
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cs) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return cs != cudaStreamCaptureStatusNone;
+}
+
+extern "C" pd_status_t kcuda_graph_launch(kcuda_graph_t graph, kcuda_stream_t stream)
+{
+    KCUDA_CALL(cudaGraphLaunch(graph, stream), "cudaGraphLaunch");
+    return PD_OK;
+}
+
+extern "C" void kcuda_graph_destroy(kcuda_graph_t graph)
+{
+    if (graph)
+        cudaGraphExecDestroy(graph);
+}

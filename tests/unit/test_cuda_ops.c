@@ -6,6 +6,11 @@
  * prefill reading earlier blocks, sliding windows, and the range-error report.
  * Tolerances: |gpu - cpu| <= tol * max(1, max|cpu|) per output array, with tol 1e-5 for
  * f32 element-wise ops, 1e-4 for f32 GEMM/attention, 4e-3 f16 / 2e-2 bf16 GEMMs.
+ * fp8 KV caches (e4m3, e5m2; fixed and calculated per-layer scales): the cache bytes
+ * written on the GPU are decoded here and must be within half an fp8 step of K / scale
+ * (relative 2^-4 for e4m3, 2^-3 for e5m2, plus the subnormal step), the calculated
+ * scales must be max|x| / 200 and / 100, and attention over the fp8 cache must match
+ * kcpu attention over that decoded cache (as f32) within 1e-4.
  * Needs a GPU: exits 77 (skipped) when the backend cannot start.
  */
 #include <math.h>
@@ -475,6 +480,179 @@ static void attn_case(const attn_case_t *c, kcpu_dtype_t gemm_dtype, double tol)
     free(q), free(ref);
 }
 
+/* ---- fp8 KV cache ---- */
+
+/* One fp8 byte as a float (e4m3: the "fn" variant CUDA uses, no infinities). */
+static float fp8_decode(uint8_t b, bool e5m2)
+{
+    int sgn = b >> 7, e, m;
+    float v;
+    if (e5m2) {
+        e = (b >> 2) & 31, m = b & 3;
+        if (e == 31)
+            return m ? NAN : (sgn ? -INFINITY : INFINITY);
+        v = e == 0 ? ldexpf((float)m, -16) : ldexpf(1.0f + (float)m / 4.0f, e - 15);
+    } else {
+        e = (b >> 3) & 15, m = b & 7;
+        if (e == 15 && m == 7)
+            return NAN;
+        v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + (float)m / 8.0f, e - 7);
+    }
+    return sgn ? -v : v;
+}
+
+static void fp8_case(bool e5m2, bool calc, int n_heads, int n_kv, int hd, int bs, bool decode_only)
+{
+    const int L = 2, S = decode_only ? 1 + irand(20) : 1 + irand(4), max_ctx = decode_only ? 700 : 200;
+    const int mbps = (max_ctx + bs - 1) / bs + 1;
+    const int64_t n_blocks = (int64_t)S * mbps + 2, W = (int64_t)n_kv * hd, QW = (int64_t)n_heads * hd;
+    const float in_scale = 3.0f; /* |k|, |v| < 3 */
+    float ks[2] = {0.05f, 0.02f}, vs[2] = {0.03f, 0.011f}; /* fixed: 3 / 0.011 = 273 < 448 */
+    kcpu_kv_layout_t lay, lay32;
+    char what[160];
+
+    PD_CHECK_STATUS(eng_backend_cuda_kv_layout_init(&lay, e5m2 ? ENG_CUDA_KV_FP8_E5M2 : ENG_CUDA_KV_FP8_E4M3, L, bs,
+                                                    n_kv, hd, n_blocks),
+                    PD_OK);
+    PD_CHECK(eng_backend_cuda_kv_is_fp8(&lay));
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay32, KCPU_DTYPE_F32, L, bs, n_kv, hd, n_blocks), PD_OK);
+    PD_CHECK_EQ_INT(lay.block_bytes * 4, lay32.block_bytes);
+    PD_CHECK_STATUS(eng_backend_cuda_set_kv_scales(be, L, ks, vs, calc), PD_OK);
+
+    int32_t *bt = malloc(sizeof(int32_t) * S * mbps), *ctx = malloc(sizeof(int32_t) * S),
+            *nnew = malloc(sizeof(int32_t) * S);
+    for (int i = 0; i < S * mbps; i++)
+        bt[i] = (int32_t)((i * 7 + 3) % n_blocks); /* distinct while S * mbps <= n_blocks and gcd(7, n) = 1 */
+    int64_t total = 0, T = 0;
+    for (int sq = 0; sq < S; sq++) {
+        ctx[sq] = 1 + irand(max_ctx - 1);
+        nnew[sq] = decode_only ? 1 : 1 + irand(ctx[sq] < 30 ? ctx[sq] : 30);
+        total += ctx[sq];
+        T += nnew[sq];
+    }
+    if (n_blocks % 7 == 0) /* keep the table a permutation */
+        for (int i = 0; i < S * mbps; i++)
+            bt[i] = i;
+    int64_t *slots = malloc(sizeof(int64_t) * total);
+    float *k = rand_vec((size_t)total * W, in_scale), *v = rand_vec((size_t)total * W, in_scale);
+    int64_t r = 0;
+    for (int sq = 0; sq < S; sq++)
+        for (int p = 0; p < ctx[sq]; p++)
+            slots[r++] = (int64_t)bt[sq * mbps + p / bs] * bs + p % bs;
+    int64_t skip_slot = slots[0];
+    slots[0] = -1; /* padding: skipped, and left out of the calculated scales */
+    const int layer = 1;
+    size_t fp8_bytes = lay.block_bytes * (size_t)n_blocks, f32_bytes = lay32.block_bytes * (size_t)n_blocks;
+    uint8_t *zeros = calloc(1, fp8_bytes);
+    void *dcache = up(zeros, fp8_bytes), *dslots = up(slots, sizeof(int64_t) * total);
+    void *dk = up(k, (size_t)total * W * 4), *dv = up(v, (size_t)total * W * 4);
+    PD_CHECK_STATUS(ops->kv_write(be, &lay, dcache, layer, dslots, total, dk, W, dv, W), PD_OK);
+    float kscale = 0, vscale = 0;
+    PD_CHECK_STATUS(eng_backend_cuda_get_kv_scale(be, layer, &kscale, &vscale), PD_OK);
+    if (calc) {
+        float mk = 0, mv = 0;
+        for (int64_t i = W; i < total * W; i++) { /* row 0 is the skipped one */
+            mk = fabsf(k[i]) > mk ? fabsf(k[i]) : mk;
+            mv = fabsf(v[i]) > mv ? fabsf(v[i]) : mv;
+        }
+        PD_CHECK(fabsf(kscale - mk / 200.0f) <= 1e-6f * mk && fabsf(vscale - mv / 100.0f) <= 1e-6f * mv);
+    } else {
+        PD_CHECK(kscale == ks[layer] && vscale == vs[layer]);
+    }
+    /* decode the GPU's bytes into an f32 cache; check every written element */
+    uint8_t *g = down(dcache, fp8_bytes);
+    float *hc = calloc(1, f32_bytes);
+    const double rel = e5m2 ? 0.125 : 0.0625, sub = e5m2 ? ldexp(1.0, -16) : ldexp(1.0, -9);
+    int bad = 0;
+    /* element e of an fp8 block is element e of an f32 block (the same strides); the
+     * written K/V elements are scaled below */
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int64_t e = 0; e < (int64_t)lay.block_bytes; e++)
+            hc[b * (int64_t)(lay32.block_bytes / 4) + e] = fp8_decode(g[b * (int64_t)lay.block_bytes + e], e5m2);
+    r = 0;
+    for (int64_t tk = 0; tk < total; tk++) {
+        int64_t sl = tk == 0 ? skip_slot : slots[tk];
+        int64_t off = (sl / bs) * (int64_t)(lay32.block_bytes / 4) + (int64_t)layer * lay.layer_stride + (sl % bs) * lay.token_stride;
+        for (int64_t i = 0; i < W; i++) {
+            float *kp = hc + off + i, *vp = hc + off + lay.kv_stride + i;
+            if (tk == 0) { /* skipped: still zero */
+                bad += *kp != 0.0f || *vp != 0.0f;
+                continue;
+            }
+            double ek = fabs((double)*kp * kscale - k[tk * W + i]), ev = fabs((double)*vp * vscale - v[tk * W + i]);
+            /* half a step, plus a hair for x * (1 / scale) rounding in f32 */
+            if (!(ek <= rel * 1.0001 * fabs(k[tk * W + i]) + sub * kscale) ||
+                !(ev <= rel * 1.0001 * fabs(v[tk * W + i]) + sub * vscale)) {
+                if (bad++ < 3)
+                    fprintf(stderr, "  fp8 %s: k %.6g -> %.6g, v %.6g -> %.6g\n", e5m2 ? "e5m2" : "e4m3", k[tk * W + i],
+                            *kp * kscale, v[tk * W + i], *vp * vscale);
+            }
+            *kp *= kscale; /* the reference cache holds the dequantized values */
+            *vp *= vscale;
+        }
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+
+    /* attention over the fp8 cache vs kcpu over the decoded f32 cache */
+    int32_t *tseq = malloc(sizeof(int32_t) * T), *tpos = malloc(sizeof(int32_t) * T);
+    int64_t t = 0;
+    for (int sq = 0; sq < S; sq++)
+        for (int i = 0; i < nnew[sq]; i++, t++) {
+            tseq[t] = sq;
+            tpos[t] = ctx[sq] - nnew[sq] + i;
+        }
+    /* position 0 of sequence 0 was skipped: its K/V are zeros on both sides */
+    float *q = rand_vec((size_t)T * QW, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    void *dq = up(q, (size_t)T * QW * 4), *dseq = up(tseq, T * 4), *dpos = up(tpos, T * 4),
+         *dbt = up(bt, (size_t)S * mbps * 4), *dctx = up(ctx, S * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QW, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = S, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
+                            .scale = 1.0f / sqrtf((float)hd), .causal = true, .layer = layer, .cache_base = hc,
+                            .layout = &lay32};
+    PD_CHECK_STATUS(kcpu_paged_attention(NULL, &p), PD_OK);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache, pd.layout = &lay;
+    PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+    float *got = down(dout, (size_t)T * QW * 4);
+    snprintf(what, sizeof(what), "fp8 %s attention h%d/%d d%d bs%d %s T%lld %s scales", e5m2 ? "e5m2" : "e4m3",
+             n_heads, n_kv, hd, bs, decode_only ? "decode" : "mixed", (long long)T, calc ? "calculated" : "fixed");
+    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
+    free(got);
+
+    /* block copies move the fp8 bytes as they are */
+    int32_t src[2] = {bt[0], bt[1]}, dst[2] = {bt[S * mbps - 1], bt[S * mbps - 2]};
+    void *dsrc = up(src, sizeof(src)), *ddst = up(dst, sizeof(dst));
+    PD_CHECK_STATUS(ops->kv_copy_blocks(be, &lay, dcache, dsrc, ddst, 2), PD_OK);
+    uint8_t *g2 = down(dcache, fp8_bytes);
+    for (int i = 0; i < 2; i++)
+        PD_CHECK(memcmp(g2 + (size_t)dst[i] * lay.block_bytes, g + (size_t)src[i] * lay.block_bytes, lay.block_bytes) == 0);
+    free(g2);
+
+    ops->buf_free(be, dcache), ops->buf_free(be, dslots), ops->buf_free(be, dk), ops->buf_free(be, dv);
+    ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos), ops->buf_free(be, dbt);
+    ops->buf_free(be, dctx), ops->buf_free(be, dout), ops->buf_free(be, dsrc), ops->buf_free(be, ddst);
+    free(bt), free(ctx), free(nnew), free(slots), free(k), free(v), free(zeros), free(g), free(hc);
+    free(tseq), free(tpos), free(q), free(ref);
+}
+
+PD_TEST(test_kv_fp8)
+{
+    static const int heads[][2] = {{8, 2}, {9, 3}, {4, 4}};
+    int n = 0;
+    for (int e5 = 0; e5 < 2; e5++)
+        for (int calc = 0; calc < 2; calc++)
+            for (int h = 0; h < 3; h++)
+                for (int mode = 0; mode < 2; mode++) {
+                    fp8_case(e5 == 1, calc == 1, heads[h][0], heads[h][1], h == 1 ? 64 : 128, h == 2 ? 32 : 16,
+                             mode == 1);
+                    n++;
+                }
+    printf("  %d fp8 KV cases (write, scales, attention, block copy)\n", n);
+}
+
 PD_TEST(test_paged_attention)
 {
     static const int bss[] = {16, 32, 128};
@@ -516,6 +694,7 @@ int main(void)
     PD_RUN(test_embedding);
     PD_RUN(test_softmax_argmax);
     PD_RUN(test_paged_attention);
+    PD_RUN(test_kv_fp8);
     printf("  worst relative error over all ops: %.2e\n", worst_g);
     ops->shutdown(be);
     return PD_TEST_REPORT();
