@@ -59,8 +59,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_bench(bench, url, conc, args, outdir, tag):
-    cmd = [bench, "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
+def run_bench(bench, url, conc, args, outdir, tag, seed):
+    # a different seed per run: a real node's prefix cache must not serve the second
+    # run's prompts from the first run's
+    cmd = [bench, "--seed", str(seed), "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
            "--num-prompts", str(args.num_prompts or max(64, 4 * conc)), "--random-input-len", "32",
            "--random-output-len", str(args.output_len), "--random-range-ratio", "0",
            "--max-concurrency", str(conc), "--request-rate", "inf",
@@ -155,13 +157,17 @@ def main():
         try:
             wait_http(f"http://127.0.0.1:{up_port}{probe}", timeout=120)
             wait_http(f"http://127.0.0.1:{px_port}/health", timeout=30)
+            # warm-up (page faults, a real node's first batches), not measured
+            w = argparse.Namespace(**vars(args))
+            w.num_prompts = 8
+            run_bench(bench, f"http://127.0.0.1:{px_port}", 4, w, tmp, "warmup", 7)
             for conc in [int(c) for c in args.concurrency.split(",")]:
                 n = args.num_prompts or max(64, 2 * conc)
                 a = argparse.Namespace(**vars(args))
                 a.num_prompts = n
-                d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}")
+                d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", 1000 + conc)
                 c0 = cpu_seconds(px.pid)
-                v = run_bench(bench, f"http://127.0.0.1:{px_port}", conc, a, tmp, f"proxy_{conc}")
+                v = run_bench(bench, f"http://127.0.0.1:{px_port}", conc, a, tmp, f"proxy_{conc}", 2000 + conc)
                 cpu = cpu_seconds(px.pid) - c0
                 toks = v.get("total_output_tokens") or n * args.output_len
                 row = {"concurrency": conc, "num_prompts": n, "completed_direct": d["completed"],
