@@ -80,8 +80,8 @@ def cluster(net, model_path, tmp_path_factory):
         px = start("proxy", "pdserve-proxy", ["--prefill", f"{net.ip['prefill']}:{PREFILL_PORT}",
                                               "--decode", f"{net.ip['decode']}:{DECODE_PORT}"], PROXY_PORT)
         px_fail = start("proxy", "pdserve-proxy", ["--prefill", f"{net.ip['prefill']}:{PREFILL_PORT}",
-                                                   "--decode", f"{net.ip['decode']}:{FAIL_DECODE_PORT}",
-                                                   "--max-retries", "0"], FAIL_PROXY_PORT)
+                                                   "--decode", f"{net.ip['decode']}:{FAIL_DECODE_PORT}"],
+                      FAIL_PROXY_PORT)
     except Exception:
         for n in started:
             n.stop()
