@@ -29,7 +29,7 @@ def c2p2d(tmp_path_factory, model_path):
         for i in range(2):
             nodes[f"p{i}"] = start_node(tmp_path_factory, model_path, [
                 "--served-model-name", "smol", "--kv-transfer-config",
-                kv_config("kv_producer", "127.0.0.1", free_port(), lease_ttl_s=10)], name="pdserve-prefill")
+                kv_config("kv_producer", "127.0.0.1", free_port(), lease_ttl_s=5)], name="pdserve-prefill")
             nodes[f"d{i}"] = start_node(tmp_path_factory, model_path, [
                 "--served-model-name", "smol", "--kv-transfer-config",
                 kv_config("kv_consumer", "127.0.0.1", 0)], name="pdserve-decode")
@@ -204,7 +204,7 @@ def test_client_leaves_during_prefill(settled):
     assert wait_until(lambda: prefill_legs_out(c["proxy"]) == 0, 60)
     # The prefill node cannot stop a forward step half-way, so the prompt is finished and
     # its blocks leased; nobody will ever pull them. They must come back: today by the
-    # lease's expiry (lease_ttl_s 10 here), not at once (see docs/disagg.md, "Not done
+    # lease's expiry (lease_ttl_s 5 here), not at once (see docs/disagg.md, "Not done
     # yet"). Wait for every lease made to have ended, then the fixture checks the blocks.
     def leases_open():
         return sum(metric(c[k], "pdserve:kv_leases_created_total") - metric(c[k], "pdserve:kv_leases_released_total")

@@ -67,7 +67,7 @@ def cluster(net, model_path, tmp_path_factory):
 
     try:
         pre = start("prefill", "pdserve-prefill", common + [
-            "--kv-transfer-config", kv_config("kv_producer", net.kv_ip["prefill"], KV_PORT, lease_ttl_s=10)],
+            "--kv-transfer-config", kv_config("kv_producer", net.kv_ip["prefill"], KV_PORT, lease_ttl_s=5)],
             PREFILL_PORT, node_env(net, "prefill"))
         dec = start("decode", "pdserve-decode", common + [
             "--kv-transfer-config", kv_config("kv_consumer", net.kv_ip["decode"], 0, policy="recompute",
