@@ -40,7 +40,15 @@ def netns_unavailable():
         return f"ip netns: {e}"
     if p.returncode != 0:
         return f"ip netns is not permitted here: {p.stderr.strip()}"
+    try:
+        p = subprocess.run(["tc", "-n", tag, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit",
+                            "burst", "32kb", "latency", "400ms"], capture_output=True, text=True, timeout=10)
+        tc_err = None if p.returncode == 0 else p.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        tc_err = str(e)
     subprocess.run(["ip", "netns", "del", tag], capture_output=True, timeout=10)
+    if tc_err:
+        return f"tc with a tbf qdisc is not available here: {tc_err}"
     p = subprocess.run(["ip", "link", "add", tag, "type", "bridge"], capture_output=True, text=True, timeout=10)
     if p.returncode != 0:
         return f"bridges are not permitted here: {p.stderr.strip()}"
