@@ -65,6 +65,7 @@ def settled(c2p2d):
     yield c2p2d
     for k in NODES:
         wait_free(c2p2d[k], start[k], timeout=40)
+    assert wait_until(lambda: metric(c2p2d["proxy"], "pdserve_proxy_requests_in_flight") == 0, 30)
     for k in ("d0", "d1"):
         assert metric(c2p2d[k], "pdserve:kv_load_failures_total") == 0, k
 

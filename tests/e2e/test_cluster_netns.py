@@ -111,6 +111,8 @@ def settled(cluster, net):
     net.kv_link(True)
     for n, s in zip(nodes, start):
         wait_free(n, s, timeout=40)
+    for px in (cluster["proxy"], cluster["proxy_fail"]):
+        assert wait_until(lambda: metric(px, "pdserve_proxy_requests_in_flight") == 0, 30), px.url
 
 
 def oai(node, **kw):
