@@ -16,6 +16,7 @@ Needs root (ip netns, veth, bridge, tc); skips with the reason otherwise."""
 import http.client
 import json
 import threading
+import time
 
 import openai
 import pytest
@@ -162,8 +163,10 @@ def cut_during_pull(net, threshold, action):
     assert wait_until(lambda: net.kv_tx_bytes() - tx0 >= threshold or not t.is_alive(), 120), "no pull began"
     assert t.is_alive(), f"the request ended before the cut: {out}"
     net.kv_link(False)
+    t_cut = time.time()
     t.join(150)
     assert not t.is_alive(), "the client hangs after the KV link was cut"
+    print(f"answer {time.time() - t_cut:.1f} s after the cut")  # shown with pytest -s
     net.kv_link(True)
     net.kv_rate(None)
     return out.get("r")
