@@ -113,6 +113,13 @@ class NsNet:
         """Set the KV link's decode-side end up or down (the peer loses its carrier too)."""
         run(["ip", "-n", self.ns["decode"], "link", "set", self.kv_dev["decode"], "up" if up else "down"])
 
+    def kv_blackhole(self, on):
+        """Silently drop everything on the KV link in both directions (blackhole routes:
+        no carrier loss, no ICMP, no socket error: only timeouts can notice)."""
+        for here, there in (("prefill", "decode"), ("decode", "prefill")):
+            run(["ip", "-n", self.ns[here], "route", "add" if on else "del", "blackhole",
+                 f"{self.kv_ip[there]}/32"], check=on)
+
     def kv_rate(self, rate):
         """Rate-limit what the prefill host sends on the KV link (None: no limit)."""
         ns, dev = self.ns["prefill"], self.kv_dev["prefill"]

@@ -110,6 +110,7 @@ def settled(cluster, net):
     yield cluster
     net.kv_rate(None)
     net.kv_link(True)
+    net.kv_blackhole(False)
     for n, s in zip(nodes, start):
         wait_free(n, s, timeout=40)
     for px in (cluster["proxy"], cluster["proxy_fail"]):
@@ -152,9 +153,10 @@ def test_openai_client_across_hosts(settled, ref, net):
     assert metric(dec, "pdserve:kv_load_failures_total") == 0
 
 
-def cut_during_pull(net, threshold, action):
+def cut_during_pull(net, threshold, action, how="down"):
     """Rate-limit the KV link, run action() in a thread, cut the link once `threshold`
-    bytes crossed it, and return what action returned (it must end by itself)."""
+    bytes crossed it (how: "down" = link down, "blackhole" = every packet silently
+    dropped), and return what action returned (it must end by itself)."""
     net.kv_rate("16mbit")  # 2 MB/s: ~18 MB of blocks take ~9 s
     tx0 = net.kv_tx_bytes()
     out = {}
@@ -162,29 +164,38 @@ def cut_during_pull(net, threshold, action):
     t.start()
     assert wait_until(lambda: net.kv_tx_bytes() - tx0 >= threshold or not t.is_alive(), 120), "no pull began"
     assert t.is_alive(), f"the request ended before the cut: {out}"
-    net.kv_link(False)
+    if how == "down":
+        net.kv_link(False)
+    else:
+        net.kv_blackhole(True)
     t_cut = time.time()
     t.join(150)
     assert not t.is_alive(), "the client hangs after the KV link was cut"
-    print(f"answer {time.time() - t_cut:.1f} s after the cut")  # shown with pytest -s
-    net.kv_link(True)
+    print(f"answer {time.time() - t_cut:.1f} s after the cut ({how})")  # shown with pytest -s
+    if how == "down":
+        net.kv_link(True)
+    else:
+        net.kv_blackhole(False)
     net.kv_rate(None)
     return out.get("r")
 
 
-def test_kv_link_cut_recompute(settled, ref, net):
+@pytest.mark.parametrize("how", ["down", "blackhole"])
+def test_kv_link_cut_recompute(settled, ref, net, how):
     c = settled
     dec = c["decode"]
-    body = {"model": "smol", "prompt": long_prompt("Cut link, recompute"), "max_tokens": 8, "temperature": 0}
+    body = {"model": "smol", "prompt": long_prompt(f"Cut link ({how}), recompute"), "max_tokens": 8,
+            "temperature": 0}
     fails0 = metric(dec, "pdserve:kv_load_failures_total", 'policy="recompute"')
-    status, r = cut_during_pull(net, 2 << 20, lambda: post(c["proxy"].url + "/v1/completions", body, timeout=140))
+    status, r = cut_during_pull(net, 2 << 20, lambda: post(c["proxy"].url + "/v1/completions", body, timeout=140),
+                                how)
     assert status == 200, r
     assert r["kv_transfer_params"] == {"kv_load_failure": "recomputed"}
     assert r["choices"][0]["text"] == post(ref.url + "/v1/completions", body)[1]["choices"][0]["text"]
     assert metric(dec, "pdserve:kv_load_failures_total", 'policy="recompute"') == fails0 + 1
     # the link is back: the next request's blocks move again
     bytes0 = metric(dec, "vllm:nixl_bytes_transferred")
-    body2 = dict(body, prompt=long_prompt("After the cut", items=10))
+    body2 = dict(body, prompt=long_prompt(f"After the cut ({how})", items=10))
     status, r = post(c["proxy"].url + "/v1/completions", body2)
     assert status == 200 and r["kv_transfer_params"] is None, r
     assert r["choices"][0]["text"] == post(ref.url + "/v1/completions", body2)[1]["choices"][0]["text"]
