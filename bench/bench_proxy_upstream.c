@@ -101,7 +101,8 @@ static int flush_out(conn_t *c)
         }
         off += (size_t)w;
     }
-    memmove(c->out, c->out + off, c->out_len - off);
+    if (off > 0 && off < c->out_len)
+        memmove(c->out, c->out + off, c->out_len - off);
     c->out_len -= off;
     struct epoll_event ev = {.events = EPOLLIN | (c->out_len ? EPOLLOUT : 0), .data.ptr = c};
     epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &ev);
