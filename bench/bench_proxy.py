@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
 """bench_proxy - what pdserve-proxy adds to a request and to each streamed token.
 
-Runs pdserve-bench twice per concurrency level against the same scripted upstream
-(tests/bench/fake_openai.py: fixed TTFT and inter-token gap, so the upstream itself
-adds no variance from compute): once directly, once through pdserve-proxy in
-single-node mode (--decode only).  The direct run is the peer/ceiling measured in the
-same run; the table shows both and the difference, plus the proxy's CPU time per
-request and per streamed token (from /proc/<pid>/stat).
+Runs pdserve-bench twice per concurrency level against the same upstream: once
+directly, once through pdserve-proxy in single-node mode (--decode only).  The direct
+run is the ceiling measured in the same run; the table shows both and the difference
+at p50 and p99 for TTFT (what the proxy adds per request: forwarding the request plus
+relaying the first event) and ITL (per streamed token), plus the proxy's CPU time per
+request and per token (from /proc/<pid>/stat).
 
-  python3 bench/bench_proxy.py [--build build] [--concurrency 1,64,256]
-         [--num-prompts 512] [--output-len 64] [--ttft-ms 20] [--itl-ms 5] [--json out.json]
+Upstreams (--upstream):
+  c       bench/bench_proxy_upstream.c, compiled here with cc: one epoll thread that
+          streams tokens on a fixed schedule (TTFT, then one event every ITL), cheap
+          enough for 1,000+ concurrent streams (the default);
+  python  tests/bench/fake_openai.py (saturates at a few hundred streams);
+  node    a real pdserve-decode with the default model (--model; CPU): the proxy in
+          front of real work, at the concurrency the node can take.
+
+  python3 bench/bench_proxy.py [--build build] [--upstream c|python|node]
+         [--concurrency 1,64,1000] [--num-prompts N] [--output-len 16] [--ttft-ms 50]
+         [--itl-ms 50] [--json out.json] [--results-dir bench/results]
 """
 import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,87 +59,156 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_bench(bench, url, conc, args, outdir, tag):
-    cmd = [bench, "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
+def run_bench(bench, url, conc, args, outdir, tag, seed):
+    # a different seed per run: a real node's prefix cache must not serve the second
+    # run's prompts from the first run's
+    cmd = [bench, "--seed", str(seed), "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
            "--num-prompts", str(args.num_prompts or max(64, 4 * conc)), "--random-input-len", "32",
            "--random-output-len", str(args.output_len), "--random-range-ratio", "0",
            "--max-concurrency", str(conc), "--request-rate", "inf",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
            "--save-result", "--result-dir", outdir, "--result-filename", f"{tag}.json"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if getattr(args, "bench_model", None):
+        cmd += ["--model", args.bench_model]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         sys.exit(f"pdserve-bench failed ({tag}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     with open(os.path.join(outdir, f"{tag}.json")) as f:
         return json.load(f)
 
 
+def git_commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def start_upstream(args, tmp, port):
+    """Start the chosen upstream on port; returns (process, description)."""
+    if args.upstream == "c":
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            sys.exit("no C compiler for the c upstream (use --upstream python)")
+        exe = os.path.join(tmp, "upstream")
+        subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
+        proc = subprocess.Popen([exe, str(port), str(args.ttft_ms), str(args.itl_ms)], stdout=subprocess.DEVNULL)
+        return proc, f"bench_proxy_upstream.c ttft {args.ttft_ms} ms itl {args.itl_ms} ms", "/health"
+    if args.upstream == "python":
+        script = os.path.join(tmp, "script.json")
+        with open(script, "w") as f:
+            json.dump({"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms}, f)
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "bench", "fake_openai.py"),
+                                 "--port", str(port), "--script", script], stdout=subprocess.DEVNULL)
+        return proc, f"fake_openai.py ttft {args.ttft_ms} ms itl {args.itl_ms} ms", "/v1/models"
+    model = args.model or os.environ.get("PD_MODEL_GGUF") or os.path.expanduser(
+        "~/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(model):
+        sys.exit(f"no model at {model} (--model)")
+    node = os.path.join(args.build, "decode", "pdserve-decode")
+    proc = subprocess.Popen([node, "--model", model, "--port", str(port), "--disable-log-requests",
+                             "--disable-log-stats", "--cpu-threads", str(args.node_threads),
+                             "--max-model-len", "1024", "--cpu-kvcache-space", "0.5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"pdserve-decode {os.path.basename(model)} (CPU, {args.node_threads} threads)", "/health"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--concurrency", default="1,64,256")
-    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(64, 4 x concurrency)")
-    ap.add_argument("--output-len", type=int, default=64)
-    ap.add_argument("--ttft-ms", type=float, default=20)
-    ap.add_argument("--itl-ms", type=float, default=5)
+    ap.add_argument("--upstream", choices=("c", "python", "node"), default="c")
+    ap.add_argument("--model", default=None, help="GGUF for --upstream node (default: the default model)")
+    ap.add_argument("--node-threads", type=int, default=1)
+    ap.add_argument("--concurrency", default="1,64,1000")
+    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(64, 2 x concurrency)")
+    ap.add_argument("--output-len", type=int, default=16)
+    ap.add_argument("--ttft-ms", type=float, default=50)
+    ap.add_argument("--itl-ms", type=float, default=50)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--results-dir", default=None, help="also write bench_proxy_<date>_<upstream>.json here")
     ap.add_argument("--label", default="", help="free text recorded with the results")
     args = ap.parse_args()
+    if not args.num_prompts:
+        args.num_prompts = 0
     bench = os.path.join(args.build, "bench", "pdserve-bench")
     proxy_bin = os.path.join(args.build, "proxy", "pdserve-proxy")
     for b in (bench, proxy_bin):
         if not os.path.exists(b):
             sys.exit(f"{b} is not built")
-    tmp = tempfile.mkdtemp(prefix="bench_proxy_")
-    script = os.path.join(tmp, "script.json")
-    with open(script, "w") as f:
-        json.dump({"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms}, f)
-    up_port, px_port = free_port(), free_port()
-    up = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "bench", "fake_openai.py"),
-                           "--port", str(up_port), "--script", script], stdout=subprocess.DEVNULL)
-    px = subprocess.Popen([proxy_bin, "--decode", f"127.0.0.1:{up_port}", "--port", str(px_port),
-                           "--disable-log-requests", "--uvicorn-log-level", "warning"])
-    px_port_url = f"http://127.0.0.1:{px_port}"
     rows = []
-    try:
-        wait_http(f"http://127.0.0.1:{up_port}/v1/models")
-        wait_http(f"http://127.0.0.1:{px_port}/health")
-        for conc in [int(c) for c in args.concurrency.split(",")]:
-            d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, args, tmp, f"direct_{conc}")
-            c0 = cpu_seconds(px.pid)
-            v = run_bench(bench, f"http://127.0.0.1:{px_port}", conc, args, tmp, f"proxy_{conc}")
-            cpu = cpu_seconds(px.pid) - c0
-            toks = v.get("total_output_tokens") or v.get("output_tokens") or args.num_prompts * args.output_len
-            row = {"concurrency": conc, "completed_direct": d["completed"], "completed_proxy": v["completed"],
-                   "proxy_cpu_s": cpu, "proxy_cpu_us_per_request": cpu / max(1, v["completed"]) * 1e6,
-                   "proxy_cpu_us_per_token": cpu / max(1, toks) * 1e6,
-                   "req_per_s_direct": d["request_throughput"], "req_per_s_proxy": v["request_throughput"]}
-            for k in ("mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_itl_ms", "median_itl_ms",
-                      "p99_itl_ms", "mean_e2el_ms", "p99_e2el_ms"):
-                row[k + "_direct"] = d[k]
-                row[k + "_proxy"] = v[k]
-                row[k + "_added"] = v[k] - d[k]
-            rows.append(row)
-    finally:
-        px.terminate()
-        up.terminate()
-        px.wait()
-        up.wait()
+    with tempfile.TemporaryDirectory(prefix="bench_proxy_") as tmp:
+        up_port, px_port = free_port(), free_port()
+        up, upstream, probe = start_upstream(args, tmp, up_port)
+        px = subprocess.Popen([proxy_bin, "--decode", f"127.0.0.1:{up_port}", "--port", str(px_port),
+                               "--disable-log-requests", "--uvicorn-log-level", "warning",
+                               "--max-concurrent-requests", "100000"])
+        try:
+            wait_http(f"http://127.0.0.1:{up_port}{probe}", timeout=120)
+            wait_http(f"http://127.0.0.1:{px_port}/health", timeout=30)
+            # warm-up (page faults, a real node's first batches), not measured
+            w = argparse.Namespace(**vars(args))
+            w.num_prompts = 8
+            run_bench(bench, f"http://127.0.0.1:{px_port}", 4, w, tmp, "warmup", 7)
+            for conc in [int(c) for c in args.concurrency.split(",")]:
+                n = args.num_prompts or max(64, 2 * conc)
+                a = argparse.Namespace(**vars(args))
+                a.num_prompts = n
+                d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", 1000 + conc)
+                c0 = cpu_seconds(px.pid)
+                v = run_bench(bench, f"http://127.0.0.1:{px_port}", conc, a, tmp, f"proxy_{conc}", 2000 + conc)
+                cpu = cpu_seconds(px.pid) - c0
+                toks = v.get("total_output_tokens") or n * args.output_len
+                row = {"concurrency": conc, "num_prompts": n, "completed_direct": d["completed"],
+                       "completed_proxy": v["completed"], "failed_direct": d.get("failed", 0),
+                       "failed_proxy": v.get("failed", 0), "peak_inflight_proxy": v.get("peak_inflight"),
+                       "proxy_cpu_s": cpu, "proxy_cpu_us_per_request": cpu / max(1, v["completed"]) * 1e6,
+                       "proxy_cpu_us_per_token": cpu / max(1, toks) * 1e6,
+                       "req_per_s_direct": d["request_throughput"], "req_per_s_proxy": v["request_throughput"]}
+                for k in ("mean_ttft_ms", "p50_ttft_ms", "p99_ttft_ms", "mean_itl_ms", "p50_itl_ms", "p99_itl_ms",
+                          "p50_tpot_ms", "p99_tpot_ms", "p50_e2el_ms", "p99_e2el_ms"):
+                    row[k + "_direct"] = d[k]
+                    row[k + "_proxy"] = v[k]
+                    row[k + "_added"] = v[k] - d[k]
+                rows.append(row)
+        finally:
+            px.terminate()
+            up.terminate()
+            px.wait()
+            up.wait()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-            "cpus": os.cpu_count(), "upstream": f"fake_openai ttft {args.ttft_ms} ms itl {args.itl_ms} ms",
-            "num_prompts": args.num_prompts or "max(64, 4 x concurrency)", "label": args.label, "output_len": args.output_len, "rows": rows}
-    print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} CPUs); upstream {info['upstream']}")
-    print("| conc | req/s direct | req/s proxy | TTFT mean direct / proxy / added (ms) | TTFT p99 added |"
-          " ITL mean direct / proxy / added (ms) | ITL p99 added | proxy CPU us/req | us/token |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
+            "commit": git_commit(), "upstream": upstream, "output_len": args.output_len, "label": args.label,
+            "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
+    print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
+          f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")
+    print("| conc | req/s direct / proxy | TTFT p50 direct / proxy / added (ms) | TTFT p99 direct / proxy / added |"
+          " ITL p50 added (ms) | ITL p99 direct / proxy / added (ms) | proxy CPU us/req | us/token |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['req_per_s_direct']:.1f} | {r['req_per_s_proxy']:.1f} | "
-              f"{r['mean_ttft_ms_direct']:.2f} / {r['mean_ttft_ms_proxy']:.2f} / {r['mean_ttft_ms_added']:+.2f} | "
-              f"{r['p99_ttft_ms_added']:+.2f} | {r['mean_itl_ms_direct']:.3f} / {r['mean_itl_ms_proxy']:.3f} / "
-              f"{r['mean_itl_ms_added']:+.3f} | {r['p99_itl_ms_added']:+.2f} | "
-              f"{r['proxy_cpu_us_per_request']:.0f} | {r['proxy_cpu_us_per_token']:.1f} |")
-    print(json.dumps(info))
-    if args.json:
-        with open(args.json, "w") as f:
+        print(f"| {r['concurrency']} | {r['req_per_s_direct']:.1f} / {r['req_per_s_proxy']:.1f} | "
+              f"{r['p50_ttft_ms_direct']:.2f} / {r['p50_ttft_ms_proxy']:.2f} / {r['p50_ttft_ms_added']:+.2f} | "
+              f"{r['p99_ttft_ms_direct']:.2f} / {r['p99_ttft_ms_proxy']:.2f} / {r['p99_ttft_ms_added']:+.2f} | "
+              f"{r['p50_itl_ms_added']:+.3f} | {r['p99_itl_ms_direct']:.2f} / {r['p99_itl_ms_proxy']:.2f} / "
+              f"{r['p99_itl_ms_added']:+.3f} | {r['proxy_cpu_us_per_request']:.0f} | "
+              f"{r['proxy_cpu_us_per_token']:.1f} |")
+    out = [args.json] if args.json else []
+    if args.results_dir:
+        out.append(os.path.join(args.results_dir, f"bench_proxy_{time.strftime('%Y-%m-%d', time.gmtime())}_"
+                                                  f"{args.upstream}.json"))
+    for path in out:
+        with open(path, "w") as f:
             json.dump(info, f, indent=1)
 
 

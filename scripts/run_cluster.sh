@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sets up pdserve on this machine (packages, default model, build) and runs a local
-# disaggregated cluster: one prefill node, one decode node and the proxy in front.
+# disaggregated cluster: prefill node(s), decode node(s) and the proxy in front.
 #
-#   scripts/run_cluster.sh                 # CPU backend (GPUs when built with CUDA and present)
+#   scripts/run_cluster.sh                 # 1P1D; CPU backend (GPUs when built with CUDA and present)
 #   PROXY_PORT=8000 PREFILL_PORT=8100 DECODE_PORT=8200 KV_CONNECTOR=UcxConnector scripts/run_cluster.sh
+#   NUM_PREFILL=2 NUM_DECODE=2 scripts/run_cluster.sh   # xPyD on one host: node i listens on
+#                                          # PREFILL_PORT+i / DECODE_PORT+i, KV on 14579+i
 #   scripts/run_cluster.sh --single        # one decode node only (no proxy, no transfer)
 #
 # Point any OpenAI client at http://127.0.0.1:$PROXY_PORT/v1 .  Ctrl-C stops everything.
@@ -53,20 +55,29 @@ if [ "${1:-}" = "--single" ]; then
   exit 0
 fi
 
-"$build/prefill/pdserve-prefill" --model "$MODEL" --port "$PREFILL_PORT" --device "$device" $NODE_ARGS \
-  --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":14579}" &
-pids+=($!)
-"$build/decode/pdserve-decode" --model "$MODEL" --port "$DECODE_PORT" --device "$device" $NODE_ARGS \
-  --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\",\"kv_port\":14580}" &
-pids+=($!)
-wait_health "$PREFILL_PORT"
-wait_health "$DECODE_PORT"
-"$build/proxy/pdserve-proxy" --port "$PROXY_PORT" --prefill "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" &
+NUM_PREFILL=${NUM_PREFILL:-1}
+NUM_DECODE=${NUM_DECODE:-1}
+proxy_args=()
+for ((i = 0; i < NUM_PREFILL; i++)); do
+  "$build/prefill/pdserve-prefill" --model "$MODEL" --port $((PREFILL_PORT + i)) --device "$device" $NODE_ARGS \
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":$((14579 + i))}" &
+  pids+=($!)
+  proxy_args+=(--prefill "127.0.0.1:$((PREFILL_PORT + i))")
+done
+for ((i = 0; i < NUM_DECODE; i++)); do
+  "$build/decode/pdserve-decode" --model "$MODEL" --port $((DECODE_PORT + i)) --device "$device" $NODE_ARGS \
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\"}" &
+  pids+=($!)
+  proxy_args+=(--decode "127.0.0.1:$((DECODE_PORT + i))")
+done
+for ((i = 0; i < NUM_PREFILL; i++)); do wait_health $((PREFILL_PORT + i)); done
+for ((i = 0; i < NUM_DECODE; i++)); do wait_health $((DECODE_PORT + i)); done
+"$build/proxy/pdserve-proxy" --port "$PROXY_PORT" "${proxy_args[@]}" &
 pids+=($!)
 wait_health "$PROXY_PORT"
 cat <<MSG
-pdserve cluster is up ($device): proxy http://127.0.0.1:$PROXY_PORT/v1
-  prefill http://127.0.0.1:$PREFILL_PORT   decode http://127.0.0.1:$DECODE_PORT   KV over $KV_CONNECTOR
+pdserve cluster is up ($device, ${NUM_PREFILL}P${NUM_DECODE}D): proxy http://127.0.0.1:$PROXY_PORT/v1
+  prefill http://127.0.0.1:$PREFILL_PORT..   decode http://127.0.0.1:$DECODE_PORT..   KV over $KV_CONNECTOR
 try:  curl http://127.0.0.1:$PROXY_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"model":"$MODEL","messages":[{"role":"user","content":"What is the capital of France?"}]}'
 Ctrl-C stops the cluster.
