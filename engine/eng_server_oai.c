@@ -725,6 +725,55 @@ static void release_remote(eng_server_t *srv, const eng_oai_req_t *r)
     eng_disagg_release_remote(srv->disagg, &remote);
 }
 
+/* Completions with echo and max_tokens 0 (vLLM): every choice is the prompt's text,
+ * finish_reason "length", no completion tokens; nothing reaches the engine.  Takes o
+ * over (the response is posted and o freed, or handed to the stream's close callback). */
+static void echo_only(eng_server_t *srv, pd_http_req_t *req, oreq_t *o)
+{
+    int n_choices = o->n_subs * o->n_per;
+    pd_status_t st = PD_OK;
+
+    release_remote(srv, &o->r); /* a decode leg's prompt KV is not needed */
+    for (int i = 0; i < n_choices; i++) {
+        sub_t *s = &o->subs[i / o->n_per];
+        o->choices[i].started = true;
+        o->choices[i].finish_reason = "length";
+        if (st == PD_OK && s->echo)
+            st = pd_buf_puts(&o->choices[i].text, s->echo);
+    }
+    for (int i = 0; i < o->n_subs; i++)
+        o->prompt_tokens += o->subs[i].n_prompt;
+    if (!o->r.stream) {
+        char *final = st == PD_OK ? final_response(o) : NULL;
+        if (final)
+            pd_http_respond_json(req, 200, NULL, final);
+        else
+            pd_http_respond_error(req, 500, NULL, "cannot build the response", NULL, NULL);
+        cJSON_free(final);
+        __atomic_sub_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+        oreq_free(o);
+        return;
+    }
+    o->refs = 1; /* the HTTP side, dropped by the close callback */
+    if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
+        pd_http_respond_error(req, 500, NULL, "cannot start the stream", NULL, NULL);
+        __atomic_sub_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+        oreq_free(o);
+        return;
+    }
+    pthread_mutex_lock(&o->mu);
+    for (int i = 0; i < n_choices && st == PD_OK; i++) {
+        const char *text = o->subs[i / o->n_per].echo ? o->subs[i / o->n_per].echo : "";
+        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), "length");
+    }
+    if (st == PD_OK && o->r.include_usage)
+        st = eng_oai_chunk_usage(&o->ck, &o->sbuf, o->prompt_tokens, 0, 0);
+    stream_flush(o, st);
+    pthread_mutex_unlock(&o->mu);
+    pd_http_sse_done(o->stream);
+    pd_http_stream_end(o->stream);
+}
+
 static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
 {
     size_t len;
@@ -867,6 +916,14 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     }
     if (srv->log_requests)
         log_request(srv, req, o, ids[0], n_ids[0]);
+    if (!o->chat && o->r.echo && o->r.has_max_tokens && o->r.params.max_tokens == 0) {
+        for (int i = 0; i < o->n_subs; i++)
+            free(ids[i]);
+        free(ids);
+        free(n_ids);
+        echo_only(srv, req, o);
+        return;
+    }
     o->refs = 1; /* the HTTP side */
     if (o->r.stream) {
         if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
