@@ -195,7 +195,7 @@ pd_status_t eng_oai_chunk_role(const eng_oai_chunker_t *ck, pd_buf_t *out, int i
 }
 
 pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *text,
-                               size_t len, const char *finish_reason)
+                               size_t len, const char *finish_reason, int n_prompt)
 {
     jw_t w = {out, PD_OK};
     begin_choice(ck, &w, index);
@@ -206,7 +206,10 @@ pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int i
         jw_cstr(&w, finish_reason);
     else
         JW_LIT(&w, "null");
-    JW_LIT(&w, ",\"stop_reason\":null}]}\n\n");
+    JW_LIT(&w, ",\"stop_reason\":null}]");
+    if (ck->continuous_usage)
+        chunk_usage(&w, n_prompt, 0);
+    JW_LIT(&w, "}\n\n");
     return w.st;
 }
 

@@ -249,7 +249,7 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
         if (o->chat)
             st = eng_oai_chunk_role(&o->ck, &o->sbuf, index, s->n_prompt);
         else if (s->echo)
-            st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), NULL);
+            st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), NULL, s->n_prompt);
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
         goto flush;
@@ -763,8 +763,9 @@ static void echo_only(eng_server_t *srv, pd_http_req_t *req, oreq_t *o)
     }
     pthread_mutex_lock(&o->mu);
     for (int i = 0; i < n_choices && st == PD_OK; i++) {
-        const char *text = o->subs[i / o->n_per].echo ? o->subs[i / o->n_per].echo : "";
-        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), "length");
+        const sub_t *sb = &o->subs[i / o->n_per];
+        const char *text = sb->echo ? sb->echo : "";
+        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), "length", sb->n_prompt);
     }
     if (st == PD_OK && o->r.include_usage)
         st = eng_oai_chunk_usage(&o->ck, &o->sbuf, o->prompt_tokens, 0, 0);

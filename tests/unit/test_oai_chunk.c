@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -388,7 +389,7 @@ PD_TEST(test_random_chunks)
             } else {
                 size_t tl = rnd_text(text, sizeof(text));
                 const char *fr = rnd(2) ? "length" : NULL;
-                PD_CHECK_STATUS(eng_oai_chunk_echo(&ck, &out, index, text, tl, fr), PD_OK);
+                PD_CHECK_STATUS(eng_oai_chunk_echo(&ck, &out, index, text, tl, fr, n_prompt), PD_OK);
                 cJSON *ch = ref_base(chat, id, created, model);
                 cJSON *cj = cJSON_CreateObject();
                 cJSON_AddNumberToObject(cj, "index", index);
@@ -400,6 +401,8 @@ PD_TEST(test_random_chunks)
                     cJSON_AddNullToObject(cj, "finish_reason");
                 cJSON_AddNullToObject(cj, "stop_reason");
                 cJSON_AddItemToArray(cJSON_AddArrayToObject(ch, "choices"), cj);
+                if (ck.continuous_usage) /* vLLM: usage on every chunk, the echo one too */
+                    ref_usage(ch, n_prompt, 0);
                 bad += !check_event(&out, ch);
             }
             pd_buf_reset(&out);
@@ -460,8 +463,77 @@ PD_TEST(test_comp_top_logprobs_dedup)
     eng_oai_chunker_cleanup(&ck);
 }
 
-int main(void)
+/* --bench (bench/bench_server.sh runs it; no test depends on a time): ns per chunk of
+ * the tree-free writer and of the cJSON tree it replaced, on typical chunks. */
+static double now_s(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void bench(void)
+{
+    static const char *texts[] = {" the", " Paris", ",", "\n", " \"quoted\"", " caf\xc3\xa9"};
+    int32_t ids[1] = {1234};
+    eng_logprob_t lp[1] = {{2, -0.25f, 1}}, tops[5] = {{2, -0.25f, 1}, {5, -1.5f, 2}, {9, -2.5f, 3}, {11, -3.f, 4},
+                                                        {13, -4.f, 5}};
+    const int n = 200000;
+    for (int t = 0; t < N_TOKS; t++)
+        snprintf(tok_strs_g[t], sizeof(tok_strs_g[t]), " tok%d", t);
+    printf("chunk writer, ns per chunk (cJSON tree as before / tree-free):\n");
+    for (int mode = 0; mode < 4; mode++) {
+        bool chat = mode & 1, lps = mode & 2;
+        eng_oai_chunker_t ck;
+        pd_buf_t out;
+        double t0, t_ref = 0, t_new = 0;
+        int off = 0;
+        size_t sink = 0;
+        eng_oai_chunker_init(&ck, chat, "cmpl-0123456789abcdef0123456789abcdef", 1795883372, "SmolLM2-135M-Instruct");
+        ck.want_logprobs = lps;
+        ck.tokstr = tokstr;
+        pd_buf_init(&out);
+        for (int pass = 0; pass < 2; pass++) {
+            t0 = now_s();
+            for (int i = 0; i < n; i++) {
+                eng_output_t ev = {.token_ids = ids, .n_token_ids = 1, .text = texts[i % 6],
+                                   .text_len = strlen(texts[i % 6]), .token_logprobs = lp, .tops = tops,
+                                   .n_top = 5, .stop_token = -1, .n_output_tokens = i};
+                if (pass == 0) {
+                    cJSON *ch = ref_event(&ck, ref_base(chat, "cmpl-0123456789abcdef0123456789abcdef", 1795883372,
+                                                        "SmolLM2-135M-Instruct"), 0, &ev, 12, &off);
+                    char *str = cJSON_PrintUnformatted(ch);
+                    pd_buf_reset(&out);
+                    pd_buf_puts(&out, "data: ");
+                    pd_buf_puts(&out, str);
+                    pd_buf_puts(&out, "\n\n");
+                    sink += out.len;
+                    cJSON_free(str);
+                    cJSON_Delete(ch);
+                } else {
+                    pd_buf_reset(&out);
+                    eng_oai_chunk_event(&ck, &out, 0, &ev, 12, &off);
+                    sink += out.len;
+                }
+            }
+            if (pass == 0)
+                t_ref = now_s() - t0;
+            else
+                t_new = now_s() - t0;
+        }
+        printf("  %-11s %-12s %7.0f  %7.0f  (%zu bytes)\n", chat ? "chat" : "completions",
+               lps ? "top-5 lps" : "text", t_ref / n * 1e9, t_new / n * 1e9, sink / (2 * (size_t)n));
+        pd_buf_cleanup(&out);
+        eng_oai_chunker_cleanup(&ck);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
+        bench();
+        return 0;
+    }
     PD_RUN(test_strings_and_numbers);
     PD_RUN(test_random_chunks);
     PD_RUN(test_comp_top_logprobs_dedup);
