@@ -81,6 +81,13 @@ net = re.compile(r"(tcp|ip_|ipv4|sock|epoll|skb|inet|net_|__dev_queue|loopback|_
 # stream) and the bounded waits of the HTTP workers (20 ms); a share of the lower bound
 idle = re.compile(r"^(snapshot|watcher_main|do_sys_poll|__x64_sys_poll|sock_poll|tcp_poll|MHD_run_wait|MHD_get_timeout|"
                   r"do_epoll_wait|__x64_sys_epoll_wait|ep_poll|eventfd_poll|poll_freewait|__pollwait)$")
+# the per-token share of the lower bound, by part (fractions of all samples)
+parts = [("chunk+dispatch", re.compile(r"^(on_output|stream_event|stream_flush|eng_oai_chunk.*|eng_json_.*|jw_.*|begin_choice|"
+                                       r"chunk_usage|pd_buf_.*|cJSON.*|pd_metric_.*|observe_metrics|token_text|tokstr_cb)$")),
+         ("detok+stop+engine loop", re.compile(r"^(emit|process_seq|eng_detok.*|eng_tok_decode|detok_.*|eng_stop.*|engine_main|"
+                                               r"eng_node_main|ends_with_fffd|bpe_word)$")),
+         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp/loopback", None)]
+counts = [0, 0, 0, 0]
 tot = hi = lo = lo_idle = 0
 for line in sys.stdin:
     f = line.split()
@@ -92,8 +99,16 @@ for line in sys.stdin:
     if sym in own or "libmicrohttpd" in line or "libcjson" in line or "libgnutls" in line or \
        ("kernel.kallsyms" in line and net.search(sym)):
         lo += 1
-        lo_idle += 1 if idle.match(sym) else 0
-print(tot, hi, lo, lo_idle)' "$TMP/engine_syms" "$TMP/server_syms" > "$TMP/split"
+        if idle.match(sym):
+            lo_idle += 1
+        elif parts[0][1].match(sym): counts[0] += 1
+        elif parts[1][1].match(sym): counts[1] += 1
+        elif "kernel.kallsyms" in line: counts[3] += 1
+        else: counts[2] += 1
+print(tot, hi, lo, lo_idle)
+with open(sys.argv[3], "w") as f:
+    for (name, _), c in zip(parts, counts):
+        f.write("%s\t%f\n" % (name, c / tot if tot else 0))' "$TMP/engine_syms" "$TMP/server_syms" "$TMP/parts" > "$TMP/split"
     else
         echo "0 0 0 0" > "$TMP/split"
     fi
@@ -155,6 +170,11 @@ TOK3=$((16 * 64))
 echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
      "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token" \
      "(of the lower bound $(python3 -c "print(round($IDLE3/$TOK3*1e6,1))") us/token is the time-driven poll loops, not per token)"
+[ $HAVE_PERF = 1 ] && python3 -c "
+import sys
+cpu = ($CPU3) / $TOK3 * 1e6
+print('  per-token part of the lower bound: ' + ', '.join('%s %.1f us' % (l.split('\t')[0], float(l.split('\t')[1]) * cpu)
+      for l in open(sys.argv[1]) if l.strip()))" "$TMP/parts"
 
 # 3b. the chunk writer alone (in-process, no server): tree-free vs the cJSON tree it replaced
 [ -x "$BUILD/tests/test_oai_chunk" ] && "$BUILD/tests/test_oai_chunk" --bench
