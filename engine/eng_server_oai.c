@@ -180,7 +180,7 @@ static void comp_lp_append(eng_server_t *srv, const oreq_t *o, cJSON *obj, const
         for (int k = 0; k < out->n_top; k++) {
             const eng_logprob_t *lp = &out->tops[(size_t)i * (size_t)out->n_top + (size_t)k];
             token_text(srv, o, lp->token, t, sizeof(t));
-            if (!cJSON_HasObjectItem(m, t))
+            if (cJSON_GetObjectItemCaseSensitive(m, t) == NULL) /* exact keys, as the stream and vLLM */
                 cJSON_AddNumberToObject(m, t, lp_value(lp->logprob));
         }
         cJSON_AddItemToArray(tops, m);
