@@ -5,6 +5,7 @@
 #   2. POST /v1/completions, max_tokens=1, with wrk: requests/s, server CPU per request.
 #   3. streamed completions (16 at a time, 64 tokens each, ignore_eos): server CPU per
 #      streamed token.
+#   3b. the chunk writer alone (tests/unit/test_oai_chunk --bench): ns per chunk.
 #   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
 # "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
 # and samples in the engine's compute (every function of libpd_kernels_cpu.a and of
@@ -14,6 +15,8 @@
 # and chunk formatting, sends, libc and kernel time of those.  Without perf, only the
 # whole-process CPU (model included) is printed.
 #   bench/bench_server.sh [build-dir] [--json out.json]
+# PD_BENCH_ONLY=streams runs only case 3 (and 3b), e.g. to compare two binaries a few
+# times in turn on a loaded machine (PD_BENCH_BIN=<the other binary>).
 set -euo pipefail
 # the whole script is one function, parsed before it runs
 main() {
@@ -21,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$ROOT/build}
 JSON_OUT=${3:-}
 MODEL=${PD_MODEL_GGUF:-${PDSERVE_CACHE:-$HOME/.cache/pdserve}/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-BIN=$BUILD/decode/pdserve-decode
+BIN=${PD_BENCH_BIN:-$BUILD/decode/pdserve-decode}   # PD_BENCH_BIN: another binary (a "before" build)
 [ -x "$BIN" ] || { echo "build pdserve-decode first ($BIN)"; exit 1; }
 [ -f "$MODEL" ] || { echo "SKIP: no model at $MODEL"; exit 0; }
 command -v wrk >/dev/null || { echo "SKIP: wrk not installed"; exit 0; }
@@ -48,7 +51,7 @@ perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 # dispatch); with libmicrohttpd, cJSON, GnuTLS and the kernel's network paths this is
 # the lower bound; the upper bound is everything outside the model's compute
 { nm "$BUILD/common/libpd_common.a" 2>/dev/null
-  for o in eng_server eng_server_oai eng_openai eng_tokenizer eng_tok_model eng_unicode eng_stop eng_template \
+  for o in eng_server eng_server_oai eng_oai_chunk eng_openai eng_tokenizer eng_tok_model eng_unicode eng_stop eng_template \
            eng_jinja_parse eng_engine eng_request; do
       nm "$BUILD/engine/CMakeFiles/pd_engine.dir/$o.c.o" 2>/dev/null; done
 } | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$TMP/server_syms"
@@ -60,7 +63,7 @@ HZ=$(getconf CLK_TCK)
 measure() {
     local t0 t1 perf_pid=""
     if [ $HAVE_PERF = 1 ]; then
-        perf record -q -e cpu-clock -F 4000 -p $PID -o "$TMP/perf.data" >/dev/null 2>&1 &
+        perf record -q -e cpu-clock -F 20000 -p $PID -o "$TMP/perf.data" >/dev/null 2>&1 &
         perf_pid=$!
         sleep 0.3
     fi
@@ -74,7 +77,18 @@ import sys, re
 eng = set(open(sys.argv[1]).read().split())
 own = set(open(sys.argv[2]).read().split())
 net = re.compile(r"(tcp|ip_|ipv4|sock|epoll|skb|inet|net_|__dev_queue|loopback|__sys_|do_sys_poll|__x64_sys)")
-tot = hi = lo = 0
+# time-driven, not per token: the hang-up watcher (every 50 ms over every suspended
+# stream) and the bounded waits of the HTTP workers (20 ms); a share of the lower bound
+idle = re.compile(r"^(snapshot|watcher_main|do_sys_poll|__x64_sys_poll|sock_poll|tcp_poll|MHD_run_wait|MHD_get_timeout|"
+                  r"do_epoll_wait|__x64_sys_epoll_wait|ep_poll|eventfd_poll|poll_freewait|__pollwait)$")
+# the per-token share of the lower bound, by part (fractions of all samples)
+parts = [("chunk+dispatch", re.compile(r"^(on_output|stream_event|stream_flush|eng_oai_chunk.*|eng_json_.*|jw_.*|begin_choice|"
+                                       r"chunk_usage|pd_buf_.*|cJSON.*|pd_metric_.*|observe_metrics|token_text|tokstr_cb)$")),
+         ("detok+stop+engine loop", re.compile(r"^(emit|process_seq|eng_detok.*|eng_tok_decode|detok_.*|eng_stop.*|engine_main|"
+                                               r"eng_node_main|ends_with_fffd|bpe_word)$")),
+         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp/loopback", None)]
+counts = [0, 0, 0, 0]
+tot = hi = lo = lo_idle = 0
 for line in sys.stdin:
     f = line.split()
     if not f: continue
@@ -85,21 +99,32 @@ for line in sys.stdin:
     if sym in own or "libmicrohttpd" in line or "libcjson" in line or "libgnutls" in line or \
        ("kernel.kallsyms" in line and net.search(sym)):
         lo += 1
-print(tot, hi, lo)' "$TMP/engine_syms" "$TMP/server_syms" > "$TMP/split"
+        if idle.match(sym):
+            lo_idle += 1
+        elif parts[0][1].match(sym): counts[0] += 1
+        elif parts[1][1].match(sym): counts[1] += 1
+        elif "kernel.kallsyms" in line: counts[3] += 1
+        else: counts[2] += 1
+print(tot, hi, lo, lo_idle)
+with open(sys.argv[3], "w") as f:
+    for (name, _), c in zip(parts, counts):
+        f.write("%s\t%f\n" % (name, c / tot if tot else 0))' "$TMP/engine_syms" "$TMP/server_syms" "$TMP/parts" > "$TMP/split"
     else
-        echo "0 0 0" > "$TMP/split"
+        echo "0 0 0 0" > "$TMP/split"
     fi
-    read -r tot hi lo < "$TMP/split"
+    read -r tot hi lo lo_idle < "$TMP/split"
     python3 -c "
 cpu=($t1-$t0)/$HZ; tot=$tot
-print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1)" > "$TMP/meas"
+print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1, cpu*$lo_idle/tot if tot else -1)" > "$TMP/meas"
 }
 
 echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ)"
 
+ONLY=${PD_BENCH_ONLY:-}
+if [ -z "$ONLY" ]; then
 # 1. /v1/models
 measure wrk -t1 -c16 -d5s --latency "$URL/v1/models" >"$TMP/wrk1" 2>&1
-read -r CPU1 SRV1 LO1 < "$TMP/meas"
+read -r CPU1 SRV1 LO1 _ < "$TMP/meas"
 N1=$(awk '/requests in/ {print $1}' "$TMP/wrk1")
 RPS1=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk1")
 echo "GET /v1/models: $RPS1 req/s, server CPU $(python3 -c "print(round($CPU1/$N1*1e6,1))") us/req"
@@ -111,12 +136,14 @@ wrk.body = '{"model":"smol","prompt":"The capital of France is","max_tokens":1,"
 wrk.headers["Content-Type"] = "application/json"
 LUA
 measure wrk -t1 -c8 -d8s -s "$TMP/post.lua" "$URL/v1/completions" >"$TMP/wrk2" 2>&1
-read -r CPU2 SRV2 LO2 < "$TMP/meas"
+read -r CPU2 SRV2 LO2 _ < "$TMP/meas"
 N2=$(awk '/requests in/ {print $1}' "$TMP/wrk2")
 RPS2=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk2")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$TMP/wrk2"); NON2XX=${NON2XX:-0}
 echo "POST /v1/completions max_tokens=1: $RPS2 req/s ($NON2XX non-2xx), process CPU $(python3 -c "print(round($CPU2/$N2*1e6,1))") us/req," \
      "server-only $(python3 -c "print(round($LO2/$N2*1e6,1))")..$(python3 -c "print(round($SRV2/$N2*1e6,1))") us/req"
+
+fi
 
 # 3. streamed tokens
 cat >"$TMP/streams.py" <<'PY'
@@ -137,12 +164,22 @@ ok = sum(1 for s, _, d in got if s == 200 and d)
 print(ok, sum(e for _, e, _ in got))
 PY
 measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3"
-read -r CPU3 SRV3 LO3 < "$TMP/meas"
+read -r CPU3 SRV3 LO3 IDLE3 < "$TMP/meas"
 read -r OK3 EV3 < "$TMP/s3"
 TOK3=$((16 * 64))
 echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
-     "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token"
+     "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token" \
+     "(of the lower bound $(python3 -c "print(round($IDLE3/$TOK3*1e6,1))") us/token is the time-driven poll loops, not per token)"
+[ $HAVE_PERF = 1 ] && python3 -c "
+import sys
+cpu = ($CPU3) / $TOK3 * 1e6
+print('  per-token part of the lower bound: ' + ', '.join('%s %.1f us' % (l.split('\t')[0], float(l.split('\t')[1]) * cpu)
+      for l in open(sys.argv[1]) if l.strip()))" "$TMP/parts"
 
+# 3b. the chunk writer alone (in-process, no server): tree-free vs the cJSON tree it replaced
+[ -x "$BUILD/tests/test_oai_chunk" ] && "$BUILD/tests/test_oai_chunk" --bench
+
+[ -n "$ONLY" ] && return 0
 # 4. 1,000 concurrent streams
 T0=$(date +%s.%N)
 python3 "$TMP/streams.py" "$PORT" 1000 4 > "$TMP/s4"
@@ -156,7 +193,7 @@ python3 - "$JSON_OUT" <<PY
 import json, sys
 json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RPS2, "comp1_cpu_us": $CPU2/$N2*1e6,
            "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
-           "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "streams_1000_ok": $OK4, "streams_1000_s": $T4},
+           "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6, "streams_1000_ok": $OK4, "streams_1000_s": $T4},
           open(sys.argv[1], "w"), indent=1)
 PY
 fi

@@ -162,6 +162,10 @@ struct pd_http_server {
 
     struct MHD_Daemon **daemons; /* one per worker, all on one listening socket */
     int *wake_fds;               /* one eventfd per worker: written after a resume */
+    atomic_int *wake_pending;    /* per worker: a wake-up is written and not yet taken (the
+                                  * worker clears it before MHD_run): later resumes skip
+                                  * the write, so N streams resumed by one engine step cost
+                                  * one eventfd write, not N; freed by destroy */
     pthread_t *workers;
     unsigned n_workers;
     _Atomic int workers_run;
@@ -351,6 +355,10 @@ static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
         return;
     for (unsigned i = 0; i < srv->n_threads; i++) {
         if (srv->daemons[i] == ci->daemon) {
+            /* the resume is done before this exchange, and the worker clears the flag
+             * before its MHD_run: a skipped write's connection is seen by that run */
+            if (srv->wake_pending && atomic_exchange(&srv->wake_pending[i], 1) != 0)
+                return;
             if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
                 /* EAGAIN: a wake-up is already pending */
             }
@@ -1686,6 +1694,7 @@ typedef struct worker_arg {
     pd_http_server_t *srv;
     struct MHD_Daemon *daemon;
     int wake_fd;
+    atomic_int *wake_pending; /* or NULL */
 } worker_arg_t;
 
 static void *worker_main(void *arg)
@@ -1693,6 +1702,7 @@ static void *worker_main(void *arg)
     pd_http_server_t *srv = ((worker_arg_t *)arg)->srv;
     struct MHD_Daemon *d = ((worker_arg_t *)arg)->daemon;
     int wake_fd = ((worker_arg_t *)arg)->wake_fd;
+    atomic_int *pending = ((worker_arg_t *)arg)->wake_pending;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
     int ep = di ? di->epoll_fd : -1;
     free(arg);
@@ -1712,6 +1722,8 @@ static void *worker_main(void *arg)
                 /* EAGAIN: another reader took it */
             }
         }
+        if (pending)
+            atomic_store(pending, 0);
         MHD_run(d);
     }
     return NULL;
@@ -1849,6 +1861,10 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
         }
     }
     srv->wake_fds = malloc(srv->n_threads * sizeof(int));
+    if (srv->wake_pending == NULL)
+        srv->wake_pending = calloc(srv->n_threads, sizeof(*srv->wake_pending));
+    for (unsigned i = 0; srv->wake_pending && i < srv->n_threads; i++)
+        atomic_init(&srv->wake_pending[i], 0);
     for (unsigned i = 0; srv->wake_fds && i < srv->n_threads; i++)
         srv->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     atomic_store(&srv->workers_run, 1);
@@ -1858,6 +1874,7 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
             wa->srv = srv;
             wa->daemon = srv->daemons[i];
             wa->wake_fd = srv->wake_fds ? srv->wake_fds[i] : -1;
+            wa->wake_pending = srv->wake_pending ? &srv->wake_pending[i] : NULL;
         }
         if (wa == NULL || pthread_create(&srv->workers[i], NULL, worker_main, wa) != 0) {
             free(wa);
@@ -2031,6 +2048,7 @@ void pd_http_server_destroy(pd_http_server_t *srv)
     free(srv->tls_ca);
     free(srv->tls_pass);
     free(srv->tls_prio);
+    free(srv->wake_pending);
     strv_free(srv->cors_origins);
     strv_free(srv->cors_methods);
     strv_free(srv->cors_headers);

@@ -260,7 +260,8 @@ static pd_status_t parse_sampling(const cJSON *root, const eng_oai_limits_t *lim
         p->set_mask |= ENG_SP_SET_MAX_TOKENS;
         r->has_max_tokens = true;
     } else if (pd_json_present(root, "max_tokens")) {
-        J(pd_json_get_int(root, "max_tokens", 1, INT32_MAX, &iv, &je));
+        /* completions accept 0 with echo (the prompt alone, checked once echo is known) */
+        J(pd_json_get_int(root, "max_tokens", r->kind == ENG_OAI_COMPLETION ? 0 : 1, INT32_MAX, &iv, &je));
         p->max_tokens = (int)iv;
         p->set_mask |= ENG_SP_SET_MAX_TOKENS;
         r->has_max_tokens = true;
@@ -598,6 +599,11 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
         r->add_special_tokens = bv;
     }
     TRY(parse_sampling(r->root, lim, r, err));
+    if (r->has_max_tokens && r->params.max_tokens == 0 && !r->echo) {
+        st = fail(err, 400, "max_tokens", "'max_tokens' must be between 1 and %d, got 0 (0 only with echo).",
+                  INT32_MAX);
+        goto fail;
+    }
     r->params.logprobs = r->logprobs;
     if (pd_json_present(r->root, "stream")) {
         J(pd_json_get_bool(r->root, "stream", &bv, &je));

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "eng_disagg.h"
+#include "eng_oai_chunk.h"
 #include "eng_server_int.h"
 #include "eng_template.h"
 #include "eng_tokenizer.h"
@@ -67,6 +68,8 @@ typedef struct oreq {
     choice_t *choices;
     int prompt_tokens, cached_tokens, completion_tokens;
     uint64_t t_start;
+    eng_oai_chunker_t ck;     /* stream: chunk writer (head formatted once) */
+    pd_buf_t sbuf;            /* stream: the events of one engine callback, sent in one write */
     cJSON *kv_params;         /* kv_transfer_params of the response (owned), or NULL */
     char *kv_error;           /* the KV transfer failed the request (policy fail) */
 } oreq_t;
@@ -83,6 +86,8 @@ static void oreq_free(oreq_t *o)
         free(o->subs[i].echo);
     free(o->subs);
     free(o->choices);
+    eng_oai_chunker_cleanup(&o->ck);
+    pd_buf_cleanup(&o->sbuf);
     cJSON_Delete(o->kv_params);
     free(o->kv_error);
     eng_oai_req_cleanup(&o->r);
@@ -175,7 +180,7 @@ static void comp_lp_append(eng_server_t *srv, const oreq_t *o, cJSON *obj, const
         for (int k = 0; k < out->n_top; k++) {
             const eng_logprob_t *lp = &out->tops[(size_t)i * (size_t)out->n_top + (size_t)k];
             token_text(srv, o, lp->token, t, sizeof(t));
-            if (!cJSON_HasObjectItem(m, t))
+            if (cJSON_GetObjectItemCaseSensitive(m, t) == NULL) /* exact keys, as the stream and vLLM */
                 cJSON_AddNumberToObject(m, t, lp_value(lp->logprob));
         }
         cJSON_AddItemToArray(tops, m);
@@ -216,117 +221,44 @@ static cJSON *stop_reason_json(const eng_output_t *out)
     return NULL;
 }
 
-static cJSON *chunk_base(const oreq_t *o)
+static void tokstr_cb(void *user, int32_t id, char *buf, size_t buflen)
 {
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddStringToObject(ch, "id", o->id);
-    cJSON_AddStringToObject(ch, "object", o->chat ? "chat.completion.chunk" : "text_completion");
-    cJSON_AddNumberToObject(ch, "created", (double)o->created);
-    cJSON_AddStringToObject(ch, "model", o->srv->names[0]);
-    return ch;
+    const oreq_t *o = user;
+    token_text(o->srv, o, id, buf, buflen);
 }
 
-static void send_chunk(oreq_t *o, cJSON *ch)
+/* Queue what the chunk writers appended to o->sbuf with one write (one lock and at most
+ * one wake of the HTTP worker); a failed append (out of memory) drops the events. */
+static void stream_flush(oreq_t *o, pd_status_t st)
 {
-    char *s = cJSON_PrintUnformatted(ch);
-    if (s) {
-        pd_http_sse_send(o->stream, s);
-        cJSON_free(s);
-    }
-    cJSON_Delete(ch);
-}
-
-/* continuous usage for one chunk: this choice's tokens so far */
-static void add_chunk_usage(const oreq_t *o, cJSON *ch, int prompt, int completion)
-{
-    cJSON *u = cJSON_AddObjectToObject(ch, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
-    cJSON_AddNumberToObject(u, "total_tokens", prompt + completion);
-    cJSON_AddNumberToObject(u, "completion_tokens", completion);
+    if (st == PD_OK && o->sbuf.len > 0)
+        pd_http_stream_write(o->stream, o->sbuf.data, o->sbuf.len);
+    else if (st != PD_OK)
+        PD_LOG_REQ(WARN, pd_http_stream_req_id(o->stream), "cannot format a stream chunk: %s",
+                   pd_status_str(st));
+    pd_buf_reset(&o->sbuf);
 }
 
 static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
 {
     eng_server_t *srv = o->srv;
-    cJSON *ch, *choices, *cj;
+    pd_status_t st = PD_OK;
 
     if (!c->started) {
         c->started = true;
-        if (o->chat) {
-            ch = chunk_base(o);
-            choices = cJSON_AddArrayToObject(ch, "choices");
-            cj = cJSON_CreateObject();
-            cJSON_AddNumberToObject(cj, "index", index);
-            cJSON *delta = cJSON_AddObjectToObject(cj, "delta");
-            cJSON_AddStringToObject(delta, "role", "assistant");
-            cJSON_AddStringToObject(delta, "content", "");
-            cJSON_AddNullToObject(cj, "logprobs");
-            cJSON_AddNullToObject(cj, "finish_reason");
-            cJSON_AddItemToArray(choices, cj);
-            if (o->r.continuous_usage_stats)
-                add_chunk_usage(o, ch, s->n_prompt, 0);
-            send_chunk(o, ch);
-        } else if (s->echo) {
-            ch = chunk_base(o);
-            choices = cJSON_AddArrayToObject(ch, "choices");
-            cj = cJSON_CreateObject();
-            cJSON_AddNumberToObject(cj, "index", index);
-            cJSON_AddStringToObject(cj, "text", s->echo);
-            cJSON_AddNullToObject(cj, "logprobs");
-            cJSON_AddNullToObject(cj, "finish_reason");
-            cJSON_AddNullToObject(cj, "stop_reason");
-            cJSON_AddItemToArray(choices, cj);
-            send_chunk(o, ch);
-        }
+        if (o->chat)
+            st = eng_oai_chunk_role(&o->ck, &o->sbuf, index, s->n_prompt);
+        else if (s->echo)
+            st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), NULL, s->n_prompt);
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
-        return;
+        goto flush;
     if (out->text_len == 0 && !out->finished && !o->r.want_logprobs && eng_engine_tokenizer(srv->engine) != NULL)
-        return; /* a token whose text is held back (partial UTF-8, possible stop string) */
-    ch = chunk_base(o);
-    choices = cJSON_AddArrayToObject(ch, "choices");
-    cj = cJSON_CreateObject();
-    cJSON_AddNumberToObject(cj, "index", index);
-    if (o->chat) {
-        cJSON *delta = cJSON_AddObjectToObject(cj, "delta");
-        if (out->text_len > 0)
-            cJSON_AddItemToObject(delta, "content", cJSON_CreateString(out->text));
-        if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
-            cJSON *lp = cJSON_AddObjectToObject(cj, "logprobs");
-            cJSON *content = cJSON_AddArrayToObject(lp, "content");
-            for (int i = 0; i < out->n_token_ids; i++)
-                cJSON_AddItemToArray(content, chat_lp_entry(srv, o, out, i));
-        } else {
-            cJSON_AddNullToObject(cj, "logprobs");
-        }
-    } else {
-        cJSON_AddItemToObject(cj, "text", cJSON_CreateString(out->text_len ? out->text : ""));
-        if (o->r.want_logprobs && out->token_logprobs && out->n_token_ids > 0) {
-            cJSON *lp = comp_lp_new();
-            comp_lp_append(srv, o, lp, out, c);
-            cJSON_AddItemToObject(cj, "logprobs", lp);
-        } else {
-            cJSON_AddNullToObject(cj, "logprobs");
-        }
-    }
-    if (eng_engine_tokenizer(srv->engine) == NULL && out->n_token_ids > 0) {
-        cJSON *ids = cJSON_AddArrayToObject(cj, "token_ids");
-        for (int i = 0; i < out->n_token_ids; i++)
-            cJSON_AddItemToArray(ids, cJSON_CreateNumber(out->token_ids[i]));
-    }
-    if (out->finished) {
-        cJSON_AddStringToObject(cj, "finish_reason", out->finish_reason);
-        cJSON *sr = stop_reason_json(out);
-        cJSON_AddItemToObject(cj, "stop_reason", sr ? sr : cJSON_CreateNull());
-    } else {
-        cJSON_AddNullToObject(cj, "finish_reason");
-        if (!o->chat)
-            cJSON_AddNullToObject(cj, "stop_reason");
-    }
-    cJSON_AddItemToArray(choices, cj);
-    if (o->r.continuous_usage_stats)
-        add_chunk_usage(o, ch, s->n_prompt, out->n_output_tokens);
-    send_chunk(o, ch);
+        goto flush; /* a token whose text is held back (partial UTF-8, possible stop string) */
+    if (st == PD_OK)
+        st = eng_oai_chunk_event(&o->ck, &o->sbuf, index, out, s->n_prompt, &c->text_offset);
+flush:
+    stream_flush(o, st);
 }
 
 static void accumulate(oreq_t *o, sub_t *s, choice_t *c, const eng_output_t *out)
@@ -520,12 +452,9 @@ static void on_output(void *user, const eng_output_t *out)
                 pd_http_sse_done(o->stream);
                 stream_end = true;
             } else if (o->stream) {
-                if (o->r.include_usage) {
-                    cJSON *ch = chunk_base(o);
-                    cJSON_AddArrayToObject(ch, "choices");
-                    cJSON_AddItemToObject(ch, "usage", usage_json(o));
-                    send_chunk(o, ch);
-                }
+                if (o->r.include_usage)
+                    stream_flush(o, eng_oai_chunk_usage(&o->ck, &o->sbuf, o->prompt_tokens, o->completion_tokens,
+                                                        o->cached_tokens));
                 pd_http_sse_done(o->stream);
                 stream_end = true; /* the close callback drops the HTTP reference */
             } else {
@@ -796,6 +725,56 @@ static void release_remote(eng_server_t *srv, const eng_oai_req_t *r)
     eng_disagg_release_remote(srv->disagg, &remote);
 }
 
+/* Completions with echo and max_tokens 0 (vLLM): every choice is the prompt's text,
+ * finish_reason "length", no completion tokens; nothing reaches the engine.  Takes o
+ * over (the response is posted and o freed, or handed to the stream's close callback). */
+static void echo_only(eng_server_t *srv, pd_http_req_t *req, oreq_t *o)
+{
+    int n_choices = o->n_subs * o->n_per;
+    pd_status_t st = PD_OK;
+
+    release_remote(srv, &o->r); /* a decode leg's prompt KV is not needed */
+    for (int i = 0; i < n_choices; i++) {
+        sub_t *s = &o->subs[i / o->n_per];
+        o->choices[i].started = true;
+        o->choices[i].finish_reason = "length";
+        if (st == PD_OK && s->echo)
+            st = pd_buf_puts(&o->choices[i].text, s->echo);
+    }
+    for (int i = 0; i < o->n_subs; i++)
+        o->prompt_tokens += o->subs[i].n_prompt;
+    if (!o->r.stream) {
+        char *final = st == PD_OK ? final_response(o) : NULL;
+        if (final)
+            pd_http_respond_json(req, 200, NULL, final);
+        else
+            pd_http_respond_error(req, 500, NULL, "cannot build the response", NULL, NULL);
+        cJSON_free(final);
+        __atomic_sub_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+        oreq_free(o);
+        return;
+    }
+    o->refs = 1; /* the HTTP side, dropped by the close callback */
+    if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
+        pd_http_respond_error(req, 500, NULL, "cannot start the stream", NULL, NULL);
+        __atomic_sub_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
+        oreq_free(o);
+        return;
+    }
+    pthread_mutex_lock(&o->mu);
+    for (int i = 0; i < n_choices && st == PD_OK; i++) {
+        const sub_t *sb = &o->subs[i / o->n_per];
+        const char *text = sb->echo ? sb->echo : "";
+        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), "length", sb->n_prompt);
+    }
+    if (st == PD_OK && o->r.include_usage)
+        st = eng_oai_chunk_usage(&o->ck, &o->sbuf, o->prompt_tokens, 0, 0);
+    stream_flush(o, st);
+    pthread_mutex_unlock(&o->mu);
+    pd_http_sse_done(o->stream);
+    pd_http_stream_end(o->stream);
+}
+
 static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
 {
     size_t len;
@@ -863,6 +842,19 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     }
     pd_random_hex_id(rid);
     snprintf(o->id, sizeof(o->id), "%s-%s", o->chat ? "chatcmpl" : "cmpl", rid);
+    if (o->r.stream) {
+        if (eng_oai_chunker_init(&o->ck, o->chat, o->id, o->created, srv->names[0]) != PD_OK) {
+            err.status = 500;
+            snprintf(err.message, sizeof(err.message), "out of memory");
+            goto fail;
+        }
+        o->ck.want_logprobs = o->r.want_logprobs;
+        o->ck.emit_token_ids = eng_engine_tokenizer(srv->engine) == NULL;
+        o->ck.continuous_usage = o->r.continuous_usage_stats;
+        o->ck.prompt_details = srv->args->enable_prompt_tokens_details;
+        o->ck.tokstr = tokstr_cb;
+        o->ck.tok_user = o;
+    }
     o->n_subs = o->chat ? 1 : o->r.n_prompts;
     o->n_per = o->r.params.n > 0 ? o->r.params.n : 1;
     o->subs = calloc((size_t)o->n_subs, sizeof(*o->subs));
@@ -925,6 +917,14 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     }
     if (srv->log_requests)
         log_request(srv, req, o, ids[0], n_ids[0]);
+    if (!o->chat && o->r.echo && o->r.has_max_tokens && o->r.params.max_tokens == 0) {
+        for (int i = 0; i < o->n_subs; i++)
+            free(ids[i]);
+        free(ids);
+        free(n_ids);
+        echo_only(srv, req, o);
+        return;
+    }
     o->refs = 1; /* the HTTP side */
     if (o->r.stream) {
         if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
