@@ -140,6 +140,16 @@ void eng_disagg_release_remote(eng_disagg_t *d, const eng_remote_kv_t *remote)
         (void)hook_pull(d, remote->request_id, remote, NULL, NULL, 0, true);
 }
 
+void eng_disagg_lease_abort(eng_disagg_t *d, const char *req_id)
+{
+    if (d == NULL || !eng_disagg_is_producer(d))
+        return;
+    pthread_mutex_lock(&d->mu);
+    if (!d->closed && kvx_lease_abort(d->kvx, req_id) == PD_OK)
+        PD_LOG_REQ(INFO, req_id, "client left before the answer: lease ended, blocks freed");
+    pthread_mutex_unlock(&d->mu);
+}
+
 static void compat_model_name(const eng_model_config_t *mc, char *out, size_t cap)
 {
     /* the file name, not the path: two nodes may keep the same weights in different

@@ -54,6 +54,11 @@ const char *eng_disagg_policy_name(const eng_disagg_t *d); /* "recompute" / "fai
  * tell the producer to let its lease go now (a zero-block pull), not at expiry. */
 void eng_disagg_release_remote(eng_disagg_t *d, const eng_remote_kv_t *remote);
 
+/* Producer: ends req_id's lease now (its blocks go back to the engine) - for a request
+ * whose client left before the answer, so nobody will ever pull the blocks.  A no-op
+ * on a consumer or when no such lease exists. */
+void eng_disagg_lease_abort(eng_disagg_t *d, const char *req_id);
+
 /* Append the kvxfer counters and the node's disaggregation metrics (Prometheus text). */
 pd_status_t eng_disagg_metrics(eng_disagg_t *d, const char *model_name, const eng_engine_stats_t *st,
                                pd_buf_t *out);

@@ -406,6 +406,13 @@ static void on_output(void *user, const eng_output_t *out)
     bool finish_http = false, stream_end = false;
 
     pthread_mutex_lock(&o->mu);
+    if (out->request_done && out->kv_leased && o->http_done && srv->disagg) {
+        /* the client left while this request was prefilled: nobody will pull its
+         * blocks, so end the lease now rather than when it expires */
+        pthread_mutex_unlock(&o->mu);
+        eng_disagg_lease_abort(srv->disagg, out->request_id);
+        pthread_mutex_lock(&o->mu);
+    }
     if (out->request_done) {
         cJSON *kv = kv_params_json(srv, out);
         if (kv) {

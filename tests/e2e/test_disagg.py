@@ -75,6 +75,18 @@ def free_blocks(node):
     return metric(node, "pdserve:kv_free_blocks")
 
 
+def settled_free_blocks(node, timeout=45.0):
+    """The free-block count once nothing runs, waits or holds a lease (earlier tests on a
+    shared node may leave a 30 s lease behind)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (metric(node, "vllm:num_requests_running") == 0 and metric(node, "vllm:num_requests_waiting") == 0
+                and metric(node, "pdserve:kv_held_requests") == 0):
+            break
+        time.sleep(0.1)
+    return free_blocks(node)
+
+
 def wait_free(node, want, timeout=15.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -295,14 +307,14 @@ def test_bad_transfer_params_refused(balanced, ref):
 
 
 def test_lease_expires_when_decode_never_comes(tmp_path_factory, model_path):
-    p = start_kv_node(tmp_path_factory, model_path, "pdserve-prefill", "kv_producer", free_port(), lease_ttl_s=1.5)
+    p = start_kv_node(tmp_path_factory, model_path, "pdserve-prefill", "kv_producer", free_port(), lease_ttl_s=5)
     try:
         start = free_blocks(p)
         kv = prefill_leg(p, {"model": "smol", "prompt": PROMPTS[2], "max_tokens": 4, "temperature": 0})
         assert free_blocks(p) < start
         assert metric(p, "pdserve:kv_blocks_held") == len(kv["remote_block_ids"])
         assert metric(p, "pdserve:kv_held_requests") == 1
-        wait_free(p, start, timeout=10)
+        wait_free(p, start, timeout=30)
         assert metric(p, "pdserve:kv_lease_expiries_total") == 1
         assert metric(p, "pdserve:kv_held_requests") == 0
     finally:
@@ -435,16 +447,16 @@ def test_client_leaves_while_pulling(tmp_path_factory, model_path, pair):
 
 def test_refused_decode_request_releases_the_lease(balanced):
     """A decode request refused before it reaches the engine lets the prefill's lease go
-    at once (the pair's lease_ttl_s is 30 s; this waits 5)."""
+    at once (the pair's lease_ttl_s is 30 s; this waits 15)."""
     p, d = balanced
-    start = free_blocks(p)
+    start = settled_free_blocks(p)
     for bad in ({"model": "no-such-model"}, {"max_tokens": 5000}):
         body = {"model": "smol", "prompt": PROMPTS[1], "max_tokens": 4, "temperature": 0}
         kv = prefill_leg(p, body)
         assert free_blocks(p) < start
         s, r = decode_leg(d, dict(body, **bad), kv)
         assert s in (400, 404), r
-        wait_free(p, start, timeout=5)
+        wait_free(p, start, timeout=15)
 
 
 def test_shared_storage_connector(tmp_path_factory, model_path, ref, tmp_path):

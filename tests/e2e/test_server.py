@@ -205,6 +205,11 @@ def wait_blocks_back(node, start, timeout=10):
 
 def test_client_disconnect_frees_blocks(decode_node):
     post(decode_node, "/v1/completions", {"prompt": "warm", "max_tokens": 1})
+    # earlier tests on this shared node may still be finishing (aborted streams)
+    deadline = time.time() + 30
+    while time.time() < deadline and (metric(decode_node, "vllm:num_requests_running") > 0
+                                      or metric(decode_node, "vllm:num_requests_waiting") > 0):
+        time.sleep(0.1)
     start = metric(decode_node, "pdserve:kv_free_blocks")
     conn = http.client.HTTPConnection("127.0.0.1", decode_node.port, timeout=30)
     conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "Tell me a long story about a dragon.",
