@@ -194,10 +194,10 @@ up_1p1d() {
         t0=$SECONDS
         CONN=$conn
         node_cmd prefill "$PREFILL_PORT" "$conn" "$KV_PORT_P"
-        start_proc "1p1d-prefill-$conn" "$GPU_A" "${NODE[@]}"
+        start_proc "1p1d-prefill-$conn" "$GPUS_P" "${NODE[@]}"
         p1=$LAST_PID
         node_cmd decode "$DECODE_PORT" "$conn" "$KV_PORT_D"
-        start_proc "1p1d-decode-$conn" "$GPU_B" "${NODE[@]}"
+        start_proc "1p1d-decode-$conn" "$GPUS_D" "${NODE[@]}"
         p2=$LAST_PID
         if ! wait_up "$PREFILL_PORT" "$LOAD_TIMEOUT" "$p1" || ! wait_up "$DECODE_PORT" "$LOAD_TIMEOUT" "$p2"; then
             step "start-1p1d-$conn" FAIL $((SECONDS - t0)) "$(why "$OUTD/1p1d-prefill-$conn.log" "$OUTD/1p1d-decode-$conn.log")"
@@ -244,8 +244,8 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
     name=$setup-$wl-$rate
     # expected wall time: arrivals + the last request's decode + dataset and warm-up
     est=$(awk -v n="$n" -v r="$rate" -v o="$outl" -v s="$TOK_S" 'BEGIN {printf "%d", n / r + o * s + 10}')
-    if [ $((SECONDS - T0 + est)) -gt "$BUDGET" ]; then
-        step "bench-$name" "SKIP" 0 "over the ${BUDGET}s budget (needs ~${est}s)"
+    if [ $((SECONDS + est)) -gt "$SETUP_END" ]; then
+        step "bench-$name" "SKIP" 0 "over this setup's share of the ${BUDGET}s budget (needs ~${est}s)"
         return 0
     fi
     to=$((est * 3 + 60))
@@ -332,8 +332,8 @@ run() {
         IN_PH=4000 OUT_PH=200 IN_BAL=1000 OUT_BAL=1000
         RATES_PH=${GP_RATES_PH:-1.5,3,4.5}
         RATES_BAL=${GP_RATES_BAL:-1,2.5}
-        N_PH=${GP_N_PH:-24}
-        N_BAL=${GP_N_BAL:-16}
+        N_PH=${GP_N_PH:-20}
+        N_BAL=${GP_N_BAL:-12}
         SLO_PH=${GP_SLO_PH:-ttft:1000 tpot:25}
         SLO_BAL=${GP_SLO_BAL:-ttft:500 tpot:25}
         TOK_S=0.03   # pessimistic seconds per decode step, for the time estimate
@@ -372,9 +372,12 @@ EOF
         PROBE_WORDS=100
         ngpu=0
     fi
-    GPU_A=0 GPU_B=1
-    [ "$ngpu" = 1 ] && GPU_B=0
-    [ $mode = cpu ] && GPU_A=- GPU_B=-
+    # Each node computes on its device 0. 1p1d: each process also sees the other GPU (as
+    # its device 1) so that a CUDA IPC handle from the peer can be opened there (NCCL
+    # connector, same host); 2rep: each replica sees only its own GPU.
+    GPU_A=0 GPU_B=1 GPUS_P=0,1 GPUS_D=1,0
+    [ "$ngpu" = 1 ] && GPU_B=0 GPUS_P=0 GPUS_D=0
+    [ $mode = cpu ] && GPU_A=- GPU_B=- GPUS_P=- GPUS_D=-
     # a watchdog so no node outlives a run that was itself killed
     ( sleep $((BUDGET + 2 * LOAD_TIMEOUT + 120)); xargs -r kill -KILL < "$OUTD/pids" ) > /dev/null 2>&1 &
     WATCHDOG=$!
@@ -389,7 +392,12 @@ EOF
     cat "$OUTD/env.txt"
     [ "$ngpu" = 1 ] && log "only one GPU: both nodes share GPU 0 (figures are not the two-GPU comparison)"
 
-    for setup in ${GP_SETUPS:-1p1d 2rep}; do
+    local setups=(${GP_SETUPS:-1p1d 2rep}) k=0
+    for setup in "${setups[@]}"; do
+        # each setup gets an equal share of what is left of the budget, so a slow first
+        # setup cannot leave nothing to compare it with
+        SETUP_END=$((SECONDS + (BUDGET - (SECONDS - T0)) / (${#setups[@]} - k)))
+        k=$((k + 1))
         case $setup in
         1p1d) up_1p1d && workloads 1p1d ;;
         2rep) up_2rep && workloads 2rep ;;

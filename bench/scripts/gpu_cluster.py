@@ -10,7 +10,10 @@
                                PROMPT_WORDS words; prints one line; exit 0 on a 200 with text
   kvcheck BEFORE AFTER         decode-node metrics before and after the probe: exit 0 when
                                KV bytes arrived and no load failed (prints the deltas)
-  report OUT [--json FILE]     the result table of a run directory (runs.tsv, results/)
+  report OUT [--json FILE] [--slo WORKLOAD=ttft:MS,tpot:MS ...]
+                               the result table of a run directory (runs.tsv, results/);
+                               --slo recomputes goodput for other SLOs from the saved
+                               per-request figures (no rerun needed)
 
 Goodput follows DistServe: a request is good when it meets every SLO (TTFT and TPOT,
 vLLM's per-request TPOT); a system's goodput at a rate is good requests / duration, and
@@ -208,6 +211,11 @@ def fmt_rate(best_interp, max_tested):
 def cmd_report(args):
     out = args[0]
     json_path = args[args.index("--json") + 1] if "--json" in args else None
+    slo_over = {}
+    for i, a in enumerate(args):
+        if a == "--slo" and i + 1 < len(args):
+            wl, _, spec = args[i + 1].partition("=")
+            slo_over[wl] = {k: float(v) for k, v in (kv.split(":") for kv in spec.split(",") if kv)}
     rows = []
     try:
         with open(os.path.join(out, "runs.tsv")) as f:
@@ -228,9 +236,14 @@ def cmd_report(args):
             pass
         if res:
             slo = res.get("goodput_slo_ms") or {}
+            goodput, attain = res.get("request_goodput"), res.get("slo_attainment")
+            if wl in slo_over:
+                slo = slo_over[wl]
+                good, attain = attainment_at(res, slo, 1.0)
+                goodput = good / res["duration"] if res.get("duration") else None
             row.update(completed=res.get("completed", 0), failed=res.get("failed", 0),
-                       req_s=res.get("request_throughput"), goodput=res.get("request_goodput"),
-                       attain=res.get("slo_attainment"), p90_ttft=res.get("p90_ttft_ms"),
+                       req_s=res.get("request_throughput"), goodput=goodput,
+                       attain=attain, p90_ttft=res.get("p90_ttft_ms"),
                        p90_tpot=res.get("p90_tpot_ms"), mean_e2el=res.get("mean_e2el_ms"),
                        duration=res.get("duration"), slo=slo,
                        out_tok_s=res.get("output_throughput"))
