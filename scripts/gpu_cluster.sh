@@ -155,7 +155,9 @@ node_cmd() { # node_cmd ROLE PORT [KV_CONNECTOR KV_PORT]  -> NODE array
           --port "$port" "${NODE_ARGS[@]}")
     [ "$role" = prefill ] && NODE+=(--max-num-batched-tokens "$PREFILL_MNBT")
     if [ -n "$conn" ]; then
-        local kvrole=kv_consumer extra=',"kv_load_failure_policy":"recompute"'
+        # a pull that cannot finish fails within 30 s (the probe then sees the failure and
+        # the next connector is tried) instead of the default 60
+        local kvrole=kv_consumer extra=',"kv_load_failure_policy":"recompute","kv_connector_extra_config":{"transfer_timeout_s":30}'
         [ "$role" = prefill ] && { kvrole=kv_producer; extra=',"kv_connector_extra_config":{"lease_ttl_s":60}'; }
         NODE+=(--kv-transfer-config "{\"kv_connector\":\"$conn\",\"kv_role\":\"$kvrole\",\"kv_ip\":\"127.0.0.1\",\"kv_port\":$kvport,\"kv_buffer_device\":\"$KV_DEV\"$extra}")
     fi
