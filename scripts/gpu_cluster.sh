@@ -279,10 +279,13 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
         "$(grep -m1 'Request goodput' "$OUTD/runs/$name.txt" | tr -s ' ')"
 }
 
-workloads() { # workloads SETUP
-    local r
-    for r in ${RATES_PH//,/ }; do bench_one "$1" ph "$r" "$IN_PH" "$OUT_PH" "$N_PH" "$SLO_PH"; done
-    for r in ${RATES_BAL//,/ }; do bench_one "$1" bal "$r" "$IN_BAL" "$OUT_BAL" "$N_BAL" "$SLO_BAL"; done
+workloads() { # workloads SETUP: the two workloads' rates taken in turn (ph 1st, bal 1st,
+    # ph 2nd, ...) so a budget that runs short still leaves each workload measured
+    local ph=(${RATES_PH//,/ }) bal=(${RATES_BAL//,/ }) i
+    for ((i = 0; i < ${#ph[@]} || i < ${#bal[@]}; i++)); do
+        [ $i -lt ${#ph[@]} ] && bench_one "$1" ph "${ph[$i]}" "$IN_PH" "$OUT_PH" "$N_PH" "$SLO_PH"
+        [ $i -lt ${#bal[@]} ] && bench_one "$1" bal "${bal[$i]}" "$IN_BAL" "$OUT_BAL" "$N_BAL" "$SLO_BAL"
+    done
 }
 
 run() {
@@ -328,24 +331,29 @@ run() {
         # 8192 blocks of 16 tokens = 131072 tokens of f32 KV (32 GiB for this shape): the
         # same on every node, far above what the workloads hold, and small enough for the
         # host-staged UCX path to mirror in pinned memory
+        ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+        # one GPU: both nodes share it, so each gets half the KV cache
+        local blocks=8192
+        [ "$ngpu" = 1 ] && blocks=4096
         NODE_ARGS=(--load-format dummy --dtype bfloat16 --max-model-len 8192
-                   --num-gpu-blocks-override "${GP_BLOCKS:-8192}" --max-num-seqs 256 --disable-log-requests)
+                   --num-gpu-blocks-override "${GP_BLOCKS:-$blocks}" --max-num-seqs 256 --disable-log-requests)
         PREFILL_MNBT=16384
         IN_PH=4000 OUT_PH=200 IN_BAL=1000 OUT_BAL=1000
-        RATES_PH=${GP_RATES_PH:-1.5,3,4.5}
-        RATES_BAL=${GP_RATES_BAL:-1,2.5}
+        # the most telling rate first (runs the budget cannot fit are skipped from the end)
+        RATES_PH=${GP_RATES_PH:-3,1.5,4.5}
+        RATES_BAL=${GP_RATES_BAL:-2.5,1}
         N_PH=${GP_N_PH:-20}
         N_BAL=${GP_N_BAL:-12}
         SLO_PH=${GP_SLO_PH:-ttft:1000 tpot:25}
         SLO_BAL=${GP_SLO_BAL:-ttft:500 tpot:25}
         TOK_S=0.03   # pessimistic seconds per decode step, for the time estimate
         BUDGET=${GP_BUDGET_S:-420}
+        MIN_SETUP_S=150   # what the second setup gets even when the first overran
         LOAD_TIMEOUT=${GP_LOAD_TIMEOUT_S:-240}
         PROBE_WORDS=600
         if [ $quick = 1 ]; then
             RATES_PH=${GP_RATES_PH:-3} RATES_BAL=${GP_RATES_BAL:-2} N_PH=${GP_N_PH:-16} N_BAL=${GP_N_BAL:-10}
         fi
-        ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
     else
         # the CPU smoke: SmolLM2-135M's shape with the Llama 3 vocabulary (so prompts,
         # tokenizer and vocabulary are those of the GPU run), f32 dummy weights
@@ -370,6 +378,7 @@ EOF
         SLO_BAL=${GP_SLO_BAL:-ttft:4000 tpot:400}
         TOK_S=0.3
         BUDGET=${GP_BUDGET_S:-110}
+        MIN_SETUP_S=40
         LOAD_TIMEOUT=${GP_LOAD_TIMEOUT_S:-60}
         PROBE_WORDS=100
         ngpu=0
@@ -399,6 +408,7 @@ EOF
         # each setup gets an equal share of what is left of the budget, so a slow first
         # setup cannot leave nothing to compare it with
         SETUP_END=$((SECONDS + (BUDGET - (SECONDS - T0)) / (${#setups[@]} - k)))
+        [ $SETUP_END -lt $((SECONDS + MIN_SETUP_S)) ] && SETUP_END=$((SECONDS + MIN_SETUP_S))
         k=$((k + 1))
         case $setup in
         1p1d) up_1p1d && workloads 1p1d ;;
