@@ -27,7 +27,9 @@
 # (docs/bench.md explains the choice). Environment overrides: GP_RATES_PH, GP_RATES_BAL,
 # GP_N_PH, GP_N_BAL, GP_SLO_PH, GP_SLO_BAL ("ttft:MS tpot:MS"), GP_BLOCKS (KV blocks per
 # node), GP_CONNECTORS ("NcclConnector UcxConnector"), GP_BUDGET_S (wall budget: runs that
-# would end after it are skipped), GP_LOAD_TIMEOUT_S, GP_SETUPS ("1p1d 2rep").
+# would end after it are skipped), GP_LOAD_TIMEOUT_S, GP_SETUPS ("1p1d 2rep"); to rerun
+# with another shape: GP_MODEL (a config folder, e.g. DEST/models/smollm2-135m; the Llama 3
+# tokenizer stays), GP_DEVICE (cuda), GP_IN_PH, GP_OUT_PH, GP_IN_BAL, GP_OUT_BAL.
 set -u
 
 stage() {
@@ -325,9 +327,9 @@ run() {
     SERVED=llama-3.1-8b-dummy
     CONNECTORS=${GP_CONNECTORS:-NcclConnector UcxConnector}
     if [ $mode = gpu ]; then
-        MODEL=$DIR/models/llama-3.1-8b
-        DEVICE=cuda
-        KV_DEV=cuda
+        MODEL=${GP_MODEL:-$DIR/models/llama-3.1-8b}
+        DEVICE=${GP_DEVICE:-cuda}
+        KV_DEV=${GP_DEVICE:-cuda}
         # 8192 blocks of 16 tokens = 131072 tokens of f32 KV (32 GiB for this shape): the
         # same on every node, far above what the workloads hold, and small enough for the
         # host-staged UCX path to mirror in pinned memory
@@ -338,7 +340,7 @@ run() {
         NODE_ARGS=(--load-format dummy --dtype bfloat16 --max-model-len 8192
                    --num-gpu-blocks-override "${GP_BLOCKS:-$blocks}" --max-num-seqs 256 --disable-log-requests)
         PREFILL_MNBT=16384
-        IN_PH=4000 OUT_PH=200 IN_BAL=1000 OUT_BAL=1000
+        IN_PH=${GP_IN_PH:-4000} OUT_PH=${GP_OUT_PH:-200} IN_BAL=${GP_IN_BAL:-1000} OUT_BAL=${GP_OUT_BAL:-1000}
         # the most telling rate first (runs the budget cannot fit are skipped from the end)
         RATES_PH=${GP_RATES_PH:-3,1.5,4.5}
         RATES_BAL=${GP_RATES_BAL:-2.5,1}
