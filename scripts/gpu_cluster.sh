@@ -281,9 +281,32 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
         "$(grep -m1 'Request goodput' "$OUTD/runs/$name.txt" | tr -s ' ')"
 }
 
+bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (no load): the
+    # latency floor each SLO is compared with, measured on the same nodes
+    local setup=$1 wl=$2 in=$3 outl=$4 n=$5 name=$1-$2-solo est t0=$SECONDS rc
+    est=$(awk -v n="$n" -v o="$outl" -v s="$TOK_S" 'BEGIN {printf "%d", n * o * s / 3 + 5}')
+    if [ $((SECONDS + est)) -gt "$SETUP_END" ]; then
+        step "bench-$name" "SKIP" 0 "over this setup's share of the budget"
+        return 0
+    fi
+    timeout -k 5 $((est * 4 + 60)) "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
+        --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
+        --num-prompts "$n" --request-rate inf --max-concurrency 1 --seed 7 --num-warmups 0 \
+        --ready-check-timeout-sec 0 --request-timeout $((est * 4 + 50)) \
+        --save-result --save-detailed --result-dir "$OUTD/results" --result-filename "$name.json" \
+        --label "$name" --disable-tqdm --metadata "setup=$setup" "workload=$wl" "connector=${CONN:-none}" \
+        > "$OUTD/runs/$name.txt" 2>&1
+    rc=$?
+    printf '%s\t%s\t%s\t%s\n' "$setup" "$wl" "$rc" "$OUTD/results/$name.json" >> "$OUTD/solo.tsv"
+    step "bench-$name" "$([ $rc = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
+        "$(grep -m1 'Mean TTFT' "$OUTD/runs/$name.txt" | tr -s ' '); $(grep -m1 'Mean TPOT' "$OUTD/runs/$name.txt" | tr -s ' ')"
+}
+
 workloads() { # workloads SETUP: the two workloads' rates taken in turn (ph 1st, bal 1st,
     # ph 2nd, ...) so a budget that runs short still leaves each workload measured
     local ph=(${RATES_PH//,/ }) bal=(${RATES_BAL//,/ }) i
+    bench_solo "$1" ph "$IN_PH" "$OUT_PH" 2
+    bench_solo "$1" bal "$IN_BAL" "$OUT_BAL" 1
     for ((i = 0; i < ${#ph[@]} || i < ${#bal[@]}; i++)); do
         [ $i -lt ${#ph[@]} ] && bench_one "$1" ph "${ph[$i]}" "$IN_PH" "$OUT_PH" "$N_PH" "$SLO_PH"
         [ $i -lt ${#bal[@]} ] && bench_one "$1" bal "${bal[$i]}" "$IN_BAL" "$OUT_BAL" "$N_BAL" "$SLO_BAL"
@@ -306,6 +329,7 @@ run() {
     mkdir -p "$OUTD/runs" "$OUTD/results" || return 1
     OUTD=$(cd "$OUTD" && pwd)
     : > "$OUTD/runs.tsv"
+    : > "$OUTD/solo.tsv"
     : > "$OUTD/pids"
     RT=$(mktemp -d "${TMPDIR:-/tmp}/gpu_cluster.XXXXXX") || return 1
     trap on_exit EXIT

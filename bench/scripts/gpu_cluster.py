@@ -259,24 +259,56 @@ def cmd_report(args):
                        kv_fail=kv.get("pdserve:kv_load_failures_total", 0.0),
                        kv_share=(xfer / req_time) if req_time > 0 and pulls > 0 else None,
                        kv_share_node=(xfer / node_time) if node_time > 0 and pulls > 0 else None,
-                       kv_ms_per_pull=(xfer / pulls * 1e3) if pulls > 0 else None)
+                       kv_ms_per_pull=(xfer / pulls * 1e3) if pulls > 0 else None,
+                       kv_gb_s=(kv.get("vllm:nixl_bytes_transferred", 0.0) / xfer / 1e9) if xfer > 0 else None)
         rows.append(row)
 
     print("== per run (goodput = requests meeting every SLO / duration; attainment = share of "
           "all requests meeting every SLO) ==")
     hdr = ("setup", "workload", "rate", "done", "fail", "req/s", "goodput", "SLO%",
-           "SLO%x0.5", "SLO%x2", "p90TTFT", "p90TPOT", "KV%", "KVms/pull", "kvfail", "rc")
-    print("%-7s %-8s %5s %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %3s" % hdr)
+           "SLO%x0.5", "SLO%x2", "p90TTFT", "p90TPOT", "KV%", "KVms/pull", "KVGB/s", "kvfail", "rc")
+    print("%-7s %-8s %5s %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %3s" % hdr)
     for r in rows:
         pct = (lambda v: "-" if v is None else "%.0f" % (100 * v))
-        print("%-7s %-8s %5g %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %3d" % (
+        print("%-7s %-8s %5g %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %3d" % (
             r["setup"], r["workload"], r["rate"], r.get("completed", "-"), r.get("failed", "-"),
             fmt(r.get("req_s"), ".2f"), fmt(r.get("goodput"), ".2f"), pct(r.get("attain")),
             pct(r.get("attain_x0.5")), pct(r.get("attain_x2.0")), fmt(r.get("p90_ttft"), ".0f"),
             fmt(r.get("p90_tpot"), ".1f"),
             "-" if r.get("kv_share") is None else "%.1f" % (100 * r["kv_share"]),
-            fmt(r.get("kv_ms_per_pull"), ".1f"),
+            fmt(r.get("kv_ms_per_pull"), ".1f"), fmt(r.get("kv_gb_s"), ".1f"),
             "-" if "kv_fail" not in r else "%d" % r["kv_fail"], r["rc"]))
+
+    solo = []
+    try:
+        with open(os.path.join(out, "solo.tsv")) as f:
+            for parts in (ln.rstrip("\n").split("\t") for ln in f if ln.strip()):
+                if len(parts) < 4:
+                    continue
+                ent = {"setup": parts[0], "workload": parts[1], "rc": int(parts[2])}
+                try:
+                    with open(parts[3]) as rf:
+                        res = json.load(rf)
+                    ent.update(completed=res.get("completed"), mean_ttft=res.get("mean_ttft_ms"),
+                               mean_tpot=res.get("mean_tpot_ms"), mean_e2el=res.get("mean_e2el_ms"))
+                except (OSError, ValueError):
+                    pass
+                solo.append(ent)
+    except OSError:
+        pass
+    if solo:
+        slo_of = {}
+        for r in rows:
+            if r.get("slo"):
+                slo_of.setdefault(r["workload"], r["slo"])
+        print("\n== unloaded latency (requests one at a time), the floor under each SLO ==")
+        print("%-7s %-8s %4s %10s %10s %10s %3s" % ("setup", "workload", "done", "TTFT ms", "TPOT ms", "E2EL ms", "rc"))
+        for e in solo:
+            slo = slo_of.get(e["workload"], {})
+            print("%-7s %-8s %4s %10s %10s %10s %3d%s" % (
+                e["setup"], e["workload"], fmt(e.get("completed"), "d"), fmt(e.get("mean_ttft"), ".1f"),
+                fmt(e.get("mean_tpot"), ".2f"), fmt(e.get("mean_e2el"), ".0f"), e["rc"],
+                "" if not slo else "   SLO ttft %g / tpot %g ms" % (slo.get("ttft", 0), slo.get("tpot", 0))))
 
     summary = []
     print("\n== goodput: highest rate with >= %d%% of requests meeting the SLOs "
@@ -316,7 +348,7 @@ def cmd_report(args):
             print("%-8s 1p1d / 2rep goodput ratio: %s  (DistServe reports 2x-7.4x)" % (wl, ratio))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"runs": rows, "summary": summary}, f, indent=1)
+            json.dump({"runs": rows, "summary": summary, "solo": solo}, f, indent=1)
     return 0
 
 
