@@ -136,6 +136,11 @@ on_exit() {
     [ -n "${RT:-}" ] && rm -rf "$RT"
 }
 
+gpu_mem() { # GPU memory in use, into the log (diagnostics: what a loaded node holds)
+    [ "$DEVICE" = cuda ] || return 0
+    log "GPU memory used: $(timeout 20 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader 2>&1 | tr '\n' ' ')"
+}
+
 why() { # the first error line of the given logs, for the step table
     grep -h -m1 -i ' error \|error:\|fatal' "$@" 2>/dev/null | head -1 | cut -c1-160
 }
@@ -209,6 +214,7 @@ up_1p1d() {
             continue
         fi
         step "start-1p1d-$conn" PASS $((SECONDS - t0)) "nodes healthy"
+        gpu_mem
         if start_proxy "1p1d-proxy-$conn" --prefill "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" && probe 1p1d; then
             log "1p1d: KV over $conn"
             echo "$conn" > "$OUTD/connector.txt"
@@ -238,6 +244,7 @@ up_2rep() {
         return 1
     fi
     step start-2rep PASS $((SECONDS - t0)) "nodes healthy"
+    gpu_mem
     start_proxy 2rep-proxy --decode "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" || { stop_all; return 1; }
     DECODE_METRICS=("http://127.0.0.1:$PREFILL_PORT/metrics" "http://127.0.0.1:$DECODE_PORT/metrics")
     probe 2rep || { stop_all; return 1; }
@@ -341,7 +348,14 @@ run() {
     cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
     [ -z "$cub" ] && cub=$(python3 -c 'import nvidia.cu13, os; print(os.path.dirname(nvidia.cu13.__file__))' 2>/dev/null |
         xargs -r -I{} find {} -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
-    export LD_LIBRARY_PATH="$RT/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    # NCCL: the system package normally; else the toolkit's or a Python wheel's
+    local nccl=""
+    if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2 '; then
+        nccl=$(find /usr/local/cuda*/ /usr/lib /opt -name 'libnccl.so.2*' 2>/dev/null | head -1)
+        [ -z "$nccl" ] && nccl=$(python3 -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null |
+            xargs -r -I{} find {} -name 'libnccl.so.2*' 2>/dev/null | head -1)
+    fi
+    export LD_LIBRARY_PATH="$RT/lib:${cub:+$(dirname "$cub"):}${nccl:+$(dirname "$nccl"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     export UCX_MODULE_DIR=$RT/lib/ucx UCX_MEM_MMAP_HOOK_MODE=none NCCL_NVLS_ENABLE=0
     PROXY_PORT=${GP_PROXY_PORT:-18400}
     PREFILL_PORT=$((PROXY_PORT + 1))
@@ -357,7 +371,7 @@ run() {
         # 8192 blocks of 16 tokens = 131072 tokens of f32 KV (32 GiB for this shape): the
         # same on every node, far above what the workloads hold, and small enough for the
         # host-staged UCX path to mirror in pinned memory
-        ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+        ngpu=$(timeout 20 nvidia-smi -L 2>/dev/null | grep -c '^GPU')
         # one GPU: both nodes share it, so each gets half the KV cache
         local blocks=8192
         [ "$ngpu" = 1 ] && blocks=4096
@@ -421,9 +435,12 @@ EOF
     {
         date -u
         echo "commit $(cat "$DIR/COMMIT" 2>/dev/null) mode $mode gpus $ngpu"
-        [ $mode = gpu ] && nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv,noheader
+        [ $mode = gpu ] && timeout 20 nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv,noheader
         nproc
-        echo "cublas: ${cub:-not found}"
+        echo "cublas: ${cub:-not found}; nccl: ${nccl:-system}"
+        for b in "$DIR"/bin/*; do
+            ldd "$b" 2>&1 | grep "not found" | sed "s|^|$(basename "$b"): unresolved |"
+        done
         echo "workloads: ph $IN_PH/$OUT_PH rates $RATES_PH n $N_PH SLO $SLO_PH; bal $IN_BAL/$OUT_BAL rates $RATES_BAL n $N_BAL SLO $SLO_BAL"
     } > "$OUTD/env.txt" 2>&1
     cat "$OUTD/env.txt"
