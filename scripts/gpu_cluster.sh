@@ -91,6 +91,7 @@ stage() {
 # ---------------------------------------------------------------------------------
 # run-time state
 PIDS=()        # every process started (nodes, proxy)
+PENDING=()     # the bench run in flight: what bench_finish records
 NAMES=()
 STEPS=()       # "name|result|seconds|note" for the final table
 WATCHDOG=""
@@ -130,8 +131,27 @@ stop_all() { # TERM every process, KILL what is left after 15 s
     NAMES=()
 }
 
+bench_wait() { # wait for the bench started last; `wait` (unlike a foreground child) lets
+    # a TERM to this script run its trap at once
+    BENCH_PID=$!
+    wait "$BENCH_PID"
+    rc=$?
+    BENCH_PID=""
+}
+
 on_exit() {
+    # a bench in flight gets SIGINT: it stops sending and writes its table and JSON for
+    # the requests so far (exit 130), which the report then includes
+    if [ -n "${BENCH_PID:-}" ]; then
+        kill -INT "$BENCH_PID" 2>/dev/null   # timeout passes it on to pdserve-bench
+        local i
+        for i in $(seq 1 20); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$BENCH_PID" 2>/dev/null
+        bench_finish 130
+    fi
     stop_all
+    # interrupted (TERM from an outer timeout, Ctrl-C): still print what was measured
+    [ "${REPORTED:-1}" = 0 ] && final_report
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     [ -n "${RT:-}" ] && rm -rf "$RT"
 }
@@ -267,7 +287,7 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
         i=$((i + 1))
     done
     read -r -a slos <<< "$slo"
-    timeout -k 5 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
+    timeout -s INT -k 10 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
         --num-prompts "$n" --request-rate "$rate" --seed 1 --num-warmups 1 \
         --goodput "${slos[@]}" --request-timeout $((to - 10)) --ready-check-timeout-sec 60 \
@@ -275,16 +295,32 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
         --save-result --save-detailed --result-dir "$OUTD/results" --result-filename "$name.json" \
         --label "$setup-$wl" --disable-tqdm \
         --metadata "setup=$setup" "workload=$wl" "connector=${CONN:-none}" "device=$DEVICE" \
-        > "$OUTD/runs/$name.txt" 2>&1
-    rc=$?
-    i=0
+        > "$OUTD/runs/$name.txt" 2>&1 &
+    PENDING=("run" "$setup" "$wl" "$rate" "$name" "$mb" "$t0")
+    bench_wait
+    bench_finish "$rc"
+}
+
+bench_finish() { # bench_finish RC: record the bench run in PENDING (also from the exit
+    # trap, so an interrupted run's partial result is in the report)
+    local rc=$1 kind setup wl rate name mb t0 i=0 u ma=""
+    [ ${#PENDING[@]} -eq 0 ] && return 0
+    kind=${PENDING[0]} setup=${PENDING[1]} wl=${PENDING[2]} rate=${PENDING[3]} name=${PENDING[4]}
+    mb=${PENDING[5]} t0=${PENDING[6]}
+    PENDING=()
+    if [ "$kind" = solo ]; then
+        printf '%s\t%s\t%s\t%s\n' "$setup" "$wl" "$rc" "$OUTD/results/$name.json" >> "$OUTD/solo.tsv"
+        step "bench-$name" "$([ "$rc" = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
+            "$(grep -m1 'Mean TTFT' "$OUTD/runs/$name.txt" | tr -s ' '); $(grep -m1 'Mean TPOT' "$OUTD/runs/$name.txt" | tr -s ' ')"
+        return 0
+    fi
     for u in "${DECODE_METRICS[@]}"; do
         py scrape "$u" "$OUTD/runs/$name.m1.$i" > /dev/null 2>&1
         ma="$ma${ma:+,}$OUTD/runs/$name.m1.$i"
         i=$((i + 1))
     done
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$setup" "$wl" "$rate" "$rc" "$OUTD/results/$name.json" "$mb" "$ma" >> "$OUTD/runs.tsv"
-    step "bench-$name" "$([ $rc = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
+    step "bench-$name" "$([ "$rc" = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
         "$(grep -m1 'Request goodput' "$OUTD/runs/$name.txt" | tr -s ' ')"
 }
 
@@ -296,17 +332,16 @@ bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (n
         step "bench-$name" "SKIP" 0 "over this setup's share of the budget"
         return 0
     fi
-    timeout -k 5 $((est * 4 + 60)) "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
+    timeout -s INT -k 10 $((est * 4 + 60)) "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
         --num-prompts "$n" --request-rate inf --max-concurrency 1 --seed 7 --num-warmups 0 \
         --ready-check-timeout-sec 0 --request-timeout $((est * 4 + 50)) \
         --save-result --save-detailed --result-dir "$OUTD/results" --result-filename "$name.json" \
         --label "$name" --disable-tqdm --metadata "setup=$setup" "workload=$wl" "connector=${CONN:-none}" \
-        > "$OUTD/runs/$name.txt" 2>&1
-    rc=$?
-    printf '%s\t%s\t%s\t%s\n' "$setup" "$wl" "$rc" "$OUTD/results/$name.json" >> "$OUTD/solo.tsv"
-    step "bench-$name" "$([ $rc = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
-        "$(grep -m1 'Mean TTFT' "$OUTD/runs/$name.txt" | tr -s ' '); $(grep -m1 'Mean TPOT' "$OUTD/runs/$name.txt" | tr -s ' ')"
+        > "$OUTD/runs/$name.txt" 2>&1 &
+    PENDING=("solo" "$setup" "$wl" "-" "$name" "" "$t0")
+    bench_wait
+    bench_finish "$rc"
 }
 
 workloads() { # workloads SETUP: the two workloads' rates taken in turn (ph 1st, bal 1st,
@@ -332,6 +367,7 @@ run() {
         esac
     done
     T0=$SECONDS
+    MODE=$mode
     OUTD=${OUT:-/tmp/gpu_cluster}
     mkdir -p "$OUTD/runs" "$OUTD/results" || return 1
     OUTD=$(cd "$OUTD" && pwd)
@@ -339,6 +375,7 @@ run() {
     : > "$OUTD/solo.tsv"
     : > "$OUTD/pids"
     RT=$(mktemp -d "${TMPDIR:-/tmp}/gpu_cluster.XXXXXX") || return 1
+    REPORTED=0
     trap on_exit EXIT
     trap 'exit 130' INT TERM
     tar -C "$RT" -xJf "$DIR/lib.tar.xz" || { echo "run: cannot unpack lib.tar.xz" >&2; return 1; }
@@ -461,19 +498,24 @@ EOF
         stop_all
     done
 
+    final_report
+    # exit status: 0 when both setups produced at least one result
+    grep -q '^1p1d' "$OUTD/runs.tsv" && grep -q '^2rep' "$OUTD/runs.tsv"
+}
+
+final_report() { # the tables; also from the exit trap when the run is interrupted
+    local s a b c d
+    REPORTED=1
     echo
-    echo "== gpu_cluster ($mode): $(head -1 "$OUTD/env.txt"), commit $(cat "$DIR/COMMIT" 2>/dev/null), KV over ${CONN_USED:-$(cat "$OUTD/connector.txt" 2>/dev/null || echo none)} =="
+    echo "== gpu_cluster ($MODE): $(head -1 "$OUTD/env.txt"), commit $(cat "$DIR/COMMIT" 2>/dev/null), KV over $(cat "$OUTD/connector.txt" 2>/dev/null || echo none) =="
     PYT=60 py report "$OUTD" --json "$OUTD/report.json" | tee "$OUTD/report.txt"
     echo
     printf '%-34s %-9s %6s  %s\n' step result seconds note
-    local s
     for s in "${STEPS[@]}"; do
         IFS='|' read -r a b c d <<< "$s"
         printf '%-34s %-9s %6s  %s\n' "$a" "$b" "$c" "$d"
     done
     echo "total $((SECONDS - T0)) s; logs in $OUTD"
-    # exit status: 0 when both setups produced at least one result
-    grep -q '^1p1d' "$OUTD/runs.tsv" && grep -q '^2rep' "$OUTD/runs.tsv"
 }
 
 smoke() { # smoke BUILD_DIR: stage into a temporary folder, run the CPU smoke from it
