@@ -170,10 +170,12 @@ def test_cpu_smoke(tmp_path):
     for tool in ("strip", "ldd", "xz"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
+    # a budget no loaded CI box reaches: runs must not be skipped for time here (the
+    # skipping itself is the budget's business, not what this test checks)
     env = dict(os.environ, OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path),
-               GP_PROXY_PORT=str(free_port_block()))
+               GP_PROXY_PORT=str(free_port_block()), GP_BUDGET_S="1200", GP_LOAD_TIMEOUT_S="240")
     r = subprocess.run(["bash", str(SCRIPT), "smoke", str(BUILD)], capture_output=True, text=True,
-                       timeout=400, env=env)
+                       timeout=1500, env=env)
     out = tmp_path / "out"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "staged" in r.stdout and "KiB" in r.stdout
@@ -192,6 +194,12 @@ def test_cpu_smoke(tmp_path):
             assert 0 < x["kv_share"] < 1
         else:
             assert x["kv_pulls"] == 0
+    # the unloaded runs: 2 prefill-heavy and 1 balanced request per setup, one at a time
+    solo = {(x["setup"], x["workload"]): x for x in rep["solo"]}
+    assert set(solo) == {("1p1d", "ph"), ("1p1d", "bal"), ("2rep", "ph"), ("2rep", "bal")}
+    for (setup, wl), x in solo.items():
+        assert x["rc"] == 0 and x["completed"] == (2 if wl == "ph" else 1) and x["mean_ttft"] > 0, x
+    assert "SKIP" not in r.stdout
     # the table comes last, and no process outlives the script
     assert r.stdout.rstrip().splitlines()[-1].startswith("total ")
     for pid in (out / "pids").read_text().split():
