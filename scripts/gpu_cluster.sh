@@ -271,8 +271,13 @@ up_2rep() {
 }
 
 bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
-    local setup=$1 wl=$2 rate=$3 in=$4 outl=$5 n=$6 slo=$7 name est to t0=$SECONDS rc i mb="" ma="" u
+    local setup=$1 wl=$2 rate=$3 in=$4 outl=$5 n=$6 slo=$7 name est to t0=$SECONDS rc i mb="" ma="" u seed
     name=$setup-$wl-$rate
+    # Fresh prompts in every run (a prompt seen before is a prefix-cache hit: no prefill),
+    # the same ones for the same workload and rate in both setups. No ready check and no
+    # warm-up: both would send copies of the first prompt (cached for the measured one);
+    # the probe and the unloaded runs already warmed the nodes and the proxy.
+    seed=$(( $(printf '%s-%s' "$wl" "$rate" | cksum | cut -d' ' -f1) % 2147483647 ))
     # expected wall time: arrivals + the last request's decode + dataset and warm-up
     est=$(awk -v n="$n" -v r="$rate" -v o="$outl" -v s="$TOK_S" 'BEGIN {printf "%d", n / r + o * s + 10}')
     if [ $((SECONDS + est)) -gt "$SETUP_END" ]; then
@@ -289,8 +294,8 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
     read -r -a slos <<< "$slo"
     timeout -s INT -k 10 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
-        --num-prompts "$n" --request-rate "$rate" --seed 1 --num-warmups 1 \
-        --goodput "${slos[@]}" --request-timeout $((to - 10)) --ready-check-timeout-sec 60 \
+        --num-prompts "$n" --request-rate "$rate" --seed "$seed" --num-warmups 0 \
+        --goodput "${slos[@]}" --request-timeout $((to - 10)) --ready-check-timeout-sec 0 \
         --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99 \
         --save-result --save-detailed --result-dir "$OUTD/results" --result-filename "$name.json" \
         --label "$setup-$wl" --disable-tqdm \

@@ -260,24 +260,28 @@ def cmd_report(args):
                        kv_share=(xfer / req_time) if req_time > 0 and pulls > 0 else None,
                        kv_share_node=(xfer / node_time) if node_time > 0 and pulls > 0 else None,
                        kv_ms_per_pull=(xfer / pulls * 1e3) if pulls > 0 else None,
-                       kv_gb_s=(kv.get("vllm:nixl_bytes_transferred", 0.0) / xfer / 1e9) if xfer > 0 else None)
+                       kv_gb_s=(kv.get("vllm:nixl_bytes_transferred", 0.0) / xfer / 1e9) if xfer > 0 else None,
+                       # prompt tokens the decode nodes found in their own prefix cache
+                       # (should be ~0: every run has fresh prompts)
+                       prefix_hit=(kv.get("vllm:prefix_cache_hits", 0.0) / kv["vllm:prefix_cache_queries"])
+                       if kv.get("vllm:prefix_cache_queries") else None)
         rows.append(row)
 
     print("== per run (goodput = requests meeting every SLO / duration; attainment = share of "
           "all requests meeting every SLO) ==")
     hdr = ("setup", "workload", "rate", "done", "fail", "req/s", "goodput", "SLO%",
-           "SLO%x0.5", "SLO%x2", "p90TTFT", "p90TPOT", "KV%", "KVms/pull", "KVGB/s", "kvfail", "rc")
-    print("%-7s %-8s %5s %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %3s" % hdr)
+           "SLO%x0.5", "SLO%x2", "p90TTFT", "p90TPOT", "KV%", "KVms/pull", "KVGB/s", "kvfail", "pfx%", "rc")
+    print("%-7s %-8s %5s %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %4s %3s" % hdr)
     for r in rows:
         pct = (lambda v: "-" if v is None else "%.0f" % (100 * v))
-        print("%-7s %-8s %5g %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %3d" % (
+        print("%-7s %-8s %5g %4s %4s %6s %7s %5s %8s %6s %8s %7s %5s %9s %6s %6s %4s %3d" % (
             r["setup"], r["workload"], r["rate"], r.get("completed", "-"), r.get("failed", "-"),
             fmt(r.get("req_s"), ".2f"), fmt(r.get("goodput"), ".2f"), pct(r.get("attain")),
             pct(r.get("attain_x0.5")), pct(r.get("attain_x2.0")), fmt(r.get("p90_ttft"), ".0f"),
             fmt(r.get("p90_tpot"), ".1f"),
             "-" if r.get("kv_share") is None else "%.1f" % (100 * r["kv_share"]),
             fmt(r.get("kv_ms_per_pull"), ".1f"), fmt(r.get("kv_gb_s"), ".1f"),
-            "-" if "kv_fail" not in r else "%d" % r["kv_fail"], r["rc"]))
+            "-" if "kv_fail" not in r else "%d" % r["kv_fail"], pct(r.get("prefix_hit")), r["rc"]))
 
     solo = []
     try:

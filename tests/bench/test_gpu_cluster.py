@@ -188,6 +188,8 @@ def test_cpu_smoke(tmp_path):
         ("1p1d", "ph"), ("1p1d", "bal"), ("2rep", "ph"), ("2rep", "bal")}
     for x in runs:
         assert x["rc"] == 0 and x["failed"] == 0 and x["completed"] == 3, x
+        # fresh prompts in every run: nothing comes from a node's prefix cache
+        assert x["prefix_hit"] == 0, x
         if x["setup"] == "1p1d":
             # every request's KV moved (the prompts span whole blocks), none recomputed
             assert x["kv_pulls"] >= 3 and x["kv_bytes"] > 0 and x["kv_fail"] == 0, x
