@@ -331,7 +331,10 @@ bench_finish() { # bench_finish RC: record the bench run in PENDING (also from t
 
 bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (no load): the
     # latency floor each SLO is compared with, measured on the same nodes
-    local setup=$1 wl=$2 in=$3 outl=$4 n=$5 name=$1-$2-solo est t0=$SECONDS rc
+    local setup=$1 wl=$2 in=$3 outl=$4 n=$5 name=$1-$2-solo est t0=$SECONDS rc seed
+    # its own prompts (one seed per workload: with one seed the shorter workload's
+    # prompt could be a prefix of the longer one's, a cache hit)
+    seed=$(( $(printf '%s-solo' "$wl" | cksum | cut -d' ' -f1) % 2147483647 ))
     est=$(awk -v n="$n" -v o="$outl" -v s="$TOK_S" 'BEGIN {printf "%d", n * o * s / 3 + 5}')
     if [ $((SECONDS + est)) -gt "$SETUP_END" ]; then
         step "bench-$name" "SKIP" 0 "over this setup's share of the budget"
@@ -339,7 +342,7 @@ bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (n
     fi
     timeout -s INT -k 10 $((est * 4 + 60)) "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
-        --num-prompts "$n" --request-rate inf --max-concurrency 1 --seed 7 --num-warmups 0 \
+        --num-prompts "$n" --request-rate inf --max-concurrency 1 --seed "$seed" --num-warmups 0 \
         --ready-check-timeout-sec 0 --request-timeout $((est * 4 + 50)) \
         --save-result --save-detailed --result-dir "$OUTD/results" --result-filename "$name.json" \
         --label "$name" --disable-tqdm --metadata "setup=$setup" "workload=$wl" "connector=${CONN:-none}" \
