@@ -209,3 +209,49 @@ def test_cpu_smoke(tmp_path):
             open(f"/proc/{pid}/stat").read().split(") ")[-1][:1] == "Z", pid
     # nothing left in TMPDIR but what the test made (the unpacked libraries are removed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("cfg", ["replica-gpu", "decode-gpu1", "prefill-gpu0"])
+def test_gpu_cluster_configs_start(tmp_path, cfg):
+    """configs/cluster/*gpu*.yaml load and serve, moved onto the CPU from the command
+    line (which wins over the file): a small model with the Llama 3 vocabulary in place
+    of the 8B shape, the Llama 3 tokenizer where the file says it is."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pdtest import binary, free_port, wait_http
+    exe = binary("pdserve-prefill" if cfg.startswith("prefill") else "pdserve-decode")
+    text = (ROOT / "configs" / "cluster" / f"{cfg}.yaml").read_text()
+    # the folder the file names, made as its comment says
+    assert "tokenizer: /tmp/pdserve-llama3-tokenizer" in text
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    subprocess.run(["tar", "xJf", str(ROOT / "tests/data/tokenizers/llama3.tar.xz"), "-C", str(tok)], check=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    c = json.loads((ROOT / "configs/models/smollm2-135m/config.json").read_text())
+    c.update(vocab_size=128256, bos_token_id=128000, eos_token_id=128009, tie_word_embeddings=True)
+    (model / "config.json").write_text(json.dumps(c))
+    port = free_port()
+    args = [exe, "--config", str(ROOT / "configs" / "cluster" / f"{cfg}.yaml"), "--model", str(model),
+            "--tokenizer", str(tok), "--device", "cpu", "--max-model-len", "1024",
+            "--num-gpu-blocks-override", "128", "--port", str(port)]
+    if "kv-transfer-config" in text:
+        args += ["--kv-transfer-config.kv_buffer_device", "cpu",
+                 "--kv-transfer-config.kv_port", str(free_port())]
+    log = open(tmp_path / "node.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+    except Exception:
+        proc.kill()
+        proc.wait()
+        log.close()
+        raise AssertionError((tmp_path / "node.log").read_text()[-3000:])
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+    # the file's load-format (dummy weights) and role took effect
+    text_log = (tmp_path / "node.log").read_text()
+    assert "dummy weights:" in text_log
+    if "kv-transfer-config" in text:
+        assert ("kv_producer" if cfg.startswith("prefill") else "kv_consumer") in text_log
