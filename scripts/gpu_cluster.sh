@@ -217,32 +217,38 @@ probe() { # probe SETUP -> 0 when one request through the proxy succeeds (+ KV m
     return $rc
 }
 
-up_1p1d() {
-    local conn t0 p1 p2
-    for conn in $CONNECTORS; do
+up_1p1d() { # each entry of CONNECTORS is NAME or NAME:UCX_TLS (the nodes' UCX transports)
+    local conn entry tls t0 p1 p2
+    for entry in $CONNECTORS; do
         t0=$SECONDS
-        CONN=$conn
+        conn=${entry%%:*}
+        tls=""
+        [ "$entry" != "$conn" ] && tls=${entry#*:}
+        CONN=$entry
+        local lname=${entry//[:,]/-}   # for file and step names
+        if [ -n "$tls" ]; then export UCX_TLS=$tls; else unset UCX_TLS; fi
         node_cmd prefill "$PREFILL_PORT" "$conn" "$KV_PORT_P"
-        start_proc "1p1d-prefill-$conn" "$GPUS_P" "${NODE[@]}"
+        start_proc "1p1d-prefill-$lname" "$GPUS_P" "${NODE[@]}"
         p1=$LAST_PID
         node_cmd decode "$DECODE_PORT" "$conn" "$KV_PORT_D"
-        start_proc "1p1d-decode-$conn" "$GPUS_D" "${NODE[@]}"
+        start_proc "1p1d-decode-$lname" "$GPUS_D" "${NODE[@]}"
         p2=$LAST_PID
+        unset UCX_TLS
         if ! wait_up "$PREFILL_PORT" "$LOAD_TIMEOUT" "$p1" || ! wait_up "$DECODE_PORT" "$LOAD_TIMEOUT" "$p2"; then
-            step "start-1p1d-$conn" FAIL $((SECONDS - t0)) "$(why "$OUTD/1p1d-prefill-$conn.log" "$OUTD/1p1d-decode-$conn.log")"
+            step "start-1p1d-$lname" FAIL $((SECONDS - t0)) "$(why "$OUTD/1p1d-prefill-$lname.log" "$OUTD/1p1d-decode-$lname.log")"
             stop_all
             continue
         fi
-        step "start-1p1d-$conn" PASS $((SECONDS - t0)) "nodes healthy"
+        step "start-1p1d-$lname" PASS $((SECONDS - t0)) "nodes healthy"
         gpu_mem
-        if start_proxy "1p1d-proxy-$conn" --prefill "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" && probe 1p1d; then
-            log "1p1d: KV over $conn"
-            echo "$conn" > "$OUTD/connector.txt"
+        if start_proxy "1p1d-proxy-$lname" --prefill "127.0.0.1:$PREFILL_PORT" --decode "127.0.0.1:$DECODE_PORT" && probe 1p1d; then
+            log "1p1d: KV over $entry"
+            echo "$entry" > "$OUTD/connector.txt"
             DECODE_METRICS=("http://127.0.0.1:$DECODE_PORT/metrics")
             return 0
         fi
-        log "1p1d with $conn failed; last lines of the decode node's log:"
-        tail -5 "$OUTD/1p1d-decode-$conn.log" | tee -a "$OUTD/steps.log"
+        log "1p1d with $entry failed; last lines of the decode node's log:"
+        tail -5 "$OUTD/1p1d-decode-$lname.log" | tee -a "$OUTD/steps.log"
         stop_all
     done
     CONN=""
@@ -408,7 +414,10 @@ run() {
     KV_PORT_P=$((PROXY_PORT + 11))
     KV_PORT_D=$((PROXY_PORT + 12))
     SERVED=llama-3.1-8b-dummy
-    CONNECTORS=${GP_CONNECTORS:-NcclConnector UcxConnector}
+    # Same host: NCCL's CUDA IPC path first; then UCX over shared memory (cma reads, posix
+    # messages: about 4x tcp here, and free of a stall seen with UCX 1.13 tcp on loopback,
+    # a pull hanging until transfer_timeout_s), then UCX's default transports
+    CONNECTORS=${GP_CONNECTORS:-NcclConnector UcxConnector:sm,self UcxConnector}
     if [ $mode = gpu ]; then
         MODEL=${GP_MODEL:-$DIR/models/llama-3.1-8b}
         DEVICE=${GP_DEVICE:-cuda}

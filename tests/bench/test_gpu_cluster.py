@@ -180,7 +180,7 @@ def test_cpu_smoke(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "staged" in r.stdout and "KiB" in r.stdout
     # NcclConnector cannot start without a GPU: the script fell back and said so
-    assert (out / "connector.txt").read_text().strip() == "UcxConnector"
+    assert (out / "connector.txt").read_text().strip() == "UcxConnector:sm,self"
     assert "start-1p1d-NcclConnector" in r.stdout and "FAIL" in r.stdout
     rep = json.loads((out / "report.json").read_text())
     runs = rep["runs"]
