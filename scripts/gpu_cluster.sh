@@ -19,17 +19,20 @@
 # Flow of `run`: (1) 1p1d: start both nodes with kv_connector NcclConnector (same host:
 # CUDA IPC), probe one request through the proxy and check on the decode node's /metrics
 # that KV bytes arrived without a failed load; if anything fails, restart both with
-# UcxConnector (host-staged) and probe again (the choice is logged and in the table);
-# then each workload at each rate. (2) 2rep: the same workloads and rates.
+# UcxConnector (host-staged) over shared memory, then with UCX's default transports, and
+# probe again (the choice is logged and in the table); then two unloaded runs and each
+# workload at each rate. (2) 2rep: the same.
 # Workloads (pdserve-bench, random prompts of exact length, ignore_eos, Poisson arrivals):
 #   ph   prefill-heavy  4000 in / 200 out   SLO TTFT 1000 ms, TPOT 25 ms
 #   bal  balanced       1000 in / 1000 out  SLO TTFT  500 ms, TPOT 25 ms
 # (docs/bench.md explains the choice). Environment overrides: GP_RATES_PH, GP_RATES_BAL,
 # GP_N_PH, GP_N_BAL, GP_SLO_PH, GP_SLO_BAL ("ttft:MS tpot:MS"), GP_BLOCKS (KV blocks per
-# node), GP_CONNECTORS ("NcclConnector UcxConnector"), GP_BUDGET_S (wall budget: runs that
+# node), GP_CONNECTORS ("NcclConnector UcxConnector:sm,self UcxConnector", NAME[:UCX_TLS]),
+# GP_BUDGET_S (wall budget: runs that
 # would end after it are skipped), GP_LOAD_TIMEOUT_S, GP_SETUPS ("1p1d 2rep"); to rerun
-# with another shape: GP_MODEL (a config folder, e.g. DEST/models/smollm2-135m; the Llama 3
-# tokenizer stays), GP_DEVICE (cuda), GP_IN_PH, GP_OUT_PH, GP_IN_BAL, GP_OUT_BAL.
+# with another shape: GP_MODEL (a config folder; its vocab_size must be the Llama 3
+# tokenizer's 128256, which stays), GP_DEVICE (cuda), GP_IN_PH, GP_OUT_PH, GP_IN_BAL,
+# GP_OUT_BAL.
 set -u
 
 stage() {
