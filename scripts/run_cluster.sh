@@ -29,8 +29,16 @@ if [ ! -x "$build/decode/pdserve-decode" ] || [ ! -x "$build/proxy/pdserve-proxy
   cmake --build "$build" -j"$(nproc)" --target pdserve-decode pdserve-prefill pdserve-proxy
 fi
 device=cpu
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && grep -q "PD_HAVE_CUDA:INTERNAL=ON\|PD_CUDA.*ON" "$build/CMakeCache.txt" 2>/dev/null; then
+# CUDA when a GPU is there and the node binary was built with the CUDA backend (PD_CUDA
+# defaults to AUTO, so the cache's PD_CUDA value does not say; the binary's libraries do)
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && ldd "$build/decode/pdserve-decode" 2>/dev/null | grep -q libcudart; then
   device=cuda
+fi
+# with two or more GPUs the prefill node computes on GPU 0 and the decode node on GPU 1;
+# each sees the other too (a peer's CUDA IPC handle opens only on a visible device)
+gpus_prefill=${CUDA_VISIBLE_DEVICES:-} gpus_decode=${CUDA_VISIBLE_DEVICES:-}
+if [ "$device" = cuda ] && [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && [ "$(nvidia-smi -L | grep -c '^GPU')" -ge 2 ]; then
+  gpus_prefill=0,1 gpus_decode=1,0
 fi
 
 pids=()
@@ -59,14 +67,14 @@ NUM_PREFILL=${NUM_PREFILL:-1}
 NUM_DECODE=${NUM_DECODE:-1}
 proxy_args=()
 for ((i = 0; i < NUM_PREFILL; i++)); do
-  "$build/prefill/pdserve-prefill" --model "$MODEL" --port $((PREFILL_PORT + i)) --device "$device" $NODE_ARGS \
-    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":$((14579 + i))}" &
+  env ${gpus_prefill:+CUDA_VISIBLE_DEVICES=$gpus_prefill} "$build/prefill/pdserve-prefill" --model "$MODEL" --port $((PREFILL_PORT + i)) --device "$device" $NODE_ARGS \
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":$((14579 + 2 * i))}" &
   pids+=($!)
   proxy_args+=(--prefill "127.0.0.1:$((PREFILL_PORT + i))")
 done
 for ((i = 0; i < NUM_DECODE; i++)); do
-  "$build/decode/pdserve-decode" --model "$MODEL" --port $((DECODE_PORT + i)) --device "$device" $NODE_ARGS \
-    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\"}" &
+  env ${gpus_decode:+CUDA_VISIBLE_DEVICES=$gpus_decode} "$build/decode/pdserve-decode" --model "$MODEL" --port $((DECODE_PORT + i)) --device "$device" $NODE_ARGS \
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\",\"kv_port\":$((14580 + 2 * i))}" &
   pids+=($!)
   proxy_args+=(--decode "127.0.0.1:$((DECODE_PORT + i))")
 done

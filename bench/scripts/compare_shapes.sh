@@ -119,10 +119,20 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 GPU_NEXT=0
+N_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+gpu_list() { # gpu_list I: GPU I first, then the others. A node computes on its first
+    # visible GPU; seeing the others lets it open a peer's CUDA IPC handle (NcclConnector)
+    local i=$1 k list=$1
+    for k in $(seq 0 $((${N_GPUS:-0} - 1))); do [ "$k" != "$i" ] && list="$list,$k"; done
+    echo "$list"
+}
 start_node() { # start_node LOGNAME CMD...
     local log="$OUT/$1.log"; shift
     local envs=()
-    if [ "$DEVICE" = gpu ]; then envs=(env "CUDA_VISIBLE_DEVICES=$GPU_NEXT"); GPU_NEXT=$((GPU_NEXT + 1)); fi
+    # nodes get a GPU each; the proxy (log name *-proxy) needs none
+    if [ "$DEVICE" = gpu ] && [[ "$log" != *-proxy.log ]]; then
+        envs=(env "CUDA_VISIBLE_DEVICES=$(gpu_list $GPU_NEXT)"); GPU_NEXT=$((GPU_NEXT + 1))
+    fi
     echo "+ ${envs[*]} $*" | tee -a "$OUT/commands.txt"
     if [ "$DRY" = 0 ]; then
         "${envs[@]}" "$@" > "$log" 2>&1 &
