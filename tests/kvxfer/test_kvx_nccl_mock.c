@@ -103,6 +103,7 @@ static void random_pulls(const char *pextra, const char *cextra, size_t want_lau
     for (int k = 0; k < 8; k++) {
         size_t n = k == 0 ? NB : k == 1 ? 0 : 1 + (size_t)(rand_r(&seed) % NB);
         size_t launches0 = mock_cuda_kernel_launches(), sent0 = mock_nccl_messages_sent();
+        size_t copies0 = mock_cuda_stream_copies(), opens0 = mock_cuda_ipc_opens();
         snprintf(rid, sizeof(rid), "r%d", k);
         PD_CHECK_STATUS(kvx_lease_create(p.prod, rid, all, NB, 0, tk_lease_cb, &p.leases), PD_OK);
         tk_random_ids(r, n, NB, &seed);
@@ -122,6 +123,13 @@ static void random_pulls(const char *pextra, const char *cextra, size_t want_lau
             /* IPC: the whole pull in want_launches_per_pull copy launches, no messages */
             PD_CHECK_EQ_INT(mock_cuda_kernel_launches() - launches0, want_launches_per_pull);
             PD_CHECK_EQ_INT(mock_nccl_messages_sent() - sent0, 0);
+            /* the kernel path's per-pull host work: ONE id upload (both lists) and the
+             * error word read back, nothing else on the stream */
+            if (want_launches_per_pull == 1)
+                PD_CHECK_EQ_INT(mock_cuda_stream_copies() - copies0, 2);
+            /* the producer's IPC mapping is opened once per peer, not per pull */
+            if (k > 0)
+                PD_CHECK_EQ_INT(mock_cuda_ipc_opens() - opens0, 0);
         } else if (n > 0) {
             /* network: one message per chunk, one gather + one scatter launch per chunk */
             size_t chunks = (n + chunk_blocks - 1) / chunk_blocks;

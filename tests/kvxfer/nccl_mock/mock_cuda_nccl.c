@@ -68,12 +68,14 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pair_t *g_pairs;
 static struct ncclComm *g_comms;
 static atomic_int g_drop_sends;
-static atomic_size_t g_sent, g_launches, g_live;
+static atomic_size_t g_sent, g_launches, g_live, g_copies, g_ipc_opens;
 static atomic_uint g_next_id;
 
 void mock_nccl_drop_sends(int on) { atomic_store(&g_drop_sends, on); }
 size_t mock_nccl_messages_sent(void) { return atomic_load(&g_sent); }
 size_t mock_cuda_kernel_launches(void) { return atomic_load(&g_launches); }
+size_t mock_cuda_stream_copies(void) { return atomic_load(&g_copies); }
+size_t mock_cuda_ipc_opens(void) { return atomic_load(&g_ipc_opens); }
 size_t mock_cuda_bytes_live(void) { return atomic_load(&g_live); }
 
 /* ---- CUDA runtime ---- */
@@ -125,6 +127,7 @@ cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *h, void *p)
 cudaError_t cudaIpcOpenMemHandle(void **p, cudaIpcMemHandle_t h, unsigned int flags)
 {
     (void)flags;
+    atomic_fetch_add(&g_ipc_opens, 1);
     memcpy(p, h.reserved, sizeof(*p));
     return *p ? cudaSuccess : cudaErrorInvalidValue;
 }
@@ -288,6 +291,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
 {
     op_t *o = new_op(OP_COPY);
     (void)kind;
+    atomic_fetch_add(&g_copies, 1);
     o->dst = dst;
     o->src = src;
     o->n = n;
