@@ -36,6 +36,10 @@
  * side, so a transfer only ever waits for its own pair's counterpart.  With one worker
  * per connector, P1 sending to X while X receives from P2 while P2 sends to Y while Y
  * receives from P1 would be a cycle.  Callbacks fire from lanes, never inside read.
+ * KVX_NCCL_TIMING=1 (diagnostics, bench_kvxfer --gpu sets it): each read's time is
+ * split into queue (read() to the lane taking it), host (queuing the copies), wait
+ * (the stream finishing: the GPU's part) and callback, summed per connector and printed
+ * to stderr as one line when the connector is destroyed.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -82,6 +86,7 @@ typedef struct nc_lane {
     int *d_err, *h_err;         /* the copy kernels' error word */
     void *staging;              /* NCCL staging buffer */
     size_t staging_bytes;
+    uint64_t t_queued;          /* KVX_NCCL_TIMING: when the current read's copies were queued */
 } nc_lane_t;
 
 /* Network path, consumer side: the one NCCL pair to a producer (found by its
@@ -133,7 +138,13 @@ typedef struct nc_batch {
     uint32_t *local_ids, *remote_ids;
     kvx_read_cb_t cb;
     void *arg;
+    uint64_t t_push;            /* when read()/serve queued it (KVX_NCCL_TIMING) */
 } nc_batch_t;
+
+/* KVX_NCCL_TIMING sums (ns) over reads and sends */
+typedef struct nc_timing {
+    atomic_uint_fast64_t n, queue, host, wait, cb;
+} nc_timing_t;
 
 typedef struct nc_state {
     int device;
@@ -148,6 +159,8 @@ typedef struct nc_state {
     pthread_mutex_t mu;         /* the two lists */
     nc_serve_comm_t *serve_comms;
     nc_link_t *links;           /* consumer's network links */
+    int timing;                 /* KVX_NCCL_TIMING set */
+    nc_timing_t tm;
 } nc_state_t;
 
 static void read_boot_id(char out[BOOT_ID_LEN + 1])
@@ -378,6 +391,7 @@ static pd_status_t run_send(nc_lane_t *ln, nc_batch_t *b, uint64_t deadline)
     }
     if (s == PD_OK)
         s = queue_err_read(ln);
+    ln->t_queued = pd_now_ns();
     if (s == PD_OK)
         s = stream_wait(ln, c->comm, deadline, NULL);
     if (s == PD_OK)
@@ -429,6 +443,7 @@ static pd_status_t run_recv(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t
     }
     if (s == PD_OK)
         s = queue_err_read(ln);
+    ln->t_queued = pd_now_ns();
     if (s == PD_OK)
         s = stream_wait(ln, l->comm, deadline, &p->canceled);
     if (s == PD_OK)
@@ -472,6 +487,7 @@ static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t 
                         "cudaMemcpyAsync");
     }
 drain:
+    ln->t_queued = pd_now_ns();
     {
         /* whatever was queued must finish before anyone hears about the batch */
         pd_status_t w = stream_wait(ln, NULL, deadline, &p->canceled);
@@ -488,9 +504,11 @@ drain:
 static void run_batch(nc_lane_t *ln, nc_batch_t *b)
 {
     nc_peer_t *p = b->peer;
-    uint64_t deadline = pd_now_ns() + (uint64_t)(ln->st->timeout_s * 1e9);
+    uint64_t t_start = pd_now_ns(), t_done;
+    uint64_t deadline = t_start + (uint64_t)(ln->st->timeout_s * 1e9);
     pd_status_t s;
 
+    ln->t_queued = 0;
     if (ln->stream == NULL)
         s = PD_ERR_CUDA; /* the lane's buffers could not be made (logged) */
     else if (p == NULL)
@@ -503,10 +521,19 @@ static void run_batch(nc_lane_t *ln, nc_batch_t *b)
         s = run_recv(ln, p, b, deadline);
     if (p != NULL && !p->ipc)
         link_release(p->link);
+    t_done = pd_now_ns();
     if (b->cb != NULL)
         b->cb(b->arg, s);
     else if (s != PD_OK)
         PD_LOG_WARN("kvx nccl: sending %zu blocks failed: %s", b->n, pd_status_str(s));
+    if (ln->st->timing && s == PD_OK && ln->t_queued >= t_start) {
+        nc_timing_t *tm = &ln->st->tm;
+        atomic_fetch_add(&tm->n, 1);
+        atomic_fetch_add(&tm->queue, t_start - b->t_push);
+        atomic_fetch_add(&tm->host, ln->t_queued - t_start);
+        atomic_fetch_add(&tm->wait, t_done - ln->t_queued);
+        atomic_fetch_add(&tm->cb, pd_now_ns() - t_done);
+    }
     if (p != NULL)
         atomic_fetch_sub(&p->inflight, 1);
     free(b->local_ids);
@@ -609,6 +636,7 @@ static void lane_stop(nc_lane_t *ln)
 
 static void lane_push(nc_lane_t *ln, nc_batch_t *b)
 {
+    b->t_push = pd_now_ns();
     pthread_mutex_lock(&ln->mu);
     if (ln->tail)
         ln->tail->next = b;
@@ -662,6 +690,7 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
     st->ipc_copy = cfg->nccl_ipc_copy;
     st->chunk_bytes = cfg->nccl_chunk_bytes;
     st->timeout_s = cfg->transfer_timeout_s + 1.0; /* the core gives up first */
+    st->timing = getenv("KVX_NCCL_TIMING") != NULL && getenv("KVX_NCCL_TIMING")[0] == '1';
     if (cudaGetDevice(&st->device) != cudaSuccess) {
         PD_LOG_ERR("kvx nccl: no usable CUDA device (%s)", cudaGetErrorString(cudaGetLastError()));
         free(st);
@@ -686,8 +715,15 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
 static void nc_destroy(void *state)
 {
     nc_state_t *st = state;
+    uint64_t n = atomic_load(&st->tm.n);
 
     lane_stop(&st->main);
+    if (st->timing && n > 0)
+        fprintf(stderr,
+                "kvx nccl timing: %llu transfers, mean us: queue %.1f host %.1f wait %.1f callback %.1f\n",
+                (unsigned long long)n, (double)atomic_load(&st->tm.queue) / n / 1e3,
+                (double)atomic_load(&st->tm.host) / n / 1e3, (double)atomic_load(&st->tm.wait) / n / 1e3,
+                (double)atomic_load(&st->tm.cb) / n / 1e3);
     while (st->serve_comms != NULL) {
         nc_serve_comm_t *c = st->serve_comms;
         st->serve_comms = c->next;
