@@ -16,6 +16,14 @@
  * Peer failure (ep error handler) fails the outstanding gets; peer_close force-closes
  * the endpoint, which completes every outstanding get before it returns.
  *
+ * Same host (the descriptor carries the producer's boot id): the endpoint is made
+ * WITHOUT UCX peer error handling, because UCX only selects transports that can
+ * detect a dead peer in that mode, which on one host leaves tcp over loopback
+ * (~1.6 GB/s) instead of shared memory (posix/sysv/cma).  A dead producer then
+ * shows as the control plane's failure (heartbeat, RELEASE, transfer timeout), as
+ * with UCX_TLS=sm.  KVX_UCX_SAME_HOST_SHM=0 keeps error handling (and tcp).  Every
+ * endpoint's lanes are logged as one line (INFO; to stderr with KVX_UCX_PRINT_EP=1).
+ *
  * CUDA memory: used directly when the UCX context reports CUDA memory support;
  * otherwise (Debian's UCX) it is staged through pinned host mirrors, compiled only
  * with PD_HAVE_CUDA (see ucx_chunk_t and stage_read; tested on a GPU by
@@ -49,6 +57,7 @@
  * handshake reports the region's type, which is CUDA in both CUDA cases. */
 #define DESC_MAGIC 0x31584355u      /* "UCX1": host memory exposed */
 #define DESC_MAGIC_CUDA 0x43584355u /* "UCXC": CUDA memory exposed directly */
+#define BOOT_ID_LEN 36              /* after the rkey: the producer's boot id */
 
 typedef struct ucx_state ucx_state_t;
 
@@ -89,6 +98,7 @@ typedef struct ucx_chunk {
 #endif
 
 struct ucx_state {
+    char boot_id[BOOT_ID_LEN + 1];
     ucp_context_h ctx;
     ucp_worker_h worker;
     int efd;
@@ -105,6 +115,7 @@ struct ucx_state {
     ucx_batch_t *done;
 #ifdef PD_HAVE_CUDA
     void *mirror;              /* pinned host mirror when staging */
+    int mirror_ucx;            /* allocated by ucp_mem_map (memh owns it), then host-registered */
     cudaStream_t stream;
     int device;                /* the region's device (ucx_reg's current device) */
     size_t chunk_bytes;        /* staging_chunk_bytes */
@@ -283,6 +294,18 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
+static void read_boot_id(char out[BOOT_ID_LEN + 1])
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+
+    memset(out, 0, BOOT_ID_LEN + 1);
+    if (f != NULL) {
+        if (fgets(out, BOOT_ID_LEN + 1, f) == NULL || strlen(out) != BOOT_ID_LEN)
+            memset(out, 0, BOOT_ID_LEN + 1);
+        fclose(f);
+    }
+}
+
 /* ---- create / destroy ---- */
 static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
 {
@@ -308,6 +331,7 @@ static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
     if (st == NULL)
         return PD_ERR_NOMEM;
     pthread_mutex_init(&st->mu, NULL);
+    read_boot_id(st->boot_id);
 #ifdef PD_HAVE_CUDA
     st->chunk_bytes = chunk_bytes;
 #endif
@@ -373,10 +397,14 @@ static void ucx_destroy(void *state)
         ucp_worker_signal(st->worker);
         pthread_join(st->thread, NULL);
     }
+#ifdef PD_HAVE_CUDA
+    if (st->mirror != NULL && st->mirror_ucx)
+        cudaHostUnregister(st->mirror); /* before UCX frees it below */
+#endif
     if (st->memh != NULL)
         ucp_mem_unmap(st->ctx, st->memh);
 #ifdef PD_HAVE_CUDA
-    if (st->mirror != NULL)
+    if (st->mirror != NULL && !st->mirror_ucx)
         cudaFreeHost(st->mirror);
     if (st->stream != NULL)
         cudaStreamDestroy(st->stream);
@@ -391,6 +419,49 @@ static void ucx_destroy(void *state)
 static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
+#ifdef PD_HAVE_CUDA
+/* The staging mirror allocated BY UCX (ucp_mem_map with UCP_MEM_MAP_ALLOCATE: a
+ * System V or POSIX shared-memory segment when those transports are enabled), then
+ * pinned for the copy engines with cudaHostRegister.  Shared-memory transports can
+ * only serve gets from memory they allocated (or through cma, which a container or
+ * ptrace_scope may forbid): with a cudaHostAlloc mirror a same-host read falls back
+ * to emulated gets.  Any failure leaves st->mirror NULL (the caller uses cudaHostAlloc). */
+static void mirror_alloc_ucx(ucx_state_t *st, size_t bytes)
+{
+    ucp_mem_map_params_t mp;
+    ucp_mem_attr_t ma;
+    ucp_mem_h memh = NULL;
+    cudaError_t e;
+
+    memset(&mp, 0, sizeof(mp));
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                    UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.address = NULL;
+    mp.length = bytes;
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    if (ucp_mem_map(st->ctx, &mp, &memh) != UCS_OK)
+        return;
+    memset(&ma, 0, sizeof(ma));
+    ma.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    if (ucp_mem_query(memh, &ma) != UCS_OK || ma.address == NULL || ma.length < bytes) {
+        ucp_mem_unmap(st->ctx, memh);
+        return;
+    }
+    e = cudaHostRegister(ma.address, bytes, cudaHostRegisterPortable);
+    if (e != cudaSuccess) {
+        PD_LOG_INFO("kvx ucx: cudaHostRegister of the UCX-allocated mirror failed (%s); "
+                    "cudaHostAlloc instead", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        ucp_mem_unmap(st->ctx, memh);
+        return;
+    }
+    st->mirror = ma.address;
+    st->mirror_ucx = 1;
+    st->memh = memh;
+    PD_LOG_INFO("kvx ucx: staging mirror of %zu bytes allocated by UCX and pinned", bytes);
+}
+#endif
+
 static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, size_t cap,
                            size_t *len_p)
 {
@@ -403,6 +474,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
     ucs_status_t s;
     uint8_t *o = desc;
     pd_status_t ret = PD_OK;
+    int premapped = 0;
 
     st->region = *region;
     st->exposed = *region;
@@ -412,8 +484,12 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
          * lease's blocks to it at lease start, the consumer copies from it after
          * its gets (documented limit: host memory of the region's size) */
         size_t bytes = (size_t)region->n_blocks * region->block_bytes;
-        if (cudaGetDevice(&st->device) != cudaSuccess ||
-            cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess ||
+        if (cudaGetDevice(&st->device) == cudaSuccess)
+            mirror_alloc_ucx(st, bytes);
+        premapped = st->mirror_ucx;
+        if (st->mirror == NULL && cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess)
+            st->mirror = NULL;
+        if (st->mirror == NULL ||
             cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess) {
             PD_LOG_ERR("kvx ucx: cannot allocate a %zu-byte pinned staging mirror", bytes);
             return PD_ERR_CUDA;
@@ -426,6 +502,8 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         return PD_ERR_UNSUPPORTED;
 #endif
     }
+    if (premapped)
+        goto mapped; /* the mirror UCX allocated (and mapped) */
     memset(&mp, 0, sizeof(mp));
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
     mp.address = st->exposed.base;
@@ -440,6 +518,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         st->memh = NULL;
         return ucs_to_pd(s);
     }
+mapped:
     s = ucp_rkey_pack(st->ctx, st->memh, &rkey_buf, &rkey_len);
     if (s != UCS_OK) {
         PD_LOG_ERR("kvx ucx: ucp_rkey_pack: %s", ucs_status_string(s));
@@ -452,7 +531,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         ret = ucs_to_pd(s);
         goto err_rkey;
     }
-    need = 4 + 8 + 4 + addr_len + 4 + rkey_len;
+    need = 4 + 8 + 4 + addr_len + 4 + rkey_len + BOOT_ID_LEN;
     if (need > cap || addr_len > UINT32_MAX || rkey_len > UINT32_MAX) {
         PD_LOG_ERR("kvx ucx: descriptor of %zu bytes does not fit", need);
         ret = PD_ERR_LIMIT;
@@ -464,6 +543,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
     memcpy(o + 16, addr, addr_len);
     put32(o + 16 + addr_len, (uint32_t)rkey_len);
     memcpy(o + 20 + addr_len, rkey_buf, rkey_len);
+    memcpy(o + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN); /* zeros if unknown */
     *len_p = need;
     ucp_worker_release_address(st->worker, addr);
     ucp_rkey_buffer_release(rkey_buf);
@@ -475,6 +555,13 @@ err_addr:
 err_rkey:
     ucp_rkey_buffer_release(rkey_buf);
 err_unmap:
+#ifdef PD_HAVE_CUDA
+    if (st->mirror_ucx) {
+        cudaHostUnregister(st->mirror); /* the unmap below frees it */
+        st->mirror = NULL;
+        st->mirror_ucx = 0;
+    }
+#endif
     ucp_mem_unmap(st->ctx, st->memh);
     st->memh = NULL;
     return ret;
@@ -506,6 +593,43 @@ static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     PD_LOG_WARN("kvx ucx: endpoint failed: %s", ucs_status_string(status));
 }
 
+/* One line naming the endpoint's lanes (transport/device and what each carries), from
+ * ucp_ep_print_info: which transport UCX chose is the first question about a figure. */
+static void ep_describe(ucp_ep_h ep, const char *host, int same_host)
+{
+    char *buf = NULL, line[768];
+    size_t len = 0, used = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    if (f == NULL)
+        return;
+    ucp_ep_print_info(ep, f);
+    fclose(f);
+    line[0] = '\0';
+    for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+        char *lane = strstr(l, "lane[");
+        if (lane == NULL)
+            continue;
+        /* squeeze runs of blanks */
+        for (char *c = lane; *c != '\0' && used + 2 < sizeof(line); c++) {
+            if (*c == ' ' && (used == 0 || line[used - 1] == ' '))
+                continue;
+            line[used++] = *c;
+        }
+        if (used + 3 < sizeof(line)) {
+            line[used++] = '|';
+            line[used++] = ' ';
+        }
+        line[used] = '\0';
+    }
+    free(buf);
+    PD_LOG_INFO("kvx ucx: endpoint to %s (%s): %s", host,
+                same_host ? "same host, no UCX error handling" : "peer error handling", line);
+    if (getenv("KVX_UCX_PRINT_EP") != NULL && strcmp(getenv("KVX_UCX_PRINT_EP"), "1") == 0)
+        fprintf(stderr, "kvx ucx ep to %s (%s): %s\n", host, same_host ? "same host" : "error handling",
+                line);
+}
+
 static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, void **peer_p)
 {
     ucx_state_t *st = state;
@@ -513,6 +637,7 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     uint32_t magic, addr_len, rkey_len;
     ucp_ep_params_t ep;
     ucx_peer_t *p;
+    int same_host;
     ucs_status_t s;
 
     if (info->desc_len < 20)
@@ -523,8 +648,14 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         (size_t)addr_len > info->desc_len - 20)
         goto err_desc;
     memcpy(&rkey_len, d + 16 + addr_len, 4);
-    if ((size_t)rkey_len != info->desc_len - 20 - addr_len || rkey_len == 0)
+    /* the boot id after the rkey (older producers: none) */
+    if (rkey_len == 0 || ((size_t)rkey_len != info->desc_len - 20 - addr_len &&
+                          (size_t)rkey_len + BOOT_ID_LEN != info->desc_len - 20 - addr_len))
         goto err_desc;
+    same_host = (size_t)rkey_len + BOOT_ID_LEN == info->desc_len - 20 - addr_len &&
+                st->boot_id[0] != '\0' && memcmp(d + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN) == 0;
+    if (same_host && getenv("KVX_UCX_SAME_HOST_SHM") != NULL && strcmp(getenv("KVX_UCX_SAME_HOST_SHM"), "0") == 0)
+        same_host = 0;
     if (magic == DESC_MAGIC_CUDA && !st->cuda_direct) {
         /* the producer exposes CUDA memory directly, which our UCX cannot read */
         PD_LOG_ERR("kvx ucx: peer %s exposes CUDA memory; this UCX has no CUDA transport",
@@ -544,7 +675,16 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = ep_err_cb;
     ep.err_handler.arg = p;
-    s = ucp_ep_create(st->worker, &ep, &p->ep);
+    s = UCS_ERR_UNREACHABLE;
+    if (same_host) {
+        /* shared memory: see the file comment */
+        ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
+        s = ucp_ep_create(st->worker, &ep, &p->ep);
+        if (s != UCS_OK)
+            ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    }
+    if (s != UCS_OK)
+        s = ucp_ep_create(st->worker, &ep, &p->ep);
     if (s == UCS_ERR_UNREACHABLE) {
         /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
          * control plane's heartbeats and the transfer timeout cover it instead */
@@ -573,6 +713,7 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         free(p);
         return ucs_to_pd(s);
     }
+    ep_describe(p->ep, info->host, same_host);
     *peer_p = p;
     return PD_OK;
 

@@ -336,6 +336,16 @@ PD_TEST(ucx_cuda_staging)
 {
     conn_g = "UcxConnector";
     random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+    /* the mirrors UCX allocated were host-registered, and unregistered at destroy */
+    PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
+    /* the same with shared memory only (one host: the endpoint without UCX error
+     * handling; gets from the UCX-allocated mirror) */
+    setenv("UCX_TLS", "sm,self", 1);
+    setenv("KVX_UCX_PRINT_EP", "1", 1);
+    random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+    unsetenv("UCX_TLS");
+    unsetenv("KVX_UCX_PRINT_EP");
+    PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
     conn_g = "NcclConnector";
 }
 #endif

@@ -108,6 +108,26 @@ cudaError_t cudaFree(void *p)
     return cudaSuccess;
 }
 
+static atomic_long g_host_regs;
+long mock_cuda_host_regs_live(void) { return atomic_load(&g_host_regs); }
+
+cudaError_t cudaHostRegister(void *p, size_t n, unsigned int flags)
+{
+    (void)flags;
+    if (p == NULL || n == 0)
+        return cudaErrorInvalidValue;
+    atomic_fetch_add(&g_host_regs, 1);
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void *p)
+{
+    if (p == NULL)
+        return cudaErrorInvalidValue;
+    atomic_fetch_sub(&g_host_regs, 1);
+    return cudaSuccess;
+}
+
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int flags)
 {
     (void)flags;

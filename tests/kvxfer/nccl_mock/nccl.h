@@ -58,6 +58,8 @@ size_t mock_cuda_kernel_launches(void);
 /* cudaMemcpyAsync calls (stream copies) and cudaIpcOpenMemHandle calls so far */
 size_t mock_cuda_stream_copies(void);
 size_t mock_cuda_ipc_opens(void);
+/* cudaHostRegister calls not yet undone by cudaHostUnregister */
+long mock_cuda_host_regs_live(void);
 size_t mock_cuda_bytes_live(void);   /* cudaMalloc'd bytes not freed */
 
 #endif
