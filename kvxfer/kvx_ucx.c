@@ -16,13 +16,17 @@
  * Peer failure (ep error handler) fails the outstanding gets; peer_close force-closes
  * the endpoint, which completes every outstanding get before it returns.
  *
- * Same host (the descriptor carries the producer's boot id): the endpoint is made
- * WITHOUT UCX peer error handling, because UCX only selects transports that can
- * detect a dead peer in that mode, which on one host leaves tcp over loopback
- * (~1.6 GB/s) instead of shared memory (posix/sysv/cma).  A dead producer then
- * shows as the control plane's failure (heartbeat, RELEASE, transfer timeout), as
- * with UCX_TLS=sm.  KVX_UCX_SAME_HOST_SHM=0 keeps error handling (and tcp).  Every
- * endpoint's lanes are logged as one line (INFO; to stderr with KVX_UCX_PRINT_EP=1).
+ * Same host, staged CUDA region (the descriptor carries the producer's boot id and
+ * whether its exposed memory is a mirror UCX allocated, i.e. a shared-memory segment):
+ * the endpoint is made WITHOUT UCX peer error handling, because UCX only selects
+ * transports that can detect a dead peer in that mode, which on one host leaves tcp
+ * over loopback (~1.6 GB/s) instead of shared memory.  Gets from such a mirror are
+ * copies from the attached segment (sysv/posix), which a dead producer cannot stall;
+ * its death shows as the control plane's failure (heartbeat, RELEASE).  Host regions
+ * keep error handling: their same-host gets would go through cma or emulated gets,
+ * which a killed producer leaves hanging (seen: 19 s and unsafe local blocks).
+ * KVX_UCX_SAME_HOST_SHM=0 keeps error handling everywhere.  Every endpoint's lanes
+ * are logged as one line (INFO; to stderr with KVX_UCX_PRINT_EP=1).
  *
  * CUDA memory: used directly when the UCX context reports CUDA memory support;
  * otherwise (Debian's UCX) it is staged through pinned host mirrors, compiled only
@@ -57,7 +61,9 @@
  * handshake reports the region's type, which is CUDA in both CUDA cases. */
 #define DESC_MAGIC 0x31584355u      /* "UCX1": host memory exposed */
 #define DESC_MAGIC_CUDA 0x43584355u /* "UCXC": CUDA memory exposed directly */
-#define BOOT_ID_LEN 36              /* after the rkey: the producer's boot id */
+#define BOOT_ID_LEN 36              /* after the rkey: the producer's boot id, */
+#define TAIL_LEN (BOOT_ID_LEN + 4)  /* then flags: */
+#define TAIL_SHM_MIRROR 1u          /* the exposed memory is a mirror UCX allocated */
 
 typedef struct ucx_state ucx_state_t;
 
@@ -531,7 +537,7 @@ mapped:
         ret = ucs_to_pd(s);
         goto err_rkey;
     }
-    need = 4 + 8 + 4 + addr_len + 4 + rkey_len + BOOT_ID_LEN;
+    need = 4 + 8 + 4 + addr_len + 4 + rkey_len + TAIL_LEN;
     if (need > cap || addr_len > UINT32_MAX || rkey_len > UINT32_MAX) {
         PD_LOG_ERR("kvx ucx: descriptor of %zu bytes does not fit", need);
         ret = PD_ERR_LIMIT;
@@ -544,6 +550,11 @@ mapped:
     put32(o + 16 + addr_len, (uint32_t)rkey_len);
     memcpy(o + 20 + addr_len, rkey_buf, rkey_len);
     memcpy(o + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN); /* zeros if unknown */
+#ifdef PD_HAVE_CUDA
+    put32(o + 20 + addr_len + rkey_len + BOOT_ID_LEN, st->mirror_ucx ? TAIL_SHM_MIRROR : 0);
+#else
+    put32(o + 20 + addr_len + rkey_len + BOOT_ID_LEN, 0);
+#endif
     *len_p = need;
     ucp_worker_release_address(st->worker, addr);
     ucp_rkey_buffer_release(rkey_buf);
@@ -624,9 +635,10 @@ static void ep_describe(ucp_ep_h ep, const char *host, int same_host)
     }
     free(buf);
     PD_LOG_INFO("kvx ucx: endpoint to %s (%s): %s", host,
-                same_host ? "same host, no UCX error handling" : "peer error handling", line);
+                same_host ? "same host, shm mirror, no UCX error handling" : "peer error handling", line);
     if (getenv("KVX_UCX_PRINT_EP") != NULL && strcmp(getenv("KVX_UCX_PRINT_EP"), "1") == 0)
-        fprintf(stderr, "kvx ucx ep to %s (%s): %s\n", host, same_host ? "same host" : "error handling",
+        fprintf(stderr, "kvx ucx ep to %s (%s): %s\n", host,
+                same_host ? "same host, shm mirror" : "error handling",
                 line);
 }
 
@@ -648,12 +660,17 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         (size_t)addr_len > info->desc_len - 20)
         goto err_desc;
     memcpy(&rkey_len, d + 16 + addr_len, 4);
-    /* the boot id after the rkey (older producers: none) */
+    /* the tail after the rkey (older producers: none) */
     if (rkey_len == 0 || ((size_t)rkey_len != info->desc_len - 20 - addr_len &&
-                          (size_t)rkey_len + BOOT_ID_LEN != info->desc_len - 20 - addr_len))
+                          (size_t)rkey_len + TAIL_LEN != info->desc_len - 20 - addr_len))
         goto err_desc;
-    same_host = (size_t)rkey_len + BOOT_ID_LEN == info->desc_len - 20 - addr_len &&
-                st->boot_id[0] != '\0' && memcmp(d + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN) == 0;
+    same_host = 0;
+    if ((size_t)rkey_len + TAIL_LEN == info->desc_len - 20 - addr_len) {
+        uint32_t tflags;
+        memcpy(&tflags, d + 20 + addr_len + rkey_len + BOOT_ID_LEN, 4);
+        same_host = st->boot_id[0] != '\0' && (tflags & TAIL_SHM_MIRROR) &&
+                    memcmp(d + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN) == 0;
+    }
     if (same_host && getenv("KVX_UCX_SAME_HOST_SHM") != NULL && strcmp(getenv("KVX_UCX_SAME_HOST_SHM"), "0") == 0)
         same_host = 0;
     if (magic == DESC_MAGIC_CUDA && !st->cuda_direct) {
