@@ -25,6 +25,10 @@
  * its death shows as the control plane's failure (heartbeat, RELEASE).  Host regions
  * keep error handling: their same-host gets would go through cma or emulated gets,
  * which a killed producer leaves hanging (seen: 19 s and unsafe local blocks).
+ * Such a peer's mirror is also mapped here (ucp_rkey_ptr) and host-registered once
+ * (p->direct): a read is then ONE host-to-device batch copy straight from the
+ * producer's mirror, no gets and no second host copy (the CPU copy of a get is
+ * ~10 GB/s, the copy engines ~55), completed by the progress thread.
  * KVX_UCX_SAME_HOST_SHM=0 keeps error handling everywhere.  Every endpoint's lanes
  * are logged as one line (INFO; to stderr with KVX_UCX_PRINT_EP=1).
  *
@@ -75,6 +79,7 @@ typedef struct ucx_peer {
     uint64_t block_bytes;
     atomic_int failed;
     atomic_long batches;       /* posted, not yet delivered */
+    void *direct;              /* same host: the producer's mirror, mapped and host-registered */
 } ucx_peer_t;
 
 typedef struct ucx_batch {
@@ -642,6 +647,68 @@ static void ep_describe(ucp_ep_h ep, const char *host, int same_host)
                 line);
 }
 
+#ifdef PD_HAVE_CUDA
+/* Same host, shared-memory mirror: map the producer's mirror through the rkey and pin
+ * it for the copy engines (see the file comment).  Failure only means gets. */
+static void direct_map(ucx_state_t *st, ucx_peer_t *p, const kvx_peer_info_t *info)
+{
+    size_t bytes;
+    void *ptr = NULL;
+    ucs_status_t s;
+    cudaError_t e;
+
+    if (getenv("KVX_UCX_DIRECT") != NULL && strcmp(getenv("KVX_UCX_DIRECT"), "0") == 0)
+        return;
+    if (pd_mul_size((size_t)info->n_blocks, (size_t)info->block_bytes, &bytes) != PD_OK || bytes == 0)
+        return;
+    s = ucp_rkey_ptr(p->rkey, p->remote_base, &ptr);
+    if (s != UCS_OK || ptr == NULL) {
+        PD_LOG_INFO("kvx ucx: the producer's mirror cannot be mapped here (%s): gets",
+                    ucs_status_string(s));
+        return;
+    }
+    if (!use_device(st))
+        return;
+    e = cudaHostRegister(ptr, bytes, cudaHostRegisterPortable);
+    if (e != cudaSuccess) {
+        PD_LOG_INFO("kvx ucx: cannot pin the producer's mapped mirror (%s): gets", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        return;
+    }
+    p->direct = ptr;
+    PD_LOG_INFO("kvx ucx: reads from %s copy straight from its mapped mirror (%zu bytes)", info->host,
+                bytes);
+}
+
+/* A read from a directly mapped mirror: one batch copy queued here, completed (after
+ * the stream drains) by the progress thread. */
+static pd_status_t direct_read(ucx_state_t *st, ucx_peer_t *p, ucx_batch_t *b, const kvx_read_t *rd)
+{
+    void **dsts = malloc(rd->n * sizeof(void *) + 1);
+    const void **srcs = malloc(rd->n * sizeof(void *) + 1);
+    size_t *sizes = malloc(rd->n * sizeof(size_t) + 1);
+    pd_status_t ret = PD_ERR_NOMEM;
+
+    b->n = rd->n; /* deliver_done waits for the stream */
+    atomic_store(&b->pending, 1);
+    atomic_fetch_add(&p->batches, 1);
+    if (dsts != NULL && srcs != NULL && sizes != NULL)
+        ret = use_device(st) ? kcuda_block_copy_batch(st->region.base, rd->local_ids, p->direct, rd->remote_ids,
+                                                      rd->n, st->region.block_bytes, dsts, srcs, sizes,
+                                                      st->stream)
+                             : PD_ERR_CUDA;
+    free(dsts);
+    free(srcs);
+    free(sizes);
+    if (ret != PD_OK) {
+        int expect = PD_OK;
+        atomic_compare_exchange_strong(&b->status, &expect, (int)ret);
+    }
+    batch_dec(b, 1, UCS_OK);
+    return PD_OK;
+}
+#endif
+
 static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, void **peer_p)
 {
     ucx_state_t *st = state;
@@ -731,6 +798,10 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         return ucs_to_pd(s);
     }
     ep_describe(p->ep, info->host, same_host);
+#ifdef PD_HAVE_CUDA
+    if (same_host && st->mirror != NULL)
+        direct_map(st, p, info);
+#endif
     *peer_p = p;
     return PD_OK;
 
@@ -764,6 +835,13 @@ static void ucx_peer_close(void *state, void *peer)
         kvx_graveyard_add(p);
         return;
     }
+#ifdef PD_HAVE_CUDA
+    if (p->direct != NULL) {
+        /* no copy from it is queued any more (batches 0): unpin before the rkey unmaps it */
+        if (!use_device(p->st) || cudaHostUnregister(p->direct) != cudaSuccess)
+            PD_LOG_WARN("kvx ucx: unpinning a producer's mapped mirror failed");
+    }
+#endif
     ucp_rkey_destroy(p->rkey);
     free(p);
 }
@@ -851,6 +929,8 @@ static pd_status_t ucx_read(void *state, void *peer, const kvx_read_t *rd, kvx_r
     b->cb = cb;
     b->arg = arg;
 #ifdef PD_HAVE_CUDA
+    if (st->mirror != NULL && rd->n > 0 && p->direct != NULL)
+        return direct_read(st, p, b, rd);
     if (st->mirror != NULL && rd->n > 0)
         return stage_read(st, p, b, rd);
 #endif

@@ -334,14 +334,23 @@ out:
  * through pinned host mirrors, 4 blocks per chunk so a pull is several chunks. */
 PD_TEST(ucx_cuda_staging)
 {
+    /* same host, mirrors UCX allocated: copies straight from the producer's mapped
+     * mirror; then gets over shared memory (KVX_UCX_DIRECT=0); then the endpoint with
+     * error handling (tcp) and gets (KVX_UCX_SAME_HOST_SHM=0) */
+    static const char *envs[][2] = {{"KVX_UCX_DIRECT", "1"}, {"KVX_UCX_DIRECT", "0"},
+                                    {"KVX_UCX_SAME_HOST_SHM", "0"}};
+
     conn_g = "UcxConnector";
-    random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
-    /* the mirrors UCX allocated were host-registered, and unregistered at destroy */
-    PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
-    /* the same with shared memory only (one host: the endpoint without UCX error
-     * handling; gets from the UCX-allocated mirror) */
-    setenv("UCX_TLS", "sm,self", 1);
     setenv("KVX_UCX_PRINT_EP", "1", 1);
+    for (size_t i = 0; i < PD_ARRAY_SIZE(envs); i++) {
+        setenv(envs[i][0], envs[i][1], 1);
+        random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+        unsetenv(envs[i][0]);
+        /* every host registration (mirrors, mapped peer mirrors) undone at close */
+        PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
+    }
+    /* shared memory only */
+    setenv("UCX_TLS", "sm,self", 1);
     random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
     unsetenv("UCX_TLS");
     unsetenv("KVX_UCX_PRINT_EP");
