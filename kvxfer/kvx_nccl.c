@@ -36,7 +36,7 @@
  * side, so a transfer only ever waits for its own pair's counterpart.  With one worker
  * per connector, P1 sending to X while X receives from P2 while P2 sends to Y while Y
  * receives from P1 would be a cycle.  Callbacks fire from lanes, never inside read.
- * KVX_NCCL_TIMING=1 (diagnostics, bench_kvxfer --gpu sets it): each read's time is
+ * KVX_NCCL_TIMING=<tag> (diagnostics, not "0"; bench_kvxfer --gpu sets it to the mode): each read's time is
  * split into queue (read() to the lane taking it), host (queuing the copies), wait
  * (the stream finishing: the GPU's part) and callback, summed per connector and printed
  * to stderr as one line when the connector is destroyed.
@@ -160,6 +160,7 @@ typedef struct nc_state {
     nc_serve_comm_t *serve_comms;
     nc_link_t *links;           /* consumer's network links */
     int timing;                 /* KVX_NCCL_TIMING set */
+    char timing_tag[48];        /* its value, printed with the figures */
     nc_timing_t tm;
 } nc_state_t;
 
@@ -690,7 +691,12 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
     st->ipc_copy = cfg->nccl_ipc_copy;
     st->chunk_bytes = cfg->nccl_chunk_bytes;
     st->timeout_s = cfg->transfer_timeout_s + 1.0; /* the core gives up first */
-    st->timing = getenv("KVX_NCCL_TIMING") != NULL && getenv("KVX_NCCL_TIMING")[0] == '1';
+    {
+        const char *t = getenv("KVX_NCCL_TIMING");
+        st->timing = t != NULL && t[0] != '\0' && strcmp(t, "0") != 0;
+        if (st->timing)
+            snprintf(st->timing_tag, sizeof(st->timing_tag), "%s", t);
+    }
     if (cudaGetDevice(&st->device) != cudaSuccess) {
         PD_LOG_ERR("kvx nccl: no usable CUDA device (%s)", cudaGetErrorString(cudaGetLastError()));
         free(st);
@@ -720,8 +726,9 @@ static void nc_destroy(void *state)
     lane_stop(&st->main);
     if (st->timing && n > 0)
         fprintf(stderr,
-                "kvx nccl timing: %llu transfers, mean us: queue %.1f host %.1f wait %.1f callback %.1f\n",
-                (unsigned long long)n, (double)atomic_load(&st->tm.queue) / n / 1e3,
+                "kvx nccl timing [%s]: %llu transfers, mean us: queue %.1f host %.1f wait %.1f "
+                "callback %.1f\n",
+                st->timing_tag, (unsigned long long)n, (double)atomic_load(&st->tm.queue) / n / 1e3,
                 (double)atomic_load(&st->tm.host) / n / 1e3, (double)atomic_load(&st->tm.wait) / n / 1e3,
                 (double)atomic_load(&st->tm.cb) / n / 1e3);
     while (st->serve_comms != NULL) {

@@ -12,9 +12,10 @@
  * scatter), nccl-1msg (the same with one 256 MiB message per pull),
  * ucx (host staging; the producer's device-to-host copy happens at lease time and is
  * not in the figure, the consumer's host-to-device copy is).
- * ucx-sm: the same with UCX_TLS=sm,self in both processes (posix/sysv/cma only), beside
- * the default selection; every UCX run prints the endpoint's lanes (one line to stderr,
- * "kvx ucx ep ...", from KVX_UCX_PRINT_EP).
+ * On one host ucx copies straight from the producer's mapped mirror (kvx_ucx.c);
+ * ucx-sm: UCX gets over shared memory instead (UCX_TLS=sm,self, KVX_UCX_DIRECT=0:
+ * posix/sysv/cma into the consumer's mirror, then to the GPU); every UCX run prints
+ * the endpoint's lanes (one line to stderr, "kvx ucx ep ...", from KVX_UCX_PRINT_EP).
  * Every pull moves all blocks of a --total-mib region, remote ids in order to local ids
  * reversed (so the gather is not a plain copy); best and median of --iters pulls after
  * a warm-up; the last pull is checked (first and last bytes of every block).
@@ -65,14 +66,20 @@ static const gmode_t gmodes[] = {
 };
 
 /* Environment for a mode's two processes (set in the children before any UCX call). */
-static void mode_env(const gmode_t *m)
+static void mode_env(const gmode_t *m, size_t bb, int conc)
 {
-    if (strcmp(m->name, "ucx-sm") == 0)
+    char tag[48];
+
+    if (strcmp(m->name, "ucx-sm") == 0) {
         setenv("UCX_TLS", "sm,self", 1);
-    if (strncmp(m->name, "ucx", 3) == 0)
+        setenv("KVX_UCX_DIRECT", "0", 1);
+    }
+    if (strncmp(m->name, "ucx", 3) == 0) {
         setenv("KVX_UCX_PRINT_EP", "1", 0);
-    else
-        setenv("KVX_NCCL_TIMING", "1", 0);
+    } else {
+        snprintf(tag, sizeof(tag), "%s %zuKiB K=%d", m->name, bb >> 10, conc);
+        setenv("KVX_NCCL_TIMING", tag, 1);
+    }
 }
 
 static int mode_is_ucx(const gmode_t *m) { return strncmp(m->name, "ucx", 3) == 0; }
@@ -320,7 +327,7 @@ static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size
     int port = 0;
     char c;
 
-    mode_env(m);
+    mode_env(m, bb, conc);
     if (cudaSetDevice(0) != cudaSuccess || cudaMalloc(&d, (size_t)nb * bb) != cudaSuccess ||
         cudaHostAlloc((void **)&h, (size_t)nb * bb, cudaHostAllocDefault) != cudaSuccess || ids == NULL)
         goto report;
@@ -398,7 +405,7 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
     int n_ok = 0, n_started = 0, bar_ok = 0;
     char more[64];
 
-    mode_env(m);
+    mode_env(m, bb, conc);
     if (cudaSetDevice(dev) != cudaSuccess || cudaMalloc(&d, total) != cudaSuccess ||
         cudaMemset(d, 0, total) != cudaSuccess ||
         cudaHostAlloc((void **)&h, total, cudaHostAllocDefault) != cudaSuccess || !rids || !lids || !g ||
