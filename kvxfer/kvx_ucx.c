@@ -25,6 +25,8 @@
  * its death shows as the control plane's failure (heartbeat, RELEASE).  Host regions
  * keep error handling: their same-host gets would go through cma or emulated gets,
  * which a killed producer leaves hanging (seen: 19 s and unsafe local blocks).
+ * (That endpoint is kept only when ucp_rkey_ptr maps the producer's mirror here;
+ * otherwise the endpoint is made with error handling, as for any peer.)
  * Such a peer's mirror is also mapped here (ucp_rkey_ptr) and host-registered once
  * (p->direct): a read is then ONE host-to-device batch copy straight from the
  * producer's mirror, no gets and no second host copy (the CPU copy of a get is
@@ -709,6 +711,20 @@ static pd_status_t direct_read(ucx_state_t *st, ucx_peer_t *p, ucx_batch_t *b, c
 }
 #endif
 
+/* Close an endpoint nothing was posted on (bounded wait). */
+static void ep_close_force(ucp_ep_h ep)
+{
+    ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &cp);
+
+    if (UCS_PTR_IS_PTR(r)) {
+        uint64_t end = pd_now_ns() + 5000000000ull;
+        while (ucp_request_check_status(r) == UCS_INPROGRESS && pd_now_ns() < end)
+            usleep(1000);
+        ucp_request_free(r);
+    }
+}
+
 static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, void **peer_p)
 {
     ucx_state_t *st = state;
@@ -759,43 +775,53 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = ep_err_cb;
     ep.err_handler.arg = p;
-    s = UCS_ERR_UNREACHABLE;
     if (same_host) {
-        /* shared memory: see the file comment */
+        /* shared memory: see the file comment.  Kept only when the producer's mirror
+         * really maps here (so the segment, not a transport, serves the reads) */
+        void *ptr = NULL;
         ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
         s = ucp_ep_create(st->worker, &ep, &p->ep);
-        if (s != UCS_OK)
-            ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    }
-    if (s != UCS_OK)
-        s = ucp_ep_create(st->worker, &ep, &p->ep);
-    if (s == UCS_ERR_UNREACHABLE) {
-        /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
-         * control plane's heartbeats and the transfer timeout cover it instead */
-        PD_LOG_INFO("kvx ucx: transports to %s have no peer failure detection; relying on "
-                    "heartbeats", info->host);
-        ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
-        s = ucp_ep_create(st->worker, &ep, &p->ep);
-    }
-    if (s != UCS_OK) {
-        PD_LOG_ERR("kvx ucx: ucp_ep_create to %s: %s", info->host, ucs_status_string(s));
-        free(p);
-        return ucs_to_pd(s);
-    }
-    s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
-    if (s != UCS_OK) {
-        ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                  .flags = UCP_EP_CLOSE_FLAG_FORCE};
-        ucs_status_ptr_t r = ucp_ep_close_nbx(p->ep, &cp);
-        PD_LOG_ERR("kvx ucx: ucp_ep_rkey_unpack: %s", ucs_status_string(s));
-        if (UCS_PTR_IS_PTR(r)) {
-            uint64_t end = pd_now_ns() + 5000000000ull;
-            while (ucp_request_check_status(r) == UCS_INPROGRESS && pd_now_ns() < end)
-                usleep(1000);
-            ucp_request_free(r);
+        if (s == UCS_OK) {
+            s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
+            if (s == UCS_OK && ucp_rkey_ptr(p->rkey, p->remote_base, &ptr) != UCS_OK) {
+                ucp_rkey_destroy(p->rkey);
+                p->rkey = NULL;
+                s = UCS_ERR_UNSUPPORTED;
+            }
+            if (s != UCS_OK) {
+                ep_close_force(p->ep);
+                p->ep = NULL;
+            }
         }
-        free(p);
-        return ucs_to_pd(s);
+        if (s != UCS_OK) {
+            PD_LOG_INFO("kvx ucx: the mirror of %s does not map here (%s): endpoint with error "
+                        "handling", info->host, ucs_status_string(s));
+            same_host = 0;
+            ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        }
+    }
+    if (!same_host) {
+        s = ucp_ep_create(st->worker, &ep, &p->ep);
+        if (s == UCS_ERR_UNREACHABLE) {
+            /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
+             * control plane's heartbeats and the transfer timeout cover it instead */
+            PD_LOG_INFO("kvx ucx: transports to %s have no peer failure detection; relying on "
+                        "heartbeats", info->host);
+            ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
+            s = ucp_ep_create(st->worker, &ep, &p->ep);
+        }
+        if (s != UCS_OK) {
+            PD_LOG_ERR("kvx ucx: ucp_ep_create to %s: %s", info->host, ucs_status_string(s));
+            free(p);
+            return ucs_to_pd(s);
+        }
+        s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
+        if (s != UCS_OK) {
+            PD_LOG_ERR("kvx ucx: ucp_ep_rkey_unpack: %s", ucs_status_string(s));
+            ep_close_force(p->ep);
+            free(p);
+            return ucs_to_pd(s);
+        }
     }
     ep_describe(p->ep, info->host, same_host);
 #ifdef PD_HAVE_CUDA

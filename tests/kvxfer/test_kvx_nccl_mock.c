@@ -336,9 +336,10 @@ PD_TEST(ucx_cuda_staging)
 {
     /* same host, mirrors UCX allocated: copies straight from the producer's mapped
      * mirror; then gets over shared memory (KVX_UCX_DIRECT=0); then the endpoint with
-     * error handling (tcp) and gets (KVX_UCX_SAME_HOST_SHM=0) */
+     * error handling (tcp) and gets (KVX_UCX_SAME_HOST_SHM=0); with tcp only the mirror
+     * is not a shared segment: the endpoint falls back to error handling */
     static const char *envs[][2] = {{"KVX_UCX_DIRECT", "1"}, {"KVX_UCX_DIRECT", "0"},
-                                    {"KVX_UCX_SAME_HOST_SHM", "0"}};
+                                    {"KVX_UCX_SAME_HOST_SHM", "0"}, {"UCX_TLS", "tcp"}};
 
     conn_g = "UcxConnector";
     setenv("KVX_UCX_PRINT_EP", "1", 1);
