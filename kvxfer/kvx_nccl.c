@@ -36,6 +36,10 @@
  * side, so a transfer only ever waits for its own pair's counterpart.  With one worker
  * per connector, P1 sending to X while X receives from P2 while P2 sends to Y while Y
  * receives from P1 would be a cycle.  Callbacks fire from lanes, never inside read.
+ * KVX_NCCL_TIMING=<tag> (diagnostics, not "0"; bench_kvxfer --gpu sets it to the mode): each read's time is
+ * split into queue (read() to the lane taking it), host (queuing the copies), wait
+ * (the stream finishing: the GPU's part) and callback, summed per connector and printed
+ * to stderr as one line when the connector is destroyed.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -82,6 +86,7 @@ typedef struct nc_lane {
     int *d_err, *h_err;         /* the copy kernels' error word */
     void *staging;              /* NCCL staging buffer */
     size_t staging_bytes;
+    uint64_t t_queued;          /* KVX_NCCL_TIMING: when the current read's copies were queued */
 } nc_lane_t;
 
 /* Network path, consumer side: the one NCCL pair to a producer (found by its
@@ -133,7 +138,13 @@ typedef struct nc_batch {
     uint32_t *local_ids, *remote_ids;
     kvx_read_cb_t cb;
     void *arg;
+    uint64_t t_push;            /* when read()/serve queued it (KVX_NCCL_TIMING) */
 } nc_batch_t;
+
+/* KVX_NCCL_TIMING sums (ns) over reads and sends */
+typedef struct nc_timing {
+    atomic_uint_fast64_t n, queue, host, wait, cb;
+} nc_timing_t;
 
 typedef struct nc_state {
     int device;
@@ -148,6 +159,9 @@ typedef struct nc_state {
     pthread_mutex_t mu;         /* the two lists */
     nc_serve_comm_t *serve_comms;
     nc_link_t *links;           /* consumer's network links */
+    int timing;                 /* KVX_NCCL_TIMING set */
+    char timing_tag[48];        /* its value, printed with the figures */
+    nc_timing_t tm;
 } nc_state_t;
 
 static void read_boot_id(char out[BOOT_ID_LEN + 1])
@@ -306,6 +320,21 @@ static pd_status_t ids_upload(nc_lane_t *ln, int slot, const uint32_t *ids, size
                    "id upload");
 }
 
+/* The IPC read's two id lists in ONE host-to-device copy: local ids at slot 0, remote
+ * ids right after them (d_ids + n), from the pinned staging, asynchronously on the
+ * lane's stream (one copy instead of two: every queued operation is a few
+ * microseconds of launch latency on a pull's critical path). */
+static pd_status_t ids_upload_pair(nc_lane_t *ln, const uint32_t *local, const uint32_t *remote, size_t n)
+{
+    if (n > KVX_MAX_BLOCKS_PER_REQ)
+        return PD_ERR_LIMIT;
+    memcpy(ln->h_ids, local, n * sizeof(uint32_t));
+    memcpy(ln->h_ids + n, remote, n * sizeof(uint32_t));
+    return cuda_ok(cudaMemcpyAsync(ln->d_ids, ln->h_ids, 2 * n * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                                   ln->stream),
+                   "id upload");
+}
+
 /* Queued last on the stream: the kernels' range error word comes back with the data,
  * so no extra synchronous copy (which would also wait for the engine's streams). */
 static pd_status_t queue_err_read(nc_lane_t *ln)
@@ -363,6 +392,7 @@ static pd_status_t run_send(nc_lane_t *ln, nc_batch_t *b, uint64_t deadline)
     }
     if (s == PD_OK)
         s = queue_err_read(ln);
+    ln->t_queued = pd_now_ns();
     if (s == PD_OK)
         s = stream_wait(ln, c->comm, deadline, NULL);
     if (s == PD_OK)
@@ -414,6 +444,7 @@ static pd_status_t run_recv(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t
     }
     if (s == PD_OK)
         s = queue_err_read(ln);
+    ln->t_queued = pd_now_ns();
     if (s == PD_OK)
         s = stream_wait(ln, l->comm, deadline, &p->canceled);
     if (s == PD_OK)
@@ -431,12 +462,11 @@ static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t 
     pd_status_t s = PD_OK;
 
     if (p->copy == KVX_IPC_COPY_KERNEL) {
-        if ((s = ids_upload(ln, 0, b->local_ids, b->n)) != PD_OK ||
-            (s = ids_upload(ln, 1, b->remote_ids, b->n)) != PD_OK || (s = reset_err_word(ln)) != PD_OK)
+        if ((s = ids_upload_pair(ln, b->local_ids, b->remote_ids, b->n)) != PD_OK ||
+            (s = reset_err_word(ln)) != PD_OK)
             goto drain;
         s = kcuda_block_copy(st->region.base, ln->d_ids, st->region.n_blocks, p->remote_base,
-                             ln->d_ids + KVX_MAX_BLOCKS_PER_REQ, p->remote_n, b->n, bb, ln->d_err,
-                             ln->stream);
+                             ln->d_ids + b->n, p->remote_n, b->n, bb, ln->d_err, ln->stream);
         if (s == PD_OK)
             s = queue_err_read(ln);
     } else if (p->copy == KVX_IPC_COPY_BATCH) {
@@ -458,6 +488,7 @@ static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t 
                         "cudaMemcpyAsync");
     }
 drain:
+    ln->t_queued = pd_now_ns();
     {
         /* whatever was queued must finish before anyone hears about the batch */
         pd_status_t w = stream_wait(ln, NULL, deadline, &p->canceled);
@@ -474,9 +505,11 @@ drain:
 static void run_batch(nc_lane_t *ln, nc_batch_t *b)
 {
     nc_peer_t *p = b->peer;
-    uint64_t deadline = pd_now_ns() + (uint64_t)(ln->st->timeout_s * 1e9);
+    uint64_t t_start = pd_now_ns(), t_done;
+    uint64_t deadline = t_start + (uint64_t)(ln->st->timeout_s * 1e9);
     pd_status_t s;
 
+    ln->t_queued = 0;
     if (ln->stream == NULL)
         s = PD_ERR_CUDA; /* the lane's buffers could not be made (logged) */
     else if (p == NULL)
@@ -489,10 +522,19 @@ static void run_batch(nc_lane_t *ln, nc_batch_t *b)
         s = run_recv(ln, p, b, deadline);
     if (p != NULL && !p->ipc)
         link_release(p->link);
+    t_done = pd_now_ns();
     if (b->cb != NULL)
         b->cb(b->arg, s);
     else if (s != PD_OK)
         PD_LOG_WARN("kvx nccl: sending %zu blocks failed: %s", b->n, pd_status_str(s));
+    if (ln->st->timing && s == PD_OK && ln->t_queued >= t_start) {
+        nc_timing_t *tm = &ln->st->tm;
+        atomic_fetch_add(&tm->n, 1);
+        atomic_fetch_add(&tm->queue, t_start - b->t_push);
+        atomic_fetch_add(&tm->host, ln->t_queued - t_start);
+        atomic_fetch_add(&tm->wait, t_done - ln->t_queued);
+        atomic_fetch_add(&tm->cb, pd_now_ns() - t_done);
+    }
     if (p != NULL)
         atomic_fetch_sub(&p->inflight, 1);
     free(b->local_ids);
@@ -595,6 +637,7 @@ static void lane_stop(nc_lane_t *ln)
 
 static void lane_push(nc_lane_t *ln, nc_batch_t *b)
 {
+    b->t_push = pd_now_ns();
     pthread_mutex_lock(&ln->mu);
     if (ln->tail)
         ln->tail->next = b;
@@ -648,6 +691,12 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
     st->ipc_copy = cfg->nccl_ipc_copy;
     st->chunk_bytes = cfg->nccl_chunk_bytes;
     st->timeout_s = cfg->transfer_timeout_s + 1.0; /* the core gives up first */
+    {
+        const char *t = getenv("KVX_NCCL_TIMING");
+        st->timing = t != NULL && t[0] != '\0' && strcmp(t, "0") != 0;
+        if (st->timing)
+            snprintf(st->timing_tag, sizeof(st->timing_tag), "%s", t);
+    }
     if (cudaGetDevice(&st->device) != cudaSuccess) {
         PD_LOG_ERR("kvx nccl: no usable CUDA device (%s)", cudaGetErrorString(cudaGetLastError()));
         free(st);
@@ -672,8 +721,16 @@ static pd_status_t nc_create(const kvx_config_t *cfg, void **state_p)
 static void nc_destroy(void *state)
 {
     nc_state_t *st = state;
+    uint64_t n = atomic_load(&st->tm.n);
 
     lane_stop(&st->main);
+    if (st->timing && n > 0)
+        fprintf(stderr,
+                "kvx nccl timing [%s]: %llu transfers, mean us: queue %.1f host %.1f wait %.1f "
+                "callback %.1f\n",
+                st->timing_tag, (unsigned long long)n, (double)atomic_load(&st->tm.queue) / n / 1e3,
+                (double)atomic_load(&st->tm.host) / n / 1e3, (double)atomic_load(&st->tm.wait) / n / 1e3,
+                (double)atomic_load(&st->tm.cb) / n / 1e3);
     while (st->serve_comms != NULL) {
         nc_serve_comm_t *c = st->serve_comms;
         st->serve_comms = c->next;

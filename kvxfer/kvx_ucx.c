@@ -16,6 +16,24 @@
  * Peer failure (ep error handler) fails the outstanding gets; peer_close force-closes
  * the endpoint, which completes every outstanding get before it returns.
  *
+ * Same host, staged CUDA region (the descriptor carries the producer's boot id and
+ * whether its exposed memory is a mirror UCX allocated, i.e. a shared-memory segment):
+ * the endpoint is made WITHOUT UCX peer error handling, because UCX only selects
+ * transports that can detect a dead peer in that mode, which on one host leaves tcp
+ * over loopback (~1.6 GB/s) instead of shared memory.  Gets from such a mirror are
+ * copies from the attached segment (sysv/posix), which a dead producer cannot stall;
+ * its death shows as the control plane's failure (heartbeat, RELEASE).  Host regions
+ * keep error handling: their same-host gets would go through cma or emulated gets,
+ * which a killed producer leaves hanging (seen: 19 s and unsafe local blocks).
+ * (That endpoint is kept only when ucp_rkey_ptr maps the producer's mirror here;
+ * otherwise the endpoint is made with error handling, as for any peer.)
+ * Such a peer's mirror is also mapped here (ucp_rkey_ptr) and host-registered once
+ * (p->direct): a read is then ONE host-to-device batch copy straight from the
+ * producer's mirror, no gets and no second host copy (the CPU copy of a get is
+ * ~10 GB/s, the copy engines ~55), completed by the progress thread.
+ * KVX_UCX_SAME_HOST_SHM=0 keeps error handling everywhere.  Every endpoint's lanes
+ * are logged as one line (INFO; to stderr with KVX_UCX_PRINT_EP=1).
+ *
  * CUDA memory: used directly when the UCX context reports CUDA memory support;
  * otherwise (Debian's UCX) it is staged through pinned host mirrors, compiled only
  * with PD_HAVE_CUDA (see ucx_chunk_t and stage_read; tested on a GPU by
@@ -49,6 +67,9 @@
  * handshake reports the region's type, which is CUDA in both CUDA cases. */
 #define DESC_MAGIC 0x31584355u      /* "UCX1": host memory exposed */
 #define DESC_MAGIC_CUDA 0x43584355u /* "UCXC": CUDA memory exposed directly */
+#define BOOT_ID_LEN 36              /* after the rkey: the producer's boot id, */
+#define TAIL_LEN (BOOT_ID_LEN + 4)  /* then flags: */
+#define TAIL_SHM_MIRROR 1u          /* the exposed memory is a mirror UCX allocated */
 
 typedef struct ucx_state ucx_state_t;
 
@@ -60,6 +81,7 @@ typedef struct ucx_peer {
     uint64_t block_bytes;
     atomic_int failed;
     atomic_long batches;       /* posted, not yet delivered */
+    void *direct;              /* same host: the producer's mirror, mapped and host-registered */
 } ucx_peer_t;
 
 typedef struct ucx_batch {
@@ -89,6 +111,7 @@ typedef struct ucx_chunk {
 #endif
 
 struct ucx_state {
+    char boot_id[BOOT_ID_LEN + 1];
     ucp_context_h ctx;
     ucp_worker_h worker;
     int efd;
@@ -105,6 +128,7 @@ struct ucx_state {
     ucx_batch_t *done;
 #ifdef PD_HAVE_CUDA
     void *mirror;              /* pinned host mirror when staging */
+    int mirror_ucx;            /* allocated by ucp_mem_map (memh owns it), then host-registered */
     cudaStream_t stream;
     int device;                /* the region's device (ucx_reg's current device) */
     size_t chunk_bytes;        /* staging_chunk_bytes */
@@ -283,6 +307,18 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
+static void read_boot_id(char out[BOOT_ID_LEN + 1])
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+
+    memset(out, 0, BOOT_ID_LEN + 1);
+    if (f != NULL) {
+        if (fgets(out, BOOT_ID_LEN + 1, f) == NULL || strlen(out) != BOOT_ID_LEN)
+            memset(out, 0, BOOT_ID_LEN + 1);
+        fclose(f);
+    }
+}
+
 /* ---- create / destroy ---- */
 static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
 {
@@ -308,6 +344,7 @@ static pd_status_t ucx_create(const kvx_config_t *cfg, void **state_p)
     if (st == NULL)
         return PD_ERR_NOMEM;
     pthread_mutex_init(&st->mu, NULL);
+    read_boot_id(st->boot_id);
 #ifdef PD_HAVE_CUDA
     st->chunk_bytes = chunk_bytes;
 #endif
@@ -373,10 +410,14 @@ static void ucx_destroy(void *state)
         ucp_worker_signal(st->worker);
         pthread_join(st->thread, NULL);
     }
+#ifdef PD_HAVE_CUDA
+    if (st->mirror != NULL && st->mirror_ucx)
+        cudaHostUnregister(st->mirror); /* before UCX frees it below */
+#endif
     if (st->memh != NULL)
         ucp_mem_unmap(st->ctx, st->memh);
 #ifdef PD_HAVE_CUDA
-    if (st->mirror != NULL)
+    if (st->mirror != NULL && !st->mirror_ucx)
         cudaFreeHost(st->mirror);
     if (st->stream != NULL)
         cudaStreamDestroy(st->stream);
@@ -391,6 +432,49 @@ static void ucx_destroy(void *state)
 static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
+#ifdef PD_HAVE_CUDA
+/* The staging mirror allocated BY UCX (ucp_mem_map with UCP_MEM_MAP_ALLOCATE: a
+ * System V or POSIX shared-memory segment when those transports are enabled), then
+ * pinned for the copy engines with cudaHostRegister.  Shared-memory transports can
+ * only serve gets from memory they allocated (or through cma, which a container or
+ * ptrace_scope may forbid): with a cudaHostAlloc mirror a same-host read falls back
+ * to emulated gets.  Any failure leaves st->mirror NULL (the caller uses cudaHostAlloc). */
+static void mirror_alloc_ucx(ucx_state_t *st, size_t bytes)
+{
+    ucp_mem_map_params_t mp;
+    ucp_mem_attr_t ma;
+    ucp_mem_h memh = NULL;
+    cudaError_t e;
+
+    memset(&mp, 0, sizeof(mp));
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                    UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    mp.address = NULL;
+    mp.length = bytes;
+    mp.flags = UCP_MEM_MAP_ALLOCATE;
+    if (ucp_mem_map(st->ctx, &mp, &memh) != UCS_OK)
+        return;
+    memset(&ma, 0, sizeof(ma));
+    ma.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    if (ucp_mem_query(memh, &ma) != UCS_OK || ma.address == NULL || ma.length < bytes) {
+        ucp_mem_unmap(st->ctx, memh);
+        return;
+    }
+    e = cudaHostRegister(ma.address, bytes, cudaHostRegisterPortable);
+    if (e != cudaSuccess) {
+        PD_LOG_INFO("kvx ucx: cudaHostRegister of the UCX-allocated mirror failed (%s); "
+                    "cudaHostAlloc instead", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        ucp_mem_unmap(st->ctx, memh);
+        return;
+    }
+    st->mirror = ma.address;
+    st->mirror_ucx = 1;
+    st->memh = memh;
+    PD_LOG_INFO("kvx ucx: staging mirror of %zu bytes allocated by UCX and pinned", bytes);
+}
+#endif
+
 static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, size_t cap,
                            size_t *len_p)
 {
@@ -403,6 +487,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
     ucs_status_t s;
     uint8_t *o = desc;
     pd_status_t ret = PD_OK;
+    int premapped = 0;
 
     st->region = *region;
     st->exposed = *region;
@@ -412,8 +497,12 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
          * lease's blocks to it at lease start, the consumer copies from it after
          * its gets (documented limit: host memory of the region's size) */
         size_t bytes = (size_t)region->n_blocks * region->block_bytes;
-        if (cudaGetDevice(&st->device) != cudaSuccess ||
-            cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess ||
+        if (cudaGetDevice(&st->device) == cudaSuccess)
+            mirror_alloc_ucx(st, bytes);
+        premapped = st->mirror_ucx;
+        if (st->mirror == NULL && cudaHostAlloc(&st->mirror, bytes, cudaHostAllocPortable) != cudaSuccess)
+            st->mirror = NULL;
+        if (st->mirror == NULL ||
             cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking) != cudaSuccess) {
             PD_LOG_ERR("kvx ucx: cannot allocate a %zu-byte pinned staging mirror", bytes);
             return PD_ERR_CUDA;
@@ -426,6 +515,8 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         return PD_ERR_UNSUPPORTED;
 #endif
     }
+    if (premapped)
+        goto mapped; /* the mirror UCX allocated (and mapped) */
     memset(&mp, 0, sizeof(mp));
     mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
     mp.address = st->exposed.base;
@@ -440,6 +531,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         st->memh = NULL;
         return ucs_to_pd(s);
     }
+mapped:
     s = ucp_rkey_pack(st->ctx, st->memh, &rkey_buf, &rkey_len);
     if (s != UCS_OK) {
         PD_LOG_ERR("kvx ucx: ucp_rkey_pack: %s", ucs_status_string(s));
@@ -452,7 +544,7 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
         ret = ucs_to_pd(s);
         goto err_rkey;
     }
-    need = 4 + 8 + 4 + addr_len + 4 + rkey_len;
+    need = 4 + 8 + 4 + addr_len + 4 + rkey_len + TAIL_LEN;
     if (need > cap || addr_len > UINT32_MAX || rkey_len > UINT32_MAX) {
         PD_LOG_ERR("kvx ucx: descriptor of %zu bytes does not fit", need);
         ret = PD_ERR_LIMIT;
@@ -464,6 +556,12 @@ static pd_status_t ucx_reg(void *state, const kvx_region_t *region, void *desc, 
     memcpy(o + 16, addr, addr_len);
     put32(o + 16 + addr_len, (uint32_t)rkey_len);
     memcpy(o + 20 + addr_len, rkey_buf, rkey_len);
+    memcpy(o + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN); /* zeros if unknown */
+#ifdef PD_HAVE_CUDA
+    put32(o + 20 + addr_len + rkey_len + BOOT_ID_LEN, st->mirror_ucx ? TAIL_SHM_MIRROR : 0);
+#else
+    put32(o + 20 + addr_len + rkey_len + BOOT_ID_LEN, 0);
+#endif
     *len_p = need;
     ucp_worker_release_address(st->worker, addr);
     ucp_rkey_buffer_release(rkey_buf);
@@ -475,6 +573,13 @@ err_addr:
 err_rkey:
     ucp_rkey_buffer_release(rkey_buf);
 err_unmap:
+#ifdef PD_HAVE_CUDA
+    if (st->mirror_ucx) {
+        cudaHostUnregister(st->mirror); /* the unmap below frees it */
+        st->mirror = NULL;
+        st->mirror_ucx = 0;
+    }
+#endif
     ucp_mem_unmap(st->ctx, st->memh);
     st->memh = NULL;
     return ret;
@@ -506,6 +611,120 @@ static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     PD_LOG_WARN("kvx ucx: endpoint failed: %s", ucs_status_string(status));
 }
 
+/* One line naming the endpoint's lanes (transport/device and what each carries), from
+ * ucp_ep_print_info: which transport UCX chose is the first question about a figure. */
+static void ep_describe(ucp_ep_h ep, const char *host, int same_host)
+{
+    char *buf = NULL, line[768];
+    size_t len = 0, used = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    if (f == NULL)
+        return;
+    ucp_ep_print_info(ep, f);
+    fclose(f);
+    line[0] = '\0';
+    for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+        char *lane = strstr(l, "lane[");
+        if (lane == NULL)
+            continue;
+        /* squeeze runs of blanks */
+        for (char *c = lane; *c != '\0' && used + 2 < sizeof(line); c++) {
+            if (*c == ' ' && (used == 0 || line[used - 1] == ' '))
+                continue;
+            line[used++] = *c;
+        }
+        if (used + 3 < sizeof(line)) {
+            line[used++] = '|';
+            line[used++] = ' ';
+        }
+        line[used] = '\0';
+    }
+    free(buf);
+    PD_LOG_INFO("kvx ucx: endpoint to %s (%s): %s", host,
+                same_host ? "same host, shm mirror, no UCX error handling" : "peer error handling", line);
+    if (getenv("KVX_UCX_PRINT_EP") != NULL && strcmp(getenv("KVX_UCX_PRINT_EP"), "1") == 0)
+        fprintf(stderr, "kvx ucx ep to %s (%s): %s\n", host,
+                same_host ? "same host, shm mirror" : "error handling",
+                line);
+}
+
+#ifdef PD_HAVE_CUDA
+/* Same host, shared-memory mirror: map the producer's mirror through the rkey and pin
+ * it for the copy engines (see the file comment).  Failure only means gets. */
+static void direct_map(ucx_state_t *st, ucx_peer_t *p, const kvx_peer_info_t *info)
+{
+    size_t bytes;
+    void *ptr = NULL;
+    ucs_status_t s;
+    cudaError_t e;
+
+    if (getenv("KVX_UCX_DIRECT") != NULL && strcmp(getenv("KVX_UCX_DIRECT"), "0") == 0)
+        return;
+    if (pd_mul_size((size_t)info->n_blocks, (size_t)info->block_bytes, &bytes) != PD_OK || bytes == 0)
+        return;
+    s = ucp_rkey_ptr(p->rkey, p->remote_base, &ptr);
+    if (s != UCS_OK || ptr == NULL) {
+        PD_LOG_INFO("kvx ucx: the producer's mirror cannot be mapped here (%s): gets",
+                    ucs_status_string(s));
+        return;
+    }
+    if (!use_device(st))
+        return;
+    e = cudaHostRegister(ptr, bytes, cudaHostRegisterPortable);
+    if (e != cudaSuccess) {
+        PD_LOG_INFO("kvx ucx: cannot pin the producer's mapped mirror (%s): gets", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        return;
+    }
+    p->direct = ptr;
+    PD_LOG_INFO("kvx ucx: reads from %s copy straight from its mapped mirror (%zu bytes)", info->host,
+                bytes);
+}
+
+/* A read from a directly mapped mirror: one batch copy queued here, completed (after
+ * the stream drains) by the progress thread. */
+static pd_status_t direct_read(ucx_state_t *st, ucx_peer_t *p, ucx_batch_t *b, const kvx_read_t *rd)
+{
+    void **dsts = malloc(rd->n * sizeof(void *) + 1);
+    const void **srcs = malloc(rd->n * sizeof(void *) + 1);
+    size_t *sizes = malloc(rd->n * sizeof(size_t) + 1);
+    pd_status_t ret = PD_ERR_NOMEM;
+
+    b->n = rd->n; /* deliver_done waits for the stream */
+    atomic_store(&b->pending, 1);
+    atomic_fetch_add(&p->batches, 1);
+    if (dsts != NULL && srcs != NULL && sizes != NULL)
+        ret = use_device(st) ? kcuda_block_copy_batch(st->region.base, rd->local_ids, p->direct, rd->remote_ids,
+                                                      rd->n, st->region.block_bytes, dsts, srcs, sizes,
+                                                      st->stream)
+                             : PD_ERR_CUDA;
+    free(dsts);
+    free(srcs);
+    free(sizes);
+    if (ret != PD_OK) {
+        int expect = PD_OK;
+        atomic_compare_exchange_strong(&b->status, &expect, (int)ret);
+    }
+    batch_dec(b, 1, UCS_OK);
+    return PD_OK;
+}
+#endif
+
+/* Close an endpoint nothing was posted on (bounded wait). */
+static void ep_close_force(ucp_ep_h ep)
+{
+    ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &cp);
+
+    if (UCS_PTR_IS_PTR(r)) {
+        uint64_t end = pd_now_ns() + 5000000000ull;
+        while (ucp_request_check_status(r) == UCS_INPROGRESS && pd_now_ns() < end)
+            usleep(1000);
+        ucp_request_free(r);
+    }
+}
+
 static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, void **peer_p)
 {
     ucx_state_t *st = state;
@@ -513,6 +732,7 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     uint32_t magic, addr_len, rkey_len;
     ucp_ep_params_t ep;
     ucx_peer_t *p;
+    int same_host;
     ucs_status_t s;
 
     if (info->desc_len < 20)
@@ -523,8 +743,19 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
         (size_t)addr_len > info->desc_len - 20)
         goto err_desc;
     memcpy(&rkey_len, d + 16 + addr_len, 4);
-    if ((size_t)rkey_len != info->desc_len - 20 - addr_len || rkey_len == 0)
+    /* the tail after the rkey (older producers: none) */
+    if (rkey_len == 0 || ((size_t)rkey_len != info->desc_len - 20 - addr_len &&
+                          (size_t)rkey_len + TAIL_LEN != info->desc_len - 20 - addr_len))
         goto err_desc;
+    same_host = 0;
+    if ((size_t)rkey_len + TAIL_LEN == info->desc_len - 20 - addr_len) {
+        uint32_t tflags;
+        memcpy(&tflags, d + 20 + addr_len + rkey_len + BOOT_ID_LEN, 4);
+        same_host = st->boot_id[0] != '\0' && (tflags & TAIL_SHM_MIRROR) &&
+                    memcmp(d + 20 + addr_len + rkey_len, st->boot_id, BOOT_ID_LEN) == 0;
+    }
+    if (same_host && getenv("KVX_UCX_SAME_HOST_SHM") != NULL && strcmp(getenv("KVX_UCX_SAME_HOST_SHM"), "0") == 0)
+        same_host = 0;
     if (magic == DESC_MAGIC_CUDA && !st->cuda_direct) {
         /* the producer exposes CUDA memory directly, which our UCX cannot read */
         PD_LOG_ERR("kvx ucx: peer %s exposes CUDA memory; this UCX has no CUDA transport",
@@ -544,35 +775,59 @@ static pd_status_t ucx_peer_connect(void *state, const kvx_peer_info_t *info, vo
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = ep_err_cb;
     ep.err_handler.arg = p;
-    s = ucp_ep_create(st->worker, &ep, &p->ep);
-    if (s == UCS_ERR_UNREACHABLE) {
-        /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
-         * control plane's heartbeats and the transfer timeout cover it instead */
-        PD_LOG_INFO("kvx ucx: transports to %s have no peer failure detection; relying on "
-                    "heartbeats", info->host);
+    if (same_host) {
+        /* shared memory: see the file comment.  Kept only when the producer's mirror
+         * really maps here (so the segment, not a transport, serves the reads) */
+        void *ptr = NULL;
         ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
         s = ucp_ep_create(st->worker, &ep, &p->ep);
-    }
-    if (s != UCS_OK) {
-        PD_LOG_ERR("kvx ucx: ucp_ep_create to %s: %s", info->host, ucs_status_string(s));
-        free(p);
-        return ucs_to_pd(s);
-    }
-    s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
-    if (s != UCS_OK) {
-        ucp_request_param_t cp = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                  .flags = UCP_EP_CLOSE_FLAG_FORCE};
-        ucs_status_ptr_t r = ucp_ep_close_nbx(p->ep, &cp);
-        PD_LOG_ERR("kvx ucx: ucp_ep_rkey_unpack: %s", ucs_status_string(s));
-        if (UCS_PTR_IS_PTR(r)) {
-            uint64_t end = pd_now_ns() + 5000000000ull;
-            while (ucp_request_check_status(r) == UCS_INPROGRESS && pd_now_ns() < end)
-                usleep(1000);
-            ucp_request_free(r);
+        if (s == UCS_OK) {
+            s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
+            if (s == UCS_OK && ucp_rkey_ptr(p->rkey, p->remote_base, &ptr) != UCS_OK) {
+                ucp_rkey_destroy(p->rkey);
+                p->rkey = NULL;
+                s = UCS_ERR_UNSUPPORTED;
+            }
+            if (s != UCS_OK) {
+                ep_close_force(p->ep);
+                p->ep = NULL;
+            }
         }
-        free(p);
-        return ucs_to_pd(s);
+        if (s != UCS_OK) {
+            PD_LOG_INFO("kvx ucx: the mirror of %s does not map here (%s): endpoint with error "
+                        "handling", info->host, ucs_status_string(s));
+            same_host = 0;
+            ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        }
     }
+    if (!same_host) {
+        s = ucp_ep_create(st->worker, &ep, &p->ep);
+        if (s == UCS_ERR_UNREACHABLE) {
+            /* shared-memory transports (sm, posix, cma) cannot detect peer failure; the
+             * control plane's heartbeats and the transfer timeout cover it instead */
+            PD_LOG_INFO("kvx ucx: transports to %s have no peer failure detection; relying on "
+                        "heartbeats", info->host);
+            ep.field_mask &= ~(uint64_t)(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
+            s = ucp_ep_create(st->worker, &ep, &p->ep);
+        }
+        if (s != UCS_OK) {
+            PD_LOG_ERR("kvx ucx: ucp_ep_create to %s: %s", info->host, ucs_status_string(s));
+            free(p);
+            return ucs_to_pd(s);
+        }
+        s = ucp_ep_rkey_unpack(p->ep, d + 20 + addr_len, &p->rkey);
+        if (s != UCS_OK) {
+            PD_LOG_ERR("kvx ucx: ucp_ep_rkey_unpack: %s", ucs_status_string(s));
+            ep_close_force(p->ep);
+            free(p);
+            return ucs_to_pd(s);
+        }
+    }
+    ep_describe(p->ep, info->host, same_host);
+#ifdef PD_HAVE_CUDA
+    if (same_host && st->mirror != NULL)
+        direct_map(st, p, info);
+#endif
     *peer_p = p;
     return PD_OK;
 
@@ -606,6 +861,13 @@ static void ucx_peer_close(void *state, void *peer)
         kvx_graveyard_add(p);
         return;
     }
+#ifdef PD_HAVE_CUDA
+    if (p->direct != NULL) {
+        /* no copy from it is queued any more (batches 0): unpin before the rkey unmaps it */
+        if (!use_device(p->st) || cudaHostUnregister(p->direct) != cudaSuccess)
+            PD_LOG_WARN("kvx ucx: unpinning a producer's mapped mirror failed");
+    }
+#endif
     ucp_rkey_destroy(p->rkey);
     free(p);
 }
@@ -693,6 +955,8 @@ static pd_status_t ucx_read(void *state, void *peer, const kvx_read_t *rd, kvx_r
     b->cb = cb;
     b->arg = arg;
 #ifdef PD_HAVE_CUDA
+    if (st->mirror != NULL && rd->n > 0 && p->direct != NULL)
+        return direct_read(st, p, b, rd);
     if (st->mirror != NULL && rd->n > 0)
         return stage_read(st, p, b, rd);
 #endif

@@ -88,9 +88,14 @@ run() {
     } > "$out/env.txt" 2>&1
     cat "$out/env.txt"
     cd "$dir" || return 1
-    # the figures first: each block size is its own run, so one hang costs one half
-    step bench_2MiB 120 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 2048
-    step bench_16KiB 120 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 16
+    # the figures first: each block size is its own run, so one hang costs one half.
+    # 2 MiB: one pull in flight (K=1) and four (K=4, four requests at once, as in
+    # serving), beside the ceilings; ucx = UCX's own transport choice, ucx-sm =
+    # UCX_TLS=sm,self.  Rows are printed as they finish, so a timeout keeps them.
+    step bench_2MiB 60 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 2048 \
+        --concurrency 1,4 --gpu-modes ipc,ipc-batch,nccl,ucx,ucx-sm
+    step bench_16KiB 60 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 16 \
+        --gpu-modes ipc,ipc-batch,nccl,ucx,ucx-sm
     # correctness, one connector path per step
     for m in ipc ipc-batch nccl ucx; do
         step "test_$m" 75 env KVX_TEST_MODES=$m "$dir/bin/test_cuda_kvx"
@@ -102,7 +107,11 @@ run() {
     echo
     echo "== gpu_kvx: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null)"
     grep -h '^ceilings' "$out"/bench_*.log
-    grep -h -E '^(ipc|ipc-batch|ipc-memcpy|nccl|nccl-1msg|ucx) ' "$out"/bench_*.log
+    grep -h -E '^mode ' "$out"/bench_2MiB.log 2>/dev/null | head -1
+    grep -h -E '^(ipc|ipc-batch|ipc-memcpy|nccl|nccl-1msg|ucx|ucx-sm) ' "$out"/bench_*.log
+    # where a read's time goes (connector's split) and which UCX transport ran
+    grep -h -E '^kvx nccl timing' "$out"/bench_*.log | cut -c1-150
+    grep -h -E '^kvx ucx ep' "$out"/bench_*.log | sort -u | cut -c1-200
     printf '%-18s %-9s %7s  %s\n' step result seconds "last line"
     for i in "${!names[@]}"; do
         local r=${rcs[$i]} s=PASS

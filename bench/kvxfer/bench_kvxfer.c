@@ -10,7 +10,8 @@
  *
  *   bench_kvxfer [--total-mib 256] [--iters 5] [--block-kib 2048,16]
  *                [--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only]
- *                [--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx]]
+ *                [--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx,ucx-sm]
+ *                       [--concurrency 1,4]]
  *
  * Prints a table and one JSON line ("bench_kvxfer {...}").  --gpu (CUDA builds): GPU
  * memory between two GPUs instead (bench_kvxfer_gpu.c; "bench_kvxfer_gpu {...}").
@@ -227,7 +228,7 @@ int main(int argc, char **argv)
 {
     size_t total_mib = 256;
     int iters = 5, use_ucx = 1, use_fabric = 1, json_only = 0, gpu = 0;
-    char gpu_modes[128] = "";
+    char gpu_modes[128] = "", gpu_conc[64] = "1";
     char block_list[128] = "2048,16", tls_list[256] = "tcp,sm,posix,cma";
     run_t runs[64];
     int n_runs = 0;
@@ -252,10 +253,12 @@ int main(int argc, char **argv)
             gpu = 1;
         else if (strcmp(argv[i], "--gpu-modes") == 0 && i + 1 < argc)
             snprintf(gpu_modes, sizeof(gpu_modes), "%s", argv[++i]);
+        else if (strcmp(argv[i], "--concurrency") == 0 && i + 1 < argc)
+            snprintf(gpu_conc, sizeof(gpu_conc), "%s", argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--total-mib N] [--iters N] [--block-kib a,b] "
                     "[--ucx-tls tcp,sm,...] [--no-ucx] [--no-fabric] [--json-only] "
-                    "[--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx]]\n", argv[0]);
+                    "[--gpu [--gpu-modes ipc,ipc-batch,ipc-memcpy,nccl,nccl-1msg,ucx,ucx-sm] [--concurrency 1,4]]\n", argv[0]);
             return 2;
         }
     }
@@ -265,7 +268,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (gpu) {
 #ifdef PD_HAVE_CUDA
-        return bench_kvxfer_gpu(total_mib << 20, iters, block_list, gpu_modes, json_only);
+        return bench_kvxfer_gpu(total_mib << 20, iters, block_list, gpu_modes, gpu_conc, json_only);
 #else
         fprintf(stderr, "bench_kvxfer: --gpu needs a CUDA build\n");
         return 2;

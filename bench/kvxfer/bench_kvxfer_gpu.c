@@ -12,14 +12,28 @@
  * scatter), nccl-1msg (the same with one 256 MiB message per pull),
  * ucx (host staging; the producer's device-to-host copy happens at lease time and is
  * not in the figure, the consumer's host-to-device copy is).
+ * On one host ucx copies straight from the producer's mapped mirror (kvx_ucx.c);
+ * ucx-sm: UCX gets over shared memory instead (UCX_TLS=sm,self, KVX_UCX_DIRECT=0:
+ * posix/sysv/cma into the consumer's mirror, then to the GPU); every UCX run prints
+ * the endpoint's lanes (one line to stderr, "kvx ucx ep ...", from KVX_UCX_PRINT_EP).
  * Every pull moves all blocks of a --total-mib region, remote ids in order to local ids
  * reversed (so the gather is not a plain copy); best and median of --iters pulls after
  * a warm-up; the last pull is checked (first and last bytes of every block).
+ * --concurrency K (a list, "1,4"): K consumer threads each pull the whole region at
+ * once (K leases of the same blocks, K requests in flight through kvx_pull_sync, the
+ * call an engine's request makes); a round's figure is K x the size over the time from
+ * the common start to the last pull's return.  The interval is the engine's: from the
+ * pull call to its completion, the control round trips (ACQUIRE, RELEASE) included.
+ * "ctl us" is a zero-length pull (RELEASE only: one round trip; a data pull makes two),
+ * so "data GB/s" (the size over the best pull less ctl us) still includes one round
+ * trip; the consumer of the NCCL modes prints the connector's own split of a read
+ * (KVX_NCCL_TIMING: queue, host, GPU wait, callback) to stderr at the end.
  *
  * The parent process never touches CUDA (a CUDA context does not survive fork): the
  * ceilings and each consumer run in children that report through a pipe.
  */
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +62,27 @@ static const gmode_t gmodes[] = {
     /* the whole 256 MiB pull as one message (staging of the pull's size on both sides) */
     {"nccl-1msg", "NcclConnector", "\"nccl_force_network\":true,\"nccl_chunk_bytes\":268435456", 1},
     {"ucx", "UcxConnector", "", 0},
+    {"ucx-sm", "UcxConnector", "", 0},
 };
+
+/* Environment for a mode's two processes (set in the children before any UCX call). */
+static void mode_env(const gmode_t *m, size_t bb, int conc)
+{
+    char tag[48];
+
+    if (strcmp(m->name, "ucx-sm") == 0) {
+        setenv("UCX_TLS", "sm,self", 1);
+        setenv("KVX_UCX_DIRECT", "0", 1);
+    }
+    if (strncmp(m->name, "ucx", 3) == 0) {
+        setenv("KVX_UCX_PRINT_EP", "1", 0);
+    } else {
+        snprintf(tag, sizeof(tag), "%s %zuKiB K=%d", m->name, bb >> 10, conc);
+        setenv("KVX_NCCL_TIMING", tag, 1);
+    }
+}
+
+static int mode_is_ucx(const gmode_t *m) { return strncmp(m->name, "ucx", 3) == 0; }
 
 typedef struct gres {
     int ok;
@@ -284,7 +318,7 @@ static void lease_cb(void *arg, const char *id, const uint32_t *ids, size_t n, k
 
 static uint8_t block_byte(size_t b) { return (uint8_t)((b * 37u + 11u) & 0xffu); }
 
-static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size_t bb, int iters)
+static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size_t bb, int iters, int conc)
 {
     kvx_ctx_t *ctx = NULL;
     void *d = NULL;
@@ -293,6 +327,7 @@ static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size
     int port = 0;
     char c;
 
+    mode_env(m, bb, conc);
     if (cudaSetDevice(0) != cudaSuccess || cudaMalloc(&d, (size_t)nb * bb) != cudaSuccess ||
         cudaHostAlloc((void **)&h, (size_t)nb * bb, cudaHostAllocDefault) != cudaSuccess || ids == NULL)
         goto report;
@@ -307,9 +342,11 @@ static void producer_child(int wfd, int rfd, const gmode_t *m, uint32_t nb, size
         goto report;
     for (int k = 0; k < iters + 1; k++) {
         char rid[32];
-        snprintf(rid, sizeof(rid), "bench-%d", k);
-        if (kvx_lease_create(ctx, rid, ids, nb, 0, lease_cb, NULL) != PD_OK)
-            goto report;
+        for (int t = 0; t < conc; t++) {
+            snprintf(rid, sizeof(rid), "bench-%d-%d", t, k);
+            if (kvx_lease_create(ctx, rid, ids, nb, 0, lease_cb, NULL) != PD_OK)
+                goto report;
+        }
         snprintf(rid, sizeof(rid), "zero-%d", k);
         if (kvx_lease_create(ctx, rid, ids, 0, 0, lease_cb, NULL) != PD_OK)
             goto report;
@@ -323,7 +360,36 @@ report:
     _exit(0);
 }
 
-static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_t nb, size_t bb, int iters)
+/* One consumer thread of a --concurrency run: one pull per round, between barriers. */
+typedef struct cthread {
+    kvx_ctx_t *ctx;
+    pthread_barrier_t *bar;
+    int t, iters, port;
+    uint32_t nb;
+    const uint32_t *rids, *lids;
+    pd_status_t st;
+    char err[160];
+} cthread_t;
+
+static void *cthread_main(void *arg)
+{
+    cthread_t *c = arg;
+
+    for (int k = 0; k < c->iters + 1; k++) {
+        char rid[32];
+        kvx_pull_desc_t desc = {.remote_host = "127.0.0.1", .remote_port = c->port, .remote_req_id = rid,
+                                .n = c->nb, .remote_ids = c->rids, .local_ids = c->lids};
+        snprintf(rid, sizeof(rid), "bench-%d-%d", c->t, k);
+        pthread_barrier_wait(c->bar);
+        if (c->st == PD_OK)
+            c->st = kvx_pull_sync(c->ctx, &desc, c->err, sizeof(c->err));
+        pthread_barrier_wait(c->bar);
+    }
+    return NULL;
+}
+
+static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_t nb, size_t bb, int iters,
+                           int conc)
 {
     gres_t res = {0};
     kvx_ctx_t *ctx = NULL;
@@ -332,17 +398,24 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
     uint32_t *rids = malloc(nb * sizeof(uint32_t)), *lids = malloc(nb * sizeof(uint32_t));
     double *g = calloc((size_t)iters + 1, sizeof(double));
     double *zero = calloc((size_t)iters + 1, sizeof(double));
+    cthread_t *ct = calloc((size_t)conc, sizeof(cthread_t));
+    pthread_t *th = calloc((size_t)conc, sizeof(pthread_t));
+    pthread_barrier_t bar;
     size_t total = (size_t)nb * bb;
-    int n_ok = 0;
+    int n_ok = 0, n_started = 0, bar_ok = 0;
+    char more[64];
 
+    mode_env(m, bb, conc);
     if (cudaSetDevice(dev) != cudaSuccess || cudaMalloc(&d, total) != cudaSuccess ||
         cudaMemset(d, 0, total) != cudaSuccess ||
         cudaHostAlloc((void **)&h, total, cudaHostAllocDefault) != cudaSuccess || !rids || !lids || !g ||
-        !zero) {
+        !zero || !ct || !th) {
         snprintf(res.err, sizeof(res.err), "consumer: %s", cudaGetErrorString(cudaGetLastError()));
         goto out;
     }
-    ctx = make_ctx(m, "kv_consumer", "");
+    /* one pull worker per request in flight (the default of 4 would cap it) */
+    snprintf(more, sizeof(more), "\"pull_workers\":%d", conc > 4 ? conc : 4);
+    ctx = make_ctx(m, "kv_consumer", more);
     if (ctx == NULL || kvx_ctx_register_region(ctx, &(kvx_region_t){d, nb, bb, KVX_MEM_CUDA}) != PD_OK) {
         snprintf(res.err, sizeof(res.err), "consumer context/region failed");
         goto out;
@@ -351,22 +424,42 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
         rids[i] = i;
         lids[i] = nb - 1 - i;
     }
-    for (int k = 0; k < iters + 1; k++) {
-        char rid[32];
-        kvx_pull_desc_t desc = {.remote_host = "127.0.0.1", .remote_port = port, .remote_req_id = rid,
-                                .n = nb, .remote_ids = rids, .local_ids = lids};
-        uint64_t t0;
-        pd_status_t st;
-
-        snprintf(rid, sizeof(rid), "bench-%d", k);
-        t0 = pd_now_ns();
-        st = kvx_pull_sync(ctx, &desc, res.err, sizeof(res.err));
-        if (st != PD_OK)
-            goto out;
-        if (k > 0)
-            g[n_ok++] = (double)total / ((double)(pd_now_ns() - t0) / 1e9) / 1e9;
+    if (pthread_barrier_init(&bar, NULL, (unsigned)conc + 1) != 0) {
+        snprintf(res.err, sizeof(res.err), "barrier failed");
+        goto out;
     }
-    /* the protocol alone (acquire + release, no blocks): what a pull costs beyond data */
+    bar_ok = 1;
+    for (int t = 0; t < conc; t++) {
+        ct[t] = (cthread_t){.ctx = ctx, .bar = &bar, .t = t, .iters = iters, .port = port, .nb = nb,
+                            .rids = rids, .lids = lids, .st = PD_OK};
+        if (pthread_create(&th[t], NULL, cthread_main, &ct[t]) != 0)
+            break;
+        n_started++;
+    }
+    if (n_started < conc) {
+        /* the started ones wait at a barrier sized for all: cannot release them cleanly */
+        snprintf(res.err, sizeof(res.err), "cannot start %d consumer threads", conc);
+        if (write(wfd, &res, sizeof(res)) != sizeof(res))
+            _exit(1);
+        _exit(0);
+    }
+    for (int k = 0; k < iters + 1; k++) {
+        uint64_t t0;
+        pthread_barrier_wait(&bar);
+        t0 = pd_now_ns();
+        pthread_barrier_wait(&bar);
+        if (k > 0)
+            g[n_ok++] = (double)total * conc / ((double)(pd_now_ns() - t0) / 1e9) / 1e9;
+    }
+    for (int t = 0; t < conc; t++)
+        pthread_join(th[t], NULL);
+    n_started = 0;
+    for (int t = 0; t < conc; t++)
+        if (ct[t].st != PD_OK) {
+            snprintf(res.err, sizeof(res.err), "%s", ct[t].err);
+            goto out;
+        }
+    /* the protocol alone (release only, no blocks): what a pull costs beyond data */
     n_ok = 0;
     for (int k = 0; k < iters; k++) {
         char rid[32];
@@ -400,13 +493,17 @@ static void consumer_child(int wfd, const gmode_t *m, int dev, int port, uint32_
 out:
     if (write(wfd, &res, sizeof(res)) != sizeof(res))
         _exit(1);
+    kvx_ctx_destroy(ctx); /* the connector's timing line (KVX_NCCL_TIMING) comes out here */
+    if (bar_ok)
+        pthread_barrier_destroy(&bar);
+    free(ct);
+    free(th);
     free(zero);
     free(g);
-    kvx_ctx_destroy(ctx);
     _exit(0);
 }
 
-static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int iters, gres_t *res)
+static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int iters, int conc, gres_t *res)
 {
     int up[2], down[2], cres[2] = {-1, -1}, port = 0;
     uint32_t nb = (uint32_t)(total / bb);
@@ -421,7 +518,7 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     if (prod == 0) {
         close(up[0]);
         close(down[1]);
-        producer_child(up[1], down[0], m, nb, bb, iters);
+        producer_child(up[1], down[0], m, nb, bb, iters, conc);
     }
     close(up[1]);
     close(down[0]);
@@ -438,7 +535,7 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     if (cons == 0) {
         close(cres[0]);
         close(down[1]);
-        consumer_child(cres[1], m, n_gpus > 1 ? 1 : 0, port, nb, bb, iters);
+        consumer_child(cres[1], m, n_gpus > 1 ? 1 : 0, port, nb, bb, iters, conc);
     }
     close(cres[1]);
     cres[1] = -1;
@@ -487,7 +584,8 @@ static int gpu_count(void)
     return n;
 }
 
-int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char *modes, int json_only)
+int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char *modes, const char *conc_list,
+                     int json_only)
 {
     ceil_t cl = {0};
     int fds[2], n_gpus = gpu_count();
@@ -522,8 +620,8 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
                    cl.peer, cl.h2d, cl.d2h, cl.kern_2m, cl.kern_16k, cl.percopy_2m, cl.memcpy_gbs);
         else
             printf("ceilings failed: %s\n", cl.err);
-        printf("%-12s %9s %9s %10s %11s %8s %8s %10s\n", "mode", "block", "GB/s best", "GB/s median",
-               "ceiling", "% ceil", "ctl us", "data GB/s");
+        printf("%-12s %9s %3s %9s %10s %11s %8s %8s %10s\n", "mode", "block", "K", "GB/s best",
+               "GB/s median", "ceiling", "% ceil", "ctl us", "data GB/s");
         fflush(stdout);
     }
     pd_buf_printf(&json, "{\"gpus\":%d,\"total_mib\":%zu,\"iters\":%d,\"peer_gbs\":%.3f,\"h2d_gbs\":%.3f,"
@@ -536,40 +634,51 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
         char *save = NULL, *tok;
         for (tok = strtok_r(blist, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
             size_t bb = (size_t)atol(tok) << 10;
+            char klist[64], *ksave = NULL, *ktok;
             if (bb == 0 || total / bb == 0 || total / bb > KVX_MAX_BLOCKS_PER_REQ)
                 continue;
-            for (size_t i = 0; i < PD_ARRAY_SIZE(gmodes); i++) {
-                const gmode_t *m = &gmodes[i];
-                gres_t r;
-                double ceiling = strcmp(m->name, "ucx") == 0 ? cl.h2d : cl.peer;
-                char want[64];
-
-                snprintf(want, sizeof(want), ",%s,", m->name);
-                if (modes != NULL && modes[0] != '\0') {
-                    char have[256];
-                    snprintf(have, sizeof(have), ",%s,", modes);
-                    if (strstr(have, want) == NULL)
-                        continue;
-                }
-                if ((m->needs_two_gpus && n_gpus < 2) ||
-                    kvx_conn_ops_builtin(strcmp(m->conn, "UcxConnector") == 0 ? KVX_CONN_UCX
-                                                                               : KVX_CONN_NCCL) == NULL)
+            snprintf(klist, sizeof(klist), "%s", conc_list != NULL && conc_list[0] ? conc_list : "1");
+            for (ktok = strtok_r(klist, ",", &ksave); ktok; ktok = strtok_r(NULL, ",", &ksave)) {
+                int conc = atoi(ktok);
+                if (conc < 1 || conc > 64)
                     continue;
-                run_mode(m, n_gpus, total, bb, iters, &r);
-                if (!json_only) {
-                    if (r.ok)
-                        printf("%-12s %6zuKiB %9.1f %10.1f %11.1f %7.1f%% %8.0f %10.1f\n", m->name, bb >> 10,
-                               r.best, r.median, ceiling, ceiling > 0 ? 100.0 * r.best / ceiling : 0,
-                               r.ctl_us, data_gbs(total, r.best, r.ctl_us));
-                    else
-                        printf("%-12s %6zuKiB failed: %s\n", m->name, bb >> 10, r.err);
-                    fflush(stdout);
+                for (size_t i = 0; i < PD_ARRAY_SIZE(gmodes); i++) {
+                    const gmode_t *m = &gmodes[i];
+                    gres_t r;
+                    double ceiling = mode_is_ucx(m) ? cl.h2d : cl.peer;
+                    double dg;
+                    char want[64];
+
+                    snprintf(want, sizeof(want), ",%s,", m->name);
+                    if (modes != NULL && modes[0] != '\0') {
+                        char have[256];
+                        snprintf(have, sizeof(have), ",%s,", modes);
+                        if (strstr(have, want) == NULL)
+                            continue;
+                    }
+                    if ((m->needs_two_gpus && n_gpus < 2) ||
+                        kvx_conn_ops_builtin(strcmp(m->conn, "UcxConnector") == 0 ? KVX_CONN_UCX
+                                                                                   : KVX_CONN_NCCL) == NULL)
+                        continue;
+                    run_mode(m, n_gpus, total, bb, iters, conc, &r);
+                    /* with K pulls in flight the protocol overlaps the data: no split */
+                    dg = conc == 1 ? data_gbs(total, r.best, r.ctl_us) : 0;
+                    if (!json_only) {
+                        if (r.ok)
+                            printf("%-12s %6zuKiB %3d %9.1f %10.1f %11.1f %7.1f%% %8.0f %10.1f\n", m->name,
+                                   bb >> 10, conc, r.best, r.median, ceiling,
+                                   ceiling > 0 ? 100.0 * r.best / ceiling : 0, r.ctl_us, dg);
+                        else
+                            printf("%-12s %6zuKiB %3d failed: %s\n", m->name, bb >> 10, conc, r.err);
+                        fflush(stdout);
+                    }
+                    pd_buf_printf(&json, "%s{\"mode\":\"%s\",\"block_bytes\":%zu,\"concurrency\":%d,\"ok\":%s,"
+                                  "\"best_gbs\":%.3f,\"median_gbs\":%.3f,\"ceiling_gbs\":%.3f,\"ctl_us\":%.1f,"
+                                  "\"data_gbs\":%.3f}",
+                                  first ? "" : ",", m->name, bb, conc, r.ok ? "true" : "false", r.best,
+                                  r.median, ceiling, r.ctl_us, dg);
+                    first = 0;
                 }
-                pd_buf_printf(&json, "%s{\"mode\":\"%s\",\"block_bytes\":%zu,\"ok\":%s,\"best_gbs\":%.3f,"
-                              "\"median_gbs\":%.3f,\"ceiling_gbs\":%.3f,\"ctl_us\":%.1f,\"data_gbs\":%.3f}",
-                              first ? "" : ",", m->name, bb, r.ok ? "true" : "false", r.best, r.median,
-                              ceiling, r.ctl_us, data_gbs(total, r.best, r.ctl_us));
-                first = 0;
             }
         }
     }

@@ -103,6 +103,7 @@ static void random_pulls(const char *pextra, const char *cextra, size_t want_lau
     for (int k = 0; k < 8; k++) {
         size_t n = k == 0 ? NB : k == 1 ? 0 : 1 + (size_t)(rand_r(&seed) % NB);
         size_t launches0 = mock_cuda_kernel_launches(), sent0 = mock_nccl_messages_sent();
+        size_t copies0 = mock_cuda_stream_copies(), opens0 = mock_cuda_ipc_opens();
         snprintf(rid, sizeof(rid), "r%d", k);
         PD_CHECK_STATUS(kvx_lease_create(p.prod, rid, all, NB, 0, tk_lease_cb, &p.leases), PD_OK);
         tk_random_ids(r, n, NB, &seed);
@@ -122,6 +123,13 @@ static void random_pulls(const char *pextra, const char *cextra, size_t want_lau
             /* IPC: the whole pull in want_launches_per_pull copy launches, no messages */
             PD_CHECK_EQ_INT(mock_cuda_kernel_launches() - launches0, want_launches_per_pull);
             PD_CHECK_EQ_INT(mock_nccl_messages_sent() - sent0, 0);
+            /* the kernel path's per-pull host work: ONE id upload (both lists) and the
+             * error word read back, nothing else on the stream */
+            if (want_launches_per_pull == 1)
+                PD_CHECK_EQ_INT(mock_cuda_stream_copies() - copies0, 2);
+            /* the producer's IPC mapping is opened once per peer, not per pull */
+            if (k > 0)
+                PD_CHECK_EQ_INT(mock_cuda_ipc_opens() - opens0, 0);
         } else if (n > 0) {
             /* network: one message per chunk, one gather + one scatter launch per chunk */
             size_t chunks = (n + chunk_blocks - 1) / chunk_blocks;
@@ -326,8 +334,28 @@ out:
  * through pinned host mirrors, 4 blocks per chunk so a pull is several chunks. */
 PD_TEST(ucx_cuda_staging)
 {
+    /* same host, mirrors UCX allocated: copies straight from the producer's mapped
+     * mirror; then gets over shared memory (KVX_UCX_DIRECT=0); then the endpoint with
+     * error handling (tcp) and gets (KVX_UCX_SAME_HOST_SHM=0); with tcp only the mirror
+     * is not a shared segment: the endpoint falls back to error handling */
+    static const char *envs[][2] = {{"KVX_UCX_DIRECT", "1"}, {"KVX_UCX_DIRECT", "0"},
+                                    {"KVX_UCX_SAME_HOST_SHM", "0"}, {"UCX_TLS", "tcp"}};
+
     conn_g = "UcxConnector";
+    setenv("KVX_UCX_PRINT_EP", "1", 1);
+    for (size_t i = 0; i < PD_ARRAY_SIZE(envs); i++) {
+        setenv(envs[i][0], envs[i][1], 1);
+        random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+        unsetenv(envs[i][0]);
+        /* every host registration (mirrors, mapped peer mirrors) undone at close */
+        PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
+    }
+    /* shared memory only */
+    setenv("UCX_TLS", "sm,self", 1);
     random_pulls("", "\"staging_chunk_bytes\":16448", 0, 0);
+    unsetenv("UCX_TLS");
+    unsetenv("KVX_UCX_PRINT_EP");
+    PD_CHECK_EQ_INT(mock_cuda_host_regs_live(), 0);
     conn_g = "NcclConnector";
 }
 #endif
@@ -336,6 +364,8 @@ int main(void)
 {
     if (getenv("KVX_TEST_VERBOSE") == NULL)
         pd_log_set_level(PD_LOG_LEVEL_CRIT);
+    /* the connector's timing split runs too (one stderr line per connector) */
+    setenv("KVX_NCCL_TIMING", "mock", 1);
     PD_RUN(ipc_one_launch_per_pull);
     PD_RUN(ipc_batch_copies);
     PD_RUN(ipc_copy_per_block);

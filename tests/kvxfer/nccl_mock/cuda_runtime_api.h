@@ -42,6 +42,7 @@ enum cudaMemcpyKind {
 #define cudaStreamNonBlocking 0x01
 #define cudaHostAllocDefault 0x00
 #define cudaHostAllocPortable 0x01
+#define cudaHostRegisterPortable 0x01
 #define cudaIpcMemLazyEnablePeerAccess 0x01
 
 cudaError_t cudaGetDevice(int *device);
@@ -53,6 +54,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaMalloc(void **p, size_t n);
 cudaError_t cudaFree(void *p);
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int flags);
+cudaError_t cudaHostRegister(void *p, size_t n, unsigned int flags);
+cudaError_t cudaHostUnregister(void *p);
 cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind,
                             cudaStream_t stream);

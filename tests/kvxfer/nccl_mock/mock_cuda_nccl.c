@@ -68,12 +68,14 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pair_t *g_pairs;
 static struct ncclComm *g_comms;
 static atomic_int g_drop_sends;
-static atomic_size_t g_sent, g_launches, g_live;
+static atomic_size_t g_sent, g_launches, g_live, g_copies, g_ipc_opens;
 static atomic_uint g_next_id;
 
 void mock_nccl_drop_sends(int on) { atomic_store(&g_drop_sends, on); }
 size_t mock_nccl_messages_sent(void) { return atomic_load(&g_sent); }
 size_t mock_cuda_kernel_launches(void) { return atomic_load(&g_launches); }
+size_t mock_cuda_stream_copies(void) { return atomic_load(&g_copies); }
+size_t mock_cuda_ipc_opens(void) { return atomic_load(&g_ipc_opens); }
 size_t mock_cuda_bytes_live(void) { return atomic_load(&g_live); }
 
 /* ---- CUDA runtime ---- */
@@ -106,6 +108,26 @@ cudaError_t cudaFree(void *p)
     return cudaSuccess;
 }
 
+static atomic_long g_host_regs;
+long mock_cuda_host_regs_live(void) { return atomic_load(&g_host_regs); }
+
+cudaError_t cudaHostRegister(void *p, size_t n, unsigned int flags)
+{
+    (void)flags;
+    if (p == NULL || n == 0)
+        return cudaErrorInvalidValue;
+    atomic_fetch_add(&g_host_regs, 1);
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void *p)
+{
+    if (p == NULL)
+        return cudaErrorInvalidValue;
+    atomic_fetch_sub(&g_host_regs, 1);
+    return cudaSuccess;
+}
+
 cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int flags)
 {
     (void)flags;
@@ -125,6 +147,7 @@ cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *h, void *p)
 cudaError_t cudaIpcOpenMemHandle(void **p, cudaIpcMemHandle_t h, unsigned int flags)
 {
     (void)flags;
+    atomic_fetch_add(&g_ipc_opens, 1);
     memcpy(p, h.reserved, sizeof(*p));
     return *p ? cudaSuccess : cudaErrorInvalidValue;
 }
@@ -288,6 +311,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
 {
     op_t *o = new_op(OP_COPY);
     (void)kind;
+    atomic_fetch_add(&g_copies, 1);
     o->dst = dst;
     o->src = src;
     o->n = n;

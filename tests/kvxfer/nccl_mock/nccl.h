@@ -55,6 +55,11 @@ const char *ncclGetErrorString(ncclResult_t r);
 void mock_nccl_drop_sends(int on);   /* sends vanish: a frozen producer */
 size_t mock_nccl_messages_sent(void);
 size_t mock_cuda_kernel_launches(void);
+/* cudaMemcpyAsync calls (stream copies) and cudaIpcOpenMemHandle calls so far */
+size_t mock_cuda_stream_copies(void);
+size_t mock_cuda_ipc_opens(void);
+/* cudaHostRegister calls not yet undone by cudaHostUnregister */
+long mock_cuda_host_regs_live(void);
 size_t mock_cuda_bytes_live(void);   /* cudaMalloc'd bytes not freed */
 
 #endif
