@@ -12,6 +12,7 @@
 #include "eng_engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ typedef struct seq_state {
     eng_logprob_t *tops;      /* params.logprobs entries */
     int n_top;
     bool has_new;             /* sampled this step, not yet emitted */
+    bool plp_sent;            /* prompt logprobs delivered with an event */
 } seq_state_t;
 
 typedef struct ereq {
@@ -54,6 +56,12 @@ typedef struct ereq {
     int n_seqs;
     int n_live;               /* sequences not yet reported finished */
     seq_state_t *seqs;
+    /* prompt_logprobs: plp[i] for prompt token i (i >= 1; [0] unused), plp_tops[i * plp_k
+     * ..] its top entries; plp_next is the next prompt token still to compute (chunks
+     * and recomputes after a preemption only fill positions not done yet, so every
+     * entry is computed exactly once) */
+    eng_logprob_t *plp, *plp_tops;
+    int plp_k, plp_next;
     /* disaggregation */
     bool kv_produce;          /* keep the prompt blocks under a lease at finish */
     bool has_remote;          /* consumer: remote (owned copies) is set */
@@ -126,6 +134,9 @@ struct eng_engine {
     int cap_sampled;
     int64_t *b_slots;
     int *seq_logit;           /* batch seq -> logits row or -1 */
+    int32_t *seq_tok0;        /* batch seq -> index of its first token */
+    int32_t *plp_rows, *plp_pos; /* prompt_logprobs: rows / positions of one group */
+    ereq_t **plp_req;
     ereq_t **dead;            /* requests to free after a step */
     float *logits, *row;      /* [max_seqs * V], [V] */
     pd_buf_t delta, text;
@@ -187,6 +198,13 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
             out.n_top = ss->n_top;
         }
     }
+    if (er->plp && !ss->plp_sent && er->plp_next >= er->req->n_prompt) {
+        ss->plp_sent = true;
+        out.prompt_logprobs = er->plp;
+        out.prompt_tops = er->plp_tops;
+        out.n_prompt_logprobs = er->req->n_prompt;
+        out.n_prompt_top = er->plp_k;
+    }
     out.text = e->text.data ? e->text.data : "";
     out.text_len = e->text.len;
     out.n_prompt_tokens = er->req->n_prompt;
@@ -228,6 +246,8 @@ static void ereq_free(eng_engine_t *e, ereq_t *er)
         free(er->seqs[i].tops);
     }
     free(er->seqs);
+    free(er->plp);
+    free(er->plp_tops);
     if (er->req)
         eng_request_destroy(er->req);
     free((char *)er->remote.engine_id);
@@ -586,6 +606,12 @@ static void apply_abort(eng_engine_t *e, const char *id)
 static void admit(eng_engine_t *e, ereq_t *er)
 {
     pd_status_t st;
+    if (er->has_remote && er->plp) {
+        /* prompt_logprobs need the logits of every prompt position: compute the prompt
+         * here (the producer's KV would skip them) and let the remote lease go */
+        PD_LOG_REQ(INFO, er->req->id, "prompt_logprobs: computing the prompt locally instead of pulling its KV");
+        kv_drop_remote(e, er);
+    }
     if (er->has_remote) {
         /* Pull whole blocks only: the partial last block (fewer than block_size tokens,
          * always including the last prompt token, whose logits we need) is computed
@@ -614,6 +640,62 @@ static void admit(eng_engine_t *e, ereq_t *er)
 
 /* ---- one step ---- */
 
+/* Compute the logprobs of what the prompt positions of this batch predict, for the
+ * requests that asked for prompt_logprobs: the logits at position p give prompt token
+ * p + 1.  Rows go through eng_forward_logits max_seqs at a time into e->logits (free
+ * again once the sampling loop is done). */
+static pd_status_t plp_flush(eng_engine_t *e, int n)
+{
+    const int64_t V = e->mc->vocab_size;
+    pd_status_t st;
+    if (n == 0)
+        return PD_OK;
+    if ((st = eng_forward_logits(e->fw, e->plp_rows, n, e->logits)) != PD_OK)
+        return st;
+    for (int r = 0; r < n; r++) {
+        ereq_t *q = e->plp_req[r];
+        int tok = e->plp_pos[r] + 1;
+        st = eng_sampler_logprobs(e->sampler, e->logits + (size_t)r * V, q->req->tokens[tok], q->plp_k,
+                                  q->plp_k > 0 ? q->plp_tops + (size_t)tok * (size_t)q->plp_k : NULL, &q->plp[tok]);
+        if (st != PD_OK) { /* non-finite logits: report the token as impossible */
+            PD_LOG_REQ(WARN, q->req->id, "prompt_logprobs: non-finite logits at position %d", tok - 1);
+            q->plp[tok] = (eng_logprob_t){q->req->tokens[tok], -INFINITY, (int)V};
+        }
+        if (tok + 1 > q->plp_next)
+            q->plp_next = tok + 1;
+    }
+    return PD_OK;
+}
+
+static pd_status_t prompt_logprobs_step(eng_engine_t *e, const eng_batch_t *b)
+{
+    const int S = e->cfg.max_num_seqs;
+    int n = 0;
+    pd_status_t st;
+
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        ereq_t *er = bq->req->user;
+        if (!bq->want_prompt_logits || er == NULL || er->plp == NULL || bq->req->parent != NULL)
+            continue;
+        /* positions p of this chunk whose next token p + 1 is a prompt token not done yet */
+        int lo = PD_MAX(bq->start_pos, er->plp_next - 1);
+        int hi = PD_MIN(bq->start_pos + bq->n_tokens, bq->req->n_prompt - 1);
+        for (int p = lo; p < hi; p++) {
+            if (n == S) {
+                if ((st = plp_flush(e, n)) != PD_OK)
+                    return st;
+                n = 0;
+            }
+            e->plp_rows[n] = e->seq_tok0[s] + (p - bq->start_pos);
+            e->plp_pos[n] = p;
+            e->plp_req[n] = er;
+            n++;
+        }
+    }
+    return plp_flush(e, n);
+}
+
 static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
 {
     const int64_t V = e->mc->vocab_size;
@@ -635,6 +717,7 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     }
     for (int s = 0; s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
+        e->seq_tok0[s] = T;
         for (int j = 0; j < bq->n_tokens; j++, T++) {
             int pos = bq->start_pos + j;
             e->b_tokens[T] = bq->tokens[j];
@@ -709,6 +792,8 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
             sreq->cumulative_logprob += res.logprob;
         }
     }
+    if ((st = prompt_logprobs_step(e, b)) != PD_OK)
+        return st;
     return eng_sched_update(e->sched, b, e->sampled);
 }
 
@@ -895,10 +980,6 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         return st;
     eng_sampling_defaults_apply(&p, &e->defaults);
     st = eng_sampling_params_validate(&p, (int)V, e->cfg.max_logprobs, err, errlen);
-    if (st == PD_OK && p.prompt_logprobs >= 0) {
-        snprintf(err, errlen, "prompt_logprobs is not supported yet");
-        st = PD_ERR_UNSUPPORTED;
-    }
     if (st != PD_OK) {
         eng_sampling_params_cleanup(&p);
         return st;
@@ -943,6 +1024,18 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         if (!er->remote.host || !er->remote.request_id || !ids || (r->engine_id && !er->remote.engine_id)) {
             er->has_remote = false;
             ereq_free(e, er);
+            return PD_ERR_NOMEM;
+        }
+    }
+    if (req->params.prompt_logprobs >= 0) {
+        size_t nt;
+        er->plp_k = req->params.prompt_logprobs;
+        er->plp_next = 1;
+        er->plp = calloc((size_t)req->n_prompt, sizeof(*er->plp));
+        if (er->plp == NULL || pd_mul_size((size_t)req->n_prompt, (size_t)er->plp_k, &nt) != PD_OK ||
+            (er->plp_k > 0 && (er->plp_tops = calloc(nt, sizeof(*er->plp_tops))) == NULL)) {
+            ereq_free(e, er);
+            snprintf(err, errlen, "out of memory for prompt_logprobs");
             return PD_ERR_NOMEM;
         }
     }
@@ -1276,6 +1369,10 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->b_ctx = malloc(S * sizeof(int32_t));
         e->b_logit_rows = malloc(S * sizeof(int32_t));
         e->seq_logit = malloc(S * sizeof(int));
+        e->seq_tok0 = malloc(S * sizeof(int32_t));
+        e->plp_rows = malloc(S * sizeof(int32_t));
+        e->plp_pos = malloc(S * sizeof(int32_t));
+        e->plp_req = malloc(S * sizeof(*e->plp_req));
         e->dead = malloc(S * sizeof(*e->dead));
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
@@ -1283,7 +1380,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
         if (!e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
-            !e->b_logit_rows || !e->seq_logit || !e->dead || !e->sampled || !e->logits || !e->row) {
+            !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
         }
@@ -1372,6 +1469,10 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->b_ctx);
     free(e->b_logit_rows);
     free(e->seq_logit);
+    free(e->seq_tok0);
+    free(e->plp_rows);
+    free(e->plp_pos);
+    free(e->plp_req);
     free(e->dead);
     free(e->sampled);
     free(e->logits);

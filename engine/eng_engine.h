@@ -68,6 +68,16 @@ typedef struct eng_output {
     const eng_logprob_t *token_logprobs;
     const eng_logprob_t *tops;
     int n_top;
+    /* prompt_logprobs (requests that asked for them), on the first event of each
+     * sequence once the whole prompt has been computed: for prompt token i >= 1,
+     * prompt_logprobs[i] is its logprob and rank given tokens [0, i) and
+     * prompt_tops[i * n_prompt_top .. +n_prompt_top) the top entries, best first;
+     * entry 0 is unused (vLLM's leading None).  n_prompt_logprobs is the prompt
+     * length (0 when this event carries none). */
+    const eng_logprob_t *prompt_logprobs;
+    const eng_logprob_t *prompt_tops;
+    int n_prompt_logprobs;
+    int n_prompt_top;
     bool finished;                 /* this sequence is done */
     const char *finish_reason;     /* "stop", "length", "abort", "error" when finished */
     int32_t stop_token;            /* the eos/stop token that ended it, or -1 */
