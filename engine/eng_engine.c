@@ -1032,6 +1032,8 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         er->plp_k = req->params.prompt_logprobs;
         er->plp_next = 1;
         er->plp = calloc((size_t)req->n_prompt, sizeof(*er->plp));
+        if (er->plp)
+            er->plp[0] = (eng_logprob_t){req->tokens[0], NAN, 0};
         if (er->plp == NULL || pd_mul_size((size_t)req->n_prompt, (size_t)er->plp_k, &nt) != PD_OK ||
             (er->plp_k > 0 && (er->plp_tops = calloc(nt, sizeof(*er->plp_tops))) == NULL)) {
             ereq_free(e, er);

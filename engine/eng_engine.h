@@ -72,7 +72,7 @@ typedef struct eng_output {
      * sequence once the whole prompt has been computed: for prompt token i >= 1,
      * prompt_logprobs[i] is its logprob and rank given tokens [0, i) and
      * prompt_tops[i * n_prompt_top .. +n_prompt_top) the top entries, best first;
-     * entry 0 is unused (vLLM's leading None).  n_prompt_logprobs is the prompt
+     * entry 0 has only the first prompt token (logprob NaN: vLLM's leading None).  n_prompt_logprobs is the prompt
      * length (0 when this event carries none). */
     const eng_logprob_t *prompt_logprobs;
     const eng_logprob_t *prompt_tops;
