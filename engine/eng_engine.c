@@ -103,6 +103,11 @@ struct eng_engine {
     const eng_backend_ops_t *ops;
     eng_backend_t *be;
     eng_forward_t *fw;
+    void *swap_base;          /* host swap space (ops->host_alloc), NULL when none */
+    int64_t n_host_blocks;
+    uint64_t swap_out_blocks, swap_in_blocks; /* engine thread; copied into stats */
+    int32_t *swap_src, *swap_dst; /* scratch for one batch's swap pairs */
+    int cap_swap;
     eng_sched_t *sched;
     eng_sampler_t *sampler;
     eng_sampling_defaults_t defaults;
@@ -696,6 +701,41 @@ static pd_status_t prompt_logprobs_step(eng_engine_t *e, const eng_batch_t *b)
     return plp_flush(e, n);
 }
 
+/* Copy one list of swap pairs (device -> host when out) through the backend. */
+static pd_status_t do_swap(eng_engine_t *e, const eng_block_copy_t *pairs, int n, bool out)
+{
+    pd_status_t st;
+    if (n <= 0)
+        return PD_OK;
+    if (e->swap_base == NULL) {
+        PD_LOG_ERR("engine: the scheduler swapped blocks but there is no swap space");
+        return PD_ERR_INTERNAL;
+    }
+    if (n > e->cap_swap) {
+        int32_t *ns = realloc(e->swap_src, (size_t)n * 2 * sizeof(int32_t));
+        if (ns == NULL)
+            return PD_ERR_NOMEM;
+        e->swap_src = ns;
+        e->swap_dst = ns + n;
+        e->cap_swap = n;
+    }
+    for (int i = 0; i < n; i++) {
+        e->swap_src[i] = pairs[i].src;
+        e->swap_dst[i] = pairs[i].dst;
+    }
+    st = e->ops->kv_swap(e->be, eng_forward_kv_layout(e->fw), eng_forward_kv_base(e->fw), e->swap_base,
+                         e->n_host_blocks, e->swap_src, e->swap_dst, n, out);
+    if (st != PD_OK) {
+        PD_LOG_ERR("engine: swapping %d KV blocks %s failed: %s", n, out ? "out" : "in", pd_status_str(st));
+        return st;
+    }
+    if (out)
+        e->swap_out_blocks += (uint64_t)n;
+    else
+        e->swap_in_blocks += (uint64_t)n;
+    return PD_OK;
+}
+
 static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
 {
     const int64_t V = e->mc->vocab_size;
@@ -704,16 +744,17 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     int T = 0, n_logits = 0;
     pd_status_t st;
 
+    /* before the forward, in this order: swap out (the freed blocks may be handed
+     * out again in this very step), swap in, then the copy-on-write copies */
+    if ((st = do_swap(e, b->swap_out, b->n_swap_out, true)) != PD_OK ||
+        (st = do_swap(e, b->swap_in, b->n_swap_in, false)) != PD_OK)
+        return st;
     if (b->n_copies > 0) {
         for (int i = 0; i < b->n_copies; i++) {
             int32_t s = b->copies[i].src, d = b->copies[i].dst;
             if ((st = eng_forward_copy_blocks(e->fw, &s, &d, 1)) != PD_OK)
                 return st;
         }
-    }
-    if (b->n_swap_out > 0 || b->n_swap_in > 0) {
-        PD_LOG_ERR("engine: swap requested but no swap space is configured");
-        return PD_ERR_INTERNAL;
     }
     for (int s = 0; s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
@@ -820,6 +861,10 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
     e->stats.prefix_queries = ss.blocks.prefix_queries;
     e->stats.prefix_hits = ss.blocks.prefix_hits;
     e->stats.n_preemptions = ss.n_preemptions;
+    e->stats.n_host_blocks = ss.blocks.n_host_blocks;
+    e->stats.n_host_free_blocks = ss.blocks.n_host_free;
+    e->stats.swap_out_blocks = e->swap_out_blocks;
+    e->stats.swap_in_blocks = e->swap_in_blocks;
     e->stats.n_steps = ss.n_steps;
     e->stats.n_kv_held = eng_sched_num_held(e->sched);
     pthread_mutex_unlock(&e->mu);
@@ -1341,12 +1386,42 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     sc.max_model_len = (int)e->max_model_len;
     sc.enable_chunked_prefill = cfg->enable_chunked_prefill;
     sc.policy = cfg->priority_policy ? ENG_SCHED_PRIORITY : ENG_SCHED_FCFS;
-    sc.preemption_mode = ENG_PREEMPT_RECOMPUTE; /* swap needs host KV blocks: not on CPU */
+    sc.preemption_mode = ENG_PREEMPT_RECOMPUTE;
     sc.delay_factor = cfg->scheduler_delay_factor;
     sc.blocks.n_blocks = (int)n_blocks;
     sc.blocks.block_size = cfg->block_size;
     sc.blocks.enable_prefix_caching = cfg->enable_prefix_caching;
-    sc.blocks.n_host_blocks = 0;
+    if (cfg->preempt_swap) {
+        /* host swap space: its blocks mirror the cache's layout, so one block copy is
+         * one contiguous memcpy (DMA from pinned memory on CUDA) */
+        int64_t nh = cfg->num_host_blocks > 0 ? cfg->num_host_blocks
+                     : cfg->swap_space_gib > 0 ? (int64_t)(cfg->swap_space_gib * (double)(1ull << 30) / (double)block_bytes)
+                                               : 0;
+        if (nh > INT32_MAX / 2)
+            nh = INT32_MAX / 2;
+        if (nh > 0 && (e->ops->host_alloc == NULL || e->ops->kv_swap == NULL)) {
+            PD_LOG_WARN("engine: the %s backend cannot swap; preempted requests are recomputed", e->ops->name);
+            nh = 0;
+        }
+        if (nh > 0 && e->ops->host_alloc(e->be, (size_t)nh * block_bytes, &e->swap_base) != PD_OK) {
+            PD_LOG_ERR("engine: cannot allocate %.2f GiB of host swap space (--swap-space)",
+                       (double)nh * (double)block_bytes / (double)(1ull << 30));
+            st = PD_ERR_NOMEM;
+            goto err;
+        }
+        if (nh > 0) {
+            e->n_host_blocks = nh;
+            sc.preemption_mode = ENG_PREEMPT_SWAP;
+            PD_LOG_INFO("engine: swap space %lld KV blocks (%.2f GiB, %s)", (long long)nh,
+                        (double)nh * (double)block_bytes / (double)(1ull << 30),
+                        strcmp(e->ops->name, "cpu") == 0 ? "host memory: on the CPU backend swapping only moves "
+                                                           "blocks between two host buffers" : "pinned host memory");
+        } else {
+            PD_LOG_WARN("engine: --preemption-mode swap with no swap space (--swap-space 0); preempted requests "
+                        "are recomputed");
+        }
+    }
+    sc.blocks.n_host_blocks = (int)e->n_host_blocks;
     sc.eos_ids = e->eos_ids;
     sc.n_eos = e->n_eos;
     if (!cfg->enable_chunked_prefill && sc.max_num_batched_tokens < sc.max_model_len)
@@ -1456,6 +1531,9 @@ void eng_engine_destroy(eng_engine_t *e)
         }
     }
     eng_sampler_destroy(e->sampler);
+    if (e->swap_base)
+        e->ops->host_free(e->be, e->swap_base);
+    free(e->swap_src);
     eng_forward_destroy(e->fw);
     eng_sched_destroy(e->sched);
     if (e->be)

@@ -41,8 +41,12 @@ typedef struct eng_engine_cfg {
     bool enable_chunked_prefill;   /* true */
     bool enable_prefix_caching;    /* true */
     bool priority_policy;          /* --scheduling-policy priority */
-    bool preempt_swap;             /* --preemption-mode swap */
-    double swap_space_gib;         /* host swap space (used by swap preemption) */
+    bool preempt_swap;             /* --preemption-mode swap: preempted sequences' KV
+                                      blocks go to host swap space (falls back to
+                                      recompute when it is full) */
+    double swap_space_gib;         /* host swap space in GiB (pinned on CUDA; plain
+                                      memory on CPU), used only with preempt_swap */
+    int64_t num_host_blocks;       /* tests: swap space in blocks (overrides the GiB) */
     double scheduler_delay_factor;
     uint64_t seed;                 /* --seed: RNG of requests without their own seed */
     int max_logprobs;              /* --max-logprobs */
@@ -199,6 +203,9 @@ typedef struct eng_engine_stats {
     int n_blocks, n_free_blocks;
     uint64_t prefix_queries, prefix_hits;   /* tokens */
     uint64_t n_preemptions;
+    int n_host_blocks;              /* swap space (--preemption-mode swap), in blocks */
+    int n_host_free_blocks;
+    uint64_t swap_out_blocks, swap_in_blocks; /* blocks copied device->host, host->device */
     uint64_t prompt_tokens_total, generation_tokens_total;
     uint64_t n_steps;
     uint64_t requests_finished[4];  /* stop, length, abort, error */

@@ -96,6 +96,7 @@ static void on_out(void *user, const eng_output_t *out)
 }
 
 static char gguf[4096];
+static int64_t g_host_blocks; /* > 0: the next engines preempt by swap with this many host blocks */
 
 static eng_engine_t *make_engine_len(int max_batched, bool prefix, int64_t n_blocks, bool exact, int64_t max_len)
 {
@@ -111,6 +112,8 @@ static eng_engine_t *make_engine_len(int max_batched, bool prefix, int64_t n_blo
     c.enable_prefix_caching = prefix;
     c.num_blocks = n_blocks;
     c.max_num_seqs = 64;
+    c.preempt_swap = g_host_blocks > 0;
+    c.num_host_blocks = g_host_blocks;
     PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
     return e;
 }
@@ -259,9 +262,36 @@ PD_TEST(test_batch_invariance)
         eng_engine_get_stats(e, &st);
         printf("  preemptions in the small-cache run: %llu\n", (unsigned long long)st.n_preemptions);
         PD_CHECK(st.n_preemptions > 0);
+        PD_CHECK(st.swap_out_blocks == 0 && st.n_host_blocks == 0);
     }
     check_all_free(e);
     eng_engine_destroy(e);
+
+    /* the same with swap preemption: enough host blocks (every preemption swaps), then
+     * too few (some swap, the rest fall back to recompute) */
+    static const int64_t host_blocks[] = {64, 6};
+    for (size_t h = 0; h < PD_ARRAY_SIZE(host_blocks); h++) {
+        char what[64];
+        eng_engine_stats_t st;
+        g_host_blocks = host_blocks[h];
+        e = make_engine_len(8192, true, 20, false, 256);
+        g_host_blocks = 0;
+        run_batch(e, idx, 24, got, -1, N_GEN);
+        snprintf(what, sizeof(what), "after swap (%lld host blocks)", (long long)host_blocks[h]);
+        PD_CHECK_EQ_INT(compare(got, idx, 24, what), 0);
+        check_all_free(e);
+        eng_engine_get_stats(e, &st);
+        printf("  %s: %llu preemptions, %llu blocks swapped out, %llu in\n", what,
+               (unsigned long long)st.n_preemptions, (unsigned long long)st.swap_out_blocks,
+               (unsigned long long)st.swap_in_blocks);
+        PD_CHECK(st.n_preemptions > 0);
+        PD_CHECK(st.swap_out_blocks > 0);
+        PD_CHECK_EQ_INT((int)st.swap_in_blocks, (int)st.swap_out_blocks); /* everything came back */
+        PD_CHECK_EQ_INT(st.n_host_blocks, (int)host_blocks[h]);
+        PD_CHECK_EQ_INT(st.n_host_free_blocks, st.n_host_blocks);
+        PD_CHECK_EQ_INT(st.n_swapped, 0);
+        eng_engine_destroy(e);
+    }
     free(got);
 }
 
