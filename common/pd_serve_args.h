@@ -84,7 +84,7 @@
   X("Cache", enable_prefix_caching, "--enable-prefix-caching", NULL, BOOL, "true", NULL, WORKS, NULL, PD_OPTF_NEGATABLE, "automatic prefix caching") \
   X("Cache", kv_cache_dtype, "--kv-cache-dtype", NULL, CHOICE, "auto", "auto,fp8,fp8_e5m2,fp8_e4m3", DIFFERS, "only auto works (a float32 cache on CPU and CUDA); fp8 variants are refused with not supported yet", 0, "data type of the KV cache") \
   X("Cache", calculate_kv_scales, "--calculate-kv-scales", NULL, BOOL, NULL, NULL, NOT_YET, "there is no fp8 KV cache yet", 0, "compute fp8 KV scales dynamically") \
-  X("Cache", swap_space, "--swap-space", NULL, FLOAT, "4", NULL, NOOP, "preemption by swap is not wired into the engine yet: preempted requests are recomputed", 0, "CPU swap space per GPU in GiB") \
+  X("Cache", swap_space, "--swap-space", NULL, FLOAT, "4", NULL, DIFFERS, "allocated only with --preemption-mode swap: pinned host memory on CUDA; on the CPU backend plain memory, where swapping only costs memory (the KV cache is host memory already)", 0, "CPU swap space per GPU in GiB") \
   X("Cache", cpu_offload_gb, "--cpu-offload-gb", NULL, FLOAT, "0", NULL, NOT_YET, "weight offloading is not implemented", 0, "GiB of weights to offload to CPU memory") \
   X("Cache", gpu_memory_utilization, "--gpu-memory-utilization", NULL, FLOAT, "0.9", NULL, DIFFERS, "sizes the KV cache on the CUDA backend; the CPU backend uses --cpu-kvcache-space", 0, "fraction of GPU memory for this instance (0, 1]") \
   X("Cache", num_gpu_blocks_override, "--num-gpu-blocks-override", NULL, INT, NULL, NULL, WORKS, NULL, 0, "use this many KV blocks instead of profiling (on CPU too)") \
@@ -104,7 +104,7 @@
   X("Scheduler", max_num_seqs, "--max-num-seqs", NULL, INT, NULL, NULL, WORKS, NULL, 0, "max sequences per engine step (default 256)") \
   X("Scheduler", enable_chunked_prefill, "--enable-chunked-prefill", NULL, BOOL, NULL, NULL, WORKS, NULL, PD_OPTF_OPTVAL, "split long prompts across steps under --max-num-batched-tokens (default on)") \
   X("Scheduler", scheduling_policy, "--scheduling-policy", NULL, CHOICE, "fcfs", "fcfs,priority", WORKS, NULL, 0, "fcfs, or priority (lower value first, then arrival)") \
-  X("Scheduler", preemption_mode, "--preemption-mode", NULL, CHOICE, NULL, "recompute,swap", DIFFERS, "recompute works; swap falls back to recompute with a warning", 0, "what to do when KV blocks run out") \
+  X("Scheduler", preemption_mode, "--preemption-mode", NULL, CHOICE, NULL, "recompute,swap", DIFFERS, "swap copies a preempted sequence's KV blocks to --swap-space host memory and back before its next step; when the swap space is full (or the sequence made a copy-on-write in that step) it is recomputed instead (vLLM v0 aborted)", 0, "what to do when KV blocks run out") \
   X("Scheduler", scheduler_delay_factor, "--scheduler-delay-factor", NULL, FLOAT, "0.0", NULL, WORKS, NULL, 0, "delay new prompts by factor x the previous prompt latency") \
   X("Scheduler", num_scheduler_steps, "--num-scheduler-steps", NULL, INT, "1", NULL, NOT_YET, "multi-step scheduling is not implemented", 0, "forward steps per scheduler call") \
   X("Scheduler", multi_step_stream_outputs, "--multi-step-stream-outputs", NULL, BOOL, "true", NULL, NOOP, "outputs always stream every step", PD_OPTF_OPTVAL, "stream outputs of every step in multi-step mode") \

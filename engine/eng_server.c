@@ -119,9 +119,6 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
                    a->kv_cache_dtype);
         return PD_ERR_UNSUPPORTED;
     }
-    if (c->preempt_swap)
-        PD_LOG_WARN("--preemption-mode swap: swap space is not wired into the engine yet; "
-                    "preempted requests are recomputed");
     return PD_OK;
 }
 
