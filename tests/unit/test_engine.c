@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "eng_backend.h"
 #include "eng_engine.h"
 #include "eng_forward.h"
@@ -142,6 +144,34 @@ static void plp_none(void)
 {
     for (int i = 0; i < MAX_REQ; i++)
         g_plp[i] = -1;
+}
+
+/* Submit one greedy request with explicit ids and wait for it. */
+static void run_ids(eng_engine_t *e, const int32_t *ids, int n_ids, int plp, int max_tokens, result_t *res)
+{
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1};
+    slot_t slot = {&w, res};
+    eng_sampling_params_t p;
+    eng_submit_t sub = {0};
+    char err[256];
+    memset(res, 0, sizeof(*res));
+    eng_sampling_params_init(&p);
+    p.max_tokens = max_tokens;
+    p.temperature = 0.0f;
+    p.ignore_eos = true;
+    p.prompt_logprobs = plp;
+    sub.id = "ids";
+    sub.prompt = ids;
+    sub.n_prompt = n_ids;
+    sub.params = &p;
+    sub.cb = on_out;
+    sub.user = &slot;
+    PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
+    eng_sampling_params_cleanup(&p);
+    pthread_mutex_lock(&w.mu);
+    while (w.pending > 0)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
 }
 
 /* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0 */
@@ -609,6 +639,75 @@ PD_TEST(test_prompt_logprobs)
     free(got);
 }
 
+/* Against Hugging Face transformers (tests/golden/make_goldens.py: the same GGUF
+ * dequantized to float32, log_softmax in float64): the engine with exact float32
+ * matmuls returns the same prompt logprobs, ranks and top tokens. */
+PD_TEST(test_prompt_logprobs_hf_golden)
+{
+    char path[4096], *text = NULL;
+    const char *src = getenv("PD_SOURCE_DIR");
+    cJSON *doc, *pr;
+    double worst = 0;
+    int n_checked = 0, rank_off = 0;
+    snprintf(path, sizeof(path), "%s/tests/data/goldens/smollm2-135m-q4_1.json", src ? src : ".");
+    PD_CHECK_STATUS(pd_read_file(path, &text, NULL), PD_OK);
+    doc = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    PD_CHECK(doc != NULL);
+    if (doc == NULL)
+        return;
+    eng_engine_t *e = make_engine(8192, true, 0, true);
+    if (e == NULL) {
+        cJSON_Delete(doc);
+        return;
+    }
+    cJSON_ArrayForEach(pr, cJSON_GetObjectItem(doc, "prompts")) {
+        const cJSON *jids = cJSON_GetObjectItem(pr, "ids"), *jplp = cJSON_GetObjectItem(pr, "prompt_logprobs"), *it;
+        int32_t ids[MAX_PLP];
+        int n = 0;
+        result_t r;
+        PD_CHECK(jplp != NULL); /* regenerate the golden with make_goldens.py --only-gguf */
+        if (jplp == NULL)
+            break;
+        cJSON_ArrayForEach(it, jids) if (n < MAX_PLP) ids[n++] = (int32_t)it->valueint;
+        run_ids(e, ids, n, PLP_K, 1, &r);
+        PD_CHECK_EQ_INT(r.n_plp, n);
+        PD_CHECK_EQ_INT(cJSON_GetArraySize(jplp), n - 1);
+        for (int i = 1; i < n && i < r.n_plp && i - 1 < cJSON_GetArraySize(jplp); i++) {
+            const cJSON *g = cJSON_GetArrayItem(jplp, i - 1);
+            double want = cJSON_GetArrayItem(g, 1)->valuedouble;
+            int want_rank = cJSON_GetArrayItem(g, 2)->valueint;
+            const cJSON *tops = cJSON_GetArrayItem(g, 3);
+            double d = fabs((double)r.plp[i].logprob - want) / fmax(1.0, fabs(want));
+            worst = fmax(worst, d);
+            n_checked++;
+            PD_CHECK_EQ_INT(r.plp[i].token, cJSON_GetArrayItem(g, 0)->valueint);
+            PD_CHECK(d <= 1e-3);
+            /* ranks deep in the tail can move by the logits within the tolerance */
+            if (r.plp[i].rank != want_rank) {
+                rank_off++;
+                PD_CHECK(abs(r.plp[i].rank - want_rank) <= 1 + want_rank / 100);
+            }
+            for (int k = 0; k < PLP_K; k++) {
+                const cJSON *t = cJSON_GetArrayItem(tops, k), *t1 = cJSON_GetArrayItem(tops, k + 1);
+                double lp = cJSON_GetArrayItem(t, 1)->valuedouble;
+                bool clear = fabs(lp - cJSON_GetArrayItem(t1, 1)->valuedouble) > 1e-3 * fmax(1.0, fabs(lp)) &&
+                             (k == 0 || fabs(lp - cJSON_GetArrayItem(cJSON_GetArrayItem(tops, k - 1), 1)->valuedouble) >
+                                            1e-3 * fmax(1.0, fabs(lp)));
+                PD_CHECK(fabs((double)r.plp_top[i * PLP_K + k].logprob - lp) <= 1e-3 * fmax(1.0, fabs(lp)));
+                if (clear)
+                    PD_CHECK_EQ_INT(r.plp_top[i * PLP_K + k].token, cJSON_GetArrayItem(t, 0)->valueint);
+            }
+        }
+    }
+    printf("  %d prompt logprobs vs transformers: worst relative difference %.2e, %d ranks off by a tie\n",
+           n_checked, worst, rank_off);
+    PD_CHECK(n_checked > 40);
+    check_all_free(e);
+    eng_engine_destroy(e);
+    cJSON_Delete(doc);
+}
+
 int main(void)
 {
     const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
@@ -629,5 +728,6 @@ int main(void)
     PD_RUN(test_abort_everywhere);
     PD_RUN(test_submit_errors);
     PD_RUN(test_prompt_logprobs);
+    PD_RUN(test_prompt_logprobs_hf_golden);
     return PD_TEST_REPORT();
 }
