@@ -56,7 +56,7 @@ typedef struct ereq {
     int n_seqs;
     int n_live;               /* sequences not yet reported finished */
     seq_state_t *seqs;
-    /* prompt_logprobs: plp[i] for prompt token i (i >= 1; [0] unused), plp_tops[i * plp_k
+    /* prompt_logprobs: plp[i] for prompt token i (i >= 1; [0] only names token 0), plp_tops[i * plp_k
      * ..] its top entries; plp_next is the next prompt token still to compute (chunks
      * and recomputes after a preemption only fill positions not done yet, so every
      * entry is computed exactly once) */
