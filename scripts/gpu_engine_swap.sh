@@ -3,9 +3,10 @@
 # backend's pinned swap blocks and batched copies, and the engine on CUDA forcing swaps),
 # from binaries built on the development machine.
 #
-#   scripts/gpu_engine_swap.sh stage BUILD_DIR DEST   (here) stage DEST with
-#        scripts/gpu_suite.sh (runtime libraries, test data) unless it already holds a
-#        staged suite, then add test_cuda_swap and this script.
+#   scripts/gpu_engine_swap.sh stage BUILD_DIR DEST   (here) copy test_cuda_swap, the tiny
+#        Llama it loads, the runtime libraries it needs (cJSON, cudart) and this script
+#        into DEST (a new folder, or one staged by scripts/gpu_suite.sh: files are added);
+#        DEST travels with the device call (name it in `carry`).
 #   bash DEST/gpu_engine_swap.sh run DEST   (on the GPU machine) run test_cuda_swap, then
 #        again under compute-sanitizer memcheck when it is there; every step has a
 #        timeout and a failing step does not stop the next; logs to $OUT (or
@@ -13,13 +14,21 @@
 set -u
 
 stage() {
-    local build=$1 dest=$2 here
-    here=$(cd "$(dirname "$0")" && pwd)
-    if [ ! -f "$dest/gpu_suite.sh" ]; then
-        bash "$here/gpu_suite.sh" stage "$build" "$dest" || return 1
-    fi
+    local build=$1 dest=$2 src lib
+    src=$(cd "$(dirname "$0")/.." && pwd)
+    mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests/data/models" || return 1
     cp "$build/tests/test_cuda_swap" "$dest/bin/" || return 1
+    cp -r "$src/tests/data/models/tiny-llama" "$dest/src/tests/data/models/" || return 1
+    # runtime libraries the device lacks (test_cuda_swap needs cJSON and cudart; cuBLAS is
+    # found on the device); a folder staged by gpu_suite.sh already has them
+    for lib in libcjson.so.1 libcudart.so.13; do
+        [ -e "$dest/lib/$lib" ] && continue
+        for d in /usr/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/local/lib /usr/local/cuda/lib64; do
+            [ -e "$d/$lib" ] && cp -aL "$d/$lib" "$dest/lib/" && break
+        done
+    done
     cp "$0" "$dest/gpu_engine_swap.sh"
+    git -C "$src" rev-parse --short HEAD > "$dest/COMMIT_SWAP"
     du -sh "$dest"
 }
 
