@@ -347,10 +347,19 @@ PD_TEST(test_seeded_sampling_reproducible)
     free(batch);
 }
 
+static bool g_abort_when_swapped; /* abort_later waits for a swapped-out request */
+
 static void *abort_later(void *arg)
 {
     eng_engine_t *e = arg;
     usleep(30000);
+    for (int i = 0; g_abort_when_swapped && i < 60000; i++) { /* a condition, bounded */
+        eng_engine_stats_t st;
+        eng_engine_get_stats(e, &st);
+        if (st.n_swapped > 0)
+            break;
+        usleep(1000);
+    }
     for (int i = 0; i < 16; i++) {
         char id[32];
         snprintf(id, sizeof(id), "req-%d", i);
@@ -359,11 +368,14 @@ static void *abort_later(void *arg)
     return NULL;
 }
 
-PD_TEST(test_abort_everywhere)
+static void abort_everywhere(int64_t host_blocks)
 {
     /* a tiny cache keeps some requests waiting while others run: the aborts hit requests
-     * queued, waiting, prefilling and decoding */
+     * queued, waiting, prefilling and decoding (and swapped out, with host blocks) */
+    g_host_blocks = host_blocks;
+    g_abort_when_swapped = host_blocks > 0;
     eng_engine_t *e = make_engine_len(16, true, 20, false, 256);
+    g_host_blocks = 0;
     result_t *got = calloc(16, sizeof(*got));
     int idx[16];
     pthread_t th;
@@ -388,8 +400,23 @@ PD_TEST(test_abort_everywhere)
     run_batch(e, &p, 1, &one, -1, 4);
     PD_CHECK_EQ_INT(one.n, 4);
     check_all_free(e);
+    if (host_blocks > 0) {
+        eng_engine_stats_t st;
+        eng_engine_get_stats(e, &st);
+        printf("  with swap: %llu blocks swapped out\n", (unsigned long long)st.swap_out_blocks);
+        PD_CHECK(st.swap_out_blocks > 0);
+        PD_CHECK_EQ_INT(st.n_host_free_blocks, st.n_host_blocks);
+        PD_CHECK_EQ_INT(st.n_swapped, 0);
+    }
     eng_engine_destroy(e);
     free(got);
+    g_abort_when_swapped = false;
+}
+
+PD_TEST(test_abort_everywhere)
+{
+    abort_everywhere(0);
+    abort_everywhere(64);
 }
 
 PD_TEST(test_submit_errors)
