@@ -113,7 +113,31 @@ typedef struct eng_backend_ops {
                                   int64_t n);
     /* p is host memory; the arrays it points to are backend pointers. */
     pd_status_t (*paged_attention)(eng_backend_t *be, const kcpu_attn_params_t *p);
+
+    /* ---- swap space: host memory for the KV blocks of sequences preempted by swap ---- */
+    /* Host memory the swap copies use: pinned (page-locked) on CUDA so the copies are
+     * DMA, plain aligned memory on CPU.  bytes > 0.  PD_ERR_NOMEM / PD_ERR_CUDA. */
+    pd_status_t (*host_alloc)(eng_backend_t *be, size_t bytes, void **ptr_p);
+    void (*host_free)(eng_backend_t *be, void *ptr); /* NULL is a no-op */
+    /* Copy n whole KV blocks between the cache and host swap memory laid out like it
+     * (host block b at host_base + b * layout->block_bytes): to_host copies cache block
+     * src[i] to host block dst[i], else host block src[i] to cache block dst[i].
+     * src/dst are HOST arrays (copies are addressed on the host).  Ordered after the
+     * ops queued before; returns once the copies are complete.  PD_ERR_RANGE (nothing
+     * copied) for ids outside [0, layout->n_blocks) or [0, n_host_blocks). */
+    pd_status_t (*kv_swap)(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
+                           void *host_base, int64_t n_host_blocks, const int32_t *src,
+                           const int32_t *dst, int64_t n, bool to_host);
 } eng_backend_ops_t;
+
+/* Shared by the backends' kv_swap: checks every id, then calls copy(arg, dst, src,
+ * bytes) once per run of consecutive block pairs (adjacent blocks merged into one
+ * copy).  PD_ERR_RANGE before any copy when an id is out of range; else the first
+ * error copy returns. */
+pd_status_t eng_kv_swap_runs(const kcpu_kv_layout_t *layout, void *cache_base, void *host_base,
+                             int64_t n_host_blocks, const int32_t *src, const int32_t *dst, int64_t n,
+                             bool to_host, pd_status_t (*copy)(void *arg, void *dst, const void *src, size_t bytes),
+                             void *arg);
 
 /* The ops table of the backend called `name` ("cpu"; "cuda" when built with CUDA), or
  * NULL when there is none by that name.  The table is static: never freed. */

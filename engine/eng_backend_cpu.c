@@ -239,6 +239,58 @@ static pd_status_t cpu_paged_attention(eng_backend_t *be, const kcpu_attn_params
     return kcpu_paged_attention(be->pool, p);
 }
 
+pd_status_t eng_kv_swap_runs(const kcpu_kv_layout_t *layout, void *cache_base, void *host_base,
+                             int64_t n_host_blocks, const int32_t *src, const int32_t *dst, int64_t n,
+                             bool to_host, pd_status_t (*copy)(void *arg, void *dst, const void *src, size_t bytes),
+                             void *arg)
+{
+    const int64_t n_src = to_host ? layout->n_blocks : n_host_blocks;
+    const int64_t n_dst = to_host ? n_host_blocks : layout->n_blocks;
+    char *src_base = to_host ? cache_base : host_base, *dst_base = to_host ? host_base : cache_base;
+    const size_t bb = layout->block_bytes;
+    pd_status_t st;
+
+    if (n < 0 || (n > 0 && (src == NULL || dst == NULL || cache_base == NULL || host_base == NULL)))
+        return PD_ERR_INVAL;
+    for (int64_t i = 0; i < n; i++) {
+        if (src[i] < 0 || src[i] >= n_src || dst[i] < 0 || dst[i] >= n_dst) {
+            PD_LOG_ERR("kv_swap: block pair %d -> %d outside %lld / %lld blocks", src[i], dst[i],
+                       (long long)n_src, (long long)n_dst);
+            return PD_ERR_RANGE;
+        }
+    }
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && src[j] == src[j - 1] + 1 && dst[j] == dst[j - 1] + 1)
+            j++;
+        /* ids are < n_blocks, whose byte size was checked when the cache was laid out */
+        st = copy(arg, dst_base + (size_t)dst[i] * bb, src_base + (size_t)src[i] * bb, (size_t)(j - i) * bb);
+        if (st != PD_OK)
+            return st;
+        i = j;
+    }
+    return PD_OK;
+}
+
+static pd_status_t cpu_host_alloc(eng_backend_t *be, size_t bytes, void **ptr_p)
+{
+    return cpu_buf_alloc(be, bytes, ptr_p);
+}
+
+static pd_status_t cpu_copy(void *arg, void *dst, const void *src, size_t bytes)
+{
+    (void)arg;
+    memcpy(dst, src, bytes);
+    return PD_OK;
+}
+
+static pd_status_t cpu_kv_swap(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base, void *host_base,
+                               int64_t n_host_blocks, const int32_t *src, const int32_t *dst, int64_t n, bool to_host)
+{
+    (void)be;
+    return eng_kv_swap_runs(layout, cache_base, host_base, n_host_blocks, src, dst, n, to_host, cpu_copy, NULL);
+}
+
 static const eng_backend_ops_t cpu_ops = {
     .name = "cpu",
     .init = cpu_init,
@@ -271,6 +323,9 @@ static const eng_backend_ops_t cpu_ops = {
     .kv_write = cpu_kv_write,
     .kv_copy_blocks = cpu_kv_copy_blocks,
     .paged_attention = cpu_paged_attention,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_buf_free,
+    .kv_swap = cpu_kv_swap,
 };
 
 const eng_backend_ops_t *eng_backend_cpu_ops(void)

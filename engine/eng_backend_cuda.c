@@ -556,6 +556,40 @@ static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_param
                                         be->stream);
 }
 
+/* ---- swap space ---- */
+
+static pd_status_t cuda_host_alloc(eng_backend_t *be, size_t bytes, void **ptr_p)
+{
+    (void)be;
+    if (bytes == 0)
+        return PD_ERR_INVAL;
+    return kcuda_host_alloc(bytes, ptr_p); /* pinned: the swap copies are DMA */
+}
+
+static void cuda_host_free(eng_backend_t *be, void *ptr)
+{
+    (void)be;
+    kcuda_host_free(ptr);
+}
+
+static pd_status_t cuda_copy(void *arg, void *dst, const void *src, size_t bytes)
+{
+    eng_backend_t *be = arg;
+    return kcuda_memcpy_async(dst, src, bytes, be->stream);
+}
+
+/* One async copy per run of adjacent blocks on the stream (after the queued work that
+ * wrote the blocks), then one wait, so a batch of swaps costs one synchronisation. */
+static pd_status_t cuda_kv_swap(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
+                                void *host_base, int64_t n_host_blocks, const int32_t *src, const int32_t *dst,
+                                int64_t n, bool to_host)
+{
+    pd_status_t st = eng_kv_swap_runs(layout, cache_base, host_base, n_host_blocks, src, dst, n, to_host, cuda_copy,
+                                      be);
+    pd_status_t st2 = cuda_synchronize(be); /* also after a failed copy: nothing left in flight */
+    return st != PD_OK ? st : st2;
+}
+
 static const eng_backend_ops_t cuda_ops = {
     .name = "cuda",
     .init = cuda_init,
@@ -588,6 +622,9 @@ static const eng_backend_ops_t cuda_ops = {
     .kv_write = cuda_kv_write,
     .kv_copy_blocks = cuda_kv_copy_blocks,
     .paged_attention = cuda_paged_attention,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .kv_swap = cuda_kv_swap,
 };
 
 const eng_backend_ops_t *eng_backend_cuda_ops(void)

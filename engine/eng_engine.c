@@ -12,6 +12,7 @@
 #include "eng_engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ typedef struct seq_state {
     eng_logprob_t *tops;      /* params.logprobs entries */
     int n_top;
     bool has_new;             /* sampled this step, not yet emitted */
+    bool plp_sent;            /* prompt logprobs delivered with an event */
 } seq_state_t;
 
 typedef struct ereq {
@@ -54,6 +56,12 @@ typedef struct ereq {
     int n_seqs;
     int n_live;               /* sequences not yet reported finished */
     seq_state_t *seqs;
+    /* prompt_logprobs: plp[i] for prompt token i (i >= 1; [0] only names token 0), plp_tops[i * plp_k
+     * ..] its top entries; plp_next is the next prompt token still to compute (chunks
+     * and recomputes after a preemption only fill positions not done yet, so every
+     * entry is computed exactly once) */
+    eng_logprob_t *plp, *plp_tops;
+    int plp_k, plp_next;
     /* disaggregation */
     bool kv_produce;          /* keep the prompt blocks under a lease at finish */
     bool has_remote;          /* consumer: remote (owned copies) is set */
@@ -95,6 +103,11 @@ struct eng_engine {
     const eng_backend_ops_t *ops;
     eng_backend_t *be;
     eng_forward_t *fw;
+    void *swap_base;          /* host swap space (ops->host_alloc), NULL when none */
+    int64_t n_host_blocks;
+    uint64_t swap_out_blocks, swap_in_blocks; /* engine thread; copied into stats */
+    int32_t *swap_src, *swap_dst; /* scratch for one batch's swap pairs */
+    int cap_swap;
     eng_sched_t *sched;
     eng_sampler_t *sampler;
     eng_sampling_defaults_t defaults;
@@ -126,6 +139,9 @@ struct eng_engine {
     int cap_sampled;
     int64_t *b_slots;
     int *seq_logit;           /* batch seq -> logits row or -1 */
+    int32_t *seq_tok0;        /* batch seq -> index of its first token */
+    int32_t *plp_rows, *plp_pos; /* prompt_logprobs: rows / positions of one group */
+    ereq_t **plp_req;
     ereq_t **dead;            /* requests to free after a step */
     float *logits, *row;      /* [max_seqs * V], [V] */
     pd_buf_t delta, text;
@@ -189,6 +205,13 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
             out.n_top = ss->n_top;
         }
     }
+    if (er->plp && !ss->plp_sent && er->plp_next >= er->req->n_prompt) {
+        ss->plp_sent = true;
+        out.prompt_logprobs = er->plp;
+        out.prompt_tops = er->plp_tops;
+        out.n_prompt_logprobs = er->req->n_prompt;
+        out.n_prompt_top = er->plp_k;
+    }
     out.text = e->text.data ? e->text.data : "";
     out.text_len = e->text.len;
     out.n_prompt_tokens = er->req->n_prompt;
@@ -230,6 +253,8 @@ static void ereq_free(eng_engine_t *e, ereq_t *er)
         free(er->seqs[i].tops);
     }
     free(er->seqs);
+    free(er->plp);
+    free(er->plp_tops);
     if (er->req)
         eng_request_destroy(er->req);
     free((char *)er->remote.engine_id);
@@ -588,6 +613,12 @@ static void apply_abort(eng_engine_t *e, const char *id)
 static void admit(eng_engine_t *e, ereq_t *er)
 {
     pd_status_t st;
+    if (er->has_remote && er->plp) {
+        /* prompt_logprobs need the logits of every prompt position: compute the prompt
+         * here (the producer's KV would skip them) and let the remote lease go */
+        PD_LOG_REQ(INFO, er->req->id, "prompt_logprobs: computing the prompt locally instead of pulling its KV");
+        kv_drop_remote(e, er);
+    }
     if (er->has_remote) {
         /* Pull whole blocks only: the partial last block (fewer than block_size tokens,
          * always including the last prompt token, whose logits we need) is computed
@@ -616,6 +647,97 @@ static void admit(eng_engine_t *e, ereq_t *er)
 
 /* ---- one step ---- */
 
+/* Compute the logprobs of what the prompt positions of this batch predict, for the
+ * requests that asked for prompt_logprobs: the logits at position p give prompt token
+ * p + 1.  Rows go through eng_forward_logits max_seqs at a time into e->logits (free
+ * again once the sampling loop is done). */
+static pd_status_t plp_flush(eng_engine_t *e, int n)
+{
+    const int64_t V = e->mc->vocab_size;
+    pd_status_t st;
+    if (n == 0)
+        return PD_OK;
+    if ((st = eng_forward_logits(e->fw, e->plp_rows, n, e->logits)) != PD_OK)
+        return st;
+    for (int r = 0; r < n; r++) {
+        ereq_t *q = e->plp_req[r];
+        int tok = e->plp_pos[r] + 1;
+        st = eng_sampler_logprobs(e->sampler, e->logits + (size_t)r * V, q->req->tokens[tok], q->plp_k,
+                                  q->plp_k > 0 ? q->plp_tops + (size_t)tok * (size_t)q->plp_k : NULL, &q->plp[tok]);
+        if (st != PD_OK) { /* non-finite logits: report the token as impossible */
+            PD_LOG_REQ(WARN, q->req->id, "prompt_logprobs: non-finite logits at position %d", tok - 1);
+            q->plp[tok] = (eng_logprob_t){q->req->tokens[tok], -INFINITY, (int)V};
+        }
+        if (tok + 1 > q->plp_next)
+            q->plp_next = tok + 1;
+    }
+    return PD_OK;
+}
+
+static pd_status_t prompt_logprobs_step(eng_engine_t *e, const eng_batch_t *b)
+{
+    const int S = e->cfg.max_num_seqs;
+    int n = 0;
+    pd_status_t st;
+
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        ereq_t *er = bq->req->user;
+        if (!bq->want_prompt_logits || er == NULL || er->plp == NULL || bq->req->parent != NULL)
+            continue;
+        /* positions p of this chunk whose next token p + 1 is a prompt token not done yet */
+        int lo = PD_MAX(bq->start_pos, er->plp_next - 1);
+        int hi = PD_MIN(bq->start_pos + bq->n_tokens, bq->req->n_prompt - 1);
+        for (int p = lo; p < hi; p++) {
+            if (n == S) {
+                if ((st = plp_flush(e, n)) != PD_OK)
+                    return st;
+                n = 0;
+            }
+            e->plp_rows[n] = e->seq_tok0[s] + (p - bq->start_pos);
+            e->plp_pos[n] = p;
+            e->plp_req[n] = er;
+            n++;
+        }
+    }
+    return plp_flush(e, n);
+}
+
+/* Copy one list of swap pairs (device -> host when out) through the backend. */
+static pd_status_t do_swap(eng_engine_t *e, const eng_block_copy_t *pairs, int n, bool out)
+{
+    pd_status_t st;
+    if (n <= 0)
+        return PD_OK;
+    if (e->swap_base == NULL) {
+        PD_LOG_ERR("engine: the scheduler swapped blocks but there is no swap space");
+        return PD_ERR_INTERNAL;
+    }
+    if (n > e->cap_swap) {
+        int32_t *ns = realloc(e->swap_src, (size_t)n * 2 * sizeof(int32_t));
+        if (ns == NULL)
+            return PD_ERR_NOMEM;
+        e->swap_src = ns;
+        e->swap_dst = ns + n;
+        e->cap_swap = n;
+    }
+    for (int i = 0; i < n; i++) {
+        e->swap_src[i] = pairs[i].src;
+        e->swap_dst[i] = pairs[i].dst;
+    }
+    st = e->ops->kv_swap(e->be, eng_forward_kv_layout(e->fw), eng_forward_kv_base(e->fw), e->swap_base,
+                         e->n_host_blocks, e->swap_src, e->swap_dst, n, out);
+    if (st != PD_OK) {
+        PD_LOG_ERR("engine: swapping %d KV blocks %s failed: %s", n, out ? "out" : "in", pd_status_str(st));
+        return st;
+    }
+    if (out)
+        e->swap_out_blocks += (uint64_t)n;
+    else
+        e->swap_in_blocks += (uint64_t)n;
+    return PD_OK;
+}
+
 static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
 {
     const int64_t V = e->mc->vocab_size;
@@ -624,6 +746,11 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     int T = 0, n_logits = 0;
     pd_status_t st;
 
+    /* before the forward, in this order: swap out (the freed blocks may be handed
+     * out again in this very step), swap in, then the copy-on-write copies */
+    if ((st = do_swap(e, b->swap_out, b->n_swap_out, true)) != PD_OK ||
+        (st = do_swap(e, b->swap_in, b->n_swap_in, false)) != PD_OK)
+        return st;
     if (b->n_copies > 0) {
         for (int i = 0; i < b->n_copies; i++) {
             int32_t s = b->copies[i].src, d = b->copies[i].dst;
@@ -631,12 +758,9 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
                 return st;
         }
     }
-    if (b->n_swap_out > 0 || b->n_swap_in > 0) {
-        PD_LOG_ERR("engine: swap requested but no swap space is configured");
-        return PD_ERR_INTERNAL;
-    }
     for (int s = 0; s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
+        e->seq_tok0[s] = T;
         for (int j = 0; j < bq->n_tokens; j++, T++) {
             int pos = bq->start_pos + j;
             e->b_tokens[T] = bq->tokens[j];
@@ -711,6 +835,8 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
             sreq->cumulative_logprob += res.logprob;
         }
     }
+    if ((st = prompt_logprobs_step(e, b)) != PD_OK)
+        return st;
     return eng_sched_update(e->sched, b, e->sampled);
 }
 
@@ -737,6 +863,10 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
     e->stats.prefix_queries = ss.blocks.prefix_queries;
     e->stats.prefix_hits = ss.blocks.prefix_hits;
     e->stats.n_preemptions = ss.n_preemptions;
+    e->stats.n_host_blocks = ss.blocks.n_host_blocks;
+    e->stats.n_host_free_blocks = ss.blocks.n_host_free;
+    e->stats.swap_out_blocks = e->swap_out_blocks;
+    e->stats.swap_in_blocks = e->swap_in_blocks;
     e->stats.n_steps = ss.n_steps;
     e->stats.n_kv_held = eng_sched_num_held(e->sched);
     pthread_mutex_unlock(&e->mu);
@@ -897,10 +1027,6 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         return st;
     eng_sampling_defaults_apply(&p, &e->defaults);
     st = eng_sampling_params_validate(&p, (int)V, e->cfg.max_logprobs, err, errlen);
-    if (st == PD_OK && p.prompt_logprobs >= 0) {
-        snprintf(err, errlen, "prompt_logprobs is not supported yet");
-        st = PD_ERR_UNSUPPORTED;
-    }
     if (st != PD_OK) {
         eng_sampling_params_cleanup(&p);
         return st;
@@ -945,6 +1071,20 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         if (!er->remote.host || !er->remote.request_id || !ids || (r->engine_id && !er->remote.engine_id)) {
             er->has_remote = false;
             ereq_free(e, er);
+            return PD_ERR_NOMEM;
+        }
+    }
+    if (req->params.prompt_logprobs >= 0) {
+        size_t nt;
+        er->plp_k = req->params.prompt_logprobs;
+        er->plp_next = 1;
+        er->plp = calloc((size_t)req->n_prompt, sizeof(*er->plp));
+        if (er->plp)
+            er->plp[0] = (eng_logprob_t){req->tokens[0], NAN, 0};
+        if (er->plp == NULL || pd_mul_size((size_t)req->n_prompt, (size_t)er->plp_k, &nt) != PD_OK ||
+            (er->plp_k > 0 && (er->plp_tops = calloc(nt, sizeof(*er->plp_tops))) == NULL)) {
+            ereq_free(e, er);
+            snprintf(err, errlen, "out of memory for prompt_logprobs");
             return PD_ERR_NOMEM;
         }
     }
@@ -1264,12 +1404,42 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     sc.max_model_len = (int)e->max_model_len;
     sc.enable_chunked_prefill = cfg->enable_chunked_prefill;
     sc.policy = cfg->priority_policy ? ENG_SCHED_PRIORITY : ENG_SCHED_FCFS;
-    sc.preemption_mode = ENG_PREEMPT_RECOMPUTE; /* swap needs host KV blocks: not on CPU */
+    sc.preemption_mode = ENG_PREEMPT_RECOMPUTE;
     sc.delay_factor = cfg->scheduler_delay_factor;
     sc.blocks.n_blocks = (int)n_blocks;
     sc.blocks.block_size = cfg->block_size;
     sc.blocks.enable_prefix_caching = cfg->enable_prefix_caching;
-    sc.blocks.n_host_blocks = 0;
+    if (cfg->preempt_swap) {
+        /* host swap space: its blocks mirror the cache's layout, so one block copy is
+         * one contiguous memcpy (DMA from pinned memory on CUDA) */
+        int64_t nh = cfg->num_host_blocks > 0 ? cfg->num_host_blocks
+                     : cfg->swap_space_gib > 0 ? (int64_t)(cfg->swap_space_gib * (double)(1ull << 30) / (double)block_bytes)
+                                               : 0;
+        if (nh > INT32_MAX / 2)
+            nh = INT32_MAX / 2;
+        if (nh > 0 && (e->ops->host_alloc == NULL || e->ops->kv_swap == NULL)) {
+            PD_LOG_WARN("engine: the %s backend cannot swap; preempted requests are recomputed", e->ops->name);
+            nh = 0;
+        }
+        if (nh > 0 && e->ops->host_alloc(e->be, (size_t)nh * block_bytes, &e->swap_base) != PD_OK) {
+            PD_LOG_ERR("engine: cannot allocate %.2f GiB of host swap space (--swap-space)",
+                       (double)nh * (double)block_bytes / (double)(1ull << 30));
+            st = PD_ERR_NOMEM;
+            goto err;
+        }
+        if (nh > 0) {
+            e->n_host_blocks = nh;
+            sc.preemption_mode = ENG_PREEMPT_SWAP;
+            PD_LOG_INFO("engine: swap space %lld KV blocks (%.2f GiB, %s)", (long long)nh,
+                        (double)nh * (double)block_bytes / (double)(1ull << 30),
+                        strcmp(e->ops->name, "cpu") == 0 ? "host memory: on the CPU backend swapping only moves "
+                                                           "blocks between two host buffers" : "pinned host memory");
+        } else {
+            PD_LOG_WARN("engine: --preemption-mode swap with no swap space (--swap-space 0); preempted requests "
+                        "are recomputed");
+        }
+    }
+    sc.blocks.n_host_blocks = (int)e->n_host_blocks;
     sc.eos_ids = e->eos_ids;
     sc.n_eos = e->n_eos;
     if (!cfg->enable_chunked_prefill && sc.max_num_batched_tokens < sc.max_model_len)
@@ -1296,6 +1466,10 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->b_ctx = malloc(S * sizeof(int32_t));
         e->b_logit_rows = malloc(S * sizeof(int32_t));
         e->seq_logit = malloc(S * sizeof(int));
+        e->seq_tok0 = malloc(S * sizeof(int32_t));
+        e->plp_rows = malloc(S * sizeof(int32_t));
+        e->plp_pos = malloc(S * sizeof(int32_t));
+        e->plp_req = malloc(S * sizeof(*e->plp_req));
         e->dead = malloc(S * sizeof(*e->dead));
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
@@ -1303,7 +1477,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
         if (!e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
-            !e->b_logit_rows || !e->seq_logit || !e->dead || !e->sampled || !e->logits || !e->row) {
+            !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
         }
@@ -1377,6 +1551,9 @@ void eng_engine_destroy(eng_engine_t *e)
         }
     }
     eng_sampler_destroy(e->sampler);
+    if (e->swap_base)
+        e->ops->host_free(e->be, e->swap_base);
+    free(e->swap_src);
     eng_forward_destroy(e->fw);
     eng_sched_destroy(e->sched);
     if (e->be)
@@ -1392,6 +1569,10 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->b_ctx);
     free(e->b_logit_rows);
     free(e->seq_logit);
+    free(e->seq_tok0);
+    free(e->plp_rows);
+    free(e->plp_pos);
+    free(e->plp_req);
     free(e->dead);
     free(e->sampled);
     free(e->logits);

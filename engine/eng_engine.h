@@ -41,8 +41,12 @@ typedef struct eng_engine_cfg {
     bool enable_chunked_prefill;   /* true */
     bool enable_prefix_caching;    /* true */
     bool priority_policy;          /* --scheduling-policy priority */
-    bool preempt_swap;             /* --preemption-mode swap */
-    double swap_space_gib;         /* host swap space (used by swap preemption) */
+    bool preempt_swap;             /* --preemption-mode swap: preempted sequences' KV
+                                      blocks go to host swap space (falls back to
+                                      recompute when it is full) */
+    double swap_space_gib;         /* host swap space in GiB (pinned on CUDA; plain
+                                      memory on CPU), used only with preempt_swap */
+    int64_t num_host_blocks;       /* tests: swap space in blocks (overrides the GiB) */
     double scheduler_delay_factor;
     uint64_t seed;                 /* --seed: RNG of requests without their own seed */
     int max_logprobs;              /* --max-logprobs */
@@ -73,6 +77,16 @@ typedef struct eng_output {
     const eng_logprob_t *token_logprobs;
     const eng_logprob_t *tops;
     int n_top;
+    /* prompt_logprobs (requests that asked for them), on the first event of each
+     * sequence once the whole prompt has been computed: for prompt token i >= 1,
+     * prompt_logprobs[i] is its logprob and rank given tokens [0, i) and
+     * prompt_tops[i * n_prompt_top .. +n_prompt_top) the top entries, best first;
+     * entry 0 has only the first prompt token (logprob NaN: vLLM's leading None).  n_prompt_logprobs is the prompt
+     * length (0 when this event carries none). */
+    const eng_logprob_t *prompt_logprobs;
+    const eng_logprob_t *prompt_tops;
+    int n_prompt_logprobs;
+    int n_prompt_top;
     bool finished;                 /* this sequence is done */
     const char *finish_reason;     /* "stop", "length", "abort", "error" when finished */
     int32_t stop_token;            /* the eos/stop token that ended it, or -1 */
@@ -194,6 +208,9 @@ typedef struct eng_engine_stats {
     int n_blocks, n_free_blocks;
     uint64_t prefix_queries, prefix_hits;   /* tokens */
     uint64_t n_preemptions;
+    int n_host_blocks;              /* swap space (--preemption-mode swap), in blocks */
+    int n_host_free_blocks;
+    uint64_t swap_out_blocks, swap_in_blocks; /* blocks copied device->host, host->device */
     uint64_t prompt_tokens_total, generation_tokens_total;
     uint64_t n_steps;
     uint64_t requests_finished[4];  /* stop, length, abort, error */

@@ -89,6 +89,8 @@ struct eng_forward {
 
     /* activations (backend) */
     float *x, *h, *q, *k, *v, *attn, *o, *gate, *up, *act, *ffn, *g, *gn, *logits;
+    int64_t last_T;     /* tokens of the last forward (eng_forward_logits bounds) */
+    bool x_final;       /* x holds the last forward's final residual stream */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
     int64_t *d_slots;
@@ -947,16 +949,23 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
             return PD_ERR_INVAL;
         identity &= b->logit_rows[i] == i;
     }
+    fw->last_T = 0; /* no eng_forward_logits until this forward succeeds */
     idx = graph_size_index(fw, b);
 #ifdef PD_HAVE_CUDA
-    if (idx >= 0)
-        return run_graph(fw, b, idx, logits);
+    if (idx >= 0) {
+        pd_status_t st = run_graph(fw, b, idx, logits);
+        fw->last_T = st == PD_OK ? fw->sizes[idx] : 0;
+        fw->x_final = true;
+        return st;
+    }
 #else
     (void)idx;
 #endif
     CK(upload(fw, b->tokens, b->positions, b->tok_seq, b->slots, T, b->block_tables, b->context_lens, b->n_seqs));
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows));
     fw->eager_steps++;
+    fw->last_T = T;
+    fw->x_final = true; /* body() added the last MLP output into x */
     if (b->n_logits == 0)
         return PD_OK;
     return fw->ops->memcpy_d2h(fw->be, logits, fw->logits,
@@ -1018,3 +1027,30 @@ void *eng_forward_kv_base(const eng_forward_t *fw) { return fw->kv_base; }
 size_t eng_forward_kv_block_bytes(const eng_forward_t *fw) { return fw->kv.block_bytes; }
 int64_t eng_forward_kv_n_blocks(const eng_forward_t *fw) { return fw->kv.n_blocks; }
 const kcpu_kv_layout_t *eng_forward_kv_layout(const eng_forward_t *fw) { return &fw->kv; }
+
+pd_status_t eng_forward_logits(eng_forward_t *fw, const int32_t *rows, int n, float *logits)
+{
+    const eng_backend_ops_t *ops = fw->ops;
+    eng_backend_t *be = fw->be;
+    const int64_t D = fw->cfg->hidden, V = fw->cfg->vocab_size;
+
+    if (n < 1 || n > fw->opts.max_seqs || fw->last_T < 1) {
+        PD_LOG_ERR("forward: %d logits rows asked (at most %d, after a forward)", n, fw->opts.max_seqs);
+        return PD_ERR_INVAL;
+    }
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= fw->last_T)
+            return PD_ERR_INVAL;
+    /* x += last MLP output (once per forward), then final norm + lm_head on the wanted
+     * rows only.  Each row goes through the same per-row ops whatever else is asked
+     * with it, so a row's logits do not depend on the grouping. */
+    if (!fw->x_final) {
+        CK(ops->add(be, fw->x, fw->ffn, fw->x, fw->last_T * D));
+        fw->x_final = true;
+    }
+    for (int i = 0; i < n; i++)
+        CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)rows[i] * D, (size_t)D * sizeof(float)));
+    CK(norm(fw, fw->g, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n));
+    CK(matmul(fw, fw->gn, n, &fw->lm_head, NULL, fw->logits));
+    return ops->memcpy_d2h(be, logits, fw->logits, (size_t)n * V * sizeof(float));
+}

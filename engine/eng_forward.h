@@ -79,6 +79,11 @@ void eng_forward_destroy(eng_forward_t *fw);
  * PD_ERR_RANGE for token ids outside the vocabulary or slots outside the cache. */
 pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *batch, float *logits);
 
+/* Logits of more rows of the last eng_forward_run (prompt_logprobs): rows are token
+ * indices of that batch, n <= max_seqs per call (call again for more); logits gets
+ * n * vocab floats.  Valid until the next eng_forward_run.  PD_ERR_INVAL for bad rows. */
+pd_status_t eng_forward_logits(eng_forward_t *fw, const int32_t *rows, int n, float *logits);
+
 /* Copy KV blocks src[i] -> dst[i] inside the cache (copy-on-write). */
 pd_status_t eng_forward_copy_blocks(eng_forward_t *fw, const int32_t *src, const int32_t *dst, int n);
 

@@ -195,13 +195,18 @@ pd_status_t eng_oai_chunk_role(const eng_oai_chunker_t *ck, pd_buf_t *out, int i
 }
 
 pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *text,
-                               size_t len, const char *finish_reason, int n_prompt)
+                               size_t len, const char *logprobs_json, const char *finish_reason, int n_prompt)
 {
     jw_t w = {out, PD_OK};
     begin_choice(ck, &w, index);
     JW_LIT(&w, ",\"text\":");
     jw_str(&w, text, len);
-    JW_LIT(&w, ",\"logprobs\":null,\"finish_reason\":");
+    JW_LIT(&w, ",\"logprobs\":");
+    if (logprobs_json)
+        jw_raw(&w, logprobs_json, strlen(logprobs_json));
+    else
+        JW_LIT(&w, "null");
+    JW_LIT(&w, ",\"finish_reason\":");
     if (finish_reason)
         jw_cstr(&w, finish_reason);
     else

@@ -53,11 +53,13 @@ void eng_oai_chunker_cleanup(eng_oai_chunker_t *ck);
  * usage (prompt tokens, 0 completion) when continuous_usage. */
 pd_status_t eng_oai_chunk_role(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, int n_prompt);
 
-/* Completions echo: the prompt text as the first chunk of choice index.  finish_reason
- * is NULL (more follows) or the reason (echo with max_tokens 0: "length"), stop_reason
- * null either way; usage (n_prompt, 0 completion) when continuous_usage, as vLLM. */
+/* Completions echo: the prompt text as the first chunk of choice index.  logprobs_json
+ * is the prompt tokens' logprobs object already rendered (echo + logprobs; written as
+ * is) or NULL for null.  finish_reason is NULL (more follows) or the reason (echo with
+ * max_tokens 0: "length"), stop_reason null either way; usage (n_prompt, 0 completion)
+ * when continuous_usage, as vLLM. */
 pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *text,
-                               size_t len, const char *finish_reason, int n_prompt);
+                               size_t len, const char *logprobs_json, const char *finish_reason, int n_prompt);
 
 /* One engine event of choice index: its text delta, logprobs of its tokens (completions:
  * *text_offset is the running text_offset of the choice, advanced here), token_ids

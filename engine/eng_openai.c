@@ -357,8 +357,15 @@ static pd_status_t parse_sampling(const cJSON *root, const eng_oai_limits_t *lim
         p->truncate_prompt_tokens = (int)iv;
     }
     if (pd_json_present(root, "prompt_logprobs")) {
-        J(pd_json_get_int(root, "prompt_logprobs", 0, lim->max_logprobs < 0 ? INT32_MAX : lim->max_logprobs, &iv, &je));
-        return fail(err, 400, "prompt_logprobs", "prompt_logprobs is not supported yet.");
+        /* -1 = the whole vocabulary (vLLM), only where --max-logprobs is -1 too */
+        J(pd_json_get_int(root, "prompt_logprobs", -1, INT32_MAX, &iv, &je));
+        if (iv == -1 && lim->max_logprobs >= 0)
+            return fail(err, 400, "prompt_logprobs", "prompt_logprobs -1 (the whole vocabulary) needs "
+                        "--max-logprobs -1; at most %d here.", lim->max_logprobs);
+        if (lim->max_logprobs >= 0 && iv > lim->max_logprobs)
+            return fail(err, 400, "prompt_logprobs", "Requested prompt logprobs of %lld, which is greater than "
+                        "max allowed: %d", (long long)iv, lim->max_logprobs);
+        p->prompt_logprobs = iv == -1 ? (int)lim->vocab_size : (int)iv;
     }
     return PD_OK;
 }
@@ -520,10 +527,6 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
             r->logprobs = (int)iv;
             r->want_logprobs = true;
         }
-        if (r->echo && r->want_logprobs) {
-            st = fail(err, 400, "echo", "echo with logprobs (prompt logprobs) is not supported yet.");
-            goto fail;
-        }
     } else {
         TRY(parse_messages(r->root, r, err));
         if (pd_json_present(r->root, "logprobs")) {
@@ -609,6 +612,17 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
         J(pd_json_get_bool(r->root, "stream", &bv, &je));
         r->stream = bv;
     }
+    /* vLLM: an explicit prompt_logprobs > 0 cannot stream (no chunk carries them) */
+    if (r->stream && r->params.prompt_logprobs > 0) {
+        st = fail(err, 400, "prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.");
+        goto fail;
+    }
+    /* completions echo + logprobs: the logprobs include the prompt tokens, which are
+     * the prompt logprobs at the same top-N (vLLM; its response then carries them as
+     * prompt_logprobs too) */
+    if (kind == ENG_OAI_COMPLETION && r->echo && r->want_logprobs && r->params.prompt_logprobs < 0)
+        r->params.prompt_logprobs = r->logprobs;
+    r->want_prompt_logprobs = r->params.prompt_logprobs >= 0;
     if (pd_json_present(r->root, "stream_options")) {
         J(pd_json_get_object(r->root, "stream_options", &o, &je));
         if (!r->stream) {

@@ -74,6 +74,8 @@ typedef struct eng_oai_req {
     eng_oai_kv_t kv;              /* parsed kv_transfer_params (all false when absent) */
     bool return_tokens_as_token_ids;
     bool want_logprobs;           /* chat logprobs: true / completions logprobs set */
+    bool want_prompt_logprobs;    /* params.prompt_logprobs >= 0 (asked for, or completions
+                                     echo + logprobs): the response carries them */
     const char **bad_words;       /* bad_words strings (array owned, strings borrowed) */
     int n_bad_words;
 } eng_oai_req_t;

@@ -133,9 +133,6 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     /* fp8 caches: the engine refuses them on the CPU backend once it knows the backend */
     c->kv_cache_dtype = a->kv_cache_dtype;
     c->calculate_kv_scales = a->calculate_kv_scales;
-    if (c->preempt_swap)
-        PD_LOG_WARN("--preemption-mode swap: swap space is not wired into the engine yet; "
-                    "preempted requests are recomputed");
     return PD_OK;
 }
 

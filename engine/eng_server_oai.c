@@ -48,6 +48,7 @@ typedef struct sub {
     int n_prompt;
     int n_cached;
     char *echo;               /* completions echo: the prompt text (owned) */
+    cJSON *plp;               /* prompt_logprobs list of this prompt (owned), or NULL */
     bool done;
 } sub_t;
 
@@ -82,8 +83,10 @@ static void oreq_free(oreq_t *o)
         cJSON_Delete(o->choices[i].stop_reason);
         cJSON_Delete(o->choices[i].ids);
     }
-    for (int i = 0; i < o->n_subs && o->subs; i++)
+    for (int i = 0; i < o->n_subs && o->subs; i++) {
         free(o->subs[i].echo);
+        cJSON_Delete(o->subs[i].plp);
+    }
     free(o->subs);
     free(o->choices);
     eng_oai_chunker_cleanup(&o->ck);
@@ -187,6 +190,67 @@ static void comp_lp_append(eng_server_t *srv, const oreq_t *o, cJSON *obj, const
     }
 }
 
+/* vLLM's prompt_logprobs list: null for the first prompt token, then for each one
+ * {"<id>": {"logprob", "rank", "decoded_token"}, ...}: the prompt token first, then
+ * the top entries (a token already listed is not repeated). */
+static cJSON *prompt_lp_json(eng_server_t *srv, const oreq_t *o, const eng_output_t *out)
+{
+    cJSON *list = cJSON_CreateArray();
+    char t[256], key[16];
+    if (list == NULL)
+        return NULL;
+    cJSON_AddItemToArray(list, cJSON_CreateNull());
+    for (int i = 1; i < out->n_prompt_logprobs; i++) {
+        cJSON *m = cJSON_CreateObject();
+        for (int k = -1; m && k < out->n_prompt_top; k++) {
+            const eng_logprob_t *lp = k < 0 ? &out->prompt_logprobs[i]
+                                            : &out->prompt_tops[(size_t)i * (size_t)out->n_prompt_top + (size_t)k];
+            snprintf(key, sizeof(key), "%d", lp->token);
+            if (cJSON_HasObjectItem(m, key))
+                continue;
+            cJSON *e = cJSON_AddObjectToObject(m, key);
+            token_text(srv, o, lp->token, t, sizeof(t));
+            cJSON_AddNumberToObject(e, "logprob", lp_value(lp->logprob));
+            cJSON_AddNumberToObject(e, "rank", lp->rank);
+            cJSON_AddStringToObject(e, "decoded_token", t);
+        }
+        cJSON_AddItemToArray(list, m ? m : cJSON_CreateNull());
+    }
+    return list;
+}
+
+/* completions echo + logprobs: the prompt tokens' entries (the first with null
+ * logprob and top_logprobs, as vLLM) before the generated ones */
+static void comp_lp_append_prompt(eng_server_t *srv, const oreq_t *o, cJSON *obj, const eng_output_t *out,
+                                  choice_t *c)
+{
+    char t[256];
+    cJSON *offs = cJSON_GetObjectItem(obj, "text_offset"), *tlp = cJSON_GetObjectItem(obj, "token_logprobs"),
+          *toks = cJSON_GetObjectItem(obj, "tokens"), *tops = cJSON_GetObjectItem(obj, "top_logprobs");
+    for (int i = 0; i < out->n_prompt_logprobs; i++) {
+        const eng_logprob_t *p = &out->prompt_logprobs[i];
+        token_text(srv, o, p->token, t, sizeof(t));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber(c->text_offset));
+        c->text_offset += (int)strlen(t);
+        cJSON_AddItemToArray(toks, cJSON_CreateString(t));
+        if (i == 0) {
+            cJSON_AddItemToArray(tlp, cJSON_CreateNull());
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp_value(p->logprob)));
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddNumberToObject(m, t, lp_value(p->logprob));
+        for (int k = 0; k < out->n_prompt_top && k < o->r.logprobs; k++) {
+            const eng_logprob_t *lp = &out->prompt_tops[(size_t)i * (size_t)out->n_prompt_top + (size_t)k];
+            token_text(srv, o, lp->token, t, sizeof(t));
+            if (cJSON_GetObjectItemCaseSensitive(m, t) == NULL) /* exact keys, as vLLM */
+                cJSON_AddNumberToObject(m, t, lp_value(lp->logprob));
+        }
+        cJSON_AddItemToArray(tops, m);
+    }
+}
+
 static cJSON *comp_lp_new(void)
 {
     cJSON *o = cJSON_CreateObject();
@@ -246,10 +310,21 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
 
     if (!c->started) {
         c->started = true;
-        if (o->chat)
+        if (o->chat) {
             st = eng_oai_chunk_role(&o->ck, &o->sbuf, index, s->n_prompt);
-        else if (s->echo)
-            st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), NULL, s->n_prompt);
+        } else if (s->echo) {
+            char *lpj = NULL;
+            if (o->r.want_logprobs && out->n_prompt_logprobs > 0) {
+                /* once per choice: the prompt tokens' logprobs, through the same
+                 * writer as the non-streamed response */
+                cJSON *lp = comp_lp_new();
+                comp_lp_append_prompt(srv, o, lp, out, c);
+                lpj = cJSON_PrintUnformatted(lp);
+                cJSON_Delete(lp);
+            }
+            st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), lpj, NULL, s->n_prompt);
+            free(lpj);
+        }
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
         goto flush;
@@ -264,10 +339,16 @@ flush:
 static void accumulate(oreq_t *o, sub_t *s, choice_t *c, const eng_output_t *out)
 {
     eng_server_t *srv = o->srv;
+    if (out->n_prompt_logprobs > 0 && s->plp == NULL && o->r.want_prompt_logprobs)
+        s->plp = prompt_lp_json(srv, o, out);
     if (!c->started) {
         c->started = true;
         if (s->echo)
             pd_buf_puts(&c->text, s->echo);
+        if (s->echo && o->r.want_logprobs && out->n_prompt_logprobs > 0) {
+            c->lp = comp_lp_new();
+            comp_lp_append_prompt(srv, o, c->lp, out, c);
+        }
     }
     if (out->text_len)
         pd_buf_append(&c->text, out->text, out->text_len);
@@ -334,13 +415,16 @@ static char *final_response(oreq_t *o)
         cJSON_AddStringToObject(cj, "finish_reason", c->finish_reason ? c->finish_reason : "abort");
         cJSON_AddItemToObject(cj, "stop_reason", c->stop_reason ? c->stop_reason : cJSON_CreateNull());
         c->stop_reason = NULL;
-        if (!o->chat)
-            cJSON_AddNullToObject(cj, "prompt_logprobs");
+        if (!o->chat) {
+            const cJSON *plp = o->subs[i / o->n_per].plp;
+            cJSON_AddItemToObject(cj, "prompt_logprobs", plp ? cJSON_Duplicate(plp, 1) : cJSON_CreateNull());
+        }
         cJSON_AddItemToArray(choices, cj);
     }
     cJSON_AddItemToObject(resp, "usage", usage_json(o));
     if (o->chat)
-        cJSON_AddNullToObject(resp, "prompt_logprobs");
+        cJSON_AddItemToObject(resp, "prompt_logprobs",
+                              o->subs[0].plp ? cJSON_Duplicate(o->subs[0].plp, 1) : cJSON_CreateNull());
     if (o->kv_params) {
         cJSON_AddItemToObject(resp, "kv_transfer_params", o->kv_params);
         o->kv_params = NULL;
@@ -772,7 +856,7 @@ static void echo_only(eng_server_t *srv, pd_http_req_t *req, oreq_t *o)
     for (int i = 0; i < n_choices && st == PD_OK; i++) {
         const sub_t *sb = &o->subs[i / o->n_per];
         const char *text = sb->echo ? sb->echo : "";
-        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), "length", sb->n_prompt);
+        st = eng_oai_chunk_echo(&o->ck, &o->sbuf, i, text, strlen(text), NULL, "length", sb->n_prompt);
     }
     if (st == PD_OK && o->r.include_usage)
         st = eng_oai_chunk_usage(&o->ck, &o->sbuf, o->prompt_tokens, 0, 0);

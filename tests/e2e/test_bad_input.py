@@ -188,7 +188,11 @@ case("logprobs-over-max", C, comp(logprobs=MAX_LOGPROBS + 1), param="logprobs")
 case("logprobs-negative", C, comp(logprobs=-1), param="logprobs")
 case("logprobs-bool", C, comp(logprobs=True), param="logprobs")
 case("logprobs-string", C, comp(logprobs="3"), param="logprobs")
-case("prompt-logprobs", C, comp(prompt_logprobs=1), param="prompt_logprobs", msg="not supported yet")
+case("prompt-logprobs-stream", C, comp(prompt_logprobs=1, stream=True), param="prompt_logprobs",
+     msg="not available when `stream=True`")
+case("prompt-logprobs-over-max", C, comp(prompt_logprobs=MAX_LOGPROBS + 1), param="prompt_logprobs")
+case("prompt-logprobs-negative", C, comp(prompt_logprobs=-2), param="prompt_logprobs")
+case("prompt-logprobs-all-vocab", C, comp(prompt_logprobs=-1), param="prompt_logprobs")
 case("best-of-lt-n", C, comp(n=3, best_of=2), param="best_of")
 case("best-of-zero", C, comp(best_of=0), param="best_of")
 

@@ -12,6 +12,9 @@ tests/data/goldens/<name>.json with, for each prompt:
   positions for every position: the top 32 (token, logit) pairs and the logits of 32 fixed
             probe tokens, so a comparison covers the head and the body of the distribution
   greedy    the 64 tokens greedy decoding produces (no eos stop)
+  prompt_logprobs  (default model) vLLM's prompt_logprobs from the same logits: for each
+            prompt token i >= 1, [token, logprob, rank, [[top token, logprob] x 5]] with
+            log_softmax in float64 and rank = how many logits are >= the token's
 Needs torch, transformers, gguf (pip); the outputs are committed so CI does not.
 """
 import argparse
@@ -31,9 +34,23 @@ PROMPTS = [
 ]
 N_TOP = 32
 N_GREEDY = 64
+N_PLP_TOP = 5
 
 
-def record(model, ids, vocab):
+def prompt_logprobs(logits, ids):
+    out = []
+    for i in range(1, len(ids)):
+        row = logits[i - 1].astype(np.float64)
+        m = row.max()
+        lp = row - (m + np.log(np.exp(row - m).sum()))
+        tok = ids[i]
+        rank = int((logits[i - 1] >= logits[i - 1][tok]).sum())
+        top = np.argsort(-row, kind="stable")[:N_PLP_TOP]
+        out.append([int(tok), float(lp[tok]), rank, [[int(t), float(lp[t])] for t in top]])
+    return out
+
+
+def record(model, ids, vocab, plp=False):
     rng = np.random.default_rng(1234)
     probes = sorted(int(x) for x in rng.choice(vocab, size=32, replace=False))
     with torch.no_grad():
@@ -47,7 +64,10 @@ def record(model, ids, vocab):
         out = model.generate(torch.tensor([ids]), max_new_tokens=N_GREEDY, do_sample=False,
                              eos_token_id=None, pad_token_id=0, min_new_tokens=N_GREEDY)
     greedy = [int(t) for t in out[0][len(ids):]]
-    return {"ids": [int(i) for i in ids], "positions": positions, "greedy": greedy}
+    doc = {"ids": [int(i) for i in ids], "positions": positions, "greedy": greedy}
+    if plp:
+        doc["prompt_logprobs"] = prompt_logprobs(logits, [int(i) for i in ids])
+    return doc
 
 
 def save(name, doc):
@@ -65,6 +85,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=os.path.expanduser("~/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--models-dir", default=os.path.join(ROOT, "tests", "data", "models"))
+    ap.add_argument("--only-gguf", action="store_true", help="only the default model's golden")
     a = ap.parse_args()
     torch.manual_seed(0)
     meta = {"transformers": transformers.__version__, "torch": torch.__version__}
@@ -76,8 +97,10 @@ def main():
         doc = {"model": "default-gguf", "meta": meta, "prompts": []}
         for p in PROMPTS:
             ids = tok(p, add_special_tokens=True)["input_ids"]
-            doc["prompts"].append(dict(record(model, ids, model.config.vocab_size), text=p))
+            doc["prompts"].append(dict(record(model, ids, model.config.vocab_size, plp=True), text=p))
         save("smollm2-135m-q4_1", doc)
+    if a.only_gguf:
+        return
 
     for cfg in sorted(glob.glob(os.path.join(a.models_dir, "*", "config.json"))):
         mdir = os.path.dirname(cfg)

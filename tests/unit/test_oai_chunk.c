@@ -389,7 +389,7 @@ PD_TEST(test_random_chunks)
             } else {
                 size_t tl = rnd_text(text, sizeof(text));
                 const char *fr = rnd(2) ? "length" : NULL;
-                PD_CHECK_STATUS(eng_oai_chunk_echo(&ck, &out, index, text, tl, fr, n_prompt), PD_OK);
+                PD_CHECK_STATUS(eng_oai_chunk_echo(&ck, &out, index, text, tl, NULL, fr, n_prompt), PD_OK);
                 cJSON *ch = ref_base(chat, id, created, model);
                 cJSON *cj = cJSON_CreateObject();
                 cJSON_AddNumberToObject(cj, "index", index);
