@@ -965,7 +965,7 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows));
     fw->eager_steps++;
     fw->last_T = T;
-    fw->x_final = true; /* body() added the last MLP output into x */
+    fw->x_final = b->n_logits > 0; /* body() adds the last MLP output into x only then */
     if (b->n_logits == 0)
         return PD_OK;
     return fw->ops->memcpy_d2h(fw->be, logits, fw->logits,
