@@ -146,6 +146,16 @@ typedef struct nc_timing {
     atomic_uint_fast64_t n, queue, host, wait, cb;
 } nc_timing_t;
 
+/* One opened CUDA IPC handle, shared by every peer connection to the same producer
+ * region: a second cudaIpcOpenMemHandle of a handle already open in this process fails
+ * ("resource already mapped"), and concurrent pulls open one connection each. */
+typedef struct nc_ipc_map {
+    cudaIpcMemHandle_t handle;
+    void *base;
+    int refs;
+    struct nc_ipc_map *next;
+} nc_ipc_map_t;
+
 typedef struct nc_state {
     int device;
     kvx_region_t region;
@@ -159,6 +169,7 @@ typedef struct nc_state {
     pthread_mutex_t mu;         /* the two lists */
     nc_serve_comm_t *serve_comms;
     nc_link_t *links;           /* consumer's network links */
+    struct nc_ipc_map *maps;    /* opened peer regions (CUDA maps a handle once per process) */
     int timing;                 /* KVX_NCCL_TIMING set */
     char timing_tag[48];        /* its value, printed with the figures */
     nc_timing_t tm;
@@ -182,6 +193,60 @@ static pd_status_t cuda_ok(cudaError_t e, const char *what)
         return PD_OK;
     PD_LOG_ERR("kvx nccl: %s: %s", what, cudaGetErrorString(e));
     return PD_ERR_CUDA;
+}
+
+/* The mapping of handle h, opened now or shared with an earlier connection. */
+static pd_status_t ipc_map_get(nc_state_t *st, const cudaIpcMemHandle_t *h, void **base_p)
+{
+    nc_ipc_map_t *m;
+    pd_status_t ret = PD_OK;
+
+    pthread_mutex_lock(&st->mu);
+    for (m = st->maps; m != NULL; m = m->next)
+        if (memcmp(&m->handle, h, sizeof(*h)) == 0)
+            break;
+    if (m == NULL) {
+        m = calloc(1, sizeof(*m));
+        if (m == NULL) {
+            ret = PD_ERR_NOMEM;
+        } else if (cudaIpcOpenMemHandle(&m->base, *h, cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
+            PD_LOG_ERR("kvx nccl: cudaIpcOpenMemHandle failed: %s", cudaGetErrorString(cudaGetLastError()));
+            free(m);
+            m = NULL;
+            ret = PD_ERR_CUDA;
+        } else {
+            m->handle = *h;
+            m->next = st->maps;
+            st->maps = m;
+        }
+    }
+    if (m != NULL) {
+        m->refs++;
+        *base_p = m->base;
+    }
+    pthread_mutex_unlock(&st->mu);
+    return ret;
+}
+
+/* Drop one reference; the last one closes the mapping. */
+static void ipc_map_put(nc_state_t *st, void *base)
+{
+    nc_ipc_map_t **pp, *m = NULL;
+
+    pthread_mutex_lock(&st->mu);
+    for (pp = &st->maps; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->base == base) {
+            m = *pp;
+            if (--m->refs == 0)
+                *pp = m->next;
+            break;
+        }
+    pthread_mutex_unlock(&st->mu);
+    if (m != NULL && m->refs == 0) {
+        if (cudaIpcCloseMemHandle(base) != cudaSuccess)
+            PD_LOG_WARN("kvx nccl: cudaIpcCloseMemHandle failed");
+        free(m);
+    }
 }
 
 /* Wait until the communicator's pending operation (non-blocking init, a group end)
@@ -741,6 +806,12 @@ static void nc_destroy(void *state)
         st->links = l->next;
         link_free(l);
     }
+    while (st->maps != NULL) { /* every peer closed first: defensive */
+        nc_ipc_map_t *m = st->maps;
+        st->maps = m->next;
+        (void)cudaIpcCloseMemHandle(m->base);
+        free(m);
+    }
     pthread_mutex_destroy(&st->mu);
     free(st);
 }
@@ -896,9 +967,8 @@ static pd_status_t nc_peer_connect(void *state, const kvx_peer_info_t *info, voi
     p->ipc = 1;
     p->copy = st->ipc_copy;
     memcpy(&h, d + 12 + BOOT_ID_LEN, sizeof(h));
-    if (cudaIpcOpenMemHandle(&p->remote_base, h, cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
-        PD_LOG_ERR("kvx nccl: cudaIpcOpenMemHandle for %s failed: %s", info->engine_id,
-                   cudaGetErrorString(cudaGetLastError()));
+    if (ipc_map_get(st, &h, &p->remote_base) != PD_OK) {
+        PD_LOG_ERR("kvx nccl: cannot map the region of %s", info->engine_id);
         peer_free(p);
         return PD_ERR_CUDA;
     }
@@ -947,8 +1017,7 @@ static void nc_peer_close(void *state, void *peer)
     /* the lanes are done with p (inflight 0) */
     if (p->ipc) {
         cudaSetDevice(st->device);
-        if (cudaIpcCloseMemHandle(p->remote_base) != cudaSuccess)
-            PD_LOG_WARN("kvx nccl: cudaIpcCloseMemHandle failed");
+        ipc_map_put(st, p->remote_base);
     }
     if (p->link != NULL)
         link_put(st, p->link);
