@@ -607,6 +607,82 @@ static void run_batch(nc_lane_t *ln, nc_batch_t *b)
     free(b);
 }
 
+/* IPC reads that may share one drain of the lane's stream (run_ipc_group). */
+#define IPC_GROUP_MAX 4
+
+static int ipc_groupable(const nc_batch_t *b)
+{
+    return b->peer != NULL && b->peer->ipc && b->peer->copy == KVX_IPC_COPY_KERNEL && b->n > 0 &&
+           !atomic_load(&b->peer->canceled);
+}
+
+/* Several queued IPC kernel reads (chained by next) run as one: their id lists in one
+ * upload, one copy kernel each back to back, one drain of the stream, then every
+ * callback.  Without it the lane drains the stream and wakes between reads, and the
+ * GPU idles for that gap (~0.1 ms against 0.7 ms of copying per 256 MiB pull).  A range
+ * error seen by any kernel fails the whole group (the core checked every id first; the
+ * kernel's check is the second line). */
+static void run_ipc_group(nc_lane_t *ln, nc_batch_t *g)
+{
+    nc_state_t *st = ln->st;
+    size_t bb = st->region.block_bytes, off = 0;
+    uint64_t t_start = pd_now_ns(), t_done;
+    uint64_t deadline = t_start + (uint64_t)(st->timeout_s * 1e9);
+    pd_status_t s = PD_OK, w;
+    nc_batch_t *b, *next;
+
+    ln->t_queued = 0;
+    if (ln->stream == NULL) {
+        s = PD_ERR_CUDA;
+        goto done;
+    }
+    for (b = g; b != NULL; b = b->next) {
+        memcpy(ln->h_ids + off, b->local_ids, b->n * sizeof(uint32_t));
+        memcpy(ln->h_ids + off + b->n, b->remote_ids, b->n * sizeof(uint32_t));
+        off += 2 * b->n;
+    }
+    s = cuda_ok(cudaMemcpyAsync(ln->d_ids, ln->h_ids, off * sizeof(uint32_t), cudaMemcpyHostToDevice, ln->stream),
+                "id upload");
+    if (s == PD_OK)
+        s = reset_err_word(ln);
+    off = 0;
+    for (b = g; b != NULL && s == PD_OK; b = b->next) {
+        s = kcuda_block_copy(st->region.base, ln->d_ids + off, st->region.n_blocks, b->peer->remote_base,
+                             ln->d_ids + off + b->n, b->peer->remote_n, b->n, bb, ln->d_err, ln->stream);
+        off += 2 * b->n;
+    }
+    if (s == PD_OK)
+        s = queue_err_read(ln);
+    ln->t_queued = pd_now_ns();
+    /* whatever was queued must finish before anyone hears about it; a closing peer
+     * waits for its inflight count, which drops after this drain */
+    w = stream_wait(ln, NULL, deadline, NULL);
+    if (w != PD_OK && cudaStreamSynchronize(ln->stream) != cudaSuccess)
+        w = PD_ERR_CUDA;
+    if (s == PD_OK)
+        s = w;
+    if (s == PD_OK)
+        s = check_err_word(ln);
+done:
+    t_done = pd_now_ns();
+    for (b = g; b != NULL; b = next) {
+        next = b->next;
+        b->cb(b->arg, s);
+        if (st->timing && s == PD_OK && ln->t_queued >= t_start) {
+            nc_timing_t *tm = &st->tm;
+            atomic_fetch_add(&tm->n, 1);
+            atomic_fetch_add(&tm->queue, t_start - b->t_push);
+            atomic_fetch_add(&tm->host, ln->t_queued - t_start);
+            atomic_fetch_add(&tm->wait, t_done - ln->t_queued);
+            atomic_fetch_add(&tm->cb, pd_now_ns() - t_done);
+        }
+        atomic_fetch_sub(&b->peer->inflight, 1);
+        free(b->local_ids);
+        free(b->remote_ids);
+        free(b);
+    }
+}
+
 static void lane_free_bufs(nc_lane_t *ln)
 {
     if (ln->d_ids != NULL)
@@ -642,11 +718,31 @@ static void *lane_main(void *arg)
             break;
         b = ln->head;
         ln->head = b->next;
+        b->next = NULL;
+        if (ipc_groupable(b) && b->cb != NULL) {
+            /* take the IPC reads queued behind it too, while their ids fit the lane's
+             * id buffers (2 x KVX_MAX_BLOCKS_PER_REQ entries) */
+            nc_batch_t *last = b;
+            size_t total = b->n;
+            int k = 1;
+            while (k < IPC_GROUP_MAX && ln->head != NULL && ipc_groupable(ln->head) && ln->head->cb != NULL &&
+                   total + ln->head->n <= KVX_MAX_BLOCKS_PER_REQ) {
+                last->next = ln->head;
+                last = ln->head;
+                ln->head = last->next;
+                last->next = NULL;
+                total += last->n;
+                k++;
+            }
+        }
         if (ln->head == NULL)
             ln->tail = NULL;
         ln->running = 1;
         pthread_mutex_unlock(&ln->mu);
-        run_batch(ln, b);
+        if (b->next != NULL)
+            run_ipc_group(ln, b);
+        else
+            run_batch(ln, b);
         pthread_mutex_lock(&ln->mu);
         ln->running = 0;
     }

@@ -171,10 +171,14 @@ PD_TEST(network_forced_by_producer)
 }
 
 /* Four pulls at once to one producer, half of them through another host name (so the
- * core makes two peers for it): they share one NCCL pair and are serialised in SERVE
- * order, all correct.  (Two pairs between the same two connector threads could each
- * wait on the other.) */
-PD_TEST(network_concurrent_pulls)
+ * core makes two peers for it).  Network path: they share one NCCL pair and are
+ * serialised in SERVE order, all correct.  (Two pairs between the same two connector
+ * threads could each wait on the other.)  IPC path: the two peers share one mapping of
+ * the producer's region, and reads queued together run as one group (one id upload,
+ * one kernel each, one drain); every block must land where its own pull put it. */
+static int ipc_groups_seen;
+
+static void concurrent_pulls(const char *cextra, int rounds)
 {
     pair_t p;
     uint32_t all[NB], r[4][NB / 4], l[4][NB / 4];
@@ -183,13 +187,16 @@ PD_TEST(network_concurrent_pulls)
 
     for (int i = 0; i < NB; i++)
         all[i] = (uint32_t)i;
-    PD_CHECK(pair_open(&p, "", "\"nccl_force_network\":true,\"nccl_chunk_bytes\":65536"));
+    PD_CHECK(pair_open(&p, "", cextra));
     if (p.prod == NULL || p.cons == NULL || p.cbase == NULL)
         goto out;
+    for (int round = 0; round < rounds; round++) {
+    size_t copies0 = mock_cuda_stream_copies(), launches0 = mock_cuda_kernel_launches();
+    memset(p.cbase, 0, (size_t)NB * BB);
     for (int k = 0; k < 4; k++) {
         memset(&res[k], 0, sizeof(res[k]));
         pthread_mutex_init(&res[k].mu, NULL);
-        snprintf(rid[k], sizeof(rid[k]), "c%d", k);
+        snprintf(rid[k], sizeof(rid[k]), "c%d.%d", k, round);
         for (int i = 0; i < NB / 4; i++) {
             r[k][i] = (uint32_t)(NB - 1 - (k * (NB / 4) + i));
             l[k][i] = (uint32_t)(k * (NB / 4) + i);
@@ -212,8 +219,26 @@ PD_TEST(network_concurrent_pulls)
     }
     for (uint32_t b = 0; b < NB; b++)
         PD_CHECK(tk_block_is(p.cbase, BB, b, NB - 1 - b, 1));
+    if (strstr(cextra, "force_network") == NULL) {
+        /* IPC: one kernel per pull whether grouped or not; grouped reads share the id
+         * upload and the error word read (2 stream copies per group) */
+        size_t copies = mock_cuda_stream_copies() - copies0;
+        PD_CHECK_EQ_INT(mock_cuda_kernel_launches() - launches0, 4);
+        PD_CHECK(copies >= 2 && copies <= 8 && copies % 2 == 0);
+        ipc_groups_seen += copies < 8;
+    }
+    PD_CHECK(tk_wait_ended(&p.leases, KVX_LEASE_RELEASED, 4 * (round + 1), 10));
+    }
 out:
     pair_close(&p);
+}
+
+PD_TEST(network_concurrent_pulls) { concurrent_pulls("\"nccl_force_network\":true,\"nccl_chunk_bytes\":65536", 1); }
+
+PD_TEST(ipc_concurrent_pulls)
+{
+    concurrent_pulls("", 20);
+    printf("     IPC rounds with grouped reads: %d of 20\n", ipc_groups_seen);
 }
 
 /* Two producers and two consumers on the network path, every consumer pulling from
@@ -372,6 +397,7 @@ int main(void)
     PD_RUN(network_forced_by_consumer);
     PD_RUN(network_forced_by_producer);
     PD_RUN(network_concurrent_pulls);
+    PD_RUN(ipc_concurrent_pulls);
     PD_RUN(network_two_by_two);
     PD_RUN(network_frozen_producer);
 #ifdef KVX_HAVE_UCX
