@@ -93,7 +93,7 @@ run() {
     # serving), beside the ceilings; ucx = UCX's own transport choice, ucx-sm =
     # UCX_TLS=sm,self.  Rows are printed as they finish, so a timeout keeps them.
     step bench_2MiB 60 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 2048 \
-        --concurrency 1,4 --gpu-modes ipc,ipc-batch,nccl,ucx,ucx-sm
+        --concurrency 1,4,8 --gpu-modes ipc,ipc-batch,nccl,ucx,ucx-sm
     step bench_16KiB 60 "$dir/bin/bench_kvxfer" --gpu --total-mib 256 --iters 5 --block-kib 16 \
         --gpu-modes ipc,ipc-batch,nccl,ucx,ucx-sm
     # correctness, one connector path per step
