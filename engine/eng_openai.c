@@ -623,6 +623,13 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
     if (kind == ENG_OAI_COMPLETION && r->echo && r->want_logprobs && r->params.prompt_logprobs < 0)
         r->params.prompt_logprobs = r->logprobs;
     r->want_prompt_logprobs = r->params.prompt_logprobs >= 0;
+    /* max_tokens 0 with echo answers from the prompt alone, without a prefill */
+    if (r->want_prompt_logprobs && r->echo && r->has_max_tokens && r->params.max_tokens == 0) {
+        st = fail(err, 400, r->want_logprobs ? "logprobs" : "prompt_logprobs",
+                  "echo with max_tokens 0 and logprobs or prompt_logprobs is not supported yet (the prompt's "
+                  "logprobs need a prefill): ask for max_tokens >= 1.");
+        goto fail;
+    }
     if (pd_json_present(r->root, "stream_options")) {
         J(pd_json_get_object(r->root, "stream_options", &o, &je));
         if (!r->stream) {

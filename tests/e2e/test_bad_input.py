@@ -190,6 +190,10 @@ case("logprobs-bool", C, comp(logprobs=True), param="logprobs")
 case("logprobs-string", C, comp(logprobs="3"), param="logprobs")
 case("prompt-logprobs-stream", C, comp(prompt_logprobs=1, stream=True), param="prompt_logprobs",
      msg="not available when `stream=True`")
+case("echo-logprobs-max-tokens-0", C, comp(echo=True, logprobs=1, max_tokens=0), param="logprobs",
+     msg="not supported yet")
+case("echo-prompt-logprobs-max-tokens-0", C, comp(echo=True, prompt_logprobs=1, max_tokens=0),
+     param="prompt_logprobs", msg="not supported yet")
 case("prompt-logprobs-over-max", C, comp(prompt_logprobs=MAX_LOGPROBS + 1), param="prompt_logprobs")
 case("prompt-logprobs-negative", C, comp(prompt_logprobs=-2), param="prompt_logprobs")
 case("prompt-logprobs-all-vocab", C, comp(prompt_logprobs=-1), param="prompt_logprobs")
