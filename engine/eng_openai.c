@@ -694,6 +694,24 @@ fail:
 #undef TRY
 }
 
+pd_status_t eng_oai_parse_kv_only(const char *body, size_t len, eng_oai_req_t *r)
+{
+    pd_json_err_t je;
+    eng_oai_err_t err;
+    const cJSON *kv;
+
+    memset(r, 0, sizeof(*r));
+    if (pd_json_parse(body, len, 0, 1, &r->root, &je) != PD_OK)
+        return PD_ERR_INVAL;
+    if (!cJSON_IsObject(r->root) || !pd_json_present(r->root, "kv_transfer_params") ||
+        pd_json_get_object(r->root, "kv_transfer_params", &kv, &je) != PD_OK ||
+        parse_kv_params(kv, &r->kv, &err) != PD_OK) {
+        eng_oai_req_cleanup(r);
+        return PD_ERR_INVAL;
+    }
+    return PD_OK;
+}
+
 void eng_oai_req_cleanup(eng_oai_req_t *r)
 {
     for (int i = 0; i < r->n_prompts; i++)

@@ -94,4 +94,10 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len,
                           const eng_oai_limits_t *lim, eng_oai_req_t *req, eng_oai_err_t *err);
 void eng_oai_req_cleanup(eng_oai_req_t *req);
 
+/* After eng_oai_parse refused a request: only its kv_transfer_params, into req->kv
+ * (a decode leg refused for any other field must still release the prefill node's
+ * lease).  PD_OK when they are present and valid (release req with
+ * eng_oai_req_cleanup); otherwise PD_ERR_INVAL and nothing to release. */
+pd_status_t eng_oai_parse_kv_only(const char *body, size_t len, eng_oai_req_t *req);
+
 #endif /* ENG_OPENAI_H */

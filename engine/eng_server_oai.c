@@ -888,8 +888,14 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     o->created = pd_unix_time();
     o->t_start = pd_now_ns();
     __atomic_add_fetch(&srv->inflight, 1, __ATOMIC_RELAXED);
-    if (eng_oai_parse(kind, body, len, &srv->limits, &o->r, &err) != PD_OK)
+    if (eng_oai_parse(kind, body, len, &srv->limits, &o->r, &err) != PD_OK) {
+        eng_oai_req_t kvr; /* a refused decode leg still ends the prefill node's lease */
+        if (srv->disagg != NULL && eng_oai_parse_kv_only(body, len, &kvr) == PD_OK) {
+            release_remote(srv, &kvr);
+            eng_oai_req_cleanup(&kvr);
+        }
         goto fail;
+    }
     if (!eng_server_model_ok(srv, o->r.model)) {
         err.status = 404;
         snprintf(err.message, sizeof(err.message), "The model `%.200s` does not exist.", o->r.model);

@@ -992,6 +992,15 @@ static void h_generate(pd_http_req_t *hreq, void *user)
         pd_http_respond_error(hreq, 400, NULL, je.message, je.param[0] ? je.param : NULL, NULL);
         return;
     }
+    /* the proxy makes its own request ids; a client's is still checked as a node would */
+    const cJSON *rid = cJSON_GetObjectItemCaseSensitive(root, "request_id");
+    if (rid != NULL && !cJSON_IsNull(rid) && (!cJSON_IsString(rid) || strlen(rid->valuestring) > 128)) {
+        cJSON_Delete(root);
+        count_err(px, E_BAD_REQUEST);
+        pd_http_respond_error(hreq, 400, NULL, "request_id must be a string of at most 128 bytes.", "request_id",
+                              NULL);
+        return;
+    }
     if (!admit(px, hreq)) {
         cJSON_Delete(root);
         return;
@@ -1032,7 +1041,11 @@ static void h_generate(pd_http_req_t *hreq, void *user)
             r->fo_ok = 1;
         }
     }
-    r->split = px_pools_eligible(&px->pools, PX_ROLE_PREFILL) > 0 && est_tokens >= px->min_prompt_tokens;
+    /* a disaggregated leg carries one prompt: completions with several go to decode */
+    const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    int multi = !is_chat && cJSON_IsArray(prompts) && cJSON_GetArraySize(prompts) > 1 &&
+                !cJSON_IsNumber(cJSON_GetArrayItem(prompts, 0));
+    r->split = px_pools_eligible(&px->pools, PX_ROLE_PREFILL) > 0 && est_tokens >= px->min_prompt_tokens && !multi;
     r->leg = r->split ? LEG_PREFILL : LEG_DECODE;
     pd_metric_inc(px->m_split[r->split]);
     pd_http_req_set_on_close(hreq, on_req_close, r);
@@ -1329,6 +1342,12 @@ pd_status_t px_proxy_create(const px_args_t *a, px_proxy_t **px_p)
         pd_http_route(px->srv, "POST", "/tokenize", h_forward, px);
         pd_http_route(px->srv, "POST", "/detokenize", h_forward, px);
         pd_http_route(px->srv, "GET", "/tokenizer_info", h_forward, px);
+        /* vLLM's pooling endpoints: the decode nodes answer them (today a clear 400
+         * "not supported yet"), so the proxy says what a node says */
+        static const char *const pooling[] = {"/v1/embeddings", "/pooling", "/classify", "/v1/score", "/score",
+                                              "/v1/rerank", "/rerank", "/v2/rerank", NULL};
+        for (int i = 0; pooling[i]; i++)
+            pd_http_route(px->srv, "POST", pooling[i], h_forward, px);
         pd_http_route_ex(px->srv, "GET", "/health", h_health, px, PD_HTTP_ROUTE_DURING_DRAIN);
         pd_http_route_ex(px->srv, "GET", "/metrics", h_metrics, px, PD_HTTP_ROUTE_DURING_DRAIN);
         pd_http_route_ex(px->srv, "GET", "/status", h_status, px, PD_HTTP_ROUTE_DURING_DRAIN);
