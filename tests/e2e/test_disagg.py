@@ -80,8 +80,9 @@ def settled_free_blocks(node, timeout=45.0):
     shared node may leave a 30 s lease behind)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        held = metric(node, "pdserve:kv_held_requests") if "pdserve:kv_held_requests" in metrics(node) else 0
         if (metric(node, "vllm:num_requests_running") == 0 and metric(node, "vllm:num_requests_waiting") == 0
-                and metric(node, "pdserve:kv_held_requests") == 0):
+                and held == 0):
             break
         time.sleep(0.1)
     return free_blocks(node)
@@ -129,7 +130,7 @@ def fail_decode(tmp_path_factory, model_path):
 def balanced(pair):
     """Both nodes' free blocks after the test equal those before it."""
     p, d = pair
-    start = (free_blocks(p), free_blocks(d))
+    start = (settled_free_blocks(p), settled_free_blocks(d))
     yield p, d
     wait_free(p, start[0])
     wait_free(d, start[1])
@@ -330,7 +331,7 @@ def kill_prefill_before_pull(tmp_path_factory, model_path, body):
 
 def test_prefill_killed_recompute(tmp_path_factory, model_path, pair, ref):
     _, d = pair
-    start = free_blocks(d)
+    start = settled_free_blocks(d)
     body = {"model": "smol", "prompt": "Killed prefill: " + PROMPTS[0], "max_tokens": 16, "temperature": 0}
     kv = kill_prefill_before_pull(tmp_path_factory, model_path, body)
     failures = metric(d, "pdserve:kv_load_failures_total", 'policy="recompute"')
@@ -346,7 +347,7 @@ def test_prefill_killed_recompute(tmp_path_factory, model_path, pair, ref):
 
 def test_prefill_killed_fail_policy(tmp_path_factory, model_path, fail_decode):
     d = fail_decode
-    start = free_blocks(d)
+    start = settled_free_blocks(d)
     body = {"model": "smol", "prompt": "Fail policy: " + PROMPTS[0], "max_tokens": 16, "temperature": 0}
     kv = kill_prefill_before_pull(tmp_path_factory, model_path, body)
     s, r = decode_leg(d, body, kv)
@@ -367,7 +368,7 @@ def test_prefill_killed_fail_policy(tmp_path_factory, model_path, fail_decode):
 
 def test_incompatible_block_size_refused(tmp_path_factory, model_path, pair, ref):
     _, d = pair
-    start = free_blocks(d)
+    start = settled_free_blocks(d)
     p32 = start_kv_node(tmp_path_factory, model_path, "pdserve-prefill", "kv_producer", free_port(),
                         extra=["--block-size", "32"], lease_ttl_s=3)
     try:
@@ -414,7 +415,7 @@ def test_client_leaves_while_pulling(tmp_path_factory, model_path, pair):
     """A decode request aborted while its pull is in flight answers at once but keeps its
     blocks until the pull reports; nothing leaks on either node."""
     _, d = pair
-    start = free_blocks(d)
+    start = settled_free_blocks(d)
     p = start_kv_node(tmp_path_factory, model_path, "pdserve-prefill", "kv_producer", free_port(), lease_ttl_s=3)
     try:
         p_start = free_blocks(p)

@@ -282,6 +282,11 @@ def wait_node_idle(node, start, timeout=15):
 
 def test_client_disconnect_aborts_upstream(proxy1, decode_node):
     post(decode_node, "/v1/completions", {"model": "smol", "prompt": "warm", "max_tokens": 1})
+    # earlier tests on this shared node may still be finishing (aborted streams)
+    deadline = time.time() + 30
+    while time.time() < deadline and (metric(decode_node, "vllm:num_requests_running") > 0
+                                      or metric(decode_node, "vllm:num_requests_waiting") > 0):
+        time.sleep(0.1)
     start = metric(decode_node, "pdserve:kv_free_blocks")
     conn = http.client.HTTPConnection("127.0.0.1", proxy1.port, timeout=30)
     conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "Tell me a long story.",
