@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -287,4 +290,46 @@ pd_status_t pd_read_file(const char *path, char **data_p, size_t *len_p)
     if (len_p)
         *len_p = off;
     return PD_OK;
+}
+
+int pd_child_wait(int pid, double timeout_s)
+{
+    uint64_t end = pd_now_ns() + (uint64_t)(timeout_s * 1e9);
+    int status = 0;
+
+    for (;;) {
+        pid_t r = waitpid((pid_t)pid, &status, WNOHANG);
+        if (r == (pid_t)pid)
+            break;
+        if (r < 0)
+            return -1;
+        if (pd_now_ns() > end) {
+            PD_LOG_WARN("process %d still running after %.0fs: killed", pid, timeout_s);
+            kill((pid_t)pid, SIGKILL);
+            waitpid((pid_t)pid, &status, 0);
+            return -1;
+        }
+        usleep(5000);
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    PD_LOG_WARN("process %d died with signal %d", pid, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return -1;
+}
+
+int pd_read_full_timeout(int fd, void *buf, size_t len, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t r;
+        if (poll(&pfd, 1, timeout_ms) != 1)
+            return 0;
+        r = read(fd, (char *)buf + got, len - got);
+        if (r <= 0)
+            return 0;
+        got += (size_t)r;
+    }
+    return 1;
 }

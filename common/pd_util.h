@@ -106,4 +106,13 @@ void pd_random_hex_id(char out[33]);
 /* Read a whole file; *data_p is NUL-terminated and malloc'd. */
 pd_status_t pd_read_file(const char *path, char **data_p, size_t *len_p);
 
+/* Child processes (tests and benchmarks that fork): wait for pid at most timeout_s,
+ * SIGKILL it after that.  Returns its exit code, or -1 when it was killed, died of a
+ * signal or could not be waited for (logged at WARN). */
+int pd_child_wait(int pid, double timeout_s);
+
+/* Read exactly len bytes from fd, waiting at most timeout_ms for each piece.  1 when
+ * they all came, 0 on timeout, end of file or error. */
+int pd_read_full_timeout(int fd, void *buf, size_t len, int timeout_ms);
+
 #endif /* PD_UTIL_H */

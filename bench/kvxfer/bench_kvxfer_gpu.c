@@ -32,7 +32,6 @@
  * The parent process never touches CUDA (a CUDA context does not survive fork): the
  * ceilings and each consumer run in children that report through a pipe.
  */
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -104,43 +103,6 @@ static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static int wait_bounded(pid_t pid, double timeout_s)
-{
-    uint64_t end = pd_now_ns() + (uint64_t)(timeout_s * 1e9);
-    int status = 0;
-
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (r < 0)
-            return -1;
-        if (pd_now_ns() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        usleep(5000);
-    }
-}
-
-static int read_bounded(int fd, void *buf, size_t len, int timeout_ms)
-{
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t r;
-        if (poll(&pfd, 1, timeout_ms) != 1)
-            return 0;
-        r = read(fd, (char *)buf + got, len - got);
-        if (r <= 0)
-            return 0;
-        got += (size_t)r;
-    }
-    return 1;
 }
 
 /* ---- children (CUDA) ---- */
@@ -522,7 +484,7 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     }
     close(up[1]);
     close(down[0]);
-    if (!read_bounded(up[0], &port, sizeof(port), 60000) || port == 0) {
+    if (!pd_read_full_timeout(up[0], &port, sizeof(port), 60000) || port == 0) {
         snprintf(res->err, sizeof(res->err), "producer did not start");
         goto out;
     }
@@ -539,14 +501,14 @@ static void run_mode(const gmode_t *m, int n_gpus, size_t total, size_t bb, int 
     }
     close(cres[1]);
     cres[1] = -1;
-    if (!read_bounded(cres[0], res, sizeof(*res), 90000)) {
+    if (!pd_read_full_timeout(cres[0], res, sizeof(*res), 90000)) {
         memset(res, 0, sizeof(*res));
         snprintf(res->err, sizeof(res->err), "consumer gave no result (crashed or hung)");
     }
-    wait_bounded(cons, 30);
+    pd_child_wait(cons, 30);
 out:
     close(down[1]);
-    wait_bounded(prod, 30);
+    pd_child_wait(prod, 30);
     close(up[0]);
     if (cres[0] >= 0)
         close(cres[0]);
@@ -577,10 +539,10 @@ static int gpu_count(void)
         _exit(0);
     }
     close(fds[1]);
-    if (!read_bounded(fds[0], &n, sizeof(n), 60000))
+    if (!pd_read_full_timeout(fds[0], &n, sizeof(n), 60000))
         n = 0;
     close(fds[0]);
-    wait_bounded(pid, 30);
+    pd_child_wait(pid, 30);
     return n;
 }
 
@@ -606,10 +568,10 @@ int bench_kvxfer_gpu(size_t total, int iters, const char *block_kib, const char 
         ceilings_child(fds[1], total, iters, n_gpus);
     }
     close(fds[1]);
-    if (!read_bounded(fds[0], &cl, sizeof(cl), 120000))
+    if (!pd_read_full_timeout(fds[0], &cl, sizeof(cl), 120000))
         snprintf(cl.err, sizeof(cl.err), "ceiling child gave no result");
     close(fds[0]);
-    wait_bounded(pid, 30);
+    pd_child_wait(pid, 30);
     if (!json_only) {
         printf("GPUs: %d (producer GPU 0, consumer GPU %d); %zu MiB per pull, best/median of %d\n",
                n_gpus, n_gpus > 1 ? 1 : 0, total >> 20, iters);

@@ -1,6 +1,7 @@
 /* test_common.c - status strings, logging levels, buffers, arenas, checked arithmetic. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pd_log.h"
 #include "pd_test.h"
@@ -113,6 +114,40 @@ PD_TEST(test_misc)
     PD_CHECK(pd_now_ns() > 0);
 }
 
+PD_TEST(test_child_helpers)
+{
+    int fds[2];
+    pid_t pid;
+    char buf[8];
+
+    /* exit code comes back; a child past its time is killed: -1 */
+    pid = fork();
+    if (pid == 0)
+        _exit(3);
+    PD_CHECK_EQ_INT(pd_child_wait(pid, 10), 3);
+    pid = fork();
+    if (pid == 0) {
+        sleep(30);
+        _exit(0);
+    }
+    PD_CHECK_EQ_INT(pd_child_wait(pid, 0.2), -1);
+    /* a read in pieces is whole; a short one times out */
+    PD_CHECK(pipe(fds) == 0);
+    pid = fork();
+    if (pid == 0) {
+        (void)!write(fds[1], "abc", 3);
+        usleep(20000);
+        (void)!write(fds[1], "defg", 4);
+        _exit(0);
+    }
+    PD_CHECK_EQ_INT(pd_read_full_timeout(fds[0], buf, 7, 10000), 1);
+    PD_CHECK(memcmp(buf, "abcdefg", 7) == 0);
+    PD_CHECK_EQ_INT(pd_child_wait(pid, 10), 0);
+    PD_CHECK_EQ_INT(pd_read_full_timeout(fds[0], buf, 1, 50), 0);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 int main(void)
 {
     PD_RUN(test_status_strings);
@@ -121,5 +156,6 @@ int main(void)
     PD_RUN(test_buf);
     PD_RUN(test_arena);
     PD_RUN(test_misc);
+    PD_RUN(test_child_helpers);
     return PD_TEST_REPORT();
 }

@@ -15,7 +15,6 @@
  * the consumer's CUDA context still usable).
  * Exit 77 (skip) without a GPU.  KVX_TEST_MODES="ipc,ipc-batch,nccl,ucx" selects.
  */
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,43 +53,6 @@ static const tmode_t *mode_g;
 
 /* ---- process plumbing (parent side: no CUDA) ---- */
 
-/* Wait for pid at most timeout_s; kill it after that.  Returns its exit code, or -1
- * when it was killed or crashed. */
-static int wait_bounded(pid_t pid, double timeout_s)
-{
-    uint64_t end = pd_now_ns() + (uint64_t)(timeout_s * 1e9);
-    int status = 0;
-
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (pd_now_ns() > end) {
-            fprintf(stderr, "  process %d still running after %.0fs: killed\n", (int)pid, timeout_s);
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        usleep(5000);
-    }
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
-    fprintf(stderr, "  process %d died with signal %d\n", (int)pid,
-            WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-    return -1;
-}
-
-static int read_bounded(int fd, void *buf, size_t len, int timeout_ms)
-{
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-
-    if (poll(&pfd, 1, timeout_ms) != 1)
-        return 0;
-    return read(fd, buf, len) == (ssize_t)len;
-}
-
 /* Number of CUDA devices, asked in a child so the parent stays CUDA-free. */
 static int count_gpus(void)
 {
@@ -108,10 +70,10 @@ static int count_gpus(void)
         _exit(0);
     }
     close(fds[1]);
-    if (!read_bounded(fds[0], &n, sizeof(n), 60000))
+    if (!pd_read_full_timeout(fds[0], &n, sizeof(n), 60000))
         n = 0;
     close(fds[0]);
-    wait_bounded(pid, 30);
+    pd_child_wait(pid, 30);
     return n;
 }
 
@@ -410,11 +372,11 @@ static void run_scenario(scenario_t sc, size_t bb)
     }
     close(port_p[1]);
     close(ctl_p[0]);
-    if (!read_bounded(port_p[0], &port, sizeof(port), 120000) || port == 0) {
+    if (!pd_read_full_timeout(port_p[0], &port, sizeof(port), 120000) || port == 0) {
         fprintf(stderr, "  producer did not start\n");
         pd_test_failed_checks_g++;
         close(ctl_p[1]);
-        wait_bounded(prod, 30);
+        pd_child_wait(prod, 30);
         goto out;
     }
     /* made after the producer's fork: only the consumer may hold its write end, so
@@ -422,7 +384,7 @@ static void run_scenario(scenario_t sc, size_t bb)
     if (pipe(started_p) != 0) {
         pd_test_failed_checks_g++;
         close(ctl_p[1]);
-        wait_bounded(prod, 30);
+        pd_child_wait(prod, 30);
         goto out;
     }
     cons = fork();
@@ -443,13 +405,13 @@ static void run_scenario(scenario_t sc, size_t bb)
     started_p[1] = -1;
     if (sc == SC_KILL) {
         char c;
-        if (read_bounded(started_p[0], &c, 1, 120000))
+        if (pd_read_full_timeout(started_p[0], &c, 1, 120000))
             usleep(2000); /* into the transfer (the IPC path may already be done) */
         kill(prod, SIGKILL);
     }
-    crc = wait_bounded(cons, 150);
+    crc = pd_child_wait(cons, 150);
     close(ctl_p[1]);
-    prc = wait_bounded(prod, 60);
+    prc = pd_child_wait(prod, 60);
     PD_CHECK_EQ_INT(crc, 0);
     if (sc == SC_DATA)
         PD_CHECK_EQ_INT(prc, 0);
