@@ -385,21 +385,6 @@ static pd_status_t ids_upload(nc_lane_t *ln, int slot, const uint32_t *ids, size
                    "id upload");
 }
 
-/* The IPC read's two id lists in ONE host-to-device copy: local ids at slot 0, remote
- * ids right after them (d_ids + n), from the pinned staging, asynchronously on the
- * lane's stream (one copy instead of two: every queued operation is a few
- * microseconds of launch latency on a pull's critical path). */
-static pd_status_t ids_upload_pair(nc_lane_t *ln, const uint32_t *local, const uint32_t *remote, size_t n)
-{
-    if (n > KVX_MAX_BLOCKS_PER_REQ)
-        return PD_ERR_LIMIT;
-    memcpy(ln->h_ids, local, n * sizeof(uint32_t));
-    memcpy(ln->h_ids + n, remote, n * sizeof(uint32_t));
-    return cuda_ok(cudaMemcpyAsync(ln->d_ids, ln->h_ids, 2 * n * sizeof(uint32_t), cudaMemcpyHostToDevice,
-                                   ln->stream),
-                   "id upload");
-}
-
 /* Queued last on the stream: the kernels' range error word comes back with the data,
  * so no extra synchronous copy (which would also wait for the engine's streams). */
 static pd_status_t queue_err_read(nc_lane_t *ln)
@@ -527,11 +512,26 @@ static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t 
     pd_status_t s = PD_OK;
 
     if (p->copy == KVX_IPC_COPY_KERNEL) {
-        if ((s = ids_upload_pair(ln, b->local_ids, b->remote_ids, b->n)) != PD_OK ||
-            (s = reset_err_word(ln)) != PD_OK)
-            goto drain;
-        s = kcuda_block_copy(st->region.base, ln->d_ids, st->region.n_blocks, p->remote_base,
-                             ln->d_ids + b->n, p->remote_n, b->n, bb, ln->d_err, ln->stream);
+        /* b and the reads chained to it (lane_main groups queued ones): every id list
+         * in ONE upload (local ids, then remote ids, per read), one kernel per read back
+         * to back, one drain for all */
+        size_t off = 0;
+        for (const nc_batch_t *x = b; x != NULL; x = x->next) {
+            memcpy(ln->h_ids + off, x->local_ids, x->n * sizeof(uint32_t));
+            memcpy(ln->h_ids + off + x->n, x->remote_ids, x->n * sizeof(uint32_t));
+            off += 2 * x->n;
+        }
+        s = cuda_ok(cudaMemcpyAsync(ln->d_ids, ln->h_ids, off * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                                    ln->stream),
+                    "id upload");
+        if (s == PD_OK)
+            s = reset_err_word(ln);
+        off = 0;
+        for (const nc_batch_t *x = b; x != NULL && s == PD_OK; x = x->next) {
+            s = kcuda_block_copy(st->region.base, ln->d_ids + off, st->region.n_blocks, x->peer->remote_base,
+                                 ln->d_ids + off + x->n, x->peer->remote_n, x->n, bb, ln->d_err, ln->stream);
+            off += 2 * x->n;
+        }
         if (s == PD_OK)
             s = queue_err_read(ln);
     } else if (p->copy == KVX_IPC_COPY_BATCH) {
@@ -552,11 +552,11 @@ static pd_status_t run_ipc(nc_lane_t *ln, nc_peer_t *p, nc_batch_t *b, uint64_t 
                                         cudaMemcpyDeviceToDevice, ln->stream),
                         "cudaMemcpyAsync");
     }
-drain:
     ln->t_queued = pd_now_ns();
     {
-        /* whatever was queued must finish before anyone hears about the batch */
-        pd_status_t w = stream_wait(ln, NULL, deadline, &p->canceled);
+        /* whatever was queued must finish before anyone hears about the batch; one
+         * closing peer's cancel only cuts the wait of a read on its own */
+        pd_status_t w = stream_wait(ln, NULL, deadline, b->next == NULL ? &p->canceled : NULL);
         if (w != PD_OK && cudaStreamSynchronize(ln->stream) != cudaSuccess)
             w = PD_ERR_CUDA;
         if (s == PD_OK)
@@ -588,99 +588,37 @@ static void run_batch(nc_lane_t *ln, nc_batch_t *b)
     if (p != NULL && !p->ipc)
         link_release(p->link);
     t_done = pd_now_ns();
-    if (b->cb != NULL)
-        b->cb(b->arg, s);
-    else if (s != PD_OK)
-        PD_LOG_WARN("kvx nccl: sending %zu blocks failed: %s", b->n, pd_status_str(s));
-    if (ln->st->timing && s == PD_OK && ln->t_queued >= t_start) {
-        nc_timing_t *tm = &ln->st->tm;
-        atomic_fetch_add(&tm->n, 1);
-        atomic_fetch_add(&tm->queue, t_start - b->t_push);
-        atomic_fetch_add(&tm->host, ln->t_queued - t_start);
-        atomic_fetch_add(&tm->wait, t_done - ln->t_queued);
-        atomic_fetch_add(&tm->cb, pd_now_ns() - t_done);
-    }
-    if (p != NULL)
-        atomic_fetch_sub(&p->inflight, 1);
-    free(b->local_ids);
-    free(b->remote_ids);
-    free(b);
-}
-
-/* IPC reads that may share one drain of the lane's stream (run_ipc_group). */
-#define IPC_GROUP_MAX 4
-
-static int ipc_groupable(const nc_batch_t *b)
-{
-    return b->peer != NULL && b->peer->ipc && b->peer->copy == KVX_IPC_COPY_KERNEL && b->n > 0 &&
-           !atomic_load(&b->peer->canceled);
-}
-
-/* Several queued IPC kernel reads (chained by next) run as one: their id lists in one
- * upload, one copy kernel each back to back, one drain of the stream, then every
- * callback.  Without it the lane drains the stream and wakes between reads, and the
- * GPU idles for that gap (~0.1 ms against 0.7 ms of copying per 256 MiB pull).  A range
- * error seen by any kernel fails the whole group (the core checked every id first; the
- * kernel's check is the second line). */
-static void run_ipc_group(nc_lane_t *ln, nc_batch_t *g)
-{
-    nc_state_t *st = ln->st;
-    size_t bb = st->region.block_bytes, off = 0;
-    uint64_t t_start = pd_now_ns(), t_done;
-    uint64_t deadline = t_start + (uint64_t)(st->timeout_s * 1e9);
-    pd_status_t s = PD_OK, w;
-    nc_batch_t *b, *next;
-
-    ln->t_queued = 0;
-    if (ln->stream == NULL) {
-        s = PD_ERR_CUDA;
-        goto done;
-    }
-    for (b = g; b != NULL; b = b->next) {
-        memcpy(ln->h_ids + off, b->local_ids, b->n * sizeof(uint32_t));
-        memcpy(ln->h_ids + off + b->n, b->remote_ids, b->n * sizeof(uint32_t));
-        off += 2 * b->n;
-    }
-    s = cuda_ok(cudaMemcpyAsync(ln->d_ids, ln->h_ids, off * sizeof(uint32_t), cudaMemcpyHostToDevice, ln->stream),
-                "id upload");
-    if (s == PD_OK)
-        s = reset_err_word(ln);
-    off = 0;
-    for (b = g; b != NULL && s == PD_OK; b = b->next) {
-        s = kcuda_block_copy(st->region.base, ln->d_ids + off, st->region.n_blocks, b->peer->remote_base,
-                             ln->d_ids + off + b->n, b->peer->remote_n, b->n, bb, ln->d_err, ln->stream);
-        off += 2 * b->n;
-    }
-    if (s == PD_OK)
-        s = queue_err_read(ln);
-    ln->t_queued = pd_now_ns();
-    /* whatever was queued must finish before anyone hears about it; a closing peer
-     * waits for its inflight count, which drops after this drain */
-    w = stream_wait(ln, NULL, deadline, NULL);
-    if (w != PD_OK && cudaStreamSynchronize(ln->stream) != cudaSuccess)
-        w = PD_ERR_CUDA;
-    if (s == PD_OK)
-        s = w;
-    if (s == PD_OK)
-        s = check_err_word(ln);
-done:
-    t_done = pd_now_ns();
-    for (b = g; b != NULL; b = next) {
+    for (nc_batch_t *next; b != NULL; b = next) { /* b and the reads grouped with it */
         next = b->next;
-        b->cb(b->arg, s);
-        if (st->timing && s == PD_OK && ln->t_queued >= t_start) {
-            nc_timing_t *tm = &st->tm;
+        if (b->cb != NULL)
+            b->cb(b->arg, s);
+        else if (s != PD_OK)
+            PD_LOG_WARN("kvx nccl: sending %zu blocks failed: %s", b->n, pd_status_str(s));
+        if (ln->st->timing && s == PD_OK && ln->t_queued >= t_start) {
+            nc_timing_t *tm = &ln->st->tm;
             atomic_fetch_add(&tm->n, 1);
             atomic_fetch_add(&tm->queue, t_start - b->t_push);
             atomic_fetch_add(&tm->host, ln->t_queued - t_start);
             atomic_fetch_add(&tm->wait, t_done - ln->t_queued);
             atomic_fetch_add(&tm->cb, pd_now_ns() - t_done);
         }
-        atomic_fetch_sub(&b->peer->inflight, 1);
+        if (b->peer != NULL)
+            atomic_fetch_sub(&b->peer->inflight, 1);
         free(b->local_ids);
         free(b->remote_ids);
         free(b);
     }
+}
+
+/* IPC kernel reads that may run as one group: one id upload and one drain of the
+ * lane's stream for all (run_ipc); without it the lane drains and wakes between
+ * reads and the GPU idles for that gap (~0.1 ms against 0.7 ms per 256 MiB pull). */
+#define IPC_GROUP_MAX 4
+
+static int ipc_groupable(const nc_batch_t *b)
+{
+    return b->peer != NULL && b->peer->ipc && b->peer->copy == KVX_IPC_COPY_KERNEL && b->n > 0 &&
+           !atomic_load(&b->peer->canceled);
 }
 
 static void lane_free_bufs(nc_lane_t *ln)
@@ -739,10 +677,7 @@ static void *lane_main(void *arg)
             ln->tail = NULL;
         ln->running = 1;
         pthread_mutex_unlock(&ln->mu);
-        if (b->next != NULL)
-            run_ipc_group(ln, b);
-        else
-            run_batch(ln, b);
+        run_batch(ln, b);
         pthread_mutex_lock(&ln->mu);
         ln->running = 0;
     }
