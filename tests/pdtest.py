@@ -52,6 +52,30 @@ def wait_http(url, timeout=60.0, proc=None, ctx=None):
     raise TimeoutError(url)
 
 
+def node_metrics(url):
+    """A node's /metrics summed per metric name (labels folded)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def wait_idle(url, timeout=45.0):
+    """Wait until a node runs, queues and (as a KV producer) holds nothing: earlier tests
+    on a shared node may still be finishing.  Returns its metrics then."""
+    deadline = time.time() + timeout
+    while True:
+        m = node_metrics(url)
+        if (m.get("vllm:num_requests_running", 0) == 0 and m.get("vllm:num_requests_waiting", 0) == 0
+                and m.get("pdserve:kv_held_requests", 0) == 0) or time.time() > deadline:
+            return m
+        time.sleep(0.1)
+
+
 class Node:
     """A real pdserve node process."""
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from pdtest import binary, free_port, start_node
+from pdtest import binary, free_port, start_node, wait_idle
 
 PROMPTS = [
     "Once upon a time in a land far away there lived a wise old king who had three daughters. "
@@ -75,17 +75,10 @@ def free_blocks(node):
     return metric(node, "pdserve:kv_free_blocks")
 
 
-def settled_free_blocks(node, timeout=45.0):
+def settled_free_blocks(node):
     """The free-block count once nothing runs, waits or holds a lease (earlier tests on a
     shared node may leave a 30 s lease behind)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        held = metric(node, "pdserve:kv_held_requests") if "pdserve:kv_held_requests" in metrics(node) else 0
-        if (metric(node, "vllm:num_requests_running") == 0 and metric(node, "vllm:num_requests_waiting") == 0
-                and held == 0):
-            break
-        time.sleep(0.1)
-    return free_blocks(node)
+    return wait_idle(node.url)["pdserve:kv_free_blocks"]
 
 
 def wait_free(node, want, timeout=15.0):

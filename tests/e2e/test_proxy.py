@@ -15,7 +15,7 @@ import openai
 import pytest
 
 
-from pdtest import ROOT, Node, free_port, start_node, wait_http  # noqa: E402
+from pdtest import ROOT, Node, free_port, start_node, wait_http, wait_idle  # noqa: E402
 
 FAKE = os.path.join(ROOT, "tests", "proxy", "fake_prefill.py")
 FAKE_KV = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block_ids": [1, 2, 3],
@@ -282,11 +282,7 @@ def wait_node_idle(node, start, timeout=15):
 
 def test_client_disconnect_aborts_upstream(proxy1, decode_node):
     post(decode_node, "/v1/completions", {"model": "smol", "prompt": "warm", "max_tokens": 1})
-    # earlier tests on this shared node may still be finishing (aborted streams)
-    deadline = time.time() + 30
-    while time.time() < deadline and (metric(decode_node, "vllm:num_requests_running") > 0
-                                      or metric(decode_node, "vllm:num_requests_waiting") > 0):
-        time.sleep(0.1)
+    wait_idle(decode_node.url)  # earlier tests on this shared node may still be finishing
     start = metric(decode_node, "pdserve:kv_free_blocks")
     conn = http.client.HTTPConnection("127.0.0.1", proxy1.port, timeout=30)
     conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "Tell me a long story.",

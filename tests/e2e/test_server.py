@@ -10,6 +10,8 @@ import urllib.request
 import openai
 import pytest
 
+from pdtest import wait_idle
+
 
 def client(node, **kw):
     return openai.OpenAI(base_url=node.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
@@ -205,11 +207,7 @@ def wait_blocks_back(node, start, timeout=10):
 
 def test_client_disconnect_frees_blocks(decode_node):
     post(decode_node, "/v1/completions", {"prompt": "warm", "max_tokens": 1})
-    # earlier tests on this shared node may still be finishing (aborted streams)
-    deadline = time.time() + 30
-    while time.time() < deadline and (metric(decode_node, "vllm:num_requests_running") > 0
-                                      or metric(decode_node, "vllm:num_requests_waiting") > 0):
-        time.sleep(0.1)
+    wait_idle(decode_node.url)  # earlier tests on this shared node may still be finishing
     start = metric(decode_node, "pdserve:kv_free_blocks")
     conn = http.client.HTTPConnection("127.0.0.1", decode_node.port, timeout=30)
     conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "Tell me a long story about a dragon.",
