@@ -26,6 +26,10 @@
 #   ph   prefill-heavy  4000 in / 200 out   SLO TTFT 1000 ms, TPOT 25 ms
 #   bal  balanced       1000 in / 1000 out  SLO TTFT  500 ms, TPOT 25 ms
 # (docs/bench.md explains the choice). Environment overrides: GP_RATES_PH, GP_RATES_BAL,
+# Setup "tput" (GP_SETUPS=tput): whole-engine throughput of one decode node on GPU 0
+# (issue 6): GP_TP_N requests of GP_TP_IN/GP_TP_OUT tokens (1000/1000), at most GP_TP_CONC
+# in flight, once per KV cache dtype in GP_TP_KV ("fp8 auto"), cache sized by
+# --gpu-memory-utilization GP_TP_UTIL; output tokens/s in the step table.
 # GP_N_PH, GP_N_BAL, GP_SLO_PH, GP_SLO_BAL ("ttft:MS tpot:MS"), GP_BLOCKS (KV blocks per
 # node), GP_CONNECTORS ("NcclConnector UcxConnector:sm,self UcxConnector", NAME[:UCX_TLS]),
 # GP_BUDGET_S (wall budget: runs that
@@ -361,6 +365,56 @@ bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (n
     bench_finish "$rc"
 }
 
+tput() { # whole-engine throughput (issue 6): one decode node alone on GPU 0, sized by
+    # --gpu-memory-utilization, TP_N requests of TP_IN/TP_OUT tokens sent at once with at
+    # most TP_CONC in flight, straight to the node (no proxy); once per KV cache dtype
+    local kv conc t0 p name rc to args
+    for kv in $TP_KV; do
+        for conc in $TP_CONC; do
+            t0=$SECONDS
+            name=tput-$kv-c$conc
+            node_cmd decode "$DECODE_PORT"
+            args=()
+            for a in "${NODE[@]}"; do args+=("$a"); done
+            # NODE_ARGS pins the KV blocks for the goodput runs; here the node sizes its
+            # cache from the GPU memory like a real deployment
+            local i=0 out=()
+            while [ $i -lt ${#args[@]} ]; do
+                case "${args[$i]}" in
+                --num-gpu-blocks-override|--max-num-seqs) i=$((i + 2)); continue ;;
+                esac
+                out+=("${args[$i]}")
+                i=$((i + 1))
+            done
+            out+=(--gpu-memory-utilization "$TP_UTIL" --max-num-seqs "$conc" --kv-cache-dtype "$kv")
+            start_proc "$name-node" "$GPU_A" "${out[@]}"
+            p=$LAST_PID
+            if ! wait_up "$DECODE_PORT" "$LOAD_TIMEOUT" "$p"; then
+                step "start-$name" FAIL $((SECONDS - t0)) "$(why "$OUTD/$name-node.log")"
+                stop_all
+                continue
+            fi
+            step "start-$name" PASS $((SECONDS - t0)) "$(grep -m1 -o 'KV cache [0-9]* blocks[^,]*' "$OUTD/$name-node.log")"
+            gpu_mem
+            to=$((SETUP_END - SECONDS))
+            [ $to -lt 60 ] && to=60
+            t0=$SECONDS
+            timeout -s INT -k 10 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$DECODE_PORT" \
+                --dataset-name random --random-input-len "$TP_IN" --random-output-len "$TP_OUT" \
+                --num-prompts "$TP_N" --request-rate inf --max-concurrency "$conc" --seed 7 \
+                --num-warmups 0 --ready-check-timeout-sec 60 --request-timeout $((to - 5)) \
+                --save-result --result-dir "$OUTD/results" --result-filename "$name.json" \
+                --label "$name" --disable-tqdm --metadata "kv_cache_dtype=$kv" "max_concurrency=$conc" \
+                > "$OUTD/runs/$name.txt" 2>&1 &
+            bench_wait
+            step "bench-$name" "$([ "$rc" = 0 ] && echo PASS || echo "FAIL($rc)")" $((SECONDS - t0)) \
+                "$(grep -m1 'Output token throughput' "$OUTD/runs/$name.txt" | tr -s ' ')"
+            grep -h 'preempt\|engine: GPU' "$OUTD/$name-node.log" | head -3 >> "$OUTD/steps.log"
+            stop_all
+        done
+    done
+}
+
 workloads() { # workloads SETUP: the two workloads' rates taken in turn (ph 1st, bal 1st,
     # ph 2nd, ...) so a budget that runs short still leaves each workload measured
     local ph=(${RATES_PH//,/ }) bal=(${RATES_BAL//,/ }) i
@@ -448,6 +502,8 @@ run() {
         MIN_SETUP_S=150   # what the second setup gets even when the first overran
         LOAD_TIMEOUT=${GP_LOAD_TIMEOUT_S:-240}
         PROBE_WORDS=600
+        TP_IN=${GP_TP_IN:-1000} TP_OUT=${GP_TP_OUT:-1000} TP_N=${GP_TP_N:-512}
+        TP_CONC=${GP_TP_CONC:-256} TP_KV=${GP_TP_KV:-fp8 auto} TP_UTIL=${GP_TP_UTIL:-0.92}
         if [ $quick = 1 ]; then
             RATES_PH=${GP_RATES_PH:-3} RATES_BAL=${GP_RATES_BAL:-2} N_PH=${GP_N_PH:-16} N_BAL=${GP_N_BAL:-10}
         fi
@@ -478,6 +534,8 @@ EOF
         MIN_SETUP_S=40
         LOAD_TIMEOUT=${GP_LOAD_TIMEOUT_S:-60}
         PROBE_WORDS=100
+        TP_IN=${GP_TP_IN:-48} TP_OUT=${GP_TP_OUT:-16} TP_N=${GP_TP_N:-8}
+        TP_CONC=${GP_TP_CONC:-4} TP_KV=${GP_TP_KV:-auto} TP_UTIL=${GP_TP_UTIL:-0.9}
         ngpu=0
     fi
     # Each node computes on its device 0. 1p1d: each process also sees the other GPU (as
@@ -513,6 +571,7 @@ EOF
         case $setup in
         1p1d) up_1p1d && workloads 1p1d ;;
         2rep) up_2rep && workloads 2rep ;;
+        tput) tput ;;
         *) log "unknown setup $setup" ;;
         esac
         stop_all
@@ -520,7 +579,10 @@ EOF
 
     final_report
     # exit status: 0 when both setups produced at least one result
-    grep -q '^1p1d' "$OUTD/runs.tsv" && grep -q '^2rep' "$OUTD/runs.tsv"
+    case " ${setups[*]} " in
+    *" 1p1d "*|*" 2rep "*) grep -q '^1p1d' "$OUTD/runs.tsv" && grep -q '^2rep' "$OUTD/runs.tsv" ;;
+    *) ! grep -q '^bench-tput.*FAIL' <(printf '%s\n' "${STEPS[@]}") ;;
+    esac
 }
 
 final_report() { # the tables; also from the exit trap when the run is interrupted
