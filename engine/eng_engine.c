@@ -1382,6 +1382,12 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         st = PD_ERR_UNSUPPORTED;
         goto err;
     }
+    /* "auto" is the model's dtype in vLLM. The CUDA backend computes in bf16/f16 for a
+     * 16-bit model and stores K and V as f16 then (half the bytes of f32, the same as
+     * bf16, three more mantissa bits; the kernels read f16 caches); a float32 model and
+     * the CPU backend keep an f32 cache. */
+    if (fo.kv_dtype == ENG_KV_AUTO && strcmp(e->ops->name, "cuda") == 0 && e->mc->dtype != ENG_DTYPE_F32)
+        fo.kv_dtype = ENG_KV_F16;
     fo.calculate_kv_scales = cfg->calculate_kv_scales;
     block_bytes = eng_forward_block_bytes_dtype(e->mc, cfg->block_size, fo.kv_dtype);
     n_blocks = cfg->num_blocks > 0 ? cfg->num_blocks : kv_blocks_for_budget(e, block_bytes);

@@ -500,7 +500,11 @@ pd_status_t eng_kv_dtype_parse(const char *s, eng_kv_dtype_t *dt_p)
 size_t eng_forward_block_bytes_dtype(const eng_model_config_t *cfg, int block_size, eng_kv_dtype_t kv_dtype)
 {
     size_t b = eng_forward_block_bytes(cfg, block_size);
-    return kv_dtype == ENG_KV_AUTO ? b : b / sizeof(float);
+    switch (kv_dtype) {
+    case ENG_KV_AUTO: return b;
+    case ENG_KV_F16: return b / 2;
+    default: return b / sizeof(float);
+    }
 }
 
 const char *eng_forward_kv_dtype_name(const eng_forward_t *fw)
@@ -512,14 +516,14 @@ const char *eng_forward_kv_dtype_name(const eng_forward_t *fw)
     }
 }
 
-/* The KV layout: f32 (kcpu), or fp8 with per-layer scales on the CUDA backend. */
+/* The KV layout: f32 or f16 (kcpu), or fp8 with per-layer scales on the CUDA backend. */
 static pd_status_t kv_layout(eng_forward_t *fw)
 {
     const eng_model_config_t *c = fw->cfg;
     const eng_forward_opts_t *o = &fw->opts;
-    if (o->kv_dtype == ENG_KV_AUTO)
-        return kcpu_kv_layout_init(&fw->kv, KCPU_DTYPE_F32, c->n_layers, o->block_size, c->n_kv_heads, c->head_dim,
-                                   o->n_blocks);
+    if (o->kv_dtype == ENG_KV_AUTO || o->kv_dtype == ENG_KV_F16)
+        return kcpu_kv_layout_init(&fw->kv, o->kv_dtype == ENG_KV_F16 ? KCPU_DTYPE_F16 : KCPU_DTYPE_F32, c->n_layers,
+                                   o->block_size, c->n_kv_heads, c->head_dim, o->n_blocks);
 #ifdef PD_HAVE_CUDA
     if (strcmp(fw->ops->name, "cuda") == 0) {
         CK(eng_backend_cuda_kv_layout_init(&fw->kv,

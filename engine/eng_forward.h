@@ -27,6 +27,7 @@ typedef enum eng_kv_dtype {
     ENG_KV_AUTO = 0,   /* f32 */
     ENG_KV_FP8_E4M3,   /* "fp8", "fp8_e4m3" */
     ENG_KV_FP8_E5M2,   /* "fp8_e5m2" */
+    ENG_KV_F16,        /* what "auto" becomes on CUDA for a bf16/f16 model (not a CLI name) */
 } eng_kv_dtype_t;
 
 /* "auto", "fp8", "fp8_e4m3", "fp8_e5m2" (NULL = auto); PD_ERR_INVAL otherwise. */

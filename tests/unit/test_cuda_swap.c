@@ -63,13 +63,13 @@ static void on_out(void *user, const eng_output_t *out)
 
 static char model_dir[4096];
 
-static eng_engine_t *make(int64_t n_blocks, int64_t host_blocks)
+static eng_engine_t *make_dtype(const char *dtype, int64_t n_blocks, int64_t host_blocks)
 {
     eng_engine_cfg_t c;
     eng_engine_t *e = NULL;
     eng_engine_cfg_init(&c);
     c.load.model = model_dir;
-    c.load.dtype = "float32";
+    c.load.dtype = dtype;
     c.load.max_model_len = 128;
     c.backend = SWAP_BACKEND;
     c.skip_tokenizer_init = true;
@@ -82,6 +82,8 @@ static eng_engine_t *make(int64_t n_blocks, int64_t host_blocks)
     PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
     return e;
 }
+
+static eng_engine_t *make(int64_t n_blocks, int64_t host_blocks) { return make_dtype("float32", n_blocks, host_blocks); }
 
 /* prompt i: 9 + 3 * (i % 8) pseudo-random ids in [3, 256) */
 static int prompt(int i, int32_t *ids)
@@ -184,6 +186,44 @@ PD_TEST(test_cuda_engine_swap)
     eng_engine_destroy(e);
 }
 
+/* --kv-cache-dtype auto is the model's dtype (vLLM): a bf16 model on CUDA gets an f16
+ * cache (half the bytes), a float32 model an f32 one; swap moves f16 blocks too. */
+PD_TEST(test_cuda_engine_kv_auto)
+{
+    static res_t got[N_REQ];
+    eng_kv_region_t r;
+    eng_engine_stats_t st;
+    eng_engine_t *e = make_dtype("bfloat16", 12, 128);
+    if (e == NULL)
+        return;
+    memset(&r, 0, sizeof(r));
+    eng_engine_kv_region(e, &r);
+    PD_CHECK(r.dtype != NULL && strcmp(r.dtype, "f16") == 0);
+    run(e, 0, N_REQ, got);
+    int full = 0;
+    for (int i = 0; i < N_REQ; i++)
+        full += got[i].done && got[i].n == N_GEN;
+    PD_CHECK_EQ_INT(full, N_REQ);
+    for (int k = 0; k < 200; k++) {
+        eng_engine_get_stats(e, &st);
+        if (st.n_free_blocks == st.n_blocks && st.n_host_free_blocks == st.n_host_blocks)
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    PD_CHECK(st.swap_out_blocks > 0);
+    PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
+    eng_engine_destroy(e);
+
+    e = make(16, 0);
+    if (e == NULL)
+        return;
+    memset(&r, 0, sizeof(r));
+    eng_engine_kv_region(e, &r);
+    PD_CHECK(r.dtype != NULL && strcmp(r.dtype, "f32") == 0);
+    eng_engine_destroy(e);
+}
+
 int main(void)
 {
     const eng_backend_ops_t *ops = eng_backend_get(SWAP_BACKEND);
@@ -198,5 +238,6 @@ int main(void)
     snprintf(model_dir, sizeof(model_dir), "%s/tests/data/models/tiny-llama", src ? src : ".");
     PD_RUN(test_cuda_kv_swap_op);
     PD_RUN(test_cuda_engine_swap);
+    PD_RUN(test_cuda_engine_kv_auto);
     return PD_TEST_REPORT();
 }
