@@ -7,7 +7,8 @@
 #        libraries the binaries need (apt-get download + dpkg -x) into DEST, a folder
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
-#        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager) and bench_cuda; full
+#        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap and
+#        bench_cuda; full
 #        logs to $OUT (or /tmp/gpu_suite), a short table last.
 #   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the two cuda tests under
 #        compute-sanitizer memcheck.
@@ -17,7 +18,7 @@ stage() {
     local build=$1 dest=$2 src
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
-    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine bench/cuda/bench_cuda; do
+    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap bench/cuda/bench_cuda; do
         cp "$build/$b" "$dest/bin/" || return 1
     done
     cp "$0" "$dest/gpu_suite.sh"
@@ -64,7 +65,7 @@ run() {
         secs+=($((SECONDS - t0)))
         (cd "$dir/src/tests/data" && tar czf "$out/goldens_tiny.tar.gz" goldens/tiny-*.json) 2>/dev/null
     fi
-    for t in test_cuda_ops test_cuda_golden test_cuda_engine; do
+    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
         local t0=$SECONDS
         (cd "$dir/src" && timeout 150 "$dir/bin/$t") > "$out/$t.log" 2>&1
         rcs+=($?)
@@ -79,7 +80,7 @@ run() {
     secs+=($((SECONDS - t0)))
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt") =="
-    grep -A45 '^== bench_cuda' "$out/bench_cuda.log" | grep -v '^JSON'
+    sed -n '/^== bench_cuda/,$p' "$out/bench_cuda.log" | grep -v '^JSON'
     grep '^JSON' "$out/bench_cuda.log"
     printf '%-20s %-8s %6s\n' step result seconds
     for i in "${!names[@]}"; do
