@@ -129,11 +129,13 @@ def cpu_model():
 def start_upstream(args, tmp, port):
     """Start the chosen upstream on port; returns (process, description)."""
     if args.upstream == "c":
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if not cc:
-            sys.exit("no C compiler for the c upstream (use --upstream python)")
-        exe = os.path.join(tmp, "upstream")
-        subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
+        exe = args.upstream_bin
+        if not exe:
+            cc = shutil.which("cc") or shutil.which("gcc")
+            if not cc:
+                sys.exit("no C compiler for the c upstream (use --upstream-bin or --upstream python)")
+            exe = os.path.join(tmp, "upstream")
+            subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
         proc = subprocess.Popen([exe, str(port), str(args.ttft_ms), str(args.itl_ms)], stdout=subprocess.DEVNULL)
         return proc, f"bench_proxy_upstream.c ttft {args.ttft_ms} ms itl {args.itl_ms} ms", "/health"
     if args.upstream == "python":
@@ -162,7 +164,7 @@ def main():
     ap.add_argument("--model", default=None, help="GGUF for --upstream node (default: the default model)")
     ap.add_argument("--node-threads", type=int, default=1)
     ap.add_argument("--concurrency", default="1,64,1000")
-    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(64, 2 x concurrency)")
+    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(16, 2 x concurrency)")
     ap.add_argument("--output-len", type=int, default=16)
     ap.add_argument("--ttft-ms", type=float, default=50)
     ap.add_argument("--itl-ms", type=float, default=50)
@@ -170,14 +172,17 @@ def main():
     ap.add_argument("--results-dir", default=None, help="also write bench_proxy_<date>_<upstream>.json here")
     ap.add_argument("--label", default="", help="free text recorded with the results")
     ap.add_argument("--proxy-bin", default=None, help="the proxy binary (default: BUILD/proxy/pdserve-proxy)")
+    ap.add_argument("--bench-bin", default=None, help="pdserve-bench (default: BUILD/bench/pdserve-bench)")
+    ap.add_argument("--upstream-bin", default=None, help="a built bench_proxy_upstream (default: compile it)")
     ap.add_argument("--proxy-args", default="", help="extra proxy options, one string")
     ap.add_argument("--baseline-proxy", default=None, help="a second proxy binary measured in the same run")
     ap.add_argument("--baseline-args", default="", help="extra options for the baseline proxy")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level")
+    ap.add_argument("--commit", default=None, help="the commit to record (default: git rev-parse of this tree)")
     args = ap.parse_args()
     if not args.num_prompts:
         args.num_prompts = 0
-    bench = os.path.join(args.build, "bench", "pdserve-bench")
+    bench = args.bench_bin or os.path.join(args.build, "bench", "pdserve-bench")
     proxy_bin = args.proxy_bin or os.path.join(args.build, "proxy", "pdserve-proxy")
     for b in (bench, proxy_bin) + ((args.baseline_proxy,) if args.baseline_proxy else ()):
         if not os.path.exists(b):
@@ -200,7 +205,7 @@ def main():
                 wait_http(f"http://127.0.0.1:{bl_port}/health", timeout=30)
                 run_bench(bench, f"http://127.0.0.1:{bl_port}", 4, w, tmp, "warmup_bl", 7)
             for conc in [int(c) for c in args.concurrency.split(",")]:
-                n = args.num_prompts or max(64, 2 * conc)
+                n = args.num_prompts or max(16, 2 * conc)
                 a = argparse.Namespace(**vars(args))
                 a.num_prompts = n
                 for rep in range(max(1, args.repeat)):
@@ -226,7 +231,7 @@ def main():
                     p.wait()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
-            "commit": git_commit(), "upstream": upstream,
+            "commit": args.commit or git_commit(), "upstream": upstream,
             "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args, "output_len": args.output_len, "label": args.label,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "

@@ -2,16 +2,24 @@
  * px_proxy.c - pdserve-proxy's front door and upstream relay.
  *
  * HTTP handlers (pd_http worker threads) parse and sanitise a request, build a px_req_t
- * and hand it to the relay thread, which drives every upstream transfer on one libcurl
- * multi handle.  For a generation request the relay runs the prefill leg (a copy with
- * max_tokens 1, stream false and kv_transfer_params {"do_remote_decode": true, ...}),
- * takes the kv_transfer_params from its answer and runs the decode leg (the original
- * request plus those params), relaying the decode answer: a JSON body as one answer,
- * an SSE stream event by event as it arrives (whole events only, never the whole
- * stream).
+ * and hand it to one of the relay threads (--relay-threads, chosen in turn when the
+ * request is created).  Each relay thread owns a libcurl multi handle driven through
+ * the socket API: libcurl tells it which sockets to watch (relay_sock_cb -> its epoll
+ * set) and when its next timeout is due (relay_timer_cb); the thread waits in
+ * epoll_wait and hands libcurl only the sockets that are ready, so a wake-up costs work
+ * for those transfers, not for every transfer in flight.  An eventfd wakes it for new
+ * requests, client disconnects and shutdown.  For a generation request the relay runs
+ * the prefill leg (a copy with max_tokens 1, stream false and kv_transfer_params
+ * {"do_remote_decode": true, ...}), takes the kv_transfer_params from its answer and
+ * runs the decode leg (the original request plus those params), relaying the decode
+ * answer: a JSON body as one answer, an SSE stream event by event as it arrives (whole
+ * events only, never the whole stream; the complete events of one read go out in one
+ * write).
  *
  * Invariants:
- * - Only the relay thread touches a request's curl handle, buffers and leg state.
+ * - Only the request's relay thread touches its curl handle, buffers and leg state;
+ *   requests never move between relays (a relay's connections, easy handles and active
+ *   list are its own).
  * - A px_req_t is reference-counted: one reference for the relay thread (dropped when it
  *   has answered and cleaned up) and one for the client-close callback (the parked
  *   request's on_close, then the stream's on_close, which fires exactly once).  A close
@@ -21,6 +29,8 @@
  *   --max-retries times per leg) and then answered with the upstream status and error
  *   JSON; after the stream began, a failure is an SSE error event then [DONE].
  * - Every upstream transfer has CURLOPT_TIMEOUT_MS = what is left of --request-timeout.
+ * - libcurl is never re-entered from its own callbacks: legs start and end (add/remove
+ *   handle) only from the relay loop, after curl_multi_socket_action returned.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
