@@ -300,6 +300,54 @@ def test_client_disconnect_aborts_upstream(proxy1, decode_node):
     assert post(proxy1, "/v1/completions", {"model": "smol", "prompt": "ok", "max_tokens": 2})[0] == 200
 
 
+def test_several_relay_threads(tmp_path_factory, decode_node):
+    """--relay-threads 3: requests dealt over three relays (each its own connections and
+    event loop) give the node's own answers when run together, a client leaving is seen
+    on every relay, and an out-of-range value is refused at start-up."""
+    bad = subprocess.run([os.path.join(os.environ.get("PDSERVE_BUILD_DIR", os.path.join(ROOT, "build")), "proxy",
+                                       "pdserve-proxy"), "--decode", "127.0.0.1:1", "--relay-threads", "65"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--relay-threads" in bad.stderr
+    px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}", "--relay-threads", "3"])
+    try:
+        prompts = [f"Item {i}: the colour of the sky is" for i in range(9)]
+        direct = [client(decode_node).completions.create(model="smol", prompt=p, max_tokens=8, temperature=0)
+                  .choices[0].text for p in prompts]
+        got = [None] * len(prompts)
+
+        def one(i):
+            stream = client(px).completions.create(model="smol", prompt=prompts[i], max_tokens=8, temperature=0,
+                                                   stream=True)
+            got[i] = "".join(c.choices[0].text for c in stream if c.choices)
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert got == direct
+        # three clients leave mid-stream, one after the other: one request on each relay
+        wait_idle(decode_node.url)
+        start = metric(decode_node, "pdserve:kv_free_blocks")
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=30)
+            conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": "A long story:",
+                                                                     "max_tokens": 1500, "ignore_eos": True,
+                                                                     "stream": True}),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 200
+            r.fp.readline()
+            conn.sock.close()
+            conn.close()
+            assert wait_node_idle(decode_node, start), "decode node still running after the client left"
+        assert metric(px, "pdserve_proxy_errors_total", 'kind="client_disconnect"') == 3
+        models = get_json(px.url + "/v1/models")
+        assert models["data"][0]["id"] == "smol"
+    finally:
+        px.stop()
+
+
 def test_max_concurrent_requests_429(tmp_path_factory, decode_node):
     px = start_proxy(tmp_path_factory, ["--decode", f"127.0.0.1:{decode_node.port}",
                                         "--max-concurrent-requests", "1"])
