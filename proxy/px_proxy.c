@@ -65,7 +65,9 @@ struct px_req {
     leg_t leg;
     int is_stream, is_chat, split;
     cJSON *root;               /* sanitised request (generation) */
-    char *fwd_body;            /* forward legs: the body as received */
+    char *fwd_body;            /* the body as received: forward legs, and decode-only generation
+                                * requests from which nothing was stripped (sent verbatim
+                                * instead of printing the tree again) */
     px_prefix_t prefix;
     px_node_t *node;           /* current leg's node */
     px_node_t *tried[PX_MAX_TRIED];
@@ -555,17 +557,20 @@ static void leg_start(px_req_t *r)
     r->status = 0;
     pd_buf_reset(&r->resp);
     pd_buf_reset(&r->sse);
+    const char *post = NULL;
     if (r->leg == LEG_PREFILL)
-        r->send_body = prefill_body(r);
+        post = r->send_body = prefill_body(r);
+    else if (r->leg == LEG_DECODE && r->fwd_body && !r->split && !r->resumed)
+        post = r->fwd_body; /* unchanged since it arrived */
     else if (r->leg == LEG_DECODE)
-        r->send_body = cJSON_PrintUnformatted(r->root);
+        post = r->send_body = cJSON_PrintUnformatted(r->root);
     else if (!r->get)
-        r->send_body = strdup(r->fwd_body ? r->fwd_body : "");
+        post = r->fwd_body ? r->fwd_body : "";
     char url[PX_ADDR_MAX + 48], hid[80];
     snprintf(url, sizeof(url), "%s%s", n->url, r->path);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", r->id);
     r->easy = r->rl->n_spare ? r->rl->spare[--r->rl->n_spare] : curl_easy_init();
-    if (r->easy == NULL || (!r->get && r->send_body == NULL)) {
+    if (r->easy == NULL || (!r->get && post == NULL)) {
         easy_cleanup(r);
         answer_error(r, 500, "out of memory", NULL);
         req_finish(r);
@@ -581,8 +586,8 @@ static void leg_start(px_req_t *r)
     curl_easy_setopt(r->easy, CURLOPT_URL, url);
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->hdrs);
     if (!r->get) {
-        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->send_body);
-        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(r->send_body));
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, post);
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(post));
     }
     curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
@@ -1211,8 +1216,14 @@ static void h_generate(pd_http_req_t *hreq, void *user)
         pd_http_respond_error(hreq, 500, NULL, "out of memory", NULL, NULL);
         return;
     }
-    for (int i = 0; strip_fields[i]; i++)
-        cJSON_DeleteItemFromObjectCaseSensitive(root, strip_fields[i]);
+    int stripped = 0;
+    for (int i = 0; strip_fields[i]; i++) {
+        cJSON *f;
+        while ((f = cJSON_DetachItemFromObjectCaseSensitive(root, strip_fields[i])) != NULL) {
+            stripped = 1; /* every copy: a duplicate key must not slip through */
+            cJSON_Delete(f);
+        }
+    }
     r->root = root;
     r->is_chat = is_chat;
     r->is_stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "stream"));
@@ -1246,6 +1257,10 @@ static void h_generate(pd_http_req_t *hreq, void *user)
                 !cJSON_IsNumber(cJSON_GetArrayItem(prompts, 0));
     r->split = px_pools_eligible(&px->pools, PX_ROLE_PREFILL) > 0 && est_tokens >= px->min_prompt_tokens && !multi;
     r->leg = r->split ? LEG_PREFILL : LEG_DECODE;
+    /* a decode-only request the proxy did not change goes out as it came (no second
+     * print of the tree; legs that change it print r->root) */
+    if (!r->split && !stripped)
+        r->fwd_body = strndup(body, len);
     pd_metric_inc(px->m_split[r->split]);
     pd_http_req_set_on_close(hreq, on_req_close, r);
     submit(r);

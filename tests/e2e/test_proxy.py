@@ -193,6 +193,32 @@ def test_prefill_leg_shape_and_client_params_stripped(tmp_path_factory, fake):
         dec.stop()
 
 
+def test_decode_only_body_verbatim_and_duplicates_stripped(tmp_path_factory):
+    """Decode-only: a request the proxy need not change reaches the node byte for byte;
+    one with transfer parameters (every copy of a duplicated key) has them removed."""
+    dec = Fake()
+    px = start_proxy(tmp_path_factory, ["--decode", dec.addr])
+    try:
+        raw = '{"model": "m",  "prompt": "caf\\u00e9 \u00e9",\n "max_tokens": 3, "temperature": 0.70}'
+        conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=raw.encode(), headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert dec.received()[-1]["raw"] == raw
+        dup = ('{"model": "m", "prompt": "x", "kv_transfer_params": {"remote_host": "10.6.6.6"}, "max_tokens": 2, '
+               '"kv_transfer_params": {"remote_host": "10.7.7.7"}, "request_id": "a", "request_id": "b"}')
+        conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=dup.encode(), headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        got = dec.received()[-1]
+        assert "kv_transfer_params" not in got["raw"] and "request_id" not in got["raw"]
+        assert got["body"]["max_tokens"] == 2 and got["body"]["prompt"] == "x"
+    finally:
+        px.stop()
+        dec.stop()
+
+
 def test_split_with_real_decode_and_conditional_disagg(tmp_path_factory, fake, decode_node):
     # the plain decode node has no KV connector: the fake gives null params (decode recomputes)
     fake.set_status(200, kv=False)
