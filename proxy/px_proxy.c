@@ -840,12 +840,14 @@ static void leg_done(px_req_t *r, CURLcode rc)
 
 /* ---- relay threads ---- */
 
-/* libcurl's socket callback: keep the epoll set equal to what libcurl waits for. */
+/* libcurl's socket callback: keep the epoll set equal to what libcurl waits for.
+ * sockp (curl_multi_assign) marks a socket already in the set, so a new interest is one
+ * epoll_ctl: ADD for a socket libcurl starts watching (again: it forgets sockp when it
+ * stops), MOD for a change. */
 static int relay_sock_cb(CURL *e, curl_socket_t fd, int what, void *user, void *sockp)
 {
     px_relay_t *rl = user;
     (void)e;
-    (void)sockp;
     if (what == CURL_POLL_REMOVE) {
         /* ENOENT/EBADF: libcurl closed it first; epoll forgot it with the close */
         epoll_ctl(rl->epfd, EPOLL_CTL_DEL, fd, NULL);
@@ -856,13 +858,18 @@ static int relay_sock_cb(CURL *e, curl_socket_t fd, int what, void *user, void *
         ev.events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
         ev.events |= EPOLLOUT;
-    /* MOD first: the usual case is a change of interest on a known socket; a socket
-     * closed without a REMOVE and its number reused is unknown to epoll again */
-    if (epoll_ctl(rl->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT &&
-        epoll_ctl(rl->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-        PD_LOG_ERR("proxy: relay %u: epoll_ctl(ADD, %d): %s", rl->idx, (int)fd, strerror(errno));
-        return -1;
+    int op = sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(rl->epfd, op, fd, &ev) != 0) {
+        /* the set disagrees with sockp (a socket closed and its number reused without
+         * a REMOVE): the other operation fixes it */
+        op = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(rl->epfd, op, fd, &ev) != 0) {
+            PD_LOG_ERR("proxy: relay %u: epoll_ctl(%d): %s", rl->idx, (int)fd, strerror(errno));
+            return -1;
+        }
     }
+    if (!sockp)
+        curl_multi_assign(rl->multi, fd, rl);
     return 0;
 }
 
