@@ -303,15 +303,22 @@ static int stream_out(px_req_t *r, const char *data, size_t len)
             return -1;
         pd_http_stream_t *s;
         pd_status_t st = pd_http_stream_begin(r->hreq, "text/event-stream", on_stream_close, r, &s);
-        if (st != PD_OK)
+        if (st != PD_OK) {
+            atomic_store(&r->client_gone, 1);
             return -1;
+        }
         /* the close reference moves to the stream's on_close, which always fires */
         r->hreq = NULL;
         r->stream = s;
         r->started = 1;
     }
-    if (len && pd_http_stream_write(r->stream, data, len) != PD_OK)
+    if (len && pd_http_stream_write(r->stream, data, len) != PD_OK) {
+        /* the client left (or stopped reading 64 MiB ago) before its close callback
+         * ran: the same as client_gone, so the leg ends as a disconnect, never resumed
+         * elsewhere for nobody */
+        atomic_store(&r->client_gone, 1);
         return -1;
+    }
     return 0;
 }
 
