@@ -727,19 +727,23 @@ static void leg_done(px_req_t *r, CURLcode rc)
     if (rc == CURLE_OK && ttfb > 0)
         pd_metric_observe(px->m_lat[r->leg], ttfb);
     int client_gone = atomic_load(&r->client_gone);
+    /* a client that closes right after [DONE] (before the upstream's last chunk was
+     * read) had the whole answer: not a disconnect */
+    int had_all = client_gone && r->saw_done;
     int transport = rc != CURLE_OK;
     if (node && !client_gone && (transport || status >= 500)) {
         atomic_fetch_add(&node->failures, 1);
         if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST)
             atomic_store(&node->healthy, 0); /* the health checker revives it */
     }
-    if (client_gone)
+    if (client_gone && !had_all)
         count_err(px, E_CLIENT_GONE); /* before the connection closes: the node sees that */
     long up_status = r->status;
     easy_cleanup(r);
 
     if (client_gone) {
-        PD_LOG_REQ(INFO, r->id, "proxy: client left; upstream request to %s closed", node_url);
+        if (!had_all)
+            PD_LOG_REQ(INFO, r->id, "proxy: client left; upstream request to %s closed", node_url);
         req_finish(r);
         return;
     }
