@@ -107,6 +107,27 @@ def run_bench(bench, url, conc, args, outdir, tag, seed):
         return json.load(f)
 
 
+def relay_cpu_seconds(pid):
+    """CPU seconds of the proxy's relay threads (named px-relay-N; 0 for a proxy
+    without named relays)."""
+    total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm.startswith("px-relay"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def git_commit():
     try:
         return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -215,10 +236,12 @@ def main():
                     if rep % 2:
                         order.reverse()
                     for name, proc, port in order:
-                        c0 = cpu_seconds(proc.pid)
+                        c0, r0 = cpu_seconds(proc.pid), relay_cpu_seconds(proc.pid)
                         v = run_bench(bench, f"http://127.0.0.1:{port}", conc, a, tmp, f"{name}_{conc}",
                                       seed + (500 if name == "proxy" else 700))
                         row = make_row(conc, n, d, v, cpu_seconds(proc.pid) - c0, args)
+                        # the relay threads' part of it (the rest: HTTP workers, watcher)
+                        row["proxy_relay_cpu_s"] = relay_cpu_seconds(proc.pid) - r0
                         row["variant"] = name
                         row["repeat"] = rep
                         rows.append(row)
@@ -232,21 +255,25 @@ def main():
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
             "commit": args.commit or git_commit(), "upstream": upstream,
-            "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args, "output_len": args.output_len, "label": args.label,
+            "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args,
+            "output_len": args.output_len, "label": args.label,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
           f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")
     print("| conc | req/s direct / proxy | TTFT p50 direct / proxy / added (ms) | TTFT p99 direct / proxy / added |"
-          " ITL p50 added (ms) | ITL p99 direct / proxy / added (ms) | proxy CPU us/req | us/token |")
-    print("|---|---|---|---|---|---|---|---|")
+          " ITL p50 added (ms) | ITL p99 direct / proxy / added (ms) | proxy CPU us/req | us/token | relay share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tag = " baseline" if r.get("variant") == "baseline" else ""
+        share = (f"{100 * r['proxy_relay_cpu_s'] / r['proxy_cpu_s']:.0f} %"
+                 if r.get("proxy_relay_cpu_s") and r["proxy_cpu_s"] else "-")
         print(f"| {r['concurrency']}{tag} | {r['req_per_s_direct']:.1f} / {r['req_per_s_proxy']:.1f} | "
               f"{r['p50_ttft_ms_direct']:.2f} / {r['p50_ttft_ms_proxy']:.2f} / {r['p50_ttft_ms_added']:+.2f} | "
               f"{r['p99_ttft_ms_direct']:.2f} / {r['p99_ttft_ms_proxy']:.2f} / {r['p99_ttft_ms_added']:+.2f} | "
               f"{r['p50_itl_ms_added']:+.3f} | {r['p99_itl_ms_direct']:.2f} / {r['p99_itl_ms_proxy']:.2f} / "
               f"{r['p99_itl_ms_added']:+.3f} | {r['proxy_cpu_us_per_request']:.0f} | "
-              f"{r['proxy_cpu_us_per_token']:.1f} |")
+              f"{r['proxy_cpu_us_per_token']:.1f} | "
+              f"{share} |")
     out = [args.json] if args.json else []
     if args.results_dir:
         out.append(os.path.join(args.results_dir, f"bench_proxy_{time.strftime('%Y-%m-%d', time.gmtime())}_"
