@@ -19,6 +19,14 @@ Upstreams (--upstream):
   python3 bench/bench_proxy.py [--build build] [--upstream c|python|node]
          [--concurrency 1,64,1000] [--num-prompts N] [--output-len 16] [--ttft-ms 50]
          [--itl-ms 50] [--json out.json] [--results-dir bench/results]
+         [--proxy-args "--relay-threads 2"] [--baseline-proxy OLD_BINARY [--baseline-args ...]]
+         [--repeat N]
+
+--baseline-proxy runs a second proxy binary (e.g. one built from an older commit) in
+the same run, against the same upstream, right after the first one at every level
+(the order alternates between repeats), so a change is measured before/after on the
+same load; its rows are marked "baseline".  --repeat runs every level N times (the
+rows are kept apart: on a loaded machine their spread is the error bar).
 """
 import argparse
 import json
@@ -59,6 +67,28 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_proxy(binary, up_port, port, extra):
+    return subprocess.Popen([binary, "--decode", f"127.0.0.1:{up_port}", "--port", str(port),
+                             "--disable-log-requests", "--uvicorn-log-level", "warning",
+                             "--max-concurrent-requests", "100000"] + extra)
+
+
+def make_row(conc, n, d, v, cpu, args):
+    toks = v.get("total_output_tokens") or n * args.output_len
+    row = {"concurrency": conc, "num_prompts": n, "completed_direct": d["completed"],
+           "completed_proxy": v["completed"], "failed_direct": d.get("failed", 0),
+           "failed_proxy": v.get("failed", 0), "peak_inflight_proxy": v.get("peak_inflight"),
+           "proxy_cpu_s": cpu, "proxy_cpu_us_per_request": cpu / max(1, v["completed"]) * 1e6,
+           "proxy_cpu_us_per_token": cpu / max(1, toks) * 1e6,
+           "req_per_s_direct": d["request_throughput"], "req_per_s_proxy": v["request_throughput"]}
+    for k in ("mean_ttft_ms", "p50_ttft_ms", "p99_ttft_ms", "mean_itl_ms", "p50_itl_ms", "p99_itl_ms",
+              "p50_tpot_ms", "p99_tpot_ms", "p50_e2el_ms", "p99_e2el_ms"):
+        row[k + "_direct"] = d[k]
+        row[k + "_proxy"] = v[k]
+        row[k + "_added"] = v[k] - d[k]
+    return row
+
+
 def run_bench(bench, url, conc, args, outdir, tag, seed):
     # a different seed per run: a real node's prefix cache must not serve the second
     # run's prompts from the first run's
@@ -75,6 +105,27 @@ def run_bench(bench, url, conc, args, outdir, tag, seed):
         sys.exit(f"pdserve-bench failed ({tag}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     with open(os.path.join(outdir, f"{tag}.json")) as f:
         return json.load(f)
+
+
+def relay_cpu_seconds(pid):
+    """CPU seconds of the proxy's relay threads (named px-relay-N; 0 for a proxy
+    without named relays)."""
+    total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm.startswith("px-relay"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def git_commit():
@@ -99,11 +150,13 @@ def cpu_model():
 def start_upstream(args, tmp, port):
     """Start the chosen upstream on port; returns (process, description)."""
     if args.upstream == "c":
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if not cc:
-            sys.exit("no C compiler for the c upstream (use --upstream python)")
-        exe = os.path.join(tmp, "upstream")
-        subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
+        exe = args.upstream_bin
+        if not exe:
+            cc = shutil.which("cc") or shutil.which("gcc")
+            if not cc:
+                sys.exit("no C compiler for the c upstream (use --upstream-bin or --upstream python)")
+            exe = os.path.join(tmp, "upstream")
+            subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
         proc = subprocess.Popen([exe, str(port), str(args.ttft_ms), str(args.itl_ms)], stdout=subprocess.DEVNULL)
         return proc, f"bench_proxy_upstream.c ttft {args.ttft_ms} ms itl {args.itl_ms} ms", "/health"
     if args.upstream == "python":
@@ -132,28 +185,36 @@ def main():
     ap.add_argument("--model", default=None, help="GGUF for --upstream node (default: the default model)")
     ap.add_argument("--node-threads", type=int, default=1)
     ap.add_argument("--concurrency", default="1,64,1000")
-    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(64, 2 x concurrency)")
+    ap.add_argument("--num-prompts", type=int, default=0, help="per level; 0 = max(16, 2 x concurrency)")
     ap.add_argument("--output-len", type=int, default=16)
     ap.add_argument("--ttft-ms", type=float, default=50)
     ap.add_argument("--itl-ms", type=float, default=50)
     ap.add_argument("--json", default=None)
     ap.add_argument("--results-dir", default=None, help="also write bench_proxy_<date>_<upstream>.json here")
     ap.add_argument("--label", default="", help="free text recorded with the results")
+    ap.add_argument("--proxy-bin", default=None, help="the proxy binary (default: BUILD/proxy/pdserve-proxy)")
+    ap.add_argument("--bench-bin", default=None, help="pdserve-bench (default: BUILD/bench/pdserve-bench)")
+    ap.add_argument("--upstream-bin", default=None, help="a built bench_proxy_upstream (default: compile it)")
+    ap.add_argument("--proxy-args", default="", help="extra proxy options, one string")
+    ap.add_argument("--baseline-proxy", default=None, help="a second proxy binary measured in the same run")
+    ap.add_argument("--baseline-args", default="", help="extra options for the baseline proxy")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per level")
+    ap.add_argument("--commit", default=None, help="the commit to record (default: git rev-parse of this tree)")
     args = ap.parse_args()
     if not args.num_prompts:
         args.num_prompts = 0
-    bench = os.path.join(args.build, "bench", "pdserve-bench")
-    proxy_bin = os.path.join(args.build, "proxy", "pdserve-proxy")
-    for b in (bench, proxy_bin):
+    bench = args.bench_bin or os.path.join(args.build, "bench", "pdserve-bench")
+    proxy_bin = args.proxy_bin or os.path.join(args.build, "proxy", "pdserve-proxy")
+    for b in (bench, proxy_bin) + ((args.baseline_proxy,) if args.baseline_proxy else ()):
         if not os.path.exists(b):
             sys.exit(f"{b} is not built")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_proxy_") as tmp:
-        up_port, px_port = free_port(), free_port()
+        up_port, px_port, bl_port = free_port(), free_port(), free_port()
         up, upstream, probe = start_upstream(args, tmp, up_port)
-        px = subprocess.Popen([proxy_bin, "--decode", f"127.0.0.1:{up_port}", "--port", str(px_port),
-                               "--disable-log-requests", "--uvicorn-log-level", "warning",
-                               "--max-concurrent-requests", "100000"])
+        px = start_proxy(proxy_bin, up_port, px_port, args.proxy_args.split())
+        bl = start_proxy(args.baseline_proxy, up_port, bl_port, args.baseline_args.split()) if args.baseline_proxy \
+            else None
         try:
             wait_http(f"http://127.0.0.1:{up_port}{probe}", timeout=120)
             wait_http(f"http://127.0.0.1:{px_port}/health", timeout=30)
@@ -161,48 +222,58 @@ def main():
             w = argparse.Namespace(**vars(args))
             w.num_prompts = 8
             run_bench(bench, f"http://127.0.0.1:{px_port}", 4, w, tmp, "warmup", 7)
+            if bl:
+                wait_http(f"http://127.0.0.1:{bl_port}/health", timeout=30)
+                run_bench(bench, f"http://127.0.0.1:{bl_port}", 4, w, tmp, "warmup_bl", 7)
             for conc in [int(c) for c in args.concurrency.split(",")]:
-                n = args.num_prompts or max(64, 2 * conc)
+                n = args.num_prompts or max(16, 2 * conc)
                 a = argparse.Namespace(**vars(args))
                 a.num_prompts = n
-                d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", 1000 + conc)
-                c0 = cpu_seconds(px.pid)
-                v = run_bench(bench, f"http://127.0.0.1:{px_port}", conc, a, tmp, f"proxy_{conc}", 2000 + conc)
-                cpu = cpu_seconds(px.pid) - c0
-                toks = v.get("total_output_tokens") or n * args.output_len
-                row = {"concurrency": conc, "num_prompts": n, "completed_direct": d["completed"],
-                       "completed_proxy": v["completed"], "failed_direct": d.get("failed", 0),
-                       "failed_proxy": v.get("failed", 0), "peak_inflight_proxy": v.get("peak_inflight"),
-                       "proxy_cpu_s": cpu, "proxy_cpu_us_per_request": cpu / max(1, v["completed"]) * 1e6,
-                       "proxy_cpu_us_per_token": cpu / max(1, toks) * 1e6,
-                       "req_per_s_direct": d["request_throughput"], "req_per_s_proxy": v["request_throughput"]}
-                for k in ("mean_ttft_ms", "p50_ttft_ms", "p99_ttft_ms", "mean_itl_ms", "p50_itl_ms", "p99_itl_ms",
-                          "p50_tpot_ms", "p99_tpot_ms", "p50_e2el_ms", "p99_e2el_ms"):
-                    row[k + "_direct"] = d[k]
-                    row[k + "_proxy"] = v[k]
-                    row[k + "_added"] = v[k] - d[k]
-                rows.append(row)
+                for rep in range(max(1, args.repeat)):
+                    seed = 1000 * (rep + 1) + conc
+                    d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", seed)
+                    order = [("proxy", px, px_port)] + ([("baseline", bl, bl_port)] if bl else [])
+                    if rep % 2:
+                        order.reverse()
+                    for name, proc, port in order:
+                        c0, r0 = cpu_seconds(proc.pid), relay_cpu_seconds(proc.pid)
+                        v = run_bench(bench, f"http://127.0.0.1:{port}", conc, a, tmp, f"{name}_{conc}",
+                                      seed + (500 if name == "proxy" else 700))
+                        row = make_row(conc, n, d, v, cpu_seconds(proc.pid) - c0, args)
+                        # the relay threads' part of it (the rest: HTTP workers, watcher)
+                        row["proxy_relay_cpu_s"] = relay_cpu_seconds(proc.pid) - r0
+                        row["variant"] = name
+                        row["repeat"] = rep
+                        rows.append(row)
         finally:
-            px.terminate()
-            up.terminate()
-            px.wait()
-            up.wait()
+            for p in (px, bl, up):
+                if p:
+                    p.terminate()
+            for p in (px, bl, up):
+                if p:
+                    p.wait()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
-            "commit": git_commit(), "upstream": upstream, "output_len": args.output_len, "label": args.label,
+            "commit": args.commit or git_commit(), "upstream": upstream,
+            "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args,
+            "output_len": args.output_len, "label": args.label,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
           f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")
     print("| conc | req/s direct / proxy | TTFT p50 direct / proxy / added (ms) | TTFT p99 direct / proxy / added |"
-          " ITL p50 added (ms) | ITL p99 direct / proxy / added (ms) | proxy CPU us/req | us/token |")
-    print("|---|---|---|---|---|---|---|---|")
+          " ITL p50 added (ms) | ITL p99 direct / proxy / added (ms) | proxy CPU us/req | us/token | relay share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['req_per_s_direct']:.1f} / {r['req_per_s_proxy']:.1f} | "
+        tag = " baseline" if r.get("variant") == "baseline" else ""
+        share = (f"{100 * r['proxy_relay_cpu_s'] / r['proxy_cpu_s']:.0f} %"
+                 if r.get("proxy_relay_cpu_s") and r["proxy_cpu_s"] else "-")
+        print(f"| {r['concurrency']}{tag} | {r['req_per_s_direct']:.1f} / {r['req_per_s_proxy']:.1f} | "
               f"{r['p50_ttft_ms_direct']:.2f} / {r['p50_ttft_ms_proxy']:.2f} / {r['p50_ttft_ms_added']:+.2f} | "
               f"{r['p99_ttft_ms_direct']:.2f} / {r['p99_ttft_ms_proxy']:.2f} / {r['p99_ttft_ms_added']:+.2f} | "
               f"{r['p50_itl_ms_added']:+.3f} | {r['p99_itl_ms_direct']:.2f} / {r['p99_itl_ms_proxy']:.2f} / "
               f"{r['p99_itl_ms_added']:+.3f} | {r['proxy_cpu_us_per_request']:.0f} | "
-              f"{r['proxy_cpu_us_per_token']:.1f} |")
+              f"{r['proxy_cpu_us_per_token']:.1f} | "
+              f"{share} |")
     out = [args.json] if args.json else []
     if args.results_dir:
         out.append(os.path.join(args.results_dir, f"bench_proxy_{time.strftime('%Y-%m-%d', time.gmtime())}_"

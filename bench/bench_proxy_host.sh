@@ -1,31 +1,135 @@
 #!/usr/bin/env bash
-# bench_proxy_host.sh - the proxy overhead benchmark on a bigger, idle host (the GPU
-# machine's CPUs: no GPU is used).  Builds what it needs if missing, runs
-# bench/bench_proxy.py with the C upstream at 1, 64, 256 and 1,000 concurrent streams
-# and once against a real CPU node, each step under a timeout, keeps going after a
-# failing step (each run at most 280 s, so the whole fits a 10-minute call when the
-# binaries are built), writes logs and JSON to $OUT (default ./bench_proxy_out) and prints the
-# tables last.
+# bench_proxy_host.sh - the proxy overhead benchmark (bench/bench_proxy.py, C upstream)
+# on a bigger, idle host such as the GPU machine's CPUs (no GPU is used), where nothing
+# is built: binaries are staged here, and the run there only needs bash and python3.
 #
-#   OUT=/some/dir bench/bench_proxy_host.sh [build-dir]
+#   bench/bench_proxy_host.sh stage BUILD_DIR DEST   (here) copy pdserve-proxy,
+#       pdserve-bench, the C upstream (compiled), a baseline pdserve-proxy built from
+#       $PX_BASELINE_REV (default 3b90e0d: the proxy before the relay rework; it is
+#       compiled against BUILD_DIR's libpd_common.a; skipped with a warning if that
+#       fails), bench_proxy.py, this script and the libraries ldd names that a bare
+#       Linux lacks (DEST/lib.tar.xz) into DEST (a few MiB).  DEST travels with the
+#       device call (name it in carry when it is git-ignored).
+#   bash DEST/bench_proxy_host.sh run DEST           (there) the benchmark; logs and result
+#       JSONs in $OUT (default ./bench_proxy_out); the tables last.  About 3 minutes on
+#       16 idle cores; every step has a timeout and a failing step does not stop the rest.
+#   OUT=dir bench/bench_proxy_host.sh [BUILD_DIR]    stage into a temporary folder from
+#       BUILD_DIR (default build/) and run from it, here.
+#
+# Steps of `run` (each: direct, then through the new proxy, then through the baseline
+# proxy, the order alternating between repeats; "added" = via proxy - direct, same run):
+#   1. 1 and 64 streams, once;
+#   2. 256, 1,000 and 2,000 streams, twice each;
+#   3. 1,000 and 2,000 streams: --relay-threads 1 against --relay-threads 4 (both new).
+# (A real pdserve-decode upstream is not part of it: the staged set carries no model,
+# and a node's own variance hides the proxy; bench_proxy.py --upstream node does it.)
 set -u
-top=$(cd "$(dirname "$0")/.." && pwd)
-build=${1:-$top/build}
-OUT=${OUT:-$PWD/bench_proxy_out}
-mkdir -p "$OUT"
-cd "$top"
-if [ ! -x "$build/proxy/pdserve-proxy" ] || [ ! -x "$build/bench/pdserve-bench" ] || [ ! -x "$build/decode/pdserve-decode" ]; then
-  timeout 900 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPD_CUDA=OFF >"$OUT/cmake.log" 2>&1
-  timeout 1200 cmake --build "$build" -j"$(nproc)" --target pdserve-proxy pdserve-bench pdserve-decode >"$OUT/build.log" 2>&1 \
-    || echo "build failed (see $OUT/build.log)"
-fi
-echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1 /proc/loadavg)" | tee "$OUT/host.txt"
-timeout 280 python3 bench/bench_proxy.py --build "$build" --concurrency 1,64,256,1000 --results-dir "$OUT" \
-  --label "bench_proxy_host.sh" >"$OUT/c_upstream.txt" 2>&1 || echo "c upstream run failed: $(tail -3 "$OUT/c_upstream.txt")"
-timeout 280 python3 bench/bench_proxy.py --build "$build" --upstream node --node-threads 4 --concurrency 1,8,32 \
-  --num-prompts 64 --results-dir "$OUT" --label "bench_proxy_host.sh" >"$OUT/node_upstream.txt" 2>&1 \
-  || echo "node upstream run failed: $(tail -3 "$OUT/node_upstream.txt")"
-echo "== proxy overhead, C upstream (added = via proxy - direct, same run)"
-grep '^[|#]' "$OUT/c_upstream.txt"
-echo "== proxy overhead, real pdserve-decode upstream"
-grep '^[|#]' "$OUT/node_upstream.txt"
+
+stage() {
+    local build=$1 dest=$2 src tmp b name real n size rev
+    src=$(cd "$(dirname "$0")/.." && pwd)
+    build=$(cd "$build" && pwd) || return 1
+    rev=${PX_BASELINE_REV:-3b90e0d}
+    rm -rf "$dest" && mkdir -p "$dest/bin" || return 1
+    dest=$(cd "$dest" && pwd)
+    for b in proxy/pdserve-proxy bench/pdserve-bench; do
+        [ -x "$build/$b" ] || { echo "stage: $build/$b is not built" >&2; return 1; }
+        strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1
+    done
+    cc -O2 -o "$dest/bin/bench_proxy_upstream" "$src/bench/bench_proxy_upstream.c" || return 1
+    # the baseline proxy: the sources of $rev, compiled like the build compiles the proxy
+    tmp=$(mktemp -d) || return 1
+    if git -C "$src" archive "$rev" proxy | tar -x -C "$tmp" &&
+        cc -O2 -DNDEBUG -std=gnu11 -DPD_GIT_REV="\"$rev\"" -DPD_VERSION="\"baseline\"" -I"$src/common" \
+            $(pkg-config --cflags libcjson libcurl 2>/dev/null) -o "$dest/bin/pdserve-proxy-baseline" \
+            "$tmp"/proxy/*.c "$build/common/libpd_common.a" -lzmq -lcjson -lmicrohttpd -lyaml -lgnutls -lcurl \
+            -ldl -lm -lpthread 2>"$tmp/cc.log"; then
+        strip "$dest/bin/pdserve-proxy-baseline"
+        echo "$rev" > "$dest/BASELINE"
+    else
+        echo "stage: no baseline proxy from $rev (the run measures the new proxy only):" >&2
+        tail -5 "$tmp/cc.log" >&2
+        rm -f "$dest/bin/pdserve-proxy-baseline"
+    fi
+    rm -rf "$tmp"
+    cp "$src/bench/bench_proxy.py" "$src/bench/bench_proxy_host.sh" "$dest/"
+    # runtime libraries: all ldd resolves except what every Linux has
+    tmp=$(mktemp -d) || return 1
+    mkdir -p "$tmp/lib"
+    for b in "$dest"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
+        while read -r name real; do
+            case "$name" in
+            ld-linux*|libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|libresolv.so*|libutil.so*) continue ;;
+            libgcc_s.so*|libstdc++.so*|linux-vdso*) continue ;;
+            esac
+            cp -L "$real" "$tmp/lib/$name" || echo "stage: cannot copy $real" >&2
+        done
+    n=$(find "$tmp/lib" -type f | wc -l)
+    tar -C "$tmp" -cJf "$dest/lib.tar.xz" lib || { rm -rf "$tmp"; return 1; }
+    rm -rf "$tmp"
+    git -C "$src" rev-parse --short HEAD > "$dest/COMMIT" 2>/dev/null
+    size=$(du -sb "$dest" | cut -f1)
+    echo "staged $dest: $n libraries, $((size / 1024)) KiB"
+}
+
+run() {
+    local dest=$1 bl=() st py
+    dest=$(cd "$dest" && pwd) || return 1
+    OUT=${OUT:-$PWD/bench_proxy_out}
+    mkdir -p "$OUT"
+    OUT=$(cd "$OUT" && pwd)
+    local rt
+    rt=$(mktemp -d) || return 1
+    tar -C "$rt" -xJf "$dest/lib.tar.xz" || echo "run: cannot unpack lib.tar.xz" | tee -a "$OUT/host.txt"
+    export LD_LIBRARY_PATH="$rt/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # 2,000 streams: a client, proxy and upstream socket each, twice over
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
+    py=$(command -v python3 || command -v python)
+    {
+        echo "host: $(nproc) CPUs,$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1 /proc/loadavg), open files $(ulimit -n)"
+        echo "commit: $(cat "$dest/COMMIT" 2>/dev/null), baseline: $(cat "$dest/BASELINE" 2>/dev/null || echo none)"
+    } | tee "$OUT/host.txt"
+    for b in pdserve-proxy pdserve-bench; do
+        if ldd "$dest/bin/$b" | grep -q "not found"; then
+            echo "run: $b has unresolved libraries:" | tee -a "$OUT/host.txt"
+            ldd "$dest/bin/$b" | grep "not found" | tee -a "$OUT/host.txt"
+        fi
+    done
+    [ -x "$dest/bin/pdserve-proxy-baseline" ] && bl=(--baseline-proxy "$dest/bin/pdserve-proxy-baseline")
+    local common=(--build "$dest" --proxy-bin "$dest/bin/pdserve-proxy" --bench-bin "$dest/bin/pdserve-bench"
+                  --upstream-bin "$dest/bin/bench_proxy_upstream"
+                  --commit "$(cat "$dest/COMMIT" 2>/dev/null || echo unknown)")
+    step() { # step NAME TIMEOUT ARGS...
+        local name=$1 to=$2 t0=$SECONDS
+        shift 2
+        timeout "$to" "$py" "$dest/bench_proxy.py" "${common[@]}" --label "bench_proxy_host.sh $name" \
+            --json "$OUT/$name.json" "$@" >"$OUT/$name.txt" 2>&1
+        st=$?
+        echo "step $name: exit $st, $((SECONDS - t0)) s" | tee -a "$OUT/host.txt"
+        [ $st = 0 ] || tail -5 "$OUT/$name.txt" | sed 's/^/    /'
+    }
+    step low 75 --concurrency 1,64 "${bl[@]}"
+    step high 110 --concurrency 256,1000,2000 --repeat 2 "${bl[@]}"
+    step threads 50 --concurrency 1000,2000 --proxy-args "--relay-threads 1" \
+        --baseline-proxy "$dest/bin/pdserve-proxy" --baseline-args "--relay-threads 4"
+    rm -rf "$rt"
+    echo "== proxy overhead, C upstream (added = via proxy - direct, same run; 'baseline' rows: the proxy at $(cat "$dest/BASELINE" 2>/dev/null || echo -))"
+    grep -h '^[|#]' "$OUT/low.txt" "$OUT/high.txt" 2>/dev/null | awk '!/^\|---|^\| conc/ || !seen[$0]++'
+    echo "== --relay-threads 1 (plain rows) against 4 ('baseline' rows)"
+    grep -h '^|' "$OUT/threads.txt" 2>/dev/null | grep -v -- '^|---'
+    return 0
+}
+
+case "${1:-}" in
+stage) shift; stage "$@" ;;
+run) shift; run "$@" ;;
+-h|--help) sed -n '2,30p' "$0" ;;
+*)
+    top=$(cd "$(dirname "$0")/.." && pwd)
+    d=$(mktemp -d "${TMPDIR:-/tmp}/bench_proxy_stage.XXXXXX") || exit 1
+    stage "${1:-$top/build}" "$d/stage" && run "$d/stage"
+    rc=$?
+    rm -rf "$d"
+    exit $rc
+    ;;
+esac

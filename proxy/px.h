@@ -1,7 +1,8 @@
 /*
  * px.h - pdserve-proxy internals: node pools and routing policies (px_pool.c), the
- * ZeroMQ registration receiver (px_register.c), the upstream relay on one libcurl multi
- * thread (px_relay.c) and the HTTP front door (px_server.c).
+ * ZeroMQ registration receiver (px_register.c), the per-event scanner of streamed
+ * answers (px_sse.c), and the HTTP front door with the upstream relay threads
+ * (px_proxy.c).
  *
  * Invariants: a px_node_t is never freed while the proxy runs (a registered node that
  * stops sending heartbeats is marked gone and revived if it comes back), so requests
@@ -118,7 +119,27 @@ void px_register_stop(px_register_t *reg);
 /* Parse and apply one registration message (exposed for tests/fuzzing). */
 pd_status_t px_register_apply(px_pools_t *pools, const char *msg, size_t len);
 
-/* ---- the proxy (px_relay.c / px_server.c) ---- */
+/* ---- one streamed event, scanned without a JSON tree (px_sse.c) ---- */
+typedef struct px_sse_event {
+    int has_choice;     /* choices[0] exists */
+    const char *text;   /* choices[0] "text" (completions) or "delta"."content" (chat) when
+                         * it is a string: its raw contents inside json, escapes undecoded;
+                         * NULL otherwise */
+    size_t text_len;
+    int text_escaped;   /* text has backslash escapes (decode with px_sse_unescape) */
+    int finished;       /* choices[0] "finish_reason" is a string */
+} px_sse_event_t;
+
+/* Scan one event's JSON object (the text after "data: ").  0 and *ev filled, or -1
+ * when it is not a shape the scanner handles (the caller parses it fully then).  No
+ * allocation; the first of duplicate keys counts, as with cJSON. */
+int px_sse_scan(const char *json, size_t len, int is_chat, px_sse_event_t *ev);
+
+/* Append the decoded JSON string contents s[0..n) to out; 0, or -1 (out unchanged) on
+ * a bad escape, a lone surrogate or \u0000. */
+int px_sse_unescape(const char *s, size_t n, pd_buf_t *out);
+
+/* ---- the proxy (px_proxy.c) ---- */
 typedef struct px_proxy px_proxy_t;
 pd_status_t px_proxy_create(const px_args_t *args, px_proxy_t **px_p);
 pd_status_t px_proxy_start(px_proxy_t *px);

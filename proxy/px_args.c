@@ -51,6 +51,8 @@ pd_status_t px_args_parse(int argc, char **argv, px_args_t *a, pd_cli_action_t *
         msg = "--disagg-min-prompt-tokens: must be >= 0";
     } else if (a->max_concurrent_requests < 1) {
         msg = "--max-concurrent-requests: must be >= 1";
+    } else if (a->relay_threads < 0 || a->relay_threads > 64) {
+        msg = "--relay-threads: must be between 0 (one per 4 CPUs, at most 4) and 64";
     }
     if (msg) {
         snprintf(err, errlen, "%s", msg);

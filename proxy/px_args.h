@@ -20,6 +20,7 @@
   X("Server", disable_log_requests, "--disable-log-requests", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "do not log each request") \
   X("Server", max_concurrent_requests, "--max-concurrent-requests", NULL, INT, "4096", NULL, WORKS, NULL, 0, "requests in flight before new ones get 429") \
   X("Server", drain_timeout, "--drain-timeout", NULL, FLOAT, "30", NULL, WORKS, NULL, 0, "seconds to finish in-flight requests after SIGTERM") \
+  X("Server", relay_threads, "--relay-threads", NULL, INT, "0", NULL, WORKS, NULL, 0, "upstream relay threads, each with its own libcurl connections and epoll loop; requests are spread over them in turn (0: one per 4 CPUs, 1 to 4)") \
   X("CORS", allow_credentials, "--allow-credentials", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "allow credentials in CORS requests") \
   X("CORS", allowed_origins, "--allowed-origins", NULL, JSON, "[\"*\"]", NULL, WORKS, NULL, PD_OPTF_JSON_STRARR, "allowed origins, a JSON list") \
   X("CORS", allowed_methods, "--allowed-methods", NULL, JSON, "[\"*\"]", NULL, WORKS, NULL, PD_OPTF_JSON_STRARR, "allowed methods, a JSON list") \

@@ -2,16 +2,24 @@
  * px_proxy.c - pdserve-proxy's front door and upstream relay.
  *
  * HTTP handlers (pd_http worker threads) parse and sanitise a request, build a px_req_t
- * and hand it to the relay thread, which drives every upstream transfer on one libcurl
- * multi handle.  For a generation request the relay runs the prefill leg (a copy with
- * max_tokens 1, stream false and kv_transfer_params {"do_remote_decode": true, ...}),
- * takes the kv_transfer_params from its answer and runs the decode leg (the original
- * request plus those params), relaying the decode answer: a JSON body as one answer,
- * an SSE stream event by event as it arrives (whole events only, never the whole
- * stream).
+ * and hand it to one of the relay threads (--relay-threads, chosen in turn when the
+ * request is created).  Each relay thread owns a libcurl multi handle driven through
+ * the socket API: libcurl tells it which sockets to watch (relay_sock_cb -> its epoll
+ * set) and when its next timeout is due (relay_timer_cb); the thread waits in
+ * epoll_wait and hands libcurl only the sockets that are ready, so a wake-up costs work
+ * for those transfers, not for every transfer in flight.  An eventfd wakes it for new
+ * requests, client disconnects and shutdown.  For a generation request the relay runs
+ * the prefill leg (a copy with max_tokens 1, stream false and kv_transfer_params
+ * {"do_remote_decode": true, ...}), takes the kv_transfer_params from its answer and
+ * runs the decode leg (the original request plus those params), relaying the decode
+ * answer: a JSON body as one answer, an SSE stream event by event as it arrives (whole
+ * events only, never the whole stream; the complete events of one read go out in one
+ * write).
  *
  * Invariants:
- * - Only the relay thread touches a request's curl handle, buffers and leg state.
+ * - Only the request's relay thread touches its curl handle, buffers and leg state;
+ *   requests never move between relays (a relay's connections, easy handles and active
+ *   list are its own).
  * - A px_req_t is reference-counted: one reference for the relay thread (dropped when it
  *   has answered and cleaned up) and one for the client-close callback (the parked
  *   request's on_close, then the stream's on_close, which fires exactly once).  A close
@@ -21,12 +29,18 @@
  *   --max-retries times per leg) and then answered with the upstream status and error
  *   JSON; after the stream began, a failure is an SSE error event then [DONE].
  * - Every upstream transfer has CURLOPT_TIMEOUT_MS = what is left of --request-timeout.
+ * - libcurl is never re-entered from its own callbacks: legs start and end (add/remove
+ *   handle) only from the relay loop, after curl_multi_socket_action returned.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "pd_json.h"
 #include "pd_log.h"
@@ -38,9 +52,11 @@
 typedef enum { LEG_PREFILL = 0, LEG_DECODE, LEG_FORWARD } leg_t;
 
 typedef struct px_req px_req_t;
+typedef struct px_relay px_relay_t;
 struct px_req {
     atomic_int refs;
     px_proxy_t *px;
+    px_relay_t *rl;            /* the relay thread that owns it (fixed at creation) */
     pd_http_req_t *hreq;       /* NULL once answered */
     pd_http_stream_t *stream;  /* once the client stream began */
     char id[48];
@@ -49,7 +65,9 @@ struct px_req {
     leg_t leg;
     int is_stream, is_chat, split;
     cJSON *root;               /* sanitised request (generation) */
-    char *fwd_body;            /* forward legs: the body as received */
+    char *fwd_body;            /* the body as received: forward legs, and decode-only generation
+                                * requests from which nothing was stripped (sent verbatim
+                                * instead of printing the tree again) */
     px_prefix_t prefix;
     px_node_t *node;           /* current leg's node */
     px_node_t *tried[PX_MAX_TRIED];
@@ -83,6 +101,26 @@ static const char *err_kind[E_N] = {"bad_request", "overload", "no_node", "conne
                                     "upstream_4xx", "upstream_5xx", "midstream", "client_disconnect",
                                     "prefill_fallback"};
 
+/* One relay thread: its own libcurl multi handle driven through the socket API
+ * (curl_multi_socket_action on the sockets epoll reports, plus libcurl's timer), so a
+ * wake-up costs work for the sockets that are ready, not for every transfer; an
+ * eventfd wakes it for new requests, client disconnects and shutdown. */
+struct px_relay {
+    px_proxy_t *px;
+    unsigned idx;
+    CURLM *multi;
+    int epfd, wakefd;
+    uint64_t timer_at_ns;      /* libcurl's timeout is due then; 0: none */
+    pthread_t thread;
+    int started;
+    pthread_mutex_t qlock;
+    px_req_t *q_head, *q_tail;
+    atomic_int gone_pending;
+    px_req_t *active;
+    CURL *spare[64];           /* finished easy handles, reset, for the next legs */
+    unsigned n_spare;
+};
+
 struct px_proxy {
     const px_args_t *args;
     px_pools_t pools;
@@ -97,14 +135,10 @@ struct px_proxy {
     int stream_first;
     atomic_int inflight;
 
-    CURLM *multi;
-    pthread_t relay;
+    px_relay_t *relays;
+    unsigned n_relays;
+    atomic_uint next_relay;
     atomic_int relay_run;
-    int relay_started;
-    pthread_mutex_t qlock;
-    px_req_t *q_head, *q_tail;
-    atomic_int gone_pending;
-    px_req_t *active;
 
     pthread_t health;
     int health_started;
@@ -133,28 +167,34 @@ static void req_unref(px_req_t *r)
     free(r);
 }
 
-static void wake(px_proxy_t *px) { curl_multi_wakeup(px->multi); }
+static void wake(px_relay_t *rl)
+{
+    uint64_t one = 1;
+    if (write(rl->wakefd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, a wake-up is pending anyway */
+    }
+}
 
 static void on_req_close(pd_http_req_t *hreq, void *user)
 {
     px_req_t *r = user;
     (void)hreq;
-    px_proxy_t *px = r->px;
+    px_relay_t *rl = r->rl;
     atomic_store(&r->client_gone, 1);
-    atomic_fetch_add(&px->gone_pending, 1);
-    wake(px);
+    atomic_fetch_add(&rl->gone_pending, 1);
+    wake(rl);
     req_unref(r);
 }
 
 static void on_stream_close(pd_http_stream_t *s, pd_status_t st, void *user)
 {
     px_req_t *r = user;
-    px_proxy_t *px = r->px;
+    px_relay_t *rl = r->rl;
     (void)s;
     if (st != PD_OK) {
         atomic_store(&r->client_gone, 1);
-        atomic_fetch_add(&px->gone_pending, 1);
-        wake(px);
+        atomic_fetch_add(&rl->gone_pending, 1);
+        wake(rl);
     }
     req_unref(r);
 }
@@ -209,6 +249,7 @@ static void answer_upstream(px_req_t *r, long status, const char *ctype)
 static void req_finish(px_req_t *r)
 {
     px_proxy_t *px = r->px;
+    px_relay_t *rl = r->rl;
     if (r->hreq) /* the client left before an answer: a late answer frees the request */
         answered(r, pd_http_respond_error(r->hreq, 499, NULL, "client closed request", NULL, NULL));
     if (r->stream) {
@@ -217,8 +258,8 @@ static void req_finish(px_req_t *r)
     }
     if (r->prev)
         r->prev->next = r->next;
-    else if (px->active == r)
-        px->active = r->next;
+    else if (rl->active == r)
+        rl->active = r->next;
     if (r->next)
         r->next->prev = r->prev;
     r->next = r->prev = NULL;
@@ -229,8 +270,16 @@ static void req_finish(px_req_t *r)
 static void easy_cleanup(px_req_t *r)
 {
     if (r->easy) {
-        curl_multi_remove_handle(r->px->multi, r->easy);
-        curl_easy_cleanup(r->easy);
+        px_relay_t *rl = r->rl;
+        curl_multi_remove_handle(rl->multi, r->easy);
+        /* kept for the next leg: an easy handle is a few allocations (and a large
+         * zeroed struct) that every leg would otherwise redo */
+        if (rl->n_spare < PD_ARRAY_SIZE(rl->spare)) {
+            curl_easy_reset(r->easy);
+            rl->spare[rl->n_spare++] = r->easy;
+        } else {
+            curl_easy_cleanup(r->easy);
+        }
         r->easy = NULL;
     }
     curl_slist_free_all(r->hdrs);
@@ -254,15 +303,22 @@ static int stream_out(px_req_t *r, const char *data, size_t len)
             return -1;
         pd_http_stream_t *s;
         pd_status_t st = pd_http_stream_begin(r->hreq, "text/event-stream", on_stream_close, r, &s);
-        if (st != PD_OK)
+        if (st != PD_OK) {
+            atomic_store(&r->client_gone, 1);
             return -1;
+        }
         /* the close reference moves to the stream's on_close, which always fires */
         r->hreq = NULL;
         r->stream = s;
         r->started = 1;
     }
-    if (len && pd_http_stream_write(r->stream, data, len) != PD_OK)
+    if (len && pd_http_stream_write(r->stream, data, len) != PD_OK) {
+        /* the client left (or stopped reading 64 MiB ago) before its close callback
+         * ran: the same as client_gone, so the leg ends as a disconnect, never resumed
+         * elsewhere for nobody */
+        atomic_store(&r->client_gone, 1);
         return -1;
+    }
     return 0;
 }
 
@@ -275,6 +331,26 @@ static int inspect_event(px_req_t *r, const char *ev, size_t len)
     if (len >= 12 && strncmp(ev, "data: [DONE]", 12) == 0) {
         r->saw_done = 1;
         return 1;
+    }
+    /* the scanner first (no allocation); a full parse only for what it leaves */
+    px_sse_event_t se;
+    if (px_sse_scan(ev + 6, len - 6, r->is_chat, &se) == 0) {
+        size_t before = r->gen.len;
+        int ok = 1;
+        if (se.text && se.text_len) {
+            if (se.text_escaped)
+                ok = px_sse_unescape(se.text, se.text_len, &r->gen) == 0;
+            else
+                ok = pd_buf_append(&r->gen, se.text, se.text_len) == PD_OK;
+        }
+        if (ok) {
+            int has_text = r->gen.len > before;
+            if (has_text)
+                r->gen_events++;
+            if (se.finished)
+                r->finished = 1;
+            return !(se.has_choice && r->resumed && r->is_chat && !has_text && !se.finished);
+        }
     }
     cJSON *j = cJSON_ParseWithLength(ev + 6, len - 6);
     if (j == NULL)
@@ -488,17 +564,20 @@ static void leg_start(px_req_t *r)
     r->status = 0;
     pd_buf_reset(&r->resp);
     pd_buf_reset(&r->sse);
+    const char *post = NULL;
     if (r->leg == LEG_PREFILL)
-        r->send_body = prefill_body(r);
+        post = r->send_body = prefill_body(r);
+    else if (r->leg == LEG_DECODE && r->fwd_body && !r->split && !r->resumed)
+        post = r->fwd_body; /* unchanged since it arrived */
     else if (r->leg == LEG_DECODE)
-        r->send_body = cJSON_PrintUnformatted(r->root);
+        post = r->send_body = cJSON_PrintUnformatted(r->root);
     else if (!r->get)
-        r->send_body = strdup(r->fwd_body ? r->fwd_body : "");
+        post = r->fwd_body ? r->fwd_body : "";
     char url[PX_ADDR_MAX + 48], hid[80];
     snprintf(url, sizeof(url), "%s%s", n->url, r->path);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", r->id);
-    r->easy = curl_easy_init();
-    if (r->easy == NULL || (!r->get && r->send_body == NULL)) {
+    r->easy = r->rl->n_spare ? r->rl->spare[--r->rl->n_spare] : curl_easy_init();
+    if (r->easy == NULL || (!r->get && post == NULL)) {
         easy_cleanup(r);
         answer_error(r, 500, "out of memory", NULL);
         req_finish(r);
@@ -514,8 +593,8 @@ static void leg_start(px_req_t *r)
     curl_easy_setopt(r->easy, CURLOPT_URL, url);
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->hdrs);
     if (!r->get) {
-        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->send_body);
-        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(r->send_body));
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, post);
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(post));
     }
     curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
@@ -528,7 +607,7 @@ static void leg_start(px_req_t *r)
     curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 0L);
     PD_LOG_REQ(DEBUG, r->id, "proxy: %s leg -> %s%s",
                r->leg == LEG_PREFILL ? "prefill" : r->leg == LEG_DECODE ? "decode" : "forward", n->url, r->path);
-    if (curl_multi_add_handle(px->multi, r->easy) != CURLM_OK) {
+    if (curl_multi_add_handle(r->rl->multi, r->easy) != CURLM_OK) {
         easy_cleanup(r);
         answer_error(r, 500, "cannot start the upstream request", NULL);
         req_finish(r);
@@ -648,19 +727,23 @@ static void leg_done(px_req_t *r, CURLcode rc)
     if (rc == CURLE_OK && ttfb > 0)
         pd_metric_observe(px->m_lat[r->leg], ttfb);
     int client_gone = atomic_load(&r->client_gone);
+    /* a client that closes right after [DONE] (before the upstream's last chunk was
+     * read) had the whole answer: not a disconnect */
+    int had_all = client_gone && r->saw_done;
     int transport = rc != CURLE_OK;
     if (node && !client_gone && (transport || status >= 500)) {
         atomic_fetch_add(&node->failures, 1);
         if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST)
             atomic_store(&node->healthy, 0); /* the health checker revives it */
     }
-    if (client_gone)
+    if (client_gone && !had_all)
         count_err(px, E_CLIENT_GONE); /* before the connection closes: the node sees that */
     long up_status = r->status;
     easy_cleanup(r);
 
     if (client_gone) {
-        PD_LOG_REQ(INFO, r->id, "proxy: client left; upstream request to %s closed", node_url);
+        if (!had_all)
+            PD_LOG_REQ(INFO, r->id, "proxy: client left; upstream request to %s closed", node_url);
         req_finish(r);
         return;
     }
@@ -766,52 +849,132 @@ static void leg_done(px_req_t *r, CURLcode rc)
     req_finish(r);
 }
 
-/* ---- relay thread ---- */
+/* ---- relay threads ---- */
+
+/* libcurl's socket callback: keep the epoll set equal to what libcurl waits for.
+ * sockp (curl_multi_assign) marks a socket already in the set, so a new interest is one
+ * epoll_ctl: ADD for a socket libcurl starts watching (again: it forgets sockp when it
+ * stops), MOD for a change. */
+static int relay_sock_cb(CURL *e, curl_socket_t fd, int what, void *user, void *sockp)
+{
+    px_relay_t *rl = user;
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        /* ENOENT/EBADF: libcurl closed it first; epoll forgot it with the close */
+        epoll_ctl(rl->epfd, EPOLL_CTL_DEL, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.events = 0, .data.fd = fd};
+    if (what & CURL_POLL_IN)
+        ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT)
+        ev.events |= EPOLLOUT;
+    int op = sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(rl->epfd, op, fd, &ev) != 0) {
+        /* the set disagrees with sockp (a socket closed and its number reused without
+         * a REMOVE): the other operation fixes it */
+        op = op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(rl->epfd, op, fd, &ev) != 0) {
+            PD_LOG_ERR("proxy: relay %u: epoll_ctl(%d): %s", rl->idx, (int)fd, strerror(errno));
+            return -1;
+        }
+    }
+    if (!sockp)
+        curl_multi_assign(rl->multi, fd, rl);
+    return 0;
+}
+
+/* libcurl's timer callback: -1 removes the timer, 0 means "as soon as possible". */
+static int relay_timer_cb(CURLM *m, long timeout_ms, void *user)
+{
+    px_relay_t *rl = user;
+    (void)m;
+    rl->timer_at_ns = timeout_ms < 0 ? 0 : pd_now_ns() + (uint64_t)timeout_ms * 1000000u + 1;
+    return 0;
+}
+
+static void relay_done_msgs(px_relay_t *rl)
+{
+    CURLMsg *m;
+    int left = 0;
+    while ((m = curl_multi_info_read(rl->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        px_req_t *r = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        if (r)
+            leg_done(r, m->data.result);
+    }
+}
+
+#define RELAY_EVENTS 256
 
 static void *relay_main(void *arg)
 {
-    px_proxy_t *px = arg;
+    px_relay_t *rl = arg;
+    px_proxy_t *px = rl->px;
+    struct epoll_event evs[RELAY_EVENTS];
+    char tname[16];
+    snprintf(tname, sizeof(tname), "px-relay-%u", rl->idx);
+    pthread_setname_np(pthread_self(), tname);
     while (atomic_load(&px->relay_run)) {
-        pthread_mutex_lock(&px->qlock);
-        px_req_t *q = px->q_head;
-        px->q_head = px->q_tail = NULL;
-        pthread_mutex_unlock(&px->qlock);
+        pthread_mutex_lock(&rl->qlock);
+        px_req_t *q = rl->q_head;
+        rl->q_head = rl->q_tail = NULL;
+        pthread_mutex_unlock(&rl->qlock);
         while (q) {
             px_req_t *r = q;
             q = q->next;
             r->prev = NULL;
-            r->next = px->active;
-            if (px->active)
-                px->active->prev = r;
-            px->active = r;
+            r->next = rl->active;
+            if (rl->active)
+                rl->active->prev = r;
+            rl->active = r;
             leg_start(r);
         }
-        if (atomic_exchange(&px->gone_pending, 0) > 0) {
-            for (px_req_t *r = px->active, *nx; r; r = nx) {
+        if (atomic_exchange(&rl->gone_pending, 0) > 0) {
+            for (px_req_t *r = rl->active, *nx; r; r = nx) {
                 nx = r->next;
                 if (atomic_load(&r->client_gone) && r->easy) {
                     leg_done(r, CURLE_ABORTED_BY_CALLBACK);
                 }
             }
         }
-        int running = 0, left = 0;
-        curl_multi_perform(px->multi, &running);
-        CURLMsg *m;
-        while ((m = curl_multi_info_read(px->multi, &left))) {
-            if (m->msg != CURLMSG_DONE)
-                continue;
-            px_req_t *r = NULL;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            if (r)
-                leg_done(r, m->data.result);
+        int timeout = 1000, running = 0;
+        if (rl->timer_at_ns) {
+            uint64_t now = pd_now_ns();
+            timeout = now >= rl->timer_at_ns ? 0 : (int)PD_MIN((rl->timer_at_ns - now + 999999) / 1000000, 1000u);
         }
-        curl_multi_poll(px->multi, NULL, 0, 200, NULL);
+        int n = epoll_wait(rl->epfd, evs, RELAY_EVENTS, timeout);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == rl->wakefd) {
+                uint64_t v;
+                if (read(rl->wakefd, &v, sizeof(v)) < 0) {
+                    /* EAGAIN: nothing pending */
+                }
+                continue;
+            }
+            int flags = 0;
+            if (evs[i].events & EPOLLIN)
+                flags |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT)
+                flags |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP))
+                flags |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(rl->multi, fd, flags, &running);
+        }
+        if (rl->timer_at_ns && pd_now_ns() >= rl->timer_at_ns) {
+            rl->timer_at_ns = 0;
+            curl_multi_socket_action(rl->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        relay_done_msgs(rl);
     }
     /* shutting down: answer what is left */
-    pthread_mutex_lock(&px->qlock);
-    px_req_t *q = px->q_head;
-    px->q_head = px->q_tail = NULL;
-    pthread_mutex_unlock(&px->qlock);
+    pthread_mutex_lock(&rl->qlock);
+    px_req_t *q = rl->q_head;
+    rl->q_head = rl->q_tail = NULL;
+    pthread_mutex_unlock(&rl->qlock);
     while (q) {
         px_req_t *r = q;
         q = q->next;
@@ -820,8 +983,8 @@ static void *relay_main(void *arg)
         atomic_fetch_sub(&px->inflight, 1);
         req_unref(r);
     }
-    while (px->active) {
-        px_req_t *r = px->active;
+    while (rl->active) {
+        px_req_t *r = rl->active;
         easy_cleanup(r);
         if (r->started) {
             pd_http_sse_send(r->stream, "{\"error\": {\"message\": \"the proxy is shutting down\", \"type\": "
@@ -836,17 +999,73 @@ static void *relay_main(void *arg)
     return NULL;
 }
 
-static void submit(px_proxy_t *px, px_req_t *r)
+static void submit(px_req_t *r)
 {
-    pthread_mutex_lock(&px->qlock);
+    px_relay_t *rl = r->rl;
+    pthread_mutex_lock(&rl->qlock);
     r->next = NULL;
-    if (px->q_tail)
-        px->q_tail->next = r;
+    if (rl->q_tail)
+        rl->q_tail->next = r;
     else
-        px->q_head = r;
-    px->q_tail = r;
-    pthread_mutex_unlock(&px->qlock);
-    wake(px);
+        rl->q_head = r;
+    rl->q_tail = r;
+    pthread_mutex_unlock(&rl->qlock);
+    wake(rl);
+}
+
+/* --relay-threads: 0 picks one relay per 4 CPUs, 1 to 4 (one relay with the socket API
+ * carries 1,000 streams on a core; more help when the HTTP workers and the relay
+ * compete on a big host). */
+static unsigned px_relay_threads(int64_t opt)
+{
+    if (opt > 0)
+        return (unsigned)opt;
+    long nc = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = nc < 4 ? 1 : nc / 4;
+    return (unsigned)(n > 4 ? 4 : n);
+}
+
+static pd_status_t relay_init(px_proxy_t *px, px_relay_t *rl, unsigned idx)
+{
+    rl->px = px;
+    rl->idx = idx;
+    rl->epfd = rl->wakefd = -1;
+    pthread_mutex_init(&rl->qlock, NULL);
+    rl->epfd = epoll_create1(EPOLL_CLOEXEC);
+    rl->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (rl->epfd < 0 || rl->wakefd < 0) {
+        PD_LOG_ERR("proxy: relay %u: epoll/eventfd: %s", idx, strerror(errno));
+        return PD_ERR_IO;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = rl->wakefd};
+    if (epoll_ctl(rl->epfd, EPOLL_CTL_ADD, rl->wakefd, &ev) != 0) {
+        PD_LOG_ERR("proxy: relay %u: epoll_ctl: %s", idx, strerror(errno));
+        return PD_ERR_IO;
+    }
+    rl->multi = curl_multi_init();
+    if (rl->multi == NULL)
+        return PD_ERR_NOMEM;
+    curl_multi_setopt(rl->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    curl_multi_setopt(rl->multi, CURLMOPT_SOCKETFUNCTION, relay_sock_cb);
+    curl_multi_setopt(rl->multi, CURLMOPT_SOCKETDATA, rl);
+    curl_multi_setopt(rl->multi, CURLMOPT_TIMERFUNCTION, relay_timer_cb);
+    curl_multi_setopt(rl->multi, CURLMOPT_TIMERDATA, rl);
+    return PD_OK;
+}
+
+static void relay_cleanup(px_relay_t *rl)
+{
+    if (rl->px == NULL) /* never initialised */
+        return;
+    for (unsigned i = 0; i < rl->n_spare; i++)
+        curl_easy_cleanup(rl->spare[i]);
+    if (rl->multi)
+        curl_multi_cleanup(rl->multi);
+    if (rl->epfd >= 0)
+        close(rl->epfd);
+    if (rl->wakefd >= 0)
+        close(rl->wakefd);
+    pthread_mutex_destroy(&rl->qlock);
 }
 
 /* ---- health checks of static nodes ---- */
@@ -960,6 +1179,9 @@ static px_req_t *req_new(px_proxy_t *px, pd_http_req_t *hreq, const char *path)
     snprintf(r->id, sizeof(r->id), "px-%s", hex);
     snprintf(r->path, sizeof(r->path), "%s", path);
     r->t_start = pd_now_ns();
+    /* spread requests over the relay threads in turn (before the close callback is
+     * set: it wakes this relay) */
+    r->rl = &px->relays[atomic_fetch_add(&px->next_relay, 1) % px->n_relays];
     return r;
 }
 
@@ -1012,8 +1234,14 @@ static void h_generate(pd_http_req_t *hreq, void *user)
         pd_http_respond_error(hreq, 500, NULL, "out of memory", NULL, NULL);
         return;
     }
-    for (int i = 0; strip_fields[i]; i++)
-        cJSON_DeleteItemFromObjectCaseSensitive(root, strip_fields[i]);
+    int stripped = 0;
+    for (int i = 0; strip_fields[i]; i++) {
+        cJSON *f;
+        while ((f = cJSON_DetachItemFromObjectCaseSensitive(root, strip_fields[i])) != NULL) {
+            stripped = 1; /* every copy: a duplicate key must not slip through */
+            cJSON_Delete(f);
+        }
+    }
     r->root = root;
     r->is_chat = is_chat;
     r->is_stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "stream"));
@@ -1047,9 +1275,13 @@ static void h_generate(pd_http_req_t *hreq, void *user)
                 !cJSON_IsNumber(cJSON_GetArrayItem(prompts, 0));
     r->split = px_pools_eligible(&px->pools, PX_ROLE_PREFILL) > 0 && est_tokens >= px->min_prompt_tokens && !multi;
     r->leg = r->split ? LEG_PREFILL : LEG_DECODE;
+    /* a decode-only request the proxy did not change goes out as it came (no second
+     * print of the tree; legs that change it print r->root) */
+    if (!r->split && !stripped)
+        r->fwd_body = strndup(body, len);
     pd_metric_inc(px->m_split[r->split]);
     pd_http_req_set_on_close(hreq, on_req_close, r);
-    submit(px, r);
+    submit(r);
 }
 
 static void h_forward(pd_http_req_t *hreq, void *user)
@@ -1071,7 +1303,7 @@ static void h_forward(pd_http_req_t *hreq, void *user)
     r->get = strcmp(pd_http_req_method(hreq), "GET") == 0 || strcmp(pd_http_req_method(hreq), "HEAD") == 0;
     r->leg = LEG_FORWARD;
     pd_http_req_set_on_close(hreq, on_req_close, r);
-    submit(px, r);
+    submit(r);
 }
 
 static void h_health(pd_http_req_t *hreq, void *user)
@@ -1274,7 +1506,6 @@ pd_status_t px_proxy_create(const px_args_t *a, px_proxy_t **px_p)
         return PD_ERR_NOMEM;
     px->args = a;
     px_pools_init(&px->pools, pp, dp);
-    pthread_mutex_init(&px->qlock, NULL);
     pthread_mutex_init(&px->hlock, NULL);
     pthread_cond_init(&px->hcond, NULL);
     px->timeout_ns = (uint64_t)(a->request_timeout * 1e9);
@@ -1296,11 +1527,12 @@ pd_status_t px_proxy_create(const px_args_t *a, px_proxy_t **px_p)
     if (st == PD_OK)
         st = metrics_init(px);
     if (st == PD_OK) {
-        px->multi = curl_multi_init();
-        if (px->multi == NULL)
+        px->n_relays = px_relay_threads(a->relay_threads);
+        px->relays = calloc(px->n_relays, sizeof(*px->relays));
+        if (px->relays == NULL)
             st = PD_ERR_NOMEM;
-        else
-            curl_multi_setopt(px->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+        for (unsigned i = 0; st == PD_OK && i < px->n_relays; i++)
+            st = relay_init(px, &px->relays[i], i);
     }
     if (st == PD_OK) {
         pd_http_config_t cfg;
@@ -1369,9 +1601,11 @@ pd_status_t px_proxy_start(px_proxy_t *px)
             return st;
     }
     atomic_store(&px->relay_run, 1);
-    if (pthread_create(&px->relay, NULL, relay_main, px) != 0)
-        return PD_ERR_INTERNAL;
-    px->relay_started = 1;
+    for (unsigned i = 0; i < px->n_relays; i++) {
+        if (pthread_create(&px->relays[i].thread, NULL, relay_main, &px->relays[i]) != 0)
+            return PD_ERR_INTERNAL;
+        px->relays[i].started = 1;
+    }
     px->health_run = 1;
     if (pthread_create(&px->health, NULL, health_main, px) != 0)
         return PD_ERR_INTERNAL;
@@ -1393,10 +1627,12 @@ void px_proxy_destroy(px_proxy_t *px)
         return;
     if (px->srv)
         pd_http_server_stop(px->srv); /* streams get on_close; parked requests stay ours */
-    if (px->relay_started) {
-        atomic_store(&px->relay_run, 0);
-        wake(px);
-        pthread_join(px->relay, NULL);
+    atomic_store(&px->relay_run, 0);
+    for (unsigned i = 0; px->relays && i < px->n_relays; i++) {
+        if (px->relays[i].started) {
+            wake(&px->relays[i]);
+            pthread_join(px->relays[i].thread, NULL);
+        }
     }
     if (px->health_started) {
         pthread_mutex_lock(&px->hlock);
@@ -1407,11 +1643,11 @@ void px_proxy_destroy(px_proxy_t *px)
     }
     px_register_stop(px->reg);
     pd_http_server_destroy(px->srv);
-    if (px->multi)
-        curl_multi_cleanup(px->multi);
+    for (unsigned i = 0; px->relays && i < px->n_relays; i++)
+        relay_cleanup(&px->relays[i]);
+    free(px->relays);
     pd_metrics_registry_destroy(px->metrics);
     px_pools_cleanup(&px->pools);
-    pthread_mutex_destroy(&px->qlock);
     pthread_mutex_destroy(&px->hlock);
     pthread_cond_destroy(&px->hcond);
     free(px->auth_header);

@@ -51,13 +51,30 @@ def nodes_clean(p, d, start):
         time.sleep(0.05)
 
 
+def settled_free(p, d):
+    """Both nodes' free-block counts once nothing runs, waits or is held and the counts
+    read the same twice: the client has [DONE] a moment before the decode node gives
+    the request's blocks back, so a count read at once can be short."""
+    last, deadline = None, time.time() + 15
+    while True:
+        now = []
+        for n in (p, d):
+            m = bi.metrics(n)
+            now.append((m["vllm:num_requests_running"], m["vllm:num_requests_waiting"],
+                        m.get("pdserve:kv_held_requests", 0), m["pdserve:kv_free_blocks"]))
+        if now == last and all(x[:3] == (0, 0, 0) for x in now):
+            return tuple(x[3] for x in now)
+        assert time.time() < deadline, now
+        last = now
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("cid,method,path,body,status,param,msg", bi.CASES, ids=[c[0] for c in bi.CASES])
 def test_bad_request_through_proxy(cluster, cid, method, path, body, status, param, msg):
     px, p, d = cluster
     if px.free_start is None:
         bi.normal_request_ok(px)
-        nodes_clean(p, d, (bi.metrics(p)["pdserve:kv_free_blocks"], bi.metrics(d)["pdserve:kv_free_blocks"]))
-        px.free_start = (bi.metrics(p)["pdserve:kv_free_blocks"], bi.metrics(d)["pdserve:kv_free_blocks"])
+        px.free_start = settled_free(p, d)
     st, payload = bi.request(px, method, path, body)
     bi.check_error(st, payload, status, param, msg)
     idx = [c[0] for c in bi.CASES].index(cid)

@@ -57,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         with lock:
             received.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                             "body": body})
+                             "body": body, "raw": raw.decode("utf-8", "replace")})
         if mode["status"] != 200:
             self.send_json(mode["status"], {"error": {"message": "fake prefill failure", "type": "BadRequestError",
                                                       "param": None, "code": mode["status"]}})
