@@ -315,6 +315,9 @@ px_node_t *px_pools_pick(px_pools_t *p, px_role_t role, const px_prefix_t *prefi
                 s->node = pick;
             }
         break;
+    default: /* unreachable: the parser accepts only the policies above */
+        pick = least;
+        break;
     }
     atomic_fetch_add(&pick->inflight, 1);
     atomic_fetch_add(&pick->requests, 1);
