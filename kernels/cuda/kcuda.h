@@ -230,10 +230,13 @@ typedef enum {
     KCUDA_ATTN_DECODE_OLD = 2,
 } kcuda_attn_decode_t;
 void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
-/* The decode kernel's loads carry an L2 256-byte prefetch hint and skip L1 by default;
- * on = 0 drops the hint, 1 keeps it, -1 goes back to the default (env
- * PD_CUDA_ATTN_L2HINT=0 drops it too).  For A/B runs; same caveats as above. */
-void kcuda_attn_set_decode_l2hint(int on);
+/* Tuning of the decode kernel for A/B runs (same caveats as above), -1 = the default:
+ *   l2hint    1: loads with an L2 256-byte prefetch hint that skip L1 (default where a
+ *             key's head vector is a multiple of 256 bytes, unless env
+ *             PD_CUDA_ATTN_L2HINT=0), 0: plain non-coherent loads;
+ *   pipeline  1: each warp issues the loads of its next keys before computing the
+ *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute. */
+void kcuda_attn_set_decode_tuning(int l2hint, int pipeline);
 /* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);

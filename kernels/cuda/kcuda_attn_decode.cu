@@ -49,6 +49,7 @@ typedef struct {
     float v_scale; /* applied once to the merged accumulator */
     bool causal;
     bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
+    bool pipe;   /* the kernel variant that loads one iteration ahead */
     int window;
     const void *cache;
     int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
@@ -170,12 +171,52 @@ __device__ __forceinline__ int64_t dec_key_off(const dec_args_t &a, const int32_
     return (int64_t)b * a.block_elems + a.layer_off + (int64_t)in * a.token_stride;
 }
 
+/* Offsets of the U keys base + u * R + sub (-1 past s1). */
+template <int U, int R>
+__device__ __forceinline__ void dec_offsets(const dec_args_t &a, const int32_t *bt, int base, int sub, int s1,
+                                            int64_t *off)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int p = base + u * R + sub;
+        off[u] = p < s1 ? dec_key_off(a, bt, p) : -1;
+    }
+}
+
+/* This lane's slice of the K and V rows of U keys (zeros for offset -1). */
+template <typename CT, int U, int WORDS>
+__device__ __forceinline__ void dec_load_keys(const CT *cache, const int64_t *off, int64_t kv_stride,
+                                              int64_t lane_off, bool hint, uint32_t (&kr)[U][WORDS],
+                                              uint32_t (&vr)[U][WORDS])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (off[u] >= 0) {
+            dec_load<WORDS>(cache + off[u] + lane_off, kr[u], hint);
+            dec_load<WORDS>(cache + off[u] + kv_stride + lane_off, vr[u], hint);
+        } else {
+#pragma unroll
+            for (int w = 0; w < WORDS; w++)
+                kr[u][w] = vr[u][w] = 0u;
+        }
+    }
+}
+
+/* CTAs per SM the register allocation must leave room for (occupancy is what keeps
+ * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
+ * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
+template <typename CT, int D, int GM, bool PIPE> constexpr int dec_min_ctas()
+{
+    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE) ? 3 : 4;
+}
+
 /*
  * CT: cache element type; D: head dim; GM: query rows held (>= group, padded rows are
- * zeros); VEC: elements per lane per key; U: key steps per iteration.
+ * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: loads one
+ * iteration ahead.
  */
-template <typename CT, int D, int GM, int VEC, int U>
-__global__ void __launch_bounds__(DEC_WARPS * 32) attn_decode_kernel(dec_args_t a)
+template <typename CT, int D, int GM, int VEC, int U, bool PIPE>
+__global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>()) attn_decode_kernel(dec_args_t a)
 {
     constexpr int TPK = D / VEC;                           /* lanes per key */
     constexpr int R = 32 / TPK;                            /* keys per warp per step */
@@ -240,37 +281,31 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) attn_decode_kernel(dec_args_t 
     const int64_t lane_off = (int64_t)kvh * D + part * VEC; /* within a key's token row */
     const int stride = DEC_WARPS * KPW;
 
-    /* element offsets of this lane's keys for the first iteration (-1: none / bad block) */
+    /* element offsets of this lane's keys (-1: none / bad block); with PIPE the loads of
+     * iteration i + 1 are issued before iteration i computes (registers double-buffered),
+     * the offsets always run one iteration ahead of the loads */
     int64_t off[U];
+    uint32_t kr[U][WORDS], vr[U][WORDS];
     int base = s0 + warp * KPW;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int p = base + u * R + sub;
-        off[u] = p < s1 ? dec_key_off(a, bt, p) : -1;
+    dec_offsets<U, R>(a, bt, base, sub, s1, off);
+    if (PIPE) {
+        dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
+        dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
     }
 
     for (; base < s1; base += stride) {
-        uint32_t kr[U][WORDS], vr[U][WORDS];
+        uint32_t kn[U][WORDS], vn[U][WORDS];
+        if (PIPE) {
+            dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kn, vn);
+            dec_offsets<U, R>(a, bt, base + 2 * stride, sub, s1, off);
+        } else {
+            dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
+            dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
+        }
         bool valid[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
+        for (int u = 0; u < U; u++)
             valid[u] = base + u * R + sub < s1;
-            if (off[u] >= 0) {
-                dec_load<WORDS>(cache + off[u] + lane_off, kr[u], a.l2hint);
-                dec_load<WORDS>(cache + off[u] + a.kv_stride + lane_off, vr[u], a.l2hint);
-            } else {
-#pragma unroll
-                for (int w = 0; w < WORDS; w++)
-                    kr[u][w] = vr[u][w] = 0u;
-            }
-        }
-        /* the next iteration's block ids, in flight while this one computes */
-        const int nbase = base + stride;
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int p = nbase + u * R + sub;
-            off[u] = p < s1 ? dec_key_off(a, bt, p) : -1;
-        }
 
         /* scores (base-2 logits) of the U keys for every query row */
         float s[U][GM];
@@ -336,6 +371,15 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) attn_decode_kernel(dec_args_t 
 #pragma unroll
                 for (int e = 0; e < VEC; e++)
                     acc[g][e] = fmaf(s[u][g], vf[e], acc[g][e]);
+        }
+        if (PIPE) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int w = 0; w < WORDS; w++) {
+                    kr[u][w] = kn[u][w];
+                    vr[u][w] = vn[u][w];
+                }
         }
     }
 
@@ -458,11 +502,25 @@ int kcuda_attn_decode_forced_splits(void)
     return g_force_splits;
 }
 
-static int g_l2hint = -1;
+static int g_l2hint = -1, g_pipe = -1;
 
-extern "C" void kcuda_attn_set_decode_l2hint(int on)
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline)
 {
-    g_l2hint = on < 0 ? -1 : on > 0;
+    g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
+    g_pipe = pipeline < 0 ? -1 : pipeline > 0;
+}
+
+/* Loads one iteration ahead unless PD_CUDA_ATTN_PIPE=0 (read once) or set off above. */
+static bool dec_pipe(void)
+{
+    static int env = -1;
+    if (g_pipe >= 0)
+        return g_pipe == 1;
+    if (env < 0) {
+        const char *e = getenv("PD_CUDA_ATTN_PIPE");
+        env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+    }
+    return env == 1;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -517,7 +575,10 @@ static void dec_launch(const dec_args_t &a, dim3 grid, cudaStream_t stream)
     constexpr int VEC = D / VEC0 > 32 ? D / 32 : VEC0;
     constexpr int U0 = 64 / (2 * VEC * EB);
     constexpr int U = U0 < 1 ? 1 : U0 > 16 / GM ? 16 / GM : U0;
-    attn_decode_kernel<CT, D, GM, VEC, U><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    if (a.pipe)
+        attn_decode_kernel<CT, D, GM, VEC, U, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else
+        attn_decode_kernel<CT, D, GM, VEC, U, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
 }
 
 template <typename CT, int D>
@@ -567,6 +628,7 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.v_scale = v_scale;
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
+    a.pipe = dec_pipe();
     a.window = p->sliding_window;
     a.cache = p->cache_base;
     a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);

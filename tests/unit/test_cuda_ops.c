@@ -831,12 +831,21 @@ static void dec_case(const dec_case_t *c)
         PD_CHECK_EQ_INT(used_splits, c->splits);
     float *got = dec_run(&pd, T, QW);
     PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
+    /* the tuning variants: plain loads, no loading ahead; and the hint everywhere */
+    char what2[200];
+    for (int tv = 0; tv < 2; tv++) {
+        kcuda_attn_set_decode_tuning(tv, tv);
+        float *alt = dec_run(&pd, T, QW);
+        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d)", what, tv, tv);
+        PD_CHECK_EQ_INT(cmp(what2, alt, ref, (size_t)(T * QW), 1e-4), 0);
+        free(alt);
+    }
+    kcuda_attn_set_decode_tuning(-1, -1);
 
     /* the old kernel on the same inputs, and the two against each other */
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_OLD, 0);
     PD_CHECK(!kcuda_attn_uses_decode_kernel(&pd, 132, NULL));
     float *old = dec_run(&pd, T, QW);
-    char what2[200];
     snprintf(what2, sizeof(what2), "%s (old kernel)", what);
     PD_CHECK_EQ_INT(cmp(what2, old, ref, (size_t)(T * QW), 1e-4), 0);
     snprintf(what2, sizeof(what2), "%s (new vs old)", what);
