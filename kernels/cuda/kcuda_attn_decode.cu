@@ -330,8 +330,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 for (int g = 0; g < GM; g++)
                     s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
 
-        /* online softmax, the max shared by the whole warp */
-        float alpha[GM];
+        /* online softmax, the max shared by the whole warp (so the branch is uniform):
+         * l and acc are rescaled only when the max grows, which after the first keys is
+         * rare, instead of on every iteration */
 #pragma unroll
         for (int g = 0; g < GM; g++) {
             float mx = -INFINITY;
@@ -344,24 +345,24 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
 #pragma unroll
             for (int o = TPK; o < 32; o <<= 1)
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float mn = fmaxf(m[g], mx);
-            const float mref = mn == -INFINITY ? 0.0f : mn;
-            alpha[g] = exp2f(m[g] - mref);
-            m[g] = mn;
+            if (mx > m[g]) {
+                const float alpha = exp2f(m[g] - mx); /* 0 while m is -inf */
+                m[g] = mx;
+                l[g] *= alpha;
+#pragma unroll
+                for (int e = 0; e < VEC; e++)
+                    acc[g][e] *= alpha;
+            }
+            const float mref = m[g] == -INFINITY ? 0.0f : m[g];
             float sum = 0.0f;
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 s[u][g] = exp2f(s[u][g] - mref);
                 sum += s[u][g];
             }
-            l[g] = l[g] * alpha[g] + sum;
+            l[g] += sum;
         }
-        /* acc = acc * alpha + sum_u p_u v_u */
-#pragma unroll
-        for (int g = 0; g < GM; g++)
-#pragma unroll
-            for (int e = 0; e < VEC; e++)
-                acc[g][e] *= alpha[g];
+        /* acc += sum_u p_u v_u */
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float vf[VEC];
@@ -550,11 +551,13 @@ int kcuda_attn_decode_splits(const kcpu_attn_params_t *p, int sm_count)
 {
     if (g_force_splits > 0)
         return g_force_splits;
-    /* about 8 CTAs per SM in all (two waves of the ~4 that fit at once), no split
-     * shorter than 64 keys of the longest possible context */
+    /* about as many CTAs as fit on the GPU at once (4 per SM), rounded down: a CTA holds
+     * enough loads in flight that one under-full wave streams at the memory rate, while
+     * a second, partial wave would leave the GPU mostly idle at its end (512 CTAs of
+     * batch 64 x 8 KV heads stay unsplit); and no split planned shorter than 64 keys */
     const int64_t ctas = p->n_tokens * p->n_kv_heads;
-    const int64_t target = 8 * (int64_t)(sm_count > 0 ? sm_count : 132);
-    const int64_t want = (target + ctas - 1) / (ctas > 0 ? ctas : 1);
+    const int64_t target = 4 * (int64_t)(sm_count > 0 ? sm_count : 132);
+    const int64_t want = target / (ctas > 0 ? ctas : 1);
     const int64_t bound = p->max_blocks_per_seq * p->layout->block_size;
     const int64_t by_len = (bound + 63) / 64;
     int64_t s = want < by_len ? want : by_len;
