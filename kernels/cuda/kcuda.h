@@ -235,8 +235,10 @@ void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
  *             key's head vector is a multiple of 256 bytes, unless env
  *             PD_CUDA_ATTN_L2HINT=0), 0: plain non-coherent loads;
  *   pipeline  1: each warp issues the loads of its next keys before computing the
- *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute. */
-void kcuda_attn_set_decode_tuning(int l2hint, int pipeline);
+ *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute;
+ *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
+ *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value. */
+void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter);
 /* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);

@@ -49,7 +49,8 @@ typedef struct {
     float v_scale; /* applied once to the merged accumulator */
     bool causal;
     bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
-    bool pipe;   /* the kernel variant that loads one iteration ahead */
+    bool pipe;    /* the kernel variant that loads one iteration ahead */
+    bool scatter; /* the variant that sums dot products by reduce-scatter */
     int window;
     const void *cache;
     int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
@@ -202,6 +203,52 @@ __device__ __forceinline__ void dec_load_keys(const CT *cache, const int64_t *of
     }
 }
 
+__host__ __device__ constexpr int dec_log2(int x)
+{
+    return x <= 1 ? 0 : 1 + dec_log2(x / 2);
+}
+
+/*
+ * v[0..N) holds this lane's partial sums of N values; afterwards every lane of its group
+ * of TPK lanes (aligned, powers of two) holds the group's totals.  Reduce-scatter then
+ * broadcast: at each of the first log2(min(N, TPK)) levels a lane keeps half of its
+ * values (the upper half when its lane bit for that level is set) and adds the partner's
+ * other half, so the level costs half as many shuffles as values; the remaining levels
+ * are plain xor sums; then each total is fetched from a lane that holds it.  About 2N
+ * shuffles instead of N log2(TPK).  After the levels, local value j of a lane is the
+ * original value j + NF * q, q made of the lane's level bits (first level = top bit).
+ */
+template <int N, int TPK>
+__device__ __forceinline__ void dec_group_sum(float *v, int lane)
+{
+    constexpr int LT = dec_log2(TPK), LN = dec_log2(N), LS = LT < LN ? LT : LN, NF = N >> LS;
+#pragma unroll
+    for (int lev = 0; lev < LT; lev++) {
+        const int o = TPK >> (lev + 1);
+        if (lev < LS) {
+            const int h = N >> (lev + 1);
+            const bool up = (lane & o) != 0;
+#pragma unroll
+            for (int i = 0; i < h; i++) {
+                const float send = up ? v[i] : v[i + h], keep = up ? v[i + h] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < NF; i++)
+                v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+        }
+    }
+    float r[N];
+    const int gbase = lane & ~(TPK - 1);
+#pragma unroll
+    for (int k = 0; k < N; k++)
+        r[k] = __shfl_sync(0xffffffffu, v[k % NF], gbase | ((k / NF) << (LT - LS)));
+#pragma unroll
+    for (int k = 0; k < N; k++)
+        v[k] = r[k];
+}
+
 /* CTAs per SM the register allocation must leave room for (occupancy is what keeps
  * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
  * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
@@ -213,9 +260,9 @@ template <typename CT, int D, int GM, bool PIPE> constexpr int dec_min_ctas()
 /*
  * CT: cache element type; D: head dim; GM: query rows held (>= group, padded rows are
  * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: loads one
- * iteration ahead.
+ * iteration ahead; SCATTER: dot products summed over the key's lanes by dec_group_sum.
  */
-template <typename CT, int D, int GM, int VEC, int U, bool PIPE>
+template <typename CT, int D, int GM, int VEC, int U, bool PIPE, bool SCATTER>
 __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>()) attn_decode_kernel(dec_args_t a)
 {
     constexpr int TPK = D / VEC;                           /* lanes per key */
@@ -322,13 +369,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 s[u][g] = d;
             }
         }
+        if (SCATTER) {
+            dec_group_sum<U * GM, TPK>(&s[0][0], lane);
+        } else {
 #pragma unroll
-        for (int o = TPK / 2; o > 0; o >>= 1)
+            for (int o = TPK / 2; o > 0; o >>= 1)
 #pragma unroll
-            for (int u = 0; u < U; u++)
+                for (int u = 0; u < U; u++)
 #pragma unroll
-                for (int g = 0; g < GM; g++)
-                    s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+                    for (int g = 0; g < GM; g++)
+                        s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+        }
 
         /* online softmax, the max shared by the whole warp (so the branch is uniform):
          * l and acc are rescaled only when the max grows, which after the first keys is
@@ -503,25 +554,25 @@ int kcuda_attn_decode_forced_splits(void)
     return g_force_splits;
 }
 
-static int g_l2hint = -1, g_pipe = -1;
+static int g_l2hint = -1, g_pipe = -1, g_scatter = -1;
 
-extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline)
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter)
 {
     g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
     g_pipe = pipeline < 0 ? -1 : pipeline > 0;
+    g_scatter = scatter < 0 ? -1 : scatter > 0;
 }
 
-/* Loads one iteration ahead unless PD_CUDA_ATTN_PIPE=0 (read once) or set off above. */
-static bool dec_pipe(void)
+/* A switch that is on unless set off above or env `name`=0 (read once into *env). */
+static bool dec_switch(int set, const char *name, int *env)
 {
-    static int env = -1;
-    if (g_pipe >= 0)
-        return g_pipe == 1;
-    if (env < 0) {
-        const char *e = getenv("PD_CUDA_ATTN_PIPE");
-        env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+    if (set >= 0)
+        return set == 1;
+    if (*env < 0) {
+        const char *e = getenv(name);
+        *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
     }
-    return env == 1;
+    return *env == 1;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -531,11 +582,7 @@ static bool dec_l2hint(size_t row_bytes)
     static int env = -1;
     if (g_l2hint >= 0)
         return g_l2hint == 1;
-    if (env < 0) {
-        const char *e = getenv("PD_CUDA_ATTN_L2HINT");
-        env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
-    }
-    return env == 1 && row_bytes % 256 == 0;
+    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", &env) && row_bytes % 256 == 0;
 }
 
 bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
@@ -578,10 +625,14 @@ static void dec_launch(const dec_args_t &a, dim3 grid, cudaStream_t stream)
     constexpr int VEC = D / VEC0 > 32 ? D / 32 : VEC0;
     constexpr int U0 = 64 / (2 * VEC * EB);
     constexpr int U = U0 < 1 ? 1 : U0 > 16 / GM ? 16 / GM : U0;
-    if (a.pipe)
-        attn_decode_kernel<CT, D, GM, VEC, U, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    if (a.pipe && a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, true, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.pipe)
+        attn_decode_kernel<CT, D, GM, VEC, U, true, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, false, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
     else
-        attn_decode_kernel<CT, D, GM, VEC, U, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        attn_decode_kernel<CT, D, GM, VEC, U, false, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
 }
 
 template <typename CT, int D>
@@ -631,7 +682,9 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.v_scale = v_scale;
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
-    a.pipe = dec_pipe();
+    static int env_pipe = -1, env_scatter = -1;
+    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", &env_pipe);
+    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;
     a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);
