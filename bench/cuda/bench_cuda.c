@@ -298,6 +298,24 @@ static void print_attention(int AB, const att_variant_t *var, int n_var, double 
             }
 }
 
+/* Compact: per cache type one line of GB/s and % of the copy rate of variants 0 / 1 over
+ * the contexts. */
+static void print_attention_short(int AB, const att_variant_t *var, double copy_gbps,
+                                  double gbps[ATT_MAXV][3][ATT_NCTX])
+{
+    printf("decode attn b%d, GB/s %s / %s (%% of copy), ctx", AB, var[0].name, var[1].name);
+    for (int ci = 0; ci < ATT_NCTX; ci++)
+        printf(" %d", att_ctx[ci]);
+    printf(":\n");
+    for (int ct = 0; ct < 3; ct++) {
+        printf("  %-4s", att_cache_names[ct]);
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            printf(" %.0f/%.0f (%.0f/%.0f%%)", gbps[0][ct][ci], gbps[1][ct][ci], 100 * gbps[0][ct][ci] / copy_gbps,
+                   100 * gbps[1][ct][ci] / copy_gbps);
+        printf("\n");
+    }
+}
+
 /* JSON: "name":{"f32":[...],"f16":[...],"fp8":[...]} per variant. */
 static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_MAXV][3][ATT_NCTX])
 {
@@ -579,7 +597,7 @@ int main(int argc, char **argv)
             printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, att_gbps[ct][ci], copy_gbps,
                    100 * att_gbps[ct][ci] / copy_gbps);
         }
-    print_attention(64, avar, 2, copy_gbps, aus, agbps);
+    print_attention_short(64, avar, copy_gbps, agbps);
     printf("(GEMV / attention GB/s = weight / K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
     printf("attention time per step vs the f32 cache: f16 %.2fx, fp8 %.2fx at ctx 4096 (bytes 1/2, 1/4)\n",
            att_us[1][2] > 0 ? att_us[0][2] / att_us[1][2] : 0.0, att_us[2][2] > 0 ? att_us[0][2] / att_us[2][2] : 0.0);
