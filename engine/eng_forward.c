@@ -67,6 +67,7 @@ struct eng_forward {
     eng_backend_t *be;
     bool zero_copy;           /* CPU backend: host pointers are backend pointers */
     bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
+    bool any_unfused_qkv, any_unfused_gu; /* some layer still uses separate k, v / up */
     eng_forward_opts_t opts;
 
     layer_w_t *layers;
@@ -263,16 +264,30 @@ static pd_status_t prep_table(eng_forward_t *fw, const char *name, int64_t D, in
     return to_backend(fw, f, bytes, p);
 }
 
-/* Concatenate the rows of n matrices of the same type and input size into one (host
- * memory: CPU backend only).  Leaves out->w NULL when they cannot be fused. */
-static pd_status_t fuse_mats(eng_forward_t *fw, const mat_t *const *ms, int n, mat_t *out)
+/* Free a backend buffer the forward owns before the forward ends (a weight that was
+ * folded into a fused one), so the device holds each weight byte once. */
+static void release_dev(eng_forward_t *fw, const void *dev)
+{
+    for (size_t i = 0; i < fw->n_owned; i++)
+        if (fw->owned[i].dev == dev) {
+            fw->ops->buf_free(fw->be, fw->owned[i].dev);
+            fw->owned[i].dev = NULL;
+            return;
+        }
+}
+
+/* Concatenate the rows of n matrices of the same type and input size into one.  GGUF
+ * rows are self-contained (a quantized row is whole blocks), so row-wise concatenation
+ * is valid for every type.  On the CPU backend the fused copy is host memory beside the
+ * mapped originals; on other backends it is built on the device from the uploaded parts
+ * (device-to-device copies), which are then freed and their w set to NULL.  Leaves
+ * out->w NULL when they cannot be fused. */
+static pd_status_t fuse_mats(eng_forward_t *fw, mat_t *const *ms, int n, mat_t *out)
 {
     size_t row_bytes, total = 0, off = 0;
     uint8_t *buf;
 
     out->w = NULL;
-    if (!fw->zero_copy)
-        return PD_OK;
     for (int i = 0; i < n; i++)
         if (ms[i]->type != ms[0]->type || ms[i]->in != ms[0]->in)
             return PD_OK;
@@ -282,16 +297,31 @@ static pd_status_t fuse_mats(eng_forward_t *fw, const mat_t *const *ms, int n, m
         CK(pd_mul_size(row_bytes, (size_t)ms[i]->out, &b));
         CK(pd_add_size(total, b, &total));
     }
-    CK(host_owned(fw, total, (void **)&buf));
+    if (fw->zero_copy)
+        CK(host_owned(fw, total, (void **)&buf));
+    else
+        CK(dev_alloc(fw, total, (void **)&buf));
     out->in = ms[0]->in;
     out->out = 0;
     out->type = ms[0]->type;
     for (int i = 0; i < n; i++) {
-        memcpy(buf + off, ms[i]->w, row_bytes * (size_t)ms[i]->out);
-        off += row_bytes * (size_t)ms[i]->out;
+        size_t b = row_bytes * (size_t)ms[i]->out;
+        if (fw->zero_copy)
+            memcpy(buf + off, ms[i]->w, b);
+        else
+            CK(fw->ops->memcpy_d2d(fw->be, buf + off, ms[i]->w, b));
+        off += b;
         out->out += ms[i]->out;
     }
     out->w = buf;
+    if (!fw->zero_copy) {
+        /* the copies are queued on the backend's stream: finish them before the parts go */
+        CK(fw->ops->synchronize(fw->be));
+        for (int i = 0; i < n; i++) {
+            release_dev(fw, ms[i]->w);
+            ms[i]->w = NULL;
+        }
+    }
     return PD_OK;
 }
 
@@ -303,26 +333,39 @@ static pd_status_t fuse_layer(eng_forward_t *fw, layer_w_t *L)
      * would need zeros added to the others: keep those unfused */
     bool some_bias = L->bq || L->bk || L->bv, all_bias = L->bq && L->bk && L->bv;
     if (!c->qk_norm && some_bias == all_bias) {
-        const mat_t *qkv[3] = {&L->q, &L->k, &L->v};
+        mat_t *qkv[3] = {&L->q, &L->k, &L->v};
+        const int64_t outs[3] = {L->q.out, L->k.out, L->v.out};
         CK(fuse_mats(fw, qkv, 3, &L->qkv));
         if (L->qkv.w != NULL && all_bias) {
             const float *bs[3] = {L->bq, L->bk, L->bv};
             float *bias;
             int64_t o = 0;
-            CK(host_owned(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
+            if (fw->zero_copy)
+                CK(host_owned(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
+            else
+                CK(dev_alloc(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
             for (int i = 0; i < 3; i++) {
-                memcpy(bias + o, bs[i], (size_t)qkv[i]->out * sizeof(float));
-                o += qkv[i]->out;
+                if (fw->zero_copy)
+                    memcpy(bias + o, bs[i], (size_t)outs[i] * sizeof(float));
+                else
+                    CK(fw->ops->memcpy_d2d(fw->be, bias + o, bs[i], (size_t)outs[i] * sizeof(float)));
+                o += outs[i];
             }
             L->bqkv = bias;
         }
-        fw->any_qkv |= L->qkv.w != NULL;
     }
+    if (L->qkv.w != NULL)
+        fw->any_qkv = true;
+    else
+        fw->any_unfused_qkv = true;
     if (c->gated_ffn) {
-        const mat_t *gu[2] = {&L->gate, &L->up};
+        mat_t *gu[2] = {&L->gate, &L->up};
         CK(fuse_mats(fw, gu, 2, &L->gate_up));
-        fw->any_gu |= L->gate_up.w != NULL;
     }
+    if (L->gate_up.w != NULL)
+        fw->any_gu = true;
+    else
+        fw->any_unfused_gu = true;
     return PD_OK;
 }
 
@@ -377,8 +420,12 @@ static pd_status_t prep_weights(eng_forward_t *fw)
         CK(prep_mat(fw, LNAME("ffn_down.weight"), I, D, &L->down));
         CK(prep_vec(fw, LNAME("ffn_up.bias"), I, false, &L->bup));
         CK(prep_vec(fw, LNAME("ffn_down.bias"), D, false, &L->bdown));
-        if (getenv("PD_FORWARD_NO_FUSE") == NULL) /* A/B switch for benchmarks */
+        if (getenv("PD_FORWARD_NO_FUSE") == NULL) { /* A/B switch for benchmarks */
             CK(fuse_layer(fw, L));
+        } else {
+            fw->any_unfused_qkv = true;
+            fw->any_unfused_gu = true;
+        }
     }
 #undef LNAME
     return PD_OK;
@@ -564,7 +611,9 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     fw->ops = ops;
     fw->be = be;
     fw->opts = *opts;
-    fw->zero_copy = strcmp(ops->name, "cpu") == 0;
+    /* PD_FORWARD_COPY_WEIGHTS=1: the CPU backend too gets uploaded copies of the weights,
+     * so CI runs the path device backends take (upload, fusion on the device) */
+    fw->zero_copy = strcmp(ops->name, "cpu") == 0 && getenv("PD_FORWARD_COPY_WEIGHTS") == NULL;
     fw->attn_factor = 1.0f;
 
 #define TRY(expr)            \
@@ -582,12 +631,14 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(alloc_f32(fw, T, c->hidden, &fw->h));
     /* fused q|k|v and gate|up outputs land in q and gate: size them for that */
     TRY(alloc_f32(fw, T, fw->any_qkv ? QW + 2 * KW : QW, &fw->q));
-    TRY(alloc_f32(fw, T, KW, &fw->k));
-    TRY(alloc_f32(fw, T, KW, &fw->v));
+    /* separate k, v and up buffers only when some layer runs unfused (they are large for
+     * a big max_tokens: up is T x intermediate floats) */
+    TRY(alloc_f32(fw, fw->any_unfused_qkv ? T : 1, KW, &fw->k));
+    TRY(alloc_f32(fw, fw->any_unfused_qkv ? T : 1, KW, &fw->v));
     TRY(alloc_f32(fw, T, QW, &fw->attn));
     TRY(alloc_f32(fw, T, c->hidden, &fw->o));
     TRY(alloc_f32(fw, T, fw->any_gu ? 2 * c->intermediate : c->intermediate, &fw->gate));
-    TRY(alloc_f32(fw, T, c->intermediate, &fw->up));
+    TRY(alloc_f32(fw, fw->any_unfused_gu ? T : 1, c->intermediate, &fw->up));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
     TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
     TRY(alloc_f32(fw, S, c->hidden, &fw->g));
@@ -983,6 +1034,19 @@ void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t 
     s.graph_steps = fw->graph_steps;
     s.eager_steps = fw->eager_steps;
     *stats_p = s;
+}
+
+void eng_forward_fused_layers(const eng_forward_t *fw, int *n_qkv_p, int *n_gate_up_p)
+{
+    int nq = 0, ng = 0;
+    for (int l = 0; l < fw->cfg->n_layers; l++) {
+        nq += fw->layers[l].qkv.w != NULL;
+        ng += fw->layers[l].gate_up.w != NULL;
+    }
+    if (n_qkv_p)
+        *n_qkv_p = nq;
+    if (n_gate_up_p)
+        *n_gate_up_p = ng;
 }
 
 size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_max_bs)

@@ -105,6 +105,11 @@ typedef struct eng_forward_graph_stats {
 
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p);
 
+/* Layers whose q|k|v and gate|up projections run as one fused matmul each (built at
+ * create from the separate weights when their types match; PD_FORWARD_NO_FUSE=1 turns
+ * it off for A/B runs).  Either pointer may be NULL. */
+void eng_forward_fused_layers(const eng_forward_t *fw, int *n_qkv_p, int *n_gate_up_p);
+
 /* Device memory the decode graphs of a model may need beyond the forward's workspace
  * (graph objects and their kernel parameters, scratch for the largest capture size),
  * for the KV sizing: an estimate, 0 when graph_max_bs is 0. */

@@ -8,12 +8,14 @@
  *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s); the same
  *             three decode steps replayed from CUDA graphs (a second forward with
  *             graph_max_bs = the batch limit) beside the eager ones, and with an fp8
- *             (e4m3) KV cache beside the f32 one;
+ *             (e4m3) KV cache beside the f32 one; the graph steps at batch 1 and 64
+ *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
+ *             fused ones, and the fused GEMV shapes (6144x4096, 28672x4096) alone;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
  *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
  *             step beside the f32 cache's.
- * Prints a table and one JSON line (prefixed "JSON ").  Usage:
+ * Prints a table and two JSON lines (prefixed "JSON " and "JSON_STEP ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  */
 #include <math.h>
@@ -140,6 +142,11 @@ int main(int argc, char **argv)
     double gv[5] = {0};
     for (int i = 0; i < 5; i++)
         DIE_IF(kcuda_bench_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv[i]) != PD_OK, "gemv failed");
+    /* the fused decode GEMVs (q|k|v and gate|up as one weight each), M = 1 */
+    static const int64_t fgv_shape[2][2] = {{6144, 4096}, {28672, 4096}};
+    double fgv[2] = {0};
+    for (int i = 0; i < 2; i++)
+        DIE_IF(kcuda_bench_gemv_gbps(1, fgv_shape[i][0], fgv_shape[i][1], 50, &fgv[i]) != PD_OK, "gemv failed");
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -226,6 +233,29 @@ int main(int argc, char **argv)
     }
     if (fw)
         eng_forward_graph_stats(fw, &gst);
+    int n_fused_qkv = 0, n_fused_gu = 0;
+    if (fw)
+        eng_forward_fused_layers(fw, &n_fused_qkv, &n_fused_gu);
+    eng_forward_destroy(fw);
+
+    /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
+    double decnf[3] = {0, 0, 0};
+    setenv("PD_FORWARD_NO_FUSE", "1", 1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (unfused) failed; no unfused rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
+    unsetenv("PD_FORWARD_NO_FUSE");
+    for (int i = 0; fw && i < 2; i++) {
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decnf[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
     eng_forward_destroy(fw);
 
     /* ---- the graph decode steps again with an fp8 (e4m3) KV cache ---- */
@@ -339,6 +369,12 @@ int main(int argc, char **argv)
         snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld", (long long)gv_shape[i][0], (long long)gv_shape[i][1]);
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, gv[i], copy_gbps, 100 * gv[i] / copy_gbps);
     }
+    for (int i = 0; i < 2; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld (fused %s)", (long long)fgv_shape[i][0],
+                 (long long)fgv_shape[i][1], i == 0 ? "qkv" : "gate|up");
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, fgv[i], copy_gbps, 100 * fgv[i] / copy_gbps);
+    }
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -355,6 +391,20 @@ int main(int argc, char **argv)
     printf("(graph rows: ceiling column = the eager step, ratio = speed-up; %d graphs captured, %d failed, "
            "%llu replays)\n",
            gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (i == 0 && decg[0] > 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph (floor: weights)",
+                   decg[0] * 1e3, floor_dec * 1e3, 100 * floor_dec / decg[0]);
+        if (decnf[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, UNFUSED q/k/v g/u", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decnf[i] * 1e3, decg[i] * 1e3,
+               decg[i] > 0 ? decnf[i] / decg[i] : 0.0);
+    }
+    printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
+           "qkv/gate_up), ratio = fused speed-up)\n",
+           n_fused_qkv, n_fused_gu);
     for (int i = 0; i < 3; i++) {
         char what[80];
         if (decf8[i] <= 0)
@@ -384,6 +434,9 @@ int main(int argc, char **argv)
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
            decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, decf8[0] * 1e3, decf8[1] * 1e3, decf8[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
            att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
+    printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
+           "\"fused_layers\":[%d,%d]}\n",
+           fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);
