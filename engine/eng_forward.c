@@ -94,6 +94,7 @@ struct eng_forward {
     bool x_final;       /* x holds the last forward's final residual stream */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
+    int32_t *d_argmax;  /* [max_seqs]: argmax of each logits row (device-side greedy) */
     int64_t *d_slots;
     int32_t *h_pos2;          /* host scratch for OPT position ids */
 
@@ -651,6 +652,7 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, (size_t)T * sizeof(int64_t), (void **)&fw->d_slots));
     TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
+    TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_argmax));
     TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
     if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0 && graph_setup(fw) != PD_OK) {
         /* graphs are an optimisation: without their scratch every step runs eagerly */
@@ -741,8 +743,10 @@ static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_
 /* Every op from the embedding to fw->logits, reading only the fixed buffers.
  * logit_rows (host) NULL means rows 0 .. n_logits-1 of x, in order (decode): the
  * final norm then reads x directly and the body depends on nothing but T, n_seqs and
- * n_logits (what a CUDA graph needs). */
-static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows)
+ * n_logits (what a CUDA graph needs).  argmax: also the argmax of every logits row
+ * into d_argmax (graphs always record it: one read of the logits, a few us). */
+static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows,
+                        bool argmax)
 {
     const eng_model_config_t *c = fw->cfg;
     const eng_backend_ops_t *ops = fw->ops;
@@ -850,8 +854,38 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)logit_rows[i] * D, (size_t)D * sizeof(float)));
     }
     CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
-    (void)V;
-    return matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits);
+    CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    if (argmax)
+        CK(ops->argmax(be, fw->logits, n_logits, V, fw->d_argmax));
+    return PD_OK;
+}
+
+/* The results of a forward back to the host: the logits rows with need_row[i] != 0
+ * (need_row NULL: all, one copy), in runs of consecutive rows, then the argmax ids
+ * when ids != NULL (the body computed them). */
+static pd_status_t copy_out(eng_forward_t *fw, int n_logits, const uint8_t *need_row, float *logits, int32_t *ids)
+{
+    const size_t row = (size_t)fw->cfg->vocab_size * sizeof(float);
+    if (need_row == NULL) {
+        if (n_logits > 0)
+            CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, (size_t)n_logits * row));
+    } else {
+        for (int i = 0; i < n_logits;) {
+            int j = i;
+            if (!need_row[i]) {
+                i++;
+                continue;
+            }
+            while (j < n_logits && need_row[j])
+                j++;
+            CK(fw->ops->memcpy_d2h(fw->be, (char *)logits + (size_t)i * row, (char *)fw->logits + (size_t)i * row,
+                                   (size_t)(j - i) * row));
+            i = j;
+        }
+    }
+    if (ids != NULL && n_logits > 0)
+        CK(fw->ops->memcpy_d2h(fw->be, ids, fw->d_argmax, (size_t)n_logits * sizeof(int32_t)));
+    return PD_OK;
 }
 
 
@@ -939,7 +973,8 @@ static pd_status_t graph_selfcheck(eng_forward_t *fw, eng_cuda_graph_t *g, const
     return st;
 }
 
-static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, float *logits)
+static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, const uint8_t *need_row,
+                             float *logits, int32_t *ids)
 {
     const int bs = fw->sizes[idx];
     const size_t out_bytes = (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float);
@@ -950,16 +985,17 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
     if (g != NULL) {
         CK(eng_backend_cuda_graph_launch(fw->be, g));
         fw->graph_steps++;
-        return fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes);
+        return copy_out(fw, b->n_logits, need_row, logits, ids);
     }
     /* first step of this size: run it eagerly (the warm-up: scratch grown, weights
-     * converted, kernels loaded), then record the same body; recording runs nothing */
-    CK(body(fw, bs, bs, bs, NULL));
-    CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes));
+     * converted, kernels loaded), then record the same body; recording runs nothing.
+     * The warm-up copies every row back (the self-check compares them all). */
+    CK(body(fw, bs, bs, bs, NULL, true));
+    CK(copy_out(fw, b->n_logits, NULL, logits, ids));
     fw->eager_steps++;
     st = eng_backend_cuda_capture_begin(fw->be);
     if (st == PD_OK) {
-        pd_status_t body_st = body(fw, bs, bs, bs, NULL);
+        pd_status_t body_st = body(fw, bs, bs, bs, NULL, true);
         st = eng_backend_cuda_capture_end(fw->be, (eng_cuda_graph_t **)&fw->graphs[idx]);
         if (st == PD_OK && body_st != PD_OK)
             st = body_st;
@@ -984,6 +1020,12 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
 
 pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
 {
+    return eng_forward_run_argmax(fw, b, NULL, logits, NULL);
+}
+
+pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
+                                   float *logits, int32_t *ids)
+{
     const int64_t T = b->n_tokens;
     bool identity;
     int idx;
@@ -1004,7 +1046,7 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     idx = graph_size_index(fw, b);
 #ifdef PD_HAVE_CUDA
     if (idx >= 0) {
-        pd_status_t st = run_graph(fw, b, idx, logits);
+        pd_status_t st = run_graph(fw, b, idx, need_row, logits, ids);
         fw->last_T = st == PD_OK ? fw->sizes[idx] : 0;
         fw->x_final = true;
         return st;
@@ -1013,14 +1055,11 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     (void)idx;
 #endif
     CK(upload(fw, b->tokens, b->positions, b->tok_seq, b->slots, T, b->block_tables, b->context_lens, b->n_seqs));
-    CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows));
+    CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;
     fw->x_final = b->n_logits > 0; /* body() adds the last MLP output into x only then */
-    if (b->n_logits == 0)
-        return PD_OK;
-    return fw->ops->memcpy_d2h(fw->be, logits, fw->logits,
-                               (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float));
+    return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p)

@@ -371,6 +371,52 @@ PD_TEST(test_softmax_argmax)
     }
 }
 
+/* Device-side greedy reads the argmax of every decode logits row: vocabulary sizes of real
+ * models, batches up to 64 rows, values on a coarse grid so the maximum is tied in most
+ * rows (the first one must win, as in the host sampler), the maximum at either end of
+ * a row, and -inf entries. */
+PD_TEST(test_argmax_decode_rows)
+{
+    static const int64_t ns[] = {1001, 49152, 128256};
+    static const int64_t Ts[] = {1, 7, 64};
+    int cases = 0;
+    for (size_t c = 0; c < 3; c++)
+        for (size_t r = 0; r < 3; r++) {
+            const int64_t T = Ts[r], n = ns[c];
+            const size_t bytes = (size_t)(T * n) * 4;
+            float *x = malloc(bytes);
+            int32_t *ridx = malloc((size_t)T * 4);
+            for (size_t i = 0; i < (size_t)(T * n); i++)
+                x[i] = (float)irand(64) - 40.0f; /* many ties of the row maximum */
+            for (int64_t t = 0; t < T; t++) {
+                float *row = x + t * n;
+                if (t % 4 == 1)
+                    row[n - 1] = 100.0f; /* the last element is the unique maximum */
+                if (t % 4 == 2)
+                    row[0] = row[n - 1] = 100.0f; /* tie between the ends */
+                if (t % 4 == 3)
+                    row[irand((int)n)] = -INFINITY;
+            }
+            void *dx = up(x, bytes);
+            int32_t *didx = poisoned((size_t)T * 4);
+            kcpu_argmax(x, T, n, ridx);
+            PD_CHECK_STATUS(ops->argmax(be, dx, T, n, didx), PD_OK);
+            int32_t *gidx = down(didx, (size_t)T * 4);
+            int bad = 0;
+            for (int64_t t = 0; t < T; t++)
+                bad += gidx[t] != ridx[t];
+            if (bad)
+                fprintf(stderr, "  argmax T=%lld n=%lld: %d rows differ (row 0: %d vs %d)\n", (long long)T,
+                        (long long)n, bad, gidx[0], ridx[0]);
+            PD_CHECK_EQ_INT(bad, 0);
+            cases++;
+            free(gidx);
+            ops->buf_free(be, dx), ops->buf_free(be, didx);
+            free(x), free(ridx);
+        }
+    printf("  %d argmax cases (ties -> first index) equal to kcpu\n", cases);
+}
+
 /* ---- KV cache and paged attention ---- */
 
 typedef struct {
@@ -693,6 +739,7 @@ int main(void)
     PD_RUN(test_elementwise);
     PD_RUN(test_embedding);
     PD_RUN(test_softmax_argmax);
+    PD_RUN(test_argmax_decode_rows);
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
     printf("  worst relative error over all ops: %.2e\n", worst_g);
