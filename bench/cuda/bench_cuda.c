@@ -11,7 +11,8 @@
  *             (e4m3) KV cache beside the f32 one; the graph steps at batch 1 and 64
  *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
  *             fused ones, the fused GEMV shapes (6144x4096, 28672x4096) alone, and the
- *             graph steps with device-side greedy (only the argmax ids copied back);
+ *             graph steps with device-side greedy (only the argmax ids copied back),
+ *             and batch 1 with the GEMVs launched with programmatic dependent launch;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
  *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
@@ -265,6 +266,30 @@ int main(int argc, char **argv)
         eng_forward_fused_layers(fw, &n_fused_qkv, &n_fused_gu);
     eng_forward_destroy(fw);
 
+    /* ---- A/B: batch 1 with the GEMVs launched programmatically dependent (PDL): a
+     * forward of its own, so its graphs record the PDL launches ---- */
+    double decp[2] = {0, 0}; /* graph step, graph step with device argmax */
+    kcuda_gemv_set_pdl(1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (pdl) failed; no pdl rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        decp[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        decp[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+        eng_forward_graph_stats_t pst;
+        eng_forward_graph_stats(fw, &pst);
+        if (pst.n_failed > 0)
+            fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_pdl(-1);
+
     /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
     double decnf[3] = {0, 0, 0};
     setenv("PD_FORWARD_NO_FUSE", "1", 1);
@@ -441,6 +466,12 @@ int main(int argc, char **argv)
             printf("%-44s %9.2f ms %8.0f tok/s (%.2fx the full-logits graph step)\n", what, decga[i] * 1e3,
                    Bs[i] / decga[i], decg[i] / decga[i]);
     }
+    if (decp[0] > 0) {
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL", decp[0] * 1e3,
+               floor_dec * 1e3, 100 * floor_dec / decp[0]);
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL, dev argmax",
+               decp[1] * 1e3, floor_dec * 1e3, 100 * floor_dec / decp[1]);
+    }
     printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
            "qkv/gate_up), ratio = fused speed-up)\n",
            n_fused_qkv, n_fused_gu);
@@ -474,9 +505,10 @@ int main(int argc, char **argv)
            decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, decf8[0] * 1e3, decf8[1] * 1e3, decf8[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
            att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
-           "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"fused_layers\":[%d,%d]}\n",
+           "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
+           "\"fused_layers\":[%d,%d]}\n",
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
-           n_fused_qkv, n_fused_gu);
+           decp[0] * 1e3, decp[1] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);
