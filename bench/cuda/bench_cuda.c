@@ -8,13 +8,17 @@
  *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s); the same
  *             three decode steps replayed from CUDA graphs (a second forward with
  *             graph_max_bs = the batch limit) beside the eager ones, and with an fp8
- *             (e4m3) KV cache beside the f32 one;
+ *             (e4m3) KV cache beside the f32 one; the graph steps at batch 1 and 64
+ *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
+ *             fused ones, the fused GEMV shapes (6144x4096, 28672x4096) alone, and the
+ *             graph steps with device-side greedy (only the argmax ids copied back),
+ *             and batch 1 with the GEMVs launched with programmatic dependent launch;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone (kcuda_paged_attention replayed from a CUDA graph),
  *             batch 64, ctx 128..4096, f32, f16 and fp8 (e4m3, scales 1) caches, the
  *             decode kernel and the old one, vs copy bandwidth (bytes of K and V read),
  *             and the time per step beside the f32 cache's.
- * Prints a table and one JSON line (prefixed "JSON ").  Usage:
+ * Prints a table and two JSON lines (prefixed "JSON " and "JSON_STEP ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
@@ -393,6 +397,29 @@ static int attn_only(void)
     json_attention(var, n_var, gbps);
     printf("}\n");
     return 0;
+/* time_forward_soft through device-side greedy: every row argmax-only (need_row all
+ * zero), so only B ids come back instead of B x vocab floats. */
+static double time_forward_argmax(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
+{
+    eng_fwd_batch_t fb = {b->n_tokens, b->tokens, b->pos, b->seq, b->slots, b->n_seqs, b->tables, b->ctx,
+                          b->n_seqs, b->rows};
+    uint8_t *need = calloc((size_t)b->n_seqs, 1);
+    int32_t *ids = malloc((size_t)b->n_seqs * sizeof(int32_t));
+    double t = 0;
+    if (need == NULL || ids == NULL)
+        goto out;
+    for (int i = 0; i < warm; i++)
+        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+            goto out;
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+            goto out;
+    t = (now_s() - t0) / iters;
+out:
+    free(need);
+    free(ids);
+    return t;
 }
 
 int main(int argc, char **argv)
@@ -421,6 +448,11 @@ int main(int argc, char **argv)
     double gv[5] = {0};
     for (int i = 0; i < 5; i++)
         DIE_IF(kcuda_bench_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv[i]) != PD_OK, "gemv failed");
+    /* the fused decode GEMVs (q|k|v and gate|up as one weight each), M = 1 */
+    static const int64_t fgv_shape[2][2] = {{6144, 4096}, {28672, 4096}};
+    double fgv[2] = {0};
+    for (int i = 0; i < 2; i++)
+        DIE_IF(kcuda_bench_gemv_gbps(1, fgv_shape[i][0], fgv_shape[i][1], 50, &fgv[i]) != PD_OK, "gemv failed");
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -485,7 +517,7 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
 
     /* ---- the same decode steps replayed from CUDA graphs ---- */
-    double decg[3] = {0, 0, 0};
+    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}; /* full logits back / device argmax */
     eng_forward_graph_stats_t gst = {0};
     fo.graph_max_bs = B_max;
     fo.graph_max_ctx = 8192;
@@ -503,10 +535,58 @@ int main(int argc, char **argv)
             continue;
         make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
         decg[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        decga[i] = time_forward_argmax(fw, &b, logits, 2, quick ? 5 : 20);
         free_batch(&b);
     }
     if (fw)
         eng_forward_graph_stats(fw, &gst);
+    int n_fused_qkv = 0, n_fused_gu = 0;
+    if (fw)
+        eng_forward_fused_layers(fw, &n_fused_qkv, &n_fused_gu);
+    eng_forward_destroy(fw);
+
+    /* ---- A/B: batch 1 with the GEMVs launched programmatically dependent (PDL): a
+     * forward of its own, so its graphs record the PDL launches ---- */
+    double decp[2] = {0, 0}; /* graph step, graph step with device argmax */
+    kcuda_gemv_set_pdl(1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (pdl) failed; no pdl rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        decp[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        decp[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+        eng_forward_graph_stats_t pst;
+        eng_forward_graph_stats(fw, &pst);
+        if (pst.n_failed > 0)
+            fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_pdl(-1);
+
+    /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
+    double decnf[3] = {0, 0, 0};
+    setenv("PD_FORWARD_NO_FUSE", "1", 1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (unfused) failed; no unfused rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
+    unsetenv("PD_FORWARD_NO_FUSE");
+    for (int i = 0; fw && i < 2; i++) {
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decnf[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
     eng_forward_destroy(fw);
 
     /* ---- the graph decode steps again with an fp8 (e4m3) KV cache ---- */
@@ -562,6 +642,12 @@ int main(int argc, char **argv)
         snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld", (long long)gv_shape[i][0], (long long)gv_shape[i][1]);
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, gv[i], copy_gbps, 100 * gv[i] / copy_gbps);
     }
+    for (int i = 0; i < 2; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld (fused %s)", (long long)fgv_shape[i][0],
+                 (long long)fgv_shape[i][1], i == 0 ? "qkv" : "gate|up");
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, fgv[i], copy_gbps, 100 * fgv[i] / copy_gbps);
+    }
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -578,6 +664,38 @@ int main(int argc, char **argv)
     printf("(graph rows: ceiling column = the eager step, ratio = speed-up; %d graphs captured, %d failed, "
            "%llu replays)\n",
            gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (i == 0 && decg[0] > 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph (floor: weights)",
+                   decg[0] * 1e3, floor_dec * 1e3, 100 * floor_dec / decg[0]);
+        if (decnf[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, UNFUSED q/k/v g/u", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decnf[i] * 1e3, decg[i] * 1e3,
+               decg[i] > 0 ? decnf[i] / decg[i] : 0.0);
+    }
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decga[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, device argmax", Bs[i]);
+        if (i == 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", what, decga[i] * 1e3, floor_dec * 1e3,
+                   100 * floor_dec / decga[i]);
+        else
+            printf("%-44s %9.2f ms %8.0f tok/s (%.2fx the full-logits graph step)\n", what, decga[i] * 1e3,
+                   Bs[i] / decga[i], decg[i] / decga[i]);
+    }
+    if (decp[0] > 0) {
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL", decp[0] * 1e3,
+               floor_dec * 1e3, 100 * floor_dec / decp[0]);
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL, dev argmax",
+               decp[1] * 1e3, floor_dec * 1e3, 100 * floor_dec / decp[1]);
+    }
+    printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
+           "qkv/gate_up), ratio = fused speed-up)\n",
+           n_fused_qkv, n_fused_gu);
     for (int i = 0; i < 3; i++) {
         char what[80];
         if (decf8[i] <= 0)
@@ -610,6 +728,11 @@ int main(int argc, char **argv)
            att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     json_attention(avar, 2, agbps);
     printf("}\n");
+    printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
+           "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
+           "\"fused_layers\":[%d,%d]}\n",
+           fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
+           decp[0] * 1e3, decp[1] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

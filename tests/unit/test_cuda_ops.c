@@ -153,6 +153,66 @@ PD_TEST(test_matmul)
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
+/* The decode GEMV with programmatic dependent launch (kcuda_gemv_set_pdl): it starts
+ * while the kernel before it (an RMSNorm or a SiLU-and-mul, which trigger their
+ * dependents at once) still runs, and must still read that kernel's output.  Each round
+ * uploads a fresh input, so a GEMV that read its x before the producer finished would
+ * see the previous round's values.  bf16 weights used as they are (no conversion):
+ * only the summation order differs from kcpu (1e-4). */
+static void gemv_pdl_case(int64_t M, int64_t K, int64_t N, bool glu, int rounds)
+{
+    size_t rb = (size_t)K * 2;
+    float *wf = rand_vec((size_t)N * K, 0.1f), *nw = rand_vec((size_t)K, 1.0f);
+    uint8_t *w = malloc(rb * (size_t)N);
+    for (int64_t r = 0; r < N; r++)
+        kcpu_quant_row(KCPU_DTYPE_BF16, wf + r * K, w + (size_t)r * rb, K);
+    void *dw = up(w, rb * (size_t)N), *dnw = up(nw, sizeof(float) * K);
+    float *din = poisoned(sizeof(float) * M * 2 * K), *dh = poisoned(sizeof(float) * M * K);
+    float *dy = poisoned(sizeof(float) * M * N);
+    float *h = malloc(sizeof(float) * M * K), *ref = malloc(sizeof(float) * M * N);
+    int bad = 0;
+    for (int r = 0; r < rounds; r++) {
+        float *in = rand_vec((size_t)(M * 2 * K), 2.0f);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, din, in, sizeof(float) * M * 2 * K), PD_OK);
+        if (glu) { /* in = [gate | up] rows of 2K */
+            kcpu_silu_and_mul(NULL, in, 2 * K, in + K, 2 * K, h, M, K);
+            PD_CHECK_STATUS(ops->silu_and_mul(be, din, 2 * K, din + K, 2 * K, dh, M, K), PD_OK);
+        } else { /* the first M * K floats of in */
+            kcpu_rmsnorm(NULL, in, nw, h, M, K, 1e-5f);
+            PD_CHECK_STATUS(ops->rmsnorm(be, din, dnw, dh, M, K, 1e-5f), PD_OK);
+        }
+        PD_CHECK_STATUS(ops->matmul(be, dh, M, K, K, dw, KCPU_DTYPE_BF16, N, NULL, dy, N), PD_OK);
+        PD_CHECK_STATUS(kcpu_matmul(NULL, h, M, K, K, w, KCPU_DTYPE_BF16, N, NULL, ref, N, KCPU_MM_EXACT), PD_OK);
+        float *got = down(dy, sizeof(float) * M * N);
+        char what[96];
+        snprintf(what, sizeof(what), "gemv pdl after %s M%lld K%lld N%lld round %d", glu ? "silu_mul" : "rmsnorm",
+                 (long long)M, (long long)K, (long long)N, r);
+        bad += cmp(what, got, ref, (size_t)(M * N), 1e-4) != 0;
+        free(got);
+        free(in);
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+    ops->buf_free(be, dw), ops->buf_free(be, dnw), ops->buf_free(be, din), ops->buf_free(be, dh);
+    ops->buf_free(be, dy);
+    free(wf), free(nw), free(w), free(h), free(ref);
+}
+
+PD_TEST(test_gemv_pdl)
+{
+    /* K = 72: fewer chunks than the prefetched batch; N <= 2048: 4 warps per column */
+    static const int64_t shapes[][3] = {{1, 4096, 6144}, {1, 4096, 1024}, {3, 576, 1536}, {8, 72, 258}, {5, 1024, 2049}};
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        kcuda_gemv_set_pdl(pdl);
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], false, 6);
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], true, 6);
+        }
+    }
+    kcuda_gemv_set_pdl(-1);
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
 /* ---- norms ---- */
 
 PD_TEST(test_norms)
@@ -370,6 +430,52 @@ PD_TEST(test_softmax_argmax)
         ops->buf_free(be, dx), ops->buf_free(be, dout), ops->buf_free(be, didx);
         free(x), free(ref);
     }
+}
+
+/* Device-side greedy reads the argmax of every decode logits row: vocabulary sizes of real
+ * models, batches up to 64 rows, values on a coarse grid so the maximum is tied in most
+ * rows (the first one must win, as in the host sampler), the maximum at either end of
+ * a row, and -inf entries. */
+PD_TEST(test_argmax_decode_rows)
+{
+    static const int64_t ns[] = {1001, 49152, 128256};
+    static const int64_t Ts[] = {1, 7, 64};
+    int cases = 0;
+    for (size_t c = 0; c < 3; c++)
+        for (size_t r = 0; r < 3; r++) {
+            const int64_t T = Ts[r], n = ns[c];
+            const size_t bytes = (size_t)(T * n) * 4;
+            float *x = malloc(bytes);
+            int32_t *ridx = malloc((size_t)T * 4);
+            for (size_t i = 0; i < (size_t)(T * n); i++)
+                x[i] = (float)irand(64) - 40.0f; /* many ties of the row maximum */
+            for (int64_t t = 0; t < T; t++) {
+                float *row = x + t * n;
+                if (t % 4 == 1)
+                    row[n - 1] = 100.0f; /* the last element is the unique maximum */
+                if (t % 4 == 2)
+                    row[0] = row[n - 1] = 100.0f; /* tie between the ends */
+                if (t % 4 == 3)
+                    row[irand((int)n)] = -INFINITY;
+            }
+            void *dx = up(x, bytes);
+            int32_t *didx = poisoned((size_t)T * 4);
+            kcpu_argmax(x, T, n, ridx);
+            PD_CHECK_STATUS(ops->argmax(be, dx, T, n, didx), PD_OK);
+            int32_t *gidx = down(didx, (size_t)T * 4);
+            int bad = 0;
+            for (int64_t t = 0; t < T; t++)
+                bad += gidx[t] != ridx[t];
+            if (bad)
+                fprintf(stderr, "  argmax T=%lld n=%lld: %d rows differ (row 0: %d vs %d)\n", (long long)T,
+                        (long long)n, bad, gidx[0], ridx[0]);
+            PD_CHECK_EQ_INT(bad, 0);
+            cases++;
+            free(gidx);
+            ops->buf_free(be, dx), ops->buf_free(be, didx);
+            free(x), free(ridx);
+        }
+    printf("  %d argmax cases (ties -> first index) equal to kcpu\n", cases);
 }
 
 /* ---- KV cache and paged attention ---- */
@@ -951,6 +1057,8 @@ int main(void)
     PD_RUN(test_elementwise);
     PD_RUN(test_embedding);
     PD_RUN(test_softmax_argmax);
+    PD_RUN(test_argmax_decode_rows);
+    PD_RUN(test_gemv_pdl);
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
     PD_RUN(test_decode_attention);
