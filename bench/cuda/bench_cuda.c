@@ -397,6 +397,8 @@ static int attn_only(void)
     json_attention(var, n_var, gbps);
     printf("}\n");
     return 0;
+}
+
 /* time_forward_soft through device-side greedy: every row argmax-only (need_row all
  * zero), so only B ids come back instead of B x vocab floats. */
 static double time_forward_argmax(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
