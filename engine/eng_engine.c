@@ -144,6 +144,11 @@ struct eng_engine {
     ereq_t **plp_req;
     ereq_t **dead;            /* requests to free after a step */
     float *logits, *row;      /* [max_seqs * V], [V] */
+    /* device-side greedy (eng_forward_run_argmax): rows whose samples are all a plain
+     * argmax get only the id back; PD_ENGINE_HOST_SAMPLING=1 turns it off (A/B runs) */
+    bool device_argmax;
+    uint8_t *need_row;        /* [max_seqs]: logits row r must come back whole */
+    int32_t *argmax_ids;      /* [max_seqs] */
     pd_buf_t delta, text;
 };
 
@@ -738,6 +743,35 @@ static pd_status_t do_swap(eng_engine_t *e, const eng_block_copy_t *pairs, int n
     return PD_OK;
 }
 
+/* The sampling context of sample j of a batch sequence (what eng_sampler_sample reads). */
+static void sample_ctx(const eng_engine_t *e, eng_request_t *sreq, eng_sample_ctx_t *ctx)
+{
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->params = &sreq->params;
+    ctx->prompt = sreq->tokens;
+    ctx->n_prompt = sreq->n_prompt;
+    ctx->output = eng_request_output(sreq);
+    ctx->n_output = eng_request_n_output(sreq);
+    ctx->rng = &sreq->rng;
+    ctx->eos_ids = e->eos_ids;
+    ctx->n_eos = e->n_eos;
+}
+
+/* Whether the logits row of a batch sequence must come back whole: false when no
+ * sample reads it (no request state) or every sample is a plain argmax. */
+static bool row_needed(const eng_engine_t *e, const eng_batch_seq_t *bq)
+{
+    if (bq->req->user == NULL)
+        return false;
+    for (int j = 0; j < bq->n_samples; j++) {
+        eng_sample_ctx_t ctx;
+        sample_ctx(e, eng_request_seq(bq->req, j), &ctx);
+        if (!eng_sampler_argmax_only(&ctx))
+            return true;
+    }
+    return false;
+}
+
 static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
 {
     const int64_t V = e->mc->vocab_size;
@@ -787,8 +821,26 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     fb.context_lens = e->b_ctx;
     fb.n_logits = n_logits;
     fb.logit_rows = e->b_logit_rows;
-    if ((st = eng_forward_run(e->fw, &fb, e->logits)) != PD_OK)
+    /* device-side greedy: when some rows only need their argmax, the forward computes
+     * it on the backend and copies back the ids and only the other rows */
+    const int32_t *ids = NULL;
+    int n_need = n_logits;
+    if (e->device_argmax && n_logits > 0) {
+        n_need = 0;
+        for (int s = 0; s < b->n_seqs; s++)
+            if (e->seq_logit[s] >= 0) {
+                bool need = row_needed(e, &b->seqs[s]);
+                e->need_row[e->seq_logit[s]] = need;
+                n_need += need;
+            }
+    }
+    if (n_need < n_logits) {
+        if ((st = eng_forward_run_argmax(e->fw, &fb, e->need_row, e->logits, e->argmax_ids)) != PD_OK)
+            return st;
+        ids = e->argmax_ids;
+    } else if ((st = eng_forward_run(e->fw, &fb, e->logits)) != PD_OK) {
         return st;
+    }
     if (b->n_samples > e->cap_sampled) {
         int32_t *ns = realloc(e->sampled, (size_t)b->n_samples * sizeof(int32_t));
         if (ns == NULL)
@@ -808,19 +860,18 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
             seq_state_t *ss = &er->seqs[sreq->seq_index];
             eng_sample_ctx_t ctx;
             eng_sample_result_t res;
-            memcpy(e->row, e->logits + (size_t)e->seq_logit[s] * V, (size_t)V * sizeof(float));
-            memset(&ctx, 0, sizeof(ctx));
-            ctx.params = &sreq->params;
-            ctx.prompt = sreq->tokens;
-            ctx.n_prompt = sreq->n_prompt;
-            ctx.output = eng_request_output(sreq);
-            ctx.n_output = eng_request_n_output(sreq);
-            ctx.rng = &sreq->rng;
-            ctx.eos_ids = e->eos_ids;
-            ctx.n_eos = e->n_eos;
+            sample_ctx(e, sreq, &ctx);
             memset(&res, 0, sizeof(res));
             res.top = sreq->params.logprobs > 0 ? ss->tops : NULL;
-            st = eng_sampler_sample(e->sampler, e->row, &ctx, &res);
+            if (ids != NULL && !e->need_row[e->seq_logit[s]]) {
+                /* the argmax the backend computed (row_needed said every sample of
+                 * this row is one), exactly what eng_sampler_sample would return */
+                eng_sampler_argmax_result(ids[e->seq_logit[s]], &res);
+                st = PD_OK;
+            } else {
+                memcpy(e->row, e->logits + (size_t)e->seq_logit[s] * V, (size_t)V * sizeof(float));
+                st = eng_sampler_sample(e->sampler, e->row, &ctx, &res);
+            }
             if (st != PD_OK) {
                 /* every token masked (e.g. allowed_token_ids all banned): end this sequence */
                 PD_LOG_REQ(WARN, sreq->id, "nothing can be sampled; finishing with an error");
@@ -1482,7 +1533,10 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->sampled = malloc(S * sizeof(int32_t));
         e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
-        if (!e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
+        e->need_row = malloc(S);
+        e->argmax_ids = malloc(S * sizeof(int32_t));
+        e->device_argmax = getenv("PD_ENGINE_HOST_SAMPLING") == NULL;
+        if (!e->need_row || !e->argmax_ids || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
             !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
@@ -1583,6 +1637,8 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->sampled);
     free(e->logits);
     free(e->row);
+    free(e->need_row);
+    free(e->argmax_ids);
     free(e->bos_str);
     free(e->eos_str);
     pd_buf_cleanup(&e->delta);

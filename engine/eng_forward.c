@@ -67,6 +67,7 @@ struct eng_forward {
     eng_backend_t *be;
     bool zero_copy;           /* CPU backend: host pointers are backend pointers */
     bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
+    bool any_unfused_qkv, any_unfused_gu; /* some layer still uses separate k, v / up */
     eng_forward_opts_t opts;
 
     layer_w_t *layers;
@@ -93,6 +94,7 @@ struct eng_forward {
     bool x_final;       /* x holds the last forward's final residual stream */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
+    int32_t *d_argmax;  /* [max_seqs]: argmax of each logits row (device-side greedy) */
     int64_t *d_slots;
     int32_t *h_pos2;          /* host scratch for OPT position ids */
 
@@ -263,16 +265,30 @@ static pd_status_t prep_table(eng_forward_t *fw, const char *name, int64_t D, in
     return to_backend(fw, f, bytes, p);
 }
 
-/* Concatenate the rows of n matrices of the same type and input size into one (host
- * memory: CPU backend only).  Leaves out->w NULL when they cannot be fused. */
-static pd_status_t fuse_mats(eng_forward_t *fw, const mat_t *const *ms, int n, mat_t *out)
+/* Free a backend buffer the forward owns before the forward ends (a weight that was
+ * folded into a fused one), so the device holds each weight byte once. */
+static void release_dev(eng_forward_t *fw, const void *dev)
+{
+    for (size_t i = 0; i < fw->n_owned; i++)
+        if (fw->owned[i].dev == dev) {
+            fw->ops->buf_free(fw->be, fw->owned[i].dev);
+            fw->owned[i].dev = NULL;
+            return;
+        }
+}
+
+/* Concatenate the rows of n matrices of the same type and input size into one.  GGUF
+ * rows are self-contained (a quantized row is whole blocks), so row-wise concatenation
+ * is valid for every type.  On the CPU backend the fused copy is host memory beside the
+ * mapped originals; on other backends it is built on the device from the uploaded parts
+ * (device-to-device copies), which are then freed and their w set to NULL.  Leaves
+ * out->w NULL when they cannot be fused. */
+static pd_status_t fuse_mats(eng_forward_t *fw, mat_t *const *ms, int n, mat_t *out)
 {
     size_t row_bytes, total = 0, off = 0;
     uint8_t *buf;
 
     out->w = NULL;
-    if (!fw->zero_copy)
-        return PD_OK;
     for (int i = 0; i < n; i++)
         if (ms[i]->type != ms[0]->type || ms[i]->in != ms[0]->in)
             return PD_OK;
@@ -282,16 +298,31 @@ static pd_status_t fuse_mats(eng_forward_t *fw, const mat_t *const *ms, int n, m
         CK(pd_mul_size(row_bytes, (size_t)ms[i]->out, &b));
         CK(pd_add_size(total, b, &total));
     }
-    CK(host_owned(fw, total, (void **)&buf));
+    if (fw->zero_copy)
+        CK(host_owned(fw, total, (void **)&buf));
+    else
+        CK(dev_alloc(fw, total, (void **)&buf));
     out->in = ms[0]->in;
     out->out = 0;
     out->type = ms[0]->type;
     for (int i = 0; i < n; i++) {
-        memcpy(buf + off, ms[i]->w, row_bytes * (size_t)ms[i]->out);
-        off += row_bytes * (size_t)ms[i]->out;
+        size_t b = row_bytes * (size_t)ms[i]->out;
+        if (fw->zero_copy)
+            memcpy(buf + off, ms[i]->w, b);
+        else
+            CK(fw->ops->memcpy_d2d(fw->be, buf + off, ms[i]->w, b));
+        off += b;
         out->out += ms[i]->out;
     }
     out->w = buf;
+    if (!fw->zero_copy) {
+        /* the copies are queued on the backend's stream: finish them before the parts go */
+        CK(fw->ops->synchronize(fw->be));
+        for (int i = 0; i < n; i++) {
+            release_dev(fw, ms[i]->w);
+            ms[i]->w = NULL;
+        }
+    }
     return PD_OK;
 }
 
@@ -303,26 +334,39 @@ static pd_status_t fuse_layer(eng_forward_t *fw, layer_w_t *L)
      * would need zeros added to the others: keep those unfused */
     bool some_bias = L->bq || L->bk || L->bv, all_bias = L->bq && L->bk && L->bv;
     if (!c->qk_norm && some_bias == all_bias) {
-        const mat_t *qkv[3] = {&L->q, &L->k, &L->v};
+        mat_t *qkv[3] = {&L->q, &L->k, &L->v};
+        const int64_t outs[3] = {L->q.out, L->k.out, L->v.out};
         CK(fuse_mats(fw, qkv, 3, &L->qkv));
         if (L->qkv.w != NULL && all_bias) {
             const float *bs[3] = {L->bq, L->bk, L->bv};
             float *bias;
             int64_t o = 0;
-            CK(host_owned(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
+            if (fw->zero_copy)
+                CK(host_owned(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
+            else
+                CK(dev_alloc(fw, (size_t)L->qkv.out * sizeof(float), (void **)&bias));
             for (int i = 0; i < 3; i++) {
-                memcpy(bias + o, bs[i], (size_t)qkv[i]->out * sizeof(float));
-                o += qkv[i]->out;
+                if (fw->zero_copy)
+                    memcpy(bias + o, bs[i], (size_t)outs[i] * sizeof(float));
+                else
+                    CK(fw->ops->memcpy_d2d(fw->be, bias + o, bs[i], (size_t)outs[i] * sizeof(float)));
+                o += outs[i];
             }
             L->bqkv = bias;
         }
-        fw->any_qkv |= L->qkv.w != NULL;
     }
+    if (L->qkv.w != NULL)
+        fw->any_qkv = true;
+    else
+        fw->any_unfused_qkv = true;
     if (c->gated_ffn) {
-        const mat_t *gu[2] = {&L->gate, &L->up};
+        mat_t *gu[2] = {&L->gate, &L->up};
         CK(fuse_mats(fw, gu, 2, &L->gate_up));
-        fw->any_gu |= L->gate_up.w != NULL;
     }
+    if (L->gate_up.w != NULL)
+        fw->any_gu = true;
+    else
+        fw->any_unfused_gu = true;
     return PD_OK;
 }
 
@@ -377,8 +421,12 @@ static pd_status_t prep_weights(eng_forward_t *fw)
         CK(prep_mat(fw, LNAME("ffn_down.weight"), I, D, &L->down));
         CK(prep_vec(fw, LNAME("ffn_up.bias"), I, false, &L->bup));
         CK(prep_vec(fw, LNAME("ffn_down.bias"), D, false, &L->bdown));
-        if (getenv("PD_FORWARD_NO_FUSE") == NULL) /* A/B switch for benchmarks */
+        if (getenv("PD_FORWARD_NO_FUSE") == NULL) { /* A/B switch for benchmarks */
             CK(fuse_layer(fw, L));
+        } else {
+            fw->any_unfused_qkv = true;
+            fw->any_unfused_gu = true;
+        }
     }
 #undef LNAME
     return PD_OK;
@@ -568,7 +616,9 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     fw->ops = ops;
     fw->be = be;
     fw->opts = *opts;
-    fw->zero_copy = strcmp(ops->name, "cpu") == 0;
+    /* PD_FORWARD_COPY_WEIGHTS=1: the CPU backend too gets uploaded copies of the weights,
+     * so CI runs the path device backends take (upload, fusion on the device) */
+    fw->zero_copy = strcmp(ops->name, "cpu") == 0 && getenv("PD_FORWARD_COPY_WEIGHTS") == NULL;
     fw->attn_factor = 1.0f;
 
 #define TRY(expr)            \
@@ -586,12 +636,14 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(alloc_f32(fw, T, c->hidden, &fw->h));
     /* fused q|k|v and gate|up outputs land in q and gate: size them for that */
     TRY(alloc_f32(fw, T, fw->any_qkv ? QW + 2 * KW : QW, &fw->q));
-    TRY(alloc_f32(fw, T, KW, &fw->k));
-    TRY(alloc_f32(fw, T, KW, &fw->v));
+    /* separate k, v and up buffers only when some layer runs unfused (they are large for
+     * a big max_tokens: up is T x intermediate floats) */
+    TRY(alloc_f32(fw, fw->any_unfused_qkv ? T : 1, KW, &fw->k));
+    TRY(alloc_f32(fw, fw->any_unfused_qkv ? T : 1, KW, &fw->v));
     TRY(alloc_f32(fw, T, QW, &fw->attn));
     TRY(alloc_f32(fw, T, c->hidden, &fw->o));
     TRY(alloc_f32(fw, T, fw->any_gu ? 2 * c->intermediate : c->intermediate, &fw->gate));
-    TRY(alloc_f32(fw, T, c->intermediate, &fw->up));
+    TRY(alloc_f32(fw, fw->any_unfused_gu ? T : 1, c->intermediate, &fw->up));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
     TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
     TRY(alloc_f32(fw, S, c->hidden, &fw->g));
@@ -604,6 +656,7 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, (size_t)T * sizeof(int64_t), (void **)&fw->d_slots));
     TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
+    TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_argmax));
     TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
     if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0 && graph_setup(fw) != PD_OK) {
         /* graphs are an optimisation: without their scratch every step runs eagerly */
@@ -694,8 +747,10 @@ static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_
 /* Every op from the embedding to fw->logits, reading only the fixed buffers.
  * logit_rows (host) NULL means rows 0 .. n_logits-1 of x, in order (decode): the
  * final norm then reads x directly and the body depends on nothing but T, n_seqs and
- * n_logits (what a CUDA graph needs). */
-static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows)
+ * n_logits (what a CUDA graph needs).  argmax: also the argmax of every logits row
+ * into d_argmax (graphs always record it: one read of the logits, a few us). */
+static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows,
+                        bool argmax)
 {
     const eng_model_config_t *c = fw->cfg;
     const eng_backend_ops_t *ops = fw->ops;
@@ -803,8 +858,38 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)logit_rows[i] * D, (size_t)D * sizeof(float)));
     }
     CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
-    (void)V;
-    return matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits);
+    CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    if (argmax)
+        CK(ops->argmax(be, fw->logits, n_logits, V, fw->d_argmax));
+    return PD_OK;
+}
+
+/* The results of a forward back to the host: the logits rows with need_row[i] != 0
+ * (need_row NULL: all, one copy), in runs of consecutive rows, then the argmax ids
+ * when ids != NULL (the body computed them). */
+static pd_status_t copy_out(eng_forward_t *fw, int n_logits, const uint8_t *need_row, float *logits, int32_t *ids)
+{
+    const size_t row = (size_t)fw->cfg->vocab_size * sizeof(float);
+    if (need_row == NULL) {
+        if (n_logits > 0)
+            CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, (size_t)n_logits * row));
+    } else {
+        for (int i = 0; i < n_logits;) {
+            int j = i;
+            if (!need_row[i]) {
+                i++;
+                continue;
+            }
+            while (j < n_logits && need_row[j])
+                j++;
+            CK(fw->ops->memcpy_d2h(fw->be, (char *)logits + (size_t)i * row, (char *)fw->logits + (size_t)i * row,
+                                   (size_t)(j - i) * row));
+            i = j;
+        }
+    }
+    if (ids != NULL && n_logits > 0)
+        CK(fw->ops->memcpy_d2h(fw->be, ids, fw->d_argmax, (size_t)n_logits * sizeof(int32_t)));
+    return PD_OK;
 }
 
 
@@ -892,7 +977,8 @@ static pd_status_t graph_selfcheck(eng_forward_t *fw, eng_cuda_graph_t *g, const
     return st;
 }
 
-static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, float *logits)
+static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, const uint8_t *need_row,
+                             float *logits, int32_t *ids)
 {
     const int bs = fw->sizes[idx];
     const size_t out_bytes = (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float);
@@ -903,16 +989,17 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
     if (g != NULL) {
         CK(eng_backend_cuda_graph_launch(fw->be, g));
         fw->graph_steps++;
-        return fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes);
+        return copy_out(fw, b->n_logits, need_row, logits, ids);
     }
     /* first step of this size: run it eagerly (the warm-up: scratch grown, weights
-     * converted, kernels loaded), then record the same body; recording runs nothing */
-    CK(body(fw, bs, bs, bs, NULL));
-    CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, out_bytes));
+     * converted, kernels loaded), then record the same body; recording runs nothing.
+     * The warm-up copies every row back (the self-check compares them all). */
+    CK(body(fw, bs, bs, bs, NULL, true));
+    CK(copy_out(fw, b->n_logits, NULL, logits, ids));
     fw->eager_steps++;
     st = eng_backend_cuda_capture_begin(fw->be);
     if (st == PD_OK) {
-        pd_status_t body_st = body(fw, bs, bs, bs, NULL);
+        pd_status_t body_st = body(fw, bs, bs, bs, NULL, true);
         st = eng_backend_cuda_capture_end(fw->be, (eng_cuda_graph_t **)&fw->graphs[idx]);
         if (st == PD_OK && body_st != PD_OK)
             st = body_st;
@@ -937,6 +1024,12 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
 
 pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
 {
+    return eng_forward_run_argmax(fw, b, NULL, logits, NULL);
+}
+
+pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
+                                   float *logits, int32_t *ids)
+{
     const int64_t T = b->n_tokens;
     bool identity;
     int idx;
@@ -957,7 +1050,7 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     idx = graph_size_index(fw, b);
 #ifdef PD_HAVE_CUDA
     if (idx >= 0) {
-        pd_status_t st = run_graph(fw, b, idx, logits);
+        pd_status_t st = run_graph(fw, b, idx, need_row, logits, ids);
         fw->last_T = st == PD_OK ? fw->sizes[idx] : 0;
         fw->x_final = true;
         return st;
@@ -966,14 +1059,11 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
     (void)idx;
 #endif
     CK(upload(fw, b->tokens, b->positions, b->tok_seq, b->slots, T, b->block_tables, b->context_lens, b->n_seqs));
-    CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows));
+    CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;
     fw->x_final = b->n_logits > 0; /* body() adds the last MLP output into x only then */
-    if (b->n_logits == 0)
-        return PD_OK;
-    return fw->ops->memcpy_d2h(fw->be, logits, fw->logits,
-                               (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float));
+    return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p)
@@ -987,6 +1077,19 @@ void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t 
     s.graph_steps = fw->graph_steps;
     s.eager_steps = fw->eager_steps;
     *stats_p = s;
+}
+
+void eng_forward_fused_layers(const eng_forward_t *fw, int *n_qkv_p, int *n_gate_up_p)
+{
+    int nq = 0, ng = 0;
+    for (int l = 0; l < fw->cfg->n_layers; l++) {
+        nq += fw->layers[l].qkv.w != NULL;
+        ng += fw->layers[l].gate_up.w != NULL;
+    }
+    if (n_qkv_p)
+        *n_qkv_p = nq;
+    if (n_gate_up_p)
+        *n_gate_up_p = ng;
 }
 
 size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_max_bs)

@@ -80,6 +80,17 @@ void eng_forward_destroy(eng_forward_t *fw);
  * PD_ERR_RANGE for token ids outside the vocabulary or slots outside the cache. */
 pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *batch, float *logits);
 
+/* eng_forward_run with device-side greedy: the backend also computes the argmax of every
+ * logits row (first maximum on ties, NaN ignored: what the host sampler's greedy pick
+ * does) into ids (host, n_logits int32, required), and copies the full logits row i back
+ * into logits + i * vocab only when need_row[i] != 0 (need_row NULL: every row).  Rows
+ * not needed may be left as they were or filled (the first step of a CUDA graph size
+ * copies them all, so logits is always a buffer of n_logits * vocab floats).  A decode
+ * batch of greedy rows then copies n_logits ids back instead of n_logits * vocab floats.
+ * Errors as eng_forward_run; ids and logits are unspecified after a failure. */
+pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *batch, const uint8_t *need_row,
+                                   float *logits, int32_t *ids);
+
 /* Logits of more rows of the last eng_forward_run (prompt_logprobs): rows are token
  * indices of that batch, n <= max_seqs per call (call again for more); logits gets
  * n * vocab floats.  Valid until the next eng_forward_run.  PD_ERR_INVAL for bad rows. */
@@ -105,6 +116,11 @@ typedef struct eng_forward_graph_stats {
 } eng_forward_graph_stats_t;
 
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p);
+
+/* Layers whose q|k|v and gate|up projections run as one fused matmul each (built at
+ * create from the separate weights when their types match; PD_FORWARD_NO_FUSE=1 turns
+ * it off for A/B runs).  Either pointer may be NULL. */
+void eng_forward_fused_layers(const eng_forward_t *fw, int *n_qkv_p, int *n_gate_up_p);
 
 /* Device memory the decode graphs of a model may need beyond the forward's workspace
  * (graph objects and their kernel parameters, scratch for the largest capture size),

@@ -691,6 +691,25 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, float temp, const eng
     }
 }
 
+bool eng_sampler_argmax_only(const eng_sample_ctx_t *ctx)
+{
+    const eng_sampling_params_t *p = ctx->params;
+    /* everything apply_processors() and the logprobs below could do to the pick or
+     * the result; keep in step with them */
+    bool min_tokens_bans = ctx->n_output < p->min_tokens && (p->n_stop_token_ids > 0 || (!p->ignore_eos && ctx->n_eos > 0));
+    return eng_sampling_params_greedy(p) && p->logprobs < 0 && !(p->best_of > p->n) && p->n_allowed_token_ids == 0 &&
+           p->n_bad_words == 0 && !min_tokens_bans && p->n_logit_bias == 0 && p->repetition_penalty == 1.0f &&
+           p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f;
+}
+
+void eng_sampler_argmax_result(int32_t token, eng_sample_result_t *res)
+{
+    res->token = token;
+    res->n_top = 0;
+    res->logprob = NAN;
+    res->rank = 0;
+}
+
 pd_status_t eng_sampler_sample(eng_sampler_t *s, float *logits, const eng_sample_ctx_t *ctx,
                                eng_sample_result_t *res)
 {

@@ -21,6 +21,7 @@
 #ifndef ENG_SAMPLER_H
 #define ENG_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "eng_request.h"
@@ -71,6 +72,15 @@ pd_status_t eng_sampler_sample(eng_sampler_t *sampler, float *logits, const eng_
  * (sorted best first) into top (may be NULL when n_top is 0).  logits unchanged. */
 pd_status_t eng_sampler_logprobs(eng_sampler_t *sampler, const float *logits, int32_t target,
                                  int n_top, eng_logprob_t *top, eng_logprob_t *target_p);
+
+/* True when eng_sampler_sample on this context would return the first maximum of the
+ * raw logits and nothing else: greedy, no logprobs (nor best_of ranking), no
+ * allowed_token_ids / bad_words / logit_bias / penalties, and no token banned by
+ * min_tokens at this step.  Such a row can be sampled on the device (argmax of the raw
+ * logits) with only the id copied back; eng_sampler_argmax_result then fills the
+ * result exactly as eng_sampler_sample would. */
+bool eng_sampler_argmax_only(const eng_sample_ctx_t *ctx);
+void eng_sampler_argmax_result(int32_t token, eng_sample_result_t *res);
 
 struct eng_batch;
 

@@ -8,13 +8,21 @@
  *             copy bandwidth); decode steps at batch 64 and 256 (tokens/s); the same
  *             three decode steps replayed from CUDA graphs (a second forward with
  *             graph_max_bs = the batch limit) beside the eager ones, and with an fp8
- *             (e4m3) KV cache beside the f32 one;
+ *             (e4m3) KV cache beside the f32 one; the graph steps at batch 1 and 64
+ *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
+ *             fused ones, the fused GEMV shapes (6144x4096, 28672x4096) alone, and the
+ *             graph steps with device-side greedy (only the argmax ids copied back),
+ *             and batch 1 with the GEMVs launched with programmatic dependent launch;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
- *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
- *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
- *             step beside the f32 cache's.
- * Prints a table and one JSON line (prefixed "JSON ").  Usage:
+ *   paged decode attention alone (kcuda_paged_attention replayed from a CUDA graph),
+ *             batch 64, ctx 128..4096, f32, f16 and fp8 (e4m3, scales 1) caches, the
+ *             decode kernel and the old one, vs copy bandwidth (bytes of K and V read),
+ *             and the time per step beside the f32 cache's.
+ * Prints a table and two JSON lines (prefixed "JSON " and "JSON_STEP ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
+ *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
+ *                            model; new kernel with automatic and fixed key splits, without
+ *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
  */
 #include <math.h>
 #include <stdio.h>
@@ -118,17 +126,319 @@ static double time_forward_soft(eng_forward_t *fw, const batch_t *b, float *logi
     return (now_s() - t0) / iters;
 }
 
+/* ---- paged decode attention alone (kcuda_paged_attention, no backend) ---- */
+
+#define ATT_NCTX 6
+#define ATT_MAXV 12
+static const int att_ctx[ATT_NCTX] = {128, 256, 512, 1024, 2048, 4096};
+static const char *const att_cache_names[3] = {"f32", "f16", "fp8"};
+
+/* One kernel variant of the attention sweep. */
+typedef struct {
+    const char *name;
+    kcuda_attn_decode_t kernel;
+    int splits; /* 0 = automatic */
+    int l2hint; /* -1 = default */
+    int pipe;   /* -1 = default */
+    int scatter; /* -1 = default */
+} att_variant_t;
+
+/*
+ * Time decode attention at batch AB over the contexts of att_ctx, for the f32, f16 and
+ * fp8 (e4m3, scales 1) caches and each variant: us[v][ct][ci] per call and gbps (bytes of
+ * K and V read per second).  Each timed graph replays calls that read disjoint block sets
+ * (at least 512 MB between two reads of the same block, so short contexts are not served
+ * from L2), block tables a random permutation of the cache.  A failing variant reads 0.
+ */
+static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_variant_t *var, int n_var, int sm_count,
+                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX])
+{
+    const int64_t QW = (int64_t)n_heads * hd, KW = (int64_t)n_kv * hd;
+    const double reuse_bytes = 512e6;
+    kcuda_stream_t stream = NULL;
+    kcuda_event_t e0 = NULL, e1 = NULL;
+    memset(us, 0, sizeof(double) * ATT_MAXV * 3 * ATT_NCTX);
+    memset(gbps, 0, sizeof(double) * ATT_MAXV * 3 * ATT_NCTX);
+    if (kcuda_stream_create(&stream) != PD_OK || kcuda_event_create(&e0) != PD_OK || kcuda_event_create(&e1) != PD_OK) {
+        fprintf(stderr, "bench_cuda: attention: no stream/events\n");
+        goto out_stream;
+    }
+    for (int ct = 0; ct < 3; ct++) {
+        static const kcpu_dtype_t dts[3] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3};
+        const size_t eb = ct == 0 ? 4 : ct == 1 ? 2 : 1;
+        /* blocks for the largest (sets x batch x blocks per sequence) over the contexts */
+        int64_t max_blocks = 0;
+        for (int ci = 0; ci < ATT_NCTX; ci++) {
+            double bytes = (double)AB * att_ctx[ci] * KW * eb * 2;
+            int sets = (int)ceil(reuse_bytes / bytes);
+            sets = sets < 1 ? 1 : sets > 64 ? 64 : sets;
+            int64_t nb = (int64_t)sets * AB * ((att_ctx[ci] + BS - 1) / BS);
+            max_blocks = nb > max_blocks ? nb : max_blocks;
+        }
+        kcpu_kv_layout_t lay;
+        if (kcuda_kv_layout_init(&lay, dts[ct], 1, BS, n_kv, hd, max_blocks) != PD_OK) {
+            fprintf(stderr, "bench_cuda: attention: layout failed\n");
+            continue;
+        }
+        void *cache = NULL, *dq = NULL, *dout = NULL, *dseq = NULL, *dpos = NULL, *dctx = NULL, *dbt = NULL, *ws = NULL;
+        const size_t cb = lay.block_bytes * (size_t)max_blocks, ws_bytes = (size_t)256 << 20;
+        const int amb = 4096 / BS + 1;
+        int32_t *seq = malloc(sizeof(int32_t) * AB), *pos = malloc(sizeof(int32_t) * AB),
+                *cl = malloc(sizeof(int32_t) * AB), *bt = malloc(sizeof(int32_t) * 64 * AB * amb),
+                *perm = malloc(sizeof(int32_t) * max_blocks);
+        if (kcuda_malloc(cb, &cache) != PD_OK || kcuda_malloc(sizeof(float) * AB * QW, &dq) != PD_OK ||
+            kcuda_malloc(sizeof(float) * AB * QW, &dout) != PD_OK || kcuda_malloc(4 * AB, &dseq) != PD_OK ||
+            kcuda_malloc(4 * AB, &dpos) != PD_OK || kcuda_malloc(4 * AB, &dctx) != PD_OK ||
+            kcuda_malloc(sizeof(int32_t) * 64 * AB * amb, &dbt) != PD_OK || kcuda_malloc(ws_bytes, &ws) != PD_OK) {
+            fprintf(stderr, "bench_cuda: attention: out of device memory\n");
+            goto next_cache;
+        }
+        /* never time on zeros; fp8: random f16 bit patterns read as bytes */
+        kcuda_fill_random(cache, ct == 0 ? cb / 4 : cb / 2, ct == 0 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16, 11, 1.0f, stream);
+        kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, stream);
+        uint64_t r = 0x243f6a8885a308d3ull;
+        for (int64_t i = 0; i < max_blocks; i++)
+            perm[i] = (int32_t)i;
+        for (int64_t i = max_blocks - 1; i > 0; i--) {
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            int64_t j = (int64_t)(r % (uint64_t)(i + 1));
+            int32_t tmp = perm[i];
+            perm[i] = perm[j];
+            perm[j] = tmp;
+        }
+        for (int ci = 0; ci < ATT_NCTX; ci++) {
+            const int ctx = att_ctx[ci], per = (ctx + BS - 1) / BS;
+            const double bytes = (double)AB * ctx * KW * eb * 2;
+            int sets = (int)ceil(reuse_bytes / bytes);
+            sets = sets < 1 ? 1 : sets > 64 ? 64 : sets;
+            for (int s = 0; s < AB; s++) {
+                seq[s] = s;
+                pos[s] = ctx - 1;
+                cl[s] = ctx;
+            }
+            int64_t nb = 0;
+            for (int k = 0; k < sets; k++)
+                for (int s = 0; s < AB; s++)
+                    for (int i = 0; i < amb; i++)
+                        bt[((int64_t)k * AB + s) * amb + i] = i < per ? perm[nb++] : 0;
+            kcuda_memcpy_async(dseq, seq, 4 * AB, stream);
+            kcuda_memcpy_async(dpos, pos, 4 * AB, stream);
+            kcuda_memcpy_async(dctx, cl, 4 * AB, stream);
+            kcuda_memcpy_async(dbt, bt, sizeof(int32_t) * sets * AB * amb, stream);
+            if (kcuda_stream_sync(stream) != PD_OK) {
+                fprintf(stderr, "bench_cuda: attention: upload failed\n");
+                goto next_cache;
+            }
+            for (int v = 0; v < n_var; v++) {
+                kcpu_attn_params_t p = {.n_tokens = AB, .q = dq, .q_stride = QW, .out = dout, .out_stride = QW,
+                                        .tok_seq = dseq, .tok_pos = dpos, .n_seqs = AB, .block_tables = dbt,
+                                        .max_blocks_per_seq = amb, .context_lens = dctx, .n_heads = n_heads,
+                                        .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
+                                        .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
+                kcuda_attn_set_decode(var[v].kernel, var[v].splits);
+                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter);
+                if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
+                    continue;
+                kcuda_graph_t graph = NULL;
+                bool ok = kcuda_capture_begin(stream) == PD_OK;
+                for (int k = 0; ok && k < sets; k++) {
+                    p.block_tables = (const int32_t *)dbt + (int64_t)k * AB * amb;
+                    if (kcuda_paged_attention(&p, ws, ws_bytes, sm_count, false, NULL, stream) != PD_OK)
+                        ok = false;
+                }
+                if (kcuda_capture_end(stream, &graph) != PD_OK)
+                    ok = false, graph = NULL;
+                if (ok) /* warm-up */
+                    ok = kcuda_graph_launch(graph, stream) == PD_OK && kcuda_stream_sync(stream) == PD_OK;
+                int reps = (60 + sets - 1) / sets;
+                float ms = 0;
+                if (ok) {
+                    kcuda_event_record(e0, stream);
+                    for (int k = 0; k < reps; k++)
+                        kcuda_graph_launch(graph, stream);
+                    kcuda_event_record(e1, stream);
+                    ok = kcuda_stream_sync(stream) == PD_OK && kcuda_event_elapsed_ms(e0, e1, &ms) == PD_OK && ms > 0;
+                }
+                if (graph)
+                    kcuda_graph_destroy(graph);
+                if (!ok) {
+                    fprintf(stderr, "bench_cuda: attention %s %s ctx %d failed\n", var[v].name, att_cache_names[ct],
+                            ctx);
+                    continue;
+                }
+                double per_call = ms * 1e-3 / ((double)reps * sets);
+                us[v][ct][ci] = per_call * 1e6;
+                gbps[v][ct][ci] = bytes / per_call / 1e9;
+            }
+        }
+    next_cache:
+        kcuda_free(cache), kcuda_free(dq), kcuda_free(dout), kcuda_free(dseq), kcuda_free(dpos), kcuda_free(dctx);
+        kcuda_free(dbt), kcuda_free(ws);
+        free(seq), free(pos), free(cl), free(bt), free(perm);
+    }
+    kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
+    kcuda_attn_set_decode_tuning(-1, -1, -1);
+out_stream:
+    if (e0)
+        kcuda_event_destroy(e0);
+    if (e1)
+        kcuda_event_destroy(e1);
+    if (stream)
+        kcuda_stream_destroy(stream);
+}
+
+/* The attention rows of the table: each variant against the copy rate. */
+static void print_attention(int AB, const att_variant_t *var, int n_var, double copy_gbps,
+                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX])
+{
+    for (int ct = 0; ct < 3; ct++)
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            for (int v = 0; v < n_var; v++) {
+                char what[96];
+                snprintf(what, sizeof(what), "decode attn b%d ctx %d %s %s (%.0f us)", AB, att_ctx[ci],
+                         att_cache_names[ct], var[v].name, us[v][ct][ci]);
+                printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, gbps[v][ct][ci], copy_gbps,
+                       100 * gbps[v][ct][ci] / copy_gbps);
+            }
+}
+
+/* Compact: per cache type one line of GB/s and % of the copy rate of variants 0 / 1 over
+ * the contexts. */
+static void print_attention_short(int AB, const att_variant_t *var, double copy_gbps,
+                                  double gbps[ATT_MAXV][3][ATT_NCTX])
+{
+    printf("decode attn b%d, GB/s %s / %s (%% of copy), ctx", AB, var[0].name, var[1].name);
+    for (int ci = 0; ci < ATT_NCTX; ci++)
+        printf(" %d", att_ctx[ci]);
+    printf(":\n");
+    for (int ct = 0; ct < 3; ct++) {
+        printf("  %-4s", att_cache_names[ct]);
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            printf(" %.0f/%.0f (%.0f/%.0f%%)", gbps[0][ct][ci], gbps[1][ct][ci], 100 * gbps[0][ct][ci] / copy_gbps,
+                   100 * gbps[1][ct][ci] / copy_gbps);
+        printf("\n");
+    }
+}
+
+/* JSON: "name":{"f32":[...],"f16":[...],"fp8":[...]} per variant. */
+static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_MAXV][3][ATT_NCTX])
+{
+    printf("\"attn_ctx\":[");
+    for (int ci = 0; ci < ATT_NCTX; ci++)
+        printf("%s%d", ci ? "," : "", att_ctx[ci]);
+    printf("],\"attn_gbps\":{");
+    for (int v = 0; v < n_var; v++) {
+        printf("%s\"%s\":{", v ? "," : "", var[v].name);
+        for (int ct = 0; ct < 3; ct++) {
+            printf("%s\"%s\":[", ct ? "," : "", att_cache_names[ct]);
+            for (int ci = 0; ci < ATT_NCTX; ci++)
+                printf("%s%.0f", ci ? "," : "", gbps[v][ct][ci]);
+            printf("]");
+        }
+        printf("}");
+    }
+    printf("}");
+}
+
+/* --attn-only: the copy ceiling and the decode attention sweep (new kernel with its
+ * automatic and fixed split counts, without and with the L2 prefetch hint everywhere,
+ * without loading ahead, without the reduce-scatter, and the old kernel),
+ * Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128), batch 64; under 30 s. */
+static int attn_only(void)
+{
+    static const att_variant_t var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},        {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1},
+        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1},  {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1},  {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0},
+        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1},     {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1},
+        {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1},     {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1},
+        {"new-s32", KCUDA_ATTN_DECODE_NEW, 32, -1, -1, -1},   {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1},
+    };
+    const int n_var = (int)(sizeof(var) / sizeof(var[0]));
+    static double us[ATT_MAXV][3][ATT_NCTX], gbps[ATT_MAXV][3][ATT_NCTX];
+    char name[128] = "";
+    int sm = 0;
+    double copy_gbps = 0;
+    DIE_IF(kcuda_device_open(0, name, sizeof(name), &sm) != PD_OK, "no CUDA device");
+    DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
+    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps);
+    printf("\n== bench_cuda --attn-only: %s, %d SMs; paged decode attention, 32/8 heads, head dim 128, block %d ==\n",
+           name, sm, BS);
+    printf("%-44s %12s %14s %8s\n", "what", "measured", "ceiling", "ratio");
+    printf("%-44s %9.0f GB/s %14s %8s\n", "d2d copy bandwidth (read+write)", copy_gbps, "-", "-");
+    print_attention(64, var, n_var, copy_gbps, us, gbps);
+    printf("(GB/s = K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
+    printf("summary new / old, %% of copy, ctx");
+    for (int ci = 0; ci < ATT_NCTX; ci++)
+        printf(" %d", att_ctx[ci]);
+    printf("\n");
+    for (int ct = 0; ct < 3; ct++) {
+        printf("  %-4s", att_cache_names[ct]);
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            printf(" %5.1f/%-5.1f", 100 * gbps[0][ct][ci] / copy_gbps, 100 * gbps[1][ct][ci] / copy_gbps);
+        printf("\n");
+    }
+    printf("best variant, %% of copy, ctx");
+    for (int ci = 0; ci < ATT_NCTX; ci++)
+        printf(" %d", att_ctx[ci]);
+    printf("\n");
+    for (int ct = 0; ct < 3; ct++) {
+        printf("  %-4s", att_cache_names[ct]);
+        for (int ci = 0; ci < ATT_NCTX; ci++) {
+            int b = 0;
+            for (int v = 1; v < n_var; v++)
+                if (gbps[v][ct][ci] > gbps[b][ct][ci])
+                    b = v;
+            printf(" %s:%.1f", var[b].name, 100 * gbps[b][ct][ci] / copy_gbps);
+        }
+        printf("\n");
+    }
+    printf("JSON_ATTN {\"copy_gbps\":%.1f,", copy_gbps);
+    json_attention(var, n_var, gbps);
+    printf("}\n");
+    return 0;
+}
+
+/* time_forward_soft through device-side greedy: every row argmax-only (need_row all
+ * zero), so only B ids come back instead of B x vocab floats. */
+static double time_forward_argmax(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
+{
+    eng_fwd_batch_t fb = {b->n_tokens, b->tokens, b->pos, b->seq, b->slots, b->n_seqs, b->tables, b->ctx,
+                          b->n_seqs, b->rows};
+    uint8_t *need = calloc((size_t)b->n_seqs, 1);
+    int32_t *ids = malloc((size_t)b->n_seqs * sizeof(int32_t));
+    double t = 0;
+    if (need == NULL || ids == NULL)
+        goto out;
+    for (int i = 0; i < warm; i++)
+        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+            goto out;
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+            goto out;
+    t = (now_s() - t0) / iters;
+out:
+    free(need);
+    free(ids);
+    return t;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false;
+    bool quick = false, attn_only_mode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
+        else if (strcmp(argv[i], "--attn-only") == 0)
+            attn_only_mode = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
+    if (attn_only_mode)
+        return attn_only();
 
     /* ---- ceilings ---- */
     double copy_gbps = 0, gemm_sq = 0, gemm_pf = 0;
@@ -140,6 +450,11 @@ int main(int argc, char **argv)
     double gv[5] = {0};
     for (int i = 0; i < 5; i++)
         DIE_IF(kcuda_bench_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv[i]) != PD_OK, "gemv failed");
+    /* the fused decode GEMVs (q|k|v and gate|up as one weight each), M = 1 */
+    static const int64_t fgv_shape[2][2] = {{6144, 4096}, {28672, 4096}};
+    double fgv[2] = {0};
+    for (int i = 0; i < 2; i++)
+        DIE_IF(kcuda_bench_gemv_gbps(1, fgv_shape[i][0], fgv_shape[i][1], 50, &fgv[i]) != PD_OK, "gemv failed");
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -204,7 +519,7 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
 
     /* ---- the same decode steps replayed from CUDA graphs ---- */
-    double decg[3] = {0, 0, 0};
+    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}; /* full logits back / device argmax */
     eng_forward_graph_stats_t gst = {0};
     fo.graph_max_bs = B_max;
     fo.graph_max_ctx = 8192;
@@ -222,10 +537,58 @@ int main(int argc, char **argv)
             continue;
         make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
         decg[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        decga[i] = time_forward_argmax(fw, &b, logits, 2, quick ? 5 : 20);
         free_batch(&b);
     }
     if (fw)
         eng_forward_graph_stats(fw, &gst);
+    int n_fused_qkv = 0, n_fused_gu = 0;
+    if (fw)
+        eng_forward_fused_layers(fw, &n_fused_qkv, &n_fused_gu);
+    eng_forward_destroy(fw);
+
+    /* ---- A/B: batch 1 with the GEMVs launched programmatically dependent (PDL): a
+     * forward of its own, so its graphs record the PDL launches ---- */
+    double decp[2] = {0, 0}; /* graph step, graph step with device argmax */
+    kcuda_gemv_set_pdl(1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (pdl) failed; no pdl rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        decp[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        decp[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+        eng_forward_graph_stats_t pst;
+        eng_forward_graph_stats(fw, &pst);
+        if (pst.n_failed > 0)
+            fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_pdl(-1);
+
+    /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
+    double decnf[3] = {0, 0, 0};
+    setenv("PD_FORWARD_NO_FUSE", "1", 1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (unfused) failed; no unfused rows\n");
+        fw = NULL;
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
+    unsetenv("PD_FORWARD_NO_FUSE");
+    for (int i = 0; fw && i < 2; i++) {
+        make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+        decnf[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
+        free_batch(&b);
+    }
     eng_forward_destroy(fw);
 
     /* ---- the graph decode steps again with an fp8 (e4m3) KV cache ---- */
@@ -251,80 +614,22 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
     size_t priv = eng_backend_cuda_private_bytes(be);
 
-    /* ---- paged decode attention alone: batch 64, ctx 1k..4k ---- */
-    const int AB = 64, actx[3] = {1024, 2048, 4096};
+    /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
+    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},
+                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1}};
+    static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
+    int sm_count = 0;
+    DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");
+    bench_attention(c->n_heads, c->n_kv_heads, c->head_dim, 64, avar, 2, sm_count, aus, agbps);
+    /* the rows and JSON keys of earlier runs: the default (new) kernel at ctx 1k, 2k, 4k */
+    const int actx[3] = {1024, 2048, 4096};
     double att_us[3][3], att_gbps[3][3];
     static const char *const cache_names[3] = {"f32", "f16", "fp8"};
-    DIE_IF(eng_backend_cuda_set_kv_scales(be, 1, NULL, NULL, false) != PD_OK, "fp8 scales");
-    for (int ct = 0; ct < 3; ct++) {
-        kcpu_kv_layout_t lay;
-        const int amb = 4096 / BS + 1;
-        static const eng_cuda_kv_t kinds[3] = {ENG_CUDA_KV_F32, ENG_CUDA_KV_F16, ENG_CUDA_KV_FP8_E4M3};
-        DIE_IF(eng_backend_cuda_kv_layout_init(&lay, kinds[ct], 1, BS, c->n_kv_heads, c->head_dim,
-                                               (int64_t)AB * amb) != PD_OK,
-               "layout");
-        void *cache, *dq, *dout, *dseq, *dpos, *dbt, *dctx;
-        size_t cb = lay.block_bytes * (size_t)AB * amb;
-        DIE_IF(ops->buf_alloc(be, cb, &cache) != PD_OK, "alloc");
-        /* fp8: random f16 bit patterns read as bytes (timing only; any NaN costs the same) */
-        if (ct == 0)
-            kcuda_fill_random(cache, cb / 4, KCPU_DTYPE_F32, 11, 1.0f, NULL);
-        else
-            kcuda_fill_random(cache, cb / 2, KCPU_DTYPE_F16, 11, 1.0f, NULL);
-        DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dq) != PD_OK, "alloc");
-        DIE_IF(ops->buf_alloc(be, sizeof(float) * AB * QW, &dout) != PD_OK, "alloc");
-        kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, NULL);
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-        int32_t *seq = malloc(sizeof(int32_t) * AB), *pos = malloc(sizeof(int32_t) * AB),
-                *bt = malloc(sizeof(int32_t) * AB * amb), *cl = malloc(sizeof(int32_t) * AB);
-        for (int s = 0; s < AB; s++) {
-            seq[s] = s;
-            for (int i = 0; i < amb; i++)
-                bt[s * amb + i] = s * amb + i;
-        }
-        ops->buf_alloc(be, sizeof(int32_t) * AB, &dseq);
-        ops->buf_alloc(be, sizeof(int32_t) * AB, &dpos);
-        ops->buf_alloc(be, sizeof(int32_t) * AB * amb, &dbt);
-        ops->buf_alloc(be, sizeof(int32_t) * AB, &dctx);
-        ops->memcpy_h2d(be, dseq, seq, sizeof(int32_t) * AB);
-        ops->memcpy_h2d(be, dbt, bt, sizeof(int32_t) * AB * amb);
+    for (int ct = 0; ct < 3; ct++)
         for (int ci = 0; ci < 3; ci++) {
-            for (int s = 0; s < AB; s++) {
-                pos[s] = actx[ci] - 1;
-                cl[s] = actx[ci];
-            }
-            ops->memcpy_h2d(be, dpos, pos, sizeof(int32_t) * AB);
-            ops->memcpy_h2d(be, dctx, cl, sizeof(int32_t) * AB);
-            kcpu_attn_params_t p = {.n_tokens = AB, .q = dq, .q_stride = QW, .out = dout, .out_stride = QW,
-                                    .tok_seq = dseq, .tok_pos = dpos, .n_seqs = AB, .block_tables = dbt,
-                                    .max_blocks_per_seq = amb, .context_lens = dctx, .n_heads = c->n_heads,
-                                    .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
-                                    .scale = 1.0f / sqrtf((float)c->head_dim), .causal = true, .layer = 0,
-                                    .cache_base = cache, .layout = &lay};
-            bool ok = true;
-            for (int w = 0; w < 3; w++)
-                ok &= ops->paged_attention(be, &p) == PD_OK;
-            ok &= ops->synchronize(be) == PD_OK;
-            if (!ok && ct == 2) { /* the fp8 rows are optional: keep the rest of the table */
-                fprintf(stderr, "bench_cuda: fp8 attention failed; no fp8 attention rows\n");
-                att_us[ct][ci] = att_gbps[ct][ci] = 0;
-                continue;
-            }
-            DIE_IF(!ok, "attention failed");
-            const int it = 50;
-            double ts = now_s();
-            for (int w = 0; w < it; w++)
-                ops->paged_attention(be, &p);
-            DIE_IF(ops->synchronize(be) != PD_OK, "attention failed");
-            double per = (now_s() - ts) / it;
-            double bytes = (double)AB * actx[ci] * KW * lay.elem_bytes * 2;
-            att_us[ct][ci] = per * 1e6;
-            att_gbps[ct][ci] = bytes / per / 1e9;
+            att_us[ct][ci] = aus[0][ct][ci + 3];
+            att_gbps[ct][ci] = agbps[0][ct][ci + 3];
         }
-        ops->buf_free(be, cache), ops->buf_free(be, dq), ops->buf_free(be, dout), ops->buf_free(be, dseq);
-        ops->buf_free(be, dpos), ops->buf_free(be, dbt), ops->buf_free(be, dctx);
-        free(seq), free(pos), free(bt), free(cl);
-    }
 
     /* ---- report ---- */
     printf("\n== bench_cuda: %s (dummy bf16 weights, %.2f GB of GEMM weights), f32 activations, f32 KV cache ==\n",
@@ -338,6 +643,12 @@ int main(int argc, char **argv)
         char what[80];
         snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld", (long long)gv_shape[i][0], (long long)gv_shape[i][1]);
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, gv[i], copy_gbps, 100 * gv[i] / copy_gbps);
+    }
+    for (int i = 0; i < 2; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld (fused %s)", (long long)fgv_shape[i][0],
+                 (long long)fgv_shape[i][1], i == 0 ? "qkv" : "gate|up");
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, fgv[i], copy_gbps, 100 * fgv[i] / copy_gbps);
     }
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
@@ -357,6 +668,38 @@ int main(int argc, char **argv)
            gst.n_captured, gst.n_failed, (unsigned long long)gst.graph_steps);
     for (int i = 0; i < 3; i++) {
         char what[80];
+        if (i == 0 && decg[0] > 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph (floor: weights)",
+                   decg[0] * 1e3, floor_dec * 1e3, 100 * floor_dec / decg[0]);
+        if (decnf[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, UNFUSED q/k/v g/u", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx\n", what, decnf[i] * 1e3, decg[i] * 1e3,
+               decg[i] > 0 ? decnf[i] / decg[i] : 0.0);
+    }
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decga[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, device argmax", Bs[i]);
+        if (i == 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", what, decga[i] * 1e3, floor_dec * 1e3,
+                   100 * floor_dec / decga[i]);
+        else
+            printf("%-44s %9.2f ms %8.0f tok/s (%.2fx the full-logits graph step)\n", what, decga[i] * 1e3,
+                   Bs[i] / decga[i], decg[i] / decga[i]);
+    }
+    if (decp[0] > 0) {
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL", decp[0] * 1e3,
+               floor_dec * 1e3, 100 * floor_dec / decp[0]);
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL, dev argmax",
+               decp[1] * 1e3, floor_dec * 1e3, 100 * floor_dec / decp[1]);
+    }
+    printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
+           "qkv/gate_up), ratio = fused speed-up)\n",
+           n_fused_qkv, n_fused_gu);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
         if (decf8[i] <= 0)
             continue;
         snprintf(what, sizeof(what), "decode step batch %d ctx 1024, graph, fp8 KV", Bs[i]);
@@ -374,16 +717,24 @@ int main(int argc, char **argv)
             printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, att_gbps[ct][ci], copy_gbps,
                    100 * att_gbps[ct][ci] / copy_gbps);
         }
+    print_attention_short(64, avar, copy_gbps, agbps);
     printf("(GEMV / attention GB/s = weight / K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
     printf("attention time per step vs the f32 cache: f16 %.2fx, fp8 %.2fx at ctx 4096 (bytes 1/2, 1/4)\n",
            att_us[1][2] > 0 ? att_us[0][2] / att_us[1][2] : 0.0, att_us[2][2] > 0 ? att_us[0][2] / att_us[2][2] : 0.0);
     printf("JSON {\"copy_gbps\":%.1f,\"gemm_bf16_8192_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
            "\"weight_bytes\":%.0f,\"decode_b1_ms\":%.3f,\"decode_b1_floor_ms\":%.3f,\"decode_b64_ms\":%.3f,"
            "\"decode_b256_ms\":%.3f,\"graph_decode_ms\":[%.3f,%.3f,%.3f],\"graph_fp8kv_decode_ms\":[%.3f,%.3f,%.3f],\"graphs_failed\":%d,\"prefill2048_ms\":%.2f,\"prefill2048_floor_ms\":%.2f,"
-           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_fp8_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
+           "\"attn_b64_f32_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_f16_gbps\":[%.0f,%.0f,%.0f],\"attn_b64_fp8_gbps\":[%.0f,%.0f,%.0f],\"gemv_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f],",
            copy_gbps, gemm_sq, gemm_pf, weight_bytes, dec[0] * 1e3, floor_dec * 1e3, dec[1] * 1e3, dec[2] * 1e3,
            decg[0] * 1e3, decg[1] * 1e3, decg[2] * 1e3, decf8[0] * 1e3, decf8[1] * 1e3, decf8[2] * 1e3, gst.n_failed, pf * 1e3, floor_pf * 1e3, att_gbps[0][0], att_gbps[0][1], att_gbps[0][2], att_gbps[1][0],
            att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
+    json_attention(avar, 2, agbps);
+    printf("}\n");
+    printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
+           "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
+           "\"fused_layers\":[%d,%d]}\n",
+           fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
+           decp[0] * 1e3, decp[1] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

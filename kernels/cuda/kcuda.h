@@ -101,6 +101,10 @@ pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, 
 bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype);
 pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
                        int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
+/* Launch the GEMV with programmatic dependent launch (1) or plainly (0); -1 goes back to
+ * env PD_CUDA_GEMV_PDL (default off).  Process-wide; for A/B runs (bench_cuda, tests).
+ * The results are the same either way (kcuda_gemv.cu). */
+void kcuda_gemv_set_pdl(int on);
 
 /* ---- conversions (kcuda_convert.cu) ---- */
 
@@ -209,6 +213,39 @@ pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, 
 pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
                                          void *workspace, size_t ws_bytes, int sm_count, bool allow_reduced,
                                          int *err, kcuda_stream_t stream);
+
+/*
+ * Pure decode batches (every sequence at most one token: n_tokens <= n_seqs) go to a
+ * dedicated decode kernel (kcuda_attn_decode.cu) when the cache is f32, f16 or fp8, the
+ * head dim 64, 128 or 256 and the GQA group at most 8; other shapes, prefill and mixed
+ * batches use the kernel above.  The decode kernel is chosen here, process-wide, for
+ * A/B runs, tests and benchmarks (not thread-safe: call it while no attention is being
+ * launched):
+ *   KCUDA_ATTN_DECODE_AUTO  the new kernel, unless env PD_CUDA_ATTN_DECODE=old (read once);
+ *   KCUDA_ATTN_DECODE_NEW   the new kernel;
+ *   KCUDA_ATTN_DECODE_OLD   the kernel above for decode too.
+ * force_splits > 0 fixes the decode kernel's key splits (at most 64; 0 = automatic,
+ * from the token count, max_blocks_per_seq and the SM count).  kcuda_attn_workspace_bytes
+ * follows both settings.
+ */
+typedef enum {
+    KCUDA_ATTN_DECODE_AUTO = 0,
+    KCUDA_ATTN_DECODE_NEW = 1,
+    KCUDA_ATTN_DECODE_OLD = 2,
+} kcuda_attn_decode_t;
+void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
+/* Tuning of the decode kernel for A/B runs (same caveats as above), -1 = the default:
+ *   l2hint    1: loads with an L2 256-byte prefetch hint that skip L1 (default where a
+ *             key's head vector is a multiple of 256 bytes, unless env
+ *             PD_CUDA_ATTN_L2HINT=0), 0: plain non-coherent loads;
+ *   pipeline  1: each warp issues the loads of its next keys before computing the
+ *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute;
+ *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
+ *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value. */
+void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter);
+/* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
+ * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
+bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);
 
 /* ---- micro-benchmark helpers (kcuda_bench.cu) ---- */
 /* Device-to-device copy bandwidth, counting bytes read + written (GB/s), over `bytes`. */

@@ -20,6 +20,7 @@
  * path; the tensor-core prefill kernel is not used with them.
  */
 #include "kcuda_internal.cuh"
+#include "kcuda_attn_decode.cuh"
 
 #include <cuda_fp8.h>
 #include <mma.h>
@@ -564,7 +565,8 @@ __global__ void attn_combine_kernel(attn_args_t a)
 /* The launch plan: tokens per CTA, splits, threads, shared bytes. */
 typedef struct {
     int qt, n_splits, threads;
-    bool tc; /* tensor-core prefill kernel */
+    bool tc;  /* tensor-core prefill kernel */
+    bool dec; /* the decode kernel (kcuda_attn_decode.cu) */
     size_t smem;
 } attn_plan_t;
 
@@ -580,6 +582,15 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool all
     const bool decode = p->n_tokens <= p->n_seqs; /* one token per sequence */
     if (decode)
         qt = 1;
+    pl.dec = decode && kcuda_attn_decode_mode() != KCUDA_ATTN_DECODE_OLD && kcuda_attn_decode_ok(p);
+    if (pl.dec) {
+        pl.qt = 1;
+        pl.tc = false;
+        pl.threads = 128;
+        pl.smem = 0;
+        pl.n_splits = kcuda_attn_decode_splits(p, sm_count);
+        return pl;
+    }
     const bool fp8 = p->layout->dtype == KCUDA_KV_FP8_E4M3 || p->layout->dtype == KCUDA_KV_FP8_E5M2;
     pl.tc = allow_reduced && !decode && !fp8 && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
     if (pl.tc)
@@ -612,6 +623,17 @@ extern "C" size_t kcuda_attn_workspace_bytes(const kcpu_attn_params_t *p, int sm
     if (pl.n_splits == 1)
         return 0;
     return sizeof(float) * (size_t)p->n_tokens * (size_t)p->n_heads * (size_t)pl.n_splits * ((size_t)p->head_dim + 2);
+}
+
+extern "C" bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p)
+{
+    if (p == NULL || p->layout == NULL || p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0 ||
+        p->n_tokens <= 0)
+        return false;
+    attn_plan_t pl = attn_plan(p, sm_count, false);
+    if (pl.dec && n_splits_p != NULL)
+        *n_splits_p = pl.n_splits;
+    return pl.dec;
 }
 
 extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
@@ -649,6 +671,8 @@ extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p,
                    p->n_heads / p->n_kv_heads, p->head_dim);
         return PD_ERR_UNSUPPORTED;
     }
+    if (pl.dec)
+        return kcuda_attn_decode_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
     attn_args_t a;
     a.q = p->q;
     a.q_stride = p->q_stride;

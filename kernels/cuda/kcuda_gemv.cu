@@ -6,6 +6,14 @@
  * weights are read exactly once, which is the whole cost of a decode GEMM.  (Two or four
  * columns per warp were measured slower: docs/cuda.md.)
  * cuBLAS's GEMV-shaped calls reach well under the copy bandwidth (see docs/cuda.md).
+ *
+ * Programmatic dependent launch (Hopper; kcuda_gemv_set_pdl, env PD_CUDA_GEMV_PDL=1):
+ * the GEMV is launched with programmatic stream serialization, so its CTAs may start
+ * while the kernel before it (a norm, an activation, attention) drains.  The weights do
+ * not depend on earlier kernels: each lane loads its first batch of weight chunks, then
+ * waits (griddepcontrol.wait: every earlier kernel complete and its writes visible)
+ * before it reads x or writes y.  Without the launch attribute the wait is a no-op, so
+ * the kernel is the same either way; graphs record the programmatic edge.
  */
 #include "kcuda_internal.cuh"
 
@@ -31,6 +39,15 @@ template <> __device__ __forceinline__ void kc_unpack8<__half>(uint4 u, float *f
     }
 }
 
+__device__ __forceinline__ void griddep_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+#define PF 4 /* weight chunks per lane loaded before the dependency wait */
+
 /* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
  * used when there are too few columns to fill the GPU), 8 warps per CTA. */
 template <typename WT, int MT, int KS>
@@ -46,9 +63,34 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
     float acc[MT];
     for (int m = 0; m < MT; m++)
         acc[m] = 0.0f;
+    /* the first PF chunks of this lane: independent of earlier kernels (see the top) */
+    uint4 pre[PF];
+    const int64_t c0 = (int64_t)ks * 32 + lane;
+#pragma unroll
+    for (int p = 0; p < PF; p++) {
+        const int64_t c = c0 + (int64_t)p * 32 * KS;
+        pre[p] = (n < N && c < chunks) ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
+    }
+    griddep_wait();
     if (n < N) {
+#pragma unroll
+        for (int p = 0; p < PF; p++) {
+            const int64_t c = c0 + (int64_t)p * 32 * KS;
+            if (c < chunks) {
+                float wf[8];
+                kc_unpack8<WT>(pre[p], wf);
+                for (int m = 0; m < MT; m++) {
+                    if (m < M) {
+                        const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
+                        float4 a = __ldg(xr), b = __ldg(xr + 1);
+                        acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                                  wf[6] * b.z + wf[7] * b.w;
+                    }
+                }
+            }
+        }
 #pragma unroll 4
-        for (int64_t c = (int64_t)ks * 32 + lane; c < chunks; c += 32 * KS) {
+        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS) {
             float wf[8];
             kc_unpack8<WT>(__ldg(wr + c), wf);
             for (int m = 0; m < MT; m++) {
@@ -87,6 +129,44 @@ extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, 
            (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
 }
 
+/* -1: not decided yet (env PD_CUDA_GEMV_PDL, default off); 0 / 1 */
+static int pdl_g = -1;
+
+extern "C" void kcuda_gemv_set_pdl(int on)
+{
+    pdl_g = on < 0 ? -1 : on != 0;
+}
+
+static bool use_pdl(void)
+{
+    if (pdl_g < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_PDL");
+        pdl_g = e != NULL && atoi(e) != 0;
+    }
+    return pdl_g == 1;
+}
+
+template <typename WT, int MT, int KS>
+static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
+                            float *y, int64_t ldy, cudaStream_t s)
+{
+    if (!use_pdl()) {
+        gemv_kernel<WT, MT, KS><<<g, 256, 0, s>>>(x, M, K, ldx, w, N, y, ldy);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(g);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, gemv_kernel<WT, MT, KS>, x, M, K, ldx, w, N, y, ldy);
+}
+
 template <typename WT, int KS>
 static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
                            int64_t ldy, cudaStream_t s)
@@ -95,13 +175,13 @@ static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const 
     unsigned g = (unsigned)((N + per - 1) / per);
     const WT *wt = (const WT *)w;
     if (M == 1)
-        gemv_kernel<WT, 1, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_launch_one<WT, 1, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
     else if (M == 2)
-        gemv_kernel<WT, 2, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_launch_one<WT, 2, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
     else if (M <= 4)
-        gemv_kernel<WT, 4, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_launch_one<WT, 4, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
     else
-        gemv_kernel<WT, 8, KS><<<g, 256, 0, s>>>(x, M, K, ldx, wt, N, y, ldy);
+        gemv_launch_one<WT, 8, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
 }
 
 /* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give

@@ -4,7 +4,10 @@
  * test model (llama, qwen2 with q/k/v biases, qwen3 with q/k norms (left unfused),
  * mistral, opt (no gated FFN)) in EXACT and FAST mode, and for the default GGUF (FAST,
  * quantized weights) when it is in the cache.  A prefill of 13 tokens with every row's
- * logits, then two decode steps through the cache.
+ * logits, then two decode steps through the cache.  The same with the weights uploaded
+ * (PD_FORWARD_COPY_WEIGHTS=1: the path of device backends, where the fused matrices are
+ * built on the device from the uploaded parts and the parts freed) must also be
+ * bit-identical, and fuse the same layers.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +22,8 @@
 #define T_PROMPT 13
 
 /* Run the prompt + 2 decode steps; logits of every step concatenated into *out_p. */
-static int run_model(eng_model_t *model, kcpu_mm_mode_t mode, bool fuse, float **out_p, size_t *n_p)
+static int run_model(eng_model_t *model, kcpu_mm_mode_t mode, bool fuse, bool copy, float **out_p, size_t *n_p,
+                     int *n_fused_p)
 {
     const eng_backend_ops_t *ops = eng_backend_get("cpu");
     eng_backend_opts_t bo = {.n_threads = 2, .mm_mode = mode};
@@ -37,14 +41,22 @@ static int run_model(eng_model_t *model, kcpu_mm_mode_t mode, bool fuse, float *
         unsetenv("PD_FORWARD_NO_FUSE");
     else
         setenv("PD_FORWARD_NO_FUSE", "1", 1);
+    if (copy)
+        setenv("PD_FORWARD_COPY_WEIGHTS", "1", 1);
     PD_CHECK(all != NULL);
     PD_CHECK_STATUS(ops->init(&bo, &be), PD_OK);
     if (be == NULL || all == NULL)
         goto out;
     PD_CHECK_STATUS(eng_forward_create(model, ops, be, &fo, &fw), PD_OK);
     unsetenv("PD_FORWARD_NO_FUSE");
+    unsetenv("PD_FORWARD_COPY_WEIGHTS");
     if (fw == NULL)
         goto out;
+    {
+        int nq = -1, ng = -1;
+        eng_forward_fused_layers(fw, &nq, &ng);
+        *n_fused_p = nq * 1000 + ng;
+    }
     for (int t = 0; t < T_PROMPT; t++) {
         tokens[t] = (int32_t)((t * 7919 + 13) % V);
         pos[t] = t;
@@ -82,8 +94,9 @@ static void check_same(const char *path, bool keep_quantized, kcpu_mm_mode_t mod
 {
     eng_load_opts_t lo;
     eng_model_t *model = NULL;
-    float *a = NULL, *b = NULL;
-    size_t na = 0, nb = 0;
+    float *a = NULL, *b = NULL, *c = NULL;
+    size_t na = 0, nb = 0, nc = 0;
+    int fa = -1, fb = -1, fc = -1;
 
     eng_load_opts_init(&lo);
     lo.model = path;
@@ -92,20 +105,32 @@ static void check_same(const char *path, bool keep_quantized, kcpu_mm_mode_t mod
     PD_CHECK_STATUS(eng_model_load(&lo, &model), PD_OK);
     if (model == NULL)
         return;
-    if (run_model(model, mode, false, &a, &na) == 0 && run_model(model, mode, true, &b, &nb) == 0) {
-        PD_CHECK(na == nb && na > 0);
-        if (na == nb) {
-            size_t diff = 0;
-            while (diff < na && memcmp(&a[diff], &b[diff], sizeof(float)) == 0)
-                diff++;
-            if (diff < na)
-                fprintf(stderr, "  %s (%s): first differing logit %zu: %.9g vs %.9g\n", path,
-                        mode == KCPU_MM_EXACT ? "exact" : "fast", diff, a[diff], b[diff]);
-            PD_CHECK(diff == na);
+    if (run_model(model, mode, false, false, &a, &na, &fa) == 0 && run_model(model, mode, true, false, &b, &nb, &fb) == 0 &&
+        run_model(model, mode, true, true, &c, &nc, &fc) == 0) {
+        const int L = eng_model_config(model)->n_layers;
+        const bool qkv = !eng_model_config(model)->qk_norm, gu = eng_model_config(model)->gated_ffn;
+        PD_CHECK(na == nb && na == nc && na > 0);
+        /* every layer of these models fuses what it can, on both paths */
+        PD_CHECK_EQ_INT(fa, 0);
+        PD_CHECK_EQ_INT(fb, (qkv ? L : 0) * 1000 + (gu ? L : 0));
+        PD_CHECK_EQ_INT(fc, fb);
+        if (na == nb && na == nc) {
+            for (int k = 0; k < 2; k++) {
+                const float *x = k == 0 ? b : c;
+                size_t diff = 0;
+                while (diff < na && memcmp(&a[diff], &x[diff], sizeof(float)) == 0)
+                    diff++;
+                if (diff < na)
+                    fprintf(stderr, "  %s (%s%s): first differing logit %zu: %.9g vs %.9g\n", path,
+                            mode == KCPU_MM_EXACT ? "exact" : "fast", k ? ", copied weights" : "", diff, a[diff],
+                            x[diff]);
+                PD_CHECK(diff == na);
+            }
         }
     }
     free(a);
     free(b);
+    free(c);
     eng_model_destroy(model);
 }
 

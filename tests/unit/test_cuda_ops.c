@@ -21,6 +21,7 @@
 #include "eng_backend.h"
 #include "eng_backend_cuda.h"
 #include "kcpu.h"
+#include "kcuda.h"
 #include "pd_test.h"
 
 static const eng_backend_ops_t *ops;
@@ -149,6 +150,66 @@ PD_TEST(test_matmul)
             matmul_case(types[t], KCPU_DTYPE_BF16, shapes[s][0], shapes[s][1], shapes[s][2], s & 1, 2e-2);
             matmul_case(types[t], KCPU_DTYPE_F16, shapes[s][0], shapes[s][1], shapes[s][2], !(s & 1), 4e-3);
         }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
+/* The decode GEMV with programmatic dependent launch (kcuda_gemv_set_pdl): it starts
+ * while the kernel before it (an RMSNorm or a SiLU-and-mul, which trigger their
+ * dependents at once) still runs, and must still read that kernel's output.  Each round
+ * uploads a fresh input, so a GEMV that read its x before the producer finished would
+ * see the previous round's values.  bf16 weights used as they are (no conversion):
+ * only the summation order differs from kcpu (1e-4). */
+static void gemv_pdl_case(int64_t M, int64_t K, int64_t N, bool glu, int rounds)
+{
+    size_t rb = (size_t)K * 2;
+    float *wf = rand_vec((size_t)N * K, 0.1f), *nw = rand_vec((size_t)K, 1.0f);
+    uint8_t *w = malloc(rb * (size_t)N);
+    for (int64_t r = 0; r < N; r++)
+        kcpu_quant_row(KCPU_DTYPE_BF16, wf + r * K, w + (size_t)r * rb, K);
+    void *dw = up(w, rb * (size_t)N), *dnw = up(nw, sizeof(float) * K);
+    float *din = poisoned(sizeof(float) * M * 2 * K), *dh = poisoned(sizeof(float) * M * K);
+    float *dy = poisoned(sizeof(float) * M * N);
+    float *h = malloc(sizeof(float) * M * K), *ref = malloc(sizeof(float) * M * N);
+    int bad = 0;
+    for (int r = 0; r < rounds; r++) {
+        float *in = rand_vec((size_t)(M * 2 * K), 2.0f);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, din, in, sizeof(float) * M * 2 * K), PD_OK);
+        if (glu) { /* in = [gate | up] rows of 2K */
+            kcpu_silu_and_mul(NULL, in, 2 * K, in + K, 2 * K, h, M, K);
+            PD_CHECK_STATUS(ops->silu_and_mul(be, din, 2 * K, din + K, 2 * K, dh, M, K), PD_OK);
+        } else { /* the first M * K floats of in */
+            kcpu_rmsnorm(NULL, in, nw, h, M, K, 1e-5f);
+            PD_CHECK_STATUS(ops->rmsnorm(be, din, dnw, dh, M, K, 1e-5f), PD_OK);
+        }
+        PD_CHECK_STATUS(ops->matmul(be, dh, M, K, K, dw, KCPU_DTYPE_BF16, N, NULL, dy, N), PD_OK);
+        PD_CHECK_STATUS(kcpu_matmul(NULL, h, M, K, K, w, KCPU_DTYPE_BF16, N, NULL, ref, N, KCPU_MM_EXACT), PD_OK);
+        float *got = down(dy, sizeof(float) * M * N);
+        char what[96];
+        snprintf(what, sizeof(what), "gemv pdl after %s M%lld K%lld N%lld round %d", glu ? "silu_mul" : "rmsnorm",
+                 (long long)M, (long long)K, (long long)N, r);
+        bad += cmp(what, got, ref, (size_t)(M * N), 1e-4) != 0;
+        free(got);
+        free(in);
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+    ops->buf_free(be, dw), ops->buf_free(be, dnw), ops->buf_free(be, din), ops->buf_free(be, dh);
+    ops->buf_free(be, dy);
+    free(wf), free(nw), free(w), free(h), free(ref);
+}
+
+PD_TEST(test_gemv_pdl)
+{
+    /* K = 72: fewer chunks than the prefetched batch; N <= 2048: 4 warps per column */
+    static const int64_t shapes[][3] = {{1, 4096, 6144}, {1, 4096, 1024}, {3, 576, 1536}, {8, 72, 258}, {5, 1024, 2049}};
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        kcuda_gemv_set_pdl(pdl);
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], false, 6);
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], true, 6);
+        }
+    }
+    kcuda_gemv_set_pdl(-1);
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
@@ -369,6 +430,52 @@ PD_TEST(test_softmax_argmax)
         ops->buf_free(be, dx), ops->buf_free(be, dout), ops->buf_free(be, didx);
         free(x), free(ref);
     }
+}
+
+/* Device-side greedy reads the argmax of every decode logits row: vocabulary sizes of real
+ * models, batches up to 64 rows, values on a coarse grid so the maximum is tied in most
+ * rows (the first one must win, as in the host sampler), the maximum at either end of
+ * a row, and -inf entries. */
+PD_TEST(test_argmax_decode_rows)
+{
+    static const int64_t ns[] = {1001, 49152, 128256};
+    static const int64_t Ts[] = {1, 7, 64};
+    int cases = 0;
+    for (size_t c = 0; c < 3; c++)
+        for (size_t r = 0; r < 3; r++) {
+            const int64_t T = Ts[r], n = ns[c];
+            const size_t bytes = (size_t)(T * n) * 4;
+            float *x = malloc(bytes);
+            int32_t *ridx = malloc((size_t)T * 4);
+            for (size_t i = 0; i < (size_t)(T * n); i++)
+                x[i] = (float)irand(64) - 40.0f; /* many ties of the row maximum */
+            for (int64_t t = 0; t < T; t++) {
+                float *row = x + t * n;
+                if (t % 4 == 1)
+                    row[n - 1] = 100.0f; /* the last element is the unique maximum */
+                if (t % 4 == 2)
+                    row[0] = row[n - 1] = 100.0f; /* tie between the ends */
+                if (t % 4 == 3)
+                    row[irand((int)n)] = -INFINITY;
+            }
+            void *dx = up(x, bytes);
+            int32_t *didx = poisoned((size_t)T * 4);
+            kcpu_argmax(x, T, n, ridx);
+            PD_CHECK_STATUS(ops->argmax(be, dx, T, n, didx), PD_OK);
+            int32_t *gidx = down(didx, (size_t)T * 4);
+            int bad = 0;
+            for (int64_t t = 0; t < T; t++)
+                bad += gidx[t] != ridx[t];
+            if (bad)
+                fprintf(stderr, "  argmax T=%lld n=%lld: %d rows differ (row 0: %d vs %d)\n", (long long)T,
+                        (long long)n, bad, gidx[0], ridx[0]);
+            PD_CHECK_EQ_INT(bad, 0);
+            cases++;
+            free(gidx);
+            ops->buf_free(be, dx), ops->buf_free(be, didx);
+            free(x), free(ridx);
+        }
+    printf("  %d argmax cases (ties -> first index) equal to kcpu\n", cases);
 }
 
 /* ---- KV cache and paged attention ---- */
@@ -676,6 +783,263 @@ PD_TEST(test_paged_attention)
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
+/* ---- the decode attention kernel (kcuda_attn_decode.cu) ---- */
+
+/* Context lengths around block and split edges; batches take them in turn. */
+static const int dec_lens[8] = {1, 15, 16, 17, 100, 1023, 1025, 4097};
+
+typedef struct {
+    int kind; /* 0 f32, 1 f16, 2 fp8 e4m3, 3 fp8 e5m2 */
+    int n_heads, n_kv, hd, bs, B, window, splits;
+    int len0;       /* the first sequence's entry in dec_lens (the others follow in turn) */
+    bool new_kernel; /* the shape is one the decode kernel takes (else the old one runs) */
+} dec_case_t;
+
+static const char *const dec_kind_name[4] = {"f32", "f16", "e4m3", "e5m2"};
+
+/* A random fp8 byte whose value is finite and at most 8 in magnitude; *val_p its value. */
+static uint8_t fp8_rand_byte(bool e5m2, float *val_p)
+{
+    static float tab[2][256];
+    static bool init;
+    if (!init) {
+        for (int f = 0; f < 2; f++)
+            for (int b = 0; b < 256; b++)
+                tab[f][b] = fp8_decode((uint8_t)b, f == 1);
+        init = true;
+    }
+    for (;;) {
+        uint8_t b = (uint8_t)irand(256);
+        float f = tab[e5m2][b];
+        if (isfinite(f) && fabsf(f) <= 8.0f) {
+            *val_p = f;
+            return b;
+        }
+    }
+}
+
+/* Run ops->paged_attention on the device params into a freshly poisoned output; returns
+ * the host copy (T * QW floats). */
+static float *dec_run(kcpu_attn_params_t *pd, int64_t T, int64_t QW)
+{
+    ops->memset(be, pd->out, 0xff, (size_t)T * QW * 4);
+    PD_CHECK_STATUS(ops->paged_attention(be, pd), PD_OK);
+    PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+    return down(pd->out, (size_t)T * QW * 4);
+}
+
+static void dec_case(const dec_case_t *c)
+{
+    const int L = 2, layer = 1, B = c->B;
+    const bool fp8 = c->kind >= 2, e5m2 = c->kind == 3;
+    static const eng_cuda_kv_t kinds[4] = {ENG_CUDA_KV_F32, ENG_CUDA_KV_F16, ENG_CUDA_KV_FP8_E4M3,
+                                           ENG_CUDA_KV_FP8_E5M2};
+    const float ks[2] = {0.25f, 0.125f}, vs[2] = {0.5f, 0.375f};
+    char what[160];
+
+    /* contexts, block tables (a random permutation of the blocks), spare table entries */
+    int32_t *ctx = malloc(sizeof(int32_t) * B);
+    int max_ctx = 1;
+    int64_t need = 0;
+    for (int s = 0; s < B; s++) {
+        ctx[s] = dec_lens[(c->len0 + s) % 8];
+        max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
+        need += (ctx[s] + c->bs - 1) / c->bs;
+    }
+    const int mbps = (max_ctx + c->bs - 1) / c->bs + 2;
+    const int64_t n_blocks = need + 3;
+    kcpu_kv_layout_t lay, lay32;
+    PD_CHECK_STATUS(eng_backend_cuda_kv_layout_init(&lay, kinds[c->kind], L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay32, KCPU_DTYPE_F32, L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * B * mbps);
+    for (int64_t i = 0; i < n_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n_blocks - 1; i > 0; i--) {
+        int j = irand((int)i + 1);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    int64_t nb = 0;
+    for (int s = 0; s < B; s++)
+        for (int i = 0; i < mbps; i++)
+            bt[s * mbps + i] = i < (ctx[s] + c->bs - 1) / c->bs ? perm[nb++] : perm[irand((int)n_blocks)];
+
+    /* the whole cache random (both layers, K and V, every head); the reference cache is
+     * the same values as f32 (fp8: decoded and scaled as the kernel must) */
+    const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
+    const int64_t n_elems = (int64_t)(cache_bytes / lay.elem_bytes);
+    void *hcache = malloc(cache_bytes);
+    float *ref_cache = NULL;
+    if (c->kind == 0) {
+        for (int64_t i = 0; i < n_elems; i++)
+            ((float *)hcache)[i] = frand();
+    } else if (c->kind == 1) {
+        for (int64_t i = 0; i < n_elems; i++)
+            ((uint16_t *)hcache)[i] = kcpu_f32_to_f16(frand() * 2.0f);
+    } else {
+        ref_cache = malloc((size_t)n_elems * 4);
+        for (int64_t i = 0; i < n_elems; i++) {
+            float f;
+            uint8_t b = fp8_rand_byte(e5m2, &f);
+            int64_t e = i % (int64_t)(lay.block_bytes / lay.elem_bytes);
+            int ly = (int)(e / lay.layer_stride);
+            bool is_v = e % lay.layer_stride >= lay.kv_stride;
+            ((uint8_t *)hcache)[i] = b;
+            ref_cache[i] = f * (is_v ? vs[ly] : ks[ly]);
+        }
+        PD_CHECK_STATUS(eng_backend_cuda_set_kv_scales(be, L, ks, vs, false), PD_OK);
+    }
+
+    /* one token per sequence, in a shuffled order; with c->B >= 3 and an odd len0 one
+     * sequence has no token this step */
+    int64_t T = B >= 3 && (c->len0 & 1) ? B - 1 : B;
+    int32_t *order = malloc(sizeof(int32_t) * B), *tseq = malloc(sizeof(int32_t) * B),
+            *tpos = malloc(sizeof(int32_t) * B);
+    for (int s = 0; s < B; s++)
+        order[s] = s;
+    for (int s = B - 1; s > 0; s--) {
+        int j = irand(s + 1);
+        int32_t tmp = order[s];
+        order[s] = order[j];
+        order[j] = tmp;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        tseq[t] = order[t];
+        tpos[t] = ctx[order[t]] - 1;
+    }
+    const int64_t QW = (int64_t)c->n_heads * c->hd;
+    float *q = rand_vec((size_t)T * QW, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QW, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = B, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = c->n_heads, .n_kv_heads = c->n_kv, .head_dim = c->hd,
+                            .scale = 1.0f / sqrtf((float)c->hd), .causal = true, .sliding_window = c->window,
+                            .layer = layer, .cache_base = fp8 ? (const void *)ref_cache : hcache,
+                            .layout = fp8 ? &lay32 : &lay};
+    PD_CHECK_STATUS(kcpu_paged_attention(NULL, &p), PD_OK);
+
+    void *dcache = up(hcache, cache_bytes);
+    void *dq = up(q, (size_t)T * QW * 4), *dseq = up(tseq, T * 4), *dpos = up(tpos, T * 4),
+         *dbt = up(bt, (size_t)B * mbps * 4), *dctx = up(ctx, B * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache, pd.layout = &lay;
+    snprintf(what, sizeof(what), "decode attention %s h%d/%d d%d bs%d B%d T%lld win%d splits %d", dec_kind_name[c->kind],
+             c->n_heads, c->n_kv, c->hd, c->bs, B, (long long)T, c->window, c->splits);
+
+    /* the new kernel, with the case's split count */
+    kcuda_attn_set_decode(KCUDA_ATTN_DECODE_NEW, c->splits);
+    int used_splits = 0;
+    bool used = kcuda_attn_uses_decode_kernel(&pd, 132, &used_splits);
+    PD_CHECK(used == c->new_kernel);
+    if (used && c->splits > 0)
+        PD_CHECK_EQ_INT(used_splits, c->splits);
+    float *got = dec_run(&pd, T, QW);
+    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
+    /* the tuning variants (l2hint, pipeline, scatter): every kernel variant runs */
+    char what2[200];
+    static const int tune[4][3] = {{0, 0, 0}, {1, 1, 1}, {0, 1, 0}, {1, 0, 1}};
+    for (int tv = 0; tv < 4; tv++) {
+        kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2]);
+        float *alt = dec_run(&pd, T, QW);
+        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d)", what, tune[tv][0], tune[tv][1],
+                 tune[tv][2]);
+        PD_CHECK_EQ_INT(cmp(what2, alt, ref, (size_t)(T * QW), 1e-4), 0);
+        free(alt);
+    }
+    kcuda_attn_set_decode_tuning(-1, -1, -1);
+
+    /* the old kernel on the same inputs, and the two against each other */
+    kcuda_attn_set_decode(KCUDA_ATTN_DECODE_OLD, 0);
+    PD_CHECK(!kcuda_attn_uses_decode_kernel(&pd, 132, NULL));
+    float *old = dec_run(&pd, T, QW);
+    snprintf(what2, sizeof(what2), "%s (old kernel)", what);
+    PD_CHECK_EQ_INT(cmp(what2, old, ref, (size_t)(T * QW), 1e-4), 0);
+    snprintf(what2, sizeof(what2), "%s (new vs old)", what);
+    PD_CHECK_EQ_INT(cmp(what2, got, old, (size_t)(T * QW), 1e-4), 0);
+    kcuda_attn_set_decode(KCUDA_ATTN_DECODE_NEW, c->splits);
+
+    /* a block id outside the cache in the first token's sequence (the block of its own
+     * position, which every window reads): reported at the next synchronize; the other
+     * tokens' rows are unaffected */
+    if (T >= 2) {
+        const int32_t s0 = tseq[0], bi = s0 * mbps + (ctx[s0] - 1) / c->bs, saved = bt[bi];
+        bt[bi] = (int32_t)n_blocks + 5;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)B * mbps * 4);
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK); /* reported once */
+        float *bad = down(dout, (size_t)T * QW * 4);
+        snprintf(what2, sizeof(what2), "%s (bad block elsewhere)", what);
+        PD_CHECK_EQ_INT(cmp(what2, bad + QW, ref + QW, (size_t)((T - 1) * QW), 1e-4), 0);
+        free(bad);
+        bt[bi] = saved;
+        /* a context longer than the block table allows: KCUDA_ERR_SEQ */
+        int32_t saved_ctx = ctx[s0];
+        ctx[s0] = mbps * c->bs + 1;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)B * mbps * 4);
+        ops->memcpy_h2d(be, dctx, ctx, B * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        ctx[s0] = saved_ctx;
+    }
+    kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
+
+    free(got), free(old);
+    ops->buf_free(be, dcache), ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos);
+    ops->buf_free(be, dbt), ops->buf_free(be, dctx), ops->buf_free(be, dout);
+    free(ctx), free(perm), free(bt), free(hcache), free(ref_cache), free(order), free(tseq), free(tpos);
+    free(q), free(ref);
+}
+
+PD_TEST(test_decode_attention)
+{
+    /* GQA ratios 1, 3 (padded to 4 rows), 4, 8; head dims 64, 128 (and 256; 96 takes the
+     * old kernel); block sizes 16, 32, 128; batches 1, 3, 64; all four cache types; key
+     * splits automatic, 1, 3 and 64 (more splits than keys for the short contexts) */
+    static const int heads[][2] = {{4, 4}, {8, 2}, {16, 2}, {9, 3}, {32, 8}};
+    static const int bss[] = {16, 32, 128};
+    static const int splits[] = {0, 1, 3, 64};
+    int n = 0, n_new = 0;
+    for (int kind = 0; kind < 4; kind++)
+        for (int h = 0; h < 5; h++)
+            for (int v = 0; v < 4; v++) {
+                dec_case_t c = {.kind = kind, .n_heads = heads[h][0], .n_kv = heads[h][1],
+                                .hd = ((v ^ kind) & 1) ? 128 : 64, .bs = bss[(n + v) % 3],
+                                .B = v == 0 ? 1 : v == 1 ? 3 : v == 2 ? 64 : 5,
+                                .window = v == 3 ? 37 : (n % 7 == 6 ? 1000 : 0), .splits = splits[(n + h) % 4],
+                                .len0 = irand(8), .new_kernel = true};
+                if (c.B == 64 && c.n_kv > 2)
+                    c.B = 17; /* keep the host reference small */
+                if (c.B == 1)
+                    c.len0 = (n / 4) % 8; /* batch 1 goes through every length */
+                dec_case(&c);
+                n++;
+                n_new += c.new_kernel;
+            }
+    /* every length at batch 1 on the Llama-3.1-8B shape, f16 and fp8 */
+    for (int i = 0; i < 8; i++) {
+        dec_case_t c = {.kind = i & 1 ? 2 : 1, .n_heads = 32, .n_kv = 8, .hd = 128, .bs = 16, .B = 1, .splits = 0,
+                        .len0 = i, .new_kernel = true};
+        dec_case(&c);
+        n++, n_new++;
+    }
+    /* head dim 256 (the new kernel) and 96 (not one of its shapes: the old kernel) */
+    for (int kind = 0; kind < 4; kind++) {
+        dec_case_t c = {.kind = kind, .n_heads = 8, .n_kv = 2, .hd = 256, .bs = 16, .B = 3, .splits = 0,
+                        .len0 = irand(8), .new_kernel = true};
+        dec_case(&c);
+        c.hd = 96;
+        c.new_kernel = false;
+        dec_case(&c);
+        n += 2, n_new++;
+    }
+    printf("  %d decode attention cases (%d on the decode kernel), each against kcpu and the old kernel\n", n,
+           n_new);
+}
+
 int main(void)
 {
     ops = eng_backend_get("cuda");
@@ -693,8 +1057,11 @@ int main(void)
     PD_RUN(test_elementwise);
     PD_RUN(test_embedding);
     PD_RUN(test_softmax_argmax);
+    PD_RUN(test_argmax_decode_rows);
+    PD_RUN(test_gemv_pdl);
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
+    PD_RUN(test_decode_attention);
     printf("  worst relative error over all ops: %.2e\n", worst_g);
     ops->shutdown(be);
     return PD_TEST_REPORT();

@@ -1,0 +1,729 @@
+/*
+ * kcuda_attn_decode.cu - paged attention for decode tokens (one query token per CTA row),
+ * built to stream the KV cache at the memory rate: kcuda_paged_attention sends pure
+ * decode batches here (kcuda_attn.cu keeps prefill and mixed batches).
+ *
+ * Decomposition: one CTA of DEC_WARPS warps = (token, KV head, key split).  The GQA
+ * group's G query rows live in registers (scaled by softmax scale * k_scale * log2(e), so
+ * the softmax runs in base 2), each lane holding the same VEC-element slice of every row.
+ * A key's head vector (head_dim elements, contiguous in the paged cache) is read by TPK =
+ * head_dim / VEC lanes with one 16-byte (8-byte for fp8 with G > 4) load each, straight
+ * from the cache into registers: a warp covers R = 32 / TPK keys per step and U steps per
+ * iteration, K and V loads of all of them issued before any arithmetic, and the block ids
+ * of the next iteration fetched during this one (memory-level parallelism is the point).
+ * Each loaded K element serves every query row of the group; the partial dot products
+ * are summed over the TPK lanes by xor shuffles.  Each warp keeps an online softmax (m, l
+ * and an f32 accumulator slice) per query row over its keys; f16 and fp8 elements are
+ * widened to f32 in registers.  At the end the warps' states are merged through shared
+ * memory and either written out (one split) or written as (m, l, acc) to the workspace
+ * and merged by a second kernel (flash-decoding).
+ *
+ * Invariants shared with the old kernel and relied on by CUDA graphs: the launch shape
+ * depends on n_tokens, n_kv_heads, max_blocks_per_seq * block_size and the SM count only;
+ * the kernel reads context lengths, positions and block ids on the device.  A bad
+ * sequence index, position or context length sets KCUDA_ERR_SEQ (row skipped: output
+ * untouched with one split, zeros with several); a block id outside the cache sets
+ * KCUDA_ERR_BLOCK and its keys read as zeros (both as in kcuda_attn.cu).
+ */
+#include "kcuda_internal.cuh"
+#include "kcuda_attn_decode.cuh"
+
+#include <cuda_fp8.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEC_WARPS 4
+#define DEC_LOG2E 1.4426950408889634f
+#define DEC_LN2 0.6931471805599453f
+#define DEC_MAX_SPLITS 64
+
+typedef struct {
+    const float *q;
+    int64_t q_stride;
+    float *out;
+    int64_t out_stride;
+    const int32_t *tok_seq, *tok_pos, *bt, *ctx;
+    int64_t n_seqs, mbps;
+    int n_tokens, n_heads, group, n_splits;
+    float qscale;  /* softmax scale * k_scale * log2(e), folded into q */
+    float v_scale; /* applied once to the merged accumulator */
+    bool causal;
+    bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
+    bool pipe;    /* the kernel variant that loads one iteration ahead */
+    bool scatter; /* the variant that sums dot products by reduce-scatter */
+    int window;
+    const void *cache;
+    int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
+    int bs, bs_shift; /* bs_shift >= 0 when the block size is a power of two */
+    float *ws;        /* [T][n_heads][S][D] accumulators, then [T][n_heads][S][2] (m natural, l) */
+    int *err;
+} dec_args_t;
+
+/* ---- loads: WORDS 32-bit words (4, 8, 16 or 32 bytes) of the cache into registers ---- */
+
+__device__ __forceinline__ void ld16(const void *p, uint32_t *r, bool hint)
+{
+    if (hint) {
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+            : "l"(p));
+    } else {
+        uint4 v = __ldg((const uint4 *)p);
+        r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
+    }
+}
+
+__device__ __forceinline__ void ld8(const void *p, uint32_t *r, bool hint)
+{
+    if (hint) {
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "l"(p));
+    } else {
+        uint2 v = __ldg((const uint2 *)p);
+        r[0] = v.x, r[1] = v.y;
+    }
+}
+
+__device__ __forceinline__ void ld4(const void *p, uint32_t *r, bool hint)
+{
+    if (hint)
+        asm("ld.global.nc.L1::no_allocate.L2::256B.u32 %0, [%1];" : "=r"(r[0]) : "l"(p));
+    else
+        r[0] = __ldg((const unsigned int *)p);
+}
+
+template <int WORDS> __device__ __forceinline__ void dec_load(const void *p, uint32_t *r, bool hint)
+{
+    if (WORDS == 1) {
+        ld4(p, r, hint);
+    } else if (WORDS == 2) {
+        ld8(p, r, hint);
+    } else {
+#pragma unroll
+        for (int i = 0; i < WORDS / 4; i++)
+            ld16((const char *)p + 16 * i, r + 4 * i, hint);
+    }
+}
+
+/* ---- widening: WORDS words of CT elements -> f32 ---- */
+
+template <typename CT, int WORDS> struct dec_cvt;
+
+template <int WORDS> struct dec_cvt<float, WORDS> {
+    static __device__ __forceinline__ void run(const uint32_t *r, float *f)
+    {
+#pragma unroll
+        for (int i = 0; i < WORDS; i++)
+            f[i] = __uint_as_float(r[i]);
+    }
+};
+
+template <int WORDS> struct dec_cvt<__half, WORDS> {
+    static __device__ __forceinline__ void run(const uint32_t *r, float *f)
+    {
+#pragma unroll
+        for (int i = 0; i < WORDS; i++) {
+            __half2 h = *(const __half2 *)&r[i];
+            float2 v = __half22float2(h);
+            f[2 * i] = v.x, f[2 * i + 1] = v.y;
+        }
+    }
+};
+
+template <int WORDS> struct dec_cvt<__nv_fp8_e4m3, WORDS> {
+    static __device__ __forceinline__ void run(const uint32_t *r, float *f)
+    {
+#pragma unroll
+        for (int i = 0; i < WORDS; i++) {
+            __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] & 0xffffu), __NV_E4M3);
+            __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] >> 16), __NV_E4M3);
+            float2 a = __half22float2(*(const __half2 *)&lo), b = __half22float2(*(const __half2 *)&hi);
+            f[4 * i] = a.x, f[4 * i + 1] = a.y, f[4 * i + 2] = b.x, f[4 * i + 3] = b.y;
+        }
+    }
+};
+
+/* e5m2 is the high byte of an f16: two byte permutes make the f16 pairs */
+template <int WORDS> struct dec_cvt<__nv_fp8_e5m2, WORDS> {
+    static __device__ __forceinline__ void run(const uint32_t *r, float *f)
+    {
+#pragma unroll
+        for (int i = 0; i < WORDS; i++) {
+            uint32_t lo = __byte_perm(r[i], 0u, 0x1404), hi = __byte_perm(r[i], 0u, 0x3424);
+            float2 a = __half22float2(*(const __half2 *)&lo), b = __half22float2(*(const __half2 *)&hi);
+            f[4 * i] = a.x, f[4 * i + 1] = a.y, f[4 * i + 2] = b.x, f[4 * i + 3] = b.y;
+        }
+    }
+};
+
+/* ---- the kernel ---- */
+
+/* Element offset of key p's head vector (K side) for this CTA's KV head, or -1 for a
+ * block id outside the cache (reported). */
+__device__ __forceinline__ int64_t dec_key_off(const dec_args_t &a, const int32_t *bt, int p)
+{
+    const int bi = a.bs_shift >= 0 ? p >> a.bs_shift : p / a.bs;
+    const int in = a.bs_shift >= 0 ? p & (a.bs - 1) : p - bi * a.bs;
+    const int32_t b = bt[bi];
+    if (b < 0 || b >= a.n_blocks) {
+        if (a.err)
+            atomicOr(a.err, KCUDA_ERR_BLOCK);
+        return -1;
+    }
+    return (int64_t)b * a.block_elems + a.layer_off + (int64_t)in * a.token_stride;
+}
+
+/* Offsets of the U keys base + u * R + sub (-1 past s1). */
+template <int U, int R>
+__device__ __forceinline__ void dec_offsets(const dec_args_t &a, const int32_t *bt, int base, int sub, int s1,
+                                            int64_t *off)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int p = base + u * R + sub;
+        off[u] = p < s1 ? dec_key_off(a, bt, p) : -1;
+    }
+}
+
+/* This lane's slice of the K and V rows of U keys (zeros for offset -1). */
+template <typename CT, int U, int WORDS>
+__device__ __forceinline__ void dec_load_keys(const CT *cache, const int64_t *off, int64_t kv_stride,
+                                              int64_t lane_off, bool hint, uint32_t (&kr)[U][WORDS],
+                                              uint32_t (&vr)[U][WORDS])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (off[u] >= 0) {
+            dec_load<WORDS>(cache + off[u] + lane_off, kr[u], hint);
+            dec_load<WORDS>(cache + off[u] + kv_stride + lane_off, vr[u], hint);
+        } else {
+#pragma unroll
+            for (int w = 0; w < WORDS; w++)
+                kr[u][w] = vr[u][w] = 0u;
+        }
+    }
+}
+
+__host__ __device__ constexpr int dec_log2(int x)
+{
+    return x <= 1 ? 0 : 1 + dec_log2(x / 2);
+}
+
+/*
+ * v[0..N) holds this lane's partial sums of N values; afterwards every lane of its group
+ * of TPK lanes (aligned, powers of two) holds the group's totals.  Reduce-scatter then
+ * broadcast: at each of the first log2(min(N, TPK)) levels a lane keeps half of its
+ * values (the upper half when its lane bit for that level is set) and adds the partner's
+ * other half, so the level costs half as many shuffles as values; the remaining levels
+ * are plain xor sums; then each total is fetched from a lane that holds it.  About 2N
+ * shuffles instead of N log2(TPK).  After the levels, local value j of a lane is the
+ * original value j + NF * q, q made of the lane's level bits (first level = top bit).
+ */
+template <int N, int TPK>
+__device__ __forceinline__ void dec_group_sum(float *v, int lane)
+{
+    constexpr int LT = dec_log2(TPK), LN = dec_log2(N), LS = LT < LN ? LT : LN, NF = N >> LS;
+#pragma unroll
+    for (int lev = 0; lev < LT; lev++) {
+        const int o = TPK >> (lev + 1);
+        if (lev < LS) {
+            const int h = N >> (lev + 1);
+            const bool up = (lane & o) != 0;
+#pragma unroll
+            for (int i = 0; i < h; i++) {
+                const float send = up ? v[i] : v[i + h], keep = up ? v[i + h] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < NF; i++)
+                v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+        }
+    }
+    float r[N];
+    const int gbase = lane & ~(TPK - 1);
+#pragma unroll
+    for (int k = 0; k < N; k++)
+        r[k] = __shfl_sync(0xffffffffu, v[k % NF], gbase | ((k / NF) << (LT - LS)));
+#pragma unroll
+    for (int k = 0; k < N; k++)
+        v[k] = r[k];
+}
+
+/* CTAs per SM the register allocation must leave room for (occupancy is what keeps
+ * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
+ * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
+template <typename CT, int D, int GM, bool PIPE> constexpr int dec_min_ctas()
+{
+    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE) ? 3 : 4;
+}
+
+/*
+ * CT: cache element type; D: head dim; GM: query rows held (>= group, padded rows are
+ * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: loads one
+ * iteration ahead; SCATTER: dot products summed over the key's lanes by dec_group_sum.
+ */
+template <typename CT, int D, int GM, int VEC, int U, bool PIPE, bool SCATTER>
+__global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>()) attn_decode_kernel(dec_args_t a)
+{
+    constexpr int TPK = D / VEC;                           /* lanes per key */
+    constexpr int R = 32 / TPK;                            /* keys per warp per step */
+    constexpr int KPW = R * U;                             /* keys per warp per iteration */
+    constexpr int WORDS = VEC * (int)sizeof(CT) / 4;       /* 32-bit words per lane per key */
+    static_assert(TPK >= 1 && TPK <= 32 && 32 % TPK == 0, "lanes per key");
+    static_assert(WORDS == 1 || WORDS == 2 || WORDS == 4 || WORDS == 8, "load width");
+    __shared__ float red_m[DEC_WARPS][GM], red_l[DEC_WARPS][GM];
+    __shared__ float red_acc[DEC_WARPS][GM][D];
+
+    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane / TPK, part = lane % TPK;
+    const int G = a.group;
+
+    /* this token's key range [lo, hi] and this split's slice [s0, s1) */
+    const int seq = a.tok_seq[t];
+    const bool seq_ok = seq >= 0 && seq < a.n_seqs;
+    int ctx = seq_ok ? a.ctx[seq] : 0;
+    const int64_t cap = a.mbps * a.bs;
+    const bool bad_ctx = ctx > cap || ctx < 0;
+    if (bad_ctx)
+        ctx = ctx < 0 ? 0 : (int)cap;
+    const int pos = a.tok_pos[t];
+    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    const bool row_ok = seq_ok && pos >= 0 && hi < ctx;
+    if (threadIdx.x == 0 && a.err && (bad_ctx || !row_ok))
+        atomicOr(a.err, KCUDA_ERR_SEQ);
+    int s0 = 0, s1 = 0;
+    if (row_ok && hi >= lo) {
+        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+        s0 = lo + split * chunk;
+        s1 = min(s0 + chunk, hi + 1);
+        if (s1 < s0)
+            s1 = s0;
+    }
+
+    /* the group's query rows, this lane's slice */
+    float q[GM][VEC];
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+        const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)(kvh * G + g) * D + part * VEC;
+#pragma unroll
+        for (int e = 0; e < VEC; e++)
+            q[g][e] = g < G ? qr[e] * a.qscale : 0.0f;
+    }
+
+    float m[GM], l[GM], acc[GM][VEC];
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VEC; e++)
+            acc[g][e] = 0.0f;
+    }
+
+    const CT *cache = (const CT *)a.cache;
+    const int32_t *bt = a.bt + (int64_t)(seq_ok ? seq : 0) * a.mbps;
+    const int64_t lane_off = (int64_t)kvh * D + part * VEC; /* within a key's token row */
+    const int stride = DEC_WARPS * KPW;
+
+    /* element offsets of this lane's keys (-1: none / bad block); with PIPE the loads of
+     * iteration i + 1 are issued before iteration i computes (registers double-buffered),
+     * the offsets always run one iteration ahead of the loads */
+    int64_t off[U];
+    uint32_t kr[U][WORDS], vr[U][WORDS];
+    int base = s0 + warp * KPW;
+    dec_offsets<U, R>(a, bt, base, sub, s1, off);
+    if (PIPE) {
+        dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
+        dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
+    }
+
+    for (; base < s1; base += stride) {
+        uint32_t kn[U][WORDS], vn[U][WORDS];
+        if (PIPE) {
+            dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kn, vn);
+            dec_offsets<U, R>(a, bt, base + 2 * stride, sub, s1, off);
+        } else {
+            dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
+            dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
+        }
+        bool valid[U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            valid[u] = base + u * R + sub < s1;
+
+        /* scores (base-2 logits) of the U keys for every query row */
+        float s[U][GM];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[VEC];
+            dec_cvt<CT, WORDS>::run(kr[u], kf);
+#pragma unroll
+            for (int g = 0; g < GM; g++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < VEC; e++)
+                    d = fmaf(q[g][e], kf[e], d);
+                s[u][g] = d;
+            }
+        }
+        if (SCATTER) {
+            dec_group_sum<U * GM, TPK>(&s[0][0], lane);
+        } else {
+#pragma unroll
+            for (int o = TPK / 2; o > 0; o >>= 1)
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int g = 0; g < GM; g++)
+                        s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+        }
+
+        /* online softmax, the max shared by the whole warp (so the branch is uniform):
+         * l and acc are rescaled only when the max grows, which after the first keys is
+         * rare, instead of on every iteration */
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (!valid[u])
+                    s[u][g] = -INFINITY;
+                mx = fmaxf(mx, s[u][g]);
+            }
+#pragma unroll
+            for (int o = TPK; o < 32; o <<= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            if (mx > m[g]) {
+                const float alpha = exp2f(m[g] - mx); /* 0 while m is -inf */
+                m[g] = mx;
+                l[g] *= alpha;
+#pragma unroll
+                for (int e = 0; e < VEC; e++)
+                    acc[g][e] *= alpha;
+            }
+            const float mref = m[g] == -INFINITY ? 0.0f : m[g];
+            float sum = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                s[u][g] = exp2f(s[u][g] - mref);
+                sum += s[u][g];
+            }
+            l[g] += sum;
+        }
+        /* acc += sum_u p_u v_u */
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[VEC];
+            dec_cvt<CT, WORDS>::run(vr[u], vf);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+#pragma unroll
+                for (int e = 0; e < VEC; e++)
+                    acc[g][e] = fmaf(s[u][g], vf[e], acc[g][e]);
+        }
+        if (PIPE) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int w = 0; w < WORDS; w++) {
+                    kr[u][w] = kn[u][w];
+                    vr[u][w] = vn[u][w];
+                }
+        }
+    }
+
+    /* merge the warp's key groups (same m: it is warp-wide) */
+#pragma unroll
+    for (int o = TPK; o < 32; o <<= 1)
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+            for (int e = 0; e < VEC; e++)
+                acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        }
+    if (sub == 0) {
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+#pragma unroll
+            for (int e = 0; e < VEC; e++)
+                red_acc[warp][g][part * VEC + e] = acc[g][e];
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            red_m[warp][g] = m[g];
+            red_l[warp][g] = l[g];
+        }
+    }
+    __syncthreads();
+
+    /* merge the warps; write the row or this split's partial state */
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = kvh * G + g;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+            M = fmaxf(M, red_m[w][g]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++) {
+                const float wt = exp2f(red_m[w][g] - M);
+                L += wt * red_l[w][g];
+                A += wt * red_acc[w][g][d];
+            }
+        }
+        if (a.n_splits == 1) {
+            if (row_ok)
+                a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? A * a.v_scale / L : 0.0f;
+        } else {
+            const int64_t row = ((int64_t)t * a.n_heads + h) * a.n_splits + split;
+            a.ws[row * D + d] = A * a.v_scale;
+            if (d == 0) {
+                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
+                ml[row * 2] = M == -INFINITY ? -INFINITY : M * DEC_LN2;
+                ml[row * 2 + 1] = L;
+            }
+        }
+    }
+}
+
+/* out[t, h, :] = the merge of the splits' (m, l, acc); one CTA per (token, head). */
+__global__ void attn_decode_merge_kernel(dec_args_t a, int D)
+{
+    const int t = blockIdx.x, h = blockIdx.y, S = a.n_splits;
+    const int64_t row0 = ((int64_t)t * a.n_heads + h) * S;
+    const float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * S * D;
+    __shared__ float w_s[DEC_MAX_SPLITS];
+    __shared__ float L_s;
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = threadIdx.x; s < S; s += 32)
+            M = fmaxf(M, ml[(row0 + s) * 2]);
+        M = kc_warp_max(M);
+        float L = 0.0f;
+        for (int s = threadIdx.x; s < S; s += 32) {
+            const float m = ml[(row0 + s) * 2];
+            const float w = (M == -INFINITY || m == -INFINITY) ? 0.0f : expf(m - M);
+            w_s[s] = w;
+            L += w * ml[(row0 + s) * 2 + 1];
+        }
+        L = kc_warp_sum(L);
+        if (threadIdx.x == 0)
+            L_s = L;
+    }
+    __syncthreads();
+    const float L = L_s, inv = L > 0.0f ? 1.0f / L : 0.0f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++)
+            acc = fmaf(w_s[s], a.ws[(row0 + s) * D + d], acc);
+        a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = acc * inv;
+    }
+}
+
+/* ---- mode, plan, dispatch ---- */
+
+static kcuda_attn_decode_t g_mode = KCUDA_ATTN_DECODE_AUTO;
+static int g_force_splits = 0;
+
+extern "C" void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits)
+{
+    g_mode = kernel;
+    g_force_splits = force_splits < 0 ? 0 : force_splits > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : force_splits;
+}
+
+kcuda_attn_decode_t kcuda_attn_decode_mode(void)
+{
+    static int env = -1; /* read once: this runs for every layer of every step */
+    if (g_mode != KCUDA_ATTN_DECODE_AUTO)
+        return g_mode;
+    if (env < 0) {
+        const char *e = getenv("PD_CUDA_ATTN_DECODE");
+        env = (e != NULL && strcmp(e, "old") == 0) ? (int)KCUDA_ATTN_DECODE_OLD : (int)KCUDA_ATTN_DECODE_NEW;
+    }
+    return (kcuda_attn_decode_t)env;
+}
+
+int kcuda_attn_decode_forced_splits(void)
+{
+    return g_force_splits;
+}
+
+static int g_l2hint = -1, g_pipe = -1, g_scatter = -1;
+
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter)
+{
+    g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
+    g_pipe = pipeline < 0 ? -1 : pipeline > 0;
+    g_scatter = scatter < 0 ? -1 : scatter > 0;
+}
+
+/* A switch that is on unless set off above or env `name`=0 (read once into *env). */
+static bool dec_switch(int set, const char *name, int *env)
+{
+    if (set >= 0)
+        return set == 1;
+    if (*env < 0) {
+        const char *e = getenv(name);
+        *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+    }
+    return *env == 1;
+}
+
+/* The hint by default only where a key's head vector fills the 256-byte chunk it
+ * prefetches (else it would pull in the neighbouring KV head's row). */
+static bool dec_l2hint(size_t row_bytes)
+{
+    static int env = -1;
+    if (g_l2hint >= 0)
+        return g_l2hint == 1;
+    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", &env) && row_bytes % 256 == 0;
+}
+
+bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
+{
+    const kcpu_dtype_t dt = p->layout->dtype;
+    const int G = p->n_heads / p->n_kv_heads;
+    return (dt == KCPU_DTYPE_F32 || dt == KCPU_DTYPE_F16 || dt == KCUDA_KV_FP8_E4M3 || dt == KCUDA_KV_FP8_E5M2) &&
+           (p->head_dim == 64 || p->head_dim == 128 || p->head_dim == 256) && G >= 1 && G <= 8 &&
+           ((uintptr_t)p->cache_base & 15) == 0; /* every key row is then 16-byte aligned */
+}
+
+int kcuda_attn_decode_splits(const kcpu_attn_params_t *p, int sm_count)
+{
+    if (g_force_splits > 0)
+        return g_force_splits;
+    /* about as many CTAs as fit on the GPU at once (4 per SM), rounded down: a CTA holds
+     * enough loads in flight that one under-full wave streams at the memory rate, while
+     * a second, partial wave would leave the GPU mostly idle at its end (512 CTAs of
+     * batch 64 x 8 KV heads stay unsplit); and no split planned shorter than 64 keys */
+    const int64_t ctas = p->n_tokens * p->n_kv_heads;
+    const int64_t target = 4 * (int64_t)(sm_count > 0 ? sm_count : 132);
+    const int64_t want = target / (ctas > 0 ? ctas : 1);
+    const int64_t bound = p->max_blocks_per_seq * p->layout->block_size;
+    const int64_t by_len = (bound + 63) / 64;
+    int64_t s = want < by_len ? want : by_len;
+    return (int)(s < 1 ? 1 : s > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : s);
+}
+
+/*
+ * Lane geometry: q and acc take 2 * GM * VEC registers, so VEC shrinks as the group grows
+ * (at most 16 bytes a load, at least 4 elements, at most 32 lanes a key); U gives each
+ * lane about 64 bytes of K + V loads in flight per iteration, with U * GM <= 16 scores.
+ */
+template <typename CT, int D, int GM>
+static void dec_launch(const dec_args_t &a, dim3 grid, cudaStream_t stream)
+{
+    constexpr int EB = (int)sizeof(CT);
+    constexpr int BY_REGS = 32 / GM > 4 ? 32 / GM : 4;
+    constexpr int VEC0 = 16 / EB < BY_REGS ? 16 / EB : BY_REGS;
+    constexpr int VEC = D / VEC0 > 32 ? D / 32 : VEC0;
+    constexpr int U0 = 64 / (2 * VEC * EB);
+    constexpr int U = U0 < 1 ? 1 : U0 > 16 / GM ? 16 / GM : U0;
+    if (a.pipe && a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, true, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.pipe)
+        attn_decode_kernel<CT, D, GM, VEC, U, true, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, false, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else
+        attn_decode_kernel<CT, D, GM, VEC, U, false, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+}
+
+template <typename CT, int D>
+static void dec_launch_g(const dec_args_t &a, dim3 grid, cudaStream_t stream)
+{
+    if (a.group == 1)
+        dec_launch<CT, D, 1>(a, grid, stream);
+    else if (a.group == 2)
+        dec_launch<CT, D, 2>(a, grid, stream);
+    else if (a.group <= 4)
+        dec_launch<CT, D, 4>(a, grid, stream);
+    else
+        dec_launch<CT, D, 8>(a, grid, stream);
+}
+
+template <typename CT>
+static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
+{
+    if (D == 64)
+        dec_launch_g<CT, 64>(a, grid, stream);
+    else if (D == 128)
+        dec_launch_g<CT, 128>(a, grid, stream);
+    else
+        dec_launch_g<CT, 256>(a, grid, stream);
+}
+
+pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
+                                     float *ws, int *err, kcuda_stream_t stream)
+{
+    const kcpu_kv_layout_t *L = p->layout;
+    dec_args_t a;
+    a.q = p->q;
+    a.q_stride = p->q_stride;
+    a.out = p->out;
+    a.out_stride = p->out_stride;
+    a.tok_seq = p->tok_seq;
+    a.tok_pos = p->tok_pos;
+    a.bt = p->block_tables;
+    a.ctx = p->context_lens;
+    a.n_seqs = p->n_seqs;
+    a.mbps = p->max_blocks_per_seq;
+    a.n_tokens = (int)p->n_tokens;
+    a.n_heads = p->n_heads;
+    a.group = p->n_heads / p->n_kv_heads;
+    a.n_splits = n_splits;
+    a.qscale = p->scale * k_scale * DEC_LOG2E;
+    a.v_scale = v_scale;
+    a.causal = p->causal;
+    a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
+    static int env_pipe = -1, env_scatter = -1;
+    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", &env_pipe);
+    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", &env_scatter);
+    a.window = p->sliding_window;
+    a.cache = p->cache_base;
+    a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);
+    a.layer_off = (int64_t)p->layer * L->layer_stride;
+    a.kv_stride = L->kv_stride;
+    a.token_stride = L->token_stride;
+    a.n_blocks = L->n_blocks;
+    a.bs = L->block_size;
+    a.bs_shift = -1;
+    if (L->block_size > 0 && (L->block_size & (L->block_size - 1)) == 0)
+        a.bs_shift = __builtin_ctz((unsigned)L->block_size);
+    a.ws = ws;
+    a.err = err;
+    dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
+    switch ((int)L->dtype) {
+    case KCPU_DTYPE_F32:
+        dec_launch_d<float>(a, p->head_dim, grid, stream);
+        break;
+    case KCPU_DTYPE_F16:
+        dec_launch_d<__half>(a, p->head_dim, grid, stream);
+        break;
+    case (int)KCUDA_KV_FP8_E4M3:
+        dec_launch_d<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
+        break;
+    default:
+        dec_launch_d<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
+        break;
+    }
+    {
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) {
+            PD_LOG_ERR("kcuda_paged_attention (decode): launch failed: %s", cudaGetErrorString(e));
+            return PD_ERR_CUDA;
+        }
+    }
+    if (n_splits > 1) {
+        attn_decode_merge_kernel<<<dim3((unsigned)p->n_tokens, (unsigned)p->n_heads), 128, 0, stream>>>(a,
+                                                                                                       p->head_dim);
+        KCUDA_LAUNCHED("kcuda_paged_attention (decode merge)");
+    }
+    return PD_OK;
+}
