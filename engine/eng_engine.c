@@ -75,6 +75,7 @@ typedef struct ereq {
     const char *kv_load_failure;
     char *kv_error;
     struct ereq *kv_next;     /* kv_list link */
+    int queued;               /* sequences counted in e->n_queued until its first step */
 } ereq_t;
 
 /* A kvxfer event for the engine thread. */
@@ -122,6 +123,8 @@ struct eng_engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ereq_t *q_head, *q_tail;  /* new requests */
+    int n_queued;             /* waiting sequences for admission: reserved, queued, or in
+                                 the scheduler before their first step (under mu) */
     abort_cmd_t *aborts;
     kv_cmd_t *kv_cmds, *kv_cmds_tail;
     eng_kv_hooks_t hooks;     /* under mu; copied by the engine thread per use */
@@ -245,8 +248,19 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
     er->cb(er->user, &out);
 }
 
+/* A request stops counting as waiting (admission, eng_engine_reserve). */
+static void unqueue(eng_engine_t *e, int n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->n_queued = e->n_queued > n ? e->n_queued - n : 0;
+    pthread_mutex_unlock(&e->mu);
+}
+
 static void ereq_free(eng_engine_t *e, ereq_t *er)
 {
+    unqueue(e, er->queued);
     for (int i = 0; i < er->n_seqs; i++) {
         eng_detok_destroy(er->seqs[i].detok);
         eng_stop_matcher_destroy(er->seqs[i].stop);
@@ -264,7 +278,6 @@ static void ereq_free(eng_engine_t *e, ereq_t *er)
     free(er->lease_ids);
     free(er->kv_error);
     free(er);
-    (void)e;
 }
 
 /* ---- disaggregation helpers (engine thread) ---- */
@@ -933,6 +946,18 @@ static void *engine_main(void *arg)
         if (stopping)
             break;
         b = eng_sched_step(e->sched);
+        if (e->cfg.max_queued_seqs > 0) {
+            /* requests in their first step stop waiting: room for new ones */
+            int started = 0;
+            for (int s = 0; s < b->n_seqs; s++) {
+                ereq_t *er = b->seqs[s].req->user;
+                if (er && er->queued) {
+                    started += er->queued;
+                    er->queued = 0;
+                }
+            }
+            unqueue(e, started);
+        }
         for (int i = 0; i < b->n_remote_admitted; i++)
             start_pull(e, b->remote_admitted[i]);
         e->last_empty = b->n_seqs == 0 && b->n_remote_admitted == 0;
@@ -998,6 +1023,52 @@ static void *engine_main(void *arg)
 }
 
 /* ---- submit / abort ---- */
+
+/* Under mu: may n more sequences wait?  (The first request always may.) */
+static bool admit_ok(const eng_engine_t *e, int n)
+{
+    int lim = e->cfg.max_queued_seqs;
+    return lim <= 0 || e->n_queued == 0 || (int64_t)e->n_queued + n <= lim;
+}
+
+static void busy_msg(const eng_engine_t *e, int n, char *err, size_t errlen)
+{
+    snprintf(err, errlen,
+             "The server is overloaded: %d sequences are waiting and this request adds %d, over the limit of %d "
+             "(--max-queued-requests). Retry later.",
+             e->n_queued, n, e->cfg.max_queued_seqs);
+}
+
+pd_status_t eng_engine_reserve(eng_engine_t *e, int n_seqs, char *err, size_t errlen)
+{
+    pd_status_t st = PD_OK;
+    if (n_seqs <= 0 || e->cfg.max_queued_seqs <= 0)
+        return PD_OK;
+    pthread_mutex_lock(&e->mu);
+    if (admit_ok(e, n_seqs))
+        e->n_queued += n_seqs;
+    else {
+        busy_msg(e, n_seqs, err, errlen);
+        st = PD_ERR_BUSY;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return st;
+}
+
+void eng_engine_unreserve(eng_engine_t *e, int n_seqs)
+{
+    if (n_seqs > 0 && e->cfg.max_queued_seqs > 0)
+        unqueue(e, n_seqs);
+}
+
+int eng_engine_queued(eng_engine_t *e)
+{
+    int n;
+    pthread_mutex_lock(&e->mu);
+    n = e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
 
 pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *err, size_t errlen)
 {
@@ -1123,6 +1194,20 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         ereq_free(e, er);
         snprintf(err, errlen, "the engine is shutting down");
         return PD_ERR_CLOSED;
+    }
+    if (e->cfg.max_queued_seqs > 0) {
+        /* a reservation already counts its sequences; without one apply the bound */
+        if (sub->reserved <= 0 && !admit_ok(e, er->n_seqs)) {
+            busy_msg(e, er->n_seqs, err, errlen);
+            pthread_mutex_unlock(&e->mu);
+            kv_drop_remote(e, er);
+            ereq_free(e, er);
+            return PD_ERR_BUSY;
+        }
+        e->n_queued += er->n_seqs - (sub->reserved > 0 ? sub->reserved : 0);
+        if (e->n_queued < 0)
+            e->n_queued = 0;
+        er->queued = er->n_seqs;
     }
     if (e->q_tail)
         e->q_tail->next = er;
