@@ -36,6 +36,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -45,6 +46,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -135,6 +137,20 @@ struct pd_http_req {
 
     struct pd_http_req *prev, *next; /* srv->reqs list (live requests) */
     int watched;                     /* counted in srv->n_suspended */
+
+    /* direct stream writes (see "direct stream writes" below) */
+    int direct_ok;   /* plain TCP, HTTP/1.1, not HEAD: the body is chunked by us or by MHD */
+    int direct_idle; /* the reader suspended the stream with nothing queued: MHD has sent
+                      * everything, holds nothing and will not touch the socket until it
+                      * is resumed, so producers may write framed chunks themselves */
+    int fd;          /* the connection's socket when direct_ok */
+    int sockopt_set; /* TCP_NODELAY on / TCP_CORK off done for direct writes */
+    pd_buf_t raw;    /* framed bytes a direct write left unsent (the socket was full):
+                      * they go out before anything else, by the next write or the
+                      * watcher; while any are left the connection stays suspended */
+    size_t raw_off;
+    uint64_t raw_progress_ns; /* when raw last filled from empty or sent bytes: a client
+                               * that reads nothing for the idle timeout is cut */
 };
 
 struct pd_http_server {
@@ -154,6 +170,8 @@ struct pd_http_server {
     size_t max_body, max_header;
     unsigned max_conn, timeout_s, n_threads;
     int no_keep_alive, no_access_log;
+    int direct_stream; /* producers may write idle streams' sockets themselves */
+    atomic_ullong n_direct, n_direct_partial, n_loop; /* stream events by path */
 
     route_t *routes;
     size_t n_routes;
@@ -325,6 +343,7 @@ static void req_free(pd_http_req_t *req)
         MHD_destroy_response(req->pending);
     pd_buf_cleanup(&req->body);
     pd_buf_cleanup(&req->sbuf);
+    pd_buf_cleanup(&req->raw);
     free(req->path);
     free(req->full_path);
     free(req->origin);
@@ -387,6 +406,7 @@ static void req_resume_locked(pd_http_req_t *req)
     req->watched = 0;
     pthread_mutex_unlock(&srv->lock);
     req->suspended = 0;
+    req->direct_idle = 0;
     MHD_resume_connection(req->conn);
     wake_worker(srv, req->conn);
 }
@@ -529,6 +549,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
         req_suspend_locked(req);
+        /* MHD calls the reader only once its write buffer is empty (headers and every
+         * earlier chunk sent) and sends nothing after a 0: the socket is ours now */
+        req->direct_idle = req->direct_ok;
         n = 0;
     }
     pthread_mutex_unlock(&req->lock);
@@ -569,6 +592,140 @@ pd_status_t pd_http_stream_begin(pd_http_req_t *req, const char *content_type,
     return st;
 }
 
+/*
+ * ---- direct stream writes ----
+ *
+ * Per streamed event, the MHD path costs a resume (a lock in MHD and an eventfd write),
+ * a worker wake-up, an MHD_run over the connection, one send and a suspend.  While a
+ * stream is idle (direct_idle: its reader found nothing to send and suspended it, so MHD
+ * has no bytes of it buffered and will not touch its socket until resumed), the
+ * producing thread instead frames the event as one HTTP chunk ("<hex>\r\n" data
+ * "\r\n") and sends it itself with one non-blocking sendmsg(), under req->lock.  The
+ * socket cannot be closed under us: MHD closes it only after the completion callback,
+ * which takes req->lock and sets `completed` first.
+ *
+ * - Nothing sent (EAGAIN, an error): the bytes go to sbuf and the connection is
+ *   resumed, exactly the MHD path (an error then surfaces through MHD's own send).
+ * - Partly sent (the socket buffer filled): the rest of the frame goes to `raw`; later
+ *   events are framed and appended behind it; the next write or the watcher (POLLOUT,
+ *   every WATCH_PERIOD_MS) sends more.  The connection stays suspended until raw is
+ *   empty; stream_end resumes it only then (MHD then writes the last chunk).
+ * - Only for plain TCP (TLS records belong to GnuTLS inside MHD), HTTP/1.1 (where MHD
+ *   chunks a body of unknown size) and not HEAD (no body).
+ */
+static void direct_sockopts(pd_http_req_t *req)
+{
+    int on = 1, off = 0;
+    /* MHD may have left the socket corked between its own sends; an uncorked socket
+     * with Nagle off pushes each chunk at once (MHD's state flags only ever think the
+     * socket is more corked than it is, which costs it nothing) */
+    if (setsockopt(req->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off)) != 0 ||
+        setsockopt(req->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0) {
+        /* not a TCP socket after all (e.g. a UNIX socket): plain sends are fine */
+    }
+    req->sockopt_set = 1;
+}
+
+/* Send what raw holds (req->lock held).  Resumes the connection once raw is empty and
+ * the stream has ended, so MHD writes the terminating chunk. */
+static void raw_flush_locked(pd_http_req_t *req)
+{
+    while (req->raw_off < req->raw.len) {
+        ssize_t n = send(req->fd, req->raw.data + req->raw_off, req->raw.len - req->raw_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            req->raw_off += (size_t)n;
+            req->raw_progress_ns = pd_now_ns();
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            /* the client is gone: let MHD find out and close the connection */
+            req->gone = 1;
+            req->raw.len = req->raw_off = 0;
+            req_resume_locked(req);
+        }
+        return;
+    }
+    req->raw.len = req->raw_off = 0;
+    if (req->stream_ended)
+        req_resume_locked(req);
+}
+
+/* Queue or send one event made of n parts (req->lock held; the caller checked that the
+ * stream is open and len > 0). */
+static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *parts, int n, size_t len)
+{
+    char hdr[24];
+    struct iovec iov[8];
+    int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+    size_t total = (size_t)hl + len + 2;
+    pd_status_t st = PD_OK;
+
+    if (req->direct_idle && n <= 6) {
+        if (!req->sockopt_set)
+            direct_sockopts(req);
+        if (req->raw_off < req->raw.len) {
+            /* behind bytes still waiting: append the framed event, try to send more */
+            st = pd_buf_append(&req->raw, hdr, (size_t)hl);
+            for (int i = 0; i < n && st == PD_OK; i++)
+                st = pd_buf_append(&req->raw, parts[i].iov_base, parts[i].iov_len);
+            if (st == PD_OK)
+                st = pd_buf_append(&req->raw, "\r\n", 2);
+            if (st == PD_OK)
+                raw_flush_locked(req);
+            return st;
+        }
+        iov[0] = (struct iovec){hdr, (size_t)hl};
+        for (int i = 0; i < n; i++)
+            iov[1 + i] = parts[i];
+        iov[1 + n] = (struct iovec){(void *)"\r\n", 2};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n + 2};
+        ssize_t sent;
+        do
+            sent = sendmsg(req->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (sent < 0 && errno == EINTR);
+        if (sent == (ssize_t)total) {
+            atomic_fetch_add_explicit(&req->srv->n_direct, 1, memory_order_relaxed);
+            return PD_OK;
+        }
+        if (sent > 0) {
+            atomic_fetch_add_explicit(&req->srv->n_direct, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&req->srv->n_direct_partial, 1, memory_order_relaxed);
+            /* keep the unsent tail of the frame, in order */
+            size_t skip = (size_t)sent;
+            req->raw.len = req->raw_off = 0;
+            req->raw_progress_ns = pd_now_ns();
+            for (int i = 0; i < n + 2 && st == PD_OK; i++) {
+                if (skip >= iov[i].iov_len) {
+                    skip -= iov[i].iov_len;
+                    continue;
+                }
+                st = pd_buf_append(&req->raw, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+                skip = 0;
+            }
+            if (st != PD_OK) { /* a frame cut in the middle cannot be repaired */
+                req->gone = 1;
+                req_resume_locked(req);
+            }
+            return st;
+        }
+        /* nothing sent: the MHD path below (it reports an error itself) */
+    }
+    for (int i = 0; i < n && st == PD_OK; i++)
+        st = pd_buf_append(&req->sbuf, parts[i].iov_base, parts[i].iov_len);
+    if (st == PD_OK)
+        req_resume_locked(req);
+    atomic_fetch_add_explicit(&req->srv->n_loop, 1, memory_order_relaxed);
+    return st;
+}
+
+static size_t stream_pending_locked(const pd_http_req_t *req)
+{
+    return req->sbuf.len - req->srd + req->raw.len - req->raw_off;
+}
+
 pd_status_t pd_http_stream_write(pd_http_stream_t *stream, const void *data, size_t len)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;
@@ -578,12 +735,11 @@ pd_status_t pd_http_stream_write(pd_http_stream_t *stream, const void *data, siz
     pthread_mutex_lock(&req->lock);
     if (req->gone || req->completed || req->stream_ended) {
         st = PD_ERR_CLOSED;
-    } else if (req->sbuf.len - req->srd + len > STREAM_MAX_QUEUED) {
+    } else if (stream_pending_locked(req) + len > STREAM_MAX_QUEUED) {
         st = PD_ERR_LIMIT;
-    } else {
-        st = pd_buf_append(&req->sbuf, data, len);
-        if (st == PD_OK)
-            req_resume_locked(req);
+    } else if (len > 0) { /* an empty chunk would end a chunked body */
+        struct iovec part = {(void *)data, len};
+        st = stream_put_locked(req, &part, 1, len);
     }
     pthread_mutex_unlock(&req->lock);
     return st;
@@ -596,20 +752,16 @@ pd_status_t pd_http_sse_send(pd_http_stream_t *stream, const char *json_text)
         return PD_ERR_INVAL;
     size_t len = strlen(json_text);
     pd_status_t st = PD_OK;
-    /* One locked append of the whole event, so the reader never sends half of it alone. */
+    /* One event in one piece, so the reader never sends half of it alone. */
     pthread_mutex_lock(&req->lock);
     if (req->gone || req->completed || req->stream_ended)
         st = PD_ERR_CLOSED;
-    else if (req->sbuf.len - req->srd + len + 8 > STREAM_MAX_QUEUED)
+    else if (stream_pending_locked(req) + len + 8 > STREAM_MAX_QUEUED)
         st = PD_ERR_LIMIT;
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, "data: ", 6);
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, json_text, len);
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, "\n\n", 2);
-    if (st == PD_OK)
-        req_resume_locked(req);
+    if (st == PD_OK) {
+        struct iovec parts[3] = {{(void *)"data: ", 6}, {(void *)json_text, len}, {(void *)"\n\n", 2}};
+        st = stream_put_locked(req, parts, 3, len + 8);
+    }
     pthread_mutex_unlock(&req->lock);
     return st;
 }
@@ -631,7 +783,8 @@ pd_status_t pd_http_stream_end(pd_http_stream_t *stream)
         st = PD_ERR_CLOSED;
     else if (!req->stream_ended) {
         req->stream_ended = 1;
-        req_resume_locked(req);
+        if (req->raw_off == req->raw.len) /* else raw_flush_locked resumes it when done */
+            req_resume_locked(req);
     }
     pthread_mutex_unlock(&req->lock);
     return st;
@@ -641,7 +794,7 @@ size_t pd_http_stream_queued(const pd_http_stream_t *stream)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;
     pthread_mutex_lock(&req->lock);
-    size_t n = req->sbuf.len - req->srd;
+    size_t n = stream_pending_locked(req);
     pthread_mutex_unlock(&req->lock);
     return n;
 }
@@ -1000,6 +1153,8 @@ static pd_http_req_t *req_create(pd_http_server_t *srv, struct MHD_Connection *c
     req->full_path = strdup(url);
     pd_buf_init(&req->body);
     pd_buf_init(&req->sbuf);
+    pd_buf_init(&req->raw);
+    req->fd = -1;
     if (req->path == NULL || req->full_path == NULL) {
         req_free(req);
         return NULL;
@@ -1271,12 +1426,19 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 {
     pd_http_server_t *srv = cls;
     pd_http_req_t *req = *con_cls;
-    (void)version;
     if (req == NULL) {
         req = req_create(srv, conn, url, method);
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
+        if (srv->direct_stream && version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+            strcmp(method, "HEAD") != 0) {
+            const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+            if (ci && ci->connect_fd >= 0) {
+                req->fd = ci->connect_fd;
+                req->direct_ok = 1;
+            }
+        }
         on_headers(req, conn);
         if (req->state == REQ_ANSWERED)
             return finish_call(req, conn);
@@ -1504,23 +1666,45 @@ static void *watcher_main(void *arg)
         for (size_t i = 0; i < sn.n && i < pcap; i++) {
             pd_http_req_t *r = sn.reqs[i];
             int fd = -1;
+            short ev = POLLRDHUP;
             pthread_mutex_lock(&r->lock);
             if (r->suspended && !r->completed) {
                 const union MHD_ConnectionInfo *ci =
                     MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
                 if (ci)
                     fd = ci->connect_fd;
+                if (r->raw_off < r->raw.len) /* a direct write's tail waits for room */
+                    ev |= POLLOUT;
             }
             pthread_mutex_unlock(&r->lock);
             pfds[np].fd = fd;
-            pfds[np].events = POLLRDHUP;
+            pfds[np].events = ev;
             pfds[np].revents = 0;
             np++;
         }
-        if (np > 0 && poll(pfds, np, 0) > 0) {
+        if (np > 0 && poll(pfds, np, 0) < 0)
             for (size_t i = 0; i < np; i++)
-                if (pfds[i].fd >= 0 && (pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)))
+                pfds[i].revents = 0;
+        {
+            /* (every time, not only when poll saw an event: stalled readers) */
+            for (size_t i = 0; i < np; i++)
+                if (pfds[i].fd >= 0 && (pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
                     cut_request(sn.reqs[i]);
+                } else if (pfds[i].fd >= 0 && (pfds[i].events & POLLOUT)) {
+                    pd_http_req_t *r = sn.reqs[i];
+                    int stalled = 0;
+                    pthread_mutex_lock(&r->lock);
+                    if (r->direct_idle && !r->completed && !r->gone && r->raw_off < r->raw.len) {
+                        if (pfds[i].revents & POLLOUT)
+                            raw_flush_locked(r);
+                        /* the same idle timeout as MHD applies to a stalled reader */
+                        stalled = r->raw_off < r->raw.len && srv->timeout_s > 0 &&
+                                  pd_now_ns() - r->raw_progress_ns > (uint64_t)srv->timeout_s * 1000000000ull;
+                    }
+                    pthread_mutex_unlock(&r->lock);
+                    if (stalled)
+                        cut_request(r);
+                }
         }
         for (size_t i = 0; i < sn.n; i++)
             req_unref(sn.reqs[i]);
@@ -1650,6 +1834,10 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     }
     srv->no_keep_alive = cfg->disable_keep_alive;
     srv->no_access_log = cfg->disable_access_log;
+    {
+        const char *d = getenv("PD_HTTP_DIRECT_STREAM");
+        srv->direct_stream = !cfg->disable_direct_stream && !(d && strcmp(d, "0") == 0) && cfg->ssl_keyfile == NULL;
+    }
     srv->cert_reqs = cfg->ssl_cert_reqs;
     if (cfg->ssl_keyfile) {
         if ((st = read_pem(cfg->ssl_keyfile, "--ssl-keyfile", &srv->tls_key)) != PD_OK ||
@@ -1911,6 +2099,13 @@ err_daemons:
 uint16_t pd_http_server_port(const pd_http_server_t *srv)
 {
     return srv && srv->started ? srv->bound_port : 0;
+}
+
+void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t *counts_p)
+{
+    counts_p->direct = atomic_load(&srv->n_direct);
+    counts_p->direct_partial = atomic_load(&srv->n_direct_partial);
+    counts_p->loop = atomic_load(&srv->n_loop);
 }
 
 int pd_http_server_draining(const pd_http_server_t *srv)

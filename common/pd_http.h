@@ -90,6 +90,11 @@ typedef struct pd_http_config {
     unsigned n_threads;          /* worker threads (each its own epoll loop); 0 = min(cores, 4) */
 
     int disable_access_log; /* 1 = no per-request log line */
+    int disable_direct_stream; /* 1 = stream bytes always leave through libmicrohttpd's
+                                * loop (resume, send, suspend per batch) instead of being
+                                * written to the socket by the producing thread while
+                                * the stream is idle; env PD_HTTP_DIRECT_STREAM=0 does the
+                                * same (benchmarks compare both in one binary) */
     /* Optional registry: the server registers http_requests_total and
      * http_request_duration_seconds in it (labels method, handler, status class). */
     pd_metrics_registry_t *metrics;
@@ -124,6 +129,15 @@ int pd_http_server_draining(const pd_http_server_t *srv);
 
 /* Number of requests received and not yet completed (streams included). */
 unsigned pd_http_server_inflight(const pd_http_server_t *srv);
+
+/* How stream events left (for tests and benchmarks): direct = written to the socket by
+ * the producing thread (direct_partial of them only partly, the rest sent later);
+ * loop = queued for the worker's libmicrohttpd loop (resume, send, suspend).  Any
+ * thread. */
+typedef struct pd_http_stream_counts {
+    uint64_t direct, direct_partial, loop;
+} pd_http_stream_counts_t;
+void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t *counts_p);
 
 /* Stop listening, close every connection (open streams get on_close), join threads.
  * Safe to call when not started or already stopped. */

@@ -21,7 +21,7 @@ import time
 import openai
 import pytest
 
-from pdtest import binary, node_metrics, start_node, wait_idle
+from pdtest import Node, binary, free_port, node_metrics, start_node, wait_http, wait_idle
 
 LIMIT = 2
 
@@ -32,6 +32,21 @@ def node(tmp_path_factory, model_path):
                    ["--served-model-name", "smol", "--max-num-seqs", "1", "--max-queued-requests", str(LIMIT)])
     yield n
     assert n.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, node):
+    """pdserve-proxy in single-node mode in front of the overloaded node."""
+    port = free_port()
+    px = Node("pdserve-proxy", ["--decode", f"127.0.0.1:{node.port}"], port,
+              str(tmp_path_factory.mktemp("proxy") / "proxy.log"))
+    try:
+        wait_http(px.url + "/health", proc=px.proc, timeout=30)
+    except Exception:
+        px.stop()
+        raise RuntimeError("proxy did not start:\n" + px.logtext()[-4000:])
+    yield px
+    px.stop()
 
 
 def client(node):
@@ -89,7 +104,7 @@ class LongStream:
         self.conn.close()
 
 
-def test_full_queue_refuses_with_503(node):
+def test_full_queue_refuses_with_503(node, proxy):
     m0 = wait_idle(node.url)
     free0 = m0["pdserve:kv_free_blocks"]
     rej0 = m0.get("pdserve:num_requests_rejected_total", 0.0)
@@ -136,6 +151,14 @@ def test_full_queue_refuses_with_503(node):
                                                      "stream_options": {"include_usage": True}}),
                            ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2})):
             check_503(*raw_post(node, path, dict(body, model="smol")))
+            refused += 1
+        # through the proxy: the node's 503 and its error JSON reach the client (one
+        # node, so no retry elsewhere), plain and streamed
+        for body in ({"prompt": "Hi", "max_tokens": 2}, {"prompt": "Hi", "max_tokens": 2, "stream": True}):
+            st, headers, data = raw_post(proxy, "/v1/completions", dict(body, model="smol"))
+            assert st == 503, (st, data[:300])
+            err = json.loads(data)["error"]
+            assert err["type"] == "ServiceUnavailableError" and "--max-queued-requests" in err["message"], err
             refused += 1
         # bad input is still a 400, not a 503: validation comes first
         st, _, data = raw_post(node, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": -1})
