@@ -96,8 +96,17 @@ parts = [("chunk+dispatch", re.compile(r"^(on_output|stream_event|stream_flush|e
                                        r"chunk_usage|pd_buf_.*|cJSON.*|pd_metric_.*|observe_metrics|token_text|tokstr_cb)$")),
          ("detok+stop+engine loop", re.compile(r"^(emit|process_seq|eng_detok.*|eng_tok_decode|detok_.*|eng_stop.*|engine_main|"
                                                r"eng_node_main|ends_with_fffd|bpe_word)$")),
-         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp/loopback", None)]
-counts = [0, 0, 0, 0]
+         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp send", None),
+         ("kernel loopback receive (the client side)", None)]
+# the receive half of loopback TCP: the client stack, run in softirq on the sending
+# thread; with a real NIC it runs on the client machine
+rx = re.compile(r"^(tcp_v4_rcv|tcp_v4_do_rcv|tcp_rcv_established|tcp_data_queue|tcp_queue_rcv|tcp_event_data_recv|"
+                r"tcp_add_backlog|__inet_lookup_established|__inet_lookup.*|ip_rcv.*|ip_local_deliver.*|"
+                r"ip_protocol_deliver_rcu|__netif_receive_skb.*|netif_receive.*|process_backlog|__napi_poll|"
+                r"net_rx_action|sock_def_readable|enqueue_to_backlog|netif_rx.*|tcp_data_ready|tcp_rcv_space_adjust|"
+                r"tcp_validate_incoming|tcp_filter|ip_route_input.*|tcp_inbound_hash.*|tcp_v4_inbound_md5_hash|"
+                r"ip_sublist_rcv.*|ip_list_rcv.*|__netif_receive_skb_list.*)$")
+counts = [0, 0, 0, 0, 0]
 tot = hi = lo = lo_idle = 0
 for line in sys.stdin:
     f = line.split()
@@ -113,7 +122,7 @@ for line in sys.stdin:
             lo_idle += 1
         elif parts[0][1].match(sym): counts[0] += 1
         elif parts[1][1].match(sym): counts[1] += 1
-        elif "kernel.kallsyms" in line: counts[3] += 1
+        elif "kernel.kallsyms" in line: counts[4 if rx.match(sym) else 3] += 1
         else: counts[2] += 1
 print(tot, hi, lo, lo_idle)
 with open(sys.argv[3], "w") as f:

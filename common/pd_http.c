@@ -61,6 +61,11 @@
 #define STREAM_MAX_QUEUED ((size_t)64 << 20)
 #define STREAM_BLOCK 32768
 #define WATCH_PERIOD_MS 50
+/* Default of cfg.direct_stream_min_gap_us: a stream's events closer together than
+ * this go through MHD's loop, which sends everything queued in one write.  Direct
+ * writes pay off for token-paced streams (milliseconds apart), not for a burst (one
+ * syscall per event instead of one per batch). */
+#define DEFAULT_DIRECT_GAP_US 1000u
 #define REQ_ID_MAX 128
 
 /* ---- types ---- */
@@ -151,6 +156,7 @@ struct pd_http_req {
     size_t raw_off;
     uint64_t raw_progress_ns; /* when raw last filled from empty or sent bytes: a client
                                * that reads nothing for the idle timeout is cut */
+    uint64_t last_direct_ns;  /* the last direct write (srv->direct_gap_ns) */
 };
 
 struct pd_http_server {
@@ -171,6 +177,7 @@ struct pd_http_server {
     unsigned max_conn, timeout_s, n_threads;
     int no_keep_alive, no_access_log;
     int direct_stream; /* producers may write idle streams' sockets themselves */
+    uint64_t direct_gap_ns;
     atomic_ullong n_direct, n_direct_partial, n_loop; /* stream events by path */
 
     route_t *routes;
@@ -612,6 +619,8 @@ pd_status_t pd_http_stream_begin(pd_http_req_t *req, const char *content_type,
  *   empty; stream_end resumes it only then (MHD then writes the last chunk).
  * - Only for plain TCP (TLS records belong to GnuTLS inside MHD), HTTP/1.1 (where MHD
  *   chunks a body of unknown size) and not HEAD (no body).
+ * - Only for events at least direct_stream_min_gap_us apart on a stream: a burst goes
+ *   through MHD, which sends all that piled up in one write.
  */
 static void direct_sockopts(pd_http_req_t *req)
 {
@@ -663,9 +672,12 @@ static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *par
     size_t total = (size_t)hl + len + 2;
     pd_status_t st = PD_OK;
 
-    if (req->direct_idle && n <= 6) {
+    uint64_t now = req->direct_idle ? pd_now_ns() : 0;
+    if (req->direct_idle && n <= 6 &&
+        (req->raw_off < req->raw.len || now - req->last_direct_ns >= req->srv->direct_gap_ns)) {
         if (!req->sockopt_set)
             direct_sockopts(req);
+        req->last_direct_ns = now;
         if (req->raw_off < req->raw.len) {
             /* behind bytes still waiting: append the framed event, try to send more */
             st = pd_buf_append(&req->raw, hdr, (size_t)hl);
@@ -1837,6 +1849,8 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     {
         const char *d = getenv("PD_HTTP_DIRECT_STREAM");
         srv->direct_stream = !cfg->disable_direct_stream && !(d && strcmp(d, "0") == 0) && cfg->ssl_keyfile == NULL;
+        srv->direct_gap_ns = (uint64_t)(cfg->direct_stream_min_gap_us ? cfg->direct_stream_min_gap_us
+                                                                       : DEFAULT_DIRECT_GAP_US) * 1000u;
     }
     srv->cert_reqs = cfg->ssl_cert_reqs;
     if (cfg->ssl_keyfile) {

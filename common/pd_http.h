@@ -95,6 +95,9 @@ typedef struct pd_http_config {
                                 * written to the socket by the producing thread while
                                 * the stream is idle; env PD_HTTP_DIRECT_STREAM=0 does the
                                 * same (benchmarks compare both in one binary) */
+    unsigned direct_stream_min_gap_us; /* 1000: a stream's events closer together than
+                                        * this go through the loop, which coalesces a
+                                        * burst into one write */
     /* Optional registry: the server registers http_requests_total and
      * http_request_duration_seconds in it (labels method, handler, status class). */
     pd_metrics_registry_t *metrics;

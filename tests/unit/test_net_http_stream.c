@@ -7,6 +7,7 @@
  * when it reads, its receive buffer, and checks the chunked framing byte by byte):
  * - a reading client gets every event exactly, most of them sent directly;
  * - the same with direct writes turned off (config) gets the same bytes, none direct;
+ * - with the default minimum gap, a burst goes through libmicrohttpd (coalesced);
  * - a client that reads nothing while megabytes are written: writes go partial, the
  *   tails wait in order and leave when it reads; the body is exact and ends properly;
  * - a client that leaves mid-stream: on_close(PD_ERR_CLOSED), later writes refused;
@@ -91,7 +92,7 @@ static int wait_flag(atomic_int *flag, int seconds)
     return atomic_load(flag);
 }
 
-static pd_http_server_t *start(int direct, unsigned timeout_s)
+static pd_http_server_t *start_gap(int direct, unsigned timeout_s, unsigned gap_us)
 {
     pd_http_config_t cfg;
     pd_http_server_t *srv = NULL;
@@ -103,6 +104,7 @@ static pd_http_server_t *start(int direct, unsigned timeout_s)
     cfg.disable_direct_stream = !direct;
     if (timeout_s)
         cfg.connection_timeout_s = timeout_s;
+    cfg.direct_stream_min_gap_us = gap_us;
     if (pd_http_server_create(&cfg, &srv) != PD_OK)
         return NULL;
     if (pd_http_route(srv, "GET", "/s", h_stream, NULL) != PD_OK || pd_http_server_start(srv) != PD_OK) {
@@ -111,6 +113,13 @@ static pd_http_server_t *start(int direct, unsigned timeout_s)
     }
     job_reset();
     return srv;
+}
+
+/* Tests that write faster than a token stream set the gap to 1 us: every event of an
+ * idle stream is then written directly. */
+static pd_http_server_t *start(int direct, unsigned timeout_s)
+{
+    return start_gap(direct, timeout_s, 1);
 }
 
 /* ---- a raw HTTP client ---- */
@@ -349,6 +358,46 @@ PD_TEST(test_direct_slow_reader)
     pd_buf_cleanup(&body);
 }
 
+/* With the default gap (1 ms) a burst goes through the loop after its first event,
+ * which coalesces it; the bytes are the same. */
+PD_TEST(test_burst_uses_loop)
+{
+    pd_http_server_t *srv = start_gap(1, 0, 0);
+    PD_CHECK(srv != NULL);
+    if (srv == NULL)
+        return;
+    pd_http_stream_counts_t c0, c1;
+    pd_http_server_stream_counts(srv, &c0);
+    int fd = client_connect(pd_http_server_port(srv), 0, "HTTP/1.1");
+    PD_CHECK(fd >= 0);
+    pd_http_stream_t *s = wait_stream();
+    PD_CHECK_STATUS(pd_http_sse_send(s, "{\"first\":1}"), PD_OK);
+    for (int i = 0; i < 2000 && pd_http_stream_queued(s) > 0; i++)
+        usleep(5000);
+    usleep(20000);
+    prod_arg_t a = {.s = s, .n = 500, .size_of = small_size};
+    pd_buf_init(&a.want);
+    pd_buf_puts(&a.want, "data: {\"first\":1}\n\n");
+    produce(s, a.n, a.size_of, &a.want);
+    pd_buf_t got, body;
+    pd_buf_init(&got);
+    pd_buf_init(&body);
+    client_read_all(fd, &got, 1);
+    int chunked = 0;
+    PD_CHECK(parse_response(&got, &chunked, &body) == 0);
+    PD_CHECK(body.len == a.want.len && memcmp(body.data, a.want.data, a.want.len) == 0);
+    pd_http_server_stream_counts(srv, &c1);
+    /* 502 events written back to back: a few direct (one per idle period), most queued */
+    PD_CHECK(c1.loop - c0.loop > 400);
+    PD_CHECK(wait_flag(&job_g.closed, 30));
+    pd_http_stream_release(s);
+    close(fd);
+    pd_http_server_destroy(srv);
+    pd_buf_cleanup(&a.want);
+    pd_buf_cleanup(&got);
+    pd_buf_cleanup(&body);
+}
+
 /* The client leaves after the first bytes: on_close(PD_ERR_CLOSED), writes refused. */
 PD_TEST(test_direct_client_leaves)
 {
@@ -461,6 +510,7 @@ int main(void)
     PD_RUN(test_direct_paced);
     PD_RUN(test_direct_off);
     PD_RUN(test_direct_slow_reader);
+    PD_RUN(test_burst_uses_loop);
     PD_RUN(test_direct_client_leaves);
     PD_RUN(test_http10_not_direct);
     PD_RUN(test_direct_stalled_reader_cut);
