@@ -13,10 +13,10 @@
  * 2. SSE: N streams opened by a forked libcurl client; a producer thread (the "engine")
  *    sends E events of ~90 bytes to each, then [DONE].  Events/s and server CPU us per
  *    event (producer included).  Ceiling beside it: one write() per event of the same
- *    size over a loopback TCP pair.  Each SSE case runs on two servers in turn: one
- *    with direct stream writes (the default: an idle stream's events are sent by the
- *    producer) and one with disable_direct_stream (every event through libmicrohttpd's
- *    loop: resume, send, suspend), the paced case twice each.
+ *    size over a loopback TCP pair.  The SSE cases run on servers in turn: direct
+ *    stream writes sent by the worker (the default), every event through
+ *    libmicrohttpd's loop (disable_direct_stream: resume, send, suspend), and (paced
+ *    only) direct writes sent by the producer (direct_stream_inline); paced twice each.
  * Prints a table, and one JSON line with --json.  Numbers vary with machine load.
  */
 #define _GNU_SOURCE
@@ -407,20 +407,28 @@ int main(int argc, char **argv)
     cfg.port = 0;
     cfg.n_threads = (unsigned)threads;
     cfg.disable_access_log = 1;
-    pd_http_server_t *srv = NULL, *srv_loop = NULL;
+    pd_http_server_t *srv = NULL, *srv_loop = NULL, *srv_inline = NULL;
     if (pd_http_server_create(&cfg, &srv) != PD_OK ||
         pd_http_route(srv, "GET", "/json", h_json, NULL) != PD_OK ||
         pd_http_route(srv, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv) != PD_OK) {
         fprintf(stderr, "bench_http: cannot start the server\n");
         return 1;
     }
+    cfg.direct_stream_inline = 1;
+    if (pd_http_server_create(&cfg, &srv_inline) != PD_OK ||
+        pd_http_route(srv_inline, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv_inline) != PD_OK) {
+        fprintf(stderr, "bench_http: cannot start the third server\n");
+        return 1;
+    }
+    cfg.direct_stream_inline = 0;
     cfg.disable_direct_stream = 1;
     if (pd_http_server_create(&cfg, &srv_loop) != PD_OK ||
         pd_http_route(srv_loop, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv_loop) != PD_OK) {
         fprintf(stderr, "bench_http: cannot start the second server\n");
         return 1;
     }
-    uint16_t port = pd_http_server_port(srv), port_loop = pd_http_server_port(srv_loop);
+    uint16_t port = pd_http_server_port(srv), port_loop = pd_http_server_port(srv_loop),
+             port_inline = pd_http_server_port(srv_inline);
     int wrk = have_wrk();
     const char *client = wrk ? "wrk -t2" : "libcurl multi (forked)";
 
@@ -466,8 +474,10 @@ int main(int argc, char **argv)
     int n_paced = events / 5 > 0 ? events / 5 : 1;
     sse_result_t paced = run_sse(port, streams, n_paced, pace_us);
     sse_result_t paced_loop = run_sse(port_loop, streams, n_paced, pace_us);
+    sse_result_t paced_inline = run_sse(port_inline, streams, n_paced, pace_us);
     sse_result_t paced2 = run_sse(port, streams, n_paced, pace_us);
     sse_result_t paced_loop2 = run_sse(port_loop, streams, n_paced, pace_us);
+    sse_result_t paced_inline2 = run_sse(port_inline, streams, n_paced, pace_us);
     long n_ev = (long)burst.n_streams * events;
     double ceil_cpu_us = 0, ceil1_cpu_us = 0;
     double ceil_dt = sse_ceiling(n_ev, (size_t)burst.ev_len, 32768, &ceil_cpu_us);
@@ -475,6 +485,7 @@ int main(int argc, char **argv)
     double ceil1_dt = sse_ceiling(n1, (size_t)burst.ev_len, (size_t)burst.ev_len, &ceil1_cpu_us);
     pd_http_server_destroy(srv);
     pd_http_server_destroy(srv_loop);
+    pd_http_server_destroy(srv_inline);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_http: %ld cores, %d server threads, client %s\n", ncpu, threads, client);
@@ -488,6 +499,8 @@ int main(int argc, char **argv)
            paced2.cpu_us);
     printf("%-38s %11.0f/s %9.2f %6.2f\n", "SSE event, paced (mhd loop only)", paced_loop.ev_per_s, paced_loop.cpu_us,
            paced_loop2.cpu_us);
+    printf("%-38s %11.0f/s %9.2f %6.2f\n", "SSE event, paced (producer sends)", paced_inline.ev_per_s,
+           paced_inline.cpu_us, paced_inline2.cpu_us);
     printf("%-38s %11.0f/s %16.2f\n", "SSE event, 1 write each (ceiling)", n1 / ceil1_dt, ceil1_cpu_us);
     printf("(%d connections for json; %d streams x %d events of %d bytes burst, x %d paced every %d us;\n"
            " ceilings: loopback TCP in this process, writer + reader CPU)\n",

@@ -16,8 +16,9 @@
 # whole-process CPU (model included) is printed.
 #   bench/bench_server.sh [build-dir] [--json out.json]
 #   3a. unless PD_BENCH_AB=0: case 3 again on fresh nodes, alternating the HTTP layer's
-#      two ways of sending stream events (PD_HTTP_DIRECT_STREAM=0: every event through
-#      libmicrohttpd's loop; default: written directly while the stream is idle), two
+#      ways of sending stream events (PD_HTTP_DIRECT_STREAM=0: every event through
+#      libmicrohttpd's loop; =inline: the engine thread sends each event itself;
+#      default: framed by the engine thread, sent by the connection's worker), two
 #      rounds each, so before and after see the same machine load.
 # PD_BENCH_ONLY=streams runs only case 3 (and 3b), e.g. to compare two binaries a few
 # times in turn on a loaded machine (PD_BENCH_BIN=<the other binary>).
@@ -200,7 +201,7 @@ STREAM_ROWS="$STREAM_ROWS$1|$(python3 -c "print(round(($LO3-$IDLE3)/$TOK3*1e6,1)
 return 0
 }
 STREAM_ROWS=""
-stream_case "direct writes"
+stream_case "worker sends"
 CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3
 # the same on nodes that send every event through libmicrohttpd's loop (resume, send,
 # suspend: PD_HTTP_DIRECT_STREAM=0) and again with direct writes, in turn, so that both
@@ -208,7 +209,8 @@ CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3
 if [ "${PD_BENCH_AB:-1}" != 0 ]; then
     for round in 1 2; do
         start_node PD_HTTP_DIRECT_STREAM=0; stream_case "mhd loop, round $round"; stop_node
-        start_node; stream_case "direct writes, round $((round + 1))"; stop_node
+        start_node PD_HTTP_DIRECT_STREAM=inline; stream_case "producer sends, round $round"; stop_node
+        start_node; stream_case "worker sends, round $((round + 1))"; stop_node
     done
     PID=$MAIN_PID PORT=$MAIN_PORT URL=$MAIN_URL
     echo "per-token server-only lower bound minus the time-driven loops / whole process CPU, us:"

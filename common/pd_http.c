@@ -66,6 +66,9 @@
  * writes pay off for token-paced streams (milliseconds apart), not for a burst (one
  * syscall per event instead of one per batch). */
 #define DEFAULT_DIRECT_GAP_US 1000u
+
+/* srv->direct_stream: who sends an idle stream's events (see "direct stream writes") */
+enum { DIRECT_OFF = 0, DIRECT_WORKER = 1, DIRECT_INLINE = 2 };
 #define REQ_ID_MAX 128
 
 /* ---- types ---- */
@@ -157,6 +160,9 @@ struct pd_http_req {
     uint64_t raw_progress_ns; /* when raw last filled from empty or sent bytes: a client
                                * that reads nothing for the idle timeout is cut */
     uint64_t last_direct_ns;  /* the last direct write (srv->direct_gap_ns) */
+    unsigned worker;          /* index of the worker whose daemon holds the connection */
+    int dq_queued;            /* on srv->dq_heads[worker] (holds a reference) */
+    struct pd_http_req *dq_next;
 };
 
 struct pd_http_server {
@@ -176,9 +182,12 @@ struct pd_http_server {
     size_t max_body, max_header;
     unsigned max_conn, timeout_s, n_threads;
     int no_keep_alive, no_access_log;
-    int direct_stream; /* producers may write idle streams' sockets themselves */
+    int direct_stream; /* DIRECT_*: who writes idle streams' sockets */
     uint64_t direct_gap_ns;
+    pthread_mutex_t dq_lock;   /* leaf lock: the per-worker lists below */
+    pd_http_req_t **dq_heads;  /* per worker: streams with framed bytes for it to send */
     atomic_ullong n_direct, n_direct_partial, n_loop; /* stream events by path */
+    atomic_ullong n_sends;                            /* direct send calls */
 
     route_t *routes;
     size_t n_routes;
@@ -373,24 +382,35 @@ static void req_unref(pd_http_req_t *req)
  * connection resumed from another thread; each worker also polls its own eventfd, which
  * the resuming thread writes, so queued stream data goes out at once instead of at the
  * next timeout tick. */
-static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
+static void wake_worker_idx(pd_http_server_t *srv, unsigned i)
+{
+    uint64_t one = 1;
+    int *fds = srv->wake_fds;
+    if (fds == NULL || i >= srv->n_threads)
+        return;
+    /* the resume (or queueing) is done before this exchange, and the worker clears the
+     * flag before it drains its list and runs MHD: a skipped write's work is seen */
+    if (srv->wake_pending && atomic_exchange(&srv->wake_pending[i], 1) != 0)
+        return;
+    if (fds[i] >= 0 && write(fds[i], &one, sizeof(one)) < 0) {
+        /* EAGAIN: a wake-up is already pending */
+    }
+}
+
+/* Index of the worker whose daemon holds conn (0 when unknown). */
+static unsigned worker_of(pd_http_server_t *srv, struct MHD_Connection *conn)
 {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
-    uint64_t one = 1;
-    if (ci == NULL || srv->wake_fds == NULL)
-        return;
-    for (unsigned i = 0; i < srv->n_threads; i++) {
-        if (srv->daemons[i] == ci->daemon) {
-            /* the resume is done before this exchange, and the worker clears the flag
-             * before its MHD_run: a skipped write's connection is seen by that run */
-            if (srv->wake_pending && atomic_exchange(&srv->wake_pending[i], 1) != 0)
-                return;
-            if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
-                /* EAGAIN: a wake-up is already pending */
-            }
-            return;
-        }
-    }
+    for (unsigned i = 0; ci && srv->daemons && i < srv->n_threads; i++)
+        if (srv->daemons[i] == ci->daemon)
+            return i;
+    return 0;
+}
+
+static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
+{
+    if (srv->wake_fds != NULL)
+        wake_worker_idx(srv, worker_of(srv, conn));
 }
 
 /* Suspend/resume bookkeeping, called with req->lock held. */
@@ -642,6 +662,7 @@ static void raw_flush_locked(pd_http_req_t *req)
     while (req->raw_off < req->raw.len) {
         ssize_t n = send(req->fd, req->raw.data + req->raw_off, req->raw.len - req->raw_off,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
+        atomic_fetch_add_explicit(&req->srv->n_sends, 1, memory_order_relaxed);
         if (n > 0) {
             req->raw_off += (size_t)n;
             req->raw_progress_ns = pd_now_ns();
@@ -654,6 +675,8 @@ static void raw_flush_locked(pd_http_req_t *req)
             req->gone = 1;
             req->raw.len = req->raw_off = 0;
             req_resume_locked(req);
+        } else {
+            atomic_fetch_add_explicit(&req->srv->n_direct_partial, 1, memory_order_relaxed);
         }
         return;
     }
@@ -672,6 +695,37 @@ static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *par
     size_t total = (size_t)hl + len + 2;
     pd_status_t st = PD_OK;
 
+    if (req->direct_idle && req->srv->direct_stream == DIRECT_WORKER) {
+        /* frame it behind whatever waits and let the connection's worker send it all
+         * with one send (events queued before the worker runs leave together) */
+        pd_http_server_t *srv = req->srv;
+        int was_empty = req->raw_off == req->raw.len;
+        if (!req->sockopt_set)
+            direct_sockopts(req);
+        st = pd_buf_append(&req->raw, hdr, (size_t)hl);
+        for (int i = 0; i < n && st == PD_OK; i++)
+            st = pd_buf_append(&req->raw, parts[i].iov_base, parts[i].iov_len);
+        if (st == PD_OK)
+            st = pd_buf_append(&req->raw, "\r\n", 2);
+        if (st != PD_OK) { /* a half-framed event cannot be repaired */
+            req->gone = 1;
+            req_resume_locked(req);
+            return st;
+        }
+        if (was_empty)
+            req->raw_progress_ns = pd_now_ns();
+        atomic_fetch_add_explicit(&srv->n_direct, 1, memory_order_relaxed);
+        if (!req->dq_queued && srv->dq_heads != NULL) {
+            req->dq_queued = 1;
+            req_ref(req);
+            pthread_mutex_lock(&srv->dq_lock);
+            req->dq_next = srv->dq_heads[req->worker];
+            srv->dq_heads[req->worker] = req;
+            pthread_mutex_unlock(&srv->dq_lock);
+            wake_worker_idx(srv, req->worker);
+        }
+        return PD_OK;
+    }
     uint64_t now = req->direct_idle ? pd_now_ns() : 0;
     if (req->direct_idle && n <= 6 &&
         (req->raw_off < req->raw.len || now - req->last_direct_ns >= req->srv->direct_gap_ns)) {
@@ -698,6 +752,7 @@ static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *par
         do
             sent = sendmsg(req->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         while (sent < 0 && errno == EINTR);
+        atomic_fetch_add_explicit(&req->srv->n_sends, 1, memory_order_relaxed);
         if (sent == (ssize_t)total) {
             atomic_fetch_add_explicit(&req->srv->n_direct, 1, memory_order_relaxed);
             return PD_OK;
@@ -1449,6 +1504,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
             if (ci && ci->connect_fd >= 0) {
                 req->fd = ci->connect_fd;
                 req->direct_ok = 1;
+                req->worker = worker_of(srv, conn);
             }
         }
         on_headers(req, conn);
@@ -1768,6 +1824,7 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     if (srv == NULL)
         return PD_ERR_NOMEM;
     pthread_mutex_init(&srv->lock, NULL);
+    pthread_mutex_init(&srv->dq_lock, NULL);
     pthread_cond_init(&srv->cond, NULL);
     srv->listen_fd = -1;
     srv->host = xstrdup(cfg->host && cfg->host[0] ? cfg->host : "0.0.0.0");
@@ -1848,7 +1905,10 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     srv->no_access_log = cfg->disable_access_log;
     {
         const char *d = getenv("PD_HTTP_DIRECT_STREAM");
-        srv->direct_stream = !cfg->disable_direct_stream && !(d && strcmp(d, "0") == 0) && cfg->ssl_keyfile == NULL;
+        srv->direct_stream = cfg->disable_direct_stream || (d && strcmp(d, "0") == 0) || cfg->ssl_keyfile != NULL
+                                 ? DIRECT_OFF
+                             : (cfg->direct_stream_inline || (d && strcmp(d, "inline") == 0)) ? DIRECT_INLINE
+                                                                                            : DIRECT_WORKER;
         srv->direct_gap_ns = (uint64_t)(cfg->direct_stream_min_gap_us ? cfg->direct_stream_min_gap_us
                                                                        : DEFAULT_DIRECT_GAP_US) * 1000u;
     }
@@ -1897,7 +1957,30 @@ typedef struct worker_arg {
     struct MHD_Daemon *daemon;
     int wake_fd;
     atomic_int *wake_pending; /* or NULL */
+    unsigned idx;
 } worker_arg_t;
+
+/* The worker's share of direct writes: send what the streams queued for it. */
+static void dq_drain(pd_http_server_t *srv, unsigned idx)
+{
+    pd_http_req_t *r;
+    pthread_mutex_lock(&srv->dq_lock);
+    r = srv->dq_heads ? srv->dq_heads[idx] : NULL;
+    if (r)
+        srv->dq_heads[idx] = NULL;
+    pthread_mutex_unlock(&srv->dq_lock);
+    while (r) {
+        pd_http_req_t *next = r->dq_next;
+        pthread_mutex_lock(&r->lock);
+        r->dq_queued = 0;
+        r->dq_next = NULL;
+        if (r->direct_idle && !r->completed && !r->gone && r->raw_off < r->raw.len)
+            raw_flush_locked(r);
+        pthread_mutex_unlock(&r->lock);
+        req_unref(r);
+        r = next;
+    }
+}
 
 static void *worker_main(void *arg)
 {
@@ -1905,6 +1988,7 @@ static void *worker_main(void *arg)
     struct MHD_Daemon *d = ((worker_arg_t *)arg)->daemon;
     int wake_fd = ((worker_arg_t *)arg)->wake_fd;
     atomic_int *pending = ((worker_arg_t *)arg)->wake_pending;
+    unsigned idx = ((worker_arg_t *)arg)->idx;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
     int ep = di ? di->epoll_fd : -1;
     free(arg);
@@ -1926,6 +2010,7 @@ static void *worker_main(void *arg)
         }
         if (pending)
             atomic_store(pending, 0);
+        dq_drain(srv, idx);
         MHD_run(d);
     }
     return NULL;
@@ -2069,6 +2154,10 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
         atomic_init(&srv->wake_pending[i], 0);
     for (unsigned i = 0; srv->wake_fds && i < srv->n_threads; i++)
         srv->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (srv->dq_heads == NULL && srv->direct_stream == DIRECT_WORKER)
+        srv->dq_heads = calloc(srv->n_threads, sizeof(*srv->dq_heads));
+    if (srv->dq_heads == NULL && srv->direct_stream == DIRECT_WORKER)
+        srv->direct_stream = DIRECT_OFF;
     atomic_store(&srv->workers_run, 1);
     for (unsigned i = 0; i < srv->n_threads; i++) {
         worker_arg_t *wa = malloc(sizeof(*wa));
@@ -2077,6 +2166,7 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
             wa->daemon = srv->daemons[i];
             wa->wake_fd = srv->wake_fds ? srv->wake_fds[i] : -1;
             wa->wake_pending = srv->wake_pending ? &srv->wake_pending[i] : NULL;
+            wa->idx = i;
         }
         if (wa == NULL || pthread_create(&srv->workers[i], NULL, worker_main, wa) != 0) {
             free(wa);
@@ -2120,6 +2210,7 @@ void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t
     counts_p->direct = atomic_load(&srv->n_direct);
     counts_p->direct_partial = atomic_load(&srv->n_direct_partial);
     counts_p->loop = atomic_load(&srv->n_loop);
+    counts_p->sends = atomic_load(&srv->n_sends);
 }
 
 int pd_http_server_draining(const pd_http_server_t *srv)
@@ -2258,6 +2349,15 @@ void pd_http_server_destroy(pd_http_server_t *srv)
     free(srv->tls_pass);
     free(srv->tls_prio);
     free(srv->wake_pending);
+    /* streams still queued for a worker (written after the workers stopped) */
+    for (unsigned i = 0; srv->dq_heads && i < srv->n_threads; i++) {
+        for (pd_http_req_t *r = srv->dq_heads[i], *next; r; r = next) {
+            next = r->dq_next;
+            req_unref(r);
+        }
+    }
+    free(srv->dq_heads);
+    pthread_mutex_destroy(&srv->dq_lock);
     strv_free(srv->cors_origins);
     strv_free(srv->cors_methods);
     strv_free(srv->cors_headers);

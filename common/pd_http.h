@@ -95,9 +95,15 @@ typedef struct pd_http_config {
                                 * written to the socket by the producing thread while
                                 * the stream is idle; env PD_HTTP_DIRECT_STREAM=0 does the
                                 * same (benchmarks compare both in one binary) */
-    unsigned direct_stream_min_gap_us; /* 1000: a stream's events closer together than
-                                        * this go through the loop, which coalesces a
-                                        * burst into one write */
+    int direct_stream_inline;    /* 1 = the producing thread sends an idle stream's event
+                                  * itself (one sendmsg, no hand-off: least CPU in all,
+                                  * but the producer - the engine thread - pays the
+                                  * syscall); default: it frames the event and the
+                                  * connection's worker sends all that is queued, woken
+                                  * at most once per batch; env PD_HTTP_DIRECT_STREAM=inline */
+    unsigned direct_stream_min_gap_us; /* inline only, 1000: a stream's events closer
+                                        * together than this go through the loop, which
+                                        * coalesces a burst into one write */
     /* Optional registry: the server registers http_requests_total and
      * http_request_duration_seconds in it (labels method, handler, status class). */
     pd_metrics_registry_t *metrics;
@@ -133,12 +139,13 @@ int pd_http_server_draining(const pd_http_server_t *srv);
 /* Number of requests received and not yet completed (streams included). */
 unsigned pd_http_server_inflight(const pd_http_server_t *srv);
 
-/* How stream events left (for tests and benchmarks): direct = written to the socket by
- * the producing thread (direct_partial of them only partly, the rest sent later);
- * loop = queued for the worker's libmicrohttpd loop (resume, send, suspend).  Any
- * thread. */
+/* How stream events left (for tests and benchmarks): direct = framed by us and written
+ * to the socket without libmicrohttpd (by the producer or the connection's worker);
+ * sends = the send calls that took (several events queued together share one);
+ * direct_partial = sends that left bytes for later (the socket was full); loop =
+ * events queued for libmicrohttpd's loop (resume, send, suspend).  Any thread. */
 typedef struct pd_http_stream_counts {
-    uint64_t direct, direct_partial, loop;
+    uint64_t direct, direct_partial, loop, sends;
 } pd_http_stream_counts_t;
 void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t *counts_p);
 
