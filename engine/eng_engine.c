@@ -970,6 +970,10 @@ static void *engine_main(void *arg)
             /* a failed forward leaves the KV of this batch undefined: fail its requests,
              * keep serving the others */
             PD_LOG_ERR("engine: step failed (%s); failing the %d requests of the batch", pd_status_str(st), b->n_seqs);
+            /* free after the walk: a group's other sequences later in this batch point
+             * into the request (freeing it at once was a use after free) */
+            ereq_t **failed = calloc((size_t)b->n_seqs, sizeof(*failed));
+            int n_failed = 0;
             for (int s = 0; s < b->n_seqs; s++) {
                 eng_request_t *root = b->seqs[s].req;
                 while (root->parent)
@@ -979,9 +983,16 @@ static void *engine_main(void *arg)
                     continue;
                 eng_sched_finish(e->sched, root, ENG_REQ_FINISHED_ERROR);
                 finish_all(e, er, ENG_REQ_FINISHED_ERROR);
-                root->user = NULL;
-                ereq_free(e, er);
+                if (failed)
+                    failed[n_failed++] = er;
             }
+            if (failed == NULL)
+                PD_LOG_ERR("engine: out of memory failing a batch; its requests leak");
+            for (int i = 0; i < n_failed; i++) {
+                failed[i]->req->user = NULL;
+                ereq_free(e, failed[i]);
+            }
+            free(failed);
             continue;
         }
         /* outputs: every sequence that sampled, then requests finished by the update */
@@ -1061,6 +1072,8 @@ void eng_engine_unreserve(eng_engine_t *e, int n_seqs)
         unqueue(e, n_seqs);
 }
 
+int eng_engine_max_num_seqs(const eng_engine_t *e) { return e->cfg.max_num_seqs; }
+
 int eng_engine_queued(eng_engine_t *e)
 {
     int n;
@@ -1109,6 +1122,14 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
     if (st != PD_OK) {
         snprintf(err, errlen, "invalid request (%s)", pd_status_str(st));
         return st;
+    }
+    if (req->group_size > e->cfg.max_num_seqs) {
+        /* admission: the scheduler runs a group's sequences in one step, so a group
+         * larger than a step could never run (the step failed) */
+        snprintf(err, errlen, "n = %d choices need %d sequences in one step, over --max-num-seqs %d.",
+                 req->group_size, req->group_size, e->cfg.max_num_seqs);
+        eng_request_destroy(req);
+        return PD_ERR_RANGE;
     }
     er = calloc(1, sizeof(*er));
     if (er == NULL) {

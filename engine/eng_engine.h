@@ -222,6 +222,7 @@ const eng_model_config_t *eng_engine_model_config(const eng_engine_t *engine);
 const struct eng_tok *eng_engine_tokenizer(const eng_engine_t *engine); /* NULL with skip_tokenizer_init */
 const struct eng_template *eng_engine_template(const eng_engine_t *engine); /* NULL when none */
 int64_t eng_engine_max_model_len(const eng_engine_t *engine);
+int eng_engine_max_num_seqs(const eng_engine_t *engine); /* n (best_of) may not exceed it */
 const eng_sampling_defaults_t *eng_engine_sampling_defaults(const eng_engine_t *engine);
 /* BOS/EOS strings for templates (may be ""). */
 const char *eng_engine_bos_str(const eng_engine_t *engine);

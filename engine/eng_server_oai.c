@@ -1023,6 +1023,15 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         echo_only(srv, req, o);
         return;
     }
+    /* a group's sequences run in one step: a larger n can never run (a 400, not a 503
+     * to retry) */
+    if (o->n_per > eng_engine_max_num_seqs(srv->engine)) {
+        err.status = 400;
+        snprintf(err.message, sizeof(err.message), "n = %d choices need %d sequences in one step, over --max-num-seqs %d.",
+                 o->n_per, o->n_per, eng_engine_max_num_seqs(srv->engine));
+        snprintf(err.param, sizeof(err.param), "n");
+        goto fail;
+    }
     /* admission (--max-queued-requests) before anything is committed: a refused stream
      * gets a plain 503, never an SSE event after a 200 */
     n_reserved = o->n_subs * o->n_per;

@@ -1,15 +1,17 @@
 """Overload (RELIABILITY.md: bounded queue, clear 503, no crash, recovery) against a real
-pdserve-decode with the default model, one running sequence (--max-num-seqs 1) and a
+pdserve-decode with the default model, two running sequences (--max-num-seqs 2) and a
 tiny queue (--max-queued-requests 2):
 
-- deterministic: one long stream runs, a request with n=2 fills the queue, then every
+- deterministic: two long streams run, one request waits (so an n=2 request is one too
+  many: n counts), a second one fills the queue, then every
   further request (completions and chat, plain and streamed, the openai client and raw
   HTTP) gets 503 with the OpenAI error JSON (type ServiceUnavailableError, a message
   naming the limit) and Retry-After, streamed ones before any SSE byte; the refusals are
-  counted in pdserve:num_requests_rejected_total; after the long stream leaves, the
-  queued request completes, every KV block is free and the next request works;
+  counted in pdserve:num_requests_rejected_total; after the long streams leave, the
+  queued requests complete, every KV block is free and the next request works;
 - a burst of concurrent requests: each one either completes or gets that 503, nothing
   else; afterwards the same recovery checks;
+- n over --max-num-seqs is a 400 (its group could never run);
 - a bad --max-queued-requests value stops start-up with a message.
 No test depends on timing: it waits for metrics, never for the clock."""
 import http.client
@@ -29,7 +31,7 @@ LIMIT = 2
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, model_path):
     n = start_node(tmp_path_factory, model_path,
-                   ["--served-model-name", "smol", "--max-num-seqs", "1", "--max-queued-requests", str(LIMIT)])
+                   ["--served-model-name", "smol", "--max-num-seqs", "2", "--max-queued-requests", str(LIMIT)])
     yield n
     assert n.stop() == 0
 
@@ -110,12 +112,10 @@ def test_full_queue_refuses_with_503(node, proxy):
     rej0 = m0.get("pdserve:num_requests_rejected_total", 0.0)
     c = client(node)
 
-    long = LongStream(node)
+    longs = [LongStream(node), LongStream(node)]  # both step slots are taken
     try:
         wait_metric(node, "pdserve:num_sequences_queued", 0)
-        # two plain requests fill the queue; they complete once the stream leaves.  (An
-        # n=2 request cannot be queued here: with --max-num-seqs 1 its group would
-        # never fit a step - see the n=2 refusal below for how n counts.)
+        # two plain requests fill the queue; they complete once the streams leave
         queued = [None, None]
 
         def run_queued(i):
@@ -167,9 +167,10 @@ def test_full_queue_refuses_with_503(node, proxy):
         assert node_metrics(node.url)["pdserve:num_sequences_queued"] == 2
         m = node_metrics(node.url)
         assert m["pdserve:num_requests_rejected_total"] - rej0 == refused
-        assert m["vllm:num_requests_running"] == 1
+        assert m["vllm:num_requests_running"] == 2
     finally:
-        long.close()  # the stream leaves: it is aborted and the queued request runs
+        for s in longs:  # the streams leave: they are aborted and the queued requests run
+            s.close()
     for t in ts:
         t.join(timeout=300)
         assert not t.is_alive()
@@ -228,6 +229,25 @@ def test_burst_each_request_completes_or_gets_503(node):
     assert m["pdserve:kv_free_blocks"] == free0
     assert m["pdserve:num_sequences_queued"] == 0
     st, _, data = raw_post(node, "/v1/completions", {"model": "smol", "prompt": "Hello", "max_tokens": 2})
+    assert st == 200, data
+
+
+def test_n_over_max_num_seqs_is_400(node):
+    """A group runs its n sequences in one step: n over --max-num-seqs can never run.
+    It is a 400 now, checked before the queue (it was accepted, the step failed, every
+    choice ended with finish_reason "error", and freeing the failed batch was a use
+    after free)."""
+    wait_idle(node.url)
+    st, _, data = raw_post(node, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2, "n": 3})
+    assert st == 400, data
+    err = json.loads(data)["error"]
+    assert "--max-num-seqs 2" in err["message"] and err["type"] == "BadRequestError", err
+    assert err["param"] == "n"
+    st, _, data = raw_post(node, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 3, "n": 2})
+    assert st == 200, data
+    assert [c["index"] for c in json.loads(data)["choices"]] == [0, 1]
+    assert node_metrics(node.url)["pdserve:num_sequences_queued"] == 0
+    st, _, data = raw_post(node, "/v1/completions", {"model": "smol", "prompt": "Hi", "max_tokens": 2})
     assert st == 200, data
 
 
