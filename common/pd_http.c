@@ -625,22 +625,28 @@ pd_status_t pd_http_stream_begin(pd_http_req_t *req, const char *content_type,
  * Per streamed event, the MHD path costs a resume (a lock in MHD and an eventfd write),
  * a worker wake-up, an MHD_run over the connection, one send and a suspend.  While a
  * stream is idle (direct_idle: its reader found nothing to send and suspended it, so MHD
- * has no bytes of it buffered and will not touch its socket until resumed), the
- * producing thread instead frames the event as one HTTP chunk ("<hex>\r\n" data
- * "\r\n") and sends it itself with one non-blocking sendmsg(), under req->lock.  The
- * socket cannot be closed under us: MHD closes it only after the completion callback,
- * which takes req->lock and sets `completed` first.
+ * has no bytes of it buffered and will not touch its socket until resumed), its events
+ * bypass MHD: each is framed as one HTTP chunk ("<hex>\r\n" data "\r\n") and sent
+ * with a plain non-blocking send, always under req->lock.  The socket cannot be closed
+ * under us: MHD closes it only after the completion callback, which takes req->lock and
+ * sets `completed` first.  Who sends (srv->direct_stream):
  *
- * - Nothing sent (EAGAIN, an error): the bytes go to sbuf and the connection is
- *   resumed, exactly the MHD path (an error then surfaces through MHD's own send).
- * - Partly sent (the socket buffer filled): the rest of the frame goes to `raw`; later
- *   events are framed and appended behind it; the next write or the watcher (POLLOUT,
- *   every WATCH_PERIOD_MS) sends more.  The connection stays suspended until raw is
- *   empty; stream_end resumes it only then (MHD then writes the last chunk).
- * - Only for plain TCP (TLS records belong to GnuTLS inside MHD), HTTP/1.1 (where MHD
- *   chunks a body of unknown size) and not HEAD (no body).
- * - Only for events at least direct_stream_min_gap_us apart on a stream: a burst goes
- *   through MHD, which sends all that piled up in one write.
+ * - DIRECT_WORKER (default): the producer appends the framed event to `raw` and puts
+ *   the stream on its worker's list (dq_heads, once; the worker is woken at most once
+ *   per batch); the worker sends all the stream has in one send (dq_drain).  The
+ *   producer (the engine thread) pays no syscall; a burst leaves together.
+ * - DIRECT_INLINE: the producer sends the event itself with one sendmsg(), if the
+ *   stream's previous direct event is at least direct_gap_ns old (a burst goes
+ *   through MHD, which coalesces it).  Nothing sent (EAGAIN, an error): the MHD path
+ *   (an error then surfaces through MHD's own send).
+ *
+ * Bytes left unsent (the socket buffer is full) stay in `raw`, in order; later events
+ * are framed behind them; the next write, the worker and the watcher (POLLOUT, every
+ * WATCH_PERIOD_MS) send more, and a reader stalled for the idle timeout is cut.  The
+ * connection stays suspended while raw holds bytes; stream_end resumes it only once
+ * raw is empty (MHD then writes the last chunk).  Only for plain TCP (TLS records
+ * belong to GnuTLS inside MHD), HTTP/1.1 (where MHD chunks a body of unknown size) and
+ * not HEAD (no body).
  */
 static void direct_sockopts(pd_http_req_t *req)
 {
@@ -1997,6 +2003,7 @@ static void *worker_main(void *arg)
         MHD_UNSIGNED_LONG_LONG to = WORKER_WAIT_MS;
         int timeout = WORKER_WAIT_MS;
         if (ep < 0 || wake_fd < 0) {
+            dq_drain(srv, idx); /* no wake-up fd: streams wait for the timeout */
             MHD_run_wait(d, WORKER_WAIT_MS);
             continue;
         }
