@@ -12,6 +12,10 @@
  * MHD's internal thread pool because 0.9.75's internal epoll loop can stall ready
  * connections after a full 128-event batch (see worker_main()).
  *
+ * An idle stream (suspended by its reader with nothing left to send) is written without
+ * MHD: its events are framed as HTTP chunks and sent by the connection's worker (or the
+ * producer) with plain sends; see "direct stream writes".
+ *
  * MHD does not notice a client leaving while its connection is suspended, so a watcher
  * thread polls the sockets of suspended connections for POLLRDHUP every 50 ms and
  * resumes those that hung up; the stream reader or the access handler then fails the
@@ -200,6 +204,9 @@ struct pd_http_server {
                                   * worker clears it before MHD_run): later resumes skip
                                   * the write, so N streams resumed by one engine step cost
                                   * one eventfd write, not N; freed by destroy */
+    atomic_int *mhd_pending;     /* per worker: a connection was resumed since the worker
+                                  * last ran MHD (a wake-up only for direct writes skips
+                                  * MHD_run); freed by destroy */
     pthread_t *workers;
     unsigned n_workers;
     _Atomic int workers_run;
@@ -409,8 +416,13 @@ static unsigned worker_of(pd_http_server_t *srv, struct MHD_Connection *conn)
 
 static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
 {
-    if (srv->wake_fds != NULL)
-        wake_worker_idx(srv, worker_of(srv, conn));
+    if (srv->wake_fds != NULL) {
+        unsigned i = worker_of(srv, conn);
+        /* before the wake-up flag: the worker clears that flag first, then reads this */
+        if (srv->mhd_pending && i < srv->n_threads)
+            atomic_store(&srv->mhd_pending[i], 1);
+        wake_worker_idx(srv, i);
+    }
 }
 
 /* Suspend/resume bookkeeping, called with req->lock held. */
@@ -2009,16 +2021,22 @@ static void *worker_main(void *arg)
         }
         if (MHD_get_timeout(d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)timeout)
             timeout = (int)to;
-        if (poll(pfd, 2, timeout) > 0 && (pfd[1].revents & POLLIN)) {
+        int r = poll(pfd, 2, timeout);
+        if (r > 0 && (pfd[1].revents & POLLIN)) {
             uint64_t v;
             if (read(wake_fd, &v, sizeof(v)) < 0) {
                 /* EAGAIN: another reader took it */
             }
         }
+        /* woken only to send direct writes (no socket event, no resume, no timeout):
+         * MHD has nothing to do */
+        int only_wake = r == 1 && (pfd[1].revents & POLLIN) && pfd[0].revents == 0;
         if (pending)
             atomic_store(pending, 0);
+        int resumed = srv->mhd_pending ? atomic_exchange(&srv->mhd_pending[idx], 0) : 1;
         dq_drain(srv, idx);
-        MHD_run(d);
+        if (!only_wake || resumed)
+            MHD_run(d);
     }
     return NULL;
 }
@@ -2157,6 +2175,10 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     srv->wake_fds = malloc(srv->n_threads * sizeof(int));
     if (srv->wake_pending == NULL)
         srv->wake_pending = calloc(srv->n_threads, sizeof(*srv->wake_pending));
+    if (srv->mhd_pending == NULL)
+        srv->mhd_pending = calloc(srv->n_threads, sizeof(*srv->mhd_pending));
+    for (unsigned i = 0; srv->mhd_pending && i < srv->n_threads; i++)
+        atomic_init(&srv->mhd_pending[i], 0);
     for (unsigned i = 0; srv->wake_pending && i < srv->n_threads; i++)
         atomic_init(&srv->wake_pending[i], 0);
     for (unsigned i = 0; srv->wake_fds && i < srv->n_threads; i++)
@@ -2356,6 +2378,7 @@ void pd_http_server_destroy(pd_http_server_t *srv)
     free(srv->tls_pass);
     free(srv->tls_prio);
     free(srv->wake_pending);
+    free(srv->mhd_pending);
     /* streams still queued for a worker (written after the workers stopped) */
     for (unsigned i = 0; srv->dq_heads && i < srv->n_threads; i++) {
         for (pd_http_req_t *r = srv->dq_heads[i], *next; r; r = next) {
