@@ -13,7 +13,10 @@
  * 2. SSE: N streams opened by a forked libcurl client; a producer thread (the "engine")
  *    sends E events of ~90 bytes to each, then [DONE].  Events/s and server CPU us per
  *    event (producer included).  Ceiling beside it: one write() per event of the same
- *    size over a loopback TCP pair.
+ *    size over a loopback TCP pair.  The SSE cases run on servers in turn: direct
+ *    stream writes sent by the worker (the default), every event through
+ *    libmicrohttpd's loop (disable_direct_stream: resume, send, suspend), and (paced
+ *    only) direct writes sent by the producer (direct_stream_inline); paced twice each.
  * Prints a table, and one JSON line with --json.  Numbers vary with machine load.
  */
 #define _GNU_SOURCE
@@ -404,14 +407,28 @@ int main(int argc, char **argv)
     cfg.port = 0;
     cfg.n_threads = (unsigned)threads;
     cfg.disable_access_log = 1;
-    pd_http_server_t *srv = NULL;
+    pd_http_server_t *srv = NULL, *srv_loop = NULL, *srv_inline = NULL;
     if (pd_http_server_create(&cfg, &srv) != PD_OK ||
         pd_http_route(srv, "GET", "/json", h_json, NULL) != PD_OK ||
         pd_http_route(srv, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv) != PD_OK) {
         fprintf(stderr, "bench_http: cannot start the server\n");
         return 1;
     }
-    uint16_t port = pd_http_server_port(srv);
+    cfg.direct_stream_inline = 1;
+    if (pd_http_server_create(&cfg, &srv_inline) != PD_OK ||
+        pd_http_route(srv_inline, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv_inline) != PD_OK) {
+        fprintf(stderr, "bench_http: cannot start the third server\n");
+        return 1;
+    }
+    cfg.direct_stream_inline = 0;
+    cfg.disable_direct_stream = 1;
+    if (pd_http_server_create(&cfg, &srv_loop) != PD_OK ||
+        pd_http_route(srv_loop, "POST", "/sse", h_sse, NULL) != PD_OK || pd_http_server_start(srv_loop) != PD_OK) {
+        fprintf(stderr, "bench_http: cannot start the second server\n");
+        return 1;
+    }
+    uint16_t port = pd_http_server_port(srv), port_loop = pd_http_server_port(srv_loop),
+             port_inline = pd_http_server_port(srv_inline);
     int wrk = have_wrk();
     const char *client = wrk ? "wrk -t2" : "libcurl multi (forked)";
 
@@ -453,13 +470,22 @@ int main(int argc, char **argv)
     /* 2. SSE: burst (events queue up and leave in shared writes) and paced (one round
      * of events every pace_us, like engine steps: about one write per event). */
     sse_result_t burst = run_sse(port, streams, events, 0);
-    sse_result_t paced = run_sse(port, streams, events / 5 > 0 ? events / 5 : 1, pace_us);
+    sse_result_t burst_loop = run_sse(port_loop, streams, events, 0);
+    int n_paced = events / 5 > 0 ? events / 5 : 1;
+    sse_result_t paced = run_sse(port, streams, n_paced, pace_us);
+    sse_result_t paced_loop = run_sse(port_loop, streams, n_paced, pace_us);
+    sse_result_t paced_inline = run_sse(port_inline, streams, n_paced, pace_us);
+    sse_result_t paced2 = run_sse(port, streams, n_paced, pace_us);
+    sse_result_t paced_loop2 = run_sse(port_loop, streams, n_paced, pace_us);
+    sse_result_t paced_inline2 = run_sse(port_inline, streams, n_paced, pace_us);
     long n_ev = (long)burst.n_streams * events;
     double ceil_cpu_us = 0, ceil1_cpu_us = 0;
     double ceil_dt = sse_ceiling(n_ev, (size_t)burst.ev_len, 32768, &ceil_cpu_us);
     long n1 = PD_MIN(n_ev, 200000L);
     double ceil1_dt = sse_ceiling(n1, (size_t)burst.ev_len, (size_t)burst.ev_len, &ceil1_cpu_us);
     pd_http_server_destroy(srv);
+    pd_http_server_destroy(srv_loop);
+    pd_http_server_destroy(srv_inline);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_http: %ld cores, %d server threads, client %s\n", ncpu, threads, client);
@@ -467,8 +493,14 @@ int main(int argc, char **argv)
     printf("%-38s %11.0f/s %16.1f\n", "json GET (pd_http)", rps, us_req);
     printf("%-38s %11.0f/s %16.1f\n", "json GET (canned epoll, ceiling)", raw_rps, raw_us);
     printf("%-38s %11.0f/s %16.2f\n", "SSE event, burst (pd_http)", burst.ev_per_s, burst.cpu_us);
+    printf("%-38s %11.0f/s %16.2f\n", "SSE event, burst (mhd loop only)", burst_loop.ev_per_s, burst_loop.cpu_us);
     printf("%-38s %11.0f/s %16.2f\n", "SSE bytes, 32 KiB writes (ceiling)", n_ev / ceil_dt, ceil_cpu_us);
-    printf("%-38s %11.0f/s %16.2f\n", "SSE event, paced (pd_http)", paced.ev_per_s, paced.cpu_us);
+    printf("%-38s %11.0f/s %9.2f %6.2f\n", "SSE event, paced (pd_http), 2 runs", paced.ev_per_s, paced.cpu_us,
+           paced2.cpu_us);
+    printf("%-38s %11.0f/s %9.2f %6.2f\n", "SSE event, paced (mhd loop only)", paced_loop.ev_per_s, paced_loop.cpu_us,
+           paced_loop2.cpu_us);
+    printf("%-38s %11.0f/s %9.2f %6.2f\n", "SSE event, paced (producer sends)", paced_inline.ev_per_s,
+           paced_inline.cpu_us, paced_inline2.cpu_us);
     printf("%-38s %11.0f/s %16.2f\n", "SSE event, 1 write each (ceiling)", n1 / ceil1_dt, ceil1_cpu_us);
     printf("(%d connections for json; %d streams x %d events of %d bytes burst, x %d paced every %d us;\n"
            " ceilings: loopback TCP in this process, writer + reader CPU)\n",
@@ -479,10 +511,12 @@ int main(int argc, char **argv)
                "\"sse_burst_events_per_s\":%.0f,\"sse_burst_cpu_us\":%.3f,"
                "\"sse_bulk_ceiling_events_per_s\":%.0f,\"sse_bulk_ceiling_cpu_us\":%.3f,"
                "\"sse_paced_events_per_s\":%.0f,\"sse_paced_cpu_us\":%.3f,"
+               "\"sse_burst_loop_cpu_us\":%.3f,\"sse_paced_loop_cpu_us\":%.3f,"
                "\"sse_write_ceiling_events_per_s\":%.0f,\"sse_write_ceiling_cpu_us\":%.3f,"
                "\"streams\":%d,\"events\":%d}\n",
                ncpu, threads, wrk ? "wrk" : "curl", rps, us_req, raw_rps, raw_us, burst.ev_per_s,
-               burst.cpu_us, n_ev / ceil_dt, ceil_cpu_us, paced.ev_per_s, paced.cpu_us,
+               burst.cpu_us, n_ev / ceil_dt, ceil_cpu_us, paced.ev_per_s, paced.cpu_us, burst_loop.cpu_us,
+               paced_loop.cpu_us,
                n1 / ceil1_dt, ceil1_cpu_us, burst.n_streams, events);
     return 0;
 }

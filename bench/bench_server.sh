@@ -15,6 +15,11 @@
 # and chunk formatting, sends, libc and kernel time of those.  Without perf, only the
 # whole-process CPU (model included) is printed.
 #   bench/bench_server.sh [build-dir] [--json out.json]
+#   3a. unless PD_BENCH_AB=0: case 3 again on fresh nodes, alternating the HTTP layer's
+#      ways of sending stream events (PD_HTTP_DIRECT_STREAM=0: every event through
+#      libmicrohttpd's loop; =inline: the engine thread sends each event itself;
+#      default: framed by the engine thread, sent by the connection's worker), two
+#      rounds each, so before and after see the same machine load.
 # PD_BENCH_ONLY=streams runs only case 3 (and 3b), e.g. to compare two binaries a few
 # times in turn on a loaded machine (PD_BENCH_BIN=<the other binary>).
 set -euo pipefail
@@ -29,13 +34,19 @@ BIN=${PD_BENCH_BIN:-$BUILD/decode/pdserve-decode}   # PD_BENCH_BIN: another bina
 [ -f "$MODEL" ] || { echo "SKIP: no model at $MODEL"; exit 0; }
 command -v wrk >/dev/null || { echo "SKIP: wrk not installed"; exit 0; }
 TMP=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" --model "$MODEL" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
-    --max-model-len 1024 --disable-log-requests --disable-log-stats >"$TMP/node.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT
-for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-URL=http://127.0.0.1:$PORT
+# start_node [VAR=value ...]: a node (environment as given) on a free port: PID, PORT, URL
+start_node() {
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    env "$@" "$BIN" --model "$MODEL" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
+        --max-model-len 1024 --disable-log-requests --disable-log-stats >"$TMP/node.$PORT.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+    URL=http://127.0.0.1:$PORT
+}
+stop_node() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
+trap 'stop_node; [ -n "${MAIN_PID:-}" ] && kill "$MAIN_PID" 2>/dev/null; rm -rf "$TMP"' EXIT
+start_node
+MAIN_PID=$PID MAIN_PORT=$PORT MAIN_URL=$URL
 HAVE_PERF=0
 perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 
@@ -86,8 +97,17 @@ parts = [("chunk+dispatch", re.compile(r"^(on_output|stream_event|stream_flush|e
                                        r"chunk_usage|pd_buf_.*|cJSON.*|pd_metric_.*|observe_metrics|token_text|tokstr_cb)$")),
          ("detok+stop+engine loop", re.compile(r"^(emit|process_seq|eng_detok.*|eng_tok_decode|detok_.*|eng_stop.*|engine_main|"
                                                r"eng_node_main|ends_with_fffd|bpe_word)$")),
-         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp/loopback", None)]
-counts = [0, 0, 0, 0]
+         ("http layer (ours + libmicrohttpd)", None), ("kernel tcp send", None),
+         ("kernel loopback receive (the client side)", None)]
+# the receive half of loopback TCP: the client stack, run in softirq on the sending
+# thread; with a real NIC it runs on the client machine
+rx = re.compile(r"^(tcp_v4_rcv|tcp_v4_do_rcv|tcp_rcv_established|tcp_data_queue|tcp_queue_rcv|tcp_event_data_recv|"
+                r"tcp_add_backlog|__inet_lookup_established|__inet_lookup.*|ip_rcv.*|ip_local_deliver.*|"
+                r"ip_protocol_deliver_rcu|__netif_receive_skb.*|netif_receive.*|process_backlog|__napi_poll|"
+                r"net_rx_action|sock_def_readable|enqueue_to_backlog|netif_rx.*|tcp_data_ready|tcp_rcv_space_adjust|"
+                r"tcp_validate_incoming|tcp_filter|ip_route_input.*|tcp_inbound_hash.*|tcp_v4_inbound_md5_hash|"
+                r"ip_sublist_rcv.*|ip_list_rcv.*|__netif_receive_skb_list.*)$")
+counts = [0, 0, 0, 0, 0]
 tot = hi = lo = lo_idle = 0
 for line in sys.stdin:
     f = line.split()
@@ -103,7 +123,7 @@ for line in sys.stdin:
             lo_idle += 1
         elif parts[0][1].match(sym): counts[0] += 1
         elif parts[1][1].match(sym): counts[1] += 1
-        elif "kernel.kallsyms" in line: counts[3] += 1
+        elif "kernel.kallsyms" in line: counts[4 if rx.match(sym) else 3] += 1
         else: counts[2] += 1
 print(tot, hi, lo, lo_idle)
 with open(sys.argv[3], "w") as f:
@@ -163,11 +183,13 @@ for t in ts: t.join()
 ok = sum(1 for s, _, d in got if s == 200 and d)
 print(ok, sum(e for _, e, _ in got))
 PY
+# one run of case 3 against the node in PID/PORT; label says which transport
+stream_case() {
 measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3"
 read -r CPU3 SRV3 LO3 IDLE3 < "$TMP/meas"
 read -r OK3 EV3 < "$TMP/s3"
 TOK3=$((16 * 64))
-echo "streams 16 x 64 tokens: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
+echo "streams 16 x 64 tokens [$1]: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
      "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token" \
      "(of the lower bound $(python3 -c "print(round($IDLE3/$TOK3*1e6,1))") us/token is the time-driven poll loops, not per token)"
 [ $HAVE_PERF = 1 ] && python3 -c "
@@ -175,6 +197,26 @@ import sys
 cpu = ($CPU3) / $TOK3 * 1e6
 print('  per-token part of the lower bound: ' + ', '.join('%s %.1f us' % (l.split('\t')[0], float(l.split('\t')[1]) * cpu)
       for l in open(sys.argv[1]) if l.strip()))" "$TMP/parts"
+STREAM_ROWS="$STREAM_ROWS$1|$(python3 -c "print(round(($LO3-$IDLE3)/$TOK3*1e6,1))")|$(python3 -c "print(round($CPU3/$TOK3*1e6,1))");"
+return 0
+}
+STREAM_ROWS=""
+stream_case "worker sends"
+CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3
+# the same on nodes that send every event through libmicrohttpd's loop (resume, send,
+# suspend: PD_HTTP_DIRECT_STREAM=0) and again with direct writes, in turn, so that both
+# see the same machine load (PD_BENCH_AB=0 skips it)
+if [ "${PD_BENCH_AB:-1}" != 0 ]; then
+    for round in 1 2; do
+        start_node PD_HTTP_DIRECT_STREAM=0; stream_case "mhd loop, round $round"; stop_node
+        start_node PD_HTTP_DIRECT_STREAM=inline; stream_case "producer sends, round $round"; stop_node
+        start_node; stream_case "worker sends, round $((round + 1))"; stop_node
+    done
+    PID=$MAIN_PID PORT=$MAIN_PORT URL=$MAIN_URL
+    echo "per-token server-only lower bound minus the time-driven loops / whole process CPU, us:"
+    echo "$STREAM_ROWS" | tr ';' '\n' | awk -F'|' 'NF == 3 {printf "  %-26s %8s %10s\n", $1, $2, $3}'
+fi
+CPU3=$CPU3_MAIN SRV3=$SRV3_MAIN LO3=$LO3_MAIN IDLE3=$IDLE3_MAIN
 
 # 3b. the chunk writer alone (in-process, no server): tree-free vs the cJSON tree it replaced
 [ -x "$BUILD/tests/test_oai_chunk" ] && "$BUILD/tests/test_oai_chunk" --bench

@@ -12,6 +12,10 @@
  * MHD's internal thread pool because 0.9.75's internal epoll loop can stall ready
  * connections after a full 128-event batch (see worker_main()).
  *
+ * An idle stream (suspended by its reader with nothing left to send) is written without
+ * MHD: its events are framed as HTTP chunks and sent by the connection's worker (or the
+ * producer) with plain sends; see "direct stream writes".
+ *
  * MHD does not notice a client leaving while its connection is suspended, so a watcher
  * thread polls the sockets of suspended connections for POLLRDHUP every 50 ms and
  * resumes those that hung up; the stream reader or the access handler then fails the
@@ -36,6 +40,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -45,6 +50,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +65,14 @@
 #define STREAM_MAX_QUEUED ((size_t)64 << 20)
 #define STREAM_BLOCK 32768
 #define WATCH_PERIOD_MS 50
+/* Default of cfg.direct_stream_min_gap_us: a stream's events closer together than
+ * this go through MHD's loop, which sends everything queued in one write.  Direct
+ * writes pay off for token-paced streams (milliseconds apart), not for a burst (one
+ * syscall per event instead of one per batch). */
+#define DEFAULT_DIRECT_GAP_US 1000u
+
+/* srv->direct_stream: who sends an idle stream's events (see "direct stream writes") */
+enum { DIRECT_OFF = 0, DIRECT_WORKER = 1, DIRECT_INLINE = 2 };
 #define REQ_ID_MAX 128
 
 /* ---- types ---- */
@@ -135,6 +149,24 @@ struct pd_http_req {
 
     struct pd_http_req *prev, *next; /* srv->reqs list (live requests) */
     int watched;                     /* counted in srv->n_suspended */
+
+    /* direct stream writes (see "direct stream writes" below) */
+    int direct_ok;   /* plain TCP, HTTP/1.1, not HEAD: the body is chunked by us or by MHD */
+    int direct_idle; /* the reader suspended the stream with nothing queued: MHD has sent
+                      * everything, holds nothing and will not touch the socket until it
+                      * is resumed, so producers may write framed chunks themselves */
+    int fd;          /* the connection's socket when direct_ok */
+    int sockopt_set; /* TCP_NODELAY on / TCP_CORK off done for direct writes */
+    pd_buf_t raw;    /* framed bytes a direct write left unsent (the socket was full):
+                      * they go out before anything else, by the next write or the
+                      * watcher; while any are left the connection stays suspended */
+    size_t raw_off;
+    uint64_t raw_progress_ns; /* when raw last filled from empty or sent bytes: a client
+                               * that reads nothing for the idle timeout is cut */
+    uint64_t last_direct_ns;  /* the last direct write (srv->direct_gap_ns) */
+    unsigned worker;          /* index of the worker whose daemon holds the connection */
+    int dq_queued;            /* on srv->dq_heads[worker] (holds a reference) */
+    struct pd_http_req *dq_next;
 };
 
 struct pd_http_server {
@@ -154,6 +186,12 @@ struct pd_http_server {
     size_t max_body, max_header;
     unsigned max_conn, timeout_s, n_threads;
     int no_keep_alive, no_access_log;
+    int direct_stream; /* DIRECT_*: who writes idle streams' sockets */
+    uint64_t direct_gap_ns;
+    pthread_mutex_t dq_lock;   /* leaf lock: the per-worker lists below */
+    pd_http_req_t **dq_heads;  /* per worker: streams with framed bytes for it to send */
+    atomic_ullong n_direct, n_direct_partial, n_loop; /* stream events by path */
+    atomic_ullong n_sends;                            /* direct send calls */
 
     route_t *routes;
     size_t n_routes;
@@ -166,6 +204,9 @@ struct pd_http_server {
                                   * worker clears it before MHD_run): later resumes skip
                                   * the write, so N streams resumed by one engine step cost
                                   * one eventfd write, not N; freed by destroy */
+    atomic_int *mhd_pending;     /* per worker: a connection was resumed since the worker
+                                  * last ran MHD (a wake-up only for direct writes skips
+                                  * MHD_run); freed by destroy */
     pthread_t *workers;
     unsigned n_workers;
     _Atomic int workers_run;
@@ -325,6 +366,7 @@ static void req_free(pd_http_req_t *req)
         MHD_destroy_response(req->pending);
     pd_buf_cleanup(&req->body);
     pd_buf_cleanup(&req->sbuf);
+    pd_buf_cleanup(&req->raw);
     free(req->path);
     free(req->full_path);
     free(req->origin);
@@ -347,23 +389,39 @@ static void req_unref(pd_http_req_t *req)
  * connection resumed from another thread; each worker also polls its own eventfd, which
  * the resuming thread writes, so queued stream data goes out at once instead of at the
  * next timeout tick. */
-static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
+static void wake_worker_idx(pd_http_server_t *srv, unsigned i)
+{
+    uint64_t one = 1;
+    int *fds = srv->wake_fds;
+    if (fds == NULL || i >= srv->n_threads)
+        return;
+    /* the resume (or queueing) is done before this exchange, and the worker clears the
+     * flag before it drains its list and runs MHD: a skipped write's work is seen */
+    if (srv->wake_pending && atomic_exchange(&srv->wake_pending[i], 1) != 0)
+        return;
+    if (fds[i] >= 0 && write(fds[i], &one, sizeof(one)) < 0) {
+        /* EAGAIN: a wake-up is already pending */
+    }
+}
+
+/* Index of the worker whose daemon holds conn (0 when unknown). */
+static unsigned worker_of(pd_http_server_t *srv, struct MHD_Connection *conn)
 {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
-    uint64_t one = 1;
-    if (ci == NULL || srv->wake_fds == NULL)
-        return;
-    for (unsigned i = 0; i < srv->n_threads; i++) {
-        if (srv->daemons[i] == ci->daemon) {
-            /* the resume is done before this exchange, and the worker clears the flag
-             * before its MHD_run: a skipped write's connection is seen by that run */
-            if (srv->wake_pending && atomic_exchange(&srv->wake_pending[i], 1) != 0)
-                return;
-            if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
-                /* EAGAIN: a wake-up is already pending */
-            }
-            return;
-        }
+    for (unsigned i = 0; ci && srv->daemons && i < srv->n_threads; i++)
+        if (srv->daemons[i] == ci->daemon)
+            return i;
+    return 0;
+}
+
+static void wake_worker(pd_http_server_t *srv, struct MHD_Connection *conn)
+{
+    if (srv->wake_fds != NULL) {
+        unsigned i = worker_of(srv, conn);
+        /* before the wake-up flag: the worker clears that flag first, then reads this */
+        if (srv->mhd_pending && i < srv->n_threads)
+            atomic_store(&srv->mhd_pending[i], 1);
+        wake_worker_idx(srv, i);
     }
 }
 
@@ -387,6 +445,7 @@ static void req_resume_locked(pd_http_req_t *req)
     req->watched = 0;
     pthread_mutex_unlock(&srv->lock);
     req->suspended = 0;
+    req->direct_idle = 0;
     MHD_resume_connection(req->conn);
     wake_worker(srv, req->conn);
 }
@@ -529,6 +588,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
         req_suspend_locked(req);
+        /* MHD calls the reader only once its write buffer is empty (headers and every
+         * earlier chunk sent) and sends nothing after a 0: the socket is ours now */
+        req->direct_idle = req->direct_ok;
         n = 0;
     }
     pthread_mutex_unlock(&req->lock);
@@ -569,6 +631,186 @@ pd_status_t pd_http_stream_begin(pd_http_req_t *req, const char *content_type,
     return st;
 }
 
+/*
+ * ---- direct stream writes ----
+ *
+ * Per streamed event, the MHD path costs a resume (a lock in MHD and an eventfd write),
+ * a worker wake-up, an MHD_run over the connection, one send and a suspend.  While a
+ * stream is idle (direct_idle: its reader found nothing to send and suspended it, so MHD
+ * has no bytes of it buffered and will not touch its socket until resumed), its events
+ * bypass MHD: each is framed as one HTTP chunk ("<hex>\r\n" data "\r\n") and sent
+ * with a plain non-blocking send, always under req->lock.  The socket cannot be closed
+ * under us: MHD closes it only after the completion callback, which takes req->lock and
+ * sets `completed` first.  Who sends (srv->direct_stream):
+ *
+ * - DIRECT_WORKER (default): the producer appends the framed event to `raw` and puts
+ *   the stream on its worker's list (dq_heads, once; the worker is woken at most once
+ *   per batch); the worker sends all the stream has in one send (dq_drain).  The
+ *   producer (the engine thread) pays no syscall; a burst leaves together.
+ * - DIRECT_INLINE: the producer sends the event itself with one sendmsg(), if the
+ *   stream's previous direct event is at least direct_gap_ns old (a burst goes
+ *   through MHD, which coalesces it).  Nothing sent (EAGAIN, an error): the MHD path
+ *   (an error then surfaces through MHD's own send).
+ *
+ * Bytes left unsent (the socket buffer is full) stay in `raw`, in order; later events
+ * are framed behind them; the next write, the worker and the watcher (POLLOUT, every
+ * WATCH_PERIOD_MS) send more, and a reader stalled for the idle timeout is cut.  The
+ * connection stays suspended while raw holds bytes; stream_end resumes it only once
+ * raw is empty (MHD then writes the last chunk).  Only for plain TCP (TLS records
+ * belong to GnuTLS inside MHD), HTTP/1.1 (where MHD chunks a body of unknown size) and
+ * not HEAD (no body).
+ */
+static void direct_sockopts(pd_http_req_t *req)
+{
+    int on = 1, off = 0;
+    /* MHD may have left the socket corked between its own sends; an uncorked socket
+     * with Nagle off pushes each chunk at once (MHD's state flags only ever think the
+     * socket is more corked than it is, which costs it nothing) */
+    if (setsockopt(req->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off)) != 0 ||
+        setsockopt(req->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0) {
+        /* not a TCP socket after all (e.g. a UNIX socket): plain sends are fine */
+    }
+    req->sockopt_set = 1;
+}
+
+/* Send what raw holds (req->lock held).  Resumes the connection once raw is empty and
+ * the stream has ended, so MHD writes the terminating chunk. */
+static void raw_flush_locked(pd_http_req_t *req)
+{
+    while (req->raw_off < req->raw.len) {
+        ssize_t n = send(req->fd, req->raw.data + req->raw_off, req->raw.len - req->raw_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        atomic_fetch_add_explicit(&req->srv->n_sends, 1, memory_order_relaxed);
+        if (n > 0) {
+            req->raw_off += (size_t)n;
+            req->raw_progress_ns = pd_now_ns();
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            /* the client is gone: let MHD find out and close the connection */
+            req->gone = 1;
+            req->raw.len = req->raw_off = 0;
+            req_resume_locked(req);
+        } else {
+            atomic_fetch_add_explicit(&req->srv->n_direct_partial, 1, memory_order_relaxed);
+        }
+        return;
+    }
+    req->raw.len = req->raw_off = 0;
+    if (req->stream_ended)
+        req_resume_locked(req);
+}
+
+/* Queue or send one event made of n parts (req->lock held; the caller checked that the
+ * stream is open and len > 0). */
+static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *parts, int n, size_t len)
+{
+    char hdr[24];
+    struct iovec iov[8];
+    int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+    size_t total = (size_t)hl + len + 2;
+    pd_status_t st = PD_OK;
+
+    if (req->direct_idle && req->srv->direct_stream == DIRECT_WORKER) {
+        /* frame it behind whatever waits and let the connection's worker send it all
+         * with one send (events queued before the worker runs leave together) */
+        pd_http_server_t *srv = req->srv;
+        int was_empty = req->raw_off == req->raw.len;
+        if (!req->sockopt_set)
+            direct_sockopts(req);
+        st = pd_buf_append(&req->raw, hdr, (size_t)hl);
+        for (int i = 0; i < n && st == PD_OK; i++)
+            st = pd_buf_append(&req->raw, parts[i].iov_base, parts[i].iov_len);
+        if (st == PD_OK)
+            st = pd_buf_append(&req->raw, "\r\n", 2);
+        if (st != PD_OK) { /* a half-framed event cannot be repaired */
+            req->gone = 1;
+            req_resume_locked(req);
+            return st;
+        }
+        if (was_empty)
+            req->raw_progress_ns = pd_now_ns();
+        atomic_fetch_add_explicit(&srv->n_direct, 1, memory_order_relaxed);
+        if (!req->dq_queued && srv->dq_heads != NULL) {
+            req->dq_queued = 1;
+            req_ref(req);
+            pthread_mutex_lock(&srv->dq_lock);
+            req->dq_next = srv->dq_heads[req->worker];
+            srv->dq_heads[req->worker] = req;
+            pthread_mutex_unlock(&srv->dq_lock);
+            wake_worker_idx(srv, req->worker);
+        }
+        return PD_OK;
+    }
+    uint64_t now = req->direct_idle ? pd_now_ns() : 0;
+    if (req->direct_idle && n <= 6 &&
+        (req->raw_off < req->raw.len || now - req->last_direct_ns >= req->srv->direct_gap_ns)) {
+        if (!req->sockopt_set)
+            direct_sockopts(req);
+        req->last_direct_ns = now;
+        if (req->raw_off < req->raw.len) {
+            /* behind bytes still waiting: append the framed event, try to send more */
+            st = pd_buf_append(&req->raw, hdr, (size_t)hl);
+            for (int i = 0; i < n && st == PD_OK; i++)
+                st = pd_buf_append(&req->raw, parts[i].iov_base, parts[i].iov_len);
+            if (st == PD_OK)
+                st = pd_buf_append(&req->raw, "\r\n", 2);
+            if (st == PD_OK)
+                raw_flush_locked(req);
+            return st;
+        }
+        iov[0] = (struct iovec){hdr, (size_t)hl};
+        for (int i = 0; i < n; i++)
+            iov[1 + i] = parts[i];
+        iov[1 + n] = (struct iovec){(void *)"\r\n", 2};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n + 2};
+        ssize_t sent;
+        do
+            sent = sendmsg(req->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (sent < 0 && errno == EINTR);
+        atomic_fetch_add_explicit(&req->srv->n_sends, 1, memory_order_relaxed);
+        if (sent == (ssize_t)total) {
+            atomic_fetch_add_explicit(&req->srv->n_direct, 1, memory_order_relaxed);
+            return PD_OK;
+        }
+        if (sent > 0) {
+            atomic_fetch_add_explicit(&req->srv->n_direct, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&req->srv->n_direct_partial, 1, memory_order_relaxed);
+            /* keep the unsent tail of the frame, in order */
+            size_t skip = (size_t)sent;
+            req->raw.len = req->raw_off = 0;
+            req->raw_progress_ns = pd_now_ns();
+            for (int i = 0; i < n + 2 && st == PD_OK; i++) {
+                if (skip >= iov[i].iov_len) {
+                    skip -= iov[i].iov_len;
+                    continue;
+                }
+                st = pd_buf_append(&req->raw, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip);
+                skip = 0;
+            }
+            if (st != PD_OK) { /* a frame cut in the middle cannot be repaired */
+                req->gone = 1;
+                req_resume_locked(req);
+            }
+            return st;
+        }
+        /* nothing sent: the MHD path below (it reports an error itself) */
+    }
+    for (int i = 0; i < n && st == PD_OK; i++)
+        st = pd_buf_append(&req->sbuf, parts[i].iov_base, parts[i].iov_len);
+    if (st == PD_OK)
+        req_resume_locked(req);
+    atomic_fetch_add_explicit(&req->srv->n_loop, 1, memory_order_relaxed);
+    return st;
+}
+
+static size_t stream_pending_locked(const pd_http_req_t *req)
+{
+    return req->sbuf.len - req->srd + req->raw.len - req->raw_off;
+}
+
 pd_status_t pd_http_stream_write(pd_http_stream_t *stream, const void *data, size_t len)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;
@@ -578,12 +820,11 @@ pd_status_t pd_http_stream_write(pd_http_stream_t *stream, const void *data, siz
     pthread_mutex_lock(&req->lock);
     if (req->gone || req->completed || req->stream_ended) {
         st = PD_ERR_CLOSED;
-    } else if (req->sbuf.len - req->srd + len > STREAM_MAX_QUEUED) {
+    } else if (stream_pending_locked(req) + len > STREAM_MAX_QUEUED) {
         st = PD_ERR_LIMIT;
-    } else {
-        st = pd_buf_append(&req->sbuf, data, len);
-        if (st == PD_OK)
-            req_resume_locked(req);
+    } else if (len > 0) { /* an empty chunk would end a chunked body */
+        struct iovec part = {(void *)data, len};
+        st = stream_put_locked(req, &part, 1, len);
     }
     pthread_mutex_unlock(&req->lock);
     return st;
@@ -596,20 +837,16 @@ pd_status_t pd_http_sse_send(pd_http_stream_t *stream, const char *json_text)
         return PD_ERR_INVAL;
     size_t len = strlen(json_text);
     pd_status_t st = PD_OK;
-    /* One locked append of the whole event, so the reader never sends half of it alone. */
+    /* One event in one piece, so the reader never sends half of it alone. */
     pthread_mutex_lock(&req->lock);
     if (req->gone || req->completed || req->stream_ended)
         st = PD_ERR_CLOSED;
-    else if (req->sbuf.len - req->srd + len + 8 > STREAM_MAX_QUEUED)
+    else if (stream_pending_locked(req) + len + 8 > STREAM_MAX_QUEUED)
         st = PD_ERR_LIMIT;
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, "data: ", 6);
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, json_text, len);
-    if (st == PD_OK)
-        st = pd_buf_append(&req->sbuf, "\n\n", 2);
-    if (st == PD_OK)
-        req_resume_locked(req);
+    if (st == PD_OK) {
+        struct iovec parts[3] = {{(void *)"data: ", 6}, {(void *)json_text, len}, {(void *)"\n\n", 2}};
+        st = stream_put_locked(req, parts, 3, len + 8);
+    }
     pthread_mutex_unlock(&req->lock);
     return st;
 }
@@ -631,7 +868,8 @@ pd_status_t pd_http_stream_end(pd_http_stream_t *stream)
         st = PD_ERR_CLOSED;
     else if (!req->stream_ended) {
         req->stream_ended = 1;
-        req_resume_locked(req);
+        if (req->raw_off == req->raw.len) /* else raw_flush_locked resumes it when done */
+            req_resume_locked(req);
     }
     pthread_mutex_unlock(&req->lock);
     return st;
@@ -641,7 +879,7 @@ size_t pd_http_stream_queued(const pd_http_stream_t *stream)
 {
     pd_http_req_t *req = (pd_http_req_t *)stream;
     pthread_mutex_lock(&req->lock);
-    size_t n = req->sbuf.len - req->srd;
+    size_t n = stream_pending_locked(req);
     pthread_mutex_unlock(&req->lock);
     return n;
 }
@@ -1000,6 +1238,8 @@ static pd_http_req_t *req_create(pd_http_server_t *srv, struct MHD_Connection *c
     req->full_path = strdup(url);
     pd_buf_init(&req->body);
     pd_buf_init(&req->sbuf);
+    pd_buf_init(&req->raw);
+    req->fd = -1;
     if (req->path == NULL || req->full_path == NULL) {
         req_free(req);
         return NULL;
@@ -1271,12 +1511,20 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
 {
     pd_http_server_t *srv = cls;
     pd_http_req_t *req = *con_cls;
-    (void)version;
     if (req == NULL) {
         req = req_create(srv, conn, url, method);
         if (req == NULL)
             return MHD_NO;
         *con_cls = req;
+        if (srv->direct_stream && version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+            strcmp(method, "HEAD") != 0) {
+            const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+            if (ci && ci->connect_fd >= 0) {
+                req->fd = ci->connect_fd;
+                req->direct_ok = 1;
+                req->worker = worker_of(srv, conn);
+            }
+        }
         on_headers(req, conn);
         if (req->state == REQ_ANSWERED)
             return finish_call(req, conn);
@@ -1504,23 +1752,45 @@ static void *watcher_main(void *arg)
         for (size_t i = 0; i < sn.n && i < pcap; i++) {
             pd_http_req_t *r = sn.reqs[i];
             int fd = -1;
+            short ev = POLLRDHUP;
             pthread_mutex_lock(&r->lock);
             if (r->suspended && !r->completed) {
                 const union MHD_ConnectionInfo *ci =
                     MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
                 if (ci)
                     fd = ci->connect_fd;
+                if (r->raw_off < r->raw.len) /* a direct write's tail waits for room */
+                    ev |= POLLOUT;
             }
             pthread_mutex_unlock(&r->lock);
             pfds[np].fd = fd;
-            pfds[np].events = POLLRDHUP;
+            pfds[np].events = ev;
             pfds[np].revents = 0;
             np++;
         }
-        if (np > 0 && poll(pfds, np, 0) > 0) {
+        if (np > 0 && poll(pfds, np, 0) < 0)
             for (size_t i = 0; i < np; i++)
-                if (pfds[i].fd >= 0 && (pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)))
+                pfds[i].revents = 0;
+        {
+            /* (every time, not only when poll saw an event: stalled readers) */
+            for (size_t i = 0; i < np; i++)
+                if (pfds[i].fd >= 0 && (pfds[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
                     cut_request(sn.reqs[i]);
+                } else if (pfds[i].fd >= 0 && (pfds[i].events & POLLOUT)) {
+                    pd_http_req_t *r = sn.reqs[i];
+                    int stalled = 0;
+                    pthread_mutex_lock(&r->lock);
+                    if (r->direct_idle && !r->completed && !r->gone && r->raw_off < r->raw.len) {
+                        if (pfds[i].revents & POLLOUT)
+                            raw_flush_locked(r);
+                        /* the same idle timeout as MHD applies to a stalled reader */
+                        stalled = r->raw_off < r->raw.len && srv->timeout_s > 0 &&
+                                  pd_now_ns() - r->raw_progress_ns > (uint64_t)srv->timeout_s * 1000000000ull;
+                    }
+                    pthread_mutex_unlock(&r->lock);
+                    if (stalled)
+                        cut_request(r);
+                }
         }
         for (size_t i = 0; i < sn.n; i++)
             req_unref(sn.reqs[i]);
@@ -1572,6 +1842,7 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     if (srv == NULL)
         return PD_ERR_NOMEM;
     pthread_mutex_init(&srv->lock, NULL);
+    pthread_mutex_init(&srv->dq_lock, NULL);
     pthread_cond_init(&srv->cond, NULL);
     srv->listen_fd = -1;
     srv->host = xstrdup(cfg->host && cfg->host[0] ? cfg->host : "0.0.0.0");
@@ -1650,6 +1921,15 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     }
     srv->no_keep_alive = cfg->disable_keep_alive;
     srv->no_access_log = cfg->disable_access_log;
+    {
+        const char *d = getenv("PD_HTTP_DIRECT_STREAM");
+        srv->direct_stream = cfg->disable_direct_stream || (d && strcmp(d, "0") == 0) || cfg->ssl_keyfile != NULL
+                                 ? DIRECT_OFF
+                             : (cfg->direct_stream_inline || (d && strcmp(d, "inline") == 0)) ? DIRECT_INLINE
+                                                                                            : DIRECT_WORKER;
+        srv->direct_gap_ns = (uint64_t)(cfg->direct_stream_min_gap_us ? cfg->direct_stream_min_gap_us
+                                                                       : DEFAULT_DIRECT_GAP_US) * 1000u;
+    }
     srv->cert_reqs = cfg->ssl_cert_reqs;
     if (cfg->ssl_keyfile) {
         if ((st = read_pem(cfg->ssl_keyfile, "--ssl-keyfile", &srv->tls_key)) != PD_OK ||
@@ -1695,7 +1975,30 @@ typedef struct worker_arg {
     struct MHD_Daemon *daemon;
     int wake_fd;
     atomic_int *wake_pending; /* or NULL */
+    unsigned idx;
 } worker_arg_t;
+
+/* The worker's share of direct writes: send what the streams queued for it. */
+static void dq_drain(pd_http_server_t *srv, unsigned idx)
+{
+    pd_http_req_t *r;
+    pthread_mutex_lock(&srv->dq_lock);
+    r = srv->dq_heads ? srv->dq_heads[idx] : NULL;
+    if (r)
+        srv->dq_heads[idx] = NULL;
+    pthread_mutex_unlock(&srv->dq_lock);
+    while (r) {
+        pd_http_req_t *next = r->dq_next;
+        pthread_mutex_lock(&r->lock);
+        r->dq_queued = 0;
+        r->dq_next = NULL;
+        if (r->direct_idle && !r->completed && !r->gone && r->raw_off < r->raw.len)
+            raw_flush_locked(r);
+        pthread_mutex_unlock(&r->lock);
+        req_unref(r);
+        r = next;
+    }
+}
 
 static void *worker_main(void *arg)
 {
@@ -1703,6 +2006,7 @@ static void *worker_main(void *arg)
     struct MHD_Daemon *d = ((worker_arg_t *)arg)->daemon;
     int wake_fd = ((worker_arg_t *)arg)->wake_fd;
     atomic_int *pending = ((worker_arg_t *)arg)->wake_pending;
+    unsigned idx = ((worker_arg_t *)arg)->idx;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
     int ep = di ? di->epoll_fd : -1;
     free(arg);
@@ -1711,20 +2015,28 @@ static void *worker_main(void *arg)
         MHD_UNSIGNED_LONG_LONG to = WORKER_WAIT_MS;
         int timeout = WORKER_WAIT_MS;
         if (ep < 0 || wake_fd < 0) {
+            dq_drain(srv, idx); /* no wake-up fd: streams wait for the timeout */
             MHD_run_wait(d, WORKER_WAIT_MS);
             continue;
         }
         if (MHD_get_timeout(d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)timeout)
             timeout = (int)to;
-        if (poll(pfd, 2, timeout) > 0 && (pfd[1].revents & POLLIN)) {
+        int r = poll(pfd, 2, timeout);
+        if (r > 0 && (pfd[1].revents & POLLIN)) {
             uint64_t v;
             if (read(wake_fd, &v, sizeof(v)) < 0) {
                 /* EAGAIN: another reader took it */
             }
         }
+        /* woken only to send direct writes (no socket event, no resume, no timeout):
+         * MHD has nothing to do */
+        int only_wake = r == 1 && (pfd[1].revents & POLLIN) && pfd[0].revents == 0;
         if (pending)
             atomic_store(pending, 0);
-        MHD_run(d);
+        int resumed = srv->mhd_pending ? atomic_exchange(&srv->mhd_pending[idx], 0) : 1;
+        dq_drain(srv, idx);
+        if (!only_wake || resumed)
+            MHD_run(d);
     }
     return NULL;
 }
@@ -1863,10 +2175,18 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
     srv->wake_fds = malloc(srv->n_threads * sizeof(int));
     if (srv->wake_pending == NULL)
         srv->wake_pending = calloc(srv->n_threads, sizeof(*srv->wake_pending));
+    if (srv->mhd_pending == NULL)
+        srv->mhd_pending = calloc(srv->n_threads, sizeof(*srv->mhd_pending));
+    for (unsigned i = 0; srv->mhd_pending && i < srv->n_threads; i++)
+        atomic_init(&srv->mhd_pending[i], 0);
     for (unsigned i = 0; srv->wake_pending && i < srv->n_threads; i++)
         atomic_init(&srv->wake_pending[i], 0);
     for (unsigned i = 0; srv->wake_fds && i < srv->n_threads; i++)
         srv->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (srv->dq_heads == NULL && srv->direct_stream == DIRECT_WORKER)
+        srv->dq_heads = calloc(srv->n_threads, sizeof(*srv->dq_heads));
+    if (srv->dq_heads == NULL && srv->direct_stream == DIRECT_WORKER)
+        srv->direct_stream = DIRECT_OFF;
     atomic_store(&srv->workers_run, 1);
     for (unsigned i = 0; i < srv->n_threads; i++) {
         worker_arg_t *wa = malloc(sizeof(*wa));
@@ -1875,6 +2195,7 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
             wa->daemon = srv->daemons[i];
             wa->wake_fd = srv->wake_fds ? srv->wake_fds[i] : -1;
             wa->wake_pending = srv->wake_pending ? &srv->wake_pending[i] : NULL;
+            wa->idx = i;
         }
         if (wa == NULL || pthread_create(&srv->workers[i], NULL, worker_main, wa) != 0) {
             free(wa);
@@ -1911,6 +2232,14 @@ err_daemons:
 uint16_t pd_http_server_port(const pd_http_server_t *srv)
 {
     return srv && srv->started ? srv->bound_port : 0;
+}
+
+void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t *counts_p)
+{
+    counts_p->direct = atomic_load(&srv->n_direct);
+    counts_p->direct_partial = atomic_load(&srv->n_direct_partial);
+    counts_p->loop = atomic_load(&srv->n_loop);
+    counts_p->sends = atomic_load(&srv->n_sends);
 }
 
 int pd_http_server_draining(const pd_http_server_t *srv)
@@ -2049,6 +2378,16 @@ void pd_http_server_destroy(pd_http_server_t *srv)
     free(srv->tls_pass);
     free(srv->tls_prio);
     free(srv->wake_pending);
+    free(srv->mhd_pending);
+    /* streams still queued for a worker (written after the workers stopped) */
+    for (unsigned i = 0; srv->dq_heads && i < srv->n_threads; i++) {
+        for (pd_http_req_t *r = srv->dq_heads[i], *next; r; r = next) {
+            next = r->dq_next;
+            req_unref(r);
+        }
+    }
+    free(srv->dq_heads);
+    pthread_mutex_destroy(&srv->dq_lock);
     strv_free(srv->cors_origins);
     strv_free(srv->cors_methods);
     strv_free(srv->cors_headers);

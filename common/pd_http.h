@@ -90,6 +90,20 @@ typedef struct pd_http_config {
     unsigned n_threads;          /* worker threads (each its own epoll loop); 0 = min(cores, 4) */
 
     int disable_access_log; /* 1 = no per-request log line */
+    int disable_direct_stream; /* 1 = stream bytes always leave through libmicrohttpd's
+                                * loop (resume, send, suspend per batch) instead of being
+                                * written to the socket by the producing thread while
+                                * the stream is idle; env PD_HTTP_DIRECT_STREAM=0 does the
+                                * same (benchmarks compare both in one binary) */
+    int direct_stream_inline;    /* 1 = the producing thread sends an idle stream's event
+                                  * itself (one sendmsg, no hand-off: least CPU in all,
+                                  * but the producer - the engine thread - pays the
+                                  * syscall); default: it frames the event and the
+                                  * connection's worker sends all that is queued, woken
+                                  * at most once per batch; env PD_HTTP_DIRECT_STREAM=inline */
+    unsigned direct_stream_min_gap_us; /* inline only, 1000: a stream's events closer
+                                        * together than this go through the loop, which
+                                        * coalesces a burst into one write */
     /* Optional registry: the server registers http_requests_total and
      * http_request_duration_seconds in it (labels method, handler, status class). */
     pd_metrics_registry_t *metrics;
@@ -124,6 +138,16 @@ int pd_http_server_draining(const pd_http_server_t *srv);
 
 /* Number of requests received and not yet completed (streams included). */
 unsigned pd_http_server_inflight(const pd_http_server_t *srv);
+
+/* How stream events left (for tests and benchmarks): direct = framed by us and written
+ * to the socket without libmicrohttpd (by the producer or the connection's worker);
+ * sends = the send calls that took (several events queued together share one);
+ * direct_partial = sends that left bytes for later (the socket was full); loop =
+ * events queued for libmicrohttpd's loop (resume, send, suspend).  Any thread. */
+typedef struct pd_http_stream_counts {
+    uint64_t direct, direct_partial, loop, sends;
+} pd_http_stream_counts_t;
+void pd_http_server_stream_counts(pd_http_server_t *srv, pd_http_stream_counts_t *counts_p);
 
 /* Stop listening, close every connection (open streams get on_close), join threads.
  * Safe to call when not started or already stopped. */

@@ -149,6 +149,7 @@
   X("pdserve", cpu_kvcache_space, "--cpu-kvcache-space", NULL, FLOAT, NULL, NULL, WORKS, NULL, 0, "GiB of KV cache on the CPU backend (default: env PDSERVE_CPU_KVCACHE_SPACE or VLLM_CPU_KVCACHE_SPACE, else 4)") \
   X("pdserve", register_addr, "--register", NULL, STR, NULL, NULL, WORKS, NULL, 0, "ZeroMQ address of a pdserve-proxy to register with and send heartbeats to (tcp://host:port)") \
   X("pdserve", advertise_host, "--advertise-host", NULL, STR, NULL, NULL, WORKS, NULL, 0, "host name peers use to reach this node (default: --host, or 127.0.0.1)") \
+  X("pdserve", max_queued_requests, "--max-queued-requests", NULL, INT, NULL, NULL, WORKS, NULL, 0, "bound on waiting sequences (SGLang's name; one of n choices counts n; a request that does not fit gets 503 with Retry-After while others wait); default 4 x --max-num-seqs, at least 256; 0: unbounded") \
   X("pdserve", drain_timeout, "--drain-timeout", NULL, FLOAT, "30", NULL, WORKS, NULL, 0, "seconds to finish in-flight requests after SIGTERM") \
   X("pdserve", generate, "--generate", NULL, STR, NULL, NULL, WORKS, NULL, 0, "no server: generate from this prompt, print the text and timings, exit") \
   X("pdserve", max_tokens, "--max-tokens", NULL, INT, "64", NULL, WORKS, NULL, 0, "tokens to generate with --generate") \

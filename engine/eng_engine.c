@@ -75,6 +75,7 @@ typedef struct ereq {
     const char *kv_load_failure;
     char *kv_error;
     struct ereq *kv_next;     /* kv_list link */
+    int queued;               /* sequences counted in e->n_queued until its first step */
 } ereq_t;
 
 /* A kvxfer event for the engine thread. */
@@ -122,6 +123,8 @@ struct eng_engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     ereq_t *q_head, *q_tail;  /* new requests */
+    int n_queued;             /* waiting sequences for admission: reserved, queued, or in
+                                 the scheduler before their first step (under mu) */
     abort_cmd_t *aborts;
     kv_cmd_t *kv_cmds, *kv_cmds_tail;
     eng_kv_hooks_t hooks;     /* under mu; copied by the engine thread per use */
@@ -250,8 +253,19 @@ static void emit(eng_engine_t *e, ereq_t *er, int i, bool finished, eng_req_stat
     er->cb(er->user, &out);
 }
 
+/* A request stops counting as waiting (admission, eng_engine_reserve). */
+static void unqueue(eng_engine_t *e, int n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->n_queued = e->n_queued > n ? e->n_queued - n : 0;
+    pthread_mutex_unlock(&e->mu);
+}
+
 static void ereq_free(eng_engine_t *e, ereq_t *er)
 {
+    unqueue(e, er->queued);
     for (int i = 0; i < er->n_seqs; i++) {
         eng_detok_destroy(er->seqs[i].detok);
         eng_stop_matcher_destroy(er->seqs[i].stop);
@@ -269,7 +283,6 @@ static void ereq_free(eng_engine_t *e, ereq_t *er)
     free(er->lease_ids);
     free(er->kv_error);
     free(er);
-    (void)e;
 }
 
 /* ---- disaggregation helpers (engine thread) ---- */
@@ -984,6 +997,18 @@ static void *engine_main(void *arg)
         if (stopping)
             break;
         b = eng_sched_step(e->sched);
+        if (e->cfg.max_queued_seqs > 0) {
+            /* requests in their first step stop waiting: room for new ones */
+            int started = 0;
+            for (int s = 0; s < b->n_seqs; s++) {
+                ereq_t *er = b->seqs[s].req->user;
+                if (er && er->queued) {
+                    started += er->queued;
+                    er->queued = 0;
+                }
+            }
+            unqueue(e, started);
+        }
         for (int i = 0; i < b->n_remote_admitted; i++)
             start_pull(e, b->remote_admitted[i]);
         e->last_empty = b->n_seqs == 0 && b->n_remote_admitted == 0;
@@ -996,6 +1021,10 @@ static void *engine_main(void *arg)
             /* a failed forward leaves the KV of this batch undefined: fail its requests,
              * keep serving the others */
             PD_LOG_ERR("engine: step failed (%s); failing the %d requests of the batch", pd_status_str(st), b->n_seqs);
+            /* free after the walk: a group's other sequences later in this batch point
+             * into the request (freeing it at once was a use after free) */
+            ereq_t **failed = calloc((size_t)b->n_seqs, sizeof(*failed));
+            int n_failed = 0;
             for (int s = 0; s < b->n_seqs; s++) {
                 eng_request_t *root = b->seqs[s].req;
                 while (root->parent)
@@ -1005,9 +1034,16 @@ static void *engine_main(void *arg)
                     continue;
                 eng_sched_finish(e->sched, root, ENG_REQ_FINISHED_ERROR);
                 finish_all(e, er, ENG_REQ_FINISHED_ERROR);
-                root->user = NULL;
-                ereq_free(e, er);
+                if (failed)
+                    failed[n_failed++] = er;
             }
+            if (failed == NULL)
+                PD_LOG_ERR("engine: out of memory failing a batch; its requests leak");
+            for (int i = 0; i < n_failed; i++) {
+                failed[i]->req->user = NULL;
+                ereq_free(e, failed[i]);
+            }
+            free(failed);
             continue;
         }
         /* outputs: every sequence that sampled, then requests finished by the update */
@@ -1050,6 +1086,54 @@ static void *engine_main(void *arg)
 
 /* ---- submit / abort ---- */
 
+/* Under mu: may n more sequences wait?  (The first request always may.) */
+static bool admit_ok(const eng_engine_t *e, int n)
+{
+    int lim = e->cfg.max_queued_seqs;
+    return lim <= 0 || e->n_queued == 0 || (int64_t)e->n_queued + n <= lim;
+}
+
+static void busy_msg(const eng_engine_t *e, int n, char *err, size_t errlen)
+{
+    snprintf(err, errlen,
+             "The server is overloaded: %d sequences are waiting and this request adds %d, over the limit of %d "
+             "(--max-queued-requests). Retry later.",
+             e->n_queued, n, e->cfg.max_queued_seqs);
+}
+
+pd_status_t eng_engine_reserve(eng_engine_t *e, int n_seqs, char *err, size_t errlen)
+{
+    pd_status_t st = PD_OK;
+    if (n_seqs <= 0 || e->cfg.max_queued_seqs <= 0)
+        return PD_OK;
+    pthread_mutex_lock(&e->mu);
+    if (admit_ok(e, n_seqs))
+        e->n_queued += n_seqs;
+    else {
+        busy_msg(e, n_seqs, err, errlen);
+        st = PD_ERR_BUSY;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return st;
+}
+
+void eng_engine_unreserve(eng_engine_t *e, int n_seqs)
+{
+    if (n_seqs > 0 && e->cfg.max_queued_seqs > 0)
+        unqueue(e, n_seqs);
+}
+
+int eng_engine_max_num_seqs(const eng_engine_t *e) { return e->cfg.max_num_seqs; }
+
+int eng_engine_queued(eng_engine_t *e)
+{
+    int n;
+    pthread_mutex_lock(&e->mu);
+    n = e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
 pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *err, size_t errlen)
 {
     ereq_t *er;
@@ -1089,6 +1173,14 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
     if (st != PD_OK) {
         snprintf(err, errlen, "invalid request (%s)", pd_status_str(st));
         return st;
+    }
+    if (req->group_size > e->cfg.max_num_seqs) {
+        /* admission: the scheduler runs a group's sequences in one step, so a group
+         * larger than a step could never run (the step failed) */
+        snprintf(err, errlen, "n = %d choices need %d sequences in one step, over --max-num-seqs %d.",
+                 req->group_size, req->group_size, e->cfg.max_num_seqs);
+        eng_request_destroy(req);
+        return PD_ERR_RANGE;
     }
     er = calloc(1, sizeof(*er));
     if (er == NULL) {
@@ -1174,6 +1266,20 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         ereq_free(e, er);
         snprintf(err, errlen, "the engine is shutting down");
         return PD_ERR_CLOSED;
+    }
+    if (e->cfg.max_queued_seqs > 0) {
+        /* a reservation already counts its sequences; without one apply the bound */
+        if (sub->reserved <= 0 && !admit_ok(e, er->n_seqs)) {
+            busy_msg(e, er->n_seqs, err, errlen);
+            pthread_mutex_unlock(&e->mu);
+            kv_drop_remote(e, er);
+            ereq_free(e, er);
+            return PD_ERR_BUSY;
+        }
+        e->n_queued += er->n_seqs - (sub->reserved > 0 ? sub->reserved : 0);
+        if (e->n_queued < 0)
+            e->n_queued = 0;
+        er->queued = er->n_seqs;
     }
     if (e->q_tail)
         e->q_tail->next = er;

@@ -37,6 +37,8 @@ typedef struct eng_engine_cfg {
     int64_t num_blocks;            /* 0 = from kv_cache_bytes */
     uint64_t kv_cache_bytes;       /* KV budget when num_blocks is 0 (CPU: 4 GiB default) */
     int max_num_seqs;              /* 256 */
+    int max_queued_seqs;           /* admission bound on waiting sequences (see
+                                      eng_engine_reserve); 0 = unbounded */
     int max_num_batched_tokens;    /* 8192 */
     bool enable_chunked_prefill;   /* true */
     bool enable_prefix_caching;    /* true */
@@ -135,6 +137,9 @@ typedef struct eng_submit {
     /* disaggregation (needs eng_engine_set_kv_hooks): */
     bool kv_produce;               /* keep the prompt's blocks under a lease at finish */
     const eng_remote_kv_t *kv_remote; /* pull the prompt's KV from a producer (copied) */
+    /* admission: how many of this request's sequences the caller already reserved
+     * with eng_engine_reserve (0: none; submit then applies the bound itself) */
+    int reserved;
 } eng_submit_t;
 
 /* KV transfer hooks (eng_disagg.c implements them over kvxfer).  Called on the engine
@@ -185,9 +190,29 @@ void eng_engine_destroy(eng_engine_t *engine);
 
 /* Validate and queue a request.  PD_ERR_INVAL / PD_ERR_RANGE with a message for the
  * client in err (bad params, prompt too long for max_model_len, token ids outside the
- * vocabulary); PD_ERR_CLOSED when the engine is stopping or dead.  On error the
+ * vocabulary); PD_ERR_BUSY (message in err) when sub->reserved is 0 and the admission
+ * bound refuses it; PD_ERR_CLOSED when the engine is stopping or dead.  On error the
  * callback is never called. */
 pd_status_t eng_engine_submit(eng_engine_t *engine, const eng_submit_t *sub, char *err, size_t errlen);
+/*
+ * Admission control (cfg.max_queued_seqs).  The engine counts the sequences that wait:
+ * reserved, queued for the engine thread, or in the scheduler and not yet in any step
+ * (a request stops waiting at its first step; one of n choices counts n).  A request
+ * of n sequences is refused when others wait and waiting + n would pass the bound, so
+ * the queue holds at most max(bound, one request) sequences and any valid request is
+ * admitted once the queue is empty.
+ *
+ * eng_engine_reserve: any thread.  Reserve room for n waiting sequences before the
+ * caller commits to a response (a stream's first byte); each eng_engine_submit with
+ * sub->reserved = k then uses k of them.  PD_OK, or PD_ERR_BUSY with a message for the
+ * client in err (nothing reserved).  eng_engine_unreserve gives back what no submit
+ * used (also after a failed submit: the reservation stays the caller's).
+ */
+pd_status_t eng_engine_reserve(eng_engine_t *engine, int n_seqs, char *err, size_t errlen);
+void eng_engine_unreserve(eng_engine_t *engine, int n_seqs);
+/* Sequences waiting as counted for admission (any thread; for tests and /load). */
+int eng_engine_queued(eng_engine_t *engine);
+
 /* Abort a request by id from any state (no-op if unknown or already finished). */
 void eng_engine_abort(eng_engine_t *engine, const char *id);
 
@@ -197,6 +222,7 @@ const eng_model_config_t *eng_engine_model_config(const eng_engine_t *engine);
 const struct eng_tok *eng_engine_tokenizer(const eng_engine_t *engine); /* NULL with skip_tokenizer_init */
 const struct eng_template *eng_engine_template(const eng_engine_t *engine); /* NULL when none */
 int64_t eng_engine_max_model_len(const eng_engine_t *engine);
+int eng_engine_max_num_seqs(const eng_engine_t *engine); /* n (best_of) may not exceed it */
 const eng_sampling_defaults_t *eng_engine_sampling_defaults(const eng_engine_t *engine);
 /* BOS/EOS strings for templates (may be ""). */
 const char *eng_engine_bos_str(const eng_engine_t *engine);

@@ -104,6 +104,19 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
         gib = 4;
     c->kv_cache_bytes = (uint64_t)(gib * (double)(1ull << 30));
     c->max_num_seqs = a->set[PD_SERVE_OPT_max_num_seqs] ? (int)a->max_num_seqs : 256;
+    /* --max-queued-requests: unset, a queue a few engine batches deep (a request admitted
+     * at its end waits about four full batches), never under 256 so that small
+     * --max-num-seqs values keep a useful queue; 0 lifts the bound */
+    if (a->set[PD_SERVE_OPT_max_queued_requests]) {
+        if (a->max_queued_requests < 0 || a->max_queued_requests > (1 << 30)) {
+            fprintf(stderr, "error: --max-queued-requests: %lld is out of range (0 to %d)\n",
+                    (long long)a->max_queued_requests, 1 << 30);
+            return PD_ERR_RANGE;
+        }
+        c->max_queued_seqs = (int)a->max_queued_requests;
+    } else {
+        c->max_queued_seqs = c->max_num_seqs > 64 ? 4 * c->max_num_seqs : 256;
+    }
     c->max_num_batched_tokens = a->set[PD_SERVE_OPT_max_num_batched_tokens] ? (int)a->max_num_batched_tokens
                                 : role == PD_ROLE_PREFILL ? 16384 : 8192;
     c->enable_chunked_prefill = a->set[PD_SERVE_OPT_enable_chunked_prefill] ? a->enable_chunked_prefill : true;
@@ -324,6 +337,7 @@ static void collect_metrics(pd_metrics_registry_t *reg, void *user)
     eng_engine_get_stats(srv->engine, &st);
     pd_metric_set(srv->m_running, st.n_running);
     pd_metric_set(srv->m_waiting, st.n_waiting);
+    pd_metric_set(srv->m_queued, eng_engine_queued(srv->engine));
     pd_metric_set(srv->m_kv_usage, st.kv_usage);
     pd_metric_set(srv->m_kv_usage_old, st.kv_usage);
     pd_metric_set(srv->m_free_blocks, st.n_free_blocks);
@@ -442,6 +456,11 @@ static pd_status_t reg_metrics(eng_server_t *srv)
     GAUGE("vllm:gpu_cache_usage_perc", "KV-cache usage (older name). 1 means 100 percent usage.", srv->m_kv_usage_old);
     GAUGE("pdserve:kv_free_blocks", "Free KV-cache blocks (cached free blocks included).", srv->m_free_blocks);
     GAUGE("pdserve:kv_blocks", "KV-cache blocks in all.", srv->m_blocks);
+    GAUGE("pdserve:num_sequences_queued",
+          "Sequences waiting as --max-queued-requests counts them (admitted, not yet in a step; n choices count n).",
+          srv->m_queued);
+    COUNTER("pdserve:num_requests_rejected_total",
+            "Requests refused with 503 because the waiting queue was full (--max-queued-requests).", srv->m_rejected);
     COUNTER("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", srv->m_prefix_queries);
     COUNTER("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", srv->m_prefix_hits);
     COUNTER("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine.", srv->m_preemptions);

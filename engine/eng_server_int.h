@@ -34,6 +34,8 @@ typedef struct eng_server {
         *m_prefix_hits, *m_preemptions, *m_prompt_tokens, *m_gen_tokens, *m_ttft, *m_itl, *m_tpot,
         *m_e2e, *m_queue, *m_prefill, *m_decode, *m_req_prompt, *m_req_gen, *m_success[4],
         *m_free_blocks, *m_blocks;
+    pd_metric_series_t *m_rejected; /* pdserve:num_requests_rejected_total (queue full) */
+    pd_metric_series_t *m_queued;   /* pdserve:num_sequences_queued (admission count) */
     uint64_t last_prompt_total, last_gen_total, last_queries, last_hits, last_preempt;
 } eng_server_t;
 

@@ -875,6 +875,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     int32_t **ids = NULL;
     int *n_ids = NULL;
     int64_t max_len = eng_engine_max_model_len(srv->engine);
+    int n_reserved = 0; /* admission room held and not yet used by a submit */
     char rid[33];
 
     if (o == NULL) {
@@ -1022,6 +1023,30 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         echo_only(srv, req, o);
         return;
     }
+    /* a group's sequences run in one step: a larger n can never run (a 400, not a 503
+     * to retry) */
+    if (o->n_per > eng_engine_max_num_seqs(srv->engine)) {
+        err.status = 400;
+        snprintf(err.message, sizeof(err.message), "n = %d choices need %d sequences in one step, over --max-num-seqs %d.",
+                 o->n_per, o->n_per, eng_engine_max_num_seqs(srv->engine));
+        snprintf(err.param, sizeof(err.param), "n");
+        goto fail;
+    }
+    /* admission (--max-queued-requests) before anything is committed: a refused stream
+     * gets a plain 503, never an SSE event after a 200 */
+    n_reserved = o->n_subs * o->n_per;
+    {
+        char msg[512];
+        if (eng_engine_reserve(srv->engine, n_reserved, msg, sizeof(msg)) != PD_OK) {
+            n_reserved = 0;
+            pd_metric_add(srv->m_rejected, 1);
+            pd_http_req_add_header(req, "Retry-After", "1");
+            err.status = 503;
+            snprintf(err.message, sizeof(err.message), "%s", msg);
+            err.param[0] = '\0';
+            goto fail;
+        }
+    }
     o->refs = 1; /* the HTTP side */
     if (o->r.stream) {
         if (pd_http_stream_begin(req, "text/event-stream", on_stream_close, o, &o->stream) != PD_OK) {
@@ -1050,6 +1075,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         sub.cache_salt = o->r.cache_salt;
         sub.cb = on_output;
         sub.user = s;
+        sub.reserved = o->n_per;
         eng_remote_kv_t remote;
         sub.kv_produce = o->r.kv.do_remote_decode;
         if (o->r.kv.do_remote_prefill) {
@@ -1066,8 +1092,12 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         o->n_submitted++;
         pthread_mutex_unlock(&o->mu);
         st = eng_engine_submit(srv->engine, &sub, msg, sizeof(msg));
+        if (st == PD_OK)
+            n_reserved -= o->n_per;
         if (st != PD_OK) {
             bool mine;
+            eng_engine_unreserve(srv->engine, n_reserved);
+            n_reserved = 0;
             release_remote(srv, &o->r);
             pthread_mutex_lock(&o->mu);
             o->refs--;
@@ -1108,6 +1138,7 @@ fail:
     }
     if (srv->log_requests)
         PD_LOG_REQ(INFO, pd_http_req_id(req), "rejected (%d): %s", err.status, err.message);
+    eng_engine_unreserve(srv->engine, n_reserved);
     release_remote(srv, &o->r);
     eng_server_send_error(req, &err);
     for (int i = 0; ids && i < o->n_subs; i++)

@@ -344,7 +344,16 @@ def test_case_count():
 def test_bad_request(node, cid, method, path, body, status, param, msg):
     if node.free_start is None:
         normal_request_ok(node)
+        # the metrics are the engine's per-step snapshot: let the last step's frees land
+        # (the normal requests are done, so the count only rises until it settles)
+        deadline = time.time() + 10
         node.free_start = metrics(node)["pdserve:kv_free_blocks"]
+        while time.time() < deadline:
+            time.sleep(0.2)
+            m = metrics(node)
+            if m["pdserve:kv_free_blocks"] == node.free_start and m["vllm:num_requests_running"] == 0:
+                break
+            node.free_start = m["pdserve:kv_free_blocks"]
     st, payload = request(node, method, path, body)
     check_error(st, payload, status, param, msg)
     idx = [c[0] for c in CASES].index(cid)

@@ -318,6 +318,10 @@ def test_client_disconnect_aborts_upstream(proxy1, decode_node):
     r = conn.getresponse()
     assert r.status == 200
     r.fp.readline()
+    # (the metrics are the engine's per-step snapshot, which may trail the first token)
+    deadline = time.time() + 10
+    while metric(decode_node, "vllm:num_requests_running") != 1 and time.time() < deadline:
+        time.sleep(0.02)
     assert metric(decode_node, "vllm:num_requests_running") == 1
     conn.sock.close()
     conn.close()

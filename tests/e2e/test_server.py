@@ -216,6 +216,10 @@ def test_client_disconnect_frees_blocks(decode_node):
     r = conn.getresponse()
     assert r.status == 200
     r.fp.readline()  # one event arrived: the request is running
+    # (the metrics are the engine's per-step snapshot, which may trail the first token)
+    deadline = time.time() + 10
+    while metric(decode_node, "pdserve:kv_free_blocks") >= start and time.time() < deadline:
+        time.sleep(0.02)
     assert metric(decode_node, "pdserve:kv_free_blocks") < start
     conn.sock.close()
     conn.close()
