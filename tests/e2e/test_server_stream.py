@@ -12,7 +12,7 @@ import urllib.request
 import openai
 import pytest
 
-from pdtest import start_node
+from pdtest import start_node, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +150,15 @@ def test_stop_string_reason_in_stream(node):
 
 def test_echo_max_tokens_zero(node):
     c = client(node)
+    gen0 = wait_idle(node.url).get("vllm:generation_tokens_total", 0)
     ids = c.completions.create(model="smol", prompt="Hello world", max_tokens=1, echo=True)
-    for _ in range(600):  # the engine lets go of that request's blocks just after answering
-        if metric(node, "vllm:num_requests_running") == 0:
+    # the answer can reach us before the engine's end-of-step bookkeeping (blocks let go,
+    # counters): wait for the counter to include this request's token, then for idle
+    for _ in range(600):
+        if metric(node, "vllm:generation_tokens_total") >= gen0 + ids.usage.completion_tokens:
             break
         time.sleep(0.05)
+    wait_idle(node.url)
     free = metric(node, "pdserve:kv_free_blocks")
     gen = metric(node, "vllm:generation_tokens_total")
     r = c.completions.create(model="smol", prompt="Echo me, \"please\"\n", max_tokens=0, echo=True)
