@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -79,6 +80,7 @@ struct px_req {
     pd_buf_t resp;
     pd_buf_t sse;
     long status;
+    char retry_after[24];      /* the upstream's Retry-After (relayed with its 429/503) */
     int started, saw_done;
     /* decode failover mid-stream (see try_failover) */
     int fo_ok;                 /* the request can be resumed elsewhere */
@@ -224,6 +226,9 @@ static void answer_upstream(px_req_t *r, long status, const char *ctype)
 {
     if (r->hreq == NULL)
         return;
+    /* an overloaded node's hint reaches the client (the openai client honours it) */
+    if ((status == 429 || status == 503) && r->retry_after[0])
+        pd_http_req_add_header(r->hreq, "Retry-After", r->retry_after);
     const char *body = r->resp.data ? r->resp.data : "";
     int json = 0;
     if (r->resp.len > 0) {
@@ -482,6 +487,32 @@ static int try_failover(px_req_t *r)
     return 1;
 }
 
+/* libcurl's header callback: keeps the upstream's Retry-After (delta-seconds or an
+ * HTTP date: printable ASCII only, so nothing can smuggle a header through). */
+static size_t on_header(char *buf, size_t size, size_t n, void *ud)
+{
+    px_req_t *r = ud;
+    size_t len = size * n;
+    static const char key[] = "retry-after:";
+    const size_t kl = sizeof(key) - 1;
+    if (len <= kl || strncasecmp(buf, key, kl) != 0)
+        return len;
+    const char *v = buf + kl;
+    size_t vl = len - kl;
+    while (vl > 0 && (*v == ' ' || *v == '\t'))
+        v++, vl--;
+    while (vl > 0 && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        vl--;
+    if (vl == 0 || vl >= sizeof(r->retry_after))
+        return len;
+    for (size_t i = 0; i < vl; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e)
+            return len;
+    memcpy(r->retry_after, v, vl);
+    r->retry_after[vl] = '\0';
+    return len;
+}
+
 static size_t on_data(char *p, size_t sz, size_t nm, void *user)
 {
     px_req_t *r = user;
@@ -562,6 +593,7 @@ static void leg_start(px_req_t *r)
     if (r->n_tried < PX_MAX_TRIED)
         r->tried[r->n_tried++] = n;
     r->status = 0;
+    r->retry_after[0] = '\0';
     pd_buf_reset(&r->resp);
     pd_buf_reset(&r->sse);
     const char *post = NULL;
@@ -598,6 +630,8 @@ static void leg_start(px_req_t *r)
     }
     curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
     curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, left_ms);

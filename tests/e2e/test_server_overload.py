@@ -157,6 +157,7 @@ def test_full_queue_refuses_with_503(node, proxy):
         for body in ({"prompt": "Hi", "max_tokens": 2}, {"prompt": "Hi", "max_tokens": 2, "stream": True}):
             st, headers, data = raw_post(proxy, "/v1/completions", dict(body, model="smol"))
             assert st == 503, (st, data[:300])
+            assert headers.get("retry-after") == "1", headers  # the node's hint, relayed
             err = json.loads(data)["error"]
             assert err["type"] == "ServiceUnavailableError" and "--max-queued-requests" in err["message"], err
             refused += 1
