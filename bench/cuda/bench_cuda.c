@@ -137,6 +137,7 @@ typedef struct {
     int l2hint; /* -1 = default */
     int pipe;   /* -1 = default */
     int scatter; /* -1 = default */
+    int order;   /* head-major grid, -1 = default */
 } att_variant_t;
 
 /*
@@ -232,7 +233,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                                         .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                                         .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
                 kcuda_attn_set_decode(var[v].kernel, var[v].splits);
-                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter);
+                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order);
                 if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
                     continue;
                 kcuda_graph_t graph = NULL;
@@ -273,7 +274,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         free(seq), free(pos), free(cl), free(bt), free(perm);
     }
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
-    kcuda_attn_set_decode_tuning(-1, -1, -1);
+    kcuda_attn_set_decode_tuning(-1, -1, -1, -1);
 out_stream:
     if (e0)
         kcuda_event_destroy(e0);
@@ -338,17 +339,18 @@ static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_
 
 /* --attn-only: the copy ceiling and the decode attention sweep (new kernel with its
  * automatic and fixed split counts, without and with the L2 prefetch hint everywhere,
- * without loading ahead, without the reduce-scatter, and the old kernel),
+ * without loading ahead, without the reduce-scatter, with a head-major grid, and the old
+ * kernel),
  * Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128), batch 64; under 30 s. */
 static int attn_only(void)
 {
     static const att_variant_t var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},        {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1},
-        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1},  {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1},
-        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1},  {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0},
-        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1},     {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1},
-        {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1},     {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1},
-        {"new-s32", KCUDA_ATTN_DECODE_NEW, 32, -1, -1, -1},   {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1},
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1},       {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1},
+        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1, -1}, {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1, -1},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1}, {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0, -1},
+        {"new-hmajor", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, 1}, {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1},
+        {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1, -1},    {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1, -1},
+        {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1, -1},  {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1},
     };
     const int n_var = (int)(sizeof(var) / sizeof(var[0]));
     static double us[ATT_MAXV][3][ATT_NCTX], gbps[ATT_MAXV][3][ATT_NCTX];
@@ -533,8 +535,8 @@ int main(int argc, char **argv)
     size_t priv = eng_backend_cuda_private_bytes(be);
 
     /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
-    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},
-                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1}};
+    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1},
+                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1}};
     static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
     int sm_count = 0;
     DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");

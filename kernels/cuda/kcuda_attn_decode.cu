@@ -51,6 +51,7 @@ typedef struct {
     bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
     bool pipe;    /* the kernel variant that loads one iteration ahead */
     bool scatter; /* the variant that sums dot products by reduce-scatter */
+    bool head_major; /* grid (KV head, token, split) instead of (token, KV head, split) */
     int window;
     const void *cache;
     int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
@@ -274,7 +275,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     __shared__ float red_m[DEC_WARPS][GM], red_l[DEC_WARPS][GM];
     __shared__ float red_acc[DEC_WARPS][GM][D];
 
-    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    /* head-major grids put the KV heads of one token next to each other in launch order */
+    const int t = a.head_major ? blockIdx.y : blockIdx.x, kvh = a.head_major ? blockIdx.x : blockIdx.y;
+    const int split = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / TPK, part = lane % TPK;
     const int G = a.group;
@@ -554,23 +557,28 @@ int kcuda_attn_decode_forced_splits(void)
     return g_force_splits;
 }
 
-static int g_l2hint = -1, g_pipe = -1, g_scatter = -1;
+static int g_l2hint = -1, g_pipe = -1, g_scatter = -1, g_order = -1;
 
-extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter)
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major)
 {
     g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
     g_pipe = pipeline < 0 ? -1 : pipeline > 0;
     g_scatter = scatter < 0 ? -1 : scatter > 0;
+    g_order = head_major < 0 ? -1 : head_major > 0;
 }
 
-/* A switch that is on unless set off above or env `name`=0 (read once into *env). */
+/* A switch set above (set >= 0), else env `name` (read once into *env): on unless it is
+ * "0", except PD_CUDA_ATTN_HEAD_MAJOR, off unless it is "1". */
 static bool dec_switch(int set, const char *name, int *env)
 {
     if (set >= 0)
         return set == 1;
     if (*env < 0) {
         const char *e = getenv(name);
-        *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+        if (strcmp(name, "PD_CUDA_ATTN_HEAD_MAJOR") == 0)
+            *env = (e != NULL && strcmp(e, "1") == 0) ? 1 : 0;
+        else
+            *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
     }
     return *env == 1;
 }
@@ -698,7 +706,11 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
         a.bs_shift = __builtin_ctz((unsigned)L->block_size);
     a.ws = ws;
     a.err = err;
+    static int env_order = -1;
+    a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", &env_order);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
+    if (a.head_major)
+        grid = dim3((unsigned)p->n_kv_heads, (unsigned)p->n_tokens, (unsigned)n_splits);
     switch ((int)L->dtype) {
     case KCPU_DTYPE_F32:
         dec_launch_d<float>(a, p->head_dim, grid, stream);

@@ -832,17 +832,17 @@ static void dec_case(const dec_case_t *c)
     float *got = dec_run(&pd, T, QW);
     PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
     /* the tuning variants (l2hint, pipeline, scatter): every kernel variant runs */
-    char what2[200];
-    static const int tune[4][3] = {{0, 0, 0}, {1, 1, 1}, {0, 1, 0}, {1, 0, 1}};
+    char what2[256];
+    static const int tune[4][4] = {{0, 0, 0, 1}, {1, 1, 1, 0}, {0, 1, 0, 1}, {1, 0, 1, 0}};
     for (int tv = 0; tv < 4; tv++) {
-        kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2]);
+        kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2], tune[tv][3]);
         float *alt = dec_run(&pd, T, QW);
-        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d)", what, tune[tv][0], tune[tv][1],
-                 tune[tv][2]);
+        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d head-major %d)", what, tune[tv][0],
+                 tune[tv][1], tune[tv][2], tune[tv][3]);
         PD_CHECK_EQ_INT(cmp(what2, alt, ref, (size_t)(T * QW), 1e-4), 0);
         free(alt);
     }
-    kcuda_attn_set_decode_tuning(-1, -1, -1);
+    kcuda_attn_set_decode_tuning(-1, -1, -1, -1);
 
     /* the old kernel on the same inputs, and the two against each other */
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_OLD, 0);
