@@ -7,16 +7,18 @@
  * group's G query rows live in registers (scaled by softmax scale * k_scale * log2(e), so
  * the softmax runs in base 2), each lane holding the same VEC-element slice of every row.
  * A key's head vector (head_dim elements, contiguous in the paged cache) is read by TPK =
- * head_dim / VEC lanes with one 16-byte (8-byte for fp8 with G > 4) load each, straight
- * from the cache into registers: a warp covers R = 32 / TPK keys per step and U steps per
- * iteration, K and V loads of all of them issued before any arithmetic, and the block ids
- * of the next iteration fetched during this one (memory-level parallelism is the point).
- * Each loaded K element serves every query row of the group; the partial dot products
- * are summed over the TPK lanes by xor shuffles.  Each warp keeps an online softmax (m, l
- * and an f32 accumulator slice) per query row over its keys; f16 and fp8 elements are
- * widened to f32 in registers.  At the end the warps' states are merged through shared
- * memory and either written out (one split) or written as (m, l, acc) to the workspace
- * and merged by a second kernel (flash-decoding).
+ * head_dim / VEC lanes with one load of up to 16 bytes each (VEC shrinks for large groups
+ * so q and the accumulators fit in registers), straight from the cache into registers: a
+ * warp covers R = 32 / TPK keys per step and U steps per iteration, K and V loads of all
+ * of them issued before any arithmetic; with PIPE the next iteration's loads are issued
+ * before this one computes, and block ids are looked up one iteration further ahead
+ * (memory-level parallelism is the point).  Each loaded K element serves every query row
+ * of the group; the partial dot products are summed over the TPK lanes by reduce-scatter
+ * and broadcast (SCATTER) or plain xor shuffles.  Each warp keeps an online softmax (m, l
+ * and an f32 accumulator slice) per query row over its keys, rescaled only when the max
+ * grows; f16 and fp8 elements are widened to f32 in registers.  At the end the warps'
+ * states are merged through shared memory and either written out (one split) or written
+ * as (m, l, acc) to the workspace and merged by a second kernel (flash-decoding).
  *
  * Invariants shared with the old kernel and relied on by CUDA graphs: the launch shape
  * depends on n_tokens, n_kv_heads, max_blocks_per_seq * block_size and the SM count only;
