@@ -759,31 +759,31 @@ static void dec_case(const dec_case_t *c)
         for (int i = 0; i < mbps; i++)
             bt[s * mbps + i] = i < (ctx[s] + c->bs - 1) / c->bs ? perm[nb++] : perm[irand((int)n_blocks)];
 
-    /* the whole cache random (both layers, K and V, every head); the reference cache is
-     * the same values as f32 (fp8: decoded and scaled as the kernel must) */
+    /* the layer read random (K and V, every head, every block), the other layer NaN (all
+     * bits set: NaN in f32, f16 and both fp8 formats) so reading it shows; the reference
+     * cache is the same values as f32 (fp8: decoded and scaled as the kernel must) */
     const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
-    const int64_t n_elems = (int64_t)(cache_bytes / lay.elem_bytes);
+    const int64_t n_elems = (int64_t)(cache_bytes / lay.elem_bytes), blk = (int64_t)(lay.block_bytes / lay.elem_bytes);
     void *hcache = malloc(cache_bytes);
-    float *ref_cache = NULL;
-    if (c->kind == 0) {
-        for (int64_t i = 0; i < n_elems; i++)
-            ((float *)hcache)[i] = frand();
-    } else if (c->kind == 1) {
-        for (int64_t i = 0; i < n_elems; i++)
-            ((uint16_t *)hcache)[i] = kcpu_f32_to_f16(frand() * 2.0f);
-    } else {
-        ref_cache = malloc((size_t)n_elems * 4);
-        for (int64_t i = 0; i < n_elems; i++) {
-            float f;
-            uint8_t b = fp8_rand_byte(e5m2, &f);
-            int64_t e = i % (int64_t)(lay.block_bytes / lay.elem_bytes);
-            int ly = (int)(e / lay.layer_stride);
-            bool is_v = e % lay.layer_stride >= lay.kv_stride;
-            ((uint8_t *)hcache)[i] = b;
-            ref_cache[i] = f * (is_v ? vs[ly] : ks[ly]);
+    float *ref_cache = fp8 ? malloc((size_t)n_elems * 4) : NULL;
+    memset(hcache, 0xff, cache_bytes);
+    if (fp8)
+        memset(ref_cache, 0xff, (size_t)n_elems * 4);
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int64_t e = 0; e < lay.layer_stride; e++) {
+            const int64_t i = b * blk + (int64_t)layer * lay.layer_stride + e;
+            if (c->kind == 0) {
+                ((float *)hcache)[i] = frand();
+            } else if (c->kind == 1) {
+                ((uint16_t *)hcache)[i] = kcpu_f32_to_f16(frand() * 2.0f);
+            } else {
+                float f;
+                ((uint8_t *)hcache)[i] = fp8_rand_byte(e5m2, &f);
+                ref_cache[i] = f * (e >= lay.kv_stride ? vs[layer] : ks[layer]);
+            }
         }
+    if (fp8)
         PD_CHECK_STATUS(eng_backend_cuda_set_kv_scales(be, L, ks, vs, false), PD_OK);
-    }
 
     /* one token per sequence, in a shuffled order; with c->B >= 3 and an odd len0 one
      * sequence has no token this step */
