@@ -252,6 +252,82 @@ __device__ __forceinline__ void dec_group_sum(float *v, int lane)
         v[k] = r[k];
 }
 
+/* One CTA's token, KV head, split and key slice [s0, s1) (empty for a bad row). */
+typedef struct {
+    int t, kvh, split, seq;
+    bool seq_ok, row_ok;
+    int s0, s1;
+} dec_row_t;
+
+__device__ __forceinline__ dec_row_t dec_row(const dec_args_t &a)
+{
+    dec_row_t rw;
+    /* head-major grids put the KV heads of one token next to each other in launch order */
+    rw.t = a.head_major ? blockIdx.y : blockIdx.x;
+    rw.kvh = a.head_major ? blockIdx.x : blockIdx.y;
+    rw.split = blockIdx.z;
+    rw.seq = a.tok_seq[rw.t];
+    rw.seq_ok = rw.seq >= 0 && rw.seq < a.n_seqs;
+    int ctx = rw.seq_ok ? a.ctx[rw.seq] : 0;
+    const int64_t cap = a.mbps * a.bs;
+    const bool bad_ctx = ctx > cap || ctx < 0;
+    if (bad_ctx)
+        ctx = ctx < 0 ? 0 : (int)cap;
+    const int pos = a.tok_pos[rw.t];
+    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    rw.row_ok = rw.seq_ok && pos >= 0 && hi < ctx;
+    if (threadIdx.x == 0 && a.err && (bad_ctx || !rw.row_ok))
+        atomicOr(a.err, KCUDA_ERR_SEQ);
+    rw.s0 = rw.s1 = 0;
+    if (rw.row_ok && hi >= lo) {
+        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+        rw.s0 = lo + rw.split * chunk;
+        rw.s1 = min(rw.s0 + chunk, hi + 1);
+        if (rw.s1 < rw.s0)
+            rw.s1 = rw.s0;
+    }
+    return rw;
+}
+
+/* Merge the warps' (m, l, acc) (base-2 m) and write the group's rows, or this split's
+ * partial state (natural-log m) for the merge kernel. */
+template <int GM, int D>
+__device__ __forceinline__ void dec_epilogue(const dec_args_t &a, const dec_row_t &rw, float (*red_m)[GM],
+                                             float (*red_l)[GM], float (*red_acc)[GM][D])
+{
+    const int G = a.group;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = rw.kvh * G + g;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+            M = fmaxf(M, red_m[w][g]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++) {
+                const float wt = exp2f(red_m[w][g] - M);
+                L += wt * red_l[w][g];
+                A += wt * red_acc[w][g][d];
+            }
+        }
+        if (a.n_splits == 1) {
+            if (rw.row_ok)
+                a.out[(int64_t)rw.t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? A * a.v_scale / L : 0.0f;
+        } else {
+            const int64_t row = ((int64_t)rw.t * a.n_heads + h) * a.n_splits + rw.split;
+            a.ws[row * D + d] = A * a.v_scale;
+            if (d == 0) {
+                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
+                ml[row * 2] = M == -INFINITY ? -INFINITY : M * DEC_LN2;
+                ml[row * 2 + 1] = L;
+            }
+        }
+    }
+}
+
 /* CTAs per SM the register allocation must leave room for (occupancy is what keeps
  * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
  * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
@@ -277,36 +353,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     __shared__ float red_m[DEC_WARPS][GM], red_l[DEC_WARPS][GM];
     __shared__ float red_acc[DEC_WARPS][GM][D];
 
-    /* head-major grids put the KV heads of one token next to each other in launch order */
-    const int t = a.head_major ? blockIdx.y : blockIdx.x, kvh = a.head_major ? blockIdx.x : blockIdx.y;
-    const int split = blockIdx.z;
+    const dec_row_t rw = dec_row(a);
+    const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / TPK, part = lane % TPK;
     const int G = a.group;
-
-    /* this token's key range [lo, hi] and this split's slice [s0, s1) */
-    const int seq = a.tok_seq[t];
-    const bool seq_ok = seq >= 0 && seq < a.n_seqs;
-    int ctx = seq_ok ? a.ctx[seq] : 0;
-    const int64_t cap = a.mbps * a.bs;
-    const bool bad_ctx = ctx > cap || ctx < 0;
-    if (bad_ctx)
-        ctx = ctx < 0 ? 0 : (int)cap;
-    const int pos = a.tok_pos[t];
-    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
-    if (lo < 0)
-        lo = 0;
-    const bool row_ok = seq_ok && pos >= 0 && hi < ctx;
-    if (threadIdx.x == 0 && a.err && (bad_ctx || !row_ok))
-        atomicOr(a.err, KCUDA_ERR_SEQ);
-    int s0 = 0, s1 = 0;
-    if (row_ok && hi >= lo) {
-        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
-        s0 = lo + split * chunk;
-        s1 = min(s0 + chunk, hi + 1);
-        if (s1 < s0)
-            s1 = s0;
-    }
 
     /* the group's query rows, this lane's slice */
     float q[GM][VEC];
@@ -329,7 +380,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     }
 
     const CT *cache = (const CT *)a.cache;
-    const int32_t *bt = a.bt + (int64_t)(seq_ok ? seq : 0) * a.mbps;
+    const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
     const int64_t lane_off = (int64_t)kvh * D + part * VEC; /* within a key's token row */
     const int stride = DEC_WARPS * KPW;
 
@@ -466,35 +517,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     }
     __syncthreads();
 
-    /* merge the warps; write the row or this split's partial state */
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, d = i % D, h = kvh * G + g;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++)
-            M = fmaxf(M, red_m[w][g]);
-        float L = 0.0f, A = 0.0f;
-        if (M != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < DEC_WARPS; w++) {
-                const float wt = exp2f(red_m[w][g] - M);
-                L += wt * red_l[w][g];
-                A += wt * red_acc[w][g][d];
-            }
-        }
-        if (a.n_splits == 1) {
-            if (row_ok)
-                a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? A * a.v_scale / L : 0.0f;
-        } else {
-            const int64_t row = ((int64_t)t * a.n_heads + h) * a.n_splits + split;
-            a.ws[row * D + d] = A * a.v_scale;
-            if (d == 0) {
-                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
-                ml[row * 2] = M == -INFINITY ? -INFINITY : M * DEC_LN2;
-                ml[row * 2 + 1] = L;
-            }
-        }
-    }
+    dec_epilogue<GM, D>(a, rw, red_m, red_l, red_acc);
 }
 
 /* out[t, h, :] = the merge of the splits' (m, l, acc); one CTA per (token, head). */
