@@ -19,6 +19,8 @@
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
  *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
+ *   bench_cuda --attn-tc     the same sweep for the default decode kernel against the
+ *                            experimental tensor-core one (f16 / fp8 caches)
  */
 #include <math.h>
 #include <stdio.h>
@@ -138,6 +140,7 @@ typedef struct {
     int pipe;   /* -1 = default */
     int scatter; /* -1 = default */
     int order;   /* head-major grid, -1 = default */
+    int tc;      /* experimental tensor-core kernel (f16 / fp8), -1 = default */
 } att_variant_t;
 
 /*
@@ -233,7 +236,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                                         .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                                         .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
                 kcuda_attn_set_decode(var[v].kernel, var[v].splits);
-                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order);
+                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order, var[v].tc);
                 if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
                     continue;
                 kcuda_graph_t graph = NULL;
@@ -278,7 +281,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         free(seq), free(pos), free(cl), free(bt), free(perm);
     }
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
-    kcuda_attn_set_decode_tuning(-1, -1, -1, -1);
+    kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
 out_stream:
     if (e0)
         kcuda_event_destroy(e0);
@@ -346,17 +349,22 @@ static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_
  * without loading ahead, without the reduce-scatter, with a head-major grid, and the old
  * kernel),
  * Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128), batch 64; under 30 s. */
-static int attn_only(void)
+static int attn_only(bool tc_mode)
 {
-    static const att_variant_t var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1},       {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1},
-        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1, -1}, {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1, -1},
-        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1}, {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0, -1},
-        {"new-hmajor", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, 1}, {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1},
-        {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1, -1},    {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1, -1},
-        {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1, -1},  {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1},
+    static const att_variant_t tc_var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0},
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
     };
-    const int n_var = (int)(sizeof(var) / sizeof(var[0]));
+    static const att_variant_t all_var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},       {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1},
+        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1, -1, -1}, {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1, -1, -1},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1}, {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0, -1, -1},
+        {"new-hmajor", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, 1, -1}, {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1},
+        {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1, -1, -1},    {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1, -1, -1},
+        {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1, -1, -1},  {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1},
+    };
+    const att_variant_t *var = tc_mode ? tc_var : all_var;
+    const int n_var = tc_mode ? 2 : (int)(sizeof(all_var) / sizeof(all_var[0]));
     static double us[ATT_MAXV][3][ATT_NCTX], gbps[ATT_MAXV][3][ATT_NCTX];
     char name[128] = "";
     int sm = 0;
@@ -370,7 +378,7 @@ static int attn_only(void)
     printf("%-44s %9.0f GB/s %14s %8s\n", "d2d copy bandwidth (read+write)", copy_gbps, "-", "-");
     print_attention(64, var, n_var, copy_gbps, us, gbps);
     printf("(GB/s = K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
-    printf("summary new / old, %% of copy, ctx");
+    printf("summary %s / %s, %% of copy, ctx", var[0].name, var[1].name);
     for (int ci = 0; ci < ATT_NCTX; ci++)
         printf(" %d", att_ctx[ci]);
     printf("\n");
@@ -404,18 +412,20 @@ static int attn_only(void)
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
         else if (strcmp(argv[i], "--attn-only") == 0)
             attn_only_mode = true;
+        else if (strcmp(argv[i], "--attn-tc") == 0)
+            attn_tc_mode = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
-    if (attn_only_mode)
-        return attn_only();
+    if (attn_only_mode || attn_tc_mode)
+        return attn_only(attn_tc_mode);
 
     /* ---- ceilings ---- */
     double copy_gbps = 0, gemm_sq = 0, gemm_pf = 0;
@@ -539,8 +549,8 @@ int main(int argc, char **argv)
     size_t priv = eng_backend_cuda_private_bytes(be);
 
     /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
-    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1},
-                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1}};
+    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},
+                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1}};
     static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
     int sm_count = 0;
     DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");

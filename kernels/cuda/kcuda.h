@@ -239,8 +239,11 @@ void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
  *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
  *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value;
  *   head_major 1: CTAs launched KV head fastest (the heads of a token's cache rows read
- *             together; env PD_CUDA_ATTN_HEAD_MAJOR=1), 0: token fastest (default). */
-void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major);
+ *             together; env PD_CUDA_ATTN_HEAD_MAJOR=1), 0: token fastest (default);
+ *   tensor_cores 1: EXPERIMENTAL, not yet run on a GPU: f16 and fp8 caches with head dims
+ *             up to 128 on mma.m16n8k16 with split-f16 q and p (env PD_CUDA_ATTN_TC=1),
+ *             0: the SIMT kernel (default). */
+void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores);
 /* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);

@@ -520,6 +520,238 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     dec_epilogue<GM, D>(a, rw, red_m, red_l, red_acc);
 }
 
+/*
+ * ---- experimental: tensor-core decode kernel for f16 / fp8 caches (PD_CUDA_ATTN_TC=1) ----
+ *
+ * Same CTA decomposition and epilogue; a warp takes 16 keys a step and runs q.k and p.v
+ * on mma.m16n8k16 (f16 operands, f32 accumulation) with the group's query rows as the 8
+ * columns (zero-padded).  Lane (r = lane / 4, c = lane % 4):
+ *  - S = K q^T: A = 16 keys x 16 dims, lane loads elements [c D/4, (c + 1) D/4) of keys
+ *    r and r + 8 (one contiguous chunk per key), k-step j using its elements 4j .. 4j + 3
+ *    (the A and B fragments' columns 2c, 2c + 1, 2c + 8, 2c + 9); q is permuted the same
+ *    way and split q = q_hi + q_lo in f16 (two mma per k-step), so the products keep
+ *    about 22 bits: K is exact in f16 for f16 and fp8 caches.  The softmax scale is
+ *    applied to the f32 scores.
+ *  - O^T += V^T P^T: A = 16 dims x 16 keys, where tile t row r is dim r D/8 + 2t and row
+ *    r + 8 is dim r D/8 + 2t + 1, so lane (r, c) loads dims [r D/8, (r + 1) D/8) of keys
+ *    2c, 2c + 1, 2c + 8, 2c + 9 and builds each fragment register with one byte
+ *    permute; P (times 1024, kept out of f16 subnormals) is split hi + lo the same way and
+ *    moved from the score fragment layout to the B layout with shuffles.
+ * Not the default until measured and tested on the GPU; head dims 64 and 128, groups <= 8.
+ */
+__device__ __forceinline__ void dec_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* NW raw words of CT elements -> f16x2 words h (h[k] = elements 2k, 2k + 1). */
+template <typename CT, int NW> struct dec_h2;
+template <int NW> struct dec_h2<__half, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
+#pragma unroll
+        for (int i = 0; i < NW; i++)
+            h[i] = r[i];
+    }
+};
+template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
+#pragma unroll
+        for (int i = 0; i < NW; i++) {
+            __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] & 0xffffu), __NV_E4M3);
+            __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] >> 16), __NV_E4M3);
+            h[2 * i] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
+            h[2 * i + 1] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
+        }
+    }
+};
+template <int NW> struct dec_h2<__nv_fp8_e5m2, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
+#pragma unroll
+        for (int i = 0; i < NW; i++) {
+            h[2 * i] = __byte_perm(r[i], 0u, 0x1404);
+            h[2 * i + 1] = __byte_perm(r[i], 0u, 0x3424);
+        }
+    }
+};
+
+/* x (two floats) as f16x2 hi and the f16x2 of what rounding left over */
+__device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uint32_t *lo)
+{
+    __half2 h = __floats2half2_rn(x0, x1);
+    float2 b = __half22float2(h);
+    __half2 l = __floats2half2_rn(x0 - b.x, x1 - b.y);
+    *hi = *(uint32_t *)&h;
+    *lo = *(uint32_t *)&l;
+}
+
+template <typename CT, int D>
+__global__ void __launch_bounds__(DEC_WARPS * 32) attn_decode_tc_kernel(dec_args_t a)
+{
+    constexpr int KS = D / 16;                   /* k-steps of q.k, dim tiles of p.v */
+    constexpr int EB = (int)sizeof(CT);
+    constexpr int KWR = D / 4 * EB / 4;          /* raw words of a lane's K chunk (a key) */
+    constexpr int VWR = D / 8 * EB / 4;          /* raw words of a lane's V chunk (a key) */
+    constexpr float PS = 1024.0f;                /* p scale before the f16 split */
+    __shared__ float red_m[DEC_WARPS][8], red_l[DEC_WARPS][8];
+    __shared__ float red_acc[DEC_WARPS][8][D];
+
+    const dec_row_t rw = dec_row(a);
+    const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c = lane & 3;
+    const int G = a.group;
+
+    /* B fragments of q (row r of the group), hi and lo, k-step j: elements 4j .. 4j + 3
+     * of the lane's chunk [c D/4, (c + 1) D/4) */
+    uint32_t qh[KS][2], ql[KS][2];
+    {
+        const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)(kvh * G + r) * D + c * (D / 4);
+#pragma unroll
+        for (int j = 0; j < KS; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float x0 = r < G ? qr[4 * j + 2 * e] : 0.0f, x1 = r < G ? qr[4 * j + 2 * e + 1] : 0.0f;
+                dec_split2(x0, x1, &qh[j][e], &ql[j][e]);
+            }
+    }
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* query rows 2c, 2c + 1 */
+    float acc[KS][4];
+#pragma unroll
+    for (int i = 0; i < KS; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+    const CT *cache = (const CT *)a.cache;
+    const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
+    const int64_t k_lane = (int64_t)kvh * D + c * (D / 4), v_lane = (int64_t)kvh * D + r * (D / 8);
+
+    for (int base = s0 + warp * 16; base < s1; base += DEC_WARPS * 16) {
+        /* K of keys base + r and base + r + 8; V of keys base + 2c, 2c + 1, 2c + 8, 2c + 9 */
+        uint32_t kra[KWR], krb[KWR], vr[4][VWR];
+        {
+            const int ka = base + r, kb = base + r + 8;
+            const int64_t oa = ka < s1 ? dec_key_off(a, bt, ka) : -1, ob = kb < s1 ? dec_key_off(a, bt, kb) : -1;
+#pragma unroll
+            for (int w = 0; w < KWR; w++)
+                kra[w] = krb[w] = 0u;
+            if (oa >= 0)
+                dec_load<KWR>(cache + oa + k_lane, kra, a.l2hint);
+            if (ob >= 0)
+                dec_load<KWR>(cache + ob + k_lane, krb, a.l2hint);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int kv = base + 2 * c + (i & 1) + (i >> 1) * 8;
+                const int64_t ov = kv < s1 ? dec_key_off(a, bt, kv) : -1;
+#pragma unroll
+                for (int w = 0; w < VWR; w++)
+                    vr[i][w] = 0u;
+                if (ov >= 0)
+                    dec_load<VWR>(cache + ov + a.kv_stride + v_lane, vr[i], a.l2hint);
+            }
+        }
+        /* scores: sc[0], sc[1] = key base + r, rows 2c, 2c + 1; sc[2], sc[3] = key + 8 */
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        {
+            uint32_t ha[KS * 2], hb[KS * 2];
+            dec_h2<CT, KWR>::run(kra, ha);
+            dec_h2<CT, KWR>::run(krb, hb);
+#pragma unroll
+            for (int j = 0; j < KS; j++) {
+                dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], qh[j][0], qh[j][1]);
+                dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], ql[j][0], ql[j][1]);
+            }
+        }
+        const bool va = base + r < s1, vb = base + r + 8 < s1;
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            sc[e] = (e < 2 ? va : vb) ? sc[e] * a.qscale : -INFINITY;
+        /* online softmax per query row (rows 2c, 2c + 1: shared by the lanes of this c) */
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(sc[e], sc[2 + e]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            if (mx > m[e]) {
+                const float alpha = exp2f(m[e] - mx);
+                m[e] = mx;
+                l[e] *= alpha;
+#pragma unroll
+                for (int i = 0; i < KS; i++) {
+                    acc[i][e] *= alpha;
+                    acc[i][2 + e] *= alpha;
+                }
+            }
+            const float mref = m[e] == -INFINITY ? 0.0f : m[e];
+            pr[e] = exp2f(sc[e] - mref);
+            pr[2 + e] = exp2f(sc[2 + e] - mref);
+            l[e] += pr[e] + pr[2 + e];
+        }
+        /* P^T as the B fragment: lane (n = r, c) needs P[keys 2c, 2c + 1, 2c + 8, 2c + 9][row r];
+         * P[key k][row n] sits in lane (k % 8) * 4 + n / 2, half n % 2, of x (k < 8) or y */
+        uint32_t xh, xl, yh, yl;
+        dec_split2(pr[0] * PS, pr[1] * PS, &xh, &xl);
+        dec_split2(pr[2] * PS, pr[3] * PS, &yh, &yl);
+        const int src0 = (2 * c) * 4 + (r >> 1), src1 = (2 * c + 1) * 4 + (r >> 1);
+        const unsigned sel = (r & 1) ? 0x7632u : 0x5410u;
+        uint32_t bh0, bh1, bl0, bl1;
+        {
+            uint32_t x0 = __shfl_sync(0xffffffffu, xh, src0), x1 = __shfl_sync(0xffffffffu, xh, src1);
+            uint32_t y0 = __shfl_sync(0xffffffffu, yh, src0), y1 = __shfl_sync(0xffffffffu, yh, src1);
+            bh0 = __byte_perm(x0, x1, sel);
+            bh1 = __byte_perm(y0, y1, sel);
+            x0 = __shfl_sync(0xffffffffu, xl, src0), x1 = __shfl_sync(0xffffffffu, xl, src1);
+            y0 = __shfl_sync(0xffffffffu, yl, src0), y1 = __shfl_sync(0xffffffffu, yl, src1);
+            bl0 = __byte_perm(x0, x1, sel);
+            bl1 = __byte_perm(y0, y1, sel);
+        }
+        /* O^T += V^T P^T, dim tile t: rows r / r + 8 are dims r D/8 + 2t / + 1 */
+        {
+            uint32_t hv[4][KS];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                dec_h2<CT, VWR>::run(vr[i], hv[i]);
+#pragma unroll
+            for (int i = 0; i < KS; i++) {
+                const uint32_t a0 = __byte_perm(hv[0][i], hv[1][i], 0x5410), a1 = __byte_perm(hv[0][i], hv[1][i], 0x7632);
+                const uint32_t a2 = __byte_perm(hv[2][i], hv[3][i], 0x5410), a3 = __byte_perm(hv[2][i], hv[3][i], 0x7632);
+                dec_mma(acc[i], a0, a1, a2, a3, bh0, bh1);
+                dec_mma(acc[i], a0, a1, a2, a3, bl0, bl1);
+            }
+        }
+    }
+
+    /* the warp's rows 2c, 2c + 1: l summed over r; acc is already one value per (dim, row) */
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 4);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 8);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 16);
+    }
+#pragma unroll
+    for (int i = 0; i < KS; i++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i] = acc[i][e] * (1.0f / PS);
+            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i + 1] = acc[i][2 + e] * (1.0f / PS);
+        }
+    if (r == 0) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            red_m[warp][2 * c + e] = m[e];
+            red_l[warp][2 * c + e] = l[e];
+        }
+    }
+    __syncthreads();
+    dec_epilogue<8, D>(a, rw, red_m, red_l, red_acc);
+}
+
 /* out[t, h, :] = the merge of the splits' (m, l, acc); one CTA per (token, head). */
 __global__ void attn_decode_merge_kernel(dec_args_t a, int D)
 {
@@ -582,28 +814,29 @@ int kcuda_attn_decode_forced_splits(void)
     return g_force_splits;
 }
 
-static int g_l2hint = -1, g_pipe = -1, g_scatter = -1, g_order = -1;
+static int g_l2hint = -1, g_pipe = -1, g_scatter = -1, g_order = -1, g_tc = -1;
 
-extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major)
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores)
 {
     g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
     g_pipe = pipeline < 0 ? -1 : pipeline > 0;
     g_scatter = scatter < 0 ? -1 : scatter > 0;
     g_order = head_major < 0 ? -1 : head_major > 0;
+    g_tc = tensor_cores < 0 ? -1 : tensor_cores > 0;
 }
 
-/* A switch set above (set >= 0), else env `name` (read once into *env): on unless it is
- * "0", except PD_CUDA_ATTN_HEAD_MAJOR, off unless it is "1". */
-static bool dec_switch(int set, const char *name, int *env)
+/* A switch set above (set >= 0), else env `name` (read once into *env): "0" turns a
+ * default-on switch off, "1" turns a default-off one on. */
+static bool dec_switch(int set, const char *name, bool default_on, int *env)
 {
     if (set >= 0)
         return set == 1;
     if (*env < 0) {
         const char *e = getenv(name);
-        if (strcmp(name, "PD_CUDA_ATTN_HEAD_MAJOR") == 0)
-            *env = (e != NULL && strcmp(e, "1") == 0) ? 1 : 0;
-        else
+        if (default_on)
             *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+        else
+            *env = (e != NULL && strcmp(e, "1") == 0) ? 1 : 0;
     }
     return *env == 1;
 }
@@ -615,7 +848,7 @@ static bool dec_l2hint(size_t row_bytes)
     static int env = -1;
     if (g_l2hint >= 0)
         return g_l2hint == 1;
-    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", &env) && row_bytes % 256 == 0;
+    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", true, &env) && row_bytes % 256 == 0;
 }
 
 bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
@@ -692,6 +925,15 @@ static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t str
         dec_launch_g<CT, 256>(a, grid, stream);
 }
 
+template <typename CT>
+static void dec_launch_tc(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
+{
+    if (D == 64)
+        attn_decode_tc_kernel<CT, 64><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else
+        attn_decode_tc_kernel<CT, 128><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+}
+
 pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
                                      float *ws, int *err, kcuda_stream_t stream)
 {
@@ -716,8 +958,8 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
     static int env_pipe = -1, env_scatter = -1;
-    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", &env_pipe);
-    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", &env_scatter);
+    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", true, &env_pipe);
+    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", true, &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;
     a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);
@@ -732,7 +974,10 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.ws = ws;
     a.err = err;
     static int env_order = -1;
-    a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", &env_order);
+    a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", false, &env_order);
+    static int env_tc = -1;
+    const bool tc = L->dtype != KCPU_DTYPE_F32 && p->head_dim <= 128 &&
+                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", false, &env_tc);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
     if (a.head_major)
         grid = dim3((unsigned)p->n_kv_heads, (unsigned)p->n_tokens, (unsigned)n_splits);
@@ -741,13 +986,22 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
         dec_launch_d<float>(a, p->head_dim, grid, stream);
         break;
     case KCPU_DTYPE_F16:
-        dec_launch_d<__half>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__half>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__half>(a, p->head_dim, grid, stream);
         break;
     case (int)KCUDA_KV_FP8_E4M3:
-        dec_launch_d<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
         break;
     default:
-        dec_launch_d<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
         break;
     }
     {
