@@ -213,7 +213,7 @@ pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_sc
 /*
  * Pure decode batches (every sequence at most one token: n_tokens <= n_seqs) go to a
  * dedicated decode kernel (kcuda_attn_decode.cu) when the cache is f32, f16 or fp8, the
- * head dim 64, 128 or 256 and the GQA group at most 8; other shapes, prefill and mixed
+ * head dim 16, 32, 64, 128 or 256 and the GQA group at most 8; other shapes, prefill and mixed
  * batches use the kernel above.  The decode kernel is chosen here, process-wide, for
  * A/B runs, tests and benchmarks (not thread-safe: call it while no attention is being
  * launched):

@@ -856,7 +856,9 @@ bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
     const kcpu_dtype_t dt = p->layout->dtype;
     const int G = p->n_heads / p->n_kv_heads;
     return (dt == KCPU_DTYPE_F32 || dt == KCPU_DTYPE_F16 || dt == KCUDA_KV_FP8_E4M3 || dt == KCUDA_KV_FP8_E5M2) &&
-           (p->head_dim == 64 || p->head_dim == 128 || p->head_dim == 256) && G >= 1 && G <= 8 &&
+           (p->head_dim == 16 || p->head_dim == 32 || p->head_dim == 64 || p->head_dim == 128 ||
+            p->head_dim == 256) &&
+           G >= 1 && G <= 8 &&
            ((uintptr_t)p->cache_base & 15) == 0; /* every key row is then 16-byte aligned */
 }
 
@@ -917,7 +919,11 @@ static void dec_launch_g(const dec_args_t &a, dim3 grid, cudaStream_t stream)
 template <typename CT>
 static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
 {
-    if (D == 64)
+    if (D == 16)
+        dec_launch_g<CT, 16>(a, grid, stream);
+    else if (D == 32)
+        dec_launch_g<CT, 32>(a, grid, stream);
+    else if (D == 64)
         dec_launch_g<CT, 64>(a, grid, stream);
     else if (D == 128)
         dec_launch_g<CT, 128>(a, grid, stream);
@@ -976,7 +982,7 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     static int env_order = -1;
     a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", false, &env_order);
     static int env_tc = -1;
-    const bool tc = L->dtype != KCPU_DTYPE_F32 && p->head_dim <= 128 &&
+    const bool tc = L->dtype != KCPU_DTYPE_F32 && (p->head_dim == 64 || p->head_dim == 128) &&
                     dec_switch(g_tc, "PD_CUDA_ATTN_TC", false, &env_tc);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
     if (a.head_major)

@@ -946,6 +946,15 @@ PD_TEST(test_decode_attention)
         dec_case(&c);
         n += 2, n_new++;
     }
+    /* the tiny test models' head dims, 16 and 32 (groups 2 and 4; 8 with fp8 at 32) */
+    for (int kind = 0; kind < 4; kind++)
+        for (int d = 0; d < 2; d++) {
+            dec_case_t c = {.kind = kind, .n_heads = kind >= 2 && d ? 16 : 4, .n_kv = kind >= 2 && d ? 2 : 2 - d,
+                            .hd = d ? 32 : 16, .bs = d ? 32 : 16, .B = d ? 5 : 3, .splits = kind == 1 ? 2 : 0,
+                            .len0 = irand(8), .new_kernel = true};
+            dec_case(&c);
+            n++, n_new++;
+        }
     printf("  %d decode attention cases (%d on the decode kernel), each against kcpu and the old kernel\n", n,
            n_new);
     if (dec_tc_run)
