@@ -345,9 +345,9 @@ static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_
 }
 
 /* --attn-only: the copy ceiling and the decode attention sweep (new kernel with its
- * automatic and fixed split counts, without and with the L2 prefetch hint everywhere,
- * without loading ahead, without the reduce-scatter, with a head-major grid, and the old
- * kernel),
+ * automatic and fixed split counts, each loading scheme (none, registers one iteration
+ * ahead, the cp.async shared-memory ring), without the reduce-scatter, with a head-major
+ * grid, and the old kernel),
  * Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128), batch 64; under 30 s. */
 static int attn_only(bool tc_mode)
 {
@@ -355,13 +355,22 @@ static int attn_only(bool tc_mode)
         {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0},
         {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
     };
+    /* (dropped after the 19:36 run: new-nohint, new-hint (both ~= new), new-s4/s8/s16
+     * (slower than s2)) */
     static const att_variant_t all_var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},       {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1},
-        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1, -1, -1}, {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1, -1, -1},
-        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1}, {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0, -1, -1},
-        {"new-hmajor", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, 1, -1}, {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1},
-        {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1, -1, -1},    {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1, -1, -1},
-        {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1, -1, -1},  {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1},
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},         {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1},   {"new-pipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 1, -1, -1, -1},
+        {"new-async", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, -1},    {"new-async-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, 2, -1, -1, -1},
+        {"new-async-ns", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, 0, -1, -1},  {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0, -1, -1},
+        {"new-async-hm", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, 1, -1},  {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1},
+        {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1},
+    };
+    /* the experimental tensor-core kernel last, after everything above is printed and
+     * flushed: should it fault, the sweep's results are already out (gpu_attn.sh also
+     * runs it in a process of its own, --attn-tc) */
+    static const att_variant_t tail_var[] = {
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
+        {"new-tc-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, 1},
     };
     const att_variant_t *var = tc_mode ? tc_var : all_var;
     const int n_var = tc_mode ? 2 : (int)(sizeof(all_var) / sizeof(all_var[0]));
@@ -406,6 +415,25 @@ static int attn_only(bool tc_mode)
     printf("JSON_ATTN {\"copy_gbps\":%.1f,", copy_gbps);
     json_attention(var, n_var, gbps);
     printf("}\n");
+    if (!tc_mode) {
+        fflush(stdout);
+        const int n_tail = (int)(sizeof(tail_var) / sizeof(tail_var[0]));
+        bench_attention(32, 8, 128, 64, tail_var, n_tail, sm, us, gbps);
+        printf("tensor-core decode (experimental), %% of copy, ctx");
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            printf(" %d", att_ctx[ci]);
+        printf("\n");
+        for (int v = 0; v < n_tail; v++)
+            for (int ct = 1; ct < 3; ct++) {
+                printf("  %-4s %-10s", att_cache_names[ct], tail_var[v].name);
+                for (int ci = 0; ci < ATT_NCTX; ci++)
+                    printf(" %5.1f", 100 * gbps[v][ct][ci] / copy_gbps);
+                printf("\n");
+            }
+        printf("JSON_ATTN_TC {");
+        json_attention(tail_var, n_tail, gbps);
+        printf("}\n");
+    }
     return 0;
 }
 

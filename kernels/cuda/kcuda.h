@@ -234,8 +234,11 @@ void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
  *   l2hint    1: loads with an L2 256-byte prefetch hint that skip L1 (default where a
  *             key's head vector is a multiple of 256 bytes, unless env
  *             PD_CUDA_ATTN_L2HINT=0), 0: plain non-coherent loads;
- *   pipeline  1: each warp issues the loads of its next keys before computing the
- *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute;
+ *   pipeline  0: each warp loads its keys, then computes; 1: it issues the loads of its
+ *             next keys (into registers) before computing the current ones; 2: it copies
+ *             up to 3 iterations ahead with cp.async into a shared-memory ring (no
+ *             registers held by loads in flight; shapes without room run 0).  Env
+ *             PD_CUDA_ATTN_PIPE=0/1/2; default 0 (what measured best on an H200);
  *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
  *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value;
  *   head_major 1: CTAs launched KV head fastest (the heads of a token's cache rows read

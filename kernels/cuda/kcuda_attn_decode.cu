@@ -10,9 +10,11 @@
  * head_dim / VEC lanes with one load of up to 16 bytes each (VEC shrinks for large groups
  * so q and the accumulators fit in registers), straight from the cache into registers: a
  * warp covers R = 32 / TPK keys per step and U steps per iteration, K and V loads of all
- * of them issued before any arithmetic; with PIPE the next iteration's loads are issued
- * before this one computes, and block ids are looked up one iteration further ahead
- * (memory-level parallelism is the point).  Each loaded K element serves every query row
+ * of them issued before any arithmetic; with PIPE 1 the next iteration's loads are issued
+ * into spare registers before this one computes, with PIPE 2 cp.async copies run up to 3
+ * iterations ahead into a per-warp shared-memory ring (each lane reads back only its own
+ * bytes), and block ids are looked up one iteration ahead of the loads (memory-level
+ * parallelism is the point).  Each loaded K element serves every query row
  * of the group; the partial dot products are summed over the TPK lanes by reduce-scatter
  * and broadcast (SCATTER) or plain xor shuffles.  Each warp keeps an online softmax (m, l
  * and an f32 accumulator slice) per query row over its keys, rescaled only when the max
@@ -51,7 +53,8 @@ typedef struct {
     float v_scale; /* applied once to the merged accumulator */
     bool causal;
     bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
-    bool pipe;    /* the kernel variant that loads one iteration ahead */
+    int pipe;     /* 0: load then compute; 1: loads one iteration ahead in registers;
+                   * 2: cp.async into a per-warp shared-memory ring, several iterations ahead */
     bool scatter; /* the variant that sums dot products by reduce-scatter */
     bool head_major; /* grid (KV head, token, split) instead of (token, KV head, split) */
     int window;
@@ -105,6 +108,36 @@ template <int WORDS> __device__ __forceinline__ void dec_load(const void *p, uin
         for (int i = 0; i < WORDS / 4; i++)
             ld16((const char *)p + 16 * i, r + 4 * i, hint);
     }
+}
+
+/* ---- asynchronous copies (PIPE 2): WORDS words of the cache into this lane's own slot
+ * of shared memory; an invalid key copies nothing and fills zeros (src-size 0), so a
+ * key past the row or in a bad block reads as zeros exactly as with dec_load_keys ---- */
+
+template <int WORDS> __device__ __forceinline__ void dec_cp_async(uint32_t *dst, const void *src, bool valid)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (WORDS == 1) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
+    } else if (WORDS == 2) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(valid ? 8 : 0) : "memory");
+    } else {
+#pragma unroll
+        for (int i = 0; i < WORDS / 4; i++)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d + 16 * i),
+                         "l"((const char *)src + (valid ? 16 * i : 0)), "r"(valid ? 16 : 0)
+                         : "memory");
+    }
+}
+
+__device__ __forceinline__ void dec_cp_commit()
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void dec_cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 /* ---- widening: WORDS words of CT elements -> f32 ---- */
@@ -204,6 +237,57 @@ __device__ __forceinline__ void dec_load_keys(const CT *cache, const int64_t *of
                 kr[u][w] = vr[u][w] = 0u;
         }
     }
+}
+
+/* PIPE 2: copy the K and V slices of U keys into ring slot `slot` (this lane's words at
+ * slot[((u * 2 + kv) * 32 + lane) * WORDS]); invalid keys fill zeros. */
+template <typename CT, int U, int WORDS>
+__device__ __forceinline__ void dec_stage_keys(uint32_t *slot, const CT *cache, const int64_t *off, int64_t kv_stride,
+                                               int64_t lane_off, int lane)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const bool ok = off[u] >= 0;
+        const CT *src = ok ? cache + off[u] + lane_off : cache;
+        dec_cp_async<WORDS>(slot + ((u * 2 + 0) * 32 + lane) * WORDS, src, ok);
+        dec_cp_async<WORDS>(slot + ((u * 2 + 1) * 32 + lane) * WORDS, ok ? src + kv_stride : cache, ok);
+    }
+}
+
+/* PIPE 2: this lane's staged words back into registers (its own copies: no barrier). */
+template <int U, int WORDS>
+__device__ __forceinline__ void dec_unstage_keys(const uint32_t *slot, int lane, uint32_t (&kr)[U][WORDS],
+                                                 uint32_t (&vr)[U][WORDS])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const uint32_t *k = slot + ((u * 2 + 0) * 32 + lane) * WORDS, *v = slot + ((u * 2 + 1) * 32 + lane) * WORDS;
+        if (WORDS % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < WORDS / 4; i++) {
+                const uint4 kk = ((const uint4 *)k)[i], vv = ((const uint4 *)v)[i];
+                kr[u][4 * i] = kk.x, kr[u][4 * i + 1] = kk.y, kr[u][4 * i + 2] = kk.z, kr[u][4 * i + 3] = kk.w;
+                vr[u][4 * i] = vv.x, vr[u][4 * i + 1] = vv.y, vr[u][4 * i + 2] = vv.z, vr[u][4 * i + 3] = vv.w;
+            }
+        } else if (WORDS == 2) {
+            const uint2 kk = *(const uint2 *)k, vv = *(const uint2 *)v;
+            kr[u][0] = kk.x, kr[u][1] = kk.y;
+            vr[u][0] = vv.x, vr[u][1] = vv.y;
+        } else {
+            kr[u][0] = k[0];
+            vr[u][0] = v[0];
+        }
+    }
+}
+
+/* PIPE 2 ring depth: as many slots (of DEC_WARPS warps x U keys x K and V x 32 lanes x
+ * WORDS words) as fit beside the epilogue's arrays in 46 KB of static shared memory, at
+ * most 4; below 2 the kernel is not built for the shape (the launch falls back to PIPE 0). */
+__host__ __device__ constexpr int dec_stages(int U, int WORDS, int GM, int D)
+{
+    return (46 * 1024 - DEC_WARPS * GM * (D + 2) * 4) / (DEC_WARPS * U * 2 * 32 * WORDS * 4) >= 4
+               ? 4
+               : (46 * 1024 - DEC_WARPS * GM * (D + 2) * 4) / (DEC_WARPS * U * 2 * 32 * WORDS * 4);
 }
 
 __host__ __device__ constexpr int dec_log2(int x)
@@ -331,17 +415,19 @@ __device__ __forceinline__ void dec_epilogue(const dec_args_t &a, const dec_row_
 /* CTAs per SM the register allocation must leave room for (occupancy is what keeps
  * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
  * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
-template <typename CT, int D, int GM, bool PIPE> constexpr int dec_min_ctas()
+template <typename CT, int D, int GM, int PIPE> constexpr int dec_min_ctas()
 {
-    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE) ? 3 : 4;
+    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE == 1) ? 3 : 4;
 }
 
 /*
  * CT: cache element type; D: head dim; GM: query rows held (>= group, padded rows are
- * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: loads one
- * iteration ahead; SCATTER: dot products summed over the key's lanes by dec_group_sum.
+ * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: 0 loads then
+ * computes, 1 loads one iteration ahead into registers, 2 copies dec_stages() - 1
+ * iterations ahead into shared memory (cp.async; no registers held by loads in flight);
+ * SCATTER: dot products summed over the key's lanes by dec_group_sum.
  */
-template <typename CT, int D, int GM, int VEC, int U, bool PIPE, bool SCATTER>
+template <typename CT, int D, int GM, int VEC, int U, int PIPE, bool SCATTER>
 __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>()) attn_decode_kernel(dec_args_t a)
 {
     constexpr int TPK = D / VEC;                           /* lanes per key */
@@ -352,11 +438,16 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     static_assert(WORDS == 1 || WORDS == 2 || WORDS == 4 || WORDS == 8, "load width");
     __shared__ float red_m[DEC_WARPS][GM], red_l[DEC_WARPS][GM];
     __shared__ float red_acc[DEC_WARPS][GM][D];
+    constexpr int NST = PIPE == 2 ? dec_stages(U, WORDS, GM, D) : 1; /* ring slots */
+    constexpr int SLOT = U * 2 * 32 * WORDS;                         /* words per slot */
+    static_assert(PIPE != 2 || NST >= 2, "ring depth");
+    __shared__ __align__(16) uint32_t ring[PIPE == 2 ? DEC_WARPS * NST * SLOT : 4];
 
     const dec_row_t rw = dec_row(a);
     const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / TPK, part = lane % TPK;
+    uint32_t *const wring = ring + (PIPE == 2 ? warp * NST * SLOT : 0);
     const int G = a.group;
 
     /* the group's query rows, this lane's slice */
@@ -384,21 +475,44 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     const int64_t lane_off = (int64_t)kvh * D + part * VEC; /* within a key's token row */
     const int stride = DEC_WARPS * KPW;
 
-    /* element offsets of this lane's keys (-1: none / bad block); with PIPE the loads of
+    /* element offsets of this lane's keys (-1: none / bad block); with PIPE 1 the loads of
      * iteration i + 1 are issued before iteration i computes (registers double-buffered),
-     * the offsets always run one iteration ahead of the loads */
+     * with PIPE 2 the copies of iteration i + NST - 1; the offsets always run one
+     * iteration ahead of the loads */
     int64_t off[U];
     uint32_t kr[U][WORDS], vr[U][WORDS];
     int base = s0 + warp * KPW;
     dec_offsets<U, R>(a, bt, base, sub, s1, off);
-    if (PIPE) {
+    if (PIPE == 1) {
         dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
         dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
+    }
+    /* PIPE 2: slots 0 .. NST - 2 take iterations 0 .. NST - 2 (empty groups past the row
+     * keep the group count uniform); iteration i reads slot i % NST and refills the slot
+     * read in iteration i - 1 (its registers were consumed then) with iteration i + NST - 1 */
+    int rd = 0, wr = NST - 1;
+    if (PIPE == 2) {
+#pragma unroll
+        for (int st = 0; st < NST - 1; st++) {
+            if (base + st * stride < s1)
+                dec_stage_keys<CT, U, WORDS>(wring + st * SLOT, cache, off, a.kv_stride, lane_off, lane);
+            dec_cp_commit();
+            dec_offsets<U, R>(a, bt, base + (st + 1) * stride, sub, s1, off);
+        }
     }
 
     for (; base < s1; base += stride) {
         uint32_t kn[U][WORDS], vn[U][WORDS];
-        if (PIPE) {
+        if (PIPE == 2) {
+            if (base + (NST - 1) * stride < s1)
+                dec_stage_keys<CT, U, WORDS>(wring + wr * SLOT, cache, off, a.kv_stride, lane_off, lane);
+            dec_cp_commit();
+            dec_offsets<U, R>(a, bt, base + NST * stride, sub, s1, off);
+            dec_cp_wait<NST - 1>();
+            dec_unstage_keys<U, WORDS>(wring + rd * SLOT, lane, kr, vr);
+            rd = rd + 1 == NST ? 0 : rd + 1;
+            wr = wr + 1 == NST ? 0 : wr + 1;
+        } else if (PIPE == 1) {
             dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kn, vn);
             dec_offsets<U, R>(a, bt, base + 2 * stride, sub, s1, off);
         } else {
@@ -480,7 +594,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 for (int e = 0; e < VEC; e++)
                     acc[g][e] = fmaf(s[u][g], vf[e], acc[g][e]);
         }
-        if (PIPE) {
+        if (PIPE == 1) {
 #pragma unroll
             for (int u = 0; u < U; u++)
 #pragma unroll
@@ -490,6 +604,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 }
         }
     }
+
+    if (PIPE == 2)
+        asm volatile("cp.async.wait_all;" ::: "memory"); /* no copy lands after the exit */
 
     /* merge the warp's key groups (same m: it is warp-wide) */
 #pragma unroll
@@ -819,7 +936,7 @@ static int g_l2hint = -1, g_pipe = -1, g_scatter = -1, g_order = -1, g_tc = -1;
 extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores)
 {
     g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
-    g_pipe = pipeline < 0 ? -1 : pipeline > 0;
+    g_pipe = pipeline < 0 ? -1 : pipeline > 2 ? 2 : pipeline;
     g_scatter = scatter < 0 ? -1 : scatter > 0;
     g_order = head_major < 0 ? -1 : head_major > 0;
     g_tc = tensor_cores < 0 ? -1 : tensor_cores > 0;
@@ -839,6 +956,23 @@ static bool dec_switch(int set, const char *name, bool default_on, int *env)
             *env = (e != NULL && strcmp(e, "1") == 0) ? 1 : 0;
     }
     return *env == 1;
+}
+
+/* The loading scheme (dec_args_t.pipe): set by the tuning setter, else env
+ * PD_CUDA_ATTN_PIPE=0/1/2, else 0, what measured best on an H200 (batch 64, 32/8 heads,
+ * d128, block 16; docs/cuda.md) for f16 and fp8 at every context and for f32 from 512
+ * keys (the register look-ahead won only f32 at 256 keys, by a few percent, and the
+ * block tables of a server cover far more keys than that). */
+static int dec_pipe(void)
+{
+    static int env = -2;
+    if (g_pipe >= 0)
+        return g_pipe;
+    if (env == -2) {
+        const char *e = getenv("PD_CUDA_ATTN_PIPE");
+        env = (e != NULL && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') ? e[0] - '0' : -1;
+    }
+    return env >= 0 ? env : 0;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -893,14 +1027,25 @@ static void dec_launch(const dec_args_t &a, dim3 grid, cudaStream_t stream)
     constexpr int VEC = D / VEC0 > 32 ? D / 32 : VEC0;
     constexpr int U0 = 64 / (2 * VEC * EB);
     constexpr int U = U0 < 1 ? 1 : U0 > 16 / GM ? 16 / GM : U0;
-    if (a.pipe && a.scatter)
-        attn_decode_kernel<CT, D, GM, VEC, U, true, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
-    else if (a.pipe)
-        attn_decode_kernel<CT, D, GM, VEC, U, true, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    constexpr int WORDS = VEC * EB / 4;
+    if constexpr (dec_stages(U, WORDS, GM, D) >= 2) {
+        if (a.pipe == 2) {
+            if (a.scatter)
+                attn_decode_kernel<CT, D, GM, VEC, U, 2, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            else
+                attn_decode_kernel<CT, D, GM, VEC, U, 2, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            return;
+        }
+    }
+    /* (a shape without room for the ring runs PIPE 0 when 2 is asked for) */
+    if (a.pipe == 1 && a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, 1, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.pipe == 1)
+        attn_decode_kernel<CT, D, GM, VEC, U, 1, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
     else if (a.scatter)
-        attn_decode_kernel<CT, D, GM, VEC, U, false, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        attn_decode_kernel<CT, D, GM, VEC, U, 0, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
     else
-        attn_decode_kernel<CT, D, GM, VEC, U, false, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        attn_decode_kernel<CT, D, GM, VEC, U, 0, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
 }
 
 template <typename CT, int D>
@@ -963,8 +1108,8 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.v_scale = v_scale;
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
-    static int env_pipe = -1, env_scatter = -1;
-    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", true, &env_pipe);
+    static int env_scatter = -1;
+    a.pipe = dec_pipe();
     a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", true, &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;

@@ -833,10 +833,11 @@ static void dec_case(const dec_case_t *c)
         PD_CHECK_EQ_INT(used_splits, c->splits);
     float *got = dec_run(&pd, T, QW);
     PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
-    /* the tuning variants (l2hint, pipeline, scatter): every kernel variant runs */
+    /* the tuning variants (l2hint, pipeline 0/1/2, scatter, head-major): every kernel
+     * variant runs (pipeline 2 is the cp.async ring; shapes without room for it run 0) */
     char what2[256];
-    static const int tune[4][4] = {{0, 0, 0, 1}, {1, 1, 1, 0}, {0, 1, 0, 1}, {1, 0, 1, 0}};
-    for (int tv = 0; tv < 4; tv++) {
+    static const int tune[6][4] = {{0, 0, 0, 1}, {1, 1, 1, 0}, {0, 1, 0, 1}, {1, 0, 1, 0}, {0, 2, 1, 0}, {1, 2, 0, 1}};
+    for (int tv = 0; tv < 6; tv++) {
         kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2], tune[tv][3], 0);
         float *alt = dec_run(&pd, T, QW);
         snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d head-major %d)", what, tune[tv][0],
