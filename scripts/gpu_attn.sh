@@ -52,7 +52,7 @@ run() {
     grep -E 'check failed|outside tolerance|decode attention cases|PASS|FAIL' "$out/test_cuda_ops.log" | tail -20
     grep -E 'tensor-core decode|PASS|FAIL' "$out/test_attn_tc.log" | tail -4
     echo
-    grep -E '^==|^d2d copy|^summary|^best|^tensor-core|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -24
+    grep -E '^==|^d2d copy|^summary|^best|^check|^tensor-core|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -26
     grep -E '^summary|^  (f32|f16|fp8)' "$out/bench_attn_tc.log" | head -5
     grep '^JSON_ATTN' "$out/bench_attn.log" "$out/bench_attn_tc.log"
     printf '%-20s %-8s %6s\n' step result seconds

@@ -708,8 +708,11 @@ __device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uin
     *lo = *(uint32_t *)&l;
 }
 
+/* 4 CTAs per SM like the SIMT kernel (the split count assumes it: batch 64 x 8 KV heads is
+ * one wave); f16 at head dim 128 would take 156 registers unbounded (3 CTAs per SM, a
+ * second partial wave) and spills 64 bytes at 128 */
 template <typename CT, int D>
-__global__ void __launch_bounds__(DEC_WARPS * 32) attn_decode_tc_kernel(dec_args_t a)
+__global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_args_t a)
 {
     constexpr int KS = D / 16;                   /* k-steps of q.k, dim tiles of p.v */
     constexpr int EB = (int)sizeof(CT);
