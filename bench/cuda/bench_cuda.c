@@ -434,6 +434,7 @@ static int attn_only(bool tc_mode)
         {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0}, /* the reference of the check */
         {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
         {"new-tc-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, 1},
+        {"new-tc-ring", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1}, /* fp8: cp.async ring */
     };
     const att_variant_t *var = tc_mode ? tc_var : all_var;
     const int n_var = tc_mode ? 2 : (int)(sizeof(all_var) / sizeof(all_var[0]));

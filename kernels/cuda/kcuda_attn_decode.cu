@@ -708,10 +708,28 @@ __device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uin
     *lo = *(uint32_t *)&l;
 }
 
+/* Ring depth of the tensor-core kernel's cp.async variant (RING): stages of DEC_WARPS
+ * warps x 32 lanes x (2 K + 4 V chunks) bytes in 48 KB less red_m / red_l, the ring
+ * aliasing red_acc (free once every warp has left its loop); 0 where a lane's K or V
+ * chunk is not a multiple of 16 bytes or fewer than 2 stages fit (fp8 at head dim 128
+ * and f16 at 64 get 2: one iteration ahead). */
+template <typename CT, int D> __host__ __device__ constexpr int dec_tc_stages()
+{
+    return ((D / 4 * (int)sizeof(CT)) % 16 != 0 || (D / 8 * (int)sizeof(CT)) % 16 != 0)
+               ? 0
+               : ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) >= 2
+                      ? ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) > 4
+                             ? 4
+                             : (48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)))
+                      : 0);
+}
+
 /* 4 CTAs per SM like the SIMT kernel (the split count assumes it: batch 64 x 8 KV heads is
  * one wave); f16 at head dim 128 would take 156 registers unbounded (3 CTAs per SM, a
- * second partial wave) and spills 64 bytes at 128 */
-template <typename CT, int D>
+ * second partial wave) and spills 64 bytes at 128.  RING: K and V copied with cp.async
+ * into a per-warp shared-memory ring dec_tc_stages() - 1 iterations ahead (each lane
+ * reads back only its own 16-byte chunks, laid out [stage][chunk][lane]). */
+template <typename CT, int D, bool RING>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_args_t a)
 {
     constexpr int KS = D / 16;                   /* k-steps of q.k, dim tiles of p.v */
@@ -719,13 +737,19 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
     constexpr int KWR = D / 4 * EB / 4;          /* raw words of a lane's K chunk (a key) */
     constexpr int VWR = D / 8 * EB / 4;          /* raw words of a lane's V chunk (a key) */
     constexpr float PS = 1024.0f;                /* p scale before the f16 split */
+    constexpr int NS = RING ? dec_tc_stages<CT, D>() : 1;
+    static_assert(!RING || NS >= 2, "ring depth");
+    constexpr int KC = KWR / 4, VC = VWR / 4, CH = 2 * KC + 4 * VC; /* 16-byte chunks (RING) */
+    constexpr int RED_B = DEC_WARPS * 8 * D * 4, RING_B = RING ? NS * DEC_WARPS * CH * 32 * 16 : 0;
     __shared__ float red_m[DEC_WARPS][8], red_l[DEC_WARPS][8];
-    __shared__ float red_acc[DEC_WARPS][8][D];
+    __shared__ __align__(16) unsigned char tc_smem[RED_B > RING_B ? RED_B : RING_B];
+    float(*red_acc)[8][D] = reinterpret_cast<float(*)[8][D]>(tc_smem);
 
     const dec_row_t rw = dec_row(a);
     const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c = lane & 3;
     const int G = a.group;
+    uint4 *const wring = reinterpret_cast<uint4 *>(tc_smem) + (RING ? warp * NS * CH * 32 : 0);
 
     /* B fragments of q (row r of the group), hi and lo, k-step j: elements 4j .. 4j + 3
      * of the lane's chunk [c D/4, (c + 1) D/4) */
@@ -750,10 +774,68 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
     const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
     const int64_t k_lane = (int64_t)kvh * D + c * (D / 4), v_lane = (int64_t)kvh * D + r * (D / 8);
 
+    /* RING: the copies of the 16 keys at bs into stage st (chunks: K of key bs + r, K of
+     * bs + r + 8, V of keys bs + 2c, 2c + 1, 2c + 8, 2c + 9; zeros past the row or for a
+     * bad block) */
+    auto stage = [&](int bs, int st) {
+        uint4 *slot = wring + st * CH * 32;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int k = bs + r + 8 * h;
+            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
+#pragma unroll
+            for (int j = 0; j < KC; j++)
+                dec_cp_async<4>((uint32_t *)(slot + (h * KC + j) * 32 + lane),
+                                o >= 0 ? (const void *)(cache + o + k_lane + j * (16 / EB)) : (const void *)cache,
+                                o >= 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int k = bs + 2 * c + (i & 1) + (i >> 1) * 8;
+            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+                dec_cp_async<4>((uint32_t *)(slot + (2 * KC + i * VC + j) * 32 + lane),
+                                o >= 0 ? (const void *)(cache + o + a.kv_stride + v_lane + j * (16 / EB))
+                                       : (const void *)cache,
+                                o >= 0);
+        }
+    };
+    int rd = 0, wr = NS - 1;
+    if (RING) {
+#pragma unroll
+        for (int st = 0; st < NS - 1; st++) {
+            if (s0 + warp * 16 + st * DEC_WARPS * 16 < s1)
+                stage(s0 + warp * 16 + st * DEC_WARPS * 16, st);
+            dec_cp_commit();
+        }
+    }
+
     for (int base = s0 + warp * 16; base < s1; base += DEC_WARPS * 16) {
         /* K of keys base + r and base + r + 8; V of keys base + 2c, 2c + 1, 2c + 8, 2c + 9 */
         uint32_t kra[KWR], krb[KWR], vr[4][VWR];
-        {
+        if (RING) {
+            if (base + (NS - 1) * DEC_WARPS * 16 < s1)
+                stage(base + (NS - 1) * DEC_WARPS * 16, wr);
+            dec_cp_commit();
+            dec_cp_wait<NS - 1>();
+            const uint4 *slot = wring + rd * CH * 32;
+#pragma unroll
+            for (int j = 0; j < KC; j++) {
+                const uint4 x = slot[j * 32 + lane], y = slot[(KC + j) * 32 + lane];
+                kra[4 * j] = x.x, kra[4 * j + 1] = x.y, kra[4 * j + 2] = x.z, kra[4 * j + 3] = x.w;
+                krb[4 * j] = y.x, krb[4 * j + 1] = y.y, krb[4 * j + 2] = y.z, krb[4 * j + 3] = y.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < VC; j++) {
+                    const uint4 x = slot[(2 * KC + i * VC + j) * 32 + lane];
+                    vr[i][4 * j] = x.x, vr[i][4 * j + 1] = x.y, vr[i][4 * j + 2] = x.z, vr[i][4 * j + 3] = x.w;
+                }
+            rd = rd + 1 == NS ? 0 : rd + 1;
+            wr = wr + 1 == NS ? 0 : wr + 1;
+        } else {
             const int ka = base + r, kb = base + r + 8;
             const int64_t oa = ka < s1 ? dec_key_off(a, bt, ka) : -1, ob = kb < s1 ? dec_key_off(a, bt, kb) : -1;
 #pragma unroll
@@ -845,6 +927,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
                 dec_mma(acc[i], a0, a1, a2, a3, bl0, bl1);
             }
         }
+    }
+
+    if (RING) { /* red_acc aliases the ring: every warp done with it first */
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        __syncthreads();
     }
 
     /* the warp's rows 2c, 2c + 1: l summed over r; acc is already one value per (dim, row) */
@@ -1079,13 +1166,26 @@ static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t str
         dec_launch_g<CT, 256>(a, grid, stream);
 }
 
+template <typename CT, int D>
+static void dec_launch_tc_d(const dec_args_t &a, dim3 grid, cudaStream_t stream)
+{
+    if constexpr (dec_tc_stages<CT, D>() >= 2) {
+        if (a.pipe == 2) {
+            attn_decode_tc_kernel<CT, D, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            return;
+        }
+    }
+    attn_decode_tc_kernel<CT, D, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+}
+
+/* loading scheme 2 asked for: the ring where it fits (fp8 d128, f16 d64), else plain */
 template <typename CT>
 static void dec_launch_tc(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
 {
     if (D == 64)
-        attn_decode_tc_kernel<CT, 64><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        dec_launch_tc_d<CT, 64>(a, grid, stream);
     else
-        attn_decode_tc_kernel<CT, 128><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        dec_launch_tc_d<CT, 128>(a, grid, stream);
 }
 
 pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,

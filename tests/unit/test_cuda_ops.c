@@ -849,10 +849,11 @@ static void dec_case(const dec_case_t *c)
     /* the experimental tensor-core kernel (f16 / fp8, head dim <= 128; off by default in
      * the engine): only in a run of its own (PD_TEST_ATTN_TC=1), so a fault there cannot
      * take the other tests down */
-    if (dec_tc_run && c->kind != 0 && c->hd <= 128 && c->new_kernel) {
-        kcuda_attn_set_decode_tuning(-1, -1, -1, -1, 1);
+    for (int ring = 0; dec_tc_run && ring < 2 && c->kind != 0 && c->hd <= 128 && c->new_kernel; ring++) {
+        /* plain, then with loading scheme 2 (its cp.async ring where the shape has one) */
+        kcuda_attn_set_decode_tuning(-1, ring ? 2 : -1, -1, -1, 1);
         float *alt = dec_run(&pd, T, QW);
-        snprintf(what2, sizeof(what2), "%s (tensor cores)", what);
+        snprintf(what2, sizeof(what2), "%s (tensor cores%s)", what, ring ? ", loading scheme 2" : "");
         const int bad = cmp(what2, alt, ref, (size_t)(T * QW), 1e-4);
         dec_tc_cases++;
         dec_tc_bad += bad > 0;
