@@ -167,16 +167,18 @@ static bool bench_fill_fp8(void *cache, size_t cb, kcuda_stream_t stream)
 
 /*
  * Time decode attention at batch AB over the contexts of att_ctx, for the f32, f16 and
- * fp8 (e4m3, scales 1) caches and each variant: us[v][ct][ci] per call and gbps (bytes of
- * K and V read per second).  diff (NULL: not checked): per variant, the largest
- * |out - out of variant 0| / max(1, max |out of variant 0|) over the points both ran (the
- * output of the last block set replayed; -1 when never compared, +inf for a NaN in one
- * output only), so a variant that is fast but wrong shows.  Each timed graph replays calls that read disjoint block sets
- * (at least 512 MB between two reads of the same block, so short contexts are not served
- * from L2), block tables a random permutation of the cache.  A failing variant reads 0.
+ * fp8 (e4m3, scales 1) caches from cache type ct0 on (0 f32, 1 f16, 2 fp8) and each
+ * variant: us[v][ct][ci] per call and gbps (bytes of K and V read per second).  Each
+ * timed graph replays calls that read disjoint block sets (at least 512 MB between two
+ * reads of the same block, so short contexts are not served from L2), block tables a
+ * random permutation of the cache.  A failing variant reads 0.  diff (NULL: not checked):
+ * per variant, the largest |out - out of variant 0| / max(1, max |out of variant 0|) over
+ * the points both ran (the output of the last block set replayed; -1 when never compared,
+ * +inf for a NaN in one output only), so a variant that is fast but wrong shows.
  */
 static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_variant_t *var, int n_var, int sm_count,
-                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX], double *diff)
+                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX], double *diff,
+                            int ct0)
 {
     float *ref0 = diff ? malloc(sizeof(float) * AB * n_heads * hd) : NULL;
     float *got = diff ? malloc(sizeof(float) * AB * n_heads * hd) : NULL;
@@ -193,7 +195,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         fprintf(stderr, "bench_cuda: attention: no stream/events\n");
         goto out_stream;
     }
-    for (int ct = 0; ct < 3; ct++) {
+    for (int ct = ct0; ct < 3; ct++) {
         static const kcpu_dtype_t dts[3] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3};
         const size_t eb = ct == 0 ? 4 : ct == 1 ? 2 : 1;
         /* blocks for the largest (sets x batch x blocks per sequence) over the contexts */
@@ -445,7 +447,7 @@ static int attn_only(bool tc_mode)
     DIE_IF(kcuda_device_open(0, name, sizeof(name), &sm) != PD_OK, "no CUDA device");
     DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
     static double diff[ATT_MAXV];
-    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps, diff);
+    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps, diff, 0);
     printf("\n== bench_cuda --attn-only: %s, %d SMs; paged decode attention, 32/8 heads, head dim 128, block %d ==\n",
            name, sm, BS);
     printf("%-44s %12s %14s %8s\n", "what", "measured", "ceiling", "ratio");
@@ -487,7 +489,7 @@ static int attn_only(bool tc_mode)
     if (!tc_mode) {
         fflush(stdout);
         const int n_tail = (int)(sizeof(tail_var) / sizeof(tail_var[0]));
-        bench_attention(32, 8, 128, 64, tail_var, n_tail, sm, us, gbps, diff);
+        bench_attention(32, 8, 128, 64, tail_var, n_tail, sm, us, gbps, diff, 1); /* f16, fp8 */
         printf("tensor-core decode (experimental), %% of copy, ctx");
         for (int ci = 0; ci < ATT_NCTX; ci++)
             printf(" %d", att_ctx[ci]);
@@ -655,7 +657,7 @@ int main(int argc, char **argv)
     static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
     int sm_count = 0;
     DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");
-    bench_attention(c->n_heads, c->n_kv_heads, c->head_dim, 64, avar, 2, sm_count, aus, agbps, NULL);
+    bench_attention(c->n_heads, c->n_kv_heads, c->head_dim, 64, avar, 2, sm_count, aus, agbps, NULL, 0);
     /* the rows and JSON keys of earlier runs: the default (new) kernel at ctx 1k, 2k, 4k */
     const int actx[3] = {1024, 2048, 4096};
     double att_us[3][3], att_gbps[3][3];
