@@ -494,9 +494,9 @@ static int attn_only(bool tc_mode)
         for (int ci = 0; ci < ATT_NCTX; ci++)
             printf(" %d", att_ctx[ci]);
         printf("\n");
-        for (int v = 1; v < n_tail; v++)
+        for (int v = 0; v < n_tail; v++) /* "new" again: the same run's reference */
             for (int ct = 1; ct < 3; ct++) {
-                printf("  %-4s %-10s", att_cache_names[ct], tail_var[v].name);
+                printf("  %-4s %-11s", att_cache_names[ct], tail_var[v].name);
                 for (int ci = 0; ci < ATT_NCTX; ci++)
                     printf(" %5.1f", 100 * gbps[v][ct][ci] / copy_gbps);
                 printf("\n");
