@@ -2,8 +2,9 @@
 # gpu_attn.sh - the decode attention kernel on the GPU machine in one short device call:
 # test_cuda_ops (every op against kcpu, with the decode attention cases) and
 # `bench_cuda --attn-only` (the copy ceiling and the paged decode attention sweep: new
-# kernel with automatic and fixed key splits, with and without the L2 prefetch hint, and
-# the old kernel), from binaries built here (see docs/cuda.md "Running on the GPU machine").
+# kernel with automatic and fixed key splits and its tuning variants, and the old kernel)
+# and `bench_cuda --attn-tc` (the experimental tensor-core decode kernel against the
+# default one), from binaries built here (see docs/cuda.md "Running on the GPU machine").
 #
 #   scripts/gpu_attn.sh stage BUILD_DIR DEST   (here) what scripts/gpu_suite.sh stages, plus
 #        this script
@@ -40,10 +41,20 @@ run() {
     t0=$SECONDS
     (cd "$dir/src" && timeout 240 "$dir/bin/test_cuda_ops") > "$out/test_cuda_ops.log" 2>&1
     rcs+=($?) names+=(test_cuda_ops) secs+=($((SECONDS - t0)))
-    grep -E 'check failed|outside tolerance|decode attention cases|PASS|FAIL' "$out/test_cuda_ops.log" | tail -25
+    # the experimental tensor-core decode kernel, in processes of its own (a fault there
+    # cannot spoil the other results): its test cases, then its timing
+    t0=$SECONDS
+    (cd "$dir/src" && PD_TEST_ATTN_TC=1 timeout 200 "$dir/bin/test_cuda_ops") > "$out/test_attn_tc.log" 2>&1
+    rcs+=($?) names+=(test_attn_tc) secs+=($((SECONDS - t0)))
+    t0=$SECONDS
+    (cd "$dir/src" && timeout 60 "$dir/bin/bench_cuda" --attn-tc) > "$out/bench_attn_tc.log" 2>&1
+    rcs+=($?) names+=(bench_attn_tc) secs+=($((SECONDS - t0)))
+    grep -E 'check failed|outside tolerance|decode attention cases|PASS|FAIL' "$out/test_cuda_ops.log" | tail -20
+    grep -E 'tensor-core decode|PASS|FAIL' "$out/test_attn_tc.log" | tail -4
     echo
-    grep -E '^==|^d2d copy|^summary|^best|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -20
-    grep '^JSON_ATTN' "$out/bench_attn.log"
+    grep -E '^==|^d2d copy|^summary|^best|^check|^tensor-core|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -26
+    grep -E '^summary|^  (f32|f16|fp8)' "$out/bench_attn_tc.log" | head -5
+    grep '^JSON_ATTN' "$out/bench_attn.log" "$out/bench_attn_tc.log"
     printf '%-20s %-8s %6s\n' step result seconds
     for i in "${!names[@]}"; do
         local r=${rcs[$i]} s=PASS

@@ -23,6 +23,8 @@
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
  *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
+ *   bench_cuda --attn-tc     the same sweep for the default decode kernel against the
+ *                            experimental tensor-core one (f16 / fp8 caches)
  */
 #include <math.h>
 #include <stdio.h>
@@ -141,18 +143,52 @@ typedef struct {
     int l2hint; /* -1 = default */
     int pipe;   /* -1 = default */
     int scatter; /* -1 = default */
+    int order;   /* head-major grid, -1 = default */
+    int tc;      /* experimental tensor-core kernel (f16 / fp8), -1 = default */
 } att_variant_t;
+
+/* An fp8 e4m3 cache of cb bytes: random bytes with bit 6 clear (|value| < 2, never the
+ * NaN patterns 0x7f / 0xff, so the outputs can be compared), a 16 MB host pattern
+ * uploaded repeatedly. */
+static bool bench_fill_fp8(void *cache, size_t cb, kcuda_stream_t stream)
+{
+    const size_t chunk = (size_t)16 << 20;
+    uint8_t *h = malloc(chunk);
+    if (h == NULL)
+        return false;
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < chunk; i++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        h[i] = (uint8_t)(r >> 24) & 0xbf;
+    }
+    bool ok = true;
+    for (size_t o = 0; ok && o < cb; o += chunk)
+        ok = kcuda_memcpy_async((char *)cache + o, h, cb - o < chunk ? cb - o : chunk, stream) == PD_OK;
+    ok = ok && kcuda_stream_sync(stream) == PD_OK;
+    free(h);
+    return ok;
+}
 
 /*
  * Time decode attention at batch AB over the contexts of att_ctx, for the f32, f16 and
- * fp8 (e4m3, scales 1) caches and each variant: us[v][ct][ci] per call and gbps (bytes of
- * K and V read per second).  Each timed graph replays calls that read disjoint block sets
- * (at least 512 MB between two reads of the same block, so short contexts are not served
- * from L2), block tables a random permutation of the cache.  A failing variant reads 0.
+ * fp8 (e4m3, scales 1) caches from cache type ct0 on (0 f32, 1 f16, 2 fp8) and each
+ * variant: us[v][ct][ci] per call and gbps (bytes of K and V read per second).  Each
+ * timed graph replays calls that read disjoint block sets (at least 512 MB between two
+ * reads of the same block, so short contexts are not served from L2), block tables a
+ * random permutation of the cache.  A failing variant reads 0.  diff (NULL: not checked):
+ * per variant, the largest |out - out of variant 0| / max(1, max |out of variant 0|) over
+ * the points both ran (the output of the last block set replayed; -1 when never compared,
+ * +inf for a NaN in one output only), so a variant that is fast but wrong shows.
  */
 static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_variant_t *var, int n_var, int sm_count,
-                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX])
+                            double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX], double *diff,
+                            int ct0)
 {
+    float *ref0 = diff ? malloc(sizeof(float) * AB * n_heads * hd) : NULL;
+    float *got = diff ? malloc(sizeof(float) * AB * n_heads * hd) : NULL;
+    if (diff)
+        for (int v = 0; v < n_var; v++)
+            diff[v] = -1;
     const int64_t QW = (int64_t)n_heads * hd, KW = (int64_t)n_kv * hd;
     const double reuse_bytes = 512e6;
     kcuda_stream_t stream = NULL;
@@ -163,7 +199,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         fprintf(stderr, "bench_cuda: attention: no stream/events\n");
         goto out_stream;
     }
-    for (int ct = 0; ct < 3; ct++) {
+    for (int ct = ct0; ct < 3; ct++) {
         static const kcpu_dtype_t dts[3] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3};
         const size_t eb = ct == 0 ? 4 : ct == 1 ? 2 : 1;
         /* blocks for the largest (sets x batch x blocks per sequence) over the contexts */
@@ -193,8 +229,16 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
             fprintf(stderr, "bench_cuda: attention: out of device memory\n");
             goto next_cache;
         }
-        /* never time on zeros; fp8: random f16 bit patterns read as bytes */
-        kcuda_fill_random(cache, ct == 0 ? cb / 4 : cb / 2, ct == 0 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16, 11, 1.0f, stream);
+        /* never time on zeros; fp8: finite random bytes */
+        if (ct == 2) {
+            if (!bench_fill_fp8(cache, cb, stream)) {
+                fprintf(stderr, "bench_cuda: attention: fp8 fill failed\n");
+                goto next_cache;
+            }
+        } else {
+            kcuda_fill_random(cache, ct == 0 ? cb / 4 : cb / 2, ct == 0 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16, 11, 1.0f,
+                              stream);
+        }
         kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, stream);
         uint64_t r = 0x243f6a8885a308d3ull;
         for (int64_t i = 0; i < max_blocks; i++)
@@ -229,6 +273,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                 fprintf(stderr, "bench_cuda: attention: upload failed\n");
                 goto next_cache;
             }
+            bool have_ref = false;
             for (int v = 0; v < n_var; v++) {
                 kcpu_attn_params_t p = {.n_tokens = AB, .q = dq, .q_stride = QW, .out = dout, .out_stride = QW,
                                         .tok_seq = dseq, .tok_pos = dpos, .n_seqs = AB, .block_tables = dbt,
@@ -236,17 +281,21 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                                         .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
                                         .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
                 kcuda_attn_set_decode(var[v].kernel, var[v].splits);
-                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter);
+                kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order, var[v].tc);
                 if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
                     continue;
                 kcuda_graph_t graph = NULL;
-                bool ok = kcuda_capture_begin(stream) == PD_OK;
+                /* one eager call first: kernels load (lazily) outside the capture */
+                bool ok = kcuda_paged_attention(&p, ws, ws_bytes, sm_count, false, NULL, stream) == PD_OK &&
+                          kcuda_stream_sync(stream) == PD_OK;
+                const bool capturing = ok && kcuda_capture_begin(stream) == PD_OK;
+                ok = capturing;
                 for (int k = 0; ok && k < sets; k++) {
                     p.block_tables = (const int32_t *)dbt + (int64_t)k * AB * amb;
                     if (kcuda_paged_attention(&p, ws, ws_bytes, sm_count, false, NULL, stream) != PD_OK)
                         ok = false;
                 }
-                if (kcuda_capture_end(stream, &graph) != PD_OK)
+                if (capturing && kcuda_capture_end(stream, &graph) != PD_OK)
                     ok = false, graph = NULL;
                 if (ok) /* warm-up */
                     ok = kcuda_graph_launch(graph, stream) == PD_OK && kcuda_stream_sync(stream) == PD_OK;
@@ -269,6 +318,28 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                 double per_call = ms * 1e-3 / ((double)reps * sets);
                 us[v][ct][ci] = per_call * 1e6;
                 gbps[v][ct][ci] = bytes / per_call / 1e9;
+                /* the output against variant 0's on the same inputs */
+                const size_t n_out = (size_t)AB * QW;
+                if (diff && (v == 0 || have_ref) &&
+                    kcuda_memcpy_async(v == 0 ? ref0 : got, dout, sizeof(float) * n_out, stream) == PD_OK &&
+                    kcuda_stream_sync(stream) == PD_OK) {
+                    if (v == 0) {
+                        have_ref = true;
+                        continue;
+                    }
+                    double mx = 1.0, worst = 0.0;
+                    for (size_t i = 0; i < n_out; i++)
+                        if (fabs(ref0[i]) > mx)
+                            mx = fabs(ref0[i]);
+                    for (size_t i = 0; i < n_out; i++) {
+                        if (isnan(ref0[i]) && isnan(got[i]))
+                            continue;
+                        const double e = (isnan(ref0[i]) || isnan(got[i])) ? INFINITY : fabs(got[i] - ref0[i]);
+                        worst = e > worst ? e : worst;
+                    }
+                    worst /= mx;
+                    diff[v] = worst > diff[v] ? worst : diff[v];
+                }
             }
         }
     next_cache:
@@ -277,8 +348,10 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         free(seq), free(pos), free(cl), free(bt), free(perm);
     }
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
-    kcuda_attn_set_decode_tuning(-1, -1, -1);
+    kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
 out_stream:
+    free(ref0);
+    free(got);
     if (e0)
         kcuda_event_destroy(e0);
     if (e1)
@@ -341,34 +414,51 @@ static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_
 }
 
 /* --attn-only: the copy ceiling and the decode attention sweep (new kernel with its
- * automatic and fixed split counts, without and with the L2 prefetch hint everywhere,
- * without loading ahead, without the reduce-scatter, and the old kernel),
+ * automatic and fixed split counts, each loading scheme (none, registers one iteration
+ * ahead, the cp.async shared-memory ring), without the reduce-scatter, with a head-major
+ * grid, and the old kernel),
  * Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128), batch 64; under 30 s. */
-static int attn_only(void)
+static int attn_only(bool tc_mode)
 {
-    static const att_variant_t var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},        {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1},
-        {"new-nohint", KCUDA_ATTN_DECODE_NEW, 0, 0, -1, -1},  {"new-hint", KCUDA_ATTN_DECODE_NEW, 0, 1, -1, -1},
-        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1},  {"new-noscat", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, 0},
-        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1},     {"new-s4", KCUDA_ATTN_DECODE_NEW, 4, -1, -1, -1},
-        {"new-s8", KCUDA_ATTN_DECODE_NEW, 8, -1, -1, -1},     {"new-s16", KCUDA_ATTN_DECODE_NEW, 16, -1, -1, -1},
-        {"new-s32", KCUDA_ATTN_DECODE_NEW, 32, -1, -1, -1},   {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1},
+    static const att_variant_t tc_var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0},
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
     };
-    const int n_var = (int)(sizeof(var) / sizeof(var[0]));
+    /* (dropped after the 19:36 run: new-nohint, new-hint (both ~= new), new-s4/s8/s16
+     * (slower than s2), new-noscat (slower), new-hmajor) */
+    static const att_variant_t all_var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},         {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1},   {"new-pipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 1, -1, -1, -1},
+        {"new-async", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, -1},    {"new-async-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, 2, -1, -1, -1},
+        {"new-async-ns", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, 0, -1, -1},  {"new-async-hm", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, 1, -1},
+        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1},      {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1},
+    };
+    /* the experimental tensor-core kernel last, after everything above is printed and
+     * flushed: should it fault, the sweep's results are already out (gpu_attn.sh also
+     * runs it in a process of its own, --attn-tc) */
+    static const att_variant_t tail_var[] = {
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0}, /* the reference of the check */
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
+        {"new-tc-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, 1},
+        {"new-tc-ring", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1}, /* fp8: cp.async ring */
+    };
+    const att_variant_t *var = tc_mode ? tc_var : all_var;
+    const int n_var = tc_mode ? 2 : (int)(sizeof(all_var) / sizeof(all_var[0]));
     static double us[ATT_MAXV][3][ATT_NCTX], gbps[ATT_MAXV][3][ATT_NCTX];
     char name[128] = "";
     int sm = 0;
     double copy_gbps = 0;
     DIE_IF(kcuda_device_open(0, name, sizeof(name), &sm) != PD_OK, "no CUDA device");
     DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
-    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps);
+    static double diff[ATT_MAXV];
+    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps, diff, 0);
     printf("\n== bench_cuda --attn-only: %s, %d SMs; paged decode attention, 32/8 heads, head dim 128, block %d ==\n",
            name, sm, BS);
     printf("%-44s %12s %14s %8s\n", "what", "measured", "ceiling", "ratio");
     printf("%-44s %9.0f GB/s %14s %8s\n", "d2d copy bandwidth (read+write)", copy_gbps, "-", "-");
     print_attention(64, var, n_var, copy_gbps, us, gbps);
     printf("(GB/s = K+V bytes read per second; ceiling = the copy's bytes moved per second)\n");
-    printf("summary new / old, %% of copy, ctx");
+    printf("summary %s / %s, %% of copy, ctx", var[0].name, var[1].name);
     for (int ci = 0; ci < ATT_NCTX; ci++)
         printf(" %d", att_ctx[ci]);
     printf("\n");
@@ -393,9 +483,36 @@ static int attn_only(void)
         }
         printf("\n");
     }
+    printf("check vs %s, max |diff| / max(1, max |out|) (f32 f16 fp8, all contexts):", var[0].name);
+    for (int v = 1; v < n_var; v++)
+        printf(" %s:%.1e", var[v].name, diff[v]);
+    printf("\n");
     printf("JSON_ATTN {\"copy_gbps\":%.1f,", copy_gbps);
     json_attention(var, n_var, gbps);
     printf("}\n");
+    if (!tc_mode) {
+        fflush(stdout);
+        const int n_tail = (int)(sizeof(tail_var) / sizeof(tail_var[0]));
+        bench_attention(32, 8, 128, 64, tail_var, n_tail, sm, us, gbps, diff, 1); /* f16, fp8 */
+        printf("tensor-core decode (experimental), %% of copy, ctx");
+        for (int ci = 0; ci < ATT_NCTX; ci++)
+            printf(" %d", att_ctx[ci]);
+        printf("\n");
+        for (int v = 0; v < n_tail; v++) /* "new" again: the same run's reference */
+            for (int ct = 1; ct < 3; ct++) {
+                printf("  %-4s %-11s", att_cache_names[ct], tail_var[v].name);
+                for (int ci = 0; ci < ATT_NCTX; ci++)
+                    printf(" %5.1f", 100 * gbps[v][ct][ci] / copy_gbps);
+                printf("\n");
+            }
+        printf("tensor-core check vs new, max |diff| / max(1, max |out|):");
+        for (int v = 1; v < n_tail; v++)
+            printf(" %s:%.1e", tail_var[v].name, diff[v]);
+        printf("\n");
+        printf("JSON_ATTN_TC {");
+        json_attention(tail_var, n_tail, gbps);
+        printf("}\n");
+    }
     return 0;
 }
 
@@ -427,18 +544,20 @@ out:
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
         else if (strcmp(argv[i], "--attn-only") == 0)
             attn_only_mode = true;
+        else if (strcmp(argv[i], "--attn-tc") == 0)
+            attn_tc_mode = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
-    if (attn_only_mode)
-        return attn_only();
+    if (attn_only_mode || attn_tc_mode)
+        return attn_only(attn_tc_mode);
 
     /* ---- ceilings ---- */
     double copy_gbps = 0, gemm_sq = 0, gemm_pf = 0;
@@ -615,12 +734,12 @@ int main(int argc, char **argv)
     size_t priv = eng_backend_cuda_private_bytes(be);
 
     /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
-    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1},
-                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1}};
+    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},
+                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1}};
     static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
     int sm_count = 0;
     DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");
-    bench_attention(c->n_heads, c->n_kv_heads, c->head_dim, 64, avar, 2, sm_count, aus, agbps);
+    bench_attention(c->n_heads, c->n_kv_heads, c->head_dim, 64, avar, 2, sm_count, aus, agbps, NULL, 0);
     /* the rows and JSON keys of earlier runs: the default (new) kernel at ctx 1k, 2k, 4k */
     const int actx[3] = {1024, 2048, 4096};
     double att_us[3][3], att_gbps[3][3];

@@ -217,7 +217,7 @@ pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_sc
 /*
  * Pure decode batches (every sequence at most one token: n_tokens <= n_seqs) go to a
  * dedicated decode kernel (kcuda_attn_decode.cu) when the cache is f32, f16 or fp8, the
- * head dim 64, 128 or 256 and the GQA group at most 8; other shapes, prefill and mixed
+ * head dim 16, 32, 64, 128 or 256 and the GQA group at most 8; other shapes, prefill and mixed
  * batches use the kernel above.  The decode kernel is chosen here, process-wide, for
  * A/B runs, tests and benchmarks (not thread-safe: call it while no attention is being
  * launched):
@@ -238,11 +238,19 @@ void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
  *   l2hint    1: loads with an L2 256-byte prefetch hint that skip L1 (default where a
  *             key's head vector is a multiple of 256 bytes, unless env
  *             PD_CUDA_ATTN_L2HINT=0), 0: plain non-coherent loads;
- *   pipeline  1: each warp issues the loads of its next keys before computing the
- *             current ones (default, unless env PD_CUDA_ATTN_PIPE=0), 0: load, then compute;
+ *   pipeline  0: each warp loads its keys, then computes; 1: it issues the loads of its
+ *             next keys (into registers) before computing the current ones; 2: it copies
+ *             up to 3 iterations ahead with cp.async into a shared-memory ring (no
+ *             registers held by loads in flight; shapes without room run 0).  Env
+ *             PD_CUDA_ATTN_PIPE=0/1/2; default 0 (what measured best on an H200);
  *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
- *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value. */
-void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter);
+ *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value;
+ *   head_major 1: CTAs launched KV head fastest (the heads of a token's cache rows read
+ *             together; env PD_CUDA_ATTN_HEAD_MAJOR=1), 0: token fastest (default);
+ *   tensor_cores 1: EXPERIMENTAL, not yet run on a GPU: f16 and fp8 caches with head dims
+ *             up to 128 on mma.m16n8k16 with split-f16 q and p (env PD_CUDA_ATTN_TC=1),
+ *             0: the SIMT kernel (default). */
+void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores);
 /* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);

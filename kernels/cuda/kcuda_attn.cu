@@ -1,6 +1,8 @@
 /*
  * kcuda_attn.cu - paged attention over the block tables for a batch mixing prefill chunks
  * and decode tokens (causal, GQA, sliding window, chunked prefill reading earlier blocks).
+ * Pure decode batches of the shapes it supports go to the dedicated decode kernel
+ * (kcuda_attn_decode.cu; attn_plan decides, PD_CUDA_ATTN_DECODE=old keeps them here).
  *
  * One CTA = (a run of up to QT consecutive tokens, one KV head, one key split).  Its
  * "rows" are (token, query head of the KV head's group): R = tokens x group.  Keys are

@@ -7,16 +7,20 @@
  * group's G query rows live in registers (scaled by softmax scale * k_scale * log2(e), so
  * the softmax runs in base 2), each lane holding the same VEC-element slice of every row.
  * A key's head vector (head_dim elements, contiguous in the paged cache) is read by TPK =
- * head_dim / VEC lanes with one 16-byte (8-byte for fp8 with G > 4) load each, straight
- * from the cache into registers: a warp covers R = 32 / TPK keys per step and U steps per
- * iteration, K and V loads of all of them issued before any arithmetic, and the block ids
- * of the next iteration fetched during this one (memory-level parallelism is the point).
- * Each loaded K element serves every query row of the group; the partial dot products
- * are summed over the TPK lanes by xor shuffles.  Each warp keeps an online softmax (m, l
- * and an f32 accumulator slice) per query row over its keys; f16 and fp8 elements are
- * widened to f32 in registers.  At the end the warps' states are merged through shared
- * memory and either written out (one split) or written as (m, l, acc) to the workspace
- * and merged by a second kernel (flash-decoding).
+ * head_dim / VEC lanes with one load of up to 16 bytes each (VEC shrinks for large groups
+ * so q and the accumulators fit in registers), straight from the cache into registers: a
+ * warp covers R = 32 / TPK keys per step and U steps per iteration, K and V loads of all
+ * of them issued before any arithmetic; with PIPE 1 the next iteration's loads are issued
+ * into spare registers before this one computes, with PIPE 2 cp.async copies run up to 3
+ * iterations ahead into a per-warp shared-memory ring (each lane reads back only its own
+ * bytes), and block ids are looked up one iteration ahead of the loads (memory-level
+ * parallelism is the point).  Each loaded K element serves every query row
+ * of the group; the partial dot products are summed over the TPK lanes by reduce-scatter
+ * and broadcast (SCATTER) or plain xor shuffles.  Each warp keeps an online softmax (m, l
+ * and an f32 accumulator slice) per query row over its keys, rescaled only when the max
+ * grows; f16 and fp8 elements are widened to f32 in registers.  At the end the warps'
+ * states are merged through shared memory and either written out (one split) or written
+ * as (m, l, acc) to the workspace and merged by a second kernel (flash-decoding).
  *
  * Invariants shared with the old kernel and relied on by CUDA graphs: the launch shape
  * depends on n_tokens, n_kv_heads, max_blocks_per_seq * block_size and the SM count only;
@@ -49,8 +53,10 @@ typedef struct {
     float v_scale; /* applied once to the merged accumulator */
     bool causal;
     bool l2hint; /* loads with an L2 256-byte prefetch hint and no L1 allocation */
-    bool pipe;    /* the kernel variant that loads one iteration ahead */
+    int pipe;     /* 0: load then compute; 1: loads one iteration ahead in registers;
+                   * 2: cp.async into a per-warp shared-memory ring, several iterations ahead */
     bool scatter; /* the variant that sums dot products by reduce-scatter */
+    bool head_major; /* grid (KV head, token, split) instead of (token, KV head, split) */
     int window;
     const void *cache;
     int64_t block_elems, layer_off, kv_stride, token_stride, n_blocks;
@@ -102,6 +108,36 @@ template <int WORDS> __device__ __forceinline__ void dec_load(const void *p, uin
         for (int i = 0; i < WORDS / 4; i++)
             ld16((const char *)p + 16 * i, r + 4 * i, hint);
     }
+}
+
+/* ---- asynchronous copies (PIPE 2): WORDS words of the cache into this lane's own slot
+ * of shared memory; an invalid key copies nothing and fills zeros (src-size 0), so a
+ * key past the row or in a bad block reads as zeros exactly as with dec_load_keys ---- */
+
+template <int WORDS> __device__ __forceinline__ void dec_cp_async(uint32_t *dst, const void *src, bool valid)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (WORDS == 1) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
+    } else if (WORDS == 2) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(valid ? 8 : 0) : "memory");
+    } else {
+#pragma unroll
+        for (int i = 0; i < WORDS / 4; i++)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d + 16 * i),
+                         "l"((const char *)src + (valid ? 16 * i : 0)), "r"(valid ? 16 : 0)
+                         : "memory");
+    }
+}
+
+__device__ __forceinline__ void dec_cp_commit()
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void dec_cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 /* ---- widening: WORDS words of CT elements -> f32 ---- */
@@ -203,6 +239,57 @@ __device__ __forceinline__ void dec_load_keys(const CT *cache, const int64_t *of
     }
 }
 
+/* PIPE 2: copy the K and V slices of U keys into ring slot `slot` (this lane's words at
+ * slot[((u * 2 + kv) * 32 + lane) * WORDS]); invalid keys fill zeros. */
+template <typename CT, int U, int WORDS>
+__device__ __forceinline__ void dec_stage_keys(uint32_t *slot, const CT *cache, const int64_t *off, int64_t kv_stride,
+                                               int64_t lane_off, int lane)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const bool ok = off[u] >= 0;
+        const CT *src = ok ? cache + off[u] + lane_off : cache;
+        dec_cp_async<WORDS>(slot + ((u * 2 + 0) * 32 + lane) * WORDS, src, ok);
+        dec_cp_async<WORDS>(slot + ((u * 2 + 1) * 32 + lane) * WORDS, ok ? src + kv_stride : cache, ok);
+    }
+}
+
+/* PIPE 2: this lane's staged words back into registers (its own copies: no barrier). */
+template <int U, int WORDS>
+__device__ __forceinline__ void dec_unstage_keys(const uint32_t *slot, int lane, uint32_t (&kr)[U][WORDS],
+                                                 uint32_t (&vr)[U][WORDS])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const uint32_t *k = slot + ((u * 2 + 0) * 32 + lane) * WORDS, *v = slot + ((u * 2 + 1) * 32 + lane) * WORDS;
+        if (WORDS % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < WORDS / 4; i++) {
+                const uint4 kk = ((const uint4 *)k)[i], vv = ((const uint4 *)v)[i];
+                kr[u][4 * i] = kk.x, kr[u][4 * i + 1] = kk.y, kr[u][4 * i + 2] = kk.z, kr[u][4 * i + 3] = kk.w;
+                vr[u][4 * i] = vv.x, vr[u][4 * i + 1] = vv.y, vr[u][4 * i + 2] = vv.z, vr[u][4 * i + 3] = vv.w;
+            }
+        } else if (WORDS == 2) {
+            const uint2 kk = *(const uint2 *)k, vv = *(const uint2 *)v;
+            kr[u][0] = kk.x, kr[u][1] = kk.y;
+            vr[u][0] = vv.x, vr[u][1] = vv.y;
+        } else {
+            kr[u][0] = k[0];
+            vr[u][0] = v[0];
+        }
+    }
+}
+
+/* PIPE 2 ring depth: as many slots (of DEC_WARPS warps x U keys x K and V x 32 lanes x
+ * WORDS words) as fit beside the epilogue's arrays in 46 KB of static shared memory, at
+ * most 4; below 2 the kernel is not built for the shape (the launch falls back to PIPE 0). */
+__host__ __device__ constexpr int dec_stages(int U, int WORDS, int GM, int D)
+{
+    return (46 * 1024 - DEC_WARPS * GM * (D + 2) * 4) / (DEC_WARPS * U * 2 * 32 * WORDS * 4) >= 4
+               ? 4
+               : (46 * 1024 - DEC_WARPS * GM * (D + 2) * 4) / (DEC_WARPS * U * 2 * 32 * WORDS * 4);
+}
+
 __host__ __device__ constexpr int dec_log2(int x)
 {
     return x <= 1 ? 0 : 1 + dec_log2(x / 2);
@@ -249,20 +336,98 @@ __device__ __forceinline__ void dec_group_sum(float *v, int lane)
         v[k] = r[k];
 }
 
+/* One CTA's token, KV head, split and key slice [s0, s1) (empty for a bad row). */
+typedef struct {
+    int t, kvh, split, seq;
+    bool seq_ok, row_ok;
+    int s0, s1;
+} dec_row_t;
+
+__device__ __forceinline__ dec_row_t dec_row(const dec_args_t &a)
+{
+    dec_row_t rw;
+    /* head-major grids put the KV heads of one token next to each other in launch order */
+    rw.t = a.head_major ? blockIdx.y : blockIdx.x;
+    rw.kvh = a.head_major ? blockIdx.x : blockIdx.y;
+    rw.split = blockIdx.z;
+    rw.seq = a.tok_seq[rw.t];
+    rw.seq_ok = rw.seq >= 0 && rw.seq < a.n_seqs;
+    int ctx = rw.seq_ok ? a.ctx[rw.seq] : 0;
+    const int64_t cap = a.mbps * a.bs;
+    const bool bad_ctx = ctx > cap || ctx < 0;
+    if (bad_ctx)
+        ctx = ctx < 0 ? 0 : (int)cap;
+    const int pos = a.tok_pos[rw.t];
+    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    rw.row_ok = rw.seq_ok && pos >= 0 && hi < ctx;
+    if (threadIdx.x == 0 && a.err && (bad_ctx || !rw.row_ok))
+        atomicOr(a.err, KCUDA_ERR_SEQ);
+    rw.s0 = rw.s1 = 0;
+    if (rw.row_ok && hi >= lo) {
+        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+        rw.s0 = lo + rw.split * chunk;
+        rw.s1 = min(rw.s0 + chunk, hi + 1);
+        if (rw.s1 < rw.s0)
+            rw.s1 = rw.s0;
+    }
+    return rw;
+}
+
+/* Merge the warps' (m, l, acc) (base-2 m) and write the group's rows, or this split's
+ * partial state (natural-log m) for the merge kernel. */
+template <int GM, int D>
+__device__ __forceinline__ void dec_epilogue(const dec_args_t &a, const dec_row_t &rw, float (*red_m)[GM],
+                                             float (*red_l)[GM], float (*red_acc)[GM][D])
+{
+    const int G = a.group;
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        const int g = i / D, d = i % D, h = rw.kvh * G + g;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++)
+            M = fmaxf(M, red_m[w][g]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; w++) {
+                const float wt = exp2f(red_m[w][g] - M);
+                L += wt * red_l[w][g];
+                A += wt * red_acc[w][g][d];
+            }
+        }
+        if (a.n_splits == 1) {
+            if (rw.row_ok)
+                a.out[(int64_t)rw.t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? A * a.v_scale / L : 0.0f;
+        } else {
+            const int64_t row = ((int64_t)rw.t * a.n_heads + h) * a.n_splits + rw.split;
+            a.ws[row * D + d] = A * a.v_scale;
+            if (d == 0) {
+                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
+                ml[row * 2] = M == -INFINITY ? -INFINITY : M * DEC_LN2;
+                ml[row * 2 + 1] = L;
+            }
+        }
+    }
+}
+
 /* CTAs per SM the register allocation must leave room for (occupancy is what keeps
  * enough loads in flight): 5 for f32, 4 for f16 and fp8 (3 with PIPE: 4 spills) for
  * head dims up to 128 and groups up to 4; none for the larger shapes (they would spill). */
-template <typename CT, int D, int GM, bool PIPE> constexpr int dec_min_ctas()
+template <typename CT, int D, int GM, int PIPE> constexpr int dec_min_ctas()
 {
-    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE) ? 3 : 4;
+    return (GM > 4 || D > 128) ? 1 : sizeof(CT) == 4 ? 5 : (sizeof(CT) == 1 && PIPE == 1) ? 3 : 4;
 }
 
 /*
  * CT: cache element type; D: head dim; GM: query rows held (>= group, padded rows are
- * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: loads one
- * iteration ahead; SCATTER: dot products summed over the key's lanes by dec_group_sum.
+ * zeros); VEC: elements per lane per key; U: key steps per iteration; PIPE: 0 loads then
+ * computes, 1 loads one iteration ahead into registers, 2 copies dec_stages() - 1
+ * iterations ahead into shared memory (cp.async; no registers held by loads in flight);
+ * SCATTER: dot products summed over the key's lanes by dec_group_sum.
  */
-template <typename CT, int D, int GM, int VEC, int U, bool PIPE, bool SCATTER>
+template <typename CT, int D, int GM, int VEC, int U, int PIPE, bool SCATTER>
 __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>()) attn_decode_kernel(dec_args_t a)
 {
     constexpr int TPK = D / VEC;                           /* lanes per key */
@@ -273,35 +438,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     static_assert(WORDS == 1 || WORDS == 2 || WORDS == 4 || WORDS == 8, "load width");
     __shared__ float red_m[DEC_WARPS][GM], red_l[DEC_WARPS][GM];
     __shared__ float red_acc[DEC_WARPS][GM][D];
+    constexpr int NST = PIPE == 2 ? dec_stages(U, WORDS, GM, D) : 1; /* ring slots */
+    constexpr int SLOT = U * 2 * 32 * WORDS;                         /* words per slot */
+    static_assert(PIPE != 2 || NST >= 2, "ring depth");
+    __shared__ __align__(16) uint32_t ring[PIPE == 2 ? DEC_WARPS * NST * SLOT : 4];
 
-    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const dec_row_t rw = dec_row(a);
+    const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / TPK, part = lane % TPK;
+    uint32_t *const wring = ring + (PIPE == 2 ? warp * NST * SLOT : 0);
     const int G = a.group;
-
-    /* this token's key range [lo, hi] and this split's slice [s0, s1) */
-    const int seq = a.tok_seq[t];
-    const bool seq_ok = seq >= 0 && seq < a.n_seqs;
-    int ctx = seq_ok ? a.ctx[seq] : 0;
-    const int64_t cap = a.mbps * a.bs;
-    const bool bad_ctx = ctx > cap || ctx < 0;
-    if (bad_ctx)
-        ctx = ctx < 0 ? 0 : (int)cap;
-    const int pos = a.tok_pos[t];
-    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
-    if (lo < 0)
-        lo = 0;
-    const bool row_ok = seq_ok && pos >= 0 && hi < ctx;
-    if (threadIdx.x == 0 && a.err && (bad_ctx || !row_ok))
-        atomicOr(a.err, KCUDA_ERR_SEQ);
-    int s0 = 0, s1 = 0;
-    if (row_ok && hi >= lo) {
-        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
-        s0 = lo + split * chunk;
-        s1 = min(s0 + chunk, hi + 1);
-        if (s1 < s0)
-            s1 = s0;
-    }
 
     /* the group's query rows, this lane's slice */
     float q[GM][VEC];
@@ -324,25 +471,48 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     }
 
     const CT *cache = (const CT *)a.cache;
-    const int32_t *bt = a.bt + (int64_t)(seq_ok ? seq : 0) * a.mbps;
+    const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
     const int64_t lane_off = (int64_t)kvh * D + part * VEC; /* within a key's token row */
     const int stride = DEC_WARPS * KPW;
 
-    /* element offsets of this lane's keys (-1: none / bad block); with PIPE the loads of
+    /* element offsets of this lane's keys (-1: none / bad block); with PIPE 1 the loads of
      * iteration i + 1 are issued before iteration i computes (registers double-buffered),
-     * the offsets always run one iteration ahead of the loads */
+     * with PIPE 2 the copies of iteration i + NST - 1; the offsets always run one
+     * iteration ahead of the loads */
     int64_t off[U];
     uint32_t kr[U][WORDS], vr[U][WORDS];
     int base = s0 + warp * KPW;
     dec_offsets<U, R>(a, bt, base, sub, s1, off);
-    if (PIPE) {
+    if (PIPE == 1) {
         dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kr, vr);
         dec_offsets<U, R>(a, bt, base + stride, sub, s1, off);
+    }
+    /* PIPE 2: slots 0 .. NST - 2 take iterations 0 .. NST - 2 (empty groups past the row
+     * keep the group count uniform); iteration i reads slot i % NST and refills the slot
+     * read in iteration i - 1 (its registers were consumed then) with iteration i + NST - 1 */
+    int rd = 0, wr = NST - 1;
+    if (PIPE == 2) {
+#pragma unroll
+        for (int st = 0; st < NST - 1; st++) {
+            if (base + st * stride < s1)
+                dec_stage_keys<CT, U, WORDS>(wring + st * SLOT, cache, off, a.kv_stride, lane_off, lane);
+            dec_cp_commit();
+            dec_offsets<U, R>(a, bt, base + (st + 1) * stride, sub, s1, off);
+        }
     }
 
     for (; base < s1; base += stride) {
         uint32_t kn[U][WORDS], vn[U][WORDS];
-        if (PIPE) {
+        if (PIPE == 2) {
+            if (base + (NST - 1) * stride < s1)
+                dec_stage_keys<CT, U, WORDS>(wring + wr * SLOT, cache, off, a.kv_stride, lane_off, lane);
+            dec_cp_commit();
+            dec_offsets<U, R>(a, bt, base + NST * stride, sub, s1, off);
+            dec_cp_wait<NST - 1>();
+            dec_unstage_keys<U, WORDS>(wring + rd * SLOT, lane, kr, vr);
+            rd = rd + 1 == NST ? 0 : rd + 1;
+            wr = wr + 1 == NST ? 0 : wr + 1;
+        } else if (PIPE == 1) {
             dec_load_keys<CT, U, WORDS>(cache, off, a.kv_stride, lane_off, a.l2hint, kn, vn);
             dec_offsets<U, R>(a, bt, base + 2 * stride, sub, s1, off);
         } else {
@@ -424,7 +594,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 for (int e = 0; e < VEC; e++)
                     acc[g][e] = fmaf(s[u][g], vf[e], acc[g][e]);
         }
-        if (PIPE) {
+        if (PIPE == 1) {
 #pragma unroll
             for (int u = 0; u < U; u++)
 #pragma unroll
@@ -434,6 +604,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
                 }
         }
     }
+
+    if (PIPE == 2)
+        asm volatile("cp.async.wait_all;" ::: "memory"); /* no copy lands after the exit */
 
     /* merge the warp's key groups (same m: it is warp-wide) */
 #pragma unroll
@@ -461,35 +634,329 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
     }
     __syncthreads();
 
-    /* merge the warps; write the row or this split's partial state */
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-        const int g = i / D, d = i % D, h = kvh * G + g;
-        float M = -INFINITY;
+    dec_epilogue<GM, D>(a, rw, red_m, red_l, red_acc);
+}
+
+/*
+ * ---- experimental: tensor-core decode kernel for f16 / fp8 caches (PD_CUDA_ATTN_TC=1) ----
+ *
+ * Same CTA decomposition and epilogue; a warp takes 16 keys a step and runs q.k and p.v
+ * on mma.m16n8k16 (f16 operands, f32 accumulation) with the group's query rows as the 8
+ * columns (zero-padded).  Lane (r = lane / 4, c = lane % 4):
+ *  - S = K q^T: A = 16 keys x 16 dims, lane loads elements [c D/4, (c + 1) D/4) of keys
+ *    r and r + 8 (one contiguous chunk per key), k-step j using its elements 4j .. 4j + 3
+ *    (the A and B fragments' columns 2c, 2c + 1, 2c + 8, 2c + 9); q is permuted the same
+ *    way and split q = q_hi + q_lo in f16 (two mma per k-step), so the products keep
+ *    about 22 bits: K is exact in f16 for f16 and fp8 caches.  The softmax scale is
+ *    applied to the f32 scores.
+ *  - O^T += V^T P^T: A = 16 dims x 16 keys, where tile t row r is dim r D/8 + 2t and row
+ *    r + 8 is dim r D/8 + 2t + 1, so lane (r, c) loads dims [r D/8, (r + 1) D/8) of keys
+ *    2c, 2c + 1, 2c + 8, 2c + 9 and builds each fragment register with one byte
+ *    permute; P (times 1024, kept out of f16 subnormals) is split hi + lo the same way and
+ *    moved from the score fragment layout to the B layout with shuffles.
+ * Not the default until measured and tested on the GPU; head dims 64 and 128, groups <= 8.
+ */
+__device__ __forceinline__ void dec_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* NW raw words of CT elements -> f16x2 words h (h[k] = elements 2k, 2k + 1). */
+template <typename CT, int NW> struct dec_h2;
+template <int NW> struct dec_h2<__half, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++)
-            M = fmaxf(M, red_m[w][g]);
-        float L = 0.0f, A = 0.0f;
-        if (M != -INFINITY) {
+        for (int i = 0; i < NW; i++)
+            h[i] = r[i];
+    }
+};
+template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
 #pragma unroll
-            for (int w = 0; w < DEC_WARPS; w++) {
-                const float wt = exp2f(red_m[w][g] - M);
-                L += wt * red_l[w][g];
-                A += wt * red_acc[w][g][d];
+        for (int i = 0; i < NW; i++) {
+            __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] & 0xffffu), __NV_E4M3);
+            __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] >> 16), __NV_E4M3);
+            h[2 * i] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
+            h[2 * i + 1] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
+        }
+    }
+};
+template <int NW> struct dec_h2<__nv_fp8_e5m2, NW> {
+    static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
+    {
+#pragma unroll
+        for (int i = 0; i < NW; i++) {
+            h[2 * i] = __byte_perm(r[i], 0u, 0x1404);
+            h[2 * i + 1] = __byte_perm(r[i], 0u, 0x3424);
+        }
+    }
+};
+
+/* x (two floats) as f16x2 hi and the f16x2 of what rounding left over */
+__device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uint32_t *lo)
+{
+    __half2 h = __floats2half2_rn(x0, x1);
+    float2 b = __half22float2(h);
+    __half2 l = __floats2half2_rn(x0 - b.x, x1 - b.y);
+    *hi = *(uint32_t *)&h;
+    *lo = *(uint32_t *)&l;
+}
+
+/* Ring depth of the tensor-core kernel's cp.async variant (RING): stages of DEC_WARPS
+ * warps x 32 lanes x (2 K + 4 V chunks) bytes in 48 KB less red_m / red_l, the ring
+ * aliasing red_acc (free once every warp has left its loop); 0 where a lane's K or V
+ * chunk is not a multiple of 16 bytes or fewer than 2 stages fit (fp8 at head dim 128
+ * and f16 at 64 get 2: one iteration ahead). */
+template <typename CT, int D> __host__ __device__ constexpr int dec_tc_stages()
+{
+    return ((D / 4 * (int)sizeof(CT)) % 16 != 0 || (D / 8 * (int)sizeof(CT)) % 16 != 0)
+               ? 0
+               : ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) >= 2
+                      ? ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) > 4
+                             ? 4
+                             : (48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)))
+                      : 0);
+}
+
+/* 4 CTAs per SM like the SIMT kernel (the split count assumes it: batch 64 x 8 KV heads is
+ * one wave); f16 at head dim 128 would take 156 registers unbounded (3 CTAs per SM, a
+ * second partial wave) and spills 64 bytes at 128.  RING: K and V copied with cp.async
+ * into a per-warp shared-memory ring dec_tc_stages() - 1 iterations ahead (each lane
+ * reads back only its own 16-byte chunks, laid out [stage][chunk][lane]). */
+template <typename CT, int D, bool RING>
+__global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_args_t a)
+{
+    constexpr int KS = D / 16;                   /* k-steps of q.k, dim tiles of p.v */
+    constexpr int EB = (int)sizeof(CT);
+    constexpr int KWR = D / 4 * EB / 4;          /* raw words of a lane's K chunk (a key) */
+    constexpr int VWR = D / 8 * EB / 4;          /* raw words of a lane's V chunk (a key) */
+    constexpr float PS = 1024.0f;                /* p scale before the f16 split */
+    constexpr int NS = RING ? dec_tc_stages<CT, D>() : 1;
+    static_assert(!RING || NS >= 2, "ring depth");
+    constexpr int KC = KWR / 4, VC = VWR / 4, CH = 2 * KC + 4 * VC; /* 16-byte chunks (RING) */
+    constexpr int RED_B = DEC_WARPS * 8 * D * 4, RING_B = RING ? NS * DEC_WARPS * CH * 32 * 16 : 0;
+    __shared__ float red_m[DEC_WARPS][8], red_l[DEC_WARPS][8];
+    __shared__ __align__(16) unsigned char tc_smem[RED_B > RING_B ? RED_B : RING_B];
+    float(*red_acc)[8][D] = reinterpret_cast<float(*)[8][D]>(tc_smem);
+
+    const dec_row_t rw = dec_row(a);
+    const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c = lane & 3;
+    const int G = a.group;
+    uint4 *const wring = reinterpret_cast<uint4 *>(tc_smem) + (RING ? warp * NS * CH * 32 : 0);
+
+    /* B fragments of q (row r of the group), hi and lo, k-step j: elements 4j .. 4j + 3
+     * of the lane's chunk [c D/4, (c + 1) D/4) */
+    uint32_t qh[KS][2], ql[KS][2];
+    {
+        const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)(kvh * G + r) * D + c * (D / 4);
+#pragma unroll
+        for (int j = 0; j < KS; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float x0 = r < G ? qr[4 * j + 2 * e] : 0.0f, x1 = r < G ? qr[4 * j + 2 * e + 1] : 0.0f;
+                dec_split2(x0, x1, &qh[j][e], &ql[j][e]);
+            }
+    }
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}; /* query rows 2c, 2c + 1 */
+    float acc[KS][4];
+#pragma unroll
+    for (int i = 0; i < KS; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+
+    const CT *cache = (const CT *)a.cache;
+    const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
+    const int64_t k_lane = (int64_t)kvh * D + c * (D / 4), v_lane = (int64_t)kvh * D + r * (D / 8);
+
+    /* RING: the copies of the 16 keys at bs into stage st (chunks: K of key bs + r, K of
+     * bs + r + 8, V of keys bs + 2c, 2c + 1, 2c + 8, 2c + 9; zeros past the row or for a
+     * bad block) */
+    auto stage = [&](int bs, int st) {
+        uint4 *slot = wring + st * CH * 32;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int k = bs + r + 8 * h;
+            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
+#pragma unroll
+            for (int j = 0; j < KC; j++)
+                dec_cp_async<4>((uint32_t *)(slot + (h * KC + j) * 32 + lane),
+                                o >= 0 ? (const void *)(cache + o + k_lane + j * (16 / EB)) : (const void *)cache,
+                                o >= 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int k = bs + 2 * c + (i & 1) + (i >> 1) * 8;
+            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
+#pragma unroll
+            for (int j = 0; j < VC; j++)
+                dec_cp_async<4>((uint32_t *)(slot + (2 * KC + i * VC + j) * 32 + lane),
+                                o >= 0 ? (const void *)(cache + o + a.kv_stride + v_lane + j * (16 / EB))
+                                       : (const void *)cache,
+                                o >= 0);
+        }
+    };
+    int rd = 0, wr = NS - 1;
+    if (RING) {
+#pragma unroll
+        for (int st = 0; st < NS - 1; st++) {
+            if (s0 + warp * 16 + st * DEC_WARPS * 16 < s1)
+                stage(s0 + warp * 16 + st * DEC_WARPS * 16, st);
+            dec_cp_commit();
+        }
+    }
+
+    for (int base = s0 + warp * 16; base < s1; base += DEC_WARPS * 16) {
+        /* K of keys base + r and base + r + 8; V of keys base + 2c, 2c + 1, 2c + 8, 2c + 9 */
+        uint32_t kra[KWR], krb[KWR], vr[4][VWR];
+        if (RING) {
+            if (base + (NS - 1) * DEC_WARPS * 16 < s1)
+                stage(base + (NS - 1) * DEC_WARPS * 16, wr);
+            dec_cp_commit();
+            dec_cp_wait<NS - 1>();
+            const uint4 *slot = wring + rd * CH * 32;
+#pragma unroll
+            for (int j = 0; j < KC; j++) {
+                const uint4 x = slot[j * 32 + lane], y = slot[(KC + j) * 32 + lane];
+                kra[4 * j] = x.x, kra[4 * j + 1] = x.y, kra[4 * j + 2] = x.z, kra[4 * j + 3] = x.w;
+                krb[4 * j] = y.x, krb[4 * j + 1] = y.y, krb[4 * j + 2] = y.z, krb[4 * j + 3] = y.w;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < VC; j++) {
+                    const uint4 x = slot[(2 * KC + i * VC + j) * 32 + lane];
+                    vr[i][4 * j] = x.x, vr[i][4 * j + 1] = x.y, vr[i][4 * j + 2] = x.z, vr[i][4 * j + 3] = x.w;
+                }
+            rd = rd + 1 == NS ? 0 : rd + 1;
+            wr = wr + 1 == NS ? 0 : wr + 1;
+        } else {
+            const int ka = base + r, kb = base + r + 8;
+            const int64_t oa = ka < s1 ? dec_key_off(a, bt, ka) : -1, ob = kb < s1 ? dec_key_off(a, bt, kb) : -1;
+#pragma unroll
+            for (int w = 0; w < KWR; w++)
+                kra[w] = krb[w] = 0u;
+            if (oa >= 0)
+                dec_load<KWR>(cache + oa + k_lane, kra, a.l2hint);
+            if (ob >= 0)
+                dec_load<KWR>(cache + ob + k_lane, krb, a.l2hint);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int kv = base + 2 * c + (i & 1) + (i >> 1) * 8;
+                const int64_t ov = kv < s1 ? dec_key_off(a, bt, kv) : -1;
+#pragma unroll
+                for (int w = 0; w < VWR; w++)
+                    vr[i][w] = 0u;
+                if (ov >= 0)
+                    dec_load<VWR>(cache + ov + a.kv_stride + v_lane, vr[i], a.l2hint);
             }
         }
-        if (a.n_splits == 1) {
-            if (row_ok)
-                a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? A * a.v_scale / L : 0.0f;
-        } else {
-            const int64_t row = ((int64_t)t * a.n_heads + h) * a.n_splits + split;
-            a.ws[row * D + d] = A * a.v_scale;
-            if (d == 0) {
-                float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
-                ml[row * 2] = M == -INFINITY ? -INFINITY : M * DEC_LN2;
-                ml[row * 2 + 1] = L;
+        /* scores: sc[0], sc[1] = key base + r, rows 2c, 2c + 1; sc[2], sc[3] = key + 8 */
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        {
+            uint32_t ha[KS * 2], hb[KS * 2];
+            dec_h2<CT, KWR>::run(kra, ha);
+            dec_h2<CT, KWR>::run(krb, hb);
+#pragma unroll
+            for (int j = 0; j < KS; j++) {
+                dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], qh[j][0], qh[j][1]);
+                dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], ql[j][0], ql[j][1]);
+            }
+        }
+        const bool va = base + r < s1, vb = base + r + 8 < s1;
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            sc[e] = (e < 2 ? va : vb) ? sc[e] * a.qscale : -INFINITY;
+        /* online softmax per query row (rows 2c, 2c + 1: shared by the lanes of this c) */
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(sc[e], sc[2 + e]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            if (mx > m[e]) {
+                const float alpha = exp2f(m[e] - mx);
+                m[e] = mx;
+                l[e] *= alpha;
+#pragma unroll
+                for (int i = 0; i < KS; i++) {
+                    acc[i][e] *= alpha;
+                    acc[i][2 + e] *= alpha;
+                }
+            }
+            const float mref = m[e] == -INFINITY ? 0.0f : m[e];
+            pr[e] = exp2f(sc[e] - mref);
+            pr[2 + e] = exp2f(sc[2 + e] - mref);
+            l[e] += pr[e] + pr[2 + e];
+        }
+        /* P^T as the B fragment: lane (n = r, c) needs P[keys 2c, 2c + 1, 2c + 8, 2c + 9][row r];
+         * P[key k][row n] sits in lane (k % 8) * 4 + n / 2, half n % 2, of x (k < 8) or y */
+        uint32_t xh, xl, yh, yl;
+        dec_split2(pr[0] * PS, pr[1] * PS, &xh, &xl);
+        dec_split2(pr[2] * PS, pr[3] * PS, &yh, &yl);
+        const int src0 = (2 * c) * 4 + (r >> 1), src1 = (2 * c + 1) * 4 + (r >> 1);
+        const unsigned sel = (r & 1) ? 0x7632u : 0x5410u;
+        uint32_t bh0, bh1, bl0, bl1;
+        {
+            uint32_t x0 = __shfl_sync(0xffffffffu, xh, src0), x1 = __shfl_sync(0xffffffffu, xh, src1);
+            uint32_t y0 = __shfl_sync(0xffffffffu, yh, src0), y1 = __shfl_sync(0xffffffffu, yh, src1);
+            bh0 = __byte_perm(x0, x1, sel);
+            bh1 = __byte_perm(y0, y1, sel);
+            x0 = __shfl_sync(0xffffffffu, xl, src0), x1 = __shfl_sync(0xffffffffu, xl, src1);
+            y0 = __shfl_sync(0xffffffffu, yl, src0), y1 = __shfl_sync(0xffffffffu, yl, src1);
+            bl0 = __byte_perm(x0, x1, sel);
+            bl1 = __byte_perm(y0, y1, sel);
+        }
+        /* O^T += V^T P^T, dim tile t: rows r / r + 8 are dims r D/8 + 2t / + 1 */
+        {
+            uint32_t hv[4][KS];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                dec_h2<CT, VWR>::run(vr[i], hv[i]);
+#pragma unroll
+            for (int i = 0; i < KS; i++) {
+                const uint32_t a0 = __byte_perm(hv[0][i], hv[1][i], 0x5410), a1 = __byte_perm(hv[0][i], hv[1][i], 0x7632);
+                const uint32_t a2 = __byte_perm(hv[2][i], hv[3][i], 0x5410), a3 = __byte_perm(hv[2][i], hv[3][i], 0x7632);
+                dec_mma(acc[i], a0, a1, a2, a3, bh0, bh1);
+                dec_mma(acc[i], a0, a1, a2, a3, bl0, bl1);
             }
         }
     }
+
+    if (RING) { /* red_acc aliases the ring: every warp done with it first */
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        __syncthreads();
+    }
+
+    /* the warp's rows 2c, 2c + 1: l summed over r; acc is already one value per (dim, row) */
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 4);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 8);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 16);
+    }
+#pragma unroll
+    for (int i = 0; i < KS; i++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i] = acc[i][e] * (1.0f / PS);
+            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i + 1] = acc[i][2 + e] * (1.0f / PS);
+        }
+    if (r == 0) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            red_m[warp][2 * c + e] = m[e];
+            red_l[warp][2 * c + e] = l[e];
+        }
+    }
+    __syncthreads();
+    dec_epilogue<8, D>(a, rw, red_m, red_l, red_acc);
 }
 
 /* out[t, h, :] = the merge of the splits' (m, l, acc); one CTA per (token, head). */
@@ -554,25 +1021,48 @@ int kcuda_attn_decode_forced_splits(void)
     return g_force_splits;
 }
 
-static int g_l2hint = -1, g_pipe = -1, g_scatter = -1;
+static int g_l2hint = -1, g_pipe = -1, g_scatter = -1, g_order = -1, g_tc = -1;
 
-extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter)
+extern "C" void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores)
 {
     g_l2hint = l2hint < 0 ? -1 : l2hint > 0;
-    g_pipe = pipeline < 0 ? -1 : pipeline > 0;
+    g_pipe = pipeline < 0 ? -1 : pipeline > 2 ? 2 : pipeline;
     g_scatter = scatter < 0 ? -1 : scatter > 0;
+    g_order = head_major < 0 ? -1 : head_major > 0;
+    g_tc = tensor_cores < 0 ? -1 : tensor_cores > 0;
 }
 
-/* A switch that is on unless set off above or env `name`=0 (read once into *env). */
-static bool dec_switch(int set, const char *name, int *env)
+/* A switch set above (set >= 0), else env `name` (read once into *env): "0" turns a
+ * default-on switch off, "1" turns a default-off one on. */
+static bool dec_switch(int set, const char *name, bool default_on, int *env)
 {
     if (set >= 0)
         return set == 1;
     if (*env < 0) {
         const char *e = getenv(name);
-        *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+        if (default_on)
+            *env = (e != NULL && strcmp(e, "0") == 0) ? 0 : 1;
+        else
+            *env = (e != NULL && strcmp(e, "1") == 0) ? 1 : 0;
     }
     return *env == 1;
+}
+
+/* The loading scheme (dec_args_t.pipe): set by the tuning setter, else env
+ * PD_CUDA_ATTN_PIPE=0/1/2, else 0, what measured best on an H200 (batch 64, 32/8 heads,
+ * d128, block 16; docs/cuda.md) for f16 and fp8 at every context and for f32 from 512
+ * keys (the register look-ahead won only f32 at 256 keys, by a few percent, and the
+ * block tables of a server cover far more keys than that). */
+static int dec_pipe(void)
+{
+    static int env = -2;
+    if (g_pipe >= 0)
+        return g_pipe;
+    if (env == -2) {
+        const char *e = getenv("PD_CUDA_ATTN_PIPE");
+        env = (e != NULL && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') ? e[0] - '0' : -1;
+    }
+    return env >= 0 ? env : 0;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -582,7 +1072,7 @@ static bool dec_l2hint(size_t row_bytes)
     static int env = -1;
     if (g_l2hint >= 0)
         return g_l2hint == 1;
-    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", &env) && row_bytes % 256 == 0;
+    return dec_switch(-1, "PD_CUDA_ATTN_L2HINT", true, &env) && row_bytes % 256 == 0;
 }
 
 bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
@@ -590,7 +1080,9 @@ bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p)
     const kcpu_dtype_t dt = p->layout->dtype;
     const int G = p->n_heads / p->n_kv_heads;
     return (dt == KCPU_DTYPE_F32 || dt == KCPU_DTYPE_F16 || dt == KCUDA_KV_FP8_E4M3 || dt == KCUDA_KV_FP8_E5M2) &&
-           (p->head_dim == 64 || p->head_dim == 128 || p->head_dim == 256) && G >= 1 && G <= 8 &&
+           (p->head_dim == 16 || p->head_dim == 32 || p->head_dim == 64 || p->head_dim == 128 ||
+            p->head_dim == 256) &&
+           G >= 1 && G <= 8 &&
            ((uintptr_t)p->cache_base & 15) == 0; /* every key row is then 16-byte aligned */
 }
 
@@ -625,14 +1117,25 @@ static void dec_launch(const dec_args_t &a, dim3 grid, cudaStream_t stream)
     constexpr int VEC = D / VEC0 > 32 ? D / 32 : VEC0;
     constexpr int U0 = 64 / (2 * VEC * EB);
     constexpr int U = U0 < 1 ? 1 : U0 > 16 / GM ? 16 / GM : U0;
-    if (a.pipe && a.scatter)
-        attn_decode_kernel<CT, D, GM, VEC, U, true, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
-    else if (a.pipe)
-        attn_decode_kernel<CT, D, GM, VEC, U, true, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    constexpr int WORDS = VEC * EB / 4;
+    if constexpr (dec_stages(U, WORDS, GM, D) >= 2) {
+        if (a.pipe == 2) {
+            if (a.scatter)
+                attn_decode_kernel<CT, D, GM, VEC, U, 2, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            else
+                attn_decode_kernel<CT, D, GM, VEC, U, 2, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            return;
+        }
+    }
+    /* (a shape without room for the ring runs PIPE 0 when 2 is asked for) */
+    if (a.pipe == 1 && a.scatter)
+        attn_decode_kernel<CT, D, GM, VEC, U, 1, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    else if (a.pipe == 1)
+        attn_decode_kernel<CT, D, GM, VEC, U, 1, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
     else if (a.scatter)
-        attn_decode_kernel<CT, D, GM, VEC, U, false, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        attn_decode_kernel<CT, D, GM, VEC, U, 0, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
     else
-        attn_decode_kernel<CT, D, GM, VEC, U, false, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+        attn_decode_kernel<CT, D, GM, VEC, U, 0, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
 }
 
 template <typename CT, int D>
@@ -651,12 +1154,38 @@ static void dec_launch_g(const dec_args_t &a, dim3 grid, cudaStream_t stream)
 template <typename CT>
 static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
 {
-    if (D == 64)
+    if (D == 16)
+        dec_launch_g<CT, 16>(a, grid, stream);
+    else if (D == 32)
+        dec_launch_g<CT, 32>(a, grid, stream);
+    else if (D == 64)
         dec_launch_g<CT, 64>(a, grid, stream);
     else if (D == 128)
         dec_launch_g<CT, 128>(a, grid, stream);
     else
         dec_launch_g<CT, 256>(a, grid, stream);
+}
+
+template <typename CT, int D>
+static void dec_launch_tc_d(const dec_args_t &a, dim3 grid, cudaStream_t stream)
+{
+    if constexpr (dec_tc_stages<CT, D>() >= 2) {
+        if (a.pipe == 2) {
+            attn_decode_tc_kernel<CT, D, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+            return;
+        }
+    }
+    attn_decode_tc_kernel<CT, D, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+}
+
+/* loading scheme 2 asked for: the ring where it fits (fp8 d128, f16 d64), else plain */
+template <typename CT>
+static void dec_launch_tc(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
+{
+    if (D == 64)
+        dec_launch_tc_d<CT, 64>(a, grid, stream);
+    else
+        dec_launch_tc_d<CT, 128>(a, grid, stream);
 }
 
 pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
@@ -682,9 +1211,9 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.v_scale = v_scale;
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
-    static int env_pipe = -1, env_scatter = -1;
-    a.pipe = dec_switch(g_pipe, "PD_CUDA_ATTN_PIPE", &env_pipe);
-    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", &env_scatter);
+    static int env_scatter = -1;
+    a.pipe = dec_pipe();
+    a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", true, &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;
     a.block_elems = (int64_t)(L->block_bytes / L->elem_bytes);
@@ -698,19 +1227,35 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
         a.bs_shift = __builtin_ctz((unsigned)L->block_size);
     a.ws = ws;
     a.err = err;
+    static int env_order = -1;
+    a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", false, &env_order);
+    static int env_tc = -1;
+    const bool tc = L->dtype != KCPU_DTYPE_F32 && (p->head_dim == 64 || p->head_dim == 128) &&
+                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", false, &env_tc);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
+    if (a.head_major)
+        grid = dim3((unsigned)p->n_kv_heads, (unsigned)p->n_tokens, (unsigned)n_splits);
     switch ((int)L->dtype) {
     case KCPU_DTYPE_F32:
         dec_launch_d<float>(a, p->head_dim, grid, stream);
         break;
     case KCPU_DTYPE_F16:
-        dec_launch_d<__half>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__half>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__half>(a, p->head_dim, grid, stream);
         break;
     case (int)KCUDA_KV_FP8_E4M3:
-        dec_launch_d<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__nv_fp8_e4m3>(a, p->head_dim, grid, stream);
         break;
     default:
-        dec_launch_d<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
+        if (tc)
+            dec_launch_tc<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
+        else
+            dec_launch_d<__nv_fp8_e5m2>(a, p->head_dim, grid, stream);
         break;
     }
     {

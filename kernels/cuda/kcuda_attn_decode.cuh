@@ -12,7 +12,7 @@
 #include "kcuda.h"
 
 /* Whether the decode kernel handles this shape and cache dtype (f32, f16, fp8 e4m3/e5m2;
- * head_dim 64, 128 or 256; n_heads / n_kv_heads <= 8).  Needs p valid. */
+ * head_dim 16, 32, 64, 128 or 256; n_heads / n_kv_heads <= 8).  Needs p valid. */
 bool kcuda_attn_decode_ok(const kcpu_attn_params_t *p);
 
 /* Key splits of the decode kernel for this call: a function of n_tokens, n_kv_heads,

@@ -796,6 +796,8 @@ typedef struct {
 } dec_case_t;
 
 static const char *const dec_kind_name[4] = {"f32", "f16", "e4m3", "e5m2"};
+static bool dec_tc_run;              /* PD_TEST_ATTN_TC=1: the tensor-core variant too */
+static int dec_tc_cases, dec_tc_bad; /* its record */
 
 /* A random fp8 byte whose value is finite and at most 8 in magnitude; *val_p its value. */
 static uint8_t fp8_rand_byte(bool e5m2, float *val_p)
@@ -865,31 +867,31 @@ static void dec_case(const dec_case_t *c)
         for (int i = 0; i < mbps; i++)
             bt[s * mbps + i] = i < (ctx[s] + c->bs - 1) / c->bs ? perm[nb++] : perm[irand((int)n_blocks)];
 
-    /* the whole cache random (both layers, K and V, every head); the reference cache is
-     * the same values as f32 (fp8: decoded and scaled as the kernel must) */
+    /* the layer read random (K and V, every head, every block), the other layer NaN (all
+     * bits set: NaN in f32, f16 and both fp8 formats) so reading it shows; the reference
+     * cache is the same values as f32 (fp8: decoded and scaled as the kernel must) */
     const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
-    const int64_t n_elems = (int64_t)(cache_bytes / lay.elem_bytes);
+    const int64_t n_elems = (int64_t)(cache_bytes / lay.elem_bytes), blk = (int64_t)(lay.block_bytes / lay.elem_bytes);
     void *hcache = malloc(cache_bytes);
-    float *ref_cache = NULL;
-    if (c->kind == 0) {
-        for (int64_t i = 0; i < n_elems; i++)
-            ((float *)hcache)[i] = frand();
-    } else if (c->kind == 1) {
-        for (int64_t i = 0; i < n_elems; i++)
-            ((uint16_t *)hcache)[i] = kcpu_f32_to_f16(frand() * 2.0f);
-    } else {
-        ref_cache = malloc((size_t)n_elems * 4);
-        for (int64_t i = 0; i < n_elems; i++) {
-            float f;
-            uint8_t b = fp8_rand_byte(e5m2, &f);
-            int64_t e = i % (int64_t)(lay.block_bytes / lay.elem_bytes);
-            int ly = (int)(e / lay.layer_stride);
-            bool is_v = e % lay.layer_stride >= lay.kv_stride;
-            ((uint8_t *)hcache)[i] = b;
-            ref_cache[i] = f * (is_v ? vs[ly] : ks[ly]);
+    float *ref_cache = fp8 ? malloc((size_t)n_elems * 4) : NULL;
+    memset(hcache, 0xff, cache_bytes);
+    if (fp8)
+        memset(ref_cache, 0xff, (size_t)n_elems * 4);
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int64_t e = 0; e < lay.layer_stride; e++) {
+            const int64_t i = b * blk + (int64_t)layer * lay.layer_stride + e;
+            if (c->kind == 0) {
+                ((float *)hcache)[i] = frand();
+            } else if (c->kind == 1) {
+                ((uint16_t *)hcache)[i] = kcpu_f32_to_f16(frand() * 2.0f);
+            } else {
+                float f;
+                ((uint8_t *)hcache)[i] = fp8_rand_byte(e5m2, &f);
+                ref_cache[i] = f * (e >= lay.kv_stride ? vs[layer] : ks[layer]);
+            }
         }
+    if (fp8)
         PD_CHECK_STATUS(eng_backend_cuda_set_kv_scales(be, L, ks, vs, false), PD_OK);
-    }
 
     /* one token per sequence, in a shuffled order; with c->B >= 3 and an odd len0 one
      * sequence has no token this step */
@@ -937,18 +939,34 @@ static void dec_case(const dec_case_t *c)
         PD_CHECK_EQ_INT(used_splits, c->splits);
     float *got = dec_run(&pd, T, QW);
     PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 1e-4), 0);
-    /* the tuning variants (l2hint, pipeline, scatter): every kernel variant runs */
-    char what2[200];
-    static const int tune[4][3] = {{0, 0, 0}, {1, 1, 1}, {0, 1, 0}, {1, 0, 1}};
-    for (int tv = 0; tv < 4; tv++) {
-        kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2]);
+    /* the tuning variants (l2hint, pipeline 0/1/2, scatter, head-major): every kernel
+     * variant runs (pipeline 2 is the cp.async ring; shapes without room for it run 0) */
+    char what2[256];
+    static const int tune[6][4] = {{0, 0, 0, 1}, {1, 1, 1, 0}, {0, 1, 0, 1}, {1, 0, 1, 0}, {0, 2, 1, 0}, {1, 2, 0, 1}};
+    for (int tv = 0; tv < 6; tv++) {
+        kcuda_attn_set_decode_tuning(tune[tv][0], tune[tv][1], tune[tv][2], tune[tv][3], 0);
         float *alt = dec_run(&pd, T, QW);
-        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d)", what, tune[tv][0], tune[tv][1],
-                 tune[tv][2]);
+        snprintf(what2, sizeof(what2), "%s (l2hint %d pipeline %d scatter %d head-major %d)", what, tune[tv][0],
+                 tune[tv][1], tune[tv][2], tune[tv][3]);
         PD_CHECK_EQ_INT(cmp(what2, alt, ref, (size_t)(T * QW), 1e-4), 0);
         free(alt);
     }
-    kcuda_attn_set_decode_tuning(-1, -1, -1);
+    kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
+    /* the experimental tensor-core kernel (f16 / fp8, head dim <= 128; off by default in
+     * the engine): only in a run of its own (PD_TEST_ATTN_TC=1), so a fault there cannot
+     * take the other tests down */
+    for (int ring = 0; dec_tc_run && ring < 2 && c->kind != 0 && c->hd <= 128 && c->new_kernel; ring++) {
+        /* plain, then with loading scheme 2 (its cp.async ring where the shape has one) */
+        kcuda_attn_set_decode_tuning(-1, ring ? 2 : -1, -1, -1, 1);
+        float *alt = dec_run(&pd, T, QW);
+        snprintf(what2, sizeof(what2), "%s (tensor cores%s)", what, ring ? ", loading scheme 2" : "");
+        const int bad = cmp(what2, alt, ref, (size_t)(T * QW), 1e-4);
+        dec_tc_cases++;
+        dec_tc_bad += bad > 0;
+        PD_CHECK_EQ_INT(bad, 0);
+        free(alt);
+        kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
+    }
 
     /* the old kernel on the same inputs, and the two against each other */
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_OLD, 0);
@@ -1036,8 +1054,20 @@ PD_TEST(test_decode_attention)
         dec_case(&c);
         n += 2, n_new++;
     }
+    /* the tiny test models' head dims, 16 and 32 (groups 2 and 4; 8 with fp8 at 32) */
+    for (int kind = 0; kind < 4; kind++)
+        for (int d = 0; d < 2; d++) {
+            dec_case_t c = {.kind = kind, .n_heads = kind >= 2 && d ? 16 : 4, .n_kv = kind >= 2 && d ? 2 : 2 - d,
+                            .hd = d ? 32 : 16, .bs = d ? 32 : 16, .B = d ? 5 : 3, .splits = kind == 1 ? 2 : 0,
+                            .len0 = irand(8), .new_kernel = true};
+            dec_case(&c);
+            n++, n_new++;
+        }
     printf("  %d decode attention cases (%d on the decode kernel), each against kcpu and the old kernel\n", n,
            n_new);
+    if (dec_tc_run)
+        printf("  experimental tensor-core decode kernel: %d of %d cases outside tolerance\n", dec_tc_bad,
+               dec_tc_cases);
 }
 
 int main(void)
@@ -1051,6 +1081,13 @@ int main(void)
         return 77;
     }
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+    if (getenv("PD_TEST_ATTN_TC") != NULL && strcmp(getenv("PD_TEST_ATTN_TC"), "1") == 0) {
+        /* the decode attention cases alone, with the experimental tensor-core kernel */
+        dec_tc_run = true;
+        PD_RUN(test_decode_attention);
+        ops->shutdown(be);
+        return PD_TEST_REPORT();
+    }
     PD_RUN(test_matmul);
     PD_RUN(test_norms);
     PD_RUN(test_rope);
