@@ -147,6 +147,7 @@ struct eng_engine {
     /* device-side greedy (eng_forward_run_argmax): rows whose samples are all a plain
      * argmax get only the id back; PD_ENGINE_HOST_SAMPLING=1 turns it off (A/B runs) */
     bool device_argmax;
+    bool logits_host_alloc;   /* logits from ops->host_alloc (else malloc) */
     uint8_t *need_row;        /* [max_seqs]: logits row r must come back whole */
     int32_t *argmax_ids;      /* [max_seqs] */
     pd_buf_t delta, text;
@@ -1525,7 +1526,12 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
         e->sampled = malloc(S * sizeof(int32_t));
-        e->logits = malloc(S * (size_t)V * sizeof(float));
+        /* the logits copy-back lands here: pinned memory on CUDA (a DMA copy, about twice
+         * the rate of a pageable one), plain memory elsewhere or when pinning fails */
+        if (e->ops->host_alloc(e->be, S * (size_t)V * sizeof(float), (void **)&e->logits) == PD_OK)
+            e->logits_host_alloc = true;
+        else
+            e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
         e->need_row = malloc(S);
         e->argmax_ids = malloc(S * sizeof(int32_t));
@@ -1610,6 +1616,10 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->swap_src);
     eng_forward_destroy(e->fw);
     eng_sched_destroy(e->sched);
+    if (e->logits_host_alloc) {
+        e->ops->host_free(e->be, e->logits);
+        e->logits = NULL;
+    }
     if (e->be)
         e->ops->shutdown(e->be);
     eng_template_destroy(e->tpl);
