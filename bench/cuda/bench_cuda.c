@@ -174,6 +174,14 @@ int main(int argc, char **argv)
     double fgv[2] = {0};
     for (int i = 0; i < 2; i++)
         DIE_IF(kcuda_bench_gemv_gbps(1, fgv_shape[i][0], fgv_shape[i][1], 50, &fgv[i]) != PD_OK, "gemv failed");
+    /* A/B: the per-layer decode GEMV shapes with weight loads that skip L1 */
+    static const int64_t ngv_shape[4][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+    double ngv[4] = {0};
+    kcuda_gemv_set_noalloc(1);
+    for (int i = 0; i < 4; i++)
+        if (kcuda_bench_gemv_gbps(1, ngv_shape[i][0], ngv_shape[i][1], 50, &ngv[i]) != PD_OK)
+            ngv[i] = 0;
+    kcuda_gemv_set_noalloc(-1);
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -288,6 +296,22 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
     }
     eng_forward_destroy(fw);
+    /* and with both PDL and L1 no_allocate weight loads */
+    double decpn = 0;
+    kcuda_gemv_set_noalloc(1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        decpn = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+    } else {
+        fw = NULL;
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_noalloc(-1);
     kcuda_gemv_set_pdl(-1);
 
     /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
@@ -427,6 +451,12 @@ int main(int argc, char **argv)
                  (long long)fgv_shape[i][1], i == 0 ? "qkv" : "gate|up");
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, fgv[i], copy_gbps, 100 * fgv[i] / copy_gbps);
     }
+    for (int i = 0; i < 4; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld, L1 no_allocate", (long long)ngv_shape[i][0],
+                 (long long)ngv_shape[i][1]);
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, ngv[i], copy_gbps, 100 * ngv[i] / copy_gbps);
+    }
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -472,6 +502,9 @@ int main(int argc, char **argv)
         printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL, dev argmax",
                decp[1] * 1e3, floor_dec * 1e3, 100 * floor_dec / decp[1]);
     }
+    if (decpn > 0)
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1, graph, PDL+no_allocate, dev argmax", decpn * 1e3,
+               floor_dec * 1e3, 100 * floor_dec / decpn);
     printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
            "qkv/gate_up), ratio = fused speed-up)\n",
            n_fused_qkv, n_fused_gu);
@@ -506,9 +539,10 @@ int main(int argc, char **argv)
            att_gbps[1][1], att_gbps[1][2], att_gbps[2][0], att_gbps[2][1], att_gbps[2][2], gv[0], gv[1], gv[2], gv[3], gv[4]);
     printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
            "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
+           "\"graph_decode_b1_pdl_noalloc_argmax_ms\":%.3f,\"gemv_noalloc_m1_gbps\":[%.0f,%.0f,%.0f,%.0f],"
            "\"fused_layers\":[%d,%d]}\n",
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
-           decp[0] * 1e3, decp[1] * 1e3, n_fused_qkv, n_fused_gu);
+           decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

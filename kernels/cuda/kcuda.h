@@ -105,6 +105,9 @@ pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const 
  * env PD_CUDA_GEMV_PDL (default off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
 void kcuda_gemv_set_pdl(int on);
+/* Weight loads that do not allocate in L1 (1) or the plain read-only loads (0); -1 goes
+ * back to env PD_CUDA_GEMV_NOALLOC (default off).  Process-wide, for A/B runs. */
+void kcuda_gemv_set_noalloc(int on);
 
 /* ---- conversions (kcuda_convert.cu) ---- */
 

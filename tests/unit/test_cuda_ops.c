@@ -202,14 +202,16 @@ PD_TEST(test_gemv_pdl)
     /* K = 72: fewer chunks than the prefetched batch; N <= 2048: 4 warps per column */
     static const int64_t shapes[][3] = {{1, 4096, 6144}, {1, 4096, 1024}, {3, 576, 1536}, {8, 72, 258}, {5, 1024, 2049}};
     PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
-    for (int pdl = 1; pdl >= 0; pdl--) {
-        kcuda_gemv_set_pdl(pdl);
+    for (int v = 3; v >= 0; v--) { /* PDL on/off x L1 no_allocate weight loads on/off */
+        kcuda_gemv_set_pdl(v & 1);
+        kcuda_gemv_set_noalloc(v >> 1);
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
-            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], false, 6);
-            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], true, 6);
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], false, 4);
+            gemv_pdl_case(shapes[i][0], shapes[i][1], shapes[i][2], true, 4);
         }
     }
     kcuda_gemv_set_pdl(-1);
+    kcuda_gemv_set_noalloc(-1);
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
