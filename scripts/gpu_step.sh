@@ -41,11 +41,11 @@ step() { # name timeout command...
 }
 
 # limits add up to 590 s (a device call's 600): the bench before the rest
-step test_cuda_ops 80 "$dir/bin/test_cuda_ops"
+step test_cuda_ops 100 "$dir/bin/test_cuda_ops"
 step test_cuda_engine 140 "$dir/bin/test_cuda_engine"
 step bench_cuda 220 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
 # the graphs vs eager test again with the decode GEMVs launched with PDL, weights not in L1
-step test_cuda_engine_pdl 100 env PD_CUDA_GEMV_PDL=1 PD_CUDA_GEMV_NOALLOC=1 "$dir/bin/test_cuda_engine"
+step test_cuda_engine_pdl 80 env PD_CUDA_GEMV_PDL=1 PD_CUDA_GEMV_NOALLOC=1 "$dir/bin/test_cuda_engine"
 step test_cuda_golden 50 "$dir/bin/test_cuda_golden"
 
 echo

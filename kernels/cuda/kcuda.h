@@ -157,6 +157,13 @@ pd_status_t kcuda_scale(const float *x, float s, float *out, int64_t n, kcuda_st
 pd_status_t kcuda_add_bias(float *out, int64_t ld, const float *bias, int64_t T, int64_t N,
                            kcuda_stream_t stream);
 
+/* ---- sampling (kcuda_sample.cu) ---- */
+
+/* kcpu_sample_rows on the device: x [T, n] logits, p [T] params, u [T] uniforms and out
+ * [T] token ids are device pointers.  One CTA per row.  PD_ERR_INVAL on a bad shape. */
+pd_status_t kcuda_sample_rows(const float *x, int64_t T, int64_t n, const kcpu_sample_params_t *p,
+                              const float *u, int32_t *out, kcuda_stream_t stream);
+
 /* ---- softmax / argmax (kcuda_softmax.cu) ---- */
 pd_status_t kcuda_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);
 pd_status_t kcuda_log_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);
