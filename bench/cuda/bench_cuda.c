@@ -12,7 +12,8 @@
  *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
  *             fused ones, the fused GEMV shapes (6144x4096, 28672x4096) alone, and the
  *             graph steps with device-side greedy (only the argmax ids copied back),
- *             and batch 1 with the GEMVs launched with programmatic dependent launch;
+ *             batch 1 with the GEMVs launched with programmatic dependent launch, and
+ *             the device sampling kernel alone (vocab 128256, 1 / 64 / 256 rows);
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone, batch 64, ctx 1k..4k, f32, f16 and fp8 (e4m3, scales
  *             1) caches, vs copy bandwidth (bytes of K and V read), and the time per
@@ -182,6 +183,47 @@ int main(int argc, char **argv)
         if (kcuda_bench_gemv_gbps(1, ngv_shape[i][0], ngv_shape[i][1], 50, &ngv[i]) != PD_OK)
             ngv[i] = 0;
     kcuda_gemv_set_noalloc(-1);
+
+    /* ---- device sampling alone: vocab 128256, rows of 1 / 64 / 256, greedy rows and
+     * rows with temperature + top-k + top-p (the slowest: two 32-pass bisections) ---- */
+    double samp_us[2][3] = {{0}};
+    {
+        const int64_t SV = 128256;
+        const int rows[3] = {1, 64, 256};
+        float *sx = NULL, *su = NULL;
+        kcpu_sample_params_t *sp = NULL;
+        int32_t *so = NULL;
+        kcpu_sample_params_t hp[256];
+        float hu[256];
+        for (int i = 0; i < 256; i++)
+            hu[i] = (float)(i + 1) / 258.0f;
+        if (kcuda_malloc(sizeof(float) * 256 * SV, (void **)&sx) == PD_OK &&
+            kcuda_malloc(sizeof(hp), (void **)&sp) == PD_OK && kcuda_malloc(sizeof(hu), (void **)&su) == PD_OK &&
+            kcuda_malloc(256 * sizeof(int32_t), (void **)&so) == PD_OK &&
+            kcuda_fill_random(sx, (size_t)256 * SV, KCPU_DTYPE_F32, 11, 8.0f, NULL) == PD_OK) {
+            for (int mode = 0; mode < 2; mode++) {
+                for (int i = 0; i < 256; i++)
+                    hp[i] = mode == 0 ? (kcpu_sample_params_t){0.0f, 0, 1.0f, 0.0f}
+                                      : (kcpu_sample_params_t){0.8f, 50, 0.9f, 0.0f};
+                if (kcuda_memcpy_async(sp, hp, sizeof(hp), NULL) != PD_OK ||
+                    kcuda_memcpy_async(su, hu, sizeof(hu), NULL) != PD_OK || kcuda_stream_sync(NULL) != PD_OK)
+                    break;
+                for (int r = 0; r < 3; r++) {
+                    const int it = 20;
+                    kcuda_sample_rows(sx, rows[r], SV, sp, su, so, NULL);
+                    kcuda_stream_sync(NULL);
+                    double t0 = now_s();
+                    for (int i = 0; i < it; i++)
+                        kcuda_sample_rows(sx, rows[r], SV, sp, su, so, NULL);
+                    if (kcuda_stream_sync(NULL) == PD_OK)
+                        samp_us[mode][r] = (now_s() - t0) / it * 1e6;
+                }
+            }
+        } else {
+            fprintf(stderr, "bench_cuda: no device sampling rows\n");
+        }
+        kcuda_free(sx), kcuda_free(sp), kcuda_free(su), kcuda_free(so);
+    }
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -457,6 +499,10 @@ int main(int argc, char **argv)
                  (long long)ngv_shape[i][1]);
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, ngv[i], copy_gbps, 100 * ngv[i] / copy_gbps);
     }
+    for (int mode = 0; mode < 2; mode++)
+        printf("%-44s %7.0f us %7.0f us %7.0f us  (rows 1 / 64 / 256)\n",
+               mode == 0 ? "device sampling V=128256, greedy rows" : "device sampling, T 0.8 top-k 50 top-p 0.9",
+               samp_us[mode][0], samp_us[mode][1], samp_us[mode][2]);
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -540,9 +586,10 @@ int main(int argc, char **argv)
     printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
            "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
            "\"graph_decode_b1_pdl_noalloc_argmax_ms\":%.3f,\"gemv_noalloc_m1_gbps\":[%.0f,%.0f,%.0f,%.0f],"
-           "\"fused_layers\":[%d,%d]}\n",
+           "\"sample_us\":[[%.0f,%.0f,%.0f],[%.0f,%.0f,%.0f]],\"fused_layers\":[%d,%d]}\n",
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
-           decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], n_fused_qkv, n_fused_gu);
+           decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], samp_us[0][0], samp_us[0][1], samp_us[0][2], samp_us[1][0],
+           samp_us[1][1], samp_us[1][2], n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);
