@@ -175,6 +175,8 @@ static void run_ids(eng_engine_t *e, const int32_t *ids, int n_ids, int plp, int
     pthread_mutex_unlock(&w.mu);
 }
 
+static int g_top_k; /* top_k of the seeded requests of run_batch (0: off) */
+
 /* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0 */
 static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens)
 {
@@ -193,6 +195,7 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         p.prompt_logprobs = g_plp[i];
         if (seed >= 0) {
             p.temperature = 0.8f;
+            p.top_k = g_top_k;
             p.has_seed = true;
             p.seed = (uint64_t)seed + (uint64_t)idx[i];
         } else {
@@ -425,6 +428,49 @@ out:
     eng_engine_destroy(e);
     free(dev);
     free(host);
+}
+
+/* Device sampling forced on the CPU backend (PD_ENGINE_DEVICE_SAMPLING=1: the path device
+ * backends take for random rows), temperature 0.8 and top-k 20: seeded requests give the
+ * same tokens alone and in a batch of 32, and other tokens than host sampling (which
+ * draws over the top-k sorted by weight, the device in index order), which shows the
+ * path was taken. */
+PD_TEST(test_device_sampling_reproducible)
+{
+    result_t alone[N_PROMPTS], host[N_PROMPTS], *batch = calloc(32, sizeof(*batch));
+    int idx[32], differ = 0;
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    g_top_k = 20;
+    if (e == NULL || batch == NULL)
+        goto out;
+    for (int p = 0; p < N_PROMPTS; p++)
+        run_batch(e, &p, 1, &host[p], 42, 16);
+    eng_engine_destroy(e);
+    setenv("PD_ENGINE_DEVICE_SAMPLING", "1", 1);
+    e = make_engine(8192, true, 0, false);
+    unsetenv("PD_ENGINE_DEVICE_SAMPLING");
+    if (e == NULL)
+        goto out;
+    for (int p = 0; p < N_PROMPTS; p++) {
+        run_batch(e, &p, 1, &alone[p], 42, 16);
+        PD_CHECK_EQ_INT(alone[p].n, 16);
+        differ += alone[p].n != host[p].n || memcmp(alone[p].ids, host[p].ids, (size_t)host[p].n * sizeof(int32_t)) != 0;
+    }
+    for (int i = 0; i < 32; i++)
+        idx[i] = (i * 3) % N_PROMPTS;
+    run_batch(e, idx, 32, batch, 42, 16);
+    for (int i = 0; i < 32; i++) {
+        const result_t *r = &alone[idx[i]];
+        PD_CHECK(batch[i].n == r->n && memcmp(batch[i].ids, r->ids, (size_t)r->n * sizeof(int32_t)) == 0);
+    }
+    printf("  device sampling: reproducible alone / in a batch; %d of %d prompts differ from host sampling\n", differ,
+           N_PROMPTS);
+    PD_CHECK(differ > 0);
+    check_all_free(e);
+out:
+    g_top_k = 0;
+    eng_engine_destroy(e);
+    free(batch);
 }
 
 static bool g_abort_when_swapped; /* abort_later waits for a swapped-out request */
@@ -849,6 +895,7 @@ int main(void)
     PD_RUN(test_batch_invariance);
     PD_RUN(test_seeded_sampling_reproducible);
     PD_RUN(test_device_greedy_matches_host);
+    PD_RUN(test_device_sampling_reproducible);
     PD_RUN(test_abort_everywhere);
     PD_RUN(test_submit_errors);
     PD_RUN(test_prompt_logprobs);
