@@ -125,26 +125,42 @@ static double time_forward_soft(eng_forward_t *fw, const batch_t *b, float *logi
 
 /* time_forward_soft through device-side greedy: every row argmax-only (need_row all
  * zero), so only B ids come back instead of B x vocab floats. */
+static double time_forward_sampled(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters, bool sample);
+
 static double time_forward_argmax(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
+{
+    return time_forward_sampled(fw, b, logits, warm, iters, false);
+}
+
+/* sample: every row drawn on the device with temperature 0.8, top-k 50, top-p 0.9 */
+static double time_forward_sampled(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters, bool sample)
 {
     eng_fwd_batch_t fb = {b->n_tokens, b->tokens, b->pos, b->seq, b->slots, b->n_seqs, b->tables, b->ctx,
                           b->n_seqs, b->rows};
     uint8_t *need = calloc((size_t)b->n_seqs, 1);
     int32_t *ids = malloc((size_t)b->n_seqs * sizeof(int32_t));
+    kcpu_sample_params_t *sp = malloc((size_t)b->n_seqs * sizeof(*sp));
+    float *u = malloc((size_t)b->n_seqs * sizeof(float));
     double t = 0;
-    if (need == NULL || ids == NULL)
+    if (need == NULL || ids == NULL || sp == NULL || u == NULL)
         goto out;
+    for (int i = 0; i < b->n_seqs; i++) {
+        sp[i] = (kcpu_sample_params_t){0.8f, 50, 0.9f, 0.0f};
+        u[i] = (float)(i % 97) / 97.0f;
+    }
     for (int i = 0; i < warm; i++)
-        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+        if (eng_forward_run_sample(fw, &fb, need, sample ? sp : NULL, u, logits, ids) != PD_OK)
             goto out;
     double t0 = now_s();
     for (int i = 0; i < iters; i++)
-        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+        if (eng_forward_run_sample(fw, &fb, need, sample ? sp : NULL, u, logits, ids) != PD_OK)
             goto out;
     t = (now_s() - t0) / iters;
 out:
     free(need);
     free(ids);
+    free(sp);
+    free(u);
     return t;
 }
 
@@ -288,7 +304,7 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
 
     /* ---- the same decode steps replayed from CUDA graphs ---- */
-    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}; /* full logits back / device argmax */
+    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}, decgs[3] = {0, 0, 0}; /* full logits / argmax / sampled */
     eng_forward_graph_stats_t gst = {0};
     fo.graph_max_bs = B_max;
     fo.graph_max_ctx = 8192;
@@ -307,6 +323,7 @@ int main(int argc, char **argv)
         make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
         decg[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
         decga[i] = time_forward_argmax(fw, &b, logits, 2, quick ? 5 : 20);
+        decgs[i] = time_forward_sampled(fw, &b, logits, 2, quick ? 5 : 20, true);
         free_batch(&b);
     }
     if (fw)
@@ -551,6 +568,14 @@ int main(int argc, char **argv)
     if (decpn > 0)
         printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1, graph, PDL+no_allocate, dev argmax", decpn * 1e3,
                floor_dec * 1e3, 100 * floor_dec / decpn);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decgs[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, device sampling", Bs[i]);
+        printf("%-44s %9.2f ms %8.0f tok/s (%.2fx the full-logits graph step)\n", what, decgs[i] * 1e3,
+               Bs[i] / decgs[i], decg[i] / decgs[i]);
+    }
     printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
            "qkv/gate_up), ratio = fused speed-up)\n",
            n_fused_qkv, n_fused_gu);
@@ -586,10 +611,11 @@ int main(int argc, char **argv)
     printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
            "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
            "\"graph_decode_b1_pdl_noalloc_argmax_ms\":%.3f,\"gemv_noalloc_m1_gbps\":[%.0f,%.0f,%.0f,%.0f],"
-           "\"sample_us\":[[%.0f,%.0f,%.0f],[%.0f,%.0f,%.0f]],\"fused_layers\":[%d,%d]}\n",
+           "\"sample_us\":[[%.0f,%.0f,%.0f],[%.0f,%.0f,%.0f]],\"graph_decode_sampled_ms\":[%.3f,%.3f,%.3f],"
+           "\"fused_layers\":[%d,%d]}\n",
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
            decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], samp_us[0][0], samp_us[0][1], samp_us[0][2], samp_us[1][0],
-           samp_us[1][1], samp_us[1][2], n_fused_qkv, n_fused_gu);
+           samp_us[1][1], samp_us[1][2], decgs[0] * 1e3, decgs[1] * 1e3, decgs[2] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);
