@@ -52,7 +52,7 @@ echo
 echo "== gpu_step: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
 for f in test_cuda_ops test_cuda_engine test_cuda_engine_pdl; do
     echo "-- $f"
-    grep -h -E 'argmax|sampled rows|sample n=|tokens: graphs|gemv pdl|^(ok|FAIL|not ok)|passed, |outside tolerance' "$out/$f.log" 2>/dev/null | head -30
+    grep -h -E 'argmax|sampled rows|sample n=|draws =|tokens: graphs|gemv pdl|^(ok|FAIL|not ok)|passed, |outside tolerance' "$out/$f.log" 2>/dev/null | head -30
 done
 grep -h -E 'passed, ' "$out"/test_cuda_golden.log 2>/dev/null
 sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
