@@ -751,8 +751,9 @@ static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_
 /* Every op from the embedding to fw->logits, reading only the fixed buffers.
  * logit_rows (host) NULL means rows 0 .. n_logits-1 of x, in order (decode): the
  * final norm then reads x directly and the body depends on nothing but T, n_seqs and
- * n_logits (what a CUDA graph needs).  argmax: also the argmax of every logits row
- * into d_argmax (graphs always record it: one read of the logits, a few us). */
+ * n_logits (what a CUDA graph needs).  argmax: also the token of every logits row into
+ * d_argmax, sampled as d_sp / d_u say (greedy rows: the first maximum; graphs always
+ * record it: for greedy rows one read of the logits, a few us). */
 static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows,
                         bool argmax)
 {
