@@ -65,9 +65,21 @@ template <bool NA> __device__ __forceinline__ uint4 ldw(const uint4 *p)
     return __ldg(p);
 }
 
+/* An activation load: through the read-only (non-coherent) path, or (CO) a plain
+ * coherent load.  Under PDL the kernel before this one writes x while this grid is
+ * already resident, which breaks the read-only path's contract (data constant for the
+ * kernel's lifetime), so PDL launches read x with plain loads after the wait. */
+template <bool CO> __device__ __forceinline__ float4 ld_act(const float4 *p)
+{
+    if (CO)
+        return *p;
+    return __ldg(p);
+}
+
 /* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
- * used when there are too few columns to fill the GPU), 8 warps per CTA. */
-template <typename WT, int MT, int KS, bool NA>
+ * used when there are too few columns to fill the GPU), 8 warps per CTA.  NA: weight
+ * loads skip L1; CO: coherent activation loads (the PDL launches). */
+template <typename WT, int MT, int KS, bool NA, bool CO>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
                                                    int64_t N, float *y, int64_t ldy)
 {
@@ -99,7 +111,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
                 for (int m = 0; m < MT; m++) {
                     if (m < M) {
                         const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                        float4 a = __ldg(xr), b = __ldg(xr + 1);
+                        float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
                         acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
                                   wf[6] * b.z + wf[7] * b.w;
                     }
@@ -113,7 +125,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
             for (int m = 0; m < MT; m++) {
                 if (m < M) {
                     const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                    float4 a = __ldg(xr), b = __ldg(xr + 1);
+                    float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
                     acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
                               wf[6] * b.z + wf[7] * b.w;
                 }
@@ -181,12 +193,14 @@ template <typename WT, int MT, int KS>
 static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
                             float *y, int64_t ldy, cudaStream_t s)
 {
-    void (*kern)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t) =
-        use_noalloc() ? gemv_kernel<WT, MT, KS, true> : gemv_kernel<WT, MT, KS, false>;
+    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t);
+    const bool na = use_noalloc();
     if (!use_pdl()) {
+        kern_t kern = na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>;
         kern<<<g, 256, 0, s>>>(x, M, K, ldx, w, N, y, ldy);
         return;
     }
+    kern_t kern = na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
