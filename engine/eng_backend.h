@@ -102,6 +102,10 @@ typedef struct eng_backend_ops {
                                int64_t n);
     /* idx: backend pointer to T int32. */
     pd_status_t (*argmax)(eng_backend_t *be, const float *x, int64_t T, int64_t n, int32_t *idx);
+    /* One token per row of x [T, n] drawn as kcpu_sample_rows does; p [T], u [T] and out
+     * [T] are backend pointers.  Greedy rows (temperature < 1e-5) give the argmax. */
+    pd_status_t (*sample_rows)(eng_backend_t *be, const float *x, int64_t T, int64_t n,
+                               const kcpu_sample_params_t *p, const float *u, int32_t *out);
 
     /* ---- KV cache (layout from kcpu_kv_layout_init; cache_base is a backend pointer) ---- */
     pd_status_t (*kv_write)(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,

@@ -220,6 +220,16 @@ static pd_status_t cpu_argmax(eng_backend_t *be, const float *x, int64_t T, int6
     return PD_OK;
 }
 
+static pd_status_t cpu_sample_rows(eng_backend_t *be, const float *x, int64_t T, int64_t n,
+                                   const kcpu_sample_params_t *p, const float *u, int32_t *out)
+{
+    (void)be;
+    if (T < 0 || n <= 0)
+        return PD_ERR_INVAL;
+    kcpu_sample_rows(x, T, n, p, u, out);
+    return PD_OK;
+}
+
 static pd_status_t cpu_kv_write(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
                                 int layer, const int64_t *slot_mapping, int64_t T, const float *k,
                                 int64_t k_stride, const float *v, int64_t v_stride)
@@ -324,6 +334,7 @@ static const eng_backend_ops_t cpu_ops = {
     .kv_copy_blocks = cpu_kv_copy_blocks,
     .paged_attention = cpu_paged_attention,
     .host_alloc = cpu_host_alloc,
+    .sample_rows = cpu_sample_rows,
     .host_free = cpu_buf_free,
     .kv_swap = cpu_kv_swap,
 };

@@ -470,6 +470,12 @@ static pd_status_t cuda_argmax(eng_backend_t *be, const float *x, int64_t T, int
     return kcuda_argmax(x, T, n, idx, be->stream);
 }
 
+static pd_status_t cuda_sample_rows(eng_backend_t *be, const float *x, int64_t T, int64_t n,
+                                    const kcpu_sample_params_t *p, const float *u, int32_t *out)
+{
+    return kcuda_sample_rows(x, T, n, p, u, out, be->stream);
+}
+
 static bool layout_fp8(const kcpu_kv_layout_t *l)
 {
     return l->dtype == KCUDA_KV_FP8_E4M3 || l->dtype == KCUDA_KV_FP8_E5M2;
@@ -623,6 +629,7 @@ static const eng_backend_ops_t cuda_ops = {
     .kv_copy_blocks = cuda_kv_copy_blocks,
     .paged_attention = cuda_paged_attention,
     .host_alloc = cuda_host_alloc,
+    .sample_rows = cuda_sample_rows,
     .host_free = cuda_host_free,
     .kv_swap = cuda_kv_swap,
 };

@@ -150,7 +150,14 @@ struct eng_engine {
     /* device-side greedy (eng_forward_run_argmax): rows whose samples are all a plain
      * argmax get only the id back; PD_ENGINE_HOST_SAMPLING=1 turns it off (A/B runs) */
     bool device_argmax;
+    /* device sampling of random rows (eng_forward_run_sample): on for device backends,
+     * PD_ENGINE_DEVICE_SAMPLING=1 / 0 forces it on (CPU tests) / off */
+    bool device_sampling;
+    bool logits_host_alloc;   /* logits from ops->host_alloc (else malloc) */
     uint8_t *need_row;        /* [max_seqs]: logits row r must come back whole */
+    uint8_t *row_mode;        /* [max_seqs]: ROW_FULL / ROW_ARGMAX / ROW_SAMPLE */
+    kcpu_sample_params_t *sp; /* [max_seqs]: device sampling params of each row */
+    float *su;                /* [max_seqs]: its uniform, drawn from the request's RNG */
     int32_t *argmax_ids;      /* [max_seqs] */
     pd_buf_t delta, text;
 };
@@ -770,19 +777,38 @@ static void sample_ctx(const eng_engine_t *e, eng_request_t *sreq, eng_sample_ct
     ctx->n_eos = e->n_eos;
 }
 
-/* Whether the logits row of a batch sequence must come back whole: false when no
- * sample reads it (no request state) or every sample is a plain argmax. */
-static bool row_needed(const eng_engine_t *e, const eng_batch_seq_t *bq)
+enum { ROW_FULL = 0, ROW_ARGMAX, ROW_SAMPLE };
+
+/* How the logits row of a batch sequence is used: ROW_ARGMAX when no sample reads it (no
+ * request state) or every sample is a plain argmax; ROW_SAMPLE when its one sample can
+ * be drawn on the backend (then *sp_p and *u_p are set, and the uniform is drawn from
+ * the request's RNG now); else ROW_FULL (the whole row comes back to the host). */
+static int row_mode(const eng_engine_t *e, const eng_batch_seq_t *bq, kcpu_sample_params_t *sp_p, float *u_p)
 {
+    eng_sample_ctx_t ctx;
+    bool argmax = true;
     if (bq->req->user == NULL)
-        return false;
+        return ROW_ARGMAX;
     for (int j = 0; j < bq->n_samples; j++) {
-        eng_sample_ctx_t ctx;
         sample_ctx(e, eng_request_seq(bq->req, j), &ctx);
-        if (!eng_sampler_argmax_only(&ctx))
-            return true;
+        argmax &= eng_sampler_argmax_only(&ctx);
     }
-    return false;
+    if (argmax)
+        return ROW_ARGMAX;
+    if (!e->device_sampling || bq->n_samples != 1)
+        return ROW_FULL;
+    eng_request_t *sreq = eng_request_seq(bq->req, 0);
+    sample_ctx(e, sreq, &ctx);
+    if (!eng_sampler_device_ok(&ctx))
+        return ROW_FULL;
+    const eng_sampling_params_t *p = ctx.params;
+    float u = (float)eng_rng_uniform(&sreq->rng);
+    sp_p->temperature = p->temperature;
+    sp_p->top_k = p->top_k > 0 ? p->top_k : 0;
+    sp_p->top_p = p->top_p;
+    sp_p->min_p = p->min_p;
+    *u_p = u < 1.0f ? u : nextafterf(1.0f, 0.0f); /* the double may round up to 1 */
+    return ROW_SAMPLE;
 }
 
 static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
@@ -837,18 +863,24 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     /* device-side greedy: when some rows only need their argmax, the forward computes
      * it on the backend and copies back the ids and only the other rows */
     const int32_t *ids = NULL;
-    int n_need = n_logits;
+    int n_need = n_logits, n_sample = 0;
     if (e->device_argmax && n_logits > 0) {
+        const kcpu_sample_params_t greedy = {0.0f, 0, 1.0f, 0.0f};
         n_need = 0;
         for (int s = 0; s < b->n_seqs; s++)
             if (e->seq_logit[s] >= 0) {
-                bool need = row_needed(e, &b->seqs[s]);
-                e->need_row[e->seq_logit[s]] = need;
-                n_need += need;
+                int r = e->seq_logit[s];
+                e->sp[r] = greedy;
+                e->su[r] = 0.0f;
+                e->row_mode[r] = (uint8_t)row_mode(e, &b->seqs[s], &e->sp[r], &e->su[r]);
+                e->need_row[r] = e->row_mode[r] == ROW_FULL;
+                n_need += e->row_mode[r] == ROW_FULL;
+                n_sample += e->row_mode[r] == ROW_SAMPLE;
             }
     }
     if (n_need < n_logits) {
-        if ((st = eng_forward_run_argmax(e->fw, &fb, e->need_row, e->logits, e->argmax_ids)) != PD_OK)
+        if ((st = eng_forward_run_sample(e->fw, &fb, e->need_row, n_sample > 0 ? e->sp : NULL, e->su, e->logits,
+                                         e->argmax_ids)) != PD_OK)
             return st;
         ids = e->argmax_ids;
     } else if ((st = eng_forward_run(e->fw, &fb, e->logits)) != PD_OK) {
@@ -877,8 +909,9 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
             memset(&res, 0, sizeof(res));
             res.top = sreq->params.logprobs > 0 ? ss->tops : NULL;
             if (ids != NULL && !e->need_row[e->seq_logit[s]]) {
-                /* the argmax the backend computed (row_needed said every sample of
-                 * this row is one), exactly what eng_sampler_sample would return */
+                /* the token the backend picked: the argmax (row_mode said every sample
+                 * of this row is one, exactly what eng_sampler_sample would return) or
+                 * the device draw with the uniform row_mode took from this RNG */
                 eng_sampler_argmax_result(ids[e->seq_logit[s]], &res);
                 st = PD_OK;
             } else {
@@ -1637,12 +1670,24 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
         e->sampled = malloc(S * sizeof(int32_t));
-        e->logits = malloc(S * (size_t)V * sizeof(float));
+        /* the logits copy-back lands here: pinned memory on CUDA (a DMA copy, about twice
+         * the rate of a pageable one), plain memory elsewhere or when pinning fails */
+        if (e->ops->host_alloc(e->be, S * (size_t)V * sizeof(float), (void **)&e->logits) == PD_OK)
+            e->logits_host_alloc = true;
+        else
+            e->logits = malloc(S * (size_t)V * sizeof(float));
         e->row = malloc((size_t)V * sizeof(float));
         e->need_row = malloc(S);
+        e->row_mode = malloc(S);
+        e->sp = malloc(S * sizeof(*e->sp));
+        e->su = malloc(S * sizeof(float));
         e->argmax_ids = malloc(S * sizeof(int32_t));
         e->device_argmax = getenv("PD_ENGINE_HOST_SAMPLING") == NULL;
-        if (!e->need_row || !e->argmax_ids || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
+        {
+            const char *ds = getenv("PD_ENGINE_DEVICE_SAMPLING");
+            e->device_sampling = e->device_argmax && (ds ? atoi(ds) != 0 : strcmp(e->ops->name, "cpu") != 0);
+        }
+        if (!e->need_row || !e->row_mode || !e->sp || !e->su || !e->argmax_ids || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
             !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
@@ -1722,6 +1767,10 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->swap_src);
     eng_forward_destroy(e->fw);
     eng_sched_destroy(e->sched);
+    if (e->logits_host_alloc) {
+        e->ops->host_free(e->be, e->logits);
+        e->logits = NULL;
+    }
     if (e->be)
         e->ops->shutdown(e->be);
     eng_template_destroy(e->tpl);
@@ -1744,6 +1793,9 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->logits);
     free(e->row);
     free(e->need_row);
+    free(e->row_mode);
+    free(e->sp);
+    free(e->su);
     free(e->argmax_ids);
     free(e->bos_str);
     free(e->eos_str);

@@ -94,7 +94,10 @@ struct eng_forward {
     bool x_final;       /* x holds the last forward's final residual stream */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
-    int32_t *d_argmax;  /* [max_seqs]: argmax of each logits row (device-side greedy) */
+    int32_t *d_argmax;  /* [max_seqs]: the token of each logits row (device-side greedy / sampling) */
+    kcpu_sample_params_t *d_sp, *h_sp; /* [max_seqs]: how each row is sampled (backend, host scratch) */
+    float *d_u, *h_u;   /* [max_seqs]: the uniform of each sampled row */
+    int sp_greedy_rows; /* leading rows of d_sp known to be greedy (no upload needed) */
     int64_t *d_slots;
     int32_t *h_pos2;          /* host scratch for OPT position ids */
 
@@ -657,6 +660,11 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(dev_alloc(fw, (size_t)S * (size_t)opts->max_blocks_per_seq * sizeof(int32_t), (void **)&fw->d_tables));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_ctx));
     TRY(dev_alloc(fw, (size_t)S * sizeof(int32_t), (void **)&fw->d_argmax));
+    TRY(dev_alloc(fw, (size_t)S * sizeof(kcpu_sample_params_t), (void **)&fw->d_sp));
+    TRY(dev_alloc(fw, (size_t)S * sizeof(float), (void **)&fw->d_u));
+    TRY(host_owned(fw, (size_t)S * sizeof(kcpu_sample_params_t), (void **)&fw->h_sp));
+    TRY(host_owned(fw, (size_t)S * sizeof(float), (void **)&fw->h_u));
+    TRY(ops->memset(be, fw->d_u, 0, (size_t)S * sizeof(float)));
     TRY(host_owned(fw, (size_t)T * sizeof(int32_t), (void **)&fw->h_pos2));
     if (opts->graph_max_bs > 0 && strcmp(ops->name, "cuda") == 0 && graph_setup(fw) != PD_OK) {
         /* graphs are an optimisation: without their scratch every step runs eagerly */
@@ -747,8 +755,9 @@ static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_
 /* Every op from the embedding to fw->logits, reading only the fixed buffers.
  * logit_rows (host) NULL means rows 0 .. n_logits-1 of x, in order (decode): the
  * final norm then reads x directly and the body depends on nothing but T, n_seqs and
- * n_logits (what a CUDA graph needs).  argmax: also the argmax of every logits row
- * into d_argmax (graphs always record it: one read of the logits, a few us). */
+ * n_logits (what a CUDA graph needs).  argmax: also the token of every logits row into
+ * d_argmax, sampled as d_sp / d_u say (greedy rows: the first maximum; graphs always
+ * record it: for greedy rows one read of the logits, a few us). */
 static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, const int32_t *logit_rows,
                         bool argmax)
 {
@@ -859,8 +868,28 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     }
     CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
     CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
-    if (argmax)
-        CK(ops->argmax(be, fw->logits, n_logits, V, fw->d_argmax));
+    if (argmax) /* greedy rows: the first maximum; others drawn with their uniform */
+        CK(ops->sample_rows(be, fw->logits, n_logits, V, fw->d_sp, fw->d_u, fw->d_argmax));
+    return PD_OK;
+}
+
+/* How the body samples rows 0 .. rows-1 (outside any graph): params / u of the first
+ * n_logits rows, greedy for the rest (graph padding); params NULL: every row greedy,
+ * uploaded only when d_sp does not hold that already. */
+static pd_status_t upload_sampling(eng_forward_t *fw, int rows, int n_logits, const kcpu_sample_params_t *params,
+                                   const float *u)
+{
+    const kcpu_sample_params_t greedy = {0.0f, 0, 1.0f, 0.0f};
+    if (params == NULL && fw->sp_greedy_rows >= rows)
+        return PD_OK;
+    for (int i = 0; i < rows; i++) {
+        bool given = params != NULL && i < n_logits;
+        fw->h_sp[i] = given ? params[i] : greedy;
+        fw->h_u[i] = given ? u[i] : 0.0f;
+    }
+    CK(fw->ops->memcpy_h2d(fw->be, fw->d_sp, fw->h_sp, (size_t)rows * sizeof(kcpu_sample_params_t)));
+    CK(fw->ops->memcpy_h2d(fw->be, fw->d_u, fw->h_u, (size_t)rows * sizeof(float)));
+    fw->sp_greedy_rows = params == NULL ? rows : 0;
     return PD_OK;
 }
 
@@ -978,7 +1007,7 @@ static pd_status_t graph_selfcheck(eng_forward_t *fw, eng_cuda_graph_t *g, const
 }
 
 static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int idx, const uint8_t *need_row,
-                             float *logits, int32_t *ids)
+                             const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids)
 {
     const int bs = fw->sizes[idx];
     const size_t out_bytes = (size_t)b->n_logits * (size_t)fw->cfg->vocab_size * sizeof(float);
@@ -986,6 +1015,8 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
     pd_status_t st;
 
     CK(upload_padded(fw, b, bs));
+    /* the graph always samples its bs rows (greedy unless params say otherwise) */
+    CK(upload_sampling(fw, bs, b->n_logits, params, u));
     if (g != NULL) {
         CK(eng_backend_cuda_graph_launch(fw->be, g));
         fw->graph_steps++;
@@ -1030,6 +1061,12 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *
 pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
                                    float *logits, int32_t *ids)
 {
+    return eng_forward_run_sample(fw, b, need_row, NULL, NULL, logits, ids);
+}
+
+pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
+                                   const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids)
+{
     const int64_t T = b->n_tokens;
     bool identity;
     int idx;
@@ -1050,7 +1087,7 @@ pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     idx = graph_size_index(fw, b);
 #ifdef PD_HAVE_CUDA
     if (idx >= 0) {
-        pd_status_t st = run_graph(fw, b, idx, need_row, logits, ids);
+        pd_status_t st = run_graph(fw, b, idx, need_row, params, u, logits, ids);
         fw->last_T = st == PD_OK ? fw->sizes[idx] : 0;
         fw->x_final = true;
         return st;
@@ -1059,6 +1096,8 @@ pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     (void)idx;
 #endif
     CK(upload(fw, b->tokens, b->positions, b->tok_seq, b->slots, T, b->block_tables, b->context_lens, b->n_seqs));
+    if (ids != NULL)
+        CK(upload_sampling(fw, b->n_logits, b->n_logits, params, u));
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;

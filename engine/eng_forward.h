@@ -91,6 +91,14 @@ pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *batch, flo
 pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *batch, const uint8_t *need_row,
                                    float *logits, int32_t *ids);
 
+/* eng_forward_run_argmax with device-side sampling: logits row i is sampled on the
+ * backend with params[i] and the uniform u[i] in [0, 1) (kcpu_sample_rows' semantics:
+ * temperature, top-k, min-p, top-p; greedy rows, temperature < 1e-5, give the argmax),
+ * the token into ids[i].  params and u are host arrays of n_logits entries; params NULL
+ * means every row greedy (= eng_forward_run_argmax). */
+pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *batch, const uint8_t *need_row,
+                                   const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids);
+
 /* Logits of more rows of the last eng_forward_run (prompt_logprobs): rows are token
  * indices of that batch, n <= max_seqs per call (call again for more); logits gets
  * n * vocab floats.  Valid until the next eng_forward_run.  PD_ERR_INVAL for bad rows. */

@@ -691,15 +691,26 @@ static int32_t sample_filtered(eng_sampler_t *s, float *x, float temp, const eng
     }
 }
 
-bool eng_sampler_argmax_only(const eng_sample_ctx_t *ctx)
+/* Nothing but the raw logits decides the token: no logprobs and no logits processor. */
+static bool raw_logits_only(const eng_sample_ctx_t *ctx)
 {
     const eng_sampling_params_t *p = ctx->params;
-    /* everything apply_processors() and the logprobs below could do to the pick or
-     * the result; keep in step with them */
+    /* everything apply_processors() and the logprobs in eng_sampler_sample could do to
+     * the pick or the result; keep in step with them */
     bool min_tokens_bans = ctx->n_output < p->min_tokens && (p->n_stop_token_ids > 0 || (!p->ignore_eos && ctx->n_eos > 0));
-    return eng_sampling_params_greedy(p) && p->logprobs < 0 && !(p->best_of > p->n) && p->n_allowed_token_ids == 0 &&
-           p->n_bad_words == 0 && !min_tokens_bans && p->n_logit_bias == 0 && p->repetition_penalty == 1.0f &&
-           p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f;
+    return p->logprobs < 0 && !(p->best_of > p->n) && p->n_allowed_token_ids == 0 && p->n_bad_words == 0 &&
+           !min_tokens_bans && p->n_logit_bias == 0 && p->repetition_penalty == 1.0f && p->frequency_penalty == 0.0f &&
+           p->presence_penalty == 0.0f;
+}
+
+bool eng_sampler_argmax_only(const eng_sample_ctx_t *ctx)
+{
+    return eng_sampling_params_greedy(ctx->params) && raw_logits_only(ctx);
+}
+
+bool eng_sampler_device_ok(const eng_sample_ctx_t *ctx)
+{
+    return !eng_sampling_params_greedy(ctx->params) && raw_logits_only(ctx);
 }
 
 void eng_sampler_argmax_result(int32_t token, eng_sample_result_t *res)

@@ -80,6 +80,12 @@ pd_status_t eng_sampler_logprobs(eng_sampler_t *sampler, const float *logits, in
  * logits) with only the id copied back; eng_sampler_argmax_result then fills the
  * result exactly as eng_sampler_sample would. */
 bool eng_sampler_argmax_only(const eng_sample_ctx_t *ctx);
+/* True when this context's token can be drawn by device sampling (kcpu_sample_rows'
+ * semantics): random (not greedy) with at most temperature, top_k, top_p and min_p
+ * applied to the raw logits, and no logprobs - the same exclusions as
+ * eng_sampler_argmax_only.  The device path draws in index order, so a seed gives other
+ * tokens than eng_sampler_sample (which draws over sorted candidates). */
+bool eng_sampler_device_ok(const eng_sample_ctx_t *ctx);
 void eng_sampler_argmax_result(int32_t token, eng_sample_result_t *res);
 
 struct eng_batch;

@@ -12,7 +12,8 @@
  *             with separate q/k/v and gate/up weights (PD_FORWARD_NO_FUSE=1) beside the
  *             fused ones, the fused GEMV shapes (6144x4096, 28672x4096) alone, and the
  *             graph steps with device-side greedy (only the argmax ids copied back),
- *             and batch 1 with the GEMVs launched with programmatic dependent launch;
+ *             batch 1 with the GEMVs launched with programmatic dependent launch, and
+ *             the device sampling kernel alone (vocab 128256, 1 / 64 / 256 rows);
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone (kcuda_paged_attention replayed from a CUDA graph),
  *             batch 64, ctx 128..4096, f32, f16 and fp8 (e4m3, scales 1) caches, the
@@ -518,26 +519,42 @@ static int attn_only(bool tc_mode)
 
 /* time_forward_soft through device-side greedy: every row argmax-only (need_row all
  * zero), so only B ids come back instead of B x vocab floats. */
+static double time_forward_sampled(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters, bool sample);
+
 static double time_forward_argmax(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters)
+{
+    return time_forward_sampled(fw, b, logits, warm, iters, false);
+}
+
+/* sample: every row drawn on the device with temperature 0.8, top-k 50, top-p 0.9 */
+static double time_forward_sampled(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters, bool sample)
 {
     eng_fwd_batch_t fb = {b->n_tokens, b->tokens, b->pos, b->seq, b->slots, b->n_seqs, b->tables, b->ctx,
                           b->n_seqs, b->rows};
     uint8_t *need = calloc((size_t)b->n_seqs, 1);
     int32_t *ids = malloc((size_t)b->n_seqs * sizeof(int32_t));
+    kcpu_sample_params_t *sp = malloc((size_t)b->n_seqs * sizeof(*sp));
+    float *u = malloc((size_t)b->n_seqs * sizeof(float));
     double t = 0;
-    if (need == NULL || ids == NULL)
+    if (need == NULL || ids == NULL || sp == NULL || u == NULL)
         goto out;
+    for (int i = 0; i < b->n_seqs; i++) {
+        sp[i] = (kcpu_sample_params_t){0.8f, 50, 0.9f, 0.0f};
+        u[i] = (float)(i % 97) / 97.0f;
+    }
     for (int i = 0; i < warm; i++)
-        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+        if (eng_forward_run_sample(fw, &fb, need, sample ? sp : NULL, u, logits, ids) != PD_OK)
             goto out;
     double t0 = now_s();
     for (int i = 0; i < iters; i++)
-        if (eng_forward_run_argmax(fw, &fb, need, logits, ids) != PD_OK)
+        if (eng_forward_run_sample(fw, &fb, need, sample ? sp : NULL, u, logits, ids) != PD_OK)
             goto out;
     t = (now_s() - t0) / iters;
 out:
     free(need);
     free(ids);
+    free(sp);
+    free(u);
     return t;
 }
 
@@ -574,6 +591,55 @@ int main(int argc, char **argv)
     double fgv[2] = {0};
     for (int i = 0; i < 2; i++)
         DIE_IF(kcuda_bench_gemv_gbps(1, fgv_shape[i][0], fgv_shape[i][1], 50, &fgv[i]) != PD_OK, "gemv failed");
+    /* A/B: the per-layer decode GEMV shapes with weight loads that skip L1 */
+    static const int64_t ngv_shape[4][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+    double ngv[4] = {0};
+    kcuda_gemv_set_noalloc(1);
+    for (int i = 0; i < 4; i++)
+        if (kcuda_bench_gemv_gbps(1, ngv_shape[i][0], ngv_shape[i][1], 50, &ngv[i]) != PD_OK)
+            ngv[i] = 0;
+    kcuda_gemv_set_noalloc(-1);
+
+    /* ---- device sampling alone: vocab 128256, rows of 1 / 64 / 256, greedy rows and
+     * rows with temperature + top-k + top-p (the slowest: two 32-pass bisections) ---- */
+    double samp_us[2][3] = {{0}};
+    {
+        const int64_t SV = 128256;
+        const int rows[3] = {1, 64, 256};
+        float *sx = NULL, *su = NULL;
+        kcpu_sample_params_t *sp = NULL;
+        int32_t *so = NULL;
+        kcpu_sample_params_t hp[256];
+        float hu[256];
+        for (int i = 0; i < 256; i++)
+            hu[i] = (float)(i + 1) / 258.0f;
+        if (kcuda_malloc(sizeof(float) * 256 * SV, (void **)&sx) == PD_OK &&
+            kcuda_malloc(sizeof(hp), (void **)&sp) == PD_OK && kcuda_malloc(sizeof(hu), (void **)&su) == PD_OK &&
+            kcuda_malloc(256 * sizeof(int32_t), (void **)&so) == PD_OK &&
+            kcuda_fill_random(sx, (size_t)256 * SV, KCPU_DTYPE_F32, 11, 8.0f, NULL) == PD_OK) {
+            for (int mode = 0; mode < 2; mode++) {
+                for (int i = 0; i < 256; i++)
+                    hp[i] = mode == 0 ? (kcpu_sample_params_t){0.0f, 0, 1.0f, 0.0f}
+                                      : (kcpu_sample_params_t){0.8f, 50, 0.9f, 0.0f};
+                if (kcuda_memcpy_async(sp, hp, sizeof(hp), NULL) != PD_OK ||
+                    kcuda_memcpy_async(su, hu, sizeof(hu), NULL) != PD_OK || kcuda_stream_sync(NULL) != PD_OK)
+                    break;
+                for (int r = 0; r < 3; r++) {
+                    const int it = 20;
+                    kcuda_sample_rows(sx, rows[r], SV, sp, su, so, NULL);
+                    kcuda_stream_sync(NULL);
+                    double t0 = now_s();
+                    for (int i = 0; i < it; i++)
+                        kcuda_sample_rows(sx, rows[r], SV, sp, su, so, NULL);
+                    if (kcuda_stream_sync(NULL) == PD_OK)
+                        samp_us[mode][r] = (now_s() - t0) / it * 1e6;
+                }
+            }
+        } else {
+            fprintf(stderr, "bench_cuda: no device sampling rows\n");
+        }
+        kcuda_free(sx), kcuda_free(sp), kcuda_free(su), kcuda_free(so);
+    }
 
     /* ---- model ---- */
     eng_load_opts_t lo;
@@ -638,7 +704,7 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
 
     /* ---- the same decode steps replayed from CUDA graphs ---- */
-    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}; /* full logits back / device argmax */
+    double decg[3] = {0, 0, 0}, decga[3] = {0, 0, 0}, decgs[3] = {0, 0, 0}; /* full logits / argmax / sampled */
     eng_forward_graph_stats_t gst = {0};
     fo.graph_max_bs = B_max;
     fo.graph_max_ctx = 8192;
@@ -657,6 +723,7 @@ int main(int argc, char **argv)
         make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
         decg[i] = time_forward_soft(fw, &b, logits, 3, quick ? 5 : 20);
         decga[i] = time_forward_argmax(fw, &b, logits, 2, quick ? 5 : 20);
+        decgs[i] = time_forward_sampled(fw, &b, logits, 2, quick ? 5 : 20, true);
         free_batch(&b);
     }
     if (fw)
@@ -688,6 +755,22 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
     }
     eng_forward_destroy(fw);
+    /* and with both PDL and L1 no_allocate weight loads */
+    double decpn = 0;
+    kcuda_gemv_set_noalloc(1);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        decpn = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+    } else {
+        fw = NULL;
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_noalloc(-1);
     kcuda_gemv_set_pdl(-1);
 
     /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
@@ -769,6 +852,16 @@ int main(int argc, char **argv)
                  (long long)fgv_shape[i][1], i == 0 ? "qkv" : "gate|up");
         printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, fgv[i], copy_gbps, 100 * fgv[i] / copy_gbps);
     }
+    for (int i = 0; i < 4; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV bf16 M=1 N=%lld K=%lld, L1 no_allocate", (long long)ngv_shape[i][0],
+                 (long long)ngv_shape[i][1]);
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%\n", what, ngv[i], copy_gbps, 100 * ngv[i] / copy_gbps);
+    }
+    for (int mode = 0; mode < 2; mode++)
+        printf("%-44s %7.0f us %7.0f us %7.0f us  (rows 1 / 64 / 256)\n",
+               mode == 0 ? "device sampling V=128256, greedy rows" : "device sampling, T 0.8 top-k 50 top-p 0.9",
+               samp_us[mode][0], samp_us[mode][1], samp_us[mode][2]);
     printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1 ctx 1024 (floor: weights)", dec[0] * 1e3,
            floor_dec * 1e3, 100 * floor_dec / dec[0]);
     if (dec[1] > 0)
@@ -814,6 +907,17 @@ int main(int argc, char **argv)
         printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode step batch 1, graph, GEMV PDL, dev argmax",
                decp[1] * 1e3, floor_dec * 1e3, 100 * floor_dec / decp[1]);
     }
+    if (decpn > 0)
+        printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1, graph, PDL+no_allocate, dev argmax", decpn * 1e3,
+               floor_dec * 1e3, 100 * floor_dec / decpn);
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (decgs[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode step batch %d, graph, device sampling", Bs[i]);
+        printf("%-44s %9.2f ms %8.0f tok/s (%.2fx the full-logits graph step)\n", what, decgs[i] * 1e3,
+               Bs[i] / decgs[i], decg[i] / decgs[i]);
+    }
     printf("(unfused rows: A/B with PD_FORWARD_NO_FUSE=1; ceiling column = the fused graph step (%d/%d layers fused "
            "qkv/gate_up), ratio = fused speed-up)\n",
            n_fused_qkv, n_fused_gu);
@@ -851,9 +955,12 @@ int main(int argc, char **argv)
     printf("}\n");
     printf("JSON_STEP {\"gemv_fused_m1_gbps\":[%.0f,%.0f],\"graph_decode_unfused_ms\":[%.3f,%.3f],"
            "\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"graph_decode_b1_pdl_ms\":[%.3f,%.3f],"
+           "\"graph_decode_b1_pdl_noalloc_argmax_ms\":%.3f,\"gemv_noalloc_m1_gbps\":[%.0f,%.0f,%.0f,%.0f],"
+           "\"sample_us\":[[%.0f,%.0f,%.0f],[%.0f,%.0f,%.0f]],\"graph_decode_sampled_ms\":[%.3f,%.3f,%.3f],"
            "\"fused_layers\":[%d,%d]}\n",
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
-           decp[0] * 1e3, decp[1] * 1e3, n_fused_qkv, n_fused_gu);
+           decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], samp_us[0][0], samp_us[0][1], samp_us[0][2], samp_us[1][0],
+           samp_us[1][1], samp_us[1][2], decgs[0] * 1e3, decgs[1] * 1e3, decgs[2] * 1e3, n_fused_qkv, n_fused_gu);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

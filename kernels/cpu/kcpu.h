@@ -249,6 +249,42 @@ void kcpu_log_softmax(const float *x, float *out, int64_t T, int64_t n);
 /* idx[t] = index of the first maximum of row t (NaN is ignored unless all are NaN: 0). */
 void kcpu_argmax(const float *x, int64_t T, int64_t n, int32_t *idx);
 
+/* ---- sampling (the reference of kcuda_sample_rows) ---- */
+
+/* What one row is sampled with.  greedy: temperature < 1e-5. */
+typedef struct kcpu_sample_params {
+    float temperature;
+    int32_t top_k;  /* <= 0 or >= n: off */
+    float top_p;    /* (0, 1]; >= 1: off */
+    float min_p;    /* [0, 1]; <= 0: off */
+} kcpu_sample_params_t;
+
+/* exp(z) for z <= 0 from a fixed sequence of correctly rounded f32 operations (a range
+ * reduction to 2^f and a polynomial through fmaf), so every backend gets the same bits;
+ * 0 below 2^-126 (no denormals: a GPU built with fast math flushes them).  Relative
+ * error below 1e-5 (a degree-6 polynomial): a sampling weight, not a softmax. */
+float kcpu_sample_exp(float z);
+
+/*
+ * One token per row of x [T, n] (rows n apart), drawn with the caller's uniform u[t] in
+ * [0, 1) (the host draws it from the request's RNG, so seeds stay reproducible), into
+ * out[t].  Row t with params p[t]:
+ *   - temperature < 1e-5: the first maximum (kcpu_argmax);
+ *   - m = the row maximum (NaN counts as -inf), w_i = kcpu_sample_exp((x_i - m) /
+ *     temperature) (0 for -inf; the maximum has weight 1);
+ *   - kept: x_i >= the k-th largest value when 0 < top_k < n (every token tied with it
+ *     stays, as in vLLM); and w_i >= min_p when min_p > 0;
+ *   - top_p < 1: of the kept, those with x_i >= c, c the largest value such that the
+ *     weight kept at or above it is >= top_p x the kept total (sums in double);
+ *   - draw: the first kept token in index order whose cumulative weight (double)
+ *     exceeds u x the total; the last kept one when rounding leaves none.
+ * Every selection is a comparison of exact values, so backends differ only in the
+ * summation order of the double sums (at a top_p cut or a draw boundary).  A row with no
+ * finite value gives the first maximum (as greedy).  Preconditions: n > 0.
+ */
+void kcpu_sample_rows(const float *x, int64_t T, int64_t n, const kcpu_sample_params_t *p, const float *u,
+                      int32_t *out);
+
 /* ---- paged KV cache ---- */
 
 /*

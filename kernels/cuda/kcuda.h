@@ -105,6 +105,9 @@ pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const 
  * env PD_CUDA_GEMV_PDL (default off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
 void kcuda_gemv_set_pdl(int on);
+/* Weight loads that do not allocate in L1 (1) or the plain read-only loads (0); -1 goes
+ * back to env PD_CUDA_GEMV_NOALLOC (default off).  Process-wide, for A/B runs. */
+void kcuda_gemv_set_noalloc(int on);
 
 /* ---- conversions (kcuda_convert.cu) ---- */
 
@@ -153,6 +156,13 @@ pd_status_t kcuda_scale(const float *x, float s, float *out, int64_t n, kcuda_st
 /* out[t, :] += bias for T rows of N (row stride ld >= N). */
 pd_status_t kcuda_add_bias(float *out, int64_t ld, const float *bias, int64_t T, int64_t N,
                            kcuda_stream_t stream);
+
+/* ---- sampling (kcuda_sample.cu) ---- */
+
+/* kcpu_sample_rows on the device: x [T, n] logits, p [T] params, u [T] uniforms and out
+ * [T] token ids are device pointers.  One CTA per row.  PD_ERR_INVAL on a bad shape. */
+pd_status_t kcuda_sample_rows(const float *x, int64_t T, int64_t n, const kcpu_sample_params_t *p,
+                              const float *u, int32_t *out, kcuda_stream_t stream);
 
 /* ---- softmax / argmax (kcuda_softmax.cu) ---- */
 pd_status_t kcuda_softmax(const float *x, float *out, int64_t T, int64_t n, kcuda_stream_t stream);

@@ -14,6 +14,8 @@
  * waits (griddepcontrol.wait: every earlier kernel complete and its writes visible)
  * before it reads x or writes y.  Without the launch attribute the wait is a no-op, so
  * the kernel is the same either way; graphs record the programmatic edge.
+ * kcuda_gemv_set_noalloc / PD_CUDA_GEMV_NOALLOC=1 loads the weights without allocating
+ * in L1 (A/B runs; off by default until measured).
  */
 #include "kcuda_internal.cuh"
 
@@ -48,9 +50,36 @@ __device__ __forceinline__ void griddep_wait()
 
 #define PF 4 /* weight chunks per lane loaded before the dependency wait */
 
+/* A 16-byte weight load: through the read-only path (NA false), or without allocating in
+ * L1 (NA true: the weights are read once, so they need not evict the activation rows
+ * every column re-reads from L1). */
+template <bool NA> __device__ __forceinline__ uint4 ldw(const uint4 *p)
+{
+    if (NA) {
+        uint4 r;
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+            : "l"(p));
+        return r;
+    }
+    return __ldg(p);
+}
+
+/* An activation load: through the read-only (non-coherent) path, or (CO) a plain
+ * coherent load.  Under PDL the kernel before this one writes x while this grid is
+ * already resident, which breaks the read-only path's contract (data constant for the
+ * kernel's lifetime), so PDL launches read x with plain loads after the wait. */
+template <bool CO> __device__ __forceinline__ float4 ld_act(const float4 *p)
+{
+    if (CO)
+        return *p;
+    return __ldg(p);
+}
+
 /* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
- * used when there are too few columns to fill the GPU), 8 warps per CTA. */
-template <typename WT, int MT, int KS>
+ * used when there are too few columns to fill the GPU), 8 warps per CTA.  NA: weight
+ * loads skip L1; CO: coherent activation loads (the PDL launches). */
+template <typename WT, int MT, int KS, bool NA, bool CO>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
                                                    int64_t N, float *y, int64_t ldy)
 {
@@ -69,7 +98,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 #pragma unroll
     for (int p = 0; p < PF; p++) {
         const int64_t c = c0 + (int64_t)p * 32 * KS;
-        pre[p] = (n < N && c < chunks) ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
+        pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
     }
     griddep_wait();
     if (n < N) {
@@ -82,7 +111,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
                 for (int m = 0; m < MT; m++) {
                     if (m < M) {
                         const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                        float4 a = __ldg(xr), b = __ldg(xr + 1);
+                        float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
                         acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
                                   wf[6] * b.z + wf[7] * b.w;
                     }
@@ -92,11 +121,11 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 #pragma unroll 4
         for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS) {
             float wf[8];
-            kc_unpack8<WT>(__ldg(wr + c), wf);
+            kc_unpack8<WT>(ldw<NA>(wr + c), wf);
             for (int m = 0; m < MT; m++) {
                 if (m < M) {
                     const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                    float4 a = __ldg(xr), b = __ldg(xr + 1);
+                    float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
                     acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
                               wf[6] * b.z + wf[7] * b.w;
                 }
@@ -129,8 +158,22 @@ extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, 
            (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
 }
 
-/* -1: not decided yet (env PD_CUDA_GEMV_PDL, default off); 0 / 1 */
-static int pdl_g = -1;
+/* -1: not decided yet (env PD_CUDA_GEMV_PDL / PD_CUDA_GEMV_NOALLOC, default off); 0 / 1 */
+static int pdl_g = -1, noalloc_g = -1;
+
+extern "C" void kcuda_gemv_set_noalloc(int on)
+{
+    noalloc_g = on < 0 ? -1 : on != 0;
+}
+
+static bool use_noalloc(void)
+{
+    if (noalloc_g < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_NOALLOC");
+        noalloc_g = e != NULL && atoi(e) != 0;
+    }
+    return noalloc_g == 1;
+}
 
 extern "C" void kcuda_gemv_set_pdl(int on)
 {
@@ -150,10 +193,14 @@ template <typename WT, int MT, int KS>
 static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
                             float *y, int64_t ldy, cudaStream_t s)
 {
+    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t);
+    const bool na = use_noalloc();
     if (!use_pdl()) {
-        gemv_kernel<WT, MT, KS><<<g, 256, 0, s>>>(x, M, K, ldx, w, N, y, ldy);
+        kern_t kern = na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>;
+        kern<<<g, 256, 0, s>>>(x, M, K, ldx, w, N, y, ldy);
         return;
     }
+    kern_t kern = na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -164,7 +211,7 @@ static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_
     cfg.stream = s;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, gemv_kernel<WT, MT, KS>, x, M, K, ldx, w, N, y, ldy);
+    cudaLaunchKernelEx(&cfg, kern, x, M, K, ldx, w, N, y, ldy);
 }
 
 template <typename WT, int KS>

@@ -18,7 +18,8 @@
  * Device-side greedy (eng_forward_run_argmax): run (b) again with the argmax computed on
  * the GPU and only every other row's logits copied back (a pattern that changes per
  * step): the tokens must be identical to (b)'s, and each returned id equal to the host
- * argmax (first maximum) of the rows that came back.
+ * argmax (first maximum) of the rows that came back.  Device sampling through the graphs
+ * (bf16, tiny llama): the GPU's draws equal kcpu_sample_rows on the same step's logits.
  * Exits 77 (skipped) without a GPU.
  */
 #include <math.h>
@@ -285,6 +286,108 @@ static void check_model(const char *path, const char *label)
     eng_model_destroy(s.model);
 }
 
+/* Device sampling through the decode graphs (eng_forward_run_sample): each step of a
+ * batch of NSEQ sequences is run twice, sampled on the GPU (rows with different
+ * temperature / top-k / top-p / min-p, one greedy) and with the full logits copied back;
+ * kcpu_sample_rows on those logits with the same uniforms must pick the same tokens (the
+ * two differ only in the order of double sums: at most 2% of the draws). */
+static void check_device_sampling(const char *path, const char *label)
+{
+    static const kcpu_sample_params_t kinds[5] = {{0.8f, 40, 1.0f, 0.0f}, {0.0f, 0, 1.0f, 0.0f},
+                                                  {1.1f, 0, 0.9f, 0.0f},  {1.0f, 0, 1.0f, 0.05f},
+                                                  {0.7f, 20, 0.8f, 0.02f}};
+    eng_load_opts_t lo;
+    setup_t s;
+    eng_backend_t *be = NULL;
+    eng_forward_t *fw = NULL;
+    float *lg = NULL, *full = NULL;
+    int32_t tables[NSEQ * MB], ctx[NSEQ], next[NSEQ];
+    int same = 0, total = 0;
+    uint32_t rng = 99;
+
+    memset(&s, 0, sizeof(s));
+    eng_load_opts_init(&lo);
+    lo.model = path;
+    lo.keep_quantized = true;
+    lo.dequant_dtype = ENG_DTYPE_F32;
+    lo.max_model_len = MB * BS;
+    PD_CHECK_STATUS(eng_model_load(&lo, &s.model), PD_OK);
+    if (s.model == NULL)
+        return;
+    s.V = eng_model_config(s.model)->vocab_size;
+    lg = malloc((size_t)NSEQ * (size_t)s.V * sizeof(float));
+    full = malloc((size_t)NSEQ * (size_t)s.V * sizeof(float));
+    PD_CHECK_STATUS(new_forward(&s, 512, &be, &fw), PD_OK);
+    if (fw == NULL || lg == NULL || full == NULL)
+        goto out;
+    for (int i = 0; i < NSEQ * MB; i++)
+        tables[i] = i;
+    for (int i = 0; i < NSEQ; i++) { /* a prompt of 3 + i tokens each */
+        int32_t tk[40], pos[40], seq[40], row;
+        int64_t sl[40];
+        ctx[i] = 3 + i;
+        for (int t = 0; t < ctx[i]; t++) {
+            rng = rng * 1664525u + 1013904223u;
+            tk[t] = (int32_t)((rng >> 8) % (uint32_t)s.V);
+            pos[t] = t;
+            seq[t] = 0;
+            sl[t] = (int64_t)i * MB * BS + t;
+        }
+        row = ctx[i] - 1;
+        eng_fwd_batch_t fb = {ctx[i], tk, pos, seq, sl, 1, tables + i * MB, &ctx[i], 1, &row};
+        PD_CHECK_STATUS(eng_forward_run(fw, &fb, lg), PD_OK);
+        next[i] = argmax(lg, s.V);
+    }
+    for (int d = 0; d < 12 && !pd_test_failed_g; d++) {
+        int32_t tk[NSEQ], ps[NSEQ], sq[NSEQ], rows[NSEQ], cx[NSEQ], ids[NSEQ], want[NSEQ];
+        int64_t sl[NSEQ];
+        kcpu_sample_params_t sp[NSEQ];
+        float u[NSEQ];
+        uint8_t need[NSEQ];
+        for (int i = 0; i < NSEQ; i++) {
+            tk[i] = next[i];
+            ps[i] = ctx[i];
+            sq[i] = i;
+            rows[i] = i;
+            sl[i] = (int64_t)i * MB * BS + ctx[i];
+            cx[i] = ctx[i] + 1;
+            sp[i] = kinds[(i + d) % 5];
+            rng = rng * 1664525u + 1013904223u;
+            u[i] = (float)(rng >> 8) / 16777216.0f;
+            need[i] = 0;
+        }
+        eng_fwd_batch_t db = {NSEQ, tk, ps, sq, sl, NSEQ, tables, cx, NSEQ, rows};
+        PD_CHECK_STATUS(eng_forward_run_sample(fw, &db, need, sp, u, lg, ids), PD_OK);
+        PD_CHECK_STATUS(eng_forward_run(fw, &db, full), PD_OK);
+        kcpu_sample_rows(full, NSEQ, s.V, sp, u, want);
+        for (int i = 0; i < NSEQ; i++) {
+            same += ids[i] == want[i];
+            total++;
+            next[i] = ids[i];
+            ctx[i]++;
+        }
+    }
+    printf("  %s [%s]: device sampling through graphs: %d/%d draws = kcpu_sample_rows on the same logits\n", label,
+           wdtype_g == KCPU_DTYPE_F32 ? "f32" : "bf16", same, total);
+    PD_CHECK(total > 0 && same * 50 >= total * 49);
+out:
+    eng_forward_destroy(fw);
+    if (be)
+        eng_backend_get("cuda")->shutdown(be);
+    free(lg);
+    free(full);
+    eng_model_destroy(s.model);
+}
+
+PD_TEST(test_device_sampling_graphs)
+{
+    const char *src = getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".";
+    char m[4096];
+    snprintf(m, sizeof(m), "%s/tests/data/models/tiny-llama", src);
+    if (access(m, R_OK) == 0)
+        check_device_sampling(m, "llama");
+}
+
 /* fp8 KV (e4m3 / e5m2, calculated scales) against the f32 KV cache, teacher-forced:
  * the same tokens in, argmax agreement and the logit error relative to the logits'
  * largest magnitude reported; the error must stay small (a wrong scale or layout gives
@@ -415,6 +518,7 @@ int main(void)
     PD_RUN(test_graphs_vs_eager_default_model);
     PD_RUN(test_fp8_kv);
     wdtype_g = KCPU_DTYPE_BF16;
+    PD_RUN(test_device_sampling_graphs);
     PD_RUN(test_graphs_vs_eager_small_models);
     PD_RUN(test_graphs_vs_eager_default_model);
     return PD_TEST_REPORT();

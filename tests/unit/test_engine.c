@@ -3,8 +3,8 @@
  * model: greedy outputs are batch invariant (alone, in a batch of 32 mixed requests,
  * with chunked prefill at several chunk sizes, with prefix caching on and off, after
  * preemption and recompute), seeded sampling is reproducible whatever the batch,
- * aborts work from every state, stop strings end requests, and every KV block is
- * free again after each scenario.  Exits 77 when the default model is absent.
+ * aborts work from every state, stop strings end requests, device-side greedy gives the
+ * tokens host sampling gives, and every KV block is free again after each scenario.  Exits 77 when the default model is absent.
  */
 #include <math.h>
 #include <pthread.h>
@@ -175,6 +175,8 @@ static void run_ids(eng_engine_t *e, const int32_t *ids, int n_ids, int plp, int
     pthread_mutex_unlock(&w.mu);
 }
 
+static int g_top_k; /* top_k of the seeded requests of run_batch (0: off) */
+
 /* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0 */
 static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens)
 {
@@ -193,6 +195,7 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         p.prompt_logprobs = g_plp[i];
         if (seed >= 0) {
             p.temperature = 0.8f;
+            p.top_k = g_top_k;
             p.has_seed = true;
             p.seed = (uint64_t)seed + (uint64_t)idx[i];
         } else {
@@ -343,6 +346,129 @@ PD_TEST(test_seeded_sampling_reproducible)
         PD_CHECK(batch[i].n == r->n && memcmp(batch[i].ids, r->ids, (size_t)r->n * sizeof(int32_t)) == 0);
     }
     check_all_free(e);
+    eng_engine_destroy(e);
+    free(batch);
+}
+
+/* Device-side greedy (the forward's argmax, only ids copied back for rows whose samples
+ * are plain argmax) against every row sampled on the host (PD_ENGINE_HOST_SAMPLING=1):
+ * one batch mixing plain greedy rows, greedy rows with logprobs, with a repetition
+ * penalty, with min_tokens, and seeded random rows gives the same tokens both ways. */
+static void run_mixed(eng_engine_t *e, int n, result_t *res)
+{
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
+    slot_t slots[MAX_REQ];
+    memset(res, 0, (size_t)n * sizeof(*res));
+    for (int i = 0; i < n; i++) {
+        int32_t ids[512];
+        int n_ids = tokenize(e, prompts[i % N_PROMPTS], ids, 512);
+        eng_sampling_params_t p;
+        eng_submit_t sub = {0};
+        char id[32], err[256];
+        eng_sampling_params_init(&p);
+        p.max_tokens = 20;
+        p.temperature = 0.0f;
+        switch (i % 5) {
+        case 0: break;                                 /* plain greedy: device argmax */
+        case 1: p.logprobs = 2; break;                 /* needs the distribution */
+        case 2: p.repetition_penalty = 1.3f; break;    /* changes the argmax */
+        case 3: p.min_tokens = 8; break;               /* EOS banned for 8 steps, then argmax only */
+        case 4:
+            p.temperature = 0.9f;
+            p.has_seed = true;
+            p.seed = 1000 + (uint64_t)i;
+            break;
+        }
+        snprintf(id, sizeof(id), "mixed-%d", i);
+        slots[i] = (slot_t){&w, &res[i]};
+        sub.id = id;
+        sub.prompt = ids;
+        sub.n_prompt = n_ids;
+        sub.params = &p;
+        sub.cb = on_out;
+        sub.user = &slots[i];
+        PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
+        eng_sampling_params_cleanup(&p);
+    }
+    pthread_mutex_lock(&w.mu);
+    while (w.pending > 0)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+}
+
+PD_TEST(test_device_greedy_matches_host)
+{
+    enum { N = 20 };
+    result_t *dev = calloc(N, sizeof(*dev)), *host = calloc(N, sizeof(*host));
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    if (e == NULL || dev == NULL || host == NULL)
+        goto out;
+    run_mixed(e, N, dev);
+    check_all_free(e);
+    eng_engine_destroy(e);
+    setenv("PD_ENGINE_HOST_SAMPLING", "1", 1);
+    e = make_engine(8192, true, 0, false);
+    unsetenv("PD_ENGINE_HOST_SAMPLING");
+    if (e == NULL)
+        goto out;
+    run_mixed(e, N, host);
+    check_all_free(e);
+    int same = 0;
+    for (int i = 0; i < N; i++) {
+        bool eq = dev[i].n == host[i].n && dev[i].n > 0 &&
+                  memcmp(dev[i].ids, host[i].ids, (size_t)dev[i].n * sizeof(int32_t)) == 0 &&
+                  strcmp(dev[i].reason ? dev[i].reason : "", host[i].reason ? host[i].reason : "") == 0;
+        if (!eq)
+            fprintf(stderr, "  mixed request %d (kind %d): device greedy and host sampling differ\n", i, i % 5);
+        same += eq;
+    }
+    printf("  %d/%d mixed requests identical with device greedy and host sampling\n", same, N);
+    PD_CHECK_EQ_INT(same, N);
+out:
+    eng_engine_destroy(e);
+    free(dev);
+    free(host);
+}
+
+/* Device sampling forced on the CPU backend (PD_ENGINE_DEVICE_SAMPLING=1: the path device
+ * backends take for random rows), temperature 0.8 and top-k 20: seeded requests give the
+ * same tokens alone and in a batch of 32, and other tokens than host sampling (which
+ * draws over the top-k sorted by weight, the device in index order), which shows the
+ * path was taken. */
+PD_TEST(test_device_sampling_reproducible)
+{
+    result_t alone[N_PROMPTS], host[N_PROMPTS], *batch = calloc(32, sizeof(*batch));
+    int idx[32], differ = 0;
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    g_top_k = 20;
+    if (e == NULL || batch == NULL)
+        goto out;
+    for (int p = 0; p < N_PROMPTS; p++)
+        run_batch(e, &p, 1, &host[p], 42, 16);
+    eng_engine_destroy(e);
+    setenv("PD_ENGINE_DEVICE_SAMPLING", "1", 1);
+    e = make_engine(8192, true, 0, false);
+    unsetenv("PD_ENGINE_DEVICE_SAMPLING");
+    if (e == NULL)
+        goto out;
+    for (int p = 0; p < N_PROMPTS; p++) {
+        run_batch(e, &p, 1, &alone[p], 42, 16);
+        PD_CHECK_EQ_INT(alone[p].n, 16);
+        differ += alone[p].n != host[p].n || memcmp(alone[p].ids, host[p].ids, (size_t)host[p].n * sizeof(int32_t)) != 0;
+    }
+    for (int i = 0; i < 32; i++)
+        idx[i] = (i * 3) % N_PROMPTS;
+    run_batch(e, idx, 32, batch, 42, 16);
+    for (int i = 0; i < 32; i++) {
+        const result_t *r = &alone[idx[i]];
+        PD_CHECK(batch[i].n == r->n && memcmp(batch[i].ids, r->ids, (size_t)r->n * sizeof(int32_t)) == 0);
+    }
+    printf("  device sampling: reproducible alone / in a batch; %d of %d prompts differ from host sampling\n", differ,
+           N_PROMPTS);
+    PD_CHECK(differ > 0);
+    check_all_free(e);
+out:
+    g_top_k = 0;
     eng_engine_destroy(e);
     free(batch);
 }
@@ -768,6 +894,8 @@ int main(void)
     plp_none();
     PD_RUN(test_batch_invariance);
     PD_RUN(test_seeded_sampling_reproducible);
+    PD_RUN(test_device_greedy_matches_host);
+    PD_RUN(test_device_sampling_reproducible);
     PD_RUN(test_abort_everywhere);
     PD_RUN(test_submit_errors);
     PD_RUN(test_prompt_logprobs);

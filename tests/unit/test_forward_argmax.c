@@ -123,6 +123,36 @@ static void run(bool copy_weights)
     printf("  %s weights: %d ids equal to the host greedy pick, %d rows bit-identical\n",
            copy_weights ? "uploaded" : "zero-copy", n_ids, n_rows);
     PD_CHECK_EQ_INT(n_ids, NS * 7);
+
+    /* device sampling: one more decode step, rows sampled with their params and
+     * uniforms (one greedy), against kcpu_sample_rows on that step's full logits */
+    {
+        const kcpu_sample_params_t sp[NS] = {{0.8f, 20, 1.0f, 0.0f}, {0.0f, 0, 1.0f, 0.0f}, {1.2f, 0, 0.9f, 0.0f},
+                                             {1.0f, 0, 1.0f, 0.05f}, {0.7f, 10, 0.8f, 0.01f}};
+        int same = 0;
+        for (int r = 0; r < 4 && !pd_test_failed_g; r++) {
+            float u[NS];
+            int32_t want[NS];
+            for (int s = 0; s < NS; s++) {
+                u[s] = (float)((s * 7 + r * 3) % 10) / 10.0f + 0.05f;
+                need[s] = (uint8_t)(s == 2);
+            }
+            eng_fwd_batch_t db = {NS, tok, pos, seq, slots, NS, tables, ctx, NS, rows};
+            PD_CHECK_STATUS(eng_forward_run_sample(fw, &db, need, sp, u, a, ids), PD_OK);
+            PD_CHECK_STATUS(eng_forward_run(fw, &db, full), PD_OK);
+            kcpu_sample_rows(full, NS, V, sp, u, want);
+            for (int s = 0; s < NS; s++)
+                same += ids[s] == want[s];
+            PD_CHECK(memcmp(a + 2 * (size_t)V, full + 2 * (size_t)V, (size_t)V * sizeof(float)) == 0);
+        }
+        /* and a greedy step after it: the rows are greedy again */
+        eng_fwd_batch_t db = {NS, tok, pos, seq, slots, NS, tables, ctx, NS, rows};
+        PD_CHECK_STATUS(eng_forward_run_argmax(fw, &db, NULL, a, ids), PD_OK);
+        for (int s = 0; s < NS; s++)
+            PD_CHECK_EQ_INT(ids[s], host_greedy(smp, a + (size_t)s * V, V));
+        printf("  device sampling: %d/%d tokens equal to kcpu_sample_rows on the full logits\n", same, 4 * NS);
+        PD_CHECK_EQ_INT(same, 4 * NS);
+    }
 out:
     eng_forward_destroy(fw);
     if (be)
