@@ -7,10 +7,14 @@
 #        libraries the binaries need (apt-get download + dpkg -x) into DEST, a folder
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
-#        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap and
-#        bench_cuda; full
+#        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
+#        bench_cuda (--quick: batch 64 at most), the decode attention sweep
+#        (bench_cuda --attn-only) and two experimental variants in their own processes
+#        (GEMV PDL in test_cuda_engine, tensor-core decode attention in test_cuda_ops);
+#        every step under a timeout (< 600 s in all), a failing step does not stop the
+#        next; full
 #        logs to $OUT (or /tmp/gpu_suite), a short table last.
-#   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the two cuda tests under
+#   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the cuda tests under
 #        compute-sanitizer memcheck.
 set -u
 
@@ -19,7 +23,7 @@ stage() {
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
     for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap bench/cuda/bench_cuda; do
-        cp "$build/$b" "$dest/bin/" || return 1
+        strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
     cp "$0" "$dest/gpu_suite.sh"
     cp -r "$src/tests/data" "$dest/src/tests/"
@@ -36,9 +40,15 @@ stage() {
 }
 
 run() {
-    local dir quick=""
+    local dir quick="" a
     dir=$(cd "$1" && pwd)
-    [ "${2:-}" = "--quick" ] && quick=--quick
+    shift
+    for a in "$@"; do
+        case "$a" in
+        --quick) quick=--quick ;;
+        *) echo "run: unknown option $a" >&2; return 2 ;;
+        esac
+    done
     local out=${OUT:-/tmp/gpu_suite}
     mkdir -p "$out"
     # cuBLAS: the machine's own (CUDA toolkit or the Python wheels)
@@ -53,42 +63,55 @@ run() {
         echo "cublas: ${cub:-not found}"
     } > "$out/env.txt" 2>&1
     cat "$out/env.txt"
-    local names=() rcs=() secs=()
+    NAMES=() RCS=() SECS=()
     # Goldens of the small safetensors models from the machine's own transformers (the
     # default GGUF is larger than a device call can carry); they come back in $OUT.
     if [ ! -f "$dir/src/tests/data/goldens/tiny-llama.json" ]; then
-        local t0=$SECONDS
-        (cd "$dir/src" && PYTHONUNBUFFERED=1 timeout 120 python3 tests/golden/make_goldens.py --gguf /nonexistent \
-            --models-dir "$dir/src/tests/data/models") > "$out/make_goldens.log" 2>&1
-        rcs+=($?)
-        names+=(make_goldens)
-        secs+=($((SECONDS - t0)))
+        suite_step "$dir" "$out" make_goldens 120 env PYTHONUNBUFFERED=1 python3 tests/golden/make_goldens.py \
+            --gguf /nonexistent --models-dir "$dir/src/tests/data/models"
         (cd "$dir/src/tests/data" && tar czf "$out/goldens_tiny.tar.gz" goldens/tiny-*.json) 2>/dev/null
     fi
-    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
-        local t0=$SECONDS
-        (cd "$dir/src" && timeout 150 "$dir/bin/$t") > "$out/$t.log" 2>&1
-        rcs+=($?)
-        names+=("$t")
-        secs+=($((SECONDS - t0)))
-        tail -5 "$out/$t.log"
-    done
-    local t0=$SECONDS
-    (cd "$dir/src" && timeout 280 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick) > "$out/bench_cuda.log" 2>&1
-    rcs+=($?)
-    names+=(bench_cuda)
-    secs+=($((SECONDS - t0)))
+    # limits add up to < 600 s (one device call); the benchmarks before the optional steps
+    suite_step "$dir" "$out" test_cuda_ops 150 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" test_cuda_golden 60 "$dir/bin/test_cuda_golden"
+    suite_step "$dir" "$out" test_cuda_engine 120 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_swap 60 "$dir/bin/test_cuda_swap"
+    suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
+    # the decode attention variants (the copy ceiling and a sweep, no model)
+    suite_step "$dir" "$out" bench_attn 60 "$dir/bin/bench_cuda" --attn-only
+    # experimental switches in processes of their own (a fault there spoils nothing
+    # above): graphs vs eager with the decode GEMVs under PDL and weights not in L1, and
+    # the tensor-core decode attention kernel's test cases
+    suite_step "$dir" "$out" test_cuda_engine_pdl 80 env PD_CUDA_GEMV_PDL=1 PD_CUDA_GEMV_NOALLOC=1 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_attn_tc 100 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
     echo
-    echo "== gpu_suite: $(head -1 "$out/env.txt") =="
-    sed -n '/^== bench_cuda/,$p' "$out/bench_cuda.log" | grep -v '^JSON'
-    grep '^JSON' "$out/bench_cuda.log"
-    printf '%-20s %-8s %6s\n' step result seconds
-    for i in "${!names[@]}"; do
-        local r=${rcs[$i]} s=PASS
-        [ "$r" = 77 ] && s=SKIP
-        [ "$r" != 0 ] && [ "$r" != 77 ] && s="FAIL($r)"
-        printf '%-20s %-8s %6s\n' "${names[$i]}" "$s" "${secs[$i]}"
+    echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
+    local f
+    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_engine_pdl test_attn_tc; do
+        echo "-- $f"
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|^FAIL|^not ok' \
+            "$out/$f.log" 2>/dev/null | head -12
     done
+    sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
+    grep -E '^==|^summary|^best|^check|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -14
+    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log"
+    printf '%-22s %-8s %6s\n' step result seconds
+    local i r st
+    for i in "${!NAMES[@]}"; do
+        r=${RCS[$i]} st=PASS
+        [ "$r" = 77 ] && st=SKIP
+        [ "$r" != 0 ] && [ "$r" != 77 ] && st="FAIL($r)"
+        printf '%-22s %-8s %6s\n' "${NAMES[$i]}" "$st" "${SECS[$i]}"
+    done
+}
+
+suite_step() { # suite_step DIR OUT NAME TIMEOUT COMMAND...: run from DIR/src, log OUT/NAME.log
+    local dir=$1 out=$2 name=$3 limit=$4 t0=$SECONDS
+    shift 4
+    (cd "$dir/src" && timeout "$limit" "$@") > "$out/$name.log" 2>&1
+    RCS+=($?)
+    NAMES+=("$name")
+    SECS+=($((SECONDS - t0)))
 }
 
 # The cuda tests under compute-sanitizer (memcheck, then racecheck on the ops test).
@@ -101,7 +124,7 @@ sanitize() {
     cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
     export LD_LIBRARY_PATH="$dir/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     export PD_SOURCE_DIR="$dir/src"
-    for t in test_cuda_ops test_cuda_golden test_cuda_engine; do
+    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
         (cd "$dir/src" && timeout 250 "$cs" --tool memcheck --error-exitcode 99 "$dir/bin/$t") > "$out/memcheck_$t.log" 2>&1
         echo "memcheck $t: rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$out/memcheck_$t.log") summary/invalid lines)"
         grep 'ERROR SUMMARY' "$out/memcheck_$t.log"
