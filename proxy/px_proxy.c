@@ -815,7 +815,11 @@ static void leg_done(px_req_t *r, CURLcode rc)
     if (transport || status >= 500) {
         if (leg_retry(r))
             return;
-        if (r->leg == LEG_PREFILL) {
+        /* every prefill node tried is overloaded (a full queue says so with Retry-After):
+         * moving its work onto the decode nodes would overload them too; the client
+         * gets the 503 and the hint instead */
+        int overloaded = !transport && (status == 503 || status == 429) && r->retry_after[0];
+        if (r->leg == LEG_PREFILL && !overloaded) {
             /* no prefill node could do it: the decode node prefills locally (counted,
              * logged; the answer is the same, only slower) */
             count_err(px, E_PREFILL_FALLBACK);

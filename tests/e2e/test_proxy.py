@@ -37,8 +37,9 @@ class Fake:
         with urllib.request.urlopen(self.url + "/_received") as r:
             return json.loads(r.read())
 
-    def set_status(self, status, kv=True):
-        req = urllib.request.Request(self.url + "/_mode", data=json.dumps({"status": status, "kv": kv}).encode(),
+    def set_status(self, status, kv=True, retry_after=None):
+        req = urllib.request.Request(self.url + "/_mode", data=json.dumps({"status": status, "kv": kv,
+                                                                           "retry_after": retry_after}).encode(),
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req).read()
 
@@ -243,6 +244,19 @@ def test_split_with_real_decode_and_conditional_disagg(tmp_path_factory, fake, d
         fake.set_status(500, kv=False)
         r = c.completions.create(model="smol", prompt=long_prompt, max_tokens=3, temperature=0)
         assert r.usage.completion_tokens == 3
+        assert metric(px, "pdserve_proxy_errors_total", 'kind="prefill_fallback"') == 1
+        # an overloaded prefill pool (503 with Retry-After: its queue is full) is not moved
+        # onto the decode nodes: the client gets the 503 and the hint
+        fake.set_status(503, kv=False, retry_after="3")
+        conn = http.client.HTTPConnection("127.0.0.1", px.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps({"model": "smol", "prompt": long_prompt,
+                                                                 "max_tokens": 2}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status == 503 and resp.getheader("Retry-After") == "3", (resp.status, body[:200])
+        assert json.loads(body)["error"]["message"] == "fake prefill failure"
         assert metric(px, "pdserve_proxy_errors_total", 'kind="prefill_fallback"') == 1
     finally:
         fake.set_status(200)

@@ -4,7 +4,8 @@ It answers POST /v1/completions and /v1/chat/completions like a prefill node in 
 disaggregated protocol: a one-token completion with fixed kv_transfer_params, and
 records every request it received (headers and JSON body) for GET /_received.
 GET /health answers 200 unless the node was told to fail (POST /_mode {"status": N}
-makes every generation answer N with an error JSON; {"kv": false} answers with
+makes every generation answer N with an error JSON, with a Retry-After header when
+{"retry_after": "S"} is set too; {"kv": false} answers with
 "kv_transfer_params": null, for decode nodes without a KV connector).
 
 Run: python3 fake_prefill.py PORT
@@ -19,7 +20,7 @@ KV_PARAMS = {"do_remote_prefill": True, "do_remote_decode": False, "remote_block
              "remote_host": "127.0.0.1", "remote_port": 14579, "tp_size": 1}
 
 received = []
-mode = {"status": 200, "kv": True}
+mode = {"status": 200, "kv": True, "retry_after": None}
 lock = threading.Lock()
 
 
@@ -29,10 +30,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-    def send_json(self, status, obj):
+    def send_json(self, status, obj, retry_after=None):
         data = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if retry_after:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -60,7 +63,8 @@ class Handler(BaseHTTPRequestHandler):
                              "body": body, "raw": raw.decode("utf-8", "replace")})
         if mode["status"] != 200:
             self.send_json(mode["status"], {"error": {"message": "fake prefill failure", "type": "BadRequestError",
-                                                      "param": None, "code": mode["status"]}})
+                                                      "param": None, "code": mode["status"]}},
+                           mode["retry_after"])
             return
         chat = self.path.endswith("/chat/completions")
         choice = ({"index": 0, "message": {"role": "assistant", "content": "X"}, "finish_reason": "length"}
