@@ -1049,11 +1049,11 @@ static bool dec_switch(int set, const char *name, bool default_on, int *env)
 }
 
 /* The loading scheme (dec_args_t.pipe): set by the tuning setter, else env
- * PD_CUDA_ATTN_PIPE=0/1/2, else 0, what measured best on an H200 (batch 64, 32/8 heads,
- * d128, block 16; docs/cuda.md) for f16 and fp8 at every context and for f32 from 512
- * keys (the register look-ahead won only f32 at 256 keys, by a few percent, and the
- * block tables of a server cover far more keys than that). */
-static int dec_pipe(void)
+ * PD_CUDA_ATTN_PIPE=0/1/2, else what measured best on an H200 (20:30 UTC run, batch 64,
+ * 32/8 heads, d128, block 16; docs/cuda.md): scheme 2 (cp.async ring) for an f32 cache
+ * (89-92% of the copy rate at 1k-4k keys against 84-86% for scheme 0), scheme 0 for f16
+ * and fp8 (scheme 2 was slower there, fp8 by half). */
+static int dec_pipe(kcpu_dtype_t dtype)
 {
     static int env = -2;
     if (g_pipe >= 0)
@@ -1062,7 +1062,7 @@ static int dec_pipe(void)
         const char *e = getenv("PD_CUDA_ATTN_PIPE");
         env = (e != NULL && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') ? e[0] - '0' : -1;
     }
-    return env >= 0 ? env : 0;
+    return env >= 0 ? env : dtype == KCPU_DTYPE_F32 ? 2 : 0;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -1212,7 +1212,7 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
     static int env_scatter = -1;
-    a.pipe = dec_pipe();
+    a.pipe = dec_pipe(L->dtype);
     a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", true, &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;
@@ -1231,7 +1231,7 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", false, &env_order);
     static int env_tc = -1;
     const bool tc = L->dtype != KCPU_DTYPE_F32 && (p->head_dim == 64 || p->head_dim == 128) &&
-                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", false, &env_tc);
+                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", true, &env_tc);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
     if (a.head_major)
         grid = dim3((unsigned)p->n_kv_heads, (unsigned)p->n_tokens, (unsigned)n_splits);
