@@ -102,11 +102,11 @@ bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void 
 pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
                        int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
 /* Launch the GEMV with programmatic dependent launch (1) or plainly (0); -1 goes back to
- * env PD_CUDA_GEMV_PDL (default off).  Process-wide; for A/B runs (bench_cuda, tests).
+ * env PD_CUDA_GEMV_PDL (default on; 0 turns it off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
 void kcuda_gemv_set_pdl(int on);
 /* Weight loads that do not allocate in L1 (1) or the plain read-only loads (0); -1 goes
- * back to env PD_CUDA_GEMV_NOALLOC (default off).  Process-wide, for A/B runs. */
+ * back to env PD_CUDA_GEMV_NOALLOC (default on; 0 turns it off).  Process-wide, for A/B runs. */
 void kcuda_gemv_set_noalloc(int on);
 
 /* ---- conversions (kcuda_convert.cu) ---- */
