@@ -8,7 +8,8 @@
 #        -decode, -proxy, -bench, this script and its helper (bench/scripts/gpu_cluster.py),
 #        the model configs, the Llama 3 tokenizer and every Debian runtime library ldd names
 #        that the GPU machine lacks (packed in DEST/lib.tar.xz; UCX's transport modules
-#        included) into DEST (< 30 MiB). DEST travels with the device call.
+#        included; the binaries in DEST/bin.tar.xz) into DEST (< 30 MiB). DEST travels with
+#        the device call.
 #   bash DEST/gpu_cluster.sh run DEST [--quick]   (there) the benchmark: logs, result JSONs
 #        and a report in $OUT (default /tmp/gpu_cluster), a short table last. ~7 min.
 #   bash DEST/gpu_cluster.sh run DEST --cpu-smoke  the same flow on the CPU backend with a
@@ -86,6 +87,10 @@ stage() {
     done
     tar -C "$tmp" -cJf "$dest/lib.tar.xz" lib || { rm -rf "$tmp"; return 1; }
     rm -rf "$tmp"
+    # The binaries carry the CUDA kernels (~18 MB of device code each, the same in the
+    # prefill and decode binaries): packed with a dictionary that spans both, so the
+    # second costs almost nothing; `run` unpacks them.
+    tar -C "$dest" -cf - bin | xz -T1 -9 > "$dest/bin.tar.xz" && rm -rf "$dest/bin" || return 1
     git -C "$src" rev-parse --short HEAD > "$dest/COMMIT" 2>/dev/null
     size=$(du -sb "$dest" | cut -f1)
     echo "staged $dest: $n libraries, $((size / 1024)) KiB"
@@ -183,8 +188,8 @@ wait_up() { # wait_up PORT TIMEOUT PID...
 
 node_cmd() { # node_cmd ROLE PORT [KV_CONNECTOR KV_PORT]  -> NODE array
     local role=$1 port=$2 conn=${3:-} kvport=${4:-} bin
-    bin=$DIR/bin/pdserve-decode
-    [ "$role" = prefill ] && bin=$DIR/bin/pdserve-prefill
+    bin=$BIN/pdserve-decode
+    [ "$role" = prefill ] && bin=$BIN/pdserve-prefill
     NODE=("$bin" --model "$MODEL" --tokenizer "$TOK" --served-model-name "$SERVED" --device "$DEVICE"
           --port "$port" "${NODE_ARGS[@]}")
     [ "$role" = prefill ] && NODE+=(--max-num-batched-tokens "$PREFILL_MNBT")
@@ -200,7 +205,7 @@ node_cmd() { # node_cmd ROLE PORT [KV_CONNECTOR KV_PORT]  -> NODE array
 start_proxy() { # start_proxy NAME ARGS...
     local name=$1 t0=$SECONDS
     shift
-    start_proc "$name" - "$DIR/bin/pdserve-proxy" --port "$PROXY_PORT" --disable-log-requests "$@"
+    start_proc "$name" - "$BIN/pdserve-proxy" --port "$PROXY_PORT" --disable-log-requests "$@"
     if ! wait_up "$PROXY_PORT" 30 "$LAST_PID"; then
         step "$name" FAIL $((SECONDS - t0)) "proxy did not start (see $name.log)"
         return 1
@@ -305,7 +310,7 @@ bench_one() { # bench_one SETUP WORKLOAD RATE IN OUT N SLO
         i=$((i + 1))
     done
     read -r -a slos <<< "$slo"
-    timeout -s INT -k 10 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
+    timeout -s INT -k 10 "$to" "$BIN/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
         --num-prompts "$n" --request-rate "$rate" --seed "$seed" --num-warmups 0 \
         --goodput "${slos[@]}" --request-timeout $((to - 10)) --ready-check-timeout-sec 0 \
@@ -353,7 +358,7 @@ bench_solo() { # bench_solo SETUP WORKLOAD IN OUT N: N requests one at a time (n
         step "bench-$name" "SKIP" 0 "over this setup's share of the budget"
         return 0
     fi
-    timeout -s INT -k 10 $((est * 4 + 60)) "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
+    timeout -s INT -k 10 $((est * 4 + 60)) "$BIN/pdserve-bench" --base-url "http://127.0.0.1:$PROXY_PORT" \
         --dataset-name random --random-input-len "$in" --random-output-len "$outl" \
         --num-prompts "$n" --request-rate inf --max-concurrency 1 --seed "$seed" --num-warmups 0 \
         --ready-check-timeout-sec 0 --request-timeout $((est * 4 + 50)) \
@@ -399,7 +404,7 @@ tput() { # whole-engine throughput (issue 6): one decode node alone on GPU 0, si
             to=$((SETUP_END - SECONDS))
             [ $to -lt 60 ] && to=60
             t0=$SECONDS
-            timeout -s INT -k 10 "$to" "$DIR/bin/pdserve-bench" --base-url "http://127.0.0.1:$DECODE_PORT" \
+            timeout -s INT -k 10 "$to" "$BIN/pdserve-bench" --base-url "http://127.0.0.1:$DECODE_PORT" \
                 --dataset-name random --random-input-len "$TP_IN" --random-output-len "$TP_OUT" \
                 --num-prompts "$TP_N" --request-rate inf --max-concurrency "$conc" --seed 7 \
                 --num-warmups 0 --ready-check-timeout-sec 60 --request-timeout $((to - 5)) \
@@ -450,6 +455,11 @@ run() {
     trap on_exit EXIT
     trap 'exit 130' INT TERM
     tar -C "$RT" -xJf "$DIR/lib.tar.xz" || { echo "run: cannot unpack lib.tar.xz" >&2; return 1; }
+    BIN=$DIR/bin
+    if [ -f "$DIR/bin.tar.xz" ]; then
+        tar -C "$RT" -xJf "$DIR/bin.tar.xz" || { echo "run: cannot unpack bin.tar.xz" >&2; return 1; }
+        BIN=$RT/bin
+    fi
     mkdir -p "$RT/tok" && tar -C "$RT/tok" -xJf "$DIR/tok/llama3.tar.xz" || return 1
     TOK=$RT/tok
     # cuBLAS and NCCL: the machine's own (CUDA toolkit, system packages or Python wheels)
@@ -553,7 +563,7 @@ EOF
         [ $mode = gpu ] && timeout 20 nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv,noheader
         nproc
         echo "cublas: ${cub:-not found}; nccl: ${nccl:-system}"
-        for b in "$DIR"/bin/*; do
+        for b in "$BIN"/*; do
             ldd "$b" 2>&1 | grep "not found" | sed "s|^|$(basename "$b"): unresolved |"
         done
         echo "workloads: ph $IN_PH/$OUT_PH rates $RATES_PH n $N_PH SLO $SLO_PH; bal $IN_BAL/$OUT_BAL rates $RATES_BAL n $N_BAL SLO $SLO_BAL"
