@@ -142,6 +142,19 @@ PD_TEST(test_cuda_kv_swap_op)
     ops->shutdown(be);
 }
 
+/* The stats follow the step that finished the last request: wait (up to 2 s) until
+ * every device and host block is free again; *st_p holds the last reading. */
+static void wait_all_free(eng_engine_t *e, eng_engine_stats_t *st_p)
+{
+    for (int k = 0; k < 200; k++) {
+        eng_engine_get_stats(e, st_p);
+        if (st_p->n_free_blocks == st_p->n_blocks && st_p->n_host_free_blocks == st_p->n_host_blocks)
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 PD_TEST(test_cuda_engine_swap)
 {
     static res_t alone[8], got[N_REQ];
@@ -164,13 +177,7 @@ PD_TEST(test_cuda_engine_swap)
         full += got[i].done && got[i].n == N_GEN;
         same += got[i].n == alone[i % 8].n && memcmp(got[i].ids, alone[i % 8].ids, sizeof(got[i].ids)) == 0;
     }
-    for (int k = 0; k < 200; k++) { /* stats follow the step that finished the last request */
-        eng_engine_get_stats(e, &st);
-        if (st.n_free_blocks == st.n_blocks && st.n_host_free_blocks == st.n_host_blocks)
-            break;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    wait_all_free(e, &st);
     printf("  cuda swap: %llu preemptions, %llu blocks out, %llu in; %d/%d requests equal to their lone run\n",
            (unsigned long long)st.n_preemptions, (unsigned long long)st.swap_out_blocks,
            (unsigned long long)st.swap_in_blocks, same, N_REQ);
@@ -204,13 +211,7 @@ PD_TEST(test_cuda_engine_kv_auto)
     for (int i = 0; i < N_REQ; i++)
         full += got[i].done && got[i].n == N_GEN;
     PD_CHECK_EQ_INT(full, N_REQ);
-    for (int k = 0; k < 200; k++) {
-        eng_engine_get_stats(e, &st);
-        if (st.n_free_blocks == st.n_blocks && st.n_host_free_blocks == st.n_host_blocks)
-            break;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    wait_all_free(e, &st);
     PD_CHECK(st.swap_out_blocks > 0);
     PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
     eng_engine_destroy(e);

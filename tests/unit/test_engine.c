@@ -148,31 +148,44 @@ static void plp_none(void)
 }
 
 /* Submit one greedy request with explicit ids and wait for it. */
+/* Submit one request whose outputs go to slot; p is cleaned up. */
+static void submit(eng_engine_t *e, const char *id, const int32_t *ids, int n_ids, eng_sampling_params_t *p,
+                   slot_t *slot)
+{
+    eng_submit_t sub = {0};
+    char err[256];
+    sub.id = id;
+    sub.prompt = ids;
+    sub.n_prompt = n_ids;
+    sub.params = p;
+    sub.cb = on_out;
+    sub.user = slot;
+    PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
+    eng_sampling_params_cleanup(p);
+}
+
+/* Until every request of w is done. */
+static void wait_all(waiter_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->pending > 0)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
 static void run_ids(eng_engine_t *e, const int32_t *ids, int n_ids, int plp, int max_tokens, result_t *res)
 {
     waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 1};
     slot_t slot = {&w, res};
     eng_sampling_params_t p;
-    eng_submit_t sub = {0};
-    char err[256];
     memset(res, 0, sizeof(*res));
     eng_sampling_params_init(&p);
     p.max_tokens = max_tokens;
     p.temperature = 0.0f;
     p.ignore_eos = true;
     p.prompt_logprobs = plp;
-    sub.id = "ids";
-    sub.prompt = ids;
-    sub.n_prompt = n_ids;
-    sub.params = &p;
-    sub.cb = on_out;
-    sub.user = &slot;
-    PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
-    eng_sampling_params_cleanup(&p);
-    pthread_mutex_lock(&w.mu);
-    while (w.pending > 0)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
+    submit(e, "ids", ids, n_ids, &p, &slot);
+    wait_all(&w);
 }
 
 static int g_top_k; /* top_k of the seeded requests of run_batch (0: off) */
@@ -187,8 +200,7 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         int32_t ids[512];
         int n_ids = tokenize(e, prompts[idx[i]], ids, 512);
         eng_sampling_params_t p;
-        eng_submit_t sub = {0};
-        char id[32], err[256];
+        char id[32];
         eng_sampling_params_init(&p);
         p.max_tokens = max_tokens;
         p.ignore_eos = true;
@@ -203,19 +215,9 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         }
         snprintf(id, sizeof(id), "req-%d", i);
         slots[i] = (slot_t){&w, &res[i]};
-        sub.id = id;
-        sub.prompt = ids;
-        sub.n_prompt = n_ids;
-        sub.params = &p;
-        sub.cb = on_out;
-        sub.user = &slots[i];
-        PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
-        eng_sampling_params_cleanup(&p);
+        submit(e, id, ids, n_ids, &p, &slots[i]);
     }
-    pthread_mutex_lock(&w.mu);
-    while (w.pending > 0)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
+    wait_all(&w);
 }
 
 static void check_all_free(eng_engine_t *e)
@@ -363,8 +365,7 @@ static void run_mixed(eng_engine_t *e, int n, result_t *res)
         int32_t ids[512];
         int n_ids = tokenize(e, prompts[i % N_PROMPTS], ids, 512);
         eng_sampling_params_t p;
-        eng_submit_t sub = {0};
-        char id[32], err[256];
+        char id[32];
         eng_sampling_params_init(&p);
         p.max_tokens = 20;
         p.temperature = 0.0f;
@@ -381,19 +382,9 @@ static void run_mixed(eng_engine_t *e, int n, result_t *res)
         }
         snprintf(id, sizeof(id), "mixed-%d", i);
         slots[i] = (slot_t){&w, &res[i]};
-        sub.id = id;
-        sub.prompt = ids;
-        sub.n_prompt = n_ids;
-        sub.params = &p;
-        sub.cb = on_out;
-        sub.user = &slots[i];
-        PD_CHECK_STATUS(eng_engine_submit(e, &sub, err, sizeof(err)), PD_OK);
-        eng_sampling_params_cleanup(&p);
+        submit(e, id, ids, n_ids, &p, &slots[i]);
     }
-    pthread_mutex_lock(&w.mu);
-    while (w.pending > 0)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
+    wait_all(&w);
 }
 
 PD_TEST(test_device_greedy_matches_host)
