@@ -16,19 +16,25 @@
 #        logs to $OUT (or /tmp/gpu_suite), a short table last.
 #   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the cuda tests under
 #        compute-sanitizer memcheck.
+#   bash DEST/gpu_suite.sh profile DEST   (on the GPU machine) Nsight Compute over
+#        `bench_cuda --profile` (prefill 2048, eager decode b1 and b64): every kernel's
+#        time, summed per phase and kernel by scripts/ncu_split.py (ncu.csv and the
+#        table in $OUT).
 set -u
 
 stage() {
     local build=$1 dest=$2 src
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
-    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap bench/cuda/bench_cuda; do
+    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_forward_mixed \
+        bench/cuda/bench_cuda; do
         strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
     # one archive with a dictionary that spans the binaries: they share the same ~18 MB
     # of CUDA device code, so the five pack into little more than one (the carry is 64 MiB)
     tar -C "$dest" -cf - bin | xz -T1 -9 > "$dest/bin.tar.xz" && rm -rf "$dest/bin" || return 1
     cp "$0" "$dest/gpu_suite.sh"
+    cp "$src/scripts/ncu_split.py" "$dest/"
     cp -r "$src/tests/data" "$dest/src/tests/"
     mkdir -p "$dest/src/tests/golden" && cp "$src/tests/golden/make_goldens.py" "$dest/src/tests/golden/"
     cp -r "$src/configs/models/llama-3.1-8b" "$dest/src/configs/models/"
@@ -52,14 +58,9 @@ run() {
         *) echo "run: unknown option $a" >&2; return 2 ;;
         esac
     done
-    local out=${OUT:-/tmp/gpu_suite}
+    local out=${OUT:-/tmp/gpu_suite} cub
     mkdir -p "$out"
-    unpack_bins "$dir" || return 1
-    # cuBLAS: the machine's own (CUDA toolkit or the Python wheels)
-    local cub
-    cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
-    export LD_LIBRARY_PATH="$dir/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    export PD_SOURCE_DIR="$dir/src" NCCL_NVLS_ENABLE=0
+    device_env "$dir" || return 1
     {
         date -u
         echo "commit $(cat "$dir/COMMIT" 2>/dev/null)"
@@ -80,6 +81,7 @@ run() {
     suite_step "$dir" "$out" test_cuda_golden 60 "$dir/bin/test_cuda_golden"
     suite_step "$dir" "$out" test_cuda_engine 120 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 60 "$dir/bin/test_cuda_swap"
+    suite_step "$dir" "$out" test_forward_mixed 60 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 60 "$dir/bin/bench_cuda" --attn-only
@@ -91,9 +93,10 @@ run() {
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
-    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_engine_pdl test_attn_tc; do
+    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_forward_mixed test_cuda_engine_pdl \
+        test_attn_tc; do
         echo "-- $f"
-        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|^FAIL|^not ok' \
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
@@ -107,6 +110,31 @@ run() {
         [ "$r" != 0 ] && [ "$r" != 77 ] && st="FAIL($r)"
         printf '%-22s %-8s %6s\n' "${NAMES[$i]}" "$st" "${SECS[$i]}"
     done
+}
+
+device_env() { # device_env DIR: unpack the binaries; libraries and paths for them
+    unpack_bins "$1" || return 1
+    # cuBLAS: the machine's own (CUDA toolkit or the Python wheels)
+    cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+    export LD_LIBRARY_PATH="$1/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    export PD_SOURCE_DIR="$1/src" NCCL_NVLS_ENABLE=0
+}
+
+# Nsight Compute over bench_cuda --profile; the per-phase table last.
+profile() {
+    local dir out ncu cub
+    dir=$(cd "$1" && pwd)
+    out=${OUT:-/tmp/gpu_suite}
+    mkdir -p "$out"
+    device_env "$dir" || return 1
+    ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+    [ -n "$ncu" ] || { echo "profile: no ncu on this machine" >&2; return 1; }
+    (cd "$dir/src" && timeout 400 "$ncu" --profile-from-start off --clock-control none --cache-control none \
+        --metrics gpu__time_duration.sum --csv "$dir/bin/bench_cuda" configs/models/llama-3.1-8b --profile) \
+        > "$out/ncu.csv" 2> "$out/ncu.err"
+    echo "ncu rc $? ($(wc -l < "$out/ncu.csv") lines)"
+    tail -3 "$out/ncu.err"
+    python3 "$dir/ncu_split.py" "$out/ncu.csv" | tee "$out/ncu_split.md"
 }
 
 unpack_bins() { # unpack_bins DIR: the staged binaries, once
@@ -130,10 +158,7 @@ sanitize() {
     out=${OUT:-/tmp/gpu_suite}
     mkdir -p "$out"
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-    unpack_bins "$dir" || return 1
-    cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
-    export LD_LIBRARY_PATH="$dir/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    export PD_SOURCE_DIR="$dir/src"
+    device_env "$dir" || return 1
     for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
         (cd "$dir/src" && timeout 250 "$cs" --tool memcheck --error-exitcode 99 "$dir/bin/$t") > "$out/memcheck_$t.log" 2>&1
         echo "memcheck $t: rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$out/memcheck_$t.log") summary/invalid lines)"
@@ -145,5 +170,6 @@ case "${1:-}" in
 stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR" >&2; exit 2 ;;
+profile) shift; profile "$@" ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR" >&2; exit 2 ;;
 esac

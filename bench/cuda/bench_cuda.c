@@ -26,6 +26,11 @@
  *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
  *   bench_cuda --attn-tc     the same sweep for the default decode kernel against the
  *                            experimental tensor-core one (f16 / fp8 caches)
+ *   bench_cuda --profile     for Nsight Compute (ncu --profile-from-start off): the
+ *                            2048-token prefill and the eager decode steps at batch 1 and 64
+ *                            (ctx 1024), each warmed up and then run once inside the
+ *                            profiled range, separated by marker kernels 1, 2, 3, 4
+ *                            (scripts/ncu_split.py sums the kernels of each phase)
  */
 #include <math.h>
 #include <stdio.h>
@@ -558,10 +563,61 @@ out:
     return t;
 }
 
+/* --profile: one prefill and two eager decode steps inside the profiled range, phases
+ * separated by marker kernels (launched after each forward returned, so in order).
+ * The f16 KV cache: what --kv-cache-dtype auto gives a bf16 model on CUDA. */
+static int profile_mode(const char *model_dir)
+{
+    static const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {64, 1024, 1}};
+    const int mbps = 2048 / BS + 2;
+    eng_load_opts_t lo;
+    eng_model_t *model = NULL;
+    eng_load_opts_init(&lo);
+    lo.model = model_dir;
+    lo.load_format = "dummy";
+    lo.dtype = "bfloat16";
+    lo.max_model_len = 8192;
+    DIE_IF(eng_model_load(&lo, &model) != PD_OK, "cannot load %s (dummy)", model_dir);
+    const int vocab = (int)eng_model_config(model)->vocab_size;
+    const eng_backend_ops_t *ops = eng_backend_get("cuda");
+    eng_backend_t *be = NULL;
+    eng_backend_opts_t bo = {.device = 0};
+    DIE_IF(ops == NULL || ops->init(&bo, &be) != PD_OK, "no cuda backend");
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
+    eng_forward_opts_t fo = {.block_size = BS, .n_blocks = 64 * (1024 / BS + 1), .max_tokens = 2048,
+                             .max_seqs = 64, .max_blocks_per_seq = mbps, .kv_dtype = ENG_KV_F16};
+    eng_forward_t *fw = NULL;
+    DIE_IF(eng_forward_create(model, ops, be, &fo, &fw) != PD_OK, "forward create failed");
+    size_t n = eng_forward_kv_block_bytes(fw) / 2 * (size_t)eng_forward_kv_n_blocks(fw);
+    DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F16, 7, 1.0f, NULL) != PD_OK ||
+               kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    batch_t b[3];
+    float *lg = malloc(sizeof(float) * 64 * (size_t)vocab);
+    DIE_IF(lg == NULL, "out of memory");
+    for (int i = 0; i < 3; i++) {
+        make_batch(&b[i], ph[i].B, ph[i].ctx, ph[i].n_new, mbps, vocab);
+        time_forward(fw, &b[i], lg, 2, 1); /* warm: weight conversion, workspaces */
+    }
+    DIE_IF(kcuda_bench_profiler(true) != PD_OK, "cudaProfilerStart failed");
+    for (int i = 0; i < 3; i++) {
+        DIE_IF(kcuda_bench_marker(i + 1, NULL) != PD_OK, "marker failed");
+        time_forward(fw, &b[i], lg, 0, 1);
+    }
+    DIE_IF(kcuda_bench_marker(4, NULL) != PD_OK || kcuda_bench_profiler(false) != PD_OK, "profiler stop failed");
+    for (int i = 0; i < 3; i++)
+        free_batch(&b[i]);
+    free(lg);
+    eng_forward_destroy(fw);
+    ops->shutdown(be);
+    eng_model_destroy(model);
+    printf("profile: prefill 2048 (marker 1), decode b1 ctx 1024 (marker 2), b64 ctx 1024 (marker 3), f16 KV\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false, attn_tc_mode = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false, profile = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
@@ -569,12 +625,16 @@ int main(int argc, char **argv)
             attn_only_mode = true;
         else if (strcmp(argv[i], "--attn-tc") == 0)
             attn_tc_mode = true;
+        else if (strcmp(argv[i], "--profile") == 0)
+            profile = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
     if (attn_only_mode || attn_tc_mode)
         return attn_only(attn_tc_mode);
+    if (profile)
+        return profile_mode(model_dir);
 
     /* ---- ceilings ---- */
     double copy_gbps = 0, gemm_sq = 0, gemm_pf = 0;

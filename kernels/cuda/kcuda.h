@@ -272,6 +272,11 @@ pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p);
 pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
 /* kcuda_gemv with M rows over a bf16 [N,K] weight: weight bytes read per second (GB/s). */
 pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
+/* Profiling under Nsight Compute (`ncu --profile-from-start off`): start/stop the
+ * profiled range, and a tiny marker kernel named kcuda_bench_marker_kernel whose argument
+ * separates the phases of one profiled range in ncu's per-launch listing. */
+pd_status_t kcuda_bench_profiler(bool on);
+pd_status_t kcuda_bench_marker(int id, kcuda_stream_t stream);
 /* Fill n elements (F32 or F16) with uniform values in [-scale, scale) (a hash of the
  * index and seed): benchmarks never time on zeros. */
 pd_status_t kcuda_fill_random(void *x, size_t n, kcpu_dtype_t type, uint32_t seed, float scale,
