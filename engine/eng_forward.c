@@ -91,6 +91,8 @@ struct eng_forward {
     /* activations (backend) */
     float *x, *h, *q, *k, *v, *attn, *o, *gate, *up, *act, *ffn, *g, *gn, *logits;
     int64_t last_T;     /* tokens of the last forward (eng_forward_logits bounds) */
+    int64_t attn_split; /* 0 < n < T: tokens 0..n-1 are one-token sequences 0..n-1 and
+                           attention runs them apart from the rest (decode kernel) */
     bool x_final;       /* x holds the last forward's final residual stream */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
@@ -826,7 +828,23 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         ap.layer = l;
         ap.q = q;
         ap.q_stride = qs;
-        CK(ops->paged_attention(be, &ap));
+        if (fw->attn_split > 0) {
+            /* a mixed batch: its leading decode tokens on the decode kernel, then the
+             * prefill chunks (the same semantics, per token) */
+            kcpu_attn_params_t rest = ap;
+            const int64_t n = fw->attn_split;
+            ap.n_tokens = n;
+            CK(ops->paged_attention(be, &ap));
+            rest.n_tokens = T - n;
+            rest.q = q + n * qs;
+            rest.out = fw->attn + n * QW;
+            rest.tok_seq = fw->d_seq + n;
+            rest.tok_pos = fw->d_pos + n;
+            CK(ops->paged_attention(be, &rest));
+            ap.n_tokens = T;
+        } else {
+            CK(ops->paged_attention(be, &ap));
+        }
         CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
         /* x += o; h = norm(x) */
         CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
@@ -1064,6 +1082,16 @@ pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     return eng_forward_run_sample(fw, b, need_row, NULL, NULL, logits, ids);
 }
 
+/* Leading one-token sequences (token i of sequence i, alone), when others follow:
+ * the scheduler orders batches that way (eng_batch_t); 0 when the batch is not mixed. */
+static int64_t decode_prefix(const eng_fwd_batch_t *b)
+{
+    int64_t n = 0;
+    while (n < b->n_tokens && b->tok_seq[n] == n && (n + 1 == b->n_tokens || b->tok_seq[n + 1] != n))
+        n++;
+    return n < b->n_tokens ? n : 0;
+}
+
 pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
                                    const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids)
 {
@@ -1084,6 +1112,7 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
         identity &= b->logit_rows[i] == i;
     }
     fw->last_T = 0; /* no eng_forward_logits until this forward succeeds */
+    fw->attn_split = decode_prefix(b);
     idx = graph_size_index(fw, b);
 #ifdef PD_HAVE_CUDA
     if (idx >= 0) {

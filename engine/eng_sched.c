@@ -44,6 +44,8 @@ struct eng_sched {
     eng_batch_t batch;
     int cap_seqs, cap_copies, cap_swap_out, cap_swap_in, cap_preempted, cap_finished, cap_remote;
     eng_request_t **copy_owner;
+    eng_batch_seq_t *part;  /* scratch of batch_finalise's partition (cap_seqs entries) */
+    int cap_part;
     uint64_t step;
     uint64_t n_preemptions;
     uint64_t (*now_ns)(void);
@@ -274,6 +276,7 @@ void eng_sched_destroy(eng_sched_t *s)
     free(b->finished);
     free(b->remote_admitted);
     free(s->copy_owner);
+    free(s->part);
     free(s->eos);
     free(s);
 }
@@ -544,11 +547,37 @@ static bool add_seq(eng_sched_t *s, eng_request_t *r, int n_new, const eng_block
     return true;
 }
 
-/* Finalise pointers and sample offsets once the set of seqs is fixed. */
+/* One-token seqs first, each part keeping its order (stable), so the forward can hand
+ * the leading decode tokens to the decode attention kernel and the rest to the prefill
+ * one.  The scratch was reserved with the batch (no failure here). */
+static void batch_partition(eng_sched_t *s)
+{
+    eng_batch_t *b = &s->batch;
+    int n1 = 0, k = 0;
+    bool sorted = true;
+    for (int i = 0; i < b->n_seqs; i++) {
+        if (b->seqs[i].n_tokens == 1) {
+            sorted = sorted && n1 == i;
+            n1++;
+        }
+    }
+    if (sorted || s->part == NULL)
+        return;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < b->n_seqs; i++)
+            if ((b->seqs[i].n_tokens == 1) == (pass == 0))
+                s->part[k++] = b->seqs[i];
+    memcpy(b->seqs, s->part, sizeof(*b->seqs) * (size_t)b->n_seqs);
+    for (int i = 0; i < b->n_seqs; i++)
+        b->seqs[i].req->batch_slot = i;
+}
+
+/* Finalise order, pointers and sample offsets once the set of seqs is fixed. */
 static void batch_finalise(eng_sched_t *s)
 {
     eng_batch_t *b = &s->batch;
     int off = 0;
+    batch_partition(s);
     for (int i = 0; i < b->n_seqs; i++) {
         eng_batch_seq_t *q = &b->seqs[i];
         eng_request_t *r = q->req;

@@ -84,7 +84,9 @@ typedef struct eng_batch_seq {
 } eng_batch_seq_t;
 
 typedef struct eng_batch {
-    eng_batch_seq_t *seqs;
+    eng_batch_seq_t *seqs;       /* seqs with one token first (decode steps), then the
+                                    others, each part in scheduling order: attention runs
+                                    the leading one-token seqs on its decode kernel */
     int n_seqs;
     int n_tokens;                /* sum of seqs[i].n_tokens (<= budget) */
     int n_samples;               /* sum of n_samples: length of update's array */
