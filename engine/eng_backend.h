@@ -132,6 +132,22 @@ typedef struct eng_backend_ops {
     pd_status_t (*kv_swap)(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
                            void *host_base, int64_t n_host_blocks, const int32_t *src,
                            const int32_t *dst, int64_t n, bool to_host);
+
+    /* ---- optional (NULL on backends without them): 16-bit matmul inputs ----
+     * Backends whose GEMMs read bf16/f16 let the producers of a matmul's input write it
+     * in that type, saving an f32 row and a rounding pass.  mm_in_type(be, M): the type
+     * matmul_mm takes for an M-row matmul, KCPU_DTYPE_F32 (0) when the f32 ops are the
+     * better path for M (decode GEMVs read f32 rows).  add_rmsnorm_mm: add_rmsnorm (x
+     * NULL: rmsnorm of residual, unchanged) with out [T, D] in that type; silu_and_mul_mm:
+     * silu_and_mul with out [T, I] in it; matmul_mm: matmul of such an x. */
+    kcpu_dtype_t (*mm_in_type)(eng_backend_t *be, int64_t M);
+    pd_status_t (*add_rmsnorm_mm)(eng_backend_t *be, float *residual, const float *x, const float *w,
+                                  void *out, int64_t T, int64_t D, float eps);
+    pd_status_t (*silu_and_mul_mm)(eng_backend_t *be, const float *gate, int64_t gate_stride,
+                                   const float *up, int64_t up_stride, void *out, int64_t T, int64_t I);
+    pd_status_t (*matmul_mm)(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
+                             const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                             int64_t ldy);
 } eng_backend_ops_t;
 
 /* Shared by the backends' kv_swap: checks every id, then calls copy(arg, dst, src,

@@ -9,8 +9,10 @@
  * pointer; buf_free drops the converted copy with its source.  For bf16/f16 weights each
  * matmul with more than 8 rows rounds its f32 input to that type in a scratch buffer and
  * runs a tensor-core GEMM with f32 accumulation and f32 output; with 1..8 rows (decode)
- * a GEMV kernel reads the weights once and the f32 input as it is.  f32 weights run an
- * exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
+ * a GEMV kernel reads the weights once and the f32 input as it is.  The forward's
+ * prefill path skips the rounding pass for most matmuls: the norm and SiLU-mul before
+ * them write bf16/f16 directly (mm_in_type, *_mm ops; PD_CUDA_NO_MM16=1 turns that
+ * off).  f32 weights run an exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
  * when the weight dtype is bf16/f16, the f32 kernel when it is f32.
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
@@ -54,6 +56,7 @@ struct eng_backend {
     kcpu_dtype_t wdtype;
     bool no_gemv;      /* PD_CUDA_NO_GEMV=1: small-M GEMMs through cuBLAS too (A/B runs) */
     bool exact_attn;   /* PD_CUDA_EXACT_ATTN=1: f32 attention even with bf16/f16 GEMMs */
+    bool no_mm16;      /* PD_CUDA_NO_MM16=1: prefill GEMM inputs as f32 rows rounded apart (A/B) */
     wconv_t *conv;
     size_t n_conv, cap_conv;
     size_t conv_bytes;
@@ -146,6 +149,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->wdtype = KCPU_DTYPE_BF16;
     be->no_gemv = getenv("PD_CUDA_NO_GEMV") != NULL && strcmp(getenv("PD_CUDA_NO_GEMV"), "0") != 0;
     be->exact_attn = getenv("PD_CUDA_EXACT_ATTN") != NULL && strcmp(getenv("PD_CUDA_EXACT_ATTN"), "0") != 0;
+    be->no_mm16 = getenv("PD_CUDA_NO_MM16") != NULL && strcmp(getenv("PD_CUDA_NO_MM16"), "0") != 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -333,14 +337,11 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
     return PD_OK;
 }
 
-static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
-                               const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
-                               int64_t ldy)
+/* Shape checks and the weight in the GEMM type, shared by matmul and matmul_mm. */
+static pd_status_t matmul_weight(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                 kcpu_dtype_t wtype, int64_t N, const float *y, int64_t ldy, const void **wg_p,
+                                 kcpu_dtype_t *tg_p)
 {
-    const void *wg;
-    kcpu_dtype_t tg;
-    pd_status_t st;
-
     if (M < 0 || K <= 0 || N <= 0 || ldx < K || ldy < N || x == NULL || w == NULL || y == NULL) {
         PD_LOG_ERR("cuda matmul: bad shape M=%lld K=%lld N=%lld", (long long)M, (long long)K, (long long)N);
         return PD_ERR_INVAL;
@@ -351,10 +352,18 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
     }
     if (K % kcpu_dtype_block_size(wtype) != 0)
         return PD_ERR_INVAL;
-    if (M == 0)
-        return PD_OK;
-    st = gemm_weight(be, w, wtype, N, K, &wg, &tg);
-    if (st != PD_OK)
+    return M == 0 ? PD_OK : gemm_weight(be, w, wtype, N, K, wg_p, tg_p);
+}
+
+static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
+                               const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                               int64_t ldy)
+{
+    const void *wg = NULL;
+    kcpu_dtype_t tg = KCPU_DTYPE_F32;
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg);
+
+    if (st != PD_OK || M == 0)
         return st;
     if (tg == KCPU_DTYPE_F32) {
         st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
@@ -368,6 +377,47 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
         if (st == PD_OK)
             st = kcuda_gemm(be->blas, be->act, M, K, K, wg, tg, N, y, ldy);
     }
+    if (st == PD_OK && bias)
+        st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
+    return st;
+}
+
+/* ---- 16-bit matmul inputs (prefill): the producers write the GEMM's input type ---- */
+
+static kcpu_dtype_t cuda_mm_in_type(eng_backend_t *be, int64_t M)
+{
+    if (be->wdtype == KCPU_DTYPE_F32 || be->no_mm16 || (M <= 8 && !be->no_gemv))
+        return KCPU_DTYPE_F32; /* the exact path, or the decode GEMV reading f32 rows */
+    return be->wdtype;
+}
+
+static pd_status_t cuda_add_rmsnorm_mm(eng_backend_t *be, float *residual, const float *x, const float *w,
+                                       void *out, int64_t T, int64_t D, float eps)
+{
+    return kcuda_add_rmsnorm_half(residual, x, w, out, be->wdtype, T, D, eps, be->stream);
+}
+
+static pd_status_t cuda_silu_and_mul_mm(eng_backend_t *be, const float *gate, int64_t gate_stride, const float *up,
+                                        int64_t up_stride, void *out, int64_t T, int64_t I)
+{
+    return kcuda_silu_and_mul_half(gate, gate_stride, up, up_stride, out, be->wdtype, T, I, be->stream);
+}
+
+static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
+                                  const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                                  int64_t ldy)
+{
+    const void *wg = NULL;
+    kcpu_dtype_t tg = KCPU_DTYPE_F32;
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg);
+
+    if (st != PD_OK || M == 0)
+        return st;
+    if (tg != be->wdtype || tg == KCPU_DTYPE_F32) {
+        PD_LOG_ERR("cuda matmul_mm: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
+        return PD_ERR_INVAL;
+    }
+    st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
     if (st == PD_OK && bias)
         st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
     return st;
@@ -632,6 +682,10 @@ static const eng_backend_ops_t cuda_ops = {
     .sample_rows = cuda_sample_rows,
     .host_free = cuda_host_free,
     .kv_swap = cuda_kv_swap,
+    .mm_in_type = cuda_mm_in_type,
+    .add_rmsnorm_mm = cuda_add_rmsnorm_mm,
+    .silu_and_mul_mm = cuda_silu_and_mul_mm,
+    .matmul_mm = cuda_matmul_mm,
 };
 
 const eng_backend_ops_t *eng_backend_cuda_ops(void)

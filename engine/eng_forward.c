@@ -90,6 +90,7 @@ struct eng_forward {
 
     /* activations (backend) */
     float *x, *h, *q, *k, *v, *attn, *o, *gate, *up, *act, *ffn, *g, *gn, *logits;
+    void *hm;           /* [T, max(D, I)] in the backend's 16-bit matmul input type (ops->mm_in_type) */
     int64_t last_T;     /* tokens of the last forward (eng_forward_logits bounds) */
     int64_t attn_split; /* 0 < n < T: tokens 0..n-1 are one-token sequences 0..n-1 and
                            attention runs them apart from the rest (decode kernel) */
@@ -650,6 +651,9 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(alloc_f32(fw, T, fw->any_gu ? 2 * c->intermediate : c->intermediate, &fw->gate));
     TRY(alloc_f32(fw, fw->any_unfused_gu ? T : 1, c->intermediate, &fw->up));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
+    if (ops->mm_in_type != NULL && ops->add_rmsnorm_mm && ops->silu_and_mul_mm && ops->matmul_mm &&
+        c->norm == ENG_NORM_RMS) /* 2-byte elements: half as many floats */
+        TRY(alloc_f32(fw, T, ((c->hidden > c->intermediate ? c->hidden : c->intermediate) + 1) / 2, (float **)&fw->hm));
     TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
     TRY(alloc_f32(fw, S, c->hidden, &fw->g));
     TRY(alloc_f32(fw, S, c->hidden, &fw->gn));
@@ -715,6 +719,11 @@ static pd_status_t matmul(eng_forward_t *fw, const float *x, int64_t M, const ma
     return fw->ops->matmul(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out);
 }
 
+static pd_status_t matmul_mm(eng_forward_t *fw, const void *x, int64_t M, const mat_t *m, const float *bias, float *y)
+{
+    return fw->ops->matmul_mm(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out);
+}
+
 /* norm of the residual stream: llama rmsnorm, OPT layernorm; with a fused residual add
  * when add != NULL (residual += add first) */
 static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, const float *w,
@@ -769,7 +778,11 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     const int64_t D = c->hidden, I = c->intermediate, V = c->vocab_size;
     const int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
     const int MB = fw->opts.max_blocks_per_seq;
+    const float eps = (float)c->norm_eps;
     kcpu_attn_params_t ap;
+    /* prefill-sized matmuls on a 16-bit-GEMM backend: their inputs (norm, SiLU-mul
+     * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused) */
+    const bool mm16 = fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
 
     /* embeddings */
     CK(ops->embedding(be, fw->embed, fw->embed_type, V, D, fw->d_tokens, T, fw->x));
@@ -802,21 +815,27 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_w_t *L = &fw->layers[l];
         /* h = norm(x [+ previous MLP output]) */
-        CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
+        if (mm16)
+            CK(ops->add_rmsnorm_mm(be, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, fw->hm, T, D, eps));
+        else
+            CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
         float *q = fw->q, *k = fw->k, *v = fw->v;
         int64_t qs = QW, ks = KW, vs = KW;
         if (L->qkv.w != NULL) { /* one [T, QW + 2 KW] output: q, k, v are column ranges */
-            CK(matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
+            CK(mm16 ? matmul_mm(fw, fw->hm, T, &L->qkv, L->bqkv, fw->q) : matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
             qs = ks = vs = QW + 2 * KW;
             k = q + QW;
             v = k + KW;
+        } else if (mm16) {
+            CK(matmul_mm(fw, fw->hm, T, &L->q, L->bq, fw->q));
+            CK(matmul_mm(fw, fw->hm, T, &L->k, L->bk, fw->k));
+            CK(matmul_mm(fw, fw->hm, T, &L->v, L->bv, fw->v));
         } else {
             CK(matmul(fw, fw->h, T, &L->q, L->bq, fw->q));
             CK(matmul(fw, fw->h, T, &L->k, L->bk, fw->k));
             CK(matmul(fw, fw->h, T, &L->v, L->bv, fw->v));
         }
         if (c->qk_norm) {
-            float eps = (float)c->norm_eps;
             CK(ops->rmsnorm(be, fw->q, L->q_norm, fw->q, T * c->n_heads, c->head_dim, eps));
             CK(ops->rmsnorm(be, fw->k, L->k_norm, fw->k, T * c->n_kv_heads, c->head_dim, eps));
         }
@@ -847,6 +866,23 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         }
         CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
         /* x += o; h = norm(x) */
+        if (mm16 && c->gated_ffn && c->act == ENG_ACT_SILU) {
+            /* the whole MLP on 16-bit inputs: norm -> gate|up -> SiLU-mul -> down */
+            CK(ops->add_rmsnorm_mm(be, fw->x, fw->o, L->ffn_norm, fw->hm, T, D, eps));
+            float *gate = fw->gate, *up = fw->up;
+            int64_t gs = I;
+            if (L->gate_up.w != NULL) {
+                CK(matmul_mm(fw, fw->hm, T, &L->gate_up, NULL, fw->gate));
+                up = gate + I;
+                gs = 2 * I;
+            } else {
+                CK(matmul_mm(fw, fw->hm, T, &L->gate, NULL, fw->gate));
+                CK(matmul_mm(fw, fw->hm, T, &L->up, NULL, fw->up));
+            }
+            CK(ops->silu_and_mul_mm(be, gate, gs, up, gs, fw->hm, T, I));
+            CK(matmul_mm(fw, fw->hm, T, &L->down, L->bdown, fw->ffn));
+            continue;
+        }
         CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
         if (c->gated_ffn) {
             float *gate = fw->gate, *up = fw->up;

@@ -26,7 +26,7 @@ stage() {
     local build=$1 dest=$2 src
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
-    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_forward_mixed \
+    for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_cuda_mmin tests/test_forward_mixed \
         bench/cuda/bench_cuda; do
         strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
@@ -81,6 +81,7 @@ run() {
     suite_step "$dir" "$out" test_cuda_golden 60 "$dir/bin/test_cuda_golden"
     suite_step "$dir" "$out" test_cuda_engine 120 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 60 "$dir/bin/test_cuda_swap"
+    suite_step "$dir" "$out" test_cuda_mmin 60 "$dir/bin/test_cuda_mmin"
     suite_step "$dir" "$out" test_forward_mixed 60 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # the decode attention variants (the copy ceiling and a sweep, no model)
@@ -93,10 +94,10 @@ run() {
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
-    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_forward_mixed test_cuda_engine_pdl \
+    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_mmin test_forward_mixed test_cuda_engine_pdl \
         test_attn_tc; do
         echo "-- $f"
-        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|^FAIL|^not ok' \
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '

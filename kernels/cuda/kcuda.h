@@ -120,6 +120,17 @@ pd_status_t kcuda_convert_weight(const void *src, kcpu_dtype_t src_type, int64_t
 pd_status_t kcuda_f32_to_half(const float *src, int64_t M, int64_t K, int64_t lds, void *dst,
                               kcpu_dtype_t dst_type, kcuda_stream_t stream);
 
+/* ---- 16-bit GEMM inputs written by their producers (kcuda_mmin.cu) ----
+ * As kcuda_add_rmsnorm (x NULL: plain kcuda_rmsnorm of residual, left as it is) and
+ * kcuda_silu_and_mul, with out [T, D] / [T, I] (contiguous) of out_type BF16 or F16,
+ * rounded to nearest even from the f32 result. */
+pd_status_t kcuda_add_rmsnorm_half(float *residual, const float *x, const float *w, void *out,
+                                   kcpu_dtype_t out_type, int64_t T, int64_t D, float eps,
+                                   kcuda_stream_t stream);
+pd_status_t kcuda_silu_and_mul_half(const float *gate, int64_t gate_stride, const float *up,
+                                    int64_t up_stride, void *out, kcpu_dtype_t out_type, int64_t T,
+                                    int64_t I, kcuda_stream_t stream);
+
 /* ---- embedding (kcuda_embedding.cu) ---- */
 pd_status_t kcuda_embedding(const void *table, kcpu_dtype_t type, int64_t vocab, int64_t D,
                             const int32_t *ids, int64_t T, float *out, int *err,

@@ -1,0 +1,215 @@
+/*
+ * test_cuda_mmin.c - the CUDA backend's 16-bit matmul inputs (kcuda_mmin.cu through the
+ * backend's mm_in_type / add_rmsnorm_mm / silu_and_mul_mm / matmul_mm):
+ *  - add_rmsnorm_mm against kcpu_add_rmsnorm then rounding to bf16 / f16 on the host:
+ *    the residual equal to 1e-6, each output within one unit of the last place of the
+ *    reference (the f32 sums may round the other way), odd and large D, with and
+ *    without the residual add;
+ *  - silu_and_mul_mm against kcpu_silu_and_mul then rounding, fused [T, 2I] gate|up rows
+ *    (the vector path) and odd I / unaligned rows (the scalar path);
+ *  - matmul_mm of a 16-bit x equal, bit for bit, to matmul of the f32 x it was rounded
+ *    from (the same GEMM on the same operands), with a bias;
+ *  - mm_in_type: f32 for decode row counts (the GEMV reads f32), the weight type above.
+ * Outputs poisoned before each run.  Exits 77 without a GPU.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_backend.h"
+#include "eng_backend_cuda.h"
+#include "kcpu.h"
+#include "pd_test.h"
+
+static const eng_backend_ops_t *ops;
+static eng_backend_t *be;
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static float *rand_vec(size_t n, float scale)
+{
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static void *dev_copy(const void *host, size_t bytes)
+{
+    void *d = NULL;
+    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
+        return NULL;
+    if (ops->memcpy_h2d(be, d, host, bytes) != PD_OK) {
+        ops->buf_free(be, d);
+        return NULL;
+    }
+    return d;
+}
+
+static void *dev_poisoned(size_t bytes)
+{
+    void *d = NULL;
+    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
+        return NULL;
+    ops->memset(be, d, 0xff, bytes);
+    return d;
+}
+
+static float half_to_f32(uint16_t h, kcpu_dtype_t t)
+{
+    return t == KCPU_DTYPE_BF16 ? kcpu_bf16_to_f32(h) : kcpu_f16_to_f32(h);
+}
+
+static uint16_t f32_to_half(float f, kcpu_dtype_t t)
+{
+    return t == KCPU_DTYPE_BF16 ? kcpu_f32_to_bf16(f) : kcpu_f32_to_f16(f);
+}
+
+/* Outputs (16-bit) within one unit in the last place of the rounded reference. */
+static int count_off(const uint16_t *got, const float *ref, size_t n, kcpu_dtype_t t)
+{
+    const float ulp = t == KCPU_DTYPE_BF16 ? 1.0f / 128.0f : 1.0f / 1024.0f;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float g = half_to_f32(got[i], t), r = half_to_f32(f32_to_half(ref[i], t), t);
+        if (!(fabsf(g - r) <= ulp * fabsf(r) + 1e-6f))
+            bad++;
+    }
+    return bad;
+}
+
+static void norm_case(kcpu_dtype_t t, int64_t T, int64_t D, bool add)
+{
+    size_t n = (size_t)T * D;
+    float *res = rand_vec(n, 2.0f), *x = rand_vec(n, 1.0f), *w = rand_vec((size_t)D, 1.5f);
+    float *ref = malloc(n * sizeof(float)), *res_ref = malloc(n * sizeof(float)), *res_got = malloc(n * sizeof(float));
+    uint16_t *got = malloc(n * 2);
+    void *d_res = dev_copy(res, n * 4), *d_x = dev_copy(x, n * 4), *d_w = dev_copy(w, (size_t)D * 4);
+    void *d_out = dev_poisoned(n * 2);
+    PD_CHECK(ref && res_ref && res_got && got && d_res && d_x && d_w && d_out);
+    if (!ref || !res_ref || !res_got || !got || !d_res || !d_x || !d_w || !d_out)
+        goto out;
+    memcpy(res_ref, res, n * 4);
+    if (add)
+        kcpu_add_rmsnorm(NULL, res_ref, x, w, ref, T, D, 1e-5f);
+    else
+        kcpu_rmsnorm(NULL, res_ref, w, ref, T, D, 1e-5f);
+    PD_CHECK_STATUS(ops->add_rmsnorm_mm(be, d_res, add ? d_x : NULL, d_w, d_out, T, D, 1e-5f), PD_OK);
+    PD_CHECK_STATUS(ops->memcpy_d2h(be, got, d_out, n * 2), PD_OK);
+    PD_CHECK_STATUS(ops->memcpy_d2h(be, res_got, d_res, n * 4), PD_OK);
+    double rerr = 0;
+    for (size_t i = 0; i < n; i++)
+        rerr = fmax(rerr, fabs((double)res_got[i] - res_ref[i]));
+    int bad = count_off(got, ref, n, t);
+    printf("  add_rmsnorm_mm %s T=%lld D=%lld add=%d: %d of %zu outside 1 ulp, residual err %.1e\n",
+           kcpu_dtype_name(t), (long long)T, (long long)D, add, bad, n, rerr);
+    PD_CHECK_EQ_INT(bad, 0);
+    PD_CHECK(rerr < 1e-6);
+out:
+    ops->buf_free(be, d_res), ops->buf_free(be, d_x), ops->buf_free(be, d_w), ops->buf_free(be, d_out);
+    free(res), free(x), free(w), free(ref), free(res_ref), free(res_got), free(got);
+}
+
+/* gate|up rows of stride `stride` (>= 2I, fused) starting at column `off`. */
+static void silu_case(kcpu_dtype_t t, int64_t T, int64_t I, int64_t stride, int64_t off)
+{
+    size_t n = (size_t)T * stride, no = (size_t)T * I;
+    float *gu = rand_vec(n, 4.0f), *ref = malloc(no * sizeof(float));
+    uint16_t *got = malloc(no * 2);
+    float *d_gu = dev_copy(gu, n * 4);
+    void *d_out = dev_poisoned(no * 2);
+    PD_CHECK(gu && ref && got && d_gu && d_out);
+    if (!gu || !ref || !got || !d_gu || !d_out)
+        goto out;
+    kcpu_silu_and_mul(NULL, gu + off, stride, gu + off + I, stride, ref, T, I);
+    PD_CHECK_STATUS(ops->silu_and_mul_mm(be, d_gu + off, stride, d_gu + off + I, stride, d_out, T, I), PD_OK);
+    PD_CHECK_STATUS(ops->memcpy_d2h(be, got, d_out, no * 2), PD_OK);
+    int bad = count_off(got, ref, no, t);
+    printf("  silu_and_mul_mm %s T=%lld I=%lld stride %lld off %lld: %d of %zu outside 1 ulp\n", kcpu_dtype_name(t),
+           (long long)T, (long long)I, (long long)stride, (long long)off, bad, no);
+    PD_CHECK_EQ_INT(bad, 0);
+out:
+    ops->buf_free(be, d_gu), ops->buf_free(be, d_out);
+    free(gu), free(ref), free(got);
+}
+
+static void matmul_case(kcpu_dtype_t t, int64_t M, int64_t K, int64_t N)
+{
+    float *x = rand_vec((size_t)M * K, 1.0f), *w = rand_vec((size_t)N * K, 0.1f), *bias = rand_vec((size_t)N, 1.0f);
+    uint16_t *xh = malloc((size_t)M * K * 2);
+    float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+    void *d_x = NULL, *d_xh = NULL, *d_w = NULL, *d_b = NULL, *d_y1 = NULL, *d_y2 = NULL;
+    PD_CHECK(x && w && bias && xh && y1 && y2);
+    if (!x || !w || !bias || !xh || !y1 || !y2)
+        goto out;
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        xh[i] = f32_to_half(x[i], t);
+    d_x = dev_copy(x, (size_t)M * K * 4), d_xh = dev_copy(xh, (size_t)M * K * 2);
+    d_w = dev_copy(w, (size_t)N * K * 4), d_b = dev_copy(bias, (size_t)N * 4);
+    d_y1 = dev_poisoned((size_t)M * N * 4), d_y2 = dev_poisoned((size_t)M * N * 4);
+    PD_CHECK(d_x && d_xh && d_w && d_b && d_y1 && d_y2);
+    if (!d_x || !d_xh || !d_w || !d_b || !d_y1 || !d_y2)
+        goto out;
+    PD_CHECK_STATUS(ops->matmul(be, d_x, M, K, K, d_w, KCPU_DTYPE_F32, N, d_b, d_y1, N), PD_OK);
+    PD_CHECK_STATUS(ops->matmul_mm(be, d_xh, M, K, K, d_w, KCPU_DTYPE_F32, N, d_b, d_y2, N), PD_OK);
+    PD_CHECK_STATUS(ops->memcpy_d2h(be, y1, d_y1, (size_t)M * N * 4), PD_OK);
+    PD_CHECK_STATUS(ops->memcpy_d2h(be, y2, d_y2, (size_t)M * N * 4), PD_OK);
+    int same = memcmp(y1, y2, (size_t)M * N * 4) == 0, finite = 1;
+    for (size_t i = 0; i < (size_t)M * N; i++)
+        finite &= isfinite(y1[i]) != 0;
+    printf("  matmul_mm %s M=%lld K=%lld N=%lld: %s matmul of the f32 rows\n", kcpu_dtype_name(t), (long long)M,
+           (long long)K, (long long)N, same ? "bit-identical to" : "DIFFERS from");
+    PD_CHECK(same && finite);
+out:
+    ops->buf_free(be, d_x), ops->buf_free(be, d_xh), ops->buf_free(be, d_w), ops->buf_free(be, d_b);
+    ops->buf_free(be, d_y1), ops->buf_free(be, d_y2);
+    free(x), free(w), free(bias), free(xh), free(y1), free(y2);
+}
+
+PD_TEST(test_mm_inputs)
+{
+    static const kcpu_dtype_t types[2] = {KCPU_DTYPE_BF16, KCPU_DTYPE_F16};
+    PD_CHECK(ops->mm_in_type != NULL && ops->add_rmsnorm_mm && ops->silu_and_mul_mm && ops->matmul_mm);
+    if (ops->mm_in_type == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        kcpu_dtype_t t = types[i];
+        eng_backend_cuda_set_weight_dtype(be, t);
+        PD_CHECK_EQ_INT((int)ops->mm_in_type(be, 1), (int)KCPU_DTYPE_F32);
+        PD_CHECK_EQ_INT((int)ops->mm_in_type(be, 8), (int)KCPU_DTYPE_F32);
+        PD_CHECK_EQ_INT((int)ops->mm_in_type(be, 9), (int)t);
+        norm_case(t, 37, 4096, true);
+        norm_case(t, 5, 577, false);
+        norm_case(t, 130, 64, true);
+        silu_case(t, 33, 14336, 2 * 14336, 0); /* fused gate|up: vector path */
+        silu_case(t, 7, 173, 2 * 173 + 3, 0);  /* odd I and stride: scalar path */
+        silu_case(t, 3, 64, 136, 1);           /* rows off 16-byte alignment */
+        matmul_case(t, 77, 256, 96);
+        matmul_case(t, 9, 64, 200);
+    }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+    PD_CHECK_EQ_INT((int)ops->mm_in_type(be, 512), (int)KCPU_DTYPE_F32);
+}
+
+int main(void)
+{
+    ops = eng_backend_get("cuda");
+    PD_CHECK(ops != NULL);
+    if (ops == NULL)
+        return PD_TEST_REPORT();
+    if (ops->init(NULL, &be) != PD_OK) {
+        printf("SKIP: no usable CUDA device\n");
+        return 77;
+    }
+    PD_RUN(test_mm_inputs);
+    ops->shutdown(be);
+    return PD_TEST_REPORT();
+}
