@@ -186,6 +186,16 @@ static bool bench_fill_fp8(void *cache, size_t cb, kcuda_stream_t stream)
  * the points both ran (the output of the last block set replayed; -1 when never compared,
  * +inf for a NaN in one output only), so a variant that is fast but wrong shows.
  */
+/* Layers in the attention benchmark's cache layout: 1 (default; a block holds one
+ * layer's K and V) or PD_BENCH_ATTN_LAYERS (32: the Llama-3.1-8B layout the forward
+ * uses, a block holding every layer, so one layer's reads are 2 MB apart). */
+static int att_layers(void)
+{
+    const char *e = getenv("PD_BENCH_ATTN_LAYERS");
+    int n = e ? atoi(e) : 1;
+    return n >= 1 && n <= 128 ? n : 1;
+}
+
 static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_variant_t *var, int n_var, int sm_count,
                             double us[ATT_MAXV][3][ATT_NCTX], double gbps[ATT_MAXV][3][ATT_NCTX], double *diff,
                             int ct0)
@@ -218,7 +228,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
             max_blocks = nb > max_blocks ? nb : max_blocks;
         }
         kcpu_kv_layout_t lay;
-        if (kcuda_kv_layout_init(&lay, dts[ct], 1, BS, n_kv, hd, max_blocks) != PD_OK) {
+        if (kcuda_kv_layout_init(&lay, dts[ct], att_layers(), BS, n_kv, hd, max_blocks) != PD_OK) {
             fprintf(stderr, "bench_cuda: attention: layout failed\n");
             continue;
         }
@@ -285,7 +295,8 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                                         .tok_seq = dseq, .tok_pos = dpos, .n_seqs = AB, .block_tables = dbt,
                                         .max_blocks_per_seq = amb, .context_lens = dctx, .n_heads = n_heads,
                                         .n_kv_heads = n_kv, .head_dim = hd, .scale = 1.0f / sqrtf((float)hd),
-                                        .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
+                                        .causal = true, .layer = lay.n_layers / 2, .cache_base = cache,
+                                        .layout = &lay};
                 kcuda_attn_set_decode(var[v].kernel, var[v].splits);
                 kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order, var[v].tc);
                 if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
