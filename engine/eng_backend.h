@@ -139,15 +139,18 @@ typedef struct eng_backend_ops {
      * matmul_mm takes for an M-row matmul, KCPU_DTYPE_F32 (0) when the f32 ops are the
      * better path for M (decode GEMVs read f32 rows).  add_rmsnorm_mm: add_rmsnorm (x
      * NULL: rmsnorm of residual, unchanged) with out [T, D] in that type; silu_and_mul_mm:
-     * silu_and_mul with out [T, I] in it; matmul_mm: matmul of such an x. */
+     * silu_and_mul with out [T, I] in it; to_mm: x [T, K] (row stride ldx) rounded to it,
+     * out [T, K] contiguous; matmul_mm: matmul of such an x, into y, or added to y when
+     * accumulate (y += x W^T + bias: the residual add of a projection). */
     kcpu_dtype_t (*mm_in_type)(eng_backend_t *be, int64_t M);
     pd_status_t (*add_rmsnorm_mm)(eng_backend_t *be, float *residual, const float *x, const float *w,
                                   void *out, int64_t T, int64_t D, float eps);
     pd_status_t (*silu_and_mul_mm)(eng_backend_t *be, const float *gate, int64_t gate_stride,
                                    const float *up, int64_t up_stride, void *out, int64_t T, int64_t I);
+    pd_status_t (*to_mm)(eng_backend_t *be, const float *x, int64_t T, int64_t K, int64_t ldx, void *out);
     pd_status_t (*matmul_mm)(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
                              const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
-                             int64_t ldy);
+                             int64_t ldy, bool accumulate);
 } eng_backend_ops_t;
 
 /* Shared by the backends' kv_swap: checks every id, then calls copy(arg, dst, src,

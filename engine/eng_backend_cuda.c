@@ -403,9 +403,14 @@ static pd_status_t cuda_silu_and_mul_mm(eng_backend_t *be, const float *gate, in
     return kcuda_silu_and_mul_half(gate, gate_stride, up, up_stride, out, be->wdtype, T, I, be->stream);
 }
 
+static pd_status_t cuda_to_mm(eng_backend_t *be, const float *x, int64_t T, int64_t K, int64_t ldx, void *out)
+{
+    return kcuda_f32_to_half(x, T, K, ldx, out, be->wdtype, be->stream);
+}
+
 static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
                                   const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
-                                  int64_t ldy)
+                                  int64_t ldy, bool accumulate)
 {
     const void *wg = NULL;
     kcpu_dtype_t tg = KCPU_DTYPE_F32;
@@ -417,7 +422,8 @@ static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, i
         PD_LOG_ERR("cuda matmul_mm: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
         return PD_ERR_INVAL;
     }
-    st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
+    st = accumulate ? kcuda_gemm_acc(be->blas, x, M, K, ldx, wg, tg, N, y, ldy)
+                    : kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
     if (st == PD_OK && bias)
         st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
     return st;
@@ -685,6 +691,7 @@ static const eng_backend_ops_t cuda_ops = {
     .mm_in_type = cuda_mm_in_type,
     .add_rmsnorm_mm = cuda_add_rmsnorm_mm,
     .silu_and_mul_mm = cuda_silu_and_mul_mm,
+    .to_mm = cuda_to_mm,
     .matmul_mm = cuda_matmul_mm,
 };
 

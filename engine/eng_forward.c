@@ -651,8 +651,8 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
     TRY(alloc_f32(fw, T, fw->any_gu ? 2 * c->intermediate : c->intermediate, &fw->gate));
     TRY(alloc_f32(fw, fw->any_unfused_gu ? T : 1, c->intermediate, &fw->up));
     TRY(alloc_f32(fw, T, c->intermediate, &fw->act));
-    if (ops->mm_in_type != NULL && ops->add_rmsnorm_mm && ops->silu_and_mul_mm && ops->matmul_mm &&
-        c->norm == ENG_NORM_RMS) /* 2-byte elements: half as many floats */
+    if (ops->mm_in_type != NULL && ops->add_rmsnorm_mm && ops->silu_and_mul_mm && ops->to_mm && ops->matmul_mm &&
+        c->norm == ENG_NORM_RMS && c->gated_ffn && c->act == ENG_ACT_SILU) /* 2-byte elements: half as many floats */
         TRY(alloc_f32(fw, T, ((c->hidden > c->intermediate ? c->hidden : c->intermediate) + 1) / 2, (float **)&fw->hm));
     TRY(alloc_f32(fw, T, c->hidden, &fw->ffn));
     TRY(alloc_f32(fw, S, c->hidden, &fw->g));
@@ -719,9 +719,10 @@ static pd_status_t matmul(eng_forward_t *fw, const float *x, int64_t M, const ma
     return fw->ops->matmul(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out);
 }
 
-static pd_status_t matmul_mm(eng_forward_t *fw, const void *x, int64_t M, const mat_t *m, const float *bias, float *y)
+static pd_status_t matmul_mm(eng_forward_t *fw, const void *x, int64_t M, const mat_t *m, const float *bias, float *y,
+                             bool accumulate)
 {
-    return fw->ops->matmul_mm(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out);
+    return fw->ops->matmul_mm(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out, accumulate);
 }
 
 /* norm of the residual stream: llama rmsnorm, OPT layernorm; with a fused residual add
@@ -781,7 +782,9 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     const float eps = (float)c->norm_eps;
     kcpu_attn_params_t ap;
     /* prefill-sized matmuls on a 16-bit-GEMM backend: their inputs (norm, SiLU-mul
-     * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused) */
+     * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused),
+     * and the o and down projections add into the residual stream x as they run (the
+     * norms after them then read x alone) */
     const bool mm16 = fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
 
     /* embeddings */
@@ -816,20 +819,21 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         const layer_w_t *L = &fw->layers[l];
         /* h = norm(x [+ previous MLP output]) */
         if (mm16)
-            CK(ops->add_rmsnorm_mm(be, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, fw->hm, T, D, eps));
+            CK(ops->add_rmsnorm_mm(be, fw->x, NULL, L->attn_norm, fw->hm, T, D, eps));
         else
             CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
         float *q = fw->q, *k = fw->k, *v = fw->v;
         int64_t qs = QW, ks = KW, vs = KW;
         if (L->qkv.w != NULL) { /* one [T, QW + 2 KW] output: q, k, v are column ranges */
-            CK(mm16 ? matmul_mm(fw, fw->hm, T, &L->qkv, L->bqkv, fw->q) : matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
+            CK(mm16 ? matmul_mm(fw, fw->hm, T, &L->qkv, L->bqkv, fw->q, false)
+                    : matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
             qs = ks = vs = QW + 2 * KW;
             k = q + QW;
             v = k + KW;
         } else if (mm16) {
-            CK(matmul_mm(fw, fw->hm, T, &L->q, L->bq, fw->q));
-            CK(matmul_mm(fw, fw->hm, T, &L->k, L->bk, fw->k));
-            CK(matmul_mm(fw, fw->hm, T, &L->v, L->bv, fw->v));
+            CK(matmul_mm(fw, fw->hm, T, &L->q, L->bq, fw->q, false));
+            CK(matmul_mm(fw, fw->hm, T, &L->k, L->bk, fw->k, false));
+            CK(matmul_mm(fw, fw->hm, T, &L->v, L->bv, fw->v, false));
         } else {
             CK(matmul(fw, fw->h, T, &L->q, L->bq, fw->q));
             CK(matmul(fw, fw->h, T, &L->k, L->bk, fw->k));
@@ -864,25 +868,28 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         } else {
             CK(ops->paged_attention(be, &ap));
         }
-        CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
-        /* x += o; h = norm(x) */
-        if (mm16 && c->gated_ffn && c->act == ENG_ACT_SILU) {
-            /* the whole MLP on 16-bit inputs: norm -> gate|up -> SiLU-mul -> down */
-            CK(ops->add_rmsnorm_mm(be, fw->x, fw->o, L->ffn_norm, fw->hm, T, D, eps));
+        if (mm16) {
+            /* x += attn Wo^T in the GEMM; then the MLP on 16-bit inputs: norm -> gate|up
+             * -> SiLU-mul -> down, which adds into x too */
+            CK(ops->to_mm(be, fw->attn, T, QW, QW, fw->hm));
+            CK(matmul_mm(fw, fw->hm, T, &L->o, L->bo, fw->x, true));
+            CK(ops->add_rmsnorm_mm(be, fw->x, NULL, L->ffn_norm, fw->hm, T, D, eps));
             float *gate = fw->gate, *up = fw->up;
             int64_t gs = I;
             if (L->gate_up.w != NULL) {
-                CK(matmul_mm(fw, fw->hm, T, &L->gate_up, NULL, fw->gate));
+                CK(matmul_mm(fw, fw->hm, T, &L->gate_up, NULL, fw->gate, false));
                 up = gate + I;
                 gs = 2 * I;
             } else {
-                CK(matmul_mm(fw, fw->hm, T, &L->gate, NULL, fw->gate));
-                CK(matmul_mm(fw, fw->hm, T, &L->up, NULL, fw->up));
+                CK(matmul_mm(fw, fw->hm, T, &L->gate, NULL, fw->gate, false));
+                CK(matmul_mm(fw, fw->hm, T, &L->up, NULL, fw->up, false));
             }
             CK(ops->silu_and_mul_mm(be, gate, gs, up, gs, fw->hm, T, I));
-            CK(matmul_mm(fw, fw->hm, T, &L->down, L->bdown, fw->ffn));
+            CK(matmul_mm(fw, fw->hm, T, &L->down, L->bdown, fw->x, true));
             continue;
         }
+        CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
+        /* x += o; h = norm(x) */
         CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
         if (c->gated_ffn) {
             float *gate = fw->gate, *up = fw->up;
@@ -910,10 +917,13 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         }
         CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
     }
+    fw->x_final = mm16; /* else the last MLP output is still to be added */
     if (n_logits == 0)
         return PD_OK;
     /* x += last MLP output, then final norm + lm_head on the wanted rows only */
-    CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
+    if (!mm16)
+        CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
+    fw->x_final = true;
     float *src = fw->x; /* identity rows: the norm reads x itself (it leaves x as it is) */
     if (logit_rows != NULL) {
         src = fw->g;
@@ -1166,7 +1176,7 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;
-    fw->x_final = b->n_logits > 0; /* body() adds the last MLP output into x only then */
+    /* (body() set x_final: whether x holds the last MLP output) */
     return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 

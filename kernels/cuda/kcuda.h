@@ -90,9 +90,12 @@ void kcuda_blas_destroy(kcuda_blas_t *blas);
  *   wtype BF16 / F16: a is bf16 / f16 (the caller converts activations with
  *   kcuda_f32_to_half), tensor-core GEMM with f32 output.
  * W rows are contiguous (ld K).  bias: handled by the caller (kcuda_add_bias).
+ * kcuda_gemm_acc: y += a . W^T instead (cuBLAS beta = 1: a residual add in the epilogue).
  */
 pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
                        const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
+pd_status_t kcuda_gemm_acc(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                           const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
 
 /* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
  * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.

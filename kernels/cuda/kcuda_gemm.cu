@@ -52,10 +52,10 @@ extern "C" void kcuda_blas_destroy(kcuda_blas_t *blas)
     free(blas);
 }
 
-extern "C" pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
-                                  const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy)
+static pd_status_t gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda, const void *w,
+                        kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, float beta)
 {
-    const float one = 1.0f, zero = 0.0f;
+    const float one = 1.0f, b = beta;
     cublasStatus_t s;
     cudaDataType_t t;
 
@@ -68,13 +68,13 @@ extern "C" pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, 
     switch (wtype) {
     case KCPU_DTYPE_F32:
         s = cublasSgemm(blas->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float *)w,
-                        (int)K, (const float *)a, (int)lda, &zero, y, (int)ldy);
+                        (int)K, (const float *)a, (int)lda, &b, y, (int)ldy);
         break;
     case KCPU_DTYPE_BF16:
     case KCPU_DTYPE_F16:
         t = wtype == KCPU_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         s = cublasGemmEx(blas->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, t, (int)K, a, t,
-                         (int)lda, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                         (int)lda, &b, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         break;
     default:
         PD_LOG_ERR("kcuda_gemm: weight type %s needs conversion first", kcpu_dtype_name(wtype));
@@ -86,4 +86,16 @@ extern "C" pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, 
         return PD_ERR_CUDA;
     }
     return PD_OK;
+}
+
+extern "C" pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                                  const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy)
+{
+    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 0.0f);
+}
+
+extern "C" pd_status_t kcuda_gemm_acc(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                                      const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy)
+{
+    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 1.0f);
 }
