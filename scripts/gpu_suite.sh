@@ -8,8 +8,9 @@
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
 #        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
-#        bench_cuda (--quick: batch 64 at most), the decode attention sweep
-#        (bench_cuda --attn-only) and two experimental variants in their own processes
+#        bench_cuda (--quick: batch 64 at most), prefill attention alone (bench_cuda
+#        --prefill-attn: the WMMA kernel vs the FlashAttention-2 one), the decode
+#        attention sweep (bench_cuda --attn-only) and two experimental variants in their own processes
 #        (GEMV PDL in test_cuda_engine, tensor-core decode attention in test_cuda_ops);
 #        every step under a timeout (< 600 s in all), a failing step does not stop the
 #        next; full
@@ -81,6 +82,8 @@ run() {
     suite_step "$dir" "$out" test_cuda_engine 120 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 60 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
+    # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate)
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" --prefill-attn
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 60 "$dir/bin/bench_cuda" --attn-only
     # experimental switches in processes of their own (a fault there spoils nothing
@@ -93,12 +96,13 @@ run() {
     local f
     for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_engine_pdl test_attn_tc; do
         echo "-- $f"
-        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|^FAIL|^not ok' \
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|prefill attention cases|tokens: graphs|draws =|argmax|cuda swap:|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
     grep -E '^==|^summary|^best|^check|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -14
-    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log"
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ATTN /p' "$out/bench_prefill_attn.log" | grep -v '^JSON'
+    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log" "$out/bench_prefill_attn.log"
     printf '%-22s %-8s %6s\n' step result seconds
     local i r st
     for i in "${!NAMES[@]}"; do
