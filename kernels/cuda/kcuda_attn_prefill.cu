@@ -174,7 +174,7 @@ __device__ __forceinline__ void fa_load_tile(const fa_args_t &a, const int32_t *
 /* ---- the kernel ---- */
 
 template <typename CT, int D, int NW>
-__global__ void __launch_bounds__(NW * 32) fa_prefill_kernel(fa_args_t a)
+__global__ void __launch_bounds__(NW * 32, 1) fa_prefill_kernel(fa_args_t a)
 {
     constexpr int NT = NW * 32, LD = D + 8, KS = D / 16, DN = D / 8, SN = FA_KT / 8;
     constexpr int STAGE = 2 * FA_KT * LD; /* halves per stage (K and V) */
