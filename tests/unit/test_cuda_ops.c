@@ -1239,6 +1239,34 @@ static void pf_case(const pf_case_t *c)
             pf_worst[vi] = worst[vi];
         free(got);
     }
+    if (c->n_dec > 0) {
+        /* range errors on the fa2 kernel: a bad block id in a decode sequence's table is
+         * reported (KCUDA_ERR_BLOCK -> PD_ERR_RANGE, once) and the prefill chunk's rows
+         * stay right; then a context longer than the block table allows (KCUDA_ERR_SEQ) */
+        kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_FA2, 4);
+        const int bi = mbps + (ctx[1] - 1) / c->bs;
+        const int32_t saved = bt[bi];
+        bt[bi] = (int32_t)n_blocks + 5;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)S * mbps * 4);
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        float *got = down(dout, (size_t)T * QW * 4);
+        const double before = worst_g;
+        PD_CHECK_EQ_INT(cmp("prefill fa2 (bad block in another sequence)", got, ref, (size_t)(c->T * QW), 2e-2), 0);
+        worst_g = before;
+        free(got);
+        bt[bi] = saved;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)S * mbps * 4);
+        const int32_t saved_ctx = ctx[1];
+        ctx[1] = mbps * c->bs + 1;
+        ops->memcpy_h2d(be, dctx, ctx, S * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        ctx[1] = saved_ctx;
+    }
     kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
     printf("  h%2d/%d d%3d bs%3d win%3d %-3s T%5d ctx0 %3d +%d dec: worst old %.1e fa2 %.1e fa2w8 %.1e%s\n",
            c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->n_dec,
@@ -1258,6 +1286,8 @@ PD_TEST(test_prefill_attention)
     static const int Ts[] = {1, 15, 16, 17, 63, 64, 65, 200, 1000};
     static const int ctx0s[] = {0, 37, 500};
     static const int bss[] = {16, 32, 128};
+    /* bf16 GEMMs: the backend allows reduced-precision attention (the tensor-core kernels) */
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
     if (kcpu_pool_create(8, &pf_pool) != PD_OK)
         pf_pool = NULL;
     int n = 0;
@@ -1289,6 +1319,7 @@ PD_TEST(test_prefill_attention)
     if (pf_pool != NULL)
         kcpu_pool_destroy(pf_pool);
     pf_pool = NULL;
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
 int main(void)
