@@ -17,6 +17,9 @@
 #        logs to $OUT (or /tmp/gpu_suite), a short table last.
 #   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the cuda tests under
 #        compute-sanitizer memcheck.
+#   bash DEST/gpu_suite.sh fa2 DEST   (on the GPU machine, ~5 min) the FlashAttention-2
+#        prefill kernel alone: its test cases, bench_cuda --prefill-attn, and
+#        test_cuda_engine / test_cuda_golden with PD_CUDA_ATTN_PREFILL=fa2.
 set -u
 
 stage() {
@@ -145,9 +148,50 @@ sanitize() {
     done
 }
 
+# The FlashAttention-2 prefill attention kernel alone (a short device call): its test
+# cases, the prefill attention benchmark, and the engine and golden tests with prefill
+# attention on fa2 (PD_CUDA_ATTN_PREFILL=fa2) and then with 8-warp CTAs.
+fa2() {
+    local dir out cub i r st
+    dir=$(cd "$1" && pwd)
+    out=${OUT:-/tmp/gpu_suite}
+    mkdir -p "$out"
+    unpack_bins "$dir" || return 1
+    cub=$(find /usr/local/cuda*/ /usr/lib/x86_64-linux-gnu /opt -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+    export LD_LIBRARY_PATH="$dir/lib:${cub:+$(dirname "$cub"):}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    export PD_SOURCE_DIR="$dir/src" NCCL_NVLS_ENABLE=0
+    { date -u; echo "commit $(cat "$dir/COMMIT" 2>/dev/null)";
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; } > "$out/env.txt" 2>&1
+    cat "$out/env.txt"
+    NAMES=() RCS=() SECS=()
+    suite_step "$dir" "$out" test_prefill_attn 150 env PD_TEST_PREFILL_ONLY=1 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" --prefill-attn
+    suite_step "$dir" "$out" test_cuda_engine_fa2 120 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_golden_fa2 60 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_golden"
+    suite_step "$dir" "$out" test_cuda_engine_fa2w8 120 env PD_CUDA_ATTN_PREFILL=fa2 PD_CUDA_ATTN_PREFILL_WARPS=8 \
+        "$dir/bin/test_cuda_engine"
+    echo
+    echo "== gpu_suite fa2: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
+    grep -h -E 'BAD|outside tolerance|check failed|^FAIL|^not ok' "$out/test_prefill_attn.log" 2>/dev/null | head -20
+    grep -h -E 'prefill attention cases|passed, ' "$out/test_prefill_attn.log" 2>/dev/null | tail -3
+    for i in test_cuda_engine_fa2 test_cuda_golden_fa2 test_cuda_engine_fa2w8; do
+        echo "-- $i"
+        grep -h -E 'passed, |outside tolerance|check failed|tokens: graphs|argmax|^FAIL|^not ok' "$out/$i.log" 2>/dev/null | head -8
+    done
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ATTN /p' "$out/bench_prefill_attn.log"
+    printf '%-22s %-8s %6s\n' step result seconds
+    for i in "${!NAMES[@]}"; do
+        r=${RCS[$i]} st=PASS
+        [ "$r" = 77 ] && st=SKIP
+        [ "$r" != 0 ] && [ "$r" != 77 ] && st="FAIL($r)"
+        printf '%-22s %-8s %6s\n' "${NAMES[$i]}" "$st" "${SECS[$i]}"
+    done
+}
+
 case "${1:-}" in
 stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR" >&2; exit 2 ;;
+fa2) shift; fa2 "$@" ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | fa2 DIR" >&2; exit 2 ;;
 esac
