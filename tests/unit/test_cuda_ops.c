@@ -11,6 +11,9 @@
  * (relative 2^-4 for e4m3, 2^-3 for e5m2, plus the subnormal step), the calculated
  * scales must be max|x| / 200 and / 100, and attention over the fp8 cache must match
  * kcpu attention over that decoded cache (as f32) within 1e-4.
+ * Prefill attention (test_prefill_attention, last): the WMMA kernel and the
+ * FlashAttention-2 kernel (4 and 8 warps) against kcpu within 2e-2, the worst error
+ * printed per case; PD_TEST_PREFILL_ONLY=1 runs those cases alone.
  * Needs a GPU: exits 77 (skipped) when the backend cannot start.
  */
 #include <math.h>
@@ -1137,14 +1140,16 @@ PD_TEST(test_decode_attention)
 
 /* ---- the FlashAttention-2 prefill kernel (kcuda_attn_prefill.cu) ---- */
 
-/* A prefill batch: sequence 0 is a chunk of T tokens after ctx0 cached ones, sequences
- * 1.. (n_dec of them) one decode token each after a random context, all in one call.
+/* A prefill batch: sequence 0 is a chunk of T tokens after ctx0 cached ones, then (T2 > 0)
+ * a second chunk of T2 tokens after a random context, then n_dec sequences of one decode
+ * token each after a random context, all in one call.
  * The cache is filled on the host (kcpu_kv_write) and uploaded; the reference is
  * kcpu_paged_attention; the GPU runs the old WMMA kernel and the fa2 kernel with 4 and
- * 8 warps, each with the output poisoned first.  Returns the fa2 (4 warps) worst error. */
+ * 8 warps, each with the output poisoned first, and prints each one's worst error. */
 typedef struct {
     int n_heads, n_kv, hd, bs, window, T, ctx0, n_dec;
     kcpu_dtype_t cache;
+    int T2;
 } pf_case_t;
 
 static kcpu_pool_t *pf_pool;
@@ -1153,13 +1158,14 @@ static int pf_routed;
 
 static void pf_case(const pf_case_t *c)
 {
-    const int L = 2, layer = 1, S = 1 + c->n_dec;
+    const int L = 2, layer = 1, S = 1 + (c->T2 > 0) + c->n_dec;
     int32_t *ctx = malloc(sizeof(int32_t) * S), *nnew = malloc(sizeof(int32_t) * S);
     int max_ctx = 0;
     int64_t T = 0, total = 0;
     for (int s = 0; s < S; s++) {
-        ctx[s] = s == 0 ? c->ctx0 + c->T : 1 + irand(700);
-        nnew[s] = s == 0 ? c->T : 1;
+        const bool second = s == 1 && c->T2 > 0;
+        ctx[s] = s == 0 ? c->ctx0 + c->T : second ? c->T2 + irand(100) : 1 + irand(700);
+        nnew[s] = s == 0 ? c->T : second ? c->T2 : 1;
         max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
         T += nnew[s];
         total += ctx[s];
@@ -1227,8 +1233,9 @@ static void pf_case(const pf_case_t *c)
         PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
         float *got = down(dout, (size_t)T * QW * 4);
         char what[160];
-        snprintf(what, sizeof(what), "prefill %s h%d/%d d%d bs%d win%d %s T%d ctx0 %d +%d dec", vname[vi],
-                 c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->n_dec);
+        snprintf(what, sizeof(what), "prefill %s h%d/%d d%d bs%d win%d %s T%d ctx0 %d +T%d +%d dec", vname[vi],
+                 c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->T2,
+                 c->n_dec);
         const double before = worst_g;
         worst_g = 0;
         bad[vi] = cmp(what, got, ref, (size_t)(T * QW), 2e-2);
@@ -1239,7 +1246,7 @@ static void pf_case(const pf_case_t *c)
             pf_worst[vi] = worst[vi];
         free(got);
     }
-    if (c->n_dec > 0) {
+    if (S > 1) {
         /* range errors on the fa2 kernel: a bad block id in a decode sequence's table is
          * reported (KCUDA_ERR_BLOCK -> PD_ERR_RANGE, once) and the prefill chunk's rows
          * stay right; then a context longer than the block table allows (KCUDA_ERR_SEQ) */
@@ -1268,8 +1275,8 @@ static void pf_case(const pf_case_t *c)
         ctx[1] = saved_ctx;
     }
     kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
-    printf("  h%2d/%d d%3d bs%3d win%3d %-3s T%5d ctx0 %3d +%d dec: worst old %.1e fa2 %.1e fa2w8 %.1e%s\n",
-           c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->n_dec,
+    printf("  h%2d/%d d%3d bs%3d win%3d %-3s T%5d ctx0 %3d +T%d +%d dec: worst old %.1e fa2 %.1e fa2w8 %.1e%s\n",
+           c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->T2, c->n_dec,
            worst[0], worst[1], worst[2], bad[0] + bad[1] + bad[2] ? "  BAD" : "");
     fflush(stdout);
 
@@ -1311,6 +1318,10 @@ PD_TEST(test_prefill_attention)
         {.n_heads = 4, .n_kv = 4, .hd = 64, .bs = 16, .window = 50, .T = 130, .ctx0 = 20, .n_dec = 2, .cache = KCPU_DTYPE_F16},
         {.n_heads = 9, .n_kv = 3, .hd = 64, .bs = 32, .window = 0, .T = 33, .ctx0 = 0, .n_dec = 1, .cache = KCPU_DTYPE_F16},
         {.n_heads = 32, .n_kv = 8, .hd = 128, .bs = 16, .window = 0, .T = 300, .ctx0 = 0, .n_dec = 0, .cache = KCPU_DTYPE_F16},
+        /* two prefill chunks (the second starting inside a CTA), with and without decode tokens */
+        {.n_heads = 8, .n_kv = 2, .hd = 128, .bs = 16, .window = 0, .T = 37, .ctx0 = 0, .n_dec = 0, .cache = KCPU_DTYPE_F16, .T2 = 50},
+        {.n_heads = 9, .n_kv = 3, .hd = 64, .bs = 32, .window = 0, .T = 70, .ctx0 = 100, .n_dec = 2, .cache = KCPU_DTYPE_F32, .T2 = 25},
+        {.n_heads = 16, .n_kv = 2, .hd = 128, .bs = 128, .window = 40, .T = 5, .ctx0 = 300, .n_dec = 1, .cache = KCPU_DTYPE_F16, .T2 = 3},
     };
     for (size_t i = 0; i < sizeof(mixed) / sizeof(mixed[0]); i++, n++)
         pf_case(&mixed[i]);
