@@ -270,9 +270,10 @@ bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, in
  * the tensor-core kernels: the WMMA kernel of kcuda_attn.cu ("old": bf16 operands, S, P
  * and O through shared memory) or the FlashAttention-2 style kernel of
  * kcuda_attn_prefill.cu ("fa2": mma.m16n8k16 with f16 q, K, V and P, f32 accumulation,
- * P kept in registers, cp.async double-buffered K/V tiles of 64 keys; f16 and f32 caches,
- * head dims 64 and 128, GQA groups up to 16; other shapes and fp8 caches keep the old
- * kernels).  Chosen here, process-wide, for A/B runs, tests and benchmarks (not
+ * P kept in registers, cp.async double-buffered K/V tiles of 64 keys; f16, f32 and fp8
+ * caches (fp8 values converted exactly to f16, the scales folded into q and the output),
+ * head dims 64 and 128, GQA groups up to 16; other shapes keep the old kernels, and fp8
+ * caches the f32 SIMT kernel, when fa2 is off).  Chosen here, process-wide, for A/B runs, tests and benchmarks (not
  * thread-safe: call it while no attention is being launched):
  *   KCUDA_ATTN_PREFILL_AUTO  env PD_CUDA_ATTN_PREFILL=fa2 or =old (read once; default old);
  *   KCUDA_ATTN_PREFILL_FA2   the FlashAttention-2 kernel;

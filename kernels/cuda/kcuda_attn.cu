@@ -601,7 +601,8 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool all
     }
     const bool fp8 = p->layout->dtype == KCUDA_KV_FP8_E4M3 || p->layout->dtype == KCUDA_KV_FP8_E5M2;
     pl.tc = allow_reduced && !decode && !fp8 && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
-    if (pl.tc && kcuda_attn_prefill_mode() == KCUDA_ATTN_PREFILL_FA2 && kcuda_attn_prefill_ok(p)) {
+    if (allow_reduced && !decode && kcuda_attn_prefill_mode() == KCUDA_ATTN_PREFILL_FA2 &&
+        kcuda_attn_prefill_ok(p)) { /* also fp8 caches, which the WMMA kernel does not read */
         pl.fa2 = true;
         pl.tc = false;
         pl.qt = kcuda_attn_prefill_qt(p);
@@ -702,8 +703,8 @@ extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p,
     }
     if (pl.dec)
         return kcuda_attn_decode_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
-    if (pl.fa2) /* f16 / f32 caches only: the scales are 1 */
-        return kcuda_attn_prefill_launch(p, pl.n_splits, (float *)workspace, err, stream);
+    if (pl.fa2)
+        return kcuda_attn_prefill_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
     attn_args_t a;
     a.q = p->q;
     a.q_stride = p->q_stride;

@@ -11,7 +11,9 @@
  * and the output accumulator O (f32 C fragments) in registers for the whole key loop.
  * Keys are streamed in tiles of 64 from the paged cache (a tile can span several blocks:
  * every key is looked up in the block table) into shared memory, double-buffered:
- * cp.async for an f16 cache, a load-convert-store through registers for an f32 one.
+ * cp.async for an f16 cache, a load-convert-store through registers for an f32 or fp8
+ * one (e4m3 and e5m2 values are exactly f16 values; the per-layer scales are folded into
+ * q (k_scale) and the output (v_scale), so the tiles hold the stored values).
  * Rows are padded by 16 bytes so the 8 rows of an ldmatrix land on distinct banks.
  * Per tile and warp: S = Q K^T on mma.m16n8k16 (K fragments by ldmatrix), masking only
  * where a row's key range [lo, hi] does not cover the tile, the online softmax on the
@@ -33,8 +35,10 @@
 #include "kcuda_attn_prefill.cuh"
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
 
 #define FA_KT 64 /* keys per tile */
 #define FA_MAX_SPLITS 32
@@ -49,7 +53,8 @@ typedef struct {
     const int32_t *tok_seq, *tok_pos, *bt, *ctx;
     int64_t n_seqs, mbps;
     int n_tokens, n_heads, group, qt, n_splits;
-    float qscale; /* scale * log2(e): the scores come out in log2 units, for exp2 */
+    float qscale; /* scale * log2(e) * k_scale: the scores come out in log2 units, for exp2 */
+    float oscale; /* v_scale (fp8 caches; 1 otherwise) */
     bool causal;
     int window;
     const void *cache;
@@ -115,6 +120,19 @@ __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
 
 /* ---- tile loads ---- */
 
+/* 8 fp8 values (8 bytes) as 8 f16 (16 bytes): exact, both formats fit in f16 */
+template <__nv_fp8_interpretation_t I> __device__ __forceinline__ uint32_t fa_fp8x2_h2(uint32_t two)
+{
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, I);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
+template <__nv_fp8_interpretation_t I> __device__ __forceinline__ uint4 fa_fp8x8_to_h(uint2 b)
+{
+    return make_uint4(fa_fp8x2_h2<I>(b.x & 0xffffu), fa_fp8x2_h2<I>(b.x >> 16), fa_fp8x2_h2<I>(b.y & 0xffffu),
+                      fa_fp8x2_h2<I>(b.y >> 16));
+}
+
 /* Element offset of key position p of the sequence's block table in the cache, or -1
  * (past kend, or a bad block: the error bit is set). */
 __device__ __forceinline__ int64_t fa_key_off(const fa_args_t &a, const int32_t *bt, int kvh, int D, int p, int kend)
@@ -154,6 +172,15 @@ __device__ __forceinline__ void fa_load_tile(const fa_args_t &a, const int32_t *
             const CT *src = e < 0 ? cache : cache + e + piece * 8;
             fa_cp16(fa_saddr(ks + j * LD + piece * 8), src, e >= 0);
             fa_cp16(fa_saddr(vs + j * LD + piece * 8), e < 0 ? cache : src + a.kv_stride, e >= 0);
+        } else if constexpr (sizeof(CT) == 1) {
+            constexpr __nv_fp8_interpretation_t I = std::is_same<CT, __nv_fp8_e5m2>::value ? __NV_E5M2 : __NV_E4M3;
+            uint4 ku = make_uint4(0, 0, 0, 0), vu = make_uint4(0, 0, 0, 0);
+            if (e >= 0) {
+                ku = fa_fp8x8_to_h<I>(*(const uint2 *)(cache + e + piece * 8));
+                vu = fa_fp8x8_to_h<I>(*(const uint2 *)(cache + e + a.kv_stride + piece * 8));
+            }
+            *(uint4 *)(ks + j * LD + piece * 8) = ku;
+            *(uint4 *)(vs + j * LD + piece * 8) = vu;
         } else {
             uint4 ku = make_uint4(0, 0, 0, 0), vu = make_uint4(0, 0, 0, 0);
             if (e >= 0) {
@@ -406,7 +433,7 @@ __global__ void __launch_bounds__(NW * 32, 1) fa_prefill_kernel(fa_args_t a)
         if (a.n_splits == 1) {
             if (rlo[h2] == -2)
                 continue; /* bad row: leave the output alone */
-            const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+            const float inv = lt > 0.0f ? a.oscale / lt : 0.0f;
             float *orow = a.out + (int64_t)rtok[h2] * a.out_stride + (int64_t)rhead[h2] * D + c0;
 #pragma unroll
             for (int n = 0; n < DN; n++) {
@@ -418,8 +445,8 @@ __global__ void __launch_bounds__(NW * 32, 1) fa_prefill_kernel(fa_args_t a)
             float *wrow = a.ws + row * D + c0;
 #pragma unroll
             for (int n = 0; n < DN; n++) {
-                wrow[n * 8] = o[n][2 * h2];
-                wrow[n * 8 + 1] = o[n][2 * h2 + 1];
+                wrow[n * 8] = o[n][2 * h2] * a.oscale;
+                wrow[n * 8 + 1] = o[n][2 * h2 + 1] * a.oscale;
             }
             if ((lane & 3) == 0) {
                 float *ml = a.ws + (int64_t)a.n_tokens * a.n_heads * a.n_splits * D;
@@ -499,7 +526,7 @@ bool kcuda_attn_prefill_ok(const kcpu_attn_params_t *p)
     const int G = p->n_heads / p->n_kv_heads;
     const kcpu_dtype_t dt = p->layout->dtype;
     return (p->head_dim == 64 || p->head_dim == 128) && G >= 1 && G <= 16 &&
-           (dt == KCPU_DTYPE_F16 || dt == KCPU_DTYPE_F32);
+           (dt == KCPU_DTYPE_F16 || dt == KCPU_DTYPE_F32 || dt == KCUDA_KV_FP8_E4M3 || dt == KCUDA_KV_FP8_E5M2);
 }
 
 int kcuda_attn_prefill_qt(const kcpu_attn_params_t *p)
@@ -539,8 +566,8 @@ static pd_status_t fa_launch_one(const fa_args_t &a, dim3 grid, cudaStream_t str
     return PD_OK;
 }
 
-pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, int n_splits, float *ws, int *err,
-                                      kcuda_stream_t stream)
+pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
+                                      float *ws, int *err, kcuda_stream_t stream)
 {
     const kcpu_kv_layout_t *L = p->layout;
     if (!kcuda_attn_prefill_ok(p) || n_splits < 1 || n_splits > FA_MAX_SPLITS || (n_splits > 1 && ws == NULL)) {
@@ -564,7 +591,8 @@ pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, int n_splits,
     a.group = p->n_heads / p->n_kv_heads;
     a.qt = kcuda_attn_prefill_qt(p);
     a.n_splits = n_splits;
-    a.qscale = p->scale * FA_LOG2E;
+    a.qscale = p->scale * FA_LOG2E * k_scale;
+    a.oscale = v_scale;
     a.causal = p->causal;
     a.window = p->sliding_window;
     a.cache = p->cache_base;
@@ -586,14 +614,20 @@ pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, int n_splits,
         return PD_ERR_INVAL;
     }
     dim3 grid((unsigned)tiles, (unsigned)p->n_kv_heads, (unsigned)n_splits);
-    const bool f16 = L->dtype == KCPU_DTYPE_F16;
     pd_status_t st;
-    if (p->head_dim == 128)
-        st = f16 ? (NW == 8 ? fa_launch_one<__half, 128, 8>(a, grid, stream) : fa_launch_one<__half, 128, 4>(a, grid, stream))
-                 : (NW == 8 ? fa_launch_one<float, 128, 8>(a, grid, stream) : fa_launch_one<float, 128, 4>(a, grid, stream));
+    const bool w8 = NW == 8, d128 = p->head_dim == 128;
+#define FA_LAUNCH(CT)                                                                                   \
+    st = d128 ? (w8 ? fa_launch_one<CT, 128, 8>(a, grid, stream) : fa_launch_one<CT, 128, 4>(a, grid, stream)) \
+              : (w8 ? fa_launch_one<CT, 64, 8>(a, grid, stream) : fa_launch_one<CT, 64, 4>(a, grid, stream))
+    if (L->dtype == KCPU_DTYPE_F16)
+        FA_LAUNCH(__half);
+    else if (L->dtype == KCPU_DTYPE_F32)
+        FA_LAUNCH(float);
+    else if (L->dtype == KCUDA_KV_FP8_E4M3)
+        FA_LAUNCH(__nv_fp8_e4m3);
     else
-        st = f16 ? (NW == 8 ? fa_launch_one<__half, 64, 8>(a, grid, stream) : fa_launch_one<__half, 64, 4>(a, grid, stream))
-                 : (NW == 8 ? fa_launch_one<float, 64, 8>(a, grid, stream) : fa_launch_one<float, 64, 4>(a, grid, stream));
+        FA_LAUNCH(__nv_fp8_e5m2);
+#undef FA_LAUNCH
     if (st != PD_OK)
         return st;
     cudaError_t e = cudaGetLastError();

@@ -11,8 +11,8 @@
 
 #include "kcuda.h"
 
-/* Whether the prefill kernel handles this shape and cache dtype (f32 or f16 cache,
- * head_dim 64 or 128, n_heads / n_kv_heads at most 16).  Needs p valid. */
+/* Whether the prefill kernel handles this shape and cache dtype (f32, f16 or fp8 e4m3 /
+ * e5m2 cache, head_dim 64 or 128, n_heads / n_kv_heads at most 16).  Needs p valid. */
 bool kcuda_attn_prefill_ok(const kcpu_attn_params_t *p);
 
 /* Tokens per CTA for this call: (16 x warps) query rows / group, at least 1. */
@@ -23,10 +23,11 @@ int kcuda_attn_prefill_qt(const kcpu_attn_params_t *p);
  * device-side lengths, so a captured graph stays valid). */
 int kcuda_attn_prefill_splits(const kcpu_attn_params_t *p, int sm_count);
 
-/* Launch the prefill kernel (and, with n_splits > 1, its merge) on `stream`.  ws: device
- * memory of n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1. */
-pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, int n_splits, float *ws, int *err,
-                                      kcuda_stream_t stream);
+/* Launch the prefill kernel (and, with n_splits > 1, its merge) on `stream`.  k_scale,
+ * v_scale: an fp8 cache's dequantization scales (1 for the others).  ws: device memory
+ * of n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1. */
+pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
+                                      float *ws, int *err, kcuda_stream_t stream);
 
 /* The mode set with kcuda_attn_set_prefill (KCUDA_ATTN_PREFILL_AUTO resolved through the
  * environment, read once). */

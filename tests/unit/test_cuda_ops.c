@@ -1286,6 +1286,109 @@ static void pf_case(const pf_case_t *c)
     free(q), free(ref);
 }
 
+/* fp8 (e4m3 / e5m2) caches on the fa2 kernel: random finite fp8 bytes in the written
+ * slots (NaN bytes elsewhere), per-layer scales 0.5 (K) and 2 (V) given to
+ * kcuda_paged_attention_scaled; the reference is kcpu over the decoded cache times the
+ * scales (f32).  Sequence 0: T tokens after ctx0; then n_dec decode tokens.  The old
+ * path (f32 SIMT kernel for fp8) runs too. */
+static void pf_fp8_case(int n_heads, int n_kv, int hd, int bs, bool e5m2, int T0, int ctx0, int n_dec)
+{
+    const int L = 2, layer = 1, S = 1 + n_dec;
+    const float k_scale = 0.5f, v_scale = 2.0f;
+    int32_t *ctx = malloc(sizeof(int32_t) * S);
+    int max_ctx = 0;
+    int64_t T = 0;
+    for (int s = 0; s < S; s++) {
+        ctx[s] = s == 0 ? ctx0 + T0 : 1 + irand(500);
+        max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
+        T += s == 0 ? T0 : 1;
+    }
+    const int mbps = (max_ctx + bs - 1) / bs + 1;
+    const int64_t n_blocks = (int64_t)S * mbps + 2;
+    kcpu_kv_layout_t lay8, lay32;
+    PD_CHECK_STATUS(kcuda_kv_layout_init(&lay8, e5m2 ? KCUDA_KV_FP8_E5M2 : KCUDA_KV_FP8_E4M3, L, bs, n_kv, hd, n_blocks),
+                    PD_OK);
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay32, KCPU_DTYPE_F32, L, bs, n_kv, hd, n_blocks), PD_OK);
+    const int64_t n_elems = (int64_t)(lay8.block_bytes / lay8.elem_bytes) * n_blocks;
+    const int64_t QW = (int64_t)n_heads * hd;
+    int32_t *bt = malloc(sizeof(int32_t) * S * mbps);
+    for (int i = 0; i < S * mbps; i++)
+        bt[i] = (int32_t)((i * 7 + 3) % n_blocks); /* n_blocks >= S * mbps + 2, 7 coprime unless it divides */
+    if (n_blocks % 7 == 0)
+        for (int i = 0; i < S * mbps; i++)
+            bt[i] = (int32_t)(n_blocks - 1 - i);
+    uint8_t *c8 = malloc((size_t)n_elems);
+    float *c32 = malloc(sizeof(float) * n_elems);
+    memset(c8, 0x7f, (size_t)n_elems); /* NaN in both formats: never read */
+    const int64_t bel = (int64_t)(lay8.block_bytes / lay8.elem_bytes);
+    for (int s = 0; s < S; s++)
+        for (int pos = 0; pos < ctx[s]; pos++)
+            for (int kv = 0; kv < 2; kv++) {
+                const int64_t base = (int64_t)bt[s * mbps + pos / bs] * bel + (int64_t)layer * lay8.layer_stride +
+                                     kv * lay8.kv_stride + (int64_t)(pos % bs) * lay8.token_stride;
+                for (int64_t i = 0; i < (int64_t)n_kv * hd; i++) {
+                    frand();
+                    c8[base + i] = (uint8_t)((rng >> 24) & 0xbf); /* bit 6 clear: finite, |x| < 2 (e4m3) */
+                }
+            }
+    for (int64_t i = 0; i < n_elems; i++) {
+        const int64_t o = (i % bel) % lay8.layer_stride;
+        c32[i] = fp8_decode(c8[i], e5m2) * (o < lay8.kv_stride ? k_scale : v_scale);
+    }
+    int32_t *tseq = malloc(sizeof(int32_t) * T), *tpos = malloc(sizeof(int32_t) * T);
+    int64_t t = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < (s == 0 ? T0 : 1); i++, t++) {
+            tseq[t] = s;
+            tpos[t] = s == 0 ? ctx0 + i : ctx[s] - 1;
+        }
+    float *q = rand_vec((size_t)T * QW, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    void *dcache = up(c8, (size_t)n_elems), *dq = up(q, (size_t)T * QW * 4), *dseq = up(tseq, T * 4),
+         *dpos = up(tpos, T * 4), *dbt = up(bt, (size_t)S * mbps * 4), *dctx = up(ctx, S * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QW, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = S, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
+                            .scale = 1.0f / sqrtf((float)hd), .causal = true, .sliding_window = 0,
+                            .layer = layer, .cache_base = c32, .layout = &lay32};
+    PD_CHECK_STATUS(kcpu_paged_attention(pf_pool, &p), PD_OK);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache, pd.layout = &lay8;
+    double worst[2] = {0, 0};
+    for (int vi = 0; vi < 2; vi++) {
+        kcuda_attn_set_prefill(vi == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, 4);
+        PD_CHECK(kcuda_attn_uses_prefill_kernel(&pd, 132, true, NULL) == (vi == 1 && T > S));
+        const size_t need = kcuda_attn_workspace_bytes(&pd, 132, true);
+        void *ws = need ? poisoned(need) : NULL;
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        PD_CHECK_STATUS(kcuda_paged_attention_scaled(&pd, k_scale, v_scale, ws, need, 132, true, NULL, NULL), PD_OK);
+        PD_CHECK_STATUS(kcuda_stream_sync(NULL), PD_OK);
+        float *got = down(dout, (size_t)T * QW * 4);
+        char what[160];
+        snprintf(what, sizeof(what), "prefill %s %s h%d/%d d%d bs%d T%d ctx0 %d +%d dec", vi ? "fa2" : "old",
+                 e5m2 ? "e5m2" : "e4m3", n_heads, n_kv, hd, bs, T0, ctx0, n_dec);
+        const double before = worst_g;
+        worst_g = 0;
+        PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 2e-2), 0);
+        worst[vi] = worst_g;
+        worst_g = before > worst_g ? before : worst_g;
+        if (worst[vi] > pf_worst[vi])
+            pf_worst[vi] = worst[vi];
+        free(got);
+        if (ws)
+            ops->buf_free(be, ws);
+    }
+    kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+    printf("  h%2d/%d d%3d bs%3d %s T%5d ctx0 %3d +%d dec: worst old(simt) %.1e fa2 %.1e\n", n_heads, n_kv, hd, bs,
+           e5m2 ? "e5m2" : "e4m3", T0, ctx0, n_dec, worst[0], worst[1]);
+    fflush(stdout);
+    ops->buf_free(be, dcache), ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos);
+    ops->buf_free(be, dbt), ops->buf_free(be, dctx), ops->buf_free(be, dout);
+    free(ctx), free(bt), free(c8), free(c32), free(tseq), free(tpos), free(q), free(ref);
+}
+
 PD_TEST(test_prefill_attention)
 {
     /* heads/kv heads/head dim: GQA 1, 4 and 8 at d64 and d128, SmolLM2's 9/3 d64 */
@@ -1325,6 +1428,12 @@ PD_TEST(test_prefill_attention)
     };
     for (size_t i = 0; i < sizeof(mixed) / sizeof(mixed[0]); i++, n++)
         pf_case(&mixed[i]);
+    /* fp8 caches (fa2 converts them exactly to f16 and folds the scales into q and out) */
+    pf_fp8_case(8, 2, 128, 16, false, 200, 0, 0);
+    pf_fp8_case(8, 2, 128, 32, true, 65, 37, 1);
+    pf_fp8_case(9, 3, 64, 16, false, 17, 500, 2);
+    pf_fp8_case(4, 4, 64, 128, true, 100, 0, 0);
+    n += 4;
     printf("  %d prefill attention cases (%d fa2 runs), worst relative error: old %.2e, fa2 %.2e, fa2 8 warps %.2e\n",
            n, pf_routed, pf_worst[0], pf_worst[1], pf_worst[2]);
     if (pf_pool != NULL)
