@@ -85,8 +85,10 @@ run() {
     suite_step "$dir" "$out" test_cuda_engine 120 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 60 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
-    # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate)
-    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" --prefill-attn
+    # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
+    # the engine's 2048-token prefill with each
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
+        --prefill-attn
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 60 "$dir/bin/bench_cuda" --attn-only
     # experimental switches in processes of their own (a fault there spoils nothing
@@ -104,7 +106,7 @@ run() {
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
     grep -E '^==|^summary|^best|^check|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -14
-    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ATTN /p' "$out/bench_prefill_attn.log" | grep -v '^JSON'
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log" | grep -v '^JSON'
     grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log" "$out/bench_prefill_attn.log"
     printf '%-22s %-8s %6s\n' step result seconds
     local i r st
@@ -165,7 +167,8 @@ fa2() {
     cat "$out/env.txt"
     NAMES=() RCS=() SECS=()
     suite_step "$dir" "$out" test_prefill_attn 150 env PD_TEST_PREFILL_ONLY=1 "$dir/bin/test_cuda_ops"
-    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" --prefill-attn
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
+        --prefill-attn
     suite_step "$dir" "$out" test_cuda_engine_fa2 120 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_golden_fa2 60 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_golden"
     suite_step "$dir" "$out" test_cuda_engine_fa2w8 120 env PD_CUDA_ATTN_PREFILL=fa2 PD_CUDA_ATTN_PREFILL_WARPS=8 \
@@ -178,7 +181,7 @@ fa2() {
         echo "-- $i"
         grep -h -E 'passed, |outside tolerance|check failed|tokens: graphs|argmax|^FAIL|^not ok' "$out/$i.log" 2>/dev/null | head -8
     done
-    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ATTN /p' "$out/bench_prefill_attn.log"
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log"
     printf '%-22s %-8s %6s\n' step result seconds
     for i in "${!NAMES[@]}"; do
         r=${RCS[$i]} st=PASS

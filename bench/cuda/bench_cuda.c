@@ -26,10 +26,12 @@
  *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
  *   bench_cuda --attn-tc     the same sweep for the default decode kernel against the
  *                            experimental tensor-core one (f16 / fp8 caches)
- *   bench_cuda --prefill-attn  prefill attention alone (2048 and 4096 tokens, 4096 after
- *                            4096 cached; 32/8 heads d128, and 9/3 d64): the WMMA kernel vs
- *                            the FlashAttention-2 one in TFLOP/s beside the cuBLAS bf16
- *                            rate, JSON line "JSON_PREFILL_ATTN " (< 60 s)
+ *   bench_cuda [model_dir] --prefill-attn  prefill attention alone (2048 and 4096 tokens,
+ *                            4096 after 4096 cached; 32/8 heads d128, and 9/3 d64): the WMMA
+ *                            kernel vs the FlashAttention-2 one in TFLOP/s beside the cuBLAS
+ *                            bf16 rate, JSON line "JSON_PREFILL_ATTN "; then the whole
+ *                            2048-token prefill of the model with each (f32 and f16 KV),
+ *                            "JSON_PREFILL_ENGINE " (< 60 s in all)
  */
 #include <math.h>
 #include <stdio.h>
@@ -663,12 +665,74 @@ out:
     free(seq), free(pos), free(bt), free(perm), free(ref), free(got);
 }
 
+/* The whole 2048-token prefill (eng_forward, dummy bf16 weights of model_dir) with the
+ * old and the fa2 prefill attention, f32 and f16 KV caches (the server's "auto" on CUDA is
+ * f16): ms[cache][variant] (0: failed or not run), and the compute floor (GEMM + causal
+ * attention FLOPs / the cuBLAS rate at the prefill shape) in *floor_ms. */
+static void pfa_engine(const char *model_dir, double ms[2][PFA_NV], double *floor_ms)
+{
+    memset(ms, 0, sizeof(double) * 2 * PFA_NV);
+    *floor_ms = 0;
+    eng_load_opts_t lo;
+    eng_model_t *model = NULL;
+    eng_load_opts_init(&lo);
+    lo.model = model_dir;
+    lo.load_format = "dummy";
+    lo.dtype = "bfloat16";
+    lo.max_model_len = 8192;
+    if (eng_model_load(&lo, &model) != PD_OK) {
+        fprintf(stderr, "bench_cuda: engine prefill: cannot load %s (dummy)\n", model_dir);
+        return;
+    }
+    const eng_model_config_t *c = eng_model_config(model);
+    const eng_backend_ops_t *ops = eng_backend_get("cuda");
+    eng_backend_t *be = NULL;
+    eng_backend_opts_t bo = {.device = 0};
+    double gemm_pf = 0;
+    if (ops == NULL || ops->init(&bo, &be) != PD_OK) {
+        fprintf(stderr, "bench_cuda: engine prefill: no cuda backend\n");
+        eng_model_destroy(model);
+        return;
+    }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
+    const int prefill = 2048, mbps = prefill / BS + 2;
+    if (kcuda_bench_gemm_tflops(prefill, c->intermediate, c->hidden, 20, &gemm_pf) == PD_OK && gemm_pf > 0) {
+        const int64_t D = c->hidden, I = c->intermediate, QW = (int64_t)c->n_heads * c->head_dim,
+                      KW = (int64_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
+        const double gemm_params = (double)L * (D * QW + 2 * D * KW + QW * D + 3 * D * I) + (double)V * D;
+        const double attn_flops = (double)L * 4.0 * c->n_heads * c->head_dim * ((double)prefill * (prefill + 1) / 2);
+        *floor_ms = (2.0 * gemm_params * prefill + attn_flops) / (gemm_pf * 1e12) * 1e3;
+    }
+    float *logits = malloc(sizeof(float) * 2 * (size_t)c->vocab_size);
+    for (int ct = 0; ct < 2 && logits != NULL; ct++) {
+        eng_forward_opts_t fo = {.block_size = BS, .n_blocks = prefill / BS + 1, .max_tokens = prefill, .max_seqs = 1,
+                                 .max_blocks_per_seq = mbps, .kv_dtype = ct == 0 ? ENG_KV_AUTO : ENG_KV_F16};
+        eng_forward_t *fw = NULL;
+        if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+            fprintf(stderr, "bench_cuda: engine prefill: forward create failed (%s cache)\n", ct ? "f16" : "f32");
+            continue;
+        }
+        batch_t b;
+        make_batch(&b, 1, 0, prefill, mbps, (int)c->vocab_size);
+        for (int v = 0; v < PFA_NV; v++) {
+            kcuda_attn_set_prefill(v == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, v == 2 ? 8 : 4);
+            ms[ct][v] = time_forward_soft(fw, &b, logits, 1, 5) * 1e3;
+        }
+        kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+        free_batch(&b);
+        eng_forward_destroy(fw);
+    }
+    free(logits);
+    ops->shutdown(be);
+    eng_model_destroy(model);
+}
+
 /* bench_cuda --prefill-attn: the old WMMA kernel vs the FlashAttention-2 one (4 and 8
  * warps) for a 2048- and a 4096-token prefill and a 4096-token chunk after 4096 cached
  * tokens at the Llama-3.1-8B shape (32/8 heads, d128, block 16, f16 cache) and a 2048
  * prefill at SmolLM2's (9/3, d64), in TFLOP/s of causal attention (4 * heads * d * keys
  * summed over the rows) beside the cuBLAS bf16 GEMM rate of the same run. */
-static int prefill_attn_only(void)
+static int prefill_attn_only(const char *model_dir)
 {
     static const pfa_shape_t shapes[] = {
         {32, 8, 128, 2048, 0}, {32, 8, 128, 4096, 0}, {32, 8, 128, 4096, 4096}, {9, 3, 64, 2048, 0}};
@@ -709,6 +773,23 @@ static int prefill_attn_only(void)
         printf("}");
     }
     printf("]}\n");
+    fflush(stdout); /* the kernel figures are out should the engine part fail */
+    double ems[2][PFA_NV], floor_ms = 0;
+    pfa_engine(model_dir, ems, &floor_ms);
+    printf("engine prefill 2048 tokens (%s, dummy bf16 weights), ms; floor %.1f ms (FLOPs / GEMM rate):\n",
+           model_dir, floor_ms);
+    for (int ct = 0; ct < 2; ct++) {
+        printf("  %s KV cache:", ct ? "f16" : "f32");
+        for (int v = 0; v < PFA_NV; v++)
+            printf("  %s %.1f ms (%.0f%% of floor)", pfa_names[v], ems[ct][v],
+                   ems[ct][v] > 0 ? 100 * floor_ms / ems[ct][v] : 0.0);
+        printf("\n");
+    }
+    printf("JSON_PREFILL_ENGINE {\"floor_ms\":%.2f", floor_ms);
+    for (int ct = 0; ct < 2; ct++)
+        for (int v = 0; v < PFA_NV; v++)
+            printf(",\"%s_%s_ms\":%.2f", ct ? "f16" : "f32", pfa_names[v], ems[ct][v]);
+    printf("}\n");
     return 0;
 }
 
@@ -756,7 +837,7 @@ out:
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false, attn_tc_mode = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false, prefill_attn_mode = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
@@ -765,11 +846,13 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--attn-tc") == 0)
             attn_tc_mode = true;
         else if (strcmp(argv[i], "--prefill-attn") == 0)
-            return prefill_attn_only();
+            prefill_attn_mode = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
+    if (prefill_attn_mode)
+        return prefill_attn_only(model_dir);
     if (attn_only_mode || attn_tc_mode)
         return attn_only(attn_tc_mode);
 
