@@ -166,7 +166,8 @@ __device__ __forceinline__ void fa_load_tile(const fa_args_t &a, const int32_t *
     __half *ks = stage, *vs = stage + FA_KT * LD;
     const CT *cache = (const CT *)a.cache;
 #pragma unroll
-    for (int j = tid / CH; j < FA_KT; j += KPP) {
+    for (int i = 0; i < FA_KT / KPP; i++) { /* a fixed count: fully unrolled, the copies issued back to back */
+        const int j = tid / CH + i * KPP;
         const int64_t e = fa_key_off(a, bt, kvh, D, k0 + j, kend);
         if constexpr (sizeof(CT) == 2) {
             const CT *src = e < 0 ? cache : cache + e + piece * 8;
