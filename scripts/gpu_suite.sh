@@ -8,8 +8,9 @@
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
 #        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
-#        bench_cuda (--quick: batch 64 at most), the decode attention sweep
-#        (bench_cuda --attn-only) and two experimental variants in their own processes
+#        bench_cuda (--quick: batch 64 at most), prefill attention alone (bench_cuda
+#        --prefill-attn: the WMMA kernel vs the FlashAttention-2 one), the decode
+#        attention sweep (bench_cuda --attn-only) and two experimental variants in their own processes
 #        (GEMV PDL in test_cuda_engine, tensor-core decode attention in test_cuda_ops);
 #        every step under a timeout (< 600 s in all), a failing step does not stop the
 #        next; full
@@ -20,6 +21,9 @@
 #        `bench_cuda --profile` (prefill 2048, eager decode b1 and b64): every kernel's
 #        time, summed per phase and kernel by scripts/ncu_split.py (ncu.csv and the
 #        table in $OUT).
+#   bash DEST/gpu_suite.sh fa2 DEST   (on the GPU machine, ~5 min) the FlashAttention-2
+#        prefill kernel alone: its test cases, bench_cuda --prefill-attn, and
+#        test_cuda_engine / test_cuda_golden with PD_CUDA_ATTN_PREFILL=fa2.
 set -u
 
 stage() {
@@ -84,6 +88,10 @@ run() {
     suite_step "$dir" "$out" test_cuda_mmin 60 "$dir/bin/test_cuda_mmin"
     suite_step "$dir" "$out" test_forward_mixed 60 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
+    # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
+    # the engine's 2048-token prefill with each
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
+        --prefill-attn
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 60 "$dir/bin/bench_cuda" --attn-only
     # experimental switches in processes of their own (a fault there spoils nothing
@@ -97,12 +105,13 @@ run() {
     for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_mmin test_forward_mixed test_cuda_engine_pdl \
         test_attn_tc; do
         echo "-- $f"
-        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|^FAIL|^not ok' \
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|prefill attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
     grep -E '^==|^summary|^best|^check|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -14
-    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log"
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log" | grep -v '^JSON'
+    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log" "$out/bench_prefill_attn.log"
     printf '%-22s %-8s %6s\n' step result seconds
     local i r st
     for i in "${!NAMES[@]}"; do
@@ -167,10 +176,49 @@ sanitize() {
     done
 }
 
+# The FlashAttention-2 prefill attention kernel alone (a short device call): its test
+# cases, the prefill attention benchmark, and the engine and golden tests with prefill
+# attention on fa2 (PD_CUDA_ATTN_PREFILL=fa2) and then with 8-warp CTAs.
+fa2() {
+    local dir out cub i r st
+    dir=$(cd "$1" && pwd)
+    out=${OUT:-/tmp/gpu_suite}
+    mkdir -p "$out"
+    device_env "$dir" || return 1
+    { date -u; echo "commit $(cat "$dir/COMMIT" 2>/dev/null)";
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; } > "$out/env.txt" 2>&1
+    cat "$out/env.txt"
+    NAMES=() RCS=() SECS=()
+    suite_step "$dir" "$out" test_prefill_attn 150 env PD_TEST_PREFILL_ONLY=1 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
+        --prefill-attn
+    suite_step "$dir" "$out" test_cuda_engine_fa2 120 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_golden_fa2 60 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_golden"
+    suite_step "$dir" "$out" test_cuda_engine_fa2w8 120 env PD_CUDA_ATTN_PREFILL=fa2 PD_CUDA_ATTN_PREFILL_WARPS=8 \
+        "$dir/bin/test_cuda_engine"
+    echo
+    echo "== gpu_suite fa2: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
+    grep -h -E 'BAD|outside tolerance|check failed|^FAIL|^not ok' "$out/test_prefill_attn.log" 2>/dev/null | head -20
+    grep -h -E 'prefill attention cases|passed, ' "$out/test_prefill_attn.log" 2>/dev/null | tail -3
+    for i in test_cuda_engine_fa2 test_cuda_golden_fa2 test_cuda_engine_fa2w8; do
+        echo "-- $i"
+        grep -h -E 'passed, |outside tolerance|check failed|tokens: graphs|argmax|^FAIL|^not ok' "$out/$i.log" 2>/dev/null | head -8
+    done
+    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log"
+    printf '%-22s %-8s %6s\n' step result seconds
+    for i in "${!NAMES[@]}"; do
+        r=${RCS[$i]} st=PASS
+        [ "$r" = 77 ] && st=SKIP
+        [ "$r" != 0 ] && [ "$r" != 77 ] && st="FAIL($r)"
+        printf '%-22s %-8s %6s\n' "${NAMES[$i]}" "$st" "${SECS[$i]}"
+    done
+}
+
 case "${1:-}" in
 stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
 profile) shift; profile "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR" >&2; exit 2 ;;
+fa2) shift; fa2 "$@" ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR | fa2 DIR" >&2; exit 2 ;;
 esac

@@ -31,6 +31,12 @@
  *                            (ctx 1024), each warmed up and then run once inside the
  *                            profiled range, separated by marker kernels 1, 2, 3, 4
  *                            (scripts/ncu_split.py sums the kernels of each phase)
+ *   bench_cuda [model_dir] --prefill-attn  prefill attention alone (2048 and 4096 tokens,
+ *                            4096 after 4096 cached; 32/8 heads d128, and 9/3 d64): the WMMA
+ *                            kernel vs the FlashAttention-2 one in TFLOP/s beside the cuBLAS
+ *                            bf16 rate, JSON line "JSON_PREFILL_ATTN "; then the whole
+ *                            2048-token prefill of the model with each (f32 and f16 KV),
+ *                            "JSON_PREFILL_ENGINE " (< 60 s in all)
  */
 #include <math.h>
 #include <stdio.h>
@@ -533,6 +539,276 @@ static int attn_only(bool tc_mode)
     return 0;
 }
 
+/* ---- --prefill-attn: the prefill attention kernels alone ---- */
+
+/* One prefill shape of the sweep: T new tokens after ctx0 cached ones, one sequence. */
+typedef struct {
+    int n_heads, n_kv, hd, T, ctx0;
+} pfa_shape_t;
+
+#define PFA_NV 3
+static const char *const pfa_names[PFA_NV] = {"old-tc", "fa2", "fa2-w8"};
+
+/* Time kcuda_paged_attention (f16 cache, block BS, reduced precision: the tensor-core
+ * kernels) for each variant on one shape: ms[v] per call (0 when it failed) and diff[v]
+ * = max |out - out of old-tc| / max(1, max |out of old-tc|) (-1: not compared). */
+static void pfa_run(const pfa_shape_t *sh, int sm, double ms[PFA_NV], double diff[PFA_NV])
+{
+    const int64_t T = sh->T, ctx = (int64_t)sh->ctx0 + sh->T, QW = (int64_t)sh->n_heads * sh->hd;
+    const int64_t mbps = (ctx + BS - 1) / BS, n_blocks = mbps + 1;
+    kcuda_stream_t stream = NULL;
+    kcuda_event_t e0 = NULL, e1 = NULL;
+    void *cache = NULL, *dq = NULL, *dout = NULL, *dseq = NULL, *dpos = NULL, *dctx = NULL, *dbt = NULL, *ws = NULL;
+    size_t ws_bytes = 0;
+    int32_t *seq = malloc(4 * T), *pos = malloc(4 * T), *bt = malloc(4 * mbps), *perm = malloc(4 * n_blocks);
+    float *ref = malloc(sizeof(float) * T * QW), *got = malloc(sizeof(float) * T * QW);
+    int32_t cl = (int32_t)ctx;
+    for (int v = 0; v < PFA_NV; v++)
+        ms[v] = 0, diff[v] = -1;
+    kcpu_kv_layout_t lay;
+    if (seq == NULL || pos == NULL || bt == NULL || perm == NULL || ref == NULL || got == NULL ||
+        kcuda_kv_layout_init(&lay, KCPU_DTYPE_F16, 1, BS, sh->n_kv, sh->hd, n_blocks) != PD_OK ||
+        kcuda_stream_create(&stream) != PD_OK || kcuda_event_create(&e0) != PD_OK ||
+        kcuda_event_create(&e1) != PD_OK || kcuda_malloc(lay.block_bytes * (size_t)n_blocks, &cache) != PD_OK ||
+        kcuda_malloc(sizeof(float) * T * QW, &dq) != PD_OK || kcuda_malloc(sizeof(float) * T * QW, &dout) != PD_OK ||
+        kcuda_malloc(4 * T, &dseq) != PD_OK || kcuda_malloc(4 * T, &dpos) != PD_OK ||
+        kcuda_malloc(4, &dctx) != PD_OK || kcuda_malloc(4 * mbps, &dbt) != PD_OK) {
+        fprintf(stderr, "bench_cuda: prefill attention: setup failed\n");
+        goto out;
+    }
+    kcuda_fill_random(cache, lay.block_bytes * (size_t)n_blocks / 2, KCPU_DTYPE_F16, 17, 1.0f, stream);
+    kcuda_fill_random(dq, (size_t)(T * QW), KCPU_DTYPE_F32, 5, 1.0f, stream);
+    uint64_t r = 0x13198a2e03707344ull;
+    for (int64_t i = 0; i < n_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n_blocks - 1; i > 0; i--) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        int64_t j = (int64_t)(r % (uint64_t)(i + 1));
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int64_t i = 0; i < mbps; i++)
+        bt[i] = perm[i];
+    for (int64_t t = 0; t < T; t++)
+        seq[t] = 0, pos[t] = (int32_t)(sh->ctx0 + t);
+    kcuda_memcpy_async(dseq, seq, 4 * T, stream);
+    kcuda_memcpy_async(dpos, pos, 4 * T, stream);
+    kcuda_memcpy_async(dctx, &cl, 4, stream);
+    kcuda_memcpy_async(dbt, bt, 4 * mbps, stream);
+    if (kcuda_stream_sync(stream) != PD_OK) {
+        fprintf(stderr, "bench_cuda: prefill attention: upload failed\n");
+        goto out;
+    }
+    kcpu_attn_params_t p = {.n_tokens = T, .q = dq, .q_stride = QW, .out = dout, .out_stride = QW,
+                            .tok_seq = dseq, .tok_pos = dpos, .n_seqs = 1, .block_tables = dbt,
+                            .max_blocks_per_seq = mbps, .context_lens = dctx, .n_heads = sh->n_heads,
+                            .n_kv_heads = sh->n_kv, .head_dim = sh->hd, .scale = 1.0f / sqrtf((float)sh->hd),
+                            .causal = true, .layer = 0, .cache_base = cache, .layout = &lay};
+    for (int v = 0; v < PFA_NV; v++) {
+        kcuda_attn_set_prefill(v == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, v == 2 ? 8 : 4);
+        if (v > 0 && !kcuda_attn_uses_prefill_kernel(&p, sm, true, NULL)) {
+            fprintf(stderr, "bench_cuda: prefill attention: %s not routed\n", pfa_names[v]);
+            continue;
+        }
+        const size_t need = kcuda_attn_workspace_bytes(&p, sm, true);
+        if (need > ws_bytes) {
+            kcuda_free(ws);
+            ws = NULL;
+            ws_bytes = 0;
+            if (kcuda_malloc(need, &ws) != PD_OK) {
+                fprintf(stderr, "bench_cuda: prefill attention: no workspace of %zu bytes\n", need);
+                continue;
+            }
+            ws_bytes = need;
+        }
+        kcuda_memset_async(dout, 0xff, sizeof(float) * T * QW, stream);
+        /* one call (kernels load lazily), then as many as fit in ~0.2 s */
+        bool ok = kcuda_paged_attention(&p, ws, ws_bytes, sm, true, NULL, stream) == PD_OK &&
+                  kcuda_stream_sync(stream) == PD_OK;
+        float t1 = 0;
+        if (ok) {
+            kcuda_event_record(e0, stream);
+            ok = kcuda_paged_attention(&p, ws, ws_bytes, sm, true, NULL, stream) == PD_OK;
+            kcuda_event_record(e1, stream);
+            ok = ok && kcuda_stream_sync(stream) == PD_OK && kcuda_event_elapsed_ms(e0, e1, &t1) == PD_OK;
+        }
+        int reps = t1 > 0 ? (int)(200.0 / t1) : 1;
+        reps = reps < 3 ? 3 : reps > 200 ? 200 : reps;
+        float tm = 0;
+        if (ok) {
+            kcuda_event_record(e0, stream);
+            for (int k = 0; k < reps && ok; k++)
+                ok = kcuda_paged_attention(&p, ws, ws_bytes, sm, true, NULL, stream) == PD_OK;
+            kcuda_event_record(e1, stream);
+            ok = ok && kcuda_stream_sync(stream) == PD_OK && kcuda_event_elapsed_ms(e0, e1, &tm) == PD_OK && tm > 0;
+        }
+        if (!ok) {
+            fprintf(stderr, "bench_cuda: prefill attention %s T %d ctx0 %d failed\n", pfa_names[v], sh->T, sh->ctx0);
+            continue;
+        }
+        ms[v] = tm / reps;
+        if (kcuda_memcpy_async(v == 0 ? ref : got, dout, sizeof(float) * T * QW, stream) != PD_OK ||
+            kcuda_stream_sync(stream) != PD_OK)
+            continue;
+        if (v == 0) {
+            diff[0] = 0;
+            continue;
+        }
+        if (diff[0] < 0)
+            continue;
+        double mx = 1.0, worst = 0.0;
+        for (int64_t i = 0; i < T * QW; i++)
+            if (fabs(ref[i]) > mx)
+                mx = fabs(ref[i]);
+        for (int64_t i = 0; i < T * QW; i++) {
+            double e = fabs((double)got[i] - ref[i]);
+            if (!(e <= worst)) /* NaN: +inf */
+                worst = isnan(e) ? INFINITY : e;
+        }
+        diff[v] = worst / mx;
+    }
+    kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+out:
+    kcuda_free(cache), kcuda_free(dq), kcuda_free(dout), kcuda_free(dseq), kcuda_free(dpos), kcuda_free(dctx);
+    kcuda_free(dbt), kcuda_free(ws);
+    if (e0)
+        kcuda_event_destroy(e0);
+    if (e1)
+        kcuda_event_destroy(e1);
+    if (stream)
+        kcuda_stream_destroy(stream);
+    free(seq), free(pos), free(bt), free(perm), free(ref), free(got);
+}
+
+/* The whole 2048-token prefill (eng_forward, dummy bf16 weights of model_dir) with the
+ * old and the fa2 prefill attention, f32 and f16 KV caches (the server's "auto" on CUDA is
+ * f16): ms[cache][variant] (0: failed or not run), and the compute floor (GEMM + causal
+ * attention FLOPs / the cuBLAS rate at the prefill shape) in *floor_ms. */
+static void pfa_engine(const char *model_dir, double ms[2][PFA_NV], double *floor_ms)
+{
+    memset(ms, 0, sizeof(double) * 2 * PFA_NV);
+    *floor_ms = 0;
+    eng_load_opts_t lo;
+    eng_model_t *model = NULL;
+    eng_load_opts_init(&lo);
+    lo.model = model_dir;
+    lo.load_format = "dummy";
+    lo.dtype = "bfloat16";
+    lo.max_model_len = 8192;
+    if (eng_model_load(&lo, &model) != PD_OK) {
+        fprintf(stderr, "bench_cuda: engine prefill: cannot load %s (dummy)\n", model_dir);
+        return;
+    }
+    const eng_model_config_t *c = eng_model_config(model);
+    const eng_backend_ops_t *ops = eng_backend_get("cuda");
+    eng_backend_t *be = NULL;
+    eng_backend_opts_t bo = {.device = 0};
+    double gemm_pf = 0;
+    if (ops == NULL || ops->init(&bo, &be) != PD_OK) {
+        fprintf(stderr, "bench_cuda: engine prefill: no cuda backend\n");
+        eng_model_destroy(model);
+        return;
+    }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
+    const int prefill = 2048, mbps = prefill / BS + 2;
+    if (kcuda_bench_gemm_tflops(prefill, c->intermediate, c->hidden, 20, &gemm_pf) == PD_OK && gemm_pf > 0) {
+        const int64_t D = c->hidden, I = c->intermediate, QW = (int64_t)c->n_heads * c->head_dim,
+                      KW = (int64_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
+        const double gemm_params = (double)L * (D * QW + 2 * D * KW + QW * D + 3 * D * I) + (double)V * D;
+        const double attn_flops = (double)L * 4.0 * c->n_heads * c->head_dim * ((double)prefill * (prefill + 1) / 2);
+        *floor_ms = (2.0 * gemm_params * prefill + attn_flops) / (gemm_pf * 1e12) * 1e3;
+    }
+    float *logits = malloc(sizeof(float) * 2 * (size_t)c->vocab_size);
+    for (int ct = 0; ct < 2 && logits != NULL; ct++) {
+        eng_forward_opts_t fo = {.block_size = BS, .n_blocks = prefill / BS + 1, .max_tokens = prefill, .max_seqs = 1,
+                                 .max_blocks_per_seq = mbps, .kv_dtype = ct == 0 ? ENG_KV_AUTO : ENG_KV_F16};
+        eng_forward_t *fw = NULL;
+        if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+            fprintf(stderr, "bench_cuda: engine prefill: forward create failed (%s cache)\n", ct ? "f16" : "f32");
+            continue;
+        }
+        batch_t b;
+        make_batch(&b, 1, 0, prefill, mbps, (int)c->vocab_size);
+        for (int v = 0; v < PFA_NV; v++) {
+            kcuda_attn_set_prefill(v == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, v == 2 ? 8 : 4);
+            ms[ct][v] = time_forward_soft(fw, &b, logits, 1, 5) * 1e3;
+        }
+        kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+        free_batch(&b);
+        eng_forward_destroy(fw);
+    }
+    free(logits);
+    ops->shutdown(be);
+    eng_model_destroy(model);
+}
+
+/* bench_cuda --prefill-attn: the old WMMA kernel vs the FlashAttention-2 one (4 and 8
+ * warps) for a 2048- and a 4096-token prefill and a 4096-token chunk after 4096 cached
+ * tokens at the Llama-3.1-8B shape (32/8 heads, d128, block 16, f16 cache) and a 2048
+ * prefill at SmolLM2's (9/3, d64), in TFLOP/s of causal attention (4 * heads * d * keys
+ * summed over the rows) beside the cuBLAS bf16 GEMM rate of the same run. */
+static int prefill_attn_only(const char *model_dir)
+{
+    static const pfa_shape_t shapes[] = {
+        {32, 8, 128, 2048, 0}, {32, 8, 128, 4096, 0}, {32, 8, 128, 4096, 4096}, {9, 3, 64, 2048, 0}};
+    const int n_sh = (int)(sizeof(shapes) / sizeof(shapes[0]));
+    char name[128] = "";
+    int sm = 0;
+    double gemm = 0;
+    DIE_IF(kcuda_device_open(0, name, sizeof(name), &sm) != PD_OK, "no CUDA device");
+    DIE_IF(kcuda_bench_gemm_tflops(8192, 8192, 8192, 10, &gemm) != PD_OK, "gemm failed");
+    double ms[8][PFA_NV], diff[8][PFA_NV], tf[8][PFA_NV];
+    for (int i = 0; i < n_sh; i++) {
+        pfa_run(&shapes[i], sm, ms[i], diff[i]);
+        const double keys = (double)shapes[i].T * shapes[i].ctx0 + (double)shapes[i].T * (shapes[i].T + 1) / 2;
+        const double flop = 4.0 * shapes[i].n_heads * shapes[i].hd * keys;
+        for (int v = 0; v < PFA_NV; v++)
+            tf[i][v] = ms[i][v] > 0 ? flop / (ms[i][v] * 1e-3) / 1e12 : 0;
+    }
+    printf("\n== bench_cuda --prefill-attn: %s, %d SMs; paged prefill attention, f16 cache, block %d ==\n", name, sm,
+           BS);
+    printf("cuBLAS bf16 GEMM 8192^3: %.1f TFLOP/s (the ceiling beside each figure)\n", gemm);
+    printf("%-30s %-7s %10s %10s %8s %12s %10s\n", "shape", "kernel", "ms/layer", "TFLOP/s", "% gemm", "32 layers ms",
+           "diff");
+    for (int i = 0; i < n_sh; i++)
+        for (int v = 0; v < PFA_NV; v++) {
+            char shs[64];
+            snprintf(shs, sizeof(shs), "h%d/%d d%d T%d ctx0 %d", shapes[i].n_heads, shapes[i].n_kv, shapes[i].hd,
+                     shapes[i].T, shapes[i].ctx0);
+            printf("%-30s %-7s %10.3f %10.1f %8.1f %12.2f %10.1e\n", shs, pfa_names[v], ms[i][v], tf[i][v],
+                   100 * tf[i][v] / (gemm > 0 ? gemm : 1), 32 * ms[i][v], diff[i][v]);
+        }
+    printf("JSON_PREFILL_ATTN {\"gemm_tflops\":%.1f,\"cases\":[", gemm);
+    for (int i = 0; i < n_sh; i++) {
+        printf("%s{\"heads\":%d,\"kv_heads\":%d,\"hd\":%d,\"T\":%d,\"ctx0\":%d", i ? "," : "", shapes[i].n_heads,
+               shapes[i].n_kv, shapes[i].hd, shapes[i].T, shapes[i].ctx0);
+        for (int v = 0; v < PFA_NV; v++)
+            printf(",\"%s_ms\":%.4f,\"%s_tflops\":%.1f,\"%s_diff\":%.2e", pfa_names[v], ms[i][v], pfa_names[v],
+                   tf[i][v], pfa_names[v], diff[i][v]);
+        printf("}");
+    }
+    printf("]}\n");
+    fflush(stdout); /* the kernel figures are out should the engine part fail */
+    double ems[2][PFA_NV], floor_ms = 0;
+    pfa_engine(model_dir, ems, &floor_ms);
+    printf("engine prefill 2048 tokens (%s, dummy bf16 weights), ms; floor %.1f ms (FLOPs / GEMM rate):\n",
+           model_dir, floor_ms);
+    for (int ct = 0; ct < 2; ct++) {
+        printf("  %s KV cache:", ct ? "f16" : "f32");
+        for (int v = 0; v < PFA_NV; v++)
+            printf("  %s %.1f ms (%.0f%% of floor)", pfa_names[v], ems[ct][v],
+                   ems[ct][v] > 0 ? 100 * floor_ms / ems[ct][v] : 0.0);
+        printf("\n");
+    }
+    printf("JSON_PREFILL_ENGINE {\"floor_ms\":%.2f", floor_ms);
+    for (int ct = 0; ct < 2; ct++)
+        for (int v = 0; v < PFA_NV; v++)
+            printf(",\"%s_%s_ms\":%.2f", ct ? "f16" : "f32", pfa_names[v], ems[ct][v]);
+    printf("}\n");
+    return 0;
+}
+
 /* time_forward_soft through device-side greedy: every row argmax-only (need_row all
  * zero), so only B ids come back instead of B x vocab floats. */
 static double time_forward_sampled(eng_forward_t *fw, const batch_t *b, float *logits, int warm, int iters, bool sample);
@@ -628,7 +904,7 @@ static int profile_mode(const char *model_dir)
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false, attn_tc_mode = false, profile = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false, prefill_attn_mode = false, profile = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
@@ -638,10 +914,14 @@ int main(int argc, char **argv)
             attn_tc_mode = true;
         else if (strcmp(argv[i], "--profile") == 0)
             profile = true;
+        else if (strcmp(argv[i], "--prefill-attn") == 0)
+            prefill_attn_mode = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
+    if (prefill_attn_mode)
+        return prefill_attn_only(model_dir);
     if (attn_only_mode || attn_tc_mode)
         return attn_only(attn_tc_mode);
     if (profile)

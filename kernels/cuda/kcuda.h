@@ -279,6 +279,34 @@ void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int hea
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);
 
+/*
+ * Prefill tiles (batches that are not pure decode) with reduced precision allowed go to
+ * the tensor-core kernels: the WMMA kernel of kcuda_attn.cu ("old": bf16 operands, S, P
+ * and O through shared memory) or the FlashAttention-2 style kernel of
+ * kcuda_attn_prefill.cu ("fa2": mma.m16n8k16 with f16 q, K, V and P, f32 accumulation,
+ * P kept in registers, cp.async double-buffered K/V tiles of 64 keys; f16, f32 and fp8
+ * caches (fp8 values converted exactly to f16, the scales folded into q and the output),
+ * head dims 64 and 128, GQA groups up to 16; other shapes keep the old kernels, and fp8
+ * caches the f32 SIMT kernel, when fa2 is off).  Chosen here, process-wide, for A/B runs, tests and benchmarks (not
+ * thread-safe: call it while no attention is being launched):
+ *   KCUDA_ATTN_PREFILL_AUTO  env PD_CUDA_ATTN_PREFILL=fa2 or =old (read once; default old);
+ *   KCUDA_ATTN_PREFILL_FA2   the FlashAttention-2 kernel;
+ *   KCUDA_ATTN_PREFILL_OLD   the WMMA kernel.
+ * warps: warps per CTA of the fa2 kernel, 4 (64 query rows) or 8 (128 rows); 0 = env
+ * PD_CUDA_ATTN_PREFILL_WARPS (4 unless it says 8).  kcuda_attn_workspace_bytes follows
+ * both settings.
+ */
+typedef enum {
+    KCUDA_ATTN_PREFILL_AUTO = 0,
+    KCUDA_ATTN_PREFILL_FA2 = 1,
+    KCUDA_ATTN_PREFILL_OLD = 2,
+} kcuda_attn_prefill_t;
+void kcuda_attn_set_prefill(kcuda_attn_prefill_t kernel, int warps);
+/* Whether kcuda_paged_attention(p, ..., allow_reduced, ...) would run the fa2 prefill
+ * kernel now, and with how many key splits (*n_splits_p, may be NULL; set only when
+ * true).  For tests and benchmarks. */
+bool kcuda_attn_uses_prefill_kernel(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced, int *n_splits_p);
+
 /* ---- micro-benchmark helpers (kcuda_bench.cu) ---- */
 /* Device-to-device copy bandwidth, counting bytes read + written (GB/s), over `bytes`. */
 pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p);

@@ -19,10 +19,14 @@
  * fp8 caches (KCUDA_KV_FP8_E4M3 / E5M2) hold K / k_scale and V / v_scale (per-layer
  * scales, host scalars of the call): the SIMT kernel dequantizes each element to f32 and
  * multiplies by the scale as it loads the tile, so everything after the load is the f32
- * path; the tensor-core prefill kernel is not used with them.
+ * path; the tensor-core prefill kernels are not used with them.
+ * Prefill tiles with reduced precision allowed can go to the FlashAttention-2 style
+ * kernel of kcuda_attn_prefill.cu instead of attn_tc_kernel (attn_plan decides:
+ * kcuda_attn_set_prefill / env PD_CUDA_ATTN_PREFILL=fa2).
  */
 #include "kcuda_internal.cuh"
 #include "kcuda_attn_decode.cuh"
+#include "kcuda_attn_prefill.cuh"
 
 #include <cuda_fp8.h>
 #include <mma.h>
@@ -569,6 +573,7 @@ typedef struct {
     int qt, n_splits, threads;
     bool tc;  /* tensor-core prefill kernel */
     bool dec; /* the decode kernel (kcuda_attn_decode.cu) */
+    bool fa2; /* the FlashAttention-2 prefill kernel (kcuda_attn_prefill.cu) */
     size_t smem;
 } attn_plan_t;
 
@@ -584,6 +589,7 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool all
     const bool decode = p->n_tokens <= p->n_seqs; /* one token per sequence */
     if (decode)
         qt = 1;
+    pl.fa2 = false;
     pl.dec = decode && kcuda_attn_decode_mode() != KCUDA_ATTN_DECODE_OLD && kcuda_attn_decode_ok(p);
     if (pl.dec) {
         pl.qt = 1;
@@ -595,6 +601,16 @@ static attn_plan_t attn_plan(const kcpu_attn_params_t *p, int sm_count, bool all
     }
     const bool fp8 = p->layout->dtype == KCUDA_KV_FP8_E4M3 || p->layout->dtype == KCUDA_KV_FP8_E5M2;
     pl.tc = allow_reduced && !decode && !fp8 && D % 16 == 0 && D <= 256 && G <= 8 && tc_smem_bytes(G, D) <= 220 * 1024;
+    if (allow_reduced && !decode && kcuda_attn_prefill_mode() == KCUDA_ATTN_PREFILL_FA2 &&
+        kcuda_attn_prefill_ok(p)) { /* also fp8 caches, which the WMMA kernel does not read */
+        pl.fa2 = true;
+        pl.tc = false;
+        pl.qt = kcuda_attn_prefill_qt(p);
+        pl.n_splits = kcuda_attn_prefill_splits(p, sm_count);
+        pl.threads = 0; /* the launcher's own */
+        pl.smem = 0;
+        return pl;
+    }
     if (pl.tc)
         qt = TC_QT;
     pl.qt = qt;
@@ -638,6 +654,18 @@ extern "C" bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int s
     return pl.dec;
 }
 
+extern "C" bool kcuda_attn_uses_prefill_kernel(const kcpu_attn_params_t *p, int sm_count, bool allow_reduced,
+                                              int *n_splits_p)
+{
+    if (p == NULL || p->layout == NULL || p->n_kv_heads <= 0 || p->n_heads % p->n_kv_heads != 0 ||
+        p->n_tokens <= 0)
+        return false;
+    attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
+    if (pl.fa2 && n_splits_p != NULL)
+        *n_splits_p = pl.n_splits;
+    return pl.fa2;
+}
+
 extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes,
                                              int sm_count, bool allow_reduced, int *err, kcuda_stream_t stream)
 {
@@ -675,6 +703,8 @@ extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p,
     }
     if (pl.dec)
         return kcuda_attn_decode_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
+    if (pl.fa2)
+        return kcuda_attn_prefill_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
     attn_args_t a;
     a.q = p->q;
     a.q_stride = p->q_stride;

@@ -11,6 +11,9 @@
  * (relative 2^-4 for e4m3, 2^-3 for e5m2, plus the subnormal step), the calculated
  * scales must be max|x| / 200 and / 100, and attention over the fp8 cache must match
  * kcpu attention over that decoded cache (as f32) within 1e-4.
+ * Prefill attention (test_prefill_attention, last): the WMMA kernel and the
+ * FlashAttention-2 kernel (4 and 8 warps) against kcpu within 2e-2, the worst error
+ * printed per case; PD_TEST_PREFILL_ONLY=1 runs those cases alone.
  * Needs a GPU: exits 77 (skipped) when the backend cannot start.
  */
 #include <math.h>
@@ -1135,6 +1138,310 @@ PD_TEST(test_decode_attention)
                dec_tc_cases);
 }
 
+/* ---- the FlashAttention-2 prefill kernel (kcuda_attn_prefill.cu) ---- */
+
+/* A prefill batch: sequence 0 is a chunk of T tokens after ctx0 cached ones, then (T2 > 0)
+ * a second chunk of T2 tokens after a random context, then n_dec sequences of one decode
+ * token each after a random context, all in one call.
+ * The cache is filled on the host (kcpu_kv_write) and uploaded; the reference is
+ * kcpu_paged_attention; the GPU runs the old WMMA kernel and the fa2 kernel with 4 and
+ * 8 warps, each with the output poisoned first, and prints each one's worst error. */
+typedef struct {
+    int n_heads, n_kv, hd, bs, window, T, ctx0, n_dec;
+    kcpu_dtype_t cache;
+    int T2;
+} pf_case_t;
+
+static kcpu_pool_t *pf_pool;
+static double pf_worst[3];
+static int pf_routed;
+
+static void pf_case(const pf_case_t *c)
+{
+    const int L = 2, layer = 1, S = 1 + (c->T2 > 0) + c->n_dec;
+    int32_t *ctx = malloc(sizeof(int32_t) * S), *nnew = malloc(sizeof(int32_t) * S);
+    int max_ctx = 0;
+    int64_t T = 0, total = 0;
+    for (int s = 0; s < S; s++) {
+        const bool second = s == 1 && c->T2 > 0;
+        ctx[s] = s == 0 ? c->ctx0 + c->T : second ? c->T2 + irand(100) : 1 + irand(700);
+        nnew[s] = s == 0 ? c->T : second ? c->T2 : 1;
+        max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
+        T += nnew[s];
+        total += ctx[s];
+    }
+    const int mbps = (max_ctx + c->bs - 1) / c->bs + 1;
+    const int64_t n_blocks = (int64_t)S * mbps + 2;
+    kcpu_kv_layout_t lay;
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay, c->cache, L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
+    const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
+    const int64_t W = (int64_t)c->n_kv * c->hd, QW = (int64_t)c->n_heads * c->hd;
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
+    for (int64_t i = 0; i < n_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n_blocks - 1; i > 0; i--) {
+        int j = irand((int)i + 1);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int i = 0; i < S * mbps; i++)
+        bt[i] = perm[i];
+    /* K/V of every cached position; the unused slots keep NaN bytes (never to be read) */
+    int64_t *slots = malloc(sizeof(int64_t) * total);
+    float *k = rand_vec((size_t)total * W, 1.0f), *v = rand_vec((size_t)total * W, 1.0f);
+    int64_t r = 0;
+    for (int s = 0; s < S; s++)
+        for (int p = 0; p < ctx[s]; p++)
+            slots[r++] = (int64_t)bt[s * mbps + p / c->bs] * c->bs + p % c->bs;
+    void *hcache = malloc(cache_bytes);
+    memset(hcache, 0xff, cache_bytes);
+    PD_CHECK_STATUS(kcpu_kv_write(&lay, hcache, layer, slots, total, k, W, v, W), PD_OK);
+    int32_t *tseq = malloc(sizeof(int32_t) * T), *tpos = malloc(sizeof(int32_t) * T);
+    int64_t t = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < nnew[s]; i++, t++) {
+            tseq[t] = s;
+            tpos[t] = ctx[s] - nnew[s] + i;
+        }
+    /* q with a row stride wider than the heads (the fused qkv buffer's) */
+    const int64_t QS = QW + 2 * W;
+    float *q = rand_vec((size_t)T * QS, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    void *dcache = up(hcache, cache_bytes), *dq = up(q, (size_t)T * QS * 4), *dseq = up(tseq, T * 4),
+         *dpos = up(tpos, T * 4), *dbt = up(bt, (size_t)S * mbps * 4), *dctx = up(ctx, S * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QS, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = S, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = c->n_heads, .n_kv_heads = c->n_kv, .head_dim = c->hd,
+                            .scale = 1.0f / sqrtf((float)c->hd), .causal = true, .sliding_window = c->window,
+                            .layer = layer, .cache_base = hcache, .layout = &lay};
+    PD_CHECK_STATUS(kcpu_paged_attention(pf_pool, &p), PD_OK);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache;
+    static const char *const vname[3] = {"old", "fa2", "fa2w8"};
+    double worst[3] = {0, 0, 0};
+    int bad[3] = {0, 0, 0};
+    for (int vi = 0; vi < 3; vi++) {
+        kcuda_attn_set_prefill(vi == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, vi == 2 ? 8 : 4);
+        const bool want_fa2 = vi > 0 && T > S; /* pure decode batches stay on the decode kernel */
+        const bool used = kcuda_attn_uses_prefill_kernel(&pd, 132, true, NULL);
+        PD_CHECK(used == want_fa2);
+        pf_routed += used;
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        float *got = down(dout, (size_t)T * QW * 4);
+        char what[160];
+        snprintf(what, sizeof(what), "prefill %s h%d/%d d%d bs%d win%d %s T%d ctx0 %d +T%d +%d dec", vname[vi],
+                 c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->T2,
+                 c->n_dec);
+        const double before = worst_g;
+        worst_g = 0;
+        bad[vi] = cmp(what, got, ref, (size_t)(T * QW), 2e-2);
+        PD_CHECK_EQ_INT(bad[vi], 0);
+        worst[vi] = worst_g;
+        worst_g = before > worst_g ? before : worst_g;
+        if (worst[vi] > pf_worst[vi])
+            pf_worst[vi] = worst[vi];
+        free(got);
+    }
+    if (S > 1) {
+        /* range errors on the fa2 kernel: a bad block id in a decode sequence's table is
+         * reported (KCUDA_ERR_BLOCK -> PD_ERR_RANGE, once) and the prefill chunk's rows
+         * stay right; then a context longer than the block table allows (KCUDA_ERR_SEQ) */
+        kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_FA2, 4);
+        const int bi = mbps + (ctx[1] - 1) / c->bs;
+        const int32_t saved = bt[bi];
+        bt[bi] = (int32_t)n_blocks + 5;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)S * mbps * 4);
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        float *got = down(dout, (size_t)T * QW * 4);
+        const double before = worst_g;
+        PD_CHECK_EQ_INT(cmp("prefill fa2 (bad block in another sequence)", got, ref, (size_t)(c->T * QW), 2e-2), 0);
+        worst_g = before;
+        free(got);
+        bt[bi] = saved;
+        ops->memcpy_h2d(be, dbt, bt, (size_t)S * mbps * 4);
+        const int32_t saved_ctx = ctx[1];
+        ctx[1] = mbps * c->bs + 1;
+        ops->memcpy_h2d(be, dctx, ctx, S * 4);
+        PD_CHECK_STATUS(ops->paged_attention(be, &pd), PD_OK);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_ERR_RANGE);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        ctx[1] = saved_ctx;
+    }
+    kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+    printf("  h%2d/%d d%3d bs%3d win%3d %-3s T%5d ctx0 %3d +T%d +%d dec: worst old %.1e fa2 %.1e fa2w8 %.1e%s\n",
+           c->n_heads, c->n_kv, c->hd, c->bs, c->window, kcpu_dtype_name(c->cache), c->T, c->ctx0, c->T2, c->n_dec,
+           worst[0], worst[1], worst[2], bad[0] + bad[1] + bad[2] ? "  BAD" : "");
+    fflush(stdout);
+
+    ops->buf_free(be, dcache), ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos);
+    ops->buf_free(be, dbt), ops->buf_free(be, dctx), ops->buf_free(be, dout);
+    free(ctx), free(nnew), free(perm), free(bt), free(slots), free(k), free(v), free(hcache), free(tseq), free(tpos);
+    free(q), free(ref);
+}
+
+/* fp8 (e4m3 / e5m2) caches on the fa2 kernel: random finite fp8 bytes in the written
+ * slots (NaN bytes elsewhere), per-layer scales 0.5 (K) and 2 (V) given to
+ * kcuda_paged_attention_scaled; the reference is kcpu over the decoded cache times the
+ * scales (f32).  Sequence 0: T tokens after ctx0; then n_dec decode tokens.  The old
+ * path (f32 SIMT kernel for fp8) runs too. */
+static void pf_fp8_case(int n_heads, int n_kv, int hd, int bs, bool e5m2, int T0, int ctx0, int n_dec)
+{
+    const int L = 2, layer = 1, S = 1 + n_dec;
+    const float k_scale = 0.5f, v_scale = 2.0f;
+    int32_t *ctx = malloc(sizeof(int32_t) * S);
+    int max_ctx = 0;
+    int64_t T = 0;
+    for (int s = 0; s < S; s++) {
+        ctx[s] = s == 0 ? ctx0 + T0 : 1 + irand(500);
+        max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
+        T += s == 0 ? T0 : 1;
+    }
+    const int mbps = (max_ctx + bs - 1) / bs + 1;
+    const int64_t n_blocks = (int64_t)S * mbps + 2;
+    kcpu_kv_layout_t lay8, lay32;
+    PD_CHECK_STATUS(kcuda_kv_layout_init(&lay8, e5m2 ? KCUDA_KV_FP8_E5M2 : KCUDA_KV_FP8_E4M3, L, bs, n_kv, hd, n_blocks),
+                    PD_OK);
+    PD_CHECK_STATUS(kcpu_kv_layout_init(&lay32, KCPU_DTYPE_F32, L, bs, n_kv, hd, n_blocks), PD_OK);
+    const int64_t n_elems = (int64_t)(lay8.block_bytes / lay8.elem_bytes) * n_blocks;
+    const int64_t QW = (int64_t)n_heads * hd;
+    int32_t *bt = malloc(sizeof(int32_t) * S * mbps);
+    for (int i = 0; i < S * mbps; i++)
+        bt[i] = (int32_t)((i * 7 + 3) % n_blocks); /* n_blocks >= S * mbps + 2, 7 coprime unless it divides */
+    if (n_blocks % 7 == 0)
+        for (int i = 0; i < S * mbps; i++)
+            bt[i] = (int32_t)(n_blocks - 1 - i);
+    uint8_t *c8 = malloc((size_t)n_elems);
+    float *c32 = malloc(sizeof(float) * n_elems);
+    memset(c8, 0x7f, (size_t)n_elems); /* NaN in both formats: never read */
+    const int64_t bel = (int64_t)(lay8.block_bytes / lay8.elem_bytes);
+    for (int s = 0; s < S; s++)
+        for (int pos = 0; pos < ctx[s]; pos++)
+            for (int kv = 0; kv < 2; kv++) {
+                const int64_t base = (int64_t)bt[s * mbps + pos / bs] * bel + (int64_t)layer * lay8.layer_stride +
+                                     kv * lay8.kv_stride + (int64_t)(pos % bs) * lay8.token_stride;
+                for (int64_t i = 0; i < (int64_t)n_kv * hd; i++) {
+                    frand();
+                    c8[base + i] = (uint8_t)((rng >> 24) & 0xbf); /* bit 6 clear: finite, |x| < 2 (e4m3) */
+                }
+            }
+    for (int64_t i = 0; i < n_elems; i++) {
+        const int64_t o = (i % bel) % lay8.layer_stride;
+        c32[i] = fp8_decode(c8[i], e5m2) * (o < lay8.kv_stride ? k_scale : v_scale);
+    }
+    int32_t *tseq = malloc(sizeof(int32_t) * T), *tpos = malloc(sizeof(int32_t) * T);
+    int64_t t = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < (s == 0 ? T0 : 1); i++, t++) {
+            tseq[t] = s;
+            tpos[t] = s == 0 ? ctx0 + i : ctx[s] - 1;
+        }
+    float *q = rand_vec((size_t)T * QW, 1.0f), *ref = malloc((size_t)T * QW * 4);
+    void *dcache = up(c8, (size_t)n_elems), *dq = up(q, (size_t)T * QW * 4), *dseq = up(tseq, T * 4),
+         *dpos = up(tpos, T * 4), *dbt = up(bt, (size_t)S * mbps * 4), *dctx = up(ctx, S * 4);
+    float *dout = poisoned((size_t)T * QW * 4);
+    kcpu_attn_params_t p = {.n_tokens = T, .q = q, .q_stride = QW, .out = ref, .out_stride = QW, .tok_seq = tseq,
+                            .tok_pos = tpos, .n_seqs = S, .block_tables = bt, .max_blocks_per_seq = mbps,
+                            .context_lens = ctx, .n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
+                            .scale = 1.0f / sqrtf((float)hd), .causal = true, .sliding_window = 0,
+                            .layer = layer, .cache_base = c32, .layout = &lay32};
+    PD_CHECK_STATUS(kcpu_paged_attention(pf_pool, &p), PD_OK);
+    kcpu_attn_params_t pd = p;
+    pd.q = dq, pd.out = dout, pd.tok_seq = dseq, pd.tok_pos = dpos, pd.block_tables = dbt, pd.context_lens = dctx;
+    pd.cache_base = dcache, pd.layout = &lay8;
+    double worst[2] = {0, 0};
+    for (int vi = 0; vi < 2; vi++) {
+        kcuda_attn_set_prefill(vi == 0 ? KCUDA_ATTN_PREFILL_OLD : KCUDA_ATTN_PREFILL_FA2, 4);
+        PD_CHECK(kcuda_attn_uses_prefill_kernel(&pd, 132, true, NULL) == (vi == 1 && T > S));
+        const size_t need = kcuda_attn_workspace_bytes(&pd, 132, true);
+        void *ws = need ? poisoned(need) : NULL;
+        ops->memset(be, dout, 0xff, (size_t)T * QW * 4);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        PD_CHECK_STATUS(kcuda_paged_attention_scaled(&pd, k_scale, v_scale, ws, need, 132, true, NULL, NULL), PD_OK);
+        PD_CHECK_STATUS(kcuda_stream_sync(NULL), PD_OK);
+        float *got = down(dout, (size_t)T * QW * 4);
+        char what[160];
+        snprintf(what, sizeof(what), "prefill %s %s h%d/%d d%d bs%d T%d ctx0 %d +%d dec", vi ? "fa2" : "old",
+                 e5m2 ? "e5m2" : "e4m3", n_heads, n_kv, hd, bs, T0, ctx0, n_dec);
+        const double before = worst_g;
+        worst_g = 0;
+        PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(T * QW), 2e-2), 0);
+        worst[vi] = worst_g;
+        worst_g = before > worst_g ? before : worst_g;
+        if (worst[vi] > pf_worst[vi])
+            pf_worst[vi] = worst[vi];
+        free(got);
+        if (ws)
+            ops->buf_free(be, ws);
+    }
+    kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_AUTO, 0);
+    printf("  h%2d/%d d%3d bs%3d %s T%5d ctx0 %3d +%d dec: worst old(simt) %.1e fa2 %.1e\n", n_heads, n_kv, hd, bs,
+           e5m2 ? "e5m2" : "e4m3", T0, ctx0, n_dec, worst[0], worst[1]);
+    fflush(stdout);
+    ops->buf_free(be, dcache), ops->buf_free(be, dq), ops->buf_free(be, dseq), ops->buf_free(be, dpos);
+    ops->buf_free(be, dbt), ops->buf_free(be, dctx), ops->buf_free(be, dout);
+    free(ctx), free(bt), free(c8), free(c32), free(tseq), free(tpos), free(q), free(ref);
+}
+
+PD_TEST(test_prefill_attention)
+{
+    /* heads/kv heads/head dim: GQA 1, 4 and 8 at d64 and d128, SmolLM2's 9/3 d64 */
+    static const int shapes[][3] = {{4, 4, 64}, {8, 2, 128}, {16, 2, 64}, {8, 8, 128}, {8, 2, 64}, {16, 2, 128}, {9, 3, 64}};
+    static const int Ts[] = {1, 15, 16, 17, 63, 64, 65, 200, 1000};
+    static const int ctx0s[] = {0, 37, 500};
+    static const int bss[] = {16, 32, 128};
+    /* bf16 GEMMs: the backend allows reduced-precision attention (the tensor-core kernels) */
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+    if (kcpu_pool_create(8, &pf_pool) != PD_OK)
+        pf_pool = NULL;
+    int n = 0;
+    for (int ti = 0; ti < 9; ti++)
+        for (int ci = 0; ci < 3; ci++, n++) {
+            const int *sh = shapes[n % 7];
+            pf_case_t c = {.n_heads = sh[0], .n_kv = sh[1], .hd = sh[2], .bs = bss[(n / 7 + n) % 3],
+                           .window = n % 5 == 3 ? 37 : (n % 11 == 7 ? 300 : 0), .T = Ts[ti], .ctx0 = ctx0s[ci],
+                           .n_dec = 0, .cache = n % 3 == 1 ? KCPU_DTYPE_F32 : KCPU_DTYPE_F16};
+            if (c.T == 1000 && c.n_heads > 8) { /* keep the host reference quick */
+                c.n_heads = 8;
+                c.n_kv = 2;
+            }
+            pf_case(&c);
+        }
+    /* two and three sequences in one batch: a prefill chunk and decode tokens */
+    static const pf_case_t mixed[] = {
+        {.n_heads = 8, .n_kv = 2, .hd = 128, .bs = 16, .window = 0, .T = 40, .ctx0 = 0, .n_dec = 1, .cache = KCPU_DTYPE_F16},
+        {.n_heads = 8, .n_kv = 2, .hd = 128, .bs = 32, .window = 0, .T = 100, .ctx0 = 37, .n_dec = 2, .cache = KCPU_DTYPE_F16},
+        {.n_heads = 16, .n_kv = 2, .hd = 64, .bs = 128, .window = 0, .T = 7, .ctx0 = 500, .n_dec = 2, .cache = KCPU_DTYPE_F32},
+        {.n_heads = 4, .n_kv = 4, .hd = 64, .bs = 16, .window = 50, .T = 130, .ctx0 = 20, .n_dec = 2, .cache = KCPU_DTYPE_F16},
+        {.n_heads = 9, .n_kv = 3, .hd = 64, .bs = 32, .window = 0, .T = 33, .ctx0 = 0, .n_dec = 1, .cache = KCPU_DTYPE_F16},
+        {.n_heads = 32, .n_kv = 8, .hd = 128, .bs = 16, .window = 0, .T = 300, .ctx0 = 0, .n_dec = 0, .cache = KCPU_DTYPE_F16},
+        /* two prefill chunks (the second starting inside a CTA), with and without decode tokens */
+        {.n_heads = 8, .n_kv = 2, .hd = 128, .bs = 16, .window = 0, .T = 37, .ctx0 = 0, .n_dec = 0, .cache = KCPU_DTYPE_F16, .T2 = 50},
+        {.n_heads = 9, .n_kv = 3, .hd = 64, .bs = 32, .window = 0, .T = 70, .ctx0 = 100, .n_dec = 2, .cache = KCPU_DTYPE_F32, .T2 = 25},
+        {.n_heads = 16, .n_kv = 2, .hd = 128, .bs = 128, .window = 40, .T = 5, .ctx0 = 300, .n_dec = 1, .cache = KCPU_DTYPE_F16, .T2 = 3},
+    };
+    for (size_t i = 0; i < sizeof(mixed) / sizeof(mixed[0]); i++, n++)
+        pf_case(&mixed[i]);
+    /* fp8 caches (fa2 converts them exactly to f16 and folds the scales into q and out) */
+    pf_fp8_case(8, 2, 128, 16, false, 200, 0, 0);
+    pf_fp8_case(8, 2, 128, 32, true, 65, 37, 1);
+    pf_fp8_case(9, 3, 64, 16, false, 17, 500, 2);
+    pf_fp8_case(4, 4, 64, 128, true, 100, 0, 0);
+    n += 4;
+    printf("  %d prefill attention cases (%d fa2 runs), worst relative error: old %.2e, fa2 %.2e, fa2 8 warps %.2e\n",
+           n, pf_routed, pf_worst[0], pf_worst[1], pf_worst[2]);
+    if (pf_pool != NULL)
+        kcpu_pool_destroy(pf_pool);
+    pf_pool = NULL;
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
 int main(void)
 {
     ops = eng_backend_get("cuda");
@@ -1146,6 +1453,12 @@ int main(void)
         return 77;
     }
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+    if (getenv("PD_TEST_PREFILL_ONLY") != NULL && strcmp(getenv("PD_TEST_PREFILL_ONLY"), "1") == 0) {
+        /* the prefill attention cases alone (the fa2 kernel) */
+        PD_RUN(test_prefill_attention);
+        ops->shutdown(be);
+        return PD_TEST_REPORT();
+    }
     if (getenv("PD_TEST_ATTN_TC") != NULL && strcmp(getenv("PD_TEST_ATTN_TC"), "1") == 0) {
         /* the decode attention cases alone, with the experimental tensor-core kernel */
         dec_tc_run = true;
@@ -1165,6 +1478,8 @@ int main(void)
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
     PD_RUN(test_decode_attention);
+    /* last: a fault in the newest kernel spoils no other test's output */
+    PD_RUN(test_prefill_attention);
     printf("  worst relative error over all ops: %.2e\n", worst_g);
     ops->shutdown(be);
     return PD_TEST_REPORT();
