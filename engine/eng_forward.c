@@ -36,6 +36,7 @@
 
 #define GRAPH_MAX_SIZES 70 /* 1, 2, 4, then 8..512 by 8 */
 #define GRAPH_BS_LIMIT 512
+#define DFUSE_MAX_T 8      /* the decode GEMV's row limit (kcuda_gemv) */
 
 typedef struct mat {
     const void *w;        /* backend pointer */
@@ -68,6 +69,8 @@ struct eng_forward {
     bool zero_copy;           /* CPU backend: host pointers are backend pointers */
     bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
     bool any_unfused_qkv, any_unfused_gu; /* some layer still uses separate k, v / up */
+    bool decode_fuse;         /* decode rows (T <= DFUSE_MAX_T) run the fused layer (body()) */
+    bool last_dfuse;          /* the last body() ran it: x is final whatever n_logits was */
     eng_forward_opts_t opts;
 
     layer_w_t *layers;
@@ -623,6 +626,16 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
      * so CI runs the path device backends take (upload, fusion on the device) */
     fw->zero_copy = strcmp(ops->name, "cpu") == 0 && getenv("PD_FORWARD_COPY_WEIGHTS") == NULL;
     fw->attn_factor = 1.0f;
+    /* the fused decode layer: on where the backend offers the fused ops; env
+     * PD_FORWARD_NO_DECODE_FUSE=1 turns it off (A/B), PD_FORWARD_DECODE_FUSE=1 turns its
+     * structure on for backends without them (the CPU: the fallbacks, for tests) */
+    fw->decode_fuse = ops->norm_matmul != NULL && ops->matmul_add != NULL;
+    if (getenv("PD_FORWARD_DECODE_FUSE") != NULL)
+        fw->decode_fuse = atoi(getenv("PD_FORWARD_DECODE_FUSE")) != 0;
+    if (getenv("PD_FORWARD_NO_DECODE_FUSE") != NULL && atoi(getenv("PD_FORWARD_NO_DECODE_FUSE")) != 0)
+        fw->decode_fuse = false;
+    if (c->norm == ENG_NORM_LAYER)
+        fw->decode_fuse = false; /* the fused ops are RMSNorm's */
 
 #define TRY(expr)            \
     do {                     \
@@ -730,6 +743,38 @@ static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, co
     return fw->ops->rmsnorm(fw->be, residual, w, out, T, c->hidden, eps);
 }
 
+/* The fused decode ops (eng_backend.h): *done_p false, nothing queued, when the backend
+ * lacks the op or declines the call (PD_ERR_UNSUPPORTED); the caller then runs the
+ * separate ops. */
+static pd_status_t try_norm_matmul(eng_forward_t *fw, int64_t T, const float *norm_w, const mat_t *m,
+                                   const float *bias, int glu, float *y, int64_t ldy, bool *done_p)
+{
+    pd_status_t st;
+    *done_p = false;
+    if (fw->ops->norm_matmul == NULL || m->w == NULL)
+        return PD_OK;
+    st = fw->ops->norm_matmul(fw->be, fw->x, T, fw->cfg->hidden, norm_w, (float)fw->cfg->norm_eps, m->w, m->type,
+                              m->out, bias, glu, y, ldy);
+    if (st == PD_ERR_UNSUPPORTED)
+        return PD_OK;
+    *done_p = st == PD_OK;
+    return st;
+}
+
+/* x += in W^T (+ bias): the fused op, else the matmul into `tmp` and an add. */
+static pd_status_t matmul_residual(eng_forward_t *fw, const float *in, int64_t T, const mat_t *m, const float *bias,
+                                   float *tmp)
+{
+    const int64_t D = fw->cfg->hidden;
+    if (fw->ops->matmul_add != NULL) {
+        pd_status_t st = fw->ops->matmul_add(fw->be, in, T, m->in, m->in, m->w, m->type, m->out, bias, fw->x, D);
+        if (st != PD_ERR_UNSUPPORTED)
+            return st;
+    }
+    CK(matmul(fw, in, T, m, bias, tmp));
+    return fw->ops->add(fw->be, fw->x, tmp, fw->x, T * D);
+}
+
 /* Host metadata -> the fixed backend buffers (never inside a graph). */
 static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_t *positions, const int32_t *tok_seq,
                           const int64_t *slots, int64_t T, const int32_t *tables, const int32_t *ctx, int n_seqs)
@@ -767,8 +812,14 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     const int64_t D = c->hidden, I = c->intermediate, V = c->vocab_size;
     const int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
     const int MB = fw->opts.max_blocks_per_seq;
+    /* decode rows: the residual adds go into the o / down matmuls (x += ...) and the
+     * norms into the q|k|v and gate|up matmuls (with the GLU), so the norm and SiLU-mul
+     * kernels drop out of the step; x is then final after the last layer */
+    const bool df = fw->decode_fuse && T <= DFUSE_MAX_T;
+    const int glu = c->act == ENG_ACT_SILU ? ENG_GLU_SILU : c->act == ENG_ACT_GELU ? ENG_GLU_GELU : ENG_GLU_GELU_TANH;
     kcpu_attn_params_t ap;
 
+    fw->last_dfuse = df;
     /* embeddings */
     CK(ops->embedding(be, fw->embed, fw->embed_type, V, D, fw->d_tokens, T, fw->x));
     if (c->arch == ENG_ARCH_OPT) {
@@ -799,12 +850,19 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_w_t *L = &fw->layers[l];
+        bool done = false;
         /* h = norm(x [+ previous MLP output]) */
-        CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
+        if (!df)
+            CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
+        else if (L->qkv.w != NULL)
+            CK(try_norm_matmul(fw, T, L->attn_norm, &L->qkv, L->bqkv, ENG_GLU_NONE, fw->q, QW + 2 * KW, &done));
+        if (df && !done)
+            CK(norm(fw, fw->x, NULL, L->attn_norm, L->attn_norm_b, fw->h, T));
         float *q = fw->q, *k = fw->k, *v = fw->v;
         int64_t qs = QW, ks = KW, vs = KW;
         if (L->qkv.w != NULL) { /* one [T, QW + 2 KW] output: q, k, v are column ranges */
-            CK(matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
+            if (!done)
+                CK(matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
             qs = ks = vs = QW + 2 * KW;
             k = q + QW;
             v = k + KW;
@@ -818,19 +876,38 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             CK(ops->rmsnorm(be, fw->q, L->q_norm, fw->q, T * c->n_heads, c->head_dim, eps));
             CK(ops->rmsnorm(be, fw->k, L->k_norm, fw->k, T * c->n_kv_heads, c->head_dim, eps));
         }
-        if (c->rope_style != ENG_ROPE_NONE)
-            CK(ops->rope(be, q, qs, k, ks, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
-                         c->rotary_dim, fw->inv_freq, fw->attn_factor,
-                         c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX));
-        CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, k, ks, v, vs));
+        const kcpu_rope_style_t rs = c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX;
+        pd_status_t rst = PD_ERR_UNSUPPORTED;
+        if (fw->decode_fuse && c->rope_style != ENG_ROPE_NONE && ops->rope_kv_write != NULL)
+            rst = ops->rope_kv_write(be, q, qs, k, ks, v, vs, fw->d_pos, T, c->n_heads, c->rotary_dim, fw->inv_freq,
+                                     fw->attn_factor, rs, &fw->kv, fw->kv_base, l, fw->d_slots);
+        if (rst != PD_ERR_UNSUPPORTED) {
+            CK(rst); /* rotated and written in one op (every T: it is element-wise) */
+        } else {
+            if (c->rope_style != ENG_ROPE_NONE)
+                CK(ops->rope(be, q, qs, k, ks, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                             c->rotary_dim, fw->inv_freq, fw->attn_factor, rs));
+            CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, k, ks, v, vs));
+        }
         ap.layer = l;
         ap.q = q;
         ap.q_stride = qs;
         CK(ops->paged_attention(be, &ap));
-        CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
         /* x += o; h = norm(x) */
-        CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
-        if (c->gated_ffn) {
+        done = false;
+        if (!df) {
+            CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
+            CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
+        } else {
+            CK(matmul_residual(fw, fw->attn, T, &L->o, L->bo, fw->o));
+            if (c->gated_ffn && L->gate_up.w != NULL) /* act = glu(norm(x) Wgu^T) */
+                CK(try_norm_matmul(fw, T, L->ffn_norm, &L->gate_up, NULL, glu, fw->act, I, &done));
+            if (!done)
+                CK(norm(fw, fw->x, NULL, L->ffn_norm, L->ffn_norm_b, fw->h, T));
+        }
+        if (done) {
+            /* fw->act holds the activation */
+        } else if (c->gated_ffn) {
             float *gate = fw->gate, *up = fw->up;
             int64_t gs = I;
             if (L->gate_up.w != NULL) { /* one [T, 2I] output: gate | up */
@@ -854,12 +931,16 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             else
                 CK(ops->gelu(be, fw->up, fw->act, T * I, c->act == ENG_ACT_GELU_TANH));
         }
-        CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
+        if (df)
+            CK(matmul_residual(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
+        else
+            CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
     }
     if (n_logits == 0)
         return PD_OK;
     /* x += last MLP output, then final norm + lm_head on the wanted rows only */
-    CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
+    if (!df)
+        CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
     float *src = fw->x; /* identity rows: the norm reads x itself (it leaves x as it is) */
     if (logit_rows != NULL) {
         src = fw->g;
@@ -1101,7 +1182,8 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;
-    fw->x_final = b->n_logits > 0; /* body() adds the last MLP output into x only then */
+    /* body() adds the last MLP output into x only then, or always in the fused layer */
+    fw->x_final = b->n_logits > 0 || fw->last_dfuse;
     return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 
