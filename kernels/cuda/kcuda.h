@@ -105,9 +105,15 @@ pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const 
  * env PD_CUDA_GEMV_PDL (default on; 0 turns it off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
 void kcuda_gemv_set_pdl(int on);
+/* Whether GEMV launches use PDL now (the setting above, or the env default); the RoPE/KV
+ * write kernel (kcuda_rope_kv_write) follows it too. */
+bool kcuda_gemv_pdl_on(void);
 /* Weight loads that do not allocate in L1 (1) or the plain read-only loads (0); -1 goes
  * back to env PD_CUDA_GEMV_NOALLOC (default on; 0 turns it off).  Process-wide, for A/B runs. */
 void kcuda_gemv_set_noalloc(int on);
+/* Warps per GEMV column (1, 2 or 4; kcuda_gemv and kcuda_gemv_ex), 0 = automatic (4 for
+ * N <= 2048, else 1), -1 = back to env PD_CUDA_GEMV_KSPLIT.  Process-wide, for A/B runs. */
+void kcuda_gemv_set_ksplit(int ks);
 
 /* Fused decode GEMVs (kcuda_gemv.cu), the batch-1 step's norm / residual add / GLU folded
  * into the GEMV that reads or writes them (same M, K, alignment and weight types as

@@ -49,6 +49,13 @@ __device__ __forceinline__ void griddep_wait()
 #endif
 }
 
+static __device__ __forceinline__ void launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 #define PF 4 /* weight chunks per lane loaded before the dependency wait */
 
 /* A 16-byte weight load: through the read-only path (NA false), or without allocating in
@@ -194,6 +201,11 @@ static bool use_pdl(void)
     return pdl_g == 1;
 }
 
+extern "C" bool kcuda_gemv_pdl_on(void)
+{
+    return use_pdl();
+}
+
 template <typename WT, int MT, int KS>
 static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
                             float *y, int64_t ldy, cudaStream_t s)
@@ -239,15 +251,21 @@ static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const 
 /* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
  * too few warps to cover the memory latency), else 1.  PD_CUDA_GEMV_KSPLIT=1|2|4 forces it
  * (A/B runs). */
+static int ksplit_g = -1; /* -1: from env PD_CUDA_GEMV_KSPLIT at the next launch; 0: automatic */
+
+extern "C" void kcuda_gemv_set_ksplit(int ks)
+{
+    ksplit_g = ks < 0 ? -1 : (ks == 1 || ks == 2 || ks == 4) ? ks : 0;
+}
+
 static int gemv_ks(int64_t N, int64_t K)
 {
-    static int forced = -1;
-    if (forced < 0) {
+    if (ksplit_g < 0) {
         const char *e = getenv("PD_CUDA_GEMV_KSPLIT");
         int v = e ? atoi(e) : 0;
-        forced = (v == 1 || v == 2 || v == 4) ? v : 0;
+        ksplit_g = (v == 1 || v == 2 || v == 4) ? v : 0;
     }
-    return forced ? forced : (N <= 2048 && K >= 1024 ? 4 : 1);
+    return ksplit_g ? ksplit_g : (N <= 2048 && K >= 1024 ? 4 : 1);
 }
 
 template <typename WT>
@@ -378,6 +396,11 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS)
             gemv_ex_step<WT, MT, NORM>(ldw<NA>(wr + c), c, a, acc, ss);
     }
+    /* every weight byte of this CTA is in: let the next kernel's CTAs (a GEMV or the
+     * RoPE/KV write, launched with PDL) take the SMs this grid's tail leaves idle and
+     * start their prefetch; they wait for this grid's completion before reading what it
+     * writes (griddepcontrol.wait), so the early trigger is always safe */
+    launch_dependents();
     for (int m = 0; m < MT; m++) {
         float s = kc_warp_sum(acc[m]);
         float q = NORM ? kc_warp_sum(ss[m]) : 0.0f;

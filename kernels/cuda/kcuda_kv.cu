@@ -179,6 +179,10 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
                                int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks,
                                const int64_t *slots, float kinv, float vinv, int *err)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    /* launched with PDL after the q|k|v GEMV: nothing is read before it completes */
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
     const int64_t t = blockIdx.x;
     const float p = (float)pos[t];
     const int64_t slot = slots[t];
@@ -219,11 +223,41 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
     }
 }
 
-#define ROPE_KV_LAUNCH(CT)                                                                                        \
-    rope_kv_kernel<CT><<<(unsigned)T, 256, 0, stream>>>(                                                          \
-        q, q_stride, k, k_stride, v, v_stride, pos, n_heads, L->n_kv_heads, L->head_dim, rotary_dim / 2, inv_freq, \
-        attn_factor, style == KCPU_ROPE_NEOX, (CT *)cache_base, be, lo, L->kv_stride, L->token_stride,             \
-        L->block_size, L->n_blocks, slot_mapping, kinv, vinv, err)
+/* Launched with programmatic stream serialization when the GEMVs are (kcuda_gemv_pdl_on):
+ * its CTAs are resident while the q|k|v GEMV drains, then wait for it. */
+template <typename CT>
+static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t kst, const float *v, int64_t vst,
+                           const int32_t *pos, int n_heads, int n_kv, int hd, int half, const float *inv_freq,
+                           float af, bool neox, void *base, int64_t block_elems, int64_t layer_off,
+                           int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks, const int64_t *slots,
+                           float kinv, float vinv, int *err, cudaStream_t s)
+{
+    if (!kcuda_gemv_pdl_on()) {
+        rope_kv_kernel<CT><<<T, 256, 0, s>>>(q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af, neox,
+                                             (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks,
+                                             slots, kinv, vinv, err);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(T);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, rope_kv_kernel<CT>, q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af,
+                       neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks, slots, kinv,
+                       vinv, err);
+}
+
+#define ROPE_KV_LAUNCH(CT)                                                                                       \
+    rope_kv_launch<CT>((unsigned)T, q, q_stride, k, k_stride, v, v_stride, pos, n_heads, L->n_kv_heads,         \
+                       L->head_dim, rotary_dim / 2, inv_freq, attn_factor, style == KCPU_ROPE_NEOX, cache_base, be, \
+                       lo, L->kv_stride, L->token_stride, L->block_size, L->n_blocks, slot_mapping, kinv, vinv, err, \
+                       stream)
 
 extern "C" pd_status_t kcuda_rope_kv_write(float *q, int64_t q_stride, float *k, int64_t k_stride, const float *v,
                                            int64_t v_stride, const int32_t *pos, int64_t T, int n_heads,

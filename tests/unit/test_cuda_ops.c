@@ -1385,6 +1385,16 @@ int main(void)
         ops->shutdown(be);
         return PD_TEST_REPORT();
     }
+    if (getenv("PD_TEST_FUSE_ONLY") != NULL && strcmp(getenv("PD_TEST_FUSE_ONLY"), "1") == 0) {
+        /* the decode-fusion cases alone (scripts/gpu_fuse.sh) */
+        PD_RUN(test_gemv_pdl);
+        PD_RUN(test_fused_norm_matmul);
+        PD_RUN(test_fused_matmul_add);
+        PD_RUN(test_rope_kv_write);
+        printf("  worst relative error over all ops: %.2e\n", worst_g);
+        ops->shutdown(be);
+        return PD_TEST_REPORT();
+    }
     PD_RUN(test_matmul);
     PD_RUN(test_norms);
     PD_RUN(test_rope);
