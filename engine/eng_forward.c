@@ -11,6 +11,11 @@
  *     every linear; relu MLP (fc1, fc2); final layernorm; tied lm_head.
  * Residual adds are fused into the next norm (add_rmsnorm / add_layernorm), and the
  * final norm and lm_head run only on the rows whose logits are wanted.
+ * Decode rows (T <= 8, RMSNorm models, backends with the fused ops) run the fused layer
+ * instead: x += o Wo^T and x += act Wd^T in the matmuls (matmul_add), the norms inside
+ * the q|k|v and gate|up matmuls (norm_matmul, the GLU too), RoPE + KV write in one op;
+ * x is then final after the last layer.  Any op the backend declines falls back to the
+ * separate ops in the same order (docs/cuda.md; PD_FORWARD_NO_DECODE_FUSE=1: off).
  *
  * A step is three phases: upload (host metadata -> the fixed backend buffers d_*),
  * body (every op from the embedding to the logits, reading only fixed buffers), and the
@@ -816,7 +821,8 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
      * norms into the q|k|v and gate|up matmuls (with the GLU), so the norm and SiLU-mul
      * kernels drop out of the step; x is then final after the last layer */
     const bool df = fw->decode_fuse && T <= DFUSE_MAX_T;
-    const int glu = c->act == ENG_ACT_SILU ? ENG_GLU_SILU : c->act == ENG_ACT_GELU ? ENG_GLU_GELU : ENG_GLU_GELU_TANH;
+    /* as the separate ops below: silu_and_mul, else gelu_and_mul (tanh form for GELU_TANH) */
+    const int glu = c->act == ENG_ACT_SILU ? ENG_GLU_SILU : c->act == ENG_ACT_GELU_TANH ? ENG_GLU_GELU_TANH : ENG_GLU_GELU;
     kcpu_attn_params_t ap;
 
     fw->last_dfuse = df;

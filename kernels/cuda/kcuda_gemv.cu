@@ -16,6 +16,9 @@
  * the kernel is the same either way; graphs record the programmatic edge.
  * kcuda_gemv_set_noalloc / PD_CUDA_GEMV_NOALLOC=1 loads the weights without allocating
  * in L1 (A/B runs; off by default until measured).
+ * kcuda_gemv_ex: the same loop with the decode layer's neighbours folded in (an RMSNorm
+ * prologue computed inside the loop, a residual-accumulate or GLU epilogue): see the
+ * section below.
  */
 #include "kcuda_internal.cuh"
 #include "kcuda_act.cuh"
