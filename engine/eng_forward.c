@@ -953,8 +953,13 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         for (int i = 0; i < n_logits; i++)
             CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)logit_rows[i] * D, (size_t)D * sizeof(float)));
     }
-    CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
-    CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    bool done = false;
+    if (df && src == fw->x) /* the final norm inside the lm_head GEMV */
+        CK(try_norm_matmul(fw, n_logits, fw->out_norm, &fw->lm_head, NULL, ENG_GLU_NONE, fw->logits, V, &done));
+    if (!done) {
+        CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
+        CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    }
     if (argmax) /* greedy rows: the first maximum; others drawn with their uniform */
         CK(ops->sample_rows(be, fw->logits, n_logits, V, fw->d_sp, fw->d_u, fw->d_argmax));
     return PD_OK;

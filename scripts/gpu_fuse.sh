@@ -6,13 +6,12 @@
 #   scripts/gpu_fuse.sh stage BUILD_DIR DEST   (here) what gpu_suite.sh stage copies
 #        (cuda tests, bench_cuda, test data, runtime libraries) plus this script.
 #   bash DEST/gpu_fuse.sh run DEST             (on the GPU machine) each step under a
-#        timeout (< 560 s in all), a failing step does not stop the next; logs to $OUT
+#        timeout (< 540 s in all), a failing step does not stop the next; logs to $OUT
 #        (or /tmp/gpu_fuse), a short table last:
 #          fused_ops       test_cuda_ops, the fusion cases only (PD_TEST_FUSE_ONLY=1):
 #                          norm_matmul / matmul_add / rope_kv_write against kcpu
 #          engine          test_cuda_engine (graphs vs eager; fusion on vs off)
 #          engine_nopdl    the same with PD_CUDA_GEMV_PDL=0 (fused kernels without PDL)
-#          engine_nofuse   the same with PD_FORWARD_NO_DECODE_FUSE=1 (the old layer)
 #          bench           bench_cuda --quick (b1 graph step fused vs not, fused GEMVs)
 set -u
 
@@ -46,14 +45,13 @@ run() {
     { date -u; echo "commit $(cat "$dir/COMMIT" 2>/dev/null)"; nvidia-smi --query-gpu=name --format=csv,noheader; } \
         > "$out/env.txt" 2>&1
     NAMES=() RCS=() SECS=()
-    step "$dir" "$out" fused_ops 90 env PD_TEST_FUSE_ONLY=1 "$dir/bin/test_cuda_ops"
+    step "$dir" "$out" fused_ops 80 env PD_TEST_FUSE_ONLY=1 "$dir/bin/test_cuda_ops"
     step "$dir" "$out" engine 150 "$dir/bin/test_cuda_engine"
     step "$dir" "$out" engine_nopdl 100 env PD_CUDA_GEMV_PDL=0 "$dir/bin/test_cuda_engine"
-    step "$dir" "$out" engine_nofuse 100 env PD_FORWARD_NO_DECODE_FUSE=1 "$dir/bin/test_cuda_engine"
     step "$dir" "$out" bench 200 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" --quick
     echo "== gpu_fuse: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
-    for f in fused_ops engine engine_nopdl engine_nofuse; do
+    for f in fused_ops engine engine_nopdl; do
         echo "-- $f"
         grep -h -E 'passed, |outside tolerance|check failed|decode fusion|tokens: graphs|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -14

@@ -168,8 +168,9 @@ extern "C" pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *L, void *cac
 }
 
 /* ---- RoPE and the KV write in one kernel (kcuda_rope_kv_write) ----
- * One CTA per token: q rotated in place; k rotated in place and written (rotated) to
- * the token's slot together with v, so k is read once and no second kernel runs.  The
+ * One CTA per token (8 for T <= 8, 2 up to 64 tokens, each a slice of the pairs): q
+ * rotated in place; k rotated in place and written (rotated) to the token's slot
+ * together with v, so k is read once and no second kernel runs.  The
  * angle and the pair arithmetic are kcuda_rope's (the same f32 angle, an accurate
  * sincos of it), the stores kcuda_kv_write_scaled's. */
 template <typename CT>
@@ -191,11 +192,13 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
         const int64_t b = slot / bs;
         if (b < n_blocks)
             dst = base + b * block_elems + layer_off + (slot % bs) * token_stride;
-        else if (threadIdx.x == 0 && err)
+        else if (threadIdx.x == 0 && blockIdx.y == 0 && err)
             atomicOr(err, KCUDA_ERR_SLOT);
     }
     const int nh = n_heads + n_kv;
-    for (int it = threadIdx.x; it < nh * half; it += blockDim.x) {
+    /* gridDim.y CTAs share a token (decode: one token would leave all but one SM idle) */
+    const int tid = blockIdx.y * blockDim.x + threadIdx.x, nth = gridDim.y * blockDim.x;
+    for (int it = tid; it < nh * half; it += nth) {
         int h = it / half, i = it % half;
         float ang = p * inv_freq[i];
         double sd, cd;
@@ -216,7 +219,7 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
     if (dst == NULL)
         return;
     const int W = n_kv * hd, rot = 2 * half;
-    for (int i = threadIdx.x; i < W; i += blockDim.x) {
+    for (int i = tid; i < W; i += nth) {
         if (i % hd >= rot) /* dims past the rotary part: k as it is */
             dst[i] = kc_store<CT>(k[t * kst + i] * kinv);
         dst[kv_stride + i] = kc_store<CT>(v[t * vst + i] * vinv);
@@ -232,8 +235,9 @@ static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t k
                            int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks, const int64_t *slots,
                            float kinv, float vinv, int *err, cudaStream_t s)
 {
+    const dim3 grid(T, T <= 8 ? 8 : T <= 64 ? 2 : 1);
     if (!kcuda_gemv_pdl_on()) {
-        rope_kv_kernel<CT><<<T, 256, 0, s>>>(q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af, neox,
+        rope_kv_kernel<CT><<<grid, 256, 0, s>>>(q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af, neox,
                                              (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks,
                                              slots, kinv, vinv, err);
         return;
@@ -242,7 +246,7 @@ static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t k
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = dim3(T);
+    cfg.gridDim = grid;
     cfg.blockDim = dim3(256);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = s;
