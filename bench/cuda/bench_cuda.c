@@ -877,6 +877,24 @@ int main(int argc, char **argv)
     }
     unsetenv("PD_FORWARD_NO_DECODE_FUSE");
     eng_forward_destroy(fw);
+    /* ---- A/B: batch 1 (fused layer) with 2 warps a column on the narrow GEMVs (q|k|v,
+     * o, down): kcuda_gemv_set_ksplit_narrow(2), a forward of its own (graphs record it) ---- */
+    double ks2[2] = {0, 0};
+    kcuda_gemv_set_ksplit_narrow(2);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        ks2[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        ks2[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+    } else {
+        fw = NULL;
+    }
+    eng_forward_destroy(fw);
+    kcuda_gemv_set_ksplit_narrow(-1);
     double fgv_ex[FG_N][2] = {{0}};
     bench_fused_gemv(fgv_ex);
 
@@ -1018,6 +1036,10 @@ int main(int argc, char **argv)
         printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1, graph, PDL+no_allocate, dev argmax", decpn * 1e3,
                floor_dec * 1e3, 100 * floor_dec / decpn);
     print_decode_fuse(decp, dfoff, floor_dec);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, fused, narrow GEMVs 2 w/col", ks2[0] * 1e3,
+           floor_dec * 1e3, ks2[0] > 0 ? 100 * floor_dec / ks2[0] : 0.0);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, fused, narrow 2 w/col, argmax", ks2[1] * 1e3,
+           floor_dec * 1e3, ks2[1] > 0 ? 100 * floor_dec / ks2[1] : 0.0);
     print_fused_gemv(fgv_ex, copy_gbps);
     for (int i = 0; i < 3; i++) {
         char what[80];
@@ -1071,8 +1093,8 @@ int main(int argc, char **argv)
            decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], samp_us[0][0], samp_us[0][1], samp_us[0][2], samp_us[1][0],
            samp_us[1][1], samp_us[1][2], decgs[0] * 1e3, decgs[1] * 1e3, decgs[2] * 1e3, n_fused_qkv, n_fused_gu);
     printf("JSON_FUSE {\"graph_decode_b1_fused_ms\":[%.3f,%.3f],\"graph_decode_b1_nofuse_ms\":[%.3f,%.3f],"
-           "\"gemv_ex_m1_gbps\":[",
-           decp[0] * 1e3, decp[1] * 1e3, dfoff[0] * 1e3, dfoff[1] * 1e3);
+           "\"graph_decode_b1_fused_ks2_ms\":[%.3f,%.3f],\"gemv_ex_m1_gbps\":[",
+           decp[0] * 1e3, decp[1] * 1e3, dfoff[0] * 1e3, dfoff[1] * 1e3, ks2[0] * 1e3, ks2[1] * 1e3);
     for (int i = 0; i < FG_N; i++)
         printf("%s[%.0f,%.0f]", i ? "," : "", fgv_ex[i][1], fgv_ex[i][0]);
     printf("],\"copy_gbps\":%.1f}\n", copy_gbps);

@@ -114,6 +114,10 @@ void kcuda_gemv_set_noalloc(int on);
 /* Warps per GEMV column (1, 2 or 4; kcuda_gemv and kcuda_gemv_ex), 0 = automatic (4 for
  * N <= 2048, else 1), -1 = back to env PD_CUDA_GEMV_KSPLIT.  Process-wide, for A/B runs. */
 void kcuda_gemv_set_ksplit(int ks);
+/* Warps per column for the narrow decode shapes only (2048 < N <= 8192, K >= 1024: the
+ * 8B model's q|k|v, o and down), when kcuda_gemv_set_ksplit leaves it automatic: 1
+ * (default), 2 or 4; -1 = back to env PD_CUDA_GEMV_KS_NARROW.  For A/B runs. */
+void kcuda_gemv_set_ksplit_narrow(int ks);
 
 /* Fused decode GEMVs (kcuda_gemv.cu), the batch-1 step's norm / residual add / GLU folded
  * into the GEMV that reads or writes them (same M, K, alignment and weight types as

@@ -261,6 +261,15 @@ extern "C" void kcuda_gemv_set_ksplit(int ks)
     ksplit_g = ks < 0 ? -1 : (ks == 1 || ks == 2 || ks == 4) ? ks : 0;
 }
 
+/* warps per column of the narrow decode shapes (2048 < N <= 8192: q|k|v, o, down at the
+ * 8B shape); -1: from env PD_CUDA_GEMV_KS_NARROW (default 1, what was measured) */
+static int ks_narrow_g = -1;
+
+extern "C" void kcuda_gemv_set_ksplit_narrow(int ks)
+{
+    ks_narrow_g = ks < 0 ? -1 : (ks == 2 || ks == 4) ? ks : 1;
+}
+
 static int gemv_ks(int64_t N, int64_t K)
 {
     if (ksplit_g < 0) {
@@ -268,7 +277,16 @@ static int gemv_ks(int64_t N, int64_t K)
         int v = e ? atoi(e) : 0;
         ksplit_g = (v == 1 || v == 2 || v == 4) ? v : 0;
     }
-    return ksplit_g ? ksplit_g : (N <= 2048 && K >= 1024 ? 4 : 1);
+    if (ks_narrow_g < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_KS_NARROW");
+        int v = e ? atoi(e) : 1;
+        ks_narrow_g = (v == 2 || v == 4) ? v : 1;
+    }
+    if (ksplit_g)
+        return ksplit_g;
+    if (N <= 2048 && K >= 1024)
+        return 4;
+    return N <= 8192 && K >= 1024 ? ks_narrow_g : 1;
 }
 
 template <typename WT>
