@@ -133,7 +133,10 @@ void kcuda_gemv_set_ksplit_narrow(int ks);
  * scales its column sum by the inverse RMS), so h is never written; results equal the
  * separate kernels' up to f32 rounding (the norm weight multiplies the weight, the inverse
  * RMS the sum).  Supported (norm, epilogue) pairs: (norm, STORE), (norm, GLU), (none,
- * ACCUMULATE): kcuda_gemv_ex_ok says whether a call qualifies. */
+ * ACCUMULATE); the norm only up to KCUDA_GEMV_NORM_MAX_M rows (its sum of squares costs
+ * as many FMAs as the dot products: 8 rows would be compute-bound).  kcuda_gemv_ex_ok
+ * says whether a call qualifies. */
+#define KCUDA_GEMV_NORM_MAX_M 4
 typedef enum {
     KCUDA_GEMV_STORE = 0,
     KCUDA_GEMV_ACCUMULATE = 1,

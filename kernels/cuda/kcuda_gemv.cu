@@ -536,7 +536,10 @@ extern "C" bool kcuda_gemv_ex_ok(const kcuda_gemv_ex_t *a)
     if (a == NULL || a->y == NULL || a->N <= 0 || a->N > (int64_t)INT32_MAX * 4 ||
         !kcuda_gemv_ok(a->M, a->K, a->ldx, a->x, a->w, a->wtype) || !ex_combo_ok(a->norm_w != NULL, a->epi))
         return false;
-    if (a->norm_w != NULL && ((uintptr_t)a->norm_w & 15) != 0)
+    /* the norm's sum of squares costs each warp as many FMAs as its dot products: with
+     * more than 4 rows that would make the loop compute-bound (8 rows: 128 FMAs a 16-byte
+     * chunk), so those calls keep the norm kernel */
+    if (a->norm_w != NULL && (((uintptr_t)a->norm_w & 15) != 0 || a->M > KCUDA_GEMV_NORM_MAX_M))
         return false;
     if (a->epi == KCUDA_GEMV_GLU)
         return a->N % 2 == 0 && a->ldy >= a->N / 2 && a->glu_act >= 0 && a->glu_act <= 2;

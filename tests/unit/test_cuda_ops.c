@@ -1138,8 +1138,9 @@ PD_TEST(test_decode_attention)
 /* ---- fused decode ops (norm_matmul, matmul_add, rope_kv_write) against the separate
  * kcpu ops.  bf16/f16 weights used as they are (no conversion): only the summation order
  * and where the norm's scale is applied differ (1e-4).  Each case runs with PDL on and
- * off; x is checked unchanged; rows 1..8; ldy > N; a K the GEMV does not take (not a
- * multiple of 8) must be declined (PD_ERR_UNSUPPORTED, nothing written). ---- */
+ * off; x is checked unchanged; rows 1..8 (the norm declines above KCUDA_GEMV_NORM_MAX_M
+ * rows); ldy > N; a K the GEMV does not take (not a multiple of 8) must be declined
+ * (PD_ERR_UNSUPPORTED, nothing written). ---- */
 
 static void norm_matmul_case(kcpu_dtype_t wt, int64_t M, int64_t K, int64_t N, int glu, bool bias)
 {
@@ -1168,6 +1169,14 @@ static void norm_matmul_case(kcpu_dtype_t wt, int64_t M, int64_t K, int64_t N, i
     for (int pdl = 0; pdl < 2; pdl++) {
         kcuda_gemv_set_pdl(pdl);
         ops->memset(be, dy, 0xff, sizeof(float) * M * ldy);
+        if (M > KCUDA_GEMV_NORM_MAX_M) { /* declined (the norm kernel runs instead), nothing written */
+            PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, K, dnw, 1e-5f, dw, wt, N, db, glu, dy, ldy),
+                            PD_ERR_UNSUPPORTED);
+            float *g = down(dy, sizeof(float) * M * ldy);
+            PD_CHECK(isnan(g[0]) && isnan(g[M * ldy - 1]));
+            free(g);
+            continue;
+        }
         PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, K, dnw, 1e-5f, dw, wt, N, db, glu, dy, ldy), PD_OK);
         float *got = down(dy, sizeof(float) * M * ldy), *gx = down(dx, sizeof(float) * M * K);
         char what[112];
