@@ -20,6 +20,9 @@
  * 1.0 unless calculated (--calculate-kv-scales) from the first batch that writes each
  * layer, as vLLM does: k_scale = max|k| / 200, v_scale = max|v| / 100; fixed after that
  * (a graph records them as launch parameters, and it is captured after its eager warm-up).
+ * Decode fusions (optional ops of eng_backend.h): norm_matmul and matmul_add run the
+ * fused decode GEMVs (kcuda_gemv_ex) and rope_kv_write one RoPE + KV-write kernel; each
+ * declines (PD_ERR_UNSUPPORTED, nothing queued) what its kernel does not take.
  * CUDA graphs: eng_forward records a decode step between capture_begin/capture_end and
  * replays it.  Invariants for that: no op synchronises or allocates while capturing
  * (they refuse with PD_ERR_BUSY instead), and scratch buffers that a live graph may
@@ -376,8 +379,9 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
 }
 
 /* ---- fused decode ops (kcuda_gemv_ex): PD_ERR_UNSUPPORTED, nothing queued, when the
- * GEMV path does not take the call (f32 weights, PD_CUDA_NO_GEMV, more than 8 rows,
- * PD_CUDA_NO_DECODE_FUSE=1); the forward then runs the separate ops ---- */
+ * GEMV path does not take the call (f32 weights, PD_CUDA_NO_GEMV, more than 8 rows or
+ * more than KCUDA_GEMV_NORM_MAX_M for the norm, PD_CUDA_NO_DECODE_FUSE=1); the forward
+ * then runs the separate ops ---- */
 
 /* What kcuda_gemv_ok checks of x and K, and a GEMV weight type, before any weight
  * conversion is queued (a declined call queues nothing). */
@@ -394,8 +398,8 @@ static pd_status_t cuda_norm_matmul(eng_backend_t *be, const float *x, int64_t M
     kcuda_gemv_ex_t a;
     pd_status_t st;
 
-    if (be->no_gemv || be->no_fuse || M < 1 || M > 8 || K <= 0 || N <= 0 || x == NULL || w == NULL ||
-        norm_w == NULL || y == NULL || glu < ENG_GLU_NONE || glu > ENG_GLU_GELU_TANH ||
+    if (be->no_gemv || be->no_fuse || M < 1 || M > KCUDA_GEMV_NORM_MAX_M || K <= 0 || N <= 0 || x == NULL ||
+        w == NULL || norm_w == NULL || y == NULL || glu < ENG_GLU_NONE || glu > ENG_GLU_GELU_TANH ||
         (glu != ENG_GLU_NONE && (bias != NULL || N % 2 != 0)) || !kcpu_dtype_supported(wtype) ||
         K % kcpu_dtype_block_size(wtype) != 0 || !gemv_fits(be, x, K, K))
         return PD_ERR_UNSUPPORTED;
