@@ -143,6 +143,9 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
             }
         }
     }
+    /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
+     * completion before it reads anything; see gemv_ex_kernel) */
+    launch_dependents();
     for (int m = 0; m < MT; m++) {
         float sum = kc_warp_sum(acc[m]);
         if (KS == 1) {
