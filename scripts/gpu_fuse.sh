@@ -5,6 +5,7 @@
 #
 #   scripts/gpu_fuse.sh stage BUILD_DIR DEST   (here) what gpu_suite.sh stage copies
 #        (cuda tests, bench_cuda, test data, runtime libraries) plus this script.
+#   (a DEST staged by gpu_suite.sh stage works too: bash scripts/gpu_fuse.sh run DEST)
 #   bash DEST/gpu_fuse.sh run DEST             (on the GPU machine) each step under a
 #        timeout (< 540 s in all), a failing step does not stop the next; logs to $OUT
 #        (or /tmp/gpu_fuse), a short table last:
