@@ -1378,6 +1378,85 @@ PD_TEST(test_rope_kv_write)
                 rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37);
 }
 
+/* The fused decode layer's chain of GEMVs on the GPU as the forward queues it (PDL
+ * edges between them: each triggers its dependents after its weight loop), against the
+ * separate kcpu ops: q = norm(x) Wq^T; x += a Wo^T; act = silu|mul(norm(x) Wgu^T);
+ * x += act Wd^T; q2 = norm(x) Wq^T.  A fresh x every round, so a GEMV reading x or act
+ * before its producer finished would see the previous round's values. */
+static void fused_chain_case(int64_t M, int64_t D, int64_t NQ, int64_t I, int64_t KO, int rounds)
+{
+    const kcpu_dtype_t wt = KCPU_DTYPE_BF16;
+    float *wqf = rand_vec((size_t)(NQ * D), 0.1f), *wof = rand_vec((size_t)(D * KO), 0.1f);
+    float *wguf = rand_vec((size_t)(2 * I * D), 0.1f), *wdf = rand_vec((size_t)(D * I), 0.05f);
+    float *nw1 = rand_vec((size_t)D, 1.0f), *nw2 = rand_vec((size_t)D, 1.0f);
+    uint16_t *wq = malloc(sizeof(uint16_t) * NQ * D), *wo = malloc(sizeof(uint16_t) * D * KO);
+    uint16_t *wgu = malloc(sizeof(uint16_t) * 2 * I * D), *wd = malloc(sizeof(uint16_t) * D * I);
+    kcpu_quant_row(wt, wqf, wq, NQ * D);
+    kcpu_quant_row(wt, wof, wo, D * KO);
+    kcpu_quant_row(wt, wguf, wgu, 2 * I * D);
+    kcpu_quant_row(wt, wdf, wd, D * I);
+    void *dwq = up(wq, 2 * NQ * D), *dwo = up(wo, 2 * D * KO), *dwgu = up(wgu, 4 * I * D), *dwd = up(wd, 2 * D * I);
+    void *dnw1 = up(nw1, 4 * D), *dnw2 = up(nw2, 4 * D);
+    float *dx = poisoned(4 * M * D), *da = poisoned(4 * M * KO), *dq = poisoned(4 * M * NQ);
+    float *dq2 = poisoned(4 * M * NQ), *dact = poisoned(4 * M * I);
+    float *h = malloc(4 * M * (D > I ? D : I)), *t = malloc(4 * M * 2 * I), *q = malloc(4 * M * NQ);
+    float *q2 = malloc(4 * M * NQ), *act = malloc(4 * M * I);
+    int bad = 0;
+    for (int r = 0; r < rounds; r++) {
+        float *x = rand_vec((size_t)(M * D), 2.0f), *a = rand_vec((size_t)(M * KO), 1.0f);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, dx, x, 4 * M * D), PD_OK);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, da, a, 4 * M * KO), PD_OK);
+        /* the GPU chain, queued back to back */
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw1, 1e-5f, dwq, wt, NQ, NULL, ENG_GLU_NONE, dq, NQ), PD_OK);
+        PD_CHECK_STATUS(ops->matmul_add(be, da, M, KO, KO, dwo, wt, D, NULL, dx, D), PD_OK);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw2, 1e-5f, dwgu, wt, 2 * I, NULL, ENG_GLU_SILU, dact, I),
+                        PD_OK);
+        PD_CHECK_STATUS(ops->matmul_add(be, dact, M, I, I, dwd, wt, D, NULL, dx, D), PD_OK);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw1, 1e-5f, dwq, wt, NQ, NULL, ENG_GLU_NONE, dq2, NQ), PD_OK);
+        /* the separate ops on the CPU */
+        kcpu_rmsnorm(NULL, x, nw1, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wq, wt, NQ, NULL, q, NQ, KCPU_MM_EXACT);
+        kcpu_matmul(NULL, a, M, KO, KO, wo, wt, D, NULL, t, D, KCPU_MM_EXACT);
+        kcpu_add_rmsnorm(NULL, x, t, nw2, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wgu, wt, 2 * I, NULL, t, 2 * I, KCPU_MM_EXACT);
+        kcpu_silu_and_mul(NULL, t, 2 * I, t + I, 2 * I, act, M, I);
+        kcpu_matmul(NULL, act, M, I, I, wd, wt, D, NULL, t, D, KCPU_MM_EXACT);
+        kcpu_add_rmsnorm(NULL, x, t, nw1, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wq, wt, NQ, NULL, q2, NQ, KCPU_MM_EXACT);
+        float *gq = down(dq, 4 * M * NQ), *gact = down(dact, 4 * M * I), *gx = down(dx, 4 * M * D);
+        float *gq2 = down(dq2, 4 * M * NQ);
+        char what[80];
+        snprintf(what, sizeof(what), "fused chain M%lld round %d", (long long)M, r);
+        bad += cmp(what, gq, q, (size_t)(M * NQ), 1e-4) != 0;
+        bad += cmp(what, gact, act, (size_t)(M * I), 1e-4) != 0;
+        bad += cmp(what, gx, x, (size_t)(M * D), 1e-4) != 0;
+        bad += cmp(what, gq2, q2, (size_t)(M * NQ), 2e-4) != 0;
+        free(gq), free(gact), free(gx), free(gq2), free(x), free(a);
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+    ops->buf_free(be, dwq), ops->buf_free(be, dwo), ops->buf_free(be, dwgu), ops->buf_free(be, dwd);
+    ops->buf_free(be, dnw1), ops->buf_free(be, dnw2), ops->buf_free(be, dx), ops->buf_free(be, da);
+    ops->buf_free(be, dq), ops->buf_free(be, dq2), ops->buf_free(be, dact);
+    free(wqf), free(wof), free(wguf), free(wdf), free(nw1), free(nw2), free(wq), free(wo), free(wgu), free(wd);
+    free(h), free(t), free(q), free(q2), free(act);
+}
+
+PD_TEST(test_fused_chain)
+{
+    if (ops->norm_matmul == NULL || ops->matmul_add == NULL)
+        return;
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        kcuda_gemv_set_pdl(pdl);
+        if (pdl) /* the 8B layer (350 MB of weights: once) */
+            fused_chain_case(1, 4096, 6144, 14336, 4096, 3);
+        fused_chain_case(3, 1024, 1536, 1536, 1024, 3);
+        fused_chain_case(2, 576, 960, 1536, 576, 3);     /* SmolLM2's layer */
+    }
+    kcuda_gemv_set_pdl(-1);
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
 int main(void)
 {
     ops = eng_backend_get("cuda");
@@ -1402,6 +1481,7 @@ int main(void)
         PD_RUN(test_fused_norm_matmul);
         PD_RUN(test_fused_matmul_add);
         PD_RUN(test_rope_kv_write);
+        PD_RUN(test_fused_chain);
         printf("  worst relative error over all ops: %.2e\n", worst_g);
         ops->shutdown(be);
         return PD_TEST_REPORT();
@@ -1417,6 +1497,7 @@ int main(void)
     PD_RUN(test_fused_norm_matmul);
     PD_RUN(test_fused_matmul_add);
     PD_RUN(test_rope_kv_write);
+    PD_RUN(test_fused_chain);
     PD_RUN(test_sample_rows);
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
