@@ -32,6 +32,14 @@
 
 typedef struct eng_backend eng_backend_t; /* one backend instance (opaque) */
 
+/* The activation of a fused gate|up matmul (norm_matmul's glu). */
+enum {
+    ENG_GLU_NONE = 0,
+    ENG_GLU_SILU = 1,
+    ENG_GLU_GELU = 2,      /* erf form */
+    ENG_GLU_GELU_TANH = 3, /* tanh approximation */
+};
+
 typedef struct {
     int n_threads;           /* CPU: worker threads, <= 0 = one per online CPU */
     int device;              /* CUDA: device ordinal */
@@ -106,6 +114,30 @@ typedef struct eng_backend_ops {
      * [T] are backend pointers.  Greedy rows (temperature < 1e-5) give the argmax. */
     pd_status_t (*sample_rows)(eng_backend_t *be, const float *x, int64_t T, int64_t n,
                                const kcpu_sample_params_t *p, const float *u, int32_t *out);
+
+    /* ---- optional decode fusions (NULL: not offered; eng_forward then runs the separate
+     * ops).  Each returns PD_ERR_UNSUPPORTED, having queued and logged nothing, when it
+     * cannot run this call fused (shape, weight type, settings): the caller falls back to
+     * the separate ops, which give the same results up to f32 rounding. ---- */
+    /* y = glu(rmsnorm(x) * norm_w W^T + bias): the norm of x's M rows of K (eps) feeding
+     * the matmul of W [N, K] (the weight as matmul takes it).  glu ENG_GLU_NONE: y [M, N]
+     * (row stride ldy); else W is gate|up ([2I, K], N = 2I, no bias) and y [M, I] gets
+     * act(gate) * up as silu_and_mul / gelu_and_mul would.  x is left as it is. */
+    pd_status_t (*norm_matmul)(eng_backend_t *be, const float *x, int64_t M, int64_t K, const float *norm_w,
+                               float eps, const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias,
+                               int glu, float *y, int64_t ldy);
+    /* y += x W^T (+ bias): matmul with the residual add folded in (y [M, N], row stride
+     * ldy, must not overlap x). */
+    pd_status_t (*matmul_add)(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
+                              const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                              int64_t ldy);
+    /* rope(q, k) then kv_write(k, v) of `layer` (q, k rotated in place, as those two ops;
+     * head counts from n_heads and the layout). */
+    pd_status_t (*rope_kv_write)(eng_backend_t *be, float *q, int64_t q_stride, float *k, int64_t k_stride,
+                                 const float *v, int64_t v_stride, const int32_t *pos, int64_t T, int n_heads,
+                                 int rotary_dim, const float *inv_freq, float attn_factor, kcpu_rope_style_t style,
+                                 const kcpu_kv_layout_t *layout, void *cache_base, int layer,
+                                 const int64_t *slot_mapping);
 
     /* ---- KV cache (layout from kcpu_kv_layout_init; cache_base is a backend pointer) ---- */
     pd_status_t (*kv_write)(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,

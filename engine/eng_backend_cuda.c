@@ -22,6 +22,9 @@
  * 1.0 unless calculated (--calculate-kv-scales) from the first batch that writes each
  * layer, as vLLM does: k_scale = max|k| / 200, v_scale = max|v| / 100; fixed after that
  * (a graph records them as launch parameters, and it is captured after its eager warm-up).
+ * Decode fusions (optional ops of eng_backend.h): norm_matmul and matmul_add run the
+ * fused decode GEMVs (kcuda_gemv_ex) and rope_kv_write one RoPE + KV-write kernel; each
+ * declines (PD_ERR_UNSUPPORTED, nothing queued) what its kernel does not take.
  * CUDA graphs: eng_forward records a decode step between capture_begin/capture_end and
  * replays it.  Invariants for that: no op synchronises or allocates while capturing
  * (they refuse with PD_ERR_BUSY instead), and scratch buffers that a live graph may
@@ -55,6 +58,7 @@ struct eng_backend {
     int *h_err;        /* pinned host copy */
     kcpu_dtype_t wdtype;
     bool no_gemv;      /* PD_CUDA_NO_GEMV=1: small-M GEMMs through cuBLAS too (A/B runs) */
+    bool no_fuse;      /* PD_CUDA_NO_DECODE_FUSE=1: norm_matmul / matmul_add refuse (A/B runs) */
     bool exact_attn;   /* PD_CUDA_EXACT_ATTN=1: f32 attention even with bf16/f16 GEMMs */
     bool no_mm16;      /* PD_CUDA_NO_MM16=1: prefill GEMM inputs as f32 rows rounded apart (A/B) */
     wconv_t *conv;
@@ -148,6 +152,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->device = opts ? opts->device : 0;
     be->wdtype = KCPU_DTYPE_BF16;
     be->no_gemv = getenv("PD_CUDA_NO_GEMV") != NULL && strcmp(getenv("PD_CUDA_NO_GEMV"), "0") != 0;
+    be->no_fuse = getenv("PD_CUDA_NO_DECODE_FUSE") != NULL && strcmp(getenv("PD_CUDA_NO_DECODE_FUSE"), "0") != 0;
     be->exact_attn = getenv("PD_CUDA_EXACT_ATTN") != NULL && strcmp(getenv("PD_CUDA_EXACT_ATTN"), "0") != 0;
     be->no_mm16 = getenv("PD_CUDA_NO_MM16") != NULL && strcmp(getenv("PD_CUDA_NO_MM16"), "0") != 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
@@ -429,6 +434,81 @@ static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, i
     return st;
 }
 
+/* ---- fused decode ops (kcuda_gemv_ex): PD_ERR_UNSUPPORTED, nothing queued, when the
+ * GEMV path does not take the call (f32 weights, PD_CUDA_NO_GEMV, more than 8 rows or
+ * more than KCUDA_GEMV_NORM_MAX_M for the norm, PD_CUDA_NO_DECODE_FUSE=1); the forward
+ * then runs the separate ops ---- */
+
+/* What kcuda_gemv_ok checks of x and K, and a GEMV weight type, before any weight
+ * conversion is queued (a declined call queues nothing). */
+static bool gemv_fits(const eng_backend_t *be, const float *x, int64_t K, int64_t ldx)
+{
+    return (be->wdtype == KCPU_DTYPE_BF16 || be->wdtype == KCPU_DTYPE_F16) && K % 8 == 0 && ldx % 4 == 0 &&
+           ((uintptr_t)x & 15) == 0;
+}
+
+static pd_status_t cuda_norm_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, const float *norm_w,
+                                    float eps, const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias,
+                                    int glu, float *y, int64_t ldy)
+{
+    kcuda_gemv_ex_t a;
+    pd_status_t st;
+
+    if (be->no_gemv || be->no_fuse || M < 1 || M > KCUDA_GEMV_NORM_MAX_M || K <= 0 || N <= 0 || x == NULL ||
+        w == NULL || norm_w == NULL || y == NULL || glu < ENG_GLU_NONE || glu > ENG_GLU_GELU_TANH ||
+        (glu != ENG_GLU_NONE && (bias != NULL || N % 2 != 0)) || !kcpu_dtype_supported(wtype) ||
+        K % kcpu_dtype_block_size(wtype) != 0 || !gemv_fits(be, x, K, K))
+        return PD_ERR_UNSUPPORTED;
+    memset(&a, 0, sizeof(a));
+    st = gemm_weight(be, w, wtype, N, K, &a.w, &a.wtype);
+    if (st != PD_OK)
+        return st;
+    a.x = x;
+    a.M = M;
+    a.K = K;
+    a.ldx = K;
+    a.N = N;
+    a.norm_w = norm_w;
+    a.eps = eps;
+    a.bias = bias;
+    a.epi = glu == ENG_GLU_NONE ? KCUDA_GEMV_STORE : KCUDA_GEMV_GLU;
+    a.glu_act = glu == ENG_GLU_SILU ? 0 : glu == ENG_GLU_GELU ? 1 : 2;
+    a.y = y;
+    a.ldy = ldy;
+    if (!kcuda_gemv_ex_ok(&a))
+        return PD_ERR_UNSUPPORTED;
+    return kcuda_gemv_ex(&a, be->stream);
+}
+
+static pd_status_t cuda_matmul_add(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
+                                   const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
+                                   int64_t ldy)
+{
+    kcuda_gemv_ex_t a;
+    pd_status_t st;
+
+    if (be->no_gemv || be->no_fuse || M < 1 || M > 8 || K <= 0 || N <= 0 || ldx < K || ldy < N || x == NULL ||
+        w == NULL || y == NULL || !kcpu_dtype_supported(wtype) || K % kcpu_dtype_block_size(wtype) != 0 ||
+        !gemv_fits(be, x, K, ldx))
+        return PD_ERR_UNSUPPORTED;
+    memset(&a, 0, sizeof(a));
+    st = gemm_weight(be, w, wtype, N, K, &a.w, &a.wtype);
+    if (st != PD_OK)
+        return st;
+    a.x = x;
+    a.M = M;
+    a.K = K;
+    a.ldx = ldx;
+    a.N = N;
+    a.bias = bias;
+    a.epi = KCUDA_GEMV_ACCUMULATE;
+    a.y = y;
+    a.ldy = ldy;
+    if (!kcuda_gemv_ex_ok(&a))
+        return PD_ERR_UNSUPPORTED;
+    return kcuda_gemv_ex(&a, be->stream);
+}
+
 /* ---- the other ops: straight to the kernels on the instance's stream ---- */
 
 static pd_status_t cuda_rmsnorm(eng_backend_t *be, const float *x, const float *w, float *out, int64_t T,
@@ -591,6 +671,28 @@ static pd_status_t cuda_kv_write(eng_backend_t *be, const kcpu_kv_layout_t *layo
                                  be->d_err, be->stream);
 }
 
+/* rope + kv_write in one kernel; PD_ERR_UNSUPPORTED (nothing queued) when the layer's fp8
+ * scales are still to be calculated from this batch (kv_write does that) or fusion is off */
+static pd_status_t cuda_rope_kv_write(eng_backend_t *be, float *q, int64_t q_stride, float *k, int64_t k_stride,
+                                      const float *v, int64_t v_stride, const int32_t *pos, int64_t T, int n_heads,
+                                      int rotary_dim, const float *inv_freq, float attn_factor,
+                                      kcpu_rope_style_t style, const kcpu_kv_layout_t *layout, void *cache_base,
+                                      int layer, const int64_t *slot_mapping)
+{
+    float ks = 1.0f, vs = 1.0f;
+    if (be->no_fuse || layout == NULL)
+        return PD_ERR_UNSUPPORTED;
+    if (layout_fp8(layout)) {
+        if (be->k_scale == NULL || layer < 0 || layer >= be->n_kv_layers || (!be->scale_done[layer] && T > 0))
+            return PD_ERR_UNSUPPORTED;
+        ks = be->k_scale[layer];
+        vs = be->v_scale[layer];
+    }
+    return kcuda_rope_kv_write(q, q_stride, k, k_stride, v, v_stride, pos, T, n_heads, rotary_dim, inv_freq,
+                               attn_factor, style, layout, cache_base, layer, slot_mapping, ks, vs, be->d_err,
+                               be->stream);
+}
+
 static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t *layout, void *cache_base,
                                        const int32_t *src, const int32_t *dst, int64_t n)
 {
@@ -664,6 +766,8 @@ static const eng_backend_ops_t cuda_ops = {
     .memset = cuda_memset,
     .synchronize = cuda_synchronize,
     .matmul = cuda_matmul,
+    .norm_matmul = cuda_norm_matmul,
+    .matmul_add = cuda_matmul_add,
     .rmsnorm = cuda_rmsnorm,
     .add_rmsnorm = cuda_add_rmsnorm,
     .layernorm = cuda_layernorm,
@@ -682,6 +786,7 @@ static const eng_backend_ops_t cuda_ops = {
     .log_softmax = cuda_log_softmax,
     .argmax = cuda_argmax,
     .kv_write = cuda_kv_write,
+    .rope_kv_write = cuda_rope_kv_write,
     .kv_copy_blocks = cuda_kv_copy_blocks,
     .paged_attention = cuda_paged_attention,
     .host_alloc = cuda_host_alloc,

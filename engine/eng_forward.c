@@ -11,6 +11,11 @@
  *     every linear; relu MLP (fc1, fc2); final layernorm; tied lm_head.
  * Residual adds are fused into the next norm (add_rmsnorm / add_layernorm), and the
  * final norm and lm_head run only on the rows whose logits are wanted.
+ * Decode rows (T <= 8, RMSNorm models, backends with the fused ops) run the fused layer
+ * instead: x += o Wo^T and x += act Wd^T in the matmuls (matmul_add), the norms inside
+ * the q|k|v and gate|up matmuls (norm_matmul, the GLU too), RoPE + KV write in one op;
+ * x is then final after the last layer.  Any op the backend declines falls back to the
+ * separate ops in the same order (docs/cuda.md; PD_FORWARD_NO_DECODE_FUSE=1: off).
  *
  * A step is three phases: upload (host metadata -> the fixed backend buffers d_*),
  * body (every op from the embedding to the logits, reading only fixed buffers), and the
@@ -36,6 +41,7 @@
 
 #define GRAPH_MAX_SIZES 70 /* 1, 2, 4, then 8..512 by 8 */
 #define GRAPH_BS_LIMIT 512
+#define DFUSE_MAX_T 8      /* the decode GEMV's row limit (kcuda_gemv) */
 
 typedef struct mat {
     const void *w;        /* backend pointer */
@@ -68,6 +74,9 @@ struct eng_forward {
     bool zero_copy;           /* CPU backend: host pointers are backend pointers */
     bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
     bool any_unfused_qkv, any_unfused_gu; /* some layer still uses separate k, v / up */
+    bool decode_fuse;         /* decode rows (T <= DFUSE_MAX_T) run the fused layer (body()) */
+    bool last_x_acc;          /* the last body() added every projection into x (the fused decode
+                                 layer, the 16-bit prefill path): x is final whatever n_logits was */
     eng_forward_opts_t opts;
 
     layer_w_t *layers;
@@ -626,6 +635,16 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
      * so CI runs the path device backends take (upload, fusion on the device) */
     fw->zero_copy = strcmp(ops->name, "cpu") == 0 && getenv("PD_FORWARD_COPY_WEIGHTS") == NULL;
     fw->attn_factor = 1.0f;
+    /* the fused decode layer: on where the backend offers the fused ops; env
+     * PD_FORWARD_NO_DECODE_FUSE=1 turns it off (A/B), PD_FORWARD_DECODE_FUSE=1 turns its
+     * structure on for backends without them (the CPU: the fallbacks, for tests) */
+    fw->decode_fuse = ops->norm_matmul != NULL && ops->matmul_add != NULL;
+    if (getenv("PD_FORWARD_DECODE_FUSE") != NULL)
+        fw->decode_fuse = atoi(getenv("PD_FORWARD_DECODE_FUSE")) != 0;
+    if (getenv("PD_FORWARD_NO_DECODE_FUSE") != NULL && atoi(getenv("PD_FORWARD_NO_DECODE_FUSE")) != 0)
+        fw->decode_fuse = false;
+    if (c->norm == ENG_NORM_LAYER)
+        fw->decode_fuse = false; /* the fused ops are RMSNorm's */
 
 #define TRY(expr)            \
     do {                     \
@@ -742,6 +761,38 @@ static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, co
     return fw->ops->rmsnorm(fw->be, residual, w, out, T, c->hidden, eps);
 }
 
+/* The fused decode ops (eng_backend.h): *done_p false, nothing queued, when the backend
+ * lacks the op or declines the call (PD_ERR_UNSUPPORTED); the caller then runs the
+ * separate ops. */
+static pd_status_t try_norm_matmul(eng_forward_t *fw, int64_t T, const float *norm_w, const mat_t *m,
+                                   const float *bias, int glu, float *y, int64_t ldy, bool *done_p)
+{
+    pd_status_t st;
+    *done_p = false;
+    if (fw->ops->norm_matmul == NULL || m->w == NULL)
+        return PD_OK;
+    st = fw->ops->norm_matmul(fw->be, fw->x, T, fw->cfg->hidden, norm_w, (float)fw->cfg->norm_eps, m->w, m->type,
+                              m->out, bias, glu, y, ldy);
+    if (st == PD_ERR_UNSUPPORTED)
+        return PD_OK;
+    *done_p = st == PD_OK;
+    return st;
+}
+
+/* x += in W^T (+ bias): the fused op, else the matmul into `tmp` and an add. */
+static pd_status_t matmul_residual(eng_forward_t *fw, const float *in, int64_t T, const mat_t *m, const float *bias,
+                                   float *tmp)
+{
+    const int64_t D = fw->cfg->hidden;
+    if (fw->ops->matmul_add != NULL) {
+        pd_status_t st = fw->ops->matmul_add(fw->be, in, T, m->in, m->in, m->w, m->type, m->out, bias, fw->x, D);
+        if (st != PD_ERR_UNSUPPORTED)
+            return st;
+    }
+    CK(matmul(fw, in, T, m, bias, tmp));
+    return fw->ops->add(fw->be, fw->x, tmp, fw->x, T * D);
+}
+
 /* Host metadata -> the fixed backend buffers (never inside a graph). */
 static pd_status_t upload(eng_forward_t *fw, const int32_t *tokens, const int32_t *positions, const int32_t *tok_seq,
                           const int64_t *slots, int64_t T, const int32_t *tables, const int32_t *ctx, int n_seqs)
@@ -780,13 +831,20 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     const int64_t QW = (int64_t)c->n_heads * c->head_dim, KW = (int64_t)c->n_kv_heads * c->head_dim;
     const int MB = fw->opts.max_blocks_per_seq;
     const float eps = (float)c->norm_eps;
+    /* decode rows: the residual adds go into the o / down matmuls (x += ...) and the
+     * norms into the q|k|v and gate|up matmuls (with the GLU), so the norm and SiLU-mul
+     * kernels drop out of the step; x is then final after the last layer */
+    const bool df = fw->decode_fuse && T <= DFUSE_MAX_T;
+    /* as the separate ops below: silu_and_mul, else gelu_and_mul (tanh form for GELU_TANH) */
+    const int glu = c->act == ENG_ACT_SILU ? ENG_GLU_SILU : c->act == ENG_ACT_GELU_TANH ? ENG_GLU_GELU_TANH : ENG_GLU_GELU;
     kcpu_attn_params_t ap;
     /* prefill-sized matmuls on a 16-bit-GEMM backend: their inputs (norm, SiLU-mul
      * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused),
      * and the o and down projections add into the residual stream x as they run (the
      * norms after them then read x alone) */
-    const bool mm16 = fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
+    const bool mm16 = !df && fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
 
+    fw->last_x_acc = df || mm16;
     /* embeddings */
     CK(ops->embedding(be, fw->embed, fw->embed_type, V, D, fw->d_tokens, T, fw->x));
     if (c->arch == ENG_ARCH_OPT) {
@@ -817,16 +875,23 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_w_t *L = &fw->layers[l];
+        bool done = false;
         /* h = norm(x [+ previous MLP output]) */
         if (mm16)
             CK(ops->add_rmsnorm_mm(be, fw->x, NULL, L->attn_norm, fw->hm, T, D, eps));
-        else
+        else if (!df)
             CK(norm(fw, fw->x, l == 0 ? NULL : fw->ffn, L->attn_norm, L->attn_norm_b, fw->h, T));
+        else if (L->qkv.w != NULL)
+            CK(try_norm_matmul(fw, T, L->attn_norm, &L->qkv, L->bqkv, ENG_GLU_NONE, fw->q, QW + 2 * KW, &done));
+        if (df && !done)
+            CK(norm(fw, fw->x, NULL, L->attn_norm, L->attn_norm_b, fw->h, T));
         float *q = fw->q, *k = fw->k, *v = fw->v;
         int64_t qs = QW, ks = KW, vs = KW;
         if (L->qkv.w != NULL) { /* one [T, QW + 2 KW] output: q, k, v are column ranges */
-            CK(mm16 ? matmul_mm(fw, fw->hm, T, &L->qkv, L->bqkv, fw->q, false)
-                    : matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
+            if (mm16)
+                CK(matmul_mm(fw, fw->hm, T, &L->qkv, L->bqkv, fw->q, false));
+            else if (!done)
+                CK(matmul(fw, fw->h, T, &L->qkv, L->bqkv, fw->q));
             qs = ks = vs = QW + 2 * KW;
             k = q + QW;
             v = k + KW;
@@ -843,11 +908,19 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             CK(ops->rmsnorm(be, fw->q, L->q_norm, fw->q, T * c->n_heads, c->head_dim, eps));
             CK(ops->rmsnorm(be, fw->k, L->k_norm, fw->k, T * c->n_kv_heads, c->head_dim, eps));
         }
-        if (c->rope_style != ENG_ROPE_NONE)
-            CK(ops->rope(be, q, qs, k, ks, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
-                         c->rotary_dim, fw->inv_freq, fw->attn_factor,
-                         c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX));
-        CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, k, ks, v, vs));
+        const kcpu_rope_style_t rs = c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX;
+        pd_status_t rst = PD_ERR_UNSUPPORTED;
+        if (fw->decode_fuse && c->rope_style != ENG_ROPE_NONE && ops->rope_kv_write != NULL)
+            rst = ops->rope_kv_write(be, q, qs, k, ks, v, vs, fw->d_pos, T, c->n_heads, c->rotary_dim, fw->inv_freq,
+                                     fw->attn_factor, rs, &fw->kv, fw->kv_base, l, fw->d_slots);
+        if (rst != PD_ERR_UNSUPPORTED) {
+            CK(rst); /* rotated and written in one op (every T: it is element-wise) */
+        } else {
+            if (c->rope_style != ENG_ROPE_NONE)
+                CK(ops->rope(be, q, qs, k, ks, fw->d_pos, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                             c->rotary_dim, fw->inv_freq, fw->attn_factor, rs));
+            CK(ops->kv_write(be, &fw->kv, fw->kv_base, l, fw->d_slots, T, k, ks, v, vs));
+        }
         ap.layer = l;
         ap.q = q;
         ap.q_stride = qs;
@@ -888,10 +961,21 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             CK(matmul_mm(fw, fw->hm, T, &L->down, L->bdown, fw->x, true));
             continue;
         }
-        CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
         /* x += o; h = norm(x) */
-        CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
-        if (c->gated_ffn) {
+        done = false;
+        if (!df) {
+            CK(matmul(fw, fw->attn, T, &L->o, L->bo, fw->o));
+            CK(norm(fw, fw->x, fw->o, L->ffn_norm, L->ffn_norm_b, fw->h, T));
+        } else {
+            CK(matmul_residual(fw, fw->attn, T, &L->o, L->bo, fw->o));
+            if (c->gated_ffn && L->gate_up.w != NULL) /* act = glu(norm(x) Wgu^T) */
+                CK(try_norm_matmul(fw, T, L->ffn_norm, &L->gate_up, NULL, glu, fw->act, I, &done));
+            if (!done)
+                CK(norm(fw, fw->x, NULL, L->ffn_norm, L->ffn_norm_b, fw->h, T));
+        }
+        if (done) {
+            /* fw->act holds the activation */
+        } else if (c->gated_ffn) {
             float *gate = fw->gate, *up = fw->up;
             int64_t gs = I;
             if (L->gate_up.w != NULL) { /* one [T, 2I] output: gate | up */
@@ -915,23 +999,29 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             else
                 CK(ops->gelu(be, fw->up, fw->act, T * I, c->act == ENG_ACT_GELU_TANH));
         }
-        CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
+        if (df)
+            CK(matmul_residual(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
+        else
+            CK(matmul(fw, fw->act, T, &L->down, L->bdown, fw->ffn));
     }
-    fw->x_final = mm16; /* else the last MLP output is still to be added */
     if (n_logits == 0)
         return PD_OK;
     /* x += last MLP output, then final norm + lm_head on the wanted rows only */
-    if (!mm16)
+    if (!df && !mm16)
         CK(ops->add(be, fw->x, fw->ffn, fw->x, T * D));
-    fw->x_final = true;
     float *src = fw->x; /* identity rows: the norm reads x itself (it leaves x as it is) */
     if (logit_rows != NULL) {
         src = fw->g;
         for (int i = 0; i < n_logits; i++)
             CK(ops->memcpy_d2d(be, fw->g + (size_t)i * D, fw->x + (size_t)logit_rows[i] * D, (size_t)D * sizeof(float)));
     }
-    CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
-    CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    bool done = false;
+    if (df && src == fw->x) /* the final norm inside the lm_head GEMV */
+        CK(try_norm_matmul(fw, n_logits, fw->out_norm, &fw->lm_head, NULL, ENG_GLU_NONE, fw->logits, V, &done));
+    if (!done) {
+        CK(norm(fw, src, NULL, fw->out_norm, fw->out_norm_b, fw->gn, n_logits));
+        CK(matmul(fw, fw->gn, n_logits, &fw->lm_head, NULL, fw->logits));
+    }
     if (argmax) /* greedy rows: the first maximum; others drawn with their uniform */
         CK(ops->sample_rows(be, fw->logits, n_logits, V, fw->d_sp, fw->d_u, fw->d_argmax));
     return PD_OK;
@@ -1176,7 +1266,9 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     CK(body(fw, T, b->n_seqs, b->n_logits, identity ? NULL : b->logit_rows, ids != NULL));
     fw->eager_steps++;
     fw->last_T = T;
-    /* (body() set x_final: whether x holds the last MLP output) */
+    /* body() adds the last MLP output into x only then, or always when the projections
+     * added into x as they ran (the fused decode layer, the 16-bit prefill path) */
+    fw->x_final = b->n_logits > 0 || fw->last_x_acc;
     return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 

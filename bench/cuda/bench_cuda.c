@@ -14,12 +14,16 @@
  *             graph steps with device-side greedy (only the argmax ids copied back),
  *             batch 1 with the GEMVs launched with programmatic dependent launch, and
  *             the device sampling kernel alone (vocab 128256, 1 / 64 / 256 rows);
+ *   the batch 1 graph step with the fused decode layer (the default) against
+ *             PD_FORWARD_NO_DECODE_FUSE=1, and the fused decode GEMVs (kcuda_gemv_ex:
+ *             norm prologue, GLU / residual epilogues; 1, 2, 4 warps a column on the
+ *             narrow shapes) beside the plain GEMV of each shape and the copy ceiling;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
  *   paged decode attention alone (kcuda_paged_attention replayed from a CUDA graph),
  *             batch 64, ctx 128..4096, f32, f16 and fp8 (e4m3, scales 1) caches, the
  *             decode kernel and the old one, vs copy bandwidth (bytes of K and V read),
  *             and the time per step beside the f32 cache's.
- * Prints a table and two JSON lines (prefixed "JSON " and "JSON_STEP ").  Usage:
+ * Prints a table and three JSON lines (prefixed "JSON ", "JSON_STEP " and "JSON_FUSE ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
@@ -901,6 +905,101 @@ static int profile_mode(const char *model_dir)
     return 0;
 }
 
+/* ---- fused decode GEMVs (kcuda_gemv_ex) beside the plain GEMV, M = 1, f16 weights
+ * cycled over >= 256 MB (L2-cold), timed with events: weight GB/s.  Modes: 0 plain
+ * kcuda_gemv, 1 norm + store (q|k|v), 2 norm + GLU (gate|up), 3 accumulate (o, down);
+ * ks: warps per column (0 = automatic). ---- */
+
+#define FG_N 7
+static const struct {
+    const char *what;
+    int64_t N, K;
+    int mode, ks;
+} fg_case[FG_N] = {
+    {"q|k|v 6144x4096, norm", 6144, 4096, 1, 0},   {"o 4096x4096, += residual", 4096, 4096, 3, 0},
+    {"gate|up 28672x4096, norm+silu", 28672, 4096, 2, 0}, {"down 4096x14336, += residual", 4096, 14336, 3, 0},
+    {"q|k|v 6144x4096, norm, 2 warps/col", 6144, 4096, 1, 2}, {"o 4096x4096, +=, 2 warps/col", 4096, 4096, 3, 2},
+    {"o 4096x4096, +=, 4 warps/col", 4096, 4096, 3, 4},
+};
+
+static double bench_gemv_mode(int64_t N, int64_t K, int mode, int ks, int iters)
+{
+    const size_t wbytes = (size_t)N * K * 2;
+    const int copies = (int)((((size_t)256 << 20) + wbytes - 1) / wbytes);
+    void *W = NULL;
+    float *x = NULL, *y = NULL, *nw = NULL, ms = 0;
+    kcuda_event_t e0 = NULL, e1 = NULL;
+    double gbps = 0;
+    kcuda_gemv_ex_t a;
+    if (kcuda_malloc(wbytes * copies, &W) != PD_OK || kcuda_malloc(sizeof(float) * K, (void **)&x) != PD_OK ||
+        kcuda_malloc(sizeof(float) * N, (void **)&y) != PD_OK || kcuda_malloc(sizeof(float) * K, (void **)&nw) != PD_OK ||
+        kcuda_fill_random(W, (size_t)N * K * copies, KCPU_DTYPE_F16, 5, 0.05f, NULL) != PD_OK ||
+        kcuda_fill_random(x, (size_t)K, KCPU_DTYPE_F32, 6, 1.0f, NULL) != PD_OK ||
+        kcuda_fill_random(nw, (size_t)K, KCPU_DTYPE_F32, 8, 1.0f, NULL) != PD_OK ||
+        kcuda_fill_random(y, (size_t)N, KCPU_DTYPE_F32, 9, 1.0f, NULL) != PD_OK ||
+        kcuda_event_create(&e0) != PD_OK || kcuda_event_create(&e1) != PD_OK)
+        goto out;
+    memset(&a, 0, sizeof(a));
+    a.x = x, a.M = 1, a.K = K, a.ldx = K, a.wtype = KCPU_DTYPE_F16, a.N = N, a.eps = 1e-5f, a.y = y, a.ldy = N;
+    a.norm_w = mode == 1 || mode == 2 ? nw : NULL;
+    a.epi = mode == 2 ? KCUDA_GEMV_GLU : mode == 3 ? KCUDA_GEMV_ACCUMULATE : KCUDA_GEMV_STORE;
+    kcuda_gemv_set_ksplit(ks);
+    for (int i = -3; i < iters; i++) {
+        if (i == 0 && kcuda_event_record(e0, NULL) != PD_OK)
+            goto out;
+        a.w = (const uint8_t *)W + (size_t)((i + 3) % copies) * wbytes;
+        pd_status_t st = mode == 0 ? kcuda_gemv(x, 1, K, K, a.w, KCPU_DTYPE_F16, N, y, N, NULL) : kcuda_gemv_ex(&a, NULL);
+        if (st != PD_OK)
+            goto out;
+    }
+    if (kcuda_event_record(e1, NULL) == PD_OK && kcuda_stream_sync(NULL) == PD_OK &&
+        kcuda_event_elapsed_ms(e0, e1, &ms) == PD_OK && ms > 0)
+        gbps = (double)wbytes * iters / (ms * 1e-3) / 1e9;
+out:
+    kcuda_gemv_set_ksplit(-1);
+    kcuda_stream_sync(NULL);
+    kcuda_event_destroy(e0), kcuda_event_destroy(e1);
+    kcuda_free(W), kcuda_free(x), kcuda_free(y), kcuda_free(nw);
+    return gbps;
+}
+
+/* gbps[i][0]: the plain GEMV of case i's shape (same warps per column), [1]: the fused one */
+static void bench_fused_gemv(double gbps[FG_N][2])
+{
+    for (int i = 0; i < FG_N; i++) {
+        gbps[i][0] = bench_gemv_mode(fg_case[i].N, fg_case[i].K, 0, fg_case[i].ks, 50);
+        gbps[i][1] = bench_gemv_mode(fg_case[i].N, fg_case[i].K, fg_case[i].mode, fg_case[i].ks, 50);
+    }
+}
+
+static void print_fused_gemv(double gbps[FG_N][2], double copy_gbps)
+{
+    printf("(fused GEMV rows: M = 1, f16 weights L2-cold; first figure the fused kernel, then the plain GEMV of "
+           "the shape, the copy ceiling, fused / copy)\n");
+    for (int i = 0; i < FG_N; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV %s", fg_case[i].what);
+        printf("%-44s %6.0f GB/s %6.0f GB/s %6.0f GB/s %5.1f%%\n", what, gbps[i][1], gbps[i][0], copy_gbps,
+               copy_gbps > 0 ? 100 * gbps[i][1] / copy_gbps : 0.0);
+    }
+}
+
+/* The decode step at batch 1 with the fused decode layer (the default) against
+ * PD_FORWARD_NO_DECODE_FUSE=1 (a forward of its own; full logits and device argmax). */
+static void print_decode_fuse(const double on[2], const double off[2], double floor_dec)
+{
+    printf("(decode fusion rows: A/B with PD_FORWARD_NO_DECODE_FUSE=1 in a second forward; ceiling column = the "
+           "weight floor; last column fused speed-up)\n");
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, fused layer (default)", on[0] * 1e3, floor_dec * 1e3,
+           on[0] > 0 ? 100 * floor_dec / on[0] : 0.0);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%% %5.2fx\n", "decode b1 graph, fused layer, dev argmax", on[1] * 1e3,
+           floor_dec * 1e3, on[1] > 0 ? 100 * floor_dec / on[1] : 0.0, on[1] > 0 ? off[1] / on[1] : 0.0);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, NO decode fusion", off[0] * 1e3, floor_dec * 1e3,
+           off[0] > 0 ? 100 * floor_dec / off[0] : 0.0);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, NO decode fusion, dev argmax", off[1] * 1e3,
+           floor_dec * 1e3, off[1] > 0 ? 100 * floor_dec / off[1] : 0.0);
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
@@ -1106,23 +1205,49 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_cuda: %d graph captures failed with pdl\n", pst.n_failed);
     }
     eng_forward_destroy(fw);
-    /* and with both PDL and L1 no_allocate weight loads */
-    double decpn = 0;
-    kcuda_gemv_set_noalloc(1);
+    /* PDL and L1 no_allocate weight loads are both the defaults now: the forward above is
+     * that configuration (the row is kept for the JSON) */
+    double decpn = decp[1];
+    kcuda_gemv_set_pdl(-1);
+    /* ---- A/B: batch 1 without the fused decode layer (PD_FORWARD_NO_DECODE_FUSE=1;
+     * the forward before this one ran it: the default) ---- */
+    double dfoff[2] = {0, 0};
+    setenv("PD_FORWARD_NO_DECODE_FUSE", "1", 1);
     fw = NULL;
     if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
         size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
         DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
         DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
         make_batch(&b, 1, ctx, 1, mbps, (int)V);
-        decpn = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        dfoff[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        dfoff[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+        free_batch(&b);
+    } else {
+        fprintf(stderr, "bench_cuda: forward create (no decode fusion) failed; no rows\n");
+        fw = NULL;
+    }
+    unsetenv("PD_FORWARD_NO_DECODE_FUSE");
+    eng_forward_destroy(fw);
+    /* ---- A/B: batch 1 (fused layer) with 2 warps a column on the narrow GEMVs (q|k|v,
+     * o, down): kcuda_gemv_set_ksplit_narrow(2), a forward of its own (graphs record it) ---- */
+    double ks2[2] = {0, 0};
+    kcuda_gemv_set_ksplit_narrow(2);
+    fw = NULL;
+    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
+        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
+        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+        make_batch(&b, 1, ctx, 1, mbps, (int)V);
+        ks2[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+        ks2[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
         free_batch(&b);
     } else {
         fw = NULL;
     }
     eng_forward_destroy(fw);
-    kcuda_gemv_set_noalloc(-1);
-    kcuda_gemv_set_pdl(-1);
+    kcuda_gemv_set_ksplit_narrow(-1);
+    double fgv_ex[FG_N][2] = {{0}};
+    bench_fused_gemv(fgv_ex);
 
     /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
     double decnf[3] = {0, 0, 0};
@@ -1261,6 +1386,12 @@ int main(int argc, char **argv)
     if (decpn > 0)
         printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1, graph, PDL+no_allocate, dev argmax", decpn * 1e3,
                floor_dec * 1e3, 100 * floor_dec / decpn);
+    print_decode_fuse(decp, dfoff, floor_dec);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, fused, narrow GEMVs 2 w/col", ks2[0] * 1e3,
+           floor_dec * 1e3, ks2[0] > 0 ? 100 * floor_dec / ks2[0] : 0.0);
+    printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph, fused, narrow 2 w/col, argmax", ks2[1] * 1e3,
+           floor_dec * 1e3, ks2[1] > 0 ? 100 * floor_dec / ks2[1] : 0.0);
+    print_fused_gemv(fgv_ex, copy_gbps);
     for (int i = 0; i < 3; i++) {
         char what[80];
         if (decgs[i] <= 0)
@@ -1312,6 +1443,12 @@ int main(int argc, char **argv)
            fgv[0], fgv[1], decnf[0] * 1e3, decnf[1] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
            decp[0] * 1e3, decp[1] * 1e3, decpn * 1e3, ngv[0], ngv[1], ngv[2], ngv[3], samp_us[0][0], samp_us[0][1], samp_us[0][2], samp_us[1][0],
            samp_us[1][1], samp_us[1][2], decgs[0] * 1e3, decgs[1] * 1e3, decgs[2] * 1e3, n_fused_qkv, n_fused_gu);
+    printf("JSON_FUSE {\"graph_decode_b1_fused_ms\":[%.3f,%.3f],\"graph_decode_b1_nofuse_ms\":[%.3f,%.3f],"
+           "\"graph_decode_b1_fused_ks2_ms\":[%.3f,%.3f],\"gemv_ex_m1_gbps\":[",
+           decp[0] * 1e3, decp[1] * 1e3, dfoff[0] * 1e3, dfoff[1] * 1e3, ks2[0] * 1e3, ks2[1] * 1e3);
+    for (int i = 0; i < FG_N; i++)
+        printf("%s[%.0f,%.0f]", i ? "," : "", fgv_ex[i][1], fgv_ex[i][0]);
+    printf("],\"copy_gbps\":%.1f}\n", copy_gbps);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

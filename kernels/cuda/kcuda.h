@@ -108,9 +108,60 @@ pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const 
  * env PD_CUDA_GEMV_PDL (default on; 0 turns it off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
 void kcuda_gemv_set_pdl(int on);
+/* Whether GEMV launches use PDL now (the setting above, or the env default); the RoPE/KV
+ * write kernel (kcuda_rope_kv_write) follows it too. */
+bool kcuda_gemv_pdl_on(void);
 /* Weight loads that do not allocate in L1 (1) or the plain read-only loads (0); -1 goes
  * back to env PD_CUDA_GEMV_NOALLOC (default on; 0 turns it off).  Process-wide, for A/B runs. */
 void kcuda_gemv_set_noalloc(int on);
+/* Warps per GEMV column (1, 2 or 4; kcuda_gemv and kcuda_gemv_ex), 0 = automatic (4 for
+ * N <= 2048, else 1), -1 = back to env PD_CUDA_GEMV_KSPLIT.  Process-wide, for A/B runs. */
+void kcuda_gemv_set_ksplit(int ks);
+/* Warps per column for the narrow decode shapes only (2048 < N <= 8192, K >= 1024: the
+ * 8B model's q|k|v, o and down), when kcuda_gemv_set_ksplit leaves it automatic: 1
+ * (default), 2 or 4; -1 = back to env PD_CUDA_GEMV_KS_NARROW.  For A/B runs. */
+void kcuda_gemv_set_ksplit_narrow(int ks);
+
+/* Fused decode GEMVs (kcuda_gemv.cu), the batch-1 step's norm / residual add / GLU folded
+ * into the GEMV that reads or writes them (same M, K, alignment and weight types as
+ * kcuda_gemv, same launch settings: PDL, L1 no-allocate, PD_CUDA_GEMV_KSPLIT):
+ *   h = norm_w ? rmsnorm(x) * norm_w (eps, over the K columns of each row) : x
+ *   d[m, n] = h[m] . W[n] (+ bias[n])
+ *   KCUDA_GEMV_STORE       y[m, n] = d[m, n]              (n < N)
+ *   KCUDA_GEMV_ACCUMULATE  y[m, n] += d[m, n]             (the residual add; y must not
+ *                                                          overlap x)
+ *   KCUDA_GEMV_GLU         W is gate|up ([2I, K], N = 2I): y[m, i] = act(d[m, i]) * d[m, I + i]
+ *                          (i < I; glu_act 0 silu, 1 gelu, 2 gelu tanh, as kcuda_silu_and_mul)
+ * The norm is computed inside the GEMV (each warp sums the squares of the x it reads and
+ * scales its column sum by the inverse RMS), so h is never written; results equal the
+ * separate kernels' up to f32 rounding (the norm weight multiplies the weight, the inverse
+ * RMS the sum).  Supported (norm, epilogue) pairs: (norm, STORE), (norm, GLU), (none,
+ * ACCUMULATE); the norm only up to KCUDA_GEMV_NORM_MAX_M rows (its sum of squares costs
+ * as many FMAs as the dot products: 8 rows would be compute-bound).  kcuda_gemv_ex_ok
+ * says whether a call qualifies. */
+#define KCUDA_GEMV_NORM_MAX_M 4
+typedef enum {
+    KCUDA_GEMV_STORE = 0,
+    KCUDA_GEMV_ACCUMULATE = 1,
+    KCUDA_GEMV_GLU = 2,
+} kcuda_gemv_epi_t;
+typedef struct {
+    const float *x;        /* [M, K] f32, row stride ldx */
+    int64_t M, K, ldx;
+    const void *w;         /* [N, K] bf16 / f16 */
+    kcpu_dtype_t wtype;
+    int64_t N;
+    const float *norm_w;   /* [K] or NULL (no norm); 16-byte aligned */
+    float eps;
+    const float *bias;     /* [N] or NULL */
+    kcuda_gemv_epi_t epi;
+    int glu_act;
+    float *y;              /* [M, N] (GLU: [M, N / 2]), row stride ldy */
+    int64_t ldy;
+} kcuda_gemv_ex_t;
+bool kcuda_gemv_ex_ok(const kcuda_gemv_ex_t *a);
+/* PD_ERR_INVAL (logged) when !kcuda_gemv_ex_ok(a); PD_ERR_CUDA on a launch failure. */
+pd_status_t kcuda_gemv_ex(const kcuda_gemv_ex_t *a, kcuda_stream_t stream);
 
 /* ---- conversions (kcuda_convert.cu) ---- */
 
@@ -210,6 +261,18 @@ pd_status_t kcuda_kv_write(const kcpu_kv_layout_t *layout, void *cache_base, int
                            const int64_t *slot_mapping, int64_t T, const float *k,
                            int64_t k_stride, const float *v, int64_t v_stride, int *err,
                            kcuda_stream_t stream);
+/* kcuda_rope then kcuda_kv_write_scaled in one kernel (kcuda_kv.cu): q [T, n_heads *
+ * head_dim] and k [T, n_kv_heads * head_dim] (head counts and head_dim from the layout)
+ * rotated in place at positions pos [T], and the rotated k with v written to the slots
+ * of `layer` (stored k / k_scale, v / v_scale; 1 and 1 for F32/F16 caches).  Same values
+ * as the two kernels; negative slots skip the write, slots outside the cache set
+ * KCUDA_ERR_SLOT in *err.  PD_ERR_INVAL / PD_ERR_RANGE (logged) on bad parameters. */
+pd_status_t kcuda_rope_kv_write(float *q, int64_t q_stride, float *k, int64_t k_stride, const float *v,
+                                int64_t v_stride, const int32_t *pos, int64_t T, int n_heads, int rotary_dim,
+                                const float *inv_freq, float attn_factor, kcpu_rope_style_t style,
+                                const kcpu_kv_layout_t *layout, void *cache_base, int layer,
+                                const int64_t *slot_mapping, float k_scale, float v_scale, int *err,
+                                kcuda_stream_t stream);
 pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *layout, void *cache_base,
                                  const int32_t *src, const int32_t *dst, int64_t n, int *err,
                                  kcuda_stream_t stream);

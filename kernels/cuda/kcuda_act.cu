@@ -4,17 +4,7 @@
  * gelu erf form or tanh approximation).
  */
 #include "kcuda_internal.cuh"
-
-__device__ __forceinline__ float kc_silu(float x) { return x / (1.0f + expf(-x)); }
-
-__device__ __forceinline__ float kc_gelu(float x, bool approx)
-{
-    if (approx) {
-        const float k = 0.7978845608028654f;
-        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-    }
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-}
+#include "kcuda_act.cuh"
 
 /* Let a kernel launched after this one with programmatic dependent launch (the decode
  * GEMV, kcuda_gemv.cu) start now: it only prefetches its weights before waiting for this

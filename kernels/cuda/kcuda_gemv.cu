@@ -16,8 +16,12 @@
  * the kernel is the same either way; graphs record the programmatic edge.
  * kcuda_gemv_set_noalloc / PD_CUDA_GEMV_NOALLOC=1 loads the weights without allocating
  * in L1 (A/B runs; off by default until measured).
+ * kcuda_gemv_ex: the same loop with the decode layer's neighbours folded in (an RMSNorm
+ * prologue computed inside the loop, a residual-accumulate or GLU epilogue): see the
+ * section below.
  */
 #include "kcuda_internal.cuh"
+#include "kcuda_act.cuh"
 
 #include <stdlib.h>
 
@@ -45,6 +49,13 @@ __device__ __forceinline__ void griddep_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
 #endif
 }
 
@@ -132,6 +143,9 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
             }
         }
     }
+    /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
+     * completion before it reads anything; see gemv_ex_kernel) */
+    launch_dependents();
     for (int m = 0; m < MT; m++) {
         float sum = kc_warp_sum(acc[m]);
         if (KS == 1) {
@@ -193,6 +207,11 @@ static bool use_pdl(void)
     return pdl_g == 1;
 }
 
+extern "C" bool kcuda_gemv_pdl_on(void)
+{
+    return use_pdl();
+}
+
 template <typename WT, int MT, int KS>
 static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
                             float *y, int64_t ldy, cudaStream_t s)
@@ -238,17 +257,46 @@ static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const 
 /* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
  * too few warps to cover the memory latency), else 1.  PD_CUDA_GEMV_KSPLIT=1|2|4 forces it
  * (A/B runs). */
+static int ksplit_g = -1; /* -1: from env PD_CUDA_GEMV_KSPLIT at the next launch; 0: automatic */
+
+extern "C" void kcuda_gemv_set_ksplit(int ks)
+{
+    ksplit_g = ks < 0 ? -1 : (ks == 1 || ks == 2 || ks == 4) ? ks : 0;
+}
+
+/* warps per column of the narrow decode shapes (2048 < N <= 8192: q|k|v, o, down at the
+ * 8B shape); -1: from env PD_CUDA_GEMV_KS_NARROW (default 1, what was measured) */
+static int ks_narrow_g = -1;
+
+extern "C" void kcuda_gemv_set_ksplit_narrow(int ks)
+{
+    ks_narrow_g = ks < 0 ? -1 : (ks == 2 || ks == 4) ? ks : 1;
+}
+
+static int gemv_ks(int64_t N, int64_t K)
+{
+    if (ksplit_g < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_KSPLIT");
+        int v = e ? atoi(e) : 0;
+        ksplit_g = (v == 1 || v == 2 || v == 4) ? v : 0;
+    }
+    if (ks_narrow_g < 0) {
+        const char *e = getenv("PD_CUDA_GEMV_KS_NARROW");
+        int v = e ? atoi(e) : 1;
+        ks_narrow_g = (v == 2 || v == 4) ? v : 1;
+    }
+    if (ksplit_g)
+        return ksplit_g;
+    if (N <= 2048 && K >= 1024)
+        return 4;
+    return N <= 8192 && K >= 1024 ? ks_narrow_g : 1;
+}
+
 template <typename WT>
 static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
                         int64_t ldy, cudaStream_t s)
 {
-    static int forced = -1;
-    if (forced < 0) {
-        const char *e = getenv("PD_CUDA_GEMV_KSPLIT");
-        int v = e ? atoi(e) : 0;
-        forced = (v == 1 || v == 2 || v == 4) ? v : 0;
-    }
-    int ks = forced ? forced : (N <= 2048 && K >= 1024 ? 4 : 1);
+    int ks = gemv_ks(N, K);
     if (ks == 4)
         gemv_launch_ks<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
     else if (ks == 2)
@@ -270,4 +318,274 @@ extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t 
     else
         gemv_launch<__half>(x, (int)M, K, ldx, w, N, y, ldy, stream);
     KCUDA_LAUNCHED("kcuda_gemv");
+}
+
+/* ---- fused decode GEMVs (kcuda_gemv_ex) ----
+ *
+ * The same streaming loop as gemv_kernel (KS warps per column, 8 warps per CTA, PF weight
+ * chunks in flight before the dependency wait, coherent activation loads), with:
+ *  NORM: x is the residual stream and the GEMV consumes rmsnorm(x) * norm_w.  Each warp
+ *    reads its whole slice of every x row anyway, so it also sums the squares of what it
+ *    reads (free FMAs), multiplies the weights by norm_w as they are unpacked, and scales
+ *    the column sum by rsqrt(mean square + eps) at the end: no normalised copy of x is
+ *    written and no norm kernel runs (with KS > 1 the partial sums of squares of a
+ *    column's warps are added like the dot products).
+ *  EPI 0: y = d; 1: y += d (the residual add of the o / down projection, in place: each
+ *    y element is read and written by the one thread that owns its column, after the
+ *    wait); 2: GLU: the CTA's first half of columns are gate rows i, its second half the
+ *    matching up rows I + i (W is gate|up, N = 2I), and y[m, i] = act(gate) * up.
+ * d = dot (+ bias[n]).  Every CTA reaches every __syncthreads (no early return). */
+struct gemv_ex_args {
+    const float *x;
+    int M;
+    int64_t K, ldx;
+    const void *w;
+    int64_t N;     /* weight rows (GLU: 2 I) */
+    const float *nw;
+    float eps;
+    const float *bias;
+    float *y;
+    int64_t ldy;
+    int act;       /* GLU: 0 silu, 1 gelu, 2 gelu tanh */
+};
+
+/* One 16-byte weight chunk (8 elements at column c * 8) against the M activation rows. */
+template <typename WT, int MT, bool NORM>
+__device__ __forceinline__ void gemv_ex_step(uint4 raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
+{
+    float wf[8];
+    kc_unpack8<WT>(raw, wf);
+    if (NORM) {
+        const float4 *nr = (const float4 *)(a.nw + c * 8);
+        float4 g0 = nr[0], g1 = nr[1];
+        wf[0] *= g0.x; wf[1] *= g0.y; wf[2] *= g0.z; wf[3] *= g0.w;
+        wf[4] *= g1.x; wf[5] *= g1.y; wf[6] *= g1.z; wf[7] *= g1.w;
+    }
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        if (m < a.M) {
+            const float4 *xr = (const float4 *)(a.x + m * a.ldx + c * 8);
+            float4 u = xr[0], v = xr[1];
+            acc[m] += wf[0] * u.x + wf[1] * u.y + wf[2] * u.z + wf[3] * u.w + wf[4] * v.x + wf[5] * v.y +
+                      wf[6] * v.z + wf[7] * v.w;
+            if (NORM)
+                ss[m] += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + v.x * v.x + v.y * v.y + v.z * v.z +
+                         v.w * v.w;
+        }
+    }
+}
+
+template <typename WT, int MT, int KS, bool NA, bool NORM, int EPI>
+__global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
+{
+    __shared__ float part[8][MT];
+    __shared__ float pss[8][MT];
+    __shared__ float col[8][MT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int per = 8 / KS;          /* columns per CTA */
+    const int j = warp / KS;         /* this warp's column in the CTA */
+    const int ks = warp % KS;
+    const int64_t K = a.K, chunks = K / 8;
+    int64_t n;                       /* weight row of column j */
+    bool valid;
+    if (EPI == 2) {
+        const int half = per / 2;
+        const int64_t I = a.N / 2, p = (int64_t)blockIdx.x * half + (j % half);
+        valid = p < I;
+        n = (j < half ? p : I + p);
+    } else {
+        n = (int64_t)blockIdx.x * per + j;
+        valid = n < a.N;
+    }
+    const uint4 *wr = (const uint4 *)((const WT *)a.w + (valid ? n : 0) * K);
+    float acc[MT], ss[MT];
+    for (int m = 0; m < MT; m++)
+        acc[m] = ss[m] = 0.0f;
+    uint4 pre[PF];
+    const int64_t c0 = (int64_t)ks * 32 + lane;
+#pragma unroll
+    for (int p = 0; p < PF; p++) {
+        const int64_t c = c0 + (int64_t)p * 32 * KS;
+        pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
+    }
+    griddep_wait();
+    if (valid) {
+#pragma unroll
+        for (int p = 0; p < PF; p++) {
+            const int64_t c = c0 + (int64_t)p * 32 * KS;
+            if (c < chunks)
+                gemv_ex_step<WT, MT, NORM>(pre[p], c, a, acc, ss);
+        }
+#pragma unroll 4
+        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS)
+            gemv_ex_step<WT, MT, NORM>(ldw<NA>(wr + c), c, a, acc, ss);
+    }
+    /* every weight byte of this CTA is in: let the next kernel's CTAs (a GEMV or the
+     * RoPE/KV write, launched with PDL) take the SMs this grid's tail leaves idle and
+     * start their prefetch; they wait for this grid's completion before reading what it
+     * writes (griddepcontrol.wait), so the early trigger is always safe */
+    launch_dependents();
+    for (int m = 0; m < MT; m++) {
+        float s = kc_warp_sum(acc[m]);
+        float q = NORM ? kc_warp_sum(ss[m]) : 0.0f;
+        if (lane == 0) {
+            part[warp][m] = s;
+            pss[warp][m] = q;
+        }
+    }
+    __syncthreads();
+    /* thread t < per * MT finishes column t / MT of row t % MT */
+    const int t = threadIdx.x, tj = t / MT, tm = t % MT;
+    int64_t tn = 0;
+    bool tvalid = false;
+    float d = 0.0f;
+    if (t < per * MT) {
+        if (EPI == 2) {
+            const int half = per / 2;
+            const int64_t I = a.N / 2, p = (int64_t)blockIdx.x * half + (tj % half);
+            tvalid = p < I;
+            tn = tj < half ? p : I + p;
+        } else {
+            tn = (int64_t)blockIdx.x * per + tj;
+            tvalid = tn < a.N;
+        }
+        tvalid = tvalid && tm < a.M;
+        for (int i = 0; i < KS; i++)
+            d += part[tj * KS + i][tm];
+        if (NORM) {
+            float q = 0.0f;
+            for (int i = 0; i < KS; i++)
+                q += pss[tj * KS + i][tm];
+            d *= rsqrtf(q / (float)K + a.eps);
+        }
+        if (tvalid && a.bias != NULL)
+            d += a.bias[tn];
+        if (EPI == 0 && tvalid)
+            a.y[tm * a.ldy + tn] = d;
+        else if (EPI == 1 && tvalid)
+            a.y[tm * a.ldy + tn] += d;
+        else if (EPI == 2)
+            col[tj][tm] = d;
+    }
+    if (EPI == 2) {
+        __syncthreads();
+        const int half = per / 2;
+        if (t < half * MT) {
+            const int64_t p = (int64_t)blockIdx.x * half + tj;
+            if (p < a.N / 2 && tm < a.M)
+                a.y[tm * a.ldy + p] = kc_glu_act(col[tj][tm], a.act) * col[tj + half][tm];
+        }
+    }
+}
+
+template <typename WT, int MT, int KS, bool NORM, int EPI>
+static void gemv_ex_launch_one(unsigned g, const gemv_ex_args &a, cudaStream_t s)
+{
+    typedef void (*kern_t)(const gemv_ex_args);
+    kern_t kern = use_noalloc() ? gemv_ex_kernel<WT, MT, KS, true, NORM, EPI>
+                                : gemv_ex_kernel<WT, MT, KS, false, NORM, EPI>;
+    if (!use_pdl()) {
+        kern<<<g, 256, 0, s>>>(a);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(g);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kern, a);
+}
+
+template <typename WT, int KS, bool NORM, int EPI>
+static void gemv_ex_launch_ks(const gemv_ex_args &a, cudaStream_t s)
+{
+    const int per = 8 / KS;
+    const int64_t cols = EPI == 2 ? a.N / 2 : a.N, per_cta = EPI == 2 ? per / 2 : per;
+    unsigned g = (unsigned)((cols + per_cta - 1) / per_cta);
+    if (a.M == 1)
+        gemv_ex_launch_one<WT, 1, KS, NORM, EPI>(g, a, s);
+    else if (a.M == 2)
+        gemv_ex_launch_one<WT, 2, KS, NORM, EPI>(g, a, s);
+    else if (a.M <= 4)
+        gemv_ex_launch_one<WT, 4, KS, NORM, EPI>(g, a, s);
+    else
+        gemv_ex_launch_one<WT, 8, KS, NORM, EPI>(g, a, s);
+}
+
+template <typename WT, bool NORM, int EPI> static void gemv_ex_launch(const gemv_ex_args &a, cudaStream_t s)
+{
+    int ks = gemv_ks(a.N, a.K);
+    if (ks == 4)
+        gemv_ex_launch_ks<WT, 4, NORM, EPI>(a, s);
+    else if (ks == 2)
+        gemv_ex_launch_ks<WT, 2, NORM, EPI>(a, s);
+    else
+        gemv_ex_launch_ks<WT, 1, NORM, EPI>(a, s);
+}
+
+/* The (norm, epilogue) pairs instantiated: what the decode forward uses. */
+static bool ex_combo_ok(bool norm, kcuda_gemv_epi_t epi)
+{
+    return (norm && epi == KCUDA_GEMV_STORE) || (norm && epi == KCUDA_GEMV_GLU) || (!norm && epi == KCUDA_GEMV_ACCUMULATE);
+}
+
+extern "C" bool kcuda_gemv_ex_ok(const kcuda_gemv_ex_t *a)
+{
+    if (a == NULL || a->y == NULL || a->N <= 0 || a->N > (int64_t)INT32_MAX * 4 ||
+        !kcuda_gemv_ok(a->M, a->K, a->ldx, a->x, a->w, a->wtype) || !ex_combo_ok(a->norm_w != NULL, a->epi))
+        return false;
+    /* the norm's sum of squares costs each warp as many FMAs as its dot products: with
+     * more than 4 rows that would make the loop compute-bound (8 rows: 128 FMAs a 16-byte
+     * chunk), so those calls keep the norm kernel */
+    if (a->norm_w != NULL && (((uintptr_t)a->norm_w & 15) != 0 || a->M > KCUDA_GEMV_NORM_MAX_M))
+        return false;
+    if (a->epi == KCUDA_GEMV_GLU)
+        return a->N % 2 == 0 && a->ldy >= a->N / 2 && a->glu_act >= 0 && a->glu_act <= 2;
+    return a->ldy >= a->N;
+}
+
+extern "C" pd_status_t kcuda_gemv_ex(const kcuda_gemv_ex_t *a, kcuda_stream_t stream)
+{
+    if (!kcuda_gemv_ex_ok(a)) {
+        PD_LOG_ERR("kcuda_gemv_ex: shape not supported (M=%lld K=%lld N=%lld epi=%d norm=%d)",
+                   a ? (long long)a->M : 0LL, a ? (long long)a->K : 0LL, a ? (long long)a->N : 0LL,
+                   a ? (int)a->epi : -1, a ? a->norm_w != NULL : 0);
+        return PD_ERR_INVAL;
+    }
+    gemv_ex_args g;
+    g.x = a->x;
+    g.M = (int)a->M;
+    g.K = a->K;
+    g.ldx = a->ldx;
+    g.w = a->w;
+    g.N = a->N;
+    g.nw = a->norm_w;
+    g.eps = a->eps;
+    g.bias = a->bias;
+    g.y = a->y;
+    g.ldy = a->ldy;
+    g.act = a->glu_act;
+    const bool bf = a->wtype == KCPU_DTYPE_BF16;
+    if (a->norm_w != NULL && a->epi == KCUDA_GEMV_STORE) {
+        if (bf)
+            gemv_ex_launch<__nv_bfloat16, true, 0>(g, stream);
+        else
+            gemv_ex_launch<__half, true, 0>(g, stream);
+    } else if (a->norm_w != NULL) {
+        if (bf)
+            gemv_ex_launch<__nv_bfloat16, true, 2>(g, stream);
+        else
+            gemv_ex_launch<__half, true, 2>(g, stream);
+    } else {
+        if (bf)
+            gemv_ex_launch<__nv_bfloat16, false, 1>(g, stream);
+        else
+            gemv_ex_launch<__half, false, 1>(g, stream);
+    }
+    KCUDA_LAUNCHED("kcuda_gemv_ex");
 }

@@ -166,3 +166,136 @@ extern "C" pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *L, void *cac
                                                                L->n_blocks, err);
     KCUDA_LAUNCHED("kcuda_kv_copy_blocks");
 }
+
+/* ---- RoPE and the KV write in one kernel (kcuda_rope_kv_write) ----
+ * One CTA per token (8 for T <= 8, 2 up to 64 tokens, each a slice of the pairs): q
+ * rotated in place; k rotated in place and written (rotated) to the token's slot
+ * together with v, so k is read once and no second kernel runs.  The
+ * angle and the pair arithmetic are kcuda_rope's (the same f32 angle, an accurate
+ * sincos of it), the stores kcuda_kv_write_scaled's. */
+template <typename CT>
+__global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, const float *v, int64_t vst,
+                               const int32_t *pos, int n_heads, int n_kv, int hd, int half, const float *inv_freq,
+                               float af, bool neox, CT *base, int64_t block_elems, int64_t layer_off,
+                               int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks,
+                               const int64_t *slots, float kinv, float vinv, int *err)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    /* launched with PDL after the q|k|v GEMV: nothing is read before it completes */
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    const int64_t t = blockIdx.x;
+    const float p = (float)pos[t];
+    const int64_t slot = slots[t];
+    CT *dst = NULL;
+    if (slot >= 0) {
+        const int64_t b = slot / bs;
+        if (b < n_blocks)
+            dst = base + b * block_elems + layer_off + (slot % bs) * token_stride;
+        else if (threadIdx.x == 0 && blockIdx.y == 0 && err)
+            atomicOr(err, KCUDA_ERR_SLOT);
+    }
+    const int nh = n_heads + n_kv;
+    /* gridDim.y CTAs share a token (decode: one token would leave all but one SM idle) */
+    const int tid = blockIdx.y * blockDim.x + threadIdx.x, nth = gridDim.y * blockDim.x;
+    for (int it = tid; it < nh * half; it += nth) {
+        int h = it / half, i = it % half;
+        float ang = p * inv_freq[i];
+        double sd, cd;
+        sincos((double)ang, &sd, &cd);
+        float s = (float)sd * af, c = (float)cd * af;
+        int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float *x = h < n_heads ? q + t * qs + (int64_t)h * hd : k + t * kst + (int64_t)(h - n_heads) * hd;
+        float x0 = x[ia], x1 = x[ib];
+        float r0 = x0 * c - x1 * s, r1 = x1 * c + x0 * s;
+        x[ia] = r0;
+        x[ib] = r1;
+        if (h >= n_heads && dst != NULL) {
+            CT *d = dst + (int64_t)(h - n_heads) * hd;
+            d[ia] = kc_store<CT>(r0 * kinv);
+            d[ib] = kc_store<CT>(r1 * kinv);
+        }
+    }
+    if (dst == NULL)
+        return;
+    const int W = n_kv * hd, rot = 2 * half;
+    for (int i = tid; i < W; i += nth) {
+        if (i % hd >= rot) /* dims past the rotary part: k as it is */
+            dst[i] = kc_store<CT>(k[t * kst + i] * kinv);
+        dst[kv_stride + i] = kc_store<CT>(v[t * vst + i] * vinv);
+    }
+}
+
+/* Launched with programmatic stream serialization when the GEMVs are (kcuda_gemv_pdl_on):
+ * its CTAs are resident while the q|k|v GEMV drains, then wait for it. */
+template <typename CT>
+static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t kst, const float *v, int64_t vst,
+                           const int32_t *pos, int n_heads, int n_kv, int hd, int half, const float *inv_freq,
+                           float af, bool neox, void *base, int64_t block_elems, int64_t layer_off,
+                           int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks, const int64_t *slots,
+                           float kinv, float vinv, int *err, cudaStream_t s)
+{
+    const dim3 grid(T, T <= 8 ? 8 : T <= 64 ? 2 : 1);
+    if (!kcuda_gemv_pdl_on()) {
+        rope_kv_kernel<CT><<<grid, 256, 0, s>>>(q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af, neox,
+                                             (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks,
+                                             slots, kinv, vinv, err);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, rope_kv_kernel<CT>, q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af,
+                       neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks, slots, kinv,
+                       vinv, err);
+}
+
+#define ROPE_KV_LAUNCH(CT)                                                                                       \
+    rope_kv_launch<CT>((unsigned)T, q, q_stride, k, k_stride, v, v_stride, pos, n_heads, L->n_kv_heads,         \
+                       L->head_dim, rotary_dim / 2, inv_freq, attn_factor, style == KCPU_ROPE_NEOX, cache_base, be, \
+                       lo, L->kv_stride, L->token_stride, L->block_size, L->n_blocks, slot_mapping, kinv, vinv, err, \
+                       stream)
+
+extern "C" pd_status_t kcuda_rope_kv_write(float *q, int64_t q_stride, float *k, int64_t k_stride, const float *v,
+                                           int64_t v_stride, const int32_t *pos, int64_t T, int n_heads,
+                                           int rotary_dim, const float *inv_freq, float attn_factor,
+                                           kcpu_rope_style_t style, const kcpu_kv_layout_t *L, void *cache_base,
+                                           int layer, const int64_t *slot_mapping, float k_scale, float v_scale,
+                                           int *err, kcuda_stream_t stream)
+{
+    const int W = L ? L->n_kv_heads * L->head_dim : 0;
+    if (L == NULL || q == NULL || k == NULL || v == NULL || T < 0 || T > INT32_MAX || n_heads <= 0 ||
+        L->n_kv_heads <= 0 || L->head_dim <= 0 || rotary_dim <= 0 || rotary_dim % 2 != 0 ||
+        rotary_dim > L->head_dim || q_stride < (int64_t)n_heads * L->head_dim || k_stride < W || v_stride < W ||
+        (style != KCPU_ROPE_NEOX && style != KCPU_ROPE_GPTJ) ||
+        (L->dtype != KCPU_DTYPE_F32 && L->dtype != KCPU_DTYPE_F16 && !is_fp8(L->dtype)) || !(k_scale > 0.0f) ||
+        !(v_scale > 0.0f) || !isfinite(k_scale) || !isfinite(v_scale)) {
+        PD_LOG_ERR("kcuda_rope_kv_write: bad parameters (T=%lld heads=%d rotary_dim=%d)", (long long)T, n_heads,
+                   rotary_dim);
+        return PD_ERR_INVAL;
+    }
+    if (layer < 0 || layer >= L->n_layers) {
+        PD_LOG_ERR("kcuda_rope_kv_write: layer %d outside [0, %d)", layer, L->n_layers);
+        return PD_ERR_RANGE;
+    }
+    if (T == 0)
+        return PD_OK;
+    int64_t be = (int64_t)(L->block_bytes / L->elem_bytes), lo = (int64_t)layer * L->layer_stride;
+    const float kinv = k_scale == 1.0f ? 1.0f : 1.0f / k_scale, vinv = v_scale == 1.0f ? 1.0f : 1.0f / v_scale;
+    if (L->dtype == KCPU_DTYPE_F32)
+        ROPE_KV_LAUNCH(float);
+    else if (L->dtype == KCPU_DTYPE_F16)
+        ROPE_KV_LAUNCH(__half);
+    else if (L->dtype == KCUDA_KV_FP8_E4M3)
+        ROPE_KV_LAUNCH(__nv_fp8_e4m3);
+    else
+        ROPE_KV_LAUNCH(__nv_fp8_e5m2);
+    KCUDA_LAUNCHED("kcuda_rope_kv_write");
+}

@@ -20,6 +20,7 @@
  * step): the tokens must be identical to (b)'s, and each returned id equal to the host
  * argmax (first maximum) of the rows that came back.  Device sampling through the graphs
  * (bf16, tiny llama): the GPU's draws equal kcpu_sample_rows on the same step's logits.
+ * The fused decode layer against PD_FORWARD_NO_DECODE_FUSE=1 (test_decode_fusion).
  * Exits 77 (skipped) without a GPU.
  */
 #include <math.h>
@@ -504,6 +505,105 @@ PD_TEST(test_graphs_vs_eager_default_model)
     check_model(g, "SmolLM2-135M");
 }
 
+/* The fused decode layer (norm in the q|k|v and gate|up GEMVs, GLU epilogue, residual
+ * adds in the o / down GEMVs, RoPE + KV write in one kernel: on by default) against the
+ * same forward with PD_FORWARD_NO_DECODE_FUSE=1, both through batch-1 graphs (every
+ * decode step and the short prefills take the fused path), the fused run fed the
+ * unfused run's tokens.  f32 GEMMs: the GEMV ops decline (f32 weights) and the forward
+ * runs the separate ops in the fused order, so the tokens must be identical and the
+ * logits within 1e-4; bf16: the norm's scale is applied after the sum instead of before
+ * (f32 rounding only): logits within 1e-2 of the largest, at least 95% of the argmaxes
+ * equal. */
+static void check_decode_fusion(const char *path, const char *label)
+{
+    eng_load_opts_t lo;
+    setup_t s;
+    run_out_t off = {0}, on = {0};
+    uint32_t rng = 777;
+    double worst = 0;
+    int agree = 0, total = 0;
+    bool exact = wdtype_g == KCPU_DTYPE_F32;
+
+    memset(&s, 0, sizeof(s));
+    eng_load_opts_init(&lo);
+    lo.model = path;
+    lo.keep_quantized = !exact;
+    lo.dequant_dtype = ENG_DTYPE_F32;
+    lo.max_model_len = MB * BS;
+    PD_CHECK_STATUS(eng_model_load(&lo, &s.model), PD_OK);
+    if (s.model == NULL)
+        return;
+    s.V = eng_model_config(s.model)->vocab_size;
+    for (int i = 0; i < NSEQ; i++) {
+        s.plen[i] = 2 + (i * 5) % 20;
+        for (int t = 0; t < s.plen[i]; t++) {
+            rng = rng * 1664525u + 1013904223u;
+            s.prompt[i][t] = (int32_t)((rng >> 8) % (uint32_t)s.V);
+        }
+    }
+    off.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
+    on.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
+    PD_CHECK(off.logits && on.logits);
+    if (off.logits && on.logits) {
+        setenv("PD_FORWARD_NO_DECODE_FUSE", "1", 1);
+        run(&s, 8, true, NULL, &off);
+        unsetenv("PD_FORWARD_NO_DECODE_FUSE");
+        run(&s, 8, true, &off, &on);
+        for (int i = 0; i < NSEQ; i++) {
+            total++;
+            agree += on.pred[i][0] == off.pred[i][0];
+        }
+        for (int d = 0; d < NDEC; d++)
+            for (int i = 0; i < NSEQ; i++) {
+                const float *x = off.logits + ((size_t)d * NSEQ + i) * s.V;
+                const float *y = on.logits + ((size_t)d * NSEQ + i) * s.V;
+                float mx = 1;
+                for (int64_t v = 0; v < s.V; v++)
+                    mx = fabsf(x[v]) > mx ? fabsf(x[v]) : mx;
+                for (int64_t v = 0; v < s.V; v++) {
+                    double e = fabs((double)x[v] - (double)y[v]) / mx;
+                    worst = e > worst ? e : worst;
+                }
+                total++;
+                agree += on.pred[i][d + 1] == off.pred[i][d + 1];
+            }
+        printf("  %s [%s]: decode fusion on vs off (batch-1 graphs): argmax equal %d/%d, worst logit diff %.2e; "
+               "%llu / %llu graph steps\n",
+               label, exact ? "f32" : "bf16", agree, total, worst, (unsigned long long)on.st.graph_steps,
+               (unsigned long long)off.st.graph_steps);
+        PD_CHECK(on.st.graph_steps > 0 && off.st.graph_steps > 0);
+        PD_CHECK_EQ_INT(on.st.n_failed, 0);
+        if (exact) {
+            PD_CHECK_EQ_INT(agree, total);
+            PD_CHECK(worst <= 1e-4);
+        } else {
+            PD_CHECK(worst <= 1e-2);
+            PD_CHECK(agree * 100 >= total * 95);
+        }
+    }
+    free(off.logits);
+    free(on.logits);
+    eng_model_destroy(s.model);
+}
+
+PD_TEST(test_decode_fusion)
+{
+    static const char *const names[] = {"llama", "qwen3", NULL};
+    const char *src = getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".";
+    char buf[4096];
+    const char *g;
+    for (int i = 0; names[i]; i++) {
+        char m[4096];
+        snprintf(m, sizeof(m), "%s/tests/data/models/tiny-%s", src, names[i]);
+        if (access(m, R_OK) != 0)
+            continue;
+        check_decode_fusion(m, names[i]);
+    }
+    g = default_gguf(buf, sizeof(buf));
+    if (g != NULL)
+        check_decode_fusion(g, "SmolLM2-135M");
+}
+
 int main(void)
 {
     const eng_backend_ops_t *ops = eng_backend_get("cuda");
@@ -517,7 +617,9 @@ int main(void)
     PD_RUN(test_graphs_vs_eager_small_models);
     PD_RUN(test_graphs_vs_eager_default_model);
     PD_RUN(test_fp8_kv);
+    PD_RUN(test_decode_fusion);
     wdtype_g = KCPU_DTYPE_BF16;
+    PD_RUN(test_decode_fusion);
     PD_RUN(test_device_sampling_graphs);
     PD_RUN(test_graphs_vs_eager_small_models);
     PD_RUN(test_graphs_vs_eager_default_model);

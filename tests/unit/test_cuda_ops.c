@@ -1439,6 +1439,327 @@ PD_TEST(test_prefill_attention)
     if (pf_pool != NULL)
         kcpu_pool_destroy(pf_pool);
     pf_pool = NULL;
+}
+
+/* ---- fused decode ops (norm_matmul, matmul_add, rope_kv_write) against the separate
+ * kcpu ops.  bf16/f16 weights used as they are (no conversion): only the summation order
+ * and where the norm's scale is applied differ (1e-4).  Each case runs with PDL on and
+ * off; x is checked unchanged; rows 1..8 (the norm declines above KCUDA_GEMV_NORM_MAX_M
+ * rows); ldy > N; a K the GEMV does not take (not a multiple of 8) must be declined
+ * (PD_ERR_UNSUPPORTED, nothing written). ---- */
+
+static void norm_matmul_case(kcpu_dtype_t wt, int64_t M, int64_t K, int64_t N, int glu, bool bias)
+{
+    size_t rb = (size_t)K * 2;
+    const int64_t NY = glu ? N / 2 : N, ldy = NY + 3;
+    float *x = rand_vec((size_t)(M * K), 2.0f), *nw = rand_vec((size_t)K, 1.0f), *wf = rand_vec((size_t)(N * K), 0.1f);
+    float *b = bias ? rand_vec((size_t)N, 0.5f) : NULL;
+    float *h = malloc(sizeof(float) * M * K), *mm = malloc(sizeof(float) * M * N), *ref = malloc(sizeof(float) * M * ldy);
+    uint8_t *w = malloc(rb * (size_t)N);
+    for (int64_t r = 0; r < N; r++)
+        kcpu_quant_row(wt, wf + r * K, w + (size_t)r * rb, K);
+    kcpu_rmsnorm(NULL, x, nw, h, M, K, 1e-5f);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, h, M, K, K, w, wt, N, b, mm, N, KCPU_MM_EXACT), PD_OK);
+    for (int64_t m = 0; m < M; m++) {
+        if (glu == ENG_GLU_SILU)
+            kcpu_silu_and_mul(NULL, mm + m * N, N, mm + m * N + NY, N, ref + m * ldy, 1, NY);
+        else if (glu)
+            kcpu_gelu_and_mul(NULL, mm + m * N, N, mm + m * N + NY, N, ref + m * ldy, 1, NY, glu == ENG_GLU_GELU_TANH);
+        else
+            memcpy(ref + m * ldy, mm + m * N, sizeof(float) * N);
+    }
+    void *dx = up(x, sizeof(float) * M * K), *dnw = up(nw, sizeof(float) * K), *dw = up(w, rb * N);
+    void *db = b ? up(b, sizeof(float) * N) : NULL;
+    float *dy = poisoned(sizeof(float) * M * ldy);
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, wt), PD_OK);
+    for (int pdl = 0; pdl < 2; pdl++) {
+        kcuda_gemv_set_pdl(pdl);
+        ops->memset(be, dy, 0xff, sizeof(float) * M * ldy);
+        if (M > KCUDA_GEMV_NORM_MAX_M) { /* declined (the norm kernel runs instead), nothing written */
+            PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, K, dnw, 1e-5f, dw, wt, N, db, glu, dy, ldy),
+                            PD_ERR_UNSUPPORTED);
+            float *g = down(dy, sizeof(float) * M * ldy);
+            PD_CHECK(isnan(g[0]) && isnan(g[M * ldy - 1]));
+            free(g);
+            continue;
+        }
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, K, dnw, 1e-5f, dw, wt, N, db, glu, dy, ldy), PD_OK);
+        float *got = down(dy, sizeof(float) * M * ldy), *gx = down(dx, sizeof(float) * M * K);
+        char what[112];
+        snprintf(what, sizeof(what), "norm_matmul %s glu %d M%lld K%lld N%lld%s pdl %d", kcpu_dtype_name(wt), glu,
+                 (long long)M, (long long)K, (long long)N, bias ? " bias" : "", pdl);
+        for (int64_t m = 0; m < M; m++)
+            PD_CHECK_EQ_INT(cmp(what, got + m * ldy, ref + m * ldy, (size_t)NY, 1e-4), 0);
+        PD_CHECK(memcmp(gx, x, sizeof(float) * M * K) == 0);
+        free(got), free(gx);
+    }
+    kcuda_gemv_set_pdl(-1);
+    ops->buf_free(be, dx), ops->buf_free(be, dnw), ops->buf_free(be, dw), ops->buf_free(be, db);
+    ops->buf_free(be, dy);
+    free(x), free(nw), free(wf), free(b), free(h), free(mm), free(ref), free(w);
+}
+
+PD_TEST(test_fused_norm_matmul)
+{
+    PD_CHECK(ops->norm_matmul != NULL && ops->matmul_add != NULL && ops->rope_kv_write != NULL);
+    if (ops->norm_matmul == NULL)
+        return;
+    /* 6144 / 28672-like wide, 1024 (4 warps a column), odd N, K = 72 (fewer chunks than
+     * the prefetch), 4096 (the 8B shape) */
+    static const int64_t shapes[][2] = {{4096, 6144}, {4096, 1024}, {576, 1538}, {72, 258}, {1024, 2050}, {4096, 130}};
+    for (int64_t M = 1; M <= 8; M++)
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+            if (M > 2 && M != 5 && M != 8 && i > 1)
+                continue; /* every M on the 8B shapes, a few on the rest */
+            kcpu_dtype_t wt = (M + i) % 3 == 0 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16;
+            /* odd N for the plain epilogue on every other shape (GLU needs N even) */
+            norm_matmul_case(wt, M, shapes[i][0], shapes[i][1] - (i % 2 == 0), ENG_GLU_NONE, i % 2 == 1);
+            norm_matmul_case(wt, M, shapes[i][0], shapes[i][1], ENG_GLU_SILU, false);
+        }
+    norm_matmul_case(KCPU_DTYPE_BF16, 3, 576, 1538, ENG_GLU_GELU, false);
+    norm_matmul_case(KCPU_DTYPE_BF16, 2, 576, 1538, ENG_GLU_GELU_TANH, false);
+    norm_matmul_case(KCPU_DTYPE_BF16, 1, 4096, 2 * 14336, ENG_GLU_SILU, false);
+    /* declined: K not a multiple of 8, more than 8 rows; nothing written */
+    {
+        float *dy = poisoned(64 * 64 * 4), *dx = poisoned(16 * 67 * 4), *dw = poisoned(64 * 67 * 4),
+              *dnw = poisoned(67 * 4);
+        PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, 1, 67, dnw, 1e-5f, dw, KCPU_DTYPE_F32, 64, NULL, 0, dy, 64),
+                        PD_ERR_UNSUPPORTED);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, 9, 64, dnw, 1e-5f, dw, KCPU_DTYPE_F32, 64, NULL, 0, dy, 64),
+                        PD_ERR_UNSUPPORTED);
+        PD_CHECK_STATUS(ops->matmul_add(be, dx, 9, 64, 64, dw, KCPU_DTYPE_F32, 64, NULL, dy, 64), PD_ERR_UNSUPPORTED);
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        ops->buf_free(be, dy), ops->buf_free(be, dx), ops->buf_free(be, dw), ops->buf_free(be, dnw);
+    }
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
+static void matmul_add_case(kcpu_dtype_t wt, int64_t M, int64_t K, int64_t N, bool bias)
+{
+    size_t rb = (size_t)K * 2;
+    const int64_t ldx = K + 8, ldy = N + 5;
+    float *x = rand_vec((size_t)(M * ldx), 1.0f), *wf = rand_vec((size_t)(N * K), 0.1f);
+    float *y0 = rand_vec((size_t)(M * ldy), 3.0f), *b = bias ? rand_vec((size_t)N, 0.5f) : NULL;
+    float *mm = malloc(sizeof(float) * M * N), *ref = malloc(sizeof(float) * M * ldy);
+    uint8_t *w = malloc(rb * (size_t)N);
+    for (int64_t r = 0; r < N; r++)
+        kcpu_quant_row(wt, wf + r * K, w + (size_t)r * rb, K);
+    PD_CHECK_STATUS(kcpu_matmul(NULL, x, M, K, ldx, w, wt, N, b, mm, N, KCPU_MM_EXACT), PD_OK);
+    memcpy(ref, y0, sizeof(float) * M * ldy);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++)
+            ref[m * ldy + n] = y0[m * ldy + n] + mm[m * N + n];
+    void *dx = up(x, sizeof(float) * M * ldx), *dw = up(w, rb * N), *db = b ? up(b, sizeof(float) * N) : NULL;
+    float *dy = up(y0, sizeof(float) * M * ldy);
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, wt), PD_OK);
+    PD_CHECK_STATUS(ops->matmul_add(be, dx, M, K, ldx, dw, wt, N, db, dy, ldy), PD_OK);
+    float *got = down(dy, sizeof(float) * M * ldy);
+    char what[96];
+    snprintf(what, sizeof(what), "matmul_add %s M%lld K%lld N%lld%s", kcpu_dtype_name(wt), (long long)M,
+             (long long)K, (long long)N, bias ? " bias" : "");
+    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(M * ldy), 1e-4), 0); /* the gaps between rows untouched too */
+    ops->buf_free(be, dx), ops->buf_free(be, dw), ops->buf_free(be, db), ops->buf_free(be, dy);
+    free(x), free(wf), free(y0), free(b), free(mm), free(ref), free(w), free(got);
+}
+
+PD_TEST(test_fused_matmul_add)
+{
+    if (ops->matmul_add == NULL)
+        return;
+    static const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 1024}, {72, 258}, {576, 577}};
+    for (int pdl = 0; pdl < 2; pdl++) {
+        kcuda_gemv_set_pdl(pdl);
+        for (int64_t M = 1; M <= 8; M++)
+            for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+                if (M <= 2 || M == 5 || M == 8 || i == 0)
+                    matmul_add_case((M + i) % 3 == 0 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16, M, shapes[i][0],
+                                    shapes[i][1], (M + i) % 2 == 1);
+    }
+    kcuda_gemv_set_pdl(-1);
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
+}
+
+/* rope_kv_write against kcpu_rope + kcpu_kv_write (F32 / F16 caches through the backend
+ * op) and, for the fp8 caches, against the separate CUDA kernels (kcuda_rope +
+ * kcuda_kv_write_scaled; stored bytes equal, a few one-step rounding differences
+ * allowed).  Slots include -1 (padding); a partial rotary dim and both styles. */
+static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t cdt, int64_t T)
+{
+    const int bs = 16, n_layers = 2, layer = 1;
+    const int64_t n_blocks = 9, W = (int64_t)nkv * hd;
+    const int64_t qs = (int64_t)nh * hd + 3 * W + 5, ks = qs, vs = qs; /* one fused row, q | k | v */
+    kcpu_kv_layout_t L;
+    float inv[128], af = 1.0f;
+    kcpu_rope_scaling_t sc = {.type = KCPU_ROPE_SCALING_NONE};
+    int32_t *pos = malloc(sizeof(int32_t) * T);
+    int64_t *slots = malloc(sizeof(int64_t) * T);
+    bool fp8 = cdt == KCUDA_KV_FP8_E4M3 || cdt == KCUDA_KV_FP8_E5M2;
+
+    PD_CHECK_STATUS(kcuda_kv_layout_init(&L, cdt, n_layers, bs, nkv, hd, n_blocks), PD_OK);
+    PD_CHECK_STATUS(kcpu_rope_inv_freq(10000.0f, rot, &sc, 0, inv, &af), PD_OK);
+    for (int64_t t = 0; t < T; t++) {
+        pos[t] = t < 3 ? (int32_t)t : irand(100000);
+        slots[t] = t % 5 == 4 ? -1 : (int64_t)(t * 7 % (n_blocks * bs));
+    }
+    float *row = rand_vec((size_t)(T * qs), 1.5f);
+    size_t cb = L.block_bytes * (size_t)n_blocks;
+    uint8_t *cache0 = malloc(cb);
+    memset(cache0, 0, cb); /* slots not written must stay zero */
+    void *drow = up(row, sizeof(float) * T * qs), *dpos = up(pos, sizeof(int32_t) * T);
+    void *dslots = up(slots, sizeof(int64_t) * T), *dinv = up(inv, sizeof(float) * rot / 2);
+    void *dcache = up(cache0, cb);
+    float *dq = drow, *dk = (float *)drow + (int64_t)nh * hd, *dv = dk + W;
+    char what[112];
+    snprintf(what, sizeof(what), "rope_kv_write %d/%d hd %d rot %d style %d cache %d T %lld", nh, nkv, hd, rot, style,
+             (int)cdt, (long long)T);
+    if (!fp8) {
+        float *rq = row, *rk = row + (int64_t)nh * hd, *rv = rk + W;
+        PD_CHECK_STATUS(kcpu_rope(NULL, rq, qs, rk, ks, pos, T, nh, nkv, hd, rot, inv, af, (kcpu_rope_style_t)style),
+                        PD_OK);
+        PD_CHECK_STATUS(kcpu_kv_write(&L, cache0, layer, slots, T, rk, ks, rv, vs), PD_OK);
+        PD_CHECK_STATUS(ops->rope_kv_write(be, dq, qs, dk, ks, dv, vs, dpos, T, nh, rot, dinv, af,
+                                           (kcpu_rope_style_t)style, &L, dcache, layer, dslots),
+                        PD_OK);
+        float *grow_ = down(drow, sizeof(float) * T * qs);
+        uint8_t *gc = down(dcache, cb);
+        PD_CHECK_EQ_INT(cmp(what, grow_, row, (size_t)(T * qs), 2e-5), 0);
+        /* the cache as floats (F16 decoded), every block, so untouched bytes must match too */
+        size_t ne = cb / L.elem_bytes;
+        float *a = malloc(sizeof(float) * ne), *bb = malloc(sizeof(float) * ne);
+        kcpu_dequant_row(cdt, gc, a, (int64_t)ne);
+        kcpu_dequant_row(cdt, cache0, bb, (int64_t)ne);
+        int nan_mismatch = 0;
+        for (size_t i = 0; i < ne; i++) /* the byte pattern decodes to NaNs too: compare those by bits */
+            if (isnan(bb[i]) || isnan(a[i])) {
+                nan_mismatch += memcmp(gc + i * L.elem_bytes, cache0 + i * L.elem_bytes, L.elem_bytes) != 0;
+                a[i] = bb[i] = 0.0f;
+            }
+        PD_CHECK_EQ_INT(nan_mismatch, 0);
+        PD_CHECK_EQ_INT(cmp(what, a, bb, ne, cdt == KCPU_DTYPE_F16 ? 1e-3 : 2e-5), 0);
+        free(grow_), free(gc), free(a), free(bb);
+    } else {
+        /* the separate kernels on a copy, on the default stream */
+        void *drow2 = up(row, sizeof(float) * T * qs), *dcache2 = up(cache0, cb);
+        float *dq2 = drow2, *dk2 = (float *)drow2 + (int64_t)nh * hd, *dv2 = dk2 + W;
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        PD_CHECK_STATUS(kcuda_rope(dq2, qs, dk2, ks, dpos, T, nh, nkv, hd, rot, dinv, af, (kcpu_rope_style_t)style,
+                                   NULL),
+                        PD_OK);
+        PD_CHECK_STATUS(kcuda_kv_write_scaled(&L, dcache2, layer, dslots, T, dk2, ks, dv2, vs, 0.03f, 0.02f, NULL, NULL),
+                        PD_OK);
+        PD_CHECK_STATUS(kcuda_rope_kv_write(dq, qs, dk, ks, dv, vs, dpos, T, nh, rot, dinv, af,
+                                            (kcpu_rope_style_t)style, &L, dcache, layer, dslots, 0.03f, 0.02f, NULL,
+                                            NULL),
+                        PD_OK);
+        PD_CHECK_STATUS(kcuda_stream_sync(NULL), PD_OK);
+        float *g1 = down(drow, sizeof(float) * T * qs), *g2 = down(drow2, sizeof(float) * T * qs);
+        uint8_t *c1 = down(dcache, cb), *c2 = down(dcache2, cb);
+        PD_CHECK_EQ_INT(cmp(what, g1, g2, (size_t)(T * qs), 1e-6), 0);
+        size_t diff = 0, far = 0;
+        for (size_t i = 0; i < cb; i++) {
+            diff += c1[i] != c2[i];
+            far += abs((int)(c1[i] & 0x7f) - (int)(c2[i] & 0x7f)) > 1 ||
+                   ((c1[i] & 0x80) != (c2[i] & 0x80) && ((c1[i] | c2[i]) & 0x7f) > 1); /* +-0 and the tiniest */
+        }
+        PD_CHECK(far == 0);
+        PD_CHECK(diff * 1000 <= cb);
+        free(g1), free(g2), free(c1), free(c2);
+        ops->buf_free(be, drow2), ops->buf_free(be, dcache2);
+    }
+    ops->buf_free(be, drow), ops->buf_free(be, dpos), ops->buf_free(be, dslots), ops->buf_free(be, dinv);
+    ops->buf_free(be, dcache);
+    free(pos), free(slots), free(row), free(cache0);
+}
+
+PD_TEST(test_rope_kv_write)
+{
+    static const int cfg[][4] = {{9, 3, 64, 64}, {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80}};
+    static const kcpu_dtype_t cdts[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3, KCUDA_KV_FP8_E5M2};
+    if (ops->rope_kv_write == NULL)
+        return;
+    for (size_t c = 0; c < 4; c++)
+        for (int style = 0; style < 2; style++)
+            for (size_t d = 0; d < 4; d++)
+                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37);
+}
+
+/* The fused decode layer's chain of GEMVs on the GPU as the forward queues it (PDL
+ * edges between them: each triggers its dependents after its weight loop), against the
+ * separate kcpu ops: q = norm(x) Wq^T; x += a Wo^T; act = silu|mul(norm(x) Wgu^T);
+ * x += act Wd^T; q2 = norm(x) Wq^T.  A fresh x every round, so a GEMV reading x or act
+ * before its producer finished would see the previous round's values. */
+static void fused_chain_case(int64_t M, int64_t D, int64_t NQ, int64_t I, int64_t KO, int rounds)
+{
+    const kcpu_dtype_t wt = KCPU_DTYPE_BF16;
+    float *wqf = rand_vec((size_t)(NQ * D), 0.1f), *wof = rand_vec((size_t)(D * KO), 0.1f);
+    float *wguf = rand_vec((size_t)(2 * I * D), 0.1f), *wdf = rand_vec((size_t)(D * I), 0.05f);
+    float *nw1 = rand_vec((size_t)D, 1.0f), *nw2 = rand_vec((size_t)D, 1.0f);
+    uint16_t *wq = malloc(sizeof(uint16_t) * NQ * D), *wo = malloc(sizeof(uint16_t) * D * KO);
+    uint16_t *wgu = malloc(sizeof(uint16_t) * 2 * I * D), *wd = malloc(sizeof(uint16_t) * D * I);
+    kcpu_quant_row(wt, wqf, wq, NQ * D);
+    kcpu_quant_row(wt, wof, wo, D * KO);
+    kcpu_quant_row(wt, wguf, wgu, 2 * I * D);
+    kcpu_quant_row(wt, wdf, wd, D * I);
+    void *dwq = up(wq, 2 * NQ * D), *dwo = up(wo, 2 * D * KO), *dwgu = up(wgu, 4 * I * D), *dwd = up(wd, 2 * D * I);
+    void *dnw1 = up(nw1, 4 * D), *dnw2 = up(nw2, 4 * D);
+    float *dx = poisoned(4 * M * D), *da = poisoned(4 * M * KO), *dq = poisoned(4 * M * NQ);
+    float *dq2 = poisoned(4 * M * NQ), *dact = poisoned(4 * M * I);
+    float *h = malloc(4 * M * (D > I ? D : I)), *t = malloc(4 * M * 2 * I), *q = malloc(4 * M * NQ);
+    float *q2 = malloc(4 * M * NQ), *act = malloc(4 * M * I);
+    int bad = 0;
+    for (int r = 0; r < rounds; r++) {
+        float *x = rand_vec((size_t)(M * D), 2.0f), *a = rand_vec((size_t)(M * KO), 1.0f);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, dx, x, 4 * M * D), PD_OK);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, da, a, 4 * M * KO), PD_OK);
+        /* the GPU chain, queued back to back */
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw1, 1e-5f, dwq, wt, NQ, NULL, ENG_GLU_NONE, dq, NQ), PD_OK);
+        PD_CHECK_STATUS(ops->matmul_add(be, da, M, KO, KO, dwo, wt, D, NULL, dx, D), PD_OK);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw2, 1e-5f, dwgu, wt, 2 * I, NULL, ENG_GLU_SILU, dact, I),
+                        PD_OK);
+        PD_CHECK_STATUS(ops->matmul_add(be, dact, M, I, I, dwd, wt, D, NULL, dx, D), PD_OK);
+        PD_CHECK_STATUS(ops->norm_matmul(be, dx, M, D, dnw1, 1e-5f, dwq, wt, NQ, NULL, ENG_GLU_NONE, dq2, NQ), PD_OK);
+        /* the separate ops on the CPU */
+        kcpu_rmsnorm(NULL, x, nw1, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wq, wt, NQ, NULL, q, NQ, KCPU_MM_EXACT);
+        kcpu_matmul(NULL, a, M, KO, KO, wo, wt, D, NULL, t, D, KCPU_MM_EXACT);
+        kcpu_add_rmsnorm(NULL, x, t, nw2, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wgu, wt, 2 * I, NULL, t, 2 * I, KCPU_MM_EXACT);
+        kcpu_silu_and_mul(NULL, t, 2 * I, t + I, 2 * I, act, M, I);
+        kcpu_matmul(NULL, act, M, I, I, wd, wt, D, NULL, t, D, KCPU_MM_EXACT);
+        kcpu_add_rmsnorm(NULL, x, t, nw1, h, M, D, 1e-5f);
+        kcpu_matmul(NULL, h, M, D, D, wq, wt, NQ, NULL, q2, NQ, KCPU_MM_EXACT);
+        float *gq = down(dq, 4 * M * NQ), *gact = down(dact, 4 * M * I), *gx = down(dx, 4 * M * D);
+        float *gq2 = down(dq2, 4 * M * NQ);
+        char what[80];
+        snprintf(what, sizeof(what), "fused chain M%lld round %d", (long long)M, r);
+        bad += cmp(what, gq, q, (size_t)(M * NQ), 1e-4) != 0;
+        bad += cmp(what, gact, act, (size_t)(M * I), 1e-4) != 0;
+        bad += cmp(what, gx, x, (size_t)(M * D), 1e-4) != 0;
+        bad += cmp(what, gq2, q2, (size_t)(M * NQ), 2e-4) != 0;
+        free(gq), free(gact), free(gx), free(gq2), free(x), free(a);
+    }
+    PD_CHECK_EQ_INT(bad, 0);
+    ops->buf_free(be, dwq), ops->buf_free(be, dwo), ops->buf_free(be, dwgu), ops->buf_free(be, dwd);
+    ops->buf_free(be, dnw1), ops->buf_free(be, dnw2), ops->buf_free(be, dx), ops->buf_free(be, da);
+    ops->buf_free(be, dq), ops->buf_free(be, dq2), ops->buf_free(be, dact);
+    free(wqf), free(wof), free(wguf), free(wdf), free(nw1), free(nw2), free(wq), free(wo), free(wgu), free(wd);
+    free(h), free(t), free(q), free(q2), free(act);
+}
+
+PD_TEST(test_fused_chain)
+{
+    if (ops->norm_matmul == NULL || ops->matmul_add == NULL)
+        return;
+    PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16), PD_OK);
+    for (int pdl = 1; pdl >= 0; pdl--) {
+        kcuda_gemv_set_pdl(pdl);
+        if (pdl) /* the 8B layer (350 MB of weights: once) */
+            fused_chain_case(1, 4096, 6144, 14336, 4096, 3);
+        fused_chain_case(3, 1024, 1536, 1536, 1024, 3);
+        fused_chain_case(2, 576, 960, 1536, 576, 3);     /* SmolLM2's layer */
+    }
+    kcuda_gemv_set_pdl(-1);
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
@@ -1466,6 +1787,17 @@ int main(void)
         ops->shutdown(be);
         return PD_TEST_REPORT();
     }
+    if (getenv("PD_TEST_FUSE_ONLY") != NULL && strcmp(getenv("PD_TEST_FUSE_ONLY"), "1") == 0) {
+        /* the decode-fusion cases alone (scripts/gpu_fuse.sh) */
+        PD_RUN(test_gemv_pdl);
+        PD_RUN(test_fused_norm_matmul);
+        PD_RUN(test_fused_matmul_add);
+        PD_RUN(test_rope_kv_write);
+        PD_RUN(test_fused_chain);
+        printf("  worst relative error over all ops: %.2e\n", worst_g);
+        ops->shutdown(be);
+        return PD_TEST_REPORT();
+    }
     PD_RUN(test_matmul);
     PD_RUN(test_norms);
     PD_RUN(test_rope);
@@ -1474,6 +1806,10 @@ int main(void)
     PD_RUN(test_softmax_argmax);
     PD_RUN(test_argmax_decode_rows);
     PD_RUN(test_gemv_pdl);
+    PD_RUN(test_fused_norm_matmul);
+    PD_RUN(test_fused_matmul_add);
+    PD_RUN(test_rope_kv_write);
+    PD_RUN(test_fused_chain);
     PD_RUN(test_sample_rows);
     PD_RUN(test_paged_attention);
     PD_RUN(test_kv_fp8);
