@@ -506,7 +506,7 @@ PD_TEST(test_graphs_vs_eager_default_model)
 }
 
 /* The fused decode layer (norm in the q|k|v and gate|up GEMVs, GLU epilogue, residual
- * adds in the o / down GEMVs, RoPE + KV write in one kernel: on by default) against the
+ * adds in the o / down GEMVs, RoPE + KV write in one kernel: opt-in) against the
  * same forward with PD_FORWARD_NO_DECODE_FUSE=1, both through batch-1 graphs (every
  * decode step and the short prefills take the fused path), the fused run fed the
  * unfused run's tokens.  f32 GEMMs: the GEMV ops decline (f32 weights) and the forward
@@ -548,7 +548,9 @@ static void check_decode_fusion(const char *path, const char *label)
         setenv("PD_FORWARD_NO_DECODE_FUSE", "1", 1);
         run(&s, 8, true, NULL, &off);
         unsetenv("PD_FORWARD_NO_DECODE_FUSE");
+        setenv("PD_FORWARD_DECODE_FUSE", "1", 1); /* opt-in (off by default) */
         run(&s, 8, true, &off, &on);
+        unsetenv("PD_FORWARD_DECODE_FUSE");
         for (int i = 0; i < NSEQ; i++) {
             total++;
             agree += on.pred[i][0] == off.pred[i][0];

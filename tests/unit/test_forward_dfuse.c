@@ -9,8 +9,9 @@
  * 3..19 tokens (short ones take the fused path) and decode steps of 5 rows, for
  * eng_forward_logits after a step that asked for no logits (x must already be final),
  * and with the fused ops declining every third call (PD_ERR_UNSUPPORTED: the forward
- * falls back to the separate ops for that call only).  PD_FORWARD_NO_DECODE_FUSE=1
- * must keep the fused ops unused.  Models: tests/data/models tiny-llama, tiny-qwen2
+ * falls back to the separate ops for that call only), all with the opt-in
+ * PD_FORWARD_DECODE_FUSE=1.  PD_FORWARD_NO_DECODE_FUSE=1 and the default (off) must keep
+ * the fused ops unused.  Models: tests/data/models tiny-llama, tiny-qwen2
  * (q|k|v bias), tiny-qwen3 (q/k norms: q|k|v not fused) when present.
  */
 #include <stdio.h>
@@ -206,16 +207,21 @@ static void check_model(const char *path, const char *label)
     if (scr_a && scr_b && ref.logits && ref.late && got.logits && got.late) {
         /* the unfused layer (the CPU backend has no fused ops) */
         run(model, cpu, &ref);
-        for (int pass = 0; pass < 3; pass++) {
-            /* 0: every fused call taken, 1: every third declined, 2: PD_FORWARD_NO_DECODE_FUSE=1 */
+        for (int pass = 0; pass < 4; pass++) {
+            /* the layer is opt-in (PD_FORWARD_DECODE_FUSE=1) in passes 0-2: 0 every fused
+             * call taken, 1 every third declined, 2 PD_FORWARD_NO_DECODE_FUSE=1 wins; 3 the
+             * default (off) */
             decline_every = pass == 1 ? 3 : 0;
             n_calls = n_declined = n_nm = n_ma = n_rk = 0;
             memset(got.logits, 0, n_log * sizeof(float));
             memset(got.late, 0, (size_t)NS * V * sizeof(float));
             if (pass == 2)
                 setenv("PD_FORWARD_NO_DECODE_FUSE", "1", 1);
+            if (pass < 3)
+                setenv("PD_FORWARD_DECODE_FUSE", "1", 1);
             run(model, &fused, &got);
             unsetenv("PD_FORWARD_NO_DECODE_FUSE");
+            unsetenv("PD_FORWARD_DECODE_FUSE");
             size_t diff = 0;
             for (size_t i = 0; i < n_log; i++)
                 diff += memcmp(&got.logits[i], &ref.logits[i], sizeof(float)) != 0;
@@ -225,7 +231,7 @@ static void check_model(const char *path, const char *label)
                    label, pass, n_nm, n_ma, n_rk, n_declined, diff, n_log, late_same ? "equal" : "DIFFER");
             PD_CHECK(diff == 0);
             PD_CHECK(late_same);
-            if (pass == 2) {
+            if (pass >= 2) {
                 PD_CHECK_EQ_INT(n_calls, 0);
             } else {
                 PD_CHECK(n_ma > 0 && n_nm > 0 && n_rk > 0);
