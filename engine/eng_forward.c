@@ -75,6 +75,7 @@ struct eng_forward {
     bool any_qkv, any_gu;     /* some layer has fused qkv / gate_up (workspace sizes) */
     bool any_unfused_qkv, any_unfused_gu; /* some layer still uses separate k, v / up */
     bool decode_fuse;         /* decode rows (T <= DFUSE_MAX_T) run the fused layer (body()) */
+    bool rope_kv;             /* RoPE + KV write as one op (ops->rope_kv_write), every T */
     bool last_x_acc;          /* the last body() added every projection into x (the fused decode
                                  layer, the 16-bit prefill path): x is final whatever n_logits was */
     eng_forward_opts_t opts;
@@ -646,6 +647,11 @@ pd_status_t eng_forward_create(const eng_model_t *model, const eng_backend_ops_t
         fw->decode_fuse = false;
     if (c->norm == ENG_NORM_LAYER)
         fw->decode_fuse = false; /* the fused ops are RMSNorm's */
+    /* RoPE + KV write in one op where the backend has it (element-wise: every T) unless
+     * PD_FORWARD_ROPE_KV=0; the CPU tests reach it through the opt-in fused layer */
+    fw->rope_kv = ops->rope_kv_write != NULL || fw->decode_fuse;
+    if (getenv("PD_FORWARD_ROPE_KV") != NULL)
+        fw->rope_kv = atoi(getenv("PD_FORWARD_ROPE_KV")) != 0;
 
 #define TRY(expr)            \
     do {                     \
@@ -911,7 +917,7 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         }
         const kcpu_rope_style_t rs = c->rope_style == ENG_ROPE_GPTJ ? KCPU_ROPE_GPTJ : KCPU_ROPE_NEOX;
         pd_status_t rst = PD_ERR_UNSUPPORTED;
-        if (fw->decode_fuse && c->rope_style != ENG_ROPE_NONE && ops->rope_kv_write != NULL)
+        if (fw->rope_kv && c->rope_style != ENG_ROPE_NONE && ops->rope_kv_write != NULL)
             rst = ops->rope_kv_write(be, q, qs, k, ks, v, vs, fw->d_pos, T, c->n_heads, c->rotary_dim, fw->inv_freq,
                                      fw->attn_factor, rs, &fw->kv, fw->kv_base, l, fw->d_slots);
         if (rst != PD_ERR_UNSUPPORTED) {

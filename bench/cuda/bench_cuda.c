@@ -685,6 +685,19 @@ out:
     free(seq), free(pos), free(bt), free(perm), free(ref), free(got);
 }
 
+/* FLOPs of a T-token prefill of one sequence, as the forward computes it: the layers'
+ * GEMMs for every token, the lm_head for the last one only (the logits asked for), and
+ * causal attention (QK^T and PV over T (T + 1) / 2 key positions a head).  The compute
+ * floor is this over the cuBLAS bf16 rate at the prefill shape. */
+static double prefill_flops(const eng_model_config_t *c, int T)
+{
+    const double D = (double)c->hidden, I = (double)c->intermediate, QW = (double)c->n_heads * c->head_dim,
+                 KW = (double)c->n_kv_heads * c->head_dim;
+    const double layer_params = D * QW + 2 * D * KW + QW * D + 3 * D * I;
+    return 2.0 * c->n_layers * layer_params * T + 2.0 * (double)c->vocab_size * D +
+           (double)c->n_layers * 4.0 * c->n_heads * c->head_dim * ((double)T * (T + 1) / 2);
+}
+
 /* The whole 2048-token prefill (eng_forward, dummy bf16 weights of model_dir) with the
  * old and the fa2 prefill attention, f32 and f16 KV caches (the server's "auto" on CUDA is
  * f16): ms[cache][variant] (0: failed or not run), and the compute floor (GEMM + causal
@@ -716,13 +729,8 @@ static void pfa_engine(const char *model_dir, double ms[2][PFA_NV], double *floo
     }
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
     const int prefill = 2048, mbps = prefill / BS + 2;
-    if (kcuda_bench_gemm_tflops(prefill, c->intermediate, c->hidden, 20, &gemm_pf) == PD_OK && gemm_pf > 0) {
-        const int64_t D = c->hidden, I = c->intermediate, QW = (int64_t)c->n_heads * c->head_dim,
-                      KW = (int64_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
-        const double gemm_params = (double)L * (D * QW + 2 * D * KW + QW * D + 3 * D * I) + (double)V * D;
-        const double attn_flops = (double)L * 4.0 * c->n_heads * c->head_dim * ((double)prefill * (prefill + 1) / 2);
-        *floor_ms = (2.0 * gemm_params * prefill + attn_flops) / (gemm_pf * 1e12) * 1e3;
-    }
+    if (kcuda_bench_gemm_tflops(prefill, c->intermediate, c->hidden, 20, &gemm_pf) == PD_OK && gemm_pf > 0)
+        *floor_ms = prefill_flops(c, prefill) / (gemm_pf * 1e12) * 1e3;
     float *logits = malloc(sizeof(float) * 2 * (size_t)c->vocab_size);
     for (int ct = 0; ct < 2 && logits != NULL; ct++) {
         eng_forward_opts_t fo = {.block_size = BS, .n_blocks = prefill / BS + 1, .max_tokens = prefill, .max_seqs = 1,
@@ -1148,9 +1156,7 @@ int main(int argc, char **argv)
     make_batch(&b, 1, 0, prefill, mbps, (int)V);
     double pf = time_forward(fw, &b, logits, 1, quick ? 2 : 5);
     free_batch(&b);
-    const double attn_flops = (double)L * 4.0 * c->n_heads * c->head_dim * ((double)prefill * (prefill + 1) / 2);
-    const double pf_flops = 2.0 * gemm_params * prefill + attn_flops;
-    const double floor_pf = pf_flops / (gemm_pf * 1e12);
+    const double floor_pf = prefill_flops(c, prefill) / (gemm_pf * 1e12);
     eng_forward_destroy(fw);
 
     /* ---- the same decode steps replayed from CUDA graphs ---- */
