@@ -352,7 +352,7 @@ bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, in
  * head dims 64 and 128, GQA groups up to 16; other shapes keep the old kernels, and fp8
  * caches the f32 SIMT kernel, when fa2 is off).  Chosen here, process-wide, for A/B runs, tests and benchmarks (not
  * thread-safe: call it while no attention is being launched):
- *   KCUDA_ATTN_PREFILL_AUTO  env PD_CUDA_ATTN_PREFILL=fa2 or =old (read once; default old);
+ *   KCUDA_ATTN_PREFILL_AUTO  env PD_CUDA_ATTN_PREFILL=fa2 or =old (read once; default fa2);
  *   KCUDA_ATTN_PREFILL_FA2   the FlashAttention-2 kernel;
  *   KCUDA_ATTN_PREFILL_OLD   the WMMA kernel.
  * warps: warps per CTA of the fa2 kernel, 4 (64 query rows) or 8 (128 rows); 0 = env
