@@ -770,6 +770,7 @@ eng_batch_t *eng_sched_step(eng_sched_t *s)
     int max_seqs = s->running.count + s->waiting.count;
     int copy_cap = s->cap_copies;
     if (!vec_reserve((void **)&s->batch.seqs, &s->cap_seqs, max_seqs, sizeof(eng_batch_seq_t)) ||
+        !vec_reserve((void **)&s->part, &s->cap_part, max_seqs, sizeof(eng_batch_seq_t)) ||
         !vec_reserve((void **)&s->batch.copies, &s->cap_copies, s->running.count, sizeof(eng_block_copy_t)) ||
         !vec_reserve((void **)&s->copy_owner, &copy_cap, s->cap_copies, sizeof(eng_request_t *))) {
         PD_LOG_ERR("scheduler: out of memory for the batch; skipping this step");

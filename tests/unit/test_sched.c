@@ -86,10 +86,17 @@ static eng_batch_t *one_step(eng_sched_t *s, run_stats_t *rs, int budget)
     copy_pairs(kv_dev, kv_host, b->swap_in, b->n_swap_in);
     copy_pairs(kv_dev, kv_dev, b->copies, b->n_copies);
     int sum = 0;
+    bool multi_seen = false;
     for (int i = 0; i < b->n_seqs; i++) {
         eng_batch_seq_t *q = &b->seqs[i];
         eng_request_t *r = q->req;
         sum += q->n_tokens;
+        /* one-token seqs first (eng_batch_t: attention runs them on its decode kernel),
+         * and each request knows its slot */
+        if (q->n_tokens == 1)
+            PD_CHECK(!multi_seen);
+        multi_seen |= q->n_tokens > 1;
+        PD_CHECK_EQ_INT(r->batch_slot, i);
         PD_CHECK(q->tokens == r->tokens + q->start_pos);
         PD_CHECK(q->start_pos + q->n_tokens <= r->n_tokens);
         PD_CHECK(q->n_blocks * g_bs >= q->start_pos + q->n_tokens);
@@ -120,6 +127,8 @@ static void run_to_idle(eng_sched_t *s, run_stats_t *rs, int budget, int max_ste
     PD_CHECK(eng_sched_idle(s));
 }
 
+static int g_long_prefill; /* cfg.long_prefill_token_threshold of the next mk_sched */
+
 static eng_sched_t *mk_sched(int n_blocks, int bs, int budget, int max_seqs, int max_len, bool cache, int host)
 {
     eng_sched_cfg_t cfg;
@@ -137,6 +146,7 @@ static eng_sched_t *mk_sched(int n_blocks, int bs, int budget, int max_seqs, int
     cfg.eos_ids = eos;
     cfg.n_eos = 1;
     cfg.preemption_mode = g_mode;
+    cfg.long_prefill_token_threshold = g_long_prefill;
     g_bs = bs;
     PD_CHECK_STATUS(eng_sched_create(&cfg, &s), PD_OK);
     return s;
@@ -214,6 +224,40 @@ PD_TEST(test_chunked_prefill)
     PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 64);
     eng_request_destroy(a);
     eng_request_destroy(b2);
+    eng_sched_destroy(s);
+}
+
+/* A request admitted first still prefilling (chunks capped by the long-prefill threshold)
+ * while one admitted after it already decodes: the batch lists the decoding one first
+ * (one-token seqs lead, eng_batch_t), and both streams and the KV stay right. */
+PD_TEST(test_decode_seqs_lead)
+{
+    g_long_prefill = 32;
+    eng_sched_t *s = mk_sched(64, 16, 64, 8, 512, false, 0);
+    g_long_prefill = 0;
+    eng_request_t *c = mk_req("c", 200, 3, 3, 1, 0), *d = mk_req("d", 20, 4, 6, 1, 0);
+    run_stats_t rs = {0};
+
+    PD_CHECK_STATUS(eng_sched_add(s, c), PD_OK);
+    PD_CHECK_STATUS(eng_sched_add(s, d), PD_OK);
+    eng_batch_t *b = one_step(s, &rs, 64);
+    PD_CHECK_EQ_INT(b->n_seqs, 2);
+    PD_CHECK(b->seqs[0].req == c && b->seqs[0].n_tokens == 32);
+    PD_CHECK(b->seqs[1].req == d && b->seqs[1].n_tokens == 20);
+    b = one_step(s, &rs, 64);
+    PD_CHECK_EQ_INT(b->n_seqs, 2);
+    PD_CHECK(b->seqs[0].req == d && b->seqs[0].n_tokens == 1); /* admitted second, listed first */
+    PD_CHECK(b->seqs[1].req == c && b->seqs[1].n_tokens == 32);
+    PD_CHECK_EQ_INT(b->n_decode_seqs, 1);
+    run_to_idle(s, &rs, 64, 100);
+    PD_CHECK_EQ_INT(eng_request_n_output(c), 3);
+    PD_CHECK_EQ_INT(eng_request_n_output(d), 6);
+    check_stream(c);
+    check_stream(d);
+    PD_CHECK_EQ_INT(g_kv_errors, 0);
+    PD_CHECK_EQ_INT(eng_block_num_free(eng_sched_blocks(s)), 64);
+    eng_request_destroy(c);
+    eng_request_destroy(d);
     eng_sched_destroy(s);
 }
 
@@ -984,6 +1028,7 @@ int main(void)
     PD_RUN(test_keep_blocks);
     PD_RUN(test_priority_preemption);
     PD_RUN(test_chunked_prefill);
+    PD_RUN(test_decode_seqs_lead);
     PD_RUN(test_no_chunking_and_limits);
     PD_RUN(test_priority);
     PD_RUN(test_preemption_same_stream);
