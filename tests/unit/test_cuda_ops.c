@@ -1551,16 +1551,22 @@ static void matmul_add_case(kcpu_dtype_t wt, int64_t M, int64_t K, int64_t N, bo
         for (int64_t n = 0; n < N; n++)
             ref[m * ldy + n] = y0[m * ldy + n] + mm[m * N + n];
     void *dx = up(x, sizeof(float) * M * ldx), *dw = up(w, rb * N), *db = b ? up(b, sizeof(float) * N) : NULL;
-    float *dy = up(y0, sizeof(float) * M * ldy);
+    float *dy = poisoned(sizeof(float) * M * ldy);
     PD_CHECK_STATUS(eng_backend_cuda_set_weight_dtype(be, wt), PD_OK);
-    PD_CHECK_STATUS(ops->matmul_add(be, dx, M, K, ldx, dw, wt, N, db, dy, ldy), PD_OK);
-    float *got = down(dy, sizeof(float) * M * ldy);
-    char what[96];
-    snprintf(what, sizeof(what), "matmul_add %s M%lld K%lld N%lld%s", kcpu_dtype_name(wt), (long long)M,
-             (long long)K, (long long)N, bias ? " bias" : "");
-    PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(M * ldy), 1e-4), 0); /* the gaps between rows untouched too */
+    for (int pdl = 0; pdl < 2; pdl++) {
+        kcuda_gemv_set_pdl(pdl);
+        PD_CHECK_STATUS(ops->memcpy_h2d(be, dy, y0, sizeof(float) * M * ldy), PD_OK);
+        PD_CHECK_STATUS(ops->matmul_add(be, dx, M, K, ldx, dw, wt, N, db, dy, ldy), PD_OK);
+        float *got = down(dy, sizeof(float) * M * ldy);
+        char what[96];
+        snprintf(what, sizeof(what), "matmul_add %s M%lld K%lld N%lld%s pdl %d", kcpu_dtype_name(wt), (long long)M,
+                 (long long)K, (long long)N, bias ? " bias" : "", pdl);
+        PD_CHECK_EQ_INT(cmp(what, got, ref, (size_t)(M * ldy), 1e-4), 0); /* the gaps between rows untouched too */
+        free(got);
+    }
+    kcuda_gemv_set_pdl(-1);
     ops->buf_free(be, dx), ops->buf_free(be, dw), ops->buf_free(be, db), ops->buf_free(be, dy);
-    free(x), free(wf), free(y0), free(b), free(mm), free(ref), free(w), free(got);
+    free(x), free(wf), free(y0), free(b), free(mm), free(ref), free(w);
 }
 
 PD_TEST(test_fused_matmul_add)
@@ -1568,15 +1574,11 @@ PD_TEST(test_fused_matmul_add)
     if (ops->matmul_add == NULL)
         return;
     static const int64_t shapes[][2] = {{4096, 4096}, {14336, 4096}, {4096, 1024}, {72, 258}, {576, 577}};
-    for (int pdl = 0; pdl < 2; pdl++) {
-        kcuda_gemv_set_pdl(pdl);
-        for (int64_t M = 1; M <= 8; M++)
-            for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
-                if (M <= 2 || M == 5 || M == 8 || i == 0)
-                    matmul_add_case((M + i) % 3 == 0 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16, M, shapes[i][0],
-                                    shapes[i][1], (M + i) % 2 == 1);
-    }
-    kcuda_gemv_set_pdl(-1);
+    for (int64_t M = 1; M <= 8; M++)
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+            if (M <= 2 || M == 5 || M == 8 || i == 0)
+                matmul_add_case((M + i) % 3 == 0 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16, M, shapes[i][0], shapes[i][1],
+                                (M + i) % 2 == 1);
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_F32);
 }
 
