@@ -10,20 +10,17 @@
 #        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
 #        bench_cuda (--quick: batch 64 at most), prefill attention alone (bench_cuda
 #        --prefill-attn: the WMMA kernel vs the FlashAttention-2 one), the decode
-#        attention sweep (bench_cuda --attn-only) and two experimental variants in their own processes
-#        (GEMV PDL in test_cuda_engine, tensor-core decode attention in test_cuda_ops);
-#        every step under a timeout (< 600 s in all), a failing step does not stop the
-#        next; full
-#        logs to $OUT (or /tmp/gpu_suite), a short table last.
+#        attention sweep (bench_cuda --attn-only) and the non-default variants in
+#        processes of their own (test_cuda_engine with the GEMVs without PDL and with
+#        8-warp fa2 prefill CTAs, the tensor-core decode attention cases of
+#        test_cuda_ops); every step under a timeout (< 600 s in all), a failing step
+#        does not stop the next; full logs to $OUT (or /tmp/gpu_suite), a short table last.
 #   bash DEST/gpu_suite.sh sanitize DEST   (on the GPU machine) the cuda tests under
 #        compute-sanitizer memcheck.
 #   bash DEST/gpu_suite.sh profile DEST   (on the GPU machine) Nsight Compute over
 #        `bench_cuda --profile` (prefill 2048, eager decode b1 and b64): every kernel's
 #        time, summed per phase and kernel by scripts/ncu_split.py (ncu.csv and the
 #        table in $OUT).
-#   bash DEST/gpu_suite.sh fa2 DEST   (on the GPU machine, ~5 min) the FlashAttention-2
-#        prefill kernel alone: its test cases, bench_cuda --prefill-attn, and
-#        test_cuda_engine / test_cuda_golden with PD_CUDA_ATTN_PREFILL=fa2.
 set -u
 
 stage() {
@@ -80,31 +77,32 @@ run() {
             --gguf /nonexistent --models-dir "$dir/src/tests/data/models"
         (cd "$dir/src/tests/data" && tar czf "$out/goldens_tiny.tar.gz" goldens/tiny-*.json) 2>/dev/null
     fi
-    # limits add up to 570 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
+    # limits add up to 590 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
     # in all, test_cuda_ops 48 and bench_cuda 35 the longest); the benchmarks before the optional steps
-    suite_step "$dir" "$out" test_cuda_ops 90 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" test_cuda_ops 80 "$dir/bin/test_cuda_ops"
     suite_step "$dir" "$out" test_cuda_golden 30 "$dir/bin/test_cuda_golden"
     suite_step "$dir" "$out" test_cuda_engine 60 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 30 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" test_cuda_mmin 30 "$dir/bin/test_cuda_mmin"
     suite_step "$dir" "$out" test_forward_mixed 30 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
-    suite_step "$dir" "$out" bench_cuda 110 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
+    suite_step "$dir" "$out" bench_cuda 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
     # the engine's 2048-token prefill with each
     suite_step "$dir" "$out" bench_prefill_attn 60 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
         --prefill-attn
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 30 "$dir/bin/bench_cuda" --attn-only
-    # experimental switches in processes of their own (a fault there spoils nothing
-    # above): graphs vs eager with the decode GEMVs under PDL and weights not in L1, and
-    # the tensor-core decode attention kernel's test cases
-    suite_step "$dir" "$out" test_cuda_engine_pdl 50 env PD_CUDA_GEMV_PDL=1 PD_CUDA_GEMV_NOALLOC=1 "$dir/bin/test_cuda_engine"
+    # the non-default switches in processes of their own (a fault there spoils nothing
+    # above): graphs vs eager with the decode GEMVs without PDL and with weights in L1,
+    # the fa2 prefill kernel with 8-warp CTAs, the tensor-core decode attention cases
+    suite_step "$dir" "$out" test_cuda_engine_nopdl 50 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_engine_fa2w8 50 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_attn_tc 50 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
-    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_mmin test_forward_mixed test_cuda_engine_pdl \
-        test_attn_tc; do
+    for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_mmin test_forward_mixed \
+        test_cuda_engine_nopdl test_cuda_engine_fa2w8 test_attn_tc; do
         echo "-- $f"
         grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|prefill attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
@@ -177,49 +175,10 @@ sanitize() {
     done
 }
 
-# The FlashAttention-2 prefill attention kernel alone (a short device call): its test
-# cases, the prefill attention benchmark, and the engine and golden tests with prefill
-# attention on fa2 (PD_CUDA_ATTN_PREFILL=fa2) and then with 8-warp CTAs.
-fa2() {
-    local dir out cub i r st
-    dir=$(cd "$1" && pwd)
-    out=${OUT:-/tmp/gpu_suite}
-    mkdir -p "$out"
-    device_env "$dir" || return 1
-    { date -u; echo "commit $(cat "$dir/COMMIT" 2>/dev/null)";
-      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader; } > "$out/env.txt" 2>&1
-    cat "$out/env.txt"
-    NAMES=() RCS=() SECS=()
-    suite_step "$dir" "$out" test_prefill_attn 150 env PD_TEST_PREFILL_ONLY=1 "$dir/bin/test_cuda_ops"
-    suite_step "$dir" "$out" bench_prefill_attn 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
-        --prefill-attn
-    suite_step "$dir" "$out" test_cuda_engine_fa2 120 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_engine"
-    suite_step "$dir" "$out" test_cuda_golden_fa2 60 env PD_CUDA_ATTN_PREFILL=fa2 "$dir/bin/test_cuda_golden"
-    suite_step "$dir" "$out" test_cuda_engine_fa2w8 120 env PD_CUDA_ATTN_PREFILL=fa2 PD_CUDA_ATTN_PREFILL_WARPS=8 \
-        "$dir/bin/test_cuda_engine"
-    echo
-    echo "== gpu_suite fa2: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
-    grep -h -E 'BAD|outside tolerance|check failed|^FAIL|^not ok' "$out/test_prefill_attn.log" 2>/dev/null | head -20
-    grep -h -E 'prefill attention cases|passed, ' "$out/test_prefill_attn.log" 2>/dev/null | tail -3
-    for i in test_cuda_engine_fa2 test_cuda_golden_fa2 test_cuda_engine_fa2w8; do
-        echo "-- $i"
-        grep -h -E 'passed, |outside tolerance|check failed|tokens: graphs|argmax|^FAIL|^not ok' "$out/$i.log" 2>/dev/null | head -8
-    done
-    sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log"
-    printf '%-22s %-8s %6s\n' step result seconds
-    for i in "${!NAMES[@]}"; do
-        r=${RCS[$i]} st=PASS
-        [ "$r" = 77 ] && st=SKIP
-        [ "$r" != 0 ] && [ "$r" != 77 ] && st="FAIL($r)"
-        printf '%-22s %-8s %6s\n' "${NAMES[$i]}" "$st" "${SECS[$i]}"
-    done
-}
-
 case "${1:-}" in
 stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
 profile) shift; profile "$@" ;;
-fa2) shift; fa2 "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR | fa2 DIR" >&2; exit 2 ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR" >&2; exit 2 ;;
 esac

@@ -1790,7 +1790,7 @@ int main(void)
         return PD_TEST_REPORT();
     }
     if (getenv("PD_TEST_FUSE_ONLY") != NULL && strcmp(getenv("PD_TEST_FUSE_ONLY"), "1") == 0) {
-        /* the decode-fusion cases alone (scripts/gpu_fuse.sh) */
+        /* the decode-fusion cases alone (A/B runs of the opt-in fused layer) */
         PD_RUN(test_gemv_pdl);
         PD_RUN(test_fused_norm_matmul);
         PD_RUN(test_fused_matmul_add);
