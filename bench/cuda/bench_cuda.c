@@ -1008,6 +1008,41 @@ static void print_decode_fuse(const double on[2], const double off[2], double fl
            floor_dec * 1e3, off[1] > 0 ? 100 * floor_dec / off[1] : 0.0);
 }
 
+/* Random K/V in the whole f32 cache of fw (never time on zeros); the fill runs on the
+ * default stream. */
+static void fill_kv_f32(eng_forward_t *fw)
+{
+    size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
+    DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK ||
+               kcuda_stream_sync(NULL) != PD_OK,
+           "fill failed");
+}
+
+/* A forward of its own for one A/B block of rows, its f32 cache filled; NULL (said on
+ * stderr: those rows stay 0) when it cannot be created. */
+static eng_forward_t *ab_forward(eng_model_t *model, const eng_backend_ops_t *ops, eng_backend_t *be,
+                                 const eng_forward_opts_t *fo, const char *what)
+{
+    eng_forward_t *fw = NULL;
+    if (eng_forward_create(model, ops, be, fo, &fw) != PD_OK) {
+        fprintf(stderr, "bench_cuda: forward create (%s) failed; no %s rows\n", what, what);
+        return NULL;
+    }
+    fill_kv_f32(fw);
+    return fw;
+}
+
+/* The batch-1 decode step (ctx cached, one new token) through fw's graphs: t[0] with full
+ * logits, t[1] with device argmax. */
+static void time_b1(eng_forward_t *fw, int ctx, int mbps, int vocab, float *logits, bool quick, double t[2])
+{
+    batch_t b;
+    make_batch(&b, 1, ctx, 1, mbps, vocab);
+    t[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
+    t[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
+    free_batch(&b);
+}
+
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
@@ -1127,12 +1162,7 @@ int main(int argc, char **argv)
     t0 = now_s();
     DIE_IF(eng_forward_create(model, ops, be, &fo, &fw) != PD_OK, "forward create failed");
     double upload_s = now_s() - t0;
-    /* random K/V everywhere (never time on zeros) */
-    {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed"); /* the fill ran on the default stream */
-    }
+    fill_kv_f32(fw);
     const int64_t D = c->hidden, I = c->intermediate, QW = (int64_t)c->n_heads * c->head_dim,
                   KW = (int64_t)c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
     const double gemm_params = (double)L * (D * QW + 2 * D * KW + QW * D + 3 * D * I) + (double)V * D;
@@ -1164,15 +1194,7 @@ int main(int argc, char **argv)
     eng_forward_graph_stats_t gst = {0};
     fo.graph_max_bs = B_max;
     fo.graph_max_ctx = 8192;
-    fw = NULL;
-    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
-        fprintf(stderr, "bench_cuda: forward create (graphs) failed; no graph rows\n");
-        fw = NULL;
-    } else {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-    }
+    fw = ab_forward(model, ops, be, &fo, "graph");
     for (int i = 0; fw && i < 3; i++) {
         if (Bs[i] > B_max)
             continue;
@@ -1193,18 +1215,9 @@ int main(int argc, char **argv)
      * forward of its own, so its graphs record the PDL launches ---- */
     double decp[2] = {0, 0}; /* graph step, graph step with device argmax */
     kcuda_gemv_set_pdl(1);
-    fw = NULL;
-    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
-        fprintf(stderr, "bench_cuda: forward create (pdl) failed; no pdl rows\n");
-        fw = NULL;
-    } else {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-        make_batch(&b, 1, ctx, 1, mbps, (int)V);
-        decp[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
-        decp[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
-        free_batch(&b);
+    fw = ab_forward(model, ops, be, &fo, "pdl");
+    if (fw != NULL) {
+        time_b1(fw, ctx, mbps, (int)V, logits, quick, decp);
         eng_forward_graph_stats_t pst;
         eng_forward_graph_stats(fw, &pst);
         if (pst.n_failed > 0)
@@ -1219,37 +1232,18 @@ int main(int argc, char **argv)
      * the forward before this one ran the default, unfused layer) ---- */
     double dfon[2] = {0, 0};
     setenv("PD_FORWARD_DECODE_FUSE", "1", 1);
-    fw = NULL;
-    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-        make_batch(&b, 1, ctx, 1, mbps, (int)V);
-        dfon[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
-        dfon[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
-        free_batch(&b);
-    } else {
-        fprintf(stderr, "bench_cuda: forward create (decode fusion) failed; no rows\n");
-        fw = NULL;
-    }
+    fw = ab_forward(model, ops, be, &fo, "decode fusion");
+    if (fw != NULL)
+        time_b1(fw, ctx, mbps, (int)V, logits, quick, dfon);
     unsetenv("PD_FORWARD_DECODE_FUSE");
     eng_forward_destroy(fw);
     /* ---- A/B: batch 1 (the default layer) with 2 warps a column on the narrow GEMVs (q|k|v,
      * o, down): kcuda_gemv_set_ksplit_narrow(2), a forward of its own (graphs record it) ---- */
     double ks2[2] = {0, 0};
     kcuda_gemv_set_ksplit_narrow(2);
-    fw = NULL;
-    if (eng_forward_create(model, ops, be, &fo, &fw) == PD_OK) {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-        make_batch(&b, 1, ctx, 1, mbps, (int)V);
-        ks2[0] = time_forward_soft(fw, &b, logits, 3, quick ? 10 : 40);
-        ks2[1] = time_forward_argmax(fw, &b, logits, 2, quick ? 10 : 40);
-        free_batch(&b);
-    } else {
-        fw = NULL;
-    }
+    fw = ab_forward(model, ops, be, &fo, "narrow 2 warps");
+    if (fw != NULL)
+        time_b1(fw, ctx, mbps, (int)V, logits, quick, ks2);
     eng_forward_destroy(fw);
     kcuda_gemv_set_ksplit_narrow(-1);
     double fgv_ex[FG_N][2] = {{0}};
@@ -1258,15 +1252,7 @@ int main(int argc, char **argv)
     /* ---- A/B: the graph decode steps with separate q/k/v and gate/up weights ---- */
     double decnf[3] = {0, 0, 0};
     setenv("PD_FORWARD_NO_FUSE", "1", 1);
-    fw = NULL;
-    if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
-        fprintf(stderr, "bench_cuda: forward create (unfused) failed; no unfused rows\n");
-        fw = NULL;
-    } else {
-        size_t n = eng_forward_kv_block_bytes(fw) / sizeof(float) * (size_t)eng_forward_kv_n_blocks(fw);
-        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F32, 7, 1.0f, NULL) != PD_OK, "fill failed");
-        DIE_IF(kcuda_stream_sync(NULL) != PD_OK, "fill failed");
-    }
+    fw = ab_forward(model, ops, be, &fo, "unfused");
     unsetenv("PD_FORWARD_NO_FUSE");
     for (int i = 0; fw && i < 2; i++) {
         make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
