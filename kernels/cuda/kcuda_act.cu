@@ -6,20 +6,10 @@
 #include "kcuda_internal.cuh"
 #include "kcuda_act.cuh"
 
-/* Let a kernel launched after this one with programmatic dependent launch (the decode
- * GEMV, kcuda_gemv.cu) start now: it only prefetches its weights before waiting for this
- * kernel to complete (griddepcontrol.wait), so triggering early is always safe. */
-static __device__ __forceinline__ void launch_dependents()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-
 __global__ void glu_kernel(const float *gate, int64_t gs, const float *up, int64_t us, float *out, int64_t T,
                            int64_t I, int act)
 {
-    launch_dependents();
+    kc_launch_dependents(); /* the decode GEMV after this waits before it reads */
     int64_t n = T * I;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = e / I, i = e % I;

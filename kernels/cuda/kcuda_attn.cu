@@ -345,27 +345,8 @@ __global__ void __launch_bounds__(256) attn_tc_kernel(attn_args_t a)
         l_s[r] = 0.0f;
         lo_s[r] = -2;
         hi_s[r] = -3;
-        if (r < nrow) {
-            const int tt = t0 + r / G, seq = a.tok_seq[tt], pos = a.tok_pos[tt];
-            const bool seq_ok = seq >= 0 && seq < a.n_seqs;
-            int ctx = seq_ok ? a.ctx[seq] : 0;
-            if (ctx > a.mbps * a.bs || ctx < 0) {
-                if (a.err)
-                    atomicOr(a.err, KCUDA_ERR_SEQ);
-                ctx = ctx < 0 ? 0 : (int)(a.mbps * a.bs);
-            }
-            int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
-            if (lo < 0)
-                lo = 0;
-            if (!seq_ok || pos < 0 || hi >= ctx) {
-                if (a.err)
-                    atomicOr(a.err, KCUDA_ERR_SEQ);
-                lo = -2;
-                hi = -3;
-            }
-            lo_s[r] = lo;
-            hi_s[r] = hi;
-        }
+        if (r < nrow)
+            kc_attn_row_keys(a, t0 + r / G, &lo_s[r], &hi_s[r]);
     }
     __syncthreads();
 

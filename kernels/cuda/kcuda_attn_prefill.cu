@@ -227,27 +227,9 @@ __global__ void __launch_bounds__(NW * 32, 1) fa_prefill_kernel(fa_args_t a)
         rlo[h2] = -2;
         rhi[h2] = -3; /* empty */
         if (r < nrow) {
-            const int tt = t0 + r / G, seq = a.tok_seq[tt], pos = a.tok_pos[tt];
-            const bool seq_ok = seq >= 0 && seq < a.n_seqs;
-            int ctx = seq_ok ? a.ctx[seq] : 0;
-            if (ctx > a.mbps * a.bs || ctx < 0) {
-                if (a.err)
-                    atomicOr(a.err, KCUDA_ERR_SEQ);
-                ctx = ctx < 0 ? 0 : (int)(a.mbps * a.bs);
-            }
-            int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
-            if (lo < 0)
-                lo = 0;
-            if (!seq_ok || pos < 0 || hi >= ctx) {
-                if (a.err)
-                    atomicOr(a.err, KCUDA_ERR_SEQ);
-                lo = -2;
-                hi = -3; /* a bad row: no keys, output left alone */
-            }
-            rtok[h2] = tt;
+            rtok[h2] = t0 + r / G;
             rhead[h2] = kvh * G + r % G;
-            rlo[h2] = lo;
-            rhi[h2] = hi;
+            kc_attn_row_keys(a, rtok[h2], &rlo[h2], &rhi[h2]); /* a bad row: [-2, -3], no keys */
         }
     }
 

@@ -45,20 +45,6 @@ template <> __device__ __forceinline__ void kc_unpack8<__half>(uint4 u, float *f
     }
 }
 
-__device__ __forceinline__ void griddep_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-static __device__ __forceinline__ void launch_dependents()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-
 #define PF 4 /* weight chunks per lane loaded before the dependency wait */
 
 /* A 16-byte weight load: through the read-only path (NA false), or without allocating in
@@ -111,7 +97,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
         const int64_t c = c0 + (int64_t)p * 32 * KS;
         pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
     }
-    griddep_wait();
+    kc_griddep_wait();
     if (n < N) {
 #pragma unroll
         for (int p = 0; p < PF; p++) {
@@ -145,7 +131,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
     }
     /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
      * completion before it reads anything; see gemv_ex_kernel) */
-    launch_dependents();
+    kc_launch_dependents();
     for (int m = 0; m < MT; m++) {
         float sum = kc_warp_sum(acc[m]);
         if (KS == 1) {
@@ -217,24 +203,10 @@ static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_
                             float *y, int64_t ldy, cudaStream_t s)
 {
     typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t);
-    const bool na = use_noalloc();
-    if (!use_pdl()) {
-        kern_t kern = na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>;
-        kern<<<g, 256, 0, s>>>(x, M, K, ldx, w, N, y, ldy);
-        return;
-    }
-    kern_t kern = na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = dim3(g);
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, kern, x, M, K, ldx, w, N, y, ldy);
+    const bool na = use_noalloc(), pdl = use_pdl();
+    kern_t kern = pdl ? (na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>)
+                      : (na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>);
+    kc_launch_pdl(pdl, kern, dim3(g), dim3(256), s, x, M, K, ldx, w, N, y, ldy);
 }
 
 template <typename WT, int KS>
@@ -408,7 +380,7 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         const int64_t c = c0 + (int64_t)p * 32 * KS;
         pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
     }
-    griddep_wait();
+    kc_griddep_wait();
     if (valid) {
 #pragma unroll
         for (int p = 0; p < PF; p++) {
@@ -424,7 +396,7 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
      * RoPE/KV write, launched with PDL) take the SMs this grid's tail leaves idle and
      * start their prefetch; they wait for this grid's completion before reading what it
      * writes (griddepcontrol.wait), so the early trigger is always safe */
-    launch_dependents();
+    kc_launch_dependents();
     for (int m = 0; m < MT; m++) {
         float s = kc_warp_sum(acc[m]);
         float q = NORM ? kc_warp_sum(ss[m]) : 0.0f;
@@ -484,21 +456,7 @@ static void gemv_ex_launch_one(unsigned g, const gemv_ex_args &a, cudaStream_t s
     typedef void (*kern_t)(const gemv_ex_args);
     kern_t kern = use_noalloc() ? gemv_ex_kernel<WT, MT, KS, true, NORM, EPI>
                                 : gemv_ex_kernel<WT, MT, KS, false, NORM, EPI>;
-    if (!use_pdl()) {
-        kern<<<g, 256, 0, s>>>(a);
-        return;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = dim3(g);
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, kern, a);
+    kc_launch_pdl(use_pdl(), kern, dim3(g), dim3(256), s, a);
 }
 
 template <typename WT, int KS, bool NORM, int EPI>

@@ -144,4 +144,76 @@ __device__ __forceinline__ float kc_block_max(float v, float *sh)
     return kc_warp_max(v);
 }
 
+/* The key positions [*lo_p, *hi_p] query token tt attends to, from an attention kernel's
+ * arguments (any struct with tok_seq, tok_pos, ctx, n_seqs, mbps, bs, causal, window,
+ * err): up to its position when causal, else the whole context, cut by a sliding window.
+ * A context beyond the block table is clamped, and a bad row (sequence, position or
+ * context) gets the empty range [-2, -3] (no keys, output left alone); both set
+ * KCUDA_ERR_SEQ in *a.err. */
+template <typename A>
+__device__ __forceinline__ void kc_attn_row_keys(const A &a, int tt, int *lo_p, int *hi_p)
+{
+    const int seq = a.tok_seq[tt], pos = a.tok_pos[tt];
+    const bool seq_ok = seq >= 0 && seq < a.n_seqs;
+    int ctx = seq_ok ? a.ctx[seq] : 0;
+    if (ctx > a.mbps * a.bs || ctx < 0) {
+        if (a.err)
+            atomicOr(a.err, KCUDA_ERR_SEQ);
+        ctx = ctx < 0 ? 0 : (int)(a.mbps * a.bs);
+    }
+    int hi = a.causal ? pos : ctx - 1, lo = a.window > 0 ? pos - a.window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    if (!seq_ok || pos < 0 || hi >= ctx) {
+        if (a.err)
+            atomicOr(a.err, KCUDA_ERR_SEQ);
+        lo = -2;
+        hi = -3;
+    }
+    *lo_p = lo;
+    *hi_p = hi;
+}
+
+/* ---- programmatic dependent launch (PDL, sm_90) ----
+ * A kernel launched with kc_launch_pdl may start while the one before it on the stream
+ * still runs: it must call kc_griddep_wait() before reading anything that one writes
+ * (every earlier kernel complete, its writes visible).  kc_launch_dependents() lets the
+ * next such kernel start now; safe anywhere, since that kernel waits before it reads. */
+__device__ __forceinline__ void kc_griddep_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void kc_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* kern<<<grid, block, 0, s>>>(args...), with programmatic stream serialization when pdl.
+ * Launch errors are left for the caller's cudaGetLastError (KCUDA_LAUNCHED). */
+template <typename... KArgs, typename... Args>
+static inline void kc_launch_pdl(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, cudaStream_t s,
+                                 Args... args)
+{
+    if (!pdl) {
+        kern<<<grid, block, 0, s>>>(args...);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
 #endif /* KCUDA_INTERNAL_CUH */

@@ -180,10 +180,8 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
                                int64_t kv_stride, int64_t token_stride, int bs, int64_t n_blocks,
                                const int64_t *slots, float kinv, float vinv, int *err)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     /* launched with PDL after the q|k|v GEMV: nothing is read before it completes */
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+    kc_griddep_wait();
     const int64_t t = blockIdx.x;
     const float p = (float)pos[t];
     const int64_t slot = slots[t];
@@ -236,25 +234,9 @@ static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t k
                            float kinv, float vinv, int *err, cudaStream_t s)
 {
     const dim3 grid(T, T <= 8 ? 8 : T <= 64 ? 2 : 1);
-    if (!kcuda_gemv_pdl_on()) {
-        rope_kv_kernel<CT><<<grid, 256, 0, s>>>(q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af, neox,
-                                             (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks,
-                                             slots, kinv, vinv, err);
-        return;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, rope_kv_kernel<CT>, q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd, half, inv_freq, af,
-                       neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks, slots, kinv,
-                       vinv, err);
+    kc_launch_pdl(kcuda_gemv_pdl_on(), rope_kv_kernel<CT>, grid, dim3(256), s, q, qs, k, kst, v, vst, pos, n_heads,
+                  n_kv, hd, half, inv_freq, af, neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs,
+                  n_blocks, slots, kinv, vinv, err);
 }
 
 #define ROPE_KV_LAUNCH(CT)                                                                                       \

@@ -5,21 +5,11 @@
  */
 #include "kcuda_internal.cuh"
 
-/* Let a kernel launched after this one with programmatic dependent launch (the decode
- * GEMV, kcuda_gemv.cu) start now: it only prefetches its weights before waiting for this
- * kernel to complete (griddepcontrol.wait), so triggering early is always safe. */
-static __device__ __forceinline__ void launch_dependents()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-
 template <bool ADD, bool LAYER>
 __global__ void norm_kernel(float *res, const float *x, const float *w, const float *b, float *out,
                             int64_t D, float eps)
 {
-    launch_dependents();
+    kc_launch_dependents(); /* the decode GEMV after this waits before it reads */
     __shared__ float sh[32];
     const int64_t t = blockIdx.x;
     float *r = res + t * D;            /* the row normalised (residual or x) */
