@@ -191,33 +191,44 @@ out:
     free(lg);
 }
 
-static void check_model(const char *path, const char *label)
+/* *s: the model at path (quantized weights kept as they are when keep_quantized, else
+ * dequantized to f32) and NSEQ random prompts of 2 + (i * step) % span tokens, drawn from
+ * the generator seeded with seed.  False (the load checked) when the model does not load. */
+static bool setup_load(setup_t *s, const char *path, bool keep_quantized, uint32_t seed, int step, int span)
 {
     eng_load_opts_t lo;
+    uint32_t rng = seed;
+    memset(s, 0, sizeof(*s));
+    eng_load_opts_init(&lo);
+    lo.model = path;
+    lo.keep_quantized = keep_quantized;
+    lo.dequant_dtype = ENG_DTYPE_F32;
+    lo.max_model_len = MB * BS;
+    PD_CHECK_STATUS(eng_model_load(&lo, &s->model), PD_OK);
+    if (s->model == NULL)
+        return false;
+    s->V = eng_model_config(s->model)->vocab_size;
+    for (int i = 0; i < NSEQ; i++) {
+        s->plen[i] = 2 + (i * step) % span;
+        for (int t = 0; t < s->plen[i]; t++) {
+            rng = rng * 1664525u + 1013904223u;
+            s->prompt[i][t] = (int32_t)((rng >> 8) % (uint32_t)s->V);
+        }
+    }
+    return true;
+}
+
+static void check_model(const char *path, const char *label)
+{
     setup_t s;
     run_out_t a = {0}, b = {0}, c = {0}, g = {0};
-    uint32_t rng = 12345;
     double worst = 0;
     int agree = 0, agree_ab = 0, total = 0;
     bool exact = wdtype_g == KCPU_DTYPE_F32;
 
-    memset(&s, 0, sizeof(s));
-    eng_load_opts_init(&lo);
-    lo.model = path;
-    lo.keep_quantized = !exact;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = MB * BS;
-    PD_CHECK_STATUS(eng_model_load(&lo, &s.model), PD_OK);
-    if (s.model == NULL)
+    /* 2 .. 31 tokens: contexts cross MAX_CTX_GRAPH while decoding */
+    if (!setup_load(&s, path, !exact, 12345, 7, 30))
         return;
-    s.V = eng_model_config(s.model)->vocab_size;
-    for (int i = 0; i < NSEQ; i++) {
-        s.plen[i] = 2 + (i * 7) % 30; /* 2 .. 31 tokens: contexts cross MAX_CTX_GRAPH while decoding */
-        for (int t = 0; t < s.plen[i]; t++) {
-            rng = rng * 1664525u + 1013904223u;
-            s.prompt[i][t] = (int32_t)((rng >> 8) % (uint32_t)s.V);
-        }
-    }
     a.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     b.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     PD_CHECK(a.logits && b.logits);
@@ -395,29 +406,13 @@ PD_TEST(test_device_sampling_graphs)
  * errors of the order of the logits themselves). */
 static void check_fp8(const char *path, const char *label, bool real_model)
 {
-    eng_load_opts_t lo;
     setup_t s;
     run_out_t *ref = calloc(1, sizeof(*ref)), *f8 = calloc(1, sizeof(*f8));
-    uint32_t rng = 777;
 
-    memset(&s, 0, sizeof(s));
-    eng_load_opts_init(&lo);
-    lo.model = path;
-    lo.keep_quantized = false;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = MB * BS;
-    PD_CHECK_STATUS(eng_model_load(&lo, &s.model), PD_OK);
+    bool loaded = setup_load(&s, path, false, 777, 7, 30);
     PD_CHECK(ref && f8);
-    if (s.model == NULL || !ref || !f8)
+    if (!loaded || !ref || !f8)
         goto out;
-    s.V = eng_model_config(s.model)->vocab_size;
-    for (int i = 0; i < NSEQ; i++) {
-        s.plen[i] = 2 + (i * 7) % 30;
-        for (int t = 0; t < s.plen[i]; t++) {
-            rng = rng * 1664525u + 1013904223u;
-            s.prompt[i][t] = (int32_t)((rng >> 8) % (uint32_t)s.V);
-        }
-    }
     ref->logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     f8->logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     PD_CHECK(ref->logits && f8->logits);
@@ -516,31 +511,14 @@ PD_TEST(test_graphs_vs_eager_default_model)
  * equal. */
 static void check_decode_fusion(const char *path, const char *label)
 {
-    eng_load_opts_t lo;
     setup_t s;
     run_out_t off = {0}, on = {0};
-    uint32_t rng = 777;
     double worst = 0;
     int agree = 0, total = 0;
     bool exact = wdtype_g == KCPU_DTYPE_F32;
 
-    memset(&s, 0, sizeof(s));
-    eng_load_opts_init(&lo);
-    lo.model = path;
-    lo.keep_quantized = !exact;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = MB * BS;
-    PD_CHECK_STATUS(eng_model_load(&lo, &s.model), PD_OK);
-    if (s.model == NULL)
+    if (!setup_load(&s, path, !exact, 777, 5, 20))
         return;
-    s.V = eng_model_config(s.model)->vocab_size;
-    for (int i = 0; i < NSEQ; i++) {
-        s.plen[i] = 2 + (i * 5) % 20;
-        for (int t = 0; t < s.plen[i]; t++) {
-            rng = rng * 1664525u + 1013904223u;
-            s.prompt[i][t] = (int32_t)((rng >> 8) % (uint32_t)s.V);
-        }
-    }
     off.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     on.logits = malloc((size_t)NDEC * NSEQ * (size_t)s.V * sizeof(float));
     PD_CHECK(off.logits && on.logits);
