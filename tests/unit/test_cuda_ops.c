@@ -53,6 +53,21 @@ static float *rand_vec(size_t n, float scale)
     return v;
 }
 
+/* The block ids 0 .. n-1 in a random order (block tables that are not the identity). */
+static int32_t *shuffled_blocks(int64_t n)
+{
+    int32_t *perm = malloc(sizeof(int32_t) * n);
+    for (int64_t i = 0; perm && i < n; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n - 1; perm && i > 0; i--) {
+        int j = irand((int)i + 1);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    return perm;
+}
+
 static void *up(const void *host, size_t bytes)
 {
     void *d = NULL;
@@ -570,15 +585,7 @@ static void attn_case(const attn_case_t *c, kcpu_dtype_t gemm_dtype, double tol)
     const int64_t W = (int64_t)c->n_kv * c->hd, QW = (int64_t)c->n_heads * c->hd;
 
     /* block tables: a random permutation of the blocks */
-    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
-    for (int64_t i = 0; i < n_blocks; i++)
-        perm[i] = (int32_t)i;
-    for (int64_t i = n_blocks - 1; i > 0; i--) {
-        int j = irand((int)i + 1);
-        int32_t tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int32_t *perm = shuffled_blocks(n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
     for (int i = 0; i < S * mbps; i++)
         bt[i] = perm[i];
     /* contexts, and this step's tokens per sequence (the rest is already cached) */
@@ -921,15 +928,7 @@ static void dec_case(const dec_case_t *c)
     kcpu_kv_layout_t lay, lay32;
     PD_CHECK_STATUS(eng_backend_cuda_kv_layout_init(&lay, kinds[c->kind], L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
     PD_CHECK_STATUS(kcpu_kv_layout_init(&lay32, KCPU_DTYPE_F32, L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
-    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * B * mbps);
-    for (int64_t i = 0; i < n_blocks; i++)
-        perm[i] = (int32_t)i;
-    for (int64_t i = n_blocks - 1; i > 0; i--) {
-        int j = irand((int)i + 1);
-        int32_t tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int32_t *perm = shuffled_blocks(n_blocks), *bt = malloc(sizeof(int32_t) * B * mbps);
     int64_t nb = 0;
     for (int s = 0; s < B; s++)
         for (int i = 0; i < mbps; i++)
@@ -1176,15 +1175,7 @@ static void pf_case(const pf_case_t *c)
     PD_CHECK_STATUS(kcpu_kv_layout_init(&lay, c->cache, L, c->bs, c->n_kv, c->hd, n_blocks), PD_OK);
     const size_t cache_bytes = lay.block_bytes * (size_t)n_blocks;
     const int64_t W = (int64_t)c->n_kv * c->hd, QW = (int64_t)c->n_heads * c->hd;
-    int32_t *perm = malloc(sizeof(int32_t) * n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
-    for (int64_t i = 0; i < n_blocks; i++)
-        perm[i] = (int32_t)i;
-    for (int64_t i = n_blocks - 1; i > 0; i--) {
-        int j = irand((int)i + 1);
-        int32_t tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int32_t *perm = shuffled_blocks(n_blocks), *bt = malloc(sizeof(int32_t) * S * mbps);
     for (int i = 0; i < S * mbps; i++)
         bt[i] = perm[i];
     /* K/V of every cached position; the unused slots keep NaN bytes (never to be read) */
