@@ -447,12 +447,23 @@ static bool gemv_fits(const eng_backend_t *be, const float *x, int64_t K, int64_
            ((uintptr_t)x & 15) == 0;
 }
 
+/* The weight in the GEMV type into a (the rest of a filled by the caller), then the fused
+ * GEMV, or PD_ERR_UNSUPPORTED when kcuda_gemv_ex declines the shape. */
+static pd_status_t gemv_ex_run(eng_backend_t *be, kcuda_gemv_ex_t *a, const void *w, kcpu_dtype_t wtype)
+{
+    pd_status_t st = gemm_weight(be, w, wtype, a->N, a->K, &a->w, &a->wtype);
+    if (st != PD_OK)
+        return st;
+    if (!kcuda_gemv_ex_ok(a))
+        return PD_ERR_UNSUPPORTED;
+    return kcuda_gemv_ex(a, be->stream);
+}
+
 static pd_status_t cuda_norm_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, const float *norm_w,
                                     float eps, const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias,
                                     int glu, float *y, int64_t ldy)
 {
     kcuda_gemv_ex_t a;
-    pd_status_t st;
 
     if (be->no_gemv || be->no_fuse || M < 1 || M > KCUDA_GEMV_NORM_MAX_M || K <= 0 || N <= 0 || x == NULL ||
         w == NULL || norm_w == NULL || y == NULL || glu < ENG_GLU_NONE || glu > ENG_GLU_GELU_TANH ||
@@ -460,9 +471,6 @@ static pd_status_t cuda_norm_matmul(eng_backend_t *be, const float *x, int64_t M
         K % kcpu_dtype_block_size(wtype) != 0 || !gemv_fits(be, x, K, K))
         return PD_ERR_UNSUPPORTED;
     memset(&a, 0, sizeof(a));
-    st = gemm_weight(be, w, wtype, N, K, &a.w, &a.wtype);
-    if (st != PD_OK)
-        return st;
     a.x = x;
     a.M = M;
     a.K = K;
@@ -475,9 +483,7 @@ static pd_status_t cuda_norm_matmul(eng_backend_t *be, const float *x, int64_t M
     a.glu_act = glu == ENG_GLU_SILU ? 0 : glu == ENG_GLU_GELU ? 1 : 2;
     a.y = y;
     a.ldy = ldy;
-    if (!kcuda_gemv_ex_ok(&a))
-        return PD_ERR_UNSUPPORTED;
-    return kcuda_gemv_ex(&a, be->stream);
+    return gemv_ex_run(be, &a, w, wtype);
 }
 
 static pd_status_t cuda_matmul_add(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
@@ -485,16 +491,12 @@ static pd_status_t cuda_matmul_add(eng_backend_t *be, const float *x, int64_t M,
                                    int64_t ldy)
 {
     kcuda_gemv_ex_t a;
-    pd_status_t st;
 
     if (be->no_gemv || be->no_fuse || M < 1 || M > 8 || K <= 0 || N <= 0 || ldx < K || ldy < N || x == NULL ||
         w == NULL || y == NULL || !kcpu_dtype_supported(wtype) || K % kcpu_dtype_block_size(wtype) != 0 ||
         !gemv_fits(be, x, K, ldx))
         return PD_ERR_UNSUPPORTED;
     memset(&a, 0, sizeof(a));
-    st = gemm_weight(be, w, wtype, N, K, &a.w, &a.wtype);
-    if (st != PD_OK)
-        return st;
     a.x = x;
     a.M = M;
     a.K = K;
@@ -504,9 +506,7 @@ static pd_status_t cuda_matmul_add(eng_backend_t *be, const float *x, int64_t M,
     a.epi = KCUDA_GEMV_ACCUMULATE;
     a.y = y;
     a.ldy = ldy;
-    if (!kcuda_gemv_ex_ok(&a))
-        return PD_ERR_UNSUPPORTED;
-    return kcuda_gemv_ex(&a, be->stream);
+    return gemv_ex_run(be, &a, w, wtype);
 }
 
 /* ---- the other ops: straight to the kernels on the instance's stream ---- */
