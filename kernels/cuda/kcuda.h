@@ -174,7 +174,7 @@ pd_status_t kcuda_convert_weight(const void *src, kcpu_dtype_t src_type, int64_t
 pd_status_t kcuda_f32_to_half(const float *src, int64_t M, int64_t K, int64_t lds, void *dst,
                               kcpu_dtype_t dst_type, kcuda_stream_t stream);
 
-/* ---- 16-bit GEMM inputs written by their producers (kcuda_mmin.cu) ----
+/* ---- 16-bit GEMM inputs written by their producers (kcuda_norm.cu, kcuda_mmin.cu) ----
  * As kcuda_add_rmsnorm (x NULL: plain kcuda_rmsnorm of residual, left as it is) and
  * kcuda_silu_and_mul, with out [T, D] / [T, I] (contiguous) of out_type BF16 or F16,
  * rounded to nearest even from the f32 result. */

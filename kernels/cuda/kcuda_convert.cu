@@ -4,11 +4,6 @@
  */
 #include "kcuda_internal.cuh"
 
-template <typename T> __device__ __forceinline__ T kc_from_f32(float v);
-template <> __device__ __forceinline__ float kc_from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half kc_from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 kc_from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
 template <typename T>
 __global__ void convert_weight_kernel(const uint8_t *src, kcpu_dtype_t st, int64_t rows, int64_t K,
                                       size_t row_bytes, T *dst)

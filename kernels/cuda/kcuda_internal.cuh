@@ -144,6 +144,13 @@ __device__ __forceinline__ float kc_block_max(float v, float *sh)
     return kc_warp_max(v);
 }
 
+/* An f32 value stored as OT: itself, or rounded to nearest even (bf16 / f16: weight
+ * conversion, GEMM inputs). */
+template <typename OT> __device__ __forceinline__ OT kc_from_f32(float v);
+template <> __device__ __forceinline__ float kc_from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 kc_from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half kc_from_f32<__half>(float v) { return __float2half_rn(v); }
+
 /* The key positions [*lo_p, *hi_p] query token tt attends to, from an attention kernel's
  * arguments (any struct with tok_seq, tok_pos, ctx, n_seqs, mbps, bs, causal, window,
  * err): up to its position when causal, else the whole context, cut by a sliding window.

@@ -8,12 +8,10 @@
 
 #include <cuda_fp8.h>
 
-template <typename CT> __device__ __forceinline__ CT kc_store(float v);
-template <> __device__ __forceinline__ float kc_store<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half kc_store<__half>(float v) { return __float2half_rn(v); }
-/* the fp8 constructors round to nearest even and saturate to the finite range */
-template <> __device__ __forceinline__ __nv_fp8_e4m3 kc_store<__nv_fp8_e4m3>(float v) { return __nv_fp8_e4m3(v); }
-template <> __device__ __forceinline__ __nv_fp8_e5m2 kc_store<__nv_fp8_e5m2>(float v) { return __nv_fp8_e5m2(v); }
+/* kc_from_f32 (kcuda_internal.cuh) for the fp8 cache types too: the fp8 constructors
+ * round to nearest even and saturate to the finite range */
+template <> __device__ __forceinline__ __nv_fp8_e4m3 kc_from_f32<__nv_fp8_e4m3>(float v) { return __nv_fp8_e4m3(v); }
+template <> __device__ __forceinline__ __nv_fp8_e5m2 kc_from_f32<__nv_fp8_e5m2>(float v) { return __nv_fp8_e5m2(v); }
 
 static bool is_fp8(kcpu_dtype_t t)
 {
@@ -56,8 +54,8 @@ __global__ void kv_write_kernel(CT *base, int64_t block_elems, int64_t layer_off
     }
     CT *dst = base + b * block_elems + layer_off + (slot % bs) * token_stride;
     for (int i = threadIdx.x; i < W; i += blockDim.x) {
-        dst[i] = kc_store<CT>(k[t * ks + i] * kinv);
-        dst[kv_stride + i] = kc_store<CT>(v[t * vs + i] * vinv);
+        dst[i] = kc_from_f32<CT>(k[t * ks + i] * kinv);
+        dst[kv_stride + i] = kc_from_f32<CT>(v[t * vs + i] * vinv);
     }
 }
 
@@ -210,8 +208,8 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
         x[ib] = r1;
         if (h >= n_heads && dst != NULL) {
             CT *d = dst + (int64_t)(h - n_heads) * hd;
-            d[ia] = kc_store<CT>(r0 * kinv);
-            d[ib] = kc_store<CT>(r1 * kinv);
+            d[ia] = kc_from_f32<CT>(r0 * kinv);
+            d[ib] = kc_from_f32<CT>(r1 * kinv);
         }
     }
     if (dst == NULL)
@@ -219,8 +217,8 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
     const int W = n_kv * hd, rot = 2 * half;
     for (int i = tid; i < W; i += nth) {
         if (i % hd >= rot) /* dims past the rotary part: k as it is */
-            dst[i] = kc_store<CT>(k[t * kst + i] * kinv);
-        dst[kv_stride + i] = kc_store<CT>(v[t * vst + i] * vinv);
+            dst[i] = kc_from_f32<CT>(k[t * kst + i] * kinv);
+        dst[kv_stride + i] = kc_from_f32<CT>(v[t * vst + i] * vinv);
     }
 }
 
