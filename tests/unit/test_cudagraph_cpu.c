@@ -16,6 +16,7 @@
 #include "eng_forward.h"
 #include "eng_model.h"
 #include "pd_test.h"
+#include "test_model_util.h"
 
 #define BS 16
 #define MB 8
@@ -180,18 +181,9 @@ PD_TEST(test_kv_dtype_names_and_sizes)
 int main(void)
 {
     char m[4096];
-    eng_load_opts_t lo;
-    snprintf(m, sizeof(m), "%s/tests/data/models/tiny-llama", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".");
-    if (access(m, R_OK) != 0) {
-        printf("SKIP: %s is missing\n", m);
+    if (!test_model_dir("tiny-llama", m, sizeof(m)))
         return 77;
-    }
-    eng_load_opts_init(&lo);
-    lo.model = m;
-    lo.keep_quantized = false;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = MB * BS;
-    PD_CHECK_STATUS(eng_model_load(&lo, &model_g), PD_OK);
+    model_g = test_model_load(m, MB * BS);
     if (model_g == NULL)
         return PD_TEST_REPORT();
     PD_RUN(test_kv_dtype_names_and_sizes);

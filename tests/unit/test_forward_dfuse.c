@@ -24,6 +24,7 @@
 #include "eng_forward.h"
 #include "eng_model.h"
 #include "pd_test.h"
+#include "test_model_util.h"
 
 #define BS 16
 #define MB 8
@@ -179,14 +180,7 @@ out:
 
 static void check_model(const char *path, const char *label)
 {
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    eng_load_opts_init(&lo);
-    lo.model = path;
-    lo.keep_quantized = false;
-    lo.dequant_dtype = ENG_DTYPE_F32;
-    lo.max_model_len = MB * BS;
-    PD_CHECK_STATUS(eng_model_load(&lo, &model), PD_OK);
+    eng_model_t *model = test_model_load(path, MB * BS);
     if (model == NULL)
         return;
     const eng_model_config_t *c = eng_model_config(model);
