@@ -21,6 +21,11 @@
 #        `bench_cuda --profile` (prefill 2048, eager decode b1 and b64): every kernel's
 #        time, summed per phase and kernel by scripts/ncu_split.py (ncu.csv and the
 #        table in $OUT).
+#   bash DEST/gpu_suite.sh timeline DEST   (on the GPU machine) Nsight Systems over the
+#        same `bench_cuda --profile` run, kernels not serialized: per phase the span from
+#        the first kernel's start to the last one's end against the sum of the kernel
+#        times, i.e. how much of a step the GPU sits idle between kernels, and the
+#        largest gaps with the kernels around them (scripts/nsys_gaps.py; CSVs in $OUT).
 set -u
 
 stage() {
@@ -35,7 +40,7 @@ stage() {
     # of CUDA device code, so the five pack into little more than one (the carry is 64 MiB)
     tar -C "$dest" -cf - bin | xz -T1 -9 > "$dest/bin.tar.xz" && rm -rf "$dest/bin" || return 1
     cp "$0" "$dest/gpu_suite.sh"
-    cp "$src/scripts/ncu_split.py" "$dest/"
+    cp "$src/scripts/ncu_split.py" "$src/scripts/nsys_gaps.py" "$dest/"
     cp -r "$src/tests/data" "$dest/src/tests/"
     mkdir -p "$dest/src/tests/golden" && cp "$src/tests/golden/make_goldens.py" "$dest/src/tests/golden/"
     cp -r "$src/configs/models/llama-3.1-8b" "$dest/src/configs/models/"
@@ -146,6 +151,26 @@ profile() {
     python3 "$dir/ncu_split.py" "$out/ncu.csv" | tee "$out/ncu_split.md"
 }
 
+# Nsight Systems over bench_cuda --profile (the profiler range only); gaps per phase last.
+timeline() {
+    local dir out nsys cub
+    dir=$(cd "$1" && pwd)
+    out=${OUT:-/tmp/gpu_suite}
+    mkdir -p "$out"
+    device_env "$dir" || return 1
+    nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+    [ -n "$nsys" ] || { echo "timeline: no nsys on this machine" >&2; return 1; }
+    (cd "$dir/src" && timeout 300 "$nsys" profile -t cuda --capture-range=cudaProfilerApi --capture-range-end=stop \
+        -o "$out/tl" -f true "$dir/bin/bench_cuda" configs/models/llama-3.1-8b --profile) > "$out/nsys.log" 2>&1
+    echo "nsys profile rc $?"
+    tail -3 "$out/nsys.log"
+    (cd "$out" && timeout 200 "$nsys" stats -q -r cuda_gpu_trace,cuda_api_trace -f csv -o tl tl.nsys-rep) \
+        > "$out/nsys_stats.log" 2>&1
+    echo "nsys stats rc $?: $(ls "$out" | tr '\n' ' ')"
+    python3 "$dir/nsys_gaps.py" "$out"/tl_cuda_gpu_trace.csv "$out"/tl_cuda_api_trace.csv | tee "$out/nsys_gaps.md"
+    rm -f "$out/tl.sqlite"
+}
+
 unpack_bins() { # unpack_bins DIR: the staged binaries, once
     [ -d "$1/bin" ] && return 0
     tar -C "$1" -xJf "$1/bin.tar.xz" || { echo "gpu_suite: cannot unpack $1/bin.tar.xz" >&2; return 1; }
@@ -180,5 +205,6 @@ stage) shift; stage "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
 profile) shift; profile "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR" >&2; exit 2 ;;
+timeline) shift; timeline "$@" ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR | timeline DIR" >&2; exit 2 ;;
 esac
