@@ -67,10 +67,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PIN = {}  # --pin: role -> CPU list for taskset ("client", "upstream", "proxy")
+
+
+def pinned(role, cmd):
+    """cmd under `taskset -c LIST` when --pin gave the role a CPU list."""
+    return (["taskset", "-c", PIN[role]] + cmd) if PIN.get(role) else cmd
+
+
 def start_proxy(binary, up_port, port, extra):
-    return subprocess.Popen([binary, "--decode", f"127.0.0.1:{up_port}", "--port", str(port),
+    return subprocess.Popen(pinned("proxy", [binary, "--decode", f"127.0.0.1:{up_port}", "--port", str(port),
                              "--disable-log-requests", "--uvicorn-log-level", "warning",
-                             "--max-concurrent-requests", "100000"] + extra)
+                             "--max-concurrent-requests", "100000"] + extra))
 
 
 def make_row(conc, n, d, v, cpu, args):
@@ -100,7 +108,7 @@ def run_bench(bench, url, conc, args, outdir, tag, seed):
            "--save-result", "--result-dir", outdir, "--result-filename", f"{tag}.json"]
     if getattr(args, "bench_model", None):
         cmd += ["--model", args.bench_model]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(pinned("client", cmd), capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         sys.exit(f"pdserve-bench failed ({tag}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     with open(os.path.join(outdir, f"{tag}.json")) as f:
@@ -157,7 +165,8 @@ def start_upstream(args, tmp, port):
                 sys.exit("no C compiler for the c upstream (use --upstream-bin or --upstream python)")
             exe = os.path.join(tmp, "upstream")
             subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "bench_proxy_upstream.c")], check=True)
-        proc = subprocess.Popen([exe, str(port), str(args.ttft_ms), str(args.itl_ms)], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(pinned("upstream", [exe, str(port), str(args.ttft_ms), str(args.itl_ms)]),
+                                stdout=subprocess.DEVNULL)
         return proc, f"bench_proxy_upstream.c ttft {args.ttft_ms} ms itl {args.itl_ms} ms", "/health"
     if args.upstream == "python":
         script = os.path.join(tmp, "script.json")
@@ -171,9 +180,9 @@ def start_upstream(args, tmp, port):
     if not os.path.exists(model):
         sys.exit(f"no model at {model} (--model)")
     node = os.path.join(args.build, "decode", "pdserve-decode")
-    proc = subprocess.Popen([node, "--model", model, "--port", str(port), "--disable-log-requests",
-                             "--disable-log-stats", "--cpu-threads", str(args.node_threads),
-                             "--max-model-len", "1024", "--cpu-kvcache-space", "0.5"],
+    proc = subprocess.Popen(pinned("upstream", [node, "--model", model, "--port", str(port), "--disable-log-requests",
+                                                "--disable-log-stats", "--cpu-threads", str(args.node_threads),
+                                                "--max-model-len", "1024", "--cpu-kvcache-space", "0.5"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, f"pdserve-decode {os.path.basename(model)} (CPU, {args.node_threads} threads)", "/health"
 
@@ -199,8 +208,16 @@ def main():
     ap.add_argument("--baseline-proxy", default=None, help="a second proxy binary measured in the same run")
     ap.add_argument("--baseline-args", default="", help="extra options for the baseline proxy")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level")
+    ap.add_argument("--pin", default=None,
+                    help="CLIENT:UPSTREAM:PROXY CPU lists for taskset (e.g. 0-7:8-9:10-15): the bench client, "
+                         "the upstream and the proxies (both) on disjoint cores, so the tail is not their contention")
     ap.add_argument("--commit", default=None, help="the commit to record (default: git rev-parse of this tree)")
     args = ap.parse_args()
+    if args.pin:
+        parts = args.pin.split(":")
+        if len(parts) != 3 or not shutil.which("taskset"):
+            sys.exit("--pin wants CLIENT:UPSTREAM:PROXY CPU lists (e.g. 0-7:8-9:10-15) and taskset")
+        PIN.update(zip(("client", "upstream", "proxy"), parts))
     if not args.num_prompts:
         args.num_prompts = 0
     bench = args.bench_bin or os.path.join(args.build, "bench", "pdserve-bench")
@@ -256,7 +273,7 @@ def main():
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
             "commit": args.commit or git_commit(), "upstream": upstream,
             "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args,
-            "output_len": args.output_len, "label": args.label,
+            "output_len": args.output_len, "label": args.label, "pin": args.pin,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
           f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")

@@ -20,7 +20,12 @@
 # proxy, the order alternating between repeats; "added" = via proxy - direct, same run):
 #   1. 1 and 64 streams, once;
 #   2. 256, 1,000 and 2,000 streams, twice each;
-#   3. 1,000 and 2,000 streams: --relay-threads 1 against --relay-threads 4 (both new).
+#   3. 1,000 and 2,000 streams: --relay-threads 1 against --relay-threads 4 (both new);
+#   4. on 16 or more CPUs: 1, 64 and 1,000 streams twice with the bench client, the
+#      upstream and the proxies pinned to disjoint cores (bench_proxy.py --pin; client
+#      on the first half, upstream on 2 cores, the proxies on the rest), so the tail
+#      measures the proxy and not the three processes competing for the same cores.
+# PX_STEPS="low high threads pinned" (the default) picks steps.
 # (A real pdserve-decode upstream is not part of it: the staged set carries no model,
 # and a node's own variance hides the proxy; bench_proxy.py --upstream node does it.)
 set -u
@@ -108,13 +113,22 @@ run() {
         echo "step $name: exit $st, $((SECONDS - t0)) s" | tee -a "$OUT/host.txt"
         [ $st = 0 ] || tail -5 "$OUT/$name.txt" | sed 's/^/    /'
     }
-    step low 75 --concurrency 1,64 "${bl[@]}"
-    step high 110 --concurrency 256,1000,2000 --repeat 2 "${bl[@]}"
-    step threads 50 --concurrency 1000,2000 --proxy-args "--relay-threads 1" \
+    local steps=" ${PX_STEPS:-low high threads pinned} " ncpu half
+    ncpu=$(nproc)
+    half=$((ncpu / 2))
+    [[ $steps == *" low "* ]] && step low 75 --concurrency 1,64 "${bl[@]}"
+    [[ $steps == *" high "* ]] && step high 110 --concurrency 256,1000,2000 --repeat 2 "${bl[@]}"
+    [[ $steps == *" threads "* ]] && step threads 50 --concurrency 1000,2000 --proxy-args "--relay-threads 1" \
         --baseline-proxy "$dest/bin/pdserve-proxy" --baseline-args "--relay-threads 4"
+    if [[ $steps == *" pinned "* ]] && [ "$ncpu" -ge 16 ] && command -v taskset >/dev/null; then
+        step pinned 110 --concurrency 1,64,1000 --repeat 2 --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" \
+            "${bl[@]}"
+    fi
     rm -rf "$rt"
     echo "== proxy overhead, C upstream (added = via proxy - direct, same run; 'baseline' rows: the proxy at $(cat "$dest/BASELINE" 2>/dev/null || echo -))"
     grep -h '^[|#]' "$OUT/low.txt" "$OUT/high.txt" 2>/dev/null | awk '!/^\|---|^\| conc/ || !seen[$0]++'
+    echo "== pinned: client, upstream and proxies on disjoint cores"
+    grep -h '^[|#]' "$OUT/pinned.txt" 2>/dev/null
     echo "== --relay-threads 1 (plain rows) against 4 ('baseline' rows)"
     grep -h '^|' "$OUT/threads.txt" 2>/dev/null | grep -v -- '^|---'
     return 0

@@ -21,8 +21,8 @@
 #        `bench_cuda --profile` (prefill 2048, eager decode b1 and b64): every kernel's
 #        time, summed per phase and kernel by scripts/ncu_split.py (ncu.csv and the
 #        table in $OUT).
-#   bash DEST/gpu_suite.sh timeline DEST   (on the GPU machine) Nsight Systems over the
-#        same `bench_cuda --profile` run, kernels not serialized: per phase the span from
+#   bash DEST/gpu_suite.sh timeline DEST   (on the GPU machine) `bench_cuda --trace`: the
+#        same phases recorded with CUPTI, kernels not serialized: per phase the span from
 #        the first kernel's start to the last one's end against the sum of the kernel
 #        times, i.e. how much of a step the GPU sits idle between kernels, and the
 #        largest gaps with the kernels around them (scripts/nsys_gaps.py; CSVs in $OUT).
@@ -49,6 +49,8 @@ stage() {
     for f in "$dest"/deb/*.deb; do dpkg -x "$f" "$dest/deb/x"; done
     cp -a "$dest"/deb/x/usr/lib/x86_64-linux-gnu/*.so* "$dest/lib/"
     cp -aL /usr/local/lib/libcudart.so.13 "$dest/lib/" 2>/dev/null || true
+    # CUPTI for bench_cuda --trace (linked when the toolkit has it)
+    ldd "$build/bench/cuda/bench_cuda" | awk '/libcupti/ {print $3}' | xargs -r -I{} cp -aL {} "$dest/lib/"
     rm -rf "$dest/deb"
     git -C "$src" rev-parse --short HEAD > "$dest/COMMIT"
     du -sh "$dest"
@@ -151,24 +153,18 @@ profile() {
     python3 "$dir/ncu_split.py" "$out/ncu.csv" | tee "$out/ncu_split.md"
 }
 
-# Nsight Systems over bench_cuda --profile (the profiler range only); gaps per phase last.
+# The kernel timeline of bench_cuda --trace (CUPTI, built in; Nsight Systems is not on
+# the GPU machine): the idle time and gaps per phase last.
 timeline() {
-    local dir out nsys cub
+    local dir out cub
     dir=$(cd "$1" && pwd)
     out=${OUT:-/tmp/gpu_suite}
     mkdir -p "$out"
     device_env "$dir" || return 1
-    nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
-    [ -n "$nsys" ] || { echo "timeline: no nsys on this machine" >&2; return 1; }
-    (cd "$dir/src" && timeout 300 "$nsys" profile -t cuda --capture-range=cudaProfilerApi --capture-range-end=stop \
-        -o "$out/tl" -f true "$dir/bin/bench_cuda" configs/models/llama-3.1-8b --profile) > "$out/nsys.log" 2>&1
-    echo "nsys profile rc $?"
-    tail -3 "$out/nsys.log"
-    (cd "$out" && timeout 200 "$nsys" stats -q -r cuda_gpu_trace,cuda_api_trace -f csv -o tl tl.nsys-rep) \
-        > "$out/nsys_stats.log" 2>&1
-    echo "nsys stats rc $?: $(ls "$out" | tr '\n' ' ')"
+    (cd "$dir/src" && timeout 300 "$dir/bin/bench_cuda" configs/models/llama-3.1-8b --trace "$out") > "$out/trace.log" 2>&1
+    echo "bench_cuda --trace rc $?"
+    tail -3 "$out/trace.log"
     python3 "$dir/nsys_gaps.py" "$out"/tl_cuda_gpu_trace.csv "$out"/tl_cuda_api_trace.csv | tee "$out/nsys_gaps.md"
-    rm -f "$out/tl.sqlite"
 }
 
 unpack_bins() { # unpack_bins DIR: the staged binaries, once

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """nsys_gaps.py - where the GPU sits idle inside the phases of `bench_cuda --profile`.
 
+    bench_cuda MODEL --trace DIR          (CUPTI, built into bench_cuda), or
     nsys profile -t cuda --capture-range=cudaProfilerApi -o tl bench_cuda MODEL --profile
     nsys stats -r cuda_gpu_trace,cuda_api_trace -f csv -o tl tl.nsys-rep
-    scripts/nsys_gaps.py tl_cuda_gpu_trace.csv [tl_cuda_api_trace.csv]
+    scripts/nsys_gaps.py DIR/tl_cuda_gpu_trace.csv [DIR/tl_cuda_api_trace.csv]
 
 The marker kernels (kcuda_bench_marker_kernel) split the trace into phases as in
 ncu_split.py.  Unlike Nsight Compute, Nsight Systems times the kernels as they really run
-(back to back, nothing replayed), so per phase: the span from the first GPU activity's
+(back to back, nothing replayed), so per phase (all its steps; the gaps between steps
+are the host's work of the next step and show as host late): the span from the first GPU activity's
 start to the last one's end, the time something ran, and the idle rest.  With the API
 trace each gap is also classed: "host late" when the call that queued the next activity
 started after the previous activity ended (the GPU waited for the CPU), else "device"

@@ -35,6 +35,9 @@
  *                            (ctx 1024), each warmed up and then run once inside the
  *                            profiled range, separated by marker kernels 1, 2, 3, 4
  *                            (scripts/ncu_split.py sums the kernels of each phase)
+ *   bench_cuda [model_dir] --trace DIR  the same phases (decode as graphs with device argmax,
+ *                            three steps each) recorded with CUPTI into DIR (real kernel
+ *                            start/end times; scripts/nsys_gaps.py: the GPU's idle time)
  *   bench_cuda [model_dir] --prefill-attn  prefill attention alone (2048 and 4096 tokens,
  *                            4096 after 4096 cached; 32/8 heads d128, and 9/3 d64): the WMMA
  *                            kernel vs the FlashAttention-2 one in TFLOP/s beside the cuBLAS
@@ -52,6 +55,7 @@
 #include "eng_backend_cuda.h"
 #include "eng_forward.h"
 #include "eng_model.h"
+#include "cupti_trace.h"
 #include "kcuda.h"
 #include "pd_log.h"
 
@@ -864,8 +868,12 @@ out:
 
 /* --profile: one prefill and two eager decode steps inside the profiled range, phases
  * separated by marker kernels (launched after each forward returned, so in order).
- * The f16 KV cache: what --kv-cache-dtype auto gives a bf16 model on CUDA. */
-static int profile_mode(const char *model_dir)
+ * The f16 KV cache: what --kv-cache-dtype auto gives a bf16 model on CUDA.
+ * --trace DIR: the same phases recorded with CUPTI (cupti_trace.c: real start and end of
+ * every kernel, nothing serialized) into DIR/tl_cuda_{gpu,api}_trace.csv for
+ * scripts/nsys_gaps.py; the decode steps as the server runs them (CUDA graphs, device
+ * argmax), three of each phase. */
+static int profile_mode(const char *model_dir, const char *trace_dir)
 {
     static const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {64, 1024, 1}};
     const int mbps = 2048 / BS + 2;
@@ -885,6 +893,10 @@ static int profile_mode(const char *model_dir)
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
     eng_forward_opts_t fo = {.block_size = BS, .n_blocks = 64 * (1024 / BS + 1), .max_tokens = 2048,
                              .max_seqs = 64, .max_blocks_per_seq = mbps, .kv_dtype = ENG_KV_F16};
+    if (trace_dir) {
+        fo.graph_max_bs = 64;
+        fo.graph_max_ctx = 8192;
+    }
     eng_forward_t *fw = NULL;
     DIE_IF(eng_forward_create(model, ops, be, &fo, &fw) != PD_OK, "forward create failed");
     size_t n = eng_forward_kv_block_bytes(fw) / 2 * (size_t)eng_forward_kv_n_blocks(fw);
@@ -896,13 +908,26 @@ static int profile_mode(const char *model_dir)
     for (int i = 0; i < 3; i++) {
         make_batch(&b[i], ph[i].B, ph[i].ctx, ph[i].n_new, mbps, vocab);
         time_forward(fw, &b[i], lg, 2, 1); /* warm: weight conversion, workspaces */
+        if (trace_dir && i > 0)
+            time_forward_argmax(fw, &b[i], lg, 2, 1); /* capture the graph */
     }
+    double ms[3] = {0, 0, 0};
+    DIE_IF(trace_dir && pd_trace_start() != 0, "cannot start the CUPTI trace");
     DIE_IF(kcuda_bench_profiler(true) != PD_OK, "cudaProfilerStart failed");
     for (int i = 0; i < 3; i++) {
         DIE_IF(kcuda_bench_marker(i + 1, NULL) != PD_OK, "marker failed");
-        time_forward(fw, &b[i], lg, 0, 1);
+        if (trace_dir == NULL)
+            time_forward(fw, &b[i], lg, 0, 1);
+        else if (i == 0)
+            ms[i] = time_forward(fw, &b[i], lg, 0, 3) * 1e3;
+        else
+            ms[i] = time_forward_argmax(fw, &b[i], lg, 0, 3) * 1e3;
     }
     DIE_IF(kcuda_bench_marker(4, NULL) != PD_OK || kcuda_bench_profiler(false) != PD_OK, "profiler stop failed");
+    DIE_IF(trace_dir && pd_trace_stop(trace_dir) != 0, "cannot write the CUPTI trace");
+    if (trace_dir)
+        printf("trace: prefill 2048 %.2f ms, decode b1 %.3f ms, b64 %.3f ms per step (host clock, traced)\n", ms[0],
+               ms[1], ms[2]);
     for (int i = 0; i < 3; i++)
         free_batch(&b[i]);
     free(lg);
@@ -1047,6 +1072,7 @@ int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
     bool quick = false, attn_only_mode = false, attn_tc_mode = false, prefill_attn_mode = false, profile = false;
+    const char *trace_dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = true;
@@ -1056,6 +1082,8 @@ int main(int argc, char **argv)
             attn_tc_mode = true;
         else if (strcmp(argv[i], "--profile") == 0)
             profile = true;
+        else if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc)
+            trace_dir = argv[++i];
         else if (strcmp(argv[i], "--prefill-attn") == 0)
             prefill_attn_mode = true;
         else
@@ -1066,8 +1094,8 @@ int main(int argc, char **argv)
         return prefill_attn_only(model_dir);
     if (attn_only_mode || attn_tc_mode)
         return attn_only(attn_tc_mode);
-    if (profile)
-        return profile_mode(model_dir);
+    if (profile || trace_dir)
+        return profile_mode(model_dir, trace_dir);
 
     /* ---- ceilings ---- */
     double copy_gbps = 0, gemm_sq = 0, gemm_pf = 0;
