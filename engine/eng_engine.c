@@ -557,14 +557,15 @@ static void apply_kv_cmd(eng_engine_t *e, const kv_cmd_t *c)
 }
 
 /* The scheduler reserved blocks for a WAITING_FOR_REMOTE_KV request: start its pull
- * of the whole blocks the local prefix cache does not hold.  Remote block i holds
- * prompt tokens [i * bs, (i + 1) * bs), like local block i. */
+ * of the blocks the local prefix cache does not hold, the partial last one included.
+ * Remote block i holds prompt tokens [i * bs, (i + 1) * bs), like local block i. */
 static void start_pull(eng_engine_t *e, eng_request_t *req)
 {
     ereq_t *er = req->user;
     eng_kv_hooks_t h;
     int bs = e->cfg.block_size;
-    int from = req->num_cached_tokens / bs, to = req->n_remote_tokens / bs;
+    int from = req->num_cached_tokens / bs, full = req->n_remote_tokens / bs;
+    int to = (req->n_remote_tokens + bs - 1) / bs;
     char msg[200];
     pd_status_t st;
 
@@ -575,8 +576,10 @@ static void start_pull(eng_engine_t *e, eng_request_t *req)
         post_kv_cmd(e, KV_CMD_PULLED, req->id, false, false, "KV transfer is not configured");
         return;
     }
-    if (from >= to) {
-        /* the prefix cache holds every remote block: only release the lease */
+    if (from >= full) {
+        /* the prefix cache holds every full remote block: the partial block's few
+         * tokens are cheaper to compute here than a pull; only release the lease */
+        req->n_remote_tokens = full * bs;
         er->has_remote = false;
         (void)h.pull(h.arg, req->id, &er->remote, NULL, NULL, 0, true);
         post_kv_cmd(e, KV_CMD_PULLED, req->id, true, false, NULL);
@@ -645,12 +648,17 @@ static void admit(eng_engine_t *e, ereq_t *er)
         kv_drop_remote(e, er);
     }
     if (er->has_remote) {
-        /* Pull whole blocks only: the partial last block (fewer than block_size tokens,
-         * always including the last prompt token, whose logits we need) is computed
-         * here.  Short prompts (under one block + 1 token) are computed whole. */
+        /* Pull every prompt token's KV but the last one's, as vLLM's NixlConnector
+         * does: the partial last block comes whole (the producer leased it; its slots
+         * past the prompt are never read), and only the last prompt token, whose
+         * logits we need, is computed here.  So the request's first step is a
+         * one-token step like any decode step (CUDA-graph shaped), not a chunk of up
+         * to block_size tokens.  Short prompts (under one block + 1 token) are
+         * computed whole; when the prefix cache already holds every full block,
+         * start_pull computes the partial block's tokens here instead of pulling. */
         int bs = e->cfg.block_size;
-        int n_full = ((er->req->n_prompt - 1) / bs) * bs;
-        if (n_full > 0 && eng_request_set_remote_kv(er->req, n_full) == PD_OK) {
+        int n_pull = er->req->n_prompt - 1;
+        if (n_pull >= bs && eng_request_set_remote_kv(er->req, n_pull) == PD_OK) {
             er->kv_pending = true;
             kv_list_push(e, er);
         } else {

@@ -175,6 +175,7 @@ def test_completions_match_single_node(balanced, ref):
     for prompt in PROMPTS:
         body = {"model": "smol", "prompt": prompt, "max_tokens": 24, "temperature": 0}
         bytes0 = metric(d, "vllm:nixl_bytes_transferred")
+        computed0 = metric(d, "vllm:prompt_tokens_total")
         kv = prefill_leg(p, body)
         n = tokens(d, prompt)
         assert len(kv["remote_block_ids"]) == (n + BLOCK - 1) // BLOCK
@@ -185,10 +186,18 @@ def test_completions_match_single_node(balanced, ref):
         assert r["usage"] == want["usage"]
         assert r["kv_transfer_params"] is None  # no load failure
         pulled = metric(d, "vllm:nixl_bytes_transferred") - bytes0
-        # whole blocks the decode node did not cache; the partial last block is computed there
-        assert pulled % 737280 == 0 and pulled <= ((n - 1) // BLOCK) * 737280
+        # the blocks of prompt tokens [0, n - 1) the decode node did not cache, the
+        # partial last block whole; only the last prompt token is computed there
+        assert pulled % 737280 == 0 and pulled <= ((n - 1 + BLOCK - 1) // BLOCK) * 737280
+        if n - 1 < BLOCK:
+            assert pulled == 0  # a prompt shorter than one block + 1 token is computed whole
         if prompt == PROMPTS[2]:
-            assert pulled >= 30 * 737280  # the long prompt moved many blocks
+            # the long prompt shares nothing with the others: every block moves,
+            # the partial one included
+            assert (n - 1) % BLOCK != 0
+            assert pulled == ((n - 1 + BLOCK - 1) // BLOCK) * 737280
+            # and the decode node computed the last prompt token only
+            assert metric(d, "vllm:prompt_tokens_total") - computed0 == 1
 
 
 def test_eos_first_token_still_gives_params(balanced):
