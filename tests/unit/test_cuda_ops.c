@@ -1682,14 +1682,19 @@ PD_TEST(test_fused_matmul_add)
 /* rope_kv_write against kcpu_rope + kcpu_kv_write (F32 / F16 caches through the backend
  * op) and, for the fp8 caches, against the separate CUDA kernels (kcuda_rope +
  * kcuda_kv_write_scaled; stored bytes equal, a few one-step rounding differences
- * allowed).  Slots include -1 (padding); a partial rotary dim and both styles. */
-static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t cdt, int64_t T)
+ * allowed).  Slots include -1 (padding); a partial rotary dim and both styles.  aligned:
+ * the forward's fused q | k | v rows (16-byte aligned: the vector path of the table
+ * kernel where head_dim and rot/2 allow it), else rows of an odd stride (its scalar path). */
+static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t cdt, int64_t T, bool aligned)
 {
     const int bs = 16, n_layers = 2, layer = 1;
-    const int64_t n_blocks = 9, W = (int64_t)nkv * hd;
-    const int64_t qs = (int64_t)nh * hd + 3 * W + 5, ks = qs, vs = qs; /* one fused row, q | k | v */
+    int64_t n_blocks = T > 9 * bs ? T / bs + 2 : 9; /* room for every token's slot */
+    if (n_blocks % 7 == 0)
+        n_blocks++; /* slot t * 7 % (n_blocks * bs) must differ for every t */
+    const int64_t W = (int64_t)nkv * hd;
+    const int64_t qs = (int64_t)nh * hd + (aligned ? 2 * W : 3 * W + 5), ks = qs, vs = qs; /* one fused row */
     kcpu_kv_layout_t L;
-    float inv[128], af = 1.0f;
+    float inv[512], af = 1.0f;
     kcpu_rope_scaling_t sc = {.type = KCPU_ROPE_SCALING_NONE};
     int32_t *pos = malloc(sizeof(int32_t) * T);
     int64_t *slots = malloc(sizeof(int64_t) * T);
@@ -1710,8 +1715,8 @@ static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype
     void *dcache = up(cache0, cb);
     float *dq = drow, *dk = (float *)drow + (int64_t)nh * hd, *dv = dk + W;
     char what[112];
-    snprintf(what, sizeof(what), "rope_kv_write %d/%d hd %d rot %d style %d cache %d T %lld", nh, nkv, hd, rot, style,
-             (int)cdt, (long long)T);
+    snprintf(what, sizeof(what), "rope_kv_write %d/%d hd %d rot %d style %d cache %d T %lld%s", nh, nkv, hd, rot,
+             style, (int)cdt, (long long)T, aligned ? " aligned" : "");
     if (!fp8) {
         float *rq = row, *rk = row + (int64_t)nh * hd, *rv = rk + W;
         PD_CHECK_STATUS(kcpu_rope(NULL, rq, qs, rk, ks, pos, T, nh, nkv, hd, rot, inv, af, (kcpu_rope_style_t)style),
@@ -1771,16 +1776,29 @@ static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype
     free(pos), free(slots), free(row), free(cache0);
 }
 
+/* Shapes for every path of kcuda_kv.cu's RoPE + KV write: the table kernel's vector path
+ * (aligned rows, head_dim % 4 == 0, rot/2 % 4 == 0 neox / % 2 == 0 gpt-j; 1 or 2
+ * rounds of units a thread), its scalar path (odd row strides, rot/2 = 10 neox, rot/2 =
+ * 9, head_dim 6), the old kernel (rot/2 > 256); T = 1 and 7 (8 CTAs a token), 37 (2),
+ * 2048 (1: the 8B prefill, every cache type). */
 PD_TEST(test_rope_kv_write)
 {
-    static const int cfg[][4] = {{9, 3, 64, 64}, {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80}};
+    static const int cfg[][4] = {{9, 3, 64, 64},  {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80},
+                                 {4, 2, 64, 20},  {5, 1, 36, 18},    {3, 1, 6, 6},   {2, 1, 520, 520}};
     static const kcpu_dtype_t cdts[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3, KCUDA_KV_FP8_E5M2};
+    static const int64_t Ts[] = {1, 7, 37};
     if (ops->rope_kv_write == NULL)
         return;
-    for (size_t c = 0; c < 4; c++)
+    for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++)
         for (int style = 0; style < 2; style++)
-            for (size_t d = 0; d < 4; d++)
-                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37);
+            for (size_t d = 0; d < 4; d++) {
+                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37, false);
+                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], Ts[(c + d + style) % 3],
+                             true);
+            }
+    for (int style = 0; style < 2; style++)
+        for (size_t d = 0; d < 4; d++)
+            rope_kv_case(32, 8, 128, 128, style, cdts[d], 2048, true);
 }
 
 /* The fused decode layer's chain of GEMVs on the GPU as the forward queues it (PDL
