@@ -320,7 +320,9 @@ __global__ void __launch_bounds__(256) rope_kv_tab_kernel(const rope_kv_args<CT>
         }
     }
     const float p = (float)a.pos[t];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    /* the table only where it is read: decode CTAs past the rotation work skip it */
+    const int table_n = (int)(blockIdx.y * blockDim.x) < nu ? half : 0;
+    for (int i = threadIdx.x; i < table_n; i += blockDim.x) {
         const float ang = p * a.inv_freq[i];
         double sd, cd;
         sincos((double)ang, &sd, &cd);
