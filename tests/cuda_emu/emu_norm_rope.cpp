@@ -32,6 +32,12 @@ static int irand(int n) { frand(); return (int)((rng >> 20) % (uint64_t)n); }
 static float *rand_vec(size_t n, float sc) { float *v = (float *)malloc(n * 4); for (size_t i = 0; i < n; i++) v[i] = frand() * sc; return v; }
 static int fails;
 
+/* 64-byte aligned (a cudaMalloc'd buffer is 256-byte aligned), the size rounded up */
+static void *amalloc(size_t n)
+{
+    return aligned_alloc(64, (n + 63) & ~(size_t)63);
+}
+
 static int cmpf(const char *what, const float *got, const float *want, size_t n, double tol)
 {
     double mx = 1;
@@ -123,11 +129,11 @@ static void rope_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t 
     }
     slots[T - 1] = T > 1 ? n_blocks * bs + 3 : slots[T - 1]; /* one outside the cache: error bit */
     size_t nr = (size_t)(T * qs), cb = L.block_bytes * (size_t)n_blocks;
-    float *row = (float *)aligned_alloc(64, nr * 4 + 64), *row2 = (float *)aligned_alloc(64, nr * 4 + 64), *row3 = (float *)aligned_alloc(64, nr * 4 + 64);
+    float *row = (float *)amalloc(nr * 4), *row2 = (float *)amalloc(nr * 4), *row3 = (float *)amalloc(nr * 4);
     for (size_t i = 0; i < nr; i++) row[i] = frand() * 1.5f;
     memcpy(row2, row, nr * 4);
     memcpy(row3, row, nr * 4);
-    uint8_t *c1 = (uint8_t *)aligned_alloc(64, cb + 64), *c2 = (uint8_t *)aligned_alloc(64, cb + 64), *c3 = (uint8_t *)aligned_alloc(64, cb + 64);
+    uint8_t *c1 = (uint8_t *)amalloc(cb), *c2 = (uint8_t *)amalloc(cb), *c3 = (uint8_t *)amalloc(cb);
     memset(c1, 0, cb), memset(c2, 0, cb), memset(c3, 0, cb);
     int e1 = 0, e2 = 0;
     float ks = fp8 ? 0.03f : 1.0f, vsc = fp8 ? 0.02f : 1.0f;

@@ -11,6 +11,10 @@
  * (relative 2^-4 for e4m3, 2^-3 for e5m2, plus the subnormal step), the calculated
  * scales must be max|x| / 200 and / 100, and attention over the fp8 cache must match
  * kcpu attention over that decoded cache (as f32) within 1e-4.
+ * RMSNorm (test_rmsnorm_vec): the entry points called directly on shapes for every
+ * vector width / CTA size of the vector kernel and for the scalar fallbacks; RoPE + KV
+ * write (test_rope_kv_write): the table kernel's vector and scalar paths and the old
+ * kernel, T = 1 to 2048.
  * Prefill attention (test_prefill_attention, last): the WMMA kernel and the
  * FlashAttention-2 kernel (4 and 8 warps) against kcpu within 2e-2, the worst error
  * printed per case; PD_TEST_PREFILL_ONLY=1 runs those cases alone.
