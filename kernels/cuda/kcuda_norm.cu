@@ -5,12 +5,12 @@
  * rounding at the store).
  * Two kernels, the same formula (sum of squares in f32, rsqrtf(sum / D + eps),
  * x * inv * w, one rounding at the store; only the order of the f32 sum differs):
- *  - rms_vec_kernel, RMSNorm when D % 4 == 0 and every row pointer is 16-byte aligned
- *    (and D <= 32768): 16-byte loads, each thread keeps its NV float4s of the row in
- *    registers between the sum and the store (the row is read once), 16 / 8-byte stores.
- *    Many rows (prefill): about 256 threads a row, several CTAs an SM and the norm weight
- *    read after the sum (few registers); few rows (decode, T <= 128): up to 1024 threads a
- *    row so one row still spreads over a whole SM, the weight loaded with the row.
+ *  - rms_vec_kernel, RMSNorm when D % 4 == 0, D <= 16384 and every row pointer is
+ *    16-byte aligned: the 16-byte loads of the row, of x and of the weight issued at
+ *    once, each thread keeps its NV float4s in registers between the sum and the store
+ *    (the row is read once), 16 / 8-byte stores.  Many rows (prefill, T > 128): about 256
+ *    threads a row (PD_CUDA_NORM_THREADS), several CTAs an SM; few rows (decode): up to
+ *    1024 threads a row, so one row still spreads over a whole SM as before.
  *  - norm_kernel for the rest and for LayerNorm: one CTA of 128-1024 threads a row,
  *    scalar, the row read twice (registers/L1).
  * PD_CUDA_NORM_VEC=0 sends every RMSNorm to norm_kernel (A/B runs).
