@@ -5,6 +5,7 @@
  * block id outside the cache skips the item and sets an error bit.
  */
 #include "kcuda_internal.cuh"
+#include "kcuda_vec.cuh"
 
 #include <cuda_fp8.h>
 
@@ -166,11 +167,25 @@ extern "C" pd_status_t kcuda_kv_copy_blocks(const kcpu_kv_layout_t *L, void *cac
 }
 
 /* ---- RoPE and the KV write in one kernel (kcuda_rope_kv_write) ----
- * One CTA per token (8 for T <= 8, 2 up to 64 tokens, each a slice of the pairs): q
+ * One CTA per token (8 for T <= 8, 2 up to 64 tokens, each a slice of the work): q
  * rotated in place; k rotated in place and written (rotated) to the token's slot
- * together with v, so k is read once and no second kernel runs.  The
- * angle and the pair arithmetic are kcuda_rope's (the same f32 angle, an accurate
- * sincos of it), the stores kcuda_kv_write_scaled's. */
+ * together with v, so k is read once and no second kernel runs.  The angle and the pair
+ * arithmetic are kcuda_rope's (the same f32 angle, an accurate double sincos of it, times
+ * attn_factor; r0 = x0 c - x1 s, r1 = x1 c + x0 s), the stores kcuda_kv_write_scaled's.
+ *
+ * rope_kv_tab_kernel (the default): the angle depends on (token, pair) only, so each CTA
+ * first computes its token's rot/2 (cos, sin) pairs into shared memory (rot/2 sincos, not
+ * (q + kv heads) * rot/2 of them: 40x fewer at the 8B shape) and every head reads the
+ * table; the values are the same bits as the old kernel's.  While the table is computed
+ * the CTA issues its first q/k loads and copies v (and k's dims past the rotary part) to
+ * the cache.  VEC (head_dim % 4 == 0, rot/2 % 4 == 0 for neox or % 2 == 0 for gpt-j,
+ * 16-byte aligned rows, cache offsets multiples of 4 elements): a thread takes 4 neox
+ * pairs (i .. i+3 and i+half .. i+half+3: two float4s) or 2 gpt-j pairs (one float4),
+ * and the cache gets 4 elements a store; otherwise one pair a thread as before.  The copy
+ * work is dealt from the top thread down, so at decode (8 CTAs a token) the CTAs the
+ * rotation leaves idle take it.
+ * rope_kv_kernel (the old one, PD_CUDA_ROPE_KV_TAB=0 or rot/2 > ROPE_TAB_MAX_HALF): one
+ * (head, pair) a thread, a sincos each. */
 template <typename CT>
 __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, const float *v, int64_t vst,
                                const int32_t *pos, int n_heads, int n_kv, int hd, int half, const float *inv_freq,
@@ -222,6 +237,188 @@ __global__ void rope_kv_kernel(float *q, int64_t qs, float *k, int64_t kst, cons
     }
 }
 
+enum { ROPE_TAB_MAX_HALF = 256 }; /* (cos, sin) pairs in the shared table: head_dim <= 512 */
+
+template <typename CT> struct rope_kv_args {
+    float *q;        /* [T, qs]: n_heads * hd rotated in place */
+    int64_t qs;
+    float *k;        /* [T, kst]: n_kv * hd rotated in place */
+    int64_t kst;
+    const float *v;  /* [T, vst] */
+    int64_t vst;
+    const int32_t *pos;
+    int n_heads, n_kv, hd, half;
+    const float *inv_freq; /* [half] */
+    float af;
+    bool neox;
+    CT *base;        /* the cache and its strides (elements) */
+    int64_t block_elems, layer_off, kv_stride, token_stride;
+    int bs;
+    int64_t n_blocks;
+    const int64_t *slots;
+    float kinv, vinv;
+    int *err;
+};
+
+/* a pair rotated: the old kernel's expression, term for term */
+__device__ __forceinline__ void rope_rot(float x0, float x1, float c, float s, float *r0, float *r1)
+{
+    *r0 = x0 * c - x1 * s;
+    *r1 = x1 * c + x0 * s;
+}
+
+/* four values times sc, rounded to CT, in one store */
+template <typename CT> __device__ __forceinline__ void kv_store4(CT *d, float4 v, float sc)
+{
+    kc_store4(d, kc_from_f32<CT>(v.x * sc), kc_from_f32<CT>(v.y * sc), kc_from_f32<CT>(v.z * sc),
+              kc_from_f32<CT>(v.w * sc));
+}
+
+enum { ROPE_UR = 2 }; /* VEC units a thread loads before it computes (more bytes in flight) */
+
+/* The pointer to unit u of token row (qt | kt): head u / per, first element 4 (u % per). */
+__device__ __forceinline__ float *rope_unit_ptr(float *qt, float *kt, int u, int per, int n_heads, int hd)
+{
+    const int h = u / per;
+    return (h < n_heads ? qt + (int64_t)h * hd : kt + (int64_t)(h - n_heads) * hd) + 4 * (u % per);
+}
+
+template <typename CT, bool VEC>
+__global__ void __launch_bounds__(256) rope_kv_tab_kernel(const rope_kv_args<CT> a)
+{
+    __shared__ __align__(16) float2 cs[ROPE_TAB_MAX_HALF]; /* (cos, sin) * af of pair i */
+    /* launched with PDL after the q|k|v GEMV: nothing is read before it completes */
+    kc_griddep_wait();
+    const int64_t t = blockIdx.x;
+    const int64_t slot = a.slots[t];
+    CT *dst = NULL;
+    if (slot >= 0) {
+        const int64_t b = slot / a.bs;
+        if (b < a.n_blocks)
+            dst = a.base + b * a.block_elems + a.layer_off + (slot % a.bs) * a.token_stride;
+        else if (threadIdx.x == 0 && blockIdx.y == 0 && a.err)
+            atomicOr(a.err, KCUDA_ERR_SLOT);
+    }
+    const int n_heads = a.n_heads, hd = a.hd, half = a.half, rot = 2 * half, nh = n_heads + a.n_kv;
+    const int W = a.n_kv * hd;
+    const int tid = blockIdx.y * blockDim.x + threadIdx.x, nth = gridDim.y * blockDim.x;
+    float *qt = a.q + t * a.qs, *kt = a.k + t * a.kst;
+    const float *vt = a.v + t * a.vst;
+    /* rotation work: VEC units of 4 (neox: A = x[4g..], B = x[half + 4g..]) or 2 (gpt-j:
+     * A = x[4g..]) pairs, ROPE_UR of them a round (units u, u + nth, ...); else single pairs */
+    const int per = VEC ? (a.neox ? half / 4 : half / 2) : half, nu = nh * per;
+    int u = tid;
+    float4 A[ROPE_UR], B[ROPE_UR];
+#pragma unroll
+    for (int j = 0; j < ROPE_UR; j++) { /* the first round's loads in flight during the table */
+        A[j] = B[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (VEC && u + j * nth < nu) {
+            const float *x = rope_unit_ptr(qt, kt, u + j * nth, per, n_heads, hd);
+            A[j] = kc_load4(x);
+            if (a.neox)
+                B[j] = kc_load4(x + half);
+        }
+    }
+    const float p = (float)a.pos[t];
+    /* the table only where it is read: decode CTAs past the rotation work skip it */
+    const int table_n = (int)(blockIdx.y * blockDim.x) < nu ? half : 0;
+    for (int i = threadIdx.x; i < table_n; i += blockDim.x) {
+        const float ang = p * a.inv_freq[i];
+        double sd, cd;
+        sincos((double)ang, &sd, &cd);
+        cs[i] = make_float2((float)cd * a.af, (float)sd * a.af);
+    }
+    /* v, and k past the rotary dims, into the cache (no table needed) */
+    if (dst != NULL) {
+        if (VEC) {
+            for (int e = 4 * (nth - 1 - tid); e < W; e += 4 * nth) {
+                if (e % hd >= rot)
+                    kv_store4(dst + e, kc_load4(kt + e), a.kinv);
+                kv_store4(dst + a.kv_stride + e, kc_load4(vt + e), a.vinv);
+            }
+        } else {
+            for (int e = nth - 1 - tid; e < W; e += nth) {
+                if (e % hd >= rot)
+                    dst[e] = kc_from_f32<CT>(kt[e] * a.kinv);
+                dst[a.kv_stride + e] = kc_from_f32<CT>(vt[e] * a.vinv);
+            }
+        }
+    }
+    __syncthreads();
+    if (!VEC) {
+        for (; u < nu; u += nth) {
+            const int h = u / half, i = u % half;
+            const int ia = a.neox ? i : 2 * i, ib = a.neox ? i + half : 2 * i + 1;
+            float *xs = h < n_heads ? qt + (int64_t)h * hd : kt + (int64_t)(h - n_heads) * hd;
+            const float2 c = cs[i];
+            float r0, r1;
+            rope_rot(xs[ia], xs[ib], c.x, c.y, &r0, &r1);
+            xs[ia] = r0;
+            xs[ib] = r1;
+            if (h >= n_heads && dst != NULL) {
+                CT *d = dst + (int64_t)(h - n_heads) * hd;
+                d[ia] = kc_from_f32<CT>(r0 * a.kinv);
+                d[ib] = kc_from_f32<CT>(r1 * a.kinv);
+            }
+        }
+        return;
+    }
+    const float4 *cs4 = (const float4 *)cs; /* (c, s) of pairs 2m and 2m + 1 */
+    while (u < nu) {
+#pragma unroll
+        for (int j = 0; j < ROPE_UR; j++) {
+            const int uj = u + j * nth;
+            if (uj >= nu)
+                break;
+            const int h = uj / per, g = uj % per;
+            float *x = rope_unit_ptr(qt, kt, uj, per, n_heads, hd);
+            float4 ra, rb;
+            if (a.neox) { /* pair 4g + m: (A[m], B[m]) */
+                const float4 c01 = cs4[2 * g], c23 = cs4[2 * g + 1];
+                rope_rot(A[j].x, B[j].x, c01.x, c01.y, &ra.x, &rb.x);
+                rope_rot(A[j].y, B[j].y, c01.z, c01.w, &ra.y, &rb.y);
+                rope_rot(A[j].z, B[j].z, c23.x, c23.y, &ra.z, &rb.z);
+                rope_rot(A[j].w, B[j].w, c23.z, c23.w, &ra.w, &rb.w);
+                *(float4 *)x = ra;
+                *(float4 *)(x + half) = rb;
+            } else { /* pairs 2g, 2g + 1: (A.x, A.y), (A.z, A.w) */
+                const float4 c01 = cs4[g];
+                rope_rot(A[j].x, A[j].y, c01.x, c01.y, &ra.x, &ra.y);
+                rope_rot(A[j].z, A[j].w, c01.z, c01.w, &ra.z, &ra.w);
+                *(float4 *)x = ra;
+            }
+            if (h >= n_heads && dst != NULL) {
+                CT *d = dst + (int64_t)(h - n_heads) * hd + 4 * g;
+                kv_store4(d, ra, a.kinv);
+                if (a.neox)
+                    kv_store4(d + half, rb, a.kinv);
+            }
+        }
+        u += ROPE_UR * nth;
+#pragma unroll
+        for (int j = 0; j < ROPE_UR; j++) { /* the next round */
+            if (u + j * nth < nu) {
+                const float *x = rope_unit_ptr(qt, kt, u + j * nth, per, n_heads, hd);
+                A[j] = kc_load4(x);
+                if (a.neox)
+                    B[j] = kc_load4(x + half);
+            }
+        }
+    }
+}
+
+/* -1: not read yet; PD_CUDA_ROPE_KV_TAB=0 sends every launch to the old kernel (A/B runs) */
+static int rope_tab_g = -1;
+
+static bool rope_tab_on(void)
+{
+    if (rope_tab_g < 0) {
+        const char *e = getenv("PD_CUDA_ROPE_KV_TAB");
+        rope_tab_g = e == NULL || atoi(e) != 0;
+    }
+    return rope_tab_g == 1;
+}
+
 /* Launched with programmatic stream serialization when the GEMVs are (kcuda_gemv_pdl_on):
  * its CTAs are resident while the q|k|v GEMV drains, then wait for it. */
 template <typename CT>
@@ -232,9 +429,27 @@ static void rope_kv_launch(unsigned T, float *q, int64_t qs, float *k, int64_t k
                            float kinv, float vinv, int *err, cudaStream_t s)
 {
     const dim3 grid(T, T <= 8 ? 8 : T <= 64 ? 2 : 1);
-    kc_launch_pdl(kcuda_gemv_pdl_on(), rope_kv_kernel<CT>, grid, dim3(256), s, q, qs, k, kst, v, vst, pos, n_heads,
-                  n_kv, hd, half, inv_freq, af, neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs,
-                  n_blocks, slots, kinv, vinv, err);
+    const bool pdl = kcuda_gemv_pdl_on();
+    if (!rope_tab_on() || half > ROPE_TAB_MAX_HALF) {
+        kc_launch_pdl(pdl, rope_kv_kernel<CT>, grid, dim3(256), s, q, qs, k, kst, v, vst, pos, n_heads, n_kv, hd,
+                      half, inv_freq, af, neox, (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs,
+                      n_blocks, slots, kinv, vinv, err);
+        return;
+    }
+    /* in the field order of rope_kv_args */
+    const rope_kv_args<CT> a = {q, qs, k, kst, v, vst, pos,
+                                n_heads, n_kv, hd, half, inv_freq, af, neox,
+                                (CT *)base, block_elems, layer_off, kv_stride, token_stride, bs, n_blocks,
+                                slots, kinv, vinv, err};
+    /* every float4 / 4-element store aligned: rows, head and pair offsets, cache strides */
+    const bool vec = hd % 4 == 0 && half % (neox ? 4 : 2) == 0 && kc_aligned(q, 16) && kc_aligned(k, 16) &&
+                     kc_aligned(v, 16) && qs % 4 == 0 && kst % 4 == 0 && vst % 4 == 0 &&
+                     kc_aligned(base, 4 * sizeof(CT)) && block_elems % 4 == 0 && layer_off % 4 == 0 &&
+                     kv_stride % 4 == 0 && token_stride % 4 == 0;
+    if (vec)
+        kc_launch_pdl(pdl, rope_kv_tab_kernel<CT, true>, grid, dim3(256), s, a);
+    else
+        kc_launch_pdl(pdl, rope_kv_tab_kernel<CT, false>, grid, dim3(256), s, a);
 }
 
 #define ROPE_KV_LAUNCH(CT)                                                                                       \

@@ -11,6 +11,10 @@
  * (relative 2^-4 for e4m3, 2^-3 for e5m2, plus the subnormal step), the calculated
  * scales must be max|x| / 200 and / 100, and attention over the fp8 cache must match
  * kcpu attention over that decoded cache (as f32) within 1e-4.
+ * RMSNorm (test_rmsnorm_vec): the entry points called directly on shapes for every
+ * vector width / CTA size of the vector kernel and for the scalar fallbacks; RoPE + KV
+ * write (test_rope_kv_write): the table kernel's vector and scalar paths and the old
+ * kernel, T = 1 to 2048.
  * Prefill attention (test_prefill_attention, last): the WMMA kernel and the
  * FlashAttention-2 kernel (4 and 8 warps) against kcpu within 2e-2, the worst error
  * printed per case; PD_TEST_PREFILL_ONLY=1 runs those cases alone.
@@ -278,6 +282,112 @@ PD_TEST(test_norms)
         ops->buf_free(be, dx), ops->buf_free(be, dw), ops->buf_free(be, db), ops->buf_free(be, dout);
         free(x), free(res), free(w), free(b), free(ref), free(rres);
     }
+}
+
+/* The RMSNorm entry points called directly (kcuda_rmsnorm, kcuda_add_rmsnorm,
+ * kcuda_add_rmsnorm_half with bf16 / f16 output, with and without the residual add), on
+ * shapes that take every path of kcuda_norm.cu: the vector kernel with 1, 2, 4 and 8
+ * float4s a thread, few rows (up to 1024 threads a row) and many (256 / 512), rows that do
+ * not fill the last float4 column of threads; and the scalar kernel for D % 4 != 0, odd D,
+ * D past the vector limit and rows off 16-byte alignment (off = 1 float).  f32 outputs
+ * within 1e-5 of kcpu, 16-bit ones within one unit in the last place of the rounded kcpu
+ * result (the f32 sums may round the other way), the residual within 1e-6; the floats
+ * around the rows untouched. */
+static int half_off(const uint16_t *got, const float *ref, size_t n, bool bf)
+{
+    const float ulp = bf ? 1.0f / 128.0f : 1.0f / 1024.0f;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float g = bf ? kcpu_bf16_to_f32(got[i]) : kcpu_f16_to_f32(got[i]);
+        float r = bf ? kcpu_bf16_to_f32(kcpu_f32_to_bf16(ref[i])) : kcpu_f16_to_f32(kcpu_f32_to_f16(ref[i]));
+        if (!(fabsf(g - r) <= ulp * fabsf(r) + 1e-6f)) {
+            if (bad++ < 3)
+                fprintf(stderr, "  rmsnorm half[%zu]: gpu %.7g cpu %.7g\n", i, g, r);
+        }
+    }
+    return bad;
+}
+
+static void rms_vec_case(int64_t T, int64_t D, int off)
+{
+    const size_t n = (size_t)(T * D), pad = 8, bytes = (n + pad) * sizeof(float);
+    float *x = rand_vec(n, 1.0f), *res = rand_vec(n, 2.0f), *w = rand_vec((size_t)D, 1.5f);
+    float *ref = malloc(n * sizeof(float)), *rres = malloc(n * sizeof(float)), *got = malloc(bytes);
+    float *gres = malloc(bytes);
+    float *dx = poisoned(bytes), *dres = poisoned(bytes), *dw = up(w, (size_t)D * sizeof(float));
+    float *dout = poisoned(bytes);
+    char what[96];
+    int bad = 0;
+    ops->memcpy_h2d(be, dx + off, x, n * sizeof(float));
+    for (int kind = 0; kind < 6; kind++) {
+        const bool add = kind == 1 || kind == 2 || kind == 5, f32 = kind < 2, bf = kind == 2 || kind == 4;
+        memcpy(rres, res, n * sizeof(float));
+        ops->memset(be, dres, 0xff, bytes);
+        ops->memset(be, dout, 0xff, bytes);
+        ops->memcpy_h2d(be, dres + off, res, n * sizeof(float));
+        PD_CHECK_STATUS(ops->synchronize(be), PD_OK);
+        if (add)
+            kcpu_add_rmsnorm(NULL, rres, x, w, ref, T, D, 1e-5f);
+        else
+            kcpu_rmsnorm(NULL, rres, w, ref, T, D, 1e-5f);
+        if (kind == 0)
+            PD_CHECK_STATUS(kcuda_rmsnorm(dres + off, dw, dout + off, T, D, 1e-5f, NULL), PD_OK);
+        else if (kind == 1)
+            PD_CHECK_STATUS(kcuda_add_rmsnorm(dres + off, dx + off, dw, dout + off, T, D, 1e-5f, NULL), PD_OK);
+        else /* 16-bit rows: off floats = 2 * off elements, still off 8-byte alignment */
+            PD_CHECK_STATUS(kcuda_add_rmsnorm_half(dres + off, add ? dx + off : NULL, dw, (uint16_t *)dout + 2 * off,
+                                                   bf ? KCPU_DTYPE_BF16 : KCPU_DTYPE_F16, T, D, 1e-5f, NULL),
+                            PD_OK);
+        PD_CHECK_STATUS(kcuda_stream_sync(NULL), PD_OK);
+        PD_CHECK_STATUS(ops->memcpy_d2h(be, got, dout, bytes), PD_OK);
+        PD_CHECK_STATUS(ops->memcpy_d2h(be, gres, dres, bytes), PD_OK);
+        snprintf(what, sizeof(what), "rmsnorm T %lld D %lld off %d kind %d", (long long)T, (long long)D, off, kind);
+        if (f32) {
+            bad += cmp(what, got + off, ref, n, 1e-5) != 0;
+            bad += (off && !isnan(got[0])) || !isnan(got[n + off]); /* the poison around the rows kept */
+        } else {
+            const uint16_t *h = (const uint16_t *)got;
+            bad += half_off(h + 2 * off, ref, n, bf) != 0;
+            bad += h[2 * off + n] != 0xffff || (off && h[0] != 0xffff);
+        }
+        bad += cmp(what, gres + off, rres, n, 1e-6) != 0;
+        bad += !isnan(gres[n + off]) || (off && !isnan(gres[0]));
+    }
+    if (bad)
+        fprintf(stderr, "  rmsnorm T %lld D %lld off %d: %d bad checks\n", (long long)T, (long long)D, off, bad);
+    PD_CHECK_EQ_INT(bad, 0);
+    ops->buf_free(be, dx), ops->buf_free(be, dres), ops->buf_free(be, dw), ops->buf_free(be, dout);
+    free(x), free(res), free(w), free(ref), free(rres), free(got), free(gres);
+}
+
+PD_TEST(test_rmsnorm_vec)
+{
+    /* T, D, off: comments say which kernel (NV float4s a thread x threads) */
+    static const int64_t cases[][3] = {
+        {1, 4096, 0},   /* few rows: NV 1 x 1024 (decode) */
+        {7, 4096, 0},   {128, 4096, 0},
+        {129, 4096, 0}, /* many rows: NV 4 x 256 */
+        {2048, 4096, 0}, /* the 8B prefill */
+        {3, 576, 0},    /* NV 1 x 160 (SmolLM2) */
+        {300, 576, 0},  {130, 1024, 0}, /* NV 1 x 256 */
+        {200, 2048, 0}, /* NV 2 x 256 */
+        {1, 8192, 0},   /* NV 2 x 1024 */
+        {150, 8192, 0}, /* NV 8 x 256 */
+        {2, 16384, 0},  /* NV 4 x 1024 */
+        {140, 16384, 0}, /* NV 8 x 512 */
+        {3, 4100, 0},   /* NV 2 x 544: the last thread column half empty */
+        {200, 4100, 0}, /* NV 8 x 160, likewise */
+        {17, 12, 0},    /* NV 1 x 32, 3 float4s */
+        {1, 4, 0},      /* one float4 a row */
+        {5, 20000, 0},  /* scalar kernel from here: past the vector limit */
+        {9, 4098, 0},   /* D % 4 == 2 */
+        {7, 67, 0},     /* odd */
+        {33, 4096, 1},  /* rows not 16-byte aligned */
+        {1, 4096, 1},
+        {2048, 4096, 1},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+        rms_vec_case(cases[c][0], cases[c][1], (int)cases[c][2]);
 }
 
 /* ---- rope ---- */
@@ -1576,14 +1686,19 @@ PD_TEST(test_fused_matmul_add)
 /* rope_kv_write against kcpu_rope + kcpu_kv_write (F32 / F16 caches through the backend
  * op) and, for the fp8 caches, against the separate CUDA kernels (kcuda_rope +
  * kcuda_kv_write_scaled; stored bytes equal, a few one-step rounding differences
- * allowed).  Slots include -1 (padding); a partial rotary dim and both styles. */
-static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t cdt, int64_t T)
+ * allowed).  Slots include -1 (padding); a partial rotary dim and both styles.  aligned:
+ * the forward's fused q | k | v rows (16-byte aligned: the vector path of the table
+ * kernel where head_dim and rot/2 allow it), else rows of an odd stride (its scalar path). */
+static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype_t cdt, int64_t T, bool aligned)
 {
     const int bs = 16, n_layers = 2, layer = 1;
-    const int64_t n_blocks = 9, W = (int64_t)nkv * hd;
-    const int64_t qs = (int64_t)nh * hd + 3 * W + 5, ks = qs, vs = qs; /* one fused row, q | k | v */
+    int64_t n_blocks = T > 9 * bs ? T / bs + 2 : 9; /* room for every token's slot */
+    if (n_blocks % 7 == 0)
+        n_blocks++; /* slot t * 7 % (n_blocks * bs) must differ for every t */
+    const int64_t W = (int64_t)nkv * hd;
+    const int64_t qs = (int64_t)nh * hd + (aligned ? 2 * W : 3 * W + 5), ks = qs, vs = qs; /* one fused row */
     kcpu_kv_layout_t L;
-    float inv[128], af = 1.0f;
+    float inv[512], af = 1.0f;
     kcpu_rope_scaling_t sc = {.type = KCPU_ROPE_SCALING_NONE};
     int32_t *pos = malloc(sizeof(int32_t) * T);
     int64_t *slots = malloc(sizeof(int64_t) * T);
@@ -1604,8 +1719,8 @@ static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype
     void *dcache = up(cache0, cb);
     float *dq = drow, *dk = (float *)drow + (int64_t)nh * hd, *dv = dk + W;
     char what[112];
-    snprintf(what, sizeof(what), "rope_kv_write %d/%d hd %d rot %d style %d cache %d T %lld", nh, nkv, hd, rot, style,
-             (int)cdt, (long long)T);
+    snprintf(what, sizeof(what), "rope_kv_write %d/%d hd %d rot %d style %d cache %d T %lld%s", nh, nkv, hd, rot,
+             style, (int)cdt, (long long)T, aligned ? " aligned" : "");
     if (!fp8) {
         float *rq = row, *rk = row + (int64_t)nh * hd, *rv = rk + W;
         PD_CHECK_STATUS(kcpu_rope(NULL, rq, qs, rk, ks, pos, T, nh, nkv, hd, rot, inv, af, (kcpu_rope_style_t)style),
@@ -1665,16 +1780,29 @@ static void rope_kv_case(int nh, int nkv, int hd, int rot, int style, kcpu_dtype
     free(pos), free(slots), free(row), free(cache0);
 }
 
+/* Shapes for every path of kcuda_kv.cu's RoPE + KV write: the table kernel's vector path
+ * (aligned rows, head_dim % 4 == 0, rot/2 % 4 == 0 neox / % 2 == 0 gpt-j; 1 or 2
+ * rounds of units a thread), its scalar path (odd row strides, rot/2 = 10 neox, rot/2 =
+ * 9, head_dim 6), the old kernel (rot/2 > 256); T = 1 and 7 (8 CTAs a token), 37 (2),
+ * 2048 (1: the 8B prefill, every cache type). */
 PD_TEST(test_rope_kv_write)
 {
-    static const int cfg[][4] = {{9, 3, 64, 64}, {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80}};
+    static const int cfg[][4] = {{9, 3, 64, 64},  {32, 8, 128, 128}, {4, 2, 64, 32}, {6, 6, 80, 80},
+                                 {4, 2, 64, 20},  {5, 1, 36, 18},    {3, 1, 6, 6},   {2, 1, 520, 520}};
     static const kcpu_dtype_t cdts[] = {KCPU_DTYPE_F32, KCPU_DTYPE_F16, KCUDA_KV_FP8_E4M3, KCUDA_KV_FP8_E5M2};
+    static const int64_t Ts[] = {1, 7, 37};
     if (ops->rope_kv_write == NULL)
         return;
-    for (size_t c = 0; c < 4; c++)
+    for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++)
         for (int style = 0; style < 2; style++)
-            for (size_t d = 0; d < 4; d++)
-                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37);
+            for (size_t d = 0; d < 4; d++) {
+                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], (c + d) % 2 ? 1 : 37, false);
+                rope_kv_case(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], style, cdts[d], Ts[(c + d + style) % 3],
+                             true);
+            }
+    for (int style = 0; style < 2; style++)
+        for (size_t d = 0; d < 4; d++)
+            rope_kv_case(32, 8, 128, 128, style, cdts[d], 2048, true);
 }
 
 /* The fused decode layer's chain of GEMVs on the GPU as the forward queues it (PDL
@@ -1793,6 +1921,7 @@ int main(void)
     }
     PD_RUN(test_matmul);
     PD_RUN(test_norms);
+    PD_RUN(test_rmsnorm_vec);
     PD_RUN(test_rope);
     PD_RUN(test_elementwise);
     PD_RUN(test_embedding);

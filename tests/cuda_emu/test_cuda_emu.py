@@ -1,0 +1,45 @@
+"""kcuda_norm.cu and kcuda_kv.cu run on the CPU (gen_emu.py + emu_cuda.h: every CUDA
+thread a ucontext), so a machine without a GPU checks their index math, vector paths,
+guards and barriers: emu_norm_rope.cpp compares the RMSNorm entry points with kcpu (every
+vector width and CTA size, the scalar fallbacks) and the RoPE + KV write table kernel with
+the old kernel bit for bit (rows, cache bytes, error bits) and with kcpu, all cache types,
+both styles.  Needs g++, the CUDA headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include)
+and the build's libpd_kernels_cpu.a / libpd_common.a; skips without them.
+PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pdtest import BUILD, ROOT
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_norm_rope_emulated(tmp_path):
+    inc = os.environ.get("CUDA_INC", "/usr/local/cuda/include")
+    cxx = shutil.which("g++")
+    libs = [os.path.join(BUILD, "kernels", "libpd_kernels_cpu.a"), os.path.join(BUILD, "common", "libpd_common.a")]
+    if not os.path.exists(os.path.join(inc, "cuda_fp8.h")):
+        pytest.skip(f"no CUDA headers in {inc}")
+    if cxx is None:
+        pytest.skip("no g++")
+    for lib in libs:
+        if not os.path.exists(lib):
+            pytest.skip(f"{lib} is not built")
+    gen = tmp_path / "gen"
+    subprocess.run([sys.executable, os.path.join(HERE, "gen_emu.py"), str(gen),
+                    os.path.join(ROOT, "kernels", "cuda"), "kcuda_norm.cu", "kcuda_kv.cu"], check=True)
+    exe = tmp_path / "emu_norm_rope"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-w", "-I", str(gen), "-I", inc,
+                    "-I", os.path.join(ROOT, "common"), "-I", os.path.join(ROOT, "kernels", "cpu"),
+                    "-I", os.path.join(ROOT, "kernels", "cuda"),
+                    os.path.join(HERE, "emu_norm_rope.cpp"), "-o", str(exe)] + libs + ["-lm", "-lpthread"],
+                   check=True)
+    args = [str(exe)] + (["big"] if os.environ.get("PD_EMU_BIG") == "1" else [])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "\n0 failures" in r.stdout
