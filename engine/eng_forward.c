@@ -891,7 +891,9 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     /* prefill-sized matmuls on a 16-bit-GEMM backend: their inputs (norm, SiLU-mul
      * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused),
      * and the o and down projections add into the residual stream x as they run (the
-     * norms after them then read x alone) */
+     * norms after them then read x alone).  Where the backend offers them, the attention
+     * writes its rows in that type too (paged_attention_mm: no to_mm) and the gate|up
+     * GEMM its output (matmul_mm_out, read by silu_and_mul_mm_in) */
     const bool mm16 = !df && fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
 
     fw->last_x_acc = df || mm16;

@@ -127,15 +127,18 @@ __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
 }
 
 /* out[i], out[i + 1] = x0, x1 in the output type (i even: a 16-bit pair is one 4-byte
- * store; the row stride and D are even, the base 4-byte aligned) */
+ * store, the launcher checks that the row stride is even and the base 4-byte aligned;
+ * f32 rows may have any stride: two stores) */
 __device__ __forceinline__ void fa_store2(const fa_args_t &a, int64_t i, float x0, float x1)
 {
-    if (a.out_kind == FA_OUT_BF16)
+    if (a.out_kind == FA_OUT_BF16) {
         *(__nv_bfloat162 *)((__nv_bfloat16 *)a.out + i) = __floats2bfloat162_rn(x0, x1);
-    else if (a.out_kind == FA_OUT_F16)
+    } else if (a.out_kind == FA_OUT_F16) {
         *(__half2 *)((__half *)a.out + i) = __floats2half2_rn(x0, x1);
-    else
-        *(float2 *)((float *)a.out + i) = make_float2(x0, x1);
+    } else {
+        ((float *)a.out)[i] = x0;
+        ((float *)a.out)[i + 1] = x1;
+    }
 }
 
 /* ---- tile loads ---- */
