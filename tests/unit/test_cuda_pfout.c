@@ -17,8 +17,10 @@
  *    kernel), a prefill of three sequences then a mixed batch (two decode tokens, then a
  *    chunk: the attention in two calls, the second one 16-bit): the logits with the
  *    16-bit attention output bit-identical to those with PD_CUDA_ATTN_OUT16=0; with the
- *    16-bit gate|up (PD_CUDA_GLU16 on) within bf16 rounding of those without (the max
- *    difference printed).  The same on tiny-llama (head dim 16: no fa2, the GLU path).
+ *    16-bit gate|up (PD_CUDA_GLU16 on) within bf16 rounding of those without: a new
+ *    rounding of gate and up, so the bound is the golden test's bf16 tolerance (5e-2 of
+ *    max |logit|; rms 1e-2), the max and rms differences printed.  The same on
+ *    tiny-llama (head dim 16: no fa2, the GLU path; 5e-3 as test_cuda_mmin).
  * Exits 77 without a GPU; the model passes SKIP when the model is absent.
  */
 #include <math.h>
@@ -450,7 +452,8 @@ static eng_backend_t *backend_with(const char *attn16, const char *glu16, kcpu_d
     return b;
 }
 
-static void forward_model(const char *path, const char *label, eng_kv_dtype_t kv, kcpu_dtype_t wt)
+/* tol: the largest logit difference GLU16 on / off may make, relative to max |logit| */
+static void forward_model(const char *path, const char *label, eng_kv_dtype_t kv, kcpu_dtype_t wt, double tol)
 {
     eng_load_opts_t lo;
     eng_model_t *model = NULL;
@@ -469,12 +472,15 @@ static void forward_model(const char *path, const char *label, eng_kv_dtype_t kv
         PD_CHECK_STATUS(two_batches(model, b_noattn, kv, l_noattn), PD_OK);
         PD_CHECK_STATUS(two_batches(model, b_off, kv, l_off), PD_OK);
         const bool same = memcmp(l_on, l_noattn, nl * 4) == 0;
-        double big = 1e-6, err = 0;
+        double big = 1e-6, err = 0, sq = 0;
         int argmax_diff = 0;
         for (size_t i = 0; i < nl; i++)
             big = fmax(big, fabs((double)l_off[i]));
-        for (size_t i = 0; i < nl; i++)
+        for (size_t i = 0; i < nl; i++) {
             err = fmax(err, isfinite(l_noattn[i]) ? fabs((double)l_noattn[i] - l_off[i]) / big : INFINITY);
+            sq += ((double)l_noattn[i] - l_off[i]) * ((double)l_noattn[i] - l_off[i]);
+        }
+        const double rms = sqrt(sq / (double)nl) / big;
         const size_t V = nl / (2 * FNS);
         for (size_t r = 0; r < 2 * FNS; r++) {
             size_t a = 0, c = 0;
@@ -485,12 +491,13 @@ static void forward_model(const char *path, const char *label, eng_kv_dtype_t kv
             argmax_diff += a != c;
         }
         printf("  %s %s: 16-bit attention output %s the f32 output + rounding; 16-bit gate|up vs f32: max logit "
-               "diff %.2e of max |logit| %.1f, %d of %d argmax differ\n",
-               label, kcpu_dtype_name(wt), same ? "bit-identical to" : "DIFFERS from", err, big, argmax_diff,
+               "diff %.2e, rms %.2e of max |logit| %.2f, %d of %d argmax differ\n",
+               label, kcpu_dtype_name(wt), same ? "bit-identical to" : "DIFFERS from", err, rms, big, argmax_diff,
                2 * FNS);
         fflush(stdout);
         PD_CHECK(same);
-        PD_CHECK(err < 2e-2);
+        PD_CHECK(err < tol);
+        PD_CHECK(rms < tol / 5);
     }
     if (b_on)
         ops->shutdown(b_on);
@@ -521,15 +528,17 @@ PD_TEST(test_forward_out16)
     if (g == NULL) {
         printf("  SKIP: the default model is not in the cache (PD_MODEL_GGUF)\n");
     } else {
-        forward_model(g, "SmolLM2 f32 KV", ENG_KV_AUTO, KCPU_DTYPE_BF16);
-        forward_model(g, "SmolLM2 f16 KV", ENG_KV_F16, KCPU_DTYPE_BF16);
-        forward_model(g, "SmolLM2 f16 KV", ENG_KV_F16, KCPU_DTYPE_F16);
+        /* numpy emulation of these roundings on SmolLM2 (T = 16..200): max 0.9-1.5e-2, rms
+         * ~2e-3 of max |logit|; the golden test's bf16 tolerance is 5e-2 */
+        forward_model(g, "SmolLM2 f32 KV", ENG_KV_AUTO, KCPU_DTYPE_BF16, 5e-2);
+        forward_model(g, "SmolLM2 f16 KV", ENG_KV_F16, KCPU_DTYPE_BF16, 5e-2);
+        forward_model(g, "SmolLM2 f16 KV", ENG_KV_F16, KCPU_DTYPE_F16, 5e-2);
     }
     snprintf(buf, sizeof(buf), "%s/tests/data/models/tiny-llama", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".");
     if (access(buf, R_OK) != 0)
         printf("  SKIP: %s is missing\n", buf);
     else
-        forward_model(buf, "tiny-llama", ENG_KV_AUTO, KCPU_DTYPE_BF16);
+        forward_model(buf, "tiny-llama", ENG_KV_AUTO, KCPU_DTYPE_BF16, 5e-3); /* numpy: 1.2e-4 */
 }
 
 int main(void)
