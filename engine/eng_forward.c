@@ -992,7 +992,7 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             rest.out = fw->attn + n * QW;
             rest.tok_seq = fw->d_seq + n;
             rest.tok_pos = fw->d_pos + n;
-            CK(attention(fw, &rest, mm16, (char *)fw->hm + (size_t)n * (size_t)QW * 2, &wrote16));
+            CK(attention(fw, &rest, mm16, mm16 ? (char *)fw->hm + (size_t)n * (size_t)QW * 2 : NULL, &wrote16));
             n_f32 = wrote16 ? n : T;
             ap.n_tokens = T;
         } else {
