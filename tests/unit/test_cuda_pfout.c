@@ -8,8 +8,9 @@
  *    row stride wider than the heads; outputs poisoned first.  A pure decode batch and
  *    the old (WMMA) prefill kernel decline with PD_ERR_UNSUPPORTED and write nothing;
  *  - matmul_mm_out (cuBLAS with a bf16 / f16 C) against matmul_mm's f32 output of the
- *    same operands, rounded: within one unit in the last place (cuBLAS may pick another
- *    algorithm, i.e. another summation order, for another output type);
+ *    same operands, rounded: within two units in the last place (cuBLAS may pick another
+ *    algorithm, i.e. another summation order, for another output type; the count of
+ *    exact matches is printed);
  *  - silu_and_mul_mm_in (16-bit gate and up) against kcpu_silu_and_mul on the widened
  *    inputs, rounded: within one ulp; the vector path (fused gate|up rows, I % 8 == 0),
  *    the scalar ones (odd I, I % 8 == 4, rows off 16-byte alignment), separate buffers;
@@ -99,10 +100,11 @@ static uint16_t f32_to_half(float f, kcpu_dtype_t t)
     return t == KCPU_DTYPE_BF16 ? kcpu_f32_to_bf16(f) : kcpu_f32_to_f16(f);
 }
 
-/* 16-bit outputs more than one ulp (+ abs) from the rounded reference */
-static int count_off(const uint16_t *got, const float *ref, size_t n, kcpu_dtype_t t, float abs_tol)
+/* 16-bit outputs more than `ulps` units in the last place (+ abs) from the rounded
+ * reference */
+static int count_off(const uint16_t *got, const float *ref, size_t n, kcpu_dtype_t t, float ulps, float abs_tol)
 {
-    const float ulp = t == KCPU_DTYPE_BF16 ? 1.0f / 128.0f : 1.0f / 1024.0f;
+    const float ulp = ulps * (t == KCPU_DTYPE_BF16 ? 1.0f / 128.0f : 1.0f / 1024.0f);
     int bad = 0;
     for (size_t i = 0; i < n; i++) {
         float g = half_to_f32(got[i], t), r = half_to_f32(f32_to_half(ref[i], t), t);
@@ -298,9 +300,11 @@ static void gemm_case(kcpu_dtype_t t, int64_t M, int64_t K, int64_t N)
     int exact = 0;
     for (size_t i = 0; i < (size_t)M * N; i++)
         exact += y16[i] == f32_to_half(y[i], t);
-    /* |y| ~ 0.1 sqrt(K / 3): a summation-order difference is ~1e-6 of that */
-    const int bad = count_off(y16, y, (size_t)M * N, t, 1e-5f);
-    printf("  matmul_mm_out %s M=%lld K=%lld N=%lld: %d of %lld equal to the f32 output rounded, %d beyond 1 ulp\n",
+    /* |y| ~ 0.1 sqrt(K / 3): a summation-order difference is ~1e-6 of that; it can move
+     * the rounding by one ulp (two allowed: cuBLAS's split-K reduction for a 16-bit C is
+     * not documented) */
+    const int bad = count_off(y16, y, (size_t)M * N, t, 2.0f, 1e-5f);
+    printf("  matmul_mm_out %s M=%lld K=%lld N=%lld: %d of %lld equal to the f32 output rounded, %d beyond 2 ulps\n",
            kcpu_dtype_name(t), (long long)M, (long long)K, (long long)N, exact, (long long)(M * N), bad);
     PD_CHECK_EQ_INT(bad, 0);
 out:
@@ -341,7 +345,7 @@ static void silu_case(kcpu_dtype_t t, int64_t T, int64_t I, int64_t stride, int6
     PD_CHECK(got != NULL);
     if (got == NULL)
         goto out;
-    int bad = count_off(got, ref, no, t, 1e-6f), exact = 0;
+    int bad = count_off(got, ref, no, t, 1.0f, 1e-6f), exact = 0;
     for (size_t i = 0; i < no; i++)
         exact += got[i] == f32_to_half(ref[i], t);
     printf("  silu_and_mul_mm_in %s T=%lld I=%lld stride %lld off %lld%s: %d of %zu exact, %d beyond 1 ulp\n",
