@@ -183,6 +183,24 @@ typedef struct eng_backend_ops {
     pd_status_t (*matmul_mm)(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
                              const void *w, kcpu_dtype_t wtype, int64_t N, const float *bias, float *y,
                              int64_t ldy, bool accumulate);
+
+    /* ---- optional (NULL: not offered): 16-bit outputs of the prefill's producers ----
+     * Each writes in mm_in_type's type (for the same row count) and returns
+     * PD_ERR_UNSUPPORTED, having queued and logged nothing, when it does not take this
+     * call (the kernel of this batch writes f32, or the path is switched off): the caller
+     * then runs the f32 op and to_mm / silu_and_mul_mm as before.
+     * paged_attention_mm: paged_attention with the output [n_tokens, n_heads * head_dim]
+     * in that type at out (row stride p->out_stride elements; p->out is not used), each
+     * value the f32 result rounded.
+     * matmul_mm_out: matmul_mm without bias or accumulation, y [M, N] (row stride ldy
+     * elements) in that type (f32 sums rounded once).
+     * silu_and_mul_mm_in: silu_and_mul_mm with gate and up in that type too (strides in
+     * elements): the f32 formula on the widened 16-bit values. */
+    pd_status_t (*paged_attention_mm)(eng_backend_t *be, const kcpu_attn_params_t *p, void *out);
+    pd_status_t (*matmul_mm_out)(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                 kcpu_dtype_t wtype, int64_t N, void *y, int64_t ldy);
+    pd_status_t (*silu_and_mul_mm_in)(eng_backend_t *be, const void *gate, int64_t gate_stride, const void *up,
+                                      int64_t up_stride, void *out, int64_t T, int64_t I);
 } eng_backend_ops_t;
 
 /* Shared by the backends' kv_swap: checks every id, then calls copy(arg, dst, src,

@@ -12,7 +12,10 @@
  * a GEMV kernel reads the weights once and the f32 input as it is.  The forward's
  * prefill path skips the rounding pass for most matmuls: the norm and SiLU-mul before
  * them write bf16/f16 directly (mm_in_type, *_mm ops; PD_CUDA_NO_MM16=1 turns that
- * off).  f32 weights run an exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
+ * off); so do the prefill attention (paged_attention_mm, the fa2 kernel's output rounded
+ * at its store; PD_CUDA_ATTN_OUT16=0 turns it off) and the gate|up GEMM (matmul_mm_out,
+ * a bf16/f16 C from cuBLAS read by silu_and_mul_mm_in; PD_CUDA_GLU16=0 turns it off).
+ * f32 weights run an exact SGEMM (no TF32).  Prefill attention uses the tensor-core kernel (bf16 operands)
  * when the weight dtype is bf16/f16, the f32 kernel when it is f32.
  * Data-dependent range errors found by kernels (bad token ids, slots, block ids) are
  * collected in a device error word and returned as PD_ERR_RANGE by the next
@@ -61,6 +64,8 @@ struct eng_backend {
     bool no_fuse;      /* PD_CUDA_NO_DECODE_FUSE=1: norm_matmul / matmul_add refuse (A/B runs) */
     bool exact_attn;   /* PD_CUDA_EXACT_ATTN=1: f32 attention even with bf16/f16 GEMMs */
     bool no_mm16;      /* PD_CUDA_NO_MM16=1: prefill GEMM inputs as f32 rows rounded apart (A/B) */
+    bool no_attn16;    /* PD_CUDA_ATTN_OUT16=0: paged_attention_mm refuses (f32 out + to_mm; A/B) */
+    bool no_glu16;     /* PD_CUDA_GLU16=0: matmul_mm_out refuses (f32 gate|up; A/B) */
     wconv_t *conv;
     size_t n_conv, cap_conv;
     size_t conv_bytes;
@@ -155,6 +160,8 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->no_fuse = getenv("PD_CUDA_NO_DECODE_FUSE") != NULL && strcmp(getenv("PD_CUDA_NO_DECODE_FUSE"), "0") != 0;
     be->exact_attn = getenv("PD_CUDA_EXACT_ATTN") != NULL && strcmp(getenv("PD_CUDA_EXACT_ATTN"), "0") != 0;
     be->no_mm16 = getenv("PD_CUDA_NO_MM16") != NULL && strcmp(getenv("PD_CUDA_NO_MM16"), "0") != 0;
+    be->no_attn16 = getenv("PD_CUDA_ATTN_OUT16") != NULL && strcmp(getenv("PD_CUDA_ATTN_OUT16"), "0") == 0;
+    be->no_glu16 = getenv("PD_CUDA_GLU16") != NULL && strcmp(getenv("PD_CUDA_GLU16"), "0") == 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -434,6 +441,32 @@ static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, i
     return st;
 }
 
+/* The gate|up GEMM with a 16-bit output for silu_and_mul_mm_in (no bias, no accumulate). */
+static pd_status_t cuda_matmul_mm_out(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx,
+                                      const void *w, kcpu_dtype_t wtype, int64_t N, void *y, int64_t ldy)
+{
+    const void *wg = NULL;
+    kcpu_dtype_t tg = KCPU_DTYPE_F32;
+
+    if (be->no_glu16 || be->wdtype == KCPU_DTYPE_F32)
+        return PD_ERR_UNSUPPORTED;
+    /* matmul_weight's shape check reads y only for NULL */
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, (const float *)y, ldy, &wg, &tg);
+    if (st != PD_OK || M == 0)
+        return st;
+    if (tg != be->wdtype) {
+        PD_LOG_ERR("cuda matmul_mm_out: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
+        return PD_ERR_INVAL;
+    }
+    return kcuda_gemm_half_out(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
+}
+
+static pd_status_t cuda_silu_and_mul_mm_in(eng_backend_t *be, const void *gate, int64_t gate_stride, const void *up,
+                                           int64_t up_stride, void *out, int64_t T, int64_t I)
+{
+    return kcuda_silu_and_mul_from_half(gate, gate_stride, up, up_stride, out, be->wdtype, T, I, be->stream);
+}
+
 /* ---- fused decode ops (kcuda_gemv_ex): PD_ERR_UNSUPPORTED, nothing queued, when the
  * GEMV path does not take the call (f32 weights, PD_CUDA_NO_GEMV, more than 8 rows or
  * more than KCUDA_GEMV_NORM_MAX_M for the norm, PD_CUDA_NO_DECODE_FUSE=1); the forward
@@ -699,25 +732,50 @@ static pd_status_t cuda_kv_copy_blocks(eng_backend_t *be, const kcpu_kv_layout_t
     return kcuda_kv_copy_blocks(layout, cache_base, src, dst, n, be->d_err, be->stream);
 }
 
-static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_params_t *p)
+/* The attention's workspace grown for p, and the layer's fp8 scales (1 for other caches). */
+static pd_status_t attn_prep(eng_backend_t *be, const kcpu_attn_params_t *p, bool reduced, float *ks_p, float *vs_p)
 {
-    /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
-    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
     size_t need = kcuda_attn_workspace_bytes(p, be->sm_count, reduced);
-    float ks = 1.0f, vs = 1.0f;
     pd_status_t st = grow(be, &be->ws, &be->ws_bytes, need);
     if (st != PD_OK)
         return st;
+    *ks_p = *vs_p = 1.0f;
     if (p->layout != NULL && layout_fp8(p->layout)) {
         if (be->k_scale == NULL || p->layer < 0 || p->layer >= be->n_kv_layers) {
             PD_LOG_ERR("cuda paged_attention: fp8 KV cache without scales for layer %d", p->layer);
             return PD_ERR_INVAL;
         }
-        ks = be->k_scale[p->layer];
-        vs = be->v_scale[p->layer];
+        *ks_p = be->k_scale[p->layer];
+        *vs_p = be->v_scale[p->layer];
     }
+    return PD_OK;
+}
+
+static pd_status_t cuda_paged_attention(eng_backend_t *be, const kcpu_attn_params_t *p)
+{
+    /* tensor-core prefill attention when the instance runs reduced-precision GEMMs */
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    float ks, vs;
+    pd_status_t st = attn_prep(be, p, reduced, &ks, &vs);
+    if (st != PD_OK)
+        return st;
     return kcuda_paged_attention_scaled(p, ks, vs, be->ws, be->ws_bytes, be->sm_count, reduced, be->d_err,
                                         be->stream);
+}
+
+/* The fa2 prefill kernel writing the o projection's 16-bit input itself; other kernels
+ * (decode tokens, f32 attention) decline before anything is queued. */
+static pd_status_t cuda_paged_attention_mm(eng_backend_t *be, const kcpu_attn_params_t *p, void *out)
+{
+    bool reduced = be->wdtype != KCPU_DTYPE_F32 && !be->exact_attn;
+    float ks, vs;
+    if (be->no_attn16 || !reduced || !kcuda_attn_uses_prefill_kernel(p, be->sm_count, reduced, NULL))
+        return PD_ERR_UNSUPPORTED;
+    pd_status_t st = attn_prep(be, p, reduced, &ks, &vs);
+    if (st != PD_OK)
+        return st;
+    return kcuda_paged_attention_half(p, ks, vs, out, be->wdtype, be->ws, be->ws_bytes, be->sm_count, reduced,
+                                      be->d_err, be->stream);
 }
 
 /* ---- swap space ---- */
@@ -798,6 +856,9 @@ static const eng_backend_ops_t cuda_ops = {
     .silu_and_mul_mm = cuda_silu_and_mul_mm,
     .to_mm = cuda_to_mm,
     .matmul_mm = cuda_matmul_mm,
+    .paged_attention_mm = cuda_paged_attention_mm,
+    .matmul_mm_out = cuda_matmul_mm_out,
+    .silu_and_mul_mm_in = cuda_silu_and_mul_mm_in,
 };
 
 const eng_backend_ops_t *eng_backend_cuda_ops(void)

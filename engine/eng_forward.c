@@ -751,6 +751,49 @@ static pd_status_t matmul_mm(eng_forward_t *fw, const void *x, int64_t M, const 
     return fw->ops->matmul_mm(fw->be, x, M, m->in, m->in, m->w, m->type, m->out, bias, y, m->out, accumulate);
 }
 
+/* paged_attention of p; on the 16-bit-input path (mm16) first offered to
+ * paged_attention_mm writing out16 (the rows of p in the GEMM's type): *wrote16_p says
+ * which of the two wrote them. */
+static pd_status_t attention(eng_forward_t *fw, const kcpu_attn_params_t *p, bool mm16, void *out16, bool *wrote16_p)
+{
+    *wrote16_p = false;
+    if (mm16 && fw->ops->paged_attention_mm != NULL) {
+        pd_status_t st = fw->ops->paged_attention_mm(fw->be, p, out16);
+        if (st != PD_ERR_UNSUPPORTED) {
+            *wrote16_p = st == PD_OK;
+            return st;
+        }
+    }
+    return fw->ops->paged_attention(fw->be, p);
+}
+
+/* The gate|up (or gate, up) GEMMs of the 16-bit-input MLP: into the gate / up buffers in
+ * the GEMM's type where the backend offers that (matmul_mm_out + silu_and_mul_mm_in:
+ * *glu16_p true), else in f32. */
+static pd_status_t gate_up_mm(eng_forward_t *fw, const layer_w_t *L, int64_t T, bool *glu16_p)
+{
+    const eng_backend_ops_t *ops = fw->ops;
+    pd_status_t st = PD_ERR_UNSUPPORTED;
+    *glu16_p = false;
+    if (ops->matmul_mm_out != NULL && ops->silu_and_mul_mm_in != NULL) {
+        const mat_t *m = L->gate_up.w != NULL ? &L->gate_up : &L->gate;
+        st = ops->matmul_mm_out(fw->be, fw->hm, T, m->in, m->in, m->w, m->type, m->out, fw->gate, m->out);
+        if (st == PD_OK && L->gate_up.w == NULL) {
+            m = &L->up;
+            st = ops->matmul_mm_out(fw->be, fw->hm, T, m->in, m->in, m->w, m->type, m->out, fw->up, m->out);
+            /* the backend takes both or neither (the same shapes and settings) */
+        }
+        if (st != PD_ERR_UNSUPPORTED) {
+            *glu16_p = st == PD_OK;
+            return st;
+        }
+    }
+    if (L->gate_up.w != NULL)
+        return matmul_mm(fw, fw->hm, T, &L->gate_up, NULL, fw->gate, false);
+    st = matmul_mm(fw, fw->hm, T, &L->gate, NULL, fw->gate, false);
+    return st != PD_OK ? st : matmul_mm(fw, fw->hm, T, &L->up, NULL, fw->up, false);
+}
+
 /* norm of the residual stream: llama rmsnorm, OPT layernorm; with a fused residual add
  * when add != NULL (residual += add first) */
 static pd_status_t norm(eng_forward_t *fw, float *residual, const float *add, const float *w,
@@ -848,7 +891,9 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
     /* prefill-sized matmuls on a 16-bit-GEMM backend: their inputs (norm, SiLU-mul
      * outputs) are written in the GEMM's type, in hm (the f32 rows h / act stay unused),
      * and the o and down projections add into the residual stream x as they run (the
-     * norms after them then read x alone) */
+     * norms after them then read x alone).  Where the backend offers them, the attention
+     * writes its rows in that type too (paged_attention_mm: no to_mm) and the gate|up
+     * GEMM its output (matmul_mm_out, read by silu_and_mul_mm_in) */
     const bool mm16 = !df && fw->hm != NULL && ops->mm_in_type(be, T) != KCPU_DTYPE_F32;
 
     fw->last_x_acc = df || mm16;
@@ -931,6 +976,10 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
         ap.layer = l;
         ap.q = q;
         ap.q_stride = qs;
+        /* the attention output: rows [0, n_f32) in attn (f32), the rest already in hm in
+         * the GEMM's type (the fa2 prefill kernel writes it so: no to_mm for them) */
+        int64_t n_f32 = T;
+        bool wrote16 = false;
         if (fw->attn_split > 0) {
             /* a mixed batch: its leading decode tokens on the decode kernel, then the
              * prefill chunks (the same semantics, per token) */
@@ -943,28 +992,31 @@ static pd_status_t body(eng_forward_t *fw, int64_t T, int n_seqs, int n_logits, 
             rest.out = fw->attn + n * QW;
             rest.tok_seq = fw->d_seq + n;
             rest.tok_pos = fw->d_pos + n;
-            CK(ops->paged_attention(be, &rest));
+            CK(attention(fw, &rest, mm16, mm16 ? (char *)fw->hm + (size_t)n * (size_t)QW * 2 : NULL, &wrote16));
+            n_f32 = wrote16 ? n : T;
             ap.n_tokens = T;
         } else {
-            CK(ops->paged_attention(be, &ap));
+            CK(attention(fw, &ap, mm16, fw->hm, &wrote16));
+            n_f32 = wrote16 ? 0 : T;
         }
         if (mm16) {
             /* x += attn Wo^T in the GEMM; then the MLP on 16-bit inputs: norm -> gate|up
              * -> SiLU-mul -> down, which adds into x too */
-            CK(ops->to_mm(be, fw->attn, T, QW, QW, fw->hm));
+            if (n_f32 > 0)
+                CK(ops->to_mm(be, fw->attn, n_f32, QW, QW, fw->hm));
             CK(matmul_mm(fw, fw->hm, T, &L->o, L->bo, fw->x, true));
             CK(ops->add_rmsnorm_mm(be, fw->x, NULL, L->ffn_norm, fw->hm, T, D, eps));
-            float *gate = fw->gate, *up = fw->up;
-            int64_t gs = I;
-            if (L->gate_up.w != NULL) {
-                CK(matmul_mm(fw, fw->hm, T, &L->gate_up, NULL, fw->gate, false));
-                up = gate + I;
-                gs = 2 * I;
+            const int64_t gs = L->gate_up.w != NULL ? 2 * I : I; /* one [T, 2I] output: gate | up */
+            bool glu16 = false;
+            CK(gate_up_mm(fw, L, T, &glu16));
+            if (glu16) { /* gate and up in the GEMM's type, in the gate / up buffers */
+                const uint16_t *g16 = (const uint16_t *)fw->gate;
+                const uint16_t *u16 = L->gate_up.w != NULL ? g16 + I : (const uint16_t *)fw->up;
+                CK(ops->silu_and_mul_mm_in(be, g16, gs, u16, gs, fw->hm, T, I));
             } else {
-                CK(matmul_mm(fw, fw->hm, T, &L->gate, NULL, fw->gate, false));
-                CK(matmul_mm(fw, fw->hm, T, &L->up, NULL, fw->up, false));
+                const float *up = L->gate_up.w != NULL ? fw->gate + I : fw->up;
+                CK(ops->silu_and_mul_mm(be, fw->gate, gs, up, gs, fw->hm, T, I));
             }
-            CK(ops->silu_and_mul_mm(be, gate, gs, up, gs, fw->hm, T, I));
             CK(matmul_mm(fw, fw->hm, T, &L->down, L->bdown, fw->x, true));
             continue;
         }

@@ -33,7 +33,7 @@ stage() {
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
     for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_cuda_mmin tests/test_forward_mixed \
-        bench/cuda/bench_cuda; do
+        tests/test_cuda_pfout bench/cuda/bench_cuda; do
         strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
     # one archive with a dictionary that spans the binaries: they share the same ~18 MB
@@ -91,6 +91,7 @@ run() {
     suite_step "$dir" "$out" test_cuda_engine 60 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 30 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" test_cuda_mmin 30 "$dir/bin/test_cuda_mmin"
+    suite_step "$dir" "$out" test_cuda_pfout 40 "$dir/bin/test_cuda_pfout"
     suite_step "$dir" "$out" test_forward_mixed 30 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
@@ -109,9 +110,9 @@ run() {
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
     for f in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_mmin test_forward_mixed \
-        test_cuda_engine_nopdl test_cuda_engine_fa2w8 test_attn_tc; do
+        test_cuda_pfout test_cuda_engine_nopdl test_cuda_engine_fa2w8 test_attn_tc; do
         echo "-- $f"
-        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|prefill attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|^FAIL|^not ok' \
+        grep -h -E 'passed, |outside tolerance|check failed|decode attention cases|prefill attention cases|tokens: graphs|draws =|argmax|cuda swap:|rel err|outside 1 ulp|matmul_mm|16-bit outputs|^FAIL|^not ok' \
             "$out/$f.log" 2>/dev/null | head -12
     done
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '

@@ -96,6 +96,12 @@ pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, 
                        const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
 pd_status_t kcuda_gemm_acc(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
                            const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy);
+/* kcuda_gemm with y written in the operands' type (wtype BF16 or F16; else
+ * PD_ERR_UNSUPPORTED): f32 accumulation, each sum rounded to nearest even by cuBLAS's
+ * epilogue.  Halves the bytes of an output that the next kernel reads once (the gate|up
+ * GEMM feeding kcuda_silu_and_mul_from_half). */
+pd_status_t kcuda_gemm_half_out(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                                const void *w, kcpu_dtype_t wtype, int64_t N, void *y, int64_t ldy);
 
 /* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
  * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.
@@ -184,6 +190,13 @@ pd_status_t kcuda_add_rmsnorm_half(float *residual, const float *x, const float 
 pd_status_t kcuda_silu_and_mul_half(const float *gate, int64_t gate_stride, const float *up,
                                     int64_t up_stride, void *out, kcpu_dtype_t out_type, int64_t T,
                                     int64_t I, kcuda_stream_t stream);
+/* The same reading gate and up in `type` too (BF16 or F16; strides in elements; the
+ * output of kcuda_gemm_half_out): out[t, i] = silu(g) * u in f32 from the 16-bit g, u,
+ * rounded to nearest even.  8 columns a thread with 16-byte loads and stores when I and
+ * the strides are multiples of 8 and the bases 16-byte aligned, else one. */
+pd_status_t kcuda_silu_and_mul_from_half(const void *gate, int64_t gate_stride, const void *up,
+                                         int64_t up_stride, void *out, kcpu_dtype_t type, int64_t T, int64_t I,
+                                         kcuda_stream_t stream);
 
 /* ---- embedding (kcuda_embedding.cu) ---- */
 pd_status_t kcuda_embedding(const void *table, kcpu_dtype_t type, int64_t vocab, int64_t D,
@@ -300,6 +313,15 @@ pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *workspace, 
 pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
                                          void *workspace, size_t ws_bytes, int sm_count, bool allow_reduced,
                                          int *err, kcuda_stream_t stream);
+/* kcuda_paged_attention_scaled writing its output as bf16 / f16 (out_type) into out (row
+ * stride p->out_stride elements, even; out 4-byte aligned; p->out is not used), each
+ * value the f32 result rounded to nearest even: the o projection's GEMM input without a
+ * rounding pass.  Only batches that run the FlashAttention-2 prefill kernel
+ * (kcuda_attn_uses_prefill_kernel) do; for the others PD_ERR_UNSUPPORTED, nothing queued
+ * or logged (the caller runs the f32 call and rounds).  Other errors as the f32 call. */
+pd_status_t kcuda_paged_attention_half(const kcpu_attn_params_t *p, float k_scale, float v_scale, void *out,
+                                       kcpu_dtype_t out_type, void *workspace, size_t ws_bytes, int sm_count,
+                                       bool allow_reduced, int *err, kcuda_stream_t stream);
 
 /*
  * Pure decode batches (every sequence at most one token: n_tokens <= n_seqs) go to a

@@ -653,9 +653,8 @@ extern "C" pd_status_t kcuda_paged_attention(const kcpu_attn_params_t *p, void *
     return kcuda_paged_attention_scaled(p, 1.0f, 1.0f, workspace, ws_bytes, sm_count, allow_reduced, err, stream);
 }
 
-extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
-                                                    void *workspace, size_t ws_bytes, int sm_count,
-                                                    bool allow_reduced, int *err, kcuda_stream_t stream)
+/* The argument checks of kcuda_paged_attention_scaled (logged). */
+static pd_status_t attn_check(const kcpu_attn_params_t *p, float k_scale, float v_scale)
 {
     const kcpu_kv_layout_t *L = p ? p->layout : NULL;
     if (p == NULL || L == NULL || p->n_tokens < 0 || p->n_tokens > INT32_MAX || p->n_heads <= 0 ||
@@ -669,14 +668,58 @@ extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p,
         PD_LOG_ERR("kcuda_paged_attention: bad parameters");
         return PD_ERR_INVAL;
     }
-    if (p->n_tokens == 0)
-        return PD_OK;
-    attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
+    return PD_OK;
+}
+
+static pd_status_t attn_ws_check(const kcpu_attn_params_t *p, void *workspace, size_t ws_bytes, int sm_count,
+                                 bool allow_reduced)
+{
     size_t need = kcuda_attn_workspace_bytes(p, sm_count, allow_reduced);
     if (need > 0 && (workspace == NULL || ws_bytes < need)) {
         PD_LOG_ERR("kcuda_paged_attention: workspace of %zu bytes needed, %zu given", need, ws_bytes);
         return PD_ERR_INVAL;
     }
+    return PD_OK;
+}
+
+extern "C" pd_status_t kcuda_paged_attention_half(const kcpu_attn_params_t *p, float k_scale, float v_scale,
+                                                  void *out, kcpu_dtype_t out_type, void *workspace,
+                                                  size_t ws_bytes, int sm_count, bool allow_reduced, int *err,
+                                                  kcuda_stream_t stream)
+{
+    pd_status_t st = attn_check(p, k_scale, v_scale);
+    if (st != PD_OK)
+        return st;
+    if ((out_type != KCPU_DTYPE_BF16 && out_type != KCPU_DTYPE_F16) || out == NULL) {
+        PD_LOG_ERR("kcuda_paged_attention_half: output type %s", kcpu_dtype_name(out_type));
+        return PD_ERR_INVAL;
+    }
+    if (p->n_tokens == 0)
+        return PD_OK;
+    const attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
+    if (!pl.fa2)
+        return PD_ERR_UNSUPPORTED; /* the caller runs the f32 kernels and rounds */
+    st = attn_ws_check(p, workspace, ws_bytes, sm_count, allow_reduced);
+    if (st != PD_OK)
+        return st;
+    return kcuda_attn_prefill_launch(p, k_scale, v_scale, out, out_type, pl.n_splits, (float *)workspace, err,
+                                     stream);
+}
+
+extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p, float k_scale, float v_scale,
+                                                    void *workspace, size_t ws_bytes, int sm_count,
+                                                    bool allow_reduced, int *err, kcuda_stream_t stream)
+{
+    pd_status_t st = attn_check(p, k_scale, v_scale);
+    if (st != PD_OK)
+        return st;
+    const kcpu_kv_layout_t *L = p->layout;
+    if (p->n_tokens == 0)
+        return PD_OK;
+    attn_plan_t pl = attn_plan(p, sm_count, allow_reduced);
+    st = attn_ws_check(p, workspace, ws_bytes, sm_count, allow_reduced);
+    if (st != PD_OK)
+        return st;
     if (pl.smem > 227 * 1024) {
         PD_LOG_ERR("kcuda_paged_attention: group %d x head_dim %d needs too much shared memory",
                    p->n_heads / p->n_kv_heads, p->head_dim);
@@ -685,7 +728,8 @@ extern "C" pd_status_t kcuda_paged_attention_scaled(const kcpu_attn_params_t *p,
     if (pl.dec)
         return kcuda_attn_decode_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
     if (pl.fa2)
-        return kcuda_attn_prefill_launch(p, k_scale, v_scale, pl.n_splits, (float *)workspace, err, stream);
+        return kcuda_attn_prefill_launch(p, k_scale, v_scale, p->out, KCPU_DTYPE_F32, pl.n_splits,
+                                         (float *)workspace, err, stream);
     attn_args_t a;
     a.q = p->q;
     a.q_stride = p->q_stride;

@@ -30,6 +30,10 @@
  * blocks read as zeros, like the other kernels of kcuda_attn.cu.
  * Keys past the CTA's range in the last tile are zero-filled, never read: V there must
  * be finite (0 * NaN in P V would poison the row).
+ * Output type: f32, or bf16 / f16 rounded to nearest even at the final store (the type
+ * the o projection's GEMM reads, saving the forward a rounding pass over the rows): a
+ * run-time switch of the epilogue and the merge only, so the f32 values rounded are the
+ * ones the f32 output would hold (bit for bit the same after rounding).
  */
 #include "kcuda_internal.cuh"
 #include "kcuda_attn_prefill.cuh"
@@ -45,11 +49,15 @@
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 
+/* the output element type (fa_args_t.out_kind) */
+enum { FA_OUT_F32 = 0, FA_OUT_BF16 = 1, FA_OUT_F16 = 2 };
+
 typedef struct {
     const float *q;
     int64_t q_stride;
-    float *out;
+    void *out;        /* out_kind elements */
     int64_t out_stride;
+    int out_kind;
     const int32_t *tok_seq, *tok_pos, *bt, *ctx;
     int64_t n_seqs, mbps;
     int n_tokens, n_heads, group, qt, n_splits;
@@ -116,6 +124,21 @@ __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
 {
     __half2 h = __floats2half2_rn(lo, hi);
     return *(uint32_t *)&h;
+}
+
+/* out[i], out[i + 1] = x0, x1 in the output type (i even: a 16-bit pair is one 4-byte
+ * store, the launcher checks that the row stride is even and the base 4-byte aligned;
+ * f32 rows may have any stride: two stores) */
+__device__ __forceinline__ void fa_store2(const fa_args_t &a, int64_t i, float x0, float x1)
+{
+    if (a.out_kind == FA_OUT_BF16) {
+        *(__nv_bfloat162 *)((__nv_bfloat16 *)a.out + i) = __floats2bfloat162_rn(x0, x1);
+    } else if (a.out_kind == FA_OUT_F16) {
+        *(__half2 *)((__half *)a.out + i) = __floats2half2_rn(x0, x1);
+    } else {
+        ((float *)a.out)[i] = x0;
+        ((float *)a.out)[i + 1] = x1;
+    }
 }
 
 /* ---- tile loads ---- */
@@ -417,12 +440,10 @@ __global__ void __launch_bounds__(NW * 32, 1) fa_prefill_kernel(fa_args_t a)
             if (rlo[h2] == -2)
                 continue; /* bad row: leave the output alone */
             const float inv = lt > 0.0f ? a.oscale / lt : 0.0f;
-            float *orow = a.out + (int64_t)rtok[h2] * a.out_stride + (int64_t)rhead[h2] * D + c0;
+            const int64_t orow = (int64_t)rtok[h2] * a.out_stride + (int64_t)rhead[h2] * D + c0;
 #pragma unroll
-            for (int n = 0; n < DN; n++) {
-                orow[n * 8] = o[n][2 * h2] * inv;
-                orow[n * 8 + 1] = o[n][2 * h2 + 1] * inv;
-            }
+            for (int n = 0; n < DN; n++)
+                fa_store2(a, orow + n * 8, o[n][2 * h2] * inv, o[n][2 * h2 + 1] * inv);
         } else {
             const int64_t row = ((int64_t)rtok[h2] * a.n_heads + rhead[h2]) * a.n_splits + split;
             float *wrow = a.ws + row * D + c0;
@@ -461,7 +482,14 @@ __global__ void fa_combine_kernel(fa_args_t a, int D)
                 acc += w * a.ws[(row0 + s) * D + d];
             }
         }
-        a.out[(int64_t)t * a.out_stride + (int64_t)h * D + d] = L > 0.0f ? acc / L : 0.0f;
+        const float v = L > 0.0f ? acc / L : 0.0f;
+        const int64_t i = (int64_t)t * a.out_stride + (int64_t)h * D + d;
+        if (a.out_kind == FA_OUT_BF16)
+            ((__nv_bfloat16 *)a.out)[i] = __float2bfloat16_rn(v);
+        else if (a.out_kind == FA_OUT_F16)
+            ((__half *)a.out)[i] = __float2half_rn(v);
+        else
+            ((float *)a.out)[i] = v;
     }
 }
 
@@ -550,20 +578,26 @@ static pd_status_t fa_launch_one(const fa_args_t &a, dim3 grid, cudaStream_t str
     return PD_OK;
 }
 
-pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
-                                      float *ws, int *err, kcuda_stream_t stream)
+pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, void *out,
+                                      kcpu_dtype_t out_type, int n_splits, float *ws, int *err, kcuda_stream_t stream)
 {
     const kcpu_kv_layout_t *L = p->layout;
-    if (!kcuda_attn_prefill_ok(p) || n_splits < 1 || n_splits > FA_MAX_SPLITS || (n_splits > 1 && ws == NULL)) {
+    if (!kcuda_attn_prefill_ok(p) || n_splits < 1 || n_splits > FA_MAX_SPLITS || (n_splits > 1 && ws == NULL) ||
+        (out_type != KCPU_DTYPE_F32 && out_type != KCPU_DTYPE_BF16 && out_type != KCPU_DTYPE_F16) || out == NULL) {
         PD_LOG_ERR("kcuda_paged_attention (prefill): shape not supported");
         return PD_ERR_UNSUPPORTED;
+    }
+    if (out_type != KCPU_DTYPE_F32 && (((uintptr_t)out & 3) != 0 || p->out_stride % 2 != 0)) {
+        PD_LOG_ERR("kcuda_paged_attention (prefill): a 16-bit output needs 4-byte aligned rows");
+        return PD_ERR_INVAL;
     }
     const int NW = fa_warps();
     fa_args_t a;
     a.q = p->q;
     a.q_stride = p->q_stride;
-    a.out = p->out;
+    a.out = out;
     a.out_stride = p->out_stride;
+    a.out_kind = out_type == KCPU_DTYPE_BF16 ? FA_OUT_BF16 : out_type == KCPU_DTYPE_F16 ? FA_OUT_F16 : FA_OUT_F32;
     a.tok_seq = p->tok_seq;
     a.tok_pos = p->tok_pos;
     a.bt = p->block_tables;

@@ -25,9 +25,13 @@ int kcuda_attn_prefill_splits(const kcpu_attn_params_t *p, int sm_count);
 
 /* Launch the prefill kernel (and, with n_splits > 1, its merge) on `stream`.  k_scale,
  * v_scale: an fp8 cache's dequantization scales (1 for the others).  ws: device memory
- * of n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1. */
-pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, int n_splits,
-                                      float *ws, int *err, kcuda_stream_t stream);
+ * of n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1.
+ * out: the output rows (p->out is not used; row stride p->out_stride elements) of
+ * out_type F32, or BF16 / F16 (rounded to nearest even from the f32 result; out 4-byte
+ * aligned and out_stride even, else PD_ERR_INVAL). */
+pd_status_t kcuda_attn_prefill_launch(const kcpu_attn_params_t *p, float k_scale, float v_scale, void *out,
+                                      kcpu_dtype_t out_type, int n_splits, float *ws, int *err,
+                                      kcuda_stream_t stream);
 
 /* The mode set with kcuda_attn_set_prefill (KCUDA_ATTN_PREFILL_AUTO resolved through the
  * environment, read once). */

@@ -1,7 +1,8 @@
 /*
  * kcuda_gemm.cu - y = a . W^T through cuBLAS: f32 SGEMM without TF32 for f32 weights
  * (the exact path the golden test uses), bf16/f16 tensor-core GEMM with f32 accumulation
- * and f32 output otherwise.  Row-major y[M,N] is column-major y^T[N,M], so the call is
+ * and f32 output otherwise (or, kcuda_gemm_half_out, an output in the operands' 16-bit
+ * type, rounded by cuBLAS's epilogue).  Row-major y[M,N] is column-major y^T[N,M], so the call is
  * C(N x M) = op_T(W as K x N col-major) . a (K x M col-major).
  */
 #include "kcuda_internal.cuh"
@@ -52,8 +53,9 @@ extern "C" void kcuda_blas_destroy(kcuda_blas_t *blas)
     free(blas);
 }
 
+/* y of type F32, or of wtype (BF16 / F16) when half_out */
 static pd_status_t gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda, const void *w,
-                        kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, float beta)
+                        kcpu_dtype_t wtype, int64_t N, void *y, int64_t ldy, float beta, bool half_out)
 {
     const float one = 1.0f, b = beta;
     cublasStatus_t s;
@@ -63,18 +65,23 @@ static pd_status_t gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K,
         PD_LOG_ERR("kcuda_gemm: bad shape M=%lld K=%lld N=%lld", (long long)M, (long long)K, (long long)N);
         return PD_ERR_INVAL;
     }
+    if (half_out && wtype != KCPU_DTYPE_BF16 && wtype != KCPU_DTYPE_F16) {
+        PD_LOG_ERR("kcuda_gemm_half_out: weight type %s", kcpu_dtype_name(wtype));
+        return PD_ERR_UNSUPPORTED;
+    }
     if (M == 0)
         return PD_OK;
     switch (wtype) {
     case KCPU_DTYPE_F32:
         s = cublasSgemm(blas->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float *)w,
-                        (int)K, (const float *)a, (int)lda, &b, y, (int)ldy);
+                        (int)K, (const float *)a, (int)lda, &b, (float *)y, (int)ldy);
         break;
     case KCPU_DTYPE_BF16:
     case KCPU_DTYPE_F16:
         t = wtype == KCPU_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
         s = cublasGemmEx(blas->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, t, (int)K, a, t,
-                         (int)lda, &b, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                         (int)lda, &b, y, half_out ? t : CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
         break;
     default:
         PD_LOG_ERR("kcuda_gemm: weight type %s needs conversion first", kcpu_dtype_name(wtype));
@@ -91,11 +98,17 @@ static pd_status_t gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K,
 extern "C" pd_status_t kcuda_gemm(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
                                   const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy)
 {
-    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 0.0f);
+    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 0.0f, false);
 }
 
 extern "C" pd_status_t kcuda_gemm_acc(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
                                       const void *w, kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy)
 {
-    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 1.0f);
+    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 1.0f, false);
+}
+
+extern "C" pd_status_t kcuda_gemm_half_out(kcuda_blas_t *blas, const void *a, int64_t M, int64_t K, int64_t lda,
+                                           const void *w, kcpu_dtype_t wtype, int64_t N, void *y, int64_t ldy)
+{
+    return gemm(blas, a, M, K, lda, w, wtype, N, y, ldy, 0.0f, true);
 }

@@ -7,6 +7,12 @@
  * sees the same input as on the two-pass path.  Used by the prefill forward (matmuls of
  * more than 8 rows); decode keeps f32 rows for its GEMV.  Vectorised: 4 columns a thread
  * with 16-byte loads when the rows allow.
+ * kcuda_silu_and_mul_from_half reads gate and up in the 16-bit type as well (the gate|up
+ * GEMM writes them so: kcuda_gemm_half_out), halving the bytes of the input, which is
+ * most of the traffic: the same formula in f32 on the widened values, 8 columns a thread
+ * with one 16-byte load of gate, one of up and one 16-byte store.  The 16-bit values are
+ * taken apart and put together with shifts on 32-bit words (no arrays of halves, which
+ * could land in local memory).
  */
 #include "kcuda_internal.cuh"
 
@@ -33,6 +39,54 @@ __global__ void silu_mul_half_kernel(const float *gate, int64_t gs, const float 
     } else {
         for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < I; i += (int64_t)gridDim.y * blockDim.x)
             o[i] = kc_from_f32<OT>(kc_silu_mul(g[i], u[i]));
+    }
+}
+
+/* 16-bit bit patterns (the low 16 bits of h) <-> f32 */
+template <typename HT> __device__ __forceinline__ float kc_bits_f32(uint32_t h);
+template <> __device__ __forceinline__ float kc_bits_f32<__nv_bfloat16>(uint32_t h) { return __uint_as_float(h << 16); }
+template <> __device__ __forceinline__ float kc_bits_f32<__half>(uint32_t h)
+{
+    return __half2float(__ushort_as_half((unsigned short)(h & 0xffffu)));
+}
+template <typename HT> __device__ __forceinline__ uint32_t kc_f32_bits(float v);
+template <> __device__ __forceinline__ uint32_t kc_f32_bits<__nv_bfloat16>(float v)
+{
+    return __bfloat16_as_ushort(kc_from_f32<__nv_bfloat16>(v));
+}
+template <> __device__ __forceinline__ uint32_t kc_f32_bits<__half>(float v)
+{
+    return __half_as_ushort(kc_from_f32<__half>(v));
+}
+
+/* two packed 16-bit gate values and two up values -> two packed outputs (low half first) */
+template <typename HT> __device__ __forceinline__ uint32_t kc_silu_mul2(uint32_t g, uint32_t u)
+{
+    const float lo = kc_silu_mul(kc_bits_f32<HT>(g & 0xffffu), kc_bits_f32<HT>(u & 0xffffu));
+    const float hi = kc_silu_mul(kc_bits_f32<HT>(g >> 16), kc_bits_f32<HT>(u >> 16));
+    return kc_f32_bits<HT>(lo) | (kc_f32_bits<HT>(hi) << 16);
+}
+
+/* out[t, i] = silu(gate[t, i]) * up[t, i], all three 16-bit (HT); grid as above.
+ * VEC: 8 columns per thread, 16-byte loads and store (I, the strides multiples of 8,
+ * the bases 16-byte aligned). */
+template <typename HT, bool VEC>
+__global__ void silu_mul_from_half_kernel(const uint16_t *gate, int64_t gs, const uint16_t *up, int64_t us,
+                                          uint16_t *out, int64_t I)
+{
+    const int64_t t = blockIdx.x;
+    const uint16_t *g = gate + t * gs, *u = up + t * us;
+    uint16_t *o = out + t * I;
+    if (VEC) {
+        for (int64_t i = 8 * ((int64_t)blockIdx.y * blockDim.x + threadIdx.x); i < I;
+             i += 8 * (int64_t)gridDim.y * blockDim.x) {
+            const uint4 a = *(const uint4 *)(g + i), b = *(const uint4 *)(u + i);
+            *(uint4 *)(o + i) = make_uint4(kc_silu_mul2<HT>(a.x, b.x), kc_silu_mul2<HT>(a.y, b.y),
+                                           kc_silu_mul2<HT>(a.z, b.z), kc_silu_mul2<HT>(a.w, b.w));
+        }
+    } else {
+        for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < I; i += (int64_t)gridDim.y * blockDim.x)
+            o[i] = (uint16_t)kc_f32_bits<HT>(kc_silu_mul(kc_bits_f32<HT>(g[i]), kc_bits_f32<HT>(u[i])));
     }
 }
 
@@ -67,4 +121,37 @@ extern "C" pd_status_t kcuda_silu_and_mul_half(const float *gate, int64_t gate_s
     else
         silu_mul_half_kernel<__half, false><<<grid, th, 0, stream>>>(gate, gate_stride, up, up_stride, (__half *)out, I);
     KCUDA_LAUNCHED("kcuda_silu_and_mul_half");
+}
+
+extern "C" pd_status_t kcuda_silu_and_mul_from_half(const void *gate, int64_t gate_stride, const void *up,
+                                                    int64_t up_stride, void *out, kcpu_dtype_t type, int64_t T,
+                                                    int64_t I, kcuda_stream_t stream)
+{
+    if (T < 0 || I <= 0 || T > INT32_MAX || gate_stride < I || up_stride < I || !half_type(type) || gate == NULL ||
+        up == NULL || out == NULL) {
+        PD_LOG_ERR("kcuda_silu_and_mul_from_half: bad arguments T=%lld I=%lld", (long long)T, (long long)I);
+        return PD_ERR_INVAL;
+    }
+    if (T == 0)
+        return PD_OK;
+    const bool vec = I % 8 == 0 && gate_stride % 8 == 0 && up_stride % 8 == 0 && ((uintptr_t)gate & 15) == 0 &&
+                     ((uintptr_t)up & 15) == 0 && ((uintptr_t)out & 15) == 0;
+    const int th = 256;
+    const int64_t per = vec ? 8 * th : th;
+    int64_t gy = (I + per - 1) / per;
+    if (gy > 65535)
+        gy = 65535;
+    dim3 grid((unsigned)T, (unsigned)gy);
+    const uint16_t *g = (const uint16_t *)gate, *u = (const uint16_t *)up;
+    uint16_t *o = (uint16_t *)out;
+    const bool bf = type == KCPU_DTYPE_BF16;
+    if (vec && bf)
+        silu_mul_from_half_kernel<__nv_bfloat16, true><<<grid, th, 0, stream>>>(g, gate_stride, u, up_stride, o, I);
+    else if (vec)
+        silu_mul_from_half_kernel<__half, true><<<grid, th, 0, stream>>>(g, gate_stride, u, up_stride, o, I);
+    else if (bf)
+        silu_mul_from_half_kernel<__nv_bfloat16, false><<<grid, th, 0, stream>>>(g, gate_stride, u, up_stride, o, I);
+    else
+        silu_mul_from_half_kernel<__half, false><<<grid, th, 0, stream>>>(g, gate_stride, u, up_stride, o, I);
+    KCUDA_LAUNCHED("kcuda_silu_and_mul_from_half");
 }

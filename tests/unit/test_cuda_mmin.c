@@ -13,7 +13,9 @@
  *    product (1e-5);
  *  - a whole prefill forward (tiny llama, bf16 weights, 40 tokens in 3 sequences) with
  *    the 16-bit inputs and residual adds in the GEMMs against the same forward with
- *    PD_CUDA_NO_MM16=1: logits within bf16 rounding of each other, and the logits of
+ *    PD_CUDA_NO_MM16=1: logits within bf16 rounding of each other (5e-3 of max |logit|;
+ *    since pfout the 16-bit path also rounds the gate|up GEMM's output to bf16, which a
+ *    numpy emulation puts at 1.2e-4 of max |logit| on this batch), and the logits of
  *    the same prefill run without logit rows then asked with eng_forward_logits (x
  *    already holds the last MLP output: nothing may be added twice) bit-identical;
  *  - mm_in_type: f32 for decode row counts (the GEMV reads f32), the weight type above.
