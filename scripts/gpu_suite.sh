@@ -103,9 +103,9 @@ run() {
     # the non-default switches in processes of their own (a fault there spoils nothing
     # above): graphs vs eager with the decode GEMVs without PDL and with weights in L1,
     # the fa2 prefill kernel with 8-warp CTAs, the tensor-core decode attention cases
-    suite_step "$dir" "$out" test_cuda_engine_nopdl 50 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
-    suite_step "$dir" "$out" test_cuda_engine_fa2w8 50 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
-    suite_step "$dir" "$out" test_attn_tc 50 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" test_cuda_engine_nopdl 35 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_engine_fa2w8 35 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_attn_tc 30 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f

@@ -105,6 +105,13 @@ def main():
         print("|---|---|---|---|---|---|")
         for (a, b, late), (n, t) in sorted(pairs.items(), key=lambda kv: -kv[1][1])[:14]:
             print("| %s | %s | %s | %d | %.1f | %.2f |" % (a, b, "yes" if late else "no", n, t / 1e3, t / 1e3 / n))
+        ks = OrderedDict()
+        for s_, e_, n_, _ in ph:
+            k = short(n_)
+            c, t = ks.get(k, (0, 0))
+            ks[k] = (c + 1, t + e_ - s_)
+        print("kernels by time (all steps of the phase): " + ", ".join(
+            "%s x%d %.3f ms" % (k, c, t / 1e6) for k, (c, t) in sorted(ks.items(), key=lambda kv: -kv[1][1])[:10]))
         print("largest: " + ", ".join("%.0f us (%s -> %s%s)" % (g / 1e3, short(a), short(b), ", host" if late else "")
                                       for g, a, b, late in sorted(gaps, key=lambda x: -x[0])[:6]))
 
