@@ -378,8 +378,8 @@ bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, in
  *   KCUDA_ATTN_PREFILL_FA2   the FlashAttention-2 kernel;
  *   KCUDA_ATTN_PREFILL_OLD   the WMMA kernel.
  * warps: warps per CTA of the fa2 kernel, 4 (64 query rows) or 8 (128 rows); 0 = env
- * PD_CUDA_ATTN_PREFILL_WARPS (4 unless it says 8).  kcuda_attn_workspace_bytes follows
- * both settings.
+ * PD_CUDA_ATTN_PREFILL_WARPS (4 or 8), and without it 8 for head_dim 128, 4 for 64.
+ * kcuda_attn_workspace_bytes follows both settings.
  */
 typedef enum {
     KCUDA_ATTN_PREFILL_AUTO = 0,
