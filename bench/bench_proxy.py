@@ -208,6 +208,8 @@ def main():
     ap.add_argument("--baseline-proxy", default=None, help="a second proxy binary measured in the same run")
     ap.add_argument("--baseline-args", default="", help="extra options for the baseline proxy")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level")
+    ap.add_argument("--warm-level", action="store_true",
+                    help="before each level, one unmeasured run at its concurrency through every path")
     ap.add_argument("--pin", default=None,
                     help="CLIENT:UPSTREAM:PROXY CPU lists for taskset (e.g. 0-7:8-9:10-15): the bench client, "
                          "the upstream and the proxies (both) on disjoint cores, so the tail is not their contention")
@@ -248,8 +250,14 @@ def main():
                 a.num_prompts = n
                 for rep in range(max(1, args.repeat)):
                     seed = 1000 * (rep + 1) + conc
-                    d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", seed)
                     order = [("proxy", px, px_port)] + ([("baseline", bl, bl_port)] if bl else [])
+                    if args.warm_level and rep == 0:
+                        # one unmeasured run at this concurrency through each path first, so
+                        # the measured runs find every connection (client -> proxy -> upstream)
+                        # already open: what is left is the steady state, not connection set-up
+                        for wname, _, wport in [("direct", up, up_port)] + order:
+                            run_bench(bench, f"http://127.0.0.1:{wport}", conc, a, tmp, f"warm_{wname}_{conc}", 99)
+                    d = run_bench(bench, f"http://127.0.0.1:{up_port}", conc, a, tmp, f"direct_{conc}", seed)
                     if rep % 2:
                         order.reverse()
                     for name, proc, port in order:
@@ -273,7 +281,7 @@ def main():
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
             "commit": args.commit or git_commit(), "upstream": upstream,
             "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args,
-            "output_len": args.output_len, "label": args.label, "pin": args.pin,
+            "output_len": args.output_len, "label": args.label, "pin": args.pin, "warm_level": args.warm_level,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
           f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")

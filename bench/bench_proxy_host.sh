@@ -24,7 +24,10 @@
 #   4. on 16 or more CPUs: 1, 64 and 1,000 streams twice with the bench client, the
 #      upstream and the proxies pinned to disjoint cores (bench_proxy.py --pin; client
 #      on the first half, upstream on 2 cores, the proxies on the rest), so the tail
-#      measures the proxy and not the three processes competing for the same cores.
+#      measures the proxy and not the three processes competing for the same cores;
+#   5. (PX_STEPS=pinwarm, not in the default) 1,000 streams pinned, each path warmed by one
+#      unmeasured run at that concurrency first (bench_proxy.py --warm-level: the proxy's
+#      upstream connections already open), to separate connection set-up from the rest.
 # PX_STEPS="low high threads pinned" (the default) picks steps.
 # (A real pdserve-decode upstream is not part of it: the staged set carries no model,
 # and a node's own variance hides the proxy; bench_proxy.py --upstream node does it.)
@@ -124,11 +127,17 @@ run() {
         step pinned 110 --concurrency 1,64,1000 --repeat 2 --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" \
             "${bl[@]}"
     fi
+    if [[ $steps == *" pinwarm "* ]] && [ "$ncpu" -ge 16 ] && command -v taskset >/dev/null; then
+        step pinwarm 120 --concurrency 1000 --repeat 2 --warm-level \
+            --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" "${bl[@]}"
+    fi
     rm -rf "$rt"
     echo "== proxy overhead, C upstream (added = via proxy - direct, same run; 'baseline' rows: the proxy at $(cat "$dest/BASELINE" 2>/dev/null || echo -))"
     grep -h '^[|#]' "$OUT/low.txt" "$OUT/high.txt" 2>/dev/null | awk '!/^\|---|^\| conc/ || !seen[$0]++'
     echo "== pinned: client, upstream and proxies on disjoint cores"
     grep -h '^[|#]' "$OUT/pinned.txt" 2>/dev/null
+    echo "== pinned, each level warmed first"
+    grep -h '^[|#]' "$OUT/pinwarm.txt" 2>/dev/null
     echo "== --relay-threads 1 (plain rows) against 4 ('baseline' rows)"
     grep -h '^|' "$OUT/threads.txt" 2>/dev/null | grep -v -- '^|---'
     return 0
