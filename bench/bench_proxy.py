@@ -97,13 +97,21 @@ def make_row(conc, n, d, v, cpu, args):
     return row
 
 
+def steady_rate(conc, args):
+    """--steady: the Poisson rate that keeps `conc` streams in flight on average (each
+    lasts TTFT + (tokens - 1) x ITL of the upstream), instead of sending them all at once."""
+    life_s = (args.ttft_ms + (args.output_len - 1) * args.itl_ms) / 1000.0
+    return conc / life_s
+
+
 def run_bench(bench, url, conc, args, outdir, tag, seed):
     # a different seed per run: a real node's prefix cache must not serve the second
     # run's prompts from the first run's
     cmd = [bench, "--seed", str(seed), "--base-url", url, "--ready-check-timeout-sec", "0", "--disable-tqdm",
            "--num-prompts", str(args.num_prompts or max(64, 4 * conc)), "--random-input-len", "32",
            "--random-output-len", str(args.output_len), "--random-range-ratio", "0",
-           "--max-concurrency", str(conc), "--request-rate", "inf",
+           "--max-concurrency", str(conc if not args.steady else conc + conc // 4 + 1),
+           "--request-rate", "inf" if not args.steady else "%.2f" % steady_rate(conc, args),
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
            "--save-result", "--result-dir", outdir, "--result-filename", f"{tag}.json"]
     if getattr(args, "bench_model", None):
@@ -208,6 +216,9 @@ def main():
     ap.add_argument("--baseline-proxy", default=None, help="a second proxy binary measured in the same run")
     ap.add_argument("--baseline-args", default="", help="extra options for the baseline proxy")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level")
+    ap.add_argument("--steady", action="store_true",
+                    help="Poisson arrivals at the rate that keeps CONC streams in flight on average "
+                         "(cap 1.25 x CONC) instead of all at once: the steady state, not the opening burst")
     ap.add_argument("--warm-level", action="store_true",
                     help="before each level, one unmeasured run at its concurrency through every path")
     ap.add_argument("--pin", default=None,
@@ -245,7 +256,7 @@ def main():
                 wait_http(f"http://127.0.0.1:{bl_port}/health", timeout=30)
                 run_bench(bench, f"http://127.0.0.1:{bl_port}", 4, w, tmp, "warmup_bl", 7)
             for conc in [int(c) for c in args.concurrency.split(",")]:
-                n = args.num_prompts or max(16, 2 * conc)
+                n = args.num_prompts or max(16, (4 if args.steady else 2) * conc)
                 a = argparse.Namespace(**vars(args))
                 a.num_prompts = n
                 for rep in range(max(1, args.repeat)):
@@ -281,7 +292,7 @@ def main():
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()[0],
             "commit": args.commit or git_commit(), "upstream": upstream,
             "proxy_args": args.proxy_args, "baseline_proxy": args.baseline_proxy, "baseline_args": args.baseline_args,
-            "output_len": args.output_len, "label": args.label, "pin": args.pin, "warm_level": args.warm_level,
+            "output_len": args.output_len, "label": args.label, "pin": args.pin, "warm_level": args.warm_level, "steady": args.steady,
             "goals": {"ttft_p99_added_ms": 1.0, "itl_p99_added_ms": 0.05}, "rows": rows}
     print(f"# bench_proxy {info['date']} on {info['machine']} ({info['cpus']} x {info['cpu']}), commit "
           f"{info['commit']}; upstream {upstream}; {args.output_len} tokens per request")

@@ -28,6 +28,9 @@
 #   5. (PX_STEPS=pinwarm, not in the default) 1,000 streams pinned, each path warmed by one
 #      unmeasured run at that concurrency first (bench_proxy.py --warm-level: the proxy's
 #      upstream connections already open), to separate connection set-up from the rest.
+#   6. (PX_STEPS=steady, not in the default) 64 and 1,000 streams pinned and warmed, with
+#      Poisson arrivals at the rate that keeps that many streams in flight (--steady)
+#      instead of one burst: the proxy's steady-state overhead at that concurrency.
 # PX_STEPS="low high threads pinned" (the default) picks steps.
 # (A real pdserve-decode upstream is not part of it: the staged set carries no model,
 # and a node's own variance hides the proxy; bench_proxy.py --upstream node does it.)
@@ -127,6 +130,10 @@ run() {
         step pinned 110 --concurrency 1,64,1000 --repeat 2 --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" \
             "${bl[@]}"
     fi
+    if [[ $steps == *" steady "* ]] && [ "$ncpu" -ge 16 ] && command -v taskset >/dev/null; then
+        step steady 150 --concurrency 64,1000 --repeat 2 --warm-level --steady \
+            --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" "${bl[@]}"
+    fi
     if [[ $steps == *" pinwarm "* ]] && [ "$ncpu" -ge 16 ] && command -v taskset >/dev/null; then
         step pinwarm 120 --concurrency 1000 --repeat 2 --warm-level \
             --pin "0-$((half - 1)):$half-$((half + 1)):$((half + 2))-$((ncpu - 1))" "${bl[@]}"
@@ -136,6 +143,8 @@ run() {
     grep -h '^[|#]' "$OUT/low.txt" "$OUT/high.txt" 2>/dev/null | awk '!/^\|---|^\| conc/ || !seen[$0]++'
     echo "== pinned: client, upstream and proxies on disjoint cores"
     grep -h '^[|#]' "$OUT/pinned.txt" 2>/dev/null
+    echo "== pinned, warmed, steady Poisson arrivals"
+    grep -h '^[|#]' "$OUT/steady.txt" 2>/dev/null
     echo "== pinned, each level warmed first"
     grep -h '^[|#]' "$OUT/pinwarm.txt" 2>/dev/null
     echo "== --relay-threads 1 (plain rows) against 4 ('baseline' rows)"
