@@ -35,69 +35,8 @@
 #include "kcpu.h"
 #include "pd_test.h"
 
-static const eng_backend_ops_t *ops;
-static eng_backend_t *be;
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-
-static float *rand_vec(size_t n, float scale)
-{
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = frand() * scale;
-    return v;
-}
-
-static void *dev_copy(const void *host, size_t bytes)
-{
-    void *d = NULL;
-    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
-        return NULL;
-    if (ops->memcpy_h2d(be, d, host, bytes) != PD_OK) {
-        ops->buf_free(be, d);
-        return NULL;
-    }
-    return d;
-}
-
-static void *dev_poisoned(size_t bytes)
-{
-    void *d = NULL;
-    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
-        return NULL;
-    ops->memset(be, d, 0xff, bytes);
-    return d;
-}
-
-static float half_to_f32(uint16_t h, kcpu_dtype_t t)
-{
-    return t == KCPU_DTYPE_BF16 ? kcpu_bf16_to_f32(h) : kcpu_f16_to_f32(h);
-}
-
-static uint16_t f32_to_half(float f, kcpu_dtype_t t)
-{
-    return t == KCPU_DTYPE_BF16 ? kcpu_f32_to_bf16(f) : kcpu_f32_to_f16(f);
-}
-
-/* Outputs (16-bit) within one unit in the last place of the rounded reference. */
-static int count_off(const uint16_t *got, const float *ref, size_t n, kcpu_dtype_t t)
-{
-    const float ulp = t == KCPU_DTYPE_BF16 ? 1.0f / 128.0f : 1.0f / 1024.0f;
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        float g = half_to_f32(got[i], t), r = half_to_f32(f32_to_half(ref[i], t), t);
-        if (!(fabsf(g - r) <= ulp * fabsf(r) + 1e-6f))
-            bad++;
-    }
-    return bad;
-}
+#define CUDA_TEST_SEED 0x2545f4914f6cdd1dull
+#include "cuda_test_util.h"
 
 static void norm_case(kcpu_dtype_t t, int64_t T, int64_t D, bool add)
 {
@@ -105,8 +44,8 @@ static void norm_case(kcpu_dtype_t t, int64_t T, int64_t D, bool add)
     float *res = rand_vec(n, 2.0f), *x = rand_vec(n, 1.0f), *w = rand_vec((size_t)D, 1.5f);
     float *ref = malloc(n * sizeof(float)), *res_ref = malloc(n * sizeof(float)), *res_got = malloc(n * sizeof(float));
     uint16_t *got = malloc(n * 2);
-    void *d_res = dev_copy(res, n * 4), *d_x = dev_copy(x, n * 4), *d_w = dev_copy(w, (size_t)D * 4);
-    void *d_out = dev_poisoned(n * 2);
+    void *d_res = up(res, n * 4), *d_x = up(x, n * 4), *d_w = up(w, (size_t)D * 4);
+    void *d_out = poisoned(n * 2);
     PD_CHECK(ref && res_ref && res_got && got && d_res && d_x && d_w && d_out);
     if (!ref || !res_ref || !res_got || !got || !d_res || !d_x || !d_w || !d_out)
         goto out;
@@ -121,7 +60,7 @@ static void norm_case(kcpu_dtype_t t, int64_t T, int64_t D, bool add)
     double rerr = 0;
     for (size_t i = 0; i < n; i++)
         rerr = fmax(rerr, fabs((double)res_got[i] - res_ref[i]));
-    int bad = count_off(got, ref, n, t);
+    int bad = count_off(got, ref, n, t, 1.0f, 1e-6f);
     printf("  add_rmsnorm_mm %s T=%lld D=%lld add=%d: %d of %zu outside 1 ulp, residual err %.1e\n",
            kcpu_dtype_name(t), (long long)T, (long long)D, add, bad, n, rerr);
     PD_CHECK_EQ_INT(bad, 0);
@@ -137,15 +76,15 @@ static void silu_case(kcpu_dtype_t t, int64_t T, int64_t I, int64_t stride, int6
     size_t n = (size_t)T * stride, no = (size_t)T * I;
     float *gu = rand_vec(n, 4.0f), *ref = malloc(no * sizeof(float));
     uint16_t *got = malloc(no * 2);
-    float *d_gu = dev_copy(gu, n * 4);
-    void *d_out = dev_poisoned(no * 2);
+    float *d_gu = up(gu, n * 4);
+    void *d_out = poisoned(no * 2);
     PD_CHECK(gu && ref && got && d_gu && d_out);
     if (!gu || !ref || !got || !d_gu || !d_out)
         goto out;
     kcpu_silu_and_mul(NULL, gu + off, stride, gu + off + I, stride, ref, T, I);
     PD_CHECK_STATUS(ops->silu_and_mul_mm(be, d_gu + off, stride, d_gu + off + I, stride, d_out, T, I), PD_OK);
     PD_CHECK_STATUS(ops->memcpy_d2h(be, got, d_out, no * 2), PD_OK);
-    int bad = count_off(got, ref, no, t);
+    int bad = count_off(got, ref, no, t, 1.0f, 1e-6f);
     printf("  silu_and_mul_mm %s T=%lld I=%lld stride %lld off %lld: %d of %zu outside 1 ulp\n", kcpu_dtype_name(t),
            (long long)T, (long long)I, (long long)stride, (long long)off, bad, no);
     PD_CHECK_EQ_INT(bad, 0);
@@ -166,9 +105,9 @@ static void matmul_case(kcpu_dtype_t t, int64_t M, int64_t K, int64_t N)
         goto out;
     for (size_t i = 0; i < (size_t)M * K; i++)
         xh[i] = f32_to_half(x[i], t);
-    d_x = dev_copy(x, (size_t)M * K * 4), d_xh = dev_copy(xh, (size_t)M * K * 2);
-    d_w = dev_copy(w, (size_t)N * K * 4), d_b = dev_copy(bias, (size_t)N * 4);
-    d_y1 = dev_poisoned((size_t)M * N * 4), d_y2 = dev_poisoned((size_t)M * N * 4);
+    d_x = up(x, (size_t)M * K * 4), d_xh = up(xh, (size_t)M * K * 2);
+    d_w = up(w, (size_t)N * K * 4), d_b = up(bias, (size_t)N * 4);
+    d_y1 = poisoned((size_t)M * N * 4), d_y2 = poisoned((size_t)M * N * 4);
     PD_CHECK(d_x && d_xh && d_w && d_b && d_y1 && d_y2);
     if (!d_x || !d_xh || !d_w || !d_b || !d_y1 || !d_y2)
         goto out;

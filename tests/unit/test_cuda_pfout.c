@@ -39,80 +39,8 @@
 #include "kcuda.h"
 #include "pd_test.h"
 
-static const eng_backend_ops_t *ops;
-static eng_backend_t *be;
-static uint64_t rng = 0x7f4a7c159e3779b9ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-
-static float *rand_vec(size_t n, float scale)
-{
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = frand() * scale;
-    return v;
-}
-
-static void *up(const void *host, size_t bytes)
-{
-    void *d = NULL;
-    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
-        return NULL;
-    if (ops->memcpy_h2d(be, d, host, bytes) != PD_OK) {
-        ops->buf_free(be, d);
-        return NULL;
-    }
-    return d;
-}
-
-static void *poisoned(size_t bytes)
-{
-    void *d = NULL;
-    if (ops->buf_alloc(be, bytes, &d) != PD_OK)
-        return NULL;
-    ops->memset(be, d, 0xff, bytes);
-    return d;
-}
-
-static void *down(const void *d, size_t bytes)
-{
-    void *h = malloc(bytes);
-    if (h != NULL && ops->memcpy_d2h(be, h, d, bytes) != PD_OK) {
-        free(h);
-        return NULL;
-    }
-    return h;
-}
-
-static float half_to_f32(uint16_t h, kcpu_dtype_t t)
-{
-    return t == KCPU_DTYPE_BF16 ? kcpu_bf16_to_f32(h) : kcpu_f16_to_f32(h);
-}
-
-static uint16_t f32_to_half(float f, kcpu_dtype_t t)
-{
-    return t == KCPU_DTYPE_BF16 ? kcpu_f32_to_bf16(f) : kcpu_f32_to_f16(f);
-}
-
-/* 16-bit outputs more than `ulps` units in the last place (+ abs) from the rounded
- * reference */
-static int count_off(const uint16_t *got, const float *ref, size_t n, kcpu_dtype_t t, float ulps, float abs_tol)
-{
-    const float ulp = ulps * (t == KCPU_DTYPE_BF16 ? 1.0f / 128.0f : 1.0f / 1024.0f);
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        float g = half_to_f32(got[i], t), r = half_to_f32(f32_to_half(ref[i], t), t);
-        if (!(fabsf(g - r) <= ulp * fabsf(r) + abs_tol))
-            bad++;
-    }
-    return bad;
-}
+#define CUDA_TEST_SEED 0x7f4a7c159e3779b9ull
+#include "cuda_test_util.h"
 
 /* ---- attention ---- */
 
