@@ -22,6 +22,7 @@
 #include "eng_model.h"
 #include "pd_test.h"
 #include "pd_util.h"
+#include "test_model_util.h"
 
 #define GOLDEN_MAX_T 256
 
@@ -37,19 +38,6 @@ typedef struct golden_cfg {
     int greedy_need;         /* greedy tokens compared at most */
     const char *label;       /* printed after the file name, or NULL */
 } golden_cfg_t;
-
-/* The default model: $PD_MODEL_GGUF, else the cache scripts/setup.sh fills; NULL if absent. */
-static const char *golden_default_gguf(char *buf, size_t n)
-{
-    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
-    if (env && access(env, R_OK) == 0)
-        return env;
-    if (cache && *cache)
-        snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(buf, n, "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
 
 static int golden_check_logits(const golden_cfg_t *cfg, const float *row, const cJSON *pos, int p_index,
                                int t, double *worst_rel)

@@ -34,6 +34,7 @@
 #include "eng_forward.h"
 #include "eng_model.h"
 #include "pd_test.h"
+#include "test_model_util.h"
 
 #define NSEQ 13
 #define MB 8           /* blocks per sequence */
@@ -64,19 +65,6 @@ static int32_t argmax(const float *row, int64_t V)
         if (row[v] > row[best])
             best = v;
     return (int32_t)best;
-}
-
-/* The default model: $PD_MODEL_GGUF, else the cache scripts/setup.sh fills; NULL if absent. */
-static const char *default_gguf(char *buf, size_t n)
-{
-    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
-    if (env && access(env, R_OK) == 0)
-        return env;
-    if (cache && *cache)
-        snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(buf, n, "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return access(buf, R_OK) == 0 ? buf : NULL;
 }
 
 static eng_kv_dtype_t kv_g;  /* KV cache of the next forwards */
@@ -465,7 +453,7 @@ PD_TEST(test_fp8_kv)
     static const char *const names[] = {"llama", "qwen3", NULL};
     const char *src = getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".";
     char buf[4096];
-    const char *g = default_gguf(buf, sizeof(buf));
+    const char *g = test_default_gguf(buf, sizeof(buf));
     for (int i = 0; names[i]; i++) {
         char m[4096];
         snprintf(m, sizeof(m), "%s/tests/data/models/tiny-%s", src, names[i]);
@@ -492,7 +480,7 @@ PD_TEST(test_graphs_vs_eager_small_models)
 PD_TEST(test_graphs_vs_eager_default_model)
 {
     char buf[4096];
-    const char *g = default_gguf(buf, sizeof(buf));
+    const char *g = test_default_gguf(buf, sizeof(buf));
     if (g == NULL) {
         printf("  NOTE: the default model is not in the cache; small models only\n");
         return;
@@ -579,7 +567,7 @@ PD_TEST(test_decode_fusion)
             continue;
         check_decode_fusion(m, names[i]);
     }
-    g = default_gguf(buf, sizeof(buf));
+    g = test_default_gguf(buf, sizeof(buf));
     if (g != NULL)
         check_decode_fusion(g, "SmolLM2-135M");
 }

@@ -61,7 +61,7 @@ int main(void)
     cuda_cfg.argmax_margin_rel = true;
     cuda_cfg.greedy_need = 1 << 30;
     cuda_cfg.label = "f32 GEMMs";
-    gguf_path = golden_default_gguf(gguf_buf, sizeof(gguf_buf));
+    gguf_path = test_default_gguf(gguf_buf, sizeof(gguf_buf));
     PD_RUN(test_small_models_vs_transformers);
     if (gguf_path == NULL) {
         printf("%s: the default model is not in the cache (run scripts/setup.sh)\n",

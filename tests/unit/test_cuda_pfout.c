@@ -38,6 +38,7 @@
 #include "kcpu.h"
 #include "kcuda.h"
 #include "pd_test.h"
+#include "test_model_util.h"
 
 #define CUDA_TEST_SEED 0x7f4a7c159e3779b9ull
 #include "cuda_test_util.h"
@@ -441,22 +442,10 @@ static void forward_model(const char *path, const char *label, eng_kv_dtype_t kv
     eng_model_destroy(model);
 }
 
-static const char *default_gguf(char *buf, size_t n)
-{
-    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
-    if (env && access(env, R_OK) == 0)
-        return env;
-    if (cache && *cache)
-        snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(buf, n, "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
 PD_TEST(test_forward_out16)
 {
     char buf[4096];
-    const char *g = default_gguf(buf, sizeof(buf));
+    const char *g = test_default_gguf(buf, sizeof(buf));
     if (g == NULL) {
         printf("  SKIP: the default model is not in the cache (PD_MODEL_GGUF)\n");
     } else {

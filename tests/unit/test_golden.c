@@ -31,7 +31,7 @@ int main(void)
     cpu_cfg.tol = 1e-3;
     cpu_cfg.argmax_margin_rel = false;
     cpu_cfg.greedy_need = 1 << 30;
-    gguf_path = golden_default_gguf(gguf_buf, sizeof(gguf_buf));
+    gguf_path = test_default_gguf(gguf_buf, sizeof(gguf_buf));
     PD_RUN(test_small_models_vs_transformers);
     if (gguf_path == NULL) {
         printf("SKIP: the default model is not in the cache (run scripts/setup.sh)\n");

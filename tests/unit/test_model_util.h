@@ -1,6 +1,6 @@
 /*
- * test_model_util.h - the small test models of tests/data/models for the forward tests:
- * where one is and loading it with f32 weights.  Header-only (static inline functions): include
+ * test_model_util.h - the models of the forward tests: where a small one of
+ * tests/data/models is, where the default model is, and loading one with f32 weights.  Header-only (static inline functions): include
  * it in one test executable.
  */
 #ifndef TEST_MODEL_UTIL_H
@@ -24,6 +24,19 @@ static inline bool test_model_dir(const char *name, char *buf, size_t n)
         return true;
     printf("SKIP: %s is missing\n", buf);
     return false;
+}
+
+/* The default model: $PD_MODEL_GGUF, else the cache scripts/setup.sh fills; NULL if absent. */
+static inline const char *test_default_gguf(char *buf, size_t n)
+{
+    const char *env = getenv("PD_MODEL_GGUF"), *cache = getenv("PDSERVE_CACHE"), *home = getenv("HOME");
+    if (env && access(env, R_OK) == 0)
+        return env;
+    if (cache && *cache)
+        snprintf(buf, n, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    else
+        snprintf(buf, n, "%s/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
+    return access(buf, R_OK) == 0 ? buf : NULL;
 }
 
 /* The model at path with f32 weights (quantized ones dequantized) and max_model_len;
