@@ -167,6 +167,22 @@ typedef struct {
     int tc;      /* experimental tensor-core kernel (f16 / fp8), -1 = default */
 } att_variant_t;
 
+/* perm <- 0 .. n-1 in an order drawn from the xorshift state seed (Fisher-Yates): block
+ * tables that are not the identity. */
+static void shuffled_blocks(int32_t *perm, int64_t n, uint64_t seed)
+{
+    uint64_t r = seed;
+    for (int64_t i = 0; i < n; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        int64_t j = (int64_t)(r % (uint64_t)(i + 1));
+        int32_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+}
+
 /* An fp8 e4m3 cache of cb bytes: random bytes with bit 6 clear (|value| < 2, never the
  * NaN patterns 0x7f / 0xff, so the outputs can be compared), a 16 MB host pattern
  * uploaded repeatedly. */
@@ -270,16 +286,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                               stream);
         }
         kcuda_fill_random(dq, (size_t)AB * QW, KCPU_DTYPE_F32, 3, 1.0f, stream);
-        uint64_t r = 0x243f6a8885a308d3ull;
-        for (int64_t i = 0; i < max_blocks; i++)
-            perm[i] = (int32_t)i;
-        for (int64_t i = max_blocks - 1; i > 0; i--) {
-            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-            int64_t j = (int64_t)(r % (uint64_t)(i + 1));
-            int32_t tmp = perm[i];
-            perm[i] = perm[j];
-            perm[j] = tmp;
-        }
+        shuffled_blocks(perm, max_blocks, 0x243f6a8885a308d3ull);
         for (int ci = 0; ci < ATT_NCTX; ci++) {
             const int ctx = att_ctx[ci], per = (ctx + BS - 1) / BS;
             const double bytes = (double)AB * ctx * KW * eb * 2;
@@ -586,16 +593,7 @@ static void pfa_run(const pfa_shape_t *sh, int sm, double ms[PFA_NV], double dif
     }
     kcuda_fill_random(cache, lay.block_bytes * (size_t)n_blocks / 2, KCPU_DTYPE_F16, 17, 1.0f, stream);
     kcuda_fill_random(dq, (size_t)(T * QW), KCPU_DTYPE_F32, 5, 1.0f, stream);
-    uint64_t r = 0x13198a2e03707344ull;
-    for (int64_t i = 0; i < n_blocks; i++)
-        perm[i] = (int32_t)i;
-    for (int64_t i = n_blocks - 1; i > 0; i--) {
-        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-        int64_t j = (int64_t)(r % (uint64_t)(i + 1));
-        int32_t tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    shuffled_blocks(perm, n_blocks, 0x13198a2e03707344ull);
     for (int64_t i = 0; i < mbps; i++)
         bt[i] = perm[i];
     for (int64_t t = 0; t < T; t++)

@@ -92,6 +92,19 @@ __global__ void silu_mul_from_half_kernel(const uint16_t *gate, int64_t gs, cons
 
 static bool half_type(kcpu_dtype_t t) { return t == KCPU_DTYPE_BF16 || t == KCPU_DTYPE_F16; }
 
+#define SILU_THREADS 256
+
+/* The SiLU-mul grid: a row per grid.x, grid.y CTAs of SILU_THREADS over its I columns
+ * at `per_thread` columns a thread (at most 65535; the kernels loop over the rest). */
+static dim3 silu_grid(int64_t T, int64_t I, int per_thread)
+{
+    const int64_t per = (int64_t)per_thread * SILU_THREADS;
+    int64_t gy = (I + per - 1) / per;
+    if (gy > 65535)
+        gy = 65535;
+    return dim3((unsigned)T, (unsigned)gy);
+}
+
 extern "C" pd_status_t kcuda_silu_and_mul_half(const float *gate, int64_t gate_stride, const float *up,
                                                int64_t up_stride, void *out, kcpu_dtype_t out_type, int64_t T,
                                                int64_t I, kcuda_stream_t stream)
@@ -105,12 +118,8 @@ extern "C" pd_status_t kcuda_silu_and_mul_half(const float *gate, int64_t gate_s
         return PD_OK;
     const bool vec = I % 4 == 0 && gate_stride % 4 == 0 && up_stride % 4 == 0 && ((uintptr_t)gate & 15) == 0 &&
                      ((uintptr_t)up & 15) == 0;
-    const int th = 256;
-    const int64_t per = vec ? 4 * th : th;
-    int64_t gy = (I + per - 1) / per;
-    if (gy > 65535)
-        gy = 65535;
-    dim3 grid((unsigned)T, (unsigned)gy);
+    const int th = SILU_THREADS;
+    const dim3 grid = silu_grid(T, I, vec ? 4 : 1);
     const bool bf = out_type == KCPU_DTYPE_BF16;
     if (vec && bf)
         silu_mul_half_kernel<__nv_bfloat16, true><<<grid, th, 0, stream>>>(gate, gate_stride, up, up_stride, (__nv_bfloat16 *)out, I);
@@ -136,12 +145,8 @@ extern "C" pd_status_t kcuda_silu_and_mul_from_half(const void *gate, int64_t ga
         return PD_OK;
     const bool vec = I % 8 == 0 && gate_stride % 8 == 0 && up_stride % 8 == 0 && ((uintptr_t)gate & 15) == 0 &&
                      ((uintptr_t)up & 15) == 0 && ((uintptr_t)out & 15) == 0;
-    const int th = 256;
-    const int64_t per = vec ? 8 * th : th;
-    int64_t gy = (I + per - 1) / per;
-    if (gy > 65535)
-        gy = 65535;
-    dim3 grid((unsigned)T, (unsigned)gy);
+    const int th = SILU_THREADS;
+    const dim3 grid = silu_grid(T, I, vec ? 8 : 1);
     const uint16_t *g = (const uint16_t *)gate, *u = (const uint16_t *)up;
     uint16_t *o = (uint16_t *)out;
     const bool bf = type == KCPU_DTYPE_BF16;
