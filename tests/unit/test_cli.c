@@ -259,6 +259,51 @@ PD_TEST(test_errors)
     pd_cli_free(spec(), &a);
 }
 
+/* every JSON-valued option parses and validates its value: malformed JSON, the wrong
+ * JSON type, and the dotted form on each object-valued one */
+PD_TEST(test_every_json_option)
+{
+    int n_json = 0;
+    for (size_t i = 0; i < spec()->n_opts; i++) {
+        const pd_opt_t *o = &spec()->opts[i];
+        pd_serve_args_t a;
+        char err[512], want[256], dotted[128];
+        if (o->kind != PD_OPT_JSON)
+            continue;
+        n_json++;
+        PD_CHECK_STATUS(PARSE(&a, err, o->name, "{bad"), PD_ERR_INVAL);
+        snprintf(want, sizeof(want), "%s: '{bad' is not valid JSON", o->name);
+        PD_CHECK(strncmp(err, want, strlen(want)) == 0);
+        pd_cli_free(spec(), &a);
+        if (o->flags & PD_OPTF_JSON_OBJECT) {
+            PD_CHECK_STATUS(PARSE(&a, err, o->name, "[1]"), PD_ERR_INVAL);
+            snprintf(want, sizeof(want), "%s: expected a JSON object", o->name);
+            PD_CHECK(strncmp(err, want, strlen(want)) == 0);
+            pd_cli_free(spec(), &a);
+            PD_CHECK_STATUS(PARSE(&a, err, o->name, "{\"a\": {\"b\": [1, 2]}}"), PD_OK);
+            const cJSON *v = *(cJSON *const *)(const void *)((const char *)&a + o->offset);
+            PD_CHECK(cJSON_IsArray(cJSON_GetObjectItem(cJSON_GetObjectItem(v, "a"), "b")));
+            pd_cli_free(spec(), &a);
+            /* the dotted form builds (or extends) the object; a number stays a number */
+            snprintf(dotted, sizeof(dotted), "%s.x.y", o->name);
+            PD_CHECK_STATUS(PARSE(&a, err, o->name, "{\"k\": \"v\"}", dotted, "7"), PD_OK);
+            v = *(cJSON *const *)(const void *)((const char *)&a + o->offset);
+            PD_CHECK_EQ_STR(cJSON_GetObjectItem(v, "k")->valuestring, "v");
+            PD_CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(v, "x"), "y")->valuedouble == 7);
+            pd_cli_free(spec(), &a);
+        } else if (o->flags & PD_OPTF_JSON_STRARR) {
+            PD_CHECK_STATUS(PARSE(&a, err, o->name, "{\"a\": 1}"), PD_ERR_INVAL);
+            PD_CHECK(strstr(err, "expected a JSON list of strings") != NULL);
+            pd_cli_free(spec(), &a);
+            PD_CHECK_STATUS(PARSE(&a, err, o->name, "[\"GET\", \"POST\"]"), PD_OK);
+            const cJSON *v = *(cJSON *const *)(const void *)((const char *)&a + o->offset);
+            PD_CHECK(cJSON_GetArraySize(v) == 2);
+            pd_cli_free(spec(), &a);
+        }
+    }
+    PD_CHECK_EQ_INT(n_json, 13);
+}
+
 /* full parse: ranges, combinations and "not supported yet" */
 static pd_status_t full_parse(pd_serve_args_t *a, char *err, size_t errlen, const char *const *words)
 {
@@ -410,6 +455,7 @@ int main(void)
     PD_RUN(test_defaults);
     PD_RUN(test_forms);
     PD_RUN(test_errors);
+    PD_RUN(test_every_json_option);
     PD_RUN(test_semantic_checks);
     PD_RUN(test_config_file);
     PD_RUN(test_docs_in_sync);
