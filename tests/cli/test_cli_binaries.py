@@ -179,6 +179,13 @@ def test_not_yet_option_at_its_default_is_accepted(tmp_path):
     assert "none.gguf" in p.stderr
 
 
+def test_noop_option_is_not_silent(tmp_path):
+    p = run("pdserve-prefill", "--trust-remote-code", "--model", str(tmp_path / "none.gguf"), *NODE_ARGS)
+    assert p.returncode != 0  # no model; the options were read and the warning logged before that
+    assert re.search(r"^prefill WARNING .*\] --trust-remote-code: accepted, no effect \(pdserve never executes",
+                     p.stderr, re.M), p.stderr
+
+
 def test_config_file_and_command_line_wins(tmp_path):
     cfg = tmp_path / "node.yaml"
     cfg.write_text("dtype: float17\n")

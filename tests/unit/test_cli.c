@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pd_log.h"
 #include "pd_serve_args.h"
 #include "pd_test.h"
 #include "pd_util.h"
@@ -304,6 +305,25 @@ PD_TEST(test_every_json_option)
     PD_CHECK_EQ_INT(n_json, 13);
 }
 
+/* an "accepted, no effect" option the user gives is never dropped without a word */
+PD_TEST(test_noop_options_warned)
+{
+    pd_serve_args_t a;
+    char err[256];
+    pd_log_level_t saved = pd_log_level_g;
+
+    pd_log_set_level(PD_LOG_LEVEL_OFF); /* the count is what is checked here */
+    PD_CHECK_STATUS(PARSE(&a, err, "--port", "9000"), PD_OK);
+    PD_CHECK_EQ_INT(pd_cli_warn_noop(spec(), &a), 0);
+    pd_cli_free(spec(), &a);
+    /* --use-v2-block-manager true is its default: nothing to say about it */
+    PD_CHECK_STATUS(PARSE(&a, err, "--trust-remote-code", "--tokenizer-pool-size", "4", "--use-v2-block-manager",
+                          "true", "--disable-custom-all-reduce=false"), PD_OK);
+    PD_CHECK_EQ_INT(pd_cli_warn_noop(spec(), &a), 2);
+    pd_cli_free(spec(), &a);
+    pd_log_set_level(saved);
+}
+
 /* full parse: ranges, combinations and "not supported yet" */
 static pd_status_t full_parse(pd_serve_args_t *a, char *err, size_t errlen, const char *const *words)
 {
@@ -456,6 +476,7 @@ int main(void)
     PD_RUN(test_forms);
     PD_RUN(test_errors);
     PD_RUN(test_every_json_option);
+    PD_RUN(test_noop_options_warned);
     PD_RUN(test_semantic_checks);
     PD_RUN(test_config_file);
     PD_RUN(test_docs_in_sync);
