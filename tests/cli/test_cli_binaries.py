@@ -224,6 +224,20 @@ def test_proxy_options():
         (["--decode", "127.0.0.1:1", "--ssl-keyfile", "k.pem"], "--ssl-keyfile and --ssl-certfile must be given together"),
         (["--decode", "127.0.0.1:1", "--allowed-origins", "[1]"], None),
         ([], "no decode nodes: give --decode host:port (repeatable) or --register-bind for nodes that register"),
+        (["--decode", "127.0.0.1:1", "--port", "65536"], "--port: 65536 is out of range (0 to 65535)"),
+        (["--decode", "127.0.0.1:1", "--max-retries", "17"], "--max-retries: 17 is out of range (0 to 16)"),
+        (["--decode", "127.0.0.1:1", "--request-timeout", "0"], "--request-timeout: 0 must be > 0"),
+        (["--decode", "127.0.0.1:1", "--heartbeat-timeout=-1"], "--heartbeat-timeout: -1 must be > 0"),
+        (["--decode", "127.0.0.1:1", "--drain-timeout=-2"], "--drain-timeout: -2 must be >= 0"),
+        (["--decode", "127.0.0.1:1", "--disagg-min-prompt-tokens=-3"], "--disagg-min-prompt-tokens: -3 must be >= 0"),
+        (["--decode", "127.0.0.1:1", "--max-concurrent-requests", "0"], "--max-concurrent-requests: 0 must be >= 1"),
+        (["--decode", "127.0.0.1:1", "--relay-threads", "65"],
+         "--relay-threads: 65 is out of range (0 to 64; 0: one per 4 CPUs, at most 4)"),
+        (["--decode", "127.0.0.1:1", "--ssl-cert-reqs", "3"], "--ssl-cert-reqs: '3' is not one of 0, 1, 2"),
+        (["--decode", "127.0.0.1:1", "--ssl-keyfile", "k", "--ssl-certfile", "c", "--ssl-cert-reqs", "2"],
+         "--ssl-cert-reqs 2 needs --ssl-ca-certs to verify client certificates"),
+        (["--decode", "127.0.0.1:1", "--uvicorn-log-level", "loud"],
+         "--uvicorn-log-level: 'loud' is not one of debug, info, warning, error, critical, trace"),
     ]
     for args, message in cases:
         p = run("pdserve-proxy", *args)
