@@ -295,3 +295,42 @@ def test_cmake_install(tmp_path):
         assert os.access(path, os.X_OK), name
         v = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
         assert v.returncode == 0 and project_version() in v.stdout
+
+
+def test_proxy_options_take_effect(tmp_path):
+    """The proxy's listen address, CORS and policy options reach the running proxy, and its
+    --config file works like the nodes' (the command line wins)."""
+    import json
+    import urllib.request
+
+    from pdtest import Node, free_port, wait_http
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text("policy: power_of_two\ndecode-policy: prefix_aware\n"
+                   "allowed-origins: '[\"https://a.example\"]'\nallow-credentials: true\n")
+    dead = free_port()  # nobody listens there: the pool just reports the node unhealthy
+    px = Node("pdserve-proxy", ["--config", str(cfg), "--decode", f"127.0.0.1:{dead}", "--prefill",
+                                f"127.0.0.1:{dead}", "--decode-policy", "least_loaded", "--host", "127.0.0.1"],
+              free_port(), str(tmp_path / "proxy.log"))
+    try:
+        wait_http(px.url + "/metrics", proc=px.proc, timeout=30)
+        with urllib.request.urlopen(px.url + "/status", timeout=10) as r:
+            st = json.loads(r.read())
+        assert st["prefill"]["policy"] == "power_of_two"  # --policy from the file
+        assert st["decode"]["policy"] == "least_loaded"   # the command line over the file's prefix_aware
+
+        def preflight(origin):
+            req = urllib.request.Request(px.url + "/v1/models", method="OPTIONS", headers={
+                "Origin": origin, "Access-Control-Request-Method": "GET"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, dict(r.headers)
+            except urllib.error.HTTPError as e:
+                return e.code, dict(e.headers)
+        status, h = preflight("https://a.example")
+        assert status in (200, 204)
+        assert h.get("Access-Control-Allow-Origin") == "https://a.example"
+        assert h.get("Access-Control-Allow-Credentials") == "true"
+        status, h = preflight("https://b.example")
+        assert "Access-Control-Allow-Origin" not in h
+    finally:
+        assert px.stop() == 0
