@@ -17,6 +17,23 @@ PD_TEST(test_status_strings)
     PD_CHECK_EQ_STR(pd_status_str((pd_status_t)12345), "unknown status");
     PD_CHECK(PD_IS_ERR(PD_ERR_NOMEM));
     PD_CHECK(!PD_IS_ERR(PD_INPROGRESS));
+    /* every row of the X-macro: its name and string come back, values are distinct, and
+     * only PD_OK / PD_INPROGRESS are not errors */
+    static const struct { pd_status_t v; const char *name, *str; } rows[] = {
+#define PD_STATUS_ROW(name, value, str) {name, #name, str},
+        PD_STATUS_MAP(PD_STATUS_ROW)
+#undef PD_STATUS_ROW
+    };
+    const size_t n = sizeof(rows) / sizeof(rows[0]);
+    PD_CHECK(n >= 20);
+    for (size_t i = 0; i < n; i++) {
+        PD_CHECK_EQ_STR(pd_status_name(rows[i].v), rows[i].name);
+        PD_CHECK_EQ_STR(pd_status_str(rows[i].v), rows[i].str);
+        PD_CHECK(strcmp(rows[i].str, "unknown status") != 0);
+        PD_CHECK(PD_IS_ERR(rows[i].v) == (i >= 2));
+        for (size_t j = 0; j < i; j++)
+            PD_CHECK(rows[i].v != rows[j].v);
+    }
 }
 
 PD_TEST(test_log_levels)
