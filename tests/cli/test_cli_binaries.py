@@ -147,6 +147,12 @@ def test_bad_json_names_option_and_value(name):
     lines = p.stderr.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"{name}: error: --kv-transfer-config: '{{bad' is not valid JSON")
+    # the content is validated at start-up too, before the model is loaded, in one line
+    p = run(name, "--kv-transfer-config.kv_connector", "UcxConnector", "--kv-transfer-config.kv_role", "kv_bogus",
+            "--model", "/nonexistent.gguf")
+    assert p.returncode != 0
+    assert p.stderr == (f"{name}: error: --kv-transfer-config: unknown kv_role \"kv_bogus\" "
+                        "(kv_producer, kv_consumer or kv_both)\n")
     p = run(name, "--kv-transfer-config.kv_role")
     assert p.returncode != 0 and len(p.stderr.splitlines()) == 1 and "--kv-transfer-config.kv_role" in p.stderr
 
