@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <yaml.h>
 
+#include "pd_log.h"
 #include "pd_util.h"
 
 #define FIELD(args, opt, type) ((type *)((char *)(args) + (opt)->offset))
@@ -777,6 +778,20 @@ pd_status_t pd_cli_check_unsupported(const pd_cli_spec_t *spec, const void *args
         return PD_ERR_UNSUPPORTED;
     }
     return PD_OK;
+}
+
+size_t pd_cli_warn_noop(const pd_cli_spec_t *spec, const void *args)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < spec->n_opts; i++) {
+        const pd_opt_t *o = &spec->opts[i];
+        if (o->status != PD_OPT_NOOP || value_is_default(spec, args, o))
+            continue;
+        PD_LOG_WARN("%s: accepted, no effect%s%s%s", o->name, o->note ? " (" : "", o->note ? o->note : "",
+                    o->note ? ")" : "");
+        n++;
+    }
+    return n;
 }
 
 /* ---- printing ---- */

@@ -125,6 +125,11 @@ bool pd_cli_is_set(const pd_cli_spec_t *spec, const void *args, const char *name
 pd_status_t pd_cli_check_unsupported(const pd_cli_spec_t *spec, const void *args, char *err,
                                      size_t errlen);
 
+/* Log one warning for each PD_OPT_NOOP option whose value differs from its default:
+ * "--trust-remote-code: accepted, no effect (why)", so that nothing the user asked for is
+ * dropped without a word.  Call after the log level is set.  Returns how many it logged. */
+size_t pd_cli_warn_noop(const pd_cli_spec_t *spec, const void *args);
+
 /* Grouped --help text. */
 void pd_cli_print_help(const pd_cli_spec_t *spec, FILE *out);
 

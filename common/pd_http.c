@@ -1273,6 +1273,9 @@ static pd_http_req_t *req_create(pd_http_server_t *srv, struct MHD_Connection *c
         }
     }
     req->route = route_find(srv, req->method, req->path, &req->path_known);
+    /* the access line comes when the request ends; trace shows it arriving */
+    PD_LOG_REQ(TRACE, req->id, "%s:%u \"%s %s\" arrived", req->client_addr, req->client_port, req->method,
+               req->full_path);
     pthread_mutex_lock(&srv->lock);
     req->next = srv->reqs;
     if (srv->reqs)

@@ -1057,6 +1057,9 @@ static void *engine_main(void *arg)
             update_stats(e, b);
             continue;
         }
+        PD_LOG_TRACE("engine: step of %d seqs (%d prefill, %d decode), %d tokens, %d swap-out, %d swap-in, %d copies",
+                     b->n_seqs, b->n_prefill_seqs, b->n_decode_seqs, b->n_tokens, b->n_swap_out, b->n_swap_in,
+                     b->n_copies);
         st = run_step(e, b);
         if (st != PD_OK) {
             /* a failed forward leaves the KV of this batch undefined: fail its requests,

@@ -826,6 +826,7 @@ int eng_node_cli_main(pd_node_role_t role, int argc, char **argv)
     }
     if (pd_log_level_parse(args.uvicorn_log_level, &level) == PD_OK)
         pd_log_set_level(level);
+    pd_cli_warn_noop(pd_serve_cli_spec(role), &args);
     rc = eng_node_main(role, &args);
     pd_serve_args_free(role, &args);
     return rc;

@@ -89,9 +89,12 @@ static pd_status_t fail(char *err, size_t err_len, pd_status_t st, const char *f
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    PD_LOG_ERR("kv-transfer-config: %s", line);
+    /* the caller that takes the message reports it (the node: one line naming
+     * --kv-transfer-config); log it only when nobody else will */
     if (err != NULL && err_len > 0)
-        snprintf(err, err_len, "kv-transfer-config: %s", line);
+        snprintf(err, err_len, "%s", line);
+    else
+        PD_LOG_ERR("kv-transfer-config: %s", line);
     return st;
 }
 

@@ -34,25 +34,40 @@ pd_status_t px_args_parse(int argc, char **argv, px_args_t *a, pd_cli_action_t *
         a->api_key = strdup(getenv("PDSERVE_API_KEY"));
     if (a->upstream_api_key == NULL && getenv("PDSERVE_UPSTREAM_API_KEY") && *getenv("PDSERVE_UPSTREAM_API_KEY"))
         a->upstream_api_key = strdup(getenv("PDSERVE_UPSTREAM_API_KEY"));
+    /* same style as the node checks: the option, the bad value, what is accepted */
     if (a->port < 0 || a->port > 65535) {
         snprintf(buf, sizeof(buf), "--port: %lld is out of range (0 to 65535)", (long long)a->port);
         msg = buf;
     } else if ((a->ssl_keyfile == NULL) != (a->ssl_certfile == NULL)) {
         msg = "--ssl-keyfile and --ssl-certfile must be given together";
     } else if (a->ssl_cert_reqs > 0 && a->ssl_ca_certs == NULL) {
-        msg = "--ssl-cert-reqs needs --ssl-ca-certs";
+        snprintf(buf, sizeof(buf), "--ssl-cert-reqs %lld needs --ssl-ca-certs to verify client certificates",
+                 (long long)a->ssl_cert_reqs);
+        msg = buf;
     } else if (a->decode.n == 0 && a->register_bind == NULL) {
         msg = "no decode nodes: give --decode host:port (repeatable) or --register-bind for nodes that register";
     } else if (a->max_retries < 0 || a->max_retries > 16) {
-        msg = "--max-retries: must be between 0 and 16";
-    } else if (a->request_timeout <= 0 || a->heartbeat_timeout <= 0) {
-        msg = "--request-timeout and --heartbeat-timeout must be > 0";
+        snprintf(buf, sizeof(buf), "--max-retries: %lld is out of range (0 to 16)", (long long)a->max_retries);
+        msg = buf;
+    } else if (!(a->request_timeout > 0)) {
+        snprintf(buf, sizeof(buf), "--request-timeout: %g must be > 0", a->request_timeout);
+        msg = buf;
+    } else if (!(a->heartbeat_timeout > 0)) {
+        snprintf(buf, sizeof(buf), "--heartbeat-timeout: %g must be > 0", a->heartbeat_timeout);
+        msg = buf;
+    } else if (!(a->drain_timeout >= 0)) {
+        snprintf(buf, sizeof(buf), "--drain-timeout: %g must be >= 0", a->drain_timeout);
+        msg = buf;
     } else if (a->disagg_min_prompt_tokens < 0) {
-        msg = "--disagg-min-prompt-tokens: must be >= 0";
+        snprintf(buf, sizeof(buf), "--disagg-min-prompt-tokens: %lld must be >= 0", (long long)a->disagg_min_prompt_tokens);
+        msg = buf;
     } else if (a->max_concurrent_requests < 1) {
-        msg = "--max-concurrent-requests: must be >= 1";
+        snprintf(buf, sizeof(buf), "--max-concurrent-requests: %lld must be >= 1", (long long)a->max_concurrent_requests);
+        msg = buf;
     } else if (a->relay_threads < 0 || a->relay_threads > 64) {
-        msg = "--relay-threads: must be between 0 (one per 4 CPUs, at most 4) and 64";
+        snprintf(buf, sizeof(buf), "--relay-threads: %lld is out of range (0 to 64; 0: one per 4 CPUs, at most 4)",
+                 (long long)a->relay_threads);
+        msg = buf;
     }
     if (msg) {
         snprintf(err, errlen, "%s", msg);

@@ -3,9 +3,10 @@
 # disaggregated cluster: prefill node(s), decode node(s) and the proxy in front.
 #
 #   scripts/run_cluster.sh                 # 1P1D; CPU backend (GPUs when built with CUDA and present)
-#   PROXY_PORT=8000 PREFILL_PORT=8100 DECODE_PORT=8200 KV_CONNECTOR=UcxConnector scripts/run_cluster.sh
+#   PROXY_PORT=8000 PREFILL_PORT=8100 DECODE_PORT=8200 KV_PORT=14579 KV_CONNECTOR=UcxConnector scripts/run_cluster.sh
 #   NUM_PREFILL=2 NUM_DECODE=2 scripts/run_cluster.sh   # xPyD on one host: node i listens on
-#                                          # PREFILL_PORT+i / DECODE_PORT+i, KV on 14579+i
+#                                          # PREFILL_PORT+i / DECODE_PORT+i; KV side channels on
+#                                          # KV_PORT+2i (prefill i) and KV_PORT+2i+1 (decode i)
 #   scripts/run_cluster.sh --single        # one decode node only (no proxy, no transfer)
 #
 # Point any OpenAI client at http://127.0.0.1:$PROXY_PORT/v1 .  Ctrl-C stops everything.
@@ -17,6 +18,7 @@ build=${BUILD_DIR:-$top/build}
 PROXY_PORT=${PROXY_PORT:-8000}
 PREFILL_PORT=${PREFILL_PORT:-8100}
 DECODE_PORT=${DECODE_PORT:-8200}
+KV_PORT=${KV_PORT:-14579}
 KV_CONNECTOR=${KV_CONNECTOR:-UcxConnector}
 MODEL=${MODEL:-SmolLM2-135M-Instruct}
 NODE_ARGS=${NODE_ARGS:---max-model-len 4096 --cpu-kvcache-space 1}
@@ -68,13 +70,13 @@ NUM_DECODE=${NUM_DECODE:-1}
 proxy_args=()
 for ((i = 0; i < NUM_PREFILL; i++)); do
   env ${gpus_prefill:+CUDA_VISIBLE_DEVICES=$gpus_prefill} "$build/prefill/pdserve-prefill" --model "$MODEL" --port $((PREFILL_PORT + i)) --device "$device" $NODE_ARGS \
-    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":$((14579 + 2 * i))}" &
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_producer\",\"kv_port\":$((KV_PORT + 2 * i))}" &
   pids+=($!)
   proxy_args+=(--prefill "127.0.0.1:$((PREFILL_PORT + i))")
 done
 for ((i = 0; i < NUM_DECODE; i++)); do
   env ${gpus_decode:+CUDA_VISIBLE_DEVICES=$gpus_decode} "$build/decode/pdserve-decode" --model "$MODEL" --port $((DECODE_PORT + i)) --device "$device" $NODE_ARGS \
-    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\",\"kv_port\":$((14580 + 2 * i))}" &
+    --kv-transfer-config "{\"kv_connector\":\"$KV_CONNECTOR\",\"kv_role\":\"kv_consumer\",\"kv_port\":$((KV_PORT + 2 * i + 1))}" &
   pids+=($!)
   proxy_args+=(--decode "127.0.0.1:$((DECODE_PORT + i))")
 done

@@ -1,4 +1,6 @@
-/* test_common.c - status strings, logging levels, buffers, arenas, checked arithmetic. */
+/* test_common.c - status strings, logging levels (what each level lets through, the tag
+ * and the request id on the line), buffers, arenas, checked arithmetic. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +17,23 @@ PD_TEST(test_status_strings)
     PD_CHECK_EQ_STR(pd_status_str((pd_status_t)12345), "unknown status");
     PD_CHECK(PD_IS_ERR(PD_ERR_NOMEM));
     PD_CHECK(!PD_IS_ERR(PD_INPROGRESS));
+    /* every row of the X-macro: its name and string come back, values are distinct, and
+     * only PD_OK / PD_INPROGRESS are not errors */
+    static const struct { pd_status_t v; const char *name, *str; } rows[] = {
+#define PD_STATUS_ROW(name, value, str) {name, #name, str},
+        PD_STATUS_MAP(PD_STATUS_ROW)
+#undef PD_STATUS_ROW
+    };
+    const size_t n = sizeof(rows) / sizeof(rows[0]);
+    PD_CHECK(n >= 20);
+    for (size_t i = 0; i < n; i++) {
+        PD_CHECK_EQ_STR(pd_status_name(rows[i].v), rows[i].name);
+        PD_CHECK_EQ_STR(pd_status_str(rows[i].v), rows[i].str);
+        PD_CHECK(strcmp(rows[i].str, "unknown status") != 0);
+        PD_CHECK(PD_IS_ERR(rows[i].v) == (i >= 2));
+        for (size_t j = 0; j < i; j++)
+            PD_CHECK(rows[i].v != rows[j].v);
+    }
 }
 
 PD_TEST(test_log_levels)
@@ -33,6 +52,80 @@ PD_TEST(test_log_levels)
     PD_LOG_INFO("this line is dropped");
     PD_LOG_REQ(ERR, "req-1", "a request line (expected in test output)");
     pd_log_set_level(PD_LOG_LEVEL_INFO);
+}
+
+/* Run the log calls with stderr sent to a temporary file; returns what they wrote. */
+static char *capture_log(void (*fn)(void))
+{
+    char path[] = "/tmp/pd_log_test_XXXXXX";
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+    char *text = NULL;
+    size_t len = 0;
+
+    if (fd < 0 || saved < 0)
+        return NULL;
+    dup2(fd, STDERR_FILENO);
+    fn();
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    if (pd_read_file(path, &text, &len) != PD_OK)
+        text = NULL;
+    unlink(path);
+    return text;
+}
+
+static void log_each_level(void)
+{
+    PD_LOG_TRACE("line at trace %d", 1);
+    PD_LOG_DEBUG("line at debug");
+    PD_LOG_INFO("line at info");
+    PD_LOG_WARN("line at warning");
+    PD_LOG_REQ(ERR, "req-42", "line at error");
+    PD_LOG_CRIT("line at critical");
+}
+
+/* --uvicorn-log-level goes through pd_log_level_parse + pd_log_set_level: each level
+ * lets through itself and everything above it, trace lets everything through */
+PD_TEST(test_log_output)
+{
+    static const char *const names[] = {"trace", "debug", "info", "warning", "error", "critical"};
+    static const char *const lines[] = {"line at trace 1", "line at debug", "line at info",
+                                        "line at warning", "line at error", "line at critical"};
+    static const char *const tags[] = {"testtag TRACE ", "testtag DEBUG ", "testtag INFO ",
+                                       "testtag WARNING ", "testtag ERROR ", "testtag CRITICAL "};
+    pd_log_level_t saved = pd_log_level_g, lv;
+
+    pd_log_set_tag("testtag");
+    for (int l = 0; l < 6; l++) {
+        PD_CHECK_STATUS(pd_log_level_parse(names[l], &lv), PD_OK);
+        pd_log_set_level(lv);
+        char *out = capture_log(log_each_level);
+        PD_CHECK(out != NULL);
+        if (out == NULL)
+            continue;
+        for (int k = 0; k < 6; k++) {
+            const char *hit = strstr(out, lines[k]);
+            PD_CHECK((hit != NULL) == (k >= l));
+            if (hit && k >= l) {
+                /* the line starts with the tag and its level name */
+                const char *bol = hit;
+                while (bol > out && bol[-1] != '\n')
+                    bol--;
+                PD_CHECK(strncmp(bol, tags[k], strlen(tags[k])) == 0);
+            }
+        }
+        /* the request id is printed in brackets, right before the message */
+        if (l <= 4)
+            PD_CHECK(strstr(out, "] [req-42] line at error\n") != NULL);
+        free(out);
+    }
+    pd_log_set_level(PD_LOG_LEVEL_OFF);
+    char *none = capture_log(log_each_level);
+    PD_CHECK(none != NULL && none[0] == '\0');
+    free(none);
+    pd_log_set_tag(NULL);
+    pd_log_set_level(saved);
 }
 
 PD_TEST(test_checked_arith)
@@ -152,6 +245,7 @@ int main(void)
 {
     PD_RUN(test_status_strings);
     PD_RUN(test_log_levels);
+    PD_RUN(test_log_output);
     PD_RUN(test_checked_arith);
     PD_RUN(test_buf);
     PD_RUN(test_arena);
