@@ -206,11 +206,18 @@ PD_TEST(test_default_gguf)
     PD_CHECK(cfg.dtype == ENG_DTYPE_BF16 && cfg.max_model_len == 4096);
     o.max_model_len = 9000;
     unsetenv("PD_ALLOW_LONG_MAX_MODEL_LEN");
+    unsetenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN");
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_ERR_INVAL);
     setenv("PD_ALLOW_LONG_MAX_MODEL_LEN", "1", 1);
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
     PD_CHECK_EQ_INT(cfg.max_model_len, 9000);
     unsetenv("PD_ALLOW_LONG_MAX_MODEL_LEN");
+    setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1", 1); /* vLLM's name for the same override */
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 9000);
+    setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0", 1);
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_ERR_INVAL);
+    unsetenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN");
     o.max_model_len = 0;
     o.hf_overrides = "{\"rope_theta\": 20000}";
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
