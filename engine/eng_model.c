@@ -397,12 +397,19 @@ static pd_status_t load_tokenizer_dir(eng_model_t *m, const char *dir)
 
 static pd_status_t load_tokenizer(eng_model_t *m, const eng_load_opts_t *o, const char *model_dir)
 {
+    const char *tok = o->tokenizer;
     char *dir = NULL;
     pd_status_t st;
 
-    if (o->tokenizer != NULL && o->tokenizer[0] != '\0') {
-        st = eng_model_resolve_path(o->tokenizer, o->tokenizer_revision ? o->tokenizer_revision
-                                                                        : o->revision,
+    /* As in vLLM the tokenizer defaults to the model; for a model id in the cache,
+     * --tokenizer-revision alone then picks another snapshot of it for the tokenizer. */
+    if ((tok == NULL || tok[0] == '\0') && o->tokenizer_revision != NULL &&
+        o->tokenizer_revision[0] != '\0' && model_dir != NULL && o->model != NULL &&
+        access(o->model, F_OK) != 0)
+        tok = o->model;
+    if (tok != NULL && tok[0] != '\0') {
+        st = eng_model_resolve_path(tok, o->tokenizer_revision ? o->tokenizer_revision
+                                                               : o->revision,
                                     o->download_dir, &dir);
         if (st != PD_OK)
             return st;

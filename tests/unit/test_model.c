@@ -756,6 +756,30 @@ PD_TEST(test_hf_cache_layout)
     o.revision = "../../etc";
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
     o.revision = NULL;
+    /* --tokenizer-revision without --tokenizer: the tokenizer comes from that snapshot of
+     * the model id (vLLM: the tokenizer defaults to the model), the weights from main */
+    asprintf(&p, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef", root);
+    PD_CHECK_EQ_INT(mkdir(p, 0755), 0);
+    free(p);
+    for (size_t i = 2; i < 4; i++) { /* tokenizer.json, tokenizer_config.json */
+        char *from = NULL;
+        asprintf(&from, "%s/%s", src, files[i]);
+        asprintf(&p, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef/%s", root, files[i]);
+        PD_CHECK_EQ_INT(symlink(from, p), 0);
+        free(from);
+        free(p);
+    }
+    asprintf(&p, "%s/hub", root);
+    o.tokenizer_revision = "feedbeef";
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+    if (m != NULL) {
+        PD_CHECK(strstr(eng_model_path(m), "snapshots/0123abcd") != NULL);
+        PD_CHECK(strstr(eng_model_tokenizer_json(m), "snapshots/feedbeef/tokenizer.json") != NULL);
+        eng_model_destroy(m);
+    }
+    o.tokenizer_revision = "0badc0de"; /* no such snapshot: an error, not a silent fallback */
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
+    o.tokenizer_revision = NULL;
     /* found through $HF_HOME/hub when no download dir is given */
     o.download_dir = NULL;
     char *old_home = getenv("HF_HOME") ? strdup(getenv("HF_HOME")) : NULL;
