@@ -317,7 +317,7 @@ static void h_detokenize(pd_http_req_t *req, void *user)
         for (size_t i = 0; ids && i < n; i++)
             ids[i] = (int32_t)vals[i];
         if (ids)
-            eng_tok_decode(tok, ids, n, false, true, &b);
+            eng_tok_decode(tok, ids, n, false, false, &b); /* tokenizer.decode(ids), as vLLM */
         free(ids);
         r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "prompt", b.data ? b.data : "");
