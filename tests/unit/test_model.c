@@ -758,18 +758,18 @@ PD_TEST(test_hf_cache_layout)
     o.revision = NULL;
     /* --tokenizer-revision without --tokenizer: the tokenizer comes from that snapshot of
      * the model id (vLLM: the tokenizer defaults to the model), the weights from main */
-    asprintf(&p, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef", root);
-    PD_CHECK_EQ_INT(mkdir(p, 0755), 0);
-    free(p);
+    char *snap = NULL;
+    asprintf(&snap, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef", root);
+    PD_CHECK_EQ_INT(mkdir(snap, 0755), 0);
     for (size_t i = 2; i < 4; i++) { /* tokenizer.json, tokenizer_config.json */
-        char *from = NULL;
+        char *from = NULL, *to = NULL;
         asprintf(&from, "%s/%s", src, files[i]);
-        asprintf(&p, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef/%s", root, files[i]);
-        PD_CHECK_EQ_INT(symlink(from, p), 0);
+        asprintf(&to, "%s/%s", snap, files[i]);
+        PD_CHECK_EQ_INT(symlink(from, to), 0);
         free(from);
-        free(p);
+        free(to);
     }
-    asprintf(&p, "%s/hub", root);
+    free(snap);
     o.tokenizer_revision = "feedbeef";
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
     if (m != NULL) {
