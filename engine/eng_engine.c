@@ -1286,8 +1286,10 @@ pd_status_t eng_engine_submit(eng_engine_t *e, const eng_submit_t *sub, char *er
         seq_state_t *ss = &er->seqs[i];
         eng_request_t *sreq = eng_request_seq(req, i);
         sreq->user = er;
+        /* spaces_between_special_tokens is accepted and, as in vLLM with a fast tokenizer
+         * (every tokenizer here is one), changes nothing: specials touch the text */
         if (e->tok && (st = eng_detok_create(e->tok, req->tokens, (size_t)req->n_prompt, req->params.skip_special_tokens,
-                                             req->params.spaces_between_special_tokens, &ss->detok)) != PD_OK)
+                                             false, &ss->detok)) != PD_OK)
             break;
         if (req->params.n_stop > 0 &&
             (st = eng_stop_matcher_create((const char *const *)req->params.stop, req->params.n_stop,

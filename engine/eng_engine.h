@@ -59,7 +59,8 @@ typedef struct eng_engine_cfg {
     bool calculate_kv_scales;      /* fp8: per-layer scales from the first batch */
     bool skip_tokenizer_init;
     const char *chat_template;     /* override of the model's template (text), or NULL */
-    const char *tokenizer_override;/* --tokenizer: directory with tokenizer.json, or NULL */
+    const char *tokenizer_override;/* a directory with tokenizer.json that replaces the model's, or
+                                     NULL (the server leaves it NULL: load.tokenizer covers --tokenizer) */
     const char *generation_config; /* NULL/"vllm": none; "auto": the model's; or a folder */
     const char *override_generation_config; /* JSON text applied over it, or NULL */
 } eng_engine_cfg_t;

@@ -461,17 +461,24 @@ static pd_status_t resolve_max_len(const cJSON *json, const eng_load_opts_t *opt
         return PD_ERR_INVAL;
     }
     if (opts->max_model_len > d) {
-        env = getenv("PD_ALLOW_LONG_MAX_MODEL_LEN");
+        /* vLLM's override is VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; pdserve takes it too, so a
+         * deployment moved from vLLM keeps working */
+        const char *name = "PD_ALLOW_LONG_MAX_MODEL_LEN";
+        env = getenv(name);
+        if (env == NULL || strcmp(env, "1") != 0) {
+            name = "VLLM_ALLOW_LONG_MAX_MODEL_LEN";
+            env = getenv(name);
+        }
         if (env == NULL || strcmp(env, "1") != 0) {
             PD_LOG_ERR("user-specified max_model_len (%lld) is greater than the derived "
                        "max_model_len (%lld, from the model's config); set "
-                       "PD_ALLOW_LONG_MAX_MODEL_LEN=1 to allow it anyway",
+                       "PD_ALLOW_LONG_MAX_MODEL_LEN=1 (or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1) to "
+                       "allow it anyway",
                        (long long)opts->max_model_len, (long long)d);
             return PD_ERR_INVAL;
         }
-        PD_LOG_WARN("max_model_len %lld exceeds the model's %lld (allowed by "
-                    "PD_ALLOW_LONG_MAX_MODEL_LEN=1): outputs may be wrong",
-                    (long long)opts->max_model_len, (long long)d);
+        PD_LOG_WARN("max_model_len %lld exceeds the model's %lld (allowed by %s=1): outputs "
+                    "may be wrong", (long long)opts->max_model_len, (long long)d, name);
     }
     cfg->max_model_len = opts->max_model_len;
     return PD_OK;

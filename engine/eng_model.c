@@ -395,17 +395,59 @@ static pd_status_t load_tokenizer_dir(eng_model_t *m, const char *dir)
     return st;
 }
 
+/* The chat template and the special-token strings from a GGUF's tokenizer metadata, for
+ * the ones still unset (a --tokenizer source, read first, wins over the model's file). */
+static pd_status_t gguf_tokenizer_meta(eng_model_t *m, const eng_gguf_t *g)
+{
+    static const char *id_keys[4] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                     "tokenizer.ggml.unknown_token_id",
+                                     "tokenizer.ggml.padding_token_id"};
+    const char *s;
+    size_t len;
+
+    if (m->chat_template == NULL &&
+        eng_gguf_get_str_dup(g, "tokenizer.chat_template", &m->chat_template) == PD_ERR_NOMEM)
+        return PD_ERR_NOMEM;
+    for (int i = 0; i < 4; i++) {
+        int64_t id;
+        if (m->special[i] != NULL || eng_gguf_get_i64(g, id_keys[i], &id) != PD_OK || id < 0 ||
+            eng_gguf_get_arr_str(g, "tokenizer.ggml.tokens", (size_t)id, &s, &len) != PD_OK)
+            continue;
+        m->special[i] = strndup(s, len);
+        if (m->special[i] == NULL)
+            return PD_ERR_NOMEM;
+    }
+    return PD_OK;
+}
+
 static pd_status_t load_tokenizer(eng_model_t *m, const eng_load_opts_t *o, const char *model_dir)
 {
+    const char *tok = o->tokenizer;
     char *dir = NULL;
     pd_status_t st;
 
-    if (o->tokenizer != NULL && o->tokenizer[0] != '\0') {
-        st = eng_model_resolve_path(o->tokenizer, o->tokenizer_revision ? o->tokenizer_revision
-                                                                        : o->revision,
+    /* As in vLLM the tokenizer defaults to the model; for a model id in the cache,
+     * --tokenizer-revision alone then picks another snapshot of it for the tokenizer. */
+    if ((tok == NULL || tok[0] == '\0') && o->tokenizer_revision != NULL &&
+        o->tokenizer_revision[0] != '\0' && model_dir != NULL && o->model != NULL &&
+        access(o->model, F_OK) != 0)
+        tok = o->model;
+    if (tok != NULL && tok[0] != '\0') {
+        st = eng_model_resolve_path(tok, o->tokenizer_revision ? o->tokenizer_revision
+                                                               : o->revision,
                                     o->download_dir, &dir);
         if (st != PD_OK)
             return st;
+        if (!is_dir(dir) && ends_with(dir, ".gguf")) {
+            /* a GGUF file's tokenizer (the default model's, for dummy weights) */
+            st = eng_gguf_open(dir, &m->tok_gguf);
+            if (st == PD_OK && eng_gguf_find_key(m->tok_gguf, "tokenizer.ggml.tokens") < 0) {
+                PD_LOG_ERR("--tokenizer %s: the GGUF file has no tokenizer.ggml.tokens", dir);
+                st = PD_ERR_FORMAT;
+            }
+            free(dir);
+            return st == PD_OK ? gguf_tokenizer_meta(m, m->tok_gguf) : st;
+        }
         if (!is_dir(dir)) {
             /* a tokenizer.json file given directly */
             char *slash = strrchr(dir, '/');
@@ -422,7 +464,8 @@ static pd_status_t load_tokenizer(eng_model_t *m, const eng_load_opts_t *o, cons
                     dir = strdup(".");
                 }
             } else {
-                PD_LOG_ERR("--tokenizer %s is neither a directory nor a tokenizer.json", dir);
+                PD_LOG_ERR("--tokenizer %s is neither a directory, a tokenizer.json nor a "
+                           ".gguf file", dir);
                 free(dir);
                 return PD_ERR_INVAL;
             }
@@ -641,7 +684,6 @@ static pd_status_t load_gguf(eng_model_t *m, const char *path, const eng_load_op
 {
     pd_status_t st;
     char *dir, *slash;
-    const char *s;
     size_t len;
 
     if ((st = gguf_config(path, o, &m->gguf, &m->hf_config, &m->cfg)) != PD_OK)
@@ -669,24 +711,7 @@ static pd_status_t load_gguf(eng_model_t *m, const char *path, const eng_load_op
     free(dir);
     if (st != PD_OK)
         return st;
-    if (m->chat_template == NULL &&
-        eng_gguf_get_str_dup(m->gguf, "tokenizer.chat_template", &m->chat_template) ==
-            PD_ERR_NOMEM)
-        return PD_ERR_NOMEM;
-    static const char *id_keys[4] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                                     "tokenizer.ggml.unknown_token_id",
-                                     "tokenizer.ggml.padding_token_id"};
-    for (int i = 0; i < 4; i++) {
-        int64_t id;
-        if (m->special[i] != NULL || eng_gguf_get_i64(m->gguf, id_keys[i], &id) != PD_OK ||
-            id < 0 || eng_gguf_get_arr_str(m->gguf, "tokenizer.ggml.tokens", (size_t)id, &s,
-                                           &len) != PD_OK)
-            continue;
-        m->special[i] = strndup(s, len);
-        if (m->special[i] == NULL)
-            return PD_ERR_NOMEM;
-    }
-    return PD_OK;
+    return gguf_tokenizer_meta(m, m->gguf);
 }
 
 /* ---- Hugging Face directories ---- */
@@ -1050,6 +1075,7 @@ void eng_model_destroy(eng_model_t *m)
     free(m->tensors);
     free(m->index);
     eng_gguf_close(m->gguf);
+    eng_gguf_close(m->tok_gguf);
     for (size_t i = 0; i < m->n_st; i++)
         eng_safetensors_close(m->st[i]);
     free(m->st);
@@ -1097,6 +1123,10 @@ const char *eng_model_path(const eng_model_t *m) { return m->path; }
 const char *eng_model_tokenizer_json(const eng_model_t *m) { return m->tokenizer_json; }
 const char *eng_model_tokenizer_config(const eng_model_t *m) { return m->tokenizer_config; }
 const struct eng_gguf *eng_model_gguf(const eng_model_t *m) { return m->gguf; }
+const struct eng_gguf *eng_model_tokenizer_gguf(const eng_model_t *m)
+{
+    return m->tok_gguf != NULL ? m->tok_gguf : m->gguf;
+}
 const char *eng_model_chat_template(const eng_model_t *m) { return m->chat_template; }
 
 const char *eng_model_special_token(const eng_model_t *m, const char *which)

@@ -223,6 +223,10 @@ const char *eng_model_tokenizer_json(const eng_model_t *model);
 const char *eng_model_tokenizer_config(const eng_model_t *model);
 /* The GGUF handle for tokenizer.ggml.* metadata (borrowed), or NULL for other formats. */
 const struct eng_gguf *eng_model_gguf(const eng_model_t *model);
+/* The GGUF whose tokenizer.* metadata is the model's tokenizer (borrowed): the file given
+ * as --tokenizer FILE.gguf (e.g. the default model's, for dummy weights), else the
+ * model's own GGUF, else NULL. */
+const struct eng_gguf *eng_model_tokenizer_gguf(const eng_model_t *model);
 /* Chat template string (tokenizer_config.json chat_template, or a chat_template.jinja /
  * chat_template.json file beside it, or GGUF tokenizer.chat_template); NULL if none.
  * When tokenizer_config has a list of named templates, the one named "default". */

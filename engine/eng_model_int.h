@@ -24,6 +24,7 @@ struct eng_model {
     void *dummy_block;           /* one allocation for all dummy tensors */
     size_t dummy_block_bytes;
     eng_gguf_t *gguf;
+    eng_gguf_t *tok_gguf;        /* --tokenizer FILE.gguf: its tokenizer.* metadata */
     eng_safetensors_t **st;
     size_t n_st;
     char *tokenizer_json;

@@ -85,7 +85,9 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
      * stay quantized and use the int8 dot products */
     c->load.keep_quantized = !(strcmp(a->dtype, "float32") == 0 || strcmp(a->dtype, "float") == 0);
     c->exact_matmul = !c->load.keep_quantized;
-    c->tokenizer_override = a->tokenizer;
+    /* --tokenizer is resolved by the model loader (c->load.tokenizer, with
+     * --tokenizer-revision and --download-dir; a directory, a tokenizer.json or a .gguf):
+     * no second lookup through tokenizer_override */
     c->generation_config = a->generation_config;
     if (a->override_generation_config)
         c->override_generation_config = own->gen_override = cJSON_PrintUnformatted(a->override_generation_config);
@@ -317,7 +319,7 @@ static void h_detokenize(pd_http_req_t *req, void *user)
         for (size_t i = 0; ids && i < n; i++)
             ids[i] = (int32_t)vals[i];
         if (ids)
-            eng_tok_decode(tok, ids, n, false, true, &b);
+            eng_tok_decode(tok, ids, n, false, false, &b); /* tokenizer.decode(ids), as vLLM */
         free(ids);
         r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "prompt", b.data ? b.data : "");

@@ -988,7 +988,7 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
                 pd_buf_t b;
                 pd_buf_init(&b);
                 if (tok)
-                    eng_tok_decode(tok, ids[i], (size_t)n_ids[i], false, true, &b);
+                    eng_tok_decode(tok, ids[i], (size_t)n_ids[i], false, false, &b); /* as vLLM */
                 s->echo = pd_buf_steal(&b);
             }
         }

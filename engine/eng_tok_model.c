@@ -138,7 +138,7 @@ pd_status_t eng_tokenizer_for_model(const eng_model_t *model, const char *tokeni
 {
     const char *json = eng_model_tokenizer_json(model);
     const char *cfg = eng_model_tokenizer_config(model);
-    const eng_gguf_t *g = eng_model_gguf(model);
+    const eng_gguf_t *g = eng_model_tokenizer_gguf(model);
     char *dir = NULL, path_json[4096], path_cfg[4096];
     pd_status_t st;
 
@@ -159,6 +159,7 @@ pd_status_t eng_tokenizer_for_model(const eng_model_t *model, const char *tokeni
     if (g)
         return tok_from_gguf(g, tok_p);
     PD_LOG_ERR("tokenizer: the model has neither tokenizer.json nor GGUF tokenizer metadata; "
-               "give --tokenizer DIR or --skip-tokenizer-init");
+               "give --tokenizer (a directory, a tokenizer.json or a .gguf file) or "
+               "--skip-tokenizer-init");
     return PD_ERR_NOT_FOUND;
 }

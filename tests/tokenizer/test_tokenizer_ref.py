@@ -87,6 +87,16 @@ def test_corpus_matches_reference(name, driver, tmp_path_factory):
     outs = run_driver([driver, os.path.join(d, "tokenizer.json"), os.path.join(d, "tokenizer_config.json")],
                       texts)
     check(tk, texts, outs, name)
+    # round trip: decode(encode(text)) gives the text back wherever the reference does
+    # (every string for Llama 3's byte-level BPE without normalizer; the others normalize
+    # (NFC), put SentencePiece's space after <s>, or drop bytes their vocabulary lacks)
+    prefix = tk.decode(tk.encode("", add_special_tokens=True).ids, skip_special_tokens=False)
+    ref_rt = [tk.decode(tk.encode(t, add_special_tokens=True).ids, skip_special_tokens=False) == prefix + t
+              for t in texts]
+    c_rt = [o["decode"] == prefix + t for t, o in zip(texts, outs)]
+    assert c_rt == ref_rt
+    if name == "llama3":
+        assert all(c_rt)
 
 
 @pytest.mark.parametrize("name", NAMES)

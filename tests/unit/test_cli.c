@@ -458,6 +458,50 @@ PD_TEST(test_semantic_checks)
     PD_CHECK(n_not_yet > 10);
 }
 
+/* The model-input options of issue #3 at the command line: every --load-format value the
+ * engine loads is accepted, the others are refused as "not supported yet"; --tokenizer-mode
+ * auto and slow work and mistral is refused; --config-format likewise; --trust-remote-code
+ * is accepted (nothing ever executes). */
+PD_TEST(test_model_input_options)
+{
+    static const char *const load_ok[] = {"auto", "safetensors", "gguf", "dummy"};
+    static const char *const load_not_yet[] = {"pt", "npcache", "tensorizer", "sharded_state",
+                                               "bitsandbytes", "mistral", "runai_streamer"};
+    pd_serve_args_t a;
+    char err[512];
+
+    for (size_t i = 0; i < PD_ARRAY_SIZE(load_ok); i++) {
+        PD_CHECK_STATUS(FULL(&a, err, "--load-format", load_ok[i]), PD_OK);
+        PD_CHECK_EQ_STR(a.load_format, load_ok[i]);
+        pd_serve_args_free(PD_ROLE_DECODE, &a);
+    }
+    for (size_t i = 0; i < PD_ARRAY_SIZE(load_not_yet); i++) {
+        PD_CHECK_STATUS(FULL(&a, err, "--load-format", load_not_yet[i]), PD_ERR_INVAL);
+        PD_CHECK(strstr(err, "--load-format") != NULL && strstr(err, "not supported yet") != NULL);
+        PD_CHECK(strstr(err, load_not_yet[i]) != NULL);
+        pd_serve_args_free(PD_ROLE_DECODE, &a);
+    }
+    PD_CHECK_STATUS(FULL(&a, err, "--tokenizer-mode", "auto"), PD_OK);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--tokenizer-mode", "slow"), PD_OK);
+    PD_CHECK_EQ_STR(a.tokenizer_mode, "slow");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--tokenizer-mode", "mistral"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--tokenizer-mode: 'mistral' is not supported yet (auto and slow work)");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--config-format", "hf"), PD_OK);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--config-format", "mistral"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "not supported yet") != NULL);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--trust-remote-code"), PD_OK);
+    PD_CHECK(a.trust_remote_code);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--max-model-len", "0"), PD_ERR_INVAL);
+    PD_CHECK_EQ_STR(err, "--max-model-len: 0 must be >= 1");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+}
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -552,6 +596,7 @@ int main(void)
     PD_RUN(test_every_json_option);
     PD_RUN(test_noop_options_warned);
     PD_RUN(test_semantic_checks);
+    PD_RUN(test_model_input_options);
     PD_RUN(test_config_file);
     PD_RUN(test_docs_in_sync);
     return PD_TEST_REPORT();

@@ -206,11 +206,18 @@ PD_TEST(test_default_gguf)
     PD_CHECK(cfg.dtype == ENG_DTYPE_BF16 && cfg.max_model_len == 4096);
     o.max_model_len = 9000;
     unsetenv("PD_ALLOW_LONG_MAX_MODEL_LEN");
+    unsetenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN");
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_ERR_INVAL);
     setenv("PD_ALLOW_LONG_MAX_MODEL_LEN", "1", 1);
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
     PD_CHECK_EQ_INT(cfg.max_model_len, 9000);
     unsetenv("PD_ALLOW_LONG_MAX_MODEL_LEN");
+    setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1", 1); /* vLLM's name for the same override */
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 9000);
+    setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0", 1);
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_ERR_INVAL);
+    unsetenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN");
     o.max_model_len = 0;
     o.hf_overrides = "{\"rope_theta\": 20000}";
     PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
@@ -749,6 +756,30 @@ PD_TEST(test_hf_cache_layout)
     o.revision = "../../etc";
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
     o.revision = NULL;
+    /* --tokenizer-revision without --tokenizer: the tokenizer comes from that snapshot of
+     * the model id (vLLM: the tokenizer defaults to the model), the weights from main */
+    char *snap = NULL;
+    asprintf(&snap, "%s/hub/models--testorg--tiny-opt/snapshots/feedbeef", root);
+    PD_CHECK_EQ_INT(mkdir(snap, 0755), 0);
+    for (size_t i = 2; i < 4; i++) { /* tokenizer.json, tokenizer_config.json */
+        char *from = NULL, *to = NULL;
+        asprintf(&from, "%s/%s", src, files[i]);
+        asprintf(&to, "%s/%s", snap, files[i]);
+        PD_CHECK_EQ_INT(symlink(from, to), 0);
+        free(from);
+        free(to);
+    }
+    free(snap);
+    o.tokenizer_revision = "feedbeef";
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+    if (m != NULL) {
+        PD_CHECK(strstr(eng_model_path(m), "snapshots/0123abcd") != NULL);
+        PD_CHECK(strstr(eng_model_tokenizer_json(m), "snapshots/feedbeef/tokenizer.json") != NULL);
+        eng_model_destroy(m);
+    }
+    o.tokenizer_revision = "0badc0de"; /* no such snapshot: an error, not a silent fallback */
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
+    o.tokenizer_revision = NULL;
     /* found through $HF_HOME/hub when no download dir is given */
     o.download_dir = NULL;
     char *old_home = getenv("HF_HOME") ? strdup(getenv("HF_HOME")) : NULL;
