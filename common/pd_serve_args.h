@@ -66,7 +66,7 @@
   X("Model", rope_theta, "--rope-theta", NULL, FLOAT, NULL, NULL, WORKS, NULL, 0, "RoPE theta") \
   X("Model", hf_overrides, "--hf-overrides", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "JSON merged over the model's config.json") \
   X("Model", served_model_name, "--served-model-name", NULL, LIST, NULL, NULL, WORKS, NULL, PD_OPTF_NARGS_PLUS, "model name(s) in the API; the first is used in responses") \
-  X("Model", generation_config, "--generation-config", NULL, STR, "auto", NULL, WORKS, NULL, 0, "'auto' (default, as vLLM) takes sampling defaults from the model's generation_config.json, a folder from the one there, 'vllm' ignores it") \
+  X("Model", generation_config, "--generation-config", NULL, STR, NULL, NULL, WORKS, NULL, 0, "default (as the vLLM of the option list): vLLM's sampling defaults; 'auto' takes them from the model's generation_config.json, a folder from the one there ('vllm' = the default)") \
   X("Model", override_generation_config, "--override-generation-config", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "JSON overriding generation config defaults, e.g. '{\"temperature\": 0.5}'") \
   X("Model", model_impl, "--model-impl", NULL, CHOICE, "auto", "auto,vllm,transformers", DIFFERS, "pdserve has one implementation of each architecture; 'transformers' is refused", 0, "which model implementation to use") \
   X("Model", guided_decoding_backend, "--guided-decoding-backend", NULL, STR, "xgrammar", NULL, NOT_YET, "guided decoding is not implemented", 0, "engine for guided decoding (JSON schema, regex)") \

@@ -1,9 +1,10 @@
 """--generation-config against a real node (issue #3: generation_config.json,
 --generation-config, --override-generation-config).
 
-As in vLLM the default is 'auto': the sampling defaults come from the model's
+The default is None as in the vLLM of the seed option list: vLLM's own sampling defaults,
+the file is not read ('vllm' says the same explicitly); 'auto' takes them from the model's
 generation_config.json (for a GGUF file, the one beside it); a folder names another
-generation_config.json; 'vllm' ignores it.  A request's own values always win.  The model
+generation_config.json.  A request's own values always win.  The model
 is the default GGUF, linked into a temporary folder with a generation_config.json whose
 max_new_tokens (the default max_tokens) is small enough to see.
 """
@@ -37,7 +38,7 @@ def usage_tokens(node, **extra):
     return r.usage.completion_tokens
 
 
-@pytest.mark.parametrize("args,want", [([], 3),                                   # default: auto
+@pytest.mark.parametrize("args,want", [([], 16),                                  # default: not read
                                        (["--generation-config", "auto"], 3),
                                        (["--generation-config", "vllm"], 16),    # completions default
                                        (["--generation-config", "FOLDER"], 5),
