@@ -73,7 +73,7 @@
   X("Model", logits_processor_pattern, "--logits-processor-pattern", NULL, STR, NULL, NULL, NOT_YET, "custom logits processors are not implemented", 0, "regex of allowed logits processor names") \
   X("Model", override_neuron_config, "--override-neuron-config", NULL, JSON, NULL, NULL, NOT_YET, "no Neuron devices", PD_OPTF_JSON_OBJECT, "Neuron device config overrides") \
   X("Model", override_pooler_config, "--override-pooler-config", NULL, JSON, NULL, NULL, NOT_YET, "pooling models are not implemented", PD_OPTF_JSON_OBJECT, "pooler config overrides") \
-  X("Model", disable_sliding_window, "--disable-sliding-window", NULL, BOOL, NULL, NULL, NOT_YET, "sliding-window models always run with their window", 0, "disable sliding-window attention (caps the context at the window)") \
+  X("Model", disable_sliding_window, "--disable-sliding-window", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "disable sliding-window attention: full attention, max_model_len capped at the window's size (as vLLM)") \
   X("Load", download_dir, "--download-dir", NULL, STR, NULL, NULL, DIFFERS, "searched as a Hugging Face cache; nothing is downloaded", 0, "directory holding downloaded weights") \
   X("Load", load_format, "--load-format", NULL, CHOICE, "auto", "auto,pt,safetensors,npcache,dummy,tensorizer,sharded_state,gguf,bitsandbytes,mistral,runai_streamer", DIFFERS, "auto, safetensors, gguf and dummy work; the others are refused with 'not supported yet'", 0, "format of the weights") \
   X("Load", ignore_patterns, "--ignore-patterns", NULL, LIST, NULL, NULL, NOT_YET, "weight files are chosen by name (model*.safetensors, the index); patterns are not applied yet", 0, "weight file patterns to ignore; repeatable") \

@@ -451,6 +451,13 @@ static pd_status_t resolve_max_len(const cJSON *json, const eng_load_opts_t *opt
     }
     if (derived > (double)INT32_MAX)
         derived = INT32_MAX;
+    /* --disable-sliding-window (vLLM): full attention, and no context longer than the
+     * window, so every key a row may see is inside the window anyway */
+    if (opts != NULL && opts->disable_sliding_window && cfg->sliding_window > 0) {
+        if ((double)cfg->sliding_window < derived)
+            derived = (double)cfg->sliding_window;
+        cfg->sliding_window = 0;
+    }
     int64_t d = (int64_t)derived;
     if (opts == NULL || opts->max_model_len == 0) {
         cfg->max_model_len = d;

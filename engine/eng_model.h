@@ -164,6 +164,8 @@ typedef struct eng_load_opts {
     const char *rope_scaling;   /* JSON object replacing config rope_scaling */
     double rope_theta;          /* 0 = from the config */
     int64_t max_model_len;      /* 0 = derived from the config */
+    bool disable_sliding_window; /* vLLM's --disable-sliding-window: no window, the derived
+                                    max_model_len capped at the window's size */
     uint64_t seed;              /* dummy weights */
     bool keep_quantized;        /* true: keep Q* tensors as stored; false: dequantize to
                                    dequant_dtype at load */

@@ -80,6 +80,7 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
         c->load.rope_scaling = own->rope_scaling = cJSON_PrintUnformatted(a->rope_scaling);
     c->load.rope_theta = a->set[PD_SERVE_OPT_rope_theta] ? a->rope_theta : 0;
     c->load.max_model_len = a->set[PD_SERVE_OPT_max_model_len] ? a->max_model_len : 0;
+    c->load.disable_sliding_window = a->disable_sliding_window;
     c->load.seed = (uint64_t)a->seed;
     /* float32 asks for exact numerics: dequantize at load; otherwise quantized weights
      * stay quantized and use the int8 dot products */

@@ -601,6 +601,29 @@ PD_TEST(test_options_and_errors)
     PD_CHECK_EQ_INT(cfg.max_model_len, 100);
     o.max_model_len = 0;
 
+    /* --disable-sliding-window (tiny-mistral: window 128, 512 positions): no window, the
+     * derived length capped at 128, a longer --max-model-len refused like any other */
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.sliding_window, 128);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 512);
+    o.disable_sliding_window = true;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.sliding_window, 0);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 128);
+    o.max_model_len = 129;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_ERR_INVAL);
+    o.max_model_len = 64;
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 64);
+    PD_CHECK_EQ_INT(cfg.sliding_window, 0);
+    o.max_model_len = 0;
+    o.model = llama; /* no window: nothing changes */
+    PD_CHECK_STATUS(eng_model_load_config(&o, &cfg), PD_OK);
+    PD_CHECK_EQ_INT(cfg.sliding_window, 0);
+    PD_CHECK_EQ_INT(cfg.max_model_len, 512);
+    o.disable_sliding_window = false;
+    o.model = mistral;
+
     o.model = "/nonexistent/model/dir";
     PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND);
     o.model = "no-such-org/no-such-model";
