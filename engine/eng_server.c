@@ -658,6 +658,15 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
         }
         have_kv = true;
     }
+    /* the TLS files before the model: a typo there should not cost a model load */
+    const char *const tls_opts[3] = {"--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs"};
+    const char *const tls_paths[3] = {a->ssl_keyfile, a->ssl_certfile, a->ssl_ca_certs};
+    for (int i = 0; i < 3; i++)
+        if (tls_paths[i] && access(tls_paths[i], R_OK) != 0) {
+            fprintf(stderr, "pdserve-%s: error: %s: cannot read '%s': %s\n",
+                    role == PD_ROLE_PREFILL ? "prefill" : "decode", tls_opts[i], tls_paths[i], strerror(errno));
+            goto out;
+        }
     if (make_engine_cfg(role, a, &ec, &own) != PD_OK)
         goto out;
     srv.model_path = ec.load.model;

@@ -185,6 +185,19 @@ def test_not_yet_option_at_its_default_is_accepted(tmp_path):
     assert "none.gguf" in p.stderr
 
 
+@pytest.mark.parametrize("name", NODES)
+def test_unreadable_tls_file_is_refused_before_the_model(name, tmp_path):
+    """A TLS file that cannot be read stops the node before its model is loaded (the model
+    given here does not exist either: the TLS line comes first and alone)."""
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not read\n")
+    p = run(name, "--model", str(tmp_path / "none.gguf"), "--ssl-keyfile", str(tmp_path / "missing.key"),
+            "--ssl-certfile", str(cert), *NODE_ARGS)
+    assert p.returncode == 1
+    assert p.stderr == f"{name}: error: --ssl-keyfile: cannot read '{tmp_path / 'missing.key'}': " \
+                       "No such file or directory\n", p.stderr
+
+
 def test_noop_option_is_not_silent(tmp_path):
     p = run("pdserve-prefill", "--trust-remote-code", "--model", str(tmp_path / "none.gguf"), *NODE_ARGS)
     assert p.returncode != 0  # no model; the options were read and the warning logged before that
