@@ -80,6 +80,7 @@ typedef struct bench_opts {
     int n_sweep_input_lens;
     /* sampling (NAN / -1 = not sent; temperature defaults to 0 like vLLM) */
     double temperature, top_p, min_p;
+    double frequency_penalty, presence_penalty, repetition_penalty;
     int top_k;
     /* metrics and output */
     int percentile_metrics; /* BENCH_M_* bits */
