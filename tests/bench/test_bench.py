@@ -573,3 +573,123 @@ def test_progress_bar_only_on_a_terminal(fake, bench_bin):
     assert "] 5/5" in stderr_of([], True)
     assert "] 5/5" not in stderr_of(["--disable-tqdm"], True)
     assert "] 5/5" not in stderr_of([], False)
+
+
+# ---- audit of issue 9: the claims the tests above did not pin down ----
+def test_sweep_runs_draw_fresh_prompts(fake, run_bench):
+    # With the same prompts in every run of a sweep, a server with prefix caching serves
+    # the later runs' prefills from its cache: each run must draw its own prompts, and
+    # the same command must draw the same ones again.
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    args = ("--num-prompts", 6, "--request-rate", "50,100", "--random-input-len", 40,
+            "--random-output-len", 2, "--seed", 11)
+    r = run_bench(srv.url, *args)
+    assert r.rc == 0, r.stderr
+    recs = srv.stats()["records"]
+    first = {x["prompt_head"] for x in recs[:6]}
+    second = {x["prompt_head"] for x in recs[6:12]}
+    assert len(first) == 6 and len(second) == 6 and not first & second
+    assert all(x["prompt_tokens"] == 40 for x in recs)
+    r = run_bench(srv.url, *args)
+    recs = srv.stats()["records"]
+    assert {x["prompt_head"] for x in recs[12:18]} == first
+    assert {x["prompt_head"] for x in recs[18:24]} == second
+    # a single run keeps --seed as given: the same prompts as the sweep's first run
+    run_bench(srv.url, "--num-prompts", 6, "--random-input-len", 40,
+              "--random-output-len", 2, "--seed", 11)
+    assert {x["prompt_head"] for x in srv.stats()["records"][24:30]} == first
+
+
+def test_request_rate_inf_sends_all_at_once(fake, run_bench):
+    srv = fake({"ttft_ms": 300, "itl_ms": 5})
+    r = run_bench(srv.url, "--num-prompts", 60, "--request-rate", "inf",
+                  "--random-input-len", 8, "--random-output-len", 3)
+    assert r.rc == 0, r.stderr
+    st = srv.stats()
+    assert st["peak"] == 60 and r.data["peak_inflight"] == 60
+    t = [x["t_recv"] for x in st["records"]]
+    assert max(t) - min(t) < 0.25, max(t) - min(t)   # all sent before the first answer
+    assert r.data["request_rate"] == "inf"
+
+
+def test_random_output_lengths_in_range(fake, run_bench):
+    srv = fake({"ttft_ms": 2, "itl_ms": 1})
+    r = run_bench(srv.url, "--num-prompts", 40, "--random-input-len", 20,
+                  "--random-output-len", 20, "--random-range-ratio", 0.5, "--seed", 5)
+    assert r.rc == 0, r.stderr
+    outs = [x["max_tokens"] for x in srv.stats()["records"]]
+    assert all(10 <= x <= 30 for x in outs) and len(set(outs)) > 8
+    assert sorted(outs) == sorted(r.data["output_lens"])   # ignore_eos: all generated
+    ins = [x["prompt_tokens"] for x in srv.stats()["records"]]
+    assert all(10 <= x <= 30 for x in ins) and len(set(ins)) > 8
+
+
+def test_goodput_tpot_and_e2el_slos(fake, run_bench):
+    # ITL 5 or 40 ms by request index, 11 tokens: TPOT 5 or 40, E2EL 70 or 420 ms
+    srv = fake({"ttft_ms": 20, "itl_ms": [5, 40]})
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 11, "--max-concurrency", 1,
+                  "--goodput", "tpot:20")
+    assert r.rc == 0, r.stderr
+    assert r.data["good_requests"] == 5 and r.data["goodput_slo_ms"] == {"tpot": 20}
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 11, "--max-concurrency", 1,
+                  "--goodput", "e2el:250", "ttft:1000")
+    assert r.data["good_requests"] == 5
+    assert r.data["goodput_slo_ms"] == {"ttft": 1000, "e2el": 250}
+    # a failed request is never good, even when its partial timings would meet the SLOs
+    srv = fake({"ttft_ms": 5, "itl_ms": 1,
+                "failures": [{"every": 2, "offset": 0, "kind": "disconnect", "after_tokens": 2}]})
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 6, "--goodput", "ttft:1000", "tpot:1000")
+    assert r.data["completed"] == 5 and r.data["good_requests"] == 5
+    assert close(r.data["slo_attainment"], 0.5)
+
+
+def test_endpoint_flag_extra_body_and_sampling(fake, run_bench):
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    r = run_bench(srv.url, "--endpoint", "/v1/chat/completions", "--num-prompts", 3,
+                  "--random-input-len", 8, "--random-output-len", 4,
+                  "--frequency-penalty", 0.5, "--presence-penalty", -0.25,
+                  "--repetition-penalty", 1.1, "--extra-body", '{"seed": 42, "user": "u1"}')
+    assert r.rc == 0, r.stderr
+    rec = srv.stats()["records"][0]
+    assert rec["chat"] and rec["max_tokens"] == 4 and "max_completion_tokens" in rec["keys"]
+    assert rec["frequency_penalty"] == 0.5 and rec["presence_penalty"] == -0.25
+    assert rec["repetition_penalty"] == 1.1
+    assert rec["seed"] == 42 and rec["user"] == "u1"
+    # not given: not sent (the server's defaults apply), temperature always (greedy)
+    r = run_bench(srv.url, "--num-prompts", 1, "--random-input-len", 8,
+                  "--random-output-len", 2)
+    rec = srv.stats()["records"][-1]
+    assert not rec["chat"] and rec["temperature"] == 0
+    for k in ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
+              "repetition_penalty", "seed"):
+        assert k not in rec["keys"], k
+    r = run_bench(srv.url, "--num-prompts", 1, "--extra-body", "[1]", save=False)
+    assert r.rc != 0 and "--extra-body" in r.stderr
+
+
+def test_ignore_eos_flag(fake, run_bench, tmp_path):
+    # off by default outside the random datasets, on with --ignore-eos
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    common = ("--dataset-name", "prefix-repetition", "--num-prompts", 2,
+              "--prefix-repetition-prefix-len", 8, "--prefix-repetition-suffix-len", 8,
+              "--prefix-repetition-num-prefixes", 1, "--prefix-repetition-output-len", 3)
+    run_bench(srv.url, *common)
+    assert "ignore_eos" not in srv.stats()["records"][-1]
+    r = run_bench(srv.url, *common, "--ignore-eos")
+    assert r.rc == 0, r.stderr
+    assert srv.stats()["records"][-1]["ignore_eos"] is True
+
+
+def test_model_flag_is_sent(fake, run_bench):
+    srv = fake({"ttft_ms": 5, "itl_ms": 1, "model": "served-x"})
+    r = run_bench(srv.url, "--num-prompts", 2, "--random-input-len", 8,
+                  "--random-output-len", 2)
+    assert r.rc == 0, r.stderr
+    assert srv.stats()["records"][-1]["model"] == "served-x"   # first of /v1/models
+    r = run_bench(srv.url, "--model", "other-name", "--num-prompts", 2,
+                  "--random-input-len", 8, "--random-output-len", 2)
+    assert srv.stats()["records"][-1]["model"] == "other-name"
+    assert r.data["model_id"] == "other-name"
