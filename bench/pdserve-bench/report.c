@@ -585,10 +585,12 @@ pd_status_t bench_plot_cdfs(const bench_opts_t *o, const bench_run_t *run, const
             "set terminal pngcairo size 1200,900 font ',10'\n"
             "set output '%s'\n"
             "set multiplot layout 2,2 title 'pdserve-bench latency CDFs (rate %s req/s, %d requests)'\n"
-            "set grid\nset ylabel 'fraction of requests'\nset yrange [0:1.02]\nunset key\n",
+            "set grid\nset yrange [0:1.02]\nunset key\n",
             png, rw, n);
     const char *names[4] = {"TTFT (ms)", "TPOT (ms)", "ITL (ms, every gap)", "E2E latency (ms)"};
     for (k = 0; k < 4; k++) {
+        /* ITL pools every gap of every request: its CDF is over gaps, not requests */
+        fprintf(f, "set ylabel 'fraction of %s'\n", k == 2 ? "gaps" : "requests");
         if (c[k] == 0)
             fprintf(f, "set title '%s: no data'\nset xlabel '%s'\nplot [0:1] 0 with lines\n",
                     names[k], names[k]);
