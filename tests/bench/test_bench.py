@@ -483,6 +483,14 @@ def test_sweep_finds_highest_rate(fake, run_bench, tmp_path):
     assert rates == [2, 5, "inf"]
     assert s["runs"][-1]["slo_attainment"] < 0.5
     assert s["max_rate_meeting_slo"] in (2, 5)
+    # and it is the highest rate whose own attainment reached 90% (DistServe's measure)
+    passing = [x["request_rate"] for x in s["runs"] if x["slo_attainment"] >= 0.9]
+    assert s["max_rate_meeting_slo"] == max(passing, key=lambda v: math.inf if v == "inf" else v)
+    for x in s["runs"]:
+        d = json.loads((r.out_dir / ("r-%sqps.json" % (
+            "inf" if x["request_rate"] == "inf" else "%.1f" % x["request_rate"]))).read_text())
+        assert close(d["slo_attainment"], d["good_requests"] / (d["completed"] + d["failed"]))
+        assert close(x["slo_attainment"], d["slo_attainment"])
     assert "Highest rate with >= 90% of requests meeting all SLOs" in r.stdout
     # one result file per rate, named from --result-filename
     assert {p.name for p in r.out_dir.iterdir() if p.name.startswith("r-")} == \
