@@ -169,14 +169,16 @@ static int set_dataset(bench_opts_t *o, const char *flag, const char *val)
 {
     static const struct { const char *n; bench_ds_kind_t k; } t[] = {
         {"random", BENCH_DS_RANDOM},       {"prefix-repetition", BENCH_DS_PREFIX_REP},
-        {"sharegpt", BENCH_DS_SHAREGPT},   {"sweep", BENCH_DS_SWEEP}};
+        {"sharegpt", BENCH_DS_SHAREGPT},   {"sweep", BENCH_DS_SWEEP},
+        /* vLLM's spelling of the name, so its scripts carry over */
+        {"prefix_repetition", BENCH_DS_PREFIX_REP}};
     for (size_t i = 0; i < PD_ARRAY_SIZE(t); i++) {
         if (strcmp(val, t[i].n) == 0) {
             o->ds_kind = t[i].k;
             return 0;
         }
     }
-    return bad(flag, val, "random, prefix-repetition, sharegpt, sweep");
+    return bad(flag, val, "random, prefix-repetition (or prefix_repetition), sharegpt, sweep");
 }
 
 static int set_pmetrics(bench_opts_t *o, const char *flag, const char *val)

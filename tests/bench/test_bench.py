@@ -525,7 +525,7 @@ def test_cli_errors(bench_bin):
     p = run("--request-rate=fast")
     assert p.returncode != 0 and "'fast'" in p.stderr and "inf or a positive number" in p.stderr
     p = run("--dataset-name", "sonnet")
-    assert p.returncode != 0 and "random, prefix-repetition, sharegpt, sweep" in p.stderr
+    assert p.returncode != 0 and "random, prefix-repetition (or prefix_repetition), sharegpt, sweep" in p.stderr
     p = run("--goodput", "ttfx:3")
     assert p.returncode != 0 and "ttft, tpot, e2el" in p.stderr
     p = run("--percentile-metrics", "ttft,foo")
@@ -686,6 +686,13 @@ def test_ignore_eos_flag(fake, run_bench, tmp_path):
               "--prefix-repetition-num-prefixes", 1, "--prefix-repetition-output-len", 3)
     run_bench(srv.url, *common)
     assert "ignore_eos" not in srv.stats()["records"][-1]
+    # vLLM spells the dataset prefix_repetition: the same dataset
+    vllm_spelling = ["prefix_repetition" if x == "prefix-repetition" else x for x in common]
+    r = run_bench(srv.url, *vllm_spelling, save=False)
+    assert r.rc == 0, r.stderr
+    recs = srv.stats()["records"][-2:]
+    assert all(x["prompt_tokens"] == 16 and x["max_tokens"] == 3 for x in recs)
+    assert recs[0]["prompt_head"][:8] == recs[1]["prompt_head"][:8]   # one shared prefix
     r = run_bench(srv.url, *common, "--ignore-eos")
     assert r.rc == 0, r.stderr
     assert srv.stats()["records"][-1]["ignore_eos"] is True
