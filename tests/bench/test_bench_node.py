@@ -10,15 +10,29 @@ JSONs, the CDF and sweep charts exist.  Skips when the node binary or the defaul
 is missing.
 """
 import json
+import os
+import pathlib
 import shutil
 import subprocess
+import sys
 
-from pdtest import binary, node_metrics, wait_idle
+import pytest
+
+# ctest runs this folder from the build tree, where tests/conftest.py (which puts
+# tests/ on the path) is not loaded: import the shared helpers by path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import pdtest  # noqa: E402
 
 
-def test_bench_against_a_real_node(node_factory, bench_bin, tmp_path):
-    binary("pdserve-decode")
-    node = node_factory()
+def test_bench_against_a_real_node(bench_bin, tmp_path_factory, tmp_path):
+    if "PDSERVE_BUILD_DIR" not in os.environ:
+        pdtest.BUILD = str(pathlib.Path(bench_bin).resolve().parents[1])  # the bench's build
+    pdtest.binary("pdserve-decode")           # skips when it is not built
+    model = pdtest.default_model()
+    if model is None:
+        pytest.skip("the default model is not in the cache (run scripts/setup.sh)")
+    node = pdtest.start_node(tmp_path_factory, model)
+    wait_idle = pdtest.wait_idle
     try:
         out = tmp_path / "res"
         before = wait_idle(node.url)
