@@ -214,6 +214,7 @@ typedef struct bench_metrics {
     long total_input, total_output;
     double duration_s;
     double request_throughput, request_goodput, output_throughput, total_token_throughput;
+    double input_throughput;   /* prompt tokens of completed requests / duration */
     int good;                  /* requests meeting every SLO */
     double attainment;         /* good / all requests */
     bench_stat_t ttft, tpot, itl, e2el; /* milliseconds */

@@ -128,6 +128,7 @@ def test_metrics_match_script(fake, run_bench):
         assert d["output_token_source"] == "usage"
         assert close(d["request_throughput"], n / d["duration"])
         assert close(d["output_throughput"], sum(exp_n) / d["duration"])
+        assert close(d["input_throughput"], d["total_input_tokens"] / d["duration"])
         assert close(d["total_token_throughput"],
                      (d["total_input_tokens"] + d["total_output_tokens"]) / d["duration"])
         assert d["total_input_tokens"] == sum(d["input_lens"]) == 64 * n
