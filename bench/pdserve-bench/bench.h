@@ -80,6 +80,7 @@ typedef struct bench_opts {
     int n_sweep_input_lens;
     /* sampling (NAN / -1 = not sent; temperature defaults to 0 like vLLM) */
     double temperature, top_p, min_p;
+    double frequency_penalty, presence_penalty, repetition_penalty;
     int top_k;
     /* metrics and output */
     int percentile_metrics; /* BENCH_M_* bits */
@@ -213,6 +214,7 @@ typedef struct bench_metrics {
     long total_input, total_output;
     double duration_s;
     double request_throughput, request_goodput, output_throughput, total_token_throughput;
+    double input_throughput;   /* prompt tokens of completed requests / duration */
     int good;                  /* requests meeting every SLO */
     double attainment;         /* good / all requests */
     bench_stat_t ttft, tpot, itl, e2el; /* milliseconds */

@@ -109,6 +109,21 @@ static int ready_check(const bench_opts_t *o, const char *model, const bench_dat
     return -1;
 }
 
+/* Dataset seed of the k-th run of a sweep: --seed itself for the first run, then a
+ * splitmix64 step of (seed, k), so runs get unrelated prompts, the same ones each time
+ * the same command runs. */
+static uint64_t run_seed(uint64_t seed, int k)
+{
+    uint64_t z;
+
+    if (k == 0)
+        return seed;
+    z = seed + 0x9E3779B97F4A7C15ULL * (uint64_t)k;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
 int main(int argc, char **argv)
 {
     bench_opts_t o;
@@ -143,20 +158,27 @@ int main(int argc, char **argv)
 
     for (int li = 0; li < n_lens; li++) {
         int in_len = o.ds_kind == BENCH_DS_SWEEP ? o.sweep_input_lens[li] : 0;
-        bench_dataset_t ds = {0};
-        if (bench_dataset_build(&o, api_model, in_len, &ds) != PD_OK) {
-            rc = 1;
-            goto out;
-        }
-        if (li == 0 && o.ready_check_timeout_s > 0 && ready_check(&o, api_model, &ds) != 0) {
-            bench_dataset_cleanup(&ds);
-            rc = 1;
-            goto out;
-        }
         for (int ri = 0; ri < o.n_rates; ri++) {
             bench_run_t run = {0};
             bench_metrics_t m;
+            bench_dataset_t ds = {0};
             double rate = o.rates[ri];
+            /* Every run of a sweep draws its own prompts: with the same prompts a server
+             * with prefix caching would serve each later run's prefills from the cache
+             * the earlier runs filled, and the later (higher) rates would look better
+             * than they are.  The first run keeps --seed as given (as vLLM uses it). */
+            bench_opts_t o_ds = o;
+            o_ds.seed = run_seed(o.seed, li * o.n_rates + ri);
+            if (bench_dataset_build(&o_ds, api_model, in_len, &ds) != PD_OK) {
+                rc = 1;
+                goto out;
+            }
+            if (li == 0 && ri == 0 && o.ready_check_timeout_s > 0 &&
+                ready_check(&o, api_model, &ds) != 0) {
+                bench_dataset_cleanup(&ds);
+                rc = 1;
+                goto out;
+            }
             if (!o.quiet) {
                 if (in_len > 0)
                     printf("Input length: %d tokens\n", in_len);
@@ -219,10 +241,10 @@ int main(int argc, char **argv)
             rows[n_rows].m = m;
             n_rows++;
             bench_run_cleanup(&run);
+            bench_dataset_cleanup(&ds);
             if (bench_interrupted_g)
                 break;
         }
-        bench_dataset_cleanup(&ds);
         if (bench_interrupted_g)
             break;
     }

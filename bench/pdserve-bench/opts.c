@@ -169,14 +169,16 @@ static int set_dataset(bench_opts_t *o, const char *flag, const char *val)
 {
     static const struct { const char *n; bench_ds_kind_t k; } t[] = {
         {"random", BENCH_DS_RANDOM},       {"prefix-repetition", BENCH_DS_PREFIX_REP},
-        {"sharegpt", BENCH_DS_SHAREGPT},   {"sweep", BENCH_DS_SWEEP}};
+        {"sharegpt", BENCH_DS_SHAREGPT},   {"sweep", BENCH_DS_SWEEP},
+        /* vLLM's spelling of the name, so its scripts carry over */
+        {"prefix_repetition", BENCH_DS_PREFIX_REP}};
     for (size_t i = 0; i < PD_ARRAY_SIZE(t); i++) {
         if (strcmp(val, t[i].n) == 0) {
             o->ds_kind = t[i].k;
             return 0;
         }
     }
-    return bad(flag, val, "random, prefix-repetition, sharegpt, sweep");
+    return bad(flag, val, "random, prefix-repetition (or prefix_repetition), sharegpt, sweep");
 }
 
 static int set_pmetrics(bench_opts_t *o, const char *flag, const char *val)
@@ -441,6 +443,12 @@ static const opt_def_t OPTS[] = {
     {"top-k", OT_INT, F(top_k), -1, 1e7, NULL, 0, G_SAMPLING, "K", "top_k",
      "an integer >= -1"},
     {"min-p", OT_DBL, F(min_p), 0, 1, NULL, 0, G_SAMPLING, "P", "min_p", "a number in [0, 1]"},
+    {"frequency-penalty", OT_DBL, F(frequency_penalty), -2, 2, NULL, 0, G_SAMPLING, "F",
+     "frequency_penalty", "a number in [-2, 2]"},
+    {"presence-penalty", OT_DBL, F(presence_penalty), -2, 2, NULL, 0, G_SAMPLING, "F",
+     "presence_penalty", "a number in [-2, 2]"},
+    {"repetition-penalty", OT_DBL, F(repetition_penalty), 1e-6, 100, NULL, 0, G_SAMPLING, "F",
+     "repetition_penalty", "a number in (0, 100]"},
 
     {"percentile-metrics", OT_FUNC, 0, 0, 0, set_pmetrics, 0, G_OUT, "M,M",
      "metrics to report: ttft,tpot,itl,e2el (default ttft,tpot,itl)", NULL},
@@ -524,6 +532,9 @@ static void set_defaults(bench_opts_t *o)
     o->temperature = NAN;
     o->top_p = NAN;
     o->min_p = NAN;
+    o->frequency_penalty = NAN;
+    o->presence_penalty = NAN;
+    o->repetition_penalty = NAN;
     o->top_k = -2; /* unset */
     o->percentile_metrics = BENCH_M_TTFT | BENCH_M_TPOT | BENCH_M_ITL;
     o->percentiles[0] = 99;

@@ -87,6 +87,7 @@ void bench_report_print(const bench_opts_t *o, const bench_run_t *run, const ben
     if (o->percentile_metrics & BENCH_M_E2EL)
         print_metric(o, &m->e2el, "E2EL", "End-to-end Latency");
     header("pdserve extras", '-');
+    row_f("Input token throughput (tok/s):", m->input_throughput);
     if (o->have_goodput)
         row_f("Requests meeting all SLOs (%):", 100.0 * m->attainment);
     for (int k = 1; k < BENCH_ERR_COUNT_; k++) {
@@ -215,6 +216,7 @@ char *bench_report_json(const bench_opts_t *o, const char *model, const bench_ru
     add_stat(root, o, "e2el", &m->e2el);
 
     /* pdserve extras */
+    cJSON_AddNumberToObject(root, "input_throughput", m->input_throughput);
     cJSON *ek = cJSON_AddObjectToObject(root, "errors_by_kind");
     for (int k = 1; k < BENCH_ERR_COUNT_; k++)
         cJSON_AddNumberToObject(ek, bench_err_kind_name((bench_err_kind_t)k), m->err_counts[k]);
@@ -585,10 +587,12 @@ pd_status_t bench_plot_cdfs(const bench_opts_t *o, const bench_run_t *run, const
             "set terminal pngcairo size 1200,900 font ',10'\n"
             "set output '%s'\n"
             "set multiplot layout 2,2 title 'pdserve-bench latency CDFs (rate %s req/s, %d requests)'\n"
-            "set grid\nset ylabel 'fraction of requests'\nset yrange [0:1.02]\nunset key\n",
+            "set grid\nset yrange [0:1.02]\nunset key\n",
             png, rw, n);
     const char *names[4] = {"TTFT (ms)", "TPOT (ms)", "ITL (ms, every gap)", "E2E latency (ms)"};
     for (k = 0; k < 4; k++) {
+        /* ITL pools every gap of every request: its CDF is over gaps, not requests */
+        fprintf(f, "set ylabel 'fraction of %s'\n", k == 2 ? "gaps" : "requests");
         if (c[k] == 0)
             fprintf(f, "set title '%s: no data'\nset xlabel '%s'\nplot [0:1] 0 with lines\n",
                     names[k], names[k]);

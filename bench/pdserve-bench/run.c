@@ -79,6 +79,12 @@ static char *build_body(const bench_opts_t *o, const char *model, const bench_sa
         cJSON_AddNumberToObject(root, "top_k", o->top_k);
     if (!isnan(o->min_p))
         cJSON_AddNumberToObject(root, "min_p", o->min_p);
+    if (!isnan(o->frequency_penalty))
+        cJSON_AddNumberToObject(root, "frequency_penalty", o->frequency_penalty);
+    if (!isnan(o->presence_penalty))
+        cJSON_AddNumberToObject(root, "presence_penalty", o->presence_penalty);
+    if (!isnan(o->repetition_penalty))
+        cJSON_AddNumberToObject(root, "repetition_penalty", o->repetition_penalty);
     if (o->extra_body) {
         cJSON *extra = cJSON_Parse(o->extra_body);
         if (!extra || !cJSON_IsObject(extra)) {

@@ -264,6 +264,7 @@ void bench_metrics_compute(const bench_opts_t *o, const bench_run_t *run, bench_
         m->request_throughput = m->completed / m->duration_s;
         m->request_goodput = m->good / m->duration_s;
         m->output_throughput = (double)m->total_output / m->duration_s;
+        m->input_throughput = (double)m->total_input / m->duration_s;
         m->total_token_throughput = (double)(m->total_input + m->total_output) / m->duration_s;
     }
     m->attainment = n > 0 ? (double)m->good / n : 0;

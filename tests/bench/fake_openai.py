@@ -224,8 +224,10 @@ class Server:
                "prompt_head": prompt[:40], "active_at_arrival": self.active,
                "max_tokens": max_tokens, "chat": chat, "failure": kind,
                "auth": headers.get("authorization"), "x_tenant": headers.get("x-tenant")}
+        rec["keys"] = sorted(req)
         for k in ("temperature", "top_p", "top_k", "min_p", "ignore_eos", "stream",
-                  "stream_options", "model"):
+                  "stream_options", "model", "frequency_penalty", "presence_penalty",
+                  "repetition_penalty", "seed", "user"):
             if k in req:
                 rec[k] = req[k]
         self.records.append(rec)

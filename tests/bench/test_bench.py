@@ -128,6 +128,7 @@ def test_metrics_match_script(fake, run_bench):
         assert d["output_token_source"] == "usage"
         assert close(d["request_throughput"], n / d["duration"])
         assert close(d["output_throughput"], sum(exp_n) / d["duration"])
+        assert close(d["input_throughput"], d["total_input_tokens"] / d["duration"])
         assert close(d["total_token_throughput"],
                      (d["total_input_tokens"] + d["total_output_tokens"]) / d["duration"])
         assert d["total_input_tokens"] == sum(d["input_lens"]) == 64 * n
@@ -483,6 +484,14 @@ def test_sweep_finds_highest_rate(fake, run_bench, tmp_path):
     assert rates == [2, 5, "inf"]
     assert s["runs"][-1]["slo_attainment"] < 0.5
     assert s["max_rate_meeting_slo"] in (2, 5)
+    # and it is the highest rate whose own attainment reached 90% (DistServe's measure)
+    passing = [x["request_rate"] for x in s["runs"] if x["slo_attainment"] >= 0.9]
+    assert s["max_rate_meeting_slo"] == max(passing, key=lambda v: math.inf if v == "inf" else v)
+    for x in s["runs"]:
+        d = json.loads((r.out_dir / ("r-%sqps.json" % (
+            "inf" if x["request_rate"] == "inf" else "%.1f" % x["request_rate"]))).read_text())
+        assert close(d["slo_attainment"], d["good_requests"] / (d["completed"] + d["failed"]))
+        assert close(x["slo_attainment"], d["slo_attainment"])
     assert "Highest rate with >= 90% of requests meeting all SLOs" in r.stdout
     # one result file per rate, named from --result-filename
     assert {p.name for p in r.out_dir.iterdir() if p.name.startswith("r-")} == \
@@ -517,7 +526,7 @@ def test_cli_errors(bench_bin):
     p = run("--request-rate=fast")
     assert p.returncode != 0 and "'fast'" in p.stderr and "inf or a positive number" in p.stderr
     p = run("--dataset-name", "sonnet")
-    assert p.returncode != 0 and "random, prefix-repetition, sharegpt, sweep" in p.stderr
+    assert p.returncode != 0 and "random, prefix-repetition (or prefix_repetition), sharegpt, sweep" in p.stderr
     p = run("--goodput", "ttfx:3")
     assert p.returncode != 0 and "ttft, tpot, e2el" in p.stderr
     p = run("--percentile-metrics", "ttft,foo")
@@ -573,3 +582,130 @@ def test_progress_bar_only_on_a_terminal(fake, bench_bin):
     assert "] 5/5" in stderr_of([], True)
     assert "] 5/5" not in stderr_of(["--disable-tqdm"], True)
     assert "] 5/5" not in stderr_of([], False)
+
+
+# ---- audit of issue 9: the claims the tests above did not pin down ----
+def test_sweep_runs_draw_fresh_prompts(fake, run_bench):
+    # With the same prompts in every run of a sweep, a server with prefix caching serves
+    # the later runs' prefills from its cache: each run must draw its own prompts, and
+    # the same command must draw the same ones again.
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    args = ("--num-prompts", 6, "--request-rate", "50,100", "--random-input-len", 40,
+            "--random-output-len", 2, "--seed", 11)
+    r = run_bench(srv.url, *args)
+    assert r.rc == 0, r.stderr
+    recs = srv.stats()["records"]
+    first = {x["prompt_head"] for x in recs[:6]}
+    second = {x["prompt_head"] for x in recs[6:12]}
+    assert len(first) == 6 and len(second) == 6 and not first & second
+    assert all(x["prompt_tokens"] == 40 for x in recs)
+    r = run_bench(srv.url, *args)
+    recs = srv.stats()["records"]
+    assert {x["prompt_head"] for x in recs[12:18]} == first
+    assert {x["prompt_head"] for x in recs[18:24]} == second
+    # a single run keeps --seed as given: the same prompts as the sweep's first run
+    run_bench(srv.url, "--num-prompts", 6, "--random-input-len", 40,
+              "--random-output-len", 2, "--seed", 11)
+    assert {x["prompt_head"] for x in srv.stats()["records"][24:30]} == first
+
+
+def test_request_rate_inf_sends_all_at_once(fake, run_bench):
+    srv = fake({"ttft_ms": 300, "itl_ms": 5})
+    r = run_bench(srv.url, "--num-prompts", 60, "--request-rate", "inf",
+                  "--random-input-len", 8, "--random-output-len", 3)
+    assert r.rc == 0, r.stderr
+    st = srv.stats()
+    assert st["peak"] == 60 and r.data["peak_inflight"] == 60
+    t = [x["t_recv"] for x in st["records"]]
+    assert max(t) - min(t) < 0.25, max(t) - min(t)   # all sent before the first answer
+    assert r.data["request_rate"] == "inf"
+
+
+def test_random_output_lengths_in_range(fake, run_bench):
+    srv = fake({"ttft_ms": 2, "itl_ms": 1})
+    r = run_bench(srv.url, "--num-prompts", 40, "--random-input-len", 20,
+                  "--random-output-len", 20, "--random-range-ratio", 0.5, "--seed", 5)
+    assert r.rc == 0, r.stderr
+    outs = [x["max_tokens"] for x in srv.stats()["records"]]
+    assert all(10 <= x <= 30 for x in outs) and len(set(outs)) > 8
+    assert sorted(outs) == sorted(r.data["output_lens"])   # ignore_eos: all generated
+    ins = [x["prompt_tokens"] for x in srv.stats()["records"]]
+    assert all(10 <= x <= 30 for x in ins) and len(set(ins)) > 8
+
+
+def test_goodput_tpot_and_e2el_slos(fake, run_bench):
+    # ITL 5 or 40 ms by request index, 11 tokens: TPOT 5 or 40, E2EL 70 or 420 ms
+    srv = fake({"ttft_ms": 20, "itl_ms": [5, 40]})
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 11, "--max-concurrency", 1,
+                  "--goodput", "tpot:20")
+    assert r.rc == 0, r.stderr
+    assert r.data["good_requests"] == 5 and r.data["goodput_slo_ms"] == {"tpot": 20}
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 11, "--max-concurrency", 1,
+                  "--goodput", "e2el:250", "ttft:1000")
+    assert r.data["good_requests"] == 5
+    assert r.data["goodput_slo_ms"] == {"ttft": 1000, "e2el": 250}
+    # a failed request is never good, even when its partial timings would meet the SLOs
+    srv = fake({"ttft_ms": 5, "itl_ms": 1,
+                "failures": [{"every": 2, "offset": 0, "kind": "disconnect", "after_tokens": 2}]})
+    r = run_bench(srv.url, "--num-prompts", 10, "--random-input-len", 8,
+                  "--random-output-len", 6, "--goodput", "ttft:1000", "tpot:1000")
+    assert r.data["completed"] == 5 and r.data["good_requests"] == 5
+    assert close(r.data["slo_attainment"], 0.5)
+
+
+def test_endpoint_flag_extra_body_and_sampling(fake, run_bench):
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    r = run_bench(srv.url, "--endpoint", "/v1/chat/completions", "--num-prompts", 3,
+                  "--random-input-len", 8, "--random-output-len", 4,
+                  "--frequency-penalty", 0.5, "--presence-penalty", -0.25,
+                  "--repetition-penalty", 1.1, "--extra-body", '{"seed": 42, "user": "u1"}')
+    assert r.rc == 0, r.stderr
+    rec = srv.stats()["records"][0]
+    assert rec["chat"] and rec["max_tokens"] == 4 and "max_completion_tokens" in rec["keys"]
+    assert rec["frequency_penalty"] == 0.5 and rec["presence_penalty"] == -0.25
+    assert rec["repetition_penalty"] == 1.1
+    assert rec["seed"] == 42 and rec["user"] == "u1"
+    # not given: not sent (the server's defaults apply), temperature always (greedy)
+    r = run_bench(srv.url, "--num-prompts", 1, "--random-input-len", 8,
+                  "--random-output-len", 2)
+    rec = srv.stats()["records"][-1]
+    assert not rec["chat"] and rec["temperature"] == 0
+    for k in ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
+              "repetition_penalty", "seed"):
+        assert k not in rec["keys"], k
+    r = run_bench(srv.url, "--num-prompts", 1, "--extra-body", "[1]", save=False)
+    assert r.rc != 0 and "--extra-body" in r.stderr
+
+
+def test_ignore_eos_flag(fake, run_bench, tmp_path):
+    # off by default outside the random datasets, on with --ignore-eos
+    srv = fake({"ttft_ms": 5, "itl_ms": 1})
+    common = ("--dataset-name", "prefix-repetition", "--num-prompts", 2,
+              "--prefix-repetition-prefix-len", 8, "--prefix-repetition-suffix-len", 8,
+              "--prefix-repetition-num-prefixes", 1, "--prefix-repetition-output-len", 3)
+    run_bench(srv.url, *common)
+    assert "ignore_eos" not in srv.stats()["records"][-1]
+    # vLLM spells the dataset prefix_repetition: the same dataset
+    vllm_spelling = ["prefix_repetition" if x == "prefix-repetition" else x for x in common]
+    r = run_bench(srv.url, *vllm_spelling, save=False)
+    assert r.rc == 0, r.stderr
+    recs = srv.stats()["records"][-2:]
+    assert all(x["prompt_tokens"] == 16 and x["max_tokens"] == 3 for x in recs)
+    assert recs[0]["prompt_head"][:8] == recs[1]["prompt_head"][:8]   # one shared prefix
+    r = run_bench(srv.url, *common, "--ignore-eos")
+    assert r.rc == 0, r.stderr
+    assert srv.stats()["records"][-1]["ignore_eos"] is True
+
+
+def test_model_flag_is_sent(fake, run_bench):
+    srv = fake({"ttft_ms": 5, "itl_ms": 1, "model": "served-x"})
+    r = run_bench(srv.url, "--num-prompts", 2, "--random-input-len", 8,
+                  "--random-output-len", 2)
+    assert r.rc == 0, r.stderr
+    assert srv.stats()["records"][-1]["model"] == "served-x"   # first of /v1/models
+    r = run_bench(srv.url, "--model", "other-name", "--num-prompts", 2,
+                  "--random-input-len", 8, "--random-output-len", 2)
+    assert srv.stats()["records"][-1]["model"] == "other-name"
+    assert r.data["model_id"] == "other-name"
