@@ -2,13 +2,13 @@
 # compare_shapes.sh - start a local pdserve cluster in several shapes, run the same
 # pdserve-bench rate sweep against each, and compare throughput and goodput.
 #
-# NEEDS THE CLUSTER BINARIES.  It is written against the documented node CLI
-# (DESIGN.md; docs/bench.md):
+# It runs the binaries of --bin-dir (default build/) with the node CLI of docs/bench.md:
 #     pdserve-decode  --model M --port P [--kv-transfer-config JSON]
 #     pdserve-prefill --model M --port P  --kv-transfer-config JSON
 #     pdserve-proxy   --prefill host:port ... --decode host:port ... --port P
-# Until those binaries exist in --bin-dir, the script stops with a clear message
-# (use --dry-run to see the commands it would run).
+# and stops with a clear message when one is missing (--dry-run prints the commands).
+# With --device gpu every node needs a GPU of its own; scripts/gpu_cluster.sh is the
+# GPU machine's version (1P1D against replicas, goodput per rate).
 #
 # Shapes: "Nd" = N independent decode nodes (no disaggregation), the bench
 # round-robins over them;  "XpYd" = X prefill + Y decode nodes behind one proxy.
