@@ -560,16 +560,36 @@ pd_status_t eng_oai_parse(eng_oai_kind_t kind, const char *body, size_t len, con
         if (pd_json_present(r->root, "tools")) {
             J(pd_json_get_array(r->root, "tools", 1024, &r->tools, &je));
         }
+        /* tool_choice: "none" (the template still sees the tools; nothing is parsed),
+         * "auto" (the server's --tool-call-parser reads calls out of the output; also the
+         * default when tools are given to such a server, as vLLM); "required" and a named
+         * function need guided decoding */
+        r->tool_auto = r->tools != NULL && cJSON_GetArraySize(r->tools) > 0 && lim->auto_tools;
         if (pd_json_present(r->root, "tool_choice")) {
             const cJSON *tc = cJSON_GetObjectItemCaseSensitive(r->root, "tool_choice");
             if (cJSON_IsString(tc) && strcmp(tc->valuestring, "none") == 0) {
-                /* the template still sees the tools; nothing is parsed */
+                r->tool_auto = false;
             } else if (cJSON_IsString(tc) && strcmp(tc->valuestring, "auto") == 0) {
-                st = fail(err, 400, "tool_choice", "\"auto\" tool choice requires --enable-auto-tool-choice and "
-                          "--tool-call-parser to be set (tool-call parsing is not supported yet).");
+                if (!lim->auto_tools) {
+                    st = fail(err, 400, "tool_choice", "\"auto\" tool choice requires --enable-auto-tool-choice and "
+                              "--tool-call-parser to be set");
+                    goto fail;
+                }
+                if (!r->tool_auto) {
+                    st = fail(err, 400, "tool_choice", "When using `tool_choice`, `tools` must be set.");
+                    goto fail;
+                }
+            } else if (cJSON_IsString(tc) && strcmp(tc->valuestring, "required") == 0) {
+                st = fail(err, 400, "tool_choice", "tool_choice \"required\" needs guided decoding, which is not "
+                          "supported yet.");
+                goto fail;
+            } else if (cJSON_IsObject(tc)) {
+                st = fail(err, 400, "tool_choice", "a named tool_choice needs guided decoding, which is not supported "
+                          "yet.");
                 goto fail;
             } else {
-                st = fail(err, 400, "tool_choice", "tool_choice other than \"none\" is not supported yet.");
+                st = fail(err, 400, "tool_choice", "tool_choice must be \"none\", \"auto\", \"required\" or "
+                          "{\"type\": \"function\", \"function\": {\"name\": ...}}.");
                 goto fail;
             }
         }

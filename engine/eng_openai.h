@@ -34,6 +34,7 @@ typedef struct eng_oai_limits {
     int64_t vocab_size;    /* token ids bound */
     bool priority_enabled; /* --scheduling-policy priority */
     bool return_tokens_as_token_ids; /* server default */
+    bool auto_tools;       /* --enable-auto-tool-choice with a --tool-call-parser */
 } eng_oai_limits_t;
 
 /* kv_transfer_params as vLLM's NixlConnector protocol defines them (validated). */
@@ -63,6 +64,8 @@ typedef struct eng_oai_req {
     bool add_generation_prompt;   /* true */
     bool continue_final_message;
     bool add_special_tokens;      /* completions true, chat false */
+    bool tool_auto;               /* tool_choice "auto" (given, or implied by tools on a
+                                     server with auto tool choice): parse the output's calls */
     /* both */
     eng_sampling_params_t params; /* owned */
     bool has_max_tokens;

@@ -667,6 +667,20 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
                     role == PD_ROLE_PREFILL ? "prefill" : "decode", tls_opts[i], tls_paths[i], strerror(errno));
             goto out;
         }
+    /* tool calls: the parser must exist (--enable-auto-tool-choice without one is refused
+     * by the option parser) */
+    if (a->tool_call_parser) {
+        const char *who = role == PD_ROLE_PREFILL ? "prefill" : "decode";
+        pd_status_t tst = eng_tool_parser_lookup(a->tool_call_parser, &srv.tool_parser);
+        if (tst != PD_OK) {
+            fprintf(stderr, "pdserve-%s: error: --tool-call-parser: '%s' %s %s\n", who, a->tool_call_parser,
+                    tst == PD_ERR_UNSUPPORTED ? "is not supported yet; supported:" : "is not one of",
+                    eng_tool_parser_names());
+            goto out;
+        }
+        if (!a->enable_auto_tool_choice)
+            srv.tool_parser = ENG_TOOL_PARSER_NONE; /* vLLM: the parser is only used with auto tool choice */
+    }
     if (make_engine_cfg(role, a, &ec, &own) != PD_OK)
         goto out;
     srv.model_path = ec.load.model;
@@ -681,6 +695,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     srv.limits.vocab_size = eng_engine_model_config(srv.engine)->vocab_size;
     srv.limits.priority_enabled = strcmp(a->scheduling_policy, "priority") == 0;
     srv.limits.return_tokens_as_token_ids = a->return_tokens_as_token_ids;
+    srv.limits.auto_tools = srv.tool_parser != ENG_TOOL_PARSER_NONE;
     if (a->generate) {
         rc = run_generate(&srv, a);
         goto out;

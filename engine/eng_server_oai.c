@@ -38,6 +38,7 @@ typedef struct choice {
     int n_tokens;
     uint64_t t_last;          /* for inter-token latency */
     cJSON *ids;               /* --skip-tokenizer-init: the generated ids (non-stream) */
+    eng_tool_stream_t ts;     /* stream with tool parsing: the parser's state */
 } choice_t;
 
 struct oreq;
@@ -73,6 +74,7 @@ typedef struct oreq {
     pd_buf_t sbuf;            /* stream: the events of one engine callback, sent in one write */
     cJSON *kv_params;         /* kv_transfer_params of the response (owned), or NULL */
     char *kv_error;           /* the KV transfer failed the request (policy fail) */
+    eng_tool_parser_t tools;  /* chat with tool_choice auto: the server's parser, else NONE */
 } oreq_t;
 
 static void oreq_free(oreq_t *o)
@@ -82,6 +84,7 @@ static void oreq_free(oreq_t *o)
         cJSON_Delete(o->choices[i].lp);
         cJSON_Delete(o->choices[i].stop_reason);
         cJSON_Delete(o->choices[i].ids);
+        eng_tool_stream_cleanup(&o->choices[i].ts);
     }
     for (int i = 0; i < o->n_subs && o->subs; i++) {
         free(o->subs[i].echo);
@@ -303,6 +306,58 @@ static void stream_flush(oreq_t *o, pd_status_t st)
     pd_buf_reset(&o->sbuf);
 }
 
+/* One engine event of a chat stream with tool parsing: the text goes through the
+ * choice's parser; what it lets through is sent as content (with the event's logprobs),
+ * then each call it completed as a tool_calls delta (the whole call in one delta: id,
+ * type, name and the complete arguments), then, when the choice finished, a last chunk
+ * with the finish reason ("tool_calls" once a call was sent, as vLLM). */
+static pd_status_t stream_tool_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
+{
+    pd_buf_t content;
+    cJSON *calls = NULL;
+    eng_output_t ev = *out;
+    pd_status_t st;
+
+    pd_buf_init(&content);
+    st = eng_tool_stream_feed(&c->ts, out->text, out->text_len, out->finished, &content, &calls);
+    ev.text = content.data ? content.data : "";
+    ev.text_len = content.len;
+    ev.finished = false;
+    if (st == PD_OK && (content.len > 0 || (o->r.want_logprobs && out->n_token_ids > 0)))
+        st = eng_oai_chunk_event(&o->ck, &o->sbuf, index, &ev, s->n_prompt, &c->text_offset);
+    for (int k = 0; st == PD_OK && k < cJSON_GetArraySize(calls); k++) {
+        cJSON *choice = cJSON_CreateObject(), *delta, *list;
+        char *js;
+        cJSON_AddNumberToObject(choice, "index", index);
+        delta = cJSON_AddObjectToObject(choice, "delta");
+        list = cJSON_AddArrayToObject(delta, "tool_calls");
+        cJSON_AddItemReferenceToArray(list, cJSON_GetArrayItem(calls, k));
+        cJSON_AddNullToObject(choice, "logprobs");
+        cJSON_AddNullToObject(choice, "finish_reason");
+        js = cJSON_PrintUnformatted(choice);
+        cJSON_Delete(choice);
+        if (js == NULL || pd_buf_append(&o->sbuf, o->ck.head.data, o->ck.head.len) != PD_OK ||
+            pd_buf_puts(&o->sbuf, js) != PD_OK || pd_buf_puts(&o->sbuf, "]}\n\n") != PD_OK)
+            st = PD_ERR_NOMEM;
+        cJSON_free(js);
+    }
+    cJSON_Delete(calls);
+    pd_buf_cleanup(&content);
+    if (st == PD_OK && out->finished) {
+        ev = *out;
+        ev.text = "";
+        ev.text_len = 0;
+        ev.n_token_ids = 0;
+        ev.token_logprobs = NULL;
+        ev.tops = NULL;
+        ev.n_top = 0;
+        if (c->ts.n_calls > 0)
+            ev.finish_reason = "tool_calls";
+        st = eng_oai_chunk_event(&o->ck, &o->sbuf, index, &ev, s->n_prompt, &c->text_offset);
+    }
+    return st;
+}
+
 static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
 {
     eng_server_t *srv = o->srv;
@@ -325,6 +380,10 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
             st = eng_oai_chunk_echo(&o->ck, &o->sbuf, index, s->echo, strlen(s->echo), lpj, NULL, s->n_prompt);
             free(lpj);
         }
+    }
+    if (st == PD_OK && o->tools != ENG_TOOL_PARSER_NONE) {
+        st = stream_tool_event(o, s, c, index, out);
+        goto flush;
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
         goto flush;
@@ -387,11 +446,21 @@ static char *final_response(oreq_t *o)
         cJSON *cj = cJSON_CreateObject();
         cJSON_AddNumberToObject(cj, "index", i);
         if (o->chat) {
-            cJSON *msg = cJSON_AddObjectToObject(cj, "message");
+            cJSON *msg = cJSON_AddObjectToObject(cj, "message"), *calls = NULL;
+            char *content = NULL;
             cJSON_AddStringToObject(msg, "role", "assistant");
             cJSON_AddNullToObject(msg, "reasoning_content");
-            cJSON_AddItemToObject(msg, "content", cJSON_CreateString(c->text.data ? c->text.data : ""));
-            cJSON_AddArrayToObject(msg, "tool_calls");
+            if (o->tools != ENG_TOOL_PARSER_NONE && c->text.len > 0 &&
+                eng_tool_parse(o->tools, c->text.data, c->text.len, &content, &calls)) {
+                /* vLLM: content beside the calls (null when none), finish_reason tool_calls */
+                cJSON_AddItemToObject(msg, "content", content ? cJSON_CreateString(content) : cJSON_CreateNull());
+                cJSON_AddItemToObject(msg, "tool_calls", calls);
+                c->finish_reason = "tool_calls";
+                free(content);
+            } else {
+                cJSON_AddItemToObject(msg, "content", cJSON_CreateString(c->text.data ? c->text.data : ""));
+                cJSON_AddArrayToObject(msg, "tool_calls");
+            }
             if (c->lp) {
                 cJSON *lp = cJSON_AddObjectToObject(cj, "logprobs");
                 cJSON_AddItemToObject(lp, "content", c->lp);
@@ -964,6 +1033,13 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
         snprintf(err.message, sizeof(err.message), "out of memory");
         goto fail;
     }
+    /* tool_choice auto: the output's calls are parsed (streamed: per choice, as it comes);
+     * the mistral marker is a special token, so it stays in the text (as vLLM's parser) */
+    o->tools = o->chat && o->r.tool_auto ? srv->tool_parser : ENG_TOOL_PARSER_NONE;
+    for (int i = 0; i < o->n_subs * o->n_per; i++)
+        eng_tool_stream_init(&o->choices[i].ts, o->tools);
+    if (o->tools == ENG_TOOL_PARSER_MISTRAL)
+        o->r.params.skip_special_tokens = false;
     /* prompts -> token ids; every length checked before anything is submitted */
     for (int i = 0; i < o->n_subs; i++) {
         sub_t *s = &o->subs[i];

@@ -273,7 +273,7 @@ case("response-format-json-object", H, chat(response_format={"type": "json_objec
 case("response-format-string", H, chat(response_format="json"), param="response_format")
 case("response-format-no-type", H, chat(response_format={}), param="response_format")
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-case("tools-auto", H, chat(tools=TOOLS, tool_choice="auto"), param="tool_choice", msg="not supported yet")
+case("tools-auto", H, chat(tools=TOOLS, tool_choice="auto"), param="tool_choice", msg="--enable-auto-tool-choice")
 case("tools-required", H, chat(tools=TOOLS, tool_choice="required"), param="tool_choice", msg="not supported yet")
 case("tools-named", H, chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "f"}}),
      param="tool_choice", msg="not supported yet")
