@@ -52,6 +52,15 @@ def wait_http(url, timeout=60.0, proc=None, ctx=None):
     raise TimeoutError(url)
 
 
+def post_json(node, path, body, timeout=120):
+    """POST body as JSON to a node; the decoded JSON answer (an HTTP error raises)."""
+    import json
+    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
 def node_metrics(url):
     """A node's /metrics summed per metric name (labels folded)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:

@@ -8,14 +8,12 @@ model and its tokenizer (the SmolLM2 tokenizer.json made from the same GGUF, in
 tests/data/tokenizers/smollm2.tar.xz), on /detokenize, on echo of token-id prompts and on
 generated text with skip_special_tokens false (logit_bias forces special tokens out).
 """
-import json
 import os
 import tarfile
-import urllib.request
 
 import pytest
 
-from pdtest import ROOT
+from pdtest import ROOT, post_json
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -30,23 +28,16 @@ def hf(tmp_path_factory):
     return tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
 
 
-def post(node, path, body):
-    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
-
-
 def test_detokenize_keeps_specials_as_hf(decode_node, hf):
-    ids = post(decode_node, "/tokenize", {"prompt": TEXT, "add_special_tokens": False})["tokens"]
+    ids = post_json(decode_node, "/tokenize", {"prompt": TEXT, "add_special_tokens": False})["tokens"]
     assert ids == hf.encode(TEXT, add_special_tokens=False).ids
-    back = post(decode_node, "/detokenize", {"tokens": ids})["prompt"]
+    back = post_json(decode_node, "/detokenize", {"tokens": ids})["prompt"]
     assert back == hf.decode(ids, skip_special_tokens=False) == TEXT
 
 
 def test_echo_of_token_ids_as_hf(decode_node, hf):
     ids = hf.encode(TEXT, add_special_tokens=False).ids
-    r = post(decode_node, "/v1/completions", {"model": "smol", "prompt": ids, "max_tokens": 1,
+    r = post_json(decode_node, "/v1/completions", {"model": "smol", "prompt": ids, "max_tokens": 1,
                                               "temperature": 0, "echo": True})
     assert r["choices"][0]["text"].startswith(hf.decode(ids, skip_special_tokens=False))
 
@@ -57,8 +48,8 @@ def test_generated_specials_as_hf(decode_node, hf, spaces):
     body = {"model": "smol", "prompt": TEXT, "max_tokens": 4, "temperature": 0, "ignore_eos": True,
             "skip_special_tokens": False, "spaces_between_special_tokens": spaces,
             "logit_bias": {str(im_end): 100}}
-    r = post(decode_node, "/v1/completions", body)["choices"][0]
+    r = post_json(decode_node, "/v1/completions", body)["choices"][0]
     assert r["text"] == hf.decode([im_end] * 4, skip_special_tokens=False) == "<|im_end|>" * 4
     # and with skip_special_tokens (the default) they disappear
     body["skip_special_tokens"] = True
-    assert post(decode_node, "/v1/completions", body)["choices"][0]["text"] == ""
+    assert post_json(decode_node, "/v1/completions", body)["choices"][0]["text"] == ""

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from pdtest import ROOT, binary, start_node
+from pdtest import ROOT, binary, start_node, post_json
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -31,13 +31,6 @@ def unpack(name, dest):
     return dest
 
 
-def post(node, path, body):
-    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
-
-
 def dummy_node(tmp_path_factory, extra):
     return start_node(tmp_path_factory, CONFIG, ["--load-format", "dummy", "--max-model-len", "512",
                                                  *extra])
@@ -48,10 +41,10 @@ def test_tokenizer_from_the_default_models_gguf(tmp_path_factory, model_path):
                                             "tokenizer.json"))
     node = dummy_node(tmp_path_factory, ["--tokenizer", model_path])
     try:
-        got = post(node, "/tokenize", {"prompt": TEXT, "add_special_tokens": False})["tokens"]
+        got = post_json(node, "/tokenize", {"prompt": TEXT, "add_special_tokens": False})["tokens"]
         assert got == hf.encode(TEXT, add_special_tokens=False).ids
         # the GGUF's chat template and special tokens came along: chat works
-        r = post(node, "/v1/chat/completions", {"model": post_models(node), "max_tokens": 2,
+        r = post_json(node, "/v1/chat/completions", {"model": post_models(node), "max_tokens": 2,
                                                  "messages": [{"role": "user", "content": "hi"}]})
         want = hf.encode("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
                          "Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
@@ -73,7 +66,7 @@ def test_tokenizer_json_file(tmp_path_factory):
     # vocabulary are refused per request, the tokenizer itself is what is checked here
     node = dummy_node(tmp_path_factory, ["--tokenizer", str(d / "tokenizer.json")])
     try:
-        got = post(node, "/tokenize", {"prompt": TEXT, "add_special_tokens": True})["tokens"]
+        got = post_json(node, "/tokenize", {"prompt": TEXT, "add_special_tokens": True})["tokens"]
         assert got == hf.encode(TEXT, add_special_tokens=True).ids
     finally:
         assert node.stop() == 0
@@ -95,7 +88,7 @@ def test_tokenizer_model_id_in_cache(tmp_path_factory):
         node = dummy_node(tmp_path_factory, extra)
         try:
             text = "plain words only, to stay inside the dummy vocabulary"
-            got = post(node, "/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
+            got = post_json(node, "/tokenize", {"prompt": text, "add_special_tokens": False})["tokens"]
             assert got == hf.encode(text, add_special_tokens=False).ids, name
         finally:
             assert node.stop() == 0
