@@ -1303,8 +1303,14 @@ static void h_generate(pd_http_req_t *hreq, void *user)
             r->orig_prompt = strdup(pr->valuestring);
             r->fo_ok = r->orig_prompt != NULL;
         } else if (single && no_echo && is_chat && cJSON_IsArray(ms)) {
+            /* not with tools the decode node may parse calls from: a continuation (the
+             * first token streamed from prefill, a mid-stream failover) would hide the
+             * start of the output from its parser */
+            const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+            const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+            int parsed = cJSON_GetArraySize(tools) > 0 && !(cJSON_IsString(tc) && strcmp(tc->valuestring, "none") == 0);
             r->orig_msgs = (unsigned)cJSON_GetArraySize(ms);
-            r->fo_ok = 1;
+            r->fo_ok = !parsed;
         }
     }
     /* a disaggregated leg carries one prompt: completions with several go to decode */

@@ -558,6 +558,14 @@ def test_stream_first_token(tmp_path_factory, fake, decode_node):
                                          extra_body={"continue_final_message": True, "add_generation_prompt": False})
         assert "".join(content) == "X" + want.choices[0].message.content
         assert ev[-1].choices[0].finish_reason == "length"
+        # with tools the decode node may parse calls: never continued after the prefill's
+        # token, the whole answer is the decode node's own
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+        ev = list(c.chat.completions.create(model="smol", messages=msgs, tools=tools, max_tokens=6, temperature=0,
+                                            stream=True))
+        content = "".join(e.choices[0].delta.content or "" for e in ev if e.choices)
+        want = d.chat.completions.create(model="smol", messages=msgs, tools=tools, max_tokens=6, temperature=0)
+        assert content == want.choices[0].message.content and not content.startswith("X")
         # max_tokens 1: the prefill's token is the whole answer
         one = list(c.completions.create(model="smol", prompt=prompt, max_tokens=1, stream=True))
         assert [x.choices[0].text for x in one] == ["X", ""] and one[-1].choices[0].finish_reason == "length"
