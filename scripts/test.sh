@@ -39,7 +39,7 @@ if [ "${PD_SKIP_FUZZ:-0}" != 1 ] && command -v clang >/dev/null; then
   echo "== fuzz (20000 inputs per target, ASan/UBSan)"
   fbuild="$build-fuzz"
   if CC=clang cmake -S . -B "$fbuild" -DPD_FUZZ=ON -DPD_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
-     cmake --build "$fbuild" -j"$(nproc)" --target fuzz_gguf fuzz_safetensors fuzz_tokenizer fuzz_template \
+     cmake --build "$fbuild" -j"$(nproc)" --target fuzz_gguf fuzz_safetensors fuzz_tokenizer fuzz_template fuzz_toolcall \
        fuzz_http_json fuzz_kvx_msg $( [ -f tests/fuzz/fuzz_oai_request.c ] && echo fuzz_oai_request ) >/dev/null; then
     (cd "$fbuild" && ctest --output-on-failure -L fuzz -j"$(nproc)") 2>&1 | tee "$out" || rc=1
     summary+=("ctest (fuzz): $(ctest_summary)")
