@@ -76,7 +76,7 @@
   X("Model", disable_sliding_window, "--disable-sliding-window", NULL, BOOL, NULL, NULL, WORKS, NULL, 0, "disable sliding-window attention: full attention, max_model_len capped at the window's size (as vLLM)") \
   X("Load", download_dir, "--download-dir", NULL, STR, NULL, NULL, DIFFERS, "searched as a Hugging Face cache; nothing is downloaded", 0, "directory holding downloaded weights") \
   X("Load", load_format, "--load-format", NULL, CHOICE, "auto", "auto,pt,safetensors,npcache,dummy,tensorizer,sharded_state,gguf,bitsandbytes,mistral,runai_streamer", DIFFERS, "auto, safetensors, gguf and dummy work; the others are refused with 'not supported yet'", 0, "format of the weights") \
-  X("Load", ignore_patterns, "--ignore-patterns", NULL, LIST, NULL, NULL, NOT_YET, "weight files are chosen by name (model*.safetensors, the index); patterns are not applied yet", 0, "weight file patterns to ignore; repeatable") \
+  X("Load", ignore_patterns, "--ignore-patterns", NULL, LIST, NULL, NULL, WORKS, NULL, 0, "weight files to skip when loading a directory (fnmatch patterns on the file names, e.g. 'consolidated*'); repeatable") \
   X("Load", model_loader_extra_config, "--model-loader-extra-config", NULL, JSON, NULL, NULL, NOT_YET, "no loader takes extra config yet", PD_OPTF_JSON_OBJECT, "extra config for the model loader") \
   X("Load", max_parallel_loading_workers, "--max-parallel-loading-workers", NULL, INT, NULL, NULL, NOOP, "weights are memory-mapped; there are no loading workers", 0, "load the model in batches of workers") \
   X("Load", qlora_adapter_name_or_path, "--qlora-adapter-name-or-path", NULL, STR, NULL, NULL, NOT_YET, "QLoRA is not implemented", 0, "QLoRA adapter") \

@@ -9,6 +9,7 @@
  * owns (owned / dummy_block); names are unique (the index is a hash of them).
  */
 #include <dirent.h>
+#include <fnmatch.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -833,6 +834,25 @@ static pd_status_t load_hf_dir(eng_model_t *m, const char *dir, const eng_load_o
     if (!dummy) {
         if ((st = st_files(dir, &files, &n_files)) != PD_OK)
             return st;
+        /* --ignore-patterns (vLLM's: fnmatch on the file's path in the checkpoint) */
+        size_t kept = 0, before = n_files;
+        for (size_t i = 0; i < n_files; i++) {
+            bool skip = false;
+            for (int k = 0; k < o->n_ignore_patterns && !skip; k++)
+                skip = fnmatch(o->ignore_patterns[k], files[i], 0) == 0;
+            if (skip) {
+                PD_LOG_INFO("model: %s skipped (--ignore-patterns)", files[i]);
+                free(files[i]);
+            } else {
+                files[kept++] = files[i];
+            }
+        }
+        n_files = kept;
+        if (n_files == 0 && before > 0) {
+            PD_LOG_ERR("model: every *.safetensors file of %s matches --ignore-patterns", dir);
+            free_list(files, n_files);
+            return PD_ERR_NOT_FOUND;
+        }
         if (n_files == 0) {
             PD_LOG_ERR("model: no *.safetensors files in %s (use --load-format dummy for "
                        "random weights at this config's shape)", dir);

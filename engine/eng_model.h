@@ -166,6 +166,9 @@ typedef struct eng_load_opts {
     int64_t max_model_len;      /* 0 = derived from the config */
     bool disable_sliding_window; /* vLLM's --disable-sliding-window: no window, the derived
                                     max_model_len capped at the window's size */
+    const char *const *ignore_patterns; /* --ignore-patterns: weight files (names relative to
+                                           the directory) matching one (fnmatch) are skipped */
+    int n_ignore_patterns;
     uint64_t seed;              /* dummy weights */
     bool keep_quantized;        /* true: keep Q* tensors as stored; false: dequantize to
                                    dequant_dtype at load */

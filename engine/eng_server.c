@@ -81,6 +81,8 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->load.rope_theta = a->set[PD_SERVE_OPT_rope_theta] ? a->rope_theta : 0;
     c->load.max_model_len = a->set[PD_SERVE_OPT_max_model_len] ? a->max_model_len : 0;
     c->load.disable_sliding_window = a->disable_sliding_window;
+    c->load.ignore_patterns = (const char *const *)a->ignore_patterns.v;
+    c->load.n_ignore_patterns = a->ignore_patterns.n;
     c->load.seed = (uint64_t)a->seed;
     /* float32 asks for exact numerics: dequantize at load; otherwise quantized weights
      * stay quantized and use the int8 dot products */

@@ -658,6 +658,55 @@ PD_TEST(test_options_and_errors)
     free(mistral);
 }
 
+/* --ignore-patterns: a directory with a garbage extra *.safetensors (a checkpoint's
+ * consolidated copy, say) loads once the pattern skips it. */
+PD_TEST(test_ignore_patterns)
+{
+    char tmpl[] = "/tmp/pd_test_ignore_XXXXXX";
+    char *dir = mkdtemp(tmpl), *src = src_path("tests/data/models/tiny-qwen3");
+    eng_load_opts_t o;
+    eng_model_t *m = NULL;
+
+    PD_CHECK(dir != NULL);
+    if (dir == NULL)
+        return;
+    const char *files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char *from = NULL, *to = NULL, *data = NULL;
+        size_t len = 0;
+        PD_CHECK(asprintf(&from, "%s/%s", src, files[i]) > 0 && asprintf(&to, "%s/%s", dir, files[i]) > 0);
+        PD_CHECK_STATUS(pd_read_file(from, &data, &len), PD_OK);
+        FILE *f = fopen(to, "wb");
+        fwrite(data, 1, len, f);
+        fclose(f);
+        free(data), free(from), free(to);
+    }
+    char *junk = NULL;
+    PD_CHECK(asprintf(&junk, "%s/consolidated.safetensors", dir) > 0);
+    FILE *f = fopen(junk, "wb");
+    fputs("not a safetensors file", f);
+    fclose(f);
+    eng_load_opts_init(&o);
+    o.model = dir;
+    PD_CHECK(eng_model_load(&o, &m) != PD_OK); /* the junk file is read */
+    const char *pats[] = {"original/*", "consolidated*"};
+    o.ignore_patterns = pats;
+    o.n_ignore_patterns = 2;
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_OK);
+    if (m != NULL)
+        PD_CHECK(eng_model_layer_tensor(m, 0, "attn_q.weight") != NULL || eng_model_tensor(m, "token_embd.weight"));
+    eng_model_destroy(m);
+    m = NULL;
+    const char *all[] = {"*.safetensors"};
+    o.ignore_patterns = all;
+    o.n_ignore_patterns = 1;
+    PD_CHECK_STATUS(eng_model_load(&o, &m), PD_ERR_NOT_FOUND); /* nothing left */
+    remove(junk);
+    free(junk);
+    rm_rf(dir);
+    free(src);
+}
+
 /* A corrupted copy of a tiny directory: broken config, missing tensors, bad weights. */
 PD_TEST(test_broken_directories)
 {
@@ -1031,6 +1080,7 @@ int main(void)
     PD_RUN(test_tiny_mistral_qwen_opt);
     PD_RUN(test_options_and_errors);
     PD_RUN(test_broken_directories);
+    PD_RUN(test_ignore_patterns);
     PD_RUN(test_hf_cache_layout);
     PD_RUN(test_dummy_configs);
     PD_RUN(test_dummy_values);
