@@ -353,15 +353,27 @@ static void comp_logprobs(const eng_oai_chunker_t *ck, jw_t *w, const eng_output
 pd_status_t eng_oai_chunk_event(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const eng_output_t *ev,
                                 int n_prompt, int *text_offset)
 {
+    return eng_oai_chunk_event_r(ck, out, index, ev, NULL, 0, n_prompt, text_offset);
+}
+
+pd_status_t eng_oai_chunk_event_r(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const eng_output_t *ev,
+                                  const char *reasoning, size_t reasoning_len, int n_prompt, int *text_offset)
+{
     jw_t w = {out, PD_OK};
     bool lps = ck->want_logprobs && ev->token_logprobs && ev->n_token_ids > 0 && ck->tokstr;
 
     /* the worst-case size of a plain text chunk at once: one allocation check */
-    if (pd_buf_reserve(out, ck->head.len + 6 * ev->text_len + 256) != PD_OK)
+    if (pd_buf_reserve(out, ck->head.len + 6 * (ev->text_len + reasoning_len) + 256) != PD_OK)
         return PD_ERR_NOMEM;
     begin_choice(ck, &w, index);
     if (ck->chat) {
         JW_LIT(&w, ",\"delta\":{");
+        if (reasoning_len > 0) {
+            JW_LIT(&w, "\"reasoning_content\":");
+            jw_str(&w, reasoning, reasoning_len);
+            if (ev->text_len > 0)
+                JW_LIT(&w, ",");
+        }
         if (ev->text_len > 0) {
             JW_LIT(&w, "\"content\":");
             jw_str(&w, ev->text, ev->text_len);

@@ -68,6 +68,11 @@ pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int i
 pd_status_t eng_oai_chunk_event(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const eng_output_t *ev,
                                 int n_prompt, int *text_offset);
 
+/* The same with a reasoning delta (chat, --enable-reasoning): "reasoning_content" before
+ * "content" in the delta, each only when not empty. */
+pd_status_t eng_oai_chunk_event_r(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const eng_output_t *ev,
+                                  const char *reasoning, size_t reasoning_len, int n_prompt, int *text_offset);
+
 /* The final usage chunk (stream_options.include_usage): empty choices and the totals. */
 pd_status_t eng_oai_chunk_usage(const eng_oai_chunker_t *ck, pd_buf_t *out, int prompt_tokens,
                                 int completion_tokens, int cached_tokens);

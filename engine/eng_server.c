@@ -683,6 +683,11 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
         if (!a->enable_auto_tool_choice)
             srv.tool_parser = ENG_TOOL_PARSER_NONE; /* vLLM: the parser is only used with auto tool choice */
     }
+    if (a->enable_reasoning && eng_reasoning_parser_lookup(a->reasoning_parser, &srv.reasoning_parser) != PD_OK) {
+        fprintf(stderr, "pdserve-%s: error: --reasoning-parser: '%s' is not one of deepseek_r1\n",
+                role == PD_ROLE_PREFILL ? "prefill" : "decode", a->reasoning_parser ? a->reasoning_parser : "");
+        goto out;
+    }
     if (make_engine_cfg(role, a, &ec, &own) != PD_OK)
         goto out;
     srv.model_path = ec.load.model;

@@ -13,6 +13,7 @@
 #include "pd_http.h"
 #include "pd_metrics.h"
 #include "pd_serve_args.h"
+#include "eng_reasoning.h"
 #include "eng_toolcall.h"
 
 typedef struct eng_server {
@@ -27,6 +28,7 @@ typedef struct eng_server {
     int64_t created;              /* start time (unix) */
     eng_oai_limits_t limits;
     eng_tool_parser_t tool_parser; /* --tool-call-parser (NONE without --enable-auto-tool-choice) */
+    eng_reasoning_parser_t reasoning_parser; /* --enable-reasoning: --reasoning-parser, else NONE */
     bool log_requests;
     int64_t max_log_len;
     volatile int inflight;        /* requests submitted and not finished */

@@ -39,6 +39,7 @@ typedef struct choice {
     uint64_t t_last;          /* for inter-token latency */
     cJSON *ids;               /* --skip-tokenizer-init: the generated ids (non-stream) */
     eng_tool_stream_t ts;     /* stream with tool parsing: the parser's state */
+    eng_reasoning_stream_t rs; /* stream with reasoning parsing: the parser's state */
 } choice_t;
 
 struct oreq;
@@ -75,6 +76,7 @@ typedef struct oreq {
     cJSON *kv_params;         /* kv_transfer_params of the response (owned), or NULL */
     char *kv_error;           /* the KV transfer failed the request (policy fail) */
     eng_tool_parser_t tools;  /* chat with tool_choice auto: the server's parser, else NONE */
+    eng_reasoning_parser_t reasoning; /* chat on a node with --enable-reasoning, else NONE */
 } oreq_t;
 
 static void oreq_free(oreq_t *o)
@@ -85,6 +87,7 @@ static void oreq_free(oreq_t *o)
         cJSON_Delete(o->choices[i].stop_reason);
         cJSON_Delete(o->choices[i].ids);
         eng_tool_stream_cleanup(&o->choices[i].ts);
+        eng_reasoning_stream_cleanup(&o->choices[i].rs);
     }
     for (int i = 0; i < o->n_subs && o->subs; i++) {
         free(o->subs[i].echo);
@@ -306,25 +309,43 @@ static void stream_flush(oreq_t *o, pd_status_t st)
     pd_buf_reset(&o->sbuf);
 }
 
-/* One engine event of a chat stream with tool parsing: the text goes through the
- * choice's parser; what it lets through is sent as content (with the event's logprobs),
- * then each call it completed as a tool_calls delta (the whole call in one delta: id,
- * type, name and the complete arguments), then, when the choice finished, a last chunk
- * with the finish reason ("tool_calls" once a call was sent, as vLLM). */
-static pd_status_t stream_tool_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
+/* One engine event of a chat stream with reasoning and/or tool parsing: the text goes
+ * through the choice's reasoning parser (its reasoning part is sent as
+ * delta.reasoning_content) and then its tool parser; what that lets through is sent as
+ * content (with the event's logprobs), then each call it completed as a tool_calls delta
+ * (the whole call in one delta: id, type, name and the complete arguments), then, when
+ * the choice finished, a last chunk with the finish reason ("tool_calls" once a call was
+ * sent, as vLLM). */
+static pd_status_t stream_parsed_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_output_t *out)
 {
-    pd_buf_t content;
+    pd_buf_t content, reasoning, after;
     cJSON *calls = NULL;
     eng_output_t ev = *out;
-    pd_status_t st;
+    pd_status_t st = PD_OK;
 
     pd_buf_init(&content);
-    st = eng_tool_stream_feed(&c->ts, out->text, out->text_len, out->finished, &content, &calls);
+    pd_buf_init(&reasoning);
+    pd_buf_init(&after);
+    /* reasoning first (--enable-reasoning), then the tool parser over what follows it */
+    const char *text = out->text;
+    size_t tlen = out->text_len;
+    if (o->reasoning != ENG_REASONING_NONE) {
+        st = eng_reasoning_stream_feed(&c->rs, out->text, out->text_len, out->finished, &reasoning, &after);
+        text = after.data ? after.data : "";
+        tlen = after.len;
+    }
+    if (st == PD_OK && o->tools != ENG_TOOL_PARSER_NONE)
+        st = eng_tool_stream_feed(&c->ts, text, tlen, out->finished, &content, &calls);
+    else if (st == PD_OK && tlen > 0)
+        st = pd_buf_append(&content, text, tlen);
     ev.text = content.data ? content.data : "";
     ev.text_len = content.len;
     ev.finished = false;
-    if (st == PD_OK && (content.len > 0 || (o->r.want_logprobs && out->n_token_ids > 0)))
-        st = eng_oai_chunk_event(&o->ck, &o->sbuf, index, &ev, s->n_prompt, &c->text_offset);
+    if (st == PD_OK && (content.len > 0 || reasoning.len > 0 || (o->r.want_logprobs && out->n_token_ids > 0)))
+        st = eng_oai_chunk_event_r(&o->ck, &o->sbuf, index, &ev, reasoning.data, reasoning.len, s->n_prompt,
+                                   &c->text_offset);
+    pd_buf_cleanup(&reasoning);
+    pd_buf_cleanup(&after);
     for (int k = 0; st == PD_OK && k < cJSON_GetArraySize(calls); k++) {
         cJSON *choice = cJSON_CreateObject(), *delta, *list;
         char *js;
@@ -381,8 +402,8 @@ static void stream_event(oreq_t *o, sub_t *s, choice_t *c, int index, const eng_
             free(lpj);
         }
     }
-    if (st == PD_OK && o->tools != ENG_TOOL_PARSER_NONE) {
-        st = stream_tool_event(o, s, c, index, out);
+    if (st == PD_OK && (o->tools != ENG_TOOL_PARSER_NONE || o->reasoning != ENG_REASONING_NONE)) {
+        st = stream_parsed_event(o, s, c, index, out);
         goto flush;
     }
     if (out->text_len == 0 && !out->finished && out->n_token_ids == 0)
@@ -447,20 +468,33 @@ static char *final_response(oreq_t *o)
         cJSON_AddNumberToObject(cj, "index", i);
         if (o->chat) {
             cJSON *msg = cJSON_AddObjectToObject(cj, "message"), *calls = NULL;
-            char *content = NULL;
+            char *content = NULL, *reasoning = NULL, *body = NULL;
+            const char *text = c->text.data ? c->text.data : "";
+            size_t tlen = c->text.len;
             cJSON_AddStringToObject(msg, "role", "assistant");
-            cJSON_AddNullToObject(msg, "reasoning_content");
-            if (o->tools != ENG_TOOL_PARSER_NONE && c->text.len > 0 &&
-                eng_tool_parse(o->tools, c->text.data, c->text.len, &content, &calls)) {
+            /* --enable-reasoning: the reasoning part first; what follows it is the text
+             * the tool parser (if any) reads and the content */
+            if (o->reasoning != ENG_REASONING_NONE &&
+                eng_reasoning_split(o->reasoning, text, tlen, &reasoning, &body) == PD_OK) {
+                text = body ? body : "";
+                tlen = body ? strlen(body) : 0;
+            }
+            cJSON_AddItemToObject(msg, "reasoning_content", reasoning ? cJSON_CreateString(reasoning) : cJSON_CreateNull());
+            if (o->tools != ENG_TOOL_PARSER_NONE && tlen > 0 && eng_tool_parse(o->tools, text, tlen, &content, &calls)) {
                 /* vLLM: content beside the calls (null when none), finish_reason tool_calls */
                 cJSON_AddItemToObject(msg, "content", content ? cJSON_CreateString(content) : cJSON_CreateNull());
                 cJSON_AddItemToObject(msg, "tool_calls", calls);
                 c->finish_reason = "tool_calls";
                 free(content);
             } else {
-                cJSON_AddItemToObject(msg, "content", cJSON_CreateString(c->text.data ? c->text.data : ""));
+                /* with a reasoning parser an empty content is null, as vLLM */
+                cJSON_AddItemToObject(msg, "content", o->reasoning != ENG_REASONING_NONE && tlen == 0
+                                                          ? cJSON_CreateNull()
+                                                          : cJSON_CreateString(text));
                 cJSON_AddArrayToObject(msg, "tool_calls");
             }
+            free(reasoning);
+            free(body);
             if (c->lp) {
                 cJSON *lp = cJSON_AddObjectToObject(cj, "logprobs");
                 cJSON_AddItemToObject(lp, "content", c->lp);
@@ -1036,8 +1070,11 @@ static void handle(pd_http_req_t *req, eng_server_t *srv, eng_oai_kind_t kind)
     /* tool_choice auto: the output's calls are parsed (streamed: per choice, as it comes);
      * the mistral marker is a special token, so it stays in the text (as vLLM's parser) */
     o->tools = o->chat && o->r.tool_auto ? srv->tool_parser : ENG_TOOL_PARSER_NONE;
-    for (int i = 0; i < o->n_subs * o->n_per; i++)
+    o->reasoning = o->chat ? srv->reasoning_parser : ENG_REASONING_NONE;
+    for (int i = 0; i < o->n_subs * o->n_per; i++) {
         eng_tool_stream_init(&o->choices[i].ts, o->tools);
+        eng_reasoning_stream_init(&o->choices[i].rs, o->reasoning);
+    }
     if (o->tools == ENG_TOOL_PARSER_MISTRAL)
         o->r.params.skip_special_tokens = false;
     /* prompts -> token ids; every length checked before anything is submitted */
