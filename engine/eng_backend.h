@@ -65,6 +65,10 @@ typedef struct eng_backend_ops {
     pd_status_t (*memcpy_d2d)(eng_backend_t *be, void *dst, const void *src, size_t n);
     pd_status_t (*memset)(eng_backend_t *be, void *dst, int value, size_t n);
     pd_status_t (*synchronize)(eng_backend_t *be);
+    /* Optional (NULL: none): queue a copy to the host and return at once; the data is
+     * there after the next synchronize (which also reports kernel range errors).  dst
+     * should come from host_alloc (pinned on CUDA), or the copy is not asynchronous. */
+    pd_status_t (*memcpy_d2h_async)(eng_backend_t *be, void *dst, const void *src, size_t n);
 
     /* ---- ops: meanings, shapes and preconditions as the kcpu_* function of the same
      * name in kcpu.h (the pool argument is replaced by the backend instance) ---- */

@@ -253,6 +253,14 @@ static pd_status_t cuda_memcpy_d2h(eng_backend_t *be, void *dst, const void *src
     return st == PD_OK ? check_err(be) : st;
 }
 
+static pd_status_t cuda_memcpy_d2h_async(eng_backend_t *be, void *dst, const void *src, size_t n)
+{
+    pd_status_t st = refuse_in_capture(be, "memcpy_d2h_async");
+    if (st != PD_OK)
+        return st;
+    return kcuda_memcpy_async(dst, src, n, be->stream);
+}
+
 static pd_status_t cuda_memset(eng_backend_t *be, void *dst, int value, size_t n)
 {
     return kcuda_memset_async(dst, value, n, be->stream);
@@ -820,6 +828,7 @@ static const eng_backend_ops_t cuda_ops = {
     .buf_free = cuda_buf_free,
     .memcpy_h2d = cuda_memcpy_h2d,
     .memcpy_d2h = cuda_memcpy_d2h,
+    .memcpy_d2h_async = cuda_memcpy_d2h_async,
     .memcpy_d2d = cuda_memcpy_d2d,
     .memset = cuda_memset,
     .synchronize = cuda_synchronize,

@@ -145,7 +145,17 @@ struct eng_engine {
     int32_t *seq_tok0;        /* batch seq -> index of its first token */
     int32_t *plp_rows, *plp_pos; /* prompt_logprobs: rows / positions of one group */
     ereq_t **plp_req;
-    ereq_t **dead;            /* requests to free after a step */
+    /* asynchronous output processing (cfg.async_output): the outputs of step N are
+     * processed while step N+1 runs on the device */
+    bool async;
+    bool ids_host_alloc;      /* argmax_ids from ops->host_alloc (else malloc) */
+    bool step_ids;            /* the step in flight brings ids back (device sampling) */
+    struct out_item { ereq_t *er; int seq; } *outq; /* step N's sequences with an output */
+    int n_outq, cap_outq;
+    eng_request_t **out_roots; /* step N's requests, for the dead check */
+    int n_out_roots, cap_out_roots;
+    ereq_t **pending_dead;    /* done during step N+1: freed once that step has ended */
+    int n_pending_dead, cap_pending_dead;
     float *logits, *row;      /* [max_seqs * V], [V] */
     /* device-side greedy (eng_forward_run_argmax): rows whose samples are all a plain
      * argmax get only the id back; PD_ENGINE_HOST_SAMPLING=1 turns it off (A/B runs) */
@@ -177,6 +187,7 @@ void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
     cfg->max_logprobs = 20;
     cfg->cuda_graph_max_bs = 512;
     cfg->max_seq_len_to_capture = 8192;
+    cfg->async_output = 1;
 }
 
 static void kv_lease(eng_engine_t *e, ereq_t *er);
@@ -819,9 +830,10 @@ static int row_mode(const eng_engine_t *e, const eng_batch_seq_t *bq, kcpu_sampl
     return ROW_SAMPLE;
 }
 
-static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
+/* A step in two halves: run_step_launch queues the forward (and its copies back), then
+ * run_step_finish waits for it, samples and updates the scheduler. */
+static pd_status_t run_step_launch(eng_engine_t *e, eng_batch_t *b)
 {
-    const int64_t V = e->mc->vocab_size;
     const int bs = e->cfg.block_size, MB = e->max_blocks_per_seq;
     eng_fwd_batch_t fb;
     int T = 0, n_logits = 0;
@@ -870,7 +882,6 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
     fb.logit_rows = e->b_logit_rows;
     /* device-side greedy: when some rows only need their argmax, the forward computes
      * it on the backend and copies back the ids and only the other rows */
-    const int32_t *ids = NULL;
     int n_need = n_logits, n_sample = 0;
     if (e->device_argmax && n_logits > 0) {
         const kcpu_sample_params_t greedy = {0.0f, 0, 1.0f, 0.0f};
@@ -886,14 +897,21 @@ static pd_status_t run_step(eng_engine_t *e, eng_batch_t *b)
                 n_sample += e->row_mode[r] == ROW_SAMPLE;
             }
     }
-    if (n_need < n_logits) {
-        if ((st = eng_forward_run_sample(e->fw, &fb, e->need_row, n_sample > 0 ? e->sp : NULL, e->su, e->logits,
-                                         e->argmax_ids)) != PD_OK)
-            return st;
-        ids = e->argmax_ids;
-    } else if ((st = eng_forward_run(e->fw, &fb, e->logits)) != PD_OK) {
+    e->step_ids = n_need < n_logits;
+    if (e->step_ids)
+        return eng_forward_launch_sample(e->fw, &fb, e->need_row, n_sample > 0 ? e->sp : NULL, e->su, e->logits,
+                                         e->argmax_ids);
+    return eng_forward_launch_sample(e->fw, &fb, NULL, NULL, NULL, e->logits, NULL);
+}
+
+static pd_status_t run_step_finish(eng_engine_t *e, eng_batch_t *b)
+{
+    const int64_t V = e->mc->vocab_size;
+    const int32_t *ids = e->step_ids ? e->argmax_ids : NULL;
+    pd_status_t st;
+
+    if ((st = eng_forward_wait(e->fw)) != PD_OK)
         return st;
-    }
     if (b->n_samples > e->cap_sampled) {
         int32_t *ns = realloc(e->sampled, (size_t)b->n_samples * sizeof(int32_t));
         if (ns == NULL)
@@ -977,6 +995,92 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* ---- outputs of a step ---- */
+
+static bool grow_arr(void **arr, int *cap, int need, size_t elem)
+{
+    if (need <= *cap)
+        return true;
+    int nc = *cap ? *cap : 64;
+    while (nc < need)
+        nc *= 2;
+    void *n = realloc(*arr, (size_t)nc * elem);
+    if (n == NULL)
+        return false;
+    *arr = n;
+    *cap = nc;
+    return true;
+}
+
+static ereq_t *root_ereq(eng_request_t *r)
+{
+    while (r->parent)
+        r = r->parent;
+    return r->user;
+}
+
+/* Note what step b has to report, before the scheduler's next step reuses b: every
+ * sequence that sampled, then the requests the update finished, and the requests of the
+ * batch (for the dead check).  Out of memory: the outputs are processed now instead. */
+static bool snapshot_outputs(eng_engine_t *e, const eng_batch_t *b)
+{
+    int need = b->n_samples + b->n_finished;
+    e->n_outq = e->n_out_roots = 0;
+    if (!grow_arr((void **)&e->outq, &e->cap_outq, need, sizeof(*e->outq)) ||
+        !grow_arr((void **)&e->out_roots, &e->cap_out_roots, b->n_seqs, sizeof(*e->out_roots)))
+        return false;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const eng_batch_seq_t *bq = &b->seqs[s];
+        ereq_t *er = bq->req->user;
+        if (er != NULL)
+            for (int j = 0; j < bq->n_samples; j++)
+                e->outq[e->n_outq++] = (struct out_item){er, eng_request_seq(bq->req, j)->seq_index};
+    }
+    for (int f = 0; f < b->n_finished; f++) {
+        ereq_t *er = root_ereq(b->finished[f]);
+        if (er != NULL)
+            e->outq[e->n_outq++] = (struct out_item){er, b->finished[f]->seq_index};
+    }
+    for (int s = 0; s < b->n_seqs; s++)
+        if (root_ereq(b->seqs[s].req) != NULL) /* not one already done (freed after this step) */
+            e->out_roots[e->n_out_roots++] = b->seqs[s].req;
+    return true;
+}
+
+static void retire_pending(eng_engine_t *e)
+{
+    for (int i = 0; i < e->n_pending_dead; i++)
+        ereq_retire(e, e->pending_dead[i]);
+    e->n_pending_dead = 0;
+}
+
+/* Report the noted outputs (detokenize, stop strings, emit), then free the requests
+ * whose every sequence is done.  in_flight: a later step is on the device and may hold
+ * those requests (a stop string found here ends a sequence that step computes one more
+ * token for, which its update then drops): they are freed by retire_pending once it
+ * has ended. */
+static void flush_outputs(eng_engine_t *e, bool in_flight)
+{
+    for (int i = 0; i < e->n_outq; i++)
+        if (e->outq[i].er->seqs != NULL && !e->outq[i].er->seqs[e->outq[i].seq].done)
+            process_seq(e, e->outq[i].er, e->outq[i].seq);
+    for (int i = 0; i < e->n_out_roots; i++) {
+        eng_request_t *root = e->out_roots[i];
+        while (root->parent)
+            root = root->parent;
+        ereq_t *er = root->user;
+        if (er && er->n_live == 0 && eng_request_group_finished(root)) {
+            root->user = NULL; /* a group appears once per sequence: collect it once */
+            if (in_flight && grow_arr((void **)&e->pending_dead, &e->cap_pending_dead, e->n_pending_dead + 1,
+                                      sizeof(*e->pending_dead)))
+                e->pending_dead[e->n_pending_dead++] = er;
+            else
+                ereq_retire(e, er);
+        }
+    }
+    e->n_outq = e->n_out_roots = 0;
+}
+
 static void *engine_main(void *arg)
 {
     eng_engine_t *e = arg;
@@ -988,6 +1092,11 @@ static void *engine_main(void *arg)
         eng_batch_t *b;
         pd_status_t st;
 
+        /* the last step's outputs wait for the next step's launch (async output
+         * processing), unless nothing will run now (below: or commands may touch the
+         * requests) */
+        if ((e->n_outq > 0 || e->n_out_roots > 0) && (e->last_empty || eng_sched_idle(e->sched)))
+            flush_outputs(e, false);
         pthread_mutex_lock(&e->mu);
         while (!e->stopping && e->q_head == NULL && e->aborts == NULL && e->kv_cmds == NULL) {
             if (eng_sched_idle(e->sched)) {
@@ -1011,6 +1120,8 @@ static void *engine_main(void *arg)
         bool stopping = e->stopping;
         take_commands(e, &news, &aborts, &kvc);
         pthread_mutex_unlock(&e->mu);
+        if (kvc || aborts || stopping)
+            flush_outputs(e, false); /* they may end or free requests with outputs noted */
 
         for (kv_cmd_t *c = kvc, *n; c; c = n) {
             n = c->next;
@@ -1054,13 +1165,20 @@ static void *engine_main(void *arg)
             start_pull(e, b->remote_admitted[i]);
         e->last_empty = b->n_seqs == 0 && b->n_remote_admitted == 0;
         if (b->n_seqs == 0) {
+            flush_outputs(e, false);
             update_stats(e, b);
             continue;
         }
         PD_LOG_TRACE("engine: step of %d seqs (%d prefill, %d decode), %d tokens, %d swap-out, %d swap-in, %d copies",
                      b->n_seqs, b->n_prefill_seqs, b->n_decode_seqs, b->n_tokens, b->n_swap_out, b->n_swap_in,
                      b->n_copies);
-        st = run_step(e, b);
+        st = run_step_launch(e, b);
+        /* the previous step's outputs while this one computes */
+        flush_outputs(e, true);
+        if (st == PD_OK)
+            st = run_step_finish(e, b);
+        else
+            (void)eng_forward_wait(e->fw); /* nothing may stay queued */
         if (st != PD_OK) {
             /* a failed forward leaves the KV of this batch undefined: fail its requests,
              * keep serving the others */
@@ -1088,41 +1206,16 @@ static void *engine_main(void *arg)
                 ereq_free(e, failed[i]);
             }
             free(failed);
+            retire_pending(e);
             continue;
         }
-        /* outputs: every sequence that sampled, then requests finished by the update */
-        for (int s = 0; s < b->n_seqs; s++) {
-            const eng_batch_seq_t *bq = &b->seqs[s];
-            ereq_t *er = bq->req->user;
-            if (er == NULL)
-                continue;
-            for (int j = 0; j < bq->n_samples; j++)
-                process_seq(e, er, eng_request_seq(bq->req, j)->seq_index);
-        }
-        for (int f = 0; f < b->n_finished; f++) {
-            eng_request_t *r = b->finished[f];
-            eng_request_t *root = r;
-            while (root->parent)
-                root = root->parent;
-            ereq_t *er = root->user;
-            if (er && !er->seqs[r->seq_index].done)
-                process_seq(e, er, r->seq_index);
-        }
-        /* destroy the requests whose every sequence is done; a group can have several
-         * sequences in the batch, so collect first and free after the walk */
-        int n_dead = 0;
-        for (int s = 0; s < b->n_seqs; s++) {
-            eng_request_t *root = b->seqs[s].req;
-            while (root->parent)
-                root = root->parent;
-            ereq_t *er = root->user;
-            if (er && er->n_live == 0 && eng_request_group_finished(root)) {
-                root->user = NULL;
-                e->dead[n_dead++] = er;
-            }
-        }
-        for (int i = 0; i < n_dead; i++)
-            ereq_retire(e, e->dead[i]);
+        /* outputs: every sequence that sampled, then requests finished by the update;
+         * then the requests whose every sequence is done are freed.  With async output
+         * processing that happens while the next step computes.  (Noted before the
+         * requests this step computed after they were done are freed: b points to them.) */
+        if (!snapshot_outputs(e, b) || !e->async)
+            flush_outputs(e, false);
+        retire_pending(e); /* the step that might still hold them has ended */
         update_stats(e, b);
     }
     return NULL;
@@ -1679,7 +1772,12 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->plp_rows = malloc(S * sizeof(int32_t));
         e->plp_pos = malloc(S * sizeof(int32_t));
         e->plp_req = malloc(S * sizeof(*e->plp_req));
-        e->dead = malloc(S * sizeof(*e->dead));
+        /* the output lists never grow past these: a step has at most S sequences */
+        e->cap_outq = 2 * (int)S;
+        e->outq = malloc((size_t)e->cap_outq * sizeof(*e->outq));
+        e->cap_out_roots = e->cap_pending_dead = (int)S;
+        e->out_roots = malloc(S * sizeof(*e->out_roots));
+        e->pending_dead = malloc(S * sizeof(*e->pending_dead));
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
         e->sampled = malloc(S * sizeof(int32_t));
@@ -1694,14 +1792,20 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->row_mode = malloc(S);
         e->sp = malloc(S * sizeof(*e->sp));
         e->su = malloc(S * sizeof(float));
-        e->argmax_ids = malloc(S * sizeof(int32_t));
+        /* the ids come back with a queued copy under async output processing: pinned */
+        if (e->ops->host_alloc && e->ops->memcpy_d2h_async &&
+            e->ops->host_alloc(e->be, S * sizeof(int32_t), (void **)&e->argmax_ids) == PD_OK)
+            e->ids_host_alloc = true;
+        else
+            e->argmax_ids = malloc(S * sizeof(int32_t));
         e->device_argmax = getenv("PD_ENGINE_HOST_SAMPLING") == NULL;
+        e->async = cfg->async_output == 2 || (cfg->async_output == 1 && e->ops->memcpy_d2h_async != NULL);
         {
             const char *ds = getenv("PD_ENGINE_DEVICE_SAMPLING");
             e->device_sampling = e->device_argmax && (ds ? atoi(ds) != 0 : strcmp(e->ops->name, "cpu") != 0);
         }
         if (!e->need_row || !e->row_mode || !e->sp || !e->su || !e->argmax_ids || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_slots || !e->b_tables || !e->b_ctx ||
-            !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->dead || !e->sampled || !e->logits || !e->row) {
+            !e->b_logit_rows || !e->seq_logit || !e->seq_tok0 || !e->plp_rows || !e->plp_pos || !e->plp_req || !e->outq || !e->out_roots || !e->pending_dead || !e->sampled || !e->logits || !e->row) {
             st = PD_ERR_NOMEM;
             goto err;
         }
@@ -1784,6 +1888,13 @@ void eng_engine_destroy(eng_engine_t *e)
         e->ops->host_free(e->be, e->logits);
         e->logits = NULL;
     }
+    if (e->ids_host_alloc) {
+        e->ops->host_free(e->be, e->argmax_ids);
+        e->argmax_ids = NULL;
+    }
+    free(e->outq);
+    free(e->out_roots);
+    free(e->pending_dead);
     if (e->be)
         e->ops->shutdown(e->be);
     eng_template_destroy(e->tpl);
@@ -1801,7 +1912,6 @@ void eng_engine_destroy(eng_engine_t *e)
     free(e->plp_rows);
     free(e->plp_pos);
     free(e->plp_req);
-    free(e->dead);
     free(e->sampled);
     free(e->logits);
     free(e->row);

@@ -63,6 +63,11 @@ typedef struct eng_engine_cfg {
                                      NULL (the server leaves it NULL: load.tokenizer covers --tokenizer) */
     const char *generation_config; /* NULL/"vllm": none; "auto": the model's; or a folder */
     const char *override_generation_config; /* JSON text applied over it, or NULL */
+    int async_output;              /* output processing of a step overlapped with the next
+                                      step's forward (vLLM's async output processing):
+                                      0 off (--disable-async-output-proc), 1 where the
+                                      backend computes asynchronously (CUDA; the default),
+                                      2 always (tests: on the CPU only the order changes) */
 } eng_engine_cfg_t;
 
 void eng_engine_cfg_init(eng_engine_cfg_t *cfg);

@@ -105,6 +105,8 @@ struct eng_forward {
     int64_t attn_split; /* 0 < n < T: tokens 0..n-1 are one-token sequences 0..n-1 and
                            attention runs them apart from the rest (decode kernel) */
     bool x_final;       /* x holds the last forward's final residual stream */
+    bool defer;         /* eng_forward_launch_sample: copies to the host are queued, not waited for */
+    bool pending;       /* queued copies that eng_forward_wait completes */
     /* metadata (backend) */
     int32_t *d_tokens, *d_pos, *d_pos2, *d_seq, *d_tables, *d_ctx;
     int32_t *d_argmax;  /* [max_seqs]: the token of each logits row (device-side greedy / sampling) */
@@ -1112,9 +1114,14 @@ static pd_status_t upload_sampling(eng_forward_t *fw, int rows, int n_logits, co
 static pd_status_t copy_out(eng_forward_t *fw, int n_logits, const uint8_t *need_row, float *logits, int32_t *ids)
 {
     const size_t row = (size_t)fw->cfg->vocab_size * sizeof(float);
+    /* eng_forward_launch_sample: queued, the caller's eng_forward_wait completes them */
+    pd_status_t (*d2h)(eng_backend_t *, void *, const void *, size_t) =
+        fw->defer && fw->ops->memcpy_d2h_async ? fw->ops->memcpy_d2h_async : fw->ops->memcpy_d2h;
+    if (d2h == fw->ops->memcpy_d2h_async && (n_logits > 0))
+        fw->pending = true;
     if (need_row == NULL) {
         if (n_logits > 0)
-            CK(fw->ops->memcpy_d2h(fw->be, logits, fw->logits, (size_t)n_logits * row));
+            CK(d2h(fw->be, logits, fw->logits, (size_t)n_logits * row));
     } else {
         for (int i = 0; i < n_logits;) {
             int j = i;
@@ -1124,13 +1131,13 @@ static pd_status_t copy_out(eng_forward_t *fw, int n_logits, const uint8_t *need
             }
             while (j < n_logits && need_row[j])
                 j++;
-            CK(fw->ops->memcpy_d2h(fw->be, (char *)logits + (size_t)i * row, (char *)fw->logits + (size_t)i * row,
-                                   (size_t)(j - i) * row));
+            CK(d2h(fw->be, (char *)logits + (size_t)i * row, (char *)fw->logits + (size_t)i * row,
+                   (size_t)(j - i) * row));
             i = j;
         }
     }
     if (ids != NULL && n_logits > 0)
-        CK(fw->ops->memcpy_d2h(fw->be, ids, fw->d_argmax, (size_t)n_logits * sizeof(int32_t)));
+        CK(d2h(fw->be, ids, fw->d_argmax, (size_t)n_logits * sizeof(int32_t)));
     return PD_OK;
 }
 
@@ -1239,7 +1246,11 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
      * converted, kernels loaded), then record the same body; recording runs nothing.
      * The warm-up copies every row back (the self-check compares them all). */
     CK(body(fw, bs, bs, bs, NULL, true));
-    CK(copy_out(fw, b->n_logits, NULL, logits, ids));
+    const bool defer = fw->defer;
+    fw->defer = false; /* the self-check below compares these rows: copied now */
+    st = copy_out(fw, b->n_logits, NULL, logits, ids);
+    fw->defer = defer;
+    CK(st);
     fw->eager_steps++;
     st = eng_backend_cuda_capture_begin(fw->be);
     if (st == PD_OK) {
@@ -1265,6 +1276,23 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
     return PD_OK;
 }
 #endif
+
+pd_status_t eng_forward_launch_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, const uint8_t *need_row,
+                                      const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids)
+{
+    fw->defer = true;
+    pd_status_t st = eng_forward_run_sample(fw, b, need_row, params, u, logits, ids);
+    fw->defer = false;
+    return st;
+}
+
+pd_status_t eng_forward_wait(eng_forward_t *fw)
+{
+    if (!fw->pending)
+        return PD_OK;
+    fw->pending = false;
+    return fw->ops->synchronize(fw->be);
+}
 
 pd_status_t eng_forward_run(eng_forward_t *fw, const eng_fwd_batch_t *b, float *logits)
 {

@@ -99,6 +99,17 @@ pd_status_t eng_forward_run_argmax(eng_forward_t *fw, const eng_fwd_batch_t *bat
 pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *batch, const uint8_t *need_row,
                                    const kcpu_sample_params_t *params, const float *u, float *logits, int32_t *ids);
 
+/* eng_forward_run_sample in two halves, so the host can work while the device computes:
+ * launch queues the step and the copies of its results (asynchronous where the backend
+ * has memcpy_d2h_async, i.e. CUDA; elsewhere the step is complete on return), wait
+ * returns once logits/ids are on the host (and reports the step's range errors).  Every
+ * launch is followed by a wait before the next forward call or a read of logits/ids;
+ * logits and ids should be host_alloc memory for the copies to overlap. */
+pd_status_t eng_forward_launch_sample(eng_forward_t *fw, const eng_fwd_batch_t *batch, const uint8_t *need_row,
+                                      const kcpu_sample_params_t *params, const float *u, float *logits,
+                                      int32_t *ids);
+pd_status_t eng_forward_wait(eng_forward_t *fw);
+
 /* Logits of more rows of the last eng_forward_run (prompt_logprobs): rows are token
  * indices of that batch, n <= max_seqs per call (call again for more); logits gets
  * n * vocab floats.  Valid until the next eng_forward_run.  PD_ERR_INVAL for bad rows. */

@@ -135,6 +135,7 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     /* CUDA graphs (docs/cuda.md): on unless --enforce-eager, -O0 / {"level": 0} or
      * {"cudagraph_mode": "NONE"}; {"max_capture_size": n} caps the captured batch size */
     c->max_seq_len_to_capture = (int)a->max_seq_len_to_capture;
+    c->async_output = a->disable_async_output_proc ? 0 : 1;
     if (a->enforce_eager)
         c->cuda_graph_max_bs = 0;
     if (a->compilation_config) {

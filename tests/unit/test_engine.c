@@ -100,6 +100,7 @@ static void on_out(void *user, const eng_output_t *out)
 
 static char gguf[4096];
 static int64_t g_host_blocks; /* > 0: the next engines preempt by swap with this many host blocks */
+static bool g_async;          /* the next engines process outputs asynchronously (cfg.async_output 2) */
 
 static eng_engine_t *make_engine_len(int max_batched, bool prefix, int64_t n_blocks, bool exact, int64_t max_len)
 {
@@ -117,6 +118,7 @@ static eng_engine_t *make_engine_len(int max_batched, bool prefix, int64_t n_blo
     c.max_num_seqs = 64;
     c.preempt_swap = g_host_blocks > 0;
     c.num_host_blocks = g_host_blocks;
+    c.async_output = g_async ? 2 : 1; /* 1: off on the CPU backend */
     PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
     return e;
 }
@@ -536,6 +538,94 @@ PD_TEST(test_abort_everywhere)
     abort_everywhere(64);
 }
 
+/* Stop strings, picked from the middle of each prompt's greedy text: requests of a batch
+ * end at different steps, text cut before the string. */
+static void run_stops(eng_engine_t *e, const int *idx, int n, result_t *res, char stops[][16])
+{
+    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
+    slot_t slots[MAX_REQ];
+    memset(res, 0, (size_t)n * sizeof(*res));
+    for (int i = 0; i < n; i++) {
+        int32_t ids[512];
+        int n_ids = tokenize(e, prompts[idx[i]], ids, 512);
+        eng_sampling_params_t p;
+        char id[32];
+        eng_sampling_params_init(&p);
+        p.max_tokens = N_GEN;
+        p.ignore_eos = true;
+        p.temperature = 0.0f;
+        p.stop = calloc(1, sizeof(char *));
+        p.stop[0] = strdup(stops[idx[i]]);
+        p.n_stop = 1;
+        snprintf(id, sizeof(id), "stop-%d", i);
+        slots[i] = (slot_t){&w, &res[i]};
+        submit(e, id, ids, n_ids, &p, &slots[i]);
+    }
+    wait_all(&w);
+}
+
+/* Asynchronous output processing (the outputs of a step processed while the next one
+ * runs; on the CPU backend only the order changes, which is what this checks): the same
+ * tokens as the synchronous engine (ref, from test_batch_invariance), also after
+ * preemption; stop strings that end sequences while the next step already computes them
+ * (that extra token is dropped: same text, ids and reason as the synchronous run); aborts
+ * everywhere; every block free after each run. */
+PD_TEST(test_async_output)
+{
+    int idx[32];
+    result_t *got = calloc(32, sizeof(*got)), *want = calloc(32, sizeof(*want));
+    char stops[N_PROMPTS][16];
+    for (int i = 0; i < 32; i++)
+        idx[i] = (i * 5) % N_PROMPTS;
+    for (int p = 0; p < N_PROMPTS; p++) {
+        /* 5 bytes from the middle of the greedy text: a stop string it reaches */
+        size_t at = ref[p].text_len / 2;
+        snprintf(stops[p], sizeof(stops[p]), "%.5s", ref[p].text + at);
+    }
+    /* the synchronous engine's answers with stop strings */
+    eng_engine_t *e = make_engine(8192, true, 0, false);
+    if (e == NULL)
+        goto out;
+    run_stops(e, idx, 32, want, stops);
+    check_all_free(e);
+    eng_engine_destroy(e);
+
+    g_async = true;
+    e = make_engine(8192, true, 0, false);
+    run_batch(e, idx, 32, got, -1, N_GEN);
+    PD_CHECK_EQ_INT(compare(got, idx, 32, "async outputs, batch of 32"), 0);
+    check_all_free(e);
+    run_stops(e, idx, 32, got, stops);
+    int stopped = 0;
+    for (int i = 0; i < 32; i++) {
+        bool same = got[i].n == want[i].n && memcmp(got[i].ids, want[i].ids, (size_t)got[i].n * 4) == 0 &&
+                    got[i].text_len == want[i].text_len && memcmp(got[i].text, want[i].text, got[i].text_len) == 0 &&
+                    got[i].reason && want[i].reason && strcmp(got[i].reason, want[i].reason) == 0;
+        if (!same)
+            fprintf(stderr, "  async stop run %d (prompt %d): %d tokens '%.*s' (%s) against %d '%.*s' (%s)\n", i,
+                    idx[i], got[i].n, (int)got[i].text_len, got[i].text, got[i].reason ? got[i].reason : "-",
+                    want[i].n, (int)want[i].text_len, want[i].text, want[i].reason ? want[i].reason : "-");
+        PD_CHECK(same);
+        stopped += want[i].reason && strcmp(want[i].reason, "stop") == 0;
+    }
+    printf("  async outputs: %d of 32 requests ended by their stop string, as in the synchronous run\n", stopped);
+    PD_CHECK(stopped >= 24);
+    check_all_free(e);
+    eng_engine_destroy(e);
+
+    e = make_engine_len(8192, true, 20, false, 256); /* preemption */
+    run_batch(e, idx, 24, got, -1, N_GEN);
+    PD_CHECK_EQ_INT(compare(got, idx, 24, "async outputs after preemption"), 0);
+    check_all_free(e);
+    eng_engine_destroy(e);
+    abort_everywhere(0);
+    abort_everywhere(64);
+out:
+    g_async = false;
+    free(got);
+    free(want);
+}
+
 PD_TEST(test_submit_errors)
 {
     eng_engine_t *e = make_engine(8192, true, 0, false);
@@ -888,6 +978,7 @@ int main(void)
     PD_RUN(test_device_greedy_matches_host);
     PD_RUN(test_device_sampling_reproducible);
     PD_RUN(test_abort_everywhere);
+    PD_RUN(test_async_output);
     PD_RUN(test_submit_errors);
     PD_RUN(test_prompt_logprobs);
     PD_RUN(test_prompt_logprobs_hf_golden);
