@@ -37,7 +37,7 @@
 # would end after it are skipped), GP_LOAD_TIMEOUT_S, GP_SETUPS ("1p1d 2rep"); to rerun
 # with another shape: GP_MODEL (a config folder; its vocab_size must be the Llama 3
 # tokenizer's 128256, which stays), GP_DEVICE (cuda), GP_IN_PH, GP_OUT_PH, GP_IN_BAL,
-# GP_OUT_BAL.
+# GP_OUT_BAL; GP_NODE_EXTRA: options added to every node.
 set -u
 
 stage() {
@@ -498,6 +498,9 @@ run() {
         [ "$ngpu" = 1 ] && blocks=4096
         NODE_ARGS=(--load-format dummy --dtype bfloat16 --max-model-len 8192
                    --num-gpu-blocks-override "${GP_BLOCKS:-$blocks}" --max-num-seqs 256 --disable-log-requests)
+        # GP_NODE_EXTRA: more node options for every node (A/B runs, e.g. --disable-async-output-proc)
+        read -r -a extra_args <<< "${GP_NODE_EXTRA:-}"
+        NODE_ARGS+=("${extra_args[@]}")
         PREFILL_MNBT=16384
         IN_PH=${GP_IN_PH:-4000} OUT_PH=${GP_OUT_PH:-200} IN_BAL=${GP_IN_BAL:-1000} OUT_BAL=${GP_OUT_BAL:-1000}
         # the most telling rate first (runs the budget cannot fit are skipped from the end)
