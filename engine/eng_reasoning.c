@@ -6,6 +6,7 @@
  * for.
  */
 #include "eng_reasoning.h"
+#include "eng_textscan.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -25,14 +26,6 @@ pd_status_t eng_reasoning_parser_lookup(const char *name, eng_reasoning_parser_t
     return PD_ERR_INVAL;
 }
 
-static const char *find(const char *s, size_t n, const char *needle)
-{
-    const size_t m = strlen(needle);
-    for (size_t i = 0; m <= n && i <= n - m; i++)
-        if (memcmp(s + i, needle, m) == 0)
-            return s + i;
-    return NULL;
-}
 
 static char *dup_part(const char *s, size_t n, bool *oom)
 {
@@ -70,7 +63,7 @@ pd_status_t eng_reasoning_split(eng_reasoning_parser_t parser, const char *text,
         return oom ? PD_ERR_NOMEM : PD_OK;
     }
     const size_t r0 = reasoning_start(text, len);
-    const char *close = find(text + r0, len - r0, THINK_CLOSE);
+    const char *close = eng_text_find(text + r0, len - r0, THINK_CLOSE);
     if (close == NULL) {
         *reasoning_p = dup_part(text + r0, len - r0, &oom);
     } else {
@@ -95,16 +88,6 @@ void eng_reasoning_stream_init(eng_reasoning_stream_t *s, eng_reasoning_parser_t
 }
 
 void eng_reasoning_stream_cleanup(eng_reasoning_stream_t *s) { pd_buf_cleanup(&s->held); }
-
-/* the longest tail of s[0..n) that is a proper prefix of marker */
-static size_t partial(const char *s, size_t n, const char *marker)
-{
-    size_t m = strlen(marker);
-    for (size_t k = m - 1 < n ? m - 1 : n; k > 0; k--)
-        if (memcmp(s + n - k, marker, k) == 0)
-            return k;
-    return 0;
-}
 
 static void drop_front(pd_buf_t *b, size_t n)
 {
@@ -137,9 +120,9 @@ pd_status_t eng_reasoning_stream_feed(eng_reasoning_stream_t *s, const char *tex
         t = s->held.data ? s->held.data : "";
         n = s->held.len;
     }
-    const char *close = find(t, n, THINK_CLOSE);
+    const char *close = eng_text_find(t, n, THINK_CLOSE);
     if (close == NULL) {
-        size_t keep = final ? 0 : partial(t, n, THINK_CLOSE);
+        size_t keep = final ? 0 : eng_text_partial(t, n, THINK_CLOSE);
         if ((st = pd_buf_append(reasoning, t, n - keep)) != PD_OK)
             return st;
         drop_front(&s->held, n - keep);

@@ -10,6 +10,7 @@
  * closing marker).
  */
 #include "eng_toolcall.h"
+#include "eng_textscan.h"
 
 #include <ctype.h>
 #include <stdint.h>
@@ -56,14 +57,6 @@ static bool all_space(const char *s, size_t n)
     return true;
 }
 
-static const char *find(const char *s, size_t n, const char *needle)
-{
-    const size_t m = strlen(needle);
-    for (size_t i = 0; m <= n && i <= n - m; i++)
-        if (memcmp(s + i, needle, m) == 0)
-            return s + i;
-    return NULL;
-}
 
 /* the call's id: 32 hex digits after "chatcmpl-tool-", or 9 letters and digits (mistral) */
 static void call_id(eng_tool_parser_t parser, char out[64])
@@ -147,20 +140,20 @@ static bool add_call_text(eng_tool_parser_t parser, const char *s, size_t n, cJS
 /* hermes: every <tool_call> block (the last one may be unclosed) */
 static bool parse_hermes(const char *t, size_t n, cJSON *calls, size_t *content_len_p)
 {
-    const char *p = find(t, n, HERMES_OPEN), *end = t + n;
+    const char *p = eng_text_find(t, n, HERMES_OPEN), *end = t + n;
     if (p == NULL)
         return false;
     *content_len_p = (size_t)(p - t);
     while (p != NULL) {
         const char *body = p + strlen(HERMES_OPEN);
-        const char *close = find(body, (size_t)(end - body), HERMES_CLOSE);
+        const char *close = eng_text_find(body, (size_t)(end - body), HERMES_CLOSE);
         const char *bend = close ? close : end;
         if (!add_call_text(ENG_TOOL_PARSER_HERMES, body, (size_t)(bend - body), calls))
             return false;
         if (close == NULL)
             break;
         const char *after = close + strlen(HERMES_CLOSE);
-        p = find(after, (size_t)(end - after), HERMES_OPEN);
+        p = eng_text_find(after, (size_t)(end - after), HERMES_OPEN);
     }
     return true;
 }
@@ -203,7 +196,7 @@ static bool parse_llama3(const char *t, size_t n, cJSON *calls)
 /* mistral: [TOOL_CALLS] then one JSON array of calls (or a single call object) */
 static bool parse_mistral(const char *t, size_t n, cJSON *calls, size_t *content_len_p)
 {
-    const char *p = find(t, n, MISTRAL_MARK);
+    const char *p = eng_text_find(t, n, MISTRAL_MARK);
     if (p == NULL)
         return false;
     *content_len_p = (size_t)(p - t);
@@ -285,17 +278,6 @@ void eng_tool_stream_init(eng_tool_stream_t *s, eng_tool_parser_t parser)
 
 void eng_tool_stream_cleanup(eng_tool_stream_t *s) { pd_buf_cleanup(&s->held); }
 
-/* The longest suffix of s[0..n) that is a proper prefix of marker: it may become the
- * marker with the next delta, so it is held back. */
-static size_t partial_marker(const char *s, size_t n, const char *marker)
-{
-    size_t m = strlen(marker);
-    for (size_t k = m - 1 < n ? m - 1 : n; k > 0; k--)
-        if (memcmp(s + n - k, marker, k) == 0)
-            return k;
-    return 0;
-}
-
 /* Move the calls of a decided array into *calls_p with their "index". */
 static pd_status_t hand_out(eng_tool_stream_t *s, cJSON *found, cJSON **calls_p)
 {
@@ -330,9 +312,9 @@ static pd_status_t feed_marked(eng_tool_stream_t *s, bool final, pd_buf_t *conte
         const char *t = s->held.data ? s->held.data : "";
         size_t n = s->held.len;
         if (s->state == ST_OUT) {
-            const char *m = find(t, n, open);
+            const char *m = eng_text_find(t, n, open);
             if (m == NULL) {
-                size_t keep = final ? 0 : partial_marker(t, n, open);
+                size_t keep = final ? 0 : eng_text_partial(t, n, open);
                 st = give_content(s, content, t, n - keep);
                 if (keep > 0)
                     memmove(s->held.data, t + n - keep, keep);
@@ -348,7 +330,7 @@ static pd_status_t feed_marked(eng_tool_stream_t *s, bool final, pd_buf_t *conte
             continue;
         }
         /* ST_IN: the body of a call (hermes: up to its close tag; mistral: to the end) */
-        const char *close = hermes ? find(t, n, HERMES_CLOSE) : NULL;
+        const char *close = hermes ? eng_text_find(t, n, HERMES_CLOSE) : NULL;
         if (close == NULL && !final)
             return PD_OK;
         size_t blen = close ? (size_t)(close - t) : n;

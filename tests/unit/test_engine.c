@@ -192,8 +192,10 @@ static void run_ids(eng_engine_t *e, const int32_t *ids, int n_ids, int plp, int
 
 static int g_top_k; /* top_k of the seeded requests of run_batch (0: off) */
 
-/* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0 */
-static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens)
+/* run n requests (prompt index idx[i]) at once; greedy unless seed >= 0; stops: a stop
+ * string per prompt index, or NULL */
+static void run_batch_stops(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens,
+                            char (*stops)[16])
 {
     waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
     slot_t slots[MAX_REQ];
@@ -207,6 +209,11 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         p.max_tokens = max_tokens;
         p.ignore_eos = true;
         p.prompt_logprobs = g_plp[i];
+        if (stops != NULL) {
+            p.stop = calloc(1, sizeof(char *));
+            p.stop[0] = strdup(stops[idx[i]]);
+            p.n_stop = 1;
+        }
         if (seed >= 0) {
             p.temperature = 0.8f;
             p.top_k = g_top_k;
@@ -220,6 +227,11 @@ static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int
         submit(e, id, ids, n_ids, &p, &slots[i]);
     }
     wait_all(&w);
+}
+
+static void run_batch(eng_engine_t *e, const int *idx, int n, result_t *res, int64_t seed, int max_tokens)
+{
+    run_batch_stops(e, idx, n, res, seed, max_tokens, NULL);
 }
 
 static void check_all_free(eng_engine_t *e)
@@ -538,32 +550,6 @@ PD_TEST(test_abort_everywhere)
     abort_everywhere(64);
 }
 
-/* Stop strings, picked from the middle of each prompt's greedy text: requests of a batch
- * end at different steps, text cut before the string. */
-static void run_stops(eng_engine_t *e, const int *idx, int n, result_t *res, char stops[][16])
-{
-    waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, n};
-    slot_t slots[MAX_REQ];
-    memset(res, 0, (size_t)n * sizeof(*res));
-    for (int i = 0; i < n; i++) {
-        int32_t ids[512];
-        int n_ids = tokenize(e, prompts[idx[i]], ids, 512);
-        eng_sampling_params_t p;
-        char id[32];
-        eng_sampling_params_init(&p);
-        p.max_tokens = N_GEN;
-        p.ignore_eos = true;
-        p.temperature = 0.0f;
-        p.stop = calloc(1, sizeof(char *));
-        p.stop[0] = strdup(stops[idx[i]]);
-        p.n_stop = 1;
-        snprintf(id, sizeof(id), "stop-%d", i);
-        slots[i] = (slot_t){&w, &res[i]};
-        submit(e, id, ids, n_ids, &p, &slots[i]);
-    }
-    wait_all(&w);
-}
-
 /* Asynchronous output processing (the outputs of a step processed while the next one
  * runs; on the CPU backend only the order changes, which is what this checks): the same
  * tokens as the synchronous engine (ref, from test_batch_invariance), also after
@@ -586,7 +572,7 @@ PD_TEST(test_async_output)
     eng_engine_t *e = make_engine(8192, true, 0, false);
     if (e == NULL)
         goto out;
-    run_stops(e, idx, 32, want, stops);
+    run_batch_stops(e, idx, 32, want, -1, N_GEN, stops);
     check_all_free(e);
     eng_engine_destroy(e);
 
@@ -595,7 +581,7 @@ PD_TEST(test_async_output)
     run_batch(e, idx, 32, got, -1, N_GEN);
     PD_CHECK_EQ_INT(compare(got, idx, 32, "async outputs, batch of 32"), 0);
     check_all_free(e);
-    run_stops(e, idx, 32, got, stops);
+    run_batch_stops(e, idx, 32, got, -1, N_GEN, stops);
     int stopped = 0;
     for (int i = 0; i < 32; i++) {
         bool same = got[i].n == want[i].n && memcmp(got[i].ids, want[i].ids, (size_t)got[i].n * 4) == 0 &&
