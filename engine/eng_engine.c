@@ -1069,16 +1069,18 @@ static void flush_outputs(eng_engine_t *e, bool in_flight)
         while (root->parent)
             root = root->parent;
         ereq_t *er = root->user;
-        if (er && er->n_live == 0 && eng_request_group_finished(root)) {
+        /* collected first, freed after the walk: a group's other sequences later in the
+         * list point into the request */
+        if (er && er->n_live == 0 && eng_request_group_finished(root) &&
+            grow_arr((void **)&e->pending_dead, &e->cap_pending_dead, e->n_pending_dead + 1,
+                     sizeof(*e->pending_dead))) {
             root->user = NULL; /* a group appears once per sequence: collect it once */
-            if (in_flight && grow_arr((void **)&e->pending_dead, &e->cap_pending_dead, e->n_pending_dead + 1,
-                                      sizeof(*e->pending_dead)))
-                e->pending_dead[e->n_pending_dead++] = er;
-            else
-                ereq_retire(e, er);
+            e->pending_dead[e->n_pending_dead++] = er;
         }
     }
     e->n_outq = e->n_out_roots = 0;
+    if (!in_flight)
+        retire_pending(e);
 }
 
 static void *engine_main(void *arg)

@@ -599,6 +599,36 @@ PD_TEST(test_async_output)
     check_all_free(e);
     eng_engine_destroy(e);
 
+    /* groups (n = 3) next to plain requests: a group's sequences share one request,
+     * freed once after its last sequence; both ways */
+    for (int mode = 0; mode < 2; mode++) {
+        g_async = mode == 1;
+        eng_engine_t *eg = make_engine(8192, true, 0, false);
+        waiter_t w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 8};
+        slot_t slots[8];
+        memset(got, 0, 8 * sizeof(*got));
+        for (int i = 0; i < 8; i++) {
+            int32_t ids[512];
+            int n_ids = tokenize(eg, prompts[i % N_PROMPTS], ids, 512);
+            eng_sampling_params_t p;
+            char id[32];
+            eng_sampling_params_init(&p);
+            p.max_tokens = 6 + i;
+            p.ignore_eos = true;
+            p.temperature = 0.0f;
+            p.n = i % 2 ? 3 : 1;
+            snprintf(id, sizeof(id), "group-%d", i);
+            slots[i] = (slot_t){&w, &got[i]};
+            submit(eg, id, ids, n_ids, &p, &slots[i]);
+        }
+        wait_all(&w);
+        for (int i = 0; i < 8; i++)
+            PD_CHECK_EQ_INT(got[i].n, (6 + i) * (i % 2 ? 3 : 1));
+        check_all_free(eg);
+        eng_engine_destroy(eg);
+    }
+    g_async = true;
+
     e = make_engine_len(8192, true, 20, false, 256); /* preemption */
     run_batch(e, idx, 24, got, -1, N_GEN);
     PD_CHECK_EQ_INT(compare(got, idx, 24, "async outputs after preemption"), 0);
