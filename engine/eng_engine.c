@@ -152,7 +152,7 @@ struct eng_engine {
     bool step_ids;            /* the step in flight brings ids back (device sampling) */
     struct out_item { ereq_t *er; int seq; } *outq; /* step N's sequences with an output */
     int n_outq, cap_outq;
-    eng_request_t **out_roots; /* step N's requests, for the dead check */
+    eng_request_t **out_roots; /* step N's requests (group roots), for the dead check */
     int n_out_roots, cap_out_roots;
     ereq_t **pending_dead;    /* done during step N+1: freed once that step has ended */
     int n_pending_dead, cap_pending_dead;
@@ -832,12 +832,17 @@ static int row_mode(const eng_engine_t *e, const eng_batch_seq_t *bq, kcpu_sampl
 
 /* A step in two halves: run_step_launch queues the forward (and its copies back), then
  * run_step_finish waits for it, samples and updates the scheduler. */
+static pd_status_t reserve_outputs(eng_engine_t *e, const eng_batch_t *b);
+
 static pd_status_t run_step_launch(eng_engine_t *e, eng_batch_t *b)
 {
     const int bs = e->cfg.block_size, MB = e->max_blocks_per_seq;
     eng_fwd_batch_t fb;
     int T = 0, n_logits = 0;
     pd_status_t st;
+
+    if ((st = reserve_outputs(e, b)) != PD_OK)
+        return st;
 
     /* before the forward, in this order: swap out (the freed blocks may be handed
      * out again in this very step), swap in, then the copy-on-write copies */
@@ -1012,23 +1017,32 @@ static bool grow_arr(void **arr, int *cap, int need, size_t elem)
     return true;
 }
 
-static ereq_t *root_ereq(eng_request_t *r)
+static eng_request_t *root_of(eng_request_t *r)
 {
     while (r->parent)
         r = r->parent;
-    return r->user;
+    return r;
+}
+
+/* Room, before step b runs, for what it will note (snapshot_outputs) and free
+ * (flush_outputs), so that neither can fail once the step has computed: the update
+ * finishes at most the batch's sequences and the children it forks (one per sample). */
+static pd_status_t reserve_outputs(eng_engine_t *e, const eng_batch_t *b)
+{
+    if (!grow_arr((void **)&e->outq, &e->cap_outq, 2 * b->n_samples + b->n_seqs, sizeof(*e->outq)) ||
+        !grow_arr((void **)&e->out_roots, &e->cap_out_roots, b->n_seqs, sizeof(*e->out_roots)) ||
+        !grow_arr((void **)&e->pending_dead, &e->cap_pending_dead, e->n_pending_dead + e->n_out_roots + b->n_seqs,
+                  sizeof(*e->pending_dead)))
+        return PD_ERR_NOMEM;
+    return PD_OK;
 }
 
 /* Note what step b has to report, before the scheduler's next step reuses b: every
  * sequence that sampled, then the requests the update finished, and the requests of the
- * batch (for the dead check).  Out of memory: the outputs are processed now instead. */
-static bool snapshot_outputs(eng_engine_t *e, const eng_batch_t *b)
+ * batch (for the dead check).  reserve_outputs made the room. */
+static void snapshot_outputs(eng_engine_t *e, const eng_batch_t *b)
 {
-    int need = b->n_samples + b->n_finished;
     e->n_outq = e->n_out_roots = 0;
-    if (!grow_arr((void **)&e->outq, &e->cap_outq, need, sizeof(*e->outq)) ||
-        !grow_arr((void **)&e->out_roots, &e->cap_out_roots, b->n_seqs, sizeof(*e->out_roots)))
-        return false;
     for (int s = 0; s < b->n_seqs; s++) {
         const eng_batch_seq_t *bq = &b->seqs[s];
         ereq_t *er = bq->req->user;
@@ -1037,14 +1051,15 @@ static bool snapshot_outputs(eng_engine_t *e, const eng_batch_t *b)
                 e->outq[e->n_outq++] = (struct out_item){er, eng_request_seq(bq->req, j)->seq_index};
     }
     for (int f = 0; f < b->n_finished; f++) {
-        ereq_t *er = root_ereq(b->finished[f]);
+        ereq_t *er = root_of(b->finished[f])->user;
         if (er != NULL)
             e->outq[e->n_outq++] = (struct out_item){er, b->finished[f]->seq_index};
     }
-    for (int s = 0; s < b->n_seqs; s++)
-        if (root_ereq(b->seqs[s].req) != NULL) /* not one already done (freed after this step) */
-            e->out_roots[e->n_out_roots++] = b->seqs[s].req;
-    return true;
+    for (int s = 0; s < b->n_seqs; s++) {
+        eng_request_t *root = root_of(b->seqs[s].req);
+        if (root->user != NULL) /* not one already done (freed after this step) */
+            e->out_roots[e->n_out_roots++] = root;
+    }
 }
 
 static void retire_pending(eng_engine_t *e)
@@ -1066,14 +1081,10 @@ static void flush_outputs(eng_engine_t *e, bool in_flight)
             process_seq(e, e->outq[i].er, e->outq[i].seq);
     for (int i = 0; i < e->n_out_roots; i++) {
         eng_request_t *root = e->out_roots[i];
-        while (root->parent)
-            root = root->parent;
         ereq_t *er = root->user;
         /* collected first, freed after the walk: a group's other sequences later in the
-         * list point into the request */
-        if (er && er->n_live == 0 && eng_request_group_finished(root) &&
-            grow_arr((void **)&e->pending_dead, &e->cap_pending_dead, e->n_pending_dead + 1,
-                     sizeof(*e->pending_dead))) {
+         * list point into the request (room: reserve_outputs) */
+        if (er && er->n_live == 0 && eng_request_group_finished(root)) {
             root->user = NULL; /* a group appears once per sequence: collect it once */
             e->pending_dead[e->n_pending_dead++] = er;
         }
@@ -1215,7 +1226,8 @@ static void *engine_main(void *arg)
          * then the requests whose every sequence is done are freed.  With async output
          * processing that happens while the next step computes.  (Noted before the
          * requests this step computed after they were done are freed: b points to them.) */
-        if (!snapshot_outputs(e, b) || !e->async)
+        snapshot_outputs(e, b);
+        if (!e->async)
             flush_outputs(e, false);
         retire_pending(e); /* the step that might still hold them has ended */
         update_stats(e, b);
@@ -1774,12 +1786,13 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         e->plp_rows = malloc(S * sizeof(int32_t));
         e->plp_pos = malloc(S * sizeof(int32_t));
         e->plp_req = malloc(S * sizeof(*e->plp_req));
-        /* the output lists never grow past these: a step has at most S sequences */
+        /* the output lists' first sizes; reserve_outputs grows them for larger steps */
         e->cap_outq = 2 * (int)S;
         e->outq = malloc((size_t)e->cap_outq * sizeof(*e->outq));
-        e->cap_out_roots = e->cap_pending_dead = (int)S;
+        e->cap_out_roots = (int)S;
+        e->cap_pending_dead = 2 * (int)S;
         e->out_roots = malloc(S * sizeof(*e->out_roots));
-        e->pending_dead = malloc(S * sizeof(*e->pending_dead));
+        e->pending_dead = malloc(2 * S * sizeof(*e->pending_dead));
         /* samples: n > 1 groups sample several tokens from one row */
         e->cap_sampled = (int)S;
         e->sampled = malloc(S * sizeof(int32_t));

@@ -1115,9 +1115,10 @@ static pd_status_t copy_out(eng_forward_t *fw, int n_logits, const uint8_t *need
 {
     const size_t row = (size_t)fw->cfg->vocab_size * sizeof(float);
     /* eng_forward_launch_sample: queued, the caller's eng_forward_wait completes them */
+    const bool queued = fw->defer && fw->ops->memcpy_d2h_async != NULL;
     pd_status_t (*d2h)(eng_backend_t *, void *, const void *, size_t) =
-        fw->defer && fw->ops->memcpy_d2h_async ? fw->ops->memcpy_d2h_async : fw->ops->memcpy_d2h;
-    if (d2h == fw->ops->memcpy_d2h_async && (n_logits > 0))
+        queued ? fw->ops->memcpy_d2h_async : fw->ops->memcpy_d2h;
+    if (queued && n_logits > 0)
         fw->pending = true;
     if (need_row == NULL) {
         if (n_logits > 0)

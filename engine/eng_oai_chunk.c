@@ -194,6 +194,16 @@ pd_status_t eng_oai_chunk_role(const eng_oai_chunker_t *ck, pd_buf_t *out, int i
     return w.st;
 }
 
+pd_status_t eng_oai_chunk_tool_call(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *call_json)
+{
+    jw_t w = {out, PD_OK};
+    begin_choice(ck, &w, index);
+    JW_LIT(&w, ",\"delta\":{\"tool_calls\":[");
+    jw_raw(&w, call_json, strlen(call_json));
+    JW_LIT(&w, "]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+    return w.st;
+}
+
 pd_status_t eng_oai_chunk_echo(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *text,
                                size_t len, const char *logprobs_json, const char *finish_reason, int n_prompt)
 {

@@ -53,6 +53,10 @@ void eng_oai_chunker_cleanup(eng_oai_chunker_t *ck);
  * usage (prompt tokens, 0 completion) when continuous_usage. */
 pd_status_t eng_oai_chunk_role(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, int n_prompt);
 
+/* Chat: one tool call of choice index (call_json: the call object already rendered,
+ * {"index", "id", "type", "function"}) as delta.tool_calls, no finish reason. */
+pd_status_t eng_oai_chunk_tool_call(const eng_oai_chunker_t *ck, pd_buf_t *out, int index, const char *call_json);
+
 /* Completions echo: the prompt text as the first chunk of choice index.  logprobs_json
  * is the prompt tokens' logprobs object already rendered (echo + logprobs; written as
  * is) or NULL for null.  finish_reason is NULL (more follows) or the reason (echo with

@@ -632,6 +632,7 @@ static char **split_names(const pd_serve_args_t *a, int *n_p)
 
 int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
 {
+    const char *who = role == PD_ROLE_PREFILL ? "prefill" : "decode"; /* in messages */
     eng_server_t srv;
     eng_engine_cfg_t ec;
     owned_strs_t own = {0};
@@ -654,7 +655,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
         pd_status_t st = json ? eng_disagg_parse_config(role, json, &kvcfg, err, sizeof(err)) : PD_ERR_NOMEM;
         cJSON_free(json);
         if (st != PD_OK) {
-            fprintf(stderr, "pdserve-%s: error: %s\n", role == PD_ROLE_PREFILL ? "prefill" : "decode",
+            fprintf(stderr, "pdserve-%s: error: %s\n", who,
                     st == PD_ERR_NOMEM ? "out of memory" : err);
             kvx_config_cleanup(&kvcfg);
             return 2;
@@ -667,13 +668,12 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     for (int i = 0; i < 3; i++)
         if (tls_paths[i] && access(tls_paths[i], R_OK) != 0) {
             fprintf(stderr, "pdserve-%s: error: %s: cannot read '%s': %s\n",
-                    role == PD_ROLE_PREFILL ? "prefill" : "decode", tls_opts[i], tls_paths[i], strerror(errno));
+                    who, tls_opts[i], tls_paths[i], strerror(errno));
             goto out;
         }
     /* tool calls: the parser must exist (--enable-auto-tool-choice without one is refused
      * by the option parser) */
     if (a->tool_call_parser) {
-        const char *who = role == PD_ROLE_PREFILL ? "prefill" : "decode";
         pd_status_t tst = eng_tool_parser_lookup(a->tool_call_parser, &srv.tool_parser);
         if (tst != PD_OK) {
             fprintf(stderr, "pdserve-%s: error: --tool-call-parser: '%s' %s %s\n", who, a->tool_call_parser,
@@ -686,7 +686,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     }
     if (a->enable_reasoning && eng_reasoning_parser_lookup(a->reasoning_parser, &srv.reasoning_parser) != PD_OK) {
         fprintf(stderr, "pdserve-%s: error: --reasoning-parser: '%s' is not one of deepseek_r1\n",
-                role == PD_ROLE_PREFILL ? "prefill" : "decode", a->reasoning_parser ? a->reasoning_parser : "");
+                who, a->reasoning_parser ? a->reasoning_parser : "");
         goto out;
     }
     if (make_engine_cfg(role, a, &ec, &own) != PD_OK)
@@ -694,7 +694,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     srv.model_path = ec.load.model;
     if (eng_engine_create(&ec, &srv.engine) != PD_OK) {
         fprintf(stderr, "pdserve-%s: error: cannot start the engine for '%s' (see the log above)\n",
-                role == PD_ROLE_PREFILL ? "prefill" : "decode", ec.load.model);
+                who, ec.load.model);
         goto out;
     }
     srv.names = split_names(a, &srv.n_names);
@@ -710,7 +710,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     }
     if (have_kv && eng_disagg_create(&kvcfg, srv.engine, a->advertise_host, &srv.disagg) != PD_OK) {
         fprintf(stderr, "pdserve-%s: error: cannot start KV transfer (see the log above)\n",
-                role == PD_ROLE_PREFILL ? "prefill" : "decode");
+                who);
         goto out;
     }
     if (pd_metrics_registry_create(&srv.metrics) != PD_OK || reg_metrics(&srv) != PD_OK)
@@ -788,7 +788,7 @@ int eng_node_main(pd_node_role_t role, pd_serve_args_t *a)
     }
     PD_LOG_INFO("serving %s as '%s' on http%s://%s:%u (%s role)", srv.model_path, srv.names[0],
                 a->ssl_certfile ? "s" : "", hc.host, pd_http_server_port(srv.http),
-                role == PD_ROLE_PREFILL ? "prefill" : "decode");
+                who);
 
     {
         struct sigaction sa;

@@ -347,19 +347,8 @@ static pd_status_t stream_parsed_event(oreq_t *o, sub_t *s, choice_t *c, int ind
     pd_buf_cleanup(&reasoning);
     pd_buf_cleanup(&after);
     for (int k = 0; st == PD_OK && k < cJSON_GetArraySize(calls); k++) {
-        cJSON *choice = cJSON_CreateObject(), *delta, *list;
-        char *js;
-        cJSON_AddNumberToObject(choice, "index", index);
-        delta = cJSON_AddObjectToObject(choice, "delta");
-        list = cJSON_AddArrayToObject(delta, "tool_calls");
-        cJSON_AddItemReferenceToArray(list, cJSON_GetArrayItem(calls, k));
-        cJSON_AddNullToObject(choice, "logprobs");
-        cJSON_AddNullToObject(choice, "finish_reason");
-        js = cJSON_PrintUnformatted(choice);
-        cJSON_Delete(choice);
-        if (js == NULL || pd_buf_append(&o->sbuf, o->ck.head.data, o->ck.head.len) != PD_OK ||
-            pd_buf_puts(&o->sbuf, js) != PD_OK || pd_buf_puts(&o->sbuf, "]}\n\n") != PD_OK)
-            st = PD_ERR_NOMEM;
+        char *js = cJSON_PrintUnformatted(cJSON_GetArrayItem(calls, k));
+        st = js ? eng_oai_chunk_tool_call(&o->ck, &o->sbuf, index, js) : PD_ERR_NOMEM;
         cJSON_free(js);
     }
     cJSON_Delete(calls);

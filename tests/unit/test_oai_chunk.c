@@ -528,6 +528,49 @@ static void bench(void)
     }
 }
 
+/* A streamed tool call: the bytes of the cJSON tree the chunk stands for. */
+PD_TEST(test_tool_call_chunk)
+{
+    eng_oai_chunker_t ck;
+    pd_buf_t out;
+    const char *call = "{\"index\":1,\"id\":\"chatcmpl-tool-0a\",\"type\":\"function\",\"function\":{\"name\":"
+                       "\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Par\\u00eds\\\"}\"}}";
+    pd_buf_init(&out);
+    PD_CHECK_STATUS(eng_oai_chunker_init(&ck, true, "chatcmpl-7", 1795883372, "m\"x"), PD_OK);
+    cJSON *parsed = cJSON_Parse(call);
+    char *printed = cJSON_PrintUnformatted(parsed); /* as the server renders a call */
+    PD_CHECK_STATUS(eng_oai_chunk_tool_call(&ck, &out, 3, printed), PD_OK);
+    cJSON_free(printed);
+    cJSON *root = cJSON_CreateObject(), *choices, *choice, *delta, *list;
+    cJSON_AddStringToObject(root, "id", "chatcmpl-7");
+    cJSON_AddStringToObject(root, "object", "chat.completion.chunk");
+    cJSON_AddNumberToObject(root, "created", 1795883372);
+    cJSON_AddStringToObject(root, "model", "m\"x");
+    choices = cJSON_AddArrayToObject(root, "choices");
+    choice = cJSON_CreateObject();
+    cJSON_AddNumberToObject(choice, "index", 3);
+    delta = cJSON_AddObjectToObject(choice, "delta");
+    list = cJSON_AddArrayToObject(delta, "tool_calls");
+    cJSON_AddItemToArray(list, parsed);
+    cJSON_AddNullToObject(choice, "logprobs");
+    cJSON_AddNullToObject(choice, "finish_reason");
+    cJSON_AddItemToArray(choices, choice);
+    char *js = cJSON_PrintUnformatted(root);
+    pd_buf_t want;
+    pd_buf_init(&want);
+    pd_buf_puts(&want, "data: ");
+    pd_buf_puts(&want, js);
+    pd_buf_puts(&want, "\n\n");
+    PD_CHECK(out.len == want.len && memcmp(out.data, want.data, out.len) == 0);
+    if (out.len != want.len || memcmp(out.data, want.data, out.len) != 0)
+        fprintf(stderr, "  got  %.*s  want %.*s", (int)out.len, out.data, (int)want.len, want.data);
+    cJSON_free(js);
+    cJSON_Delete(root);
+    pd_buf_cleanup(&want);
+    pd_buf_cleanup(&out);
+    eng_oai_chunker_cleanup(&ck);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
@@ -537,5 +580,6 @@ int main(int argc, char **argv)
     PD_RUN(test_strings_and_numbers);
     PD_RUN(test_random_chunks);
     PD_RUN(test_comp_top_logprobs_dedup);
+    PD_RUN(test_tool_call_chunk);
     return PD_TEST_REPORT();
 }
