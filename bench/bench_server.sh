@@ -3,7 +3,7 @@
 # default model (SmolLM2-135M Q4_1, CPU backend):
 #   1. GET /v1/models with wrk: requests/s and server CPU per request.
 #   2. POST /v1/completions, max_tokens=1, with wrk: requests/s, server CPU per request.
-#   3. streamed completions (16 at a time, 64 tokens each, ignore_eos): server CPU per
+#   3. streamed completions (16 at a time, 256 tokens each, ignore_eos): server CPU per
 #      streamed token.
 #   3b. the chunk writer alone (tests/unit/test_oai_chunk --bench): ns per chunk.
 #   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
@@ -15,10 +15,16 @@
 # and chunk formatting, sends, libc and kernel time of those.  Without perf, only the
 # whole-process CPU (model included) is printed.
 #   bench/bench_server.sh [build-dir] [--json out.json]
+# The model (PD_BENCH_MODEL): "tiny" (default, as the node-server issue asks: a tiny dummy
+# model, configs/models/tiny-bench with --load-format dummy and the default model's GGUF
+# as the tokenizer, so the model's compute is a few microseconds a token and neither
+# takes the cores from the server nor evicts its caches) or "default" (the real
+# SmolLM2-135M Q4_1, the earlier runs' setting: its ~100 MB of weights stream through the
+# same 2 cores between the sends).
 #   3a. unless PD_BENCH_AB=0: case 3 again on fresh nodes, alternating the HTTP layer's
 #      ways of sending stream events (PD_HTTP_DIRECT_STREAM=0: every event through
-#      libmicrohttpd's loop; =inline: the engine thread sends each event itself;
-#      default: framed by the engine thread, sent by the connection's worker), two
+#      libmicrohttpd's loop; =worker: framed by the engine thread, sent by the
+#      connection's worker; default: the engine thread sends each event itself), two
 #      rounds each, so before and after see the same machine load.
 # PD_BENCH_ONLY=streams runs only case 3 (and 3b), e.g. to compare two binaries a few
 # times in turn on a loaded machine (PD_BENCH_BIN=<the other binary>).
@@ -32,12 +38,18 @@ MODEL=${PD_MODEL_GGUF:-${PDSERVE_CACHE:-$HOME/.cache/pdserve}/models/SmolLM2-135
 BIN=${PD_BENCH_BIN:-$BUILD/decode/pdserve-decode}   # PD_BENCH_BIN: another binary (a "before" build)
 [ -x "$BIN" ] || { echo "build pdserve-decode first ($BIN)"; exit 1; }
 [ -f "$MODEL" ] || { echo "SKIP: no model at $MODEL"; exit 0; }
+BENCH_MODEL=${PD_BENCH_MODEL:-tiny}
+case $BENCH_MODEL in
+tiny) MODEL_ARGS=(--model "$ROOT/configs/models/tiny-bench" --load-format dummy --tokenizer "$MODEL") ;;
+default) MODEL_ARGS=(--model "$MODEL") ;;
+*) echo "PD_BENCH_MODEL must be tiny or default"; exit 2 ;;
+esac
 command -v wrk >/dev/null || { echo "SKIP: wrk not installed"; exit 0; }
 TMP=$(mktemp -d)
 # start_node [VAR=value ...]: a node (environment as given) on a free port: PID, PORT, URL
 start_node() {
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    env "$@" "$BIN" --model "$MODEL" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
+    env "$@" "$BIN" "${MODEL_ARGS[@]}" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
         --max-model-len 1024 --disable-log-requests --disable-log-stats >"$TMP/node.$PORT.log" 2>&1 &
     PID=$!
     for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
@@ -74,7 +86,7 @@ HZ=$(getconf CLK_TCK)
 measure() {
     local t0 t1 perf_pid=""
     if [ $HAVE_PERF = 1 ]; then
-        perf record -q -e cpu-clock -F 20000 -p $PID -o "$TMP/perf.data" >/dev/null 2>&1 &
+        perf record -q -g -e cpu-clock -F 10000 -p $PID -o "$TMP/perf.data" >/dev/null 2>&1 &
         perf_pid=$!
         sleep 0.3
     fi
@@ -83,7 +95,11 @@ measure() {
     t1=$(cpu_ticks)
     if [ -n "$perf_pid" ]; then
         kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
-        perf script -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
+        # the full accounting (call graphs): every sample is model, client rx or server
+        perf script -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null |
+            python3 "$ROOT/bench/scripts/perf_server_split.py" "$TMP/engine_syms" --detail "$TMP/full_detail" > "$TMP/full"
+        # the leaf-symbol bounds and parts (earlier runs' figures)
+        perf script -G -F ip,sym,dso -i "$TMP/perf.data" 2>/dev/null | python3 -c '
 import sys, re
 eng = set(open(sys.argv[1]).read().split())
 own = set(open(sys.argv[2]).read().split())
@@ -131,16 +147,22 @@ with open(sys.argv[3], "w") as f:
         f.write("%s\t%f\n" % (name, c / tot if tot else 0))' "$TMP/engine_syms" "$TMP/server_syms" "$TMP/parts" > "$TMP/split"
     else
         echo "0 0 0 0" > "$TMP/split"
+        echo "0 0 0 0" > "$TMP/full"
     fi
     read -r tot hi lo lo_idle < "$TMP/split"
+    read -r ftot fmodel frx fsrv < "$TMP/full"
     python3 -c "
-cpu=($t1-$t0)/$HZ; tot=$tot
-print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1, cpu*$lo_idle/tot if tot else -1)" > "$TMP/meas"
+cpu=($t1-$t0)/$HZ; tot=$tot; ftot=$ftot
+print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1, cpu*$lo_idle/tot if tot else -1,
+      cpu*$fsrv/ftot if ftot else -1, cpu*$frx/ftot if ftot else -1)" > "$TMP/meas"
 }
 
-echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ)"
+echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ), model: $BENCH_MODEL"
 
 ONLY=${PD_BENCH_ONLY:-}
+# tokens per stream in case 3: enough that the request's own work (parse, template,
+# tokenize, first use of its buffers) is a small share of the per-token figure
+STREAM_TOKENS=${PD_BENCH_STREAM_TOKENS:-256}
 if [ -z "$ONLY" ]; then
 # 1. /v1/models
 measure wrk -t1 -c16 -d5s --latency "$URL/v1/models" >"$TMP/wrk1" 2>&1
@@ -156,12 +178,13 @@ wrk.body = '{"model":"smol","prompt":"The capital of France is","max_tokens":1,"
 wrk.headers["Content-Type"] = "application/json"
 LUA
 measure wrk -t1 -c8 -d8s -s "$TMP/post.lua" "$URL/v1/completions" >"$TMP/wrk2" 2>&1
-read -r CPU2 SRV2 LO2 _ < "$TMP/meas"
+read -r CPU2 SRV2 LO2 _ FULL2 _ < "$TMP/meas"
 N2=$(awk '/requests in/ {print $1}' "$TMP/wrk2")
 RPS2=$(awk '/Requests\/sec/ {print $2}' "$TMP/wrk2")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$TMP/wrk2"); NON2XX=${NON2XX:-0}
 echo "POST /v1/completions max_tokens=1: $RPS2 req/s ($NON2XX non-2xx), process CPU $(python3 -c "print(round($CPU2/$N2*1e6,1))") us/req," \
-     "server-only $(python3 -c "print(round($LO2/$N2*1e6,1))")..$(python3 -c "print(round($SRV2/$N2*1e6,1))") us/req"
+     "server-only $(python3 -c "print(round($LO2/$N2*1e6,1))")..$(python3 -c "print(round($SRV2/$N2*1e6,1))") us/req," \
+     "full accounting $(python3 -c "print(round($FULL2/$N2*1e6,1))") us/req"
 
 fi
 
@@ -185,11 +208,21 @@ print(ok, sum(e for _, e, _ in got))
 PY
 # one run of case 3 against the node in PID/PORT; label says which transport
 stream_case() {
-measure python3 "$TMP/streams.py" "$PORT" 16 64 > "$TMP/s3"
-read -r CPU3 SRV3 LO3 IDLE3 < "$TMP/meas"
+measure python3 "$TMP/streams.py" "$PORT" 16 $STREAM_TOKENS > "$TMP/s3"
+read -r CPU3 SRV3 LO3 IDLE3 FULL3 RX3 < "$TMP/meas"
 read -r OK3 EV3 < "$TMP/s3"
-TOK3=$((16 * 64))
-echo "streams 16 x 64 tokens [$1]: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
+TOK3=$((16 * STREAM_TOKENS))
+[ $HAVE_PERF = 1 ] && {
+echo "streams 16 x $STREAM_TOKENS tokens [$1]: server CPU, full accounting (all but the model and the client's loopback receive):" \
+     "$(python3 -c "print(round($FULL3/$TOK3*1e6,1))") us/token; client's loopback receive $(python3 -c "print(round($RX3/$TOK3*1e6,1))") us/token; by part:"
+python3 -c "
+import sys
+cpu = ($CPU3) / $TOK3 * 1e6
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
+tot = $ftot
+for c, n, top in rows[:8]:
+    print('    %-44s %5.1f us  (%s)' % (c, cpu * int(n) / tot, top))" "$TMP/full_detail"; }
+echo "streams 16 x $STREAM_TOKENS tokens [$1]: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
      "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token" \
      "(of the lower bound $(python3 -c "print(round($IDLE3/$TOK3*1e6,1))") us/token is the time-driven poll loops, not per token)"
 [ $HAVE_PERF = 1 ] && python3 -c "
@@ -197,26 +230,26 @@ import sys
 cpu = ($CPU3) / $TOK3 * 1e6
 print('  per-token part of the lower bound: ' + ', '.join('%s %.1f us' % (l.split('\t')[0], float(l.split('\t')[1]) * cpu)
       for l in open(sys.argv[1]) if l.strip()))" "$TMP/parts"
-STREAM_ROWS="$STREAM_ROWS$1|$(python3 -c "print(round(($LO3-$IDLE3)/$TOK3*1e6,1))")|$(python3 -c "print(round($CPU3/$TOK3*1e6,1))");"
+STREAM_ROWS="$STREAM_ROWS$1|$(python3 -c "print(round($FULL3/$TOK3*1e6,1))")|$(python3 -c "print(round(($LO3-$IDLE3)/$TOK3*1e6,1))")|$(python3 -c "print(round($CPU3/$TOK3*1e6,1))");"
 return 0
 }
 STREAM_ROWS=""
-stream_case "worker sends"
-CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3
+stream_case "producer sends (default)"
+CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3 FULL3_MAIN=$FULL3 RX3_MAIN=$RX3
 # the same on nodes that send every event through libmicrohttpd's loop (resume, send,
 # suspend: PD_HTTP_DIRECT_STREAM=0) and again with direct writes, in turn, so that both
 # see the same machine load (PD_BENCH_AB=0 skips it)
 if [ "${PD_BENCH_AB:-1}" != 0 ]; then
     for round in 1 2; do
         start_node PD_HTTP_DIRECT_STREAM=0; stream_case "mhd loop, round $round"; stop_node
-        start_node PD_HTTP_DIRECT_STREAM=inline; stream_case "producer sends, round $round"; stop_node
-        start_node; stream_case "worker sends, round $((round + 1))"; stop_node
+        start_node PD_HTTP_DIRECT_STREAM=worker; stream_case "worker sends, round $round"; stop_node
+        start_node; stream_case "producer sends (default), round $((round + 1))"; stop_node
     done
     PID=$MAIN_PID PORT=$MAIN_PORT URL=$MAIN_URL
-    echo "per-token server-only lower bound minus the time-driven loops / whole process CPU, us:"
-    echo "$STREAM_ROWS" | tr ';' '\n' | awk -F'|' 'NF == 3 {printf "  %-26s %8s %10s\n", $1, $2, $3}'
+    echo "per token, us: server CPU (full accounting) / leaf-symbol lower bound minus the time-driven loops / whole process CPU (model included):"
+    echo "$STREAM_ROWS" | tr ';' '\n' | awk -F'|' 'NF == 4 {printf "  %-36s %8s %8s %10s\n", $1, $2, $3, $4}'
 fi
-CPU3=$CPU3_MAIN SRV3=$SRV3_MAIN LO3=$LO3_MAIN IDLE3=$IDLE3_MAIN
+CPU3=$CPU3_MAIN SRV3=$SRV3_MAIN LO3=$LO3_MAIN IDLE3=$IDLE3_MAIN FULL3=$FULL3_MAIN RX3=$RX3_MAIN
 
 # 3b. the chunk writer alone (in-process, no server): tree-free vs the cJSON tree it replaced
 [ -x "$BUILD/tests/test_oai_chunk" ] && "$BUILD/tests/test_oai_chunk" --bench
@@ -235,7 +268,8 @@ python3 - "$JSON_OUT" <<PY
 import json, sys
 json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RPS2, "comp1_cpu_us": $CPU2/$N2*1e6,
            "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
-           "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6, "streams_1000_ok": $OK4, "streams_1000_s": $T4},
+           "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6,
+           "stream_server_full_us_per_token": $FULL3/$TOK3*1e6, "stream_client_rx_us_per_token": $RX3/$TOK3*1e6, "model": "$BENCH_MODEL", "streams_1000_ok": $OK4, "streams_1000_s": $T4},
           open(sys.argv[1], "w"), indent=1)
 PY
 fi

@@ -1926,8 +1926,10 @@ pd_status_t pd_http_server_create(const pd_http_config_t *cfg, pd_http_server_t 
     srv->no_access_log = cfg->disable_access_log;
     {
         const char *d = getenv("PD_HTTP_DIRECT_STREAM");
+        /* the environment overrides the configuration (A/B runs of one binary) */
         srv->direct_stream = cfg->disable_direct_stream || (d && strcmp(d, "0") == 0) || cfg->ssl_keyfile != NULL
                                  ? DIRECT_OFF
+                             : d && strcmp(d, "worker") == 0 ? DIRECT_WORKER
                              : (cfg->direct_stream_inline || (d && strcmp(d, "inline") == 0)) ? DIRECT_INLINE
                                                                                             : DIRECT_WORKER;
         srv->direct_gap_ns = (uint64_t)(cfg->direct_stream_min_gap_us ? cfg->direct_stream_min_gap_us

@@ -97,10 +97,12 @@ typedef struct pd_http_config {
                                 * same (benchmarks compare both in one binary) */
     int direct_stream_inline;    /* 1 = the producing thread sends an idle stream's event
                                   * itself (one sendmsg, no hand-off: least CPU in all,
-                                  * but the producer - the engine thread - pays the
-                                  * syscall); default: it frames the event and the
+                                  * but the producer pays the syscall; the node server
+                                  * sets it: its engine thread sends while the GPU runs
+                                  * the next step); 0 = it frames the event and the
                                   * connection's worker sends all that is queued, woken
-                                  * at most once per batch; env PD_HTTP_DIRECT_STREAM=inline */
+                                  * at most once per batch; env PD_HTTP_DIRECT_STREAM=
+                                  * inline / worker overrides it */
     unsigned direct_stream_min_gap_us; /* inline only, 1000: a stream's events closer
                                         * together than this go through the loop, which
                                         * coalesces a burst into one write */
