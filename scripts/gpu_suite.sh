@@ -197,11 +197,23 @@ sanitize() {
     done
 }
 
+# One command with the staged binaries and libraries (cwd: the staged source tree), e.g.
+# `gpu_suite.sh exec DIR bin/bench_cuda src/configs/models/llama-3.1-8b`: a single A/B
+# without the whole suite's device time.
+exec_one() {
+    local dir cub
+    dir=$(cd "$1" && pwd)
+    shift
+    device_env "$dir" || return 1
+    (cd "$dir" && "$@")
+}
+
 case "${1:-}" in
 stage) shift; stage "$@" ;;
+exec) shift; exec_one "$@" ;;
 run) shift; run "$@" ;;
 sanitize) shift; sanitize "$@" ;;
 profile) shift; profile "$@" ;;
 timeline) shift; timeline "$@" ;;
-*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | sanitize DIR | profile DIR | timeline DIR" >&2; exit 2 ;;
+*) echo "usage: $0 stage BUILD_DIR DEST | run DIR [--quick] | exec DIR CMD... | sanitize DIR | profile DIR | timeline DIR" >&2; exit 2 ;;
 esac

@@ -497,6 +497,31 @@ PD_TEST(test_graphs_vs_eager_default_model)
  * logits within 1e-4; bf16: the norm's scale is applied after the sum instead of before
  * (f32 rounding only): logits within 1e-2 of the largest, at least 95% of the argmaxes
  * equal. */
+/* Two runs of the same decode steps: equal argmaxes (agree of total) and the largest
+ * logit difference relative to max(1, max |logit|) of its row. */
+static void compare_runs(const setup_t *s, const run_out_t *off, const run_out_t *on, double *worst_p, int *agree_p,
+                         int *total_p)
+{
+    for (int i = 0; i < NSEQ; i++) {
+        (*total_p)++;
+        *agree_p += on->pred[i][0] == off->pred[i][0];
+    }
+    for (int d = 0; d < NDEC; d++)
+        for (int i = 0; i < NSEQ; i++) {
+            const float *x = off->logits + ((size_t)d * NSEQ + i) * s->V;
+            const float *y = on->logits + ((size_t)d * NSEQ + i) * s->V;
+            float mx = 1;
+            for (int64_t v = 0; v < s->V; v++)
+                mx = fabsf(x[v]) > mx ? fabsf(x[v]) : mx;
+            for (int64_t v = 0; v < s->V; v++) {
+                double e = fabs((double)x[v] - (double)y[v]) / mx;
+                *worst_p = e > *worst_p ? e : *worst_p;
+            }
+            (*total_p)++;
+            *agree_p += on->pred[i][d + 1] == off->pred[i][d + 1];
+        }
+}
+
 static void check_decode_fusion(const char *path, const char *label)
 {
     setup_t s;
@@ -517,24 +542,7 @@ static void check_decode_fusion(const char *path, const char *label)
         setenv("PD_FORWARD_DECODE_FUSE", "1", 1); /* opt-in (off by default) */
         run(&s, 8, true, &off, &on);
         unsetenv("PD_FORWARD_DECODE_FUSE");
-        for (int i = 0; i < NSEQ; i++) {
-            total++;
-            agree += on.pred[i][0] == off.pred[i][0];
-        }
-        for (int d = 0; d < NDEC; d++)
-            for (int i = 0; i < NSEQ; i++) {
-                const float *x = off.logits + ((size_t)d * NSEQ + i) * s.V;
-                const float *y = on.logits + ((size_t)d * NSEQ + i) * s.V;
-                float mx = 1;
-                for (int64_t v = 0; v < s.V; v++)
-                    mx = fabsf(x[v]) > mx ? fabsf(x[v]) : mx;
-                for (int64_t v = 0; v < s.V; v++) {
-                    double e = fabs((double)x[v] - (double)y[v]) / mx;
-                    worst = e > worst ? e : worst;
-                }
-                total++;
-                agree += on.pred[i][d + 1] == off.pred[i][d + 1];
-            }
+        compare_runs(&s, &off, &on, &worst, &agree, &total);
         printf("  %s [%s]: decode fusion on vs off (batch-1 graphs): argmax equal %d/%d, worst logit diff %.2e; "
                "%llu / %llu graph steps\n",
                label, exact ? "f32" : "bf16", agree, total, worst, (unsigned long long)on.st.graph_steps,
