@@ -267,7 +267,7 @@ if [ -n "$JSON_OUT" ]; then
 python3 - "$JSON_OUT" <<PY
 import json, sys
 json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RPS2, "comp1_cpu_us": $CPU2/$N2*1e6,
-           "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
+           "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "comp1_server_full_us": $FULL2/$N2*1e6, "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
            "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6,
            "stream_server_full_us_per_token": $FULL3/$TOK3*1e6, "stream_client_rx_us_per_token": $RX3/$TOK3*1e6, "model": "$BENCH_MODEL", "streams_1000_ok": $OK4, "streams_1000_s": $T4},
           open(sys.argv[1], "w"), indent=1)

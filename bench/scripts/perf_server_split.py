@@ -4,9 +4,10 @@
 Reads `perf script -F ip,sym,dso` of a call-graph profile (perf record -g) of a
 pdserve node on stdin.  Every sample goes to exactly one of:
 
-- model: the leaf is a function of the model's compute (the symbol list given, i.e. the
-  CPU kernels and the engine's forward/backend/model/quant/sampler/sched/block code) or
-  libm / libgomp;
+- model: the leaf, or the innermost user-space frame under kernel work (a page fault
+  in a model buffer), is a function of the model's compute (the symbol list given, i.e.
+  the CPU kernels and the engine's forward/backend/model/quant/sampler/sched/block code)
+  or in libm / libgomp;
 - client rx: the stack runs the loopback device's receive path (process_backlog /
   __netif_receive_skb_one_core): the client's TCP receive and its wake-up, which
   loopback runs in softirq on the sending thread (with a real NIC it runs on the
@@ -51,7 +52,8 @@ def main():
     def flush():
         if not chain:
             return
-        leaf, dso = chain[0]
+        user = [(s, d) for s, d in chain if "kernel" not in d]
+        leaf, dso = user[0] if "kernel" in chain[0][1] and user else chain[0]
         if leaf in eng or "libm.so" in dso or "libgomp" in dso:
             counts["model"] += 1
         elif any(s in RX for s, _ in chain):
@@ -60,7 +62,7 @@ def main():
             counts["server"] += 1
             c = category(chain)
             cats[c] += 1
-            leaves[c][leaf] += 1
+            leaves[c][chain[0][0]] += 1
 
     for line in sys.stdin:
         line = line.rstrip("\n")
