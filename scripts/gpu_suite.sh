@@ -84,27 +84,29 @@ run() {
             --gguf /nonexistent --models-dir "$dir/src/tests/data/models"
         (cd "$dir/src/tests/data" && tar czf "$out/goldens_tiny.tar.gz" goldens/tiny-*.json) 2>/dev/null
     fi
-    # limits add up to 590 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
+    # limits add up to 560 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
     # in all, test_cuda_ops 48 and bench_cuda 35 the longest); the benchmarks before the optional steps
     suite_step "$dir" "$out" test_cuda_ops 80 "$dir/bin/test_cuda_ops"
     suite_step "$dir" "$out" test_cuda_golden 30 "$dir/bin/test_cuda_golden"
-    suite_step "$dir" "$out" test_cuda_engine 60 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_engine 30 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_swap 30 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" test_cuda_mmin 30 "$dir/bin/test_cuda_mmin"
-    suite_step "$dir" "$out" test_cuda_pfout 40 "$dir/bin/test_cuda_pfout"
+    suite_step "$dir" "$out" test_cuda_pfout 30 "$dir/bin/test_cuda_pfout"
     suite_step "$dir" "$out" test_forward_mixed 30 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
     # the engine's 2048-token prefill with each
-    suite_step "$dir" "$out" bench_prefill_attn 60 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
+    suite_step "$dir" "$out" bench_prefill_attn 45 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" \
         --prefill-attn
     # the decode attention variants (the copy ceiling and a sweep, no model)
     suite_step "$dir" "$out" bench_attn 30 "$dir/bin/bench_cuda" --attn-only
+    # decode steps at batch 64 / 256 and contexts 1k-4k beside their roofline (f16, fp8 KV)
+    suite_step "$dir" "$out" bench_roofline 45 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" --roofline
     # the non-default switches in processes of their own (a fault there spoils nothing
     # above): graphs vs eager with the decode GEMVs without PDL and with weights in L1,
     # the fa2 prefill kernel with 8-warp CTAs, the tensor-core decode attention cases
-    suite_step "$dir" "$out" test_cuda_engine_nopdl 35 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
-    suite_step "$dir" "$out" test_cuda_engine_fa2w8 35 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_engine_nopdl 30 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
+    suite_step "$dir" "$out" test_cuda_engine_fa2w8 30 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_attn_tc 30 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
@@ -118,7 +120,8 @@ run() {
     sed -n '/^== bench_cuda/,/^JSON /p' "$out/bench_cuda.log" | grep -v '^JSON '
     grep -E '^==|^summary|^best|^check|^  (f32|f16|fp8)' "$out/bench_attn.log" | head -14
     sed -n '/^== bench_cuda --prefill-attn/,/^JSON_PREFILL_ENGINE /p' "$out/bench_prefill_attn.log" | grep -v '^JSON'
-    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log" "$out/bench_prefill_attn.log"
+    sed -n '/^== bench_cuda --roofline/,/^JSON_ROOFLINE /p' "$out/bench_roofline.log" | grep -v '^JSON'
+    grep -h '^JSON' "$out/bench_cuda.log" "$out/bench_attn.log" "$out/bench_prefill_attn.log" "$out/bench_roofline.log"
     printf '%-22s %-8s %6s\n' step result seconds
     local i r st
     for i in "${!NAMES[@]}"; do

@@ -1041,6 +1041,111 @@ static void fill_kv_f32(eng_forward_t *fw)
            "fill failed");
 }
 
+/*
+ * --roofline: decode throughput at batch 64 and 256, contexts 1024 / 2048 / 4096, f16 (the
+ * server's "auto" for a bf16 model) and fp8 e4m3 KV caches, each step beside its
+ * roofline: the larger of (GEMM weight bytes + the KV bytes the step reads) / the copy
+ * rate and (GEMM + attention FLOPs) / the cuBLAS bf16 rate (8192^3), both measured in
+ * the same process.  Graph steps with device argmax (eng_forward_run_sample), tokens/s =
+ * batch / step time, fraction = roofline time / step time.  A point whose KV cache does
+ * not fit beside the weights is skipped and said so (b256 x 4096 with f16 needs 137 GB).
+ */
+static int roofline_mode(const char *model_dir)
+{
+    double copy_gbps = 0, gemm_tflops = 0;
+    DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
+    DIE_IF(kcuda_bench_gemm_tflops(8192, 8192, 8192, 10, &gemm_tflops) != PD_OK, "gemm failed");
+    eng_load_opts_t lo;
+    eng_model_t *model = NULL;
+    eng_load_opts_init(&lo);
+    lo.model = model_dir;
+    lo.load_format = "dummy";
+    lo.dtype = "bfloat16";
+    lo.max_model_len = 8192;
+    DIE_IF(eng_model_load(&lo, &model) != PD_OK, "cannot load %s (dummy)", model_dir);
+    const eng_model_config_t *c = eng_model_config(model);
+    const eng_backend_ops_t *ops = eng_backend_get("cuda");
+    eng_backend_t *be = NULL;
+    eng_backend_opts_t bo = {.device = 0};
+    DIE_IF(ops == NULL || ops->init(&bo, &be) != PD_OK, "no cuda backend");
+    eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
+    const double D = c->hidden, I = c->intermediate, QW = (double)c->n_heads * c->head_dim,
+                 KW = (double)c->n_kv_heads * c->head_dim, V = c->vocab_size, L = c->n_layers;
+    const double gemm_params = L * (D * QW + 2 * D * KW + QW * D + 3 * D * I) + V * D;
+    const double weight_bytes = gemm_params * 2; /* bf16 */
+    static const int Bs[2] = {64, 256}, Cs[3] = {1024, 2048, 4096};
+    static const char *const kv_names[2] = {"f16", "fp8"};
+    static const eng_kv_dtype_t kv_types[2] = {ENG_KV_F16, ENG_KV_FP8_E4M3};
+    /* KV blocks per cache type: 68.7 GB of cache either way (b256 x 2048 f16, b256 x 4096 fp8) */
+    const int64_t per_4096 = (4096 + 1 + BS - 1) / BS, per_2048 = (2048 + 1 + BS - 1) / BS;
+    const int64_t nblk[2] = {256 * per_2048, 256 * per_4096};
+    const int mbps = 4096 / BS + 2;
+    double ms[2][2][3] = {{{0}}}, frac[2][2][3] = {{{0}}};
+    float *logits = malloc(sizeof(float) * 256 * (size_t)V);
+    DIE_IF(logits == NULL, "no memory");
+    for (int k = 0; k < 2; k++) {
+        const double kv_tok = L * KW * 2 * (k == 0 ? 2 : 1); /* K and V bytes a token, all layers */
+        eng_forward_opts_t fo = {.block_size = BS, .n_blocks = nblk[k], .max_tokens = 256, .max_seqs = 256,
+                                 .max_blocks_per_seq = mbps, .graph_max_bs = 256, .graph_max_ctx = 8192,
+                                 .kv_dtype = kv_types[k]};
+        eng_forward_t *fw = NULL;
+        if (eng_forward_create(model, ops, be, &fo, &fw) != PD_OK) {
+            fprintf(stderr, "bench_cuda: roofline: forward create (%s KV, %lld blocks) failed\n", kv_names[k],
+                    (long long)nblk[k]);
+            continue;
+        }
+        /* f16 0x3800 = 0.5; fp8 e4m3 0x30 = 0.5 (finite, scales 1) */
+        DIE_IF(ops->memset(be, eng_forward_kv_base(fw), k == 0 ? 0x38 : 0x30,
+                           eng_forward_kv_block_bytes(fw) * (size_t)eng_forward_kv_n_blocks(fw)) != PD_OK,
+               "fill failed");
+        for (int bi = 0; bi < 2; bi++)
+            for (int ci = 0; ci < 3; ci++) {
+                const int B = Bs[bi], C = Cs[ci];
+                if ((int64_t)B * ((C + 1 + BS - 1) / BS) > nblk[k])
+                    continue;
+                batch_t b;
+                make_batch(&b, B, C, 1, mbps, (int)V);
+                double t = time_forward_argmax(fw, &b, logits, 2, 10);
+                free_batch(&b);
+                const double bytes = weight_bytes + (double)B * (C + 1) * kv_tok;
+                const double flops = 2 * gemm_params * B + 4.0 * L * QW * (double)(C + 1) * B;
+                const double roof = fmax(bytes / (copy_gbps * 1e9), flops / (gemm_tflops * 1e12));
+                ms[k][bi][ci] = t * 1e3;
+                frac[k][bi][ci] = t > 0 ? roof / t : 0;
+            }
+        eng_forward_destroy(fw);
+    }
+    printf("== bench_cuda --roofline: %s (dummy bf16), copy %.0f GB/s, cuBLAS bf16 8192^3 %.0f TFLOP/s ==\n",
+           model_dir, copy_gbps, gemm_tflops);
+    printf("%-6s %5s %6s %10s %10s %14s %10s\n", "KV", "batch", "ctx", "step ms", "tok/s", "roofline ms", "fraction");
+    for (int k = 0; k < 2; k++)
+        for (int bi = 0; bi < 2; bi++)
+            for (int ci = 0; ci < 3; ci++) {
+                if (ms[k][bi][ci] <= 0) {
+                    printf("%-6s %5d %6d %10s (KV cache does not fit beside the weights)\n", kv_names[k], Bs[bi],
+                           Cs[ci], "-");
+                    continue;
+                }
+                printf("%-6s %5d %6d %10.2f %10.0f %14.2f %9.1f%%\n", kv_names[k], Bs[bi], Cs[ci], ms[k][bi][ci],
+                       Bs[bi] / (ms[k][bi][ci] / 1e3), frac[k][bi][ci] * ms[k][bi][ci], 100 * frac[k][bi][ci]);
+            }
+    printf("JSON_ROOFLINE {\"copy_gbps\":%.1f,\"gemm_tflops\":%.1f,\"points\":[", copy_gbps, gemm_tflops);
+    int first = 1;
+    for (int k = 0; k < 2; k++)
+        for (int bi = 0; bi < 2; bi++)
+            for (int ci = 0; ci < 3; ci++)
+                if (ms[k][bi][ci] > 0) {
+                    printf("%s{\"kv\":\"%s\",\"batch\":%d,\"ctx\":%d,\"step_ms\":%.3f,\"fraction\":%.3f}",
+                           first ? "" : ",", kv_names[k], Bs[bi], Cs[ci], ms[k][bi][ci], frac[k][bi][ci]);
+                    first = 0;
+                }
+    printf("]}\n");
+    free(logits);
+    ops->shutdown(be);
+    eng_model_destroy(model);
+    return 0;
+}
+
 /* A forward of its own for one A/B block of rows, its f32 cache filled; NULL (said on
  * stderr: those rows stay 0) when it cannot be created. */
 static eng_forward_t *ab_forward(eng_model_t *model, const eng_backend_ops_t *ops, eng_backend_t *be,
@@ -1069,7 +1174,8 @@ static void time_b1(eng_forward_t *fw, int ctx, int mbps, int vocab, float *logi
 int main(int argc, char **argv)
 {
     const char *model_dir = "configs/models/llama-3.1-8b";
-    bool quick = false, attn_only_mode = false, attn_tc_mode = false, prefill_attn_mode = false, profile = false;
+    bool quick = false, attn_only_mode = false, attn_tc_mode = false, prefill_attn_mode = false, profile = false,
+         roofline = false;
     const char *trace_dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
@@ -1084,12 +1190,16 @@ int main(int argc, char **argv)
             trace_dir = argv[++i];
         else if (strcmp(argv[i], "--prefill-attn") == 0)
             prefill_attn_mode = true;
+        else if (strcmp(argv[i], "--roofline") == 0)
+            roofline = true;
         else
             model_dir = argv[i];
     }
     pd_log_set_level(PD_LOG_LEVEL_WARN);
     if (prefill_attn_mode)
         return prefill_attn_only(model_dir);
+    if (roofline)
+        return roofline_mode(model_dir);
     if (attn_only_mode || attn_tc_mode)
         return attn_only(attn_tc_mode);
     if (profile || trace_dir)
