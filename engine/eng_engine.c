@@ -1590,6 +1590,11 @@ opened:
         kcpu_dtype_t wt = e->mc->dtype == ENG_DTYPE_F32 ? KCPU_DTYPE_F32
                           : e->mc->dtype == ENG_DTYPE_F16 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16;
         eng_backend_cuda_set_weight_dtype(e->be, wt);
+        if (e->cfg.fp8_weights) {
+            pd_status_t st8 = eng_backend_cuda_set_fp8_weights(e->be, true);
+            if (st8 != PD_OK)
+                return st8;
+        }
     }
 #endif
     PD_LOG_INFO("engine: %s backend", e->ops->name);
@@ -1684,6 +1689,11 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     if (eng_kv_dtype_parse(cfg->kv_cache_dtype, &fo.kv_dtype) != PD_OK) {
         PD_LOG_ERR("engine: --kv-cache-dtype %s is not one of auto, fp8, fp8_e4m3, fp8_e5m2", cfg->kv_cache_dtype);
         st = PD_ERR_INVAL;
+        goto err;
+    }
+    if (cfg->fp8_weights && strcmp(e->ops->name, "cuda") != 0) {
+        PD_LOG_ERR("engine: --quantization fp8 needs the CUDA backend (this one is %s)", e->ops->name);
+        st = PD_ERR_UNSUPPORTED;
         goto err;
     }
     if (fo.kv_dtype != ENG_KV_AUTO && strcmp(e->ops->name, "cuda") != 0) {
