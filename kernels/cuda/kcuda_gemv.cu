@@ -23,9 +23,35 @@
 #include "kcuda_internal.cuh"
 #include "kcuda_act.cuh"
 
+#include <cuda_fp8.h>
 #include <stdlib.h>
 
-template <typename WT> __device__ __forceinline__ void kc_unpack8(uint4 u, float *f);
+/* The raw type of one lane-load of 8 weight elements: 16 bytes of bf16/f16, 8 bytes of
+ * fp8 e4m3 (--quantization fp8).  With 8 elements a load for every type, the chunk
+ * indexing (K / 8 chunks a row) is the same for all of them; the fp8 weight's scale
+ * multiplies the column sum at the end. */
+template <typename WT> struct wraw {
+    typedef uint4 T;
+};
+template <> struct wraw<__nv_fp8_e4m3> {
+    typedef uint2 T;
+};
+
+template <typename WT> __device__ __forceinline__ void kc_unpack8(typename wraw<WT>::T u, float *f);
+template <> __device__ __forceinline__ void kc_unpack8<__nv_fp8_e4m3>(uint2 u, float *f)
+{
+    const uint32_t w[2] = {u.x, u.y};
+    for (int i = 0; i < 2; i++) {
+        /* e4m3 -> f16 is exact (every e4m3 value is an f16 value); byte 0 is element 0 */
+        __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] & 0xffffu), __NV_E4M3);
+        __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> 16), __NV_E4M3);
+        float2 a = __half22float2(*(const __half2 *)&lo), b = __half22float2(*(const __half2 *)&hi);
+        f[4 * i] = a.x;
+        f[4 * i + 1] = a.y;
+        f[4 * i + 2] = b.x;
+        f[4 * i + 3] = b.y;
+    }
+}
 template <> __device__ __forceinline__ void kc_unpack8<__nv_bfloat16>(uint4 u, float *f)
 {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
@@ -62,6 +88,17 @@ template <bool NA> __device__ __forceinline__ uint4 ldw(const uint4 *p)
     return __ldg(p);
 }
 
+/* The same for an 8-byte fp8 chunk. */
+template <bool NA> __device__ __forceinline__ uint2 ldw(const uint2 *p)
+{
+    if (NA) {
+        uint2 r;
+        asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+        return r;
+    }
+    return __ldg(p);
+}
+
 /* An activation load: through the read-only (non-coherent) path, or (CO) a plain
  * coherent load.  Under PDL the kernel before this one writes x while this grid is
  * already resident, which breaks the read-only path's contract (data constant for the
@@ -78,24 +115,25 @@ template <bool CO> __device__ __forceinline__ float4 ld_act(const float4 *p)
  * loads skip L1; CO: coherent activation loads (the PDL launches). */
 template <typename WT, int MT, int KS, bool NA, bool CO>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
-                                                   int64_t N, float *y, int64_t ldy)
+                                                   const float *wscale, int64_t N, float *y, int64_t ldy)
 {
+    typedef typename wraw<WT>::T R;
     __shared__ float part[8][MT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t n = (int64_t)blockIdx.x * (8 / KS) + warp / KS;
     const int ks = warp % KS;
     const int64_t chunks = K / 8;
-    const uint4 *wr = (const uint4 *)(w + (n < N ? n : 0) * K);
+    const R *wr = (const R *)(w + (n < N ? n : 0) * K);
     float acc[MT];
     for (int m = 0; m < MT; m++)
         acc[m] = 0.0f;
     /* the first PF chunks of this lane: independent of earlier kernels (see the top) */
-    uint4 pre[PF];
+    R pre[PF];
     const int64_t c0 = (int64_t)ks * 32 + lane;
 #pragma unroll
     for (int p = 0; p < PF; p++) {
         const int64_t c = c0 + (int64_t)p * 32 * KS;
-        pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
+        pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : R();
     }
     kc_griddep_wait();
     if (n < N) {
@@ -132,11 +170,14 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
     /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
      * completion before it reads anything; see gemv_ex_kernel) */
     kc_launch_dependents();
+    /* the fp8 weight's per-tensor scale (read after the wait: its conversion may be the
+     * kernel before this one); 1 for bf16/f16 */
+    const float sc = wscale != NULL ? *wscale : 1.0f;
     for (int m = 0; m < MT; m++) {
         float sum = kc_warp_sum(acc[m]);
         if (KS == 1) {
             if (lane == 0 && m < M && n < N)
-                y[m * ldy + n] = sum;
+                y[m * ldy + n] = sum * sc;
         } else if (lane == 0) {
             part[warp][m] = sum;
         }
@@ -147,7 +188,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
             float sum = 0.0f;
             for (int i = 0; i < KS; i++)
                 sum += part[warp + i][lane];
-            y[lane * ldy + n] = sum;
+            y[lane * ldy + n] = sum * sc;
         }
     }
 }
@@ -155,7 +196,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype)
 {
     return M >= 1 && M <= 8 && K % 8 == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
-           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
+           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16 || wtype == KCUDA_W_FP8_E4M3);
 }
 
 /* -1: not decided yet (env PD_CUDA_GEMV_PDL / PD_CUDA_GEMV_NOALLOC, default off); 0 / 1 */
@@ -199,31 +240,32 @@ extern "C" bool kcuda_gemv_pdl_on(void)
 }
 
 template <typename WT, int MT, int KS>
-static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
-                            float *y, int64_t ldy, cudaStream_t s)
+static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w,
+                            const float *ws, int64_t N, float *y, int64_t ldy, cudaStream_t s)
 {
-    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t);
+    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, const float *, int64_t, float *,
+                           int64_t);
     const bool na = use_noalloc(), pdl = use_pdl();
     kern_t kern = pdl ? (na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>)
                       : (na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>);
-    kc_launch_pdl(pdl, kern, dim3(g), dim3(256), s, x, M, K, ldx, w, N, y, ldy);
+    kc_launch_pdl(pdl, kern, dim3(g), dim3(256), s, x, M, K, ldx, w, ws, N, y, ldy);
 }
 
 template <typename WT, int KS>
-static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
-                           int64_t ldy, cudaStream_t s)
+static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, const float *ws, int64_t N,
+                           float *y, int64_t ldy, cudaStream_t s)
 {
     const int per = 8 / KS;
     unsigned g = (unsigned)((N + per - 1) / per);
     const WT *wt = (const WT *)w;
     if (M == 1)
-        gemv_launch_one<WT, 1, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 1, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else if (M == 2)
-        gemv_launch_one<WT, 2, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 2, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else if (M <= 4)
-        gemv_launch_one<WT, 4, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 4, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else
-        gemv_launch_one<WT, 8, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 8, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
 }
 
 /* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
@@ -265,20 +307,21 @@ static int gemv_ks(int64_t N, int64_t K)
 }
 
 template <typename WT>
-static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
-                        int64_t ldy, cudaStream_t s)
+static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, const float *ws, int64_t N,
+                        float *y, int64_t ldy, cudaStream_t s)
 {
     int ks = gemv_ks(N, K);
     if (ks == 4)
-        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, ws, N, y, ldy, s);
     else if (ks == 2)
-        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, ws, N, y, ldy, s);
     else
-        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, ws, N, y, ldy, s);
 }
 
-extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
-                                  kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream)
+extern "C" pd_status_t kcuda_gemv_scaled(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                         kcpu_dtype_t wtype, const float *w_scale, int64_t N, float *y, int64_t ldy,
+                                         kcuda_stream_t stream)
 {
     if (!kcuda_gemv_ok(M, K, ldx, x, w, wtype) || N <= 0 || ldy < N || N > (int64_t)INT32_MAX * 8) {
         PD_LOG_ERR("kcuda_gemv: shape not supported (M=%lld K=%lld ldx=%lld %s)", (long long)M, (long long)K,
@@ -286,10 +329,18 @@ extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t 
         return PD_ERR_INVAL;
     }
     if (wtype == KCPU_DTYPE_BF16)
-        gemv_launch<__nv_bfloat16>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+        gemv_launch<__nv_bfloat16>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
+    else if (wtype == KCPU_DTYPE_F16)
+        gemv_launch<__half>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
     else
-        gemv_launch<__half>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+        gemv_launch<__nv_fp8_e4m3>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
     KCUDA_LAUNCHED("kcuda_gemv");
+}
+
+extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                  kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream)
+{
+    return kcuda_gemv_scaled(x, M, K, ldx, w, wtype, NULL, N, y, ldy, stream);
 }
 
 /* ---- fused decode GEMVs (kcuda_gemv_ex) ----
@@ -319,11 +370,12 @@ struct gemv_ex_args {
     float *y;
     int64_t ldy;
     int act;       /* GLU: 0 silu, 1 gelu, 2 gelu tanh */
+    const float *ws; /* per-tensor weight scale (fp8) or NULL */
 };
 
 /* One 16-byte weight chunk (8 elements at column c * 8) against the M activation rows. */
 template <typename WT, int MT, bool NORM>
-__device__ __forceinline__ void gemv_ex_step(uint4 raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
+__device__ __forceinline__ void gemv_ex_step(typename wraw<WT>::T raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
 {
     float wf[8];
     kc_unpack8<WT>(raw, wf);
@@ -353,6 +405,7 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
     __shared__ float part[8][MT];
     __shared__ float pss[8][MT];
     __shared__ float col[8][MT];
+    typedef typename wraw<WT>::T R;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per = 8 / KS;          /* columns per CTA */
     const int j = warp / KS;         /* this warp's column in the CTA */
@@ -369,16 +422,16 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         n = (int64_t)blockIdx.x * per + j;
         valid = n < a.N;
     }
-    const uint4 *wr = (const uint4 *)((const WT *)a.w + (valid ? n : 0) * K);
+    const R *wr = (const R *)((const WT *)a.w + (valid ? n : 0) * K);
     float acc[MT], ss[MT];
     for (int m = 0; m < MT; m++)
         acc[m] = ss[m] = 0.0f;
-    uint4 pre[PF];
+    R pre[PF];
     const int64_t c0 = (int64_t)ks * 32 + lane;
 #pragma unroll
     for (int p = 0; p < PF; p++) {
         const int64_t c = c0 + (int64_t)p * 32 * KS;
-        pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
+        pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : R();
     }
     kc_griddep_wait();
     if (valid) {
@@ -424,6 +477,8 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         tvalid = tvalid && tm < a.M;
         for (int i = 0; i < KS; i++)
             d += part[tj * KS + i][tm];
+        if (a.ws != NULL)
+            d *= *a.ws; /* after the PDL wait, like every read of an earlier kernel's output */
         if (NORM) {
             float q = 0.0f;
             for (int i = 0; i < KS; i++)
@@ -528,20 +583,27 @@ extern "C" pd_status_t kcuda_gemv_ex(const kcuda_gemv_ex_t *a, kcuda_stream_t st
     g.y = a->y;
     g.ldy = a->ldy;
     g.act = a->glu_act;
-    const bool bf = a->wtype == KCPU_DTYPE_BF16;
+    g.ws = a->w_scale;
+    const bool bf = a->wtype == KCPU_DTYPE_BF16, f8 = a->wtype == KCUDA_W_FP8_E4M3;
     if (a->norm_w != NULL && a->epi == KCUDA_GEMV_STORE) {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, true, 0>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, true, 0>(g, stream);
         else
             gemv_ex_launch<__half, true, 0>(g, stream);
     } else if (a->norm_w != NULL) {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, true, 2>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, true, 2>(g, stream);
         else
             gemv_ex_launch<__half, true, 2>(g, stream);
     } else {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, false, 1>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, false, 1>(g, stream);
         else
             gemv_ex_launch<__half, false, 1>(g, stream);
     }
