@@ -8,6 +8,7 @@
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
 #        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
+#        test_cuda_fp8w (fp8 weights),
 #        bench_cuda (--quick: batch 64 at most), prefill attention alone (bench_cuda
 #        --prefill-attn: the WMMA kernel vs the FlashAttention-2 one), the decode
 #        attention sweep (bench_cuda --attn-only) and the non-default variants in
@@ -33,7 +34,7 @@ stage() {
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
     for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_cuda_mmin tests/test_forward_mixed \
-        tests/test_cuda_pfout bench/cuda/bench_cuda; do
+        tests/test_cuda_pfout tests/test_cuda_fp8w bench/cuda/bench_cuda; do
         strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
     # one archive with a dictionary that spans the binaries: they share the same ~18 MB
@@ -92,6 +93,7 @@ run() {
     suite_step "$dir" "$out" test_cuda_swap 30 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" test_cuda_mmin 30 "$dir/bin/test_cuda_mmin"
     suite_step "$dir" "$out" test_cuda_pfout 40 "$dir/bin/test_cuda_pfout"
+    suite_step "$dir" "$out" test_cuda_fp8w 60 "$dir/bin/test_cuda_fp8w"
     suite_step "$dir" "$out" test_forward_mixed 30 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
@@ -190,7 +192,7 @@ sanitize() {
     mkdir -p "$out"
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
     device_env "$dir" || return 1
-    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
+    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_fp8w; do
         (cd "$dir/src" && timeout 250 "$cs" --tool memcheck --error-exitcode 99 "$dir/bin/$t") > "$out/memcheck_$t.log" 2>&1
         echo "memcheck $t: rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$out/memcheck_$t.log") summary/invalid lines)"
         grep 'ERROR SUMMARY' "$out/memcheck_$t.log"

@@ -14,7 +14,8 @@
  *  - the backend: matmul with fp8 weights (GEMV rows and GEMM rows, f32 and 16-bit
  *    inputs, accumulate) against a host reference that quantizes like the GPU, and a
  *    weight kept 16-bit (eng_backend_cuda_keep_weight) matching the bf16 reference;
- *  - the engine: tiny-llama and the default GGUF (env PD_MODEL_GGUF or the cache path)
+ *  - the engine: tiny-llama, tiny-qwen3, tiny-llama.gguf (random weights: printed, logit
+ *    error bounded) and the default GGUF (env PD_MODEL_GGUF or the cache path)
  *    through eng_forward with fp8 weights against bf16 weights, prefill then 16
  *    teacher-forced decode steps, 3 sequences (decode on the GEMV) and 12 (decode on
  *    the fp8 GEMM inside CUDA graphs): argmax agreement and logit error printed;
@@ -702,14 +703,18 @@ out:
 
 PD_TEST(test_engine)
 {
-    char m[4096];
+    static const char *const tiny[] = {"tiny-llama", "tiny-qwen3", "tiny-llama.gguf", NULL};
     const char *g = getenv("PD_MODEL_GGUF");
-    snprintf(m, sizeof(m), "%s/tests/data/models/tiny-llama", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".");
-    if (access(m, R_OK) == 0) {
-        engine_case(m, "tiny-llama", false, 3);
-        engine_case(m, "tiny-llama", false, 12);
-    } else {
-        printf("  SKIP: %s is missing\n", m);
+    for (int i = 0; tiny[i]; i++) {
+        char m[4096];
+        snprintf(m, sizeof(m), "%s/tests/data/models/%s", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".",
+                 tiny[i]);
+        if (access(m, R_OK) == 0) {
+            engine_case(m, tiny[i], false, 3);
+            engine_case(m, tiny[i], false, 12);
+        } else {
+            printf("  SKIP: %s is missing\n", m);
+        }
     }
     if (g == NULL || access(g, R_OK) != 0)
         g = "/root/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf";
