@@ -997,8 +997,8 @@ pd_status_t eng_backend_cuda_set_fp8_weights(eng_backend_t *be, bool on)
     if (be->d_aq == NULL && (st = kcuda_malloc(2 * sizeof(float), (void **)&be->d_aq)) != PD_OK)
         return st;
     if (!be->fp8w)
-        PD_LOG_INFO("cuda backend: fp8 e4m3 weights (per-tensor scales, dynamic per-tensor activation scales for "
-                    "GEMMs of more than 8 rows); weights kept in %s: %zu", kcpu_dtype_name(be->wdtype), be->n_keep);
+        PD_LOG_INFO("cuda backend: fp8 e4m3 weights (per-tensor scales; dynamic per-tensor activation scales for "
+                    "GEMMs of more than 8 rows; the lm_head stays %s)", kcpu_dtype_name(be->wdtype));
     be->fp8w = true;
     return PD_OK;
 }
@@ -1099,6 +1099,9 @@ pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t
     pd_status_t st = PD_OK;
     if (act_bytes > be->act_bytes)
         st = grow(be, &be->act, &be->act_bytes, act_bytes);
+    /* the e4m3 GEMM input of fp8 weights: one byte an element where act holds two */
+    if (st == PD_OK && be->fp8w && act_bytes / 2 > be->act8_bytes)
+        st = grow(be, &be->act8, &be->act8_bytes, act_bytes / 2);
     if (st == PD_OK && attn_ws_bytes > be->ws_bytes)
         st = grow(be, &be->ws, &be->ws_bytes, attn_ws_bytes);
     return st;

@@ -69,7 +69,8 @@ pd_status_t eng_backend_cuda_graph_launch(eng_backend_t *be, eng_cuda_graph_t *g
 /* Waits for the stream, then frees the graph.  NULL is a no-op. */
 void eng_backend_cuda_graph_destroy(eng_backend_t *be, eng_cuda_graph_t *graph);
 
-/* Grow the scratch buffers now to at least `act_bytes` (bf16/f16 copy of GEMM inputs)
+/* Grow the scratch buffers now to at least `act_bytes` (bf16/f16 copy of GEMM inputs;
+ * with fp8 weights also act_bytes / 2 for their e4m3 copy)
  * and `attn_ws_bytes` (attention split-K workspace), so that captured graphs and later
  * steps share them instead of retiring smaller ones. */
 pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t attn_ws_bytes);

@@ -45,7 +45,7 @@ template <> __device__ __forceinline__ void kc_unpack8<__nv_fp8_e4m3>(uint2 u, f
         /* e4m3 -> f16 is exact (every e4m3 value is an f16 value); byte 0 is element 0 */
         __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] & 0xffffu), __NV_E4M3);
         __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> 16), __NV_E4M3);
-        float2 a = __half22float2(*(const __half2 *)&lo), b = __half22float2(*(const __half2 *)&hi);
+        float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
         f[4 * i] = a.x;
         f[4 * i + 1] = a.y;
         f[4 * i + 2] = b.x;
