@@ -1615,6 +1615,9 @@ static int64_t kv_blocks_for_budget(eng_engine_t *e, size_t block_bytes)
             double util = e->cfg.gpu_memory_utilization > 0 ? e->cfg.gpu_memory_utilization : 0.9;
             double used = (double)(total_b - free_b);
             double elem = c->dtype == ENG_DTYPE_F32 ? 4.0 : 2.0;
+            /* --quantization fp8: the fp8 copies (1 byte a weight) come on top of the upload */
+            if (e->cfg.fp8_weights)
+                elem += 1.0;
             double weights = 0;
             for (size_t i = 0; i < eng_model_n_tensors(e->model); i++)
                 weights += (double)eng_tensor_nelements(eng_model_tensor_at(e->model, i)) * elem;
