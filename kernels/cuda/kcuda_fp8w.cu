@@ -199,10 +199,14 @@ static void plan_free(lt_plan_t *p)
 {
     if (!p->used)
         return;
-    cublasLtMatmulDescDestroy(p->op);
-    cublasLtMatrixLayoutDestroy(p->la);
-    cublasLtMatrixLayoutDestroy(p->lb);
-    cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    if (p->la)
+        cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb)
+        cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->lc)
+        cublasLtMatrixLayoutDestroy(p->lc);
     memset(p, 0, sizeof(*p));
 }
 
