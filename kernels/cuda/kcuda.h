@@ -106,16 +106,16 @@ pd_status_t kcuda_gemm_half_out(kcuda_blas_t *blas, const void *a, int64_t M, in
 /* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
  * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.
  * kcuda_gemv_ok says whether the shape qualifies (1 <= M <= 8, K % 8 == 0, ldx % 4 == 0,
- * x and w 16-byte aligned, wtype BF16 or F16, or KCUDA_W_FP8_E4M3 for kcuda_gemv_scaled
+ * x and w 16-byte aligned, wtype BF16 or F16, or KCUDA_W_FP8_E4M3 (K % 16 == 0) for kcuda_gemv_scaled
  * and kcuda_gemv_ex with their scale; kcuda_gemv reads it with a scale of 1). */
 bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype);
 pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
                        int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
 /* kcuda_gemv with a per-tensor weight scale: y = (x . W^T) * *w_scale (w_scale a device
  * float read after the PDL wait; NULL = 1).  wtype may also be KCUDA_W_FP8_E4M3 (one
- * byte an element, fp8 e4m3 as kcuda_fp8w_convert writes it; K % 8 == 0, w 16-byte
- * aligned): the weights are read 8 bytes (8 elements) a lane-load, converted exactly to
- * f32 (through f16x2), the column sum multiplied by the scale at the end. */
+ * byte an element, fp8 e4m3 as kcuda_fp8w_convert writes it; K % 16 == 0, w 16-byte
+ * aligned): the weights are read 16 bytes (16 elements) a lane-load, converted exactly
+ * to f32 (through f16x2), the column sum multiplied by the scale at the end. */
 pd_status_t kcuda_gemv_scaled(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
                               const float *w_scale, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
 /* Launch the GEMV with programmatic dependent launch (1) or plainly (0); -1 goes back to

@@ -26,23 +26,25 @@
 #include <cuda_fp8.h>
 #include <stdlib.h>
 
-/* The raw type of one lane-load of 8 weight elements: 16 bytes of bf16/f16, 8 bytes of
- * fp8 e4m3 (--quantization fp8).  With 8 elements a load for every type, the chunk
- * indexing (K / 8 chunks a row) is the same for all of them; the fp8 weight's scale
+/* One lane-load is 16 bytes: 8 bf16/f16 elements, or 16 fp8 e4m3 elements (--quantization
+ * fp8; SUB = 2 runs of 8 against the activations, so the f32 activation loads and the
+ * norm weights keep their 8-element indexing).  The fp8 weight's per-tensor scale
  * multiplies the column sum at the end. */
-template <typename WT> struct wraw {
-    typedef uint4 T;
+template <typename WT> struct wtraits {
+    static const int SUB = 1;
 };
-template <> struct wraw<__nv_fp8_e4m3> {
-    typedef uint2 T;
+template <> struct wtraits<__nv_fp8_e4m3> {
+    static const int SUB = 2;
 };
 
-template <typename WT> __device__ __forceinline__ void kc_unpack8(typename wraw<WT>::T u, float *f);
-template <> __device__ __forceinline__ void kc_unpack8<__nv_fp8_e4m3>(uint2 u, float *f)
+/* 16 bytes of weights into 8 * SUB floats. */
+template <typename WT> __device__ __forceinline__ void kc_unpack8(uint4 u, float *f);
+template <> __device__ __forceinline__ void kc_unpack8<__nv_fp8_e4m3>(uint4 u, float *f)
 {
-    const uint32_t w[2] = {u.x, u.y};
-    for (int i = 0; i < 2; i++) {
-        /* e4m3 -> f16 is exact (every e4m3 value is an f16 value); byte 0 is element 0 */
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int i = 0; i < 4; i++) {
+        /* e4m3 -> f16 is exact (every e4m3 value is an f16 value); the low byte is the
+         * lower-addressed element */
         __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] & 0xffffu), __NV_E4M3);
         __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> 16), __NV_E4M3);
         float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
@@ -88,17 +90,6 @@ template <bool NA> __device__ __forceinline__ uint4 ldw(const uint4 *p)
     return __ldg(p);
 }
 
-/* The same for an 8-byte fp8 chunk. */
-template <bool NA> __device__ __forceinline__ uint2 ldw(const uint2 *p)
-{
-    if (NA) {
-        uint2 r;
-        asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
-        return r;
-    }
-    return __ldg(p);
-}
-
 /* An activation load: through the read-only (non-coherent) path, or (CO) a plain
  * coherent load.  Under PDL the kernel before this one writes x while this grid is
  * already resident, which breaks the read-only path's contract (data constant for the
@@ -110,6 +101,27 @@ template <bool CO> __device__ __forceinline__ float4 ld_act(const float4 *p)
     return __ldg(p);
 }
 
+/* One 16-byte weight chunk (chunk c: 8 * SUB elements) against the M activation rows. */
+template <typename WT, int MT, bool CO>
+__device__ __forceinline__ void gemv_chunk(uint4 raw, int64_t c, const float *x, int M, int64_t ldx, float *acc)
+{
+    const int SUB = wtraits<WT>::SUB;
+    float wf[8 * SUB];
+    kc_unpack8<WT>(raw, wf);
+    for (int m = 0; m < MT; m++) {
+        if (m < M) {
+#pragma unroll
+            for (int s = 0; s < SUB; s++) {
+                const float *v = wf + 8 * s;
+                const float4 *xr = (const float4 *)(x + m * ldx + (c * SUB + s) * 8);
+                float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
+                acc[m] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
+                          v[7] * b.w;
+            }
+        }
+    }
+}
+
 /* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
  * used when there are too few columns to fill the GPU), 8 warps per CTA.  NA: weight
  * loads skip L1; CO: coherent activation loads (the PDL launches). */
@@ -117,55 +129,34 @@ template <typename WT, int MT, int KS, bool NA, bool CO>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
                                                    const float *wscale, int64_t N, float *y, int64_t ldy)
 {
-    typedef typename wraw<WT>::T R;
     __shared__ float part[8][MT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t n = (int64_t)blockIdx.x * (8 / KS) + warp / KS;
     const int ks = warp % KS;
-    const int64_t chunks = K / 8;
-    const R *wr = (const R *)(w + (n < N ? n : 0) * K);
+    const int64_t chunks = K / (8 * wtraits<WT>::SUB);
+    const uint4 *wr = (const uint4 *)(w + (n < N ? n : 0) * K);
     float acc[MT];
     for (int m = 0; m < MT; m++)
         acc[m] = 0.0f;
     /* the first PF chunks of this lane: independent of earlier kernels (see the top) */
-    R pre[PF];
+    uint4 pre[PF];
     const int64_t c0 = (int64_t)ks * 32 + lane;
 #pragma unroll
     for (int p = 0; p < PF; p++) {
         const int64_t c = c0 + (int64_t)p * 32 * KS;
-        pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : R();
+        pre[p] = (n < N && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
     }
     kc_griddep_wait();
     if (n < N) {
 #pragma unroll
         for (int p = 0; p < PF; p++) {
             const int64_t c = c0 + (int64_t)p * 32 * KS;
-            if (c < chunks) {
-                float wf[8];
-                kc_unpack8<WT>(pre[p], wf);
-                for (int m = 0; m < MT; m++) {
-                    if (m < M) {
-                        const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                        float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
-                        acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                                  wf[6] * b.z + wf[7] * b.w;
-                    }
-                }
-            }
+            if (c < chunks)
+                gemv_chunk<WT, MT, CO>(pre[p], c, x, M, ldx, acc);
         }
 #pragma unroll 4
-        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS) {
-            float wf[8];
-            kc_unpack8<WT>(ldw<NA>(wr + c), wf);
-            for (int m = 0; m < MT; m++) {
-                if (m < M) {
-                    const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                    float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
-                    acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                              wf[6] * b.z + wf[7] * b.w;
-                }
-            }
-        }
+        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS)
+            gemv_chunk<WT, MT, CO>(ldw<NA>(wr + c), c, x, M, ldx, acc);
     }
     /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
      * completion before it reads anything; see gemv_ex_kernel) */
@@ -196,7 +187,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype)
 {
     return M >= 1 && M <= 8 && K % 8 == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
-           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16 || wtype == KCUDA_W_FP8_E4M3);
+           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16 || (wtype == KCUDA_W_FP8_E4M3 && K % 16 == 0));
 }
 
 /* -1: not decided yet (env PD_CUDA_GEMV_PDL / PD_CUDA_GEMV_NOALLOC, default off); 0 / 1 */
@@ -373,28 +364,34 @@ struct gemv_ex_args {
     const float *ws; /* per-tensor weight scale (fp8) or NULL */
 };
 
-/* One 16-byte weight chunk (8 elements at column c * 8) against the M activation rows. */
+/* One 16-byte weight chunk (chunk c: 8 * SUB elements) against the M activation rows. */
 template <typename WT, int MT, bool NORM>
-__device__ __forceinline__ void gemv_ex_step(typename wraw<WT>::T raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
+__device__ __forceinline__ void gemv_ex_step(uint4 raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
 {
-    float wf[8];
+    const int SUB = wtraits<WT>::SUB;
+    float wf[8 * SUB];
     kc_unpack8<WT>(raw, wf);
-    if (NORM) {
-        const float4 *nr = (const float4 *)(a.nw + c * 8);
-        float4 g0 = nr[0], g1 = nr[1];
-        wf[0] *= g0.x; wf[1] *= g0.y; wf[2] *= g0.z; wf[3] *= g0.w;
-        wf[4] *= g1.x; wf[5] *= g1.y; wf[6] *= g1.z; wf[7] *= g1.w;
-    }
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-        if (m < a.M) {
-            const float4 *xr = (const float4 *)(a.x + m * a.ldx + c * 8);
-            float4 u = xr[0], v = xr[1];
-            acc[m] += wf[0] * u.x + wf[1] * u.y + wf[2] * u.z + wf[3] * u.w + wf[4] * v.x + wf[5] * v.y +
-                      wf[6] * v.z + wf[7] * v.w;
-            if (NORM)
-                ss[m] += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + v.x * v.x + v.y * v.y + v.z * v.z +
-                         v.w * v.w;
+    for (int s = 0; s < SUB; s++) {
+        float *v = wf + 8 * s;
+        const int64_t e = (c * SUB + s) * 8; /* first column of this run of 8 */
+        if (NORM) {
+            const float4 *nr = (const float4 *)(a.nw + e);
+            float4 g0 = nr[0], g1 = nr[1];
+            v[0] *= g0.x; v[1] *= g0.y; v[2] *= g0.z; v[3] *= g0.w;
+            v[4] *= g1.x; v[5] *= g1.y; v[6] *= g1.z; v[7] *= g1.w;
+        }
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            if (m < a.M) {
+                const float4 *xr = (const float4 *)(a.x + m * a.ldx + e);
+                float4 u = xr[0], w = xr[1];
+                acc[m] += v[0] * u.x + v[1] * u.y + v[2] * u.z + v[3] * u.w + v[4] * w.x + v[5] * w.y +
+                          v[6] * w.z + v[7] * w.w;
+                if (NORM)
+                    ss[m] += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + w.x * w.x + w.y * w.y + w.z * w.z +
+                             w.w * w.w;
+            }
         }
     }
 }
@@ -405,12 +402,11 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
     __shared__ float part[8][MT];
     __shared__ float pss[8][MT];
     __shared__ float col[8][MT];
-    typedef typename wraw<WT>::T R;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per = 8 / KS;          /* columns per CTA */
     const int j = warp / KS;         /* this warp's column in the CTA */
     const int ks = warp % KS;
-    const int64_t K = a.K, chunks = K / 8;
+    const int64_t K = a.K, chunks = K / (8 * wtraits<WT>::SUB);
     int64_t n;                       /* weight row of column j */
     bool valid;
     if (EPI == 2) {
@@ -422,16 +418,16 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         n = (int64_t)blockIdx.x * per + j;
         valid = n < a.N;
     }
-    const R *wr = (const R *)((const WT *)a.w + (valid ? n : 0) * K);
+    const uint4 *wr = (const uint4 *)((const WT *)a.w + (valid ? n : 0) * K);
     float acc[MT], ss[MT];
     for (int m = 0; m < MT; m++)
         acc[m] = ss[m] = 0.0f;
-    R pre[PF];
+    uint4 pre[PF];
     const int64_t c0 = (int64_t)ks * 32 + lane;
 #pragma unroll
     for (int p = 0; p < PF; p++) {
         const int64_t c = c0 + (int64_t)p * 32 * KS;
-        pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : R();
+        pre[p] = (valid && c < chunks) ? ldw<NA>(wr + c) : make_uint4(0, 0, 0, 0);
     }
     kc_griddep_wait();
     if (valid) {

@@ -4,7 +4,7 @@
  *    work[1] = max|w| / 448 exactly (1 for zeros), every byte equal to a host e4m3
  *    encoder's (round to nearest even, saturating; +0 / -0 taken as equal) of w / scale;
  *  - kcuda_fp8_quant_act (f32 rows with a stride, bf16 rows): the same checks;
- *  - kcuda_gemv_scaled on fp8 weights (M = 1, 3, 8; small odd-but-legal shapes and the
+ *  - kcuda_gemv_scaled on fp8 weights (M = 1, 3, 8; small odd-but-legal shapes (K % 16) and the
  *    8B decode shapes; every warp split): against a double-precision host GEMV over the
  *    GPU's own fp8 bytes times its scale: worst |error| / max|y| <= 1e-4 (f32 sums only);
  *    kcuda_gemv_ex on fp8 (norm + store, accumulate) the same way;
@@ -300,7 +300,7 @@ out:
 
 PD_TEST(test_gemv)
 {
-    static const int64_t shapes[][2] = {{200, 72}, {1000, 2048}, {3000, 1032}, {6144, 4096}, {4096, 14336}};
+    static const int64_t shapes[][2] = {{200, 80}, {1000, 2048}, {3000, 1040}, {6144, 4096}, {4096, 14336}};
     static const int64_t ms[] = {1, 3, 8};
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
         for (size_t i = 0; i < 3; i++) {
@@ -308,6 +308,9 @@ PD_TEST(test_gemv)
                 continue; /* the big shape: 1 and 8 rows are enough (host time) */
             gemv_case(ms[i], shapes[s][0], shapes[s][1]);
         }
+    /* fp8 rows are 16-byte chunks of 16 elements: K % 16 */
+    PD_CHECK(!kcuda_gemv_ok(1, 72, 72, (const void *)(uintptr_t)256, (const void *)(uintptr_t)256, KCUDA_W_FP8_E4M3));
+    PD_CHECK(kcuda_gemv_ok(1, 80, 80, (const void *)(uintptr_t)256, (const void *)(uintptr_t)256, KCUDA_W_FP8_E4M3));
     /* every warp split of the kernel on one shape */
     for (int ks = 1; ks <= 4; ks *= 2) {
         kcuda_gemv_set_ksplit(ks);
