@@ -471,15 +471,20 @@ static void host_fp8_matmul(const float *x, int64_t M, int64_t K, const float *w
     for (int64_t i = 0; gemm && i < M * K; i++)
         xa = fmaxf(xa, fabsf(x[i]));
     const float ws = wa > 0 ? wa / 448.0f : 1.0f, xs = xa > 0 ? xa / 448.0f : 1.0f;
-    for (int64_t m = 0; m < M; m++)
+    double *xq = malloc((size_t)(M * K) * sizeof(double)), *wq = malloc((size_t)(N * K) * sizeof(double));
+    PD_CHECK(xq && wq);
+    for (int64_t i = 0; xq && i < M * K; i++)
+        xq[i] = gemm ? (double)lut[e4m3_enc(x[i] / xs)] * xs : x[i];
+    for (int64_t i = 0; wq && i < N * K; i++)
+        wq[i] = lut[e4m3_enc(w[i] / ws)];
+    for (int64_t m = 0; xq && wq && m < M; m++)
         for (int64_t n = 0; n < N; n++) {
             double s = 0;
-            for (int64_t k = 0; k < K; k++) {
-                double xv = gemm ? (double)lut[e4m3_enc(x[m * K + k] / xs)] * xs : x[m * K + k];
-                s += xv * lut[e4m3_enc(w[n * K + k] / ws)];
-            }
+            for (int64_t k = 0; k < K; k++)
+                s += xq[m * K + k] * wq[n * K + k];
             ref[m * N + n] = s * ws;
         }
+    free(xq), free(wq);
 }
 
 static void backend_case(int64_t M, int64_t N, int64_t K, bool keep, bool mm16)
