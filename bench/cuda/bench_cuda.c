@@ -1319,8 +1319,11 @@ int main(int argc, char **argv)
      * and the 2048-token prefill on a backend instance of their own (bf16 + fp8 weights,
      * the lm_head kept bf16), f32 KV cache like the bf16 rows above; and the cuBLASLt
      * fp8 GEMM rate at the prefill shape ---- */
-    double f8w_dec[3] = {0, 0, 0}, f8w_pf = 0, gemm8_pf = 0;
+    double f8w_dec[3] = {0, 0, 0}, f8w_pf = 0, gemm8_pf = 0, gv8[5] = {0};
     int f8w_failed = 0;
+    for (int i = 0; i < 5; i++)
+        if (kcuda_bench_fp8_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv8[i]) != PD_OK)
+            gv8[i] = 0;
     if (kcuda_bench_fp8_gemm_tflops(2048, 14336, 4096, 20, &gemm8_pf) != PD_OK)
         fprintf(stderr, "bench_cuda: fp8 GEMM rate failed\n");
     {
@@ -1492,6 +1495,13 @@ int main(int argc, char **argv)
     if (f8w_pf > 0)
         printf("%-44s %9.1f ms %11.1f ms %7.2fx\n", "prefill 2048 tokens, FP8 WEIGHTS", f8w_pf * 1e3, pf * 1e3,
                pf / f8w_pf);
+    for (int i = 0; i < 5; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV FP8 M=1 N=%lld K=%lld (%.0f us)", (long long)gv_shape[i][0],
+                 (long long)gv_shape[i][1], gv8[i] > 0 ? gv_shape[i][0] * gv_shape[i][1] / (gv8[i] * 1e3) : 0.0);
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%  (bf16 %.0f GB/s)\n", what, gv8[i], copy_gbps,
+               100 * gv8[i] / copy_gbps, gv[i]);
+    }
     printf("%-44s %7.0f TFLOP/s %7.0f TFLOP/s %6.2fx\n", "cuBLASLt fp8 GEMM 2048x14336x4096", gemm8_pf, gemm_pf,
            gemm_pf > 0 ? gemm8_pf / gemm_pf : 0.0);
     printf("(FP8 WEIGHTS rows: ceiling column = the same bf16-weight row (graph argmax step, eager prefill, bf16 "
@@ -1537,9 +1547,10 @@ int main(int argc, char **argv)
     printf("JSON_FP8W {\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"bf16_graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],"
            "\"decode_b1_floor_ms\":%.3f,\"bf16_decode_b1_floor_ms\":%.3f,\"prefill2048_ms\":%.2f,"
            "\"bf16_prefill2048_ms\":%.2f,\"gemm_fp8_prefill_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
-           "\"weight_bytes\":%.0f,\"graphs_failed\":%d}\n",
+           "\"weight_bytes\":%.0f,\"graphs_failed\":%d,\"gemv_fp8_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
            f8w_dec[0] * 1e3, f8w_dec[1] * 1e3, f8w_dec[2] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
-           floor_dec_f8 * 1e3, floor_dec * 1e3, f8w_pf * 1e3, pf * 1e3, gemm8_pf, gemm_pf, weight_bytes_f8, f8w_failed);
+           floor_dec_f8 * 1e3, floor_dec * 1e3, f8w_pf * 1e3, pf * 1e3, gemm8_pf, gemm_pf, weight_bytes_f8, f8w_failed,
+           gv8[0], gv8[1], gv8[2], gv8[3], gv8[4]);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

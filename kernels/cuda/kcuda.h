@@ -447,6 +447,9 @@ pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, 
 /* The fp8 GEMM rate (TFLOP/s): kcuda_fp8_gemm of [M,K] x [K,N] on random e4m3 data with
  * f32 output (the activation quantization not included). */
 pd_status_t kcuda_bench_fp8_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
+/* kcuda_gemv_scaled with M rows over an fp8 e4m3 [N,K] weight (random finite bytes,
+ * scale 1): weight bytes read per second (GB/s). */
+pd_status_t kcuda_bench_fp8_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
 /* kcuda_gemv with M rows over a bf16 [N,K] weight: weight bytes read per second (GB/s). */
 pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
 /* Profiling under Nsight Compute (`ncu --profile-from-start off`): start/stop the

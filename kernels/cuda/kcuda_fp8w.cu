@@ -437,3 +437,58 @@ out:
     cudaFree(work);
     return st;
 }
+
+/* finite e4m3 bytes (magnitude codes 0..0x6f: |v| <= 120) from a hash of the index */
+__global__ void fill_fp8_kernel(uint8_t *w, size_t n, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u ^ seed;
+        h ^= h >> 15;
+        w[i] = (uint8_t)((h % 0x70u) | ((h >> 8) & 0x80u));
+    }
+}
+
+extern "C" pd_status_t kcuda_bench_fp8_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p)
+{
+    /* several copies of the weight, cycled, so that the L2 never holds the one read */
+    const size_t wbytes = (size_t)N * K;
+    const int copies = (int)((((size_t)256 << 20) + wbytes - 1) / wbytes);
+    uint8_t *W = NULL;
+    float *x = NULL, *y = NULL, *sc = NULL, ms = 0, one = 1.0f;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    pd_status_t st = PD_ERR_CUDA;
+    bool ok = true;
+    if (cudaMalloc(&W, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sizeof(float) * M * K) != cudaSuccess ||
+        cudaMalloc(&y, sizeof(float) * M * N) != cudaSuccess || cudaMalloc(&sc, sizeof(float)) != cudaSuccess ||
+        cudaMemcpy(sc, &one, sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess)
+        goto out;
+    fill_fp8_kernel<<<1024, 256>>>(W, wbytes * copies, 5);
+    ok = kcuda_fill_random(x, (size_t)M * K, KCPU_DTYPE_F32, 6, 1.0f, NULL) == PD_OK;
+    for (int i = 0; ok && i < 3; i++)
+        ok = kcuda_gemv_scaled(x, M, K, K, W, KCUDA_W_FP8_E4M3, sc, N, y, N, NULL) == PD_OK;
+    if (!ok)
+        goto out;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < iters; i++)
+        kcuda_gemv_scaled(x, M, K, K, W + (size_t)(i % copies) * wbytes, KCUDA_W_FP8_E4M3, sc, N, y, N, NULL);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+        *gbps_p = (double)wbytes * iters / (ms * 1e-3) / 1e9;
+        st = PD_OK;
+    }
+out:
+    cudaGetLastError();
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(W);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(sc);
+    return st;
+}
