@@ -17,8 +17,9 @@
  *  - the engine: tiny-llama, tiny-qwen3, tiny-llama.gguf (random weights: printed, logit
  *    error bounded) and the default GGUF (env PD_MODEL_GGUF or the cache path)
  *    through eng_forward with fp8 weights against bf16 weights, prefill then 16
- *    teacher-forced decode steps, 3 sequences (decode on the GEMV) and 12 (decode on
- *    the fp8 GEMM inside CUDA graphs): argmax agreement and logit error printed;
+ *    teacher-forced decode steps, 3 sequences (decode on the GEMV; on tiny-llama also
+ *    the fused decode layer's GEMVs) and 12 (decode on the fp8 GEMM inside CUDA
+ *    graphs): argmax agreement and logit error printed;
  *    the GGUF must agree on >= 90% of the decode steps' argmaxes.
  * Outputs poisoned (0xff) before each run.  Exits 77 without a GPU.
  */
@@ -654,7 +655,7 @@ static pd_status_t run_model(eng_model_t *model, eng_backend_t *b, int ns, bool 
     return st;
 }
 
-static void engine_case(const char *path, const char *label, bool real_model, int ns)
+static void engine_case(const char *path, const char *label, bool real_model, int ns, bool fuse)
 {
     eng_load_opts_t lo;
     eng_model_t *model = NULL;
@@ -677,7 +678,12 @@ static void engine_case(const char *path, const char *label, bool real_model, in
     eng_backend_cuda_set_weight_dtype(b8, KCPU_DTYPE_BF16);
     PD_CHECK_STATUS(eng_backend_cuda_set_fp8_weights(b8, true), PD_OK);
     PD_CHECK_STATUS(run_model(model, be, ns, true, NULL, &ref), PD_OK);
+    /* fuse: the fp8 run with the fused decode layer (norm_matmul / matmul_add: the
+     * fused GEMVs on fp8 weights) */
+    if (fuse)
+        setenv("PD_FORWARD_DECODE_FUSE", "1", 1);
     PD_CHECK_STATUS(run_model(model, b8, ns, true, &ref, &f8), PD_OK);
+    unsetenv("PD_FORWARD_DECODE_FUSE");
     int agree = 0, total = 0, nonfinite = 0;
     double sum = 0, worst = 0;
     for (int d = 0; d <= NDEC; d++)
@@ -697,7 +703,7 @@ static void engine_case(const char *path, const char *label, bool real_model, in
         }
     printf("  engine %s, %d sequences (decode on the %s, graphs): fp8 vs bf16 weights, teacher-forced: argmax agrees "
            "%d/%d, logit error / max|logit| mean %.3f worst %.3f, %d non-finite\n",
-           label, ns, ns <= 8 ? "GEMV" : "fp8 GEMM", agree, total, sum / total, worst, nonfinite);
+           label, ns, ns > 8 ? "fp8 GEMM" : fuse ? "fused GEMVs" : "GEMV", agree, total, sum / total, worst, nonfinite);
     PD_CHECK_EQ_INT(nonfinite, 0);
     PD_CHECK(sum / total <= 0.25);
     if (real_model)
@@ -718,8 +724,10 @@ PD_TEST(test_engine)
         snprintf(m, sizeof(m), "%s/tests/data/models/%s", getenv("PD_SOURCE_DIR") ? getenv("PD_SOURCE_DIR") : ".",
                  tiny[i]);
         if (access(m, R_OK) == 0) {
-            engine_case(m, tiny[i], false, 3);
-            engine_case(m, tiny[i], false, 12);
+            engine_case(m, tiny[i], false, 3, false);
+            engine_case(m, tiny[i], false, 12, false);
+            if (i == 0)
+                engine_case(m, tiny[i], false, 3, true);
         } else {
             printf("  SKIP: %s is missing\n", m);
         }
@@ -727,8 +735,8 @@ PD_TEST(test_engine)
     if (g == NULL || access(g, R_OK) != 0)
         g = "/root/.cache/pdserve/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     if (access(g, R_OK) == 0) {
-        engine_case(g, "SmolLM2-135M (Q4_1 -> fp8)", true, 3);
-        engine_case(g, "SmolLM2-135M (Q4_1 -> fp8)", true, 12);
+        engine_case(g, "SmolLM2-135M (Q4_1 -> fp8)", true, 3, false);
+        engine_case(g, "SmolLM2-135M (Q4_1 -> fp8)", true, 12, false);
     } else {
         printf("  SKIP: %s is missing (PD_MODEL_GGUF)\n", g);
     }
