@@ -34,7 +34,8 @@
  * more rows quantize the GEMM input (the forward's 16-bit mm input, or f32 rows) to e4m3
  * with a dynamic per-tensor scale (kcuda_fp8_quant_act into the act8 scratch and the
  * d_aq floats: no host round trip) and run cuBLASLt's fp8 GEMM with f32 output
- * (accumulate too); the gate|up GEMM's 16-bit output (matmul_mm_out) is declined.
+ * (accumulate too), or for the gate|up GEMM (matmul_mm_out) the 16-bit weight dtype
+ * (PD_CUDA_FP8_GLU16=0 declines that: f32 gate|up).
  * Decode fusions (optional ops of eng_backend.h): norm_matmul and matmul_add run the
  * fused decode GEMVs (kcuda_gemv_ex) and rope_kv_write one RoPE + KV-write kernel; each
  * declines (PD_ERR_UNSUPPORTED, nothing queued) what its kernel does not take.
@@ -77,6 +78,7 @@ struct eng_backend {
     bool no_mm16;      /* PD_CUDA_NO_MM16=1: prefill GEMM inputs as f32 rows rounded apart (A/B) */
     bool no_attn16;    /* PD_CUDA_ATTN_OUT16=0: paged_attention_mm refuses (f32 out + to_mm; A/B) */
     bool no_glu16;     /* PD_CUDA_GLU16=0: matmul_mm_out refuses (f32 gate|up; A/B) */
+    bool no_fp8_glu16; /* PD_CUDA_FP8_GLU16=0: ... for fp8 weights only (A/B) */
     /* fp8 weights (--quantization fp8) */
     bool fp8w;
     kcuda_lt_t *lt;    /* cuBLASLt handle, workspace and plans of the fp8 GEMM */
@@ -185,6 +187,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->no_mm16 = getenv("PD_CUDA_NO_MM16") != NULL && strcmp(getenv("PD_CUDA_NO_MM16"), "0") != 0;
     be->no_attn16 = getenv("PD_CUDA_ATTN_OUT16") != NULL && strcmp(getenv("PD_CUDA_ATTN_OUT16"), "0") == 0;
     be->no_glu16 = getenv("PD_CUDA_GLU16") != NULL && strcmp(getenv("PD_CUDA_GLU16"), "0") == 0;
+    be->no_fp8_glu16 = getenv("PD_CUDA_FP8_GLU16") != NULL && strcmp(getenv("PD_CUDA_FP8_GLU16"), "0") == 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -415,12 +418,14 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
 
 /* y (=, or += when accumulate) x . W^T for an fp8 weight with more than a GEMV's rows:
  * x (x_type F32, or the forward's 16-bit mm input) quantized to e4m3 with its dynamic
- * per-tensor scale, then cuBLASLt's fp8 GEMM with f32 output. */
+ * per-tensor scale, then cuBLASLt's fp8 GEMM with y_type output (F32, or the 16-bit
+ * weight dtype for matmul_mm_out). */
 static pd_status_t fp8_gemm(eng_backend_t *be, const void *x, kcpu_dtype_t x_type, int64_t M, int64_t K, int64_t ldx,
-                            const void *w8, const float *w_scale, int64_t N, float *y, int64_t ldy, bool accumulate)
+                            const void *w8, const float *w_scale, int64_t N, void *y, int64_t ldy, bool accumulate,
+                            kcpu_dtype_t y_type)
 {
     pd_status_t st;
-    if (!kcuda_fp8_gemm_ok(M, K, N, y, ldy)) {
+    if (!kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy)) {
         PD_LOG_ERR("cuda matmul: fp8 GEMM shape not supported (M=%lld K=%lld N=%lld ldy=%lld)", (long long)M,
                    (long long)K, (long long)N, (long long)ldy);
         return PD_ERR_UNSUPPORTED;
@@ -429,7 +434,9 @@ static pd_status_t fp8_gemm(eng_backend_t *be, const void *x, kcpu_dtype_t x_typ
     if (st == PD_OK)
         st = kcuda_fp8_quant_act(x, x_type, M, K, ldx, be->act8, be->d_aq, be->stream);
     if (st == PD_OK)
-        st = kcuda_fp8_gemm(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, accumulate);
+        st = y_type == KCPU_DTYPE_F32
+                 ? kcuda_fp8_gemm(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, accumulate)
+                 : kcuda_fp8_gemm_half_out(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, y_type);
     return st;
 }
 
@@ -466,7 +473,7 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
         if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg))
             st = kcuda_gemv_scaled(x, M, K, ldx, wg, tg, wsc, N, y, ldy, be->stream);
         else
-            st = fp8_gemm(be, x, KCPU_DTYPE_F32, M, K, ldx, wg, wsc, N, y, ldy, false);
+            st = fp8_gemm(be, x, KCPU_DTYPE_F32, M, K, ldx, wg, wsc, N, y, ldy, false, KCPU_DTYPE_F32);
     } else if (tg == KCPU_DTYPE_F32) {
         st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
     } else if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg)) {
@@ -523,7 +530,7 @@ static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, i
         return st;
     if (tg == KCUDA_W_FP8_E4M3 && be->wdtype != KCPU_DTYPE_F32) {
         /* x is the forward's 16-bit mm input (mm_in_type): quantized from that */
-        st = fp8_gemm(be, x, be->wdtype, M, K, ldx, wg, wsc, N, y, ldy, accumulate);
+        st = fp8_gemm(be, x, be->wdtype, M, K, ldx, wg, wsc, N, y, ldy, accumulate, KCPU_DTYPE_F32);
         if (st == PD_OK && bias)
             st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
         return st;
@@ -545,16 +552,21 @@ static pd_status_t cuda_matmul_mm_out(eng_backend_t *be, const void *x, int64_t 
 {
     const void *wg = NULL;
     kcpu_dtype_t tg = KCPU_DTYPE_F32;
-
     const float *wsc = NULL;
+    const bool f8 = weight_target(be, w, N, K) == KCUDA_W_FP8_E4M3;
 
-    /* fp8 weights: the fp8 GEMM writes f32 (a 16-bit D is possible in cuBLASLt, not wired yet) */
-    if (be->no_glu16 || be->wdtype == KCPU_DTYPE_F32 || weight_target(be, w, N, K) != be->wdtype)
+    if (be->no_glu16 || be->wdtype == KCPU_DTYPE_F32)
+        return PD_ERR_UNSUPPORTED;
+    /* fp8 weights: cuBLASLt's fp8 GEMM with a 16-bit D (unless PD_CUDA_FP8_GLU16=0, or the
+     * rows of y are not 16-byte multiples): declined before anything is queued */
+    if (f8 && (be->no_fp8_glu16 || ldy % 8 != 0 || M <= 8 || !kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy)))
         return PD_ERR_UNSUPPORTED;
     /* matmul_weight's shape check reads y only for NULL */
     pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, (const float *)y, ldy, &wg, &tg, &wsc);
     if (st != PD_OK || M == 0)
         return st;
+    if (tg == KCUDA_W_FP8_E4M3)
+        return fp8_gemm(be, x, be->wdtype, M, K, ldx, wg, wsc, N, y, ldy, false, be->wdtype);
     if (tg != be->wdtype) {
         PD_LOG_ERR("cuda matmul_mm_out: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
         return PD_ERR_INVAL;

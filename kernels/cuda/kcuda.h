@@ -226,6 +226,12 @@ bool kcuda_fp8_gemm_ok(int64_t M, int64_t K, int64_t N, const float *y, int64_t 
 pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M, int64_t K,
                            const uint8_t *w8, const float *w_scale, int64_t N, float *y, int64_t ldy,
                            bool accumulate);
+/* kcuda_fp8_gemm with y [M, N] of y_type BF16 or F16 (row stride ldy % 8 == 0), each f32
+ * sum rounded by cuBLASLt's epilogue: the gate|up GEMM's 16-bit output
+ * (kcuda_silu_and_mul_from_half reads it).  No accumulate. */
+pd_status_t kcuda_fp8_gemm_half_out(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M, int64_t K,
+                                    const uint8_t *w8, const float *w_scale, int64_t N, void *y, int64_t ldy,
+                                    kcpu_dtype_t y_type);
 
 /* ---- 16-bit GEMM inputs written by their producers (kcuda_norm.cu, kcuda_mmin.cu) ----
  * As kcuda_add_rmsnorm (x NULL: plain kcuda_rmsnorm of residual, left as it is) and

@@ -180,6 +180,7 @@ typedef struct lt_plan {
     bool used;
     int64_t M, N, K, ldy;
     bool acc;
+    kcpu_dtype_t yt;               /* F32, or BF16 / F16 (kcuda_fp8_gemm_half_out) */
     unsigned align_y;              /* alignment of y the heuristic was asked for */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
@@ -277,7 +278,7 @@ static unsigned ptr_align(const void *p)
 /* A new plan for the shape in slot p (freed first if used); false (logged) when cuBLASLt
  * has nothing for it. */
 static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_t K, int64_t ldy, bool acc,
-                      unsigned align_y)
+                      kcpu_dtype_t yt, unsigned align_y)
 {
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
@@ -298,7 +299,12 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
      * C = D = y^T, N x M (ld ldy) */
     LT_TRY(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K), "layout A");
     LT_TRY(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)M, K), "layout B");
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, (uint64_t)N, (uint64_t)M, ldy), "layout C");
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->lc,
+                                      yt == KCPU_DTYPE_BF16  ? CUDA_R_16BF
+                                      : yt == KCPU_DTYPE_F16 ? CUDA_R_16F
+                                                             : CUDA_R_32F,
+                                      (uint64_t)N, (uint64_t)M, ldy),
+           "layout C");
     LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "preference");
     LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
            "workspace");
@@ -313,8 +319,8 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
     LT_TRY(cublasLtMatmulAlgoGetHeuristic(lt->h, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres),
            "heuristic");
     if (nres < 1) {
-        PD_LOG_ERR("kcuda_fp8_gemm: cuBLASLt has no fp8 algorithm for M=%lld K=%lld N=%lld ldy=%lld",
-                   (long long)M, (long long)K, (long long)N, (long long)ldy);
+        PD_LOG_ERR("kcuda_fp8_gemm: cuBLASLt has no fp8 algorithm for M=%lld K=%lld N=%lld ldy=%lld (%s out)",
+                   (long long)M, (long long)K, (long long)N, (long long)ldy, kcpu_dtype_name(yt));
         goto fail;
     }
     cublasLtMatmulPreferenceDestroy(pref);
@@ -324,6 +330,7 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
     p->K = K;
     p->ldy = ldy;
     p->acc = acc;
+    p->yt = yt;
     p->align_y = align_y;
     return true;
 fail:
@@ -333,11 +340,13 @@ fail:
     return false;
 }
 
-static lt_plan_t *plan_get(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, int64_t ldy, bool acc, unsigned al)
+static lt_plan_t *plan_get(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, int64_t ldy, bool acc,
+                           kcpu_dtype_t yt, unsigned al)
 {
     for (int i = 0; i < LT_PLANS; i++) {
         lt_plan_t *p = &lt->plans[i];
-        if (p->used && p->M == M && p->N == N && p->K == K && p->ldy == ldy && p->acc == acc && p->align_y == al)
+        if (p->used && p->M == M && p->N == N && p->K == K && p->ldy == ldy && p->acc == acc && p->yt == yt &&
+            p->align_y == al)
             return p;
     }
     lt_plan_t *p = NULL;
@@ -348,18 +357,23 @@ static lt_plan_t *plan_get(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, int6
         p = &lt->plans[lt->next];
         lt->next = (lt->next + 1) % LT_PLANS;
     }
-    return plan_make(lt, p, M, N, K, ldy, acc, al) ? p : NULL;
+    return plan_make(lt, p, M, N, K, ldy, acc, yt, al) ? p : NULL;
 }
 
-extern "C" pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M,
-                                      int64_t K, const uint8_t *w8, const float *w_scale, int64_t N, float *y,
-                                      int64_t ldy, bool accumulate)
+/* y of type yt: F32 (beta 0 or 1), or BF16 / F16 (beta 0) */
+static pd_status_t fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M, int64_t K,
+                            const uint8_t *w8, const float *w_scale, int64_t N, void *y, int64_t ldy, bool accumulate,
+                            kcpu_dtype_t yt)
 {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const bool half = yt != KCPU_DTYPE_F32;
+    /* 16-byte rows of y: 4 floats or 8 halves */
     if (lt == NULL || a8 == NULL || w8 == NULL || a_scale == NULL || w_scale == NULL || y == NULL ||
-        !kcuda_fp8_gemm_ok(M, K, N, y, ldy) || ((uintptr_t)a8 & 15) != 0 || ((uintptr_t)w8 & 15) != 0) {
-        PD_LOG_ERR("kcuda_fp8_gemm: shape not supported (M=%lld K=%lld N=%lld ldy=%lld; K, N multiples of 16, "
-                   "16-byte aligned operands)", (long long)M, (long long)K, (long long)N, (long long)ldy);
+        !kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy) || (half && ldy % 8 != 0) ||
+        ((uintptr_t)a8 & 15) != 0 || ((uintptr_t)w8 & 15) != 0) {
+        PD_LOG_ERR("kcuda_fp8_gemm: shape not supported (M=%lld K=%lld N=%lld ldy=%lld %s out; K, N multiples of 16, "
+                   "16-byte aligned operands and rows)", (long long)M, (long long)K, (long long)N, (long long)ldy,
+                   kcpu_dtype_name(yt));
         return PD_ERR_INVAL;
     }
     if (M == 0)
@@ -369,7 +383,7 @@ extern "C" pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const f
         PD_LOG_ERR("kcuda_fp8_gemm: fp8 operands must be 256-byte aligned (device allocations)");
         return PD_ERR_INVAL;
     }
-    lt_plan_t *p = plan_get(lt, M, N, K, ldy, accumulate, ptr_align(y));
+    lt_plan_t *p = plan_get(lt, M, N, K, ldy, accumulate, yt, ptr_align(y));
     if (p == NULL)
         return PD_ERR_UNSUPPORTED;
     cublasStatus_t s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale,
@@ -385,6 +399,24 @@ extern "C" pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const f
         return PD_ERR_CUDA;
     }
     return PD_OK;
+}
+
+extern "C" pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M,
+                                      int64_t K, const uint8_t *w8, const float *w_scale, int64_t N, float *y,
+                                      int64_t ldy, bool accumulate)
+{
+    return fp8_gemm(lt, a8, a_scale, M, K, w8, w_scale, N, y, ldy, accumulate, KCPU_DTYPE_F32);
+}
+
+extern "C" pd_status_t kcuda_fp8_gemm_half_out(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M,
+                                               int64_t K, const uint8_t *w8, const float *w_scale, int64_t N, void *y,
+                                               int64_t ldy, kcpu_dtype_t y_type)
+{
+    if (y_type != KCPU_DTYPE_BF16 && y_type != KCPU_DTYPE_F16) {
+        PD_LOG_ERR("kcuda_fp8_gemm_half_out: output type %s", kcpu_dtype_name(y_type));
+        return PD_ERR_INVAL;
+    }
+    return fp8_gemm(lt, a8, a_scale, M, K, w8, w_scale, N, y, ldy, false, y_type);
 }
 
 /* ---- micro-benchmark (bench_cuda): the fp8 GEMM rate ---- */

@@ -11,9 +11,12 @@
  *  - kcuda_fp8_gemm (M = 9, 64, 333, 2048; K % 16 == 0; f32 output, accumulate) over
  *    the GPU's own quantized activations and weights: worst error / max|y| <= 1e-3
  *    (f32 accumulation in cuBLASLt; the 2048-row case checks every 32nd row);
+ *  - kcuda_fp8_gemm_half_out (bf16, f16) within one unit in the last place of the f32
+ *    output of the same operands rounded;
  *  - the backend: matmul with fp8 weights (GEMV rows and GEMM rows, f32 and 16-bit
- *    inputs, accumulate) against a host reference that quantizes like the GPU, and a
- *    weight kept 16-bit (eng_backend_cuda_keep_weight) matching the bf16 reference;
+ *    inputs, accumulate) against a host reference that quantizes like the GPU, a
+ *    weight kept 16-bit (eng_backend_cuda_keep_weight) matching the bf16 reference, and
+ *    matmul_mm_out (bf16 output of the fp8 gate|up GEMM) against the host model rounded;
  *  - the engine: tiny-llama, tiny-qwen3, tiny-llama.gguf (random weights: printed, logit
  *    error bounded) and the default GGUF (env PD_MODEL_GGUF or the cache path)
  *    through eng_forward with fp8 weights against bf16 weights, prefill then 16
@@ -440,6 +443,41 @@ out:
     free(x), free(y0), free(y), free(xv), free(hw), free(x16), free(ha8), free(ref);
 }
 
+/* kcuda_fp8_gemm_half_out against kcuda_fp8_gemm's f32 output of the same operands,
+ * rounded on the host: within one bf16 / f16 unit in the last place (+ 1e-3 of max|y|:
+ * cuBLASLt may sum in another order for another output type) */
+static void gemm_half_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu_dtype_t yt)
+{
+    w8_t w;
+    float *x = rand_vec((size_t)M * K, 2.0f), *y32 = NULL, *dy32 = dev_poison((size_t)M * N * 4), *dwork = dev_poison(8);
+    void *dx = x ? dup_dev(x, (size_t)M * K * 4) : NULL, *dy16 = dev_poison((size_t)M * N * 2);
+    uint8_t *da8 = dev_poison((size_t)M * K);
+    uint16_t *y16 = NULL;
+    bool ok = make_w8(N, K, 0.05f, &w);
+    PD_CHECK(ok && x && dx && dy32 && dy16 && da8 && dwork);
+    if (!ok || !x || !dx || !dy32 || !dy16 || !da8 || !dwork)
+        goto out;
+    PD_CHECK_STATUS(kcuda_fp8_quant_act(dx, KCPU_DTYPE_F32, M, K, K, da8, dwork, st_g), PD_OK);
+    PD_CHECK_STATUS(kcuda_fp8_gemm(lt, da8, dwork + 1, M, K, w.d8, w.dwork + 1, N, dy32, N, false), PD_OK);
+    PD_CHECK_STATUS(kcuda_fp8_gemm_half_out(lt, da8, dwork + 1, M, K, w.d8, w.dwork + 1, N, dy16, N, yt), PD_OK);
+    y32 = to_host(dy32, (size_t)M * N * 4);
+    y16 = to_host(dy16, (size_t)M * N * 2);
+    PD_CHECK(y32 && y16);
+    if (y32 && y16) {
+        float big = 0;
+        for (int64_t i = 0; i < M * N; i++)
+            big = fmaxf(big, fabsf(y32[i]));
+        int bad = count_off(y16, y32, (size_t)(M * N), yt, 1.0f, 1e-3f * big);
+        printf("  gemm fp8 %s out M=%lld N=%lld K=%lld: %d of %lld outside 1 ulp of the f32 output rounded\n",
+               kcpu_dtype_name(yt), (long long)M, (long long)N, (long long)K, bad, (long long)(M * N));
+        PD_CHECK_EQ_INT(bad, 0);
+    }
+out:
+    free_w8(&w);
+    kcuda_free(dx), kcuda_free(dy32), kcuda_free(dy16), kcuda_free(da8), kcuda_free(dwork);
+    free(x), free(y32), free(y16);
+}
+
 PD_TEST(test_gemm)
 {
     kcuda_lt_t *lt = NULL;
@@ -453,6 +491,8 @@ PD_TEST(test_gemm)
     gemm_case(lt, 2048, 6144, 4096, KCPU_DTYPE_BF16, false);
     /* the same shape again: a cached plan */
     gemm_case(lt, 9, 1040, 528, KCPU_DTYPE_F32, true);
+    gemm_half_case(lt, 64, 3072, 576, KCPU_DTYPE_BF16);
+    gemm_half_case(lt, 333, 1024, 1536, KCPU_DTYPE_F16);
     /* refused shapes */
     PD_CHECK(!kcuda_fp8_gemm_ok(16, 40, 64, (const float *)(uintptr_t)256, 64));
     PD_CHECK(!kcuda_fp8_gemm_ok(16, 64, 40, (const float *)(uintptr_t)256, 40));
@@ -564,6 +604,57 @@ out:
     free(x), free(w), free(w16), free(x16), free(ref), free(y);
 }
 
+/* matmul_mm_out with fp8 weights: bf16 x [M, K], bf16 y against the host model rounded */
+static void backend_out16_case(int64_t M, int64_t N, int64_t K)
+{
+    size_t nx = (size_t)M * K, nw = (size_t)N * K, ny = (size_t)M * N;
+    float *x = rand_vec(nx, 1.0f), *w = spread_vec(nw, 0.05f), *ref32 = malloc(ny * 4);
+    uint16_t *w16 = malloc(nw * 2), *x16 = malloc(nx * 2), *y = NULL;
+    double *ref = malloc(ny * sizeof(double));
+    void *dw = NULL, *dx = NULL, *dy = NULL;
+    PD_CHECK(x && w && ref32 && w16 && x16 && ref);
+    if (!x || !w || !ref32 || !w16 || !x16 || !ref || ops->matmul_mm_out == NULL)
+        goto out;
+    for (size_t i = 0; i < nw; i++) {
+        w16[i] = kcpu_f32_to_bf16(w[i]);
+        w[i] = kcpu_bf16_to_f32(w16[i]);
+    }
+    for (size_t i = 0; i < nx; i++) {
+        x16[i] = kcpu_f32_to_bf16(x[i]);
+        x[i] = kcpu_bf16_to_f32(x16[i]);
+    }
+    dw = up(w16, nw * 2);
+    dx = up(x16, nx * 2);
+    dy = poisoned(ny * 2);
+    PD_CHECK(dw && dx && dy);
+    if (!dw || !dx || !dy)
+        goto out;
+    PD_CHECK_STATUS(ops->matmul_mm_out(be, dx, M, K, K, dw, KCPU_DTYPE_BF16, N, dy, N), PD_OK);
+    y = down(dy, ny * 2);
+    PD_CHECK(y != NULL);
+    if (y == NULL)
+        goto out;
+    host_fp8_matmul(x, M, K, w, N, true, ref);
+    float big = 0;
+    for (size_t i = 0; i < ny; i++) {
+        ref32[i] = (float)ref[i];
+        big = fmaxf(big, fabsf(ref32[i]));
+    }
+    /* the f32 sums differ from the host's by f32 rounding: 1 bf16 ulp + 1e-3 of max|y| */
+    int bad = count_off(y, ref32, ny, KCPU_DTYPE_BF16, 1.0f, 1e-3f * big);
+    printf("  backend matmul_mm_out fp8 M=%lld N=%lld K=%lld (bf16 out): %d of %zu off\n", (long long)M, (long long)N,
+           (long long)K, bad, ny);
+    PD_CHECK_EQ_INT(bad, 0);
+out:
+    if (dw)
+        ops->buf_free(be, dw);
+    if (dx)
+        ops->buf_free(be, dx);
+    if (dy)
+        ops->buf_free(be, dy);
+    free(x), free(w), free(ref32), free(w16), free(x16), free(y), free(ref);
+}
+
 PD_TEST(test_backend)
 {
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
@@ -576,12 +667,14 @@ PD_TEST(test_backend)
     backend_case(40, 576, 1536, false, true);
     backend_case(1, 512, 576, true, false);
     backend_case(40, 512, 576, true, false);
-    /* matmul_mm_out declines fp8 weights before queuing anything */
+    /* matmul_mm_out (the gate|up GEMM's bf16 output) on fp8 weights */
+    backend_out16_case(40, 3072, 576);
+    /* ... declined (nothing queued) when the rows of y are not 16-byte multiples */
     {
         uint16_t *w16 = calloc(64 * 64, 2);
-        void *dw = w16 ? up(w16, 64 * 64 * 2) : NULL, *dx = poisoned(16 * 64 * 2), *dy = poisoned(16 * 64 * 2);
+        void *dw = w16 ? up(w16, 64 * 64 * 2) : NULL, *dx = poisoned(16 * 64 * 2), *dy = poisoned(16 * 68 * 2);
         if (dw && dx && dy && ops->matmul_mm_out)
-            PD_CHECK_STATUS(ops->matmul_mm_out(be, dx, 16, 64, 64, dw, KCPU_DTYPE_BF16, 64, dy, 64),
+            PD_CHECK_STATUS(ops->matmul_mm_out(be, dx, 16, 64, 64, dw, KCPU_DTYPE_BF16, 64, dy, 68),
                             PD_ERR_UNSUPPORTED);
         ops->buf_free(be, dw), ops->buf_free(be, dx), ops->buf_free(be, dy);
         free(w16);
