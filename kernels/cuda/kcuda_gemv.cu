@@ -1,6 +1,8 @@
 /*
  * kcuda_gemv.cu - y[M,N] = x[M,K] . W[N,K]^T for small M (decode, M <= 8) with bf16/f16
- * weights and f32 activations read as they are (no rounding of x, no scratch): one warp
+ * weights, or fp8 e4m3 weights times a per-tensor scale (--quantization fp8: 16 elements
+ * a 16-byte load, the scale applied to the column sum), and f32 activations read as they
+ * are (no rounding of x, no scratch): one warp
  * per output column n (or 4 warps, each a quarter of the row, when there are few
  * columns) streams its weight row with 16-byte loads and keeps M partial sums; the
  * weights are read exactly once, which is the whole cost of a decode GEMM.  (Two or four
