@@ -57,7 +57,7 @@ static pd_status_t check_args(const pd_serve_args_t *a, char *err, size_t errlen
 {
     static const char *const load_ok[] = {"auto", "safetensors", "gguf", "dummy", NULL};
     static const char *const device_ok[] = {"auto", "cuda", "cpu", NULL};
-    static const char *const quant_ok[] = {"gguf", "None", NULL};
+    static const char *const quant_ok[] = {"gguf", "fp8", "None", NULL};
     static const char *const traces_ok[] = {"model", "worker", "all", "model,worker", "worker,model", NULL};
 
     if (a->port < 0 || a->port > 65535)
@@ -105,7 +105,7 @@ static pd_status_t check_args(const pd_serve_args_t *a, char *err, size_t errlen
     if (!str_in(a->device, device_ok))
         return refuse(err, errlen, "--device: '%s' is not supported yet (auto, cuda and cpu work)", a->device);
     if (a->quantization && !str_in(a->quantization, quant_ok))
-        return refuse(err, errlen, "--quantization: '%s' is not supported yet (GGUF files keep their own quantization)", a->quantization);
+        return refuse(err, errlen, "--quantization: '%s' is not supported yet (gguf, fp8 and None work: GGUF files keep their own quantization)", a->quantization);
     if (strcmp(a->tokenizer_mode, "mistral") == 0)
         return refuse(err, errlen, "--tokenizer-mode: 'mistral' is not supported yet (auto and slow work)");
     if (strcmp(a->config_format, "mistral") == 0)

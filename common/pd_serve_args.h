@@ -61,7 +61,7 @@
   X("Model", dtype, "--dtype", NULL, CHOICE, "auto", "auto,half,float16,bfloat16,float,float32", WORKS, NULL, 0, "data type of weights and activations") \
   X("Model", seed, "--seed", NULL, INT, "0", NULL, WORKS, NULL, 0, "random seed for sampling of requests without their own seed") \
   X("Model", max_model_len, "--max-model-len", NULL, INT, NULL, NULL, WORKS, NULL, 0, "context length (default: from the model config; a larger value is refused unless env PD_ALLOW_LONG_MAX_MODEL_LEN=1 or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)") \
-  X("Model", quantization, "--quantization", "-q", CHOICE, NULL, PD_QUANT_CHOICES, DIFFERS, "GGUF files keep their quantization (gguf); other methods are not supported yet", 0, "weight quantization method") \
+  X("Model", quantization, "--quantization", "-q", CHOICE, NULL, PD_QUANT_CHOICES, DIFFERS, "fp8 works on the CUDA backend only (dynamic fp8: e4m3 GEMM weights with per-tensor scales, dynamic per-tensor activation scales, lm_head kept 16-bit; GGUF-quantized weights are dequantized, then quantized to fp8); GGUF files keep their quantization (gguf); other methods are not supported yet", 0, "weight quantization method") \
   X("Model", rope_scaling, "--rope-scaling", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "RoPE scaling config as JSON, e.g. '{\"rope_type\":\"dynamic\",\"factor\":2.0}'") \
   X("Model", rope_theta, "--rope-theta", NULL, FLOAT, NULL, NULL, WORKS, NULL, 0, "RoPE theta") \
   X("Model", hf_overrides, "--hf-overrides", NULL, JSON, NULL, NULL, WORKS, NULL, PD_OPTF_JSON_OBJECT, "JSON merged over the model's config.json") \

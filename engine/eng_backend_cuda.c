@@ -25,6 +25,17 @@
  * 1.0 unless calculated (--calculate-kv-scales) from the first batch that writes each
  * layer, as vLLM does: k_scale = max|k| / 200, v_scale = max|v| / 100; fixed after that
  * (a graph records them as launch parameters, and it is captured after its eager warm-up).
+ * fp8 weights (--quantization fp8, eng_backend_cuda_set_fp8_weights): every GEMM weight
+ * except those named by eng_backend_cuda_keep_weight (the lm_head) is converted at its
+ * first matmul to fp8 e4m3 with one f32 scale per tensor (max|w| / 448, a device float
+ * stored after the bytes in the same allocation: kcuda_fp8w_convert); weights whose K or
+ * N is not a multiple of 16 (cuBLASLt's fp8 rows) keep the 16-bit type.  1..8 rows run
+ * the GEMV on the fp8 bytes with f32 activations as they are (no activation rounding);
+ * more rows quantize the GEMM input (the forward's 16-bit mm input, or f32 rows) to e4m3
+ * with a dynamic per-tensor scale (kcuda_fp8_quant_act into the act8 scratch and the
+ * d_aq floats: no host round trip) and run cuBLASLt's fp8 GEMM with f32 output
+ * (accumulate too), or for the gate|up GEMM (matmul_mm_out) the 16-bit weight dtype
+ * (PD_CUDA_FP8_GLU16=0 declines that: f32 gate|up).
  * Decode fusions (optional ops of eng_backend.h): norm_matmul and matmul_add run the
  * fused decode GEMVs (kcuda_gemv_ex) and rope_kv_write one RoPE + KV-write kernel; each
  * declines (PD_ERR_UNSUPPORTED, nothing queued) what its kernel does not take.
@@ -49,6 +60,7 @@ typedef struct wconv {
     void *dst;         /* converted copy (device) */
     kcpu_dtype_t type; /* type of dst */
     size_t bytes;
+    const float *scale;/* fp8: the per-tensor scale (device, inside dst's allocation); else NULL */
 } wconv_t;
 
 struct eng_backend {
@@ -66,6 +78,15 @@ struct eng_backend {
     bool no_mm16;      /* PD_CUDA_NO_MM16=1: prefill GEMM inputs as f32 rows rounded apart (A/B) */
     bool no_attn16;    /* PD_CUDA_ATTN_OUT16=0: paged_attention_mm refuses (f32 out + to_mm; A/B) */
     bool no_glu16;     /* PD_CUDA_GLU16=0: matmul_mm_out refuses (f32 gate|up; A/B) */
+    bool no_fp8_glu16; /* PD_CUDA_FP8_GLU16=0: ... for fp8 weights only (A/B) */
+    /* fp8 weights (--quantization fp8) */
+    bool fp8w;
+    kcuda_lt_t *lt;    /* cuBLASLt handle, workspace and plans of the fp8 GEMM */
+    float *d_aq;       /* device [2]: the GEMM input's max |x| and scale */
+    void *act8;        /* scratch for the e4m3 GEMM input */
+    size_t act8_bytes;
+    const void **keep; /* weights that stay in wdtype (the lm_head) */
+    size_t n_keep;
     wconv_t *conv;
     size_t n_conv, cap_conv;
     size_t conv_bytes;
@@ -138,6 +159,10 @@ static void cuda_shutdown(eng_backend_t *be)
     kcuda_free(be->d_absmax);
     kcuda_host_free(be->h_absmax);
     kcuda_free(be->act);
+    kcuda_free(be->act8);
+    kcuda_free(be->d_aq);
+    kcuda_lt_destroy(be->lt);
+    free(be->keep);
     kcuda_free(be->ws);
     kcuda_free(be->d_err);
     kcuda_host_free(be->h_err);
@@ -162,6 +187,7 @@ static pd_status_t cuda_init(const eng_backend_opts_t *opts, eng_backend_t **be_
     be->no_mm16 = getenv("PD_CUDA_NO_MM16") != NULL && strcmp(getenv("PD_CUDA_NO_MM16"), "0") != 0;
     be->no_attn16 = getenv("PD_CUDA_ATTN_OUT16") != NULL && strcmp(getenv("PD_CUDA_ATTN_OUT16"), "0") == 0;
     be->no_glu16 = getenv("PD_CUDA_GLU16") != NULL && strcmp(getenv("PD_CUDA_GLU16"), "0") == 0;
+    be->no_fp8_glu16 = getenv("PD_CUDA_FP8_GLU16") != NULL && strcmp(getenv("PD_CUDA_FP8_GLU16"), "0") == 0;
     if (env && *env && parse_wdtype(env, &be->wdtype) != PD_OK)
         PD_LOG_WARN("cuda backend: PD_CUDA_WEIGHT_DTYPE=%s not understood (bf16, f16, f32); using bf16", env);
 #define TRY(expr)        \
@@ -209,6 +235,12 @@ static void cuda_buf_free(eng_backend_t *be, void *ptr)
         } else {
             i++;
         }
+    }
+    for (size_t i = 0; i < be->n_keep;) {
+        if (be->keep[i] == ptr)
+            be->keep[i] = be->keep[--be->n_keep];
+        else
+            i++;
     }
     kcuda_free(ptr);
 }
@@ -312,23 +344,39 @@ static pd_status_t grow(eng_backend_t *be, void **buf, size_t *have, size_t need
     return PD_OK;
 }
 
-/* The weight in the GEMM type: itself, or its converted copy (made on first use). */
-static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wtype, int64_t N, int64_t K,
-                               const void **wg_p, kcpu_dtype_t *tg_p)
+/* The type a weight runs in: fp8 e4m3 under --quantization fp8 (unless kept, or its
+ * rows do not fit cuBLASLt's fp8 GEMM), else the instance's weight dtype. */
+static kcpu_dtype_t weight_target(const eng_backend_t *be, const void *w, int64_t N, int64_t K)
 {
-    size_t bytes;
+    if (!be->fp8w || K % 16 != 0 || N % 16 != 0)
+        return be->wdtype;
+    for (size_t i = 0; i < be->n_keep; i++)
+        if (be->keep[i] == w)
+            return be->wdtype;
+    return KCUDA_W_FP8_E4M3;
+}
+
+/* The weight in the GEMM type: itself, or its converted copy (made on first use); for
+ * fp8 *scale_p is its per-tensor scale (device), else NULL. */
+static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wtype, int64_t N, int64_t K,
+                               const void **wg_p, kcpu_dtype_t *tg_p, const float **scale_p)
+{
+    size_t bytes, off = 0;
     void *dst;
     pd_status_t st;
+    const kcpu_dtype_t want = weight_target(be, w, N, K);
 
-    if (wtype == be->wdtype) {
+    *scale_p = NULL;
+    if (wtype == want) {
         *wg_p = w;
         *tg_p = wtype;
         return PD_OK;
     }
     for (size_t i = 0; i < be->n_conv; i++)
-        if (be->conv[i].src == w && be->conv[i].type == be->wdtype) {
+        if (be->conv[i].src == w && be->conv[i].type == want) {
             *wg_p = be->conv[i].dst;
             *tg_p = be->conv[i].type;
+            *scale_p = be->conv[i].scale;
             return PD_OK;
         }
     if (be->n_conv == be->cap_conv) {
@@ -341,26 +389,61 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
     }
     if ((st = refuse_in_capture(be, "a weight's first conversion")) != PD_OK)
         return st;
-    bytes = (size_t)N * (size_t)K * (be->wdtype == KCPU_DTYPE_F32 ? 4 : 2);
+    if (want == KCUDA_W_FP8_E4M3) {
+        /* the bytes, then (256-byte aligned) max|w| and the scale: one allocation */
+        off = ((size_t)N * (size_t)K + 255) & ~(size_t)255;
+        bytes = off + 256;
+    } else {
+        bytes = (size_t)N * (size_t)K * (want == KCPU_DTYPE_F32 ? 4 : 2);
+    }
     st = kcuda_malloc(bytes, &dst);
     if (st != PD_OK)
         return st;
-    st = kcuda_convert_weight(w, wtype, N, K, dst, be->wdtype, be->stream);
+    if (want == KCUDA_W_FP8_E4M3)
+        st = kcuda_fp8w_convert(w, wtype, N, K, dst, (float *)((char *)dst + off), be->stream);
+    else
+        st = kcuda_convert_weight(w, wtype, N, K, dst, want, be->stream);
     if (st != PD_OK) {
         kcuda_free(dst);
         return st;
     }
-    be->conv[be->n_conv++] = (wconv_t){w, dst, be->wdtype, bytes};
+    be->conv[be->n_conv++] =
+        (wconv_t){w, dst, want, bytes, want == KCUDA_W_FP8_E4M3 ? (const float *)((char *)dst + off) + 1 : NULL};
     be->conv_bytes += bytes;
     *wg_p = dst;
-    *tg_p = be->wdtype;
+    *tg_p = want;
+    *scale_p = be->conv[be->n_conv - 1].scale;
     return PD_OK;
+}
+
+/* y (=, or += when accumulate) x . W^T for an fp8 weight with more than a GEMV's rows:
+ * x (x_type F32, or the forward's 16-bit mm input) quantized to e4m3 with its dynamic
+ * per-tensor scale, then cuBLASLt's fp8 GEMM with y_type output (F32, or the 16-bit
+ * weight dtype for matmul_mm_out). */
+static pd_status_t fp8_gemm(eng_backend_t *be, const void *x, kcpu_dtype_t x_type, int64_t M, int64_t K, int64_t ldx,
+                            const void *w8, const float *w_scale, int64_t N, void *y, int64_t ldy, bool accumulate,
+                            kcpu_dtype_t y_type)
+{
+    pd_status_t st;
+    if (!kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy)) {
+        PD_LOG_ERR("cuda matmul: fp8 GEMM shape not supported (M=%lld K=%lld N=%lld ldy=%lld)", (long long)M,
+                   (long long)K, (long long)N, (long long)ldy);
+        return PD_ERR_UNSUPPORTED;
+    }
+    st = grow(be, &be->act8, &be->act8_bytes, (size_t)M * (size_t)K);
+    if (st == PD_OK)
+        st = kcuda_fp8_quant_act(x, x_type, M, K, ldx, be->act8, be->d_aq, be->stream);
+    if (st == PD_OK)
+        st = y_type == KCPU_DTYPE_F32
+                 ? kcuda_fp8_gemm(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, accumulate)
+                 : kcuda_fp8_gemm_half_out(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, y_type);
+    return st;
 }
 
 /* Shape checks and the weight in the GEMM type, shared by matmul and matmul_mm. */
 static pd_status_t matmul_weight(eng_backend_t *be, const void *x, int64_t M, int64_t K, int64_t ldx, const void *w,
                                  kcpu_dtype_t wtype, int64_t N, const float *y, int64_t ldy, const void **wg_p,
-                                 kcpu_dtype_t *tg_p)
+                                 kcpu_dtype_t *tg_p, const float **scale_p)
 {
     if (M < 0 || K <= 0 || N <= 0 || ldx < K || ldy < N || x == NULL || w == NULL || y == NULL) {
         PD_LOG_ERR("cuda matmul: bad shape M=%lld K=%lld N=%lld", (long long)M, (long long)K, (long long)N);
@@ -372,7 +455,7 @@ static pd_status_t matmul_weight(eng_backend_t *be, const void *x, int64_t M, in
     }
     if (K % kcpu_dtype_block_size(wtype) != 0)
         return PD_ERR_INVAL;
-    return M == 0 ? PD_OK : gemm_weight(be, w, wtype, N, K, wg_p, tg_p);
+    return M == 0 ? PD_OK : gemm_weight(be, w, wtype, N, K, wg_p, tg_p, scale_p);
 }
 
 static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int64_t K, int64_t ldx,
@@ -380,12 +463,18 @@ static pd_status_t cuda_matmul(eng_backend_t *be, const float *x, int64_t M, int
                                int64_t ldy)
 {
     const void *wg = NULL;
+    const float *wsc = NULL;
     kcpu_dtype_t tg = KCPU_DTYPE_F32;
-    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg);
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg, &wsc);
 
     if (st != PD_OK || M == 0)
         return st;
-    if (tg == KCPU_DTYPE_F32) {
+    if (tg == KCUDA_W_FP8_E4M3) {
+        if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg))
+            st = kcuda_gemv_scaled(x, M, K, ldx, wg, tg, wsc, N, y, ldy, be->stream);
+        else
+            st = fp8_gemm(be, x, KCPU_DTYPE_F32, M, K, ldx, wg, wsc, N, y, ldy, false, KCPU_DTYPE_F32);
+    } else if (tg == KCPU_DTYPE_F32) {
         st = kcuda_gemm(be->blas, x, M, K, ldx, wg, tg, N, y, ldy);
     } else if (!be->no_gemv && kcuda_gemv_ok(M, K, ldx, x, wg, tg)) {
         /* decode: stream the weights once, f32 activations as they are */
@@ -433,11 +522,19 @@ static pd_status_t cuda_matmul_mm(eng_backend_t *be, const void *x, int64_t M, i
                                   int64_t ldy, bool accumulate)
 {
     const void *wg = NULL;
+    const float *wsc = NULL;
     kcpu_dtype_t tg = KCPU_DTYPE_F32;
-    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg);
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, y, ldy, &wg, &tg, &wsc);
 
     if (st != PD_OK || M == 0)
         return st;
+    if (tg == KCUDA_W_FP8_E4M3 && be->wdtype != KCPU_DTYPE_F32) {
+        /* x is the forward's 16-bit mm input (mm_in_type): quantized from that */
+        st = fp8_gemm(be, x, be->wdtype, M, K, ldx, wg, wsc, N, y, ldy, accumulate, KCPU_DTYPE_F32);
+        if (st == PD_OK && bias)
+            st = kcuda_add_bias(y, ldy, bias, M, N, be->stream);
+        return st;
+    }
     if (tg != be->wdtype || tg == KCPU_DTYPE_F32) {
         PD_LOG_ERR("cuda matmul_mm: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
         return PD_ERR_INVAL;
@@ -455,13 +552,21 @@ static pd_status_t cuda_matmul_mm_out(eng_backend_t *be, const void *x, int64_t 
 {
     const void *wg = NULL;
     kcpu_dtype_t tg = KCPU_DTYPE_F32;
+    const float *wsc = NULL;
+    const bool f8 = weight_target(be, w, N, K) == KCUDA_W_FP8_E4M3;
 
     if (be->no_glu16 || be->wdtype == KCPU_DTYPE_F32)
         return PD_ERR_UNSUPPORTED;
+    /* fp8 weights: cuBLASLt's fp8 GEMM with a 16-bit D (unless PD_CUDA_FP8_GLU16=0, or the
+     * rows of y are not 16-byte multiples): declined before anything is queued */
+    if (f8 && (be->no_fp8_glu16 || ldy % 8 != 0 || M <= 8 || !kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy)))
+        return PD_ERR_UNSUPPORTED;
     /* matmul_weight's shape check reads y only for NULL */
-    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, (const float *)y, ldy, &wg, &tg);
+    pd_status_t st = matmul_weight(be, x, M, K, ldx, w, wtype, N, (const float *)y, ldy, &wg, &tg, &wsc);
     if (st != PD_OK || M == 0)
         return st;
+    if (tg == KCUDA_W_FP8_E4M3)
+        return fp8_gemm(be, x, be->wdtype, M, K, ldx, wg, wsc, N, y, ldy, false, be->wdtype);
     if (tg != be->wdtype) {
         PD_LOG_ERR("cuda matmul_mm_out: a %s input for %s weights", kcpu_dtype_name(be->wdtype), kcpu_dtype_name(tg));
         return PD_ERR_INVAL;
@@ -492,7 +597,7 @@ static bool gemv_fits(const eng_backend_t *be, const float *x, int64_t K, int64_
  * GEMV, or PD_ERR_UNSUPPORTED when kcuda_gemv_ex declines the shape. */
 static pd_status_t gemv_ex_run(eng_backend_t *be, kcuda_gemv_ex_t *a, const void *w, kcpu_dtype_t wtype)
 {
-    pd_status_t st = gemm_weight(be, w, wtype, a->N, a->K, &a->w, &a->wtype);
+    pd_status_t st = gemm_weight(be, w, wtype, a->N, a->K, &a->w, &a->wtype, &a->w_scale);
     if (st != PD_OK)
         return st;
     if (!kcuda_gemv_ex_ok(a))
@@ -888,9 +993,52 @@ pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dt
     return PD_OK;
 }
 
+pd_status_t eng_backend_cuda_set_fp8_weights(eng_backend_t *be, bool on)
+{
+    pd_status_t st;
+    if (!on) {
+        be->fp8w = false;
+        return PD_OK;
+    }
+    if ((st = refuse_in_capture(be, "switching to fp8 weights")) != PD_OK)
+        return st;
+    if (be->lt == NULL && (st = kcuda_lt_create(be->stream, 32u << 20, &be->lt)) != PD_OK) {
+        PD_LOG_ERR("cuda backend: fp8 weights need cuBLASLt, which did not start: %s", pd_status_str(st));
+        return st;
+    }
+    if (be->d_aq == NULL && (st = kcuda_malloc(2 * sizeof(float), (void **)&be->d_aq)) != PD_OK)
+        return st;
+    if (!be->fp8w)
+        PD_LOG_INFO("cuda backend: fp8 e4m3 weights (per-tensor scales; dynamic per-tensor activation scales for "
+                    "GEMMs of more than 8 rows; the lm_head stays %s)", kcpu_dtype_name(be->wdtype));
+    be->fp8w = true;
+    return PD_OK;
+}
+
+bool eng_backend_cuda_fp8_weights(const eng_backend_t *be)
+{
+    return be->fp8w;
+}
+
+pd_status_t eng_backend_cuda_keep_weight(eng_backend_t *be, const void *w)
+{
+    const void **k;
+    if (w == NULL)
+        return PD_ERR_INVAL;
+    for (size_t i = 0; i < be->n_keep; i++)
+        if (be->keep[i] == w)
+            return PD_OK;
+    k = realloc(be->keep, (be->n_keep + 1) * sizeof(*k));
+    if (k == NULL)
+        return PD_ERR_NOMEM;
+    be->keep = k;
+    be->keep[be->n_keep++] = w;
+    return PD_OK;
+}
+
 size_t eng_backend_cuda_private_bytes(eng_backend_t *be)
 {
-    return be->conv_bytes + be->act_bytes + be->ws_bytes + be->retired_bytes;
+    return be->conv_bytes + be->act_bytes + be->act8_bytes + be->ws_bytes + be->retired_bytes;
 }
 
 /* ---- CUDA graphs ---- */
@@ -963,6 +1111,9 @@ pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t
     pd_status_t st = PD_OK;
     if (act_bytes > be->act_bytes)
         st = grow(be, &be->act, &be->act_bytes, act_bytes);
+    /* the e4m3 GEMM input of fp8 weights: one byte an element where act holds two */
+    if (st == PD_OK && be->fp8w && act_bytes / 2 > be->act8_bytes)
+        st = grow(be, &be->act8, &be->act8_bytes, act_bytes / 2);
     if (st == PD_OK && attn_ws_bytes > be->ws_bytes)
         st = grow(be, &be->ws, &be->ws_bytes, attn_ws_bytes);
     return st;

@@ -28,6 +28,21 @@ pd_status_t eng_backend_cuda_mem_info(eng_backend_t *be, size_t *free_p, size_t 
  * Call before the first matmul.  PD_ERR_INVAL for other types. */
 pd_status_t eng_backend_cuda_set_weight_dtype(eng_backend_t *be, kcpu_dtype_t dtype);
 
+/* fp8 weights (--quantization fp8, vLLM's dynamic fp8): with on, every GEMM weight not
+ * named by eng_backend_cuda_keep_weight whose K and N are multiples of 16 is converted at
+ * its first matmul (GGUF types dequantized first, on the GPU) to fp8 e4m3 with one f32
+ * scale per tensor (max|w| / 448); decode GEMVs (1..8 rows) read the fp8 bytes with f32
+ * activations, GEMMs of more rows quantize their input to e4m3 with a dynamic per-tensor
+ * scale and run cuBLASLt's fp8 GEMM (f32 accumulation and output).  Other weights, and
+ * attention, keep the weight dtype (set_weight_dtype).  Starts cuBLASLt (a 32 MiB
+ * workspace); call before the first matmul, outside a capture.  off turns later
+ * conversions back to the weight dtype (copies already made stay cached). */
+pd_status_t eng_backend_cuda_set_fp8_weights(eng_backend_t *be, bool on);
+bool eng_backend_cuda_fp8_weights(const eng_backend_t *be);
+/* The weight at device pointer w stays in the weight dtype under fp8 weights (the
+ * lm_head: vLLM leaves it unquantized).  Forgotten when w is freed (buf_free). */
+pd_status_t eng_backend_cuda_keep_weight(eng_backend_t *be, const void *w);
+
 /* Bytes of device memory the backend holds itself (converted weights, scratch). */
 size_t eng_backend_cuda_private_bytes(eng_backend_t *be);
 
@@ -54,7 +69,8 @@ pd_status_t eng_backend_cuda_graph_launch(eng_backend_t *be, eng_cuda_graph_t *g
 /* Waits for the stream, then frees the graph.  NULL is a no-op. */
 void eng_backend_cuda_graph_destroy(eng_backend_t *be, eng_cuda_graph_t *graph);
 
-/* Grow the scratch buffers now to at least `act_bytes` (bf16/f16 copy of GEMM inputs)
+/* Grow the scratch buffers now to at least `act_bytes` (bf16/f16 copy of GEMM inputs;
+ * with fp8 weights also act_bytes / 2 for their e4m3 copy)
  * and `attn_ws_bytes` (attention split-K workspace), so that captured graphs and later
  * steps share them instead of retiring smaller ones. */
 pd_status_t eng_backend_cuda_reserve(eng_backend_t *be, size_t act_bytes, size_t attn_ws_bytes);

@@ -1590,6 +1590,11 @@ opened:
         kcpu_dtype_t wt = e->mc->dtype == ENG_DTYPE_F32 ? KCPU_DTYPE_F32
                           : e->mc->dtype == ENG_DTYPE_F16 ? KCPU_DTYPE_F16 : KCPU_DTYPE_BF16;
         eng_backend_cuda_set_weight_dtype(e->be, wt);
+        if (e->cfg.fp8_weights) {
+            pd_status_t st8 = eng_backend_cuda_set_fp8_weights(e->be, true);
+            if (st8 != PD_OK)
+                return st8;
+        }
     }
 #endif
     PD_LOG_INFO("engine: %s backend", e->ops->name);
@@ -1610,6 +1615,9 @@ static int64_t kv_blocks_for_budget(eng_engine_t *e, size_t block_bytes)
             double util = e->cfg.gpu_memory_utilization > 0 ? e->cfg.gpu_memory_utilization : 0.9;
             double used = (double)(total_b - free_b);
             double elem = c->dtype == ENG_DTYPE_F32 ? 4.0 : 2.0;
+            /* --quantization fp8: the fp8 copies (1 byte a weight) come on top of the upload */
+            if (e->cfg.fp8_weights)
+                elem += 1.0;
             double weights = 0;
             for (size_t i = 0; i < eng_model_n_tensors(e->model); i++)
                 weights += (double)eng_tensor_nelements(eng_model_tensor_at(e->model, i)) * elem;
@@ -1684,6 +1692,11 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     if (eng_kv_dtype_parse(cfg->kv_cache_dtype, &fo.kv_dtype) != PD_OK) {
         PD_LOG_ERR("engine: --kv-cache-dtype %s is not one of auto, fp8, fp8_e4m3, fp8_e5m2", cfg->kv_cache_dtype);
         st = PD_ERR_INVAL;
+        goto err;
+    }
+    if (cfg->fp8_weights && strcmp(e->ops->name, "cuda") != 0) {
+        PD_LOG_ERR("engine: --quantization fp8 needs the CUDA backend (this one is %s)", e->ops->name);
+        st = PD_ERR_UNSUPPORTED;
         goto err;
     }
     if (fo.kv_dtype != ENG_KV_AUTO && strcmp(e->ops->name, "cuda") != 0) {

@@ -57,6 +57,8 @@ typedef struct eng_engine_cfg {
     int max_seq_len_to_capture;    /* longer contexts run eagerly (8192) */
     const char *kv_cache_dtype;    /* NULL/"auto" (f32), "fp8", "fp8_e4m3", "fp8_e5m2" (CUDA only) */
     bool calculate_kv_scales;      /* fp8: per-layer scales from the first batch */
+    bool fp8_weights;              /* --quantization fp8: GEMM weights as fp8 e4m3 with a
+                                      per-tensor scale (CUDA only; the lm_head stays 16-bit) */
     bool skip_tokenizer_init;
     const char *chat_template;     /* override of the model's template (text), or NULL */
     const char *tokenizer_override;/* a directory with tokenizer.json that replaces the model's, or

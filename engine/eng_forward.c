@@ -413,6 +413,11 @@ static pd_status_t prep_weights(eng_forward_t *fw)
         CK(prep_mat(fw, "output.weight", D, c->vocab_size, &fw->lm_head));
     else
         CK(prep_mat(fw, "token_embd.weight", D, c->vocab_size, &fw->lm_head));
+#ifdef PD_HAVE_CUDA
+    /* --quantization fp8 leaves the lm_head in the 16-bit weight dtype, as vLLM does */
+    if (strcmp(fw->ops->name, "cuda") == 0)
+        CK(eng_backend_cuda_keep_weight(fw->be, fw->lm_head.w));
+#endif
 
 #define LNAME(suffix) (snprintf(name, sizeof(name), "blk.%d." suffix, l), name)
     for (int l = 0; l < c->n_layers; l++) {

@@ -152,6 +152,8 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     /* fp8 caches: the engine refuses them on the CPU backend once it knows the backend */
     c->kv_cache_dtype = a->kv_cache_dtype;
     c->calculate_kv_scales = a->calculate_kv_scales;
+    /* --quantization fp8: the engine refuses it on the CPU backend, like the fp8 cache */
+    c->fp8_weights = a->quantization != NULL && strcmp(a->quantization, "fp8") == 0;
     return PD_OK;
 }
 

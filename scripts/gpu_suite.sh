@@ -8,6 +8,7 @@
 #        that travels with the device call (ignore it in git, name it in `carry`).
 #   bash DEST/gpu_suite.sh run DEST [--quick]   (on the GPU machine) run test_cuda_ops,
 #        test_cuda_golden, test_cuda_engine (CUDA graphs vs eager), test_cuda_swap,
+#        test_cuda_fp8w (fp8 weights),
 #        bench_cuda (--quick: batch 64 at most), prefill attention alone (bench_cuda
 #        --prefill-attn: the WMMA kernel vs the FlashAttention-2 one), the decode
 #        attention sweep (bench_cuda --attn-only) and the non-default variants in
@@ -33,7 +34,7 @@ stage() {
     src=$(cd "$(dirname "$0")/.." && pwd)
     rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib" "$dest/src/tests" "$dest/src/configs/models" "$dest/deb"
     for b in tests/test_cuda_ops tests/test_cuda_golden tests/test_cuda_engine tests/test_cuda_swap tests/test_cuda_mmin tests/test_forward_mixed \
-        tests/test_cuda_pfout bench/cuda/bench_cuda; do
+        tests/test_cuda_pfout tests/test_cuda_fp8w bench/cuda/bench_cuda; do
         strip -o "$dest/bin/$(basename "$b")" "$build/$b" || return 1   # the carry is 64 MiB
     done
     # one archive with a dictionary that spans the binaries: they share the same ~18 MB
@@ -84,7 +85,7 @@ run() {
             --gguf /nonexistent --models-dir "$dir/src/tests/data/models"
         (cd "$dir/src/tests/data" && tar czf "$out/goldens_tiny.tar.gz" goldens/tiny-*.json) 2>/dev/null
     fi
-    # limits add up to 560 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
+    # limits add up to 595 s (one device call is 600; measured 2026-11-28 on one H200: 120 s
     # in all, test_cuda_ops 48 and bench_cuda 35 the longest); the benchmarks before the optional steps
     suite_step "$dir" "$out" test_cuda_ops 80 "$dir/bin/test_cuda_ops"
     suite_step "$dir" "$out" test_cuda_golden 30 "$dir/bin/test_cuda_golden"
@@ -92,6 +93,7 @@ run() {
     suite_step "$dir" "$out" test_cuda_swap 30 "$dir/bin/test_cuda_swap"
     suite_step "$dir" "$out" test_cuda_mmin 30 "$dir/bin/test_cuda_mmin"
     suite_step "$dir" "$out" test_cuda_pfout 30 "$dir/bin/test_cuda_pfout"
+    suite_step "$dir" "$out" test_cuda_fp8w 35 "$dir/bin/test_cuda_fp8w"
     suite_step "$dir" "$out" test_forward_mixed 30 env PD_TEST_BACKEND=cuda "$dir/bin/test_forward_mixed"
     suite_step "$dir" "$out" bench_cuda 90 "$dir/bin/bench_cuda" "$dir/src/configs/models/llama-3.1-8b" $quick
     # prefill attention alone: old WMMA kernel vs fa2 (TFLOP/s beside the GEMM rate), then
@@ -107,7 +109,7 @@ run() {
     # the fa2 prefill kernel with 8-warp CTAs, the tensor-core decode attention cases
     suite_step "$dir" "$out" test_cuda_engine_nopdl 30 env PD_CUDA_GEMV_PDL=0 PD_CUDA_GEMV_NOALLOC=0 "$dir/bin/test_cuda_engine"
     suite_step "$dir" "$out" test_cuda_engine_fa2w8 30 env PD_CUDA_ATTN_PREFILL_WARPS=8 "$dir/bin/test_cuda_engine"
-    suite_step "$dir" "$out" test_attn_tc 30 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
+    suite_step "$dir" "$out" test_attn_tc 25 env PD_TEST_ATTN_TC=1 "$dir/bin/test_cuda_ops"
     echo
     echo "== gpu_suite: $(head -1 "$out/env.txt"), commit $(cat "$dir/COMMIT" 2>/dev/null) =="
     local f
@@ -193,7 +195,7 @@ sanitize() {
     mkdir -p "$out"
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
     device_env "$dir" || return 1
-    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap; do
+    for t in test_cuda_ops test_cuda_golden test_cuda_engine test_cuda_swap test_cuda_fp8w; do
         (cd "$dir/src" && timeout 250 "$cs" --tool memcheck --error-exitcode 99 "$dir/bin/$t") > "$out/memcheck_$t.log" 2>&1
         echo "memcheck $t: rc $? ($(grep -c 'Invalid\|ERROR SUMMARY' "$out/memcheck_$t.log") summary/invalid lines)"
         grep 'ERROR SUMMARY' "$out/memcheck_$t.log"

@@ -19,11 +19,16 @@
  *             norm prologue, GLU / residual epilogues; 1, 2, 4 warps a column on the
  *             narrow shapes) beside the plain GEMV of each shape and the copy ceiling;
  *   prefill of 2048 tokens vs the compute floor (FLOPs / GEMM rate);
+ *   fp8 weights (--quantization fp8, a backend instance of its own): the graph decode
+ *             steps with device argmax at batch 1 / 64 / 256 and the 2048-token prefill
+ *             beside the bf16 rows, the b1 floor (fp8 weight bytes / copy rate), and the
+ *             cuBLASLt fp8 GEMM rate at the prefill shape beside the bf16 one;
  *   paged decode attention alone (kcuda_paged_attention replayed from a CUDA graph),
  *             batch 64, ctx 128..4096, f32, f16 and fp8 (e4m3, scales 1) caches, the
  *             decode kernel and the old one, vs copy bandwidth (bytes of K and V read),
  *             and the time per step beside the f32 cache's.
- * Prints a table and three JSON lines (prefixed "JSON ", "JSON_STEP " and "JSON_FUSE ").  Usage:
+ * Prints a table and four JSON lines (prefixed "JSON ", "JSON_STEP ", "JSON_FUSE " and
+ * "JSON_FP8W ").  Usage:
  *   bench_cuda [model_dir (default configs/models/llama-3.1-8b)] [--quick]
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
@@ -1420,6 +1425,52 @@ int main(int argc, char **argv)
     eng_forward_destroy(fw);
     size_t priv = eng_backend_cuda_private_bytes(be);
 
+    /* ---- fp8 weights (--quantization fp8): the graph decode steps with device argmax
+     * and the 2048-token prefill on a backend instance of their own (bf16 + fp8 weights,
+     * the lm_head kept bf16), f32 KV cache like the bf16 rows above; and the cuBLASLt
+     * fp8 GEMM rate at the prefill shape ---- */
+    double f8w_dec[3] = {0, 0, 0}, f8w_pf = 0, gemm8_pf = 0, gv8[5] = {0};
+    int f8w_failed = 0;
+    for (int i = 0; i < 5; i++)
+        if (kcuda_bench_fp8_gemv_gbps(1, gv_shape[i][0], gv_shape[i][1], 50, &gv8[i]) != PD_OK)
+            gv8[i] = 0;
+    if (kcuda_bench_fp8_gemm_tflops(2048, 14336, 4096, 20, &gemm8_pf) != PD_OK)
+        fprintf(stderr, "bench_cuda: fp8 GEMM rate failed\n");
+    {
+        eng_backend_t *be8 = NULL;
+        fo.kv_dtype = ENG_KV_AUTO;
+        if (ops->init(&bo, &be8) != PD_OK) {
+            fprintf(stderr, "bench_cuda: second backend instance failed; no fp8-weight rows\n");
+        } else {
+            eng_backend_cuda_set_weight_dtype(be8, KCPU_DTYPE_BF16);
+            fw = eng_backend_cuda_set_fp8_weights(be8, true) == PD_OK ? ab_forward(model, ops, be8, &fo, "fp8 weights")
+                                                                      : NULL;
+            /* the prefill first: every weight's conversion happens in it (untimed warm-up) */
+            if (fw != NULL) {
+                make_batch(&b, 1, 0, prefill, mbps, (int)V);
+                f8w_pf = time_forward(fw, &b, logits, 1, quick ? 2 : 5);
+                free_batch(&b);
+            }
+            for (int i = 0; fw && i < 3; i++) {
+                if (Bs[i] > B_max)
+                    continue;
+                make_batch(&b, Bs[i], ctx, 1, mbps, (int)V);
+                f8w_dec[i] = time_forward_argmax(fw, &b, logits, 2, quick ? 5 : 20);
+                free_batch(&b);
+            }
+            if (fw) {
+                eng_forward_graph_stats_t fst;
+                eng_forward_graph_stats(fw, &fst);
+                f8w_failed = fst.n_failed;
+            }
+            eng_forward_destroy(fw);
+            ops->shutdown(be8);
+        }
+    }
+    /* fp8 GEMM weights, bf16 lm_head: the b1 step's weight floor */
+    const double weight_bytes_f8 = (gemm_params - (double)V * D) + (double)V * D * 2;
+    const double floor_dec_f8 = weight_bytes_f8 / (copy_gbps * 1e9);
+
     /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
     static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},
                                           {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1}};
@@ -1540,6 +1591,32 @@ int main(int argc, char **argv)
                decg[i] > 0 ? decg[i] / decf8[i] : 0.0);
     }
     printf("(fp8 rows: ceiling column = the graph step with the f32 KV cache, ratio = speed-up)\n");
+    for (int i = 0; i < 3; i++) {
+        char what[80];
+        if (f8w_dec[i] <= 0)
+            continue;
+        snprintf(what, sizeof(what), "decode b%d graph argmax, FP8 WEIGHTS", Bs[i]);
+        printf("%-44s %9.2f ms %11.2f ms %7.2fx  %8.0f tok/s\n", what, f8w_dec[i] * 1e3, decga[i] * 1e3,
+               decga[i] > 0 ? decga[i] / f8w_dec[i] : 0.0, Bs[i] / f8w_dec[i]);
+        if (i == 0)
+            printf("%-44s %9.2f ms %11.2f ms %7.1f%%\n", "decode b1 graph argmax, FP8 W (floor: weights)",
+                   f8w_dec[0] * 1e3, floor_dec_f8 * 1e3, 100 * floor_dec_f8 / f8w_dec[0]);
+    }
+    if (f8w_pf > 0)
+        printf("%-44s %9.1f ms %11.1f ms %7.2fx\n", "prefill 2048 tokens, FP8 WEIGHTS", f8w_pf * 1e3, pf * 1e3,
+               pf / f8w_pf);
+    for (int i = 0; i < 5; i++) {
+        char what[80];
+        snprintf(what, sizeof(what), "GEMV FP8 M=1 N=%lld K=%lld (%.0f us)", (long long)gv_shape[i][0],
+                 (long long)gv_shape[i][1], gv8[i] > 0 ? gv_shape[i][0] * gv_shape[i][1] / (gv8[i] * 1e3) : 0.0);
+        printf("%-44s %9.0f GB/s %9.0f GB/s %7.1f%%  (bf16 %.0f GB/s)\n", what, gv8[i], copy_gbps,
+               100 * gv8[i] / copy_gbps, gv[i]);
+    }
+    printf("%-44s %7.0f TFLOP/s %7.0f TFLOP/s %6.2fx\n", "cuBLASLt fp8 GEMM 2048x14336x4096", gemm8_pf, gemm_pf,
+           gemm_pf > 0 ? gemm8_pf / gemm_pf : 0.0);
+    printf("(FP8 WEIGHTS rows: ceiling column = the same bf16-weight row (graph argmax step, eager prefill, bf16 "
+           "GEMM), ratio = speed-up; %.2f GB of weights, %d graph captures failed)\n",
+           weight_bytes_f8 / 1e9, f8w_failed);
     printf("%-44s %9.1f ms %11.1f ms %7.1f%%\n", "prefill 2048 tokens (floor: FLOPs/GEMM rate)", pf * 1e3,
            floor_pf * 1e3, 100 * floor_pf / pf);
     for (int ct = 0; ct < 3; ct++)
@@ -1577,6 +1654,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < FG_N; i++)
         printf("%s[%.0f,%.0f]", i ? "," : "", fgv_ex[i][1], fgv_ex[i][0]);
     printf("],\"copy_gbps\":%.1f}\n", copy_gbps);
+    printf("JSON_FP8W {\"graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],\"bf16_graph_decode_argmax_ms\":[%.3f,%.3f,%.3f],"
+           "\"decode_b1_floor_ms\":%.3f,\"bf16_decode_b1_floor_ms\":%.3f,\"prefill2048_ms\":%.2f,"
+           "\"bf16_prefill2048_ms\":%.2f,\"gemm_fp8_prefill_tflops\":%.1f,\"gemm_bf16_prefill_tflops\":%.1f,"
+           "\"weight_bytes\":%.0f,\"graphs_failed\":%d,\"gemv_fp8_m1_gbps\":[%.0f,%.0f,%.0f,%.0f,%.0f]}\n",
+           f8w_dec[0] * 1e3, f8w_dec[1] * 1e3, f8w_dec[2] * 1e3, decga[0] * 1e3, decga[1] * 1e3, decga[2] * 1e3,
+           floor_dec_f8 * 1e3, floor_dec * 1e3, f8w_pf * 1e3, pf * 1e3, gemm8_pf, gemm_pf, weight_bytes_f8, f8w_failed,
+           gv8[0], gv8[1], gv8[2], gv8[3], gv8[4]);
     free(logits);
     ops->shutdown(be);
     eng_model_destroy(model);

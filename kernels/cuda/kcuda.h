@@ -106,10 +106,18 @@ pd_status_t kcuda_gemm_half_out(kcuda_blas_t *blas, const void *a, int64_t M, in
 /* Small-M GEMM for decode (kcuda_gemv.cu): y[M,N] = x[M,K] (f32, row stride ldx) . W^T
  * with bf16/f16 weights read directly, f32 accumulation, no rounding of x.
  * kcuda_gemv_ok says whether the shape qualifies (1 <= M <= 8, K % 8 == 0, ldx % 4 == 0,
- * x and w 16-byte aligned, wtype BF16 or F16). */
+ * x and w 16-byte aligned, wtype BF16 or F16, or KCUDA_W_FP8_E4M3 (K % 16 == 0) for kcuda_gemv_scaled
+ * and kcuda_gemv_ex with their scale; kcuda_gemv reads it with a scale of 1). */
 bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype);
 pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
                        int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
+/* kcuda_gemv with a per-tensor weight scale: y = (x . W^T) * *w_scale (w_scale a device
+ * float read after the PDL wait; NULL = 1).  wtype may also be KCUDA_W_FP8_E4M3 (one
+ * byte an element, fp8 e4m3 as kcuda_fp8w_convert writes it; K % 16 == 0, w 16-byte
+ * aligned): the weights are read 16 bytes (16 elements) a lane-load, converted exactly
+ * to f32 (through f16x2), the column sum multiplied by the scale at the end. */
+pd_status_t kcuda_gemv_scaled(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w, kcpu_dtype_t wtype,
+                              const float *w_scale, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream);
 /* Launch the GEMV with programmatic dependent launch (1) or plainly (0); -1 goes back to
  * env PD_CUDA_GEMV_PDL (default on; 0 turns it off).  Process-wide; for A/B runs (bench_cuda, tests).
  * The results are the same either way (kcuda_gemv.cu). */
@@ -164,6 +172,8 @@ typedef struct {
     int glu_act;
     float *y;              /* [M, N] (GLU: [M, N / 2]), row stride ldy */
     int64_t ldy;
+    const float *w_scale;  /* device float multiplying every dot product (NULL = 1): the
+                              per-tensor scale of a KCUDA_W_FP8_E4M3 weight */
 } kcuda_gemv_ex_t;
 bool kcuda_gemv_ex_ok(const kcuda_gemv_ex_t *a);
 /* PD_ERR_INVAL (logged) when !kcuda_gemv_ex_ok(a); PD_ERR_CUDA on a launch failure. */
@@ -179,6 +189,49 @@ pd_status_t kcuda_convert_weight(const void *src, kcpu_dtype_t src_type, int64_t
 /* dst[M,K] contiguous (bf16 or f16 by dst_type) = src[M,K] (row stride lds) rounded. */
 pd_status_t kcuda_f32_to_half(const float *src, int64_t M, int64_t K, int64_t lds, void *dst,
                               kcpu_dtype_t dst_type, kcuda_stream_t stream);
+
+/* ---- fp8 weights (--quantization fp8; kcuda_fp8w.cu) ----
+ * A weight in KCUDA_W_FP8_E4M3 is [N, K] bytes of fp8 e4m3 (the "fn" variant: no
+ * infinities, max 448) with one f32 scale per tensor: W ~= byte value * scale.  The
+ * scale is a device float, so that it is computed on the GPU and read by the kernels
+ * without a host round trip (graph capturable).  Both conversions below write
+ *   work[0] = max |v| over the tensor, work[1] = scale = work[0] / 448 (1 when 0),
+ *   dst[i] = e4m3(v[i] / scale) (IEEE division, round to nearest even, saturating at
+ *   +-448),
+ * with work two device floats (work[0] zeroed by the call itself on the stream). */
+#define KCUDA_W_FP8_E4M3 KCUDA_KV_FP8_E4M3
+#define KCUDA_FP8_E4M3_MAX 448.0f
+/* A weight of `rows` rows of K elements of src_type (as kcuda_convert_weight: F32, F16,
+ * BF16, Q8_0, Q4_0, Q4_1, dequantized exactly) into dst [rows, K] e4m3. */
+pd_status_t kcuda_fp8w_convert(const void *src, kcpu_dtype_t src_type, int64_t rows, int64_t K, uint8_t *dst,
+                               float *work, kcuda_stream_t stream);
+/* Dynamic per-tensor activation quantization: x [M, K] of x_type F32, BF16 or F16 (row
+ * stride ldx elements) into dst [M, K] contiguous e4m3; work as above. */
+pd_status_t kcuda_fp8_quant_act(const void *x, kcpu_dtype_t x_type, int64_t M, int64_t K, int64_t ldx, uint8_t *dst,
+                                float *work, kcuda_stream_t stream);
+/* A cuBLASLt handle on `stream` with `workspace_bytes` of device workspace (allocated
+ * here, once) and a cache of matmul plans (descriptors and the heuristic's algorithm)
+ * per shape, so that a call allocates nothing (graph capturable after its first call). */
+typedef struct kcuda_lt kcuda_lt_t;
+pd_status_t kcuda_lt_create(kcuda_stream_t stream, size_t workspace_bytes, kcuda_lt_t **lt_p);
+void kcuda_lt_destroy(kcuda_lt_t *lt);
+/* Whether kcuda_fp8_gemm takes the shape: K % 16 == 0 and N % 16 == 0 (16-byte fp8
+ * rows, cuBLASLt's fp8 requirement), ldy % 4 == 0, y 16-byte aligned, M, N, K < 2^31. */
+bool kcuda_fp8_gemm_ok(int64_t M, int64_t K, int64_t N, const float *y, int64_t ldy);
+/* y[M,N] (f32, row stride ldy) = (or, accumulate, +=) (a8 * *a_scale) . (w8 * *w_scale)^T
+ * with a8 [M, K] and w8 [N, K] contiguous e4m3 (16-byte aligned), f32 accumulation
+ * (cuBLASLt, fast accumulation off), f32 output: the "TN" call C[N,M] = op_T(W) op_N(a)
+ * in cuBLAS's column-major terms.  PD_ERR_UNSUPPORTED (logged) when cuBLASLt has no
+ * algorithm for the shape; PD_ERR_INVAL when !kcuda_fp8_gemm_ok. */
+pd_status_t kcuda_fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M, int64_t K,
+                           const uint8_t *w8, const float *w_scale, int64_t N, float *y, int64_t ldy,
+                           bool accumulate);
+/* kcuda_fp8_gemm with y [M, N] of y_type BF16 or F16 (row stride ldy % 8 == 0), each f32
+ * sum rounded by cuBLASLt's epilogue: the gate|up GEMM's 16-bit output
+ * (kcuda_silu_and_mul_from_half reads it).  No accumulate. */
+pd_status_t kcuda_fp8_gemm_half_out(kcuda_lt_t *lt, const uint8_t *a8, const float *a_scale, int64_t M, int64_t K,
+                                    const uint8_t *w8, const float *w_scale, int64_t N, void *y, int64_t ldy,
+                                    kcpu_dtype_t y_type);
 
 /* ---- 16-bit GEMM inputs written by their producers (kcuda_norm.cu, kcuda_mmin.cu) ----
  * As kcuda_add_rmsnorm (x NULL: plain kcuda_rmsnorm of residual, left as it is) and
@@ -397,6 +450,12 @@ bool kcuda_attn_uses_prefill_kernel(const kcpu_attn_params_t *p, int sm_count, b
 pd_status_t kcuda_bench_copy_gbps(size_t bytes, int iters, double *gbps_p);
 /* cuBLAS bf16 GEMM rate (TFLOP/s) of [M,K] x [K,N] on random data, f32 accumulation. */
 pd_status_t kcuda_bench_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
+/* The fp8 GEMM rate (TFLOP/s): kcuda_fp8_gemm of [M,K] x [K,N] on random e4m3 data with
+ * f32 output (the activation quantization not included). */
+pd_status_t kcuda_bench_fp8_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p);
+/* kcuda_gemv_scaled with M rows over an fp8 e4m3 [N,K] weight (random finite bytes,
+ * scale 1): weight bytes read per second (GB/s). */
+pd_status_t kcuda_bench_fp8_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
 /* kcuda_gemv with M rows over a bf16 [N,K] weight: weight bytes read per second (GB/s). */
 pd_status_t kcuda_bench_gemv_gbps(int64_t M, int64_t N, int64_t K, int iters, double *gbps_p);
 /* Profiling under Nsight Compute (`ncu --profile-from-start off`): start/stop the

@@ -1,6 +1,8 @@
 /*
  * kcuda_gemv.cu - y[M,N] = x[M,K] . W[N,K]^T for small M (decode, M <= 8) with bf16/f16
- * weights and f32 activations read as they are (no rounding of x, no scratch): one warp
+ * weights, or fp8 e4m3 weights times a per-tensor scale (--quantization fp8: 16 elements
+ * a 16-byte load, the scale applied to the column sum), and f32 activations read as they
+ * are (no rounding of x, no scratch): one warp
  * per output column n (or 4 warps, each a quarter of the row, when there are few
  * columns) streams its weight row with 16-byte loads and keeps M partial sums; the
  * weights are read exactly once, which is the whole cost of a decode GEMM.  (Two or four
@@ -23,9 +25,37 @@
 #include "kcuda_internal.cuh"
 #include "kcuda_act.cuh"
 
+#include <cuda_fp8.h>
 #include <stdlib.h>
 
+/* One lane-load is 16 bytes: 8 bf16/f16 elements, or 16 fp8 e4m3 elements (--quantization
+ * fp8; SUB = 2 runs of 8 against the activations, so the f32 activation loads and the
+ * norm weights keep their 8-element indexing).  The fp8 weight's per-tensor scale
+ * multiplies the column sum at the end. */
+template <typename WT> struct wtraits {
+    static const int SUB = 1;
+};
+template <> struct wtraits<__nv_fp8_e4m3> {
+    static const int SUB = 2;
+};
+
+/* 16 bytes of weights into 8 * SUB floats. */
 template <typename WT> __device__ __forceinline__ void kc_unpack8(uint4 u, float *f);
+template <> __device__ __forceinline__ void kc_unpack8<__nv_fp8_e4m3>(uint4 u, float *f)
+{
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int i = 0; i < 4; i++) {
+        /* e4m3 -> f16 is exact (every e4m3 value is an f16 value); the low byte is the
+         * lower-addressed element */
+        __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] & 0xffffu), __NV_E4M3);
+        __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> 16), __NV_E4M3);
+        float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+        f[4 * i] = a.x;
+        f[4 * i + 1] = a.y;
+        f[4 * i + 2] = b.x;
+        f[4 * i + 3] = b.y;
+    }
+}
 template <> __device__ __forceinline__ void kc_unpack8<__nv_bfloat16>(uint4 u, float *f)
 {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
@@ -73,18 +103,39 @@ template <bool CO> __device__ __forceinline__ float4 ld_act(const float4 *p)
     return __ldg(p);
 }
 
+/* One 16-byte weight chunk (chunk c: 8 * SUB elements) against the M activation rows. */
+template <typename WT, int MT, bool CO>
+__device__ __forceinline__ void gemv_chunk(uint4 raw, int64_t c, const float *x, int M, int64_t ldx, float *acc)
+{
+    const int SUB = wtraits<WT>::SUB;
+    float wf[8 * SUB];
+    kc_unpack8<WT>(raw, wf);
+    for (int m = 0; m < MT; m++) {
+        if (m < M) {
+#pragma unroll
+            for (int s = 0; s < SUB; s++) {
+                const float *v = wf + 8 * s;
+                const float4 *xr = (const float4 *)(x + m * ldx + (c * SUB + s) * 8);
+                float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
+                acc[m] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
+                          v[7] * b.w;
+            }
+        }
+    }
+}
+
 /* KS warps share one output column (each a 1/KS slice of K, summed through shared memory;
  * used when there are too few columns to fill the GPU), 8 warps per CTA.  NA: weight
  * loads skip L1; CO: coherent activation loads (the PDL launches). */
 template <typename WT, int MT, int KS, bool NA, bool CO>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_t K, int64_t ldx, const WT *w,
-                                                   int64_t N, float *y, int64_t ldy)
+                                                   const float *wscale, int64_t N, float *y, int64_t ldy)
 {
     __shared__ float part[8][MT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t n = (int64_t)blockIdx.x * (8 / KS) + warp / KS;
     const int ks = warp % KS;
-    const int64_t chunks = K / 8;
+    const int64_t chunks = K / (8 * wtraits<WT>::SUB);
     const uint4 *wr = (const uint4 *)(w + (n < N ? n : 0) * K);
     float acc[MT];
     for (int m = 0; m < MT; m++)
@@ -102,41 +153,24 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 #pragma unroll
         for (int p = 0; p < PF; p++) {
             const int64_t c = c0 + (int64_t)p * 32 * KS;
-            if (c < chunks) {
-                float wf[8];
-                kc_unpack8<WT>(pre[p], wf);
-                for (int m = 0; m < MT; m++) {
-                    if (m < M) {
-                        const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                        float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
-                        acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                                  wf[6] * b.z + wf[7] * b.w;
-                    }
-                }
-            }
+            if (c < chunks)
+                gemv_chunk<WT, MT, CO>(pre[p], c, x, M, ldx, acc);
         }
 #pragma unroll 4
-        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS) {
-            float wf[8];
-            kc_unpack8<WT>(ldw<NA>(wr + c), wf);
-            for (int m = 0; m < MT; m++) {
-                if (m < M) {
-                    const float4 *xr = (const float4 *)(x + m * ldx + c * 8);
-                    float4 a = ld_act<CO>(xr), b = ld_act<CO>(xr + 1);
-                    acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                              wf[6] * b.z + wf[7] * b.w;
-                }
-            }
-        }
+        for (int64_t c = c0 + (int64_t)PF * 32 * KS; c < chunks; c += 32 * KS)
+            gemv_chunk<WT, MT, CO>(ldw<NA>(wr + c), c, x, M, ldx, acc);
     }
     /* all weight loads done: a PDL-launched successor may start (it waits for this grid's
      * completion before it reads anything; see gemv_ex_kernel) */
     kc_launch_dependents();
+    /* the fp8 weight's per-tensor scale (read after the wait: its conversion may be the
+     * kernel before this one); 1 for bf16/f16 */
+    const float sc = wscale != NULL ? *wscale : 1.0f;
     for (int m = 0; m < MT; m++) {
         float sum = kc_warp_sum(acc[m]);
         if (KS == 1) {
             if (lane == 0 && m < M && n < N)
-                y[m * ldy + n] = sum;
+                y[m * ldy + n] = sum * sc;
         } else if (lane == 0) {
             part[warp][m] = sum;
         }
@@ -147,7 +181,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
             float sum = 0.0f;
             for (int i = 0; i < KS; i++)
                 sum += part[warp + i][lane];
-            y[lane * ldy + n] = sum;
+            y[lane * ldy + n] = sum * sc;
         }
     }
 }
@@ -155,7 +189,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float *x, int M, int64_
 extern "C" bool kcuda_gemv_ok(int64_t M, int64_t K, int64_t ldx, const void *x, const void *w, kcpu_dtype_t wtype)
 {
     return M >= 1 && M <= 8 && K % 8 == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0 &&
-           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16);
+           (wtype == KCPU_DTYPE_BF16 || wtype == KCPU_DTYPE_F16 || (wtype == KCUDA_W_FP8_E4M3 && K % 16 == 0));
 }
 
 /* -1: not decided yet (env PD_CUDA_GEMV_PDL / PD_CUDA_GEMV_NOALLOC, default off); 0 / 1 */
@@ -199,31 +233,32 @@ extern "C" bool kcuda_gemv_pdl_on(void)
 }
 
 template <typename WT, int MT, int KS>
-static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w, int64_t N,
-                            float *y, int64_t ldy, cudaStream_t s)
+static void gemv_launch_one(unsigned g, const float *x, int M, int64_t K, int64_t ldx, const WT *w,
+                            const float *ws, int64_t N, float *y, int64_t ldy, cudaStream_t s)
 {
-    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, int64_t, float *, int64_t);
+    typedef void (*kern_t)(const float *, int, int64_t, int64_t, const WT *, const float *, int64_t, float *,
+                           int64_t);
     const bool na = use_noalloc(), pdl = use_pdl();
     kern_t kern = pdl ? (na ? gemv_kernel<WT, MT, KS, true, true> : gemv_kernel<WT, MT, KS, false, true>)
                       : (na ? gemv_kernel<WT, MT, KS, true, false> : gemv_kernel<WT, MT, KS, false, false>);
-    kc_launch_pdl(pdl, kern, dim3(g), dim3(256), s, x, M, K, ldx, w, N, y, ldy);
+    kc_launch_pdl(pdl, kern, dim3(g), dim3(256), s, x, M, K, ldx, w, ws, N, y, ldy);
 }
 
 template <typename WT, int KS>
-static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
-                           int64_t ldy, cudaStream_t s)
+static void gemv_launch_ks(const float *x, int M, int64_t K, int64_t ldx, const void *w, const float *ws, int64_t N,
+                           float *y, int64_t ldy, cudaStream_t s)
 {
     const int per = 8 / KS;
     unsigned g = (unsigned)((N + per - 1) / per);
     const WT *wt = (const WT *)w;
     if (M == 1)
-        gemv_launch_one<WT, 1, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 1, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else if (M == 2)
-        gemv_launch_one<WT, 2, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 2, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else if (M <= 4)
-        gemv_launch_one<WT, 4, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 4, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
     else
-        gemv_launch_one<WT, 8, KS>(g, x, M, K, ldx, wt, N, y, ldy, s);
+        gemv_launch_one<WT, 8, KS>(g, x, M, K, ldx, wt, ws, N, y, ldy, s);
 }
 
 /* Warps per output column: 4 when N is small (k/v projections: 1024 columns would give
@@ -265,20 +300,21 @@ static int gemv_ks(int64_t N, int64_t K)
 }
 
 template <typename WT>
-static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, int64_t N, float *y,
-                        int64_t ldy, cudaStream_t s)
+static void gemv_launch(const float *x, int M, int64_t K, int64_t ldx, const void *w, const float *ws, int64_t N,
+                        float *y, int64_t ldy, cudaStream_t s)
 {
     int ks = gemv_ks(N, K);
     if (ks == 4)
-        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 4>(x, M, K, ldx, w, ws, N, y, ldy, s);
     else if (ks == 2)
-        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 2>(x, M, K, ldx, w, ws, N, y, ldy, s);
     else
-        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, N, y, ldy, s);
+        gemv_launch_ks<WT, 1>(x, M, K, ldx, w, ws, N, y, ldy, s);
 }
 
-extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
-                                  kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream)
+extern "C" pd_status_t kcuda_gemv_scaled(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                         kcpu_dtype_t wtype, const float *w_scale, int64_t N, float *y, int64_t ldy,
+                                         kcuda_stream_t stream)
 {
     if (!kcuda_gemv_ok(M, K, ldx, x, w, wtype) || N <= 0 || ldy < N || N > (int64_t)INT32_MAX * 8) {
         PD_LOG_ERR("kcuda_gemv: shape not supported (M=%lld K=%lld ldx=%lld %s)", (long long)M, (long long)K,
@@ -286,10 +322,18 @@ extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t 
         return PD_ERR_INVAL;
     }
     if (wtype == KCPU_DTYPE_BF16)
-        gemv_launch<__nv_bfloat16>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+        gemv_launch<__nv_bfloat16>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
+    else if (wtype == KCPU_DTYPE_F16)
+        gemv_launch<__half>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
     else
-        gemv_launch<__half>(x, (int)M, K, ldx, w, N, y, ldy, stream);
+        gemv_launch<__nv_fp8_e4m3>(x, (int)M, K, ldx, w, w_scale, N, y, ldy, stream);
     KCUDA_LAUNCHED("kcuda_gemv");
+}
+
+extern "C" pd_status_t kcuda_gemv(const float *x, int64_t M, int64_t K, int64_t ldx, const void *w,
+                                  kcpu_dtype_t wtype, int64_t N, float *y, int64_t ldy, kcuda_stream_t stream)
+{
+    return kcuda_gemv_scaled(x, M, K, ldx, w, wtype, NULL, N, y, ldy, stream);
 }
 
 /* ---- fused decode GEMVs (kcuda_gemv_ex) ----
@@ -319,30 +363,37 @@ struct gemv_ex_args {
     float *y;
     int64_t ldy;
     int act;       /* GLU: 0 silu, 1 gelu, 2 gelu tanh */
+    const float *ws; /* per-tensor weight scale (fp8) or NULL */
 };
 
-/* One 16-byte weight chunk (8 elements at column c * 8) against the M activation rows. */
+/* One 16-byte weight chunk (chunk c: 8 * SUB elements) against the M activation rows. */
 template <typename WT, int MT, bool NORM>
 __device__ __forceinline__ void gemv_ex_step(uint4 raw, int64_t c, const gemv_ex_args &a, float *acc, float *ss)
 {
-    float wf[8];
+    const int SUB = wtraits<WT>::SUB;
+    float wf[8 * SUB];
     kc_unpack8<WT>(raw, wf);
-    if (NORM) {
-        const float4 *nr = (const float4 *)(a.nw + c * 8);
-        float4 g0 = nr[0], g1 = nr[1];
-        wf[0] *= g0.x; wf[1] *= g0.y; wf[2] *= g0.z; wf[3] *= g0.w;
-        wf[4] *= g1.x; wf[5] *= g1.y; wf[6] *= g1.z; wf[7] *= g1.w;
-    }
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-        if (m < a.M) {
-            const float4 *xr = (const float4 *)(a.x + m * a.ldx + c * 8);
-            float4 u = xr[0], v = xr[1];
-            acc[m] += wf[0] * u.x + wf[1] * u.y + wf[2] * u.z + wf[3] * u.w + wf[4] * v.x + wf[5] * v.y +
-                      wf[6] * v.z + wf[7] * v.w;
-            if (NORM)
-                ss[m] += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + v.x * v.x + v.y * v.y + v.z * v.z +
-                         v.w * v.w;
+    for (int s = 0; s < SUB; s++) {
+        float *v = wf + 8 * s;
+        const int64_t e = (c * SUB + s) * 8; /* first column of this run of 8 */
+        if (NORM) {
+            const float4 *nr = (const float4 *)(a.nw + e);
+            float4 g0 = nr[0], g1 = nr[1];
+            v[0] *= g0.x; v[1] *= g0.y; v[2] *= g0.z; v[3] *= g0.w;
+            v[4] *= g1.x; v[5] *= g1.y; v[6] *= g1.z; v[7] *= g1.w;
+        }
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            if (m < a.M) {
+                const float4 *xr = (const float4 *)(a.x + m * a.ldx + e);
+                float4 u = xr[0], w = xr[1];
+                acc[m] += v[0] * u.x + v[1] * u.y + v[2] * u.z + v[3] * u.w + v[4] * w.x + v[5] * w.y +
+                          v[6] * w.z + v[7] * w.w;
+                if (NORM)
+                    ss[m] += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w + w.x * w.x + w.y * w.y + w.z * w.z +
+                             w.w * w.w;
+            }
         }
     }
 }
@@ -357,7 +408,7 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
     const int per = 8 / KS;          /* columns per CTA */
     const int j = warp / KS;         /* this warp's column in the CTA */
     const int ks = warp % KS;
-    const int64_t K = a.K, chunks = K / 8;
+    const int64_t K = a.K, chunks = K / (8 * wtraits<WT>::SUB);
     int64_t n;                       /* weight row of column j */
     bool valid;
     if (EPI == 2) {
@@ -424,6 +475,8 @@ __global__ void __launch_bounds__(256) gemv_ex_kernel(const gemv_ex_args a)
         tvalid = tvalid && tm < a.M;
         for (int i = 0; i < KS; i++)
             d += part[tj * KS + i][tm];
+        if (a.ws != NULL)
+            d *= *a.ws; /* after the PDL wait, like every read of an earlier kernel's output */
         if (NORM) {
             float q = 0.0f;
             for (int i = 0; i < KS; i++)
@@ -528,20 +581,27 @@ extern "C" pd_status_t kcuda_gemv_ex(const kcuda_gemv_ex_t *a, kcuda_stream_t st
     g.y = a->y;
     g.ldy = a->ldy;
     g.act = a->glu_act;
-    const bool bf = a->wtype == KCPU_DTYPE_BF16;
+    g.ws = a->w_scale;
+    const bool bf = a->wtype == KCPU_DTYPE_BF16, f8 = a->wtype == KCUDA_W_FP8_E4M3;
     if (a->norm_w != NULL && a->epi == KCUDA_GEMV_STORE) {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, true, 0>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, true, 0>(g, stream);
         else
             gemv_ex_launch<__half, true, 0>(g, stream);
     } else if (a->norm_w != NULL) {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, true, 2>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, true, 2>(g, stream);
         else
             gemv_ex_launch<__half, true, 2>(g, stream);
     } else {
         if (bf)
             gemv_ex_launch<__nv_bfloat16, false, 1>(g, stream);
+        else if (f8)
+            gemv_ex_launch<__nv_fp8_e4m3, false, 1>(g, stream);
         else
             gemv_ex_launch<__half, false, 1>(g, stream);
     }
