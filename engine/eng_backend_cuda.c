@@ -82,7 +82,7 @@ struct eng_backend {
     /* fp8 weights (--quantization fp8) */
     bool fp8w;
     kcuda_lt_t *lt;    /* cuBLASLt handle, workspace and plans of the fp8 GEMM */
-    float *d_aq;       /* device [2]: the GEMM input's max |x| and scale */
+    float *d_aq;       /* device [KCUDA_FP8_WORK_FLOATS]: the GEMM input's max |x| and scale */
     void *act8;        /* scratch for the e4m3 GEMM input */
     size_t act8_bytes;
     const void **keep; /* weights that stay in wdtype (the lm_head) */
@@ -408,7 +408,7 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
         return st;
     }
     be->conv[be->n_conv++] =
-        (wconv_t){w, dst, want, bytes, want == KCUDA_W_FP8_E4M3 ? (const float *)((char *)dst + off) + 1 : NULL};
+        (wconv_t){w, dst, want, bytes, want == KCUDA_W_FP8_E4M3 ? (const float *)((char *)dst + off) + KCUDA_FP8_SCALE_AT : NULL};
     be->conv_bytes += bytes;
     *wg_p = dst;
     *tg_p = want;
@@ -425,6 +425,7 @@ static pd_status_t fp8_gemm(eng_backend_t *be, const void *x, kcpu_dtype_t x_typ
                             kcpu_dtype_t y_type)
 {
     pd_status_t st;
+    const float *a_scale = be->d_aq + KCUDA_FP8_SCALE_AT;
     if (!kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy)) {
         PD_LOG_ERR("cuda matmul: fp8 GEMM shape not supported (M=%lld K=%lld N=%lld ldy=%lld)", (long long)M,
                    (long long)K, (long long)N, (long long)ldy);
@@ -435,8 +436,8 @@ static pd_status_t fp8_gemm(eng_backend_t *be, const void *x, kcpu_dtype_t x_typ
         st = kcuda_fp8_quant_act(x, x_type, M, K, ldx, be->act8, be->d_aq, be->stream);
     if (st == PD_OK)
         st = y_type == KCPU_DTYPE_F32
-                 ? kcuda_fp8_gemm(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, accumulate)
-                 : kcuda_fp8_gemm_half_out(be->lt, be->act8, be->d_aq + 1, M, K, w8, w_scale, N, y, ldy, y_type);
+                 ? kcuda_fp8_gemm(be->lt, be->act8, a_scale, M, K, w8, w_scale, N, y, ldy, accumulate)
+                 : kcuda_fp8_gemm_half_out(be->lt, be->act8, a_scale, M, K, w8, w_scale, N, y, ldy, y_type);
     return st;
 }
 
@@ -1006,7 +1007,7 @@ pd_status_t eng_backend_cuda_set_fp8_weights(eng_backend_t *be, bool on)
         PD_LOG_ERR("cuda backend: fp8 weights need cuBLASLt, which did not start: %s", pd_status_str(st));
         return st;
     }
-    if (be->d_aq == NULL && (st = kcuda_malloc(2 * sizeof(float), (void **)&be->d_aq)) != PD_OK)
+    if (be->d_aq == NULL && (st = kcuda_malloc(KCUDA_FP8_WORK_FLOATS * sizeof(float), (void **)&be->d_aq)) != PD_OK)
         return st;
     if (!be->fp8w)
         PD_LOG_INFO("cuda backend: fp8 e4m3 weights (per-tensor scales; dynamic per-tensor activation scales for "

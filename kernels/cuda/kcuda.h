@@ -195,10 +195,15 @@ pd_status_t kcuda_f32_to_half(const float *src, int64_t M, int64_t K, int64_t ld
  * infinities, max 448) with one f32 scale per tensor: W ~= byte value * scale.  The
  * scale is a device float, so that it is computed on the GPU and read by the kernels
  * without a host round trip (graph capturable).  Both conversions below write
- *   work[0] = max |v| over the tensor, work[1] = scale = work[0] / 448 (1 when 0),
- *   dst[i] = e4m3(v[i] / scale) (IEEE division, round to nearest even, saturating at
- *   +-448),
- * with work two device floats (work[0] zeroed by the call itself on the stream). */
+ *   work[0] = max |v| over the tensor, work[KCUDA_FP8_SCALE_AT] = scale = work[0] / 448
+ *   (1 when 0), dst[i] = e4m3(v[i] / scale) (IEEE division, round to nearest even,
+ *   saturating at +-448),
+ * with work KCUDA_FP8_WORK_FLOATS device floats, 16-byte aligned (work[0] zeroed by the
+ * call itself on the stream).  The scale sits 16 bytes in because cuBLASLt's fp8 GEMM
+ * refuses scale pointers that are not 16-byte aligned ("not supported": measured on the
+ * H200 with cuBLASLt 13.1, every offset of 4, 8 or 12 bytes refused). */
+#define KCUDA_FP8_WORK_FLOATS 8
+#define KCUDA_FP8_SCALE_AT 4
 #define KCUDA_W_FP8_E4M3 KCUDA_KV_FP8_E4M3
 #define KCUDA_FP8_E4M3_MAX 448.0f
 /* A weight of `rows` rows of K elements of src_type (as kcuda_convert_weight: F32, F16,

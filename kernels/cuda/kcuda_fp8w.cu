@@ -74,7 +74,7 @@ __global__ void w_quant_kernel(const uint8_t *src, kcpu_dtype_t st, int64_t rows
 {
     const float s = fp8_scale_of(work[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0)
-        work[1] = s; /* nobody else reads work[1] during this kernel */
+        work[KCUDA_FP8_SCALE_AT] = s; /* nobody else reads it during this kernel */
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const uint8_t *row = src + (size_t)r * rb;
         for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
@@ -136,7 +136,7 @@ __global__ void a_quant_kernel(const T *x, int64_t M, int64_t K, int64_t ldx, fl
 {
     const float s = fp8_scale_of(work[0]);
     if (blockIdx.x == 0 && threadIdx.x == 0)
-        work[1] = s;
+        work[KCUDA_FP8_SCALE_AT] = s;
     for (int64_t r = blockIdx.x; r < M; r += gridDim.x)
         for (int64_t c = threadIdx.x; c < K; c += blockDim.x)
             dst[r * K + c] = fp8_encode(act_f32<T>(x[r * ldx + c]), s);
@@ -175,6 +175,7 @@ extern "C" pd_status_t kcuda_fp8_quant_act(const void *x, kcpu_dtype_t x_type, i
 /* ---- the GEMM through cuBLASLt ---- */
 
 #define LT_PLANS 64
+#define LT_ALGOS 8 /* heuristic candidates kept per plan */
 
 typedef struct lt_plan {
     bool used;
@@ -184,7 +185,9 @@ typedef struct lt_plan {
     unsigned align_y;              /* alignment of y the heuristic was asked for */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algo[LT_ALGOS]; /* the heuristic's candidates, best first */
+    int n_algo, cur;                     /* how many; the one calls use (a candidate the
+                                            matmul refuses is dropped for the next) */
 } lt_plan_t;
 
 struct kcuda_lt {
@@ -278,10 +281,10 @@ static unsigned ptr_align(const void *p)
 /* A new plan for the shape in slot p (freed first if used); false (logged) when cuBLASLt
  * has nothing for it. */
 static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_t K, int64_t ldy, bool acc,
-                      kcpu_dtype_t yt, unsigned align_y)
+                      kcpu_dtype_t yt, unsigned align_y, const float *w_scale, const float *a_scale)
 {
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[LT_ALGOS];
     int nres = 0;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const int8_t fast = 0; /* keep cuBLASLt's periodic promotion to f32 accumulators */
@@ -295,6 +298,13 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
     LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "transa");
     LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "transb");
     LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)), "fast");
+    /* the scale pointers are part of the problem the heuristic answers (an algorithm chosen
+     * without them was refused by cublasLtMatmul once they were set: "not supported");
+     * every call sets its own again */
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)),
+           "A scale");
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale)),
+           "B scale");
     /* column-major: A = W stored K x N (ld K), op T; B = a stored K x M (ld K), op N;
      * C = D = y^T, N x M (ld ldy) */
     LT_TRY(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K), "layout A");
@@ -316,7 +326,7 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
                                                 sizeof(al_y)), "align C");
     LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_y,
                                                 sizeof(al_y)), "align D");
-    LT_TRY(cublasLtMatmulAlgoGetHeuristic(lt->h, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres),
+    LT_TRY(cublasLtMatmulAlgoGetHeuristic(lt->h, p->op, p->la, p->lb, p->lc, p->lc, pref, LT_ALGOS, res, &nres),
            "heuristic");
     if (nres < 1) {
         PD_LOG_ERR("kcuda_fp8_gemm: cuBLASLt has no fp8 algorithm for M=%lld K=%lld N=%lld ldy=%lld (%s out)",
@@ -324,7 +334,10 @@ static bool plan_make(kcuda_lt_t *lt, lt_plan_t *p, int64_t M, int64_t N, int64_
         goto fail;
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    p->algo = res.algo;
+    for (int i = 0; i < nres; i++)
+        p->algo[i] = res[i].algo;
+    p->n_algo = nres;
+    p->cur = 0;
     p->M = M;
     p->N = N;
     p->K = K;
@@ -341,7 +354,7 @@ fail:
 }
 
 static lt_plan_t *plan_get(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, int64_t ldy, bool acc,
-                           kcpu_dtype_t yt, unsigned al)
+                           kcpu_dtype_t yt, unsigned al, const float *w_scale, const float *a_scale)
 {
     for (int i = 0; i < LT_PLANS; i++) {
         lt_plan_t *p = &lt->plans[i];
@@ -357,7 +370,7 @@ static lt_plan_t *plan_get(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, int6
         p = &lt->plans[lt->next];
         lt->next = (lt->next + 1) % LT_PLANS;
     }
-    return plan_make(lt, p, M, N, K, ldy, acc, yt, al) ? p : NULL;
+    return plan_make(lt, p, M, N, K, ldy, acc, yt, al, w_scale, a_scale) ? p : NULL;
 }
 
 /* y of type yt: F32 (beta 0 or 1), or BF16 / F16 (beta 0) */
@@ -370,9 +383,10 @@ static pd_status_t fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_sc
     /* 16-byte rows of y: 4 floats or 8 halves */
     if (lt == NULL || a8 == NULL || w8 == NULL || a_scale == NULL || w_scale == NULL || y == NULL ||
         !kcuda_fp8_gemm_ok(M, K, N, (const float *)y, ldy) || (half && ldy % 8 != 0) ||
-        ((uintptr_t)a8 & 15) != 0 || ((uintptr_t)w8 & 15) != 0) {
+        ((uintptr_t)a8 & 15) != 0 || ((uintptr_t)w8 & 15) != 0 || ((uintptr_t)a_scale & 15) != 0 ||
+        ((uintptr_t)w_scale & 15) != 0) {
         PD_LOG_ERR("kcuda_fp8_gemm: shape not supported (M=%lld K=%lld N=%lld ldy=%lld %s out; K, N multiples of 16, "
-                   "16-byte aligned operands and rows)", (long long)M, (long long)K, (long long)N, (long long)ldy,
+                   "16-byte aligned operands, rows and scales)", (long long)M, (long long)K, (long long)N, (long long)ldy,
                    kcpu_dtype_name(yt));
         return PD_ERR_INVAL;
     }
@@ -383,16 +397,25 @@ static pd_status_t fp8_gemm(kcuda_lt_t *lt, const uint8_t *a8, const float *a_sc
         PD_LOG_ERR("kcuda_fp8_gemm: fp8 operands must be 256-byte aligned (device allocations)");
         return PD_ERR_INVAL;
     }
-    lt_plan_t *p = plan_get(lt, M, N, K, ldy, accumulate, yt, ptr_align(y));
+    lt_plan_t *p = plan_get(lt, M, N, K, ldy, accumulate, yt, ptr_align(y), w_scale, a_scale);
     if (p == NULL)
         return PD_ERR_UNSUPPORTED;
     cublasStatus_t s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale,
                                                       sizeof(w_scale));
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale));
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmul(lt->h, p->op, &one, w8, p->la, a8, p->lb, &beta, y, p->lc, y, p->lc, &p->algo, lt->ws,
-                           lt->ws_bytes, lt->stream);
+    /* a candidate refused here (checked before anything runs: y is untouched, so the next
+     * one may still accumulate into it) is dropped for this plan's later calls */
+    while (s == CUBLAS_STATUS_SUCCESS && p->cur < p->n_algo) {
+        s = cublasLtMatmul(lt->h, p->op, &one, w8, p->la, a8, p->lb, &beta, y, p->lc, y, p->lc, &p->algo[p->cur],
+                           lt->ws, lt->ws_bytes, lt->stream);
+        if (s != CUBLAS_STATUS_NOT_SUPPORTED)
+            break;
+        p->cur++;
+        s = CUBLAS_STATUS_SUCCESS;
+    }
+    if (s == CUBLAS_STATUS_SUCCESS && p->cur >= p->n_algo)
+        s = CUBLAS_STATUS_NOT_SUPPORTED;
     if (s != CUBLAS_STATUS_SUCCESS) {
         PD_LOG_ERR("kcuda_fp8_gemm: cublasLtMatmul: %s (M=%lld K=%lld N=%lld)", cublasGetStatusString(s),
                    (long long)M, (long long)K, (long long)N);
@@ -433,21 +456,21 @@ extern "C" pd_status_t kcuda_bench_fp8_gemm_tflops(int64_t M, int64_t N, int64_t
     bool ok = true;
     if (cudaMalloc(&tmp, big * sizeof(float)) != cudaSuccess || cudaMalloc(&A, (size_t)M * K) != cudaSuccess ||
         cudaMalloc(&W, (size_t)N * K) != cudaSuccess || cudaMalloc(&C, sizeof(float) * M * N) != cudaSuccess ||
-        cudaMalloc(&work, 4 * sizeof(float)) != cudaSuccess || kcuda_lt_create(NULL, 32u << 20, &lt) != PD_OK)
+        cudaMalloc(&work, 2 * KCUDA_FP8_WORK_FLOATS * sizeof(float)) != cudaSuccess || kcuda_lt_create(NULL, 32u << 20, &lt) != PD_OK)
         goto out;
     ok = kcuda_fill_random(tmp, (size_t)M * K, KCPU_DTYPE_F32, 1, 1.0f, NULL) == PD_OK &&
          kcuda_fp8_quant_act(tmp, KCPU_DTYPE_F32, M, K, K, A, work, NULL) == PD_OK &&
          kcuda_fill_random(tmp, (size_t)N * K, KCPU_DTYPE_F32, 2, 0.05f, NULL) == PD_OK &&
-         kcuda_fp8w_convert(tmp, KCPU_DTYPE_F32, N, K, W, work + 2, NULL) == PD_OK;
+         kcuda_fp8w_convert(tmp, KCPU_DTYPE_F32, N, K, W, work + KCUDA_FP8_WORK_FLOATS, NULL) == PD_OK;
     for (int i = 0; ok && i < 3; i++)
-        ok = kcuda_fp8_gemm(lt, A, work + 1, M, K, W, work + 3, N, C, N, false) == PD_OK;
+        ok = kcuda_fp8_gemm(lt, A, work + KCUDA_FP8_SCALE_AT, M, K, W, work + KCUDA_FP8_WORK_FLOATS + KCUDA_FP8_SCALE_AT, N, C, N, false) == PD_OK;
     if (!ok)
         goto out;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     cudaEventRecord(e0, 0);
     for (int i = 0; i < iters; i++)
-        kcuda_fp8_gemm(lt, A, work + 1, M, K, W, work + 3, N, C, N, false);
+        kcuda_fp8_gemm(lt, A, work + KCUDA_FP8_SCALE_AT, M, K, W, work + KCUDA_FP8_WORK_FLOATS + KCUDA_FP8_SCALE_AT, N, C, N, false);
     cudaEventRecord(e1, 0);
     cudaEventSynchronize(e1);
     cudaEventElapsedTime(&ms, e0, e1);

@@ -1,7 +1,7 @@
 /*
  * test_cuda_fp8w.c - fp8 e4m3 weights on the CUDA backend (--quantization fp8):
  *  - kcuda_fp8w_convert (f32, bf16 and all-zero sources): work[0] = max|w| exactly,
- *    work[1] = max|w| / 448 exactly (1 for zeros), every byte equal to a host e4m3
+ *    work[KCUDA_FP8_SCALE_AT] = max|w| / 448 exactly (1 for zeros), every byte equal to a host e4m3
  *    encoder's (round to nearest even, saturating; +0 / -0 taken as equal) of w / scale;
  *  - kcuda_fp8_quant_act (f32 rows with a stride, bf16 rows): the same checks;
  *  - kcuda_gemv_scaled on fp8 weights (M = 1, 3, 8; small odd-but-legal shapes (K % 16) and the
@@ -150,15 +150,15 @@ static int check_quant(const char *what, const float *vals, size_t n, const uint
                 first = i;
         }
     printf("  %s: %zu values, max|v| %.6g (gpu %.6g), scale %.6g (gpu %.6g), %zu bytes differ", what, n, amax,
-           work[0], scale, work[1], bad);
+           work[0], scale, work[KCUDA_FP8_SCALE_AT], bad);
     if (bad)
         printf(" (first at %zu: v/scale %.8g gpu 0x%02x host 0x%02x)", first, vals[first] / scale, bytes[first],
                e4m3_enc(vals[first] / scale));
     printf("\n");
     PD_CHECK(work[0] == amax);
-    PD_CHECK(work[1] == scale);
+    PD_CHECK(work[KCUDA_FP8_SCALE_AT] == scale);
     PD_CHECK(bad == 0);
-    return bad == 0 && work[0] == amax && work[1] == scale;
+    return bad == 0 && work[0] == amax && work[KCUDA_FP8_SCALE_AT] == scale;
 }
 
 static void convert_case(kcpu_dtype_t src_type, int64_t N, int64_t K, bool zeros)
@@ -168,7 +168,7 @@ static void convert_case(kcpu_dtype_t src_type, int64_t N, int64_t K, bool zeros
     uint16_t *w16 = malloc(n * 2);
     void *dsrc = NULL;
     uint8_t *d8 = dev_poison(n), *h8 = NULL;
-    float *dwork = dev_poison(2 * sizeof(float)), *hwork = NULL;
+    float *dwork = dev_poison(KCUDA_FP8_WORK_FLOATS * sizeof(float)), *hwork = NULL;
     PD_CHECK(w && w16 && d8 && dwork);
     if (!w || !w16 || !d8 || !dwork)
         goto out;
@@ -186,7 +186,7 @@ static void convert_case(kcpu_dtype_t src_type, int64_t N, int64_t K, bool zeros
         goto out;
     PD_CHECK_STATUS(kcuda_fp8w_convert(dsrc, src_type, N, K, d8, dwork, st_g), PD_OK);
     h8 = to_host(d8, n);
-    hwork = to_host(dwork, 2 * sizeof(float));
+    hwork = to_host(dwork, KCUDA_FP8_WORK_FLOATS * sizeof(float));
     PD_CHECK(h8 && hwork);
     if (h8 && hwork) {
         char what[128];
@@ -210,7 +210,7 @@ PD_TEST(test_convert)
 /* fp8 weight [N, K] made on the GPU from random values: device bytes + scale, host copies. */
 typedef struct {
     uint8_t *d8;
-    float *dwork;  /* [2]: max, scale */
+    float *dwork;  /* [KCUDA_FP8_WORK_FLOATS]: max, scale */
     uint8_t *h8;
     float scale;
 } w8_t;
@@ -222,12 +222,12 @@ static bool make_w8(int64_t N, int64_t K, float amp, w8_t *o)
     void *dsrc = w ? dup_dev(w, n * 4) : NULL;
     memset(o, 0, sizeof(*o));
     o->d8 = dev_poison(n);
-    o->dwork = dev_poison(2 * sizeof(float));
+    o->dwork = dev_poison(KCUDA_FP8_WORK_FLOATS * sizeof(float));
     bool ok = dsrc && o->d8 && o->dwork &&
               kcuda_fp8w_convert(dsrc, KCPU_DTYPE_F32, N, K, o->d8, o->dwork, st_g) == PD_OK &&
-              (o->h8 = to_host(o->d8, n)) != NULL && (hw = to_host(o->dwork, 8)) != NULL;
+              (o->h8 = to_host(o->d8, n)) != NULL && (hw = to_host(o->dwork, KCUDA_FP8_WORK_FLOATS * sizeof(float))) != NULL;
     if (ok)
-        o->scale = hw[1];
+        o->scale = hw[KCUDA_FP8_SCALE_AT];
     kcuda_free(dsrc);
     free(w), free(hw);
     return ok;
@@ -286,7 +286,7 @@ static void gemv_case(int64_t M, int64_t N, int64_t K)
     if (!dx || !dy)
         goto out;
     PD_CHECK(kcuda_gemv_ok(M, K, ldx, dx, w.d8, KCUDA_W_FP8_E4M3));
-    PD_CHECK_STATUS(kcuda_gemv_scaled(dx, M, K, ldx, w.d8, KCUDA_W_FP8_E4M3, w.dwork + 1, N, dy, N, st_g), PD_OK);
+    PD_CHECK_STATUS(kcuda_gemv_scaled(dx, M, K, ldx, w.d8, KCUDA_W_FP8_E4M3, w.dwork + KCUDA_FP8_SCALE_AT, N, dy, N, st_g), PD_OK);
     y = to_host(dy, (size_t)M * N * 4);
     PD_CHECK(y != NULL);
     if (y == NULL)
@@ -344,7 +344,7 @@ static void gemv_ex_case(int64_t M, int64_t N, int64_t K, bool norm)
     memset(&a, 0, sizeof(a));
     a.x = dx, a.M = M, a.K = K, a.ldx = K, a.w = w.d8, a.wtype = KCUDA_W_FP8_E4M3, a.N = N, a.eps = 1e-5f;
     a.norm_w = norm ? dnw : NULL, a.epi = norm ? KCUDA_GEMV_STORE : KCUDA_GEMV_ACCUMULATE, a.y = dy, a.ldy = N;
-    a.w_scale = w.dwork + 1;
+    a.w_scale = w.dwork + KCUDA_FP8_SCALE_AT;
     PD_CHECK(kcuda_gemv_ex_ok(&a));
     PD_CHECK_STATUS(kcuda_gemv_ex(&a, st_g), PD_OK);
     y = to_host(dy, (size_t)M * N * 4);
@@ -387,7 +387,7 @@ static void gemm_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu_dtyp
     uint16_t *x16 = malloc(nx * 2);
     void *dx = NULL;
     uint8_t *da8 = dev_poison((size_t)M * K), *ha8 = NULL;
-    float *dwork = dev_poison(8);
+    float *dwork = dev_poison(KCUDA_FP8_WORK_FLOATS * sizeof(float));
     double *ref = malloc((size_t)M * N * sizeof(double)), maxy = 0, err;
     bool ok = make_w8(N, K, 0.05f, &w);
     PD_CHECK(ok && x && y0 && xv && x16 && da8 && dwork && ref);
@@ -410,7 +410,7 @@ static void gemm_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu_dtyp
         goto out;
     PD_CHECK_STATUS(kcuda_fp8_quant_act(dx, xt, M, K, ldx, da8, dwork, st_g), PD_OK);
     ha8 = to_host(da8, (size_t)M * K);
-    hw = to_host(dwork, 8);
+    hw = to_host(dwork, KCUDA_FP8_WORK_FLOATS * sizeof(float));
     PD_CHECK(ha8 && hw);
     if (!ha8 || !hw)
         goto out;
@@ -419,14 +419,14 @@ static void gemm_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu_dtyp
              (long long)K, (long long)ldx);
     check_quant(what, xv, (size_t)M * K, ha8, hw);
     PD_CHECK(kcuda_fp8_gemm_ok(M, K, N, dy, N));
-    PD_CHECK_STATUS(kcuda_fp8_gemm(lt, da8, dwork + 1, M, K, w.d8, w.dwork + 1, N, dy, N, acc), PD_OK);
+    PD_CHECK_STATUS(kcuda_fp8_gemm(lt, da8, dwork + KCUDA_FP8_SCALE_AT, M, K, w.d8, w.dwork + KCUDA_FP8_SCALE_AT, N, dy, N, acc), PD_OK);
     y = to_host(dy, (size_t)M * N * 4);
     PD_CHECK(y != NULL);
     if (y == NULL)
         goto out;
     /* the reference over the GPU's own bytes: dec(a8) * a_scale as the activation */
     for (int64_t i = 0; i < M * K; i++)
-        xv[i] = lut[ha8[i]] * hw[1];
+        xv[i] = lut[ha8[i]] * hw[KCUDA_FP8_SCALE_AT];
     ref_gemv(xv, M, K, K, w.h8, w.scale, N, ref, mstep);
     if (acc)
         for (int64_t m = 0; m < M; m += mstep)
@@ -449,7 +449,7 @@ out:
 static void gemm_half_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu_dtype_t yt)
 {
     w8_t w;
-    float *x = rand_vec((size_t)M * K, 2.0f), *y32 = NULL, *dy32 = dev_poison((size_t)M * N * 4), *dwork = dev_poison(8);
+    float *x = rand_vec((size_t)M * K, 2.0f), *y32 = NULL, *dy32 = dev_poison((size_t)M * N * 4), *dwork = dev_poison(KCUDA_FP8_WORK_FLOATS * sizeof(float));
     void *dx = x ? dup_dev(x, (size_t)M * K * 4) : NULL, *dy16 = dev_poison((size_t)M * N * 2);
     uint8_t *da8 = dev_poison((size_t)M * K);
     uint16_t *y16 = NULL;
@@ -458,8 +458,8 @@ static void gemm_half_case(kcuda_lt_t *lt, int64_t M, int64_t N, int64_t K, kcpu
     if (!ok || !x || !dx || !dy32 || !dy16 || !da8 || !dwork)
         goto out;
     PD_CHECK_STATUS(kcuda_fp8_quant_act(dx, KCPU_DTYPE_F32, M, K, K, da8, dwork, st_g), PD_OK);
-    PD_CHECK_STATUS(kcuda_fp8_gemm(lt, da8, dwork + 1, M, K, w.d8, w.dwork + 1, N, dy32, N, false), PD_OK);
-    PD_CHECK_STATUS(kcuda_fp8_gemm_half_out(lt, da8, dwork + 1, M, K, w.d8, w.dwork + 1, N, dy16, N, yt), PD_OK);
+    PD_CHECK_STATUS(kcuda_fp8_gemm(lt, da8, dwork + KCUDA_FP8_SCALE_AT, M, K, w.d8, w.dwork + KCUDA_FP8_SCALE_AT, N, dy32, N, false), PD_OK);
+    PD_CHECK_STATUS(kcuda_fp8_gemm_half_out(lt, da8, dwork + KCUDA_FP8_SCALE_AT, M, K, w.d8, w.dwork + KCUDA_FP8_SCALE_AT, N, dy16, N, yt), PD_OK);
     y32 = to_host(dy32, (size_t)M * N * 4);
     y16 = to_host(dy16, (size_t)M * N * 2);
     PD_CHECK(y32 && y16);
