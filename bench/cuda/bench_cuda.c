@@ -705,6 +705,19 @@ static double prefill_flops(const eng_model_config_t *c, int T)
            (double)c->n_layers * 4.0 * c->n_heads * c->head_dim * ((double)T * (T + 1) / 2);
 }
 
+/* The model at model_dir with dummy bf16 weights (8192 tokens of context), or NULL. */
+static eng_model_t *load_dummy(const char *model_dir)
+{
+    eng_load_opts_t lo;
+    eng_model_t *model = NULL;
+    eng_load_opts_init(&lo);
+    lo.model = model_dir;
+    lo.load_format = "dummy";
+    lo.dtype = "bfloat16";
+    lo.max_model_len = 8192;
+    return eng_model_load(&lo, &model) == PD_OK ? model : NULL;
+}
+
 /* The whole 2048-token prefill (eng_forward, dummy bf16 weights of model_dir) with the
  * old and the fa2 prefill attention, f32 and f16 KV caches (the server's "auto" on CUDA is
  * f16): ms[cache][variant] (0: failed or not run), and the compute floor (GEMM + causal
@@ -713,14 +726,8 @@ static void pfa_engine(const char *model_dir, double ms[2][PFA_NV], double *floo
 {
     memset(ms, 0, sizeof(double) * 2 * PFA_NV);
     *floor_ms = 0;
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    eng_load_opts_init(&lo);
-    lo.model = model_dir;
-    lo.load_format = "dummy";
-    lo.dtype = "bfloat16";
-    lo.max_model_len = 8192;
-    if (eng_model_load(&lo, &model) != PD_OK) {
+    eng_model_t *model = load_dummy(model_dir);
+    if (model == NULL) {
         fprintf(stderr, "bench_cuda: engine prefill: cannot load %s (dummy)\n", model_dir);
         return;
     }
@@ -880,14 +887,8 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
 {
     static const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {64, 1024, 1}};
     const int mbps = 2048 / BS + 2;
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    eng_load_opts_init(&lo);
-    lo.model = model_dir;
-    lo.load_format = "dummy";
-    lo.dtype = "bfloat16";
-    lo.max_model_len = 8192;
-    DIE_IF(eng_model_load(&lo, &model) != PD_OK, "cannot load %s (dummy)", model_dir);
+    eng_model_t *model = load_dummy(model_dir);
+    DIE_IF(model == NULL, "cannot load %s (dummy)", model_dir);
     const int vocab = (int)eng_model_config(model)->vocab_size;
     const eng_backend_ops_t *ops = eng_backend_get("cuda");
     eng_backend_t *be = NULL;
@@ -1060,14 +1061,8 @@ static int roofline_mode(const char *model_dir)
     double copy_gbps = 0, gemm_tflops = 0;
     DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
     DIE_IF(kcuda_bench_gemm_tflops(8192, 8192, 8192, 10, &gemm_tflops) != PD_OK, "gemm failed");
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    eng_load_opts_init(&lo);
-    lo.model = model_dir;
-    lo.load_format = "dummy";
-    lo.dtype = "bfloat16";
-    lo.max_model_len = 8192;
-    DIE_IF(eng_model_load(&lo, &model) != PD_OK, "cannot load %s (dummy)", model_dir);
+    eng_model_t *model = load_dummy(model_dir);
+    DIE_IF(model == NULL, "cannot load %s (dummy)", model_dir);
     const eng_model_config_t *c = eng_model_config(model);
     const eng_backend_ops_t *ops = eng_backend_get("cuda");
     eng_backend_t *be = NULL;
@@ -1276,15 +1271,9 @@ int main(int argc, char **argv)
     }
 
     /* ---- model ---- */
-    eng_load_opts_t lo;
-    eng_model_t *model = NULL;
-    eng_load_opts_init(&lo);
-    lo.model = model_dir;
-    lo.load_format = "dummy";
-    lo.dtype = "bfloat16";
-    lo.max_model_len = 8192;
     double t0 = now_s();
-    DIE_IF(eng_model_load(&lo, &model) != PD_OK, "cannot load %s (dummy)", model_dir);
+    eng_model_t *model = load_dummy(model_dir);
+    DIE_IF(model == NULL, "cannot load %s (dummy)", model_dir);
     const eng_model_config_t *c = eng_model_config(model);
     double load_s = now_s() - t0;
 

@@ -442,48 +442,63 @@ extern "C" pd_status_t kcuda_fp8_gemm_half_out(kcuda_lt_t *lt, const uint8_t *a8
     return fp8_gemm(lt, a8, a_scale, M, K, w8, w_scale, N, y, ldy, false, y_type);
 }
 
-/* ---- micro-benchmark (bench_cuda): the fp8 GEMM rate ---- */
+/* ---- micro-benchmarks (bench_cuda): the fp8 GEMM rate and the fp8 GEMV stream rate ---- */
+
+/* Milliseconds of `iters` calls of run(i) on the default stream, by events; 0 on an error. */
+template <typename F> static float time_iters(F run, int iters)
+{
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float ms = 0;
+    if (cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess) {
+        cudaEventRecord(e0, 0);
+        for (int i = 0; i < iters; i++)
+            run(i);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&ms, e0, e1);
+    }
+    if (cudaGetLastError() != cudaSuccess)
+        ms = 0;
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    return ms;
+}
 
 extern "C" pd_status_t kcuda_bench_fp8_gemm_tflops(int64_t M, int64_t N, int64_t K, int iters, double *tflops_p)
 {
     float *tmp = NULL, *work = NULL, *C = NULL;
     uint8_t *A = NULL, *W = NULL;
     kcuda_lt_t *lt = NULL;
-    cudaEvent_t e0 = NULL, e1 = NULL;
     float ms = 0;
     pd_status_t st = PD_ERR_CUDA;
     const size_t big = (size_t)(M > N ? M : N) * (size_t)K;
     bool ok = true;
     if (cudaMalloc(&tmp, big * sizeof(float)) != cudaSuccess || cudaMalloc(&A, (size_t)M * K) != cudaSuccess ||
         cudaMalloc(&W, (size_t)N * K) != cudaSuccess || cudaMalloc(&C, sizeof(float) * M * N) != cudaSuccess ||
-        cudaMalloc(&work, 2 * KCUDA_FP8_WORK_FLOATS * sizeof(float)) != cudaSuccess || kcuda_lt_create(NULL, 32u << 20, &lt) != PD_OK)
+        cudaMalloc(&work, 2 * KCUDA_FP8_WORK_FLOATS * sizeof(float)) != cudaSuccess ||
+        kcuda_lt_create(NULL, 32u << 20, &lt) != PD_OK)
         goto out;
     ok = kcuda_fill_random(tmp, (size_t)M * K, KCPU_DTYPE_F32, 1, 1.0f, NULL) == PD_OK &&
          kcuda_fp8_quant_act(tmp, KCPU_DTYPE_F32, M, K, K, A, work, NULL) == PD_OK &&
          kcuda_fill_random(tmp, (size_t)N * K, KCPU_DTYPE_F32, 2, 0.05f, NULL) == PD_OK &&
          kcuda_fp8w_convert(tmp, KCPU_DTYPE_F32, N, K, W, work + KCUDA_FP8_WORK_FLOATS, NULL) == PD_OK;
-    for (int i = 0; ok && i < 3; i++)
-        ok = kcuda_fp8_gemm(lt, A, work + KCUDA_FP8_SCALE_AT, M, K, W, work + KCUDA_FP8_WORK_FLOATS + KCUDA_FP8_SCALE_AT, N, C, N, false) == PD_OK;
-    if (!ok)
-        goto out;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    cudaEventRecord(e0, 0);
-    for (int i = 0; i < iters; i++)
-        kcuda_fp8_gemm(lt, A, work + KCUDA_FP8_SCALE_AT, M, K, W, work + KCUDA_FP8_WORK_FLOATS + KCUDA_FP8_SCALE_AT, N, C, N, false);
-    cudaEventRecord(e1, 0);
-    cudaEventSynchronize(e1);
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+    {
+        const float *a_sc = work + KCUDA_FP8_SCALE_AT, *w_sc = work + KCUDA_FP8_WORK_FLOATS + KCUDA_FP8_SCALE_AT;
+        auto gemm = [&](int) { return kcuda_fp8_gemm(lt, A, a_sc, M, K, W, w_sc, N, C, N, false); };
+        for (int i = 0; ok && i < 3; i++)
+            ok = gemm(i) == PD_OK;
+        if (!ok)
+            goto out;
+        ms = time_iters(gemm, iters);
+    }
+    if (ms > 0) {
         *tflops_p = 2.0 * (double)M * N * K * iters / (ms * 1e-3) / 1e12;
         st = PD_OK;
     }
 out:
     cudaGetLastError();
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
     kcuda_lt_destroy(lt);
     cudaFree(tmp);
     cudaFree(A);
@@ -510,7 +525,6 @@ extern "C" pd_status_t kcuda_bench_fp8_gemv_gbps(int64_t M, int64_t N, int64_t K
     const int copies = (int)((((size_t)256 << 20) + wbytes - 1) / wbytes);
     uint8_t *W = NULL;
     float *x = NULL, *y = NULL, *sc = NULL, ms = 0, one = 1.0f;
-    cudaEvent_t e0 = NULL, e1 = NULL;
     pd_status_t st = PD_ERR_CUDA;
     bool ok = true;
     if (cudaMalloc(&W, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sizeof(float) * M * K) != cudaSuccess ||
@@ -523,24 +537,17 @@ extern "C" pd_status_t kcuda_bench_fp8_gemv_gbps(int64_t M, int64_t N, int64_t K
         ok = kcuda_gemv_scaled(x, M, K, K, W, KCUDA_W_FP8_E4M3, sc, N, y, N, NULL) == PD_OK;
     if (!ok)
         goto out;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    cudaEventRecord(e0, 0);
-    for (int i = 0; i < iters; i++)
-        kcuda_gemv_scaled(x, M, K, K, W + (size_t)(i % copies) * wbytes, KCUDA_W_FP8_E4M3, sc, N, y, N, NULL);
-    cudaEventRecord(e1, 0);
-    cudaEventSynchronize(e1);
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (cudaGetLastError() == cudaSuccess && ms > 0) {
+    ms = time_iters(
+        [&](int i) {
+            kcuda_gemv_scaled(x, M, K, K, W + (size_t)(i % copies) * wbytes, KCUDA_W_FP8_E4M3, sc, N, y, N, NULL);
+        },
+        iters);
+    if (ms > 0) {
         *gbps_p = (double)wbytes * iters / (ms * 1e-3) / 1e9;
         st = PD_OK;
     }
 out:
     cudaGetLastError();
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
     cudaFree(W);
     cudaFree(x);
     cudaFree(y);

@@ -585,9 +585,33 @@ PD_TEST(test_docs_in_sync)
     free(gen);
 }
 
+/* --quantization fp8 (-q fp8) parses (the engine refuses it on the CPU backend:
+ * tests/fp8w); other methods are refused naming what works. */
+PD_TEST(test_quantization_fp8)
+{
+    pd_serve_args_t a;
+    char err[512] = "";
+    PD_CHECK_STATUS(FULL(&a, err, "--quantization", "fp8"), PD_OK);
+    PD_CHECK_EQ_STR(a.quantization, "fp8");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "-q", "fp8"), PD_OK);
+    PD_CHECK_EQ_STR(a.quantization, "fp8");
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "-q", "gguf"), PD_OK);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--quantization", "awq"), PD_ERR_INVAL);
+    PD_CHECK(strstr(err, "not supported yet") != NULL);
+    PD_CHECK(strstr(err, "fp8") != NULL);
+    printf("  -q awq: %s\n", err);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+    PD_CHECK_STATUS(FULL(&a, err, "--quantization", "fbgemm_fp8"), PD_ERR_INVAL);
+    pd_serve_args_free(PD_ROLE_DECODE, &a);
+}
+
 int main(void)
 {
     PD_RUN(test_every_seed_option_accepted);
+    PD_RUN(test_quantization_fp8);
     PD_RUN(test_defaults);
     PD_RUN(test_every_default);
     PD_RUN(test_vllm_defaults);
