@@ -1145,7 +1145,8 @@ PD_TEST(test_async_and_drain)
      * A raw socket, closed only once the handler has run, so a loaded machine cannot
      * turn this into "the request never reached the handler". */
     memset(&job, 0, sizeof(job));
-    job.delay_ms = 600;
+    job.delay_ms = 2000; /* the hang-up watcher (every 50 ms) must see the close first,
+                            also on a loaded CI machine (600 ms flaked there) */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -1248,18 +1249,22 @@ PD_TEST(test_async_and_drain)
     PD_CHECK(srv && pd_http_server_start(srv) == PD_OK);
     port = pd_http_server_port(srv);
     memset(&job, 0, sizeof(job));
-    job.delay_ms = 700;
+    job.delay_ms = 1500;
     bg_req_t abg = {.port = port, .path = "/v1/async"};
     pthread_create(&t, NULL, bg_get, &abg);
-    for (int i = 0; i < 200 && pd_http_server_inflight(srv) == 0; i++)
-        sleep_ms(2);
+    /* the handler has run (not just some time passed: on a loaded CI machine the
+     * request took longer than the 400 ms this waited before, and the drain found
+     * nothing in flight) */
+    for (int i = 0; i < 2000 && !atomic_load(&job.entered); i++)
+        sleep_ms(5);
+    PD_CHECK_EQ_INT(atomic_load(&job.entered), 1);
     st = pd_http_server_drain(srv, 100);
     PD_CHECK_STATUS(st, PD_ERR_TIMEOUT);
     pthread_join(t, NULL);
     PD_CHECK_EQ_INT(abg.r.status, 503);
     PD_CHECK_EQ_STR(error_type(&abg.r, NULL), "ServiceUnavailableError");
     resp_free(&abg.r);
-    for (int i = 0; i < 300 && !atomic_load(&job.done); i++)
+    for (int i = 0; i < 2000 && !atomic_load(&job.done); i++)
         sleep_ms(5);
     PD_CHECK_EQ_INT(atomic_load(&job.answer_status), PD_ERR_EXISTS);
     pd_http_server_destroy(srv);
