@@ -407,12 +407,12 @@ static pd_status_t gemm_weight(eng_backend_t *be, const void *w, kcpu_dtype_t wt
         kcuda_free(dst);
         return st;
     }
-    be->conv[be->n_conv++] =
-        (wconv_t){w, dst, want, bytes, want == KCUDA_W_FP8_E4M3 ? (const float *)((char *)dst + off) + KCUDA_FP8_SCALE_AT : NULL};
+    const float *scale = want == KCUDA_W_FP8_E4M3 ? (const float *)((char *)dst + off) + KCUDA_FP8_SCALE_AT : NULL;
+    be->conv[be->n_conv++] = (wconv_t){w, dst, want, bytes, scale};
     be->conv_bytes += bytes;
     *wg_p = dst;
     *tg_p = want;
-    *scale_p = be->conv[be->n_conv - 1].scale;
+    *scale_p = scale;
     return PD_OK;
 }
 
