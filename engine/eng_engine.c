@@ -170,6 +170,15 @@ struct eng_engine {
     float *su;                /* [max_seqs]: its uniform, drawn from the request's RNG */
     int32_t *argmax_ids;      /* [max_seqs] */
     pd_buf_t delta, text;
+    /* PD_ENGINE_STEP_PROFILE=1: where the engine thread's time goes, by step kind
+     * (decode only / mixed / prefill only), logged when the engine stops */
+    bool prof_on;
+    uint64_t prof_t0;
+    struct step_prof {
+        uint64_t steps, seqs, tokens, prefill_tokens;
+        uint64_t ns_sched, ns_launch, ns_overlap, ns_finish, ns_post;
+    } prof[3];
+    uint64_t prof_ns_idle;
 };
 
 void eng_engine_cfg_init(eng_engine_cfg_t *cfg)
@@ -1094,9 +1103,33 @@ static void flush_outputs(eng_engine_t *e, bool in_flight)
         retire_pending(e);
 }
 
+static void step_prof_log(const eng_engine_t *e)
+{
+    static const char *kind[3] = {"decode", "mixed", "prefill"};
+    double total = (double)(pd_now_ns() - e->prof_t0) / 1e9;
+    PD_LOG_INFO("engine step profile: %.2f s since start, %.2f s idle (no step to run); per step kind: steps, "
+                "mean seqs, mean tokens (prefill), ms per step = schedule + launch + output overlap + "
+                "wait/sample/update + bookkeeping, share of the time",
+                total, (double)e->prof_ns_idle / 1e9);
+    for (int k = 0; k < 3; k++) {
+        const struct step_prof *p = &e->prof[k];
+        if (p->steps == 0)
+            continue;
+        double n = (double)p->steps;
+        uint64_t ns = p->ns_sched + p->ns_launch + p->ns_overlap + p->ns_finish + p->ns_post;
+        PD_LOG_INFO("engine step profile: %-7s %8llu steps, %6.1f seqs, %7.1f tokens (%7.1f prefill), %7.3f ms = "
+                    "%.3f + %.3f + %.3f + %.3f + %.3f, %5.1f%%",
+                    kind[k], (unsigned long long)p->steps, (double)p->seqs / n, (double)p->tokens / n,
+                    (double)p->prefill_tokens / n, (double)ns / n / 1e6, (double)p->ns_sched / n / 1e6,
+                    (double)p->ns_launch / n / 1e6, (double)p->ns_overlap / n / 1e6, (double)p->ns_finish / n / 1e6,
+                    (double)p->ns_post / n / 1e6, total > 0 ? 100.0 * (double)ns / 1e9 / total : 0.0);
+    }
+}
+
 static void *engine_main(void *arg)
 {
     eng_engine_t *e = arg;
+    e->prof_t0 = pd_now_ns();
     update_stats(e, NULL); /* free blocks etc. are right before the first request */
     for (;;) {
         ereq_t *news;
@@ -1161,6 +1194,7 @@ static void *engine_main(void *arg)
         }
         if (stopping)
             break;
+        uint64_t pt0 = e->prof_on ? pd_now_ns() : 0, pt1 = 0, pt2 = 0, pt3 = 0;
         b = eng_sched_step(e->sched);
         if (e->cfg.max_queued_seqs > 0) {
             /* requests in their first step stop waiting: room for new ones */
@@ -1180,14 +1214,22 @@ static void *engine_main(void *arg)
         if (b->n_seqs == 0) {
             flush_outputs(e, false);
             update_stats(e, b);
+            if (e->prof_on)
+                e->prof_ns_idle += pd_now_ns() - pt0;
             continue;
         }
         PD_LOG_TRACE("engine: step of %d seqs (%d prefill, %d decode), %d tokens, %d swap-out, %d swap-in, %d copies",
                      b->n_seqs, b->n_prefill_seqs, b->n_decode_seqs, b->n_tokens, b->n_swap_out, b->n_swap_in,
                      b->n_copies);
+        if (e->prof_on)
+            pt1 = pd_now_ns();
         st = run_step_launch(e, b);
+        if (e->prof_on)
+            pt2 = pd_now_ns();
         /* the previous step's outputs while this one computes */
         flush_outputs(e, true);
+        if (e->prof_on)
+            pt3 = pd_now_ns();
         if (st == PD_OK)
             st = run_step_finish(e, b);
         else
@@ -1229,9 +1271,27 @@ static void *engine_main(void *arg)
         snapshot_outputs(e, b);
         if (!e->async)
             flush_outputs(e, false);
+        uint64_t pt4 = e->prof_on ? pd_now_ns() : 0;
         retire_pending(e); /* the step that might still hold them has ended */
         update_stats(e, b);
+        if (e->prof_on) {
+            struct step_prof *p = &e->prof[b->n_prefill_seqs == 0 ? 0 : b->n_decode_seqs > 0 ? 1 : 2];
+            uint64_t pt5 = pd_now_ns();
+            p->steps++;
+            p->seqs += (uint64_t)b->n_seqs;
+            p->tokens += (uint64_t)b->n_tokens;
+            for (int s = 0; s < b->n_seqs; s++)
+                if (b->seqs[s].is_prefill)
+                    p->prefill_tokens += (uint64_t)b->seqs[s].n_tokens;
+            p->ns_sched += pt1 - pt0;
+            p->ns_launch += pt2 - pt1;
+            p->ns_overlap += pt3 - pt2;
+            p->ns_finish += pt4 - pt3;
+            p->ns_post += pt5 - pt4;
+        }
     }
+    if (e->prof_on)
+        step_prof_log(e);
     return NULL;
 }
 
@@ -1827,6 +1887,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         else
             e->argmax_ids = malloc(S * sizeof(int32_t));
         e->device_argmax = getenv("PD_ENGINE_HOST_SAMPLING") == NULL;
+        e->prof_on = getenv("PD_ENGINE_STEP_PROFILE") != NULL && strcmp(getenv("PD_ENGINE_STEP_PROFILE"), "0") != 0;
         e->async = cfg->async_output == 2 || (cfg->async_output == 1 && e->ops->memcpy_d2h_async != NULL);
         {
             const char *ds = getenv("PD_ENGINE_DEVICE_SAMPLING");
@@ -1839,6 +1900,25 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
         }
     }
 #undef TRY
+    {
+        /* the decode graphs now, not in the first serving steps of each batch size
+         * (PD_CUDA_GRAPH_CAPTURE=lazy: at first use, as before; tests that start many
+         * engines) */
+        const char *gc = getenv("PD_CUDA_GRAPH_CAPTURE");
+        eng_forward_graph_stats_t gs;
+        eng_forward_graph_stats(e->fw, &gs);
+        if (gs.n_sizes > 0 && !(gc && strcmp(gc, "lazy") == 0)) {
+            double t0 = pd_now_s();
+            int n = 0;
+            if ((st = eng_forward_capture_graphs(e->fw, e->logits, e->argmax_ids, &n)) != PD_OK) {
+                PD_LOG_ERR("engine: capturing the CUDA graphs failed (%s)", pd_status_str(st));
+                goto err;
+            }
+            if (n > 0)
+                PD_LOG_INFO("engine: captured the CUDA graphs of %d decode batch sizes in %.1f s", n,
+                            pd_now_s() - t0);
+        }
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         st = PD_ERR_INTERNAL;
         goto err;

@@ -1365,6 +1365,59 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
     return copy_out(fw, b->n_logits, need_row, logits, ids);
 }
 
+pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t *ids, int *n_captured_p)
+{
+    int n_captured = 0;
+    pd_status_t st = PD_OK;
+
+    if (n_captured_p)
+        *n_captured_p = 0;
+    if (fw->n_sizes == 0 || fw->opts.calculate_kv_scales)
+        return PD_OK;
+    const int cap = fw->graph_max_bs, MB = fw->opts.max_blocks_per_seq;
+    int32_t *tok = calloc((size_t)cap, sizeof(int32_t)), *pos = calloc((size_t)cap, sizeof(int32_t));
+    int32_t *seq = malloc((size_t)cap * sizeof(int32_t)), *ctx = malloc((size_t)cap * sizeof(int32_t));
+    int32_t *tables = calloc((size_t)cap * (size_t)MB, sizeof(int32_t));
+    int64_t *slots = calloc((size_t)cap, sizeof(int64_t));
+    if (!tok || !pos || !seq || !ctx || !tables || !slots) {
+        st = PD_ERR_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < cap; i++) {
+        seq[i] = i;  /* token i is sequence i, logits row i */
+        ctx[i] = 1;  /* its one token: slot 0 of block 0 (every row writes the same K, V) */
+    }
+    for (int idx = 0; idx < fw->n_sizes; idx++) {
+        eng_fwd_batch_t b;
+        if (fw->graphs[idx] != NULL || fw->failed[idx])
+            continue;
+        memset(&b, 0, sizeof(b));
+        b.n_tokens = fw->sizes[idx];
+        b.tokens = tok;
+        b.positions = pos;
+        b.tok_seq = seq;
+        b.slots = slots;
+        b.n_seqs = fw->sizes[idx];
+        b.block_tables = tables;
+        b.context_lens = ctx;
+        b.n_logits = fw->sizes[idx];
+        b.logit_rows = seq;
+        if ((st = eng_forward_run_sample(fw, &b, NULL, NULL, NULL, logits, ids)) != PD_OK)
+            goto out;
+        n_captured += fw->graphs[idx] != NULL;
+    }
+out:
+    free(tok);
+    free(pos);
+    free(seq);
+    free(ctx);
+    free(tables);
+    free(slots);
+    if (n_captured_p)
+        *n_captured_p = n_captured;
+    return st;
+}
+
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p)
 {
     eng_forward_graph_stats_t s = {0};

@@ -136,6 +136,15 @@ typedef struct eng_forward_graph_stats {
 
 void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t *stats_p);
 
+/* Capture the CUDA graph of every decode batch size now (vLLM captures at start-up too),
+ * so that no serving step pays for an eager warm-up, a capture and its self-check.  Each
+ * size runs one dummy decode step (token 0 at position 0 of KV block 0, written and read
+ * by every row; call it before any request uses the cache).  logits / ids: host buffers
+ * of graph_max_bs rows (vocab floats) / ids, as for eng_forward_run_sample.  Does nothing
+ * without graphs, and leaves capture to first use under calculate_kv_scales (the scales
+ * come from the first real batch).  *n_captured_p (may be NULL): sizes captured now. */
+pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t *ids, int *n_captured_p);
+
 /* Layers whose q|k|v and gate|up projections run as one fused matmul each (built at
  * create from the separate weights when their types match; PD_FORWARD_NO_FUSE=1 turns
  * it off for A/B runs).  Either pointer may be NULL. */

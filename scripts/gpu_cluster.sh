@@ -416,6 +416,9 @@ tput() { # whole-engine throughput (issue 6): one decode node alone on GPU 0, si
                 "$(grep -m1 'Output token throughput' "$OUTD/runs/$name.txt" | tr -s ' ')"
             grep -h 'preempt\|engine: GPU' "$OUTD/$name-node.log" | head -3 >> "$OUTD/steps.log"
             stop_all
+            # PD_ENGINE_STEP_PROFILE=1 in the environment: the engine's per-step-kind
+            # profile, logged when the node stops
+            grep -h 'step profile\|CUDA graphs\|replayed' "$OUTD/$name-node.log" >> "$OUTD/steps.log" || true
         done
     done
 }
