@@ -883,10 +883,22 @@ out:
  * every kernel, nothing serialized) into DIR/tl_cuda_{gpu,api}_trace.csv for
  * scripts/nsys_gaps.py; the decode steps as the server runs them (CUDA graphs, device
  * argmax), three of each phase. */
+/* The third phase (decode b64 ctx 1024, f16 KV, bf16 weights) can take the whole-engine
+ * run's shape instead: PD_PROFILE_B (batch), PD_PROFILE_CTX (context), PD_PROFILE_KV=fp8
+ * (an fp8 e4m3 cache filled with random finite bytes), PD_PROFILE_FP8W=1 (fp8 weights). */
+static int env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    return v && atoi(v) > 0 ? atoi(v) : def;
+}
+
 static int profile_mode(const char *model_dir, const char *trace_dir)
 {
-    static const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {64, 1024, 1}};
-    const int mbps = 2048 / BS + 2;
+    const int B3 = env_int("PD_PROFILE_B", 64), C3 = env_int("PD_PROFILE_CTX", 1024);
+    const bool kv8 = getenv("PD_PROFILE_KV") && strcmp(getenv("PD_PROFILE_KV"), "fp8") == 0;
+    const bool w8 = env_int("PD_PROFILE_FP8W", 0) != 0;
+    const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {B3, C3, 1}};
+    const int mbps = (C3 + 1 > 2048 ? C3 + 1 : 2048) / BS + 2;
     eng_model_t *model = load_dummy(model_dir);
     DIE_IF(model == NULL, "cannot load %s (dummy)", model_dir);
     const int vocab = (int)eng_model_config(model)->vocab_size;
@@ -895,19 +907,27 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
     eng_backend_opts_t bo = {.device = 0};
     DIE_IF(ops == NULL || ops->init(&bo, &be) != PD_OK, "no cuda backend");
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
-    eng_forward_opts_t fo = {.block_size = BS, .n_blocks = 64 * (1024 / BS + 1), .max_tokens = 2048,
-                             .max_seqs = 64, .max_blocks_per_seq = mbps, .kv_dtype = ENG_KV_F16};
+    DIE_IF(w8 && eng_backend_cuda_set_fp8_weights(be, true) != PD_OK, "fp8 weights refused");
+    eng_forward_opts_t fo = {.block_size = BS, .n_blocks = B3 * ((C3 + 1 + BS - 1) / BS) + 2048 / BS + 1,
+                             .max_tokens = 2048, .max_seqs = B3 > 64 ? B3 : 64, .max_blocks_per_seq = mbps,
+                             .kv_dtype = kv8 ? ENG_KV_FP8_E4M3 : ENG_KV_F16};
     if (trace_dir) {
-        fo.graph_max_bs = 64;
+        fo.graph_max_bs = B3 > 64 ? B3 : 64;
         fo.graph_max_ctx = 8192;
     }
     eng_forward_t *fw = NULL;
     DIE_IF(eng_forward_create(model, ops, be, &fo, &fw) != PD_OK, "forward create failed");
-    size_t n = eng_forward_kv_block_bytes(fw) / 2 * (size_t)eng_forward_kv_n_blocks(fw);
-    DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F16, 7, 1.0f, NULL) != PD_OK ||
-               kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    if (kv8) {
+        size_t n8 = eng_forward_kv_block_bytes(fw) * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(!bench_fill_fp8(eng_forward_kv_base(fw), n8, NULL), "fill failed");
+    } else {
+        size_t n = eng_forward_kv_block_bytes(fw) / 2 * (size_t)eng_forward_kv_n_blocks(fw);
+        DIE_IF(kcuda_fill_random(eng_forward_kv_base(fw), n, KCPU_DTYPE_F16, 7, 1.0f, NULL) != PD_OK ||
+                   kcuda_stream_sync(NULL) != PD_OK, "fill failed");
+    }
     batch_t b[3];
-    float *lg = malloc(sizeof(float) * 64 * (size_t)vocab);
+    const int LB = B3 > 64 ? B3 : 64;
+    float *lg = malloc(sizeof(float) * LB * (size_t)vocab);
     DIE_IF(lg == NULL, "out of memory");
     for (int i = 0; i < 3; i++) {
         make_batch(&b[i], ph[i].B, ph[i].ctx, ph[i].n_new, mbps, vocab);
@@ -930,15 +950,16 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
     DIE_IF(kcuda_bench_marker(4, NULL) != PD_OK || kcuda_bench_profiler(false) != PD_OK, "profiler stop failed");
     DIE_IF(trace_dir && pd_trace_stop(trace_dir) != 0, "cannot write the CUPTI trace");
     if (trace_dir)
-        printf("trace: prefill 2048 %.2f ms, decode b1 %.3f ms, b64 %.3f ms per step (host clock, traced)\n", ms[0],
-               ms[1], ms[2]);
+        printf("trace: prefill 2048 %.2f ms, decode b1 %.3f ms, b%d %.3f ms per step (host clock, traced)\n", ms[0],
+               ms[1], B3, ms[2]);
     for (int i = 0; i < 3; i++)
         free_batch(&b[i]);
     free(lg);
     eng_forward_destroy(fw);
     ops->shutdown(be);
     eng_model_destroy(model);
-    printf("profile: prefill 2048 (marker 1), decode b1 ctx 1024 (marker 2), b64 ctx 1024 (marker 3), f16 KV\n");
+    printf("profile: prefill 2048 (marker 1), decode b1 ctx 1024 (marker 2), b%d ctx %d (marker 3), %s KV, %s "
+           "weights\n", B3, C3, kv8 ? "fp8" : "f16", w8 ? "fp8" : "bf16");
     return 0;
 }
 
