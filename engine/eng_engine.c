@@ -987,7 +987,10 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
             prompt += (uint64_t)bq->n_tokens;
         gen += (uint64_t)bq->n_samples;
     }
+    eng_forward_graph_stats_t gs = {0};
     eng_sched_get_stats(e->sched, &ss);
+    if (e->fw)
+        eng_forward_graph_stats(e->fw, &gs);
     pthread_mutex_lock(&e->mu);
     e->prompt_tokens_total += prompt;
     e->generation_tokens_total += gen;
@@ -1006,6 +1009,8 @@ static void update_stats(eng_engine_t *e, const eng_batch_t *b)
     e->stats.swap_in_blocks = e->swap_in_blocks;
     e->stats.n_steps = ss.n_steps;
     e->stats.n_kv_held = eng_sched_num_held(e->sched);
+    e->stats.n_graph_sizes = gs.n_sizes;
+    e->stats.n_graphs = gs.n_captured;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -1902,12 +1907,13 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
 #undef TRY
     {
         /* the decode graphs now, not in the first serving steps of each batch size
-         * (PD_CUDA_GRAPH_CAPTURE=lazy: at first use, as before; tests that start many
-         * engines) */
+         * (cfg graph_capture_lazy, the prefill node, or PD_CUDA_GRAPH_CAPTURE=lazy: at
+         * first use, as before) */
         const char *gc = getenv("PD_CUDA_GRAPH_CAPTURE");
-        eng_forward_graph_stats_t gs;
-        eng_forward_graph_stats(e->fw, &gs);
-        if (gs.n_sizes > 0 && !(gc && strcmp(gc, "lazy") == 0)) {
+        eng_forward_graph_stats_t gs = {0};
+        if (e->fw)
+            eng_forward_graph_stats(e->fw, &gs);
+        if (gs.n_sizes > 0 && !cfg->graph_capture_lazy && !(gc && strcmp(gc, "lazy") == 0)) {
             double t0 = pd_now_s();
             int n = 0;
             if ((st = eng_forward_capture_graphs(e->fw, e->logits, e->argmax_ids, &n)) != PD_OK) {
@@ -1919,6 +1925,7 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
                             pd_now_s() - t0);
         }
     }
+    update_stats(e, NULL); /* before the thread: a caller may read them at once */
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         st = PD_ERR_INTERNAL;
         goto err;

@@ -55,6 +55,9 @@ typedef struct eng_engine_cfg {
     int cuda_graph_max_bs;         /* CUDA graphs for decode batches up to this size (512); 0 = eager
                                     * (--enforce-eager, -O0) */
     int max_seq_len_to_capture;    /* longer contexts run eagerly (8192) */
+    bool graph_capture_lazy;       /* capture each decode graph at its first step instead
+                                    * of at start-up (the prefill node: no decode steps in
+                                    * a cluster) */
     const char *kv_cache_dtype;    /* NULL/"auto" (f32), "fp8", "fp8_e4m3", "fp8_e5m2" (CUDA only) */
     bool calculate_kv_scales;      /* fp8: per-layer scales from the first batch */
     bool fp8_weights;              /* --quantization fp8: GEMM weights as fp8 e4m3 with a
@@ -250,6 +253,7 @@ typedef struct eng_engine_stats {
     uint64_t requests_finished[4];  /* stop, length, abort, error */
     uint64_t kv_load_failures[2];   /* failed pulls handled by policy: recompute, fail */
     int n_kv_held;                  /* finished producer requests holding blocks */
+    int n_graph_sizes, n_graphs;    /* decode CUDA graph capture sizes, graphs captured */
     bool dead;                      /* the engine thread hit a fatal error */
 } eng_engine_stats_t;
 

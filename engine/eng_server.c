@@ -135,6 +135,10 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     /* CUDA graphs (docs/cuda.md): on unless --enforce-eager, -O0 / {"level": 0} or
      * {"cudagraph_mode": "NONE"}; {"max_capture_size": n} caps the captured batch size */
     c->max_seq_len_to_capture = (int)a->max_seq_len_to_capture;
+    /* a prefill node runs no decode step in a cluster (the decode node does them): its
+     * graphs, for when it serves on its own, are captured at first use, so it starts
+     * without the 10-20 s of start-up capture */
+    c->graph_capture_lazy = role == PD_ROLE_PREFILL;
     c->async_output = a->disable_async_output_proc ? 0 : 1;
     if (a->enforce_eager)
         c->cuda_graph_max_bs = 0;

@@ -225,6 +225,54 @@ PD_TEST(test_cuda_engine_kv_auto)
     eng_engine_destroy(e);
 }
 
+/* The decode graphs are captured when the engine is created (every capture size, before
+ * any request), or at first use when the cfg says so (the prefill node) */
+static void test_cuda_graphs_at_start(void)
+{
+    res_t r[2][4];
+    for (int lazy = 0; lazy < 2; lazy++) {
+        eng_engine_cfg_t c;
+        eng_engine_t *e = NULL;
+        eng_engine_stats_t st;
+        eng_engine_cfg_init(&c);
+        c.load.model = model_dir;
+        c.load.dtype = "float32";
+        c.load.max_model_len = 128;
+        c.backend = SWAP_BACKEND;
+        c.skip_tokenizer_init = true;
+        c.block_size = 16;
+        c.num_blocks = 64;
+        c.max_num_seqs = 20; /* sizes 1, 2, 4, 8, 16, 20 */
+        c.max_num_batched_tokens = 512;
+        c.cuda_graph_max_bs = 512;
+        c.max_seq_len_to_capture = 8192;
+        c.graph_capture_lazy = lazy;
+        PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
+        if (e == NULL)
+            return;
+        eng_engine_get_stats(e, &st);
+        PD_CHECK_EQ_INT(st.n_graph_sizes, 6);
+        PD_CHECK_EQ_INT(st.n_graphs, lazy ? 0 : 6);
+        /* the cache is untouched by the dummy steps' bookkeeping: every block free */
+        PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
+        run(e, 0, 4, r[lazy]); /* requests decode right after (lazy: capturing what they use) */
+        eng_engine_get_stats(e, &st);
+        if (lazy)
+            PD_CHECK(st.n_graphs >= 1 && st.n_graphs < 6);
+        else
+            PD_CHECK_EQ_INT(st.n_graphs, 6);
+        PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
+        eng_engine_destroy(e);
+    }
+    /* the same greedy tokens either way */
+    for (int i = 0; i < 4; i++) {
+        PD_CHECK(r[0][i].done && r[1][i].done);
+        PD_CHECK_EQ_INT(r[0][i].n, N_GEN);
+        PD_CHECK_EQ_INT(r[1][i].n, N_GEN);
+        PD_CHECK(memcmp(r[0][i].ids, r[1][i].ids, sizeof(r[0][i].ids)) == 0);
+    }
+}
+
 int main(void)
 {
     const eng_backend_ops_t *ops = eng_backend_get(SWAP_BACKEND);
@@ -240,5 +288,6 @@ int main(void)
     PD_RUN(test_cuda_kv_swap_op);
     PD_RUN(test_cuda_engine_swap);
     PD_RUN(test_cuda_engine_kv_auto);
+    PD_RUN(test_cuda_graphs_at_start);
     return PD_TEST_REPORT();
 }
