@@ -1108,6 +1108,9 @@ static void flush_outputs(eng_engine_t *e, bool in_flight)
         retire_pending(e);
 }
 
+/* the step profile's clock: 0 (not read) unless PD_ENGINE_STEP_PROFILE is on */
+static inline uint64_t prof_now(const eng_engine_t *e) { return e->prof_on ? pd_now_ns() : 0; }
+
 static void step_prof_log(const eng_engine_t *e)
 {
     static const char *kind[3] = {"decode", "mixed", "prefill"};
@@ -1199,7 +1202,7 @@ static void *engine_main(void *arg)
         }
         if (stopping)
             break;
-        uint64_t pt0 = e->prof_on ? pd_now_ns() : 0, pt1 = 0, pt2 = 0, pt3 = 0;
+        const uint64_t pt0 = prof_now(e);
         b = eng_sched_step(e->sched);
         if (e->cfg.max_queued_seqs > 0) {
             /* requests in their first step stop waiting: room for new ones */
@@ -1226,15 +1229,12 @@ static void *engine_main(void *arg)
         PD_LOG_TRACE("engine: step of %d seqs (%d prefill, %d decode), %d tokens, %d swap-out, %d swap-in, %d copies",
                      b->n_seqs, b->n_prefill_seqs, b->n_decode_seqs, b->n_tokens, b->n_swap_out, b->n_swap_in,
                      b->n_copies);
-        if (e->prof_on)
-            pt1 = pd_now_ns();
+        const uint64_t pt1 = prof_now(e);
         st = run_step_launch(e, b);
-        if (e->prof_on)
-            pt2 = pd_now_ns();
+        const uint64_t pt2 = prof_now(e);
         /* the previous step's outputs while this one computes */
         flush_outputs(e, true);
-        if (e->prof_on)
-            pt3 = pd_now_ns();
+        const uint64_t pt3 = prof_now(e);
         if (st == PD_OK)
             st = run_step_finish(e, b);
         else
@@ -1276,7 +1276,7 @@ static void *engine_main(void *arg)
         snapshot_outputs(e, b);
         if (!e->async)
             flush_outputs(e, false);
-        uint64_t pt4 = e->prof_on ? pd_now_ns() : 0;
+        const uint64_t pt4 = prof_now(e);
         retire_pending(e); /* the step that might still hold them has ended */
         update_stats(e, b);
         if (e->prof_on) {
@@ -1908,12 +1908,9 @@ pd_status_t eng_engine_create(const eng_engine_cfg_t *cfg, eng_engine_t **engine
     {
         /* the decode graphs now, not in the first serving steps of each batch size
          * (cfg graph_capture_lazy, the prefill node, or PD_CUDA_GRAPH_CAPTURE=lazy: at
-         * first use, as before) */
+         * first use, as before; without graphs this captures nothing) */
         const char *gc = getenv("PD_CUDA_GRAPH_CAPTURE");
-        eng_forward_graph_stats_t gs = {0};
-        if (e->fw)
-            eng_forward_graph_stats(e->fw, &gs);
-        if (gs.n_sizes > 0 && !cfg->graph_capture_lazy && !(gc && strcmp(gc, "lazy") == 0)) {
+        if (e->fw && !cfg->graph_capture_lazy && !(gc && strcmp(gc, "lazy") == 0)) {
             double t0 = pd_now_s();
             int n = 0;
             if ((st = eng_forward_capture_graphs(e->fw, e->logits, e->argmax_ids, &n)) != PD_OK) {

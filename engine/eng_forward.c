@@ -125,6 +125,7 @@ struct eng_forward {
     int32_t *p_tokens, *p_pos, *p_seq, *p_tables, *p_ctx; /* host: padded batch */
     int64_t *p_slots;
     uint64_t graph_steps, eager_steps;
+    int n_captured, n_failed;       /* graphs live, sizes marked failed */
 };
 
 #define CK(expr)                                  \
@@ -1276,8 +1277,10 @@ static pd_status_t run_graph(eng_forward_t *fw, const eng_fwd_batch_t *b, int id
         PD_LOG_WARN("forward: CUDA graph capture for decode batch size %d failed (%s); that size runs eagerly", bs,
                     pd_status_str(st));
         fw->failed[idx] = true;
+        fw->n_failed++;
         return PD_OK;
     }
+    fw->n_captured += fw->graphs[idx] != NULL;
     PD_LOG_DEBUG("forward: captured the CUDA graph of decode batch size %d", bs);
     return PD_OK;
 }
@@ -1367,7 +1370,7 @@ pd_status_t eng_forward_run_sample(eng_forward_t *fw, const eng_fwd_batch_t *b, 
 
 pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t *ids, int *n_captured_p)
 {
-    int n_captured = 0;
+    const int before = fw->n_captured;
     pd_status_t st = PD_OK;
 
     if (n_captured_p)
@@ -1404,7 +1407,6 @@ pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t
         b.logit_rows = seq;
         if ((st = eng_forward_run_sample(fw, &b, NULL, NULL, NULL, logits, ids)) != PD_OK)
             goto out;
-        n_captured += fw->graphs[idx] != NULL;
     }
 out:
     free(tok);
@@ -1414,7 +1416,7 @@ out:
     free(tables);
     free(slots);
     if (n_captured_p)
-        *n_captured_p = n_captured;
+        *n_captured_p = fw->n_captured - before;
     return st;
 }
 
@@ -1422,10 +1424,8 @@ void eng_forward_graph_stats(const eng_forward_t *fw, eng_forward_graph_stats_t 
 {
     eng_forward_graph_stats_t s = {0};
     s.n_sizes = fw->n_sizes;
-    for (int i = 0; i < fw->n_sizes; i++) {
-        s.n_captured += fw->graphs[i] != NULL;
-        s.n_failed += fw->failed[i];
-    }
+    s.n_captured = fw->n_captured;
+    s.n_failed = fw->n_failed;
     s.graph_steps = fw->graph_steps;
     s.eager_steps = fw->eager_steps;
     *stats_p = s;
