@@ -1378,11 +1378,11 @@ pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t
     if (fw->n_sizes == 0 || fw->opts.calculate_kv_scales)
         return PD_OK;
     const int cap = fw->graph_max_bs, MB = fw->opts.max_blocks_per_seq;
-    int32_t *tok = calloc((size_t)cap, sizeof(int32_t)), *pos = calloc((size_t)cap, sizeof(int32_t));
+    int32_t *zero = calloc((size_t)cap, sizeof(int32_t)); /* every token id and position */
     int32_t *seq = malloc((size_t)cap * sizeof(int32_t)), *ctx = malloc((size_t)cap * sizeof(int32_t));
     int32_t *tables = calloc((size_t)cap * (size_t)MB, sizeof(int32_t));
     int64_t *slots = calloc((size_t)cap, sizeof(int64_t));
-    if (!tok || !pos || !seq || !ctx || !tables || !slots) {
+    if (!zero || !seq || !ctx || !tables || !slots) {
         st = PD_ERR_NOMEM;
         goto out;
     }
@@ -1396,8 +1396,8 @@ pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t
             continue;
         memset(&b, 0, sizeof(b));
         b.n_tokens = fw->sizes[idx];
-        b.tokens = tok;
-        b.positions = pos;
+        b.tokens = zero;
+        b.positions = zero;
         b.tok_seq = seq;
         b.slots = slots;
         b.n_seqs = fw->sizes[idx];
@@ -1409,8 +1409,7 @@ pd_status_t eng_forward_capture_graphs(eng_forward_t *fw, float *logits, int32_t
             goto out;
     }
 out:
-    free(tok);
-    free(pos);
+    free(zero);
     free(seq);
     free(ctx);
     free(tables);

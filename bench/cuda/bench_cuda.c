@@ -899,6 +899,7 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
     const bool w8 = env_int("PD_PROFILE_FP8W", 0) != 0;
     const struct { int B, ctx, n_new; } ph[3] = {{1, 0, 2048}, {1, 1024, 1}, {B3, C3, 1}};
     const int mbps = (C3 + 1 > 2048 ? C3 + 1 : 2048) / BS + 2;
+    const int LB = B3 > 64 ? B3 : 64; /* sequences the forward (and its graphs) hold */
     eng_model_t *model = load_dummy(model_dir);
     DIE_IF(model == NULL, "cannot load %s (dummy)", model_dir);
     const int vocab = (int)eng_model_config(model)->vocab_size;
@@ -909,10 +910,10 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
     eng_backend_cuda_set_weight_dtype(be, KCPU_DTYPE_BF16);
     DIE_IF(w8 && eng_backend_cuda_set_fp8_weights(be, true) != PD_OK, "fp8 weights refused");
     eng_forward_opts_t fo = {.block_size = BS, .n_blocks = B3 * ((C3 + 1 + BS - 1) / BS) + 2048 / BS + 1,
-                             .max_tokens = 2048, .max_seqs = B3 > 64 ? B3 : 64, .max_blocks_per_seq = mbps,
+                             .max_tokens = 2048, .max_seqs = LB, .max_blocks_per_seq = mbps,
                              .kv_dtype = kv8 ? ENG_KV_FP8_E4M3 : ENG_KV_F16};
     if (trace_dir) {
-        fo.graph_max_bs = B3 > 64 ? B3 : 64;
+        fo.graph_max_bs = LB;
         fo.graph_max_ctx = 8192;
     }
     eng_forward_t *fw = NULL;
@@ -926,7 +927,6 @@ static int profile_mode(const char *model_dir, const char *trace_dir)
                    kcuda_stream_sync(NULL) != PD_OK, "fill failed");
     }
     batch_t b[3];
-    const int LB = B3 > 64 ? B3 : 64;
     float *lg = malloc(sizeof(float) * LB * (size_t)vocab);
     DIE_IF(lg == NULL, "out of memory");
     for (int i = 0; i < 3; i++) {
