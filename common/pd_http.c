@@ -59,7 +59,7 @@
 #include "pd_util.h"
 
 #define DEFAULT_MAX_BODY (16u << 20)
-#define DEFAULT_MAX_HEADER (64u << 10)
+#define DEFAULT_MAX_HEADER (16u << 10)
 #define DEFAULT_MAX_CONN 4096u
 #define DEFAULT_TIMEOUT_S 60u
 #define STREAM_MAX_QUEUED ((size_t)64 << 20)
@@ -1984,13 +1984,15 @@ err_free:
     return st;
 }
 
-/* A worker drives one MHD daemon.  The wait is bounded because libmicrohttpd 0.9.75's
- * epoll loop, after an epoll_wait() that returns exactly its 128-event batch, waits
- * again with the timeout computed before the batch: connections already marked ready
- * then stall until the next socket event.  With internal threads that stall lasted
- * until a client timed out (seen with 1,000 simultaneous streams); here it is at most
- * WORKER_WAIT_MS. */
-#define WORKER_WAIT_MS 20
+/* A worker drives one MHD daemon: it polls MHD's epoll fd and its own wake-up eventfd
+ * with the timeout MHD asks for (MHD_get_timeout(): 0 while connections are already
+ * marked ready, e.g. after a full 128-event epoll batch, else the earliest connection
+ * timeout), then runs MHD_run(), whose epoll_wait() does not block.  Every event that
+ * needs the worker either is a socket event in MHD's epoll set or writes the eventfd
+ * (resumes from other threads, queued direct writes, stop), so the wait without
+ * timeouts is only a safety bound: an idle server wakes once a second per worker, not
+ * 50 times (the bound was 20 ms, which cost ~1 us per streamed token in wake-ups). */
+#define WORKER_WAIT_MS 1000
 
 typedef struct worker_arg {
     pd_http_server_t *srv;
@@ -2107,6 +2109,12 @@ err_sys:
 static void stop_workers(pd_http_server_t *srv)
 {
     atomic_store(&srv->workers_run, 0);
+    for (unsigned i = 0; srv->wake_fds && i < srv->n_workers; i++) {
+        uint64_t one = 1; /* the loop checks workers_run after every wake-up */
+        if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
+            /* EAGAIN: a wake-up is already pending */
+        }
+    }
     for (unsigned i = 0; i < srv->n_workers; i++)
         pthread_join(srv->workers[i], NULL);
     srv->n_workers = 0;
@@ -2145,10 +2153,14 @@ pd_status_t pd_http_server_start(pd_http_server_t *srv)
         flags |= MHD_USE_IPv6;
     if (srv->tls_key)
         flags |= MHD_USE_TLS;
-    /* Memory pool per connection: headers must fit (plus read/write buffers). */
-    size_t pool = srv->max_header + 32768;
-    if (pool < 65536)
-        pool = 65536;
+    /* Memory pool per connection: the request line and headers must fit, with room for
+     * the read buffer's tail and the response headers.  libmicrohttpd 0.9.75 mmaps a
+     * pool over 32 KiB per connection: page faults as it is first written, then munmap
+     * and its TLB shootdown at close (~250 us of server CPU per new connection on
+     * this 2-core VM); a pool of 32 KiB or less comes from malloc and is reused. */
+    size_t pool = srv->max_header + 16384;
+    if (pool < 32768)
+        pool = 32768;
     unsigned per_daemon = (srv->max_conn + srv->n_threads - 1) / srv->n_threads;
 
     srv->daemons = calloc(srv->n_threads, sizeof(*srv->daemons));

@@ -81,7 +81,7 @@ typedef struct pd_http_config {
 
     /* Limits (0 = default shown). */
     size_t max_body_bytes;       /* 16 MiB; larger bodies get 413 */
-    size_t max_header_bytes;     /* 64 KiB of request line + headers; larger get 431 */
+    size_t max_header_bytes;     /* 16 KiB of request line + headers; larger get 431 */
     unsigned max_connections;    /* 4096 */
     unsigned connection_timeout_s; /* 60: idle socket timeout (keep-alive idle time, slow
                                     * senders, stalled readers); parked requests and idle
