@@ -6,6 +6,9 @@
 #   3. streamed completions (16 at a time, 256 tokens each, ignore_eos): server CPU per
 #      streamed token.
 #   3b. the chunk writer alone (tests/unit/test_oai_chunk --bench): ns per chunk.
+#   3c. (with perf, unless PD_BENCH_MARGINAL=0) the per-token cost apart from the
+#      per-request one: case 3 at 32 and at 256 tokens a stream, in turn; and beside
+#      it the floor, bare sends of the same chunk with no server (bench_send_floor).
 #   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
 # "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
 # and samples in the engine's compute (every function of libpd_kernels_cpu.a and of
@@ -68,6 +71,7 @@ perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 { nm "$BUILD/kernels/libpd_kernels_cpu.a" 2>/dev/null
   for o in eng_forward eng_backend_cpu eng_model eng_quant eng_sampler eng_sched eng_block; do
       nm "$BUILD/engine/CMakeFiles/pd_engine.dir/$o.c.o" 2>/dev/null; done
+  echo "x t spin_until"  # bench_send_floor's stand-in for the engine step (case 3c)
 } | awk '$2 ~ /^[tT]$/ {print $3}' | sort -u > "$TMP/engine_syms"
 # the server's own code: the common library (HTTP, JSON, metrics, log) and the engine's
 # request-side files (API, tokenizer, detokenizer, stop strings, templates, output
@@ -190,7 +194,7 @@ fi
 
 # 3. streamed tokens
 cat >"$TMP/streams.py" <<'PY'
-import http.client, json, sys, threading
+import http.client, json, sys, threading, time
 port, n, tokens = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 got = []
 def one(i):
@@ -201,19 +205,22 @@ def one(i):
     body = r.read().decode()
     got.append((r.status, body.count("data: ") - 1, body.rstrip().endswith("data: [DONE]")))
 ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+t0 = time.monotonic()
 for t in ts: t.start()
 for t in ts: t.join()
 ok = sum(1 for s, _, d in got if s == 200 and d)
-print(ok, sum(e for _, e, _ in got))
+print(ok, sum(e for _, e, _ in got), time.monotonic() - t0)
 PY
-# one run of case 3 against the node in PID/PORT; label says which transport
+# one run of case 3 against the node in PID/PORT; label says which transport; the
+# second argument, tokens per stream (default STREAM_TOKENS)
 stream_case() {
-measure python3 "$TMP/streams.py" "$PORT" 16 $STREAM_TOKENS > "$TMP/s3"
+local toks=${2:-$STREAM_TOKENS}
+measure python3 "$TMP/streams.py" "$PORT" 16 "$toks" > "$TMP/s3"
 read -r CPU3 SRV3 LO3 IDLE3 FULL3 RX3 < "$TMP/meas"
-read -r OK3 EV3 < "$TMP/s3"
-TOK3=$((16 * STREAM_TOKENS))
+read -r OK3 EV3 WALL3 < "$TMP/s3"
+TOK3=$((16 * toks))
 [ $HAVE_PERF = 1 ] && {
-echo "streams 16 x $STREAM_TOKENS tokens [$1]: server CPU, full accounting (all but the model and the client's loopback receive):" \
+echo "streams 16 x $toks tokens [$1]: server CPU, full accounting (all but the model and the client's loopback receive):" \
      "$(python3 -c "print(round($FULL3/$TOK3*1e6,1))") us/token; client's loopback receive $(python3 -c "print(round($RX3/$TOK3*1e6,1))") us/token; by part:"
 python3 -c "
 import sys
@@ -222,7 +229,7 @@ rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
 tot = $ftot
 for c, n, top in rows[:8]:
     print('    %-44s %5.1f us  (%s)' % (c, cpu * int(n) / tot, top))" "$TMP/full_detail"; }
-echo "streams 16 x $STREAM_TOKENS tokens [$1]: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
+echo "streams 16 x $toks tokens [$1]: $OK3/16 ok, $EV3 events; process CPU $(python3 -c "print(round($CPU3/$TOK3*1e6,1))") us/token," \
      "server-only $(python3 -c "print(round($LO3/$TOK3*1e6,1))")..$(python3 -c "print(round($SRV3/$TOK3*1e6,1))") us/token" \
      "(of the lower bound $(python3 -c "print(round($IDLE3/$TOK3*1e6,1))") us/token is the time-driven poll loops, not per token)"
 [ $HAVE_PERF = 1 ] && python3 -c "
@@ -236,6 +243,47 @@ return 0
 STREAM_ROWS=""
 stream_case "producer sends (default)"
 CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3 FULL3_MAIN=$FULL3 RX3_MAIN=$RX3
+# 3c. the per-token cost apart from the per-request one: the server's CPU (full
+# accounting) for 16 streams of SHORT and of STREAM_TOKENS tokens, in turn on the same
+# node (PD_BENCH_ROUNDS rounds), is a + b * tokens per stream; b is the cost of one
+# more streamed token (detokenize, format, send, and the wake-ups while it streams),
+# a the request's own (connection, parse, template, tokenize, the first and last
+# events).  Beside it, the floor: bench_send_floor's bare sends of a chunk of the same
+# size on 16 loopback connections at the node's pace, no server, the same accounting.
+MARG3=-1 REQ3=-1 FLOOR3=-1
+if [ $HAVE_PERF = 1 ] && [ "${PD_BENCH_MARGINAL:-1}" != 0 ]; then
+    SHORT=${PD_BENCH_SHORT_TOKENS:-32}
+    ROUNDS=${PD_BENCH_ROUNDS:-2}
+    FS="" FL="" FF=""
+    wait_floor() { for _ in $(seq 600); do grep -q done "$TMP/floor.out" && return 0; sleep 0.05; done; return 1; }
+    for round in $(seq "$ROUNDS"); do
+        stream_case "short, round $round" "$SHORT" >/dev/null; FS="$FS $FULL3"
+        stream_case "long, round $round" >/dev/null; FL="$FL $FULL3"
+        # the floor, paced like the node's steps in the long run just made
+        "$BUILD/bench/bench_send_floor" --conns 16 --events "$STREAM_TOKENS" --bytes 229 \
+            --pace-us "$(python3 -c "print(int($WALL3 / $STREAM_TOKENS * 1e6))")" --delay-ms 1000 > "$TMP/floor.out" &
+        NODE_PID=$PID PID=$!
+        measure wait_floor
+        read -r _ _ _ _ FULLF _ < "$TMP/meas"
+        kill "$PID"; wait "$PID" 2>/dev/null || true
+        PID=$NODE_PID FF="$FF $FULLF"
+    done
+    read -r MARG3 REQ3 FLOOR3 PACE3 < <(python3 -c "
+import statistics as st
+fs = [float(x) for x in '$FS'.split()]; fl = [float(x) for x in '$FL'.split()]; ff = [float(x) for x in '$FF'.split()]
+s, l = st.median(fs), st.median(fl)
+b = (l - s) / (16 * ($STREAM_TOKENS - $SHORT))
+a = (s - 16 * $SHORT * b) / 16
+print(b * 1e6, a * 1e6, st.median(ff) / (16 * $STREAM_TOKENS) * 1e6, int($WALL3 / $STREAM_TOKENS * 1e6))")
+    echo "per streamed token, apart from the request ($ROUNDS rounds of 16 x $SHORT and 16 x $STREAM_TOKENS tokens, medians):" \
+         "server CPU $(python3 -c "print(round($MARG3, 1))") us/token (full accounting); per stream request" \
+         "$(python3 -c "print(round($REQ3, 1))") us; floor: a bare send of the same chunk (bench_send_floor, 16 connections," \
+         "one send per ~$PACE3 us busy step, same accounting) $(python3 -c "print(round($FLOOR3, 1))") us/token"
+    python3 -c "
+print('  the runs, us per token: 16 x $SHORT: %s; 16 x $STREAM_TOKENS: %s; floor: %s' % tuple(
+      ' '.join('%.1f' % (float(x) / (16 * n) * 1e6) for x in v.split()) for v, n in
+      (('$FS', $SHORT), ('$FL', $STREAM_TOKENS), ('$FF', $STREAM_TOKENS))))"
+fi
 # the same on nodes that send every event through libmicrohttpd's loop (resume, send,
 # suspend: PD_HTTP_DIRECT_STREAM=0) and again with direct writes, in turn, so that both
 # see the same machine load (PD_BENCH_AB=0 skips it)
@@ -269,7 +317,8 @@ import json, sys
 json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RPS2, "comp1_cpu_us": $CPU2/$N2*1e6,
            "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "comp1_server_full_us": $FULL2/$N2*1e6, "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
            "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6,
-           "stream_server_full_us_per_token": $FULL3/$TOK3*1e6, "stream_client_rx_us_per_token": $RX3/$TOK3*1e6, "model": "$BENCH_MODEL", "streams_1000_ok": $OK4, "streams_1000_s": $T4},
+           "stream_server_full_us_per_token": $FULL3/$TOK3*1e6, "stream_client_rx_us_per_token": $RX3/$TOK3*1e6, "model": "$BENCH_MODEL", "streams_1000_ok": $OK4, "streams_1000_s": $T4,
+           "stream_marginal_us_per_token": $MARG3, "stream_request_us": $REQ3, "send_floor_us_per_token": $FLOOR3},
           open(sys.argv[1], "w"), indent=1)
 PY
 fi

@@ -4,10 +4,12 @@
 Reads `perf script -F ip,sym,dso` of a call-graph profile (perf record -g) of a
 pdserve node on stdin.  Every sample goes to exactly one of:
 
-- model: the leaf, or the innermost user-space frame under kernel work (a page fault
-  in a model buffer), is a function of the model's compute (the symbol list given, i.e.
-  the CPU kernels and the engine's forward/backend/model/quant/sampler/sched/block code)
-  or in libm / libgomp;
+- model: some frame of the stack is a function of the model's compute (the symbol list
+  given, i.e. the CPU kernels and the engine's forward/backend/model/quant/sampler/
+  sched/block code; none of them calls server code), or the leaf is in libm / libgomp.
+  Any frame, not only the leaf: libc has no frame pointers, so a memcpy called by a
+  model function shows as libc with its caller's caller above it, and a page fault in
+  a model buffer as kernel frames over those (both were counted as server before);
 - client rx: the stack runs the loopback device's receive path (process_backlog /
   __netif_receive_skb_one_core): the client's TCP receive and its wake-up, which
   loopback runs in softirq on the sending thread (with a real NIC it runs on the
@@ -54,7 +56,7 @@ def main():
             return
         user = [(s, d) for s, d in chain if "kernel" not in d]
         leaf, dso = user[0] if "kernel" in chain[0][1] and user else chain[0]
-        if leaf in eng or "libm.so" in dso or "libgomp" in dso:
+        if "libm.so" in dso or "libgomp" in dso or any(s in eng for s, _ in chain):
             counts["model"] += 1
         elif any(s in RX for s, _ in chain):
             counts["rx"] += 1
