@@ -39,8 +39,10 @@
 #include "eng_backend_cuda.h"
 #endif
 
-#define GRAPH_MAX_SIZES 70 /* 1, 2, 4, then 8..512 by 8 */
-#define GRAPH_BS_LIMIT 512
+/* Capture sizes 1, 2, 4, then 8..512 by 8 and on by 16 up to the cap; the default cap is
+ * min(--max-num-seqs, 512) (vLLM's), {"max_capture_size": n} raises it up to 2048. */
+#define GRAPH_BS_LIMIT 2048
+#define GRAPH_MAX_SIZES (3 + 512 / 8 + (GRAPH_BS_LIMIT - 512) / 16 + 1)
 #define DFUSE_MAX_T 8      /* the decode GEMV's row limit (kcuda_gemv) */
 
 typedef struct mat {
@@ -510,7 +512,7 @@ static pd_status_t graph_setup(eng_forward_t *fw)
         cap = o->max_tokens;
     if (cap > GRAPH_BS_LIMIT)
         cap = GRAPH_BS_LIMIT;
-    for (int s = 1; s <= cap && fw->n_sizes < GRAPH_MAX_SIZES; s = s < 8 ? s * 2 : s + 8)
+    for (int s = 1; s <= cap && fw->n_sizes < GRAPH_MAX_SIZES; s = s < 8 ? s * 2 : s < 512 ? s + 8 : s + 16)
         fw->sizes[fw->n_sizes++] = s;
     if (fw->sizes[fw->n_sizes - 1] < cap)
         fw->sizes[fw->n_sizes++] = cap;
@@ -1450,7 +1452,9 @@ size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_
         return 0;
     if (graph_max_bs > GRAPH_BS_LIMIT)
         graph_max_bs = GRAPH_BS_LIMIT;
-    n_sizes = graph_max_bs <= 4 ? 3 : 3 + (size_t)graph_max_bs / 8;
+    n_sizes = graph_max_bs <= 4 ? 3
+              : graph_max_bs <= 512 ? 3 + (size_t)graph_max_bs / 8
+                                    : 3 + 512 / 8 + (size_t)(graph_max_bs - 512) / 16 + 1;
     /* about 20 nodes a layer, a few KiB of parameters and bookkeeping each */
     per_graph = ((size_t)cfg->n_layers * 20 + 16) * 4096;
     maxk = (size_t)cfg->intermediate;

@@ -133,7 +133,7 @@ static pd_status_t make_engine_cfg(pd_node_role_t role, const pd_serve_args_t *a
     c->seed = (uint64_t)a->seed;
     c->max_logprobs = (int)a->max_logprobs;
     /* CUDA graphs (docs/cuda.md): on unless --enforce-eager, -O0 / {"level": 0} or
-     * {"cudagraph_mode": "NONE"}; {"max_capture_size": n} caps the captured batch size */
+     * {"cudagraph_mode": "NONE"}; {"max_capture_size": n} sets the largest captured batch size (up to 2048) */
     c->max_seq_len_to_capture = (int)a->max_seq_len_to_capture;
     /* a prefill node runs no decode step in a cluster (the decode node does them): its
      * graphs, for when it serves on its own, are captured at first use, so it starts

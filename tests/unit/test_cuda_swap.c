@@ -273,6 +273,42 @@ static void test_cuda_graphs_at_start(void)
     }
 }
 
+/* Capture sizes above vLLM's default cap of 512, when asked ({"max_capture_size": n}):
+ * by 8 up to 512, then by 16, then the cap itself. */
+static void test_cuda_graph_sizes_over_512(void)
+{
+    eng_engine_cfg_t c;
+    eng_engine_t *e = NULL;
+    eng_engine_stats_t st;
+    res_t r[4];
+    eng_engine_cfg_init(&c);
+    c.load.model = model_dir;
+    c.load.dtype = "float32";
+    c.load.max_model_len = 128;
+    c.backend = SWAP_BACKEND;
+    c.skip_tokenizer_init = true;
+    c.block_size = 16;
+    c.num_blocks = 64;
+    c.max_num_seqs = 600;
+    c.max_num_batched_tokens = 1024;
+    c.cuda_graph_max_bs = 600;
+    c.max_seq_len_to_capture = 8192;
+    c.graph_capture_lazy = 1; /* the sizes are the point here, not 73 captures */
+    PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
+    if (e == NULL)
+        return;
+    eng_engine_get_stats(e, &st);
+    /* 1, 2, 4; 8..512 by 8 (64); 528..592 by 16 (5); 600 */
+    PD_CHECK_EQ_INT(st.n_graph_sizes, 3 + 64 + 5 + 1);
+    PD_CHECK_EQ_INT(st.n_graphs, 0);
+    run(e, 0, 4, r);
+    for (int i = 0; i < 4; i++)
+        PD_CHECK(r[i].done && r[i].n == N_GEN);
+    eng_engine_get_stats(e, &st);
+    PD_CHECK_EQ_INT(st.n_free_blocks, st.n_blocks);
+    eng_engine_destroy(e);
+}
+
 int main(void)
 {
     const eng_backend_ops_t *ops = eng_backend_get(SWAP_BACKEND);
@@ -289,5 +325,6 @@ int main(void)
     PD_RUN(test_cuda_engine_swap);
     PD_RUN(test_cuda_engine_kv_auto);
     PD_RUN(test_cuda_graphs_at_start);
+    PD_RUN(test_cuda_graph_sizes_over_512);
     return PD_TEST_REPORT();
 }
