@@ -7,8 +7,8 @@
  * A forked client opens N loopback TCP connections and reads them until EOF.  After D
  * ms (time for a profiler to attach), this process sends E rounds; each round sends one
  * event of B bytes to every connection, as the node sends a token: one non-blocking
- * sendmsg() of three parts (the HTTP chunk's size line, the SSE event, "\r\n") on a
- * socket with Nagle off, then waits P us (an engine step): busy, in spin_until(), as
+ * send() of the HTTP chunk (size line, the SSE event, "\r\n") on a socket with Nagle
+ * off (--iov: one sendmsg() of the three parts, as the node sent it before), then waits P us (an engine step): busy, in spin_until(), as
  * the node's engine thread computes between its sends (a sleep would add the idle
  * CPU's wake-up to every round); bench_server.sh counts spin_until as "model".  It then prints "done" on
  * stdout and waits for SIGTERM or SIGINT, so the caller can read its CPU time (and stop
@@ -129,6 +129,7 @@ int main(int argc, char **argv)
 {
     int conns = 16, events = 256, bytes = 229;
     long pace_us = 4000, delay_ms = 1000;
+    int use_iov = 0; /* --iov: sendmsg() of the three parts instead of send() of one buffer */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--conns") == 0 && i + 1 < argc)
             conns = atoi(argv[++i]);
@@ -140,8 +141,10 @@ int main(int argc, char **argv)
             pace_us = atol(argv[++i]);
         else if (strcmp(argv[i], "--delay-ms") == 0 && i + 1 < argc)
             delay_ms = atol(argv[++i]);
+        else if (strcmp(argv[i], "--iov") == 0)
+            use_iov = 1;
         else {
-            fprintf(stderr, "usage: %s [--conns N] [--events E] [--bytes B] [--pace-us P] [--delay-ms D]\n",
+            fprintf(stderr, "usage: %s [--conns N] [--events E] [--bytes B] [--pace-us P] [--delay-ms D] [--iov]\n",
                     argv[0]);
             return 2;
         }
@@ -186,6 +189,12 @@ int main(int argc, char **argv)
     struct iovec iov[3] = {{size_line, (size_t)hl}, {event, (size_t)bytes}, {(void *)"\r\n", 2}};
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3};
     size_t frame = (size_t)hl + (size_t)bytes + 2;
+    char *flat = malloc(frame); /* the same frame in one buffer, as the node sends it */
+    if (flat == NULL)
+        die("malloc");
+    memcpy(flat, size_line, (size_t)hl);
+    memcpy(flat + hl, event, (size_t)bytes);
+    memcpy(flat + hl + bytes, "\r\n", 2);
     long short_sends = 0;
 
 #if defined(__x86_64__)
@@ -199,7 +208,8 @@ int main(int argc, char **argv)
     sleep_us(delay_ms * 1000);
     for (int e = 0; e < events; e++) {
         for (int i = 0; i < conns; i++) {
-            ssize_t n = sendmsg(fds[i], &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            ssize_t n = use_iov ? sendmsg(fds[i], &mh, MSG_NOSIGNAL | MSG_DONTWAIT)
+                                : send(fds[i], flat, frame, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (n != (ssize_t)frame)
                 short_sends++; /* the client fell behind: a full buffer, not a failure */
         }
@@ -214,5 +224,6 @@ int main(int argc, char **argv)
         close(fds[i]);
     waitpid(child, NULL, 0);
     free(event);
+    free(flat);
     return 0;
 }

@@ -647,7 +647,7 @@ pd_status_t pd_http_stream_begin(pd_http_req_t *req, const char *content_type,
  *   the stream on its worker's list (dq_heads, once; the worker is woken at most once
  *   per batch); the worker sends all the stream has in one send (dq_drain).  The
  *   producer (the engine thread) pays no syscall; a burst leaves together.
- * - DIRECT_INLINE: the producer sends the event itself with one sendmsg(), if the
+ * - DIRECT_INLINE: the producer sends the event itself with one send(), if the
  *   stream's previous direct event is at least direct_gap_ns old (a burst goes
  *   through MHD, which coalesces it).  Nothing sent (EAGAIN, an error): the MHD path
  *   (an error then surfaces through MHD's own send).
@@ -783,9 +783,21 @@ static pd_status_t stream_put_locked(pd_http_req_t *req, const struct iovec *par
             iov[1 + i] = parts[i];
         iov[1 + n] = (struct iovec){(void *)"\r\n", 2};
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n + 2};
+        /* a token's event (a few hundred bytes) is gathered and sent with send(): the
+         * kernel then skips copying and checking the iovec array */
+        char flat[2048];
+        const int gather = total <= sizeof(flat);
+        if (gather) {
+            size_t o = 0;
+            for (int i = 0; i < n + 2; i++) {
+                memcpy(flat + o, iov[i].iov_base, iov[i].iov_len);
+                o += iov[i].iov_len;
+            }
+        }
         ssize_t sent;
         do
-            sent = sendmsg(req->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            sent = gather ? send(req->fd, flat, total, MSG_NOSIGNAL | MSG_DONTWAIT)
+                          : sendmsg(req->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         while (sent < 0 && errno == EINTR);
         atomic_fetch_add_explicit(&req->srv->n_sends, 1, memory_order_relaxed);
         if (sent == (ssize_t)total) {
