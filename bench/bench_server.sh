@@ -7,7 +7,7 @@
 #      streamed token.
 #   3b. the chunk writer alone (tests/unit/test_oai_chunk --bench): ns per chunk.
 #   3c. (with perf, unless PD_BENCH_MARGINAL=0) the per-token cost apart from the
-#      per-request one: case 3 at 32 and at 256 tokens a stream, in turn; and beside
+#      per-request one: case 3 at 32 and at 1024 tokens a stream, in turn; and beside
 #      it the floor, bare sends of the same chunk with no server (bench_send_floor).
 #   4. 1,000 concurrent streams (4 tokens each): all held and finished with [DONE]?
 # "Server CPU" excludes the model: the process is sampled with `perf record -e cpu-clock`
@@ -53,7 +53,7 @@ TMP=$(mktemp -d)
 start_node() {
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     env "$@" "$BIN" "${MODEL_ARGS[@]}" --served-model-name smol --port "$PORT" --cpu-threads 1 --cpu-kvcache-space 1 \
-        --max-model-len 1024 --disable-log-requests --disable-log-stats >"$TMP/node.$PORT.log" 2>&1 &
+        --max-model-len 2048 --disable-log-requests --disable-log-stats >"$TMP/node.$PORT.log" 2>&1 &
     PID=$!
     for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
     URL=http://127.0.0.1:$PORT
@@ -161,7 +161,9 @@ print(cpu, cpu*$hi/tot if tot else -1, cpu*$lo/tot if tot else -1, cpu*$lo_idle/
       cpu*$fsrv/ftot if ftot else -1, cpu*$frx/ftot if ftot else -1)" > "$TMP/meas"
 }
 
-echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ), model: $BENCH_MODEL"
+CLIENT=${PD_BENCH_CLIENT:-c}
+[ -x "$BUILD/bench/pdserve-bench" ] || CLIENT=python
+echo "== pdserve-decode $(git -C "$ROOT" rev-parse --short HEAD) on $(nproc) cores, $(date -u +%FT%TZ), model: $BENCH_MODEL, stream client: $CLIENT"
 
 ONLY=${PD_BENCH_ONLY:-}
 # tokens per stream in case 3: enough that the request's own work (parse, template,
@@ -213,9 +215,23 @@ print(ok, sum(e for _, e, _ in got), time.monotonic() - t0)
 PY
 # one run of case 3 against the node in PID/PORT; label says which transport; the
 # second argument, tokens per stream (default STREAM_TOKENS)
+# The client (PD_BENCH_CLIENT): "c" (default when built: pdserve-bench, 16 streams at once
+# with ignore_eos, ~13 us of client CPU a chunk) or "python" (streams.py above, the
+# earlier runs' client: a thread per stream, several times the CPU a chunk, on the same
+# two cores as the node).
+c_streams() { # c_streams PORT N TOKENS: "ok events seconds", as streams.py prints
+    "$BUILD/bench/pdserve-bench" --port "$1" --model smol --num-prompts "$2" --max-concurrency "$2" \
+        --random-input-len 8 --random-output-len "$3" --ignore-eos --ready-check-timeout-sec 0 > "$TMP/pb.out" 2>&1
+    awk '/^Successful requests:/ {ok = $3} /^Total generated tokens:/ {ev = $4} /^Benchmark duration/ {s = $4}
+         END {print ok + 0, ev + 0, s + 0}' "$TMP/pb.out"
+}
 stream_case() {
 local toks=${2:-$STREAM_TOKENS}
-measure python3 "$TMP/streams.py" "$PORT" 16 "$toks" > "$TMP/s3"
+if [ "$CLIENT" = c ]; then
+    measure c_streams "$PORT" 16 "$toks" > "$TMP/s3"
+else
+    measure python3 "$TMP/streams.py" "$PORT" 16 "$toks" > "$TMP/s3"
+fi
 read -r CPU3 SRV3 LO3 IDLE3 FULL3 RX3 < "$TMP/meas"
 read -r OK3 EV3 WALL3 < "$TMP/s3"
 TOK3=$((16 * toks))
@@ -244,45 +260,51 @@ STREAM_ROWS=""
 stream_case "producer sends (default)"
 CPU3_MAIN=$CPU3 SRV3_MAIN=$SRV3 LO3_MAIN=$LO3 IDLE3_MAIN=$IDLE3 FULL3_MAIN=$FULL3 RX3_MAIN=$RX3
 # 3c. the per-token cost apart from the per-request one: the server's CPU (full
-# accounting) for 16 streams of SHORT and of STREAM_TOKENS tokens, in turn on the same
-# node (PD_BENCH_ROUNDS rounds), is a + b * tokens per stream; b is the cost of one
-# more streamed token (detokenize, format, send, and the wake-ups while it streams),
-# a the request's own (connection, parse, template, tokenize, the first and last
-# events).  Beside it, the floor: bench_send_floor's bare sends of a chunk of the same
-# size on 16 loopback connections at the node's pace, no server, the same accounting.
-MARG3=-1 REQ3=-1 FLOOR3=-1
+# accounting) for 16 streams of SHORT and of LONG tokens (PD_BENCH_SHORT_TOKENS 32,
+# PD_BENCH_LONG_TOKENS 1024), in turn on the same node (PD_BENCH_ROUNDS rounds), is
+# a + b * tokens per stream; b is the cost of one more streamed token (detokenize,
+# format, send, and the wake-ups while it streams), a the request's own (connection,
+# parse, template, tokenize, the first and last events).  The LONG runs' own per-token
+# figure (a spread over 1024 tokens) is the steadier one: b is a difference of two
+# noisy figures.  Beside them, the floor: bench_send_floor's bare sends of a chunk of
+# the same size on 16 loopback connections at the node's pace, no server, the same
+# accounting.
+MARG3=-1 REQ3=-1 FLOOR3=-1 LONG3=-1
 if [ $HAVE_PERF = 1 ] && [ "${PD_BENCH_MARGINAL:-1}" != 0 ]; then
     SHORT=${PD_BENCH_SHORT_TOKENS:-32}
-    ROUNDS=${PD_BENCH_ROUNDS:-2}
+    LONG=${PD_BENCH_LONG_TOKENS:-1024}
+    ROUNDS=${PD_BENCH_ROUNDS:-3}
     FS="" FL="" FF=""
     wait_floor() { for _ in $(seq 600); do grep -q done "$TMP/floor.out" && return 0; sleep 0.05; done; return 1; }
     for round in $(seq "$ROUNDS"); do
         stream_case "short, round $round" "$SHORT" >/dev/null; FS="$FS $FULL3"
-        stream_case "long, round $round" >/dev/null; FL="$FL $FULL3"
+        stream_case "long, round $round" "$LONG" >/dev/null; FL="$FL $FULL3"
         # the floor, paced like the node's steps in the long run just made
-        "$BUILD/bench/bench_send_floor" --conns 16 --events "$STREAM_TOKENS" --bytes 229 \
-            --pace-us "$(python3 -c "print(int($WALL3 / $STREAM_TOKENS * 1e6))")" --delay-ms 1000 > "$TMP/floor.out" &
+        "$BUILD/bench/bench_send_floor" --conns 16 --events "$LONG" --bytes 229 \
+            --pace-us "$(python3 -c "print(int($WALL3 / $LONG * 1e6))")" --delay-ms 1000 > "$TMP/floor.out" &
         NODE_PID=$PID PID=$!
         measure wait_floor
         read -r _ _ _ _ FULLF _ < "$TMP/meas"
         kill "$PID"; wait "$PID" 2>/dev/null || true
         PID=$NODE_PID FF="$FF $FULLF"
     done
-    read -r MARG3 REQ3 FLOOR3 PACE3 < <(python3 -c "
+    read -r MARG3 REQ3 FLOOR3 PACE3 LONG3 < <(python3 -c "
 import statistics as st
 fs = [float(x) for x in '$FS'.split()]; fl = [float(x) for x in '$FL'.split()]; ff = [float(x) for x in '$FF'.split()]
 s, l = st.median(fs), st.median(fl)
-b = (l - s) / (16 * ($STREAM_TOKENS - $SHORT))
+b = (l - s) / (16 * ($LONG - $SHORT))
 a = (s - 16 * $SHORT * b) / 16
-print(b * 1e6, a * 1e6, st.median(ff) / (16 * $STREAM_TOKENS) * 1e6, int($WALL3 / $STREAM_TOKENS * 1e6))")
-    echo "per streamed token, apart from the request ($ROUNDS rounds of 16 x $SHORT and 16 x $STREAM_TOKENS tokens, medians):" \
+print(b * 1e6, a * 1e6, st.median(ff) / (16 * $LONG) * 1e6, int($WALL3 / $LONG * 1e6), l / (16 * $LONG) * 1e6)")
+    echo "per streamed token, 16 x $LONG tokens ($ROUNDS rounds, median): server CPU $(python3 -c "print(round($LONG3, 1))") us/token" \
+         "(full accounting; the request's own cost spread over $LONG tokens)"
+    echo "per streamed token, apart from the request ($ROUNDS rounds of 16 x $SHORT and 16 x $LONG tokens, medians):" \
          "server CPU $(python3 -c "print(round($MARG3, 1))") us/token (full accounting); per stream request" \
          "$(python3 -c "print(round($REQ3, 1))") us; floor: a bare send of the same chunk (bench_send_floor, 16 connections," \
          "one send per ~$PACE3 us busy step, same accounting) $(python3 -c "print(round($FLOOR3, 1))") us/token"
     python3 -c "
-print('  the runs, us per token: 16 x $SHORT: %s; 16 x $STREAM_TOKENS: %s; floor: %s' % tuple(
+print('  the runs, us per token: 16 x $SHORT: %s; 16 x $LONG: %s; floor: %s' % tuple(
       ' '.join('%.1f' % (float(x) / (16 * n) * 1e6) for x in v.split()) for v, n in
-      (('$FS', $SHORT), ('$FL', $STREAM_TOKENS), ('$FF', $STREAM_TOKENS))))"
+      (('$FS', $SHORT), ('$FL', $LONG), ('$FF', $LONG))))"
 fi
 # the same on nodes that send every event through libmicrohttpd's loop (resume, send,
 # suspend: PD_HTTP_DIRECT_STREAM=0) and again with direct writes, in turn, so that both
@@ -318,7 +340,7 @@ json.dump({"models_rps": $RPS1, "models_cpu_us": $CPU1/$N1*1e6, "comp1_rps": $RP
            "comp1_server_us": [$LO2/$N2*1e6, $SRV2/$N2*1e6], "comp1_server_full_us": $FULL2/$N2*1e6, "stream_cpu_us_per_token": $CPU3/$TOK3*1e6,
            "stream_server_us_per_token": [$LO3/$TOK3*1e6, $SRV3/$TOK3*1e6], "stream_idle_us_per_token": $IDLE3/$TOK3*1e6,
            "stream_server_full_us_per_token": $FULL3/$TOK3*1e6, "stream_client_rx_us_per_token": $RX3/$TOK3*1e6, "model": "$BENCH_MODEL", "streams_1000_ok": $OK4, "streams_1000_s": $T4,
-           "stream_marginal_us_per_token": $MARG3, "stream_request_us": $REQ3, "send_floor_us_per_token": $FLOOR3},
+           "stream_long_us_per_token": $LONG3, "stream_marginal_us_per_token": $MARG3, "stream_request_us": $REQ3, "send_floor_us_per_token": $FLOOR3},
           open(sys.argv[1], "w"), indent=1)
 PY
 fi
