@@ -225,6 +225,24 @@ PD_TEST(test_cuda_engine_kv_auto)
     eng_engine_destroy(e);
 }
 
+/* An engine on the tiny model with CUDA graphs for decode batches up to graph_max_bs. */
+static void graph_cfg(eng_engine_cfg_t *c, int max_seqs, int max_tokens, int graph_max_bs, bool lazy)
+{
+    eng_engine_cfg_init(c);
+    c->load.model = model_dir;
+    c->load.dtype = "float32";
+    c->load.max_model_len = 128;
+    c->backend = SWAP_BACKEND;
+    c->skip_tokenizer_init = true;
+    c->block_size = 16;
+    c->num_blocks = 64;
+    c->max_num_seqs = max_seqs;
+    c->max_num_batched_tokens = max_tokens;
+    c->cuda_graph_max_bs = graph_max_bs;
+    c->max_seq_len_to_capture = 8192;
+    c->graph_capture_lazy = lazy;
+}
+
 /* The decode graphs are captured when the engine is created (every capture size, before
  * any request), or at first use when the cfg says so (the prefill node) */
 static void test_cuda_graphs_at_start(void)
@@ -234,19 +252,7 @@ static void test_cuda_graphs_at_start(void)
         eng_engine_cfg_t c;
         eng_engine_t *e = NULL;
         eng_engine_stats_t st;
-        eng_engine_cfg_init(&c);
-        c.load.model = model_dir;
-        c.load.dtype = "float32";
-        c.load.max_model_len = 128;
-        c.backend = SWAP_BACKEND;
-        c.skip_tokenizer_init = true;
-        c.block_size = 16;
-        c.num_blocks = 64;
-        c.max_num_seqs = 20; /* sizes 1, 2, 4, 8, 16, 20 */
-        c.max_num_batched_tokens = 512;
-        c.cuda_graph_max_bs = 512;
-        c.max_seq_len_to_capture = 8192;
-        c.graph_capture_lazy = lazy;
+        graph_cfg(&c, 20, 512, 512, lazy); /* sizes 1, 2, 4, 8, 16, 20 */
         PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
         if (e == NULL)
             return;
@@ -281,19 +287,7 @@ static void test_cuda_graph_sizes_over_512(void)
     eng_engine_t *e = NULL;
     eng_engine_stats_t st;
     res_t r[4];
-    eng_engine_cfg_init(&c);
-    c.load.model = model_dir;
-    c.load.dtype = "float32";
-    c.load.max_model_len = 128;
-    c.backend = SWAP_BACKEND;
-    c.skip_tokenizer_init = true;
-    c.block_size = 16;
-    c.num_blocks = 64;
-    c.max_num_seqs = 600;
-    c.max_num_batched_tokens = 1024;
-    c.cuda_graph_max_bs = 600;
-    c.max_seq_len_to_capture = 8192;
-    c.graph_capture_lazy = 1; /* the sizes are the point here, not 73 captures */
+    graph_cfg(&c, 600, 1024, 600, true); /* lazy: the sizes are the point, not 73 captures */
     PD_CHECK_STATUS(eng_engine_create(&c, &e), PD_OK);
     if (e == NULL)
         return;
