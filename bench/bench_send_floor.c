@@ -8,9 +8,10 @@
  * ms (time for a profiler to attach), this process sends E rounds; each round sends one
  * event of B bytes to every connection, as the node sends a token: one non-blocking
  * send() of the HTTP chunk (size line, the SSE event, "\r\n") on a socket with Nagle
- * off (--iov: one sendmsg() of the three parts, as the node sent it before), then waits P us (an engine step): busy, in spin_until(), as
- * the node's engine thread computes between its sends (a sleep would add the idle
- * CPU's wake-up to every round); bench_server.sh counts spin_until as "model".  It then prints "done" on
+ * off (--iov: one sendmsg() of the three parts, as the node sent it before).  Between
+ * rounds it waits P us (an engine step), busy in spin_until(), as the node's engine
+ * thread computes between its sends (a sleep would add the idle CPU's wake-up to every
+ * round); bench_server.sh counts spin_until as "model".  It then prints "done" on
  * stdout and waits for SIGTERM or SIGINT, so the caller can read its CPU time (and stop
  * a profiler) before it exits.  Everything this process spends is the sender's side of
  * the kernel's TCP path plus the loopback receive the kernel runs on the sending
@@ -39,7 +40,12 @@ static void die(const char *what)
     exit(1);
 }
 
-static long long now_ns(void);
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 #if defined(__x86_64__)
 #include <x86intrin.h>
@@ -61,13 +67,6 @@ __attribute__((noinline)) static void spin_until(long long deadline_ns)
 #endif
     while (now_ns() < deadline_ns) {
     }
-}
-
-static long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 static void sleep_us(long us)

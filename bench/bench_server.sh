@@ -213,8 +213,6 @@ for t in ts: t.join()
 ok = sum(1 for s, _, d in got if s == 200 and d)
 print(ok, sum(e for _, e, _ in got), time.monotonic() - t0)
 PY
-# one run of case 3 against the node in PID/PORT; label says which transport; the
-# second argument, tokens per stream (default STREAM_TOKENS)
 # The client (PD_BENCH_CLIENT): "c" (default when built: pdserve-bench, 16 streams at once
 # with ignore_eos, ~13 us of client CPU a chunk) or "python" (streams.py above, the
 # earlier runs' client: a thread per stream, several times the CPU a chunk, on the same
@@ -225,6 +223,8 @@ c_streams() { # c_streams PORT N TOKENS: "ok events seconds", as streams.py prin
     awk '/^Successful requests:/ {ok = $3} /^Total generated tokens:/ {ev = $4} /^Benchmark duration/ {s = $4}
          END {print ok + 0, ev + 0, s + 0}' "$TMP/pb.out"
 }
+# one run of case 3 against the node in PID/PORT; label says which transport; the
+# second argument, tokens per stream (default STREAM_TOKENS)
 stream_case() {
 local toks=${2:-$STREAM_TOKENS}
 if [ "$CLIENT" = c ]; then

@@ -2121,12 +2121,8 @@ err_sys:
 static void stop_workers(pd_http_server_t *srv)
 {
     atomic_store(&srv->workers_run, 0);
-    for (unsigned i = 0; srv->wake_fds && i < srv->n_workers; i++) {
-        uint64_t one = 1; /* the loop checks workers_run after every wake-up */
-        if (srv->wake_fds[i] >= 0 && write(srv->wake_fds[i], &one, sizeof(one)) < 0) {
-            /* EAGAIN: a wake-up is already pending */
-        }
-    }
+    for (unsigned i = 0; i < srv->n_workers; i++)
+        wake_worker_idx(srv, i); /* the loop checks workers_run after every wake-up */
     for (unsigned i = 0; i < srv->n_workers; i++)
         pthread_join(srv->workers[i], NULL);
     srv->n_workers = 0;

@@ -498,6 +498,25 @@ static pd_status_t alloc_f32(eng_forward_t *fw, int64_t rows, int64_t cols, floa
     return dev_alloc(fw, bytes, (void **)p);
 }
 
+/* The capture sizes for batches up to cap (1 <= cap <= GRAPH_BS_LIMIT), ascending, into
+ * sizes (NULL: only counted); returns how many. */
+static int graph_sizes(int cap, int *sizes)
+{
+    int n = 0, last = 0;
+    for (int s = 1; s <= cap; s = s < 8 ? s * 2 : s < 512 ? s + 8 : s + 16) {
+        if (sizes)
+            sizes[n] = s;
+        n++;
+        last = s;
+    }
+    if (last < cap) { /* the cap itself when the steps miss it */
+        if (sizes)
+            sizes[n] = cap;
+        n++;
+    }
+    return n;
+}
+
 /* Capture sizes, padded-batch host scratch and backend scratch for the decode graphs. */
 static pd_status_t graph_setup(eng_forward_t *fw)
 {
@@ -512,10 +531,7 @@ static pd_status_t graph_setup(eng_forward_t *fw)
         cap = o->max_tokens;
     if (cap > GRAPH_BS_LIMIT)
         cap = GRAPH_BS_LIMIT;
-    for (int s = 1; s <= cap && fw->n_sizes < GRAPH_MAX_SIZES; s = s < 8 ? s * 2 : s < 512 ? s + 8 : s + 16)
-        fw->sizes[fw->n_sizes++] = s;
-    if (fw->sizes[fw->n_sizes - 1] < cap)
-        fw->sizes[fw->n_sizes++] = cap;
+    fw->n_sizes = graph_sizes(cap, fw->sizes);
     fw->graph_max_bs = cap;
     fw->graph_max_ctx = o->graph_max_ctx > 0 ? o->graph_max_ctx : o->max_blocks_per_seq * o->block_size;
     CK(host_owned(fw, (size_t)cap * sizeof(int32_t), (void **)&fw->p_tokens));
@@ -1452,9 +1468,7 @@ size_t eng_forward_graph_reserve_bytes(const eng_model_config_t *cfg, int graph_
         return 0;
     if (graph_max_bs > GRAPH_BS_LIMIT)
         graph_max_bs = GRAPH_BS_LIMIT;
-    n_sizes = graph_max_bs <= 4 ? 3
-              : graph_max_bs <= 512 ? 3 + (size_t)graph_max_bs / 8
-                                    : 3 + 512 / 8 + (size_t)(graph_max_bs - 512) / 16 + 1;
+    n_sizes = (size_t)graph_sizes(graph_max_bs, NULL);
     /* about 20 nodes a layer, a few KiB of parameters and bookkeeping each */
     per_graph = ((size_t)cfg->n_layers * 20 + 16) * 4096;
     maxk = (size_t)cfg->intermediate;

@@ -1101,31 +1101,26 @@ static pd_status_t decode_plain(const eng_tok_t *tok, const int32_t *ids, size_t
     pd_buf_init(&raw);
     if (tok->model == MODEL_BYTELEVEL) {
         /* a streamed token's window (a few ids) gathers on the stack: no allocation per
-         * token; longer decodes fall through to the growing buffer */
+         * token; a longer decode moves to the growing buffer once it outgrows it */
         char small[256];
         size_t used = 0;
-        bool fits = true;
-        for (size_t i = 0; i < n && fits; i++) {
-            const tok_entry_t *t = entry(tok, ids[i]);
-            if (t == NULL || (skip_special && (t->flags & TOKF_SPECIAL)))
-                continue;
-            if (t->bytes_len > sizeof(small) - used)
-                fits = false;
-            else {
-                memcpy(small + used, t->bytes, t->bytes_len);
-                used += t->bytes_len;
-            }
-        }
-        if (fits)
-            return eng_utf8_append_lossy(out, (const uint8_t *)small, used);
         for (size_t i = 0; i < n && status == PD_OK; i++) {
             const tok_entry_t *t = entry(tok, ids[i]);
             if (t == NULL || (skip_special && (t->flags & TOKF_SPECIAL)))
                 continue;
-            status = pd_buf_append(&raw, t->bytes, t->bytes_len);
+            if (raw.len == 0 && t->bytes_len <= sizeof(small) - used) {
+                memcpy(small + used, t->bytes, t->bytes_len);
+                used += t->bytes_len;
+                continue;
+            }
+            if (raw.len == 0 && used > 0)
+                status = pd_buf_append(&raw, small, used);
+            if (status == PD_OK)
+                status = pd_buf_append(&raw, t->bytes, t->bytes_len);
         }
         if (status == PD_OK)
-            status = eng_utf8_append_lossy(out, (const uint8_t *)raw.data, raw.len);
+            status = raw.len > 0 ? eng_utf8_append_lossy(out, (const uint8_t *)raw.data, raw.len)
+                                 : eng_utf8_append_lossy(out, (const uint8_t *)small, used);
         pd_buf_cleanup(&raw);
         return status;
     }
