@@ -33,8 +33,10 @@
  *   bench_cuda --attn-only   the copy ceiling and the decode attention sweep alone (no
  *                            model; new kernel with automatic and fixed key splits, without
  *                            the L2 prefetch hint, old kernel), JSON line "JSON_ATTN "
- *   bench_cuda --attn-tc     the same sweep for the default decode kernel against the
- *                            experimental tensor-core one (f16 / fp8 caches)
+ *   bench_cuda --attn-tc     the same sweep for the SIMT decode kernel against the
+ *                            tensor-core one (f16 / fp8 caches)
+ *   (env PD_BENCH_ATTN_TAIL=1: --attn-only runs only its tensor-core forms;
+ *   PD_BENCH_ATTN_CTX=n: one context; PD_BENCH_ATTN_REPS=n: replays, for a profiler)
  *   bench_cuda --profile     for Nsight Compute (ncu --profile-from-start off): the
  *                            2048-token prefill and the eager decode steps at batch 1 and 64
  *                            (ctx 1024), each warmed up and then run once inside the
@@ -169,7 +171,8 @@ typedef struct {
     int pipe;   /* -1 = default */
     int scatter; /* -1 = default */
     int order;   /* head-major grid, -1 = default */
-    int tc;      /* experimental tensor-core kernel (f16 / fp8), -1 = default */
+    int tc;      /* tensor-core kernel (f16 / fp8), -1 = default */
+    int ring_w, ring_s; /* its cp.async ring (loading scheme 2): warps x stages, 0 = default */
 } att_variant_t;
 
 /* perm <- 0 .. n-1 in an order drawn from the xorshift state seed (Fisher-Yates): block
@@ -294,6 +297,8 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
         shuffled_blocks(perm, max_blocks, 0x243f6a8885a308d3ull);
         for (int ci = 0; ci < ATT_NCTX; ci++) {
             const int ctx = att_ctx[ci], per = (ctx + BS - 1) / BS;
+            if (getenv("PD_BENCH_ATTN_CTX") != NULL && atoi(getenv("PD_BENCH_ATTN_CTX")) != ctx)
+                continue; /* one context only (profiling) */
             const double bytes = (double)AB * ctx * KW * eb * 2;
             int sets = (int)ceil(reuse_bytes / bytes);
             sets = sets < 1 ? 1 : sets > 64 ? 64 : sets;
@@ -325,6 +330,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                                         .layout = &lay};
                 kcuda_attn_set_decode(var[v].kernel, var[v].splits);
                 kcuda_attn_set_decode_tuning(var[v].l2hint, var[v].pipe, var[v].scatter, var[v].order, var[v].tc);
+                kcuda_attn_set_decode_ring(var[v].ring_w, var[v].ring_s);
                 if (kcuda_attn_workspace_bytes(&p, sm_count, false) > ws_bytes)
                     continue;
                 kcuda_graph_t graph = NULL;
@@ -343,6 +349,8 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
                 if (ok) /* warm-up */
                     ok = kcuda_graph_launch(graph, stream) == PD_OK && kcuda_stream_sync(stream) == PD_OK;
                 int reps = (60 + sets - 1) / sets;
+                if (getenv("PD_BENCH_ATTN_REPS") != NULL && atoi(getenv("PD_BENCH_ATTN_REPS")) > 0)
+                    reps = atoi(getenv("PD_BENCH_ATTN_REPS")); /* fewer launches under a profiler */
                 float ms = 0;
                 if (ok) {
                     kcuda_event_record(e0, stream);
@@ -392,6 +400,7 @@ static void bench_attention(int n_heads, int n_kv, int hd, int AB, const att_var
     }
     kcuda_attn_set_decode(KCUDA_ATTN_DECODE_AUTO, 0);
     kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
+    kcuda_attn_set_decode_ring(0, 0);
 out_stream:
     free(ref0);
     free(got);
@@ -464,26 +473,32 @@ static void json_attention(const att_variant_t *var, int n_var, double gbps[ATT_
 static int attn_only(bool tc_mode)
 {
     static const att_variant_t tc_var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0},
-        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0, 0, 0},
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1, 0, 0},
     };
     /* (dropped after the 19:36 run: new-nohint, new-hint (both ~= new), new-s4/s8/s16
      * (slower than s2), new-noscat (slower), new-hmajor) */
     static const att_variant_t all_var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},         {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1},
-        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1},   {"new-pipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 1, -1, -1, -1},
-        {"new-async", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, -1},    {"new-async-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, 2, -1, -1, -1},
-        {"new-async-ns", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, 0, -1, -1},  {"new-async-hm", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, 1, -1},
-        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1},      {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1},
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1, 0, 0},         {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1, 0, 0},
+        {"new-nopipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, -1, 0, 0},   {"new-pipe", KCUDA_ATTN_DECODE_NEW, 0, -1, 1, -1, -1, -1, 0, 0},
+        {"new-async", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, -1, 0, 0},    {"new-async-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, 2, -1, -1, -1, 0, 0},
+        {"new-async-ns", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, 0, -1, -1, 0, 0},  {"new-async-hm", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, 1, -1, 0, 0},
+        {"new-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, -1, 0, 0},      {"new-s1", KCUDA_ATTN_DECODE_NEW, 1, -1, -1, -1, -1, -1, 0, 0},
     };
-    /* the experimental tensor-core kernel last, after everything above is printed and
+    /* the tensor-core kernel's forms last, after everything above is printed and
      * flushed: should it fault, the sweep's results are already out (gpu_attn.sh also
      * runs it in a process of its own, --attn-tc) */
     static const att_variant_t tail_var[] = {
-        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0}, /* the reference of the check */
-        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 1},
-        {"new-tc-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, -1, -1, -1, 1},
-        {"new-tc-ring", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1}, /* fp8: cp.async ring */
+        {"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, 0, 0, 0}, /* the reference of the check */
+        {"new-tc", KCUDA_ATTN_DECODE_NEW, 0, -1, 0, -1, -1, 1, 0, 0}, /* registers, no ring */
+        {"new-tc-s2", KCUDA_ATTN_DECODE_NEW, 2, -1, 0, -1, -1, 1, 0, 0},
+        /* the cp.async ring, warps a CTA x stages (f16 builds 2x2 and 2x3, fp8 4x2, 4x3,
+         * 2x4 and 2x6; a shape not built runs its type's default) */
+        {"tc-ring", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1, 0, 0},
+        {"tc-r4x2", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1, 4, 2},
+        {"tc-r2x2", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1, 2, 2},
+        {"tc-r2x4", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1, 2, 4},
+        {"tc-r2x6", KCUDA_ATTN_DECODE_NEW, 0, -1, 2, -1, -1, 1, 2, 6},
     };
     const att_variant_t *var = tc_mode ? tc_var : all_var;
     const int n_var = tc_mode ? 2 : (int)(sizeof(all_var) / sizeof(all_var[0]));
@@ -494,7 +509,9 @@ static int attn_only(bool tc_mode)
     DIE_IF(kcuda_device_open(0, name, sizeof(name), &sm) != PD_OK, "no CUDA device");
     DIE_IF(kcuda_bench_copy_gbps((size_t)2 << 30, 20, &copy_gbps) != PD_OK, "copy bandwidth failed");
     static double diff[ATT_MAXV];
-    bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps, diff, 0);
+    const bool tail_only = !tc_mode && getenv("PD_BENCH_ATTN_TAIL") != NULL; /* the tensor-core tail alone */
+    if (!tail_only)
+        bench_attention(32, 8, 128, 64, var, n_var, sm, us, gbps, diff, 0);
     printf("\n== bench_cuda --attn-only: %s, %d SMs; paged decode attention, 32/8 heads, head dim 128, block %d ==\n",
            name, sm, BS);
     printf("%-44s %12s %14s %8s\n", "what", "measured", "ceiling", "ratio");
@@ -537,7 +554,7 @@ static int attn_only(bool tc_mode)
         fflush(stdout);
         const int n_tail = (int)(sizeof(tail_var) / sizeof(tail_var[0]));
         bench_attention(32, 8, 128, 64, tail_var, n_tail, sm, us, gbps, diff, 1); /* f16, fp8 */
-        printf("tensor-core decode (experimental), %% of copy, ctx");
+        printf("tensor-core decode forms, %% of copy, ctx");
         for (int ci = 0; ci < ATT_NCTX; ci++)
             printf(" %d", att_ctx[ci]);
         printf("\n");
@@ -1482,8 +1499,8 @@ int main(int argc, char **argv)
     const double floor_dec_f8 = weight_bytes_f8 / (copy_gbps * 1e9);
 
     /* ---- paged decode attention alone: batch 64, ctx 128..4096, new and old kernels ---- */
-    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1},
-                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1}};
+    static const att_variant_t avar[2] = {{"new", KCUDA_ATTN_DECODE_NEW, 0, -1, -1, -1, -1, -1, 0, 0},
+                                          {"old", KCUDA_ATTN_DECODE_OLD, 0, -1, -1, -1, -1, -1, 0, 0}};
     static double aus[ATT_MAXV][3][ATT_NCTX], agbps[ATT_MAXV][3][ATT_NCTX];
     int sm_count = 0;
     DIE_IF(kcuda_device_open(0, NULL, 0, &sm_count) != PD_OK, "device");

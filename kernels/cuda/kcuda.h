@@ -408,16 +408,22 @@ void kcuda_attn_set_decode(kcuda_attn_decode_t kernel, int force_splits);
  *   pipeline  0: each warp loads its keys, then computes; 1: it issues the loads of its
  *             next keys (into registers) before computing the current ones; 2: it copies
  *             up to 3 iterations ahead with cp.async into a shared-memory ring (no
- *             registers held by loads in flight; shapes without room run 0).  Env
- *             PD_CUDA_ATTN_PIPE=0/1/2; default 0 (what measured best on an H200);
+ *             registers held by loads in flight; shapes without room run 0; the
+ *             tensor-core kernel: its ring, kcuda_attn_set_decode_ring, or registers for
+ *             0 and 1).  Env PD_CUDA_ATTN_PIPE=0/1/2; default what measured best on an
+ *             H200: 2 for f32 caches and the tensor-core kernel, else 0;
  *   scatter   1: dot products summed over a key's lanes by reduce-scatter + broadcast
  *             (default, unless env PD_CUDA_ATTN_SCATTER=0), 0: xor-shuffle every value;
  *   head_major 1: CTAs launched KV head fastest (the heads of a token's cache rows read
  *             together; env PD_CUDA_ATTN_HEAD_MAJOR=1), 0: token fastest (default);
- *   tensor_cores 1: EXPERIMENTAL, not yet run on a GPU: f16 and fp8 caches with head dims
- *             up to 128 on mma.m16n8k16 with split-f16 q and p (env PD_CUDA_ATTN_TC=1),
- *             0: the SIMT kernel (default). */
+ *   tensor_cores 1: f16 and fp8 caches with head dims 64 and 128 on mma.m16n8k16 with
+ *             split-f16 q and p (the default), 0: the SIMT kernel (env PD_CUDA_ATTN_TC=0). */
 void kcuda_attn_set_decode_tuning(int l2hint, int pipeline, int scatter, int head_major, int tensor_cores);
+/* The tensor-core decode kernel's cp.async ring (loading scheme 2, its default) for A/B
+ * runs: warps a CTA x stages a warp (0, 0 = the default; env PD_CUDA_ATTN_TC_RING=WxS).
+ * Built: head dim 128: f16 2x2 (default), 2x3; fp8 4x2 (default), 4x3, 2x4, 2x6; head dim
+ * 64: f16 4x3; anything else runs the default of its cache type. */
+void kcuda_attn_set_decode_ring(int warps, int stages);
 /* Whether kcuda_paged_attention(p, ...) would run the decode kernel now, and with how
  * many key splits (*n_splits_p, may be NULL; set only when true).  For tests. */
 bool kcuda_attn_uses_decode_kernel(const kcpu_attn_params_t *p, int sm_count, int *n_splits_p);

@@ -33,6 +33,7 @@
 #include "kcuda_attn_decode.cuh"
 
 #include <cuda_fp8.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -377,7 +378,7 @@ __device__ __forceinline__ dec_row_t dec_row(const dec_args_t &a)
 
 /* Merge the warps' (m, l, acc) (base-2 m) and write the group's rows, or this split's
  * partial state (natural-log m) for the merge kernel. */
-template <int GM, int D>
+template <int GM, int D, int NW = DEC_WARPS>
 __device__ __forceinline__ void dec_epilogue(const dec_args_t &a, const dec_row_t &rw, float (*red_m)[GM],
                                              float (*red_l)[GM], float (*red_acc)[GM][D])
 {
@@ -386,12 +387,12 @@ __device__ __forceinline__ void dec_epilogue(const dec_args_t &a, const dec_row_
         const int g = i / D, d = i % D, h = rw.kvh * G + g;
         float M = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++)
+        for (int w = 0; w < NW; w++)
             M = fmaxf(M, red_m[w][g]);
         float L = 0.0f, A = 0.0f;
         if (M != -INFINITY) {
 #pragma unroll
-            for (int w = 0; w < DEC_WARPS; w++) {
+            for (int w = 0; w < NW; w++) {
                 const float wt = exp2f(red_m[w][g] - M);
                 L += wt * red_l[w][g];
                 A += wt * red_acc[w][g][d];
@@ -638,7 +639,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
 }
 
 /*
- * ---- experimental: tensor-core decode kernel for f16 / fp8 caches (PD_CUDA_ATTN_TC=1) ----
+ * ---- tensor-core decode kernel for f16 / fp8 caches (the default for them; PD_CUDA_ATTN_TC=0: SIMT) ----
  *
  * Same CTA decomposition and epilogue; a warp takes 16 keys a step and runs q.k and p.v
  * on mma.m16n8k16 (f16 operands, f32 accumulation) with the group's query rows as the 8
@@ -654,7 +655,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, dec_min_ctas<CT, D, GM, PIPE>(
  *    2c, 2c + 1, 2c + 8, 2c + 9 and builds each fragment register with one byte
  *    permute; P (times 1024, kept out of f16 subnormals) is split hi + lo the same way and
  *    moved from the score fragment layout to the B layout with shuffles.
- * Not the default until measured and tested on the GPU; head dims 64 and 128, groups <= 8.
+ * Head dims 64 and 128, groups <= 8; loads through a per-warp cp.async ring by default
+ * (attn_decode_tc_kernel, below).
  */
 __device__ __forceinline__ void dec_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1)
@@ -708,59 +710,66 @@ __device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uin
     *lo = *(uint32_t *)&l;
 }
 
-/* Ring depth of the tensor-core kernel's cp.async variant (RING): stages of DEC_WARPS
- * warps x 32 lanes x (2 K + 4 V chunks) bytes in 48 KB less red_m / red_l, the ring
- * aliasing red_acc (free once every warp has left its loop); 0 where a lane's K or V
- * chunk is not a multiple of 16 bytes or fewer than 2 stages fit (fp8 at head dim 128
- * and f16 at 64 get 2: one iteration ahead). */
-template <typename CT, int D> __host__ __device__ constexpr int dec_tc_stages()
+/* Shared memory of the tensor-core kernel: NW warps x NS stages x 16 keys x (K + V) x D
+ * elements of ring (NS 0: none), and the epilogue's NW x 8 rows x D floats, which alias
+ * the ring (every warp has left its loop by then). */
+template <typename CT, int D, int NW, int NS> __host__ __device__ constexpr int dec_tc_smem()
 {
-    return ((D / 4 * (int)sizeof(CT)) % 16 != 0 || (D / 8 * (int)sizeof(CT)) % 16 != 0)
-               ? 0
-               : ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) >= 2
-                      ? ((48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)) > 4
-                             ? 4
-                             : (48 * 1024 - 512) / (DEC_WARPS * 32 * (2 * D / 4 + 4 * D / 8) * (int)sizeof(CT)))
-                      : 0);
+    return NW * NS * 32 * D * (int)sizeof(CT) > NW * 8 * D * 4 ? NW * NS * 32 * D * (int)sizeof(CT) : NW * 8 * D * 4;
 }
 
-/* 4 CTAs per SM like the SIMT kernel (the split count assumes it: batch 64 x 8 KV heads is
- * one wave); f16 at head dim 128 would take 156 registers unbounded (3 CTAs per SM, a
- * second partial wave) and spills 64 bytes at 128.  RING: K and V copied with cp.async
- * into a per-warp shared-memory ring dec_tc_stages() - 1 iterations ahead (each lane
- * reads back only its own 16-byte chunks, laid out [stage][chunk][lane]). */
-template <typename CT, int D, bool RING>
-__global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_args_t a)
+/* NW warps a CTA, 4 CTAs per SM (the split count assumes it: batch 64 x 8 KV heads is one
+ * wave).  NS 0: each lane loads its K and V chunks of a 16-key step straight into
+ * registers, then computes (f16 at head dim 128 would take 156 registers unbounded and
+ * spills 64 bytes at the 128 of 4 warps x 4 CTAs).  NS >= 2: each warp streams its steps
+ * through a ring of NS stages in dynamic shared memory with cp.async, NS steps in flight
+ * while it computes one: a lane copies exactly the 16-byte chunks it will read back
+ * (laid out [warp][stage][chunk][lane], no barrier, no bank conflicts), the block ids of
+ * the next copy are looked up before the current step's arithmetic and its copies issued
+ * after it (the stage is free once its words were used).  Loads in flight then hold no
+ * registers, so 2 warps a CTA (8 an SM) with 3-6 stages keep 2-3 times the bytes of the
+ * register form in flight. */
+template <typename CT, int D, int NW, int NS>
+__global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a)
 {
     constexpr int KS = D / 16;                   /* k-steps of q.k, dim tiles of p.v */
     constexpr int EB = (int)sizeof(CT);
     constexpr int KWR = D / 4 * EB / 4;          /* raw words of a lane's K chunk (a key) */
     constexpr int VWR = D / 8 * EB / 4;          /* raw words of a lane's V chunk (a key) */
     constexpr float PS = 1024.0f;                /* p scale before the f16 split */
-    constexpr int NS = RING ? dec_tc_stages<CT, D>() : 1;
-    static_assert(!RING || NS >= 2, "ring depth");
-    constexpr int KC = KWR / 4, VC = VWR / 4, CH = 2 * KC + 4 * VC; /* 16-byte chunks (RING) */
-    constexpr int RED_B = DEC_WARPS * 8 * D * 4, RING_B = RING ? NS * DEC_WARPS * CH * 32 * 16 : 0;
-    __shared__ float red_m[DEC_WARPS][8], red_l[DEC_WARPS][8];
-    __shared__ __align__(16) unsigned char tc_smem[RED_B > RING_B ? RED_B : RING_B];
+    constexpr int KC = KWR / 4, VC = VWR / 4;    /* 16-byte chunks of a lane's K / V (ring) */
+    static_assert(NS == 0 || (NS >= 2 && KWR % 4 == 0 && VWR % 4 == 0 && D * EB >= 128),
+                  "ring: 16-byte chunks, rows of 8 chunks or more, 2 stages or more");
+    /* A lane's K chunk is KP pieces of KE elements: piece p of lane c is elements
+     * p * 4 KE + c KE ..; its V chunk VP pieces of VE elements, piece p of lane r at
+     * p * 8 VE + r VE.  Registers (NS 0): one piece each, the lane's contiguous quarter
+     * (eighth) of the row.  Ring: 16-byte pieces, each the 16-byte chunk 4p + c (8p + r)
+     * of the row in shared memory. */
+    constexpr int KPB = NS == 0 ? KWR * 4 : 16, VPB = NS == 0 ? VWR * 4 : 16; /* piece bytes (registers: one) */
+    constexpr int KE = KPB / EB, VE = VPB / EB, KP = KWR * 4 / KPB, VP = VWR * 4 / VPB;
+    constexpr int STEP = NW * 16;                /* keys of one step of all warps */
+    constexpr int RC = D * EB / 16;              /* 16-byte chunks of a key's row (ring: 8 or more) */
+    __shared__ float red_m[NW][8], red_l[NW][8];
+    extern __shared__ __align__(16) unsigned char tc_smem[];
     float(*red_acc)[8][D] = reinterpret_cast<float(*)[8][D]>(tc_smem);
 
     const dec_row_t rw = dec_row(a);
     const int t = rw.t, kvh = rw.kvh, s0 = rw.s0, s1 = rw.s1;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, c = lane & 3;
     const int G = a.group;
-    uint4 *const wring = reinterpret_cast<uint4 *>(tc_smem) + (RING ? warp * NS * CH * 32 : 0);
+    uint4 *const wring = reinterpret_cast<uint4 *>(tc_smem) + (NS ? warp * NS * 32 * RC : 0);
 
     /* B fragments of q (row r of the group), hi and lo, k-step j: elements 4j .. 4j + 3
      * of the lane's chunk [c D/4, (c + 1) D/4) */
     uint32_t qh[KS][2], ql[KS][2];
     {
-        const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)(kvh * G + r) * D + c * (D / 4);
+        const float *qr = a.q + (int64_t)t * a.q_stride + (int64_t)(kvh * G + r) * D;
 #pragma unroll
         for (int j = 0; j < KS; j++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const float x0 = r < G ? qr[4 * j + 2 * e] : 0.0f, x1 = r < G ? qr[4 * j + 2 * e + 1] : 0.0f;
+                const int x = 4 * j + 2 * e, d = x / KE * 4 * KE + c * KE + x % KE; /* the lane's element x */
+                const float x0 = r < G ? qr[d] : 0.0f, x1 = r < G ? qr[d + 1] : 0.0f;
                 dec_split2(x0, x1, &qh[j][e], &ql[j][e]);
             }
     }
@@ -772,57 +781,93 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
 
     const CT *cache = (const CT *)a.cache;
     const int32_t *bt = a.bt + (int64_t)(rw.seq_ok ? rw.seq : 0) * a.mbps;
-    const int64_t k_lane = (int64_t)kvh * D + c * (D / 4), v_lane = (int64_t)kvh * D + r * (D / 8);
+    const int64_t k_lane = (int64_t)kvh * D + c * KE, v_lane = (int64_t)kvh * D + r * VE; /* + piece p at p 4 KE / p 8 VE */
 
-    /* RING: the copies of the 16 keys at bs into stage st (chunks: K of key bs + r, K of
-     * bs + r + 8, V of keys bs + 2c, 2c + 1, 2c + 8, 2c + 9; zeros past the row or for a
-     * bad block) */
-    auto stage = [&](int bs, int st) {
-        uint4 *slot = wring + st * CH * 32;
+    /* the lane's keys of the step at bs: K of bs + r and bs + r + 8, V of bs + 2c, 2c + 1,
+     * 2c + 8, 2c + 9 (element offsets, -1 past the row or for a bad block) */
+    auto offsets = [&](int bs, int64_t(&ok)[2], int64_t(&ov)[4]) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int k = bs + r + 8 * h;
-            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
-#pragma unroll
-            for (int j = 0; j < KC; j++)
-                dec_cp_async<4>((uint32_t *)(slot + (h * KC + j) * 32 + lane),
-                                o >= 0 ? (const void *)(cache + o + k_lane + j * (16 / EB)) : (const void *)cache,
-                                o >= 0);
+            ok[h] = k < s1 ? dec_key_off(a, bt, k) : -1;
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int k = bs + 2 * c + (i & 1) + (i >> 1) * 8;
-            const int64_t o = k < s1 ? dec_key_off(a, bt, k) : -1;
-#pragma unroll
-            for (int j = 0; j < VC; j++)
-                dec_cp_async<4>((uint32_t *)(slot + (2 * KC + i * VC + j) * 32 + lane),
-                                o >= 0 ? (const void *)(cache + o + a.kv_stride + v_lane + j * (16 / EB))
-                                       : (const void *)cache,
-                                o >= 0);
+            ov[i] = k < s1 ? dec_key_off(a, bt, k) : -1;
         }
     };
-    int rd = 0, wr = NS - 1;
-    if (RING) {
+    /*
+     * Ring: a stage holds the 16 keys' K rows, then their V rows, [key][chunk] in 16-byte
+     * chunks, chunk ch of key k at ch ^ kswz(k) (K) / ch ^ vswz(k) (V), so the fragment
+     * reads below hit 8 distinct 16-byte bank groups per quarter warp.  The copies are
+     * laid out for the memory system instead: copy q of lane l is chunk (32 q + l) % RC
+     * of key (32 q + l) / RC, a warp instruction covering whole rows (whole 128-byte
+     * lines; the fragment layout would split every line over two instructions and the L2
+     * would see each line twice).  The lane reads back chunks other lanes copied: the warp
+     * synchronizes after the wait and before a refill.  Block ids: a step spans at most
+     * two blocks (the ring runs for block sizes >= 16), looked up one step ahead.
+     */
+    auto kswz = [](int k) { return (k & 1) << 2; };
+    auto vswz = [](int k) { return ((k >> 1) & 3) << 1; };
+    auto blocks = [&](int tb, int(&b)[2]) {
+        const int bi0 = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
 #pragma unroll
-        for (int st = 0; st < NS - 1; st++) {
-            if (s0 + warp * 16 + st * DEC_WARPS * 16 < s1)
-                stage(s0 + warp * 16 + st * DEC_WARPS * 16, st);
+        for (int h = 0; h < 2; h++) {
+            b[h] = -1;
+            if ((int64_t)(bi0 + h) * a.bs < s1 && (h == 0 || (int64_t)(bi0 + 1) * a.bs <= tb + 15)) {
+                const int32_t id = bt[bi0 + h];
+                if (id < 0 || id >= a.n_blocks) {
+                    if (a.err)
+                        atomicOr(a.err, KCUDA_ERR_BLOCK);
+                } else {
+                    b[h] = id;
+                }
+            }
+        }
+    };
+    auto stage = [&](int tb, const int(&b)[2], int st) {
+        uint4 *slot = wring + st * 32 * RC;
+        const int bi0 = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
+#pragma unroll
+        for (int q = 0; q < RC / 2; q++) {
+            const int pc = 32 * q + lane, key = pc / RC, ch = pc % RC, k = tb + key;
+            const int bi = a.bs_shift >= 0 ? k >> a.bs_shift : k / a.bs;
+            const int id = bi == bi0 ? b[0] : b[1];
+            const bool ok = k < s1 && id >= 0;
+            const CT *src = ok ? cache + (int64_t)id * a.block_elems + a.layer_off +
+                                     (int64_t)(k - bi * a.bs) * a.token_stride + (int64_t)kvh * D + ch * (16 / EB)
+                               : cache;
+            dec_cp_async<4>((uint32_t *)(slot + key * RC + (ch ^ kswz(key))), src, ok);
+            dec_cp_async<4>((uint32_t *)(slot + (16 + key) * RC + (ch ^ vswz(key))), ok ? src + a.kv_stride : cache, ok);
+        }
+    };
+    const int first = s0 + warp * 16;
+    if (NS) {
+#pragma unroll
+        for (int st = 0; st < NS; st++) {
+            if (first + st * STEP < s1) {
+                int b[2];
+                blocks(first + st * STEP, b);
+                stage(first + st * STEP, b, st);
+            }
             dec_cp_commit();
         }
     }
 
-    for (int base = s0 + warp * 16; base < s1; base += DEC_WARPS * 16) {
+    int rd = 0;
+    for (int base = first; base < s1; base += STEP) {
         /* K of keys base + r and base + r + 8; V of keys base + 2c, 2c + 1, 2c + 8, 2c + 9 */
         uint32_t kra[KWR], krb[KWR], vr[4][VWR];
-        if (RING) {
-            if (base + (NS - 1) * DEC_WARPS * 16 < s1)
-                stage(base + (NS - 1) * DEC_WARPS * 16, wr);
-            dec_cp_commit();
-            dec_cp_wait<NS - 1>();
-            const uint4 *slot = wring + rd * CH * 32;
+        int nb[2];
+        bool refill = false;
+        if (NS) {
+            dec_cp_wait<NS ? NS - 1 : 0>(); /* this step's group: NS groups were committed after it */
+            __syncwarp();                    /* and every lane's, whose chunks this lane reads */
+            const uint4 *slot = wring + rd * 32 * RC;
 #pragma unroll
             for (int j = 0; j < KC; j++) {
-                const uint4 x = slot[j * 32 + lane], y = slot[(KC + j) * 32 + lane];
+                const uint4 x = slot[r * RC + ((4 * j + c) ^ kswz(r))], y = slot[(r + 8) * RC + ((4 * j + c) ^ kswz(r))];
                 kra[4 * j] = x.x, kra[4 * j + 1] = x.y, kra[4 * j + 2] = x.z, kra[4 * j + 3] = x.w;
                 krb[4 * j] = y.x, krb[4 * j + 1] = y.y, krb[4 * j + 2] = y.z, krb[4 * j + 3] = y.w;
             }
@@ -830,34 +875,45 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
             for (int i = 0; i < 4; i++)
 #pragma unroll
                 for (int j = 0; j < VC; j++) {
-                    const uint4 x = slot[(2 * KC + i * VC + j) * 32 + lane];
+                    const int k = 2 * c + (i & 1) + (i >> 1) * 8;
+                    const uint4 x = slot[(16 + k) * RC + ((8 * j + r) ^ vswz(k))];
                     vr[i][4 * j] = x.x, vr[i][4 * j + 1] = x.y, vr[i][4 * j + 2] = x.z, vr[i][4 * j + 3] = x.w;
                 }
-            rd = rd + 1 == NS ? 0 : rd + 1;
-            wr = wr + 1 == NS ? 0 : wr + 1;
+            /* the block ids of the step that refills this stage, looked up now so their
+             * latency passes under this step's arithmetic */
+            refill = base + NS * STEP < s1;
+            if (refill)
+                blocks(base + NS * STEP, nb);
         } else {
-            const int ka = base + r, kb = base + r + 8;
-            const int64_t oa = ka < s1 ? dec_key_off(a, bt, ka) : -1, ob = kb < s1 ? dec_key_off(a, bt, kb) : -1;
+            int64_t ok[2], ov[4];
+            offsets(base, ok, ov);
 #pragma unroll
             for (int w = 0; w < KWR; w++)
                 kra[w] = krb[w] = 0u;
-            if (oa >= 0)
-                dec_load<KWR>(cache + oa + k_lane, kra, a.l2hint);
-            if (ob >= 0)
-                dec_load<KWR>(cache + ob + k_lane, krb, a.l2hint);
+#pragma unroll
+            for (int pc = 0; pc < KP; pc++) {
+                if (ok[0] >= 0)
+                    dec_load<KPB / 4>(cache + ok[0] + k_lane + pc * 4 * KE, kra + pc * (KPB / 4), a.l2hint);
+                if (ok[1] >= 0)
+                    dec_load<KPB / 4>(cache + ok[1] + k_lane + pc * 4 * KE, krb + pc * (KPB / 4), a.l2hint);
+            }
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const int kv = base + 2 * c + (i & 1) + (i >> 1) * 8;
-                const int64_t ov = kv < s1 ? dec_key_off(a, bt, kv) : -1;
 #pragma unroll
                 for (int w = 0; w < VWR; w++)
                     vr[i][w] = 0u;
-                if (ov >= 0)
-                    dec_load<VWR>(cache + ov + a.kv_stride + v_lane, vr[i], a.l2hint);
+#pragma unroll
+                for (int pc = 0; pc < VP; pc++)
+                    if (ov[i] >= 0)
+                        dec_load<VPB / 4>(cache + ov[i] + a.kv_stride + v_lane + pc * 8 * VE, vr[i] + pc * (VPB / 4),
+                                          a.l2hint);
             }
         }
-        /* scores: sc[0], sc[1] = key base + r, rows 2c, 2c + 1; sc[2], sc[3] = key + 8 */
-        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        /* scores: sc[0], sc[1] = key base + r, rows 2c, 2c + 1; sc[2], sc[3] = key + 8
+         * (the ring form: the q_hi and q_lo products in two chains of mma, added at the
+         * end; the register form is at its register bound) */
+        constexpr bool TWO = NS > 0;
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         {
             uint32_t ha[KS * 2], hb[KS * 2];
             dec_h2<CT, KWR>::run(kra, ha);
@@ -865,13 +921,13 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
 #pragma unroll
             for (int j = 0; j < KS; j++) {
                 dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], qh[j][0], qh[j][1]);
-                dec_mma(sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], ql[j][0], ql[j][1]);
+                dec_mma(TWO ? sl : sc, ha[2 * j], hb[2 * j], ha[2 * j + 1], hb[2 * j + 1], ql[j][0], ql[j][1]);
             }
         }
         const bool va = base + r < s1, vb = base + r + 8 < s1;
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            sc[e] = (e < 2 ? va : vb) ? sc[e] * a.qscale : -INFINITY;
+            sc[e] = (e < 2 ? va : vb) ? (sc[e] + sl[e]) * a.qscale : -INFINITY;
         /* online softmax per query row (rows 2c, 2c + 1: shared by the lanes of this c) */
         float pr[4];
 #pragma unroll
@@ -927,9 +983,16 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
                 dec_mma(acc[i], a0, a1, a2, a3, bl0, bl1);
             }
         }
+        if (NS) { /* the stage's words are used (the mma above read them): refill it */
+            __syncwarp(); /* every lane's reads of it */
+            if (refill)
+                stage(base + NS * STEP, nb, rd);
+            dec_cp_commit();
+            rd = rd + 1 == NS ? 0 : rd + 1;
+        }
     }
 
-    if (RING) { /* red_acc aliases the ring: every warp done with it first */
+    if (NS) { /* red_acc aliases the ring: every warp done with it first */
         asm volatile("cp.async.wait_all;" ::: "memory");
         __syncthreads();
     }
@@ -945,8 +1008,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
     for (int i = 0; i < KS; i++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i] = acc[i][e] * (1.0f / PS);
-            red_acc[warp][2 * c + e][r * (D / 8) + 2 * i + 1] = acc[i][2 + e] * (1.0f / PS);
+            const int d = (2 * i) / VE * 8 * VE + r * VE + (2 * i) % VE; /* the lane's V elements 2i, 2i + 1 */
+            red_acc[warp][2 * c + e][d] = acc[i][e] * (1.0f / PS);
+            red_acc[warp][2 * c + e][d + 1] = acc[i][2 + e] * (1.0f / PS);
         }
     if (r == 0) {
 #pragma unroll
@@ -956,7 +1020,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 4) attn_decode_tc_kernel(dec_a
         }
     }
     __syncthreads();
-    dec_epilogue<8, D>(a, rw, red_m, red_l, red_acc);
+    dec_epilogue<8, D, NW>(a, rw, red_m, red_l, red_acc);
 }
 
 /* out[t, h, :] = the merge of the splits' (m, l, acc); one CTA per (token, head). */
@@ -1053,7 +1117,7 @@ static bool dec_switch(int set, const char *name, bool default_on, int *env)
  * 32/8 heads, d128, block 16; docs/cuda.md): scheme 2 (cp.async ring) for an f32 cache
  * (89-92% of the copy rate at 1k-4k keys against 84-86% for scheme 0), scheme 0 for f16
  * and fp8 (scheme 2 was slower there, fp8 by half). */
-static int dec_pipe(kcpu_dtype_t dtype)
+static int dec_pipe_asked(void)
 {
     static int env = -2;
     if (g_pipe >= 0)
@@ -1062,7 +1126,18 @@ static int dec_pipe(kcpu_dtype_t dtype)
         const char *e = getenv("PD_CUDA_ATTN_PIPE");
         env = (e != NULL && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') ? e[0] - '0' : -1;
     }
-    return env >= 0 ? env : dtype == KCPU_DTYPE_F32 ? 2 : 0;
+    return env;
+}
+
+static int dec_pipe(kcpu_dtype_t dtype, bool tc)
+{
+    const int asked = dec_pipe_asked();
+    if (asked >= 0)
+        return asked;
+    /* the tensor-core kernel: its ring (2026-11-29 session 10 run: f16 91.6 / 98.7 / 102.8%
+     * of the copy rate at 1k / 2k / 4k keys against 70.8 / 75.4 / 78.3% from registers,
+     * fp8 70.5 / 79.1 / 83.7% against 55.8 / 62.0 / 65.9%) */
+    return dtype == KCPU_DTYPE_F32 || tc ? 2 : 0;
 }
 
 /* The hint by default only where a key's head vector fills the 256-byte chunk it
@@ -1166,19 +1241,72 @@ static void dec_launch_d(const dec_args_t &a, int D, dim3 grid, cudaStream_t str
         dec_launch_g<CT, 256>(a, grid, stream);
 }
 
+template <typename CT, int D, int NW, int NS>
+static void dec_tc_go(const dec_args_t &a, dim3 grid, cudaStream_t stream)
+{
+    constexpr int smem = dec_tc_smem<CT, D, NW, NS>();
+    static bool attr_set = false; /* once per instantiation (all ask for the same size) */
+    if (smem + (int)sizeof(float) * NW * 16 > 48 * 1024 && !attr_set) { /* dynamic + red_m / red_l over 48 KB */
+        cudaFuncSetAttribute(attn_decode_tc_kernel<CT, D, NW, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        attr_set = true;
+    }
+    attn_decode_tc_kernel<CT, D, NW, NS><<<grid, NW * 32, smem, stream>>>(a);
+}
+
+/* The tensor-core kernel's ring (dec_args_t.pipe 2, block sizes >= 16): warps a CTA x
+ * stages, from kcuda_attn_set_decode_ring, else env PD_CUDA_ATTN_TC_RING=WxS (e.g. 2x3),
+ * else the default of the cache type; a shape not built falls back to that default.
+ * Built (48 KB or less a CTA: 4 CTAs an SM): head dim 128: f16 2x2 (default), 2x3; fp8
+ * 4x2 (default), 4x3, 2x4, 2x6; head dim 64: f16 4x3, fp8 none (a lane's V chunk is 8
+ * bytes).  Defaults from the session 10 H200 run at batch 64 (docs/cuda.md). */
+static int g_ring_w = -1, g_ring_s = -1;
+
+extern "C" void kcuda_attn_set_decode_ring(int warps, int stages)
+{
+    g_ring_w = warps, g_ring_s = stages;
+}
+
+static void dec_ring_cfg(int *w, int *s)
+{
+    static int env_w = -2, env_s = -2;
+    if (g_ring_w > 0 && g_ring_s > 0) {
+        *w = g_ring_w, *s = g_ring_s;
+        return;
+    }
+    if (env_w == -2) {
+        const char *e = getenv("PD_CUDA_ATTN_TC_RING");
+        env_w = env_s = -1;
+        if (e != NULL && sscanf(e, "%dx%d", &env_w, &env_s) != 2)
+            env_w = env_s = -1;
+    }
+    *w = env_w, *s = env_s;
+}
+
 template <typename CT, int D>
 static void dec_launch_tc_d(const dec_args_t &a, dim3 grid, cudaStream_t stream)
 {
-    if constexpr (dec_tc_stages<CT, D>() >= 2) {
-        if (a.pipe == 2) {
-            attn_decode_tc_kernel<CT, D, true><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
-            return;
+    if (a.pipe == 2 && a.bs >= 16) { /* (the ring's steps span at most two blocks) */
+        int w = 0, s = 0;
+        dec_ring_cfg(&w, &s);
+        if constexpr (D == 128 && sizeof(CT) == 2) {
+            if (w == 2 && s == 3)
+                return dec_tc_go<CT, D, 2, 3>(a, grid, stream);
+            return dec_tc_go<CT, D, 2, 2>(a, grid, stream);
+        } else if constexpr (D == 128) {
+            if (w == 4 && s == 3)
+                return dec_tc_go<CT, D, 4, 3>(a, grid, stream);
+            if (w == 2 && s == 4)
+                return dec_tc_go<CT, D, 2, 4>(a, grid, stream);
+            if (w == 2 && s == 6)
+                return dec_tc_go<CT, D, 2, 6>(a, grid, stream);
+            return dec_tc_go<CT, D, 4, 2>(a, grid, stream);
+        } else if constexpr (sizeof(CT) == 2) {
+            return dec_tc_go<CT, D, 4, 3>(a, grid, stream);
         }
     }
-    attn_decode_tc_kernel<CT, D, false><<<grid, DEC_WARPS * 32, 0, stream>>>(a);
+    dec_tc_go<CT, D, DEC_WARPS, 0>(a, grid, stream);
 }
 
-/* loading scheme 2 asked for: the ring where it fits (fp8 d128, f16 d64), else plain */
 template <typename CT>
 static void dec_launch_tc(const dec_args_t &a, int D, dim3 grid, cudaStream_t stream)
 {
@@ -1212,7 +1340,10 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.causal = p->causal;
     a.l2hint = dec_l2hint((size_t)p->head_dim * L->elem_bytes);
     static int env_scatter = -1;
-    a.pipe = dec_pipe(L->dtype);
+    static int env_tc = -1;
+    const bool tc = L->dtype != KCPU_DTYPE_F32 && (p->head_dim == 64 || p->head_dim == 128) &&
+                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", true, &env_tc);
+    a.pipe = dec_pipe(L->dtype, tc);
     a.scatter = dec_switch(g_scatter, "PD_CUDA_ATTN_SCATTER", true, &env_scatter);
     a.window = p->sliding_window;
     a.cache = p->cache_base;
@@ -1229,9 +1360,6 @@ pd_status_t kcuda_attn_decode_launch(const kcpu_attn_params_t *p, float k_scale,
     a.err = err;
     static int env_order = -1;
     a.head_major = p->n_tokens <= 65535 && dec_switch(g_order, "PD_CUDA_ATTN_HEAD_MAJOR", false, &env_order);
-    static int env_tc = -1;
-    const bool tc = L->dtype != KCPU_DTYPE_F32 && (p->head_dim == 64 || p->head_dim == 128) &&
-                    dec_switch(g_tc, "PD_CUDA_ATTN_TC", true, &env_tc);
     dim3 grid((unsigned)p->n_tokens, (unsigned)p->n_kv_heads, (unsigned)n_splits);
     if (a.head_major)
         grid = dim3((unsigned)p->n_kv_heads, (unsigned)p->n_tokens, (unsigned)n_splits);

@@ -1129,14 +1129,19 @@ static void dec_case(const dec_case_t *c)
         free(alt);
     }
     kcuda_attn_set_decode_tuning(-1, -1, -1, -1, -1);
-    /* the experimental tensor-core kernel (f16 / fp8, head dim <= 128; off by default in
-     * the engine): only in a run of its own (PD_TEST_ATTN_TC=1), so a fault there cannot
-     * take the other tests down */
-    for (int ring = 0; dec_tc_run && ring < 2 && c->kind != 0 && c->hd <= 128 && c->new_kernel; ring++) {
-        /* plain, then with loading scheme 2 (its cp.async ring where the shape has one) */
-        kcuda_attn_set_decode_tuning(-1, ring ? 2 : -1, -1, -1, 1);
+    /* the tensor-core kernel's other forms (f16 / fp8, head dims 64 / 128; the default
+     * above ran its ring): only in a run of its own (PD_TEST_ATTN_TC=1), so a fault there
+     * cannot take the other tests down.  Registers (scheme 0), then scheme 2: the cp.async
+     * ring in its default shape and each other warps x stages built (one not built for
+     * the cache type runs the default) */
+    static const int rings[6][2] = {{-1, 0}, {0, 0}, {2, 2}, {4, 2}, {2, 4}, {2, 6}};
+    for (int ri = 0; dec_tc_run && ri < 6 && c->kind != 0 && c->hd <= 128 && c->new_kernel; ri++) {
+        kcuda_attn_set_decode_tuning(-1, rings[ri][0] < 0 ? 0 : 2, -1, -1, 1);
+        kcuda_attn_set_decode_ring(rings[ri][0] < 0 ? 0 : rings[ri][0], rings[ri][1]);
         float *alt = dec_run(&pd, T, QW);
-        snprintf(what2, sizeof(what2), "%s (tensor cores%s)", what, ring ? ", loading scheme 2" : "");
+        kcuda_attn_set_decode_ring(0, 0);
+        snprintf(what2, sizeof(what2), "%s (tensor cores, %s %dx%d)", what, rings[ri][0] < 0 ? "registers" : "ring",
+                 rings[ri][0], rings[ri][1]);
         const int bad = cmp(what2, alt, ref, (size_t)(T * QW), 1e-4);
         dec_tc_cases++;
         dec_tc_bad += bad > 0;
@@ -1243,7 +1248,7 @@ PD_TEST(test_decode_attention)
     printf("  %d decode attention cases (%d on the decode kernel), each against kcpu and the old kernel\n", n,
            n_new);
     if (dec_tc_run)
-        printf("  experimental tensor-core decode kernel: %d of %d cases outside tolerance\n", dec_tc_bad,
+        printf("  tensor-core decode kernel forms: %d of %d cases outside tolerance\n", dec_tc_bad,
                dec_tc_cases);
 }
 
@@ -1902,7 +1907,7 @@ int main(void)
         return PD_TEST_REPORT();
     }
     if (getenv("PD_TEST_ATTN_TC") != NULL && strcmp(getenv("PD_TEST_ATTN_TC"), "1") == 0) {
-        /* the decode attention cases alone, with the experimental tensor-core kernel */
+        /* the decode attention cases alone, with every form of the tensor-core kernel */
         dec_tc_run = true;
         PD_RUN(test_decode_attention);
         ops->shutdown(be);
