@@ -680,13 +680,14 @@ template <int NW> struct dec_h2<__half, NW> {
 template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
     static __device__ __forceinline__ void run(const uint32_t *r, uint32_t *h)
     {
+        /* one cvt per byte pair, straight from the word's halves (no masks, shifts or
+         * repacking around the intrinsic's 16-bit struct) */
 #pragma unroll
-        for (int i = 0; i < NW; i++) {
-            __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] & 0xffffu), __NV_E4M3);
-            __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] >> 16), __NV_E4M3);
-            h[2 * i] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
-            h[2 * i + 1] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
-        }
+        for (int i = 0; i < NW; i++)
+            asm("{\n\t.reg .b16 lo, hi;\n\tmov.b32 {lo, hi}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, lo;\n\t"
+                "cvt.rn.f16x2.e4m3x2 %1, hi;\n\t}"
+                : "=r"(h[2 * i]), "=r"(h[2 * i + 1])
+                : "r"(r[i]));
     }
 };
 template <int NW> struct dec_h2<__nv_fp8_e5m2, NW> {
@@ -910,9 +911,9 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
             }
         }
         /* scores: sc[0], sc[1] = key base + r, rows 2c, 2c + 1; sc[2], sc[3] = key + 8
-         * (the ring form: the q_hi and q_lo products in two chains of mma, added at the
-         * end; the register form is at its register bound) */
-        constexpr bool TWO = NS > 0;
+         * (f16 rings: the q_hi and q_lo products in two chains of mma, added at the end;
+         * fp8 and the register form are at their register bound) */
+        constexpr bool TWO = NS > 0 && EB == 2;
         float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sl[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         {
             uint32_t ha[KS * 2], hb[KS * 2];
