@@ -11,7 +11,7 @@ APT_PACKAGES=(build-essential cmake pkg-config git ca-certificates
   libmicrohttpd-dev libcjson-dev libzmq3-dev libucx-dev ucx-utils libfabric-dev libfabric-bin
   libcurl4-openssl-dev libgnutls28-dev libyaml-dev
   gnuplot-nox iproute2 openssl clang libclang-rt-14-dev curl wrk xz-utils unzip)
-PIP_PACKAGES=(pytest openai tokenizers jinja2 numpy gguf safetensors)
+PIP_PACKAGES=(pytest openai tokenizers jinja2 numpy gguf safetensors pyzmq transformers)
 
 say() { printf 'setup: %s\n' "$*"; }
 SUDO=""
