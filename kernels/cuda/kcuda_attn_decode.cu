@@ -827,20 +827,29 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
             }
         }
     };
+    /* copy q of this lane: chunk ch_l of key key_l + q KQ of the step (KQ keys a warp
+     * instruction); per step only the two block bases are 64-bit arithmetic, per copy a
+     * 32-bit offset inside its block (the host keeps block_size * token_stride < 2^31) */
+    constexpr int KQ = 32 / RC;
+    const int ch_l = lane % RC, key_l = lane / RC;
+    const int64_t lane_off = a.layer_off + (int64_t)kvh * D + ch_l * (16 / EB);
+    const int tstride = (int)a.token_stride;
     auto stage = [&](int tb, const int(&b)[2], int st) {
         uint4 *slot = wring + st * 32 * RC;
         const int bi0 = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
+        const int pos0 = tb - bi0 * a.bs, lim = s1 - tb; /* tb's place in its block; keys in the slice */
+        const CT *p0 = cache + (int64_t)(b[0] < 0 ? 0 : b[0]) * a.block_elems + lane_off;
+        const CT *p1 = cache + (int64_t)(b[1] < 0 ? 0 : b[1]) * a.block_elems + lane_off;
 #pragma unroll
         for (int q = 0; q < RC / 2; q++) {
-            const int pc = 32 * q + lane, key = pc / RC, ch = pc % RC, k = tb + key;
-            const int bi = a.bs_shift >= 0 ? k >> a.bs_shift : k / a.bs;
-            const int id = bi == bi0 ? b[0] : b[1];
-            const bool ok = k < s1 && id >= 0;
-            const CT *src = ok ? cache + (int64_t)id * a.block_elems + a.layer_off +
-                                     (int64_t)(k - bi * a.bs) * a.token_stride + (int64_t)kvh * D + ch * (16 / EB)
-                               : cache;
-            dec_cp_async<4>((uint32_t *)(slot + key * RC + (ch ^ kswz(key))), src, ok);
-            dec_cp_async<4>((uint32_t *)(slot + (16 + key) * RC + (ch ^ vswz(key))), ok ? src + a.kv_stride : cache, ok);
+            const int key = key_l + q * KQ;
+            const int in = pos0 + key;
+            const bool second = in >= a.bs;
+            const bool ok = key < lim && (second ? b[1] : b[0]) >= 0;
+            const CT *src = ok ? (second ? p1 : p0) + (in - (second ? a.bs : 0)) * tstride : cache;
+            dec_cp_async<4>((uint32_t *)(slot + key * RC + (ch_l ^ kswz(key))), src, ok);
+            dec_cp_async<4>((uint32_t *)(slot + (16 + key) * RC + (ch_l ^ vswz(key))), ok ? src + a.kv_stride : cache,
+                            ok);
         }
     };
     const int first = s0 + warp * 16;
@@ -1286,7 +1295,8 @@ static void dec_ring_cfg(int *w, int *s)
 template <typename CT, int D>
 static void dec_launch_tc_d(const dec_args_t &a, dim3 grid, cudaStream_t stream)
 {
-    if (a.pipe == 2 && a.bs >= 16) { /* (the ring's steps span at most two blocks) */
+    /* (the ring's steps span at most two blocks; its in-block offsets are 32-bit) */
+    if (a.pipe == 2 && a.bs >= 16 && (int64_t)a.bs * a.token_stride < INT32_MAX) {
         int w = 0, s = 0;
         dec_ring_cfg(&w, &s);
         if constexpr (D == 128 && sizeof(CT) == 2) {
