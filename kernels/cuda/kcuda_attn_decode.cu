@@ -722,14 +722,12 @@ template <typename CT, int D, int NW, int NS> __host__ __device__ constexpr int 
 /* NW warps a CTA, 4 CTAs per SM (the split count assumes it: batch 64 x 8 KV heads is one
  * wave).  NS 0: each lane loads its K and V chunks of a 16-key step straight into
  * registers, then computes (f16 at head dim 128 would take 156 registers unbounded and
- * spills 64 bytes at the 128 of 4 warps x 4 CTAs).  NS >= 2: each warp streams its steps
- * through a ring of NS stages in dynamic shared memory with cp.async, NS steps in flight
- * while it computes one: a lane copies exactly the 16-byte chunks it will read back
- * (laid out [warp][stage][chunk][lane], no barrier, no bank conflicts), the block ids of
- * the next copy are looked up before the current step's arithmetic and its copies issued
- * after it (the stage is free once its words were used).  Loads in flight then hold no
- * registers, so 2 warps a CTA (8 an SM) with 3-6 stages keep 2-3 times the bytes of the
- * register form in flight. */
+ * spills 88 bytes at the 128 of 4 warps x 4 CTAs).  NS >= 2 (the default): each warp
+ * streams its steps through a ring of NS stages in dynamic shared memory with cp.async,
+ * NS steps in flight while it computes one; whole-line copies into a swizzled layout
+ * (below).  Loads in flight hold no registers: f16 2 warps x 2 stages and fp8 4 x 2 read
+ * 90-100% / 70-86% of the copy rate at 1k-4k keys where the register form read 71-78% /
+ * 56-67% (docs/cuda.md, "The decode kernel"). */
 template <typename CT, int D, int NW, int NS>
 __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a)
 {
