@@ -9,6 +9,7 @@
  * sequence of sync points in every thread, as on the GPU.
  */
 #include <ucontext.h>
+#include <algorithm>
 #include <functional>
 #include <vector>
 #include <math.h>
@@ -35,23 +36,105 @@ static std::function<void()> *emu_fn;
 static const void *emu_last_kernel;
 static long emu_launches;
 enum { EMU_STACK = 64 * 1024 };
+#define EMU_DYN_SMEM (64 * 1024) /* bytes of an `extern __shared__` array (gen_emu.py) */
 
 static void emu_yield(void) { swapcontext(&emu_ctx[emu_cur], &emu_main); }
 static void emu_tramp(void) { (*emu_fn)(); emu_done[emu_cur] = 1; }
-static inline void __syncthreads(void) { emu_yield(); }
-static float emu_xbuf[1024];
-static inline float __shfl_xor_sync(unsigned, float v, int o)
+/* __syncthreads: a real barrier (the threads of a CTA may reach it after different
+ * numbers of warp-level sync points, as warps whose loops ran a different number of
+ * times do): wait until every live thread of the CTA has arrived */
+static int emu_bar_arrived, emu_bar_gen, emu_live;
+static inline void __syncthreads(void)
 {
+    const int gen = emu_bar_gen;
+    if (++emu_bar_arrived == emu_live) {
+        emu_bar_arrived = 0;
+        emu_bar_gen++;
+        emu_yield();
+        return;
+    }
+    while (emu_bar_gen == gen)
+        emu_yield();
+}
+/* Warp-level operations: every lane of a warp reaches the same sequence of them (as the
+ * kernels guarantee), so a lane publishes, yields (the scheduler runs every other thread
+ * to its next sync point), reads its partners' values and yields again before anyone
+ * publishes the next ones. */
+static uint32_t emu_xbuf[1024];
+template <typename T> static inline T emu_shfl(T v, int src_thread)
+{
+    static_assert(sizeof(T) == 4, "32-bit shuffles");
     int t = emu_cur;
-    emu_xbuf[t] = v;
+    memcpy(&emu_xbuf[t], &v, 4);
     emu_yield();
-    float r = emu_xbuf[t ^ o];
+    T r;
+    memcpy(&r, &emu_xbuf[src_thread], 4);
     emu_yield();
     return r;
+}
+template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int o) { return emu_shfl(v, emu_cur ^ o); }
+template <typename T> static inline T __shfl_sync(unsigned, T v, int src)
+{
+    return emu_shfl(v, (emu_cur & ~31) | (src & 31));
+}
+static inline void __syncwarp(unsigned = 0xffffffffu) { emu_yield(); }
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    const uint64_t v = ((uint64_t)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++)
+        r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+/* mma.sync.m16n8k16.row.col f32 += f16 x f16: lane (g = lane / 4, q = lane % 4) holds
+ * A[g][2q, 2q+1] (a0), A[g+8][..] (a1), A[g][2q+8, 2q+9] (a2), A[g+8][..] (a3),
+ * B[2q, 2q+1][g] (b0), B[2q+8, 2q+9][g] (b1), C[g][2q, 2q+1] (c0, c1), C[g+8][..] (c2, c3) */
+static uint32_t emu_mbuf[1024][6];
+static inline float emu_h(uint32_t w, int hi)
+{
+    __half_raw r;
+    r.x = (unsigned short)(hi ? w >> 16 : w & 0xffff);
+    return __half2float(__half(r));
+}
+static inline void emu_mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                uint32_t b1)
+{
+    const int t = emu_cur, w0 = t & ~31, g = (t & 31) >> 2, q = t & 3;
+    const uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
+    memcpy(emu_mbuf[t], mine, sizeof(mine));
+    emu_yield();
+    float A[2][16], B[16][2]; /* rows g, g + 8 of A; columns 2q, 2q + 1 of B */
+    for (int l = 0; l < 4; l++) {
+        const uint32_t *f = emu_mbuf[w0 + g * 4 + l];
+        for (int h = 0; h < 2; h++) {
+            A[0][2 * l + h] = emu_h(f[0], h), A[1][2 * l + h] = emu_h(f[1], h);
+            A[0][2 * l + 8 + h] = emu_h(f[2], h), A[1][2 * l + 8 + h] = emu_h(f[3], h);
+        }
+        for (int j = 0; j < 2; j++) {
+            const uint32_t *fb = emu_mbuf[w0 + (2 * q + j) * 4 + l];
+            for (int h = 0; h < 2; h++)
+                B[2 * l + h][j] = emu_h(fb[4], h), B[2 * l + 8 + h][j] = emu_h(fb[5], h);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+            float acc = c[2 * i + j];
+            for (int k = 0; k < 16; k++)
+                acc += A[i][k] * B[k][j];
+            c[2 * i + j] = acc;
+        }
+    emu_yield();
 }
 static inline int atomicOr(int *p, int v) { int o = *p; *p |= v; return o; }
 static inline int atomicMax(int *p, int v) { int o = *p; if (v > o) *p = v; return o; }
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+using std::max;
+using std::min;
+/* the C++ form of the runtime call (cuda_runtime.h has it for nvcc only); nothing to set */
+template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum cudaFuncAttribute, int)
+{
+    return cudaSuccess;
+}
 static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 
@@ -82,6 +165,7 @@ template <typename K, typename... A> static void emu_run(K k, dim3 grid, dim3 bl
                     emu_done[i] = 0;
                 }
                 int left = n;
+                emu_live = n, emu_bar_arrived = 0;
                 while (left > 0)
                     for (int i = 0; i < n; i++) {
                         if (emu_done[i])
@@ -90,7 +174,7 @@ template <typename K, typename... A> static void emu_run(K k, dim3 grid, dim3 bl
                         threadIdx = make_uint3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
                         swapcontext(&emu_main, &emu_ctx[i]);
                         if (emu_done[i])
-                            left--;
+                            left--, emu_live--;
                     }
             }
 }

@@ -3,12 +3,51 @@
 against emu_cuda.h: kcuda_internal.cuh with the emulation after its includes and
 kc_launch_pdl running the kernel on the CPU, every `kern<<<grid, block, ...>>>(args)`
 turned into `emu_launch((kern), grid, block, ...)(args)`, NULL into nullptr (a launch
-argument must convert to the kernel's pointer parameter), other headers copied as they
+argument must convert to the kernel's pointer parameter), `extern __shared__` arrays
+into static ones of EMU_DYN_SMEM bytes, the definitions written in inline PTX into the
+stand-ins of emu_overrides.h (any asm left is an error), other headers copied as they
 are.  Used by test_cuda_emu.py."""
 import os
 import re
 import shutil
 import sys
+
+
+def load_overrides(path):
+    """[(first line of the definition to replace, replacement text)] from the "//@ " lines."""
+    out, head, body = [], None, []
+    for line in open(path):
+        if line.startswith('//@ '):
+            if head is not None:
+                out.append((head, ''.join(body)))
+            head, body = line[4:].rstrip('\n'), []
+        elif head is not None:
+            body.append(line)
+    if head is not None:
+        out.append((head, ''.join(body)))
+    return out
+
+
+def replace_definition(t, head, body):
+    """t with the definition starting at `head` (up to its matching brace, and a struct's
+    ";") replaced by body; t unchanged when head is not in it."""
+    i = t.find(head)
+    if i < 0:
+        return t
+    j = t.index('{', i)
+    depth = 0
+    while True:
+        if t[j] == '{':
+            depth += 1
+        elif t[j] == '}':
+            depth -= 1
+            if depth == 0:
+                break
+        j += 1
+    j += 1
+    if t[j:j + 1] == ';':
+        j += 1
+    return t[:i] + body + t[j:]
 
 
 def main():
@@ -32,10 +71,18 @@ static inline void kc_launch_pdl(bool pdl, void (*kern)(KArgs...), dim3 grid, di
 
 ''' + s[j:]
     open(os.path.join(out, 'kcuda_internal.cuh'), 'w').write(s)
+    overrides = load_overrides(os.path.join(here, 'emu_overrides.h'))
     for f in files:
         t = open(os.path.join(src, f)).read()
         t = re.sub(r'([A-Za-z_]\w*(?:<[^<>;]*>)?)<<<(.+?)>>>\(', r'emu_launch((\1), \2)(', t)
         t = re.sub(r'\bNULL\b', 'nullptr', t)
+        # dynamic shared memory: a function-static array like the static ones
+        t = re.sub(r'extern __shared__ (.*?)(\w+)\[\];', r'__shared__ \1\2[EMU_DYN_SMEM];', t)
+        t = t.replace('asm volatile("cp.async.wait_all;" ::: "memory");', '(void)0;')
+        for head, body in overrides:
+            t = replace_definition(t, head, body)
+        if re.search(r'\basm\b', t):
+            sys.exit(f'gen_emu.py: inline asm left in {f} (add a section to emu_overrides.h)')
         open(os.path.join(out, f), 'w').write(t)
     for f in os.listdir(src):
         if f.endswith('.cuh') and f != 'kcuda_internal.cuh':

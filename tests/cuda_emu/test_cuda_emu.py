@@ -1,10 +1,13 @@
-"""kcuda_norm.cu and kcuda_kv.cu run on the CPU (gen_emu.py + emu_cuda.h: every CUDA
-thread a ucontext), so a machine without a GPU checks their index math, vector paths,
-guards and barriers: emu_norm_rope.cpp compares the RMSNorm entry points with kcpu (every
-vector width and CTA size, the scalar fallbacks) and the RoPE + KV write table kernel with
-the old kernel bit for bit (rows, cache bytes, error bits) and with kcpu, all cache types,
-both styles.  Needs g++, the CUDA headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include)
-and the build's libpd_kernels_cpu.a / libpd_common.a; skips without them.
+"""kcuda_norm.cu, kcuda_kv.cu and kcuda_attn_decode.cu run on the CPU (gen_emu.py +
+emu_cuda.h: every CUDA thread a ucontext; emu_overrides.h for the inline PTX), so a
+machine without a GPU checks their index math, vector paths, guards and barriers:
+emu_norm_rope.cpp compares the RMSNorm entry points with kcpu (every vector width and CTA
+size, the scalar fallbacks) and the RoPE + KV write table kernel with the old kernel bit
+for bit (rows, cache bytes, error bits) and with kcpu, all cache types, both styles;
+emu_attn_decode.cpp the decode attention kernels (the tensor-core one's cp.async ring in
+every shape built, its register form, the SIMT kernel) with kcpu.  Needs g++, the CUDA
+headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include) and the build's
+libpd_kernels_cpu.a / libpd_common.a; skips without them.
 PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
 import os
 import shutil
@@ -18,7 +21,9 @@ from pdtest import BUILD, ROOT
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_norm_rope_emulated(tmp_path):
+def build_emulated(tmp_path, cu_files, main_cpp):
+    """gen_emu.py over cu_files, then main_cpp compiled against the copies; the executable
+    (skips without g++, the CUDA headers or the built libraries)."""
     inc = os.environ.get("CUDA_INC", "/usr/local/cuda/include")
     cxx = shutil.which("g++")
     libs = [os.path.join(BUILD, "kernels", "libpd_kernels_cpu.a"), os.path.join(BUILD, "common", "libpd_common.a")]
@@ -31,15 +36,31 @@ def test_norm_rope_emulated(tmp_path):
             pytest.skip(f"{lib} is not built")
     gen = tmp_path / "gen"
     subprocess.run([sys.executable, os.path.join(HERE, "gen_emu.py"), str(gen),
-                    os.path.join(ROOT, "kernels", "cuda"), "kcuda_norm.cu", "kcuda_kv.cu"], check=True)
-    exe = tmp_path / "emu_norm_rope"
+                    os.path.join(ROOT, "kernels", "cuda")] + cu_files, check=True)
+    exe = tmp_path / os.path.splitext(main_cpp)[0]
     subprocess.run([cxx, "-std=c++17", "-O2", "-w", "-I", str(gen), "-I", inc,
                     "-I", os.path.join(ROOT, "common"), "-I", os.path.join(ROOT, "kernels", "cpu"),
                     "-I", os.path.join(ROOT, "kernels", "cuda"),
-                    os.path.join(HERE, "emu_norm_rope.cpp"), "-o", str(exe)] + libs + ["-lm", "-lpthread"],
+                    os.path.join(HERE, main_cpp), "-o", str(exe)] + libs + ["-lm", "-lpthread"],
                    check=True)
+    return exe
+
+
+def test_norm_rope_emulated(tmp_path):
+    exe = build_emulated(tmp_path, ["kcuda_norm.cu", "kcuda_kv.cu"], "emu_norm_rope.cpp")
     args = [str(exe)] + (["big"] if os.environ.get("PD_EMU_BIG") == "1" else [])
     r = subprocess.run(args, capture_output=True, text=True, timeout=1200)
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "\n0 failures" in r.stdout
+
+
+def test_decode_attention_emulated(tmp_path):
+    """The tensor-core decode kernel (every ring shape, registers) and the SIMT one on the
+    CPU against kcpu (emu_attn_decode.cpp)."""
+    exe = build_emulated(tmp_path, ["kcuda_kv.cu", "kcuda_attn_decode.cu"], "emu_attn_decode.cpp")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "forms x cases run, 0 failures" in r.stdout
+    assert "108 forms x cases run" in r.stdout

@@ -1,0 +1,45 @@
+/*
+ * emu_overrides.h - CPU stand-ins for the kcuda device functions written in inline PTX,
+ * which g++ cannot compile.  gen_emu.py replaces each definition that starts with the
+ * text after a "//@ " line with the section below that line (brace-matched, a struct's
+ * closing ";" included).  Semantics kept: loads read the bytes, cp.async copies at once
+ * (zeros for an invalid source; commit and wait have nothing left to do), mma.sync is
+ * the warp-collective emu_mma16816 of emu_cuda.h, the e4m3 pair conversion the
+ * host-callable intrinsic.
+ */
+//@ __device__ __forceinline__ void ld16(
+__device__ __forceinline__ void ld16(const void *p, uint32_t *r, bool) { memcpy(r, p, 16); }
+//@ __device__ __forceinline__ void ld8(
+__device__ __forceinline__ void ld8(const void *p, uint32_t *r, bool) { memcpy(r, p, 8); }
+//@ __device__ __forceinline__ void ld4(
+__device__ __forceinline__ void ld4(const void *p, uint32_t *r, bool) { memcpy(r, p, 4); }
+//@ template <int WORDS> __device__ __forceinline__ void dec_cp_async(
+template <int WORDS> __device__ __forceinline__ void dec_cp_async(uint32_t *dst, const void *src, bool valid)
+{
+    if (valid)
+        memcpy(dst, src, 4 * WORDS);
+    else
+        memset(dst, 0, 4 * WORDS);
+}
+//@ __device__ __forceinline__ void dec_cp_commit()
+__device__ __forceinline__ void dec_cp_commit() {}
+//@ template <int N> __device__ __forceinline__ void dec_cp_wait()
+template <int N> __device__ __forceinline__ void dec_cp_wait() {}
+//@ __device__ __forceinline__ void dec_mma(
+__device__ __forceinline__ void dec_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1)
+{
+    emu_mma16816(c, a0, a1, a2, a3, b0, b1);
+}
+//@ template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
+template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
+    static void run(const uint32_t *r, uint32_t *h)
+    {
+        for (int i = 0; i < NW; i++) {
+            __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] & 0xffffu), __NV_E4M3);
+            __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(r[i] >> 16), __NV_E4M3);
+            h[2 * i] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
+            h[2 * i + 1] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
+        }
+    }
+};
