@@ -36,7 +36,7 @@ static std::function<void()> *emu_fn;
 static const void *emu_last_kernel;
 static long emu_launches;
 enum { EMU_STACK = 64 * 1024 };
-#define EMU_DYN_SMEM (64 * 1024) /* bytes of an `extern __shared__` array (gen_emu.py) */
+#define EMU_DYN_SMEM (128 * 1024) /* bytes of an `extern __shared__` array (gen_emu.py) */
 
 static void emu_yield(void) { swapcontext(&emu_ctx[emu_cur], &emu_main); }
 static void emu_tramp(void) { (*emu_fn)(); emu_done[emu_cur] = 1; }
@@ -123,6 +123,28 @@ static inline void emu_mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_
                 acc += A[i][k] * B[k][j];
             c[2 * i + j] = acc;
         }
+    emu_yield();
+}
+/* ldmatrix.sync.m8n8.x4.b16 (trans: .trans): lanes 8m .. 8m + 7 give the row addresses
+ * of matrix m; lane l receives of each matrix m the 16-bit pair (row l / 4, columns
+ * 2 (l % 4), + 1), transposed: (rows 2 (l % 4), + 1, column l / 4) */
+static const void *emu_lbuf[1024];
+static inline void emu_ldmatrix_x4(uint32_t (&r)[4], const void *row, bool trans)
+{
+    const int t = emu_cur, w0 = t & ~31, l = t & 31;
+    emu_lbuf[t] = row;
+    emu_yield();
+    for (int m = 0; m < 4; m++) {
+        uint16_t lo, hi;
+        if (!trans) {
+            const uint16_t *rp = (const uint16_t *)emu_lbuf[w0 + 8 * m + l / 4];
+            lo = rp[2 * (l % 4)], hi = rp[2 * (l % 4) + 1];
+        } else {
+            lo = ((const uint16_t *)emu_lbuf[w0 + 8 * m + 2 * (l % 4)])[l / 4];
+            hi = ((const uint16_t *)emu_lbuf[w0 + 8 * m + 2 * (l % 4) + 1])[l / 4];
+        }
+        r[m] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
     emu_yield();
 }
 static inline int atomicOr(int *p, int v) { int o = *p; *p |= v; return o; }

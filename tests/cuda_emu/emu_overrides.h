@@ -3,9 +3,9 @@
  * which g++ cannot compile.  gen_emu.py replaces each definition that starts with the
  * text after a "//@ " line with the section below that line (brace-matched, a struct's
  * closing ";" included).  Semantics kept: loads read the bytes, cp.async copies at once
- * (zeros for an invalid source; commit and wait have nothing left to do), mma.sync is
- * the warp-collective emu_mma16816 of emu_cuda.h, the e4m3 pair conversion the
- * host-callable intrinsic.
+ * (zeros for an invalid source; commit and wait have nothing left to do), mma.sync and
+ * ldmatrix are the warp-collectives emu_mma16816 / emu_ldmatrix_x4 of emu_cuda.h, the
+ * e4m3 pair conversion the host-callable intrinsic.
  */
 //@ __device__ __forceinline__ void ld16(
 __device__ __forceinline__ void ld16(const void *p, uint32_t *r, bool) { memcpy(r, p, 16); }
@@ -43,3 +43,35 @@ template <int NW> struct dec_h2<__nv_fp8_e4m3, NW> {
         }
     }
 };
+//@ __device__ __forceinline__ uint32_t fa_saddr(
+/* 32-bit "shared addresses": offsets from the first address asked for (every __shared__
+ * array is a static of this program, within 2 GB of it) */
+static char *emu_saddr_base;
+__device__ __forceinline__ uint32_t fa_saddr(const void *p)
+{
+    if (emu_saddr_base == nullptr)
+        emu_saddr_base = (char *)p;
+    return (uint32_t)((const char *)p - emu_saddr_base);
+}
+static inline char *emu_sptr(uint32_t a) { return emu_saddr_base + (int32_t)a; }
+//@ __device__ __forceinline__ void fa_cp16(
+__device__ __forceinline__ void fa_cp16(uint32_t dst, const void *src, bool valid)
+{
+    if (valid)
+        memcpy(emu_sptr(dst), src, 16);
+    else
+        memset(emu_sptr(dst), 0, 16);
+}
+//@ __device__ __forceinline__ void fa_commit(
+__device__ __forceinline__ void fa_commit(void) {}
+//@ template <int N> __device__ __forceinline__ void fa_wait(
+template <int N> __device__ __forceinline__ void fa_wait(void) {}
+//@ __device__ __forceinline__ void fa_ldsm4(
+__device__ __forceinline__ void fa_ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldmatrix_x4(r, emu_sptr(addr), false); }
+//@ __device__ __forceinline__ void fa_ldsm4_t(
+__device__ __forceinline__ void fa_ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldmatrix_x4(r, emu_sptr(addr), true); }
+//@ __device__ __forceinline__ void fa_mma(
+__device__ __forceinline__ void fa_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    emu_mma16816(c, a[0], a[1], a[2], a[3], b0, b1);
+}

@@ -1,11 +1,12 @@
-"""kcuda_norm.cu, kcuda_kv.cu and kcuda_attn_decode.cu run on the CPU (gen_emu.py +
+"""kcuda_norm.cu, kcuda_kv.cu and the attention kernels run on the CPU (gen_emu.py +
 emu_cuda.h: every CUDA thread a ucontext; emu_overrides.h for the inline PTX), so a
 machine without a GPU checks their index math, vector paths, guards and barriers:
 emu_norm_rope.cpp compares the RMSNorm entry points with kcpu (every vector width and CTA
 size, the scalar fallbacks) and the RoPE + KV write table kernel with the old kernel bit
 for bit (rows, cache bytes, error bits) and with kcpu, all cache types, both styles;
-emu_attn_decode.cpp the decode attention kernels (the tensor-core one's cp.async ring in
-every shape built, its register form, the SIMT kernel) with kcpu.  Needs g++, the CUDA
+emu_attn.cpp the decode attention kernels (the tensor-core one's cp.async ring in every
+shape built, its register form, the SIMT kernel) and the FlashAttention-2 prefill kernel
+with kcpu.  Needs g++, the CUDA
 headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include) and the build's
 libpd_kernels_cpu.a / libpd_common.a; skips without them.
 PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
@@ -55,12 +56,12 @@ def test_norm_rope_emulated(tmp_path):
     assert "\n0 failures" in r.stdout
 
 
-def test_decode_attention_emulated(tmp_path):
-    """The tensor-core decode kernel (every ring shape, registers) and the SIMT one on the
-    CPU against kcpu (emu_attn_decode.cpp)."""
-    exe = build_emulated(tmp_path, ["kcuda_kv.cu", "kcuda_attn_decode.cu"], "emu_attn_decode.cpp")
+def test_attention_emulated(tmp_path):
+    """The decode kernels (the tensor-core one in every ring shape and in registers, the
+    SIMT one) and the FlashAttention-2 prefill kernel on the CPU against kcpu
+    (emu_attn.cpp)."""
+    exe = build_emulated(tmp_path, ["kcuda_kv.cu", "kcuda_attn_decode.cu", "kcuda_attn_prefill.cu"], "emu_attn.cpp")
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "forms x cases run, 0 failures" in r.stdout
-    assert "108 forms x cases run" in r.stdout
+    assert "108 decode and 6 prefill runs, 0 failures" in r.stdout
