@@ -123,15 +123,29 @@ static void cache_free(acache_t *C)
     free(C->ref_cache);
 }
 
-/* The reference for p (q, tokens, window set; cache fields from C) into ref; max(1, max |ref|). */
-static double reference(const acache_t *C, kcpu_attn_params_t p, float *ref)
+/* The parameters of a run of T tokens over C (layer 1, causal), random q, its reference
+ * from kcpu into *ref, *out for the kernel; returns max(1, max |ref|) or -1. */
+static double setup_run(const acache_t *C, int T, const int32_t *tseq, const int32_t *tpos, int B, const int *ctx,
+                        int n_heads, int n_kv, int hd, int window, kcpu_attn_params_t *pp, float **q, float **ref,
+                        float **out)
 {
-    p.out = ref, p.cache_base = C->ref_cache, p.layout = &C->lay32;
+    const int64_t QW = (int64_t)n_heads * hd;
+    *q = (float *)malloc(sizeof(float) * T * QW), *ref = (float *)malloc(sizeof(float) * T * QW);
+    *out = (float *)malloc(sizeof(float) * T * QW);
+    for (int64_t i = 0; i < T * QW; i++)
+        (*q)[i] = frand();
+    kcpu_attn_params_t p = {};
+    p.n_tokens = T, p.q = *q, p.q_stride = QW, p.out_stride = QW, p.tok_seq = tseq, p.tok_pos = tpos;
+    p.n_seqs = B, p.block_tables = C->bt, p.max_blocks_per_seq = C->mbps, p.context_lens = ctx;
+    p.n_heads = n_heads, p.n_kv_heads = n_kv, p.head_dim = hd, p.scale = 1.0f / sqrtf((float)hd);
+    p.causal = true, p.sliding_window = window, p.layer = 1;
+    *pp = p;
+    p.out = *ref, p.cache_base = C->ref_cache, p.layout = &C->lay32;
     if (kcpu_paged_attention(NULL, &p) != PD_OK)
         return -1;
     double mx = 1.0;
-    for (int64_t i = 0; i < p.n_tokens * p.out_stride; i++)
-        mx = fabs(ref[i]) > mx ? fabs(ref[i]) : mx;
+    for (int64_t i = 0; i < T * QW; i++)
+        mx = fabs((*ref)[i]) > mx ? fabs((*ref)[i]) : mx;
     return mx;
 }
 
@@ -178,16 +192,9 @@ static void run_decode(const acase_t *c)
     for (int t = 0; t < T; t++)
         tpos[t] = ctx[tseq[t]] - 1;
     const int64_t QW = (int64_t)c->n_heads * c->hd;
-    float *q = (float *)malloc(sizeof(float) * T * QW), *ref = (float *)malloc(sizeof(float) * T * QW);
-    float *out = (float *)malloc(sizeof(float) * T * QW);
-    for (int64_t i = 0; i < T * QW; i++)
-        q[i] = frand();
-    kcpu_attn_params_t p = {};
-    p.n_tokens = T, p.q = q, p.q_stride = QW, p.out_stride = QW, p.tok_seq = tseq, p.tok_pos = tpos;
-    p.n_seqs = B, p.block_tables = C.bt, p.max_blocks_per_seq = C.mbps, p.context_lens = ctx;
-    p.n_heads = c->n_heads, p.n_kv_heads = c->n_kv, p.head_dim = c->hd, p.scale = 1.0f / sqrtf((float)c->hd);
-    p.causal = true, p.sliding_window = c->window, p.layer = 1;
-    const double mx = reference(&C, p, ref);
+    float *q, *ref, *out;
+    kcpu_attn_params_t p;
+    const double mx = setup_run(&C, T, tseq, tpos, B, ctx, c->n_heads, c->n_kv, c->hd, c->window, &p, &q, &ref, &out);
 
     static const aform_t forms[] = {
         {"tc ring (default)", 1, -1, 0, 0}, {"tc registers", 1, 0, 0, 0}, {"tc ring 2x2", 1, 2, 2, 2},
@@ -252,16 +259,9 @@ static void run_prefill(const pcase_t *c)
         tpos[t] = t < 37 ? 113 + t : t < 57 ? t - 37 : 0;
     }
     const int64_t QW = (int64_t)c->n_heads * c->hd;
-    float *q = (float *)malloc(sizeof(float) * T * QW), *ref = (float *)malloc(sizeof(float) * T * QW);
-    float *out = (float *)malloc(sizeof(float) * T * QW);
-    for (int64_t i = 0; i < T * QW; i++)
-        q[i] = frand();
-    kcpu_attn_params_t p = {};
-    p.n_tokens = T, p.q = q, p.q_stride = QW, p.out_stride = QW, p.tok_seq = tseq, p.tok_pos = tpos;
-    p.n_seqs = B, p.block_tables = C.bt, p.max_blocks_per_seq = C.mbps, p.context_lens = ctx;
-    p.n_heads = c->n_heads, p.n_kv_heads = c->n_kv, p.head_dim = c->hd, p.scale = 1.0f / sqrtf((float)c->hd);
-    p.causal = true, p.sliding_window = c->window, p.layer = 1;
-    const double mx = reference(&C, p, ref);
+    float *q, *ref, *out;
+    kcpu_attn_params_t p;
+    const double mx = setup_run(&C, T, tseq, tpos, B, ctx, c->n_heads, c->n_kv, c->hd, c->window, &p, &q, &ref, &out);
     kcpu_attn_params_t pd = p;
     pd.out = out, pd.cache_base = C.cache, pd.layout = &C.lay;
     kcuda_attn_set_prefill(KCUDA_ATTN_PREFILL_FA2, c->warps);
