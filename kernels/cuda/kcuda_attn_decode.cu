@@ -736,7 +736,6 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
     constexpr int KWR = D / 4 * EB / 4;          /* raw words of a lane's K chunk (a key) */
     constexpr int VWR = D / 8 * EB / 4;          /* raw words of a lane's V chunk (a key) */
     constexpr float PS = 1024.0f;                /* p scale before the f16 split */
-    constexpr int KC = KWR / 4, VC = VWR / 4;    /* 16-byte chunks of a lane's K / V (ring) */
     static_assert(NS == 0 || (NS >= 2 && KWR % 4 == 0 && VWR % 4 == 0 && D * EB >= 128),
                   "ring: 16-byte chunks, rows of 8 chunks or more, 2 stages or more");
     /* A lane's K chunk is KP pieces of KE elements: piece p of lane c is elements
@@ -874,7 +873,7 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
             __syncwarp();                    /* and every lane's, whose chunks this lane reads */
             const uint4 *slot = wring + rd * 32 * RC;
 #pragma unroll
-            for (int j = 0; j < KC; j++) {
+            for (int j = 0; j < KP; j++) {
                 const uint4 x = slot[r * RC + ((4 * j + c) ^ kswz(r))], y = slot[(r + 8) * RC + ((4 * j + c) ^ kswz(r))];
                 kra[4 * j] = x.x, kra[4 * j + 1] = x.y, kra[4 * j + 2] = x.z, kra[4 * j + 3] = x.w;
                 krb[4 * j] = y.x, krb[4 * j + 1] = y.y, krb[4 * j + 2] = y.z, krb[4 * j + 3] = y.w;
@@ -882,7 +881,7 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < VC; j++) {
+                for (int j = 0; j < VP; j++) {
                     const int k = 2 * c + (i & 1) + (i >> 1) * 8;
                     const uint4 x = slot[(16 + k) * RC + ((8 * j + r) ^ vswz(k))];
                     vr[i][4 * j] = x.x, vr[i][4 * j + 1] = x.y, vr[i][4 * j + 2] = x.z, vr[i][4 * j + 3] = x.w;
