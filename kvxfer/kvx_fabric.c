@@ -12,7 +12,8 @@
  * A progress thread reads the completion queue (the provider progresses manually,
  * and a producer must keep progressing to serve reads) and fires batch callbacks,
  * so a callback never fires inside read.  Peer close cancels what it can and waits
- * (bounded) for the rest.
+ * (bounded) for the rest; a peer whose reads never come back is leaked, and then
+ * so is the endpoint at destroy (closing it under those reads crashes the provider).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -84,6 +85,7 @@ struct fab_state {
     int thread_started;
     atomic_int stop;
     atomic_long inflight;
+    atomic_int leaked_peers;    /* peers closed with reads the provider never gave back */
     pthread_mutex_t mu;
     fab_batch_t *done;
 };
@@ -265,6 +267,16 @@ static void fab_destroy(void *state)
     atomic_store(&st->stop, 1);
     if (st->thread_started)
         pthread_join(st->thread, NULL);
+    if (atomic_load(&st->leaked_peers) > 0) {
+        /* The provider still holds reads of a peer it never failed (seen with
+         * tcp;ofi_rxm when the peer froze while the connection was being set up):
+         * closing the endpoint then crashes inside libfabric.  Leave every fabric
+         * object open; the process keeps them until it exits. */
+        PD_LOG_WARN("kvx fabric: %d peer(s) closed with reads outstanding; leaving the "
+                    "endpoint open", atomic_load(&st->leaked_peers));
+        kvx_graveyard_add(st);
+        return;
+    }
     fab_free(st);
 }
 
@@ -379,6 +391,7 @@ static void fab_peer_close(void *state, void *peer)
             kvx_graveyard_add(b); /* the provider may still complete into them */
         pthread_mutex_unlock(&st->mu);
         kvx_graveyard_add(p);
+        atomic_fetch_add(&st->leaked_peers, 1);
         return;
     }
     free(p);

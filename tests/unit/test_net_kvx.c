@@ -3,10 +3,13 @@
  * (SharedStorageConnector, UcxConnector, LibfabricConnector): data equality over
  * random block lists, concurrent pulls, partial and zero-length pulls, out-of-range
  * ids, wrong secrets, incompatible peers, lease expiry then a late read, a producer
- * process killed or frozen mid-transfer, and no leaked leases/blocks afterwards.
+ * process killed or frozen mid-transfer (also with both processes on one CPU), and
+ * no leaked leases/blocks afterwards.
  *
  * Env: KVX_TEST_CONNECTORS="UcxConnector,..." limits the connectors run.
  */
+#define _GNU_SOURCE
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -565,8 +568,11 @@ static void child_producer(int wfd, uint32_t nb, size_t bb)
         pause();
 }
 
-static void killed_mid_transfer(int sig)
+static void killed_mid_transfer(int sig, int one_cpu)
 {
+    cpu_set_t all, one;
+    int pinned = 0;
+
     const uint32_t nb = 256;
     const size_t bb = (size_t)1 << 20;      /* 256 MiB in flight */
     int fds[2], port = 0;
@@ -581,6 +587,17 @@ static void killed_mid_transfer(int sig)
 
     if (pipe(fds) != 0)
         return;
+    /* on one CPU the producer is often frozen before its endpoint has taken the
+     * consumer's connection: libfabric's tcp;ofi_rxm then never fails those reads */
+    if (one_cpu && sched_getaffinity(0, sizeof(all), &all) == 0) {
+        CPU_ZERO(&one);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &all)) {
+                CPU_SET(c, &one);
+                break;
+            }
+        pinned = sched_setaffinity(0, sizeof(one), &one) == 0;
+    }
     pid = fork();
     if (pid == 0) {
         close(fds[0]);
@@ -629,13 +646,16 @@ out_kill:
         kill(pid, SIGCONT);
     waitpid(pid, NULL, 0);
     close(fds[0]);
-    kvx_ctx_destroy(cons);
+    kvx_ctx_destroy(cons); /* must not crash with reads the connector never gave back */
+    if (pinned)
+        (void)sched_setaffinity(0, sizeof(all), &all);
     free(cbase);
     free(ids);
 }
 
-PD_TEST(producer_killed_mid_transfer) { killed_mid_transfer(SIGKILL); }
-PD_TEST(producer_frozen_mid_transfer) { killed_mid_transfer(SIGSTOP); }
+PD_TEST(producer_killed_mid_transfer) { killed_mid_transfer(SIGKILL, 0); }
+PD_TEST(producer_frozen_mid_transfer) { killed_mid_transfer(SIGSTOP, 0); }
+PD_TEST(producer_frozen_one_cpu) { killed_mid_transfer(SIGSTOP, 1); }
 
 /* ---- peer modes for tests/kvxfer/netns_test.sh (two network namespaces) ----
  *   test_net_kvx --producer IP PORT N_BLOCKS BLOCK_BYTES N_LEASES
@@ -766,6 +786,7 @@ int main(int argc, char **argv)
         if (conns[i].kind != KVX_CONN_SHARED_STORAGE) {
             PD_RUN(producer_killed_mid_transfer);
             PD_RUN(producer_frozen_mid_transfer);
+            PD_RUN(producer_frozen_one_cpu);
         }
     }
     {
