@@ -701,6 +701,9 @@ template <int NW> struct dec_h2<__nv_fp8_e5m2, NW> {
     }
 };
 
+template <typename CT> struct dec_is_e4m3 { static constexpr bool value = false; };
+template <> struct dec_is_e4m3<__nv_fp8_e4m3> { static constexpr bool value = true; };
+
 /* x (two floats) as f16x2 hi and the f16x2 of what rounding left over */
 __device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uint32_t *lo)
 {
@@ -977,7 +980,22 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
             bl1 = __byte_perm(y0, y1, sel);
         }
         /* O^T += V^T P^T, dim tile t: rows r / r + 8 are dims r D/8 + 2t / + 1 */
-        {
+        if constexpr (dec_is_e4m3<CT>::value) {
+            /* e4m3: interleave the two keys' bytes first (x d, y d, x d + 1, y d + 1), then
+             * one cvt per half is the fragment register: one byte permute per two
+             * registers where converting first needs one per register */
+#pragma unroll
+            for (int i = 0; i < KS; i++) {
+                const unsigned sel = (i & 1) ? 0x7362u : 0x5140u; /* elements 2i, 2i + 1 of word i / 2 */
+                uint32_t ab[2], cd[2];
+                const uint32_t x = __byte_perm(vr[0][i >> 1], vr[1][i >> 1], sel);
+                const uint32_t y = __byte_perm(vr[2][i >> 1], vr[3][i >> 1], sel);
+                dec_h2<CT, 1>::run(&x, ab);
+                dec_h2<CT, 1>::run(&y, cd);
+                dec_mma(acc[i], ab[0], ab[1], cd[0], cd[1], bh0, bh1);
+                dec_mma(acc[i], ab[0], ab[1], cd[0], cd[1], bl0, bl1);
+            }
+        } else {
             uint32_t hv[4][KS];
 #pragma unroll
             for (int i = 0; i < 4; i++)
