@@ -1508,7 +1508,6 @@ static void dispatch(pd_http_req_t *req)
 static enum MHD_Result finish_call(pd_http_req_t *req, struct MHD_Connection *conn)
 {
     enum MHD_Result ret = MHD_YES;
-    int take_owner_ref = 0;
     pthread_mutex_lock(&req->lock);
     if (req->pending) {
         /* Queue outside req->lock: MHD holds the response's mutex while it calls
@@ -1525,15 +1524,15 @@ static enum MHD_Result finish_call(pd_http_req_t *req, struct MHD_Connection *co
         ret = MHD_NO;
     } else {
         if (req->state == REQ_IN_HANDLER) {
+            /* the reference goes with the flag, under the lock: an answer from another
+             * thread may drop it the moment the lock is released */
             req->state = REQ_WAITING;
             req->owner_ref = 1;
-            take_owner_ref = 1;
+            req_ref(req);
         }
         req_suspend_locked(req);
     }
     pthread_mutex_unlock(&req->lock);
-    if (take_owner_ref)
-        req_ref(req);
     return ret;
 }
 

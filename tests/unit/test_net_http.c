@@ -1155,6 +1155,68 @@ static void *bg_get(void *arg)
     return NULL;
 }
 
+/* Answers racing the handler's return: each request is answered at once from a thread
+ * of its own, so some answers land while the worker is still leaving the access
+ * callback (the handler returned unanswered, the owner's reference is being taken).
+ * The reference must exist before the answer can drop it: a CI run of the proxy died in
+ * libmicrohttpd ("Failed to lock mutex") when it was taken after the lock was released. */
+static void *race_answer(void *arg)
+{
+    pd_http_respond_json(arg, 200, NULL, "{\"race\":true}");
+    return NULL;
+}
+
+static void h_race(pd_http_req_t *req, void *user)
+{
+    pthread_t t;
+    (void)user;
+    if (pthread_create(&t, NULL, race_answer, req) == 0)
+        pthread_detach(t);
+    else
+        pd_http_respond_json(req, 200, NULL, "{\"race\":true}");
+}
+
+typedef struct {
+    uint16_t port;
+    int n, ok;
+} race_client_t;
+
+static void *race_client(void *arg)
+{
+    race_client_t *c = arg;
+    for (int i = 0; i < c->n; i++) {
+        resp_t r;
+        get(c->port, "/v1/race", &r);
+        c->ok += r.status == 200 && r.body.data && strcmp(r.body.data, "{\"race\":true}") == 0;
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+PD_TEST(test_async_answer_race)
+{
+    enum { CLIENTS = 4, EACH = 150 };
+    pd_http_config_t cfg;
+    pd_http_config_init(&cfg);
+    cfg.disable_access_log = 1;
+    pd_http_server_t *srv = start(&cfg);
+    pd_http_route(srv, "GET", "/v1/race", h_race, NULL);
+    PD_CHECK(srv && pd_http_server_start(srv) == PD_OK);
+    race_client_t c[CLIENTS];
+    pthread_t t[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        c[i] = (race_client_t){.port = pd_http_server_port(srv), .n = EACH};
+        pthread_create(&t[i], NULL, race_client, &c[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(t[i], NULL);
+        ok += c[i].ok;
+    }
+    PD_CHECK_EQ_INT(ok, CLIENTS * EACH);
+    pd_http_server_destroy(srv);
+}
+
 PD_TEST(test_async_and_drain)
 {
     static async_job_t job;
@@ -1459,6 +1521,8 @@ int main(void)
             PD_RUN(test_stream);
         if (strcmp(only, "drain") == 0)
             PD_RUN(test_async_and_drain);
+        if (strcmp(only, "race") == 0)
+            PD_RUN(test_async_answer_race);
         curl_global_cleanup();
         return PD_TEST_REPORT();
     }
@@ -1473,6 +1537,7 @@ int main(void)
     PD_RUN(test_root_path_and_request_id);
     PD_RUN(test_stream);
     PD_RUN(test_async_and_drain);
+    PD_RUN(test_async_answer_race);
     PD_RUN(test_middleware);
     PD_RUN(test_metrics_wiring);
     PD_RUN(test_many_streams);
