@@ -367,7 +367,9 @@ __device__ __forceinline__ dec_row_t dec_row(const dec_args_t &a)
         atomicOr(a.err, KCUDA_ERR_SEQ);
     rw.s0 = rw.s1 = 0;
     if (rw.row_ok && hi >= lo) {
-        const int len = hi - lo + 1, chunk = (len + a.n_splits - 1) / a.n_splits;
+        /* whole 16-key steps a split (empty tail splits are fine): a split starting on a
+         * block boundary keeps every step of the ring inside one block */
+        const int len = hi - lo + 1, chunk = ((len + a.n_splits - 1) / a.n_splits + 15) & ~15;
         rw.s0 = lo + rw.split * chunk;
         rw.s1 = min(rw.s0 + chunk, hi + 1);
         if (rw.s1 < rw.s0)
@@ -839,6 +841,20 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
         const int bi0 = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
         const int pos0 = tb - bi0 * a.bs, lim = s1 - tb; /* tb's place in its block; keys in the slice */
         const CT *p0 = cache + (int64_t)(b[0] < 0 ? 0 : b[0]) * a.block_elems + lane_off;
+        if (pos0 + 16 <= a.bs) { /* the whole step in one block (warp-uniform): one base, one stride */
+            const CT *pk = p0 + (pos0 + key_l) * tstride;
+            const bool okb = b[0] >= 0;
+#pragma unroll
+            for (int q = 0; q < RC / 2; q++) {
+                const int key = key_l + q * KQ;
+                const bool ok = okb && key < lim;
+                const CT *src = ok ? pk + q * KQ * tstride : cache;
+                dec_cp_async<4>((uint32_t *)(slot + key * RC + (ch_l ^ kswz(key))), src, ok);
+                dec_cp_async<4>((uint32_t *)(slot + (16 + key) * RC + (ch_l ^ vswz(key))), ok ? src + a.kv_stride : cache,
+                                ok);
+            }
+            return;
+        }
         const CT *p1 = cache + (int64_t)(b[1] < 0 ? 0 : b[1]) * a.block_elems + lane_off;
 #pragma unroll
         for (int q = 0; q < RC / 2; q++) {
