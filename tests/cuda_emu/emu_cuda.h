@@ -157,6 +157,7 @@ template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum c
 {
     return cudaSuccess;
 }
+template <typename T> static inline T __ldg(const T *p) { return *p; }
 static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 

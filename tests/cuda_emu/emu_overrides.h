@@ -75,3 +75,5 @@ __device__ __forceinline__ void fa_mma(float (&c)[4], const uint32_t (&a)[4], ui
 {
     emu_mma16816(c, a[0], a[1], a[2], a[3], b0, b1);
 }
+//@ template <bool NA> __device__ __forceinline__ uint4 ldw(
+template <bool NA> __device__ __forceinline__ uint4 ldw(const uint4 *p) { return *p; }

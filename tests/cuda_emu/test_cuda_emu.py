@@ -6,7 +6,8 @@ size, the scalar fallbacks) and the RoPE + KV write table kernel with the old ke
 for bit (rows, cache bytes, error bits) and with kcpu, all cache types, both styles;
 emu_attn.cpp the decode attention kernels (the tensor-core one's cp.async ring in every
 shape built, its register form, the SIMT kernel) and the FlashAttention-2 prefill kernel
-with kcpu.  Needs g++, the CUDA
+with kcpu; emu_gemv.cpp the decode GEMVs (plain, and the fused norm / GLU / residual
+forms) with a double-precision reference.  Needs g++, the CUDA
 headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include) and the build's
 libpd_kernels_cpu.a / libpd_common.a; skips without them.
 PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
@@ -39,7 +40,9 @@ def build_emulated(tmp_path, cu_files, main_cpp):
     subprocess.run([sys.executable, os.path.join(HERE, "gen_emu.py"), str(gen),
                     os.path.join(ROOT, "kernels", "cuda")] + cu_files, check=True)
     exe = tmp_path / os.path.splitext(main_cpp)[0]
-    subprocess.run([cxx, "-std=c++17", "-O2", "-w", "-I", str(gen), "-I", inc,
+    # -fno-strict-aliasing: kernels read 16-byte words as __half2 / float4 through casts,
+    # as CUDA code does; g++ at -O2 may otherwise drop those reads
+    subprocess.run([cxx, "-std=c++17", "-O2", "-fno-strict-aliasing", "-w", "-I", str(gen), "-I", inc,
                     "-I", os.path.join(ROOT, "common"), "-I", os.path.join(ROOT, "kernels", "cpu"),
                     "-I", os.path.join(ROOT, "kernels", "cuda"),
                     os.path.join(HERE, main_cpp), "-o", str(exe)] + libs + ["-lm", "-lpthread"],
@@ -65,3 +68,14 @@ def test_attention_emulated(tmp_path):
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "108 decode and 6 prefill runs, 0 failures" in r.stdout
+
+
+def test_gemv_emulated(tmp_path):
+    """The decode GEMVs (kcuda_gemv_scaled: every row count, 1 / 2 / 4 warps a column, the
+    load paths; kcuda_gemv_ex: norm + store, norm + GLU, accumulate) on the CPU against a
+    double-precision reference (emu_gemv.cpp)."""
+    exe = build_emulated(tmp_path, ["kcuda_gemv.cu"], "emu_gemv.cpp")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "186 runs, 0 failures" in r.stdout
