@@ -60,15 +60,15 @@ static inline void __syncthreads(void)
  * kernels guarantee), so a lane publishes, yields (the scheduler runs every other thread
  * to its next sync point), reads its partners' values and yields again before anyone
  * publishes the next ones. */
-static uint32_t emu_xbuf[1024];
+static uint64_t emu_xbuf[1024];
 template <typename T> static inline T emu_shfl(T v, int src_thread)
 {
-    static_assert(sizeof(T) == 4, "32-bit shuffles");
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "32- and 64-bit shuffles");
     int t = emu_cur;
-    memcpy(&emu_xbuf[t], &v, 4);
+    memcpy(&emu_xbuf[t], &v, sizeof(T));
     emu_yield();
     T r;
-    memcpy(&r, &emu_xbuf[src_thread], 4);
+    memcpy(&r, &emu_xbuf[src_thread], sizeof(T));
     emu_yield();
     return r;
 }
@@ -159,6 +159,13 @@ template <typename F> static inline cudaError_t cudaFuncSetAttribute(F *, enum c
 }
 template <typename T> static inline T __ldg(const T *p) { return *p; }
 static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+static inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+/* the correctly rounded operations (g++ without fast math on x86-64 rounds each one) */
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 
 template <typename K, typename... A> static void emu_run(K k, dim3 grid, dim3 block, A... args)

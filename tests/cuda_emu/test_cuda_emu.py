@@ -7,7 +7,8 @@ for bit (rows, cache bytes, error bits) and with kcpu, all cache types, both sty
 emu_attn.cpp the decode attention kernels (the tensor-core one's cp.async ring in every
 shape built, its register form, the SIMT kernel) and the FlashAttention-2 prefill kernel
 with kcpu; emu_gemv.cpp the decode GEMVs (plain, and the fused norm / GLU / residual
-forms) with a double-precision reference.  Needs g++, the CUDA
+forms) with a double-precision reference; emu_sample.cpp the device sampler with
+kcpu_sample_rows, token for token.  Needs g++, the CUDA
 headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include) and the build's
 libpd_kernels_cpu.a / libpd_common.a; skips without them.
 PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
@@ -79,3 +80,14 @@ def test_gemv_emulated(tmp_path):
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "186 runs, 0 failures" in r.stdout
+
+
+def test_sample_emulated(tmp_path):
+    """The device sampler (kcuda_sample_rows: greedy, temperature, top-k, top-p, min-p,
+    NaN / -inf / tied rows) on the CPU against kcpu_sample_rows with the same uniforms:
+    the same token in every row (emu_sample.cpp)."""
+    exe = build_emulated(tmp_path, ["kcuda_sample.cu"], "emu_sample.cpp")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "52 rows, 0 failures" in r.stdout
