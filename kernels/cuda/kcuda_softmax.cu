@@ -1,6 +1,6 @@
 /*
  * kcuda_softmax.cu - row-wise softmax / log-softmax (max-subtracted, f32; an all -inf
- * row gives zeros for softmax like kcpu) and argmax (first maximum, NaN ignored, all-NaN
+ * row gives zeros for softmax and -inf for log-softmax, like kcpu) and argmax (first maximum, NaN ignored, all-NaN
  * row gives 0).  One CTA per row.
  */
 #include "kcuda_internal.cuh"
@@ -17,9 +17,9 @@ __global__ void softmax_kernel(const float *x, float *out, int64_t n)
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
         m = fmaxf(m, r[i]);
     m = kc_block_max(m, sh);
-    if (!LOG && m == -INFINITY) {
+    if (m == -INFINITY) { /* all masked: probabilities 0, log-probabilities -inf (kcpu) */
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-            o[i] = 0.0f;
+            o[i] = LOG ? -INFINITY : 0.0f;
         return;
     }
     float s = 0.0f;

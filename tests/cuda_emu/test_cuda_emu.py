@@ -8,7 +8,8 @@ emu_attn.cpp the decode attention kernels (the tensor-core one's cp.async ring i
 shape built, its register form, the SIMT kernel) and the FlashAttention-2 prefill kernel
 with kcpu; emu_gemv.cpp the decode GEMVs (plain, and the fused norm / GLU / residual
 forms) with a double-precision reference; emu_sample.cpp the device sampler with
-kcpu_sample_rows, token for token.  Needs g++, the CUDA
+kcpu_sample_rows, token for token; emu_misc.cpp embedding (GGUF types), softmax /
+log-softmax / argmax and the activations with kcpu.  Needs g++, the CUDA
 headers (cuda_fp8.h; CUDA_INC or /usr/local/cuda/include) and the build's
 libpd_kernels_cpu.a / libpd_common.a; skips without them.
 PD_EMU_BIG=1 adds the 2048-token shapes (minutes)."""
@@ -91,3 +92,14 @@ def test_sample_emulated(tmp_path):
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "52 rows, 0 failures" in r.stdout
+
+
+def test_small_kernels_emulated(tmp_path):
+    """Embedding over f32 / f16 / bf16 / Q8_0 / Q4_0 / Q4_1 tables, softmax, log-softmax
+    and argmax (masked, NaN, tied rows), the GLU and unary activations, on the CPU against
+    kcpu (emu_misc.cpp)."""
+    exe = build_emulated(tmp_path, ["kcuda_embedding.cu", "kcuda_softmax.cu", "kcuda_act.cu"], "emu_misc.cpp")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    print(r.stdout[-4000:])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "31 checks, 0 failures" in r.stdout
