@@ -52,54 +52,46 @@ def build_emulated(tmp_path, cu_files, main_cpp):
     return exe
 
 
-def test_norm_rope_emulated(tmp_path):
-    exe = build_emulated(tmp_path, ["kcuda_norm.cu", "kcuda_kv.cu"], "emu_norm_rope.cpp")
-    args = [str(exe)] + (["big"] if os.environ.get("PD_EMU_BIG") == "1" else [])
-    r = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+def run_emulated(tmp_path, cu_files, main_cpp, expect, args=(), timeout=600):
+    """Build main_cpp over the emulated cu_files, run it, and check it passed with
+    `expect` in its summary."""
+    exe = build_emulated(tmp_path, cu_files, main_cpp)
+    r = subprocess.run([str(exe)] + list(args), capture_output=True, text=True, timeout=timeout)
     print(r.stdout[-4000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "\n0 failures" in r.stdout
+    assert expect in r.stdout
+
+
+def test_norm_rope_emulated(tmp_path):
+    run_emulated(tmp_path, ["kcuda_norm.cu", "kcuda_kv.cu"], "emu_norm_rope.cpp", "\n0 failures",
+                 ["big"] if os.environ.get("PD_EMU_BIG") == "1" else [], timeout=1200)
 
 
 def test_attention_emulated(tmp_path):
     """The decode kernels (the tensor-core one in every ring shape and in registers, the
     SIMT one) and the FlashAttention-2 prefill kernel on the CPU against kcpu
     (emu_attn.cpp)."""
-    exe = build_emulated(tmp_path, ["kcuda_kv.cu", "kcuda_attn_decode.cu", "kcuda_attn_prefill.cu"], "emu_attn.cpp")
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    print(r.stdout[-4000:])
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "108 decode and 6 prefill runs, 0 failures" in r.stdout
+    run_emulated(tmp_path, ["kcuda_kv.cu", "kcuda_attn_decode.cu", "kcuda_attn_prefill.cu"], "emu_attn.cpp",
+                 "108 decode and 6 prefill runs, 0 failures")
 
 
 def test_gemv_emulated(tmp_path):
     """The decode GEMVs (kcuda_gemv_scaled: every row count, 1 / 2 / 4 warps a column, the
     load paths; kcuda_gemv_ex: norm + store, norm + GLU, accumulate) on the CPU against a
     double-precision reference (emu_gemv.cpp)."""
-    exe = build_emulated(tmp_path, ["kcuda_gemv.cu"], "emu_gemv.cpp")
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    print(r.stdout[-4000:])
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "186 runs, 0 failures" in r.stdout
+    run_emulated(tmp_path, ["kcuda_gemv.cu"], "emu_gemv.cpp", "186 runs, 0 failures")
 
 
 def test_sample_emulated(tmp_path):
     """The device sampler (kcuda_sample_rows: greedy, temperature, top-k, top-p, min-p,
     NaN / -inf / tied rows) on the CPU against kcpu_sample_rows with the same uniforms:
     the same token in every row (emu_sample.cpp)."""
-    exe = build_emulated(tmp_path, ["kcuda_sample.cu"], "emu_sample.cpp")
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    print(r.stdout[-4000:])
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "52 rows, 0 failures" in r.stdout
+    run_emulated(tmp_path, ["kcuda_sample.cu"], "emu_sample.cpp", "52 rows, 0 failures")
 
 
 def test_small_kernels_emulated(tmp_path):
     """Embedding over f32 / f16 / bf16 / Q8_0 / Q4_0 / Q4_1 tables, softmax, log-softmax
     and argmax (masked, NaN, tied rows), the GLU and unary activations, on the CPU against
     kcpu (emu_misc.cpp)."""
-    exe = build_emulated(tmp_path, ["kcuda_embedding.cu", "kcuda_softmax.cu", "kcuda_act.cu"], "emu_misc.cpp")
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    print(r.stdout[-4000:])
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "31 checks, 0 failures" in r.stdout
+    run_emulated(tmp_path, ["kcuda_embedding.cu", "kcuda_softmax.cu", "kcuda_act.cu"], "emu_misc.cpp",
+                 "31 checks, 0 failures")
