@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <type_traits>
 
 #define DEC_WARPS 4
 #define DEC_LOG2E 1.4426950408889634f
@@ -703,9 +704,6 @@ template <int NW> struct dec_h2<__nv_fp8_e5m2, NW> {
     }
 };
 
-template <typename CT> struct dec_is_e4m3 { static constexpr bool value = false; };
-template <> struct dec_is_e4m3<__nv_fp8_e4m3> { static constexpr bool value = true; };
-
 /* x (two floats) as f16x2 hi and the f16x2 of what rounding left over */
 __device__ __forceinline__ void dec_split2(float x0, float x1, uint32_t *hi, uint32_t *lo)
 {
@@ -996,7 +994,7 @@ __global__ void __launch_bounds__(NW * 32, 4) attn_decode_tc_kernel(dec_args_t a
             bl1 = __byte_perm(y0, y1, sel);
         }
         /* O^T += V^T P^T, dim tile t: rows r / r + 8 are dims r D/8 + 2t / + 1 */
-        if constexpr (dec_is_e4m3<CT>::value) {
+        if constexpr (std::is_same<CT, __nv_fp8_e4m3>::value) {
             /* e4m3: interleave the two keys' bytes first (x d, y d, x d + 1, y d + 1), then
              * one cvt per half is the fragment register: one byte permute per two
              * registers where converting first needs one per register */

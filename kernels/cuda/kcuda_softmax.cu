@@ -1,7 +1,7 @@
 /*
  * kcuda_softmax.cu - row-wise softmax / log-softmax (max-subtracted, f32; an all -inf
- * row gives zeros for softmax and -inf for log-softmax, like kcpu) and argmax (first maximum, NaN ignored, all-NaN
- * row gives 0).  One CTA per row.
+ * row gives zeros for softmax and -inf for log-softmax, like kcpu) and argmax (first
+ * maximum, NaN ignored, all-NaN row gives 0).  One CTA per row.
  */
 #include "kcuda_internal.cuh"
 

@@ -25,13 +25,8 @@
 
 extern "C" bool kcuda_gemv_pdl_on(void) { return true; }
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-static int irand(int n) { frand(); return (int)((rng >> 20) % (uint64_t)n); }
+#define EMU_SEED 0x2545f4914f6cdd1dull
+#include "emu_test.h"
 static int fails, runs;
 
 static float fp8_value(uint8_t b, bool e5m2)

@@ -19,12 +19,8 @@
 #include <stdlib.h>
 
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
+#define EMU_SEED 0x9e3779b97f4a7c15ull
+#include "emu_test.h"
 static int fails, runs;
 
 /* one weight element of type wt from a float: its bytes into w[i], its value back */

@@ -18,12 +18,8 @@
 #include <stdlib.h>
 
 
-static uint64_t rng = 0x13198a2e03707344ull;
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
+#define EMU_SEED 0x13198a2e03707344ull
+#include "emu_test.h"
 static int checks, fails;
 
 /* a and b agree within tol relative to max(1, max |b|); NaN where b is NaN, inf where b is */

@@ -20,13 +20,8 @@
 
 extern "C" bool kcuda_gemv_pdl_on(void) { return true; }
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-static int irand(int n) { frand(); return (int)((rng >> 20) % (uint64_t)n); }
+#define EMU_SEED 0x9e3779b97f4a7c15ull
+#include "emu_test.h"
 static float *rand_vec(size_t n, float sc) { float *v = (float *)malloc(n * 4); for (size_t i = 0; i < n; i++) v[i] = frand() * sc; return v; }
 static int fails;
 

@@ -16,12 +16,9 @@
 #include <stdlib.h>
 
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 16777216.0f; /* [0, 1) */
-}
+#define EMU_SEED 0x243f6a8885a308d3ull
+#include "emu_test.h"
+static float urand(void) { return 0.5f * (frand() + 1.0f); } /* [0, 1) */
 
 int main(void)
 {
@@ -44,7 +41,7 @@ int main(void)
         for (int t = 0; t < T; t++) {
             float *r = x + (int64_t)t * n;
             for (int64_t i = 0; i < n; i++)
-                r[i] = (frand() - 0.5f) * 12.0f; /* logits spread over ~12 nats */
+                r[i] = (urand() - 0.5f) * 12.0f; /* logits spread over ~12 nats */
             if (t % 3 == 1) { /* NaN and -inf entries, a tie for the maximum */
                 r[3] = NAN;
                 r[n / 2] = -INFINITY;
@@ -54,7 +51,7 @@ int main(void)
                 for (int k = 0; k < 5; k++)
                     r[(k * 131 + t) % n] = 7.0f + (float)k;
             p[t] = P[t % NP];
-            u[t] = t % 7 == 0 ? 1e-7f : t % 7 == 6 ? 0.9999999f : frand();
+            u[t] = t % 7 == 0 ? 1e-7f : t % 7 == 6 ? 0.9999999f : urand();
         }
         /* the last two rows: NaN only (first maximum: 0), and one finite value */
         for (int64_t i = 0; i < n; i++)
